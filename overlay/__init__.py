@@ -1,0 +1,1 @@
+"""A Lokinet-style onion overlay emulation. Knows nothing about messages or swarms."""

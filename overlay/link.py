@@ -1,0 +1,373 @@
+"""One link abstraction for everything that carries messages: overlay hops and RPC.
+
+A :class:`Link` is an ordered, reliable, message-oriented, bidirectional connection
+(``send`` / ``receive`` / ``aclose``). A :class:`Transport` makes links: ``serve`` accepts
+them (a Trio server started with ``nursery.start``, which reports the bound address) and
+``connect`` opens one as an async context manager.
+
+Two transports, chosen by configuration:
+
+* :class:`TcpTransport` — real loopback sockets, 4-byte length-prefixed frames.
+* :class:`MemoryNetwork` — in-process, with emulated per-link latency, jitter, bandwidth
+  and loss, plus faults (a host going down, a partition). This is what simulations under
+  ``trio.testing.MockClock`` run on; the kernel here has no netem, so the emulation is ours.
+
+Close semantics (both transports): ``aclose`` is idempotent; after the peer closes, the
+remaining messages are still delivered and then ``receive`` raises :class:`LinkClosed`;
+``send`` on a link whose peer went away raises :class:`LinkClosed`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import trio
+
+logger = logging.getLogger(__name__)
+
+#: Largest message a link carries unless a transport is told otherwise.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+class LinkClosed(Exception):
+    """The link is closed, locally or by the peer, or it broke."""
+
+
+class Link(ABC):
+    """An ordered, reliable, message-oriented connection to one peer."""
+
+    #: The peer's address as this side knows it (for logs; never trusted for auth).
+    peer: str = ""
+
+    @abstractmethod
+    async def send(self, message: bytes) -> None: ...
+
+    @abstractmethod
+    async def receive(self) -> bytes: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Link:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                yield await self.receive()
+            except LinkClosed:
+                return
+
+
+LinkHandler = Callable[[Link], Awaitable[None]]
+
+
+class Transport(ABC):
+    """Makes links. ``serve`` runs until cancelled and reports its bound address."""
+
+    @abstractmethod
+    async def serve(
+        self,
+        handler: LinkHandler,
+        address: str,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None: ...
+
+    @abstractmethod
+    def connect(self, address: str) -> AbstractAsyncContextManager[Link]: ...
+
+
+async def run_handler(handler: LinkHandler, link: Link) -> None:
+    """Run one connection's handler so that nothing it raises reaches the server.
+
+    One bad connection must never take a server down (STYLE.md rule 5)."""
+    async with link:
+        try:
+            await handler(link)
+        except LinkClosed:
+            pass
+        except Exception:
+            logger.exception("connection handler for %s failed", link.peer)
+
+
+# --- in-memory transport with emulated network conditions ---------------------------------
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """Emulated conditions of one direction of a link."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+    bandwidth_bps: float = 0.0  # 0 = unlimited
+
+    def __post_init__(self) -> None:
+        if self.latency_ms < 0 or self.jitter_ms < 0 or self.bandwidth_bps < 0:
+            raise ValueError("latency, jitter and bandwidth must not be negative")
+        if not 0.0 <= self.loss < 1.0:
+            raise ValueError("loss is a probability in [0, 1)")
+
+
+_QUEUE_MESSAGES = 256
+
+
+class _MemoryLink(Link):
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        local: str,
+        peer: str,
+        outgoing: trio.MemorySendChannel[tuple[float, bytes]],
+        incoming: trio.MemoryReceiveChannel[tuple[float, bytes]],
+    ) -> None:
+        self._network = network
+        self.local = local
+        self.peer = peer
+        self._outgoing = outgoing
+        self._incoming = incoming
+        self._last_arrival = 0.0
+
+    async def send(self, message: bytes) -> None:
+        if not isinstance(message, bytes | bytearray):
+            raise TypeError("links carry bytes")
+        if len(message) > self._network.max_message_bytes:
+            raise ValueError(f"message of {len(message)} bytes exceeds the link limit")
+        if self._network.is_cut(self.local, self.peer):
+            await self.aclose()
+            raise LinkClosed(f"link {self.local} → {self.peer} is down")
+        profile = self._network.profile(self.local, self.peer)
+        if profile.loss and self._network.random.random() < profile.loss:
+            await trio.lowlevel.checkpoint()
+            return
+        now = trio.current_time()
+        delay = profile.latency_ms + profile.jitter_ms * self._network.random.random()
+        if profile.bandwidth_bps:
+            delay += len(message) * 8_000.0 / profile.bandwidth_bps
+        # Delivery stays in order, like the TCP link it stands in for.
+        self._last_arrival = max(self._last_arrival, now + delay / 1000.0)
+        try:
+            await self._outgoing.send((self._last_arrival, bytes(message)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise LinkClosed(f"link to {self.peer} is closed") from None
+
+    async def receive(self) -> bytes:
+        try:
+            arrival, message = await self._incoming.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise LinkClosed(f"link to {self.peer} is closed") from None
+        await trio.sleep_until(arrival)
+        if self._network.is_cut(self.local, self.peer):
+            await self.aclose()
+            raise LinkClosed(f"link {self.peer} → {self.local} is down")
+        return message
+
+    async def aclose(self) -> None:
+        self._outgoing.close()
+        self._incoming.close()
+        await trio.lowlevel.checkpoint()
+
+
+@dataclass
+class _Listener:
+    handler: LinkHandler
+    nursery: trio.Nursery
+
+
+@dataclass
+class MemoryNetwork(Transport):
+    """An in-process network of named hosts. Addresses are ``"mem:NAME"``.
+
+    ``seed`` makes loss and jitter reproducible. ``profile(a, b)`` gives the conditions from
+    host ``a`` to host ``b``: :meth:`set_profile` overrides the default per pair. Faults:
+    :meth:`set_down` cuts every link of a host, :meth:`partition` cuts between two hosts;
+    established links break at their next use and new connections are refused.
+    """
+
+    seed: int = 0
+    default_profile: LinkProfile = field(default_factory=LinkProfile)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+        self._listeners: dict[str, _Listener] = {}
+        self._profiles: dict[tuple[str, str], LinkProfile] = {}
+        self._down: set[str] = set()
+        self._cuts: set[frozenset[str]] = set()
+        self._names = itertools.count(1)
+
+    # configuration and faults
+    def set_profile(self, a: str, b: str, profile: LinkProfile, *, both_ways: bool = True) -> None:
+        self._profiles[(_host(a), _host(b))] = profile
+        if both_ways:
+            self._profiles[(_host(b), _host(a))] = profile
+
+    def profile(self, a: str, b: str) -> LinkProfile:
+        return self._profiles.get((_host(a), _host(b)), self.default_profile)
+
+    def set_down(self, address: str, down: bool = True) -> None:
+        (self._down.add if down else self._down.discard)(_host(address))
+
+    def partition(self, a: str, b: str, cut: bool = True) -> None:
+        pair = frozenset((_host(a), _host(b)))
+        (self._cuts.add if cut else self._cuts.discard)(pair)
+
+    def is_cut(self, a: str, b: str) -> bool:
+        ha, hb = _host(a), _host(b)
+        return ha in self._down or hb in self._down or frozenset((ha, hb)) in self._cuts
+
+    # Transport
+    async def serve(
+        self,
+        handler: LinkHandler,
+        address: str = "mem:",
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        name = _host(address) or f"host{next(self._names)}"
+        bound = f"mem:{name}"
+        if name in self._listeners:
+            raise OSError(f"{bound} is already in use")
+        async with trio.open_nursery() as nursery:
+            self._listeners[name] = _Listener(handler, nursery)
+            try:
+                task_status.started(bound)
+                await trio.sleep_forever()
+            finally:
+                del self._listeners[name]
+                nursery.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def connect(self, address: str, *, local: str | None = None) -> AsyncIterator[Link]:
+        """Connect to ``address``; ``local`` names the connecting host for faults and
+        per-pair profiles (an anonymous client gets a fresh name)."""
+        name = _host(address)
+        local_name = _host(local) if local else f"client{next(self._names)}"
+        await trio.lowlevel.checkpoint()
+        listener = self._listeners.get(name)
+        if listener is None or self.is_cut(local_name, name):
+            raise OSError(f"connection to mem:{name} refused")
+        a_send, b_recv = trio.open_memory_channel[tuple[float, bytes]](_QUEUE_MESSAGES)
+        b_send, a_recv = trio.open_memory_channel[tuple[float, bytes]](_QUEUE_MESSAGES)
+        client = _MemoryLink(self, local_name, name, a_send, a_recv)
+        server = _MemoryLink(self, name, local_name, b_send, b_recv)
+        listener.nursery.start_soon(run_handler, listener.handler, server)
+        async with client:
+            yield client
+
+
+def _host(address: str) -> str:
+    return address.removeprefix("mem:")
+
+
+# --- TCP transport -------------------------------------------------------------------------
+
+_LENGTH = struct.Struct(">I")
+
+
+class _TcpLink(Link):
+    def __init__(self, stream: trio.SocketStream, peer: str, max_message_bytes: int) -> None:
+        self._stream = stream
+        self.peer = peer
+        self._max = max_message_bytes
+        self._buffer = bytearray()
+        self._send_lock = trio.Lock()
+
+    async def send(self, message: bytes) -> None:
+        if len(message) > self._max:
+            raise ValueError(f"message of {len(message)} bytes exceeds the link limit")
+        async with self._send_lock:
+            try:
+                await self._stream.send_all(_LENGTH.pack(len(message)) + message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise LinkClosed(str(exc)) from None
+
+    async def _fill(self, size: int) -> None:
+        while len(self._buffer) < size:
+            try:
+                chunk = await self._stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise LinkClosed(str(exc)) from None
+            if not chunk:
+                raise LinkClosed(f"{self.peer} closed the connection")
+            self._buffer += chunk
+
+    async def receive(self) -> bytes:
+        await self._fill(_LENGTH.size)
+        (size,) = _LENGTH.unpack_from(self._buffer)
+        if size > self._max:
+            await self.aclose()
+            raise LinkClosed(f"{self.peer} sent a {size}-byte frame; the limit is {self._max}")
+        await self._fill(_LENGTH.size + size)
+        message = bytes(self._buffer[_LENGTH.size : _LENGTH.size + size])
+        del self._buffer[: _LENGTH.size + size]
+        return message
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _address_of(sockname: Any) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``"127.0.0.1:9000"`` or ``"[::1]:9000"`` → (host, port), with a clear error."""
+    host, sep, port = address.removeprefix("tcp://").rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not a host:port address: {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass
+class TcpTransport(Transport):
+    """Real sockets with 4-byte big-endian length-prefixed frames."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    async def serve(
+        self,
+        handler: LinkHandler,
+        address: str = "127.0.0.1:0",
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        host, port = split_host_port(address)
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = _address_of(listeners[0].socket.getsockname())
+
+        async def accept(stream: trio.SocketStream) -> None:
+            peer = _address_of(stream.socket.getpeername())
+            await run_handler(handler, _TcpLink(stream, peer, self.max_message_bytes))
+
+        task_status.started(bound)
+        await trio.serve_listeners(accept, listeners)
+
+    @asynccontextmanager
+    async def connect(self, address: str) -> AsyncIterator[Link]:
+        host, port = split_host_port(address)
+        stream = await trio.open_tcp_stream(host, port)
+        async with _TcpLink(stream, address, self.max_message_bytes) as link:
+            yield link

@@ -1,0 +1,1 @@
+"""p2psync: device-to-device sync for swarm-based private messengers."""

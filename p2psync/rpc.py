@@ -1,0 +1,307 @@
+"""CBOR RPC over any :class:`overlay.link.Transport` (DESIGN.md §4 framing).
+
+Server: :func:`serve_rpc` accepts connections, reads frames, and runs each request as its
+own task so requests pipeline; at most ``max_in_flight`` per connection run at once, after
+which the server stops reading that connection (backpressure instead of an unbounded
+queue). Every reply and push leaves through one bounded outbox per connection. A frame that
+does not decode gets ``bad_request`` and the connection goes on; a handler that fails gets
+``internal`` and the server goes on; a client too slow to take its pushes is disconnected
+(it resubscribes and catches up by ``last_hash``, so nothing is lost).
+
+Client: ``async with open_rpc(transport, address) as client`` gives
+``await client.call(method, params)`` (pipelined, matched by id) and
+``client.notifications`` for pushes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from overlay.link import Link, LinkClosed, Transport
+from overlay.tasks import open_task_nursery
+
+from .errors import ERROR_CODES, ConnectionLost, DecodeError, RpcError
+from .wire import (
+    MAX_FRAME_BYTES,
+    ErrorReply,
+    Fields,
+    Frame,
+    Notify,
+    Reply,
+    Request,
+    decode_cbor,
+    decode_frame,
+    encode_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What keeps a server alive under abuse; every figure is per server or connection."""
+
+    max_connections: int = 512
+    max_in_flight: int = 64
+    requests_per_s: float = 2000.0
+    request_burst: int = 4000
+    outbox_frames: int = 256
+    max_frame_bytes: int = MAX_FRAME_BYTES
+
+
+class TokenBucket:
+    """Rate limit as a pure object: ``take(now)`` says whether a request may go ahead."""
+
+    def __init__(self, rate_per_s: float, burst: int, now: float) -> None:
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class ServerStats:
+    connections: int = 0
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    dropped_slow_clients: int = 0
+
+    def count_error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+class Connection:
+    """What a handler may know of and do with the connection its request came on."""
+
+    def __init__(self, peer: str, outbox: trio.MemorySendChannel[Frame]) -> None:
+        self.peer = peer
+        self._outbox = outbox
+        self._on_close: list[Callable[[], None]] = []
+        self.overflowed = trio.Event()
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        """Queue a push without waiting; a full outbox marks the client too slow."""
+        try:
+            self._outbox.send_nowait(Notify(method, params))
+        except trio.WouldBlock:
+            self.overflowed.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+
+    def _closed(self) -> None:
+        for callback in self._on_close:
+            callback()
+        self._on_close.clear()
+
+
+Handler = Callable[[Fields, Connection], Awaitable[Any]]
+
+
+def _request_id_of(data: bytes) -> int | None:
+    """Best effort: the id of a frame that failed validation, so the error can name it."""
+    try:
+        value = decode_cbor(data)
+    except DecodeError:
+        return None
+    rid = value.get("id") if isinstance(value, dict) else None
+    return rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**64 else None
+
+
+class RpcServer:
+    """Dispatches requests to ``methods``; one instance serves any number of listeners."""
+
+    def __init__(self, methods: Mapping[str, Handler], limits: ServerLimits | None = None) -> None:
+        self.methods = dict(methods)
+        self.limits = limits or ServerLimits()
+        self.stats = ServerStats()
+        self._active = 0
+
+    async def serve(
+        self,
+        transport: Transport,
+        address: str,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await transport.serve(self.handle_link, address, task_status=task_status)
+
+    async def handle_link(self, link: Link) -> None:
+        limits = self.limits
+        if self._active >= limits.max_connections:
+            self.stats.count_error("unavailable")
+            await link.send(
+                encode_frame(ErrorReply(None, "unavailable", "too many connections", {}))
+            )
+            return
+        self._active += 1
+        self.stats.connections += 1
+        outbox_send, outbox_receive = trio.open_memory_channel[Frame](limits.outbox_frames)
+        connection = Connection(link.peer, outbox_send)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop, link, outbox_receive)
+                nursery.start_soon(self._watch_overflow, connection, nursery.cancel_scope)
+                await self._read_loop(link, connection, nursery)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._active -= 1
+            connection._closed()
+
+    async def _watch_overflow(self, connection: Connection, scope: trio.CancelScope) -> None:
+        await connection.overflowed.wait()
+        self.stats.dropped_slow_clients += 1
+        logger.info("disconnecting %s: it does not take its pushes", connection.peer)
+        scope.cancel()
+
+    async def _write_loop(self, link: Link, outbox: trio.MemoryReceiveChannel[Frame]) -> None:
+        async for frame in outbox:
+            await link.send(encode_frame(frame))
+
+    async def _read_loop(self, link: Link, connection: Connection, nursery: trio.Nursery) -> None:
+        limits = self.limits
+        in_flight = trio.Semaphore(limits.max_in_flight)
+        bucket = TokenBucket(limits.requests_per_s, limits.request_burst, trio.current_time())
+        reply = connection._outbox.send
+        while True:
+            try:
+                data = await link.receive()
+            except LinkClosed:
+                return
+            except DecodeError as exc:
+                self.stats.count_error("bad_request")
+                await reply(ErrorReply(None, "bad_request", str(exc), {}))
+                continue
+            try:
+                frame = decode_frame(data, max_bytes=limits.max_frame_bytes)
+            except DecodeError as exc:
+                self.stats.count_error("bad_request")
+                await reply(ErrorReply(_request_id_of(data), "bad_request", str(exc), {}))
+                continue
+            if not isinstance(frame, Request):
+                self.stats.count_error("bad_request")
+                await reply(ErrorReply(None, "bad_request", "expected a request", {}))
+                continue
+            if not bucket.take(trio.current_time()):
+                self.stats.count_error("rate_limited")
+                await reply(ErrorReply(frame.id, "rate_limited", "slow down", {}))
+                continue
+            await in_flight.acquire()
+            nursery.start_soon(self._answer, frame, connection, in_flight)
+
+    async def _answer(
+        self, request: Request, connection: Connection, in_flight: trio.Semaphore
+    ) -> None:
+        self.stats.requests += 1
+        try:
+            handler = self.methods.get(request.method)
+            if handler is None:
+                raise RpcError("bad_request", f"unknown method {request.method!r}")
+            result = await handler(Fields(request.params, "params"), connection)
+            response: Frame = Reply(request.id, result)
+        except RpcError as exc:
+            self.stats.count_error(exc.code)
+            response = ErrorReply(request.id, exc.code, exc.message, exc.data)
+        except DecodeError as exc:
+            self.stats.count_error("bad_request")
+            response = ErrorReply(request.id, "bad_request", str(exc), {})
+        except Exception:
+            logger.exception("handler for %s failed", request.method)
+            self.stats.count_error("internal")
+            response = ErrorReply(request.id, "internal", "internal error", {})
+        finally:
+            in_flight.release()
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await connection._outbox.send(response)
+
+
+# --- client --------------------------------------------------------------------------------
+
+
+class RpcClient:
+    """One connection's calls. Calls pipeline; each waits for its own reply."""
+
+    def __init__(self, link: Link, max_notifications: int) -> None:
+        self._link = link
+        self._ids = itertools.count(1)
+        self._pending: dict[int, trio.MemorySendChannel[Frame]] = {}
+        self._notify_send, self.notifications = trio.open_memory_channel[Notify](
+            max_notifications
+        )
+        self.dropped_notifications = 0
+        self.closed = trio.Event()
+        self.peer = link.peer
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Send one request and return its result, or raise :class:`RpcError` /
+        :class:`ConnectionLost`. Wrap in a cancel scope for a deadline."""
+        if self.closed.is_set():
+            raise ConnectionLost(f"connection to {self.peer} is closed")
+        rid = next(self._ids)
+        send, receive = trio.open_memory_channel[Frame](1)
+        self._pending[rid] = send
+        try:
+            await self._link.send(encode_frame(Request(rid, method, dict(params or {}))))
+            try:
+                frame = await receive.receive()
+            except trio.EndOfChannel:
+                raise ConnectionLost(f"connection to {self.peer} closed") from None
+        except LinkClosed:
+            raise ConnectionLost(f"connection to {self.peer} closed") from None
+        finally:
+            self._pending.pop(rid, None)
+        if isinstance(frame, ErrorReply):
+            raise RpcError(
+                frame.code if frame.code in ERROR_CODES else "internal", frame.message, frame.data
+            )
+        assert isinstance(frame, Reply)
+        return frame.result
+
+    async def _read_loop(self) -> None:
+        try:
+            async for data in self._link:
+                frame = decode_frame(data)
+                if isinstance(frame, Notify):
+                    try:
+                        self._notify_send.send_nowait(frame)
+                    except trio.WouldBlock:
+                        self.dropped_notifications += 1
+                elif isinstance(frame, Reply | ErrorReply) and frame.id in self._pending:
+                    self._pending[frame.id].send_nowait(frame)
+                elif isinstance(frame, ErrorReply):
+                    logger.warning("%s: %s: %s", self.peer, frame.code, frame.message)
+        except DecodeError as exc:
+            logger.warning("closing connection to %s: %s", self.peer, exc)
+        finally:
+            self.closed.set()
+            self._notify_send.close()
+            for send in self._pending.values():
+                send.close()
+
+
+@asynccontextmanager
+async def open_rpc(
+    transport: Transport, address: str, *, max_notifications: int = 1024
+) -> AsyncIterator[RpcClient]:
+    """Connect to an RPC server. ``OSError`` if it cannot be reached."""
+    async with transport.connect(address) as link, open_task_nursery() as nursery:
+        client = RpcClient(link, max_notifications)
+        nursery.start_soon(client._read_loop)
+        yield client
