@@ -242,9 +242,7 @@ class RpcClient:
         self._link = link
         self._ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[Frame]] = {}
-        self._notify_send, self.notifications = trio.open_memory_channel[Notify](
-            max_notifications
-        )
+        self._notify_send, self.notifications = trio.open_memory_channel[Notify](max_notifications)
         self.dropped_notifications = 0
         self.closed = trio.Event()
         self.peer = link.peer
@@ -305,3 +303,49 @@ async def open_rpc(
         client = RpcClient(link, max_notifications)
         nursery.start_soon(client._read_loop)
         yield client
+
+
+class RpcPool:
+    """Long-lived connections by address, each held open by a task in the pool's nursery.
+
+    ``get`` returns a live client, connecting (once, even under concurrent callers) when
+    there is none; a connection that closed is replaced on the next ``get``. Everything
+    closes with the ``async with open_rpc_pool(...)`` that owns the pool.
+    """
+
+    def __init__(self, transport: Transport, nursery: trio.Nursery) -> None:
+        self.transport = transport
+        self._nursery = nursery
+        self._clients: dict[str, RpcClient] = {}
+        self._locks: dict[str, trio.Lock] = {}
+
+    async def get(self, address: str) -> RpcClient:
+        lock = self._locks.setdefault(address, trio.Lock())
+        async with lock:
+            client = self._clients.get(address)
+            if client is None or client.closed.is_set():
+                client = await self._nursery.start(self._hold, address)
+            return client
+
+    async def call(self, address: str, method: str, params: Mapping[str, Any]) -> Any:
+        return await (await self.get(address)).call(method, params)
+
+    async def _hold(
+        self, address: str, *, task_status: trio.TaskStatus[RpcClient] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+        try:
+            async with open_rpc(self.transport, address) as client:
+                self._clients[address] = client
+                task_status.started(client)
+                started = True
+                await client.closed.wait()
+        except (OSError, LinkClosed):
+            if not started:
+                raise
+
+
+@asynccontextmanager
+async def open_rpc_pool(transport: Transport) -> AsyncIterator[RpcPool]:
+    async with open_task_nursery() as nursery:
+        yield RpcPool(transport, nursery)

@@ -15,7 +15,9 @@ from p2psync.wire import Fields, decode_frame, encode_cbor
 
 
 async def echo(params: Fields, conn: Connection) -> Any:
-    await trio.sleep(params.uint("delay_ms", maximum=10_000) / 1000 if params.has("delay_ms") else 0)
+    await trio.sleep(
+        params.uint("delay_ms", maximum=10_000) / 1000 if params.has("delay_ms") else 0
+    )
     return {"echo": params.text("text")}
 
 

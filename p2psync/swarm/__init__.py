@@ -1,0 +1,1 @@
+"""Swarm storage: service nodes that keep messages per public key for a TTL."""

@@ -1,0 +1,335 @@
+"""The swarm client: what a device uses to store into and read from swarms.
+
+``async with open_swarm_client(transport, directory, clock) as swarm`` gives:
+
+* ``store`` — to a random member of the owner's swarm, retrying across members and
+  following ``wrong_swarm`` redirects (the registry may be newer than ours);
+* ``retrieve`` / ``delete`` / ``expire`` — signed with the owner's identity;
+* ``poll`` — a loop (default every 3 s with jitter, exponential back-off on errors)
+  that hands each batch of new messages to a callback, and ``subscribe``, the same with
+  pushes; both run until cancelled and keep their place in a :class:`Cursor`.
+
+A cursor is a ``last_hash``; because nodes resolve it in their own arrival order, a
+client that switches nodes rewinds it a little (:meth:`Cursor.for_new_node`), so a
+message that reached the new node earlier than the old one is not skipped; the
+duplicates this may bring are dropped by hash here.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from overlay.link import Transport
+
+from ..clock import Clock
+from ..errors import ConnectionLost, DecodeError, RpcError
+from ..identity import Identity, message_hash, session_id_key
+from ..rpc import RpcPool, open_rpc, open_rpc_pool
+from ..wire import Fields
+from .auth import AuthSigner
+from .constants import DEFAULT_TTL_MS, MAX_DATA_BYTES, POLL_INTERVAL_S, RETRIEVE_LIMIT
+from .registry import Directory, Snapshot
+from .ring import NodeInfo, SwarmMap
+
+logger = logging.getLogger(__name__)
+
+#: Errors after which another member of the swarm is tried.
+RETRYABLE = ("unavailable", "rate_limited", "internal")
+MAX_BACKOFF_S = 60.0
+#: A message a node received this long before the newest is safely on every member.
+REWIND_S = 30.0
+SEEN_HASHES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    hash: bytes
+    timestamp_ms: int
+    expiry_ms: int
+    data: bytes
+
+
+def _messages_from(result: object) -> tuple[list[Message], bool]:
+    fields = Fields(result, "result")
+    messages = []
+    for item in fields.items("messages", max_len=RETRIEVE_LIMIT):
+        m = Fields(item, "message")
+        data = m.blob("data", max_len=MAX_DATA_BYTES)
+        digest = m.blob("hash", size=32)
+        if message_hash(data) != digest:
+            raise DecodeError("a node returned a message whose hash does not match its data")
+        messages.append(Message(digest, m.uint("timestamp"), m.uint("expiry"), data))
+    return messages, fields.boolean("more") if fields.has("more") else False
+
+
+@dataclass
+class Cursor:
+    """Where a reader is in one (owner, namespace) stream, plus what it saw recently."""
+
+    last_hash: bytes | None = None
+    _recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=256))
+    _seen: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+
+    def fresh(self, messages: Sequence[Message]) -> list[Message]:
+        """Advance past ``messages``; return those not seen before."""
+        now = trio.current_time()
+        new = []
+        for m in messages:
+            self.last_hash = m.hash
+            self._recent.append((now, m.hash))
+            if m.hash not in self._seen:
+                new.append(m)
+                self._seen[m.hash] = None
+                if len(self._seen) > SEEN_HASHES:
+                    self._seen.popitem(last=False)
+        return new
+
+    def for_new_node(self) -> bytes | None:
+        """The cursor to use on a node other than the last one: the newest hash seen at
+        least ``REWIND_S`` before the latest, else the oldest remembered."""
+        if not self._recent:
+            return self.last_hash
+        newest = self._recent[-1][0]
+        for seen_at, digest in reversed(self._recent):
+            if seen_at <= newest - REWIND_S:
+                return digest
+        return self._recent[0][1]
+
+
+Deliver = Callable[[list[Message]], Awaitable[None]]
+
+
+class SwarmClient:
+    def __init__(
+        self, pool: RpcPool, directory: Directory, clock: Clock, rng: random.Random
+    ) -> None:
+        self._pool = pool
+        self.directory = directory
+        self.clock = clock
+        self._random = rng
+        self.swarms = SwarmMap({})
+        self._signers: dict[str, AuthSigner] = {}
+
+    async def refresh(self) -> None:
+        snapshot: Snapshot = await self.directory.fetch()
+        self.swarms = SwarmMap.build(snapshot.nodes)
+
+    async def swarm_nodes(self, owner: str) -> list[NodeInfo]:
+        if not self.swarms.swarms:
+            await self.refresh()
+        if not self.swarms.swarms:
+            raise RpcError("unavailable", "the registry lists no service nodes")
+        nodes = list(self.swarms.nodes_for_key(session_id_key(owner)))
+        self._random.shuffle(nodes)
+        return nodes
+
+    def signer(self, identity: Identity) -> AuthSigner:
+        signer = self._signers.get(identity.session_id)
+        if signer is None or signer.identity is not identity:
+            signer = self._signers[identity.session_id] = AuthSigner(identity)
+        return signer
+
+    async def _call_swarm(
+        self, owner: str, method: str, make_params: Callable[[], dict[str, Any]]
+    ) -> tuple[Any, NodeInfo]:
+        """Call ``method`` on members of ``owner``'s swarm until one answers."""
+        last_error: Exception = RpcError("unavailable", "no node of the swarm answered")
+        nodes = await self.swarm_nodes(owner)
+        redirects = 0
+        while nodes:
+            node = nodes.pop(0)
+            try:
+                return await self._pool.call(node.url, method, make_params()), node
+            except RpcError as exc:
+                last_error = exc
+                if exc.code == "wrong_swarm" and redirects < 2:
+                    redirects += 1
+                    await self.refresh()
+                    nodes = await self.swarm_nodes(owner)
+                elif exc.code not in RETRYABLE:
+                    raise
+            except (OSError, ConnectionLost) as exc:
+                last_error = exc
+        if isinstance(last_error, RpcError):
+            raise last_error
+        raise RpcError("unavailable", f"no node of the swarm answered: {last_error}")
+
+    async def store(
+        self, owner: str, namespace: int, data: bytes, ttl_ms: int = DEFAULT_TTL_MS
+    ) -> tuple[bytes, int]:
+        """Store and return (hash, expiry). The same data stored twice is one message."""
+        timestamp = self.clock.now_ms()
+        params = {
+            "pubkey": owner,
+            "namespace": namespace,
+            "ttl": ttl_ms,
+            "timestamp": timestamp,
+            "data": data,
+        }
+        result, _ = await self._call_swarm(owner, "store", lambda: params)
+        fields = Fields(result, "result")
+        return fields.blob("hash", size=32), fields.uint("expiry")
+
+    async def retrieve(
+        self,
+        identity: Identity,
+        namespace: int,
+        last_hash: bytes | None,
+        node: NodeInfo | None = None,
+    ) -> tuple[list[Message], bool, NodeInfo]:
+        signer = self.signer(identity)
+
+        def params() -> dict[str, Any]:
+            return {
+                "pubkey": identity.session_id,
+                "namespace": namespace,
+                "last_hash": last_hash,
+                "auth": signer.auth("retrieve", namespace, self.clock.now_ms()),
+            }
+
+        if node is not None:
+            result = await self._pool.call(node.url, "retrieve", params())
+        else:
+            result, node = await self._call_swarm(identity.session_id, "retrieve", params)
+        messages, more = _messages_from(result)
+        return messages, more, node
+
+    async def delete(
+        self, identity: Identity, namespace: int, hashes: Sequence[bytes]
+    ) -> list[bytes]:
+        signer = self.signer(identity)
+
+        def params() -> dict[str, Any]:
+            return {
+                "pubkey": identity.session_id,
+                "namespace": namespace,
+                "hashes": list(hashes),
+                "auth": signer.auth("delete", namespace, self.clock.now_ms(), hashes),
+            }
+
+        result, _ = await self._call_swarm(identity.session_id, "delete", params)
+        return Fields(result, "result").blob_list("deleted", size=32, max_len=len(hashes))
+
+    async def expire(
+        self, identity: Identity, namespace: int, hashes: Sequence[bytes], expiry_ms: int
+    ) -> list[bytes]:
+        signer = self.signer(identity)
+
+        def params() -> dict[str, Any]:
+            return {
+                "pubkey": identity.session_id,
+                "namespace": namespace,
+                "hashes": list(hashes),
+                "expiry": expiry_ms,
+                "auth": signer.auth("expire", namespace, self.clock.now_ms(), hashes, expiry_ms),
+            }
+
+        result, _ = await self._call_swarm(identity.session_id, "expire", params)
+        return Fields(result, "result").blob_list("updated", size=32, max_len=len(hashes))
+
+    async def drain(
+        self, identity: Identity, namespace: int, cursor: Cursor, node: NodeInfo | None = None
+    ) -> tuple[list[Message], NodeInfo]:
+        """Everything newer than the cursor (all pages), deduplicated."""
+        collected: list[Message] = []
+        more = True
+        while more:
+            last = cursor.last_hash
+            messages, more, served_by = await self.retrieve(identity, namespace, last, node)
+            if node is not None and served_by is not node:
+                break
+            if node is None:
+                node = served_by
+            collected += cursor.fresh(messages)
+        assert node is not None
+        return collected, node
+
+    async def poll(
+        self,
+        identity: Identity,
+        namespace: int,
+        deliver: Deliver,
+        *,
+        cursor: Cursor | None = None,
+        interval_s: float = POLL_INTERVAL_S,
+        jitter: float = 0.1,
+    ) -> None:
+        """Poll until cancelled; each non-empty batch of new messages goes to ``deliver``."""
+        cursor = cursor or Cursor()
+        node: NodeInfo | None = None
+        backoff = interval_s
+        while True:
+            try:
+                batch, node = await self.drain(identity, namespace, cursor, node)
+                backoff = interval_s
+                if batch:
+                    await deliver(batch)
+            except (RpcError, OSError, ConnectionLost, DecodeError) as exc:
+                logger.info("poll for %s failed: %s", identity.session_id[:10], exc)
+                if node is not None:
+                    node = None
+                    cursor.last_hash = cursor.for_new_node()
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+            await trio.sleep(backoff * (1 + jitter * (2 * self._random.random() - 1)))
+
+    async def subscribe(
+        self,
+        identity: Identity,
+        namespace: int,
+        deliver: Deliver,
+        *,
+        cursor: Cursor | None = None,
+        catch_up_s: float = 60.0,
+    ) -> None:
+        """Like :meth:`poll` but woken by pushes; still catches up by cursor on every
+        (re)connection and every ``catch_up_s``, so a dropped push loses nothing."""
+        cursor = cursor or Cursor()
+        backoff = POLL_INTERVAL_S
+        signer = self.signer(identity)
+        while True:
+            try:
+                node = (await self.swarm_nodes(identity.session_id))[0]
+                # Its own connection: pushes of other subscriptions must not mix in.
+                async with open_rpc(self._pool.transport, node.url) as connection:
+                    await connection.call(
+                        "subscribe",
+                        {
+                            "pubkey": identity.session_id,
+                            "namespace": namespace,
+                            "auth": signer.auth("subscribe", namespace, self.clock.now_ms()),
+                        },
+                    )
+                    cursor.last_hash = cursor.for_new_node()
+                    caught_up = False
+                    while True:
+                        if not caught_up:
+                            batch, _ = await self.drain(identity, namespace, cursor, node)
+                            if batch:
+                                await deliver(batch)
+                            backoff = POLL_INTERVAL_S
+                        with trio.move_on_after(catch_up_s) as waiting:
+                            push = await connection.notifications.receive()
+                            fresh = cursor.fresh(_messages_from(push.params)[0])
+                            if fresh:
+                                await deliver(fresh)
+                        caught_up = not waiting.cancelled_caught
+            except (RpcError, OSError, ConnectionLost, DecodeError, trio.EndOfChannel) as exc:
+                logger.info("subscription for %s interrupted: %s", identity.session_id[:10], exc)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                await trio.sleep(backoff)
+
+
+@asynccontextmanager
+async def open_swarm_client(
+    transport: Transport, directory: Directory, clock: Clock, *, seed: int | None = None
+) -> AsyncIterator[SwarmClient]:
+    async with open_rpc_pool(transport) as pool:
+        yield SwarmClient(pool, directory, clock, random.Random(seed))

@@ -1,0 +1,755 @@
+"""A service node: the storage RPC of DESIGN.md §4 and the work that keeps its swarm whole.
+
+Besides answering clients, a node runs four loops in its own nursery:
+
+* directory — announce itself, re-read the registry, and on a membership change restart
+  replication and hand over the owners that now belong to another swarm;
+* replication — one worker per swarm peer draining a bounded queue of new rows (a full
+  queue or a failed send is not an error: repair catches up);
+* repair — periodic anti-entropy with every peer (:mod:`.repair`), so a node that was
+  down or partitioned converges without anyone re-sending;
+* sweep — deletes expired rows (reads never return them anyway).
+
+What a node acknowledges to a client is committed to its SQLite file first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from overlay.link import Transport
+
+from ..clock import Clock
+from ..errors import ConnectionLost, DecodeError, RpcError
+from ..identity import Identity, message_hash, session_id_key
+from ..rpc import Connection, RpcClient, RpcPool, RpcServer, ServerLimits, open_rpc, open_rpc_pool
+from ..wire import MAX_FRAME_BYTES, Fields
+from . import repair
+from .auth import ReplayGuard, check_client_auth, check_node_auth, sign_node_request
+from .constants import (
+    ANNOUNCE_INTERVAL_S,
+    CLOCK_SKEW_MS,
+    MAX_DATA_BYTES,
+    MAX_HASHES_PER_REQUEST,
+    MAX_NAMESPACE,
+    MAX_TTL_MS,
+    MIN_TTL_MS,
+    PROTOCOL_VERSION,
+    REGISTRY_REFRESH_S,
+    REPAIR_INTERVAL_S,
+    REPLICATION_RETRY_S,
+    RETRIEVE_LIMIT,
+    RETRIEVE_MAX_BYTES,
+    SWEEP_INTERVAL_S,
+)
+from .records import message_to_wire, row_from_wire, row_to_wire
+from .registry import ANNOUNCEMENT_TTL_MS, Directory, Snapshot
+from .ring import NodeInfo, SwarmMap
+from .store import MessageStore, StoredMessage
+
+logger = logging.getLogger(__name__)
+
+REPLICATION_QUEUE_ROWS = 10_000
+#: Row data per node-to-node batch, leaving room for the frame's envelope.
+BATCH_BYTES = MAX_FRAME_BYTES - 16 * 1024
+LISTING_PAGE = 400
+PEER_CALL_TIMEOUT_S = 10.0
+#: A cursor this node did not issue (the client switched nodes) is rewound this far, so
+#: a message that reached this node earlier than the client's previous node is not
+#: skipped; the client drops the few duplicates by hash.
+SWITCH_REWIND_MS = 30_000
+ISSUED_CURSORS = 100_000
+#: Delay (and so the rate limit) of a registry re-read asked for by an unknown node.
+REFRESH_SOON_S = 5.0
+HAND_OVER_MAX_BACKOFF_S = 300.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    sweep_interval_s: float = SWEEP_INTERVAL_S
+    repair_interval_s: float = REPAIR_INTERVAL_S
+    registry_refresh_s: float = REGISTRY_REFRESH_S
+    announce_interval_s: float = ANNOUNCE_INTERVAL_S
+    limits: ServerLimits = field(default_factory=ServerLimits)
+
+    def __post_init__(self) -> None:
+        # Announcements are repeated from the refresh loop; both must come round well
+        # within the registry's listing lifetime or the node drops out of the network.
+        lifetime_s = ANNOUNCEMENT_TTL_MS / 1000
+        if max(self.announce_interval_s, self.registry_refresh_s) > lifetime_s / 2:
+            raise ValueError(
+                f"announce and registry refresh intervals must be at most {lifetime_s / 2:.0f} s"
+            )
+
+
+@dataclass
+class NodeStats:
+    stored: int = 0
+    duplicates: int = 0
+    replicated_in: int = 0
+    replication_dropped: int = 0
+    repaired_in: int = 0
+    repaired_out: int = 0
+    handed_over: int = 0
+    swept: int = 0
+
+
+def _batches(rows: Iterable[StoredMessage]) -> Iterable[list[StoredMessage]]:
+    batch: list[StoredMessage] = []
+    size = 0
+    for row in rows:
+        row_size = len(row.data or b"") + 160
+        if batch and size + row_size > BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(row)
+        size += row_size
+    if batch:
+        yield batch
+
+
+class StorageNode:
+    """One service node. ``serve`` runs it until cancelled and reports its url."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        store: MessageStore,
+        clock: Clock,
+        transport: Transport,
+        directory: Directory,
+        config: NodeConfig | None = None,
+    ) -> None:
+        self.identity = identity
+        self.pubkey = identity.ed25519_public.hex()
+        self.store = store
+        self.clock = clock
+        self.transport = transport
+        self.directory = directory
+        self.config = config or NodeConfig()
+        self.url = ""
+        self.stats = NodeStats()
+        self.snapshot = Snapshot()
+        self.swarms = SwarmMap({})
+        self._guard = ReplayGuard()
+        self._subscribers: dict[tuple[str, int], set[Connection]] = {}
+        # Per stream, the highest read position served; a replica keyed at or below it
+        # gets a new key so that readers of this node still see it. Before the first
+        # read after a start, anything up to the start may have been served.
+        self._served: dict[tuple[str, int], int] = {}
+        self._started_ms = 0
+        self._issued: OrderedDict[tuple[str, int, bytes], None] = OrderedDict()
+        self._outbound: dict[str, trio.MemorySendChannel[StoredMessage]] = {}
+        self._membership_changed = trio.Event()
+        self._repair_soon = trio.Event()
+        self._refresh_soon = trio.Event()
+        self._random = random.Random(identity.ed25519_public)
+        self._pool: RpcPool | None = None
+        self._announced_at = -float("inf")
+        self.rpc = RpcServer(
+            {
+                "info": self._info,
+                "get_swarm": self._get_swarm,
+                "store": self._store,
+                "retrieve": self._retrieve,
+                "delete": self._delete,
+                "expire": self._expire,
+                "subscribe": self._subscribe,
+                "replicate": self._replicate,
+                "lookup": self._lookup,
+                "repair_digest": self._repair_digest,
+                "repair_list": self._repair_list,
+                "repair_fetch": self._repair_fetch,
+            },
+            self.config.limits,
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def serve(
+        self, address: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._started_ms = self.clock.now_ms()
+        async with open_rpc_pool(self.transport) as pool, trio.open_nursery() as nursery:
+            self._pool = pool
+            self.url = await nursery.start(self.rpc.serve, self.transport, address)
+            await self.refresh()
+            nursery.start_soon(self._directory_loop)
+            nursery.start_soon(self._replication_loop)
+            nursery.start_soon(self._repair_loop)
+            nursery.start_soon(self._sweep_loop)
+            task_status.started(self.url)
+
+    async def refresh(self) -> None:
+        """Announce, re-read the registry, and act on a membership change. Failures are
+        logged: a node keeps serving with the last registry it saw."""
+        try:
+            if trio.current_time() - self._announced_at >= self.config.announce_interval_s:
+                await self.directory.announce(self.identity, "node", self.url)
+                self._announced_at = trio.current_time()
+            snapshot = await self.directory.fetch()
+        except (OSError, ConnectionLost, RpcError, DecodeError) as exc:
+            logger.warning("node %s: registry unavailable: %s", self.pubkey[:8], exc)
+            return
+        if self.pubkey not in {n.pubkey for n in snapshot.nodes}:
+            # A listing without us is stale about us: acting on it would hand everything
+            # over. Announce again at the next refresh and keep the map we have.
+            logger.warning("node %s: not listed by the registry yet", self.pubkey[:8])
+            self._announced_at = -float("inf")
+            return
+        if snapshot.nodes != self.snapshot.nodes:
+            self.snapshot = snapshot
+            self.swarms = SwarmMap.build(snapshot.nodes)
+            self._membership_changed.set()
+        else:
+            self.snapshot = snapshot
+
+    @property
+    def swarm_id(self) -> int | None:
+        return self.swarms.swarm_of_node(self.pubkey)
+
+    def peers(self) -> Sequence[NodeInfo]:
+        swarm = self.swarm_id
+        if swarm is None:
+            return ()
+        return [n for n in self.swarms.swarms[swarm] if n.pubkey != self.pubkey]
+
+    def owns(self, owner: str) -> bool:
+        swarm = self.swarm_id
+        return swarm is not None and self.swarms.swarm_for_key(session_id_key(owner)) == swarm
+
+    # --- client methods -------------------------------------------------------------------
+
+    def _require_swarm(self, owner: str) -> bytes:
+        key = session_id_key(owner)
+        if not self.swarms.swarms:
+            raise RpcError("unavailable", "node has not read the registry yet")
+        right = self.swarms.swarm_for_key(key)
+        if right != self.swarm_id:
+            raise RpcError(
+                "wrong_swarm",
+                "this pubkey belongs to another swarm",
+                {"swarm": right, "nodes": [n.to_wire() for n in self.swarms.swarms[right]]},
+            )
+        return key
+
+    @staticmethod
+    def _namespace(params: Fields) -> int:
+        return params.integer("namespace", minimum=0, maximum=MAX_NAMESPACE)
+
+    async def _info(self, params: Fields, conn: Connection) -> Any:
+        await trio.lowlevel.checkpoint()
+        return {
+            "version": PROTOCOL_VERSION,
+            "node": self.pubkey,
+            "swarm": self.swarm_id or 0,
+            "stored": self.store.stats()[0],
+        }
+
+    async def _get_swarm(self, params: Fields, conn: Connection) -> Any:
+        await trio.lowlevel.checkpoint()
+        key = session_id_key(params.only("pubkey").text("pubkey", max_len=66))
+        if not self.swarms.swarms:
+            raise RpcError("unavailable", "node has not read the registry yet")
+        swarm = self.swarms.swarm_for_key(key)
+        return {"swarm": swarm, "nodes": [n.to_wire() for n in self.swarms.swarms[swarm]]}
+
+    async def _store(self, params: Fields, conn: Connection) -> Any:
+        params.only("pubkey", "namespace", "ttl", "timestamp", "data")
+        owner = params.text("pubkey", max_len=66)
+        namespace = self._namespace(params)
+        ttl = params.uint("ttl")
+        timestamp = params.uint("timestamp")
+        data = params.blob("data")
+        self._require_swarm(owner)
+        if len(data) > MAX_DATA_BYTES:
+            raise RpcError("too_large", f"data is {len(data)} bytes; the limit is {MAX_DATA_BYTES}")
+        if not MIN_TTL_MS <= ttl <= MAX_TTL_MS:
+            raise RpcError("bad_ttl", f"ttl must be in [{MIN_TTL_MS}, {MAX_TTL_MS}] ms")
+        now = self.clock.now_ms()
+        if abs(timestamp - now) > CLOCK_SKEW_MS:
+            raise RpcError("clock_skew", f"timestamp is {timestamp - now:+d} ms from the node")
+        row = StoredMessage(
+            owner,
+            namespace,
+            message_hash(data),
+            timestamp,
+            timestamp + ttl,
+            data,
+            self._next_order((owner, namespace), now),
+        )
+        if self.store.put(row):
+            self.stats.stored += 1
+            self._accepted([row])
+        else:
+            self.stats.duplicates += 1
+        await trio.lowlevel.checkpoint()
+        return {"hash": row.hash, "expiry": row.expiry_ms}
+
+    async def _retrieve(self, params: Fields, conn: Connection) -> Any:
+        params.only("pubkey", "namespace", "last_hash", "limit", "auth")
+        owner = params.text("pubkey", max_len=66)
+        namespace = self._namespace(params)
+        last_hash = params.optional_blob("last_hash", size=32)
+        limit = params.uint("limit", maximum=RETRIEVE_LIMIT) if params.has("limit") else None
+        now = self.clock.now_ms()
+        check_client_auth(
+            params, self._guard, method="retrieve", pubkey=owner, namespace=namespace, now_ms=now
+        )
+        self._require_swarm(owner)
+        after = (0, b"")
+        if last_hash is not None:
+            after = await self._resolve_cursor(owner, namespace, last_hash)
+        messages, more = self.store.retrieve(
+            owner,
+            namespace,
+            after,
+            now,
+            limit=limit or RETRIEVE_LIMIT,
+            max_bytes=RETRIEVE_MAX_BYTES,
+        )
+        self._served_up_to(messages)
+        return {"messages": [message_to_wire(m) for m in messages], "more": more}
+
+    def _next_order(self, stream: tuple[str, int], now_ms: int) -> int:
+        return max(now_ms, self._served.get(stream, self._started_ms) + 1)
+
+    def _served_up_to(self, rows: Sequence[StoredMessage]) -> None:
+        """Remember what readers have seen: the stream's high mark and the cursor the
+        reader will come back with."""
+        if not rows:
+            return
+        last = rows[-1]
+        stream = (last.pubkey, last.namespace)
+        self._served[stream] = max(self._served.get(stream, self._started_ms), last.order_ms)
+        self._issued[(last.pubkey, last.namespace, last.hash)] = None
+        if len(self._issued) > ISSUED_CURSORS:
+            self._issued.popitem(last=False)
+
+    async def _resolve_cursor(
+        self, owner: str, namespace: int, last_hash: bytes
+    ) -> tuple[int, bytes]:
+        """The read position after ``last_hash``, which may come from another member.
+
+        A cursor this node issued is exact. One it did not is rewound by
+        ``SWITCH_REWIND_MS``. A hash this node lacks (its replica has not arrived yet) is
+        fetched from a peer, which both repairs this node and places the cursor; a hash no
+        member knows any more (expired) restarts from the beginning."""
+        position = self.store.position_of(owner, namespace, last_hash)
+        if position is None:
+            await self._fetch_from_peers(owner, namespace, last_hash)
+            position = self.store.position_of(owner, namespace, last_hash)
+        if position is None:
+            return (0, b"")
+        if (owner, namespace, last_hash) in self._issued:
+            return position
+        return (max(0, position[0] - SWITCH_REWIND_MS), b"")
+
+    async def _fetch_from_peers(self, owner: str, namespace: int, digest: bytes) -> None:
+        for peer in self.peers():
+            with trio.move_on_after(PEER_CALL_TIMEOUT_S):
+                try:
+                    result = await self._call_peer(
+                        peer, "lookup", {"pubkey": owner, "namespace": namespace, "hash": digest}
+                    )
+                    row = Fields(result, "result").raw("row")
+                    if row is not None:
+                        self.stats.repaired_in += self._ingest([row_from_wire(row)])
+                        return
+                except (OSError, ConnectionLost, RpcError, DecodeError) as exc:
+                    logger.debug("lookup at %s failed: %s", peer.pubkey[:8], exc)
+
+    def _hashes(self, params: Fields) -> list[bytes]:
+        return params.blob_list("hashes", size=32, max_len=MAX_HASHES_PER_REQUEST)
+
+    async def _delete(self, params: Fields, conn: Connection) -> Any:
+        params.only("pubkey", "namespace", "hashes", "auth")
+        owner = params.text("pubkey", max_len=66)
+        namespace = self._namespace(params) if params.has("namespace") else 0
+        hashes = self._hashes(params)
+        check_client_auth(
+            params,
+            self._guard,
+            method="delete",
+            pubkey=owner,
+            namespace=namespace,
+            now_ms=self.clock.now_ms(),
+            hashes=hashes,
+        )
+        self._require_swarm(owner)
+        deleted = self.store.delete(owner, namespace, hashes)
+        self._accepted(self._rows(owner, namespace, deleted))
+        await trio.lowlevel.checkpoint()
+        return {"deleted": deleted}
+
+    async def _expire(self, params: Fields, conn: Connection) -> Any:
+        params.only("pubkey", "namespace", "hashes", "expiry", "auth")
+        owner = params.text("pubkey", max_len=66)
+        namespace = self._namespace(params) if params.has("namespace") else 0
+        hashes = self._hashes(params)
+        expiry = params.uint("expiry")
+        check_client_auth(
+            params,
+            self._guard,
+            method="expire",
+            pubkey=owner,
+            namespace=namespace,
+            now_ms=self.clock.now_ms(),
+            hashes=hashes,
+            expiry_ms=expiry,
+        )
+        self._require_swarm(owner)
+        updated = self.store.expire(owner, namespace, hashes, expiry)
+        self._accepted(self._rows(owner, namespace, updated))
+        await trio.lowlevel.checkpoint()
+        return {"updated": updated}
+
+    async def _subscribe(self, params: Fields, conn: Connection) -> Any:
+        params.only("pubkey", "namespace", "auth")
+        owner = params.text("pubkey", max_len=66)
+        namespace = self._namespace(params)
+        check_client_auth(
+            params,
+            self._guard,
+            method="subscribe",
+            pubkey=owner,
+            namespace=namespace,
+            now_ms=self.clock.now_ms(),
+        )
+        self._require_swarm(owner)
+        key = (owner, namespace)
+        subscribers = self._subscribers.setdefault(key, set())
+        if conn not in subscribers:
+            subscribers.add(conn)
+            conn.on_close(lambda: self._unsubscribe(key, conn))
+        await trio.lowlevel.checkpoint()
+        return {}
+
+    def _unsubscribe(self, key: tuple[str, int], conn: Connection) -> None:
+        subscribers = self._subscribers.get(key)
+        if subscribers is not None:
+            subscribers.discard(conn)
+            if not subscribers:
+                del self._subscribers[key]
+
+    def _rows(self, owner: str, namespace: int, hashes: Iterable[bytes]) -> list[StoredMessage]:
+        rows = (self.store.get(owner, namespace, h) for h in hashes)
+        return [row for row in rows if row is not None]
+
+    def _notify(self, rows: Iterable[StoredMessage]) -> None:
+        for row in rows:
+            if row.data is None:
+                continue
+            subscribers = self._subscribers.get((row.pubkey, row.namespace), ())
+            if subscribers:
+                self._served_up_to([row])
+            for conn in subscribers:
+                conn.notify(
+                    "notify",
+                    {
+                        "pubkey": row.pubkey,
+                        "namespace": row.namespace,
+                        "messages": [message_to_wire(row)],
+                    },
+                )
+
+    def _accepted(self, rows: Sequence[StoredMessage]) -> None:
+        """New or changed rows from a client: push to subscribers, queue for every peer."""
+        self._notify(rows)
+        for row in rows:
+            for queue in self._outbound.values():
+                try:
+                    queue.send_nowait(row)
+                except trio.WouldBlock:
+                    self.stats.replication_dropped += 1
+                    self._repair_soon.set()
+
+    def _ingest(self, rows: Sequence[StoredMessage]) -> int:
+        """Rows from a peer: keep those of owners this node serves, notify subscribers;
+        returns how many were new here."""
+        now = self.clock.now_ms()
+        mine = []
+        for row in rows:
+            if row.expiry_ms <= now or not self.owns(row.pubkey):
+                continue
+            stream = (row.pubkey, row.namespace)
+            if row.order_ms <= self._served.get(stream, self._started_ms):
+                row = dataclasses.replace(row, order_ms=self._next_order(stream, now))
+            mine.append(row)
+        added = self.store.put_many(mine)
+        fresh = [row for row, new in zip(mine, added, strict=True) if new]
+        self._notify(fresh)
+        return len(fresh)
+
+    # --- node-to-node methods -------------------------------------------------------------
+
+    def _check_node(self, params: Fields, method: str) -> str:
+        node = check_node_auth(
+            params, params.rest(), self._guard, method=method, now_ms=self.clock.now_ms()
+        )
+        if node not in {n.pubkey for n in self.snapshot.nodes}:
+            self._refresh_soon.set()  # it may have joined since we last looked
+            raise RpcError("unauthorized", "not a registered node")
+        return node
+
+    async def _replicate(self, params: Fields, conn: Connection) -> Any:
+        self._check_node(params.only("rows", "node_auth"), "replicate")
+        rows = [row_from_wire(r) for r in params.items("rows", max_len=10_000)]
+        refused = sorted({r.pubkey for r in rows if not self.owns(r.pubkey)})
+        self.stats.replicated_in += self._ingest(rows)
+        await trio.lowlevel.checkpoint()
+        return {"refused": refused}
+
+    async def _lookup(self, params: Fields, conn: Connection) -> Any:
+        self._check_node(params.only("pubkey", "namespace", "hash", "node_auth"), "lookup")
+        row = self.store.get(
+            params.text("pubkey", max_len=66), self._namespace(params), params.blob("hash", size=32)
+        )
+        await trio.lowlevel.checkpoint()
+        if row is None or row.expiry_ms <= self.clock.now_ms():
+            return {"row": None}
+        return {"row": row_to_wire(row)}
+
+    def _owned_rows(self) -> list[StoredMessage]:
+        now = self.clock.now_ms()
+        return [r for r in self.store.records(now) if self.owns(r.pubkey)]
+
+    async def _repair_digest(self, params: Fields, conn: Connection) -> Any:
+        self._check_node(params.only("node_auth"), "repair_digest")
+        await trio.lowlevel.checkpoint()
+        return {"digests": repair.digests(self._owned_rows())}
+
+    async def _repair_list(self, params: Fields, conn: Connection) -> Any:
+        self._check_node(params.only("bucket", "offset", "node_auth"), "repair_list")
+        bucket = params.uint("bucket", maximum=repair.BUCKETS - 1)
+        offset = params.uint("offset", maximum=2**32)
+        rows = [r for r in self._owned_rows() if repair.bucket_of(r.pubkey) == bucket]
+        page = rows[offset : offset + LISTING_PAGE]
+        await trio.lowlevel.checkpoint()
+        return {
+            "items": [
+                [r.pubkey, r.namespace, r.hash, r.timestamp_ms, r.expiry_ms, r.deleted]
+                for r in page
+            ],
+            "more": offset + LISTING_PAGE < len(rows),
+        }
+
+    async def _repair_fetch(self, params: Fields, conn: Connection) -> Any:
+        self._check_node(params.only("keys", "node_auth"), "repair_fetch")
+        found: list[StoredMessage] = []
+        size = 0
+        for key in params.items("keys", max_len=LISTING_PAGE):
+            if not (isinstance(key, list) and len(key) == 3):
+                raise DecodeError("a key is [pubkey, namespace, hash]")
+            owner, namespace, digest = key
+            if not (
+                isinstance(owner, str) and isinstance(namespace, int) and isinstance(digest, bytes)
+            ):
+                raise DecodeError("a key is [pubkey, namespace, hash]")
+            row = self.store.get(owner, namespace, digest)
+            if row is None:
+                continue
+            size += len(row.data or b"") + 160
+            if found and size > BATCH_BYTES:
+                break
+            found.append(row)
+        await trio.lowlevel.checkpoint()
+        return {"rows": [row_to_wire(r) for r in found]}
+
+    # --- background loops -----------------------------------------------------------------
+
+    async def _call_peer(self, peer: NodeInfo, method: str, params: dict[str, Any]) -> Any:
+        return await self._signed_call(await self._peer_client(peer), method, params)
+
+    async def _peer_client(self, peer: NodeInfo) -> RpcClient:
+        assert self._pool is not None, "the node is not serving"
+        return await self._pool.get(peer.url)
+
+    async def _signed_call(self, client: RpcClient, method: str, params: dict[str, Any]) -> Any:
+        signed = sign_node_request(self.identity, method, params, self.clock.now_ms())
+        return await client.call(method, signed)
+
+    async def _directory_loop(self) -> None:
+        while True:
+            interval = self.config.registry_refresh_s * (0.9 + 0.2 * self._random.random())
+            with trio.move_on_after(interval):
+                await self._refresh_soon.wait()
+                await trio.sleep(REFRESH_SOON_S)
+            self._refresh_soon = trio.Event()
+            await self.refresh()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.sweep_interval_s)
+            self.stats.swept += self.store.sweep(self.clock.now_ms())
+
+    async def _replication_loop(self) -> None:
+        """One epoch per membership: a worker per peer, restarted when the swarm changes."""
+        while True:
+            changed = self._membership_changed
+            async with trio.open_nursery() as nursery:
+                self._outbound = {}
+                for peer in self.peers():
+                    send, receive = trio.open_memory_channel[StoredMessage](REPLICATION_QUEUE_ROWS)
+                    self._outbound[peer.pubkey] = send
+                    nursery.start_soon(self._replicate_to, peer, receive)
+                nursery.start_soon(self._hand_over)
+                await changed.wait()
+                self._membership_changed = trio.Event()
+                nursery.cancel_scope.cancel()
+
+    async def _replicate_to(
+        self, peer: NodeInfo, queue: trio.MemoryReceiveChannel[StoredMessage]
+    ) -> None:
+        while True:
+            try:
+                async with open_rpc(self.transport, peer.url) as client:
+                    while True:
+                        batch = [await queue.receive()]
+                        while len(batch) < 256:
+                            try:
+                                batch.append(queue.receive_nowait())
+                            except trio.WouldBlock:
+                                break
+                        for part in _batches(batch):
+                            with trio.fail_after(PEER_CALL_TIMEOUT_S):
+                                await self._signed_call(
+                                    client, "replicate", {"rows": [row_to_wire(r) for r in part]}
+                                )
+            except (OSError, ConnectionLost, RpcError, trio.TooSlowError) as exc:
+                logger.info("replication to %s interrupted: %s", peer.pubkey[:8], exc)
+                self._repair_soon.set()
+                await trio.sleep(REPLICATION_RETRY_S)
+
+    async def _repair_loop(self) -> None:
+        """Repair with every peer at start-up and after replication lost something;
+        otherwise gossip with one random peer per interval, which is enough for a swarm
+        to converge in a few intervals at a fraction of the traffic."""
+        everyone = True
+        while True:
+            peers = list(self.peers())
+            if not everyone and peers:
+                peers = [self._random.choice(peers)]
+            for peer in peers:
+                try:
+                    with trio.fail_after(PEER_CALL_TIMEOUT_S * 6):
+                        await self.repair_with(peer)
+                except (OSError, ConnectionLost, RpcError, DecodeError, trio.TooSlowError) as exc:
+                    logger.info("repair with %s failed: %s", peer.pubkey[:8], exc)
+            interval = self.config.repair_interval_s * (0.8 + 0.4 * self._random.random())
+            with trio.move_on_after(interval):
+                await self._repair_soon.wait()
+                await trio.sleep(REPLICATION_RETRY_S)
+            everyone = self._repair_soon.is_set()
+            self._repair_soon = trio.Event()
+
+    async def repair_with(self, peer: NodeInfo) -> None:
+        """One anti-entropy round with one peer: both end up with the union."""
+        client = await self._peer_client(peer)
+        theirs = Fields(await self._signed_call(client, "repair_digest", {}), "result")
+        their_digests = theirs.blob_list(
+            "digests", size=repair.ITEM_ID_BYTES, max_len=repair.BUCKETS
+        )
+        if len(their_digests) != repair.BUCKETS:
+            raise DecodeError("repair digest must list every bucket")
+        ours = self._owned_rows()
+        for bucket in repair.differing_buckets(repair.digests(ours), their_digests):
+            their_rows = await self._list_bucket(client, bucket)
+            diff = repair.diff_bucket(
+                [r for r in ours if repair.bucket_of(r.pubkey) == bucket], their_rows
+            )
+            for start in range(0, len(diff.pull), LISTING_PAGE):
+                keys = [list(k) for k in diff.pull[start : start + LISTING_PAGE]]
+                while keys:
+                    result = await self._signed_call(client, "repair_fetch", {"keys": keys})
+                    rows = [
+                        row_from_wire(r)
+                        for r in Fields(result, "result").items("rows", max_len=LISTING_PAGE)
+                    ]
+                    if not rows:
+                        break
+                    self.stats.repaired_in += self._ingest(rows)
+                    got = {(r.pubkey, r.namespace, r.hash) for r in rows}
+                    keys = [k for k in keys if tuple(k) not in got]
+            for part in _batches(diff.push):
+                await self._signed_call(
+                    client, "replicate", {"rows": [row_to_wire(r) for r in part]}
+                )
+                self.stats.repaired_out += len(part)
+
+    async def _list_bucket(self, client: RpcClient, bucket: int) -> list[StoredMessage]:
+        rows: list[StoredMessage] = []
+        while True:
+            result = Fields(
+                await self._signed_call(
+                    client, "repair_list", {"bucket": bucket, "offset": len(rows)}
+                ),
+                "result",
+            )
+            for item in result.items("items", max_len=LISTING_PAGE):
+                if not isinstance(item, list) or len(item) != 6 or not isinstance(item[5], bool):
+                    raise DecodeError("a listing item is 6 fields ending in a deleted flag")
+                listed = row_from_wire([*item[:5], None, 0])
+                rows.append(
+                    StoredMessage(
+                        listed.pubkey,
+                        listed.namespace,
+                        listed.hash,
+                        listed.timestamp_ms,
+                        listed.expiry_ms,
+                        None if item[5] else b"",
+                    )
+                )
+            if not result.boolean("more"):
+                return rows
+
+    async def _hand_over(self) -> None:
+        """Give every owner that no longer maps to this node's swarm to its new swarm,
+        and forget it once every new member has taken it; retried with back-off (a new
+        member may not have read the registry yet) until nothing foreign is left. Runs
+        inside the replication epoch, so a newer membership restarts it."""
+        backoff = REPLICATION_RETRY_S
+        while not await self._hand_over_once():
+            await trio.sleep(backoff)
+            backoff = min(HAND_OVER_MAX_BACKOFF_S, backoff * 2)
+
+    async def _hand_over_once(self) -> bool:
+        """One pass; True when this node holds no foreign owner any more."""
+        if not self.swarms.swarms:
+            return True
+        now = self.clock.now_ms()
+        complete = True
+        for owner in self.store.owners():
+            if self.owns(owner):
+                continue
+            rows = list(self.store.records(now, [owner]))
+            targets = self.swarms.nodes_for_key(session_id_key(owner))
+            taken = 0
+            for target in targets:
+                try:
+                    client = await self._peer_client(target)
+                    refused = False
+                    for part in _batches(rows):
+                        result = await self._signed_call(
+                            client, "replicate", {"rows": [row_to_wire(r) for r in part]}
+                        )
+                        refused |= bool(Fields(result, "result").items("refused", max_len=10_000))
+                    taken += not refused
+                except (OSError, ConnectionLost, RpcError, DecodeError) as exc:
+                    logger.info(
+                        "hand-over of %s to %s failed: %s", owner[:10], target.pubkey[:8], exc
+                    )
+            if taken == len(targets):
+                self.store.remove_owner(owner)
+                self.stats.handed_over += len(rows)
+            else:
+                complete = False
+        return complete

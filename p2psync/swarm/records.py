@@ -1,0 +1,61 @@
+"""The node-to-node wire form of a stored row, validated on the way in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import DecodeError
+from ..identity import message_hash, session_id_key
+from .constants import MAX_DATA_BYTES, MAX_NAMESPACE, MAX_TTL_MS
+from .store import StoredMessage
+
+ROW_FIELDS = 7
+
+
+def row_to_wire(row: StoredMessage) -> list[Any]:
+    return [
+        row.pubkey,
+        row.namespace,
+        row.hash,
+        row.timestamp_ms,
+        row.expiry_ms,
+        row.data,
+        row.order_ms,
+    ]
+
+
+def row_from_wire(value: object) -> StoredMessage:
+    """A row from another node: shape, sizes, hash and expiry bound all checked."""
+    if not isinstance(value, list) or len(value) != ROW_FIELDS:
+        raise DecodeError(f"a row is a list of {ROW_FIELDS} fields")
+    pubkey, namespace, digest, timestamp, expiry, data, order = value
+    if not isinstance(pubkey, str):
+        raise DecodeError("row pubkey must be text")
+    session_id_key(pubkey)
+    if isinstance(namespace, bool) or not isinstance(namespace, int):
+        raise DecodeError("row namespace must be an integer")
+    if not 0 <= namespace <= MAX_NAMESPACE:
+        raise DecodeError("row namespace out of range")
+    if not isinstance(digest, bytes) or len(digest) != 32:
+        raise DecodeError("row hash must be 32 bytes")
+    for number in (timestamp, expiry, order):
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 2**63:
+            raise DecodeError("row timestamp, expiry and order must be non-negative integers")
+    if expiry > timestamp + MAX_TTL_MS:
+        raise DecodeError("row expiry is beyond the maximum TTL")
+    if data is not None:
+        if not isinstance(data, bytes) or len(data) > MAX_DATA_BYTES:
+            raise DecodeError("row data must be bytes within the size limit")
+        if message_hash(data) != digest:
+            raise DecodeError("row hash does not match its data")
+    return StoredMessage(pubkey, namespace, digest, timestamp, expiry, data, order)
+
+
+def message_to_wire(row: StoredMessage) -> dict[str, Any]:
+    """How a client sees a stored message (``retrieve`` and ``notify``)."""
+    return {
+        "hash": row.hash,
+        "timestamp": row.timestamp_ms,
+        "expiry": row.expiry_ms,
+        "data": row.data,
+    }

@@ -1,0 +1,90 @@
+"""Swarm membership, computed by every party from the registry alone.
+
+Swarm ids are 64-bit points spread evenly over the ring; a registry of N nodes forms
+``max(1, N // 6)`` swarms. Nodes are ordered by a hash of their key and dealt into swarms
+in contiguous runs of near-equal size, at most 8 each (the rest are spares that still
+answer and redirect). When one node joins or leaves, only the nodes at run boundaries move,
+so hand-over traffic stays small. A public key belongs to the swarm whose id is closest,
+with wrap-around, to the XOR of the four big-endian 64-bit words of its X25519 key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .constants import SWARM_MAX_SIZE, SWARM_TARGET_SIZE
+
+RING_SIZE = 2**64
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class NodeInfo:
+    """A service node as the registry lists it: Ed25519 key (hex) and RPC url."""
+
+    pubkey: str
+    url: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"pubkey": self.pubkey, "url": self.url}
+
+
+def key_position(x25519_public: bytes) -> int:
+    """The ring position of a 32-byte X25519 key (DESIGN.md §4)."""
+    if len(x25519_public) != 32:
+        raise ValueError("ring positions are defined for 32-byte keys")
+    position = 0
+    for offset in range(0, 32, 8):
+        position ^= int.from_bytes(x25519_public[offset : offset + 8], "big")
+    return position
+
+
+def node_position(node_pubkey_hex: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(
+            bytes.fromhex(node_pubkey_hex), digest_size=8, person=b"p2psync-ring"
+        ).digest(),
+        "big",
+    )
+
+
+def ring_distance(a: int, b: int) -> int:
+    d = (a - b) % RING_SIZE
+    return min(d, RING_SIZE - d)
+
+
+@dataclass(frozen=True)
+class SwarmMap:
+    """The swarms of one registry snapshot: ``swarms[swarm_id] = nodes``."""
+
+    swarms: dict[int, tuple[NodeInfo, ...]]
+
+    @classmethod
+    def build(cls, nodes: Iterable[NodeInfo]) -> SwarmMap:
+        unique = sorted(set(nodes), key=lambda n: (node_position(n.pubkey), n.pubkey))
+        count = max(1, len(unique) // SWARM_TARGET_SIZE)
+        ids = [(RING_SIZE * k) // count for k in range(count)]
+        swarms: dict[int, tuple[NodeInfo, ...]] = {}
+        start = 0
+        for k, swarm_id in enumerate(ids):
+            size = len(unique) // count + (1 if k < len(unique) % count else 0)
+            swarms[swarm_id] = tuple(unique[start : start + min(size, SWARM_MAX_SIZE)])
+            start += size
+        return cls(swarms)
+
+    def swarm_for_key(self, x25519_public: bytes) -> int:
+        position = key_position(x25519_public)
+        return min(self.swarms, key=lambda sid: (ring_distance(sid, position), sid))
+
+    def nodes_for_key(self, x25519_public: bytes) -> tuple[NodeInfo, ...]:
+        return self.swarms[self.swarm_for_key(x25519_public)]
+
+    def swarm_of_node(self, node_pubkey: str) -> int | None:
+        for swarm_id, members in self.swarms.items():
+            if any(member.pubkey == node_pubkey for member in members):
+                return swarm_id
+        return None
+
+    def all_nodes(self) -> Sequence[NodeInfo]:
+        return [node for members in self.swarms.values() for node in members]

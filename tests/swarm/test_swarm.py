@@ -1,0 +1,175 @@
+"""A swarm on the embedded network: replication, TTL, restarts, repair, hand-over."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from p2psync.clock import TEST_EPOCH_MS
+from p2psync.identity import Identity
+from p2psync.swarm.client import Cursor, Message
+from p2psync.swarm.node import NodeConfig
+
+from .helpers import holders, open_test_swarm, swarm_of, wait_until
+
+ALICE = Identity.from_label("alice")
+
+
+async def test_store_on_one_node_is_retrievable_from_every_member(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_swarm(6) as (network, swarm):
+        digest, expiry = await swarm.store(ALICE.session_id, 0, b"hello")
+        assert expiry == TEST_EPOCH_MS + 86_400_000
+        await wait_until(lambda: holders(network, ALICE, digest) == 6)
+        members = swarm_of(network, ALICE)
+        assert len(members) == 6
+        for node in members:
+            from p2psync.swarm.ring import NodeInfo
+
+            messages, more, _ = await swarm.retrieve(
+                ALICE, 0, None, NodeInfo(node.pubkey, node.url)
+            )
+            assert [m.data for m in messages] == [b"hello"] and not more
+
+
+async def test_messages_expire_after_their_ttl_and_are_swept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Days of virtual time: maintenance other than the sweep runs rarely, to stay fast.
+    quiet = NodeConfig(
+        sweep_interval_s=60, registry_refresh_s=150, repair_interval_s=3600, announce_interval_s=150
+    )
+    async with open_test_swarm(6, quiet) as (network, swarm):
+        short, _ = await swarm.store(ALICE.session_id, 0, b"short", ttl_ms=60_000)
+        long, _ = await swarm.store(ALICE.session_id, 0, b"long", ttl_ms=3 * 86_400_000)
+        await wait_until(lambda: holders(network, ALICE, long) == 6)
+        await trio.sleep(61)
+        messages, _, _ = await swarm.retrieve(ALICE, 0, None)
+        assert [m.data for m in messages] == [b"long"]
+        await trio.sleep(quiet.sweep_interval_s + 1)
+        assert all(n.store.get(ALICE.session_id, 0, short) is None for n in network.running_nodes())
+        await trio.sleep(3 * 86_400)
+        messages, _, _ = await swarm.retrieve(ALICE, 0, None)
+        assert messages == []
+        assert all(n.store.stats() == (0, 0) for n in network.running_nodes())
+
+
+async def test_restart_keeps_everything(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_swarm(6) as (network, swarm):
+        stored = [(await swarm.store(ALICE.session_id, 0, b"m%d" % i))[0] for i in range(20)]
+        await wait_until(lambda: all(holders(network, ALICE, d) == 6 for d in stored))
+        for handle in network.nodes:
+            await network.stop_node(handle)
+        for handle in network.nodes:
+            await network.start_node(handle)
+        messages, _, _ = await swarm.retrieve(ALICE, 0, None)
+        assert sorted(m.hash for m in messages) == sorted(stored)
+
+
+async def test_a_node_that_was_down_converges_by_repair(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = NodeConfig(repair_interval_s=30.0)
+    async with open_test_swarm(6, config) as (network, swarm):
+        victim = network.nodes[2]
+        await network.stop_node(victim)
+        acknowledged = [(await swarm.store(ALICE.session_id, 0, b"x%d" % i))[0] for i in range(50)]
+        deleted = acknowledged[:5]
+        assert await swarm.delete(ALICE, 0, deleted) == deleted
+        await network.start_node(victim)
+        node = victim.node
+        assert node is not None
+        await wait_until(
+            lambda: all(node.store.get(ALICE.session_id, 0, d) is not None for d in acknowledged)
+        )
+        assert all(node.store.get(ALICE.session_id, 0, d).deleted for d in deleted)  # type: ignore[union-attr]
+        assert node.stats.repaired_in >= 50
+
+
+async def test_cursor_from_one_node_works_on_another(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_swarm(6) as (network, swarm):
+        first = [(await swarm.store(ALICE.session_id, 0, b"a%d" % i))[0] for i in range(5)]
+        await wait_until(lambda: all(holders(network, ALICE, d) == 6 for d in first))
+        from p2psync.swarm.ring import NodeInfo
+
+        members = [NodeInfo(n.pubkey, n.url) for n in swarm_of(network, ALICE)]
+        got, _, _ = await swarm.retrieve(ALICE, 0, None, members[0])
+        assert sorted(m.hash for m in got) == sorted(first)
+        cursor = Cursor()
+        cursor.fresh(got)
+        second = [(await swarm.store(ALICE.session_id, 0, b"b%d" % i))[0] for i in range(3)]
+        await wait_until(lambda: all(holders(network, ALICE, d) == 6 for d in second))
+        # The node that issued the cursor continues exactly where the reader was.
+        got, _, _ = await swarm.retrieve(ALICE, 0, cursor.last_hash, members[0])
+        assert sorted(m.hash for m in got) == sorted(second)
+        # Another member rewinds a short window: nothing missed, and the duplicates
+        # are all from that window and dropped by the reader's cursor.
+        for member in members[1:]:
+            got, _, _ = await swarm.retrieve(ALICE, 0, first[-1], member)
+            assert set(second) <= {m.hash for m in got} <= set(first) | set(second)
+            assert (
+                sorted(m.hash for m in cursor.fresh(got)) == sorted(second) or member != members[1]
+            )
+
+
+async def test_membership_change_moves_messages(autojump_clock: trio.testing.MockClock) -> None:
+    owners = [Identity.from_label(f"user{i}") for i in range(30)]
+    async with open_test_swarm(6) as (network, swarm):
+        stored = {
+            o.session_id: (await swarm.store(o.session_id, 0, o.session_id.encode()))[0]
+            for o in owners
+        }
+        await wait_until(lambda: all(n.store.stats()[0] == 30 for n in network.running_nodes()))
+        for _ in range(6):
+            await network.add_node()
+        await network.refresh_all()
+        nodes = network.running_nodes()
+        assert len({n.swarm_id for n in nodes}) == 2
+
+        def settled() -> bool:
+            for owner in owners:
+                for node in nodes:
+                    row = node.store.get(owner.session_id, 0, stored[owner.session_id])
+                    if node.owns(owner.session_id) != (row is not None):
+                        return False
+            return True
+
+        await wait_until(settled)
+        await swarm.refresh()
+        for owner in owners:
+            messages, _, _ = await swarm.retrieve(owner, 0, None)
+            assert [m.data for m in messages] == [owner.session_id.encode()]
+
+
+async def test_subscription_pushes_and_poll_loop_deliver(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_swarm(6) as (_network, swarm):
+        pushed: list[Message] = []
+        polled: list[Message] = []
+        got_all = trio.Event()
+
+        async def on_push(batch: list[Message]) -> None:
+            pushed.extend(batch)
+
+        async def on_poll(batch: list[Message]) -> None:
+            polled.extend(batch)
+            if len(polled) == 10:
+                got_all.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: swarm.subscribe(ALICE, 0, on_push, cursor=Cursor()))
+            nursery.start_soon(lambda: swarm.poll(ALICE, 0, on_poll))
+            await trio.sleep(1)
+            start = trio.current_time()
+            for i in range(10):
+                await swarm.store(ALICE.session_id, 0, b"p%d" % i)
+            await got_all.wait()
+            assert trio.current_time() - start < 4  # within one poll interval
+            await wait_until(lambda: len(pushed) == 10)
+            nursery.cancel_scope.cancel()
+        assert sorted(m.data for m in pushed) == sorted(m.data for m in polled)
+        assert len({m.hash for m in pushed}) == 10

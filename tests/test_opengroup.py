@@ -1,0 +1,315 @@
+"""Open groups: one user per person whichever device posts, and forgeries refused."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlay.link import MemoryNetwork, Transport
+from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.errors import DecodeError, RpcError
+from p2psync.fileserver import FileServer, FileServerClient, open_fileserver_client
+from p2psync.identity import Identity
+from p2psync.mapping import create_mapping, revoke_pairing
+from p2psync.opengroup import (
+    MAX_MESSAGES_REPLY_BYTES,
+    MAX_POST_BODY_BYTES,
+    OpenGroupClient,
+    OpenGroupServer,
+    OpenGroupStore,
+    Post,
+    open_opengroup_client,
+    sign_post,
+)
+from p2psync.websocket import WebSocketTransport
+from p2psync.wire import encode_cbor
+
+PRIMARY = Identity.from_label("opengroup/primary")
+SECONDARY = Identity.from_label("opengroup/secondary")
+LONER = Identity.from_label("opengroup/loner")
+SHARED = Identity.from_label("opengroup/shared-linked-key")
+
+
+@dataclass
+class Servers:
+    clock: Clock
+    transport: Transport
+    files: FileServerClient
+    chat: OpenGroupClient
+    chat_server: OpenGroupServer
+    nursery: trio.Nursery
+
+
+def _address(transport: Transport, name: str) -> str:
+    return f"mem:{name}" if isinstance(transport, MemoryNetwork) else "127.0.0.1:0"
+
+
+@asynccontextmanager
+async def running(
+    clock: Clock,
+    *,
+    mapped: bool = True,
+    db_path: Path | str = ":memory:",
+    transport: Transport | None = None,
+) -> AsyncIterator[Servers]:
+    transport = transport or MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        files_url = await nursery.start(
+            FileServer(":memory:", clock).serve, transport, _address(transport, "files")
+        )
+        chat_server = OpenGroupServer(db_path, clock, files_url if mapped else None, transport)
+        chat_url = await nursery.start(chat_server.serve, transport, _address(transport, "chat"))
+        async with (
+            open_fileserver_client(transport, files_url) as files,
+            open_opengroup_client(transport, chat_url) as chat,
+        ):
+            yield Servers(clock, transport, files, chat, chat_server, nursery)
+        nursery.cancel_scope.cancel()
+
+
+async def refused(code: str, call: Awaitable[Any]) -> RpcError:
+    with pytest.raises(RpcError) as info:
+        await call
+    assert info.value.code == code, info.value.message
+    return info.value
+
+
+async def test_mapped_mode_attributes_every_device_to_its_primary(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(clock) as s:
+        assert s.chat_server.mode == "mapped"
+        assert await s.chat.create_room("lobby") is True
+        assert await s.chat.create_room("lobby") is False
+        assert await s.chat.list_rooms() == ["lobby"]
+        await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
+
+        now = clock.now_ms()
+        posts = [
+            sign_post(PRIMARY, "lobby", b"from the phone", now),
+            sign_post(SECONDARY, "lobby", b"from the desktop", now, primary=PRIMARY.session_id),
+            sign_post(SECONDARY, "lobby", b"no claim", now + 1),
+            sign_post(LONER, "lobby", b"single device", now),
+        ]
+        receipts = [await s.chat.post(p) for p in posts]
+        assert [r.user for r in receipts] == [PRIMARY.session_id] * 3 + [LONER.session_id]
+        assert receipts == sorted(receipts, key=lambda r: r.id)
+        # A retried post is the same post.
+        assert await s.chat.post(posts[1]) == receipts[1]
+
+        messages, more = await s.chat.messages("lobby")
+        assert not more
+        assert [(m.id, m.user, m.device, m.body) for m in messages] == [
+            (r.id, r.user, p.sender, p.body) for r, p in zip(receipts, posts, strict=True)
+        ]
+        assert messages[1].device == SECONDARY.session_id and messages[1].timestamp_ms == now
+        page, more = await s.chat.messages("lobby", since=receipts[0].id, limit=2)
+        assert more and [m.id for m in page] == [receipts[1].id, receipts[2].id]
+
+
+async def test_linked_mode_shared_key_is_the_user(autojump_clock: trio.testing.MockClock) -> None:
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(clock, mapped=False) as s:
+        assert s.chat_server.mode == "linked"
+        await s.chat.create_room("lobby")
+        phone = await s.chat.post(sign_post(SHARED, "lobby", b"phone", clock.now_ms()))
+        desktop = await s.chat.post(sign_post(SHARED, "lobby", b"desktop", clock.now_ms() + 1))
+        assert phone.user == desktop.user == SHARED.session_id
+        assert phone.id != desktop.id
+        claimed = sign_post(SHARED, "lobby", b"x", clock.now_ms(), primary=PRIMARY.session_id)
+        await refused("unauthorized", s.chat.post(claimed))
+
+
+async def test_forged_posts_are_refused(autojump_clock: trio.testing.MockClock) -> None:
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(clock) as s:
+        await s.chat.create_room("lobby")
+        await s.chat.create_room("other")
+        await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
+        now = clock.now_ms()
+
+        # An unmapped key claiming a primary.
+        error = await refused(
+            "unauthorized",
+            s.chat.post(sign_post(LONER, "lobby", b"hi", now, primary=PRIMARY.session_id)),
+        )
+        assert "claimed primary" in error.message
+        # A tampered body.
+        genuine = sign_post(SECONDARY, "lobby", b"pay alice", now)
+        await refused("unauthorized", s.chat.post(replace(genuine, body=b"pay mallory")))
+        # A key that is not the sender's (LONER signs, claims to be SECONDARY).
+        unsigned = replace(sign_post(LONER, "lobby", b"hi", now), sender=SECONDARY.session_id)
+        impostor = replace(unsigned, sig=LONER.sign(unsigned.signed_bytes()))
+        error = await refused("unauthorized", s.chat.post(impostor))
+        assert "does not belong" in error.message
+        # Moved to another room.
+        await refused(
+            "bad_request", s.chat.rpc.call("post", {"room": "other", "post": genuine.to_bytes()})
+        )
+        # Unknown room, stale or future timestamp, oversize body.
+        await refused("not_found", s.chat.post(sign_post(LONER, "nowhere", b"hi", now)))
+        await refused("clock_skew", s.chat.post(sign_post(LONER, "lobby", b"hi", now - 61_000)))
+        await refused("clock_skew", s.chat.post(sign_post(LONER, "lobby", b"hi", now + 61_000)))
+        with pytest.raises(ValueError):
+            sign_post(LONER, "lobby", bytes(MAX_POST_BODY_BYTES + 1), now)
+        big = replace(sign_post(LONER, "lobby", b"", now), body=bytes(MAX_POST_BODY_BYTES + 2000))
+        await refused("too_large", s.chat.post(replace(big, sig=LONER.sign(big.signed_bytes()))))
+
+        assert (await s.chat.messages("lobby"))[0] == []
+        assert "internal" not in s.chat_server.rpc.stats.errors
+
+
+async def test_revoked_device_is_on_its_own(autojump_clock: trio.testing.MockClock) -> None:
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(clock) as s:
+        await s.chat.create_room("lobby")
+        await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
+        before = await s.chat.post(
+            sign_post(SECONDARY, "lobby", b"paired", clock.now_ms(), primary=PRIMARY.session_id)
+        )
+        await trio.sleep(1)
+        await s.files.revoke_mapping(revoke_pairing(PRIMARY, SECONDARY.session_id, clock.now_ms()))
+        await refused(
+            "unauthorized",
+            s.chat.post(
+                sign_post(SECONDARY, "lobby", b"x", clock.now_ms(), primary=PRIMARY.session_id)
+            ),
+        )
+        after = await s.chat.post(sign_post(SECONDARY, "lobby", b"alone", clock.now_ms()))
+        assert before.user == PRIMARY.session_id and after.user == SECONDARY.session_id
+        # History keeps the attribution it had when posted.
+        assert [m.user for m in (await s.chat.messages("lobby"))[0]] == [
+            PRIMARY.session_id,
+            SECONDARY.session_id,
+        ]
+
+
+async def test_file_server_down_means_unavailable_then_recovers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = Clock(TEST_EPOCH_MS)
+    network = MemoryNetwork()
+    async with running(clock, transport=network) as s:
+        await s.chat.create_room("lobby")
+        await s.chat.post(sign_post(LONER, "lobby", b"up", clock.now_ms()))
+        network.set_down("mem:files")
+        await refused("unavailable", s.chat.post(sign_post(LONER, "lobby", b"?", clock.now_ms())))
+        await refused("unavailable", s.chat.post(sign_post(LONER, "lobby", b"?", clock.now_ms())))
+        network.set_down("mem:files", down=False)
+        receipt = await s.chat.post(sign_post(LONER, "lobby", b"!", clock.now_ms()))
+        assert receipt.user == LONER.session_id
+
+
+async def test_restart_keeps_rooms_and_posts(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    clock = Clock(TEST_EPOCH_MS)
+    db = tmp_path / "chat.sqlite3"
+    async with running(clock, db_path=db) as s:
+        await s.chat.create_room("lobby")
+        first = await s.chat.post(sign_post(LONER, "lobby", b"before", clock.now_ms()))
+    await trio.sleep(5)
+    async with running(clock, db_path=db) as s:
+        assert await s.chat.list_rooms() == ["lobby"]
+        second = await s.chat.post(sign_post(LONER, "lobby", b"after", clock.now_ms()))
+        assert second.id > first.id
+        messages, _ = await s.chat.messages("lobby")
+        assert [m.body for m in messages] == [b"before", b"after"]
+
+
+async def test_over_websocket(tmp_path: Path) -> None:
+    clock = Clock()
+    async with running(clock, transport=WebSocketTransport(), db_path=tmp_path / "c.db") as s:
+        await s.chat.create_room("lobby")
+        await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
+        receipt = await s.chat.post(
+            sign_post(SECONDARY, "lobby", b"hi", clock.now_ms(), primary=PRIMARY.session_id)
+        )
+        assert receipt.user == PRIMARY.session_id
+        assert [m.device for m in (await s.chat.messages("lobby"))[0]] == [SECONDARY.session_id]
+
+
+def test_messages_reply_fits_a_frame(tmp_path: Path) -> None:
+    """Many maximum-size posts come back in pages that each fit one frame."""
+    store = OpenGroupStore(tmp_path / "chat.sqlite3")
+    store.create_room("big", TEST_EPOCH_MS)
+    for i in range(20):
+        post = sign_post(LONER, "big", bytes([i]) * MAX_POST_BODY_BYTES, TEST_EPOCH_MS + i)
+        store.add(post, LONER.session_id, TEST_EPOCH_MS)
+    page, more = store.messages("big", 0, 100)
+    assert more and sum(len(m.body) for m in page) <= MAX_MESSAGES_REPLY_BYTES
+    store.close()
+
+
+# --- generated garbage ------------------------------------------------------------------------
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.text(max_size=70)
+    | st.binary(max_size=200),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=8,
+)
+_POST = sign_post(LONER, "lobby", b"hello", TEST_EPOCH_MS)
+
+
+_POST_FIELDS: dict[str, Any] = cbor2.loads(_POST.to_bytes())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        _values.map(encode_cbor),
+        st.dictionaries(
+            st.sampled_from(["v", "room", "sender", "key", "primary", "ts", "body", "sig", "x"]),
+            _values,
+        ).map(lambda d: encode_cbor({**_POST_FIELDS, **d})),
+    )
+)
+def test_post_decoder_only_raises_decode_error(data: bytes) -> None:
+    try:
+        post = Post.from_bytes(data)
+    except DecodeError:
+        return
+    with contextlib.suppress(DecodeError):
+        post.verify()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    method=st.sampled_from(["post", "messages", "create_room", "list_rooms"]),
+    params=st.dictionaries(
+        st.sampled_from(["room", "post", "since", "limit", "x"]), _values, max_size=3
+    ),
+)
+def test_garbage_params_are_refused_and_server_keeps_serving(
+    method: str, params: dict[str, Any]
+) -> None:
+    async def main() -> None:
+        clock = Clock(TEST_EPOCH_MS)
+        async with running(clock) as s:
+            await s.chat.create_room("lobby")
+            try:
+                await s.chat.rpc.call(method, params)
+            except RpcError as exc:
+                assert exc.code in {"bad_request", "not_found"}, exc
+            assert "internal" not in s.chat_server.rpc.stats.errors
+            receipt = await s.chat.post(sign_post(LONER, "lobby", b"ok", clock.now_ms()))
+            assert receipt.user == LONER.session_id
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
