@@ -1,5 +1,5 @@
-"""The embedded local network: registry and service nodes (and, as they land, the file
-server, open groups and relays) in this process, on real loopback sockets or on the
+"""The embedded local network: registry, service nodes, file server and open group server
+(and, as the overlay lands, relays) in this process, on real loopback sockets or on the
 in-memory transport.
 
 Each node runs in its own cancel scope, so a test or a demo can stop one (its SQLite file
@@ -9,7 +9,7 @@ stays, as after a crash) and start it again on the same address.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +20,24 @@ from overlay.link import MemoryNetwork, Transport
 from overlay.tasks import open_task_nursery
 
 from .clock import Clock
+from .fileserver import FileServer
 from .identity import Identity
+from .opengroup import OpenGroupServer
 from .swarm.node import NodeConfig, StorageNode
 from .swarm.registry import RegistryDirectory, RegistryServer
 from .swarm.store import MessageStore
 from .websocket import WebSocketTransport
 
 TRANSPORTS = ("tcp", "memory")
+
+
+async def wait_until(condition: Callable[[], bool], *, poll_s: float = 0.05) -> None:
+    """Wait until ``condition`` holds, checking every ``poll_s`` (wrap it in a cancel scope
+    for a deadline). For conditions over many components of the embedded network, such
+    as "every member holds this message", which no single event signals; under
+    ``MockClock`` each check is at a deterministic virtual time."""
+    while not condition():  # noqa: ASYNC110
+        await trio.sleep(poll_s)
 
 
 def make_transport(kind: str, *, seed: int = 0) -> Transport:
@@ -67,14 +78,16 @@ class LocalNetwork:
     data_dir: Path
     node_config: NodeConfig
     nodes: list[NodeHandle] = field(default_factory=list)
+    fileserver_url: str = ""
+    opengroup_url: str = ""
     _nursery: trio.Nursery | None = None
 
     def directory(self) -> RegistryDirectory:
         return RegistryDirectory(self.transport, self.registry_url, self.clock)
 
-    def _listen_address(self, index: int) -> str:
+    def _listen_address(self, name: str) -> str:
         if isinstance(self.transport, MemoryNetwork):
-            return f"mem:node{index}"
+            return f"mem:{name}"
         return "127.0.0.1:0"
 
     async def add_node(self) -> NodeHandle:
@@ -83,7 +96,7 @@ class LocalNetwork:
             index,
             Identity.from_label(f"{self.data_dir.name}/node/{index}"),
             self.data_dir / f"node-{index}.sqlite3",
-            self._listen_address(index),
+            self._listen_address(f"node{index}"),
         )
         self.nodes.append(handle)
         await self.start_node(handle)
@@ -131,7 +144,7 @@ class LocalNetwork:
 
 
 @asynccontextmanager
-async def open_storage_network(
+async def open_local_network(
     nodes: int = 6,
     *,
     transport: str | Transport = "memory",
@@ -140,25 +153,31 @@ async def open_storage_network(
     node_config: NodeConfig | None = None,
     seed: int = 0,
 ) -> AsyncIterator[LocalNetwork]:
-    """Registry plus ``nodes`` service nodes, every node aware of every other."""
+    """Registry, ``nodes`` service nodes (every one aware of every other), file server
+    and open group server, all in this process. Data lives in ``data_dir`` (default: a
+    temporary directory removed afterwards)."""
     chosen = make_transport(transport, seed=seed) if isinstance(transport, str) else transport
     clock = clock or Clock()
     with tempfile.TemporaryDirectory(prefix="p2psync-") as temporary:
         directory = Path(data_dir) if data_dir is not None else Path(temporary)
         directory.mkdir(parents=True, exist_ok=True)
-        registry = RegistryServer(clock)
         async with open_task_nursery() as nursery:
-            registry_address = (
-                "mem:registry" if isinstance(chosen, MemoryNetwork) else "127.0.0.1:0"
-            )
-            registry_url = await nursery.start(registry.serve, chosen, registry_address)
             network = LocalNetwork(
+                chosen, clock, "", directory, node_config or NodeConfig(), _nursery=nursery
+            )
+            network.registry_url = await nursery.start(
+                RegistryServer(clock).serve, chosen, network._listen_address("registry")
+            )
+            network.fileserver_url = await nursery.start(
+                FileServer(directory / "fileserver.sqlite3", clock).serve,
                 chosen,
-                clock,
-                registry_url,
-                directory,
-                node_config or NodeConfig(),
-                _nursery=nursery,
+                network._listen_address("fileserver"),
+            )
+            opengroup = OpenGroupServer(
+                directory / "opengroup.sqlite3", clock, network.fileserver_url, chosen
+            )
+            network.opengroup_url = await nursery.start(
+                opengroup.serve, chosen, network._listen_address("opengroup")
             )
             for _ in range(nodes):
                 await network.add_node()

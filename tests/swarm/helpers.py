@@ -9,21 +9,16 @@ import trio
 
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.identity import Identity
-from p2psync.network import LocalNetwork, open_storage_network
+from p2psync.network import LocalNetwork, open_local_network
+from p2psync.network import wait_until as network_wait_until
 from p2psync.swarm.client import SwarmClient, open_swarm_client
 from p2psync.swarm.node import NodeConfig, StorageNode
 
 
-async def wait_until(
-    condition: Callable[[], bool], *, step_s: float = 0.5, limit_s: float = 600
-) -> None:
-    """Wait in virtual time until ``condition`` holds (fails the test after ``limit_s``).
-
-    For conditions over many nodes' stores, which no single event signals; under
-    ``MockClock`` every step is deterministic."""
+async def wait_until(condition: Callable[[], bool], *, limit_s: float = 600) -> None:
+    """Wait in virtual time until ``condition`` holds; fail the test after ``limit_s``."""
     with trio.fail_after(limit_s):
-        while not condition():  # noqa: ASYNC110
-            await trio.sleep(step_s)
+        await network_wait_until(condition, poll_s=0.5)
 
 
 def swarm_of(network: LocalNetwork, owner: Identity) -> list[StorageNode]:
@@ -47,7 +42,7 @@ async def open_test_swarm(
 ) -> AsyncIterator[tuple[LocalNetwork, SwarmClient]]:
     """An in-memory network at the test epoch, with a swarm client on it."""
     async with (
-        open_storage_network(nodes, clock=Clock(TEST_EPOCH_MS), node_config=config) as network,
+        open_local_network(nodes, clock=Clock(TEST_EPOCH_MS), node_config=config) as network,
         open_swarm_client(network.transport, network.directory(), network.clock, seed=1) as swarm,
     ):
         yield network, swarm

@@ -1,0 +1,1 @@
+"""Benchmarks and the narrated demo, written against the public API."""

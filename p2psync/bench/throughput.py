@@ -1,0 +1,188 @@
+"""``p2psync bench throughput``: stores/s and retrieves/s of one service node over
+WebSocket, beside the floor measured in the same run (DESIGN.md §9).
+
+The node runs as its own process (``p2psync node``), so it has a core to itself; the load
+comes from this process over ``clients`` connections with ``pipeline`` requests in flight
+each. The floor is what the node's storage costs at the least: single-row SQLite inserts,
+each committed on its own, in the same schema and journal mode (WAL, synchronous=NORMAL),
+with the message hash computed, in this process. ``ratio`` = stores/s ÷ floor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from ..clock import Clock
+from ..identity import Identity
+from ..rpc import RpcClient, open_rpc
+from ..swarm.auth import AuthSigner
+from ..swarm.registry import RegistryServer
+from ..swarm.store import MessageStore, StoredMessage
+from ..websocket import WebSocketTransport
+
+MESSAGE_BYTES = 200
+OWNERS = 64
+TTL_MS = 3_600_000
+
+
+def measure_floor(seconds: float) -> float:
+    """Single-commit inserts/s into the node's own store schema, hash included."""
+    with tempfile.TemporaryDirectory() as directory:
+        store = MessageStore(Path(directory) / "floor.sqlite3")
+        payload = os.urandom(MESSAGE_BYTES)
+        owner = Identity.from_label("floor").session_id
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            data = payload + count.to_bytes(8, "big")
+            digest = hashlib.blake2b(data, digest_size=32).digest()
+            store.put(StoredMessage(owner, 0, digest, count, count + TTL_MS, data, count))
+            count += 1
+        elapsed = time.perf_counter() - start
+        store.close()
+    return count / elapsed
+
+
+async def _start_node(registry_url: str, data_dir: Path) -> tuple[trio.Process, str]:
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "p2psync",
+            "node",
+            "--data",
+            str(data_dir),
+            "--registry",
+            registry_url,
+        ],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    line = b""
+    with trio.fail_after(60):
+        while b"\n" not in line:
+            chunk = await process.stdout.receive_some(1024)
+            if not chunk:
+                raise RuntimeError("the node process exited before it was ready")
+            line += chunk
+    return process, line.decode().split()[1]
+
+
+async def _load(url: str, clients: int, pipeline: int, seconds: float, make_request: Any) -> int:
+    transport = WebSocketTransport()
+    done = 0
+
+    async def worker(client: RpcClient, index: int) -> None:
+        nonlocal done
+        sequence = 0
+        while trio.current_time() < deadline:
+            method, params = make_request(index, sequence)
+            await client.call(method, params)
+            sequence += 1
+            done += 1
+
+    async with trio.open_nursery() as nursery:
+        connections = [
+            await nursery.start(_hold_connection, transport, url) for _ in range(clients)
+        ]
+        deadline = trio.current_time() + seconds
+        async with trio.open_nursery() as workers:
+            for c, client in enumerate(connections):
+                for p in range(pipeline):
+                    workers.start_soon(worker, client, c * pipeline + p)
+        nursery.cancel_scope.cancel()
+    return done
+
+
+async def _hold_connection(
+    transport: WebSocketTransport, url: str, *, task_status: trio.TaskStatus[RpcClient]
+) -> None:
+    async with open_rpc(transport, url) as client:
+        task_status.started(client)
+        await trio.sleep_forever()
+
+
+def run_throughput(*, seconds: float = 5.0, clients: int = 4, pipeline: int = 32) -> dict[str, Any]:
+    console = Console(stderr=True)
+    console.print(f"[bold]floor[/]: single-commit SQLite inserts for {seconds:.0f} s …")
+    floor = measure_floor(seconds)
+    owners = [Identity.from_label(f"bench-owner-{i}") for i in range(OWNERS)]
+    signers = [AuthSigner(o) for o in owners]
+    payload = os.urandom(MESSAGE_BYTES)
+    clock = Clock()
+
+    def store_request(worker: int, sequence: int) -> tuple[str, dict[str, Any]]:
+        owner = owners[(worker + sequence) % OWNERS]
+        data = payload + worker.to_bytes(4, "big") + sequence.to_bytes(8, "big")
+        return "store", {
+            "pubkey": owner.session_id,
+            "namespace": 0,
+            "ttl": TTL_MS,
+            "timestamp": clock.now_ms(),
+            "data": data,
+        }
+
+    def retrieve_request(worker: int, sequence: int) -> tuple[str, dict[str, Any]]:
+        index = (worker + sequence) % OWNERS
+        return "retrieve", {
+            "pubkey": owners[index].session_id,
+            "namespace": 0,
+            "last_hash": None,
+            "limit": 1,
+            "auth": signers[index].auth("retrieve", 0, clock.now_ms()),
+        }
+
+    async def main() -> dict[str, Any]:
+        transport = WebSocketTransport()
+        with tempfile.TemporaryDirectory() as directory:
+            async with trio.open_nursery() as nursery:
+                registry = await nursery.start(
+                    RegistryServer(clock).serve, transport, "127.0.0.1:0"
+                )
+                process, url = await _start_node(registry, Path(directory) / "node")
+                try:
+                    console.print(
+                        f"[bold]stores[/]: {clients}×{pipeline} in flight for {seconds:.0f} s …"
+                    )
+                    stores = await _load(url, clients, pipeline, seconds, store_request)
+                    console.print(f"[bold]retrieves[/]: signed, for {seconds:.0f} s …")
+                    retrieves = await _load(url, clients, pipeline, seconds, retrieve_request)
+                finally:
+                    process.terminate()
+                    await process.wait()
+                nursery.cancel_scope.cancel()
+        return {
+            "stores_per_s": round(stores / seconds, 1),
+            "retrieves_per_s": round(retrieves / seconds, 1),
+            "floor_stores_per_s": round(floor, 1),
+            "ratio": round(stores / seconds / floor, 3),
+            "clients": clients,
+            "pipeline": pipeline,
+            "message_bytes": MESSAGE_BYTES,
+        }
+
+    return trio.run(main)
+
+
+def print_report(result: dict[str, Any]) -> None:
+    table = Table(title="service node throughput (one node process, WebSocket, loopback)")
+    table.add_column("measure")
+    table.add_column("per second", justify="right")
+    table.add_row("stores", f"{result['stores_per_s']:,.0f}")
+    table.add_row("retrieves (signed)", f"{result['retrieves_per_s']:,.0f}")
+    table.add_row("floor: SQLite single-commit inserts", f"{result['floor_stores_per_s']:,.0f}")
+    table.add_row("stores ÷ floor", f"{result['ratio']:.2f}")
+    Console().print(table)

@@ -1,0 +1,222 @@
+"""The ``p2psync`` command line: argument parsing only; the work is in library calls.
+
+Every command exits non-zero with a one-line error on bad input or a failure it can
+explain; Ctrl-C stops a running command cleanly (exit code 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .clock import Clock
+from .errors import P2PSyncError
+from .network import TRANSPORTS, make_transport
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """A failure to report as one line, without a traceback."""
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    path = Path(args.data)
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"--data {path} exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .bench.demo import run_demo
+
+    return run_demo(transport=args.transport, seed=args.seed, json_path=args.json)
+
+
+def _cmd_network_up(args: argparse.Namespace) -> int:
+    from .launcher import network_up
+
+    data_dir = _data_dir(args)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            path = await nursery.start(
+                partial(
+                    network_up,
+                    make_transport("tcp"),
+                    data_dir,
+                    args.nodes,
+                    args.relays,
+                    on_progress=lambda message: print(f"started {message}", file=sys.stderr),
+                )
+            )
+            print(f"ready {path}", flush=True)
+
+    trio.run(main)
+    return 0
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from .services import make_directory, run_node
+
+    data_dir = _data_dir(args)
+    transport = make_transport("tcp")
+    clock = Clock()
+    static = Path(args.static) if args.static else None
+    directory = make_directory(transport, clock, args.registry, static)
+    trio.run(run_node, transport, data_dir, args.listen, directory, clock)
+    return 0
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    from .services import run_registry
+
+    trio.run(run_registry, make_transport("tcp"), _data_dir(args), args.listen, Clock())
+    return 0
+
+
+def _cmd_fileserver(args: argparse.Namespace) -> int:
+    from .services import run_fileserver
+
+    trio.run(run_fileserver, make_transport("tcp"), _data_dir(args), args.listen, Clock())
+    return 0
+
+
+def _cmd_opengroup(args: argparse.Namespace) -> int:
+    from .services import run_opengroup
+
+    trio.run(
+        run_opengroup, make_transport("tcp"), _data_dir(args), args.listen, args.fileserver, Clock()
+    )
+    return 0
+
+
+def _cmd_bench_throughput(args: argparse.Namespace) -> int:
+    from .bench.throughput import print_report, run_throughput
+
+    result = run_throughput(seconds=args.seconds, clients=args.clients, pipeline=args.pipeline)
+    print_report(result)
+    _write_json(args.json, result)
+    return 0
+
+
+def _write_json(path: str | None, result: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2psync",
+        description="Device-to-device sync for swarm-based private messengers.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default: warning)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="the narrated demo on an embedded local network (the main job)"
+    )
+    demo.add_argument("--seed", type=int, default=1, help="randomness seed (default: 1)")
+    demo.add_argument(
+        "--transport", choices=TRANSPORTS, default="tcp", help="loopback sockets or in-memory"
+    )
+    demo.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    demo.set_defaults(run=_cmd_demo)
+
+    network = commands.add_parser("network", help="a local network of separate processes")
+    network_commands = network.add_subparsers(dest="network_command", required=True)
+    up = network_commands.add_parser("up", help="run registry, servers and nodes until Ctrl-C")
+    up.add_argument("--nodes", type=_at_least(1), default=6, help="service nodes (default: 6)")
+    up.add_argument("--relays", type=_at_least(0), default=0, help="overlay relays (default: 0)")
+    up.add_argument("--data", required=True, metavar="DIR", help="where every process keeps data")
+    up.set_defaults(run=_cmd_network_up)
+
+    def server(
+        name: str, help_text: str, run: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--data", required=True, metavar="DIR", help="data directory")
+        sub.add_argument(
+            "--listen", default="127.0.0.1:0", metavar="HOST:PORT", help="default: 127.0.0.1:0"
+        )
+        sub.set_defaults(run=run)
+        return sub
+
+    node = server("node", "one service node", _cmd_node)
+    where = node.add_mutually_exclusive_group(required=True)
+    where.add_argument("--registry", metavar="URL", help="registry to announce to and read")
+    where.add_argument("--static", metavar="FILE", help="JSON file listing the nodes instead")
+    server("registry", "the registry of service nodes and relays", _cmd_registry)
+    server("fileserver", "the file server (device mappings)", _cmd_fileserver)
+    opengroup = server("opengroup", "an open group (public chat) server", _cmd_opengroup)
+    opengroup.add_argument("--fileserver", metavar="URL", help="for mapped-mode attribution")
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    throughput = bench_commands.add_parser(
+        "throughput", help="stores/s and retrieves/s of one node beside the SQLite floor"
+    )
+    throughput.add_argument("--seconds", type=float, default=5.0, help="per phase (default: 5)")
+    throughput.add_argument(
+        "--clients", type=_at_least(1), default=4, help="connections (default: 4)"
+    )
+    throughput.add_argument(
+        "--pipeline", type=_at_least(1), default=32, help="requests in flight per connection"
+    )
+    throughput.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    throughput.set_defaults(run=_cmd_bench_throughput)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CommandError, P2PSyncError, ValueError, OSError) as exc:
+        print(f"p2psync: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

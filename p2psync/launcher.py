@@ -1,0 +1,159 @@
+"""``p2psync network up``: a local network as separate processes, until Ctrl-C.
+
+Children are this same program (``python -m p2psync registry|fileserver|opengroup|node``)
+with their own data directories under ``DIR``. Each prints ``ready <url>`` once it
+listens; the launcher then checks that every one answers an RPC, writes
+``DIR/network.json`` and prints ``ready DIR/network.json``. A child's log goes to
+``DIR/<name>.log``. Cancelling the launcher (Ctrl-C) terminates every child, and waits
+for it, before returning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from overlay.link import Transport
+
+from .rpc import open_rpc
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0
+STOP_GRACE_S = 5.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: trio.Process
+    url: str = ""
+
+
+async def _read_ready_line(child: Child) -> str:
+    assert child.process.stdout is not None
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = await child.process.stdout.receive_some(4096)
+        if not chunk:
+            raise RuntimeError(f"{child.name} exited before it was ready (see its log)")
+        buffer += chunk
+    line = buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
+    if not line.startswith("ready "):
+        raise RuntimeError(f"{child.name} said {line!r} instead of 'ready <url>'")
+    return line.removeprefix("ready ")
+
+
+async def _stop(child: Child) -> None:
+    if child.process.returncode is not None:
+        return
+    child.process.terminate()
+    with trio.move_on_after(STOP_GRACE_S) as waiting:
+        await child.process.wait()
+    if waiting.cancelled_caught:
+        child.process.kill()
+        await child.process.wait()
+
+
+class Launcher:
+    """Starts children one by one and guarantees they are all stopped on exit."""
+
+    def __init__(self, data_dir: Path, nursery: trio.Nursery) -> None:
+        self.data_dir = data_dir
+        self.children: list[Child] = []
+        self._nursery = nursery
+
+    async def start(self, name: str, *args: str) -> str:
+        (self.data_dir / name).mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / f"{name}.log").open("ab")
+        command = [sys.executable, "-m", "p2psync", *args, "--data", str(self.data_dir / name)]
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        child = Child(name, process)
+        self.children.append(child)
+        with trio.fail_after(START_TIMEOUT_S):
+            child.url = await _read_ready_line(child)
+        self._nursery.start_soon(self._watch, child)
+        return child.url
+
+    async def _watch(self, child: Child) -> None:
+        code = await child.process.wait()
+        logger.warning("%s exited with code %s (log: %s.log)", child.name, code, child.name)
+
+    async def stop_all(self) -> None:
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                for child in self.children:
+                    nursery.start_soon(_stop, child)
+
+
+async def network_up(
+    transport: Transport,
+    data_dir: Path,
+    nodes: int,
+    relays: int,
+    *,
+    on_progress: Callable[[str], None] = lambda message: None,
+    task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the network until cancelled; ``task_status.started(path of network.json)``."""
+    if nodes < 1:
+        raise ValueError("a network needs at least one service node")
+    if relays:
+        raise ValueError("relays are not available yet (the overlay is being built)")
+    async with trio.open_nursery() as nursery:
+        launcher = Launcher(data_dir, nursery)
+        try:
+            registry = await launcher.start("registry", "registry")
+            on_progress(f"registry {registry}")
+            fileserver = await launcher.start("fileserver", "fileserver")
+            on_progress(f"file server {fileserver}")
+            opengroup = await launcher.start("opengroup", "opengroup", "--fileserver", fileserver)
+            on_progress(f"open group {opengroup}")
+            for index in range(nodes):
+                url = await launcher.start(f"node-{index}", "node", "--registry", registry)
+                on_progress(f"node {index + 1}/{nodes} {url}")
+            description = await _describe(transport, registry, fileserver, opengroup, nodes)
+            path = data_dir / "network.json"
+            path.write_text(json.dumps(description, indent=2) + "\n")
+            task_status.started(path)
+            await trio.sleep_forever()
+        finally:
+            await launcher.stop_all()
+            nursery.cancel_scope.cancel()
+
+
+async def _describe(
+    transport: Transport, registry: str, fileserver: str, opengroup: str, nodes: int
+) -> dict[str, Any]:
+    """Ask every process to answer, and the registry for the nodes it lists (a node
+    announces itself before it prints ``ready``, so all are listed by now)."""
+    with trio.fail_after(START_TIMEOUT_S):
+        async with open_rpc(transport, registry) as client:
+            listing = await client.call("list", {})
+        if len(listing["nodes"]) < nodes:
+            raise RuntimeError(f"the registry lists {len(listing['nodes'])} of {nodes} nodes")
+        for node in listing["nodes"]:
+            async with open_rpc(transport, node["url"]) as client:
+                await client.call("info", {})
+        async with open_rpc(transport, opengroup) as client:
+            await client.call("list_rooms", {})
+        async with open_rpc(transport, fileserver) as client:
+            await client.call("get_mappings", {"session_id": "05" + "00" * 32})
+    return {
+        "registry": registry,
+        "fileserver": fileserver,
+        "opengroup": opengroup,
+        "nodes": listing["nodes"],
+        "relays": listing.get("relays", []),
+    }

@@ -1,0 +1,90 @@
+"""Each server as a process: what ``p2psync node``, ``registry``, ``fileserver`` and
+``opengroup`` run until Ctrl-C.
+
+A service keeps everything (its key, its SQLite file) in its data directory, which the
+caller creates, so that a restart on the same directory is the same service with the same
+data. Once it listens it prints one line, ``ready <url>``, which is what
+``p2psync network up`` waits for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from overlay.link import Transport
+
+from .clock import Clock
+from .fileserver import FileServer
+from .identity import SEED_BYTES, Identity
+from .opengroup import OpenGroupServer
+from .swarm.node import StorageNode
+from .swarm.registry import Directory, FileDirectory, RegistryDirectory, RegistryServer
+from .swarm.store import MessageStore
+
+
+def load_or_create_identity(path: Path) -> Identity:
+    """The service's key, created on first start (readable by the owner only)."""
+    if path.exists():
+        seed = path.read_bytes()
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"{path} is not a {SEED_BYTES}-byte key file")
+        return Identity(seed)
+    identity = Identity.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(identity.seed)
+    return identity
+
+
+def announce_ready(url: str) -> None:
+    print(f"ready {url}", flush=True)
+    sys.stdout.flush()
+
+
+def make_directory(
+    transport: Transport, clock: Clock, registry: str | None, static: Path | None
+) -> Directory:
+    if (registry is None) == (static is None):
+        raise ValueError("give exactly one of --registry URL or --static FILE")
+    if static is not None:
+        return FileDirectory(static)
+    assert registry is not None
+    return RegistryDirectory(transport, registry, clock)
+
+
+async def run_node(
+    transport: Transport, data_dir: Path, listen: str, directory: Directory, clock: Clock
+) -> None:
+    identity = load_or_create_identity(data_dir / "node.key")
+    store = MessageStore(data_dir / "messages.sqlite3")
+    try:
+        node = StorageNode(identity, store, clock, transport, directory)
+        async with trio.open_nursery() as nursery:
+            announce_ready(await nursery.start(node.serve, listen))
+    finally:
+        store.close()
+
+
+async def run_registry(transport: Transport, data_dir: Path, listen: str, clock: Clock) -> None:
+    server = RegistryServer(clock, data_dir / "registry.json")
+    async with trio.open_nursery() as nursery:
+        announce_ready(await nursery.start(server.serve, transport, listen))
+
+
+async def run_fileserver(transport: Transport, data_dir: Path, listen: str, clock: Clock) -> None:
+    server = FileServer(data_dir / "fileserver.sqlite3", clock)
+    async with trio.open_nursery() as nursery:
+        announce_ready(await nursery.start(server.serve, transport, listen))
+
+
+async def run_opengroup(
+    transport: Transport, data_dir: Path, listen: str, fileserver: str | None, clock: Clock
+) -> None:
+    server = OpenGroupServer(data_dir / "opengroup.sqlite3", clock, fileserver, transport)
+    async with trio.open_nursery() as nursery:
+        announce_ready(await nursery.start(server.serve, transport, listen))
