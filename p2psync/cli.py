@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,17 @@ def _at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _run(args: argparse.Namespace, service: Callable[..., Awaitable[None]], *params: Any) -> int:
+    """Run a service until Ctrl-C (or, under ``network up``, until its launcher goes)."""
+    if args.exit_with_stdin:
+        from .services import exit_when_stdin_closes
+
+        trio.run(exit_when_stdin_closes, service, *params)
+    else:
+        trio.run(service, *params)
+    return 0
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -91,31 +102,33 @@ def _cmd_node(args: argparse.Namespace) -> int:
     clock = Clock()
     static = Path(args.static) if args.static else None
     directory = make_directory(transport, clock, args.registry, static)
-    trio.run(run_node, transport, data_dir, args.listen, directory, clock)
-    return 0
+    return _run(args, run_node, transport, data_dir, args.listen, directory, clock)
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
     from .services import run_registry
 
-    trio.run(run_registry, make_transport("tcp"), _data_dir(args), args.listen, Clock())
-    return 0
+    return _run(args, run_registry, make_transport("tcp"), _data_dir(args), args.listen, Clock())
 
 
 def _cmd_fileserver(args: argparse.Namespace) -> int:
     from .services import run_fileserver
 
-    trio.run(run_fileserver, make_transport("tcp"), _data_dir(args), args.listen, Clock())
-    return 0
+    return _run(args, run_fileserver, make_transport("tcp"), _data_dir(args), args.listen, Clock())
 
 
 def _cmd_opengroup(args: argparse.Namespace) -> int:
     from .services import run_opengroup
 
-    trio.run(
-        run_opengroup, make_transport("tcp"), _data_dir(args), args.listen, args.fileserver, Clock()
+    return _run(
+        args,
+        run_opengroup,
+        make_transport("tcp"),
+        _data_dir(args),
+        args.listen,
+        args.fileserver,
+        Clock(),
     )
-    return 0
 
 
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:
@@ -175,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--listen", default="127.0.0.1:0", metavar="HOST:PORT", help="default: 127.0.0.1:0"
         )
+        sub.add_argument("--exit-with-stdin", action="store_true", help=argparse.SUPPRESS)
         sub.set_defaults(run=run)
         return sub
 
@@ -214,9 +228,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.run(args))
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (CommandError, P2PSyncError, ValueError, OSError) as exc:
-        print(f"p2psync: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    except BaseException as exc:
+        error = _single(exc)
+        if isinstance(error, KeyboardInterrupt):
+            print("stopped", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(error, CommandError | P2PSyncError | ValueError | OSError):
+            print(f"p2psync: error: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+        raise
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one error inside (possibly nested) single-member exception groups, as Trio
+    reports an error or a Ctrl-C that left a nursery."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None:
+        return KeyboardInterrupt()
+    return exc

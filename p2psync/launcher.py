@@ -24,11 +24,13 @@ import trio
 from overlay.link import Transport
 
 from .rpc import open_rpc
+from .swarm.ring import NodeInfo, SwarmMap
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
+VIEW_POLL_S = 0.5
 
 
 @dataclass
@@ -74,9 +76,19 @@ class Launcher:
     async def start(self, name: str, *args: str) -> str:
         (self.data_dir / name).mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / f"{name}.log").open("ab")
-        command = [sys.executable, "-m", "p2psync", *args, "--data", str(self.data_dir / name)]
+        command = [
+            sys.executable,
+            "-m",
+            "p2psync",
+            *args,
+            "--data",
+            str(self.data_dir / name),
+            "--exit-with-stdin",
+        ]
+        # The child's stdin stays open as long as this process lives (see
+        # services.exit_when_stdin_closes), so no child outlives its launcher.
         process = await trio.lowlevel.open_process(
-            command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL
+            command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.PIPE
         )
         log.close()
         child = Child(name, process)
@@ -133,6 +145,24 @@ async def network_up(
             nursery.cancel_scope.cancel()
 
 
+async def _until_views_agree(transport: Transport, nodes: list[dict[str, str]]) -> None:
+    """Wait until every node answers and places itself in the swarm the registry listing
+    implies: a node started early learns of later ones within seconds (a node that is
+    contacted by an unknown one re-reads the registry), and only then is the network
+    ready to keep every message on every member."""
+    expected = SwarmMap.build(NodeInfo(n["pubkey"], n["url"]) for n in nodes)
+    for _ in range(int(START_TIMEOUT_S / VIEW_POLL_S)):
+        agreeing = 0
+        for node in nodes:
+            async with open_rpc(transport, node["url"]) as client:
+                info = await client.call("info", {})
+            agreeing += info["swarm"] == expected.swarm_of_node(node["pubkey"])
+        if agreeing == len(nodes):
+            return
+        await trio.sleep(VIEW_POLL_S)
+    raise RuntimeError("the nodes did not agree on the swarms in time")
+
+
 async def _describe(
     transport: Transport, registry: str, fileserver: str, opengroup: str, nodes: int
 ) -> dict[str, Any]:
@@ -143,9 +173,7 @@ async def _describe(
             listing = await client.call("list", {})
         if len(listing["nodes"]) < nodes:
             raise RuntimeError(f"the registry lists {len(listing['nodes'])} of {nodes} nodes")
-        for node in listing["nodes"]:
-            async with open_rpc(transport, node["url"]) as client:
-                await client.call("info", {})
+        await _until_views_agree(transport, listing["nodes"])
         async with open_rpc(transport, opengroup) as client:
             await client.call("list_rooms", {})
         async with open_rpc(transport, fileserver) as client:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -24,6 +26,27 @@ from .opengroup import OpenGroupServer
 from .swarm.node import StorageNode
 from .swarm.registry import Directory, FileDirectory, RegistryDirectory, RegistryServer
 from .swarm.store import MessageStore
+
+
+async def exit_when_stdin_closes(service: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run ``service`` until it ends or this process's stdin reaches EOF.
+
+    ``network up`` holds each child's stdin open, so children end with their launcher
+    even when it is killed outright and cannot stop them itself."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch_stdin() -> None:
+            async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
+                while await stdin.receive_some(4096):
+                    pass
+            nursery.cancel_scope.cancel()
+
+        async def run() -> None:
+            await service(*args)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_stdin)
+        nursery.start_soon(run)
 
 
 def load_or_create_identity(path: Path) -> Identity:

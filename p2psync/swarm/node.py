@@ -209,6 +209,7 @@ class StorageNode:
             self.snapshot = snapshot
             self.swarms = SwarmMap.build(snapshot.nodes)
             self._membership_changed.set()
+            self._repair_soon.set()  # new members may lack what we hold, and vice versa
         else:
             self.snapshot = snapshot
 

@@ -1,0 +1,255 @@
+"""Hostile input against a service node: each refused with the right code, the node
+keeps serving, and nothing stored is lost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from overlay.link import MemoryNetwork
+from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.errors import RpcError
+from p2psync.identity import Identity
+from p2psync.network import open_local_network
+from p2psync.rpc import open_rpc
+from p2psync.swarm.auth import AuthSigner, auth_text
+from p2psync.swarm.constants import MAX_DATA_BYTES
+from p2psync.wire import decode_frame, encode_cbor
+
+ALICE = Identity.from_label("alice")
+MALLORY = Identity.from_label("mallory")
+NOW = TEST_EPOCH_MS
+
+
+def store_params(**override: Any) -> dict[str, Any]:
+    params = {
+        "pubkey": ALICE.session_id,
+        "namespace": 0,
+        "ttl": 60_000,
+        "timestamp": NOW,
+        "data": b"x",
+    }
+    params.update(override)
+    return params
+
+
+def retrieve_params(signer: AuthSigner, **override: Any) -> dict[str, Any]:
+    params = {
+        "pubkey": ALICE.session_id,
+        "namespace": 0,
+        "last_hash": None,
+        "auth": signer.auth("retrieve", 0, NOW),
+    }
+    params.update(override)
+    return params
+
+
+@pytest.mark.parametrize(
+    ("method", "make_params", "code"),
+    [
+        ("store", lambda s: store_params(ttl=5), "bad_ttl"),
+        ("store", lambda s: store_params(ttl=15 * 86_400_000), "bad_ttl"),
+        ("store", lambda s: store_params(timestamp=NOW - 61_000), "clock_skew"),
+        ("store", lambda s: store_params(data=b"x" * (MAX_DATA_BYTES + 1)), "too_large"),
+        ("store", lambda s: store_params(namespace=-1), "bad_request"),
+        ("store", lambda s: store_params(pubkey="05zz"), "bad_request"),
+        ("store", lambda s: store_params(data="text"), "bad_request"),
+        ("store", lambda s: store_params(extra=1), "bad_request"),
+        ("store", lambda s: {"pubkey": ALICE.session_id}, "bad_request"),
+        ("retrieve", lambda s: retrieve_params(s, auth={"ed25519": b"x"}), "bad_request"),
+        (
+            "retrieve",
+            lambda s: retrieve_params(s, auth=AuthSigner(MALLORY).auth("retrieve", 0, NOW)),
+            "unauthorized",
+        ),
+        (
+            "retrieve",
+            lambda s: retrieve_params(
+                s,
+                auth={
+                    "ed25519": ALICE.ed25519_public,
+                    "timestamp": NOW,
+                    "signature": MALLORY.sign(auth_text("retrieve", ALICE.session_id, 0, NOW)),
+                },
+            ),
+            "unauthorized",
+        ),
+        (
+            "retrieve",
+            lambda s: retrieve_params(s, auth=s.auth("retrieve", 0, NOW - 120_000)),
+            "clock_skew",
+        ),
+        (
+            "retrieve",
+            lambda s: retrieve_params(s, auth=s.auth("retrieve", 1, NOW)),
+            "unauthorized",
+        ),
+        (
+            "delete",
+            lambda s: {
+                "pubkey": ALICE.session_id,
+                "hashes": [b"\0" * 32],
+                "auth": s.auth("delete", 0, NOW, [b"\1" * 32]),
+            },
+            "unauthorized",
+        ),
+        ("replicate", lambda s: {"rows": []}, "bad_request"),
+        (
+            "replicate",
+            lambda s: {
+                "rows": [],
+                "node_auth": {
+                    "node": MALLORY.ed25519_public.hex(),
+                    "timestamp": NOW,
+                    "signature": b"\0" * 64,
+                },
+            },
+            "unauthorized",
+        ),
+        ("nonexistent", lambda s: {}, "bad_request"),
+    ],
+)
+async def test_bad_requests_get_stable_codes(
+    autojump_clock: trio.testing.MockClock, method: str, make_params: Any, code: str
+) -> None:
+    async with open_local_network(6, clock=Clock(TEST_EPOCH_MS)) as network:
+        url = network.nodes[0].url
+        signer = AuthSigner(ALICE)
+        async with open_rpc(network.transport, url) as client:
+            with pytest.raises(RpcError) as refused:
+                await client.call(method, make_params(signer))
+            assert refused.value.code == code
+            result = await client.call("store", store_params(data=b"still serving"))
+            assert len(result["hash"]) == 32
+
+
+async def test_replayed_auth_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_local_network(6, clock=Clock(TEST_EPOCH_MS)) as network:
+        params = retrieve_params(AuthSigner(ALICE))
+        async with open_rpc(network.transport, network.nodes[0].url) as client:
+            await client.call("retrieve", params)
+            with pytest.raises(RpcError) as refused:
+                await client.call("retrieve", params)
+            assert refused.value.code == "unauthorized"
+
+
+async def test_wrong_swarm_names_the_right_nodes(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_local_network(12, clock=Clock(TEST_EPOCH_MS)) as network:
+        nodes = network.running_nodes()
+        right = nodes[0].swarms.swarm_for_key(ALICE.x25519_public)
+        outsider = next(n for n in nodes if n.swarm_id != right)
+        async with open_rpc(network.transport, outsider.url) as client:
+            with pytest.raises(RpcError) as refused:
+                await client.call("store", store_params())
+        assert refused.value.code == "wrong_swarm"
+        assert refused.value.data["swarm"] == right
+        members = {n.pubkey for n in nodes if n.swarm_id == right}
+        assert {n["pubkey"] for n in refused.value.data["nodes"]} == members
+
+
+def _frames() -> st.SearchStrategy[bytes]:
+    leaves = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**70), 2**70)
+        | st.binary(max_size=40)
+        | st.text(max_size=20)
+    )
+    values = st.recursive(
+        leaves,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+    methods = st.sampled_from(
+        [
+            "store",
+            "retrieve",
+            "delete",
+            "expire",
+            "subscribe",
+            "info",
+            "get_swarm",
+            "replicate",
+            "lookup",
+            "repair_list",
+            "repair_fetch",
+        ]
+    )
+    requests = st.builds(
+        lambda rid, method, params: cbor2.dumps({"id": rid, "method": method, "params": params}),
+        st.integers(0, 2**64 - 1),
+        methods,
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "pubkey",
+                    "namespace",
+                    "ttl",
+                    "timestamp",
+                    "data",
+                    "last_hash",
+                    "auth",
+                    "hashes",
+                    "expiry",
+                    "rows",
+                    "keys",
+                    "bucket",
+                    "offset",
+                    "node_auth",
+                    "hash",
+                    "limit",
+                ]
+            ),
+            values,
+            max_size=6,
+        ),
+    )
+    return requests | st.binary(max_size=64) | values.map(cbor2.dumps)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(_frames(), min_size=1, max_size=10))
+def test_generated_frames_never_break_a_node(frames: list[bytes]) -> None:
+    """Whatever arrives, each frame gets a reply or an error, and a stored message
+    stays retrievable afterwards."""
+
+    async def scenario() -> None:
+        network = MemoryNetwork()
+        async with open_local_network(1, transport=network, clock=Clock(TEST_EPOCH_MS)) as local:
+            url = local.nodes[0].url
+            async with open_rpc(network, url) as client:
+                stored = await client.call("store", store_params(data=b"keep me"))
+            async with network.connect(url) as link:
+                for frame in frames:
+                    await link.send(frame)
+                    decode_frame(await link.receive())
+            async with open_rpc(network, url) as client:
+                found = await client.call("retrieve", retrieve_params(AuthSigner(ALICE)))
+                assert stored["hash"] in [m["hash"] for m in found["messages"]]
+                assert local.nodes[0].node is not None
+                assert local.nodes[0].node.rpc.stats.errors.get("internal", 0) == 0
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_garbage_over_a_real_websocket() -> None:
+    # Real sockets run on real time: virtual time could jump past a handshake timeout.
+    async with open_local_network(1, transport="tcp", clock=Clock(TEST_EPOCH_MS)) as network:
+        url = network.nodes[0].url
+        async with network.transport.connect(url) as link:
+            for frame in (b"\x9f", encode_cbor({"id": 1}), b"\xa1\x61x" + b"\xff" * 8):
+                await link.send(frame)
+                reply = decode_frame(await link.receive())
+                assert reply.code == "bad_request"  # type: ignore[union-attr]
+        async with open_rpc(network.transport, url) as client:
+            assert (await client.call("info", {}))["node"] == network.nodes[
+                0
+            ].identity.ed25519_public.hex()
