@@ -6,6 +6,10 @@ comes from this process over ``clients`` connections with ``pipeline`` requests 
 each. The floor is what the node's storage costs at the least: single-row SQLite inserts,
 each committed on its own, in the same schema and journal mode (WAL, synchronous=NORMAL),
 with the message hash computed, in this process. ``ratio`` = stores/s ÷ floor.
+
+On a small machine the load generator competes with the node for CPU, so the node's own
+CPU time is read from ``/proc`` around each phase too: ``node_cpu_us_per_store`` and
+``ratio_per_node_core`` (stores per second of node CPU ÷ floor) describe the node alone.
 """
 
 from __future__ import annotations
@@ -79,6 +83,15 @@ async def _start_node(registry_url: str, data_dir: Path) -> tuple[trio.Process, 
                 raise RuntimeError("the node process exited before it was ready")
             line += chunk
     return process, line.decode().split()[1]
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _load(url: str, clients: int, pipeline: int, seconds: float, make_request: Any) -> int:
@@ -157,18 +170,23 @@ def run_throughput(*, seconds: float = 5.0, clients: int = 4, pipeline: int = 32
                     console.print(
                         f"[bold]stores[/]: {clients}×{pipeline} in flight for {seconds:.0f} s …"
                     )
+                    cpu_before = _process_cpu_s(process.pid)
                     stores = await _load(url, clients, pipeline, seconds, store_request)
+                    node_cpu_s = _process_cpu_s(process.pid) - cpu_before
                     console.print(f"[bold]retrieves[/]: signed, for {seconds:.0f} s …")
                     retrieves = await _load(url, clients, pipeline, seconds, retrieve_request)
                 finally:
                     process.terminate()
                     await process.wait()
                 nursery.cancel_scope.cancel()
+        per_node_cpu_s = stores / node_cpu_s if node_cpu_s else 0.0
         return {
             "stores_per_s": round(stores / seconds, 1),
             "retrieves_per_s": round(retrieves / seconds, 1),
             "floor_stores_per_s": round(floor, 1),
             "ratio": round(stores / seconds / floor, 3),
+            "node_cpu_us_per_store": round(1e6 / per_node_cpu_s, 1) if per_node_cpu_s else None,
+            "ratio_per_node_core": round(per_node_cpu_s / floor, 3),
             "clients": clients,
             "pipeline": pipeline,
             "message_bytes": MESSAGE_BYTES,
@@ -185,4 +203,6 @@ def print_report(result: dict[str, Any]) -> None:
     table.add_row("retrieves (signed)", f"{result['retrieves_per_s']:,.0f}")
     table.add_row("floor: SQLite single-commit inserts", f"{result['floor_stores_per_s']:,.0f}")
     table.add_row("stores ÷ floor", f"{result['ratio']:.2f}")
+    table.add_row("node CPU per store (µs)", f"{result['node_cpu_us_per_store']}")
+    table.add_row("stores per node-CPU-second ÷ floor", f"{result['ratio_per_node_core']:.2f}")
     Console().print(table)
