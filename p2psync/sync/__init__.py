@@ -1,0 +1,1 @@
+"""Sync layer: device-to-device history sync and reconciliation (DESIGN.md §7)."""
