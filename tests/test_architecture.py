@@ -22,6 +22,8 @@ SANS_IO = [
     "p2psync/swarm/repair.py",
     "p2psync/swarm/auth.py",
     "p2psync/sync/negentropy.py",
+    "p2psync/sync/records.py",
+    "p2psync/sync/live.py",
 ]
 IO_MODULES = {"trio", "socket", "asyncio", "selectors", "trio_websocket"}
 

@@ -1,0 +1,279 @@
+"""Live sync between sibling devices, as a sans-I/O state machine (DESIGN.md §7).
+
+One :class:`LiveSync` per device. Its driver tells it what happens — a message to share
+(:meth:`publish`), a sibling session coming up or going down, bytes from a sibling, the
+passing of time (:meth:`tick`) — and gets back :class:`Event` objects saying what to do:
+send these bytes to that sibling, apply this message to history, store a fallback sync
+copy in the swarm, delete it again. Time is always passed in (``now_ms``); nothing here
+touches a socket, a clock or a task.
+
+Guarantees, for each published message and each sibling:
+
+* it is pushed while the sibling is reachable and resent (on reconnection, and every
+  ``resend_ms`` while unacknowledged) until the sibling acknowledges it;
+* if some sibling has not acknowledged it ``grace_ms`` after publication, exactly one
+  :class:`FallbackDue` is emitted (the driver stores one sync copy in namespace 1);
+* once every sibling has acknowledged it, exactly one :class:`AllAcknowledged` is emitted
+  (the driver deletes the sync copy, if any, and may delete the inbound copy early).
+
+Bodies over ``offer_over_bytes`` are offered first (``OFFER``) and sent only when the
+sibling asks (``REQ``), so a sibling that already has a big message never downloads it
+twice. Everything is idempotent by message id.
+
+A device acknowledges what it received at the next :meth:`tick` after ``ack_delay_ms``;
+its driver applies every :class:`Deliver` to durable history before calling ``tick``
+again, so an acknowledgement never covers a message that could still be lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..errors import DecodeError
+from .records import MAX_IDS_PER_RECORD, Ack, Msg, Offer, Record, Req, decode_record, encode_record
+
+DEFAULT_GRACE_MS = 10_000
+DEFAULT_RESEND_MS = 5_000
+DEFAULT_ACK_DELAY_MS = 50
+DEFAULT_OFFER_OVER_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A message as siblings exchange it: its id, its timestamp and its stored bytes."""
+
+    id: bytes
+    timestamp_ms: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    sibling: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A sibling pushed this message: apply it to history (idempotent by id)."""
+
+    sibling: str
+    item: Item
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackDue:
+    """Some siblings did not acknowledge in time: store one sync copy in the swarm."""
+
+    item: Item
+    siblings: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AllAcknowledged:
+    """Every sibling holds this message: a sync copy, if any, can be deleted."""
+
+    id: bytes
+    fell_back: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerError:
+    """A sibling sent a record that does not decode; it was dropped."""
+
+    sibling: str
+    reason: str
+
+
+Event = Send | Deliver | FallbackDue | AllAcknowledged | PeerError
+
+
+@dataclass
+class _Outgoing:
+    item: Item
+    published_ms: int
+    waiting: set[str]
+    last_sent_ms: dict[str, int] = field(default_factory=dict)
+    fell_back: bool = False
+
+
+@dataclass
+class _Sibling:
+    reachable: bool = False
+    acks: list[bytes] = field(default_factory=list)
+    ack_due_ms: int | None = None
+
+
+class LiveSync:
+    def __init__(
+        self,
+        siblings: Iterable[str],
+        *,
+        has: Callable[[bytes], bool],
+        grace_ms: int = DEFAULT_GRACE_MS,
+        resend_ms: int = DEFAULT_RESEND_MS,
+        ack_delay_ms: int = DEFAULT_ACK_DELAY_MS,
+        offer_over_bytes: int = DEFAULT_OFFER_OVER_BYTES,
+    ) -> None:
+        """``has(id)`` tells whether this device already holds a message (its history)."""
+        self._has = has
+        self.grace_ms = grace_ms
+        self.resend_ms = resend_ms
+        self.ack_delay_ms = ack_delay_ms
+        self.offer_over_bytes = offer_over_bytes
+        self._siblings = {name: _Sibling() for name in siblings}
+        self._outgoing: dict[bytes, _Outgoing] = {}
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def add_sibling(self, sibling: str) -> None:
+        self._siblings.setdefault(sibling, _Sibling())
+
+    def remove_sibling(self, sibling: str, now_ms: int) -> list[Event]:
+        """A sibling was unpaired: stop waiting for it."""
+        self._siblings.pop(sibling, None)
+        events: list[Event] = []
+        for message_id in list(self._outgoing):
+            self._acknowledged(sibling, message_id, events)
+        return events
+
+    def publish(self, item: Item, now_ms: int) -> list[Event]:
+        """A message this device sent or received that every sibling should hold."""
+        if item.id in self._outgoing:
+            return []
+        if not self._siblings:
+            return [AllAcknowledged(item.id, fell_back=False)]
+        outgoing = _Outgoing(item, now_ms, set(self._siblings))
+        self._outgoing[item.id] = outgoing
+        events: list[Event] = []
+        for name, sibling in self._siblings.items():
+            if sibling.reachable:
+                events.append(self._push(name, outgoing, now_ms))
+        return events
+
+    def connected(self, sibling: str, now_ms: int) -> list[Event]:
+        """A session to ``sibling`` is up: push everything it has not acknowledged."""
+        state = self._siblings.get(sibling)
+        if state is None:
+            return []
+        state.reachable = True
+        return [
+            self._push(sibling, outgoing, now_ms)
+            for outgoing in self._outgoing.values()
+            if sibling in outgoing.waiting
+        ]
+
+    def disconnected(self, sibling: str, now_ms: int) -> list[Event]:
+        state = self._siblings.get(sibling)
+        if state is not None:
+            state.reachable = False
+            state.acks.clear()
+            state.ack_due_ms = None
+        return []
+
+    def receive(self, sibling: str, data: bytes, now_ms: int) -> list[Event]:
+        """Bytes from a sibling's session."""
+        state = self._siblings.get(sibling)
+        if state is None:
+            return [PeerError(sibling, "not a sibling")]
+        try:
+            record = decode_record(data)
+        except DecodeError as exc:
+            return [PeerError(sibling, str(exc))]
+        events: list[Event] = []
+        match record:
+            case Msg(id=message_id, timestamp_ms=timestamp, body=body):
+                events.append(Deliver(sibling, Item(message_id, timestamp, body)))
+                self._queue_ack(state, message_id, now_ms, events, sibling)
+            case Offer(id=message_id):
+                if self._has(message_id):
+                    self._queue_ack(state, message_id, now_ms, events, sibling)
+                else:
+                    events.append(Send(sibling, encode_record(Req((message_id,)))))
+            case Req(ids=ids):
+                for message_id in ids:
+                    outgoing = self._outgoing.get(message_id)
+                    if outgoing is not None:
+                        item = outgoing.item
+                        events.append(
+                            Send(sibling, encode_record(Msg(item.id, item.timestamp_ms, item.body)))
+                        )
+            case Ack(ids=ids):
+                for message_id in ids:
+                    self._acknowledged(sibling, message_id, events)
+        return events
+
+    def tick(self, now_ms: int) -> list[Event]:
+        """Flush due acknowledgements, resend what is overdue, and fall back what waited
+        past the grace period."""
+        events: list[Event] = []
+        for name, state in self._siblings.items():
+            if state.ack_due_ms is not None and now_ms >= state.ack_due_ms:
+                events.extend(self._flush_acks(name, state))
+        for outgoing in self._outgoing.values():
+            for name in outgoing.waiting:
+                state = self._siblings[name]
+                last = outgoing.last_sent_ms.get(name)
+                if state.reachable and (last is None or now_ms - last >= self.resend_ms):
+                    events.append(self._push(name, outgoing, now_ms))
+            if not outgoing.fell_back and now_ms - outgoing.published_ms >= self.grace_ms:
+                outgoing.fell_back = True
+                events.append(FallbackDue(outgoing.item, tuple(sorted(outgoing.waiting))))
+        return events
+
+    def next_deadline_ms(self) -> int | None:
+        """When :meth:`tick` next has something to do (None: nothing pending)."""
+        deadlines: list[int] = []
+        for state in self._siblings.values():
+            if state.ack_due_ms is not None:
+                deadlines.append(state.ack_due_ms)
+        for outgoing in self._outgoing.values():
+            if not outgoing.fell_back:
+                deadlines.append(outgoing.published_ms + self.grace_ms)
+            for name in outgoing.waiting:
+                if self._siblings[name].reachable:
+                    last = outgoing.last_sent_ms.get(name)
+                    deadlines.append(
+                        outgoing.published_ms if last is None else last + self.resend_ms
+                    )
+        return min(deadlines) if deadlines else None
+
+    @property
+    def pending(self) -> int:
+        """Messages some sibling has not acknowledged yet."""
+        return len(self._outgoing)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _push(self, sibling: str, outgoing: _Outgoing, now_ms: int) -> Send:
+        outgoing.last_sent_ms[sibling] = now_ms
+        item = outgoing.item
+        record: Record
+        if len(item.body) > self.offer_over_bytes:
+            record = Offer(item.id, item.timestamp_ms, len(item.body))
+        else:
+            record = Msg(item.id, item.timestamp_ms, item.body)
+        return Send(sibling, encode_record(record))
+
+    def _queue_ack(
+        self, state: _Sibling, message_id: bytes, now_ms: int, events: list[Event], sibling: str
+    ) -> None:
+        state.acks.append(message_id)
+        if state.ack_due_ms is None:
+            state.ack_due_ms = now_ms + self.ack_delay_ms
+        if len(state.acks) >= MAX_IDS_PER_RECORD:
+            events.extend(self._flush_acks(sibling, state))
+
+    def _flush_acks(self, sibling: str, state: _Sibling) -> list[Event]:
+        ids, state.acks, state.ack_due_ms = tuple(state.acks), [], None
+        return [Send(sibling, encode_record(Ack(ids)))] if ids else []
+
+    def _acknowledged(self, sibling: str, message_id: bytes, events: list[Event]) -> None:
+        outgoing = self._outgoing.get(message_id)
+        if outgoing is None:
+            return
+        outgoing.waiting.discard(sibling)
+        if not outgoing.waiting:
+            del self._outgoing[message_id]
+            events.append(AllAcknowledged(message_id, outgoing.fell_back))

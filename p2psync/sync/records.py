@@ -1,0 +1,109 @@
+"""Live-sync records between sibling devices (DESIGN.md §7), with strict decoding.
+
+A record is a CBOR array whose first element names its type:
+
+* ``["MSG", id, timestamp_ms, body]`` — a message (sent or received) the sibling needs;
+* ``["ACK", [id, ...]]`` — batched acknowledgement of what was received and stored;
+* ``["OFFER", id, timestamp_ms, size]`` — a large body announced, not pushed;
+* ``["REQ", [id, ...]]`` — the sibling asks for offered bodies it lacks.
+
+Ids are the 32-byte message ids of :mod:`p2psync.identity` (BLAKE2b of the stored
+ciphertext), so a record is idempotent: applying a ``MSG`` twice stores it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import DecodeError
+from ..wire import decode_cbor, encode_cbor
+
+ID_BYTES = 32
+MAX_BODY_BYTES = 96 * 1024
+MAX_IDS_PER_RECORD = 1024
+MAX_RECORD_BYTES = MAX_BODY_BYTES + 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Msg:
+    id: bytes
+    timestamp_ms: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    id: bytes
+    timestamp_ms: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Req:
+    ids: tuple[bytes, ...]
+
+
+Record = Msg | Ack | Offer | Req
+
+
+def encode_record(record: Record) -> bytes:
+    match record:
+        case Msg(id=i, timestamp_ms=t, body=b):
+            return encode_cbor(["MSG", i, t, b])
+        case Ack(ids=ids):
+            return encode_cbor(["ACK", list(ids)])
+        case Offer(id=i, timestamp_ms=t, size=n):
+            return encode_cbor(["OFFER", i, t, n])
+        case Req(ids=ids):
+            return encode_cbor(["REQ", list(ids)])
+    raise TypeError(f"not a sync record: {record!r}")
+
+
+def _id(value: object) -> bytes:
+    if not isinstance(value, bytes) or len(value) != ID_BYTES:
+        raise DecodeError(f"a message id is {ID_BYTES} bytes")
+    return value
+
+
+def _count(value: object, what: str, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise DecodeError(f"{what} must be an integer in [0, {maximum}]")
+    return value
+
+
+def _ids(value: object) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_IDS_PER_RECORD:
+        raise DecodeError(f"an id list holds 1 to {MAX_IDS_PER_RECORD} ids")
+    return tuple(_id(item) for item in value)
+
+
+def decode_record(data: bytes) -> Record:
+    """A record from a sibling, or :class:`DecodeError`."""
+    value = decode_cbor(data, max_bytes=MAX_RECORD_BYTES)
+    if not isinstance(value, list) or not value or not isinstance(value[0], str):
+        raise DecodeError("a sync record is an array starting with its type")
+    kind, fields = value[0], value[1:]
+    shapes = {"MSG": 3, "ACK": 1, "OFFER": 3, "REQ": 1}
+    if kind not in shapes:
+        raise DecodeError(f"unknown sync record type {kind!r}")
+    if len(fields) != shapes[kind]:
+        raise DecodeError(f"a {kind} record has {shapes[kind]} fields")
+    if kind == "MSG":
+        body = fields[2]
+        if not isinstance(body, bytes) or len(body) > MAX_BODY_BYTES:
+            raise DecodeError(f"a MSG body is bytes of at most {MAX_BODY_BYTES}")
+        return Msg(_id(fields[0]), _count(fields[1], "timestamp", 2**63 - 1), body)
+    if kind == "OFFER":
+        return Offer(
+            _id(fields[0]),
+            _count(fields[1], "timestamp", 2**63 - 1),
+            _count(fields[2], "size", 2**32),
+        )
+    if kind == "ACK":
+        return Ack(_ids(fields[0]))
+    return Req(_ids(fields[0]))

@@ -1,0 +1,214 @@
+"""Live sync between siblings: records, and the state machine under loss and churn."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from p2psync.errors import DecodeError
+from p2psync.sync.live import (
+    AllAcknowledged,
+    Deliver,
+    Event,
+    FallbackDue,
+    Item,
+    LiveSync,
+    PeerError,
+    Send,
+)
+from p2psync.sync.records import Ack, Msg, Offer, Req, decode_record, encode_record
+
+ID = b"\x07" * 32
+
+
+@pytest.mark.parametrize(
+    "record",
+    [Msg(ID, 5, b"body"), Ack((ID, ID)), Offer(ID, 5, 10_000), Req((ID,))],
+)
+def test_records_round_trip(record: Msg | Ack | Offer | Req) -> None:
+    assert decode_record(encode_record(record)) == record
+
+
+@given(st.binary(max_size=200))
+def test_garbage_records_raise_decode_error_only(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        decode_record(data)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [["MSG", ID, 1], ["MSG", b"short", 1, b""], ["ACK", []], ["NOPE"], ["OFFER", ID, -1, 3], {}],
+)
+def test_malformed_records_are_refused(value: object) -> None:
+    from p2psync.wire import encode_cbor
+
+    with pytest.raises(DecodeError):
+        decode_record(encode_cbor(value))
+
+
+def item(n: int, size: int = 10) -> Item:
+    body = (b"%d:" % n).ljust(size, b".")
+    return Item(hashlib.blake2b(body, digest_size=32).digest(), n, body)
+
+
+class Device:
+    """A LiveSync with a history, and the events it produced."""
+
+    def __init__(self, name: str, siblings: list[str], offer_over: int = 64) -> None:
+        self.name = name
+        self.history: dict[bytes, Item] = {}
+        self.sync = LiveSync(
+            siblings, has=lambda i: i in self.history, grace_ms=10_000, offer_over_bytes=offer_over
+        )
+        self.events: list[Event] = []
+
+
+class Siblings(RuleBasedStateMachine):
+    """Three siblings; sessions come and go and lose what was in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        names = ["a", "b", "c"]
+        self.now = 0
+        self.devices = {n: Device(n, [m for m in names if m != n]) for n in names}
+        self.links: set[frozenset[str]] = set()
+        self.wire: list[tuple[str, str, bytes]] = []  # (from, to, data) in flight
+        self.published: dict[bytes, tuple[str, int]] = {}
+        self.counter = 0
+
+    def handle(self, device: Device, events: list[Event]) -> None:
+        for event in events:
+            device.events.append(event)
+            if isinstance(event, Send):
+                if frozenset((device.name, event.sibling)) in self.links:
+                    self.wire.append((device.name, event.sibling, event.data))
+            elif isinstance(event, Deliver):
+                device.history.setdefault(event.item.id, event.item)
+            assert not isinstance(event, PeerError), event
+
+    @rule(origin=st.sampled_from("abc"), big=st.booleans())
+    def publish(self, origin: str, big: bool) -> None:
+        self.counter += 1
+        new = item(self.counter, 200 if big else 10)
+        device = self.devices[origin]
+        device.history[new.id] = new
+        self.published[new.id] = (origin, self.now)
+        self.handle(device, device.sync.publish(new, self.now))
+
+    @rule(a=st.sampled_from("abc"), b=st.sampled_from("abc"))
+    def connect(self, a: str, b: str) -> None:
+        if a == b or frozenset((a, b)) in self.links:
+            return
+        self.links.add(frozenset((a, b)))
+        self.handle(self.devices[a], self.devices[a].sync.connected(b, self.now))
+        self.handle(self.devices[b], self.devices[b].sync.connected(a, self.now))
+
+    @rule(a=st.sampled_from("abc"), b=st.sampled_from("abc"))
+    def disconnect(self, a: str, b: str) -> None:
+        pair = frozenset((a, b))
+        if a == b or pair not in self.links:
+            return
+        self.links.discard(pair)
+        self.wire = [w for w in self.wire if frozenset(w[:2]) != pair]  # lost in flight
+        self.handle(self.devices[a], self.devices[a].sync.disconnected(b, self.now))
+        self.handle(self.devices[b], self.devices[b].sync.disconnected(a, self.now))
+
+    @precondition(lambda self: bool(self.wire))
+    @rule(count=st.integers(1, 5))
+    def deliver(self, count: int) -> None:
+        for _ in range(min(count, len(self.wire))):
+            source, target, data = self.wire.pop(0)
+            self.handle(
+                self.devices[target], self.devices[target].sync.receive(source, data, self.now)
+            )
+
+    @rule(ms=st.sampled_from([10, 100, 3_000, 12_000]))
+    def advance(self, ms: int) -> None:
+        self.now += ms
+        for device in self.devices.values():
+            self.handle(device, device.sync.tick(self.now))
+
+    @invariant()
+    def fallback_and_completion_happen_at_most_once(self) -> None:
+        for device in self.devices.values():
+            falls = Counter(e.item.id for e in device.events if isinstance(e, FallbackDue))
+            done = Counter(e.id for e in device.events if isinstance(e, AllAcknowledged))
+            assert max(falls.values(), default=0) <= 1
+            assert max(done.values(), default=0) <= 1
+
+    def teardown(self) -> None:
+        """Heal the network and run to quiescence: everything converges."""
+        for a, b in (("a", "b"), ("a", "c"), ("b", "c")):
+            self.connect(a, b)
+        for _ in range(200):
+            while self.wire:
+                self.deliver(len(self.wire))
+            self.advance(100)
+            if not self.wire and all(d.sync.pending == 0 for d in self.devices.values()):
+                break
+        everything = set(self.published)
+        for device in self.devices.values():
+            assert set(device.history) == everything
+        for message_id, (origin, _published_at) in self.published.items():
+            events = self.devices[origin].events
+            done = [e for e in events if isinstance(e, AllAcknowledged) and e.id == message_id]
+            assert len(done) == 1
+            fell = [e for e in events if isinstance(e, FallbackDue) and e.item.id == message_id]
+            assert done[0].fell_back == bool(fell)
+
+
+TestSiblings = Siblings.TestCase
+TestSiblings.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_online_siblings_never_fall_back() -> None:
+    a, b = Device("a", ["b"]), Device("b", ["a"])
+    a.sync.connected("b", 0)
+    b.sync.connected("a", 0)
+    new = item(1)
+    a.history[new.id] = new
+    (push,) = a.sync.publish(new, 0)
+    assert isinstance(push, Send)
+    assert b.sync.receive("a", push.data, 5) == [Deliver("a", new)]
+    (ack,) = b.sync.tick(55)
+    assert isinstance(ack, Send) and decode_record(ack.data) == Ack((new.id,))
+    assert a.sync.receive("b", ack.data, 60) == [AllAcknowledged(new.id, fell_back=False)]
+    assert a.sync.tick(20_000) == []
+    assert a.sync.next_deadline_ms() is None
+
+
+def test_an_offline_sibling_gets_one_fallback_after_the_grace_period() -> None:
+    a = Device("a", ["b", "c"])
+    new = item(1)
+    assert a.sync.publish(new, 1_000) == []
+    assert a.sync.next_deadline_ms() == 11_000
+    assert a.sync.tick(10_999) == []
+    assert a.sync.tick(11_000) == [FallbackDue(new, ("b", "c"))]
+    assert a.sync.tick(50_000) == []
+
+
+def test_big_bodies_are_offered_and_fetched_only_when_missing() -> None:
+    a, b = Device("a", ["b"], offer_over=64), Device("b", ["a"], offer_over=64)
+    big = item(1, 1000)
+    a.sync.connected("b", 0)
+    (offer,) = a.sync.publish(big, 0)
+    assert isinstance(offer, Send) and isinstance(decode_record(offer.data), Offer)
+    (request,) = b.sync.receive("a", offer.data, 1)
+    assert isinstance(request, Send) and decode_record(request.data) == Req((big.id,))
+    (body,) = a.sync.receive("b", request.data, 2)
+    assert isinstance(body, Send) and decode_record(body.data) == Msg(big.id, 1, big.body)
+    b.history[big.id] = big
+    other = item(2, 1000)
+    b.history[other.id] = other
+    a.sync.publish(other, 3)
+    offers = [e for e in a.sync.tick(3) if isinstance(e, Send)]
+    assert offers == []  # already pushed at publish time; resend only after resend_ms
+    c = b.sync.receive("a", encode_record(Offer(other.id, 2, 1000)), 4)
+    assert c == []  # b has it: no request, just an acknowledgement at the next tick
+    assert decode_record(b.sync.tick(100)[0].data) == Ack((other.id,))  # type: ignore[union-attr]
