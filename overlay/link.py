@@ -47,6 +47,19 @@ class Link(ABC):
 
     #: The peer's address as this side knows it (for logs; never trusted for auth).
     peer: str = ""
+    #: True when :meth:`send_nowait` works (in-memory links); routers use it to forward
+    #: without a writer task, dropping instead of waiting when the peer's queue is full.
+    supports_send_nowait: bool = False
+
+    def send_nowait(self, message: bytes) -> None:
+        """Send without blocking: ``trio.WouldBlock`` if it cannot, ``LinkClosed`` if gone."""
+        raise trio.WouldBlock
+
+    def receive_nowait(self) -> bytes:
+        """A message that has already arrived, without blocking: ``trio.WouldBlock`` if
+        there is none (or the link cannot tell), ``LinkClosed`` if gone. Lets a router
+        drain a burst in one go after an ``await receive()``."""
+        raise trio.WouldBlock
 
     @abstractmethod
     async def send(self, message: bytes) -> None: ...
@@ -148,38 +161,80 @@ class _MemoryLink(Link):
         self._outgoing = outgoing
         self._incoming = incoming
         self._last_arrival = 0.0
+        self._held: tuple[float, bytes] | None = None
 
-    async def send(self, message: bytes) -> None:
+    supports_send_nowait = True
+
+    def _schedule(self, message: bytes) -> tuple[float, bytes] | None:
+        """Arrival time and bytes of a message, or None if the emulated network lost it."""
         if not isinstance(message, bytes | bytearray):
             raise TypeError("links carry bytes")
         if len(message) > self._network.max_message_bytes:
             raise ValueError(f"message of {len(message)} bytes exceeds the link limit")
         if self._network.is_cut(self.local, self.peer):
-            await self.aclose()
+            self._outgoing.close()
+            self._incoming.close()
             raise LinkClosed(f"link {self.local} → {self.peer} is down")
         profile = self._network.profile(self.local, self.peer)
         if profile.loss and self._network.random.random() < profile.loss:
-            await trio.lowlevel.checkpoint()
-            return
+            return None
         now = trio.current_time()
         delay = profile.latency_ms + profile.jitter_ms * self._network.random.random()
         if profile.bandwidth_bps:
             delay += len(message) * 8_000.0 / profile.bandwidth_bps
         # Delivery stays in order, like the TCP link it stands in for.
         self._last_arrival = max(self._last_arrival, now + delay / 1000.0)
+        return self._last_arrival, bytes(message)
+
+    async def send(self, message: bytes) -> None:
+        item = self._schedule(message)
+        if item is None:
+            await trio.lowlevel.checkpoint()
+            return
         try:
-            await self._outgoing.send((self._last_arrival, bytes(message)))
+            await self._outgoing.send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise LinkClosed(f"link to {self.peer} is closed") from None
+
+    def send_nowait(self, message: bytes) -> None:
+        item = self._schedule(message)
+        if item is None:
+            return
+        try:
+            self._outgoing.send_nowait(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise LinkClosed(f"link to {self.peer} is closed") from None
 
     async def receive(self) -> bytes:
-        try:
-            arrival, message = await self._incoming.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise LinkClosed(f"link to {self.peer} is closed") from None
-        await trio.sleep_until(arrival)
+        if self._held is not None:  # peeked by receive_nowait, not yet due
+            arrival, message = self._held
+            self._held = None
+            await trio.sleep_until(arrival)
+        else:
+            try:
+                arrival, message = await self._incoming.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise LinkClosed(f"link to {self.peer} is closed") from None
+            if arrival > trio.current_time():  # receive() above was already a checkpoint
+                await trio.sleep_until(arrival)
         if self._network.is_cut(self.local, self.peer):
             await self.aclose()
+            raise LinkClosed(f"link {self.peer} → {self.local} is down")
+        return message
+
+    def receive_nowait(self) -> bytes:
+        if self._held is None:
+            try:
+                self._held = self._incoming.receive_nowait()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise LinkClosed(f"link to {self.peer} is closed") from None
+        arrival, message = self._held
+        if arrival > trio.current_time():
+            raise trio.WouldBlock
+        self._held = None
+        if self._network.is_cut(self.local, self.peer):
+            self._outgoing.close()
+            self._incoming.close()
             raise LinkClosed(f"link {self.peer} → {self.local} is down")
         return message
 
@@ -224,6 +279,8 @@ class MemoryNetwork(Transport):
             self._profiles[(_host(b), _host(a))] = profile
 
     def profile(self, a: str, b: str) -> LinkProfile:
+        if not self._profiles:  # the common case, kept cheap: this runs for every message
+            return self.default_profile
         return self._profiles.get((_host(a), _host(b)), self.default_profile)
 
     def set_down(self, address: str, down: bool = True) -> None:
@@ -234,6 +291,8 @@ class MemoryNetwork(Transport):
         (self._cuts.add if cut else self._cuts.discard)(pair)
 
     def is_cut(self, a: str, b: str) -> bool:
+        if not self._down and not self._cuts:
+            return False
         ha, hb = _host(a), _host(b)
         return ha in self._down or hb in self._down or frozenset((ha, hb)) in self._cuts
 

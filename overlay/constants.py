@@ -1,0 +1,67 @@
+"""Every number of the overlay, with its unit in its name, in one place (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+#: Every link message (build, data, relay-to-relay) has exactly this size, so an observer
+#: of a link cannot tell message kinds or plaintext sizes apart by length.
+CELL_BYTES = 1400
+#: Cell header: kind (1 byte) + per-link path id (16 bytes).
+CELL_HEADER_BYTES = 17
+CELL_BODY_BYTES = CELL_BYTES - CELL_HEADER_BYTES
+PATH_ID_BYTES = 16
+
+#: Path lengths an endpoint may ask for; the build message always has MAX_HOPS frames.
+DEFAULT_HOPS = 3
+MIN_HOPS = 1
+MAX_HOPS = 8
+#: Per-hop layer overhead: 8-byte nonce counter + 16-byte Poly1305 tag.
+LAYER_OVERHEAD_BYTES = 24
+#: What reaches the terminal hop whatever the path length (hides length from the endpoint's
+#: payload format; the terminal sees at least this much).
+TERMINAL_PAYLOAD_BYTES = CELL_BODY_BYTES - MAX_HOPS * LAYER_OVERHEAD_BYTES
+
+#: One sealed build record per hop: ephemeral X25519 key + AEAD(record) with its tag.
+BUILD_RECORD_PLAINTEXT_BYTES = 96
+BUILD_FRAME_BYTES = 32 + BUILD_RECORD_PLAINTEXT_BYTES + 16
+BUILD_FRAMES = MAX_HOPS
+
+DEFAULT_PATH_LIFETIME_MS = 10 * 60 * 1000
+#: Rebuild this long before expiry so traffic never waits for a build.
+PATH_REBUILD_MARGIN_MS = 60 * 1000
+DEFAULT_PATHS_PER_ENDPOINT = 2
+PATH_BUILD_TIMEOUT_MS = 2_000
+PATH_PING_INTERVAL_MS = 5_000
+#: A path whose terminal hop has not answered a ping for this long is dead.
+PATH_PING_TIMEOUT_MS = 3_000
+
+CONTACT_LIFETIME_MS = 24 * 60 * 60 * 1000
+
+INTROSET_REPLICAS = 4
+INTROSET_LIFETIME_MS = 20 * 60 * 1000
+INTROSET_REPUBLISH_MS = 150 * 1000
+INTROSET_MAX_BYTES = 1024
+#: Intros per introset (the freshest paths); 4 keep it well under INTROSET_MAX_BYTES.
+INTROSET_MAX_INTROS = 4
+#: Blinded rendezvous keys rotate once per epoch; lookups try this epoch and the last.
+RENDEZVOUS_EPOCH_MS = 24 * 60 * 60 * 1000
+DHT_REQUEST_TIMEOUT_MS = 2_000
+#: A DHT request lost on the way (cells can be) is retried this many times in all.
+DHT_ATTEMPTS = 3
+
+#: Largest message a session carries (fragmented into cells).
+MAX_SESSION_MESSAGE_BYTES = 256 * 1024
+#: Flow control: at most this many unacknowledged fragments in flight per direction.
+SESSION_WINDOW_FRAGMENTS = 64
+SESSION_RTO_INITIAL_MS = 1_000
+SESSION_RTO_MIN_MS = 200
+SESSION_RTO_MAX_MS = 8_000
+SESSION_HANDSHAKE_TIMEOUT_MS = 5_000
+#: Give up on a peer after this many retransmissions of one fragment.
+SESSION_MAX_RETRIES = 12
+
+#: Outgoing queue per link in a driver; a full queue drops cells like a router would.
+LINK_QUEUE_CELLS = 512
+#: How often an endpoint checks its paths (expiry, dead hops, pings).
+PATH_CHECK_INTERVAL_MS = 500
+#: Sessions an endpoint queues for ``sessions()`` before refusing new ones.
+ACCEPT_QUEUE_SESSIONS = 16

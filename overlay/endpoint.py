@@ -1,0 +1,633 @@
+"""An overlay endpoint: keeps paths, publishes and finds introsets, runs sessions.
+
+The protocol lives in the sans-I/O pieces (:class:`~overlay.path.Path`,
+:class:`~overlay.session.SessionCore`, :mod:`overlay.introset`); this module is their Trio
+driver. :func:`open_endpoint` owns every task: paths (one link each, to their first hop), the
+path keeper (expiry, pings, dead hops, rebuilds), the introset republisher, one driver per
+session. Leaving its ``async with`` cancels them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from .cells import CellError, CellKind, decode_cell
+from .clock import Clock
+from .constants import (
+    ACCEPT_QUEUE_SESSIONS,
+    DEFAULT_HOPS,
+    DEFAULT_PATH_LIFETIME_MS,
+    DEFAULT_PATHS_PER_ENDPOINT,
+    DHT_ATTEMPTS,
+    DHT_REQUEST_TIMEOUT_MS,
+    INTROSET_LIFETIME_MS,
+    INTROSET_MAX_INTROS,
+    INTROSET_REPLICAS,
+    INTROSET_REPUBLISH_MS,
+    LINK_QUEUE_CELLS,
+    MAX_HOPS,
+    MIN_HOPS,
+    PATH_CHECK_INTERVAL_MS,
+    PATH_PING_INTERVAL_MS,
+    SESSION_WINDOW_FRAGMENTS,
+)
+from .contact import Contact, verified_directory
+from .dht import DhtStatus, closest_relays, get_request, put_request
+from .introset import (
+    Intro,
+    IntrosetError,
+    RendezvousKeys,
+    epoch_of,
+    open_introset,
+    rendezvous_keys,
+    seal_introset,
+)
+from .keys import KeyPair
+from .link import Link, LinkClosed, MemoryNetwork, Transport
+from .onion import LayerError
+from .path import Path, PathState, Payload
+from .session import SessionCore, SessionError, SessionState, packet_session_id
+
+logger = logging.getLogger(__name__)
+
+
+class SessionClosed(SessionError):
+    """The peer closed its side: no more messages will arrive."""
+
+
+@dataclass
+class EndpointStats:
+    paths_built: int = 0
+    paths_failed: int = 0
+    cells_dropped: int = 0
+    sessions_opened: int = 0
+    sessions_accepted: int = 0
+
+
+class Session:
+    """One end-to-end session. ``send``/``receive`` carry whole messages, in order."""
+
+    def __init__(self, endpoint: Endpoint, core: SessionCore) -> None:
+        self._endpoint = endpoint
+        self._core = core
+        self._changed = trio.Event()
+        self._kick = trio.Event()
+
+    @property
+    def peer(self) -> bytes:
+        """The peer endpoint's Ed25519 public key, authenticated by the handshake."""
+        return self._core.peer
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _wake_driver(self) -> None:
+        self._kick.set()
+
+    def _check_failed(self) -> None:
+        if self._core.state is SessionState.FAILED:
+            raise SessionError(self._core.failure or "session failed")
+
+    async def _wait_open(self) -> None:
+        while self._core.state is SessionState.HANDSHAKE:
+            await self._changed.wait()
+        self._check_failed()
+
+    async def send(self, message: bytes) -> None:
+        """Queue one message; waits while the window is full (flow control)."""
+        while self._core.buffered_fragments >= SESSION_WINDOW_FRAGMENTS:
+            self._check_failed()
+            await self._changed.wait()
+        self._check_failed()
+        self._core.send_message(message)
+        self._wake_driver()
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> bytes:
+        """The next message; :class:`SessionClosed` once the peer has closed."""
+        while not self._core.received:
+            if self._core.peer_finished:
+                raise SessionClosed("peer closed the session")
+            self._check_failed()
+            await self._changed.wait()
+        return self._core.received.popleft()
+
+    def __aiter__(self) -> Session:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """Messages until the peer closes (no async generator, so breaking out is safe)."""
+        try:
+            return await self.receive()
+        except SessionClosed:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Send FIN and wait until everything sent was acknowledged (or the session failed).
+        Wrap in a cancel scope to bound the wait."""
+        if self._core.state is SessionState.FAILED:
+            return
+        self._core.close()
+        self._wake_driver()
+        while not self._core.all_acknowledged and not self._failed():
+            await self._changed.wait()
+
+    def _failed(self) -> bool:
+        return self._core.state is SessionState.FAILED
+
+
+class Endpoint:
+    """Create with :func:`open_endpoint`."""
+
+    def __init__(
+        self,
+        keys: KeyPair,
+        transport: Transport,
+        directory: dict[bytes, Contact],
+        clock: Clock,
+        nursery: trio.Nursery,
+        *,
+        hops: int,
+        paths: int,
+        path_lifetime_ms: int,
+        rng: random.Random,
+        local_name: str | None,
+    ) -> None:
+        if not MIN_HOPS <= hops <= MAX_HOPS:
+            raise ValueError(f"hops must be in {MIN_HOPS}..{MAX_HOPS}")
+        self.keys = keys
+        self.hops = hops
+        self.path_count = paths
+        self.stats = EndpointStats()
+        self._transport = transport
+        self._directory = directory
+        self._clock = clock
+        self._nursery = nursery
+        self._lifetime_ms = path_lifetime_ms
+        self._rng = rng
+        self._local_name = local_name
+        self._paths: list[Path] = []
+        self._path_scopes: dict[bytes, trio.CancelScope] = {}
+        self._senders: dict[bytes, trio.MemorySendChannel[bytes]] = {}
+        self._direct: dict[bytes, Link] = {}
+        self._paths_changed = trio.Event()
+        self._next_path = 0
+        self._dht_waiters: dict[bytes, tuple[trio.Event, list[bytes]]] = {}
+        self._sessions: dict[bytes, Session] = {}
+        self._accept_send, self._accept_receive = trio.open_memory_channel[Session](
+            ACCEPT_QUEUE_SESSIONS
+        )
+        self._pongs: dict[bytes, trio.Event] = {}
+        self._published: list[bytes] = []
+        self._avoid: set[bytes] = set()
+
+    @property
+    def public_key(self) -> bytes:
+        return self.keys.public
+
+    @property
+    def paths(self) -> list[Path]:
+        return list(self._paths)
+
+    # --- paths ---------------------------------------------------------------------------
+
+    def _choose_hops(self) -> list[Contact]:
+        relays = sorted(self._directory.values(), key=lambda c: c.pubkey)
+        preferred = [c for c in relays if c.pubkey not in self._avoid]
+        pool = preferred if len(preferred) >= self.hops else relays
+        if len(pool) < self.hops:
+            raise RuntimeError(f"{self.hops} hops need at least {self.hops} relays")
+        return self._rng.sample(pool, self.hops)
+
+    async def _keep_paths(self) -> None:
+        while True:
+            now = self._clock.now_ms()
+            for path in list(self._paths):
+                path.check(now)
+                if path.state is PathState.DEAD:
+                    self._drop_path(path)
+                elif path.state is PathState.ESTABLISHED and (
+                    path.ping_sent_ms is None or now - path.ping_sent_ms >= PATH_PING_INTERVAL_MS
+                ):
+                    path.ping_sent_ms = now
+                    self._send_on(path, bytes((Payload.PING,)))
+            fresh = [p for p in self._paths if not p.needs_replacement(now)]
+            for _ in range(self.path_count - len(fresh)):
+                self._start_path()
+            await self._clock.sleep_until_ms(now + PATH_CHECK_INTERVAL_MS)
+
+    def _start_path(self) -> Path:
+        path, cell = Path.build(self._choose_hops(), self._clock.now_ms(), self._lifetime_ms)
+        self._paths.append(path)
+        scope = trio.CancelScope()
+        self._path_scopes[path.first_id] = scope
+        send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_CELLS)
+        send.send_nowait(cell)
+        self._senders[path.first_id] = send
+        self._nursery.start_soon(self._run_path, path, scope, receive)
+        return path
+
+    def _drop_path(self, path: Path) -> None:
+        if path in self._paths:
+            self._paths.remove(path)
+            if path.expiry_ms > self._clock.now_ms():
+                # It died young: one of its relays stopped answering, and we cannot tell
+                # which, so the next builds avoid all of them while enough others remain.
+                self.stats.paths_failed += 1
+                self._avoid = {h.pubkey for h in path.hops}
+        path.state = PathState.DEAD
+        scope = self._path_scopes.pop(path.first_id, None)
+        if scope is not None:
+            scope.cancel()
+        sender = self._senders.pop(path.first_id, None)
+        if sender is not None:
+            sender.close()
+        self._signal_paths()
+
+    def _signal_paths(self) -> None:
+        self._paths_changed.set()
+        self._paths_changed = trio.Event()
+        for session in self._sessions.values():
+            session._core.announce()  # peers must learn where we are now
+            session._wake_driver()
+
+    async def _run_path(
+        self, path: Path, scope: trio.CancelScope, queue: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        with scope:
+            try:
+                connect = (
+                    self._transport.connect(path.hops[0].address, local=self._local_name)
+                    if isinstance(self._transport, MemoryNetwork)
+                    else self._transport.connect(path.hops[0].address)
+                )
+                async with connect as link, trio.open_nursery() as nursery:
+
+                    async def write() -> None:
+                        try:
+                            async for cell in queue:
+                                await link.send(cell)
+                        except LinkClosed:
+                            nursery.cancel_scope.cancel()
+
+                    if link.supports_send_nowait:
+                        self._flush(queue, link)
+                        self._direct[path.first_id] = link
+                    else:
+                        nursery.start_soon(write)
+                    try:
+                        while True:
+                            self._on_cell(path, await link.receive())
+                            while True:
+                                try:
+                                    data = link.receive_nowait()
+                                except trio.WouldBlock:
+                                    break
+                                self._on_cell(path, data)
+                    except LinkClosed:
+                        nursery.cancel_scope.cancel()
+            except OSError as exc:
+                logger.info("path through %s lost: %s", path.hops[0].address, exc)
+        self._direct.pop(path.first_id, None)
+        if path.state is not PathState.DEAD:
+            path.state = PathState.DEAD
+            self._signal_paths()
+
+    def _flush(self, queue: trio.MemoryReceiveChannel[bytes], link: Link) -> None:
+        while True:
+            try:
+                link.send_nowait(queue.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, LinkClosed):
+                return
+
+    def _on_cell(self, path: Path, data: bytes) -> None:
+        now = self._clock.now_ms()
+        try:
+            cell = decode_cell(data)
+            if cell.kind is not CellKind.DATA or cell.id != path.first_id:
+                raise CellError("not a cell of this path")
+            payload = path.unwrap(cell.body, now)
+        except (CellError, LayerError):
+            self.stats.cells_dropped += 1
+            return
+        kind = payload[0] if payload else 0
+        if kind == Payload.BUILT:
+            path.on_built(now)
+            self.stats.paths_built += 1
+            self._signal_paths()
+        elif kind == Payload.PONG:
+            pong = self._pongs.pop(payload[1:9], None)
+            if pong is not None:
+                pong.set()
+        elif kind == Payload.DELIVER:
+            self._on_packet(payload[1:], now)
+        elif kind == Payload.DHT_RESULT:
+            waiter = self._dht_waiters.get(payload[1:9])
+            if waiter is not None:
+                waiter[1].append(payload[9:])
+                waiter[0].set()
+
+    def _send_on(self, path: Path, payload: bytes) -> None:
+        direct = self._direct.get(path.first_id)
+        if direct is not None:
+            try:
+                direct.send_nowait(path.wrap(payload))
+            except (trio.WouldBlock, LinkClosed):
+                self.stats.cells_dropped += 1
+            return
+        sender = self._senders.get(path.first_id)
+        if sender is None:
+            return
+        try:
+            sender.send_nowait(path.wrap(payload))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.stats.cells_dropped += 1
+
+    async def ping(self, path: Path, padding_bytes: int = 0) -> None:
+        """One round trip to ``path``'s terminal hop with ``padding_bytes`` of filler each
+        way (cells are fixed-size anyway; this is for measuring). Bound it with a cancel
+        scope: a lost cell means no answer."""
+        token = os.urandom(8)
+        answered = self._pongs[token] = trio.Event()
+        try:
+            self._send_on(path, bytes((Payload.PING,)) + token + bytes(padding_bytes))
+            await answered.wait()
+        finally:
+            self._pongs.pop(token, None)
+
+    async def build_path(self) -> Path:
+        """Build one more path now and wait until it is established (or raise
+        RuntimeError if it dies first). Paths built this way are kept until they expire."""
+        path = self._start_path()
+        while path.state is PathState.BUILDING:
+            await self._paths_changed.wait()
+        if path.state is PathState.DEAD:
+            raise RuntimeError("path build failed")
+        return path
+
+    def _usable_path_now(self) -> Path | None:
+        now = self._clock.now_ms()
+        usable = [p for p in self._paths if p.usable(now)]
+        if not usable:
+            return None
+        self._next_path += 1
+        return usable[self._next_path % len(usable)]
+
+    async def wait_ready(self, count: int = 1) -> None:
+        """Wait until ``count`` paths are established."""
+        while sum(p.usable(self._clock.now_ms()) for p in self._paths) < count:
+            await self._paths_changed.wait()
+
+    async def paths_changed(self) -> None:
+        """Wait for the next change in this endpoint's paths (built, dead, dropped)."""
+        await self._paths_changed.wait()
+
+    async def _usable_path(self) -> Path:
+        while (path := self._usable_path_now()) is None:
+            await self._paths_changed.wait()
+        return path
+
+    def _intros(self) -> list[Intro]:
+        now = self._clock.now_ms()
+        return [
+            Intro(p.terminal.pubkey, p.intro_id, p.expiry_ms) for p in self._paths if p.usable(now)
+        ]
+
+    # --- introsets -------------------------------------------------------------------------
+
+    async def _dht(self, relay: bytes, request: bytes) -> bytes | None:
+        path = await self._usable_path()
+        request_id = os.urandom(8)
+        waiter: tuple[trio.Event, list[bytes]] = (trio.Event(), [])
+        self._dht_waiters[request_id] = waiter
+        try:
+            self._send_on(path, bytes((Payload.DHT_REQUEST,)) + request_id + relay + request)
+            with trio.move_on_after(DHT_REQUEST_TIMEOUT_MS / 1000):
+                await waiter[0].wait()
+        finally:
+            del self._dht_waiters[request_id]
+        return waiter[1][0] if waiter[1] else None
+
+    async def publish(self, shared_secret: bytes) -> int:
+        """Publish this endpoint's introset for the siblings sharing ``shared_secret`` and
+        keep it republished while the endpoint runs. Returns how many replicas stored it."""
+        if shared_secret not in self._published:
+            self._published.append(shared_secret)
+        return await self._publish_one(shared_secret)
+
+    async def _publish_one(self, shared_secret: bytes) -> int:
+        await self.wait_ready()
+        now = self._clock.now_ms()
+        rendezvous = rendezvous_keys(shared_secret, self.public_key, epoch_of(now))
+        intros = sorted(self._intros(), key=lambda i: -i.expiry_ms)[:INTROSET_MAX_INTROS]
+        introset = seal_introset(rendezvous, self.keys, intros, now + INTROSET_LIFETIME_MS)
+        replicas = closest_relays(rendezvous.location, list(self._directory), INTROSET_REPLICAS)
+        stored = 0
+
+        async def put(relay: bytes) -> None:
+            nonlocal stored
+            for _ in range(DHT_ATTEMPTS):
+                if await self._dht(relay, put_request(introset)) == bytes((DhtStatus.STORED,)):
+                    stored += 1
+                    return
+
+        async with trio.open_nursery() as nursery:
+            for relay in replicas:
+                nursery.start_soon(put, relay)
+        return stored
+
+    async def _republish(self) -> None:
+        """Republish on a timer, and as soon as the set of intros changes (a path died or
+        was replaced), so siblings never look up intros that no longer work for long."""
+        published: set[bytes] = set()
+        while True:
+            with trio.move_on_after(INTROSET_REPUBLISH_MS / 1000):
+                while {i.intro_id for i in self._intros()} == published or not self._intros():
+                    await self._paths_changed.wait()
+            published = {i.intro_id for i in self._intros()}
+            for secret in list(self._published):
+                await self._publish_one(secret)
+
+    async def lookup(self, shared_secret: bytes, owner: bytes) -> list[Intro]:
+        """The live intros of sibling ``owner``, or [] if no replica has them. All replicas
+        are asked at once (this epoch's and the last's), in up to ``DHT_ATTEMPTS`` rounds;
+        the first introset that opens wins."""
+        now = self._clock.now_ms()
+        found: list[Intro] = []
+        for _ in range(DHT_ATTEMPTS):
+            async with trio.open_nursery() as nursery:
+                for epoch in (epoch_of(now), epoch_of(now) - 1):
+                    rendezvous = rendezvous_keys(shared_secret, owner, epoch)
+                    for relay in closest_relays(rendezvous.location, list(self._directory)):
+                        nursery.start_soon(
+                            self._lookup_one, relay, rendezvous, owner, found, nursery.cancel_scope
+                        )
+            if found:
+                return found
+        return []
+
+    async def _lookup_one(
+        self,
+        relay: bytes,
+        rendezvous: RendezvousKeys,
+        owner: bytes,
+        found: list[Intro],
+        done: trio.CancelScope,
+    ) -> None:
+        response = await self._dht(relay, get_request(rendezvous.location))
+        if not response or response[0] != DhtStatus.FOUND:
+            return
+        try:
+            intros = open_introset(response[1:], rendezvous, owner, self._clock.now_ms())
+        except IntrosetError:
+            return
+        if intros and not found:
+            found.extend(intros)
+            done.cancel()
+
+    # --- sessions --------------------------------------------------------------------------
+
+    def _on_packet(self, packet: bytes, now: int) -> None:
+        session_id = packet_session_id(packet)
+        if session_id is None:
+            self.stats.cells_dropped += 1
+            return
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session._core.receive_packet(packet, now)
+            session._wake_driver()
+            session._notify()
+            return
+        try:
+            core = SessionCore.respond(self.keys, packet, now)
+        except SessionError:
+            self.stats.cells_dropped += 1
+            return
+        session = self._start_session(core)
+        try:
+            self._accept_send.send_nowait(session)
+            self.stats.sessions_accepted += 1
+        except trio.WouldBlock:
+            core.close()
+
+    def _start_session(self, core: SessionCore) -> Session:
+        session = Session(self, core)
+        self._sessions[core.session_id] = session
+        self._nursery.start_soon(self._drive_session, session)
+        return session
+
+    async def _drive_session(self, session: Session) -> None:
+        core = session._core
+        try:
+            while core.state not in (SessionState.CLOSED, SessionState.FAILED):
+                path = self._usable_path_now()
+                if path is None:
+                    await self._paths_changed.wait()
+                    continue
+                core.local_intro = Intro(path.terminal.pubkey, path.intro_id, path.expiry_ms)
+                packets = core.outgoing(self._clock.now_ms())
+                target = core.peer_intro
+                if target is not None:
+                    prefix = bytes((Payload.TRANSFER,)) + target.relay + target.intro_id
+                    for packet in packets:
+                        self._send_on(path, prefix + packet)
+                session._notify()
+                deadline = core.next_deadline_ms()
+                when = math.inf if deadline is None else self._clock.trio_time_for(deadline)
+                with trio.move_on_at(when):
+                    await session._kick.wait()
+                session._kick = trio.Event()
+        finally:
+            session._notify()
+            del self._sessions[core.session_id]
+
+    @asynccontextmanager
+    async def connect(
+        self,
+        peer: bytes,
+        *,
+        shared_secret: bytes | None = None,
+        intros: list[Intro] | None = None,
+    ) -> AsyncIterator[Session]:
+        """A session to endpoint ``peer``, found through its introset (``shared_secret``)
+        or at known ``intros``. Closed cleanly when the block ends."""
+        if intros is None:
+            if shared_secret is None:
+                raise ValueError("connect needs a shared secret or the peer's intros")
+            intros = await self.lookup(shared_secret, peer)
+            if not intros:
+                raise SessionError("peer has no live introset")
+        await self.wait_ready()
+        core = SessionCore.initiate(self.keys, peer, self._clock.now_ms())
+        core.peer_intro = max(intros, key=lambda i: i.expiry_ms)
+        session = self._start_session(core)
+        self.stats.sessions_opened += 1
+        await session._wait_open()
+        try:
+            yield session
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await session.aclose()
+
+    def sessions(self) -> trio.MemoryReceiveChannel[Session]:
+        """Sessions other endpoints open to this one, as they arrive (``async for``)."""
+        return self._accept_receive
+
+
+@asynccontextmanager
+async def open_endpoint(
+    identity_seed: bytes,
+    transport: Transport,
+    directory: list[Contact],
+    *,
+    hops: int = DEFAULT_HOPS,
+    paths: int = DEFAULT_PATHS_PER_ENDPOINT,
+    path_lifetime_ms: int = DEFAULT_PATH_LIFETIME_MS,
+    clock: Clock | None = None,
+    seed: int | None = None,
+    local_name: str | None = None,
+) -> AsyncIterator[Endpoint]:
+    """An endpoint with ``paths`` paths of ``hops`` relays picked from ``directory``.
+
+    ``seed`` makes relay choice reproducible; ``local_name`` names this host on a
+    :class:`MemoryNetwork` (for per-host faults and profiles).
+    """
+    clock = clock or Clock()
+    keys = KeyPair.from_seed(identity_seed)
+    verified = verified_directory(directory, clock.now_ms())
+    if len(verified) < hops:
+        raise ValueError(f"{hops}-hop paths need at least {hops} verified relay contacts")
+    rng = random.Random(seed)
+    try:
+        async with trio.open_nursery() as nursery:
+            endpoint = Endpoint(
+                keys,
+                transport,
+                verified,
+                clock,
+                nursery,
+                hops=hops,
+                paths=paths,
+                path_lifetime_ms=path_lifetime_ms,
+                rng=rng,
+                local_name=local_name,
+            )
+            nursery.start_soon(endpoint._keep_paths)
+            nursery.start_soon(endpoint._republish)
+            try:
+                yield endpoint
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

@@ -1,0 +1,163 @@
+"""A path as its owner sees it (sans-I/O): build it, wrap outgoing payloads in one layer
+per hop, unwrap what comes back, and know when it is built, stale or dead.
+
+Payloads to and from the terminal hop are :class:`Payload` kinds (first byte).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .cells import CellKind, frame_payload, make_cell, unframe_payload
+from .constants import (
+    DEFAULT_PATH_LIFETIME_MS,
+    MAX_HOPS,
+    MIN_HOPS,
+    PATH_BUILD_TIMEOUT_MS,
+    PATH_PING_TIMEOUT_MS,
+    PATH_REBUILD_MARGIN_MS,
+    TERMINAL_PAYLOAD_BYTES,
+)
+from .contact import Contact
+from .onion import (
+    BuildRecord,
+    HopKeys,
+    LayerError,
+    layer_bytes,
+    new_path_id,
+    open_layer,
+    pad_body,
+    seal_build_frames,
+    seal_layer,
+)
+
+#: Largest payload an endpoint can hand its terminal hop in one cell.
+MAX_PAYLOAD_BYTES = TERMINAL_PAYLOAD_BYTES - 2
+
+
+class Payload(enum.IntEnum):
+    """First byte of a payload between a path's owner and its terminal hop."""
+
+    BUILT = 1  # terminal → owner: the path works
+    PING = 2
+    PONG = 3
+    TRANSFER = 4  # owner → terminal: relay pk ‖ intro id ‖ data, for another path's owner
+    DELIVER = 5  # terminal → owner: data handed over by another relay
+    DHT_REQUEST = 6  # owner → terminal: request id (8) ‖ relay pk ‖ DHT message
+    DHT_RESULT = 7  # terminal → owner: request id (8) ‖ DHT response
+
+
+class PathState(enum.Enum):
+    BUILDING = "building"
+    ESTABLISHED = "established"
+    DEAD = "dead"
+
+
+@dataclass
+class Path:
+    """One path of ``len(hops)`` relays, owned by an endpoint."""
+
+    hops: list[Contact]
+    keys: list[HopKeys]
+    first_id: bytes
+    intro_id: bytes
+    created_ms: int
+    expiry_ms: int
+    state: PathState = PathState.BUILDING
+    last_heard_ms: int = 0
+    ping_sent_ms: int | None = None
+    _forward_counters: list[int] = field(default_factory=list)
+    _backward_seen: list[int] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls, hops: list[Contact], now_ms: int, lifetime_ms: int = DEFAULT_PATH_LIFETIME_MS
+    ) -> tuple[Path, bytes]:
+        """A new path and the build cell to send to its first hop."""
+        if not MIN_HOPS <= len(hops) <= MAX_HOPS:
+            raise ValueError(f"a path has {MIN_HOPS}..{MAX_HOPS} hops")
+        if len({h.pubkey for h in hops}) != len(hops):
+            raise ValueError("a relay appears twice in the path")
+        ids = [new_path_id() for _ in range(len(hops) + 1)]
+        expiry_ms = now_ms + lifetime_ms
+        records = [
+            BuildRecord(
+                upstream_id=ids[i],
+                downstream_id=ids[i + 1],
+                next_hop=hops[i + 1].pubkey if i + 1 < len(hops) else bytes(32),
+                expiry_ms=expiry_ms,
+                hop_index=i + 1,
+            )
+            for i in range(len(hops))
+        ]
+        body, keys = seal_build_frames(records, [h.x25519 for h in hops])
+        path = cls(
+            hops=list(hops),
+            keys=keys,
+            first_id=ids[0],
+            intro_id=ids[-1],
+            created_ms=now_ms,
+            expiry_ms=expiry_ms,
+            last_heard_ms=now_ms,
+            _forward_counters=[0] * len(hops),
+            _backward_seen=[0] * len(hops),
+        )
+        return path, make_cell(CellKind.BUILD, ids[0], pad_body(body))
+
+    @property
+    def terminal(self) -> Contact:
+        return self.hops[-1]
+
+    def wrap(self, payload: bytes) -> bytes:
+        """The DATA cell that carries ``payload`` to the terminal hop."""
+        hops = len(self.hops)
+        inner = frame_payload(payload, layer_bytes(hops + 1))
+        for index in range(hops - 1, -1, -1):
+            self._forward_counters[index] += 1
+            keys = self.keys[index]
+            inner = seal_layer(
+                keys.forward_key, keys.forward_prefix, self._forward_counters[index], inner
+            )
+        return make_cell(CellKind.DATA, self.first_id, inner)
+
+    def unwrap(self, body: bytes, now_ms: int) -> bytes:
+        """The payload of a DATA cell that came back along this path (LayerError if not)."""
+        inner = body
+        for index, keys in enumerate(self.keys):
+            counter, inner = open_layer(
+                keys.backward_key, keys.backward_prefix, inner[: layer_bytes(index + 1)]
+            )
+            if counter <= self._backward_seen[index]:
+                raise LayerError("replayed or reordered cell")
+            self._backward_seen[index] = counter
+        self.last_heard_ms = now_ms
+        return unframe_payload(inner)
+
+    # --- lifecycle, all decided from ``now_ms`` ------------------------------------------
+
+    def on_built(self, now_ms: int) -> None:
+        if self.state is PathState.BUILDING:
+            self.state = PathState.ESTABLISHED
+        self.last_heard_ms = now_ms
+
+    def usable(self, now_ms: int) -> bool:
+        return self.state is PathState.ESTABLISHED and now_ms < self.expiry_ms
+
+    def needs_replacement(self, now_ms: int) -> bool:
+        """Dead, or close enough to expiry that a successor should be built now."""
+        return self.state is PathState.DEAD or now_ms >= self.expiry_ms - PATH_REBUILD_MARGIN_MS
+
+    def check(self, now_ms: int) -> None:
+        """Mark the path dead if its build or its last ping went unanswered."""
+        if (
+            self.state is PathState.BUILDING and now_ms - self.created_ms > PATH_BUILD_TIMEOUT_MS
+        ) or (
+            self.state is PathState.ESTABLISHED
+            and self.ping_sent_ms is not None
+            and self.last_heard_ms < self.ping_sent_ms
+            and now_ms - self.ping_sent_ms > PATH_PING_TIMEOUT_MS
+        ):
+            self.state = PathState.DEAD
+        if now_ms >= self.expiry_ms:
+            self.state = PathState.DEAD

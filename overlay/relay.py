@@ -1,0 +1,508 @@
+"""A relay: forwards path cells, terminates paths, hands payloads between paths and stores
+introsets.
+
+:class:`RelayCore` is the whole protocol, sans-I/O: ``receive(link, bytes, now_ms)`` returns
+``(link, bytes)`` pairs to send. Links are opaque names chosen by the driver: ``"in:N"`` for
+connections that reached us, ``"out:ADDRESS"`` for the ones we opened (the driver connects
+on first use). Anything that does not parse, authenticate or belong is dropped and counted
+in :class:`RelayStats`; one bad cell never affects other paths.
+
+:func:`serve_relay` is the Trio driver; :func:`open_relays` runs several in one process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from .cells import CellError, CellKind, decode_cell, frame_payload, make_cell, unframe_payload
+from .clock import Clock
+from .constants import LINK_QUEUE_CELLS, PATH_ID_BYTES
+from .contact import Contact, make_contact, verified_directory
+from .dht import IntrosetStore
+from .keys import KeyPair
+from .link import Link, LinkClosed, Transport
+from .onion import (
+    HopKeys,
+    LayerError,
+    layer_bytes,
+    open_build_frame,
+    open_layer,
+    pad_body,
+    seal_layer,
+)
+from .path import Payload
+
+logger = logging.getLogger(__name__)
+
+Send = tuple[str, bytes]
+
+
+@dataclass
+class RelayStats:
+    """What a relay did and what it refused; drops are by reason."""
+
+    builds: int = 0
+    forwarded: int = 0
+    transfers: int = 0
+    dht_requests: int = 0
+    dropped_malformed: int = 0
+    dropped_unknown_path: int = 0
+    dropped_replay: int = 0
+    dropped_tampered: int = 0
+    dropped_wrong_link: int = 0
+    dropped_unknown_relay: int = 0
+    dropped_queue_full: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return (
+            self.dropped_malformed
+            + self.dropped_unknown_path
+            + self.dropped_replay
+            + self.dropped_tampered
+            + self.dropped_wrong_link
+            + self.dropped_unknown_relay
+            + self.dropped_queue_full
+        )
+
+
+@dataclass
+class _Hop:
+    keys: HopKeys
+    hop_index: int
+    expiry_ms: int
+    up_link: str
+    up_id: bytes
+    down_link: str | None
+    down_id: bytes
+    forward_seen: int = 0
+    backward_counter: int = 0
+
+
+@dataclass
+class RelayCore:
+    keys: KeyPair
+    directory: dict[bytes, Contact]
+    stats: RelayStats = field(default_factory=RelayStats)
+    store: IntrosetStore = field(default_factory=IntrosetStore)
+    _upstream: dict[bytes, _Hop] = field(default_factory=dict)
+    _downstream: dict[bytes, _Hop] = field(default_factory=dict)
+    _intros: dict[bytes, _Hop] = field(default_factory=dict)
+    _seen_builds: dict[bytes, int] = field(default_factory=dict)
+    _pending_dht: dict[bytes, tuple[_Hop, bytes]] = field(default_factory=dict)
+
+    def receive(self, link: str, data: bytes, now_ms: int) -> list[Send]:
+        try:
+            cell = decode_cell(data)
+        except CellError:
+            self.stats.dropped_malformed += 1
+            return []
+        try:
+            if cell.kind is CellKind.BUILD:
+                return self._build(link, cell.id, cell.body, now_ms)
+            if cell.kind is CellKind.DATA:
+                return self._data(link, cell.id, cell.body, now_ms)
+            if cell.kind is CellKind.TRANSFER:
+                return self._deliver(cell.id, unframe_payload(cell.body))
+            if cell.kind is CellKind.DHT_REQUEST:
+                self.stats.dht_requests += 1
+                response = self.store.handle(unframe_payload(cell.body), now_ms)
+                return [
+                    (
+                        link,
+                        make_cell(
+                            CellKind.DHT_RESPONSE, cell.id, frame_payload(response, len(cell.body))
+                        ),
+                    )
+                ]
+            pending = self._pending_dht.pop(cell.id, None)
+            if pending is None:
+                self.stats.dropped_unknown_path += 1
+                return []
+            hop, request_id = pending
+            return self._to_owner(
+                hop, bytes((Payload.DHT_RESULT,)) + request_id + unframe_payload(cell.body)
+            )
+        except LayerError:
+            self.stats.dropped_tampered += 1
+        except (CellError, ValueError, IndexError):
+            self.stats.dropped_malformed += 1
+        except Exception:  # a router drops what it cannot handle; it never stops forwarding
+            logger.exception("relay dropped a cell it could not handle")
+            self.stats.dropped_malformed += 1
+        return []
+
+    def update_directory(self, contacts: list[Contact], now_ms: int) -> None:
+        """Replace the relays this relay may forward to (unverifiable contacts are left out).
+        The registry that supplies contacts calls this when its list changes."""
+        self.directory = verified_directory(contacts, now_ms)
+
+    def expire(self, now_ms: int) -> None:
+        """Forget hops and replay-filter entries past their expiry."""
+        for table in (self._upstream, self._downstream, self._intros):
+            for key in [k for k, hop in table.items() if hop.expiry_ms <= now_ms]:
+                del table[key]
+        for key in [k for k, e in self._seen_builds.items() if e <= now_ms]:
+            del self._seen_builds[key]
+        self.store.expire(now_ms)
+
+    def link_lost(self, link: str) -> None:
+        """Forget the hops that used a link that broke: their paths are gone."""
+        for table in (self._upstream, self._downstream, self._intros):
+            for key in [k for k, h in table.items() if link in (h.up_link, h.down_link)]:
+                del table[key]
+
+    @property
+    def hop_count(self) -> int:
+        return len(self._upstream)
+
+    # --- cells --------------------------------------------------------------------------
+
+    def _build(self, link: str, path_id: bytes, body: bytes, now_ms: int) -> list[Send]:
+        ephemeral, record, keys, rest = open_build_frame(body, self.keys.dh)
+        if ephemeral in self._seen_builds:
+            self.stats.dropped_replay += 1
+            return []
+        if (
+            record.upstream_id != path_id
+            or record.expiry_ms <= now_ms
+            or path_id in self._upstream
+            or record.downstream_id in self._downstream
+            or record.downstream_id in self._intros
+        ):
+            self.stats.dropped_malformed += 1
+            return []
+        down_link: str | None = None
+        if not record.terminal:
+            contact = self.directory.get(record.next_hop)
+            if contact is None or contact.pubkey == self.keys.public:
+                self.stats.dropped_unknown_relay += 1
+                return []
+            down_link = f"out:{contact.address}"
+        self._seen_builds[ephemeral] = record.expiry_ms
+        hop = _Hop(
+            keys, record.hop_index, record.expiry_ms, link, path_id, down_link, record.downstream_id
+        )
+        self._upstream[path_id] = hop
+        self.stats.builds += 1
+        if down_link is None:
+            self._intros[record.downstream_id] = hop
+            return self._to_owner(hop, bytes((Payload.BUILT,)))
+        self._downstream[record.downstream_id] = hop
+        return [(down_link, make_cell(CellKind.BUILD, record.downstream_id, rest))]
+
+    def _data(self, link: str, path_id: bytes, body: bytes, now_ms: int) -> list[Send]:
+        hop = self._upstream.get(path_id)
+        if hop is not None:
+            if hop.up_link != link:
+                self.stats.dropped_wrong_link += 1
+                return []
+            counter, inner = open_layer(
+                hop.keys.forward_key, hop.keys.forward_prefix, body[: layer_bytes(hop.hop_index)]
+            )
+            if counter <= hop.forward_seen:
+                self.stats.dropped_replay += 1
+                return []
+            hop.forward_seen = counter
+            if hop.down_link is None:
+                return self._terminal(hop, unframe_payload(inner), now_ms)
+            self.stats.forwarded += 1
+            return [(hop.down_link, make_cell(CellKind.DATA, hop.down_id, pad_body(inner)))]
+        hop = self._downstream.get(path_id)
+        if hop is None:
+            self.stats.dropped_unknown_path += 1
+            return []
+        if hop.down_link != link:
+            self.stats.dropped_wrong_link += 1
+            return []
+        self.stats.forwarded += 1
+        return [self._backward(hop, body[: layer_bytes(hop.hop_index + 1)])]
+
+    def _backward(self, hop: _Hop, inner: bytes) -> Send:
+        hop.backward_counter += 1
+        sealed = seal_layer(
+            hop.keys.backward_key, hop.keys.backward_prefix, hop.backward_counter, inner
+        )
+        return hop.up_link, make_cell(CellKind.DATA, hop.up_id, pad_body(sealed))
+
+    def _to_owner(self, hop: _Hop, payload: bytes) -> list[Send]:
+        return [self._backward(hop, frame_payload(payload, layer_bytes(hop.hop_index + 1)))]
+
+    def _terminal(self, hop: _Hop, payload: bytes, now_ms: int) -> list[Send]:
+        kind = payload[0]
+        if kind == Payload.PING:
+            return self._to_owner(hop, bytes((Payload.PONG,)) + payload[1:])
+        if kind == Payload.TRANSFER:
+            relay, intro_id, data = payload[1:33], payload[33:49], payload[49:]
+            if len(intro_id) != PATH_ID_BYTES:
+                raise CellError("short transfer")
+            self.stats.transfers += 1
+            if relay == self.keys.public:
+                return self._deliver(intro_id, data)
+            contact = self.directory.get(relay)
+            if contact is None:
+                self.stats.dropped_unknown_relay += 1
+                return []
+            body = frame_payload(data, len(payload))
+            return [(f"out:{contact.address}", make_cell(CellKind.TRANSFER, intro_id, body))]
+        if kind == Payload.DHT_REQUEST:
+            request_id, relay, request = payload[1:9], payload[9:41], payload[41:]
+            if relay == self.keys.public:
+                self.stats.dht_requests += 1
+                response = self.store.handle(request, now_ms)
+                return self._to_owner(hop, bytes((Payload.DHT_RESULT,)) + request_id + response)
+            contact = self.directory.get(relay)
+            if contact is None:
+                self.stats.dropped_unknown_relay += 1
+                return []
+            token = os.urandom(PATH_ID_BYTES)
+            self._pending_dht[token] = (hop, request_id)
+            body = frame_payload(request, len(payload))
+            return [(f"out:{contact.address}", make_cell(CellKind.DHT_REQUEST, token, body))]
+        raise CellError(f"unknown payload kind {kind}")
+
+    def _deliver(self, intro_id: bytes, data: bytes) -> list[Send]:
+        hop = self._intros.get(intro_id)
+        if hop is None:
+            self.stats.dropped_unknown_path += 1
+            return []
+        return self._to_owner(hop, bytes((Payload.DELIVER,)) + data)
+
+
+# --- Trio driver -----------------------------------------------------------------------------
+
+
+class _LinkPool:
+    """The driver side of link names: one bounded send queue and writer task per link."""
+
+    def __init__(
+        self, nursery: trio.Nursery, transport: Transport, on_receive: _Receiver, stats: RelayStats
+    ) -> None:
+        self._nursery = nursery
+        self._transport = transport
+        self._on_receive = on_receive
+        self._stats = stats
+        self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._pending: dict[str, trio.MemoryReceiveChannel[bytes]] = {}
+        self._direct: dict[str, Link] = {}
+        self._names = itertools.count(1)
+
+    def send(self, link: str, data: bytes) -> None:
+        direct = self._direct.get(link)
+        if direct is not None:
+            try:
+                direct.send_nowait(data)
+            except trio.WouldBlock:
+                self._stats.dropped_queue_full += 1
+            except LinkClosed:
+                pass
+            return
+        queue = self._queues.get(link)
+        if queue is None:
+            if not link.startswith("out:"):
+                return  # an inbound link that went away
+            queue = self._open(link)
+            self._nursery.start_soon(self._run_outbound, link)
+        try:
+            queue.send_nowait(data)
+        except trio.WouldBlock:
+            self._stats.dropped_queue_full += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _open(self, link: str) -> trio.MemorySendChannel[bytes]:
+        send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_CELLS)
+        self._queues[link] = send
+        self._pending[link] = receive
+        return send
+
+    async def _run_outbound(self, name: str) -> None:
+        receive = self._pending.pop(name)
+        try:
+            async with self._transport.connect(name.removeprefix("out:")) as link:
+                await self._run(name, link, receive)
+        except OSError as exc:
+            logger.info("relay link %s failed: %s", name, exc)
+        except Exception:
+            logger.exception("relay link %s failed", name)
+        finally:
+            self._close(name)
+
+    async def run_inbound(self, link: Link) -> None:
+        name = f"in:{next(self._names)}"
+        self._open(name)
+        receive = self._pending.pop(name)
+        try:
+            await self._run(name, link, receive)
+        finally:
+            self._close(name)
+
+    async def _run(self, name: str, link: Link, queue: trio.MemoryReceiveChannel[bytes]) -> None:
+        async def write() -> None:
+            try:
+                async for data in queue:
+                    await link.send(data)
+            except LinkClosed:
+                pass
+
+        async with trio.open_nursery() as nursery:
+            if link.supports_send_nowait:
+                _flush(queue, link, self._stats)  # then forward inline, no writer task
+                self._direct[name] = link
+            else:
+                nursery.start_soon(write)
+            try:
+                while True:
+                    self._on_receive(name, await link.receive())
+                    while True:  # drain a burst without a scheduling round per cell
+                        try:
+                            data = link.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        self._on_receive(name, data)
+            except LinkClosed:
+                pass
+            nursery.cancel_scope.cancel()
+
+    def _close(self, name: str) -> None:
+        self._direct.pop(name, None)
+        queue = self._queues.pop(name, None)
+        if queue is not None:
+            queue.close()
+        self._on_receive.lost(name)
+
+
+def _flush(queue: trio.MemoryReceiveChannel[bytes], link: Link, stats: RelayStats) -> None:
+    """Send what was queued before the link existed, synchronously, keeping order."""
+    while True:
+        try:
+            data = queue.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+        try:
+            link.send_nowait(data)
+        except trio.WouldBlock:
+            stats.dropped_queue_full += 1
+        except LinkClosed:
+            return
+
+
+class _Receiver:
+    def __init__(self, core: RelayCore, clock: Clock) -> None:
+        self.core = core
+        self.clock = clock
+        self.pool: _LinkPool | None = None
+
+    def __call__(self, link: str, data: bytes) -> None:
+        assert self.pool is not None
+        for target, out in self.core.receive(link, data, self.clock.now_ms()):
+            self.pool.send(target, out)
+
+    def lost(self, link: str) -> None:
+        self.core.link_lost(link)
+
+
+async def serve_relay(
+    identity_seed: bytes,
+    transport: Transport,
+    address: str,
+    directory: list[Contact],
+    *,
+    clock: Clock | None = None,
+    core_out: list[RelayCore] | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a relay until cancelled; ``task_status.started(bound_address)`` once listening.
+
+    ``directory`` is the list of relay contacts this relay may forward to (unverifiable
+    ones are ignored). ``core_out``, if given, receives the :class:`RelayCore` so an
+    embedding process can read its stats.
+    """
+    clock = clock or Clock()
+    keys = KeyPair.from_seed(identity_seed)
+    core = RelayCore(keys, verified_directory(directory, clock.now_ms()))
+    if core_out is not None:
+        core_out.append(core)
+    receiver = _Receiver(core, clock)
+    async with trio.open_nursery() as nursery:
+        pool = _LinkPool(nursery, transport, receiver, core.stats)
+        receiver.pool = pool
+        bound = await nursery.start(transport.serve, pool.run_inbound, address)
+        task_status.started(bound)
+        while True:
+            await trio.sleep(60)
+            core.expire(clock.now_ms())
+
+
+@dataclass
+class RelayInfo:
+    """An embedded relay: its contact (for directories) and its core (for stats)."""
+
+    contact: Contact
+    core: RelayCore
+
+
+@asynccontextmanager
+async def open_relays(
+    transport: Transport,
+    count: int,
+    *,
+    clock: Clock | None = None,
+    seed: int = 0,
+    address_prefix: str = "",
+) -> AsyncIterator[list[RelayInfo]]:
+    """Run ``count`` relays in this process, each knowing all the others.
+
+    On a :class:`MemoryNetwork` relays are named ``mem:relayN``; over TCP they bind
+    ``127.0.0.1:0``. Seeds come from ``seed`` so runs are reproducible.
+    """
+    clock = clock or Clock()
+    seeds = [bytes([seed % 256, i % 256]) * 16 for i in range(count)]
+    infos: list[RelayInfo] = []
+    directory: list[Contact] = []
+    async with trio.open_nursery() as nursery:
+        for i, relay_seed in enumerate(seeds):
+            keys = KeyPair.from_seed(relay_seed)
+            wanted = address_prefix or ("mem:relay" if _is_memory(transport) else "127.0.0.1:0")
+            address = f"{wanted}{i}" if wanted.startswith("mem:") else wanted
+            cores: list[RelayCore] = []
+            bound = await nursery.start(
+                _serve_with_directory, relay_seed, transport, address, directory, clock, cores
+            )
+            infos.append(RelayInfo(make_contact(keys, bound, clock.now_ms()), cores[0]))
+        contacts = [info.contact for info in infos]
+        directory.extend(contacts)
+        for info in infos:
+            info.core.update_directory(contacts, clock.now_ms())
+        try:
+            yield infos
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _serve_with_directory(
+    seed: bytes,
+    transport: Transport,
+    address: str,
+    directory: list[Contact],
+    clock: Clock,
+    cores: list[RelayCore],
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve_relay(
+        seed, transport, address, directory, clock=clock, core_out=cores, task_status=task_status
+    )
+
+
+def _is_memory(transport: Transport) -> bool:
+    from .link import MemoryNetwork
+
+    return isinstance(transport, MemoryNetwork)

@@ -1,0 +1,385 @@
+"""End-to-end sessions between endpoints, sans-I/O: handshake, encryption, ordered
+reliable delivery with acks, retransmission, a bounded window and a clean close.
+
+The handshake is a one-round-trip exchange authenticated by both long-term X25519 keys
+(converted from the endpoints' Ed25519 keys) and made fresh by ephemeral keys on both
+sides: the initiator's first packet is readable only by the responder, and the session keys
+mix all four Diffie-Hellman results, one per direction. Every packet names the sender's
+current intro (inside the encryption), so either side can rebuild paths mid-session.
+
+Packets: ``type (1) ‖ session id (8) ‖ ...``. A :class:`SessionCore` takes packets in
+(``receive_packet``) and hands packets out (``outgoing``), with ``now_ms`` passed in; the
+driver also asks ``next_deadline_ms`` to know when to call ``outgoing`` again.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections import deque
+from dataclasses import dataclass
+
+import nacl.bindings as sodium
+
+from .constants import (
+    MAX_SESSION_MESSAGE_BYTES,
+    SESSION_HANDSHAKE_TIMEOUT_MS,
+    SESSION_MAX_RETRIES,
+    SESSION_RTO_INITIAL_MS,
+    SESSION_RTO_MAX_MS,
+    SESSION_RTO_MIN_MS,
+    SESSION_WINDOW_FRAGMENTS,
+)
+from .introset import Intro
+from .keys import KeyPair, kdf, x25519_of
+from .path import MAX_PAYLOAD_BYTES
+
+_encrypt = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt
+_decrypt = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
+_INTRO = struct.Struct(">32s16sQ")
+_SEGMENT = struct.Struct(">BII")
+SESSION_ID_BYTES = 8
+#: Room for a session packet inside a TRANSFER payload (kind, relay key, intro id).
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES - 1 - 32 - 16
+_DATA_OVERHEAD = 1 + SESSION_ID_BYTES + 8 + 16 + _INTRO.size + _SEGMENT.size
+FRAGMENT_BYTES = MAX_PACKET_BYTES - _DATA_OVERHEAD
+
+
+class SessionError(Exception):
+    """The session failed: handshake timeout, peer unreachable, or closed."""
+
+
+class PacketType(enum.IntEnum):
+    INIT = 1
+    ACCEPT = 2
+    DATA = 3
+
+
+class _Flag(enum.IntFlag):
+    END = 1  # last fragment of a message
+    FIN = 2  # no more messages from this side
+    ACK_ONLY = 4
+
+
+class SessionState(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+def packet_session_id(packet: bytes) -> bytes | None:
+    """The session id of a well-formed packet header, else None."""
+    if len(packet) < 1 + SESSION_ID_BYTES or packet[0] not in (1, 2, 3):
+        return None
+    return packet[1 : 1 + SESSION_ID_BYTES]
+
+
+def _pack_intro(intro: Intro | None) -> bytes:
+    if intro is None:
+        return bytes(_INTRO.size)
+    return _INTRO.pack(intro.relay, intro.intro_id, intro.expiry_ms)
+
+
+def _unpack_intro(data: bytes) -> Intro | None:
+    relay, intro_id, expiry_ms = _INTRO.unpack(data)
+    return None if relay == bytes(32) else Intro(relay, intro_id, expiry_ms)
+
+
+def _nonce(counter: int) -> bytes:
+    return bytes(16) + counter.to_bytes(8, "big")
+
+
+@dataclass
+class _Inflight:
+    segment: bytes
+    flags: _Flag
+    sent_ms: int
+    retries: int = 0
+
+
+class SessionCore:
+    """One end of a session. Construct with :meth:`initiate` or :meth:`respond`."""
+
+    def __init__(self, local: KeyPair, peer: bytes, session_id: bytes, now_ms: int) -> None:
+        self.local = local
+        self.peer = peer
+        self.session_id = session_id
+        self.state = SessionState.HANDSHAKE
+        self.local_intro: Intro | None = None
+        self.peer_intro: Intro | None = None
+        self.received: deque[bytes] = deque()
+        self.peer_finished = False
+        self.failure: str | None = None
+        self.ignored_packets = 0
+        self._started_ms = now_ms
+        self._ephemeral = os.urandom(32)
+        self._send_key = b""
+        self._receive_key = b""
+        self._send_counter = 0
+        self._init_packet: bytes | None = None
+        self._accept_bytes: bytes | None = None
+        self._accept_due = False
+        self._accept_ephemeral_public = b""
+        self._handshake_sent_ms: int | None = None
+        # sending
+        self._unsent: deque[tuple[bytes, _Flag]] = deque()
+        self._inflight: dict[int, _Inflight] = {}
+        self._next_seq = 0
+        self._fin_queued = False
+        self._rto_ms = SESSION_RTO_INITIAL_MS
+        self._srtt_ms: float | None = None
+        # receiving
+        self._expected = 0
+        self._out_of_order: dict[int, tuple[_Flag, bytes]] = {}
+        self._partial = bytearray()
+        self._ack_due = False
+
+    # --- handshake ------------------------------------------------------------------------
+
+    @classmethod
+    def initiate(cls, local: KeyPair, peer: bytes, now_ms: int) -> SessionCore:
+        session = cls(local, peer, os.urandom(SESSION_ID_BYTES), now_ms)
+        session._init_packet = b""  # built lazily, once local_intro is known
+        return session
+
+    def _dh_static(self) -> tuple[bytes, bytes]:
+        peer_x = x25519_of(self.peer)
+        return peer_x, self.local.dh(peer_x)
+
+    def _build_init(self) -> bytes:
+        peer_x, ss = self._dh_static()
+        es = bytes(sodium.crypto_scalarmult(self._ephemeral, peer_x))
+        header = bytes((PacketType.INIT,)) + self.session_id + self.local.public
+        header += bytes(sodium.crypto_scalarmult_base(self._ephemeral))
+        key = kdf(es + ss, b"p2ps-sess-init")
+        return header + _encrypt(_pack_intro(self.local_intro), header, bytes(24), key)
+
+    @classmethod
+    def respond(cls, local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
+        """The responder side of an INIT packet (raises SessionError if it is not one)."""
+        if len(packet) != 1 + SESSION_ID_BYTES + 64 + _INTRO.size + 16 or packet[0] != 1:
+            raise SessionError("not an INIT packet")
+        header = packet[: 1 + SESSION_ID_BYTES + 64]
+        peer = header[9:41]
+        initiator_ephemeral = header[41:73]
+        try:
+            session = cls(local, peer, header[1:9], now_ms)
+            peer_x, ss = session._dh_static()
+            es = local.dh(initiator_ephemeral)
+            intro = _decrypt(
+                packet[len(header) :], header, bytes(24), kdf(es + ss, b"p2ps-sess-init")
+            )
+        except Exception:
+            raise SessionError("INIT does not authenticate") from None
+        session.peer_intro = _unpack_intro(intro)
+        ee = bytes(sodium.crypto_scalarmult(session._ephemeral, initiator_ephemeral))
+        se = bytes(sodium.crypto_scalarmult(session._ephemeral, peer_x))
+        session._set_keys(es + ss + ee + se, initiator=False)
+        session.state = SessionState.OPEN
+        session._accept_ephemeral_public = bytes(sodium.crypto_scalarmult_base(session._ephemeral))
+        session._accept_due = True
+        return session
+
+    def _set_keys(self, material: bytes, *, initiator: bool) -> None:
+        forward = kdf(material, b"p2ps-sess-i2r")
+        backward = kdf(material, b"p2ps-sess-r2i")
+        self._send_key, self._receive_key = (
+            (forward, backward) if initiator else (backward, forward)
+        )
+
+    def _on_accept(self, packet: bytes) -> None:
+        if self.state is not SessionState.HANDSHAKE or self._init_packet is None:
+            return
+        header = packet[: 1 + SESSION_ID_BYTES + 32]
+        responder_ephemeral = header[9:41]
+        peer_x, ss = self._dh_static()
+        es = bytes(sodium.crypto_scalarmult(self._ephemeral, peer_x))
+        ee = bytes(sodium.crypto_scalarmult(self._ephemeral, responder_ephemeral))
+        se = self.local.dh(responder_ephemeral)
+        self._set_keys(es + ss + ee + se, initiator=True)
+        try:
+            intro = _decrypt(packet[len(header) :], header, _nonce(0), self._receive_key)
+        except Exception:
+            self._send_key = self._receive_key = b""
+            return
+        self.peer_intro = _unpack_intro(intro) or self.peer_intro
+        self.state = SessionState.OPEN
+        self._init_packet = None
+
+    # --- application side -------------------------------------------------------------------
+
+    def send_message(self, data: bytes) -> None:
+        """Queue a message (fragmented); use :attr:`buffered_fragments` for flow control."""
+        if self._fin_queued or self.state in (SessionState.CLOSED, SessionState.FAILED):
+            raise SessionError("session is closed for sending")
+        if len(data) > MAX_SESSION_MESSAGE_BYTES:
+            raise ValueError(f"message of {len(data)} bytes exceeds {MAX_SESSION_MESSAGE_BYTES}")
+        chunks = [data[i : i + FRAGMENT_BYTES] for i in range(0, len(data), FRAGMENT_BYTES)]
+        chunks = chunks or [b""]
+        for index, chunk in enumerate(chunks):
+            self._unsent.append((chunk, _Flag.END if index == len(chunks) - 1 else _Flag(0)))
+
+    def close(self) -> None:
+        """Send FIN after everything queued; idempotent."""
+        if not self._fin_queued and self.state is not SessionState.FAILED:
+            self._fin_queued = True
+            self._unsent.append((b"", _Flag.FIN))
+
+    @property
+    def buffered_fragments(self) -> int:
+        return len(self._unsent) + len(self._inflight)
+
+    def announce(self) -> None:
+        """Send a packet soon even with nothing to say, so the peer learns our current
+        intro (call when this side's paths change)."""
+        if self.state is SessionState.OPEN and self._send_key:
+            self._ack_due = True
+
+    @property
+    def all_acknowledged(self) -> bool:
+        return not self._unsent and not self._inflight
+
+    @property
+    def finished(self) -> bool:
+        """Both sides sent FIN and ours was acknowledged (or the session failed)."""
+        return self.state is SessionState.FAILED or (
+            self._fin_queued and self.peer_finished and not self._unsent and not self._inflight
+        )
+
+    # --- packets in -------------------------------------------------------------------------
+
+    def receive_packet(self, packet: bytes, now_ms: int) -> None:
+        """Feed one packet with this session's id. Garbage is ignored, never raised."""
+        kind = packet[0] if packet else 0
+        try:
+            if kind == PacketType.ACCEPT:
+                self._on_accept(packet)
+            elif kind == PacketType.INIT:
+                if self._accept_bytes is not None:
+                    self._accept_due = True  # our ACCEPT was lost: send the same bytes again
+            elif kind == PacketType.DATA and self._receive_key:
+                self._on_data(packet, now_ms)
+        except Exception:  # anything on the path can forge a header; it is only dropped
+            self.ignored_packets += 1
+
+    def _on_data(self, packet: bytes, now_ms: int) -> None:
+        header = packet[: 1 + SESSION_ID_BYTES + 8]
+        try:
+            plain = _decrypt(
+                packet[len(header) :],
+                header,
+                _nonce(int.from_bytes(header[9:17], "big")),
+                self._receive_key,
+            )
+        except Exception:
+            return
+        if self.state is SessionState.HANDSHAKE:
+            self.state = SessionState.OPEN  # DATA proves the peer has our keys
+            self._init_packet = None
+        self.peer_intro = _unpack_intro(plain[: _INTRO.size]) or self.peer_intro
+        flags, seq, ack = _SEGMENT.unpack_from(plain, _INTRO.size)
+        data = plain[_INTRO.size + _SEGMENT.size :]
+        self._on_ack(ack, now_ms)
+        if _Flag.ACK_ONLY in _Flag(flags):
+            return
+        self._ack_due = True
+        if seq < self._expected or seq in self._out_of_order:
+            return
+        if seq >= self._expected + 4 * SESSION_WINDOW_FRAGMENTS:
+            return
+        self._out_of_order[seq] = (_Flag(flags), data)
+        while self._expected in self._out_of_order:
+            flag, chunk = self._out_of_order.pop(self._expected)
+            self._expected += 1
+            if _Flag.FIN in flag:
+                self.peer_finished = True
+                continue
+            self._partial += chunk
+            if _Flag.END in flag:
+                self.received.append(bytes(self._partial))
+                self._partial.clear()
+
+    def _on_ack(self, ack: int, now_ms: int) -> None:
+        for seq in [s for s in self._inflight if s < ack]:
+            item = self._inflight.pop(seq)
+            if item.retries == 0:
+                sample = now_ms - item.sent_ms
+                self._srtt_ms = (
+                    sample if self._srtt_ms is None else 0.875 * self._srtt_ms + 0.125 * sample
+                )
+                self._rto_ms = int(
+                    min(SESSION_RTO_MAX_MS, max(SESSION_RTO_MIN_MS, 3 * self._srtt_ms))
+                )
+
+    # --- packets out ------------------------------------------------------------------------
+
+    def _seal(self, flags: _Flag, seq: int, data: bytes) -> bytes:
+        self._send_counter += 1
+        header = bytes((PacketType.DATA,)) + self.session_id + self._send_counter.to_bytes(8, "big")
+        plain = _pack_intro(self.local_intro) + _SEGMENT.pack(flags, seq, self._expected) + data
+        return header + _encrypt(plain, header, _nonce(self._send_counter), self._send_key)
+
+    def outgoing(self, now_ms: int) -> list[bytes]:
+        """Packets to send now; call again at :meth:`next_deadline_ms` or after any input."""
+        if self.state in (SessionState.FAILED, SessionState.CLOSED):
+            return []
+        packets: list[bytes] = []
+        if self.state is SessionState.HANDSHAKE:
+            if now_ms - self._started_ms > SESSION_HANDSHAKE_TIMEOUT_MS:
+                self._fail("handshake timed out")
+                return []
+            if self._init_packet is not None and (
+                self._handshake_sent_ms is None or now_ms - self._handshake_sent_ms >= self._rto_ms
+            ):
+                self._handshake_sent_ms = now_ms
+                if not self._init_packet:
+                    self._init_packet = self._build_init()  # same bytes on every retry
+                packets.append(self._init_packet)
+            return packets
+        if self._accept_due:
+            if self._accept_bytes is None:
+                header = bytes((PacketType.ACCEPT,)) + self.session_id
+                header += self._accept_ephemeral_public
+                sealed = _encrypt(_pack_intro(self.local_intro), header, _nonce(0), self._send_key)
+                self._accept_bytes = header + sealed
+            packets.append(self._accept_bytes)
+            self._accept_due = False
+        for seq, item in self._inflight.items():
+            if now_ms - item.sent_ms >= self._rto_ms * (1 << min(item.retries, 4)):
+                item.retries += 1
+                if item.retries > SESSION_MAX_RETRIES:
+                    self._fail("peer stopped acknowledging")
+                    return []
+                item.sent_ms = now_ms
+                packets.append(self._seal(item.flags, seq, item.segment))
+        while self._unsent and len(self._inflight) < SESSION_WINDOW_FRAGMENTS:
+            chunk, flags = self._unsent.popleft()
+            seq = self._next_seq
+            self._next_seq += 1
+            self._inflight[seq] = _Inflight(chunk, flags, now_ms)
+            packets.append(self._seal(flags, seq, chunk))
+        if self._ack_due and not packets:
+            packets.append(self._seal(_Flag.ACK_ONLY, 0, b""))
+        self._ack_due = False
+        if self._fin_queued and self.peer_finished and not self._unsent and not self._inflight:
+            self.state = SessionState.CLOSED
+        return packets
+
+    def next_deadline_ms(self) -> int | None:
+        if self.state is SessionState.HANDSHAKE:
+            base = (
+                self._handshake_sent_ms if self._handshake_sent_ms is not None else self._started_ms
+            )
+            return min(base + self._rto_ms, self._started_ms + SESSION_HANDSHAKE_TIMEOUT_MS + 1)
+        if self._inflight:
+            return min(
+                item.sent_ms + self._rto_ms * (1 << min(item.retries, 4))
+                for item in self._inflight.values()
+            )
+        return None
+
+    def _fail(self, reason: str) -> None:
+        self.state = SessionState.FAILED
+        self.failure = reason

@@ -1,0 +1,127 @@
+"""Overlay benchmark (DESIGN.md §9): 3-hop onion messages in one process on a zero-latency
+MemoryNetwork, beside the raw libsodium per-hop crypto floor measured in the same run.
+
+A "message" is one 1 KiB payload carried one way over a 3-hop path (3 layers sealed by the
+endpoint, 3 opened by the relays). The run sends pings whose 1 KiB payload comes back as a
+pong, so each round trip is two messages; CPU is process time (relays, endpoint, Trio
+scheduling, link emulation) divided by the messages carried, best of five segments, like the
+floor (best of five runs of 3 seals + 3 opens through the same ``nacl.bindings`` calls).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from typing import Any
+
+import nacl.bindings as sodium
+import trio
+
+from overlay.endpoint import open_endpoint
+from overlay.link import MemoryNetwork
+from overlay.relay import open_relays
+
+HOPS = 3
+MESSAGE_BYTES = 1024
+PARALLEL_PINGS = 32
+REPEATS = 5
+
+
+def crypto_floor_us(iterations: int, repeats: int = REPEATS) -> float:
+    """CPU µs for 3 XChaCha20-Poly1305 seals + 3 opens of a 1 KiB cell through the same
+    libsodium bindings the overlay uses; best of ``repeats`` runs, so noise cannot make
+    the floor look higher (and the ratio better) than it is."""
+    key, nonce, cell = bytes(32), bytes(24), bytes(MESSAGE_BYTES)
+    encrypt = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt
+    decrypt = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        for _ in range(iterations):
+            sealed = encrypt(cell, None, nonce, key)
+            sealed = encrypt(sealed, None, nonce, key)
+            sealed = encrypt(sealed, None, nonce, key)
+            opened = decrypt(sealed, None, nonce, key)
+            opened = decrypt(opened, None, nonce, key)
+            decrypt(opened, None, nonce, key)
+        best = min(best, (time.process_time() - start) / iterations * 1e6)
+    return best
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _measure(rounds: int, builds: int) -> dict[str, float]:
+    network = MemoryNetwork(seed=7)
+    async with (
+        open_relays(network, 8, seed=7) as relays,
+        open_endpoint(
+            b"\x42" * 32, network, [r.contact for r in relays], hops=HOPS, paths=1, seed=7
+        ) as endpoint,
+    ):
+        await endpoint.wait_ready()
+        build_ms: list[float] = []
+        for _ in range(builds):
+            start = time.perf_counter()
+            await endpoint.build_path()
+            build_ms.append((time.perf_counter() - start) * 1000)
+        path = endpoint.paths[0]
+        rtts: list[float] = []
+        for _ in range(max(50, rounds // 20)):
+            start = time.perf_counter()
+            await endpoint.ping(path, MESSAGE_BYTES)
+            rtts.append((time.perf_counter() - start) * 1000)
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                await endpoint.ping(path, MESSAGE_BYTES)
+
+        # Best of REPEATS segments, as for the floor: on a shared machine noise only ever
+        # adds CPU, so the minimum is the figure closest to the code's own cost.
+        best_cpu, best_wall = math.inf, math.inf
+        per_segment = max(1, rounds // REPEATS // PARALLEL_PINGS)
+        messages = 2 * PARALLEL_PINGS * per_segment
+        for _ in range(REPEATS):
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for _ in range(PARALLEL_PINGS):
+                    nursery.start_soon(worker, per_segment)
+            best_cpu = min(best_cpu, time.process_time() - cpu0)
+            best_wall = min(best_wall, time.perf_counter() - wall0)
+        cpu, wall = best_cpu, best_wall
+        return {
+            "messages_per_s": messages / wall,
+            "cpu_us_per_message": cpu / messages * 1e6,
+            "rtt_p50_ms": statistics.median(rtts),
+            "rtt_p99_ms": _percentile(rtts, 0.99),
+            "path_build_ms_p50": statistics.median(build_ms),
+        }
+
+
+def run_overlay_bench(
+    *, quick: bool = False, rounds: int | None = None, builds: int | None = None
+) -> dict[str, Any]:
+    """Run the benchmark; returns exactly the keys of DESIGN.md §9. ``rounds`` (ping round
+    trips) and ``builds`` (paths built) override the quick/full defaults."""
+    rounds = rounds or (2_000 if quick else 20_000)
+    floor = crypto_floor_us(min(rounds, 2_000 if quick else 20_000))
+    figures = trio.run(_measure, rounds, builds or (10 if quick else 50))
+    return {
+        "hops": HOPS,
+        "messages_per_s": round(figures["messages_per_s"], 1),
+        "cpu_us_per_message": round(figures["cpu_us_per_message"], 2),
+        "floor_cpu_us_per_message": round(floor, 2),
+        "ratio": round(figures["cpu_us_per_message"] / floor, 2),
+        "rtt_p50_ms": round(figures["rtt_p50_ms"], 3),
+        "rtt_p99_ms": round(figures["rtt_p99_ms"], 3),
+        "path_build_ms_p50": round(figures["path_build_ms_p50"], 3),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_overlay_bench(quick="--quick" in sys.argv[1:]), indent=2))

@@ -1,0 +1,245 @@
+"""Endpoints, relays, introsets and sessions together on a MemoryNetwork, in virtual time."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from overlay.clock import TEST_EPOCH_MS, Clock
+from overlay.constants import DEFAULT_PATH_LIFETIME_MS
+from overlay.endpoint import Endpoint, Session, open_endpoint
+from overlay.link import LinkProfile, MemoryNetwork, TcpTransport
+from overlay.relay import open_relays
+
+SECRET = bytes(range(32))
+ALICE = b"\x0a" * 32
+BOB = b"\x0b" * 32
+
+
+async def test_siblings_find_each_other_and_exchange(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=1, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 10, clock=clock, seed=1) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(ALICE, network, directory, clock=clock, seed=1) as alice,
+            open_endpoint(BOB, network, directory, clock=clock, seed=2) as bob,
+        ):
+            await alice.wait_ready(2)
+            await bob.wait_ready(2)
+            assert await bob.publish(SECRET) >= 3
+            received: list[bytes] = []
+
+            async def accept() -> None:
+                async for session in bob.sessions():
+                    assert session.peer == alice.public_key
+                    async for message in session:
+                        received.append(message)
+                        await session.send(b"echo:" + message[:10])
+                    await session.aclose()
+                    return
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(accept)
+                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                    big = bytes(range(256)) * 256
+                    await session.send(b"hello")
+                    assert await session.receive() == b"echo:hello"
+                    await session.send(big)
+                    assert await session.receive() == b"echo:" + big[:10]
+            assert received == [b"hello", big]
+
+
+async def exchange(alice_session: Session, count: int) -> None:
+    for i in range(count):
+        await alice_session.send(b"m%d" % i + bytes(1500 * (i % 3)))
+        assert (await alice_session.receive()).startswith(b"echo:m%d" % i)
+
+
+async def echo_one(bob: Endpoint) -> None:
+    async for session in bob.sessions():
+        async for message in session:
+            await session.send(b"echo:" + message[:10])
+        await session.aclose()
+        return
+
+
+async def test_lossy_links_still_deliver(autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork(seed=3, default_profile=LinkProfile(latency_ms=10, loss=0.03))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 12, clock=clock, seed=3) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(ALICE, network, directory, clock=clock, seed=5) as alice,
+            open_endpoint(BOB, network, directory, clock=clock, seed=6) as bob,
+        ):
+            assert await bob.publish(SECRET) >= 1
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo_one, bob)
+                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                    await exchange(session, 30)
+
+
+async def test_dead_relay_is_routed_around(autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 16, clock=clock, seed=4) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(ALICE, network, directory, clock=clock, seed=7) as alice,
+            open_endpoint(BOB, network, directory, clock=clock, seed=8) as bob,
+        ):
+            await alice.wait_ready(2)
+            await bob.wait_ready(2)
+            await bob.publish(SECRET)
+            bob_relays = {h.pubkey for p in bob.paths for h in p.hops}
+            victim_path, victim = next(
+                (p, h) for p in alice.paths for h in p.hops[1:] if h.pubkey not in bob_relays
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo_one, bob)
+                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                    await exchange(session, 3)
+                    network.set_down(victim.address)
+                    await exchange(session, 10)  # carried on while the path fails
+                    while victim_path in alice.paths or len(alice.paths) < 2:
+                        await alice.paths_changed()
+                    await alice.wait_ready(2)
+                    assert all(victim not in p.hops for p in alice.paths)
+                    await exchange(session, 3)
+
+
+@pytest.mark.parametrize("hops", [1, 8])
+async def test_path_length_is_configurable(
+    hops: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    network = MemoryNetwork(seed=5)
+    async with open_relays(network, 9, seed=5) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(ALICE, network, directory, hops=hops, seed=1) as alice,
+            open_endpoint(BOB, network, directory, hops=hops, seed=2) as bob,
+        ):
+            await bob.publish(SECRET)
+            assert all(len(p.hops) == hops for p in alice.paths)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo_one, bob)
+                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                    await exchange(session, 3)
+
+
+async def test_over_tcp_loopback() -> None:
+    transport = TcpTransport()
+    with trio.fail_after(20):
+        async with open_relays(transport, 5, seed=9) as relays:
+            assert all(r.contact.address.startswith("127.0.0.1:") for r in relays)
+            directory = [r.contact for r in relays]
+            async with (
+                open_endpoint(ALICE, transport, directory, seed=1) as alice,
+                open_endpoint(BOB, transport, directory, seed=2) as bob,
+            ):
+                await bob.publish(SECRET)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(echo_one, bob)
+                    async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                        await exchange(session, 5)
+
+
+async def test_session_survives_the_loss_of_the_peers_intro_relays(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=6, default_profile=LinkProfile(latency_ms=5))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 16, clock=clock, seed=6) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(ALICE, network, directory, clock=clock, seed=9) as alice,
+            open_endpoint(BOB, network, directory, clock=clock, seed=10) as bob,
+        ):
+            await alice.wait_ready(2)
+            await bob.publish(SECRET)
+            alice_relays = {h.pubkey for p in alice.paths for h in p.hops}
+            bob_terminals = [p.terminal for p in bob.paths]
+            assert not alice_relays & {t.pubkey for t in bob_terminals}
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo_one, bob)
+                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                    await exchange(session, 3)
+                    for terminal in bob_terminals:
+                        network.set_down(terminal.address)
+                    start = trio.current_time()
+                    await exchange(session, 5)
+                    assert trio.current_time() - start < 30
+                    assert all(p.terminal not in bob_terminals for p in bob.paths)
+
+
+async def test_a_middle_relay_learns_neither_endpoint_nor_sizes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=8)
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 10, clock=clock, seed=8) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(
+                ALICE, network, directory, clock=clock, seed=3, local_name="alice-host"
+            ) as alice,
+            open_endpoint(
+                BOB, network, directory, clock=clock, seed=4, local_name="bob-host"
+            ) as bob,
+        ):
+            await alice.wait_ready(2)
+            await bob.publish(SECRET)
+            middle = next(r for r in relays if r.contact == alice.paths[0].hops[1])
+            view: list[tuple[str, bytes]] = []
+            receive = middle.core.receive
+
+            def tapped(link: str, data: bytes, now_ms: int) -> list[tuple[str, bytes]]:
+                sends = receive(link, data, now_ms)
+                view.append((link, data))
+                view.extend(sends)
+                return sends
+
+            middle.core.receive = tapped  # type: ignore[method-assign]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo_one, bob)
+                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                    for size in (1, 100, 1000, 5000):
+                        await session.send(b"s" * size)
+                        await session.receive()
+    assert len(view) > 20
+    assert {len(data) for _, data in view} == {len(view[0][1])}
+    secrets = [b"alice-host", b"bob-host", alice.public_key, bob.public_key, b"sssss"]
+    secrets += [alice.keys.x25519_public, bob.keys.x25519_public]
+    assert not [s for s in secrets for _, data in view if s in data]
+    relay_addresses = {f"out:{r.contact.address}" for r in relays}
+    assert all(link.startswith("in:") or link in relay_addresses for link, _ in view)
+
+
+async def test_paths_are_replaced_before_they_expire(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=9, default_profile=LinkProfile(latency_ms=5))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 8, clock=clock, seed=9) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(ALICE, network, directory, clock=clock, seed=1) as alice,
+            open_endpoint(BOB, network, directory, clock=clock, seed=2) as bob,
+        ):
+            await alice.wait_ready(2)
+            await bob.publish(SECRET)
+            first = set(map(id, alice.paths + bob.paths))
+            # Deterministic: virtual time crosses the 10-minute path lifetime.
+            await trio.sleep(DEFAULT_PATH_LIFETIME_MS / 1000 + 1)
+            now = clock.now_ms()
+            assert not first & set(map(id, alice.paths + bob.paths))
+            assert all(p.usable(now) for p in alice.paths)
+            assert sum(p.usable(now) for p in bob.paths) >= 2
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo_one, bob)
+                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                    await exchange(session, 3)
