@@ -121,8 +121,6 @@ async def network_up(
     """Run the network until cancelled; ``task_status.started(path of network.json)``."""
     if nodes < 1:
         raise ValueError("a network needs at least one service node")
-    if relays:
-        raise ValueError("relays are not available yet (the overlay is being built)")
     async with trio.open_nursery() as nursery:
         launcher = Launcher(data_dir, nursery)
         try:
@@ -135,7 +133,10 @@ async def network_up(
             for index in range(nodes):
                 url = await launcher.start(f"node-{index}", "node", "--registry", registry)
                 on_progress(f"node {index + 1}/{nodes} {url}")
-            description = await _describe(transport, registry, fileserver, opengroup, nodes)
+            for index in range(relays):
+                address = await launcher.start(f"relay-{index}", "relay", "--registry", registry)
+                on_progress(f"relay {index + 1}/{relays} {address}")
+            description = await _describe(transport, registry, fileserver, opengroup, nodes, relays)
             path = data_dir / "network.json"
             path.write_text(json.dumps(description, indent=2) + "\n")
             task_status.started(path)
@@ -164,15 +165,15 @@ async def _until_views_agree(transport: Transport, nodes: list[dict[str, str]]) 
 
 
 async def _describe(
-    transport: Transport, registry: str, fileserver: str, opengroup: str, nodes: int
+    transport: Transport, registry: str, fileserver: str, opengroup: str, nodes: int, relays: int
 ) -> dict[str, Any]:
     """Ask every process to answer, and the registry for the nodes it lists (a node
     announces itself before it prints ``ready``, so all are listed by now)."""
     with trio.fail_after(START_TIMEOUT_S):
         async with open_rpc(transport, registry) as client:
             listing = await client.call("list", {})
-        if len(listing["nodes"]) < nodes:
-            raise RuntimeError(f"the registry lists {len(listing['nodes'])} of {nodes} nodes")
+        if len(listing["nodes"]) < nodes or len(listing["relays"]) < relays:
+            raise RuntimeError("the registry does not list every node and relay")
         await _until_views_agree(transport, listing["nodes"])
         async with open_rpc(transport, opengroup) as client:
             await client.call("list_rooms", {})
@@ -183,5 +184,5 @@ async def _describe(
         "fileserver": fileserver,
         "opengroup": opengroup,
         "nodes": listing["nodes"],
-        "relays": listing.get("relays", []),
+        "relays": [{"pubkey": r["pubkey"], "address": r["url"]} for r in listing["relays"]],
     }

@@ -9,23 +9,30 @@ data. Once it listens it prints one line, ``ready <url>``, which is what
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from overlay import Contact, KeyPair, make_contact, serve_relay
 from overlay.link import Transport
+from overlay.relay import RelayCore
 
 from .clock import Clock
+from .errors import P2PSyncError
 from .fileserver import FileServer
 from .identity import SEED_BYTES, Identity
 from .opengroup import OpenGroupServer
 from .swarm.node import StorageNode
 from .swarm.registry import Directory, FileDirectory, RegistryDirectory, RegistryServer
 from .swarm.store import MessageStore
+
+logger = logging.getLogger(__name__)
 
 
 async def exit_when_stdin_closes(service: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -111,3 +118,37 @@ async def run_opengroup(
     server = OpenGroupServer(data_dir / "opengroup.sqlite3", clock, fileserver, transport)
     async with trio.open_nursery() as nursery:
         announce_ready(await nursery.start(server.serve, transport, listen))
+
+
+#: How often a relay re-announces its contact and re-reads the other relays.
+RELAY_REFRESH_S = 60.0
+
+
+async def run_relay(
+    transport: Transport, data_dir: Path, listen: str, directory: Directory, clock: Clock
+) -> None:
+    """An overlay relay: listens, announces its signed contact to the registry, and keeps
+    its list of relays it may forward to in step with the registry's."""
+    identity = load_or_create_identity(data_dir / "relay.key")
+    keys = KeyPair.from_seed(identity.seed)
+    cores: list[RelayCore] = []
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(
+            partial(serve_relay, identity.seed, transport, listen, [], clock=clock, core_out=cores)
+        )
+
+        async def refresh() -> None:
+            try:
+                contact = make_contact(keys, address, clock.now_ms())
+                await directory.announce(identity, "relay", address, contact.encode())
+                snapshot = await directory.fetch()
+                contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
+                cores[0].update_directory(contacts, clock.now_ms())
+            except (OSError, P2PSyncError, ValueError) as exc:
+                logger.warning("relay: registry unavailable: %s", exc)
+
+        await refresh()  # listed before it says ready, as nodes are
+        announce_ready(address)
+        while True:
+            await trio.sleep(RELAY_REFRESH_S)
+            await refresh()

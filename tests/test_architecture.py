@@ -24,6 +24,14 @@ SANS_IO = [
     "p2psync/sync/negentropy.py",
     "p2psync/sync/records.py",
     "p2psync/sync/live.py",
+    "overlay/cells.py",
+    "overlay/onion.py",
+    "overlay/path.py",
+    "overlay/dht.py",
+    "overlay/introset.py",
+    "overlay/session.py",
+    "overlay/contact.py",
+    "overlay/keys.py",
 ]
 IO_MODULES = {"trio", "socket", "asyncio", "selectors", "trio_websocket"}
 

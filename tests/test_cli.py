@@ -57,7 +57,7 @@ def test_a_file_where_a_data_directory_should_be(tmp_path: Path) -> None:
 @pytest.mark.slow
 async def test_network_up_runs_processes_until_interrupted(tmp_path: Path) -> None:
     process = await trio.lowlevel.open_process(
-        [*P2PSYNC, "network", "up", "--nodes", "2", "--data", str(tmp_path)],
+        [*P2PSYNC, "network", "up", "--nodes", "2", "--relays", "2", "--data", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -72,7 +72,7 @@ async def test_network_up_runs_processes_until_interrupted(tmp_path: Path) -> No
         assert line.decode().strip() == f"ready {tmp_path / 'network.json'}"
         description = json.loads((tmp_path / "network.json").read_text())
         assert set(description) >= {"registry", "fileserver", "opengroup", "nodes", "relays"}
-        assert len(description["nodes"]) == 2
+        assert len(description["nodes"]) == 2 and len(description["relays"]) == 2
         transport = WebSocketTransport()
         alice = Identity.from_label("alice")
         clock = Clock()
