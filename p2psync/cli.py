@@ -152,6 +152,13 @@ def _cmd_bench_overlay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_storage(args: argparse.Namespace) -> int:
+    from .bench.storage import run_storage_bench
+
+    run_storage_bench(quick=args.quick, seed=args.seed, json_path=args.json, plot_path=args.plot)
+    return 0
+
+
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     from .bench.throughput import print_report, run_throughput
 
@@ -244,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     overlay.add_argument("--quick", action="store_true", help="fewer rounds")
     overlay.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     overlay.set_defaults(run=_cmd_bench_overlay)
+    storage = bench_commands.add_parser(
+        "storage", help="stored copies, byte-hours and latency per sync strategy (virtual time)"
+    )
+    storage.add_argument("--quick", action="store_true", help="the small scenario (minutes)")
+    storage.add_argument("--seed", type=int, default=1, help="scenario seed (default: 1)")
+    storage.add_argument("--json", metavar="FILE", help="write the §9 JSON")
+    storage.add_argument("--plot", metavar="FILE", help="write a PNG of stored bytes over time")
+    storage.set_defaults(run=_cmd_bench_storage)
     return parser
 
 
