@@ -55,6 +55,7 @@ from .link import Link, LinkClosed, MemoryNetwork, Transport
 from .onion import LayerError
 from .path import Path, PathState, Payload
 from .session import SessionCore, SessionError, SessionState, packet_session_id
+from .tasks import open_task_nursery
 
 logger = logging.getLogger(__name__)
 
@@ -607,27 +608,19 @@ async def open_endpoint(
     if len(verified) < hops:
         raise ValueError(f"{hops}-hop paths need at least {hops} verified relay contacts")
     rng = random.Random(seed)
-    try:
-        async with trio.open_nursery() as nursery:
-            endpoint = Endpoint(
-                keys,
-                transport,
-                verified,
-                clock,
-                nursery,
-                hops=hops,
-                paths=paths,
-                path_lifetime_ms=path_lifetime_ms,
-                rng=rng,
-                local_name=local_name,
-            )
-            nursery.start_soon(endpoint._keep_paths)
-            nursery.start_soon(endpoint._republish)
-            try:
-                yield endpoint
-            finally:
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+    async with open_task_nursery() as nursery:
+        endpoint = Endpoint(
+            keys,
+            transport,
+            verified,
+            clock,
+            nursery,
+            hops=hops,
+            paths=paths,
+            path_lifetime_ms=path_lifetime_ms,
+            rng=rng,
+            local_name=local_name,
+        )
+        nursery.start_soon(endpoint._keep_paths)
+        nursery.start_soon(endpoint._republish)
+        yield endpoint
