@@ -14,7 +14,7 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import trio
 from overlay.link import Transport
 
 from .rpc import open_rpc
+from .swarm.registry import Snapshot
 from .swarm.ring import NodeInfo, SwarmMap
 
 logger = logging.getLogger(__name__)
@@ -146,18 +147,19 @@ async def network_up(
             nursery.cancel_scope.cancel()
 
 
-async def _until_views_agree(transport: Transport, nodes: list[dict[str, str]]) -> None:
+async def _until_views_agree(transport: Transport, nodes: Sequence[NodeInfo]) -> None:
     """Wait until every node answers and places itself in the swarm the registry listing
     implies: a node started early learns of later ones within seconds (a node that is
     contacted by an unknown one re-reads the registry), and only then is the network
     ready to keep every message on every member."""
-    expected = SwarmMap.build(NodeInfo(n["pubkey"], n["url"]) for n in nodes)
+    expected = SwarmMap.build(nodes)
     for _ in range(int(START_TIMEOUT_S / VIEW_POLL_S)):
         agreeing = 0
         for node in nodes:
-            async with open_rpc(transport, node["url"]) as client:
+            async with open_rpc(transport, node.url) as client:
                 info = await client.call("info", {})
-            agreeing += info["swarm"] == expected.swarm_of_node(node["pubkey"])
+            swarm = info.get("swarm") if isinstance(info, dict) else None
+            agreeing += swarm == expected.swarm_of_node(node.pubkey)
         if agreeing == len(nodes):
             return
         await trio.sleep(VIEW_POLL_S)
@@ -171,10 +173,10 @@ async def _describe(
     announces itself before it prints ``ready``, so all are listed by now)."""
     with trio.fail_after(START_TIMEOUT_S):
         async with open_rpc(transport, registry) as client:
-            listing = await client.call("list", {})
-        if len(listing["nodes"]) < nodes or len(listing["relays"]) < relays:
+            listing = Snapshot.from_wire(await client.call("list", {}))
+        if len(listing.nodes) < nodes or len(listing.relays) < relays:
             raise RuntimeError("the registry does not list every node and relay")
-        await _until_views_agree(transport, listing["nodes"])
+        await _until_views_agree(transport, listing.nodes)
         async with open_rpc(transport, opengroup) as client:
             await client.call("list_rooms", {})
         async with open_rpc(transport, fileserver) as client:
@@ -183,6 +185,6 @@ async def _describe(
         "registry": registry,
         "fileserver": fileserver,
         "opengroup": opengroup,
-        "nodes": listing["nodes"],
-        "relays": [{"pubkey": r["pubkey"], "address": r["url"]} for r in listing["relays"]],
+        "nodes": [node.to_wire() for node in listing.nodes],
+        "relays": [{"pubkey": r.pubkey, "address": r.url} for r in listing.relays],
     }
