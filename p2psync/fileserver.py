@@ -10,11 +10,14 @@ RPC methods (CBOR framing of :mod:`p2psync.rpc`):
 * ``revoke_mapping`` ``{"revocation": bytes}`` → ``{}``
 
 Refusals: ``bad_request`` (malformed), ``unauthorized`` (a signature or key does not verify,
-or the mapping was revoked at or after its timestamp), ``clock_skew`` (record timestamp more
-than ±60 s from the server clock when it is put; re-putting the mapping already stored and
-active is always accepted), ``conflict`` (the secondary belongs to
-another primary, a device would be primary and secondary at once, the primary is at its
-secondary limit, or a newer record exists), ``not_found`` (revoking an unknown pairing).
+or the mapping was revoked at or after its timestamp), ``clock_skew`` (a revocation
+timestamp more than ±60 s from the server clock; a mapping signed more than
+:data:`~p2psync.mapping.PAIRING_WINDOW_MS` (10 min) ago or more than 60 s ahead: its
+timestamp is the secondary's request, and the user may take minutes to compare codes and
+accept; re-putting the mapping already stored and active is always accepted),
+``conflict`` (the secondary belongs to another primary, a device would be primary and
+secondary at once, the primary is at its secondary limit, or a newer record exists),
+``not_found`` (revoking an unknown pairing).
 
 Revocations are kept: a pair's row remembers the newest revocation timestamp, and a
 mapping signed at or before it is refused forever, so a captured mapping cannot be
@@ -44,6 +47,7 @@ from .errors import DecodeError, RpcError
 from .identity import session_id_key
 from .mapping import (
     MAX_RECORD_BYTES,
+    PAIRING_WINDOW_MS,
     AuthorisationError,
     DeviceMapping,
     DeviceSet,
@@ -91,8 +95,8 @@ class PairingRow:
     revoked_at_ms: int | None
 
 
-def _check_skew(timestamp_ms: int, now_ms: int, what: str) -> None:
-    if abs(timestamp_ms - now_ms) > CLOCK_SKEW_MS:
+def _check_skew(timestamp_ms: int, now_ms: int, what: str, *, past_ms: int = CLOCK_SKEW_MS) -> None:
+    if not now_ms - past_ms <= timestamp_ms <= now_ms + CLOCK_SKEW_MS:
         raise RpcError(
             "clock_skew", f"{what} timestamp is {timestamp_ms - now_ms:+d} ms from the server clock"
         )
@@ -166,7 +170,7 @@ class MappingStore:
             existing = self.row(primary, secondary)
             if existing is not None and existing.active and existing.record == mapping.to_bytes():
                 return
-            _check_skew(mapping.timestamp_ms, now_ms, "mapping")
+            _check_skew(mapping.timestamp_ms, now_ms, "mapping", past_ms=PAIRING_WINDOW_MS)
             if existing is not None:
                 if (
                     existing.revoked_at_ms is not None

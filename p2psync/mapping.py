@@ -46,6 +46,9 @@ from .wire import Fields, decode_cbor, encode_cbor
 RECORD_VERSION = 1
 #: A record is about 400 bytes; anything much larger is not one.
 MAX_RECORD_BYTES = 1024
+#: How long a signed pairing request stays usable: the user compares a short code on both
+#: screens and accepts, which takes minutes, not the 60 s allowed for other clock skew.
+PAIRING_WINDOW_MS = 10 * 60_000
 
 REQUEST_DOMAIN = b"p2psync-pairing-request/1:"
 GRANT_DOMAIN = b"p2psync-pairing-grant/1:"
@@ -334,6 +337,7 @@ def device_set(
 
 
 __all__ = [
+    "PAIRING_WINDOW_MS",
     "AuthorisationError",
     "DeviceMapping",
     "DeviceSet",

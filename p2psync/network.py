@@ -20,6 +20,7 @@ from overlay.link import MemoryNetwork, Transport
 from overlay.tasks import open_task_nursery
 
 from .clock import Clock
+from .device.access import NetworkAccess
 from .fileserver import FileServer
 from .identity import Identity
 from .opengroup import OpenGroupServer
@@ -84,6 +85,12 @@ class LocalNetwork:
 
     def directory(self) -> RegistryDirectory:
         return RegistryDirectory(self.transport, self.registry_url, self.clock)
+
+    def access(self) -> NetworkAccess:
+        """What a device needs to use this network (:func:`p2psync.open_device`)."""
+        return NetworkAccess(
+            self.transport, self.directory(), self.clock, self.fileserver_url, self.opengroup_url
+        )
 
     def _listen_address(self, name: str) -> str:
         if isinstance(self.transport, MemoryNetwork):

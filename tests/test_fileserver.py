@@ -19,7 +19,13 @@ from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver import FileServer, FileServerClient, open_fileserver_client
 from p2psync.identity import Identity
-from p2psync.mapping import DeviceMapping, Revocation, create_mapping, revoke_pairing
+from p2psync.mapping import (
+    PAIRING_WINDOW_MS,
+    DeviceMapping,
+    Revocation,
+    create_mapping,
+    revoke_pairing,
+)
 from p2psync.rpc import Connection, RpcServer, open_rpc
 from p2psync.websocket import WebSocketTransport
 from p2psync.wire import Fields
@@ -155,7 +161,7 @@ async def test_replayed_mapping_after_revocation_is_refused(
         await client.revoke_mapping(Revocation.from_bytes(old_revocation.to_bytes()))
         assert (await client.get_mappings(SECONDARY.session_id)).primary == PRIMARY.session_id
         await refused("unauthorized", client.put_mapping(old))
-        await trio.sleep(120)
+        await trio.sleep(PAIRING_WINDOW_MS / 1000)
         await refused("clock_skew", client.put_mapping(old))
         await refused("clock_skew", client.revoke_mapping(old_revocation))
 
@@ -164,13 +170,16 @@ async def test_freshness_ownership_and_limits(autojump_clock: trio.testing.MockC
     clock = Clock(TEST_EPOCH_MS)
     async with running(":memory:", clock, max_secondaries=1) as (_, client):
         now = clock.now_ms()
+        # A mapping carries the time of the secondary's request: usable for the pairing
+        # window (the user compares codes), and never from more than 60 s in the future.
         await refused(
-            "clock_skew", client.put_mapping(create_mapping(PRIMARY, SECONDARY, now - 60_001))
+            "clock_skew",
+            client.put_mapping(create_mapping(PRIMARY, SECONDARY, now - PAIRING_WINDOW_MS - 1)),
         )
         await refused(
             "clock_skew", client.put_mapping(create_mapping(PRIMARY, SECONDARY, now + 60_001))
         )
-        await client.put_mapping(create_mapping(PRIMARY, SECONDARY, now - 60_000))
+        await client.put_mapping(create_mapping(PRIMARY, SECONDARY, now - PAIRING_WINDOW_MS))
         # v1.5.0's limit, configured: one secondary per primary.
         error = await refused("conflict", client.put_mapping(create_mapping(PRIMARY, THIRD, now)))
         assert "limit" in error.message

@@ -1,0 +1,248 @@
+"""What devices say to each other inside envelopes: one record type per envelope ``kind``.
+
+An envelope (:mod:`p2psync.envelope`) proves which key signed a body and that it was meant
+for the recipient; this module fixes the body of every kind and decodes it strictly, so
+the device driver only ever sees well-typed records. Which namespace each kind travels in
+is fixed too (:data:`NAMESPACE_OF`): a record found in another namespace is refused,
+which keeps, say, a forged "sync copy" out of the public inbox.
+
+Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
+
+* ``text`` (ns 0): ``{"user": sid, "text": str}`` — a chat message; ``user`` is the user the
+  signing device claims to belong to, checked by the receiver.
+* ``friend_request`` (ns 0): ``{"user": sid, "devices": [sid], "text": str}``.
+* ``friend_accept`` (ns 0): ``{"user": sid, "devices": [sid]}`` — tells the requester every
+  device of the accepting user (the seed document's "send the other device's key").
+* ``sync_sent`` (ns 1): ``{"id": bytes32, "to": sid, "ts": uint, "text": str}`` — a sent
+  message copied to the sender's siblings, under the id the recipient knows it by.
+* ``sync_contact`` (ns 1): ``{"user": sid, "state": str, "devices": [sid]}``.
+* ``pair_request`` (ns 2): ``{"mode": str, "device": sid, "name": str, "ts": uint,
+  "request": bytes?}`` — ``device`` is the new device's own key, ``request`` the signed
+  :class:`~p2psync.mapping.PairingRequest` in ``mapped`` mode.
+* ``pair_grant`` (ns 2): ``{"request_id": bytes32, "mapping": bytes?, "seed": bytes32?,
+  "devices": [sid], "contacts": [contact]}`` — ``mapping`` in ``mapped`` mode, the account
+  ``seed`` in ``linked`` mode (the envelope is then sealed to a key the new device made
+  for this one request); ``devices`` are the user's other devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DecodeError
+from ..identity import SEED_BYTES, session_id_key
+from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
+from ..wire import Fields, decode_cbor, encode_cbor
+
+MAX_TEXT_CHARS = 16_000
+MAX_NAME_CHARS = 64
+MAX_DEVICES = 16
+MAX_CONTACTS = 1000
+ID_BYTES = 32
+MODES = ("mapped", "linked")
+
+#: Contact states: ``requested`` (we asked), ``pending`` (they asked), ``friend``, ``declined``.
+CONTACT_STATES = ("requested", "pending", "friend", "declined")
+
+
+def _session_id(fields: Fields, name: str) -> str:
+    value = fields.text(name, max_len=66)
+    session_id_key(value)
+    return value
+
+
+def _session_ids(fields: Fields, name: str) -> tuple[str, ...]:
+    values = fields.items(name, max_len=MAX_DEVICES)
+    for value in values:
+        if not isinstance(value, str):
+            raise DecodeError(f"{name} must hold session ids")
+        session_id_key(value)
+    if len(set(values)) != len(values):
+        raise DecodeError(f"{name} lists a device twice")
+    return tuple(str(v) for v in values)
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    user: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FriendRequest:
+    user: str
+    devices: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FriendAccept:
+    user: str
+    devices: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSent:
+    id: bytes
+    to: str
+    timestamp_ms: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRecord:
+    """A contact as siblings share it (``sync_contact``, and inside a pairing grant)."""
+
+    user: str
+    state: str
+    devices: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"user": self.user, "state": self.state, "devices": list(self.devices)}
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> ContactRecord:
+        fields.only("user", "state", "devices")
+        state = fields.text("state", max_len=16)
+        if state not in CONTACT_STATES:
+            raise DecodeError(f"unknown contact state {state!r}")
+        return cls(_session_id(fields, "user"), state, _session_ids(fields, "devices"))
+
+
+@dataclass(frozen=True, slots=True)
+class PairRequest:
+    mode: str
+    device: str
+    name: str
+    timestamp_ms: int
+    request: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class PairGrant:
+    request_id: bytes
+    mapping: bytes | None
+    seed: bytes | None
+    devices: tuple[str, ...]
+    contacts: tuple[ContactRecord, ...]
+
+
+Content = Text | FriendRequest | FriendAccept | SyncSent | ContactRecord | PairRequest | PairGrant
+
+KIND_OF: dict[type, str] = {
+    Text: "text",
+    FriendRequest: "friend_request",
+    FriendAccept: "friend_accept",
+    SyncSent: "sync_sent",
+    ContactRecord: "sync_contact",
+    PairRequest: "pair_request",
+    PairGrant: "pair_grant",
+}
+
+NAMESPACE_OF: dict[str, int] = {
+    "text": NAMESPACE_MESSAGES,
+    "friend_request": NAMESPACE_MESSAGES,
+    "friend_accept": NAMESPACE_MESSAGES,
+    "sync_sent": NAMESPACE_SYNC,
+    "sync_contact": NAMESPACE_SYNC,
+    "pair_request": NAMESPACE_CONTROL,
+    "pair_grant": NAMESPACE_CONTROL,
+}
+
+
+def encode_content(content: Content) -> tuple[str, bytes]:
+    """The envelope ``kind`` and body for ``content``."""
+    match content:
+        case Text(user=user, text=text):
+            body: dict[str, Any] = {"user": user, "text": text}
+        case FriendRequest(user=user, devices=devices, text=text):
+            body = {"user": user, "devices": list(devices), "text": text}
+        case FriendAccept(user=user, devices=devices):
+            body = {"user": user, "devices": list(devices)}
+        case SyncSent(id=digest, to=to, timestamp_ms=ts, text=text):
+            body = {"id": digest, "to": to, "ts": ts, "text": text}
+        case ContactRecord():
+            body = content.to_wire()
+        case PairRequest(mode=mode, device=device, name=name, timestamp_ms=ts, request=request):
+            body = {"mode": mode, "device": device, "name": name, "ts": ts}
+            if request is not None:
+                body["request"] = request
+        case PairGrant(request_id=request_id, mapping=mapping, seed=seed, devices=devices):
+            body = {
+                "request_id": request_id,
+                "devices": list(devices),
+                "contacts": [c.to_wire() for c in content.contacts],
+            }
+            if mapping is not None:
+                body["mapping"] = mapping
+            if seed is not None:
+                body["seed"] = seed
+    return KIND_OF[type(content)], encode_cbor(body)
+
+
+def decode_content(kind: str, body: bytes) -> Content:
+    """Strictly decode the body of an envelope of ``kind``, or raise :class:`DecodeError`."""
+    fields = Fields(decode_cbor(body), kind)
+    if kind == "text":
+        fields.only("user", "text")
+        return Text(_session_id(fields, "user"), fields.text("text", max_len=MAX_TEXT_CHARS))
+    if kind == "friend_request":
+        fields.only("user", "devices", "text")
+        return FriendRequest(
+            _session_id(fields, "user"),
+            _session_ids(fields, "devices"),
+            fields.text("text", max_len=MAX_TEXT_CHARS),
+        )
+    if kind == "friend_accept":
+        fields.only("user", "devices")
+        return FriendAccept(_session_id(fields, "user"), _session_ids(fields, "devices"))
+    if kind == "sync_sent":
+        fields.only("id", "to", "ts", "text")
+        return SyncSent(
+            fields.blob("id", size=ID_BYTES),
+            _session_id(fields, "to"),
+            fields.uint("ts"),
+            fields.text("text", max_len=MAX_TEXT_CHARS),
+        )
+    if kind == "sync_contact":
+        return ContactRecord.from_fields(fields)
+    if kind == "pair_request":
+        fields.only("mode", "device", "name", "ts", "request")
+        mode = fields.text("mode", max_len=8)
+        if mode not in MODES:
+            raise DecodeError(f"unknown pairing mode {mode!r}")
+        return PairRequest(
+            mode,
+            _session_id(fields, "device"),
+            fields.text("name", max_len=MAX_NAME_CHARS),
+            fields.uint("ts"),
+            fields.blob("request", max_len=1024) if fields.has("request") else None,
+        )
+    if kind == "pair_grant":
+        fields.only("request_id", "mapping", "seed", "devices", "contacts")
+        contacts = fields.items("contacts", max_len=MAX_CONTACTS)
+        return PairGrant(
+            fields.blob("request_id", size=ID_BYTES),
+            fields.blob("mapping", max_len=1024) if fields.has("mapping") else None,
+            fields.optional_blob("seed", size=SEED_BYTES),
+            _session_ids(fields, "devices"),
+            tuple(ContactRecord.from_fields(Fields(c, "contact")) for c in contacts),
+        )
+    raise DecodeError(f"unknown envelope kind {kind!r}")
+
+
+__all__ = [
+    "CONTACT_STATES",
+    "NAMESPACE_OF",
+    "ContactRecord",
+    "Content",
+    "FriendAccept",
+    "FriendRequest",
+    "PairGrant",
+    "PairRequest",
+    "SyncSent",
+    "Text",
+    "decode_content",
+    "encode_content",
+]

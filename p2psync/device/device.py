@@ -1,0 +1,948 @@
+"""A messenger device: what client code holds (DESIGN.md §10).
+
+``async with open_device(data_dir, network, mode="linked") as device`` opens (or creates)
+the device whose state lives in ``data_dir/device.sqlite3`` and keeps it online: it
+receives from its swarm (polling every 3 s, or by subscription), decrypts, verifies and
+files what arrives, and delivers its durable outbox. Everything the user does is a method:
+friend requests, ``send``, ``history`` and the ``incoming`` stream, pairing, open groups,
+and going offline and back.
+
+Two multi-device modes, fixed when the device is created (seed document, DESIGN.md §1):
+
+* ``mapped`` (v1.5.0): every device has its own key. A new device asks the primary to pair
+  through the primary's swarm; after the user compares a short code on both screens and
+  accepts, the primary countersigns the device mapping and uploads it to the file server.
+  Senders look up the mapping and store one copy per recipient device, plus a sync copy
+  for each of their own other devices.
+* ``linked`` (the document's future plan): the primary hands its identity seed, sealed to
+  a key the new device made for this one request, to the new device after the same code
+  check; from then on both are the same user with one swarm. A message is stored once
+  for the recipient account, plus one sync copy in the sender's own swarm while it has
+  siblings; friend requests land in the shared swarm and either device accepts them.
+
+Everything that arrives from outside is hostile until checked: a record that does not
+open, verify, decode, or belong where it was found is refused and noted in
+:attr:`Device.rejections`, and the device goes on. A record that cannot be checked *yet*
+(the file server is unreachable) waits in the store and is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import trio
+
+from overlay.tasks import open_task_nursery
+
+from ..envelope import Envelope, open_envelope, seal_envelope
+from ..errors import ConnectionLost, DecodeError, P2PSyncError, RpcError
+from ..fileserver import FileServerClient
+from ..identity import (
+    Identity,
+    ed25519_matches_session_id,
+    ed25519_to_x25519,
+    message_hash,
+    session_id_key,
+)
+from ..mapping import (
+    PAIRING_WINDOW_MS,
+    DeviceMapping,
+    PairingRequest,
+    grant_pairing,
+    revoke_pairing,
+    sign_pairing_request,
+)
+from ..opengroup import OpenGroupClient, PostReceipt, RoomMessage, sign_post
+from ..rpc import RpcPool, open_rpc_pool
+from ..swarm.client import Cursor, Message, SwarmClient
+from ..swarm.constants import (
+    CLOCK_SKEW_MS,
+    DEFAULT_TTL_MS,
+    NAMESPACE_CONTROL,
+    NAMESPACE_MESSAGES,
+    NAMESPACE_SYNC,
+    POLL_INTERVAL_S,
+)
+from .access import NetworkAccess
+from .content import (
+    MAX_TEXT_CHARS,
+    MODES,
+    NAMESPACE_OF,
+    ContactRecord,
+    Content,
+    FriendAccept,
+    FriendRequest,
+    PairGrant,
+    PairRequest,
+    SyncSent,
+    Text,
+    decode_content,
+    encode_content,
+)
+from .pairing import pairing_code
+from .store import Contact, Copy, DeviceStore, HistoryItem, OutboxEntry, Pairing
+
+logger = logging.getLogger(__name__)
+
+NAMESPACES = (NAMESPACE_MESSAGES, NAMESPACE_SYNC, NAMESPACE_CONTROL)
+#: Failures after which a store or a check is simply tried again later.
+TRANSIENT = (RpcError, OSError, ConnectionLost, DecodeError, trio.TooSlowError)
+#: Refusals that no retry can change: the copy is dropped (and logged).
+PERMANENT_CODES = ("bad_request", "too_large", "bad_ttl", "unauthorized")
+MAX_REJECTIONS = 1000
+
+
+class DeviceError(P2PSyncError):
+    """A request this device cannot carry out as asked (unknown contact, wrong state…)."""
+
+
+class PairingError(DeviceError):
+    """Pairing cannot go on: no such request, expired, already used, wrong mode."""
+
+
+class Refused(P2PSyncError):
+    """An inbound record that is well formed but must not be acted on."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """``receive``: ``"poll"`` (every ``poll_interval_s``) or ``"subscribe"`` (pushes).
+    ``mapping_cache_s``: how long a user's device list from the file server is reused, so
+    a revocation reaches senders within that time. ``retry_s`` doubles per failure up to
+    ``max_retry_s`` while the outbox cannot be delivered."""
+
+    receive: str = "poll"
+    poll_interval_s: float = POLL_INTERVAL_S
+    mapping_cache_s: float = 60.0
+    ttl_ms: int = DEFAULT_TTL_MS
+    retry_s: float = 2.0
+    max_retry_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.receive not in ("poll", "subscribe"):
+            raise ValueError("receive must be 'poll' or 'subscribe'")
+        if not 0 < self.retry_s <= self.max_retry_s or self.poll_interval_s <= 0:
+            raise ValueError("intervals must be positive, retry_s <= max_retry_s")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An inbound record this device refused, and why (the "clear error" for hostile input)."""
+
+    at_ms: int
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairingTicket:
+    """What the new device shows: the code the user compares with the primary's screen."""
+
+    request_id: bytes
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairingOffer:
+    """A pairing request as the primary shows it, waiting for the user's decision."""
+
+    request_id: bytes
+    code: str
+    device: str
+    name: str
+    timestamp_ms: int
+
+
+def device_id_of(ed25519_public: bytes) -> str:
+    """The session id of the device that signed with ``ed25519_public``."""
+    converted = ed25519_to_x25519(ed25519_public)
+    if converted is None:
+        raise DecodeError("the signing key is not a valid Ed25519 public key")
+    return "05" + converted.hex()
+
+
+class Device:
+    """One device of a user. Create it with :func:`open_device`."""
+
+    def __init__(
+        self,
+        store: DeviceStore,
+        network: NetworkAccess,
+        pool: RpcPool,
+        swarm: SwarmClient,
+        nursery: trio.Nursery,
+        config: DeviceConfig,
+    ) -> None:
+        self.store = store
+        self.network = network
+        self.clock = network.clock
+        self.config = config
+        self._pool = pool
+        self.swarm = swarm
+        self._nursery = nursery
+        mode = store.get_meta("mode")
+        device_seed = store.get_meta("device_seed")
+        assert mode is not None and device_seed is not None
+        self.mode = mode.decode()
+        self.name = (store.get_meta("name") or b"").decode()
+        #: The device's own key: its identity in ``mapped`` mode, its overlay key in ``linked``.
+        self.device_identity = Identity(device_seed)
+        self.rejections: deque[Rejection] = deque(maxlen=MAX_REJECTIONS)
+        self._device_sets: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._changed = trio.Event()
+        self._paired = trio.Event()
+        self._outbox_wakeup = trio.Event()
+        self._outbox_passed = trio.Event()
+        self._receive_scope = trio.CancelScope()
+        self._online_scope: trio.CancelScope | None = None
+        self._offline = trio.Event()
+        self._offline.set()
+        self._load_identity()
+
+    def _load_identity(self) -> None:
+        account_seed = self.store.get_meta("account_seed")
+        #: The identity this device receives as and signs with: its own in ``mapped``
+        #: mode, the account's (shared by every sibling) in ``linked`` mode.
+        self.identity = Identity(account_seed) if account_seed else self.device_identity
+        user = self.store.get_meta("user")
+        self.user_id = user.decode() if user else self.identity.session_id
+        if self.store.get_meta("paired"):
+            self._paired.set()
+
+    # --- who this is ------------------------------------------------------------------------------
+
+    @property
+    def device_id(self) -> str:
+        return self.device_identity.session_id
+
+    @property
+    def session_id(self) -> str:
+        """The user's id: what friends know this user by, whichever device they reach."""
+        return self.user_id
+
+    @property
+    def is_primary(self) -> bool:
+        return self.mode == "linked" or self.user_id == self.device_id
+
+    @property
+    def online(self) -> bool:
+        return not self._offline.is_set()
+
+    def __repr__(self) -> str:
+        return f"Device({self.name!r}, {self.mode}, user {self.user_id[:10]}…)"
+
+    # --- history ----------------------------------------------------------------------------------
+
+    def history(self, conversation: str | None = None) -> list[HistoryItem]:
+        """Messages in ``(timestamp, id)`` order: one conversation, or all of them."""
+        return self.store.history(conversation)
+
+    async def incoming(self, *, after_seq: int | None = None) -> AsyncIterator[HistoryItem]:
+        """Every message filed from now on (or after ``after_seq``), sent ones synced from
+        siblings included, in arrival order; runs until the caller stops iterating."""
+        arrivals = self.store.arrivals(0)
+        seq = (arrivals[-1].seq if arrivals else 0) if after_seq is None else after_seq
+        while True:
+            changed = self._changed
+            items = self.store.arrivals(seq)
+            for item in items:
+                seq = item.seq
+                yield item
+            if not items:
+                await changed.wait()
+
+    def _file_message(
+        self,
+        digest: bytes,
+        timestamp_ms: int,
+        conversation: str,
+        outgoing: bool,
+        sender: str,
+        device: str,
+        text: str,
+    ) -> None:
+        if self.store.add_message(
+            digest, timestamp_ms, conversation, outgoing, sender, device, text
+        ):
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake whoever waits for news (the ``incoming`` stream, pairing offers)."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # --- contacts and friend requests -------------------------------------------------------------
+
+    def contacts(self) -> list[Contact]:
+        return self.store.contacts()
+
+    def contact(self, user: str) -> Contact | None:
+        return self.store.contact(user)
+
+    async def request_friend(self, user: str, text: str = "") -> None:
+        """Ask ``user`` to be friends; if they already asked us, this accepts instead."""
+        _check_user_id(user)
+        if user == self.user_id:
+            raise DeviceError("a user cannot befriend themselves")
+        _check_text(text)
+        existing = self.store.contact(user)
+        if existing is not None and existing.state == "pending":
+            await self.accept_friend(user)
+            return
+        if existing is not None and existing.state == "friend":
+            raise DeviceError(f"{user[:12]}… is already a friend")
+        devices = await self._own_devices()
+        with self.store.transaction():
+            self._queue(FriendRequest(self.user_id, devices, text), user)
+            self._set_contact(Contact(user, "requested", (user,), text))
+        self._wake_outbox()
+
+    async def accept_friend(self, user: str) -> None:
+        contact = self.store.contact(user)
+        if contact is None or contact.state != "pending":
+            raise DeviceError(f"no friend request from {user[:12]}… is waiting")
+        await self._befriend(contact)
+
+    async def _befriend(self, contact: Contact) -> None:
+        """Tell ``contact`` every device of ours, and our siblings the new friend."""
+        devices = await self._own_devices()
+        with self.store.transaction():
+            self._queue(FriendAccept(self.user_id, devices), contact.user)
+            self._set_contact(replace(contact, state="friend"))
+        self._wake_outbox()
+
+    async def decline_friend(self, user: str) -> None:
+        """Refuse a request; the requester is not told (that would confirm we exist)."""
+        contact = self.store.contact(user)
+        if contact is None or contact.state != "pending":
+            raise DeviceError(f"no friend request from {user[:12]}… is waiting")
+        with self.store.transaction():
+            self._set_contact(replace(contact, state="declined"))
+        self._wake_outbox()
+
+    def _set_contact(self, contact: Contact) -> None:
+        """Store a contact change and queue it for the siblings (inside a transaction)."""
+        self.store.put_contact(contact)
+        self._queue(contact.record, self.user_id)
+
+    # --- sending ----------------------------------------------------------------------------------
+
+    async def send(self, user: str, text: str) -> bytes:
+        """Accept a message for ``user`` (a friend) and return its id.
+
+        When this returns the message is in the durable outbox and the history; it is
+        delivered in the background, across restarts if need be (:meth:`flush` waits)."""
+        contact = self.store.contact(user)
+        if contact is None or contact.state != "friend":
+            raise DeviceError(f"{user[:12]}… is not a friend: send a friend request first")
+        _check_text(text)
+        with self.store.transaction():
+            digest = self._queue(Text(self.user_id, text), user)
+            assert digest is not None
+            now = self.clock.now_ms()
+            self._file_message(digest, now, user, True, self.user_id, self.device_id, text)
+        self._wake_outbox()
+        return digest
+
+    def _queue(self, content: Content, recipient: str) -> bytes | None:
+        """Put ``content`` in the outbox (inside a transaction). A record for another user
+        is sealed to them at once, so its id (the hash of that copy) is known and stable;
+        the copies for their other devices and for our siblings follow when it is sent."""
+        kind, body = encode_content(content)
+        now = self.clock.now_ms()
+        if recipient == self.user_id:
+            self.store.add_outbox(kind, recipient, body, now, None)
+            return None
+        data = seal_envelope(self.identity, session_id_key(recipient), kind, body, now)
+        digest = message_hash(data)
+        seq = self.store.add_outbox(kind, recipient, body, now, digest)
+        self.store.add_copies([Copy(seq, recipient, NAMESPACE_OF[kind], data)])
+        return digest
+
+    def _wake_outbox(self) -> None:
+        self._outbox_wakeup.set()
+
+    async def flush(self) -> None:
+        """Wait until everything in the outbox is stored in its swarms (while offline,
+        that is never: put a deadline on it)."""
+        while self.store.outbox():
+            await self._outbox_passed.wait()
+
+    async def _deliver_outbox(self) -> None:
+        """Store every pending copy, oldest entry first; raise on the first failure."""
+        for entry in self.store.outbox():
+            if not entry.expanded:
+                self.store.expand(entry.seq, await self._expand(entry))
+            for copy in self.store.copies(entry.seq):
+                ttl_ms = PAIRING_WINDOW_MS if copy.namespace == NAMESPACE_CONTROL else None
+                try:
+                    await self.swarm.store(
+                        copy.owner, copy.namespace, copy.data, ttl_ms or self.config.ttl_ms
+                    )
+                except RpcError as exc:
+                    if exc.code not in PERMANENT_CODES:
+                        raise
+                    logger.error("dropping a copy for %s: %s", copy.owner[:12], exc)
+                self.store.copy_stored(copy)
+
+    async def _expand(self, entry: OutboxEntry) -> list[Copy]:
+        """The copies beyond the first: the recipient's other devices (``mapped``) and
+        our siblings' sync copies."""
+        copies = []
+        content = decode_content(entry.kind, entry.body)
+        if entry.recipient != self.user_id and self.mode == "mapped":
+            for device in await self._devices_of(entry.recipient):
+                if device != entry.recipient:
+                    copies.append(self._seal_copy(entry.seq, device, content, entry.timestamp_ms))
+        if isinstance(content, Text):
+            assert entry.message_id is not None
+            content = SyncSent(entry.message_id, entry.recipient, entry.timestamp_ms, content.text)
+        elif entry.recipient != self.user_id:
+            return copies
+        for sibling in await self._sibling_owners():
+            copies.append(self._seal_copy(entry.seq, sibling, content, entry.timestamp_ms))
+        return copies
+
+    def _seal_copy(self, seq: int, owner: str, content: Content, timestamp_ms: int) -> Copy:
+        kind, body = encode_content(content)
+        data = seal_envelope(self.identity, session_id_key(owner), kind, body, timestamp_ms)
+        return Copy(seq, owner, NAMESPACE_OF[kind], data)
+
+    async def _pump_outbox(self) -> None:
+        """Deliver the outbox whenever it changes, and re-check deferred inbound records;
+        back off while either keeps failing."""
+        delay = self.config.retry_s
+        while True:
+            wakeup = self._outbox_wakeup = trio.Event()
+            try:
+                await self._deliver_outbox()
+                await self._retry_deferred()
+            except TRANSIENT as exc:
+                logger.info("%s: outbox waits to retry: %s", self.name, exc)
+            if self.store.outbox() or self.store.deferred():
+                timeout, delay = delay, min(self.config.max_retry_s, delay * 2)
+            else:
+                timeout, delay = math.inf, self.config.retry_s
+            self._outbox_passed.set()
+            self._outbox_passed = trio.Event()
+            with trio.move_on_after(timeout):
+                await wakeup.wait()
+
+    # --- who is who -------------------------------------------------------------------------------
+
+    async def _devices_of(self, user: str, *, fresh: bool = False) -> tuple[str, ...]:
+        """Every device of ``user``, from the file server's verified mappings (cached for
+        ``mapping_cache_s``); the last known list if the file server cannot be reached."""
+        if self.mode == "linked":
+            return (user,)
+        now = trio.current_time()
+        cached = self._device_sets.get(user)
+        if cached is not None and not fresh and now - cached[0] < self.config.mapping_cache_s:
+            return cached[1]
+        try:
+            client = FileServerClient(await self._pool.get(self.network.fileserver_url))
+            devices = (await client.get_mappings(user)).devices
+        except TRANSIENT as exc:
+            if fresh:
+                raise
+            logger.info("%s: file server lookup of %s failed: %s", self.name, user[:12], exc)
+            if user == self.user_id:
+                return (self.user_id, self.device_id, *self.store.siblings())
+            known = self.store.contact(user)
+            return known.devices if known is not None else (user,)
+        self._device_sets[user] = (now, devices)
+        return devices
+
+    async def _own_devices(self) -> tuple[str, ...]:
+        if self.mode == "linked":
+            return (self.user_id,)
+        return tuple(sorted(set(await self._devices_of(self.user_id))))
+
+    async def _sibling_owners(self) -> list[str]:
+        """Where sync copies go: each other device (``mapped``: as the file server lists
+        them, so a revoked device gets none), or the account's own swarm while it has
+        siblings (``linked``: one copy that every sibling reads)."""
+        if self.mode == "linked":
+            return [self.user_id] if self.store.siblings() else []
+        return sorted(set(await self._devices_of(self.user_id)) - {self.device_id})
+
+    async def _check_device(self, device: str, user: str) -> None:
+        """Refuse unless ``device`` is a device of ``user`` (same key in ``linked`` mode).
+        Known devices pass at once; others are looked up on the file server."""
+        if device == user:
+            return
+        if self.mode == "linked":
+            raise Refused("the signing key is not the user's")
+        known = self.store.contact(user)
+        if known is not None and device in known.devices:
+            return
+        if user == self.user_id and device in self.store.siblings():
+            return
+        if device not in await self._devices_of(user, fresh=True):
+            raise Refused(f"{device[:12]}… is not a device of {user[:12]}…")
+
+    async def _check_sibling(self, envelope: Envelope, device: str) -> None:
+        if self.mode == "linked":
+            if envelope.sender != self.identity.ed25519_public:
+                raise Refused("a sync record not signed by this account")
+            return
+        if device == self.device_id:
+            raise Refused("a sync record signed by this very device")
+        await self._check_device(device, self.user_id)
+
+    # --- receiving --------------------------------------------------------------------------------
+
+    def _streams(self) -> list[tuple[Identity, int]]:
+        streams = [(self.identity, namespace) for namespace in NAMESPACES]
+        for pairing in self.store.pairings(incoming=False, state="waiting"):
+            if self.mode == "linked":
+                streams.append((Identity(pairing.data), NAMESPACE_CONTROL))
+        return streams
+
+    async def _receive(self, identity: Identity, namespace: int) -> None:
+        owner = identity.session_id
+        cursor = Cursor(last_hash=self.store.cursor(owner, namespace))
+
+        async def file_batch(batch: list[Message]) -> None:
+            for message in batch:
+                await self._process(identity, namespace, message.hash, message.data)
+            self.store.set_cursor(owner, namespace, cursor.last_hash)
+
+        if self.config.receive == "subscribe":
+            await self.swarm.subscribe(identity, namespace, file_batch, cursor=cursor)
+        else:
+            await self.swarm.poll(
+                identity,
+                namespace,
+                file_batch,
+                cursor=cursor,
+                interval_s=self.config.poll_interval_s,
+            )
+
+    async def sync_now(self) -> None:
+        """Fetch and file everything waiting in this device's swarms now."""
+        for identity, namespace in self._streams():
+            owner = identity.session_id
+            cursor = Cursor(last_hash=self.store.cursor(owner, namespace))
+            batch, _ = await self.swarm.drain(identity, namespace, cursor)
+            for message in batch:
+                await self._process(identity, namespace, message.hash, message.data)
+            self.store.set_cursor(owner, namespace, cursor.last_hash)
+
+    async def _process(
+        self, identity: Identity, namespace: int, digest: bytes, data: bytes
+    ) -> None:
+        kind = "envelope"
+        try:
+            envelope = open_envelope(identity, data)
+            kind = envelope.kind
+            content = decode_content(envelope.kind, envelope.body)
+            if NAMESPACE_OF[kind] != namespace:
+                raise Refused(f"a {kind} record does not belong in namespace {namespace}")
+            await self._apply(digest, envelope, device_id_of(envelope.sender), content)
+        except (DecodeError, Refused) as exc:
+            self._reject(kind, str(exc))
+        except TRANSIENT as exc:
+            logger.info("%s: %s waits to be checked: %s", self.name, kind, exc)
+            self.store.defer(digest, identity.session_id, namespace, data)
+
+    async def _retry_deferred(self) -> None:
+        identities = {identity.session_id: identity for identity, _ in self._streams()}
+        for digest, owner, namespace, data in self.store.deferred():
+            self.store.undefer(digest)
+            if owner in identities:
+                await self._process(identities[owner], namespace, digest, data)
+
+    def _reject(self, kind: str, reason: str) -> None:
+        logger.warning("%s: refused a %s: %s", self.name, kind, reason)
+        self.rejections.append(Rejection(self.clock.now_ms(), kind, reason))
+
+    async def _apply(
+        self, digest: bytes, envelope: Envelope, device: str, content: Content
+    ) -> None:
+        match content:
+            case Text():
+                await self._on_text(digest, envelope, device, content)
+            case FriendRequest():
+                await self._on_friend_request(device, content)
+            case FriendAccept():
+                await self._on_friend_accept(device, content)
+            case SyncSent():
+                await self._check_sibling(envelope, device)
+                self._file_message(
+                    content.id,
+                    content.timestamp_ms,
+                    content.to,
+                    True,
+                    self.user_id,
+                    device,
+                    content.text,
+                )
+            case ContactRecord():
+                await self._check_sibling(envelope, device)
+                self._merge_contact(content)
+            case PairRequest():
+                self._on_pair_request(digest, envelope, device, content)
+            case PairGrant():
+                self._on_pair_grant(envelope, content)
+
+    async def _on_text(self, digest: bytes, envelope: Envelope, device: str, text: Text) -> None:
+        contact = self.store.contact(text.user)
+        if contact is None or contact.state not in ("friend", "requested"):
+            raise Refused(f"a message from {text.user[:12]}…, who is not a friend")
+        await self._check_device(device, text.user)
+        self._file_message(
+            digest, envelope.timestamp_ms, text.user, False, text.user, device, text.text
+        )
+
+    async def _on_friend_request(self, device: str, request: FriendRequest) -> None:
+        if request.user == self.user_id:
+            raise Refused("a friend request from this user's own device")
+        await self._check_device(device, request.user)
+        contact = self.store.contact(request.user)
+        devices = await self._devices_of(request.user)
+        if contact is None:
+            self.store.put_contact(Contact(request.user, "pending", devices, request.text))
+            self._notify()
+        elif contact.state == "requested":
+            # Both asked: that is agreement on both sides.
+            await self._befriend(replace(contact, devices=devices))
+
+    async def _on_friend_accept(self, device: str, accept: FriendAccept) -> None:
+        contact = self.store.contact(accept.user)
+        if contact is None or contact.state not in ("requested", "friend"):
+            raise Refused(f"an acceptance from {accept.user[:12]}…, who was not asked")
+        await self._check_device(device, accept.user)
+        devices = await self._devices_of(accept.user)
+        with self.store.transaction():
+            self._set_contact(replace(contact, state="friend", devices=devices))
+        self._wake_outbox()
+
+    def _merge_contact(self, record: ContactRecord) -> None:
+        """A sibling's contact change. ``friend`` is final; otherwise the newer state wins."""
+        current = self.store.contact(record.user)
+        if current is not None and current.state == "friend" and record.state != "friend":
+            return
+        note = current.note if current is not None else ""
+        self.store.put_contact(Contact(record.user, record.state, record.devices, note))
+
+    # --- pairing ----------------------------------------------------------------------------------
+
+    async def request_pairing(self, primary: str, name: str | None = None) -> PairingTicket:
+        """On a new device: ask ``primary`` (the user's existing device) to pair. Show the
+        ticket's code; the user accepts on the primary when it shows the same code, and
+        :meth:`wait_paired` returns once the grant arrived and checked out."""
+        try:
+            session_id_key(primary)
+        except DecodeError:
+            raise PairingError(f"{primary!r} is not a session id") from None
+        if self._paired.is_set() or self.store.siblings():
+            raise PairingError("this device is already paired")
+        if primary in (self.user_id, self.device_id):
+            raise PairingError("a device cannot pair with itself")
+        if self.store.contacts() or self.store.history():
+            raise PairingError("only a new device (no contacts, no history) can join a user")
+        now = self.clock.now_ms()
+        device_name = name or self.name
+        if self.mode == "mapped":
+            sender = self.device_identity
+            request = sign_pairing_request(sender, primary, now).to_bytes()
+            secret = request
+        else:
+            sender = Identity.generate()  # the grant (with the seed) is sealed to this key
+            request, secret = None, sender.seed
+        kind, body = encode_content(
+            PairRequest(self.mode, self.device_id, device_name, now, request)
+        )
+        data = seal_envelope(sender, session_id_key(primary), kind, body, now)
+        await self.swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+        digest = message_hash(data)
+        self.store.put_pairing(Pairing(digest, False, primary, device_name, now, "waiting", secret))
+        self._receive_scope.cancel()  # listen where the grant will arrive
+        return PairingTicket(digest, pairing_code(digest))
+
+    async def wait_paired(self) -> None:
+        await self._paired.wait()
+
+    @property
+    def paired(self) -> bool:
+        return self._paired.is_set()
+
+    def pairing_requests(self) -> list[PairingOffer]:
+        """Requests from new devices waiting for the user to compare codes and accept."""
+        now = self.clock.now_ms()
+        return [
+            PairingOffer(p.request_id, pairing_code(p.request_id), p.peer, p.name, p.timestamp_ms)
+            for p in self.store.pairings(incoming=True, state="pending")
+            if p.timestamp_ms >= now - PAIRING_WINDOW_MS
+        ]
+
+    def _pending_offer(self, code: str) -> Pairing:
+        wanted = code.replace(" ", "")
+        matches = [
+            p
+            for p in self.store.pairings(incoming=True, state="pending")
+            if pairing_code(p.request_id).replace(" ", "") == wanted
+        ]
+        if not matches:
+            raise PairingError(f"no pairing request is waiting with code {code}")
+        pairing = matches[0]
+        if pairing.timestamp_ms < self.clock.now_ms() - PAIRING_WINDOW_MS:
+            raise PairingError("that pairing request expired: start pairing again")
+        return pairing
+
+    async def accept_pairing(self, code: str) -> str:
+        """On the primary, after the user saw ``code`` on both screens: grant the request
+        and return the new device's id."""
+        pairing = self._pending_offer(code)
+        contacts = tuple(c.record for c in self.store.contacts())
+        if self.mode == "mapped":
+            if not self.is_primary:
+                raise PairingError("only the primary device can pair new devices")
+            # The grant goes to the new device's own key, which is also its id.
+            device = recipient = pairing.peer
+            devices = await self._own_devices()
+            mapping = grant_pairing(self.identity, PairingRequest.from_bytes(pairing.data))
+            client = FileServerClient(await self._pool.get(self.network.fileserver_url))
+            await client.put_mapping(mapping)
+            self._device_sets.pop(self.user_id, None)
+            grant = PairGrant(pairing.request_id, mapping.to_bytes(), None, devices, contacts)
+        else:
+            # The grant goes to the key made for this request; the device id came inside.
+            recipient, device = pairing.peer, pairing.data.decode()
+            devices = (self.device_id, *self.store.siblings())
+            grant = PairGrant(pairing.request_id, None, self.identity.seed, devices, contacts)
+        kind, body = encode_content(grant)
+        data = seal_envelope(
+            self.identity, session_id_key(recipient), kind, body, self.clock.now_ms()
+        )
+        await self.swarm.store(recipient, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+        with self.store.transaction():
+            self.store.put_pairing(replace(pairing, state="accepted"))
+            self.store.add_sibling(device, pairing.name)
+        return device
+
+    async def decline_pairing(self, code: str) -> None:
+        pairing = self._pending_offer(code)
+        self.store.put_pairing(replace(pairing, state="declined"))
+
+    def _on_pair_request(
+        self, digest: bytes, envelope: Envelope, sender: str, request: PairRequest
+    ) -> None:
+        known = self.store.pairing(digest)
+        if known is not None:
+            # Our own request, seen again in the swarm we now share (``linked``), is news
+            # to nobody; an answered one arriving again is a replay.
+            if known.incoming and known.state != "pending":
+                raise Refused("a replayed pairing request (it was already answered)")
+            return
+        if request.mode != self.mode:
+            raise Refused(f"a {request.mode} pairing request to a {self.mode} device")
+        now = self.clock.now_ms()
+        if not now - PAIRING_WINDOW_MS <= request.timestamp_ms <= now + CLOCK_SKEW_MS:
+            raise Refused("an expired (or replayed) pairing request")
+        if request.device in self.store.siblings():
+            raise Refused("a pairing request from a device that is already paired")
+        if self.mode == "mapped":
+            if request.request is None:
+                raise Refused("a mapped pairing request without the signed request")
+            signed = PairingRequest.from_bytes(request.request)
+            signed.verify()
+            if (
+                signed.primary != self.user_id
+                or signed.secondary != request.device
+                or signed.secondary_key != envelope.sender
+                or signed.timestamp_ms != request.timestamp_ms
+            ):
+                raise Refused("the signed pairing request does not match its envelope")
+            peer, data = request.device, request.request
+        else:
+            peer, data = sender, request.device.encode()
+        self.store.put_pairing(
+            Pairing(digest, True, peer, request.name, request.timestamp_ms, "pending", data)
+        )
+        self._notify()
+
+    def _on_pair_grant(self, envelope: Envelope, grant: PairGrant) -> None:
+        pairing = self.store.pairing(grant.request_id)
+        if pairing is None or pairing.incoming or pairing.state != "waiting":
+            raise Refused("a pairing grant for no request of this device")
+        if not ed25519_matches_session_id(envelope.sender, pairing.peer):
+            raise Refused("a pairing grant not signed by the device pairing was asked of")
+        if self.mode == "mapped":
+            if grant.mapping is None:
+                raise Refused("a mapped pairing grant without the mapping")
+            mapping = DeviceMapping.from_bytes(grant.mapping)
+            mapping.verify()
+            if (
+                mapping.primary != pairing.peer
+                or mapping.secondary != self.device_id
+                or mapping.timestamp_ms != pairing.timestamp_ms
+            ):
+                raise Refused("the granted mapping is not the one this device asked for")
+        elif grant.seed is None or Identity(grant.seed).session_id != pairing.peer:
+            raise Refused("the handed-over identity is not the primary's")
+        with self.store.transaction():
+            if grant.seed is not None:
+                self.store.set_meta("account_seed", grant.seed)
+            self.store.set_meta("user", pairing.peer.encode())
+            self.store.set_meta("paired", b"1")
+            self.store.put_pairing(replace(pairing, state="paired"))
+            for device in grant.devices:
+                if device != self.device_id:
+                    self.store.add_sibling(device, "")
+            for record in grant.contacts:
+                self.store.put_contact(Contact(record.user, record.state, record.devices))
+        self._load_identity()
+        self._paired.set()
+        self._receive_scope.cancel()  # now receive as the user
+        self._notify()
+
+    async def revoke_device(self, device: str) -> None:
+        """On the primary (``mapped``): unpair ``device``; senders stop reaching it once
+        their cached device list expires, and this device stops syncing to it at once."""
+        if self.mode == "linked":
+            raise DeviceError(
+                "linked devices share one identity: revoking one needs a new identity"
+            )
+        if not self.is_primary:
+            raise DeviceError("only the primary device can revoke a device")
+        revocation = revoke_pairing(self.identity, device, self.clock.now_ms())
+        client = FileServerClient(await self._pool.get(self.network.fileserver_url))
+        await client.revoke_mapping(revocation)
+        self.store.remove_sibling(device)
+        self._device_sets.pop(self.user_id, None)
+
+    # --- open groups ------------------------------------------------------------------------------
+
+    async def _opengroup(self) -> OpenGroupClient:
+        return OpenGroupClient(await self._pool.get(self.network.opengroup_url))
+
+    async def create_room(self, room: str) -> bool:
+        return await (await self._opengroup()).create_room(room)
+
+    async def post(self, room: str, text: str) -> PostReceipt:
+        """Post to a public room, signed by this device; the server attributes it to the user."""
+        claim = None if self.is_primary else self.user_id
+        post = sign_post(self.identity, room, text.encode(), self.clock.now_ms(), primary=claim)
+        return await (await self._opengroup()).post(post)
+
+    async def room_messages(self, room: str, since: int = 0) -> list[RoomMessage]:
+        messages, _ = await (await self._opengroup()).messages(room, since)
+        return messages
+
+    # --- online and offline -----------------------------------------------------------------------
+
+    async def set_online(self, online: bool) -> None:
+        """Go offline (stop receiving and sending; ``send`` still queues) or back online."""
+        if online and not self.online:
+            self._online_scope = await self._nursery.start(self._run_online)
+        elif not online and self._online_scope is not None:
+            self._online_scope.cancel()
+            await self._offline.wait()
+
+    async def _run_online(self, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            self._offline = trio.Event()
+            task_status.started(scope)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump_outbox)
+                    nursery.start_soon(self._receive_all)
+            finally:
+                self._offline.set()
+
+    async def _receive_all(self) -> None:
+        """Run one receive loop per stream; start again when the streams change (pairing)."""
+        while True:
+            with trio.CancelScope() as self._receive_scope:
+                async with trio.open_nursery() as nursery:
+                    for identity, namespace in self._streams():
+                        nursery.start_soon(self._receive, identity, namespace)
+
+
+def _check_user_id(user: str) -> None:
+    try:
+        session_id_key(user)
+    except DecodeError:
+        raise DeviceError(f"{user!r} is not a session id") from None
+
+
+def _check_text(text: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise DeviceError(f"a message is at most {MAX_TEXT_CHARS} characters")
+
+
+def _create(store: DeviceStore, mode: str, name: str, seed: bytes | None) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    identity = Identity(seed) if seed is not None else Identity.generate()
+    with store.transaction():
+        store.set_meta("mode", mode.encode())
+        store.set_meta("name", name.encode())
+        store.set_meta("device_seed", identity.seed)
+
+
+@asynccontextmanager
+async def open_device(
+    data_dir: str | Path,
+    network: NetworkAccess,
+    *,
+    mode: str | None = None,
+    name: str = "device",
+    seed: bytes | None = None,
+    config: DeviceConfig | None = None,
+    online: bool = True,
+) -> AsyncIterator[Device]:
+    """Open the device in ``data_dir``, creating it (``mode`` required, ``seed`` for a
+    deterministic key in tests and demos) if there is none; online unless told otherwise.
+    Leaving the block stops it; its state stays for the next open."""
+    directory = Path(data_dir)
+    store = _open_store(directory)
+    try:
+        existing = store.get_meta("mode")
+        if existing is None:
+            if mode is None:
+                raise DeviceError(f"no device in {directory}: give a mode to create one")
+            _create(store, mode, name, seed)
+        elif mode is not None and mode != existing.decode():
+            raise DeviceError(f"the device in {directory} is {existing.decode()}, not {mode}")
+        async with open_rpc_pool(network.transport) as pool, open_task_nursery() as nursery:
+            swarm = SwarmClient(pool, network.directory, network.clock, _random_for(store))
+            device = Device(store, network, pool, swarm, nursery, config or DeviceConfig())
+            if online:
+                await device.set_online(True)
+            yield device
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+def _open_store(directory: Path) -> DeviceStore:
+    directory.mkdir(parents=True, exist_ok=True)
+    return DeviceStore(directory / "device.sqlite3")
+
+
+def _random_for(store: DeviceStore) -> random.Random:
+    """Swarm member choice and jitter seeded by the device key: reproducible simulations."""
+    seed = store.get_meta("device_seed")
+    return random.Random(seed)
+
+
+__all__ = [
+    "Device",
+    "DeviceConfig",
+    "DeviceError",
+    "PairingError",
+    "PairingOffer",
+    "PairingTicket",
+    "Rejection",
+    "open_device",
+]

@@ -1,0 +1,391 @@
+"""A device's durable state: one SQLite file holding its keys, history, contacts, outbox,
+read cursors and pairing attempts.
+
+Why one file and these tables:
+
+* **History** is keyed by message id (the dedupe key everywhere) and ordered by
+  ``(timestamp_ms, id)``, the order the sync layer reconciles in (DESIGN.md §7); ``seq``
+  is the local arrival order, which is what a "new messages" stream follows.
+* **Outbox** makes ``send`` durable: the message, its history row and its first sealed
+  copy are written in one transaction before ``send`` returns, and every further copy is
+  written here *before* it is stored in a swarm. A crash at any point therefore resends
+  the very same ciphertexts, which the swarm deduplicates by hash: nothing accepted is
+  lost and nothing arrives twice.
+* **Cursors** keep each (owner, namespace) stream's ``last_hash`` across restarts.
+
+The store is synchronous and knows nothing of Trio; every query is short. WAL with
+``synchronous=FULL`` because a device, unlike a node, may lose power at any moment and its
+outbox is the only copy of what the user just sent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..wire import decode_cbor, encode_cbor
+from .content import ContactRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id BLOB NOT NULL UNIQUE,
+    timestamp_ms INTEGER NOT NULL,
+    conversation TEXT NOT NULL,
+    outgoing INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    device TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (timestamp_ms, id);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation, timestamp_ms);
+CREATE TABLE IF NOT EXISTS contacts (
+    user TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    devices BLOB NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    body BLOB NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    message_id BLOB,
+    expanded INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS outbox_copies (
+    seq INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    namespace INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (seq, owner, namespace)
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    owner TEXT NOT NULL,
+    namespace INTEGER NOT NULL,
+    last_hash BLOB,
+    PRIMARY KEY (owner, namespace)
+);
+CREATE TABLE IF NOT EXISTS pairings (
+    request_id BLOB PRIMARY KEY,
+    incoming INTEGER NOT NULL,
+    peer TEXT NOT NULL,
+    name TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS siblings (device TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deferred (
+    hash BLOB PRIMARY KEY,
+    owner TEXT NOT NULL,
+    namespace INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    """One message in a device's history, sent or received."""
+
+    seq: int
+    id: bytes
+    timestamp_ms: int
+    conversation: str
+    outgoing: bool
+    sender: str
+    device: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    user: str
+    state: str
+    devices: tuple[str, ...]
+    note: str = ""
+
+    @property
+    def record(self) -> ContactRecord:
+        return ContactRecord(self.user, self.state, self.devices)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    seq: int
+    kind: str
+    recipient: str
+    body: bytes
+    timestamp_ms: int
+    message_id: bytes | None
+    expanded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One sealed copy of an outbox entry, destined for ``owner``'s swarm."""
+
+    seq: int
+    owner: str
+    namespace: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    request_id: bytes
+    incoming: bool
+    peer: str
+    name: str
+    timestamp_ms: int
+    state: str
+    data: bytes
+
+
+_HISTORY_COLUMNS = "seq, id, timestamp_ms, conversation, outgoing, sender, device, text"
+
+
+def _item(row: tuple[int, bytes, int, str, int, str, str, str]) -> HistoryItem:
+    return HistoryItem(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
+
+
+class DeviceStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- meta -----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # --- history --------------------------------------------------------------------------
+
+    def add_message(
+        self,
+        digest: bytes,
+        timestamp_ms: int,
+        conversation: str,
+        outgoing: bool,
+        sender: str,
+        device: str,
+        text: str,
+    ) -> bool:
+        """Insert unless the id is known; True if it was new."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO messages"
+            " (id, timestamp_ms, conversation, outgoing, sender, device, text)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (digest, timestamp_ms, conversation, int(outgoing), sender, device, text),
+        )
+        return cursor.rowcount == 1
+
+    def has_message(self, digest: bytes) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM messages WHERE id = ?", (digest,)).fetchone()
+            is not None
+        )
+
+    def history(self, conversation: str | None = None, *, after_seq: int = 0) -> list[HistoryItem]:
+        """Messages in ``(timestamp_ms, id)`` order, of one conversation or all."""
+        if conversation is None:
+            rows = self._db.execute(
+                f"SELECT {_HISTORY_COLUMNS} FROM messages WHERE seq > ? ORDER BY timestamp_ms, id",
+                (after_seq,),
+            )
+        else:
+            rows = self._db.execute(
+                f"SELECT {_HISTORY_COLUMNS} FROM messages WHERE conversation = ? AND seq > ?"
+                " ORDER BY timestamp_ms, id",
+                (conversation, after_seq),
+            )
+        return [_item(row) for row in rows]
+
+    def arrivals(self, after_seq: int) -> list[HistoryItem]:
+        """Messages stored after ``after_seq``, in arrival order."""
+        rows = self._db.execute(
+            f"SELECT {_HISTORY_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq", (after_seq,)
+        )
+        return [_item(row) for row in rows]
+
+    # --- contacts -------------------------------------------------------------------------
+
+    def contact(self, user: str) -> Contact | None:
+        row = self._db.execute(
+            "SELECT user, state, devices, note FROM contacts WHERE user = ?", (user,)
+        ).fetchone()
+        if row is None:
+            return None
+        devices = decode_cbor(row[2])
+        assert isinstance(devices, list)
+        return Contact(row[0], row[1], tuple(str(d) for d in devices), row[3])
+
+    def contacts(self) -> list[Contact]:
+        users = [row[0] for row in self._db.execute("SELECT user FROM contacts ORDER BY user")]
+        return [c for user in users if (c := self.contact(user)) is not None]
+
+    def put_contact(self, contact: Contact) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO contacts (user, state, devices, note) VALUES (?, ?, ?, ?)",
+            (contact.user, contact.state, encode_cbor(list(contact.devices)), contact.note),
+        )
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    def add_outbox(
+        self, kind: str, recipient: str, body: bytes, timestamp_ms: int, message_id: bytes | None
+    ) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO outbox (kind, recipient, body, timestamp_ms, message_id)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (kind, recipient, body, timestamp_ms, message_id),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def outbox(self) -> list[OutboxEntry]:
+        rows = self._db.execute(
+            "SELECT seq, kind, recipient, body, timestamp_ms, message_id, expanded FROM outbox"
+            " ORDER BY seq"
+        )
+        return [OutboxEntry(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+    def add_copies(self, copies: Sequence[Copy]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO outbox_copies (seq, owner, namespace, data) VALUES (?, ?, ?, ?)",
+            [(c.seq, c.owner, c.namespace, c.data) for c in copies],
+        )
+
+    def expand(self, seq: int, copies: Sequence[Copy]) -> None:
+        """Record every further copy of an entry at once, before any of them is stored."""
+        with self.transaction():
+            self.add_copies(copies)
+            self._db.execute("UPDATE outbox SET expanded = 1 WHERE seq = ?", (seq,))
+            self._db.execute(
+                "DELETE FROM outbox WHERE seq = ?"
+                " AND NOT EXISTS (SELECT 1 FROM outbox_copies WHERE seq = ?)",
+                (seq, seq),
+            )
+
+    def copies(self, seq: int) -> list[Copy]:
+        rows = self._db.execute(
+            "SELECT seq, owner, namespace, data FROM outbox_copies WHERE seq = ?"
+            " ORDER BY owner, namespace",
+            (seq,),
+        )
+        return [Copy(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def copy_stored(self, copy: Copy) -> None:
+        """One copy is in its swarm; the entry goes once it is expanded and has none left."""
+        with self.transaction():
+            self._db.execute(
+                "DELETE FROM outbox_copies WHERE seq = ? AND owner = ? AND namespace = ?",
+                (copy.seq, copy.owner, copy.namespace),
+            )
+            self._db.execute(
+                "DELETE FROM outbox WHERE seq = ? AND expanded = 1"
+                " AND NOT EXISTS (SELECT 1 FROM outbox_copies WHERE seq = ?)",
+                (copy.seq, copy.seq),
+            )
+
+    # --- inbound messages that could not be checked yet ------------------------------------
+
+    def defer(self, digest: bytes, owner: str, namespace: int, data: bytes) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO deferred (hash, owner, namespace, data) VALUES (?, ?, ?, ?)",
+            (digest, owner, namespace, data),
+        )
+
+    def deferred(self) -> list[tuple[bytes, str, int, bytes]]:
+        rows = self._db.execute("SELECT hash, owner, namespace, data FROM deferred ORDER BY rowid")
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def undefer(self, digest: bytes) -> None:
+        self._db.execute("DELETE FROM deferred WHERE hash = ?", (digest,))
+
+    # --- cursors --------------------------------------------------------------------------
+
+    def cursor(self, owner: str, namespace: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT last_hash FROM cursors WHERE owner = ? AND namespace = ?", (owner, namespace)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def set_cursor(self, owner: str, namespace: int, last_hash: bytes | None) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO cursors (owner, namespace, last_hash) VALUES (?, ?, ?)",
+            (owner, namespace, last_hash),
+        )
+
+    # --- pairing --------------------------------------------------------------------------
+
+    def pairing(self, request_id: bytes) -> Pairing | None:
+        row = self._db.execute(
+            "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
+            " WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        return None if row is None else Pairing(row[0], bool(row[1]), *row[2:])
+
+    def pairings(self, *, incoming: bool, state: str) -> list[Pairing]:
+        rows = self._db.execute(
+            "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
+            " WHERE incoming = ? AND state = ? ORDER BY timestamp_ms",
+            (int(incoming), state),
+        )
+        return [Pairing(r[0], bool(r[1]), *r[2:]) for r in rows]
+
+    def put_pairing(self, pairing: Pairing) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO pairings"
+            " (request_id, incoming, peer, name, timestamp_ms, state, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                pairing.request_id,
+                int(pairing.incoming),
+                pairing.peer,
+                pairing.name,
+                pairing.timestamp_ms,
+                pairing.state,
+                pairing.data,
+            ),
+        )
+
+    # --- siblings -------------------------------------------------------------------------
+
+    def siblings(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT device, name FROM siblings ORDER BY device"))
+
+    def add_sibling(self, device: str, name: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO siblings (device, name) VALUES (?, ?)", (device, name)
+        )
+
+    def remove_sibling(self, device: str) -> None:
+        self._db.execute("DELETE FROM siblings WHERE device = ?", (device,))

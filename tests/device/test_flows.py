@@ -1,0 +1,192 @@
+"""The whole multi-device flow in both modes, on an in-process network in virtual time:
+pairing with a code check, friend requests, messages both ways with sent-message sync,
+open-group attribution, revocation, and state that survives a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from p2psync.device import Device
+from p2psync.network import LocalNetwork
+from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
+from tests.swarm.helpers import wait_until
+
+from .helpers import device, open_world
+
+
+async def pair(primary: Device, new: Device) -> None:
+    """The user's part of pairing: compare the code on both screens, accept on the primary."""
+    ticket = await new.request_pairing(primary.session_id)
+    await wait_until(lambda: bool(primary.pairing_requests()))
+    [offer] = primary.pairing_requests()
+    assert offer.code == ticket.code and len(ticket.code) == 7
+    assert await primary.accept_pairing(offer.code) == new.device_id
+    with trio.fail_after(60):
+        await new.wait_paired()
+
+
+async def befriend(asker: Device, answerer: Device) -> None:
+    await asker.request_friend(answerer.session_id, "hi, it's me")
+    await wait_until(lambda: answerer.contact(asker.session_id) is not None)
+    contact = answerer.contact(asker.session_id)
+    assert contact is not None and contact.state == "pending" and contact.note == "hi, it's me"
+    await answerer.accept_friend(asker.session_id)
+    await wait_until(
+        lambda: (c := asker.contact(answerer.session_id)) is not None and c.state == "friend"
+    )
+
+
+def texts(device: Device, conversation: str) -> list[tuple[bool, str]]:
+    return [(item.outgoing, item.text) for item in device.history(conversation)]
+
+
+def stored_messages(network: LocalNetwork, owner: str, namespace: int) -> int:
+    """Distinct live messages stored for ``owner`` (replicas inside a swarm count once)."""
+    now_ms = network.clock.now_ms()
+    return len(
+        {
+            row.hash
+            for node in network.running_nodes()
+            for row in node.store.records(now_ms, [owner])
+            if row.namespace == namespace and row.data is not None
+        }
+    )
+
+
+async def test_linked_devices_share_one_identity(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice-phone", "linked") as phone,
+        device(network, tmp_path, "alice-desktop", "linked") as desktop,
+        device(network, tmp_path, "bob", "linked") as bob,
+    ):
+        await pair(phone, desktop)
+        assert desktop.session_id == phone.session_id != desktop.device_id
+        alice = phone.session_id
+
+        # Bob's request lands in the shared swarm: both devices see it, either accepts.
+        await bob.request_friend(alice, "hello Alice")
+        await wait_until(
+            lambda: all(d.contact(bob.session_id) is not None for d in (phone, desktop))
+        )
+        await desktop.accept_friend(bob.session_id)
+        await wait_until(lambda: (c := bob.contact(alice)) is not None and c.state == "friend")
+        await wait_until(
+            lambda: (c := phone.contact(bob.session_id)) is not None and c.state == "friend"
+        )
+
+        # Received once per account; sent messages reach the sibling as sync copies.
+        received = await bob.send(alice, "how are you?")
+        await trio.sleep(1)
+        sent = await phone.send(bob.session_id, "fine, thanks")
+        for d in (phone, desktop):
+            await wait_until(lambda d=d: len(d.history(bob.session_id)) == 2)  # type: ignore[misc]
+            assert {item.id for item in d.history(bob.session_id)} == {received, sent}
+        assert texts(desktop, bob.session_id) == [(False, "how are you?"), (True, "fine, thanks")]
+        await wait_until(lambda: len(bob.history(alice)) == 2)
+        assert texts(bob, alice) == [(True, "how are you?"), (False, "fine, thanks")]
+        await phone.flush()
+        # One copy for Bob's account; Alice's sent message is one copy there plus one sync copy.
+        assert stored_messages(network, alice, NAMESPACE_MESSAGES) == 2  # Bob's request + message
+        assert stored_messages(network, alice, NAMESPACE_SYNC) >= 1
+
+        # A public chat sees both devices as one person: the shared key signs.
+        await phone.create_room("lobby")
+        await phone.post("lobby", "from my phone")
+        await desktop.post("lobby", "from my desktop")
+        posts = await bob.room_messages("lobby")
+        assert [(p.user, p.body) for p in posts] == [
+            (alice, b"from my phone"),
+            (alice, b"from my desktop"),
+        ]
+        assert not phone.rejections and not desktop.rejections and not bob.rejections
+
+
+async def test_mapped_devices_fan_out_and_sync(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice-phone", "mapped") as phone,
+        device(network, tmp_path, "alice-desktop", "mapped") as desktop,
+        device(network, tmp_path, "bob", "mapped") as bob,
+    ):
+        await pair(phone, desktop)
+        alice = phone.session_id
+        assert desktop.session_id == alice and desktop.device_id != alice
+        assert not desktop.is_primary
+
+        # Bob's request is fanned out to both of Alice's devices (mapping on the file server).
+        await bob.request_friend(alice, "hello Alice")
+        await wait_until(
+            lambda: all(d.contact(bob.session_id) is not None for d in (phone, desktop))
+        )
+        await desktop.accept_friend(bob.session_id)
+        await wait_until(lambda: (c := bob.contact(alice)) is not None and c.state == "friend")
+        contact = bob.contact(alice)
+        assert contact is not None and set(contact.devices) == {alice, desktop.device_id}
+        await wait_until(
+            lambda: (c := phone.contact(bob.session_id)) is not None and c.state == "friend"
+        )
+
+        await bob.send(alice, "how are you?")
+        await trio.sleep(1)
+        await desktop.send(bob.session_id, "fine, thanks")
+        for d in (phone, desktop):
+            await wait_until(lambda d=d: len(d.history(bob.session_id)) == 2)  # type: ignore[misc]
+            assert texts(d, bob.session_id) == [
+                (False, "how are you?"),
+                (True, "fine, thanks"),
+            ]
+        await wait_until(lambda: len(bob.history(alice)) == 2)
+        [reply] = [item for item in bob.history(alice) if not item.outgoing]
+        assert reply.sender == alice and reply.device == desktop.device_id
+        await bob.flush()
+        # v1.5.0's cost: Bob's message is stored for each of Alice's devices.
+        assert stored_messages(network, alice, NAMESPACE_MESSAGES) == 2
+        assert stored_messages(network, desktop.device_id, NAMESPACE_MESSAGES) == 2
+
+        # Open group: the server maps the secondary's key to Alice.
+        await phone.create_room("lobby")
+        await desktop.post("lobby", "from my desktop")
+        await phone.post("lobby", "from my phone")
+        posts = await bob.room_messages("lobby")
+        assert [(p.user, p.device) for p in posts] == [
+            (alice, desktop.device_id),
+            (alice, alice),
+        ]
+
+        # Revoked, the desktop stops receiving: senders' device lists drop it.
+        await phone.revoke_device(desktop.device_id)
+        await trio.sleep(bob.config.mapping_cache_s + 1)
+        await bob.send(alice, "are you there?")
+        await wait_until(lambda: len(phone.history(bob.session_id)) == 3)
+        await bob.flush()
+        await trio.sleep(30)
+        assert len(desktop.history(bob.session_id)) == 2
+        assert not phone.rejections and not bob.rejections
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_state_survives_a_restart(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    async with open_world() as network, device(network, tmp_path, "bob", mode) as bob:
+        async with device(network, tmp_path, "alice", mode) as alice:
+            await befriend(alice, bob)
+            await bob.send(alice.session_id, "one")
+            await wait_until(lambda: len(alice.history()) == 1)
+            user = alice.session_id
+        await bob.send(user, "two")
+        await bob.flush()
+        async with device(network, tmp_path, "alice") as alice:
+            assert alice.mode == mode and alice.session_id == user
+            assert [c.state for c in alice.contacts()] == ["friend"]
+            await wait_until(lambda: len(alice.history()) == 2)
+            assert texts(alice, bob.session_id) == [(False, "one"), (False, "two")]
