@@ -32,7 +32,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -244,7 +244,7 @@ class Device:
         """Messages in ``(timestamp, id)`` order: one conversation, or all of them."""
         return self.store.history(conversation)
 
-    async def incoming(self, *, after_seq: int | None = None) -> AsyncIterator[HistoryItem]:
+    async def incoming(self, *, after_seq: int | None = None) -> AsyncGenerator[HistoryItem, None]:
         """Every message filed from now on (or after ``after_seq``), sent ones synced from
         siblings included, in arrival order; runs until the caller stops iterating."""
         arrivals = self.store.arrivals(0)
@@ -513,7 +513,8 @@ class Device:
         async def file_batch(batch: list[Message]) -> None:
             for message in batch:
                 await self._process(identity, namespace, message.hash, message.data)
-            self.store.set_cursor(owner, namespace, cursor.last_hash)
+                # Per message: a restart (or a stream change) resumes right after it.
+                self.store.set_cursor(owner, namespace, message.hash)
 
         if self.config.receive == "subscribe":
             await self.swarm.subscribe(identity, namespace, file_batch, cursor=cursor)
@@ -534,7 +535,7 @@ class Device:
             batch, _ = await self.swarm.drain(identity, namespace, cursor)
             for message in batch:
                 await self._process(identity, namespace, message.hash, message.data)
-            self.store.set_cursor(owner, namespace, cursor.last_hash)
+                self.store.set_cursor(owner, namespace, message.hash)
 
     async def _process(
         self, identity: Identity, namespace: int, digest: bytes, data: bytes
@@ -772,6 +773,8 @@ class Device:
 
     def _on_pair_grant(self, envelope: Envelope, grant: PairGrant) -> None:
         pairing = self.store.pairing(grant.request_id)
+        if pairing is not None and not pairing.incoming and pairing.state == "paired":
+            return  # seen before a restart: already applied
         if pairing is None or pairing.incoming or pairing.state != "waiting":
             raise Refused("a pairing grant for no request of this device")
         if not ed25519_matches_session_id(envelope.sender, pairing.peer):

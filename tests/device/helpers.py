@@ -7,11 +7,15 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device import Device, open_device
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
 from p2psync.swarm.node import NodeConfig
+
+from ..swarm.helpers import wait_until
 
 #: Maintenance that comes round rarely, so that days of virtual time stay fast.
 QUIET = NodeConfig(
@@ -41,3 +45,29 @@ def device(
         seed=Identity.from_label(f"device/{label}").seed,
         **options,
     )
+
+
+async def pair(primary: Device, new: Device) -> None:
+    """The user's part of pairing: compare the code on both screens, accept on the primary."""
+    ticket = await new.request_pairing(primary.session_id)
+    await wait_until(lambda: bool(primary.pairing_requests()))
+    [offer] = primary.pairing_requests()
+    assert offer.code == ticket.code and len(ticket.code) == 7
+    assert await primary.accept_pairing(offer.code) == new.device_id
+    with trio.fail_after(60):
+        await new.wait_paired()
+
+
+async def befriend(asker: Device, answerer: Device) -> None:
+    await asker.request_friend(answerer.session_id, "hi, it's me")
+    await wait_until(lambda: answerer.contact(asker.session_id) is not None)
+    contact = answerer.contact(asker.session_id)
+    assert contact is not None and contact.state == "pending" and contact.note == "hi, it's me"
+    await answerer.accept_friend(asker.session_id)
+    await wait_until(
+        lambda: (c := asker.contact(answerer.session_id)) is not None and c.state == "friend"
+    )
+
+
+def texts(device: Device, conversation: str) -> list[tuple[bool, str]]:
+    return [(item.outgoing, item.text) for item in device.history(conversation)]

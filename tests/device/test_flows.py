@@ -10,38 +10,11 @@ import pytest
 import trio
 import trio.testing
 
-from p2psync.device import Device
 from p2psync.network import LocalNetwork
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from tests.swarm.helpers import wait_until
 
-from .helpers import device, open_world
-
-
-async def pair(primary: Device, new: Device) -> None:
-    """The user's part of pairing: compare the code on both screens, accept on the primary."""
-    ticket = await new.request_pairing(primary.session_id)
-    await wait_until(lambda: bool(primary.pairing_requests()))
-    [offer] = primary.pairing_requests()
-    assert offer.code == ticket.code and len(ticket.code) == 7
-    assert await primary.accept_pairing(offer.code) == new.device_id
-    with trio.fail_after(60):
-        await new.wait_paired()
-
-
-async def befriend(asker: Device, answerer: Device) -> None:
-    await asker.request_friend(answerer.session_id, "hi, it's me")
-    await wait_until(lambda: answerer.contact(asker.session_id) is not None)
-    contact = answerer.contact(asker.session_id)
-    assert contact is not None and contact.state == "pending" and contact.note == "hi, it's me"
-    await answerer.accept_friend(asker.session_id)
-    await wait_until(
-        lambda: (c := asker.contact(answerer.session_id)) is not None and c.state == "friend"
-    )
-
-
-def texts(device: Device, conversation: str) -> list[tuple[bool, str]]:
-    return [(item.outgoing, item.text) for item in device.history(conversation)]
+from .helpers import befriend, device, open_world, pair, texts
 
 
 def stored_messages(network: LocalNetwork, owner: str, namespace: int) -> int:

@@ -1,0 +1,230 @@
+"""Attacks on pairing, mappings, open groups and inboxes: each refused with a clear reason,
+and the device goes on working."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2psync.device.content import (
+    ContactRecord,
+    PairGrant,
+    SyncSent,
+    Text,
+    decode_content,
+    encode_content,
+)
+from p2psync.device.device import Device
+from p2psync.envelope import seal_envelope
+from p2psync.errors import DecodeError, RpcError
+from p2psync.fileserver import open_fileserver_client
+from p2psync.identity import Identity, session_id_key
+from p2psync.mapping import PAIRING_WINDOW_MS, create_mapping
+from p2psync.opengroup import open_opengroup_client, sign_post
+from p2psync.swarm.client import SwarmClient, open_swarm_client
+from p2psync.swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
+
+from ..swarm.helpers import wait_until
+from .helpers import befriend, device, open_world, pair
+
+MALLORY = Identity.from_label("mallory")
+
+
+async def inject(
+    swarm: SwarmClient, sender: Identity, recipient: str, namespace: int, content: object
+) -> None:
+    """Store a record as an attacker would: correctly sealed, signed by the attacker."""
+    kind, body = encode_content(content)  # type: ignore[arg-type]
+    data = seal_envelope(sender, session_id_key(recipient), kind, body, swarm.clock.now_ms())
+    await swarm.store(recipient, namespace, data)
+
+
+async def refusal(target: Device, count: int = 1) -> str:
+    await wait_until(lambda: len(target.rejections) >= count)
+    return target.rejections[count - 1].reason
+
+
+async def test_a_forged_pairing_grant_is_refused(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "tablet", "mapped") as tablet,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        ticket = await tablet.request_pairing(phone.session_id)
+        # Mallory answers first, with a genuine mapping of her own.
+        forged = create_mapping(MALLORY, Identity.from_label("mallory-2"), network.clock.now_ms())
+        grant = PairGrant(ticket.request_id, forged.to_bytes(), None, (), ())
+        await inject(swarm, MALLORY, tablet.device_id, NAMESPACE_CONTROL, grant)
+        assert "not signed by the device pairing was asked of" in await refusal(tablet)
+        # A grant for a request the tablet never made.
+        await inject(
+            swarm,
+            MALLORY,
+            tablet.device_id,
+            NAMESPACE_CONTROL,
+            replace(grant, request_id=b"\1" * 32),
+        )
+        assert "no request of this device" in await refusal(tablet, 2)
+        assert not tablet.paired
+        # The genuine grant still works.
+        await wait_until(lambda: bool(phone.pairing_requests()))
+        await phone.accept_pairing(ticket.code)
+        with trio.fail_after(60):
+            await tablet.wait_paired()
+
+
+async def test_a_mapping_signed_by_one_side_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_world() as network,
+        open_fileserver_client(network.transport, network.fileserver_url) as client,
+    ):
+        genuine = create_mapping(MALLORY, Identity.from_label("victim"), network.clock.now_ms())
+        for one_sided, who in (
+            (replace(genuine, primary_sig=bytes(64)), "primary"),
+            (replace(genuine, secondary_sig=bytes(64)), "secondary"),
+        ):
+            with pytest.raises(RpcError) as refused:
+                await client.put_mapping(one_sided)
+            assert refused.value.code == "unauthorized"
+            assert f"the {who}'s signature does not verify" in refused.value.message
+        assert (await client.get_mappings(MALLORY.session_id)).secondaries == ()
+
+
+@pytest.mark.parametrize("mode", ["mapped", "linked"])
+async def test_a_replayed_pairing_request_is_refused(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    async with (
+        open_world() as network,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        async with (
+            device(network, tmp_path, "phone", mode) as phone,
+            device(network, tmp_path, "tablet", mode) as tablet,
+        ):
+            ticket = await tablet.request_pairing(phone.session_id)
+            # A storage node keeps a copy of the request as it passes.
+            [captured] = {
+                row.data
+                for node in network.running_nodes()
+                if (row := node.store.get(phone.session_id, NAMESPACE_CONTROL, ticket.request_id))
+            }
+            assert captured is not None
+            await wait_until(lambda: bool(phone.pairing_requests()))
+            await phone.accept_pairing(ticket.code)
+            await tablet.wait_paired()
+            # Later traffic moves the phone's read position past the request.
+            async with device(network, tmp_path, "laptop", mode) as laptop:
+                await laptop.request_pairing(phone.session_id)
+                await wait_until(lambda: len(phone.pairing_requests()) == 1)
+        # Once the request expired from the swarm, the copy is stored again.
+        await trio.sleep(PAIRING_WINDOW_MS / 1000 + 700)
+        async with device(network, tmp_path, "phone") as phone:
+            await swarm.store(phone.session_id, NAMESPACE_CONTROL, captured)
+            assert "replayed pairing request" in await refusal(phone)
+            assert phone.pairing_requests() == []
+
+
+async def test_a_post_from_an_unmapped_key_is_refused(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "tablet", "mapped") as tablet,
+        open_opengroup_client(network.transport, network.opengroup_url) as room,
+    ):
+        await pair(phone, tablet)
+        await phone.create_room("lobby")
+        claim = sign_post(
+            MALLORY, "lobby", b"I am Alice", network.clock.now_ms(), primary=phone.session_id
+        )
+        with pytest.raises(RpcError) as refused:
+            await room.post(claim)
+        assert refused.value.code == "unauthorized"
+        assert "not a device of the claimed primary" in refused.value.message
+        # A revoked device is unmapped too: its posts are no longer taken as Alice's.
+        await phone.revoke_device(tablet.device_id)
+        with pytest.raises(RpcError) as refused:
+            await tablet.post("lobby", "still me?")
+        assert refused.value.code == "unauthorized"
+        posts, _ = await room.messages("lobby")
+        assert posts == []
+
+
+async def test_strangers_and_misplaced_records_are_refused(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice", "mapped") as alice,
+        device(network, tmp_path, "bob", "mapped") as bob,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        await befriend(alice, bob)
+        mallory = MALLORY.session_id
+        hostile = [
+            (NAMESPACE_MESSAGES, Text(mallory, "buy now"), "not a friend"),
+            (NAMESPACE_MESSAGES, Text(bob.session_id, "I am Bob"), "is not a device of"),
+            (NAMESPACE_SYNC, SyncSent(b"\0" * 32, bob.session_id, 1, "fake"), "is not a device of"),
+            (NAMESPACE_SYNC, ContactRecord(mallory, "friend", (mallory,)), "is not a device of"),
+            (NAMESPACE_MESSAGES, ContactRecord(mallory, "friend", (mallory,)), "does not belong"),
+        ]
+        for namespace, content, _ in hostile:
+            await inject(swarm, MALLORY, alice.session_id, namespace, content)
+        await swarm.store(alice.session_id, NAMESPACE_MESSAGES, b"\x00garbage")
+        await wait_until(lambda: len(alice.rejections) == len(hostile) + 1)
+        reasons = sorted(r.reason for r in alice.rejections)
+        for _, _, expected in hostile:
+            assert any(expected in reason for reason in reasons), expected
+        assert any("sealed box does not open" in reason for reason in reasons)
+        assert alice.history() == [] and [c.user for c in alice.contacts()] == [bob.session_id]
+        # Alice is unharmed: Bob still gets through.
+        await bob.send(alice.session_id, "still here")
+        await wait_until(lambda: len(alice.history()) == 1)
+
+
+KINDS = [
+    "text",
+    "friend_request",
+    "friend_accept",
+    "sync_sent",
+    "sync_contact",
+    "pair_request",
+    "pair_grant",
+    "other",
+]
+cbor_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=70) | st.binary(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(kind=st.sampled_from(KINDS), value=cbor_values, raw=st.binary(max_size=64))
+def test_content_decoding_refuses_garbage_with_decode_error(
+    kind: str, value: object, raw: bytes
+) -> None:
+    from p2psync.wire import encode_cbor
+
+    for body in (encode_cbor(value), raw):
+        try:
+            decoded = decode_content(kind, body)
+        except DecodeError:
+            continue
+        # Whatever decodes re-encodes to the same kind.
+        assert encode_content(decoded)[0] == kind

@@ -1,0 +1,111 @@
+"""What the swarm alone gives a device that was away: everything within the TTL, nothing
+older (the gap the sync layer closes); and an outbox that survives a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from p2psync.device import DeviceConfig
+
+from ..swarm.helpers import wait_until
+from .helpers import befriend, device, open_world, texts
+
+HOUR_S = 3600
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_offline_23_hours_gets_everything_25_hours_misses_what_expired(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    async with open_world() as network, device(network, tmp_path, "bob", mode) as bob:
+        users = {}
+        for label in ("alice", "carol"):
+            async with device(network, tmp_path, label, mode) as friend:
+                await befriend(friend, bob)
+                users[label] = friend.session_id
+        # Both went offline (closed); Bob writes to each, then stays quiet himself.
+        for user in users.values():
+            await bob.send(user, "first")
+        await bob.flush()
+        await trio.sleep(2 * HOUR_S)
+        for user in users.values():
+            await bob.send(user, "second")
+        await bob.flush()
+        await bob.set_online(False)
+
+        await trio.sleep(21 * HOUR_S)  # 23 h after "first": still in the swarm
+        async with device(network, tmp_path, "alice") as alice:
+            await wait_until(lambda: len(alice.history(bob.session_id)) == 2)
+            assert texts(alice, bob.session_id) == [(False, "first"), (False, "second")]
+
+        await trio.sleep(2 * HOUR_S)  # 25 h after "first": it expired unread
+        async with device(network, tmp_path, "carol") as carol:
+            await wait_until(lambda: len(carol.history(bob.session_id)) == 1)
+            await trio.sleep(60)
+            assert texts(carol, bob.session_id) == [(False, "second")]
+
+
+async def test_nothing_accepted_by_send_is_lost(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_world() as network, device(network, tmp_path, "bob", "linked") as bob:
+        async with device(network, tmp_path, "alice", "linked") as alice:
+            await befriend(alice, bob)
+            handles = list(network.nodes)
+            for handle in handles:
+                await network.stop_node(handle)
+            # The swarm is down: send still accepts, then the device dies before storing.
+            message_id = await alice.send(bob.session_id, "written during the outage")
+            with trio.move_on_after(30):
+                await alice.flush()
+            assert alice.store.outbox()
+        for handle in handles:
+            await network.start_node(handle)
+        async with device(network, tmp_path, "alice") as alice:
+            with trio.fail_after(300):
+                await alice.flush()
+        await wait_until(lambda: len(bob.history(alice.session_id)) == 1)
+        [item] = bob.history(alice.session_id)
+        assert (item.id, item.text) == (message_id, "written during the outage")
+
+
+async def test_subscription_receives_like_polling(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    pushed = DeviceConfig(receive="subscribe")
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "bob", "linked", config=pushed) as bob,
+        device(network, tmp_path, "alice", "linked", config=pushed) as alice,
+    ):
+        await befriend(alice, bob)
+        started = trio.current_time()
+        await alice.send(bob.session_id, "pushed")
+        await wait_until(lambda: len(bob.history(alice.session_id)) == 1)
+        # A push, not the 60 s catch-up, brought it.
+        assert trio.current_time() - started < 5
+
+
+async def test_incoming_stream_yields_new_messages_in_arrival_order(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "bob", "linked") as bob,
+        device(network, tmp_path, "alice", "linked") as alice,
+    ):
+        await befriend(alice, bob)
+        await alice.send(bob.session_id, "before")
+        await wait_until(lambda: len(bob.history()) == 1)
+        stream = bob.incoming()
+        for text in ("one", "two"):
+            await alice.send(bob.session_id, text)
+            await trio.sleep(1)
+        with trio.fail_after(60):
+            received = [(await anext(stream)).text, (await anext(stream)).text]
+        await stream.aclose()
+        assert received == ["one", "two"]
