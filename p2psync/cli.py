@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from .cli_device import add_device_commands
 from .clock import Clock
 from .errors import P2PSyncError
 from .network import TRANSPORTS, make_transport
@@ -230,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     server("fileserver", "the file server (device mappings)", _cmd_fileserver)
     opengroup = server("opengroup", "an open group (public chat) server", _cmd_opengroup)
     opengroup.add_argument("--fileserver", metavar="URL", help="for mapped-mode attribution")
+
+    add_device_commands(commands)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)

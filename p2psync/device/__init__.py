@@ -9,6 +9,7 @@ from .device import (
     PairingOffer,
     PairingTicket,
     Rejection,
+    create_device,
     open_device,
 )
 from .store import Contact, HistoryItem
@@ -25,5 +26,6 @@ __all__ = [
     "PairingOffer",
     "PairingTicket",
     "Rejection",
+    "create_device",
     "open_device",
 ]

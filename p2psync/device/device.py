@@ -596,7 +596,9 @@ class Device:
 
     async def _on_text(self, digest: bytes, envelope: Envelope, device: str, text: Text) -> None:
         contact = self.store.contact(text.user)
-        if contact is None or contact.state not in ("friend", "requested"):
+        # A pending requester's message is kept: a sibling may have accepted already (its
+        # sync record can arrive after the message), and if not, it reads as a request.
+        if contact is None or contact.state == "declined":
             raise Refused(f"a message from {text.user[:12]}…, who is not a friend")
         await self._check_device(device, text.user)
         self._file_message(
@@ -928,6 +930,22 @@ async def open_device(
         store.close()
 
 
+def create_device(
+    data_dir: str | Path, mode: str, name: str = "device", seed: bytes | None = None
+) -> tuple[str, str]:
+    """Create a device in ``data_dir`` without going online; returns (user id, device id).
+    A directory that already holds a device is left alone (:class:`DeviceError`)."""
+    store = _open_store(Path(data_dir))
+    try:
+        if store.get_meta("mode") is not None:
+            raise DeviceError(f"{data_dir} already holds a device")
+        _create(store, mode, name, seed)
+        device_id = Identity(store.get_meta("device_seed") or b"").session_id
+    finally:
+        store.close()
+    return device_id, device_id
+
+
 def _open_store(directory: Path) -> DeviceStore:
     directory.mkdir(parents=True, exist_ok=True)
     return DeviceStore(directory / "device.sqlite3")
@@ -947,5 +965,6 @@ __all__ = [
     "PairingOffer",
     "PairingTicket",
     "Rejection",
+    "create_device",
     "open_device",
 ]
