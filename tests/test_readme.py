@@ -18,4 +18,4 @@ def test_readme_library_example_runs() -> None:
         [sys.executable, "-c", example.group(1)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "[b'hello']" in result.stdout
+    assert "'hello Bob' from 05" in result.stdout

@@ -32,7 +32,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -273,6 +273,15 @@ class Device:
         ):
             self._notify()
 
+    async def wait_for(self, condition: Callable[[Device], bool]) -> None:
+        """Wait until ``condition(device)`` holds, checked again whenever this device files
+        something (a message, a contact change, a pairing request); put a deadline on it."""
+        while True:
+            changed = self._changed
+            if condition(self):
+                return
+            await changed.wait()
+
     def _notify(self) -> None:
         """Wake whoever waits for news (the ``incoming`` stream, pairing offers)."""
         self._changed.set()
@@ -331,6 +340,7 @@ class Device:
         """Store a contact change and queue it for the siblings (inside a transaction)."""
         self.store.put_contact(contact)
         self._queue(contact.record, self.user_id)
+        self._notify()
 
     # --- sending ----------------------------------------------------------------------------------
 
@@ -635,6 +645,7 @@ class Device:
             return
         note = current.note if current is not None else ""
         self.store.put_contact(Contact(record.user, record.state, record.devices, note))
+        self._notify()
 
     # --- pairing ----------------------------------------------------------------------------------
 
