@@ -10,7 +10,12 @@ import pytest
 import trio
 import trio.testing
 
+from p2psync.device import Device, DeviceError
+from p2psync.device.content import Text, encode_content
+from p2psync.envelope import seal_envelope
+from p2psync.identity import session_id_key
 from p2psync.network import LocalNetwork
+from p2psync.swarm.client import open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from tests.swarm.helpers import wait_until
 
@@ -163,3 +168,45 @@ async def test_state_survives_a_restart(
             assert [c.state for c in alice.contacts()] == ["friend"]
             await wait_until(lambda: len(alice.history()) == 2)
             assert texts(alice, bob.session_id) == [(False, "one"), (False, "two")]
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_declined_request_stays_declined_on_every_device(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice-phone", mode) as phone,
+        device(network, tmp_path, "alice-desktop", mode) as desktop,
+        device(network, tmp_path, "carol", mode) as carol,
+    ):
+        await pair(phone, desktop)
+        alice = phone.session_id
+        await carol.request_friend(alice, "remember me?")
+        await wait_until(
+            lambda: all(d.contact(carol.session_id) is not None for d in (phone, desktop))
+        )
+        await phone.decline_friend(carol.session_id)
+        await wait_until(
+            lambda: (c := desktop.contact(carol.session_id)) is not None and c.state == "declined"
+        )
+        # The requester is not told; what she sends next is refused, not filed.
+        await trio.sleep(60)
+        contact = carol.contact(alice)
+        assert contact is not None and contact.state == "requested"
+        with pytest.raises(DeviceError, match="not a friend"):
+            await carol.send(alice, "hello?")
+        await inject_text(network, carol, sorted({alice, desktop.device_id}))
+        await wait_until(lambda: len(desktop.rejections) == 1)
+        assert "not a friend" in desktop.rejections[0].reason
+        assert phone.history() == [] and desktop.history() == []
+
+
+async def inject_text(network: LocalNetwork, sender: Device, devices: list[str]) -> None:
+    """What a modified client could do: write to each device of a user who is no friend."""
+    async with open_swarm_client(network.transport, network.directory(), network.clock) as swarm:
+        kind, body = encode_content(Text(sender.session_id, "let me in"))
+        for target in devices:
+            key = session_id_key(target)
+            data = seal_envelope(sender.identity, key, kind, body, network.clock.now_ms())
+            await swarm.store(target, NAMESPACE_MESSAGES, data)
