@@ -31,9 +31,8 @@ single thread gives each request's checks and write one atomic view without lock
 from __future__ import annotations
 
 import logging
-import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ import trio
 from overlay.link import Transport
 
 from .clock import Clock
+from .database import open_database, transaction
 from .errors import DecodeError, RpcError
 from .identity import session_id_key
 from .mapping import (
@@ -118,23 +118,13 @@ class MappingStore:
     def __init__(self, path: str | Path, *, max_secondaries: int = DEFAULT_MAX_SECONDARIES) -> None:
         _check_max_secondaries(max_secondaries)
         self.max_secondaries = max_secondaries
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA)
 
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[None]:
+        return transaction(self._db)
 
     def row(self, primary: str, secondary: str) -> PairingRow | None:
         found = self._db.execute(

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -46,6 +45,7 @@ import trio
 from overlay.link import LinkClosed, Transport
 
 from .clock import Clock
+from .database import open_database
 from .errors import ConnectionLost, DecodeError, RpcError
 from .fileserver import FileServerClient
 from .identity import (
@@ -231,10 +231,7 @@ class OpenGroupStore:
 
     def __init__(self, path: str | Path, *, max_rooms: int = MAX_ROOMS) -> None:
         self.max_rooms = max_rooms
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA)
 
     def close(self) -> None:
         self._db.close()

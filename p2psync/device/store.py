@@ -20,12 +20,12 @@ outbox is the only copy of what the user just sent.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..database import open_database, transaction
 from ..wire import decode_cbor, encode_cbor
 from .content import ContactRecord
 
@@ -158,23 +158,13 @@ def _item(row: tuple[int, bytes, int, str, int, str, str, str]) -> HistoryItem:
 class DeviceStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA, synchronous="FULL")
 
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[None]:
+        return transaction(self._db)
 
     # --- meta -----------------------------------------------------------------------------
 

@@ -1,0 +1,37 @@
+"""SQLite as every store here uses it: autocommit connections in WAL mode, and explicit
+``BEGIN IMMEDIATE`` transactions where several writes must land together.
+
+Queries run inline in the Trio thread: they are short, and one thread gives each
+request's checks and writes one consistent view without locks.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def open_database(
+    path: str | Path, schema: str, *, synchronous: str = "NORMAL"
+) -> sqlite3.Connection:
+    """Open (creating if needed) ``path`` with ``schema``. ``synchronous="NORMAL"`` keeps
+    every commit across a process crash; ``"FULL"`` across a power loss too."""
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.executescript(schema)
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """All the writes inside, or none of them."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
