@@ -27,7 +27,11 @@ def open_database(
 
 @contextmanager
 def transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """All the writes inside, or none of them."""
+    """All the writes inside, or none of them. Inside another transaction it simply
+    joins it, so a store method that needs atomicity can be called from a bigger one."""
+    if db.in_transaction:
+        yield
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield

@@ -1,5 +1,5 @@
 """The embedded local network: registry, service nodes, file server and open group server
-(and, as the overlay lands, relays) in this process, on real loopback sockets or on the
+and overlay relays, in this process, on real loopback sockets or on the
 in-memory transport.
 
 Each node runs in its own cancel scope, so a test or a demo can stop one (its SQLite file
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from overlay.link import MemoryNetwork, Transport
+from overlay.link import MemoryNetwork, TcpTransport, Transport
 from overlay.tasks import open_task_nursery
 
 from .clock import Clock
@@ -24,6 +24,7 @@ from .device.access import NetworkAccess
 from .fileserver import FileServer
 from .identity import Identity
 from .opengroup import OpenGroupServer
+from .services import AnnouncedRelay
 from .swarm.node import NodeConfig, StorageNode
 from .swarm.registry import RegistryDirectory, RegistryServer
 from .swarm.store import MessageStore
@@ -81,7 +82,13 @@ class LocalNetwork:
     nodes: list[NodeHandle] = field(default_factory=list)
     fileserver_url: str = ""
     opengroup_url: str = ""
+    relays: list[AnnouncedRelay] = field(default_factory=list)
     _nursery: trio.Nursery | None = None
+
+    @property
+    def overlay_transport(self) -> Transport:
+        """Relays and endpoints share the memory network, or use plain TCP on loopback."""
+        return self.transport if isinstance(self.transport, MemoryNetwork) else TcpTransport()
 
     def directory(self) -> RegistryDirectory:
         return RegistryDirectory(self.transport, self.registry_url, self.clock)
@@ -89,7 +96,12 @@ class LocalNetwork:
     def access(self) -> NetworkAccess:
         """What a device needs to use this network (:func:`p2psync.open_device`)."""
         return NetworkAccess(
-            self.transport, self.directory(), self.clock, self.fileserver_url, self.opengroup_url
+            self.transport,
+            self.directory(),
+            self.clock,
+            self.fileserver_url,
+            self.opengroup_url,
+            self.overlay_transport,
         )
 
     def _listen_address(self, name: str) -> str:
@@ -146,6 +158,20 @@ class LocalNetwork:
             if handle.node is not None:
                 await handle.node.refresh()
 
+    async def add_relays(self, count: int) -> None:
+        """Start ``count`` overlay relays, each listed in the registry, all knowing all."""
+        assert self._nursery is not None, "the network is not running"
+        overlay = self.overlay_transport
+        for _ in range(count):
+            index = len(self.relays)
+            identity = Identity.from_label(f"{self.data_dir.name}/relay/{index}")
+            relay = AnnouncedRelay(overlay, identity, self.clock)
+            address = f"mem:relay{index}" if overlay is self.transport else "127.0.0.1:0"
+            await self._nursery.start(relay.serve, address, self.directory())
+            self.relays.append(relay)
+        for relay in self.relays:
+            await relay.refresh()
+
     def running_nodes(self) -> list[StorageNode]:
         return [h.node for h in self.nodes if h.node is not None]
 
@@ -154,15 +180,16 @@ class LocalNetwork:
 async def open_local_network(
     nodes: int = 6,
     *,
+    relays: int = 0,
     transport: str | Transport = "memory",
     clock: Clock | None = None,
     data_dir: Path | None = None,
     node_config: NodeConfig | None = None,
     seed: int = 0,
 ) -> AsyncIterator[LocalNetwork]:
-    """Registry, ``nodes`` service nodes (every one aware of every other), file server
-    and open group server, all in this process. Data lives in ``data_dir`` (default: a
-    temporary directory removed afterwards)."""
+    """Registry, ``nodes`` service nodes (every one aware of every other), ``relays``
+    overlay relays, file server and open group server, all in this process. Data lives in
+    ``data_dir`` (default: a temporary directory removed afterwards)."""
     chosen = make_transport(transport, seed=seed) if isinstance(transport, str) else transport
     clock = clock or Clock()
     with tempfile.TemporaryDirectory(prefix="p2psync-") as temporary:
@@ -189,4 +216,5 @@ async def open_local_network(
             for _ in range(nodes):
                 await network.add_node()
             await network.refresh_all()
+            await network.add_relays(relays)
             yield network

@@ -127,28 +127,60 @@ RELAY_REFRESH_S = 60.0
 async def run_relay(
     transport: Transport, data_dir: Path, listen: str, directory: Directory, clock: Clock
 ) -> None:
-    """An overlay relay: listens, announces its signed contact to the registry, and keeps
-    its list of relays it may forward to in step with the registry's."""
-    identity = load_or_create_identity(data_dir / "relay.key")
-    keys = KeyPair.from_seed(identity.seed)
-    cores: list[RelayCore] = []
+    """The ``p2psync relay`` process: its key lives in ``data_dir``."""
+    relay = AnnouncedRelay(transport, load_or_create_identity(data_dir / "relay.key"), clock)
     async with trio.open_nursery() as nursery:
-        address = await nursery.start(
-            partial(serve_relay, identity.seed, transport, listen, [], clock=clock, core_out=cores)
-        )
+        announce_ready(await nursery.start(relay.serve, listen, directory))
 
-        async def refresh() -> None:
-            try:
-                contact = make_contact(keys, address, clock.now_ms())
-                await directory.announce(identity, "relay", address, contact.encode())
-                snapshot = await directory.fetch()
-                contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
-                cores[0].update_directory(contacts, clock.now_ms())
-            except (OSError, P2PSyncError, ValueError) as exc:
-                logger.warning("relay: registry unavailable: %s", exc)
 
-        await refresh()  # listed before it says ready, as nodes are
-        announce_ready(address)
-        while True:
-            await trio.sleep(RELAY_REFRESH_S)
-            await refresh()
+class AnnouncedRelay:
+    """An overlay relay that announces its signed contact to the registry and keeps its
+    list of relays it may forward to in step with the registry's."""
+
+    def __init__(self, transport: Transport, identity: Identity, clock: Clock) -> None:
+        self.transport = transport
+        self.identity = identity
+        self.clock = clock
+        self.address = ""
+        self._keys = KeyPair.from_seed(identity.seed)
+        self._cores: list[RelayCore] = []
+        self._directory: Directory | None = None
+
+    async def serve(
+        self,
+        listen: str,
+        directory: Directory,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen until cancelled; started (with the bound address) once it is listed."""
+        self._directory = directory
+        async with trio.open_nursery() as nursery:
+            self.address = await nursery.start(
+                partial(
+                    serve_relay,
+                    self.identity.seed,
+                    self.transport,
+                    listen,
+                    [],
+                    clock=self.clock,
+                    core_out=self._cores,
+                )
+            )
+            await self.refresh()
+            task_status.started(self.address)
+            while True:
+                await trio.sleep(RELAY_REFRESH_S)
+                await self.refresh()
+
+    async def refresh(self) -> None:
+        """Announce a fresh contact and re-read the other relays now."""
+        assert self._directory is not None, "the relay is not serving"
+        try:
+            contact = make_contact(self._keys, self.address, self.clock.now_ms())
+            await self._directory.announce(self.identity, "relay", self.address, contact.encode())
+            snapshot = await self._directory.fetch()
+            contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
+            self._cores[0].update_directory(contacts, self.clock.now_ms())
+        except (OSError, P2PSyncError, ValueError) as exc:
+            logger.warning("relay: registry unavailable: %s", exc)

@@ -18,6 +18,7 @@ SANS_IO = [
     "p2psync/mapping.py",
     "p2psync/device/content.py",
     "p2psync/device/pairing.py",
+    "p2psync/device/keys.py",
     "p2psync/device/store.py",
     "p2psync/swarm/ring.py",
     "p2psync/swarm/store.py",

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlay.link import Transport
+from overlay.contact import Contact, ContactError
+from overlay.link import TcpTransport, Transport
 
 from ..clock import Clock
 from ..errors import P2PSyncError
@@ -38,6 +39,18 @@ class NetworkAccess:
     clock: Clock
     fileserver_url: str
     opengroup_url: str
+    overlay_transport: Transport
+
+    async def relay_contacts(self) -> list[Contact]:
+        """The overlay relays the registry lists now (their signed contacts)."""
+        snapshot = await self.directory.fetch()
+        contacts = []
+        for relay in snapshot.relays:
+            try:
+                contacts.append(Contact.decode(relay.contact))
+            except ContactError:
+                continue
+        return contacts
 
     @classmethod
     def from_file(cls, path: str | Path, clock: Clock | None = None) -> NetworkAccess:
@@ -59,4 +72,5 @@ class NetworkAccess:
             clock,
             _url(description, "fileserver", path),
             _url(description, "opengroup", path),
+            TcpTransport(),
         )

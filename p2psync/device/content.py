@@ -16,13 +16,20 @@ Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
 * ``sync_sent`` (ns 1): ``{"id": bytes32, "to": sid, "ts": uint, "text": str}`` — a sent
   message copied to the sender's siblings, under the id the recipient knows it by.
 * ``sync_contact`` (ns 1): ``{"user": sid, "state": str, "devices": [sid]}``.
-* ``pair_request`` (ns 2): ``{"mode": str, "device": sid, "name": str, "ts": uint,
-  "request": bytes?}`` — ``device`` is the new device's own key, ``request`` the signed
-  :class:`~p2psync.mapping.PairingRequest` in ``mapped`` mode.
+* ``sync_sibling`` (ns 1): ``{"device": sid, "overlay": bytes32, "name": str}`` — a device
+  that joined, and the overlay key its siblings reach it by.
+* ``pair_request`` (ns 2): ``{"mode": str, "device": sid, "overlay": bytes32, "name": str,
+  "ts": uint, "request": bytes?}`` — ``device`` is the new device's own key, ``request``
+  the signed :class:`~p2psync.mapping.PairingRequest` in ``mapped`` mode.
 * ``pair_grant`` (ns 2): ``{"request_id": bytes32, "mapping": bytes?, "seed": bytes32?,
-  "devices": [sid], "contacts": [contact]}`` — ``mapping`` in ``mapped`` mode, the account
-  ``seed`` in ``linked`` mode (the envelope is then sealed to a key the new device made
-  for this one request); ``devices`` are the user's other devices.
+  "secret": bytes32, "devices": [sibling], "contacts": [contact]}`` — ``mapping`` in
+  ``mapped`` mode, the account ``seed`` in ``linked`` mode (the envelope is then sealed to
+  a key made for this one request); ``secret`` is what siblings find each other's
+  introsets by; ``devices`` are the user's other devices as ``sync_sibling`` bodies.
+
+Between siblings, over overlay sessions, a history item travels as the body of a live-sync
+``MSG`` (:class:`HistoryRecord`): ``{"ts": uint, "with": sid, "out": bool, "sender": sid,
+"device": sid, "text": str}``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DecodeError
-from ..identity import SEED_BYTES, session_id_key
+from ..identity import KEY_BYTES, SEED_BYTES, session_id_key
 from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from ..wire import Fields, decode_cbor, encode_cbor
 
@@ -40,6 +47,7 @@ MAX_NAME_CHARS = 64
 MAX_DEVICES = 16
 MAX_CONTACTS = 1000
 ID_BYTES = 32
+SECRET_BYTES = 32
 MODES = ("mapped", "linked")
 
 #: Contact states: ``requested`` (we asked), ``pending`` (they asked), ``friend``, ``declined``.
@@ -111,9 +119,29 @@ class ContactRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SiblingRecord:
+    device: str
+    overlay: bytes
+    name: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"device": self.device, "overlay": self.overlay, "name": self.name}
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> SiblingRecord:
+        fields.only("device", "overlay", "name")
+        return cls(
+            _session_id(fields, "device"),
+            fields.blob("overlay", size=KEY_BYTES),
+            fields.text("name", max_len=MAX_NAME_CHARS),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class PairRequest:
     mode: str
     device: str
+    overlay: bytes
     name: str
     timestamp_ms: int
     request: bytes | None
@@ -124,11 +152,21 @@ class PairGrant:
     request_id: bytes
     mapping: bytes | None
     seed: bytes | None
-    devices: tuple[str, ...]
+    secret: bytes
+    devices: tuple[SiblingRecord, ...]
     contacts: tuple[ContactRecord, ...]
 
 
-Content = Text | FriendRequest | FriendAccept | SyncSent | ContactRecord | PairRequest | PairGrant
+Content = (
+    Text
+    | FriendRequest
+    | FriendAccept
+    | SyncSent
+    | ContactRecord
+    | SiblingRecord
+    | PairRequest
+    | PairGrant
+)
 
 KIND_OF: dict[type, str] = {
     Text: "text",
@@ -136,6 +174,7 @@ KIND_OF: dict[type, str] = {
     FriendAccept: "friend_accept",
     SyncSent: "sync_sent",
     ContactRecord: "sync_contact",
+    SiblingRecord: "sync_sibling",
     PairRequest: "pair_request",
     PairGrant: "pair_grant",
 }
@@ -146,9 +185,47 @@ NAMESPACE_OF: dict[str, int] = {
     "friend_accept": NAMESPACE_MESSAGES,
     "sync_sent": NAMESPACE_SYNC,
     "sync_contact": NAMESPACE_SYNC,
+    "sync_sibling": NAMESPACE_SYNC,
     "pair_request": NAMESPACE_CONTROL,
     "pair_grant": NAMESPACE_CONTROL,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRecord:
+    """A history item as siblings push it to each other (its id travels beside it)."""
+
+    timestamp_ms: int
+    conversation: str
+    outgoing: bool
+    sender: str
+    device: str
+    text: str
+
+    def to_bytes(self) -> bytes:
+        return encode_cbor(
+            {
+                "ts": self.timestamp_ms,
+                "with": self.conversation,
+                "out": self.outgoing,
+                "sender": self.sender,
+                "device": self.device,
+                "text": self.text,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HistoryRecord:
+        fields = Fields(decode_cbor(data), "history item")
+        fields.only("ts", "with", "out", "sender", "device", "text")
+        return cls(
+            fields.uint("ts"),
+            _session_id(fields, "with"),
+            fields.boolean("out"),
+            _session_id(fields, "sender"),
+            _session_id(fields, "device"),
+            fields.text("text", max_len=MAX_TEXT_CHARS),
+        )
 
 
 def encode_content(content: Content) -> tuple[str, bytes]:
@@ -162,16 +239,23 @@ def encode_content(content: Content) -> tuple[str, bytes]:
             body = {"user": user, "devices": list(devices)}
         case SyncSent(id=digest, to=to, timestamp_ms=ts, text=text):
             body = {"id": digest, "to": to, "ts": ts, "text": text}
-        case ContactRecord():
+        case ContactRecord() | SiblingRecord():
             body = content.to_wire()
         case PairRequest(mode=mode, device=device, name=name, timestamp_ms=ts, request=request):
-            body = {"mode": mode, "device": device, "name": name, "ts": ts}
+            body = {
+                "mode": mode,
+                "device": device,
+                "overlay": content.overlay,
+                "name": name,
+                "ts": ts,
+            }
             if request is not None:
                 body["request"] = request
         case PairGrant(request_id=request_id, mapping=mapping, seed=seed, devices=devices):
             body = {
                 "request_id": request_id,
-                "devices": list(devices),
+                "secret": content.secret,
+                "devices": [d.to_wire() for d in devices],
                 "contacts": [c.to_wire() for c in content.contacts],
             }
             if mapping is not None:
@@ -207,26 +291,31 @@ def decode_content(kind: str, body: bytes) -> Content:
         )
     if kind == "sync_contact":
         return ContactRecord.from_fields(fields)
+    if kind == "sync_sibling":
+        return SiblingRecord.from_fields(fields)
     if kind == "pair_request":
-        fields.only("mode", "device", "name", "ts", "request")
+        fields.only("mode", "device", "overlay", "name", "ts", "request")
         mode = fields.text("mode", max_len=8)
         if mode not in MODES:
             raise DecodeError(f"unknown pairing mode {mode!r}")
         return PairRequest(
             mode,
             _session_id(fields, "device"),
+            fields.blob("overlay", size=KEY_BYTES),
             fields.text("name", max_len=MAX_NAME_CHARS),
             fields.uint("ts"),
             fields.blob("request", max_len=1024) if fields.has("request") else None,
         )
     if kind == "pair_grant":
-        fields.only("request_id", "mapping", "seed", "devices", "contacts")
+        fields.only("request_id", "mapping", "seed", "secret", "devices", "contacts")
         contacts = fields.items("contacts", max_len=MAX_CONTACTS)
+        devices = fields.items("devices", max_len=MAX_DEVICES)
         return PairGrant(
             fields.blob("request_id", size=ID_BYTES),
             fields.blob("mapping", max_len=1024) if fields.has("mapping") else None,
             fields.optional_blob("seed", size=SEED_BYTES),
-            _session_ids(fields, "devices"),
+            fields.blob("secret", size=SECRET_BYTES),
+            tuple(SiblingRecord.from_fields(Fields(d, "device")) for d in devices),
             tuple(ContactRecord.from_fields(Fields(c, "contact")) for c in contacts),
         )
     raise DecodeError(f"unknown envelope kind {kind!r}")
@@ -239,8 +328,10 @@ __all__ = [
     "Content",
     "FriendAccept",
     "FriendRequest",
+    "HistoryRecord",
     "PairGrant",
     "PairRequest",
+    "SiblingRecord",
     "SyncSent",
     "Text",
     "decode_content",

@@ -37,8 +37,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import nacl.utils
 import trio
 
+from overlay.contact import Contact as RelayContact
+from overlay.endpoint import Endpoint, open_endpoint
 from overlay.tasks import open_task_nursery
 
 from ..envelope import Envelope, open_envelope, seal_envelope
@@ -70,6 +73,9 @@ from ..swarm.constants import (
     NAMESPACE_SYNC,
     POLL_INTERVAL_S,
 )
+from ..sync.live import Item
+from ..sync.syncer import SiblingSync
+from ..wire import decode_cbor, encode_cbor
 from .access import NetworkAccess
 from .content import (
     MAX_TEXT_CHARS,
@@ -79,13 +85,16 @@ from .content import (
     Content,
     FriendAccept,
     FriendRequest,
+    HistoryRecord,
     PairGrant,
     PairRequest,
+    SiblingRecord,
     SyncSent,
     Text,
     decode_content,
     encode_content,
 )
+from .keys import overlay_public, overlay_seed, siblings_secret
 from .pairing import pairing_code
 from .store import Contact, Copy, DeviceStore, HistoryItem, OutboxEntry, Pairing
 
@@ -111,14 +120,25 @@ class Refused(P2PSyncError):
     """An inbound record that is well formed but must not be acted on."""
 
 
+class NotYet(P2PSyncError):
+    """An inbound record that a sibling's record, not here yet, may make acceptable (the
+    namespaces are read independently): it waits with the deferred records."""
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     """``receive``: ``"poll"`` (every ``poll_interval_s``) or ``"subscribe"`` (pushes).
+    ``direct_sync``: push to siblings over the overlay and fall back to a swarm sync copy
+    only for what a sibling has not acknowledged within ``grace_s`` (otherwise every sent
+    message gets its sync copies at once, as in v1.5.0).
     ``mapping_cache_s``: how long a user's device list from the file server is reused, so
     a revocation reaches senders within that time. ``retry_s`` doubles per failure up to
     ``max_retry_s`` while the outbox cannot be delivered."""
 
     receive: str = "poll"
+    direct_sync: bool = True
+    grace_s: float = 10.0
+    hops: int = 3
     poll_interval_s: float = POLL_INTERVAL_S
     mapping_cache_s: float = 60.0
     ttl_ms: int = DEFAULT_TTL_MS
@@ -194,6 +214,11 @@ class Device:
         self.name = (store.get_meta("name") or b"").decode()
         #: The device's own key: its identity in ``mapped`` mode, its overlay key in ``linked``.
         self.device_identity = Identity(device_seed)
+        #: What siblings reach this device by on the overlay (derived, not its Session id).
+        self.overlay_key = overlay_public(device_seed)
+        self._sync: SiblingSync | None = None
+        self._retrying = False
+        self._sync_scope = trio.CancelScope()
         self.rejections: deque[Rejection] = deque(maxlen=MAX_REJECTIONS)
         self._device_sets: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._changed = trio.Event()
@@ -258,20 +283,20 @@ class Device:
             if not items:
                 await changed.wait()
 
-    def _file_message(
-        self,
-        digest: bytes,
-        timestamp_ms: int,
-        conversation: str,
-        outgoing: bool,
-        sender: str,
-        device: str,
-        text: str,
-    ) -> None:
+    def _file_message(self, digest: bytes, record: HistoryRecord) -> bool:
+        """Add to history unless known; True if it was new."""
         if self.store.add_message(
-            digest, timestamp_ms, conversation, outgoing, sender, device, text
+            digest,
+            record.timestamp_ms,
+            record.conversation,
+            record.outgoing,
+            record.sender,
+            record.device,
+            record.text,
         ):
             self._notify()
+            return True
+        return False
 
     async def wait_for(self, condition: Callable[[Device], bool]) -> None:
         """Wait until ``condition(device)`` holds, checked again whenever this device files
@@ -357,7 +382,9 @@ class Device:
             digest = self._queue(Text(self.user_id, text), user)
             assert digest is not None
             now = self.clock.now_ms()
-            self._file_message(digest, now, user, True, self.user_id, self.device_id, text)
+            record = HistoryRecord(now, user, True, self.user_id, self.device_id, text)
+            self._file_message(digest, record)
+            self._share(digest, record, inbound=False)
         self._wake_outbox()
         return digest
 
@@ -401,6 +428,10 @@ class Device:
                         raise
                     logger.error("dropping a copy for %s: %s", copy.owner[:12], exc)
                 self.store.copy_stored(copy)
+        for owner, namespace, digest in self.store.deletions():
+            if owner == self.identity.session_id:  # only an owner may delete
+                await self.swarm.delete(self.identity, namespace, [digest])
+            self.store.deleted(owner, namespace, digest)
 
     async def _expand(self, entry: OutboxEntry) -> list[Copy]:
         """The copies beyond the first: the recipient's other devices (``mapped``) and
@@ -412,6 +443,8 @@ class Device:
                 if device != entry.recipient:
                     copies.append(self._seal_copy(entry.seq, device, content, entry.timestamp_ms))
         if isinstance(content, Text):
+            if self.config.direct_sync:
+                return copies  # siblings get it directly, or a sync copy after the grace
             assert entry.message_id is not None
             content = SyncSent(entry.message_id, entry.recipient, entry.timestamp_ms, content.text)
         elif entry.recipient != self.user_id:
@@ -436,7 +469,7 @@ class Device:
                 await self._retry_deferred()
             except TRANSIENT as exc:
                 logger.info("%s: outbox waits to retry: %s", self.name, exc)
-            if self.store.outbox() or self.store.deferred():
+            if self.store.outbox() or self.store.deferred() or self.store.deletions():
                 timeout, delay = delay, min(self.config.max_retry_s, delay * 2)
             else:
                 timeout, delay = math.inf, self.config.retry_s
@@ -560,16 +593,22 @@ class Device:
             await self._apply(digest, envelope, device_id_of(envelope.sender), content)
         except (DecodeError, Refused) as exc:
             self._reject(kind, str(exc))
-        except TRANSIENT as exc:
+        except (*TRANSIENT, NotYet) as exc:
             logger.info("%s: %s waits to be checked: %s", self.name, kind, exc)
             self.store.defer(digest, identity.session_id, namespace, data)
+            if not self._retrying:
+                self._wake_outbox()  # the pump retries deferred records, with back-off
 
     async def _retry_deferred(self) -> None:
         identities = {identity.session_id: identity for identity, _ in self._streams()}
-        for digest, owner, namespace, data in self.store.deferred():
-            self.store.undefer(digest)
-            if owner in identities:
-                await self._process(identities[owner], namespace, digest, data)
+        self._retrying = True
+        try:
+            for digest, owner, namespace, data in self.store.deferred():
+                self.store.undefer(digest)
+                if owner in identities:
+                    await self._process(identities[owner], namespace, digest, data)
+        finally:
+            self._retrying = False
 
     def _reject(self, kind: str, reason: str) -> None:
         logger.warning("%s: refused a %s: %s", self.name, kind, reason)
@@ -589,13 +628,19 @@ class Device:
                 await self._check_sibling(envelope, device)
                 self._file_message(
                     content.id,
-                    content.timestamp_ms,
-                    content.to,
-                    True,
-                    self.user_id,
-                    device,
-                    content.text,
+                    HistoryRecord(
+                        content.timestamp_ms, content.to, True, self.user_id, device, content.text
+                    ),
                 )
+                if self.mode == "mapped":
+                    # Only this device reads its own swarm: the copy has done its job.
+                    self.store.queue_deletions([(self.device_id, NAMESPACE_SYNC, digest)])
+                    self._wake_outbox()
+            case SiblingRecord():
+                await self._check_sibling(envelope, device)
+                if content.device != self.device_id:
+                    self.store.add_sibling(content.device, content.name, content.overlay)
+                    self._sync_scope.cancel()  # sync with the new sibling too
             case ContactRecord():
                 await self._check_sibling(envelope, device)
                 self._merge_contact(content)
@@ -608,12 +653,18 @@ class Device:
         contact = self.store.contact(text.user)
         # A pending requester's message is kept: a sibling may have accepted already (its
         # sync record can arrive after the message), and if not, it reads as a request.
+        if contact is None and self.store.siblings():
+            raise NotYet(f"a message from {text.user[:12]}…, unknown here so far")
         if contact is None or contact.state == "declined":
             raise Refused(f"a message from {text.user[:12]}…, who is not a friend")
         await self._check_device(device, text.user)
-        self._file_message(
-            digest, envelope.timestamp_ms, text.user, False, text.user, device, text.text
+        record = HistoryRecord(
+            envelope.timestamp_ms, text.user, False, text.user, device, text.text
         )
+        with self.store.transaction():
+            if self._file_message(digest, record) and self.mode == "linked":
+                # Siblings read the same swarm; sharing it directly lets it go early.
+                self._share(digest, record, inbound=True)
 
     async def _on_friend_request(self, device: str, request: FriendRequest) -> None:
         if request.user == self.user_id:
@@ -630,13 +681,15 @@ class Device:
 
     async def _on_friend_accept(self, device: str, accept: FriendAccept) -> None:
         contact = self.store.contact(accept.user)
+        if contact is None and self.store.siblings():
+            raise NotYet(f"an acceptance from {accept.user[:12]}…, unknown here so far")
         if contact is None or contact.state not in ("requested", "friend"):
             raise Refused(f"an acceptance from {accept.user[:12]}…, who was not asked")
         await self._check_device(device, accept.user)
         devices = await self._devices_of(accept.user)
-        with self.store.transaction():
-            self._set_contact(replace(contact, state="friend", devices=devices))
-        self._wake_outbox()
+        # Every sibling receives the acceptance itself: nothing to tell them.
+        self.store.put_contact(replace(contact, state="friend", devices=devices))
+        self._notify()
 
     def _merge_contact(self, record: ContactRecord) -> None:
         """A sibling's contact change. ``friend`` is final; otherwise the newer state wins."""
@@ -673,7 +726,7 @@ class Device:
             sender = Identity.generate()  # the grant (with the seed) is sealed to this key
             request, secret = None, sender.seed
         kind, body = encode_content(
-            PairRequest(self.mode, self.device_id, device_name, now, request)
+            PairRequest(self.mode, self.device_id, self.overlay_key, device_name, now, request)
         )
         data = seal_envelope(sender, session_id_key(primary), kind, body, now)
         await self.swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
@@ -716,23 +769,35 @@ class Device:
         """On the primary, after the user saw ``code`` on both screens: grant the request
         and return the new device's id."""
         pairing = self._pending_offer(code)
+        joining = decode_cbor(pairing.data)  # our own record of the request
+        assert isinstance(joining, dict)
+        device, overlay = str(joining["device"]), bytes(joining["overlay"])
         contacts = tuple(c.record for c in self.store.contacts())
+        secret = self._siblings_secret() or self._make_siblings_secret()
+        keys = self.store.sibling_overlay_keys()
+        names = self.store.siblings()
+        devices = (
+            SiblingRecord(self.device_id, self.overlay_key, self.name),
+            *(SiblingRecord(d, keys[d], names[d]) for d in keys if d != device),
+        )
         if self.mode == "mapped":
             if not self.is_primary:
                 raise PairingError("only the primary device can pair new devices")
             # The grant goes to the new device's own key, which is also its id.
-            device = recipient = pairing.peer
-            devices = await self._own_devices()
-            mapping = grant_pairing(self.identity, PairingRequest.from_bytes(pairing.data))
+            recipient = device
+            mapping = grant_pairing(self.identity, PairingRequest.from_bytes(joining["request"]))
             client = FileServerClient(await self._pool.get(self.network.fileserver_url))
             await client.put_mapping(mapping)
             self._device_sets.pop(self.user_id, None)
-            grant = PairGrant(pairing.request_id, mapping.to_bytes(), None, devices, contacts)
+            grant = PairGrant(
+                pairing.request_id, mapping.to_bytes(), None, secret, devices, contacts
+            )
         else:
-            # The grant goes to the key made for this request; the device id came inside.
-            recipient, device = pairing.peer, pairing.data.decode()
-            devices = (self.device_id, *self.store.siblings())
-            grant = PairGrant(pairing.request_id, None, self.identity.seed, devices, contacts)
+            # The grant goes to the key made for this request, not to the device's own.
+            recipient = pairing.peer
+            grant = PairGrant(
+                pairing.request_id, None, self.identity.seed, secret, devices, contacts
+            )
         kind, body = encode_content(grant)
         data = seal_envelope(
             self.identity, session_id_key(recipient), kind, body, self.clock.now_ms()
@@ -740,7 +805,11 @@ class Device:
         await self.swarm.store(recipient, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
         with self.store.transaction():
             self.store.put_pairing(replace(pairing, state="accepted"))
-            self.store.add_sibling(device, pairing.name)
+            self.store.add_sibling(device, pairing.name, overlay)
+            if keys:  # the other siblings learn of the new one
+                self._queue(SiblingRecord(device, overlay, pairing.name), self.user_id)
+        self._wake_outbox()
+        self._sync_scope.cancel()  # sync with the new sibling too
         return device
 
     async def decline_pairing(self, code: str) -> None:
@@ -764,6 +833,7 @@ class Device:
             raise Refused("an expired (or replayed) pairing request")
         if request.device in self.store.siblings():
             raise Refused("a pairing request from a device that is already paired")
+        joining = {"device": request.device, "overlay": request.overlay}
         if self.mode == "mapped":
             if request.request is None:
                 raise Refused("a mapped pairing request without the signed request")
@@ -776,9 +846,9 @@ class Device:
                 or signed.timestamp_ms != request.timestamp_ms
             ):
                 raise Refused("the signed pairing request does not match its envelope")
-            peer, data = request.device, request.request
+            peer, data = request.device, encode_cbor({**joining, "request": request.request})
         else:
-            peer, data = sender, request.device.encode()
+            peer, data = sender, encode_cbor(joining)
         self.store.put_pairing(
             Pairing(digest, True, peer, request.name, request.timestamp_ms, "pending", data)
         )
@@ -811,14 +881,16 @@ class Device:
             self.store.set_meta("user", pairing.peer.encode())
             self.store.set_meta("paired", b"1")
             self.store.put_pairing(replace(pairing, state="paired"))
-            for device in grant.devices:
-                if device != self.device_id:
-                    self.store.add_sibling(device, "")
+            self.store.set_meta("secret", grant.secret)
+            for sibling in grant.devices:
+                if sibling.device != self.device_id:
+                    self.store.add_sibling(sibling.device, sibling.name, sibling.overlay)
             for record in grant.contacts:
                 self.store.put_contact(Contact(record.user, record.state, record.devices))
         self._load_identity()
         self._paired.set()
         self._receive_scope.cancel()  # now receive as the user
+        self._sync_scope.cancel()
         self._notify()
 
     async def revoke_device(self, device: str) -> None:
@@ -854,6 +926,108 @@ class Device:
         messages, _ = await (await self._opengroup()).messages(room, since)
         return messages
 
+    # --- direct sync with siblings ------------------------------------------------------------
+
+    def _siblings_secret(self) -> bytes | None:
+        if self.mode == "linked":
+            return siblings_secret(self.identity.seed)
+        return self.store.get_meta("secret")
+
+    def _make_siblings_secret(self) -> bytes:
+        secret = nacl.utils.random(32)
+        self.store.set_meta("secret", secret)
+        return secret
+
+    def _share(self, digest: bytes, record: HistoryRecord, *, inbound: bool) -> None:
+        """Hand a filed message to live sync (inside the transaction that filed it)."""
+        if not self.config.direct_sync or not self.store.siblings():
+            return
+        now = self.clock.now_ms()
+        body = record.to_bytes()
+        self.store.add_pending(digest, now, body, inbound)
+        if self._sync is not None:
+            self._sync.publish(Item(digest, record.timestamp_ms, body), now)
+
+    async def _sync_with_siblings(self) -> None:
+        """Run live sync while online; start again when the siblings change."""
+        if not self.config.direct_sync:
+            return
+        while True:
+            with trio.CancelScope() as self._sync_scope:
+                keys = self.store.sibling_overlay_keys()
+                secret = self._siblings_secret()
+                if not keys or secret is None:
+                    await trio.sleep_forever()
+                assert secret is not None
+                try:
+                    contacts = await self.network.relay_contacts()
+                except TRANSIENT as exc:
+                    logger.info("%s: no relay list, syncing through the swarm: %s", self.name, exc)
+                    contacts = []
+                async with _maybe_endpoint(self, contacts) as endpoint:
+                    self._sync = SiblingSync(
+                        endpoint,
+                        secret,
+                        keys,
+                        self.clock,
+                        self,
+                        has=self.store.has_message,
+                        grace_ms=int(self.config.grace_s * 1000),
+                    )
+                    for digest, published_ms, body, _, _ in self.store.pending():
+                        record = HistoryRecord.from_bytes(body)
+                        self._sync.publish(Item(digest, record.timestamp_ms, body), published_ms)
+                    try:
+                        await self._sync.run()
+                    finally:
+                        self._sync = None
+
+    @property
+    def connected_siblings(self) -> set[str]:
+        """Siblings this device has an overlay session with right now."""
+        return set() if self._sync is None else self._sync.connected
+
+    def file_from_sibling(self, sibling: str, item: Item) -> None:
+        """A sibling pushed a message over the overlay."""
+        try:
+            record = HistoryRecord.from_bytes(item.body)
+        except DecodeError as exc:
+            self._reject("live MSG", f"from sibling {sibling[:12]}…: {exc}")
+            return
+        self._file_message(item.id, record)
+
+    def fall_back(self, item: Item, siblings: tuple[str, ...]) -> None:
+        """``siblings`` did not acknowledge in time: store sync copies for them."""
+        pending = {row[0]: row for row in self.store.pending()}.get(item.id)
+        if pending is None or pending[4]:
+            return  # already acknowledged, or already fallen back before a restart
+        record = HistoryRecord.from_bytes(item.body)
+        if pending[3]:
+            # An inbound message is in the account's swarm already: nothing to store.
+            self.store.fell_back(item.id, [])
+            return
+        content = SyncSent(item.id, record.conversation, record.timestamp_ms, record.text)
+        kind, body = encode_content(content)
+        owners = [self.user_id] if self.mode == "linked" else list(siblings)
+        with self.store.transaction():
+            seq = self.store.add_outbox(kind, self.user_id, body, record.timestamp_ms, item.id)
+            copies = [self._seal_copy(seq, o, content, record.timestamp_ms) for o in owners]
+            self.store.expand(seq, copies)
+            self.store.fell_back(item.id, copies)
+        self._wake_outbox()
+
+    def acknowledged(self, message_id: bytes, fell_back: bool) -> None:
+        """Every sibling holds the message: its sync copy can go, and in ``linked`` mode
+        an inbound message can leave the account's swarm early too."""
+        inbound = self.store.is_pending_inbound(message_id)
+        early = [(self.user_id, NAMESPACE_MESSAGES, message_id)] if inbound else []
+        with self.store.transaction():
+            self.store.acknowledged(message_id, early)
+        self._wake_outbox()
+
+    def reject_from_sibling(self, sibling: str, reason: str) -> None:
+        self._reject("live record", f"from sibling {sibling[:12]}…: {reason}")
+
     # --- online and offline -----------------------------------------------------------------------
 
     async def set_online(self, online: bool) -> None:
@@ -872,6 +1046,7 @@ class Device:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump_outbox)
                     nursery.start_soon(self._receive_all)
+                    nursery.start_soon(self._sync_with_siblings)
             finally:
                 self._offline.set()
 
@@ -882,6 +1057,32 @@ class Device:
                 async with trio.open_nursery() as nursery:
                     for identity, namespace in self._streams():
                         nursery.start_soon(self._receive, identity, namespace)
+
+
+@asynccontextmanager
+async def _maybe_endpoint(
+    device: Device, contacts: list[RelayContact]
+) -> AsyncIterator[Endpoint | None]:
+    """The device's overlay endpoint, or None when there are too few relays for a path
+    (then live sync still runs its clock and everything falls back to the swarm)."""
+    if len(contacts) < device.config.hops:
+        logger.info(
+            "%s: %d relays, too few for paths: syncing through the swarm",
+            device.name,
+            len(contacts),
+        )
+        yield None
+        return
+    async with open_endpoint(
+        overlay_seed(device.device_identity.seed),
+        device.network.overlay_transport,
+        contacts,
+        hops=device.config.hops,
+        clock=device.clock,
+        seed=int.from_bytes(device.overlay_key[:8], "big"),
+        local_name=device.name,
+    ) as endpoint:
+        yield endpoint
 
 
 def _check_user_id(user: str) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..database import open_database, transaction
+from ..identity import message_hash
 from ..wire import decode_cbor, encode_cbor
 from .content import ContactRecord
 
@@ -80,7 +81,31 @@ CREATE TABLE IF NOT EXISTS pairings (
     state TEXT NOT NULL,
     data BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS siblings (device TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS siblings (
+    device TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    overlay BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_pending (
+    id BLOB PRIMARY KEY,
+    published_ms INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    inbound INTEGER NOT NULL,
+    fell_back INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sync_copies (
+    id BLOB NOT NULL,
+    owner TEXT NOT NULL,
+    namespace INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (id, owner, namespace)
+);
+CREATE TABLE IF NOT EXISTS deletions (
+    owner TEXT NOT NULL,
+    namespace INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (owner, namespace, hash)
+);
 CREATE TABLE IF NOT EXISTS deferred (
     hash BLOB PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -372,10 +397,71 @@ class DeviceStore:
     def siblings(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT device, name FROM siblings ORDER BY device"))
 
-    def add_sibling(self, device: str, name: str) -> None:
+    def sibling_overlay_keys(self) -> dict[str, bytes]:
+        return dict(self._db.execute("SELECT device, overlay FROM siblings ORDER BY device"))
+
+    def add_sibling(self, device: str, name: str, overlay: bytes) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO siblings (device, name) VALUES (?, ?)", (device, name)
+            "INSERT OR REPLACE INTO siblings (device, name, overlay) VALUES (?, ?, ?)",
+            (device, name, overlay),
         )
 
     def remove_sibling(self, device: str) -> None:
         self._db.execute("DELETE FROM siblings WHERE device = ?", (device,))
+
+    # --- live sync with siblings -----------------------------------------------------------
+
+    def add_pending(self, digest: bytes, published_ms: int, body: bytes, inbound: bool) -> None:
+        """A message some sibling has yet to acknowledge (kept across restarts)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO sync_pending (id, published_ms, body, inbound)"
+            " VALUES (?, ?, ?, ?)",
+            (digest, published_ms, body, int(inbound)),
+        )
+
+    def pending(self) -> list[tuple[bytes, int, bytes, bool, bool]]:
+        """(id, published_ms, body, inbound, fell_back) of every pending message."""
+        rows = self._db.execute(
+            "SELECT id, published_ms, body, inbound, fell_back FROM sync_pending"
+            " ORDER BY published_ms, id"
+        )
+        return [(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in rows]
+
+    def is_pending_inbound(self, digest: bytes) -> bool:
+        row = self._db.execute(
+            "SELECT inbound FROM sync_pending WHERE id = ?", (digest,)
+        ).fetchone()
+        return row is not None and bool(row[0])
+
+    def fell_back(self, digest: bytes, copies: Sequence[Copy]) -> None:
+        """The message's sync copies are queued: remember them, to delete them later."""
+        self._db.execute("UPDATE sync_pending SET fell_back = 1 WHERE id = ?", (digest,))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO sync_copies (id, owner, namespace, hash) VALUES (?, ?, ?, ?)",
+            [(digest, c.owner, c.namespace, message_hash(c.data)) for c in copies],
+        )
+
+    def acknowledged(self, digest: bytes, deletable: Sequence[tuple[str, int, bytes]]) -> None:
+        """Every sibling holds the message: forget it, and queue ``deletable`` copies plus
+        its sync copies in ``owner``'s swarms for deletion (inside a transaction)."""
+        copies = self._db.execute(
+            "SELECT owner, namespace, hash FROM sync_copies WHERE id = ?", (digest,)
+        ).fetchall()
+        self.queue_deletions([*deletable, *((r[0], r[1], r[2]) for r in copies)])
+        self._db.execute("DELETE FROM sync_copies WHERE id = ?", (digest,))
+        self._db.execute("DELETE FROM sync_pending WHERE id = ?", (digest,))
+
+    def queue_deletions(self, targets: Sequence[tuple[str, int, bytes]]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO deletions (owner, namespace, hash) VALUES (?, ?, ?)", targets
+        )
+
+    def deletions(self) -> list[tuple[str, int, bytes]]:
+        rows = self._db.execute("SELECT owner, namespace, hash FROM deletions ORDER BY rowid")
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def deleted(self, owner: str, namespace: int, digest: bytes) -> None:
+        self._db.execute(
+            "DELETE FROM deletions WHERE owner = ? AND namespace = ? AND hash = ?",
+            (owner, namespace, digest),
+        )

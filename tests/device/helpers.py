@@ -11,6 +11,7 @@ import trio
 
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device import Device, open_device
+from p2psync.envelope import open_envelope
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
 from p2psync.swarm.node import NodeConfig
@@ -27,8 +28,10 @@ QUIET = NodeConfig(
 
 
 @asynccontextmanager
-async def open_world(nodes: int = 6) -> AsyncIterator[LocalNetwork]:
-    async with open_local_network(nodes, clock=Clock(TEST_EPOCH_MS), node_config=QUIET) as network:
+async def open_world(nodes: int = 6, relays: int = 0) -> AsyncIterator[LocalNetwork]:
+    async with open_local_network(
+        nodes, relays=relays, clock=Clock(TEST_EPOCH_MS), node_config=QUIET
+    ) as network:
         yield network
 
 
@@ -71,3 +74,28 @@ async def befriend(asker: Device, answerer: Device) -> None:
 
 def texts(device: Device, conversation: str) -> list[tuple[bool, str]]:
     return [(item.outgoing, item.text) for item in device.history(conversation)]
+
+
+def stored_messages(network: LocalNetwork, owner: str, namespace: int) -> int:
+    """Distinct live messages stored for ``owner`` (replicas inside a swarm count once)."""
+    now_ms = network.clock.now_ms()
+    return len(
+        {
+            row.hash
+            for node in network.running_nodes()
+            for row in node.store.records(now_ms, [owner])
+            if row.namespace == namespace and row.data is not None
+        }
+    )
+
+
+def stored_kinds(network: LocalNetwork, reader: Identity, namespace: int) -> list[str]:
+    """The kinds of the live records stored for ``reader`` in ``namespace``."""
+    now_ms = network.clock.now_ms()
+    rows = {
+        row.hash: row.data
+        for node in network.running_nodes()
+        for row in node.store.records(now_ms, [reader.session_id])
+        if row.namespace == namespace and row.data is not None
+    }
+    return sorted(open_envelope(reader, data).kind for data in rows.values() if data is not None)

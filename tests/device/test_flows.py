@@ -19,20 +19,7 @@ from p2psync.swarm.client import open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from tests.swarm.helpers import wait_until
 
-from .helpers import befriend, device, open_world, pair, texts
-
-
-def stored_messages(network: LocalNetwork, owner: str, namespace: int) -> int:
-    """Distinct live messages stored for ``owner`` (replicas inside a swarm count once)."""
-    now_ms = network.clock.now_ms()
-    return len(
-        {
-            row.hash
-            for node in network.running_nodes()
-            for row in node.store.records(now_ms, [owner])
-            if row.namespace == namespace and row.data is not None
-        }
-    )
+from .helpers import befriend, device, open_world, pair, stored_messages, texts
 
 
 async def test_linked_devices_share_one_identity(

@@ -62,7 +62,7 @@ async def test_a_forged_pairing_grant_is_refused(
         ticket = await tablet.request_pairing(phone.session_id)
         # Mallory answers first, with a genuine mapping of her own.
         forged = create_mapping(MALLORY, Identity.from_label("mallory-2"), network.clock.now_ms())
-        grant = PairGrant(ticket.request_id, forged.to_bytes(), None, (), ())
+        grant = PairGrant(ticket.request_id, forged.to_bytes(), None, bytes(32), (), ())
         await inject(swarm, MALLORY, tablet.device_id, NAMESPACE_CONTROL, grant)
         assert "not signed by the device pairing was asked of" in await refusal(tablet)
         # A grant for a request the tablet never made.
@@ -201,6 +201,7 @@ KINDS = [
     "friend_accept",
     "sync_sent",
     "sync_contact",
+    "sync_sibling",
     "pair_request",
     "pair_grant",
     "other",

@@ -1,0 +1,30 @@
+"""Keys a device derives rather than stores, each for one purpose (domain-separated by
+BLAKE2b personalisation, so no derived key can stand in for another).
+
+* The overlay key: a device is reached on the overlay by a key derived from its device
+  seed, so its overlay identity says nothing about its Session id.
+* The siblings' secret: what siblings find each other's introsets by (DESIGN.md §6). In
+  ``linked`` mode it derives from the shared account seed; in ``mapped`` mode the primary
+  makes one and hands it over in the pairing grant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from overlay.keys import KeyPair
+
+_OVERLAY = b"p2psync-overlay"
+_SIBLINGS = b"p2psync-siblings"
+
+
+def overlay_seed(device_seed: bytes) -> bytes:
+    return hashlib.blake2b(device_seed, digest_size=32, person=_OVERLAY).digest()
+
+
+def overlay_public(device_seed: bytes) -> bytes:
+    return KeyPair.from_seed(overlay_seed(device_seed)).public
+
+
+def siblings_secret(account_seed: bytes) -> bytes:
+    return hashlib.blake2b(account_seed, digest_size=32, person=_SIBLINGS).digest()

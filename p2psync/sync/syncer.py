@@ -1,0 +1,187 @@
+"""The live-sync driver: :class:`~p2psync.sync.live.LiveSync` on overlay sessions.
+
+One :class:`SiblingSync` per online device. It publishes the device's sibling-only
+introset, keeps a session to each sibling that is online (the sibling with the lower
+overlay key dials, so two devices never race to open two sessions), feeds LiveSync what
+the sessions carry and the passing of time, and carries out what LiveSync decides:
+bytes to a sibling go on that sibling's session; messages, fallbacks and acknowledgements
+go to the device (:class:`SyncHandler`).
+
+Without an endpoint (no relays to build paths through) it still runs LiveSync's clock,
+so every message falls back to the swarm after the grace period, as it must.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import trio
+
+from overlay.endpoint import Endpoint, Session
+from overlay.session import SessionError
+
+from ..clock import Clock
+from .live import (
+    DEFAULT_GRACE_MS,
+    AllAcknowledged,
+    Deliver,
+    Event,
+    FallbackDue,
+    Item,
+    LiveSync,
+    PeerError,
+    Send,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Records queued for one sibling's session; beyond that they are dropped, and LiveSync's
+#: resend brings them back, so a slow session cannot grow memory without bound.
+SESSION_QUEUE_RECORDS = 256
+REDIAL_MIN_S = 1.0
+REDIAL_MAX_S = 60.0
+
+
+class SyncHandler(Protocol):
+    def file_from_sibling(self, sibling: str, item: Item) -> None: ...
+    def fall_back(self, item: Item, siblings: tuple[str, ...]) -> None: ...
+    def acknowledged(self, message_id: bytes, fell_back: bool) -> None: ...
+    def reject_from_sibling(self, sibling: str, reason: str) -> None: ...
+
+
+class SiblingSync:
+    def __init__(
+        self,
+        endpoint: Endpoint | None,
+        secret: bytes,
+        siblings: Mapping[str, bytes],
+        clock: Clock,
+        handler: SyncHandler,
+        *,
+        has: Callable[[bytes], bool],
+        grace_ms: int = DEFAULT_GRACE_MS,
+    ) -> None:
+        """``siblings`` maps each sibling's device id to its overlay key."""
+        self.endpoint = endpoint
+        self.secret = secret
+        self.clock = clock
+        self.handler = handler
+        self.live = LiveSync(siblings, has=has, grace_ms=grace_ms)
+        self._keys = dict(siblings)
+        self._by_key = {key: sibling for sibling, key in siblings.items()}
+        self._sessions: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._kick = trio.Event()
+
+    @property
+    def connected(self) -> set[str]:
+        """Siblings with a session up right now."""
+        return set(self._sessions)
+
+    def publish(self, item: Item, published_ms: int) -> None:
+        """A message every sibling should hold (``published_ms``: when it was first
+        published, so a restart does not restart its grace period)."""
+        self._handle(self.live.publish(item, published_ms))
+
+    async def run(self) -> None:
+        """Until cancelled: publish presence, keep sessions, tick."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._tick)
+            if self.endpoint is None:
+                return
+            await self.endpoint.publish(self.secret)
+            nursery.start_soon(self._accept, nursery)
+            for sibling, key in self._keys.items():
+                if self.endpoint.public_key < key:
+                    nursery.start_soon(self._dial, sibling, key)
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    async def _dial(self, sibling: str, key: bytes) -> None:
+        assert self.endpoint is not None
+        delay = REDIAL_MIN_S
+        while True:
+            try:
+                async with self.endpoint.connect(key, shared_secret=self.secret) as session:
+                    delay = REDIAL_MIN_S
+                    await self._serve(sibling, session)
+            except SessionError as exc:
+                logger.debug("session to sibling %s: %s", sibling[:10], exc)
+            await trio.sleep(delay)
+            delay = min(REDIAL_MAX_S, delay * 2)
+
+    async def _accept(self, nursery: trio.Nursery) -> None:
+        assert self.endpoint is not None
+        async for session in self.endpoint.sessions():
+            sibling = self._by_key.get(session.peer)
+            nursery.start_soon(self._serve_accepted, sibling, session)
+
+    async def _serve_accepted(self, sibling: str | None, session: Session) -> None:
+        try:
+            if sibling is not None:
+                await self._serve(sibling, session)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await session.aclose()
+
+    async def _serve(self, sibling: str, session: Session) -> None:
+        if sibling in self._sessions:
+            return  # one session per sibling is enough
+        send, receive = trio.open_memory_channel[bytes](SESSION_QUEUE_RECORDS)
+        self._sessions[sibling] = send
+        try:
+            self._handle(self.live.connected(sibling, self.clock.now_ms()))
+            async with trio.open_nursery() as nursery:
+
+                async def write() -> None:
+                    async for data in receive:
+                        await session.send(data)
+
+                nursery.start_soon(write)
+                async for data in session:
+                    self._handle(self.live.receive(sibling, data, self.clock.now_ms()))
+                nursery.cancel_scope.cancel()
+        except SessionError as exc:
+            logger.debug("session with sibling %s ended: %s", sibling[:10], exc)
+        finally:
+            del self._sessions[sibling]
+            self._handle(self.live.disconnected(sibling, self.clock.now_ms()))
+
+    # --- time and events ------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        while True:
+            kick = self._kick
+            deadline = self.live.next_deadline_ms()
+            when = math.inf if deadline is None else self.clock.trio_time_for(deadline)
+            with trio.move_on_at(when):
+                await kick.wait()
+            if kick.is_set():
+                self._kick = trio.Event()
+            self._apply(self.live.tick(self.clock.now_ms()))
+
+    def _handle(self, events: list[Event]) -> None:
+        """Carry out ``events`` and have the ticker look at the new deadline."""
+        self._apply(events)
+        self._kick.set()
+
+    def _apply(self, events: list[Event]) -> None:
+        for event in events:
+            match event:
+                case Send(sibling=sibling, data=data):
+                    channel = self._sessions.get(sibling)
+                    if channel is not None:
+                        try:
+                            channel.send_nowait(data)
+                        except trio.WouldBlock:
+                            logger.info("session to %s is full; a record waits", sibling[:10])
+                case Deliver(sibling=sibling, item=item):
+                    self.handler.file_from_sibling(sibling, item)
+                case FallbackDue(item=item, siblings=siblings):
+                    self.handler.fall_back(item, siblings)
+                case AllAcknowledged(id=message_id, fell_back=fell_back):
+                    self.handler.acknowledged(message_id, fell_back)
+                case PeerError(sibling=sibling, reason=reason):
+                    self.handler.reject_from_sibling(sibling, reason)
