@@ -39,6 +39,17 @@ class Clock:
         assert self._offset_ms is not None
         return (epoch_ms - self._offset_ms) / 1000.0
 
+    def skip_idle(self, ms: int) -> None:
+        """Move epoch time forward by ``ms`` at once, without Trio time passing: how a
+        simulation lets a long idle stretch (weeks with nothing to do but maintenance)
+        go by without running that maintenance. Whatever runs sees it as one late wake-up,
+        as after a machine's suspend."""
+        if ms < 0:
+            raise ValueError("time only moves forward")
+        self.now_ms()
+        assert self._offset_ms is not None
+        self._offset_ms += ms
+
     async def sleep_until_ms(self, epoch_ms: int) -> None:
         """Sleep until the clock reads ``epoch_ms``: one cancellable checkpoint."""
         await trio.sleep_until(self.trio_time_for(epoch_ms))

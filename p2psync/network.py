@@ -165,7 +165,9 @@ class LocalNetwork:
         for _ in range(count):
             index = len(self.relays)
             identity = Identity.from_label(f"{self.data_dir.name}/relay/{index}")
-            relay = AnnouncedRelay(overlay, identity, self.clock)
+            relay = AnnouncedRelay(
+                overlay, identity, self.clock, refresh_s=self.node_config.registry_refresh_s
+            )
             address = f"mem:relay{index}" if overlay is self.transport else "127.0.0.1:0"
             await self._nursery.start(relay.serve, address, self.directory())
             self.relays.append(relay)

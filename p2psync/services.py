@@ -137,10 +137,18 @@ class AnnouncedRelay:
     """An overlay relay that announces its signed contact to the registry and keeps its
     list of relays it may forward to in step with the registry's."""
 
-    def __init__(self, transport: Transport, identity: Identity, clock: Clock) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        identity: Identity,
+        clock: Clock,
+        *,
+        refresh_s: float = RELAY_REFRESH_S,
+    ) -> None:
         self.transport = transport
         self.identity = identity
         self.clock = clock
+        self.refresh_s = refresh_s
         self.address = ""
         self._keys = KeyPair.from_seed(identity.seed)
         self._cores: list[RelayCore] = []
@@ -170,7 +178,7 @@ class AnnouncedRelay:
             await self.refresh()
             task_status.started(self.address)
             while True:
-                await trio.sleep(RELAY_REFRESH_S)
+                await trio.sleep(self.refresh_s)
                 await self.refresh()
 
     async def refresh(self) -> None:

@@ -73,7 +73,10 @@ class WebSocketTransport(Transport):
 
         async def accept(request: trio_websocket.WebSocketRequest) -> None:
             connection = await request.accept()
-            remote = connection.remote
+            try:
+                remote = connection.remote
+            except OSError:
+                return  # the client went away during the handshake: nothing to serve
             peer = f"{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
             await run_handler(handler, _WebSocketLink(connection, peer))
 

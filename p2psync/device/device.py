@@ -821,10 +821,13 @@ class Device:
     ) -> None:
         known = self.store.pairing(digest)
         if known is not None:
-            # Our own request, seen again in the swarm we now share (``linked``), is news
-            # to nobody; an answered one arriving again is a replay.
+            # Seen again: our own request in the swarm we now share (``linked``), or a
+            # re-delivery (a read from another node repeats the last 30 s) is news to
+            # nobody; an answered request stored again after its window is a replay.
+            now = self.clock.now_ms()
             if known.incoming and known.state != "pending":
-                raise Refused("a replayed pairing request (it was already answered)")
+                if known.timestamp_ms < now - PAIRING_WINDOW_MS:
+                    raise Refused("a replayed pairing request (it was already answered)")
             return
         if request.mode != self.mode:
             raise Refused(f"a {request.mode} pairing request to a {self.mode} device")
@@ -959,6 +962,12 @@ class Device:
                 if not keys or secret is None:
                     await trio.sleep_forever()
                 assert secret is not None
+                # A returning device first takes what the swarm still holds.
+                with trio.move_on_after(60):
+                    try:
+                        await self.sync_now()
+                    except TRANSIENT as exc:
+                        logger.info("%s: could not drain the swarm first: %s", self.name, exc)
                 try:
                     contacts = await self.network.relay_contacts()
                 except TRANSIENT as exc:
@@ -986,6 +995,41 @@ class Device:
     def connected_siblings(self) -> set[str]:
         """Siblings this device has an overlay session with right now."""
         return set() if self._sync is None else self._sync.connected
+
+    def history_index(self, since_ms: int) -> list[tuple[int, bytes]]:
+        return self.store.index(since_ms)
+
+    def history_item(self, message_id: bytes) -> Item | None:
+        found = self.store.message(message_id)
+        if found is None:
+            return None
+        record = HistoryRecord(
+            found.timestamp_ms,
+            found.conversation,
+            found.outgoing,
+            found.sender,
+            found.device,
+            found.text,
+        )
+        return Item(found.id, found.timestamp_ms, record.to_bytes())
+
+    def complete_until(self) -> int:
+        """Everything timestamped before this is known to be in this device's history."""
+        value = self.store.get_meta("complete_until")
+        return int.from_bytes(value, "big") if value else 0
+
+    def resynced(self, sibling: str, started_ms: int) -> None:
+        """A sibling's whole history is here now: move the watermark up to when the re-sync
+        began, less the grace period (what was in flight then may still arrive live)."""
+        until = max(self.complete_until(), started_ms - int(self.config.grace_s * 1000))
+        self.store.set_meta("complete_until", until.to_bytes(8, "big"))
+        logger.info("%s: history complete with %s up to %d", self.name, sibling[:10], until)
+        self._notify()
+
+    @property
+    def resynced_siblings(self) -> set[str]:
+        """Siblings whose whole history this device has fetched since it went online."""
+        return set() if self._sync is None else set(self._sync.resynced)
 
     def file_from_sibling(self, sibling: str, item: Item) -> None:
         """A sibling pushed a message over the overlay."""

@@ -242,6 +242,19 @@ class DeviceStore:
             )
         return [_item(row) for row in rows]
 
+    def index(self, since_ms: int) -> list[tuple[int, bytes]]:
+        """``(timestamp_ms, id)`` of every message from ``since_ms`` on: what reconciles."""
+        rows = self._db.execute(
+            "SELECT timestamp_ms, id FROM messages WHERE timestamp_ms >= ?", (since_ms,)
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def message(self, digest: bytes) -> HistoryItem | None:
+        row = self._db.execute(
+            f"SELECT {_HISTORY_COLUMNS} FROM messages WHERE id = ?", (digest,)
+        ).fetchone()
+        return None if row is None else _item(row)
+
     def arrivals(self, after_seq: int) -> list[HistoryItem]:
         """Messages stored after ``after_seq``, in arrival order."""
         rows = self._db.execute(

@@ -5,7 +5,11 @@ A record is a CBOR array whose first element names its type:
 * ``["MSG", id, timestamp_ms, body]`` — a message (sent or received) the sibling needs;
 * ``["ACK", [id, ...]]`` — batched acknowledgement of what was received and stored;
 * ``["OFFER", id, timestamp_ms, size]`` — a large body announced, not pushed;
-* ``["REQ", [id, ...]]`` — the sibling asks for offered bodies it lacks.
+* ``["REQ", [id, ...]]`` — the sibling asks for offered bodies it lacks;
+* ``["NEGQ", since_ms, bytes]`` / ``["NEGR", since_ms, bytes]`` — a Negentropy V1 query
+  and its reply, over the history items timestamped at or after ``since_ms``;
+* ``["WANT", [id, ...]]`` — send these history items (as ``MSG``), found missing by
+  reconciliation.
 
 Ids are the 32-byte message ids of :mod:`p2psync.identity` (BLAKE2b of the stored
 ciphertext), so a record is idempotent: applying a ``MSG`` twice stores it once.
@@ -48,7 +52,24 @@ class Req:
     ids: tuple[bytes, ...]
 
 
-Record = Msg | Ack | Offer | Req
+@dataclass(frozen=True, slots=True)
+class NegQuery:
+    since_ms: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NegReply:
+    since_ms: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    ids: tuple[bytes, ...]
+
+
+Record = Msg | Ack | Offer | Req | NegQuery | NegReply | Want
 
 
 def encode_record(record: Record) -> bytes:
@@ -61,6 +82,12 @@ def encode_record(record: Record) -> bytes:
             return encode_cbor(["OFFER", i, t, n])
         case Req(ids=ids):
             return encode_cbor(["REQ", list(ids)])
+        case NegQuery(since_ms=since, payload=payload):
+            return encode_cbor(["NEGQ", since, payload])
+        case NegReply(since_ms=since, payload=payload):
+            return encode_cbor(["NEGR", since, payload])
+        case Want(ids=ids):
+            return encode_cbor(["WANT", list(ids)])
     raise TypeError(f"not a sync record: {record!r}")
 
 
@@ -88,7 +115,7 @@ def decode_record(data: bytes) -> Record:
     if not isinstance(value, list) or not value or not isinstance(value[0], str):
         raise DecodeError("a sync record is an array starting with its type")
     kind, fields = value[0], value[1:]
-    shapes = {"MSG": 3, "ACK": 1, "OFFER": 3, "REQ": 1}
+    shapes = {"MSG": 3, "ACK": 1, "OFFER": 3, "REQ": 1, "NEGQ": 2, "NEGR": 2, "WANT": 1}
     if kind not in shapes:
         raise DecodeError(f"unknown sync record type {kind!r}")
     if len(fields) != shapes[kind]:
@@ -104,6 +131,14 @@ def decode_record(data: bytes) -> Record:
             _count(fields[1], "timestamp", 2**63 - 1),
             _count(fields[2], "size", 2**32),
         )
+    if kind in ("NEGQ", "NEGR"):
+        payload = fields[1]
+        if not isinstance(payload, bytes) or len(payload) > MAX_BODY_BYTES:
+            raise DecodeError(f"a {kind} payload is bytes of at most {MAX_BODY_BYTES}")
+        since = _count(fields[0], "since", 2**63 - 1)
+        return NegQuery(since, payload) if kind == "NEGQ" else NegReply(since, payload)
     if kind == "ACK":
         return Ack(_ids(fields[0]))
+    if kind == "WANT":
+        return Want(_ids(fields[0]))
     return Req(_ids(fields[0]))

@@ -7,6 +7,11 @@ the sessions carry and the passing of time, and carries out what LiveSync decide
 bytes to a sibling go on that sibling's session; messages, fallbacks and acknowledgements
 go to the device (:class:`SyncHandler`).
 
+When a session comes up, each side also re-syncs its history from the other
+(:mod:`p2psync.sync.resync`: Negentropy from its watermark, then over the whole range,
+fetching what it lacks), so a device that was away longer than the TTL gets back what
+the swarm no longer holds.
+
 Without an endpoint (no relays to build paths through) it still runs LiveSync's clock,
 so every message falls back to the swarm after the grace period, as it must.
 """
@@ -24,6 +29,7 @@ from overlay.endpoint import Endpoint, Session
 from overlay.session import SessionError
 
 from ..clock import Clock
+from ..errors import DecodeError
 from .live import (
     DEFAULT_GRACE_MS,
     AllAcknowledged,
@@ -35,6 +41,8 @@ from .live import (
     PeerError,
     Send,
 )
+from .records import Msg, NegQuery, NegReply, Want, decode_record, encode_record
+from .resync import Responder, Resync
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,10 @@ REDIAL_MAX_S = 60.0
 
 
 class SyncHandler(Protocol):
+    def history_index(self, since_ms: int) -> list[tuple[int, bytes]]: ...
+    def history_item(self, message_id: bytes) -> Item | None: ...
+    def complete_until(self) -> int: ...
+    def resynced(self, sibling: str, started_ms: int) -> None: ...
     def file_from_sibling(self, sibling: str, item: Item) -> None: ...
     def fall_back(self, item: Item, siblings: tuple[str, ...]) -> None: ...
     def acknowledged(self, message_id: bytes, fell_back: bool) -> None: ...
@@ -70,9 +82,12 @@ class SiblingSync:
         self.clock = clock
         self.handler = handler
         self.live = LiveSync(siblings, has=has, grace_ms=grace_ms)
+        self.has = has
         self._keys = dict(siblings)
         self._by_key = {key: sibling for sibling, key in siblings.items()}
         self._sessions: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._resyncs: dict[str, tuple[Resync, int]] = {}
+        self.resynced: set[str] = set()
         self._kick = trio.Event()
 
     @property
@@ -131,8 +146,12 @@ class SiblingSync:
             return  # one session per sibling is enough
         send, receive = trio.open_memory_channel[bytes](SESSION_QUEUE_RECORDS)
         self._sessions[sibling] = send
+        resync = Resync(self.handler.history_index, self.handler.complete_until(), self.has)
+        self._resyncs[sibling] = (resync, self.clock.now_ms())
+        responder = Responder(self.handler.history_index)
         try:
             self._handle(self.live.connected(sibling, self.clock.now_ms()))
+            self._send(sibling, resync.start())
             async with trio.open_nursery() as nursery:
 
                 async def write() -> None:
@@ -141,13 +160,46 @@ class SiblingSync:
 
                 nursery.start_soon(write)
                 async for data in session:
-                    self._handle(self.live.receive(sibling, data, self.clock.now_ms()))
+                    self._on_record(sibling, data, resync, responder)
                 nursery.cancel_scope.cancel()
         except SessionError as exc:
             logger.debug("session with sibling %s ended: %s", sibling[:10], exc)
         finally:
             del self._sessions[sibling]
+            del self._resyncs[sibling]
             self._handle(self.live.disconnected(sibling, self.clock.now_ms()))
+
+    def _on_record(self, sibling: str, data: bytes, resync: Resync, responder: Responder) -> None:
+        """Re-sync records are answered here; everything else is LiveSync's."""
+        try:
+            record = decode_record(data)
+            match record:
+                case NegQuery():
+                    self._send(sibling, responder.on_query(record))
+                case NegReply():
+                    for reply in resync.on_reply(record):
+                        self._send(sibling, reply)
+                    self._check_resynced(sibling)
+                case Want(ids=ids):
+                    for digest in ids:
+                        item = self.handler.history_item(digest)
+                        if item is not None:
+                            self._send(
+                                sibling, encode_record(Msg(item.id, item.timestamp_ms, item.body))
+                            )
+                case _:
+                    self._handle(self.live.receive(sibling, data, self.clock.now_ms()))
+        except DecodeError as exc:
+            self.handler.reject_from_sibling(sibling, str(exc))
+
+    def _send(self, sibling: str, data: bytes) -> None:
+        self._apply([Send(sibling, data)])
+
+    def _check_resynced(self, sibling: str) -> None:
+        resync, started_ms = self._resyncs[sibling]
+        if resync.complete and sibling not in self.resynced:
+            self.resynced.add(sibling)
+            self.handler.resynced(sibling, started_ms)
 
     # --- time and events ------------------------------------------------------------------
 
@@ -179,6 +231,9 @@ class SiblingSync:
                             logger.info("session to %s is full; a record waits", sibling[:10])
                 case Deliver(sibling=sibling, item=item):
                     self.handler.file_from_sibling(sibling, item)
+                    if sibling in self._resyncs:
+                        self._resyncs[sibling][0].filed(item.id)
+                        self._check_resynced(sibling)
                 case FallbackDue(item=item, siblings=siblings):
                     self.handler.fall_back(item, siblings)
                 case AllAcknowledged(id=message_id, fell_back=fell_back):

@@ -1,0 +1,105 @@
+"""History re-sync between two siblings, sans-I/O (DESIGN.md §7).
+
+A device that was away longer than the TTL cannot get what expired from the swarm; a
+sibling has it. When a session comes up, each side runs a :class:`Resync` as Negentropy
+initiator over its history: first from its ``complete_until`` watermark (cheap: only the
+recent range), then over the whole range (one round trip and a few hundred bytes when
+nothing is missing). Every id the sibling has and this side lacks is asked for with
+``WANT``; the sibling answers with ``MSG`` records from its history, which the live-sync
+path files and acknowledges. Each side only fetches what *it* lacks; the sibling's own
+:class:`Resync` fetches the rest, so nothing is pushed unasked.
+
+:class:`Responder` answers queries. Both take history as ``(timestamp_ms, id)`` pairs and
+return records as bytes; nothing here touches a session or a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from .negentropy import Negentropy, StorageVector
+from .records import MAX_IDS_PER_RECORD, NegQuery, NegReply, Want, encode_record
+
+#: Bounds every Negentropy message (well inside a session message), at the cost of rounds.
+FRAME_SIZE_LIMIT = 60_000
+
+History = Callable[[int], Iterable[tuple[int, bytes]]]
+
+
+def _vector(history: History, since_ms: int) -> StorageVector:
+    vector = StorageVector()
+    for timestamp, digest in history(since_ms):
+        vector.insert(timestamp, digest)
+    vector.seal()
+    return vector
+
+
+class Resync:
+    """The initiating side for one sibling: watermark range, then the whole range."""
+
+    def __init__(self, history: History, complete_until_ms: int, has: Callable[[bytes], bool]):
+        self._history = history
+        self._has = has
+        self._phases = [complete_until_ms, 0] if complete_until_ms > 0 else [0]
+        self._negentropy: Negentropy | None = None
+        self.wanted: set[bytes] = set()
+        self.reconciled = False
+
+    def start(self) -> bytes:
+        return self._begin(self._phases[0])
+
+    def _begin(self, since_ms: int) -> bytes:
+        self._since = since_ms
+        self._negentropy = Negentropy(_vector(self._history, since_ms), FRAME_SIZE_LIMIT)
+        return encode_record(NegQuery(since_ms, self._negentropy.initiate()))
+
+    def on_reply(self, reply: NegReply) -> list[bytes]:
+        """Records to send next: ``WANT`` for what the reply showed missing, then the next
+        query (of this phase or the next), or nothing once the whole range is done.
+        Raises :class:`~p2psync.errors.DecodeError` on a malformed reply."""
+        if self._negentropy is None or reply.since_ms != self._since:
+            return []  # not the reply to our current query
+        following, _, need = self._negentropy.process_reply(reply.payload)
+        records = self._want(need)
+        if following is not None:
+            records.append(encode_record(NegQuery(self._since, following)))
+            return records
+        self._phases.pop(0)
+        if self._phases:
+            records.append(self._begin(self._phases[0]))
+        else:
+            self._negentropy = None
+            self.reconciled = True
+        return records
+
+    def _want(self, ids: Iterable[bytes]) -> list[bytes]:
+        missing = [digest for digest in ids if not self._has(digest) and digest not in self.wanted]
+        self.wanted.update(missing)
+        return [
+            encode_record(Want(tuple(missing[i : i + MAX_IDS_PER_RECORD])))
+            for i in range(0, len(missing), MAX_IDS_PER_RECORD)
+        ]
+
+    def filed(self, digest: bytes) -> None:
+        self.wanted.discard(digest)
+
+    @property
+    def complete(self) -> bool:
+        """Reconciled over the whole range and every missing item arrived."""
+        return self.reconciled and not self.wanted
+
+
+class Responder:
+    """Answers a sibling's queries; keeps the set it sealed for the range being asked."""
+
+    def __init__(self, history: History) -> None:
+        self._history = history
+        self._since: int | None = None
+        self._vector: StorageVector | None = None
+
+    def on_query(self, query: NegQuery) -> bytes:
+        """Raises :class:`~p2psync.errors.DecodeError` on a malformed query."""
+        if self._vector is None or query.since_ms != self._since:
+            self._since, self._vector = query.since_ms, _vector(self._history, query.since_ms)
+        reply = Negentropy(self._vector, FRAME_SIZE_LIMIT).respond(query.payload)
+        return encode_record(NegReply(query.since_ms, reply))
