@@ -8,8 +8,9 @@ which keeps, say, a forged "sync copy" out of the public inbox.
 
 Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
 
-* ``text`` (ns 0): ``{"user": sid, "text": str}`` — a chat message; ``user`` is the user the
-  signing device claims to belong to, checked by the receiver.
+* ``text`` (ns 0): ``{"user": sid, "text": str, "id": bytes32?}`` — a chat message;
+  ``user`` is the user the signing device claims to belong to, checked by the receiver;
+  ``id`` (on fan-out copies) the message id all of the recipient's devices file it under.
 * ``friend_request`` (ns 0): ``{"user": sid, "devices": [sid], "text": str}``.
 * ``friend_accept`` (ns 0): ``{"user": sid, "devices": [sid]}`` — tells the requester every
   device of the accepting user (the seed document's "send the other device's key").
@@ -75,6 +76,9 @@ def _session_ids(fields: Fields, name: str) -> tuple[str, ...]:
 class Text:
     user: str
     text: str
+    #: On the copies for a user's other devices (``mapped`` fan-out): the id of the copy
+    #: sent to the primary, so every device files the message under one id.
+    id: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +237,8 @@ def encode_content(content: Content) -> tuple[str, bytes]:
     match content:
         case Text(user=user, text=text):
             body: dict[str, Any] = {"user": user, "text": text}
+            if content.id is not None:
+                body["id"] = content.id
         case FriendRequest(user=user, devices=devices, text=text):
             body = {"user": user, "devices": list(devices), "text": text}
         case FriendAccept(user=user, devices=devices):
@@ -269,8 +275,12 @@ def decode_content(kind: str, body: bytes) -> Content:
     """Strictly decode the body of an envelope of ``kind``, or raise :class:`DecodeError`."""
     fields = Fields(decode_cbor(body), kind)
     if kind == "text":
-        fields.only("user", "text")
-        return Text(_session_id(fields, "user"), fields.text("text", max_len=MAX_TEXT_CHARS))
+        fields.only("user", "text", "id")
+        return Text(
+            _session_id(fields, "user"),
+            fields.text("text", max_len=MAX_TEXT_CHARS),
+            fields.optional_blob("id", size=ID_BYTES),
+        )
     if kind == "friend_request":
         fields.only("user", "devices", "text")
         return FriendRequest(

@@ -439,9 +439,10 @@ class Device:
         copies = []
         content = decode_content(entry.kind, entry.body)
         if entry.recipient != self.user_id and self.mode == "mapped":
+            fanned = replace(content, id=entry.message_id) if isinstance(content, Text) else content
             for device in await self._devices_of(entry.recipient):
                 if device != entry.recipient:
-                    copies.append(self._seal_copy(entry.seq, device, content, entry.timestamp_ms))
+                    copies.append(self._seal_copy(entry.seq, device, fanned, entry.timestamp_ms))
         if isinstance(content, Text):
             if self.config.direct_sync:
                 return copies  # siblings get it directly, or a sync copy after the grace
@@ -661,8 +662,9 @@ class Device:
         record = HistoryRecord(
             envelope.timestamp_ms, text.user, False, text.user, device, text.text
         )
+        message_id = text.id or digest  # one id on every device of ours (``mapped``)
         with self.store.transaction():
-            if self._file_message(digest, record) and self.mode == "linked":
+            if self._file_message(message_id, record) and self.mode == "linked":
                 # Siblings read the same swarm; sharing it directly lets it go early.
                 self._share(digest, record, inbound=True)
 
@@ -825,9 +827,9 @@ class Device:
             # re-delivery (a read from another node repeats the last 30 s) is news to
             # nobody; an answered request stored again after its window is a replay.
             now = self.clock.now_ms()
-            if known.incoming and known.state != "pending":
-                if known.timestamp_ms < now - PAIRING_WINDOW_MS:
-                    raise Refused("a replayed pairing request (it was already answered)")
+            answered = known.incoming and known.state != "pending"
+            if answered and known.timestamp_ms < now - PAIRING_WINDOW_MS:
+                raise Refused("a replayed pairing request (it was already answered)")
             return
         if request.mode != self.mode:
             raise Refused(f"a {request.mode} pairing request to a {self.mode} device")

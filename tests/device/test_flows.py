@@ -109,6 +109,10 @@ async def test_mapped_devices_fan_out_and_sync(
                 (False, "how are you?"),
                 (True, "fine, thanks"),
             ]
+        # Every device files Bob's message under one id: the fan-out copies carry it.
+        assert [i.id for i in phone.history(bob.session_id)] == [
+            i.id for i in desktop.history(bob.session_id)
+        ]
         await wait_until(lambda: len(bob.history(alice)) == 2)
         [reply] = [item for item in bob.history(alice) if not item.outgoing]
         assert reply.sender == alice and reply.device == desktop.device_id
