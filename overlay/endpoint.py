@@ -142,6 +142,12 @@ class Session:
         while not self._core.all_acknowledged and not self._failed():
             await self._changed.wait()
 
+    def abort(self) -> None:
+        """Send FIN without waiting for anything: for a side that is going away."""
+        if self._core.state is not SessionState.FAILED:
+            self._core.close()
+            self._wake_driver()
+
     def _failed(self) -> bool:
         return self._core.state is SessionState.FAILED
 
@@ -575,9 +581,13 @@ class Endpoint:
         await session._wait_open()
         try:
             yield session
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await session.aclose()
+        except BaseException:
+            # Leaving by error or cancellation (the endpoint may be going down with us):
+            # say goodbye without waiting for an acknowledgement that cannot come.
+            session.abort()
+            raise
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            await session.aclose()
 
     def sessions(self) -> trio.MemoryReceiveChannel[Session]:
         """Sessions other endpoints open to this one, as they arrive (``async for``)."""

@@ -69,7 +69,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .bench.demo import run_demo
 
-    return run_demo(transport=args.transport, seed=args.seed, json_path=args.json)
+    return run_demo(transport=args.transport, seed=args.seed, mode=args.mode, json_path=args.json)
 
 
 def _cmd_network_up(args: argparse.Namespace) -> int:
@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="randomness seed (default: 1)")
     demo.add_argument(
         "--transport", choices=TRANSPORTS, default="tcp", help="loopback sockets or in-memory"
+    )
+    demo.add_argument(
+        "--mode", choices=["linked", "mapped"], default="linked", help="multi-device mode"
     )
     demo.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     demo.set_defaults(run=_cmd_demo)

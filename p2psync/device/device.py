@@ -994,6 +994,11 @@ class Device:
                         self._sync = None
 
     @property
+    def unacknowledged(self) -> int:
+        """Messages some sibling has not acknowledged yet."""
+        return len(self.store.pending())
+
+    @property
     def connected_siblings(self) -> set[str]:
         """Siblings this device has an overlay session with right now."""
         return set() if self._sync is None else self._sync.connected

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 #: resend brings them back, so a slow session cannot grow memory without bound.
 SESSION_QUEUE_RECORDS = 256
 REDIAL_MIN_S = 1.0
-REDIAL_MAX_S = 60.0
+REDIAL_MAX_S = 10.0
 
 
 class SyncHandler(Protocol):
@@ -137,9 +137,11 @@ class SiblingSync:
         try:
             if sibling is not None:
                 await self._serve(sibling, session)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await session.aclose()
+        except BaseException:
+            session.abort()  # going offline: no goodbye to wait for
+            raise
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            await session.aclose()
 
     async def _serve(self, sibling: str, session: Session) -> None:
         if sibling in self._sessions:
@@ -155,15 +157,20 @@ class SiblingSync:
             async with trio.open_nursery() as nursery:
 
                 async def write() -> None:
-                    async for data in receive:
-                        await session.send(data)
+                    try:
+                        async for data in receive:
+                            await session.send(data)
+                    except SessionError as exc:
+                        logger.debug("session to sibling %s failed: %s", sibling[:10], exc)
+                    nursery.cancel_scope.cancel()
 
                 nursery.start_soon(write)
-                async for data in session:
-                    self._on_record(sibling, data, resync, responder)
+                try:
+                    async for data in session:
+                        self._on_record(sibling, data, resync, responder)
+                except SessionError as exc:
+                    logger.debug("session with sibling %s ended: %s", sibling[:10], exc)
                 nursery.cancel_scope.cancel()
-        except SessionError as exc:
-            logger.debug("session with sibling %s ended: %s", sibling[:10], exc)
         finally:
             del self._sessions[sibling]
             del self._resyncs[sibling]
