@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nacl.bindings as sodium
 
@@ -41,7 +41,7 @@ class Intro:
 @dataclass(frozen=True)
 class RendezvousKeys:
     signing: KeyPair
-    encryption_key: bytes
+    encryption_key: bytes = field(repr=False)
 
     @property
     def location(self) -> bytes:

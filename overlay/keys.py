@@ -4,20 +4,21 @@ from it (libsodium), so one 32-byte seed is a whole identity and one public key 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nacl.bindings as sodium
 
 
 @dataclass(frozen=True)
 class KeyPair:
-    """Ed25519 signing key and its X25519 twin, derived from a 32-byte seed."""
+    """Ed25519 signing key and its X25519 twin, derived from a 32-byte seed. Its repr
+    shows the public keys only, so a log line or a traceback never carries a secret."""
 
-    seed: bytes
+    seed: bytes = field(repr=False)
     public: bytes
     x25519_public: bytes
-    _sign_secret: bytes
-    _x25519_secret: bytes
+    _sign_secret: bytes = field(repr=False)
+    _x25519_secret: bytes = field(repr=False)
 
     @classmethod
     def from_seed(cls, seed: bytes) -> KeyPair:

@@ -46,7 +46,7 @@ def layer_bytes(hop_index: int) -> int:
     return CELL_BODY_BYTES - LAYER_OVERHEAD_BYTES * (hop_index - 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class HopKeys:
     """Symmetric keys of one hop, both ends derive them from the same ECDH secret."""
 
@@ -55,6 +55,9 @@ class HopKeys:
     backward_key: bytes
     backward_prefix: bytes
     build_stream_key: bytes
+
+    def __repr__(self) -> str:
+        return "HopKeys(...)"  # all secret
 
     @classmethod
     def derive(cls, shared: bytes) -> HopKeys:
@@ -124,6 +127,8 @@ class BuildRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> BuildRecord:
+        if len(data) != BUILD_RECORD_PLAINTEXT_BYTES:
+            raise LayerError("build record has the wrong size")
         up, down, next_hop, expiry_ms, hop_index, version = _RECORD.unpack_from(data)
         if version != 1 or not 1 <= hop_index <= MAX_HOPS:
             raise LayerError("build record has a bad version or hop index")
@@ -187,6 +192,8 @@ def open_build_frame(
     ``x25519_secret_dh`` is the hop's ``KeyPair.dh``. Raises :class:`LayerError`.
     """
     assert callable(x25519_secret_dh)
+    if len(body) < BUILD_FRAMES * BUILD_FRAME_BYTES:
+        raise LayerError("build body too short")
     ephemeral = body[:32]
     try:
         shared: bytes = x25519_secret_dh(ephemeral)

@@ -7,6 +7,7 @@ request's checks and writes one consistent view without locks.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,12 @@ def open_database(
     path: str | Path, schema: str, *, synchronous: str = "NORMAL"
 ) -> sqlite3.Connection:
     """Open (creating if needed) ``path`` with ``schema``. ``synchronous="NORMAL"`` keeps
-    every commit across a process crash; ``"FULL"`` across a power loss too."""
+    every commit across a process crash; ``"FULL"`` across a power loss too.
+
+    A new file is readable by its owner only (a device's file holds its seeds); SQLite
+    gives the ``-wal`` and ``-shm`` files the same mode."""
+    if str(path) != ":memory:" and not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")

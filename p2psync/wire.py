@@ -10,7 +10,7 @@ reader (:class:`Fields`) into a frozen dataclass. Anything else raises :class:`D
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -28,6 +28,26 @@ INT64_MIN = -(2**63)
 
 def _refuse_tag(decoder: object, tag: Any) -> NoReturn:
     raise DecodeError(f"CBOR tag {tag.tag} is not allowed")
+
+
+class _RefuseEveryTag(Mapping[int, Callable[[Any, bool], NoReturn]]):
+    """cbor2 decodes the tags it knows (bignums, dates, sets, self-describe...) without
+    asking ``tag_hook``; as its ``semantic_decoders`` this sends every tag to a refusal."""
+
+    def __getitem__(self, tag: int) -> Callable[[Any, bool], NoReturn]:
+        def refuse(value: Any, immutable: bool) -> NoReturn:
+            raise DecodeError(f"CBOR tag {tag} is not allowed")
+
+        return refuse
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_NO_TAGS = _RefuseEveryTag()
 
 
 def _check_types(value: object, depth: int = 0) -> None:
@@ -65,12 +85,18 @@ def decode_cbor(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> object:
         value = cbor2.CBORDecoder(
             stream,
             tag_hook=_refuse_tag,
+            semantic_decoders=_NO_TAGS,
             allow_duplicate_keys=False,
+            # Map keys other than strings are refused while decoding, before they are
+            # hashed: tuple keys with colliding hashes cost seconds of CPU per frame.
+            strict_hashable_types=True,
             max_depth=MAX_DEPTH + 4,
         ).decode()
     except DecodeError:
         raise
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        if isinstance(exc.__cause__, DecodeError):
+            raise exc.__cause__ from None
         raise DecodeError(f"malformed CBOR: {exc}") from None
     if stream.tell() != len(data):
         raise DecodeError(f"{len(data) - stream.tell()} bytes of trailing data")

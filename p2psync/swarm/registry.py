@@ -105,6 +105,28 @@ def sign_announcement(
     return {"record": record, "signature": identity.sign(_announcement_text(record))}
 
 
+def check_announcement(params: Fields, now_ms: int) -> dict[str, Any]:
+    """The record of a signed announcement (``announce`` params), checked in full:
+    :class:`DecodeError` for a malformed one, ``clock_skew`` for a stale one and
+    ``unauthorized`` unless its own key signed exactly this record."""
+    params.only("record", "signature")
+    record = params.map("record").only("kind", "pubkey", "url", "timestamp", "contact")
+    kind = record.text("kind", max_len=8)
+    if kind not in KINDS:
+        raise DecodeError(f"record.kind must be one of {KINDS}")
+    pubkey = _hex_key(record.text("pubkey", max_len=64))
+    url = record.text("url")
+    timestamp = record.uint("timestamp")
+    contact = record.blob("contact", max_len=4096)
+    if abs(timestamp - now_ms) > CLOCK_SKEW_MS:
+        raise RpcError("clock_skew", "announcement timestamp is too far from the registry's")
+    raw = {"kind": kind, "pubkey": pubkey, "url": url, "timestamp": timestamp, "contact": contact}
+    signature = params.blob("signature", size=64)
+    if not verify(bytes.fromhex(pubkey), _announcement_text(raw), signature):
+        raise RpcError("unauthorized", "announcement signature does not verify")
+    return raw
+
+
 class Directory(Protocol):
     """Where a node or client learns the network."""
 
@@ -207,29 +229,9 @@ class RegistryServer:
         )
 
     async def _announce(self, params: Fields, conn: Connection) -> Any:
-        params.only("record", "signature")
-        record = params.map("record").only("kind", "pubkey", "url", "timestamp", "contact")
-        kind = record.text("kind", max_len=8)
-        if kind not in KINDS:
-            raise DecodeError(f"record.kind must be one of {KINDS}")
-        pubkey = _hex_key(record.text("pubkey", max_len=64))
-        url = record.text("url")
-        timestamp = record.uint("timestamp")
-        contact = record.blob("contact", max_len=4096)
         now = self.clock.now_ms()
-        if abs(timestamp - now) > CLOCK_SKEW_MS:
-            raise RpcError("clock_skew", "announcement timestamp is too far from the registry's")
-        raw = {
-            "kind": kind,
-            "pubkey": pubkey,
-            "url": url,
-            "timestamp": timestamp,
-            "contact": contact,
-        }
-        if not verify(
-            bytes.fromhex(pubkey), _announcement_text(raw), params.blob("signature", size=64)
-        ):
-            raise RpcError("unauthorized", "announcement signature does not verify")
+        raw = check_announcement(params, now)
+        kind, pubkey, timestamp = raw["kind"], raw["pubkey"], raw["timestamp"]
         previous = self._entries.get((kind, pubkey))
         if previous is not None and previous[1]["timestamp"] > timestamp:
             raise RpcError("unauthorized", "announcement is older than the one listed")

@@ -1,0 +1,35 @@
+"""Secrets stay where they belong: out of reprs (so out of logs and tracebacks) and out of
+reach of other local users."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from overlay.introset import rendezvous_keys
+from overlay.keys import KeyPair
+from overlay.onion import HopKeys
+from p2psync.database import open_database
+from p2psync.identity import Identity
+
+SEED = bytes(range(32))
+
+
+def test_key_reprs_show_no_secret() -> None:
+    keys = KeyPair.from_seed(SEED)
+    hop = HopKeys.derive(SEED)
+    rendezvous = rendezvous_keys(SEED, keys.public, 0)
+    text = repr((keys, hop, rendezvous, Identity(SEED)))
+    secrets = [SEED, keys._sign_secret, keys._x25519_secret, rendezvous.encryption_key]
+    secrets += [hop.forward_key, hop.backward_key, hop.build_stream_key]
+    for secret in secrets:
+        assert repr(secret) not in text and secret.hex() not in text
+
+
+def test_new_databases_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "device.sqlite3"
+    db = open_database(path, "CREATE TABLE t (x INTEGER);")
+    db.execute("INSERT INTO t VALUES (1)")
+    for file in tmp_path.iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) & 0o077 == 0, file
+    db.close()
