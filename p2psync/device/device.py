@@ -762,6 +762,13 @@ class Device:
         ]
         if not matches:
             raise PairingError(f"no pairing request is waiting with code {code}")
+        if len(matches) > 1:
+            # Someone ground out a request showing the same code: never guess which.
+            for match in matches:
+                self.store.put_pairing(replace(match, state="declined"))
+            raise PairingError(
+                f"{len(matches)} pairing requests show code {code}: all refused, pair again"
+            )
         pairing = matches[0]
         if pairing.timestamp_ms < self.clock.now_ms() - PAIRING_WINDOW_MS:
             raise PairingError("that pairing request expired: start pairing again")

@@ -20,7 +20,7 @@ from p2psync.device.content import (
     decode_content,
     encode_content,
 )
-from p2psync.device.device import Device
+from p2psync.device.device import Device, PairingError
 from p2psync.envelope import seal_envelope
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver import open_fileserver_client
@@ -229,3 +229,25 @@ def test_content_decoding_refuses_garbage_with_decode_error(
             continue
         # Whatever decodes re-encodes to the same kind.
         assert encode_content(decoded)[0] == kind
+
+
+async def test_two_requests_showing_one_code_are_both_refused(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An attacker who saw the request can grind out one of its own with the same six
+    # digits; the primary must not pick one of the two.
+    monkeypatch.setattr("p2psync.device.device.pairing_code", lambda request_id: "123 456")
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        device(network, tmp_path, "tablet", "linked") as tablet,
+        device(network, tmp_path, "mallory", "linked") as mallory,
+    ):
+        ticket = await tablet.request_pairing(phone.session_id)
+        await mallory.request_pairing(phone.session_id)
+        await wait_until(lambda: len(phone.pairing_requests()) == 2)
+        with pytest.raises(PairingError, match="2 pairing requests show code 123 456"):
+            await phone.accept_pairing(ticket.code)
+        assert phone.pairing_requests() == []
+        await trio.sleep(60)
+        assert not tablet.paired and not mallory.paired
