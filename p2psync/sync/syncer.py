@@ -2,7 +2,9 @@
 
 One :class:`SiblingSync` per online device. It publishes the device's sibling-only
 introset, keeps a session to each sibling that is online (the sibling with the lower
-overlay key dials, so two devices never race to open two sessions), feeds LiveSync what
+overlay key keeps dialing; the other dials once when it starts, and a session a sibling
+opens replaces the one we had, which is how a stale session to a sibling that went away
+and came back is dropped at once), feeds LiveSync what
 the sessions carry and the passing of time, and carries out what LiveSync decides:
 bytes to a sibling go on that sibling's session; messages, fallbacks and acknowledgements
 go to the device (:class:`SyncHandler`).
@@ -87,6 +89,7 @@ class SiblingSync:
         self._by_key = {key: sibling for sibling, key in siblings.items()}
         self._sessions: dict[str, trio.MemorySendChannel[bytes]] = {}
         self._resyncs: dict[str, tuple[Resync, int]] = {}
+        self._serving: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self.resynced: set[str] = set()
         self._kick = trio.Event()
 
@@ -111,13 +114,26 @@ class SiblingSync:
             for sibling, key in self._keys.items():
                 if self.endpoint.public_key < key:
                     nursery.start_soon(self._dial, sibling, key)
+                else:
+                    nursery.start_soon(self._hello, sibling, key)
 
     # --- sessions ---------------------------------------------------------------------------
+
+    async def _hello(self, sibling: str, key: bytes) -> None:
+        """One dial on start: the sibling may hold a stale session to our last run."""
+        assert self.endpoint is not None
+        try:
+            async with self.endpoint.connect(key, shared_secret=self.secret) as session:
+                await self._serve(sibling, session)
+        except SessionError as exc:
+            logger.debug("hello to sibling %s: %s", sibling[:10], exc)
 
     async def _dial(self, sibling: str, key: bytes) -> None:
         assert self.endpoint is not None
         delay = REDIAL_MIN_S
         while True:
+            while sibling in self._serving:  # the sibling dialed us: nothing to do
+                await self._serving[sibling][1].wait()
             try:
                 async with self.endpoint.connect(key, shared_secret=self.secret) as session:
                     delay = REDIAL_MIN_S
@@ -136,16 +152,32 @@ class SiblingSync:
     async def _serve_accepted(self, sibling: str | None, session: Session) -> None:
         try:
             if sibling is not None:
-                await self._serve(sibling, session)
+                await self._serve(sibling, session, replace=True)
         except BaseException:
             session.abort()  # going offline: no goodbye to wait for
             raise
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             await session.aclose()
 
-    async def _serve(self, sibling: str, session: Session) -> None:
-        if sibling in self._sessions:
-            return  # one session per sibling is enough
+    async def _serve(self, sibling: str, session: Session, *, replace: bool = False) -> None:
+        """Carry ``sibling``'s records over ``session`` until it ends. One session per
+        sibling: a new one the sibling opened (``replace``) ends ours, else it is dropped."""
+        current = self._serving.get(sibling)
+        if current is not None:
+            if not replace:
+                return
+            current[0].cancel()
+            await current[1].wait()
+        ended = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                self._serving[sibling] = (scope, ended)
+                await self._carry(sibling, session)
+        finally:
+            del self._serving[sibling]
+            ended.set()
+
+    async def _carry(self, sibling: str, session: Session) -> None:
         send, receive = trio.open_memory_channel[bytes](SESSION_QUEUE_RECORDS)
         self._sessions[sibling] = send
         resync = Resync(self.handler.history_index, self.handler.complete_until(), self.has)
