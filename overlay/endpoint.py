@@ -81,6 +81,7 @@ class Session:
         self._core = core
         self._changed = trio.Event()
         self._kick = trio.Event()
+        self._aborted = False
 
     @property
     def peer(self) -> bytes:
@@ -135,7 +136,7 @@ class Session:
     async def aclose(self) -> None:
         """Send FIN and wait until everything sent was acknowledged (or the session failed).
         Wrap in a cancel scope to bound the wait."""
-        if self._core.state is SessionState.FAILED:
+        if self._core.state is SessionState.FAILED or self._aborted:
             return
         self._core.close()
         self._wake_driver()
@@ -143,7 +144,9 @@ class Session:
             await self._changed.wait()
 
     def abort(self) -> None:
-        """Send FIN without waiting for anything: for a side that is going away."""
+        """Send FIN without waiting for anything (a later :meth:`aclose` returns at once):
+        for a side that is going away, or that has given up on its peer."""
+        self._aborted = True
         if self._core.state is not SessionState.FAILED:
             self._core.close()
             self._wake_driver()

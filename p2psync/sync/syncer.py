@@ -173,6 +173,8 @@ class SiblingSync:
             with trio.CancelScope() as scope:
                 self._serving[sibling] = (scope, ended)
                 await self._carry(sibling, session)
+            if scope.cancelled_caught:
+                session.abort()  # replaced: the sibling has moved on to its new session
         finally:
             del self._serving[sibling]
             ended.set()
