@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 SESSION_QUEUE_RECORDS = 256
 REDIAL_MIN_S = 1.0
 REDIAL_MAX_S = 10.0
+#: How long the non-dialing side gives the dialing one before saying hello itself.
+HELLO_DELAY_S = 2.0
 
 
 class SyncHandler(Protocol):
@@ -120,8 +122,12 @@ class SiblingSync:
     # --- sessions ---------------------------------------------------------------------------
 
     async def _hello(self, sibling: str, key: bytes) -> None:
-        """One dial on start: the sibling may hold a stale session to our last run."""
+        """One dial on start, unless the sibling dialed us first: it may be holding a
+        stale session to our last run, which it would otherwise notice only much later."""
         assert self.endpoint is not None
+        await trio.sleep(HELLO_DELAY_S)
+        if sibling in self._serving:
+            return
         try:
             async with self.endpoint.connect(key, shared_secret=self.secret) as session:
                 await self._serve(sibling, session)
