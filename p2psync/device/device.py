@@ -1017,15 +1017,7 @@ class Device:
         found = self.store.message(message_id)
         if found is None:
             return None
-        record = HistoryRecord(
-            found.timestamp_ms,
-            found.conversation,
-            found.outgoing,
-            found.sender,
-            found.device,
-            found.text,
-        )
-        return Item(found.id, found.timestamp_ms, record.to_bytes())
+        return Item(found.id, found.timestamp_ms, found.record.to_bytes())
 
     def complete_until(self) -> int:
         """Everything timestamped before this is known to be in this device's history."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..database import open_database, transaction
 from ..identity import message_hash
 from ..wire import decode_cbor, encode_cbor
-from .content import ContactRecord
+from .content import ContactRecord, HistoryRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -127,6 +127,13 @@ class HistoryItem:
     sender: str
     device: str
     text: str
+
+    @property
+    def record(self) -> HistoryRecord:
+        """The item as siblings exchange it (its id travels beside it)."""
+        return HistoryRecord(
+            self.timestamp_ms, self.conversation, self.outgoing, self.sender, self.device, self.text
+        )
 
 
 @dataclass(frozen=True, slots=True)
