@@ -151,6 +151,14 @@ class Session:
             self._core.close()
             self._wake_driver()
 
+    async def leave(self) -> None:
+        """Send FIN and return once it is on its way, without waiting for an acknowledgement:
+        for a side going away on purpose, so that its peer learns at once instead of when
+        the session times out. Bound the wait with a cancel scope (no path, no FIN)."""
+        self.abort()
+        while not (self._core.fin_sent or self._failed()):
+            await self._changed.wait()
+
     def _failed(self) -> bool:
         return self._core.state is SessionState.FAILED
 

@@ -238,6 +238,11 @@ class SessionCore:
             self._ack_due = True
 
     @property
+    def fin_sent(self) -> bool:
+        """Our FIN has been handed out at least once (it is last in line when queued)."""
+        return self._fin_queued and not self._unsent
+
+    @property
     def all_acknowledged(self) -> bool:
         return not self._unsent and not self._inflight
 

@@ -96,7 +96,7 @@ from .content import (
 )
 from .keys import overlay_public, overlay_seed, siblings_secret
 from .pairing import pairing_code
-from .store import Contact, Copy, DeviceStore, HistoryItem, OutboxEntry, Pairing
+from .store import Contact, Copy, DeviceStore, HistoryItem, OutboxEntry, Pairing, Pending
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,9 @@ TRANSIENT = (RpcError, OSError, ConnectionLost, DecodeError, trio.TooSlowError)
 #: Refusals that no retry can change: the copy is dropped (and logged).
 PERMANENT_CODES = ("bad_request", "too_large", "bad_ttl", "unauthorized")
 MAX_REJECTIONS = 1000
+#: A sibling standing in for a message's origin stores the sync copy after this many
+#: grace periods, if the origin has gone away without storing it.
+TAKEOVER_GRACES = 3
 
 
 class DeviceError(P2PSyncError):
@@ -637,6 +640,8 @@ class Device:
                     # Only this device reads its own swarm: the copy has done its job.
                     self.store.queue_deletions([(self.device_id, NAMESPACE_SYNC, digest)])
                     self._wake_outbox()
+                else:
+                    self._covered(content.id)
             case SiblingRecord():
                 await self._check_sibling(envelope, device)
                 if content.device != self.device_id:
@@ -844,6 +849,8 @@ class Device:
         if not now - PAIRING_WINDOW_MS <= request.timestamp_ms <= now + CLOCK_SKEW_MS:
             raise Refused("an expired (or replayed) pairing request")
         if request.device in self.store.siblings():
+            if self.mode == "linked":
+                return  # a sibling's own request, still in the swarm the account shares
             raise Refused("a pairing request from a device that is already paired")
         joining = {"device": request.device, "overlay": request.overlay}
         if self.mode == "mapped":
@@ -992,9 +999,8 @@ class Device:
                         has=self.store.has_message,
                         grace_ms=int(self.config.grace_s * 1000),
                     )
-                    for digest, published_ms, body, _, _ in self.store.pending():
-                        record = HistoryRecord.from_bytes(body)
-                        self._sync.publish(Item(digest, record.timestamp_ms, body), published_ms)
+                    for pending in self.store.pending():
+                        self._publish_pending(pending)
                     try:
                         await self._sync.run()
                     finally:
@@ -1037,6 +1043,21 @@ class Device:
         """Siblings whose whole history this device has fetched since it went online."""
         return set() if self._sync is None else set(self._sync.resynced)
 
+    @property
+    def _takeover_ms(self) -> int:
+        return int(TAKEOVER_GRACES * self.config.grace_s * 1000)
+
+    def _publish_pending(self, pending: Pending) -> None:
+        assert self._sync is not None
+        record = HistoryRecord.from_bytes(pending.body)
+        relayed = pending.relayed_from is not None
+        self._sync.publish(
+            Item(pending.id, record.timestamp_ms, pending.body),
+            pending.published_ms,
+            grace_ms=self._takeover_ms if relayed else None,
+            holders=(pending.relayed_from,) if pending.relayed_from is not None else (),
+        )
+
     def file_from_sibling(self, sibling: str, item: Item) -> None:
         """A sibling pushed a message over the overlay."""
         try:
@@ -1044,16 +1065,41 @@ class Device:
         except DecodeError as exc:
             self._reject("live MSG", f"from sibling {sibling[:12]}…: {exc}")
             return
-        self._file_message(item.id, record)
+        with self.store.transaction():
+            if self._file_message(item.id, record) and record.outgoing:
+                self._stand_in(sibling, item, record)
+
+    def _stand_in(self, origin: str, item: Item, record: HistoryRecord) -> None:
+        """A message ``origin`` just sent: if ``origin`` goes away before storing the sync
+        copy that our other siblings need, store it in its place. Waiting longer than the
+        origin's grace period leaves the copy to the origin while it is there."""
+        now = self.clock.now_ms()
+        others = set(self.store.siblings()) - {origin}
+        if not others or now - record.timestamp_ms > self._takeover_ms or self._sync is None:
+            return  # nobody else to serve, or history being re-synced rather than news
+        self.store.add_pending(item.id, now, item.body, False, relayed_from=origin)
+        for pending in self.store.pending(item.id):
+            self._publish_pending(pending)
+
+    def _covered(self, digest: bytes) -> None:
+        """A sync copy of ``digest`` is in the account's swarm: whoever stored it, the
+        siblings that lack the message will read it there, so store none here."""
+        for pending in self.store.pending(digest):
+            if not pending.fell_back:
+                self.store.fell_back(digest, [])
+                if self._sync is not None:
+                    self._sync.covered(digest)
 
     def fall_back(self, item: Item, siblings: tuple[str, ...]) -> None:
         """``siblings`` did not acknowledge in time: store sync copies for them."""
-        pending = {row[0]: row for row in self.store.pending()}.get(item.id)
-        if pending is None or pending[4]:
+        found = self.store.pending(item.id)
+        if not found or found[0].fell_back:
             return  # already acknowledged, or already fallen back before a restart
+        pending = found[0]
         record = HistoryRecord.from_bytes(item.body)
-        if pending[3]:
-            # An inbound message is in the account's swarm already: nothing to store.
+        if pending.inbound or pending.relayed_from in self.connected_siblings:
+            # An inbound message is in the account's swarm already, and a sibling that
+            # sent a message and is still here stores its sync copy itself.
             self.store.fell_back(item.id, [])
             return
         content = SyncSent(item.id, record.conversation, record.timestamp_ms, record.text)
@@ -1069,7 +1115,7 @@ class Device:
     def acknowledged(self, message_id: bytes, fell_back: bool) -> None:
         """Every sibling holds the message: its sync copy can go, and in ``linked`` mode
         an inbound message can leave the account's swarm early too."""
-        inbound = self.store.is_pending_inbound(message_id)
+        inbound = any(pending.inbound for pending in self.store.pending(message_id))
         early = [(self.user_id, NAMESPACE_MESSAGES, message_id)] if inbound else []
         with self.store.transaction():
             self.store.acknowledged(message_id, early)
@@ -1085,6 +1131,8 @@ class Device:
         if online and not self.online:
             self._online_scope = await self._nursery.start(self._run_online)
         elif not online and self._online_scope is not None:
+            if self._sync is not None:
+                await self._sync.leave()
             self._online_scope.cancel()
             await self._offline.wait()
 
@@ -1187,6 +1235,7 @@ async def open_device(
             if online:
                 await device.set_online(True)
             yield device
+            await device.set_online(False)  # siblings hear goodbye
             nursery.cancel_scope.cancel()
     finally:
         store.close()

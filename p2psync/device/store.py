@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS sync_pending (
     published_ms INTEGER NOT NULL,
     body BLOB NOT NULL,
     inbound INTEGER NOT NULL,
-    fell_back INTEGER NOT NULL DEFAULT 0
+    fell_back INTEGER NOT NULL DEFAULT 0,
+    relayed_from TEXT
 );
 CREATE TABLE IF NOT EXISTS sync_copies (
     id BLOB NOT NULL,
@@ -167,6 +168,20 @@ class Copy:
     owner: str
     namespace: int
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A message some sibling has yet to acknowledge."""
+
+    id: bytes
+    published_ms: int
+    body: bytes
+    inbound: bool
+    fell_back: bool
+    #: The sibling that sent it and pushed it here, when this device only stands in for
+    #: that sibling's sync copy; None for what this device sent or received itself.
+    relayed_from: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,27 +446,31 @@ class DeviceStore:
 
     # --- live sync with siblings -----------------------------------------------------------
 
-    def add_pending(self, digest: bytes, published_ms: int, body: bytes, inbound: bool) -> None:
+    def add_pending(
+        self,
+        digest: bytes,
+        published_ms: int,
+        body: bytes,
+        inbound: bool,
+        relayed_from: str | None = None,
+    ) -> None:
         """A message some sibling has yet to acknowledge (kept across restarts)."""
         self._db.execute(
-            "INSERT OR IGNORE INTO sync_pending (id, published_ms, body, inbound)"
-            " VALUES (?, ?, ?, ?)",
-            (digest, published_ms, body, int(inbound)),
+            "INSERT OR IGNORE INTO sync_pending (id, published_ms, body, inbound, relayed_from)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (digest, published_ms, body, int(inbound), relayed_from),
         )
 
-    def pending(self) -> list[tuple[bytes, int, bytes, bool, bool]]:
-        """(id, published_ms, body, inbound, fell_back) of every pending message."""
+    def pending(self, digest: bytes | None = None) -> list[Pending]:
+        """Every pending message, oldest first (or only ``digest``, if pending)."""
+        where, args = ("WHERE id = ?", (digest,)) if digest is not None else ("", ())
         rows = self._db.execute(
-            "SELECT id, published_ms, body, inbound, fell_back FROM sync_pending"
-            " ORDER BY published_ms, id"
+            "SELECT id, published_ms, body, inbound, fell_back, relayed_from FROM sync_pending "
+            + where
+            + " ORDER BY published_ms, id",
+            args,
         )
-        return [(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in rows]
-
-    def is_pending_inbound(self, digest: bytes) -> bool:
-        row = self._db.execute(
-            "SELECT inbound FROM sync_pending WHERE id = ?", (digest,)
-        ).fetchone()
-        return row is not None and bool(row[0])
+        return [Pending(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in rows]
 
     def fell_back(self, digest: bytes, copies: Sequence[Copy]) -> None:
         """The message's sync copies are queued: remember them, to delete them later."""

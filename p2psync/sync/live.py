@@ -12,7 +12,8 @@ Guarantees, for each published message and each sibling:
 * it is pushed while the sibling is reachable and resent (on reconnection, and every
   ``resend_ms`` while unacknowledged) until the sibling acknowledges it;
 * if some sibling has not acknowledged it ``grace_ms`` after publication, exactly one
-  :class:`FallbackDue` is emitted (the driver stores one sync copy in namespace 1);
+  :class:`FallbackDue` is emitted (the driver stores one sync copy in namespace 1),
+  unless the driver said another device stored it (:meth:`LiveSync.covered`);
 * once every sibling has acknowledged it, exactly one :class:`AllAcknowledged` is emitted
   (the driver deletes the sync copy, if any, and may delete the inbound copy early).
 
@@ -94,6 +95,7 @@ class _Outgoing:
     item: Item
     published_ms: int
     waiting: set[str]
+    grace_ms: int
     last_sent_ms: dict[str, int] = field(default_factory=dict)
     fell_back: bool = False
 
@@ -138,19 +140,38 @@ class LiveSync:
             self._acknowledged(sibling, message_id, events)
         return events
 
-    def publish(self, item: Item, now_ms: int) -> list[Event]:
-        """A message this device sent or received that every sibling should hold."""
+    def publish(
+        self,
+        item: Item,
+        now_ms: int,
+        *,
+        grace_ms: int | None = None,
+        holders: Iterable[str] = (),
+    ) -> list[Event]:
+        """A message this device sent or received that every sibling should hold, except
+        ``holders``, known to hold it already. ``grace_ms`` overrides the grace period for
+        this one message: a sibling standing in for the message's origin waits longer, so
+        that the origin stores the sync copy if it is still there."""
         if item.id in self._outgoing:
             return []
-        if not self._siblings:
+        waiting = set(self._siblings).difference(holders)
+        if not waiting:
             return [AllAcknowledged(item.id, fell_back=False)]
-        outgoing = _Outgoing(item, now_ms, set(self._siblings))
+        grace = self.grace_ms if grace_ms is None else grace_ms
+        outgoing = _Outgoing(item, now_ms, waiting, grace)
         self._outgoing[item.id] = outgoing
         events: list[Event] = []
         for name, sibling in self._siblings.items():
             if sibling.reachable:
                 events.append(self._push(name, outgoing, now_ms))
         return events
+
+    def covered(self, message_id: bytes) -> None:
+        """Another device stored the sync copy of this message: store none here (it is
+        still pushed until every sibling acknowledges it)."""
+        outgoing = self._outgoing.get(message_id)
+        if outgoing is not None:
+            outgoing.fell_back = True
 
     def connected(self, sibling: str, now_ms: int) -> list[Event]:
         """A session to ``sibling`` is up: push everything it has not acknowledged."""
@@ -217,7 +238,7 @@ class LiveSync:
                 last = outgoing.last_sent_ms.get(name)
                 if state.reachable and (last is None or now_ms - last >= self.resend_ms):
                     events.append(self._push(name, outgoing, now_ms))
-            if not outgoing.fell_back and now_ms - outgoing.published_ms >= self.grace_ms:
+            if not outgoing.fell_back and now_ms - outgoing.published_ms >= outgoing.grace_ms:
                 outgoing.fell_back = True
                 events.append(FallbackDue(outgoing.item, tuple(sorted(outgoing.waiting))))
         return events
@@ -230,7 +251,7 @@ class LiveSync:
                 deadlines.append(state.ack_due_ms)
         for outgoing in self._outgoing.values():
             if not outgoing.fell_back:
-                deadlines.append(outgoing.published_ms + self.grace_ms)
+                deadlines.append(outgoing.published_ms + outgoing.grace_ms)
             for name in outgoing.waiting:
                 if self._siblings[name].reachable:
                     last = outgoing.last_sent_ms.get(name)

@@ -55,6 +55,8 @@ REDIAL_MIN_S = 1.0
 REDIAL_MAX_S = 10.0
 #: How long the non-dialing side gives the dialing one before saying hello itself.
 HELLO_DELAY_S = 2.0
+#: How long a device going offline spends telling its siblings.
+GOODBYE_S = 1.0
 
 
 class SyncHandler(Protocol):
@@ -91,7 +93,7 @@ class SiblingSync:
         self._by_key = {key: sibling for sibling, key in siblings.items()}
         self._sessions: dict[str, trio.MemorySendChannel[bytes]] = {}
         self._resyncs: dict[str, tuple[Resync, int]] = {}
-        self._serving: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
+        self._serving: dict[str, tuple[trio.CancelScope, trio.Event, Session]] = {}
         self.resynced: set[str] = set()
         self._kick = trio.Event()
 
@@ -100,10 +102,22 @@ class SiblingSync:
         """Siblings with a session up right now."""
         return set(self._sessions)
 
-    def publish(self, item: Item, published_ms: int) -> None:
-        """A message every sibling should hold (``published_ms``: when it was first
-        published, so a restart does not restart its grace period)."""
-        self._handle(self.live.publish(item, published_ms))
+    def publish(
+        self,
+        item: Item,
+        published_ms: int,
+        *,
+        grace_ms: int | None = None,
+        holders: tuple[str, ...] = (),
+    ) -> None:
+        """A message every sibling but ``holders`` should hold (``published_ms``: when it
+        was first published, so a restart does not restart its grace period; ``grace_ms``:
+        see :meth:`LiveSync.publish`)."""
+        self._handle(self.live.publish(item, published_ms, grace_ms=grace_ms, holders=holders))
+
+    def covered(self, message_id: bytes) -> None:
+        """Another device stored this message's sync copy."""
+        self.live.covered(message_id)
 
     async def run(self) -> None:
         """Until cancelled: publish presence, keep sessions, tick."""
@@ -118,6 +132,14 @@ class SiblingSync:
                     nursery.start_soon(self._dial, sibling, key)
                 else:
                     nursery.start_soon(self._hello, sibling, key)
+
+    async def leave(self) -> None:
+        """Say goodbye on every session (for at most :data:`GOODBYE_S`): siblings of a
+        device going offline on purpose learn it at once, not when a session times out."""
+        with trio.move_on_after(GOODBYE_S):
+            async with trio.open_nursery() as nursery:
+                for _, _, session in self._serving.values():
+                    nursery.start_soon(session.leave)
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -177,7 +199,7 @@ class SiblingSync:
         ended = trio.Event()
         try:
             with trio.CancelScope() as scope:
-                self._serving[sibling] = (scope, ended)
+                self._serving[sibling] = (scope, ended, session)
                 await self._carry(sibling, session)
             if scope.cancelled_caught:
                 session.abort()  # replaced: the sibling has moved on to its new session

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from p2psync.device import Device
+from p2psync.device.device import TAKEOVER_GRACES
 from p2psync.network import LocalNetwork
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 
@@ -101,3 +102,51 @@ async def test_an_offline_sibling_gets_one_sync_copy_deleted_once_acknowledged(
             # mode, by the desktop that read it in mapped mode).
             await wait_until(lambda: sync_copies(network, desktop, mode) == 0)
             assert not desktop.rejections
+
+
+@pytest.mark.parametrize(
+    ("mode", "origin_leaves"), [("linked", True), ("linked", False), ("mapped", True)]
+)
+async def test_a_sibling_stands_in_for_an_origin_that_leaves_before_its_grace_period(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str, origin_leaves: bool
+) -> None:
+    """The phone sends while the tablet is away and the desktop gets it directly. If the
+    phone goes away within the grace period, the desktop stores the tablet's sync copy; if
+    the phone stays, the phone does. Either way there is one copy, never two."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        device(network, tmp_path, "desktop", mode) as desktop,
+        device(network, tmp_path, "bob", mode) as bob,
+    ):
+        await pair(phone, desktop)
+        async with device(network, tmp_path, "tablet", mode) as tablet:
+            await pair(phone, tablet)
+        await befriend(phone, bob)
+        await wait_until(lambda: len(desktop.store.siblings()) == 2)
+        await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+
+        await phone.send(bob.session_id, "while the tablet is away")
+        await wait_until(lambda: len(desktop.history(bob.session_id)) == 1)
+        if origin_leaves:
+            await phone.set_online(False)
+        await trio.sleep(TAKEOVER_GRACES * GRACE_S + GRACE_S)
+        await desktop.flush()
+        assert sync_copies(network, tablet, mode) == 1
+
+        await desktop.set_online(False)
+        async with device(network, tmp_path, "tablet") as tablet:
+            await wait_until(lambda: len(tablet.history(bob.session_id)) == 1)
+            await phone.set_online(True)
+            await wait_until(lambda: tablet.device_id in phone.connected_siblings)
+            await trio.sleep(GRACE_S)
+            await phone.flush()
+            # A phone that stayed deleted its copy once the tablet acknowledged; one that
+            # was away found the desktop's copy in place and stored no second one (in
+            # ``mapped`` mode the tablet deleted the copy it read).
+            expected = 1 if mode == "linked" and origin_leaves else 0
+            assert sync_copies(network, tablet, mode) == expected
+            await desktop.set_online(True)
+            await wait_until(lambda: sync_copies(network, tablet, mode) == 0)
+            assert texts(tablet, bob.session_id) == [(True, "while the tablet is away")]
+            assert not (phone.rejections or desktop.rejections or tablet.rejections)

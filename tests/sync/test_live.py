@@ -212,3 +212,21 @@ def test_big_bodies_are_offered_and_fetched_only_when_missing() -> None:
     c = b.sync.receive("a", encode_record(Offer(other.id, 2, 1000)), 4)
     assert c == []  # b has it: no request, just an acknowledgement at the next tick
     assert decode_record(b.sync.tick(100)[0].data) == Ack((other.id,))  # type: ignore[union-attr]
+
+
+def test_a_stand_in_waits_its_own_grace_skips_holders_and_stores_nothing_once_covered() -> None:
+    """A sibling standing in for a message's origin: it waits for the others only (the
+    origin holds the message), falls back after its longer grace, and not at all once
+    another device has stored the copy."""
+    live = LiveSync(["origin", "tablet", "laptop"], has=lambda _: False, grace_ms=100)
+    relayed, covered = item(1), item(2)
+    assert live.publish(relayed, 0, grace_ms=300, holders=("origin",)) == []
+    assert live.publish(covered, 0, grace_ms=300, holders=("origin",)) == []
+    assert live.next_deadline_ms() == 300
+    assert live.tick(299) == []
+    live.covered(covered.id)
+    assert live.tick(300) == [FallbackDue(relayed, ("laptop", "tablet"))]
+    assert live.next_deadline_ms() is None
+    assert live.publish(item(3), 400, holders=("origin", "tablet", "laptop")) == [
+        AllAcknowledged(item(3).id, fell_back=False)
+    ]
