@@ -1039,6 +1039,13 @@ class Device:
         self._notify()
 
     @property
+    def archive_counts(self) -> tuple[int, int]:
+        """History items sent to and received from siblings as pairing-time archives
+        since this device went online."""
+        sync = self._sync
+        return (0, 0) if sync is None else (sync.archive_sent, sync.archive_received)
+
+    @property
     def resynced_siblings(self) -> set[str]:
         """Siblings whose whole history this device has fetched since it went online."""
         return set() if self._sync is None else set(self._sync.resynced)

@@ -9,7 +9,10 @@ A record is a CBOR array whose first element names its type:
 * ``["NEGQ", since_ms, bytes]`` / ``["NEGR", since_ms, bytes]`` — a Negentropy V1 query
   and its reply, over the history items timestamped at or after ``since_ms``;
 * ``["WANT", [id, ...]]`` — send these history items (as ``MSG``), found missing by
-  reconciliation.
+  reconciliation;
+* ``["ARCHQ"]`` — a device with no history yet (just paired) asks for all of it;
+* ``["ARCH", [[id, timestamp_ms, body], ...], last]`` — one part of that archive, in
+  timestamp order; ``last`` marks the final part.
 
 Ids are the 32-byte message ids of :mod:`p2psync.identity` (BLAKE2b of the stored
 ciphertext), so a record is idempotent: applying a ``MSG`` twice stores it once.
@@ -69,7 +72,18 @@ class Want:
     ids: tuple[bytes, ...]
 
 
-Record = Msg | Ack | Offer | Req | NegQuery | NegReply | Want
+@dataclass(frozen=True, slots=True)
+class ArchiveQuery:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Archive:
+    items: tuple[Msg, ...]
+    last: bool
+
+
+Record = Msg | Ack | Offer | Req | NegQuery | NegReply | Want | ArchiveQuery | Archive
 
 
 def encode_record(record: Record) -> bytes:
@@ -88,6 +102,10 @@ def encode_record(record: Record) -> bytes:
             return encode_cbor(["NEGR", since, payload])
         case Want(ids=ids):
             return encode_cbor(["WANT", list(ids)])
+        case ArchiveQuery():
+            return encode_cbor(["ARCHQ"])
+        case Archive(items=items, last=last):
+            return encode_cbor(["ARCH", [[m.id, m.timestamp_ms, m.body] for m in items], last])
     raise TypeError(f"not a sync record: {record!r}")
 
 
@@ -109,22 +127,48 @@ def _ids(value: object) -> tuple[bytes, ...]:
     return tuple(_id(item) for item in value)
 
 
+def _msg(fields: list[object]) -> Msg:
+    body = fields[2]
+    if not isinstance(body, bytes) or len(body) > MAX_BODY_BYTES:
+        raise DecodeError(f"a MSG body is bytes of at most {MAX_BODY_BYTES}")
+    return Msg(_id(fields[0]), _count(fields[1], "timestamp", 2**63 - 1), body)
+
+
 def decode_record(data: bytes) -> Record:
     """A record from a sibling, or :class:`DecodeError`."""
     value = decode_cbor(data, max_bytes=MAX_RECORD_BYTES)
     if not isinstance(value, list) or not value or not isinstance(value[0], str):
         raise DecodeError("a sync record is an array starting with its type")
     kind, fields = value[0], value[1:]
-    shapes = {"MSG": 3, "ACK": 1, "OFFER": 3, "REQ": 1, "NEGQ": 2, "NEGR": 2, "WANT": 1}
+    shapes = {
+        "MSG": 3,
+        "ACK": 1,
+        "OFFER": 3,
+        "REQ": 1,
+        "NEGQ": 2,
+        "NEGR": 2,
+        "WANT": 1,
+        "ARCHQ": 0,
+        "ARCH": 2,
+    }
     if kind not in shapes:
         raise DecodeError(f"unknown sync record type {kind!r}")
     if len(fields) != shapes[kind]:
         raise DecodeError(f"a {kind} record has {shapes[kind]} fields")
     if kind == "MSG":
-        body = fields[2]
-        if not isinstance(body, bytes) or len(body) > MAX_BODY_BYTES:
-            raise DecodeError(f"a MSG body is bytes of at most {MAX_BODY_BYTES}")
-        return Msg(_id(fields[0]), _count(fields[1], "timestamp", 2**63 - 1), body)
+        return _msg(fields)
+    if kind == "ARCHQ":
+        return ArchiveQuery()
+    if kind == "ARCH":
+        items, last = fields
+        if not isinstance(items, list) or not isinstance(last, bool):
+            raise DecodeError("an ARCH record is a list of items and a last flag")
+        parts = [
+            _msg(item) if isinstance(item, list) and len(item) == 3 else None for item in items
+        ]
+        if None in parts:
+            raise DecodeError("an ARCH item is [id, timestamp, body]")
+        return Archive(tuple(p for p in parts if p is not None), last)
     if kind == "OFFER":
         return Offer(
             _id(fields[0]),

@@ -9,6 +9,12 @@ nothing is missing). Every id the sibling has and this side lacks is asked for w
 path files and acknowledges. Each side only fetches what *it* lacks; the sibling's own
 :class:`Resync` fetches the rest, so nothing is pushed unasked.
 
+A device that has never been complete (no watermark: it was just paired) skips
+reconciliation's id lists: it asks for the sibling's whole history as an archive
+(``ARCHQ``), which the sibling streams in parts over the end-to-end encrypted session
+(``ARCH``), and then checks the whole range as usual. What it already holds (what the
+swarm still had) comes again and is filed once.
+
 :class:`Responder` answers queries. Both take history as ``(timestamp_ms, id)`` pairs and
 return records as bytes; nothing here touches a session or a clock.
 """
@@ -18,7 +24,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from .negentropy import Negentropy, StorageVector
-from .records import MAX_IDS_PER_RECORD, NegQuery, NegReply, Want, encode_record
+from .records import (
+    MAX_IDS_PER_RECORD,
+    Archive,
+    ArchiveQuery,
+    NegQuery,
+    NegReply,
+    Want,
+    encode_record,
+)
 
 #: Bounds every Negentropy message (well inside a session message), at the cost of rounds.
 FRAME_SIZE_LIMIT = 60_000
@@ -42,11 +56,23 @@ class Resync:
         self._has = has
         self._phases = [complete_until_ms, 0] if complete_until_ms > 0 else [0]
         self._negentropy: Negentropy | None = None
+        #: Waiting for the archive of a sibling's whole history (we were never complete).
+        self.archiving = complete_until_ms == 0
         self.wanted: set[bytes] = set()
         self.reconciled = False
 
     def start(self) -> bytes:
+        if self.archiving:
+            return encode_record(ArchiveQuery())
         return self._begin(self._phases[0])
+
+    def on_archive(self, archive: Archive) -> list[bytes]:
+        """After the archive's last part (its items filed by the caller), the whole-range
+        check that makes sure nothing was missed."""
+        if not (self.archiving and archive.last):
+            return []
+        self.archiving = False
+        return [self._begin(0)]
 
     def _begin(self, since_ms: int) -> bytes:
         self._since = since_ms

@@ -12,7 +12,8 @@ go to the device (:class:`SyncHandler`).
 When a session comes up, each side also re-syncs its history from the other
 (:mod:`p2psync.sync.resync`: Negentropy from its watermark, then over the whole range,
 fetching what it lacks), so a device that was away longer than the TTL gets back what
-the swarm no longer holds.
+the swarm no longer holds. A sibling with no history yet gets ours as an archive, streamed
+in parts with backpressure.
 
 Without an endpoint (no relays to build paths through) it still runs LiveSync's clock,
 so every message falls back to the swarm after the grace period, as it must.
@@ -43,7 +44,17 @@ from .live import (
     PeerError,
     Send,
 )
-from .records import Msg, NegQuery, NegReply, Want, decode_record, encode_record
+from .records import (
+    MAX_RECORD_BYTES,
+    Archive,
+    ArchiveQuery,
+    Msg,
+    NegQuery,
+    NegReply,
+    Want,
+    decode_record,
+    encode_record,
+)
 from .resync import Responder, Resync
 
 logger = logging.getLogger(__name__)
@@ -57,6 +68,9 @@ REDIAL_MAX_S = 10.0
 HELLO_DELAY_S = 2.0
 #: How long a device going offline spends telling its siblings.
 GOODBYE_S = 1.0
+#: An archive part's room for items (each costs its body plus a little framing).
+ARCHIVE_PART_BYTES = MAX_RECORD_BYTES - 1024
+ARCHIVE_ITEM_OVERHEAD = 64
 
 
 class SyncHandler(Protocol):
@@ -95,6 +109,9 @@ class SiblingSync:
         self._resyncs: dict[str, tuple[Resync, int]] = {}
         self._serving: dict[str, tuple[trio.CancelScope, trio.Event, Session]] = {}
         self.resynced: set[str] = set()
+        #: History items sent to / received from siblings as a pairing-time archive.
+        self.archive_sent = 0
+        self.archive_received = 0
         self._kick = trio.Event()
 
     @property
@@ -227,9 +244,12 @@ class SiblingSync:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(write)
+                archiving = False  # one archive per session, however often it is asked for
                 try:
                     async for data in session:
-                        self._on_record(sibling, data, resync, responder)
+                        if self._on_record(sibling, data, resync, responder) and not archiving:
+                            archiving = True
+                            nursery.start_soon(self._send_archive, send)
                 except SessionError as exc:
                     logger.debug("session with sibling %s ended: %s", sibling[:10], exc)
                 nursery.cancel_scope.cancel()
@@ -238,11 +258,21 @@ class SiblingSync:
             del self._resyncs[sibling]
             self._handle(self.live.disconnected(sibling, self.clock.now_ms()))
 
-    def _on_record(self, sibling: str, data: bytes, resync: Resync, responder: Responder) -> None:
-        """Re-sync records are answered here; everything else is LiveSync's."""
+    def _on_record(self, sibling: str, data: bytes, resync: Resync, responder: Responder) -> bool:
+        """Re-sync records are answered here; everything else is LiveSync's. True if the
+        sibling asked for our whole history as an archive."""
         try:
             record = decode_record(data)
             match record:
+                case ArchiveQuery():
+                    return True
+                case Archive(items=items) if resync.archiving:
+                    self.archive_received += len(items)
+                    self._apply(
+                        [Deliver(sibling, Item(m.id, m.timestamp_ms, m.body)) for m in items]
+                    )
+                    for query in resync.on_archive(record):
+                        self._send(sibling, query)
                 case NegQuery():
                     self._send(sibling, responder.on_query(record))
                 case NegReply():
@@ -260,6 +290,25 @@ class SiblingSync:
                     self._handle(self.live.receive(sibling, data, self.clock.now_ms()))
         except DecodeError as exc:
             self.handler.reject_from_sibling(sibling, str(exc))
+        return False
+
+    async def _send_archive(self, channel: trio.MemorySendChannel[bytes]) -> None:
+        """Our whole history in timestamp order, in parts that each fit a record; waiting
+        on the session's queue, so a big history never sits in memory all at once."""
+        part: list[Msg] = []
+        room = ARCHIVE_PART_BYTES
+        for _, digest in self.handler.history_index(0):
+            item = self.handler.history_item(digest)
+            if item is None:
+                continue
+            cost = len(item.body) + ARCHIVE_ITEM_OVERHEAD
+            if part and cost > room:
+                await channel.send(encode_record(Archive(tuple(part), last=False)))
+                part, room = [], ARCHIVE_PART_BYTES
+            part.append(Msg(item.id, item.timestamp_ms, item.body))
+            room -= cost
+            self.archive_sent += 1
+        await channel.send(encode_record(Archive(tuple(part), last=True)))
 
     def _send(self, sibling: str, data: bytes) -> None:
         self._apply([Send(sibling, data)])

@@ -3,6 +3,7 @@ history of its sibling, whatever the swarm still held."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,34 @@ async def test_weeks_away_end_with_the_same_history(
             assert history_of(desktop) == history_of(phone)
             assert len(history_of(desktop)) == 2 * away_days
             assert desktop_id in phone.connected_siblings
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_new_device_gets_the_whole_history_as_an_archive_at_pairing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """Weeks of history, most of it gone from the swarm: the new device gets all of it
+    from its sibling in one archive, not through reconciliation's id lists."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "bob", mode) as bob,
+        device(network, tmp_path, "phone", mode) as phone,
+    ):
+        await befriend(phone, bob)
+        for day in range(3):
+            for n in range(10):
+                await phone.send(bob.session_id, f"day {day}, message {n}")
+                await bob.send(phone.session_id, f"reply {n} on day {day}")
+            filed = 20 * (day + 1)
+            await wait_until(partial(lambda n: len(phone.history(bob.session_id)) == n, filed))
+            await phone.flush()
+            network.clock.skip_idle(10 * DAY_S * 1000)
+            await trio.sleep(600)  # nodes announce themselves again after the skipped days
+        async with device(network, tmp_path, "desktop", mode) as desktop:
+            await pair(phone, desktop)
+            await wait_until(lambda: desktop.resynced_siblings == {phone.device_id}, limit_s=600)
+            assert history_of(desktop) == history_of(phone)
+            _, received = desktop.archive_counts
+            assert received >= len(phone.history()) == 60
+            assert phone.archive_counts[0] == received
+            assert not desktop.rejections and not phone.rejections

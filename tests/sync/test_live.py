@@ -22,16 +22,34 @@ from p2psync.sync.live import (
     PeerError,
     Send,
 )
-from p2psync.sync.records import Ack, Msg, Offer, Req, decode_record, encode_record
+from p2psync.sync.records import (
+    Ack,
+    Archive,
+    ArchiveQuery,
+    Msg,
+    Offer,
+    Record,
+    Req,
+    decode_record,
+    encode_record,
+)
 
 ID = b"\x07" * 32
 
 
 @pytest.mark.parametrize(
     "record",
-    [Msg(ID, 5, b"body"), Ack((ID, ID)), Offer(ID, 5, 10_000), Req((ID,))],
+    [
+        Msg(ID, 5, b"body"),
+        Ack((ID, ID)),
+        Offer(ID, 5, 10_000),
+        Req((ID,)),
+        ArchiveQuery(),
+        Archive((Msg(ID, 5, b"body"), Msg(ID, 6, b"")), last=False),
+        Archive((), last=True),
+    ],
 )
-def test_records_round_trip(record: Msg | Ack | Offer | Req) -> None:
+def test_records_round_trip(record: Record) -> None:
     assert decode_record(encode_record(record)) == record
 
 
@@ -43,7 +61,18 @@ def test_garbage_records_raise_decode_error_only(data: bytes) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [["MSG", ID, 1], ["MSG", b"short", 1, b""], ["ACK", []], ["NOPE"], ["OFFER", ID, -1, 3], {}],
+    [
+        ["MSG", ID, 1],
+        ["MSG", b"short", 1, b""],
+        ["ACK", []],
+        ["NOPE"],
+        ["OFFER", ID, -1, 3],
+        {},
+        ["ARCHQ", 1],
+        ["ARCH", [[ID, 1]], True],
+        ["ARCH", [[ID, 1, b""]], 1],
+        ["ARCH", {}, True],
+    ],
 )
 def test_malformed_records_are_refused(value: object) -> None:
     from p2psync.wire import encode_cbor
