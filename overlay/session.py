@@ -4,7 +4,11 @@ reliable delivery with acks, retransmission, a bounded window and a clean close.
 The handshake is a one-round-trip exchange authenticated by both long-term X25519 keys
 (converted from the endpoints' Ed25519 keys) and made fresh by ephemeral keys on both
 sides: the initiator's first packet is readable only by the responder, and the session keys
-mix all four Diffie-Hellman results, one per direction. Every packet names the sender's
+mix all four Diffie-Hellman results, one per direction. As in Noise IK, the initiator's
+static key travels encrypted under the ephemeral-static secret, so the relays that carry an
+INIT cannot tell who is calling (and cannot link one device's sessions by its key).
+
+``INIT = 1 ‖ session id ‖ e ‖ seal_es(s) ‖ seal_es+ss(intro)``. Every packet names the sender's
 current intro (inside the encryption), so either side can rebuild paths mid-session.
 
 Packets: ``type (1) ‖ session id (8) ‖ ...``. A :class:`SessionCore` takes packets in
@@ -40,6 +44,8 @@ _decrypt = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
 _INTRO = struct.Struct(">32s16sQ")
 _SEGMENT = struct.Struct(">BII")
 SESSION_ID_BYTES = 8
+#: type, session id, ephemeral key, and the sealed static key.
+_INIT_HEADER = 1 + SESSION_ID_BYTES + 32 + 32 + 16
 #: Room for a session packet inside a TRANSFER payload (kind, relay key, intro id).
 MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES - 1 - 32 - 16
 _DATA_OVERHEAD = 1 + SESSION_ID_BYTES + 8 + 16 + _INTRO.size + _SEGMENT.size
@@ -149,27 +155,36 @@ class SessionCore:
         return peer_x, self.local.dh(peer_x)
 
     def _build_init(self) -> bytes:
+        # Each key below seals exactly one message (retries resend the same bytes), so a
+        # zero nonce is safe; the ephemeral key makes both keys new for every session.
         peer_x, ss = self._dh_static()
         es = bytes(sodium.crypto_scalarmult(self._ephemeral, peer_x))
-        header = bytes((PacketType.INIT,)) + self.session_id + self.local.public
+        header = bytes((PacketType.INIT,)) + self.session_id
         header += bytes(sodium.crypto_scalarmult_base(self._ephemeral))
+        header += _encrypt(self.local.public, header, bytes(24), kdf(es, b"p2ps-sess-init-s"))
         key = kdf(es + ss, b"p2ps-sess-init")
         return header + _encrypt(_pack_intro(self.local_intro), header, bytes(24), key)
 
     @classmethod
     def respond(cls, local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
         """The responder side of an INIT packet (raises SessionError if it is not one)."""
-        if len(packet) != 1 + SESSION_ID_BYTES + 64 + _INTRO.size + 16 or packet[0] != 1:
+        if len(packet) != _INIT_HEADER + _INTRO.size + 16 or packet[0] != PacketType.INIT:
             raise SessionError("not an INIT packet")
-        header = packet[: 1 + SESSION_ID_BYTES + 64]
-        peer = header[9:41]
-        initiator_ephemeral = header[41:73]
+        start = 1 + SESSION_ID_BYTES
+        initiator_ephemeral = packet[start : start + 32]
+        header = packet[:_INIT_HEADER]
         try:
-            session = cls(local, peer, header[1:9], now_ms)
-            peer_x, ss = session._dh_static()
             es = local.dh(initiator_ephemeral)
+            peer = _decrypt(
+                header[start + 32 :],
+                header[: start + 32],
+                bytes(24),
+                kdf(es, b"p2ps-sess-init-s"),
+            )
+            session = cls(local, peer, packet[1:start], now_ms)
+            peer_x, ss = session._dh_static()
             intro = _decrypt(
-                packet[len(header) :], header, bytes(24), kdf(es + ss, b"p2ps-sess-init")
+                packet[_INIT_HEADER:], header, bytes(24), kdf(es + ss, b"p2ps-sess-init")
             )
         except Exception:
             raise SessionError("INIT does not authenticate") from None

@@ -10,6 +10,8 @@ from overlay.introset import rendezvous_keys
 from overlay.keys import KeyPair
 from overlay.onion import HopKeys
 from p2psync.database import open_database
+from p2psync.device.content import PairGrant
+from p2psync.device.store import Pairing
 from p2psync.identity import Identity
 
 SEED = bytes(range(32))
@@ -19,7 +21,9 @@ def test_key_reprs_show_no_secret() -> None:
     keys = KeyPair.from_seed(SEED)
     hop = HopKeys.derive(SEED)
     rendezvous = rendezvous_keys(SEED, keys.public, 0)
-    text = repr((keys, hop, rendezvous, Identity(SEED)))
+    grant = PairGrant(b"id", None, SEED, keys._x25519_secret, (), ())
+    pairing = Pairing(b"id", False, "peer", "name", 0, "waiting", rendezvous.encryption_key)
+    text = repr((keys, hop, rendezvous, Identity(SEED), grant, pairing))
     secrets = [SEED, keys._sign_secret, keys._x25519_secret, rendezvous.encryption_key]
     secrets += [hop.forward_key, hop.backward_key, hop.build_stream_key]
     for secret in secrets:

@@ -35,7 +35,7 @@ Between siblings, over overlay sessions, a history item travels as the body of a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DecodeError
@@ -155,8 +155,8 @@ class PairRequest:
 class PairGrant:
     request_id: bytes
     mapping: bytes | None
-    seed: bytes | None
-    secret: bytes
+    seed: bytes | None = field(repr=False)  # the account's key: never in a log line
+    secret: bytes = field(repr=False)
     devices: tuple[SiblingRecord, ...]
     contacts: tuple[ContactRecord, ...]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..database import open_database, transaction
@@ -192,7 +192,7 @@ class Pairing:
     name: str
     timestamp_ms: int
     state: str
-    data: bytes
+    data: bytes = field(repr=False)  # may hold a private key (the pairing's ephemeral)
 
 
 _HISTORY_COLUMNS = "seq, id, timestamp_ms, conversation, outgoing, sender, device, text"

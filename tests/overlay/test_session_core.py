@@ -95,3 +95,17 @@ def test_tampered_data_is_ignored() -> None:
     b.receive_packet(packet, 2)
     assert list(b.received) == [b"secret"]
     assert b"secret" not in packet
+
+
+def test_init_hides_the_initiators_key_and_any_other_key_cannot_open_it() -> None:
+    """Relays carry INIT: it must not show who is calling. Only the responder learns it."""
+    a = SessionCore.initiate(ALICE, BOB.public, 0)
+    [init] = a.outgoing(0)
+    assert ALICE.public not in init and ALICE.x25519_public not in init
+    assert SessionCore.respond(BOB, init, 0).peer == ALICE.public
+    with pytest.raises(SessionError):
+        SessionCore.respond(KeyPair.from_seed(b"\x0c" * 32), init, 0)
+    forged = bytearray(init)
+    forged[60] ^= 1  # inside the sealed static key
+    with pytest.raises(SessionError):
+        SessionCore.respond(BOB, bytes(forged), 0)
