@@ -1,0 +1,87 @@
+"""What the network learns from direct sync: nothing that ties two devices together.
+
+In ``linked`` mode the swarm stores one account's sealed envelopes and the relays carry
+same-size cells and introsets stored under blinded keys. A tap on every relay (every cell
+it is handed, every introset it stores) and a look at everything every service node
+stores must find no sibling's overlay key, device id or shared secret, while the siblings
+sync directly. (``mapped`` mode publishes its device mappings on the file server: that
+linkage is the seed document's design, not something sync adds.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from overlay.keys import x25519_of
+from overlay.relay import RelayCore
+
+from ..swarm.helpers import wait_until
+from .helpers import befriend, device, open_world, pair
+
+
+def tap(core: RelayCore, seen: list[bytes]) -> None:
+    """Record every cell ``core`` is handed, then let it work as usual."""
+    receive: Callable[..., object] = core.receive
+
+    def recording(link: str, data: bytes, now_ms: int) -> object:
+        seen.append(data)
+        return receive(link, data, now_ms)
+
+    core.receive = recording  # type: ignore[method-assign]
+
+
+async def test_relays_and_swarm_never_see_what_ties_siblings_together(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    cells: list[bytes] = []
+    async with open_world(relays=8) as network:
+        for relay in network.relays:
+            for core in relay._cores:
+                tap(core, cells)
+        async with (
+            device(network, tmp_path, "phone", "linked") as phone,
+            device(network, tmp_path, "desktop", "linked") as desktop,
+            device(network, tmp_path, "bob", "linked") as bob,
+        ):
+            await pair(phone, desktop)
+            await befriend(phone, bob)
+            await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+            for n in range(5):
+                await phone.send(bob.session_id, f"synced directly {n}")
+                await bob.send(phone.session_id, f"to both devices {n}")
+            await wait_until(lambda: len(desktop.history(bob.session_id)) == 10)
+            await phone.flush()
+            await bob.flush()
+
+            secret = phone._siblings_secret()
+            assert secret is not None
+            telltales = {b"shared secret": secret}
+            for sibling in (phone, desktop):
+                keys = {
+                    "overlay key": sibling.overlay_key,
+                    "overlay X25519 key": x25519_of(sibling.overlay_key),
+                    "device key": sibling.device_identity.ed25519_public,
+                }
+                for what, key in keys.items():
+                    telltales[f"{sibling.name} {what}".encode()] = key
+                    telltales[f"{sibling.name} {what} (hex)".encode()] = key.hex().encode()
+            relay_view = cells + [
+                location + value
+                for relay in network.relays
+                for core in relay._cores
+                for location, (_, value) in core.store._items.items()
+            ]
+            node_view = [
+                row.data
+                for node in network.running_nodes()
+                for row in node.store.records(network.clock.now_ms(), None)
+                if row.data is not None
+            ]
+            assert len(cells) > 100 and node_view
+            for what, telltale in telltales.items():
+                assert not any(telltale in seen for seen in relay_view), what
+                assert not any(telltale in stored for stored in node_view), what
