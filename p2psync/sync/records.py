@@ -10,6 +10,8 @@ A record is a CBOR array whose first element names its type:
   and its reply, over the history items timestamped at or after ``since_ms``;
 * ``["WANT", [id, ...]]`` — send these history items (as ``MSG``), found missing by
   reconciliation;
+* ``["PING"]`` — keeps an idle session proven alive: it must be acknowledged by the
+  session layer, whose retransmissions fail a session to a sibling that vanished;
 * ``["ARCHQ"]`` — a device with no history yet (just paired) asks for all of it;
 * ``["ARCH", [[id, timestamp_ms, body], ...], last]`` — one part of that archive, in
   timestamp order; ``last`` marks the final part.
@@ -78,12 +80,17 @@ class ArchiveQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class Archive:
     items: tuple[Msg, ...]
     last: bool
 
 
-Record = Msg | Ack | Offer | Req | NegQuery | NegReply | Want | ArchiveQuery | Archive
+Record = Msg | Ack | Offer | Req | NegQuery | NegReply | Want | ArchiveQuery | Archive | Ping
 
 
 def encode_record(record: Record) -> bytes:
@@ -104,6 +111,8 @@ def encode_record(record: Record) -> bytes:
             return encode_cbor(["WANT", list(ids)])
         case ArchiveQuery():
             return encode_cbor(["ARCHQ"])
+        case Ping():
+            return encode_cbor(["PING"])
         case Archive(items=items, last=last):
             return encode_cbor(["ARCH", [[m.id, m.timestamp_ms, m.body] for m in items], last])
     raise TypeError(f"not a sync record: {record!r}")
@@ -149,6 +158,7 @@ def decode_record(data: bytes) -> Record:
         "NEGR": 2,
         "WANT": 1,
         "ARCHQ": 0,
+        "PING": 0,
         "ARCH": 2,
     }
     if kind not in shapes:
@@ -159,6 +169,8 @@ def decode_record(data: bytes) -> Record:
         return _msg(fields)
     if kind == "ARCHQ":
         return ArchiveQuery()
+    if kind == "PING":
+        return Ping()
     if kind == "ARCH":
         items, last = fields
         if not isinstance(items, list) or not isinstance(last, bool):

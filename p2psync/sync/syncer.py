@@ -51,6 +51,7 @@ from .records import (
     Msg,
     NegQuery,
     NegReply,
+    Ping,
     Want,
     decode_record,
     encode_record,
@@ -68,6 +69,9 @@ REDIAL_MAX_S = 10.0
 HELLO_DELAY_S = 2.0
 #: How long a device going offline spends telling its siblings.
 GOODBYE_S = 1.0
+#: How often an idle session is made to prove its sibling is still there: a sibling that
+#: vanished without goodbye (crash, lost network) then fails the session's retransmissions.
+KEEPALIVE_S = 15.0
 #: An archive part's room for items (each costs its body plus a little framing).
 ARCHIVE_PART_BYTES = MAX_RECORD_BYTES - 1024
 ARCHIVE_ITEM_OVERHEAD = 64
@@ -244,6 +248,7 @@ class SiblingSync:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(write)
+                nursery.start_soon(self._keep_alive, send)
                 archiving = False  # one archive per session, however often it is asked for
                 try:
                     async for data in session:
@@ -266,6 +271,8 @@ class SiblingSync:
             match record:
                 case ArchiveQuery():
                     return True
+                case Ping():
+                    pass
                 case Archive(items=items) if resync.archiving:
                     self.archive_received += len(items)
                     self._apply(
@@ -291,6 +298,12 @@ class SiblingSync:
         except DecodeError as exc:
             self.handler.reject_from_sibling(sibling, str(exc))
         return False
+
+    async def _keep_alive(self, channel: trio.MemorySendChannel[bytes]) -> None:
+        ping = encode_record(Ping())
+        while True:
+            await trio.sleep(KEEPALIVE_S)
+            await channel.send(ping)
 
     async def _send_archive(self, channel: trio.MemorySendChannel[bytes]) -> None:
         """Our whole history in timestamp order, in parts that each fit a record; waiting

@@ -150,3 +150,23 @@ async def test_a_sibling_stands_in_for_an_origin_that_leaves_before_its_grace_pe
             await wait_until(lambda: sync_copies(network, tablet, mode) == 0)
             assert texts(tablet, bob.session_id) == [(True, "while the tablet is away")]
             assert not (phone.rejections or desktop.rejections or tablet.rejections)
+
+
+async def test_a_sibling_that_vanishes_without_goodbye_is_noticed_on_an_idle_session(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        device(network, tmp_path, "desktop", "linked") as desktop,
+    ):
+        await pair(phone, desktop)
+        await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+        await wait_until(lambda: phone.unacknowledged == 0)
+        # A crash: everything of the desktop's stops at once, no goodbye on any session.
+        assert desktop._online_scope is not None
+        desktop._online_scope.cancel()
+        await desktop._offline.wait()
+        started = trio.current_time()
+        await wait_until(lambda: not phone.connected_siblings, limit_s=600)
+        assert trio.current_time() - started < 300
