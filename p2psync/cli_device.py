@@ -65,6 +65,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_pair(args: argparse.Namespace) -> int:
     async def work() -> None:
         async with _device(args) as device:
+            print(f"asked {args.primary[:12]}… to pair; waiting for it to answer", flush=True)
             ticket = await device.request_pairing(args.primary)
             print(f"pairing code: {ticket.code}", flush=True)
             print("check that the primary shows the same code, then accept it there:")

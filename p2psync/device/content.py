@@ -22,6 +22,9 @@ Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
 * ``pair_request`` (ns 2): ``{"mode": str, "device": sid, "overlay": bytes32, "name": str,
   "ts": uint, "request": bytes?}`` — ``device`` is the new device's own key, ``request``
   the signed :class:`~p2psync.mapping.PairingRequest` in ``mapped`` mode.
+* ``pair_challenge`` (ns 2): ``{"request_id": bytes32, "nonce": bytes32}`` — the
+  primary's fresh random contribution to the code both screens show, sent as soon as a
+  request arrives (see :mod:`p2psync.device.pairing`).
 * ``pair_grant`` (ns 2): ``{"request_id": bytes32, "mapping": bytes?, "seed": bytes32?,
   "secret": bytes32, "devices": [sibling], "contacts": [contact]}`` — ``mapping`` in
   ``mapped`` mode, the account ``seed`` in ``linked`` mode (the envelope is then sealed to
@@ -49,6 +52,7 @@ MAX_DEVICES = 16
 MAX_CONTACTS = 1000
 ID_BYTES = 32
 SECRET_BYTES = 32
+NONCE_BYTES = 32
 MODES = ("mapped", "linked")
 
 #: Contact states: ``requested`` (we asked), ``pending`` (they asked), ``friend``, ``declined``.
@@ -152,6 +156,12 @@ class PairRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PairChallenge:
+    request_id: bytes
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PairGrant:
     request_id: bytes
     mapping: bytes | None
@@ -169,6 +179,7 @@ Content = (
     | ContactRecord
     | SiblingRecord
     | PairRequest
+    | PairChallenge
     | PairGrant
 )
 
@@ -180,6 +191,7 @@ KIND_OF: dict[type, str] = {
     ContactRecord: "sync_contact",
     SiblingRecord: "sync_sibling",
     PairRequest: "pair_request",
+    PairChallenge: "pair_challenge",
     PairGrant: "pair_grant",
 }
 
@@ -191,6 +203,7 @@ NAMESPACE_OF: dict[str, int] = {
     "sync_contact": NAMESPACE_SYNC,
     "sync_sibling": NAMESPACE_SYNC,
     "pair_request": NAMESPACE_CONTROL,
+    "pair_challenge": NAMESPACE_CONTROL,
     "pair_grant": NAMESPACE_CONTROL,
 }
 
@@ -257,6 +270,8 @@ def encode_content(content: Content) -> tuple[str, bytes]:
             }
             if request is not None:
                 body["request"] = request
+        case PairChallenge(request_id=request_id, nonce=nonce):
+            body = {"request_id": request_id, "nonce": nonce}
         case PairGrant(request_id=request_id, mapping=mapping, seed=seed, devices=devices):
             body = {
                 "request_id": request_id,
@@ -316,6 +331,11 @@ def decode_content(kind: str, body: bytes) -> Content:
             fields.uint("ts"),
             fields.blob("request", max_len=1024) if fields.has("request") else None,
         )
+    if kind == "pair_challenge":
+        fields.only("request_id", "nonce")
+        return PairChallenge(
+            fields.blob("request_id", size=ID_BYTES), fields.blob("nonce", size=NONCE_BYTES)
+        )
     if kind == "pair_grant":
         fields.only("request_id", "mapping", "seed", "secret", "devices", "contacts")
         contacts = fields.items("contacts", max_len=MAX_CONTACTS)
@@ -339,6 +359,7 @@ __all__ = [
     "FriendAccept",
     "FriendRequest",
     "HistoryRecord",
+    "PairChallenge",
     "PairGrant",
     "PairRequest",
     "SiblingRecord",

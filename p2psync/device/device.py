@@ -36,6 +36,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import nacl.utils
 import trio
@@ -81,11 +82,13 @@ from .content import (
     MAX_TEXT_CHARS,
     MODES,
     NAMESPACE_OF,
+    NONCE_BYTES,
     ContactRecord,
     Content,
     FriendAccept,
     FriendRequest,
     HistoryRecord,
+    PairChallenge,
     PairGrant,
     PairRequest,
     SiblingRecord,
@@ -550,7 +553,7 @@ class Device:
         streams = [(self.identity, namespace) for namespace in NAMESPACES]
         for pairing in self.store.pairings(incoming=False, state="waiting"):
             if self.mode == "linked":
-                streams.append((Identity(pairing.data), NAMESPACE_CONTROL))
+                streams.append((Identity(_pairing_state(pairing)["secret"]), NAMESPACE_CONTROL))
         return streams
 
     async def _receive(self, identity: Identity, namespace: int) -> None:
@@ -651,7 +654,9 @@ class Device:
                 await self._check_sibling(envelope, device)
                 self._merge_contact(content)
             case PairRequest():
-                self._on_pair_request(digest, envelope, device, content)
+                await self._on_pair_request(digest, envelope, device, content)
+            case PairChallenge():
+                self._on_pair_challenge(envelope, content)
             case PairGrant():
                 self._on_pair_grant(envelope, content)
 
@@ -710,8 +715,9 @@ class Device:
     # --- pairing ----------------------------------------------------------------------------------
 
     async def request_pairing(self, primary: str, name: str | None = None) -> PairingTicket:
-        """On a new device: ask ``primary`` (the user's existing device) to pair. Show the
-        ticket's code; the user accepts on the primary when it shows the same code, and
+        """On a new device: ask ``primary`` (the user's existing device) to pair, and wait
+        for its challenge (it must be online) to return the ticket. Show the ticket's code;
+        the user accepts on the primary when it shows the same code, and
         :meth:`wait_paired` returns once the grant arrived and checked out."""
         try:
             session_id_key(primary)
@@ -738,9 +744,19 @@ class Device:
         data = seal_envelope(sender, session_id_key(primary), kind, body, now)
         await self.swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
         digest = message_hash(data)
-        self.store.put_pairing(Pairing(digest, False, primary, device_name, now, "waiting", secret))
-        self._receive_scope.cancel()  # listen where the grant will arrive
-        return PairingTicket(digest, pairing_code(digest))
+        state = encode_cbor({"secret": secret})
+        self.store.put_pairing(Pairing(digest, False, primary, device_name, now, "waiting", state))
+        self._receive_scope.cancel()  # listen where the challenge and the grant will arrive
+        with trio.move_on_after(PAIRING_WINDOW_MS / 1000):
+            await self.wait_for(lambda device: device._challenge_nonce(digest) is not None)
+        nonce = self._challenge_nonce(digest)
+        if nonce is None:
+            raise PairingError(f"{primary[:12]}… did not answer in time: is it online? Ask again")
+        return PairingTicket(digest, pairing_code(digest, nonce))
+
+    def _challenge_nonce(self, request_id: bytes) -> bytes | None:
+        pairing = self.store.pairing(request_id)
+        return None if pairing is None else _pairing_state(pairing).get("nonce")
 
     async def wait_paired(self) -> None:
         await self._paired.wait()
@@ -753,7 +769,7 @@ class Device:
         """Requests from new devices waiting for the user to compare codes and accept."""
         now = self.clock.now_ms()
         return [
-            PairingOffer(p.request_id, pairing_code(p.request_id), p.peer, p.name, p.timestamp_ms)
+            PairingOffer(p.request_id, _offer_code(p), p.peer, p.name, p.timestamp_ms)
             for p in self.store.pairings(incoming=True, state="pending")
             if p.timestamp_ms >= now - PAIRING_WINDOW_MS
         ]
@@ -763,7 +779,7 @@ class Device:
         matches = [
             p
             for p in self.store.pairings(incoming=True, state="pending")
-            if pairing_code(p.request_id).replace(" ", "") == wanted
+            if _offer_code(p).replace(" ", "") == wanted
         ]
         if not matches:
             raise PairingError(f"no pairing request is waiting with code {code}")
@@ -830,7 +846,7 @@ class Device:
         pairing = self._pending_offer(code)
         self.store.put_pairing(replace(pairing, state="declined"))
 
-    def _on_pair_request(
+    async def _on_pair_request(
         self, digest: bytes, envelope: Envelope, sender: str, request: PairRequest
     ) -> None:
         known = self.store.pairing(digest)
@@ -865,12 +881,41 @@ class Device:
                 or signed.timestamp_ms != request.timestamp_ms
             ):
                 raise Refused("the signed pairing request does not match its envelope")
-            peer, data = request.device, encode_cbor({**joining, "request": request.request})
+            peer, joining = request.device, {**joining, "request": request.request}
         else:
-            peer, data = sender, encode_cbor(joining)
+            peer = sender
+        # The challenge goes out before the request is filed: if storing it fails, the
+        # request is retried whole, with a new nonce.
+        nonce = nacl.utils.random(NONCE_BYTES)
+        kind, body = encode_content(PairChallenge(digest, nonce))
+        data = seal_envelope(self.identity, session_id_key(peer), kind, body, now)
+        await self.swarm.store(peer, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
         self.store.put_pairing(
-            Pairing(digest, True, peer, request.name, request.timestamp_ms, "pending", data)
+            Pairing(
+                digest,
+                True,
+                peer,
+                request.name,
+                request.timestamp_ms,
+                "pending",
+                encode_cbor({**joining, "nonce": nonce}),
+            )
         )
+        self._notify()
+
+    def _on_pair_challenge(self, envelope: Envelope, challenge: PairChallenge) -> None:
+        pairing = self.store.pairing(challenge.request_id)
+        if pairing is None or pairing.incoming:
+            raise Refused("a pairing challenge for no request of this device")
+        if not ed25519_matches_session_id(envelope.sender, pairing.peer):
+            raise Refused("a pairing challenge not signed by the device pairing was asked of")
+        state = _pairing_state(pairing)
+        if "nonce" in state:
+            if state["nonce"] != challenge.nonce:
+                raise Refused("a second, different challenge for one pairing request")
+            return  # seen again
+        state["nonce"] = challenge.nonce
+        self.store.put_pairing(replace(pairing, data=encode_cbor(state)))
         self._notify()
 
     def _on_pair_grant(self, envelope: Envelope, grant: PairGrant) -> None:
@@ -1188,6 +1233,18 @@ async def _maybe_endpoint(
         local_name=device.name,
     ) as endpoint:
         yield endpoint
+
+
+def _pairing_state(pairing: Pairing) -> dict[str, Any]:
+    """What a device keeps about a pairing: the request's details on the primary; the
+    secret (a key or the signed request) and, once challenged, the nonce on the new one."""
+    state = decode_cbor(pairing.data)
+    assert isinstance(state, dict)  # written by this device only
+    return state
+
+
+def _offer_code(pairing: Pairing) -> str:
+    return pairing_code(pairing.request_id, _pairing_state(pairing)["nonce"])
 
 
 def _check_user_id(user: str) -> None:

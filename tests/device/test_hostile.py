@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from p2psync.device.content import (
     ContactRecord,
+    PairChallenge,
     PairGrant,
     SyncSent,
     Text,
@@ -21,6 +22,7 @@ from p2psync.device.content import (
     encode_content,
 )
 from p2psync.device.device import Device, PairingError
+from p2psync.device.pairing import pairing_code
 from p2psync.envelope import seal_envelope
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver import open_fileserver_client
@@ -50,7 +52,7 @@ async def refusal(target: Device, count: int = 1) -> str:
     return target.rejections[count - 1].reason
 
 
-async def test_a_forged_pairing_grant_is_refused(
+async def test_a_forged_pairing_challenge_or_grant_is_refused(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     async with (
@@ -60,11 +62,15 @@ async def test_a_forged_pairing_grant_is_refused(
         open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
     ):
         ticket = await tablet.request_pairing(phone.session_id)
+        # Mallory tries to change the code the tablet shows.
+        challenge = PairChallenge(ticket.request_id, b"\7" * 32)
+        await inject(swarm, MALLORY, tablet.device_id, NAMESPACE_CONTROL, challenge)
+        assert "challenge not signed by the device pairing was asked of" in await refusal(tablet)
         # Mallory answers first, with a genuine mapping of her own.
         forged = create_mapping(MALLORY, Identity.from_label("mallory-2"), network.clock.now_ms())
         grant = PairGrant(ticket.request_id, forged.to_bytes(), None, bytes(32), (), ())
         await inject(swarm, MALLORY, tablet.device_id, NAMESPACE_CONTROL, grant)
-        assert "not signed by the device pairing was asked of" in await refusal(tablet)
+        assert "grant not signed by the device pairing was asked of" in await refusal(tablet, 2)
         # A grant for a request the tablet never made.
         await inject(
             swarm,
@@ -73,7 +79,7 @@ async def test_a_forged_pairing_grant_is_refused(
             NAMESPACE_CONTROL,
             replace(grant, request_id=b"\1" * 32),
         )
-        assert "no request of this device" in await refusal(tablet, 2)
+        assert "no request of this device" in await refusal(tablet, 3)
         assert not tablet.paired
         # The genuine grant still works.
         await wait_until(lambda: bool(phone.pairing_requests()))
@@ -236,7 +242,7 @@ async def test_two_requests_showing_one_code_are_both_refused(
 ) -> None:
     # An attacker who saw the request can grind out one of its own with the same six
     # digits; the primary must not pick one of the two.
-    monkeypatch.setattr("p2psync.device.device.pairing_code", lambda request_id: "123 456")
+    monkeypatch.setattr("p2psync.device.device.pairing_code", lambda request_id, nonce: "123 456")
     async with (
         open_world() as network,
         device(network, tmp_path, "phone", "linked") as phone,
@@ -251,3 +257,11 @@ async def test_two_requests_showing_one_code_are_both_refused(
         assert phone.pairing_requests() == []
         await trio.sleep(60)
         assert not tablet.paired and not mallory.paired
+
+
+def test_the_code_comes_from_the_primarys_nonce_too_so_it_cannot_be_ground_in_advance() -> None:
+    request_id = bytes(range(32))
+    codes = [pairing_code(request_id, bytes([n]) * 32) for n in range(50)]
+    assert len(set(codes)) > 45  # a new nonce, a new code: nothing to aim at beforehand
+    assert all(len(code) == 7 and code[3] == " " for code in codes)
+    assert pairing_code(request_id, bytes(32)) == pairing_code(request_id, bytes(32))
