@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2psync.bench.scenario import Scenario, build_trace
-from p2psync.bench.storage import run_scenario
+from p2psync.bench.storage import run_scenario, sibling_away_at_send
 
 SMALL = Scenario(users=2, days=1.5, messages_per_user_per_day=8, long_offline_days=0.0, seed=3)
 
@@ -24,6 +24,9 @@ def test_strategies_store_what_the_design_says() -> None:
     assert fanout["copies_per_message"] == 3.0
     assert linked["copies_per_message"] == 2.0
     assert 1.0 <= p2p["copies_per_message"] < linked["copies_per_message"]
+    # Sync copies only for what was sent while the other device was away.
+    assert p2p["sync_copies_per_message"] <= sibling_away_at_send(build_trace(SMALL))
+    assert linked["sync_copies_per_message"] == 1.0
     assert p2p["byte_hours"] < linked["byte_hours"] < fanout["byte_hours"]
     for result in (fanout, linked, p2p):
         assert result["lost"] == 0
