@@ -37,3 +37,13 @@ def test_new_databases_are_private(tmp_path: Path) -> None:
     for file in tmp_path.iterdir():
         assert stat.S_IMODE(file.stat().st_mode) & 0o077 == 0, file
     db.close()
+
+
+def test_choice_seeds_come_from_the_secret_seed_one_per_purpose() -> None:
+    from p2psync.device.keys import choice_seed, overlay_public
+
+    relays, swarm = choice_seed(SEED, b"relays"), choice_seed(SEED, b"swarm")
+    assert relays != swarm
+    public = overlay_public(SEED)
+    assert relays.to_bytes(16, "big") not in public + SEED
+    assert choice_seed(bytes(32), b"relays") != relays

@@ -97,7 +97,7 @@ from .content import (
     decode_content,
     encode_content,
 )
-from .keys import overlay_public, overlay_seed, siblings_secret
+from .keys import choice_seed, overlay_public, overlay_seed, siblings_secret
 from .pairing import pairing_code
 from .store import Contact, Copy, DeviceStore, HistoryItem, OutboxEntry, Pairing, Pending
 
@@ -1229,7 +1229,7 @@ async def _maybe_endpoint(
         contacts,
         hops=device.config.hops,
         clock=device.clock,
-        seed=int.from_bytes(device.overlay_key[:8], "big"),
+        seed=choice_seed(device.device_identity.seed, b"relays"),
         local_name=device.name,
     ) as endpoint:
         yield endpoint
@@ -1327,9 +1327,10 @@ def _open_store(directory: Path) -> DeviceStore:
 
 
 def _random_for(store: DeviceStore) -> random.Random:
-    """Swarm member choice and jitter seeded by the device key: reproducible simulations."""
+    """Swarm member choice and jitter: reproducible simulations, unpredictable to others."""
     seed = store.get_meta("device_seed")
-    return random.Random(seed)
+    assert seed is not None
+    return random.Random(choice_seed(seed, b"swarm"))
 
 
 __all__ = [

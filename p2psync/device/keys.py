@@ -6,6 +6,10 @@ BLAKE2b personalisation, so no derived key can stand in for another).
 * The siblings' secret: what siblings find each other's introsets by (DESIGN.md §6). In
   ``linked`` mode it derives from the shared account seed; in ``mapped`` mode the primary
   makes one and hands it over in the pairing grant.
+* Choice seeds: swarm member choice, poll jitter and relay choice are drawn from
+  generators seeded by these, so a simulation with given device seeds repeats exactly,
+  while nobody without the device seed can predict a device's choices (nor learn anything
+  about the seed from them).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from overlay.keys import KeyPair
 
 _OVERLAY = b"p2psync-overlay"
 _SIBLINGS = b"p2psync-siblings"
+_CHOICE = b"p2psync-choice"
 
 
 def overlay_seed(device_seed: bytes) -> bytes:
@@ -28,3 +33,9 @@ def overlay_public(device_seed: bytes) -> bytes:
 
 def siblings_secret(account_seed: bytes) -> bytes:
     return hashlib.blake2b(account_seed, digest_size=32, person=_SIBLINGS).digest()
+
+
+def choice_seed(device_seed: bytes, purpose: bytes) -> int:
+    """A seed for the random choices made for ``purpose`` (at most 16 bytes)."""
+    digest = hashlib.blake2b(device_seed, digest_size=16, person=_CHOICE, salt=purpose)
+    return int.from_bytes(digest.digest(), "big")
