@@ -82,7 +82,6 @@ from .content import (
     MAX_TEXT_CHARS,
     MODES,
     NAMESPACE_OF,
-    NONCE_BYTES,
     ContactRecord,
     Content,
     FriendAccept,
@@ -97,7 +96,7 @@ from .content import (
     decode_content,
     encode_content,
 )
-from .keys import choice_seed, overlay_public, overlay_seed, siblings_secret
+from .keys import choice_seed, overlay_public, overlay_seed, pairing_nonce, siblings_secret
 from .pairing import pairing_code
 from .store import Contact, Copy, DeviceStore, HistoryItem, OutboxEntry, Pairing, Pending
 
@@ -885,8 +884,8 @@ class Device:
         else:
             peer = sender
         # The challenge goes out before the request is filed: if storing it fails, the
-        # request is retried whole, with a new nonce.
-        nonce = nacl.utils.random(NONCE_BYTES)
+        # request is retried whole.
+        nonce = pairing_nonce(self.identity.seed, digest)
         kind, body = encode_content(PairChallenge(digest, nonce))
         data = seal_envelope(self.identity, session_id_key(peer), kind, body, now)
         await self.swarm.store(peer, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)

@@ -2,12 +2,14 @@
 
 A code taken from the new device's request alone could be ground out: whoever sees the
 request (a storage node of the primary's swarm) re-seals requests of its own until one
-shows the same six digits, about a million tries. So the primary adds randomness the
-requester cannot know in advance: as soon as a request arrives it draws a fresh nonce for
-it and sends it back, signed (``pair_challenge``); both screens then show a code from the
-request id *and* that nonce. A request stored by anyone else gets its own nonce and so,
-with odds of one in a million, another code, and no amount of work beforehand changes
-that. The new device believes only a challenge signed by the device it asked.
+shows the same six digits, about a million tries. So the primary adds a nonce the
+requester cannot know in advance: a keyed hash of the request id under the primary's
+seed (:func:`p2psync.device.keys.pairing_nonce`: the same on every device of a ``linked``
+account), sent back signed as soon as the request arrives (``pair_challenge``); both
+screens then show a code from the request id *and* that nonce. A request stored by
+anyone else gets its own nonce and so, with odds of one in a million, another code, and
+no amount of work beforehand changes that. The new device believes only a challenge
+signed by the device it asked.
 
 Six digits, grouped in threes to read aloud.
 """

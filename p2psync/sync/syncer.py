@@ -69,6 +69,10 @@ REDIAL_MAX_S = 10.0
 HELLO_DELAY_S = 2.0
 #: How long a device going offline spends telling its siblings.
 GOODBYE_S = 1.0
+#: How long a session a sibling opened has to carry its first record before it counts:
+#: a relay replaying an old INIT opens a session that never will, and must not replace the
+#: live one. (The dialing side sends its re-sync query as soon as the session is open.)
+FIRST_RECORD_S = 30.0
 #: How often an idle session is made to prove its sibling is still there: a sibling that
 #: vanished without goodbye (crash, lost network) then fails the session's retransmissions.
 KEEPALIVE_S = 15.0
@@ -200,17 +204,26 @@ class SiblingSync:
 
     async def _serve_accepted(self, sibling: str | None, session: Session) -> None:
         try:
+            first = None
             if sibling is not None:
-                await self._serve(sibling, session, replace=True)
+                with trio.move_on_after(FIRST_RECORD_S):
+                    first = await session.receive()
+            if sibling is not None and first is not None:
+                await self._serve(sibling, session, replace=True, first=first)
+        except SessionError as exc:
+            logger.debug("session from sibling %s ended early: %s", (sibling or "?")[:10], exc)
         except BaseException:
             session.abort()  # going offline: no goodbye to wait for
             raise
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             await session.aclose()
 
-    async def _serve(self, sibling: str, session: Session, *, replace: bool = False) -> None:
-        """Carry ``sibling``'s records over ``session`` until it ends. One session per
-        sibling: a new one the sibling opened (``replace``) ends ours, else it is dropped."""
+    async def _serve(
+        self, sibling: str, session: Session, *, replace: bool = False, first: bytes | None = None
+    ) -> None:
+        """Carry ``sibling``'s records over ``session`` until it ends (``first``: a record
+        already read from it). One session per sibling: a new one the sibling opened
+        (``replace``) ends ours, else it is dropped."""
         current = self._serving.get(sibling)
         if current is not None:
             if not replace:
@@ -221,14 +234,14 @@ class SiblingSync:
         try:
             with trio.CancelScope() as scope:
                 self._serving[sibling] = (scope, ended, session)
-                await self._carry(sibling, session)
+                await self._carry(sibling, session, first)
             if scope.cancelled_caught:
                 session.abort()  # replaced: the sibling has moved on to its new session
         finally:
             del self._serving[sibling]
             ended.set()
 
-    async def _carry(self, sibling: str, session: Session) -> None:
+    async def _carry(self, sibling: str, session: Session, first: bytes | None) -> None:
         send, receive = trio.open_memory_channel[bytes](SESSION_QUEUE_RECORDS)
         self._sessions[sibling] = send
         resync = Resync(self.handler.history_index, self.handler.complete_until(), self.has)
@@ -250,11 +263,18 @@ class SiblingSync:
                 nursery.start_soon(write)
                 nursery.start_soon(self._keep_alive, send)
                 archiving = False  # one archive per session, however often it is asked for
+
+                def on_record(data: bytes) -> None:
+                    nonlocal archiving
+                    if self._on_record(sibling, data, resync, responder) and not archiving:
+                        archiving = True
+                        nursery.start_soon(self._send_archive, send)
+
+                if first is not None:
+                    on_record(first)
                 try:
                     async for data in session:
-                        if self._on_record(sibling, data, resync, responder) and not archiving:
-                            archiving = True
-                            nursery.start_soon(self._send_archive, send)
+                        on_record(data)
                 except SessionError as exc:
                     logger.debug("session with sibling %s ended: %s", sibling[:10], exc)
                 nursery.cancel_scope.cancel()

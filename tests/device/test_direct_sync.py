@@ -9,6 +9,8 @@ import pytest
 import trio
 import trio.testing
 
+from overlay.keys import KeyPair
+from overlay.session import SessionCore
 from p2psync.device import Device
 from p2psync.device.device import TAKEOVER_GRACES
 from p2psync.network import LocalNetwork
@@ -170,3 +172,42 @@ async def test_a_sibling_that_vanishes_without_goodbye_is_noticed_on_an_idle_ses
         started = trio.current_time()
         await wait_until(lambda: not phone.connected_siblings, limit_s=600)
         assert trio.current_time() - started < 300
+
+
+async def test_a_replayed_init_does_not_displace_the_live_session(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay that kept an old INIT and plays it again opens a session that can never
+    carry a record; it must not take the place of the siblings' live session."""
+    inits: list[tuple[bytes, bytes]] = []
+    respond = SessionCore.respond
+
+    def recording(local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
+        inits.append((local.public, packet))
+        return respond(local, packet, now_ms)
+
+    monkeypatch.setattr(SessionCore, "respond", staticmethod(recording))
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        device(network, tmp_path, "desktop", "linked") as desktop,
+    ):
+        await pair(phone, desktop)
+        await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+        # Whichever side accepted the session: the other one leaves and comes back.
+        responder_key, old_init = inits[-1]
+        acceptor, dialer = (
+            (phone, desktop) if phone.overlay_key == responder_key else (desktop, phone)
+        )
+        await dialer.set_online(False)
+        await dialer.set_online(True)
+        await wait_until(lambda: acceptor.connected_siblings == {dialer.device_id})
+        assert acceptor._sync is not None and acceptor._sync.endpoint is not None
+        live = acceptor._sync._serving[dialer.device_id][2]
+        await trio.sleep(600)  # the old session is long gone: its INIT would open a new one
+        accepted = acceptor._sync.endpoint.stats.sessions_accepted
+        acceptor._sync.endpoint._on_packet(old_init, network.clock.now_ms())
+        assert acceptor._sync.endpoint.stats.sessions_accepted == accepted + 1
+        await trio.sleep(60)
+        assert acceptor._sync._serving[dialer.device_id][2] is live
+        assert acceptor.connected_siblings == {dialer.device_id}
