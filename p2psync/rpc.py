@@ -1,12 +1,16 @@
 """CBOR RPC over any :class:`overlay.link.Transport` (DESIGN.md §4 framing).
 
-Server: :func:`serve_rpc` accepts connections, reads frames, and runs each request as its
-own task so requests pipeline; at most ``max_in_flight`` per connection run at once, after
-which the server stops reading that connection (backpressure instead of an unbounded
-queue). Every reply and push leaves through one bounded outbox per connection. A frame that
-does not decode gets ``bad_request`` and the connection goes on; a handler that fails gets
-``internal`` and the server goes on; a client too slow to take its pushes is disconnected
-(it resubscribes and catches up by ``last_hash``, so nothing is lost).
+Server: :meth:`RpcServer.serve` accepts connections and reads frames. A plain-function handler
+(one that never waits) is answered inline in the connection's read loop; a coroutine
+handler runs as its own task so requests pipeline, at most ``max_in_flight`` per
+connection at once, after which the server stops reading that connection (backpressure
+instead of an unbounded queue). The read loop takes every frame one read brought and
+sends their inline replies together: on a busy node task switches and write syscalls per
+request, not the work itself, are what limit throughput. Replies of tasks and pushes
+leave through one bounded outbox per connection. A frame that does not decode gets
+``bad_request`` and the connection goes on; a handler that fails gets ``internal`` and
+the server goes on; a client too slow to take its pushes is disconnected (it resubscribes
+and catches up by ``last_hash``, so nothing is lost).
 
 Client: ``async with open_rpc(transport, address) as client`` gives
 ``await client.call(method, params)`` (pipelined, matched by id) and
@@ -17,9 +21,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from inspect import iscoroutinefunction
 from typing import Any
 
 import trio
@@ -112,7 +117,14 @@ class Connection:
         self._on_close.clear()
 
 
-Handler = Callable[[Fields, Connection], Awaitable[Any]]
+#: A coroutine function runs as its own task; a plain function is called inline in the
+#: read loop and must not block (it may still raise, like any handler).
+Handler = Callable[[Fields, Connection], Awaitable[Any]] | Callable[[Fields, Connection], Any]
+
+
+async def _send_frames(link: Link, frames: Sequence[Frame]) -> None:
+    for frame in frames:
+        await link.send(encode_frame(frame))
 
 
 def _request_id_of(data: bytes) -> int | None:
@@ -133,6 +145,9 @@ class RpcServer:
         self.limits = limits or ServerLimits()
         self.stats = ServerStats()
         self._active = 0
+        self._inline = {
+            name for name, handler in self.methods.items() if not iscoroutinefunction(handler)
+        }
 
     async def serve(
         self,
@@ -157,7 +172,7 @@ class RpcServer:
         connection = Connection(link.peer, outbox_send)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop, link, outbox_receive)
+                nursery.start_soon(self._write_loop, link, outbox_receive, nursery.cancel_scope)
                 nursery.start_soon(self._watch_overflow, connection, nursery.cancel_scope)
                 await self._read_loop(link, connection, nursery)
                 nursery.cancel_scope.cancel()
@@ -171,61 +186,109 @@ class RpcServer:
         logger.info("disconnecting %s: it does not take its pushes", connection.peer)
         scope.cancel()
 
-    async def _write_loop(self, link: Link, outbox: trio.MemoryReceiveChannel[Frame]) -> None:
-        async for frame in outbox:
-            await link.send(encode_frame(frame))
+    async def _write_loop(
+        self, link: Link, outbox: trio.MemoryReceiveChannel[Frame], scope: trio.CancelScope
+    ) -> None:
+        try:
+            async for frame in outbox:
+                await link.send(encode_frame(frame))
+        except LinkClosed:
+            scope.cancel()  # the client left with replies pending: nothing more to do
 
     async def _read_loop(self, link: Link, connection: Connection, nursery: trio.Nursery) -> None:
+        """Each turn waits for one frame, takes whatever else has already arrived (up to
+        ``max_in_flight`` frames, so one client cannot hog the loop), dispatches them all
+        and sends the inline replies in one write."""
         limits = self.limits
         in_flight = trio.Semaphore(limits.max_in_flight)
         bucket = TokenBucket(limits.requests_per_s, limits.request_burst, trio.current_time())
-        reply = connection._outbox.send
         while True:
+            replies: list[Frame] = []
+            closed = False
             try:
-                data = await link.receive()
+                data: bytes | None = await link.receive()
             except LinkClosed:
                 return
             except DecodeError as exc:
-                self.stats.count_error("bad_request")
-                await reply(ErrorReply(None, "bad_request", str(exc), {}))
-                continue
-            try:
-                frame = decode_frame(data, max_bytes=limits.max_frame_bytes)
-            except DecodeError as exc:
-                self.stats.count_error("bad_request")
-                await reply(ErrorReply(_request_id_of(data), "bad_request", str(exc), {}))
-                continue
-            if not isinstance(frame, Request):
-                self.stats.count_error("bad_request")
-                await reply(ErrorReply(None, "bad_request", "expected a request", {}))
-                continue
-            if not bucket.take(trio.current_time()):
-                self.stats.count_error("rate_limited")
-                await reply(ErrorReply(frame.id, "rate_limited", "slow down", {}))
-                continue
-            await in_flight.acquire()
-            nursery.start_soon(self._answer, frame, connection, in_flight)
+                data = None
+                replies.append(self._refuse(None, exc))
+            for _ in range(limits.max_in_flight):
+                if data is not None:
+                    outcome = self._dispatch(data, bucket, connection)
+                    if isinstance(outcome, Request):
+                        await in_flight.acquire()
+                        nursery.start_soon(self._answer, outcome, connection, in_flight)
+                    else:
+                        replies.append(outcome)
+                try:
+                    data = link.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                except LinkClosed:
+                    closed = True
+                    break
+                except DecodeError as exc:
+                    data = None
+                    replies.append(self._refuse(None, exc))
+            if replies:
+                try:
+                    await _send_frames(link, replies)
+                except LinkClosed:
+                    return
+            if closed:
+                return
+
+    def _refuse(self, rid: int | None, exc: DecodeError | str) -> ErrorReply:
+        self.stats.count_error("bad_request")
+        return ErrorReply(rid, "bad_request", str(exc), {})
+
+    def _dispatch(self, data: bytes, bucket: TokenBucket, connection: Connection) -> Frame:
+        """One frame: its reply when it is answered here (inline handlers, refusals), or
+        the request itself when it needs a task of its own."""
+        try:
+            frame = decode_frame(data, max_bytes=self.limits.max_frame_bytes)
+        except DecodeError as exc:
+            return self._refuse(_request_id_of(data), exc)
+        if not isinstance(frame, Request):
+            return self._refuse(None, "expected a request")
+        if not bucket.take(trio.current_time()):
+            self.stats.count_error("rate_limited")
+            return ErrorReply(frame.id, "rate_limited", "slow down", {})
+        self.stats.requests += 1
+        if frame.method in self._inline:
+            return self._answer_inline(frame, connection)
+        return frame
+
+    def _answer_inline(self, request: Request, connection: Connection) -> Frame:
+        try:
+            result = self.methods[request.method](Fields(request.params, "params"), connection)
+            return Reply(request.id, result)
+        except Exception as exc:
+            return self._failure(request, exc)
+
+    def _failure(self, request: Request, exc: Exception) -> ErrorReply:
+        """The stable error reply for what a handler raised."""
+        if isinstance(exc, RpcError):
+            self.stats.count_error(exc.code)
+            return ErrorReply(request.id, exc.code, exc.message, exc.data)
+        if isinstance(exc, DecodeError):
+            self.stats.count_error("bad_request")
+            return ErrorReply(request.id, "bad_request", str(exc), {})
+        logger.error("handler for %s failed", request.method, exc_info=exc)
+        self.stats.count_error("internal")
+        return ErrorReply(request.id, "internal", "internal error", {})
 
     async def _answer(
         self, request: Request, connection: Connection, in_flight: trio.Semaphore
     ) -> None:
-        self.stats.requests += 1
         try:
             handler = self.methods.get(request.method)
             if handler is None:
                 raise RpcError("bad_request", f"unknown method {request.method!r}")
             result = await handler(Fields(request.params, "params"), connection)
             response: Frame = Reply(request.id, result)
-        except RpcError as exc:
-            self.stats.count_error(exc.code)
-            response = ErrorReply(request.id, exc.code, exc.message, exc.data)
-        except DecodeError as exc:
-            self.stats.count_error("bad_request")
-            response = ErrorReply(request.id, "bad_request", str(exc), {})
-        except Exception:
-            logger.exception("handler for %s failed", request.method)
-            self.stats.count_error("internal")
-            response = ErrorReply(request.id, "internal", "internal error", {})
+        except Exception as exc:
+            response = self._failure(request, exc)
         finally:
             in_flight.release()
         with suppress(trio.BrokenResourceError, trio.ClosedResourceError):

@@ -10,7 +10,7 @@ reader (:class:`Fields`) into a frozen dataclass. Anything else raises :class:`D
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -51,23 +51,35 @@ _NO_TAGS = _RefuseEveryTag()
 
 
 def _check_types(value: object, depth: int = 0) -> None:
-    if depth > MAX_DEPTH:
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise DecodeError("map keys must be text")
+        items: Iterable[object] = value.values()
+    elif isinstance(value, list):
+        items = value
+    else:
+        _check_scalar(value)
+        return
+    if value and depth >= MAX_DEPTH:  # its items would sit deeper than allowed
         raise DecodeError("CBOR nested too deeply")
+    for item in items:
+        # Scalars are checked here rather than by a call each: every request goes
+        # through this, and most of its values are scalars.
+        kind = type(item)
+        if kind is str or kind is bytes or kind is bool or item is None:
+            continue
+        if kind is int and INT64_MIN <= item <= UINT64_MAX:  # type: ignore[operator]
+            continue
+        _check_types(item, depth + 1)
+
+
+def _check_scalar(value: object) -> None:
     if value is None or isinstance(value, bool | str | bytes):
         return
     if isinstance(value, int):
         if not INT64_MIN <= value <= UINT64_MAX:
             raise DecodeError("integer out of 64-bit range")
-        return
-    if isinstance(value, list):
-        for item in value:
-            _check_types(item, depth + 1)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise DecodeError("map keys must be text")
-            _check_types(item, depth + 1)
         return
     raise DecodeError(f"CBOR value of type {type(value).__name__} is not allowed")
 

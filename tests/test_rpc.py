@@ -6,6 +6,9 @@ from typing import Any
 
 import pytest
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, TextMessage
+from wsproto.events import Request as WsRequest
 
 from overlay.link import MemoryNetwork, Transport
 from p2psync.errors import ConnectionLost, RpcError
@@ -139,4 +142,48 @@ async def test_rate_limit_and_connection_limit(autojump_clock: trio.abc.Clock) -
             await client.call("echo", {"text": "d"})
             async with network.connect("mem:server") as second:
                 assert decode_frame(await second.receive()).code == "unavailable"  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+
+
+async def _raw_websocket(url: str) -> tuple[trio.SocketStream, WSConnection]:
+    """A hand-driven client, to send what :class:`WebSocketTransport` never would."""
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(WsRequest(host=f"{host}:{port}", target="/")))
+    while not any(isinstance(e, AcceptConnection) for e in ws.events()):
+        ws.receive_data(await stream.receive_some(65536))
+    return stream, ws
+
+
+async def _raw_events(stream: trio.SocketStream, ws: WSConnection) -> list[Any]:
+    while True:
+        events = list(ws.events())
+        if events:
+            return events
+        data = await stream.receive_some(65536)
+        ws.receive_data(data or None)
+
+
+async def test_websocket_refuses_text_and_oversize_frames_but_the_server_goes_on() -> None:
+    server = RpcServer(METHODS)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            server.serve, WebSocketTransport(max_message_bytes=1024), "127.0.0.1:0"
+        )
+        stream, ws = await _raw_websocket(url)
+        request = encode_cbor({"id": 1, "method": "echo", "params": {"text": "ok"}})
+        # A text frame and a good request in one write: the first is refused, the second
+        # answered, both from the same read.
+        await stream.send_all(ws.send(TextMessage(data="hello")) + ws.send(BytesMessage(request)))
+        replies: list[Any] = []
+        while len(replies) < 2:
+            replies += [decode_frame(e.data) for e in await _raw_events(stream, ws)]
+        assert replies[0].code == "bad_request" and replies[1].result == {"echo": "ok"}
+        await stream.send_all(ws.send(BytesMessage(b"\x00" * 2048)))
+        closing = await _raw_events(stream, ws)
+        assert isinstance(closing[0], CloseConnection) and closing[0].code == 1009
+        await stream.aclose()
+        async with open_rpc(WebSocketTransport(), url) as client:
+            assert await client.call("echo", {"text": "still here"}) == {"echo": "still here"}
         nursery.cancel_scope.cancel()

@@ -228,6 +228,9 @@ class StorageNode:
         return swarm is not None and self.swarms.swarm_for_key(session_id_key(owner)) == swarm
 
     # --- client methods -------------------------------------------------------------------
+    # A method that never waits is a plain function, so the RPC server answers it inline
+    # in the connection's read loop, without a task per request; only ``retrieve`` may
+    # have to ask a peer (an unknown cursor) and so is a coroutine.
 
     def _require_swarm(self, owner: str) -> bytes:
         key = session_id_key(owner)
@@ -246,8 +249,7 @@ class StorageNode:
     def _namespace(params: Fields) -> int:
         return params.integer("namespace", minimum=0, maximum=MAX_NAMESPACE)
 
-    async def _info(self, params: Fields, conn: Connection) -> Any:
-        await trio.lowlevel.checkpoint()
+    def _info(self, params: Fields, conn: Connection) -> Any:
         return {
             "version": PROTOCOL_VERSION,
             "node": self.pubkey,
@@ -255,15 +257,14 @@ class StorageNode:
             "stored": self.store.stats()[0],
         }
 
-    async def _get_swarm(self, params: Fields, conn: Connection) -> Any:
-        await trio.lowlevel.checkpoint()
+    def _get_swarm(self, params: Fields, conn: Connection) -> Any:
         key = session_id_key(params.only("pubkey").text("pubkey", max_len=66))
         if not self.swarms.swarms:
             raise RpcError("unavailable", "node has not read the registry yet")
         swarm = self.swarms.swarm_for_key(key)
         return {"swarm": swarm, "nodes": [n.to_wire() for n in self.swarms.swarms[swarm]]}
 
-    async def _store(self, params: Fields, conn: Connection) -> Any:
+    def _store(self, params: Fields, conn: Connection) -> Any:
         params.only("pubkey", "namespace", "ttl", "timestamp", "data")
         owner = params.text("pubkey", max_len=66)
         namespace = self._namespace(params)
@@ -292,7 +293,6 @@ class StorageNode:
             self._accepted([row])
         else:
             self.stats.duplicates += 1
-        await trio.lowlevel.checkpoint()
         return {"hash": row.hash, "expiry": row.expiry_ms}
 
     async def _retrieve(self, params: Fields, conn: Connection) -> Any:
@@ -371,7 +371,7 @@ class StorageNode:
     def _hashes(self, params: Fields) -> list[bytes]:
         return params.blob_list("hashes", size=32, max_len=MAX_HASHES_PER_REQUEST)
 
-    async def _delete(self, params: Fields, conn: Connection) -> Any:
+    def _delete(self, params: Fields, conn: Connection) -> Any:
         params.only("pubkey", "namespace", "hashes", "auth")
         owner = params.text("pubkey", max_len=66)
         namespace = self._namespace(params) if params.has("namespace") else 0
@@ -388,10 +388,9 @@ class StorageNode:
         self._require_swarm(owner)
         deleted = self.store.delete(owner, namespace, hashes)
         self._accepted(self._rows(owner, namespace, deleted))
-        await trio.lowlevel.checkpoint()
         return {"deleted": deleted}
 
-    async def _expire(self, params: Fields, conn: Connection) -> Any:
+    def _expire(self, params: Fields, conn: Connection) -> Any:
         params.only("pubkey", "namespace", "hashes", "expiry", "auth")
         owner = params.text("pubkey", max_len=66)
         namespace = self._namespace(params) if params.has("namespace") else 0
@@ -410,10 +409,9 @@ class StorageNode:
         self._require_swarm(owner)
         updated = self.store.expire(owner, namespace, hashes, expiry)
         self._accepted(self._rows(owner, namespace, updated))
-        await trio.lowlevel.checkpoint()
         return {"updated": updated}
 
-    async def _subscribe(self, params: Fields, conn: Connection) -> Any:
+    def _subscribe(self, params: Fields, conn: Connection) -> Any:
         params.only("pubkey", "namespace", "auth")
         owner = params.text("pubkey", max_len=66)
         namespace = self._namespace(params)
@@ -431,7 +429,6 @@ class StorageNode:
         if conn not in subscribers:
             subscribers.add(conn)
             conn.on_close(lambda: self._unsubscribe(key, conn))
-        await trio.lowlevel.checkpoint()
         return {}
 
     def _unsubscribe(self, key: tuple[str, int], conn: Connection) -> None:
@@ -501,20 +498,18 @@ class StorageNode:
             raise RpcError("unauthorized", "not a registered node")
         return node
 
-    async def _replicate(self, params: Fields, conn: Connection) -> Any:
+    def _replicate(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params.only("rows", "node_auth"), "replicate")
         rows = [row_from_wire(r) for r in params.items("rows", max_len=10_000)]
         refused = sorted({r.pubkey for r in rows if not self.owns(r.pubkey)})
         self.stats.replicated_in += self._ingest(rows)
-        await trio.lowlevel.checkpoint()
         return {"refused": refused}
 
-    async def _lookup(self, params: Fields, conn: Connection) -> Any:
+    def _lookup(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params.only("pubkey", "namespace", "hash", "node_auth"), "lookup")
         row = self.store.get(
             params.text("pubkey", max_len=66), self._namespace(params), params.blob("hash", size=32)
         )
-        await trio.lowlevel.checkpoint()
         if row is None or row.expiry_ms <= self.clock.now_ms():
             return {"row": None}
         return {"row": row_to_wire(row)}
@@ -523,18 +518,16 @@ class StorageNode:
         now = self.clock.now_ms()
         return [r for r in self.store.records(now) if self.owns(r.pubkey)]
 
-    async def _repair_digest(self, params: Fields, conn: Connection) -> Any:
+    def _repair_digest(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params.only("node_auth"), "repair_digest")
-        await trio.lowlevel.checkpoint()
         return {"digests": repair.digests(self._owned_rows())}
 
-    async def _repair_list(self, params: Fields, conn: Connection) -> Any:
+    def _repair_list(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params.only("bucket", "offset", "node_auth"), "repair_list")
         bucket = params.uint("bucket", maximum=repair.BUCKETS - 1)
         offset = params.uint("offset", maximum=2**32)
         rows = [r for r in self._owned_rows() if repair.bucket_of(r.pubkey) == bucket]
         page = rows[offset : offset + LISTING_PAGE]
-        await trio.lowlevel.checkpoint()
         return {
             "items": [
                 [r.pubkey, r.namespace, r.hash, r.timestamp_ms, r.expiry_ms, r.deleted]
@@ -543,7 +536,7 @@ class StorageNode:
             "more": offset + LISTING_PAGE < len(rows),
         }
 
-    async def _repair_fetch(self, params: Fields, conn: Connection) -> Any:
+    def _repair_fetch(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params.only("keys", "node_auth"), "repair_fetch")
         found: list[StoredMessage] = []
         size = 0
@@ -562,7 +555,6 @@ class StorageNode:
             if found and size > BATCH_BYTES:
                 break
             found.append(row)
-        await trio.lowlevel.checkpoint()
         return {"rows": [row_to_wire(r) for r in found]}
 
     # --- background loops -----------------------------------------------------------------
