@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from inspect import iscoroutinefunction
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -122,9 +122,20 @@ class Connection:
 Handler = Callable[[Fields, Connection], Awaitable[Any]] | Callable[[Fields, Connection], Any]
 
 
+@runtime_checkable
+class BatchLink(Protocol):
+    """A link that can write several messages at once (the WebSocket link can)."""
+
+    async def send_batch(self, messages: Sequence[bytes]) -> None: ...
+
+
 async def _send_frames(link: Link, frames: Sequence[Frame]) -> None:
-    for frame in frames:
-        await link.send(encode_frame(frame))
+    encoded = [encode_frame(frame) for frame in frames]
+    if isinstance(link, BatchLink):
+        await link.send_batch(encoded)
+    else:
+        for data in encoded:
+            await link.send(data)
 
 
 def _request_id_of(data: bytes) -> int | None:
@@ -191,7 +202,11 @@ class RpcServer:
     ) -> None:
         try:
             async for frame in outbox:
-                await link.send(encode_frame(frame))
+                frames = [frame]
+                with suppress(trio.WouldBlock):
+                    while len(frames) < self.limits.outbox_frames:
+                        frames.append(outbox.receive_nowait())
+                await _send_frames(link, frames)
         except LinkClosed:
             scope.cancel()  # the client left with replies pending: nothing more to do
 

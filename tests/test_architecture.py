@@ -37,7 +37,7 @@ SANS_IO = [
     "overlay/contact.py",
     "overlay/keys.py",
 ]
-IO_MODULES = {"trio", "socket", "asyncio", "selectors", "trio_websocket"}
+IO_MODULES = {"trio", "socket", "asyncio", "selectors"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -31,14 +31,12 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from overlay.link import Link
-
 from ..clock import Clock
 from ..identity import Identity
 from ..swarm.auth import AuthSigner
 from ..swarm.registry import RegistryServer
 from ..swarm.store import MessageStore, StoredMessage
-from ..websocket import WebSocketTransport
+from ..websocket import WebSocketLink, WebSocketTransport
 from ..wire import Reply, Request, decode_frame, encode_frame
 
 MESSAGE_BYTES = 200
@@ -118,7 +116,7 @@ async def _load(
     transport = WebSocketTransport()
     done = 0
 
-    async def drive(link: Link, first: int) -> None:
+    async def drive(link: WebSocketLink, first: int) -> None:
         nonlocal done
         outstanding: set[int] = set()
         sequences = itertools.count()
@@ -133,8 +131,7 @@ async def _load(
                 frames.append(encode_frame(Request(rid, method, params)))
             return frames
 
-        for data in requests(pipeline):
-            await link.send(data)
+        await link.send_batch(requests(pipeline))
         while outstanding:
             answered = 0
             data = await link.receive()
@@ -150,8 +147,7 @@ async def _load(
                     break
             done += answered
             if trio.current_time() < deadline:
-                for data in requests(answered):
-                    await link.send(data)
+                await link.send_batch(requests(answered))
 
     async with AsyncExitStack() as stack:
         links = [await stack.enter_async_context(transport.connect(url)) for _ in range(clients)]
