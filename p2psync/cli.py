@@ -169,6 +169,17 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    from .bench.soak import run_soak
+
+    if not args.minutes > 0:
+        raise CommandError(f"--minutes must be positive, not {args.minutes}")
+    figures = run_soak(
+        minutes=args.minutes, nodes=args.nodes, clients=args.clients, json_path=args.json
+    )
+    return 0 if figures["lost"] == 0 else EXIT_FAILURE
+
+
 def _write_json(path: str | None, result: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(result, indent=2) + "\n")
@@ -265,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("--json", metavar="FILE", help="write the §9 JSON")
     storage.add_argument("--plot", metavar="FILE", help="write a PNG of stored bytes over time")
     storage.set_defaults(run=_cmd_bench_storage)
+    soak = bench_commands.add_parser(
+        "soak", help="load and faults (node kill -9, registry stop) for minutes: what held, lost"
+    )
+    soak.add_argument("--minutes", type=float, required=True, help="how long to run the load")
+    soak.add_argument("--nodes", type=_at_least(1), default=4, help="node processes (default: 4)")
+    soak.add_argument(
+        "--clients", type=_at_least(1), default=4, help="concurrent clients (default: 4)"
+    )
+    soak.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    soak.set_defaults(run=_cmd_bench_soak)
     return parser
 
 

@@ -1,0 +1,47 @@
+"""Fault injection on real processes (issue 6): a service node is killed with SIGKILL in
+the middle of a burst of stores and restarted on the same data directory and port.
+
+Nothing acknowledged may be lost, and the swarm must become whole again on its own: every
+member, the restarted one included, returns every acknowledged store. Real processes on
+loopback take real time, so every wait is for a condition, under ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from p2psync.faults import (
+    AckLedger,
+    node_crash_during_burst,
+    open_cluster,
+    registry_outage,
+)
+from p2psync.identity import Identity
+from p2psync.swarm.client import open_swarm_client
+
+#: The whole file's budget on a loaded 2-core CI machine (it takes about a third of it).
+DEADLINE_S = 40.0
+
+
+async def test_node_killed_mid_burst_loses_nothing_and_converges(tmp_path: Path) -> None:
+    ledger = AckLedger([Identity.from_label(f"test-faults/{i}") for i in range(4)])
+    with trio.fail_after(DEADLINE_S):
+        async with (
+            open_cluster(tmp_path, nodes=3) as cluster,
+            open_swarm_client(cluster.transport, cluster.directory(), cluster.clock) as swarm,
+        ):
+            crash = await node_crash_during_burst(
+                cluster, swarm, ledger, cluster.nodes[0], burst=240, concurrency=8
+            )
+            outage = await registry_outage(cluster, swarm, ledger, burst=60, concurrency=8)
+
+    assert crash.notes["acknowledged_while_down"] > 0, "the kill did not land mid-burst"
+    assert crash.acknowledged >= 240
+    assert crash.lost == 0
+    assert crash.converged and crash.recovery_s is not None
+    assert cluster.nodes[0].starts == 2
+
+    assert outage.notes["stores_acknowledged_while_down"] == 60
+    assert outage.lost == 0 and outage.converged
