@@ -4,6 +4,12 @@ The inner CBOR map is signed by the sender's Ed25519 key and the signature cover
 recipient's X25519 key too, so a recipient cannot re-seal a signed message to somebody else
 and pass it off as sent to them (surreptitious forwarding). The sealed box hides the sender
 from the storage nodes; only the recipient learns who signed.
+
+The signed text starts with a domain prefix of its own, so no signature made for another
+purpose (a mapping, a post, an auth token) can ever pass for an envelope's. Before sealing,
+the inner map is padded (``pad``: zero bytes, outside the signature) to a size bucket, so
+what storage nodes and observers see tells them the bucket, not the message's length:
+multiples of 256 bytes up to 2 KiB, then powers of two, capped at what a swarm stores.
 """
 
 from __future__ import annotations
@@ -15,10 +21,16 @@ from .identity import KEY_BYTES, SIGNATURE_BYTES, Identity, message_hash, seal, 
 from .wire import Fields, decode_cbor, encode_cbor
 
 ENVELOPE_VERSION = 1
-#: Body cap: leaves room for the envelope, signature and sealed-box overhead inside the
-#: swarm's 76 800-byte message limit.
+#: Body cap: leaves room for the envelope, signature, padding field and sealed-box overhead
+#: inside the swarm's 76 800-byte message limit.
 MAX_BODY_BYTES = 75_000
 MAX_KIND_CHARS = 32
+SIGNATURE_DOMAIN = b"p2psync-envelope/1:"
+#: Padded inner sizes: 256-byte steps up to 2 KiB, then powers of two, then the cap (the
+#: swarm's message limit less the sealed box's 48 bytes).
+PAD_STEP_BYTES = 256
+PAD_STEPS_UP_TO = 2048
+MAX_INNER_BYTES = 76_800 - 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +44,7 @@ class Envelope:
 
 
 def _signed_part(envelope: Envelope, recipient_x25519: bytes) -> bytes:
-    return encode_cbor(
+    return SIGNATURE_DOMAIN + encode_cbor(
         {
             "v": ENVELOPE_VERSION,
             "kind": envelope.kind,
@@ -54,23 +66,50 @@ def seal_envelope(
         raise ValueError("envelope kind too long")
     envelope = Envelope(kind, sender.ed25519_public, timestamp_ms, body)
     signature = sender.sign(_signed_part(envelope, recipient_x25519))
-    inner = encode_cbor(
-        {
-            "v": ENVELOPE_VERSION,
-            "kind": kind,
-            "from": sender.ed25519_public,
-            "ts": timestamp_ms,
-            "body": body,
-            "sig": signature,
-        }
-    )
+    fields = {
+        "v": ENVELOPE_VERSION,
+        "kind": kind,
+        "from": sender.ed25519_public,
+        "ts": timestamp_ms,
+        "body": body,
+        "sig": signature,
+    }
+    inner = encode_cbor({**fields, "pad": bytes(_pad_length(len(encode_cbor(fields))))})
     return seal(recipient_x25519, inner)
+
+
+def _pad_length(unpadded: int) -> int:
+    """How many zero bytes make a map of ``unpadded`` bytes, plus its ``pad`` entry, land
+    exactly on a bucket. The entry costs its key (4 bytes), a length header that grows with
+    the pad (1, 2, 3 or 5 bytes), and the pad; where no length fits, the next bucket."""
+    target = padded_size(unpadded + 5)
+    while True:
+        for header in (1, 2, 3, 5):
+            length = target - unpadded - 4 - header
+            if length >= 0 and _cbor_header_bytes(length) == header:
+                return length
+        target = padded_size(target + 1)
+
+
+def _cbor_header_bytes(length: int) -> int:
+    return 1 if length < 24 else 2 if length < 256 else 3 if length < 65_536 else 5
+
+
+def padded_size(size: int) -> int:
+    """The bucket an inner envelope of ``size`` bytes is padded to."""
+    if size <= PAD_STEPS_UP_TO:
+        return -(-size // PAD_STEP_BYTES) * PAD_STEP_BYTES
+    bucket = PAD_STEPS_UP_TO
+    while bucket < size:
+        bucket *= 2
+    return max(size, min(bucket, MAX_INNER_BYTES))
 
 
 def open_envelope(recipient: Identity, data: bytes) -> Envelope:
     """Unseal and verify, or raise :class:`DecodeError` saying what was wrong."""
     fields = Fields(decode_cbor(recipient.unseal(data)), "envelope")
-    fields.only("v", "kind", "from", "ts", "body", "sig")
+    fields.only("v", "kind", "from", "ts", "body", "sig", "pad")
+    fields.blob("pad", max_len=MAX_INNER_BYTES)
     if fields.uint("v") != ENVELOPE_VERSION:
         raise DecodeError(f"unsupported envelope version {fields.uint('v')}")
     envelope = Envelope(

@@ -56,7 +56,7 @@ from overlay.path import Path, Payload
 from overlay.relay import RelayCore
 from overlay.session import SessionCore, SessionError, SessionState, packet_session_id
 from p2psync.clock import TEST_EPOCH_MS
-from p2psync.envelope import open_envelope, seal_envelope
+from p2psync.envelope import MAX_BODY_BYTES, open_envelope, padded_size, seal_envelope
 from p2psync.errors import DecodeError, RpcError
 from p2psync.identity import (
     Identity,
@@ -477,6 +477,26 @@ def test_open_envelope_refuses_all_but_the_signed_envelope(data: bytes) -> None:
 def test_an_envelope_resealed_to_someone_else_does_not_open() -> None:
     with pytest.raises(DecodeError):
         open_envelope(CAROL, seal(CAROL.x25519_public, _INNER))
+
+
+@given(st.integers(min_value=0, max_value=MAX_BODY_BYTES))
+@settings(FUZZ, max_examples=60)
+def test_envelopes_are_padded_to_a_bucket_whatever_the_body(size: int) -> None:
+    """What a storage node sees is the bucket, not the length."""
+    sealed = seal_envelope(ALICE, BOB.x25519_public, "text", bytes(size), NOW)
+    inner = len(BOB.unseal(sealed))
+    assert inner == padded_size(inner)
+    assert (inner <= 2048 and inner % 256 == 0) or inner in (4096, 8192, 16384, 32768, 65536, 76752)
+    assert open_envelope(BOB, sealed).body == bytes(size)
+
+
+def test_a_signature_made_for_anything_else_does_not_pass_for_an_envelopes() -> None:
+    """The envelope's signed text carries its own domain prefix."""
+    fields = decode_cbor(_INNER)
+    unprefixed = {k: v for k, v in fields.items() if k not in ("sig", "pad")}
+    forged = {**fields, "sig": ALICE.sign(encode_cbor({**unprefixed, "to": BOB.x25519_public}))}
+    with pytest.raises(DecodeError, match="signature"):
+        open_envelope(BOB, seal(BOB.x25519_public, encode_cbor(forged)))
 
 
 # --- signed records: mappings, posts, announcements ------------------------------------------
