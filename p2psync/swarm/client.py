@@ -292,11 +292,13 @@ class SwarmClient:
         """Like :meth:`poll` but woken by pushes; still catches up by cursor on every
         (re)connection and every ``catch_up_s``, so a dropped push loses nothing."""
         cursor = cursor or Cursor()
-        backoff = POLL_INTERVAL_S
         signer = self.signer(identity)
+        failures, failed_url = 0, ""
         while True:
+            node: NodeInfo | None = None
             try:
-                node = (await self.swarm_nodes(identity.session_id))[0]
+                nodes = await self.swarm_nodes(identity.session_id)
+                node = next((n for n in nodes if n.url != failed_url), nodes[0])
                 # Its own connection: pushes of other subscriptions must not mix in.
                 async with open_rpc(self._pool.transport, node.url) as connection:
                     await connection.call(
@@ -308,13 +310,13 @@ class SwarmClient:
                         },
                     )
                     cursor.last_hash = cursor.for_new_node()
+                    failures = 0
                     caught_up = False
                     while True:
                         if not caught_up:
                             batch, _ = await self.drain(identity, namespace, cursor, node)
                             if batch:
                                 await deliver(batch)
-                            backoff = POLL_INTERVAL_S
                         with trio.move_on_after(catch_up_s) as waiting:
                             push = await connection.notifications.receive()
                             fresh = cursor.fresh(_messages_from(push.params)[0])
@@ -323,8 +325,11 @@ class SwarmClient:
                         caught_up = not waiting.cancelled_caught
             except (RpcError, OSError, ConnectionLost, DecodeError, trio.EndOfChannel) as exc:
                 logger.info("subscription for %s interrupted: %s", identity.session_id[:10], exc)
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
-                await trio.sleep(backoff)
+                # The first retry goes at once to another member: one node dying must not
+                # hold pushes up. Only failures in a row back off.
+                failures, failed_url = failures + 1, node.url if node is not None else ""
+                if failures > 1:
+                    await trio.sleep(min(MAX_BACKOFF_S, POLL_INTERVAL_S * 2 ** (failures - 2)))
 
 
 @asynccontextmanager

@@ -13,6 +13,7 @@ import trio.testing
 from p2psync.clock import TEST_EPOCH_MS
 from p2psync.errors import DecodeError
 from p2psync.identity import Identity
+from p2psync.network import NodeHandle
 from p2psync.swarm.client import Cursor, Message, open_swarm_client
 from p2psync.swarm.node import NodeConfig
 from p2psync.swarm.registry import FileDirectory
@@ -178,6 +179,35 @@ async def test_subscription_pushes_and_poll_loop_deliver(
             nursery.cancel_scope.cancel()
         assert sorted(m.data for m in pushed) == sorted(m.data for m in polled)
         assert len({m.hash for m in pushed}) == 10
+
+
+async def test_a_subscription_moves_to_another_member_at_once_when_its_node_dies(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_swarm(6) as (network, swarm):
+        pushed: list[Message] = []
+
+        async def on_push(batch: list[Message]) -> None:
+            pushed.extend(batch)
+
+        def serving() -> list[NodeHandle]:
+            return [
+                handle
+                for handle in network.nodes
+                if handle.node is not None and handle.node._subscribers.get((ALICE.session_id, 0))
+            ]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: swarm.subscribe(ALICE, 0, on_push, cursor=Cursor()))
+            await wait_until(lambda: len(serving()) == 1)
+            [first] = serving()
+            await network.stop_node(first)
+            started = trio.current_time()
+            await wait_until(lambda: bool(serving()))
+            assert trio.current_time() - started < 1  # not after a back-off
+            await swarm.store(ALICE.session_id, 0, b"after the move")
+            await wait_until(lambda: [m.data for m in pushed] == [b"after the move"])
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_node_killed_during_a_burst_loses_nothing_acknowledged(
