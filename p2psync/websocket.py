@@ -207,11 +207,16 @@ def _peer_name(stream: trio.SocketStream) -> str:
 
 
 async def _handshake(
-    stream: trio.SocketStream, ws: WSConnection, peer: str, max_message_bytes: int
+    stream: trio.SocketStream,
+    ws: WSConnection,
+    peer: str,
+    max_message_bytes: int,
+    timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> WebSocketLink:
     """Run the opening handshake (the client has already sent its request): a server
-    accepts the first request, a client waits for the answer. ``OSError`` if it fails."""
-    with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+    accepts the first request, a client waits for the answer. ``OSError`` if it fails or
+    takes longer than ``timeout_s`` (so a slow-loris client holds a socket that long only)."""
+    with trio.move_on_after(timeout_s):
         while True:
             data = await stream.receive_some(RECEIVE_BYTES)
             if not data:
@@ -240,6 +245,7 @@ def _url_address(url: str) -> str:
 @dataclass
 class WebSocketTransport(Transport):
     max_message_bytes: int = MAX_FRAME_BYTES
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
 
     async def serve(
         self,
@@ -254,7 +260,11 @@ class WebSocketTransport(Transport):
             peer = _peer_name(stream)
             try:
                 link = await _handshake(
-                    stream, WSConnection(ConnectionType.SERVER), peer, self.max_message_bytes
+                    stream,
+                    WSConnection(ConnectionType.SERVER),
+                    peer,
+                    self.max_message_bytes,
+                    self.handshake_timeout_s,
                 )
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 logger.debug("no websocket from %s: %s", peer, exc)
@@ -277,7 +287,9 @@ class WebSocketTransport(Transport):
         try:
             ws = WSConnection(ConnectionType.CLIENT)
             await stream.send_all(ws.send(Request(host=authority, target="/")))
-            link = await _handshake(stream, ws, url, self.max_message_bytes)
+            link = await _handshake(
+                stream, ws, url, self.max_message_bytes, self.handshake_timeout_s
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await stream.aclose()
             raise OSError(f"websocket connection to {url} failed: {exc}") from None

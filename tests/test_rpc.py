@@ -187,3 +187,26 @@ async def test_websocket_refuses_text_and_oversize_frames_but_the_server_goes_on
         async with open_rpc(WebSocketTransport(), url) as client:
             assert await client.call("echo", {"text": "still here"}) == {"echo": "still here"}
         nursery.cancel_scope.cancel()
+
+
+async def test_slow_loris_and_silent_connections_are_dropped_while_honest_clients_are_served() -> (
+    None
+):
+    """Connections that never finish the opening handshake (silent, or trickling a request
+    line) are closed after the handshake timeout; meanwhile an honest client is served."""
+    server = RpcServer(METHODS)
+    transport = WebSocketTransport(handshake_timeout_s=0.5)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve, transport, "127.0.0.1:0")
+        host, port = url.removeprefix("ws://").rsplit(":", 1)
+        hostile = [await trio.open_tcp_stream(host, int(port)) for _ in range(40)]
+        for stream in hostile[::2]:
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x")  # and then nothing more
+        async with open_rpc(WebSocketTransport(), url) as client:
+            assert await client.call("echo", {"text": "served"}) == {"echo": "served"}
+        with trio.fail_after(5):
+            for stream in hostile:
+                while await stream.receive_some(1024):
+                    pass  # whatever the server said, it must end with EOF
+                await stream.aclose()
+        nursery.cancel_scope.cancel()
