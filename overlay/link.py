@@ -283,6 +283,11 @@ class MemoryNetwork(Transport):
             return self.default_profile
         return self._profiles.get((_host(a), _host(b)), self.default_profile)
 
+    def host(self, name: str) -> HostView:
+        """This network as host ``name`` uses it: the links it opens carry its name, so
+        cuts and per-pair profiles between hosts apply to them."""
+        return HostView(self, name)
+
     def set_down(self, address: str, down: bool = True) -> None:
         (self._down.add if down else self._down.discard)(_host(address))
 
@@ -334,6 +339,27 @@ class MemoryNetwork(Transport):
         listener.nursery.start_soon(run_handler, listener.handler, server)
         async with client:
             yield client
+
+
+@dataclass(frozen=True)
+class HostView(Transport):
+    """A :class:`MemoryNetwork` seen from one host (a plain ``connect`` is an anonymous
+    client, which no partition between named hosts can reach)."""
+
+    network: MemoryNetwork
+    name: str
+
+    async def serve(
+        self,
+        handler: LinkHandler,
+        address: str,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await self.network.serve(handler, address, task_status=task_status)
+
+    def connect(self, address: str) -> AbstractAsyncContextManager[Link]:
+        return self.network.connect(address, local=self.name)
 
 
 def _host(address: str) -> str:

@@ -123,11 +123,14 @@ class LocalNetwork:
 
     async def start_node(self, handle: NodeHandle) -> None:
         assert self._nursery is not None, "the network is not running"
+        transport = self.transport
+        if isinstance(transport, MemoryNetwork):
+            transport = transport.host(handle.address)  # so a partition can cut its links
         node = StorageNode(
             handle.identity,
             MessageStore(handle.db_path),
             self.clock,
-            self.transport,
+            transport,
             self.directory(),
             self.node_config,
         )

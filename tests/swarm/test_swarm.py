@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS
 from p2psync.errors import DecodeError
 from p2psync.identity import Identity
@@ -93,6 +94,31 @@ async def test_a_node_that_was_down_converges_by_repair(
         )
         assert all(node.store.get(ALICE.session_id, 0, d).deleted for d in deleted)  # type: ignore[union-attr]
         assert node.stats.repaired_in >= 50
+
+
+async def test_a_partitioned_member_and_the_rest_converge_once_the_links_heal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A member cut off from its peers (clients still reach it) keeps taking stores that
+    replicate nowhere, and misses the others'; once the links are back, repair makes every
+    member whole without anyone storing again."""
+    config = NodeConfig(repair_interval_s=30.0)
+    async with open_test_swarm(6, config) as (network, swarm):
+        assert isinstance(network.transport, MemoryNetwork)
+        victim = network.nodes[2]
+        peers = [h for h in network.nodes if h is not victim]
+        for peer in peers:
+            network.transport.partition(victim.address, peer.address)
+        acknowledged = [(await swarm.store(ALICE.session_id, 0, b"p%d" % i))[0] for i in range(60)]
+        node = victim.node
+        assert node is not None
+        on_victim = sum(node.store.get(ALICE.session_id, 0, d) is not None for d in acknowledged)
+        assert 0 < on_victim < len(acknowledged)  # both sides took stores the other missed
+        for peer in peers:
+            network.transport.partition(victim.address, peer.address, cut=False)
+        await wait_until(
+            lambda: all(holders(network, ALICE, d) == len(network.nodes) for d in acknowledged)
+        )
 
 
 async def test_cursor_from_one_node_works_on_another(
