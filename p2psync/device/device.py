@@ -1101,12 +1101,12 @@ class Device:
     def _publish_pending(self, pending: Pending) -> None:
         assert self._sync is not None
         record = HistoryRecord.from_bytes(pending.body)
-        relayed = pending.relayed_from is not None
+        origin = pending.relayed_from
         self._sync.publish(
             Item(pending.id, record.timestamp_ms, pending.body),
             pending.published_ms,
-            grace_ms=self._takeover_ms if relayed else None,
-            holders=(pending.relayed_from,) if pending.relayed_from is not None else (),
+            grace_ms=None if origin is None else self._takeover_ms,
+            holders=() if origin is None else (origin,),
         )
 
     def file_from_sibling(self, sibling: str, item: Item) -> None:

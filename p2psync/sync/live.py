@@ -195,13 +195,18 @@ class LiveSync:
 
     def receive(self, sibling: str, data: bytes, now_ms: int) -> list[Event]:
         """Bytes from a sibling's session."""
-        state = self._siblings.get(sibling)
-        if state is None:
-            return [PeerError(sibling, "not a sibling")]
         try:
             record = decode_record(data)
         except DecodeError as exc:
             return [PeerError(sibling, str(exc))]
+        return self.receive_record(sibling, record, now_ms)
+
+    def receive_record(self, sibling: str, record: Record, now_ms: int) -> list[Event]:
+        """A record from a sibling's session, already decoded (records that are not live
+        sync's are ignored)."""
+        state = self._siblings.get(sibling)
+        if state is None:
+            return [PeerError(sibling, "not a sibling")]
         events: list[Event] = []
         match record:
             case Msg(id=message_id, timestamp_ms=timestamp, body=body):

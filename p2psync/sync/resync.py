@@ -16,28 +16,40 @@ reconciliation's id lists: it asks for the sibling's whole history as an archive
 swarm still had) comes again and is filed once.
 
 :class:`Responder` answers queries. Both take history as ``(timestamp_ms, id)`` pairs and
-return records as bytes; nothing here touches a session or a clock.
+return records as bytes; nothing here touches a session or a clock. :class:`ResyncPeer`
+puts both sides together for one session: it takes the re-sync records a sibling sends
+and says what to send back and what to file; :func:`archive_parts` cuts a history into
+archive records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
+from .live import Item
 from .negentropy import Negentropy, StorageVector
 from .records import (
     MAX_IDS_PER_RECORD,
+    MAX_RECORD_BYTES,
     Archive,
     ArchiveQuery,
+    Msg,
     NegQuery,
     NegReply,
+    Record,
     Want,
     encode_record,
 )
 
 #: Bounds every Negentropy message (well inside a session message), at the cost of rounds.
 FRAME_SIZE_LIMIT = 60_000
+#: An archive part's room for items (each costs its body plus a little framing).
+ARCHIVE_PART_BYTES = MAX_RECORD_BYTES - 1024
+ARCHIVE_ITEM_OVERHEAD = 64
 
 History = Callable[[int], Iterable[tuple[int, bytes]]]
+HistoryItem = Callable[[bytes], Item | None]
 
 
 def _vector(history: History, since_ms: int) -> StorageVector:
@@ -129,3 +141,78 @@ class Responder:
             self._since, self._vector = query.since_ms, _vector(self._history, query.since_ms)
         reply = Negentropy(self._vector, FRAME_SIZE_LIMIT).respond(query.payload)
         return encode_record(NegReply(query.since_ms, reply))
+
+
+@dataclass
+class ResyncStep:
+    """What one re-sync record asks of the driver."""
+
+    send: list[bytes] = field(default_factory=list)
+    #: History items from the sibling's archive, to file as if pushed live.
+    file: list[Item] = field(default_factory=list)
+    #: The sibling asked for our whole history (once per session): stream the archive.
+    send_archive: bool = False
+
+
+class ResyncPeer:
+    """Both sides of history re-sync on one session with one sibling."""
+
+    def __init__(
+        self,
+        history: History,
+        history_item: HistoryItem,
+        complete_until_ms: int,
+        has: Callable[[bytes], bool],
+    ) -> None:
+        self.resync = Resync(history, complete_until_ms, has)
+        self._responder = Responder(history)
+        self._history_item = history_item
+        self._archive_asked = False
+
+    def start(self) -> bytes:
+        return self.resync.start()
+
+    def on_record(self, record: Record) -> ResyncStep | None:
+        """The driver's part in answering ``record``; None if it is not a re-sync record
+        (live sync's, then). Raises :class:`~p2psync.errors.DecodeError` on a malformed
+        Negentropy message."""
+        step = ResyncStep()
+        match record:
+            case ArchiveQuery():
+                step.send_archive, self._archive_asked = not self._archive_asked, True
+            case Archive(items=items):
+                if self.resync.archiving:  # an archive nobody asked for is not filed
+                    step.file = [Item(m.id, m.timestamp_ms, m.body) for m in items]
+                    step.send = self.resync.on_archive(record)
+            case NegQuery():
+                step.send = [self._responder.on_query(record)]
+            case NegReply():
+                step.send = self.resync.on_reply(record)
+            case Want(ids=ids):
+                found = (self._history_item(digest) for digest in ids)
+                step.send = [
+                    encode_record(Msg(item.id, item.timestamp_ms, item.body))
+                    for item in found
+                    if item is not None
+                ]
+            case _:
+                return None
+        return step
+
+
+def archive_parts(history: History, history_item: HistoryItem) -> Iterator[tuple[bytes, int]]:
+    """A whole history in timestamp order as ``ARCH`` records that each fit a record, with
+    the number of items in each; lazily, so a big history is never in memory at once."""
+    part: list[Msg] = []
+    room = ARCHIVE_PART_BYTES
+    for _, digest in history(0):
+        item = history_item(digest)
+        if item is None:
+            continue
+        cost = len(item.body) + ARCHIVE_ITEM_OVERHEAD
+        if part and cost > room:
+            yield encode_record(Archive(tuple(part), last=False)), len(part)
+            part, room = [], ARCHIVE_PART_BYTES
+        part.append(Msg(item.id, item.timestamp_ms, item.body))
+        room -= cost
+    yield encode_record(Archive(tuple(part), last=True)), len(part)

@@ -44,19 +44,8 @@ from .live import (
     PeerError,
     Send,
 )
-from .records import (
-    MAX_RECORD_BYTES,
-    Archive,
-    ArchiveQuery,
-    Msg,
-    NegQuery,
-    NegReply,
-    Ping,
-    Want,
-    decode_record,
-    encode_record,
-)
-from .resync import Responder, Resync
+from .records import Ping, decode_record, encode_record
+from .resync import Resync, ResyncPeer, archive_parts
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +65,6 @@ FIRST_RECORD_S = 30.0
 #: How often an idle session is made to prove its sibling is still there: a sibling that
 #: vanished without goodbye (crash, lost network) then fails the session's retransmissions.
 KEEPALIVE_S = 15.0
-#: An archive part's room for items (each costs its body plus a little framing).
-ARCHIVE_PART_BYTES = MAX_RECORD_BYTES - 1024
-ARCHIVE_ITEM_OVERHEAD = 64
 
 
 class SyncHandler(Protocol):
@@ -244,12 +230,16 @@ class SiblingSync:
     async def _carry(self, sibling: str, session: Session, first: bytes | None) -> None:
         send, receive = trio.open_memory_channel[bytes](SESSION_QUEUE_RECORDS)
         self._sessions[sibling] = send
-        resync = Resync(self.handler.history_index, self.handler.complete_until(), self.has)
-        self._resyncs[sibling] = (resync, self.clock.now_ms())
-        responder = Responder(self.handler.history_index)
+        peer = ResyncPeer(
+            self.handler.history_index,
+            self.handler.history_item,
+            self.handler.complete_until(),
+            self.has,
+        )
+        self._resyncs[sibling] = (peer.resync, self.clock.now_ms())
         try:
             self._handle(self.live.connected(sibling, self.clock.now_ms()))
-            self._send(sibling, resync.start())
+            self._send(sibling, peer.start())
             async with trio.open_nursery() as nursery:
 
                 async def write() -> None:
@@ -262,12 +252,9 @@ class SiblingSync:
 
                 nursery.start_soon(write)
                 nursery.start_soon(self._keep_alive, send)
-                archiving = False  # one archive per session, however often it is asked for
 
                 def on_record(data: bytes) -> None:
-                    nonlocal archiving
-                    if self._on_record(sibling, data, resync, responder) and not archiving:
-                        archiving = True
+                    if self._on_record(sibling, data, peer):
                         nursery.start_soon(self._send_archive, send)
 
                 if first is not None:
@@ -283,41 +270,27 @@ class SiblingSync:
             del self._resyncs[sibling]
             self._handle(self.live.disconnected(sibling, self.clock.now_ms()))
 
-    def _on_record(self, sibling: str, data: bytes, resync: Resync, responder: Responder) -> bool:
-        """Re-sync records are answered here; everything else is LiveSync's. True if the
-        sibling asked for our whole history as an archive."""
+    def _on_record(self, sibling: str, data: bytes, peer: ResyncPeer) -> bool:
+        """Re-sync records go to ``peer``, the rest to LiveSync. True if the sibling asked
+        for our whole history as an archive."""
         try:
             record = decode_record(data)
-            match record:
-                case ArchiveQuery():
-                    return True
-                case Ping():
-                    pass
-                case Archive(items=items) if resync.archiving:
-                    self.archive_received += len(items)
-                    self._apply(
-                        [Deliver(sibling, Item(m.id, m.timestamp_ms, m.body)) for m in items]
-                    )
-                    for query in resync.on_archive(record):
-                        self._send(sibling, query)
-                case NegQuery():
-                    self._send(sibling, responder.on_query(record))
-                case NegReply():
-                    for reply in resync.on_reply(record):
-                        self._send(sibling, reply)
-                    self._check_resynced(sibling)
-                case Want(ids=ids):
-                    for digest in ids:
-                        item = self.handler.history_item(digest)
-                        if item is not None:
-                            self._send(
-                                sibling, encode_record(Msg(item.id, item.timestamp_ms, item.body))
-                            )
-                case _:
-                    self._handle(self.live.receive(sibling, data, self.clock.now_ms()))
+            if isinstance(record, Ping):
+                return False
+            step = peer.on_record(record)
+            if step is None:
+                self._handle(self.live.receive_record(sibling, record, self.clock.now_ms()))
+                return False
+            if step.file:
+                self.archive_received += len(step.file)
+                self._apply([Deliver(sibling, item) for item in step.file])
+            for reply in step.send:
+                self._send(sibling, reply)
+            self._check_resynced(sibling)
+            return step.send_archive
         except DecodeError as exc:
             self.handler.reject_from_sibling(sibling, str(exc))
-        return False
+            return False
 
     async def _keep_alive(self, channel: trio.MemorySendChannel[bytes]) -> None:
         ping = encode_record(Ping())
@@ -326,22 +299,10 @@ class SiblingSync:
             await channel.send(ping)
 
     async def _send_archive(self, channel: trio.MemorySendChannel[bytes]) -> None:
-        """Our whole history in timestamp order, in parts that each fit a record; waiting
-        on the session's queue, so a big history never sits in memory all at once."""
-        part: list[Msg] = []
-        room = ARCHIVE_PART_BYTES
-        for _, digest in self.handler.history_index(0):
-            item = self.handler.history_item(digest)
-            if item is None:
-                continue
-            cost = len(item.body) + ARCHIVE_ITEM_OVERHEAD
-            if part and cost > room:
-                await channel.send(encode_record(Archive(tuple(part), last=False)))
-                part, room = [], ARCHIVE_PART_BYTES
-            part.append(Msg(item.id, item.timestamp_ms, item.body))
-            room -= cost
-            self.archive_sent += 1
-        await channel.send(encode_record(Archive(tuple(part), last=True)))
+        """Our whole history, waiting on the session's queue part by part."""
+        for part, count in archive_parts(self.handler.history_index, self.handler.history_item):
+            await channel.send(part)
+            self.archive_sent += count
 
     def _send(self, sibling: str, data: bytes) -> None:
         self._apply([Send(sibling, data)])
