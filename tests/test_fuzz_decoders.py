@@ -87,6 +87,7 @@ from p2psync.swarm.auth import (
 )
 from p2psync.swarm.client import _messages_from
 from p2psync.swarm.constants import MAX_NAMESPACE, MAX_TTL_MS
+from p2psync.swarm.proof import OwnerProof
 from p2psync.swarm.records import message_to_wire, row_from_wire, row_to_wire
 from p2psync.swarm.registry import Snapshot, check_announcement, sign_announcement
 from p2psync.swarm.store import StoredMessage
@@ -651,7 +652,25 @@ def test_node_auth_passes_only_for_the_signed_request(params: object, method: st
         assert node == CAROL.ed25519_public.hex()
 
 
-_TOMBSTONE = StoredMessage(BOB.session_id, 0, bytes(32), NOW, NOW + 1, None, NOW)
+_DELETE_AUTH = AuthSigner(BOB).auth("delete", 0, NOW, [bytes(32)])
+_TOMBSTONE = StoredMessage(
+    BOB.session_id,
+    0,
+    bytes(32),
+    NOW,
+    NOW + 1,
+    None,
+    NOW,
+    OwnerProof(
+        "delete",
+        0,
+        _DELETE_AUTH["timestamp"],
+        (bytes(32),),
+        None,
+        _DELETE_AUTH["ed25519"],
+        _DELETE_AUTH["signature"],
+    ).encode(),
+)
 
 
 @settings(FUZZ, max_examples=90)
@@ -664,6 +683,19 @@ def test_row_from_wire_checks_every_field(value: object) -> None:
     assert 0 <= row.namespace <= MAX_NAMESPACE
     assert row.expiry_ms <= row.timestamp_ms + MAX_TTL_MS
     assert row.data is None or message_hash(row.data) == row.hash
+    if row.data is None or row.proof is not None:  # destructive only on the owner's word
+        assert row.proof is not None and OwnerProof.decode(row.proof).proves(row)
+
+
+@settings(FUZZ, max_examples=80)
+@given(
+    byte_mutations(_TOMBSTONE.proof or b"")
+    | values_around(decode_cbor(_TOMBSTONE.proof or b"")).map(encode_cbor)
+)
+def test_owner_proofs_are_decoded_strictly_and_prove_only_what_was_signed(blob: bytes) -> None:
+    proof = refused_or_decoded(lambda: OwnerProof.decode(blob))
+    if proof is not None and proof.proves(_TOMBSTONE):
+        assert blob == _TOMBSTONE.proof
 
 
 _RETRIEVED = {"messages": [message_to_wire(_ROW)], "more": True}

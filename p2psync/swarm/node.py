@@ -50,10 +50,17 @@ from .constants import (
     RETRIEVE_MAX_BYTES,
     SWEEP_INTERVAL_S,
 )
-from .records import message_to_wire, row_from_wire, row_to_wire
+from .proof import proof_from_request
+from .records import (
+    message_to_wire,
+    row_from_wire,
+    row_to_wire,
+    summary_from_wire,
+    summary_to_wire,
+)
 from .registry import ANNOUNCEMENT_TTL_MS, Directory, Snapshot
 from .ring import NodeInfo, SwarmMap
-from .store import MessageStore, StoredMessage
+from .store import MessageStore, RowSummary, StoredMessage
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +107,7 @@ class NodeStats:
     repaired_out: int = 0
     handed_over: int = 0
     swept: int = 0
+    rows_refused: int = 0
 
 
 def _batches(rows: Iterable[StoredMessage]) -> Iterable[list[StoredMessage]]:
@@ -386,7 +394,8 @@ class StorageNode:
             hashes=hashes,
         )
         self._require_swarm(owner)
-        deleted = self.store.delete(owner, namespace, hashes)
+        proof = proof_from_request("delete", namespace, hashes, params.map("auth"))
+        deleted = self.store.delete(owner, namespace, hashes, proof.encode())
         self._accepted(self._rows(owner, namespace, deleted))
         return {"deleted": deleted}
 
@@ -407,7 +416,8 @@ class StorageNode:
             expiry_ms=expiry,
         )
         self._require_swarm(owner)
-        updated = self.store.expire(owner, namespace, hashes, expiry)
+        proof = proof_from_request("expire", namespace, hashes, params.map("auth"), expiry)
+        updated = self.store.expire(owner, namespace, hashes, expiry, proof.encode())
         self._accepted(self._rows(owner, namespace, updated))
         return {"updated": updated}
 
@@ -499,11 +509,24 @@ class StorageNode:
         return node
 
     def _replicate(self, params: Fields, conn: Connection) -> Any:
-        self._check_node(params.only("rows", "node_auth"), "replicate")
-        rows = [row_from_wire(r) for r in params.items("rows", max_len=10_000)]
+        node = self._check_node(params.only("rows", "node_auth"), "replicate")
+        rows = self._valid_rows(params.items("rows", max_len=10_000), node)
         refused = sorted({r.pubkey for r in rows if not self.owns(r.pubkey)})
         self.stats.replicated_in += self._ingest(rows)
         return {"refused": refused}
+
+    def _valid_rows(self, items: Iterable[object], peer: str) -> list[StoredMessage]:
+        """The rows of a peer's batch that pass :func:`row_from_wire`; the others (say a
+        tombstone without the owner's signed delete) are dropped and counted, so one bad
+        row neither lands nor costs the batch's good rows."""
+        rows = []
+        for item in items:
+            try:
+                rows.append(row_from_wire(item))
+            except DecodeError as exc:
+                self.stats.rows_refused += 1
+                logger.warning("refused a row from node %s: %s", peer[:8], exc)
+        return rows
 
     def _lookup(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params.only("pubkey", "namespace", "hash", "node_auth"), "lookup")
@@ -514,25 +537,26 @@ class StorageNode:
             return {"row": None}
         return {"row": row_to_wire(row)}
 
-    def _owned_rows(self) -> list[StoredMessage]:
-        now = self.clock.now_ms()
-        return [r for r in self.store.records(now) if self.owns(r.pubkey)]
+    def _owned_summaries(self, bucket: int | None = None) -> list[RowSummary]:
+        """Summaries of the rows this node serves, of one repair bucket or all."""
+        owners = sorted(
+            owner
+            for owner in self.store.owners()
+            if self.owns(owner) and (bucket is None or repair.bucket_of(owner) == bucket)
+        )
+        return list(self.store.summaries(self.clock.now_ms(), owners))
 
     def _repair_digest(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params.only("node_auth"), "repair_digest")
-        return {"digests": repair.digests(self._owned_rows())}
+        return {"digests": repair.digests(self._owned_summaries())}
 
     def _repair_list(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params.only("bucket", "offset", "node_auth"), "repair_list")
         bucket = params.uint("bucket", maximum=repair.BUCKETS - 1)
         offset = params.uint("offset", maximum=2**32)
-        rows = [r for r in self._owned_rows() if repair.bucket_of(r.pubkey) == bucket]
-        page = rows[offset : offset + LISTING_PAGE]
+        rows = self._owned_summaries(bucket)
         return {
-            "items": [
-                [r.pubkey, r.namespace, r.hash, r.timestamp_ms, r.expiry_ms, r.deleted]
-                for r in page
-            ],
+            "items": [summary_to_wire(r) for r in rows[offset : offset + LISTING_PAGE]],
             "more": offset + LISTING_PAGE < len(rows),
         }
 
@@ -653,7 +677,7 @@ class StorageNode:
         )
         if len(their_digests) != repair.BUCKETS:
             raise DecodeError("repair digest must list every bucket")
-        ours = self._owned_rows()
+        ours = self._owned_summaries()
         for bucket in repair.differing_buckets(repair.digests(ours), their_digests):
             their_rows = await self._list_bucket(client, bucket)
             diff = repair.diff_bucket(
@@ -663,23 +687,24 @@ class StorageNode:
                 keys = [list(k) for k in diff.pull[start : start + LISTING_PAGE]]
                 while keys:
                     result = await self._signed_call(client, "repair_fetch", {"keys": keys})
-                    rows = [
-                        row_from_wire(r)
-                        for r in Fields(result, "result").items("rows", max_len=LISTING_PAGE)
-                    ]
-                    if not rows:
+                    items = Fields(result, "result").items("rows", max_len=LISTING_PAGE)
+                    if not items:
                         break
+                    rows = self._valid_rows(items, peer.pubkey)
                     self.stats.repaired_in += self._ingest(rows)
                     got = {(r.pubkey, r.namespace, r.hash) for r in rows}
                     keys = [k for k in keys if tuple(k) not in got]
-            for part in _batches(diff.push):
+                    if len(got) < len(items):
+                        break  # the peer sent rows we refuse; the next round retries
+            pushed = (self.store.get(*key) for key in diff.push)
+            for part in _batches(row for row in pushed if row is not None):
                 await self._signed_call(
                     client, "replicate", {"rows": [row_to_wire(r) for r in part]}
                 )
                 self.stats.repaired_out += len(part)
 
-    async def _list_bucket(self, client: RpcClient, bucket: int) -> list[StoredMessage]:
-        rows: list[StoredMessage] = []
+    async def _list_bucket(self, client: RpcClient, bucket: int) -> list[RowSummary]:
+        rows: list[RowSummary] = []
         while True:
             result = Fields(
                 await self._signed_call(
@@ -687,20 +712,7 @@ class StorageNode:
                 ),
                 "result",
             )
-            for item in result.items("items", max_len=LISTING_PAGE):
-                if not isinstance(item, list) or len(item) != 6 or not isinstance(item[5], bool):
-                    raise DecodeError("a listing item is 6 fields ending in a deleted flag")
-                listed = row_from_wire([*item[:5], None, 0])
-                rows.append(
-                    StoredMessage(
-                        listed.pubkey,
-                        listed.namespace,
-                        listed.hash,
-                        listed.timestamp_ms,
-                        listed.expiry_ms,
-                        None if item[5] else b"",
-                    )
-                )
+            rows.extend(map(summary_from_wire, result.items("items", max_len=LISTING_PAGE)))
             if not result.boolean("more"):
                 return rows
 

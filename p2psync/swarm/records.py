@@ -1,4 +1,5 @@
-"""The node-to-node wire form of a stored row, validated on the way in."""
+"""The node-to-node wire form of a stored row, validated on the way in: a tombstone or a
+proven expiry is taken only with the owner's signed request (:mod:`.proof`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 from ..errors import DecodeError
 from ..identity import message_hash, session_id_key
 from .constants import MAX_DATA_BYTES, MAX_NAMESPACE, MAX_TTL_MS
-from .store import StoredMessage
+from .proof import OwnerProof
+from .store import RowSummary, StoredMessage
 
-ROW_FIELDS = 7
+ROW_FIELDS = 8
 
 
 def row_to_wire(row: StoredMessage) -> list[Any]:
@@ -21,14 +23,54 @@ def row_to_wire(row: StoredMessage) -> list[Any]:
         row.expiry_ms,
         row.data,
         row.order_ms,
+        row.proof,
     ]
 
 
 def row_from_wire(value: object) -> StoredMessage:
-    """A row from another node: shape, sizes, hash and expiry bound all checked."""
+    """A row from another node: shape, sizes, hash, expiry bound and proof all checked."""
     if not isinstance(value, list) or len(value) != ROW_FIELDS:
         raise DecodeError(f"a row is a list of {ROW_FIELDS} fields")
-    pubkey, namespace, digest, timestamp, expiry, data, order = value
+    pubkey, namespace, digest, timestamp, expiry, data, order, proof = value
+    _check_key(pubkey, namespace, digest, timestamp, expiry, order)
+    if data is not None:
+        if not isinstance(data, bytes) or len(data) > MAX_DATA_BYTES:
+            raise DecodeError("row data must be bytes within the size limit")
+        if message_hash(data) != digest:
+            raise DecodeError("row hash does not match its data")
+    row = StoredMessage(pubkey, namespace, digest, timestamp, expiry, data, order, proof)
+    if proof is None:
+        if data is None:
+            raise DecodeError("a tombstone needs the owner's signed delete")
+    elif not OwnerProof.decode(proof).proves(row):
+        raise DecodeError("row proof is not the owner's signed request for this change")
+    return row
+
+
+def summary_to_wire(row: RowSummary) -> list[Any]:
+    return list(row)
+
+
+def summary_from_wire(value: object) -> RowSummary:
+    """A peer's repair listing entry, checked like a row; its data and proof are checked
+    when the row itself is fetched."""
+    if not isinstance(value, list) or len(value) != len(RowSummary._fields):
+        raise DecodeError(f"a listing item is a list of {len(RowSummary._fields)} fields")
+    pubkey, namespace, digest, timestamp, expiry, deleted, proven = value
+    _check_key(pubkey, namespace, digest, timestamp, expiry, 0)
+    if not (isinstance(deleted, bool) and isinstance(proven, bool)):
+        raise DecodeError("a listing item ends in deleted and proven flags")
+    return RowSummary(pubkey, namespace, digest, timestamp, expiry, deleted, proven)
+
+
+def _check_key(
+    pubkey: object,
+    namespace: object,
+    digest: object,
+    timestamp: object,
+    expiry: object,
+    order: object,
+) -> None:
     if not isinstance(pubkey, str):
         raise DecodeError("row pubkey must be text")
     session_id_key(pubkey)
@@ -41,14 +83,8 @@ def row_from_wire(value: object) -> StoredMessage:
     for number in (timestamp, expiry, order):
         if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 2**63:
             raise DecodeError("row timestamp, expiry and order must be non-negative integers")
-    if expiry > timestamp + MAX_TTL_MS:
+    if expiry > timestamp + MAX_TTL_MS:  # type: ignore[operator]
         raise DecodeError("row expiry is beyond the maximum TTL")
-    if data is not None:
-        if not isinstance(data, bytes) or len(data) > MAX_DATA_BYTES:
-            raise DecodeError("row data must be bytes within the size limit")
-        if message_hash(data) != digest:
-            raise DecodeError("row hash does not match its data")
-    return StoredMessage(pubkey, namespace, digest, timestamp, expiry, data, order)
 
 
 def message_to_wire(row: StoredMessage) -> dict[str, Any]:

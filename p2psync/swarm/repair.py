@@ -1,7 +1,8 @@
-"""Anti-entropy between swarm members, as pure functions over rows.
+"""Anti-entropy between swarm members, as pure functions over row summaries.
 
 Each unexpired row (tombstones included) gets a 16-byte id over everything that can
-differ between replicas (owner, namespace, hash, expiry, deleted). Owners fall into 256
+differ between replicas (owner, namespace, hash, expiry, deleted, and for live rows
+whether the owner proved its expiry). Owners fall into 256
 buckets; a bucket's digest is the XOR of its ids. Two nodes first compare 256 digests
 (4 KiB), then list only the buckets that differ, then move exactly the rows one side
 lacks. Because rows merge like a CRDT (:meth:`MessageStore.put_many`), pulling the
@@ -14,7 +15,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .store import StoredMessage
+from .store import RowSummary
 
 BUCKETS = 256
 ITEM_ID_BYTES = 16
@@ -25,14 +26,14 @@ def bucket_of(owner: str) -> int:
     return hashlib.blake2b(owner.encode(), digest_size=1, person=b"p2psync-bucket").digest()[0]
 
 
-def item_id(row: StoredMessage) -> bytes:
+def item_id(row: RowSummary) -> bytes:
     key = b"|".join(
         (
             row.pubkey.encode(),
             str(row.namespace).encode(),
             row.hash,
             str(row.expiry_ms).encode(),
-            b"dead" if row.deleted else b"live",
+            b"dead" if row.deleted else b"proven" if row.proven else b"live",
         )
     )
     return hashlib.blake2b(key, digest_size=ITEM_ID_BYTES, person=b"p2psync-repair").digest()
@@ -42,7 +43,7 @@ def _xor(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(ITEM_ID_BYTES, "big")
 
 
-def digests(rows: Iterable[StoredMessage]) -> list[bytes]:
+def digests(rows: Iterable[RowSummary]) -> list[bytes]:
     result = [ZERO_DIGEST] * BUCKETS
     for row in rows:
         bucket = bucket_of(row.pubkey)
@@ -54,18 +55,21 @@ def differing_buckets(ours: list[bytes], theirs: list[bytes]) -> list[int]:
     return [b for b in range(BUCKETS) if ours[b] != theirs[b]]
 
 
+RowKey = tuple[str, int, bytes]
+
+
 @dataclass(frozen=True)
 class BucketDiff:
-    """What to pull (their row keys we lack) and what to push (our rows they lack)."""
+    """The keys of rows to pull (theirs differ from ours) and to push (ours differ)."""
 
-    pull: list[tuple[str, int, bytes]]
-    push: list[StoredMessage]
+    pull: list[RowKey]
+    push: list[RowKey]
 
 
-def diff_bucket(ours: Iterable[StoredMessage], theirs: Iterable[StoredMessage]) -> BucketDiff:
+def diff_bucket(ours: Iterable[RowSummary], theirs: Iterable[RowSummary]) -> BucketDiff:
     our_rows = {item_id(r): r for r in ours}
     their_rows = {item_id(r): r for r in theirs}
     return BucketDiff(
         pull=[(r.pubkey, r.namespace, r.hash) for i, r in their_rows.items() if i not in our_rows],
-        push=[r for i, r in our_rows.items() if i not in their_rows],
+        push=[(r.pubkey, r.namespace, r.hash) for i, r in our_rows.items() if i not in their_rows],
     )

@@ -4,7 +4,10 @@ Rows are keyed by ``(pubkey, namespace, hash)``, never by hash alone: otherwise 
 saw a ciphertext could store it first under another key and turn the real store into a
 silent duplicate. A deleted message leaves a *tombstone* (the row without its data) until
 its original expiry, so that anti-entropy repair cannot bring it back and its hash still
-works as a ``last_hash`` cursor. Reads go in ``(order_ms, hash)`` order: ``order_ms`` is
+works as a ``last_hash`` cursor. A tombstone or a shortened expiry keeps the owner's
+signed request that caused it (*proof*, opaque here, checked by the node:
+:mod:`.proof`), so it can travel to the other members, which take nothing destructive
+on a peer's word. Reads go in ``(order_ms, hash)`` order: ``order_ms`` is
 assigned by the node that accepted the store and travels with every replica, so a cursor
 means the same on every member (the node decides when a late replica needs a new one).
 
@@ -15,10 +18,12 @@ committed write across a process crash (kill -9), which is what a node acknowled
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -30,17 +35,22 @@ CREATE TABLE IF NOT EXISTS messages (
     expiry INTEGER NOT NULL,
     data BLOB,
     order_ms INTEGER NOT NULL,
+    proof BLOB,
     UNIQUE (pubkey, namespace, hash)
 );
+CREATE TABLE IF NOT EXISTS proofs (key BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_order ON messages (pubkey, namespace, order_ms, hash);
 CREATE INDEX IF NOT EXISTS messages_by_hash ON messages (pubkey, hash);
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expiry);
+CREATE INDEX IF NOT EXISTS messages_by_proof ON messages (proof) WHERE proof IS NOT NULL;
 """
 
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """One stored message; ``data is None`` marks a tombstone."""
+    """One stored message; ``data is None`` marks a tombstone. ``proof`` (the owner's
+    signed delete or expire, encoded) is set on tombstones and shortened expiries, and
+    means the node checked it before storing."""
 
     pubkey: str
     namespace: int
@@ -49,17 +59,69 @@ class StoredMessage:
     expiry_ms: int
     data: bytes | None
     order_ms: int = 0
+    proof: bytes | None = None
 
     @property
     def deleted(self) -> bool:
         return self.data is None
 
 
+class RowSummary(NamedTuple):
+    """A row without its data: what repair compares between members."""
+
+    pubkey: str
+    namespace: int
+    hash: bytes
+    timestamp_ms: int
+    expiry_ms: int
+    deleted: bool
+    proven: bool
+
+
 _COLUMNS = "pubkey, namespace, hash, timestamp, expiry, data, order_ms"
+#: Whole rows with their proofs, for replication and repair (reads by clients skip proofs).
+_SELECT_WITH_PROOF = (
+    "SELECT m.pubkey, m.namespace, m.hash, m.timestamp, m.expiry, m.data, m.order_ms, p.body"
+    " FROM messages m LEFT JOIN proofs p ON p.key = m.proof"
+)
 
 
-def _row(row: tuple[str, int, bytes, int, int, bytes | None, int]) -> StoredMessage:
-    return StoredMessage(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+def _row(row: tuple[Any, ...]) -> StoredMessage:
+    return StoredMessage(*row)
+
+
+def _proof_key(proof: bytes) -> bytes:
+    return hashlib.blake2b(proof, digest_size=16, person=b"p2psync-proof").digest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    """What can differ between replicas of one message."""
+
+    deleted: bool
+    expiry_ms: int
+    proven: bool
+
+
+def _merged(old: _Version, new: StoredMessage) -> _Version | None:
+    """The join of two replicas, or None when ``old`` already wins. A total order over
+    versions, so replicas converge whatever order copies arrive in: a tombstone beats
+    live data (the longest-kept tombstone wins, so repair cannot resurrect it early); for
+    live data an owner-proven expiry beats an unproven one, the shortest proven expiry
+    wins, and among unproven ones the longest (a peer cannot shorten a message's life on
+    its own word; it can lengthen it only up to the maximum TTL, which any storer can)."""
+    if new.deleted:
+        if old.deleted and new.expiry_ms <= old.expiry_ms:
+            return None
+        return _Version(True, new.expiry_ms, True)
+    if old.deleted:
+        return None
+    proven = new.proof is not None
+    if proven and (not old.proven or new.expiry_ms < old.expiry_ms):
+        return _Version(False, new.expiry_ms, True)
+    if not proven and not old.proven and new.expiry_ms > old.expiry_ms:
+        return _Version(False, new.expiry_ms, False)
+    return None
 
 
 class MessageStore:
@@ -70,6 +132,10 @@ class MessageStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA.split(";", 1)[0] + ";")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        if "proof" not in columns:  # a store written before proofs existed
+            self._db.execute("ALTER TABLE messages ADD COLUMN proof BLOB")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -80,16 +146,17 @@ class MessageStore:
     def put_many(self, messages: Sequence[StoredMessage]) -> list[bool]:
         """Insert in one transaction; True for each message that was new here.
 
-        Copies of one message merge so that replicas converge whatever order updates
-        arrive in (which is what lets repair work): a tombstone beats live data, and the
-        shorter expiry wins. Stores are therefore idempotent, and a late replica never
-        resurrects a deleted message.
+        Copies of one message merge by :func:`_merged`, so that replicas converge whatever
+        order updates arrive in (which is what lets repair work). Stores are therefore
+        idempotent, and a late replica never resurrects a deleted message. A row with a
+        proof must have been checked by the caller.
         """
         added: list[bool] = []
         with self._transaction():
             for m in messages:
                 cursor = self._db.execute(
-                    f"INSERT OR IGNORE INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO messages"
+                    f" ({_COLUMNS}, proof) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         m.pubkey,
                         m.namespace,
@@ -98,55 +165,85 @@ class MessageStore:
                         m.expiry_ms,
                         m.data,
                         m.order_ms,
+                        self._keep_proof(m.proof),
                     ),
                 )
-                if cursor.rowcount == 0:
-                    self._db.execute(
-                        "UPDATE messages SET expiry = MIN(expiry, ?),"
-                        " data = CASE WHEN ? THEN NULL ELSE data END"
-                        " WHERE pubkey = ? AND namespace = ? AND hash = ?"
-                        " AND (expiry > ? OR (? AND data IS NOT NULL))",
-                        (
-                            m.expiry_ms,
-                            m.deleted,
-                            m.pubkey,
-                            m.namespace,
-                            m.hash,
-                            m.expiry_ms,
-                            m.deleted,
-                        ),
-                    )
                 added.append(cursor.rowcount == 1)
+                if cursor.rowcount == 0:
+                    self._merge(m)
         return added
+
+    def _merge(self, new: StoredMessage) -> None:
+        old = self._db.execute(
+            "SELECT data IS NULL, expiry, proof IS NOT NULL FROM messages"
+            " WHERE pubkey = ? AND namespace = ? AND hash = ?",
+            (new.pubkey, new.namespace, new.hash),
+        ).fetchone()
+        version = _merged(_Version(bool(old[0]), old[1], bool(old[2])), new)
+        if version is None:
+            return
+        self._db.execute(
+            "UPDATE messages SET expiry = ?, proof = ?,"
+            " data = CASE WHEN ? THEN NULL ELSE data END"
+            " WHERE pubkey = ? AND namespace = ? AND hash = ?",
+            (
+                version.expiry_ms,
+                self._keep_proof(new.proof),
+                version.deleted,
+                new.pubkey,
+                new.namespace,
+                new.hash,
+            ),
+        )
+
+    def _keep_proof(self, proof: bytes | None) -> bytes | None:
+        """Store a proof once however many rows it covers (a delete may name 1 000
+        hashes); returns the key rows refer to it by."""
+        if proof is None:
+            return None
+        key = _proof_key(proof)
+        self._db.execute("INSERT OR IGNORE INTO proofs (key, body) VALUES (?, ?)", (key, proof))
+        return key
 
     def put(self, message: StoredMessage) -> bool:
         return self.put_many([message])[0]
 
-    def delete(self, pubkey: str, namespace: int, hashes: Iterable[bytes]) -> list[bytes]:
-        """Turn live messages into tombstones; returns the hashes that were deleted."""
+    def delete(
+        self, pubkey: str, namespace: int, hashes: Iterable[bytes], proof: bytes | None = None
+    ) -> list[bytes]:
+        """Turn live messages into tombstones carrying ``proof``; returns the hashes that
+        were deleted."""
         deleted = []
         with self._transaction():
+            key = self._keep_proof(proof)
             for h in hashes:
                 cursor = self._db.execute(
-                    "UPDATE messages SET data = NULL WHERE pubkey = ? AND namespace = ?"
-                    " AND hash = ? AND data IS NOT NULL",
-                    (pubkey, namespace, h),
+                    "UPDATE messages SET data = NULL, proof = ? WHERE pubkey = ?"
+                    " AND namespace = ? AND hash = ? AND data IS NOT NULL",
+                    (key, pubkey, namespace, h),
                 )
                 if cursor.rowcount:
                     deleted.append(h)
         return deleted
 
     def expire(
-        self, pubkey: str, namespace: int, hashes: Iterable[bytes], expiry_ms: int
+        self,
+        pubkey: str,
+        namespace: int,
+        hashes: Iterable[bytes],
+        expiry_ms: int,
+        proof: bytes | None = None,
     ) -> list[bytes]:
-        """Shorten (never extend) the expiry of live messages; returns the hashes updated."""
+        """Shorten (never extend) the expiry of live messages, keeping ``proof``; returns
+        the hashes updated."""
         updated = []
         with self._transaction():
+            key = self._keep_proof(proof)
             for h in hashes:
                 cursor = self._db.execute(
-                    "UPDATE messages SET expiry = ? WHERE pubkey = ? AND namespace = ?"
+                    "UPDATE messages SET expiry = ?, proof = ? WHERE pubkey = ? AND namespace = ?"
                     " AND hash = ? AND data IS NOT NULL AND expiry > ?",
-                    (expiry_ms, pubkey, namespace, h, expiry_ms),
+                    (expiry_ms, key, pubkey, namespace, h, expiry_ms),
                 )
                 if cursor.rowcount:
                     updated.append(h)
@@ -155,12 +252,22 @@ class MessageStore:
     def sweep(self, now_ms: int) -> int:
         """Remove every message and tombstone past its expiry; returns how many."""
         with self._transaction():
-            return self._db.execute("DELETE FROM messages WHERE expiry <= ?", (now_ms,)).rowcount
+            swept = self._db.execute("DELETE FROM messages WHERE expiry <= ?", (now_ms,)).rowcount
+            self._forget_unused_proofs()
+            return swept
 
     def remove_owner(self, pubkey: str) -> int:
         """Forget everything of one owner (after handing it to its new swarm)."""
         with self._transaction():
-            return self._db.execute("DELETE FROM messages WHERE pubkey = ?", (pubkey,)).rowcount
+            removed = self._db.execute("DELETE FROM messages WHERE pubkey = ?", (pubkey,)).rowcount
+            self._forget_unused_proofs()
+            return removed
+
+    def _forget_unused_proofs(self) -> None:
+        self._db.execute(
+            "DELETE FROM proofs WHERE NOT EXISTS"
+            " (SELECT 1 FROM messages WHERE messages.proof = proofs.key)"
+        )
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -204,8 +311,9 @@ class MessageStore:
         return messages, len(rows) > limit
 
     def get(self, pubkey: str, namespace: int, message_hash: bytes) -> StoredMessage | None:
+        """One row, with its proof."""
         row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE pubkey = ? AND namespace = ? AND hash = ?",
+            f"{_SELECT_WITH_PROOF} WHERE m.pubkey = ? AND m.namespace = ? AND m.hash = ?",
             (pubkey, namespace, message_hash),
         ).fetchone()
         return None if row is None else _row(row)
@@ -214,20 +322,32 @@ class MessageStore:
         return [row[0] for row in self._db.execute("SELECT DISTINCT pubkey FROM messages")]
 
     def records(self, now_ms: int, owners: Iterable[str] | None = None) -> Iterator[StoredMessage]:
-        """Every unexpired row (tombstones included) of ``owners`` (default: all), for
-        hand-over and repair."""
+        """Every unexpired row (tombstones included, with proofs) of ``owners`` (default:
+        all), for hand-over and repair."""
         if owners is None:
             query = self._db.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE expiry > ? ORDER BY seq", (now_ms,)
+                f"{_SELECT_WITH_PROOF} WHERE m.expiry > ? ORDER BY m.seq", (now_ms,)
             )
             yield from map(_row, query)
             return
         for owner in owners:
             query = self._db.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE pubkey = ? AND expiry > ? ORDER BY seq",
+                f"{_SELECT_WITH_PROOF} WHERE m.pubkey = ? AND m.expiry > ? ORDER BY m.seq",
                 (owner, now_ms),
             )
             yield from map(_row, query.fetchall())
+
+    def summaries(self, now_ms: int, owners: Iterable[str]) -> Iterator[RowSummary]:
+        """Every unexpired row of ``owners`` without its data (repair lists and compares
+        these; reading the data too made a restarted node's repair crawl under load)."""
+        for owner in owners:
+            query = self._db.execute(
+                "SELECT pubkey, namespace, hash, timestamp, expiry, data IS NULL,"
+                " proof IS NOT NULL FROM messages WHERE pubkey = ? AND expiry > ? ORDER BY seq",
+                (owner, now_ms),
+            )
+            for row in query.fetchall():
+                yield RowSummary(row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]))
 
     def stats(self) -> tuple[int, int]:
         """(live messages, bytes of live data)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from hypothesis import given
@@ -14,32 +15,90 @@ OWNER = Identity.from_label("owner").session_id
 
 
 def row(
-    data: bytes, *, expiry: int = 1_000, order: int = 1, deleted: bool = False
+    data: bytes,
+    *,
+    expiry: int = 1_000,
+    order: int = 1,
+    deleted: bool = False,
+    proof: bytes | None = None,
 ) -> StoredMessage:
-    return StoredMessage(OWNER, 0, message_hash(data), 1, expiry, None if deleted else data, order)
+    return StoredMessage(
+        OWNER, 0, message_hash(data), 1, expiry, None if deleted else data, order, proof
+    )
+
+
+KINDS = ("live", "proven", "tombstone")
 
 
 @given(
-    updates=st.lists(st.tuples(st.integers(500, 2_000), st.booleans()), min_size=1, max_size=8),
+    updates=st.lists(
+        st.tuples(st.integers(500, 2_000), st.sampled_from(KINDS)), min_size=1, max_size=8
+    ),
     order=st.permutations(range(8)),
 )
 def test_replicas_converge_whatever_the_order(
-    updates: list[tuple[int, bool]], order: list[int]
+    updates: list[tuple[int, str]], order: list[int]
 ) -> None:
-    """Applying the same set of copies in any order ends in the same row: the shortest
-    expiry, and deleted if any copy was a tombstone."""
-    copies = [row(b"m", expiry=e, deleted=d) for e, d in updates]
+    """Applying the same set of copies in any order ends in the same row: a tombstone if
+    any copy was one (kept longest), else the shortest owner-proven expiry if any, else
+    the longest unproven one (a peer cannot shorten a message's life on its own word)."""
+    copies = [
+        row(b"m", expiry=e, deleted=k == "tombstone", proof=None if k == "live" else b"p%d" % e)
+        for e, k in updates
+    ]
     one, other = MessageStore(":memory:"), MessageStore(":memory:")
     for copy in copies:
         one.put(copy)
     for index in (i for i in order if i < len(copies)):
         other.put(copies[index])
-    expected_expiry = min(e for e, _ in updates)
-    expected_deleted = any(d for _, d in updates)
+    by_kind = {k: [e for e, kind in updates if kind == k] for k in KINDS}
+    if by_kind["tombstone"]:
+        expected = (max(by_kind["tombstone"]), True)
+    elif by_kind["proven"]:
+        expected = (min(by_kind["proven"]), False)
+    else:
+        expected = (max(by_kind["live"]), False)
     for store in (one, other):
         stored = store.get(OWNER, 0, message_hash(b"m"))
         assert stored is not None
-        assert (stored.expiry_ms, stored.deleted) == (expected_expiry, expected_deleted)
+        assert (stored.expiry_ms, stored.deleted) == expected
+        assert (stored.proof is not None) == (expected[1] or bool(by_kind["proven"]))
+
+
+def test_a_proof_is_kept_once_and_forgotten_with_its_rows(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path / "s.sqlite3")
+    rows = [row(bytes([i]), expiry=5_000 + i) for i in range(3)]
+    store.put_many(rows)
+    assert store.delete(OWNER, 0, [r.hash for r in rows], proof=b"signed delete") == [
+        r.hash for r in rows
+    ]
+    assert {r.proof for r in store.records(0)} == {b"signed delete"}
+    count = "SELECT COUNT(*) FROM proofs"
+    assert store._db.execute(count).fetchone()[0] == 1
+    store.sweep(5_002)
+    assert store._db.execute(count).fetchone()[0] == 0
+
+
+def test_a_store_written_before_proofs_existed_opens(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, pubkey TEXT NOT NULL,"
+        " namespace INTEGER NOT NULL, hash BLOB NOT NULL, timestamp INTEGER NOT NULL,"
+        " expiry INTEGER NOT NULL, data BLOB, order_ms INTEGER NOT NULL,"
+        " UNIQUE (pubkey, namespace, hash));"
+    )
+    kept = row(b"kept")
+    old.execute(
+        "INSERT INTO messages (pubkey, namespace, hash, timestamp, expiry, data, order_ms)"
+        " VALUES (?, 0, ?, 1, 1000, ?, 1)",
+        (OWNER, kept.hash, kept.data),
+    )
+    old.commit()
+    old.close()
+    store = MessageStore(path)
+    assert store.get(OWNER, 0, kept.hash) == kept
+    assert store.delete(OWNER, 0, [kept.hash], proof=b"p") == [kept.hash]
 
 
 def test_retrieve_pages_by_count_and_bytes(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,8 +16,11 @@ from p2psync.clock import TEST_EPOCH_MS
 from p2psync.errors import DecodeError
 from p2psync.identity import Identity
 from p2psync.network import NodeHandle
+from p2psync.rpc import open_rpc
+from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.client import Cursor, Message, open_swarm_client
 from p2psync.swarm.node import NodeConfig
+from p2psync.swarm.records import row_to_wire
 from p2psync.swarm.registry import FileDirectory
 
 from .helpers import holders, open_test_swarm, swarm_of, wait_until
@@ -281,3 +285,55 @@ async def test_static_file_directory(
         path.write_text("{not json")
         with pytest.raises(DecodeError, match=r"network\.json"):
             await FileDirectory(path).fetch()
+
+
+async def test_a_member_cannot_delete_or_shorten_on_its_own_word(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A malicious swarm member replicates tombstones and shortened expiries without the
+    owner's signed request, or with a real one that names other messages: every honest
+    member refuses them and keeps the data. The owner's own delete, shipped with its
+    signature, still reaches every member, and repair carries it to one that was down."""
+    config = NodeConfig(repair_interval_s=30.0)
+    async with open_test_swarm(6, config) as (network, swarm):
+        members = swarm_of(network, ALICE)
+        mallory, honest = members[0], members[1:]
+        stored = [(await swarm.store(ALICE.session_id, 0, b"keep%d" % i))[0] for i in range(4)]
+        bait = (await swarm.store(ALICE.session_id, 0, b"bait"))[0]
+        await wait_until(lambda: all(holders(network, ALICE, d) == 6 for d in [*stored, bait]))
+        assert await swarm.delete(ALICE, 0, [bait]) == [bait]
+        await wait_until(lambda: holders(network, ALICE, bait) == 0)
+        bait_proof = honest[0].store.get(ALICE.session_id, 0, bait).proof  # type: ignore[union-attr]
+        assert bait_proof is not None
+
+        victim = stored[0]
+        row = honest[0].store.get(ALICE.session_id, 0, victim)
+        assert row is not None
+        forged = [
+            dataclasses.replace(row, data=None, proof=None),  # tombstone, no proof
+            dataclasses.replace(row, data=None, proof=bait_proof),  # proof of another delete
+            dataclasses.replace(row, expiry_ms=row.expiry_ms - 1, proof=bait_proof),
+        ]
+        shortened = dataclasses.replace(row, expiry_ms=TEST_EPOCH_MS + 20_000)  # no proof
+        async with open_rpc(network.transport, honest[0].url) as client:
+            for attack in [*forged, shortened]:
+                params = {"rows": [row_to_wire(attack)]}
+                now = network.clock.now_ms()
+                await client.call(
+                    "replicate", sign_node_request(mallory.identity, "replicate", params, now)
+                )
+        assert honest[0].stats.rows_refused == len(forged)
+        kept = honest[0].store.get(ALICE.session_id, 0, victim)
+        assert kept is not None and kept.data == row.data and kept.expiry_ms == row.expiry_ms
+
+        down = next(h for h in network.nodes if h.node is honest[-1])
+        await network.stop_node(down)
+        assert await swarm.delete(ALICE, 0, stored[1:2]) == stored[1:2]
+        await network.start_node(down)
+        node = down.node
+        assert node is not None
+        row_on = node.store.get
+        await wait_until(lambda: getattr(row_on(ALICE.session_id, 0, stored[1]), "deleted", False))
+        messages, _, _ = await swarm.retrieve(ALICE, 0, None)
+        assert sorted(m.hash for m in messages) == sorted([stored[0], *stored[2:]])
+        assert all(n.stats.rows_refused == 0 for n in network.running_nodes() if n is not honest[0])
