@@ -1,9 +1,12 @@
 """p2psync: device-to-device sync for swarm-based private messengers.
 
 The public API (DESIGN.md §10): an embedded network, devices on it, and the storage
-benchmark's trace runner. Everything else is internal unless the README documents it.
+benchmark's trace runner (``run_scenario``, with the ``Trace`` and ``Send`` a client builds
+its own trace from, or a ``Scenario`` for a seeded synthetic one). Everything else is
+internal unless the README documents it.
 """
 
+from .bench.scenario import Scenario, Send, Trace
 from .bench.storage import run_scenario
 from .device import (
     Contact,
@@ -30,6 +33,9 @@ __all__ = [
     "P2PSyncError",
     "PairingError",
     "RpcError",
+    "Scenario",
+    "Send",
+    "Trace",
     "open_device",
     "open_local_network",
     "run_scenario",

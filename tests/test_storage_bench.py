@@ -1,18 +1,58 @@
-"""The storage benchmark's trace runner on a small scenario: the §9 accounting holds."""
+"""The storage benchmark's trace runner: the §9 accounting holds on a generated scenario and
+on a hand-built trace, and a bad trace is refused with a clear ValueError before any run."""
 
 from __future__ import annotations
 
-import pytest
+import doctest
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
-from p2psync.bench.scenario import Scenario, build_trace
-from p2psync.bench.storage import run_scenario, sibling_away_at_send
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import p2psync
+from p2psync import Scenario, Send, Trace, run_scenario
+from p2psync.bench import storage
+from p2psync.bench.scenario import KINDS, MAX_SEND_BYTES, build_trace
+from p2psync.bench.storage import sibling_away_at_send
+from p2psync.envelope import seal_envelope
+from p2psync.identity import Identity
+from p2psync.swarm.constants import MAX_DATA_BYTES
 
 SMALL = Scenario(users=2, days=1.5, messages_per_user_per_day=8, long_offline_days=0.0, seed=3)
+H = 3_600_000
+M = 60_000
+
+#: Two users for three hours. User 0's desktop comes online at 00:10; user 1's phone is away
+#: 01:00–02:00. Every send is made while the sender's other device is online too; the third
+#: one reaches user 1 while the phone is away, so its inbound copy waits for the phone.
+HAND = Trace(
+    users=2,
+    duration_ms=3 * H,
+    online={
+        (0, "phone"): [(0, 3 * H)],
+        (0, "desktop"): [(10 * M, 3 * H)],
+        (1, "phone"): [(0, H), (2 * H, 3 * H)],
+        (1, "desktop"): [(0, 3 * H)],
+    },
+    sends=[
+        Send(20 * M, 0, "phone", 1, 300),
+        Send(40 * M, 1, "desktop", 0, 1200),
+        Send(90 * M, 0, "desktop", 1, 50),
+        Send(150 * M, 1, "phone", 0, 700),
+    ],
+)
 
 
 def test_traces_are_deterministic() -> None:
     assert build_trace(SMALL).sends == build_trace(SMALL).sends
     assert build_trace(SMALL).sends != build_trace(Scenario(seed=4)).sends
+
+
+def test_trace_types_are_public() -> None:
+    assert {"Scenario", "Send", "Trace", "run_scenario"} <= set(p2psync.__all__)
 
 
 @pytest.mark.slow
@@ -31,3 +71,223 @@ def test_strategies_store_what_the_design_says() -> None:
     for result in (fanout, linked, p2p):
         assert result["lost"] == 0
         assert result["completeness"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("strategy", "copies", "sync_copies", "copies_by_hour"),
+    [
+        # Three hours of trace and two of settling: slots 0..5. Copies live a day (TTL)
+        # unless deleted, so fanout and linked only accumulate: 3 and 2 per message.
+        ("fanout", 3.0, 0.0, [6, 9, 12, 12, 12, 12]),
+        ("linked", 2.0, 1.0, [4, 6, 8, 8, 8, 8]),
+        # p2p: one inbound copy per message, deleted once both recipient devices hold it:
+        # at once, except the 01:30 one, kept until user 1's phone is back at 02:00.
+        ("p2p", 1.0, 0.0, [2, 1, 2, 0, 0, 0]),
+    ],
+)
+def test_a_hand_built_trace(
+    strategy: str, copies: float, sync_copies: float, copies_by_hour: list[int]
+) -> None:
+    result = run_scenario(HAND, strategy)
+    assert result["messages"] == 4
+    assert result["copies_per_message"] == copies
+    assert result["sync_copies_per_message"] == sync_copies
+    assert result["stored_copies_by_hour"] == copies_by_hour
+    assert len(result["stored_bytes_by_hour"]) == len(copies_by_hour)
+    assert max(result["stored_bytes_by_hour"]) == result["peak_bytes"]
+    assert result["lost"] == 0
+    assert result["completeness"] == 1.0
+    assert set(result["completeness_by_device"].values()) == {1.0}
+
+
+def test_the_docstring_example_runs() -> None:
+    finder = doctest.DocTestFinder()
+    (test,) = finder.find(storage.run_scenario, "run_scenario", globs={})
+    assert test.examples
+    outcome = doctest.DocTestRunner().run(test, out=lambda text: None)
+    assert outcome.failed == 0
+
+
+def test_the_plot_has_copies_and_bytes_per_strategy(tmp_path: Path) -> None:
+    results = {
+        name: {
+            "messages": 3,
+            "copies_per_message": copies,
+            "stored_copies_by_hour": [int(3 * copies), 1, 0],
+            "stored_bytes_by_hour": [900 * int(copies), 300, 0],
+        }
+        for name, copies in (("fanout", 3.0), ("linked", 2.0), ("p2p", 1.0))
+    }
+    storage._plot(results, str(tmp_path / "plot.png"), Scenario(users=2, days=0.1))
+    assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_largest_send_fits_a_swarm_message() -> None:
+    sender = Identity.from_label("bench/size")
+    body = bytes(8 + MAX_SEND_BYTES)  # the runner prefixes an 8-byte message number
+    for kind in ("text", "sent"):
+        assert len(seal_envelope(sender, sender.x25519_public, kind, body, 0)) <= MAX_DATA_BYTES
+
+
+# --- refusing bad traces -------------------------------------------------------------------
+
+ALL_ON = {(u, k): [(0, 3 * H)] for u in (0, 1) for k in KINDS}
+
+
+def _with(online: dict[Any, Any] | None = None, sends: list[Any] | None = None) -> Trace:
+    return replace(
+        HAND,
+        online=HAND.online if online is None else {**ALL_ON, **online},
+        sends=HAND.sends if sends is None else sends,
+    )
+
+
+def _send(**changes: Any) -> Send:
+    return replace(Send(20 * M, 0, "phone", 1, 300), **changes)
+
+
+BAD = {
+    "unknown kind": (_with(online={(0, "tablet"): [(0, H)]}), "unknown device kind 'tablet'"),
+    "unknown user": (_with(online={(2, "phone"): [(0, H)]}), r"user must be in 0\.\.1, not 2"),
+    "key not a pair": (_with(online={0: [(0, H)]}), r"a \(user, kind\) pair"),
+    "spans out of order": (
+        _with(online={(0, "phone"): [(2 * H, 3 * H), (0, H)]}),
+        r"online\[\(0, 'phone'\)\]\[1\]: .* starts before the previous one ends",
+    ),
+    "spans overlap": (
+        _with(online={(1, "desktop"): [(0, 2 * H), (H, 3 * H)]}),
+        "spans must be in order and not overlap",
+    ),
+    "empty span": (_with(online={(0, "phone"): [(H, H)]}), "does not end after it starts"),
+    "negative start": (_with(online={(0, "phone"): [(-1, H)]}), r"outside 0\.\."),
+    "span past the end": (_with(online={(0, "phone"): [(0, 3 * H + 1)]}), r"outside 0\.\."),
+    "span of floats": (_with(online={(0, "phone"): [(0.0, 1.5)]}), "a pair of ints"),
+    "spans not a list": (_with(online={(0, "phone"): "0-3600000"}), "list of"),
+    "sent while offline": (
+        _with(sends=[_send(at_ms=5 * M, kind="desktop")]),
+        r"sends\[0\]: user 0's desktop is offline at 300000 ms",
+    ),
+    "sent as a span ends": (
+        _with(sends=[_send(at_ms=H, user=1, to_user=0)]),
+        "user 1's phone is offline at 3600000 ms",
+    ),
+    "sent at a negative time": (_with(sends=[_send(at_ms=-1)]), "at_ms must be an int"),
+    "sent after the end": (_with(sends=[_send(at_ms=3 * H)]), "at_ms must be an int"),
+    "sent to oneself": (_with(sends=[_send(to_user=0)]), "user 0 sends to itself"),
+    "sent to nobody": (_with(sends=[_send(to_user=5)]), "to_user must be a user"),
+    "sent from a tablet": (_with(sends=[_send(kind="tablet")]), "unknown device kind"),
+    "negative size": (_with(sends=[_send(size=-1)]), "size must be an int"),
+    "oversized": (_with(sends=[_send(size=MAX_SEND_BYTES + 1)]), "size must be an int"),
+    "size as text": (_with(sends=[_send(size="300")]), "size must be an int"),
+    "user as bool": (_with(sends=[_send(user=True)]), "user must be in"),
+    "not a Send": (_with(sends=[(20 * M, 0, "phone", 1, 300)]), "expected a Send, not tuple"),
+    "no users": (replace(HAND, users=0, online={}, sends=[]), "users must be an int"),
+    "no time": (replace(HAND, duration_ms=0), "duration_ms must be an int"),
+    "a thousand years": (replace(HAND, duration_ms=10**15), "duration_ms must be an int"),
+}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_a_bad_trace_is_refused(name: str) -> None:
+    trace, message = BAD[name]
+    with pytest.raises(ValueError, match=message):
+        run_scenario(trace, "p2p")
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        run_scenario(HAND, "gossip")
+    with pytest.raises(ValueError, match="expected a Trace or a Scenario, not dict"):
+        run_scenario({"users": 2}, "p2p")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Scenario\.users"):
+        Scenario(users=0)
+    with pytest.raises(ValueError, match=r"Scenario\.message_bytes"):
+        Scenario(message_bytes=(500, 100))
+    with pytest.raises(ValueError, match=r"Scenario\.days"):
+        Scenario(days=-1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    users=st.integers(1, 5),
+    days=st.floats(0.1, 8),
+    rate=st.floats(0, 60),
+    away=st.floats(0, 4),
+    seed=st.integers(0, 2**32),
+)
+def test_generated_traces_are_valid(
+    users: int, days: float, rate: float, away: float, seed: int
+) -> None:
+    scenario = Scenario(users, days, rate, away, seed=seed)
+    trace = build_trace(scenario)
+    trace.validate()
+    assert trace.users == users and trace.seed == seed
+
+
+@st.composite
+def _spans(draw: st.DrawFn, end: int) -> list[tuple[int, int]]:
+    points = sorted(draw(st.sets(st.integers(0, end), max_size=8)))
+    return list(zip(points[::2], points[1::2], strict=False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_a_send_is_accepted_exactly_when_its_device_is_online(data: st.DataObject) -> None:
+    end = 10 * H
+    online = {(u, k): data.draw(_spans(end)) for u in (0, 1) for k in KINDS}
+    send = Send(
+        data.draw(st.integers(-H, end + H)),
+        data.draw(st.integers(-1, 2)),
+        data.draw(st.sampled_from([*KINDS, "tablet"])),
+        data.draw(st.integers(-1, 2)),
+        data.draw(st.integers(-10, MAX_SEND_BYTES + 10)),
+    )
+    trace = Trace(users=2, duration_ms=end, online=online, sends=[send])
+    fine = (
+        0 <= send.at_ms < end
+        and send.user in (0, 1)
+        and send.to_user in (0, 1)
+        and send.to_user != send.user
+        and send.kind in KINDS
+        and 0 <= send.size <= MAX_SEND_BYTES
+        and any(a <= send.at_ms < b for a, b in online[(send.user, send.kind)])
+    )
+    if fine:
+        trace.validate()
+    else:
+        with pytest.raises(ValueError):
+            trace.validate()
+
+
+_JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64),
+    st.floats(allow_nan=True),
+    st.text(max_size=4),
+    st.binary(max_size=4),
+    st.lists(st.integers(-5, 5), max_size=3),
+    st.tuples(st.integers(-5, 5), st.integers(-5, 5)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    users=_JUNK,
+    duration=_JUNK,
+    key=st.one_of(_JUNK, st.tuples(_JUNK, _JUNK), st.tuples(st.integers(0, 1), st.just("phone"))),
+    spans=st.one_of(_JUNK, st.lists(st.one_of(_JUNK, st.tuples(_JUNK, _JUNK)), max_size=3)),
+    # Never a valid send (no junk is a device kind), so the trace is always refused: the
+    # point is that whatever is wrong first, the refusal is a ValueError.
+    send=st.one_of(_JUNK, st.builds(Send, _JUNK, _JUNK, _JUNK, _JUNK, _JUNK)),
+)
+def test_junk_raises_value_error_only(
+    users: Any, duration: Any, key: Any, spans: Any, send: Any
+) -> None:
+    try:
+        hash(key)
+    except TypeError:
+        key = repr(key)
+    trace = Trace(users=users, duration_ms=duration, online={key: spans}, sends=[send])
+    with pytest.raises(ValueError):
+        trace.validate()

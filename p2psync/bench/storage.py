@@ -38,7 +38,7 @@ from ..swarm.client import Cursor, Message, SwarmClient, open_swarm_client
 from ..swarm.constants import DEFAULT_TTL_MS, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from ..swarm.node import NodeConfig
 from ..sync.live import AllAcknowledged, Deliver, Event, FallbackDue, Item, LiveSync, Send
-from .scenario import DAY_MS, HOUR_MS, KINDS, Scenario, Trace, build_trace
+from .scenario import HOUR_MS, KINDS, Scenario, Trace, build_trace
 
 STRATEGIES = ("fanout", "linked", "p2p")
 #: Emulated one-way latency of a 3+3-hop onion path between siblings.
@@ -66,11 +66,13 @@ class Ledger:
     def byte_hours(self) -> float:
         return sum(size * (end - start) / HOUR_MS for size, start, end in self.copies.values())
 
-    def timeline(self, step_ms: int, end_ms: int) -> list[int]:
+    def timeline(self, step_ms: int, end_ms: int, *, copies: bool = False) -> list[int]:
+        """Per ``step_ms`` slot up to ``end_ms``: the bytes (or, with ``copies``, the number
+        of copies) stored at some moment of that slot."""
         points = [0] * (end_ms // step_ms + 1)
         for size, start, end in self.copies.values():
             for index in range(start // step_ms, min(end, end_ms) // step_ms + 1):
-                points[index] += size
+                points[index] += 1 if copies else size
         return points
 
 
@@ -106,8 +108,8 @@ class _Run:
         self.strategy, self.trace, self.network, self.swarm = strategy, trace, network, swarm
         self.ledger = Ledger()
         self.clock = network.clock
-        self.random = random.Random(trace.scenario.seed)
-        users = range(trace.scenario.users)
+        self.random = random.Random(trace.seed)
+        users = range(trace.users)
         shared = {u: Identity.from_label(f"bench/{u}") for u in users}
         self.devices = {
             (u, k): _Device(
@@ -301,7 +303,7 @@ class _Run:
 
     async def run(self, on_progress: Callable[[float], None]) -> dict[str, Any]:
         trace = self.trace
-        end_ms = int(trace.scenario.days * DAY_MS)
+        end_ms = trace.duration_ms
         events: list[tuple[int, int, Any]] = []
         for (user, kind), spans in trace.online.items():
             for start, stop in spans:
@@ -364,23 +366,56 @@ class _Run:
             "latency_p50_ms": round(_percentile(self.latencies, 0.5), 1),
             "latency_p99_ms": round(_percentile(self.latencies, 0.99), 1),
             "stored_bytes_by_hour": timeline,
+            "stored_copies_by_hour": self.ledger.timeline(HOUR_MS, end_ms, copies=True),
         }
 
 
 def run_scenario(
-    scenario: Scenario,
+    trace: Trace | Scenario,
     strategy: str,
     *,
     on_progress: Callable[[float], None] = lambda fraction: None,
 ) -> dict[str, Any]:
-    """Replay ``scenario`` with ``strategy`` on an embedded network under virtual time and
-    return the figures of DESIGN.md §9 (plus per-device completeness and an hourly
-    stored-bytes series). Repeatable for a given scenario and seed, up to the ciphertexts
-    (sealing draws fresh keys), whose ids order a few same-millisecond deletions: byte·hours
-    then differ in the seventh digit."""
+    """Replay ``trace`` with ``strategy`` (``"fanout"``, ``"linked"`` or ``"p2p"``) on an
+    embedded network under virtual time and return the figures of DESIGN.md §9, plus
+    ``messages``, ``sync_copies_per_message``, ``completeness_by_device`` and hourly
+    ``stored_bytes_by_hour`` / ``stored_copies_by_hour`` series (slot ``h`` counts what was
+    stored at some moment of hour ``h``, through the settling period).
+
+    ``trace`` is a :class:`~p2psync.Trace` of your own (checked first: a bad one raises
+    :class:`ValueError` saying what is wrong) or a :class:`~p2psync.Scenario`, which is
+    turned into the benchmark's seeded synthetic trace. A run takes seconds per virtual
+    hour of traffic-heavy trace; a quiet one is faster. Example: two users, both online
+    for two hours, user 0's phone writes to user 1 twice and user 1's desktop answers::
+
+        >>> from p2psync import Send, Trace, run_scenario
+        >>> HOUR = 3_600_000
+        >>> both_on = [(0, 2 * HOUR)]
+        >>> trace = Trace(
+        ...     users=2,
+        ...     duration_ms=2 * HOUR,
+        ...     online={(u, k): both_on for u in (0, 1) for k in ("phone", "desktop")},
+        ...     sends=[
+        ...         Send(at_ms=600_000, user=0, kind="phone", to_user=1, size=300),
+        ...         Send(at_ms=900_000, user=0, kind="phone", to_user=1, size=80),
+        ...         Send(at_ms=1_800_000, user=1, kind="desktop", to_user=0, size=1000),
+        ...     ],
+        ... )
+        >>> figures = run_scenario(trace, "p2p")
+        >>> figures["copies_per_message"], figures["lost"], figures["completeness"]
+        (1.0, 0, 1.0)
+
+    Repeatable for a given trace and seed, up to the ciphertexts (sealing draws fresh
+    keys), whose ids order a few same-millisecond deletions: byte·hours then differ in the
+    seventh digit."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}")
-    trace = build_trace(scenario)
+        raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+    if isinstance(trace, Scenario):
+        trace = build_trace(trace)
+    elif not isinstance(trace, Trace):
+        raise ValueError(f"expected a Trace or a Scenario, not {type(trace).__name__}")
+    trace.validate()
+    seed = trace.seed
     quiet = NodeConfig(
         registry_refresh_s=150,
         announce_interval_s=150,
@@ -391,17 +426,17 @@ def run_scenario(
     async def main() -> dict[str, Any]:
         async with (
             open_local_network(
-                6, clock=Clock(TEST_EPOCH_MS), node_config=quiet, seed=scenario.seed
+                6, clock=Clock(TEST_EPOCH_MS), node_config=quiet, seed=seed
             ) as network,
             open_swarm_client(
-                network.transport, network.directory(), network.clock, seed=scenario.seed
+                network.transport, network.directory(), network.clock, seed=seed
             ) as swarm,
         ):
             return await _Run(strategy, trace, network, swarm).run(on_progress)
 
     # Trio breaks ties between runnable tasks with its own unseeded Random; seeding it
     # makes a run repeatable to the millisecond (else the latency tail varies run to run).
-    trio._core._run._r.seed(scenario.seed)
+    trio._core._run._r.seed(seed)
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
@@ -469,7 +504,7 @@ def run_storage_bench(
     plot_path: str | None = None,
 ) -> dict[str, Any]:
     """All three strategies on one scenario, with progress bars, a table, and optionally
-    the §9 JSON and a PNG plot of stored bytes over time."""
+    the §9 JSON and a PNG plot of stored copies and bytes over time."""
     from dataclasses import replace
     from pathlib import Path
 
@@ -543,24 +578,48 @@ def run_storage_bench(
 
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     if plot_path:
-        _plot(results, plot_path)
+        _plot(results, plot_path, scenario)
     return report
 
 
-def _plot(results: dict[str, dict[str, Any]], path: str) -> None:
+def _plot(results: dict[str, dict[str, Any]], path: str, scenario: Scenario | None = None) -> None:
+    """Two stacked panels sharing the day axis, one line per strategy: stored copies and
+    stored KiB per hour (what was stored at some moment of each hour)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 4))
+    styles = {"fanout": ("tab:red", "-"), "linked": ("tab:blue", "--"), "p2p": ("tab:green", "-")}
+    figure, (copies_axes, bytes_axes) = plt.subplots(
+        2, 1, sharex=True, figsize=(10, 6.5), constrained_layout=True
+    )
     for name, r in results.items():
-        series = r["stored_bytes_by_hour"]
-        axes.plot([h / 24 for h in range(len(series))], [b / 1024 for b in series], label=name)
-    axes.set_xlabel("day")
-    axes.set_ylabel("stored in swarms (KiB)")
-    axes.set_title("swarm storage over time per strategy")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+        color, line = styles.get(name, (None, "-"))
+        copies, stored = r["stored_copies_by_hour"], r["stored_bytes_by_hour"]
+        # Slot h covers hours h..h+1: repeat the last value so the last slot has a width.
+        days = [h / 24 for h in range(len(stored) + 1)]
+        label = f"{name} ({r['copies_per_message']:.2f} copies/message)"
+        step = {"color": color, "drawstyle": "steps-post", "linewidth": 1.4}
+        copies_axes.plot(days, [*copies, copies[-1]], line, label=label, **step)
+        bytes_axes.plot(days, [b / 1024 for b in [*stored, stored[-1]]], line, **step)
+    for axes in (copies_axes, bytes_axes):
+        axes.grid(True, alpha=0.3)
+        axes.set_ylim(bottom=0)
+        if scenario is not None:
+            if scenario.long_offline_days > 0:
+                axes.axvspan(0.5, 0.5 + scenario.long_offline_days, color="0.9", zorder=0)
+            axes.axvline(scenario.days, color="0.4", linestyle=":", linewidth=1)
+    copies_axes.set_ylabel("stored copies")
+    bytes_axes.set_ylabel("stored (KiB)")
+    bytes_axes.set_xlabel("day (after the dotted line: every device online, settling)")
+    copies_axes.legend(loc="upper left", fontsize="small", framealpha=0.9)
+    title = "swarm storage over time per strategy"
+    if scenario is not None:
+        messages = next(iter(results.values()))["messages"] if results else 0
+        title += f"\n{scenario.users} users × 2 devices, {messages} messages, seed {scenario.seed}"
+        if scenario.long_offline_days > 0:
+            title += f"; shaded: user 0's desktop away {scenario.long_offline_days:g} days"
+    figure.suptitle(title)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
