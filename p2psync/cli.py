@@ -102,7 +102,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     transport = make_transport("tcp")
     clock = Clock()
     static = Path(args.static) if args.static else None
-    directory = make_directory(transport, clock, args.registry, static)
+    directory = make_directory(transport, clock, args.registry, static, data_dir)
     return _run(args, run_node, transport, data_dir, args.listen, directory, clock)
 
 
@@ -139,7 +139,7 @@ def _cmd_relay(args: argparse.Namespace) -> int:
 
     data_dir = _data_dir(args)
     clock = Clock()
-    directory = make_directory(make_transport("tcp"), clock, args.registry, None)
+    directory = make_directory(make_transport("tcp"), clock, args.registry, None, data_dir)
     return _run(args, run_relay, TcpTransport(), data_dir, args.listen, directory, clock)
 
 
@@ -274,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("--quick", action="store_true", help="the small scenario (minutes)")
     storage.add_argument("--seed", type=int, default=1, help="scenario seed (default: 1)")
     storage.add_argument("--json", metavar="FILE", help="write the §9 JSON")
-    storage.add_argument("--plot", metavar="FILE", help="write a PNG of stored bytes over time")
+    storage.add_argument(
+        "--plot", metavar="FILE", help="write a PNG of stored copies and bytes over time"
+    )
     storage.set_defaults(run=_cmd_bench_storage)
     soak = bench_commands.add_parser(
         "soak", help="load and faults (node kill -9, registry stop) for minutes: what held, lost"

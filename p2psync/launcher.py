@@ -23,6 +23,7 @@ import trio
 
 from overlay.link import Transport
 
+from .clock import Clock
 from .rpc import open_rpc
 from .swarm.registry import Snapshot
 from .swarm.ring import NodeInfo, SwarmMap
@@ -173,7 +174,7 @@ async def _describe(
     announces itself before it prints ``ready``, so all are listed by now)."""
     with trio.fail_after(START_TIMEOUT_S):
         async with open_rpc(transport, registry) as client:
-            listing = Snapshot.from_wire(await client.call("list", {}))
+            listing = Snapshot.from_announcements(await client.call("list", {}), Clock().now_ms())
         if len(listing.nodes) < nodes or len(listing.relays) < relays:
             raise RuntimeError("the registry does not list every node and relay")
         await _until_views_agree(transport, listing.nodes)

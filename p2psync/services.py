@@ -71,20 +71,30 @@ def load_or_create_identity(path: Path) -> Identity:
     return identity
 
 
+LISTING_FILE = "listing.cbor"
+
+
 def announce_ready(url: str) -> None:
     print(f"ready {url}", flush=True)
     sys.stdout.flush()
 
 
 def make_directory(
-    transport: Transport, clock: Clock, registry: str | None, static: Path | None
+    transport: Transport,
+    clock: Clock,
+    registry: str | None,
+    static: Path | None,
+    data_dir: Path | None = None,
 ) -> Directory:
+    """A static file, or the registry with the last listing saved in ``data_dir`` (so a
+    service restarted while the registry is down still knows the network)."""
     if (registry is None) == (static is None):
         raise ValueError("give exactly one of --registry URL or --static FILE")
     if static is not None:
         return FileDirectory(static)
     assert registry is not None
-    return RegistryDirectory(transport, registry, clock)
+    cache = None if data_dir is None else data_dir / LISTING_FILE
+    return RegistryDirectory(transport, registry, clock, cache_path=cache)
 
 
 async def run_node(

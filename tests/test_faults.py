@@ -44,4 +44,8 @@ async def test_node_killed_mid_burst_loses_nothing_and_converges(tmp_path: Path)
     assert cluster.nodes[0].starts == 2
 
     assert outage.notes["stores_acknowledged_while_down"] == 60
+    # The registry is no single point of failure for reading the network: a new client
+    # lists it from the nodes, and a node restarted meanwhile from its saved listing.
+    assert outage.notes["new_client_bootstraps_while_down"] == "yes"
+    assert outage.notes["node_restarted_while_down_serves"] == "yes"
     assert outage.lost == 0 and outage.converged

@@ -89,7 +89,12 @@ from p2psync.swarm.client import _messages_from
 from p2psync.swarm.constants import MAX_NAMESPACE, MAX_TTL_MS
 from p2psync.swarm.proof import OwnerProof
 from p2psync.swarm.records import message_to_wire, row_from_wire, row_to_wire
-from p2psync.swarm.registry import Snapshot, check_announcement, sign_announcement
+from p2psync.swarm.registry import (
+    CACHED_LISTING_MAX_AGE_MS,
+    Snapshot,
+    check_announcement,
+    sign_announcement,
+)
 from p2psync.swarm.store import StoredMessage
 from p2psync.sync.negentropy import Negentropy, NegentropyError, StorageVector, _decode_ranges
 from p2psync.sync.records import Ack, Msg, Offer, Req, decode_record, encode_record
@@ -584,6 +589,43 @@ _SNAPSHOT = Snapshot.from_wire(
 def test_registry_snapshot_from_wire(value: object) -> None:
     snapshot = refused_or_decoded(lambda: Snapshot.from_wire(value))
     assert snapshot is None or Snapshot.from_wire(snapshot.to_wire()) == snapshot
+
+
+_LISTING = {
+    "announcements": [
+        sign_announcement(ALICE, "node", "ws://127.0.0.1:1/", NOW - 1_000),
+        sign_announcement(BOB, "relay", "tcp://h:2", NOW - 2_000, b"c"),
+    ]
+}
+
+
+@settings(FUZZ, max_examples=90)
+@given(values_around(_LISTING))
+def test_a_signed_listing_lists_only_what_its_announcers_signed(value: object) -> None:
+    """Whatever a registry (or a node serving its copy) sends, a reader lists a node or a
+    relay only at the address its own key signed, and never one announced too long ago."""
+    snapshot = refused_or_decoded(
+        lambda: Snapshot.from_announcements(value, NOW), DecodeError, RpcError
+    )
+    if snapshot is None:
+        return
+    signed = {
+        (a["record"]["kind"], a["record"]["pubkey"], a["record"]["url"])
+        for a in _LISTING["announcements"]
+    }
+    listed = {("node", n.pubkey, n.url) for n in snapshot.nodes} | {
+        ("relay", r.pubkey, r.url) for r in snapshot.relays
+    }
+    assert listed <= signed
+
+
+def test_a_stale_announcement_is_refused_unless_read_from_a_cached_copy() -> None:
+    old = {"announcements": [sign_announcement(ALICE, "node", "ws://127.0.0.1:1/", NOW)]}
+    later = NOW + 10 * 60_000
+    with pytest.raises(DecodeError, match="stale"):
+        Snapshot.from_announcements(old, later)
+    cached = Snapshot.from_announcements(old, later, max_age_ms=CACHED_LISTING_MAX_AGE_MS)
+    assert [n.url for n in cached.nodes] == ["ws://127.0.0.1:1/"]
 
 
 # --- swarm: auth, rows, retrieve results -------------------------------------------------------

@@ -32,6 +32,21 @@ def _url(description: dict[str, object], key: str, path: Path) -> str:
     return value
 
 
+def _node_urls(description: dict[str, object]) -> tuple[str, ...]:
+    """The nodes ``network up`` listed, asked for the network while the registry is down
+    (entries that are not what it writes are skipped: they are only a fallback)."""
+    nodes = description.get("nodes")
+    if not isinstance(nodes, list):
+        return ()
+    return tuple(
+        node["url"]
+        for node in nodes
+        if isinstance(node, dict)
+        and isinstance(node.get("url"), str)
+        and node["url"].startswith("ws://")
+    )
+
+
 @dataclass(frozen=True)
 class NetworkAccess:
     transport: Transport
@@ -68,7 +83,12 @@ class NetworkAccess:
         transport = WebSocketTransport()
         return cls(
             transport,
-            RegistryDirectory(transport, _url(description, "registry", path), clock),
+            RegistryDirectory(
+                transport,
+                _url(description, "registry", path),
+                clock,
+                seeds=_node_urls(description),
+            ),
             clock,
             _url(description, "fileserver", path),
             _url(description, "opengroup", path),

@@ -54,7 +54,10 @@ class Cluster:
         return self.registry.url
 
     def directory(self) -> RegistryDirectory:
-        return RegistryDirectory(self.transport, self.registry_url, self.clock)
+        """How a client that knows the network description reads it: the registry, and
+        the nodes when the registry is down."""
+        seeds = tuple(node.url for node in self.nodes)
+        return RegistryDirectory(self.transport, self.registry_url, self.clock, seeds=seeds)
 
     def services(self) -> list[ServiceProcess]:
         return [self.registry, *self.nodes, *self.relays]

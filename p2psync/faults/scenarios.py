@@ -26,7 +26,7 @@ from overlay import Contact, TcpTransport, open_endpoint
 from overlay.path import Path as OverlayPath
 
 from ..swarm.client import SwarmClient, open_swarm_client
-from .cluster import Cluster
+from .cluster import PROBES, Cluster
 from .ledger import NAMESPACE, AckLedger, Audit, audit, wait_converged
 from .load import CLIENT_ERRORS, LoadStats, run_storers
 from .polling import poll_until
@@ -122,6 +122,15 @@ async def client_bootstraps(cluster: Cluster, ledger: AckLedger) -> bool:
     return bool(messages)
 
 
+async def _knows_the_swarms(cluster: Cluster, node: ServiceProcess) -> bool:
+    """Whether ``node`` answers ``get_swarm`` (it says ``unavailable`` without a swarm map)."""
+    try:
+        await cluster.pool.call(node.url, "get_swarm", {"pubkey": PROBES[0]})
+    except CLIENT_ERRORS:
+        return False
+    return True
+
+
 async def registry_outage(
     cluster: Cluster,
     swarm: SwarmClient,
@@ -136,6 +145,10 @@ async def registry_outage(
     await cluster.stop(cluster.registry)
     await run_storers(swarm, ledger, stats, concurrency, total=burst)
     fresh_client_during_outage = await client_bootstraps(cluster, ledger)
+    restarted = cluster.nodes[-1]
+    await cluster.kill(restarted)
+    await cluster.start(restarted)
+    restarted_serves = await _knows_the_swarms(cluster, restarted)
     await cluster.start(cluster.registry)
     back_at = trio.current_time()
     with trio.fail_after(RECOVERY_TIMEOUT_S):
@@ -153,6 +166,7 @@ async def registry_outage(
         {
             "stores_acknowledged_while_down": stats.stores,
             "new_client_bootstraps_while_down": "yes" if fresh_client_during_outage else "no",
+            "node_restarted_while_down_serves": "yes" if restarted_serves else "no",
         },
     )
 

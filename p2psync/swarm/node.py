@@ -176,6 +176,7 @@ class StorageNode:
                 "repair_digest": self._repair_digest,
                 "repair_list": self._repair_list,
                 "repair_fetch": self._repair_fetch,
+                "list": self._list,
             },
             self.config.limits,
         )
@@ -198,13 +199,18 @@ class StorageNode:
 
     async def refresh(self) -> None:
         """Announce, re-read the registry, and act on a membership change. Failures are
-        logged: a node keeps serving with the last registry it saw."""
-        try:
-            if trio.current_time() - self._announced_at >= self.config.announce_interval_s:
+        logged: a node keeps serving with the last registry it saw. A failed announce
+        does not stop the read, which may still succeed from other nodes' copies."""
+        errors = (OSError, ConnectionLost, RpcError, DecodeError)
+        if trio.current_time() - self._announced_at >= self.config.announce_interval_s:
+            try:
                 await self.directory.announce(self.identity, "node", self.url)
                 self._announced_at = trio.current_time()
+            except errors as exc:
+                logger.warning("node %s: cannot announce: %s", self.pubkey[:8], exc)
+        try:
             snapshot = await self.directory.fetch()
-        except (OSError, ConnectionLost, RpcError, DecodeError) as exc:
+        except errors as exc:
             logger.warning("node %s: registry unavailable: %s", self.pubkey[:8], exc)
             return
         if self.pubkey not in {n.pubkey for n in snapshot.nodes}:
@@ -264,6 +270,13 @@ class StorageNode:
             "swarm": self.swarm_id or 0,
             "stored": self.store.stats()[0],
         }
+
+    def _list(self, params: Fields, conn: Connection) -> Any:
+        """The signed announcements of the last registry listing this node read, so
+        readers can list the network from any node while the registry is down (they
+        check every signature themselves)."""
+        params.only()
+        return self.snapshot.announcements_to_wire()
 
     def _get_swarm(self, params: Fields, conn: Connection) -> Any:
         key = session_id_key(params.only("pubkey").text("pubkey", max_len=66))
