@@ -22,6 +22,9 @@ from .constants import INTROSET_LIFETIME_MS, INTROSET_MAX_BYTES, RENDEZVOUS_EPOC
 from .keys import KeyPair, verify
 
 _HEAD = struct.Struct(">32sQ24sH")
+#: The owner's endpoint key signs other things too (contacts, sessions); its signature
+#: over an introset body is under its own prefix, so it can never pass for one of those.
+BODY_DOMAIN = b"p2psync-introset-body/1:"
 _INTRO = struct.Struct(">32s16sQ")
 
 
@@ -69,7 +72,7 @@ def seal_introset(
 ) -> bytes:
     body = owner.public + bytes((len(intros),))
     body += b"".join(_INTRO.pack(i.relay, i.intro_id, i.expiry_ms) for i in intros)
-    body += owner.sign(rendezvous.location + body)
+    body += owner.sign(BODY_DOMAIN + rendezvous.location + body)
     nonce = os.urandom(24)
     ciphertext = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
         body, rendezvous.location, nonce, rendezvous.encryption_key
@@ -112,7 +115,7 @@ def open_introset(
     count = body[32] if len(body) > 33 else -1
     if body[:32] != owner or len(body) != 33 + count * _INTRO.size + 64:
         raise IntrosetError("introset is not from the expected owner")
-    if not verify(owner, location + body[:-64], body[-64:]):
+    if not verify(owner, BODY_DOMAIN + location + body[:-64], body[-64:]):
         raise IntrosetError("introset body signature does not verify")
     intros = [Intro(*_INTRO.unpack_from(body, 33 + k * _INTRO.size)) for k in range(count)]
     return [i for i in intros if i.expiry_ms > now_ms]

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlay import introset as introset_module
 from overlay.cells import CellKind, decode_cell, make_cell
 from overlay.clock import TEST_EPOCH_MS
 from overlay.constants import CELL_BODY_BYTES, CELL_BYTES, PATH_ID_BYTES
@@ -178,6 +179,22 @@ def test_introsets_are_for_siblings_only() -> None:
     with pytest.raises(IntrosetError):
         open_introset(introset, stranger, owner.public, NOW)
     assert owner.public not in introset and intro.relay not in introset
+
+
+def test_an_introset_body_signed_without_its_domain_does_not_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The owner's signature over the body is under the introset domain: the same key's
+    signature over the same bytes made for anything else does not open an introset."""
+    owner = KeyPair.from_seed(b"\x09" * 32)
+    keys = rendezvous_keys(SECRET, owner.public, 1)
+    monkeypatch.setattr(introset_module, "BODY_DOMAIN", b"")
+    undomained = seal_introset(keys, owner, [], NOW + 60_000)
+    monkeypatch.undo()
+    with pytest.raises(IntrosetError, match="body signature"):
+        open_introset(undomained, keys, owner.public, NOW)
+    domained = seal_introset(keys, owner, [], NOW + 60_000)
+    assert open_introset(domained, keys, owner.public, NOW) == []
 
 
 def test_dht_store_checks_signatures_and_expiry() -> None:
