@@ -31,6 +31,13 @@ def open_database(
     return db
 
 
+def add_column_if_missing(db: sqlite3.Connection, table: str, column: str, decl: str) -> None:
+    """Bring a file written by an earlier version up to the current schema (``table`` and
+    ``column`` are our own constants, never input)."""
+    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
 @contextmanager
 def transaction(db: sqlite3.Connection) -> Iterator[None]:
     """All the writes inside, or none of them. Inside another transaction it simply

@@ -7,8 +7,9 @@ RPC methods (CBOR framing of :mod:`p2psync.rpc`):
 * ``list_rooms`` ``{}`` → ``{"rooms": [text]}``
 * ``post`` ``{"room": text, "post": bytes}`` → ``{"id": uint, "user": text}``
 * ``messages`` ``{"room": text, "since": uint, "limit": uint?}`` →
-  ``{"messages": [{"id", "user", "device", "timestamp", "body"}], "more": bool}``, posts
-  with ids above ``since`` in id order.
+  ``{"messages": [{"id", "user", "device", "timestamp", "body", "post"}], "more": bool}``,
+  posts with ids above ``since`` in id order; ``post`` is the signed post itself, so a
+  reader need not take the server's word for any of it (:meth:`RoomMessage.check`).
 
 A post (canonical CBOR) is ``{"v": 1, "room": text, "sender": sid, "key": bytes32,
 "primary": sid?, "ts": uint, "body": bytes, "sig": bytes64}``: the Ed25519 signature, under
@@ -25,6 +26,12 @@ way a device with no mapping is a single-device user, attributed to its own id. 
 claimed primary the sender is not mapped to. The attribution is decided once, when the post
 arrives, and stored with it: a later revocation does not rewrite history.
 
+Readers check every message against its signed post and drop (with a warning) one that
+does not match: a server can withhold posts but not invent or alter them. Attribution to a
+user other than the device is the device's own signed claim when it made one
+(``RoomMessage.claimed``); an unclaimed ``mapped`` attribution is the server's word, checked
+against the file server's signed mappings by anyone who asks it.
+
 Posts are deduplicated by the hash of the signed record, so a retried (or replayed) post
 returns its original id instead of appearing twice; its timestamp must be within ±60 s of
 the server clock, so nobody back-dates a post.
@@ -36,7 +43,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +52,7 @@ import trio
 from overlay.link import LinkClosed, Transport
 
 from .clock import Clock
-from .database import open_database
+from .database import add_column_if_missing, open_database
 from .errors import ConnectionLost, DecodeError, RpcError
 from .fileserver import FileServerClient
 from .identity import (
@@ -176,33 +183,68 @@ def sign_post(
 
 @dataclass(frozen=True, slots=True)
 class RoomMessage:
-    """A post as the server shows it: attributed to ``user``, sent by ``device``."""
+    """A post as the server shows it: attributed to ``user``, sent by ``device``, with the
+    signed ``post`` it came from (None only for posts stored before posts were kept)."""
 
     id: int
     user: str
     device: str
     timestamp_ms: int
     body: bytes
+    post: bytes | None = field(default=None, repr=False)
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "id": self.id,
             "user": self.user,
             "device": self.device,
             "timestamp": self.timestamp_ms,
             "body": self.body,
         }
+        if self.post is not None:
+            wire["post"] = self.post
+        return wire
 
     @classmethod
     def from_wire(cls, value: object) -> RoomMessage:
-        fields = Fields(value, "message").only("id", "user", "device", "timestamp", "body")
+        fields = Fields(value, "message").only("id", "user", "device", "timestamp", "body", "post")
         return cls(
             id=fields.uint("id"),
             user=_session_id(fields, "user"),
             device=_session_id(fields, "device"),
             timestamp_ms=fields.uint("timestamp"),
             body=fields.blob("body", max_len=MAX_POST_BODY_BYTES),
+            post=fields.blob("post", max_len=MAX_POST_BYTES) if fields.has("post") else None,
         )
+
+    def check(self, room: str) -> None:
+        """Raise :class:`AuthorisationError` unless the device signed exactly this post in
+        ``room`` (sender, time and body), and any attribution to another user is the one
+        the device claimed or the server's file-server attribution of an unclaimed post."""
+        if self.post is None:
+            raise AuthorisationError("the server did not return the signed post")
+        try:
+            post = Post.from_bytes(self.post)
+        except DecodeError as exc:
+            raise AuthorisationError(f"the signed post does not decode: {exc}") from None
+        post.verify()
+        if (post.room, post.sender, post.timestamp_ms, post.body) != (
+            room,
+            self.device,
+            self.timestamp_ms,
+            self.body,
+        ):
+            raise AuthorisationError("the message differs from the post its device signed")
+        if post.primary is not None and self.user != post.primary:
+            raise AuthorisationError("the message is attributed against its device's claim")
+
+    @property
+    def claimed(self) -> bool:
+        """Whether the attribution is the device itself or the primary it claimed, signed
+        (False: the server's file-server attribution of an unclaimed post)."""
+        if self.user == self.device:
+            return True
+        return self.post is not None and Post.from_bytes(self.post).primary == self.user
 
 
 # --- storage ----------------------------------------------------------------------------------
@@ -220,7 +262,8 @@ CREATE TABLE IF NOT EXISTS posts (
     timestamp INTEGER NOT NULL,
     body BLOB NOT NULL,
     hash BLOB NOT NULL UNIQUE,
-    received INTEGER NOT NULL
+    received INTEGER NOT NULL,
+    post BLOB
 );
 CREATE INDEX IF NOT EXISTS posts_by_room ON posts (room, id);
 """
@@ -232,6 +275,7 @@ class OpenGroupStore:
     def __init__(self, path: str | Path, *, max_rooms: int = MAX_ROOMS) -> None:
         self.max_rooms = max_rooms
         self._db = open_database(path, _SCHEMA)
+        add_column_if_missing(self._db, "posts", "post", "BLOB")  # from before signed reads
 
     def close(self) -> None:
         self._db.close()
@@ -262,9 +306,19 @@ class OpenGroupStore:
     def add(self, post: Post, user: str, now_ms: int) -> tuple[int, str]:
         """Store an attributed post; a duplicate returns the stored (id, user)."""
         self._db.execute(
-            "INSERT OR IGNORE INTO posts (room, user, device, timestamp, body, hash, received)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (post.room, user, post.sender, post.timestamp_ms, post.body, post.hash, now_ms),
+            "INSERT OR IGNORE INTO posts"
+            " (room, user, device, timestamp, body, hash, received, post)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                post.room,
+                user,
+                post.sender,
+                post.timestamp_ms,
+                post.body,
+                post.hash,
+                now_ms,
+                post.to_bytes(),
+            ),
         )
         found = self.find(post.hash)
         assert found is not None
@@ -276,17 +330,19 @@ class OpenGroupStore:
         """Posts after id ``since`` in id order, at most ``limit`` of them and ``max_bytes``
         of bodies (always at least one); the flag says whether more remain."""
         rows = self._db.execute(
-            "SELECT id, user, device, timestamp, body FROM posts WHERE room = ? AND id > ?"
+            "SELECT id, user, device, timestamp, body, post FROM posts WHERE room = ? AND id > ?"
             " ORDER BY id LIMIT ?",
             (room, since, limit + 1),
         ).fetchall()
         found: list[RoomMessage] = []
         total = 0
         for row in rows[:limit]:
-            if found and total + len(row[4]) > max_bytes:
+            size = len(row[4]) + len(row[5] or b"")
+            if found and total + size > max_bytes:
                 return found, True
-            found.append(RoomMessage(row[0], row[1], row[2], row[3], bytes(row[4])))
-            total += len(row[4])
+            post = None if row[5] is None else bytes(row[5])
+            found.append(RoomMessage(row[0], row[1], row[2], row[3], bytes(row[4]), post))
+            total += size
         return found, len(rows) > limit
 
 
@@ -467,14 +523,22 @@ class OpenGroupClient:
     async def messages(
         self, room: str, since: int = 0, limit: int = DEFAULT_MESSAGES_LIMIT
     ) -> tuple[list[RoomMessage], bool]:
-        """Posts after id ``since``; the flag says whether more remain."""
+        """Posts after id ``since``, each checked against its signed post (one that fails
+        is dropped with a warning: the server altered or invented it); the flag says
+        whether more remain."""
         result = Fields(
             await self.rpc.call("messages", {"room": room, "since": since, "limit": limit}),
             "messages",
         ).only("messages", "more")
-        found = [
-            RoomMessage.from_wire(m) for m in result.items("messages", max_len=MAX_MESSAGES_LIMIT)
-        ]
+        found = []
+        for item in result.items("messages", max_len=MAX_MESSAGES_LIMIT):
+            message = RoomMessage.from_wire(item)
+            try:
+                message.check(room)
+            except AuthorisationError as exc:
+                logger.warning("dropped open-group message %d of %s: %s", message.id, room, exc)
+                continue
+            found.append(message)
         return found, result.boolean("more")
 
 

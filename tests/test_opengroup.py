@@ -117,6 +117,43 @@ async def test_mapped_mode_attributes_every_device_to_its_primary(
         assert messages[1].device == SECONDARY.session_id and messages[1].timestamp_ms == now
         page, more = await s.chat.messages("lobby", since=receipts[0].id, limit=2)
         assert more and [m.id for m in page] == [receipts[1].id, receipts[2].id]
+        assert [m.claimed for m in messages] == [True, True, False, True]
+
+
+async def test_readers_drop_what_a_server_invented_or_altered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A malicious server edits a body, moves a post to another user, and invents a post
+    with a signature it copied: every reader checks messages against their signed posts,
+    drops those three with a warning, and still reads the honest ones."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(clock) as s:
+        await s.chat.create_room("lobby")
+        await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
+        now = clock.now_ms()
+        honest = sign_post(LONER, "lobby", b"honest", now)
+        edited = sign_post(LONER, "lobby", b"pay bob", now + 1)
+        moved = sign_post(SECONDARY, "lobby", b"mine", now + 2, primary=PRIMARY.session_id)
+        for post in (honest, edited, moved):
+            await s.chat.post(post)
+        db = s.chat_server.store._db
+        db.execute("UPDATE posts SET body = ? WHERE body = ?", (b"pay mallory", b"pay bob"))
+        db.execute("UPDATE posts SET user = ? WHERE body = ?", (LONER.session_id, b"mine"))
+        db.execute(
+            "INSERT INTO posts (room, user, device, timestamp, body, hash, received, post)"
+            " VALUES ('lobby', ?, ?, ?, ?, ?, ?, ?)",
+            (
+                PRIMARY.session_id,
+                PRIMARY.session_id,
+                now,
+                b"invented",
+                bytes(32),
+                now,
+                replace(honest, sender=PRIMARY.session_id, body=b"invented").to_bytes(),
+            ),
+        )
+        messages, _ = await s.chat.messages("lobby")
+        assert [m.body for m in messages] == [b"honest"]
 
 
 async def test_linked_mode_shared_key_is_the_user(autojump_clock: trio.testing.MockClock) -> None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..database import add_column_if_missing
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -133,9 +135,7 @@ class MessageStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA.split(";", 1)[0] + ";")
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
-        if "proof" not in columns:  # a store written before proofs existed
-            self._db.execute("ALTER TABLE messages ADD COLUMN proof BLOB")
+        add_column_if_missing(self._db, "messages", "proof", "BLOB")  # from before proofs
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
