@@ -174,10 +174,17 @@ def _cmd_bench_soak(args: argparse.Namespace) -> int:
 
     if not args.minutes > 0:
         raise CommandError(f"--minutes must be positive, not {args.minutes}")
+    if not args.flood_seconds >= 0:
+        raise CommandError(f"--flood-seconds must be 0 or more, not {args.flood_seconds}")
     figures = run_soak(
-        minutes=args.minutes, nodes=args.nodes, clients=args.clients, json_path=args.json
+        minutes=args.minutes,
+        nodes=args.nodes,
+        clients=args.clients,
+        json_path=args.json,
+        flood_seconds=args.flood_seconds,
     )
-    return 0 if figures["lost"] == 0 else EXIT_FAILURE
+    flood_held = figures["flood"]["held"] if "flood" in figures else True
+    return 0 if figures["lost"] == 0 and flood_held else EXIT_FAILURE
 
 
 def _write_json(path: str | None, result: dict[str, Any]) -> None:
@@ -285,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--nodes", type=_at_least(1), default=4, help="node processes (default: 4)")
     soak.add_argument(
         "--clients", type=_at_least(1), default=4, help="concurrent clients (default: 4)"
+    )
+    soak.add_argument(
+        "--flood-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="then flood one node for S seconds (connections past its limit, unread "
+        "pipelined requests, oversize frames, a request-rate flood) while an honest client "
+        "stores and reads; report its RSS before/peak/after and the honest latency "
+        "(default: 0, no flood)",
     )
     soak.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     soak.set_defaults(run=_cmd_bench_soak)

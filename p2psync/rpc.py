@@ -7,7 +7,12 @@ connection at once, after which the server stops reading that connection (backpr
 instead of an unbounded queue). The read loop takes every frame one read brought and
 sends their inline replies together: on a busy node task switches and write syscalls per
 request, not the work itself, are what limit throughput. Replies of tasks and pushes
-leave through one bounded outbox per connection. A frame that does not decode gets
+leave through one :class:`Outbox` per connection, bounded in frames and in bytes; a task
+keeps its in-flight slot until its reply is in the outbox, so a client that sends
+without reading its replies is soon not read either (its own sends back up into its
+socket). What all connections hold for their peers together is bounded too
+(:class:`ReplyMemory`): past that, the connection holding the most is dropped, so many
+such clients cannot add up to more. A frame that does not decode gets
 ``bad_request`` and the connection goes on; a handler that fails gets ``internal`` and
 the server goes on; a client too slow to take its pushes is disconnected (it resubscribes
 and catches up by ``last_hash``, so nothing is lost).
@@ -21,8 +26,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from inspect import iscoroutinefunction
 from typing import Any, Protocol, runtime_checkable
@@ -58,6 +64,12 @@ class ServerLimits:
     requests_per_s: float = 2000.0
     request_burst: int = 4000
     outbox_frames: int = 256
+    #: Encoded replies a connection may have waiting for (or in) a write; pushes may use
+    #: as much again before the client counts as too slow (see :class:`Outbox`).
+    outbox_bytes: int = 1024 * 1024
+    #: Replies and pushes all connections together may hold for their peers (queued, in
+    #: a write, or computed and waiting for room); see :class:`ReplyMemory`.
+    reply_memory_bytes: int = 32 * 1024 * 1024
     max_frame_bytes: int = MAX_FRAME_BYTES
 
 
@@ -84,16 +96,145 @@ class ServerStats:
     connections: int = 0
     requests: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    #: Disconnected for not taking their pushes, or for holding the most reply memory
+    #: when the server's was used up.
     dropped_slow_clients: int = 0
 
     def count_error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
 
 
+class ReplyMemory:
+    """The bytes all of a server's connections hold for their peers. One outbox stays
+    within its own budget, but a reply computed while its outbox is full waits for room
+    (up to ``max_in_flight`` of them, each up to a frame), and every connection may be a
+    client that does not read: this is the bound over all of them. ``shed`` is called
+    whenever what they hold grows past ``limit`` (the server then drops the connection
+    holding the most)."""
+
+    def __init__(self, limit: int, shed: Callable[[], None]) -> None:
+        self.limit = limit
+        self.used = 0
+        self._shed = shed
+
+    def grow(self, size: int) -> None:
+        self.used += size
+        if self.used > self.limit:
+            self._shed()
+
+    def shrink(self, size: int) -> None:
+        self.used -= size
+
+
+class Outbox:
+    """One connection's encoded replies and pushes on their way to the socket.
+
+    Bounded in frames and in bytes, and a frame's room is freed only once the write that
+    carried it is done, so bytes stuck in a write to a peer that does not read still
+    count: such a peer pins at most ``max_bytes`` of replies here (plus one frame, since
+    an idle outbox takes any frame however large). A reply waits for room
+    (:meth:`put`), which stops the read loop through the in-flight slot its task holds.
+    A push cannot wait (one store is pushed to many connections at once), so
+    :meth:`offer` lets pushes use up to twice the byte budget and says when even that is
+    used up: the client is then too slow and is disconnected. Everything held, replies
+    waiting for room included, counts in the server's ``memory`` until :meth:`close`.
+    """
+
+    def __init__(self, max_frames: int, max_bytes: int, memory: ReplyMemory | None = None):
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self._memory = memory or ReplyMemory(2**63, lambda: None)
+        self._waiting: deque[bytes] = deque()
+        self._frames = 0  # waiting or in the write under way
+        self._bytes = 0
+        self._parked_bytes = 0  # replies waiting for room
+        self._closed = False
+        self._room = trio.lowlevel.ParkingLot()
+        self._ready = trio.lowlevel.ParkingLot()
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes waiting for or in a write."""
+        return self._bytes
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes this connection holds for its peer, replies waiting for room included."""
+        return self._bytes + self._parked_bytes
+
+    def _fits(self, size: int, max_bytes: int) -> bool:
+        if self._frames == 0:
+            return True
+        return self._frames < self.max_frames and self._bytes + size <= max_bytes
+
+    def _append(self, data: bytes) -> None:
+        self._waiting.append(data)
+        self._frames += 1
+        self._bytes += len(data)
+        self._ready.unpark_all()
+
+    def offer(self, data: bytes) -> bool:
+        """Queue a push without waiting; ``False`` (and nothing queued) if it is full.
+        A push to a closed outbox goes nowhere."""
+        if self._closed:
+            return True
+        if not self._fits(len(data), 2 * self.max_bytes):
+            return False
+        self._append(data)
+        self._memory.grow(len(data))
+        return True
+
+    async def put(self, data: bytes) -> None:
+        """Queue a reply once there is room for it."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._fits(len(data), self.max_bytes):
+            self._append(data)
+            self._memory.grow(len(data))
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self._parked_bytes += len(data)
+        self._memory.grow(len(data))
+        try:
+            while not self._fits(len(data), self.max_bytes):
+                await self._room.park()
+        except BaseException:
+            self._memory.shrink(len(data))
+            raise
+        finally:
+            self._parked_bytes -= len(data)
+        self._append(data)
+
+    def close(self) -> None:
+        """The connection is over: what it still held no longer counts (replies still
+        waiting for room stop counting as their tasks are cancelled)."""
+        self._closed = True
+        self._memory.shrink(self._bytes)
+        self._waiting.clear()
+        self._frames = self._bytes = 0
+
+    async def take(self) -> list[bytes]:
+        """Wait for frames and hand out every waiting one, for one write; call
+        :meth:`sent` with them once it is done."""
+        if self._waiting:
+            await trio.lowlevel.checkpoint()
+        while not self._waiting:
+            await self._ready.park()
+        batch = list(self._waiting)
+        self._waiting.clear()
+        return batch
+
+    def sent(self, batch: Sequence[bytes]) -> None:
+        size = sum(len(data) for data in batch)
+        self._frames -= len(batch)
+        self._bytes -= size
+        self._memory.shrink(size)
+        self._room.unpark_all()
+
+
 class Connection:
     """What a handler may know of and do with the connection its request came on."""
 
-    def __init__(self, peer: str, outbox: trio.MemorySendChannel[Frame]) -> None:
+    def __init__(self, peer: str, outbox: Outbox) -> None:
         self.peer = peer
         self._outbox = outbox
         self._on_close: list[Callable[[], None]] = []
@@ -101,12 +242,8 @@ class Connection:
 
     def notify(self, method: str, params: dict[str, Any]) -> None:
         """Queue a push without waiting; a full outbox marks the client too slow."""
-        try:
-            self._outbox.send_nowait(Notify(method, params))
-        except trio.WouldBlock:
+        if not self._outbox.offer(encode_frame(Notify(method, params))):
             self.overflowed.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     def on_close(self, callback: Callable[[], None]) -> None:
         self._on_close.append(callback)
@@ -130,7 +267,10 @@ class BatchLink(Protocol):
 
 
 async def _send_frames(link: Link, frames: Sequence[Frame]) -> None:
-    encoded = [encode_frame(frame) for frame in frames]
+    await _send_encoded(link, [encode_frame(frame) for frame in frames])
+
+
+async def _send_encoded(link: Link, encoded: Sequence[bytes]) -> None:
     if isinstance(link, BatchLink):
         await link.send_batch(encoded)
     else:
@@ -156,6 +296,8 @@ class RpcServer:
         self.limits = limits or ServerLimits()
         self.stats = ServerStats()
         self._active = 0
+        self._connections: set[Connection] = set()
+        self.memory = ReplyMemory(self.limits.reply_memory_bytes, self._shed)
         self._inline = {
             name for name, handler in self.methods.items() if not iscoroutinefunction(handler)
         }
@@ -179,34 +321,40 @@ class RpcServer:
             return
         self._active += 1
         self.stats.connections += 1
-        outbox_send, outbox_receive = trio.open_memory_channel[Frame](limits.outbox_frames)
-        connection = Connection(link.peer, outbox_send)
+        outbox = Outbox(limits.outbox_frames, limits.outbox_bytes, self.memory)
+        connection = Connection(link.peer, outbox)
+        self._connections.add(connection)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop, link, outbox_receive, nursery.cancel_scope)
+                nursery.start_soon(self._write_loop, link, outbox, nursery.cancel_scope)
                 nursery.start_soon(self._watch_overflow, connection, nursery.cancel_scope)
                 await self._read_loop(link, connection, nursery)
                 nursery.cancel_scope.cancel()
         finally:
             self._active -= 1
+            self._connections.discard(connection)
+            outbox.close()
             connection._closed()
+
+    def _shed(self) -> None:
+        """Over the server's reply memory: drop the connection holding the most (a client
+        that reads what it is sent holds little for long)."""
+        victim = max(self._connections, key=lambda c: c._outbox.held_bytes, default=None)
+        if victim is not None:
+            victim.overflowed.set()
 
     async def _watch_overflow(self, connection: Connection, scope: trio.CancelScope) -> None:
         await connection.overflowed.wait()
         self.stats.dropped_slow_clients += 1
-        logger.info("disconnecting %s: it does not take its pushes", connection.peer)
+        logger.info("disconnecting %s: it does not take what it is sent", connection.peer)
         scope.cancel()
 
-    async def _write_loop(
-        self, link: Link, outbox: trio.MemoryReceiveChannel[Frame], scope: trio.CancelScope
-    ) -> None:
+    async def _write_loop(self, link: Link, outbox: Outbox, scope: trio.CancelScope) -> None:
         try:
-            async for frame in outbox:
-                frames = [frame]
-                with suppress(trio.WouldBlock):
-                    while len(frames) < self.limits.outbox_frames:
-                        frames.append(outbox.receive_nowait())
-                await _send_frames(link, frames)
+            while True:
+                batch = await outbox.take()
+                await _send_encoded(link, batch)
+                outbox.sent(batch)
         except LinkClosed:
             scope.cancel()  # the client left with replies pending: nothing more to do
 
@@ -227,7 +375,7 @@ class RpcServer:
             except DecodeError as exc:
                 data = None
                 replies.append(self._refuse(None, exc))
-            for _ in range(limits.max_in_flight):
+            for turn in range(1, limits.max_in_flight + 1):
                 if data is not None:
                     outcome = self._dispatch(data, bucket, connection)
                     if isinstance(outcome, Request):
@@ -235,6 +383,8 @@ class RpcServer:
                         nursery.start_soon(self._answer, outcome, connection, in_flight)
                     else:
                         replies.append(outcome)
+                if turn == limits.max_in_flight:
+                    break  # what else arrived is the next turn's (taking it here lost it)
                 try:
                     data = link.receive_nowait()
                 except trio.WouldBlock:
@@ -296,18 +446,31 @@ class RpcServer:
     async def _answer(
         self, request: Request, connection: Connection, in_flight: trio.Semaphore
     ) -> None:
+        """Run a request's handler and queue its reply. The request keeps its in-flight
+        slot until the reply is in the outbox: releasing it earlier let a client that
+        never reads pile up one task (and one reply) per request it sent."""
+        try:
+            reply = self._encode_reply(request, await self._run_handler(request, connection))
+            await connection._outbox.put(reply)
+        finally:
+            in_flight.release()
+
+    async def _run_handler(self, request: Request, connection: Connection) -> Frame:
         try:
             handler = self.methods.get(request.method)
             if handler is None:
                 raise RpcError("bad_request", f"unknown method {request.method!r}")
             result = await handler(Fields(request.params, "params"), connection)
-            response: Frame = Reply(request.id, result)
+            return Reply(request.id, result)
         except Exception as exc:
-            response = self._failure(request, exc)
-        finally:
-            in_flight.release()
-        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await connection._outbox.send(response)
+            return self._failure(request, exc)
+
+    def _encode_reply(self, request: Request, response: Frame) -> bytes:
+        """The reply's bytes; a result that cannot be encoded is the handler's failure."""
+        try:
+            return encode_frame(response)
+        except Exception as exc:
+            return encode_frame(self._failure(request, exc))
 
 
 # --- client --------------------------------------------------------------------------------

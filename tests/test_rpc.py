@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack, suppress
 from typing import Any
 
 import pytest
@@ -10,9 +11,9 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, TextMessage
 from wsproto.events import Request as WsRequest
 
-from overlay.link import MemoryNetwork, Transport
+from overlay.link import Link, LinkClosed, MemoryNetwork, Transport
 from p2psync.errors import ConnectionLost, RpcError
-from p2psync.rpc import Connection, RpcServer, ServerLimits, open_rpc
+from p2psync.rpc import Connection, Outbox, RpcServer, ServerLimits, open_rpc
 from p2psync.websocket import WebSocketTransport
 from p2psync.wire import Fields, decode_frame, encode_cbor
 
@@ -209,4 +210,130 @@ async def test_slow_loris_and_silent_connections_are_dropped_while_honest_client
                 while await stream.receive_some(1024):
                     pass  # whatever the server said, it must end with EOF
                 await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_more_frames_in_one_read_than_in_flight_slots_are_all_answered() -> None:
+    """The read loop takes at most ``max_in_flight`` frames per turn; the frame after
+    those must wait for the next turn (it was once taken and dropped, so every
+    ``max_in_flight + 1``-th pipelined request of a burst never got a reply)."""
+    network = MemoryNetwork()
+    server = RpcServer(METHODS, ServerLimits(max_in_flight=4))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, network, "mem:server")
+        async with network.connect("mem:server") as link:
+            assert link.supports_send_nowait
+            for rid in range(50):  # all queued before the server reads any
+                link.send_nowait(
+                    encode_cbor({"id": rid, "method": "echo", "params": {"text": "x"}})
+                )
+            with trio.fail_after(5):
+                ids = {decode_frame(await link.receive()).id for _ in range(50)}  # type: ignore[union-attr]
+            assert ids == set(range(50))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_never_reads_its_replies_stops_being_read() -> None:
+    """Each request keeps its in-flight slot until its reply is in the bounded outbox, so
+    a client that pipelines without reading pins a bounded number of replies and its own
+    sends back up. (Releasing the slot before queueing the reply, as this server once
+    did, handled all 3000 requests here: one parked task and reply per request.)"""
+    network = MemoryNetwork()
+    handled = 0
+
+    async def count(params: Fields, conn: Connection) -> Any:
+        nonlocal handled
+        handled += 1
+        await trio.lowlevel.checkpoint()
+        return {"n": handled}
+
+    limits = ServerLimits(
+        max_in_flight=4, outbox_frames=8, requests_per_s=1e9, request_burst=1_000_000
+    )
+    server = RpcServer({"count": count}, limits)
+    requests = 3000
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, network, "mem:server")
+        async with network.connect("mem:server") as link:
+
+            async def pipeline() -> None:
+                for rid in range(requests):
+                    await link.send(encode_cbor({"id": rid, "method": "count", "params": {}}))
+
+            nursery.start_soon(pipeline)
+            await trio.testing.wait_all_tasks_blocked()
+            # Unread replies: the link's queue towards us (256), the outbox including its
+            # blocked write (8), and one waiting reply per in-flight slot (4).
+            assert 0 < handled <= 256 + limits.outbox_frames + limits.max_in_flight
+            with trio.fail_after(10):
+                ids = {decode_frame(await link.receive()).id for _ in range(requests)}  # type: ignore[union-attr]
+            assert ids == set(range(requests)) and handled == requests
+        nursery.cancel_scope.cancel()
+
+
+async def test_outbox_bounds_bytes_lets_pushes_overshoot_once_and_frees_room_when_sent() -> None:
+    outbox = Outbox(max_frames=100, max_bytes=1000)
+    await outbox.put(b"r" * 1500)  # an idle outbox takes any one frame
+    queued = trio.Event()
+
+    async def reply() -> None:
+        await outbox.put(b"x" * 10)
+        queued.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reply)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not queued.is_set() and outbox.pending_bytes == 1500
+        assert outbox.offer(b"p" * 400)  # a push may use up to twice the budget
+        assert not outbox.offer(b"p" * 200)
+        batch = await outbox.take()
+        assert batch == [b"r" * 1500, b"p" * 400]
+        await trio.testing.wait_all_tasks_blocked()
+        assert not queued.is_set(), "bytes in a write still count until it is done"
+        outbox.sent(batch)
+    assert queued.is_set() and outbox.pending_bytes == 10
+    assert await outbox.take() == [b"x" * 10]
+
+
+async def test_many_clients_that_never_read_cannot_add_up_past_the_reply_memory() -> None:
+    """Each non-reading client is bounded by its outbox and in-flight slots; together
+    they are bounded by the server's reply memory: past it, the connection holding the
+    most is dropped. Once they are gone, nothing is counted any more."""
+    network = MemoryNetwork()
+
+    async def page(params: Fields, conn: Connection) -> Any:
+        await trio.lowlevel.checkpoint()
+        return {"data": bytes(8_000)}
+
+    limits = ServerLimits(
+        max_in_flight=4,
+        outbox_bytes=10_000,
+        reply_memory_bytes=120_000,
+        requests_per_s=1e9,
+        request_burst=1_000_000,
+    )
+    server = RpcServer({"page": page}, limits)
+    # One connection at most: its outbox and a frame over it, and a reply per slot.
+    per_connection = limits.outbox_bytes + 8_100 + limits.max_in_flight * 8_100
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, network, "mem:server")
+        async with AsyncExitStack() as stack:
+            for _ in range(6):
+                link = await stack.enter_async_context(network.connect("mem:server"))
+
+                async def pipeline(link: Link = link) -> None:
+                    with suppress(LinkClosed):
+                        for rid in range(400):
+                            await link.send(
+                                encode_cbor({"id": rid, "method": "page", "params": {}})
+                            )
+
+                nursery.start_soon(pipeline)
+            await trio.testing.wait_all_tasks_blocked()
+            assert 0 < server.memory.used <= limits.reply_memory_bytes + per_connection
+            assert server.stats.dropped_slow_clients >= 6 - (
+                limits.reply_memory_bytes // per_connection + 1
+            )
+        await trio.testing.wait_all_tasks_blocked()  # the server sees every client go
+        assert server.memory.used == 0 and not server._connections
         nursery.cancel_scope.cancel()

@@ -13,6 +13,13 @@ owner's messages from every swarm member:
   and per fault how long until the system was whole again;
 * **lost** — acknowledged stores that no member returns (the goal is 0), and members
   still missing some once the convergence deadline passed.
+
+With ``--flood-seconds S``, a flood phase follows the load (:mod:`p2psync.faults.flood`):
+one node is flooded for ``S`` seconds (connections past its limit, clients that never
+read their replies, oversize frames and stores, a request-rate flood) while an honest
+client stores and reads back; the report adds the node's RSS before, at its peak and
+after, the honest client's latency during the flood against before, and what each
+attacker was answered.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from ..faults import (
     open_cluster,
     wait_converged,
 )
+from ..faults.flood import AttackPlan, FloodPlan, flood_tables, run_flood
 from ..faults.ledger import Audit, held_by
 from ..faults.load import CLIENT_ERRORS, run_retriever, run_storers, run_subscriber
 from ..faults.polling import poll_until
@@ -151,8 +159,25 @@ def _status(stats: LoadStats, log: FaultLog, elapsed: float) -> str:
     )
 
 
+async def _flood_phase(cluster: Cluster, seconds: float, console: Console) -> dict[str, Any]:
+    """Flood the first node for ``seconds`` (with the load stopped, so what the honest
+    client sees is the flood's doing); its figures."""
+    target = cluster.nodes[0]
+
+    def show(phase: str) -> None:
+        console.print(f"[bold]soak[/]: flood of {target.name}, phase {phase} …")
+
+    plan = FloodPlan(AttackPlan(seconds=seconds))
+    return (await run_flood(cluster, target, plan, on_phase=show)).figures()
+
+
 async def _run(
-    data_dir: Path, seconds: float, nodes: int, clients: int, console: Console
+    data_dir: Path,
+    seconds: float,
+    nodes: int,
+    clients: int,
+    console: Console,
+    flood_seconds: float = 0.0,
 ) -> dict[str, Any]:
     owners = [Identity.from_label(f"soak/owner/{i}") for i in range(OWNERS)]
     ledger = AckLedger(owners)
@@ -202,6 +227,7 @@ async def _run(
             load_s = trio.current_time() - started
         for node in cluster.nodes:
             node.sample_rss()
+        flood = await _flood_phase(cluster, flood_seconds, console) if flood_seconds else None
         console.print(f"[bold]soak[/]: load stopped; auditing {ledger.count:,} acknowledged …")
         swarm_map = await cluster.swarm_map()
         audit_started = trio.current_time()
@@ -214,6 +240,8 @@ async def _run(
         converge_s = trio.current_time() - audit_started
     figures = _figures(stats, log, ledger, result, cluster.nodes, load_s, converge_s, clients)
     figures["missing_when_load_stopped"] = sum(first.missing.values())
+    if flood is not None:
+        figures["flood"] = flood
     return figures
 
 
@@ -304,6 +332,8 @@ def print_report(figures: dict[str, Any]) -> None:
     console = Console()
     console.print(held)
     console.print(lost)
+    for table in flood_tables(figures["flood"]) if "flood" in figures else []:
+        console.print(table)
 
 
 def run_soak(
@@ -313,11 +343,14 @@ def run_soak(
     clients: int = 4,
     data_dir: Path | None = None,
     json_path: str | None = None,
+    flood_seconds: float = 0.0,
 ) -> dict[str, Any]:
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="p2psync-soak-") as temporary:
         directory = data_dir or Path(temporary)
-        figures: dict[str, Any] = trio.run(_run, directory, minutes * 60, nodes, clients, console)
+        figures: dict[str, Any] = trio.run(
+            _run, directory, minutes * 60, nodes, clients, console, flood_seconds
+        )
     print_report(figures)
     if json_path:
         Path(json_path).write_text(json.dumps(figures, indent=2) + "\n")

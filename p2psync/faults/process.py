@@ -57,6 +57,11 @@ class ServiceProcess:
         return self._process is not None and self._process.returncode is None
 
     @property
+    def pid(self) -> int:
+        """The running incarnation's pid (to sample its memory)."""
+        return self._require_running().pid
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.name}.log"
 
