@@ -58,6 +58,10 @@ SESSION_RTO_MAX_MS = 8_000
 SESSION_HANDSHAKE_TIMEOUT_MS = 5_000
 #: Give up on a peer after this many retransmissions of one fragment.
 SESSION_MAX_RETRIES = 12
+#: A fragment retransmitted this many times makes the endpoint look the peer's introset
+#: up again (its intro may have died with a relay), at most once per the interval below.
+SESSION_STALL_RETRIES = 3
+SESSION_INTRO_REFRESH_MS = 5_000
 
 #: Outgoing queue per link in a driver; a full queue drops cells like a router would.
 LINK_QUEUE_CELLS = 512

@@ -37,6 +37,7 @@ from .constants import (
     MIN_HOPS,
     PATH_CHECK_INTERVAL_MS,
     PATH_PING_INTERVAL_MS,
+    SESSION_INTRO_REFRESH_MS,
     SESSION_WINDOW_FRAGMENTS,
 )
 from .contact import Contact, verified_directory
@@ -82,6 +83,9 @@ class Session:
         self._changed = trio.Event()
         self._kick = trio.Event()
         self._aborted = False
+        #: The secret the peer's introset is published under, if ``connect`` was given it.
+        self._secret: bytes | None = None
+        self._intro_refreshed_ms: int | None = None
 
     @property
     def peer(self) -> bytes:
@@ -552,7 +556,14 @@ class Endpoint:
                     await self._paths_changed.wait()
                     continue
                 core.local_intro = Intro(path.terminal.pubkey, path.intro_id, path.expiry_ms)
-                packets = core.outgoing(self._clock.now_ms())
+                now = self._clock.now_ms()
+                packets = core.outgoing(now)
+                if core.stalled and (
+                    session._intro_refreshed_ms is None
+                    or now - session._intro_refreshed_ms >= SESSION_INTRO_REFRESH_MS
+                ):
+                    session._intro_refreshed_ms = now
+                    self._nursery.start_soon(self._refresh_intro, session)
                 target = core.peer_intro
                 if target is not None:
                     prefix = bytes((Payload.TRANSFER,)) + target.relay + target.intro_id
@@ -567,6 +578,27 @@ class Endpoint:
         finally:
             session._notify()
             del self._sessions[core.session_id]
+
+    async def _refresh_intro(self, session: Session) -> None:
+        """Look the peer's introset up again and send to its freshest intro.
+
+        Each side learns where the other is from the packets it receives, so when one
+        relay was on the paths by which both sides are reached and dies, each side tells
+        the other about its new path at an intro that is gone: neither hears again, and
+        the session would only fail after ``SESSION_MAX_RETRIES``. The introset is
+        republished as soon as a path changes, so it is the way out. A session from
+        :meth:`connect` knows the peer's secret; an accepted one tries the secrets this
+        endpoint publishes under (siblings share theirs)."""
+        core = session._core
+        secrets = [session._secret] if session._secret is not None else list(self._published)
+        for secret in secrets:
+            intros = await self.lookup(secret, core.peer)
+            if intros:
+                fresh = max(intros, key=lambda i: i.expiry_ms)
+                if fresh != core.peer_intro:
+                    core.peer_moved(fresh)
+                    session._wake_driver()
+                return
 
     @asynccontextmanager
     async def connect(
@@ -588,6 +620,7 @@ class Endpoint:
         core = SessionCore.initiate(self.keys, peer, self._clock.now_ms())
         core.peer_intro = max(intros, key=lambda i: i.expiry_ms)
         session = self._start_session(core)
+        session._secret = shared_secret
         self.stats.sessions_opened += 1
         await session._wait_open()
         try:

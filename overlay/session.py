@@ -33,6 +33,7 @@ from .constants import (
     SESSION_RTO_INITIAL_MS,
     SESSION_RTO_MAX_MS,
     SESSION_RTO_MIN_MS,
+    SESSION_STALL_RETRIES,
     SESSION_WINDOW_FRAGMENTS,
 )
 from .introset import Intro
@@ -119,6 +120,9 @@ class SessionCore:
         self.peer_finished = False
         self.failure: str | None = None
         self.ignored_packets = 0
+        #: The last :meth:`outgoing` retransmitted a fragment for at least the
+        #: ``SESSION_STALL_RETRIES``-th time: the peer may not be at ``peer_intro`` any more.
+        self.stalled = False
         self._started_ms = now_ms
         self._ephemeral = os.urandom(32)
         self._send_key = b""
@@ -136,6 +140,7 @@ class SessionCore:
         self._fin_queued = False
         self._rto_ms = SESSION_RTO_INITIAL_MS
         self._srtt_ms: float | None = None
+        self._resend_due = False
         # receiving
         self._expected = 0
         self._out_of_order: dict[int, tuple[_Flag, bytes]] = {}
@@ -252,6 +257,14 @@ class SessionCore:
         if self.state is SessionState.OPEN and self._send_key:
             self._ack_due = True
 
+    def peer_moved(self, intro: Intro) -> None:
+        """The peer is at ``intro`` now, as found out of band (its introset): send there,
+        and resend what is unacknowledged at once rather than after the backed-off timeout,
+        since it went to an intro that is gone."""
+        self.peer_intro = intro
+        self._resend_due = True
+        self.announce()
+
     @property
     def fin_sent(self) -> bool:
         """Our FIN has been handed out at least once (it is last in line when queued)."""
@@ -366,12 +379,15 @@ class SessionCore:
                 self._accept_bytes = header + sealed
             packets.append(self._accept_bytes)
             self._accept_due = False
+        self.stalled = False
+        resend, self._resend_due = self._resend_due, False
         for seq, item in self._inflight.items():
-            if now_ms - item.sent_ms >= self._rto_ms * (1 << min(item.retries, 4)):
+            if resend or now_ms - item.sent_ms >= self._rto_ms * (1 << min(item.retries, 4)):
                 item.retries += 1
                 if item.retries > SESSION_MAX_RETRIES:
                     self._fail("peer stopped acknowledging")
                     return []
+                self.stalled |= item.retries >= SESSION_STALL_RETRIES
                 item.sent_ms = now_ms
                 packets.append(self._seal(item.flags, seq, item.segment))
         while self._unsent and len(self._inflight) < SESSION_WINDOW_FRAGMENTS:

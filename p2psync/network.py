@@ -82,8 +82,13 @@ class LocalNetwork:
     nodes: list[NodeHandle] = field(default_factory=list)
     fileserver_url: str = ""
     opengroup_url: str = ""
+    #: The relays running now (:meth:`stop_relay` takes one out).
     relays: list[AnnouncedRelay] = field(default_factory=list)
     _nursery: trio.Nursery | None = None
+    _relay_runs: dict[AnnouncedRelay, tuple[trio.CancelScope, trio.Event]] = field(
+        default_factory=dict
+    )
+    _relays_started: int = 0
 
     @property
     def overlay_transport(self) -> Transport:
@@ -166,16 +171,41 @@ class LocalNetwork:
         assert self._nursery is not None, "the network is not running"
         overlay = self.overlay_transport
         for _ in range(count):
-            index = len(self.relays)
+            index = self._relays_started
+            self._relays_started += 1
             identity = Identity.from_label(f"{self.data_dir.name}/relay/{index}")
             relay = AnnouncedRelay(
                 overlay, identity, self.clock, refresh_s=self.node_config.registry_refresh_s
             )
             address = f"mem:relay{index}" if overlay is self.transport else "127.0.0.1:0"
-            await self._nursery.start(relay.serve, address, self.directory())
+            await self._nursery.start(self._run_relay, relay, address)
             self.relays.append(relay)
         for relay in self.relays:
             await relay.refresh()
+
+    async def _run_relay(
+        self,
+        relay: AnnouncedRelay,
+        address: str,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        stopped = trio.Event()
+        with trio.CancelScope() as scope:
+            self._relay_runs[relay] = (scope, stopped)
+            try:
+                await relay.serve(address, self.directory(), task_status=task_status)
+            finally:
+                stopped.set()
+
+    async def stop_relay(self, relay: AnnouncedRelay) -> None:
+        """Stop ``relay`` at once, as a crash would: every link it has closes mid-stream
+        and it does not come back. Its registry entry stays (a crashed relay does not
+        deregister), so endpoints and relays that use it must notice and route around it."""
+        scope, stopped = self._relay_runs.pop(relay)
+        scope.cancel()
+        await stopped.wait()
+        self.relays.remove(relay)
 
     def running_nodes(self) -> list[StorageNode]:
         return [h.node for h in self.nodes if h.node is not None]

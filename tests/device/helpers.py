@@ -67,9 +67,12 @@ async def befriend(asker: Device, answerer: Device) -> None:
     contact = answerer.contact(asker.session_id)
     assert contact is not None and contact.state == "pending" and contact.note == "hi, it's me"
     await answerer.accept_friend(asker.session_id)
-    await wait_until(
-        lambda: (c := asker.contact(answerer.session_id)) is not None and c.state == "friend"
-    )
+    await wait_until(lambda: is_friend(asker, answerer.session_id))
+
+
+def is_friend(device: Device, other: str) -> bool:
+    contact = device.contact(other)
+    return contact is not None and contact.state == "friend"
 
 
 def texts(device: Device, conversation: str) -> list[tuple[bool, str]]:

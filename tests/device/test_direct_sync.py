@@ -17,7 +17,16 @@ from p2psync.network import LocalNetwork
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 
 from ..swarm.helpers import wait_until
-from .helpers import befriend, device, open_world, pair, stored_kinds, stored_messages, texts
+from .helpers import (
+    befriend,
+    device,
+    is_friend,
+    open_world,
+    pair,
+    stored_kinds,
+    stored_messages,
+    texts,
+)
 
 GRACE_S = 10
 
@@ -40,9 +49,7 @@ async def test_online_siblings_sync_directly_and_store_no_sync_copy(
     ):
         await pair(phone, desktop)
         await befriend(phone, bob)
-        await wait_until(
-            lambda: (c := desktop.contact(bob.session_id)) is not None and c.state == "friend"
-        )
+        await wait_until(lambda: is_friend(desktop, bob.session_id))
         await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
 
         started = trio.current_time()

@@ -19,7 +19,7 @@ from p2psync.swarm.client import open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from tests.swarm.helpers import wait_until
 
-from .helpers import befriend, device, open_world, pair, stored_messages, texts
+from .helpers import befriend, device, is_friend, open_world, pair, stored_messages, texts
 
 
 async def test_linked_devices_share_one_identity(
@@ -41,10 +41,8 @@ async def test_linked_devices_share_one_identity(
             lambda: all(d.contact(bob.session_id) is not None for d in (phone, desktop))
         )
         await desktop.accept_friend(bob.session_id)
-        await wait_until(lambda: (c := bob.contact(alice)) is not None and c.state == "friend")
-        await wait_until(
-            lambda: (c := phone.contact(bob.session_id)) is not None and c.state == "friend"
-        )
+        await wait_until(lambda: is_friend(bob, alice))
+        await wait_until(lambda: is_friend(phone, bob.session_id))
 
         # Received once per account; sent messages reach the sibling as sync copies.
         received = await bob.send(alice, "how are you?")
@@ -93,12 +91,10 @@ async def test_mapped_devices_fan_out_and_sync(
             lambda: all(d.contact(bob.session_id) is not None for d in (phone, desktop))
         )
         await desktop.accept_friend(bob.session_id)
-        await wait_until(lambda: (c := bob.contact(alice)) is not None and c.state == "friend")
+        await wait_until(lambda: is_friend(bob, alice))
         contact = bob.contact(alice)
         assert contact is not None and set(contact.devices) == {alice, desktop.device_id}
-        await wait_until(
-            lambda: (c := phone.contact(bob.session_id)) is not None and c.state == "friend"
-        )
+        await wait_until(lambda: is_friend(phone, bob.session_id))
 
         await bob.send(alice, "how are you?")
         await trio.sleep(1)

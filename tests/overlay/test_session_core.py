@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from overlay.constants import SESSION_WINDOW_FRAGMENTS
+from overlay.constants import SESSION_STALL_RETRIES, SESSION_WINDOW_FRAGMENTS
+from overlay.introset import Intro
 from overlay.keys import KeyPair
 from overlay.session import FRAGMENT_BYTES, SessionCore, SessionError, SessionState
 
@@ -109,3 +110,28 @@ def test_init_hides_the_initiators_key_and_any_other_key_cannot_open_it() -> Non
     forged[60] ^= 1  # inside the sealed static key
     with pytest.raises(SessionError):
         SessionCore.respond(BOB, bytes(forged), 0)
+
+
+def test_a_silent_peer_marks_the_session_stalled_and_a_move_resends_at_once() -> None:
+    """After ``SESSION_STALL_RETRIES`` resends of one fragment the core says it is stalled
+    (the endpoint then looks the peer's introset up again); ``peer_moved`` sends to the new
+    intro and resends what is unacknowledged without waiting out the backed-off timer."""
+    a = SessionCore.initiate(ALICE, BOB.public, 0)
+    b = SessionCore.respond(BOB, a.outgoing(0)[0], 0)
+    a.receive_packet(b.outgoing(0)[0], 0)
+    a.send_message(b"lost in a dead relay")
+    assert a.outgoing(1) and not a.stalled
+    now, resends = 1, 0
+    while not a.stalled:
+        now += 1_000
+        resends += bool(a.outgoing(now))
+        assert resends <= SESSION_STALL_RETRIES
+    assert resends == SESSION_STALL_RETRIES
+    assert a.outgoing(now + 1) == []  # backed off: nothing due yet
+    moved = Intro(b"\x01" * 32, b"\x02" * 16, now + 60_000)
+    a.peer_moved(moved)
+    resent = a.outgoing(now + 2)
+    assert a.peer_intro == moved and resent  # at once
+    for packet in resent:
+        b.receive_packet(packet, now + 2)
+    assert b.received and b.received[-1] == b"lost in a dead relay"
