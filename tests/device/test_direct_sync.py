@@ -107,6 +107,10 @@ async def test_an_offline_sibling_gets_one_sync_copy_deleted_once_acknowledged(
         async with device(network, tmp_path, "desktop") as desktop:
             await wait_until(lambda: len(desktop.history(bob.session_id)) == 1)
             assert texts(desktop, bob.session_id) == [(True, "while the desktop is off")]
+            # Filed as the phone's, as over the session, not as the account's.
+            assert [(i.id, i.device) for i in desktop.history(bob.session_id)] == [
+                (i.id, i.device) for i in phone.history(bob.session_id)
+            ]
             # Acknowledged over the session: the sync copy goes (by the phone in linked
             # mode, by the desktop that read it in mapped mode).
             await wait_until(lambda: sync_copies(network, desktop, mode) == 0)
@@ -218,3 +222,28 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
         await trio.sleep(60)
         assert acceptor._sync._serving[dialer.device_id][2] is live
         assert acceptor.connected_siblings == {dialer.device_id}
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_sync_copy_is_filed_as_the_device_that_sent_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """Read from a sync copy while its origin is away, a sent message is filed under the
+    device that sent it, as over the session (not under the shared account key)."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "bob", mode) as bob,
+    ):
+        async with device(network, tmp_path, "phone", mode) as phone:
+            async with device(network, tmp_path, "desktop", mode) as desktop:
+                await pair(phone, desktop)
+            await befriend(phone, bob)
+            await phone.send(bob.session_id, "sent from the phone")
+            await trio.sleep(2 * GRACE_S)
+            await phone.flush()
+            assert sync_copies(network, desktop, mode) == 1
+            sent = [(i.id, i.device) for i in phone.history(bob.session_id)]
+        async with device(network, tmp_path, "desktop", mode) as desktop:
+            await wait_until(lambda: len(desktop.history(bob.session_id)) == 1)
+            assert [(i.id, i.device) for i in desktop.history(bob.session_id)] == sent
+            assert sent[0][1] == phone.device_id
