@@ -16,7 +16,7 @@ import p2psync
 from p2psync import Scenario, Send, Trace, run_scenario
 from p2psync.bench import storage
 from p2psync.bench.scenario import KINDS, MAX_SEND_BYTES, build_trace
-from p2psync.bench.storage import sibling_away_at_send
+from p2psync.bench.storage import origin_leaves_first, sibling_away_at_send
 from p2psync.envelope import seal_envelope
 from p2psync.identity import Identity
 from p2psync.swarm.constants import MAX_DATA_BYTES
@@ -98,6 +98,31 @@ def test_a_hand_built_trace(
     assert result["lost"] == 0
     assert result["completeness"] == 1.0
     assert set(result["completeness_by_device"].values()) == {1.0}
+
+
+def test_sends_whose_origin_leaves_before_its_sibling_returns_are_counted() -> None:
+    """Of three sends made with the sibling away, one origin stays until the sibling is
+    back (the devices meet: no copy strictly needed), one leaves first, and one's sibling
+    never returns within the trace."""
+    trace = Trace(
+        users=2,
+        duration_ms=10 * H,
+        online={
+            (0, "phone"): [(0, 5 * H)],
+            (0, "desktop"): [(3 * H, 4 * H)],
+            (1, "phone"): [(0, 2 * H)],
+            (1, "desktop"): [(6 * H, 7 * H)],
+        },
+        sends=[
+            Send(1 * H, 0, "phone", 1, 10),  # desktop away, back at 3 h while phone is on
+            Send(1 * H, 1, "phone", 0, 10),  # desktop away until 6 h, phone leaves at 2 h
+            Send(4 * H + M, 0, "phone", 1, 10),  # desktop gone for good, phone leaves at 5 h
+            Send(3 * H + M, 0, "desktop", 1, 10),  # phone online: nothing away
+        ],
+    )
+    trace.validate()
+    assert sibling_away_at_send(trace) == 0.75
+    assert origin_leaves_first(trace) == 0.5
 
 
 def test_the_docstring_example_runs() -> None:

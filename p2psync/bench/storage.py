@@ -121,6 +121,8 @@ class _Run:
         self.sent_at: dict[int, int] = {}
         self.relevant: dict[int, tuple[int, int]] = {}  # message -> (sender user, recipient)
         self.latencies: list[float] = []
+        #: The sender's other device only: what sibling sync (direct or by sync copy) costs.
+        self.sibling_latencies: list[float] = []
         self.online_at_send: dict[int, set[str]] = {}
         self.sessions: set[frozenset[str]] = set()
 
@@ -149,6 +151,8 @@ class _Run:
         device.history[logical] = self.now()
         if device.name in self.online_at_send.get(logical, ()):
             self.latencies.append(self.now() - self.sent_at[logical])
+            if device.user == self.relevant[logical][0]:
+                self.sibling_latencies.append(self.now() - self.sent_at[logical])
         return True
 
     async def _receive(self, device: _Device, namespace: int, batch: list[Message]) -> None:
@@ -365,6 +369,8 @@ class _Run:
             "completeness_by_device": completeness,
             "latency_p50_ms": round(_percentile(self.latencies, 0.5), 1),
             "latency_p99_ms": round(_percentile(self.latencies, 0.99), 1),
+            "sibling_latency_p50_ms": round(_percentile(self.sibling_latencies, 0.5), 1),
+            "sibling_latency_p99_ms": round(_percentile(self.sibling_latencies, 0.99), 1),
             "stored_bytes_by_hour": timeline,
             "stored_copies_by_hour": self.ledger.timeline(HOUR_MS, end_ms, copies=True),
         }
@@ -450,6 +456,28 @@ def sibling_away_at_send(trace: Trace) -> float:
     other = {"phone": "desktop", "desktop": "phone"}
     away = sum(not trace.is_online(s.user, other[s.kind], s.at_ms) for s in trace.sends)
     return round(away / max(1, len(trace.sends)), 3)
+
+
+def origin_leaves_first(trace: Trace) -> float:
+    """The share of sends made while the sender's other device was offline by a device
+    that itself went offline before the other came back: the sync copies that any design
+    keeping a swarm fallback must store, however long it waits (the floor of ``p2p``'s
+    namespace-1 copies on this trace; the rest could wait for the devices to meet)."""
+    other = {"phone": "desktop", "desktop": "phone"}
+
+    def online_until(user: int, kind: str, at_ms: int) -> int:
+        return next(end for start, end in trace.online[(user, kind)] if start <= at_ms < end)
+
+    def back_at(user: int, kind: str, at_ms: int) -> int:
+        starts = [start for start, _ in trace.online.get((user, kind), []) if start >= at_ms]
+        return min(starts, default=trace.duration_ms)
+
+    needed = sum(
+        online_until(s.user, s.kind, s.at_ms) < back_at(s.user, other[s.kind], s.at_ms)
+        for s in trace.sends
+        if not trace.is_online(s.user, other[s.kind], s.at_ms)
+    )
+    return round(needed / max(1, len(trace.sends)), 3)
 
 
 def _run_in_worker(scenario: Scenario, strategy: str, progress: Any) -> dict[str, Any]:
@@ -554,7 +582,16 @@ def run_storage_bench(
     console.print(
         f"sends made while the sender's other device was offline: "
         f"{sibling_away_at_send(build_trace(scenario)):.0%} (each needs a sync copy once the "
-        f"grace period passes, unless the devices meet first)"
+        f"grace period passes, unless the devices meet first); "
+        f"{origin_leaves_first(build_trace(scenario)):.0%} by a device that went offline "
+        f"before its sibling came back (a copy any swarm fallback must store)"
+    )
+    console.print(
+        "sibling delivery (sender's other device, online at send) p50/p99 ms: "
+        + ", ".join(
+            f"{name} {r['sibling_latency_p50_ms']:.0f}/{r['sibling_latency_p99_ms']:.0f}"
+            for name, r in results.items()
+        )
     )
     keys = (
         "copies_per_message",
@@ -571,6 +608,7 @@ def run_storage_bench(
             **scenario.to_json(),
             "messages": results["fanout"]["messages"],
             "sends_with_sibling_away": sibling_away_at_send(build_trace(scenario)),
+            "sends_whose_origin_leaves_first": origin_leaves_first(build_trace(scenario)),
         },
     }
     if json_path:
