@@ -5,8 +5,9 @@ RPC methods (CBOR framing of :mod:`p2psync.rpc`):
 
 * ``put_mapping`` ``{"mapping": bytes}`` → ``{}``
 * ``get_mappings`` ``{"session_id": text}`` → ``{"primary": text, "secondaries": [text],
-  "mappings": [bytes]}`` for any device of a user; a device without a mapping is its own
-  primary with no secondaries.
+  "mappings": [bytes], "revocations": [bytes]}`` for any device of a user; a device without
+  a mapping is its own primary with no secondaries. ``revocations`` are the primary's
+  newest revocation per revoked secondary, which readers keep (see :mod:`.mapping`).
 * ``revoke_mapping`` ``{"revocation": bytes}`` → ``{}``
 
 Refusals: ``bad_request`` (malformed), ``unauthorized`` (a signature or key does not verify,
@@ -31,7 +32,7 @@ single thread gives each request's checks and write one atomic view without lock
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_SECONDARIES = 4
 #: The most secondaries any answer may list (bounds what a client accepts).
 MAX_LISTED_SECONDARIES = 64
+MAX_LISTED_REVOCATIONS = 256
 _SESSION_ID_CHARS = 66
 
 _SCHEMA = """
@@ -213,11 +215,22 @@ class MappingStore:
                 ),
             )
 
-    def lookup(self, session_id: str) -> tuple[str, list[str], list[bytes]]:
-        """The primary of ``session_id``'s user, its secondaries and their mapping records."""
+    def lookup(self, session_id: str) -> tuple[str, list[str], list[bytes], list[bytes]]:
+        """The primary of ``session_id``'s user, its secondaries, their mapping records
+        and the primary's revocation records (the newest per revoked secondary)."""
         primary = self._primary_of(session_id) or session_id
         listed = self._active_secondaries(primary)
-        return primary, [s for s, _ in listed], [r for _, r in listed]
+        revocations = self._db.execute(
+            "SELECT revocation FROM mappings WHERE primary_id = ? AND revocation IS NOT NULL"
+            " ORDER BY revoked_at, secondary LIMIT ?",
+            (primary, MAX_LISTED_REVOCATIONS),
+        ).fetchall()
+        return (
+            primary,
+            [s for s, _ in listed],
+            [r for _, r in listed],
+            [bytes(r[0]) for r in revocations],
+        )
 
 
 class FileServer:
@@ -285,8 +298,13 @@ class FileServer:
         params.only("session_id")
         session_id = params.text("session_id", max_len=_SESSION_ID_CHARS)
         session_id_key(session_id)
-        primary, secondaries, records = self.store.lookup(session_id)
-        return {"primary": primary, "secondaries": secondaries, "mappings": records}
+        primary, secondaries, records, revocations = self.store.lookup(session_id)
+        return {
+            "primary": primary,
+            "secondaries": secondaries,
+            "mappings": records,
+            "revocations": revocations,
+        }
 
     async def _revoke_mapping(self, params: Fields, conn: Connection) -> Any:
         params.only("revocation")
@@ -317,12 +335,16 @@ class FileServerClient:
     async def revoke_mapping(self, revocation: Revocation) -> None:
         await self.rpc.call("revoke_mapping", {"revocation": revocation.to_bytes()})
 
-    async def get_mappings(self, session_id: str) -> DeviceSet:
+    async def get_mappings(
+        self, session_id: str, known_revocations: Iterable[Revocation] = ()
+    ) -> DeviceSet:
+        """The devices of ``session_id``'s user, checked; ``known_revocations`` (kept from
+        earlier answers) apply too, so a server cannot un-revoke a device for us."""
         session_id_key(session_id)
         result = Fields(
             await self.rpc.call("get_mappings", {"session_id": session_id}), "get_mappings"
         )
-        result.only("primary", "secondaries", "mappings")
+        result.only("primary", "secondaries", "mappings", "revocations")
         primary = result.text("primary", max_len=_SESSION_ID_CHARS)
         secondaries = result.items("secondaries", max_len=MAX_LISTED_SECONDARIES)
         if not all(isinstance(s, str) for s in secondaries):
@@ -333,7 +355,13 @@ class FileServerClient:
             if not isinstance(record, bytes):
                 raise DecodeError("get_mappings.mappings must hold bytes")
             mappings.append(DeviceMapping.from_bytes(record))
-        return device_set(session_id, primary, [str(s) for s in secondaries], mappings)
+        revocations = list(known_revocations)
+        if result.has("revocations"):
+            for record in result.items("revocations", max_len=MAX_LISTED_REVOCATIONS):
+                if not isinstance(record, bytes):
+                    raise DecodeError("get_mappings.revocations must hold bytes")
+                revocations.append(Revocation.from_bytes(record))
+        return device_set(session_id, primary, [str(s) for s in secondaries], mappings, revocations)
 
 
 @asynccontextmanager

@@ -10,7 +10,10 @@ revocation, a swarm ``auth``, an envelope) can be passed off as another.
 
 Nobody has to trust the file server that stores these records: :meth:`DeviceMapping.verify`
 checks both signatures and that each Ed25519 key converts to the X25519 key inside its
-Session id, and :func:`device_set` checks that a server's answer is consistent.
+Session id, and :func:`device_set` checks that a server's answer is consistent. A server
+can still *omit* records; to stop it from un-revoking a device it once reported revoked,
+answers carry the primary's signed revocations and readers keep those they have seen and
+apply them to every later answer (:func:`device_set`'s ``revocations``).
 
 Decoders are strict (:mod:`p2psync.wire`): they return frozen dataclasses or raise
 :class:`~p2psync.errors.DecodeError`. Decoding checks structure only; ``verify()`` checks
@@ -305,6 +308,9 @@ class DeviceSet:
     primary: str
     secondaries: tuple[str, ...]
     mappings: tuple[DeviceMapping, ...]
+    #: The primary's verified revocations known to this answer (the server's and the
+    #: reader's own), newest per secondary: what a reader keeps for later answers.
+    revocations: tuple[Revocation, ...] = ()
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -316,13 +322,20 @@ class DeviceSet:
 
 
 def device_set(
-    queried: str, primary: str, secondaries: Iterable[str], mappings: Iterable[DeviceMapping]
+    queried: str,
+    primary: str,
+    secondaries: Iterable[str],
+    mappings: Iterable[DeviceMapping],
+    revocations: Iterable[Revocation] = (),
 ) -> DeviceSet:
     """Build a :class:`DeviceSet` from a server's answer without trusting the server.
 
     Every mapping must verify and link ``primary`` to exactly the listed secondaries, and
     the queried id must be one of the devices; otherwise :class:`DecodeError` (or
-    :class:`AuthorisationError` for a forged mapping)."""
+    :class:`AuthorisationError` for a forged mapping). ``revocations`` (the server's and
+    any the reader kept; other primaries' are ignored) must verify too, and a listed
+    secondary whose mapping was signed at or before its revocation is left out: a server
+    that re-lists a revoked device does not get it messages from a reader that knows."""
     listed = tuple(secondaries)
     checked = tuple(mappings)
     for mapping in checked:
@@ -333,7 +346,22 @@ def device_set(
         raise DecodeError("the listed secondaries do not match the mappings")
     if queried != primary and queried not in listed:
         raise DecodeError("the answer does not include the device asked about")
-    return DeviceSet(primary, listed, checked)
+    newest: dict[str, Revocation] = {}
+    for revocation in revocations:
+        if revocation.primary != primary:
+            continue
+        revocation.verify()
+        known = newest.get(revocation.secondary)
+        if known is None or known.timestamp_ms < revocation.timestamp_ms:
+            newest[revocation.secondary] = revocation
+    live = tuple(
+        m
+        for m in checked
+        if m.secondary not in newest or m.timestamp_ms > newest[m.secondary].timestamp_ms
+    )
+    kept = tuple(newest[s] for s in sorted(newest))
+    live_ids = {m.secondary for m in live}
+    return DeviceSet(primary, tuple(s for s in listed if s in live_ids), live, kept)
 
 
 __all__ = [

@@ -303,3 +303,41 @@ async def test_client_refuses_a_lying_server(autojump_clock: trio.testing.MockCl
             with pytest.raises(DecodeError):
                 await FileServerClient(rpc).get_mappings(SECONDARY.session_id)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_server_cannot_unrevoke_a_device_for_a_reader_that_saw_the_revocation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Answers carry the primary's signed revocations; a reader that kept one drops the
+    device from a later answer that lists it again without it (a rolled-back or malicious
+    server). Another primary's revocation does not apply; a tampered one is refused."""
+    mapping = create_mapping(PRIMARY, SECONDARY, TEST_EPOCH_MS)
+    revocation = revoke_pairing(PRIMARY, SECONDARY.session_id, TEST_EPOCH_MS + 1)
+    unrelated = revoke_pairing(OTHER, SECONDARY.session_id, TEST_EPOCH_MS + 2)
+    revoked = {"secondaries": [], "mappings": [], "revocations": [revocation.to_bytes()]}
+    rolled_back = {
+        "secondaries": [SECONDARY.session_id],
+        "mappings": [mapping.to_bytes()],
+        "revocations": [unrelated.to_bytes()],
+    }
+    answers = [revoked, rolled_back, rolled_back, rolled_back]
+
+    async def serve(params: Fields, conn: Connection) -> Any:
+        return {"primary": PRIMARY.session_id, **answers.pop(0)}
+
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(RpcServer({"get_mappings": serve}).serve, network, "mem:rb")
+        async with open_rpc(network, url) as rpc:
+            client = FileServerClient(rpc)
+            kept = (await client.get_mappings(PRIMARY.session_id)).revocations
+            assert kept == (revocation,)
+            assert (await client.get_mappings(PRIMARY.session_id)).secondaries == (
+                SECONDARY.session_id,
+            )  # a reader that never saw the revocation is fooled: the limit of omission
+            again = await client.get_mappings(PRIMARY.session_id, kept)
+            assert again.devices == (PRIMARY.session_id,) and again.revocations == kept
+            tampered = replace(revocation, timestamp_ms=revocation.timestamp_ms + 1)
+            with pytest.raises(DecodeError):
+                await client.get_mappings(PRIMARY.session_id, [tampered])
+        nursery.cancel_scope.cancel()

@@ -497,7 +497,9 @@ class Device:
             return cached[1]
         try:
             client = FileServerClient(await self._pool.get(self.network.fileserver_url))
-            devices = (await client.get_mappings(user)).devices
+            answer = await client.get_mappings(user, self.store.revocations())
+            self.store.keep_revocations(answer.revocations)
+            devices = answer.devices
         except TRANSIENT as exc:
             if fresh:
                 raise
@@ -524,13 +526,18 @@ class Device:
 
     async def _check_device(self, device: str, user: str) -> None:
         """Refuse unless ``device`` is a device of ``user`` (same key in ``linked`` mode).
-        Known devices pass at once; others are looked up on the file server."""
+        Known devices pass at once, unless we have seen them revoked; others are looked up
+        on the file server."""
         if device == user:
             return
         if self.mode == "linked":
             raise Refused("the signing key is not the user's")
         known = self.store.contact(user)
-        if known is not None and device in known.devices:
+        if (
+            known is not None
+            and device in known.devices
+            and not self.store.is_revoked(user, device)
+        ):
             return
         if user == self.user_id and device in self.store.siblings():
             return
@@ -968,6 +975,7 @@ class Device:
         revocation = revoke_pairing(self.identity, device, self.clock.now_ms())
         client = FileServerClient(await self._pool.get(self.network.fileserver_url))
         await client.revoke_mapping(revocation)
+        self.store.keep_revocations([revocation])
         self.store.remove_sibling(device)
         self._device_sets.pop(self.user_id, None)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..database import open_database, transaction
 from ..identity import message_hash
+from ..mapping import Revocation
 from ..wire import decode_cbor, encode_cbor
 from .content import ContactRecord, HistoryRecord
 
@@ -112,6 +113,13 @@ CREATE TABLE IF NOT EXISTS deferred (
     owner TEXT NOT NULL,
     namespace INTEGER NOT NULL,
     data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revocations (
+    primary_id TEXT NOT NULL,
+    secondary TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (primary_id, secondary)
 );
 """
 
@@ -443,6 +451,40 @@ class DeviceStore:
 
     def remove_sibling(self, device: str) -> None:
         self._db.execute("DELETE FROM siblings WHERE device = ?", (device,))
+
+    # --- revocations seen (mapped mode) ----------------------------------------------------
+
+    def revocations(self) -> list[Revocation]:
+        """Every verified revocation this device has seen: applied to every later file
+        server answer, so a server cannot un-revoke a device for us."""
+        rows = self._db.execute("SELECT record FROM revocations ORDER BY primary_id, secondary")
+        return [Revocation.from_bytes(bytes(row[0])) for row in rows]
+
+    def is_revoked(self, primary: str, secondary: str) -> bool:
+        return (
+            self._db.execute(
+                "SELECT 1 FROM revocations WHERE primary_id = ? AND secondary = ?",
+                (primary, secondary),
+            ).fetchone()
+            is not None
+        )
+
+    def keep_revocations(self, revocations: Sequence[Revocation]) -> None:
+        """Remember verified revocations, the newest per pair."""
+        with self.transaction():
+            for revocation in revocations:
+                self._db.execute(
+                    "INSERT INTO revocations (primary_id, secondary, timestamp, record)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (primary_id, secondary) DO UPDATE SET"
+                    " timestamp = excluded.timestamp, record = excluded.record"
+                    " WHERE excluded.timestamp > revocations.timestamp",
+                    (
+                        revocation.primary,
+                        revocation.secondary,
+                        revocation.timestamp_ms,
+                        revocation.to_bytes(),
+                    ),
+                )
 
     # --- live sync with siblings -----------------------------------------------------------
 

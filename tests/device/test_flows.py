@@ -4,6 +4,7 @@ open-group attribution, revocation, and state that survives a restart."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,22 @@ async def test_mapped_devices_fan_out_and_sync(
         await trio.sleep(30)
         assert len(desktop.history(bob.session_id)) == 2
         assert not phone.rejections and not bob.rejections
+
+        # The file server turns malicious and re-lists the revoked desktop without its
+        # revocation: Bob saw the revocation in an earlier answer and keeps applying it.
+        with sqlite3.connect(network.data_dir / "fileserver.sqlite3") as files:
+            files.execute("UPDATE mappings SET active = 1, revoked_at = NULL, revocation = NULL")
+        await trio.sleep(bob.config.mapping_cache_s + 1)
+        await bob.send(alice, "still there?")
+        await wait_until(lambda: len(phone.history(bob.session_id)) == 4)
+        await bob.flush()
+        await trio.sleep(30)
+        assert len(desktop.history(bob.session_id)) == 2
+        # Nor does Bob take the revoked desktop's word that it is still Alice's.
+        await desktop.send(bob.session_id, "from the revoked desktop")
+        await desktop.flush()
+        await wait_until(lambda: any("is not a device of" in r.reason for r in bob.rejections))
+        assert "from the revoked desktop" not in [item.text for item in bob.history(alice)]
 
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
