@@ -19,6 +19,7 @@ import copy
 import hashlib
 import struct
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import cache
 from typing import Any, TypeVar
 from unittest import mock
@@ -544,14 +545,37 @@ def test_signed_records_decode_strictly_and_mutations_never_verify(
         ),
         max_size=3,
     ),
+    revocations=st.lists(
+        st.sampled_from(
+            [
+                revoke_pairing(ALICE, BOB.session_id, NOW + 1),
+                revoke_pairing(ALICE, BOB.session_id, NOW - 1),
+                revoke_pairing(CAROL, BOB.session_id, NOW + 1),
+                replace(revoke_pairing(ALICE, CAROL.session_id, NOW + 1), timestamp_ms=NOW + 2),
+            ]
+        ),
+        max_size=3,
+    ),
 )
 def test_device_set_trusts_no_server_answer(
-    queried: str, primary: str, secondaries: list[str], mappings: list[DeviceMapping]
+    queried: str,
+    primary: str,
+    secondaries: list[str],
+    mappings: list[DeviceMapping],
+    revocations: list[Revocation],
 ) -> None:
-    devices = refused_or_decoded(lambda: device_set(queried, primary, secondaries, mappings))
-    if devices is not None:
-        assert queried in devices
-        assert all(m.primary == primary for m in devices.mappings)
+    devices = refused_or_decoded(
+        lambda: device_set(queried, primary, secondaries, mappings, revocations)
+    )
+    if devices is None:
+        return
+    assert all(m.primary == primary for m in devices.mappings)
+    for revocation in devices.revocations:
+        revocation.verify()
+        assert revocation.primary == primary
+    revoked = {r.secondary: r.timestamp_ms for r in devices.revocations}
+    assert all(m.timestamp_ms > revoked.get(m.secondary, -1) for m in devices.mappings)
+    assert queried in devices or queried in revoked
 
 
 _ROOM_MESSAGE = RoomMessage(3, ALICE.session_id, BOB.session_id, NOW, b"body").to_wire()
