@@ -14,6 +14,9 @@ Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
 * ``friend_request`` (ns 0): ``{"user": sid, "devices": [sid], "text": str}``.
 * ``friend_accept`` (ns 0): ``{"user": sid, "devices": [sid]}`` — tells the requester every
   device of the accepting user (the seed document's "send the other device's key").
+* ``device_revoked`` (ns 0): ``{"revocation": bytes}`` — the primary's signed
+  :class:`~p2psync.mapping.Revocation` of one of its devices, pushed to every friend so
+  they stop trusting that device without waiting for (or trusting) the file server.
 * ``sync_sent`` (ns 1): ``{"id": bytes32, "to": sid, "ts": uint, "text": str}`` — a sent
   message copied to the sender's siblings, under the id the recipient knows it by.
 * ``sync_contact`` (ns 1): ``{"user": sid, "state": str, "devices": [sid]}``.
@@ -43,6 +46,7 @@ from typing import Any
 
 from ..errors import DecodeError
 from ..identity import KEY_BYTES, SEED_BYTES, session_id_key
+from ..mapping import MAX_RECORD_BYTES
 from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from ..wire import Fields, decode_cbor, encode_cbor
 
@@ -156,6 +160,11 @@ class PairRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceRevoked:
+    revocation: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PairChallenge:
     request_id: bytes
     nonce: bytes
@@ -175,6 +184,7 @@ Content = (
     Text
     | FriendRequest
     | FriendAccept
+    | DeviceRevoked
     | SyncSent
     | ContactRecord
     | SiblingRecord
@@ -187,6 +197,7 @@ KIND_OF: dict[type, str] = {
     Text: "text",
     FriendRequest: "friend_request",
     FriendAccept: "friend_accept",
+    DeviceRevoked: "device_revoked",
     SyncSent: "sync_sent",
     ContactRecord: "sync_contact",
     SiblingRecord: "sync_sibling",
@@ -199,6 +210,7 @@ NAMESPACE_OF: dict[str, int] = {
     "text": NAMESPACE_MESSAGES,
     "friend_request": NAMESPACE_MESSAGES,
     "friend_accept": NAMESPACE_MESSAGES,
+    "device_revoked": NAMESPACE_MESSAGES,
     "sync_sent": NAMESPACE_SYNC,
     "sync_contact": NAMESPACE_SYNC,
     "sync_sibling": NAMESPACE_SYNC,
@@ -272,6 +284,8 @@ def encode_content(content: Content) -> tuple[str, bytes]:
                 body["request"] = request
         case PairChallenge(request_id=request_id, nonce=nonce):
             body = {"request_id": request_id, "nonce": nonce}
+        case DeviceRevoked(revocation=revocation):
+            body = {"revocation": revocation}
         case PairGrant(request_id=request_id, mapping=mapping, seed=seed, devices=devices):
             body = {
                 "request_id": request_id,
@@ -331,6 +345,9 @@ def decode_content(kind: str, body: bytes) -> Content:
             fields.uint("ts"),
             fields.blob("request", max_len=1024) if fields.has("request") else None,
         )
+    if kind == "device_revoked":
+        fields.only("revocation")
+        return DeviceRevoked(fields.blob("revocation", max_len=MAX_RECORD_BYTES))
     if kind == "pair_challenge":
         fields.only("request_id", "nonce")
         return PairChallenge(
@@ -356,6 +373,7 @@ __all__ = [
     "NAMESPACE_OF",
     "ContactRecord",
     "Content",
+    "DeviceRevoked",
     "FriendAccept",
     "FriendRequest",
     "HistoryRecord",

@@ -59,6 +59,7 @@ from ..mapping import (
     PAIRING_WINDOW_MS,
     DeviceMapping,
     PairingRequest,
+    Revocation,
     grant_pairing,
     revoke_pairing,
     sign_pairing_request,
@@ -84,6 +85,7 @@ from .content import (
     NAMESPACE_OF,
     ContactRecord,
     Content,
+    DeviceRevoked,
     FriendAccept,
     FriendRequest,
     HistoryRecord,
@@ -637,6 +639,8 @@ class Device:
                 await self._on_friend_request(device, content)
             case FriendAccept():
                 await self._on_friend_accept(device, content)
+            case DeviceRevoked():
+                self._on_device_revoked(device, content)
             case SyncSent():
                 await self._check_sibling(envelope, device)
                 self._file_message(
@@ -707,6 +711,24 @@ class Device:
         devices = await self._devices_of(accept.user)
         # Every sibling receives the acceptance itself: nothing to tell them.
         self.store.put_contact(replace(contact, state="friend", devices=devices))
+        self._notify()
+
+    def _on_device_revoked(self, device: str, content: DeviceRevoked) -> None:
+        """A friend's primary revoked one of its devices: stop trusting it at once (its
+        messages are refused and nothing is fanned out to it), whatever the file server
+        says later."""
+        revocation = Revocation.from_bytes(content.revocation)
+        revocation.verify()
+        if device != revocation.primary:
+            raise Refused("a revocation must come from the primary that signed it")
+        contact = self.store.contact(revocation.primary)
+        if contact is None or contact.state != "friend":
+            raise Refused(f"a revocation from {revocation.primary[:12]}…, not a friend")
+        devices = tuple(d for d in contact.devices if d != revocation.secondary)
+        with self.store.transaction():
+            self.store.keep_revocations([revocation])
+            self.store.put_contact(replace(contact, devices=devices))
+        self._device_sets.pop(revocation.primary, None)
         self._notify()
 
     def _merge_contact(self, record: ContactRecord) -> None:
@@ -975,9 +997,16 @@ class Device:
         revocation = revoke_pairing(self.identity, device, self.clock.now_ms())
         client = FileServerClient(await self._pool.get(self.network.fileserver_url))
         await client.revoke_mapping(revocation)
-        self.store.keep_revocations([revocation])
-        self.store.remove_sibling(device)
+        with self.store.transaction():
+            self.store.keep_revocations([revocation])
+            self.store.remove_sibling(device)
+            # Friends hear it from us too, so neither a stale cache nor a file server
+            # that hides the revocation keeps them trusting the device.
+            for contact in self.store.contacts():
+                if contact.state == "friend":
+                    self._queue(DeviceRevoked(revocation.to_bytes()), contact.user)
         self._device_sets.pop(self.user_id, None)
+        self._wake_outbox()
 
     # --- open groups ------------------------------------------------------------------------------
 

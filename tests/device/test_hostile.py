@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from p2psync.device.content import (
     ContactRecord,
+    DeviceRevoked,
     PairChallenge,
     PairGrant,
     SyncSent,
@@ -27,7 +28,7 @@ from p2psync.envelope import seal_envelope
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver import open_fileserver_client
 from p2psync.identity import Identity, session_id_key
-from p2psync.mapping import PAIRING_WINDOW_MS, create_mapping
+from p2psync.mapping import PAIRING_WINDOW_MS, create_mapping, revoke_pairing
 from p2psync.opengroup import open_opengroup_client, sign_post
 from p2psync.swarm.client import SwarmClient, open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
@@ -186,6 +187,21 @@ async def test_strangers_and_misplaced_records_are_refused(
             (NAMESPACE_SYNC, SyncSent(b"\0" * 32, bob.session_id, 1, "fake"), "is not a device of"),
             (NAMESPACE_SYNC, ContactRecord(mallory, "friend", (mallory,)), "is not a device of"),
             (NAMESPACE_MESSAGES, ContactRecord(mallory, "friend", (mallory,)), "does not belong"),
+            # Mallory's own valid revocation, from a stranger; and Bob's, forged by Mallory.
+            (
+                NAMESPACE_MESSAGES,
+                DeviceRevoked(revoke_pairing(MALLORY, bob.session_id, 1).to_bytes()),
+                "not a friend",
+            ),
+            (
+                NAMESPACE_MESSAGES,
+                DeviceRevoked(
+                    replace(
+                        revoke_pairing(MALLORY, alice.session_id, 1), primary=bob.session_id
+                    ).to_bytes()
+                ),
+                "does not belong to",
+            ),
         ]
         for namespace, content, _ in hostile:
             await inject(swarm, MALLORY, alice.session_id, namespace, content)
@@ -205,6 +221,7 @@ KINDS = [
     "text",
     "friend_request",
     "friend_accept",
+    "device_revoked",
     "sync_sent",
     "sync_contact",
     "sync_sibling",
