@@ -139,8 +139,13 @@ class Session:
 
     async def aclose(self) -> None:
         """Send FIN and wait until everything sent was acknowledged (or the session failed).
-        Wrap in a cancel scope to bound the wait."""
+        Wrap in a cancel scope to bound the wait. If the peer has already said goodbye, only
+        put our FIN on its way: a peer that left on purpose acknowledges nothing more, and
+        waiting for it held a device that went offline next for seconds."""
         if self._core.state is SessionState.FAILED or self._aborted:
+            return
+        if self._core.peer_finished:
+            await self.leave()
             return
         self._core.close()
         self._wake_driver()

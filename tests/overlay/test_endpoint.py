@@ -8,7 +8,7 @@ import trio.testing
 
 from overlay.clock import TEST_EPOCH_MS, Clock
 from overlay.constants import DEFAULT_PATH_LIFETIME_MS
-from overlay.endpoint import Endpoint, Session, open_endpoint
+from overlay.endpoint import Endpoint, Session, SessionClosed, open_endpoint
 from overlay.link import LinkProfile, MemoryNetwork, TcpTransport
 from overlay.relay import open_relays
 
@@ -243,3 +243,40 @@ async def test_paths_are_replaced_before_they_expire(
                 nursery.start_soon(echo_one, bob)
                 async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
                     await exchange(session, 3)
+
+
+async def test_closing_after_the_peer_left_does_not_wait_for_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Bob says goodbye and his endpoint goes down; Alice's close returns once her FIN is
+    on its way instead of waiting out the retransmissions to a peer that is gone."""
+    network = MemoryNetwork(seed=3, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 10, clock=clock, seed=3) as relays:
+        directory = [r.contact for r in relays]
+        async with open_endpoint(ALICE, network, directory, clock=clock, seed=1) as alice:
+            await alice.wait_ready(2)
+            bob_gone = trio.Event()
+
+            async def run_bob(*, task_status: trio.TaskStatus[bytes]) -> None:
+                async with open_endpoint(BOB, network, directory, clock=clock, seed=2) as bob:
+                    await bob.wait_ready(2)
+                    await bob.publish(SECRET)
+                    task_status.started(bob.public_key)
+                    async for session in bob.sessions():
+                        await session.send(b"bye")
+                        await session.leave()
+                        break
+                    await trio.sleep(1)  # the FIN gets there before the endpoint goes
+                bob_gone.set()
+
+            async with trio.open_nursery() as nursery:
+                bob_key = await nursery.start(run_bob)
+                async with alice.connect(bob_key, shared_secret=SECRET) as session:
+                    assert await session.receive() == b"bye"
+                    with pytest.raises(SessionClosed):
+                        await session.receive()
+                    await bob_gone.wait()
+                    await session.send(b"too late")
+                    started = trio.current_time()
+                assert trio.current_time() - started < 1.0
