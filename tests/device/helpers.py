@@ -70,6 +70,22 @@ async def befriend(asker: Device, answerer: Device) -> None:
     await wait_until(lambda: is_friend(asker, answerer.session_id))
 
 
+@asynccontextmanager
+async def siblings_and_friend(
+    network: LocalNetwork, root: Path, mode: str
+) -> AsyncIterator[tuple[Device, Device, Device]]:
+    """Alice's phone and desktop, paired, and Bob, a friend both of them know."""
+    async with (
+        device(network, root, "phone", mode) as phone,
+        device(network, root, "desktop", mode) as desktop,
+        device(network, root, "bob", mode) as bob,
+    ):
+        await pair(phone, desktop)
+        await befriend(phone, bob)
+        await wait_until(lambda: is_friend(desktop, bob.session_id))
+        yield phone, desktop, bob
+
+
 def is_friend(device: Device, other: str) -> bool:
     contact = device.contact(other)
     return contact is not None and contact.state == "friend"

@@ -20,9 +20,9 @@ from ..swarm.helpers import wait_until
 from .helpers import (
     befriend,
     device,
-    is_friend,
     open_world,
     pair,
+    siblings_and_friend,
     stored_kinds,
     stored_messages,
     texts,
@@ -43,13 +43,8 @@ async def test_online_siblings_sync_directly_and_store_no_sync_copy(
 ) -> None:
     async with (
         open_world(relays=8) as network,
-        device(network, tmp_path, "phone", mode) as phone,
-        device(network, tmp_path, "desktop", mode) as desktop,
-        device(network, tmp_path, "bob", mode) as bob,
+        siblings_and_friend(network, tmp_path, mode) as (phone, desktop, bob),
     ):
-        await pair(phone, desktop)
-        await befriend(phone, bob)
-        await wait_until(lambda: is_friend(desktop, bob.session_id))
         await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
 
         started = trio.current_time()
@@ -69,12 +64,8 @@ async def test_inbound_messages_leave_the_account_swarm_once_every_sibling_has_t
 ) -> None:
     async with (
         open_world(relays=8) as network,
-        device(network, tmp_path, "phone", "linked") as phone,
-        device(network, tmp_path, "desktop", "linked") as desktop,
-        device(network, tmp_path, "bob", "linked") as bob,
+        siblings_and_friend(network, tmp_path, "linked") as (phone, desktop, bob),
     ):
-        await pair(phone, desktop)
-        await befriend(phone, bob)
         await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
         alice = phone.session_id
         before = stored_messages(network, alice, NAMESPACE_MESSAGES)

@@ -35,7 +35,7 @@ from p2psync.network import LocalNetwork, open_local_network
 from p2psync.services import AnnouncedRelay
 
 from ..swarm.helpers import wait_until
-from .helpers import QUIET, befriend, device, is_friend, pair
+from .helpers import QUIET, siblings_and_friend
 
 SEED = 7
 #: Messages each device sends, one every ``GAP_S``; the relay dies after ``KILL_AFTER`` rounds.
@@ -132,13 +132,8 @@ async def test_a_relay_killed_under_an_open_session_loses_nothing_and_heals(
 ) -> None:
     async with (
         open_seeded_world() as network,
-        device(network, tmp_path, "phone", mode) as phone,
-        device(network, tmp_path, "desktop", mode) as desktop,
-        device(network, tmp_path, "bob", mode) as bob,
+        siblings_and_friend(network, tmp_path, mode) as (phone, desktop, bob),
     ):
-        await pair(phone, desktop)
-        await befriend(phone, bob)
-        await wait_until(lambda: is_friend(desktop, bob.session_id))
         await wait_until(
             lambda: (
                 phone.connected_siblings == {desktop.device_id}
