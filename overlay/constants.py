@@ -56,11 +56,20 @@ SESSION_RTO_INITIAL_MS = 1_000
 SESSION_RTO_MIN_MS = 200
 SESSION_RTO_MAX_MS = 8_000
 SESSION_HANDSHAKE_TIMEOUT_MS = 5_000
+#: A responder refuses an INIT sent further than this from its own clock (either way): it
+#: is a replay, or the clocks disagree by more than introset expiries already tolerate.
+SESSION_INIT_FRESHNESS_MS = 2 * 60 * 1000
+#: Fresh INITs an endpoint remembers to refuse their replays; past it, the ones going stale
+#: first are forgotten first (a replay of one of those can still open a session).
+SESSION_INIT_REPLAY_ENTRIES = 4096
 #: Give up on a peer after this many retransmissions of one fragment.
 SESSION_MAX_RETRIES = 12
 #: A fragment retransmitted this many times makes the endpoint look the peer's introset
 #: up again (its intro may have died with a relay), at most once per the interval below.
 SESSION_STALL_RETRIES = 3
+#: A FIN answering the peer's is sent this many times (backing off) and then the session
+#: closes whether or not it was acknowledged: the peer may have left.
+SESSION_LAST_FIN_SENDS = 3
 SESSION_INTRO_REFRESH_MS = 5_000
 
 #: Outgoing queue per link in a driver; a full queue drops cells like a router would.

@@ -55,7 +55,13 @@ from .keys import KeyPair
 from .link import Link, LinkClosed, MemoryNetwork, Transport
 from .onion import LayerError
 from .path import Path, PathState, Payload
-from .session import SessionCore, SessionError, SessionState, packet_session_id
+from .session import (
+    InitReplayCache,
+    SessionCore,
+    SessionError,
+    SessionState,
+    packet_session_id,
+)
 from .tasks import open_task_nursery
 
 logger = logging.getLogger(__name__)
@@ -72,6 +78,8 @@ class EndpointStats:
     cells_dropped: int = 0
     sessions_opened: int = 0
     sessions_accepted: int = 0
+    #: INITs refused because this endpoint had already opened a session for them.
+    inits_replayed: int = 0
 
 
 class Session:
@@ -210,6 +218,7 @@ class Endpoint:
         self._next_path = 0
         self._dht_waiters: dict[bytes, tuple[trio.Event, list[bytes]]] = {}
         self._sessions: dict[bytes, Session] = {}
+        self._init_replays = InitReplayCache()
         self._accept_send, self._accept_receive = trio.open_memory_channel[Session](
             ACCEPT_QUEUE_SESSIONS
         )
@@ -539,6 +548,9 @@ class Endpoint:
         except SessionError:
             self.stats.cells_dropped += 1
             return
+        if not self._init_replays.admit(core, now):
+            self.stats.inits_replayed += 1
+            return
         session = self._start_session(core)
         try:
             self._accept_send.send_nowait(session)
@@ -575,6 +587,8 @@ class Endpoint:
                     for packet in packets:
                         self._send_on(path, prefix + packet)
                 session._notify()
+                if core.state in (SessionState.CLOSED, SessionState.FAILED):
+                    break  # outgoing() closed it: nothing will kick this driver again
                 deadline = core.next_deadline_ms()
                 when = math.inf if deadline is None else self._clock.trio_time_for(deadline)
                 with trio.move_on_at(when):

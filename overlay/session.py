@@ -8,8 +8,15 @@ mix all four Diffie-Hellman results, one per direction. As in Noise IK, the init
 static key travels encrypted under the ephemeral-static secret, so the relays that carry an
 INIT cannot tell who is calling (and cannot link one device's sessions by its key).
 
-``INIT = 1 ‖ session id ‖ e ‖ seal_es(s) ‖ seal_es+ss(intro)``. Every packet names the sender's
-current intro (inside the encryption), so either side can rebuild paths mid-session.
+``INIT = 1 ‖ session id ‖ e ‖ seal_es(s) ‖ seal_es+ss(sent_ms ‖ intro)``. Every packet names the
+sender's current intro (inside the encryption), so either side can rebuild paths mid-session.
+
+A relay on the path can record an INIT and send it again later. The responder cannot answer
+a replay usefully (it has no initiator to finish the handshake with), but unchecked it would
+open a session that waits out its retries. So the INIT carries its send time under the
+authenticated seal, :meth:`SessionCore.respond` refuses one outside
+``SESSION_INIT_FRESHNESS_MS`` of the responder's clock, and the endpoint remembers the
+ephemeral keys of fresh ones (:class:`InitReplayCache`) until they go stale.
 
 Packets: ``type (1) ‖ session id (8) ‖ ...``. A :class:`SessionCore` takes packets in
 (``receive_packet``) and hands packets out (``outgoing``), with ``now_ms`` passed in; the
@@ -19,6 +26,7 @@ driver also asks ``next_deadline_ms`` to know when to call ``outgoing`` again.
 from __future__ import annotations
 
 import enum
+import heapq
 import os
 import struct
 from collections import deque
@@ -29,6 +37,9 @@ import nacl.bindings as sodium
 from .constants import (
     MAX_SESSION_MESSAGE_BYTES,
     SESSION_HANDSHAKE_TIMEOUT_MS,
+    SESSION_INIT_FRESHNESS_MS,
+    SESSION_INIT_REPLAY_ENTRIES,
+    SESSION_LAST_FIN_SENDS,
     SESSION_MAX_RETRIES,
     SESSION_RTO_INITIAL_MS,
     SESSION_RTO_MAX_MS,
@@ -44,6 +55,7 @@ _encrypt = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt
 _decrypt = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
 _INTRO = struct.Struct(">32s16sQ")
 _SEGMENT = struct.Struct(">BII")
+_INIT_TIME = struct.Struct(">Q")
 SESSION_ID_BYTES = 8
 #: type, session id, ephemeral key, and the sealed static key.
 _INIT_HEADER = 1 + SESSION_ID_BYTES + 32 + 32 + 16
@@ -106,6 +118,34 @@ class _Inflight:
     retries: int = 0
 
 
+class InitReplayCache:
+    """The ephemeral keys of fresh INITs an endpoint accepted, each kept until its INIT
+    is too old for :meth:`SessionCore.respond` to take anyway, so memory is bounded by
+    the freshness window and ``SESSION_INIT_REPLAY_ENTRIES``."""
+
+    def __init__(self, max_entries: int = SESSION_INIT_REPLAY_ENTRIES) -> None:
+        self._max_entries = max_entries
+        self._forget_at: dict[bytes, int] = {}
+        self._by_expiry: list[tuple[int, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._forget_at)
+
+    def admit(self, core: SessionCore, now_ms: int) -> bool:
+        """False if this responder session's INIT was admitted before (a replay)."""
+        while self._by_expiry and (
+            self._by_expiry[0][0] < now_ms or len(self._by_expiry) >= self._max_entries
+        ):
+            _, ephemeral = heapq.heappop(self._by_expiry)
+            del self._forget_at[ephemeral]
+        if core.init_ephemeral in self._forget_at:
+            return False
+        forget_at = core.init_sent_ms + SESSION_INIT_FRESHNESS_MS
+        self._forget_at[core.init_ephemeral] = forget_at
+        heapq.heappush(self._by_expiry, (forget_at, core.init_ephemeral))
+        return True
+
+
 class SessionCore:
     """One end of a session. Construct with :meth:`initiate` or :meth:`respond`."""
 
@@ -133,6 +173,10 @@ class SessionCore:
         self._accept_due = False
         self._accept_ephemeral_public = b""
         self._handshake_sent_ms: int | None = None
+        #: On a responder: the initiator's ephemeral key and the INIT's send time, the
+        #: identity and age of the INIT for :class:`InitReplayCache`.
+        self.init_ephemeral = b""
+        self.init_sent_ms = now_ms
         # sending
         self._unsent: deque[tuple[bytes, _Flag]] = deque()
         self._inflight: dict[int, _Inflight] = {}
@@ -159,7 +203,7 @@ class SessionCore:
         peer_x = x25519_of(self.peer)
         return peer_x, self.local.dh(peer_x)
 
-    def _build_init(self) -> bytes:
+    def _build_init(self, now_ms: int) -> bytes:
         # Each key below seals exactly one message (retries resend the same bytes), so a
         # zero nonce is safe; the ephemeral key makes both keys new for every session.
         peer_x, ss = self._dh_static()
@@ -168,12 +212,17 @@ class SessionCore:
         header += bytes(sodium.crypto_scalarmult_base(self._ephemeral))
         header += _encrypt(self.local.public, header, bytes(24), kdf(es, b"p2ps-sess-init-s"))
         key = kdf(es + ss, b"p2ps-sess-init")
-        return header + _encrypt(_pack_intro(self.local_intro), header, bytes(24), key)
+        body = _INIT_TIME.pack(now_ms) + _pack_intro(self.local_intro)
+        return header + _encrypt(body, header, bytes(24), key)
 
     @classmethod
     def respond(cls, local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
-        """The responder side of an INIT packet (raises SessionError if it is not one)."""
-        if len(packet) != _INIT_HEADER + _INTRO.size + 16 or packet[0] != PacketType.INIT:
+        """The responder side of an INIT packet (raises SessionError if it is not one, or
+        if it was sent more than ``SESSION_INIT_FRESHNESS_MS`` away from ``now_ms``)."""
+        if (
+            len(packet) != _INIT_HEADER + _INIT_TIME.size + _INTRO.size + 16
+            or packet[0] != PacketType.INIT
+        ):
             raise SessionError("not an INIT packet")
         start = 1 + SESSION_ID_BYTES
         initiator_ephemeral = packet[start : start + 32]
@@ -188,12 +237,17 @@ class SessionCore:
             )
             session = cls(local, peer, packet[1:start], now_ms)
             peer_x, ss = session._dh_static()
-            intro = _decrypt(
+            body = _decrypt(
                 packet[_INIT_HEADER:], header, bytes(24), kdf(es + ss, b"p2ps-sess-init")
             )
         except Exception:
             raise SessionError("INIT does not authenticate") from None
-        session.peer_intro = _unpack_intro(intro)
+        (sent_ms,) = _INIT_TIME.unpack_from(body)
+        if abs(now_ms - sent_ms) > SESSION_INIT_FRESHNESS_MS:
+            raise SessionError(f"INIT sent at {sent_ms} is stale or early at {now_ms}")
+        session.init_ephemeral = initiator_ephemeral
+        session.init_sent_ms = sent_ms
+        session.peer_intro = _unpack_intro(body[_INIT_TIME.size :])
         ee = bytes(sodium.crypto_scalarmult(session._ephemeral, initiator_ephemeral))
         se = bytes(sodium.crypto_scalarmult(session._ephemeral, peer_x))
         session._set_keys(es + ss + ee + se, initiator=False)
@@ -368,7 +422,7 @@ class SessionCore:
             ):
                 self._handshake_sent_ms = now_ms
                 if not self._init_packet:
-                    self._init_packet = self._build_init()  # same bytes on every retry
+                    self._init_packet = self._build_init(now_ms)  # same bytes on every retry
                 packets.append(self._init_packet)
             return packets
         if self._accept_due:
@@ -399,9 +453,24 @@ class SessionCore:
         if self._ack_due and not packets:
             packets.append(self._seal(_Flag.ACK_ONLY, 0, b""))
         self._ack_due = False
-        if self._fin_queued and self.peer_finished and not self._unsent and not self._inflight:
+        if (
+            self._fin_queued
+            and self.peer_finished
+            and not self._unsent
+            and (not self._inflight or self._only_an_unanswered_fin_in_flight())
+        ):
             self.state = SessionState.CLOSED
         return packets
+
+    def _only_an_unanswered_fin_in_flight(self) -> bool:
+        """Our FIN answers the peer's, went out ``SESSION_LAST_FIN_SENDS`` times and is all
+        that is left unacknowledged. A peer that said goodbye first may leave as soon as its
+        own FIN is acknowledged, so nobody will acknowledge ours: waiting out
+        ``SESSION_MAX_RETRIES`` kept such a session (and its driver) alive for 9 minutes."""
+        if len(self._inflight) != 1:
+            return False
+        (item,) = self._inflight.values()
+        return bool(item.flags & _Flag.FIN) and item.retries + 1 >= SESSION_LAST_FIN_SENDS
 
     def next_deadline_ms(self) -> int | None:
         if self.state is SessionState.HANDSHAKE:

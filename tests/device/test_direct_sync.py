@@ -9,8 +9,9 @@ import pytest
 import trio
 import trio.testing
 
+import overlay.session
 from overlay.keys import KeyPair
-from overlay.session import SessionCore
+from overlay.session import InitReplayCache, SessionCore
 from p2psync.device import Device
 from p2psync.device.device import TAKEOVER_GRACES
 from p2psync.network import LocalNetwork
@@ -179,8 +180,9 @@ async def test_a_sibling_that_vanishes_without_goodbye_is_noticed_on_an_idle_ses
 async def test_a_replayed_init_does_not_displace_the_live_session(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A relay that kept an old INIT and plays it again opens a session that can never
-    carry a record; it must not take the place of the siblings' live session."""
+    """A relay that kept an old INIT and plays it again: the overlay refuses it as stale,
+    and one that gets past the overlay (its replay cache overflowed) opens a session that
+    can never carry a record; it must not take the place of the siblings' live session."""
     inits: list[tuple[bytes, bytes]] = []
     respond = SessionCore.respond
 
@@ -206,10 +208,16 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
         await wait_until(lambda: acceptor.connected_siblings == {dialer.device_id})
         assert acceptor._sync is not None and acceptor._sync.endpoint is not None
         live = acceptor._sync._serving[dialer.device_id][2]
-        await trio.sleep(600)  # the old session is long gone: its INIT would open a new one
-        accepted = acceptor._sync.endpoint.stats.sessions_accepted
-        acceptor._sync.endpoint._on_packet(old_init, network.clock.now_ms())
-        assert acceptor._sync.endpoint.stats.sessions_accepted == accepted + 1
+        await trio.sleep(600)  # the old session is long gone
+        endpoint = acceptor._sync.endpoint
+        accepted, dropped = endpoint.stats.sessions_accepted, endpoint.stats.cells_dropped
+        endpoint._on_packet(old_init, network.clock.now_ms())
+        assert endpoint.stats.sessions_accepted == accepted
+        assert endpoint.stats.cells_dropped == dropped + 1
+        monkeypatch.setattr(overlay.session, "SESSION_INIT_FRESHNESS_MS", 86_400_000)
+        endpoint._init_replays = InitReplayCache()
+        endpoint._on_packet(old_init, network.clock.now_ms())
+        assert endpoint.stats.sessions_accepted == accepted + 1
         await trio.sleep(60)
         assert acceptor._sync._serving[dialer.device_id][2] is live
         assert acceptor.connected_siblings == {dialer.device_id}

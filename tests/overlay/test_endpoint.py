@@ -7,10 +7,12 @@ import trio
 import trio.testing
 
 from overlay.clock import TEST_EPOCH_MS, Clock
-from overlay.constants import DEFAULT_PATH_LIFETIME_MS
+from overlay.constants import DEFAULT_PATH_LIFETIME_MS, SESSION_INIT_FRESHNESS_MS
 from overlay.endpoint import Endpoint, Session, SessionClosed, open_endpoint
+from overlay.keys import KeyPair
 from overlay.link import LinkProfile, MemoryNetwork, TcpTransport
 from overlay.relay import open_relays
+from overlay.session import SessionCore
 
 SECRET = bytes(range(32))
 ALICE = b"\x0a" * 32
@@ -280,3 +282,76 @@ async def test_closing_after_the_peer_left_does_not_wait_for_it(
                     await session.send(b"too late")
                     started = trio.current_time()
                 assert trio.current_time() - started < 1.0
+
+
+async def until_no_sessions(endpoint: Endpoint, *, limit_s: float) -> None:
+    """Wait in virtual time until every session of ``endpoint`` has ended and its driver
+    is gone (the endpoint has no event for that, so poll)."""
+    with trio.fail_after(limit_s):
+        while endpoint._sessions:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+
+
+async def test_a_replayed_init_opens_no_session(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An INIT played again after its session closed (as a relay on the path could) is
+    refused: within the freshness window by the replay cache, after it as stale."""
+    inits: list[bytes] = []
+    respond = SessionCore.respond
+
+    def recording(local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
+        inits.append(packet)
+        return respond(local, packet, now_ms)
+
+    monkeypatch.setattr(SessionCore, "respond", staticmethod(recording))
+    network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 10, clock=clock, seed=4) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(ALICE, network, directory, clock=clock, seed=1) as alice,
+            open_endpoint(BOB, network, directory, clock=clock, seed=2) as bob,
+        ):
+            await alice.wait_ready(2)
+            await bob.wait_ready(2)
+            await bob.publish(SECRET)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo_one, bob)
+                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                    await exchange(session, 2)
+            [init] = inits
+            await until_no_sessions(bob, limit_s=30)
+            assert bob.stats.sessions_accepted == 1
+            bob._on_packet(init, clock.now_ms())
+            assert bob.stats.inits_replayed == 1
+            await trio.sleep(SESSION_INIT_FRESHNESS_MS / 1000)
+            dropped = bob.stats.cells_dropped
+            bob._on_packet(init, clock.now_ms())
+            assert bob.stats.cells_dropped == dropped + 1
+            assert bob.stats.sessions_accepted == 1 and not bob._sessions
+
+
+async def test_a_goodbye_answering_the_peers_does_not_wait_for_a_peer_that_left(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Alice says goodbye and her endpoint goes down; Bob's FIN that answers hers can never
+    be acknowledged, so his session must end after a few sends of it instead of
+    retransmitting to nobody until ``SESSION_MAX_RETRIES`` gives up (9 minutes)."""
+    network = MemoryNetwork(seed=5, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 10, clock=clock, seed=5) as relays:
+        directory = [r.contact for r in relays]
+        async with open_endpoint(BOB, network, directory, clock=clock, seed=2) as bob:
+            await bob.wait_ready(2)
+            await bob.publish(SECRET)
+            async with open_endpoint(ALICE, network, directory, clock=clock, seed=1) as alice:
+                await alice.wait_ready(2)
+                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                    await session.send(b"hello, and goodbye")
+                    await session.leave()
+            async for accepted in bob.sessions():
+                assert [message async for message in accepted] == [b"hello, and goodbye"]
+                await accepted.aclose()
+                break
+            await until_no_sessions(bob, limit_s=30)

@@ -6,10 +6,20 @@ import random
 
 import pytest
 
-from overlay.constants import SESSION_STALL_RETRIES, SESSION_WINDOW_FRAGMENTS
+from overlay.constants import (
+    SESSION_INIT_FRESHNESS_MS,
+    SESSION_STALL_RETRIES,
+    SESSION_WINDOW_FRAGMENTS,
+)
 from overlay.introset import Intro
 from overlay.keys import KeyPair
-from overlay.session import FRAGMENT_BYTES, SessionCore, SessionError, SessionState
+from overlay.session import (
+    FRAGMENT_BYTES,
+    InitReplayCache,
+    SessionCore,
+    SessionError,
+    SessionState,
+)
 
 ALICE = KeyPair.from_seed(b"\x0a" * 32)
 BOB = KeyPair.from_seed(b"\x0b" * 32)
@@ -110,6 +120,47 @@ def test_init_hides_the_initiators_key_and_any_other_key_cannot_open_it() -> Non
     forged[60] ^= 1  # inside the sealed static key
     with pytest.raises(SessionError):
         SessionCore.respond(BOB, bytes(forged), 0)
+
+
+def test_init_is_refused_outside_the_freshness_window_either_way() -> None:
+    """A recorded INIT replayed later, or one from a clock far ahead, opens nothing; the
+    send time is under the seal, so a relay cannot refresh it."""
+    sent_at = 10 * SESSION_INIT_FRESHNESS_MS
+    [init] = SessionCore.initiate(ALICE, BOB.public, sent_at).outgoing(sent_at)
+    for now in (sent_at - SESSION_INIT_FRESHNESS_MS, sent_at + SESSION_INIT_FRESHNESS_MS):
+        assert SessionCore.respond(BOB, init, now).init_sent_ms == sent_at
+    for now in (sent_at - SESSION_INIT_FRESHNESS_MS - 1, sent_at + SESSION_INIT_FRESHNESS_MS + 1):
+        with pytest.raises(SessionError, match="stale or early"):
+            SessionCore.respond(BOB, init, now)
+    for index in range(len(init) - 16 - 8 - 40, len(init) - 16 - 40):  # the sealed send time
+        forged = bytearray(init)
+        forged[index] ^= 1
+        with pytest.raises(SessionError, match="does not authenticate"):
+            SessionCore.respond(BOB, bytes(forged), sent_at)
+
+
+def test_replay_cache_refuses_a_second_copy_and_forgets_what_went_stale() -> None:
+    [init] = SessionCore.initiate(ALICE, BOB.public, 0).outgoing(0)
+    [other] = SessionCore.initiate(ALICE, BOB.public, 0).outgoing(0)
+    cache = InitReplayCache(max_entries=2)
+    assert cache.admit(SessionCore.respond(BOB, init, 0), 0)
+    assert not cache.admit(SessionCore.respond(BOB, init, 5), 5)
+    assert cache.admit(SessionCore.respond(BOB, other, 5), 5)
+    assert len(cache) == 2
+    later = SESSION_INIT_FRESHNESS_MS + 1  # both stale now: respond() refuses them itself
+    [fresh] = SessionCore.initiate(ALICE, BOB.public, later).outgoing(later)
+    assert cache.admit(SessionCore.respond(BOB, fresh, later), later)
+    assert len(cache) == 1
+
+
+def test_a_full_replay_cache_forgets_the_entry_that_goes_stale_first() -> None:
+    cache = InitReplayCache(max_entries=2)
+    inits = [SessionCore.initiate(ALICE, BOB.public, t).outgoing(t)[0] for t in (30, 10, 20)]
+    for init in inits:
+        assert cache.admit(SessionCore.respond(BOB, init, 40), 40)
+    assert len(cache) == 2
+    assert cache.admit(SessionCore.respond(BOB, inits[1], 40), 40)  # sent at 10: forgotten
+    assert not cache.admit(SessionCore.respond(BOB, inits[0], 40), 40)
 
 
 def test_a_silent_peer_marks_the_session_stalled_and_a_move_resends_at_once() -> None:
