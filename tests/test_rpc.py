@@ -14,7 +14,7 @@ from wsproto.events import Request as WsRequest
 from overlay.link import Link, LinkClosed, MemoryNetwork, Transport
 from p2psync.errors import ConnectionLost, RpcError
 from p2psync.rpc import Connection, Outbox, RpcServer, ServerLimits, open_rpc
-from p2psync.websocket import WebSocketTransport
+from p2psync.websocket import PendingHandshakes, WebSocketTransport
 from p2psync.wire import Fields, decode_frame, encode_cbor
 
 
@@ -211,6 +211,39 @@ async def test_slow_loris_and_silent_connections_are_dropped_while_honest_client
                     pass  # whatever the server said, it must end with EOF
                 await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_unfinished_handshakes_holds_a_bounded_number_of_sockets() -> None:
+    """Sockets still in the opening handshake are not links yet, so ``max_connections``
+    does not count them: past ``max_pending_handshakes`` the oldest is dropped at once
+    (not after the handshake timeout), and an honest client still gets in."""
+    server = RpcServer(METHODS)
+    transport = WebSocketTransport(handshake_timeout_s=60, max_pending_handshakes=8)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve, transport, "127.0.0.1:0")
+        host, port = url.removeprefix("ws://").rsplit(":", 1)
+        hostile = [await trio.open_tcp_stream(host, int(port)) for _ in range(40)]
+        with trio.fail_after(5):  # far less than the handshake timeout
+            for stream in hostile[:32]:
+                assert await stream.receive_some(1024) == b""
+            async with open_rpc(WebSocketTransport(), url) as client:
+                assert await client.call("echo", {"text": "served"}) == {"echo": "served"}
+        for stream in hostile:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_pending_handshakes_cancel_the_oldest_slot_when_full() -> None:
+    pending = PendingHandshakes(limit=2)
+    with pending.slot() as first, pending.slot() as second:
+        assert len(pending) == 2
+        with pending.slot() as third:
+            assert first.cancel_called and not second.cancel_called
+            assert not third.cancel_called and len(pending) == 2
+        assert pending.dropped == 1
+    assert len(pending) == 0
+    with pytest.raises(ValueError):
+        PendingHandshakes(limit=0)
 
 
 async def test_more_frames_in_one_read_than_in_flight_slots_are_all_answered() -> None:
