@@ -4,8 +4,9 @@ Besides answering clients, a node runs four loops in its own nursery:
 
 * directory — announce itself, re-read the registry, and on a membership change restart
   replication and hand over the owners that now belong to another swarm;
-* replication — one worker per swarm peer draining a bounded queue of new rows (a full
-  queue or a failed send is not an error: repair catches up);
+* replication — one worker per swarm peer draining a queue of new rows bounded in rows and
+  bytes (:mod:`.outbound`; a full queue or a failed send is not an error: repair catches
+  up);
 * repair — periodic anti-entropy with every peer (:mod:`.repair`), so a node that was
   down or partitioned converges without anyone re-sending;
 * sweep — deletes expired rows (reads never return them anyway).
@@ -50,6 +51,7 @@ from .constants import (
     RETRIEVE_MAX_BYTES,
     SWEEP_INTERVAL_S,
 )
+from .outbound import REPLICATION_QUEUE_BYTES, ReplicationQueue
 from .proof import proof_from_request
 from .records import (
     message_to_wire,
@@ -64,7 +66,6 @@ from .store import MessageStore, RowSummary, StoredMessage
 
 logger = logging.getLogger(__name__)
 
-REPLICATION_QUEUE_ROWS = 10_000
 #: Row data per node-to-node batch, leaving room for the frame's envelope.
 BATCH_BYTES = MAX_FRAME_BYTES - 16 * 1024
 LISTING_PAGE = 400
@@ -85,6 +86,8 @@ class NodeConfig:
     repair_interval_s: float = REPAIR_INTERVAL_S
     registry_refresh_s: float = REGISTRY_REFRESH_S
     announce_interval_s: float = ANNOUNCE_INTERVAL_S
+    #: Bytes queued for one peer's replication before new rows are left to repair.
+    replication_queue_bytes: int = REPLICATION_QUEUE_BYTES
     limits: ServerLimits = field(default_factory=ServerLimits)
 
     def __post_init__(self) -> None:
@@ -155,7 +158,7 @@ class StorageNode:
         self._served: dict[tuple[str, int], int] = {}
         self._started_ms = 0
         self._issued: OrderedDict[tuple[str, int, bytes], None] = OrderedDict()
-        self._outbound: dict[str, trio.MemorySendChannel[StoredMessage]] = {}
+        self._outbound: dict[str, ReplicationQueue] = {}
         self._membership_changed = trio.Event()
         self._repair_soon = trio.Event()
         self._refresh_soon = trio.Event()
@@ -487,9 +490,7 @@ class StorageNode:
         self._notify(rows)
         for row in rows:
             for queue in self._outbound.values():
-                try:
-                    queue.send_nowait(row)
-                except trio.WouldBlock:
+                if not queue.offer(row):
                     self.stats.replication_dropped += 1
                     self._repair_soon.set()
 
@@ -628,27 +629,20 @@ class StorageNode:
             async with trio.open_nursery() as nursery:
                 self._outbound = {}
                 for peer in self.peers():
-                    send, receive = trio.open_memory_channel[StoredMessage](REPLICATION_QUEUE_ROWS)
-                    self._outbound[peer.pubkey] = send
-                    nursery.start_soon(self._replicate_to, peer, receive)
+                    queue = ReplicationQueue(max_bytes=self.config.replication_queue_bytes)
+                    self._outbound[peer.pubkey] = queue
+                    nursery.start_soon(self._replicate_to, peer, queue)
                 nursery.start_soon(self._hand_over)
                 await changed.wait()
                 self._membership_changed = trio.Event()
                 nursery.cancel_scope.cancel()
 
-    async def _replicate_to(
-        self, peer: NodeInfo, queue: trio.MemoryReceiveChannel[StoredMessage]
-    ) -> None:
+    async def _replicate_to(self, peer: NodeInfo, queue: ReplicationQueue) -> None:
         while True:
             try:
                 async with open_rpc(self.transport, peer.url) as client:
                     while True:
-                        batch = [await queue.receive()]
-                        while len(batch) < 256:
-                            try:
-                                batch.append(queue.receive_nowait())
-                            except trio.WouldBlock:
-                                break
+                        batch = await queue.take(256)
                         for part in _batches(batch):
                             with trio.fail_after(PEER_CALL_TIMEOUT_S):
                                 await self._signed_call(

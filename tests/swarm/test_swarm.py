@@ -337,3 +337,26 @@ async def test_a_member_cannot_delete_or_shorten_on_its_own_word(
         messages, _, _ = await swarm.retrieve(ALICE, 0, None)
         assert sorted(m.hash for m in messages) == sorted([stored[0], *stored[2:]])
         assert all(n.stats.rows_refused == 0 for n in network.running_nodes() if n is not honest[0])
+
+
+async def test_rows_queued_for_a_dead_peer_are_bounded_in_bytes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Large messages stored while a member is down pile up in the queue for that member
+    only up to ``replication_queue_bytes``; the rest is left to repair, which makes the
+    member whole once it is back."""
+    budget = 256 * 1024
+    config = NodeConfig(repair_interval_s=30.0, replication_queue_bytes=budget)
+    async with open_test_swarm(6, config) as (network, swarm):
+        victim = network.nodes[2]
+        await network.stop_node(victim)
+        data = [bytes([i]) * 60_000 for i in range(20)]
+        acknowledged = [(await swarm.store(ALICE.session_id, 0, d))[0] for d in data]
+        running = [h.node for h in network.nodes if h.node is not None]
+        fullest = max(q.queued_bytes for n in running for q in n._outbound.values())
+        assert budget - 61_000 < fullest <= budget  # the dead member's queue, filled
+        assert sum(n.stats.replication_dropped for n in running) > 0
+        await network.start_node(victim)
+        await wait_until(
+            lambda: all(holders(network, ALICE, d) == len(network.nodes) for d in acknowledged)
+        )
