@@ -105,6 +105,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
     async def work() -> None:
         async with _device(args) as device:
             message_id = await device.send(args.user, args.text)
+            # Kept from here on: a later run delivers it if this one is cut short.
+            print(f"accepted {message_id.hex()}; storing it in the swarm", flush=True)
             await device.flush()
             print(f"sent {message_id.hex()}")
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
+from p2psync.device import open_device
 from p2psync.network import open_local_network
 
 P2PSYNC = [sys.executable, "-m", "p2psync", "device"]
@@ -80,3 +84,62 @@ async def test_two_people_pair_befriend_and_message_from_the_terminal(tmp_path: 
         assert "not a friend" in err
         code_, _, err = await run("pair", *where("bob"), "--primary", "not-an-id")
         assert code_ == 1 and "is not a session id" in err
+
+
+@pytest.mark.slow
+async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_next_run(
+    tmp_path: Path,
+) -> None:
+    """``send`` says a message is accepted once it is in the device's durable outbox.
+    With every service node down the device cannot store it; killed there with SIGKILL
+    (no goodbye, no cleanup), its next run stores it and the friend gets it, same id."""
+    async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
+        net = tmp_path / "network.json"
+        net.write_text(
+            json.dumps(
+                {
+                    "registry": network.registry_url,
+                    "fileserver": network.fileserver_url,
+                    "opengroup": network.opengroup_url,
+                }
+            )
+        )
+
+        def where(name: str) -> list[str]:
+            return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
+
+        ids = {}
+        for name in ("alice", "bob"):
+            out = await ok("init", "--data", str(tmp_path / name), "--mode", "linked")
+            ids[name] = out.split()[-1]
+        await ok("contacts", *where("bob"), "--add", ids["alice"], "--text", "hi")
+        await ok("contacts", *where("alice"), "--accept", ids["bob"])
+        assert f"friend    {ids['alice']}" in await ok("contacts", *where("bob"))
+
+        nodes = list(network.nodes)
+        for handle in nodes:
+            await network.stop_node(handle)
+        command = [*P2PSYNC, "send", *where("alice"), ids["bob"], "written, then killed"]
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(
+                partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+            )
+            assert process.stdout is not None
+            said = b""
+            with trio.fail_after(60):
+                while b"accepted " not in said:
+                    chunk = await process.stdout.receive_some()
+                    assert chunk, "send exited before accepting the message"
+                    said += chunk
+            process.send_signal(signal.SIGKILL)
+        assert process.returncode == -signal.SIGKILL
+        [accepted] = re.findall(r"accepted ([0-9a-f]{64})", said.decode())
+
+        for handle in nodes:
+            await network.start_node(handle)
+        await ok("contacts", *where("alice"))  # any run delivers what the outbox holds
+        inbox = await ok("inbox", *where("bob"), "--wait", "0")
+        assert "written, then killed" in inbox
+        assert f"sent {accepted}" not in said.decode()  # it really was cut short
+        async with open_device(tmp_path / "bob", network.access(), online=False) as bob:
+            assert [item.id.hex() for item in bob.history(ids["alice"])] == [accepted]
