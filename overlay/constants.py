@@ -68,8 +68,9 @@ SESSION_MAX_RETRIES = 12
 #: up again (its intro may have died with a relay), at most once per the interval below.
 SESSION_STALL_RETRIES = 3
 #: A FIN answering the peer's is sent this many times (backing off) and then the session
-#: closes whether or not it was acknowledged: the peer may have left.
-SESSION_LAST_FIN_SENDS = 3
+#: closes whether or not it was acknowledged: the peer may have left. More than
+#: SESSION_STALL_RETRIES, so a peer that only moved is looked up again first.
+SESSION_LAST_FIN_SENDS = SESSION_STALL_RETRIES + 2
 SESSION_INTRO_REFRESH_MS = 5_000
 
 #: Outgoing queue per link in a driver; a full queue drops cells like a router would.

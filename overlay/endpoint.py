@@ -60,6 +60,7 @@ from .session import (
     SessionCore,
     SessionError,
     SessionState,
+    StaleInit,
     packet_session_id,
 )
 from .tasks import open_task_nursery
@@ -80,6 +81,8 @@ class EndpointStats:
     sessions_accepted: int = 0
     #: INITs refused because this endpoint had already opened a session for them.
     inits_replayed: int = 0
+    #: Authentic INITs refused for their send time: replays, or a clock that is off.
+    inits_stale: int = 0
 
 
 class Session:
@@ -157,7 +160,7 @@ class Session:
             return
         self._core.close()
         self._wake_driver()
-        while not self._core.all_acknowledged and not self._failed():
+        while not self._core.all_acknowledged and not self._ended():
             await self._changed.wait()
 
     def abort(self) -> None:
@@ -178,6 +181,9 @@ class Session:
 
     def _failed(self) -> bool:
         return self._core.state is SessionState.FAILED
+
+    def _ended(self) -> bool:
+        return self._core.state in (SessionState.FAILED, SessionState.CLOSED)
 
 
 class Endpoint:
@@ -545,6 +551,10 @@ class Endpoint:
             return
         try:
             core = SessionCore.respond(self.keys, packet, now)
+        except StaleInit as exc:
+            self.stats.inits_stale += 1
+            logger.info("session refused: %s (is this machine's clock right?)", exc)
+            return
         except SessionError:
             self.stats.cells_dropped += 1
             return

@@ -69,6 +69,10 @@ class SessionError(Exception):
     """The session failed: handshake timeout, peer unreachable, or closed."""
 
 
+class StaleInit(SessionError):
+    """An authentic INIT sent too long ago (a replay) or too far ahead (a skewed clock)."""
+
+
 class PacketType(enum.IntEnum):
     INIT = 1
     ACCEPT = 2
@@ -182,6 +186,8 @@ class SessionCore:
         self._inflight: dict[int, _Inflight] = {}
         self._next_seq = 0
         self._fin_queued = False
+        #: Our FIN was queued after the peer's arrived: it answers a goodbye.
+        self._fin_answers = False
         self._rto_ms = SESSION_RTO_INITIAL_MS
         self._srtt_ms: float | None = None
         self._resend_due = False
@@ -244,7 +250,7 @@ class SessionCore:
             raise SessionError("INIT does not authenticate") from None
         (sent_ms,) = _INIT_TIME.unpack_from(body)
         if abs(now_ms - sent_ms) > SESSION_INIT_FRESHNESS_MS:
-            raise SessionError(f"INIT sent at {sent_ms} is stale or early at {now_ms}")
+            raise StaleInit(f"INIT sent at {sent_ms} is stale or early at {now_ms}")
         session.init_ephemeral = initiator_ephemeral
         session.init_sent_ms = sent_ms
         session.peer_intro = _unpack_intro(body[_INIT_TIME.size :])
@@ -299,6 +305,7 @@ class SessionCore:
         """Send FIN after everything queued; idempotent."""
         if not self._fin_queued and self.state is not SessionState.FAILED:
             self._fin_queued = True
+            self._fin_answers = self.peer_finished
             self._unsent.append((b"", _Flag.FIN))
 
     @property
@@ -466,8 +473,10 @@ class SessionCore:
         """Our FIN answers the peer's, went out ``SESSION_LAST_FIN_SENDS`` times and is all
         that is left unacknowledged. A peer that said goodbye first may leave as soon as its
         own FIN is acknowledged, so nobody will acknowledge ours: waiting out
-        ``SESSION_MAX_RETRIES`` kept such a session (and its driver) alive for 9 minutes."""
-        if len(self._inflight) != 1:
+        ``SESSION_MAX_RETRIES`` kept such a session (and its driver) alive for 9 minutes.
+        A FIN sent before the peer's arrived (both closing at once) gets no such shortcut:
+        the peer may still be waiting for it."""
+        if not self._fin_answers or len(self._inflight) != 1:
             return False
         (item,) = self._inflight.values()
         return bool(item.flags & _Flag.FIN) and item.retries + 1 >= SESSION_LAST_FIN_SENDS

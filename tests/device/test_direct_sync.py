@@ -210,10 +210,10 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
         live = acceptor._sync._serving[dialer.device_id][2]
         await trio.sleep(600)  # the old session is long gone
         endpoint = acceptor._sync.endpoint
-        accepted, dropped = endpoint.stats.sessions_accepted, endpoint.stats.cells_dropped
+        accepted, stale = endpoint.stats.sessions_accepted, endpoint.stats.inits_stale
         endpoint._on_packet(old_init, network.clock.now_ms())
         assert endpoint.stats.sessions_accepted == accepted
-        assert endpoint.stats.cells_dropped == dropped + 1
+        assert endpoint.stats.inits_stale == stale + 1
         monkeypatch.setattr(overlay.session, "SESSION_INIT_FRESHNESS_MS", 86_400_000)
         endpoint._init_replays = InitReplayCache()
         endpoint._on_packet(old_init, network.clock.now_ms())

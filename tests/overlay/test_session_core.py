@@ -8,6 +8,7 @@ import pytest
 
 from overlay.constants import (
     SESSION_INIT_FRESHNESS_MS,
+    SESSION_LAST_FIN_SENDS,
     SESSION_STALL_RETRIES,
     SESSION_WINDOW_FRAGMENTS,
 )
@@ -19,6 +20,7 @@ from overlay.session import (
     SessionCore,
     SessionError,
     SessionState,
+    StaleInit,
 )
 
 ALICE = KeyPair.from_seed(b"\x0a" * 32)
@@ -122,6 +124,47 @@ def test_init_hides_the_initiators_key_and_any_other_key_cannot_open_it() -> Non
         SessionCore.respond(BOB, bytes(forged), 0)
 
 
+def run(a: SessionCore, b: SessionCore, now: int, rounds: int, *, a_lost: bool = False) -> int:
+    """Both sides in lockstep virtual time, 10 ms per round; returns the time after."""
+    for _ in range(rounds):
+        for packet in a.outgoing(now):
+            if not a_lost:
+                b.receive_packet(packet, now)
+        for packet in b.outgoing(now):
+            a.receive_packet(packet, now)
+        now += 10
+    return now
+
+
+def test_a_fin_that_answers_the_peers_stops_being_sent_once_the_peer_is_gone() -> None:
+    a, b, now = pump(None, BOB, rounds=20)
+    a.close()
+    now = run(a, b, now, 20)  # b gets the FIN and acknowledges it
+    assert b.peer_finished and a.all_acknowledged
+    b.close()
+    sends = 0
+    for _ in range(6000):  # a has left: nothing b sends arrives
+        sends += len(b.outgoing(now))
+        now += 10
+    assert b.state is SessionState.CLOSED and b.failure is None
+    assert sends == SESSION_LAST_FIN_SENDS > SESSION_STALL_RETRIES
+
+
+def test_a_fin_sent_before_the_peers_arrived_still_waits_for_its_acknowledgement() -> None:
+    """Both sides close at once and A's FIN is lost for a while. B's FIN reaching A does
+    not make A's an answer: A keeps sending it until B acknowledges, so B learns A is
+    done (if A closed instead, B would wait for a FIN forever)."""
+    a, b, now = pump(None, BOB, rounds=20)
+    a.close()
+    b.close()
+    now = run(a, b, now, 2000, a_lost=True)  # 20 s: A's FIN went out 5 times
+    assert a.peer_finished and not a.all_acknowledged
+    assert a.state is SessionState.OPEN
+    run(a, b, now, 3000)
+    assert a.state is b.state is SessionState.CLOSED
+    assert a.all_acknowledged and b.all_acknowledged and b.peer_finished
+
+
 def test_init_is_refused_outside_the_freshness_window_either_way() -> None:
     """A recorded INIT replayed later, or one from a clock far ahead, opens nothing; the
     send time is under the seal, so a relay cannot refresh it."""
@@ -130,7 +173,7 @@ def test_init_is_refused_outside_the_freshness_window_either_way() -> None:
     for now in (sent_at - SESSION_INIT_FRESHNESS_MS, sent_at + SESSION_INIT_FRESHNESS_MS):
         assert SessionCore.respond(BOB, init, now).init_sent_ms == sent_at
     for now in (sent_at - SESSION_INIT_FRESHNESS_MS - 1, sent_at + SESSION_INIT_FRESHNESS_MS + 1):
-        with pytest.raises(SessionError, match="stale or early"):
+        with pytest.raises(StaleInit, match="stale or early"):
             SessionCore.respond(BOB, init, now)
     for index in range(len(init) - 16 - 8 - 40, len(init) - 16 - 40):  # the sealed send time
         forged = bytearray(init)
