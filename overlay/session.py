@@ -36,6 +36,7 @@ import nacl.bindings as sodium
 
 from .constants import (
     MAX_SESSION_MESSAGE_BYTES,
+    SESSION_HALF_CLOSED_IDLE_MS,
     SESSION_HANDSHAKE_TIMEOUT_MS,
     SESSION_INIT_FRESHNESS_MS,
     SESSION_INIT_REPLAY_ENTRIES,
@@ -168,6 +169,8 @@ class SessionCore:
         #: ``SESSION_STALL_RETRIES``-th time: the peer may not be at ``peer_intro`` any more.
         self.stalled = False
         self._started_ms = now_ms
+        #: When an authentic packet last came from the peer.
+        self._heard_ms = now_ms
         self._ephemeral = os.urandom(32)
         self._send_key = b""
         self._receive_key = b""
@@ -369,6 +372,7 @@ class SessionCore:
             )
         except Exception:
             return
+        self._heard_ms = max(self._heard_ms, now_ms)
         if self.state is SessionState.HANDSHAKE:
             self.state = SessionState.OPEN  # DATA proves the peer has our keys
             self._init_packet = None
@@ -467,7 +471,25 @@ class SessionCore:
             and (not self._inflight or self._only_an_unanswered_fin_in_flight())
         ):
             self.state = SessionState.CLOSED
+        deadline = self._half_closed_deadline_ms()
+        if deadline is not None and now_ms >= deadline:
+            self.state = SessionState.CLOSED
         return packets
+
+    def _half_closed_deadline_ms(self) -> int | None:
+        """When a session that said goodbye, and had everything acknowledged, stops
+        waiting for a peer that has not said goodbye and has gone quiet: the peer may have
+        crashed, or its answering FIN may have been lost every time it was sent, and
+        nothing else would ever end this side (it has nothing to retransmit)."""
+        if (
+            self.state is SessionState.OPEN
+            and self._fin_queued
+            and not self.peer_finished
+            and not self._unsent
+            and not self._inflight
+        ):
+            return self._heard_ms + SESSION_HALF_CLOSED_IDLE_MS
+        return None
 
     def _only_an_unanswered_fin_in_flight(self) -> bool:
         """Our FIN answers the peer's, went out ``SESSION_LAST_FIN_SENDS`` times and is all
@@ -492,7 +514,7 @@ class SessionCore:
                 item.sent_ms + self._rto_ms * (1 << min(item.retries, 4))
                 for item in self._inflight.values()
             )
-        return None
+        return self._half_closed_deadline_ms()
 
     def _fail(self, reason: str) -> None:
         self.state = SessionState.FAILED

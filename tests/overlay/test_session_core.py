@@ -7,6 +7,7 @@ import random
 import pytest
 
 from overlay.constants import (
+    SESSION_HALF_CLOSED_IDLE_MS,
     SESSION_INIT_FRESHNESS_MS,
     SESSION_LAST_FIN_SENDS,
     SESSION_STALL_RETRIES,
@@ -163,6 +164,29 @@ def test_a_fin_sent_before_the_peers_arrived_still_waits_for_its_acknowledgement
     run(a, b, now, 3000)
     assert a.state is b.state is SessionState.CLOSED
     assert a.all_acknowledged and b.all_acknowledged and b.peer_finished
+
+
+def test_a_side_that_closed_first_ends_once_the_silent_peer_never_says_goodbye() -> None:
+    """A's FIN is acknowledged; B keeps sending for a while, then goes quiet without its
+    own FIN (crashed, or its FIN never got through). A keeps receiving while B talks and
+    ends ``SESSION_HALF_CLOSED_IDLE_MS`` after B's last packet, without failing."""
+    a, b, now = pump(None, BOB, rounds=20)
+    a.close()
+    for n in range(5):  # B talks every 20 s, well within the idle limit
+        b.send_message(b"still here %d" % n)
+        now = run(a, b, now, 2000)
+    assert a.state is SessionState.OPEN and len(a.received) == 5
+    assert a.all_acknowledged and not a.peer_finished
+    last_heard = now - 2000 * 10  # roughly: B's last message went out at the start
+    deadline = a.next_deadline_ms()
+    assert deadline is not None and deadline - last_heard <= SESSION_HALF_CLOSED_IDLE_MS
+    for _ in range(600):  # B is gone: nothing of A's reaches it; 10 minutes at most
+        if a.state is not SessionState.OPEN:
+            break
+        a.outgoing(now)
+        now += 1000
+    assert a.state is SessionState.CLOSED and a.failure is None
+    assert now - last_heard <= SESSION_HALF_CLOSED_IDLE_MS + 2000
 
 
 def test_init_is_refused_outside_the_freshness_window_either_way() -> None:
