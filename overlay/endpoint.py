@@ -551,6 +551,9 @@ class Endpoint:
             session._wake_driver()
             session._notify()
             return
+        if self._init_replays.is_replay(packet, now):
+            self.stats.inits_replayed += 1
+            return
         try:
             core = SessionCore.respond(self.keys, packet, now)
         except StaleInit as exc:

@@ -136,6 +136,16 @@ class InitReplayCache:
     def __len__(self) -> int:
         return len(self._forget_at)
 
+    def is_replay(self, packet: bytes, now_ms: int) -> bool:
+        """Whether ``packet`` is an INIT whose ephemeral key was admitted before and is
+        still fresh: checked on the raw bytes, so a replay costs the responder no
+        Diffie-Hellman at all. (One gone stale is refused by :meth:`SessionCore.respond`.)"""
+        start = 1 + SESSION_ID_BYTES
+        if len(packet) < start + 32 or packet[0] != PacketType.INIT:
+            return False
+        forget_at = self._forget_at.get(packet[start : start + 32])
+        return forget_at is not None and now_ms <= forget_at
+
     def admit(self, core: SessionCore, now_ms: int) -> bool:
         """False if this responder session's INIT was admitted before (a replay)."""
         while self._by_expiry and (

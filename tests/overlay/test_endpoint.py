@@ -325,6 +325,7 @@ async def test_a_replayed_init_opens_no_session(
             assert bob.stats.sessions_accepted == 1
             bob._on_packet(init, clock.now_ms())
             assert bob.stats.inits_replayed == 1
+            assert len(inits) == 1  # refused on its bytes, before any Diffie-Hellman
             await trio.sleep(SESSION_INIT_FRESHNESS_MS / 1000)
             bob._on_packet(init, clock.now_ms())
             assert bob.stats.inits_stale == 1

@@ -210,7 +210,10 @@ def test_replay_cache_refuses_a_second_copy_and_forgets_what_went_stale() -> Non
     [init] = SessionCore.initiate(ALICE, BOB.public, 0).outgoing(0)
     [other] = SessionCore.initiate(ALICE, BOB.public, 0).outgoing(0)
     cache = InitReplayCache(max_entries=2)
+    assert not cache.is_replay(init, 0)
     assert cache.admit(SessionCore.respond(BOB, init, 0), 0)
+    assert cache.is_replay(init, 5) and not cache.is_replay(other, 5)
+    assert not cache.is_replay(b"", 5) and not cache.is_replay(init, SESSION_INIT_FRESHNESS_MS + 1)
     assert not cache.admit(SessionCore.respond(BOB, init, 5), 5)
     assert cache.admit(SessionCore.respond(BOB, other, 5), 5)
     assert len(cache) == 2
