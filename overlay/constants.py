@@ -70,10 +70,11 @@ SESSION_STALL_RETRIES = 3
 #: A FIN answering the peer's is sent this many times (backing off) and then the session
 #: closes whether or not it was acknowledged: the peer may have left. More than
 #: SESSION_STALL_RETRIES, so a peer that only moved is looked up again first.
-SESSION_LAST_FIN_SENDS = SESSION_STALL_RETRIES + 2
-#: A side whose FIN was acknowledged ends the session once the peer, which has not sent
-#: its own FIN, has been silent this long (it still receives whatever the peer sends).
-SESSION_HALF_CLOSED_IDLE_MS = 60_000
+SESSION_LAST_FIN_SENDS = SESSION_STALL_RETRIES + 3
+#: A side whose FIN was acknowledged gives the session up once the peer, which has not
+#: sent its own FIN, has been silent this long. Longer than the widest gap between two
+#: retransmissions (the RTO backs off 16-fold), so a live peer resending is still heard.
+SESSION_HALF_CLOSED_IDLE_MS = 3 * 60 * 1000
 SESSION_INTRO_REFRESH_MS = 5_000
 
 #: Outgoing queue per link in a driver; a full queue drops cells like a router would.

@@ -134,8 +134,6 @@ class Session:
         while not self._core.received:
             if self._core.peer_finished:
                 raise SessionClosed("peer closed the session")
-            if self._core.state is SessionState.CLOSED:
-                raise SessionClosed("peer went quiet after we closed")
             self._check_failed()
             await self._changed.wait()
         return self._core.received.popleft()

@@ -179,8 +179,10 @@ class SessionCore:
         #: ``SESSION_STALL_RETRIES``-th time: the peer may not be at ``peer_intro`` any more.
         self.stalled = False
         self._started_ms = now_ms
-        #: When an authentic packet last came from the peer.
+        #: When the peer last sent an authentic packet that was new (a replay of an old
+        #: one, by a relay on the path, does not count), and that packet's counter.
         self._heard_ms = now_ms
+        self._heard_counter = 0
         self._ephemeral = os.urandom(32)
         self._send_key = b""
         self._receive_key = b""
@@ -199,8 +201,6 @@ class SessionCore:
         self._inflight: dict[int, _Inflight] = {}
         self._next_seq = 0
         self._fin_queued = False
-        #: Our FIN was queued after the peer's arrived: it answers a goodbye.
-        self._fin_answers = False
         self._rto_ms = SESSION_RTO_INITIAL_MS
         self._srtt_ms: float | None = None
         self._resend_due = False
@@ -318,7 +318,6 @@ class SessionCore:
         """Send FIN after everything queued; idempotent."""
         if not self._fin_queued and self.state is not SessionState.FAILED:
             self._fin_queued = True
-            self._fin_answers = self.peer_finished
             self._unsent.append((b"", _Flag.FIN))
 
     @property
@@ -373,16 +372,14 @@ class SessionCore:
 
     def _on_data(self, packet: bytes, now_ms: int) -> None:
         header = packet[: 1 + SESSION_ID_BYTES + 8]
+        counter = int.from_bytes(header[9:17], "big")
         try:
-            plain = _decrypt(
-                packet[len(header) :],
-                header,
-                _nonce(int.from_bytes(header[9:17], "big")),
-                self._receive_key,
-            )
+            plain = _decrypt(packet[len(header) :], header, _nonce(counter), self._receive_key)
         except Exception:
             return
-        self._heard_ms = max(self._heard_ms, now_ms)
+        if counter > self._heard_counter:
+            self._heard_counter = counter
+            self._heard_ms = max(self._heard_ms, now_ms)
         if self.state is SessionState.HANDSHAKE:
             self.state = SessionState.OPEN  # DATA proves the peer has our keys
             self._init_packet = None
@@ -483,14 +480,15 @@ class SessionCore:
             self.state = SessionState.CLOSED
         deadline = self._half_closed_deadline_ms()
         if deadline is not None and now_ms >= deadline:
-            self.state = SessionState.CLOSED
+            self._fail("the peer went quiet without saying goodbye")
         return packets
 
     def _half_closed_deadline_ms(self) -> int | None:
-        """When a session that said goodbye, and had everything acknowledged, stops
-        waiting for a peer that has not said goodbye and has gone quiet: the peer may have
-        crashed, or its answering FIN may have been lost every time it was sent, and
-        nothing else would ever end this side (it has nothing to retransmit)."""
+        """When a session that said goodbye, and had everything acknowledged, gives up
+        on a peer that has not said goodbye and has gone quiet: the peer may have crashed,
+        or its FIN may have been lost every time it was sent, and nothing else would ever
+        end this side (it has nothing to retransmit). It fails rather than closes, since
+        the peer never said it was done."""
         if (
             self.state is SessionState.OPEN
             and self._fin_queued
@@ -502,13 +500,14 @@ class SessionCore:
         return None
 
     def _only_an_unanswered_fin_in_flight(self) -> bool:
-        """Our FIN answers the peer's, went out ``SESSION_LAST_FIN_SENDS`` times and is all
-        that is left unacknowledged. A peer that said goodbye first may leave as soon as its
-        own FIN is acknowledged, so nobody will acknowledge ours: waiting out
+        """The peer said goodbye, and our FIN went out ``SESSION_LAST_FIN_SENDS`` times
+        and is all that is left unacknowledged. A peer that said goodbye first may leave as
+        soon as its own FIN is acknowledged, so nobody will acknowledge ours: waiting out
         ``SESSION_MAX_RETRIES`` kept such a session (and its driver) alive for 9 minutes.
-        A FIN sent before the peer's arrived (both closing at once) gets no such shortcut:
-        the peer may still be waiting for it."""
-        if not self._fin_answers or len(self._inflight) != 1:
+        Should the peer still be there and have missed our FIN (both closed at once and
+        every copy was lost), it has nothing left in flight either, and its half-closed
+        limit ends it (:meth:`_half_closed_deadline_ms`)."""
+        if len(self._inflight) != 1:
             return False
         (item,) = self._inflight.values()
         return bool(item.flags & _Flag.FIN) and item.retries + 1 >= SESSION_LAST_FIN_SENDS

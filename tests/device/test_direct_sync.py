@@ -187,8 +187,9 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
     respond = SessionCore.respond
 
     def recording(local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
-        inits.append((local.public, packet))
-        return respond(local, packet, now_ms)
+        core = respond(local, packet, now_ms)
+        inits.append((local.public, packet))  # only INITs that open a session
+        return core
 
     monkeypatch.setattr(SessionCore, "respond", staticmethod(recording))
     async with (

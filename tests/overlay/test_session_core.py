@@ -10,6 +10,7 @@ from overlay.constants import (
     SESSION_HALF_CLOSED_IDLE_MS,
     SESSION_INIT_FRESHNESS_MS,
     SESSION_LAST_FIN_SENDS,
+    SESSION_RTO_MAX_MS,
     SESSION_STALL_RETRIES,
     SESSION_WINDOW_FRAGMENTS,
 )
@@ -151,42 +152,62 @@ def test_a_fin_that_answers_the_peers_stops_being_sent_once_the_peer_is_gone() -
     assert sends == SESSION_LAST_FIN_SENDS > SESSION_STALL_RETRIES
 
 
-def test_a_fin_sent_before_the_peers_arrived_still_waits_for_its_acknowledgement() -> None:
-    """Both sides close at once and A's FIN is lost for a while. B's FIN reaching A does
-    not make A's an answer: A keeps sending it until B acknowledges, so B learns A is
-    done (if A closed instead, B would wait for a FIN forever)."""
+def test_both_sides_closing_at_once_end_cleanly() -> None:
     a, b, now = pump(None, BOB, rounds=20)
     a.close()
     b.close()
-    now = run(a, b, now, 2000, a_lost=True)  # 20 s: A's FIN went out 5 times
-    assert a.peer_finished and not a.all_acknowledged
-    assert a.state is SessionState.OPEN
-    run(a, b, now, 3000)
+    run(a, b, now, 200)
     assert a.state is b.state is SessionState.CLOSED
-    assert a.all_acknowledged and b.all_acknowledged and b.peer_finished
+    assert a.peer_finished and b.peer_finished and a.all_acknowledged and b.all_acknowledged
 
 
-def test_a_side_that_closed_first_ends_once_the_silent_peer_never_says_goodbye() -> None:
-    """A's FIN is acknowledged; B keeps sending for a while, then goes quiet without its
-    own FIN (crashed, or its FIN never got through). A keeps receiving while B talks and
-    ends ``SESSION_HALF_CLOSED_IDLE_MS`` after B's last packet, without failing."""
+def test_closing_at_once_while_one_side_is_cut_off_ends_both_sides() -> None:
+    """Both close at once and nothing of A's gets through any more (its FIN, its acks):
+    A has B's FIN, so it gives its own up after ``SESSION_LAST_FIN_SENDS`` sends; B keeps
+    resending its FIN until ``SESSION_MAX_RETRIES``. Neither is left waiting for ever."""
     a, b, now = pump(None, BOB, rounds=20)
     a.close()
-    for n in range(5):  # B talks every 20 s, well within the idle limit
+    b.close()
+    started, a_closed_at = now, None
+    for _ in range(30_000):  # 5 minutes
+        a.outgoing(now)
+        if a.state is SessionState.CLOSED and a_closed_at is None:
+            a_closed_at = now
+        for packet in b.outgoing(now):
+            a.receive_packet(packet, now)
+        now += 10
+    assert a.state is SessionState.CLOSED and a.peer_finished
+    assert a_closed_at is not None and a_closed_at - started < 60_000
+    assert b.state is SessionState.FAILED
+
+
+def test_a_side_that_closed_first_gives_up_on_a_peer_that_goes_quiet() -> None:
+    """A's FIN is acknowledged; B keeps sending, at gaps as wide as a fully backed-off
+    retransmission, then goes quiet without its own FIN (crashed, or its FIN never got
+    through). A receives all B sends and fails ``SESSION_HALF_CLOSED_IDLE_MS`` after B's
+    last new packet; replays of an old packet of B's (a relay could send them) do not
+    keep it alive."""
+    a, b, now = pump(None, BOB, rounds=20)
+    a.close()
+    gap_rounds = (SESSION_RTO_MAX_MS << 4) // 10
+    assert gap_rounds * 10 < SESSION_HALF_CLOSED_IDLE_MS
+    for n in range(3):
         b.send_message(b"still here %d" % n)
-        now = run(a, b, now, 2000)
-    assert a.state is SessionState.OPEN and len(a.received) == 5
+        [old] = b.outgoing(now)
+        a.receive_packet(old, now)
+        last_heard = now
+        now = run(a, b, now, gap_rounds)
+    assert a.state is SessionState.OPEN and len(a.received) == 3
     assert a.all_acknowledged and not a.peer_finished
-    last_heard = now - 2000 * 10  # roughly: B's last message went out at the start
-    deadline = a.next_deadline_ms()
-    assert deadline is not None and deadline - last_heard <= SESSION_HALF_CLOSED_IDLE_MS
-    for _ in range(600):  # B is gone: nothing of A's reaches it; 10 minutes at most
+    assert a.next_deadline_ms() == last_heard + SESSION_HALF_CLOSED_IDLE_MS
+    for _ in range(600):  # B is gone; a relay replays its last packet every second
         if a.state is not SessionState.OPEN:
             break
+        a.receive_packet(old, now)
         a.outgoing(now)
         now += 1000
-    assert a.state is SessionState.CLOSED and a.failure is None
-    assert now - last_heard <= SESSION_HALF_CLOSED_IDLE_MS + 2000
+    assert a.state is SessionState.FAILED and a.failure is not None and "quiet" in a.failure
+    assert now - last_heard <= SESSION_HALF_CLOSED_IDLE_MS + 1000
 
 
 def test_init_is_refused_outside_the_freshness_window_either_way() -> None:
