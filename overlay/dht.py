@@ -90,3 +90,7 @@ class IntrosetStore:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def records(self) -> list[bytes]:
+        """Every record held, location first: all this relay could read or hand out."""
+        return [location + record for location, (_, record) in self._items.items()]

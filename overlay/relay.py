@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -92,6 +92,9 @@ class RelayCore:
     directory: dict[bytes, Contact]
     stats: RelayStats = field(default_factory=RelayStats)
     store: IntrosetStore = field(default_factory=IntrosetStore)
+    #: Sees every cell this relay is handed, as the relay does: for audits of what a relay
+    #: learns (the demo's privacy table), never for routing.
+    observer: Callable[[bytes], None] | None = None
     _upstream: dict[bytes, _Hop] = field(default_factory=dict)
     _downstream: dict[bytes, _Hop] = field(default_factory=dict)
     _intros: dict[bytes, _Hop] = field(default_factory=dict)
@@ -99,6 +102,8 @@ class RelayCore:
     _pending_dht: dict[bytes, tuple[_Hop, bytes]] = field(default_factory=dict)
 
     def receive(self, link: str, data: bytes, now_ms: int) -> list[Send]:
+        if self.observer is not None:
+            self.observer(data)
         try:
             cell = decode_cell(data)
         except CellError:

@@ -191,6 +191,16 @@ class AnnouncedRelay:
                 await trio.sleep(self.refresh_s)
                 await self.refresh()
 
+    def observe(self, observer: Callable[[bytes], None]) -> None:
+        """Hand ``observer`` every cell this relay is handed from now on (an audit of
+        what a relay sees; see :attr:`overlay.relay.RelayCore.observer`)."""
+        for core in self._cores:
+            core.observer = observer
+
+    def introset_records(self) -> list[bytes]:
+        """The introsets this relay holds, as it holds them."""
+        return [record for core in self._cores for record in core.store.records()]
+
     async def refresh(self) -> None:
         """Announce a fresh contact and re-read the other relays now."""
         assert self._directory is not None, "the relay is not serving"

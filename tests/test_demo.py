@@ -28,3 +28,13 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, mode: str) -> None:
     assert figures["identical_histories"] is True
     assert len(figures["public_chat_users"]) == 1
     assert [d["messages"] for d in figures["devices"]] == [5, 5, 5]
+    # What the network could learn about Alice's two devices: in ``mapped`` mode the file
+    # server lists both and her messages sit under two keys (the seed document's design);
+    # in ``linked`` mode neither. In both, no stored message, cell or introset shows a key.
+    privacy = figures["privacy"]
+    linked_as = 2 if mode == "mapped" else 1
+    assert privacy["fileserver_devices_listed"] == privacy["alice_swarm_keys"] == linked_as
+    assert privacy["stored_items"] > 0 and privacy["stored_items_showing_a_key"] == 0
+    assert privacy["relay_cells"] > 100 and len(privacy["relay_cell_sizes"]) == 1
+    assert privacy["relay_cells_showing_a_key"] == 0
+    assert privacy["introsets"] > 0 and privacy["introsets_showing_a_key"] == 0

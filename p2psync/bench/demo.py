@@ -7,7 +7,9 @@ talk: every message reaches both of Alice's devices, and what one of them sends 
 the other directly over the onion overlay. The desktop goes offline and catches up from
 the sync copy its sibling left in the swarm; then it stays away past the TTL (the clock
 jumps 25 h: virtual time) and re-syncs directly from the phone. Both devices post to a
-public chat and show up as one person. A table says what the swarms hold at the end.
+public chat and show up as one person. Tables say what the swarms held, and what the
+file server, the service nodes and the relays could learn about Alice's two devices (every
+cell the relays are handed is checked for the devices' keys).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,12 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from overlay.keys import x25519_of
+
 from ..device import Device, DeviceConfig, open_device
 from ..envelope import open_envelope
 from ..errors import P2PSyncError
+from ..fileserver import open_fileserver_client
 from ..identity import Identity
 from ..network import LocalNetwork, open_local_network, wait_until
 from ..swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
@@ -56,6 +62,7 @@ def run_demo(
     summary = trio.run(_scenario, transport, seed, mode, say)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     console.print(_storage_table(summary))
+    console.print(_privacy_table(summary))
     console.print(_device_table(summary))
     if json_path:
         Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
@@ -102,7 +109,82 @@ async def _scenario(
                 open_as("alice-desktop") as desktop,
                 open_as("bob") as bob,
             ):
-                return await _story(network, phone, desktop, bob, mode, say)
+                watch = KeyWatch(_telltales(phone, desktop))
+                for relay in network.relays:
+                    relay.observe(watch)
+                figures = await _story(network, phone, desktop, bob, mode, say, watch)
+                figures["privacy"].update(await _privacy(network, phone, watch, figures["storage"]))
+                return figures
+
+
+@dataclass
+class KeyWatch:
+    """Looks for the ``telltales`` in what the network holds and carries. Called with a
+    cell (as a relay observer), it counts the cells the relays are handed, their sizes,
+    and those that show a telltale."""
+
+    telltales: list[bytes]
+    cells: int = 0
+    sizes: set[int] = field(default_factory=set)
+    cells_showing_a_key: int = 0
+
+    def __call__(self, cell: bytes) -> None:
+        self.cells += 1
+        self.sizes.add(len(cell))
+        self.cells_showing_a_key += self.shows_a_key(cell)
+
+    def shows_a_key(self, item: bytes) -> bool:
+        return any(telltale in item for telltale in self.telltales)
+
+
+def _telltales(*devices: Device) -> list[bytes]:
+    """The keys that would tie Alice's devices to each other or to her, raw and in hex:
+    each device's own key and its overlay key (Ed25519 and X25519)."""
+    keys = []
+    for device in devices:
+        keys += [device.device_identity.ed25519_public, device.overlay_key]
+        keys.append(x25519_of(device.overlay_key))
+    return keys + [key.hex().encode() for key in keys]
+
+
+def _stored_items(network: LocalNetwork, watch: KeyWatch) -> dict[str, int]:
+    """The messages the service nodes hold now (a replica set counts once), and how many
+    of them show a telltale."""
+    now = network.clock.now_ms()
+    stored = list(
+        {
+            row.hash: row.data
+            for node in network.running_nodes()
+            for row in node.store.records(now, None)
+            if row.data is not None
+        }.values()
+    )
+    return {
+        "stored_items": len(stored),
+        "stored_items_showing_a_key": sum(map(watch.shows_a_key, stored)),
+    }
+
+
+async def _privacy(
+    network: LocalNetwork, phone: Device, watch: KeyWatch, storage: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What the file server and the relays could learn about Alice's two devices."""
+    async with open_fileserver_client(network.transport, network.fileserver_url) as files:
+        listed = (await files.get_mappings(phone.session_id)).devices
+    introsets = [record for relay in network.relays for record in relay.introset_records()]
+    return {
+        "fileserver_devices_listed": len(listed),
+        # The swarms looked at before the clock jump: Alice's, and in ``mapped`` mode
+        # her desktop's own.
+        "alice_swarm_keys": len(
+            {r["swarm_of"] for r in storage if r["swarm_of"].startswith("alice") and r["stored"]}
+        ),
+        "relay_cells": watch.cells,
+        "relay_cell_sizes": sorted(watch.sizes),
+        "relay_cells_showing_a_key": watch.cells_showing_a_key,
+        "introsets": len(introsets),
+        "introsets_showing_a_key": sum(map(watch.shows_a_key, introsets)),
+    }
 
 
 async def _story(
@@ -112,6 +194,7 @@ async def _story(
     bob: Device,
     mode: str,
     say: Callable[[str], None],
+    watch: KeyWatch,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {"mode": mode}
     alice = phone.session_id
@@ -180,6 +263,7 @@ async def _story(
     if mode == "mapped":
         owners["alice-desktop"] = desktop.device_id
     figures["storage"] = _storage(network, owners)
+    figures["privacy"] = _stored_items(network, watch)
     for device in (phone, bob):
         await device.set_online(False)
     network.clock.skip_idle(PAST_TTL_MS)
@@ -282,6 +366,37 @@ def _storage_table(summary: dict[str, Any]) -> Table:
             str(row["deleted_early"]),
             str(row["bytes_held"]),
         )
+    return table
+
+
+def _privacy_table(summary: dict[str, Any]) -> Table:
+    privacy = summary["privacy"]
+    table = Table(title="what the network could learn about Alice's two devices")
+    for column in ("who", "what", "seen"):
+        table.add_column(column, justify="right" if column == "seen" else "left")
+    sizes = ", ".join(str(size) for size in privacy["relay_cell_sizes"])
+    table.add_row(
+        "file server", "devices it lists for Alice", str(privacy["fileserver_devices_listed"])
+    )
+    table.add_row(
+        "service nodes", "keys Alice's messages are stored under", str(privacy["alice_swarm_keys"])
+    )
+    table.add_row(
+        "service nodes",
+        f"of {privacy['stored_items']} messages stored before the jump, showing a device "
+        "or overlay key",
+        str(privacy["stored_items_showing_a_key"]),
+    )
+    table.add_row(
+        "onion relays",
+        f"of {privacy['relay_cells']} cells ({sizes} bytes each), showing a device or overlay key",
+        str(privacy["relay_cells_showing_a_key"]),
+    )
+    table.add_row(
+        "onion relays",
+        f"of {privacy['introsets']} introsets held, showing a device or overlay key",
+        str(privacy["introsets_showing_a_key"]),
+    )
     return table
 
 
