@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 import trio.testing
@@ -85,33 +88,43 @@ async def test_lossy_links_still_deliver(autojump_clock: trio.testing.MockClock)
                     await exchange(session, 30)
 
 
-async def test_dead_relay_is_routed_around(autojump_clock: trio.testing.MockClock) -> None:
-    network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5))
+@asynccontextmanager
+async def ready_pair(
+    network: MemoryNetwork, relays: int, *, seed: int, endpoint_seeds: tuple[int, int]
+) -> AsyncIterator[tuple[Endpoint, Endpoint, Clock]]:
+    """``relays`` relays on ``network`` and Alice's and Bob's endpoints, both with their
+    paths built and Bob's introset published under ``SECRET``."""
     clock = Clock(TEST_EPOCH_MS)
-    async with open_relays(network, 16, clock=clock, seed=4) as relays:
-        directory = [r.contact for r in relays]
+    async with open_relays(network, relays, clock=clock, seed=seed) as infos:
+        directory = [r.contact for r in infos]
         async with (
-            open_endpoint(ALICE, network, directory, clock=clock, seed=7) as alice,
-            open_endpoint(BOB, network, directory, clock=clock, seed=8) as bob,
+            open_endpoint(ALICE, network, directory, clock=clock, seed=endpoint_seeds[0]) as alice,
+            open_endpoint(BOB, network, directory, clock=clock, seed=endpoint_seeds[1]) as bob,
         ):
             await alice.wait_ready(2)
             await bob.wait_ready(2)
             await bob.publish(SECRET)
-            bob_relays = {h.pubkey for p in bob.paths for h in p.hops}
-            victim_path, victim = next(
-                (p, h) for p in alice.paths for h in p.hops[1:] if h.pubkey not in bob_relays
-            )
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(echo_one, bob)
-                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
-                    await exchange(session, 3)
-                    network.set_down(victim.address)
-                    await exchange(session, 10)  # carried on while the path fails
-                    while victim_path in alice.paths or len(alice.paths) < 2:
-                        await alice.paths_changed()
-                    await alice.wait_ready(2)
-                    assert all(victim not in p.hops for p in alice.paths)
-                    await exchange(session, 3)
+            yield alice, bob, clock
+
+
+async def test_dead_relay_is_routed_around(autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5))
+    async with ready_pair(network, 16, seed=4, endpoint_seeds=(7, 8)) as (alice, bob, _):
+        bob_relays = {h.pubkey for p in bob.paths for h in p.hops}
+        victim_path, victim = next(
+            (p, h) for p in alice.paths for h in p.hops[1:] if h.pubkey not in bob_relays
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo_one, bob)
+            async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                await exchange(session, 3)
+                network.set_down(victim.address)
+                await exchange(session, 10)  # carried on while the path fails
+                while victim_path in alice.paths or len(alice.paths) < 2:
+                    await alice.paths_changed()
+                await alice.wait_ready(2)
+                assert all(victim not in p.hops for p in alice.paths)
+                await exchange(session, 3)
 
 
 @pytest.mark.parametrize("hops", [1, 8])
@@ -307,30 +320,21 @@ async def test_a_replayed_init_opens_no_session(
 
     monkeypatch.setattr(SessionCore, "respond", staticmethod(recording))
     network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
-    clock = Clock(TEST_EPOCH_MS)
-    async with open_relays(network, 10, clock=clock, seed=4) as relays:
-        directory = [r.contact for r in relays]
-        async with (
-            open_endpoint(ALICE, network, directory, clock=clock, seed=1) as alice,
-            open_endpoint(BOB, network, directory, clock=clock, seed=2) as bob,
-        ):
-            await alice.wait_ready(2)
-            await bob.wait_ready(2)
-            await bob.publish(SECRET)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(echo_one, bob)
-                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
-                    await exchange(session, 2)
-            [init] = inits
-            await until_no_sessions(bob, limit_s=60)
-            assert bob.stats.sessions_accepted == 1
-            bob._on_packet(init, clock.now_ms())
-            assert bob.stats.inits_replayed == 1
-            assert len(inits) == 1  # refused on its bytes, before any Diffie-Hellman
-            await trio.sleep(SESSION_INIT_FRESHNESS_MS / 1000)
-            bob._on_packet(init, clock.now_ms())
-            assert bob.stats.inits_stale == 1
-            assert bob.stats.sessions_accepted == 1 and not bob._sessions
+    async with ready_pair(network, 10, seed=4, endpoint_seeds=(1, 2)) as (alice, bob, clock):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo_one, bob)
+            async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                await exchange(session, 2)
+        [init] = inits
+        await until_no_sessions(bob, limit_s=60)
+        assert bob.stats.sessions_accepted == 1
+        bob._on_packet(init, clock.now_ms())
+        assert bob.stats.inits_replayed == 1
+        assert len(inits) == 1  # refused on its bytes, before any Diffie-Hellman
+        await trio.sleep(SESSION_INIT_FRESHNESS_MS / 1000)
+        bob._on_packet(init, clock.now_ms())
+        assert bob.stats.inits_stale == 1
+        assert bob.stats.sessions_accepted == 1 and not bob._sessions
 
 
 async def test_a_goodbye_answering_the_peers_does_not_wait_for_a_peer_that_left(
