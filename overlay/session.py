@@ -58,6 +58,8 @@ _INTRO = struct.Struct(">32s16sQ")
 _SEGMENT = struct.Struct(">BII")
 _INIT_TIME = struct.Struct(">Q")
 SESSION_ID_BYTES = 8
+#: Where an INIT carries the initiator's ephemeral key, in clear: the INIT's identity.
+_INIT_EPHEMERAL = slice(1 + SESSION_ID_BYTES, 1 + SESSION_ID_BYTES + 32)
 #: type, session id, ephemeral key, and the sealed static key.
 _INIT_HEADER = 1 + SESSION_ID_BYTES + 32 + 32 + 16
 #: Room for a session packet inside a TRANSFER payload (kind, relay key, intro id).
@@ -140,10 +142,9 @@ class InitReplayCache:
         """Whether ``packet`` is an INIT whose ephemeral key was admitted before and is
         still fresh: checked on the raw bytes, so a replay costs the responder no
         Diffie-Hellman at all. (One gone stale is refused by :meth:`SessionCore.respond`.)"""
-        start = 1 + SESSION_ID_BYTES
-        if len(packet) < start + 32 or packet[0] != PacketType.INIT:
+        if len(packet) < _INIT_EPHEMERAL.stop or packet[0] != PacketType.INIT:
             return False
-        forget_at = self._forget_at.get(packet[start : start + 32])
+        forget_at = self._forget_at.get(packet[_INIT_EPHEMERAL])
         return forget_at is not None and now_ms <= forget_at
 
     def admit(self, core: SessionCore, now_ms: int) -> bool:
@@ -243,8 +244,8 @@ class SessionCore:
             or packet[0] != PacketType.INIT
         ):
             raise SessionError("not an INIT packet")
-        start = 1 + SESSION_ID_BYTES
-        initiator_ephemeral = packet[start : start + 32]
+        start = _INIT_EPHEMERAL.start
+        initiator_ephemeral = packet[_INIT_EPHEMERAL]
         header = packet[:_INIT_HEADER]
         try:
             es = local.dh(initiator_ephemeral)
