@@ -40,6 +40,7 @@ from overlay.tasks import open_task_nursery
 
 from .errors import ERROR_CODES, ConnectionLost, DecodeError, RpcError
 from .wire import (
+    INT64_MAX,
     MAX_FRAME_BYTES,
     ErrorReply,
     Fields,
@@ -285,7 +286,8 @@ def _request_id_of(data: bytes) -> int | None:
     except DecodeError:
         return None
     rid = value.get("id") if isinstance(value, dict) else None
-    return rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**64 else None
+    in_range = isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= INT64_MAX
+    return rid if in_range else None
 
 
 class RpcServer:

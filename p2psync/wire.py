@@ -24,6 +24,10 @@ MAX_FRAME_BYTES = 128 * 1024
 MAX_DEPTH = 12
 UINT64_MAX = 2**64 - 1
 INT64_MIN = -(2**63)
+#: The largest integer any field of ours may carry unless it says otherwise: every count,
+#: time and id we decode can end up in SQLite, whose integers are signed 64-bit, so a
+#: larger value must be refused here as ``bad_request`` rather than overflow there.
+INT64_MAX = 2**63 - 1
 
 
 def _refuse_tag(decoder: object, tag: Any) -> NoReturn:
@@ -149,13 +153,13 @@ class Fields:
             raise DecodeError(f"{self._where} has unknown fields {sorted(unknown)}")
         return self
 
-    def uint(self, name: str, *, maximum: int = UINT64_MAX) -> int:
+    def uint(self, name: str, *, maximum: int = INT64_MAX) -> int:
         value = self._get(name)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
             raise DecodeError(f"{self._where}.{name} must be an integer in [0, {maximum}]")
         return value
 
-    def integer(self, name: str, *, minimum: int = INT64_MIN, maximum: int = 2**63 - 1) -> int:
+    def integer(self, name: str, *, minimum: int = INT64_MIN, maximum: int = INT64_MAX) -> int:
         value = self._get(name)
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
             raise DecodeError(f"{self._where}.{name} must be an integer in [{minimum}, {maximum}]")

@@ -89,7 +89,7 @@ from p2psync.swarm.auth import (
 from p2psync.swarm.client import _messages_from
 from p2psync.swarm.constants import MAX_NAMESPACE, MAX_TTL_MS
 from p2psync.swarm.proof import OwnerProof
-from p2psync.swarm.records import message_to_wire, row_from_wire, row_to_wire
+from p2psync.swarm.records import PEER_SKEW_MS, message_to_wire, row_from_wire, row_to_wire
 from p2psync.swarm.registry import (
     CACHED_LISTING_MAX_AGE_MS,
     Snapshot,
@@ -742,11 +742,13 @@ _TOMBSTONE = StoredMessage(
 @settings(FUZZ, max_examples=90)
 @given(st.one_of(values_around(row_to_wire(_ROW)), values_around(row_to_wire(_TOMBSTONE))))
 def test_row_from_wire_checks_every_field(value: object) -> None:
-    row = refused_or_decoded(lambda: row_from_wire(value))
+    now = _ROW.timestamp_ms
+    row = refused_or_decoded(lambda: row_from_wire(value, now))
     if row is None:
         return
     session_id_key(row.pubkey)
     assert 0 <= row.namespace <= MAX_NAMESPACE
+    assert row.timestamp_ms <= now + PEER_SKEW_MS
     assert row.expiry_ms <= row.timestamp_ms + MAX_TTL_MS
     assert row.data is None or message_hash(row.data) == row.hash
     if row.data is None or row.proof is not None:  # destructive only on the owner's word

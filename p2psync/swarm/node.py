@@ -387,10 +387,11 @@ class StorageNode:
                     )
                     row = Fields(result, "result").raw("row")
                     if row is not None:
-                        self.stats.repaired_in += self._ingest([row_from_wire(row)])
+                        row = row_from_wire(row, self.clock.now_ms())
+                        self.stats.repaired_in += self._ingest([row])
                         return
-                except (OSError, ConnectionLost, RpcError, DecodeError) as exc:
-                    logger.debug("lookup at %s failed: %s", peer.pubkey[:8], exc)
+                except Exception as exc:  # one peer's failure, whatever it is, is that peer's
+                    logger.debug("lookup at %s failed: %r", peer.pubkey[:8], exc)
 
     def _hashes(self, params: Fields) -> list[bytes]:
         return params.blob_list("hashes", size=32, max_len=MAX_HASHES_PER_REQUEST)
@@ -496,16 +497,19 @@ class StorageNode:
 
     def _ingest(self, rows: Sequence[StoredMessage]) -> int:
         """Rows from a peer: keep those of owners this node serves, notify subscribers;
-        returns how many were new here."""
+        returns how many were new here.
+
+        Each row gets this node's own read position: a peer's ``order_ms`` is never taken,
+        since one that names the end of time would leave no room after it for the owner's
+        next store. Readers that switch members are covered by the cursor rewind of
+        :meth:`_resolve_cursor`."""
         now = self.clock.now_ms()
         mine = []
         for row in rows:
             if row.expiry_ms <= now or not self.owns(row.pubkey):
                 continue
             stream = (row.pubkey, row.namespace)
-            if row.order_ms <= self._served.get(stream, self._started_ms):
-                row = dataclasses.replace(row, order_ms=self._next_order(stream, now))
-            mine.append(row)
+            mine.append(dataclasses.replace(row, order_ms=self._next_order(stream, now)))
         added = self.store.put_many(mine)
         fresh = [row for row, new in zip(mine, added, strict=True) if new]
         self._notify(fresh)
@@ -534,9 +538,10 @@ class StorageNode:
         tombstone without the owner's signed delete) are dropped and counted, so one bad
         row neither lands nor costs the batch's good rows."""
         rows = []
+        now = self.clock.now_ms()
         for item in items:
             try:
-                rows.append(row_from_wire(item))
+                rows.append(row_from_wire(item, now))
             except DecodeError as exc:
                 self.stats.rows_refused += 1
                 logger.warning("refused a row from node %s: %s", peer[:8], exc)
@@ -615,12 +620,18 @@ class StorageNode:
                 await self._refresh_soon.wait()
                 await trio.sleep(REFRESH_SOON_S)
             self._refresh_soon = trio.Event()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception as exc:  # a bad listing must not stop later refreshes
+                logger.warning("node %s: registry refresh failed: %r", self.pubkey[:8], exc)
 
     async def _sweep_loop(self) -> None:
         while True:
             await trio.sleep(self.config.sweep_interval_s)
-            self.stats.swept += self.store.sweep(self.clock.now_ms())
+            try:
+                self.stats.swept += self.store.sweep(self.clock.now_ms())
+            except Exception as exc:  # say a full disk: the next sweep tries again
+                logger.warning("node %s: sweep failed: %r", self.pubkey[:8], exc)
 
     async def _replication_loop(self) -> None:
         """One epoch per membership: a worker per peer, restarted when the swarm changes."""
@@ -648,8 +659,8 @@ class StorageNode:
                                 await self._signed_call(
                                     client, "replicate", {"rows": [row_to_wire(r) for r in part]}
                                 )
-            except (OSError, ConnectionLost, RpcError, trio.TooSlowError) as exc:
-                logger.info("replication to %s interrupted: %s", peer.pubkey[:8], exc)
+            except Exception as exc:  # one peer's failure, whatever it is, is that peer's
+                logger.info("replication to %s interrupted: %r", peer.pubkey[:8], exc)
                 self._repair_soon.set()
                 await trio.sleep(REPLICATION_RETRY_S)
 
@@ -666,8 +677,8 @@ class StorageNode:
                 try:
                     with trio.fail_after(PEER_CALL_TIMEOUT_S * 6):
                         await self.repair_with(peer)
-                except (OSError, ConnectionLost, RpcError, DecodeError, trio.TooSlowError) as exc:
-                    logger.info("repair with %s failed: %s", peer.pubkey[:8], exc)
+                except Exception as exc:  # one peer's failure, whatever it is, is that peer's
+                    logger.warning("repair with %s failed: %r", peer.pubkey[:8], exc)
             interval = self.config.repair_interval_s * (0.8 + 0.4 * self._random.random())
             with trio.move_on_after(interval):
                 await self._repair_soon.wait()
@@ -755,9 +766,9 @@ class StorageNode:
                         )
                         refused |= bool(Fields(result, "result").items("refused", max_len=10_000))
                     taken += not refused
-                except (OSError, ConnectionLost, RpcError, DecodeError) as exc:
+                except Exception as exc:  # one peer's failure, whatever it is, is that peer's
                     logger.info(
-                        "hand-over of %s to %s failed: %s", owner[:10], target.pubkey[:8], exc
+                        "hand-over of %s to %s failed: %r", owner[:10], target.pubkey[:8], exc
                     )
             if taken == len(targets):
                 self.store.remove_owner(owner)

@@ -1,5 +1,6 @@
 """The node-to-node wire form of a stored row, validated on the way in: a tombstone or a
-proven expiry is taken only with the owner's signed request (:mod:`.proof`)."""
+proven expiry is taken only with the owner's signed request (:mod:`.proof`), and no time
+may lie further ahead of the receiver's clock than an honest member's could."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ from typing import Any
 
 from ..errors import DecodeError
 from ..identity import message_hash, session_id_key
-from .constants import MAX_DATA_BYTES, MAX_NAMESPACE, MAX_TTL_MS
+from .constants import CLOCK_SKEW_MS, MAX_DATA_BYTES, MAX_NAMESPACE, MAX_TTL_MS
 from .proof import OwnerProof
 from .store import RowSummary, StoredMessage
 
 ROW_FIELDS = 8
+#: How far a replicated row's timestamp may lie ahead of the receiver's clock: the member
+#: that accepted the store allowed its client ``CLOCK_SKEW_MS``, and the two members'
+#: clocks may differ by as much again. With expiry at most timestamp + the maximum TTL,
+#: no peer can plant a row that outlives the protocol's limits.
+PEER_SKEW_MS = 2 * CLOCK_SKEW_MS
 
 
 def row_to_wire(row: StoredMessage) -> list[Any]:
@@ -27,12 +33,15 @@ def row_to_wire(row: StoredMessage) -> list[Any]:
     ]
 
 
-def row_from_wire(value: object) -> StoredMessage:
-    """A row from another node: shape, sizes, hash, expiry bound and proof all checked."""
+def row_from_wire(value: object, now_ms: int) -> StoredMessage:
+    """A row from another node: shape, sizes, hash, times against ``now_ms`` (the
+    receiver's clock) and proof all checked."""
     if not isinstance(value, list) or len(value) != ROW_FIELDS:
         raise DecodeError(f"a row is a list of {ROW_FIELDS} fields")
     pubkey, namespace, digest, timestamp, expiry, data, order, proof = value
     _check_key(pubkey, namespace, digest, timestamp, expiry, order)
+    if timestamp > now_ms + PEER_SKEW_MS:
+        raise DecodeError("row timestamp is ahead of this node's clock")
     if data is not None:
         if not isinstance(data, bytes) or len(data) > MAX_DATA_BYTES:
             raise DecodeError("row data must be bytes within the size limit")

@@ -7,9 +7,9 @@ its original expiry, so that anti-entropy repair cannot bring it back and its ha
 works as a ``last_hash`` cursor. A tombstone or a shortened expiry keeps the owner's
 signed request that caused it (*proof*, opaque here, checked by the node:
 :mod:`.proof`), so it can travel to the other members, which take nothing destructive
-on a peer's word. Reads go in ``(order_ms, hash)`` order: ``order_ms`` is
-assigned by the node that accepted the store and travels with every replica, so a cursor
-means the same on every member (the node decides when a late replica needs a new one).
+on a peer's word. Reads go in ``(order_ms, hash)`` order: ``order_ms`` is this
+node's own read position for the row, assigned when the row arrived here (the node decides
+it; a peer's value is never taken).
 
 Queries are short and run inline in the Trio thread (WAL makes commits cheap); the store
 is synchronous and knows nothing of Trio. WAL with ``synchronous=NORMAL`` keeps every

@@ -99,6 +99,18 @@ def retrieve_params(signer: AuthSigner, **override: Any) -> dict[str, Any]:
             },
             "unauthorized",
         ),
+        (
+            "expire",
+            lambda s: {
+                "pubkey": ALICE.session_id,
+                "hashes": [b"\0" * 32],
+                "expiry": 2**63,
+                "auth": s.auth("expire", 0, NOW, [b"\0" * 32], 2**63),
+            },
+            "bad_request",
+        ),
+        ("store", lambda s: store_params(ttl=2**64 - 1), "bad_request"),
+        ("store", lambda s: store_params(timestamp=2**63), "bad_request"),
         ("replicate", lambda s: {"rows": []}, "bad_request"),
         (
             "replicate",

@@ -14,7 +14,7 @@ import trio.testing
 from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS
 from p2psync.errors import DecodeError
-from p2psync.identity import Identity
+from p2psync.identity import Identity, message_hash
 from p2psync.network import NodeHandle
 from p2psync.rpc import open_rpc
 from p2psync.swarm.auth import sign_node_request
@@ -22,6 +22,7 @@ from p2psync.swarm.client import Cursor, Message, open_swarm_client
 from p2psync.swarm.node import NodeConfig
 from p2psync.swarm.records import row_to_wire
 from p2psync.swarm.registry import FileDirectory
+from p2psync.swarm.store import StoredMessage
 
 from .helpers import holders, open_test_swarm, swarm_of, wait_until
 
@@ -337,6 +338,59 @@ async def test_a_member_cannot_delete_or_shorten_on_its_own_word(
         messages, _, _ = await swarm.retrieve(ALICE, 0, None)
         assert sorted(m.hash for m in messages) == sorted([stored[0], *stored[2:]])
         assert all(n.stats.rows_refused == 0 for n in network.running_nodes() if n is not honest[0])
+
+
+async def test_rows_with_times_at_the_end_of_the_int64_range_neither_land_nor_stop_a_node(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A member replicates a row whose read position is 2**63-1 (once taken as it came,
+    the owner's next store had no position left and repair crashed every node it reached)
+    and rows whose timestamp or expiry lie at the end of time (never swept). The first is
+    re-positioned by the receiver, the others are refused; every node keeps running, the
+    owner's later stores land and read back, and repair spreads nothing poisonous."""
+    config = NodeConfig(repair_interval_s=30.0)
+    async with open_test_swarm(6, config) as (network, swarm):
+        members = swarm_of(network, ALICE)
+        mallory, honest = members[0], members[1:]
+        first = (await swarm.store(ALICE.session_id, 0, b"before"))[0]
+        await wait_until(lambda: holders(network, ALICE, first) == 6)
+        row = honest[0].store.get(ALICE.session_id, 0, first)
+        assert row is not None
+        end = 2**63 - 1
+        now = network.clock.now_ms()
+        poison = StoredMessage(
+            ALICE.session_id, 0, message_hash(b"poison"), now, now + 3_600_000, b"poison", end
+        )
+        ageless = [
+            dataclasses.replace(
+                poison, data=b"late", hash=message_hash(b"late"), timestamp_ms=end, expiry_ms=end
+            ),
+            dataclasses.replace(
+                poison, data=b"old", hash=message_hash(b"old"), expiry_ms=now + 100 * 86_400_000
+            ),
+        ]
+        async with open_rpc(network.transport, honest[0].url) as client:
+            for attack in [poison, *ageless]:
+                params = {"rows": [row_to_wire(attack)]}
+                await client.call(
+                    "replicate",
+                    sign_node_request(
+                        mallory.identity, "replicate", params, network.clock.now_ms()
+                    ),
+                )
+        assert honest[0].stats.rows_refused == len(ageless)
+        kept = honest[0].store.get(ALICE.session_id, 0, poison.hash)
+        assert kept is not None and kept.order_ms < end
+
+        later = [(await swarm.store(ALICE.session_id, 0, b"after%d" % i))[0] for i in range(3)]
+        await trio.sleep(2 * config.repair_interval_s)  # repair rounds run with the poison held
+        assert len(network.running_nodes()) == 6
+        await wait_until(lambda: all(holders(network, ALICE, d) == 6 for d in later))
+        messages, _, _ = await swarm.retrieve(ALICE, 0, None)
+        assert {first, poison.hash, *later} == {m.hash for m in messages}
+        for node in network.running_nodes():
+            for attack in ageless:
+                assert node.store.get(ALICE.session_id, 0, attack.hash) is None
 
 
 async def test_rows_queued_for_a_dead_peer_are_bounded_in_bytes(
