@@ -14,10 +14,12 @@ import trio
 
 from p2psync.faults import (
     AckLedger,
+    accepting_node_lost,
     node_crash_during_burst,
     open_cluster,
     registry_outage,
 )
+from p2psync.faults.scenarios import CONVERGE_TIMEOUT_S
 from p2psync.identity import Identity
 from p2psync.swarm.client import open_swarm_client
 
@@ -49,3 +51,26 @@ async def test_node_killed_mid_burst_loses_nothing_and_converges(tmp_path: Path)
     assert outage.notes["new_client_bootstraps_while_down"] == "yes"
     assert outage.notes["node_restarted_while_down_serves"] == "yes"
     assert outage.lost == 0 and outage.converged
+
+
+async def test_the_member_that_acknowledged_dies_for_good_and_nothing_acknowledged_is_lost(
+    tmp_path: Path,
+) -> None:
+    """kill -9 the member every store went to, mid-burst, and never restart it: what it
+    acknowledged is on another member already (quorum of 2), so the two left return all
+    of it. With acknowledgements after the local commit alone, the last stores of the
+    burst were only in the dead member's replication queues."""
+    ledger = AckLedger([Identity.from_label(f"test-faults/lost/{i}") for i in range(4)])
+    # A loss shows only after the scenario's wait for convergence has run out.
+    with trio.fail_after(DEADLINE_S + CONVERGE_TIMEOUT_S):
+        async with (
+            open_cluster(tmp_path, nodes=3) as cluster,
+            open_swarm_client(cluster.transport, cluster.directory(), cluster.clock) as swarm,
+        ):
+            report = await accepting_node_lost(
+                cluster, swarm, ledger, cluster.nodes[1], burst=400, concurrency=16
+            )
+    assert report.acknowledged >= 200
+    assert report.notes["members_left"] == 2
+    assert report.lost == 0
+    assert report.converged

@@ -12,7 +12,13 @@ from .cluster import Cluster, open_cluster
 from .ledger import AckLedger, Audit, audit, wait_converged
 from .load import LatencySample, LoadStats, run_retriever, run_storers, run_subscriber
 from .process import ServiceProcess
-from .scenarios import FaultReport, node_crash_during_burst, registry_outage, relay_crash
+from .scenarios import (
+    FaultReport,
+    accepting_node_lost,
+    node_crash_during_burst,
+    registry_outage,
+    relay_crash,
+)
 
 __all__ = [
     "AckLedger",
@@ -22,6 +28,7 @@ __all__ = [
     "LatencySample",
     "LoadStats",
     "ServiceProcess",
+    "accepting_node_lost",
     "audit",
     "node_crash_during_burst",
     "open_cluster",

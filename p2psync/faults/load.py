@@ -104,9 +104,11 @@ async def run_storers(
     *,
     total: int | None = None,
     seed: int = 0,
+    node: NodeInfo | None = None,
 ) -> None:
     """``concurrency`` workers storing to random owners of ``ledger`` until ``total``
-    stores were attempted (or until cancelled); each acknowledgement goes to the ledger."""
+    stores were attempted (or until cancelled); each acknowledgement goes to the ledger.
+    With ``node`` every store goes to that member, which must serve every owner."""
     tickets = Tickets(total)
 
     async def worker(index: int) -> None:
@@ -117,7 +119,7 @@ async def run_storers(
             started = trio.current_time()
             try:
                 digest, _ = await swarm.store(
-                    owner.session_id, NAMESPACE, make_payload(index, sequence)
+                    owner.session_id, NAMESPACE, make_payload(index, sequence), node=node
                 )
             except CLIENT_ERRORS:
                 stats.store_failures += 1

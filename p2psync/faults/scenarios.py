@@ -25,7 +25,9 @@ import trio
 from overlay import Contact, TcpTransport, open_endpoint
 from overlay.path import Path as OverlayPath
 
+from ..identity import session_id_key
 from ..swarm.client import SwarmClient, open_swarm_client
+from ..swarm.ring import SwarmMap
 from .cluster import PROBES, Cluster
 from .ledger import NAMESPACE, AckLedger, Audit, audit, wait_converged
 from .load import CLIENT_ERRORS, LoadStats, run_storers
@@ -103,6 +105,48 @@ async def node_crash_during_burst(
             "converged_after_load_s": round(trio.current_time() - load_ended_at, 2),
             "store_p99_ms": stats.store_latency.quantile_ms(0.99) or 0.0,
         },
+    )
+
+
+async def accepting_node_lost(
+    cluster: Cluster,
+    swarm: SwarmClient,
+    ledger: AckLedger,
+    victim: ServiceProcess,
+    *,
+    burst: int = 300,
+    concurrency: int = 16,
+) -> FaultReport:
+    """Every store goes to ``victim`` itself, the member that answers the client; it is
+    killed with ``kill -9`` half-way through the burst and never started again. Every
+    store it acknowledged must come back from the members left (a node acknowledges only
+    what another member has committed too), and those must converge among themselves.
+    The ledger's owners must all belong to the victim's swarm."""
+    swarms = await cluster.swarm_map()
+    target = cluster.node_info(victim, swarms)
+    stats = LoadStats()
+    base = ledger.count
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(run_storers, swarm, ledger, stats, concurrency, node=target))
+        await ledger.reached(base + burst // 2)
+        killed_at = trio.current_time()
+        await cluster.kill(victim)
+        nursery.cancel_scope.cancel()
+    survivors = SwarmMap(
+        {sid: tuple(n for n in nodes if n != target) for sid, nodes in swarms.swarms.items()}
+    )
+    with trio.move_on_after(CONVERGE_TIMEOUT_S):
+        result = await wait_converged(swarm, ledger, survivors)
+    result = await audit(swarm, ledger, survivors)
+    return FaultReport(
+        f"kill -9 {victim.name}, the member answering every store, for good",
+        ledger.count - base,
+        stats.store_failures,
+        result.lost,
+        round(trio.current_time() - killed_at, 2),
+        None,
+        result.converged,
+        {"members_left": len(survivors.nodes_for_key(session_id_key(ledger.owners[0].session_id)))},
     )
 
 

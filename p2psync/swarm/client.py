@@ -163,9 +163,15 @@ class SwarmClient:
         raise RpcError("unavailable", f"no node of the swarm answered: {last_error}")
 
     async def store(
-        self, owner: str, namespace: int, data: bytes, ttl_ms: int = DEFAULT_TTL_MS
+        self,
+        owner: str,
+        namespace: int,
+        data: bytes,
+        ttl_ms: int = DEFAULT_TTL_MS,
+        node: NodeInfo | None = None,
     ) -> tuple[bytes, int]:
-        """Store and return (hash, expiry). The same data stored twice is one message."""
+        """Store and return (hash, expiry). The same data stored twice is one message.
+        ``node`` asks that member alone (say, to audit what one member acknowledges)."""
         timestamp = self.clock.now_ms()
         params = {
             "pubkey": owner,
@@ -174,7 +180,10 @@ class SwarmClient:
             "timestamp": timestamp,
             "data": data,
         }
-        result, _ = await self._call_swarm(owner, "store", lambda: params)
+        if node is not None:
+            result = await self._pool.call(node.url, "store", params)
+        else:
+            result, _ = await self._call_swarm(owner, "store", lambda: params)
         fields = Fields(result, "result")
         return fields.blob("hash", size=32), fields.uint("expiry")
 

@@ -11,7 +11,10 @@ Besides answering clients, a node runs four loops in its own nursery:
   down or partitioned converges without anyone re-sending;
 * sweep — deletes expired rows (reads never return them anyway).
 
-What a node acknowledges to a client is committed to its SQLite file first.
+What a node acknowledges to a client is committed to its own SQLite file (stores that
+arrive together share one transaction: :mod:`.commit`) and to ``quorum`` members of its
+swarm in all, itself included (:mod:`.quorum`), so no single member's loss for good loses
+an acknowledged store.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ..rpc import Connection, RpcClient, RpcPool, RpcServer, ServerLimits, open_
 from ..wire import MAX_FRAME_BYTES, Fields
 from . import repair
 from .auth import ReplayGuard, check_client_auth, check_node_auth, sign_node_request
+from .commit import CommitFailed, GroupCommit
 from .constants import (
     ANNOUNCE_INTERVAL_S,
     CLOCK_SKEW_MS,
@@ -53,6 +57,7 @@ from .constants import (
 )
 from .outbound import REPLICATION_QUEUE_BYTES, ReplicationQueue
 from .proof import proof_from_request
+from .quorum import QuorumBook, RowKey, row_key
 from .records import (
     message_to_wire,
     row_from_wire,
@@ -78,6 +83,14 @@ ISSUED_CURSORS = 100_000
 #: Delay (and so the rate limit) of a registry re-read asked for by an unknown node.
 REFRESH_SOON_S = 5.0
 HAND_OVER_MAX_BACKOFF_S = 300.0
+#: What a peer that is down, slow or confused causes in the normal run of things.
+PEER_ERRORS = (OSError, ConnectionLost, RpcError, DecodeError, trio.TooSlowError)
+#: Members, this one included, that must have committed a store before it is
+#: acknowledged (DESIGN.md §4).
+STORE_QUORUM = 2
+#: How long a store waits for its quorum before the client is told ``unavailable`` (the
+#: row stays here and keeps replicating; a retry, to any member, is the same message).
+QUORUM_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,10 @@ class NodeConfig:
     announce_interval_s: float = ANNOUNCE_INTERVAL_S
     #: Bytes queued for one peer's replication before new rows are left to repair.
     replication_queue_bytes: int = REPLICATION_QUEUE_BYTES
+    #: Members that must hold a store before it is acknowledged, this one included; a
+    #: smaller swarm needs all its members.
+    store_quorum: int = STORE_QUORUM
+    quorum_timeout_s: float = QUORUM_TIMEOUT_S
     limits: ServerLimits = field(default_factory=ServerLimits)
 
     def __post_init__(self) -> None:
@@ -98,6 +115,8 @@ class NodeConfig:
             raise ValueError(
                 f"announce and registry refresh intervals must be at most {lifetime_s / 2:.0f} s"
             )
+        if self.store_quorum < 1:
+            raise ValueError("the store quorum counts this node, so it is at least 1")
 
 
 @dataclass
@@ -111,6 +130,8 @@ class NodeStats:
     handed_over: int = 0
     swept: int = 0
     rows_refused: int = 0
+    #: Stores answered ``unavailable`` because too few members committed them in time.
+    quorum_missed: int = 0
 
 
 def _batches(rows: Iterable[StoredMessage]) -> Iterable[list[StoredMessage]]:
@@ -159,6 +180,9 @@ class StorageNode:
         self._started_ms = 0
         self._issued: OrderedDict[tuple[str, int, bytes], None] = OrderedDict()
         self._outbound: dict[str, ReplicationQueue] = {}
+        self._commits = GroupCommit(store)
+        self._quorum = QuorumBook()
+        self._quorum_reached: dict[RowKey, trio.Event] = {}
         self._membership_changed = trio.Event()
         self._repair_soon = trio.Event()
         self._refresh_soon = trio.Event()
@@ -194,6 +218,7 @@ class StorageNode:
             self._pool = pool
             self.url = await nursery.start(self.rpc.serve, self.transport, address)
             await self.refresh()
+            nursery.start_soon(self._commits.run)
             nursery.start_soon(self._directory_loop)
             nursery.start_soon(self._replication_loop)
             nursery.start_soon(self._repair_loop)
@@ -204,7 +229,7 @@ class StorageNode:
         """Announce, re-read the registry, and act on a membership change. Failures are
         logged: a node keeps serving with the last registry it saw. A failed announce
         does not stop the read, which may still succeed from other nodes' copies."""
-        errors = (OSError, ConnectionLost, RpcError, DecodeError)
+        errors = PEER_ERRORS
         if trio.current_time() - self._announced_at >= self.config.announce_interval_s:
             try:
                 await self.directory.announce(self.identity, "node", self.url)
@@ -246,8 +271,9 @@ class StorageNode:
 
     # --- client methods -------------------------------------------------------------------
     # A method that never waits is a plain function, so the RPC server answers it inline
-    # in the connection's read loop, without a task per request; only ``retrieve`` may
-    # have to ask a peer (an unknown cursor) and so is a coroutine.
+    # in the connection's read loop, without a task per request; ``store`` waits for its
+    # group commit and quorum, and ``retrieve`` may have to ask a peer (an unknown
+    # cursor), so those two are coroutines.
 
     def _require_swarm(self, owner: str) -> bytes:
         key = session_id_key(owner)
@@ -288,7 +314,45 @@ class StorageNode:
         swarm = self.swarms.swarm_for_key(key)
         return {"swarm": swarm, "nodes": [n.to_wire() for n in self.swarms.swarms[swarm]]}
 
-    def _store(self, params: Fields, conn: Connection) -> Any:
+    async def _store(self, params: Fields, conn: Connection) -> Any:
+        row = self._store_row(params)
+        try:
+            new = await self._commits.put(row)
+        except CommitFailed as exc:
+            raise RpcError("unavailable", f"the node could not store: {exc}") from exc
+        key = row_key(row)
+        if new:
+            self.stats.stored += 1
+            if self._quorum.expect(row, self._peers_needed()):
+                self._quorum_reached[key] = trio.Event()
+            self._accepted([row])
+        else:
+            self.stats.duplicates += 1
+        reached = self._quorum_reached.get(key)
+        if reached is not None:
+            with trio.move_on_after(self.config.quorum_timeout_s):
+                await reached.wait()
+            if not reached.is_set():
+                self._quorum.give_up(key)
+                self._quorum_reached.pop(key, None)
+                self.stats.quorum_missed += 1
+                raise RpcError(
+                    "unavailable",
+                    "stored here but not yet on enough members of the swarm; retrying is safe",
+                )
+        return {"hash": row.hash, "expiry": row.expiry_ms}
+
+    def _peers_needed(self) -> int:
+        return min(self.config.store_quorum, 1 + len(self.peers())) - 1
+
+    def _peer_committed(self, peer: str, rows: Iterable[StoredMessage]) -> None:
+        for key in self._quorum.committed(peer, rows):
+            reached = self._quorum_reached.pop(key, None)
+            if reached is not None:
+                reached.set()
+
+    def _store_row(self, params: Fields) -> StoredMessage:
+        """The row a ``store`` asks for, every field checked."""
         params.only("pubkey", "namespace", "ttl", "timestamp", "data")
         owner = params.text("pubkey", max_len=66)
         namespace = self._namespace(params)
@@ -303,7 +367,7 @@ class StorageNode:
         now = self.clock.now_ms()
         if abs(timestamp - now) > CLOCK_SKEW_MS:
             raise RpcError("clock_skew", f"timestamp is {timestamp - now:+d} ms from the node")
-        row = StoredMessage(
+        return StoredMessage(
             owner,
             namespace,
             message_hash(data),
@@ -312,12 +376,6 @@ class StorageNode:
             data,
             self._next_order((owner, namespace), now),
         )
-        if self.store.put(row):
-            self.stats.stored += 1
-            self._accepted([row])
-        else:
-            self.stats.duplicates += 1
-        return {"hash": row.hash, "expiry": row.expiry_ms}
 
     async def _retrieve(self, params: Fields, conn: Connection) -> Any:
         params.only("pubkey", "namespace", "last_hash", "limit", "auth")
@@ -643,6 +701,9 @@ class StorageNode:
                     queue = ReplicationQueue(max_bytes=self.config.replication_queue_bytes)
                     self._outbound[peer.pubkey] = queue
                     nursery.start_soon(self._replicate_to, peer, queue)
+                for row in self._quorum.rows():  # stores still waiting: the new peers count
+                    for queue in self._outbound.values():
+                        queue.offer(row)
                 nursery.start_soon(self._hand_over)
                 await changed.wait()
                 self._membership_changed = trio.Event()
@@ -656,9 +717,13 @@ class StorageNode:
                         batch = await queue.take(256)
                         for part in _batches(batch):
                             with trio.fail_after(PEER_CALL_TIMEOUT_S):
-                                await self._signed_call(
+                                result = await self._signed_call(
                                     client, "replicate", {"rows": [row_to_wire(r) for r in part]}
                                 )
+                            refused = set(Fields(result, "result").items("refused", max_len=10_000))
+                            self._peer_committed(
+                                peer.pubkey, (r for r in part if r.pubkey not in refused)
+                            )
             except Exception as exc:  # one peer's failure, whatever it is, is that peer's
                 logger.info("replication to %s interrupted: %r", peer.pubkey[:8], exc)
                 self._repair_soon.set()
@@ -677,6 +742,8 @@ class StorageNode:
                 try:
                     with trio.fail_after(PEER_CALL_TIMEOUT_S * 6):
                         await self.repair_with(peer)
+                except PEER_ERRORS as exc:
+                    logger.info("repair with %s failed: %r", peer.pubkey[:8], exc)
                 except Exception as exc:  # one peer's failure, whatever it is, is that peer's
                     logger.warning("repair with %s failed: %r", peer.pubkey[:8], exc)
             interval = self.config.repair_interval_s * (0.8 + 0.4 * self._random.random())

@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE TABLE IF NOT EXISTS proofs (key BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_order ON messages (pubkey, namespace, order_ms, hash);
-CREATE INDEX IF NOT EXISTS messages_by_hash ON messages (pubkey, hash);
+-- Every lookup names the namespace, which the UNIQUE key covers: an index on (pubkey, hash)
+-- only cost each insert a second B-tree write. Files from before still have it.
+DROP INDEX IF EXISTS messages_by_hash;
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expiry);
 CREATE INDEX IF NOT EXISTS messages_by_proof ON messages (proof) WHERE proof IS NOT NULL;
 """

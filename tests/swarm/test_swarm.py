@@ -13,7 +13,7 @@ import trio.testing
 
 from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS
-from p2psync.errors import DecodeError
+from p2psync.errors import DecodeError, RpcError
 from p2psync.identity import Identity, message_hash
 from p2psync.network import NodeHandle
 from p2psync.rpc import open_rpc
@@ -22,6 +22,7 @@ from p2psync.swarm.client import Cursor, Message, open_swarm_client
 from p2psync.swarm.node import NodeConfig
 from p2psync.swarm.records import row_to_wire
 from p2psync.swarm.registry import FileDirectory
+from p2psync.swarm.ring import NodeInfo
 from p2psync.swarm.store import StoredMessage
 
 from .helpers import holders, open_test_swarm, swarm_of, wait_until
@@ -104,9 +105,10 @@ async def test_a_node_that_was_down_converges_by_repair(
 async def test_a_partitioned_member_and_the_rest_converge_once_the_links_heal(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A member cut off from its peers (clients still reach it) keeps taking stores that
-    replicate nowhere, and misses the others'; once the links are back, repair makes every
-    member whole without anyone storing again."""
+    """A member cut off from its peers (clients still reach it) keeps committing stores
+    that replicate nowhere (it cannot acknowledge them, so the client retries elsewhere),
+    and misses the others'; once the links are back, repair makes every member whole
+    without anyone storing again."""
     config = NodeConfig(repair_interval_s=30.0)
     async with open_test_swarm(6, config) as (network, swarm):
         assert isinstance(network.transport, MemoryNetwork)
@@ -124,6 +126,30 @@ async def test_a_partitioned_member_and_the_rest_converge_once_the_links_heal(
         await wait_until(
             lambda: all(holders(network, ALICE, d) == len(network.nodes) for d in acknowledged)
         )
+
+
+async def test_a_member_cut_off_from_its_swarm_acknowledges_nothing_it_alone_holds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A member whose peers cannot be reached commits a store but answers ``unavailable``
+    instead of acknowledging it, so when that member then dies for good nothing it
+    acknowledged dies with it; the client retries and the rest of the swarm keeps it."""
+    async with open_test_swarm(6) as (network, swarm):
+        assert isinstance(network.transport, MemoryNetwork)
+        victim = network.nodes[2]
+        node = victim.node
+        assert node is not None
+        for peer in network.nodes:
+            if peer is not victim:
+                network.transport.partition(victim.address, peer.address)
+        with pytest.raises(RpcError) as refused:
+            await swarm.store(ALICE.session_id, 0, b"lonely", node=NodeInfo(node.pubkey, node.url))
+        assert refused.value.code == "unavailable"
+        assert node.stats.quorum_missed == 1
+        digest, _ = await swarm.store(ALICE.session_id, 0, b"lonely")
+        await network.stop_node(victim)
+        messages, _, _ = await swarm.retrieve(ALICE, 0, None)
+        assert digest in {m.hash for m in messages}
 
 
 async def test_cursor_from_one_node_works_on_another(
