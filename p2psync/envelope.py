@@ -31,6 +31,11 @@ SIGNATURE_DOMAIN = b"p2psync-envelope/1:"
 PAD_STEP_BYTES = 256
 PAD_STEPS_UP_TO = 2048
 MAX_INNER_BYTES = 76_800 - 48
+#: The latest time any signed record of ours may carry (epoch ms, the last of year 9999):
+#: far beyond any honest clock and well inside SQLite's signed 64-bit integers, so a
+#: record claiming more is refused when it is decoded instead of overflowing whatever
+#: stores it later (an envelope dated 2**64 - 1 once stopped a device's inbox for good).
+MAX_TIMESTAMP_MS = 253_402_300_799_999
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +120,7 @@ def open_envelope(recipient: Identity, data: bytes) -> Envelope:
     envelope = Envelope(
         kind=fields.text("kind", max_len=MAX_KIND_CHARS),
         sender=fields.blob("from", size=KEY_BYTES),
-        timestamp_ms=fields.uint("ts"),
+        timestamp_ms=fields.uint("ts", maximum=MAX_TIMESTAMP_MS),
         body=fields.blob("body", max_len=MAX_BODY_BYTES),
     )
     signature = fields.blob("sig", size=SIGNATURE_BYTES)
@@ -124,4 +129,4 @@ def open_envelope(recipient: Identity, data: bytes) -> Envelope:
     return envelope
 
 
-__all__ = ["Envelope", "message_hash", "open_envelope", "seal_envelope"]
+__all__ = ["MAX_TIMESTAMP_MS", "Envelope", "message_hash", "open_envelope", "seal_envelope"]

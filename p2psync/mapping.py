@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .envelope import MAX_TIMESTAMP_MS
 from .errors import DecodeError
 from .identity import (
     KEY_BYTES,
@@ -119,7 +120,7 @@ class PairingRequest:
             primary=_session_id(fields, "primary"),
             secondary=_session_id(fields, "secondary"),
             secondary_key=fields.blob("secondary_key", size=KEY_BYTES),
-            timestamp_ms=fields.uint("ts"),
+            timestamp_ms=fields.uint("ts", maximum=MAX_TIMESTAMP_MS),
             secondary_sig=fields.blob("secondary_sig", size=SIGNATURE_BYTES),
         )
 
@@ -200,7 +201,7 @@ class DeviceMapping:
             primary_key=fields.blob("primary_key", size=KEY_BYTES),
             secondary=_session_id(fields, "secondary"),
             secondary_key=fields.blob("secondary_key", size=KEY_BYTES),
-            timestamp_ms=fields.uint("ts"),
+            timestamp_ms=fields.uint("ts", maximum=MAX_TIMESTAMP_MS),
             secondary_sig=fields.blob("secondary_sig", size=SIGNATURE_BYTES),
             primary_sig=fields.blob("primary_sig", size=SIGNATURE_BYTES),
         )
@@ -278,7 +279,7 @@ class Revocation:
             primary=_session_id(fields, "primary"),
             primary_key=fields.blob("primary_key", size=KEY_BYTES),
             secondary=_session_id(fields, "secondary"),
-            timestamp_ms=fields.uint("ts"),
+            timestamp_ms=fields.uint("ts", maximum=MAX_TIMESTAMP_MS),
             sig=fields.blob("sig", size=SIGNATURE_BYTES),
         )
 

@@ -3,7 +3,8 @@ own key, shown as coming from one *user* whichever device sent them.
 
 RPC methods (CBOR framing of :mod:`p2psync.rpc`):
 
-* ``create_room`` ``{"room": text}`` → ``{"room": text, "created": bool}`` (idempotent)
+* ``create_room`` ``{"room": text, "key": bytes32, "ts": uint, "sig": bytes64}`` →
+  ``{"room": text, "created": bool}`` (idempotent), signed by its creator (below)
 * ``list_rooms`` ``{}`` → ``{"rooms": [text]}``
 * ``post`` ``{"room": text, "post": bytes}`` → ``{"id": uint, "user": text}``
 * ``messages`` ``{"room": text, "since": uint, "limit": uint?}`` →
@@ -35,6 +36,20 @@ against the file server's signed mappings by anyone who asks it.
 Posts are deduplicated by the hash of the signed record, so a retried (or replayed) post
 returns its original id instead of appearing twice; its timestamp must be within ±60 s of
 the server clock, so nobody back-dates a post.
+
+Room creation. Rooms last for ever and a server holds at most ``max_rooms`` of them, so
+creating one is rationed: the request is signed by its creator's Ed25519 key (over
+:data:`ROOM_DOMAIN`, the room and a timestamp within ±60 s, so nobody spends another key's
+allowance) and each key may create :data:`ROOMS_PER_KEY` rooms at once, then one per
+:data:`ROOM_KEY_REFILL_S`; all keys together :data:`ROOMS_BURST`, then one per
+:data:`ROOM_REFILL_S`. Beyond that: ``rate_limited``; beyond ``max_rooms``: ``too_large``.
+Keys cost nothing to make, so it is the total that keeps a flood from filling the server in
+seconds (it now takes days); the per-key allowance keeps one key from spending the total.
+Asking for a room that exists is answered ``created: false`` and costs nothing.
+
+Every integer a request carries is range-checked when it is decoded (``bad_request``):
+times up to :data:`~p2psync.envelope.MAX_TIMESTAMP_MS`, anything else within SQLite's
+signed 64 bits (:meth:`~p2psync.wire.Fields.uint`).
 """
 
 from __future__ import annotations
@@ -53,6 +68,7 @@ from overlay.link import LinkClosed, Transport
 
 from .clock import Clock
 from .database import add_column_if_missing, open_database
+from .envelope import MAX_TIMESTAMP_MS
 from .errors import ConnectionLost, DecodeError, RpcError
 from .fileserver import FileServerClient
 from .identity import (
@@ -65,7 +81,16 @@ from .identity import (
     verify,
 )
 from .mapping import AuthorisationError
-from .rpc import Connection, RpcClient, RpcPool, RpcServer, ServerLimits, open_rpc, open_rpc_pool
+from .rpc import (
+    Connection,
+    KeyedRateLimit,
+    RpcClient,
+    RpcPool,
+    RpcServer,
+    ServerLimits,
+    open_rpc,
+    open_rpc_pool,
+)
 from .swarm.constants import CLOCK_SKEW_MS
 from .wire import Fields, decode_cbor, encode_cbor
 
@@ -73,6 +98,7 @@ logger = logging.getLogger(__name__)
 
 POST_VERSION = 1
 POST_DOMAIN = b"p2psync-open-group-post/1:"
+ROOM_DOMAIN = b"p2psync-open-group-room/1:"
 MAX_POST_BODY_BYTES = 16 * 1024
 #: A post is its body plus well under 1 KiB of ids, keys and signature.
 MAX_POST_BYTES = MAX_POST_BODY_BYTES + 1024
@@ -83,6 +109,12 @@ MAX_MESSAGES_LIMIT = 500
 #: Bytes of bodies in one ``messages`` reply, so it always fits a frame (at least one post
 #: is always returned).
 MAX_MESSAGES_REPLY_BYTES = 96 * 1024
+#: Rooms one creator key may create at once, and the seconds until it may create one more.
+ROOMS_PER_KEY = 3
+ROOM_KEY_REFILL_S = 3600.0
+#: Rooms all creators together may create at once, and then one per ``ROOM_REFILL_S``.
+ROOMS_BURST = 20
+ROOM_REFILL_S = 300.0
 
 _ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _SESSION_ID_CHARS = 66
@@ -153,7 +185,7 @@ class Post:
             sender=_session_id(fields, "sender"),
             key=fields.blob("key", size=KEY_BYTES),
             primary=_session_id(fields, "primary") if fields.has("primary") else None,
-            timestamp_ms=fields.uint("ts"),
+            timestamp_ms=fields.uint("ts", maximum=MAX_TIMESTAMP_MS),
             body=fields.blob("body", max_len=MAX_POST_BODY_BYTES),
             sig=fields.blob("sig", size=SIGNATURE_BYTES),
         )
@@ -179,6 +211,46 @@ def sign_post(
         room, device.session_id, device.ed25519_public, primary, timestamp_ms, body, b""
     )
     return replace(unsigned, sig=device.sign(unsigned.signed_bytes()))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRequest:
+    """A creator's signed request for a new room: the key it names is the one whose
+    allowance the room is counted against, and only that key can spend it."""
+
+    room: str
+    key: bytes
+    timestamp_ms: int
+    sig: bytes
+
+    def signed_bytes(self) -> bytes:
+        return ROOM_DOMAIN + encode_cbor(
+            {"room": self.room, "key": self.key, "ts": self.timestamp_ms}
+        )
+
+    def to_params(self) -> dict[str, Any]:
+        return {"room": self.room, "key": self.key, "ts": self.timestamp_ms, "sig": self.sig}
+
+    @classmethod
+    def from_params(cls, params: Fields) -> RoomRequest:
+        params.only("room", "key", "ts", "sig")
+        return cls(
+            room=check_room_name(params.text("room", max_len=MAX_ROOM_CHARS)),
+            key=params.blob("key", size=KEY_BYTES),
+            timestamp_ms=params.uint("ts", maximum=MAX_TIMESTAMP_MS),
+            sig=params.blob("sig", size=SIGNATURE_BYTES),
+        )
+
+    def verify(self) -> None:
+        if not verify(self.key, self.signed_bytes(), self.sig):
+            raise AuthorisationError("the room request's signature does not verify")
+
+
+def sign_room_request(creator: Identity, room: str, timestamp_ms: int) -> RoomRequest:
+    """Ask for ``room``, counted against ``creator``'s allowance."""
+    check_room_name(room)
+    unsigned = RoomRequest(room, creator.ed25519_public, timestamp_ms, b"")
+    return replace(unsigned, sig=creator.sign(unsigned.signed_bytes()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +284,7 @@ class RoomMessage:
             id=fields.uint("id"),
             user=_session_id(fields, "user"),
             device=_session_id(fields, "device"),
-            timestamp_ms=fields.uint("timestamp"),
+            timestamp_ms=fields.uint("timestamp", maximum=MAX_TIMESTAMP_MS),
             body=fields.blob("body", max_len=MAX_POST_BODY_BYTES),
             post=fields.blob("post", max_len=MAX_POST_BYTES) if fields.has("post") else None,
         )
@@ -349,6 +421,14 @@ class OpenGroupStore:
 # --- server -----------------------------------------------------------------------------------
 
 
+def _check_fresh(timestamp_ms: int, now_ms: int, what: str) -> None:
+    """A signed request must be recent, so nobody stores one up for later."""
+    if abs(timestamp_ms - now_ms) > CLOCK_SKEW_MS:
+        raise RpcError(
+            "clock_skew", f"{what} timestamp is {timestamp_ms - now_ms:+d} ms from the server clock"
+        )
+
+
 class OpenGroupServer:
     """The open group's RPC front. ``fileserver_url`` set: ``mapped`` mode, attribution by
     the file server, reached over ``transport``; ``None``: ``linked`` mode.
@@ -376,6 +456,9 @@ class OpenGroupServer:
         self.max_rooms = max_rooms
         self._store: OpenGroupStore | None = None
         self._pool: RpcPool | None = None
+        self._room_limit = KeyedRateLimit(
+            ROOMS_PER_KEY, ROOM_KEY_REFILL_S, ROOMS_BURST, ROOM_REFILL_S, clock.now_ms() / 1000
+        )
         self.rpc = RpcServer(
             {
                 "create_room": self._create_room,
@@ -417,9 +500,18 @@ class OpenGroupServer:
             self._store = None
 
     async def _create_room(self, params: Fields, conn: Connection) -> Any:
-        params.only("room")
-        room = check_room_name(params.text("room", max_len=MAX_ROOM_CHARS))
-        return {"room": room, "created": self.store.create_room(room, self.clock.now_ms())}
+        request = RoomRequest.from_params(params)
+        try:
+            request.verify()
+        except AuthorisationError as exc:
+            raise RpcError("unauthorized", str(exc)) from None
+        now_ms = self.clock.now_ms()
+        _check_fresh(request.timestamp_ms, now_ms, "room request")
+        if self.store.has_room(request.room):
+            return {"room": request.room, "created": False}
+        if not self._room_limit.allow(request.key, now_ms / 1000):
+            raise RpcError("rate_limited", "too many new rooms: try again later")
+        return {"room": request.room, "created": self.store.create_room(request.room, now_ms)}
 
     async def _list_rooms(self, params: Fields, conn: Connection) -> Any:
         params.only()
@@ -447,11 +539,7 @@ class OpenGroupServer:
         stored = self.store.find(post.hash)
         if stored is None:
             now_ms = self.clock.now_ms()
-            if abs(post.timestamp_ms - now_ms) > CLOCK_SKEW_MS:
-                raise RpcError(
-                    "clock_skew",
-                    f"post timestamp is {post.timestamp_ms - now_ms:+d} ms from the server clock",
-                )
+            _check_fresh(post.timestamp_ms, now_ms, "post")
             user = await self._attribute(post)
             stored = self.store.add(post, user, now_ms)
         post_id, user = stored
@@ -501,9 +589,10 @@ class OpenGroupClient:
     def __init__(self, rpc: RpcClient) -> None:
         self.rpc = rpc
 
-    async def create_room(self, room: str) -> bool:
-        """Create ``room`` if it does not exist; True if it was created now."""
-        result = Fields(await self.rpc.call("create_room", {"room": room}), "create_room")
+    async def create_room(self, request: RoomRequest) -> bool:
+        """Create the room if it does not exist (:func:`sign_room_request`); True if it was
+        created now."""
+        result = Fields(await self.rpc.call("create_room", request.to_params()), "create_room")
         return result.only("room", "created").boolean("created")
 
     async def list_rooms(self) -> list[str]:
@@ -556,6 +645,8 @@ __all__ = [
     "Post",
     "PostReceipt",
     "RoomMessage",
+    "RoomRequest",
     "open_opengroup_client",
     "sign_post",
+    "sign_room_request",
 ]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -90,6 +90,41 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+
+class KeyedRateLimit:
+    """Token buckets per key under one total bucket, as a pure object (time passed in).
+
+    :meth:`allow` admits a request when its key's bucket and the total both have a token.
+    Keys cost an attacker nothing to make, so the total is what bounds the work done; the
+    per-key buckets keep one key from spending all of it. A key gets state only once a
+    request of its is admitted, and a bucket idle long enough to be full again is forgotten
+    (a new one would be the same), so the memory held is bounded by what the total admits.
+    """
+
+    def __init__(
+        self, per_key: int, key_refill_s: float, total: int, total_refill_s: float, now: float
+    ) -> None:
+        self._per_key = per_key
+        self._key_rate = 1 / key_refill_s
+        #: How long an untouched bucket takes to be full again.
+        self._forget_after = per_key * key_refill_s
+        self._total = TokenBucket(1 / total_refill_s, total, now)
+        #: Key → (its bucket, when it last took), least recently used first.
+        self._keys: OrderedDict[bytes, tuple[TokenBucket, float]] = OrderedDict()
+
+    def allow(self, key: bytes, now: float) -> bool:
+        while self._keys:
+            oldest, (_, last) = next(iter(self._keys.items()))
+            if now - last < self._forget_after:
+                break
+            del self._keys[oldest]
+        known = self._keys.pop(key, None)
+        bucket = known[0] if known else TokenBucket(self._key_rate, self._per_key, now)
+        admitted = bucket.take(now) and self._total.take(now)
+        if known or admitted:
+            self._keys[key] = (bucket, now)
+        return admitted
 
 
 @dataclass

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from overlay.link import MemoryNetwork, Transport
 from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.envelope import MAX_TIMESTAMP_MS
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver import FileServer, FileServerClient, open_fileserver_client
 from p2psync.identity import Identity
@@ -197,6 +198,22 @@ async def test_freshness_ownership_and_limits(autojump_clock: trio.testing.MockC
             "clock_skew",
             client.revoke_mapping(revoke_pairing(PRIMARY, SECONDARY.session_id, now + 90_000)),
         )
+
+
+@pytest.mark.parametrize("huge", [MAX_TIMESTAMP_MS + 1, 2**63, 2**64 - 1])
+async def test_records_dated_past_year_9999_are_bad_requests(
+    autojump_clock: trio.testing.MockClock, huge: int
+) -> None:
+    """Times are range-checked when a record is decoded, before anything else looks at
+    them (from 2**63 on, a store of one would overflow SQLite's integers)."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(":memory:", clock) as (server, client):
+        await refused("bad_request", client.put_mapping(create_mapping(PRIMARY, SECONDARY, huge)))
+        await client.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
+        revocation = revoke_pairing(PRIMARY, SECONDARY.session_id, huge)
+        await refused("bad_request", client.revoke_mapping(revocation))
+        assert (await client.get_mappings(SECONDARY.session_id)).primary == PRIMARY.session_id
+        assert "internal" not in server.rpc.stats.errors
 
 
 async def test_default_allows_four_secondaries(autojump_clock: trio.testing.MockClock) -> None:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from overlay.link import MemoryNetwork, Transport
 from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.envelope import MAX_TIMESTAMP_MS
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver import FileServer, FileServerClient, open_fileserver_client
 from p2psync.identity import Identity
@@ -25,12 +26,17 @@ from p2psync.mapping import create_mapping, revoke_pairing
 from p2psync.opengroup import (
     MAX_MESSAGES_REPLY_BYTES,
     MAX_POST_BODY_BYTES,
+    ROOM_KEY_REFILL_S,
+    ROOM_REFILL_S,
+    ROOMS_BURST,
+    ROOMS_PER_KEY,
     OpenGroupClient,
     OpenGroupServer,
     OpenGroupStore,
     Post,
     open_opengroup_client,
     sign_post,
+    sign_room_request,
 )
 from p2psync.websocket import WebSocketTransport
 from p2psync.wire import encode_cbor
@@ -78,6 +84,10 @@ async def running(
         nursery.cancel_scope.cancel()
 
 
+async def create_room(s: Servers, room: str, creator: Identity = LONER) -> bool:
+    return await s.chat.create_room(sign_room_request(creator, room, s.clock.now_ms()))
+
+
 async def refused(code: str, call: Awaitable[Any]) -> RpcError:
     with pytest.raises(RpcError) as info:
         await call
@@ -91,8 +101,8 @@ async def test_mapped_mode_attributes_every_device_to_its_primary(
     clock = Clock(TEST_EPOCH_MS)
     async with running(clock) as s:
         assert s.chat_server.mode == "mapped"
-        assert await s.chat.create_room("lobby") is True
-        assert await s.chat.create_room("lobby") is False
+        assert await create_room(s, "lobby") is True
+        assert await create_room(s, "lobby") is False
         assert await s.chat.list_rooms() == ["lobby"]
         await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
 
@@ -128,7 +138,7 @@ async def test_readers_drop_what_a_server_invented_or_altered(
     drops those three with a warning, and still reads the honest ones."""
     clock = Clock(TEST_EPOCH_MS)
     async with running(clock) as s:
-        await s.chat.create_room("lobby")
+        await create_room(s, "lobby")
         await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
         now = clock.now_ms()
         honest = sign_post(LONER, "lobby", b"honest", now)
@@ -160,7 +170,7 @@ async def test_linked_mode_shared_key_is_the_user(autojump_clock: trio.testing.M
     clock = Clock(TEST_EPOCH_MS)
     async with running(clock, mapped=False) as s:
         assert s.chat_server.mode == "linked"
-        await s.chat.create_room("lobby")
+        await create_room(s, "lobby")
         phone = await s.chat.post(sign_post(SHARED, "lobby", b"phone", clock.now_ms()))
         desktop = await s.chat.post(sign_post(SHARED, "lobby", b"desktop", clock.now_ms() + 1))
         assert phone.user == desktop.user == SHARED.session_id
@@ -172,8 +182,8 @@ async def test_linked_mode_shared_key_is_the_user(autojump_clock: trio.testing.M
 async def test_forged_posts_are_refused(autojump_clock: trio.testing.MockClock) -> None:
     clock = Clock(TEST_EPOCH_MS)
     async with running(clock) as s:
-        await s.chat.create_room("lobby")
-        await s.chat.create_room("other")
+        await create_room(s, "lobby")
+        await create_room(s, "other")
         await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
         now = clock.now_ms()
 
@@ -211,7 +221,7 @@ async def test_forged_posts_are_refused(autojump_clock: trio.testing.MockClock) 
 async def test_revoked_device_is_on_its_own(autojump_clock: trio.testing.MockClock) -> None:
     clock = Clock(TEST_EPOCH_MS)
     async with running(clock) as s:
-        await s.chat.create_room("lobby")
+        await create_room(s, "lobby")
         await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
         before = await s.chat.post(
             sign_post(SECONDARY, "lobby", b"paired", clock.now_ms(), primary=PRIMARY.session_id)
@@ -239,7 +249,7 @@ async def test_file_server_down_means_unavailable_then_recovers(
     clock = Clock(TEST_EPOCH_MS)
     network = MemoryNetwork()
     async with running(clock, transport=network) as s:
-        await s.chat.create_room("lobby")
+        await create_room(s, "lobby")
         await s.chat.post(sign_post(LONER, "lobby", b"up", clock.now_ms()))
         network.set_down("mem:files")
         await refused("unavailable", s.chat.post(sign_post(LONER, "lobby", b"?", clock.now_ms())))
@@ -255,7 +265,7 @@ async def test_restart_keeps_rooms_and_posts(
     clock = Clock(TEST_EPOCH_MS)
     db = tmp_path / "chat.sqlite3"
     async with running(clock, db_path=db) as s:
-        await s.chat.create_room("lobby")
+        await create_room(s, "lobby")
         first = await s.chat.post(sign_post(LONER, "lobby", b"before", clock.now_ms()))
     await trio.sleep(5)
     async with running(clock, db_path=db) as s:
@@ -269,13 +279,68 @@ async def test_restart_keeps_rooms_and_posts(
 async def test_over_websocket(tmp_path: Path) -> None:
     clock = Clock()
     async with running(clock, transport=WebSocketTransport(), db_path=tmp_path / "c.db") as s:
-        await s.chat.create_room("lobby")
+        await create_room(s, "lobby")
         await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
         receipt = await s.chat.post(
             sign_post(SECONDARY, "lobby", b"hi", clock.now_ms(), primary=PRIMARY.session_id)
         )
         assert receipt.user == PRIMARY.session_id
         assert [m.device for m in (await s.chat.messages("lobby"))[0]] == [SECONDARY.session_id]
+
+
+@pytest.mark.parametrize("huge", [MAX_TIMESTAMP_MS + 1, 2**63, 2**64 - 1])
+async def test_integers_out_of_range_are_bad_requests(
+    autojump_clock: trio.testing.MockClock, huge: int
+) -> None:
+    """No integer of a request reaches SQLite out of its range: each is refused when it is
+    decoded (``since`` of 2**63 once answered ``internal``, with a traceback, to anyone);
+    times past year 9999 too."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(clock) as s:
+        await create_room(s, "lobby")
+        if huge > 2**63 - 1:
+            since = {"room": "lobby", "since": huge}
+            await refused("bad_request", s.chat.rpc.call("messages", since))
+        dated = sign_post(LONER, "lobby", b"from the far future", huge)
+        await refused("bad_request", s.chat.post(dated))
+        await refused("bad_request", s.chat.create_room(sign_room_request(LONER, "late", huge)))
+        assert "internal" not in s.chat_server.rpc.stats.errors
+        assert (await s.chat.messages("lobby", since=2**63 - 1))[0] == []
+
+
+async def test_room_creation_is_rationed_per_key_and_in_total(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(clock, mapped=False) as s:
+        for n in range(ROOMS_PER_KEY):
+            assert await create_room(s, f"junk-{n}", LONER) is True
+        await refused("rate_limited", create_room(s, "one-more", LONER))
+        assert await create_room(s, "junk-0", LONER) is False  # asking again costs nothing
+        # Another key still creates a room; nobody can spend LONER's allowance for it.
+        assert await create_room(s, "mine", PRIMARY) is True
+        forged = replace(
+            sign_room_request(PRIMARY, "forged", clock.now_ms()), key=LONER.ed25519_public
+        )
+        await refused("unauthorized", s.chat.create_room(forged))
+        stale = sign_room_request(SECONDARY, "stale", clock.now_ms() - 61_000)
+        await refused("clock_skew", s.chat.create_room(stale))
+        # All keys together: fresh keys stop at the total, then get one room per refill.
+        created = ROOMS_PER_KEY + 1
+        keys = (Identity.from_label(f"opengroup/sybil-{n}") for n in range(ROOMS_BURST + 1))
+        for n, key in enumerate(keys):
+            if created < ROOMS_BURST:
+                assert await create_room(s, f"sybil-{n}", key) is True
+                created += 1
+            else:
+                await refused("rate_limited", create_room(s, f"sybil-{n}", key))
+        await trio.sleep(ROOM_REFILL_S)
+        assert await create_room(s, "after-a-while", SHARED) is True
+        await refused("rate_limited", create_room(s, "and-another", SECONDARY))
+        # LONER's own allowance came back with time too.
+        await trio.sleep(ROOM_KEY_REFILL_S)
+        assert await create_room(s, "one-more", LONER) is True
+        assert len(await s.chat.list_rooms()) == ROOMS_BURST + 2
 
 
 def test_messages_reply_fits_a_frame(tmp_path: Path) -> None:
@@ -340,7 +405,7 @@ def test_garbage_params_are_refused_and_server_keeps_serving(
     async def main() -> None:
         clock = Clock(TEST_EPOCH_MS)
         async with running(clock) as s:
-            await s.chat.create_room("lobby")
+            await create_room(s, "lobby")
             try:
                 await s.chat.rpc.call(method, params)
             except RpcError as exc:

@@ -44,6 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..envelope import MAX_TIMESTAMP_MS
 from ..errors import DecodeError
 from ..identity import KEY_BYTES, SEED_BYTES, session_id_key
 from ..mapping import MAX_RECORD_BYTES
@@ -248,7 +249,7 @@ class HistoryRecord:
         fields = Fields(decode_cbor(data), "history item")
         fields.only("ts", "with", "out", "sender", "device", "text")
         return cls(
-            fields.uint("ts"),
+            fields.uint("ts", maximum=MAX_TIMESTAMP_MS),
             _session_id(fields, "with"),
             fields.boolean("out"),
             _session_id(fields, "sender"),
@@ -325,7 +326,7 @@ def decode_content(kind: str, body: bytes) -> Content:
         return SyncSent(
             fields.blob("id", size=ID_BYTES),
             _session_id(fields, "to"),
-            fields.uint("ts"),
+            fields.uint("ts", maximum=MAX_TIMESTAMP_MS),
             fields.text("text", max_len=MAX_TEXT_CHARS),
         )
     if kind == "sync_contact":
@@ -342,7 +343,7 @@ def decode_content(kind: str, body: bytes) -> Content:
             _session_id(fields, "device"),
             fields.blob("overlay", size=KEY_BYTES),
             fields.text("name", max_len=MAX_NAME_CHARS),
-            fields.uint("ts"),
+            fields.uint("ts", maximum=MAX_TIMESTAMP_MS),
             fields.blob("request", max_len=1024) if fields.has("request") else None,
         )
     if kind == "device_revoked":

@@ -23,7 +23,10 @@ Two multi-device modes, fixed when the device is created (seed document, DESIGN.
 Everything that arrives from outside is hostile until checked: a record that does not
 open, verify, decode, or belong where it was found is refused and noted in
 :attr:`Device.rejections`, and the device goes on. A record that cannot be checked *yet*
-(the file server is unreachable) waits in the store and is retried.
+(the file server is unreachable) waits in the store and is retried. Either way the read
+position moves past it, so no record is read twice and none can stop the inbox: one that
+trips an error nobody foresaw is refused the same way (and counted), not left to end the
+receive loop and be met again, and fatally, on every later start.
 """
 
 from __future__ import annotations
@@ -64,8 +67,14 @@ from ..mapping import (
     revoke_pairing,
     sign_pairing_request,
 )
-from ..opengroup import OpenGroupClient, PostReceipt, RoomMessage, sign_post
-from ..rpc import RpcPool, open_rpc_pool
+from ..opengroup import (
+    OpenGroupClient,
+    PostReceipt,
+    RoomMessage,
+    sign_post,
+    sign_room_request,
+)
+from ..rpc import KeyedRateLimit, RpcPool, open_rpc_pool
 from ..swarm.client import Cursor, Message, SwarmClient
 from ..swarm.constants import (
     CLOCK_SKEW_MS,
@@ -99,7 +108,13 @@ from .content import (
     encode_content,
 )
 from .keys import choice_seed, overlay_public, overlay_seed, pairing_nonce, siblings_secret
-from .pairing import pairing_code
+from .pairing import (
+    REQUEST_KEY_REFILL_S,
+    REQUEST_REFILL_S,
+    REQUESTS_BURST,
+    REQUESTS_PER_KEY,
+    pairing_code,
+)
 from .store import Contact, Copy, DeviceStore, HistoryItem, OutboxEntry, Pairing, Pending
 
 logger = logging.getLogger(__name__)
@@ -113,6 +128,13 @@ MAX_REJECTIONS = 1000
 #: A sibling standing in for a message's origin stores the sync copy after this many
 #: grace periods, if the origin has gone away without storing it.
 TAKEOVER_GRACES = 3
+#: How far ahead of this device's clock a message may be dated. Honest devices keep within
+#: ``CLOCK_SKEW_MS`` of the storage nodes (their signed requests need it), so an honest
+#: date runs ahead by a few of those at most; an hour leaves any honest clock room. A
+#: message dated later (year 3000, say) is refused rather than filed at the end of its
+#: conversation for ever, and not clamped to now either: each sibling would clamp to its
+#: own clock, and siblings whose histories disagree on a message's time never reconcile.
+MAX_AHEAD_MS = 3_600_000
 
 
 class DeviceError(P2PSyncError):
@@ -227,6 +249,16 @@ class Device:
         self._retrying = False
         self._sync_scope = trio.CancelScope()
         self.rejections: deque[Rejection] = deque(maxlen=MAX_REJECTIONS)
+        #: Every inbound record refused since the device opened (``rejections`` keeps the
+        #: latest ``MAX_REJECTIONS``).
+        self.rejected = 0
+        self._pairing_limit = KeyedRateLimit(
+            REQUESTS_PER_KEY,
+            REQUEST_KEY_REFILL_S,
+            REQUESTS_BURST,
+            REQUEST_REFILL_S,
+            self.clock.now_ms() / 1000,
+        )
         self._device_sets: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._changed = trio.Event()
         self._paired = trio.Event()
@@ -291,7 +323,10 @@ class Device:
                 await changed.wait()
 
     def _file_message(self, digest: bytes, record: HistoryRecord) -> bool:
-        """Add to history unless known; True if it was new."""
+        """Add to history unless known; True if it was new. :class:`Refused` if dated
+        further ahead than ``MAX_AHEAD_MS``."""
+        if record.timestamp_ms > self.clock.now_ms() + MAX_AHEAD_MS:
+            raise Refused(f"a message dated {record.timestamp_ms}, ahead of this device's clock")
         if self.store.add_message(
             digest,
             record.timestamp_ms,
@@ -613,6 +648,8 @@ class Device:
             self.store.defer(digest, identity.session_id, namespace, data)
             if not self._retrying:
                 self._wake_outbox()  # the pump retries deferred records, with back-off
+        except Exception as exc:  # see the module docstring: one record never stops the inbox
+            self._reject(kind, f"unexpected {type(exc).__name__}: {exc}")
 
     async def _retry_deferred(self) -> None:
         identities = {identity.session_id: identity for identity, _ in self._streams()}
@@ -627,6 +664,7 @@ class Device:
 
     def _reject(self, kind: str, reason: str) -> None:
         logger.warning("%s: refused a %s: %s", self.name, kind, reason)
+        self.rejected += 1
         self.rejections.append(Rejection(self.clock.now_ms(), kind, reason))
 
     async def _apply(
@@ -896,6 +934,10 @@ class Device:
             if self.mode == "linked":
                 return  # a sibling's own request, still in the swarm the account shares
             raise Refused("a pairing request from a device that is already paired")
+        # Before any work that costs us (checking the signed request, signing a challenge,
+        # storing it): anyone can seal requests to us (see :mod:`.pairing`).
+        if not self._pairing_limit.allow(envelope.sender, now / 1000):
+            raise Refused("too many pairing requests: this one is dropped")
         joining = {"device": request.device, "overlay": request.overlay}
         if self.mode == "mapped":
             if request.request is None:
@@ -1014,7 +1056,10 @@ class Device:
         return OpenGroupClient(await self._pool.get(self.network.opengroup_url))
 
     async def create_room(self, room: str) -> bool:
-        return await (await self._opengroup()).create_room(room)
+        """Create a public room (signed by this user: the server rations rooms per key);
+        False if it exists already."""
+        request = sign_room_request(self.identity, room, self.clock.now_ms())
+        return await (await self._opengroup()).create_room(request)
 
     async def post(self, room: str, text: str) -> PostReceipt:
         """Post to a public room, signed by this device; the server attributes it to the user."""
@@ -1150,12 +1195,11 @@ class Device:
         """A sibling pushed a message over the overlay."""
         try:
             record = HistoryRecord.from_bytes(item.body)
-        except DecodeError as exc:
+            with self.store.transaction():
+                if self._file_message(item.id, record) and record.outgoing:
+                    self._stand_in(sibling, item, record)
+        except (DecodeError, Refused) as exc:
             self._reject("live MSG", f"from sibling {sibling[:12]}…: {exc}")
-            return
-        with self.store.transaction():
-            if self._file_message(item.id, record) and record.outgoing:
-                self._stand_in(sibling, item, record)
 
     def _stand_in(self, origin: str, item: Item, record: HistoryRecord) -> None:
         """A message ``origin`` just sent: if ``origin`` goes away before storing the sync

@@ -12,6 +12,16 @@ no amount of work beforehand changes that. The new device believes only a challe
 signed by the device it asked.
 
 Six digits, grouped in threes to read aloud.
+
+Answering a request costs the primary a signature and a stored message (the challenge),
+and anyone can seal requests to it, so it answers a requester key at most
+:data:`REQUESTS_PER_KEY` times at once and then once per :data:`REQUEST_KEY_REFILL_S`,
+and all requesters together at most :data:`REQUESTS_BURST` times, then once per
+:data:`REQUEST_REFILL_S`; a request beyond that is refused before any of that work. An
+honest new device makes one request per attempt, so it passes while another key floods.
+A ``linked`` request is sealed by a key made for it alone, so there the total is what a
+flood of fresh keys runs into: while one lasts, honest requests are refused as well, and
+the new device, hearing no challenge within the pairing window, asks the user to try again.
 """
 
 from __future__ import annotations
@@ -19,6 +29,10 @@ from __future__ import annotations
 import hashlib
 
 CODE_DIGITS = 6
+REQUESTS_PER_KEY = 3
+REQUEST_KEY_REFILL_S = 600.0
+REQUESTS_BURST = 10
+REQUEST_REFILL_S = 60.0
 _PERSON = b"p2psync-paircode"
 
 

@@ -15,16 +15,18 @@ from hypothesis import strategies as st
 from p2psync.device.content import (
     ContactRecord,
     DeviceRevoked,
+    HistoryRecord,
     PairChallenge,
     PairGrant,
+    PairRequest,
     SyncSent,
     Text,
     decode_content,
     encode_content,
 )
-from p2psync.device.device import Device, PairingError
-from p2psync.device.pairing import pairing_code
-from p2psync.envelope import seal_envelope
+from p2psync.device.device import MAX_AHEAD_MS, Device, PairingError
+from p2psync.device.pairing import REQUESTS_PER_KEY, pairing_code
+from p2psync.envelope import MAX_TIMESTAMP_MS, Envelope, open_envelope, seal_envelope
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver import open_fileserver_client
 from p2psync.identity import Identity, session_id_key
@@ -34,17 +36,24 @@ from p2psync.swarm.client import SwarmClient, open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 
 from ..swarm.helpers import wait_until
-from .helpers import befriend, device, open_world, pair
+from .helpers import befriend, device, open_world, pair, stored_kinds, texts
 
 MALLORY = Identity.from_label("mallory")
 
 
 async def inject(
-    swarm: SwarmClient, sender: Identity, recipient: str, namespace: int, content: object
+    swarm: SwarmClient,
+    sender: Identity,
+    recipient: str,
+    namespace: int,
+    content: object,
+    timestamp_ms: int | None = None,
 ) -> None:
-    """Store a record as an attacker would: correctly sealed, signed by the attacker."""
+    """Store a record as an attacker would: correctly sealed, signed by the attacker, dated
+    now unless told otherwise."""
     kind, body = encode_content(content)  # type: ignore[arg-type]
-    data = seal_envelope(sender, session_id_key(recipient), kind, body, swarm.clock.now_ms())
+    when = swarm.clock.now_ms() if timestamp_ms is None else timestamp_ms
+    data = seal_envelope(sender, session_id_key(recipient), kind, body, when)
     await swarm.store(recipient, namespace, data)
 
 
@@ -282,3 +291,117 @@ def test_the_code_comes_from_the_primarys_nonce_too_so_it_cannot_be_ground_in_ad
     assert len(set(codes)) > 45  # a new nonce, a new code: nothing to aim at beforehand
     assert all(len(code) == 7 and code[3] == " " for code in codes)
     assert pairing_code(request_id, bytes(32)) == pairing_code(request_id, bytes(32))
+
+
+YEAR_MS = 365 * 86_400_000
+
+
+@pytest.mark.parametrize("dated", ["2**64-1", "2**63", "year 10000", "1000 years on", "an hour on"])
+async def test_a_friends_poisoned_date_is_refused_and_the_inbox_goes_on(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, dated: str
+) -> None:
+    """A message dated 2**64 - 1 once overflowed the history's SQLite integer, left the
+    read position behind it and so stopped the inbox on every start. Dates beyond 64 bits
+    signed are refused when the envelope is decoded, far-future ones when filed; either way
+    the device counts it, moves past it, and does not meet it again after a restart."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "bob", "linked") as bob,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        now = network.clock.now_ms()
+        timestamp_ms = {
+            "2**64-1": 2**64 - 1,
+            "2**63": 2**63,
+            "year 10000": MAX_TIMESTAMP_MS + 1,
+            "1000 years on": now + 1000 * YEAR_MS,
+            "an hour on": now + MAX_AHEAD_MS + 60_000,
+        }[dated]
+        async with device(network, tmp_path, "alice", "linked") as alice:
+            await befriend(alice, bob)
+            poison = Text(bob.session_id, "poison")
+            await inject(
+                swarm, bob.identity, alice.session_id, NAMESPACE_MESSAGES, poison, timestamp_ms
+            )
+            reason = await refusal(alice)
+            assert "ts must be an integer" in reason or "ahead of this device's clock" in reason
+            await bob.send(alice.session_id, "after the poison")
+            await wait_until(lambda: texts(alice, bob.session_id) == [(False, "after the poison")])
+            assert alice.rejected == 1
+        # After a restart the inbox goes on; a swarm member that got the poison late may
+        # hand it out again (reads go in each member's own arrival order): refused again.
+        async with device(network, tmp_path, "alice") as alice:
+            await bob.send(alice.session_id, "after a restart")
+            await wait_until(lambda: len(alice.history()) == 2)
+            assert texts(alice, bob.session_id)[-1] == (False, "after a restart")
+            assert all(r.reason == reason for r in alice.rejections)
+            assert alice.rejected == len(alice.rejections) <= 1
+
+
+def test_dates_past_year_9999_do_not_decode() -> None:
+    alice = Identity.from_label("alice")
+    for timestamp_ms in (MAX_TIMESTAMP_MS + 1, 2**63, 2**64 - 1):
+        kind, body = encode_content(Text(MALLORY.session_id, "x"))
+        data = seal_envelope(MALLORY, alice.x25519_public, kind, body, timestamp_ms)
+        with pytest.raises(DecodeError, match="ts must be an integer"):
+            open_envelope(alice, data)
+        record = HistoryRecord(
+            timestamp_ms, alice.session_id, False, alice.session_id, alice.session_id, "x"
+        )
+        with pytest.raises(DecodeError, match="ts must be an integer"):
+            HistoryRecord.from_bytes(record.to_bytes())
+
+
+async def test_a_flood_of_pairing_requests_gets_few_answers_and_pairing_still_works(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Answering a pairing request costs the primary a signature and a stored challenge:
+    one requester key gets ``REQUESTS_PER_KEY`` answers, the rest are dropped unanswered,
+    and an honest new device pairs right after."""
+    flood = 20
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        for n in range(flood):
+            request = PairRequest(
+                "linked", MALLORY.session_id, bytes(32), f"fake {n}", swarm.clock.now_ms(), None
+            )
+            await inject(swarm, MALLORY, phone.session_id, NAMESPACE_CONTROL, request)
+        await wait_until(lambda: phone.rejected == flood - REQUESTS_PER_KEY)
+        assert all("too many pairing requests" in r.reason for r in phone.rejections)
+        answers = stored_kinds(network, MALLORY, NAMESPACE_CONTROL)
+        assert answers == ["pair_challenge"] * REQUESTS_PER_KEY
+        async with device(network, tmp_path, "tablet", "linked") as tablet:
+            ticket = await tablet.request_pairing(phone.session_id)
+            await wait_until(lambda: ticket.code in [o.code for o in phone.pairing_requests()])
+            await phone.accept_pairing(ticket.code)
+            with trio.fail_after(60):
+                await tablet.wait_paired()
+
+
+async def test_a_record_that_trips_an_unforeseen_error_is_refused_not_fatal(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a record makes go wrong, it costs that record only: refused, counted, read
+    past; the inbox goes on (stands in for the next overflow nobody has found yet)."""
+
+    def fragile(recipient: Identity, data: bytes) -> Envelope:
+        envelope = open_envelope(recipient, data)
+        if b"boom" in envelope.body:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return envelope
+
+    monkeypatch.setattr("p2psync.device.device.open_envelope", fragile)
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice", "linked") as alice,
+        device(network, tmp_path, "bob", "linked") as bob,
+    ):
+        await befriend(alice, bob)
+        await bob.send(alice.session_id, "boom")
+        await bob.send(alice.session_id, "still here")
+        await wait_until(lambda: texts(alice, bob.session_id) == [(False, "still here")])
+        assert alice.rejected == 1
+        assert "unexpected OverflowError" in alice.rejections[0].reason
