@@ -14,8 +14,14 @@ PATH_ID_BYTES = 16
 DEFAULT_HOPS = 3
 MIN_HOPS = 1
 MAX_HOPS = 8
-#: Per-hop layer overhead: 8-byte nonce counter + 16-byte Poly1305 tag.
+#: Per-hop layer overhead: 8-byte counter tag (a keyed hash of the counter, never the
+#: counter itself) + 16-byte Poly1305 tag.
 LAYER_OVERHEAD_BYTES = 24
+#: How many counters past the expected one a hop recognises, to tell cells lost on the
+#: way (the path is broken: torn down) from replays and junk (dropped, the path lives on).
+#: A burst of more losses than this reads as junk too; the owner then finds the path dead
+#: by its unanswered pings. Junk costs a hop this many 8-byte comparisons, no hashing.
+LAYER_GAP_WINDOW = 32
 #: What reaches the terminal hop whatever the path length (hides length from the endpoint's
 #: payload format; the terminal sees at least this much).
 TERMINAL_PAYLOAD_BYTES = CELL_BODY_BYTES - MAX_HOPS * LAYER_OVERHEAD_BYTES
@@ -26,6 +32,12 @@ BUILD_FRAME_BYTES = 32 + BUILD_RECORD_PLAINTEXT_BYTES + 16
 BUILD_FRAMES = MAX_HOPS
 
 DEFAULT_PATH_LIFETIME_MS = 10 * 60 * 1000
+#: Longest path a relay agrees to carry (Lokinet keeps paths 20 min): a hop whose build
+#: record names a later expiry is refused, so nobody can pin relay state for ever.
+MAX_PATH_LIFETIME_MS = 30 * 60 * 1000
+#: How far a builder's clock may run ahead of a relay's before its builds are refused
+#: for expiring too late (the same allowance as signed requests to service nodes).
+CLOCK_SKEW_ALLOWANCE_MS = 60 * 1000
 #: Rebuild this long before expiry so traffic never waits for a build.
 PATH_REBUILD_MARGIN_MS = 60 * 1000
 DEFAULT_PATHS_PER_ENDPOINT = 2
@@ -40,11 +52,25 @@ INTROSET_REPLICAS = 4
 INTROSET_LIFETIME_MS = 20 * 60 * 1000
 INTROSET_REPUBLISH_MS = 150 * 1000
 INTROSET_MAX_BYTES = 1024
+#: Introsets one relay holds at most: 16 Ki × INTROSET_MAX_BYTES bounds the store at 16 MiB,
+#: about four introsets for every endpoint of a network of 16 000 endpoints and as many
+#: relays (each introset lives on INTROSET_REPLICAS of them). Past it, PUTs for new
+#: locations are refused (FULL) until some expire.
+INTROSET_STORE_MAX = 16 * 1024
+#: Introsets that one link (one neighbour relay, or one directly connected endpoint) may
+#: have stored at once: a sixteenth of the store, so one peer flooding PUTs fills its own
+#: share and gets FULL while every other link is still served.
+INTROSET_STORE_PER_LINK_MAX = INTROSET_STORE_MAX // 16
 #: Intros per introset (the freshest paths); 4 keep it well under INTROSET_MAX_BYTES.
 INTROSET_MAX_INTROS = 4
 #: Blinded rendezvous keys rotate once per epoch; lookups try this epoch and the last.
 RENDEZVOUS_EPOCH_MS = 24 * 60 * 60 * 1000
 DHT_REQUEST_TIMEOUT_MS = 2_000
+#: DHT requests a relay forwards for its paths and keeps awaiting answers to, at most. Each
+#: is kept only while its endpoint waits (DHT_REQUEST_TIMEOUT_MS), so the cap matters only
+#: under a flood or a neighbour that never answers: past it the oldest is forgotten, which
+#: takes over 2 000 forwarded requests a second, and costs a few hundred bytes an entry.
+DHT_PENDING_MAX = 4096
 #: A DHT request lost on the way (cells can be) is retried this many times in all.
 DHT_ATTEMPTS = 3
 

@@ -34,6 +34,7 @@ from .constants import (
     INTROSET_REPUBLISH_MS,
     LINK_QUEUE_CELLS,
     MAX_HOPS,
+    MAX_PATH_LIFETIME_MS,
     MIN_HOPS,
     PATH_CHECK_INTERVAL_MS,
     PATH_PING_INTERVAL_MS,
@@ -205,6 +206,8 @@ class Endpoint:
     ) -> None:
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ValueError(f"hops must be in {MIN_HOPS}..{MAX_HOPS}")
+        if not 0 < path_lifetime_ms <= MAX_PATH_LIFETIME_MS:
+            raise ValueError(f"path lifetime must be in 1..{MAX_PATH_LIFETIME_MS} ms")
         self.keys = keys
         self.hops = hops
         self.path_count = paths
@@ -352,6 +355,16 @@ class Endpoint:
                 return
 
     def _on_cell(self, path: Path, data: bytes) -> None:
+        """Handle one cell from a path's first hop. Whatever it holds (the terminal hop and
+        any endpoint that reaches our intro choose much of it), a failure drops this cell
+        only: it must never end the path's receive loop, and with it the endpoint."""
+        try:
+            self._handle_cell(path, data)
+        except Exception as exc:
+            self.stats.cells_dropped += 1
+            logger.warning("endpoint dropped a cell it could not handle: %r", exc)
+
+    def _handle_cell(self, path: Path, data: bytes) -> None:
         now = self._clock.now_ms()
         try:
             cell = decode_cell(data)
@@ -360,6 +373,8 @@ class Endpoint:
             payload = path.unwrap(cell.body, now)
         except (CellError, LayerError):
             self.stats.cells_dropped += 1
+            if path.state is PathState.DEAD:  # a reply went missing: see PathBroken
+                self._drop_path(path)
             return
         kind = payload[0] if payload else 0
         if kind == Payload.BUILT:
@@ -379,20 +394,19 @@ class Endpoint:
                 waiter[0].set()
 
     def _send_on(self, path: Path, payload: bytes) -> None:
-        direct = self._direct.get(path.first_id)
-        if direct is not None:
-            try:
-                direct.send_nowait(path.wrap(payload))
-            except (trio.WouldBlock, LinkClosed):
-                self.stats.cells_dropped += 1
-            return
-        sender = self._senders.get(path.first_id)
-        if sender is None:
+        """Send ``payload`` along ``path``. A cell that cannot be handed to the link was
+        counted by every hop already, so the next one would break the path at its first
+        hop (see PathBroken): the path is given up at once instead."""
+        link: Link | trio.MemorySendChannel[bytes] | None = self._direct.get(
+            path.first_id
+        ) or self._senders.get(path.first_id)
+        if link is None:
             return
         try:
-            sender.send_nowait(path.wrap(payload))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            link.send_nowait(path.wrap(payload))
+        except (trio.WouldBlock, LinkClosed, trio.ClosedResourceError, trio.BrokenResourceError):
             self.stats.cells_dropped += 1
+            self._drop_path(path)
 
     async def ping(self, path: Path, padding_bytes: int = 0) -> None:
         """One round trip to ``path``'s terminal hop with ``padding_bytes`` of filler each
@@ -685,15 +699,16 @@ async def open_endpoint(
 ) -> AsyncIterator[Endpoint]:
     """An endpoint with ``paths`` paths of ``hops`` relays picked from ``directory``.
 
-    ``seed`` makes relay choice reproducible; ``local_name`` names this host on a
-    :class:`MemoryNetwork` (for per-host faults and profiles).
+    ``seed`` makes relay choice reproducible in a simulation (see :func:`relay_choice`);
+    ``local_name`` names this host on a :class:`MemoryNetwork` (for per-host faults and
+    profiles).
     """
     clock = clock or Clock()
     keys = KeyPair.from_seed(identity_seed)
     verified = verified_directory(directory, clock.now_ms())
     if len(verified) < hops:
         raise ValueError(f"{hops}-hop paths need at least {hops} verified relay contacts")
-    rng = random.Random(seed)
+    rng = relay_choice(transport, seed)
     async with open_task_nursery() as nursery:
         endpoint = Endpoint(
             keys,
@@ -710,3 +725,17 @@ async def open_endpoint(
         nursery.start_soon(endpoint._keep_paths)
         nursery.start_soon(endpoint._republish)
         yield endpoint
+
+
+def relay_choice(transport: Transport, seed: int | None) -> random.Random:
+    """The random source an endpoint picks its relays with.
+
+    In a simulation (a :attr:`~overlay.link.Transport.simulated` transport) a ``seed``
+    makes runs repeat. Anywhere else relays are picked with fresh OS randomness, seed or
+    not: a device that seeded its choice from its own identity would pick the same relays
+    after every restart, and those relays (or whoever watches them) could follow it across
+    address changes by the relays it picks.
+    """
+    if transport.simulated and seed is not None:
+        return random.Random(seed)
+    return random.SystemRandom()

@@ -98,6 +98,10 @@ LinkHandler = Callable[[Link], Awaitable[None]]
 class Transport(ABC):
     """Makes links. ``serve`` runs until cancelled and reports its bound address."""
 
+    #: True for in-process emulations, where no real host has an address to protect:
+    #: only there may choices that would link a host over time be made reproducible.
+    simulated: bool = False
+
     @abstractmethod
     async def serve(
         self,
@@ -129,7 +133,14 @@ async def run_handler(handler: LinkHandler, link: Link) -> None:
 
 @dataclass(frozen=True)
 class LinkProfile:
-    """Emulated conditions of one direction of a link."""
+    """Emulated conditions of one direction of a link.
+
+    ``loss`` is the chance that a message is lost on the wire. Links are reliable, like
+    the TCP they stand in for, so a lost message is not dropped but sent again after a
+    retransmission timeout (doubling on each loss in a row), holding up the messages
+    behind it: loss shows as delay and jitter, never as a gap. (The overlay relies on
+    that: a cell missing from a path breaks the path, see ``overlay.onion.PathBroken``.)
+    """
 
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
@@ -144,6 +155,8 @@ class LinkProfile:
 
 
 _QUEUE_MESSAGES = 256
+#: Delay of a message's first retransmission after a loss: TCP's minimum timeout (Linux).
+_RETRANSMISSION_TIMEOUT_MS = 200.0
 
 
 class _MemoryLink(Link):
@@ -165,8 +178,8 @@ class _MemoryLink(Link):
 
     supports_send_nowait = True
 
-    def _schedule(self, message: bytes) -> tuple[float, bytes] | None:
-        """Arrival time and bytes of a message, or None if the emulated network lost it."""
+    def _schedule(self, message: bytes) -> tuple[float, bytes]:
+        """Arrival time and bytes of a message."""
         if not isinstance(message, bytes | bytearray):
             raise TypeError("links carry bytes")
         if len(message) > self._network.max_message_bytes:
@@ -176,10 +189,12 @@ class _MemoryLink(Link):
             self._incoming.close()
             raise LinkClosed(f"link {self.local} → {self.peer} is down")
         profile = self._network.profile(self.local, self.peer)
-        if profile.loss and self._network.random.random() < profile.loss:
-            return None
         now = trio.current_time()
         delay = profile.latency_ms + profile.jitter_ms * self._network.random.random()
+        timeout = _RETRANSMISSION_TIMEOUT_MS
+        while profile.loss and self._network.random.random() < profile.loss:
+            delay += timeout
+            timeout *= 2
         if profile.bandwidth_bps:
             delay += len(message) * 8_000.0 / profile.bandwidth_bps
         # Delivery stays in order, like the TCP link it stands in for.
@@ -188,9 +203,6 @@ class _MemoryLink(Link):
 
     async def send(self, message: bytes) -> None:
         item = self._schedule(message)
-        if item is None:
-            await trio.lowlevel.checkpoint()
-            return
         try:
             await self._outgoing.send(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -198,8 +210,6 @@ class _MemoryLink(Link):
 
     def send_nowait(self, message: bytes) -> None:
         item = self._schedule(message)
-        if item is None:
-            return
         try:
             self._outgoing.send_nowait(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -263,6 +273,7 @@ class MemoryNetwork(Transport):
     seed: int = 0
     default_profile: LinkProfile = field(default_factory=LinkProfile)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    simulated = True
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.seed)
@@ -348,6 +359,7 @@ class HostView(Transport):
 
     network: MemoryNetwork
     name: str
+    simulated = True
 
     async def serve(
         self,

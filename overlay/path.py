@@ -7,12 +7,13 @@ Payloads to and from the terminal hop are :class:`Payload` kinds (first byte).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .cells import CellKind, frame_payload, make_cell, unframe_payload
 from .constants import (
     DEFAULT_PATH_LIFETIME_MS,
     MAX_HOPS,
+    MAX_PATH_LIFETIME_MS,
     MIN_HOPS,
     PATH_BUILD_TIMEOUT_MS,
     PATH_PING_TIMEOUT_MS,
@@ -22,14 +23,13 @@ from .constants import (
 from .contact import Contact
 from .onion import (
     BuildRecord,
-    HopKeys,
-    LayerError,
+    LayerOpener,
+    LayerSealer,
+    PathBroken,
     layer_bytes,
     new_path_id,
-    open_layer,
     pad_body,
     seal_build_frames,
-    seal_layer,
 )
 
 #: Largest payload an endpoint can hand its terminal hop in one cell.
@@ -59,7 +59,9 @@ class Path:
     """One path of ``len(hops)`` relays, owned by an endpoint."""
 
     hops: list[Contact]
-    keys: list[HopKeys]
+    #: Per hop, nearest first: the sealer of its outward layer, the opener of its replies.
+    sealers: list[LayerSealer]
+    openers: list[LayerOpener]
     first_id: bytes
     intro_id: bytes
     created_ms: int
@@ -67,8 +69,6 @@ class Path:
     state: PathState = PathState.BUILDING
     last_heard_ms: int = 0
     ping_sent_ms: int | None = None
-    _forward_counters: list[int] = field(default_factory=list)
-    _backward_seen: list[int] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -77,6 +77,8 @@ class Path:
         """A new path and the build cell to send to its first hop."""
         if not MIN_HOPS <= len(hops) <= MAX_HOPS:
             raise ValueError(f"a path has {MIN_HOPS}..{MAX_HOPS} hops")
+        if not 0 < lifetime_ms <= MAX_PATH_LIFETIME_MS:
+            raise ValueError(f"a path lives at most {MAX_PATH_LIFETIME_MS} ms (relays refuse more)")
         if len({h.pubkey for h in hops}) != len(hops):
             raise ValueError("a relay appears twice in the path")
         ids = [new_path_id() for _ in range(len(hops) + 1)]
@@ -92,16 +94,16 @@ class Path:
             for i in range(len(hops))
         ]
         body, keys = seal_build_frames(records, [h.x25519 for h in hops])
+        sealers, openers = zip(*(k.owner_side() for k in keys), strict=True)
         path = cls(
             hops=list(hops),
-            keys=keys,
+            sealers=list(sealers),
+            openers=list(openers),
             first_id=ids[0],
             intro_id=ids[-1],
             created_ms=now_ms,
             expiry_ms=expiry_ms,
             last_heard_ms=now_ms,
-            _forward_counters=[0] * len(hops),
-            _backward_seen=[0] * len(hops),
         )
         return path, make_cell(CellKind.BUILD, ids[0], pad_body(body))
 
@@ -110,27 +112,23 @@ class Path:
         return self.hops[-1]
 
     def wrap(self, payload: bytes) -> bytes:
-        """The DATA cell that carries ``payload`` to the terminal hop."""
-        hops = len(self.hops)
-        inner = frame_payload(payload, layer_bytes(hops + 1))
-        for index in range(hops - 1, -1, -1):
-            self._forward_counters[index] += 1
-            keys = self.keys[index]
-            inner = seal_layer(
-                keys.forward_key, keys.forward_prefix, self._forward_counters[index], inner
-            )
+        """The DATA cell that carries ``payload`` to the terminal hop. Every hop counts
+        it, so a cell wrapped and then not sent breaks the path."""
+        inner = frame_payload(payload, layer_bytes(len(self.hops) + 1))
+        for sealer in reversed(self.sealers):
+            inner = sealer.seal(inner)
         return make_cell(CellKind.DATA, self.first_id, inner)
 
     def unwrap(self, body: bytes, now_ms: int) -> bytes:
-        """The payload of a DATA cell that came back along this path (LayerError if not)."""
+        """The payload of a DATA cell that came back along this path (LayerError if not).
+        A reply lost on the way (:class:`PathBroken`) leaves the path dead."""
         inner = body
-        for index, keys in enumerate(self.keys):
-            counter, inner = open_layer(
-                keys.backward_key, keys.backward_prefix, inner[: layer_bytes(index + 1)]
-            )
-            if counter <= self._backward_seen[index]:
-                raise LayerError("replayed or reordered cell")
-            self._backward_seen[index] = counter
+        try:
+            for index, opener in enumerate(self.openers):
+                inner = opener.open(inner[: layer_bytes(index + 1)])
+        except PathBroken:
+            self.state = PathState.DEAD
+            raise
         self.last_heard_ms = now_ms
         return unframe_payload(inner)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,19 +24,21 @@ import trio
 
 from .cells import CellError, CellKind, decode_cell, frame_payload, make_cell, unframe_payload
 from .clock import Clock
-from .constants import LINK_QUEUE_CELLS, PATH_ID_BYTES
+from .constants import DHT_PENDING_MAX, DHT_REQUEST_TIMEOUT_MS, LINK_QUEUE_CELLS, PATH_ID_BYTES
 from .contact import Contact, make_contact, verified_directory
 from .dht import IntrosetStore
 from .keys import KeyPair
 from .link import Link, LinkClosed, Transport
 from .onion import (
-    HopKeys,
     LayerError,
+    LayerOpener,
+    LayerSealer,
+    PathBroken,
+    RecordError,
+    ReplayedLayer,
     layer_bytes,
     open_build_frame,
-    open_layer,
     pad_body,
-    seal_layer,
 )
 from .path import Payload
 
@@ -59,6 +62,8 @@ class RelayStats:
     dropped_wrong_link: int = 0
     dropped_unknown_relay: int = 0
     dropped_queue_full: int = 0
+    #: Cells that came after a lost one: each tore its path down (see PathBroken).
+    dropped_gap: int = 0
 
     @property
     def dropped(self) -> int:
@@ -70,20 +75,20 @@ class RelayStats:
             + self.dropped_wrong_link
             + self.dropped_unknown_relay
             + self.dropped_queue_full
+            + self.dropped_gap
         )
 
 
 @dataclass
 class _Hop:
-    keys: HopKeys
+    forward: LayerOpener
+    backward: LayerSealer
     hop_index: int
     expiry_ms: int
     up_link: str
     up_id: bytes
     down_link: str | None
     down_id: bytes
-    forward_seen: int = 0
-    backward_counter: int = 0
 
 
 @dataclass
@@ -95,11 +100,15 @@ class RelayCore:
     #: Sees every cell this relay is handed, as the relay does: for audits of what a relay
     #: learns (the demo's privacy table), never for routing.
     observer: Callable[[bytes], None] | None = None
+    #: Forwarded DHT requests kept awaiting an answer, at most (see DHT_PENDING_MAX).
+    max_pending_dht: int = DHT_PENDING_MAX
     _upstream: dict[bytes, _Hop] = field(default_factory=dict)
     _downstream: dict[bytes, _Hop] = field(default_factory=dict)
     _intros: dict[bytes, _Hop] = field(default_factory=dict)
     _seen_builds: dict[bytes, int] = field(default_factory=dict)
-    _pending_dht: dict[bytes, tuple[_Hop, bytes]] = field(default_factory=dict)
+    #: token → (hop, the endpoint's request id, when to stop waiting), in arrival order
+    #: (an OrderedDict: a plain dict's first key slows down as entries leave its front)
+    _pending_dht: OrderedDict[bytes, tuple[_Hop, bytes, int]] = field(default_factory=OrderedDict)
 
     def receive(self, link: str, data: bytes, now_ms: int) -> list[Send]:
         if self.observer is not None:
@@ -118,7 +127,7 @@ class RelayCore:
                 return self._deliver(cell.id, unframe_payload(cell.body))
             if cell.kind is CellKind.DHT_REQUEST:
                 self.stats.dht_requests += 1
-                response = self.store.handle(unframe_payload(cell.body), now_ms)
+                response = self.store.handle(link, unframe_payload(cell.body), now_ms)
                 return [
                     (
                         link,
@@ -128,13 +137,15 @@ class RelayCore:
                     )
                 ]
             pending = self._pending_dht.pop(cell.id, None)
-            if pending is None:
+            if pending is None or pending[2] <= now_ms:  # its endpoint stopped waiting
                 self.stats.dropped_unknown_path += 1
                 return []
-            hop, request_id = pending
+            hop, request_id, _ = pending
             return self._to_owner(
                 hop, bytes((Payload.DHT_RESULT,)) + request_id + unframe_payload(cell.body)
             )
+        except RecordError:
+            self.stats.dropped_malformed += 1
         except LayerError:
             self.stats.dropped_tampered += 1
         except (CellError, ValueError, IndexError):
@@ -156,6 +167,7 @@ class RelayCore:
                 del table[key]
         for key in [k for k, e in self._seen_builds.items() if e <= now_ms]:
             del self._seen_builds[key]
+        self._expire_pending_dht(now_ms)
         self.store.expire(now_ms)
 
     def link_lost(self, link: str) -> None:
@@ -168,16 +180,20 @@ class RelayCore:
     def hop_count(self) -> int:
         return len(self._upstream)
 
+    @property
+    def pending_dht_count(self) -> int:
+        """Forwarded DHT requests still awaiting an answer."""
+        return len(self._pending_dht)
+
     # --- cells --------------------------------------------------------------------------
 
     def _build(self, link: str, path_id: bytes, body: bytes, now_ms: int) -> list[Send]:
-        ephemeral, record, keys, rest = open_build_frame(body, self.keys.dh)
+        ephemeral, record, keys, rest = open_build_frame(body, self.keys.dh, now_ms)
         if ephemeral in self._seen_builds:
             self.stats.dropped_replay += 1
             return []
         if (
             record.upstream_id != path_id
-            or record.expiry_ms <= now_ms
             or path_id in self._upstream
             or record.downstream_id in self._downstream
             or record.downstream_id in self._intros
@@ -193,7 +209,13 @@ class RelayCore:
             down_link = f"out:{contact.address}"
         self._seen_builds[ephemeral] = record.expiry_ms
         hop = _Hop(
-            keys, record.hop_index, record.expiry_ms, link, path_id, down_link, record.downstream_id
+            *keys.relay_side(),
+            record.hop_index,
+            record.expiry_ms,
+            link,
+            path_id,
+            down_link,
+            record.downstream_id,
         )
         self._upstream[path_id] = hop
         self.stats.builds += 1
@@ -209,13 +231,15 @@ class RelayCore:
             if hop.up_link != link:
                 self.stats.dropped_wrong_link += 1
                 return []
-            counter, inner = open_layer(
-                hop.keys.forward_key, hop.keys.forward_prefix, body[: layer_bytes(hop.hop_index)]
-            )
-            if counter <= hop.forward_seen:
+            try:
+                inner = hop.forward.open(body[: layer_bytes(hop.hop_index)])
+            except ReplayedLayer:
                 self.stats.dropped_replay += 1
                 return []
-            hop.forward_seen = counter
+            except PathBroken:
+                self.stats.dropped_gap += 1
+                self._forget(hop)
+                return []
             if hop.down_link is None:
                 return self._terminal(hop, unframe_payload(inner), now_ms)
             self.stats.forwarded += 1
@@ -231,11 +255,15 @@ class RelayCore:
         return [self._backward(hop, body[: layer_bytes(hop.hop_index + 1)])]
 
     def _backward(self, hop: _Hop, inner: bytes) -> Send:
-        hop.backward_counter += 1
-        sealed = seal_layer(
-            hop.keys.backward_key, hop.keys.backward_prefix, hop.backward_counter, inner
-        )
+        sealed = hop.backward.seal(inner)
         return hop.up_link, make_cell(CellKind.DATA, hop.up_id, pad_body(sealed))
+
+    def _forget(self, hop: _Hop) -> None:
+        """Tear this relay's part of a path down: later cells in either direction are
+        dropped as of an unknown path, and the owner finds the path dead by its pings."""
+        self._upstream.pop(hop.up_id, None)
+        table = self._intros if hop.down_link is None else self._downstream
+        table.pop(hop.down_id, None)
 
     def _to_owner(self, hop: _Hop, payload: bytes) -> list[Send]:
         return [self._backward(hop, frame_payload(payload, layer_bytes(hop.hop_index + 1)))]
@@ -261,17 +289,38 @@ class RelayCore:
             request_id, relay, request = payload[1:9], payload[9:41], payload[41:]
             if relay == self.keys.public:
                 self.stats.dht_requests += 1
-                response = self.store.handle(request, now_ms)
+                # Counted against the link the path came in by: one neighbour's share.
+                response = self.store.handle(hop.up_link, request, now_ms)
                 return self._to_owner(hop, bytes((Payload.DHT_RESULT,)) + request_id + response)
             contact = self.directory.get(relay)
             if contact is None:
                 self.stats.dropped_unknown_relay += 1
                 return []
             token = os.urandom(PATH_ID_BYTES)
-            self._pending_dht[token] = (hop, request_id)
+            self._await_dht(token, hop, request_id, now_ms)
             body = frame_payload(request, len(payload))
             return [(f"out:{contact.address}", make_cell(CellKind.DHT_REQUEST, token, body))]
         raise CellError(f"unknown payload kind {kind}")
+
+    def _await_dht(self, token: bytes, hop: _Hop, request_id: bytes, now_ms: int) -> None:
+        """Remember where the answer to a forwarded DHT request goes, for as long as its
+        endpoint waits for it. A neighbour that never answers would otherwise grow the
+        table for ever: past ``max_pending_dht`` the oldest entry, the nearest to giving
+        up anyway, makes room, so a flood shortens waits instead of refusing new requests."""
+        self._expire_pending_dht(now_ms)
+        if len(self._pending_dht) >= self.max_pending_dht:
+            self._pending_dht.popitem(last=False)
+        self._pending_dht[token] = (hop, request_id, now_ms + DHT_REQUEST_TIMEOUT_MS)
+
+    def _expire_pending_dht(self, now_ms: int) -> None:
+        """Forget the DHT requests nobody waits for any more. Entries are in arrival order,
+        so the first is the first to expire and each check costs O(1) amortised (a clock
+        stepping back only delays expiry; the cap still holds)."""
+        while self._pending_dht:
+            token = next(iter(self._pending_dht))
+            if self._pending_dht[token][2] > now_ms:
+                return
+            del self._pending_dht[token]
 
     def _deliver(self, intro_id: bytes, data: bytes) -> list[Send]:
         hop = self._intros.get(intro_id)

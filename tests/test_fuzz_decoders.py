@@ -32,7 +32,13 @@ from hypothesis import strategies as st
 
 import overlay.relay as relay_module
 from overlay.cells import CELL_BYTES, Cell, CellError, CellKind, decode_cell, unframe_payload
-from overlay.constants import CELL_BODY_BYTES, PATH_ID_BYTES
+from overlay.constants import (
+    CELL_BODY_BYTES,
+    CLOCK_SKEW_ALLOWANCE_MS,
+    MAX_HOPS,
+    MAX_PATH_LIFETIME_MS,
+    PATH_ID_BYTES,
+)
 from overlay.contact import Contact, ContactError, make_contact
 from overlay.dht import DhtStatus, IntrosetStore, get_request, put_request
 from overlay.introset import (
@@ -44,15 +50,7 @@ from overlay.introset import (
     verify_introset,
 )
 from overlay.keys import KeyPair
-from overlay.onion import (
-    BuildRecord,
-    HopKeys,
-    LayerError,
-    open_build_frame,
-    open_layer,
-    seal_build_frames,
-    seal_layer,
-)
+from overlay.onion import BuildRecord, HopKeys, LayerError, open_build_frame, seal_build_frames
 from overlay.path import Path, Payload
 from overlay.relay import RelayCore
 from overlay.session import SessionCore, SessionError, SessionState, packet_session_id
@@ -947,26 +945,31 @@ def test_introset_bodies_from_a_hostile_sibling(body: bytes) -> None:
 )
 def test_introset_store_answers_every_request_with_a_status(request: bytes) -> None:
     store = IntrosetStore()
-    store.handle(put_request(_INTROSET), NOW)
-    response = store.handle(request, NOW)
+    store.handle("in:1", put_request(_INTROSET), NOW)
+    response = store.handle("in:1", request, NOW)
     assert response[0] in set(DhtStatus)
 
 
 _LAYER_KEYS = HopKeys.derive(bytes(32))
-_LAYER = seal_layer(_LAYER_KEYS.forward_key, _LAYER_KEYS.forward_prefix, 5, b"layer payload")
+_LAYER = _LAYER_KEYS.owner_side()[0].seal(b"layer payload")
 
 
 @settings(FUZZ, max_examples=80)
 @given(st.one_of(st.binary(max_size=100), byte_mutations(_LAYER)))
 def test_onion_layers_open_only_unchanged(data: bytes) -> None:
-    opened = refused_or_decoded(
-        lambda: open_layer(_LAYER_KEYS.forward_key, _LAYER_KEYS.forward_prefix, data), LayerError
-    )
-    assert opened is None or (data == _LAYER and opened == (5, b"layer payload"))
+    """Only the layer as sealed opens; anything else is refused without moving the hop's
+    counter, so the genuine layer still opens after it."""
+    opener, _ = _LAYER_KEYS.relay_side()
+    opened = refused_or_decoded(lambda: opener.open(data), LayerError)
+    assert opened is None or (data == _LAYER and opened == b"layer payload")
+    if opened is None:
+        assert opener.open(_LAYER) == b"layer payload"
 
 
 _BUILD_RECORD = BuildRecord(bytes(16), bytes(range(16)), bytes(32), NOW + 60_000, 1)
 _BUILD_BODY, _ = seal_build_frames([_BUILD_RECORD], [RELAY.x25519_public])
+#: The latest expiry a relay takes at NOW: anything later would pin its state too long.
+_LATEST_BUILD_EXPIRY = NOW + MAX_PATH_LIFETIME_MS + CLOCK_SKEW_ALLOWANCE_MS
 
 
 @settings(FUZZ, max_examples=90)
@@ -976,10 +979,12 @@ _BUILD_BODY, _ = seal_build_frames([_BUILD_RECORD], [RELAY.x25519_public])
 )
 @example(record=b"\x00" * 10, body=_BUILD_BODY)  # struct.error before the fix
 @example(record=b"", body=_BUILD_BODY[:200])  # OverflowError before the fix
+@example(record=replace(_BUILD_RECORD, expiry_ms=2**64 - 1).encode(), body=_BUILD_BODY)
 def test_build_records_and_frames_decode_or_raise_layer_error(record: bytes, body: bytes) -> None:
-    decoded = refused_or_decoded(lambda: BuildRecord.decode(record), LayerError)
-    assert decoded is None or 1 <= decoded.hop_index <= 8
-    opened = refused_or_decoded(lambda: open_build_frame(body, RELAY.dh), LayerError)
+    decoded = refused_or_decoded(lambda: BuildRecord.decode(record, NOW), LayerError)
+    assert decoded is None or 1 <= decoded.hop_index <= MAX_HOPS
+    assert decoded is None or NOW < decoded.expiry_ms <= _LATEST_BUILD_EXPIRY
+    opened = refused_or_decoded(lambda: open_build_frame(body, RELAY.dh, NOW), LayerError)
     if opened is not None:
         assert body[:144] == _BUILD_BODY[:144] and opened[1] == _BUILD_RECORD
         assert len(opened[3]) == CELL_BODY_BYTES

@@ -23,11 +23,23 @@ def test_key_reprs_show_no_secret() -> None:
     rendezvous = rendezvous_keys(SEED, keys.public, 0)
     grant = PairGrant(b"id", None, SEED, keys._x25519_secret, (), ())
     pairing = Pairing(b"id", False, "peer", "name", 0, "waiting", rendezvous.encryption_key)
-    text = repr((keys, hop, rendezvous, Identity(SEED), grant, pairing))
+    layer_ends = (hop.owner_side(), hop.relay_side())  # hold the hop's keys and tag keys
+    text = repr((keys, hop, layer_ends, rendezvous, Identity(SEED), grant, pairing))
     secrets = [SEED, keys._sign_secret, keys._x25519_secret, rendezvous.encryption_key]
     secrets += [hop.forward_key, hop.backward_key, hop.build_stream_key]
+    secrets += [hop.forward_tag_key, hop.backward_tag_key]
     for secret in secrets:
         assert repr(secret) not in text and secret.hex() not in text
+
+
+def test_hop_keys_are_separate_per_use_and_direction() -> None:
+    """A tag key equal to a layer key, or the same in both directions, would let one
+    direction's tags, or the AEAD, be matched against the other's."""
+    hop = HopKeys.derive(SEED)
+    keys = [hop.forward_key, hop.forward_tag_key, hop.backward_key, hop.backward_tag_key]
+    keys += [hop.build_stream_key]
+    assert len(set(keys)) == len(keys) and all(len(key) == 32 for key in keys)
+    assert HopKeys.derive(bytes(32)).forward_tag_key != hop.forward_tag_key
 
 
 def test_new_databases_are_private(tmp_path: Path) -> None:

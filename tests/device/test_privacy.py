@@ -10,28 +10,15 @@ linkage is the seed document's design, not something sync adds.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import trio
 import trio.testing
 
 from overlay.keys import x25519_of
-from overlay.relay import RelayCore
 
 from ..swarm.helpers import wait_until
 from .helpers import befriend, device, open_world, pair
-
-
-def tap(core: RelayCore, seen: list[bytes]) -> None:
-    """Record every cell ``core`` is handed, then let it work as usual."""
-    receive: Callable[..., object] = core.receive
-
-    def recording(link: str, data: bytes, now_ms: int) -> object:
-        seen.append(data)
-        return receive(link, data, now_ms)
-
-    core.receive = recording  # type: ignore[method-assign]
 
 
 async def test_relays_and_swarm_never_see_what_ties_siblings_together(
@@ -40,8 +27,7 @@ async def test_relays_and_swarm_never_see_what_ties_siblings_together(
     cells: list[bytes] = []
     async with open_world(relays=8) as network:
         for relay in network.relays:
-            for core in relay._cores:
-                tap(core, cells)
+            relay.observe(cells.append)
         async with (
             device(network, tmp_path, "phone", "linked") as phone,
             device(network, tmp_path, "desktop", "linked") as desktop,
@@ -70,10 +56,7 @@ async def test_relays_and_swarm_never_see_what_ties_siblings_together(
                     telltales[f"{sibling.name} {what}".encode()] = key
                     telltales[f"{sibling.name} {what} (hex)".encode()] = key.hex().encode()
             relay_view = cells + [
-                location + value
-                for relay in network.relays
-                for core in relay._cores
-                for location, (_, value) in core.store._items.items()
+                record for relay in network.relays for record in relay.introset_records()
             ]
             node_view = [
                 row.data

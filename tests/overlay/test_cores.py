@@ -21,7 +21,7 @@ from overlay.introset import (
     seal_introset,
 )
 from overlay.keys import KeyPair
-from overlay.onion import LayerError, open_layer, seal_layer
+from overlay.onion import HopKeys, LayerError
 from overlay.path import Path, PathState, Payload
 from overlay.relay import RelayCore
 from overlay.session import SessionCore
@@ -68,11 +68,12 @@ class Net:
 
 
 def test_layers_round_trip_and_refuse_tampering() -> None:
-    key, prefix = bytes(32), bytes(16)
-    sealed = seal_layer(key, prefix, 7, b"x" * 100)
-    assert open_layer(key, prefix, sealed) == (7, b"x" * 100)
+    sealer, _ = HopKeys.derive(bytes(32)).owner_side()
+    opener, _ = HopKeys.derive(bytes(32)).relay_side()
+    sealed = sealer.seal(b"x" * 100)
     with pytest.raises(LayerError):
-        open_layer(key, prefix, sealed[:-1] + bytes([sealed[-1] ^ 1]))
+        opener.open(sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    assert opener.open(sealed) == b"x" * 100
 
 
 def test_contacts_verify_and_expire() -> None:
@@ -125,7 +126,7 @@ def test_relay_drops_garbage_counts_it_and_keeps_forwarding() -> None:
     tampered[40] ^= 1
     net.inject("mem:r0", bytes(tampered))
     net.inject("mem:r0", good)
-    net.to_owner.clear()
+    assert path.unwrap(decode_cell(net.to_owner.pop()).body, NOW)[1:] == b"12345678"
     net.inject("mem:r0", good)  # replayed data cell
     net.inject("mem:r0", good, link="in:someone-else")
     assert first.stats.dropped_malformed == 1
@@ -202,11 +203,13 @@ def test_dht_store_checks_signatures_and_expiry() -> None:
     keys = rendezvous_keys(SECRET, owner.public, 1)
     introset = seal_introset(keys, owner, [], NOW + 60_000)
     store = IntrosetStore()
-    assert store.handle(put_request(introset), NOW) == bytes((DhtStatus.STORED,))
+    assert store.handle("in:1", put_request(introset), NOW) == bytes((DhtStatus.STORED,))
     forged = introset[:-1] + bytes([introset[-1] ^ 1])
-    assert store.handle(put_request(forged), NOW) == bytes((DhtStatus.REJECTED,))
-    assert store.handle(get_request(keys.location), NOW) == bytes((DhtStatus.FOUND,)) + introset
-    assert store.handle(get_request(keys.location), NOW + 60_000) == bytes((DhtStatus.NOT_FOUND,))
+    assert store.handle("in:1", put_request(forged), NOW) == bytes((DhtStatus.REJECTED,))
+    found = store.handle("in:2", get_request(keys.location), NOW)
+    assert found == bytes((DhtStatus.FOUND,)) + introset
+    later = store.handle("in:2", get_request(keys.location), NOW + 60_000)
+    assert later == bytes((DhtStatus.NOT_FOUND,))
     relays = [k.public for k in relay_keys(10)]
     assert len(set(closest_relays(keys.location, relays))) == 4
     assert closest_relays(keys.location, relays) == closest_relays(keys.location, relays[::-1])
