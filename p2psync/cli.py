@@ -21,6 +21,7 @@ from .cli_device import add_device_commands
 from .clock import Clock
 from .errors import P2PSyncError
 from .network import TRANSPORTS, make_transport
+from .swarm.constants import STORE_QUORUM
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -95,21 +96,51 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger_key(args: argparse.Namespace) -> bytes | None:
+    from .services import parse_ledger_key
+
+    return None if args.ledger is None else parse_ledger_key(args.ledger)
+
+
 def _cmd_node(args: argparse.Namespace) -> int:
-    from .services import make_directory, run_node
+    from .services import make_directory, node_registration, run_node
+    from .swarm.node import NodeConfig
 
     data_dir = _data_dir(args)
     transport = make_transport("tcp")
     clock = Clock()
     static = Path(args.static) if args.static else None
-    directory = make_directory(transport, clock, args.registry, static, data_dir)
-    return _run(args, run_node, transport, data_dir, args.listen, directory, clock)
+    ledger = _ledger_key(args)
+    registration = node_registration(data_dir, ledger)
+    directory = make_directory(transport, clock, args.registry, static, data_dir, ledger)
+    config = NodeConfig(store_quorum=args.quorum)
+    return _run(
+        args, run_node, transport, data_dir, args.listen, directory, clock, registration, config
+    )
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
     from .services import run_registry
 
-    return _run(args, run_registry, make_transport("tcp"), _data_dir(args), args.listen, Clock())
+    return _run(
+        args,
+        run_registry,
+        make_transport("tcp"),
+        _data_dir(args),
+        args.listen,
+        Clock(),
+        _ledger_key(args),
+    )
+
+
+def _cmd_ledger_register(args: argparse.Namespace) -> int:
+    from .services import admit_node, open_ledger
+
+    ledger = open_ledger(_data_dir(args))
+    registration = admit_node(ledger, _data_dir(argparse.Namespace(data=args.node_data)))
+    print(f"registered node {registration.node} at height {registration.height}")
+    print(f"ledger {ledger.public_key.hex()}")
+    return 0
 
 
 def _cmd_fileserver(args: argparse.Namespace) -> int:
@@ -139,7 +170,9 @@ def _cmd_relay(args: argparse.Namespace) -> int:
 
     data_dir = _data_dir(args)
     clock = Clock()
-    directory = make_directory(make_transport("tcp"), clock, args.registry, None, data_dir)
+    directory = make_directory(
+        make_transport("tcp"), clock, args.registry, None, data_dir, _ledger_key(args)
+    )
     return _run(args, run_relay, TcpTransport(), data_dir, args.listen, directory, clock)
 
 
@@ -163,7 +196,13 @@ def _cmd_bench_storage(args: argparse.Namespace) -> int:
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     from .bench.throughput import print_report, run_throughput
 
-    result = run_throughput(seconds=args.seconds, clients=args.clients, pipeline=args.pipeline)
+    result = run_throughput(
+        seconds=args.seconds,
+        clients=args.clients,
+        pipeline=args.pipeline,
+        nodes=args.nodes,
+        quorum=args.quorum,
+    )
     print_report(result)
     _write_json(args.json, result)
     return 0
@@ -246,9 +285,32 @@ def build_parser() -> argparse.ArgumentParser:
     where = node.add_mutually_exclusive_group(required=True)
     where.add_argument("--registry", metavar="URL", help="registry to announce to and read")
     where.add_argument("--static", metavar="FILE", help="JSON file listing the nodes instead")
+    ledger_help = (
+        "the network ledger's public key (hex): only nodes it registered are listed"
+        " (without it, any node that announces itself is)"
+    )
+    node.add_argument("--ledger", metavar="HEX", help=ledger_help)
+    node.add_argument(
+        "--quorum",
+        type=_at_least(1),
+        default=STORE_QUORUM,
+        help=f"members that must hold a store before it is acknowledged (default: {STORE_QUORUM})",
+    )
     relay = server("relay", "one overlay relay (announced to the registry)", _cmd_relay)
     relay.add_argument("--registry", metavar="URL", required=True, help="registry to use")
-    server("registry", "the registry of service nodes and relays", _cmd_registry)
+    relay.add_argument("--ledger", metavar="HEX", help=ledger_help)
+    registry = server("registry", "the registry of service nodes and relays", _cmd_registry)
+    registry.add_argument("--ledger", metavar="HEX", help=ledger_help)
+    ledger = commands.add_parser("ledger", help="the network's admission authority")
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
+    register = ledger_commands.add_parser(
+        "register", help="admit the node kept in NODE_DIR (writes its registration there)"
+    )
+    register.add_argument("--data", required=True, metavar="DIR", help="the ledger's directory")
+    register.add_argument(
+        "--node-data", required=True, metavar="NODE_DIR", help="the node's data directory"
+    )
+    register.set_defaults(run=_cmd_ledger_register)
     server("fileserver", "the file server (device mappings)", _cmd_fileserver)
     opengroup = server("opengroup", "an open group (public chat) server", _cmd_opengroup)
     opengroup.add_argument("--fileserver", metavar="URL", help="for mapped-mode attribution")
@@ -258,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     throughput = bench_commands.add_parser(
-        "throughput", help="stores/s and retrieves/s of one node beside the SQLite floor"
+        "throughput",
+        help="stores/s and retrieves/s of a node in a swarm (quorum writes) beside a floor",
     )
     throughput.add_argument("--seconds", type=float, default=5.0, help="per phase (default: 5)")
     throughput.add_argument(
@@ -266,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     throughput.add_argument(
         "--pipeline", type=_at_least(1), default=32, help="requests in flight per connection"
+    )
+    throughput.add_argument(
+        "--nodes",
+        type=_at_least(2),
+        default=3,
+        help="node processes in the swarm, the loaded one included (default: 3)",
+    )
+    throughput.add_argument(
+        "--quorum",
+        type=_at_least(1),
+        default=STORE_QUORUM,
+        help=f"the nodes' store quorum (default: {STORE_QUORUM}; 1 to compare)",
     )
     throughput.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     throughput.set_defaults(run=_cmd_bench_throughput)

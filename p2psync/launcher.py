@@ -1,7 +1,10 @@
 """``p2psync network up``: a local network as separate processes, until Ctrl-C.
 
 Children are this same program (``python -m p2psync registry|fileserver|opengroup|node``)
-with their own data directories under ``DIR``. Each prints ``ready <url>`` once it
+with their own data directories under ``DIR``. The network's ledger lives in
+``DIR/ledger`` and admits each node before it first starts (its registration is kept in the
+node's directory, so a restart keeps its place); every process is told the ledger's key.
+Each prints ``ready <url>`` once it
 listens; the launcher then checks that every one answers an RPC, writes
 ``DIR/network.json`` and prints ``ready DIR/network.json``. A child's log goes to
 ``DIR/<name>.log``. Cancelling the launcher (Ctrl-C) terminates every child, and waits
@@ -25,7 +28,8 @@ from overlay.link import Transport
 
 from .clock import Clock
 from .rpc import open_rpc
-from .swarm.registry import Snapshot
+from .services import admit_node, open_ledger
+from .swarm.registry import Snapshot, read_listing
 from .swarm.ring import NodeInfo, SwarmMap
 
 logger = logging.getLogger(__name__)
@@ -75,8 +79,14 @@ class Launcher:
         self.children: list[Child] = []
         self._nursery = nursery
 
+    def data_dir_of(self, name: str) -> Path:
+        """The data directory of child ``name``, made if new."""
+        path = self.data_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     async def start(self, name: str, *args: str) -> str:
-        (self.data_dir / name).mkdir(parents=True, exist_ok=True)
+        self.data_dir_of(name)
         log = (self.data_dir / f"{name}.log").open("ab")
         command = [
             sys.executable,
@@ -123,22 +133,31 @@ async def network_up(
     """Run the network until cancelled; ``task_status.started(path of network.json)``."""
     if nodes < 1:
         raise ValueError("a network needs at least one service node")
+    ledger = open_ledger(data_dir / "ledger")
+    ledger_args = ("--ledger", ledger.public_key.hex())
     async with trio.open_nursery() as nursery:
         launcher = Launcher(data_dir, nursery)
         try:
-            registry = await launcher.start("registry", "registry")
+            registry = await launcher.start("registry", "registry", *ledger_args)
             on_progress(f"registry {registry}")
             fileserver = await launcher.start("fileserver", "fileserver")
             on_progress(f"file server {fileserver}")
             opengroup = await launcher.start("opengroup", "opengroup", "--fileserver", fileserver)
             on_progress(f"open group {opengroup}")
             for index in range(nodes):
-                url = await launcher.start(f"node-{index}", "node", "--registry", registry)
+                admit_node(ledger, launcher.data_dir_of(f"node-{index}"))
+                url = await launcher.start(
+                    f"node-{index}", "node", "--registry", registry, *ledger_args
+                )
                 on_progress(f"node {index + 1}/{nodes} {url}")
             for index in range(relays):
-                address = await launcher.start(f"relay-{index}", "relay", "--registry", registry)
+                address = await launcher.start(
+                    f"relay-{index}", "relay", "--registry", registry, *ledger_args
+                )
                 on_progress(f"relay {index + 1}/{relays} {address}")
-            description = await _describe(transport, registry, fileserver, opengroup, nodes, relays)
+            description = await _describe(
+                transport, registry, fileserver, opengroup, nodes, relays, ledger.public_key
+            )
             path = data_dir / "network.json"
             path.write_text(json.dumps(description, indent=2) + "\n")
             task_status.started(path)
@@ -168,13 +187,22 @@ async def _until_views_agree(transport: Transport, nodes: Sequence[NodeInfo]) ->
 
 
 async def _describe(
-    transport: Transport, registry: str, fileserver: str, opengroup: str, nodes: int, relays: int
+    transport: Transport,
+    registry: str,
+    fileserver: str,
+    opengroup: str,
+    nodes: int,
+    relays: int,
+    ledger: bytes,
 ) -> dict[str, Any]:
     """Ask every process to answer, and the registry for the nodes it lists (a node
     announces itself before it prints ``ready``, so all are listed by now)."""
     with trio.fail_after(START_TIMEOUT_S):
-        async with open_rpc(transport, registry) as client:
-            listing = Snapshot.from_announcements(await client.call("list", {}), Clock().now_ms())
+        listing = Snapshot.from_announcements(
+            {"announcements": await read_listing(transport, registry)},
+            Clock().now_ms(),
+            ledger=ledger,
+        )
         if len(listing.nodes) < nodes or len(listing.relays) < relays:
             raise RuntimeError("the registry does not list every node and relay")
         await _until_views_agree(transport, listing.nodes)
@@ -183,6 +211,7 @@ async def _describe(
         async with open_rpc(transport, fileserver) as client:
             await client.call("get_mappings", {"session_id": "05" + "00" * 32})
     return {
+        "ledger": ledger.hex(),
         "registry": registry,
         "fileserver": fileserver,
         "opengroup": opengroup,

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -25,6 +26,7 @@ from .fileserver import FileServer
 from .identity import Identity
 from .opengroup import OpenGroupServer
 from .services import AnnouncedRelay
+from .swarm.admission import Ledger
 from .swarm.node import NodeConfig, StorageNode
 from .swarm.registry import RegistryDirectory, RegistryServer
 from .swarm.store import MessageStore
@@ -58,6 +60,8 @@ class NodeHandle:
     index: int
     identity: Identity
     db_path: Path
+    #: The ledger's registration, issued once, so a restart keeps the node's ring position.
+    registration: bytes
     address: str
     node: StorageNode | None = None
     scope: trio.CancelScope | None = None
@@ -79,6 +83,8 @@ class LocalNetwork:
     registry_url: str
     data_dir: Path
     node_config: NodeConfig
+    #: The network's admission authority: it registers every node this network starts.
+    ledger: Ledger
     nodes: list[NodeHandle] = field(default_factory=list)
     fileserver_url: str = ""
     opengroup_url: str = ""
@@ -96,7 +102,22 @@ class LocalNetwork:
         return self.transport if isinstance(self.transport, MemoryNetwork) else TcpTransport()
 
     def directory(self) -> RegistryDirectory:
-        return RegistryDirectory(self.transport, self.registry_url, self.clock)
+        return RegistryDirectory(
+            self.transport, self.registry_url, self.clock, self.ledger.public_key
+        )
+
+    def description(self) -> dict[str, Any]:
+        """What ``p2psync network up`` writes to ``network.json`` for this network, so a
+        device process can join it (:meth:`NetworkAccess.from_file`)."""
+        return {
+            "ledger": self.ledger.public_key.hex(),
+            "registry": self.registry_url,
+            "fileserver": self.fileserver_url,
+            "opengroup": self.opengroup_url,
+            "nodes": [
+                {"pubkey": h.identity.ed25519_public.hex(), "url": h.url} for h in self.nodes
+            ],
+        }
 
     def access(self) -> NetworkAccess:
         """What a device needs to use this network (:func:`p2psync.open_device`)."""
@@ -116,10 +137,12 @@ class LocalNetwork:
 
     async def add_node(self) -> NodeHandle:
         index = len(self.nodes)
+        identity = Identity.from_label(f"{self.data_dir.name}/node/{index}")
         handle = NodeHandle(
             index,
-            Identity.from_label(f"{self.data_dir.name}/node/{index}"),
+            identity,
             self.data_dir / f"node-{index}.sqlite3",
+            self.ledger.register(identity.ed25519_public.hex()).encode(),
             self._listen_address(f"node{index}"),
         )
         self.nodes.append(handle)
@@ -138,6 +161,7 @@ class LocalNetwork:
             transport,
             self.directory(),
             self.node_config,
+            handle.registration,
         )
 
         async def run(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -231,11 +255,14 @@ async def open_local_network(
         directory = Path(data_dir) if data_dir is not None else Path(temporary)
         directory.mkdir(parents=True, exist_ok=True)
         async with open_task_nursery() as nursery:
+            ledger = Ledger(Identity.from_label(f"{directory.name}/ledger"))
             network = LocalNetwork(
-                chosen, clock, "", directory, node_config or NodeConfig(), _nursery=nursery
+                chosen, clock, "", directory, node_config or NodeConfig(), ledger, _nursery=nursery
             )
             network.registry_url = await nursery.start(
-                RegistryServer(clock).serve, chosen, network._listen_address("registry")
+                RegistryServer(clock, ledger=ledger.public_key).serve,
+                chosen,
+                network._listen_address("registry"),
             )
             network.fileserver_url = await nursery.start(
                 FileServer(directory / "fileserver.sqlite3", clock).serve,

@@ -1,10 +1,14 @@
 """Each server as a process: what ``p2psync node``, ``registry``, ``fileserver`` and
 ``opengroup`` run until Ctrl-C.
 
-A service keeps everything (its key, its SQLite file) in its data directory, which the
-caller creates, so that a restart on the same directory is the same service with the same
-data. Once it listens it prints one line, ``ready <url>``, which is what
-``p2psync network up`` waits for.
+A service keeps everything (its key, its SQLite file, a node's ledger registration) in
+its data directory, which the caller creates, so that a restart on the same directory is
+the same service with the same data. Once it listens it prints one line, ``ready <url>``,
+which is what ``p2psync network up`` waits for.
+
+A network with admission has a ledger (:mod:`p2psync.swarm.admission`): its key and height
+live in a directory of their own (:func:`open_ledger`), and :func:`admit_node` writes a
+node's registration into the node's data directory before the node first starts.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from overlay.link import Transport
 from overlay.relay import RelayCore
 
 from .clock import Clock
-from .errors import P2PSyncError
+from .errors import DecodeError, P2PSyncError
 from .fileserver import FileServer
 from .identity import SEED_BYTES, Identity
 from .opengroup import OpenGroupServer
-from .swarm.node import StorageNode
+from .swarm.admission import Ledger, Registration, checked_registration
+from .swarm.node import NodeConfig, StorageNode
 from .swarm.registry import Directory, FileDirectory, RegistryDirectory, RegistryServer
 from .swarm.store import MessageStore
 
@@ -72,6 +77,42 @@ def load_or_create_identity(path: Path) -> Identity:
 
 
 LISTING_FILE = "listing.cbor"
+NODE_KEY_FILE = "node.key"
+REGISTRATION_FILE = "registration.cbor"
+
+
+class NotAdmittedError(P2PSyncError):
+    """A node was asked to join a network with a ledger but holds no registration."""
+
+
+def open_ledger(directory: Path) -> Ledger:
+    """The ledger kept in ``directory`` (``ledger.key``, ``ledger.json``), made there the
+    first time."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return Ledger.open(load_or_create_identity(directory / "ledger.key"), directory / "ledger.json")
+
+
+def admit_node(ledger: Ledger, data_dir: Path) -> Registration:
+    """The registration of the node kept in ``data_dir`` (its key made if new), issued by
+    ``ledger`` the first time and kept there, so the node keeps its ring position."""
+    path = data_dir / REGISTRATION_FILE
+    if path.exists():
+        return Registration.decode(path.read_bytes())
+    identity = load_or_create_identity(data_dir / NODE_KEY_FILE)
+    registration = ledger.register(identity.ed25519_public.hex())
+    path.write_bytes(registration.encode())
+    return registration
+
+
+def parse_ledger_key(text: str) -> bytes:
+    """``--ledger HEX``: the 32-byte Ed25519 public key of a network's ledger."""
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError("--ledger takes the ledger's public key as 64 hex digits")
+    return key
 
 
 def announce_ready(url: str) -> None:
@@ -85,33 +126,67 @@ def make_directory(
     registry: str | None,
     static: Path | None,
     data_dir: Path | None = None,
+    ledger: bytes | None = None,
 ) -> Directory:
     """A static file, or the registry with the last listing saved in ``data_dir`` (so a
-    service restarted while the registry is down still knows the network)."""
+    service restarted while the registry is down still knows the network), listing only
+    nodes admitted by ``ledger`` (``None``: a network without admission)."""
     if (registry is None) == (static is None):
         raise ValueError("give exactly one of --registry URL or --static FILE")
     if static is not None:
         return FileDirectory(static)
     assert registry is not None
     cache = None if data_dir is None else data_dir / LISTING_FILE
-    return RegistryDirectory(transport, registry, clock, cache_path=cache)
+    return RegistryDirectory(transport, registry, clock, ledger, cache_path=cache)
+
+
+def node_registration(data_dir: Path, ledger: bytes | None) -> bytes:
+    """The registration a node announces: the one in its data directory, checked against
+    ``ledger``; a network with a ledger does not list a node without one, so starting
+    such a node is an error."""
+    path = data_dir / REGISTRATION_FILE
+    if not path.exists():
+        if ledger is not None:
+            raise NotAdmittedError(
+                f"no registration in {path}: the ledger must admit this node first"
+                " (p2psync ledger register)"
+            )
+        return b""
+    data = path.read_bytes()
+    if ledger is not None:
+        identity = load_or_create_identity(data_dir / NODE_KEY_FILE)
+        try:
+            checked_registration(data, ledger, identity.ed25519_public.hex())
+        except DecodeError as exc:
+            raise NotAdmittedError(f"{path}: {exc}") from None
+    return data
 
 
 async def run_node(
-    transport: Transport, data_dir: Path, listen: str, directory: Directory, clock: Clock
+    transport: Transport,
+    data_dir: Path,
+    listen: str,
+    directory: Directory,
+    clock: Clock,
+    registration: bytes = b"",
+    config: NodeConfig | None = None,
 ) -> None:
-    identity = load_or_create_identity(data_dir / "node.key")
+    identity = load_or_create_identity(data_dir / NODE_KEY_FILE)
     store = MessageStore(data_dir / "messages.sqlite3")
     try:
-        node = StorageNode(identity, store, clock, transport, directory)
+        node = StorageNode(identity, store, clock, transport, directory, config, registration)
         async with trio.open_nursery() as nursery:
             announce_ready(await nursery.start(node.serve, listen))
     finally:
         store.close()
 
 
-async def run_registry(transport: Transport, data_dir: Path, listen: str, clock: Clock) -> None:
-    server = RegistryServer(clock, data_dir / "registry.json")
+async def run_registry(
+    transport: Transport, data_dir: Path, listen: str, clock: Clock, ledger: bytes | None
+) -> None:
+    if ledger is None:
+        logger.warning("no --ledger: this registry lists every node that announces itself")
+    server = RegistryServer(clock, data_dir / "registry.json", ledger=ledger)
     async with trio.open_nursery() as nursery:
         announce_ready(await nursery.start(server.serve, transport, listen))
 

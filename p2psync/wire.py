@@ -276,14 +276,17 @@ def decode_frame(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
 
 
 def encode_frame(frame: Frame) -> bytes:
+    """A frame's bytes. Not canonical: nothing signs a frame as sent (a signature covers
+    the canonical encoding of what it signs, which the receiver computes again), and
+    sorting every map's keys made encoding a store's reply take three times as long."""
     match frame:
         case Request(id=rid, method=method, params=params):
-            return encode_cbor({"id": rid, "method": method, "params": params})
+            return cbor2.dumps({"id": rid, "method": method, "params": params})
         case Reply(id=rid, result=result):
-            return encode_cbor({"id": rid, "result": result})
+            return cbor2.dumps({"id": rid, "result": result})
         case ErrorReply(id=rid, code=code, message=message, data=data):
             body: dict[str, Any] = {"code": code, "message": message, **data}
-            return encode_cbor({"error": body} if rid is None else {"id": rid, "error": body})
+            return cbor2.dumps({"error": body} if rid is None else {"id": rid, "error": body})
         case Notify(method=method, params=params):
-            return encode_cbor({"method": method, "params": params})
+            return cbor2.dumps({"method": method, "params": params})
     raise TypeError(f"not a frame: {frame!r}")

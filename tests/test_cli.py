@@ -27,7 +27,9 @@ P2PSYNC = [sys.executable, "-m", "p2psync"]
         ["network", "up", "--nodes", "0", "--data", "x"],
         ["network", "up", "--nodes", "many", "--data", "x"],
         ["node", "--data", "x"],
+        ["node", "--data", "x", "--registry", "ws://127.0.0.1:9/", "--ledger", "zz"],
         ["bench", "throughput", "--clients", "-1"],
+        ["bench", "throughput", "--nodes", "1"],
         ["frobnicate"],
     ],
 )
@@ -37,6 +39,31 @@ def test_bad_arguments_exit_non_zero_with_one_line(args: list[str], tmp_path: Pa
     )
     assert result.returncode != 0
     assert "error" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_node_the_ledger_has_not_admitted_does_not_start(tmp_path: Path) -> None:
+    """On a network with a ledger, a node without a registration would never be listed:
+    it says so and exits instead of serving nobody."""
+    ledger = Identity.from_label("cli/ledger").ed25519_public.hex()
+    result = subprocess.run(
+        [
+            *P2PSYNC,
+            "node",
+            "--data",
+            str(tmp_path / "n"),
+            "--registry",
+            "ws://127.0.0.1:9/",
+            "--ledger",
+            ledger,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("p2psync: error: no registration in ")
+    assert "p2psync ledger register" in last
 
 
 def test_a_file_where_a_data_directory_should_be(tmp_path: Path) -> None:
@@ -71,12 +98,21 @@ async def test_network_up_runs_processes_until_interrupted(tmp_path: Path) -> No
                 line += chunk
         assert line.decode().strip() == f"ready {tmp_path / 'network.json'}"
         description = json.loads((tmp_path / "network.json").read_text())
-        assert set(description) >= {"registry", "fileserver", "opengroup", "nodes", "relays"}
+        assert set(description) >= {
+            "ledger",
+            "registry",
+            "fileserver",
+            "opengroup",
+            "nodes",
+            "relays",
+        }
         assert len(description["nodes"]) == 2 and len(description["relays"]) == 2
         transport = WebSocketTransport()
         alice = Identity.from_label("alice")
         clock = Clock()
-        directory = RegistryDirectory(transport, description["registry"], clock)
+        directory = RegistryDirectory(
+            transport, description["registry"], clock, bytes.fromhex(description["ledger"])
+        )
         delivered = trio.Event()
         received: list[Message] = []
 
@@ -105,5 +141,92 @@ async def test_network_up_runs_processes_until_interrupted(tmp_path: Path) -> No
             process.send_signal(signal.SIGINT)
             with trio.move_on_after(30):
                 await process.wait()
+            process.kill()
+            await process.wait()
+
+
+def _descendants(pid: int) -> set[int]:
+    """The live processes below ``pid`` (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_bench_throughput_measures_a_swarm_with_quorum_writes(tmp_path: Path) -> None:
+    """The DESIGN.md §9 fields, from a swarm of two node processes in which every store
+    waits for the other member's commit."""
+    out = tmp_path / "throughput.json"
+    result = subprocess.run(
+        [*P2PSYNC, "bench", "throughput", "--seconds", "0.5", "--nodes", "2", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    contract = {
+        "stores_per_s",
+        "retrieves_per_s",
+        "floor_stores_per_s",
+        "ratio",
+        "quorum",
+        "ratio_per_core",
+    }
+    assert contract <= set(figures)
+    assert figures["quorum"] == 2 and figures["nodes"] == figures["swarm_members"] == 2
+    assert figures["stores_per_s"] > 0 and figures["retrieves_per_s"] > 0
+    assert figures["ratio"] == pytest.approx(
+        figures["stores_per_s"] / figures["floor_stores_per_s"], abs=0.001
+    )
+    assert figures["ratio_per_core"] > 0 and figures["node_cpu_us_per_store"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_bench_throughput_stopped_mid_load_leaves_no_process(
+    stop: signal.Signals, tmp_path: Path
+) -> None:
+    """Stopped while it loads the swarm, the bench ends every node process (and the
+    registry) it started before it exits: nothing is left running."""
+    process = await trio.lowlevel.open_process(
+        [*P2PSYNC, "bench", "throughput", "--seconds", "6", "--nodes", "2"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert process.stderr is not None
+    try:
+        said = b""
+        with trio.fail_after(150):
+            while b"stores" not in said:
+                chunk = await process.stderr.receive_some(4096)
+                assert chunk, f"the bench exited early: {said.decode(errors='replace')}"
+                said += chunk
+        children = _descendants(process.pid)
+        assert len(children) >= 3  # the registry and two nodes
+        process.send_signal(stop)
+        with trio.fail_after(60):
+            code = await process.wait()
+        assert code == 130
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        if process.returncode is None:
             process.kill()
             await process.wait()

@@ -36,13 +36,8 @@ async def ok(*args: str) -> str:
 @pytest.mark.slow
 async def test_two_people_pair_befriend_and_message_from_the_terminal(tmp_path: Path) -> None:
     async with open_local_network(6, transport="tcp", data_dir=tmp_path / "net") as network:
-        description = {
-            "registry": network.registry_url,
-            "fileserver": network.fileserver_url,
-            "opengroup": network.opengroup_url,
-        }
         net = tmp_path / "network.json"
-        net.write_text(json.dumps(description))
+        net.write_text(json.dumps(network.description()))
 
         def where(name: str) -> list[str]:
             return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
@@ -95,15 +90,7 @@ async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_nex
     (no goodbye, no cleanup), its next run stores it and the friend gets it, same id."""
     async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
         net = tmp_path / "network.json"
-        net.write_text(
-            json.dumps(
-                {
-                    "registry": network.registry_url,
-                    "fileserver": network.fileserver_url,
-                    "opengroup": network.opengroup_url,
-                }
-            )
-        )
+        net.write_text(json.dumps(network.description()))
 
         def where(name: str) -> list[str]:
             return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]

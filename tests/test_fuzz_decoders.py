@@ -77,6 +77,7 @@ from p2psync.mapping import (
     sign_pairing_request,
 )
 from p2psync.opengroup import Post, RoomMessage, sign_post
+from p2psync.swarm.admission import Ledger
 from p2psync.swarm.auth import (
     AuthSigner,
     ReplayGuard,
@@ -613,9 +614,18 @@ def test_registry_snapshot_from_wire(value: object) -> None:
     assert snapshot is None or Snapshot.from_wire(snapshot.to_wire()) == snapshot
 
 
+_LEDGER = Ledger(Identity.from_label("fuzz/ledger"))
+_ALICE_REGISTRATION = _LEDGER.register(ALICE.ed25519_public.hex())
 _LISTING = {
     "announcements": [
-        sign_announcement(ALICE, "node", "ws://127.0.0.1:1/", NOW - 1_000),
+        sign_announcement(
+            ALICE,
+            "node",
+            "ws://127.0.0.1:1/",
+            NOW - 1_000,
+            registration=_ALICE_REGISTRATION.encode(),
+        ),
+        sign_announcement(CAROL, "node", "ws://127.0.0.1:3/", NOW - 1_000),  # not admitted
         sign_announcement(BOB, "relay", "tcp://h:2", NOW - 2_000, b"c"),
     ]
 }
@@ -625,9 +635,10 @@ _LISTING = {
 @given(values_around(_LISTING))
 def test_a_signed_listing_lists_only_what_its_announcers_signed(value: object) -> None:
     """Whatever a registry (or a node serving its copy) sends, a reader lists a node or a
-    relay only at the address its own key signed, and never one announced too long ago."""
+    relay only at the address its own key signed, a node only with the ledger's
+    registration and at the position it gives, and never one announced too long ago."""
     snapshot = refused_or_decoded(
-        lambda: Snapshot.from_announcements(value, NOW), DecodeError, RpcError
+        lambda: Snapshot.from_announcements(value, NOW, ledger=_LEDGER.public_key), DecodeError
     )
     if snapshot is None:
         return
@@ -639,14 +650,27 @@ def test_a_signed_listing_lists_only_what_its_announcers_signed(value: object) -
         ("relay", r.pubkey, r.url) for r in snapshot.relays
     }
     assert listed <= signed
+    assert all(
+        n.pubkey == ALICE.ed25519_public.hex() and n.position == _ALICE_REGISTRATION.position
+        for n in snapshot.nodes
+    )
 
 
-def test_a_stale_announcement_is_refused_unless_read_from_a_cached_copy() -> None:
+def test_a_listing_leaves_out_what_does_not_check_out_and_keeps_the_rest() -> None:
+    snapshot = Snapshot.from_announcements(_LISTING, NOW, ledger=_LEDGER.public_key)
+    assert [n.pubkey for n in snapshot.nodes] == [ALICE.ed25519_public.hex()]
+    assert [r.pubkey for r in snapshot.relays] == [BOB.ed25519_public.hex()]
+    other_ledger = Identity.from_label("fuzz/another-ledger").ed25519_public
+    assert Snapshot.from_announcements(_LISTING, NOW, ledger=other_ledger).nodes == ()
+
+
+def test_a_stale_announcement_is_left_out_unless_read_from_a_cached_copy() -> None:
     old = {"announcements": [sign_announcement(ALICE, "node", "ws://127.0.0.1:1/", NOW)]}
     later = NOW + 10 * 60_000
-    with pytest.raises(DecodeError, match="stale"):
-        Snapshot.from_announcements(old, later)
-    cached = Snapshot.from_announcements(old, later, max_age_ms=CACHED_LISTING_MAX_AGE_MS)
+    assert Snapshot.from_announcements(old, later, ledger=None).nodes == ()
+    cached = Snapshot.from_announcements(
+        old, later, ledger=None, max_age_ms=CACHED_LISTING_MAX_AGE_MS
+    )
     assert [n.url for n in cached.nodes] == ["ws://127.0.0.1:1/"]
 
 

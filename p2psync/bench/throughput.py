@@ -1,16 +1,36 @@
-"""``p2psync bench throughput``: stores/s and retrieves/s of one service node over
-WebSocket, beside the floor measured in the same run (DESIGN.md §9).
+"""``p2psync bench throughput``: stores/s and retrieves/s of a service node in a real swarm
+with quorum writes, beside the floor measured in the same run (DESIGN.md §9).
 
-The node runs as its own process (``p2psync node``), so it has a core to itself; the load
-comes from this process over ``clients`` connections with ``pipeline`` requests in flight
-each, and a rate is replies ÷ the time until the last reply came back. The floor is what
-the node's storage costs at the least: single-row SQLite inserts, each committed on its
-own, in the same schema and journal mode (WAL, synchronous=NORMAL), with the message hash
-computed, in this process. ``ratio`` = stores/s ÷ floor.
+The bench starts a registry and ``nodes`` node processes (``p2psync node``, through
+:func:`~p2psync.faults.cluster.open_cluster`), waits until every node places itself in
+the swarm the registry's listing implies, and then loads the first node (the entry node)
+only, for owners of its swarm, over ``clients`` connections with ``pipeline`` requests in
+flight each. The entry node acknowledges a store once ``quorum`` members of its swarm,
+itself included, have committed it, so the rate includes waiting for a peer's commit
+(``quorum`` is the nodes' rule, :data:`~p2psync.swarm.node.STORE_QUORUM` members or every
+member of a smaller swarm, applied to the swarm they agreed on). A rate is replies ÷ the
+time until the last reply came back. The floor is what the node's storage costs at the
+least: single-row SQLite inserts, each committed on its own, in the same schema and
+journal mode (WAL, synchronous=NORMAL), with the message hash computed, in this process.
+``ratio`` = stores/s ÷ floor.
 
-On a small machine the load generator competes with the node for CPU, so the node's own
-CPU time is read from ``/proc`` around each phase too: ``node_cpu_us_per_store`` and
-``ratio_per_node_core`` (stores per second of node CPU ÷ floor) describe the node alone.
+Why three nodes by default: three is the smallest swarm in which the quorum of two is a
+majority rather than every member, so a store waits for the first of two peers, as it
+does in a full swarm, and not for one particular peer. More would add node processes,
+each taking its turn on a machine that has two cores for the load, the entry node and
+its peers together: the quorum wait would then measure the scheduler more than the node.
+The DESIGN.md §4 swarm of six is one ``--nodes 6`` away.
+
+On a small machine the load generator and the peers compete with the entry node for CPU,
+so the node processes' CPU time is read from ``/proc`` around the store phase too:
+``node_cpu_us_per_store`` and ``ratio_per_core`` (stores per second of the entry node's
+CPU ÷ floor) describe the entry node alone, and ``peer_cpu_us_per_store`` what each peer
+spends taking the replicas. ``load_average`` is the machine's one-minute load when the
+store phase starts, since other work on the machine moves every figure but the floor's
+ratio.
+
+Every child process belongs to the cluster's nursery, so success, an error, Ctrl-C and
+SIGTERM (turned into the same stop as Ctrl-C) all end them before the bench returns.
 """
 
 from __future__ import annotations
@@ -18,11 +38,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import subprocess
-import sys
+import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -32,9 +51,11 @@ from rich.console import Console
 from rich.table import Table
 
 from ..clock import Clock
-from ..identity import Identity
+from ..faults.cluster import open_cluster
+from ..identity import Identity, session_id_key
 from ..swarm.auth import AuthSigner
-from ..swarm.registry import RegistryServer
+from ..swarm.constants import REPLICATION_RETRY_S, STORE_QUORUM
+from ..swarm.ring import SwarmMap
 from ..swarm.store import MessageStore, StoredMessage
 from ..websocket import WebSocketLink, WebSocketTransport
 from ..wire import Reply, Request, decode_frame, encode_frame
@@ -68,38 +89,10 @@ def measure_floor(seconds: float) -> float:
     return count / elapsed
 
 
-async def _start_node(registry_url: str, data_dir: Path) -> tuple[trio.Process, str]:
-    process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "p2psync",
-            "node",
-            "--data",
-            str(data_dir),
-            "--registry",
-            registry_url,
-        ],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    line = b""
-    with trio.fail_after(60):
-        while b"\n" not in line:
-            chunk = await process.stdout.receive_some(1024)
-            if not chunk:
-                raise RuntimeError("the node process exited before it was ready")
-            line += chunk
-    return process, line.decode().split()[1]
-
-
 def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux ``/proc``; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
+    """User + system CPU seconds of a running process (Linux ``/proc``; ``OSError``
+    elsewhere or once it has exited)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -160,17 +153,29 @@ async def _load(
     return done, elapsed
 
 
-def run_throughput(*, seconds: float = 5.0, clients: int = 4, pipeline: int = 32) -> dict[str, Any]:
-    console = Console(stderr=True)
-    console.print(f"[bold]floor[/]: single-commit SQLite inserts for {seconds:.0f} s …")
-    floor = measure_floor(seconds)
-    owners = [Identity.from_label(f"bench-owner-{i}") for i in range(OWNERS)]
-    signers = [AuthSigner(o) for o in owners]
-    payload = os.urandom(MESSAGE_BYTES)
-    clock = Clock()
+def _owners_of(swarms: SwarmMap, swarm: int) -> Iterator[Identity]:
+    """Bench owners whose messages belong to ``swarm``, in a fixed order."""
+    for index in itertools.count():
+        owner = Identity.from_label(f"bench-owner-{index}")
+        if swarms.swarm_for_key(session_id_key(owner.session_id)) == swarm:
+            yield owner
 
-    def store_request(worker: int, sequence: int) -> tuple[str, dict[str, Any]]:
-        owner = owners[(worker + sequence) % OWNERS]
+
+async def _stop_on_sigterm() -> None:
+    """SIGTERM stops the bench as Ctrl-C does, so the nurseries end every child first."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            raise KeyboardInterrupt
+
+
+def _request_makers(owners: list[Identity], clock: Clock) -> tuple[RequestMaker, RequestMaker]:
+    """Stores of distinct messages and signed one-message retrieves, spread over
+    ``owners``."""
+    payload = os.urandom(MESSAGE_BYTES)
+    signers = [AuthSigner(owner) for owner in owners]
+
+    def store(worker: int, sequence: int) -> tuple[str, dict[str, Any]]:
+        owner = owners[(worker + sequence) % len(owners)]
         data = payload + worker.to_bytes(4, "big") + sequence.to_bytes(8, "big")
         return "store", {
             "pubkey": owner.session_id,
@@ -180,8 +185,8 @@ def run_throughput(*, seconds: float = 5.0, clients: int = 4, pipeline: int = 32
             "data": data,
         }
 
-    def retrieve_request(worker: int, sequence: int) -> tuple[str, dict[str, Any]]:
-        index = (worker + sequence) % OWNERS
+    def retrieve(worker: int, sequence: int) -> tuple[str, dict[str, Any]]:
+        index = (worker + sequence) % len(owners)
         return "retrieve", {
             "pubkey": owners[index].session_id,
             "namespace": 0,
@@ -190,53 +195,99 @@ def run_throughput(*, seconds: float = 5.0, clients: int = 4, pipeline: int = 32
             "auth": signers[index].auth("retrieve", 0, clock.now_ms()),
         }
 
-    async def main() -> dict[str, Any]:
-        transport = WebSocketTransport()
-        with tempfile.TemporaryDirectory() as directory:
-            async with trio.open_nursery() as nursery:
-                registry = await nursery.start(
-                    RegistryServer(clock).serve, transport, "127.0.0.1:0"
+    return store, retrieve
+
+
+def run_throughput(
+    *,
+    seconds: float = 5.0,
+    clients: int = 4,
+    pipeline: int = 32,
+    nodes: int = 3,
+    quorum: int = STORE_QUORUM,
+) -> dict[str, Any]:
+    """``quorum`` is what every node is started with (``p2psync node --quorum``); 1 is
+    acknowledging after the entry node's own commit, for comparison."""
+    if nodes < 2:
+        raise ValueError("a quorum write needs a swarm of at least 2 nodes")
+    if not 1 <= quorum <= nodes:
+        raise ValueError(f"--quorum must be in [1, {nodes}]")
+    console = Console(stderr=True)
+    console.print(f"[bold]floor[/]: single-commit SQLite inserts for {seconds:.0f} s …")
+    floor = measure_floor(seconds)
+
+    async def measure() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="p2psync-throughput-") as directory:
+            console.print(f"[bold]swarm[/]: starting {nodes} node processes …")
+            async with open_cluster(
+                Path(directory), nodes=nodes, node_args=("--quorum", str(quorum))
+            ) as cluster:
+                swarms = await cluster.swarm_map()
+                entry = cluster.nodes[0]
+                swarm = swarms.swarm_of_node(cluster.node_info(entry, swarms).pubkey)
+                assert swarm is not None, "a settled cluster lists every node"
+                urls = {member.url for member in swarms.swarms[swarm]}
+                members = [node for node in cluster.nodes if node.url in urls]
+                owners = list(itertools.islice(_owners_of(swarms, swarm), OWNERS))
+                store, retrieve = _request_makers(owners, cluster.clock)
+                # A membership change (each node saw the others join) schedules a repair
+                # round with every peer REPLICATION_RETRY_S later; let it pass while
+                # nothing is stored, or the store phase measures that round over its rows.
+                await trio.sleep(2 * REPLICATION_RETRY_S)
+                console.print(
+                    f"[bold]stores[/]: {clients}×{pipeline} in flight for {seconds:.0f} s "
+                    f"to one of {len(members)} members …"
                 )
-                process, url = await _start_node(registry, Path(directory) / "node")
-                try:
-                    console.print(
-                        f"[bold]stores[/]: {clients}×{pipeline} in flight for {seconds:.0f} s …"
-                    )
-                    cpu_before = _process_cpu_s(process.pid)
-                    stores, store_s = await _load(url, clients, pipeline, seconds, store_request)
-                    node_cpu_s = _process_cpu_s(process.pid) - cpu_before
-                    console.print(f"[bold]retrieves[/]: signed, for {seconds:.0f} s …")
-                    retrieves, retrieve_s = await _load(
-                        url, clients, pipeline, seconds, retrieve_request
-                    )
-                finally:
-                    process.terminate()
-                    await process.wait()
-                nursery.cancel_scope.cancel()
-        per_node_cpu_s = stores / node_cpu_s if node_cpu_s else 0.0
+                load_average = os.getloadavg()[0]
+                cpu_before = [_process_cpu_s(node.pid) for node in members]
+                stores, store_s = await _load(entry.url, clients, pipeline, seconds, store)
+                cpu_s = {
+                    node.name: _process_cpu_s(node.pid) - before
+                    for node, before in zip(members, cpu_before, strict=True)
+                }
+                console.print(f"[bold]retrieves[/]: signed, for {seconds:.0f} s …")
+                retrieves, retrieve_s = await _load(entry.url, clients, pipeline, seconds, retrieve)
+        entry_cpu_s = cpu_s.pop(entry.name)
+        peer_cpu_s = sum(cpu_s.values()) / len(cpu_s)
         return {
             "stores_per_s": round(stores / store_s, 1),
             "retrieves_per_s": round(retrieves / retrieve_s, 1),
             "floor_stores_per_s": round(floor, 1),
             "ratio": round(stores / store_s / floor, 3),
-            "node_cpu_us_per_store": round(1e6 / per_node_cpu_s, 1) if per_node_cpu_s else None,
-            "ratio_per_node_core": round(per_node_cpu_s / floor, 3),
+            "quorum": min(quorum, len(members)),
+            "ratio_per_core": round(stores / entry_cpu_s / floor, 3),
+            "node_cpu_us_per_store": round(1e6 * entry_cpu_s / stores, 1),
+            "peer_cpu_us_per_store": round(1e6 * peer_cpu_s / stores, 1),
+            "nodes": nodes,
+            "swarm_members": len(members),
             "clients": clients,
             "pipeline": pipeline,
             "message_bytes": MESSAGE_BYTES,
+            "load_average": round(load_average, 2),
         }
+
+    async def main() -> dict[str, Any]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_sigterm)
+            result = await measure()
+            nursery.cancel_scope.cancel()
+        return result
 
     return trio.run(main)
 
 
 def print_report(result: dict[str, Any]) -> None:
-    table = Table(title="service node throughput (one node process, WebSocket, loopback)")
+    table = Table(
+        title=f"service node throughput (entry node of a {result['swarm_members']}-member swarm, "
+        f"quorum {result['quorum']}, WebSocket, loopback; load {result['load_average']})"
+    )
     table.add_column("measure")
     table.add_column("per second", justify="right")
     table.add_row("stores", f"{result['stores_per_s']:,.0f}")
     table.add_row("retrieves (signed)", f"{result['retrieves_per_s']:,.0f}")
     table.add_row("floor: SQLite single-commit inserts", f"{result['floor_stores_per_s']:,.0f}")
     table.add_row("stores ÷ floor", f"{result['ratio']:.2f}")
-    table.add_row("node CPU per store (µs)", f"{result['node_cpu_us_per_store']}")
-    table.add_row("stores per node-CPU-second ÷ floor", f"{result['ratio_per_node_core']:.2f}")
+    table.add_row("entry node CPU per store (µs)", f"{result['node_cpu_us_per_store']}")
+    table.add_row("each peer's CPU per store (µs)", f"{result['peer_cpu_us_per_store']}")
+    table.add_row("stores per entry-node-CPU-second ÷ floor", f"{result['ratio_per_core']:.2f}")
     Console().print(table)

@@ -32,6 +32,17 @@ def _url(description: dict[str, object], key: str, path: Path) -> str:
     return value
 
 
+def _ledger(description: dict[str, object], path: Path) -> bytes:
+    value = description.get("ledger")
+    try:
+        key = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise NetworkFileError(f"{path}: 'ledger' must be the ledger's key, 64 hex digits")
+    return key
+
+
 def _node_urls(description: dict[str, object]) -> tuple[str, ...]:
     """The nodes ``network up`` listed, asked for the network while the registry is down
     (entries that are not what it writes are skipped: they are only a fallback)."""
@@ -87,6 +98,7 @@ class NetworkAccess:
                 transport,
                 _url(description, "registry", path),
                 clock,
+                _ledger(description, path),
                 seeds=_node_urls(description),
             ),
             clock,

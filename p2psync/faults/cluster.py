@@ -22,6 +22,7 @@ from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, session_id_key
 from ..rpc import RpcPool, open_rpc_pool
+from ..services import admit_node, open_ledger
 from ..swarm.registry import RegistryDirectory, Snapshot
 from ..swarm.ring import NodeInfo, SwarmMap
 from ..websocket import WebSocketTransport
@@ -47,6 +48,8 @@ class Cluster:
     nodes: list[ServiceProcess]
     relays: list[ServiceProcess]
     pool: RpcPool
+    #: The public key of the ledger that admitted the nodes.
+    ledger: bytes
     _nursery: trio.Nursery
 
     @property
@@ -57,7 +60,9 @@ class Cluster:
         """How a client that knows the network description reads it: the registry, and
         the nodes when the registry is down."""
         seeds = tuple(node.url for node in self.nodes)
-        return RegistryDirectory(self.transport, self.registry_url, self.clock, seeds=seeds)
+        return RegistryDirectory(
+            self.transport, self.registry_url, self.clock, self.ledger, seeds=seeds
+        )
 
     def services(self) -> list[ServiceProcess]:
         return [self.registry, *self.nodes, *self.relays]
@@ -116,7 +121,12 @@ class Cluster:
 
 @asynccontextmanager
 async def open_cluster(
-    data_dir: Path, *, nodes: int = 3, relays: int = 0, log_level: str = "warning"
+    data_dir: Path,
+    *,
+    nodes: int = 3,
+    relays: int = 0,
+    log_level: str = "warning",
+    node_args: Sequence[str] = (),
 ) -> AsyncIterator[Cluster]:
     """Registry, ``nodes`` service nodes and ``relays`` relays as child processes, settled
     (see :meth:`Cluster.wait_settled`) before the body runs. Each child logs at
@@ -129,9 +139,15 @@ async def open_cluster(
     if nodes < 1:
         raise ValueError("a cluster needs at least one service node")
     transport = WebSocketTransport()
+    ledger = open_ledger(data_dir / "ledger")
+    ledger_args = ["--ledger", ledger.public_key.hex()]
+    for i in range(nodes):
+        admit_node(ledger, data_dir / f"node-{i}")
     async with open_rpc_pool(transport) as pool, open_task_nursery() as nursery:
         log_args = ["--log-level", log_level]
-        registry = ServiceProcess("registry", [*log_args, "registry"], data_dir / "registry")
+        registry = ServiceProcess(
+            "registry", [*log_args, "registry", *ledger_args], data_dir / "registry"
+        )
         await registry.start(nursery)
         cluster = Cluster(
             data_dir,
@@ -141,7 +157,7 @@ async def open_cluster(
             [
                 ServiceProcess(
                     f"node-{i}",
-                    [*log_args, "node", "--registry", registry.url],
+                    [*log_args, "node", "--registry", registry.url, *ledger_args, *node_args],
                     data_dir / f"node-{i}",
                 )
                 for i in range(nodes)
@@ -149,12 +165,13 @@ async def open_cluster(
             [
                 ServiceProcess(
                     f"relay-{i}",
-                    [*log_args, "relay", "--registry", registry.url],
+                    [*log_args, "relay", "--registry", registry.url, *ledger_args],
                     data_dir / f"relay-{i}",
                 )
                 for i in range(relays)
             ],
             pool,
+            ledger.public_key,
             nursery,
         )
         await _start_all(cluster, [*cluster.nodes, *cluster.relays])

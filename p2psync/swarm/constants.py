@@ -9,6 +9,9 @@ MIN_TTL_MS = 10_000
 MAX_TTL_MS = 14 * 86_400_000
 MAX_DATA_BYTES = 76_800
 CLOCK_SKEW_MS = 60_000
+#: Members, the accepting one included, that must have committed a store before it is
+#: acknowledged.
+STORE_QUORUM = 2
 
 NAMESPACE_MESSAGES = 0
 NAMESPACE_SYNC = 1

@@ -34,9 +34,19 @@ from overlay.link import Transport
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, message_hash, session_id_key
-from ..rpc import Connection, RpcClient, RpcPool, RpcServer, ServerLimits, open_rpc, open_rpc_pool
+from ..rpc import (
+    Connection,
+    RpcClient,
+    RpcPool,
+    RpcServer,
+    ServerLimits,
+    TokenBucket,
+    open_rpc,
+    open_rpc_pool,
+)
 from ..wire import MAX_FRAME_BYTES, Fields
 from . import repair
+from .allowance import OWNER_QUOTA_BYTES, STORE_BYTES_PER_S, OwnerQuota, connection_budget
 from .auth import ReplayGuard, check_client_auth, check_node_auth, sign_node_request
 from .commit import CommitFailed, GroupCommit
 from .constants import (
@@ -53,6 +63,7 @@ from .constants import (
     REPLICATION_RETRY_S,
     RETRIEVE_LIMIT,
     RETRIEVE_MAX_BYTES,
+    STORE_QUORUM,
     SWEEP_INTERVAL_S,
 )
 from .outbound import REPLICATION_QUEUE_BYTES, ReplicationQueue
@@ -65,7 +76,7 @@ from .records import (
     summary_from_wire,
     summary_to_wire,
 )
-from .registry import ANNOUNCEMENT_TTL_MS, Directory, Snapshot
+from .registry import ANNOUNCEMENT_TTL_MS, Directory, Snapshot, listing_page
 from .ring import NodeInfo, SwarmMap
 from .store import MessageStore, RowSummary, StoredMessage
 
@@ -83,11 +94,12 @@ ISSUED_CURSORS = 100_000
 #: Delay (and so the rate limit) of a registry re-read asked for by an unknown node.
 REFRESH_SOON_S = 5.0
 HAND_OVER_MAX_BACKOFF_S = 300.0
+#: How long a node must have been listed before its read-back lets another node forget
+#: rows handed over to it (see ``StorageNode._hand_over_once``).
+HAND_OVER_ELDER_MS = 10 * 60_000
 #: What a peer that is down, slow or confused causes in the normal run of things.
 PEER_ERRORS = (OSError, ConnectionLost, RpcError, DecodeError, trio.TooSlowError)
-#: Members, this one included, that must have committed a store before it is
-#: acknowledged (DESIGN.md §4).
-STORE_QUORUM = 2
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 64
 #: How long a store waits for its quorum before the client is told ``unavailable`` (the
 #: row stays here and keeps replicating; a retry, to any member, is the same message).
 QUORUM_TIMEOUT_S = 10.0
@@ -105,6 +117,12 @@ class NodeConfig:
     #: smaller swarm needs all its members.
     store_quorum: int = STORE_QUORUM
     quorum_timeout_s: float = QUORUM_TIMEOUT_S
+    #: A device subscribes to a few namespaces of one or two identities; a connection
+    #: holding thousands is someone making the node fan out pushes for it.
+    max_subscriptions_per_connection: int = MAX_SUBSCRIPTIONS_PER_CONNECTION
+    #: What an anonymous store may cost (:mod:`.allowance`).
+    store_bytes_per_s: float = STORE_BYTES_PER_S
+    owner_quota_bytes: int = OWNER_QUOTA_BYTES
     limits: ServerLimits = field(default_factory=ServerLimits)
 
     def __post_init__(self) -> None:
@@ -134,6 +152,26 @@ class NodeStats:
     quorum_missed: int = 0
 
 
+def _row_keys(params: Fields) -> list[tuple[str, int, bytes]]:
+    """``params.keys``: at most ``LISTING_PAGE`` row keys ``[pubkey, namespace, hash]``."""
+    keys = []
+    for key in params.items("keys", max_len=LISTING_PAGE):
+        if not (isinstance(key, list) and len(key) == 3):
+            raise DecodeError("a key is [pubkey, namespace, hash]")
+        owner, namespace, digest = key
+        if not (
+            isinstance(owner, str)
+            and isinstance(namespace, int)
+            and not isinstance(namespace, bool)
+            and 0 <= namespace <= MAX_NAMESPACE
+            and isinstance(digest, bytes)
+            and len(digest) == 32
+        ):
+            raise DecodeError("a key is [pubkey, namespace, hash]")
+        keys.append((owner, namespace, digest))
+    return keys
+
+
 def _batches(rows: Iterable[StoredMessage]) -> Iterable[list[StoredMessage]]:
     batch: list[StoredMessage] = []
     size = 0
@@ -159,8 +197,13 @@ class StorageNode:
         transport: Transport,
         directory: Directory,
         config: NodeConfig | None = None,
+        registration: bytes = b"",
     ) -> None:
+        """``registration`` is the ledger's signed word that this node is admitted
+        (:mod:`.admission`), announced with the node; without it a network with a ledger
+        does not list the node."""
         self.identity = identity
+        self.registration = registration
         self.pubkey = identity.ed25519_public.hex()
         self.store = store
         self.clock = clock
@@ -173,6 +216,12 @@ class StorageNode:
         self.swarms = SwarmMap({})
         self._guard = ReplayGuard()
         self._subscribers: dict[tuple[str, int], set[Connection]] = {}
+        self._subscriptions_held: dict[Connection, int] = {}
+        self._store_budgets: dict[Connection, TokenBucket] = {}
+        self._owner_quota = OwnerQuota(
+            lambda owner: self.store.owner_bytes(owner, self.clock.now_ms()),
+            self.config.owner_quota_bytes,
+        )
         # Per stream, the highest read position served; a replica keyed at or below it
         # gets a new key so that readers of this node still see it. Before the first
         # read after a start, anything up to the start may have been served.
@@ -187,6 +236,8 @@ class StorageNode:
         self._repair_soon = trio.Event()
         self._refresh_soon = trio.Event()
         self._random = random.Random(identity.ed25519_public)
+        #: When this node first saw each node listed (epoch ms).
+        self._first_listed: dict[str, int] = {}
         self._pool: RpcPool | None = None
         self._announced_at = -float("inf")
         self.rpc = RpcServer(
@@ -203,6 +254,7 @@ class StorageNode:
                 "repair_digest": self._repair_digest,
                 "repair_list": self._repair_list,
                 "repair_fetch": self._repair_fetch,
+                "held": self._held,
                 "list": self._list,
             },
             self.config.limits,
@@ -232,7 +284,9 @@ class StorageNode:
         errors = PEER_ERRORS
         if trio.current_time() - self._announced_at >= self.config.announce_interval_s:
             try:
-                await self.directory.announce(self.identity, "node", self.url)
+                await self.directory.announce(
+                    self.identity, "node", self.url, registration=self.registration
+                )
                 self._announced_at = trio.current_time()
             except errors as exc:
                 logger.warning("node %s: cannot announce: %s", self.pubkey[:8], exc)
@@ -247,6 +301,9 @@ class StorageNode:
             logger.warning("node %s: not listed by the registry yet", self.pubkey[:8])
             self._announced_at = -float("inf")
             return
+        seen_at = self.clock.now_ms()
+        for listed in snapshot.nodes:
+            self._first_listed.setdefault(listed.pubkey, seen_at)
         if snapshot.nodes != self.snapshot.nodes:
             self.snapshot = snapshot
             self.swarms = SwarmMap.build(snapshot.nodes)
@@ -304,8 +361,7 @@ class StorageNode:
         """The signed announcements of the last registry listing this node read, so
         readers can list the network from any node while the registry is down (they
         check every signature themselves)."""
-        params.only()
-        return self.snapshot.announcements_to_wire()
+        return listing_page(self.snapshot.announcements, params)
 
     def _get_swarm(self, params: Fields, conn: Connection) -> Any:
         key = session_id_key(params.only("pubkey").text("pubkey", max_len=66))
@@ -316,19 +372,33 @@ class StorageNode:
 
     async def _store(self, params: Fields, conn: Connection) -> Any:
         row = self._store_row(params)
+        self._charge(conn, row)
+        key = row_key(row)
+
+        def committed(new: bool) -> trio.Event | None:
+            """The quorum to wait for. Runs in the commit loop, so a transaction's rows are
+            queued for the peers together (see :mod:`.commit`), and the event is taken
+            there too: looked up once this store resumed, it could be gone because
+            another store of the same row gave up on it, and this one would be answered
+            without its quorum."""
+            if new:
+                self.stats.stored += 1
+                self._owner_quota.stored(row.pubkey, len(row.data or b""))
+                self._notify([row])
+            else:
+                self.stats.duplicates += 1
+            # A duplicate waits for its quorum too: the first store of it may have been
+            # answered ``unavailable``, and this node keeps no record of which rows made
+            # it. Peers that hold it already answer at once.
+            if key not in self._quorum_reached and self._quorum.expect(row, self._peers_needed()):
+                self._quorum_reached[key] = trio.Event()
+                self._queue_for_peers([row])
+            return self._quorum_reached.get(key)
+
         try:
-            new = await self._commits.put(row)
+            reached = await self._commits.put(row, committed)
         except CommitFailed as exc:
             raise RpcError("unavailable", f"the node could not store: {exc}") from exc
-        key = row_key(row)
-        if new:
-            self.stats.stored += 1
-            if self._quorum.expect(row, self._peers_needed()):
-                self._quorum_reached[key] = trio.Event()
-            self._accepted([row])
-        else:
-            self.stats.duplicates += 1
-        reached = self._quorum_reached.get(key)
         if reached is not None:
             with trio.move_on_after(self.config.quorum_timeout_s):
                 await reached.wait()
@@ -341,6 +411,26 @@ class StorageNode:
                     "stored here but not yet on enough members of the swarm; retrying is safe",
                 )
         return {"hash": row.hash, "expiry": row.expiry_ms}
+
+    def _charge(self, conn: Connection, row: StoredMessage) -> None:
+        """Refuse a store past its connection's byte rate (``rate_limited``) or its
+        owner's quota (``too_large``): :mod:`.allowance`."""
+        size = len(row.data or b"")
+        now = trio.current_time()
+        budget = self._store_budgets.get(conn)
+        if budget is None:
+            budget = connection_budget(now, self.config.store_bytes_per_s)
+            self._store_budgets[conn] = budget
+            conn.on_close(lambda: self._forget_budget(conn))
+        if not budget.take(now, size):
+            raise RpcError("rate_limited", "this connection stores too fast: slow down")
+        if not self._owner_quota.admits(row.pubkey, size):
+            raise RpcError(
+                "too_large", f"this owner's mailbox is full ({self._owner_quota.quota} bytes)"
+            )
+
+    def _forget_budget(self, conn: Connection) -> None:
+        self._store_budgets.pop(conn, None)
 
     def _peers_needed(self) -> int:
         return min(self.config.store_quorum, 1 + len(self.peers())) - 1
@@ -512,11 +602,24 @@ class StorageNode:
         key = (owner, namespace)
         subscribers = self._subscribers.setdefault(key, set())
         if conn not in subscribers:
+            held = self._subscriptions_held.get(conn, 0)
+            if held >= self.config.max_subscriptions_per_connection:
+                if not subscribers:
+                    del self._subscribers[key]
+                raise RpcError(
+                    "rate_limited",
+                    f"at most {self.config.max_subscriptions_per_connection}"
+                    " subscriptions per connection",
+                )
+            self._subscriptions_held[conn] = held + 1
             subscribers.add(conn)
             conn.on_close(lambda: self._unsubscribe(key, conn))
         return {}
 
     def _unsubscribe(self, key: tuple[str, int], conn: Connection) -> None:
+        held = self._subscriptions_held.pop(conn, 0) - 1
+        if held > 0:
+            self._subscriptions_held[conn] = held
         subscribers = self._subscribers.get(key)
         if subscribers is not None:
             subscribers.discard(conn)
@@ -547,6 +650,9 @@ class StorageNode:
     def _accepted(self, rows: Sequence[StoredMessage]) -> None:
         """New or changed rows from a client: push to subscribers, queue for every peer."""
         self._notify(rows)
+        self._queue_for_peers(rows)
+
+    def _queue_for_peers(self, rows: Sequence[StoredMessage]) -> None:
         for row in rows:
             for queue in self._outbound.values():
                 if not queue.offer(row):
@@ -570,22 +676,35 @@ class StorageNode:
             mine.append(dataclasses.replace(row, order_ms=self._next_order(stream, now)))
         added = self.store.put_many(mine)
         fresh = [row for row, new in zip(mine, added, strict=True) if new]
+        for row in fresh:
+            self._owner_quota.stored(row.pubkey, len(row.data or b""))
         self._notify(fresh)
         return len(fresh)
 
     # --- node-to-node methods -------------------------------------------------------------
 
-    def _check_node(self, params: Fields, method: str) -> str:
+    def _check_node(self, params: Fields, method: str, *, swarm_only: bool = True) -> str:
+        """The registered node that signed this request; with ``swarm_only`` (every method
+        that reads) it must be a member of this node's swarm, so no node, admitted or not,
+        can read or enumerate a swarm it does not belong to."""
         node = check_node_auth(
             params, params.rest(), self._guard, method=method, now_ms=self.clock.now_ms()
         )
         if node not in {n.pubkey for n in self.snapshot.nodes}:
             self._refresh_soon.set()  # it may have joined since we last looked
             raise RpcError("unauthorized", "not a registered node")
+        if swarm_only and node not in {n.pubkey for n in self.peers()}:
+            raise RpcError("unauthorized", "not a member of this swarm")
         return node
 
+    def _require_owner(self, owner: str) -> None:
+        if not self.owns(owner):
+            raise RpcError("unauthorized", "that owner belongs to another swarm")
+
     def _replicate(self, params: Fields, conn: Connection) -> Any:
-        node = self._check_node(params.only("rows", "node_auth"), "replicate")
+        """Rows pushed by a member, or handed over by a node of the owner's old swarm (so
+        any registered node may push); only rows of owners this node serves are kept."""
+        node = self._check_node(params.only("rows", "node_auth"), "replicate", swarm_only=False)
         rows = self._valid_rows(params.items("rows", max_len=10_000), node)
         refused = sorted({r.pubkey for r in rows if not self.owns(r.pubkey)})
         self.stats.replicated_in += self._ingest(rows)
@@ -607,9 +726,9 @@ class StorageNode:
 
     def _lookup(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params.only("pubkey", "namespace", "hash", "node_auth"), "lookup")
-        row = self.store.get(
-            params.text("pubkey", max_len=66), self._namespace(params), params.blob("hash", size=32)
-        )
+        owner = params.text("pubkey", max_len=66)
+        self._require_owner(owner)
+        row = self.store.get(owner, self._namespace(params), params.blob("hash", size=32))
         if row is None or row.expiry_ms <= self.clock.now_ms():
             return {"row": None}
         return {"row": row_to_wire(row)}
@@ -641,15 +760,8 @@ class StorageNode:
         self._check_node(params.only("keys", "node_auth"), "repair_fetch")
         found: list[StoredMessage] = []
         size = 0
-        for key in params.items("keys", max_len=LISTING_PAGE):
-            if not (isinstance(key, list) and len(key) == 3):
-                raise DecodeError("a key is [pubkey, namespace, hash]")
-            owner, namespace, digest = key
-            if not (
-                isinstance(owner, str) and isinstance(namespace, int) and isinstance(digest, bytes)
-            ):
-                raise DecodeError("a key is [pubkey, namespace, hash]")
-            row = self.store.get(owner, namespace, digest)
+        for owner, namespace, digest in _row_keys(params):
+            row = self.store.get(owner, namespace, digest) if self.owns(owner) else None
             if row is None:
                 continue
             size += len(row.data or b"") + 160
@@ -657,6 +769,18 @@ class StorageNode:
                 break
             found.append(row)
         return {"rows": [row_to_wire(r) for r in found]}
+
+    def _held(self, params: Fields, conn: Connection) -> Any:
+        """How many of the given rows this node holds, for a node of the owners' old swarm
+        reading back what it handed over (it names only rows it holds itself, so it
+        learns nothing it did not know)."""
+        self._check_node(params.only("keys", "node_auth"), "held", swarm_only=False)
+        now = self.clock.now_ms()
+        held = 0
+        for owner, namespace, digest in _row_keys(params):
+            row = self.store.get(owner, namespace, digest) if self.owns(owner) else None
+            held += row is not None and row.expiry_ms > now
+        return {"held": held}
 
     # --- background loops -----------------------------------------------------------------
 
@@ -812,7 +936,14 @@ class StorageNode:
             backoff = min(HAND_OVER_MAX_BACKOFF_S, backoff * 2)
 
     async def _hand_over_once(self) -> bool:
-        """One pass; True when this node holds no foreign owner any more."""
+        """One pass; True when this node holds no foreign owner any more.
+
+        An owner's rows are forgotten here only once every member of its new swarm has
+        them, as read back from each (a member's word that it took them is not enough),
+        and at least one of those members is established: listed here for
+        ``HAND_OVER_ELDER_MS`` already. A wave of fresh nodes that takes over a swarm and
+        vanishes cannot make the old members drop what they held; it must stay, listed
+        and admitted, for that long first."""
         if not self.swarms.swarms:
             return True
         now = self.clock.now_ms()
@@ -822,24 +953,36 @@ class StorageNode:
                 continue
             rows = list(self.store.records(now, [owner]))
             targets = self.swarms.nodes_for_key(session_id_key(owner))
-            taken = 0
+            takers = []
             for target in targets:
                 try:
-                    client = await self._peer_client(target)
-                    refused = False
-                    for part in _batches(rows):
-                        result = await self._signed_call(
-                            client, "replicate", {"rows": [row_to_wire(r) for r in part]}
-                        )
-                        refused |= bool(Fields(result, "result").items("refused", max_len=10_000))
-                    taken += not refused
+                    if await self._hand_to(target, rows):
+                        takers.append(target)
                 except Exception as exc:  # one peer's failure, whatever it is, is that peer's
                     logger.info(
                         "hand-over of %s to %s failed: %r", owner[:10], target.pubkey[:8], exc
                     )
-            if taken == len(targets):
+            if len(takers) == len(targets) and any(
+                now - self._first_listed.get(t.pubkey, now) >= HAND_OVER_ELDER_MS for t in takers
+            ):
                 self.store.remove_owner(owner)
                 self.stats.handed_over += len(rows)
             else:
                 complete = False
         return complete
+
+    async def _hand_to(self, target: NodeInfo, rows: Sequence[StoredMessage]) -> bool:
+        """Push ``rows`` to ``target`` and read back that it holds every one."""
+        client = await self._peer_client(target)
+        for part in _batches(rows):
+            result = await self._signed_call(
+                client, "replicate", {"rows": [row_to_wire(r) for r in part]}
+            )
+            if Fields(result, "result").items("refused", max_len=10_000):
+                return False
+        for start in range(0, len(rows), LISTING_PAGE):
+            keys = [[r.pubkey, r.namespace, r.hash] for r in rows[start : start + LISTING_PAGE]]
+            result = Fields(await self._signed_call(client, "held", {"keys": keys}), "result")
+            if result.uint("held", maximum=len(keys)) < len(keys):
+                return False
+        return True

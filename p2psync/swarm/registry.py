@@ -2,9 +2,13 @@
 
 Nodes and relays announce themselves with a record signed by their own Ed25519 key; the
 registry keeps each record until it expires (announcers repeat well before that), so a
-node that dies drops out on its own. Everybody reads the same list and computes swarms
-from it (:mod:`p2psync.swarm.ring`). A static network needs no registry: a JSON file with
-the same shape does (:class:`FileDirectory`).
+node that dies drops out on its own. A node's record carries its :mod:`.admission`
+registration, and where the network has a ledger, the registry and every reader list a
+node only with a registration the ledger signed: anyone may run a node, but nobody joins
+a swarm by saying so, and the ring position comes from the registration, not the key.
+Everybody reads the same list and computes swarms from it (:mod:`p2psync.swarm.ring`). A
+static network needs no registry: a JSON file with the same shape does
+(:class:`FileDirectory`; its operator is the one who admits).
 
 Readers go through the small :class:`Directory` interface, so a node or client works the
 same with a live registry, a file, or a fixed in-process list.
@@ -15,13 +19,20 @@ out or list it late, but cannot make up a node or move one to another address. B
 the list proves itself, any node can serve the copy it holds (its ``list`` method), and a
 :class:`RegistryDirectory` asks known nodes, then its saved copy, when the registry is
 down: the registry is no longer a single point of failure for reading the network.
+
+The listing is read in pages (:func:`listing_page`) of at most ``LIST_PAGE`` entries and
+``LIST_PAGE_BYTES`` bytes, so it holds ``MAX_LISTED`` entries however large each is (up to
+``MAX_CONTACT_BYTES`` of contact). A reader skips an entry that does not check out and
+keeps the rest: one junk announcement cannot make the network unreadable.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +46,7 @@ from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, verify
 from ..rpc import Connection, RpcServer, open_rpc
 from ..wire import Fields, decode_cbor, encode_cbor
+from .admission import MAX_REGISTRATION_BYTES, checked_registration
 from .constants import CLOCK_SKEW_MS
 from .ring import NodeInfo
 
@@ -49,6 +61,11 @@ ANNOUNCEMENT_TTL_MS = 5 * 60_000
 CACHED_LISTING_MAX_AGE_MS = 24 * 3_600_000
 MAX_LISTED = 10_000
 KINDS = ("node", "relay")
+#: A relay's contact is about 130 bytes (key, address, expiry, signature).
+MAX_CONTACT_BYTES = 512
+#: Entries and bytes of announcements in one page of ``list`` (well inside a frame).
+LIST_PAGE = 200
+LIST_PAGE_BYTES = 96 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,27 +96,44 @@ class Snapshot:
         value: object,
         now_ms: int,
         *,
+        ledger: bytes | None,
         max_age_ms: int = ANNOUNCEMENT_TTL_MS,
         verified: set[bytes] | None = None,
     ) -> Snapshot:
-        """A listing of signed announcements, each checked: shape, own-key signature, and
-        age at most ``max_age_ms`` (so an old announcement of a dead node cannot be
-        replayed forever). For one key the newest announcement counts. ``verified``
-        caches signatures already checked, so a reader re-checks only what changed."""
+        """A listing of signed announcements, each checked: shape, own-key signature, age
+        at most ``max_age_ms`` (so an old announcement of a dead node cannot be replayed
+        forever) and, for a node, its registration under ``ledger`` (``None``: a network
+        without admission, where positions come from the keys). An entry that fails is
+        left out, and the rest stand. For one key the newest announcement counts.
+        ``verified`` caches signatures already checked, so a reader re-checks only what
+        changed."""
         fields = Fields(value, "listing").only("announcements")
         newest: dict[tuple[str, str], dict[str, Any]] = {}
+        refused = 0
         for item in fields.items("announcements", max_len=MAX_LISTED):
-            announcement = Fields(item, "announcement")
-            raw = _checked_record(announcement, verified)
-            age = now_ms - raw["timestamp"]
-            if not -CLOCK_SKEW_MS <= age <= max_age_ms + CLOCK_SKEW_MS:
-                raise DecodeError(f"the announcement of {raw['pubkey'][:8]} is stale or early")
+            try:
+                announcement = Fields(item, "announcement")
+                raw = _checked_record(announcement, verified)
+                age = now_ms - raw["timestamp"]
+                if not -CLOCK_SKEW_MS <= age <= max_age_ms + CLOCK_SKEW_MS:
+                    raise DecodeError(f"the announcement of {raw['pubkey'][:8]} is stale or early")
+                _node_position(raw, ledger)
+            except (DecodeError, RpcError) as exc:
+                refused += 1
+                logger.debug("left out of the listing: %s", exc)
+                continue
             key = (raw["kind"], raw["pubkey"])
             if key not in newest or newest[key]["record"]["timestamp"] < raw["timestamp"]:
                 newest[key] = {"record": raw, "signature": announcement.blob("signature", size=64)}
+        if refused:
+            logger.info("left %d announcements that do not check out out of the listing", refused)
         records = [newest[key]["record"] for key in sorted(newest)]
         return cls(
-            tuple(NodeInfo(r["pubkey"], r["url"]) for r in records if r["kind"] == "node"),
+            tuple(
+                NodeInfo(r["pubkey"], r["url"], _node_position(r, ledger))
+                for r in records
+                if r["kind"] == "node"
+            ),
             tuple(
                 RelayInfo(r["pubkey"], r["url"], r["contact"])
                 for r in records
@@ -124,7 +158,9 @@ class Snapshot:
         relays = []
         for item in fields.items("relays", max_len=MAX_LISTED) if fields.has("relays") else []:
             relay = Fields(item, "relay")
-            contact = relay.blob("contact", max_len=4096) if relay.has("contact") else b""
+            contact = (
+                relay.blob("contact", max_len=MAX_CONTACT_BYTES) if relay.has("contact") else b""
+            )
             relays.append(
                 RelayInfo(_hex_key(relay.text("pubkey", max_len=64)), relay.text("url"), contact)
             )
@@ -140,12 +176,26 @@ def _hex_key(text: str) -> str:
     raise DecodeError(f"not a 32-byte lowercase hex key: {text!r}")
 
 
+def _node_position(raw: dict[str, Any], ledger: bytes | None) -> int | None:
+    """Where a node's announcement puts it on the ring: its registration's position
+    under ``ledger`` (:class:`DecodeError` without a valid one); ``None`` (the key's own)
+    without a ledger, or for a relay."""
+    if raw["kind"] != "node" or ledger is None:
+        return None
+    return checked_registration(raw["registration"], ledger, raw["pubkey"]).position
+
+
 def _announcement_text(record: dict[str, Any]) -> bytes:
     return ANNOUNCE_DOMAIN + encode_cbor(record)
 
 
 def sign_announcement(
-    identity: Identity, kind: str, url: str, now_ms: int, contact: bytes = b""
+    identity: Identity,
+    kind: str,
+    url: str,
+    now_ms: int,
+    contact: bytes = b"",
+    registration: bytes = b"",
 ) -> dict[str, Any]:
     record = {
         "kind": kind,
@@ -153,8 +203,37 @@ def sign_announcement(
         "url": url,
         "timestamp": now_ms,
         "contact": contact,
+        "registration": registration,
     }
     return {"record": record, "signature": identity.sign(_announcement_text(record))}
+
+
+def listing_page(announcements: Sequence[dict[str, Any]], params: Fields) -> dict[str, Any]:
+    """One page of a listing sorted by (kind, pubkey), for ``list`` ``{"after"?: [kind,
+    pubkey]}``: the entries after that key, at most ``LIST_PAGE`` of them and about
+    ``LIST_PAGE_BYTES``, and ``next``, the key to ask after for the next page (``None``
+    at the end)."""
+    params.only("after")
+    start = 0
+    if params.has("after"):
+        after = params.items("after", max_len=2)
+        if len(after) != 2 or not all(isinstance(part, str) for part in after):
+            raise DecodeError("params.after is [kind, pubkey]")
+        keys = [(a["record"]["kind"], a["record"]["pubkey"]) for a in announcements]
+        start = bisect.bisect_right(keys, (after[0], after[1]))
+    page: list[dict[str, Any]] = []
+    size = 0
+    for announcement in announcements[start : start + LIST_PAGE]:
+        size += len(encode_cbor(announcement))
+        if page and size > LIST_PAGE_BYTES:
+            break
+        page.append(announcement)
+    more = start + len(page) < len(announcements)
+    last = page[-1]["record"] if page else None
+    return {
+        "announcements": page,
+        "next": [last["kind"], last["pubkey"]] if more and last is not None else None,
+    }
 
 
 def check_announcement(params: Fields, now_ms: int) -> dict[str, Any]:
@@ -170,15 +249,21 @@ def check_announcement(params: Fields, now_ms: int) -> dict[str, Any]:
 def _checked_record(params: Fields, verified: set[bytes] | None = None) -> dict[str, Any]:
     """Shape and signature of one announcement; its age is the caller's business."""
     params.only("record", "signature")
-    record = params.map("record").only("kind", "pubkey", "url", "timestamp", "contact")
+    record = params.map("record").only(
+        "kind", "pubkey", "url", "timestamp", "contact", "registration"
+    )
     kind = record.text("kind", max_len=8)
     if kind not in KINDS:
         raise DecodeError(f"record.kind must be one of {KINDS}")
     pubkey = _hex_key(record.text("pubkey", max_len=64))
-    url = record.text("url")
-    timestamp = record.uint("timestamp")
-    contact = record.blob("contact", max_len=4096)
-    raw = {"kind": kind, "pubkey": pubkey, "url": url, "timestamp": timestamp, "contact": contact}
+    raw: dict[str, Any] = {
+        "kind": kind,
+        "pubkey": pubkey,
+        "url": record.text("url"),
+        "timestamp": record.uint("timestamp"),
+        "contact": record.blob("contact", max_len=MAX_CONTACT_BYTES),
+        "registration": record.blob("registration", max_len=MAX_REGISTRATION_BYTES),
+    }
     signature = params.blob("signature", size=64)
     text = _announcement_text(raw)
     seen = hashlib.blake2b(signature + text, digest_size=16).digest()
@@ -199,7 +284,12 @@ class Directory(Protocol):
     async def fetch(self) -> Snapshot: ...
 
     async def announce(
-        self, identity: Identity, kind: str, url: str, contact: bytes = b""
+        self,
+        identity: Identity,
+        kind: str,
+        url: str,
+        contact: bytes = b"",
+        registration: bytes = b"",
     ) -> None: ...
 
 
@@ -213,7 +303,14 @@ class FixedDirectory:
         await trio.lowlevel.checkpoint()
         return self.snapshot
 
-    async def announce(self, identity: Identity, kind: str, url: str, contact: bytes = b"") -> None:
+    async def announce(
+        self,
+        identity: Identity,
+        kind: str,
+        url: str,
+        contact: bytes = b"",
+        registration: bytes = b"",
+    ) -> None:
         await trio.lowlevel.checkpoint()
         key = identity.ed25519_public.hex()
         if kind == "node":
@@ -241,7 +338,14 @@ class FileDirectory:
         except (json.JSONDecodeError, DecodeError) as exc:
             raise DecodeError(f"{self.path}: {exc}") from None
 
-    async def announce(self, identity: Identity, kind: str, url: str, contact: bytes = b"") -> None:
+    async def announce(
+        self,
+        identity: Identity,
+        kind: str,
+        url: str,
+        contact: bytes = b"",
+        registration: bytes = b"",
+    ) -> None:
         await trio.lowlevel.checkpoint()
 
 
@@ -253,11 +357,14 @@ class RegistryDirectory:
     """A live registry server, one short connection per call. When the registry cannot
     be read, it asks the nodes it knows (``seeds``, then those of the last listing) for the
     copy they hold, and failing that reads back the last listing it saved at
-    ``cache_path``; every copy is checked signature by signature like the registry's."""
+    ``cache_path``; every copy is checked signature by signature like the registry's, and
+    every node's registration under ``ledger`` (``None`` only for a network without
+    admission)."""
 
     transport: Transport
     url: str
     clock: Clock
+    ledger: bytes | None
     seeds: tuple[str, ...] = ()
     cache_path: Path | None = None
     _known: list[str] = field(default_factory=list)
@@ -273,16 +380,26 @@ class RegistryDirectory:
         self._known = [n.url for n in snapshot.nodes]
         return snapshot
 
-    async def announce(self, identity: Identity, kind: str, url: str, contact: bytes = b"") -> None:
-        params = sign_announcement(identity, kind, url, self.clock.now_ms(), contact)
+    async def announce(
+        self,
+        identity: Identity,
+        kind: str,
+        url: str,
+        contact: bytes = b"",
+        registration: bytes = b"",
+    ) -> None:
+        params = sign_announcement(identity, kind, url, self.clock.now_ms(), contact, registration)
         async with open_rpc(self.transport, self.url) as client:
             await client.call("announce", params)
 
     async def _read(self, url: str, max_age_ms: int) -> Snapshot:
-        async with open_rpc(self.transport, url) as client:
-            listing = await client.call("list", {})
+        announcements = await read_listing(self.transport, url)
         return Snapshot.from_announcements(
-            listing, self.clock.now_ms(), max_age_ms=max_age_ms, verified=self._verified
+            {"announcements": announcements},
+            self.clock.now_ms(),
+            ledger=self.ledger,
+            max_age_ms=max_age_ms,
+            verified=self._verified,
         )
 
     async def _fallback(self, registry_error: Exception) -> Snapshot:
@@ -316,7 +433,10 @@ class RegistryDirectory:
         try:
             data = await trio.Path(self.cache_path).read_bytes()
             return Snapshot.from_announcements(
-                decode_cbor(data), self.clock.now_ms(), max_age_ms=CACHED_LISTING_MAX_AGE_MS
+                decode_cbor(data),
+                self.clock.now_ms(),
+                ledger=self.ledger,
+                max_age_ms=CACHED_LISTING_MAX_AGE_MS,
             )
         except FileNotFoundError:
             return None
@@ -325,12 +445,34 @@ class RegistryDirectory:
             return None
 
 
+async def read_listing(transport: Transport, url: str) -> list[object]:
+    """Every announcement ``url`` (the registry, or a node serving its copy) lists, page
+    by page; at most ``MAX_LISTED``."""
+    announcements: list[object] = []
+    after: object = None
+    async with open_rpc(transport, url) as client:
+        while True:
+            page = Fields(
+                await client.call("list", {} if after is None else {"after": after}), "listing"
+            ).only("announcements", "next")
+            announcements += page.items("announcements", max_len=LIST_PAGE)
+            after = page.raw("next")
+            if after is None:
+                return announcements
+            if len(announcements) >= MAX_LISTED:
+                raise DecodeError(f"the listing goes on past {MAX_LISTED} entries")
+
+
 class RegistryServer:
     """Keeps signed announcements until they expire; optionally persisted to a JSON file
-    so a restarted registry answers with the last list at once."""
+    so a restarted registry answers with the last list at once. With a ``ledger`` key it
+    takes a node's announcement only with a registration that ledger signed."""
 
-    def __init__(self, clock: Clock, state_path: Path | None = None) -> None:
+    def __init__(
+        self, clock: Clock, state_path: Path | None = None, *, ledger: bytes | None
+    ) -> None:
         self.clock = clock
+        self.ledger = ledger
         self.state_path = state_path
         #: (kind, pubkey) -> (listed until, record, its signature)
         self._entries: dict[tuple[str, str], tuple[int, dict[str, Any], bytes]] = {}
@@ -368,6 +510,10 @@ class RegistryServer:
     async def _announce(self, params: Fields, conn: Connection) -> Any:
         now = self.clock.now_ms()
         raw = check_announcement(params, now)
+        try:
+            _node_position(raw, self.ledger)
+        except DecodeError as exc:
+            raise RpcError("unauthorized", f"not admitted: {exc}") from None
         kind, pubkey, timestamp = raw["kind"], raw["pubkey"], raw["timestamp"]
         signature = params.blob("signature", size=64)
         previous = self._entries.get((kind, pubkey))
@@ -379,9 +525,8 @@ class RegistryServer:
         await self._save()
         return {"ttl_ms": ANNOUNCEMENT_TTL_MS}
 
-    async def _list(self, params: Fields, conn: Connection) -> Any:
-        await trio.lowlevel.checkpoint()
-        return self.snapshot().announcements_to_wire()
+    def _list(self, params: Fields, conn: Connection) -> Any:
+        return listing_page(self.snapshot().announcements, params)
 
     async def _save(self) -> None:
         if self.state_path is None:
@@ -403,6 +548,7 @@ class RegistryServer:
             for entry in json.loads(path.read_text()):
                 rec = {k: entry[k] for k in ("kind", "pubkey", "url", "timestamp")}
                 rec["contact"] = bytes.fromhex(entry["contact"])
+                rec["registration"] = bytes.fromhex(entry.get("registration", ""))
                 signature = bytes.fromhex(entry["signature"])
                 self._entries[(rec["kind"], rec["pubkey"])] = (int(entry["expiry"]), rec, signature)
         except (OSError, ValueError, KeyError, TypeError) as exc:

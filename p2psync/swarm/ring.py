@@ -1,11 +1,13 @@
 """Swarm membership, computed by every party from the registry alone.
 
 Swarm ids are 64-bit points spread evenly over the ring; a registry of N nodes forms
-``max(1, N // 6)`` swarms. Nodes are ordered by a hash of their key and dealt into swarms
-in contiguous runs of near-equal size, at most 8 each (the rest are spares that still
-answer and redirect). When one node joins or leaves, only the nodes at run boundaries move,
-so hand-over traffic stays small. A public key belongs to the swarm whose id is closest,
-with wrap-around, to the XOR of the four big-endian 64-bit words of its X25519 key.
+``max(1, N // 6)`` swarms. Nodes are ordered by their ring position (from their ledger
+registration: :mod:`.admission`; where a network has no ledger, a hash of their key) and
+dealt into swarms in contiguous runs of near-equal size, at most 8 each (the rest are
+spares that still answer and redirect). When one node joins or leaves, only the nodes at
+run boundaries move, so hand-over traffic stays small. A public key belongs to the swarm
+whose id is closest, with wrap-around, to the XOR of the four big-endian 64-bit words of
+its X25519 key.
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ RING_SIZE = 2**64
 
 @dataclass(frozen=True, slots=True, order=True)
 class NodeInfo:
-    """A service node as the registry lists it: Ed25519 key (hex) and RPC url."""
+    """A service node as the registry lists it: Ed25519 key (hex), RPC url, and its ring
+    position from its :mod:`.admission` registration (``None`` on a network without
+    admission, where the position is a hash of the key: :func:`node_position`)."""
 
     pubkey: str
     url: str
+    position: int | None = None
+
+    @property
+    def ring_position(self) -> int:
+        return node_position(self.pubkey) if self.position is None else self.position
 
     def to_wire(self) -> dict[str, str]:
         return {"pubkey": self.pubkey, "url": self.url}
@@ -62,7 +71,7 @@ class SwarmMap:
 
     @classmethod
     def build(cls, nodes: Iterable[NodeInfo]) -> SwarmMap:
-        unique = sorted(set(nodes), key=lambda n: (node_position(n.pubkey), n.pubkey))
+        unique = sorted(set(nodes), key=lambda n: (n.ring_position, n.pubkey))
         count = max(1, len(unique) // SWARM_TARGET_SIZE)
         ids = [(RING_SIZE * k) // count for k in range(count)]
         swarms: dict[int, tuple[NodeInfo, ...]] = {}

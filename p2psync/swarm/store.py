@@ -351,6 +351,15 @@ class MessageStore:
             for row in query.fetchall():
                 yield RowSummary(row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]))
 
+    def owner_bytes(self, pubkey: str, now_ms: int) -> int:
+        """Bytes of live, unexpired data this node holds for ``pubkey`` (all namespaces)."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM messages"
+            " WHERE pubkey = ? AND expiry > ? AND data IS NOT NULL",
+            (pubkey, now_ms),
+        ).fetchone()
+        return int(row[0])
+
     def stats(self) -> tuple[int, int]:
         """(live messages, bytes of live data)."""
         row = self._db.execute(

@@ -20,6 +20,7 @@ from p2psync.network import open_local_network
 from p2psync.rpc import open_rpc
 from p2psync.swarm.auth import AuthSigner, auth_text
 from p2psync.swarm.constants import MAX_DATA_BYTES
+from p2psync.swarm.node import NodeConfig
 from p2psync.wire import decode_frame, encode_cbor
 
 ALICE = Identity.from_label("alice")
@@ -265,3 +266,83 @@ async def test_garbage_over_a_real_websocket() -> None:
             assert (await client.call("info", {}))["node"] == network.nodes[
                 0
             ].identity.ed25519_public.hex()
+
+
+async def test_subscriptions_per_connection_are_capped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One connection cannot make a node fan pushes out to thousands of keys for it: past
+    the cap it is refused ``rate_limited``; its slots are freed when it closes."""
+    cap = NodeConfig().max_subscriptions_per_connection
+    owners = [AuthSigner(Identity.from_label(f"subscriber-{i}")) for i in range(cap + 1)]
+
+    def subscribe_params(owner: AuthSigner) -> dict[str, Any]:
+        return {
+            "pubkey": owner.identity.session_id,
+            "namespace": 0,
+            "auth": owner.auth("subscribe", 0, NOW),
+        }
+
+    async with open_local_network(6, clock=Clock(TEST_EPOCH_MS)) as network:
+        url = network.nodes[0].url
+        async with open_rpc(network.transport, url) as client:
+            for owner in owners[:cap]:
+                assert await client.call("subscribe", subscribe_params(owner)) == {}
+            with pytest.raises(RpcError) as refused:
+                await client.call("subscribe", subscribe_params(owners[cap]))
+            assert refused.value.code == "rate_limited"
+        async with open_rpc(network.transport, url) as client:
+            assert await client.call("subscribe", subscribe_params(owners[cap])) == {}
+
+
+async def test_a_connection_storing_too_fast_is_slowed_and_others_are_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``store`` needs no account, so each connection has a byte budget (here 10 kB/s,
+    bursts of 80 kB): past it, ``rate_limited``; it refills with time, and other
+    connections keep theirs."""
+    config = NodeConfig(store_bytes_per_s=10_000)
+    big = b"x" * 30_000
+    async with open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network:
+        url = network.nodes[0].url
+        clock = network.clock
+        async with open_rpc(network.transport, url) as greedy:
+            for i in range(2):
+                await greedy.call(
+                    "store", store_params(data=big + bytes([i]), timestamp=clock.now_ms())
+                )
+            with pytest.raises(RpcError) as refused:
+                await greedy.call("store", store_params(data=big + b"2", timestamp=clock.now_ms()))
+            assert refused.value.code == "rate_limited"
+            async with open_rpc(network.transport, url) as other:
+                await other.call("store", store_params(data=big + b"o", timestamp=clock.now_ms()))
+            await trio.sleep(3)
+            await greedy.call("store", store_params(data=big + b"3", timestamp=clock.now_ms()))
+
+
+async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """However many connections store for one key, its live data on a node stays within
+    the quota: the store past it is ``too_large`` and what was stored stays; another
+    owner is served; once messages expire there is room again."""
+    config = NodeConfig(owner_quota_bytes=200_000)
+    big = b"y" * 60_000
+    async with open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network:
+        clock = network.clock
+        stored = []
+        for i in range(3):
+            async with open_rpc(network.transport, network.nodes[0].url) as client:
+                params = store_params(data=big + bytes([i]), ttl=20_000, timestamp=clock.now_ms())
+                stored.append((await client.call("store", params))["hash"])
+        async with open_rpc(network.transport, network.nodes[0].url) as client:
+            with pytest.raises(RpcError) as refused:
+                await client.call("store", store_params(data=big + b"4", timestamp=clock.now_ms()))
+            assert refused.value.code == "too_large"
+            other = store_params(pubkey=MALLORY.session_id, data=big, timestamp=clock.now_ms())
+            await client.call("store", other)
+            node = network.nodes[0].node
+            assert node is not None
+            assert all(node.store.get(ALICE.session_id, 0, digest) for digest in stored)
+            await trio.sleep(30)
+            await client.call("store", store_params(data=big + b"5", timestamp=clock.now_ms()))

@@ -19,7 +19,7 @@ from p2psync.network import NodeHandle
 from p2psync.rpc import open_rpc
 from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.client import Cursor, Message, open_swarm_client
-from p2psync.swarm.node import NodeConfig
+from p2psync.swarm.node import HAND_OVER_ELDER_MS, NodeConfig
 from p2psync.swarm.records import row_to_wire
 from p2psync.swarm.registry import FileDirectory
 from p2psync.swarm.ring import NodeInfo
@@ -192,6 +192,14 @@ async def test_membership_change_moves_messages(autojump_clock: trio.testing.Moc
         nodes = network.running_nodes()
         assert len({n.swarm_id for n in nodes}) == 2
 
+        def held_where_served() -> bool:
+            return all(
+                node.store.get(owner.session_id, 0, stored[owner.session_id]) is not None
+                for owner in owners
+                for node in nodes
+                if node.owns(owner.session_id)
+            )
+
         def settled() -> bool:
             for owner in owners:
                 for node in nodes:
@@ -200,7 +208,12 @@ async def test_membership_change_moves_messages(autojump_clock: trio.testing.Moc
                         return False
             return True
 
-        await wait_until(settled)
+        # The new members get every owner that moved to them at once, but the old ones
+        # let go only once those newcomers have been listed for HAND_OVER_ELDER_MS.
+        await wait_until(held_where_served)
+        await trio.sleep(HAND_OVER_ELDER_MS / 2000)
+        assert sum(n.stats.handed_over for n in nodes) == 0
+        await wait_until(settled, limit_s=HAND_OVER_ELDER_MS / 1000 + 900)
         await swarm.refresh()
         for owner in owners:
             messages, _, _ = await swarm.retrieve(owner, 0, None)

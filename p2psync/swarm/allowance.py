@@ -1,0 +1,72 @@
+"""What an anonymous store may cost a node: bytes per connection per second, and bytes
+held per owner.
+
+``store`` needs no account (DESIGN.md §4: anyone may leave a message for anyone), so
+nothing ties a store to who pays for it. Two bounds keep one party from growing a node
+without limit (a review grew one by 61 MiB/s from a single process, each row kept up to
+14 days on every member):
+
+* **per connection**, a token bucket of bytes: a client stores at most
+  ``STORE_BYTES_PER_S`` on average, with bursts of 8 s of it. Connections per
+  node are capped too, so this bounds a node's intake; an honest device stores a few KiB
+  per message and seldom more than a few per second.
+* **per owner**, ``OWNER_QUOTA_BYTES`` of live data: however many connections store for
+  one key, that key's mailbox holds at most this much on each member. A full mailbox
+  refuses further stores (``too_large``) rather than dropping older messages, so a flood
+  can delay an owner's new mail but never erase what was delivered.
+
+Proof of work was the other choice: it makes every store cost the sender CPU, which
+taxes a phone as much as an attacker's server and slows every honest send, while these
+bounds cost an honest client nothing.
+
+Counting an owner's bytes exactly needs a query over its rows, so the node keeps an
+estimate per owner (bytes stored since it last counted, an upper bound, since deletions
+and expiries are not subtracted) and counts exactly only when the estimate says the quota
+might be reached. Estimates are kept for the ``TRACKED_OWNERS`` most recent owners; one
+forgotten is simply counted again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from ..rpc import TokenBucket
+
+STORE_BYTES_PER_S = 1024 * 1024
+OWNER_QUOTA_BYTES = 64 * 1024 * 1024
+TRACKED_OWNERS = 100_000
+
+
+def connection_budget(now: float, bytes_per_s: float = STORE_BYTES_PER_S) -> TokenBucket:
+    """The byte bucket of a new connection: ``bytes_per_s``, bursts of 8 s of it."""
+    return TokenBucket(bytes_per_s, int(8 * bytes_per_s), now)
+
+
+class OwnerQuota:
+    """Live bytes per owner, bounded by ``quota``; ``count(owner)`` is the exact figure
+    (a query), asked only near the bound."""
+
+    def __init__(self, count: Callable[[str], int], quota: int = OWNER_QUOTA_BYTES) -> None:
+        self._count = count
+        self.quota = quota
+        self._estimates: OrderedDict[str, int] = OrderedDict()
+
+    def admits(self, owner: str, size: int) -> bool:
+        """Whether ``owner`` may store ``size`` more bytes now."""
+        estimate = self._estimates.pop(owner, None)
+        if estimate is None or estimate + size > self.quota:
+            estimate = self._count(owner)
+        self._remember(owner, estimate)
+        return estimate + size <= self.quota
+
+    def stored(self, owner: str, size: int) -> None:
+        """``size`` new bytes were committed for ``owner``."""
+        estimate = self._estimates.pop(owner, None)
+        if estimate is not None:
+            self._remember(owner, estimate + size)
+
+    def _remember(self, owner: str, estimate: int) -> None:
+        self._estimates[owner] = estimate
+        if len(self._estimates) > TRACKED_OWNERS:
+            self._estimates.popitem(last=False)

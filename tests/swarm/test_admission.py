@@ -1,0 +1,182 @@
+"""Admission and bounded trust: nobody joins a swarm by saying so, a node's ring position
+is the ledger's to give, and admitted nodes read only their own swarm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from overlay.link import MemoryNetwork
+from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.errors import RpcError
+from p2psync.identity import Identity
+from p2psync.network import LocalNetwork
+from p2psync.rpc import ServerLimits, open_rpc
+from p2psync.swarm.admission import MIN_STAKE, Ledger, Registration
+from p2psync.swarm.auth import sign_node_request
+from p2psync.swarm.node import StorageNode
+from p2psync.swarm.registry import (
+    LIST_PAGE,
+    MAX_CONTACT_BYTES,
+    MAX_LISTED,
+    RegistryDirectory,
+    RegistryServer,
+    read_listing,
+    sign_announcement,
+)
+from p2psync.swarm.ring import NodeInfo, SwarmMap
+from p2psync.swarm.store import MessageStore
+
+from .helpers import holders, open_test_swarm, swarm_of
+
+ALICE = Identity.from_label("alice")
+ROGUE = Identity.from_label("rogue")
+
+
+def test_a_position_is_the_ledgers_to_give_not_the_keys() -> None:
+    """The same key registered by two ledgers, or at two heights, lands in unrelated
+    places: grinding keys no longer picks a swarm."""
+    node = ROGUE.ed25519_public.hex()
+    first = Ledger(Identity.from_label("ledger/one")).register(node)
+    second = Ledger(Identity.from_label("ledger/two")).register(node)
+    assert first.position != second.position
+    again = Ledger(Identity.from_label("ledger/one"))
+    again.register(Identity.from_label("someone").ed25519_public.hex())
+    assert again.register(node).position not in (first.position, second.position)
+    nodes = [NodeInfo(node, "mem:a", first.position), NodeInfo("ff" * 32, "mem:b", 0)]
+    assert [n.pubkey for n in SwarmMap.build(nodes).all_nodes()] == ["ff" * 32, node]
+
+
+def test_a_registration_checks_out_only_for_its_node_under_its_ledger() -> None:
+    ledger = Ledger(Identity.from_label("ledger/one"))
+    registration = ledger.register(ROGUE.ed25519_public.hex())
+    decoded = Registration.decode(registration.encode())
+    decoded.check(ledger.public_key, ROGUE.ed25519_public.hex())
+    with pytest.raises(ValueError, match="another node"):
+        decoded.check(ledger.public_key, ALICE.ed25519_public.hex())
+    with pytest.raises(ValueError, match="not signed by this network's ledger"):
+        decoded.check(Identity.from_label("x").ed25519_public, ROGUE.ed25519_public.hex())
+    cheap = ledger.register(ALICE.ed25519_public.hex(), stake=MIN_STAKE - 1)
+    with pytest.raises(ValueError, match="at least"):
+        cheap.check(ledger.public_key, ALICE.ed25519_public.hex())
+
+
+async def _run_rogue(
+    network: LocalNetwork, registration: bytes, nursery: trio.Nursery
+) -> StorageNode:
+    assert isinstance(network.transport, MemoryNetwork)
+    rogue = StorageNode(
+        ROGUE,
+        MessageStore(":memory:"),
+        network.clock,
+        network.transport.host("mem:rogue"),
+        network.directory(),
+        registration=registration,
+    )
+    await nursery.start(rogue.serve, "mem:rogue")
+    return rogue
+
+
+@pytest.mark.parametrize("forged", ["none", "another ledger's", "another node's"])
+async def test_a_node_the_ledger_did_not_admit_is_not_listed_and_members_refuse_it(
+    autojump_clock: trio.testing.MockClock, forged: str
+) -> None:
+    """A rogue with its own key and no registration (or one signed by a ledger of its
+    own, or an honest node's) is refused by the registry, left out by every reader, and
+    every member answers its node-to-node calls ``unauthorized``: it can neither read a
+    swarm's rows nor take new ones as a member."""
+    async with open_test_swarm(6) as (network, swarm), trio.open_nursery() as nursery:
+        digest, _ = await swarm.store(ALICE.session_id, 0, b"secret")
+        registration = {
+            "none": b"",
+            "another ledger's": Ledger(ROGUE).register(ROGUE.ed25519_public.hex()).encode(),
+            "another node's": network.nodes[0].registration,
+        }[forged]
+        with pytest.raises(RpcError) as announced:
+            await network.directory().announce(
+                ROGUE, "node", "mem:rogue", registration=registration
+            )
+        assert announced.value.code == "unauthorized"
+        rogue = await _run_rogue(network, registration, nursery)
+        await rogue.refresh()
+        listing = await network.directory().fetch()
+        assert ROGUE.ed25519_public.hex() not in {n.pubkey for n in listing.nodes}
+        assert rogue.swarm_id is None
+        member = swarm_of(network, ALICE)[0]
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("lookup", {"pubkey": ALICE.session_id, "namespace": 0, "hash": digest}),
+            ("repair_digest", {}),
+            ("repair_list", {"bucket": 0, "offset": 0}),
+            ("replicate", {"rows": []}),
+        ]
+        async with open_rpc(network.transport, member.url) as client:
+            for method, params in calls:
+                signed = sign_node_request(ROGUE, method, params, network.clock.now_ms())
+                with pytest.raises(RpcError) as refused:
+                    await client.call(method, signed)
+                assert refused.value.code == "unauthorized"
+        assert holders(network, ALICE, digest) == 6
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_admitted_node_reads_only_its_own_swarm(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With two swarms, a member of one cannot look up, list or fetch the other's rows:
+    node-to-node reads answer only members of the same swarm, about its own owners."""
+    async with open_test_swarm(12) as (network, swarm):
+        digest, _ = await swarm.store(ALICE.session_id, 0, b"secret")
+        home = swarm_of(network, ALICE)
+        outsider = next(n for n in network.running_nodes() if n not in home)
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("lookup", {"pubkey": ALICE.session_id, "namespace": 0, "hash": digest}),
+            ("repair_digest", {}),
+            ("repair_list", {"bucket": 0, "offset": 0}),
+            ("repair_fetch", {"keys": [[ALICE.session_id, 0, digest]]}),
+        ]
+        async with open_rpc(network.transport, home[0].url) as client:
+            for method, params in calls:
+                signed = sign_node_request(
+                    outsider.identity, method, params, network.clock.now_ms()
+                )
+                with pytest.raises(RpcError) as refused:
+                    await client.call(method, signed)
+                assert refused.value.code == "unauthorized"
+            # A member of the swarm is answered, so the refusal is about the asker.
+            params = {"pubkey": ALICE.session_id, "namespace": 0, "hash": digest}
+            signed = sign_node_request(home[1].identity, "lookup", params, network.clock.now_ms())
+            assert (await client.call("lookup", signed))["row"] is not None
+
+
+async def test_a_listing_of_ten_thousand_entries_reads_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``list`` comes in pages, so the registry holds MAX_LISTED entries with the
+    largest contacts allowed and every reader still gets all of them."""
+    network = MemoryNetwork()
+    clock = Clock(TEST_EPOCH_MS)
+    registry = RegistryServer(clock, ledger=None)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(registry.serve, network, "mem:registry")
+        async with open_rpc(network, url) as client:
+            for index in range(MAX_LISTED):
+                relay = Identity(index.to_bytes(32, "big"))
+                announcement = sign_announcement(
+                    relay,
+                    "relay",
+                    f"tcp://10.0.0.1:{index}",
+                    clock.now_ms(),
+                    b"c" * MAX_CONTACT_BYTES,
+                )
+                await client.call("announce", announcement)
+                await trio.sleep(1 / ServerLimits().requests_per_s)  # within the rate limit
+        announcements = await read_listing(network, url)
+        pages = -(-len(announcements) // LIST_PAGE)
+        assert len(announcements) == MAX_LISTED and pages >= MAX_LISTED // LIST_PAGE
+        directory = RegistryDirectory(network, url, clock, None)
+        snapshot = await directory.fetch()
+        assert len(snapshot.relays) == MAX_LISTED
+        nursery.cancel_scope.cancel()
