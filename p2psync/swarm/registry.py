@@ -46,7 +46,7 @@ from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, verify
 from ..rpc import Connection, RpcServer, open_rpc
 from ..wire import Fields, decode_cbor, encode_cbor
-from .admission import MAX_REGISTRATION_BYTES, checked_registration
+from .admission import MAX_REGISTRATION_BYTES, Registration
 from .constants import CLOCK_SKEW_MS
 from .ring import NodeInfo
 
@@ -109,6 +109,7 @@ class Snapshot:
         changed."""
         fields = Fields(value, "listing").only("announcements")
         newest: dict[tuple[str, str], dict[str, Any]] = {}
+        positions: dict[tuple[str, str], int | None] = {}
         refused = 0
         for item in fields.items("announcements", max_len=MAX_LISTED):
             try:
@@ -117,7 +118,7 @@ class Snapshot:
                 age = now_ms - raw["timestamp"]
                 if not -CLOCK_SKEW_MS <= age <= max_age_ms + CLOCK_SKEW_MS:
                     raise DecodeError(f"the announcement of {raw['pubkey'][:8]} is stale or early")
-                _node_position(raw, ledger)
+                position = _node_position(raw, ledger, verified)
             except (DecodeError, RpcError) as exc:
                 refused += 1
                 logger.debug("left out of the listing: %s", exc)
@@ -125,12 +126,13 @@ class Snapshot:
             key = (raw["kind"], raw["pubkey"])
             if key not in newest or newest[key]["record"]["timestamp"] < raw["timestamp"]:
                 newest[key] = {"record": raw, "signature": announcement.blob("signature", size=64)}
+                positions[key] = position
         if refused:
             logger.info("left %d announcements that do not check out out of the listing", refused)
         records = [newest[key]["record"] for key in sorted(newest)]
         return cls(
             tuple(
-                NodeInfo(r["pubkey"], r["url"], _node_position(r, ledger))
+                NodeInfo(r["pubkey"], r["url"], positions[("node", r["pubkey"])])
                 for r in records
                 if r["kind"] == "node"
             ),
@@ -176,13 +178,25 @@ def _hex_key(text: str) -> str:
     raise DecodeError(f"not a 32-byte lowercase hex key: {text!r}")
 
 
-def _node_position(raw: dict[str, Any], ledger: bytes | None) -> int | None:
+def _node_position(
+    raw: dict[str, Any], ledger: bytes | None, verified: set[bytes] | None = None
+) -> int | None:
     """Where a node's announcement puts it on the ring: its registration's position
     under ``ledger`` (:class:`DecodeError` without a valid one); ``None`` (the key's own)
-    without a ledger, or for a relay."""
+    without a ledger, or for a relay. ``verified`` remembers registrations already
+    checked, so a reader that re-reads the listing every minute does not re-verify each
+    node's signature every time."""
     if raw["kind"] != "node" or ledger is None:
         return None
-    return checked_registration(raw["registration"], ledger, raw["pubkey"]).position
+    registration = Registration.decode(raw["registration"])
+    seen = hashlib.blake2b(
+        ledger + raw["pubkey"].encode() + raw["registration"], digest_size=16
+    ).digest()
+    if verified is None or seen not in verified:
+        registration.check(ledger, raw["pubkey"])
+        if verified is not None:
+            _remember(verified, seen)
+    return registration.position
 
 
 def _announcement_text(record: dict[str, Any]) -> bytes:
@@ -272,10 +286,14 @@ def _checked_record(params: Fields, verified: set[bytes] | None = None) -> dict[
     if not verify(bytes.fromhex(pubkey), text, signature):
         raise RpcError("unauthorized", "announcement signature does not verify")
     if verified is not None:
-        if len(verified) >= 2 * MAX_LISTED:
-            verified.clear()
-        verified.add(seen)
+        _remember(verified, seen)
     return raw
+
+
+def _remember(verified: set[bytes], seen: bytes) -> None:
+    if len(verified) >= 4 * MAX_LISTED:
+        verified.clear()
+    verified.add(seen)
 
 
 class Directory(Protocol):
