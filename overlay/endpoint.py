@@ -203,6 +203,7 @@ class Endpoint:
         path_lifetime_ms: int,
         rng: random.Random,
         local_name: str | None,
+        ping_interval_ms: int = PATH_PING_INTERVAL_MS,
     ) -> None:
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ValueError(f"hops must be in {MIN_HOPS}..{MAX_HOPS}")
@@ -217,6 +218,7 @@ class Endpoint:
         self._clock = clock
         self._nursery = nursery
         self._lifetime_ms = path_lifetime_ms
+        self._ping_interval_ms = ping_interval_ms
         self._rng = rng
         self._local_name = local_name
         self._paths: list[Path] = []
@@ -261,7 +263,7 @@ class Endpoint:
                 if path.state is PathState.DEAD:
                     self._drop_path(path)
                 elif path.state is PathState.ESTABLISHED and (
-                    path.ping_sent_ms is None or now - path.ping_sent_ms >= PATH_PING_INTERVAL_MS
+                    path.ping_sent_ms is None or now - path.ping_sent_ms >= self._ping_interval_ms
                 ):
                     path.ping_sent_ms = now
                     self._send_on(path, bytes((Payload.PING,)))
@@ -696,12 +698,15 @@ async def open_endpoint(
     clock: Clock | None = None,
     seed: int | None = None,
     local_name: str | None = None,
+    ping_interval_ms: int = PATH_PING_INTERVAL_MS,
 ) -> AsyncIterator[Endpoint]:
     """An endpoint with ``paths`` paths of ``hops`` relays picked from ``directory``.
 
     ``seed`` makes relay choice reproducible in a simulation (see :func:`relay_choice`);
     ``local_name`` names this host on a :class:`MemoryNetwork` (for per-host faults and
-    profiles).
+    profiles). ``ping_interval_ms``: how often an idle path is pinged to find out whether
+    it still works (a phone idling on battery pings less often, and notices a dead path
+    later).
     """
     clock = clock or Clock()
     keys = KeyPair.from_seed(identity_seed)
@@ -721,6 +726,7 @@ async def open_endpoint(
             path_lifetime_ms=path_lifetime_ms,
             rng=rng,
             local_name=local_name,
+            ping_interval_ms=ping_interval_ms,
         )
         nursery.start_soon(endpoint._keep_paths)
         nursery.start_soon(endpoint._republish)

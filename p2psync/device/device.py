@@ -44,6 +44,7 @@ from typing import Any
 import nacl.utils
 import trio
 
+from overlay.constants import PATH_PING_INTERVAL_MS
 from overlay.contact import Contact as RelayContact
 from overlay.endpoint import Endpoint, open_endpoint
 from overlay.tasks import open_task_nursery
@@ -84,8 +85,8 @@ from ..swarm.constants import (
     NAMESPACE_SYNC,
     POLL_INTERVAL_S,
 )
-from ..sync.live import Item
-from ..sync.syncer import SiblingSync
+from ..sync.live import Item, LiveSync
+from ..sync.syncer import KEEPALIVE_S, SiblingSync
 from ..wire import decode_cbor, encode_cbor
 from .access import NetworkAccess
 from .content import (
@@ -135,6 +136,13 @@ TAKEOVER_GRACES = 3
 #: conversation for ever, and not clamped to now either: each sibling would clamp to its
 #: own clock, and siblings whose histories disagree on a message's time never reconcile.
 MAX_AHEAD_MS = 3_600_000
+#: How long a device going offline gives its outbox (the sync copies it just queued
+#: among it) before it says goodbye; what is not stored by then stays in the outbox and
+#: goes first on its next start.
+LEAVING_S = 30.0
+#: Set while the device is online: found set when it goes online, the last run ended
+#: without going offline (a crash, a kill), so it still owes its siblings' sync copies.
+ONLINE_META = "online"
 
 
 class DeviceError(P2PSyncError):
@@ -162,7 +170,12 @@ class DeviceConfig:
     message gets its sync copies at once, as in v1.5.0).
     ``mapping_cache_s``: how long a user's device list from the file server is reused, so
     a revocation reaches senders within that time. ``retry_s`` doubles per failure up to
-    ``max_retry_s`` while the outbox cannot be delivered."""
+    ``max_retry_s`` while the outbox cannot be delivered. ``catch_up_s``: with
+    ``subscribe``, how often the device drains its swarm anyway in case a push was lost
+    (a phone idles longer between such wake-ups than a desktop). ``keepalive_s``: how
+    often an idle sibling session and the overlay paths under it are checked (longer: less
+    idle work and battery, a vanished sibling or a dead path noticed later; None: the
+    overlay's and live sync's own intervals, 5 s and 15 s)."""
 
     receive: str = "poll"
     direct_sync: bool = True
@@ -173,11 +186,17 @@ class DeviceConfig:
     ttl_ms: int = DEFAULT_TTL_MS
     retry_s: float = 2.0
     max_retry_s: float = 60.0
+    catch_up_s: float = 60.0
+    keepalive_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.receive not in ("poll", "subscribe"):
             raise ValueError("receive must be 'poll' or 'subscribe'")
-        if not 0 < self.retry_s <= self.max_retry_s or self.poll_interval_s <= 0:
+        if (
+            not 0 < self.retry_s <= self.max_retry_s
+            or min(self.poll_interval_s, self.catch_up_s) <= 0
+            or (self.keepalive_s is not None and self.keepalive_s <= 0)
+        ):
             raise ValueError("intervals must be positive, retry_s <= max_retry_s")
 
 
@@ -266,6 +285,9 @@ class Device:
         self._outbox_passed = trio.Event()
         self._receive_scope = trio.CancelScope()
         self._online_scope: trio.CancelScope | None = None
+        #: One switch at a time: going offline takes a while (the copies it stores first),
+        #: and coming back meanwhile must wait for it rather than find the device online.
+        self._switching = trio.Lock()
         self._offline = trio.Event()
         self._offline.set()
         self._load_identity()
@@ -610,7 +632,9 @@ class Device:
                 self.store.set_cursor(owner, namespace, message.hash)
 
         if self.config.receive == "subscribe":
-            await self.swarm.subscribe(identity, namespace, file_batch, cursor=cursor)
+            await self.swarm.subscribe(
+                identity, namespace, file_batch, cursor=cursor, catch_up_s=self.config.catch_up_s
+            )
         else:
             await self.swarm.poll(
                 identity,
@@ -1124,9 +1148,10 @@ class Device:
                         self,
                         has=self.store.has_message,
                         grace_ms=int(self.config.grace_s * 1000),
+                        keepalive_s=self.config.keepalive_s or KEEPALIVE_S,
                     )
                     for pending in self.store.pending():
-                        self._publish_pending(pending)
+                        self._publish_pending(self._sync, pending)
                     try:
                         await self._sync.run()
                     finally:
@@ -1180,11 +1205,10 @@ class Device:
     def _takeover_ms(self) -> int:
         return int(TAKEOVER_GRACES * self.config.grace_s * 1000)
 
-    def _publish_pending(self, pending: Pending) -> None:
-        assert self._sync is not None
+    def _publish_pending(self, sync: SiblingSync | LiveSync, pending: Pending) -> None:
         record = HistoryRecord.from_bytes(pending.body)
         origin = pending.relayed_from
-        self._sync.publish(
+        sync.publish(
             Item(pending.id, record.timestamp_ms, pending.body),
             pending.published_ms,
             grace_ms=None if origin is None else self._takeover_ms,
@@ -1211,7 +1235,7 @@ class Device:
             return  # nobody else to serve, or history being re-synced rather than news
         self.store.add_pending(item.id, now, item.body, False, relayed_from=origin)
         for pending in self.store.pending(item.id):
-            self._publish_pending(pending)
+            self._publish_pending(self._sync, pending)
 
     def _covered(self, digest: bytes) -> None:
         """A sync copy of ``digest`` is in the account's swarm: whoever stored it, the
@@ -1222,18 +1246,23 @@ class Device:
                 if self._sync is not None:
                     self._sync.covered(digest)
 
-    def fall_back(self, item: Item, siblings: tuple[str, ...]) -> None:
-        """``siblings`` did not acknowledge in time: store sync copies for them."""
+    def covered_by_sibling(self, message_id: bytes) -> None:
+        """A sibling stored this message's sync copy."""
+        self._covered(message_id)
+
+    def fall_back(self, item: Item, siblings: tuple[str, ...]) -> bool:
+        """``siblings`` did not acknowledge in time: store sync copies for them. True if
+        copies were queued here (siblings that hold the message are then told)."""
         found = self.store.pending(item.id)
         if not found or found[0].fell_back:
-            return  # already acknowledged, or already fallen back before a restart
+            return False  # already acknowledged, or already fallen back before a restart
         pending = found[0]
         record = HistoryRecord.from_bytes(item.body)
         if pending.inbound or pending.relayed_from in self.connected_siblings:
             # An inbound message is in the account's swarm already, and a sibling that
             # sent a message and is still here stores its sync copy itself.
             self.store.fell_back(item.id, [])
-            return
+            return False
         content = SyncSent(item.id, record.conversation, record.timestamp_ms, record.text)
         kind, body = encode_content(content)
         owners = [self.user_id] if self.mode == "linked" else list(siblings)
@@ -1243,6 +1272,7 @@ class Device:
             self.store.expand(seq, copies)
             self.store.fell_back(item.id, copies)
         self._wake_outbox()
+        return True
 
     def acknowledged(self, message_id: bytes, fell_back: bool) -> None:
         """Every sibling holds the message: its sync copy can go, and in ``linked`` mode
@@ -1259,14 +1289,43 @@ class Device:
     # --- online and offline -----------------------------------------------------------------------
 
     async def set_online(self, online: bool) -> None:
-        """Go offline (stop receiving and sending; ``send`` still queues) or back online."""
-        if online and not self.online:
-            self._online_scope = await self._nursery.start(self._run_online)
-        elif not online and self._online_scope is not None:
-            if self._sync is not None:
-                await self._sync.leave()
-            self._online_scope.cancel()
-            await self._offline.wait()
+        """Go offline (stop receiving and sending; ``send`` still queues) or back online.
+
+        Going offline first stores a sync copy of whatever a sibling has not acknowledged
+        (waiting up to :data:`LEAVING_S` for the outbox), then says goodbye: a phone that
+        leaves inside the grace period, or a process that exits right after ``send``,
+        leaves no sibling without the message. A device whose last run ended otherwise
+        (a crash) queues those copies before anything else when it goes online again."""
+        async with self._switching:
+            if online and not self.online:
+                if self.store.get_meta(ONLINE_META) == b"1":
+                    self._store_owed_copies()
+                self.store.set_meta(ONLINE_META, b"1")
+                self._online_scope = await self._nursery.start(self._run_online)
+            elif not online and self.online:
+                assert self._online_scope is not None
+                self._store_owed_copies()
+                with trio.move_on_after(LEAVING_S):
+                    await self.flush()
+                if self._sync is not None:
+                    await self._sync.leave()
+                self._online_scope.cancel()
+                await self._offline.wait()
+                self.store.set_meta(ONLINE_META, b"0")
+
+    def _store_owed_copies(self) -> None:
+        """Queue a sync copy of every message a sibling has not acknowledged (live sync's
+        rule, :meth:`LiveSync.leaving`): through the running live sync, which knows who
+        acknowledged what and who is still connected, or, when none runs (not started
+        yet, or starting after a crash), through one fed what the store keeps pending."""
+        if self._sync is not None:
+            self._sync.leaving()
+            return
+        live = LiveSync(self.store.siblings(), has=self.store.has_message)
+        for pending in self.store.pending():
+            self._publish_pending(live, pending)
+        for due in live.leaving():
+            self.fall_back(due.item, due.siblings)
 
     async def _run_online(self, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         with trio.CancelScope() as scope:
@@ -1303,6 +1362,7 @@ async def _maybe_endpoint(
         )
         yield None
         return
+    keepalive = device.config.keepalive_s
     async with open_endpoint(
         overlay_seed(device.device_identity.seed),
         device.network.overlay_transport,
@@ -1311,6 +1371,9 @@ async def _maybe_endpoint(
         clock=device.clock,
         seed=choice_seed(device.device_identity.seed, b"relays"),
         local_name=device.name,
+        ping_interval_ms=(
+            PATH_PING_INTERVAL_MS if keepalive is None else int(keepalive * 1000)
+        ),
     ) as endpoint:
         yield endpoint
 

@@ -11,9 +11,12 @@ Guarantees, for each published message and each sibling:
 
 * it is pushed while the sibling is reachable and resent (on reconnection, and every
   ``resend_ms`` while unacknowledged) until the sibling acknowledges it;
-* if some sibling has not acknowledged it ``grace_ms`` after publication, exactly one
-  :class:`FallbackDue` is emitted (the driver stores one sync copy in namespace 1),
-  unless the driver said another device stored it (:meth:`LiveSync.covered`);
+* if some sibling has not acknowledged it ``grace_ms`` after publication, or when the
+  device leaves first (:meth:`LiveSync.leaving`), exactly one :class:`FallbackDue` is
+  emitted (the driver stores one sync copy in namespace 1), unless the driver said
+  another device stored it (:meth:`LiveSync.covered`) or a sibling did (``STORED``,
+  which a device sends its siblings that hold a message once it stored the message's
+  sync copy, :meth:`LiveSync.stored`: one standing in for it then stores none);
 * once every sibling has acknowledged it, exactly one :class:`AllAcknowledged` is emitted
   (the driver deletes the sync copy, if any, and may delete the inbound copy early).
 
@@ -32,7 +35,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..errors import DecodeError
-from .records import MAX_IDS_PER_RECORD, Ack, Msg, Offer, Record, Req, decode_record, encode_record
+from .records import (
+    MAX_IDS_PER_RECORD,
+    Ack,
+    Msg,
+    Offer,
+    Record,
+    Req,
+    Stored,
+    decode_record,
+    encode_record,
+)
 
 DEFAULT_GRACE_MS = 10_000
 DEFAULT_RESEND_MS = 5_000
@@ -80,6 +93,13 @@ class AllAcknowledged:
 
 
 @dataclass(frozen=True, slots=True)
+class Covered:
+    """A sibling stored this message's sync copy: store none (remember it across restarts)."""
+
+    id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PeerError:
     """A sibling sent a record that does not decode; it was dropped."""
 
@@ -87,7 +107,7 @@ class PeerError:
     reason: str
 
 
-Event = Send | Deliver | FallbackDue | AllAcknowledged | PeerError
+Event = Send | Deliver | FallbackDue | Covered | AllAcknowledged | PeerError
 
 
 @dataclass
@@ -98,6 +118,8 @@ class _Outgoing:
     grace_ms: int
     last_sent_ms: dict[str, int] = field(default_factory=dict)
     fell_back: bool = False
+    #: This device stored the sync copy itself (siblings holding the message hear so).
+    stored: bool = False
 
 
 @dataclass
@@ -166,6 +188,21 @@ class LiveSync:
                 events.append(self._push(name, outgoing, now_ms))
         return events
 
+    def stored(self, message_id: bytes) -> list[Event]:
+        """The driver stored this message's sync copy (after :class:`FallbackDue`): every
+        reachable sibling that holds it hears so, now or when it connects, so that one
+        standing in for this device does not store a second."""
+        outgoing = self._outgoing.get(message_id)
+        if outgoing is None:
+            return []
+        outgoing.stored = True
+        return [
+            event
+            for name, state in self._siblings.items()
+            if state.reachable
+            for event in self._tell_stored(name, [message_id])
+        ]
+
     def covered(self, message_id: bytes) -> None:
         """Another device stored the sync copy of this message: store none here (it is
         still pushed until every sibling acknowledges it)."""
@@ -179,11 +216,14 @@ class LiveSync:
         if state is None:
             return []
         state.reachable = True
-        return [
+        events: list[Event] = [
             self._push(sibling, outgoing, now_ms)
             for outgoing in self._outgoing.values()
             if sibling in outgoing.waiting
         ]
+        stored = [o.item.id for o in self._outgoing.values() if o.stored]
+        events.extend(self._tell_stored(sibling, stored))
+        return events
 
     def disconnected(self, sibling: str, now_ms: int) -> list[Event]:
         state = self._siblings.get(sibling)
@@ -228,7 +268,25 @@ class LiveSync:
             case Ack(ids=ids):
                 for message_id in ids:
                     self._acknowledged(sibling, message_id, events)
+            case Stored(ids=ids):
+                for message_id in ids:
+                    outgoing = self._outgoing.get(message_id)
+                    if outgoing is not None and not outgoing.fell_back:
+                        outgoing.fell_back = True
+                        events.append(Covered(message_id))
         return events
+
+    def leaving(self) -> list[FallbackDue]:
+        """This device is going offline or exiting (or starting again after it crashed,
+        with what it had published then): nothing it holds reaches a sibling from here
+        until it returns, which may be never (a lost phone), so whatever some sibling has
+        not acknowledged falls back now, inside its grace period or not. Acknowledgements
+        that come later still end in :class:`AllAcknowledged`, so those copies go early."""
+        return [
+            self._fall_back(outgoing)
+            for outgoing in self._outgoing.values()
+            if not outgoing.fell_back
+        ]
 
     def tick(self, now_ms: int) -> list[Event]:
         """Flush due acknowledgements, resend what is overdue, and fall back what waited
@@ -244,8 +302,7 @@ class LiveSync:
                 if state.reachable and (last is None or now_ms - last >= self.resend_ms):
                     events.append(self._push(name, outgoing, now_ms))
             if not outgoing.fell_back and now_ms - outgoing.published_ms >= outgoing.grace_ms:
-                outgoing.fell_back = True
-                events.append(FallbackDue(outgoing.item, tuple(sorted(outgoing.waiting))))
+                events.append(self._fall_back(outgoing))
         return events
 
     def next_deadline_ms(self) -> int | None:
@@ -281,6 +338,19 @@ class LiveSync:
         else:
             record = Msg(item.id, item.timestamp_ms, item.body)
         return Send(sibling, encode_record(record))
+
+    def _tell_stored(self, sibling: str, ids: list[bytes]) -> list[Event]:
+        """``STORED`` records for ``sibling``, of those ``ids`` it holds (those it lacks
+        it reads from the copy)."""
+        held = [i for i in ids if sibling not in self._outgoing[i].waiting]
+        return [
+            Send(sibling, encode_record(Stored(tuple(held[n : n + MAX_IDS_PER_RECORD]))))
+            for n in range(0, len(held), MAX_IDS_PER_RECORD)
+        ]
+
+    def _fall_back(self, outgoing: _Outgoing) -> FallbackDue:
+        outgoing.fell_back = True
+        return FallbackDue(outgoing.item, tuple(sorted(outgoing.waiting)))
 
     def _queue_ack(
         self, state: _Sibling, message_id: bytes, now_ms: int, events: list[Event], sibling: str

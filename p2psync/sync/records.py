@@ -6,6 +6,8 @@ A record is a CBOR array whose first element names its type:
 * ``["ACK", [id, ...]]`` — batched acknowledgement of what was received and stored;
 * ``["OFFER", id, timestamp_ms, size]`` — a large body announced, not pushed;
 * ``["REQ", [id, ...]]`` — the sibling asks for offered bodies it lacks;
+* ``["STORED", [id, ...]]`` — the sender stored the sync copies of these for the siblings
+  that had not acknowledged them: a sibling standing in for the sender stores none;
 * ``["NEGQ", since_ms, bytes]`` / ``["NEGR", since_ms, bytes]`` — a Negentropy V1 query
   and its reply, over the history items timestamped at or after ``since_ms``;
 * ``["WANT", [id, ...]]`` — send these history items (as ``MSG``), found missing by
@@ -58,6 +60,11 @@ class Req:
 
 
 @dataclass(frozen=True, slots=True)
+class Stored:
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class NegQuery:
     since_ms: int
     payload: bytes
@@ -90,7 +97,9 @@ class Archive:
     last: bool
 
 
-Record = Msg | Ack | Offer | Req | NegQuery | NegReply | Want | ArchiveQuery | Archive | Ping
+Record = (
+    Msg | Ack | Offer | Req | Stored | NegQuery | NegReply | Want | ArchiveQuery | Archive | Ping
+)
 
 
 def encode_record(record: Record) -> bytes:
@@ -103,6 +112,8 @@ def encode_record(record: Record) -> bytes:
             return encode_cbor(["OFFER", i, t, n])
         case Req(ids=ids):
             return encode_cbor(["REQ", list(ids)])
+        case Stored(ids=ids):
+            return encode_cbor(["STORED", list(ids)])
         case NegQuery(since_ms=since, payload=payload):
             return encode_cbor(["NEGQ", since, payload])
         case NegReply(since_ms=since, payload=payload):
@@ -154,6 +165,7 @@ def decode_record(data: bytes) -> Record:
         "ACK": 1,
         "OFFER": 3,
         "REQ": 1,
+        "STORED": 1,
         "NEGQ": 2,
         "NEGR": 2,
         "WANT": 1,
@@ -197,4 +209,6 @@ def decode_record(data: bytes) -> Record:
         return Ack(_ids(fields[0]))
     if kind == "WANT":
         return Want(_ids(fields[0]))
+    if kind == "STORED":
+        return Stored(_ids(fields[0]))
     return Req(_ids(fields[0]))

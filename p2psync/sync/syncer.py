@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import trio
@@ -36,6 +36,7 @@ from ..errors import DecodeError
 from .live import (
     DEFAULT_GRACE_MS,
     AllAcknowledged,
+    Covered,
     Deliver,
     Event,
     FallbackDue,
@@ -73,7 +74,8 @@ class SyncHandler(Protocol):
     def complete_until(self) -> int: ...
     def resynced(self, sibling: str, started_ms: int) -> None: ...
     def file_from_sibling(self, sibling: str, item: Item) -> None: ...
-    def fall_back(self, item: Item, siblings: tuple[str, ...]) -> None: ...
+    def fall_back(self, item: Item, siblings: tuple[str, ...]) -> bool: ...
+    def covered_by_sibling(self, message_id: bytes) -> None: ...
     def acknowledged(self, message_id: bytes, fell_back: bool) -> None: ...
     def reject_from_sibling(self, sibling: str, reason: str) -> None: ...
 
@@ -89,6 +91,7 @@ class SiblingSync:
         *,
         has: Callable[[bytes], bool],
         grace_ms: int = DEFAULT_GRACE_MS,
+        keepalive_s: float = KEEPALIVE_S,
     ) -> None:
         """``siblings`` maps each sibling's device id to its overlay key."""
         self.endpoint = endpoint
@@ -96,6 +99,7 @@ class SiblingSync:
         self.clock = clock
         self.handler = handler
         self.live = LiveSync(siblings, has=has, grace_ms=grace_ms)
+        self.keepalive_s = keepalive_s
         self.has = has
         self._keys = dict(siblings)
         self._by_key = {key: sibling for sibling, key in siblings.items()}
@@ -143,6 +147,12 @@ class SiblingSync:
                     nursery.start_soon(self._dial, sibling, key)
                 else:
                     nursery.start_soon(self._hello, sibling, key)
+
+    def leaving(self) -> None:
+        """The device is about to go offline: have what a sibling has not acknowledged
+        fall back now (:meth:`LiveSync.leaving`), while the sessions are still up to tell
+        a stand-in from an origin that is still here."""
+        self._apply(self.live.leaving())
 
     async def leave(self) -> None:
         """Say goodbye on every session (for at most :data:`GOODBYE_S`): siblings of a
@@ -295,7 +305,7 @@ class SiblingSync:
     async def _keep_alive(self, channel: trio.MemorySendChannel[bytes]) -> None:
         ping = encode_record(Ping())
         while True:
-            await trio.sleep(KEEPALIVE_S)
+            await trio.sleep(self.keepalive_s)
             await channel.send(ping)
 
     async def _send_archive(self, channel: trio.MemorySendChannel[bytes]) -> None:
@@ -331,7 +341,7 @@ class SiblingSync:
         self._apply(events)
         self._kick.set()
 
-    def _apply(self, events: list[Event]) -> None:
+    def _apply(self, events: Iterable[Event]) -> None:
         for event in events:
             match event:
                 case Send(sibling=sibling, data=data):
@@ -347,7 +357,10 @@ class SiblingSync:
                         self._resyncs[sibling][0].filed(item.id)
                         self._check_resynced(sibling)
                 case FallbackDue(item=item, siblings=siblings):
-                    self.handler.fall_back(item, siblings)
+                    if self.handler.fall_back(item, siblings):
+                        self._apply(self.live.stored(item.id))
+                case Covered(id=message_id):
+                    self.handler.covered_by_sibling(message_id)
                 case AllAcknowledged(id=message_id, fell_back=fell_back):
                     self.handler.acknowledged(message_id, fell_back)
                 case PeerError(sibling=sibling, reason=reason):

@@ -247,3 +247,100 @@ async def test_a_sync_copy_is_filed_as_the_device_that_sent_it(
             await wait_until(lambda: len(desktop.history(bob.session_id)) == 1)
             assert [(i.id, i.device) for i in desktop.history(bob.session_id)] == sent
             assert sent[0][1] == phone.device_id
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_phone_leaving_inside_the_grace_period_stores_what_was_not_acknowledged(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """Two devices, no third to stand in: the phone sends while the desktop is away and
+    goes offline before the grace period ends. It stores the sync copy on its way out
+    (only for what the desktop had not acknowledged), so the desktop, back while the
+    phone stays away, gets the message from the swarm."""
+    async with (
+        open_world(relays=8) as network,
+        siblings_and_friend(network, tmp_path, mode) as (phone, desktop, bob),
+    ):
+        await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+        await phone.send(bob.session_id, "while both are here")
+        await wait_until(lambda: phone.unacknowledged == 0)
+        await desktop.set_online(False)
+        await phone.send(bob.session_id, "while the desktop is away")
+        await trio.sleep(GRACE_S / 2)
+        await phone.set_online(False)
+        assert sync_copies(network, desktop, mode) == 1
+
+        await desktop.set_online(True)
+        await wait_until(lambda: len(desktop.history(bob.session_id)) == 2)
+        assert texts(desktop, bob.session_id) == texts(phone, bob.session_id)
+        assert not phone.rejections and not desktop.rejections
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_device_closed_right_after_send_leaves_the_sync_copy(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """What ``p2psync device send`` does: open, send, wait until stored, exit. The exit
+    stores the sync copy of what the absent sibling has not acknowledged; a device that
+    exits with everything acknowledged stores none."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "bob", mode) as bob,
+    ):
+        async with (
+            device(network, tmp_path, "phone", mode) as phone,
+            device(network, tmp_path, "desktop", mode) as desktop,
+        ):
+            await pair(phone, desktop)
+            await befriend(phone, bob)
+            await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+            await phone.send(bob.session_id, "with the desktop here")
+            await wait_until(lambda: phone.unacknowledged == 0)
+        assert sync_copies(network, desktop, mode) == 0
+
+        async with device(network, tmp_path, "phone") as phone:
+            await phone.send(bob.session_id, "from a short-lived process")
+            await phone.flush()
+        assert sync_copies(network, desktop, mode) == 1
+        async with device(network, tmp_path, "desktop") as desktop:
+            await wait_until(lambda: len(desktop.history(bob.session_id)) == 2)
+            assert texts(desktop, bob.session_id) == [
+                (True, "with the desktop here"),
+                (True, "from a short-lived process"),
+            ]
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_phone_killed_inside_the_grace_period_stores_the_copy_first_thing_next_start(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """Killed (no goodbye, nothing cleaned up) before the grace period ended, the phone
+    queues the sync copy it still owes before anything else when it starts again: even a
+    start cut short once the outbox is stored leaves the desktop its message."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "bob", mode) as bob,
+    ):
+        with trio.CancelScope() as kill:
+            async with device(network, tmp_path, "phone", mode) as phone:
+                async with device(network, tmp_path, "desktop", mode) as desktop:
+                    await pair(phone, desktop)
+                await befriend(phone, bob)
+                await phone.send(bob.session_id, "then the phone was killed")
+                await phone.flush()
+                await trio.sleep(GRACE_S / 2)
+                assert phone.unacknowledged == 1
+                kill.cancel()
+                await trio.sleep_forever()
+        assert sync_copies(network, desktop, mode) == 0
+
+        with trio.CancelScope() as kill:
+            async with device(network, tmp_path, "phone") as phone:
+                await phone.flush()
+                assert sync_copies(network, desktop, mode) == 1
+                kill.cancel()
+                await trio.sleep_forever()
+
+        async with device(network, tmp_path, "desktop") as desktop:
+            await wait_until(lambda: len(desktop.history(bob.session_id)) == 1)
+            assert texts(desktop, bob.session_id) == [(True, "then the phone was killed")]

@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from p2psync.errors import DecodeError
 from p2psync.sync.live import (
     AllAcknowledged,
+    Covered,
     Deliver,
     Event,
     FallbackDue,
@@ -31,6 +32,7 @@ from p2psync.sync.records import (
     Ping,
     Record,
     Req,
+    Stored,
     decode_record,
     encode_record,
 )
@@ -45,6 +47,7 @@ ID = b"\x07" * 32
         Ack((ID, ID)),
         Offer(ID, 5, 10_000),
         Req((ID,)),
+        Stored((ID,)),
         ArchiveQuery(),
         Ping(),
         Archive((Msg(ID, 5, b"body"), Msg(ID, 6, b"")), last=False),
@@ -67,6 +70,7 @@ def test_garbage_records_raise_decode_error_only(data: bytes) -> None:
         ["MSG", ID, 1],
         ["MSG", b"short", 1, b""],
         ["ACK", []],
+        ["STORED", [b"short"]],
         ["NOPE"],
         ["OFFER", ID, -1, 3],
         {},
@@ -166,6 +170,12 @@ class Siblings(RuleBasedStateMachine):
         for device in self.devices.values():
             self.handle(device, device.sync.tick(self.now))
 
+    @rule(name=st.sampled_from("abc"))
+    def leave(self, name: str) -> None:
+        """The device is about to go offline (its sessions come down in later steps)."""
+        device = self.devices[name]
+        self.handle(device, [*device.sync.leaving()])
+
     @invariant()
     def fallback_and_completion_happen_at_most_once(self) -> None:
         for device in self.devices.values():
@@ -262,3 +272,34 @@ def test_a_stand_in_waits_its_own_grace_skips_holders_and_stores_nothing_once_co
     assert live.publish(item(3), 400, holders=("origin", "tablet", "laptop")) == [
         AllAcknowledged(item(3).id, fell_back=False)
     ]
+
+
+def test_leaving_falls_back_what_is_unacknowledged_once_and_holders_hear_of_the_copy() -> None:
+    """A device going offline falls back, inside the grace period, exactly what some
+    sibling has not acknowledged; once it stored the copy, the siblings that hold the
+    message hear so (now, or when they connect), and a stand-in among them stores none."""
+    a = Device("a", ["b", "c"])
+    acked, unacked = item(1), item(2)
+    a.sync.connected("b", 0)
+    a.sync.publish(acked, 0)
+    a.sync.publish(unacked, 0)
+    a.sync.receive("b", encode_record(Ack((acked.id,))), 10)
+    assert a.sync.leaving() == [FallbackDue(acked, ("c",)), FallbackDue(unacked, ("b", "c"))]
+    assert a.sync.leaving() == []
+    assert not [e for e in a.sync.tick(20_000) if isinstance(e, FallbackDue)]
+
+    (told,) = a.sync.stored(acked.id)
+    assert told == Send("b", encode_record(Stored((acked.id,))))
+    assert a.sync.stored(unacked.id) == []  # b lacks it: it reads it from the copy
+    a.sync.disconnected("b", 30)
+    again = a.sync.connected("b", 40)
+    assert told in again
+    assert a.sync.receive("c", encode_record(Ack((acked.id,))), 50) == [
+        AllAcknowledged(acked.id, fell_back=True)
+    ]
+
+    stand_in = LiveSync(["a", "c"], has=lambda _: True, grace_ms=10_000)
+    stand_in.publish(acked, 0, grace_ms=30_000, holders=("a",))
+    assert stand_in.receive("a", told.data, 60) == [Covered(acked.id)]
+    assert stand_in.receive("a", told.data, 70) == []
+    assert stand_in.tick(30_000) == []
