@@ -390,8 +390,12 @@ class StorageNode:
             # A duplicate waits for its quorum too: the first store of it may have been
             # answered ``unavailable``, and this node keeps no record of which rows made
             # it. Peers that hold it already answer at once.
-            if key not in self._quorum_reached and self._quorum.expect(row, self._peers_needed()):
+            awaiting = key not in self._quorum_reached and self._quorum.expect(
+                row, self._peers_needed()
+            )
+            if awaiting:
                 self._quorum_reached[key] = trio.Event()
+            if new or awaiting:  # every new row goes to every peer, whatever the quorum
                 self._queue_for_peers([row])
             return self._quorum_reached.get(key)
 

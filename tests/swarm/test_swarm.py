@@ -128,6 +128,18 @@ async def test_a_partitioned_member_and_the_rest_converge_once_the_links_heal(
         )
 
 
+async def test_every_store_replicates_at_once_whatever_the_quorum(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node that acknowledges on its own commit (quorum 1) still pushes the row to every
+    member right away, not at the next repair an hour later."""
+    config = NodeConfig(store_quorum=1, repair_interval_s=3600.0)
+    async with open_test_swarm(6, config) as (network, swarm):
+        await trio.sleep(60)  # past the start-up repair
+        digest, _ = await swarm.store(ALICE.session_id, 0, b"quorum of one")
+        await wait_until(lambda: holders(network, ALICE, digest) == 6, limit_s=30)
+
+
 async def test_a_member_cut_off_from_its_swarm_acknowledges_nothing_it_alone_holds(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
