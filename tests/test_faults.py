@@ -56,10 +56,10 @@ async def test_node_killed_mid_burst_loses_nothing_and_converges(tmp_path: Path)
 async def test_the_member_that_acknowledged_dies_for_good_and_nothing_acknowledged_is_lost(
     tmp_path: Path,
 ) -> None:
-    """kill -9 the member every store went to, mid-burst, and never restart it: what it
-    acknowledged is on another member already (quorum of 2), so the two left return all
-    of it. With acknowledgements after the local commit alone, the last stores of the
-    burst were only in the dead member's replication queues."""
+    """kill -9 the member every store went to, mid-burst, right after its peers hung for
+    1.5 s, and never restart it: what it acknowledged is on another member already
+    (quorum of 2), so the two left return all of it. Acknowledging after the local commit
+    alone (``--quorum 1``), the stores of those 1.5 s were on the dead member only."""
     ledger = AckLedger([Identity.from_label(f"test-faults/lost/{i}") for i in range(4)])
     # A loss shows only after the scenario's wait for convergence has run out.
     with trio.fail_after(DEADLINE_S + CONVERGE_TIMEOUT_S):
@@ -72,5 +72,7 @@ async def test_the_member_that_acknowledged_dies_for_good_and_nothing_acknowledg
             )
     assert report.acknowledged >= 200
     assert report.notes["members_left"] == 2
+    # Only stores already committed on a peer when it hung, their replies on the way.
+    assert report.notes["acknowledged_while_peers_hung"] <= 16
     assert report.lost == 0
     assert report.converged

@@ -13,6 +13,7 @@ being killed outright.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -123,6 +124,11 @@ class ServiceProcess:
         if self._process is not None and self.running:
             self.peak_rss_kib = max(self.peak_rss_kib, _read_kib(self._process.pid, "VmHWM"))
         return self.peak_rss_kib
+
+    def pause(self, paused: bool = True) -> None:
+        """``SIGSTOP`` (or ``SIGCONT``): the process holds its sockets but answers nothing,
+        as a machine that hangs would."""
+        self._require_running().send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
     async def kill(self) -> None:
         """``kill -9``: the process gets no chance to flush, close or say goodbye."""

@@ -116,21 +116,33 @@ async def accepting_node_lost(
     *,
     burst: int = 300,
     concurrency: int = 16,
+    pause_s: float = 1.5,
 ) -> FaultReport:
-    """Every store goes to ``victim`` itself, the member that answers the client; it is
-    killed with ``kill -9`` half-way through the burst and never started again. Every
-    store it acknowledged must come back from the members left (a node acknowledges only
-    what another member has committed too), and those must converge among themselves.
-    The ledger's owners must all belong to the victim's swarm."""
+    """Every store goes to ``victim`` itself, the member that answers the client. Half-way
+    through the burst its peers hang (``SIGSTOP``) for ``pause_s``, so what it replicates
+    lands nowhere; then it is killed with ``kill -9`` and never started again, and the
+    peers go on. Every store it acknowledged must come back from the members left (a node
+    acknowledges only what another member has committed too: while its peers hang it
+    acknowledges nothing), and those must converge among themselves. The ledger's owners
+    must all belong to the victim's swarm."""
     swarms = await cluster.swarm_map()
     target = cluster.node_info(victim, swarms)
+    members = {n.url for n in swarms.nodes_for_key(session_id_key(ledger.owners[0].session_id))}
+    peers = [node for node in cluster.nodes if node.url in members and node is not victim]
     stats = LoadStats()
     base = ledger.count
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(run_storers, swarm, ledger, stats, concurrency, node=target))
         await ledger.reached(base + burst // 2)
+        for peer in peers:
+            peer.pause()
+        before_pause = ledger.count
+        await trio.sleep(pause_s)
+        acknowledged_while_peers_hung = ledger.count - before_pause
         killed_at = trio.current_time()
         await cluster.kill(victim)
+        for peer in peers:
+            peer.pause(False)
         nursery.cancel_scope.cancel()
     survivors = SwarmMap(
         {sid: tuple(n for n in nodes if n != target) for sid, nodes in swarms.swarms.items()}
@@ -146,7 +158,10 @@ async def accepting_node_lost(
         round(trio.current_time() - killed_at, 2),
         None,
         result.converged,
-        {"members_left": len(survivors.nodes_for_key(session_id_key(ledger.owners[0].session_id)))},
+        {
+            "members_left": len(peers),
+            "acknowledged_while_peers_hung": acknowledged_while_peers_hung,
+        },
     )
 
 
