@@ -11,7 +11,7 @@ static network needs no registry: a JSON file with the same shape does
 (:class:`FileDirectory`; its operator is the one who admits).
 
 Readers go through the small :class:`Directory` interface, so a node or client works the
-same with a live registry, a file, or a fixed in-process list.
+same with a live registry or a file.
 
 The registry lists the announcements themselves, and readers check every signature
 (:meth:`Snapshot.from_announcements`): a registry, or anyone on its path, can leave a node
@@ -309,37 +309,6 @@ class Directory(Protocol):
         contact: bytes = b"",
         registration: bytes = b"",
     ) -> None: ...
-
-
-@dataclass
-class FixedDirectory:
-    """An in-process list (tests, embedded networks); announcing adds to it."""
-
-    snapshot: Snapshot = field(default_factory=Snapshot)
-
-    async def fetch(self) -> Snapshot:
-        await trio.lowlevel.checkpoint()
-        return self.snapshot
-
-    async def announce(
-        self,
-        identity: Identity,
-        kind: str,
-        url: str,
-        contact: bytes = b"",
-        registration: bytes = b"",
-    ) -> None:
-        await trio.lowlevel.checkpoint()
-        key = identity.ed25519_public.hex()
-        if kind == "node":
-            nodes = {n.pubkey: n for n in self.snapshot.nodes} | {key: NodeInfo(key, url)}
-            self.snapshot = Snapshot(tuple(sorted(nodes.values())), self.snapshot.relays)
-        else:
-            relays = {r.pubkey: r for r in self.snapshot.relays}
-            relays[key] = RelayInfo(key, url, contact)
-            self.snapshot = Snapshot(
-                self.snapshot.nodes, tuple(sorted(relays.values(), key=lambda r: r.pubkey))
-            )
 
 
 @dataclass
