@@ -55,7 +55,7 @@ from .introset import (
 from .keys import KeyPair
 from .link import Link, LinkClosed, MemoryNetwork, Transport
 from .onion import LayerError
-from .path import Path, PathState, Payload
+from .path import Path, PathState, Payload, freshest
 from .session import (
     InitReplayCache,
     SessionCore,
@@ -256,7 +256,10 @@ class Endpoint:
         return self._rng.sample(pool, self.hops)
 
     async def _keep_paths(self) -> None:
+        """Check, ping and replace paths when one of them is due (:meth:`Path.next_check_ms`)
+        or the paths changed, at most every ``PATH_CHECK_INTERVAL_MS``."""
         while True:
+            changed = self._paths_changed
             now = self._clock.now_ms()
             for path in list(self._paths):
                 path.check(now)
@@ -271,6 +274,11 @@ class Endpoint:
             for _ in range(self.path_count - len(fresh)):
                 self._start_path()
             await self._clock.sleep_until_ms(now + PATH_CHECK_INTERVAL_MS)
+            now = self._clock.now_ms()
+            checks = [p.next_check_ms(now, self._ping_interval_ms) for p in self._paths]
+            due = min((t for t in checks if t is not None), default=None)
+            with trio.move_on_at(math.inf if due is None else self._clock.trio_time_for(due)):
+                await changed.wait()
 
     def _start_path(self) -> Path:
         path, cell = Path.build(self._choose_hops(), self._clock.now_ms(), self._lifetime_ms)
@@ -601,8 +609,9 @@ class Endpoint:
                 if path is None:
                     await self._paths_changed.wait()
                     continue
-                core.local_intro = Intro(path.terminal.pubkey, path.intro_id, path.expiry_ms)
                 now = self._clock.now_ms()
+                intro = freshest(self._paths, now) or path
+                core.local_intro = Intro(intro.terminal.pubkey, intro.intro_id, intro.expiry_ms)
                 packets = core.outgoing(now)
                 if core.stalled and (
                     session._intro_refreshed_ms is None

@@ -7,6 +7,7 @@ Payloads to and from the terminal hop are :class:`Payload` kinds (first byte).
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .cells import CellKind, frame_payload, make_cell, unframe_payload
@@ -159,3 +160,40 @@ class Path:
             self.state = PathState.DEAD
         if now_ms >= self.expiry_ms:
             self.state = PathState.DEAD
+
+    def next_check_ms(self, now_ms: int, ping_interval_ms: int) -> int | None:
+        """When, after ``now_ms``, its keeper next has something to do for this path
+        (None: never, it is dead): :meth:`check` a build
+        or a ping that may have gone unanswered, send the next ping (every
+        ``ping_interval_ms``), build a successor, or see it expire. The keeper sleeps until
+        then (or until paths change) instead of polling: polling every half second was
+        most of an idle device's wake-ups."""
+        if self.state is PathState.DEAD:
+            return None
+        times = [self.expiry_ms - PATH_REBUILD_MARGIN_MS, self.expiry_ms]
+        if self.state is PathState.BUILDING:
+            times.append(self.created_ms + PATH_BUILD_TIMEOUT_MS + 1)
+        elif self.state is PathState.ESTABLISHED:
+            if self.ping_sent_ms is None:
+                times.append(self.created_ms)
+            else:
+                times.append(self.ping_sent_ms + ping_interval_ms)
+                if self.last_heard_ms < self.ping_sent_ms:
+                    times.append(self.ping_sent_ms + PATH_PING_TIMEOUT_MS + 1)
+        return min((t for t in times if t > now_ms), default=None)
+
+
+def freshest(paths: Iterable[Path], now_ms: int) -> Path | None:
+    """The usable path that expires last: the one whose intro a session gives its peer.
+
+    Any usable path may carry a packet, but the intro a packet names is where the peer
+    sends from then on, possibly long after (an idle session may say nothing for minutes).
+    An endpoint builds successors ``PATH_REBUILD_MARGIN_MS`` before its paths expire and
+    announces them at once, so the peer learns the new intro while the old one still
+    works. Naming a path that is about to expire instead (any of them, in turn) left the
+    peer sending to an intro that was gone: endpoints started together expire their paths
+    together, each side's announcement then went to the other's dead intro, and the
+    session was stuck until a retransmission stalled and the peer's introset was looked
+    up again, seconds later."""
+    usable = [p for p in paths if p.usable(now_ms)]
+    return max(usable, key=lambda p: p.expiry_ms) if usable else None

@@ -1371,9 +1371,7 @@ async def _maybe_endpoint(
         clock=device.clock,
         seed=choice_seed(device.device_identity.seed, b"relays"),
         local_name=device.name,
-        ping_interval_ms=(
-            PATH_PING_INTERVAL_MS if keepalive is None else int(keepalive * 1000)
-        ),
+        ping_interval_ms=(PATH_PING_INTERVAL_MS if keepalive is None else int(keepalive * 1000)),
     ) as endpoint:
         yield endpoint
 

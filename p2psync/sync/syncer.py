@@ -54,7 +54,12 @@ logger = logging.getLogger(__name__)
 #: resend brings them back, so a slow session cannot grow memory without bound.
 SESSION_QUEUE_RECORDS = 256
 REDIAL_MIN_S = 1.0
-REDIAL_MAX_S = 10.0
+#: Re-dials of a sibling that is away back off to this. Each costs an introset lookup (up
+#: to 24 requests through the overlay): at 10 s a device idled by an offline sibling spent
+#: most of its CPU looking for it. A sibling that comes back dials us itself when it
+#: starts (:meth:`SiblingSync.run`), and that wakes the dialer at once, so the back-off
+#: costs latency only when that first dial fails.
+REDIAL_MAX_S = 300.0
 #: How long the non-dialing side gives the dialing one before saying hello itself.
 HELLO_DELAY_S = 2.0
 #: How long a device going offline spends telling its siblings.
@@ -111,6 +116,9 @@ class SiblingSync:
         self.archive_sent = 0
         self.archive_received = 0
         self._kick = trio.Event()
+        #: Set when a sibling shows it is here (it opened a session to us): the dialer
+        #: stops backing off and dials again at once.
+        self._present: dict[str, trio.Event] = {sibling: trio.Event() for sibling in siblings}
 
     @property
     def connected(self) -> set[str]:
@@ -183,19 +191,23 @@ class SiblingSync:
         while True:
             while sibling in self._serving:  # the sibling dialed us: nothing to do
                 await self._serving[sibling][1].wait()
+            present = self._present[sibling] = trio.Event()
             try:
                 async with self.endpoint.connect(key, shared_secret=self.secret) as session:
                     delay = REDIAL_MIN_S
                     await self._serve(sibling, session)
             except SessionError as exc:
                 logger.debug("session to sibling %s: %s", sibling[:10], exc)
-            await trio.sleep(delay)
-            delay = min(REDIAL_MAX_S, delay * 2)
+            with trio.move_on_after(delay):
+                await present.wait()
+            delay = REDIAL_MIN_S if present.is_set() else min(REDIAL_MAX_S, delay * 2)
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         assert self.endpoint is not None
         async for session in self.endpoint.sessions():
             sibling = self._by_key.get(session.peer)
+            if sibling is not None:
+                self._present[sibling].set()
             nursery.start_soon(self._serve_accepted, sibling, session)
 
     async def _serve_accepted(self, sibling: str | None, session: Session) -> None:

@@ -22,7 +22,7 @@ from overlay.introset import (
 )
 from overlay.keys import KeyPair
 from overlay.onion import HopKeys, LayerError
-from overlay.path import Path, PathState, Payload
+from overlay.path import Path, PathState, Payload, freshest
 from overlay.relay import RelayCore
 from overlay.session import SessionCore
 
@@ -237,3 +237,19 @@ def test_sessions_ignore_any_packet(packet: bytes, prefix: bytes) -> None:
     b = SessionCore.respond(relay_keys(1)[0], init, 0)
     b.receive_packet(prefix + init[1:9] + packet, 1)
     assert not b.received
+
+
+def test_a_session_names_the_path_that_expires_last() -> None:
+    """The intro a session gives its peer is where the peer sends, maybe minutes later:
+    of an expiring path and its successor, it must be the successor (the rule that
+    keeps a session reachable across path rebuilds), and never a dead or unbuilt one."""
+    net = Net(6)
+    old = net.path([0, 1, 2])
+    successor, _ = Path.build([net.contacts[i] for i in (3, 4, 5)], NOW + 540_000)
+    assert freshest([old, successor], NOW + 541_000) is old  # successor not built yet
+    successor.on_built(NOW + 541_000)
+    assert freshest([old, successor], NOW + 541_000) is successor
+    assert freshest([successor, old], NOW + 541_000) is successor
+    successor.state = PathState.DEAD
+    assert freshest([old, successor], NOW + 541_000) is old
+    assert freshest([old, successor], old.expiry_ms) is None

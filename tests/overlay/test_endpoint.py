@@ -360,3 +360,45 @@ async def test_a_goodbye_answering_the_peers_does_not_wait_for_a_peer_that_left(
                 await accepted.aclose()
                 break
             await until_no_sessions(bob, limit_s=60)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_an_idle_session_survives_both_sides_rebuilding_their_paths_at_once(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Endpoints started together replace their paths together. Each side announces its
+    successors while its old paths still work, and must name a successor then (not any
+    usable path in turn): otherwise, once the old paths expire, each side's announcement
+    goes to the other's dead intro and an idle session stays stuck until a retransmission
+    stalls and the introset is looked up again (seconds: a sibling's message missed live
+    sync's 10 s grace and fell back to the swarm). With a 2-minute ping interval, as an
+    idle phone has, nothing else is said in between."""
+    network = MemoryNetwork(seed=seed, default_profile=LinkProfile(latency_ms=30, jitter_ms=50))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 8, clock=clock, seed=seed) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(
+                ALICE, network, directory, clock=clock, seed=1, ping_interval_ms=120_000
+            ) as alice,
+            open_endpoint(
+                BOB, network, directory, clock=clock, seed=2, ping_interval_ms=120_000
+            ) as bob,
+        ):
+            await alice.wait_ready(2)
+            await bob.publish(SECRET)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo_one, bob)
+                async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                    await exchange(session, 1)
+                    expiry = min(p.expiry_ms for p in alice.paths + bob.paths)
+                    await clock.sleep_until_ms(expiry - 1000)
+                    (bob_session,) = bob._sessions.values()
+                    for owner, peer_view in ((alice, bob_session), (bob, session)):
+                        latest = max(p.expiry_ms for p in owner.paths)
+                        assert peer_view._core.peer_intro is not None
+                        assert peer_view._core.peer_intro.expiry_ms == latest
+                    await clock.sleep_until_ms(expiry + 2000)
+                    start = trio.current_time()
+                    await exchange(session, 1)
+                    assert trio.current_time() - start < 2
