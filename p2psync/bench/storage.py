@@ -1,79 +1,56 @@
 """``p2psync bench storage``: what direct sibling sync saves in swarm storage (DESIGN.md §9).
 
-Each strategy replays the same seeded trace (:mod:`.scenario`) on the real code — an
-embedded network of service nodes, sealed envelopes, signed retrieves, subscriptions, and
-for ``p2p`` the sans-I/O :class:`~p2psync.sync.live.LiveSync` — under virtual time.
+Each strategy replays the same seeded trace on real :class:`~p2psync.Device` s
+(:mod:`.replay`: ``fanout`` = ``mapped``, ``linked`` = ``linked`` without direct sync,
+``p2p`` = ``linked`` with direct sync) over an embedded network of service nodes and
+overlay relays under virtual time, with per-link latencies.
 
-* ``fanout`` (v1.5.0 mapped): every device has its own key; a send stores one copy for
-  each recipient device and one for each of the sender's other devices.
-* ``linked``: devices of a user share one key; a send stores one copy in the recipient's
-  swarm and one sync copy (namespace 1) in the sender's.
-* ``p2p``: ``linked`` plus direct sibling sync: siblings push what they send and receive
-  to each other over a session (an emulated 3+3-hop onion path) and acknowledge it; only
-  what a sibling has not acknowledged within the grace period gets a sync copy, deleted
-  once acknowledged, and an inbound copy is deleted once every sibling holds it.
-
-A stored copy is one logical message in some swarm (replicas inside a swarm count once),
-counted by a ledger that every store and delete goes through; byte·hours is its size
-times the time until it was deleted or expired.
+Every figure is measured: stored copies, peak bytes and byte·hours from what the nodes
+hold (:mod:`.holdings`); latency from when each device files each message; completeness
+and losses from the devices' histories at the end. Only the floor of ``p2p``'s sync
+copies is computed from the trace, as DESIGN.md §9 defines it, to print beside them.
 """
 
 from __future__ import annotations
 
-import random
+import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
 import trio._core._run
 import trio.testing
 
+from overlay.link import MemoryNetwork
+
 from ..clock import TEST_EPOCH_MS, Clock
-from ..envelope import open_envelope, seal_envelope
-from ..errors import P2PSyncError
-from ..identity import Identity, message_hash
-from ..network import LocalNetwork, open_local_network
-from ..swarm.client import Cursor, Message, SwarmClient, open_swarm_client
-from ..swarm.constants import DEFAULT_TTL_MS, NAMESPACE_MESSAGES, NAMESPACE_SYNC
+from ..device.content import MAX_TEXT_CHARS
+from ..network import open_local_network
+from ..swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from ..swarm.node import NodeConfig
-from ..sync.live import AllAcknowledged, Deliver, Event, FallbackDue, Item, LiveSync, Send
+from .holdings import byte_hours, peak_bytes, timeline
+from .replay import CATCH_UP_S, KEEPALIVE_S, LINK_PROFILE, NODES, RELAYS, Outcome, Replay
 from .scenario import HOUR_MS, KINDS, Scenario, Trace, build_trace
 
 STRATEGIES = ("fanout", "linked", "p2p")
-#: Emulated one-way latency of a 3+3-hop onion path between siblings.
-SESSION_LATENCY_S = 0.06
-#: Time for siblings that both came online to find each other and open a session.
-PRESENCE_DELAY_S = 2.0
-CATCH_UP_S = 900.0
-SETTLE_MS = 2 * HOUR_MS
+#: The devices' grace period (DeviceConfig.grace_s), which the floor is computed with.
+GRACE_MS = 10_000
+#: Maintenance that comes round rarely, so that days of virtual time stay fast.
+QUIET = NodeConfig(
+    registry_refresh_s=150,
+    announce_interval_s=150,
+    repair_interval_s=6 * 3600,
+    sweep_interval_s=600,
+)
+#: Inbound copies per message a strategy stores by design: one per recipient device in
+#: ``fanout``, one per account otherwise. The nodes' count must match it.
+INBOUND_COPIES = {"fanout": len(KINDS), "linked": 1, "p2p": 1}
 
 
-@dataclass
-class Ledger:
-    """Every logical copy stored in a swarm, with when it stopped being stored."""
-
-    copies: dict[tuple[str, int, bytes], list[int]] = field(default_factory=dict)
-
-    def stored(self, owner: str, namespace: int, digest: bytes, size: int, at: int) -> None:
-        self.copies.setdefault((owner, namespace, digest), [size, at, at + DEFAULT_TTL_MS])
-
-    def deleted(self, owner: str, namespace: int, digest: bytes, at: int) -> None:
-        copy = self.copies.get((owner, namespace, digest))
-        if copy is not None:
-            copy[2] = min(copy[2], at)
-
-    def byte_hours(self) -> float:
-        return sum(size * (end - start) / HOUR_MS for size, start, end in self.copies.values())
-
-    def timeline(self, step_ms: int, end_ms: int, *, copies: bool = False) -> list[int]:
-        """Per ``step_ms`` slot up to ``end_ms``: the bytes (or, with ``copies``, the number
-        of copies) stored at some moment of that slot."""
-        points = [0] * (end_ms // step_ms + 1)
-        for size, start, end in self.copies.values():
-            for index in range(start // step_ms, min(end, end_ms) // step_ms + 1):
-                points[index] += 1 if copies else size
-        return points
+class BenchmarkError(RuntimeError):
+    """The nodes and the devices disagree, or a figure could not be read: no result."""
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -83,315 +60,25 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-class _Device:
-    def __init__(self, user: int, kind: str, identity: Identity) -> None:
-        self.user, self.kind, self.identity = user, kind, identity
-        self.name = f"u{user}-{kind}"
-        self.history: dict[int, int] = {}  # logical message -> virtual ms it arrived
-        self.bodies: dict[bytes, Item] = {}
-        self.cursors = {NAMESPACE_MESSAGES: Cursor(), NAMESPACE_SYNC: Cursor()}
-        self.scope: trio.CancelScope | None = None
-        self.live: LiveSync | None = None
-        self.inbound: dict[bytes, bytes] = {}  # item id -> hash of the inbound swarm copy
-        self.fallback: dict[bytes, bytes] = {}  # item id -> hash of its sync copy
-        self.wake = trio.Event()
-
-    @property
-    def online(self) -> bool:
-        return self.scope is not None
-
-
-class _Run:
-    """One strategy over one trace."""
-
-    def __init__(self, strategy: str, trace: Trace, network: LocalNetwork, swarm: SwarmClient):
-        self.strategy, self.trace, self.network, self.swarm = strategy, trace, network, swarm
-        self.ledger = Ledger()
-        self.clock = network.clock
-        self.random = random.Random(trace.seed)
-        users = range(trace.users)
-        shared = {u: Identity.from_label(f"bench/{u}") for u in users}
-        self.devices = {
-            (u, k): _Device(
-                u, k, Identity.from_label(f"bench/{u}/{k}") if strategy == "fanout" else shared[u]
-            )
-            for u in users
-            for k in KINDS
-        }
-        self.sent_at: dict[int, int] = {}
-        self.relevant: dict[int, tuple[int, int]] = {}  # message -> (sender user, recipient)
-        self.latencies: list[float] = []
-        #: The sender's other device only: what sibling sync (direct or by sync copy) costs.
-        self.sibling_latencies: list[float] = []
-        self.online_at_send: dict[int, set[str]] = {}
-        self.sessions: set[frozenset[str]] = set()
-
-    def now(self) -> int:
-        return self.clock.now_ms() - TEST_EPOCH_MS
-
-    # --- storing through the ledger -------------------------------------------------------
-
-    async def _store(self, owner: Identity, namespace: int, data: bytes) -> bytes:
-        digest, _ = await self.swarm.store(owner.session_id, namespace, data)
-        self.ledger.stored(owner.session_id, namespace, digest, len(data), self.now())
-        return digest
-
-    async def _delete(self, owner: Identity, namespace: int, digest: bytes) -> None:
-        try:
-            await self.swarm.delete(owner, namespace, [digest])
-        except P2PSyncError:
-            return
-        self.ledger.deleted(owner.session_id, namespace, digest, self.now())
-
-    # --- devices ----------------------------------------------------------------------------
-
-    def _arrived(self, device: _Device, logical: int) -> bool:
-        if logical in device.history:
-            return False
-        device.history[logical] = self.now()
-        if device.name in self.online_at_send.get(logical, ()):
-            self.latencies.append(self.now() - self.sent_at[logical])
-            if device.user == self.relevant[logical][0]:
-                self.sibling_latencies.append(self.now() - self.sent_at[logical])
-        return True
-
-    async def _receive(self, device: _Device, namespace: int, batch: list[Message]) -> None:
-        for message in batch:
-            envelope = open_envelope(device.identity, message.data)
-            logical = int.from_bytes(envelope.body[:8], "big")
-            item = Item(message.hash, envelope.timestamp_ms, message.data)
-            if self._arrived(device, logical):
-                device.bodies[item.id] = item
-                if self.strategy == "p2p" and device.live is not None:
-                    if namespace == NAMESPACE_MESSAGES:
-                        device.inbound[item.id] = message.hash
-                    await self._handle(device, device.live.publish(item, self.now()))
-
-    async def _online(self, device: _Device, nursery: trio.Nursery) -> None:
-        async def run(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-            with trio.CancelScope() as scope:
-                task_status.started(scope)
-                async with trio.open_nursery() as inner:
-                    namespaces = [NAMESPACE_MESSAGES]
-                    if self.strategy != "fanout":
-                        namespaces.append(NAMESPACE_SYNC)
-                    for ns in namespaces:
-                        inner.start_soon(self._subscribe, device, ns)
-                    if device.live is not None:
-                        inner.start_soon(self._ticker, device)
-
-        device.scope = await nursery.start(run)
-        if self.strategy == "p2p":
-            sibling = self._sibling(device)
-            if sibling.online:
-                nursery.start_soon(self._open_session, device, sibling)
-
-    async def _subscribe(self, device: _Device, namespace: int) -> None:
-        async def deliver(batch: list[Message]) -> None:
-            await self._receive(device, namespace, batch)
-
-        await self.swarm.subscribe(
-            device.identity,
-            namespace,
-            deliver,
-            cursor=device.cursors[namespace],
-            catch_up_s=CATCH_UP_S,
-        )
-
-    async def _offline(self, device: _Device) -> None:
-        if device.scope is not None:
-            device.scope.cancel()
-            device.scope = None
-        sibling = self._sibling(device)
-        pair = frozenset((device.name, sibling.name))
-        if pair in self.sessions:
-            self.sessions.discard(pair)
-            for a, b in ((device, sibling), (sibling, device)):
-                assert a.live is not None
-                await self._handle(a, a.live.disconnected(b.name, self.now()))
-
-    def _sibling(self, device: _Device) -> _Device:
-        return self.devices[(device.user, "desktop" if device.kind == "phone" else "phone")]
-
-    # --- p2p: sessions and the LiveSync driver ----------------------------------------------
-
-    async def _open_session(self, a: _Device, b: _Device) -> None:
-        await trio.sleep(PRESENCE_DELAY_S)
-        if not (a.online and b.online):
-            return
-        self.sessions.add(frozenset((a.name, b.name)))
-        for one, other in ((a, b), (b, a)):
-            assert one.live is not None
-            await self._handle(one, one.live.connected(other.name, self.now()))
-
-    async def _ticker(self, device: _Device) -> None:
-        assert device.live is not None
-        while True:
-            deadline = device.live.next_deadline_ms()
-            with trio.move_on_after(
-                3600 if deadline is None else max(0, deadline - self.now()) / 1000
-            ):
-                await device.wake.wait()
-            device.wake = trio.Event()
-            await self._handle(device, device.live.tick(self.now()), wake=False)
-
-    async def _handle(self, device: _Device, events: list[Event], *, wake: bool = True) -> None:
-        """Carry out what the device's LiveSync asked for; ``wake`` re-arms its ticker,
-        whose deadline may have moved (the ticker itself never needs to)."""
-        for event in events:
-            if isinstance(event, Send):
-                self._nursery.start_soon(self._carry, device, event)
-            elif isinstance(event, Deliver):
-                envelope = open_envelope(device.identity, event.item.body)
-                if self._arrived(device, int.from_bytes(envelope.body[:8], "big")):
-                    device.bodies[event.item.id] = event.item
-            elif isinstance(event, FallbackDue):
-                if event.item.id not in device.inbound:  # inbound: its swarm copy is the fallback
-                    device.fallback[event.item.id] = await self._store(
-                        device.identity, NAMESPACE_SYNC, event.item.body
-                    )
-            elif isinstance(event, AllAcknowledged):
-                if event.id in device.fallback:
-                    await self._delete(
-                        device.identity, NAMESPACE_SYNC, device.fallback.pop(event.id)
-                    )
-                if event.id in device.inbound:
-                    await self._delete(
-                        device.identity, NAMESPACE_MESSAGES, device.inbound.pop(event.id)
-                    )
-        if wake:
-            device.wake.set()
-
-    async def _carry(self, source: _Device, send: Send) -> None:
-        target = next(d for d in self.devices.values() if d.name == send.sibling)
-        pair = frozenset((source.name, target.name))
-        await trio.sleep(SESSION_LATENCY_S)
-        if pair in self.sessions and target.live is not None:
-            await self._handle(target, target.live.receive(source.name, send.data, self.now()))
-
-    # --- sending -------------------------------------------------------------------------
-
-    async def _send(self, logical: int, sender: _Device, to_user: int, size: int) -> None:
-        now = self.now()
-        self.sent_at[logical] = now
-        self.relevant[logical] = (sender.user, to_user)
-        self.online_at_send[logical] = {
-            d.name
-            for d in self.devices.values()
-            if d.online and d is not sender and d.user in (sender.user, to_user)
-        }
-        self._arrived(sender, logical)
-        body = logical.to_bytes(8, "big") + bytes(size)
-        timestamp = self.clock.now_ms()
-        recipients = [self.devices[(to_user, k)].identity for k in KINDS]
-        own = [self._sibling(sender).identity]
-        if self.strategy == "fanout":
-            targets = [(r, NAMESPACE_MESSAGES) for r in recipients] + [
-                (o, NAMESPACE_MESSAGES) for o in own
-            ]
-        elif self.strategy == "linked":
-            targets = [(recipients[0], NAMESPACE_MESSAGES), (own[0], NAMESPACE_SYNC)]
-        else:
-            targets = [(recipients[0], NAMESPACE_MESSAGES)]
-        for owner, namespace in targets:
-            data = seal_envelope(sender.identity, owner.x25519_public, "text", body, timestamp)
-            await self._store(owner, namespace, data)
-        if self.strategy == "p2p":
-            assert sender.live is not None
-            data = seal_envelope(
-                sender.identity, sender.identity.x25519_public, "sent", body, timestamp
-            )
-            item = Item(message_hash(data), timestamp, data)
-            sender.bodies[item.id] = item
-            await self._handle(sender, sender.live.publish(item, now))
-
-    async def run(self, on_progress: Callable[[float], None]) -> dict[str, Any]:
-        trace = self.trace
-        end_ms = trace.duration_ms
-        events: list[tuple[int, int, Any]] = []
-        for (user, kind), spans in trace.online.items():
-            for start, stop in spans:
-                events.append((start, 1, ("up", user, kind)))
-                events.append((stop, 0, ("down", user, kind)))
-        for number, send in enumerate(trace.sends):
-            events.append((send.at_ms, 2, ("send", number, send)))
-        events.sort(key=lambda e: (e[0], e[1]))
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if self.strategy == "p2p":
-                for device in self.devices.values():
-                    sibling = self._sibling(device).name
-                    device.live = LiveSync([sibling], has=device.bodies.__contains__)
-            for at, _, event in events:
-                await trio.sleep(max(0, at - self.now()) / 1000)
-                on_progress(at / end_ms)
-                if event[0] == "up":
-                    await self._online(self.devices[(event[1], event[2])], nursery)
-                elif event[0] == "down":
-                    await self._offline(self.devices[(event[1], event[2])])
-                else:
-                    send = event[2]
-                    await self._send(
-                        event[1], self.devices[(send.user, send.kind)], send.to_user, send.size
-                    )
-            for device in self.devices.values():  # settle: everyone online for a while
-                if not device.online:
-                    await self._online(device, nursery)
-            await trio.sleep(SETTLE_MS / 1000)
-            on_progress(1.0)
-            nursery.cancel_scope.cancel()
-        return self._figures(end_ms + SETTLE_MS)
-
-    def _figures(self, end_ms: int) -> dict[str, Any]:
-        messages = len(self.sent_at)
-        completeness = {}
-        for device in self.devices.values():
-            mine = [m for m, users in self.relevant.items() if device.user in users]
-            completeness[device.name] = (
-                round(sum(m in device.history for m in mine) / len(mine), 4) if mine else 1.0
-            )
-        lost = sum(
-            1
-            for m, (_, to_user) in self.relevant.items()
-            if not any(m in self.devices[(to_user, k)].history for k in KINDS)
-        )
-        timeline = self.ledger.timeline(HOUR_MS, end_ms)
-        return {
-            "messages": messages,
-            "copies_per_message": round(len(self.ledger.copies) / messages, 3) if messages else 0.0,
-            "sync_copies_per_message": round(
-                sum(ns == NAMESPACE_SYNC for _, ns, _ in self.ledger.copies) / max(1, messages), 3
-            ),
-            "byte_hours": round(self.ledger.byte_hours(), 1),
-            "peak_bytes": max(timeline, default=0),
-            "lost": lost,
-            "completeness": round(min(completeness.values()), 4),
-            "completeness_by_device": completeness,
-            "latency_p50_ms": round(_percentile(self.latencies, 0.5), 1),
-            "latency_p99_ms": round(_percentile(self.latencies, 0.99), 1),
-            "sibling_latency_p50_ms": round(_percentile(self.sibling_latencies, 0.5), 1),
-            "sibling_latency_p99_ms": round(_percentile(self.sibling_latencies, 0.99), 1),
-            "stored_bytes_by_hour": timeline,
-            "stored_copies_by_hour": self.ledger.timeline(HOUR_MS, end_ms, copies=True),
-        }
-
-
 def run_scenario(
     trace: Trace | Scenario,
     strategy: str,
     *,
     on_progress: Callable[[float], None] = lambda fraction: None,
 ) -> dict[str, Any]:
-    """Replay ``trace`` with ``strategy`` (``"fanout"``, ``"linked"`` or ``"p2p"``) on an
-    embedded network under virtual time and return the figures of DESIGN.md §9, plus
-    ``messages``, ``sync_copies_per_message``, ``completeness_by_device`` and hourly
-    ``stored_bytes_by_hour`` / ``stored_copies_by_hour`` series (slot ``h`` counts what was
-    stored at some moment of hour ``h``, through the settling period).
+    """Replay ``trace`` with ``strategy`` (``"fanout"``, ``"linked"`` or ``"p2p"``) on real
+    devices over an embedded network under virtual time, and return the figures of
+    DESIGN.md §9 (``"source": "devices"``), plus ``messages``, ``completeness_by_device``,
+    ``sibling_latency_p50_ms`` / ``_p99_ms`` (the sender's other device), ``node_reads``
+    and hourly ``stored_bytes_by_hour`` / ``stored_copies_by_hour`` series from the trace's
+    start through the settling period (slot ``h`` counts what the nodes held at some
+    moment of hour ``h``).
 
     ``trace`` is a :class:`~p2psync.Trace` of your own (checked first: a bad one raises
     :class:`ValueError` saying what is wrong) or a :class:`~p2psync.Scenario`, which is
-    turned into the benchmark's seeded synthetic trace. A run takes seconds per virtual
-    hour of traffic-heavy trace; a quiet one is faster. Example: two users, both online
+    turned into the benchmark's seeded synthetic trace. Before the trace starts every
+    user's desktop is paired to the phone and users who write to each other become
+    friends (that takes virtual minutes, not counted). Example: two users, both online
     for two hours, user 0's phone writes to user 1 twice and user 1's desktop answers::
 
         >>> from p2psync import Send, Trace, run_scenario
@@ -411,9 +98,11 @@ def run_scenario(
         >>> figures["copies_per_message"], figures["lost"], figures["completeness"]
         (1.0, 0, 1.0)
 
-    Repeatable for a given trace and seed, up to the ciphertexts (sealing draws fresh
-    keys), whose ids order a few same-millisecond deletions: byte·hours then differ in the
-    seventh digit."""
+    Raises :class:`BenchmarkError` if the nodes do not hold one inbound copy per
+    recipient account (or device, ``fanout``) per send, or hold a copy the runner never
+    saw alive (so of unknown size). Repeatable for a given trace and seed (trio's
+    scheduler and the network's jitter are seeded), up to the ciphertexts, which sealing
+    draws fresh keys for."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
     if isinstance(trace, Scenario):
@@ -421,62 +110,110 @@ def run_scenario(
     elif not isinstance(trace, Trace):
         raise ValueError(f"expected a Trace or a Scenario, not {type(trace).__name__}")
     trace.validate()
+    for index, send in enumerate(trace.sends):
+        if send.size > MAX_TEXT_CHARS:
+            raise ValueError(
+                f"trace sends[{index}]: a device sends at most {MAX_TEXT_CHARS} characters"
+            )
     seed = trace.seed
-    quiet = NodeConfig(
-        registry_refresh_s=150,
-        announce_interval_s=150,
-        repair_interval_s=6 * 3600,
-        sweep_interval_s=600,
-    )
 
-    async def main() -> dict[str, Any]:
-        async with (
-            open_local_network(
-                6, clock=Clock(TEST_EPOCH_MS), node_config=quiet, seed=seed
-            ) as network,
-            open_swarm_client(
-                network.transport, network.directory(), network.clock, seed=seed
-            ) as swarm,
-        ):
-            return await _Run(strategy, trace, network, swarm).run(on_progress)
+    async def main() -> Outcome:
+        transport = MemoryNetwork(seed=seed, default_profile=LINK_PROFILE)
+        with tempfile.TemporaryDirectory(prefix="p2psync-bench-") as devices:
+            async with open_local_network(
+                NODES,
+                relays=RELAYS if strategy == "p2p" else 0,
+                transport=transport,
+                clock=Clock(TEST_EPOCH_MS),
+                node_config=QUIET,
+                seed=seed,
+            ) as network:
+                return await Replay(trace, strategy, network, Path(devices)).run(on_progress)
 
     # Trio breaks ties between runnable tasks with its own unseeded Random; seeding it
     # makes a run repeatable to the millisecond (else the latency tail varies run to run).
     trio._core._run._r.seed(seed)
-    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    outcome = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return _figures(strategy, outcome)
+
+
+def _figures(strategy: str, outcome: Outcome) -> dict[str, Any]:
+    """The §9 figures of one replay, after checking the nodes against the devices."""
+    messages = len(outcome.sends)
+    copies = outcome.holdings.since(outcome.start_ms)
+    inbound = sum(c.namespace == NAMESPACE_MESSAGES for c in copies)
+    expected = INBOUND_COPIES[strategy] * messages
+    if inbound != expected:
+        raise BenchmarkError(
+            f"{strategy}: the nodes hold {inbound} inbound copies for {messages} sends "
+            f"({expected} expected): a store was lost or one was not the devices'"
+        )
+    unsized = sum(c.size is None for c in copies)
+    if unsized:
+        raise BenchmarkError(
+            f"{strategy}: {unsized} copies were stored and deleted between two reads of "
+            "the nodes, so their size is unknown"
+        )
+    completeness = {}
+    for name, history in sorted(outcome.histories.items()):
+        user = outcome.users[name]
+        due = [m for m, (sender, to, _) in outcome.sends.items() if user in (sender, to)]
+        completeness[name] = round(sum(m in history for m in due) / len(due), 4) if due else 1.0
+    lost = sum(
+        not any(m in outcome.histories[f"u{to}-{kind}"] for kind in KINDS)
+        for m, (_, to, _) in outcome.sends.items()
+    )
+    counts, sizes = timeline(copies, outcome.start_ms, HOUR_MS, outcome.end_ms)
+    per_message = max(1, messages)
+    return {
+        "messages": messages,
+        "copies_per_message": round(len(copies) / per_message, 3),
+        "sync_copies_per_message": round(
+            sum(c.namespace == NAMESPACE_SYNC for c in copies) / per_message, 3
+        ),
+        "byte_hours": round(byte_hours(copies, HOUR_MS), 1),
+        "peak_bytes": peak_bytes(copies),
+        "lost": lost,
+        "completeness": min(completeness.values(), default=1.0),
+        "latency_p50_ms": round(_percentile(outcome.latencies, 0.5), 1),
+        "latency_p99_ms": round(_percentile(outcome.latencies, 0.99), 1),
+        "source": "devices",
+        "completeness_by_device": completeness,
+        "sibling_latency_p50_ms": round(_percentile(outcome.sibling_latencies, 0.5), 1),
+        "sibling_latency_p99_ms": round(_percentile(outcome.sibling_latencies, 0.99), 1),
+        "rejected": outcome.rejected,
+        "node_reads": outcome.holdings.reads,
+        "stored_copies_by_hour": counts,
+        "stored_bytes_by_hour": sizes,
+    }
 
 
 QUICK = Scenario(users=4, days=4.5, messages_per_user_per_day=12, long_offline_days=3.0)
-FULL = Scenario(users=8, days=7.0, messages_per_user_per_day=20, long_offline_days=3.0)
+FULL = Scenario(users=32, days=7.0, messages_per_user_per_day=12, long_offline_days=3.0)
 
 
 def sibling_away_at_send(trace: Trace) -> float:
-    """The share of sends made while the sender's other device was offline: what the
-    ``p2p`` strategy's sync copies (namespace 1) come from, whatever the sync design."""
+    """The share of sends made while the sender's other device was offline."""
     other = {"phone": "desktop", "desktop": "phone"}
     away = sum(not trace.is_online(s.user, other[s.kind], s.at_ms) for s in trace.sends)
     return round(away / max(1, len(trace.sends)), 3)
 
 
-def origin_leaves_first(trace: Trace) -> float:
-    """The share of sends made while the sender's other device was offline by a device
-    that itself went offline before the other came back: the sync copies that any design
-    keeping a swarm fallback must store, however long it waits (the floor of ``p2p``'s
-    namespace-1 copies on this trace; the rest could wait for the devices to meet)."""
+def floor_sync_copies_per_message(trace: Trace, grace_ms: int = GRACE_MS) -> float:
+    """DESIGN.md §9's floor of ``p2p``'s sync copies: the share of sends whose sender's
+    sibling stayed unreachable past the grace period. Unreachable means the two were
+    never online together from the send until the grace period ends or the sender goes
+    offline (which, by §7, stores the copy then): no design can hand the message over
+    directly, so a swarm fallback must hold it."""
     other = {"phone": "desktop", "desktop": "phone"}
 
-    def online_until(user: int, kind: str, at_ms: int) -> int:
-        return next(end for start, end in trace.online[(user, kind)] if start <= at_ms < end)
+    def unreachable(user: int, kind: str, at_ms: int) -> bool:
+        leaves = next(end for start, end in trace.online[(user, kind)] if start <= at_ms < end)
+        until = min(at_ms + grace_ms, leaves)
+        spans = trace.online.get((user, other[kind]), ())
+        return not any(start < until and at_ms < end for start, end in spans)
 
-    def back_at(user: int, kind: str, at_ms: int) -> int:
-        starts = [start for start, _ in trace.online.get((user, kind), []) if start >= at_ms]
-        return min(starts, default=trace.duration_ms)
-
-    needed = sum(
-        online_until(s.user, s.kind, s.at_ms) < back_at(s.user, other[s.kind], s.at_ms)
-        for s in trace.sends
-        if not trace.is_online(s.user, other[s.kind], s.at_ms)
-    )
+    needed = sum(unreachable(s.user, s.kind, s.at_ms) for s in trace.sends)
     return round(needed / max(1, len(trace.sends)), 3)
 
 
@@ -490,7 +227,9 @@ def _run_in_worker(scenario: Scenario, strategy: str, progress: Any) -> dict[str
             reported = int(fraction * 100)
             progress.put((strategy, fraction))
 
-    return run_scenario(scenario, strategy, on_progress=report)
+    started = time.monotonic()
+    figures = run_scenario(scenario, strategy, on_progress=report)
+    return {**figures, "wall_s": round(time.monotonic() - started, 1)}
 
 
 def _run_strategies(scenario: Scenario, console: Any) -> dict[str, dict[str, Any]]:
@@ -531,40 +270,39 @@ def run_storage_bench(
     json_path: str | None = None,
     plot_path: str | None = None,
 ) -> dict[str, Any]:
-    """All three strategies on one scenario, with progress bars, a table, and optionally
-    the §9 JSON and a PNG plot of stored copies and bytes over time."""
+    """All three strategies on one scenario, with progress bars, a table, the goals of
+    the issue checked against the measured figures, and optionally the §9 JSON and a PNG
+    plot of stored copies and bytes over time."""
     from dataclasses import replace
-    from pathlib import Path
 
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
     scenario = replace(QUICK if quick else FULL, seed=seed)
+    trace = build_trace(scenario)
+    floor = floor_sync_copies_per_message(trace)
     console = Console(stderr=True)
     console.print(
-        f"scenario: {scenario.users} users × 2 devices, {scenario.days} days, "
-        f"{scenario.messages_per_user_per_day} messages/user/day, one desktop away "
-        f"{scenario.long_offline_days} days, seed {seed}"
+        f"scenario: {scenario.users} users × {len(KINDS)} devices, {scenario.days:g} days, "
+        f"{len(trace.sends)} messages, one desktop away {scenario.long_offline_days:g} days, "
+        f"seed {seed}; every link {LINK_PROFILE.latency_ms:g}–"
+        f"{LINK_PROFILE.latency_ms + LINK_PROFILE.jitter_ms:g} ms one way "
+        f"({NODES} nodes, {RELAYS} relays for p2p); devices subscribe, catch up every "
+        f"{CATCH_UP_S / 60:g} min, p2p keep-alive every {KEEPALIVE_S:g} s"
     )
+    started = time.monotonic()
     results = _run_strategies(scenario, console)
+    wall_s = time.monotonic() - started
     table = Table(
-        title=f"storage per strategy ({results['fanout']['messages']} messages)",
-        caption="copies: stored copies per message (ns 1: of which sync copies); "
-        "complete: history completeness of the worst device; p50/p99: delivery latency, ms",
+        title=f"storage per strategy ({len(trace.sends)} messages), read from the nodes",
+        caption="copies: stored copies per message (ns 1: of which sync copies); complete: "
+        "history completeness of the worst device; p50/p99: send → filed on each other "
+        "device online at the send, ms; sibling: the sender's other device",
         box=box.SIMPLE_HEAD,
     )
-    for column in (
-        "strategy",
-        "copies",
-        "ns 1",
-        "byte·h",
-        "peak B",
-        "lost",
-        "complete",
-        "p50",
-        "p99",
-    ):
+    columns = ("strategy", "copies", "ns 1", "byte·h", "peak", "lost", "complete", "p50", "p99")
+    for column in (*columns, "sibling p50/p99", "wall"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for name, r in results.items():
         table.add_row(
@@ -577,38 +315,43 @@ def run_storage_bench(
             f"{r['completeness']:.3f}",
             f"{r['latency_p50_ms']:.0f}",
             f"{r['latency_p99_ms']:.0f}",
+            f"{r['sibling_latency_p50_ms']:.0f}/{r['sibling_latency_p99_ms']:.0f}",
+            f"{r['wall_s']:.0f} s",
         )
     Console().print(table)
     console.print(
-        f"sends made while the sender's other device was offline: "
-        f"{sibling_away_at_send(build_trace(scenario)):.0%} (each needs a sync copy once the "
-        f"grace period passes, unless the devices meet first); "
-        f"{origin_leaves_first(build_trace(scenario)):.0%} by a device that went offline "
-        f"before its sibling came back (a copy any swarm fallback must store)"
+        f"p2p sync-copy floor on this trace (sends whose sender's sibling stayed unreachable "
+        f"past the {GRACE_MS / 1000:g} s grace): {floor:.3f} per message; sends made while "
+        f"the sibling was offline: {sibling_away_at_send(trace):.3f}; wall {wall_s:.0f} s "
+        "for the three strategies side by side"
     )
-    console.print(
-        "sibling delivery (sender's other device, online at send) p50/p99 ms: "
-        + ", ".join(
-            f"{name} {r['sibling_latency_p50_ms']:.0f}/{r['sibling_latency_p99_ms']:.0f}"
-            for name, r in results.items()
-        )
-    )
+    for line in goals(results, floor):
+        console.print(line)
     keys = (
         "copies_per_message",
+        "sync_copies_per_message",
         "byte_hours",
         "peak_bytes",
         "lost",
         "completeness",
         "latency_p50_ms",
         "latency_p99_ms",
+        "source",
     )
     report = {
         "strategies": {name: {k: r[k] for k in keys} for name, r in results.items()},
+        "floor_sync_copies_per_message": floor,
         "scenario": {
             **scenario.to_json(),
-            "messages": results["fanout"]["messages"],
-            "sends_with_sibling_away": sibling_away_at_send(build_trace(scenario)),
-            "sends_whose_origin_leaves_first": origin_leaves_first(build_trace(scenario)),
+            "devices": scenario.users * len(KINDS),
+            "messages": len(trace.sends),
+            "sends_with_sibling_away": sibling_away_at_send(trace),
+            "link_latency_ms": [
+                LINK_PROFILE.latency_ms,
+                LINK_PROFILE.latency_ms + LINK_PROFILE.jitter_ms,
+            ],
+            "wall_s": round(wall_s, 1),
+            "wall_s_by_strategy": {name: r["wall_s"] for name, r in results.items()},
         },
     }
     if json_path:
@@ -618,6 +361,47 @@ def run_storage_bench(
     if plot_path:
         _plot(results, plot_path, scenario)
     return report
+
+
+def goals(results: dict[str, dict[str, Any]], floor: float) -> list[str]:
+    """The issue's goals, each with the measured figure and whether it is met."""
+    fanout, linked, p2p = (results[name] for name in STRATEGIES)
+
+    def line(ok: bool, text: str) -> str:
+        return f"{'[green]met[/]' if ok else '[red]NOT MET[/]'}  {text}"
+
+    share = p2p["byte_hours"] / max(1.0, fanout["byte_hours"])
+    return [
+        line(
+            fanout["copies_per_message"] == 3.0,
+            f"fanout 3.00 copies/message: {fanout['copies_per_message']:.3f}",
+        ),
+        line(
+            linked["copies_per_message"] == 2.0,
+            f"linked 2.00 copies/message: {linked['copies_per_message']:.3f}",
+        ),
+        line(
+            p2p["sync_copies_per_message"] <= floor + 0.02,
+            f"p2p sync copies/message ≤ floor {floor:.3f} + 0.02: "
+            f"{p2p['sync_copies_per_message']:.3f}",
+        ),
+        line(share <= 0.2, f"p2p byte·hours ≤ 20 % of fanout: {share:.1%}"),
+        line(
+            all(r["lost"] == 0 for r in results.values()),
+            "0 lost: " + ", ".join(f"{n} {r['lost']}" for n, r in results.items()),
+        ),
+        line(
+            p2p["completeness"] == 1.0
+            and fanout["completeness"] < 1.0
+            and linked["completeness"] < 1.0,
+            "completeness 1.0 on every p2p device, the long-offline device incomplete "
+            "otherwise: " + ", ".join(f"{n} {r['completeness']:.3f}" for n, r in results.items()),
+        ),
+        line(
+            p2p["sibling_latency_p50_ms"] < 3000,
+            f"p2p p50 sibling latency below the 3 s poll: {p2p['sibling_latency_p50_ms']:.0f} ms",
+        ),
+    ]
 
 
 def _plot(results: dict[str, dict[str, Any]], path: str, scenario: Scenario | None = None) -> None:

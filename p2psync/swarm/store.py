@@ -2,7 +2,8 @@
 
 Rows are keyed by ``(pubkey, namespace, hash)``, never by hash alone: otherwise anyone who
 saw a ciphertext could store it first under another key and turn the real store into a
-silent duplicate. A deleted message leaves a *tombstone* (the row without its data) until
+silent duplicate. A deleted message leaves a *tombstone* (the row without its data, but
+with the ``size`` it had, so what a node held stays accountable after a deletion) until
 its original expiry, so that anti-entropy repair cannot bring it back and its hash still
 works as a ``last_hash`` cursor. A tombstone or a shortened expiry keeps the owner's
 signed request that caused it (*proof*, opaque here, checked by the node:
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
     data BLOB,
     order_ms INTEGER NOT NULL,
     proof BLOB,
+    size INTEGER,
     UNIQUE (pubkey, namespace, hash)
 );
 CREATE TABLE IF NOT EXISTS proofs (key BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
@@ -138,6 +140,7 @@ class MessageStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA.split(";", 1)[0] + ";")
         add_column_if_missing(self._db, "messages", "proof", "BLOB")  # from before proofs
+        add_column_if_missing(self._db, "messages", "size", "INTEGER")  # from before sizes
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -158,7 +161,7 @@ class MessageStore:
             for m in messages:
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO messages"
-                    f" ({_COLUMNS}, proof) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f" ({_COLUMNS}, proof, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         m.pubkey,
                         m.namespace,
@@ -168,6 +171,7 @@ class MessageStore:
                         m.data,
                         m.order_ms,
                         self._keep_proof(m.proof),
+                        None if m.data is None else len(m.data),
                     ),
                 )
                 added.append(cursor.rowcount == 1)

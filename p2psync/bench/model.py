@@ -1,0 +1,596 @@
+"""The storage benchmark's figures computed from a trace, without running devices.
+
+Real devices (:func:`p2psync.run_scenario`) replay a few users for a few days in minutes;
+this model gives the same figures (DESIGN.md §9: stored copies per message, sync copies,
+byte·hours, peak bytes, losses, completeness) for 10 000 users over a month in minutes, by
+applying the device layer's storage rules to each send and the devices' online spans. Its
+figures say ``"source": "model"``; :func:`validate_model` compares it with a device run
+on the same trace, which is how it earns trust (CI checks it on small seeded traces).
+
+It lives in :mod:`p2psync.bench` beside the device runner because it is that runner's
+stand-in at scale, reads the same :class:`~.scenario.Trace`, and answers in the same keys;
+nothing outside the benchmark needs it.
+
+The rules, per send at ``t`` from device ``D`` of user ``A`` (sibling ``S``) to user
+``B``, each copy stored at some moment and ended by a deletion or by expiry one TTL later
+(``ModelConfig``; a copy nobody deletes before the run ends lives its whole TTL):
+
+* ``fanout`` (``mapped`` devices, no direct sync): one ``text`` copy in each of ``B``'s
+  two device swarms (the desktop's carries the message id), never deleted; one
+  ``sync_sent`` copy in ``S``'s swarm, deleted when ``S`` next comes online and reads it
+  (``Device._apply``, ``mapped``: "the copy has done its job").
+* ``linked`` (one account key, no direct sync): one ``text`` copy in ``B``'s account swarm
+  and one ``sync_sent`` copy in ``A``'s, neither ever deleted.
+* ``p2p`` (``linked`` with direct sync): the ``text`` copy in ``B``'s swarm is deleted as
+  soon as ``B``'s devices have a session (both online for ``session_setup_ms``): each
+  then holds it and acknowledges the other's push (``Device.acknowledged``, early
+  deletion). ``S`` acknowledges ``D``'s push once ``A``'s devices have a session; if
+  that has not happened by the end of the grace period, or by when ``D`` goes offline if
+  that is sooner (§7: a device going offline stores what its siblings have not
+  acknowledged), ``D`` stores one ``sync_sent`` copy then, deleted at ``A``'s next
+  session (``D`` receives the acknowledgement). With two devices a user no sibling ever
+  stands in for the origin (``Device._stand_in``: nobody else to serve).
+
+A device holds a message at the end if it sent it, read a swarm copy meant for it while
+the copy was there (a device coming online reads its swarms at once), or, in ``p2p``,
+its sibling held it before a session (live push or re-sync); after ``duration_ms`` every
+device is online for :data:`~.scenario.SETTLE_MS`. A copy's size is what the nodes store:
+the sealed envelope of the real content (:func:`~p2psync.envelope.seal_envelope` of
+:func:`~p2psync.device.content.encode_content`), its text ``size`` characters long.
+
+Not modelled: network and processing delays below a few seconds (a copy deleted "at
+once" lives 0 s here, a second or two on devices) and delivery latency (reported as
+``None``). Standard library only (machine-int arrays, binary search, one pass): numpy
+would vectorise it but is not a dependency, and the pass meets the ten-minute budget.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+from ..clock import TEST_EPOCH_MS
+from ..device.content import MAX_TEXT_CHARS, SyncSent, Text, encode_content
+from ..envelope import seal_envelope
+from ..identity import Identity
+from ..swarm.constants import DEFAULT_TTL_MS
+from ..sync.live import DEFAULT_GRACE_MS
+from .scenario import (
+    HOUR_MS,
+    KINDS,
+    MAX_MODEL_USERS,
+    SETTLE_MS,
+    Scenario,
+    SendTable,
+    Spans,
+    Trace,
+    build_trace,
+    load_trace,
+)
+
+STRATEGIES = ("fanout", "linked", "p2p")
+#: The figures a device run and the model must agree on, within :data:`TOLERANCE`.
+VALIDATED = ("copies_per_message", "byte_hours", "peak_bytes")
+#: The per-strategy keys of the §9 JSON.
+FIGURES = (
+    "copies_per_message",
+    "sync_copies_per_message",
+    "byte_hours",
+    "peak_bytes",
+    "lost",
+    "completeness",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "source",
+)
+TOLERANCE = 0.02
+#: Later than anything in a trace: "does not happen".
+NEVER = 2**62
+#: The seeded small trace a ``--scale`` run is validated on, with real devices, beside it:
+#: a user away past the TTL, about a minute and a half a strategy on devices.
+VALIDATION = Scenario(users=3, days=2.5, messages_per_user_per_day=12, long_offline_days=1.2)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The device layer's timings the model applies. ``session_setup_ms``: from both
+    siblings being online to a session carrying an acknowledgement (drain the swarm,
+    build paths, dial: seconds on the emulated overlay). ``peak_step_ms``: the time
+    resolution of the peak: a copy counts in every slot it was stored in at some moment,
+    so copies that follow each other within one slot count as if they overlapped."""
+
+    ttl_ms: int = DEFAULT_TTL_MS
+    grace_ms: int = DEFAULT_GRACE_MS
+    session_setup_ms: int = 5_000
+    settle_ms: int = SETTLE_MS
+    peak_step_ms: int = 1_000
+
+
+# --- copy sizes ------------------------------------------------------------------------------
+
+
+class _CopySizes:
+    """Bytes the nodes store for each kind of copy of a message of ``n`` characters, from
+    really sealing one (cached: sizes repeat, and sealing costs a public-key operation)."""
+
+    def __init__(self) -> None:
+        self._sender = Identity.from_label("model/sender")
+        self._recipient = Identity.from_label("model/recipient").x25519_public
+        self._user = Identity.from_label("model/user").session_id
+        self._id = bytes(32)
+        self.plain: dict[int, int] = {}
+        self.with_id: dict[int, int] = {}
+        self.sync: dict[int, int] = {}
+
+    def fill(self, size: int) -> None:
+        if size > MAX_TEXT_CHARS:
+            raise ValueError(f"a device sends at most {MAX_TEXT_CHARS} characters, not {size}")
+        text = "x" * size
+        for table, content in (
+            (self.plain, Text(self._user, text)),
+            (self.with_id, Text(self._user, text, self._id)),
+            (self.sync, SyncSent(self._id, self._user, TEST_EPOCH_MS, text)),
+        ):
+            kind, body = encode_content(content)
+            table[size] = len(
+                seal_envelope(self._sender, self._recipient, kind, body, TEST_EPOCH_MS)
+            )
+
+
+# --- who is online when ----------------------------------------------------------------------
+
+
+def _next_on(starts: array[int], ends: array[int], at_ms: int) -> int:
+    """The first moment from ``at_ms`` on inside one of the spans, or :data:`NEVER`."""
+    index = bisect_right(starts, at_ms) - 1
+    if index >= 0 and at_ms < ends[index]:
+        return at_ms
+    return starts[index + 1] if index + 1 < len(starts) else NEVER
+
+
+def _end_of(starts: array[int], ends: array[int], at_ms: int) -> int:
+    """The end of the span holding ``at_ms``."""
+    return ends[bisect_right(starts, at_ms) - 1]
+
+
+def _packed(spans: Sequence[tuple[int, int]]) -> Spans:
+    return spans if isinstance(spans, Spans) else Spans(spans)
+
+
+def _settled(spans: Spans, duration_ms: int, settle_ms: int) -> Spans:
+    """``spans`` and the settling period after the trace, joined if they touch."""
+    out = Spans()
+    out.starts.extend(spans.starts)
+    out.ends.extend(spans.ends)
+    if out and out.ends[-1] == duration_ms:
+        out.ends[-1] = duration_ms + settle_ms
+    else:
+        out.starts.append(duration_ms)
+        out.ends.append(duration_ms + settle_ms)
+    return out
+
+
+def _sessions(one: Spans, other: Spans, setup_ms: int) -> Spans:
+    """When two siblings have a session: both online, from ``setup_ms`` after the later
+    of them came."""
+    out, i, j = Spans(), 0, 0
+    while i < len(one) and j < len(other):
+        start = max(one.starts[i], other.starts[j]) + setup_ms
+        end = min(one.ends[i], other.ends[j])
+        if start < end:
+            out.starts.append(start)
+            out.ends.append(end)
+        if one.ends[i] < other.ends[j]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _zeros(length: int) -> array[int]:
+    return array("q", bytes(8 * length))
+
+
+# --- accounting ------------------------------------------------------------------------------
+
+
+class _Ledger:
+    """One strategy's copies, summed as they are found (no copy is kept: there are
+    millions), and what each device holds at the end."""
+
+    def __init__(self, run_end_ms: int, config: ModelConfig, devices: int) -> None:
+        self.run_end_ms = run_end_ms
+        self.step_ms = config.peak_step_ms
+        self.copies = self.sync_copies = self.byte_ms = self.lost = 0
+        #: Bytes stored at some moment of each ``step_ms`` slot, as changes per slot (for
+        #: the peak: a copy deleted "at once" is there for a moment on devices, and counts).
+        self.changes = _zeros((run_end_ms + config.ttl_ms) // self.step_ms + 2)
+        #: Copies and bytes stored at some moment of each hour, as changes per hour.
+        self.hour_copies = _zeros(run_end_ms // HOUR_MS + 2)
+        self.hour_bytes = _zeros(run_end_ms // HOUR_MS + 2)
+        #: Per device (``2 * user + kind``): messages it holds at the end.
+        self.held = _zeros(devices)
+
+    def store(self, start_ms: int, end_ms: int, size: int) -> None:
+        self.copies += 1
+        self.byte_ms += size * (end_ms - start_ms)
+        self.changes[start_ms // self.step_ms] += size
+        self.changes[end_ms // self.step_ms + 1] -= size
+        first, last = start_ms // HOUR_MS, min(end_ms, self.run_end_ms) // HOUR_MS + 1
+        self.hour_copies[first] += 1
+        self.hour_copies[last] -= 1
+        self.hour_bytes[first] += size
+        self.hour_bytes[last] -= size
+
+    def figures(self, messages: int, relevant: array[int]) -> dict[str, Any]:
+        per_message = max(1, messages)
+        hours = self.run_end_ms // HOUR_MS + 1
+        completeness = [
+            held / relevant[device // 2] if relevant[device // 2] else 1.0
+            for device, held in enumerate(self.held)
+        ]
+        return {
+            "messages": messages,
+            "copies_per_message": round(self.copies / per_message, 3),
+            "sync_copies_per_message": round(self.sync_copies / per_message, 3),
+            "byte_hours": round(self.byte_ms / HOUR_MS, 1),
+            "peak_bytes": max(accumulate(self.changes), default=0),
+            "lost": self.lost,
+            "completeness": round(min(completeness, default=1.0), 4),
+            "latency_p50_ms": None,
+            "latency_p99_ms": None,
+            "source": "model",
+            "stored_copies_by_hour": list(accumulate(self.hour_copies))[:hours],
+            "stored_bytes_by_hour": list(accumulate(self.hour_bytes))[:hours],
+        }
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+def run_model(
+    trace: Trace | Scenario,
+    strategies: tuple[str, ...] = STRATEGIES,
+    *,
+    config: ModelConfig = ModelConfig(),
+    on_progress: Callable[[float], None] = lambda fraction: None,
+) -> dict[str, Any]:
+    """The §9 figures of each of ``strategies`` on ``trace`` (a :class:`Trace`, checked
+    first, or a :class:`Scenario`, generated), computed by the rules of the module
+    docstring: ``{"strategies": {name: figures}, "floor_sync_copies_per_message": f}``.
+    Each strategy's figures carry ``"source": "model"``, ``messages``,
+    ``sync_copies_per_message`` and hourly ``stored_copies_by_hour`` /
+    ``stored_bytes_by_hour`` series (what was stored at some moment of each hour) as a
+    device run's do; latencies are ``None``. ``floor_sync_copies_per_message`` is
+    §9's floor: the share of sends whose sender's sibling was not online at any moment
+    from the send to the end of the grace period or the sender going offline, if sooner.
+
+    One pass over the sends for every strategy, a few binary searches in the devices'
+    spans per send: 10 000 users for 30 days (about four million sends) take a minute
+    and a half on one core, in about 450 MB. ``on_progress`` hears the fraction of sends
+    done."""
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise ValueError(f"strategies must be some of {STRATEGIES}, not {strategies!r}")
+    if isinstance(trace, Scenario):
+        trace = build_trace(trace)
+    elif isinstance(trace, Trace):
+        trace.validate(max_users=MAX_MODEL_USERS)
+    else:
+        raise ValueError(f"expected a Trace or a Scenario, not {type(trace).__name__}")
+    duration, users = trace.duration_ms, trace.users
+    run_end = duration + config.settle_ms
+    raw = [_packed(trace.online.get((u, k), ())) for u in range(users) for k in KINDS]
+    on = [_settled(spans, duration, config.settle_ms) for spans in raw]
+    sessions = [_sessions(on[2 * u], on[2 * u + 1], config.session_setup_ms) for u in range(users)]
+    ledgers = {name: _Ledger(run_end, config, 2 * users) for name in strategies}
+    fanout, linked, p2p = (ledgers.get(name) for name in STRATEGIES)
+    sizes = _CopySizes()
+    relevant = _zeros(users)
+    ttl, grace = config.ttl_ms, config.grace_ms
+    floor = 0
+    table = SendTable.of(trace.sends)
+    count = len(table)
+    step = max(1, count // 100)
+    for index, (at, a, kind, b, size) in enumerate(
+        zip(table.at_ms, table.user, table.kind, table.to_user, table.size, strict=True)
+    ):
+        if index % step == 0:
+            on_progress(index / max(1, count))
+        if size not in sizes.plain:
+            sizes.fill(size)
+        plain, sync = sizes.plain[size], sizes.sync[size]
+        relevant[a] += 1
+        relevant[b] += 1
+        d, s, bp, bd = 2 * a + kind, 2 * a + 1 - kind, 2 * b, 2 * b + 1
+        expiry = at + ttl
+        s_on = _next_on(on[s].starts, on[s].ends, at)
+        bp_on = _next_on(on[bp].starts, on[bp].ends, at)
+        bd_on = _next_on(on[bd].starts, on[bd].ends, at)
+        leaves = _end_of(raw[d].starts, raw[d].ends, at)
+        if _next_on(raw[s].starts, raw[s].ends, at) >= min(at + grace, leaves):
+            floor += 1
+        if fanout is not None:
+            fanout.store(at, expiry, plain)
+            fanout.store(at, expiry, sizes.with_id[size])
+            fanout.store(at, min(s_on, expiry), sync)  # gone once the sibling reads it
+            _swarm_only(fanout, d, s, bp, bd, expiry, s_on, bp_on, bd_on)
+        if linked is not None:
+            linked.store(at, expiry, plain)
+            linked.store(at, expiry, sync)
+            _swarm_only(linked, d, s, bp, bd, expiry, s_on, bp_on, bd_on)
+        if p2p is not None:
+            _p2p_send(p2p, at, d, s, bp, bd, plain, sync, s_on, bp_on, bd_on, sessions, on, config)
+    on_progress(1.0)
+    return {
+        "strategies": {name: ledger.figures(count, relevant) for name, ledger in ledgers.items()},
+        "floor_sync_copies_per_message": round(floor / max(1, count), 3),
+    }
+
+
+def _swarm_only(
+    ledger: _Ledger,
+    d: int,
+    s: int,
+    bp: int,
+    bd: int,
+    expiry: int,
+    s_on: int,
+    bp_on: int,
+    bd_on: int,
+) -> None:
+    """Who holds a message when devices only read swarms (``fanout``, ``linked``): those
+    online before their copy expired. Each of these sends stored one sync copy."""
+    ledger.sync_copies += 1
+    held = ledger.held
+    held[d] += 1
+    held[s] += s_on < expiry
+    held[bp] += bp_on < expiry
+    held[bd] += bd_on < expiry
+    ledger.lost += bp_on >= expiry and bd_on >= expiry
+
+
+def _p2p_send(
+    ledger: _Ledger,
+    at: int,
+    d: int,
+    s: int,
+    bp: int,
+    bd: int,
+    plain: int,
+    sync: int,
+    s_on: int,
+    bp_on: int,
+    bd_on: int,
+    sessions: list[Spans],
+    on: list[Spans],
+    config: ModelConfig,
+) -> None:
+    """One send under ``p2p`` (the module docstring's rules)."""
+    ttl = config.ttl_ms
+    expiry = at + ttl
+    mine, theirs = sessions[d // 2], sessions[bp // 2]
+    # The recipient's copy goes once both their devices hold it and have a session.
+    met = _next_on(theirs.starts, theirs.ends, at)
+    ledger.store(at, min(met, expiry), plain)
+    first_read = min(bp_on, bd_on)
+    held = ledger.held
+    if met < expiry:
+        held[bp] += 1
+        held[bd] += 1
+    elif first_read < expiry:
+        shared = _next_on(theirs.starts, theirs.ends, first_read) < NEVER
+        held[bp] += bp_on < expiry or shared
+        held[bd] += bd_on < expiry or shared
+    else:
+        ledger.lost += 1
+    # The sender's sibling acknowledges at their first session; a sync copy if too late.
+    held[d] += 1
+    acked = _next_on(mine.starts, mine.ends, at)
+    due = min(at + config.grace_ms, _end_of(on[d].starts, on[d].ends, at))
+    if acked < due:
+        held[s] += 1
+        return
+    gone = min(_next_on(mine.starts, mine.ends, due), due + ttl)
+    ledger.store(due, gone, sync)
+    ledger.sync_copies += 1
+    held[s] += acked < NEVER or _next_on(on[s].starts, on[s].ends, due) < gone
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def relative_errors(
+    modelled: Mapping[str, Mapping[str, Any]], measured: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, float]]:
+    """Per strategy measured, per :data:`VALIDATED` figure: ``model / measured - 1``
+    (0 when both are 0, infinite when only the measurement is)."""
+    errors: dict[str, dict[str, float]] = {}
+    for name, figures in measured.items():
+        errors[name] = {}
+        for key in VALIDATED:
+            model, real = float(modelled[name][key]), float(figures[key])
+            errors[name][key] = (
+                round(model / real - 1, 4) if real else 0.0 if model == 0 else float("inf")
+            )
+    return errors
+
+
+def validate_model(
+    trace: Trace | Scenario,
+    measured: Mapping[str, Mapping[str, Any]],
+    *,
+    config: ModelConfig = ModelConfig(),
+) -> dict[str, dict[str, float]]:
+    """The model's relative errors against ``measured``: per strategy, what
+    :func:`p2psync.run_scenario` returned for it on the same ``trace``."""
+    modelled = run_model(trace, tuple(measured), config=config)["strategies"]
+    return relative_errors(modelled, measured)
+
+
+def _measure(scenario: Scenario) -> dict[str, dict[str, Any] | str]:
+    """Every strategy on ``scenario`` on real devices (in a worker process): its figures,
+    or why the run gave none (one failing leaves the others to validate against)."""
+    from .storage import run_scenario
+
+    measured: dict[str, dict[str, Any] | str] = {}
+    for name in STRATEGIES:
+        try:
+            measured[name] = run_scenario(scenario, name)
+        except Exception as exc:  # reported beside the figures it leaves unvalidated
+            measured[name] = f"{type(exc).__name__}: {exc}"
+    return measured
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def run_model_bench(
+    users: int = 10_000,
+    days: float = 30.0,
+    rate: float = 20.0,
+    profile: str = "office",
+    seed: int = 1,
+    json_path: str | None = None,
+    trace_path: str | None = None,
+    *,
+    validation: Scenario | None = VALIDATION,
+) -> dict[str, Any]:
+    """``p2psync bench storage --scale``: the model on ``users`` users for ``days`` days
+    at ``rate`` messages per user per day under churn ``profile`` (or on the trace in
+    ``trace_path``), with progress bars and a table; meanwhile, on the other core, every
+    strategy runs on real devices on ``validation`` (same profile and seed; ``None``:
+    skip), and the model's error there is printed and reported beside each figure.
+    Returns (and writes to ``json_path``) the §9 JSON, each figure with ``"source":
+    "model"`` and its ``"validation_error"``."""
+    import json
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    scenario = None if trace_path else Scenario(users, days, rate, seed=seed, profile=profile)
+    check = None if validation is None else replace(validation, profile=profile, seed=seed)
+    validation_report: dict[str, Any] | None = None
+    with Progress(console=console, transient=True) as progress:
+        began = time.monotonic()
+        if scenario is None:
+            assert trace_path is not None
+            progress.add_task(f"reading {trace_path}", total=None)
+            trace = load_trace(trace_path)  # a bad file fails before anything starts
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            measuring = None if check is None else pool.submit(_measure, check)
+            if scenario is not None:
+                task = progress.add_task("generating the trace", total=1.0)
+                trace = build_trace(
+                    scenario, on_progress=lambda f: progress.update(task, completed=f)
+                )
+            generated = time.monotonic()
+            task = progress.add_task(f"modelling {len(trace.sends)} sends", total=1.0)
+            result = run_model(trace, on_progress=lambda f: progress.update(task, completed=f))
+            modelled = time.monotonic()
+            if check is not None and measuring is not None:
+                progress.add_task(f"validating on devices ({check.users} users)", total=None)
+                validation_report = {"scenario": check.to_json()}
+                try:
+                    measured = measuring.result()
+                except Exception as exc:  # the model's figures stand, unvalidated
+                    measured = dict.fromkeys(STRATEGIES, f"{type(exc).__name__}: {exc}")
+                runs = {name: r for name, r in measured.items() if not isinstance(r, str)}
+                validation_report["messages"] = len(build_trace(check).sends)
+                validation_report["strategies"] = validate_model(check, runs) if runs else {}
+                validation_report["failed"] = {
+                    name: r for name, r in measured.items() if isinstance(r, str)
+                }
+    report = {
+        "strategies": {
+            name: {
+                **{key: figures[key] for key in FIGURES},
+                "validation_error": (validation_report or {}).get("strategies", {}).get(name),
+            }
+            for name, figures in result["strategies"].items()
+        },
+        "floor_sync_copies_per_message": result["floor_sync_copies_per_message"],
+        "scenario": {
+            **(scenario.to_json() if scenario is not None else {"trace": trace_path}),
+            "messages": len(trace.sends),
+            "devices": 2 * trace.users,
+        },
+        "validation": validation_report,
+    }
+    report["seconds"] = {
+        "trace": round(generated - began, 1),
+        "model": round(modelled - generated, 1),
+    }
+    _print(report, console)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _print(report: dict[str, Any], console: Any) -> None:
+    """The figures as a table, each with the model's error on the validation trace."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    scenario = report["scenario"]
+    validation = report["validation"]
+    table = Table(
+        title=f"storage per strategy, modelled ({scenario['messages']} messages, "
+        f"{scenario['devices']} devices)",
+        caption="source: model (trace-level, no devices); ±: its error in copies, byte·h "
+        "and peak against real devices on the validation trace",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("strategy", "copies", "ns 1", "stored", "peak", "lost", "complete", "±"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for name, r in report["strategies"].items():
+        error = r["validation_error"]
+        table.add_row(
+            name,
+            f"{r['copies_per_message']:.2f}",
+            f"{r['sync_copies_per_message']:.2f}",
+            _scaled(r["byte_hours"], "B·h"),
+            _scaled(r["peak_bytes"], "B"),
+            str(r["lost"]),
+            f"{r['completeness']:.3f}",
+            "/".join(f"{100 * error[key]:+.1f}" for key in VALIDATED) + " %" if error else "–",
+        )
+    Console().print(table)
+    console.print(
+        f"p2p sync-copy floor on this trace: {report['floor_sync_copies_per_message']:.3f} "
+        f"per message; trace {report['seconds']['trace']:.0f} s, model "
+        f"{report['seconds']['model']:.0f} s"
+    )
+    if validation is None:
+        console.print("not validated (no validation trace asked for)")
+        return
+    for name, reason in validation["failed"].items():
+        console.print(f"{name} not validated: the device run failed: {reason}")
+    if validation["strategies"]:
+        worst = max(abs(e) for errors in validation["strategies"].values() for e in errors.values())
+        console.print(
+            f"validated on {validation['scenario']['users']} users × "
+            f"{validation['scenario']['days']:g} days on devices "
+            f"({validation['messages']} messages): worst error {worst:.1%} "
+            f"(tolerance {TOLERANCE:.0%})"
+        )
+
+
+def _scaled(value: float, unit: str) -> str:
+    """``value`` with an SI prefix: 231 GB·h rather than 231429200388.0."""
+    for prefix in ("", "k", "M", "G", "T"):
+        if abs(value) < 1000 or prefix == "T":
+            break
+        value /= 1000
+    return f"{value:.3g} {prefix}{unit}"
