@@ -222,12 +222,12 @@ class Outbox:
         return True
 
     async def put(self, data: bytes) -> None:
-        """Queue a reply once there is room for it. A reply that fits is queued without a
-        checkpoint: the task computing it has just passed through its handler's, and a
-        trip through the scheduler per reply is a measurable share of a store's cost."""
+        """Queue a reply once there is room for it."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._fits(len(data), self.max_bytes):
             self._append(data)
             self._memory.grow(len(data))
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         self._parked_bytes += len(data)
         self._memory.grow(len(data))
