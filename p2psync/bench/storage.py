@@ -31,6 +31,7 @@ from ..network import open_local_network
 from ..swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from ..swarm.node import NodeConfig
 from .holdings import byte_hours, peak_bytes, timeline
+from .model import FIGURES
 from .replay import CATCH_UP_S, KEEPALIVE_S, LINK_PROFILE, NODES, RELAYS, Outcome, Replay
 from .scenario import HOUR_MS, KINDS, Scenario, Trace, build_trace
 
@@ -327,19 +328,8 @@ def run_storage_bench(
     )
     for line in goals(results, floor):
         console.print(line)
-    keys = (
-        "copies_per_message",
-        "sync_copies_per_message",
-        "byte_hours",
-        "peak_bytes",
-        "lost",
-        "completeness",
-        "latency_p50_ms",
-        "latency_p99_ms",
-        "source",
-    )
     report = {
-        "strategies": {name: {k: r[k] for k in keys} for name, r in results.items()},
+        "strategies": {name: {k: r[k] for k in FIGURES} for name, r in results.items()},
         "floor_sync_copies_per_message": floor,
         "scenario": {
             **scenario.to_json(),
