@@ -456,7 +456,10 @@ async def test_rows_queued_for_a_dead_peer_are_bounded_in_bytes(
         victim = network.nodes[2]
         await network.stop_node(victim)
         data = [bytes([i]) * 60_000 for i in range(20)]
-        acknowledged = [(await swarm.store(ALICE.session_id, 0, d))[0] for d in data]
+        # All through one member, so its queue for the dead one gets every row.
+        entry = next(h.node for h in network.nodes if h.node is not None)
+        to = NodeInfo(entry.pubkey, entry.url)
+        acknowledged = [(await swarm.store(ALICE.session_id, 0, d, node=to))[0] for d in data]
         running = [h.node for h in network.nodes if h.node is not None]
         fullest = max(q.queued_bytes for n in running for q in n._outbound.values())
         assert budget - 61_000 < fullest <= budget  # the dead member's queue, filled
