@@ -204,6 +204,7 @@ class Endpoint:
         rng: random.Random,
         local_name: str | None,
         ping_interval_ms: int = PATH_PING_INTERVAL_MS,
+        republish_ms: int = INTROSET_REPUBLISH_MS,
     ) -> None:
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ValueError(f"hops must be in {MIN_HOPS}..{MAX_HOPS}")
@@ -219,6 +220,9 @@ class Endpoint:
         self._nursery = nursery
         self._lifetime_ms = path_lifetime_ms
         self._ping_interval_ms = ping_interval_ms
+        self._republish_ms = republish_ms
+        #: The intros of the introsets last published.
+        self._published_intros: set[bytes] = set()
         self._rng = rng
         self._local_name = local_name
         self._paths: list[Path] = []
@@ -495,6 +499,7 @@ class Endpoint:
         now = self._clock.now_ms()
         rendezvous = rendezvous_keys(shared_secret, self.public_key, epoch_of(now))
         intros = sorted(self._intros(), key=lambda i: -i.expiry_ms)[:INTROSET_MAX_INTROS]
+        self._published_intros = {i.intro_id for i in intros}
         introset = seal_introset(rendezvous, self.keys, intros, now + INTROSET_LIFETIME_MS)
         replicas = closest_relays(rendezvous.location, list(self._directory), INTROSET_REPLICAS)
         stored = 0
@@ -512,33 +517,46 @@ class Endpoint:
         return stored
 
     async def _republish(self) -> None:
-        """Republish on a timer, and as soon as the set of intros changes (a path died or
-        was replaced), so siblings never look up intros that no longer work for long."""
-        published: set[bytes] = set()
+        """Republish every ``republish_ms``, and as soon as an intro it published stops
+        working (its path died or was replaced), so siblings never look up dead intros for
+        long. A path that is merely added does not republish: what was published still
+        works, and the new path goes out with the next republish (which the path it
+        replaces triggers when it goes); a path replacement is then one republish, not two."""
         while True:
-            with trio.move_on_after(INTROSET_REPUBLISH_MS / 1000):
-                while {i.intro_id for i in self._intros()} == published or not self._intros():
+            with trio.move_on_after(self._republish_ms / 1000):
+                while not self._published_intro_died():
                     await self._paths_changed.wait()
-            published = {i.intro_id for i in self._intros()}
             for secret in list(self._published):
                 await self._publish_one(secret)
 
+    def _published_intro_died(self) -> bool:
+        live = {i.intro_id for i in self._intros()}
+        return bool(live) and not self._published_intros <= live
+
     async def lookup(self, shared_secret: bytes, owner: bytes) -> list[Intro]:
         """The live intros of sibling ``owner``, or [] if no replica has them. All replicas
-        are asked at once (this epoch's and the last's), in up to ``DHT_ATTEMPTS`` rounds;
-        the first introset that opens wins."""
+        are asked at once (this epoch's and the last's); the first introset that opens
+        wins. Replicas that gave no answer are asked again, in up to ``DHT_ATTEMPTS``
+        rounds; an answer that they hold nothing is final, so looking up a sibling that
+        is offline costs one round."""
         now = self._clock.now_ms()
         found: list[Intro] = []
+        asking = [
+            (relay, rendezvous)
+            for epoch in (epoch_of(now), epoch_of(now) - 1)
+            for rendezvous in [rendezvous_keys(shared_secret, owner, epoch)]
+            for relay in closest_relays(rendezvous.location, list(self._directory))
+        ]
         for _ in range(DHT_ATTEMPTS):
+            silent: list[tuple[bytes, RendezvousKeys]] = []
             async with trio.open_nursery() as nursery:
-                for epoch in (epoch_of(now), epoch_of(now) - 1):
-                    rendezvous = rendezvous_keys(shared_secret, owner, epoch)
-                    for relay in closest_relays(rendezvous.location, list(self._directory)):
-                        nursery.start_soon(
-                            self._lookup_one, relay, rendezvous, owner, found, nursery.cancel_scope
-                        )
-            if found:
+                for relay, rendezvous in asking:
+                    nursery.start_soon(
+                        self._lookup_one, relay, rendezvous, owner, found, silent, nursery
+                    )
+            if found or not silent:
                 return found
+            asking = silent
         return []
 
     async def _lookup_one(
@@ -547,10 +565,15 @@ class Endpoint:
         rendezvous: RendezvousKeys,
         owner: bytes,
         found: list[Intro],
-        done: trio.CancelScope,
+        silent: list[tuple[bytes, RendezvousKeys]],
+        nursery: trio.Nursery,
     ) -> None:
+        """Ask one replica; ``silent`` collects those that did not answer."""
         response = await self._dht(relay, get_request(rendezvous.location))
-        if not response or response[0] != DhtStatus.FOUND:
+        if not response:
+            silent.append((relay, rendezvous))
+            return
+        if response[0] != DhtStatus.FOUND:
             return
         try:
             intros = open_introset(response[1:], rendezvous, owner, self._clock.now_ms())
@@ -558,7 +581,7 @@ class Endpoint:
             return
         if intros and not found:
             found.extend(intros)
-            done.cancel()
+            nursery.cancel_scope.cancel()
 
     # --- sessions --------------------------------------------------------------------------
 
@@ -708,6 +731,7 @@ async def open_endpoint(
     seed: int | None = None,
     local_name: str | None = None,
     ping_interval_ms: int = PATH_PING_INTERVAL_MS,
+    republish_ms: int = INTROSET_REPUBLISH_MS,
 ) -> AsyncIterator[Endpoint]:
     """An endpoint with ``paths`` paths of ``hops`` relays picked from ``directory``.
 
@@ -715,8 +739,11 @@ async def open_endpoint(
     ``local_name`` names this host on a :class:`MemoryNetwork` (for per-host faults and
     profiles). ``ping_interval_ms``: how often an idle path is pinged to find out whether
     it still works (a phone idling on battery pings less often, and notices a dead path
-    later).
+    later); ``republish_ms``: how often its introsets are republished while nothing
+    changed (at most half an introset's life).
     """
+    if not 0 < republish_ms <= INTROSET_LIFETIME_MS // 2:
+        raise ValueError(f"republish_ms must be in 1..{INTROSET_LIFETIME_MS // 2}")
     clock = clock or Clock()
     keys = KeyPair.from_seed(identity_seed)
     verified = verified_directory(directory, clock.now_ms())
@@ -736,6 +763,7 @@ async def open_endpoint(
             rng=rng,
             local_name=local_name,
             ping_interval_ms=ping_interval_ms,
+            republish_ms=republish_ms,
         )
         nursery.start_soon(endpoint._keep_paths)
         nursery.start_soon(endpoint._republish)

@@ -17,6 +17,8 @@ import nacl.public
 import nacl.signing
 import nacl.utils
 
+from overlay.keys import verify as overlay_verify
+
 from .errors import DecodeError
 
 SEED_BYTES = 32
@@ -81,13 +83,7 @@ def seal(recipient_x25519: bytes, plaintext: bytes) -> bytes:
 
 def verify(ed25519_public: bytes, message: bytes, signature: bytes) -> bool:
     """True only for a valid signature; malformed keys or signatures are simply invalid."""
-    if len(ed25519_public) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
-        return False
-    try:
-        nacl.signing.VerifyKey(ed25519_public).verify(message, signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
-        return False
-    return True
+    return overlay_verify(ed25519_public, message, signature)
 
 
 def session_id_key(session_id: str) -> bytes:

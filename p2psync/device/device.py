@@ -44,7 +44,7 @@ from typing import Any
 import nacl.utils
 import trio
 
-from overlay.constants import PATH_PING_INTERVAL_MS
+from overlay.constants import INTROSET_LIFETIME_MS, INTROSET_REPUBLISH_MS, PATH_PING_INTERVAL_MS
 from overlay.contact import Contact as RelayContact
 from overlay.endpoint import Endpoint, open_endpoint
 from overlay.tasks import open_task_nursery
@@ -173,9 +173,10 @@ class DeviceConfig:
     ``max_retry_s`` while the outbox cannot be delivered. ``catch_up_s``: with
     ``subscribe``, how often the device drains its swarm anyway in case a push was lost
     (a phone idles longer between such wake-ups than a desktop). ``keepalive_s``: how
-    often an idle sibling session and the overlay paths under it are checked (longer: less
-    idle work and battery, a vanished sibling or a dead path noticed later; None: the
-    overlay's and live sync's own intervals, 5 s and 15 s)."""
+    often an idle sibling session and the overlay paths under it are checked, and in
+    proportion how often an unchanged introset is republished (longer: less idle work and
+    battery, a vanished sibling or a dead path noticed later; None: the overlay's and live
+    sync's own intervals, 5 s, 2.5 min and 15 s)."""
 
     receive: str = "poll"
     direct_sync: bool = True
@@ -1372,8 +1373,19 @@ async def _maybe_endpoint(
         seed=choice_seed(device.device_identity.seed, b"relays"),
         local_name=device.name,
         ping_interval_ms=(PATH_PING_INTERVAL_MS if keepalive is None else int(keepalive * 1000)),
+        republish_ms=_republish_ms(keepalive),
     ) as endpoint:
         yield endpoint
+
+
+def _republish_ms(keepalive_s: float | None) -> int:
+    """How often the endpoint republishes an unchanged introset: stretched with the
+    keep-alive in the overlay's own proportion (2.5 min per 5 s of pings), up to half an
+    introset's life, so that a sibling can always find one that has not expired."""
+    if keepalive_s is None:
+        return INTROSET_REPUBLISH_MS
+    stretched = keepalive_s * 1000 * INTROSET_REPUBLISH_MS / PATH_PING_INTERVAL_MS
+    return int(min(INTROSET_LIFETIME_MS // 2, max(INTROSET_REPUBLISH_MS, stretched)))
 
 
 def _pairing_state(pairing: Pairing) -> dict[str, Any]:

@@ -29,7 +29,6 @@ keeps the rest: one junk announcement cannot make the network unreadable.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -98,15 +97,14 @@ class Snapshot:
         *,
         ledger: bytes | None,
         max_age_ms: int = ANNOUNCEMENT_TTL_MS,
-        verified: set[bytes] | None = None,
     ) -> Snapshot:
         """A listing of signed announcements, each checked: shape, own-key signature, age
         at most ``max_age_ms`` (so an old announcement of a dead node cannot be replayed
         forever) and, for a node, its registration under ``ledger`` (``None``: a network
         without admission, where positions come from the keys). An entry that fails is
         left out, and the rest stand. For one key the newest announcement counts.
-        ``verified`` caches signatures already checked, so a reader re-checks only what
-        changed."""
+        Re-reading is cheap: a signature checked before is remembered
+        (:func:`overlay.keys.verify`)."""
         fields = Fields(value, "listing").only("announcements")
         newest: dict[tuple[str, str], dict[str, Any]] = {}
         positions: dict[tuple[str, str], int | None] = {}
@@ -114,11 +112,11 @@ class Snapshot:
         for item in fields.items("announcements", max_len=MAX_LISTED):
             try:
                 announcement = Fields(item, "announcement")
-                raw = _checked_record(announcement, verified)
+                raw = _checked_record(announcement)
                 age = now_ms - raw["timestamp"]
                 if not -CLOCK_SKEW_MS <= age <= max_age_ms + CLOCK_SKEW_MS:
                     raise DecodeError(f"the announcement of {raw['pubkey'][:8]} is stale or early")
-                position = _node_position(raw, ledger, verified)
+                position = _node_position(raw, ledger)
             except (DecodeError, RpcError) as exc:
                 refused += 1
                 logger.debug("left out of the listing: %s", exc)
@@ -178,24 +176,14 @@ def _hex_key(text: str) -> str:
     raise DecodeError(f"not a 32-byte lowercase hex key: {text!r}")
 
 
-def _node_position(
-    raw: dict[str, Any], ledger: bytes | None, verified: set[bytes] | None = None
-) -> int | None:
+def _node_position(raw: dict[str, Any], ledger: bytes | None) -> int | None:
     """Where a node's announcement puts it on the ring: its registration's position
     under ``ledger`` (:class:`DecodeError` without a valid one); ``None`` (the key's own)
-    without a ledger, or for a relay. ``verified`` remembers registrations already
-    checked, so a reader that re-reads the listing every minute does not re-verify each
-    node's signature every time."""
+    without a ledger, or for a relay."""
     if raw["kind"] != "node" or ledger is None:
         return None
     registration = Registration.decode(raw["registration"])
-    seen = hashlib.blake2b(
-        ledger + raw["pubkey"].encode() + raw["registration"], digest_size=16
-    ).digest()
-    if verified is None or seen not in verified:
-        registration.check(ledger, raw["pubkey"])
-        if verified is not None:
-            _remember(verified, seen)
+    registration.check(ledger, raw["pubkey"])
     return registration.position
 
 
@@ -260,7 +248,7 @@ def check_announcement(params: Fields, now_ms: int) -> dict[str, Any]:
     return raw
 
 
-def _checked_record(params: Fields, verified: set[bytes] | None = None) -> dict[str, Any]:
+def _checked_record(params: Fields) -> dict[str, Any]:
     """Shape and signature of one announcement; its age is the caller's business."""
     params.only("record", "signature")
     record = params.map("record").only(
@@ -279,21 +267,9 @@ def _checked_record(params: Fields, verified: set[bytes] | None = None) -> dict[
         "registration": record.blob("registration", max_len=MAX_REGISTRATION_BYTES),
     }
     signature = params.blob("signature", size=64)
-    text = _announcement_text(raw)
-    seen = hashlib.blake2b(signature + text, digest_size=16).digest()
-    if verified is not None and seen in verified:
-        return raw
-    if not verify(bytes.fromhex(pubkey), text, signature):
+    if not verify(bytes.fromhex(pubkey), _announcement_text(raw), signature):
         raise RpcError("unauthorized", "announcement signature does not verify")
-    if verified is not None:
-        _remember(verified, seen)
     return raw
-
-
-def _remember(verified: set[bytes], seen: bytes) -> None:
-    if len(verified) >= 4 * MAX_LISTED:
-        verified.clear()
-    verified.add(seen)
 
 
 class Directory(Protocol):
@@ -355,7 +331,6 @@ class RegistryDirectory:
     seeds: tuple[str, ...] = ()
     cache_path: Path | None = None
     _known: list[str] = field(default_factory=list)
-    _verified: set[bytes] = field(default_factory=set)
 
     async def fetch(self) -> Snapshot:
         try:
@@ -386,7 +361,6 @@ class RegistryDirectory:
             self.clock.now_ms(),
             ledger=self.ledger,
             max_age_ms=max_age_ms,
-            verified=self._verified,
         )
 
     async def _fallback(self, registry_error: Exception) -> Snapshot:

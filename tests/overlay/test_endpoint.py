@@ -10,7 +10,12 @@ import trio
 import trio.testing
 
 from overlay.clock import TEST_EPOCH_MS, Clock
-from overlay.constants import DEFAULT_PATH_LIFETIME_MS, SESSION_INIT_FRESHNESS_MS
+from overlay.constants import (
+    DEFAULT_PATH_LIFETIME_MS,
+    INTROSET_LIFETIME_MS,
+    INTROSET_REPLICAS,
+    SESSION_INIT_FRESHNESS_MS,
+)
 from overlay.endpoint import Endpoint, Session, SessionClosed, open_endpoint
 from overlay.keys import KeyPair
 from overlay.link import LinkProfile, MemoryNetwork, TcpTransport
@@ -402,3 +407,45 @@ async def test_an_idle_session_survives_both_sides_rebuilding_their_paths_at_onc
                     start = trio.current_time()
                     await exchange(session, 1)
                     assert trio.current_time() - start < 2
+
+
+async def test_a_lookup_of_a_sibling_that_published_nothing_asks_each_replica_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A replica's "not found" is an answer: looking up an offline sibling must not cost
+    ``DHT_ATTEMPTS`` rounds of every replica of two epochs (the idle cost of a device whose
+    sibling is away)."""
+    network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 8, clock=clock, seed=4) as relays:
+        async with open_endpoint(ALICE, network, [r.contact for r in relays], clock=clock) as alice:
+            await alice.wait_ready(1)
+            assert await alice.lookup(SECRET, BOB) == []
+            assert sum(r.core.stats.dht_requests for r in relays) == 2 * INTROSET_REPLICAS
+
+
+async def test_a_path_replacement_republishes_once_and_a_new_path_alone_does_not(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Over one path lifetime both paths (built together) are replaced together: new
+    paths are added (the published intros still work: no republish) and then the old ones
+    dropped (their intros are dead: republish). With the slowest timer that is the first
+    publish and one more; republishing on every change of the intro set made it three."""
+    network = MemoryNetwork(seed=5, default_profile=LinkProfile(latency_ms=5))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 8, clock=clock, seed=5) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(
+                BOB, network, directory, clock=clock, republish_ms=INTROSET_LIFETIME_MS // 2
+            ) as bob,
+            open_endpoint(ALICE, network, directory, clock=clock) as alice,
+        ):
+            await bob.wait_ready(2)
+            await bob.publish(SECRET)
+            await trio.sleep(DEFAULT_PATH_LIFETIME_MS / 1000 + 1)
+            puts = sum(r.core.stats.dht_requests for r in relays)
+            assert puts == 2 * INTROSET_REPLICAS
+            live = {p.intro_id for p in bob.paths if p.usable(clock.now_ms())}
+            found = await alice.lookup(SECRET, bob.public_key)
+            assert found and {i.intro_id for i in found} <= live

@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+import overlay.keys
 from overlay.cells import CellKind, decode_cell, frame_payload, make_cell, unframe_payload
 from overlay.clock import Clock
 from overlay.constants import (
@@ -23,7 +24,7 @@ from overlay.contact import make_contact
 from overlay.dht import DhtStatus, IntrosetStore, get_request, put_request
 from overlay.endpoint import open_endpoint
 from overlay.introset import rendezvous_keys, seal_introset
-from overlay.keys import KeyPair
+from overlay.keys import KeyPair, verify
 from overlay.link import Link, LinkHandler, MemoryNetwork, TcpTransport, Transport
 from overlay.onion import BuildRecord, PathBroken, new_path_id, pad_body, seal_build_frames
 from overlay.path import Path, PathState, Payload
@@ -299,3 +300,28 @@ async def test_a_packet_that_breaks_its_handler_is_dropped_and_the_endpoint_goes
                 async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
                     await exchange(session, 2)
     assert failures and bob.stats.cells_dropped >= 1
+
+
+def test_a_remembered_signature_vouches_for_its_own_bytes_only() -> None:
+    """The verification cache must not turn one good signature into a pass for another
+    message, another key or another signature."""
+    signer, other = KeyPair.from_seed(b"s" * 32), KeyPair.from_seed(b"o" * 32)
+    signature = signer.sign(b"announce: node at ws://a")
+    assert verify(signer.public, b"announce: node at ws://a", signature)
+    assert verify(signer.public, b"announce: node at ws://a", signature)  # now remembered
+    assert not verify(signer.public, b"announce: node at ws://b", signature)
+    assert not verify(other.public, b"announce: node at ws://a", signature)
+    forged = bytes([signature[0] ^ 1]) + signature[1:]
+    assert not verify(signer.public, b"announce: node at ws://a", forged)
+
+
+def test_the_verification_cache_forgets_the_oldest_past_its_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(overlay.keys, "VERIFIED_CACHE_ENTRIES", 8)
+    signer = KeyPair.from_seed(b"c" * 32)
+    for i in range(20):
+        message = f"m{i}".encode()
+        assert verify(signer.public, message, signer.sign(message))
+        assert overlay.keys.cached_verifications() <= 8
+    assert overlay.keys.cached_verifications() == 8
