@@ -418,7 +418,8 @@ async def test_a_lookup_of_a_sibling_that_published_nothing_asks_each_replica_on
     network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5))
     clock = Clock(TEST_EPOCH_MS)
     async with open_relays(network, 8, clock=clock, seed=4) as relays:
-        async with open_endpoint(ALICE, network, [r.contact for r in relays], clock=clock) as alice:
+        directory = [r.contact for r in relays]
+        async with open_endpoint(ALICE, network, directory, clock=clock) as alice:
             await alice.wait_ready(1)
             assert await alice.lookup(SECRET, BOB) == []
             assert sum(r.core.stats.dht_requests for r in relays) == 2 * INTROSET_REPLICAS
