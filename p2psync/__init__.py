@@ -6,8 +6,6 @@ its own trace from, or a ``Scenario`` for a seeded synthetic one). Everything el
 internal unless the README documents it.
 """
 
-from .bench.scenario import Scenario, Send, Trace
-from .bench.storage import run_scenario
 from .device import (
     Contact,
     Device,
@@ -20,6 +18,8 @@ from .device import (
 )
 from .errors import DecodeError, P2PSyncError, RpcError
 from .network import LocalNetwork, open_local_network
+from .sim.runner import run_scenario
+from .sim.scenario import Scenario, Send, Trace
 
 __all__ = [
     "Contact",

@@ -20,7 +20,7 @@ import trio
 from .cli_device import add_device_commands
 from .clock import Clock
 from .errors import P2PSyncError
-from .network import TRANSPORTS, make_transport
+from .network import DEFAULT_RELAYS, TRANSPORTS, make_transport
 from .swarm.constants import STORE_QUORUM
 
 EXIT_USAGE = 2
@@ -67,8 +67,32 @@ def _data_dir(args: argparse.Namespace) -> Path:
 # --- commands ------------------------------------------------------------------------------
 
 
+#: What ``demo`` and ``bench`` say, exiting 2, without the lab extra (rich, matplotlib and
+#: the ``benchmarks`` package that holds them).
+LAB_MISSING = "p2psync: the demo and benchmarks need the lab extra: pip install -e '.[lab]'"
+LAB_MODULES = ("rich", "matplotlib", "benchmarks")
+
+
+def _needs_lab(
+    command: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """``command`` (the demo or a benchmark, which import ``benchmarks`` lazily), or one
+    line saying to install the lab extra if it is missing."""
+
+    def run(args: argparse.Namespace) -> int:
+        from importlib.util import find_spec
+
+        if any(find_spec(name) is None for name in LAB_MODULES):
+            print(LAB_MISSING, file=sys.stderr)
+            return EXIT_USAGE
+        return command(args)
+
+    return run
+
+
+@_needs_lab
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .bench.demo import run_demo
+    from benchmarks.demo import run_demo
 
     return run_demo(transport=args.transport, seed=args.seed, mode=args.mode, json_path=args.json)
 
@@ -176,8 +200,9 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     return _run(args, run_relay, TcpTransport(), data_dir, args.listen, directory, clock)
 
 
+@_needs_lab
 def _cmd_bench_overlay(args: argparse.Namespace) -> int:
-    from .bench.overlay_bench import run_overlay_bench
+    from benchmarks.overlay_bench import run_overlay_bench
 
     result = run_overlay_bench(quick=args.quick)
     for key, value in result.items():
@@ -186,9 +211,10 @@ def _cmd_bench_overlay(args: argparse.Namespace) -> int:
     return 0
 
 
+@_needs_lab
 def _cmd_bench_storage(args: argparse.Namespace) -> int:
     if args.scale or args.trace:
-        from .bench.model import run_model_bench
+        from benchmarks.model_bench import run_model_bench
 
         if args.plot:
             raise CommandError("--plot is for the device runs; --scale and --trace print figures")
@@ -196,14 +222,15 @@ def _cmd_bench_storage(args: argparse.Namespace) -> int:
             args.users, args.days, args.rate, args.profile, args.seed, args.json, args.trace
         )
         return 0
-    from .bench.storage import run_storage_bench
+    from benchmarks.storage import run_storage_bench
 
     run_storage_bench(quick=args.quick, seed=args.seed, json_path=args.json, plot_path=args.plot)
     return 0
 
 
+@_needs_lab
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:
-    from .bench.throughput import print_report, run_throughput
+    from benchmarks.throughput import print_report, run_throughput
 
     result = run_throughput(
         seconds=args.seconds,
@@ -217,8 +244,9 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+@_needs_lab
 def _cmd_bench_soak(args: argparse.Namespace) -> int:
-    from .bench.soak import run_soak
+    from benchmarks.soak import run_soak
 
     if not args.minutes > 0:
         raise CommandError(f"--minutes must be positive, not {args.minutes}")
@@ -274,7 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     network_commands = network.add_subparsers(dest="network_command", required=True)
     up = network_commands.add_parser("up", help="run registry, servers and nodes until Ctrl-C")
     up.add_argument("--nodes", type=_at_least(1), default=6, help="service nodes (default: 6)")
-    up.add_argument("--relays", type=_at_least(0), default=0, help="overlay relays (default: 0)")
+    up.add_argument(
+        "--relays",
+        type=_at_least(0),
+        default=DEFAULT_RELAYS,
+        help=f"overlay relays for direct sibling sync (default: {DEFAULT_RELAYS}; "
+        "0: devices sync through the swarm only)",
+    )
     up.add_argument("--data", required=True, metavar="DIR", help="where every process keeps data")
     up.set_defaults(run=_cmd_network_up)
 

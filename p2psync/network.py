@@ -235,11 +235,16 @@ class LocalNetwork:
         return [h.node for h in self.nodes if h.node is not None]
 
 
+#: Relays a local network starts unless told otherwise: enough for devices' 3-hop paths
+#: and the 4 replicas of an introset, so direct sibling sync is on by default.
+DEFAULT_RELAYS = 6
+
+
 @asynccontextmanager
 async def open_local_network(
     nodes: int = 6,
     *,
-    relays: int = 0,
+    relays: int = DEFAULT_RELAYS,
     transport: str | Transport = "memory",
     clock: Clock | None = None,
     data_dir: Path | None = None,
@@ -247,8 +252,9 @@ async def open_local_network(
     seed: int = 0,
 ) -> AsyncIterator[LocalNetwork]:
     """Registry, ``nodes`` service nodes (every one aware of every other), ``relays``
-    overlay relays, file server and open group server, all in this process. Data lives in
-    ``data_dir`` (default: a temporary directory removed afterwards)."""
+    overlay relays (0: devices sync through the swarm only), file server and open group
+    server, all in this process. Data lives in ``data_dir`` (default: a temporary
+    directory removed afterwards)."""
     chosen = make_transport(transport, seed=seed) if isinstance(transport, str) else transport
     clock = clock or Clock()
     with tempfile.TemporaryDirectory(prefix="p2psync-") as temporary:

@@ -1,9 +1,13 @@
 """The layering of DESIGN.md §2, checked on the source: ``overlay`` never imports
-``p2psync``, and protocol cores stay sans-I/O (no Trio, no sockets)."""
+``p2psync``, protocol cores stay sans-I/O (no Trio, no sockets), and the library never
+imports the lab (``benchmarks``: the demo, the benchmarks, the fault drivers) nor what
+only the lab installs, so ``import p2psync`` loads the library alone."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +42,12 @@ SANS_IO = [
     "overlay/keys.py",
 ]
 IO_MODULES = {"trio", "socket", "asyncio", "selectors"}
+#: The library's packages, and what they must not import: the lab, and what only the
+#: lab extra or the tests install.
+LIBRARY = ("p2psync", "overlay")
+LAB_ONLY = {"benchmarks", "rich", "matplotlib", "pytest", "hypothesis"}
+#: What ``import p2psync`` must leave unloaded.
+NOT_LOADED = ("trio.testing", "pytest", "rich", "matplotlib", "benchmarks")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -49,6 +59,26 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
     return names
+
+
+def imports_by_scope(path: Path) -> tuple[set[str], set[str]]:
+    """The modules ``path`` imports at module level (a class body included) and those it
+    imports inside a function (lazily, when the function runs)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    lazy: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import):
+                    lazy.update(alias.name for alias in inner.names)
+                elif isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
+                    lazy.add(inner.module)
+    everything = imported_modules(path)
+    return everything - lazy, lazy
+
+
+def library_files() -> list[Path]:
+    return sorted(path for package in LIBRARY for path in (ROOT / package).rglob("*.py"))
 
 
 def test_overlay_never_imports_p2psync() -> None:
@@ -64,7 +94,59 @@ def test_overlay_never_imports_p2psync() -> None:
 @pytest.mark.parametrize("module", SANS_IO)
 def test_protocol_cores_are_sans_io(module: str) -> None:
     path = ROOT / module
-    if not path.exists():
-        pytest.skip(f"{module} is not written yet")
+    assert path.exists(), f"{module} is listed here but does not exist: update the list"
     io = sorted(m for m in imported_modules(path) if m.split(".")[0] in IO_MODULES)
     assert io == [], f"{module} imports {io}"
+
+
+def test_the_library_never_imports_the_lab() -> None:
+    """No module of ``p2psync`` or ``overlay`` imports ``benchmarks``, rich, matplotlib or
+    the test tools, except the ``demo`` and ``bench`` commands of the command line, which
+    import ``benchmarks`` when they run (and say so if the lab extra is missing)."""
+    offenders = {}
+    for path in library_files():
+        eager, lazy = imports_by_scope(path)
+        allowed_lazily = {"benchmarks"} if path == ROOT / "p2psync" / "cli.py" else set()
+        found = sorted(m for m in eager if m.split(".")[0] in LAB_ONLY) + sorted(
+            m for m in lazy if m.split(".")[0] in LAB_ONLY - allowed_lazily
+        )
+        if found:
+            offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}
+
+
+def test_the_cli_reaches_the_lab_lazily() -> None:
+    """The check above is not vacuous: the CLI does import ``benchmarks``, inside the
+    command handlers."""
+    eager, lazy = imports_by_scope(ROOT / "p2psync" / "cli.py")
+    assert not any(m.split(".")[0] == "benchmarks" for m in eager)
+    assert any(m.split(".")[0] == "benchmarks" for m in lazy)
+
+
+def test_the_library_uses_no_private_trio_module() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            m for m in imported_modules(path) if m.startswith("trio._")
+        )
+        for path in library_files()
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert not [p for p in library_files() if "trio._" in p.read_text()]
+
+
+def test_importing_p2psync_loads_the_library_alone() -> None:
+    """In a fresh interpreter: no test clock (hence no pytest), no rich, no matplotlib, no
+    lab."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import p2psync, sys; print(sorted(m for m in {NOT_LOADED!r} if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

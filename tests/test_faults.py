@@ -12,14 +12,14 @@ from pathlib import Path
 
 import trio
 
-from p2psync.faults import (
+from benchmarks.faults import (
     AckLedger,
     accepting_node_lost,
     node_crash_during_burst,
     open_cluster,
     registry_outage,
 )
-from p2psync.faults.scenarios import CONVERGE_TIMEOUT_S
+from benchmarks.faults.scenarios import CONVERGE_TIMEOUT_S
 from p2psync.identity import Identity
 from p2psync.swarm.client import open_swarm_client
 

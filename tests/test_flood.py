@@ -16,8 +16,8 @@ from pathlib import Path
 
 import trio
 
-from p2psync.faults import open_cluster
-from p2psync.faults.flood import AttackPlan, FloodPlan, run_flood
+from benchmarks.faults import open_cluster
+from benchmarks.faults.flood import AttackPlan, FloodPlan, run_flood
 
 #: Real processes on loopback: cluster start, 1.5 s before, 4 s of flood, 1 s after.
 DEADLINE_S = 60.0

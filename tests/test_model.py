@@ -12,8 +12,14 @@ from typing import Any
 
 import pytest
 
-from p2psync.bench import model
-from p2psync.bench.model import (
+from benchmarks import model_bench
+from benchmarks.model_bench import run_model_bench
+from p2psync.clock import TEST_EPOCH_MS
+from p2psync.device.content import SyncSent, Text, encode_content
+from p2psync.envelope import seal_envelope
+from p2psync.identity import Identity
+from p2psync.sim import model
+from p2psync.sim.model import (
     FIGURES,
     TOLERANCE,
     VALIDATED,
@@ -21,10 +27,9 @@ from p2psync.bench.model import (
     ModelConfig,
     relative_errors,
     run_model,
-    run_model_bench,
     validate_model,
 )
-from p2psync.bench.scenario import (
+from p2psync.sim.scenario import (
     DAY_MS,
     Scenario,
     Send,
@@ -33,10 +38,6 @@ from p2psync.bench.scenario import (
     build_trace,
     dump_trace,
 )
-from p2psync.clock import TEST_EPOCH_MS
-from p2psync.device.content import SyncSent, Text, encode_content
-from p2psync.envelope import seal_envelope
-from p2psync.identity import Identity
 
 H = 3_600_000
 S = 1_000
@@ -187,7 +188,7 @@ def test_the_model_refuses_what_it_cannot_model() -> None:
 
 def test_the_floor_is_the_device_benchmarks() -> None:
     """The same definition as the device benchmark's, computed in the model's pass."""
-    from p2psync.bench.storage import floor_sync_copies_per_message
+    from p2psync.sim.runner import floor_sync_copies_per_message
 
     for profile in ("office", "mobile"):
         trace = build_trace(Scenario(users=6, days=3, profile=profile, seed=4))
@@ -232,7 +233,7 @@ def _fake_measure(scenario: Scenario) -> dict[str, dict[str, Any] | str]:
 def test_the_bench_writes_modelled_figures_with_their_validation_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(model, "_measure", _fake_measure)
+    monkeypatch.setattr(model_bench, "_measure", _fake_measure)
     path = tmp_path / "bench.json"
     report = run_model_bench(40, 2.0, 10.0, "mobile", 3, str(path), None)
     assert json.loads(path.read_text()) == json.loads(json.dumps(report))
@@ -263,7 +264,7 @@ def test_the_bench_models_a_trace_file(tmp_path: Path) -> None:
 def test_the_model_agrees_with_real_devices(profile: str) -> None:
     """The check the model's figures are trusted on: the same seeded trace on real devices
     (:func:`p2psync.run_scenario`) and through the model, within the tolerance."""
-    from p2psync.bench.storage import run_scenario
+    from p2psync.sim.runner import run_scenario
 
     trace = build_trace(replace(VALIDATION, profile=profile))
     measured = {name: run_scenario(trace, name) for name in model.STRATEGIES}

@@ -19,3 +19,15 @@ def test_readme_library_example_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "'hello Bob' from 05" in result.stdout
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """``.ci/run`` runs the README's install-and-test line as written, and that line
+    installs the ``lab`` extra the demo and benchmark tests import."""
+    setup = re.search(r"## Set up\n\n```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert setup is not None, "the README has no set-up commands"
+    lines = setup.group(1).splitlines()
+    test_line = lines[lines.index("# install and run the tests") + 1]
+    assert test_line.endswith("-m pytest") and "'.[lab,dev]'" in test_line
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci[-1] == test_line

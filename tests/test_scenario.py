@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from p2psync.bench.scenario import (
+from p2psync.errors import P2PSyncError
+from p2psync.sim.scenario import (
     AWAKE_MS,
     DAY_MS,
     FOREGROUND_S,
@@ -30,7 +31,6 @@ from p2psync.bench.scenario import (
     dump_trace,
     load_trace,
 )
-from p2psync.errors import P2PSyncError
 
 H = 3_600_000
 M = 60_000

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2psync.bench.soak import run_soak
-from p2psync.faults import AckLedger, LatencySample
-from p2psync.faults.load import Tickets
+from benchmarks.faults import AckLedger, LatencySample
+from benchmarks.faults.load import Tickets
+from benchmarks.soak import run_soak
 from p2psync.identity import Identity
 
 

@@ -17,12 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import p2psync
+from benchmarks import storage
 from p2psync import Scenario, Send, Trace, run_scenario
-from p2psync.bench import storage
-from p2psync.bench.replay import LINK_PROFILE
-from p2psync.bench.scenario import KINDS, MAX_SEND_BYTES, build_trace
-from p2psync.bench.storage import floor_sync_copies_per_message, sibling_away_at_send
 from p2psync.device.content import MAX_TEXT_CHARS
+from p2psync.sim import runner
+from p2psync.sim.replay import LINK_PROFILE
+from p2psync.sim.runner import floor_sync_copies_per_message, sibling_away_at_send
+from p2psync.sim.scenario import KINDS, MAX_SEND_BYTES, build_trace
 
 H = 3_600_000
 M = 60_000
@@ -63,7 +64,7 @@ AWAY = Trace(
 
 @pytest.fixture(scope="module")
 def hand() -> dict[str, dict[str, Any]]:
-    return {name: run_scenario(HAND, name) for name in storage.STRATEGIES}
+    return {name: run_scenario(HAND, name) for name in runner.STRATEGIES}
 
 
 def test_traces_are_deterministic() -> None:
@@ -80,7 +81,7 @@ def test_the_nodes_hold_what_each_mode_stores_per_send(hand: dict[str, dict[str,
     """Every figure is read from the nodes; the counts follow the devices' modes: a
     mapped sender stores one copy per recipient device and one per own other device, a
     linked one a copy per account and a sync copy, p2p no sync copy for a sibling online."""
-    fanout, linked, p2p = (hand[name] for name in storage.STRATEGIES)
+    fanout, linked, p2p = (hand[name] for name in runner.STRATEGIES)
     for result in hand.values():
         assert result["messages"] == len(HAND.sends)
         assert result["source"] == "devices"
@@ -108,7 +109,7 @@ def test_latency_is_measured_over_the_emulated_links(hand: dict[str, dict[str, A
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", storage.STRATEGIES)
+@pytest.mark.parametrize("strategy", runner.STRATEGIES)
 def test_a_device_away_past_the_ttl_is_whole_only_with_direct_sync(strategy: str) -> None:
     result = run_scenario(AWAY, strategy)
     assert result["lost"] == 0
@@ -144,7 +145,7 @@ def test_the_floor_counts_sends_whose_sibling_stays_unreachable() -> None:
 
 def test_the_docstring_example_runs() -> None:
     finder = doctest.DocTestFinder()
-    (test,) = finder.find(storage.run_scenario, "run_scenario", globs={})
+    (test,) = finder.find(runner.run_scenario, "run_scenario", globs={})
     assert test.examples
     outcome = doctest.DocTestRunner().run(test, out=lambda text: None)
     assert outcome.failed == 0

@@ -26,7 +26,7 @@ def test_overlay_cores_do_not_import_io(module: str) -> None:
 
 
 def test_overlay_bench_reports_the_design_keys() -> None:
-    from p2psync.bench.overlay_bench import run_overlay_bench
+    from benchmarks.overlay_bench import run_overlay_bench
 
     figures = run_overlay_bench(quick=True, rounds=256, builds=3)
     assert set(figures) == {

@@ -24,10 +24,10 @@ import trio
 
 from overlay import Contact, TcpTransport, open_endpoint
 from overlay.path import Path as OverlayPath
+from p2psync.identity import session_id_key
+from p2psync.swarm.client import SwarmClient, open_swarm_client
+from p2psync.swarm.ring import SwarmMap
 
-from ..identity import session_id_key
-from ..swarm.client import SwarmClient, open_swarm_client
-from ..swarm.ring import SwarmMap
 from .cluster import PROBES, Cluster
 from .ledger import NAMESPACE, AckLedger, Audit, audit, wait_converged
 from .load import CLIENT_ERRORS, LoadStats, run_storers

@@ -16,7 +16,7 @@ During the flood, several attackers hit the node at once (:class:`AttackPlan`):
 * **oversize** — stores with data over the size limit, and frames over the frame limit;
 * **rate** — one connection sending cheap requests as fast as the node takes them.
 
-The attackers run in a child process (``python -m p2psync.faults.flood``), so their CPU
+The attackers run in a child process (``python -m benchmarks.faults.flood``), so their CPU
 does not slow the honest client's event loop and its latency is the node's. Each
 attacker drives its sockets by hand (wsproto, pre-encoded frames) to push far more than
 an :class:`~p2psync.rpc.RpcClient` could, and tallies what the node answered.
@@ -59,17 +59,25 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from overlay.link import split_host_port
 from overlay.tasks import open_task_nursery
+from p2psync.clock import Clock
+from p2psync.errors import ConnectionLost, DecodeError, RpcError
+from p2psync.identity import Identity, session_id_key
+from p2psync.rpc import RpcClient, open_rpc
+from p2psync.swarm.auth import AuthSigner
+from p2psync.swarm.client import open_swarm_client
+from p2psync.swarm.constants import DEFAULT_TTL_MS, MAX_DATA_BYTES
+from p2psync.swarm.ring import NodeInfo, SwarmMap
+from p2psync.websocket import WebSocketTransport
+from p2psync.wire import (
+    MAX_FRAME_BYTES,
+    ErrorReply,
+    Fields,
+    Reply,
+    Request,
+    decode_frame,
+    encode_frame,
+)
 
-from ..clock import Clock
-from ..errors import ConnectionLost, DecodeError, RpcError
-from ..identity import Identity, session_id_key
-from ..rpc import RpcClient, open_rpc
-from ..swarm.auth import AuthSigner
-from ..swarm.client import open_swarm_client
-from ..swarm.constants import DEFAULT_TTL_MS, MAX_DATA_BYTES
-from ..swarm.ring import NodeInfo, SwarmMap
-from ..websocket import WebSocketTransport
-from ..wire import MAX_FRAME_BYTES, ErrorReply, Fields, Reply, Request, decode_frame, encode_frame
 from .cluster import Cluster
 from .ledger import NAMESPACE, held_by
 from .load import LatencySample
@@ -449,9 +457,9 @@ def _store_params(owner: Identity, clock: Clock, data: bytes) -> dict[str, Any]:
 
 
 def attacker_main() -> None:
-    """``python -m p2psync.faults.flood --target URL --plan JSON``: prints ``flooding``
+    """``python -m benchmarks.faults.flood --target URL --plan JSON``: prints ``flooding``
     when the attack begins and, when it ends, one JSON line of what each attacker did."""
-    parser = argparse.ArgumentParser(prog="python -m p2psync.faults.flood")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.faults.flood")
     parser.add_argument("--target", required=True, help="ws:// url of the node to flood")
     parser.add_argument("--plan", required=True, help="an AttackPlan as JSON")
     args = parser.parse_args()
@@ -648,13 +656,13 @@ async def sample_rss(pid: int, phases: Phases, samples: list[RssSample]) -> None
 async def _attack_in_child(
     url: str, plan: AttackPlan, log_path: Path, phases: Phases
 ) -> dict[str, Any]:
-    """Run the attackers as ``python -m p2psync.faults.flood`` (their stderr goes to
+    """Run the attackers as ``python -m benchmarks.faults.flood`` (their stderr goes to
     ``log_path``); enter the *during* phase when they start, return their tallies. The
     child ends by itself after ``plan.seconds``, and with this call if it is cancelled."""
     command = [
         sys.executable,
         "-m",
-        "p2psync.faults.flood",
+        "benchmarks.faults.flood",
         "--target",
         url,
         "--plan",

@@ -1,5 +1,5 @@
 """``p2psync bench soak --minutes N``: load and faults together, for minutes, on a
-multi-process local network (:mod:`p2psync.faults`).
+multi-process local network (:mod:`benchmarks.faults`).
 
 Clients (each its own connections) store, retrieve and subscribe without pause while the
 timeline kills a service node with SIGKILL and restarts it, or stops the registry and
@@ -14,7 +14,7 @@ owner's messages from every swarm member:
 * **lost** — acknowledged stores that no member returns (the goal is 0), and members
   still missing some once the convergence deadline passed.
 
-With ``--flood-seconds S``, a flood phase follows the load (:mod:`p2psync.faults.flood`):
+With ``--flood-seconds S``, a flood phase follows the load (:mod:`benchmarks.faults.flood`):
 one node is flooded for ``S`` seconds (connections past its limit, clients that never
 read their replies, oversize frames and stores, a request-rate flood) while an honest
 client stores and reads back; the report adds the node's RSS before, at its peak and
@@ -38,7 +38,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..faults import (
+from p2psync.identity import Identity, session_id_key
+from p2psync.swarm.client import SwarmClient, open_swarm_client
+
+from .faults import (
     AckLedger,
     Cluster,
     LatencySample,
@@ -47,14 +50,12 @@ from ..faults import (
     open_cluster,
     wait_converged,
 )
-from ..faults.flood import AttackPlan, FloodPlan, flood_tables, run_flood
-from ..faults.ledger import Audit, held_by
-from ..faults.load import CLIENT_ERRORS, run_retriever, run_storers, run_subscriber
-from ..faults.polling import poll_until
-from ..faults.process import ServiceProcess
-from ..faults.scenarios import client_bootstraps
-from ..identity import Identity, session_id_key
-from ..swarm.client import SwarmClient, open_swarm_client
+from .faults.flood import AttackPlan, FloodPlan, flood_tables, run_flood
+from .faults.ledger import Audit, held_by
+from .faults.load import CLIENT_ERRORS, run_retriever, run_storers, run_subscriber
+from .faults.polling import poll_until
+from .faults.process import ServiceProcess
+from .faults.scenarios import client_bootstraps
 
 OWNERS = 16
 STORERS_PER_CLIENT = 4

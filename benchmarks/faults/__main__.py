@@ -1,4 +1,4 @@
-"""``python -m p2psync.faults [--nodes N] [--relays M] [--json FILE]``: every fault once, on a
+"""``python -m benchmarks.faults [--nodes N] [--relays M] [--json FILE]``: every fault once, on a
 fresh multi-process network, and a table of what each showed."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from ..identity import Identity
-from ..swarm.client import open_swarm_client
+from p2psync.identity import Identity
+from p2psync.swarm.client import open_swarm_client
+
 from .cluster import open_cluster
 from .ledger import AckLedger
 from .scenarios import FaultReport, node_crash_during_burst, registry_outage, relay_crash
@@ -60,7 +61,7 @@ def print_reports(reports: list[FaultReport]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m p2psync.faults", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__)
     parser.add_argument("--nodes", type=int, default=3, help="service nodes (default: 3)")
     parser.add_argument("--relays", type=int, default=5, help="relays; 4+ for the relay fault")
     parser.add_argument("--json", metavar="FILE", help="also write the reports as JSON")

@@ -4,7 +4,7 @@
 process owns, so a fault is exact (``kill -9`` at a chosen moment, restart on the same
 data directory and port). :mod:`.scenarios` holds the faults and the check after each:
 every store a client saw acknowledged comes back from every swarm member, and the system
-recovers with no operator action. ``python -m p2psync.faults`` runs them all and prints
+recovers with no operator action. ``python -m benchmarks.faults`` runs them all and prints
 what each showed; ``p2psync bench soak`` mixes them with load for minutes.
 """
 

@@ -17,16 +17,16 @@ from pathlib import Path
 import trio
 
 from overlay.tasks import open_task_nursery
+from p2psync.clock import Clock
+from p2psync.errors import ConnectionLost, DecodeError, RpcError
+from p2psync.identity import Identity, session_id_key
+from p2psync.rpc import RpcPool, open_rpc_pool
+from p2psync.services import admit_node, open_ledger
+from p2psync.swarm.registry import RegistryDirectory, Snapshot
+from p2psync.swarm.ring import NodeInfo, SwarmMap
+from p2psync.websocket import WebSocketTransport
+from p2psync.wire import Fields
 
-from ..clock import Clock
-from ..errors import ConnectionLost, DecodeError, RpcError
-from ..identity import Identity, session_id_key
-from ..rpc import RpcPool, open_rpc_pool
-from ..services import admit_node, open_ledger
-from ..swarm.registry import RegistryDirectory, Snapshot
-from ..swarm.ring import NodeInfo, SwarmMap
-from ..websocket import WebSocketTransport
-from ..wire import Fields
 from .polling import poll_until
 from .process import ServiceProcess
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import ConnectionLost, DecodeError, RpcError
-from ..identity import Identity, session_id_key
-from ..swarm.client import SwarmClient
-from ..swarm.ring import NodeInfo, SwarmMap
+from p2psync.errors import ConnectionLost, DecodeError, RpcError
+from p2psync.identity import Identity, session_id_key
+from p2psync.swarm.client import SwarmClient
+from p2psync.swarm.ring import NodeInfo, SwarmMap
+
 from .polling import poll_until
 
 NAMESPACE = 0

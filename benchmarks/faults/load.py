@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import ConnectionLost, DecodeError, RpcError
-from ..identity import Identity
-from ..swarm.client import Cursor, Message, SwarmClient
-from ..swarm.ring import NodeInfo
+from p2psync.errors import ConnectionLost, DecodeError, RpcError
+from p2psync.identity import Identity
+from p2psync.swarm.client import Cursor, Message, SwarmClient
+from p2psync.swarm.ring import NodeInfo
+
 from .ledger import NAMESPACE, AckLedger
 
 PAYLOAD_BYTES = 200

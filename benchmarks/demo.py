@@ -28,15 +28,14 @@ from rich.console import Console
 from rich.table import Table
 
 from overlay.keys import x25519_of
-
-from ..device import Device, DeviceConfig, open_device
-from ..envelope import open_envelope
-from ..errors import P2PSyncError
-from ..fileserver import open_fileserver_client
-from ..identity import Identity
-from ..network import LocalNetwork, open_local_network, wait_until
-from ..swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
-from ..swarm.node import NodeConfig
+from p2psync.device import Device, DeviceConfig, open_device
+from p2psync.envelope import open_envelope
+from p2psync.errors import P2PSyncError
+from p2psync.fileserver import open_fileserver_client
+from p2psync.identity import Identity
+from p2psync.network import LocalNetwork, open_local_network, wait_until
+from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
+from p2psync.swarm.node import NodeConfig
 
 STEP_TIMEOUT_S = 30.0
 #: A day and an hour: past the 24 h TTL of everything stored before the jump.

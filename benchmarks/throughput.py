@@ -2,7 +2,7 @@
 with quorum writes, beside the floor measured in the same run (DESIGN.md §9).
 
 The bench starts a registry and ``nodes`` node processes (``p2psync node``, through
-:func:`~p2psync.faults.cluster.open_cluster`), waits until every node places itself in
+:func:`~benchmarks.faults.cluster.open_cluster`), waits until every node places itself in
 the swarm the registry's listing implies, and then loads the first node (the entry node)
 only, for owners of its swarm, over ``clients`` connections with ``pipeline`` requests in
 flight each. The entry node acknowledges a store once ``quorum`` members of its swarm,
@@ -50,15 +50,16 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from ..clock import Clock
-from ..faults.cluster import open_cluster
-from ..identity import Identity, session_id_key
-from ..swarm.auth import AuthSigner
-from ..swarm.constants import REPLICATION_RETRY_S, STORE_QUORUM
-from ..swarm.ring import SwarmMap
-from ..swarm.store import MessageStore, StoredMessage
-from ..websocket import WebSocketLink, WebSocketTransport
-from ..wire import Reply, Request, decode_frame, encode_frame
+from p2psync.clock import Clock
+from p2psync.identity import Identity, session_id_key
+from p2psync.swarm.auth import AuthSigner
+from p2psync.swarm.constants import REPLICATION_RETRY_S, STORE_QUORUM
+from p2psync.swarm.ring import SwarmMap
+from p2psync.swarm.store import MessageStore, StoredMessage
+from p2psync.websocket import WebSocketLink, WebSocketTransport
+from p2psync.wire import Reply, Request, decode_frame, encode_frame
+
+from .faults.cluster import open_cluster
 
 MESSAGE_BYTES = 200
 OWNERS = 64

@@ -1,1 +1,0 @@
-"""Benchmarks and the narrated demo, written against the public API."""

@@ -1,0 +1,49 @@
+"""Without the ``lab`` extra (rich, matplotlib), the library works and ``p2psync demo`` and
+``p2psync bench ...`` say in one line what to install, exiting 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from p2psync.cli import LAB_MISSING
+
+EXPECTED = "p2psync: the demo and benchmarks need the lab extra: pip install -e '.[lab]'"
+
+
+@pytest.mark.parametrize(
+    ("missing", "args"),
+    [
+        ("rich", ["demo"]),
+        ("matplotlib", ["bench", "storage", "--quick"]),
+        ("rich", ["bench", "soak", "--minutes", "1"]),
+        ("benchmarks", ["bench", "overlay", "--quick"]),
+    ],
+)
+def test_the_lab_commands_name_the_extra_they_need(missing: str, args: list[str]) -> None:
+    # A module set to None in sys.modules cannot be imported, as if not installed.
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None; "
+        f"from p2psync.cli import main; sys.exit(main({args!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == LAB_MISSING == EXPECTED
+
+
+def test_the_library_runs_without_the_lab() -> None:
+    code = (
+        "import sys\n"
+        "for name in ('rich', 'matplotlib', 'benchmarks'): sys.modules[name] = None\n"
+        "import p2psync\n"
+        "from p2psync.cli import main\n"
+        "sys.exit(main(['device', '--help']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
