@@ -499,11 +499,12 @@ class Device:
             self.store.deleted(owner, namespace, digest)
 
     async def _expand(self, entry: OutboxEntry) -> list[Copy]:
-        """The copies beyond the first: the recipient's other devices (``mapped``) and
+        """The copies beyond the first: the recipient's other devices (a ``mapped``
+        recipient, whatever this device's mode: its devices have their own swarms) and
         our siblings' sync copies."""
         copies = []
         content = decode_content(entry.kind, entry.body)
-        if entry.recipient != self.user_id and self.mode == "mapped":
+        if entry.recipient != self.user_id:
             fanned = replace(content, id=entry.message_id) if isinstance(content, Text) else content
             for device in await self._devices_of(entry.recipient):
                 if device != entry.recipient:
@@ -548,8 +549,10 @@ class Device:
 
     async def _devices_of(self, user: str, *, fresh: bool = False) -> tuple[str, ...]:
         """Every device of ``user``, from the file server's verified mappings (cached for
-        ``mapping_cache_s``); the last known list if the file server cannot be reached."""
-        if self.mode == "linked":
+        ``mapping_cache_s``); the last known list if the file server cannot be reached.
+        A ``linked`` user has none there (one key for every device); a ``linked`` device
+        still asks about others, who may be ``mapped``."""
+        if self.mode == "linked" and user == self.user_id:
             return (user,)
         now = trio.current_time()
         cached = self._device_sets.get(user)
@@ -590,8 +593,8 @@ class Device:
         on the file server."""
         if device == user:
             return
-        if self.mode == "linked":
-            raise Refused("the signing key is not the user's")
+        if self.mode == "linked" and user == self.user_id:
+            raise Refused("the signing key is not this account's")
         known = self.store.contact(user)
         if (
             known is not None

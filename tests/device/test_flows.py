@@ -208,3 +208,35 @@ async def inject_text(network: LocalNetwork, sender: Device, devices: list[str])
             key = session_id_key(target)
             data = seal_envelope(sender.identity, key, kind, body, network.clock.now_ms())
             await swarm.store(target, NAMESPACE_MESSAGES, data)
+
+
+async def test_a_linked_user_and_a_mapped_user_with_two_devices_talk_both_ways(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Mixed modes: the mapped user's secondary device asks a linked user to be friends
+    (signed with its own key, vouched for by the file server's mapping), and the linked
+    user's messages reach both of the mapped user's devices (fanned out like a mapped
+    sender's), while the mapped user's messages reach the linked user's one swarm."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice-phone", "mapped") as phone,
+        device(network, tmp_path, "alice-desktop", "mapped") as desktop,
+        device(network, tmp_path, "carol", "linked") as carol,
+    ):
+        await pair(phone, desktop)
+        alice = phone.session_id
+        await desktop.request_friend(carol.session_id, "Alice here, on my desktop")
+        await wait_until(lambda: carol.contact(alice) is not None)
+        await carol.accept_friend(alice)
+        await wait_until(lambda: is_friend(phone, carol.session_id))
+        await wait_until(lambda: is_friend(desktop, carol.session_id))
+
+        await carol.send(alice, "hello, both of your devices")
+        for d in (phone, desktop):
+            await wait_until(lambda d=d: len(d.history(carol.session_id)) == 1)  # type: ignore[misc]
+            assert texts(d, carol.session_id) == [(False, "hello, both of your devices")]
+        await desktop.send(carol.session_id, "hello from the desktop")
+        await wait_until(lambda: len(carol.history(alice)) == 2)
+        [reply] = [item for item in carol.history(alice) if not item.outgoing]
+        assert reply.text == "hello from the desktop" and reply.device == desktop.device_id
+        assert not carol.rejections and not phone.rejections and not desktop.rejections
