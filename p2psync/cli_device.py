@@ -16,17 +16,31 @@ A typical session, with two terminals and one network::
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from .device import Device, NetworkAccess, create_device, open_device
+from .device import (
+    Device,
+    HistoryItem,
+    NetworkAccess,
+    PairingError,
+    create_device,
+    describe_device,
+    open_device,
+)
 
 DEFAULT_TIMEOUT_S = 600.0
+#: Exit status after SIGTERM, as a shell reports a process it ended (128 + 15).
+EXIT_TERMINATED = 143
 
 
 def _when(timestamp_ms: int) -> str:
@@ -37,6 +51,29 @@ def _short(session_id: str) -> str:
     return f"{session_id[:10]}…{session_id[-4:]}"
 
 
+def _emit(args: argparse.Namespace, obj: dict[str, Any], line: str) -> None:
+    """One result: a JSON object per line with ``--json``, else the human line."""
+    print(json.dumps(obj) if getattr(args, "json", False) else line, flush=True)
+
+
+def _message(item: HistoryItem) -> dict[str, Any]:
+    return {
+        "id": item.id.hex(),
+        "timestamp_ms": item.timestamp_ms,
+        "conversation": item.conversation,
+        "outgoing": item.outgoing,
+        "sender": item.sender,
+        "device": item.device,
+        "text": item.text,
+    }
+
+
+def _print_message(args: argparse.Namespace, item: HistoryItem) -> None:
+    arrow = "→" if item.outgoing else "←"
+    line = f"{_when(item.timestamp_ms)} {arrow} {_short(item.conversation)}  {item.text}"
+    _emit(args, {"kind": "message", **_message(item)}, line)
+
+
 @asynccontextmanager
 async def _device(args: argparse.Namespace, *, online: bool = True) -> AsyncIterator[Device]:
     network = NetworkAccess.from_file(args.network)
@@ -44,21 +81,46 @@ async def _device(args: argparse.Namespace, *, online: bool = True) -> AsyncIter
         yield device
 
 
+async def _stop_on_sigterm(scope: trio.CancelScope, stopped: list[int]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            stopped.append(EXIT_TERMINATED)
+            scope.cancel()
+            return
+
+
 def _run(args: argparse.Namespace, work: Callable[[], Awaitable[None]]) -> int:
+    """Run ``work`` within ``--timeout``; SIGTERM stops it as Ctrl-C does (the device
+    leaves through its normal exit where it can) and exits 143."""
+    stopped: list[int] = []
+
     async def main() -> None:
         with trio.fail_after(args.timeout):
-            await work()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope, stopped)
+                await work()
+                nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)
     except trio.TooSlowError:
         raise TimeoutError(f"gave up after {args.timeout:g} s (is the network running?)") from None
-    return 0
+    return stopped[0] if stopped else 0
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
     _, device_id = create_device(Path(args.data), args.mode, args.name)
     print(f"created {args.mode} device {args.name!r}: {device_id}")
+    return 0
+
+
+def _cmd_whoami(args: argparse.Namespace) -> int:
+    user, device, mode, name = describe_device(Path(args.data))
+    _emit(
+        args,
+        {"user": user, "device": device, "mode": mode, "name": name},
+        f"user {user}\ndevice {device} ({name!r}, {mode})",
+    )
     return 0
 
 
@@ -77,26 +139,35 @@ def _cmd_pair(args: argparse.Namespace) -> int:
 
 
 def _cmd_accept(args: argparse.Namespace) -> int:
+    code = args.code or args.decline
+
+    def waiting(device: Device) -> bool:
+        offers = device.pairing_requests()
+        if code is None:
+            return bool(offers)
+        return any(o.code.replace(" ", "") == code.replace(" ", "") for o in offers)
+
     async def work() -> None:
         async with _device(args) as device:
             await device.sync_now()
-            offers = device.pairing_requests()
-            while args.code is None and not offers:
-                await trio.sleep(1)
+            with trio.move_on_after(args.wait):
+                await device.wait_for(waiting)
+            if code is None:
                 offers = device.pairing_requests()
-            if args.code is None:
+                if not offers:
+                    raise PairingError(
+                        "no pairing request is waiting (a new device asks with "
+                        "`p2psync device pair`; --wait S waits for one)"
+                    )
                 for offer in offers:
                     when = _when(offer.timestamp_ms)
                     print(f"code {offer.code}  {offer.name!r}  {offer.device}  {when}")
                 print("accept one with: p2psync device accept --code CODE ...")
-                return
-            while True:
-                wanted = args.code.replace(" ", "")
-                if any(o.code.replace(" ", "") == wanted for o in device.pairing_requests()):
-                    break
-                await trio.sleep(1)
-            paired = await device.accept_pairing(args.code)
-            print(f"paired device {paired}")
+            elif args.decline:
+                await device.decline_pairing(code)
+                print(f"declined the pairing request with code {code}")
+            else:
+                print(f"paired device {await device.accept_pairing(code)}")
 
     return _run(args, work)
 
@@ -109,6 +180,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
             print(f"accepted {message_id.hex()}; storing it in the swarm", flush=True)
             await device.flush()
             print(f"sent {message_id.hex()}")
+        # Leaving the device above stored the sync copies its siblings had not
+        # acknowledged, so they have the message without this device coming back.
 
     return _run(args, work)
 
@@ -118,18 +191,105 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
         async with _device(args) as device:
             await device.sync_now()
             await trio.sleep(args.wait)
-            for item in device.history():
-                arrow = "→" if item.outgoing else "←"
-                print(
-                    f"{_when(item.timestamp_ms)} {arrow} {_short(item.conversation)}  {item.text}"
-                )
+            items = device.history() if args.all else device.unread()
+            for item in items:
+                _print_message(args, item)
+            if items and not args.all:
+                device.mark_read(items[-1])
             for contact in device.contacts():
                 if contact.state == "pending":
-                    print(f"friend request from {contact.user}: {contact.note!r}")
+                    _emit(
+                        args,
+                        {"kind": "friend_request", "user": contact.user, "note": contact.note},
+                        f"friend request from {contact.user}: {contact.note!r}",
+                    )
             for rejection in device.rejections:
                 print(f"refused a {rejection.kind}: {rejection.reason}", file=sys.stderr)
 
     args.timeout = max(args.timeout, args.wait + 60)
+    return _run(args, work)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Online until Ctrl-C or SIGTERM: every message as it is filed, one line each."""
+
+    async def work() -> None:
+        async with _device(args) as device:
+            print(
+                f"online as {device.session_id} ({device.mode}); Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            backlog = device.unread()
+            for item in backlog:
+                _print_message(args, item)
+                device.mark_read(item)
+            async for item in device.incoming(after_seq=backlog[-1].seq if backlog else None):
+                _print_message(args, item)
+                device.mark_read(item)
+
+    args.timeout = math.inf
+    return _run(args, work)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    async def work() -> None:
+        async with _device(args) as device:
+            await device.sync_now()
+            await trio.sleep(args.wait)
+            siblings = device.siblings()
+            connected = device.connected_siblings
+            how = (
+                "directly over the overlay, falling back to the swarm"
+                if device.syncs_directly
+                else "through the swarm only (direct sync off or too few relays)"
+            )
+            _emit(
+                args,
+                {
+                    "user": device.session_id,
+                    "device": device.device_id,
+                    "mode": device.mode,
+                    "direct_sync": device.syncs_directly,
+                    "siblings": sorted(siblings),
+                    "connected_siblings": sorted(connected),
+                    "unacknowledged": device.unacknowledged,
+                },
+                f"user {device.session_id} (device {_short(device.device_id)}, {device.mode})\n"
+                f"syncs with its siblings {how}\n"
+                f"siblings: {len(siblings)}, connected directly now: {len(connected)}\n"
+                f"messages a sibling has not acknowledged yet: {device.unacknowledged}",
+            )
+
+    args.timeout = max(args.timeout, args.wait + 60)
+    return _run(args, work)
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    async def work() -> None:
+        async with _device(args) as device:
+            await device.sync_now()
+            if args.revoke:
+                await device.revoke_device(args.revoke)
+                print(f"revoked {args.revoke}")
+            connected = device.connected_siblings
+            _emit(
+                args,
+                {"device": device.device_id, "name": device.name, "this": True},
+                f"{device.device_id}  {device.name!r}  (this device)",
+            )
+            for sibling, name in device.siblings().items():
+                _emit(
+                    args,
+                    {
+                        "device": sibling,
+                        "name": name,
+                        "this": False,
+                        "connected": sibling in connected,
+                    },
+                    f"{sibling}  {name!r}" + ("  connected" if sibling in connected else ""),
+                )
+
     return _run(args, work)
 
 
@@ -144,21 +304,38 @@ def _cmd_contacts(args: argparse.Namespace) -> int:
             if args.decline:
                 await device.decline_friend(args.decline)
             await device.flush()
-            print(f"user {device.session_id} (device {_short(device.device_id)}, {device.mode})")
+            if not args.json:
+                print(
+                    f"user {device.session_id} (device {_short(device.device_id)}, {device.mode})"
+                )
             for contact in device.contacts():
                 devices = ", ".join(_short(d) for d in contact.devices)
-                print(f"{contact.state:9} {contact.user}  devices: {devices}")
+                _emit(
+                    args,
+                    {
+                        "user": contact.user,
+                        "state": contact.state,
+                        "devices": list(contact.devices),
+                    },
+                    f"{contact.state:9} {contact.user}  devices: {devices}",
+                )
 
     return _run(args, work)
 
 
 def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``device init|pair|accept|send|inbox|contacts`` to the top-level parser."""
+    """Add ``device init|whoami|pair|accept|send|inbox|run|status|devices|contacts``."""
     device = commands.add_parser("device", help="a messenger device at the terminal")
     device_commands = device.add_subparsers(dest="device_command", required=True)
 
     def command(
-        name: str, help_text: str, run: Callable[[argparse.Namespace], int], *, network: bool = True
+        name: str,
+        help_text: str,
+        run: Callable[[argparse.Namespace], int],
+        *,
+        network: bool = True,
+        json_output: bool = False,
+        wait: float | None = None,
     ) -> argparse.ArgumentParser:
         sub = device_commands.add_parser(name, help=help_text)
         sub.add_argument("--data", required=True, metavar="DIR", help="the device's directory")
@@ -173,6 +350,16 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
                 metavar="S",
                 help=f"give up after S seconds (default: {DEFAULT_TIMEOUT_S:g})",
             )
+        if json_output:
+            sub.add_argument("--json", action="store_true", help="one JSON object per line")
+        if wait is not None:
+            sub.add_argument(
+                "--wait",
+                type=float,
+                default=wait,
+                metavar="S",
+                help=f"stay online S seconds first (default: {wait:g})",
+            )
         sub.set_defaults(run=run)
         return sub
 
@@ -181,19 +368,55 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--mode", required=True, choices=["mapped", "linked"], help="multi-device mode"
     )
     init.add_argument("--name", default="device", help="shown to the user's other devices")
+    command(
+        "whoami",
+        "this device's user id, device id, mode and name",
+        _cmd_whoami,
+        network=False,
+        json_output=True,
+    )
     pair = command("pair", "on a new device: ask the primary to pair, show the code", _cmd_pair)
     pair.add_argument("--primary", required=True, metavar="SESSION_ID", help="the user's id")
-    accept = command("accept", "on the primary: list pairing requests, or accept one", _cmd_accept)
-    accept.add_argument("--code", help="the code the new device shows (waits for it)")
+    accept = command(
+        "accept",
+        "on the primary: list pairing requests, or accept or decline one",
+        _cmd_accept,
+        wait=0.0,
+    )
+    decision = accept.add_mutually_exclusive_group()
+    decision.add_argument("--code", help="accept the request showing this code")
+    decision.add_argument("--decline", metavar="CODE", help="decline the request with this code")
     send = command("send", "send a message to a friend", _cmd_send)
     send.add_argument("user", metavar="SESSION_ID", help="the friend's id")
     send.add_argument("text", help="the message")
-    inbox = command("inbox", "receive, then print the history and friend requests", _cmd_inbox)
-    inbox.add_argument(
-        "--wait", type=float, default=5.0, metavar="S", help="receive for S seconds (default: 5)"
+    inbox = command(
+        "inbox",
+        "receive, then print what is new since the last read, and friend requests",
+        _cmd_inbox,
+        json_output=True,
+        wait=0.0,
     )
+    inbox.add_argument("--all", action="store_true", help="the whole history, not just what is new")
+    command(
+        "run",
+        "stay online, print messages as they arrive, sync with siblings; Ctrl-C stops",
+        _cmd_run,
+        json_output=True,
+    )
+    command(
+        "status",
+        "how this device syncs: siblings, direct sessions, unacknowledged messages",
+        _cmd_status,
+        json_output=True,
+        wait=3.0,
+    )
+    devices = command("devices", "this user's devices", _cmd_devices, json_output=True)
+    devices.add_argument("--revoke", metavar="DEVICE_ID", help="on a mapped primary: unpair one")
     contacts = command(
-        "contacts", "list contacts; request, accept or decline friends", _cmd_contacts
+        "contacts",
+        "list contacts; request, accept or decline friends",
+        _cmd_contacts,
+        json_output=True,
     )
     action = contacts.add_mutually_exclusive_group()
     action.add_argument("--add", metavar="SESSION_ID", help="send a friend request")

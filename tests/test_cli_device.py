@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -56,7 +57,7 @@ async def test_two_people_pair_befriend_and_message_from_the_terminal(tmp_path: 
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pair)
-            listing = await ok("accept", *where("phone"))
+            listing = await ok("accept", *where("phone"), "--wait", "60")
             [code] = re.findall(r"^code (\d{3} \d{3})", listing, re.MULTILINE)
             assert "paired device" in await ok("accept", *where("phone"), "--code", code)
         assert f"pairing code: {code}" in paired[0]
@@ -130,3 +131,84 @@ async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_nex
         assert f"sent {accepted}" not in said.decode()  # it really was cut short
         async with open_device(tmp_path / "bob", network.access(), online=False) as bob:
             assert [item.id.hex() for item in bob.history(ids["alice"])] == [accepted]
+
+
+async def _pair(where: Callable[[str], list[str]], primary: str, new: str, user: str) -> None:
+    """Pair device ``new`` to ``primary`` (user ``user``) from the terminal."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ok, "pair", *where(new), "--primary", user)
+        listing = await ok("accept", *where(primary), "--wait", "60")
+        [code] = re.findall(r"^code (\d{3} \d{3})", listing, re.MULTILINE)
+        await ok("accept", *where(primary), "--code", code)
+
+
+@pytest.mark.slow
+async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints_arrivals(
+    tmp_path: Path,
+) -> None:
+    """A network has relays unless told otherwise, so siblings sync directly; a ``send``
+    that exits while its sibling is away leaves a sync copy, and ``inbox`` then shows only
+    what is new. ``run`` stays online and prints each message as it arrives, holds the
+    device folder (a second process is refused), and stops on SIGTERM with status 143."""
+    async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
+        assert network.relays, "direct sync needs relays, and a network starts them by default"
+        net = tmp_path / "network.json"
+        net.write_text(json.dumps(network.description()))
+
+        def where(name: str) -> list[str]:
+            return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
+
+        ids = {}
+        for name in ("phone", "desktop", "bob"):
+            out = await ok("init", "--data", str(tmp_path / name), "--mode", "linked")
+            ids[name] = out.split()[-1]
+        alice = ids["phone"]
+        code_, _, err = await run("accept", *where("phone"))
+        assert code_ == 1 and "no pairing request is waiting" in err
+        await _pair(where, "phone", "desktop", alice)
+        me = json.loads(await ok("whoami", "--data", str(tmp_path / "desktop"), "--json"))
+        assert me["user"] == alice and me["mode"] == "linked"
+        await ok("contacts", *where("bob"), "--add", alice)
+        await ok("contacts", *where("phone"), "--accept", ids["bob"])
+
+        # The desktop is away: the phone's send leaves a sync copy before it exits.
+        await ok("send", *where("phone"), ids["bob"], "while the desktop was away")
+        inbox = await ok("inbox", *where("desktop"))
+        assert "→ " in inbox and "while the desktop was away" in inbox
+        assert "while the desktop was away" not in await ok("inbox", *where("desktop"))
+        assert "while the desktop was away" in await ok("inbox", *where("desktop"), "--all")
+
+        # The desktop stays up: it prints the next message as it arrives.
+        command = [*P2PSYNC, "run", *where("desktop"), "--json"]
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    command,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    check=False,
+                )
+            )
+            assert process.stdout is not None and process.stderr is not None
+            with trio.fail_after(60):
+                started = b""
+                while b"online as" not in started:
+                    started += await process.stderr.receive_some()
+            code_, _, err = await run("inbox", *where("desktop"))
+            assert code_ == 1 and "in use by another process" in err
+            status = json.loads(await ok("status", *where("phone"), "--json", "--wait", "5"))
+            assert status["direct_sync"] and status["siblings"] == [ids["desktop"]]
+            await ok("send", *where("phone"), ids["bob"], "while the desktop was running")
+            printed = b""
+            with trio.fail_after(60):
+                while b"while the desktop was running" not in printed:
+                    chunk = await process.stdout.receive_some()
+                    assert chunk, "run exited"
+                    printed += chunk
+            [line] = [json.loads(x) for x in printed.splitlines() if b"was running" in x]
+            assert line["outgoing"] and line["conversation"] == ids["bob"]
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                await process.wait()
+        assert process.returncode == 143

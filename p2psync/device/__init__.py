@@ -10,6 +10,7 @@ from .device import (
     PairingTicket,
     Rejection,
     create_device,
+    describe_device,
     open_device,
 )
 from .store import Contact, HistoryItem
@@ -27,5 +28,6 @@ __all__ = [
     "PairingTicket",
     "Rejection",
     "create_device",
+    "describe_device",
     "open_device",
 ]

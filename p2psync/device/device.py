@@ -116,7 +116,16 @@ from .pairing import (
     REQUESTS_PER_KEY,
     pairing_code,
 )
-from .store import Contact, Copy, DeviceStore, HistoryItem, OutboxEntry, Pairing, Pending
+from .store import (
+    Contact,
+    Copy,
+    DeviceInUse,
+    DeviceStore,
+    HistoryItem,
+    OutboxEntry,
+    Pairing,
+    Pending,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -1171,6 +1180,26 @@ class Device:
         """Siblings this device has an overlay session with right now."""
         return set() if self._sync is None else self._sync.connected
 
+    def siblings(self) -> dict[str, str]:
+        """The user's other devices this one knows: device id -> name."""
+        return self.store.siblings()
+
+    @property
+    def syncs_directly(self) -> bool:
+        """Whether sibling sync runs over the overlay now (online, direct sync on, and
+        enough relays for paths); otherwise every sent message gets its swarm sync copy."""
+        return self._sync is not None and self._sync.endpoint is not None
+
+    def unread(self) -> list[HistoryItem]:
+        """Messages filed since :meth:`mark_read` last moved the read marker, in arrival
+        order (the marker is kept with the device, so a later process continues it)."""
+        return self.store.arrivals(int(self.store.get_meta("read_seq") or b"0"))
+
+    def mark_read(self, item: HistoryItem) -> None:
+        """Move the read marker to ``item`` (never backwards)."""
+        if item.seq > int(self.store.get_meta("read_seq") or b"0"):
+            self.store.set_meta("read_seq", str(item.seq).encode())
+
     def history_index(self, since_ms: int) -> list[tuple[int, bytes]]:
         return self.store.index(since_ms)
 
@@ -1477,9 +1506,34 @@ def create_device(
     return device_id, device_id
 
 
+def describe_device(data_dir: str | Path) -> tuple[str, str, str, str]:
+    """(user id, device id, mode, name) of the device in ``data_dir``, without the network
+    (:class:`DeviceError` if there is none)."""
+    directory = Path(data_dir)
+    if not (directory / "device.sqlite3").exists():
+        raise DeviceError(f"no device in {directory}: create one with `p2psync device init`")
+    store = _open_store(directory)
+    try:
+        mode, seed = store.get_meta("mode"), store.get_meta("device_seed")
+        if mode is None or seed is None:
+            raise DeviceError(f"no device in {directory}: create one with `p2psync device init`")
+        account = store.get_meta("account_seed")
+        user = store.get_meta("user")
+        device = Identity(seed).session_id
+        user_id = user.decode() if user else Identity(account).session_id if account else device
+        return user_id, device, mode.decode(), (store.get_meta("name") or b"").decode()
+    finally:
+        store.close()
+
+
 def _open_store(directory: Path) -> DeviceStore:
     directory.mkdir(parents=True, exist_ok=True)
-    return DeviceStore(directory / "device.sqlite3")
+    try:
+        return DeviceStore(directory / "device.sqlite3")
+    except DeviceInUse:
+        raise DeviceError(
+            f"the device in {directory} is in use by another process; one at a time"
+        ) from None
 
 
 def _random_for(store: DeviceStore) -> random.Random:

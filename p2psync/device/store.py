@@ -20,6 +20,7 @@ outbox is the only copy of what the user just sent.
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -210,13 +211,33 @@ def _item(row: tuple[int, bytes, int, str, int, str, str, str]) -> HistoryItem:
     return HistoryItem(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
 
 
+class DeviceInUse(Exception):
+    """Another process has this device's store open."""
+
+
 class DeviceStore:
+    """A device's durable state. One process at a time: two that sent, filed and
+    acknowledged from one store would each act on what the other half did (say, delete
+    a swarm copy the other still needs), so the store holds an advisory lock on
+    ``<path>.lock`` while it is open (released by the kernel if the process dies)."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._db = open_database(path, _SCHEMA, synchronous="FULL")
+        self._lock = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise DeviceInUse(f"{self.path} is in use by another process") from None
+        try:
+            self._db = open_database(path, _SCHEMA, synchronous="FULL")
+        except BaseException:
+            self._lock.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
+        self._lock.close()
 
     def transaction(self) -> AbstractContextManager[None]:
         return transaction(self._db)

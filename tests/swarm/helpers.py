@@ -42,7 +42,9 @@ async def open_test_swarm(
 ) -> AsyncIterator[tuple[LocalNetwork, SwarmClient]]:
     """An in-memory network at the test epoch, with a swarm client on it."""
     async with (
-        open_local_network(nodes, clock=Clock(TEST_EPOCH_MS), node_config=config) as network,
+        open_local_network(
+            nodes, relays=0, clock=Clock(TEST_EPOCH_MS), node_config=config
+        ) as network,
         open_swarm_client(network.transport, network.directory(), network.clock, seed=1) as swarm,
     ):
         yield network, swarm

@@ -131,7 +131,7 @@ def retrieve_params(signer: AuthSigner, **override: Any) -> dict[str, Any]:
 async def test_bad_requests_get_stable_codes(
     autojump_clock: trio.testing.MockClock, method: str, make_params: Any, code: str
 ) -> None:
-    async with open_local_network(6, clock=Clock(TEST_EPOCH_MS)) as network:
+    async with open_local_network(6, relays=0, clock=Clock(TEST_EPOCH_MS)) as network:
         url = network.nodes[0].url
         signer = AuthSigner(ALICE)
         async with open_rpc(network.transport, url) as client:
@@ -143,7 +143,7 @@ async def test_bad_requests_get_stable_codes(
 
 
 async def test_replayed_auth_is_refused(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_local_network(6, clock=Clock(TEST_EPOCH_MS)) as network:
+    async with open_local_network(6, relays=0, clock=Clock(TEST_EPOCH_MS)) as network:
         params = retrieve_params(AuthSigner(ALICE))
         async with open_rpc(network.transport, network.nodes[0].url) as client:
             await client.call("retrieve", params)
@@ -153,7 +153,7 @@ async def test_replayed_auth_is_refused(autojump_clock: trio.testing.MockClock) 
 
 
 async def test_wrong_swarm_names_the_right_nodes(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_local_network(12, clock=Clock(TEST_EPOCH_MS)) as network:
+    async with open_local_network(12, relays=0, clock=Clock(TEST_EPOCH_MS)) as network:
         nodes = network.running_nodes()
         right = nodes[0].swarms.swarm_for_key(ALICE.x25519_public)
         outsider = next(n for n in nodes if n.swarm_id != right)
@@ -236,7 +236,9 @@ def test_generated_frames_never_break_a_node(frames: list[bytes]) -> None:
 
     async def scenario() -> None:
         network = MemoryNetwork()
-        async with open_local_network(1, transport=network, clock=Clock(TEST_EPOCH_MS)) as local:
+        async with open_local_network(
+            1, relays=0, transport=network, clock=Clock(TEST_EPOCH_MS)
+        ) as local:
             url = local.nodes[0].url
             async with open_rpc(network, url) as client:
                 stored = await client.call("store", store_params(data=b"keep me"))
@@ -255,7 +257,9 @@ def test_generated_frames_never_break_a_node(frames: list[bytes]) -> None:
 
 async def test_garbage_over_a_real_websocket() -> None:
     # Real sockets run on real time: virtual time could jump past a handshake timeout.
-    async with open_local_network(1, transport="tcp", clock=Clock(TEST_EPOCH_MS)) as network:
+    async with open_local_network(
+        1, relays=0, transport="tcp", clock=Clock(TEST_EPOCH_MS)
+    ) as network:
         url = network.nodes[0].url
         async with network.transport.connect(url) as link:
             for frame in (b"\x9f", encode_cbor({"id": 1}), b"\xa1\x61x" + b"\xff" * 8):
@@ -283,7 +287,7 @@ async def test_subscriptions_per_connection_are_capped(
             "auth": owner.auth("subscribe", 0, NOW),
         }
 
-    async with open_local_network(6, clock=Clock(TEST_EPOCH_MS)) as network:
+    async with open_local_network(6, relays=0, clock=Clock(TEST_EPOCH_MS)) as network:
         url = network.nodes[0].url
         async with open_rpc(network.transport, url) as client:
             for owner in owners[:cap]:
@@ -303,7 +307,9 @@ async def test_a_connection_storing_too_fast_is_slowed_and_others_are_served(
     connections keep theirs."""
     config = NodeConfig(store_bytes_per_s=10_000)
     big = b"x" * 30_000
-    async with open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network:
+    async with open_local_network(
+        6, relays=0, clock=Clock(TEST_EPOCH_MS), node_config=config
+    ) as network:
         url = network.nodes[0].url
         clock = network.clock
         async with open_rpc(network.transport, url) as greedy:
@@ -328,7 +334,9 @@ async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
     owner is served; once messages expire there is room again."""
     config = NodeConfig(owner_quota_bytes=200_000)
     big = b"y" * 60_000
-    async with open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network:
+    async with open_local_network(
+        6, relays=0, clock=Clock(TEST_EPOCH_MS), node_config=config
+    ) as network:
         clock = network.clock
         stored = []
         for i in range(3):
