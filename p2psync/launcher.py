@@ -72,7 +72,7 @@ async def _stop(child: Child) -> None:
 
 
 class Launcher:
-    """Starts children one by one and guarantees they are all stopped on exit."""
+    """Starts children and guarantees they are all stopped on exit."""
 
     def __init__(self, data_dir: Path, nursery: trio.Nursery) -> None:
         self.data_dir = data_dir
@@ -105,10 +105,29 @@ class Launcher:
         log.close()
         child = Child(name, process)
         self.children.append(child)
-        with trio.fail_after(START_TIMEOUT_S):
+        with trio.move_on_after(START_TIMEOUT_S):
             child.url = await _read_ready_line(child)
+        if not child.url:
+            raise RuntimeError(
+                f"{name} did not say it was ready within {START_TIMEOUT_S:g} s "
+                f"(see {self.data_dir / name}.log)"
+            )
         self._nursery.start_soon(self._watch, child)
         return child.url
+
+    async def start_many(
+        self, names: Sequence[str], args: Sequence[str], on_ready: Callable[[str, str], None]
+    ) -> None:
+        """Start ``names`` side by side, each with ``args``; ``on_ready(name, url)`` as each
+        comes up. Nodes need no order: each announces itself, and one contacted by a node
+        it has not listed yet re-reads the registry."""
+
+        async def one(name: str) -> None:
+            on_ready(name, await self.start(name, *args))
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(one, name)
 
     async def _watch(self, child: Child) -> None:
         code = await child.process.wait()
@@ -135,6 +154,8 @@ async def network_up(
         raise ValueError("a network needs at least one service node")
     ledger = open_ledger(data_dir / "ledger")
     ledger_args = ("--ledger", ledger.public_key.hex())
+    path = data_dir / "network.json"
+    path.unlink(missing_ok=True)  # a description of a network that is gone misleads
     async with trio.open_nursery() as nursery:
         launcher = Launcher(data_dir, nursery)
         try:
@@ -144,25 +165,27 @@ async def network_up(
             on_progress(f"file server {fileserver}")
             opengroup = await launcher.start("opengroup", "opengroup", "--fileserver", fileserver)
             on_progress(f"open group {opengroup}")
-            for index in range(nodes):
-                admit_node(ledger, launcher.data_dir_of(f"node-{index}"))
-                url = await launcher.start(
-                    f"node-{index}", "node", "--registry", registry, *ledger_args
-                )
-                on_progress(f"node {index + 1}/{nodes} {url}")
-            for index in range(relays):
-                address = await launcher.start(
-                    f"relay-{index}", "relay", "--registry", registry, *ledger_args
-                )
-                on_progress(f"relay {index + 1}/{relays} {address}")
+            names = [f"node-{index}" for index in range(nodes)]
+            for name in names:
+                admit_node(ledger, launcher.data_dir_of(name))
+            await launcher.start_many(
+                names,
+                ("node", "--registry", registry, *ledger_args),
+                lambda name, url: on_progress(f"{name} {url}"),
+            )
+            await launcher.start_many(
+                [f"relay-{index}" for index in range(relays)],
+                ("relay", "--registry", registry, *ledger_args),
+                lambda name, address: on_progress(f"{name} {address}"),
+            )
             description = await _describe(
                 transport, registry, fileserver, opengroup, nodes, relays, ledger.public_key
             )
-            path = data_dir / "network.json"
             path.write_text(json.dumps(description, indent=2) + "\n")
             task_status.started(path)
             await trio.sleep_forever()
         finally:
+            path.unlink(missing_ok=True)
             await launcher.stop_all()
             nursery.cancel_scope.cancel()
 
@@ -173,17 +196,22 @@ async def _until_views_agree(transport: Transport, nodes: Sequence[NodeInfo]) ->
     contacted by an unknown one re-reads the registry), and only then is the network
     ready to keep every message on every member."""
     expected = SwarmMap.build(nodes)
+    disagreeing: list[str] = []
     for _ in range(int(START_TIMEOUT_S / VIEW_POLL_S)):
-        agreeing = 0
+        disagreeing = []
         for node in nodes:
             async with open_rpc(transport, node.url) as client:
                 info = await client.call("info", {})
             swarm = info.get("swarm") if isinstance(info, dict) else None
-            agreeing += swarm == expected.swarm_of_node(node.pubkey)
-        if agreeing == len(nodes):
+            if swarm != expected.swarm_of_node(node.pubkey):
+                disagreeing.append(node.url)
+        if not disagreeing:
             return
         await trio.sleep(VIEW_POLL_S)
-    raise RuntimeError("the nodes did not agree on the swarms in time")
+    raise RuntimeError(
+        f"{len(disagreeing)} node(s) did not place themselves in the swarms of the "
+        f"registry's listing in time: {', '.join(disagreeing)}"
+    )
 
 
 async def _describe(

@@ -28,6 +28,7 @@ P2PSYNC = [sys.executable, "-m", "p2psync"]
         ["network", "up", "--nodes", "many", "--data", "x"],
         ["node", "--data", "x"],
         ["node", "--data", "x", "--registry", "ws://127.0.0.1:9/", "--ledger", "zz"],
+        ["node", "--data", "x", "--static", "/nonexistent/network.json"],
         ["bench", "throughput", "--clients", "-1"],
         ["bench", "throughput", "--nodes", "1"],
         ["frobnicate"],
@@ -83,6 +84,9 @@ def test_a_file_where_a_data_directory_should_be(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 async def test_network_up_runs_processes_until_interrupted(tmp_path: Path) -> None:
+    """Nodes start side by side; a ``network.json`` left from an earlier network is
+    replaced, and the one it writes goes when it stops."""
+    (tmp_path / "network.json").write_text('{"registry": "ws://127.0.0.1:9/stale"}')
     process = await trio.lowlevel.open_process(
         [*P2PSYNC, "network", "up", "--nodes", "2", "--relays", "2", "--data", str(tmp_path)],
         stdout=subprocess.PIPE,
@@ -132,6 +136,7 @@ async def test_network_up_runs_processes_until_interrupted(tmp_path: Path) -> No
         with trio.fail_after(60):
             code = await process.wait()
         assert code == 130
+        assert not (tmp_path / "network.json").exists()
         for node in description["nodes"]:
             with pytest.raises(OSError):
                 async with open_rpc(transport, node["url"]):

@@ -294,8 +294,15 @@ class FileDirectory:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        """Read it once now: a missing or malformed file is an error before anything is
+        served, not a node that says ready and knows no network."""
+        self._parse(self.path.read_text())
+
     async def fetch(self) -> Snapshot:
-        text = await trio.Path(self.path).read_text()
+        return self._parse(await trio.Path(self.path).read_text())
+
+    def _parse(self, text: str) -> Snapshot:
         try:
             return Snapshot.from_wire(json.loads(text))
         except (json.JSONDecodeError, DecodeError) as exc:

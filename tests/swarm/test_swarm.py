@@ -328,15 +328,16 @@ async def test_static_file_directory(
         listing = {"nodes": [{"pubkey": n.pubkey, "url": n.url} for n in network.running_nodes()]}
         path = tmp_path / "network.json"
         path.write_text(json.dumps(listing))
-        async with open_swarm_client(
-            network.transport, FileDirectory(path), network.clock
-        ) as swarm:
+        swarm_directory = FileDirectory(path)
+        async with open_swarm_client(network.transport, swarm_directory, network.clock) as swarm:
             digest, _ = await swarm.store(ALICE.session_id, 0, b"static")
             messages, _, _ = await swarm.retrieve(ALICE, 0, None)
             assert [m.hash for m in messages] == [digest]
         path.write_text("{not json")
         with pytest.raises(DecodeError, match=r"network\.json"):
-            await FileDirectory(path).fetch()
+            await swarm_directory.fetch()
+        with pytest.raises(DecodeError, match=r"network\.json"):
+            FileDirectory(path)  # refused when it is opened, before anything is served
 
 
 async def test_a_member_cannot_delete_or_shorten_on_its_own_word(
