@@ -31,3 +31,15 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert test_line.endswith("-m pytest") and "'.[lab,dev]'" in test_line
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert ci[-1] == test_line
+
+
+def test_every_file_the_readme_links_to_is_in_the_repository() -> None:
+    """The README is self-contained: what it cites ships with it (no ``../`` outside)."""
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)\)", readme)
+    local = [t for t in targets if not re.match(r"[a-z]+://", t)]
+    assert local, "the README links to no file of its own"
+    for target in local:
+        path = (ROOT / target).resolve()
+        assert path.is_relative_to(ROOT.resolve()), f"{target} is outside the repository"
+        assert path.exists(), f"{target} does not exist"
