@@ -1,22 +1,27 @@
 """``p2psync bench storage``: what direct sibling sync saves in swarm storage (DESIGN.md §9).
 
-The three strategies replay the same seeded trace side by side, one worker process each,
-through :func:`p2psync.run_scenario` (real devices, relays and service nodes under virtual
-time, :mod:`p2psync.sim.runner`); this prints them as a table beside the goals of the issue,
-and optionally writes the §9 JSON and a PNG plot of stored copies and bytes over time.
+The three strategies replay the same seeded trace in worker processes (p2p on one core,
+the others in turn on the next) through :func:`p2psync.run_scenario` (real devices, relays
+and service nodes under virtual time, :mod:`p2psync.sim.runner`); this prints them as a
+table beside the goals of the issue, and optionally writes the §9 JSON and a PNG plot of
+stored copies and bytes over time.
 """
 
 from __future__ import annotations
 
 import time
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from p2psync.cli import stop_on_sigterm
 from p2psync.sim.model import FIGURES
 from p2psync.sim.replay import CATCH_UP_S, KEEPALIVE_S, LINK_PROFILE, NODES, RELAYS
 from p2psync.sim.runner import (
     GRACE_MS,
     STRATEGIES,
+    BenchmarkError,
     floor_sync_copies_per_message,
     run_scenario,
     sibling_away_at_send,
@@ -27,52 +32,79 @@ QUICK = Scenario(users=4, days=4.5, messages_per_user_per_day=12, long_offline_d
 FULL = Scenario(users=32, days=7.0, messages_per_user_per_day=12, long_offline_days=3.0)
 
 
-def _run_in_worker(scenario: Scenario, strategy: str, progress: Any) -> dict[str, Any]:
-    """One strategy in a worker process, reporting progress in whole percents."""
-    reported = -1
+def _lane(scenario: Scenario, strategies: Sequence[str], results: Any) -> None:
+    """A worker process: ``strategies`` one after another, each a separate simulation,
+    putting ``("progress", name, fraction)`` in whole percents, then ``("done", name,
+    figures)`` or ``("failed", name, traceback)`` on ``results``."""
+    for strategy in strategies:
+        reported = -1
 
-    def report(fraction: float) -> None:
-        nonlocal reported
-        if int(fraction * 100) > reported:
-            reported = int(fraction * 100)
-            progress.put((strategy, fraction))
+        def report(fraction: float, strategy: str = strategy) -> None:
+            nonlocal reported
+            if int(fraction * 100) > reported:
+                reported = int(fraction * 100)
+                results.put(("progress", strategy, fraction))
 
-    started = time.monotonic()
-    figures = run_scenario(scenario, strategy, on_progress=report)
-    return {**figures, "wall_s": round(time.monotonic() - started, 1)}
+        started = time.monotonic()
+        try:
+            figures = run_scenario(scenario, strategy, on_progress=report)
+        except Exception:
+            results.put(("failed", strategy, traceback.format_exc()))
+            return
+        results.put(("done", strategy, {**figures, "wall_s": round(time.monotonic() - started, 1)}))
+
+
+def _lanes(workers: int) -> list[list[str]]:
+    """The longest first on its own core (p2p), the others taking turns on the next."""
+    ordered = sorted(STRATEGIES, key=lambda name: name != "p2p")
+    if workers < 2:
+        return [ordered]
+    return [ordered[:1], ordered[1:]]
 
 
 def _run_strategies(scenario: Scenario, console: Any) -> dict[str, dict[str, Any]]:
-    """Every strategy on ``scenario``, side by side in worker processes (one per core):
-    each is a separate simulation, so nothing is shared but progress."""
+    """Every strategy on ``scenario`` in worker processes (one per core) that this
+    process owns: Ctrl-C or SIGTERM terminates them at once, and a failure in one ends
+    the run with its traceback."""
     import multiprocessing
     import os
     import queue
-    from concurrent.futures import ProcessPoolExecutor
 
     from rich.progress import Progress
 
     context = multiprocessing.get_context("spawn")
-    workers = max(1, min(len(STRATEGIES), os.cpu_count() or 1))
-    with (
-        context.Manager() as manager,
-        ProcessPoolExecutor(workers, mp_context=context) as pool,
-        Progress(console=console, transient=True) as progress,
-    ):
-        updates = manager.Queue()
-        tasks = {name: progress.add_task(name, total=1.0) for name in STRATEGIES}
-        # The longest first: p2p runs on one core while the others take turns on the next.
-        futures = {
-            name: pool.submit(_run_in_worker, scenario, name, updates)
-            for name in sorted(STRATEGIES, key=lambda name: name != "p2p")
-        }
-        while not all(future.done() for future in futures.values()):
-            try:
-                name, fraction = updates.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            progress.update(tasks[name], completed=fraction)
-        return {name: futures[name].result() for name in STRATEGIES}
+    results = context.Queue()
+    processes = [
+        context.Process(target=_lane, args=(scenario, lane, results), daemon=True)
+        for lane in _lanes(os.cpu_count() or 1)
+    ]
+    figures: dict[str, dict[str, Any]] = {}
+    stop_on_sigterm()
+    try:
+        with Progress(console=console, transient=True) as progress:
+            tasks = {name: progress.add_task(name, total=1.0) for name in STRATEGIES}
+            for process in processes:
+                process.start()
+            while len(figures) < len(STRATEGIES):
+                try:
+                    kind, name, value = results.get(timeout=0.5)
+                except queue.Empty:
+                    if not any(process.is_alive() for process in processes):
+                        raise BenchmarkError("a benchmark worker died") from None
+                    continue
+                if kind == "failed":
+                    raise BenchmarkError(f"{name} failed in its worker:\n{value}")
+                if kind == "done":
+                    figures[name] = value
+                    value = 1.0
+                progress.update(tasks[name], completed=value)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join()
+    return {name: figures[name] for name in STRATEGIES}
 
 
 def run_storage_bench(

@@ -50,6 +50,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from p2psync.cli import Terminated
 from p2psync.clock import Clock
 from p2psync.identity import Identity, session_id_key
 from p2psync.swarm.auth import AuthSigner
@@ -163,10 +164,11 @@ def _owners_of(swarms: SwarmMap, swarm: int) -> Iterator[Identity]:
 
 
 async def _stop_on_sigterm() -> None:
-    """SIGTERM stops the bench as Ctrl-C does, so the nurseries end every child first."""
+    """SIGTERM stops the bench as Ctrl-C does, so the nurseries end every child first
+    (the command then exits 143, not 130)."""
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
-            raise KeyboardInterrupt
+            raise Terminated
 
 
 def _request_makers(owners: list[Identity], clock: Clock) -> tuple[RequestMaker, RequestMaker]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -26,10 +28,41 @@ from .swarm.constants import STORE_QUORUM
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+#: 128 + SIGTERM, as a shell reports a process it ended.
+EXIT_TERMINATED = 143
 
 
 class CommandError(Exception):
     """A failure to report as one line, without a traceback."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where a command waits outside Trio (see :func:`stop_on_sigterm`),
+    so that it unwinds like Ctrl-C: what it started is ended on the way out."""
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises :class:`Terminated` in this process's main thread; for
+    commands whose main thread is not in Trio (which has its own signal receivers)."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def _output_file(text: str) -> str:
+    """A file a command will write when it is done: refused before any work if it could
+    not be written (a missing or read-only directory, or a directory in its place)."""
+    path = Path(text)
+    folder = path.parent
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"no directory {folder} to write {path.name} in")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text} cannot be written")
+    return text
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -295,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--mode", choices=["linked", "mapped"], default="linked", help="multi-device mode"
     )
-    demo.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    demo.add_argument(
+        "--json", type=_output_file, metavar="FILE", help="also write the summary as JSON"
+    )
     demo.set_defaults(run=_cmd_demo)
 
     network = commands.add_parser("network", help="a local network of separate processes")
@@ -385,20 +420,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=STORE_QUORUM,
         help=f"the nodes' store quorum (default: {STORE_QUORUM}; 1 to compare)",
     )
-    throughput.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    throughput.add_argument(
+        "--json", type=_output_file, metavar="FILE", help="write the figures as JSON"
+    )
     throughput.set_defaults(run=_cmd_bench_throughput)
     overlay = bench_commands.add_parser(
         "overlay", help="onion messages/s and CPU per message over 3 hops beside the crypto floor"
     )
     overlay.add_argument("--quick", action="store_true", help="fewer rounds")
-    overlay.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    overlay.add_argument(
+        "--json", type=_output_file, metavar="FILE", help="write the figures as JSON"
+    )
     overlay.set_defaults(run=_cmd_bench_overlay)
     storage = bench_commands.add_parser(
         "storage", help="stored copies, byte-hours and latency per sync strategy (virtual time)"
     )
     storage.add_argument("--quick", action="store_true", help="the small scenario (minutes)")
     storage.add_argument("--seed", type=int, default=1, help="scenario seed (default: 1)")
-    storage.add_argument("--json", metavar="FILE", help="write the §9 JSON")
+    storage.add_argument("--json", type=_output_file, metavar="FILE", help="write the §9 JSON")
     storage.add_argument(
         "--scale",
         action="store_true",
@@ -417,7 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace", metavar="FILE", help="model your own trace, JSON or CSV (see the README)"
     )
     storage.add_argument(
-        "--plot", metavar="FILE", help="write a PNG of stored copies and bytes over time"
+        "--plot",
+        type=_output_file,
+        metavar="FILE",
+        help="write a PNG of stored copies and bytes over time",
     )
     storage.set_defaults(run=_cmd_bench_storage)
     soak = bench_commands.add_parser(
@@ -438,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stores and reads; report its RSS before/peak/after and the honest latency "
         "(default: 0, no flood)",
     )
-    soak.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    soak.add_argument("--json", type=_output_file, metavar="FILE", help="write the figures as JSON")
     soak.set_defaults(run=_cmd_bench_soak)
     return parser
 
@@ -458,6 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, KeyboardInterrupt):
             print("stopped", file=sys.stderr)
             return EXIT_INTERRUPTED
+        if isinstance(error, Terminated):
+            print("terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         if isinstance(error, CommandError | P2PSyncError | ValueError | OSError):
             print(f"p2psync: error: {error}", file=sys.stderr)
             return EXIT_FAILURE

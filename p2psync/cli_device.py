@@ -293,6 +293,37 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def _cmd_rooms(args: argparse.Namespace) -> int:
+    """Public chats: create a room, post to it, or read it (posts show the user, so a
+    person's devices read as one)."""
+
+    async def work() -> None:
+        async with _device(args, online=False) as device:
+            if args.create:
+                created = await device.create_room(args.room)
+                print(f"created room {args.room!r}" if created else f"{args.room!r} exists")
+            if args.post is not None:
+                receipt = await device.post(args.room, args.post)
+                print(f"posted #{receipt.id} as {receipt.user}")
+            if args.create or args.post is not None:
+                return
+            for message in await device.room_messages(args.room, args.since):
+                text = message.body.decode(errors="replace")
+                _emit(
+                    args,
+                    {
+                        "id": message.id,
+                        "user": message.user,
+                        "device": message.device,
+                        "timestamp_ms": message.timestamp_ms,
+                        "text": text,
+                    },
+                    f"#{message.id} {_when(message.timestamp_ms)} {_short(message.user)}  {text}",
+                )
+
+    return _run(args, work)
+
+
 def _cmd_contacts(args: argparse.Namespace) -> int:
     async def work() -> None:
         async with _device(args) as device:
@@ -324,7 +355,7 @@ def _cmd_contacts(args: argparse.Namespace) -> int:
 
 
 def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``device init|whoami|pair|accept|send|inbox|run|status|devices|contacts``."""
+    """Add ``device init|whoami|pair|accept|send|inbox|run|status|devices|rooms|contacts``."""
     device = commands.add_parser("device", help="a messenger device at the terminal")
     device_commands = device.add_subparsers(dest="device_command", required=True)
 
@@ -412,6 +443,16 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     devices = command("devices", "this user's devices", _cmd_devices, json_output=True)
     devices.add_argument("--revoke", metavar="DEVICE_ID", help="on a mapped primary: unpair one")
+    rooms = command(
+        "rooms", "public chats: read a room, post to it, or create it", _cmd_rooms, json_output=True
+    )
+    rooms.add_argument("room", help="the room's name")
+    room_action = rooms.add_mutually_exclusive_group()
+    room_action.add_argument("--create", action="store_true", help="create the room")
+    room_action.add_argument("--post", metavar="TEXT", help="post TEXT to the room")
+    rooms.add_argument(
+        "--since", type=int, default=0, metavar="ID", help="read posts after post ID (default: 0)"
+    )
     contacts = command(
         "contacts",
         "list contacts; request, accept or decline friends",

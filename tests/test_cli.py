@@ -29,6 +29,9 @@ P2PSYNC = [sys.executable, "-m", "p2psync"]
         ["node", "--data", "x"],
         ["node", "--data", "x", "--registry", "ws://127.0.0.1:9/", "--ledger", "zz"],
         ["node", "--data", "x", "--static", "/nonexistent/network.json"],
+        ["bench", "storage", "--quick", "--json", "/nonexistent/storage.json"],
+        ["bench", "storage", "--quick", "--plot", "/nonexistent/storage.png"],
+        ["demo", "--json", "/nonexistent/demo.json"],
         ["bench", "throughput", "--clients", "-1"],
         ["bench", "throughput", "--nodes", "1"],
         ["frobnicate"],
@@ -229,8 +232,35 @@ async def test_bench_throughput_stopped_mid_load_leaves_no_process(
         process.send_signal(stop)
         with trio.fail_after(60):
             code = await process.wait()
-        assert code == 130
+        assert code == (130 if stop == signal.SIGINT else 143)
         assert not [pid for pid in children if _alive(pid)]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.slow
+async def test_bench_storage_stopped_by_sigterm_ends_its_workers() -> None:
+    """SIGTERM to ``bench storage`` ends the worker processes replaying the strategies
+    (they ran on at full CPU when the bench was stopped), with status 143."""
+    process = await trio.lowlevel.open_process(
+        [*P2PSYNC, "bench", "storage", "--quick"],
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        # The process table has no event to wait for: poll it (each wait has a deadline).
+        with trio.fail_after(120):
+            while len(workers := _descendants(process.pid)) < 2:  # noqa: ASYNC110
+                await trio.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            code = await process.wait()
+        assert code == 143
+        with trio.fail_after(10):  # a helper that outlives its parent for a moment is fine
+            while [pid for pid in workers if _alive(pid)]:  # noqa: ASYNC110
+                await trio.sleep(0.2)
     finally:
         if process.returncode is None:
             process.kill()

@@ -171,6 +171,14 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
         await ok("contacts", *where("bob"), "--add", alice)
         await ok("contacts", *where("phone"), "--accept", ids["bob"])
 
+        # Public chats from the terminal: a post reads as the user's, whichever device.
+        assert "created room 'lobby'" in await ok("rooms", *where("phone"), "lobby", "--create")
+        await ok("rooms", *where("desktop"), "lobby", "--post", "from my desktop")
+        posts = await ok("rooms", *where("bob"), "lobby", "--json")
+        assert [(p["user"], p["text"]) for p in map(json.loads, posts.splitlines())] == [
+            (alice, "from my desktop")
+        ]
+
         # The desktop is away: the phone's send leaves a sync copy before it exits.
         await ok("send", *where("phone"), ids["bob"], "while the desktop was away")
         inbox = await ok("inbox", *where("desktop"))
