@@ -1,25 +1,24 @@
 """An overlay endpoint: keeps paths, publishes and finds introsets, runs sessions.
 
-The protocol lives in the sans-I/O pieces (:class:`~overlay.path.Path`,
-:class:`~overlay.session.SessionCore`, :mod:`overlay.introset`); this module is their Trio
-driver. :func:`open_endpoint` owns every task: paths (one link each, to their first hop), the
-path keeper (expiry, pings, dead hops, rebuilds), the introset republisher, one driver per
-session. Leaving its ``async with`` cancels them all.
+The protocol lives in the sans-I/O pieces (:class:`~overlay.endpoint_core.EndpointCore`
+for the paths, pings, DHT answers and republishing, :class:`~overlay.session.SessionCore`,
+:mod:`overlay.introset`); this module is their Trio driver. :func:`open_endpoint` owns
+every task: paths (one link each, to their first hop), the path keeper, the introset
+republisher, one driver per session. Leaving its ``async with`` cancels them all.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from functools import partial
+from typing import assert_never
 
 import trio
 
-from .cells import CellError, CellKind, decode_cell
 from .clock import Clock
 from .constants import (
     ACCEPT_QUEUE_SESSIONS,
@@ -27,15 +26,9 @@ from .constants import (
     DEFAULT_PATH_LIFETIME_MS,
     DEFAULT_PATHS_PER_ENDPOINT,
     DHT_ATTEMPTS,
-    DHT_REQUEST_TIMEOUT_MS,
     INTROSET_LIFETIME_MS,
-    INTROSET_MAX_INTROS,
     INTROSET_REPLICAS,
     INTROSET_REPUBLISH_MS,
-    LINK_QUEUE_CELLS,
-    MAX_HOPS,
-    MAX_PATH_LIFETIME_MS,
-    MIN_HOPS,
     PATH_CHECK_INTERVAL_MS,
     PATH_PING_INTERVAL_MS,
     SESSION_INTRO_REFRESH_MS,
@@ -43,6 +36,17 @@ from .constants import (
 )
 from .contact import Contact, verified_directory
 from .dht import DhtStatus, closest_relays, get_request, put_request
+from .endpoint_core import (
+    Answered,
+    BuildPath,
+    ClosePath,
+    DeliverPacket,
+    Effect,
+    EndpointCore,
+    PathsChanged,
+    Question,
+    SendPayload,
+)
 from .introset import (
     Intro,
     IntrosetError,
@@ -53,9 +57,9 @@ from .introset import (
     seal_introset,
 )
 from .keys import KeyPair
-from .link import Link, LinkClosed, MemoryNetwork, Transport
-from .onion import LayerError
-from .path import Path, PathState, Payload, freshest
+from .link import LinkClosed, LinkPump, MemoryNetwork, Transport
+from .path import Path, PathState
+from .payloads import PathPayload, Transfer
 from .session import (
     InitReplayCache,
     SessionCore,
@@ -71,19 +75,6 @@ logger = logging.getLogger(__name__)
 
 class SessionClosed(SessionError):
     """The peer closed its side: no more messages will arrive."""
-
-
-@dataclass
-class EndpointStats:
-    paths_built: int = 0
-    paths_failed: int = 0
-    cells_dropped: int = 0
-    sessions_opened: int = 0
-    sessions_accepted: int = 0
-    #: INITs refused because this endpoint had already opened a session for them.
-    inits_replayed: int = 0
-    #: Authentic INITs refused for their send time: replays, or a clock that is off.
-    inits_stale: int = 0
 
 
 class Session:
@@ -188,7 +179,9 @@ class Session:
 
 
 class Endpoint:
-    """Create with :func:`open_endpoint`."""
+    """Create with :func:`open_endpoint`. The decisions are its :class:`EndpointCore`'s;
+    this driver owns the links (one per path), the tasks and the waiting, and carries the
+    core's effects out."""
 
     def __init__(
         self,
@@ -197,49 +190,27 @@ class Endpoint:
         directory: dict[bytes, Contact],
         clock: Clock,
         nursery: trio.Nursery,
+        core: EndpointCore,
         *,
-        hops: int,
-        paths: int,
-        path_lifetime_ms: int,
-        rng: random.Random,
         local_name: str | None,
-        ping_interval_ms: int = PATH_PING_INTERVAL_MS,
-        republish_ms: int = INTROSET_REPUBLISH_MS,
     ) -> None:
-        if not MIN_HOPS <= hops <= MAX_HOPS:
-            raise ValueError(f"hops must be in {MIN_HOPS}..{MAX_HOPS}")
-        if not 0 < path_lifetime_ms <= MAX_PATH_LIFETIME_MS:
-            raise ValueError(f"path lifetime must be in 1..{MAX_PATH_LIFETIME_MS} ms")
         self.keys = keys
-        self.hops = hops
-        self.path_count = paths
-        self.stats = EndpointStats()
+        self.stats = core.stats
+        self._core = core
         self._transport = transport
         self._directory = directory
         self._clock = clock
         self._nursery = nursery
-        self._lifetime_ms = path_lifetime_ms
-        self._ping_interval_ms = ping_interval_ms
-        self._republish_ms = republish_ms
-        #: The intros of the introsets last published.
-        self._published_intros: set[bytes] = set()
-        self._rng = rng
         self._local_name = local_name
-        self._paths: list[Path] = []
-        self._path_scopes: dict[bytes, trio.CancelScope] = {}
-        self._senders: dict[bytes, trio.MemorySendChannel[bytes]] = {}
-        self._direct: dict[bytes, Link] = {}
+        self._links: dict[bytes, tuple[trio.CancelScope, LinkPump]] = {}
         self._paths_changed = trio.Event()
-        self._next_path = 0
-        self._dht_waiters: dict[bytes, tuple[trio.Event, list[bytes]]] = {}
+        #: The askers waiting for an answer (:class:`Answered`), by question token.
+        self._askers: dict[bytes, trio.Event] = {}
         self._sessions: dict[bytes, Session] = {}
         self._init_replays = InitReplayCache()
         self._accept_send, self._accept_receive = trio.open_memory_channel[Session](
             ACCEPT_QUEUE_SESSIONS
         )
-        self._pongs: dict[bytes, trio.Event] = {}
-        self._published: list[bytes] = []
-        self._avoid: set[bytes] = set()
 
     @property
     def public_key(self) -> bytes:
@@ -247,70 +218,62 @@ class Endpoint:
 
     @property
     def paths(self) -> list[Path]:
-        return list(self._paths)
+        return self._core.paths
+
+    def _execute(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, SendPayload):
+                self._send_on(effect.path, effect.payload)
+            elif isinstance(effect, BuildPath):
+                self._start_path()
+            elif isinstance(effect, ClosePath):
+                self._close_path(effect.path)
+            elif isinstance(effect, PathsChanged):
+                self._signal_paths()
+            elif isinstance(effect, DeliverPacket):
+                self._on_packet(effect.packet, self._clock.now_ms())
+            elif isinstance(effect, Answered):
+                asker = self._askers.get(effect.token)
+                if asker is not None:
+                    asker.set()
+            else:
+                assert_never(effect)
 
     # --- paths ---------------------------------------------------------------------------
 
     def _choose_hops(self) -> list[Contact]:
-        relays = sorted(self._directory.values(), key=lambda c: c.pubkey)
-        preferred = [c for c in relays if c.pubkey not in self._avoid]
-        pool = preferred if len(preferred) >= self.hops else relays
-        if len(pool) < self.hops:
-            raise RuntimeError(f"{self.hops} hops need at least {self.hops} relays")
-        return self._rng.sample(pool, self.hops)
+        """The hops of the next path, as the core picks them: every build goes through
+        here, so a test can watch the choices."""
+        return self._core.choose_hops()
 
     async def _keep_paths(self) -> None:
-        """Check, ping and replace paths when one of them is due (:meth:`Path.next_check_ms`)
-        or the paths changed, at most every ``PATH_CHECK_INTERVAL_MS``."""
+        """Carry out :meth:`EndpointCore.keep_paths` when a path is due a check
+        (:meth:`EndpointCore.next_check_ms`) or the paths changed, at most every
+        ``PATH_CHECK_INTERVAL_MS``."""
         while True:
             changed = self._paths_changed
             now = self._clock.now_ms()
-            for path in list(self._paths):
-                path.check(now)
-                if path.state is PathState.DEAD:
-                    self._drop_path(path)
-                elif path.state is PathState.ESTABLISHED and (
-                    path.ping_sent_ms is None or now - path.ping_sent_ms >= self._ping_interval_ms
-                ):
-                    path.ping_sent_ms = now
-                    self._send_on(path, bytes((Payload.PING,)))
-            fresh = [p for p in self._paths if not p.needs_replacement(now)]
-            for _ in range(self.path_count - len(fresh)):
-                self._start_path()
+            self._execute(self._core.keep_paths(now))
             await self._clock.sleep_until_ms(now + PATH_CHECK_INTERVAL_MS)
-            now = self._clock.now_ms()
-            checks = [p.next_check_ms(now, self._ping_interval_ms) for p in self._paths]
-            due = min((t for t in checks if t is not None), default=None)
+            due = self._core.next_check_ms(self._clock.now_ms())
             with trio.move_on_at(math.inf if due is None else self._clock.trio_time_for(due)):
                 await changed.wait()
 
     def _start_path(self) -> Path:
-        path, cell = Path.build(self._choose_hops(), self._clock.now_ms(), self._lifetime_ms)
-        self._paths.append(path)
+        path, cell = self._core.add_path(self._choose_hops(), self._clock.now_ms())
+        pump = LinkPump()
+        pump.send_nowait(cell)
         scope = trio.CancelScope()
-        self._path_scopes[path.first_id] = scope
-        send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_CELLS)
-        send.send_nowait(cell)
-        self._senders[path.first_id] = send
-        self._nursery.start_soon(self._run_path, path, scope, receive)
+        self._links[path.first_id] = (scope, pump)
+        self._nursery.start_soon(self._run_path, path, scope, pump)
         return path
 
-    def _drop_path(self, path: Path) -> None:
-        if path in self._paths:
-            self._paths.remove(path)
-            if path.expiry_ms > self._clock.now_ms():
-                # It died young: one of its relays stopped answering, and we cannot tell
-                # which, so the next builds avoid all of them while enough others remain.
-                self.stats.paths_failed += 1
-                self._avoid = {h.pubkey for h in path.hops}
-        path.state = PathState.DEAD
-        scope = self._path_scopes.pop(path.first_id, None)
-        if scope is not None:
+    def _close_path(self, path: Path) -> None:
+        link = self._links.pop(path.first_id, None)
+        if link is not None:
+            scope, pump = link
             scope.cancel()
-        sender = self._senders.pop(path.first_id, None)
-        if sender is not None:
-            sender.close()
-        self._signal_paths()
+            pump.close()
 
     def _signal_paths(self) -> None:
         self._paths_changed.set()
@@ -319,9 +282,7 @@ class Endpoint:
             session._core.announce()  # peers must learn where we are now
             session._wake_driver()
 
-    async def _run_path(
-        self, path: Path, scope: trio.CancelScope, queue: trio.MemoryReceiveChannel[bytes]
-    ) -> None:
+    async def _run_path(self, path: Path, scope: trio.CancelScope, pump: LinkPump) -> None:
         with scope:
             try:
                 connect = (
@@ -329,110 +290,60 @@ class Endpoint:
                     if isinstance(self._transport, MemoryNetwork)
                     else self._transport.connect(path.hops[0].address)
                 )
-                async with connect as link, trio.open_nursery() as nursery:
-
-                    async def write() -> None:
-                        try:
-                            async for cell in queue:
-                                await link.send(cell)
-                        except LinkClosed:
-                            nursery.cancel_scope.cancel()
-
-                    if link.supports_send_nowait:
-                        self._flush(queue, link)
-                        self._direct[path.first_id] = link
-                    else:
-                        nursery.start_soon(write)
-                    try:
-                        while True:
-                            self._on_cell(path, await link.receive())
-                            while True:
-                                try:
-                                    data = link.receive_nowait()
-                                except trio.WouldBlock:
-                                    break
-                                self._on_cell(path, data)
-                    except LinkClosed:
-                        nursery.cancel_scope.cancel()
+                async with connect as link:
+                    await pump.run(link, partial(self._on_cell, path), self._count_drop)
             except OSError as exc:
                 logger.info("path through %s lost: %s", path.hops[0].address, exc)
-        self._direct.pop(path.first_id, None)
-        if path.state is not PathState.DEAD:
-            path.state = PathState.DEAD
-            self._signal_paths()
+        self._execute(self._core.link_lost(path))
 
-    def _flush(self, queue: trio.MemoryReceiveChannel[bytes], link: Link) -> None:
-        while True:
-            try:
-                link.send_nowait(queue.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, LinkClosed):
-                return
+    def _count_drop(self) -> None:
+        self.stats.cells_dropped += 1
 
     def _on_cell(self, path: Path, data: bytes) -> None:
         """Handle one cell from a path's first hop. Whatever it holds (the terminal hop and
         any endpoint that reaches our intro choose much of it), a failure drops this cell
         only: it must never end the path's receive loop, and with it the endpoint."""
         try:
-            self._handle_cell(path, data)
+            self._execute(self._core.receive_cell(path, data, self._clock.now_ms()))
         except Exception as exc:
             self.stats.cells_dropped += 1
             logger.warning("endpoint dropped a cell it could not handle: %r", exc)
 
-    def _handle_cell(self, path: Path, data: bytes) -> None:
-        now = self._clock.now_ms()
-        try:
-            cell = decode_cell(data)
-            if cell.kind is not CellKind.DATA or cell.id != path.first_id:
-                raise CellError("not a cell of this path")
-            payload = path.unwrap(cell.body, now)
-        except (CellError, LayerError):
-            self.stats.cells_dropped += 1
-            if path.state is PathState.DEAD:  # a reply went missing: see PathBroken
-                self._drop_path(path)
-            return
-        kind = payload[0] if payload else 0
-        if kind == Payload.BUILT:
-            path.on_built(now)
-            self.stats.paths_built += 1
-            self._signal_paths()
-        elif kind == Payload.PONG:
-            pong = self._pongs.pop(payload[1:9], None)
-            if pong is not None:
-                pong.set()
-        elif kind == Payload.DELIVER:
-            self._on_packet(payload[1:], now)
-        elif kind == Payload.DHT_RESULT:
-            waiter = self._dht_waiters.get(payload[1:9])
-            if waiter is not None:
-                waiter[1].append(payload[9:])
-                waiter[0].set()
-
-    def _send_on(self, path: Path, payload: bytes) -> None:
+    def _send_on(self, path: Path, payload: PathPayload) -> None:
         """Send ``payload`` along ``path``. A cell that cannot be handed to the link was
         counted by every hop already, so the next one would break the path at its first
         hop (see PathBroken): the path is given up at once instead."""
-        link: Link | trio.MemorySendChannel[bytes] | None = self._direct.get(
-            path.first_id
-        ) or self._senders.get(path.first_id)
+        link = self._links.get(path.first_id)
         if link is None:
             return
         try:
-            link.send_nowait(path.wrap(payload))
-        except (trio.WouldBlock, LinkClosed, trio.ClosedResourceError, trio.BrokenResourceError):
+            link[1].send_nowait(path.wrap(payload.encode()))
+        except (trio.WouldBlock, LinkClosed):
             self.stats.cells_dropped += 1
-            self._drop_path(path)
+            self._execute(self._core.drop_path(path, self._clock.now_ms()))
+
+    async def _ask(self, question: Question) -> None:
+        """Send ``question`` and wait until it is answered or its deadline passes."""
+        answered = self._askers[question.token] = trio.Event()
+        deadline = question.deadline_ms
+        try:
+            self._execute([question.send])
+            with trio.move_on_at(
+                math.inf if deadline is None else self._clock.trio_time_for(deadline)
+            ):
+                await answered.wait()
+        finally:
+            del self._askers[question.token]
 
     async def ping(self, path: Path, padding_bytes: int = 0) -> None:
         """One round trip to ``path``'s terminal hop with ``padding_bytes`` of filler each
         way (cells are fixed-size anyway; this is for measuring). Bound it with a cancel
         scope: a lost cell means no answer."""
-        token = os.urandom(8)
-        answered = self._pongs[token] = trio.Event()
+        question = self._core.ping(path, padding_bytes)
         try:
-            self._send_on(path, bytes((Payload.PING,)) + token + bytes(padding_bytes))
-            await answered.wait()
+            await self._ask(question)
         finally:
-            self._pongs.pop(token, None)
+            self._core.forget_ping(question.token)
 
     async def build_path(self) -> Path:
         """Build one more path now and wait until it is established (or raise
@@ -444,17 +355,9 @@ class Endpoint:
             raise RuntimeError("path build failed")
         return path
 
-    def _usable_path_now(self) -> Path | None:
-        now = self._clock.now_ms()
-        usable = [p for p in self._paths if p.usable(now)]
-        if not usable:
-            return None
-        self._next_path += 1
-        return usable[self._next_path % len(usable)]
-
     async def wait_ready(self, count: int = 1) -> None:
         """Wait until ``count`` paths are established."""
-        while sum(p.usable(self._clock.now_ms()) for p in self._paths) < count:
+        while self._core.usable_count(self._clock.now_ms()) < count:
             await self._paths_changed.wait()
 
     async def paths_changed(self) -> None:
@@ -462,44 +365,32 @@ class Endpoint:
         await self._paths_changed.wait()
 
     async def _usable_path(self) -> Path:
-        while (path := self._usable_path_now()) is None:
+        while (path := self._core.next_path(self._clock.now_ms())) is None:
             await self._paths_changed.wait()
         return path
-
-    def _intros(self) -> list[Intro]:
-        now = self._clock.now_ms()
-        return [
-            Intro(p.terminal.pubkey, p.intro_id, p.expiry_ms) for p in self._paths if p.usable(now)
-        ]
 
     # --- introsets -------------------------------------------------------------------------
 
     async def _dht(self, relay: bytes, request: bytes) -> bytes | None:
         path = await self._usable_path()
-        request_id = os.urandom(8)
-        waiter: tuple[trio.Event, list[bytes]] = (trio.Event(), [])
-        self._dht_waiters[request_id] = waiter
+        question = self._core.ask_dht(path, relay, request, self._clock.now_ms())
         try:
-            self._send_on(path, bytes((Payload.DHT_REQUEST,)) + request_id + relay + request)
-            with trio.move_on_after(DHT_REQUEST_TIMEOUT_MS / 1000):
-                await waiter[0].wait()
+            await self._ask(question)
         finally:
-            del self._dht_waiters[request_id]
-        return waiter[1][0] if waiter[1] else None
+            response = self._core.dht_response(question.token)
+        return response
 
     async def publish(self, shared_secret: bytes) -> int:
         """Publish this endpoint's introset for the siblings sharing ``shared_secret`` and
         keep it republished while the endpoint runs. Returns how many replicas stored it."""
-        if shared_secret not in self._published:
-            self._published.append(shared_secret)
+        self._core.publish_under(shared_secret)
         return await self._publish_one(shared_secret)
 
     async def _publish_one(self, shared_secret: bytes) -> int:
         await self.wait_ready()
         now = self._clock.now_ms()
         rendezvous = rendezvous_keys(shared_secret, self.public_key, epoch_of(now))
-        intros = sorted(self._intros(), key=lambda i: -i.expiry_ms)[:INTROSET_MAX_INTROS]
-        self._published_intros = {i.intro_id for i in intros}
+        intros = self._core.introset_intros(now)
         introset = seal_introset(rendezvous, self.keys, intros, now + INTROSET_LIFETIME_MS)
         replicas = closest_relays(rendezvous.location, list(self._directory), INTROSET_REPLICAS)
         stored = 0
@@ -517,21 +408,18 @@ class Endpoint:
         return stored
 
     async def _republish(self) -> None:
-        """Republish every ``republish_ms``, and as soon as an intro it published stops
-        working (its path died or was replaced), so siblings never look up dead intros for
-        long. A path that is merely added does not republish: what was published still
-        works, and the new path goes out with the next republish (which the path it
-        replaces triggers when it goes); a path replacement is then one republish, not two."""
+        """Carry out :meth:`EndpointCore.keep_introsets` whenever the paths change or its
+        timer is due."""
         while True:
-            with trio.move_on_after(self._republish_ms / 1000):
-                while not self._published_intro_died():
-                    await self._paths_changed.wait()
-            for secret in list(self._published):
+            changed = self._paths_changed
+            republish = self._core.keep_introsets(self._clock.now_ms())
+            if republish is None:
+                with trio.move_on_at(self._clock.trio_time_for(self._core.republish_at_ms)):
+                    await changed.wait()
+                continue
+            for secret in republish.secrets:
                 await self._publish_one(secret)
-
-    def _published_intro_died(self) -> bool:
-        live = {i.intro_id for i in self._intros()}
-        return bool(live) and not self._published_intros <= live
+            self._core.republished(self._clock.now_ms())
 
     async def lookup(self, shared_secret: bytes, owner: bytes) -> list[Intro]:
         """The live intros of sibling ``owner``, or [] if no replica has them. All replicas
@@ -628,13 +516,12 @@ class Endpoint:
         core = session._core
         try:
             while core.state not in (SessionState.CLOSED, SessionState.FAILED):
-                path = self._usable_path_now()
-                if path is None:
+                now = self._clock.now_ms()
+                route = self._core.route(now)
+                if route is None:
                     await self._paths_changed.wait()
                     continue
-                now = self._clock.now_ms()
-                intro = freshest(self._paths, now) or path
-                core.local_intro = Intro(intro.terminal.pubkey, intro.intro_id, intro.expiry_ms)
+                core.local_intro = route.intro
                 packets = core.outgoing(now)
                 if core.stalled and (
                     session._intro_refreshed_ms is None
@@ -644,9 +531,8 @@ class Endpoint:
                     self._nursery.start_soon(self._refresh_intro, session)
                 target = core.peer_intro
                 if target is not None:
-                    prefix = bytes((Payload.TRANSFER,)) + target.relay + target.intro_id
                     for packet in packets:
-                        self._send_on(path, prefix + packet)
+                        self._send_on(route.path, Transfer(target.relay, target.intro_id, packet))
                 session._notify()
                 if core.state in (SessionState.CLOSED, SessionState.FAILED):
                     break  # outgoing() closed it: nothing will kick this driver again
@@ -670,7 +556,7 @@ class Endpoint:
         :meth:`connect` knows the peer's secret; an accepted one tries the secrets this
         endpoint publishes under (siblings share theirs)."""
         core = session._core
-        secrets = [session._secret] if session._secret is not None else list(self._published)
+        secrets = [session._secret] if session._secret is not None else self._core.secrets
         for secret in secrets:
             intros = await self.lookup(secret, core.peer)
             if intros:
@@ -749,22 +635,18 @@ async def open_endpoint(
     verified = verified_directory(directory, clock.now_ms())
     if len(verified) < hops:
         raise ValueError(f"{hops}-hop paths need at least {hops} verified relay contacts")
-    rng = relay_choice(transport, seed)
+    core = EndpointCore(
+        verified,
+        relay_choice(transport, seed),
+        clock.now_ms(),
+        hops=hops,
+        paths=paths,
+        path_lifetime_ms=path_lifetime_ms,
+        ping_interval_ms=ping_interval_ms,
+        republish_ms=republish_ms,
+    )
     async with open_task_nursery() as nursery:
-        endpoint = Endpoint(
-            keys,
-            transport,
-            verified,
-            clock,
-            nursery,
-            hops=hops,
-            paths=paths,
-            path_lifetime_ms=path_lifetime_ms,
-            rng=rng,
-            local_name=local_name,
-            ping_interval_ms=ping_interval_ms,
-            republish_ms=republish_ms,
-        )
+        endpoint = Endpoint(keys, transport, verified, clock, nursery, core, local_name=local_name)
         nursery.start_soon(endpoint._keep_paths)
         nursery.start_soon(endpoint._republish)
         yield endpoint

@@ -32,6 +32,8 @@ from typing import Any
 
 import trio
 
+from .constants import LINK_QUEUE_CELLS
+
 logger = logging.getLogger(__name__)
 
 #: Largest message a link carries unless a transport is told otherwise.
@@ -126,6 +128,86 @@ async def run_handler(handler: LinkHandler, link: Link) -> None:
             pass
         except Exception:
             logger.exception("connection handler for %s failed", link.peer)
+
+
+class LinkPump:
+    """One link as a router (a relay, or an endpoint's path) drives it.
+
+    What is sent before the link is up waits in a bounded queue (``LINK_QUEUE_CELLS``), so a
+    router can hand cells to a link it is still opening. :meth:`run` then carries the link
+    until it closes: every message received goes to a callback, a burst drained without a
+    scheduling round per message; what is sent goes out by a writer task, or, on a link that
+    sends without blocking, inline (no task, and a full link drops instead of waiting, as a
+    router must). A pump runs one link once; once that link is gone sends raise
+    :class:`LinkClosed`.
+    """
+
+    def __init__(self) -> None:
+        self._queue, self._queued = trio.open_memory_channel[bytes](LINK_QUEUE_CELLS)
+        self._link: Link | None = None
+
+    def send_nowait(self, message: bytes) -> None:
+        """Send or queue ``message``: ``trio.WouldBlock`` if the queue or the link is full,
+        :class:`LinkClosed` once the link is gone."""
+        if self._link is not None:
+            self._link.send_nowait(message)
+            return
+        try:
+            self._queue.send_nowait(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise LinkClosed("the link is gone") from None
+
+    def close(self) -> None:
+        self._queue.close()
+
+    async def run(
+        self, link: Link, on_receive: Callable[[bytes], None], on_drop: Callable[[], None]
+    ) -> None:
+        """Carry ``link`` until it closes; ``on_drop`` counts each queued message the link
+        had no room for when it came up."""
+        try:
+            async with trio.open_nursery() as nursery:
+                if link.supports_send_nowait:
+                    self._flush(link, on_drop)
+                    self._link = link
+                else:
+                    nursery.start_soon(self._write, link, nursery.cancel_scope)
+                try:
+                    while True:
+                        on_receive(await link.receive())
+                        while True:
+                            try:
+                                message = link.receive_nowait()
+                            except trio.WouldBlock:
+                                break
+                            on_receive(message)
+                except LinkClosed:
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            self._link = None
+            self.close()
+
+    def _flush(self, link: Link, on_drop: Callable[[], None]) -> None:
+        """Send what was queued before the link existed, synchronously, keeping order."""
+        while True:
+            try:
+                message = self._queued.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            try:
+                link.send_nowait(message)
+            except trio.WouldBlock:
+                on_drop()
+            except LinkClosed:
+                return
+
+    async def _write(self, link: Link, scope: trio.CancelScope) -> None:
+        try:
+            async for message in self._queued:
+                await link.send(message)
+        except LinkClosed:
+            scope.cancel()
 
 
 # --- in-memory transport with emulated network conditions ---------------------------------

@@ -19,16 +19,17 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
 from .cells import CellError, CellKind, decode_cell, frame_payload, make_cell, unframe_payload
 from .clock import Clock
-from .constants import DHT_PENDING_MAX, DHT_REQUEST_TIMEOUT_MS, LINK_QUEUE_CELLS, PATH_ID_BYTES
+from .constants import DHT_PENDING_MAX, DHT_REQUEST_TIMEOUT_MS, PATH_ID_BYTES
 from .contact import Contact, make_contact, verified_directory
 from .dht import IntrosetStore
 from .keys import KeyPair
-from .link import Link, LinkClosed, Transport
+from .link import Link, LinkClosed, LinkPump, Transport
 from .onion import (
     LayerError,
     LayerOpener,
@@ -40,7 +41,17 @@ from .onion import (
     open_build_frame,
     pad_body,
 )
-from .path import Payload
+from .payloads import (
+    Built,
+    Deliver,
+    DhtRequest,
+    DhtResult,
+    PathPayload,
+    Ping,
+    Pong,
+    Transfer,
+    decode_payload,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +152,7 @@ class RelayCore:
                 self.stats.dropped_unknown_path += 1
                 return []
             hop, request_id, _ = pending
-            return self._to_owner(
-                hop, bytes((Payload.DHT_RESULT,)) + request_id + unframe_payload(cell.body)
-            )
+            return self._to_owner(hop, DhtResult(request_id, unframe_payload(cell.body)))
         except RecordError:
             self.stats.dropped_malformed += 1
         except LayerError:
@@ -221,7 +230,7 @@ class RelayCore:
         self.stats.builds += 1
         if down_link is None:
             self._intros[record.downstream_id] = hop
-            return self._to_owner(hop, bytes((Payload.BUILT,)))
+            return self._to_owner(hop, Built())
         self._downstream[record.downstream_id] = hop
         return [(down_link, make_cell(CellKind.BUILD, record.downstream_id, rest))]
 
@@ -265,42 +274,40 @@ class RelayCore:
         table = self._intros if hop.down_link is None else self._downstream
         table.pop(hop.down_id, None)
 
-    def _to_owner(self, hop: _Hop, payload: bytes) -> list[Send]:
-        return [self._backward(hop, frame_payload(payload, layer_bytes(hop.hop_index + 1)))]
+    def _to_owner(self, hop: _Hop, payload: PathPayload) -> list[Send]:
+        framed = frame_payload(payload.encode(), layer_bytes(hop.hop_index + 1))
+        return [self._backward(hop, framed)]
 
-    def _terminal(self, hop: _Hop, payload: bytes, now_ms: int) -> list[Send]:
-        kind = payload[0]
-        if kind == Payload.PING:
-            return self._to_owner(hop, bytes((Payload.PONG,)) + payload[1:])
-        if kind == Payload.TRANSFER:
-            relay, intro_id, data = payload[1:33], payload[33:49], payload[49:]
-            if len(intro_id) != PATH_ID_BYTES:
-                raise CellError("short transfer")
+    def _terminal(self, hop: _Hop, data: bytes, now_ms: int) -> list[Send]:
+        payload = decode_payload(data)
+        if isinstance(payload, Ping):
+            return self._to_owner(hop, Pong(payload.echo))
+        if isinstance(payload, Transfer):
             self.stats.transfers += 1
-            if relay == self.keys.public:
-                return self._deliver(intro_id, data)
-            contact = self.directory.get(relay)
+            if payload.relay == self.keys.public:
+                return self._deliver(payload.intro_id, payload.data)
+            contact = self.directory.get(payload.relay)
             if contact is None:
                 self.stats.dropped_unknown_relay += 1
                 return []
-            body = frame_payload(data, len(payload))
-            return [(f"out:{contact.address}", make_cell(CellKind.TRANSFER, intro_id, body))]
-        if kind == Payload.DHT_REQUEST:
-            request_id, relay, request = payload[1:9], payload[9:41], payload[41:]
-            if relay == self.keys.public:
+            body = frame_payload(payload.data, len(data))
+            cell = make_cell(CellKind.TRANSFER, payload.intro_id, body)
+            return [(f"out:{contact.address}", cell)]
+        if isinstance(payload, DhtRequest):
+            if payload.relay == self.keys.public:
                 self.stats.dht_requests += 1
                 # Counted against the link the path came in by: one neighbour's share.
-                response = self.store.handle(hop.up_link, request, now_ms)
-                return self._to_owner(hop, bytes((Payload.DHT_RESULT,)) + request_id + response)
-            contact = self.directory.get(relay)
+                response = self.store.handle(hop.up_link, payload.request, now_ms)
+                return self._to_owner(hop, DhtResult(payload.request_id, response))
+            contact = self.directory.get(payload.relay)
             if contact is None:
                 self.stats.dropped_unknown_relay += 1
                 return []
             token = os.urandom(PATH_ID_BYTES)
-            self._await_dht(token, hop, request_id, now_ms)
-            body = frame_payload(request, len(payload))
+            self._await_dht(token, hop, payload.request_id, now_ms)
+            body = frame_payload(payload.request, len(data))
             return [(f"out:{contact.address}", make_cell(CellKind.DHT_REQUEST, token, body))]
-        raise CellError(f"unknown payload kind {kind}")
+        raise CellError(f"a relay is not sent {type(payload).__name__} payloads")
 
     def _await_dht(self, token: bytes, hop: _Hop, request_id: bytes, now_ms: int) -> None:
         """Remember where the answer to a forwarded DHT request goes, for as long as its
@@ -327,140 +334,70 @@ class RelayCore:
         if hop is None:
             self.stats.dropped_unknown_path += 1
             return []
-        return self._to_owner(hop, bytes((Payload.DELIVER,)) + data)
+        return self._to_owner(hop, Deliver(data))
 
 
 # --- Trio driver -----------------------------------------------------------------------------
 
 
 class _LinkPool:
-    """The driver side of link names: one bounded send queue and writer task per link."""
+    """The driver side of link names: one :class:`LinkPump` per link, each cell received
+    handed to the core and what it answers sent on."""
 
     def __init__(
-        self, nursery: trio.Nursery, transport: Transport, on_receive: _Receiver, stats: RelayStats
+        self, nursery: trio.Nursery, transport: Transport, core: RelayCore, clock: Clock
     ) -> None:
         self._nursery = nursery
         self._transport = transport
-        self._on_receive = on_receive
-        self._stats = stats
-        self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
-        self._pending: dict[str, trio.MemoryReceiveChannel[bytes]] = {}
-        self._direct: dict[str, Link] = {}
+        self._core = core
+        self._clock = clock
+        self._pumps: dict[str, LinkPump] = {}
         self._names = itertools.count(1)
 
     def send(self, link: str, data: bytes) -> None:
-        direct = self._direct.get(link)
-        if direct is not None:
-            try:
-                direct.send_nowait(data)
-            except trio.WouldBlock:
-                self._stats.dropped_queue_full += 1
-            except LinkClosed:
-                pass
-            return
-        queue = self._queues.get(link)
-        if queue is None:
+        pump = self._pumps.get(link)
+        if pump is None:
             if not link.startswith("out:"):
                 return  # an inbound link that went away
-            queue = self._open(link)
-            self._nursery.start_soon(self._run_outbound, link)
+            pump = self._pumps[link] = LinkPump()
+            self._nursery.start_soon(self._run_outbound, link, pump)
         try:
-            queue.send_nowait(data)
+            pump.send_nowait(data)
         except trio.WouldBlock:
-            self._stats.dropped_queue_full += 1
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._count_drop()
+        except LinkClosed:
             pass
 
-    def _open(self, link: str) -> trio.MemorySendChannel[bytes]:
-        send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_CELLS)
-        self._queues[link] = send
-        self._pending[link] = receive
-        return send
-
-    async def _run_outbound(self, name: str) -> None:
-        receive = self._pending.pop(name)
+    async def _run_outbound(self, name: str, pump: LinkPump) -> None:
         try:
             async with self._transport.connect(name.removeprefix("out:")) as link:
-                await self._run(name, link, receive)
+                await pump.run(link, partial(self._receive, name), self._count_drop)
         except OSError as exc:
             logger.info("relay link %s failed: %s", name, exc)
         except Exception:
             logger.exception("relay link %s failed", name)
         finally:
-            self._close(name)
+            self._close(name, pump)
 
     async def run_inbound(self, link: Link) -> None:
         name = f"in:{next(self._names)}"
-        self._open(name)
-        receive = self._pending.pop(name)
+        pump = self._pumps[name] = LinkPump()
         try:
-            await self._run(name, link, receive)
+            await pump.run(link, partial(self._receive, name), self._count_drop)
         finally:
-            self._close(name)
+            self._close(name, pump)
 
-    async def _run(self, name: str, link: Link, queue: trio.MemoryReceiveChannel[bytes]) -> None:
-        async def write() -> None:
-            try:
-                async for data in queue:
-                    await link.send(data)
-            except LinkClosed:
-                pass
+    def _receive(self, link: str, data: bytes) -> None:
+        for target, out in self._core.receive(link, data, self._clock.now_ms()):
+            self.send(target, out)
 
-        async with trio.open_nursery() as nursery:
-            if link.supports_send_nowait:
-                _flush(queue, link, self._stats)  # then forward inline, no writer task
-                self._direct[name] = link
-            else:
-                nursery.start_soon(write)
-            try:
-                while True:
-                    self._on_receive(name, await link.receive())
-                    while True:  # drain a burst without a scheduling round per cell
-                        try:
-                            data = link.receive_nowait()
-                        except trio.WouldBlock:
-                            break
-                        self._on_receive(name, data)
-            except LinkClosed:
-                pass
-            nursery.cancel_scope.cancel()
+    def _count_drop(self) -> None:
+        self._core.stats.dropped_queue_full += 1
 
-    def _close(self, name: str) -> None:
-        self._direct.pop(name, None)
-        queue = self._queues.pop(name, None)
-        if queue is not None:
-            queue.close()
-        self._on_receive.lost(name)
-
-
-def _flush(queue: trio.MemoryReceiveChannel[bytes], link: Link, stats: RelayStats) -> None:
-    """Send what was queued before the link existed, synchronously, keeping order."""
-    while True:
-        try:
-            data = queue.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return
-        try:
-            link.send_nowait(data)
-        except trio.WouldBlock:
-            stats.dropped_queue_full += 1
-        except LinkClosed:
-            return
-
-
-class _Receiver:
-    def __init__(self, core: RelayCore, clock: Clock) -> None:
-        self.core = core
-        self.clock = clock
-        self.pool: _LinkPool | None = None
-
-    def __call__(self, link: str, data: bytes) -> None:
-        assert self.pool is not None
-        for target, out in self.core.receive(link, data, self.clock.now_ms()):
-            self.pool.send(target, out)
-
-    def lost(self, link: str) -> None:
-        self.core.link_lost(link)
+    def _close(self, name: str, pump: LinkPump) -> None:
+        pump.close()
+        self._pumps.pop(name, None)
+        self._core.link_lost(name)
 
 
 async def serve_relay(
@@ -470,26 +407,22 @@ async def serve_relay(
     directory: list[Contact],
     *,
     clock: Clock | None = None,
-    core_out: list[RelayCore] | None = None,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[tuple[str, RelayCore]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a relay until cancelled; ``task_status.started(bound_address)`` once listening.
+    """Run a relay until cancelled; ``task_status.started((bound_address, core))`` once
+    listening, the :class:`RelayCore` for an embedding process to read its stats and give
+    it new directories.
 
     ``directory`` is the list of relay contacts this relay may forward to (unverifiable
-    ones are ignored). ``core_out``, if given, receives the :class:`RelayCore` so an
-    embedding process can read its stats.
+    ones are ignored).
     """
     clock = clock or Clock()
     keys = KeyPair.from_seed(identity_seed)
     core = RelayCore(keys, verified_directory(directory, clock.now_ms()))
-    if core_out is not None:
-        core_out.append(core)
-    receiver = _Receiver(core, clock)
     async with trio.open_nursery() as nursery:
-        pool = _LinkPool(nursery, transport, receiver, core.stats)
-        receiver.pool = pool
+        pool = _LinkPool(nursery, transport, core, clock)
         bound = await nursery.start(transport.serve, pool.run_inbound, address)
-        task_status.started(bound)
+        task_status.started((bound, core))
         while True:
             await trio.sleep(60)
             core.expire(clock.now_ms())
@@ -526,11 +459,10 @@ async def open_relays(
             keys = KeyPair.from_seed(relay_seed)
             wanted = address_prefix or ("mem:relay" if _is_memory(transport) else "127.0.0.1:0")
             address = f"{wanted}{i}" if wanted.startswith("mem:") else wanted
-            cores: list[RelayCore] = []
-            bound = await nursery.start(
-                _serve_with_directory, relay_seed, transport, address, directory, clock, cores
+            bound, core = await nursery.start(
+                partial(serve_relay, relay_seed, transport, address, directory, clock=clock)
             )
-            infos.append(RelayInfo(make_contact(keys, bound, clock.now_ms()), cores[0]))
+            infos.append(RelayInfo(make_contact(keys, bound, clock.now_ms()), core))
         contacts = [info.contact for info in infos]
         directory.extend(contacts)
         for info in infos:
@@ -539,21 +471,6 @@ async def open_relays(
             yield infos
         finally:
             nursery.cancel_scope.cancel()
-
-
-async def _serve_with_directory(
-    seed: bytes,
-    transport: Transport,
-    address: str,
-    directory: list[Contact],
-    clock: Clock,
-    cores: list[RelayCore],
-    *,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await serve_relay(
-        seed, transport, address, directory, clock=clock, core_out=cores, task_status=task_status
-    )
 
 
 def _is_memory(transport: Transport) -> bool:

@@ -51,6 +51,7 @@ from .constants import (
 from .introset import Intro
 from .keys import KeyPair, kdf, x25519_of
 from .path import MAX_PAYLOAD_BYTES
+from .payloads import TRANSFER_HEADER_BYTES
 
 _encrypt = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt
 _decrypt = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
@@ -58,12 +59,15 @@ _INTRO = struct.Struct(">32s16sQ")
 _SEGMENT = struct.Struct(">BII")
 _INIT_TIME = struct.Struct(">Q")
 SESSION_ID_BYTES = 8
-#: Where an INIT carries the initiator's ephemeral key, in clear: the INIT's identity.
-_INIT_EPHEMERAL = slice(1 + SESSION_ID_BYTES, 1 + SESSION_ID_BYTES + 32)
+#: Where an INIT or an ACCEPT carries its sender's ephemeral key, in clear (an INIT's
+#: identity).
+_EPHEMERAL = slice(1 + SESSION_ID_BYTES, 1 + SESSION_ID_BYTES + 32)
+#: Where a DATA packet carries its counter, in clear (the nonce; the header is authenticated).
+_COUNTER = slice(1 + SESSION_ID_BYTES, 1 + SESSION_ID_BYTES + 8)
 #: type, session id, ephemeral key, and the sealed static key.
 _INIT_HEADER = 1 + SESSION_ID_BYTES + 32 + 32 + 16
-#: Room for a session packet inside a TRANSFER payload (kind, relay key, intro id).
-MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES - 1 - 32 - 16
+#: Room for a session packet inside a TRANSFER payload.
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES - TRANSFER_HEADER_BYTES
 _DATA_OVERHEAD = 1 + SESSION_ID_BYTES + 8 + 16 + _INTRO.size + _SEGMENT.size
 FRAGMENT_BYTES = MAX_PACKET_BYTES - _DATA_OVERHEAD
 
@@ -142,9 +146,9 @@ class InitReplayCache:
         """Whether ``packet`` is an INIT whose ephemeral key was admitted before and is
         still fresh: checked on the raw bytes, so a replay costs the responder no
         Diffie-Hellman at all. (One gone stale is refused by :meth:`SessionCore.respond`.)"""
-        if len(packet) < _INIT_EPHEMERAL.stop or packet[0] != PacketType.INIT:
+        if len(packet) < _EPHEMERAL.stop or packet[0] != PacketType.INIT:
             return False
-        forget_at = self._forget_at.get(packet[_INIT_EPHEMERAL])
+        forget_at = self._forget_at.get(packet[_EPHEMERAL])
         return forget_at is not None and now_ms <= forget_at
 
     def admit(self, core: SessionCore, now_ms: int) -> bool:
@@ -244,8 +248,8 @@ class SessionCore:
             or packet[0] != PacketType.INIT
         ):
             raise SessionError("not an INIT packet")
-        start = _INIT_EPHEMERAL.start
-        initiator_ephemeral = packet[_INIT_EPHEMERAL]
+        start = _EPHEMERAL.start
+        initiator_ephemeral = packet[_EPHEMERAL]
         header = packet[:_INIT_HEADER]
         try:
             es = local.dh(initiator_ephemeral)
@@ -286,8 +290,8 @@ class SessionCore:
     def _on_accept(self, packet: bytes) -> None:
         if self.state is not SessionState.HANDSHAKE or self._init_packet is None:
             return
-        header = packet[: 1 + SESSION_ID_BYTES + 32]
-        responder_ephemeral = header[9:41]
+        header = packet[: _EPHEMERAL.stop]
+        responder_ephemeral = packet[_EPHEMERAL]
         peer_x, ss = self._dh_static()
         es = bytes(sodium.crypto_scalarmult(self._ephemeral, peer_x))
         ee = bytes(sodium.crypto_scalarmult(self._ephemeral, responder_ephemeral))
@@ -372,8 +376,8 @@ class SessionCore:
             self.ignored_packets += 1
 
     def _on_data(self, packet: bytes, now_ms: int) -> None:
-        header = packet[: 1 + SESSION_ID_BYTES + 8]
-        counter = int.from_bytes(header[9:17], "big")
+        header = packet[: _COUNTER.stop]
+        counter = int.from_bytes(packet[_COUNTER], "big")
         try:
             plain = _decrypt(packet[len(header) :], header, _nonce(counter), self._receive_key)
         except Exception:

@@ -249,17 +249,12 @@ class AnnouncedRelay:
         """Listen until cancelled; started (with the bound address) once it is listed."""
         self._directory = directory
         async with trio.open_nursery() as nursery:
-            self.address = await nursery.start(
+            self.address, core = await nursery.start(
                 partial(
-                    serve_relay,
-                    self.identity.seed,
-                    self.transport,
-                    listen,
-                    [],
-                    clock=self.clock,
-                    core_out=self._cores,
+                    serve_relay, self.identity.seed, self.transport, listen, [], clock=self.clock
                 )
             )
+            self._cores.append(core)
             await self.refresh()
             task_status.started(self.address)
             while True:

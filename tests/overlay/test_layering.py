@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SANS_IO = ["cells", "onion", "path", "session", "dht", "introset", "contact", "keys"]
+SANS_IO = [
+    "cells",
+    "onion",
+    "path",
+    "payloads",
+    "session",
+    "dht",
+    "introset",
+    "contact",
+    "keys",
+    "endpoint_core",
+]
 
 
 @pytest.mark.parametrize("module", SANS_IO)

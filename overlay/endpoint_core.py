@@ -1,0 +1,372 @@
+"""What an endpoint decides, sans-I/O: which paths it keeps, pings, drops and builds, which
+path carries what and which intro its sessions name, when its introsets are republished,
+and which answer (a pong, a DHT result) belongs to which question.
+
+:class:`EndpointCore` takes cells and the time in (``now_ms``) and hands typed effects out
+(:data:`Effect`); :class:`~overlay.endpoint.Endpoint` is its Trio driver, which owns the
+links, the tasks and the waiting, and carries the effects out. Each session keeps its own
+core (:class:`~overlay.session.SessionCore`): what reaches this one for a session comes
+out as :class:`DeliverPacket`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+from .cells import CellError, CellKind, decode_cell
+from .constants import (
+    DHT_REQUEST_TIMEOUT_MS,
+    INTROSET_MAX_INTROS,
+    MAX_HOPS,
+    MAX_PATH_LIFETIME_MS,
+    MIN_HOPS,
+)
+from .contact import Contact
+from .introset import Intro
+from .onion import LayerError
+from .path import Path, PathState, freshest
+from .payloads import (
+    REQUEST_ID_BYTES,
+    Built,
+    Deliver,
+    DhtRequest,
+    DhtResult,
+    PathPayload,
+    Ping,
+    Pong,
+    decode_payload,
+)
+
+#: Random bytes that start a measuring ping's echo, so its pong is told from any other.
+PING_TOKEN_BYTES = 8
+
+
+@dataclass
+class EndpointStats:
+    paths_built: int = 0
+    paths_failed: int = 0
+    cells_dropped: int = 0
+    sessions_opened: int = 0
+    sessions_accepted: int = 0
+    #: INITs refused because this endpoint had already opened a session for them.
+    inits_replayed: int = 0
+    #: Authentic INITs refused for their send time: replays, or a clock that is off.
+    inits_stale: int = 0
+
+
+@dataclass(frozen=True)
+class SendPayload:
+    """Wrap ``payload`` for ``path`` and hand it to the path's link (a cell that cannot be
+    handed over breaks the path: drop it with :meth:`EndpointCore.drop_path`)."""
+
+    path: Path
+    payload: PathPayload
+
+
+@dataclass(frozen=True)
+class BuildPath:
+    """Build one more path: pick its hops (:meth:`EndpointCore.choose_hops`), add it
+    (:meth:`EndpointCore.add_path`) and open a link to its first hop."""
+
+
+@dataclass(frozen=True)
+class ClosePath:
+    """``path`` is dropped: close its link."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class PathsChanged:
+    """A path was built or died: wake whoever waits for paths, and have every session
+    announce where it is reached now."""
+
+
+@dataclass(frozen=True)
+class DeliverPacket:
+    """A session packet that another endpoint sent to one of this endpoint's intros."""
+
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The question ``token`` (a ping's echo, a DHT request id) has its answer: wake its
+    asker."""
+
+    token: bytes
+
+
+Effect = SendPayload | BuildPath | ClosePath | PathsChanged | DeliverPacket | Answered
+
+
+@dataclass(frozen=True)
+class Republish:
+    """Publish the introset under each of ``secrets`` again, then report
+    :meth:`EndpointCore.republished`."""
+
+    secrets: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a session sends now: along ``path``, naming ``intro`` as where to answer."""
+
+    path: Path
+    intro: Intro
+
+
+@dataclass(frozen=True)
+class Question:
+    """A ping or a DHT request on its way: ``send`` it, then wait for :class:`Answered`
+    with ``token`` until ``deadline_ms`` (None: as long as the asker likes)."""
+
+    token: bytes
+    send: SendPayload
+    deadline_ms: int | None
+
+
+@dataclass
+class _DhtWait:
+    deadline_ms: int
+    response: bytes | None = None
+
+
+class EndpointCore:
+    """The decisions of one endpoint with ``paths`` paths of ``hops`` relays picked from
+    ``directory`` with ``rng``, starting at ``now_ms``."""
+
+    def __init__(
+        self,
+        directory: dict[bytes, Contact],
+        rng: random.Random,
+        now_ms: int,
+        *,
+        hops: int,
+        paths: int,
+        path_lifetime_ms: int,
+        ping_interval_ms: int,
+        republish_ms: int,
+    ) -> None:
+        if not MIN_HOPS <= hops <= MAX_HOPS:
+            raise ValueError(f"hops must be in {MIN_HOPS}..{MAX_HOPS}")
+        if not 0 < path_lifetime_ms <= MAX_PATH_LIFETIME_MS:
+            raise ValueError(f"path lifetime must be in 1..{MAX_PATH_LIFETIME_MS} ms")
+        self.stats = EndpointStats()
+        self._directory = directory
+        self._rng = rng
+        self._hops = hops
+        self._path_count = paths
+        self._lifetime_ms = path_lifetime_ms
+        self._ping_interval_ms = ping_interval_ms
+        self._republish_ms = republish_ms
+        self._paths: list[Path] = []
+        #: The relays of the last path that died young.
+        self._avoid: set[bytes] = set()
+        self._next_path = 0
+        #: The echoes of the pings awaiting their pongs.
+        self._pings: set[bytes] = set()
+        self._dht: dict[bytes, _DhtWait] = {}
+        self._secrets: list[bytes] = []
+        #: The intros of the introsets last published.
+        self._published_intros: set[bytes] = set()
+        self._republish_at_ms = now_ms + republish_ms
+
+    # --- paths ---------------------------------------------------------------------------
+
+    @property
+    def paths(self) -> list[Path]:
+        return list(self._paths)
+
+    def choose_hops(self) -> list[Contact]:
+        """The relays of the next path: never all of those of a path that died young (we
+        cannot tell which of them stopped answering) while enough others remain."""
+        relays = sorted(self._directory.values(), key=lambda c: c.pubkey)
+        preferred = [c for c in relays if c.pubkey not in self._avoid]
+        pool = preferred if len(preferred) >= self._hops else relays
+        if len(pool) < self._hops:
+            raise RuntimeError(f"{self._hops} hops need at least {self._hops} relays")
+        return self._rng.sample(pool, self._hops)
+
+    def add_path(self, hops: list[Contact], now_ms: int) -> tuple[Path, bytes]:
+        """A new path through ``hops``, kept from now on, and the cell that builds it."""
+        path, cell = Path.build(hops, now_ms, self._lifetime_ms)
+        self._paths.append(path)
+        return path, cell
+
+    def keep_paths(self, now_ms: int) -> list[Effect]:
+        """Drop the paths found dead, ping those due a ping (every ``ping_interval_ms``:
+        an unanswered one shows the path dead), and build as many as it takes to
+        have ``paths`` not due for replacement."""
+        effects: list[Effect] = []
+        for path in list(self._paths):
+            path.check(now_ms)
+            if path.state is PathState.DEAD:
+                effects += self.drop_path(path, now_ms)
+            elif path.state is PathState.ESTABLISHED and (
+                path.ping_sent_ms is None or now_ms - path.ping_sent_ms >= self._ping_interval_ms
+            ):
+                path.ping_sent_ms = now_ms
+                effects.append(SendPayload(path, Ping()))
+        fresh = sum(not p.needs_replacement(now_ms) for p in self._paths)
+        effects += [BuildPath()] * (self._path_count - fresh)
+        return effects
+
+    def next_check_ms(self, now_ms: int) -> int | None:
+        """When :meth:`keep_paths` next has something to do, unless paths change first
+        (None: not before they do)."""
+        checks = [p.next_check_ms(now_ms, self._ping_interval_ms) for p in self._paths]
+        return min((t for t in checks if t is not None), default=None)
+
+    def drop_path(self, path: Path, now_ms: int) -> list[Effect]:
+        """Give ``path`` up. One that dies before it expires makes the next builds avoid
+        its relays."""
+        if path in self._paths:
+            self._paths.remove(path)
+            if path.expiry_ms > now_ms:
+                self.stats.paths_failed += 1
+                self._avoid = {h.pubkey for h in path.hops}
+        path.state = PathState.DEAD
+        return [ClosePath(path), PathsChanged()]
+
+    def link_lost(self, path: Path) -> list[Effect]:
+        """The link to ``path``'s first hop ended: the path is dead (and dropped by the
+        next :meth:`keep_paths`)."""
+        if path.state is PathState.DEAD:
+            return []
+        path.state = PathState.DEAD
+        return [PathsChanged()]
+
+    def usable_count(self, now_ms: int) -> int:
+        return sum(p.usable(now_ms) for p in self._paths)
+
+    def next_path(self, now_ms: int) -> Path | None:
+        """The usable path to send the next packet or request on: each in turn."""
+        usable = [p for p in self._paths if p.usable(now_ms)]
+        if not usable:
+            return None
+        self._next_path += 1
+        return usable[self._next_path % len(usable)]
+
+    def route(self, now_ms: int) -> Route | None:
+        """How a session sends now: on the next path in turn, naming the freshest intro
+        (see :func:`~overlay.path.freshest`)."""
+        path = self.next_path(now_ms)
+        if path is None:
+            return None
+        intro = freshest(self._paths, now_ms) or path
+        return Route(path, Intro(intro.terminal.pubkey, intro.intro_id, intro.expiry_ms))
+
+    def intros(self, now_ms: int) -> list[Intro]:
+        """The intros of the usable paths."""
+        return [
+            Intro(p.terminal.pubkey, p.intro_id, p.expiry_ms)
+            for p in self._paths
+            if p.usable(now_ms)
+        ]
+
+    # --- cells in ------------------------------------------------------------------------
+
+    def receive_cell(self, path: Path, data: bytes, now_ms: int) -> list[Effect]:
+        """One cell from ``path``'s first hop. Whatever it holds (the terminal hop and any
+        endpoint that reaches our intro choose much of it), what does not decode is
+        counted and dropped; a reply lost on the way (the path is dead) drops the path."""
+        try:
+            cell = decode_cell(data)
+            if cell.kind is not CellKind.DATA or cell.id != path.first_id:
+                raise CellError("not a cell of this path")
+            payload = decode_payload(path.unwrap(cell.body, now_ms))
+        except (CellError, LayerError):
+            self.stats.cells_dropped += 1
+            if path.state is PathState.DEAD:
+                return self.drop_path(path, now_ms)
+            return []
+        if isinstance(payload, Built):
+            path.on_built(now_ms)
+            self.stats.paths_built += 1
+            return [PathsChanged()]
+        if isinstance(payload, Deliver):
+            return [DeliverPacket(payload.data)]
+        if isinstance(payload, Pong):
+            if payload.echo in self._pings:
+                self._pings.discard(payload.echo)
+                return [Answered(payload.echo)]
+            return []
+        if isinstance(payload, DhtResult):
+            wait = self._dht.get(payload.request_id)
+            if wait is None or wait.response is not None or now_ms >= wait.deadline_ms:
+                return []
+            wait.response = payload.response
+            return [Answered(payload.request_id)]
+        self.stats.cells_dropped += 1  # what only an owner sends
+        return []
+
+    # --- questions -----------------------------------------------------------------------
+
+    def ping(self, path: Path, padding_bytes: int = 0) -> Question:
+        """A round trip to ``path``'s terminal hop carrying ``padding_bytes`` of filler each
+        way; call :meth:`forget_ping` once no longer waiting."""
+        echo = os.urandom(PING_TOKEN_BYTES) + bytes(padding_bytes)
+        self._pings.add(echo)
+        return Question(echo, SendPayload(path, Ping(echo)), None)
+
+    def forget_ping(self, token: bytes) -> None:
+        self._pings.discard(token)
+
+    def ask_dht(self, path: Path, relay: bytes, request: bytes, now_ms: int) -> Question:
+        """Ask ``relay`` the DHT ``request`` through ``path``; an answer counts until
+        ``DHT_REQUEST_TIMEOUT_MS`` from ``now_ms``. :meth:`dht_response` says what it was."""
+        request_id = os.urandom(REQUEST_ID_BYTES)
+        deadline_ms = now_ms + DHT_REQUEST_TIMEOUT_MS
+        self._dht[request_id] = _DhtWait(deadline_ms)
+        return Question(
+            request_id, SendPayload(path, DhtRequest(request_id, relay, request)), deadline_ms
+        )
+
+    def dht_response(self, request_id: bytes) -> bytes | None:
+        """The answer to DHT request ``request_id``, or None if none came in time; the
+        request is forgotten."""
+        wait = self._dht.pop(request_id, None)
+        return None if wait is None else wait.response
+
+    # --- introsets -----------------------------------------------------------------------
+
+    def publish_under(self, secret: bytes) -> None:
+        """Keep the introset for the siblings sharing ``secret`` republished."""
+        if secret not in self._secrets:
+            self._secrets.append(secret)
+
+    @property
+    def secrets(self) -> list[bytes]:
+        return list(self._secrets)
+
+    def introset_intros(self, now_ms: int) -> list[Intro]:
+        """The intros to publish now (the freshest ``INTROSET_MAX_INTROS``), remembered as
+        those published."""
+        intros = sorted(self.intros(now_ms), key=lambda i: -i.expiry_ms)[:INTROSET_MAX_INTROS]
+        self._published_intros = {i.intro_id for i in intros}
+        return intros
+
+    def keep_introsets(self, now_ms: int) -> Republish | None:
+        """Republish every ``republish_ms``, and as soon as an intro it published stops
+        working (its path died or was replaced), so siblings never look up dead intros for
+        long. A path that is merely added does not republish: what was published still
+        works, and the new path goes out with the next republish (which the path it
+        replaces triggers when it goes); a path replacement is then one republish, not
+        two."""
+        live = {i.intro_id for i in self.intros(now_ms)}
+        died = bool(live) and not self._published_intros <= live
+        if died or now_ms >= self._republish_at_ms:
+            return Republish(tuple(self._secrets))
+        return None
+
+    @property
+    def republish_at_ms(self) -> int:
+        """When :meth:`keep_introsets` republishes unless paths change first."""
+        return self._republish_at_ms
+
+    def republished(self, now_ms: int) -> None:
+        """A :class:`Republish` is done: the next is due ``republish_ms`` from now."""
+        self._republish_at_ms = now_ms + self._republish_ms

@@ -1,0 +1,416 @@
+"""The endpoint's decisions driven directly, with the time passed in: which paths it keeps,
+pings, drops and builds, which answers belong to which question, which path and intro a
+session uses, when introsets are republished; and the payload codec they speak."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlay.cells import CellError
+from overlay.constants import (
+    DEFAULT_PATH_LIFETIME_MS,
+    DHT_REQUEST_TIMEOUT_MS,
+    INTROSET_REPUBLISH_MS,
+    PATH_BUILD_TIMEOUT_MS,
+    PATH_ID_BYTES,
+    PATH_PING_INTERVAL_MS,
+    PATH_PING_TIMEOUT_MS,
+    PATH_REBUILD_MARGIN_MS,
+)
+from overlay.contact import verified_directory
+from overlay.dht import DhtStatus, get_request
+from overlay.endpoint_core import (
+    Answered,
+    DeliverPacket,
+    Effect,
+    EndpointCore,
+    PathsChanged,
+    Republish,
+    SendPayload,
+)
+from overlay.path import Path, PathState, Payload
+from overlay.payloads import (
+    REQUEST_ID_BYTES,
+    TRANSFER_HEADER_BYTES,
+    Built,
+    Deliver,
+    DhtRequest,
+    DhtResult,
+    PathPayload,
+    Ping,
+    Pong,
+    Transfer,
+    decode_payload,
+)
+from tests.overlay.test_cores import NOW, Net
+
+SECRET = b"\x05" * 32
+
+
+class Harness:
+    """An endpoint core whose paths run through relay cores (:class:`Net`)."""
+
+    def __init__(self, paths: int = 1, republish_ms: int = INTROSET_REPUBLISH_MS) -> None:
+        self.net = Net(6)
+        self.core = EndpointCore(
+            verified_directory(self.net.contacts, NOW),
+            random.Random(1),
+            NOW,
+            hops=3,
+            paths=paths,
+            path_lifetime_ms=DEFAULT_PATH_LIFETIME_MS,
+            ping_interval_ms=PATH_PING_INTERVAL_MS,
+            republish_ms=republish_ms,
+        )
+
+    def start_path(self) -> Path:
+        """A path as the driver starts one for :class:`BuildPath`, its build cell sent."""
+        path, cell = self.core.add_path(self.core.choose_hops(), NOW)
+        self.net.inject(path.hops[0].address, cell)
+        return path
+
+    def built_path(self) -> Path:
+        path = self.start_path()
+        assert self.replies(path, NOW) == [PathsChanged()]
+        return path
+
+    def send(self, effect: Effect) -> None:
+        assert isinstance(effect, SendPayload)
+        self.net.inject(effect.path.hops[0].address, effect.path.wrap(effect.payload.encode()))
+
+    def replies(self, path: Path, now_ms: int) -> list[Effect]:
+        """What the core makes of every cell that came back to the owner."""
+        effects = [
+            e for cell in self.net.to_owner for e in self.core.receive_cell(path, cell, now_ms)
+        ]
+        self.net.to_owner.clear()
+        return effects
+
+
+def kinds(effects: list[Effect]) -> list[str]:
+    return [type(effect).__name__ for effect in effects]
+
+
+# --- path keeping -------------------------------------------------------------------------
+
+
+@dataclass
+class KeepCase:
+    name: str
+    #: Brings the harness to the case's state; returns the time to call keep_paths at.
+    setup: Callable[[Harness], int]
+    effects: list[str]
+    paths_left: int
+    paths_failed: int = 0
+
+
+def _nothing(h: Harness) -> int:
+    return NOW
+
+
+def _fresh(h: Harness) -> int:
+    h.built_path()
+    return NOW
+
+
+def _pinged(h: Harness) -> int:
+    h.built_path()
+    h.core.keep_paths(NOW)
+    return NOW + PATH_PING_INTERVAL_MS - 1
+
+
+def _ping_due(h: Harness) -> int:
+    h.built_path()
+    h.core.keep_paths(NOW)
+    return NOW + PATH_PING_INTERVAL_MS
+
+
+def _ping_unanswered(h: Harness) -> int:
+    h.built_path()
+    h.core.keep_paths(NOW + 1)  # the ping is never sent: no pong comes
+    return NOW + 1 + PATH_PING_TIMEOUT_MS + 1
+
+
+def _build_unanswered(h: Harness) -> int:
+    h.core.add_path(h.core.choose_hops(), NOW)  # its build cell is lost
+    return NOW + PATH_BUILD_TIMEOUT_MS + 1
+
+
+def _near_expiry(h: Harness) -> int:
+    path = h.built_path()
+    return path.expiry_ms - PATH_REBUILD_MARGIN_MS
+
+
+def _expired(h: Harness) -> int:
+    path = h.built_path()
+    return path.expiry_ms
+
+
+KEEP_CASES = [
+    KeepCase("no paths: build them", _nothing, ["BuildPath"], 0),
+    KeepCase("a new path: its first ping", _fresh, ["SendPayload"], 1),
+    KeepCase("pinged a moment ago: nothing", _pinged, [], 1),
+    KeepCase("ping interval over: ping again", _ping_due, ["SendPayload"], 1),
+    KeepCase(
+        "ping unanswered: drop and rebuild",
+        _ping_unanswered,
+        ["ClosePath", "PathsChanged", "BuildPath"],
+        0,
+        paths_failed=1,
+    ),
+    KeepCase(
+        "build unanswered: drop and rebuild",
+        _build_unanswered,
+        ["ClosePath", "PathsChanged", "BuildPath"],
+        0,
+        paths_failed=1,
+    ),
+    KeepCase("near expiry: build its successor", _near_expiry, ["SendPayload", "BuildPath"], 1),
+    KeepCase(
+        "expired: drop and rebuild, not a failure",
+        _expired,
+        ["ClosePath", "PathsChanged", "BuildPath"],
+        0,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", KEEP_CASES, ids=[c.name for c in KEEP_CASES])
+def test_keep_paths_decides_from_the_time(case: KeepCase) -> None:
+    h = Harness()
+    now = case.setup(h)
+    effects = h.core.keep_paths(now)
+    assert kinds(effects) == case.effects
+    assert len(h.core.paths) == case.paths_left
+    assert h.core.stats.paths_failed == case.paths_failed
+    pings = [e.payload for e in effects if isinstance(e, SendPayload)]
+    assert all(isinstance(p, Ping) for p in pings)
+
+
+def test_the_next_check_is_the_first_thing_due() -> None:
+    h = Harness()
+    assert h.core.next_check_ms(NOW) is None
+    path = h.built_path()
+    [ping] = h.core.keep_paths(NOW + 10)
+    # the ping just sent may go unanswered: look again once it would have timed out
+    assert h.core.next_check_ms(NOW + 10) == NOW + 10 + PATH_PING_TIMEOUT_MS + 1
+    h.send(ping)
+    assert h.replies(path, NOW + 20) == []
+    # answered: the next thing due is the next ping
+    assert h.core.next_check_ms(NOW + 20) == NOW + 10 + PATH_PING_INTERVAL_MS
+
+
+def test_builds_avoid_the_relays_of_a_path_that_died_young() -> None:
+    h = Harness()
+    path = h.built_path()
+    assert kinds(h.core.drop_path(path, NOW + 1)) == ["ClosePath", "PathsChanged"]
+    assert path.state is PathState.DEAD
+    dead = {hop.pubkey for hop in path.hops}
+    assert not dead & {hop.pubkey for hop in h.core.choose_hops()}
+
+
+def test_a_lost_link_kills_its_path_once() -> None:
+    h = Harness()
+    path = h.built_path()
+    assert h.core.link_lost(path) == [PathsChanged()]
+    assert h.core.link_lost(path) == []
+    assert not path.usable(NOW) and h.core.usable_count(NOW) == 0
+
+
+def test_sessions_take_paths_in_turn_and_name_the_freshest_intro() -> None:
+    h = Harness(paths=2)
+    older = h.built_path()
+    newer_path, cell = h.core.add_path(h.core.choose_hops(), NOW + 1_000)
+    h.net.inject(newer_path.hops[0].address, cell)
+    h.replies(newer_path, NOW + 1_000)
+    routes = [h.core.route(NOW + 2_000) for _ in range(4)]
+    assert [r.path for r in routes if r is not None] == [newer_path, older] * 2
+    assert {r.intro.intro_id for r in routes if r is not None} == {newer_path.intro_id}
+    assert h.core.route(newer_path.expiry_ms) is None
+
+
+# --- cells in -----------------------------------------------------------------------------
+
+
+@dataclass
+class CellCase:
+    name: str
+    #: Sends something along the path (or not) and returns the effects expected back.
+    ask: Callable[[Harness, Path], list[Effect]]
+    now_ms: int = NOW
+    dropped: int = 0
+
+
+def _ping(h: Harness, path: Path) -> list[Effect]:
+    question = h.core.ping(path, 100)
+    h.send(question.send)
+    return [Answered(question.token)]
+
+
+def _stray_pong(h: Harness, path: Path) -> list[Effect]:
+    h.send(SendPayload(path, Ping(b"nobody asked")))
+    return []
+
+
+def _dht(h: Harness, path: Path) -> list[Effect]:
+    question = h.core.ask_dht(path, path.terminal.pubkey, get_request(bytes(32)), NOW)
+    h.send(question.send)
+    return [Answered(question.token)]
+
+
+def _late_dht(h: Harness, path: Path) -> list[Effect]:
+    question = h.core.ask_dht(path, path.terminal.pubkey, get_request(bytes(32)), NOW)
+    h.send(question.send)
+    return []
+
+
+def _delivery(h: Harness, path: Path) -> list[Effect]:
+    transfer = Transfer(path.terminal.pubkey, path.intro_id, b"a session packet")
+    h.send(SendPayload(path, transfer))
+    return [DeliverPacket(b"a session packet")]
+
+
+def _garbage(h: Harness, path: Path) -> list[Effect]:
+    h.net.to_owner.append(bytes(1400))
+    return []
+
+
+CELL_CASES = [
+    CellCase("a pong answers its ping", _ping),
+    CellCase("a pong nobody waits for", _stray_pong),
+    CellCase("a DHT result in time", _dht, NOW + DHT_REQUEST_TIMEOUT_MS - 1),
+    CellCase("a DHT result too late", _late_dht, NOW + DHT_REQUEST_TIMEOUT_MS),
+    CellCase("a transfer to our own intro", _delivery),
+    CellCase("a cell of no path", _garbage, dropped=1),
+]
+
+
+@pytest.mark.parametrize("case", CELL_CASES, ids=[c.name for c in CELL_CASES])
+def test_cells_from_the_first_hop_become_effects(case: CellCase) -> None:
+    h = Harness()
+    path = h.built_path()
+    expected = case.ask(h, path)
+    assert h.replies(path, case.now_ms) == expected
+    assert h.core.stats.cells_dropped == case.dropped
+    assert path.usable(NOW)
+
+
+def test_a_dht_answer_is_kept_until_asked_for_and_only_once() -> None:
+    h = Harness()
+    path = h.built_path()
+    question = h.core.ask_dht(path, path.terminal.pubkey, get_request(bytes(32)), NOW)
+    assert question.deadline_ms == NOW + DHT_REQUEST_TIMEOUT_MS
+    h.send(question.send)
+    h.send(question.send)  # the same request twice: the second answer changes nothing
+    assert h.replies(path, NOW) == [Answered(question.token)]
+    assert h.core.dht_response(question.token) == bytes((DhtStatus.NOT_FOUND,))
+    assert h.core.dht_response(question.token) is None
+
+
+def test_an_unanswered_dht_request_has_no_response() -> None:
+    h = Harness()
+    path = h.built_path()
+    question = h.core.ask_dht(path, path.terminal.pubkey, get_request(bytes(32)), NOW)
+    assert h.core.dht_response(question.token) is None
+
+
+# --- republishing -------------------------------------------------------------------------
+
+
+def test_republish_every_republish_ms_and_when_a_published_intro_dies() -> None:
+    h = Harness(paths=2, republish_ms=60_000)
+    first = h.built_path()
+    h.core.publish_under(SECRET)
+    h.core.publish_under(SECRET)
+    assert [intro.intro_id for intro in h.core.introset_intros(NOW)] == [first.intro_id]
+    republish = Republish((SECRET,))
+    steps: list[tuple[str, Callable[[], object], int, Republish | None]] = [
+        ("published intros live", lambda: None, NOW + 1_000, None),
+        ("a path added", h.built_path, NOW + 2_000, None),
+        ("the timer is due", lambda: None, NOW + 60_000, republish),
+        ("after republishing", lambda: h.core.republished(NOW + 60_000), NOW + 60_001, None),
+        (
+            "a published intro died",
+            lambda: h.core.drop_path(first, NOW + 1),
+            NOW + 60_002,
+            republish,
+        ),
+    ]
+    for name, step, now_ms, expected in steps:
+        step()
+        assert h.core.keep_introsets(now_ms) == expected, name
+    assert h.core.republish_at_ms == NOW + 120_000
+
+
+# --- the payload codec --------------------------------------------------------------------
+
+_relay = st.binary(min_size=32, max_size=32)
+_request_id = st.binary(min_size=REQUEST_ID_BYTES, max_size=REQUEST_ID_BYTES)
+_rest = st.binary(max_size=200)
+
+payloads: st.SearchStrategy[PathPayload] = st.one_of(
+    st.just(Built()),
+    st.builds(Ping, _rest),
+    st.builds(Pong, _rest),
+    st.builds(Transfer, _relay, st.binary(min_size=PATH_ID_BYTES, max_size=PATH_ID_BYTES), _rest),
+    st.builds(Deliver, _rest),
+    st.builds(DhtRequest, _request_id, _relay, _rest),
+    st.builds(DhtResult, _request_id, _rest),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payloads)
+def test_payloads_round_trip(payload: PathPayload) -> None:
+    encoded = payload.encode()
+    assert encoded[0] in set(Payload)
+    assert decode_payload(encoded) == payload
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=120), payloads.map(lambda p: p.encode()[:-1])))
+def test_payloads_decode_only_as_encoded_or_raise_cell_error(data: bytes) -> None:
+    """Any bytes: a payload that encodes back to them, or CellError (never another error)."""
+    try:
+        payload = decode_payload(data)
+    except CellError:
+        return
+    assert payload.encode() == data
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (bytes((0,)), "unknown payload kind"),
+        (bytes((99,)) + bytes(60), "unknown payload kind"),
+        (bytes((Payload.BUILT, 0)), "with a body"),
+        (bytes((Payload.TRANSFER,)) + bytes(TRANSFER_HEADER_BYTES - 2), "too short"),
+        (bytes((Payload.DHT_REQUEST,)) + bytes(REQUEST_ID_BYTES + 31), "too short"),
+        (bytes((Payload.DHT_RESULT,)) + bytes(REQUEST_ID_BYTES - 1), "too short"),
+    ],
+)
+def test_malformed_payloads_are_refused(data: bytes, reason: str) -> None:
+    with pytest.raises(CellError, match=reason):
+        decode_payload(data)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Transfer(bytes(31), bytes(PATH_ID_BYTES), b""),
+        lambda: Transfer(bytes(32), bytes(PATH_ID_BYTES + 1), b""),
+        lambda: DhtRequest(bytes(REQUEST_ID_BYTES - 1), bytes(32), b""),
+        lambda: DhtRequest(bytes(REQUEST_ID_BYTES), bytes(33), b""),
+        lambda: DhtResult(bytes(REQUEST_ID_BYTES + 1), b""),
+    ],
+)
+def test_payloads_with_wrong_field_sizes_cannot_be_made(make: Callable[[], PathPayload]) -> None:
+    with pytest.raises(ValueError, match="bytes, expected"):
+        make()

@@ -1,0 +1,51 @@
+"""The link pump that relays and endpoints share: what is sent before the link is up goes
+first and in order, later sends go inline, and a pump whose link is gone refuses sends."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from overlay.link import Link, LinkClosed, LinkPump, MemoryNetwork, TcpTransport, Transport
+
+
+async def echo(link: Link) -> None:
+    async for message in link:
+        await link.send(b"echo:" + message)
+
+
+@pytest.mark.parametrize(
+    "transport", [MemoryNetwork(seed=1), TcpTransport()], ids=["memory", "tcp"]
+)
+async def test_a_pump_sends_queued_then_later_messages_in_order_and_ends_with_its_link(
+    transport: Transport,
+) -> None:
+    received: list[bytes] = []
+    drops: list[None] = []
+    all_three = trio.Event()
+
+    def receive(message: bytes) -> None:
+        received.append(message)
+        if len(received) == 3:
+            all_three.set()
+
+    pump = LinkPump()
+    pump.send_nowait(b"queued 1")
+    pump.send_nowait(b"queued 2")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(
+                transport.serve, echo, "mem:echo" if transport.simulated else "127.0.0.1:0"
+            )
+            async with transport.connect(address) as link:
+                nursery.start_soon(pump.run, link, receive, lambda: drops.append(None))
+                await trio.testing.wait_all_tasks_blocked()
+                pump.send_nowait(b"later")
+                await all_three.wait()
+            assert received == [b"echo:queued 1", b"echo:queued 2", b"echo:later"]
+            assert drops == []
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(LinkClosed):
+                pump.send_nowait(b"too late")
+            nursery.cancel_scope.cancel()
