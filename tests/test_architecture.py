@@ -29,6 +29,8 @@ SANS_IO = [
     "p2psync/swarm/records.py",
     "p2psync/swarm/repair.py",
     "p2psync/swarm/auth.py",
+    "p2psync/swarm/messages.py",
+    "p2psync/swarm/node_core.py",
     "p2psync/sync/negentropy.py",
     "p2psync/sync/records.py",
     "p2psync/sync/live.py",
@@ -40,6 +42,8 @@ SANS_IO = [
     "overlay/session.py",
     "overlay/contact.py",
     "overlay/keys.py",
+    "overlay/payloads.py",
+    "overlay/endpoint_core.py",
 ]
 IO_MODULES = {"trio", "socket", "asyncio", "selectors"}
 #: The library's packages, and what they must not import: the lab, and what only the
@@ -150,3 +154,9 @@ def test_importing_p2psync_loads_the_library_alone() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_packages_ship_their_annotations() -> None:
+    """PEP 561: a client type-checking against p2psync or overlay uses their annotations."""
+    for package in ("p2psync", "overlay"):
+        assert (ROOT / package / "py.typed").is_file(), f"{package} has no py.typed"

@@ -87,8 +87,9 @@ from p2psync.swarm.auth import (
 )
 from p2psync.swarm.client import _messages_from
 from p2psync.swarm.constants import MAX_NAMESPACE, MAX_TTL_MS
+from p2psync.swarm.messages import message_to_wire
 from p2psync.swarm.proof import OwnerProof
-from p2psync.swarm.records import PEER_SKEW_MS, message_to_wire, row_from_wire, row_to_wire
+from p2psync.swarm.records import PEER_SKEW_MS, row_from_wire, row_to_wire
 from p2psync.swarm.registry import (
     CACHED_LISTING_MAX_AGE_MS,
     Snapshot,

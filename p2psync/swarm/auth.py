@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RpcError
@@ -43,6 +44,30 @@ def auth_text(
     return (text + "".join(h.hex() for h in hashes)).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class ClientAuth:
+    """A client request's ``auth`` field, decoded (its signature is checked by
+    :func:`verify_client_auth`, which needs the rest of the request)."""
+
+    ed25519: bytes
+    timestamp_ms: int
+    signature: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "ed25519": self.ed25519,
+            "timestamp": self.timestamp_ms,
+            "signature": self.signature,
+        }
+
+    @classmethod
+    def from_wire(cls, auth: Fields) -> ClientAuth:
+        auth.only("ed25519", "timestamp", "signature")
+        return cls(
+            auth.blob("ed25519", size=32), auth.uint("timestamp"), auth.blob("signature", size=64)
+        )
+
+
 class AuthSigner:
     """Signs client requests for one identity with strictly increasing timestamps."""
 
@@ -58,14 +83,21 @@ class AuthSigner:
         hashes: Iterable[bytes] = (),
         expiry_ms: int | None = None,
     ) -> dict[str, Any]:
+        """The ``auth`` field of a request, as sent."""
+        return self.sign(method, namespace, now_ms, hashes, expiry_ms).to_wire()
+
+    def sign(
+        self,
+        method: str,
+        namespace: int,
+        now_ms: int,
+        hashes: Iterable[bytes] = (),
+        expiry_ms: int | None = None,
+    ) -> ClientAuth:
         timestamp = max(now_ms, self._last_ms + 1)
         self._last_ms = timestamp
         text = auth_text(method, self.identity.session_id, namespace, timestamp, hashes, expiry_ms)
-        return {
-            "ed25519": self.identity.ed25519_public,
-            "timestamp": timestamp,
-            "signature": self.identity.sign(text),
-        }
+        return ClientAuth(self.identity.ed25519_public, timestamp, self.identity.sign(text))
 
 
 class ReplayGuard:
@@ -95,7 +127,7 @@ class ReplayGuard:
 
 
 def check_client_auth(
-    params: Fields,
+    auth: ClientAuth | Fields,
     guard: ReplayGuard,
     *,
     method: str,
@@ -105,19 +137,18 @@ def check_client_auth(
     hashes: Iterable[bytes] = (),
     expiry_ms: int | None = None,
 ) -> None:
-    """Raise ``unauthorized`` or ``clock_skew`` unless ``params.auth`` proves the caller
-    holds the key of ``pubkey`` and signed exactly this request just now."""
-    auth = params.map("auth").only("ed25519", "timestamp", "signature")
-    ed25519 = auth.blob("ed25519", size=32)
-    timestamp = auth.uint("timestamp")
-    signature = auth.blob("signature", size=64)
-    guard.check_fresh(timestamp, now_ms)
-    if not ed25519_matches_session_id(ed25519, pubkey):
+    """Raise ``unauthorized`` or ``clock_skew`` unless ``auth`` (decoded, or the params
+    of a request, whose ``auth`` field is decoded here) proves the caller holds the key of
+    ``pubkey`` and signed exactly this request just now."""
+    if isinstance(auth, Fields):
+        auth = ClientAuth.from_wire(auth.map("auth"))
+    guard.check_fresh(auth.timestamp_ms, now_ms)
+    if not ed25519_matches_session_id(auth.ed25519, pubkey):
         raise RpcError("unauthorized", "auth key does not belong to pubkey")
-    text = auth_text(method, pubkey, namespace, timestamp, hashes, expiry_ms)
-    if not verify(ed25519, text, signature):
+    text = auth_text(method, pubkey, namespace, auth.timestamp_ms, hashes, expiry_ms)
+    if not verify(auth.ed25519, text, auth.signature):
         raise RpcError("unauthorized", "auth signature does not verify")
-    guard.accept_once(signature, timestamp, now_ms)
+    guard.accept_once(auth.signature, auth.timestamp_ms, now_ms)
 
 
 def _node_auth_text(method: str, timestamp_ms: int, params: Mapping[str, Any]) -> bytes:

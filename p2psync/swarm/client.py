@@ -31,11 +31,23 @@ from overlay.link import Transport
 
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
-from ..identity import Identity, message_hash, session_id_key
+from ..identity import Identity, session_id_key
 from ..rpc import RpcPool, open_rpc, open_rpc_pool
-from ..wire import Fields
 from .auth import AuthSigner
-from .constants import DEFAULT_TTL_MS, MAX_DATA_BYTES, POLL_INTERVAL_S, RETRIEVE_LIMIT
+from .constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
+from .messages import (
+    DeleteReply,
+    DeleteRequest,
+    ExpireReply,
+    ExpireRequest,
+    Message,
+    Notification,
+    RetrieveReply,
+    RetrieveRequest,
+    StoreReply,
+    StoreRequest,
+    SubscribeRequest,
+)
 from .registry import Directory, Snapshot
 from .ring import NodeInfo, SwarmMap
 
@@ -49,25 +61,13 @@ REWIND_S = 30.0
 SEEN_HASHES = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    hash: bytes
-    timestamp_ms: int
-    expiry_ms: int
-    data: bytes
+__all__ = ["Cursor", "Deliver", "Message", "SwarmClient", "open_swarm_client"]
 
 
 def _messages_from(result: object) -> tuple[list[Message], bool]:
-    fields = Fields(result, "result")
-    messages = []
-    for item in fields.items("messages", max_len=RETRIEVE_LIMIT):
-        m = Fields(item, "message")
-        data = m.blob("data", max_len=MAX_DATA_BYTES)
-        digest = m.blob("hash", size=32)
-        if message_hash(data) != digest:
-            raise DecodeError("a node returned a message whose hash does not match its data")
-        messages.append(Message(digest, m.uint("timestamp"), m.uint("expiry"), data))
-    return messages, fields.boolean("more") if fields.has("more") else False
+    """A ``retrieve`` reply's messages, every hash checked against its data."""
+    reply = RetrieveReply.from_wire(result)
+    return list(reply.messages), reply.more
 
 
 @dataclass
@@ -172,20 +172,13 @@ class SwarmClient:
     ) -> tuple[bytes, int]:
         """Store and return (hash, expiry). The same data stored twice is one message.
         ``node`` asks that member alone (say, to audit what one member acknowledges)."""
-        timestamp = self.clock.now_ms()
-        params = {
-            "pubkey": owner,
-            "namespace": namespace,
-            "ttl": ttl_ms,
-            "timestamp": timestamp,
-            "data": data,
-        }
+        params = StoreRequest(owner, namespace, ttl_ms, self.clock.now_ms(), data).to_wire()
         if node is not None:
             result = await self._pool.call(node.url, "store", params)
         else:
             result, _ = await self._call_swarm(owner, "store", lambda: params)
-        fields = Fields(result, "result")
-        return fields.blob("hash", size=32), fields.uint("expiry")
+        reply = StoreReply.from_wire(result)
+        return reply.hash, reply.expiry_ms
 
     async def retrieve(
         self,
@@ -197,12 +190,8 @@ class SwarmClient:
         signer = self.signer(identity)
 
         def params() -> dict[str, Any]:
-            return {
-                "pubkey": identity.session_id,
-                "namespace": namespace,
-                "last_hash": last_hash,
-                "auth": signer.auth("retrieve", namespace, self.clock.now_ms()),
-            }
+            auth = signer.sign("retrieve", namespace, self.clock.now_ms())
+            return RetrieveRequest(identity.session_id, namespace, last_hash, auth).to_wire()
 
         if node is not None:
             result = await self._pool.call(node.url, "retrieve", params())
@@ -217,15 +206,11 @@ class SwarmClient:
         signer = self.signer(identity)
 
         def params() -> dict[str, Any]:
-            return {
-                "pubkey": identity.session_id,
-                "namespace": namespace,
-                "hashes": list(hashes),
-                "auth": signer.auth("delete", namespace, self.clock.now_ms(), hashes),
-            }
+            auth = signer.sign("delete", namespace, self.clock.now_ms(), hashes)
+            return DeleteRequest(identity.session_id, namespace, tuple(hashes), auth).to_wire()
 
         result, _ = await self._call_swarm(identity.session_id, "delete", params)
-        return Fields(result, "result").blob_list("deleted", size=32, max_len=len(hashes))
+        return list(DeleteReply.from_wire(result, asked=len(hashes)).deleted)
 
     async def expire(
         self, identity: Identity, namespace: int, hashes: Sequence[bytes], expiry_ms: int
@@ -233,16 +218,12 @@ class SwarmClient:
         signer = self.signer(identity)
 
         def params() -> dict[str, Any]:
-            return {
-                "pubkey": identity.session_id,
-                "namespace": namespace,
-                "hashes": list(hashes),
-                "expiry": expiry_ms,
-                "auth": signer.auth("expire", namespace, self.clock.now_ms(), hashes, expiry_ms),
-            }
+            auth = signer.sign("expire", namespace, self.clock.now_ms(), hashes, expiry_ms)
+            request = ExpireRequest(identity.session_id, namespace, tuple(hashes), expiry_ms, auth)
+            return request.to_wire()
 
         result, _ = await self._call_swarm(identity.session_id, "expire", params)
-        return Fields(result, "result").blob_list("updated", size=32, max_len=len(hashes))
+        return list(ExpireReply.from_wire(result, asked=len(hashes)).updated)
 
     async def drain(
         self, identity: Identity, namespace: int, cursor: Cursor, node: NodeInfo | None = None
@@ -310,14 +291,9 @@ class SwarmClient:
                 node = next((n for n in nodes if n.url != failed_url), nodes[0])
                 # Its own connection: pushes of other subscriptions must not mix in.
                 async with open_rpc(self._pool.transport, node.url) as connection:
-                    await connection.call(
-                        "subscribe",
-                        {
-                            "pubkey": identity.session_id,
-                            "namespace": namespace,
-                            "auth": signer.auth("subscribe", namespace, self.clock.now_ms()),
-                        },
-                    )
+                    auth = signer.sign("subscribe", namespace, self.clock.now_ms())
+                    request = SubscribeRequest(identity.session_id, namespace, auth)
+                    await connection.call("subscribe", request.to_wire())
                     cursor.last_hash = cursor.for_new_node()
                     failures = 0
                     caught_up = False
@@ -328,7 +304,8 @@ class SwarmClient:
                                 await deliver(batch)
                         with trio.move_on_after(catch_up_s) as waiting:
                             push = await connection.notifications.receive()
-                            fresh = cursor.fresh(_messages_from(push.params)[0])
+                            pushed = Notification.from_wire(push.params).messages
+                            fresh = cursor.fresh(pushed)
                             if fresh:
                                 await deliver(fresh)
                         caught_up = not waiting.cancelled_caught

@@ -12,12 +12,13 @@ replaying it changes nothing, since the message is already deleted or shortened.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import DecodeError
 from ..identity import ed25519_matches_session_id, verify
-from ..wire import Fields, decode_cbor, encode_cbor
-from .auth import auth_text
+from ..wire import decode_cbor, encode_cbor
+from .auth import ClientAuth, auth_text
 from .constants import MAX_HASHES_PER_REQUEST, MAX_NAMESPACE
 from .store import StoredMessage
 
@@ -98,15 +99,13 @@ class OwnerProof:
 
 
 def proof_from_request(
-    method: str, namespace: int, hashes: list[bytes], auth: Fields, expiry_ms: int | None = None
+    method: str,
+    namespace: int,
+    hashes: Sequence[bytes],
+    auth: ClientAuth,
+    expiry_ms: int | None = None,
 ) -> OwnerProof:
     """The proof of a request whose ``auth`` the serving node has already checked."""
     return OwnerProof(
-        method,
-        namespace,
-        auth.uint("timestamp"),
-        tuple(hashes),
-        expiry_ms,
-        auth.blob("ed25519", size=32),
-        auth.blob("signature", size=64),
+        method, namespace, auth.timestamp_ms, tuple(hashes), expiry_ms, auth.ed25519, auth.signature
     )

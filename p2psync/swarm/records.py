@@ -94,13 +94,3 @@ def _check_key(
             raise DecodeError("row timestamp, expiry and order must be non-negative integers")
     if expiry > timestamp + MAX_TTL_MS:  # type: ignore[operator]
         raise DecodeError("row expiry is beyond the maximum TTL")
-
-
-def message_to_wire(row: StoredMessage) -> dict[str, Any]:
-    """How a client sees a stored message (``retrieve`` and ``notify``)."""
-    return {
-        "hash": row.hash,
-        "timestamp": row.timestamp_ms,
-        "expiry": row.expiry_ms,
-        "data": row.data,
-    }

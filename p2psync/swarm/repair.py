@@ -12,7 +12,7 @@ other side's differing rows and pushing ours converges both in one round.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .store import RowSummary
@@ -43,15 +43,27 @@ def _xor(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(ITEM_ID_BYTES, "big")
 
 
-def digests(rows: Iterable[RowSummary]) -> list[bytes]:
-    result = [ZERO_DIGEST] * BUCKETS
+def by_bucket(rows: Iterable[RowSummary]) -> dict[int, list[RowSummary]]:
+    """``rows`` grouped by their owner's bucket (a round compares bucket by bucket)."""
+    buckets: dict[int, list[RowSummary]] = {}
     for row in rows:
-        bucket = bucket_of(row.pubkey)
-        result[bucket] = _xor(result[bucket], item_id(row))
+        buckets.setdefault(bucket_of(row.pubkey), []).append(row)
+    return buckets
+
+
+def bucket_digests(buckets: Mapping[int, Iterable[RowSummary]]) -> list[bytes]:
+    result = [ZERO_DIGEST] * BUCKETS
+    for bucket, rows in buckets.items():
+        for row in rows:
+            result[bucket] = _xor(result[bucket], item_id(row))
     return result
 
 
-def differing_buckets(ours: list[bytes], theirs: list[bytes]) -> list[int]:
+def digests(rows: Iterable[RowSummary]) -> list[bytes]:
+    return bucket_digests(by_bucket(rows))
+
+
+def differing_buckets(ours: Sequence[bytes], theirs: Sequence[bytes]) -> list[int]:
     return [b for b in range(BUCKETS) if ours[b] != theirs[b]]
 
 

@@ -19,7 +19,8 @@ from p2psync.network import NodeHandle
 from p2psync.rpc import open_rpc
 from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.client import Cursor, Message, open_swarm_client
-from p2psync.swarm.node import HAND_OVER_ELDER_MS, NodeConfig
+from p2psync.swarm.node import NodeConfig
+from p2psync.swarm.node_core import HAND_OVER_ELDER_MS
 from p2psync.swarm.records import row_to_wire
 from p2psync.swarm.registry import FileDirectory
 from p2psync.swarm.ring import NodeInfo
@@ -276,7 +277,8 @@ async def test_a_subscription_moves_to_another_member_at_once_when_its_node_dies
             return [
                 handle
                 for handle in network.nodes
-                if handle.node is not None and handle.node._subscribers.get((ALICE.session_id, 0))
+                if handle.node is not None
+                and handle.node.core.subscriptions.of((ALICE.session_id, 0))
             ]
 
         async with trio.open_nursery() as nursery:
@@ -462,7 +464,7 @@ async def test_rows_queued_for_a_dead_peer_are_bounded_in_bytes(
         to = NodeInfo(entry.pubkey, entry.url)
         acknowledged = [(await swarm.store(ALICE.session_id, 0, d, node=to))[0] for d in data]
         running = [h.node for h in network.nodes if h.node is not None]
-        fullest = max(q.queued_bytes for n in running for q in n._outbound.values())
+        fullest = max(q.queued_bytes for n in running for q in n.replication_queues.values())
         assert budget - 61_000 < fullest <= budget  # the dead member's queue, filled
         assert sum(n.stats.replication_dropped for n in running) > 0
         await network.start_node(victim)
