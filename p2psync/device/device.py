@@ -303,12 +303,9 @@ class Device:
         self._load_identity()
 
     def _load_identity(self) -> None:
-        account_seed = self.store.get_meta("account_seed")
         #: The identity this device receives as and signs with: its own in ``mapped``
         #: mode, the account's (shared by every sibling) in ``linked`` mode.
-        self.identity = Identity(account_seed) if account_seed else self.device_identity
-        user = self.store.get_meta("user")
-        self.user_id = user.decode() if user else self.identity.session_id
+        self.identity, self.user_id = _acting_identity(self.store, self.device_identity)
         if self.store.get_meta("paired"):
             self._paired.set()
 
@@ -1517,13 +1514,21 @@ def describe_device(data_dir: str | Path) -> tuple[str, str, str, str]:
         mode, seed = store.get_meta("mode"), store.get_meta("device_seed")
         if mode is None or seed is None:
             raise DeviceError(f"no device in {directory}: create one with `p2psync device init`")
-        account = store.get_meta("account_seed")
-        user = store.get_meta("user")
-        device = Identity(seed).session_id
-        user_id = user.decode() if user else Identity(account).session_id if account else device
-        return user_id, device, mode.decode(), (store.get_meta("name") or b"").decode()
+        device = Identity(seed)
+        _, user_id = _acting_identity(store, device)
+        return user_id, device.session_id, mode.decode(), (store.get_meta("name") or b"").decode()
     finally:
         store.close()
+
+
+def _acting_identity(store: DeviceStore, device: Identity) -> tuple[Identity, str]:
+    """The identity a device signs and receives as (the account's once a ``linked`` device
+    holds its seed, else its own) and the user id it acts for (a ``mapped`` secondary's
+    primary, once paired)."""
+    account_seed = store.get_meta("account_seed")
+    identity = Identity(account_seed) if account_seed else device
+    user = store.get_meta("user")
+    return identity, user.decode() if user else identity.session_id
 
 
 def _open_store(directory: Path) -> DeviceStore:
