@@ -24,7 +24,7 @@ from p2psync.sync.negentropy import Negentropy, StorageVector
 
 pytestmark = pytest.mark.interop
 
-INTEROP_DIR = Path(__file__).resolve().parent.parent / "interop"
+INTEROP_DIR = Path(__file__).resolve().parent / "interop"
 PEER_SCRIPT = INTEROP_DIR / "negentropy_peer.mjs"
 NO_LIMIT_FOR_NODE = 2**40  # nostr-tools has no "0 = unlimited" and insists on >= 4096
 PROCESS_DEADLINE_S = 180

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Protocol logic that must stay pure: bytes/events in, bytes/events out, time passed in.
 SANS_IO = [

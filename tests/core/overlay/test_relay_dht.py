@@ -11,7 +11,7 @@ from overlay.dht import DhtStatus, get_request
 from overlay.keys import KeyPair
 from overlay.path import Path, Payload
 from overlay.relay import RelayCore
-from tests.overlay.test_cores import NOW
+from tests.core.overlay.test_cores import NOW
 
 TERMINAL = KeyPair.from_seed(b"\x31" * 32)
 SILENT = KeyPair.from_seed(b"\x32" * 32)

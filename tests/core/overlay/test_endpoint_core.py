@@ -48,7 +48,7 @@ from overlay.payloads import (
     Transfer,
     decode_payload,
 )
-from tests.overlay.test_cores import NOW, Net
+from tests.core.overlay.test_cores import NOW, Net
 
 SECRET = b"\x05" * 32
 

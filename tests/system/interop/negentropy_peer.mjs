@@ -1,4 +1,4 @@
-// Reference Negentropy peer for tests/sync/test_negentropy_interop.py, built on nostr-tools' nip77.
+// Reference Negentropy peer for tests/system/test_negentropy_interop.py, built on nostr-tools' nip77.
 //
 // Usage: node negentropy_peer.mjs ROLE ITEMS_JSON FRAME_SIZE_LIMIT
 //   ITEMS_JSON is a file holding [[timestamp, "64 hex chars"], ...].

@@ -30,8 +30,8 @@ from overlay.onion import BuildRecord, PathBroken, new_path_id, pad_body, seal_b
 from overlay.path import Path, PathState, Payload
 from overlay.relay import RelayCore, open_relays
 from overlay.session import SessionCore
-from tests.overlay.test_cores import NOW, SECRET, Net
-from tests.overlay.test_endpoint import ALICE, BOB, echo_one, exchange
+from tests.core.overlay.test_cores import NOW, SECRET, Net
+from tests.drivers.overlay.test_endpoint import ALICE, BOB, echo_one, exchange
 
 # --- per-hop counters ---------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from p2psync.identity import session_id_key
 from p2psync.network import LocalNetwork
 from p2psync.swarm.client import open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
-from tests.swarm.helpers import wait_until
+from tests.drivers.swarm.helpers import wait_until
 
 from .helpers import befriend, device, is_friend, open_world, pair, stored_messages, texts
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_readme_library_example_runs() -> None:
@@ -28,7 +28,9 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert setup is not None, "the README has no set-up commands"
     lines = setup.group(1).splitlines()
     test_line = lines[lines.index("# install and run the tests") + 1]
-    assert test_line.endswith("-m pytest") and "'.[lab,dev]'" in test_line
+    assert "'.[lab,dev]'" in test_line
+    assert "-m pytest tests/core tests/drivers &&" in test_line
+    assert test_line.endswith("-m pytest tests/system")
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert ci[-1] == test_line
 
