@@ -376,8 +376,15 @@ class RpcServer:
 
     def _shed(self) -> None:
         """Over the server's reply memory: drop the connection holding the most (a client
-        that reads what it is sent holds little for long)."""
-        victim = max(self._connections, key=lambda c: c._outbox.held_bytes, default=None)
+        that reads what it is sent holds little for long). A connection already being
+        dropped still counts until its handler has unwound, so what it holds is set
+        aside first: only if the others alone are over the limit does another one go,
+        else every grow in that moment would drop one more (down to the last client)."""
+        live = [c for c in self._connections if not c.overflowed.is_set()]
+        leaving = sum(c._outbox.held_bytes for c in self._connections if c.overflowed.is_set())
+        if self.memory.used - leaving <= self.memory.limit:
+            return
+        victim = max(live, key=lambda c: c._outbox.held_bytes, default=None)
         if victim is not None:
             victim.overflowed.set()
 
