@@ -130,13 +130,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(transport=args.transport, seed=args.seed, mode=args.mode, json_path=args.json)
 
 
+async def _terminated_by_sigterm(*, task_status: trio.TaskStatus[None]) -> None:
+    """Raise :class:`Terminated` on SIGTERM, so a network command unwinds as on Ctrl-C:
+    its children stop and its hosts are removed before it exits."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            raise Terminated
+
+
 def _cmd_network_up(args: argparse.Namespace) -> int:
+    from .hosts import unavailable_reason
     from .launcher import network_up
 
     data_dir = _data_dir(args)
+    separate_hosts = args.hosts
+    if separate_hosts and (reason := unavailable_reason()) is not None:
+        print(f"p2psync: no separate hosts ({reason}): running on loopback", file=sys.stderr)
+        separate_hosts = False
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            await nursery.start(_terminated_by_sigterm)
             path = await nursery.start(
                 partial(
                     network_up,
@@ -144,6 +159,7 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
                     data_dir,
                     args.nodes,
                     args.relays,
+                    separate_hosts=separate_hosts,
                     on_progress=lambda message: print(f"started {message}", file=sys.stderr),
                 )
             )
@@ -151,6 +167,24 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
 
     trio.run(main)
     return 0
+
+
+def _cmd_network_host(args: argparse.Namespace) -> int:
+    from .launcher import run_in_host
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        raise CommandError("network host needs a command to run: ... NAME -- COMMAND")
+    codes: list[int] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_terminated_by_sigterm)
+            codes.append(await run_in_host(Path(args.data), args.name, command))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return codes[0]
 
 
 def _ledger_key(args: argparse.Namespace) -> bytes | None:
@@ -345,7 +379,24 @@ def build_parser() -> argparse.ArgumentParser:
         "0: devices sync through the swarm only)",
     )
     up.add_argument("--data", required=True, metavar="DIR", help="where every process keeps data")
+    up.add_argument(
+        "--hosts",
+        action="store_true",
+        help="every process on a host of its own (a network namespace on a bridge, "
+        "10.77.x.y), removed on exit; needs root and ip (else loopback, saying why)",
+    )
     up.set_defaults(run=_cmd_network_up)
+    host = network_commands.add_parser(
+        "host",
+        help="run COMMAND on a host of its own, added to the network of hosts on DIR "
+        "(network up --hosts), removed when it exits",
+    )
+    host.add_argument("--data", required=True, metavar="DIR", help="the network's --data")
+    host.add_argument("name", metavar="NAME", help="the host's name (unique on the network)")
+    host.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="what to run there"
+    )
+    host.set_defaults(run=_cmd_network_host)
 
     def server(
         name: str, help_text: str, run: Callable[[argparse.Namespace], int]

@@ -8,7 +8,11 @@ Each prints ``ready <url>`` once it
 listens; the launcher then checks that every one answers an RPC, writes
 ``DIR/network.json`` and prints ``ready DIR/network.json``. A child's log goes to
 ``DIR/<name>.log``. Cancelling the launcher (Ctrl-C) terminates every child, and waits
-for it, before returning.
+for it, before returning. With ``--hosts`` each child runs on a host of its own
+(:mod:`p2psync.hosts`), removed after the children stop.
+
+:func:`run_service` is the one way a service child is started, here and by the fault
+drivers (``benchmarks/faults/process.py``), which restart one on the same port.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ import trio
 from overlay.link import Transport
 
 from .clock import Clock
+from .hosts import LOOPBACK, Host, open_device_host, open_hosts
 from .rpc import open_rpc
 from .services import admit_node, open_ledger
 from .swarm.registry import Snapshot, read_listing
@@ -39,45 +46,115 @@ STOP_GRACE_S = 5.0
 VIEW_POLL_S = 0.5
 
 
-@dataclass
-class Child:
+@dataclass(frozen=True)
+class Service:
+    """One service child (``python -m p2psync ARGS --data DIR``): what it runs, on which
+    host, and where its data and its log (``DIR/../<name>.log``) live."""
+
     name: str
+    args: tuple[str, ...]
+    data_dir: Path
+    host: Host = LOOPBACK
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.name}.log"
+
+    def command(self, port: int = 0) -> list[str]:
+        return self.host.wrap(
+            [
+                sys.executable,
+                "-m",
+                "p2psync",
+                *self.args,
+                "--data",
+                str(self.data_dir),
+                "--listen",
+                self.host.listen(port),
+                "--exit-with-stdin",
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class Running:
+    """An incarnation of a service that said it was ready, at ``url``."""
+
     process: trio.Process
-    url: str = ""
+    url: str
 
 
-async def _read_ready_line(child: Child) -> str:
-    assert child.process.stdout is not None
+async def stop_child(process: trio.Process) -> None:
+    """How a child is stopped (and a cancelled one): SIGTERM, then SIGKILL if it is still
+    there after ``STOP_GRACE_S``."""
+    process.terminate()
+    with trio.move_on_after(STOP_GRACE_S):
+        await process.wait()
+    process.kill()
+
+
+async def run_service(
+    service: Service, port: int = 0, *, task_status: trio.TaskStatus[Running]
+) -> int:
+    """Run one incarnation of ``service`` on ``port`` (0: any) until it exits, returning
+    its exit code; ``task_status.started(Running)`` once it prints ``ready <url>``.
+
+    Started with ``nursery.start``, the child belongs to that nursery: cancelling it
+    terminates the child and waits for it. The child's stdin stays open as long as this
+    process lives (see services.exit_when_stdin_closes), so no child outlives its
+    launcher even if the launcher is killed outright."""
+    service.data_dir.mkdir(parents=True, exist_ok=True)
+    async with trio.open_nursery() as nursery:
+        with service.log_path.open("ab") as log:
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    service.command(port),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    check=False,
+                    deliver_cancel=stop_child,
+                )
+            )
+        url = ""
+        with trio.move_on_after(START_TIMEOUT_S):
+            url = await _read_ready_line(service, process)
+        if not url:
+            raise RuntimeError(
+                f"{service.name} did not say it was ready within {START_TIMEOUT_S:g} s "
+                f"(see {service.log_path})"
+            )
+        task_status.started(Running(process, url))
+    return await process.wait()
+
+
+async def _read_ready_line(service: Service, process: trio.Process) -> str:
+    assert process.stdout is not None
     buffer = b""
     while b"\n" not in buffer:
-        chunk = await child.process.stdout.receive_some(4096)
+        chunk = await process.stdout.receive_some(4096)
         if not chunk:
-            raise RuntimeError(f"{child.name} exited before it was ready (see its log)")
+            raise RuntimeError(
+                f"{service.name} exited before it was ready (see {service.log_path})"
+            )
         buffer += chunk
     line = buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
     if not line.startswith("ready "):
-        raise RuntimeError(f"{child.name} said {line!r} instead of 'ready <url>'")
+        raise RuntimeError(f"{service.name} said {line!r} instead of 'ready <url>'")
     return line.removeprefix("ready ")
 
 
-async def _stop(child: Child) -> None:
-    if child.process.returncode is not None:
-        return
-    child.process.terminate()
-    with trio.move_on_after(STOP_GRACE_S) as waiting:
-        await child.process.wait()
-    if waiting.cancelled_caught:
-        child.process.kill()
-        await child.process.wait()
-
-
 class Launcher:
-    """Starts children and guarantees they are all stopped on exit."""
+    """Starts children in its nursery (see :func:`run_service`: cancelling the nursery
+    stops every one), each on the host ``hosts`` gives its name."""
 
-    def __init__(self, data_dir: Path, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, data_dir: Path, nursery: trio.Nursery, hosts: Mapping[str, Host] | None = None
+    ) -> None:
         self.data_dir = data_dir
-        self.children: list[Child] = []
         self._nursery = nursery
+        self._hosts = hosts or {}
 
     def data_dir_of(self, name: str) -> Path:
         """The data directory of child ``name``, made if new."""
@@ -86,34 +163,13 @@ class Launcher:
         return path
 
     async def start(self, name: str, *args: str) -> str:
-        self.data_dir_of(name)
-        log = (self.data_dir / f"{name}.log").open("ab")
-        command = [
-            sys.executable,
-            "-m",
-            "p2psync",
-            *args,
-            "--data",
-            str(self.data_dir / name),
-            "--exit-with-stdin",
-        ]
-        # The child's stdin stays open as long as this process lives (see
-        # services.exit_when_stdin_closes), so no child outlives its launcher.
-        process = await trio.lowlevel.open_process(
-            command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.PIPE
-        )
-        log.close()
-        child = Child(name, process)
-        self.children.append(child)
-        with trio.move_on_after(START_TIMEOUT_S):
-            child.url = await _read_ready_line(child)
-        if not child.url:
-            raise RuntimeError(
-                f"{name} did not say it was ready within {START_TIMEOUT_S:g} s "
-                f"(see {self.data_dir / name}.log)"
-            )
-        self._nursery.start_soon(self._watch, child)
-        return child.url
+        service = Service(name, args, self.data_dir_of(name), self._hosts.get(name, LOOPBACK))
+        running: Running = await self._nursery.start(self._run, service)
+        return running.url
+
+    async def _run(self, service: Service, *, task_status: trio.TaskStatus[Running]) -> None:
+        code = await run_service(service, task_status=task_status)
+        logger.warning("%s exited with code %s (log: %s)", service.name, code, service.log_path)
 
     async def start_many(
         self, names: Sequence[str], args: Sequence[str], on_ready: Callable[[str, str], None]
@@ -129,16 +185,6 @@ class Launcher:
             for name in names:
                 nursery.start_soon(one, name)
 
-    async def _watch(self, child: Child) -> None:
-        code = await child.process.wait()
-        logger.warning("%s exited with code %s (log: %s.log)", child.name, code, child.name)
-
-    async def stop_all(self) -> None:
-        with trio.CancelScope(shield=True):
-            async with trio.open_nursery() as nursery:
-                for child in self.children:
-                    nursery.start_soon(_stop, child)
-
 
 async def network_up(
     transport: Transport,
@@ -146,18 +192,24 @@ async def network_up(
     nodes: int,
     relays: int,
     *,
+    separate_hosts: bool = False,
     on_progress: Callable[[str], None] = lambda message: None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the network until cancelled; ``task_status.started(path of network.json)``."""
+    """Run the network until cancelled; ``task_status.started(path of network.json)``.
+    With ``separate_hosts`` every process runs on a host of its own (see
+    :mod:`p2psync.hosts`), removed once every process has stopped."""
     if nodes < 1:
         raise ValueError("a network needs at least one service node")
     ledger = open_ledger(data_dir / "ledger")
     ledger_args = ("--ledger", ledger.public_key.hex())
     path = data_dir / "network.json"
     path.unlink(missing_ok=True)  # a description of a network that is gone misleads
-    async with trio.open_nursery() as nursery:
-        launcher = Launcher(data_dir, nursery)
+    node_names = [f"node-{index}" for index in range(nodes)]
+    relay_names = [f"relay-{index}" for index in range(relays)]
+    names = ["registry", "fileserver", "opengroup", *node_names, *relay_names]
+    async with _hosts(data_dir, names, separate_hosts) as hosts, trio.open_nursery() as nursery:
+        launcher = Launcher(data_dir, nursery, hosts)
         try:
             registry = await launcher.start("registry", "registry", *ledger_args)
             on_progress(f"registry {registry}")
@@ -165,16 +217,15 @@ async def network_up(
             on_progress(f"file server {fileserver}")
             opengroup = await launcher.start("opengroup", "opengroup", "--fileserver", fileserver)
             on_progress(f"open group {opengroup}")
-            names = [f"node-{index}" for index in range(nodes)]
-            for name in names:
+            for name in node_names:
                 admit_node(ledger, launcher.data_dir_of(name))
             await launcher.start_many(
-                names,
+                node_names,
                 ("node", "--registry", registry, *ledger_args),
                 lambda name, url: on_progress(f"{name} {url}"),
             )
             await launcher.start_many(
-                [f"relay-{index}" for index in range(relays)],
+                relay_names,
                 ("relay", "--registry", registry, *ledger_args),
                 lambda name, address: on_progress(f"{name} {address}"),
             )
@@ -186,8 +237,28 @@ async def network_up(
             await trio.sleep_forever()
         finally:
             path.unlink(missing_ok=True)
-            await launcher.stop_all()
             nursery.cancel_scope.cancel()
+
+
+def _hosts(
+    data_dir: Path, names: Sequence[str], separate: bool
+) -> AbstractAsyncContextManager[Mapping[str, Host]]:
+    return open_hosts(data_dir, names) if separate else _on_loopback()
+
+
+@asynccontextmanager
+async def _on_loopback() -> AsyncIterator[Mapping[str, Host]]:
+    yield {}
+
+
+async def run_in_host(data_dir: Path, name: str, command: Sequence[str]) -> int:
+    """Run ``command`` on a host of its own, ``name``, added to the network of hosts
+    running on ``data_dir``; its exit code (128 + N if signal N ended it). Cancelled,
+    the command is stopped as a service child is, then the host is removed."""
+    async with open_device_host(data_dir, name) as host:
+        logger.info("host %s at %s", name, host.address)
+        result = await trio.run_process(host.wrap(command), check=False, deliver_cancel=stop_child)
+    return result.returncode if result.returncode >= 0 else 128 - result.returncode
 
 
 async def _until_views_agree(transport: Transport, nodes: Sequence[NodeInfo]) -> None:

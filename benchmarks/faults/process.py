@@ -6,26 +6,23 @@ SQLite committed survives) and start it again on the same data directory *and po
 to the rest of the network the restarted service is the same one, at the same address,
 with the same key and data.
 
-Each incarnation runs as ``trio.run_process`` inside the caller's nursery, so no child
-outlives the driver's ``async with``; ``--exit-with-stdin`` covers the driver itself
-being killed outright.
+Each incarnation is started by the launcher's :func:`p2psync.launcher.run_service`, the
+same code ``network up`` uses, inside the caller's nursery, so no child outlives the
+driver's ``async with``; ``--exit-with-stdin`` covers the driver itself being killed
+outright.
 """
 
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import trio
 
-from overlay.link import split_host_port
-
-READY_TIMEOUT_S = 60.0
-STOP_GRACE_S = 5.0
+from p2psync.hosts import port_of
+from p2psync.launcher import Running, Service, run_service, stop_child
 
 
 def _read_kib(pid: int, field: str) -> int:
@@ -44,14 +41,16 @@ class ServiceProcess:
     incarnation: it is sampled before each kill, since the kernel forgets it at death."""
 
     def __init__(self, name: str, args: Sequence[str], data_dir: Path) -> None:
-        self.name = name
-        self.args = list(args)
-        self.data_dir = data_dir
+        self.service = Service(name, tuple(args), data_dir)
         self.url = ""
         self.peak_rss_kib = 0
         self.starts = 0
-        self._listen = "127.0.0.1:0"
+        self._port = 0
         self._process: trio.Process | None = None
+
+    @property
+    def name(self) -> str:
+        return self.service.name
 
     @property
     def running(self) -> bool:
@@ -64,60 +63,22 @@ class ServiceProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir.parent / f"{self.name}.log"
+        return self.service.log_path
 
     async def start(self, nursery: trio.Nursery) -> str:
         """Start an incarnation in ``nursery``; return its url once it prints ``ready``.
         A restart listens on the port the first incarnation was given."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable,
-            "-m",
-            "p2psync",
-            *self.args,
-            "--data",
-            str(self.data_dir),
-            "--listen",
-            self._listen,
-            "--exit-with-stdin",
-        ]
-        with self.log_path.open("ab") as log:
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    command,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    check=False,
-                )
-            )
-        self._process = process
+        running: Running = await nursery.start(partial(run_service, self.service, self._port))
+        self._process = running.process
         self.starts += 1
-        with trio.fail_after(READY_TIMEOUT_S):
-            url = await self._ready_line(process)
         if not self.url:
-            self.url = url
-            host, port = split_host_port(url.removeprefix("ws://"))
-            self._listen = f"{host}:{port}"
-        elif url != self.url:
-            raise RuntimeError(f"{self.name} came back at {url}, not {self.url}")
-        return url
-
-    async def _ready_line(self, process: trio.Process) -> str:
-        assert process.stdout is not None
-        buffer = b""
-        while b"\n" not in buffer:
-            chunk = await process.stdout.receive_some(4096)
-            if not chunk:
-                raise RuntimeError(f"{self.name} exited before it was ready (see {self.log_path})")
-            buffer += chunk
-        line = buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
-        if not line.startswith("ready "):
-            raise RuntimeError(f"{self.name} said {line!r} instead of 'ready <url>'")
-        return line.removeprefix("ready ")
+            self.url = running.url
+            self._port = port_of(running.url)
+        elif running.url != self.url:
+            raise RuntimeError(f"{self.name} came back at {running.url}, not {self.url}")
+        return running.url
 
     def sample_rss(self) -> int:
         """Update and return the peak resident set size (KiB) of this service."""
@@ -138,15 +99,11 @@ class ServiceProcess:
         await process.wait()
 
     async def stop(self) -> None:
-        """An orderly stop (SIGTERM), escalating to SIGKILL after ``STOP_GRACE_S``."""
+        """An orderly stop, as ``network up`` stops its children (see :func:`stop_child`)."""
         process = self._require_running()
         self.sample_rss()
-        process.terminate()
-        with trio.move_on_after(STOP_GRACE_S) as waiting:
-            await process.wait()
-        if waiting.cancelled_caught:
-            process.kill()
-            await process.wait()
+        await stop_child(process)
+        await process.wait()
 
     def _require_running(self) -> trio.Process:
         if self._process is None or not self.running:

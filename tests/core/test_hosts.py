@@ -1,0 +1,158 @@
+"""The plan of a network of hosts: names that fit the kernel and never collide across
+runs, addresses in the run's /24, and removals that touch only the run's own names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from p2psync.hosts import (
+    LOOPBACK,
+    MAX_HOSTS,
+    Host,
+    HostPlan,
+    HostsError,
+    HostsRecord,
+    next_index,
+    pick_subnet,
+    port_of,
+    removals,
+)
+
+#: The kernel's limit on an interface name (IFNAMSIZ - 1).
+MAX_IFNAME = 15
+
+
+def _names_made(plan: HostPlan, index: int) -> set[str]:
+    """Interface names the plan's commands create in the root namespace."""
+    made = set()
+    for command in [*plan.bridge_commands(), *plan.host_commands(index)]:
+        if command[:3] == ["ip", "link", "add"]:
+            made.add(command[3])
+    return made
+
+
+def test_every_interface_name_fits_the_kernel_even_for_the_last_host() -> None:
+    plan = HostPlan("abcdef", 3)
+    names = _names_made(plan, MAX_HOSTS - 1)
+    assert names == {"p2psabcdef", f"p2psabcdefv{MAX_HOSTS - 1}"}
+    assert all(len(name) <= MAX_IFNAME for name in names)
+
+
+def test_hosts_have_addresses_of_their_own_in_the_runs_subnet() -> None:
+    plan = HostPlan("abcdef", 3)
+    hosts = [plan.host(index) for index in range(MAX_HOSTS)]
+    assert plan.gateway == "10.77.3.1"
+    assert hosts[0] == Host("10.77.3.2", "p2psabcdef-0")
+    assert hosts[-1].address == "10.77.3.254"
+    assert len({host.address for host in hosts} | {plan.gateway}) == MAX_HOSTS + 1
+
+
+@pytest.mark.parametrize("index", [-1, MAX_HOSTS])
+def test_a_host_outside_the_subnet_is_refused(index: int) -> None:
+    with pytest.raises(ValueError, match="outside"):
+        HostPlan("abcdef", 0).host(index)
+
+
+@pytest.mark.parametrize(
+    ("run_id", "subnet"),
+    [("abcde", 0), ("abcdefa", 0), ("ABCDEF", 0), ("abcdeg", 0), ("abcdef", 256), ("abcdef", -1)],
+)
+def test_a_record_with_a_bad_run_id_or_subnet_is_refused(run_id: str, subnet: int) -> None:
+    with pytest.raises(ValueError):
+        HostPlan(run_id, subnet)
+
+
+def test_removals_touch_only_the_runs_own_names_links_before_namespaces() -> None:
+    commands = removals(
+        "abcdef",
+        namespaces=["p2psabcdef-1", "p2psabcdef-0", "p2ps123456-0", "other"],
+        links=["lo", "eth0", "p2psabcdef", "p2psabcdefv0", "p2ps123456", "p2ps123456v0"],
+    )
+    assert commands == [
+        ["ip", "link", "del", "p2psabcdefv0"],
+        ["ip", "link", "del", "p2psabcdef"],
+        ["ip", "netns", "del", "p2psabcdef-0"],
+        ["ip", "netns", "del", "p2psabcdef-1"],
+    ]
+
+
+def test_a_device_host_removes_its_veth_and_namespace() -> None:
+    assert HostPlan("abcdef", 0).host_removals(7) == [
+        ["ip", "link", "del", "p2psabcdefv7"],
+        ["ip", "netns", "del", "p2psabcdef-7"],
+    ]
+
+
+def test_a_run_takes_the_first_subnet_no_interface_holds() -> None:
+    assert pick_subnet(["127.0.0.1", "10.0.0.5"]) == 0
+    assert pick_subnet(["10.77.0.1", "10.77.1.1", "10.77.3.1", "10.78.2.1"]) == 2
+    with pytest.raises(HostsError, match="in use"):
+        pick_subnet(f"10.77.{n}.1" for n in range(256))
+
+
+def test_a_device_host_takes_the_first_free_index() -> None:
+    assert next_index([]) == 0
+    assert next_index([0, 1, 3]) == 2
+    with pytest.raises(HostsError, match="at most"):
+        next_index(range(MAX_HOSTS))
+
+
+def test_a_host_wraps_commands_in_its_namespace_and_listens_on_its_address() -> None:
+    host = HostPlan("abcdef", 0).host(0)
+    assert host.wrap(["p2psync", "node"]) == [
+        "ip",
+        "netns",
+        "exec",
+        "p2psabcdef-0",
+        "p2psync",
+        "node",
+    ]
+    assert host.listen() == "10.77.0.2:0"
+    assert LOOPBACK.wrap(["p2psync"]) == ["p2psync"]
+    assert LOOPBACK.listen(9000) == "127.0.0.1:9000"
+
+
+def test_a_restart_listens_on_the_announced_port() -> None:
+    assert port_of("ws://10.77.0.2:4321") == 4321
+    assert port_of("10.77.0.9:4000") == 4000
+    with pytest.raises(ValueError):
+        port_of("ws://10.77.0.2")
+
+
+GOOD_RECORD = {"run_id": "abcdef", "subnet": 3, "pid": 4242, "hosts": {"registry": 0, "alice": 9}}
+
+
+def test_a_record_reads_back_what_was_written() -> None:
+    record = HostsRecord.decode(json.dumps(GOOD_RECORD), Path("hosts.json"))
+    assert record == HostsRecord(HostPlan("abcdef", 3), 4242, {"registry": 0, "alice": 9})
+    assert HostsRecord.decode(record.encode(), Path("hosts.json")) == record
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"pid": 0},  # os.kill(0, 0) would ask about this process group, not a launcher
+        {"pid": -1},  # os.kill(-1, 0) would ask about every process
+        {"pid": True},
+        {"pid": "4242"},
+        {"subnet": 256},
+        {"subnet": -1},
+        {"run_id": "abc"},
+        {"hosts": {"alice": MAX_HOSTS}},
+        {"hosts": {"alice": -1}},
+        {"hosts": {"alice": "0"}},
+        {"hosts": ["alice"]},
+    ],
+)
+def test_a_record_with_a_field_out_of_range_is_refused(change: dict[str, object]) -> None:
+    with pytest.raises(HostsError, match=r"hosts\.json"):
+        HostsRecord.decode(json.dumps({**GOOD_RECORD, **change}), Path("hosts.json"))
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"run_id": "abcdef"}'])
+def test_a_record_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(HostsError, match=r"hosts\.json"):
+        HostsRecord.decode(text, Path("hosts.json"))

@@ -1,0 +1,108 @@
+"""The deployment files: ``compose.yaml`` is valid YAML with the network ``network up``
+runs, every command line in it and in ``docs/deploy.md`` parses, and each container
+listens (so announces itself) on the address the compose network gives it. Docker itself
+is not run here."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2psync.cli import build_parser
+
+yaml = pytest.importorskip("yaml", reason="PyYAML reads compose.yaml")
+
+ROOT = Path(__file__).resolve().parents[2]
+LEDGER = "ab" * 32
+NODES = [f"node-{i}" for i in range(6)]
+RELAYS = [f"relay-{i}" for i in range(6)]
+
+
+def _compose() -> dict[str, Any]:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert isinstance(compose, dict)
+    return compose
+
+
+def _parses(argv: list[str]) -> Any:
+    """``argv`` (after ``p2psync``) as the command line parses it (argparse exits on
+    anything it refuses, which fails the test)."""
+    return build_parser().parse_args(argv)
+
+
+def _option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_compose_runs_the_network_network_up_runs() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"admit", "registry", "fileserver", "opengroup", *NODES, *RELAYS}
+    assert services["admit"]["profiles"] == ["admit"]
+
+
+def test_every_container_listens_on_its_own_address_and_its_command_parses() -> None:
+    compose = _compose()
+    (subnet,) = [entry["subnet"] for entry in compose["networks"]["p2psync"]["ipam"]["config"]]
+    prefix = subnet.removesuffix("0/24")
+    addresses = set()
+    for name, service in compose["services"].items():
+        if name == "admit":
+            continue
+        argv = [LEDGER if arg == "${P2PSYNC_LEDGER:-}" else arg for arg in service["command"]]
+        args = _parses(argv)
+        assert args.command == name.split("-")[0]
+        assert args.data == f"/data/{name}"
+        address = service["networks"]["p2psync"]["ipv4_address"]
+        assert address.startswith(prefix)
+        assert args.listen == f"{address}:7000"
+        addresses.add(address)
+        if args.command in ("registry", "node", "relay"):
+            assert args.ledger == LEDGER, f"{name} is told the ledger's key"
+        if args.command in ("node", "relay"):
+            registry = compose["services"]["registry"]["command"]
+            assert args.registry == f"ws://{_option(registry, '--listen')}"
+    assert len(addresses) == len(compose["services"]) - 1
+
+
+def test_the_admission_step_admits_every_node_the_compose_file_runs() -> None:
+    script = _compose()["services"]["admit"]["command"][0]
+    (line,) = [line.strip() for line in script.splitlines() if "p2psync ledger" in line]
+    loop = re.search(r"for n in ([\d ]+);", script)
+    assert loop is not None
+    admitted = set()
+    for n in loop.group(1).split():
+        argv = shlex.split(line.replace("$$n", n))
+        assert argv[0] == "p2psync"
+        args = _parses(argv[1:])
+        assert (args.command, args.ledger_command, args.data) == (
+            "ledger",
+            "register",
+            "/data/ledger",
+        )
+        admitted.add(args.node_data)
+    assert admitted == {f"/data/{name}" for name in NODES}
+
+
+def test_the_image_installs_the_package_with_p2psync_as_entrypoint() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
+    assert "FROM python:3.11-slim" in dockerfile
+    assert 'ENTRYPOINT ["p2psync"]' in dockerfile
+    assert any(line.startswith("RUN pip install") and " ." in line for line in dockerfile)
+
+
+def test_every_p2psync_command_in_the_deploy_guide_parses() -> None:
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL)
+    commands = [
+        line.split("#")[0].strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("p2psync ")
+    ]
+    assert len(commands) >= 7
+    for command in commands:
+        _parses(shlex.split(command.replace("LEDGER_KEY", LEDGER))[1:])
