@@ -35,7 +35,7 @@ from overlay.link import Transport
 from .clock import Clock
 from .hosts import LOOPBACK, Host, open_device_host, open_hosts
 from .rpc import open_rpc
-from .services import admit_node, open_ledger
+from .services import REGISTRY_FILE, admit_node, open_ledger
 from .swarm.registry import Snapshot, read_listing
 from .swarm.ring import NodeInfo, SwarmMap
 
@@ -211,6 +211,10 @@ async def network_up(
     async with _hosts(data_dir, names, separate_hosts) as hosts, trio.open_nursery() as nursery:
         launcher = Launcher(data_dir, nursery, hosts)
         try:
+            # Every process of this network starts now and announces itself; a listing
+            # kept from an earlier run names nodes that may never come back, and the
+            # readiness check below would wait for them.
+            (launcher.data_dir_of("registry") / REGISTRY_FILE).unlink(missing_ok=True)
             registry = await launcher.start("registry", "registry", *ledger_args)
             on_progress(f"registry {registry}")
             fileserver = await launcher.start("fileserver", "fileserver")

@@ -79,6 +79,7 @@ def load_or_create_identity(path: Path) -> Identity:
 LISTING_FILE = "listing.cbor"
 NODE_KEY_FILE = "node.key"
 REGISTRATION_FILE = "registration.cbor"
+REGISTRY_FILE = "registry.json"
 
 
 class NotAdmittedError(P2PSyncError):
@@ -186,7 +187,7 @@ async def run_registry(
 ) -> None:
     if ledger is None:
         logger.warning("no --ledger: this registry lists every node that announces itself")
-    server = RegistryServer(clock, data_dir / "registry.json", ledger=ledger)
+    server = RegistryServer(clock, data_dir / REGISTRY_FILE, ledger=ledger)
     async with trio.open_nursery() as nursery:
         announce_ready(await nursery.start(server.serve, transport, listen))
 

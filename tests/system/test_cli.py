@@ -95,15 +95,8 @@ async def test_network_up_runs_processes_until_interrupted(tmp_path: Path) -> No
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
-    assert process.stdout is not None
     try:
-        line = b""
-        with trio.fail_after(120):
-            while b"\n" not in line:
-                chunk = await process.stdout.receive_some(1024)
-                assert chunk, "network up exited early"
-                line += chunk
-        assert line.decode().strip() == f"ready {tmp_path / 'network.json'}"
+        assert await _first_line(process) == f"ready {tmp_path / 'network.json'}"
         description = json.loads((tmp_path / "network.json").read_text())
         assert set(description) >= {
             "ledger",
@@ -151,6 +144,37 @@ async def test_network_up_runs_processes_until_interrupted(tmp_path: Path) -> No
                 await process.wait()
             process.kill()
             await process.wait()
+
+
+async def _first_line(process: trio.Process) -> str:
+    assert process.stdout is not None
+    line = b""
+    with trio.fail_after(120):
+        while b"\n" not in line:
+            chunk = await process.stdout.receive_some(1024)
+            assert chunk, "network up exited early"
+            line += chunk
+    return line.decode().strip()
+
+
+@pytest.mark.slow
+async def test_network_up_again_with_fewer_nodes_waits_only_for_this_runs(tmp_path: Path) -> None:
+    """Brought up again on the same folder, a network lists only the processes this run
+    started: the nodes of an earlier, larger run are gone and are not waited for."""
+    for nodes in (3, 1):
+        process = await trio.lowlevel.open_process(
+            [*P2PSYNC, "network", "up", "--nodes", str(nodes), "--relays", "0", "--data", tmp_path],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert await _first_line(process) == f"ready {tmp_path / 'network.json'}"
+            description = json.loads((tmp_path / "network.json").read_text())
+            assert len(description["nodes"]) == nodes
+        finally:
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(60):
+                assert await process.wait() == 130
 
 
 def _descendants(pid: int) -> set[int]:
