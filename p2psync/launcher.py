@@ -33,6 +33,7 @@ import trio
 from overlay.link import Transport
 
 from .clock import Clock
+from .errors import P2PSyncError
 from .hosts import LOOPBACK, Host, open_device_host, open_hosts
 from .rpc import open_rpc
 from .services import REGISTRY_FILE, admit_node, open_ledger
@@ -42,6 +43,12 @@ from .swarm.ring import NodeInfo, SwarmMap
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
+
+
+class StartError(P2PSyncError):
+    """A process of the network did not come up: the message names it."""
+
+
 STOP_GRACE_S = 5.0
 VIEW_POLL_S = 0.5
 
@@ -121,7 +128,7 @@ async def run_service(
         with trio.move_on_after(START_TIMEOUT_S):
             url = await _read_ready_line(service, process)
         if not url:
-            raise RuntimeError(
+            raise StartError(
                 f"{service.name} did not say it was ready within {START_TIMEOUT_S:g} s "
                 f"(see {service.log_path})"
             )
@@ -135,13 +142,11 @@ async def _read_ready_line(service: Service, process: trio.Process) -> str:
     while b"\n" not in buffer:
         chunk = await process.stdout.receive_some(4096)
         if not chunk:
-            raise RuntimeError(
-                f"{service.name} exited before it was ready (see {service.log_path})"
-            )
+            raise StartError(f"{service.name} exited before it was ready (see {service.log_path})")
         buffer += chunk
     line = buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
     if not line.startswith("ready "):
-        raise RuntimeError(f"{service.name} said {line!r} instead of 'ready <url>'")
+        raise StartError(f"{service.name} said {line!r} instead of 'ready <url>'")
     return line.removeprefix("ready ")
 
 
@@ -223,18 +228,20 @@ async def network_up(
             on_progress(f"open group {opengroup}")
             for name in node_names:
                 admit_node(ledger, launcher.data_dir_of(name))
+            started: dict[str, str] = {}
+
+            def ready(name: str, url: str) -> None:
+                started[url] = name
+                on_progress(f"{name} {url}")
+
             await launcher.start_many(
-                node_names,
-                ("node", "--registry", registry, *ledger_args),
-                lambda name, url: on_progress(f"{name} {url}"),
+                node_names, ("node", "--registry", registry, *ledger_args), ready
             )
             await launcher.start_many(
-                relay_names,
-                ("relay", "--registry", registry, *ledger_args),
-                lambda name, address: on_progress(f"{name} {address}"),
+                relay_names, ("relay", "--registry", registry, *ledger_args), ready
             )
             description = await _describe(
-                transport, registry, fileserver, opengroup, nodes, relays, ledger.public_key
+                transport, registry, fileserver, opengroup, started, ledger.public_key
             )
             path.write_text(json.dumps(description, indent=2) + "\n")
             task_status.started(path)
@@ -265,28 +272,34 @@ async def run_in_host(data_dir: Path, name: str, command: Sequence[str]) -> int:
     return result.returncode if result.returncode >= 0 else 128 - result.returncode
 
 
-async def _until_views_agree(transport: Transport, nodes: Sequence[NodeInfo]) -> None:
+async def _until_views_agree(
+    transport: Transport, nodes: Sequence[NodeInfo], names: Mapping[str, str]
+) -> None:
     """Wait until every node answers and places itself in the swarm the registry listing
-    implies: a node started early learns of later ones within seconds (a node that is
-    contacted by an unknown one re-reads the registry), and only then is the network
-    ready to keep every message on every member."""
+    implies (a node re-reads the registry within seconds of a start or of a change it
+    saw), and only then is the network ready to keep every message on every member.
+    Gives up after :data:`START_TIMEOUT_S`, naming the nodes that did not agree."""
     expected = SwarmMap.build(nodes)
-    disagreeing: list[str] = []
-    for _ in range(int(START_TIMEOUT_S / VIEW_POLL_S)):
-        disagreeing = []
-        for node in nodes:
-            async with open_rpc(transport, node.url) as client:
-                info = await client.call("info", {})
-            swarm = info.get("swarm") if isinstance(info, dict) else None
-            if swarm != expected.swarm_of_node(node.pubkey):
-                disagreeing.append(node.url)
-        if not disagreeing:
-            return
-        await trio.sleep(VIEW_POLL_S)
-    raise RuntimeError(
-        f"{len(disagreeing)} node(s) did not place themselves in the swarms of the "
-        f"registry's listing in time: {', '.join(disagreeing)}"
-    )
+    disagreeing = [names.get(node.url, node.url) for node in nodes]
+    with trio.move_on_after(START_TIMEOUT_S):
+        while disagreeing:
+            disagreeing = []
+            for node in nodes:
+                try:
+                    async with open_rpc(transport, node.url) as client:
+                        info = await client.call("info", {})
+                except (OSError, P2PSyncError):
+                    info = None
+                swarm = info.get("swarm") if isinstance(info, dict) else None
+                if swarm != expected.swarm_of_node(node.pubkey):
+                    disagreeing.append(names.get(node.url, node.url))
+            if disagreeing:
+                await trio.sleep(VIEW_POLL_S)
+    if disagreeing:
+        raise StartError(
+            f"{', '.join(disagreeing)} did not place itself in the swarms of the registry's "
+            f"listing within {START_TIMEOUT_S:g} s (see its log)"
+        )
 
 
 async def _describe(
@@ -294,21 +307,23 @@ async def _describe(
     registry: str,
     fileserver: str,
     opengroup: str,
-    nodes: int,
-    relays: int,
+    started: Mapping[str, str],
     ledger: bytes,
 ) -> dict[str, Any]:
     """Ask every process to answer, and the registry for the nodes it lists (a node
-    announces itself before it prints ``ready``, so all are listed by now)."""
+    announces itself before it prints ``ready``, so all are listed by now). ``started``
+    maps each node's and relay's url to its name."""
+    listing = Snapshot.from_announcements(
+        {"announcements": await read_listing(transport, registry)},
+        Clock().now_ms(),
+        ledger=ledger,
+    )
+    listed = {node.url for node in listing.nodes} | {relay.url for relay in listing.relays}
+    unlisted = sorted(name for url, name in started.items() if url not in listed)
+    if unlisted:
+        raise StartError(f"the registry does not list {', '.join(unlisted)}")
+    await _until_views_agree(transport, listing.nodes, started)
     with trio.fail_after(START_TIMEOUT_S):
-        listing = Snapshot.from_announcements(
-            {"announcements": await read_listing(transport, registry)},
-            Clock().now_ms(),
-            ledger=ledger,
-        )
-        if len(listing.nodes) < nodes or len(listing.relays) < relays:
-            raise RuntimeError("the registry does not list every node and relay")
-        await _until_views_agree(transport, listing.nodes)
         async with open_rpc(transport, opengroup) as client:
             await client.call("list_rooms", {})
         async with open_rpc(transport, fileserver) as client:

@@ -108,6 +108,8 @@ logger = logging.getLogger(__name__)
 PEER_CALL_TIMEOUT_S = 10.0
 #: Delay (and so the rate limit) of a registry re-read asked for by an unknown node.
 REFRESH_SOON_S = 5.0
+#: The first registry re-read after a start or a membership change (then doubling).
+LISTING_SETTLING_S = 1.0
 HAND_OVER_MAX_BACKOFF_S = 300.0
 #: What a peer that is down, slow or confused causes in the normal run of things.
 PEER_ERRORS = (OSError, ConnectionLost, RpcError, DecodeError, trio.TooSlowError)
@@ -621,16 +623,25 @@ class StorageNode:
         return PeerCalls(await self._pool.get(peer.url), self.identity, self.clock)
 
     async def _directory_loop(self) -> None:
+        """Re-read the registry every ``registry_refresh_s``, sooner when asked. Nodes
+        join in batches, so a listing that just changed (or that a node just started
+        with) is likely to change again: the interval starts at
+        :data:`LISTING_SETTLING_S` and doubles while nothing changes, and a node started
+        beside others learns of them in seconds without anyone having to contact it."""
+        interval = min(LISTING_SETTLING_S, self.config.registry_refresh_s)
         while True:
-            interval = self.config.registry_refresh_s * (0.9 + 0.2 * self._random.random())
-            with trio.move_on_after(interval):
+            with trio.move_on_after(interval * (0.9 + 0.2 * self._random.random())):
                 await self._refresh_soon.wait()
                 await trio.sleep(REFRESH_SOON_S)
             self._refresh_soon = trio.Event()
+            before = self.snapshot.nodes
             try:
                 await self.refresh()
             except Exception as exc:  # a bad listing must not stop later refreshes
                 logger.warning("node %s: registry refresh failed: %r", self.pubkey[:8], exc)
+            changed = self.snapshot.nodes != before
+            limit = self.config.registry_refresh_s
+            interval = min(limit, LISTING_SETTLING_S if changed else 2 * interval)
 
     async def _sweep_loop(self) -> None:
         while True:

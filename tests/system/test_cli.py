@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -175,6 +176,23 @@ async def test_network_up_again_with_fewer_nodes_waits_only_for_this_runs(tmp_pa
             process.send_signal(signal.SIGINT)
             with trio.fail_after(60):
                 assert await process.wait() == 130
+
+
+def test_network_up_names_the_process_that_did_not_come_up(tmp_path: Path) -> None:
+    """A node that cannot start (its database is garbage) ends ``network up`` with one line
+    naming it and its log, no traceback, and nothing left running."""
+    (tmp_path / "node-1").mkdir()
+    (tmp_path / "node-1" / "messages.sqlite3").write_bytes(b"not a database" * 400)
+    result = subprocess.run(
+        [*P2PSYNC, "network", "up", "--nodes", "2", "--relays", "0", "--data", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"p2psync: error: node-1 exited before it was ready (see {tmp_path}/node-1.log)"
+    assert not _descendants(os.getpid())
 
 
 def _descendants(pid: int) -> set[int]:
