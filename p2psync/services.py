@@ -33,6 +33,7 @@ from .fileserver import FileServer
 from .identity import SEED_BYTES, Identity
 from .opengroup import OpenGroupServer
 from .swarm.admission import Ledger, Registration, checked_registration
+from .swarm.constants import LISTING_SETTLING_S
 from .swarm.node import NodeConfig, StorageNode
 from .swarm.registry import Directory, FileDirectory, RegistryDirectory, RegistryServer
 from .swarm.store import MessageStore
@@ -239,6 +240,7 @@ class AnnouncedRelay:
         self._keys = KeyPair.from_seed(identity.seed)
         self._cores: list[RelayCore] = []
         self._directory: Directory | None = None
+        self._known: frozenset[bytes] = frozenset()
 
     async def serve(
         self,
@@ -258,9 +260,16 @@ class AnnouncedRelay:
             self._cores.append(core)
             await self.refresh()
             task_status.started(self.address)
+            # Relays start in batches: a listing that just changed (or that this relay
+            # started with) is likely to grow again soon, so the next re-read comes after
+            # a second, then doubling while nothing changes, up to ``refresh_s``.
+            interval = min(LISTING_SETTLING_S, self.refresh_s)
             while True:
-                await trio.sleep(self.refresh_s)
+                await trio.sleep(interval)
+                before = self.known_relays
                 await self.refresh()
+                changed = self.known_relays != before
+                interval = min(self.refresh_s, LISTING_SETTLING_S if changed else 2 * interval)
 
     def observe(self, observer: Callable[[bytes], None]) -> None:
         """Hand ``observer`` every cell this relay is handed from now on (an audit of
@@ -272,6 +281,11 @@ class AnnouncedRelay:
         """The introsets this relay holds, as it holds them."""
         return [record for core in self._cores for record in core.store.records()]
 
+    @property
+    def known_relays(self) -> frozenset[bytes]:
+        """The keys of the relays this one forwards to, as of its last registry read."""
+        return self._known
+
     async def refresh(self) -> None:
         """Announce a fresh contact and re-read the other relays now."""
         assert self._directory is not None, "the relay is not serving"
@@ -281,5 +295,6 @@ class AnnouncedRelay:
             snapshot = await self._directory.fetch()
             contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
             self._cores[0].update_directory(contacts, self.clock.now_ms())
+            self._known = frozenset(c.pubkey for c in contacts)
         except (OSError, P2PSyncError, ValueError) as exc:
             logger.warning("relay: registry unavailable: %s", exc)

@@ -27,6 +27,9 @@ MAX_HASHES_PER_REQUEST = 1000
 SWEEP_INTERVAL_S = 10.0
 REPAIR_INTERVAL_S = 60.0
 REGISTRY_REFRESH_S = 60.0
+#: The first registry re-read after a start or a change in the listing (then doubling up
+#: to the refresh interval): nodes and relays start in batches.
+LISTING_SETTLING_S = 1.0
 ANNOUNCE_INTERVAL_S = 120.0
 REPLICATION_RETRY_S = 2.0
 POLL_INTERVAL_S = 3.0

@@ -51,6 +51,7 @@ from .auth import ReplayGuard, check_client_auth, check_node_auth
 from .commit import CommitFailed, GroupCommit
 from .constants import (
     ANNOUNCE_INTERVAL_S,
+    LISTING_SETTLING_S,
     PROTOCOL_VERSION,
     REGISTRY_REFRESH_S,
     REPAIR_INTERVAL_S,
@@ -108,8 +109,6 @@ logger = logging.getLogger(__name__)
 PEER_CALL_TIMEOUT_S = 10.0
 #: Delay (and so the rate limit) of a registry re-read asked for by an unknown node.
 REFRESH_SOON_S = 5.0
-#: The first registry re-read after a start or a membership change (then doubling).
-LISTING_SETTLING_S = 1.0
 HAND_OVER_MAX_BACKOFF_S = 300.0
 #: What a peer that is down, slow or confused causes in the normal run of things.
 PEER_ERRORS = (OSError, ConnectionLost, RpcError, DecodeError, trio.TooSlowError)
