@@ -111,7 +111,11 @@ async def _scenario(
                 watch = KeyWatch(_telltales(phone, desktop))
                 for relay in network.relays:
                     relay.observe(watch)
-                figures = await _story(network, phone, desktop, bob, mode, say, watch)
+                # What the desktop's swarm is read with (the account's key when linked).
+                reader = Identity.from_label(
+                    f"demo/{seed}/alice-{'phone' if mode == 'linked' else 'desktop'}"
+                )
+                figures = await _story(network, phone, desktop, bob, mode, say, watch, reader)
                 figures["privacy"].update(await _privacy(network, phone, watch, figures["storage"]))
                 return figures
 
@@ -141,7 +145,7 @@ def _telltales(*devices: Device) -> list[bytes]:
     each device's own key and its overlay key (Ed25519 and X25519)."""
     keys = []
     for device in devices:
-        keys += [device.device_identity.ed25519_public, device.overlay_key]
+        keys += [device.device_key, device.overlay_key]
         keys.append(x25519_of(device.overlay_key))
     return keys + [key.hex().encode() for key in keys]
 
@@ -194,6 +198,7 @@ async def _story(
     mode: str,
     say: Callable[[str], None],
     watch: KeyWatch,
+    reader: Identity,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {"mode": mode}
     alice = phone.session_id
@@ -240,7 +245,7 @@ async def _story(
     await phone.send(bob.session_id, "Desktop is off, I'm on my phone")
     await trio.sleep(config_grace(phone) + 1)
     await phone.flush()
-    copies = _sync_copies(network, desktop, mode)
+    copies = _sync_copies(network, reader)
     say(
         f"   the desktop did not acknowledge within {config_grace(phone):g} s: "
         f"{copies} sync {'copy' if copies == 1 else 'copies'} stored in the swarm"
@@ -248,7 +253,7 @@ async def _story(
     await desktop.set_online(True)
     took = await _step("the catch-up", lambda: len(desktop.history(bob.session_id)) == 3)
     say(f"   back online, the desktop caught up in {took:.1f} s")
-    await _step("the copy's deletion", lambda: _sync_copies(network, desktop, mode) == 0)
+    await _step("the copy's deletion", lambda: _sync_copies(network, reader) == 0)
     say("   both devices hold it now, so the sync copy was deleted early")
 
     say("[bold]5. Away past the TTL[/]: the desktop is off while Alice and Bob talk on")
@@ -319,9 +324,8 @@ def _live_rows(network: LocalNetwork, owner: str, namespace: int) -> dict[bytes,
     }
 
 
-def _sync_copies(network: LocalNetwork, sibling: Device, mode: str) -> int:
-    """Sync copies of sent messages waiting in the swarm for ``sibling``."""
-    reader = sibling.identity if mode == "linked" else sibling.device_identity
+def _sync_copies(network: LocalNetwork, reader: Identity) -> int:
+    """Sync copies of sent messages waiting in the swarm ``reader`` reads."""
     rows = _live_rows(network, reader.session_id, NAMESPACE_SYNC)
     return sum(open_envelope(reader, data).kind == "sync_sent" for data in rows.values())
 

@@ -9,24 +9,30 @@ from .device import (
     PairingOffer,
     PairingTicket,
     Rejection,
+    Room,
     create_device,
     describe_device,
     open_device,
 )
+from .friends import ContactState
+from .modes import Mode
 from .store import Contact, HistoryItem
 
 __all__ = [
     "Contact",
+    "ContactState",
     "Device",
     "DeviceConfig",
     "DeviceError",
     "HistoryItem",
+    "Mode",
     "NetworkAccess",
     "NetworkFileError",
     "PairingError",
     "PairingOffer",
     "PairingTicket",
     "Rejection",
+    "Room",
     "create_device",
     "describe_device",
     "open_device",

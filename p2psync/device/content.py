@@ -50,6 +50,8 @@ from ..identity import KEY_BYTES, SEED_BYTES, session_id_key
 from ..mapping import MAX_RECORD_BYTES
 from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from ..wire import Fields, decode_cbor, encode_cbor
+from .friends import ContactState
+from .modes import Mode
 
 MAX_TEXT_CHARS = 16_000
 MAX_NAME_CHARS = 64
@@ -58,10 +60,10 @@ MAX_CONTACTS = 1000
 ID_BYTES = 32
 SECRET_BYTES = 32
 NONCE_BYTES = 32
-MODES = ("mapped", "linked")
+MODES = tuple(mode.value for mode in Mode)
 
-#: Contact states: ``requested`` (we asked), ``pending`` (they asked), ``friend``, ``declined``.
-CONTACT_STATES = ("requested", "pending", "friend", "declined")
+#: Contact states (:class:`~p2psync.device.friends.ContactState`) by their wire values.
+CONTACT_STATES = tuple(state.value for state in ContactState)
 
 
 def _session_id(fields: Fields, name: str) -> str:
@@ -116,7 +118,7 @@ class ContactRecord:
     """A contact as siblings share it (``sync_contact``, and inside a pairing grant)."""
 
     user: str
-    state: str
+    state: ContactState
     devices: tuple[str, ...]
 
     def to_wire(self) -> dict[str, Any]:
@@ -128,7 +130,9 @@ class ContactRecord:
         state = fields.text("state", max_len=16)
         if state not in CONTACT_STATES:
             raise DecodeError(f"unknown contact state {state!r}")
-        return cls(_session_id(fields, "user"), state, _session_ids(fields, "devices"))
+        return cls(
+            _session_id(fields, "user"), ContactState(state), _session_ids(fields, "devices")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +156,7 @@ class SiblingRecord:
 
 @dataclass(frozen=True, slots=True)
 class PairRequest:
-    mode: str
+    mode: Mode
     device: str
     overlay: bytes
     name: str
@@ -339,7 +343,7 @@ def decode_content(kind: str, body: bytes) -> Content:
         if mode not in MODES:
             raise DecodeError(f"unknown pairing mode {mode!r}")
         return PairRequest(
-            mode,
+            Mode(mode),
             _session_id(fields, "device"),
             fields.blob("overlay", size=KEY_BYTES),
             fields.text("name", max_len=MAX_NAME_CHARS),

@@ -13,6 +13,9 @@ signed by the device it asked.
 
 Six digits, grouped in threes to read aloud.
 
+The pairing machine (:data:`PAIRING_TRANSITIONS`) is the one table of which pairing
+state each event may move to, and what the driver then does (:class:`PairingEffect`).
+
 Answering a request costs the primary a signature and a stored message (the challenge),
 and anyone can seal requests to it, so it answers a requester key at most
 :data:`REQUESTS_PER_KEY` times at once and then once per :data:`REQUEST_KEY_REFILL_S`,
@@ -27,6 +30,8 @@ the new device, hearing no challenge within the pairing window, asks the user to
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from enum import Enum, StrEnum
 
 CODE_DIGITS = 6
 REQUESTS_PER_KEY = 3
@@ -41,3 +46,79 @@ def pairing_code(request_id: bytes, nonce: bytes) -> str:
     number = int.from_bytes(digest, "big") % 10**CODE_DIGITS
     text = f"{number:0{CODE_DIGITS}d}"
     return f"{text[:3]} {text[3:]}"
+
+
+class PairingState(StrEnum):
+    """A pairing as one device keeps it (stored by value). The new device's own request
+    is ``waiting`` until the grant makes it ``paired``; a request on the primary is
+    ``pending`` until the user ``accepted`` or ``declined`` it."""
+
+    WAITING = "waiting"
+    PAIRED = "paired"
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+
+
+class PairingEvent(Enum):
+    REQUEST_SENT = "request sent"  # on the new device
+    CHALLENGE_RECEIVED = "challenge received"
+    GRANT_RECEIVED = "grant received"
+    REQUEST_RECEIVED = "request received"  # on the primary
+    ACCEPT = "accept"
+    DECLINE = "decline"
+    CODE_CLASH = "two requests show one code"
+
+
+class PairingEffect(Enum):
+    LISTEN = "receive where the challenge and the grant will arrive"
+    KEEP_NONCE = "keep the challenge's nonce: both screens can show the code"
+    SEND_CHALLENGE = "store a signed challenge for the requester"
+    SEND_GRANT = "store the grant for the new device"
+    ADD_SIBLING = "add the new device as a sibling, and tell the others"
+    ADOPT_GRANT = "act as the user from now on: identity, siblings, contacts"
+    NOTIFY = "wake whoever waits for news"
+
+
+@dataclass(frozen=True, slots=True)
+class PairingTransition:
+    state: PairingState
+    effects: tuple[PairingEffect, ...] = ()
+
+
+class IllegalPairing(Exception):
+    """An event the pairing's state does not allow; the message says why."""
+
+
+_S = PairingState
+_E = PairingEvent
+_F = PairingEffect
+
+#: (state, event) -> transition; ``None`` is a request this device does not know. The
+#: new device's states (``waiting``, ``paired``) and the primary's (``pending``,
+#: ``accepted``, ``declined``) never meet, so a challenge or a grant for a request this
+#: device received, not sent, finds no entry. A request seen again (a re-delivery, or in
+#: ``linked`` mode our own request in the swarm we now share) changes nothing; so does a
+#: challenge or a grant seen again after pairing (a restart reads them once more).
+PAIRING_TRANSITIONS: dict[tuple[PairingState | None, PairingEvent], PairingTransition] = {
+    (None, _E.REQUEST_SENT): PairingTransition(_S.WAITING, (_F.LISTEN,)),
+    (_S.WAITING, _E.CHALLENGE_RECEIVED): PairingTransition(_S.WAITING, (_F.KEEP_NONCE, _F.NOTIFY)),
+    (_S.WAITING, _E.GRANT_RECEIVED): PairingTransition(_S.PAIRED, (_F.ADOPT_GRANT, _F.NOTIFY)),
+    (_S.PAIRED, _E.CHALLENGE_RECEIVED): PairingTransition(_S.PAIRED),
+    (_S.PAIRED, _E.GRANT_RECEIVED): PairingTransition(_S.PAIRED),
+    (None, _E.REQUEST_RECEIVED): PairingTransition(_S.PENDING, (_F.SEND_CHALLENGE, _F.NOTIFY)),
+    **{(state, _E.REQUEST_RECEIVED): PairingTransition(state) for state in _S},
+    (_S.PENDING, _E.ACCEPT): PairingTransition(_S.ACCEPTED, (_F.SEND_GRANT, _F.ADD_SIBLING)),
+    (_S.PENDING, _E.DECLINE): PairingTransition(_S.DECLINED),
+    (_S.PENDING, _E.CODE_CLASH): PairingTransition(_S.DECLINED),
+}
+
+
+def pairing_transition(state: PairingState | None, event: PairingEvent) -> PairingTransition:
+    """Where ``event`` takes a pairing in ``state``; :class:`IllegalPairing` if nowhere."""
+    found = PAIRING_TRANSITIONS.get((state, event))
+    if found is None:
+        raise IllegalPairing(
+            f"a pairing {state or 'unknown here'} cannot take the event {event.value!r}"
+        )
+    return found

@@ -31,6 +31,8 @@ from ..identity import message_hash
 from ..mapping import Revocation
 from ..wire import decode_cbor, encode_cbor
 from .content import ContactRecord, HistoryRecord
+from .friends import ContactState
+from .pairing import PairingState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -149,7 +151,7 @@ class HistoryItem:
 @dataclass(frozen=True, slots=True)
 class Contact:
     user: str
-    state: str
+    state: ContactState
     devices: tuple[str, ...]
     note: str = ""
 
@@ -200,6 +202,7 @@ class Pairing:
     peer: str
     name: str
     timestamp_ms: int
+    #: A :class:`~p2psync.device.pairing.PairingState` once read back from the store.
     state: str
     data: bytes = field(repr=False)  # may hold a private key (the pairing's ephemeral)
 
@@ -209,6 +212,10 @@ _HISTORY_COLUMNS = "seq, id, timestamp_ms, conversation, outgoing, sender, devic
 
 def _item(row: tuple[int, bytes, int, str, int, str, str, str]) -> HistoryItem:
     return HistoryItem(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
+
+
+def _pairing(row: tuple[bytes, int, str, str, int, str, bytes]) -> Pairing:
+    return Pairing(row[0], bool(row[1]), row[2], row[3], row[4], PairingState(row[5]), row[6])
 
 
 class DeviceInUse(Exception):
@@ -323,7 +330,7 @@ class DeviceStore:
             return None
         devices = decode_cbor(row[2])
         assert isinstance(devices, list)
-        return Contact(row[0], row[1], tuple(str(d) for d in devices), row[3])
+        return Contact(row[0], ContactState(row[1]), tuple(str(d) for d in devices), row[3])
 
     def contacts(self) -> list[Contact]:
         users = [row[0] for row in self._db.execute("SELECT user FROM contacts ORDER BY user")]
@@ -430,7 +437,7 @@ class DeviceStore:
             " WHERE request_id = ?",
             (request_id,),
         ).fetchone()
-        return None if row is None else Pairing(row[0], bool(row[1]), *row[2:])
+        return None if row is None else _pairing(row)
 
     def pairings(self, *, incoming: bool, state: str) -> list[Pairing]:
         rows = self._db.execute(
@@ -438,7 +445,7 @@ class DeviceStore:
             " WHERE incoming = ? AND state = ? ORDER BY timestamp_ms",
             (int(incoming), state),
         )
-        return [Pairing(r[0], bool(r[1]), *r[2:]) for r in rows]
+        return [_pairing(r) for r in rows]
 
     def put_pairing(self, pairing: Pairing) -> None:
         self._db.execute(

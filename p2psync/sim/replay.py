@@ -172,7 +172,7 @@ class Replay:
 
     async def _replay(self, nursery: trio.Nursery, on_progress: Callable[[float], None]) -> Outcome:
         trace = self.trace
-        owners = {d.identity.session_id for d in self.devices.values()}
+        owners = {d.receives_as for d in self.devices.values()}
         holdings = Holdings(
             [handle.db_path for handle in self.network.nodes],
             owners,

@@ -13,7 +13,8 @@ import overlay.session
 from overlay.keys import KeyPair
 from overlay.session import InitReplayCache, SessionCore
 from p2psync.device import Device
-from p2psync.device.device import TAKEOVER_GRACES
+from p2psync.device.siblings import TAKEOVER_GRACES
+from p2psync.identity import Identity
 from p2psync.network import LocalNetwork
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 
@@ -34,7 +35,8 @@ GRACE_S = 10
 
 def sync_copies(network: LocalNetwork, sibling: Device, mode: str) -> int:
     """Sync copies of sent messages waiting in the swarm for ``sibling``."""
-    reader = sibling.identity if mode == "linked" else sibling.device_identity
+    # The key that swarm is read with: the account's (the phone's) when linked.
+    reader = Identity.from_label(f"device/{'phone' if mode == 'linked' else sibling.name}")
     return stored_kinds(network, reader, NAMESPACE_SYNC).count("sync_sent")
 
 
@@ -128,7 +130,7 @@ async def test_a_sibling_stands_in_for_an_origin_that_leaves_before_its_grace_pe
         async with device(network, tmp_path, "tablet", mode) as tablet:
             await pair(phone, tablet)
         await befriend(phone, bob)
-        await wait_until(lambda: len(desktop.store.siblings()) == 2)
+        await wait_until(lambda: len(desktop.siblings()) == 2)
         await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
 
         await phone.send(bob.session_id, "while the tablet is away")
@@ -160,18 +162,26 @@ async def test_a_sibling_stands_in_for_an_origin_that_leaves_before_its_grace_pe
 async def test_a_sibling_that_vanishes_without_goodbye_is_noticed_on_an_idle_session(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
+    crash = trio.CancelScope()
+
+    async def run_desktop(*, task_status: trio.TaskStatus[Device]) -> None:
+        with crash:
+            async with device(network, tmp_path, "desktop", "linked") as desktop:
+                task_status.started(desktop)
+                await trio.sleep_forever()
+
     async with (
         open_world(relays=8) as network,
         device(network, tmp_path, "phone", "linked") as phone,
-        device(network, tmp_path, "desktop", "linked") as desktop,
+        trio.open_nursery() as nursery,
     ):
+        desktop = await nursery.start(run_desktop)
         await pair(phone, desktop)
         await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
         await wait_until(lambda: phone.unacknowledged == 0)
-        # A crash: everything of the desktop's stops at once, no goodbye on any session.
-        assert desktop._online_scope is not None
-        desktop._online_scope.cancel()
-        await desktop._offline.wait()
+        # A crash: everything of the desktop's stops at once, no goodbye on any session
+        # (a cancelled ``open_device`` block does not go offline first).
+        crash.cancel()
         started = trio.current_time()
         await wait_until(lambda: not phone.connected_siblings, limit_s=600)
         assert trio.current_time() - started < 300
@@ -207,10 +217,10 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
         await dialer.set_online(False)
         await dialer.set_online(True)
         await wait_until(lambda: acceptor.connected_siblings == {dialer.device_id})
-        assert acceptor._sync is not None and acceptor._sync.endpoint is not None
-        live = acceptor._sync._serving[dialer.device_id][2]
+        assert acceptor._siblings.sync is not None and acceptor._siblings.sync.endpoint is not None
+        live = acceptor._siblings.sync._serving[dialer.device_id][2]
         await trio.sleep(600)  # the old session is long gone
-        endpoint = acceptor._sync.endpoint
+        endpoint = acceptor._siblings.sync.endpoint
         accepted, stale = endpoint.stats.sessions_accepted, endpoint.stats.inits_stale
         endpoint._on_packet(old_init, network.clock.now_ms())
         assert endpoint.stats.sessions_accepted == accepted
@@ -220,7 +230,7 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
         endpoint._on_packet(old_init, network.clock.now_ms())
         assert endpoint.stats.sessions_accepted == accepted + 1
         await trio.sleep(60)
-        assert acceptor._sync._serving[dialer.device_id][2] is live
+        assert acceptor._siblings.sync._serving[dialer.device_id][2] is live
         assert acceptor.connected_siblings == {dialer.device_id}
 
 

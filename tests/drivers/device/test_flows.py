@@ -11,10 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from p2psync.device import Device, DeviceError
+from p2psync.device import Device, DeviceError, Room
 from p2psync.device.content import Text, encode_content
 from p2psync.envelope import seal_envelope
-from p2psync.identity import session_id_key
+from p2psync.identity import Identity, session_id_key
 from p2psync.network import LocalNetwork
 from p2psync.swarm.client import open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
@@ -119,7 +119,8 @@ async def test_mapped_devices_fan_out_and_sync(
         assert stored_messages(network, desktop.device_id, NAMESPACE_MESSAGES) == 2
 
         # Open group: the server maps the secondary's key to Alice.
-        await phone.create_room("lobby")
+        assert await phone.create_room("lobby") == Room("lobby", created=True)
+        assert await desktop.create_room("lobby") == Room("lobby", created=False)
         await desktop.post("lobby", "from my desktop")
         await phone.post("lobby", "from my phone")
         posts = await bob.room_messages("lobby")
@@ -147,6 +148,29 @@ async def test_mapped_devices_fan_out_and_sync(
         await desktop.flush()
         await wait_until(lambda: any("is not a device of" in r.reason for r in bob.rejections))
         assert "from the revoked desktop" not in [item.text for item in bob.history(alice)]
+
+
+async def test_a_virtual_jump_expires_cached_device_lists(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A sender caches its friends' device lists on the network's clock, so a jump of that
+    clock (``Clock.skip_idle``: no Trio time passes) expires them as waiting would, and a
+    device paired meanwhile is reached without anyone sleeping for it."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "bob", "mapped") as bob,
+        device(network, tmp_path, "desktop", "mapped") as desktop,
+    ):
+        await befriend(bob, phone)
+        await pair(phone, desktop)
+        await bob.send(phone.session_id, "before the jump")
+        await wait_until(lambda: len(phone.history(bob.session_id)) == 1)
+        await bob.flush()
+        assert desktop.history(bob.session_id) == []  # Bob's list is the cached one
+        network.clock.skip_idle(int(bob.config.mapping_cache_s * 1000) + 1000)
+        await bob.send(phone.session_id, "after the jump")
+        await wait_until(lambda: texts(desktop, bob.session_id) == [(False, "after the jump")])
 
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
@@ -206,7 +230,13 @@ async def inject_text(network: LocalNetwork, sender: Device, devices: list[str])
         kind, body = encode_content(Text(sender.session_id, "let me in"))
         for target in devices:
             key = session_id_key(target)
-            data = seal_envelope(sender.identity, key, kind, body, network.clock.now_ms())
+            data = seal_envelope(
+                Identity.from_label(f"device/{sender.name}"),
+                key,
+                kind,
+                body,
+                network.clock.now_ms(),
+            )
             await swarm.store(target, NAMESPACE_MESSAGES, data)
 
 

@@ -24,7 +24,10 @@ from p2psync.device.content import (
     decode_content,
     encode_content,
 )
-from p2psync.device.device import MAX_AHEAD_MS, Device, PairingError
+from p2psync.device.device import Device, PairingError
+from p2psync.device.friends import ContactState
+from p2psync.device.inbound import MAX_AHEAD_MS
+from p2psync.device.modes import Mode
 from p2psync.device.pairing import REQUESTS_PER_KEY, pairing_code
 from p2psync.envelope import MAX_TIMESTAMP_MS, Envelope, open_envelope, seal_envelope
 from p2psync.errors import DecodeError, RpcError
@@ -194,8 +197,16 @@ async def test_strangers_and_misplaced_records_are_refused(
             (NAMESPACE_MESSAGES, Text(mallory, "buy now"), "not a friend"),
             (NAMESPACE_MESSAGES, Text(bob.session_id, "I am Bob"), "is not a device of"),
             (NAMESPACE_SYNC, SyncSent(b"\0" * 32, bob.session_id, 1, "fake"), "is not a device of"),
-            (NAMESPACE_SYNC, ContactRecord(mallory, "friend", (mallory,)), "is not a device of"),
-            (NAMESPACE_MESSAGES, ContactRecord(mallory, "friend", (mallory,)), "does not belong"),
+            (
+                NAMESPACE_SYNC,
+                ContactRecord(mallory, ContactState.FRIEND, (mallory,)),
+                "is not a device of",
+            ),
+            (
+                NAMESPACE_MESSAGES,
+                ContactRecord(mallory, ContactState.FRIEND, (mallory,)),
+                "does not belong",
+            ),
             # Mallory's own valid revocation, from a stranger; and Bob's, forged by Mallory.
             (
                 NAMESPACE_MESSAGES,
@@ -268,7 +279,7 @@ async def test_two_requests_showing_one_code_are_both_refused(
 ) -> None:
     # An attacker who saw the request can grind out one of its own with the same six
     # digits; the primary must not pick one of the two.
-    monkeypatch.setattr("p2psync.device.device.pairing_code", lambda request_id, nonce: "123 456")
+    monkeypatch.setattr("p2psync.device.pairer.pairing_code", lambda request_id, nonce: "123 456")
     async with (
         open_world() as network,
         device(network, tmp_path, "phone", "linked") as phone,
@@ -321,7 +332,12 @@ async def test_a_friends_poisoned_date_is_refused_and_the_inbox_goes_on(
             await befriend(alice, bob)
             poison = Text(bob.session_id, "poison")
             await inject(
-                swarm, bob.identity, alice.session_id, NAMESPACE_MESSAGES, poison, timestamp_ms
+                swarm,
+                Identity.from_label("device/bob"),
+                alice.session_id,
+                NAMESPACE_MESSAGES,
+                poison,
+                timestamp_ms,
             )
             reason = await refusal(alice)
             assert "ts must be an integer" in reason or "ahead of this device's clock" in reason
@@ -366,7 +382,7 @@ async def test_a_flood_of_pairing_requests_gets_few_answers_and_pairing_still_wo
     ):
         for n in range(flood):
             request = PairRequest(
-                "linked", MALLORY.session_id, bytes(32), f"fake {n}", swarm.clock.now_ms(), None
+                Mode.LINKED, MALLORY.session_id, bytes(32), f"fake {n}", swarm.clock.now_ms(), None
             )
             await inject(swarm, MALLORY, phone.session_id, NAMESPACE_CONTROL, request)
         await wait_until(lambda: phone.rejected == flood - REQUESTS_PER_KEY)
@@ -393,7 +409,7 @@ async def test_a_record_that_trips_an_unforeseen_error_is_refused_not_fatal(
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
         return envelope
 
-    monkeypatch.setattr("p2psync.device.device.open_envelope", fragile)
+    monkeypatch.setattr("p2psync.device.receiver.open_envelope", fragile)
     async with (
         open_world() as network,
         device(network, tmp_path, "alice", "linked") as alice,

@@ -16,6 +16,8 @@ import trio
 import trio.testing
 
 from overlay.keys import x25519_of
+from p2psync.device.keys import siblings_secret
+from p2psync.identity import Identity
 
 from ..swarm.helpers import wait_until
 from .helpers import befriend, device, open_world, pair
@@ -43,14 +45,14 @@ async def test_relays_and_swarm_never_see_what_ties_siblings_together(
             await phone.flush()
             await bob.flush()
 
-            secret = phone._siblings_secret()
+            secret = siblings_secret(Identity.from_label("device/phone").seed)
             assert secret is not None
             telltales = {b"shared secret": secret}
             for sibling in (phone, desktop):
                 keys = {
                     "overlay key": sibling.overlay_key,
                     "overlay X25519 key": x25519_of(sibling.overlay_key),
-                    "device key": sibling.device_identity.ed25519_public,
+                    "device key": sibling.device_key,
                 }
                 for what, key in keys.items():
                     telltales[f"{sibling.name} {what}".encode()] = key
@@ -65,6 +67,6 @@ async def test_relays_and_swarm_never_see_what_ties_siblings_together(
                 if row.data is not None
             ]
             assert len(cells) > 100 and node_view
-            for what, telltale in telltales.items():
-                assert not any(telltale in seen for seen in relay_view), what
-                assert not any(telltale in stored for stored in node_view), what
+            for label, telltale in telltales.items():
+                assert not any(telltale in seen for seen in relay_view), label
+                assert not any(telltale in stored for stored in node_view), label

@@ -66,8 +66,9 @@ async def open_seeded_world() -> AsyncIterator[LocalNetwork]:
 
 
 def endpoint_of(sibling: Device) -> Endpoint:
-    assert sibling._sync is not None and sibling._sync.endpoint is not None
-    return sibling._sync.endpoint
+    sync = sibling._siblings.sync
+    assert sync is not None and sync.endpoint is not None
+    return sync.endpoint
 
 
 def relay_carrying_session(network: LocalNetwork, phone: Device, desktop: Device) -> AnnouncedRelay:
@@ -76,8 +77,9 @@ def relay_carrying_session(network: LocalNetwork, phone: Device, desktop: Device
     paths share no relay, the intro relay the phone's session delivers to."""
     reached_by: list[list[bytes]] = []
     for sender, receiver in ((phone, desktop), (desktop, phone)):
-        assert sender._sync is not None
-        intro = sender._sync._serving[receiver.device_id][2]._core.peer_intro
+        sync = sender._siblings.sync
+        assert sync is not None
+        intro = sync._serving[receiver.device_id][2]._core.peer_intro
         assert intro is not None
         [path] = [p for p in endpoint_of(receiver).paths if p.intro_id == intro.intro_id]
         reached_by.append([hop.pubkey for hop in path.hops])

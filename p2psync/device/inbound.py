@@ -1,0 +1,492 @@
+"""The inbound core: what a device does with a record that opened and decoded, decided
+without I/O.
+
+:func:`decide` takes the record (:class:`Inbound`), what the device knows (:class:`View`)
+and the device lists fetched so far, and returns typed effects for the driver to execute:
+file a message, store a contact, add a sibling, send a pairing challenge... or exactly one
+of :class:`Reject` (the record must not be acted on), :class:`Defer` (a sibling's record,
+not here yet, may make it acceptable) and :class:`NeedDevicesOf` (the driver fetches that
+user's devices from the file server, adds them to ``devices`` and calls again). Deciding
+never waits in the middle, so every rule of what is accepted is here, in one place, and
+is tested directly (``tests/core/device/test_inbound.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from ..errors import DecodeError
+from ..identity import Identity, ed25519_matches_session_id
+from ..mapping import PAIRING_WINDOW_MS, DeviceMapping, PairingRequest, Revocation
+from ..swarm.constants import CLOCK_SKEW_MS
+from ..wire import decode_cbor, encode_cbor
+from .content import (
+    NAMESPACE_OF,
+    ContactRecord,
+    Content,
+    DeviceRevoked,
+    FriendAccept,
+    FriendRequest,
+    HistoryRecord,
+    PairChallenge,
+    PairGrant,
+    PairRequest,
+    SiblingRecord,
+    SyncSent,
+    Text,
+)
+from .friends import ContactState, FriendEffect, FriendEvent, IllegalTransition, accepts_messages
+from .friends import merged as merged_state
+from .friends import transition as friend_transition
+from .modes import Rules
+from .pairing import IllegalPairing, PairingEffect, PairingEvent, PairingState, pairing_transition
+from .store import Contact, Pairing
+
+#: How far ahead of this device's clock a message may be dated. Honest devices keep within
+#: ``CLOCK_SKEW_MS`` of the storage nodes (their signed requests need it), so an honest
+#: date runs ahead by a few of those at most; an hour leaves any honest clock room. A
+#: message dated later (year 3000, say) is refused rather than filed at the end of its
+#: conversation for ever, and not clamped to now either: each sibling would clamp to its
+#: own clock, and siblings whose histories disagree on a message's time never reconcile.
+MAX_AHEAD_MS = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A record that opened and decoded: where it was found, who signed it, what it says."""
+
+    digest: bytes
+    kind: str
+    namespace: int
+    sender_key: bytes  # the envelope's Ed25519 signing key
+    device: str  # the session id of that key
+    timestamp_ms: int
+    content: Content
+
+
+class View(Protocol):
+    """What the core reads of the device (the driver answers from its store)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def account_key(self) -> bytes: ...  # the Ed25519 key the device acts as
+    @property
+    def rules(self) -> Rules: ...
+    def contact(self, user: str) -> Contact | None: ...
+    def siblings(self) -> Mapping[str, str]: ...
+    def is_revoked(self, user: str, device: str) -> bool: ...
+    def pairing(self, request_id: bytes) -> Pairing | None: ...
+    def allow_pairing(self, sender_key: bytes) -> bool: ...
+
+
+# --- effects ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedDevicesOf:
+    """Fetch ``user``'s devices and decide again; ``fresh``: not from the cache, and a
+    failed lookup defers the record (else the last known list will do)."""
+
+    user: str
+    fresh: bool
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    """File ``record`` under ``message_id``; if new and ``share_as`` is set, push it to
+    siblings under that id."""
+
+    message_id: bytes
+    record: HistoryRecord
+    share_as: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PutContact:
+    contact: Contact
+
+
+@dataclass(frozen=True, slots=True)
+class Befriend:
+    """Answer with every device of ours, make ``contact`` a friend and tell siblings."""
+
+    contact: Contact
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeDevice:
+    revocation: Revocation
+    contact: Contact  # without the revoked device
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSyncCopy:
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Covered:
+    message_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AddSibling:
+    record: SiblingRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SendChallenge:
+    """Store a signed challenge for ``pairing.peer``, then keep ``pairing`` (its ``data``
+    the request's details; the driver adds the nonce it derives)."""
+
+    pairing: Pairing
+    joining: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class KeepNonce:
+    pairing: Pairing
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptGrant:
+    pairing: Pairing
+    grant: PairGrant
+
+
+Effect = (
+    Reject
+    | Defer
+    | NeedDevicesOf
+    | File
+    | PutContact
+    | Befriend
+    | RevokeDevice
+    | DeleteSyncCopy
+    | Covered
+    | AddSibling
+    | SendChallenge
+    | KeepNonce
+    | AdoptGrant
+)
+
+
+class _Refused(Exception):
+    pass
+
+
+class _NotYet(Exception):
+    pass
+
+
+class _Need(Exception):
+    def __init__(self, user: str, fresh: bool) -> None:
+        self.need = NeedDevicesOf(user, fresh)
+
+
+def date_refusal(timestamp_ms: int, now_ms: int) -> str | None:
+    """Why a message dated ``timestamp_ms`` is refused, if it is (see :data:`MAX_AHEAD_MS`)."""
+    if timestamp_ms > now_ms + MAX_AHEAD_MS:
+        return f"a message dated {timestamp_ms}, ahead of this device's clock"
+    return None
+
+
+def pairing_details(pairing: Pairing) -> dict[str, Any]:
+    """What a device keeps about a pairing: the request's details on the primary; the
+    secret (a key or the signed request) and, once challenged, the nonce on the new one."""
+    state = decode_cbor(pairing.data)
+    assert isinstance(state, dict)  # written by this device only
+    return state
+
+
+def decide(
+    view: View, item: Inbound, now_ms: int, devices: Mapping[str, tuple[str, ...]]
+) -> list[Effect]:
+    """The effects of ``item``; ``devices`` holds the device lists fetched for it so far."""
+    try:
+        if NAMESPACE_OF[item.kind] != item.namespace:
+            raise _Refused(f"a {item.kind} record does not belong in namespace {item.namespace}")
+        return _Decision(view, item, now_ms, devices).effects()
+    except (_Refused, DecodeError) as exc:
+        return [Reject(str(exc))]
+    except _NotYet as exc:
+        return [Defer(str(exc))]
+    except _Need as need:
+        return [need.need]
+
+
+class _Decision:
+    """One record's decision; a method per kind."""
+
+    def __init__(
+        self, view: View, item: Inbound, now_ms: int, devices: Mapping[str, tuple[str, ...]]
+    ) -> None:
+        self.view = view
+        self.item = item
+        self.now_ms = now_ms
+        self.devices = devices
+
+    def effects(self) -> list[Effect]:
+        match self.item.content:
+            case Text() as text:
+                return self.text(text)
+            case FriendRequest() as request:
+                return self.friend_request(request)
+            case FriendAccept() as accept:
+                return self.friend_accept(accept)
+            case DeviceRevoked() as revoked:
+                return self.device_revoked(revoked)
+            case SyncSent() as sent:
+                return self.sync_sent(sent)
+            case SiblingRecord() as sibling:
+                self.check_sibling()
+                return [] if sibling.device == self.view.device_id else [AddSibling(sibling)]
+            case ContactRecord() as record:
+                return self.contact_record(record)
+            case PairRequest() as request:
+                return self.pair_request(request)
+            case PairChallenge() as challenge:
+                return self.pair_challenge(challenge)
+            case PairGrant() as grant:
+                return self.pair_grant(grant)
+        raise AssertionError(f"no rule for {self.item.content!r}")  # pragma: no cover
+
+    # --- who is who --------------------------------------------------------------------------
+
+    def devices_of(self, user: str, *, fresh: bool) -> tuple[str, ...]:
+        known = self.view.rules.own_devices_without_lookup(user, self.view.user_id)
+        if known is not None:
+            return known
+        if user not in self.devices:
+            raise _Need(user, fresh)
+        return self.devices[user]
+
+    def check_device(self, device: str, user: str) -> None:
+        """Refuse unless ``device`` is a device of ``user``. Known devices pass at once,
+        unless seen revoked; others are looked up on the file server."""
+        view = self.view
+        if device == user:
+            return
+        if view.rules.own_key_refused(user, view.user_id):
+            raise _Refused("the signing key is not this account's")
+        known = view.contact(user)
+        if known is not None and device in known.devices and not view.is_revoked(user, device):
+            return
+        if user == view.user_id and device in view.siblings():
+            return
+        if device not in self.devices_of(user, fresh=True):
+            raise _Refused(f"{device[:12]}… is not a device of {user[:12]}…")
+
+    def check_sibling(self) -> None:
+        view, item = self.view, self.item
+        if view.rules.sync_signer_is_account():
+            if item.sender_key != view.account_key:
+                raise _Refused("a sync record not signed by this account")
+            return
+        if item.device == view.device_id:
+            raise _Refused("a sync record signed by this very device")
+        self.check_device(item.device, view.user_id)
+
+    def check_date(self, record: HistoryRecord) -> None:
+        refusal = date_refusal(record.timestamp_ms, self.now_ms)
+        if refusal is not None:
+            raise _Refused(refusal)
+
+    def known_contact(self, user: str, what: str) -> Contact | None:
+        """The contact ``user``; unknown while we have siblings, a sibling's record
+        about them may still be on its way."""
+        contact = self.view.contact(user)
+        if contact is None and self.view.siblings():
+            raise _NotYet(f"{what} from {user[:12]}…, unknown here so far")
+        return contact
+
+    # --- messages and friends ----------------------------------------------------------------
+
+    def text(self, text: Text) -> list[Effect]:
+        item = self.item
+        contact = self.known_contact(text.user, "a message")
+        if not accepts_messages(None if contact is None else contact.state):
+            raise _Refused(f"a message from {text.user[:12]}…, who is not a friend")
+        self.check_device(item.device, text.user)
+        record = HistoryRecord(
+            item.timestamp_ms, text.user, False, text.user, item.device, text.text
+        )
+        self.check_date(record)
+        share = item.digest if self.view.rules.shares_received() else None
+        # One id on every device of ours (``mapped`` fan-out copies carry it).
+        return [File(text.id or item.digest, record, share)]
+
+    def friend_request(self, request: FriendRequest) -> list[Effect]:
+        if request.user == self.view.user_id:
+            raise _Refused("a friend request from this user's own device")
+        self.check_device(self.item.device, request.user)
+        contact = self.view.contact(request.user)
+        devices = self.devices_of(request.user, fresh=False)
+        state = None if contact is None else contact.state
+        move = friend_transition(state, FriendEvent.REQUEST_RECEIVED)
+        if FriendEffect.SEND_ACCEPT in move.effects:
+            assert contact is not None
+            return [Befriend(replace(contact, devices=devices))]
+        if move.state != state:
+            return [PutContact(Contact(request.user, move.state, devices, request.text))]
+        return []
+
+    def friend_accept(self, accept: FriendAccept) -> list[Effect]:
+        contact = self.known_contact(accept.user, "an acceptance")
+        try:
+            if contact is None:
+                raise IllegalTransition("unknown")
+            move = friend_transition(contact.state, FriendEvent.ACCEPT_RECEIVED)
+        except IllegalTransition:
+            raise _Refused(f"an acceptance from {accept.user[:12]}…, who was not asked") from None
+        self.check_device(self.item.device, accept.user)
+        devices = self.devices_of(accept.user, fresh=False)
+        return [PutContact(replace(contact, state=move.state, devices=devices))]
+
+    def device_revoked(self, content: DeviceRevoked) -> list[Effect]:
+        """A friend's primary revoked one of its devices: stop trusting it at once,
+        whatever the file server says later."""
+        revocation = Revocation.from_bytes(content.revocation)
+        revocation.verify()
+        if self.item.device != revocation.primary:
+            raise _Refused("a revocation must come from the primary that signed it")
+        contact = self.view.contact(revocation.primary)
+        if contact is None or contact.state != ContactState.FRIEND:
+            raise _Refused(f"a revocation from {revocation.primary[:12]}…, not a friend")
+        devices = tuple(d for d in contact.devices if d != revocation.secondary)
+        return [RevokeDevice(revocation, replace(contact, devices=devices))]
+
+    def sync_sent(self, sent: SyncSent) -> list[Effect]:
+        self.check_sibling()
+        view = self.view
+        record = HistoryRecord(
+            sent.timestamp_ms, sent.to, True, view.user_id, self.item.device, sent.text
+        )
+        self.check_date(record)
+        done: Effect = (
+            DeleteSyncCopy(self.item.digest)
+            if view.rules.deletes_filed_sync_copy()
+            else Covered(sent.id)
+        )
+        return [File(sent.id, record), done]
+
+    def contact_record(self, record: ContactRecord) -> list[Effect]:
+        """A sibling's contact change."""
+        self.check_sibling()
+        current = self.view.contact(record.user)
+        state = ContactState(record.state)
+        if merged_state(None if current is None else current.state, state) != state:
+            return []
+        note = current.note if current is not None else ""
+        return [PutContact(Contact(record.user, state, record.devices, note))]
+
+    # --- pairing -----------------------------------------------------------------------------
+
+    def pair_request(self, request: PairRequest) -> list[Effect]:
+        view, item, now = self.view, self.item, self.now_ms
+        known = view.pairing(item.digest)
+        if known is not None:
+            # Seen again: changes nothing, unless it is an answered request stored
+            # again after its window (a replay).
+            answered = known.incoming and known.state != PairingState.PENDING
+            if answered and known.timestamp_ms < now - PAIRING_WINDOW_MS:
+                raise _Refused("a replayed pairing request (it was already answered)")
+            pairing_transition(PairingState(known.state), PairingEvent.REQUEST_RECEIVED)
+            return []
+        if request.mode != view.rules.mode:
+            raise _Refused(f"a {request.mode} pairing request to a {view.rules.mode} device")
+        if not now - PAIRING_WINDOW_MS <= request.timestamp_ms <= now + CLOCK_SKEW_MS:
+            raise _Refused("an expired (or replayed) pairing request")
+        if request.device in view.siblings():
+            if view.rules.ignores_known_sibling_request():
+                return []
+            raise _Refused("a pairing request from a device that is already paired")
+        # Before any work that costs us (checking the signed request, signing a challenge,
+        # storing it): anyone can seal requests to us (see :mod:`.pairing`).
+        if not view.allow_pairing(item.sender_key):
+            raise _Refused("too many pairing requests: this one is dropped")
+        joining: dict[str, Any] = {"device": request.device, "overlay": request.overlay}
+        if view.rules.hands_over_seed():
+            peer = item.device  # the key made for this request
+        else:
+            if request.request is None:
+                raise _Refused("a mapped pairing request without the signed request")
+            signed = PairingRequest.from_bytes(request.request)
+            signed.verify()
+            if (
+                signed.primary != view.user_id
+                or signed.secondary != request.device
+                or signed.secondary_key != item.sender_key
+                or signed.timestamp_ms != request.timestamp_ms
+            ):
+                raise _Refused("the signed pairing request does not match its envelope")
+            peer, joining = request.device, {**joining, "request": request.request}
+        move = pairing_transition(None, PairingEvent.REQUEST_RECEIVED)
+        assert PairingEffect.SEND_CHALLENGE in move.effects
+        pairing = Pairing(
+            item.digest, True, peer, request.name, request.timestamp_ms, move.state, b""
+        )
+        return [SendChallenge(pairing, joining)]
+
+    def answered_pairing(self, request_id: bytes, event: PairingEvent) -> tuple[Pairing, bool]:
+        """The request ``request_id`` of this device that a challenge or a grant answers,
+        and whether the answer is news (False: seen before)."""
+        pairing = self.view.pairing(request_id)
+        what = "challenge" if event is PairingEvent.CHALLENGE_RECEIVED else "grant"
+        try:
+            if pairing is None:
+                raise IllegalPairing("unknown")
+            move = pairing_transition(PairingState(pairing.state), event)
+        except IllegalPairing:
+            raise _Refused(f"a pairing {what} for no request of this device") from None
+        if not ed25519_matches_session_id(self.item.sender_key, pairing.peer):
+            raise _Refused(f"a pairing {what} not signed by the device pairing was asked of")
+        return pairing, bool(move.effects)
+
+    def pair_challenge(self, challenge: PairChallenge) -> list[Effect]:
+        pairing, news = self.answered_pairing(challenge.request_id, PairingEvent.CHALLENGE_RECEIVED)
+        details = pairing_details(pairing)
+        if "nonce" in details:
+            if details["nonce"] != challenge.nonce:
+                raise _Refused("a second, different challenge for one pairing request")
+            return []  # seen again
+        if not news:
+            return []
+        kept = replace(pairing, data=encode_cbor({**details, "nonce": challenge.nonce}))
+        return [KeepNonce(kept)]
+
+    def pair_grant(self, grant: PairGrant) -> list[Effect]:
+        pairing = self.view.pairing(grant.request_id)
+        if pairing is not None and not pairing.incoming and pairing.state == PairingState.PAIRED:
+            return []  # seen before a restart: already applied
+        pairing, _ = self.answered_pairing(grant.request_id, PairingEvent.GRANT_RECEIVED)
+        if self.view.rules.hands_over_seed():
+            if grant.seed is None or Identity(grant.seed).session_id != pairing.peer:
+                raise _Refused("the handed-over identity is not the primary's")
+        else:
+            if grant.mapping is None:
+                raise _Refused("a mapped pairing grant without the mapping")
+            mapping = DeviceMapping.from_bytes(grant.mapping)
+            mapping.verify()
+            if (
+                mapping.primary != pairing.peer
+                or mapping.secondary != self.view.device_id
+                or mapping.timestamp_ms != pairing.timestamp_ms
+            ):
+                raise _Refused("the granted mapping is not the one this device asked for")
+        return [AdoptGrant(pairing, grant)]

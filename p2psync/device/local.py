@@ -1,0 +1,164 @@
+"""What a device holds locally, shared by its drivers: the store, who it acts as, the
+mode's rules, and the bookkeeping every driver does the same way (filing a message,
+queueing a record, noting a refusal, waking whoever waits).
+
+The :class:`~p2psync.device.device.Device` facade, its inbound driver and the sibling
+handler (:mod:`.siblings`) each hold the one :class:`Local`; nothing outside the package
+sees it, so the store and the signing key stay private to the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Mapping
+
+import trio
+
+from ..clock import Clock
+from ..envelope import seal_envelope
+from ..identity import Identity, message_hash, session_id_key
+from ..rpc import KeyedRateLimit
+from .content import NAMESPACE_OF, Content, HistoryRecord, encode_content
+from .inbound import date_refusal
+from .keys import overlay_public
+from .modes import RULES, Mode, Rules
+from .pairing import REQUEST_KEY_REFILL_S, REQUEST_REFILL_S, REQUESTS_BURST, REQUESTS_PER_KEY
+from .store import Contact, Copy, DeviceStore, Pairing
+from .values import MAX_REJECTIONS, DeviceConfig, Refused, Rejection
+
+logger = logging.getLogger(__name__)
+
+
+class Local:
+    """A device's own state and the bookkeeping on it (see the module docstring). It is
+    also the :class:`~p2psync.device.inbound.View` the inbound core decides from."""
+
+    def __init__(self, store: DeviceStore, clock: Clock, config: DeviceConfig) -> None:
+        self.store = store
+        self.clock = clock
+        self.config = config
+        mode, device_seed = store.get_meta("mode"), store.get_meta("device_seed")
+        assert mode is not None and device_seed is not None
+        self.rules: Rules = RULES[Mode(mode.decode())]
+        self.name = (store.get_meta("name") or b"").decode()
+        #: The device's own key: its identity in ``mapped`` mode, its overlay key in ``linked``.
+        self.device_identity = Identity(device_seed)
+        #: What siblings reach this device by on the overlay (derived, not its Session id).
+        self.overlay_key = overlay_public(device_seed)
+        self.rejections: deque[Rejection] = deque(maxlen=MAX_REJECTIONS)
+        self.rejected = 0
+        self.changed = trio.Event()
+        self.outbox_wakeup = trio.Event()
+        self.pairing_limit = KeyedRateLimit(
+            REQUESTS_PER_KEY,
+            REQUEST_KEY_REFILL_S,
+            REQUESTS_BURST,
+            REQUEST_REFILL_S,
+            clock.now_ms() / 1000,
+        )
+        self.load_identity()
+
+    def load_identity(self) -> None:
+        """The identity this device receives as and signs with: its own in ``mapped``
+        mode, the account's (shared by every sibling) in ``linked`` mode."""
+        self.identity, self.user_id = acting_identity(self.store, self.device_identity)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.rules.is_primary(self.user_id, self.device_id)
+
+    # --- the inbound View -------------------------------------------------------------------
+
+    @property
+    def device_id(self) -> str:
+        return self.device_identity.session_id
+
+    @property
+    def account_key(self) -> bytes:
+        return self.identity.ed25519_public
+
+    def contact(self, user: str) -> Contact | None:
+        return self.store.contact(user)
+
+    def siblings(self) -> Mapping[str, str]:
+        return self.store.siblings()
+
+    def is_revoked(self, user: str, device: str) -> bool:
+        return self.store.is_revoked(user, device)
+
+    def pairing(self, request_id: bytes) -> Pairing | None:
+        return self.store.pairing(request_id)
+
+    def allow_pairing(self, sender_key: bytes) -> bool:
+        return self.pairing_limit.allow(sender_key, self.clock.now_ms() / 1000)
+
+    # --- bookkeeping ------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake whoever waits for news (the ``incoming`` stream, pairing offers)."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def wake_outbox(self) -> None:
+        self.outbox_wakeup.set()
+
+    def reject(self, kind: str, reason: str) -> None:
+        logger.warning("%s: refused a %s: %s", self.name, kind, reason)
+        self.rejected += 1
+        self.rejections.append(Rejection(self.clock.now_ms(), kind, reason))
+
+    def file_message(self, digest: bytes, record: HistoryRecord) -> bool:
+        """Add to history unless known; True if it was new. :class:`Refused` if dated
+        too far ahead (:func:`~p2psync.device.inbound.date_refusal`)."""
+        refusal = date_refusal(record.timestamp_ms, self.clock.now_ms())
+        if refusal is not None:
+            raise Refused(refusal)
+        new = self.store.add_message(
+            digest,
+            record.timestamp_ms,
+            record.conversation,
+            record.outgoing,
+            record.sender,
+            record.device,
+            record.text,
+        )
+        if new:
+            self.notify()
+        return new
+
+    def queue(self, content: Content, recipient: str) -> bytes | None:
+        """Put ``content`` in the outbox (inside a transaction). A record for another user
+        is sealed to them at once, so its id (the hash of that copy) is known and stable;
+        the copies for their other devices and for our siblings follow when it is sent."""
+        kind, body = encode_content(content)
+        now = self.clock.now_ms()
+        if recipient == self.user_id:
+            self.store.add_outbox(kind, recipient, body, now, None)
+            return None
+        data = seal_envelope(self.identity, session_id_key(recipient), kind, body, now)
+        digest = message_hash(data)
+        seq = self.store.add_outbox(kind, recipient, body, now, digest)
+        self.store.add_copies([Copy(seq, recipient, NAMESPACE_OF[kind], data)])
+        return digest
+
+    def seal_copy(self, seq: int, owner: str, content: Content, timestamp_ms: int) -> Copy:
+        kind, body = encode_content(content)
+        data = seal_envelope(self.identity, session_id_key(owner), kind, body, timestamp_ms)
+        return Copy(seq, owner, NAMESPACE_OF[kind], data)
+
+    def set_contact(self, contact: Contact) -> None:
+        """Store a contact change and queue it for the siblings (inside a transaction)."""
+        self.store.put_contact(contact)
+        self.queue(contact.record, self.user_id)
+        self.notify()
+
+
+def acting_identity(store: DeviceStore, device: Identity) -> tuple[Identity, str]:
+    """The identity a device signs and receives as (the account's once a ``linked`` device
+    holds its seed, else its own) and the user id it acts for (a ``mapped`` secondary's
+    primary, once paired)."""
+    account_seed = store.get_meta("account_seed")
+    identity = Identity(account_seed) if account_seed else device
+    user = store.get_meta("user")
+    return identity, user.decode() if user else identity.session_id

@@ -1,0 +1,291 @@
+"""The pairing driver: runs the pairing machine (:mod:`.pairing`) against the swarm.
+
+On the new device it sends the request and waits for the primary's challenge (the code
+both screens show) and grant; on the primary it answers requests with a challenge, lists
+them for the user, and grants or declines the one whose code the user confirmed; it also
+revokes a device. Every state change goes through :func:`~.pairing.pairing_transition`;
+what the mode changes (a signed mapping or the account seed) is :class:`~.modes.Rules`'s.
+What an arriving challenge or grant may do is decided by the inbound core
+(:mod:`.inbound`); this driver executes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import trio
+
+from ..envelope import seal_envelope
+from ..errors import DecodeError
+from ..identity import Identity, message_hash, session_id_key
+from ..mapping import (
+    PAIRING_WINDOW_MS,
+    PairingRequest,
+    grant_pairing,
+    revoke_pairing,
+    sign_pairing_request,
+)
+from ..swarm.client import SwarmClient
+from ..swarm.constants import NAMESPACE_CONTROL
+from ..wire import decode_cbor, encode_cbor
+from .content import (
+    DeviceRevoked,
+    PairChallenge,
+    PairGrant,
+    PairRequest,
+    SiblingRecord,
+    encode_content,
+)
+from .friends import ContactState
+from .inbound import pairing_details
+from .keys import pairing_nonce
+from .local import Local
+from .outbox import Outbox
+from .pairing import (
+    IllegalPairing,
+    PairingEffect,
+    PairingEvent,
+    PairingState,
+    pairing_code,
+    pairing_transition,
+)
+from .siblings import SiblingHandler
+from .store import Contact, Pairing
+from .values import DeviceError, PairingError, PairingOffer, PairingTicket
+
+
+class Pairer:
+    """Pairing and revoking, for one device (see the module docstring)."""
+
+    def __init__(
+        self,
+        local: Local,
+        swarm: SwarmClient,
+        outbox: Outbox,
+        siblings: SiblingHandler,
+        relisten: Callable[[], None],
+    ) -> None:
+        """``relisten`` restarts the receive loops: the streams to read changed."""
+        self._local = local
+        self._store = local.store
+        self._swarm = swarm
+        self._outbox = outbox
+        self._siblings = siblings
+        self._relisten = relisten
+        self._paired = trio.Event()
+        if self._store.get_meta("paired"):
+            self._paired.set()
+
+    async def request_pairing(self, primary: str, name: str | None = None) -> PairingTicket:
+        """On a new device: ask ``primary`` (the user's existing device) to pair, and wait
+        for its challenge (it must be online) to return the ticket. Show the ticket's code;
+        the user accepts on the primary when it shows the same code, and
+        :meth:`wait_paired` returns once the grant arrived and checked out."""
+        try:
+            session_id_key(primary)
+        except DecodeError:
+            raise PairingError(f"{primary!r} is not a session id") from None
+        if self._paired.is_set() or self._store.siblings():
+            raise PairingError("this device is already paired")
+        if primary in (self._local.user_id, self._local.device_id):
+            raise PairingError("a device cannot pair with itself")
+        if self._store.contacts() or self._store.history():
+            raise PairingError("only a new device (no contacts, no history) can join a user")
+        now = self._local.clock.now_ms()
+        device_name = name or self._local.name
+        if self._local.rules.hands_over_seed():
+            sender = Identity.generate()  # the grant (with the seed) is sealed to this key
+            request, secret = None, sender.seed
+        else:
+            sender = self._local.device_identity
+            request = sign_pairing_request(sender, primary, now).to_bytes()
+            secret = request
+        kind, body = encode_content(
+            PairRequest(
+                self._local.rules.mode,
+                self._local.device_id,
+                self._local.overlay_key,
+                device_name,
+                now,
+                request,
+            )
+        )
+        data = seal_envelope(sender, session_id_key(primary), kind, body, now)
+        await self._swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+        digest = message_hash(data)
+        move = pairing_transition(None, PairingEvent.REQUEST_SENT)
+        state = encode_cbor({"secret": secret})
+        self._store.put_pairing(
+            Pairing(digest, False, primary, device_name, now, move.state, state)
+        )
+        if PairingEffect.LISTEN in move.effects:
+            self._relisten()  # listen where the challenge and the grant arrive
+        with trio.move_on_after(PAIRING_WINDOW_MS / 1000):
+            while self._challenge_nonce(digest) is None:
+                await self._local.changed.wait()
+        nonce = self._challenge_nonce(digest)
+        if nonce is None:
+            raise PairingError(f"{primary[:12]}… did not answer in time: is it online? Ask again")
+        return PairingTicket(digest, pairing_code(digest, nonce))
+
+    def _challenge_nonce(self, request_id: bytes) -> bytes | None:
+        pairing = self._store.pairing(request_id)
+        return None if pairing is None else pairing_details(pairing).get("nonce")
+
+    async def wait_paired(self) -> None:
+        """Wait until the primary's grant arrived and checked out (put a deadline on it)."""
+        await self._paired.wait()
+
+    @property
+    def paired(self) -> bool:
+        """Whether this device joined a user by pairing."""
+        return self._paired.is_set()
+
+    def pairing_requests(self) -> list[PairingOffer]:
+        """Requests from new devices waiting for the user to compare codes and accept."""
+        now = self._local.clock.now_ms()
+        return [
+            PairingOffer(p.request_id, _offer_code(p), p.peer, p.name, p.timestamp_ms)
+            for p in self._store.pairings(incoming=True, state=PairingState.PENDING)
+            if p.timestamp_ms >= now - PAIRING_WINDOW_MS
+        ]
+
+    def _pending_offer(self, code: str) -> Pairing:
+        wanted = code.replace(" ", "")
+        matches = [
+            p
+            for p in self._store.pairings(incoming=True, state=PairingState.PENDING)
+            if _offer_code(p).replace(" ", "") == wanted
+        ]
+        if not matches:
+            raise PairingError(f"no pairing request is waiting with code {code}")
+        if len(matches) > 1:
+            # Someone ground out a request showing the same code: never guess which.
+            for match in matches:
+                self._move_pairing(match, PairingEvent.CODE_CLASH)
+            raise PairingError(
+                f"{len(matches)} pairing requests show code {code}: all refused, pair again"
+            )
+        pairing = matches[0]
+        if pairing.timestamp_ms < self._local.clock.now_ms() - PAIRING_WINDOW_MS:
+            raise PairingError("that pairing request expired: start pairing again")
+        return pairing
+
+    def _move_pairing(self, pairing: Pairing, event: PairingEvent) -> Pairing:
+        """``pairing`` after ``event``, by the pairing machine's table, stored."""
+        try:
+            move = pairing_transition(PairingState(pairing.state), event)
+        except IllegalPairing as exc:
+            raise PairingError(str(exc)) from None
+        moved = replace(pairing, state=move.state)
+        self._store.put_pairing(moved)
+        return moved
+
+    async def accept_pairing(self, code: str) -> str:
+        """On the primary, after the user saw ``code`` on both screens: grant the request
+        and return the new device's id."""
+        if not self._local.is_primary:
+            raise PairingError("only the primary device can pair new devices")
+        pairing = self._pending_offer(code)
+        joining = decode_cbor(pairing.data)  # our own record of the request
+        assert isinstance(joining, dict)
+        device, overlay = str(joining["device"]), bytes(joining["overlay"])
+        keys = self._store.sibling_overlay_keys()
+        names = self._store.siblings()
+        devices = (
+            SiblingRecord(self._local.device_id, self._local.overlay_key, self._local.name),
+            *(SiblingRecord(d, keys[d], names[d]) for d in keys if d != device),
+        )
+        contacts = tuple(c.record for c in self._store.contacts())
+        secret = self._siblings.secret_to_hand_over()
+        identity = self._local.identity
+        if self._local.rules.hands_over_seed():
+            # The grant goes to the key made for this request, not to the device's own.
+            recipient = pairing.peer
+            grant = PairGrant(pairing.request_id, None, identity.seed, secret, devices, contacts)
+        else:
+            # The grant goes to the new device's own key, which is also its id.
+            recipient = device
+            mapping = grant_pairing(identity, PairingRequest.from_bytes(joining["request"]))
+            client = await self._outbox.fileserver()
+            await client.put_mapping(mapping)
+            self._outbox.forget(self._local.user_id)
+            grant = PairGrant(
+                pairing.request_id, mapping.to_bytes(), None, secret, devices, contacts
+            )
+        kind, body = encode_content(grant)
+        now = self._local.clock.now_ms()
+        data = seal_envelope(identity, session_id_key(recipient), kind, body, now)
+        await self._swarm.store(recipient, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+        with self._store.transaction():
+            self._move_pairing(pairing, PairingEvent.ACCEPT)
+            self._store.add_sibling(device, pairing.name, overlay)
+            if keys:  # the other siblings learn of the new one
+                self._local.queue(SiblingRecord(device, overlay, pairing.name), self._local.user_id)
+        self._local.wake_outbox()
+        self._siblings.restart()  # sync with the new sibling too
+        return device
+
+    async def decline_pairing(self, code: str) -> None:
+        """On the primary: refuse the request showing ``code``."""
+        self._move_pairing(self._pending_offer(code), PairingEvent.DECLINE)
+
+    async def send_challenge(self, pairing: Pairing, joining: dict[str, object]) -> None:
+        """Answer a new request with a signed challenge, then keep the request. The
+        challenge goes out first: if storing it fails, the request is retried whole."""
+        identity = self._local.identity
+        nonce = pairing_nonce(identity.seed, pairing.request_id)
+        kind, body = encode_content(PairChallenge(pairing.request_id, nonce))
+        now = self._local.clock.now_ms()
+        data = seal_envelope(identity, session_id_key(pairing.peer), kind, body, now)
+        await self._swarm.store(pairing.peer, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+        self._store.put_pairing(replace(pairing, data=encode_cbor({**joining, "nonce": nonce})))
+        self._local.notify()
+
+    def adopt_grant(self, pairing: Pairing, grant: PairGrant) -> None:
+        """The grant checked out: act as the user from now on."""
+        store = self._store
+        with store.transaction():
+            if grant.seed is not None:
+                store.set_meta("account_seed", grant.seed)
+            store.set_meta("user", pairing.peer.encode())
+            store.set_meta("paired", b"1")
+            self._move_pairing(pairing, PairingEvent.GRANT_RECEIVED)
+            store.set_meta("secret", grant.secret)
+            for sibling in grant.devices:
+                if sibling.device != self._local.device_id:
+                    store.add_sibling(sibling.device, sibling.name, sibling.overlay)
+            for record in grant.contacts:
+                store.put_contact(Contact(record.user, ContactState(record.state), record.devices))
+        self._local.load_identity()
+        self._paired.set()
+        self._relisten()  # now receive as the user
+        self._siblings.restart()
+        self._local.notify()
+
+    async def revoke_device(self, device: str) -> None:
+        """On the primary (``mapped``): unpair ``device``; senders stop reaching it once
+        their cached device list expires, and this device stops syncing to it at once."""
+        why_not = self._local.rules.can_revoke()
+        if why_not is not None:
+            raise DeviceError(why_not)
+        if not self._local.is_primary:
+            raise DeviceError("only the primary device can revoke a device")
+        revocation = revoke_pairing(self._local.identity, device, self._local.clock.now_ms())
+        client = await self._outbox.fileserver()
+        await client.revoke_mapping(revocation)
+        with self._store.transaction():
+            self._store.keep_revocations([revocation])
+            self._store.remove_sibling(device)
+            # Friends hear it from us too, so neither a stale cache nor a file server
+            # that hides the revocation keeps them trusting the device.
+            for contact in self._store.contacts():
+                if contact.state == ContactState.FRIEND:
+                    self._local.queue(DeviceRevoked(revocation.to_bytes()), contact.user)
+        self._outbox.forget(self._local.user_id)
+        self._local.wake_outbox()
+
+
+def _offer_code(pairing: Pairing) -> str:
+    return pairing_code(pairing.request_id, pairing_details(pairing)["nonce"])

@@ -1,0 +1,299 @@
+"""Direct sync with siblings, as the device drives it: the :class:`SiblingHandler`.
+
+:class:`~p2psync.sync.syncer.SiblingSync` runs live sync and re-sync over overlay
+sessions and calls back (its ``SyncHandler``) when a sibling pushed a message, stored a
+sync copy, acknowledged, or failed to within the grace period. Those callbacks are this
+handler's, not the device's public methods: what to file, where a fallback sync copy goes
+(the mode's rule) and what may leave the swarm early is the device's business alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import nacl.utils
+import trio
+
+from overlay.constants import INTROSET_LIFETIME_MS, INTROSET_REPUBLISH_MS, PATH_PING_INTERVAL_MS
+from overlay.contact import Contact as RelayContact
+from overlay.endpoint import Endpoint, open_endpoint
+
+from ..errors import DecodeError
+from ..swarm.constants import NAMESPACE_MESSAGES
+from ..sync.live import Item, LiveSync
+from ..sync.syncer import KEEPALIVE_S, SiblingSync
+from .access import NetworkAccess
+from .content import HistoryRecord, SyncSent, encode_content
+from .keys import choice_seed, overlay_seed, siblings_secret
+from .local import Local
+from .store import Pending
+from .values import TRANSIENT, Refused
+
+logger = logging.getLogger(__name__)
+
+#: A sibling standing in for a message's origin stores the sync copy after this many
+#: grace periods, if the origin has gone away without storing it.
+TAKEOVER_GRACES = 3
+
+
+class SiblingHandler:
+    """The device's side of sibling sync: runs it while online and answers its calls."""
+
+    def __init__(self, local: Local, network: NetworkAccess) -> None:
+        self._local = local
+        self._network = network
+        self._scope = trio.CancelScope()
+        #: The running sibling sync, while online with siblings.
+        self.sync: SiblingSync | None = None
+
+    def restart(self) -> None:
+        """The siblings changed: sync with the new set."""
+        self._scope.cancel()
+
+    @property
+    def _takeover_ms(self) -> int:
+        return int(TAKEOVER_GRACES * self._local.config.grace_s * 1000)
+
+    def secret(self) -> bytes | None:
+        """What siblings find each other's introsets by."""
+        local = self._local
+        if local.rules.derives_siblings_secret():
+            return siblings_secret(local.identity.seed)
+        return local.store.get_meta("secret")
+
+    def secret_to_hand_over(self) -> bytes:
+        """The secret, made now if this is the first sibling."""
+        secret = self.secret()
+        if secret is None:
+            secret = nacl.utils.random(32)
+            self._local.store.set_meta("secret", secret)
+        return secret
+
+    def share(self, digest: bytes, record: HistoryRecord, *, inbound: bool) -> None:
+        """Hand a filed message to live sync (inside the transaction that filed it)."""
+        local = self._local
+        if not local.config.direct_sync or not local.store.siblings():
+            return
+        now = local.clock.now_ms()
+        body = record.to_bytes()
+        local.store.add_pending(digest, now, body, inbound)
+        if self.sync is not None:
+            self.sync.publish(Item(digest, record.timestamp_ms, body), now)
+
+    def _publish_pending(self, sync: SiblingSync | LiveSync, pending: Pending) -> None:
+        record = HistoryRecord.from_bytes(pending.body)
+        origin = pending.relayed_from
+        sync.publish(
+            Item(pending.id, record.timestamp_ms, pending.body),
+            pending.published_ms,
+            grace_ms=None if origin is None else self._takeover_ms,
+            holders=() if origin is None else (origin,),
+        )
+
+    async def run(self, drain: Callable[[], Awaitable[None]]) -> None:
+        """Run live sync while online; start again when the siblings change. ``drain``
+        first takes what the swarm still holds (a returning device)."""
+        local = self._local
+        if not local.config.direct_sync:
+            return
+        while True:
+            with trio.CancelScope() as self._scope:
+                keys = local.store.sibling_overlay_keys()
+                secret = self.secret()
+                if not keys or secret is None:
+                    await trio.sleep_forever()
+                assert secret is not None
+                with trio.move_on_after(60):
+                    try:
+                        await drain()
+                    except TRANSIENT as exc:
+                        logger.info("%s: could not drain the swarm first: %s", local.name, exc)
+                try:
+                    contacts = await self._network.relay_contacts()
+                except TRANSIENT as exc:
+                    logger.info("%s: no relay list, syncing through the swarm: %s", local.name, exc)
+                    contacts = []
+                async with self._maybe_endpoint(contacts) as endpoint:
+                    self.sync = SiblingSync(
+                        endpoint,
+                        secret,
+                        keys,
+                        local.clock,
+                        self,
+                        has=local.store.has_message,
+                        grace_ms=int(local.config.grace_s * 1000),
+                        keepalive_s=local.config.keepalive_s or KEEPALIVE_S,
+                    )
+                    for pending in local.store.pending():
+                        self._publish_pending(self.sync, pending)
+                    try:
+                        await self.sync.run()
+                    finally:
+                        self.sync = None
+
+    @asynccontextmanager
+    async def _maybe_endpoint(self, contacts: list[RelayContact]) -> AsyncIterator[Endpoint | None]:
+        """The device's overlay endpoint, or None when there are too few relays for a path
+        (then live sync still runs its clock and everything falls back to the swarm)."""
+        local = self._local
+        config = local.config
+        if len(contacts) < config.hops:
+            logger.info(
+                "%s: %d relays, too few for paths: syncing through the swarm",
+                local.name,
+                len(contacts),
+            )
+            yield None
+            return
+        keepalive = config.keepalive_s
+        async with open_endpoint(
+            overlay_seed(local.device_identity.seed),
+            self._network.overlay_transport,
+            contacts,
+            hops=config.hops,
+            clock=local.clock,
+            seed=choice_seed(local.device_identity.seed, b"relays"),
+            local_name=local.name,
+            ping_interval_ms=(
+                PATH_PING_INTERVAL_MS if keepalive is None else int(keepalive * 1000)
+            ),
+            republish_ms=_republish_ms(keepalive),
+        ) as endpoint:
+            yield endpoint
+
+    async def leave(self) -> None:
+        """Say goodbye to connected siblings (going offline)."""
+        if self.sync is not None:
+            await self.sync.leave()
+
+    def store_owed_copies(self) -> None:
+        """Queue a sync copy of every message a sibling has not acknowledged (live sync's
+        rule, :meth:`LiveSync.leaving`): through the running live sync, which knows who
+        acknowledged what and who is still connected, or, when none runs (not started
+        yet, or starting after a crash), through one fed what the store keeps pending."""
+        if self.sync is not None:
+            self.sync.leaving()
+            return
+        store = self._local.store
+        live = LiveSync(store.siblings(), has=store.has_message)
+        for pending in store.pending():
+            self._publish_pending(live, pending)
+        for due in live.leaving():
+            self.fall_back(due.item, due.siblings)
+
+    def covered(self, digest: bytes) -> None:
+        """A sync copy of ``digest`` is in the account's swarm: whoever stored it, the
+        siblings that lack the message will read it there, so store none here."""
+        store = self._local.store
+        for pending in store.pending(digest):
+            if not pending.fell_back:
+                store.fell_back(digest, [])
+                if self.sync is not None:
+                    self.sync.covered(digest)
+
+    @property
+    def connected(self) -> set[str]:
+        return set() if self.sync is None else self.sync.connected
+
+    # --- the SyncHandler callbacks ------------------------------------------------------------
+
+    def history_index(self, since_ms: int) -> list[tuple[int, bytes]]:
+        return self._local.store.index(since_ms)
+
+    def history_item(self, message_id: bytes) -> Item | None:
+        found = self._local.store.message(message_id)
+        if found is None:
+            return None
+        return Item(found.id, found.timestamp_ms, found.record.to_bytes())
+
+    def complete_until(self) -> int:
+        """Everything timestamped before this is known to be in this device's history."""
+        value = self._local.store.get_meta("complete_until")
+        return int.from_bytes(value, "big") if value else 0
+
+    def resynced(self, sibling: str, started_ms: int) -> None:
+        """A sibling's whole history is here now: move the watermark up to when the re-sync
+        began, less the grace period (what was in flight then may still arrive live)."""
+        local = self._local
+        until = max(self.complete_until(), started_ms - int(local.config.grace_s * 1000))
+        local.store.set_meta("complete_until", until.to_bytes(8, "big"))
+        logger.info("%s: history complete with %s up to %d", local.name, sibling[:10], until)
+        local.notify()
+
+    def file_from_sibling(self, sibling: str, item: Item) -> None:
+        """A sibling pushed a message over the overlay."""
+        local = self._local
+        try:
+            record = HistoryRecord.from_bytes(item.body)
+            with local.store.transaction():
+                if local.file_message(item.id, record) and record.outgoing:
+                    self._stand_in(sibling, item, record)
+        except (DecodeError, Refused) as exc:
+            local.reject("live MSG", f"from sibling {sibling[:12]}…: {exc}")
+
+    def _stand_in(self, origin: str, item: Item, record: HistoryRecord) -> None:
+        """A message ``origin`` just sent: if ``origin`` goes away before storing the sync
+        copy that our other siblings need, store it in its place. Waiting longer than the
+        origin's grace period leaves the copy to the origin while it is there."""
+        store, now = self._local.store, self._local.clock.now_ms()
+        others = set(store.siblings()) - {origin}
+        if not others or now - record.timestamp_ms > self._takeover_ms or self.sync is None:
+            return  # nobody else to serve, or history being re-synced rather than news
+        store.add_pending(item.id, now, item.body, False, relayed_from=origin)
+        for pending in store.pending(item.id):
+            self._publish_pending(self.sync, pending)
+
+    def covered_by_sibling(self, message_id: bytes) -> None:
+        """A sibling stored this message's sync copy."""
+        self.covered(message_id)
+
+    def fall_back(self, item: Item, siblings: tuple[str, ...]) -> bool:
+        """``siblings`` did not acknowledge in time: store sync copies for them. True if
+        copies were queued here (siblings that hold the message are then told)."""
+        local = self._local
+        store = local.store
+        found = store.pending(item.id)
+        if not found or found[0].fell_back:
+            return False  # already acknowledged, or already fallen back before a restart
+        pending = found[0]
+        record = HistoryRecord.from_bytes(item.body)
+        if pending.inbound or pending.relayed_from in self.connected:
+            # An inbound message is in the account's swarm already, and a sibling that
+            # sent a message and is still here stores its sync copy itself.
+            store.fell_back(item.id, [])
+            return False
+        content = SyncSent(item.id, record.conversation, record.timestamp_ms, record.text)
+        kind, body = encode_content(content)
+        owners = local.rules.fallback_owners(local.user_id, siblings)
+        with store.transaction():
+            seq = store.add_outbox(kind, local.user_id, body, record.timestamp_ms, item.id)
+            copies = [local.seal_copy(seq, o, content, record.timestamp_ms) for o in owners]
+            store.expand(seq, copies)
+            store.fell_back(item.id, copies)
+        local.wake_outbox()
+        return True
+
+    def acknowledged(self, message_id: bytes, fell_back: bool) -> None:
+        """Every sibling holds the message: its sync copy can go, and in ``linked`` mode
+        an inbound message can leave the account's swarm early too."""
+        local = self._local
+        inbound = any(pending.inbound for pending in local.store.pending(message_id))
+        early = [(local.user_id, NAMESPACE_MESSAGES, message_id)] if inbound else []
+        with local.store.transaction():
+            local.store.acknowledged(message_id, early)
+        local.wake_outbox()
+
+    def reject_from_sibling(self, sibling: str, reason: str) -> None:
+        self._local.reject("live record", f"from sibling {sibling[:12]}…: {reason}")
+
+
+def _republish_ms(keepalive_s: float | None) -> int:
+    """How often the endpoint republishes an unchanged introset: stretched with the
+    keep-alive in the overlay's own proportion (2.5 min per 5 s of pings), up to half an
+    introset's life, so that a sibling can always find one that has not expired."""
+    if keepalive_s is None:
+        return INTROSET_REPUBLISH_MS
+    stretched = keepalive_s * 1000 * INTROSET_REPUBLISH_MS / PATH_PING_INTERVAL_MS
+    return int(min(INTROSET_LIFETIME_MS // 2, max(INTROSET_REPUBLISH_MS, stretched)))

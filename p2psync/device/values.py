@@ -1,0 +1,102 @@
+"""The values a device's API hands out and takes, and its errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from ..errors import ConnectionLost, DecodeError, P2PSyncError, RpcError
+from ..swarm.constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
+
+MAX_REJECTIONS = 1000
+#: Failures after which a store or a check is simply tried again later.
+TRANSIENT = (RpcError, OSError, ConnectionLost, DecodeError, trio.TooSlowError)
+
+
+class DeviceError(P2PSyncError):
+    """A request this device cannot carry out as asked (unknown contact, wrong state…)."""
+
+
+class PairingError(DeviceError):
+    """Pairing cannot go on: no such request, expired, already used, wrong mode."""
+
+
+class Refused(P2PSyncError):
+    """An inbound record that is well formed but must not be acted on."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """``receive``: ``"poll"`` (every ``poll_interval_s``) or ``"subscribe"`` (pushes).
+    ``direct_sync``: push to siblings over the overlay and fall back to a swarm sync copy
+    only for what a sibling has not acknowledged within ``grace_s`` (otherwise every sent
+    message gets its sync copies at once, as in v1.5.0).
+    ``mapping_cache_s``: how long a user's device list from the file server is reused, so
+    a revocation reaches senders within that time. ``retry_s`` doubles per failure up to
+    ``max_retry_s`` while the outbox cannot be delivered. ``catch_up_s``: with
+    ``subscribe``, how often the device drains its swarm anyway in case a push was lost
+    (a phone idles longer between such wake-ups than a desktop). ``keepalive_s``: how
+    often an idle sibling session and the overlay paths under it are checked, and in
+    proportion how often an unchanged introset is republished (longer: less idle work and
+    battery, a vanished sibling or a dead path noticed later; None: the overlay's and live
+    sync's own intervals, 5 s, 2.5 min and 15 s)."""
+
+    receive: str = "poll"
+    direct_sync: bool = True
+    grace_s: float = 10.0
+    hops: int = 3
+    poll_interval_s: float = POLL_INTERVAL_S
+    mapping_cache_s: float = 60.0
+    ttl_ms: int = DEFAULT_TTL_MS
+    retry_s: float = 2.0
+    max_retry_s: float = 60.0
+    catch_up_s: float = 60.0
+    keepalive_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.receive not in ("poll", "subscribe"):
+            raise ValueError("receive must be 'poll' or 'subscribe'")
+        if (
+            not 0 < self.retry_s <= self.max_retry_s
+            or min(self.poll_interval_s, self.catch_up_s) <= 0
+            or (self.keepalive_s is not None and self.keepalive_s <= 0)
+        ):
+            raise ValueError("intervals must be positive, retry_s <= max_retry_s")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An inbound record this device refused, and why (the "clear error" for hostile input)."""
+
+    at_ms: int
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairingTicket:
+    """What the new device shows: the code the user compares with the primary's screen."""
+
+    request_id: bytes
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairingOffer:
+    """A pairing request as the primary shows it, waiting for the user's decision."""
+
+    request_id: bytes
+    code: str
+    device: str
+    name: str
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """A public room as :meth:`~p2psync.device.device.Device.create_room` leaves it:
+    ``created`` is False when it existed already (rooms are shared, so that is no error)."""
+
+    name: str
+    created: bool

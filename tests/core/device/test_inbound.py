@@ -1,0 +1,325 @@
+"""The inbound core, called directly: a record and what the device knows in, effects out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from p2psync.device.content import (
+    NAMESPACE_OF,
+    ContactRecord,
+    Content,
+    FriendAccept,
+    FriendRequest,
+    HistoryRecord,
+    PairChallenge,
+    PairGrant,
+    PairRequest,
+    SiblingRecord,
+    SyncSent,
+    Text,
+    encode_content,
+)
+from p2psync.device.friends import ContactState
+from p2psync.device.inbound import (
+    MAX_AHEAD_MS,
+    AddSibling,
+    AdoptGrant,
+    Befriend,
+    Covered,
+    Defer,
+    DeleteSyncCopy,
+    Effect,
+    File,
+    Inbound,
+    KeepNonce,
+    NeedDevicesOf,
+    PutContact,
+    Reject,
+    SendChallenge,
+    decide,
+)
+from p2psync.device.modes import RULES, Mode, Rules
+from p2psync.device.store import Contact, Pairing
+from p2psync.identity import Identity
+from p2psync.mapping import PAIRING_WINDOW_MS
+from p2psync.swarm.constants import NAMESPACE_SYNC
+from p2psync.wire import encode_cbor
+
+NOW = 1_700_000_000_000
+ME = Identity.from_label("core/me")
+SIBLING = Identity.from_label("core/sibling")
+BOB = Identity.from_label("core/bob")
+BOBS_PHONE = Identity.from_label("core/bob-phone")
+DIGEST = bytes(range(32))
+
+
+@dataclass
+class Known:
+    """A device's knowledge, as the core reads it."""
+
+    mode: Mode = Mode.LINKED
+    contacts: dict[str, Contact] = field(default_factory=dict)
+    sibling_names: dict[str, str] = field(default_factory=dict)
+    pairings: dict[bytes, Pairing] = field(default_factory=dict)
+    pairing_allowed: bool = True
+    user_id: str = ME.session_id
+    device_id: str = ME.session_id
+    account_key: bytes = ME.ed25519_public
+
+    @property
+    def rules(self) -> Rules:
+        return RULES[self.mode]
+
+    def contact(self, user: str) -> Contact | None:
+        return self.contacts.get(user)
+
+    def siblings(self) -> Mapping[str, str]:
+        return self.sibling_names
+
+    def is_revoked(self, user: str, device: str) -> bool:
+        return False
+
+    def pairing(self, request_id: bytes) -> Pairing | None:
+        return self.pairings.get(request_id)
+
+    def allow_pairing(self, sender_key: bytes) -> bool:
+        return self.pairing_allowed
+
+
+def inbound(
+    content: Content, signer: Identity, *, namespace: int | None = None, at: int = NOW
+) -> Inbound:
+    kind, _ = encode_content(content)
+    return Inbound(
+        DIGEST,
+        kind,
+        NAMESPACE_OF[kind] if namespace is None else namespace,
+        signer.ed25519_public,
+        signer.session_id,
+        at,
+        content,
+    )
+
+
+def run(known: Known, item: Inbound, devices: Mapping[str, tuple[str, ...]] = {}) -> list[Effect]:
+    return decide(known, item, NOW, devices)
+
+
+def friend(user: str, *devices: str) -> Contact:
+    return Contact(user, ContactState.FRIEND, (user, *devices))
+
+
+def test_a_friends_message_is_filed() -> None:
+    known = Known(contacts={BOB.session_id: friend(BOB.session_id)})
+    [effect] = run(known, inbound(Text(BOB.session_id, "hi"), BOB))
+    assert effect == File(
+        DIGEST,
+        HistoryRecord(NOW, BOB.session_id, False, BOB.session_id, BOB.session_id, "hi"),
+        DIGEST,  # linked: pushed to siblings directly
+    )
+
+
+def test_a_mapped_device_files_without_sharing_and_under_the_fan_out_id() -> None:
+    known = Known(mode=Mode.MAPPED, contacts={BOB.session_id: friend(BOB.session_id)})
+    [effect] = run(known, inbound(Text(BOB.session_id, "hi", id=b"\1" * 32), BOB))
+    assert isinstance(effect, File) and effect.message_id == b"\1" * 32
+    assert effect.share_as is None
+
+
+def test_a_record_in_the_wrong_namespace_is_refused() -> None:
+    known = Known(contacts={BOB.session_id: friend(BOB.session_id)})
+    item = inbound(Text(BOB.session_id, "hi"), BOB, namespace=NAMESPACE_SYNC)
+    [effect] = run(known, item)
+    assert isinstance(effect, Reject) and "does not belong in namespace" in effect.reason
+
+
+def test_a_stranger_is_refused_unless_a_sibling_may_know_them() -> None:
+    item = inbound(Text(BOB.session_id, "hi"), BOB)
+    [refused] = run(Known(), item)
+    assert isinstance(refused, Reject) and "not a friend" in refused.reason
+    [deferred] = run(Known(sibling_names={SIBLING.session_id: "tablet"}), item)
+    assert isinstance(deferred, Defer)
+
+
+def test_a_declined_contact_is_refused() -> None:
+    declined = Contact(BOB.session_id, ContactState.DECLINED, (BOB.session_id,))
+    [effect] = run(
+        Known(contacts={BOB.session_id: declined}), inbound(Text(BOB.session_id, "x"), BOB)
+    )
+    assert isinstance(effect, Reject) and "not a friend" in effect.reason
+
+
+def test_an_unknown_device_is_looked_up_fresh_then_decided() -> None:
+    known = Known(contacts={BOB.session_id: friend(BOB.session_id)})
+    item = inbound(Text(BOB.session_id, "from the phone"), BOBS_PHONE)
+    assert run(known, item) == [NeedDevicesOf(BOB.session_id, fresh=True)]
+    [refused] = run(known, item, {BOB.session_id: (BOB.session_id,)})
+    assert isinstance(refused, Reject) and "is not a device of" in refused.reason
+    [filed] = run(known, item, {BOB.session_id: (BOB.session_id, BOBS_PHONE.session_id)})
+    assert isinstance(filed, File) and filed.record.device == BOBS_PHONE.session_id
+
+
+def test_a_known_device_passes_without_a_lookup() -> None:
+    known = Known(contacts={BOB.session_id: friend(BOB.session_id, BOBS_PHONE.session_id)})
+    [filed] = run(known, inbound(Text(BOB.session_id, "hi"), BOBS_PHONE))
+    assert isinstance(filed, File)
+
+
+def test_a_message_dated_too_far_ahead_is_refused() -> None:
+    known = Known(contacts={BOB.session_id: friend(BOB.session_id)})
+    late = inbound(Text(BOB.session_id, "from 3000"), BOB, at=NOW + MAX_AHEAD_MS + 1)
+    [effect] = run(known, late)
+    assert isinstance(effect, Reject) and "ahead of this device's clock" in effect.reason
+    [filed] = run(known, inbound(Text(BOB.session_id, "soon"), BOB, at=NOW + MAX_AHEAD_MS))
+    assert isinstance(filed, File)
+
+
+def test_a_friend_request_becomes_pending_with_the_requesters_devices() -> None:
+    item = inbound(FriendRequest(BOB.session_id, (BOB.session_id,), "hi"), BOB)
+    assert run(Known(), item) == [NeedDevicesOf(BOB.session_id, fresh=False)]
+    devices = {BOB.session_id: (BOB.session_id, BOBS_PHONE.session_id)}
+    assert run(Known(), item, devices) == [
+        PutContact(Contact(BOB.session_id, ContactState.PENDING, devices[BOB.session_id], "hi"))
+    ]
+
+
+def test_a_request_from_someone_we_asked_befriends_them() -> None:
+    asked = Contact(BOB.session_id, ContactState.REQUESTED, (BOB.session_id,))
+    item = inbound(FriendRequest(BOB.session_id, (BOB.session_id,), ""), BOB)
+    [effect] = run(
+        Known(contacts={BOB.session_id: asked}), item, {BOB.session_id: (BOB.session_id,)}
+    )
+    assert effect == Befriend(asked)
+
+
+def test_a_friend_request_from_our_own_user_is_refused() -> None:
+    [effect] = run(Known(), inbound(FriendRequest(ME.session_id, (), ""), ME))
+    assert isinstance(effect, Reject) and "own device" in effect.reason
+
+
+def test_an_acceptance_nobody_asked_for_is_refused() -> None:
+    pending = Contact(BOB.session_id, ContactState.PENDING, (BOB.session_id,))
+    item = inbound(FriendAccept(BOB.session_id, (BOB.session_id,)), BOB)
+    for known in (Known(), Known(contacts={BOB.session_id: pending})):
+        [effect] = run(known, item)
+        assert isinstance(effect, Reject) and "was not asked" in effect.reason
+
+
+def test_an_acceptance_makes_a_friend() -> None:
+    asked = Contact(BOB.session_id, ContactState.REQUESTED, (BOB.session_id,))
+    item = inbound(FriendAccept(BOB.session_id, (BOB.session_id,)), BOB)
+    [effect] = run(
+        Known(contacts={BOB.session_id: asked}), item, {BOB.session_id: (BOB.session_id,)}
+    )
+    assert effect == PutContact(friend(BOB.session_id))
+
+
+def test_a_linked_sync_copy_must_be_signed_by_the_account() -> None:
+    sent = SyncSent(b"\2" * 32, BOB.session_id, NOW, "sent elsewhere")
+    [refused] = run(Known(), inbound(sent, BOB))
+    assert isinstance(refused, Reject) and "not signed by this account" in refused.reason
+    file, covered = run(Known(), inbound(sent, ME))
+    assert isinstance(file, File) and file.message_id == sent.id and file.record.outgoing
+    assert covered == Covered(sent.id)
+
+
+def test_a_mapped_sync_copy_from_a_sibling_is_filed_then_deleted() -> None:
+    known = Known(mode=Mode.MAPPED, sibling_names={SIBLING.session_id: "tablet"})
+    sent = SyncSent(b"\2" * 32, BOB.session_id, NOW, "sent on the tablet")
+    file, delete = run(known, inbound(sent, SIBLING))
+    assert isinstance(file, File) and file.record.device == SIBLING.session_id
+    assert delete == DeleteSyncCopy(DIGEST)
+    [refused] = run(known, inbound(sent, ME))
+    assert isinstance(refused, Reject) and "this very device" in refused.reason
+
+
+def test_a_siblings_contact_change_never_undoes_a_friendship() -> None:
+    known = Known(contacts={BOB.session_id: friend(BOB.session_id)})
+    record = ContactRecord(BOB.session_id, ContactState.DECLINED, (BOB.session_id,))
+    assert run(known, inbound(record, ME)) == []
+    [effect] = run(Known(), inbound(record, ME))
+    assert effect == PutContact(Contact(BOB.session_id, ContactState.DECLINED, (BOB.session_id,)))
+
+
+def test_a_new_sibling_is_added_but_not_this_device() -> None:
+    record = SiblingRecord(SIBLING.session_id, bytes(32), "tablet")
+    assert run(Known(), inbound(record, ME)) == [AddSibling(record)]
+    assert run(Known(), inbound(SiblingRecord(ME.session_id, bytes(32), "me"), ME)) == []
+
+
+def pair_request(mode: Mode = Mode.LINKED, at: int = NOW) -> PairRequest:
+    return PairRequest(mode, SIBLING.session_id, bytes(32), "tablet", at, None)
+
+
+def test_a_linked_pairing_request_is_challenged() -> None:
+    requester = Identity.from_label("core/request-key")
+    [effect] = run(Known(), inbound(pair_request(), requester))
+    assert isinstance(effect, SendChallenge)
+    assert effect.pairing.peer == requester.session_id and effect.pairing.state == "pending"
+    assert effect.joining == {"device": SIBLING.session_id, "overlay": bytes(32)}
+
+
+def test_pairing_requests_refused_before_any_work() -> None:
+    requester = Identity.from_label("core/request-key")
+    cases = {
+        "a mapped pairing request to a linked device": (Known(), pair_request(Mode.MAPPED)),
+        "expired": (Known(), pair_request(at=NOW - PAIRING_WINDOW_MS - 1)),
+        "too many pairing requests": (Known(pairing_allowed=False), pair_request()),
+        "already paired": (
+            Known(mode=Mode.MAPPED, sibling_names={SIBLING.session_id: "tablet"}),
+            pair_request(Mode.MAPPED),
+        ),
+    }
+    for reason, (known, request) in cases.items():
+        [effect] = run(known, inbound(request, requester))
+        assert isinstance(effect, Reject) and reason in effect.reason, reason
+
+
+def test_a_request_seen_again_changes_nothing_unless_replayed_after_its_window() -> None:
+    requester = Identity.from_label("core/request-key")
+    answered = Pairing(DIGEST, True, requester.session_id, "tablet", NOW, "accepted", b"")
+    assert run(Known(pairings={DIGEST: answered}), inbound(pair_request(), requester)) == []
+    old = Pairing(
+        DIGEST, True, requester.session_id, "tablet", NOW - PAIRING_WINDOW_MS - 1, "accepted", b""
+    )
+    [effect] = run(Known(pairings={DIGEST: old}), inbound(pair_request(), requester))
+    assert isinstance(effect, Reject) and "replayed" in effect.reason
+
+
+def test_answers_for_no_request_of_ours_are_refused() -> None:
+    primary = Identity.from_label("core/primary")
+    theirs = Pairing(DIGEST, True, primary.session_id, "tablet", NOW, "pending", encode_cbor({}))
+    grant = PairGrant(DIGEST, None, primary.seed, bytes(32), (), ())
+    for answer in (PairChallenge(DIGEST, bytes(32)), grant):
+        for known in (Known(), Known(pairings={DIGEST: theirs})):
+            [effect] = run(known, inbound(answer, primary))
+            assert isinstance(effect, Reject) and "for no request of this device" in effect.reason
+
+
+def test_a_challenge_is_kept_once_and_only_from_the_device_asked() -> None:
+    primary = Identity.from_label("core/primary")
+    ours = Pairing(DIGEST, False, primary.session_id, "tablet", NOW, "waiting", encode_cbor({}))
+    known = Known(pairings={DIGEST: ours})
+    [kept] = run(known, inbound(PairChallenge(DIGEST, b"\3" * 32), primary))
+    [forged] = run(known, inbound(PairChallenge(DIGEST, b"\3" * 32), BOB))
+    assert isinstance(forged, Reject) and "not signed by the device" in forged.reason
+    assert isinstance(kept, KeepNonce)
+    challenged = Known(pairings={DIGEST: kept.pairing})
+    assert run(challenged, inbound(PairChallenge(DIGEST, b"\3" * 32), primary)) == []
+    [second] = run(challenged, inbound(PairChallenge(DIGEST, b"\4" * 32), primary))
+    assert isinstance(second, Reject) and "second, different challenge" in second.reason
+
+
+def test_a_grant_must_hand_over_the_primarys_own_identity() -> None:
+    primary = Identity.from_label("core/primary")
+    ours = Pairing(DIGEST, False, primary.session_id, "tablet", NOW, "waiting", encode_cbor({}))
+    known = Known(pairings={DIGEST: ours})
+    wrong = PairGrant(DIGEST, None, BOB.seed, bytes(32), (), ())
+    [refused] = run(known, inbound(wrong, primary))
+    assert isinstance(refused, Reject) and "not the primary's" in refused.reason
+    right = PairGrant(DIGEST, None, primary.seed, bytes(32), (), ())
+    [adopt] = run(known, inbound(right, primary))
+    assert adopt == AdoptGrant(ours, right)
+    paired = Pairing(DIGEST, False, primary.session_id, "tablet", NOW, "paired", encode_cbor({}))
+    assert run(Known(pairings={DIGEST: paired}), inbound(right, primary)) == []

@@ -1,0 +1,80 @@
+"""The pairing machine: its table entry by entry, and every missing entry refused."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from p2psync.device.pairing import (
+    PAIRING_TRANSITIONS,
+    IllegalPairing,
+    PairingEffect,
+    PairingEvent,
+    PairingState,
+    pairing_transition,
+)
+
+S, E, F = PairingState, PairingEvent, PairingEffect
+STATES: list[PairingState | None] = [None, *PairingState]
+Moves = dict[tuple[PairingState | None, PairingEvent], tuple[PairingState, set[PairingEffect]]]
+SEEN_AGAIN: Moves = {(state, E.REQUEST_RECEIVED): (state, set()) for state in PairingState}
+
+EXPECTED: dict[
+    tuple[PairingState | None, PairingEvent], tuple[PairingState, set[PairingEffect]]
+] = {
+    # the new device
+    (None, E.REQUEST_SENT): (S.WAITING, {F.LISTEN}),
+    (S.WAITING, E.CHALLENGE_RECEIVED): (S.WAITING, {F.KEEP_NONCE, F.NOTIFY}),
+    (S.WAITING, E.GRANT_RECEIVED): (S.PAIRED, {F.ADOPT_GRANT, F.NOTIFY}),
+    (S.PAIRED, E.CHALLENGE_RECEIVED): (S.PAIRED, set()),
+    (S.PAIRED, E.GRANT_RECEIVED): (S.PAIRED, set()),
+    # the primary
+    (None, E.REQUEST_RECEIVED): (S.PENDING, {F.SEND_CHALLENGE, F.NOTIFY}),
+    **SEEN_AGAIN,
+    (S.PENDING, E.ACCEPT): (S.ACCEPTED, {F.SEND_GRANT, F.ADD_SIBLING}),
+    (S.PENDING, E.DECLINE): (S.DECLINED, set()),
+    (S.PENDING, E.CODE_CLASH): (S.DECLINED, set()),
+}
+
+
+@pytest.mark.parametrize(("state", "event"), sorted(EXPECTED, key=str))
+def test_every_legal_transition(state: PairingState | None, event: PairingEvent) -> None:
+    move = pairing_transition(state, event)
+    new_state, effects = EXPECTED[(state, event)]
+    assert move.state == new_state and set(move.effects) == effects
+
+
+def test_the_table_holds_exactly_the_legal_transitions() -> None:
+    assert set(PAIRING_TRANSITIONS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [pair for pair in itertools.product(STATES, PairingEvent) if pair not in EXPECTED],
+    ids=str,
+)
+def test_every_other_transition_is_refused(state: PairingState | None, event: PairingEvent) -> None:
+    with pytest.raises(IllegalPairing):
+        pairing_transition(state, event)
+
+
+def test_a_device_answers_only_what_it_asked() -> None:
+    """A challenge or a grant for a request this device received (not sent) finds no
+    entry, and neither does accepting an answered request twice."""
+    for state in (S.PENDING, S.ACCEPTED, S.DECLINED):
+        for event in (E.CHALLENGE_RECEIVED, E.GRANT_RECEIVED):
+            with pytest.raises(IllegalPairing):
+                pairing_transition(state, event)
+    with pytest.raises(IllegalPairing, match="accepted cannot take the event 'accept'"):
+        pairing_transition(S.ACCEPTED, E.ACCEPT)
+
+
+def test_states_keep_their_stored_values() -> None:
+    assert [s.value for s in PairingState] == [
+        "waiting",
+        "paired",
+        "pending",
+        "accepted",
+        "declined",
+    ]
