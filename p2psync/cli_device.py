@@ -41,6 +41,11 @@ from .device import (
 DEFAULT_TIMEOUT_S = 600.0
 #: Exit status after SIGTERM, as a shell reports a process it ended (128 + 15).
 EXIT_TERMINATED = 143
+#: How long a device command stopped by Ctrl-C, SIGTERM or ``--timeout`` still gives its
+#: device to leave (queue the sync copies its siblings lack, store what it can of them,
+#: say goodbye): short, so every command stops within 2 s; what is not stored by then is
+#: in the outbox and goes first on the device's next start.
+STOP_LEAVING_S = 1.5
 
 
 def _when(timestamp_ms: int) -> str:
@@ -78,7 +83,12 @@ def _print_message(args: argparse.Namespace, item: HistoryItem) -> None:
 async def _device(args: argparse.Namespace, *, online: bool = True) -> AsyncIterator[Device]:
     network = NetworkAccess.from_file(args.network)
     async with open_device(Path(args.data), network, online=online) as device:
-        yield device
+        try:
+            yield device
+        except BaseException:
+            with trio.move_on_after(STOP_LEAVING_S, shield=True):
+                await device.set_online(False)
+            raise
 
 
 async def _stop_on_sigterm(scope: trio.CancelScope, stopped: list[int]) -> None:
@@ -300,8 +310,8 @@ def _cmd_rooms(args: argparse.Namespace) -> int:
     async def work() -> None:
         async with _device(args, online=False) as device:
             if args.create:
-                created = await device.create_room(args.room)
-                print(f"created room {args.room!r}" if created else f"{args.room!r} exists")
+                room = await device.create_room(args.room)
+                print(f"created room {room.name!r}" if room.created else f"{room.name!r} exists")
             if args.post is not None:
                 receipt = await device.post(args.room, args.post)
                 print(f"posted #{receipt.id} as {receipt.user}")
