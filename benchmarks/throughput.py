@@ -56,7 +56,8 @@ from p2psync.identity import Identity, session_id_key
 from p2psync.swarm.auth import AuthSigner
 from p2psync.swarm.constants import REPLICATION_RETRY_S, STORE_QUORUM
 from p2psync.swarm.ring import SwarmMap
-from p2psync.swarm.store import MessageStore, StoredMessage
+from p2psync.swarm.rows import StoredMessage
+from p2psync.swarm.store import MessageStore
 from p2psync.websocket import WebSocketLink, WebSocketTransport
 from p2psync.wire import Reply, Request, decode_frame, encode_frame
 

@@ -22,7 +22,8 @@ from typing import Any, TypeVar, cast
 import outcome
 import trio
 
-from .store import MessageStore, StoredMessage
+from .rows import StoredMessage
+from .store import MessageStore
 
 T = TypeVar("T")
 

@@ -37,7 +37,7 @@ from .constants import (
 from .quorum import RowKey
 from .records import row_from_wire, row_to_wire, summary_from_wire, summary_to_wire
 from .ring import RING_SIZE, NodeInfo
-from .store import RowSummary, StoredMessage
+from .rows import RowSummary, StoredMessage
 
 #: A session id as text: ``05`` and 32 bytes of X25519 key in hex.
 SESSION_ID_CHARS = 66

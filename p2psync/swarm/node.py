@@ -102,7 +102,8 @@ from .proof import proof_from_request
 from .quorum import QuorumBook, RowKey, row_key
 from .registry import ANNOUNCEMENT_TTL_MS, Directory, Snapshot, listing_page
 from .ring import NodeInfo, SwarmMap
-from .store import MessageStore, RowSummary, StoredMessage
+from .rows import RowSummary, StoredMessage
+from .store import MessageStore
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from .messages import (
     SwarmReply,
 )
 from .ring import NodeInfo, SwarmMap
-from .store import RowSummary, StoredMessage
+from .rows import RowSummary, StoredMessage
 
 #: A cursor this node did not issue is rewound this far (see the module's docstring).
 SWITCH_REWIND_MS = 30_000

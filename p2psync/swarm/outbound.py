@@ -13,7 +13,7 @@ from collections import deque
 
 import trio
 
-from .store import StoredMessage
+from .rows import StoredMessage
 
 #: Rows queued per peer at most.
 REPLICATION_QUEUE_ROWS = 10_000

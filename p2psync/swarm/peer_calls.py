@@ -26,7 +26,7 @@ from .messages import (
     RowBatch,
 )
 from .quorum import RowKey
-from .store import RowSummary, StoredMessage
+from .rows import RowSummary, StoredMessage
 
 
 class _Request(Protocol):

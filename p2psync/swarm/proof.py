@@ -20,7 +20,7 @@ from ..identity import ed25519_matches_session_id, verify
 from ..wire import decode_cbor, encode_cbor
 from .auth import ClientAuth, auth_text
 from .constants import MAX_HASHES_PER_REQUEST, MAX_NAMESPACE
-from .store import StoredMessage
+from .rows import StoredMessage
 
 METHODS = ("delete", "expire")
 _FIELDS = 7

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .store import StoredMessage
+from .rows import StoredMessage
 
 #: A row's identity on every member: owner, namespace, hash.
 RowKey = tuple[str, int, bytes]

@@ -10,7 +10,7 @@ from ..errors import DecodeError
 from ..identity import message_hash, session_id_key
 from .constants import CLOCK_SKEW_MS, MAX_DATA_BYTES, MAX_NAMESPACE, MAX_TTL_MS
 from .proof import OwnerProof
-from .store import RowSummary, StoredMessage
+from .rows import RowSummary, StoredMessage
 
 ROW_FIELDS = 8
 #: How far a replicated row's timestamp may lie ahead of the receiver's clock: the member

@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .store import RowSummary
+from .rows import RowSummary
 
 BUCKETS = 256
 ITEM_ID_BYTES = 16

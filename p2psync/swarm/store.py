@@ -24,9 +24,10 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..database import add_column_if_missing
+from .rows import RowSummary, StoredMessage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -50,38 +51,6 @@ DROP INDEX IF EXISTS messages_by_hash;
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expiry);
 CREATE INDEX IF NOT EXISTS messages_by_proof ON messages (proof) WHERE proof IS NOT NULL;
 """
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One stored message; ``data is None`` marks a tombstone. ``proof`` (the owner's
-    signed delete or expire, encoded) is set on tombstones and shortened expiries, and
-    means the node checked it before storing."""
-
-    pubkey: str
-    namespace: int
-    hash: bytes
-    timestamp_ms: int
-    expiry_ms: int
-    data: bytes | None
-    order_ms: int = 0
-    proof: bytes | None = None
-
-    @property
-    def deleted(self) -> bool:
-        return self.data is None
-
-
-class RowSummary(NamedTuple):
-    """A row without its data: what repair compares between members."""
-
-    pubkey: str
-    namespace: int
-    hash: bytes
-    timestamp_ms: int
-    expiry_ms: int
-    deleted: bool
-    proven: bool
 
 
 _COLUMNS = "pubkey, namespace, hash, timestamp, expiry, data, order_ms"

@@ -96,7 +96,7 @@ from p2psync.swarm.registry import (
     check_announcement,
     sign_announcement,
 )
-from p2psync.swarm.store import StoredMessage
+from p2psync.swarm.rows import StoredMessage
 from p2psync.sync.negentropy import Negentropy, NegentropyError, StorageVector, _decode_ranges
 from p2psync.sync.records import Ack, Msg, Offer, Req, decode_record, encode_record
 from p2psync.wire import (

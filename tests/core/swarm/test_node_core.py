@@ -70,7 +70,7 @@ from p2psync.swarm.node_core import (
 )
 from p2psync.swarm.records import row_to_wire
 from p2psync.swarm.ring import NodeInfo, SwarmMap
-from p2psync.swarm.store import RowSummary, StoredMessage
+from p2psync.swarm.rows import RowSummary, StoredMessage
 from p2psync.wire import Fields
 
 NOW = TEST_EPOCH_MS

@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from p2psync.swarm.outbound import ROW_OVERHEAD_BYTES, ReplicationQueue, row_cost
-from p2psync.swarm.store import StoredMessage
+from p2psync.swarm.rows import StoredMessage
 
 
 def row(index: int, size: int) -> StoredMessage:

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2psync.identity import Identity, message_hash
-from p2psync.swarm.store import MessageStore, StoredMessage
+from p2psync.swarm.rows import StoredMessage
+from p2psync.swarm.store import MessageStore
 
 OWNER = Identity.from_label("owner").session_id
 

@@ -24,7 +24,7 @@ from p2psync.swarm.node_core import HAND_OVER_ELDER_MS
 from p2psync.swarm.records import row_to_wire
 from p2psync.swarm.registry import FileDirectory
 from p2psync.swarm.ring import NodeInfo
-from p2psync.swarm.store import StoredMessage
+from p2psync.swarm.rows import StoredMessage
 
 from .helpers import holders, open_test_swarm, swarm_of, wait_until
 
