@@ -6,6 +6,13 @@ endpoint, 3 opened by the relays). The run sends pings whose 1 KiB payload comes
 pong, so each round trip is two messages; CPU is process time (relays, endpoint, Trio
 scheduling, link emulation) divided by the messages carried, best of five segments, like the
 floor (best of five runs of 3 seals + 3 opens through the same ``nacl.bindings`` calls).
+
+Onion requests (:mod:`p2psync.onion_requests`) are measured beside direct calls on an
+embedded network of 3 service nodes and 5 exit relays on the same zero-latency memory
+network, real clock and real crypto: ``ONION_OPS`` stores of a 1 KiB message and as many
+signed retrieves, one at a time, each way; latency per call (p50/p99) and the process CPU
+per call (client, relays and nodes together, all in this process), and the time an
+endpoint of its own takes from opening to its first usable path (``onion_path_setup_ms``).
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import math
 import statistics
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from random import Random
+from typing import Any, cast
 
 import nacl.bindings as sodium
 import trio
@@ -23,11 +32,21 @@ import trio
 from overlay.endpoint import open_endpoint
 from overlay.link import MemoryNetwork
 from overlay.relay import open_relays
+from p2psync.identity import Identity
+from p2psync.network import LocalNetwork, open_local_network
+from p2psync.onion_requests import DirectoryKeys, OnionRpcPool, OnionService
+from p2psync.rpc import RpcPool, RpcRouter, open_rpc_pool
+from p2psync.services import AnnouncedRelay
+from p2psync.swarm.client import SwarmClient
 
 HOPS = 3
 MESSAGE_BYTES = 1024
 PARALLEL_PINGS = 32
 REPEATS = 5
+#: Stores and retrieves measured each way (direct, onion).
+ONION_OPS = 200
+EXIT_RELAYS = 5
+PATH_SETUPS = 20
 
 
 def crypto_floor_us(iterations: int, repeats: int = REPEATS) -> float:
@@ -103,14 +122,99 @@ async def _measure(rounds: int, builds: int) -> dict[str, float]:
         }
 
 
+async def _start_exit_relays(network: LocalNetwork, nursery: trio.Nursery) -> None:
+    """Exit relays announced to ``network``'s registry, each reaching servers from its own
+    host, and the ``onion`` method on every node."""
+    transport = network.transport
+    assert isinstance(transport, MemoryNetwork)
+    for node in network.running_nodes():
+        OnionService(node.rpc, node.identity, network.clock)
+    relays = [
+        AnnouncedRelay(
+            transport,
+            Identity.from_label(f"bench/relay/{i}"),
+            network.clock,
+            exit_transport=transport.host(f"exit{i}"),
+        )
+        for i in range(EXIT_RELAYS)
+    ]
+    for i, relay in enumerate(relays):
+        await nursery.start(relay.serve, f"mem:exit{i}", network.directory())
+    for relay in relays:
+        await relay.refresh()
+
+
+async def _calls(pool: RpcRouter, network: LocalNetwork, ops: int) -> dict[str, list[float]]:
+    """``ops`` stores then ``ops`` retrieves through ``pool``: ms and CPU µs of each."""
+    swarm = SwarmClient(cast(RpcPool, pool), network.directory(), network.clock, Random(3))
+    owner = Identity.from_label("bench/owner")
+    figures: dict[str, list[float]] = {}
+
+    async def timed(name: str, call: Callable[[int], Awaitable[object]]) -> None:
+        wall, cpu = figures.setdefault(f"{name}_ms", []), figures.setdefault(f"{name}_cpu", [])
+        for i in range(ops):
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            await call(i)
+            wall.append((time.perf_counter() - wall0) * 1000)
+            cpu.append((time.process_time() - cpu0) * 1e6)
+
+    await swarm.refresh()
+    await timed("store", lambda i: swarm.store(owner.session_id, 0, i.to_bytes(4) * 256))
+    await timed("retrieve", lambda i: swarm.retrieve(owner, 0, None))
+    return figures
+
+
+async def _measure_onion(ops: int, setups: int) -> dict[str, float]:
+    async with (
+        open_local_network(3, relays=0, transport=MemoryNetwork(seed=7)) as network,
+        trio.open_nursery() as nursery,
+    ):
+        await _start_exit_relays(network, nursery)
+        access = network.access()
+        contacts = await access.relay_contacts()
+        async with open_rpc_pool(network.transport) as pool:
+            direct = await _calls(pool, network, ops)
+        setup_ms = []
+        for i in range(setups):
+            start = time.perf_counter()
+            async with open_endpoint(
+                bytes([i]) * 32, network.transport, contacts, clock=network.clock, seed=i
+            ) as endpoint:
+                await endpoint.wait_ready(1)
+                setup_ms.append((time.perf_counter() - start) * 1000)
+        async with open_endpoint(
+            b"\x43" * 32, network.transport, contacts, clock=network.clock, seed=7
+        ) as endpoint:
+            await endpoint.wait_ready(2)
+            keys = DirectoryKeys(network.directory())
+            onion = await _calls(
+                OnionRpcPool(endpoint, keys, network.clock, network.transport), network, ops
+            )
+        nursery.cancel_scope.cancel()
+    result = {"onion_path_setup_ms_p50": statistics.median(setup_ms)}
+    for route, figures in (("direct", direct), ("onion", onion)):
+        for op in ("store", "retrieve"):
+            wall, cpu = figures[f"{op}_ms"], figures[f"{op}_cpu"]
+            result[f"{route}_{op}_ms_p50"] = statistics.median(wall)
+            result[f"{route}_{op}_ms_p99"] = _percentile(wall, 0.99)
+            result[f"{route}_{op}_cpu_us_p50"] = statistics.median(cpu)
+    return result
+
+
 def run_overlay_bench(
-    *, quick: bool = False, rounds: int | None = None, builds: int | None = None
+    *,
+    quick: bool = False,
+    rounds: int | None = None,
+    builds: int | None = None,
+    onion_ops: int = ONION_OPS,
 ) -> dict[str, Any]:
-    """Run the benchmark; returns exactly the keys of DESIGN.md §9. ``rounds`` (ping round
-    trips) and ``builds`` (paths built) override the quick/full defaults."""
+    """Run the benchmark; returns exactly the keys of DESIGN.md §9 and the onion-request
+    figures. ``rounds`` (ping round trips) and ``builds`` (paths built) override the
+    quick/full defaults; ``onion_ops``: stores and retrieves each way."""
     rounds = rounds or (2_000 if quick else 20_000)
     floor = crypto_floor_us(min(rounds, 2_000 if quick else 20_000))
     figures = trio.run(_measure, rounds, builds or (10 if quick else 50))
+    onion = trio.run(_measure_onion, onion_ops, PATH_SETUPS)
     return {
         "hops": HOPS,
         "messages_per_s": round(figures["messages_per_s"], 1),
@@ -120,6 +224,8 @@ def run_overlay_bench(
         "rtt_p50_ms": round(figures["rtt_p50_ms"], 3),
         "rtt_p99_ms": round(figures["rtt_p99_ms"], 3),
         "path_build_ms_p50": round(figures["path_build_ms_p50"], 3),
+        "onion_ops": onion_ops,
+        **{key: round(value, 3) for key, value in onion.items()},
     }
 
 

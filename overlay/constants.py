@@ -109,3 +109,17 @@ LINK_QUEUE_CELLS = 512
 PATH_CHECK_INTERVAL_MS = 500
 #: Sessions an endpoint queues for ``sessions()`` before refusing new ones.
 ACCEPT_QUEUE_SESSIONS = 16
+
+#: Exit requests (onion requests to servers, DESIGN.md §6): the largest request or reply
+#: a path carries to or from its exit hop, reassembled from fragments (a server's largest
+#: frame, 128 KiB, plus room for the address and the sealing).
+EXIT_MAX_MESSAGE_BYTES = 136 * 1024
+#: How long an exit hop waits for a server before answering the owner with a failure;
+#: also how long it keeps a request whose fragments stopped coming.
+EXIT_TIMEOUT_MS = 10_000
+#: Exit requests one path may have under way at once (reassembling or at the server);
+#: past it a new one is refused, so one owner cannot take a relay's whole share.
+EXIT_MAX_PER_PATH = 8
+#: Exit requests a relay has under way at once over all its paths: with
+#: EXIT_MAX_MESSAGE_BYTES, bounds what reassembly and replies can hold at 34 MiB.
+EXIT_MAX_TOTAL = 256

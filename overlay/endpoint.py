@@ -1,4 +1,5 @@
-"""An overlay endpoint: keeps paths, publishes and finds introsets, runs sessions.
+"""An overlay endpoint: keeps paths, publishes and finds introsets, runs sessions, and
+has its paths' exit hops hand requests to servers (:meth:`Endpoint.exit_request`).
 
 The protocol lives in the sans-I/O pieces (:class:`~overlay.endpoint_core.EndpointCore`
 for the paths, pings, DHT answers and republishing, :class:`~overlay.session.SessionCore`,
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import assert_never
@@ -47,6 +48,7 @@ from .endpoint_core import (
     Question,
     SendPayload,
 )
+from .exits import ExitFailed, ExitStatus
 from .introset import (
     Intro,
     IntrosetError,
@@ -324,16 +326,21 @@ class Endpoint:
 
     async def _ask(self, question: Question) -> None:
         """Send ``question`` and wait until it is answered or its deadline passes."""
-        answered = self._askers[question.token] = trio.Event()
-        deadline = question.deadline_ms
+        await self._await_answer(question.token, [question.send], question.deadline_ms)
+
+    async def _await_answer(
+        self, token: bytes, sends: list[Effect], deadline_ms: int | None
+    ) -> None:
+        """Carry ``sends`` out and wait until ``token`` is answered or the deadline passes."""
+        answered = self._askers[token] = trio.Event()
         try:
-            self._execute([question.send])
+            self._execute(sends)
             with trio.move_on_at(
-                math.inf if deadline is None else self._clock.trio_time_for(deadline)
+                math.inf if deadline_ms is None else self._clock.trio_time_for(deadline_ms)
             ):
                 await answered.wait()
         finally:
-            del self._askers[question.token]
+            del self._askers[token]
 
     async def ping(self, path: Path, padding_bytes: int = 0) -> None:
         """One round trip to ``path``'s terminal hop with ``padding_bytes`` of filler each
@@ -364,10 +371,33 @@ class Endpoint:
         """Wait for the next change in this endpoint's paths (built, dead, dropped)."""
         await self._paths_changed.wait()
 
-    async def _usable_path(self) -> Path:
-        while (path := self._core.next_path(self._clock.now_ms())) is None:
+    async def _usable_path(self, avoid: Collection[Path] = ()) -> Path:
+        while (path := self._core.next_path(self._clock.now_ms(), avoid)) is None:
             await self._paths_changed.wait()
         return path
+
+    # --- exit requests -----------------------------------------------------------------------
+
+    async def exit_path(self, avoid: Collection[Path] = ()) -> Path:
+        """The path for the next exit request: each usable one in turn, none of ``avoid``
+        (waits for a path to be built if only those are left)."""
+        return await self._usable_path(avoid)
+
+    async def exit_request(self, path: Path, address: str, body: bytes) -> bytes:
+        """Have ``path``'s exit hop hand ``body`` to the server at ``address`` and return
+        the server's reply; :class:`~overlay.exits.ExitFailed` if the exit got none. The
+        exit sees the address and the body, so seal the body to the server. Bound the
+        wait with a cancel scope: a lost cell or a dead exit means no answer."""
+        token, sends = self._core.ask_exit(path, address, body)
+        try:
+            await self._await_answer(token, sends, None)
+        finally:
+            reply = self._core.exit_reply(token)
+        assert reply is not None  # answered: the core has the reply
+        status, data = reply
+        if status is not ExitStatus.OK:
+            raise ExitFailed(f"exit {path.terminal.address} could not reach {address}")
+        return data
 
     # --- introsets -------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """What an endpoint decides, sans-I/O: which paths it keeps, pings, drops and builds, which
 path carries what and which intro its sessions name, when its introsets are republished,
-and which answer (a pong, a DHT result) belongs to which question.
+and which answer (a pong, a DHT result, an exit reply put back together from its
+fragments) belongs to which question.
 
 :class:`EndpointCore` takes cells and the time in (``now_ms``) and hands typed effects out
 (:data:`Effect`); :class:`~overlay.endpoint.Endpoint` is its Trio driver, which owns the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from .cells import CellError, CellKind, decode_cell
@@ -24,6 +26,7 @@ from .constants import (
     MIN_HOPS,
 )
 from .contact import Contact
+from .exits import ExitStatus, Reassembly, decode_exit_reply, encode_exit_request
 from .introset import Intro
 from .onion import LayerError
 from .path import Path, PathState, freshest
@@ -33,10 +36,13 @@ from .payloads import (
     Deliver,
     DhtRequest,
     DhtResult,
+    ExitReply,
+    ExitRequest,
     PathPayload,
     Ping,
     Pong,
     decode_payload,
+    exit_fragments,
 )
 
 #: Random bytes that start a measuring ping's echo, so its pong is told from any other.
@@ -134,6 +140,15 @@ class _DhtWait:
     response: bytes | None = None
 
 
+@dataclass
+class _ExitWait:
+    """An exit request awaiting its reply: the fragments so far (from the first one on,
+    which says how many there are), then the reply."""
+
+    parts: Reassembly | None = None
+    reply: tuple[ExitStatus, bytes] | None = None
+
+
 class EndpointCore:
     """The decisions of one endpoint with ``paths`` paths of ``hops`` relays picked from
     ``directory`` with ``rng``, starting at ``now_ms``."""
@@ -169,6 +184,7 @@ class EndpointCore:
         #: The echoes of the pings awaiting their pongs.
         self._pings: set[bytes] = set()
         self._dht: dict[bytes, _DhtWait] = {}
+        self._exits: dict[bytes, _ExitWait] = {}
         self._secrets: list[bytes] = []
         #: The intros of the introsets last published.
         self._published_intros: set[bytes] = set()
@@ -242,9 +258,10 @@ class EndpointCore:
     def usable_count(self, now_ms: int) -> int:
         return sum(p.usable(now_ms) for p in self._paths)
 
-    def next_path(self, now_ms: int) -> Path | None:
-        """The usable path to send the next packet or request on: each in turn."""
-        usable = [p for p in self._paths if p.usable(now_ms)]
+    def next_path(self, now_ms: int, avoid: Collection[Path] = ()) -> Path | None:
+        """The usable path to send the next packet or request on: each in turn, but none
+        of ``avoid`` (the paths a request already failed on)."""
+        usable = [p for p in self._paths if p.usable(now_ms) and p not in avoid]
         if not usable:
             return None
         self._next_path += 1
@@ -283,6 +300,8 @@ class EndpointCore:
             if path.state is PathState.DEAD:
                 return self.drop_path(path, now_ms)
             return []
+        if isinstance(payload, ExitReply):
+            return self._exit_reply(payload)
         if isinstance(payload, Built):
             path.on_built(now_ms)
             self.stats.paths_built += 1
@@ -330,6 +349,42 @@ class EndpointCore:
         request is forgotten."""
         wait = self._dht.pop(request_id, None)
         return None if wait is None else wait.response
+
+    def ask_exit(self, path: Path, address: str, body: bytes) -> tuple[bytes, list[Effect]]:
+        """Have ``path``'s exit hop hand ``body`` to the server at ``address``: the request
+        id (answered by :class:`Answered`) and the fragments to send. Call
+        :meth:`exit_reply` once no longer waiting."""
+        request_id = os.urandom(REQUEST_ID_BYTES)
+        message = encode_exit_request(address, body)
+        self._exits[request_id] = _ExitWait()
+        return request_id, [
+            SendPayload(path, fragment)
+            for fragment in exit_fragments(ExitRequest, request_id, message)
+        ]
+
+    def exit_reply(self, request_id: bytes) -> tuple[ExitStatus, bytes] | None:
+        """What exit request ``request_id`` was answered (None: nothing yet); forgotten."""
+        wait = self._exits.pop(request_id, None)
+        return None if wait is None else wait.reply
+
+    def _exit_reply(self, fragment: ExitReply) -> list[Effect]:
+        """One fragment of an exit reply: only for a request still awaited, each fragment
+        once, bounded by :class:`Reassembly`; anything else is dropped and counted."""
+        wait = self._exits.get(fragment.request_id)
+        if wait is None or wait.reply is not None:
+            self.stats.cells_dropped += 1
+            return []
+        if wait.parts is None:
+            wait.parts = Reassembly(fragment.count)
+        try:
+            message = wait.parts.add(fragment)
+            if message is None:
+                return []
+            wait.reply = decode_exit_reply(message)
+        except CellError:
+            self.stats.cells_dropped += 1
+            return []
+        return [Answered(fragment.request_id)]
 
     # --- introsets -----------------------------------------------------------------------
 

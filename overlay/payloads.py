@@ -13,7 +13,15 @@ TRANSFER      relay key (32) ‖ intro id (16) ‖ data            owner → ter
 DELIVER       data                                             terminal → owner
 DHT_REQUEST   request id (8) ‖ relay key (32) ‖ DHT request    owner → terminal
 DHT_RESULT    request id (8) ‖ DHT response                    terminal → owner
+EXIT_REQUEST  request id (8) ‖ index (2) ‖ count (2) ‖ chunk   owner → terminal
+EXIT_REPLY    request id (8) ‖ index (2) ‖ count (2) ‖ chunk   terminal → owner
 ============= ================================================ ==================
+
+An exit request (an onion request to a server, DESIGN.md §6) and its reply are larger
+than a payload: each is cut into ``count`` fragments of at most :data:`EXIT_CHUNK_BYTES`
+(:func:`exit_fragments`); :mod:`overlay.exits` reassembles them. The two exit kinds are
+numbered here, after :class:`~overlay.path.Payload`'s, because only this module and the
+exit hop deal in them.
 
 Whoever built a path or reached an intro chooses the bytes a relay or an endpoint decodes,
 so :func:`decode_payload` never raises anything but :class:`~overlay.cells.CellError`.
@@ -23,13 +31,15 @@ value encodes.
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Self, TypeAlias, TypeVar
 
 from .cells import CellError
-from .constants import PATH_ID_BYTES
-from .path import Payload
+from .constants import EXIT_MAX_MESSAGE_BYTES, PATH_ID_BYTES
+from .path import MAX_PAYLOAD_BYTES, Payload
 
 RELAY_KEY_BYTES = 32
 #: An endpoint's name for one of its DHT requests, echoed in the result.
@@ -39,12 +49,27 @@ REQUEST_ID_BYTES = 8
 TRANSFER_HEADER_BYTES = 1 + RELAY_KEY_BYTES + PATH_ID_BYTES
 
 
+class ExitPayload(enum.IntEnum):
+    """The payload kinds of exit requests (after :class:`~overlay.path.Payload`'s)."""
+
+    EXIT_REQUEST = 8  # owner → terminal: one fragment of (server address, sealed request)
+    EXIT_REPLY = 9  # terminal → owner: one fragment of (status, reply)
+
+
+#: kind (1) ‖ request id (8) ‖ index (2) ‖ count (2).
+EXIT_HEADER_BYTES = 1 + REQUEST_ID_BYTES + 2 + 2
+#: What one fragment of an exit request or reply carries, whatever the path's length.
+EXIT_CHUNK_BYTES = MAX_PAYLOAD_BYTES - EXIT_HEADER_BYTES
+#: Fragments of the largest exit message: more in a header is refused at decode.
+EXIT_MAX_FRAGMENTS = math.ceil(EXIT_MAX_MESSAGE_BYTES / EXIT_CHUNK_BYTES)
+
+
 def _check_size(name: str, value: bytes, size: int) -> None:
     if len(value) != size:
         raise ValueError(f"{name} of {len(value)} bytes, expected {size}")
 
 
-def _fields(kind: Payload, body: bytes, *sizes: int) -> tuple[bytes, ...]:
+def _fields(kind: enum.IntEnum, body: bytes, *sizes: int) -> tuple[bytes, ...]:
     """``body`` cut into fields of ``sizes`` bytes, then the rest."""
     if len(body) < sum(sizes):
         raise CellError(f"{kind.name} payload of {len(body) + 1} bytes is too short")
@@ -162,7 +187,73 @@ class DhtResult:
         return cls(request_id, response)
 
 
-PathPayload: TypeAlias = Built | Ping | Pong | Transfer | Deliver | DhtRequest | DhtResult
+@dataclass(frozen=True, slots=True)
+class _ExitFragment:
+    """Fragment ``index`` of ``count`` of exit message ``request_id``. Every field is
+    range-checked here, so a fragment that decodes fits a bounded reassembly."""
+
+    request_id: bytes
+    index: int
+    count: int
+    chunk: bytes
+
+    KIND = ExitPayload.EXIT_REQUEST
+
+    def __post_init__(self) -> None:
+        _check_size("request id", self.request_id, REQUEST_ID_BYTES)
+        if not 1 <= self.count <= EXIT_MAX_FRAGMENTS:
+            raise CellError(f"exit message of {self.count} fragments")
+        if not 0 <= self.index < self.count:
+            raise CellError(f"exit fragment {self.index} of {self.count}")
+        if len(self.chunk) > EXIT_CHUNK_BYTES:
+            raise CellError(f"exit fragment of {len(self.chunk)} bytes")
+
+    def encode(self) -> bytes:
+        return (
+            bytes((self.KIND,))
+            + self.request_id
+            + self.index.to_bytes(2, "big")
+            + self.count.to_bytes(2, "big")
+            + self.chunk
+        )
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Self:
+        request_id, index, count, chunk = _fields(cls.KIND, body, REQUEST_ID_BYTES, 2, 2)
+        return cls(request_id, int.from_bytes(index, "big"), int.from_bytes(count, "big"), chunk)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRequest(_ExitFragment):
+    """A fragment of a request the exit hop hands to a server (see :mod:`overlay.exits`)."""
+
+    KIND = ExitPayload.EXIT_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class ExitReply(_ExitFragment):
+    """A fragment of the exit hop's answer to an :class:`ExitRequest`."""
+
+    KIND = ExitPayload.EXIT_REPLY
+
+
+_Fragment = TypeVar("_Fragment", bound=_ExitFragment)
+
+
+def exit_fragments(kind: type[_Fragment], request_id: bytes, message: bytes) -> list[_Fragment]:
+    """``message`` cut into the fragments that carry it (ValueError if it is too large)."""
+    if len(message) > EXIT_MAX_MESSAGE_BYTES:
+        raise ValueError(f"exit message of {len(message)} bytes")
+    chunks = [
+        message[start : start + EXIT_CHUNK_BYTES]
+        for start in range(0, len(message), EXIT_CHUNK_BYTES)
+    ] or [b""]
+    return [kind(request_id, i, len(chunks), chunk) for i, chunk in enumerate(chunks)]
+
+
+PathPayload: TypeAlias = (
+    Built | Ping | Pong | Transfer | Deliver | DhtRequest | DhtResult | ExitRequest | ExitReply
+)
 
 #: Per kind, what makes a payload of the bytes after the kind (a kind whose whole body is
 #: one field: its constructor).
@@ -174,6 +265,8 @@ _DECODERS: dict[int, Callable[[bytes], PathPayload]] = {
     Payload.DELIVER: Deliver,
     Payload.DHT_REQUEST: DhtRequest.decode_body,
     Payload.DHT_RESULT: DhtResult.decode_body,
+    ExitPayload.EXIT_REQUEST: ExitRequest.decode_body,
+    ExitPayload.EXIT_REPLY: ExitReply.decode_body,
 }
 
 

@@ -2,10 +2,12 @@
 introsets.
 
 :class:`RelayCore` is the whole protocol, sans-I/O: ``receive(link, bytes, now_ms)`` returns
-``(link, bytes)`` pairs to send. Links are opaque names chosen by the driver: ``"in:N"`` for
-connections that reached us, ``"out:ADDRESS"`` for the ones we opened (the driver connects
-on first use). Anything that does not parse, authenticate or belong is dropped and counted
-in :class:`RelayStats`; one bad cell never affects other paths.
+``(link, bytes)`` pairs to send, and :meth:`RelayCore.take_exit_calls` the requests to hand
+to servers (:class:`ExitCall`) when this relay is a path's exit. Links are opaque names
+chosen by the driver: ``"in:N"`` for connections that reached us, ``"out:ADDRESS"`` for
+the ones we opened (the driver connects on first use). Anything that does not parse,
+authenticate or belong is dropped and counted in :class:`RelayStats`; one bad cell never
+affects other paths.
 
 :func:`serve_relay` is the Trio driver; :func:`open_relays` runs several in one process.
 """
@@ -16,7 +18,7 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,9 +27,24 @@ import trio
 
 from .cells import CellError, CellKind, decode_cell, frame_payload, make_cell, unframe_payload
 from .clock import Clock
-from .constants import DHT_PENDING_MAX, DHT_REQUEST_TIMEOUT_MS, PATH_ID_BYTES
+from .constants import (
+    DHT_PENDING_MAX,
+    DHT_REQUEST_TIMEOUT_MS,
+    EXIT_MAX_MESSAGE_BYTES,
+    EXIT_MAX_PER_PATH,
+    EXIT_MAX_TOTAL,
+    EXIT_TIMEOUT_MS,
+    PATH_ID_BYTES,
+)
 from .contact import Contact, make_contact, verified_directory
 from .dht import IntrosetStore
+from .exits import (
+    ExitStatus,
+    Reassembly,
+    RepeatedFragment,
+    decode_exit_request,
+    encode_exit_reply,
+)
 from .keys import KeyPair
 from .link import Link, LinkClosed, LinkPump, Transport
 from .onion import (
@@ -46,16 +63,32 @@ from .payloads import (
     Deliver,
     DhtRequest,
     DhtResult,
+    ExitReply,
+    ExitRequest,
     PathPayload,
     Ping,
     Pong,
     Transfer,
     decode_payload,
+    exit_fragments,
 )
 
 logger = logging.getLogger(__name__)
 
 Send = tuple[str, bytes]
+#: What a relay that serves as an exit is given to reach servers: (server address, request
+#: body) → the server's reply. p2psync supplies it; the overlay never looks inside either.
+ExitCallable = Callable[[str, bytes], Awaitable[bytes]]
+
+
+@dataclass(frozen=True)
+class ExitCall:
+    """Hand ``body`` to the server at ``address``, then report what came back (or that
+    nothing did) with :meth:`RelayCore.exit_done` and ``token``."""
+
+    token: bytes
+    address: str
+    body: bytes
 
 
 @dataclass
@@ -75,6 +108,15 @@ class RelayStats:
     dropped_queue_full: int = 0
     #: Cells that came after a lost one: each tore its path down (see PathBroken).
     dropped_gap: int = 0
+    #: Exit requests handed to servers, and those that failed (no answer in time, an
+    #: unreachable server, a reply over ``EXIT_MAX_MESSAGE_BYTES``: the owner is told).
+    exits: int = 0
+    exit_failures: int = 0
+    #: New exit requests refused: this relay is no exit, or the path or the relay has as
+    #: many under way as it may (``EXIT_MAX_PER_PATH``, ``EXIT_MAX_TOTAL``).
+    dropped_exit_refused: int = 0
+    #: Server replies too large to carry back (the owner gets a failure instead).
+    dropped_exit_oversize: int = 0
 
     @property
     def dropped(self) -> int:
@@ -87,6 +129,8 @@ class RelayStats:
             + self.dropped_unknown_relay
             + self.dropped_queue_full
             + self.dropped_gap
+            + self.dropped_exit_refused
+            + self.dropped_exit_oversize
         )
 
 
@@ -103,6 +147,16 @@ class _Hop:
 
 
 @dataclass
+class _Exit:
+    """An exit request under way: reassembling (``parts``), or at the server (None)."""
+
+    hop: _Hop
+    parts: Reassembly | None
+    #: When a request still reassembling is given up (its fragments stopped coming).
+    deadline_ms: int
+
+
+@dataclass
 class RelayCore:
     keys: KeyPair
     directory: dict[bytes, Contact]
@@ -113,6 +167,11 @@ class RelayCore:
     observer: Callable[[bytes], None] | None = None
     #: Forwarded DHT requests kept awaiting an answer, at most (see DHT_PENDING_MAX).
     max_pending_dht: int = DHT_PENDING_MAX
+    #: Whether this relay hands exit requests to servers (its driver has an exit callable).
+    exit_enabled: bool = False
+    #: Exit requests one path, and all paths together, may have under way at once.
+    max_exits_per_path: int = EXIT_MAX_PER_PATH
+    max_exits: int = EXIT_MAX_TOTAL
     _upstream: dict[bytes, _Hop] = field(default_factory=dict)
     _downstream: dict[bytes, _Hop] = field(default_factory=dict)
     _intros: dict[bytes, _Hop] = field(default_factory=dict)
@@ -120,6 +179,9 @@ class RelayCore:
     #: token → (hop, the endpoint's request id, when to stop waiting), in arrival order
     #: (an OrderedDict: a plain dict's first key slows down as entries leave its front)
     _pending_dht: OrderedDict[bytes, tuple[_Hop, bytes, int]] = field(default_factory=OrderedDict)
+    #: (path id ‖ the owner's request id) → the exit request under way.
+    _exits: dict[bytes, _Exit] = field(default_factory=dict)
+    _exit_calls: list[ExitCall] = field(default_factory=list)
 
     def receive(self, link: str, data: bytes, now_ms: int) -> list[Send]:
         if self.observer is not None:
@@ -177,6 +239,7 @@ class RelayCore:
         for key in [k for k, e in self._seen_builds.items() if e <= now_ms]:
             del self._seen_builds[key]
         self._expire_pending_dht(now_ms)
+        self._expire_exits(now_ms)
         self.store.expire(now_ms)
 
     def link_lost(self, link: str) -> None:
@@ -188,6 +251,37 @@ class RelayCore:
     @property
     def hop_count(self) -> int:
         return len(self._upstream)
+
+    @property
+    def exit_count(self) -> int:
+        """Exit requests under way (reassembling or at a server)."""
+        return len(self._exits)
+
+    def take_exit_calls(self) -> list[ExitCall]:
+        """The requests to hand to servers that the cells received so far completed."""
+        calls, self._exit_calls = self._exit_calls, []
+        return calls
+
+    def exit_done(self, token: bytes, reply: bytes | None) -> list[Send]:
+        """The server's ``reply`` to :class:`ExitCall` ``token`` (None: no answer in time
+        or none at all), carried back to the path's owner if the path still exists."""
+        pending = self._exits.pop(token, None)
+        if pending is None or self._upstream.get(pending.hop.up_id) is not pending.hop:
+            return []
+        if reply is None:
+            self.stats.exit_failures += 1
+            message = encode_exit_reply(ExitStatus.FAILED)
+        elif len(reply) + 1 > EXIT_MAX_MESSAGE_BYTES:
+            self.stats.dropped_exit_oversize += 1
+            message = encode_exit_reply(ExitStatus.FAILED)
+        else:
+            message = encode_exit_reply(ExitStatus.OK, reply)
+        request_id = token[PATH_ID_BYTES:]
+        return [
+            send
+            for fragment in exit_fragments(ExitReply, request_id, message)
+            for send in self._to_owner(pending.hop, fragment)
+        ]
 
     @property
     def pending_dht_count(self) -> int:
@@ -307,7 +401,55 @@ class RelayCore:
             self._await_dht(token, hop, payload.request_id, now_ms)
             body = frame_payload(payload.request, len(data))
             return [(f"out:{contact.address}", make_cell(CellKind.DHT_REQUEST, token, body))]
+        if isinstance(payload, ExitRequest):
+            self._exit_fragment(hop, payload, now_ms)
+            return []
         raise CellError(f"a relay is not sent {type(payload).__name__} payloads")
+
+    def _exit_fragment(self, hop: _Hop, fragment: ExitRequest, now_ms: int) -> None:
+        """Put an exit request together; once whole, it becomes an :class:`ExitCall`. A
+        new request past the caps is refused (its owner times out and tries another
+        path); a repeated fragment is a replay; either leaves other requests alone."""
+        token = hop.up_id + fragment.request_id
+        pending = self._exits.get(token)
+        if pending is None:
+            self._expire_exits(now_ms)
+            on_path = sum(1 for e in self._exits.values() if e.hop is hop)
+            if (
+                not self.exit_enabled
+                or on_path >= self.max_exits_per_path
+                or len(self._exits) >= self.max_exits
+            ):
+                self.stats.dropped_exit_refused += 1
+                return
+            pending = self._exits[token] = _Exit(
+                hop, Reassembly(fragment.count), now_ms + EXIT_TIMEOUT_MS
+            )
+        if pending.parts is None:
+            self.stats.dropped_replay += 1  # the whole request is at the server already
+            return
+        try:
+            message = pending.parts.add(fragment)
+            if message is None:
+                return
+            address, body = decode_exit_request(message)
+        except RepeatedFragment:
+            self.stats.dropped_replay += 1
+            return
+        except CellError:
+            del self._exits[token]
+            raise
+        pending.parts = None
+        self.stats.exits += 1
+        self._exit_calls.append(ExitCall(token, address, body))
+
+    def _expire_exits(self, now_ms: int) -> None:
+        """Forget the requests whose fragments stopped coming (those at a server end with
+        :meth:`exit_done`, which the driver calls within ``EXIT_TIMEOUT_MS``)."""
+        for token in [
+            t for t, e in self._exits.items() if e.parts is not None and e.deadline_ms <= now_ms
+        ]:
+            del self._exits[token]
 
     def _await_dht(self, token: bytes, hop: _Hop, request_id: bytes, now_ms: int) -> None:
         """Remember where the answer to a forwarded DHT request goes, for as long as its
@@ -345,12 +487,18 @@ class _LinkPool:
     handed to the core and what it answers sent on."""
 
     def __init__(
-        self, nursery: trio.Nursery, transport: Transport, core: RelayCore, clock: Clock
+        self,
+        nursery: trio.Nursery,
+        transport: Transport,
+        core: RelayCore,
+        clock: Clock,
+        exit: ExitCallable | None = None,
     ) -> None:
         self._nursery = nursery
         self._transport = transport
         self._core = core
         self._clock = clock
+        self._exit = exit
         self._pumps: dict[str, LinkPump] = {}
         self._names = itertools.count(1)
 
@@ -390,6 +538,22 @@ class _LinkPool:
     def _receive(self, link: str, data: bytes) -> None:
         for target, out in self._core.receive(link, data, self._clock.now_ms()):
             self.send(target, out)
+        for call in self._core.take_exit_calls():
+            self._nursery.start_soon(self._run_exit, call)
+
+    async def _run_exit(self, call: ExitCall) -> None:
+        """Hand one request to its server through the exit callable and carry the answer
+        back; a server that fails or takes longer than ``EXIT_TIMEOUT_MS`` is reported to
+        the owner as a failure, so it can try another path at once."""
+        assert self._exit is not None  # the core makes calls only when exits are enabled
+        reply: bytes | None = None
+        with trio.move_on_after(EXIT_TIMEOUT_MS / 1000):
+            try:
+                reply = await self._exit(call.address, call.body)
+            except Exception as exc:  # whatever the server or the way to it did
+                logger.info("exit to %s failed: %r", call.address, exc)
+        for target, out in self._core.exit_done(call.token, reply):
+            self.send(target, out)
 
     def _count_drop(self) -> None:
         self._core.stats.dropped_queue_full += 1
@@ -407,6 +571,7 @@ async def serve_relay(
     directory: list[Contact],
     *,
     clock: Clock | None = None,
+    exit: ExitCallable | None = None,
     task_status: trio.TaskStatus[tuple[str, RelayCore]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a relay until cancelled; ``task_status.started((bound_address, core))`` once
@@ -414,13 +579,16 @@ async def serve_relay(
     it new directories.
 
     ``directory`` is the list of relay contacts this relay may forward to (unverifiable
-    ones are ignored).
+    ones are ignored). With ``exit``, the relay is an exit too: the requests paths
+    terminating here ask for are handed to servers through it (without, they are refused).
     """
     clock = clock or Clock()
     keys = KeyPair.from_seed(identity_seed)
-    core = RelayCore(keys, verified_directory(directory, clock.now_ms()))
+    core = RelayCore(
+        keys, verified_directory(directory, clock.now_ms()), exit_enabled=exit is not None
+    )
     async with trio.open_nursery() as nursery:
-        pool = _LinkPool(nursery, transport, core, clock)
+        pool = _LinkPool(nursery, transport, core, clock, exit)
         bound = await nursery.start(transport.serve, pool.run_inbound, address)
         task_status.started((bound, core))
         while True:
@@ -444,11 +612,14 @@ async def open_relays(
     clock: Clock | None = None,
     seed: int = 0,
     address_prefix: str = "",
+    exit: Callable[[str], ExitCallable] | None = None,
 ) -> AsyncIterator[list[RelayInfo]]:
     """Run ``count`` relays in this process, each knowing all the others.
 
     On a :class:`MemoryNetwork` relays are named ``mem:relayN``; over TCP they bind
-    ``127.0.0.1:0``. Seeds come from ``seed`` so runs are reproducible.
+    ``127.0.0.1:0``. Seeds come from ``seed`` so runs are reproducible. ``exit`` makes
+    each relay an exit: it is given the relay's address and returns that relay's exit
+    callable (so each can reach servers from its own host).
     """
     clock = clock or Clock()
     seeds = [bytes([seed % 256, i % 256]) * 16 for i in range(count)]
@@ -460,7 +631,15 @@ async def open_relays(
             wanted = address_prefix or ("mem:relay" if _is_memory(transport) else "127.0.0.1:0")
             address = f"{wanted}{i}" if wanted.startswith("mem:") else wanted
             bound, core = await nursery.start(
-                partial(serve_relay, relay_seed, transport, address, directory, clock=clock)
+                partial(
+                    serve_relay,
+                    relay_seed,
+                    transport,
+                    address,
+                    directory,
+                    clock=clock,
+                    exit=None if exit is None else exit(address),
+                )
             )
             infos.append(RelayInfo(make_contact(keys, bound, clock.now_ms()), core))
         contacts = [info.contact for info in infos]

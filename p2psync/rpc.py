@@ -340,6 +340,32 @@ class RpcServer:
             name for name, handler in self.methods.items() if not iscoroutinefunction(handler)
         }
 
+    def add_method(self, name: str, handler: Handler) -> None:
+        """Serve one more method: for wrappers that apply to every server (the ``onion``
+        method of :mod:`p2psync.onion_requests`)."""
+        self.methods[name] = handler
+        if iscoroutinefunction(handler):
+            self._inline.discard(name)
+        else:
+            self._inline.add(name)
+
+    async def answer(self, request: Request, peer: str) -> bytes:
+        """The encoded reply to ``request`` exactly as this server's dispatch gives it, for
+        a request that arrived inside another (an onion request) from ``peer``: same
+        handlers, same refusals, same error replies. It has no connection of its own to
+        push to: what its handler pushes goes nowhere, and whatever it registered to run
+        when its connection closes runs once it is answered."""
+        connection = Connection(peer, Outbox(1, 0))
+        connection._outbox.close()
+        try:
+            if request.method in self._inline:
+                reply = self._answer_inline(request, connection)
+            else:
+                reply = await self._run_handler(request, connection)
+        finally:
+            connection._closed()
+        return self._encode_reply(request, reply)
+
     async def serve(
         self,
         transport: Transport,
@@ -524,6 +550,37 @@ class RpcServer:
 # --- client --------------------------------------------------------------------------------
 
 
+def result_of(frame: Frame) -> Any:
+    """What a call returns for its reply ``frame``: the result, or :class:`RpcError`."""
+    if isinstance(frame, ErrorReply):
+        raise RpcError(
+            frame.code if frame.code in ERROR_CODES else "internal", frame.message, frame.data
+        )
+    if not isinstance(frame, Reply):
+        raise DecodeError("expected a reply")
+    return frame.result
+
+
+class RpcCaller(Protocol):
+    """What the typed clients (``FileServerClient``, ``OpenGroupClient``) need of a
+    connection: an :class:`RpcClient`, or a server reached by onion requests
+    (:class:`p2psync.onion_requests.OnionClient`)."""
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any: ...
+
+
+class RpcRouter(Protocol):
+    """What the swarm client and a device need of a pool: an :class:`RpcPool` (direct
+    connections) or an :class:`p2psync.onion_requests.OnionRpcPool` (onion requests).
+    ``transport`` is for what needs a connection of its own (subscriptions)."""
+
+    transport: Transport
+
+    async def get(self, address: str) -> RpcCaller: ...
+
+    async def call(self, address: str, method: str, params: Mapping[str, Any]) -> Any: ...
+
+
 class RpcClient:
     """One connection's calls. Calls pipeline; each waits for its own reply."""
 
@@ -554,12 +611,7 @@ class RpcClient:
             raise ConnectionLost(f"connection to {self.peer} closed") from None
         finally:
             self._pending.pop(rid, None)
-        if isinstance(frame, ErrorReply):
-            raise RpcError(
-                frame.code if frame.code in ERROR_CODES else "internal", frame.message, frame.data
-            )
-        assert isinstance(frame, Reply)
-        return frame.result
+        return result_of(frame)
 
     async def _read_loop(self) -> None:
         try:

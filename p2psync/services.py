@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,15 @@ import trio
 
 from overlay import Contact, KeyPair, make_contact, serve_relay
 from overlay.link import Transport
-from overlay.relay import RelayCore
+from overlay.relay import ExitCallable, RelayCore
 
 from .clock import Clock
 from .errors import DecodeError, P2PSyncError
 from .fileserver import FileServer
 from .identity import SEED_BYTES, Identity
+from .onion_requests import OnionService, rpc_exit
 from .opengroup import OpenGroupServer
+from .rpc import open_rpc_pool
 from .swarm.admission import Ledger, Registration, checked_registration
 from .swarm.constants import LISTING_SETTLING_S
 from .swarm.node import NodeConfig, StorageNode
@@ -177,6 +180,7 @@ async def run_node(
     store = MessageStore(data_dir / "messages.sqlite3")
     try:
         node = StorageNode(identity, store, clock, transport, directory, config, registration)
+        OnionService(node.rpc, identity, clock)
         async with trio.open_nursery() as nursery:
             announce_ready(await nursery.start(node.serve, listen))
     finally:
@@ -231,8 +235,12 @@ class AnnouncedRelay:
         clock: Clock,
         *,
         refresh_s: float = RELAY_REFRESH_S,
+        exit_transport: Transport | None = None,
     ) -> None:
+        """``exit_transport``: how this relay reaches servers as the exit of onion
+        requests (:mod:`p2psync.onion_requests`); without it, it is no exit."""
         self.transport = transport
+        self.exit_transport = exit_transport
         self.identity = identity
         self.clock = clock
         self.refresh_s = refresh_s
@@ -251,10 +259,16 @@ class AnnouncedRelay:
     ) -> None:
         """Listen until cancelled; started (with the bound address) once it is listed."""
         self._directory = directory
-        async with trio.open_nursery() as nursery:
+        async with self._exit() as exit_to, trio.open_nursery() as nursery:
             self.address, core = await nursery.start(
                 partial(
-                    serve_relay, self.identity.seed, self.transport, listen, [], clock=self.clock
+                    serve_relay,
+                    self.identity.seed,
+                    self.transport,
+                    listen,
+                    [],
+                    clock=self.clock,
+                    exit=exit_to,
                 )
             )
             self._cores.append(core)
@@ -270,6 +284,15 @@ class AnnouncedRelay:
                 await self.refresh()
                 changed = self.known_relays != before
                 interval = min(self.refresh_s, LISTING_SETTLING_S if changed else 2 * interval)
+
+    @asynccontextmanager
+    async def _exit(self) -> AsyncIterator[ExitCallable | None]:
+        """The exit callable, with the connections to servers it keeps (None: no exit)."""
+        if self.exit_transport is None:
+            yield None
+            return
+        async with open_rpc_pool(self.exit_transport) as pool:
+            yield rpc_exit(pool)
 
     def observe(self, observer: Callable[[bytes], None]) -> None:
         """Hand ``observer`` every cell this relay is handed from now on (an audit of

@@ -9,16 +9,25 @@ or from the ``network.json`` that ``p2psync network up`` writes
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from overlay.contact import Contact, ContactError
+from overlay.endpoint import open_endpoint
 from overlay.link import TcpTransport, Transport
 
 from ..clock import Clock
 from ..errors import P2PSyncError
+from ..onion_requests import DirectoryKeys, OnionRpcPool
+from ..rpc import RpcRouter, open_rpc_pool
 from ..swarm.registry import Directory, RegistryDirectory
 from ..websocket import WebSocketTransport
+
+#: The ways a device may reach servers (:attr:`NetworkAccess.rpc_route`).
+RPC_ROUTES = ("direct", "onion")
 
 
 class NetworkFileError(P2PSyncError):
@@ -66,6 +75,37 @@ class NetworkAccess:
     fileserver_url: str
     opengroup_url: str
     overlay_transport: Transport
+    #: How the device reaches servers: ``"direct"`` connections (each server sees the
+    #: device's address; for tests and benchmarks), or ``"onion"`` requests through
+    #: overlay paths of its own (:mod:`p2psync.onion_requests`).
+    rpc_route: str = "direct"
+    #: The announced Ed25519 keys of servers other than service nodes (the file server,
+    #: the open group server), by address: an onion request is sealed to its server's key.
+    server_keys: Mapping[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rpc_route not in RPC_ROUTES:
+            raise ValueError(f"rpc_route must be one of {RPC_ROUTES}, not {self.rpc_route!r}")
+
+    @asynccontextmanager
+    async def open_rpc_pool(self, *, local_name: str | None = None) -> AsyncIterator[RpcRouter]:
+        """The pool a device reaches servers with, as :attr:`rpc_route` says. Onion
+        requests go on paths of an endpoint of their own, with a fresh key each time: the
+        paths are not those the device meets its siblings on, and nothing ties them to
+        the device's overlay identity or to its paths before a restart."""
+        if self.rpc_route == "direct":
+            async with open_rpc_pool(self.transport) as pool:
+                yield pool
+            return
+        async with open_endpoint(
+            os.urandom(32),
+            self.overlay_transport,
+            await self.relay_contacts(),
+            clock=self.clock,
+            local_name=local_name,
+        ) as endpoint:
+            keys = DirectoryKeys(self.directory, self.server_keys)
+            yield OnionRpcPool(endpoint, keys, self.clock, self.transport)
 
     async def relay_contacts(self) -> list[Contact]:
         """The overlay relays the registry lists now (their signed contacts)."""

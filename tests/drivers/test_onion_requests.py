@@ -1,0 +1,265 @@
+"""Onion requests end to end: a swarm client on an overlay endpoint stores and reads back
+through exit relays, on the in-memory network under virtual time."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import trio
+import trio.testing
+
+from overlay.endpoint import Endpoint, open_endpoint
+from overlay.link import MemoryNetwork
+from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.errors import RpcError
+from p2psync.fileserver import FileServer, FileServerClient
+from p2psync.identity import Identity
+from p2psync.network import LocalNetwork, open_local_network
+from p2psync.onion_requests import (
+    ONION_FRESHNESS_MS,
+    DirectoryKeys,
+    OnionRpcPool,
+    OnionService,
+    seal_request,
+)
+from p2psync.opengroup import OpenGroupClient, OpenGroupServer
+from p2psync.rpc import Connection, RpcClient, RpcPool, open_rpc
+from p2psync.services import AnnouncedRelay
+from p2psync.swarm.client import SwarmClient
+from p2psync.swarm.messages import StoreRequest
+from p2psync.wire import Fields, Request
+
+DEVICE_HOST = "alice-phone"
+RELAYS = 5
+
+
+@dataclass
+class Onion:
+    network: LocalNetwork
+    services: list[OnionService]
+    endpoint: Endpoint
+    pool: OnionRpcPool
+    swarm: SwarmClient
+
+
+@dataclass
+class Seen:
+    """What the service nodes were handed by onion: who connected, and the sealed bodies
+    (exactly what the exit relay had of each request)."""
+
+    peers: list[str] = field(default_factory=list)
+    #: (the node's url, the sealed body) of every onion request.
+    bodies: list[tuple[str, bytes]] = field(default_factory=list)
+    #: (method, peer) of every request a node answered, onion or inner or direct.
+    request_peers: list[tuple[str, str]] = field(default_factory=list)
+
+    def client_peers(self) -> set[str]:
+        """Who the nodes saw the client calls come from (not their calls to each other)."""
+        return {p for method, p in self.request_peers if method in ("onion", "store", "retrieve")}
+
+
+def _watch(network: LocalNetwork, seen: Seen) -> list[OnionService]:
+    """Serve ``onion`` on every node, recording what each one is handed."""
+    services = []
+    for node in network.running_nodes():
+        services.append(OnionService(node.rpc, node.identity, network.clock))
+        for name, handler in list(node.rpc.methods.items()):
+            node.rpc.add_method(name, _recording(name, handler, seen, node.url))
+    return services
+
+
+def _recording(name: str, handler: Any, seen: Seen, url: str) -> Any:
+    async def record(params: Fields, connection: Connection) -> Any:
+        seen.request_peers.append((name, connection.peer))
+        if name == "onion":
+            seen.peers.append(connection.peer)
+            seen.bodies.append((url, params.blob("body")))
+        result = handler(params, connection)
+        return await result if inspect.isawaitable(result) else result
+
+    return record
+
+
+@asynccontextmanager
+async def _onion_network(seen: Seen) -> AsyncIterator[Onion]:
+    async with open_local_network(3, relays=0, clock=Clock(TEST_EPOCH_MS)) as network:
+        services = _watch(network, seen)
+        transport = network.transport
+        assert isinstance(transport, MemoryNetwork)
+        relays = [
+            AnnouncedRelay(
+                transport,
+                Identity.from_label(f"relay/{i}"),
+                network.clock,
+                exit_transport=transport.host(f"relay{i}"),
+            )
+            for i in range(RELAYS)
+        ]
+        async with trio.open_nursery() as nursery:
+            for i, relay in enumerate(relays):
+                await nursery.start(relay.serve, f"mem:relay{i}", network.directory())
+            for relay in relays:
+                await relay.refresh()
+            contacts = await network.access().relay_contacts()
+            async with open_endpoint(
+                b"d" * 32, transport, contacts, clock=network.clock, seed=7, local_name=DEVICE_HOST
+            ) as endpoint:
+                await endpoint.wait_ready(2)
+                pool = OnionRpcPool(
+                    endpoint, DirectoryKeys(network.directory()), network.clock, transport
+                )
+                swarm = SwarmClient(
+                    cast(RpcPool, pool), network.directory(), network.clock, random.Random(1)
+                )
+                yield Onion(network, services, endpoint, pool, swarm)
+            nursery.cancel_scope.cancel()
+
+
+async def test_store_and_retrieve_through_onion_paths(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A swarm client on an onion pool stores and reads back; every request any node
+    answered came from an exit relay's host, never from the device's; and what the exits
+    handed over holds neither the account's keys nor the message."""
+    seen = Seen()
+    owner = Identity.from_label("alice")
+    secret = b"a message only the swarm should hold, sealed by its sender in real life"
+    async with _onion_network(seen) as onion:
+        digest, _ = await onion.swarm.store(owner.session_id, 0, secret)
+        messages, _, _ = await onion.swarm.retrieve(owner, 0, None)
+        assert [m.hash for m in messages] == [digest]
+        assert [m.data for m in messages] == [secret]
+    relay_hosts = {f"relay{i}" for i in range(RELAYS)}
+    assert len(seen.peers) >= 2
+    assert seen.client_peers() <= relay_hosts, seen.client_peers()
+    account = [
+        owner.session_id.encode(),
+        owner.x25519_public,
+        owner.ed25519_public,
+        owner.x25519_public.hex().encode(),
+    ]
+    for _, body in seen.bodies:
+        assert secret not in body
+        assert not any(key in body for key in account)
+
+
+async def test_replayed_stale_and_garbage_onion_bodies_are_refused_and_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An exit (or anyone who saw a sealed body) cannot have a request run twice, an old
+    one run late, or anything but a sealed request run at all."""
+    seen = Seen()
+    owner = Identity.from_label("bob")
+    async with _onion_network(seen) as onion:
+        await onion.swarm.store(owner.session_id, 0, b"once")
+        url, body = seen.bodies[0]
+        nodes = onion.network.running_nodes()
+        node = next(n for n in nodes if n.url == url)
+        service = onion.services[nodes.index(node)]
+        async with open_rpc(onion.network.transport, node.url) as direct:
+            with pytest.raises(RpcError, match="replayed"):
+                await direct.call("onion", {"body": body})
+            request = Request(
+                1,
+                "store",
+                StoreRequest(
+                    owner.session_id, 0, 60_000, onion.network.clock.now_ms(), b"late"
+                ).to_wire(),
+            )
+            stale, _ = seal_request(
+                node.identity.ed25519_public,
+                request,
+                onion.network.clock.now_ms() - ONION_FRESHNESS_MS - 1,
+            )
+            with pytest.raises(RpcError, match="stale"):
+                await direct.call("onion", {"body": stale})
+            for garbage in (b"", body[:40], body[:-1] + bytes([body[-1] ^ 1])):
+                with pytest.raises(RpcError, match="onion request"):
+                    await direct.call("onion", {"body": garbage})
+            nested, _ = seal_request(
+                node.identity.ed25519_public,
+                Request(2, "onion", {"body": body}),
+                onion.network.clock.now_ms(),
+            )
+            with pytest.raises(RpcError, match="another method"):
+                await direct.call("onion", {"body": nested})
+    assert service.stats.refused_replayed == 1
+    assert service.stats.refused_stale == 1
+    assert service.stats.refused_malformed == 4
+
+
+async def test_a_dead_exit_makes_the_pool_retry_on_another_path(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With the exit of one path gone, requests that went that way time out and go again
+    on the other path; every store and retrieve still succeeds."""
+    seen = Seen()
+    owner = Identity.from_label("carol")
+    async with _onion_network(seen) as onion:
+        transport = onion.network.transport
+        assert isinstance(transport, MemoryNetwork)
+        dead = onion.endpoint.paths[0].terminal.address
+        transport.set_down(dead)
+        for n in range(4):
+            digest, _ = await onion.swarm.store(owner.session_id, 0, b"m%d" % n)
+            messages, _, _ = await onion.swarm.retrieve(owner, 0, None)
+            assert digest in {m.hash for m in messages}
+        assert onion.pool.failed_attempts >= 1
+    assert dead.removeprefix("mem:") not in seen.peers
+
+
+async def test_network_access_chooses_onion_requests_by_configuration(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``rpc_route="onion"`` gives the device a pool on paths of its own; the swarm client
+    works on it unchanged, and no node is reached from the device's host."""
+    seen = Seen()
+    owner = Identity.from_label("dave")
+    async with _onion_network(seen) as onion:
+        access = replace(onion.network.access(), rpc_route="onion")
+        async with access.open_rpc_pool(local_name="dave-laptop") as pool:
+            assert isinstance(pool, OnionRpcPool) and pool.endpoint is not onion.endpoint
+            swarm = SwarmClient(
+                cast(RpcPool, pool), access.directory, access.clock, random.Random(2)
+            )
+            digest, _ = await swarm.store(owner.session_id, 0, b"by onion")
+            messages, _, _ = await swarm.retrieve(owner, 0, None)
+            assert [m.hash for m in messages] == [digest]
+    assert seen.client_peers() <= {f"relay{i}" for i in range(RELAYS)}
+    with pytest.raises(ValueError, match="rpc_route"):
+        replace(access, rpc_route="carrier-pigeon")
+
+
+async def test_file_server_and_open_group_clients_work_unchanged_by_onion(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Any RPC server takes onion requests once it has a key: the typed clients of the
+    file server and the open group server run on an onion pool as on a connection."""
+    seen = Seen()
+    files_key, rooms_key = Identity.from_label("files"), Identity.from_label("rooms")
+    async with _onion_network(seen) as onion, trio.open_nursery() as nursery:
+        clock, transport = onion.network.clock, onion.network.transport
+        files = FileServer(tmp_path / "files.sqlite3", clock)
+        rooms = OpenGroupServer(tmp_path / "rooms.sqlite3", clock, None, transport)
+        OnionService(files.rpc, files_key, clock)
+        OnionService(rooms.rpc, rooms_key, clock)
+        files_url = await nursery.start(files.serve, transport, "mem:files")
+        rooms_url = await nursery.start(rooms.serve, transport, "mem:rooms")
+        keys = {files_url: files_key.ed25519_public, rooms_url: rooms_key.ed25519_public}
+        pool = OnionRpcPool(
+            onion.endpoint, DirectoryKeys(onion.network.directory(), keys), clock, transport
+        )
+        someone = Identity.from_label("erin").session_id
+        devices = await FileServerClient(cast(RpcClient, await pool.get(files_url))).get_mappings(
+            someone
+        )
+        assert devices.primary == someone
+        assert await OpenGroupClient(cast(RpcClient, await pool.get(rooms_url))).list_rooms() == []
+        nursery.cancel_scope.cancel()
