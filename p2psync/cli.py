@@ -264,7 +264,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     directory = make_directory(
         make_transport("tcp"), clock, args.registry, None, data_dir, _ledger_key(args)
     )
-    return _run(args, run_relay, TcpTransport(), data_dir, args.listen, directory, clock)
+    servers = make_transport("tcp")  # what an exit reaches servers with
+    return _run(args, run_relay, TcpTransport(), data_dir, args.listen, directory, clock, servers)
 
 
 @_needs_lab

@@ -198,8 +198,15 @@ class LocalNetwork:
             index = self._relays_started
             self._relays_started += 1
             identity = Identity.from_label(f"{self.data_dir.name}/relay/{index}")
+            exits = self.transport  # how the relay reaches servers as an onion exit
+            if isinstance(exits, MemoryNetwork):
+                exits = exits.host(f"relay{index}")  # so servers see the relay's host
             relay = AnnouncedRelay(
-                overlay, identity, self.clock, refresh_s=self.node_config.registry_refresh_s
+                overlay,
+                identity,
+                self.clock,
+                refresh_s=self.node_config.registry_refresh_s,
+                exit_transport=exits,
             )
             address = f"mem:relay{index}" if overlay is self.transport else "127.0.0.1:0"
             await self._nursery.start(self._run_relay, relay, address)

@@ -32,7 +32,7 @@ from .clock import Clock
 from .errors import DecodeError, P2PSyncError
 from .fileserver import FileServer
 from .identity import SEED_BYTES, Identity
-from .onion_requests import OnionService, rpc_exit
+from .onion_requests import rpc_exit
 from .opengroup import OpenGroupServer
 from .rpc import open_rpc_pool
 from .swarm.admission import Ledger, Registration, checked_registration
@@ -180,7 +180,6 @@ async def run_node(
     store = MessageStore(data_dir / "messages.sqlite3")
     try:
         node = StorageNode(identity, store, clock, transport, directory, config, registration)
-        OnionService(node.rpc, identity, clock)
         async with trio.open_nursery() as nursery:
             announce_ready(await nursery.start(node.serve, listen))
     finally:
@@ -216,10 +215,17 @@ RELAY_REFRESH_S = 60.0
 
 
 async def run_relay(
-    transport: Transport, data_dir: Path, listen: str, directory: Directory, clock: Clock
+    transport: Transport,
+    data_dir: Path,
+    listen: str,
+    directory: Directory,
+    clock: Clock,
+    exit_transport: Transport | None = None,
 ) -> None:
-    """The ``p2psync relay`` process: its key lives in ``data_dir``."""
-    relay = AnnouncedRelay(transport, load_or_create_identity(data_dir / "relay.key"), clock)
+    """The ``p2psync relay`` process: its key lives in ``data_dir``; with
+    ``exit_transport`` (how servers are reached) it is an exit for onion requests."""
+    identity = load_or_create_identity(data_dir / "relay.key")
+    relay = AnnouncedRelay(transport, identity, clock, exit_transport=exit_transport)
     async with trio.open_nursery() as nursery:
         announce_ready(await nursery.start(relay.serve, listen, directory))
 

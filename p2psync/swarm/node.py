@@ -35,6 +35,7 @@ from overlay.link import Transport
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, session_id_key
+from ..onion_requests import OnionService
 from ..rpc import (
     Connection,
     RpcPool,
@@ -237,6 +238,9 @@ class StorageNode:
             },
             self.config.limits,
         )
+        #: Requests that reach this node through a device's onion path (the exit relay
+        #: is the caller it sees), answered as if they had come directly.
+        self.onion = OnionService(self.rpc, identity, clock)
 
     # --- lifecycle ------------------------------------------------------------------------
 
