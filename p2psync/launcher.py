@@ -36,7 +36,7 @@ from .clock import Clock
 from .errors import P2PSyncError
 from .hosts import LOOPBACK, Host, open_device_host, open_hosts
 from .rpc import open_rpc
-from .services import REGISTRY_FILE, admit_node, open_ledger
+from .services import REGISTRY_FILE, admit_node, open_ledger, server_public_key
 from .swarm.registry import Snapshot, read_listing
 from .swarm.ring import NodeInfo, SwarmMap
 
@@ -240,8 +240,12 @@ async def network_up(
             await launcher.start_many(
                 relay_names, ("relay", "--registry", registry, *ledger_args), ready
             )
+            keys = {
+                name: server_public_key(launcher.data_dir_of(name))
+                for name in ("fileserver", "opengroup")
+            }
             description = await _describe(
-                transport, registry, fileserver, opengroup, started, ledger.public_key
+                transport, registry, fileserver, opengroup, started, ledger.public_key, keys
             )
             path.write_text(json.dumps(description, indent=2) + "\n")
             task_status.started(path)
@@ -309,10 +313,12 @@ async def _describe(
     opengroup: str,
     started: Mapping[str, str],
     ledger: bytes,
+    server_keys: Mapping[str, bytes],
 ) -> dict[str, Any]:
     """Ask every process to answer, and the registry for the nodes it lists (a node
     announces itself before it prints ``ready``, so all are listed by now). ``started``
-    maps each node's and relay's url to its name."""
+    maps each node's and relay's url to its name; ``server_keys`` holds the file server's
+    and the open group server's keys, which devices seal onion requests to."""
     listing = Snapshot.from_announcements(
         {"announcements": await read_listing(transport, registry)},
         Clock().now_ms(),
@@ -333,6 +339,7 @@ async def _describe(
         "registry": registry,
         "fileserver": fileserver,
         "opengroup": opengroup,
+        **{f"{name}_key": key.hex() for name, key in server_keys.items()},
         "nodes": [node.to_wire() for node in listing.nodes],
         "relays": [{"pubkey": r.pubkey, "address": r.url} for r in listing.relays],
     }

@@ -24,6 +24,7 @@ from .clock import Clock
 from .device.access import NetworkAccess
 from .fileserver import FileServer
 from .identity import Identity
+from .onion_requests import OnionService
 from .opengroup import OpenGroupServer
 from .services import AnnouncedRelay
 from .swarm.admission import Ledger
@@ -88,6 +89,9 @@ class LocalNetwork:
     nodes: list[NodeHandle] = field(default_factory=list)
     fileserver_url: str = ""
     opengroup_url: str = ""
+    #: The file server's and the open group server's keys by url (onion requests are
+    #: sealed to them; service nodes' keys are in the registry).
+    server_keys: dict[str, bytes] = field(default_factory=dict)
     #: The relays running now (:meth:`stop_relay` takes one out).
     relays: list[AnnouncedRelay] = field(default_factory=list)
     _nursery: trio.Nursery | None = None
@@ -114,13 +118,20 @@ class LocalNetwork:
             "registry": self.registry_url,
             "fileserver": self.fileserver_url,
             "opengroup": self.opengroup_url,
+            "fileserver_key": self.server_keys[self.fileserver_url].hex(),
+            "opengroup_key": self.server_keys[self.opengroup_url].hex(),
             "nodes": [
                 {"pubkey": h.identity.ed25519_public.hex(), "url": h.url} for h in self.nodes
             ],
+            "relays": [
+                {"pubkey": r.identity.ed25519_public.hex(), "address": r.address}
+                for r in self.relays
+            ],
         }
 
-    def access(self) -> NetworkAccess:
-        """What a device needs to use this network (:func:`p2psync.open_device`)."""
+    def access(self, *, rpc_route: str = "direct") -> NetworkAccess:
+        """What a device needs to use this network (:func:`p2psync.open_device`); with
+        ``rpc_route="onion"`` it reaches every server through overlay paths."""
         return NetworkAccess(
             self.transport,
             self.directory(),
@@ -128,6 +139,8 @@ class LocalNetwork:
             self.fileserver_url,
             self.opengroup_url,
             self.overlay_transport,
+            rpc_route=rpc_route,
+            server_keys=dict(self.server_keys),
         )
 
     def _listen_address(self, name: str) -> str:
@@ -277,10 +290,9 @@ async def open_local_network(
                 chosen,
                 network._listen_address("registry"),
             )
+            fileserver = FileServer(directory / "fileserver.sqlite3", clock)
             network.fileserver_url = await nursery.start(
-                FileServer(directory / "fileserver.sqlite3", clock).serve,
-                chosen,
-                network._listen_address("fileserver"),
+                fileserver.serve, chosen, network._listen_address("fileserver")
             )
             opengroup = OpenGroupServer(
                 directory / "opengroup.sqlite3", clock, network.fileserver_url, chosen
@@ -288,6 +300,13 @@ async def open_local_network(
             network.opengroup_url = await nursery.start(
                 opengroup.serve, chosen, network._listen_address("opengroup")
             )
+            for name, server, url in (
+                ("fileserver", fileserver.rpc, network.fileserver_url),
+                ("opengroup", opengroup.rpc, network.opengroup_url),
+            ):
+                identity = Identity.from_label(f"{directory.name}/{name}")
+                OnionService(server, identity, clock)
+                network.server_keys[url] = identity.ed25519_public
             for _ in range(nodes):
                 await network.add_node()
             await network.refresh_all()

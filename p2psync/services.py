@@ -32,7 +32,7 @@ from .clock import Clock
 from .errors import DecodeError, P2PSyncError
 from .fileserver import FileServer
 from .identity import SEED_BYTES, Identity
-from .onion_requests import rpc_exit
+from .onion_requests import OnionService, rpc_exit
 from .opengroup import OpenGroupServer
 from .rpc import open_rpc_pool
 from .swarm.admission import Ledger, Registration, checked_registration
@@ -196,8 +196,19 @@ async def run_registry(
         announce_ready(await nursery.start(server.serve, transport, listen))
 
 
+#: A file server's or open group server's key: devices seal onion requests to it, and
+#: ``network up`` publishes it in ``network.json``.
+SERVER_KEY_FILE = "server.key"
+
+
+def server_public_key(data_dir: Path) -> bytes:
+    """The public key of the server kept in ``data_dir`` (made there if new)."""
+    return load_or_create_identity(data_dir / SERVER_KEY_FILE).ed25519_public
+
+
 async def run_fileserver(transport: Transport, data_dir: Path, listen: str, clock: Clock) -> None:
     server = FileServer(data_dir / "fileserver.sqlite3", clock)
+    OnionService(server.rpc, load_or_create_identity(data_dir / SERVER_KEY_FILE), clock)
     async with trio.open_nursery() as nursery:
         announce_ready(await nursery.start(server.serve, transport, listen))
 
@@ -206,6 +217,7 @@ async def run_opengroup(
     transport: Transport, data_dir: Path, listen: str, fileserver: str | None, clock: Clock
 ) -> None:
     server = OpenGroupServer(data_dir / "opengroup.sqlite3", clock, fileserver, transport)
+    OnionService(server.rpc, load_or_create_identity(data_dir / SERVER_KEY_FILE), clock)
     async with trio.open_nursery() as nursery:
         announce_ready(await nursery.start(server.serve, transport, listen))
 

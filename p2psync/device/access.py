@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,13 @@ def _ledger(description: dict[str, object], path: Path) -> bytes:
     if len(key) != 32:
         raise NetworkFileError(f"{path}: 'ledger' must be the ledger's key, 64 hex digits")
     return key
+
+
+def _key(description: dict[str, object], key: str, path: Path) -> bytes:
+    value = description.get(key)
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise NetworkFileError(f"{path}: {key!r} must be 32 bytes in hex")
+    return bytes.fromhex(value)
 
 
 def _node_urls(description: dict[str, object]) -> tuple[str, ...]:
@@ -132,6 +140,12 @@ class NetworkAccess:
             raise NetworkFileError(f"{path} must hold a JSON object")
         clock = clock or Clock()
         transport = WebSocketTransport()
+        keys = {
+            _url(description, name, path): _key(description, f"{name}_key", path)
+            for name in ("fileserver", "opengroup")
+            if f"{name}_key" in description
+        }
+        relays = description.get("relays")
         return cls(
             transport,
             RegistryDirectory(
@@ -145,4 +159,8 @@ class NetworkAccess:
             _url(description, "fileserver", path),
             _url(description, "opengroup", path),
             TcpTransport(),
+            # With relays to build paths on and every server's key, no server need ever
+            # see this device's address.
+            rpc_route="onion" if relays and len(keys) == 2 else "direct",
+            server_keys=keys,
         )

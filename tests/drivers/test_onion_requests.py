@@ -4,6 +4,7 @@ through exit relays, on the in-memory network under virtual time."""
 from __future__ import annotations
 
 import inspect
+import json
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ import trio.testing
 from overlay.endpoint import Endpoint, open_endpoint
 from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.device.access import NetworkAccess, NetworkFileError
 from p2psync.errors import RpcError
 from p2psync.fileserver import FileServer, FileServerClient
 from p2psync.identity import Identity
@@ -263,3 +265,35 @@ async def test_file_server_and_open_group_clients_work_unchanged_by_onion(
         assert devices.primary == someone
         assert await OpenGroupClient(cast(RpcClient, await pool.get(rooms_url))).list_rooms() == []
         nursery.cancel_scope.cancel()
+
+
+def test_a_network_file_with_relays_and_server_keys_means_onion_requests(tmp_path: Path) -> None:
+    """A device joining a ``network up`` reaches servers by onion requests when the
+    network can carry them (relays, and the keys of the servers that are not nodes);
+    a key that is not 32 bytes of hex is refused in one line."""
+    files, rooms = Identity.from_label("files"), Identity.from_label("rooms")
+    description: dict[str, object] = {
+        "ledger": "00" * 32,
+        "registry": "ws://127.0.0.1:1",
+        "fileserver": "ws://127.0.0.1:2",
+        "opengroup": "ws://127.0.0.1:3",
+        "nodes": [],
+    }
+    path = tmp_path / "network.json"
+    path.write_text(json.dumps(description))
+    assert NetworkAccess.from_file(path).rpc_route == "direct"
+    description |= {
+        "fileserver_key": files.ed25519_public.hex(),
+        "opengroup_key": rooms.ed25519_public.hex(),
+        "relays": [{"pubkey": "ab" * 32, "address": "127.0.0.1:4"}],
+    }
+    path.write_text(json.dumps(description))
+    access = NetworkAccess.from_file(path)
+    assert access.rpc_route == "onion"
+    assert access.server_keys == {
+        "ws://127.0.0.1:2": files.ed25519_public,
+        "ws://127.0.0.1:3": rooms.ed25519_public,
+    }
+    path.write_text(json.dumps(description | {"opengroup_key": "zz" * 32}))
+    with pytest.raises(NetworkFileError, match="'opengroup_key' must be 32 bytes in hex"):
+        NetworkAccess.from_file(path)

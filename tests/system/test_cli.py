@@ -104,6 +104,8 @@ async def test_network_up_runs_processes_until_interrupted(tmp_path: Path) -> No
             "registry",
             "fileserver",
             "opengroup",
+            "fileserver_key",
+            "opengroup_key",
             "nodes",
             "relays",
         }
