@@ -145,8 +145,8 @@ def _telltales(*devices: Device) -> list[bytes]:
     each device's own key and its overlay key (Ed25519 and X25519)."""
     keys = []
     for device in devices:
-        keys += [device.device_key, device.overlay_key]
-        keys.append(x25519_of(device.overlay_key))
+        keys += [device.whoami().device_key, device.whoami().overlay_key]
+        keys.append(x25519_of(device.whoami().overlay_key))
     return keys + [key.hex().encode() for key in keys]
 
 
@@ -211,7 +211,7 @@ async def _story(
         f"[bold yellow]{offer.code}[/]: {'they match' if offer.code == ticket.code else 'MISMATCH'}"
     )
     await phone.accept_pairing(offer.code)
-    await _step("the pairing grant", lambda: desktop.paired)
+    await _step("the pairing grant", lambda: desktop.whoami().paired)
     how = "shares Alice's identity" if mode == "linked" else "is mapped to Alice on the file server"
     say(f"   paired: the desktop {how}")
 
@@ -222,7 +222,7 @@ async def _story(
     await _step(
         "the acceptance", lambda: _is_friend(bob, alice) and _is_friend(phone, bob.session_id)
     )
-    await _step("the siblings' session", lambda: bool(phone.connected_siblings))
+    await _step("the siblings' session", lambda: bool(phone.sync_status().connected_siblings))
     say("   friends; the phone and the desktop found each other on the overlay")
 
     say("[bold]3. Live[/]: messages reach both devices; what one sends, the other gets directly")
@@ -239,7 +239,7 @@ async def _story(
         "paths: no sync copy stored"
     )
 
-    await _step("the acknowledgements", lambda: phone.unacknowledged == 0)
+    await _step("the acknowledgements", lambda: phone.sync_status().unacknowledged == 0)
     say("[bold]4. Offline[/]: the desktop goes offline; the phone keeps talking")
     await desktop.set_online(False)
     await phone.send(bob.session_id, "Desktop is off, I'm on my phone")
@@ -265,7 +265,7 @@ async def _story(
     await phone.flush()
     owners = {"alice": alice, "bob": bob.session_id}
     if mode == "mapped":
-        owners["alice-desktop"] = desktop.device_id
+        owners["alice-desktop"] = desktop.whoami().device_id
     figures["storage"] = _storage(network, owners)
     figures["privacy"] = _stored_items(network, watch)
     for device in (phone, bob):
@@ -275,7 +275,9 @@ async def _story(
     await trio.sleep(3)  # nodes and relays re-announce after the jump
     for device in (phone, bob, desktop):
         await device.set_online(True)
-    took = await _step("the re-sync", lambda: phone.device_id in desktop.resynced_siblings)
+    took = await _step(
+        "the re-sync", lambda: phone.whoami().device_id in desktop.sync_status().resynced_siblings
+    )
     same = [i.id for i in desktop.history()] == [i.id for i in phone.history()]
     say(
         f"   the desktop re-synced from the phone by Negentropy in {took:.1f} s: "
@@ -293,11 +295,11 @@ async def _story(
     figures["identical_histories"] = same
     figures["devices"] = [
         {
-            "device": device.name,
-            "device_id": device.device_id,
+            "device": device.whoami().name,
+            "device_id": device.whoami().device_id,
             "user": device.session_id,
             "messages": len(device.history()),
-            "complete_until_ms": device.complete_until(),
+            "complete_until_ms": device.sync_status().complete_until,
         }
         for device in (phone, desktop, bob)
     ]

@@ -6,6 +6,7 @@ A typical session, with two terminals and one network::
 
     p2psync device init --data alice --mode linked
     p2psync device init --data tablet --mode linked
+    p2psync device name --data alice --network net/network.json Alice   # friends see "Alice (05…)"
     p2psync device pair --data tablet --network net/network.json --primary 05…   # shows a code
     p2psync device accept --data alice --network net/network.json --code '123 456'
     p2psync device contacts --data alice --network net/network.json --add 05… --text hi
@@ -56,16 +57,29 @@ def _short(session_id: str) -> str:
     return f"{session_id[:10]}…{session_id[-4:]}"
 
 
+def _named(name: str, user: str) -> str:
+    """A user as a line shows them: the display name beside the id, never instead of it,
+    so a friend who picks another's name still reads as someone else. (Names were
+    checked when they arrived: no control or format characters reach the terminal.)"""
+    return f"{name} ({user})" if name else user
+
+
+def _name_of(device: Device, user: str) -> str:
+    contact = device.contact(user)
+    return "" if contact is None else contact.name
+
+
 def _emit(args: argparse.Namespace, obj: dict[str, Any], line: str) -> None:
     """One result: a JSON object per line with ``--json``, else the human line."""
     print(json.dumps(obj) if getattr(args, "json", False) else line, flush=True)
 
 
-def _message(item: HistoryItem) -> dict[str, Any]:
+def _message(item: HistoryItem, name: str) -> dict[str, Any]:
     return {
         "id": item.id.hex(),
         "timestamp_ms": item.timestamp_ms,
         "conversation": item.conversation,
+        "name": name,
         "outgoing": item.outgoing,
         "sender": item.sender,
         "device": item.device,
@@ -73,10 +87,13 @@ def _message(item: HistoryItem) -> dict[str, Any]:
     }
 
 
-def _print_message(args: argparse.Namespace, item: HistoryItem) -> None:
+def _print_message(args: argparse.Namespace, device: Device, item: HistoryItem) -> None:
+    """One message; ``name`` (in JSON) and the name shown are the conversation's user's."""
     arrow = "→" if item.outgoing else "←"
-    line = f"{_when(item.timestamp_ms)} {arrow} {_short(item.conversation)}  {item.text}"
-    _emit(args, {"kind": "message", **_message(item)}, line)
+    name = _name_of(device, item.conversation)
+    who = _named(name, _short(item.conversation))
+    line = f"{_when(item.timestamp_ms)} {arrow} {who}  {item.text}"
+    _emit(args, {"kind": "message", **_message(item, name)}, line)
 
 
 @asynccontextmanager
@@ -125,13 +142,32 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_whoami(args: argparse.Namespace) -> int:
-    user, device, mode, name = describe_device(Path(args.data))
+    me = describe_device(Path(args.data))
     _emit(
         args,
-        {"user": user, "device": device, "mode": mode, "name": name},
-        f"user {user}\ndevice {device} ({name!r}, {mode})",
+        {
+            "user": me.session_id,
+            "device": me.device_id,
+            "mode": me.mode,
+            "name": me.name,
+            "display_name": me.display_name,
+        },
+        f"user {_named(me.display_name, me.session_id)}\n"
+        f"device {me.device_id} ({me.name!r}, {me.mode})",
     )
     return 0
+
+
+def _cmd_name(args: argparse.Namespace) -> int:
+    """Set the user's display name; siblings and friends learn it."""
+
+    async def work() -> None:
+        async with _device(args) as device:
+            await device.set_display_name(args.name)
+            await device.flush()
+            print(f"display name set: {_named(args.name, device.session_id)}")
+
+    return _run(args, work)
 
 
 def _cmd_pair(args: argparse.Namespace) -> int:
@@ -203,15 +239,21 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
             await trio.sleep(args.wait)
             items = device.history() if args.all else device.unread()
             for item in items:
-                _print_message(args, item)
+                _print_message(args, device, item)
             if items and not args.all:
                 device.mark_read(items[-1])
             for contact in device.contacts():
                 if contact.state == "pending":
                     _emit(
                         args,
-                        {"kind": "friend_request", "user": contact.user, "note": contact.note},
-                        f"friend request from {contact.user}: {contact.note!r}",
+                        {
+                            "kind": "friend_request",
+                            "user": contact.user,
+                            "name": contact.name,
+                            "note": contact.note,
+                        },
+                        f"friend request from {_named(contact.name, contact.user)}: "
+                        f"{contact.note!r}",
                     )
             for rejection in device.rejections:
                 print(f"refused a {rejection.kind}: {rejection.reason}", file=sys.stderr)
@@ -225,17 +267,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def work() -> None:
         async with _device(args) as device:
+            me = device.whoami()
             print(
-                f"online as {device.session_id} ({device.mode}); Ctrl-C to stop",
+                f"online as {_named(me.display_name, me.session_id)} ({me.mode}); Ctrl-C to stop",
                 file=sys.stderr,
                 flush=True,
             )
             backlog = device.unread()
             for item in backlog:
-                _print_message(args, item)
+                _print_message(args, device, item)
                 device.mark_read(item)
             async for item in device.incoming(after_seq=backlog[-1].seq if backlog else None):
-                _print_message(args, item)
+                _print_message(args, device, item)
                 device.mark_read(item)
 
     args.timeout = math.inf
@@ -247,28 +290,37 @@ def _cmd_status(args: argparse.Namespace) -> int:
         async with _device(args) as device:
             await device.sync_now()
             await trio.sleep(args.wait)
+            me, status = device.whoami(), device.sync_status()
             siblings = device.siblings()
-            connected = device.connected_siblings
+            connected = status.connected_siblings
             how = (
                 "directly over the overlay, falling back to the swarm"
-                if device.syncs_directly
+                if status.syncs_directly
                 else "through the swarm only (direct sync off or too few relays)"
             )
+            last_run = {
+                None: "this was its first run",
+                True: "its last run ended by leaving (owed sync copies stored, goodbye said)",
+                False: "its last run ended without leaving (killed or crashed): owed sync "
+                "copies were queued again on this start",
+            }[status.last_run_left]
             _emit(
                 args,
                 {
-                    "user": device.session_id,
-                    "device": device.device_id,
-                    "mode": device.mode,
-                    "direct_sync": device.syncs_directly,
+                    "user": me.session_id,
+                    "device": me.device_id,
+                    "mode": me.mode,
+                    "direct_sync": status.syncs_directly,
                     "siblings": sorted(siblings),
                     "connected_siblings": sorted(connected),
-                    "unacknowledged": device.unacknowledged,
+                    "unacknowledged": status.unacknowledged,
+                    "last_run_left": status.last_run_left,
                 },
-                f"user {device.session_id} (device {_short(device.device_id)}, {device.mode})\n"
+                f"user {me.session_id} (device {_short(me.device_id)}, {me.mode})\n"
                 f"syncs with its siblings {how}\n"
                 f"siblings: {len(siblings)}, connected directly now: {len(connected)}\n"
-                f"messages a sibling has not acknowledged yet: {device.unacknowledged}",
+                f"messages a sibling has not acknowledged yet: {status.unacknowledged}\n"
+                f"{last_run}",
             )
 
     args.timeout = max(args.timeout, args.wait + 60)
@@ -282,11 +334,11 @@ def _cmd_devices(args: argparse.Namespace) -> int:
             if args.revoke:
                 await device.revoke_device(args.revoke)
                 print(f"revoked {args.revoke}")
-            connected = device.connected_siblings
+            me, connected = device.whoami(), device.sync_status().connected_siblings
             _emit(
                 args,
-                {"device": device.device_id, "name": device.name, "this": True},
-                f"{device.device_id}  {device.name!r}  (this device)",
+                {"device": me.device_id, "name": me.name, "this": True},
+                f"{me.device_id}  {me.name!r}  (this device)",
             )
             for sibling, name in device.siblings().items():
                 _emit(
@@ -346,26 +398,27 @@ def _cmd_contacts(args: argparse.Namespace) -> int:
                 await device.decline_friend(args.decline)
             await device.flush()
             if not args.json:
-                print(
-                    f"user {device.session_id} (device {_short(device.device_id)}, {device.mode})"
-                )
+                me = device.whoami()
+                user = _named(me.display_name, me.session_id)
+                print(f"user {user} (device {_short(me.device_id)}, {me.mode})")
             for contact in device.contacts():
                 devices = ", ".join(_short(d) for d in contact.devices)
                 _emit(
                     args,
                     {
                         "user": contact.user,
+                        "name": contact.name,
                         "state": contact.state,
                         "devices": list(contact.devices),
                     },
-                    f"{contact.state:9} {contact.user}  devices: {devices}",
+                    f"{contact.state:9} {_named(contact.name, contact.user)}  devices: {devices}",
                 )
 
     return _run(args, work)
 
 
 def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``device init|whoami|pair|accept|send|inbox|run|status|devices|rooms|contacts``."""
+    """Add ``device init|whoami|name|pair|accept|send|inbox|run|status|devices|rooms|contacts``."""
     device = commands.add_parser("device", help="a messenger device at the terminal")
     device_commands = device.add_subparsers(dest="device_command", required=True)
 
@@ -416,6 +469,8 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         network=False,
         json_output=True,
     )
+    name = command("name", "set the name friends see beside this user's id", _cmd_name)
+    name.add_argument("name", metavar="NAME", help="at most 64 characters, no control characters")
     pair = command("pair", "on a new device: ask the primary to pair, show the code", _cmd_pair)
     pair.add_argument("--primary", required=True, metavar="SESSION_ID", help="the user's id")
     accept = command(

@@ -55,7 +55,7 @@ from .mapping import (
     Revocation,
     device_set,
 )
-from .rpc import Connection, RpcClient, RpcServer, ServerLimits, open_rpc
+from .rpc import Connection, RpcCaller, RpcServer, ServerLimits, open_rpc
 from .swarm.constants import CLOCK_SKEW_MS
 from .wire import Fields
 
@@ -326,7 +326,7 @@ class FileServerClient:
     Refusals arrive as :class:`RpcError`; wrap calls in a cancel scope for a deadline.
     """
 
-    def __init__(self, rpc: RpcClient) -> None:
+    def __init__(self, rpc: RpcCaller) -> None:
         self.rpc = rpc
 
     async def put_mapping(self, mapping: DeviceMapping) -> None:

@@ -84,7 +84,7 @@ from .mapping import AuthorisationError
 from .rpc import (
     Connection,
     KeyedRateLimit,
-    RpcClient,
+    RpcCaller,
     RpcPool,
     RpcServer,
     ServerLimits,
@@ -586,7 +586,7 @@ class OpenGroupClient:
     """Typed calls to an open group server over one RPC connection; refusals arrive as
     :class:`RpcError`, malformed answers as :class:`DecodeError`."""
 
-    def __init__(self, rpc: RpcClient) -> None:
+    def __init__(self, rpc: RpcCaller) -> None:
         self.rpc = rpc
 
     async def create_room(self, request: RoomRequest) -> bool:

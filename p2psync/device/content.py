@@ -11,15 +11,19 @@ Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
 * ``text`` (ns 0): ``{"user": sid, "text": str, "id": bytes32?}`` — a chat message;
   ``user`` is the user the signing device claims to belong to, checked by the receiver;
   ``id`` (on fan-out copies) the message id all of the recipient's devices file it under.
-* ``friend_request`` (ns 0): ``{"user": sid, "devices": [sid], "text": str}``.
-* ``friend_accept`` (ns 0): ``{"user": sid, "devices": [sid]}`` — tells the requester every
-  device of the accepting user (the seed document's "send the other device's key").
+* ``friend_request`` (ns 0): ``{"user": sid, "devices": [sid], "text": str, "name": str?}``.
+* ``friend_accept`` (ns 0): ``{"user": sid, "devices": [sid], "name": str?}`` — tells the
+  requester every device of the accepting user (the seed document's "send the other
+  device's key"). ``name``, here and below, is the user's display name
+  (:func:`check_display_name`); absent when the user has set none.
+* ``profile`` (ns 0): ``{"user": sid, "name": str}`` — a friend's new display name.
 * ``device_revoked`` (ns 0): ``{"revocation": bytes}`` — the primary's signed
   :class:`~p2psync.mapping.Revocation` of one of its devices, pushed to every friend so
   they stop trusting that device without waiting for (or trusting) the file server.
 * ``sync_sent`` (ns 1): ``{"id": bytes32, "to": sid, "ts": uint, "text": str}`` — a sent
   message copied to the sender's siblings, under the id the recipient knows it by.
-* ``sync_contact`` (ns 1): ``{"user": sid, "state": str, "devices": [sid]}``.
+* ``sync_contact`` (ns 1): ``{"user": sid, "state": str, "devices": [sid], "name": str?}``.
+* ``sync_profile`` (ns 1): ``{"name": str}`` — the user's own new display name, for siblings.
 * ``sync_sibling`` (ns 1): ``{"device": sid, "overlay": bytes32, "name": str}`` — a device
   that joined, and the overlay key its siblings reach it by.
 * ``pair_request`` (ns 2): ``{"mode": str, "device": sid, "overlay": bytes32, "name": str,
@@ -29,10 +33,12 @@ Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
   primary's fresh random contribution to the code both screens show, sent as soon as a
   request arrives (see :mod:`p2psync.device.pairing`).
 * ``pair_grant`` (ns 2): ``{"request_id": bytes32, "mapping": bytes?, "seed": bytes32?,
-  "secret": bytes32, "devices": [sibling], "contacts": [contact]}`` — ``mapping`` in
+  "secret": bytes32, "devices": [sibling], "contacts": [contact], "name": str?}`` —
+  ``mapping`` in
   ``mapped`` mode, the account ``seed`` in ``linked`` mode (the envelope is then sealed to
   a key made for this one request); ``secret`` is what siblings find each other's
-  introsets by; ``devices`` are the user's other devices as ``sync_sibling`` bodies.
+  introsets by; ``devices`` are the user's other devices as ``sync_sibling`` bodies,
+  ``name`` the user's display name.
 
 Between siblings, over overlay sessions, a history item travels as the body of a live-sync
 ``MSG`` (:class:`HistoryRecord`): ``{"ts": uint, "with": sid, "out": bool, "sender": sid,
@@ -41,6 +47,7 @@ Between siblings, over overlay sessions, a history item travels as the body of a
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +68,12 @@ ID_BYTES = 32
 SECRET_BYTES = 32
 NONCE_BYTES = 32
 MODES = tuple(mode.value for mode in Mode)
+
+#: Unicode categories a display name may not hold: control, format (bidi overrides,
+#: zero-width and other invisible characters), surrogate, private-use and unassigned
+#: code points, and line or paragraph separators. A display name is chosen by whoever
+#: sends it and printed on a terminal beside an id, so none of these may reach one.
+REFUSED_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 #: Contact states (:class:`~p2psync.device.friends.ContactState`) by their wire values.
 CONTACT_STATES = tuple(state.value for state in ContactState)
@@ -83,6 +96,34 @@ def _session_ids(fields: Fields, name: str) -> tuple[str, ...]:
     return tuple(str(v) for v in values)
 
 
+def check_display_name(name: str) -> str:
+    """``name`` if it is a display name a terminal can show safely (1 to
+    :data:`MAX_NAME_CHARS` characters, none of :data:`REFUSED_NAME_CATEGORIES`), else
+    :class:`DecodeError` saying why."""
+    if not 0 < len(name) <= MAX_NAME_CHARS:
+        raise DecodeError(f"a display name is 1 to {MAX_NAME_CHARS} characters")
+    for char in name:
+        category = unicodedata.category(char)
+        if category in REFUSED_NAME_CATEGORIES:
+            raise DecodeError(f"a display name may not hold U+{ord(char):04X} ({category})")
+    return name
+
+
+def _display_name(fields: Fields) -> str:
+    """The optional ``name`` field: a checked display name, or "" when absent."""
+    return _required_name(fields) if fields.has("name") else ""
+
+
+def _required_name(fields: Fields) -> str:
+    return check_display_name(fields.text("name", max_len=MAX_NAME_CHARS))
+
+
+def _with_name(body: dict[str, Any], name: str) -> dict[str, Any]:
+    if name:
+        body["name"] = name
+    return body
+
+
 @dataclass(frozen=True, slots=True)
 class Text:
     user: str
@@ -97,12 +138,29 @@ class FriendRequest:
     user: str
     devices: tuple[str, ...]
     text: str
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class FriendAccept:
     user: str
     devices: tuple[str, ...]
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A user's new display name, sent to each friend when it changes."""
+
+    user: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncProfile:
+    """The user's own new display name, sent to the user's other devices."""
+
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,18 +178,23 @@ class ContactRecord:
     user: str
     state: ContactState
     devices: tuple[str, ...]
+    name: str = ""
 
     def to_wire(self) -> dict[str, Any]:
-        return {"user": self.user, "state": self.state, "devices": list(self.devices)}
+        body = {"user": self.user, "state": self.state, "devices": list(self.devices)}
+        return _with_name(body, self.name)
 
     @classmethod
     def from_fields(cls, fields: Fields) -> ContactRecord:
-        fields.only("user", "state", "devices")
+        fields.only("user", "state", "devices", "name")
         state = fields.text("state", max_len=16)
         if state not in CONTACT_STATES:
             raise DecodeError(f"unknown contact state {state!r}")
         return cls(
-            _session_id(fields, "user"), ContactState(state), _session_ids(fields, "devices")
+            _session_id(fields, "user"),
+            ContactState(state),
+            _session_ids(fields, "devices"),
+            _display_name(fields),
         )
 
 
@@ -183,12 +246,15 @@ class PairGrant:
     secret: bytes = field(repr=False)
     devices: tuple[SiblingRecord, ...]
     contacts: tuple[ContactRecord, ...]
+    name: str = ""  # the user's display name
 
 
 Content = (
     Text
     | FriendRequest
     | FriendAccept
+    | Profile
+    | SyncProfile
     | DeviceRevoked
     | SyncSent
     | ContactRecord
@@ -202,6 +268,8 @@ KIND_OF: dict[type, str] = {
     Text: "text",
     FriendRequest: "friend_request",
     FriendAccept: "friend_accept",
+    Profile: "profile",
+    SyncProfile: "sync_profile",
     DeviceRevoked: "device_revoked",
     SyncSent: "sync_sent",
     ContactRecord: "sync_contact",
@@ -215,6 +283,8 @@ NAMESPACE_OF: dict[str, int] = {
     "text": NAMESPACE_MESSAGES,
     "friend_request": NAMESPACE_MESSAGES,
     "friend_accept": NAMESPACE_MESSAGES,
+    "profile": NAMESPACE_MESSAGES,
+    "sync_profile": NAMESPACE_SYNC,
     "device_revoked": NAMESPACE_MESSAGES,
     "sync_sent": NAMESPACE_SYNC,
     "sync_contact": NAMESPACE_SYNC,
@@ -269,10 +339,14 @@ def encode_content(content: Content) -> tuple[str, bytes]:
             body: dict[str, Any] = {"user": user, "text": text}
             if content.id is not None:
                 body["id"] = content.id
-        case FriendRequest(user=user, devices=devices, text=text):
-            body = {"user": user, "devices": list(devices), "text": text}
-        case FriendAccept(user=user, devices=devices):
-            body = {"user": user, "devices": list(devices)}
+        case FriendRequest(user=user, devices=devices, text=text, name=name):
+            body = _with_name({"user": user, "devices": list(devices), "text": text}, name)
+        case FriendAccept(user=user, devices=devices, name=name):
+            body = _with_name({"user": user, "devices": list(devices)}, name)
+        case Profile(user=user, name=name):
+            body = {"user": user, "name": name}
+        case SyncProfile(name=name):
+            body = {"name": name}
         case SyncSent(id=digest, to=to, timestamp_ms=ts, text=text):
             body = {"id": digest, "to": to, "ts": ts, "text": text}
         case ContactRecord() | SiblingRecord():
@@ -302,6 +376,7 @@ def encode_content(content: Content) -> tuple[str, bytes]:
                 body["mapping"] = mapping
             if seed is not None:
                 body["seed"] = seed
+            _with_name(body, content.name)
     return KIND_OF[type(content)], encode_cbor(body)
 
 
@@ -316,15 +391,24 @@ def decode_content(kind: str, body: bytes) -> Content:
             fields.optional_blob("id", size=ID_BYTES),
         )
     if kind == "friend_request":
-        fields.only("user", "devices", "text")
+        fields.only("user", "devices", "text", "name")
         return FriendRequest(
             _session_id(fields, "user"),
             _session_ids(fields, "devices"),
             fields.text("text", max_len=MAX_TEXT_CHARS),
+            _display_name(fields),
         )
     if kind == "friend_accept":
-        fields.only("user", "devices")
-        return FriendAccept(_session_id(fields, "user"), _session_ids(fields, "devices"))
+        fields.only("user", "devices", "name")
+        return FriendAccept(
+            _session_id(fields, "user"), _session_ids(fields, "devices"), _display_name(fields)
+        )
+    if kind == "profile":
+        fields.only("user", "name")
+        return Profile(_session_id(fields, "user"), _required_name(fields))
+    if kind == "sync_profile":
+        fields.only("name")
+        return SyncProfile(_required_name(fields))
     if kind == "sync_sent":
         fields.only("id", "to", "ts", "text")
         return SyncSent(
@@ -359,7 +443,7 @@ def decode_content(kind: str, body: bytes) -> Content:
             fields.blob("request_id", size=ID_BYTES), fields.blob("nonce", size=NONCE_BYTES)
         )
     if kind == "pair_grant":
-        fields.only("request_id", "mapping", "seed", "secret", "devices", "contacts")
+        fields.only("request_id", "mapping", "seed", "secret", "devices", "contacts", "name")
         contacts = fields.items("contacts", max_len=MAX_CONTACTS)
         devices = fields.items("devices", max_len=MAX_DEVICES)
         return PairGrant(
@@ -369,6 +453,7 @@ def decode_content(kind: str, body: bytes) -> Content:
             fields.blob("secret", size=SECRET_BYTES),
             tuple(SiblingRecord.from_fields(Fields(d, "device")) for d in devices),
             tuple(ContactRecord.from_fields(Fields(c, "contact")) for c in contacts),
+            _display_name(fields),
         )
     raise DecodeError(f"unknown envelope kind {kind!r}")
 
@@ -385,9 +470,12 @@ __all__ = [
     "PairChallenge",
     "PairGrant",
     "PairRequest",
+    "Profile",
     "SiblingRecord",
+    "SyncProfile",
     "SyncSent",
     "Text",
+    "check_display_name",
     "decode_content",
     "encode_content",
 ]

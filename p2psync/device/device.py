@@ -53,7 +53,7 @@ from overlay.tasks import open_task_nursery
 from ..errors import DecodeError
 from ..identity import Identity, session_id_key
 from ..opengroup import OpenGroupClient, PostReceipt, RoomMessage, sign_post, sign_room_request
-from ..rpc import RpcPool, open_rpc_pool
+from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
 from .access import NetworkAccess
 from .content import (
@@ -61,12 +61,15 @@ from .content import (
     FriendAccept,
     FriendRequest,
     HistoryRecord,
+    Profile,
+    SyncProfile,
     Text,
+    check_display_name,
 )
 from .friends import ContactState, FriendEffect, FriendEvent, IllegalTransition
 from .friends import transition as friend_transition
 from .keys import choice_seed
-from .local import Local, acting_identity
+from .local import Local, whoami_of
 from .modes import Mode
 from .outbox import Outbox
 from .pairer import Pairer
@@ -81,6 +84,8 @@ from .values import (
     PairingTicket,
     Rejection,
     Room,
+    SyncStatus,
+    Whoami,
 )
 
 #: How long a device going offline gives its outbox (the sync copies it just queued
@@ -89,6 +94,7 @@ from .values import (
 LEAVING_S = 30.0
 #: Set while the device is online: found set when it goes online, the last run ended
 #: without going offline (a crash, a kill), so it still owes its siblings' sync copies.
+#: Read once when the device opens: ``sync_status().last_run_left``.
 ONLINE_META = "online"
 
 
@@ -101,7 +107,7 @@ class Device:
         self,
         store: DeviceStore,
         network: NetworkAccess,
-        pool: RpcPool,
+        pool: RpcRouter,
         swarm: SwarmClient,
         nursery: trio.Nursery,
         config: DeviceConfig,
@@ -123,6 +129,9 @@ class Device:
         self._switching = trio.Lock()
         self._offline = trio.Event()
         self._offline.set()
+        #: Read before this run goes online (which sets the flag again).
+        online_flag = store.get_meta(ONLINE_META)
+        self._last_run_left = None if online_flag is None else online_flag != b"1"
 
     # --- who this is ------------------------------------------------------------------------------
 
@@ -131,56 +140,14 @@ class Device:
         """How this device was opened (read only)."""
         return self._local.config
 
-    @property
-    def name(self) -> str:
-        """The device's name, as siblings and the pairing screen show it."""
-        return self._local.name
-
-    @property
-    def mode(self) -> Mode:
-        """``mapped`` or ``linked``, fixed when the device was created."""
-        return self._local.rules.mode
-
-    @property
-    def device_id(self) -> str:
-        """This device's own session id (its key; the user's too on a primary)."""
-        return self._local.device_id
-
-    @property
-    def user_id(self) -> str:
-        """The user this device acts for (the primary's id on a paired device)."""
-        return self._local.user_id
+    def whoami(self) -> Whoami:
+        """Who this device is: the user's and its own ids, mode, names and public keys."""
+        return self._local.me
 
     @property
     def session_id(self) -> str:
         """The user's id: what friends know this user by, whichever device they reach."""
         return self._local.user_id
-
-    @property
-    def receives_as(self) -> str:
-        """The session id whose swarm this device reads: the account's in ``linked`` mode
-        (every sibling reads it), its own in ``mapped`` mode."""
-        return self._local.identity.session_id
-
-    @property
-    def device_key(self) -> bytes:
-        """The device's own Ed25519 public key."""
-        return self._local.device_identity.ed25519_public
-
-    @property
-    def overlay_key(self) -> bytes:
-        """What siblings reach this device by on the overlay (derived, not its session id)."""
-        return self._local.overlay_key
-
-    @property
-    def is_primary(self) -> bool:
-        """Whether this device may pair and revoke devices (every ``linked`` device may)."""
-        return self._local.rules.is_primary(self.user_id, self.device_id)
-
-    @property
-    def online(self) -> bool:
-        """Whether the device receives, delivers and syncs now."""
-        return not self._offline.is_set()
 
     @property
     def rejections(self) -> deque[Rejection]:
@@ -193,7 +160,8 @@ class Device:
         return self._local.rejected
 
     def __repr__(self) -> str:
-        return f"Device({self.name!r}, {self.mode}, user {self.user_id[:10]}…)"
+        local = self._local
+        return f"Device({local.name!r}, {local.rules.mode}, user {local.user_id[:10]}…)"
 
     # --- history ----------------------------------------------------------------------------------
 
@@ -247,7 +215,7 @@ class Device:
     async def request_friend(self, user: str, text: str = "") -> None:
         """Ask ``user`` to be friends; if they already asked us, this accepts instead."""
         _check_user_id(user)
-        if user == self.user_id:
+        if user == self._local.user_id:
             raise DeviceError("a user cannot befriend themselves")
         _check_text(text)
         await self._friend_event(user, FriendEvent.REQUEST, text)
@@ -274,7 +242,10 @@ class Device:
         if FriendEffect.SEND_REQUEST in move.effects:
             devices = await self._outbox.own_devices()
             with self._store.transaction():
-                self._local.queue(FriendRequest(self.user_id, devices, text), user)
+                self._local.queue(
+                    FriendRequest(self._local.user_id, devices, text, self._local.display_name),
+                    user,
+                )
                 self._local.set_contact(Contact(user, move.state, (user,), text))
         else:
             assert existing is not None
@@ -286,9 +257,29 @@ class Device:
         """Tell ``contact`` every device of ours, and our siblings the new friend."""
         devices = await self._outbox.own_devices()
         with self._store.transaction():
-            self._local.queue(FriendAccept(self.user_id, devices), contact.user)
+            self._local.queue(
+                FriendAccept(self._local.user_id, devices, self._local.display_name), contact.user
+            )
             self._local.set_contact(replace(contact, state=ContactState.FRIEND))
         self._local.wake_outbox()
+
+    async def set_display_name(self, name: str) -> None:
+        """Set the name this user goes by: siblings and friends learn it (friends see it
+        beside the user's id, never instead of it). At most 64 characters, and no
+        control, format or separator characters, which a friend's terminal would
+        otherwise interpret (:func:`~.content.check_display_name`)."""
+        try:
+            check_display_name(name)
+        except DecodeError as exc:
+            raise DeviceError(str(exc)) from None
+        local = self._local
+        with self._store.transaction():
+            local.set_display_name(name, local.clock.now_ms())
+            local.queue(SyncProfile(name), local.user_id)
+            for contact in self._store.contacts():
+                if contact.state == ContactState.FRIEND:
+                    local.queue(Profile(local.user_id, name), contact.user)
+        local.wake_outbox()
 
     # --- sending ----------------------------------------------------------------------------------
 
@@ -302,10 +293,11 @@ class Device:
             raise DeviceError(f"{user[:12]}… is not a friend: send a friend request first")
         _check_text(text)
         with self._store.transaction():
-            digest = self._local.queue(Text(self.user_id, text), user)
+            digest = self._local.queue(Text(self._local.user_id, text), user)
             assert digest is not None
             now = self._local.clock.now_ms()
-            record = HistoryRecord(now, user, True, self.user_id, self.device_id, text)
+            local = self._local
+            record = HistoryRecord(now, user, True, local.user_id, local.device_id, text)
             self._local.file_message(digest, record)
             self._siblings.share(digest, record, inbound=False)
         self._local.wake_outbox()
@@ -335,11 +327,6 @@ class Device:
     async def wait_paired(self) -> None:
         """Wait until the primary's grant arrived and checked out (put a deadline on it)."""
         await self._pairer.wait_paired()
-
-    @property
-    def paired(self) -> bool:
-        """Whether this device joined a user by pairing."""
-        return self._pairer.paired
 
     def pairing_requests(self) -> list[PairingOffer]:
         """Requests from new devices waiting for the user to compare codes and accept."""
@@ -372,7 +359,7 @@ class Device:
 
     async def post(self, room: str, text: str) -> PostReceipt:
         """Post to a public room, signed by this device; the server attributes it to the user."""
-        claim = None if self.is_primary else self.user_id
+        claim = None if self._local.is_primary else self._local.user_id
         now = self._local.clock.now_ms()
         post = sign_post(self._local.identity, room, text.encode(), now, primary=claim)
         return await (await self._opengroup()).post(post)
@@ -388,39 +375,19 @@ class Device:
         """The user's other devices this one knows: device id -> name."""
         return self._store.siblings()
 
-    @property
-    def unacknowledged(self) -> int:
-        """Messages some sibling has not acknowledged yet."""
-        return len(self._store.pending())
-
-    @property
-    def connected_siblings(self) -> set[str]:
-        """Siblings this device has an overlay session with right now."""
-        return self._siblings.connected
-
-    @property
-    def syncs_directly(self) -> bool:
-        """Whether sibling sync runs over the overlay now (online, direct sync on, and
-        enough relays for paths); otherwise every sent message gets its swarm sync copy."""
+    def sync_status(self) -> SyncStatus:
+        """Where this device stands with its siblings now (one consistent reading)."""
         sync = self._siblings.sync
-        return sync is not None and sync.endpoint is not None
-
-    def complete_until(self) -> int:
-        """Everything timestamped before this is known to be in this device's history."""
-        return self._siblings.complete_until()
-
-    @property
-    def archive_counts(self) -> tuple[int, int]:
-        """History items sent to and received from siblings as pairing-time archives
-        since this device went online."""
-        sync = self._siblings.sync
-        return (0, 0) if sync is None else (sync.archive_sent, sync.archive_received)
-
-    @property
-    def resynced_siblings(self) -> set[str]:
-        """Siblings whose whole history this device has fetched since it went online."""
-        sync = self._siblings.sync
-        return set() if sync is None else set(sync.resynced)
+        return SyncStatus(
+            online=not self._offline.is_set(),
+            syncs_directly=sync is not None and sync.endpoint is not None,
+            connected_siblings=frozenset(self._siblings.connected),
+            unacknowledged=len(self._store.pending()),
+            resynced_siblings=frozenset(() if sync is None else sync.resynced),
+            archive_counts=(0, 0) if sync is None else (sync.archive_sent, sync.archive_received),
+            complete_until=self._siblings.complete_until(),
+            last_run_left=self._last_run_left,
+        )
 
     # --- online and offline -----------------------------------------------------------------------
 
@@ -433,12 +400,12 @@ class Device:
         leaves no sibling without the message. A device whose last run ended otherwise
         (a crash) queues those copies before anything else when it goes online again."""
         async with self._switching:
-            if online and not self.online:
+            if online and self._offline.is_set():
                 if self._store.get_meta(ONLINE_META) == b"1":
                     self._siblings.store_owed_copies()
                 self._store.set_meta(ONLINE_META, b"1")
                 self._online_scope = await self._nursery.start(self._run_online)
-            elif not online and self.online:
+            elif not online and not self._offline.is_set():
                 assert self._online_scope is not None
                 self._siblings.store_owed_copies()
                 with trio.move_on_after(LEAVING_S):
@@ -507,7 +474,7 @@ async def open_device(
             _create(store, mode, name, seed)
         elif mode is not None and mode != existing.decode():
             raise DeviceError(f"the device in {directory} is {existing.decode()}, not {mode}")
-        async with open_rpc_pool(network.transport) as pool, open_task_nursery() as nursery:
+        async with network.open_rpc_pool() as pool, open_task_nursery() as nursery:
             swarm = SwarmClient(pool, network.directory, network.clock, _random_for(store))
             device = Device(store, network, pool, swarm, nursery, config or DeviceConfig())
             if online:
@@ -535,20 +502,17 @@ def create_device(
     return device_id, device_id
 
 
-def describe_device(data_dir: str | Path) -> tuple[str, str, str, str]:
-    """(user id, device id, mode, name) of the device in ``data_dir``, without the network
-    (:class:`DeviceError` if there is none)."""
+def describe_device(data_dir: str | Path) -> Whoami:
+    """Who the device in ``data_dir`` is, without the network (:class:`DeviceError` if
+    there is none)."""
     directory = Path(data_dir)
     if not (directory / "device.sqlite3").exists():
         raise DeviceError(f"no device in {directory}: create one with `p2psync device init`")
     store = _open_store(directory)
     try:
-        mode, seed = store.get_meta("mode"), store.get_meta("device_seed")
-        if mode is None or seed is None:
+        if store.get_meta("mode") is None or store.get_meta("device_seed") is None:
             raise DeviceError(f"no device in {directory}: create one with `p2psync device init`")
-        device = Identity(seed)
-        _, user_id = acting_identity(store, device)
-        return user_id, device.session_id, mode.decode(), (store.get_meta("name") or b"").decode()
+        return whoami_of(store)
     finally:
         store.close()
 
@@ -579,6 +543,8 @@ __all__ = [
     "PairingTicket",
     "Rejection",
     "Room",
+    "SyncStatus",
+    "Whoami",
     "create_device",
     "open_device",
 ]

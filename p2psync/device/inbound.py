@@ -33,7 +33,9 @@ from .content import (
     PairChallenge,
     PairGrant,
     PairRequest,
+    Profile,
     SiblingRecord,
+    SyncProfile,
     SyncSent,
     Text,
 )
@@ -82,6 +84,8 @@ class View(Protocol):
     def is_revoked(self, user: str, device: str) -> bool: ...
     def pairing(self, request_id: bytes) -> Pairing | None: ...
     def allow_pairing(self, sender_key: bytes) -> bool: ...
+    @property
+    def display_name_at_ms(self) -> int: ...  # when the user's own name was last set
 
 
 # --- effects ----------------------------------------------------------------------------------
@@ -150,6 +154,14 @@ class AddSibling:
 
 
 @dataclass(frozen=True, slots=True)
+class SetDisplayName:
+    """A sibling changed the user's own display name at ``at_ms``."""
+
+    name: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class SendChallenge:
     """Store a signed challenge for ``pairing.peer``, then keep ``pairing`` (its ``data``
     the request's details; the driver adds the nonce it derives)."""
@@ -180,6 +192,7 @@ Effect = (
     | DeleteSyncCopy
     | Covered
     | AddSibling
+    | SetDisplayName
     | SendChallenge
     | KeepNonce
     | AdoptGrant
@@ -249,6 +262,10 @@ class _Decision:
                 return self.friend_request(request)
             case FriendAccept() as accept:
                 return self.friend_accept(accept)
+            case Profile() as profile:
+                return self.profile(profile)
+            case SyncProfile() as profile:
+                return self.sync_profile(profile)
             case DeviceRevoked() as revoked:
                 return self.device_revoked(revoked)
             case SyncSent() as sent:
@@ -341,9 +358,11 @@ class _Decision:
         move = friend_transition(state, FriendEvent.REQUEST_RECEIVED)
         if FriendEffect.SEND_ACCEPT in move.effects:
             assert contact is not None
-            return [Befriend(replace(contact, devices=devices))]
+            name = request.name or contact.name
+            return [Befriend(replace(contact, devices=devices, name=name))]
         if move.state != state:
-            return [PutContact(Contact(request.user, move.state, devices, request.text))]
+            contact = Contact(request.user, move.state, devices, request.text, request.name)
+            return [PutContact(contact)]
         return []
 
     def friend_accept(self, accept: FriendAccept) -> list[Effect]:
@@ -356,7 +375,20 @@ class _Decision:
             raise _Refused(f"an acceptance from {accept.user[:12]}…, who was not asked") from None
         self.check_device(self.item.device, accept.user)
         devices = self.devices_of(accept.user, fresh=False)
-        return [PutContact(replace(contact, state=move.state, devices=devices))]
+        name = accept.name or contact.name
+        return [PutContact(replace(contact, state=move.state, devices=devices, name=name))]
+
+    def profile(self, profile: Profile) -> list[Effect]:
+        """A friend's new display name: kept beside their id (never instead of it)."""
+        contact = self.known_contact(profile.user, "a display name")
+        if contact is None or contact.state != ContactState.FRIEND:
+            raise _Refused(f"a display name from {profile.user[:12]}…, who is not a friend")
+        self.check_device(self.item.device, profile.user)
+        return (
+            []
+            if contact.name == profile.name
+            else [PutContact(replace(contact, name=profile.name))]
+        )
 
     def device_revoked(self, content: DeviceRevoked) -> list[Effect]:
         """A friend's primary revoked one of its devices: stop trusting it at once,
@@ -385,6 +417,13 @@ class _Decision:
         )
         return [File(sent.id, record), done]
 
+    def sync_profile(self, profile: SyncProfile) -> list[Effect]:
+        """A sibling's new name for the user; the latest change wins (a ``linked`` device
+        also reads its own, which changes nothing)."""
+        self.check_sibling()
+        at_ms = self.item.timestamp_ms
+        return [SetDisplayName(profile.name, at_ms)] if at_ms > self.view.display_name_at_ms else []
+
     def contact_record(self, record: ContactRecord) -> list[Effect]:
         """A sibling's contact change."""
         self.check_sibling()
@@ -392,8 +431,8 @@ class _Decision:
         state = ContactState(record.state)
         if merged_state(None if current is None else current.state, state) != state:
             return []
-        note = current.note if current is not None else ""
-        return [PutContact(Contact(record.user, state, record.devices, note))]
+        note, name = ("", "") if current is None else (current.note, current.name)
+        return [PutContact(Contact(record.user, state, record.devices, note, record.name or name))]
 
     # --- pairing -----------------------------------------------------------------------------
 

@@ -25,9 +25,13 @@ from .keys import overlay_public
 from .modes import RULES, Mode, Rules
 from .pairing import REQUEST_KEY_REFILL_S, REQUEST_REFILL_S, REQUESTS_BURST, REQUESTS_PER_KEY
 from .store import Contact, Copy, DeviceStore, Pairing
-from .values import MAX_REJECTIONS, DeviceConfig, Refused, Rejection
+from .values import MAX_REJECTIONS, DeviceConfig, Refused, Rejection, Whoami
 
 logger = logging.getLogger(__name__)
+
+#: Where the user's own display name is kept.
+DISPLAY_NAME_META = "display_name"
+DISPLAY_NAME_AT_META = "display_name_at_ms"
 
 
 class Local:
@@ -63,6 +67,25 @@ class Local:
         """The identity this device receives as and signs with: its own in ``mapped``
         mode, the account's (shared by every sibling) in ``linked`` mode."""
         self.identity, self.user_id = acting_identity(self.store, self.device_identity)
+        #: Who the device is, kept in memory so it still answers once the store closed.
+        self.me = whoami_of(self.store)
+
+    @property
+    def display_name(self) -> str:
+        """The name the user gave themselves ("" if none): shared by every sibling, told
+        to friends in friend requests and acceptances and whenever it changes."""
+        return self.me.display_name
+
+    @property
+    def display_name_at_ms(self) -> int:
+        return int(self.store.get_meta(DISPLAY_NAME_AT_META) or b"0")
+
+    def set_display_name(self, name: str, at_ms: int) -> None:
+        with self.store.transaction():
+            self.store.set_meta(DISPLAY_NAME_META, name.encode())
+            self.store.set_meta(DISPLAY_NAME_AT_META, str(at_ms).encode())
+        self.me = whoami_of(self.store)
+        self.notify()
 
     @property
     def is_primary(self) -> bool:
@@ -152,6 +175,28 @@ class Local:
         self.store.put_contact(contact)
         self.queue(contact.record, self.user_id)
         self.notify()
+
+
+def whoami_of(store: DeviceStore) -> Whoami:
+    """Who the device kept in ``store`` is, read from the store alone (so ``whoami``
+    answers the same with or without the network)."""
+    mode, device_seed = store.get_meta("mode"), store.get_meta("device_seed")
+    assert mode is not None and device_seed is not None
+    device = Identity(device_seed)
+    identity, user_id = acting_identity(store, device)
+    rules = RULES[Mode(mode.decode())]
+    return Whoami(
+        session_id=user_id,
+        device_id=device.session_id,
+        mode=rules.mode,
+        name=(store.get_meta("name") or b"").decode(),
+        display_name=(store.get_meta(DISPLAY_NAME_META) or b"").decode(),
+        is_primary=rules.is_primary(user_id, device.session_id),
+        paired=store.get_meta("paired") is not None,
+        receives_as=identity.session_id,
+        device_key=device.ed25519_public,
+        overlay_key=overlay_public(device_seed),
+    )
 
 
 def acting_identity(store: DeviceStore, device: Identity) -> tuple[Identity, str]:

@@ -22,7 +22,7 @@ import trio
 from ..errors import RpcError
 from ..fileserver import FileServerClient
 from ..mapping import PAIRING_WINDOW_MS
-from ..rpc import RpcPool
+from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL
 from .access import NetworkAccess
@@ -41,7 +41,7 @@ class Outbox:
     """Delivers the outbox while the device is online (see the module docstring)."""
 
     def __init__(
-        self, local: Local, network: NetworkAccess, pool: RpcPool, swarm: SwarmClient
+        self, local: Local, network: NetworkAccess, pool: RpcRouter, swarm: SwarmClient
     ) -> None:
         self._local = local
         self._store = local.store

@@ -198,12 +198,15 @@ class Pairer:
             *(SiblingRecord(d, keys[d], names[d]) for d in keys if d != device),
         )
         contacts = tuple(c.record for c in self._store.contacts())
+        display_name = self._local.display_name
         secret = self._siblings.secret_to_hand_over()
         identity = self._local.identity
         if self._local.rules.hands_over_seed():
             # The grant goes to the key made for this request, not to the device's own.
             recipient = pairing.peer
-            grant = PairGrant(pairing.request_id, None, identity.seed, secret, devices, contacts)
+            grant = PairGrant(
+                pairing.request_id, None, identity.seed, secret, devices, contacts, display_name
+            )
         else:
             # The grant goes to the new device's own key, which is also its id.
             recipient = device
@@ -212,7 +215,13 @@ class Pairer:
             await client.put_mapping(mapping)
             self._outbox.forget(self._local.user_id)
             grant = PairGrant(
-                pairing.request_id, mapping.to_bytes(), None, secret, devices, contacts
+                pairing.request_id,
+                mapping.to_bytes(),
+                None,
+                secret,
+                devices,
+                contacts,
+                display_name,
             )
         kind, body = encode_content(grant)
         now = self._local.clock.now_ms()
@@ -257,7 +266,10 @@ class Pairer:
                 if sibling.device != self._local.device_id:
                     store.add_sibling(sibling.device, sibling.name, sibling.overlay)
             for record in grant.contacts:
-                store.put_contact(Contact(record.user, ContactState(record.state), record.devices))
+                state = ContactState(record.state)
+                store.put_contact(Contact(record.user, state, record.devices, name=record.name))
+            if grant.name:
+                self._local.set_display_name(grant.name, self._local.clock.now_ms())
         self._local.load_identity()
         self._paired.set()
         self._relisten()  # now receive as the user

@@ -37,6 +37,7 @@ from .inbound import (
     Reject,
     RevokeDevice,
     SendChallenge,
+    SetDisplayName,
     decide,
     pairing_details,
 )
@@ -224,6 +225,8 @@ class Receiver:
                 case AddSibling(record=sibling):
                     store.add_sibling(sibling.device, sibling.name, sibling.overlay)
                     self._siblings.restart()  # sync with the new sibling too
+                case SetDisplayName(name=name, at_ms=at_ms):
+                    local.set_display_name(name, at_ms)
                 case SendChallenge(pairing=pairing, joining=joining):
                     await self._pairer.send_challenge(pairing, joining)
                 case KeepNonce(pairing=pairing):

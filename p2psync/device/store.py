@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..database import open_database, transaction
+from ..database import add_column_if_missing, open_database, transaction
 from ..identity import message_hash
 from ..mapping import Revocation
 from ..wire import decode_cbor, encode_cbor
@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS contacts (
     user TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     devices BLOB NOT NULL,
-    note TEXT NOT NULL DEFAULT ''
+    note TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -154,10 +155,13 @@ class Contact:
     state: ContactState
     devices: tuple[str, ...]
     note: str = ""
+    #: The display name the user gave themselves (checked when it arrived); "" if none.
+    #: Shown beside the user's id, never instead of it.
+    name: str = ""
 
     @property
     def record(self) -> ContactRecord:
-        return ContactRecord(self.user, self.state, self.devices)
+        return ContactRecord(self.user, self.state, self.devices, self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +242,7 @@ class DeviceStore:
             raise DeviceInUse(f"{self.path} is in use by another process") from None
         try:
             self._db = open_database(path, _SCHEMA, synchronous="FULL")
+            add_column_if_missing(self._db, "contacts", "name", "TEXT NOT NULL DEFAULT ''")
         except BaseException:
             self._lock.close()
             raise
@@ -324,13 +329,13 @@ class DeviceStore:
 
     def contact(self, user: str) -> Contact | None:
         row = self._db.execute(
-            "SELECT user, state, devices, note FROM contacts WHERE user = ?", (user,)
+            "SELECT user, state, devices, note, name FROM contacts WHERE user = ?", (user,)
         ).fetchone()
         if row is None:
             return None
         devices = decode_cbor(row[2])
         assert isinstance(devices, list)
-        return Contact(row[0], ContactState(row[1]), tuple(str(d) for d in devices), row[3])
+        return Contact(row[0], ContactState(row[1]), tuple(str(d) for d in devices), row[3], row[4])
 
     def contacts(self) -> list[Contact]:
         users = [row[0] for row in self._db.execute("SELECT user FROM contacts ORDER BY user")]
@@ -338,8 +343,15 @@ class DeviceStore:
 
     def put_contact(self, contact: Contact) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO contacts (user, state, devices, note) VALUES (?, ?, ?, ?)",
-            (contact.user, contact.state, encode_cbor(list(contact.devices)), contact.note),
+            "INSERT OR REPLACE INTO contacts (user, state, devices, note, name)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                contact.user,
+                contact.state,
+                encode_cbor(list(contact.devices)),
+                contact.note,
+                contact.name,
+            ),
         )
 
     # --- outbox ---------------------------------------------------------------------------

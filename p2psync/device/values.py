@@ -8,6 +8,7 @@ import trio
 
 from ..errors import ConnectionLost, DecodeError, P2PSyncError, RpcError
 from ..swarm.constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
+from .modes import Mode
 
 MAX_REJECTIONS = 1000
 #: Failures after which a store or a check is simply tried again later.
@@ -100,3 +101,55 @@ class Room:
 
     name: str
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Whoami:
+    """Who a device is, in one value (:meth:`~p2psync.device.device.Device.whoami`), so
+    the facade keeps its verbs and a caller reads identity without a dozen properties.
+
+    ``session_id`` is the user's id (what friends know the user by, whichever device they
+    reach), ``device_id`` this device's own key (the user's too on a primary);
+    ``receives_as`` the id whose swarm it reads (the account's in ``linked`` mode, its own
+    in ``mapped`` mode); ``is_primary``: it may pair and revoke devices (every ``linked``
+    device may); ``paired``: it joined the user by pairing; ``device_key`` its Ed25519
+    public key and ``overlay_key`` what siblings reach it by on the overlay (derived, not
+    its session id). ``name`` is this device's name (what siblings and the pairing screen
+    show), ``display_name`` the user's (what friends see beside the user's id; "" if
+    none). Its store and signing key stay inside the device."""
+
+    session_id: str
+    device_id: str
+    mode: Mode
+    name: str
+    display_name: str
+    is_primary: bool
+    paired: bool
+    receives_as: str
+    device_key: bytes
+    overlay_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStatus:
+    """Where a device stands with its siblings, read at one moment
+    (:meth:`~p2psync.device.device.Device.sync_status`).
+
+    ``syncs_directly``: sibling sync runs over the overlay now (online, direct sync on,
+    enough relays); otherwise every sent message gets its swarm sync copy.
+    ``connected_siblings``: those with an overlay session now. ``unacknowledged``:
+    messages some sibling has not acknowledged. ``resynced_siblings`` and
+    ``archive_counts`` (sent, received): whole-history re-syncs and pairing-time archive
+    items since it went online. ``complete_until``: everything timestamped before it is
+    in this device's history. ``last_run_left``: whether the run before this one ended
+    by leaving (owed sync copies stored, goodbye said) rather than by a crash or a kill;
+    None for a device that never went online before."""
+
+    online: bool
+    syncs_directly: bool
+    connected_siblings: frozenset[str]
+    unacknowledged: int
+    resynced_siblings: frozenset[str]
+    archive_counts: tuple[int, int]
+    complete_until: int
+    last_run_left: bool | None

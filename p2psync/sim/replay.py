@@ -172,7 +172,7 @@ class Replay:
 
     async def _replay(self, nursery: trio.Nursery, on_progress: Callable[[float], None]) -> Outcome:
         trace = self.trace
-        owners = {d.receives_as for d in self.devices.values()}
+        owners = {d.whoami().receives_as for d in self.devices.values()}
         holdings = Holdings(
             [handle.db_path for handle in self.network.nodes],
             owners,
@@ -182,7 +182,7 @@ class Replay:
         start = self.clock.now_ms()
         outcome = Outcome(start, start + trace.duration_ms + SETTLE_MS, holdings)
         for (user, _), device in self.devices.items():
-            outcome.users[device.name] = user
+            outcome.users[device.whoami().name] = user
             nursery.start_soon(self._watch, device, outcome)
         events: list[tuple[int, int, int, str, int]] = []
         for (user, kind), spans in trace.online.items():
@@ -202,7 +202,7 @@ class Replay:
             device = self.devices[(user, kind)]
             if what == 2:
                 await self._send(device, user, number, outcome)
-            elif (what == 1) != device.online:
+            elif (what == 1) != device.sync_status().online:
                 nursery.start_soon(device.set_online, what == 1)
             self._activity.set()
         # The settling time starts where the trace ends, and brings every device online,
@@ -228,14 +228,17 @@ class Replay:
         outcome.sends[digest] = (user, send.to_user, now - outcome.start_ms)
         due = {self._name(user, OTHER[send.kind])} | {self._name(send.to_user, k) for k in KINDS}
         self._sent_at[digest] = now
-        self._online_at_send[digest] = {name for name in due if self.devices[_key(name)].online}
+        self._online_at_send[digest] = {
+            name for name in due if self.devices[_key(name)].sync_status().online
+        }
 
     async def _watch(self, device: Device, outcome: Outcome) -> None:
         """Time every message as it is filed on ``device``."""
+        name = device.whoami().name
         async for item in device.incoming():
             sent = self._sent_at.get(item.id)
-            if sent is not None and device.name in self._online_at_send[item.id]:
-                self._online_at_send[item.id].discard(device.name)
+            if sent is not None and name in self._online_at_send[item.id]:
+                self._online_at_send[item.id].discard(name)
                 latency = float(self.clock.now_ms() - sent)
                 outcome.latencies.append(latency)
                 if item.outgoing:

@@ -32,7 +32,7 @@ from overlay.link import Transport
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, session_id_key
-from ..rpc import RpcPool, open_rpc, open_rpc_pool
+from ..rpc import RpcRouter, open_rpc, open_rpc_pool
 from .auth import AuthSigner
 from .constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
 from .messages import (
@@ -109,7 +109,7 @@ Deliver = Callable[[list[Message]], Awaitable[None]]
 
 class SwarmClient:
     def __init__(
-        self, pool: RpcPool, directory: Directory, clock: Clock, rng: random.Random
+        self, pool: RpcRouter, directory: Directory, clock: Clock, rng: random.Random
     ) -> None:
         self._pool = pool
         self.directory = directory

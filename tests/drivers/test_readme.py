@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from p2psync.device import Device
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,3 +48,16 @@ def test_every_file_the_readme_links_to_is_in_the_repository() -> None:
         path = (ROOT / target).resolve()
         assert path.is_relative_to(ROOT.resolve()), f"{target} is outside the repository"
         assert path.exists(), f"{target} does not exist"
+
+
+def test_the_readme_lists_every_public_name_of_device_and_marks_its_coroutines() -> None:
+    """The Library section names each public name of ``Device`` in backticks, and writes
+    *await* before exactly the coroutines (so a reader knows which calls to await)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("What a\n`Device` offers") : readme.index("Other entry points")]
+    public = {n for n in dir(Device) if not n.startswith("_")}
+    mentioned = set(re.findall(r"`(\w+)", section))
+    assert public <= mentioned, f"not in the README: {sorted(public - mentioned)}"
+    awaited = set(re.findall(r"\*await\*\s+`(\w+)", section))
+    coroutines = {n for n in public if inspect.iscoroutinefunction(getattr(Device, n))}
+    assert awaited == coroutines

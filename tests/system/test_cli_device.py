@@ -136,7 +136,7 @@ async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_nex
 async def _pair(where: Callable[[str], list[str]], primary: str, new: str, user: str) -> None:
     """Pair device ``new`` to ``primary`` (user ``user``) from the terminal."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(ok, "pair", *where(new), "--primary", user)
+        nursery.start_soon(partial(ok, "pair", *where(new), "--primary", user))
         listing = await ok("accept", *where(primary), "--wait", "60")
         [code] = re.findall(r"^code (\d{3} \d{3})", listing, re.MULTILINE)
         await ok("accept", *where(primary), "--code", code)
@@ -220,3 +220,89 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
             with trio.fail_after(30):
                 await process.wait()
         assert process.returncode == 143
+
+
+@pytest.mark.slow
+async def test_display_names_beside_ids_and_run_stopped_by_signals_says_how_it_ended(
+    tmp_path: Path,
+) -> None:
+    """A display name set with ``name`` shows beside the user's id in ``contacts``,
+    ``inbox`` and ``run`` (``name`` in ``--json``). ``run`` stopped with SIGTERM (143) or
+    Ctrl-C (130) leaves within a few seconds and without a traceback, and the next
+    ``status`` reports that the last run left; after a SIGKILL (no goodbye) it reports
+    that it did not. One network for all of it."""
+    async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
+        net = tmp_path / "network.json"
+        net.write_text(json.dumps(network.description()))
+
+        def where(name: str) -> list[str]:
+            return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
+
+        ids = {}
+        for name in ("alice", "bob"):
+            out = await ok("init", "--data", str(tmp_path / name), "--mode", "linked")
+            ids[name] = out.split()[-1]
+        first = json.loads(await ok("status", *where("alice"), "--json", "--wait", "0"))
+        assert first["last_run_left"] is None  # never online before
+
+        code_, _, err = await run("name", *where("bob"), "\x1b[31mBob")
+        assert code_ == 1 and "display name may not hold U+001B" in err
+        assert "Bob (" in await ok("name", *where("bob"), "Bob")
+        me = json.loads(await ok("whoami", "--data", str(tmp_path / "bob"), "--json"))
+        assert me["display_name"] == "Bob"
+        await ok("contacts", *where("bob"), "--add", ids["alice"], "--text", "hi")
+        requests = await ok("inbox", *where("alice"))
+        assert f"friend request from Bob ({ids['bob']}): 'hi'" in requests
+        await ok("contacts", *where("alice"), "--accept", ids["bob"])
+        assert f"friend    Bob ({ids['bob']})" in await ok("contacts", *where("alice"))
+        [contact] = map(json.loads, (await ok("contacts", *where("alice"), "--json")).splitlines())
+        assert contact["name"] == "Bob" and contact["user"] == ids["bob"]
+        assert f"friend    {ids['alice']}" in await ok("contacts", *where("bob"))
+        await ok("send", *where("bob"), ids["alice"], "first")
+        [line] = map(json.loads, (await ok("inbox", *where("alice"), "--json")).splitlines())
+        assert line["name"] == "Bob" and line["text"] == "first"
+        await ok("send", *where("bob"), ids["alice"], "second")
+
+        for stop, exit_code, left in (
+            (signal.SIGTERM, 143, True),
+            (signal.SIGKILL, -signal.SIGKILL, False),
+            (signal.SIGINT, 130, True),
+        ):
+            async with trio.open_nursery() as nursery:
+                process = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        [*P2PSYNC, "run", *where("alice")],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        check=False,
+                    )
+                )
+                assert process.stdout is not None and process.stderr is not None
+                said = b""
+                with trio.fail_after(60):
+                    while b"online as" not in said:
+                        chunk = await process.stderr.receive_some()
+                        assert chunk, "run exited before going online"
+                        said += chunk
+                    if stop == signal.SIGTERM:  # the unread message, as it is printed
+                        printed = b""
+                        while b"second" not in printed:
+                            chunk = await process.stdout.receive_some()
+                            assert chunk, "run exited"
+                            printed += chunk
+                        assert f"← Bob ({ids['bob'][:10]}…".encode() in printed
+                process.send_signal(stop)
+                stopped_at = trio.current_time()
+                with trio.fail_after(60):
+                    while chunk := await process.stderr.receive_some():
+                        said += chunk
+                    await process.wait()
+                took = trio.current_time() - stopped_at
+            assert process.returncode == exit_code, said.decode()
+            assert took < 10, f"{stop.name} took {took:.1f} s"
+            assert b"Traceback" not in said, said.decode()
+            status = json.loads(await ok("status", *where("alice"), "--json", "--wait", "0"))
+            assert status["last_run_left"] is left, stop.name
+        human = await ok("status", *where("alice"), "--wait", "0")
+        assert "its last run ended by leaving" in human

@@ -66,6 +66,7 @@ class Known:
     user_id: str = ME.session_id
     device_id: str = ME.session_id
     account_key: bytes = ME.ed25519_public
+    display_name_at_ms: int = 0
 
     @property
     def rules(self) -> Rules:

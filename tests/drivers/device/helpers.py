@@ -56,7 +56,7 @@ async def pair(primary: Device, new: Device) -> None:
     await wait_until(lambda: bool(primary.pairing_requests()))
     [offer] = primary.pairing_requests()
     assert offer.code == ticket.code and len(ticket.code) == 7
-    assert await primary.accept_pairing(offer.code) == new.device_id
+    assert await primary.accept_pairing(offer.code) == new.whoami().device_id
     with trio.fail_after(60):
         await new.wait_paired()
 

@@ -36,7 +36,7 @@ GRACE_S = 10
 def sync_copies(network: LocalNetwork, sibling: Device, mode: str) -> int:
     """Sync copies of sent messages waiting in the swarm for ``sibling``."""
     # The key that swarm is read with: the account's (the phone's) when linked.
-    reader = Identity.from_label(f"device/{'phone' if mode == 'linked' else sibling.name}")
+    reader = Identity.from_label(f"device/{'phone' if mode == 'linked' else sibling.whoami().name}")
     return stored_kinds(network, reader, NAMESPACE_SYNC).count("sync_sent")
 
 
@@ -48,7 +48,9 @@ async def test_online_siblings_sync_directly_and_store_no_sync_copy(
         open_world(relays=8) as network,
         siblings_and_friend(network, tmp_path, mode) as (phone, desktop, bob),
     ):
-        await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+        await wait_until(
+            lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+        )
 
         started = trio.current_time()
         sent = await phone.send(bob.session_id, "sent from the phone")
@@ -69,7 +71,9 @@ async def test_inbound_messages_leave_the_account_swarm_once_every_sibling_has_t
         open_world(relays=8) as network,
         siblings_and_friend(network, tmp_path, "linked") as (phone, desktop, bob),
     ):
-        await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+        await wait_until(
+            lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+        )
         alice = phone.session_id
         before = stored_messages(network, alice, NAMESPACE_MESSAGES)
         await bob.send(alice, "for both of Alice's devices")
@@ -131,7 +135,9 @@ async def test_a_sibling_stands_in_for_an_origin_that_leaves_before_its_grace_pe
             await pair(phone, tablet)
         await befriend(phone, bob)
         await wait_until(lambda: len(desktop.siblings()) == 2)
-        await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+        await wait_until(
+            lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+        )
 
         await phone.send(bob.session_id, "while the tablet is away")
         await wait_until(lambda: len(desktop.history(bob.session_id)) == 1)
@@ -145,7 +151,9 @@ async def test_a_sibling_stands_in_for_an_origin_that_leaves_before_its_grace_pe
         async with device(network, tmp_path, "tablet") as tablet:
             await wait_until(lambda: len(tablet.history(bob.session_id)) == 1)
             await phone.set_online(True)
-            await wait_until(lambda: tablet.device_id in phone.connected_siblings)
+            await wait_until(
+                lambda: tablet.whoami().device_id in phone.sync_status().connected_siblings
+            )
             await trio.sleep(GRACE_S)
             await phone.flush()
             # A phone that stayed deleted its copy once the tablet acknowledged; one that
@@ -177,13 +185,15 @@ async def test_a_sibling_that_vanishes_without_goodbye_is_noticed_on_an_idle_ses
     ):
         desktop = await nursery.start(run_desktop)
         await pair(phone, desktop)
-        await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
-        await wait_until(lambda: phone.unacknowledged == 0)
+        await wait_until(
+            lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+        )
+        await wait_until(lambda: phone.sync_status().unacknowledged == 0)
         # A crash: everything of the desktop's stops at once, no goodbye on any session
         # (a cancelled ``open_device`` block does not go offline first).
         crash.cancel()
         started = trio.current_time()
-        await wait_until(lambda: not phone.connected_siblings, limit_s=600)
+        await wait_until(lambda: not phone.sync_status().connected_siblings, limit_s=600)
         assert trio.current_time() - started < 300
 
 
@@ -208,17 +218,21 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
         device(network, tmp_path, "desktop", "linked") as desktop,
     ):
         await pair(phone, desktop)
-        await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+        await wait_until(
+            lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+        )
         # Whichever side accepted the session: the other one leaves and comes back.
         responder_key, old_init = inits[-1]
         acceptor, dialer = (
-            (phone, desktop) if phone.overlay_key == responder_key else (desktop, phone)
+            (phone, desktop) if phone.whoami().overlay_key == responder_key else (desktop, phone)
         )
         await dialer.set_online(False)
         await dialer.set_online(True)
-        await wait_until(lambda: acceptor.connected_siblings == {dialer.device_id})
+        await wait_until(
+            lambda: acceptor.sync_status().connected_siblings == {dialer.whoami().device_id}
+        )
         assert acceptor._siblings.sync is not None and acceptor._siblings.sync.endpoint is not None
-        live = acceptor._siblings.sync._serving[dialer.device_id][2]
+        live = acceptor._siblings.sync._serving[dialer.whoami().device_id][2]
         await trio.sleep(600)  # the old session is long gone
         endpoint = acceptor._siblings.sync.endpoint
         accepted, stale = endpoint.stats.sessions_accepted, endpoint.stats.inits_stale
@@ -230,8 +244,8 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
         endpoint._on_packet(old_init, network.clock.now_ms())
         assert endpoint.stats.sessions_accepted == accepted + 1
         await trio.sleep(60)
-        assert acceptor._siblings.sync._serving[dialer.device_id][2] is live
-        assert acceptor.connected_siblings == {dialer.device_id}
+        assert acceptor._siblings.sync._serving[dialer.whoami().device_id][2] is live
+        assert acceptor.sync_status().connected_siblings == {dialer.whoami().device_id}
 
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
@@ -256,7 +270,7 @@ async def test_a_sync_copy_is_filed_as_the_device_that_sent_it(
         async with device(network, tmp_path, "desktop", mode) as desktop:
             await wait_until(lambda: len(desktop.history(bob.session_id)) == 1)
             assert [(i.id, i.device) for i in desktop.history(bob.session_id)] == sent
-            assert sent[0][1] == phone.device_id
+            assert sent[0][1] == phone.whoami().device_id
 
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
@@ -271,9 +285,11 @@ async def test_a_phone_leaving_inside_the_grace_period_stores_what_was_not_ackno
         open_world(relays=8) as network,
         siblings_and_friend(network, tmp_path, mode) as (phone, desktop, bob),
     ):
-        await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+        await wait_until(
+            lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+        )
         await phone.send(bob.session_id, "while both are here")
-        await wait_until(lambda: phone.unacknowledged == 0)
+        await wait_until(lambda: phone.sync_status().unacknowledged == 0)
         await desktop.set_online(False)
         await phone.send(bob.session_id, "while the desktop is away")
         await trio.sleep(GRACE_S / 2)
@@ -303,9 +319,11 @@ async def test_a_device_closed_right_after_send_leaves_the_sync_copy(
         ):
             await pair(phone, desktop)
             await befriend(phone, bob)
-            await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+            await wait_until(
+                lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+            )
             await phone.send(bob.session_id, "with the desktop here")
-            await wait_until(lambda: phone.unacknowledged == 0)
+            await wait_until(lambda: phone.sync_status().unacknowledged == 0)
         assert sync_copies(network, desktop, mode) == 0
 
         async with device(network, tmp_path, "phone") as phone:
@@ -339,7 +357,7 @@ async def test_a_phone_killed_inside_the_grace_period_stores_the_copy_first_thin
                 await phone.send(bob.session_id, "then the phone was killed")
                 await phone.flush()
                 await trio.sleep(GRACE_S / 2)
-                assert phone.unacknowledged == 1
+                assert phone.sync_status().unacknowledged == 1
                 kill.cancel()
                 await trio.sleep_forever()
         assert sync_copies(network, desktop, mode) == 0

@@ -33,7 +33,7 @@ async def test_linked_devices_share_one_identity(
         device(network, tmp_path, "bob", "linked") as bob,
     ):
         await pair(phone, desktop)
-        assert desktop.session_id == phone.session_id != desktop.device_id
+        assert desktop.session_id == phone.session_id != desktop.whoami().device_id
         alice = phone.session_id
 
         # Bob's request lands in the shared swarm: both devices see it, either accepts.
@@ -83,8 +83,8 @@ async def test_mapped_devices_fan_out_and_sync(
     ):
         await pair(phone, desktop)
         alice = phone.session_id
-        assert desktop.session_id == alice and desktop.device_id != alice
-        assert not desktop.is_primary
+        assert desktop.session_id == alice and desktop.whoami().device_id != alice
+        assert not desktop.whoami().is_primary
 
         # Bob's request is fanned out to both of Alice's devices (mapping on the file server).
         await bob.request_friend(alice, "hello Alice")
@@ -94,7 +94,7 @@ async def test_mapped_devices_fan_out_and_sync(
         await desktop.accept_friend(bob.session_id)
         await wait_until(lambda: is_friend(bob, alice))
         contact = bob.contact(alice)
-        assert contact is not None and set(contact.devices) == {alice, desktop.device_id}
+        assert contact is not None and set(contact.devices) == {alice, desktop.whoami().device_id}
         await wait_until(lambda: is_friend(phone, bob.session_id))
 
         await bob.send(alice, "how are you?")
@@ -112,11 +112,11 @@ async def test_mapped_devices_fan_out_and_sync(
         ]
         await wait_until(lambda: len(bob.history(alice)) == 2)
         [reply] = [item for item in bob.history(alice) if not item.outgoing]
-        assert reply.sender == alice and reply.device == desktop.device_id
+        assert reply.sender == alice and reply.device == desktop.whoami().device_id
         await bob.flush()
         # v1.5.0's cost: Bob's message is stored for each of Alice's devices.
         assert stored_messages(network, alice, NAMESPACE_MESSAGES) == 2
-        assert stored_messages(network, desktop.device_id, NAMESPACE_MESSAGES) == 2
+        assert stored_messages(network, desktop.whoami().device_id, NAMESPACE_MESSAGES) == 2
 
         # Open group: the server maps the secondary's key to Alice.
         assert await phone.create_room("lobby") == Room("lobby", created=True)
@@ -125,14 +125,14 @@ async def test_mapped_devices_fan_out_and_sync(
         await phone.post("lobby", "from my phone")
         posts = await bob.room_messages("lobby")
         assert [(p.user, p.device) for p in posts] == [
-            (alice, desktop.device_id),
+            (alice, desktop.whoami().device_id),
             (alice, alice),
         ]
 
         # Revoked, the desktop stops receiving: senders' device lists drop it. The file
         # server turns malicious at once and re-lists the desktop without its revocation;
         # Bob hears the revocation from Alice's primary itself and keeps applying it.
-        await phone.revoke_device(desktop.device_id)
+        await phone.revoke_device(desktop.whoami().device_id)
         with sqlite3.connect(network.data_dir / "fileserver.sqlite3") as files:
             files.execute("UPDATE mappings SET active = 1, revoked_at = NULL, revocation = NULL")
         await wait_until(lambda: is_friend(bob, alice) and bob.contact(alice).devices == (alice,))  # type: ignore[union-attr]
@@ -186,7 +186,7 @@ async def test_state_survives_a_restart(
         await bob.send(user, "two")
         await bob.flush()
         async with device(network, tmp_path, "alice") as alice:
-            assert alice.mode == mode and alice.session_id == user
+            assert alice.whoami().mode == mode and alice.session_id == user
             assert [c.state for c in alice.contacts()] == ["friend"]
             await wait_until(lambda: len(alice.history()) == 2)
             assert texts(alice, bob.session_id) == [(False, "one"), (False, "two")]
@@ -218,7 +218,7 @@ async def test_a_declined_request_stays_declined_on_every_device(
         assert contact is not None and contact.state == "requested"
         with pytest.raises(DeviceError, match="not a friend"):
             await carol.send(alice, "hello?")
-        await inject_text(network, carol, sorted({alice, desktop.device_id}))
+        await inject_text(network, carol, sorted({alice, desktop.whoami().device_id}))
         await wait_until(lambda: len(desktop.rejections) == 1)
         assert "not a friend" in desktop.rejections[0].reason
         assert phone.history() == [] and desktop.history() == []
@@ -231,7 +231,7 @@ async def inject_text(network: LocalNetwork, sender: Device, devices: list[str])
         for target in devices:
             key = session_id_key(target)
             data = seal_envelope(
-                Identity.from_label(f"device/{sender.name}"),
+                Identity.from_label(f"device/{sender.whoami().name}"),
                 key,
                 kind,
                 body,
@@ -268,5 +268,36 @@ async def test_a_linked_user_and_a_mapped_user_with_two_devices_talk_both_ways(
         await desktop.send(carol.session_id, "hello from the desktop")
         await wait_until(lambda: len(carol.history(alice)) == 2)
         [reply] = [item for item in carol.history(alice) if not item.outgoing]
-        assert reply.text == "hello from the desktop" and reply.device == desktop.device_id
+        assert reply.text == "hello from the desktop" and reply.device == desktop.whoami().device_id
         assert not carol.rejections and not phone.rejections and not desktop.rejections
+
+
+async def test_public_chat_attributes_second_devices_of_both_modes_to_their_users(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Mixed modes in a public chat: a ``mapped`` user's second device (its own key,
+    vouched for by the primary's countersigned mapping) and a ``linked`` user's second
+    device (the shared account key) each post, and every reader, of either mode, sees
+    each post under the user, never the device."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice-phone", "mapped") as alice_phone,
+        device(network, tmp_path, "alice-desktop", "mapped") as alice_desktop,
+        device(network, tmp_path, "bob-phone", "linked") as bob_phone,
+        device(network, tmp_path, "bob-desktop", "linked") as bob_desktop,
+        device(network, tmp_path, "carol", "mapped") as carol,
+        device(network, tmp_path, "dave", "linked") as dave,
+    ):
+        await pair(alice_phone, alice_desktop)
+        await pair(bob_phone, bob_desktop)
+        alice, bob = alice_phone.session_id, bob_phone.session_id
+        assert alice_desktop.whoami().device_id != alice
+        assert await carol.create_room("lobby") == Room("lobby", created=True)
+        await alice_desktop.post("lobby", "alice, from her second device")
+        await bob_desktop.post("lobby", "bob, from his second device")
+        for reader in (alice_phone, bob_phone, carol, dave):
+            posts = await reader.room_messages("lobby")
+            assert [(p.user, p.body) for p in posts] == [
+                (alice, b"alice, from her second device"),
+                (bob, b"bob, from his second device"),
+            ]

@@ -77,23 +77,23 @@ async def test_a_forged_pairing_challenge_or_grant_is_refused(
         ticket = await tablet.request_pairing(phone.session_id)
         # Mallory tries to change the code the tablet shows.
         challenge = PairChallenge(ticket.request_id, b"\7" * 32)
-        await inject(swarm, MALLORY, tablet.device_id, NAMESPACE_CONTROL, challenge)
+        await inject(swarm, MALLORY, tablet.whoami().device_id, NAMESPACE_CONTROL, challenge)
         assert "challenge not signed by the device pairing was asked of" in await refusal(tablet)
         # Mallory answers first, with a genuine mapping of her own.
         forged = create_mapping(MALLORY, Identity.from_label("mallory-2"), network.clock.now_ms())
         grant = PairGrant(ticket.request_id, forged.to_bytes(), None, bytes(32), (), ())
-        await inject(swarm, MALLORY, tablet.device_id, NAMESPACE_CONTROL, grant)
+        await inject(swarm, MALLORY, tablet.whoami().device_id, NAMESPACE_CONTROL, grant)
         assert "grant not signed by the device pairing was asked of" in await refusal(tablet, 2)
         # A grant for a request the tablet never made.
         await inject(
             swarm,
             MALLORY,
-            tablet.device_id,
+            tablet.whoami().device_id,
             NAMESPACE_CONTROL,
             replace(grant, request_id=b"\1" * 32),
         )
         assert "no request of this device" in await refusal(tablet, 3)
-        assert not tablet.paired
+        assert not tablet.whoami().paired
         # The genuine grant still works.
         await wait_until(lambda: bool(phone.pairing_requests()))
         await phone.accept_pairing(ticket.code)
@@ -174,7 +174,7 @@ async def test_a_post_from_an_unmapped_key_is_refused(
         assert refused.value.code == "unauthorized"
         assert "not a device of the claimed primary" in refused.value.message
         # A revoked device is unmapped too: its posts are no longer taken as Alice's.
-        await phone.revoke_device(tablet.device_id)
+        await phone.revoke_device(tablet.whoami().device_id)
         with pytest.raises(RpcError) as refused:
             await tablet.post("lobby", "still me?")
         assert refused.value.code == "unauthorized"
@@ -293,7 +293,7 @@ async def test_two_requests_showing_one_code_are_both_refused(
             await phone.accept_pairing(ticket.code)
         assert phone.pairing_requests() == []
         await trio.sleep(60)
-        assert not tablet.paired and not mallory.paired
+        assert not tablet.whoami().paired and not mallory.whoami().paired
 
 
 def test_the_code_comes_from_the_primarys_nonce_too_so_it_cannot_be_ground_in_advance() -> None:

@@ -37,7 +37,9 @@ async def test_relays_and_swarm_never_see_what_ties_siblings_together(
         ):
             await pair(phone, desktop)
             await befriend(phone, bob)
-            await wait_until(lambda: phone.connected_siblings == {desktop.device_id})
+            await wait_until(
+                lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+            )
             for n in range(5):
                 await phone.send(bob.session_id, f"synced directly {n}")
                 await bob.send(phone.session_id, f"to both devices {n}")
@@ -50,13 +52,13 @@ async def test_relays_and_swarm_never_see_what_ties_siblings_together(
             telltales = {b"shared secret": secret}
             for sibling in (phone, desktop):
                 keys = {
-                    "overlay key": sibling.overlay_key,
-                    "overlay X25519 key": x25519_of(sibling.overlay_key),
-                    "device key": sibling.device_key,
+                    "overlay key": sibling.whoami().overlay_key,
+                    "overlay X25519 key": x25519_of(sibling.whoami().overlay_key),
+                    "device key": sibling.whoami().device_key,
                 }
                 for what, key in keys.items():
-                    telltales[f"{sibling.name} {what}".encode()] = key
-                    telltales[f"{sibling.name} {what} (hex)".encode()] = key.hex().encode()
+                    telltales[f"{sibling.whoami().name} {what}".encode()] = key
+                    telltales[f"{sibling.whoami().name} {what} (hex)".encode()] = key.hex().encode()
             relay_view = cells + [
                 record for relay in network.relays for record in relay.introset_records()
             ]

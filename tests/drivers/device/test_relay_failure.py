@@ -79,7 +79,7 @@ def relay_carrying_session(network: LocalNetwork, phone: Device, desktop: Device
     for sender, receiver in ((phone, desktop), (desktop, phone)):
         sync = sender._siblings.sync
         assert sync is not None
-        intro = sync._serving[receiver.device_id][2]._core.peer_intro
+        intro = sync._serving[receiver.whoami().device_id][2]._core.peer_intro
         assert intro is not None
         [path] = [p for p in endpoint_of(receiver).paths if p.intro_id == intro.intro_id]
         reached_by.append([hop.pubkey for hop in path.hops])
@@ -138,8 +138,8 @@ async def test_a_relay_killed_under_an_open_session_loses_nothing_and_heals(
     ):
         await wait_until(
             lambda: (
-                phone.connected_siblings == {desktop.device_id}
-                and desktop.connected_siblings == {phone.device_id}
+                phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+                and desktop.sync_status().connected_siblings == {phone.whoami().device_id}
             )
         )
         alice, bob_id = phone.session_id, bob.session_id
@@ -157,11 +157,13 @@ async def test_a_relay_killed_under_an_open_session_loses_nothing_and_heals(
             nursery.start_soon(talk, bob, alice, "bob")
             await trio.sleep(KILL_AFTER * GAP_S + GAP_S / 3)  # mid-stream
             assert 0 < len(sent) < 3 * ROUNDS
-            assert phone.connected_siblings == {desktop.device_id}
+            assert phone.sync_status().connected_siblings == {desktop.whoami().device_id}
             victim = relay_carrying_session(network, phone, desktop)
             victim_key = victim._cores[0].keys.public
-            failed_before = {d.name: endpoint_of(d).stats.paths_failed for d in (phone, desktop)}
-            choices = {d.name: record_hop_choices(d) for d in (phone, desktop)}
+            failed_before = {
+                d.whoami().name: endpoint_of(d).stats.paths_failed for d in (phone, desktop)
+            }
+            choices = {d.whoami().name: record_hop_choices(d) for d in (phone, desktop)}
             await network.stop_relay(victim)
             killed_at = trio.current_time()
         assert len(sent) == len(set(sent)) == 3 * ROUNDS
@@ -177,8 +179,8 @@ async def test_a_relay_killed_under_an_open_session_loses_nothing_and_heals(
         # The siblings sync directly again, on paths that leave the dead relay out.
         await wait_until(
             lambda: (
-                phone.connected_siblings == {desktop.device_id}
-                and desktop.connected_siblings == {phone.device_id}
+                phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+                and desktop.sync_status().connected_siblings == {phone.whoami().device_id}
                 and not routes_through(phone, victim_key)
                 and not routes_through(desktop, victim_key)
             ),
@@ -192,7 +194,7 @@ async def test_a_relay_killed_under_an_open_session_loses_nothing_and_heals(
             assert all(victim_key not in hops for hops in after), name
 
         for sender, receiver in ((phone, desktop), (desktop, phone)):
-            message = await sender.send(bob_id, f"after the crash, from {sender.name}")
+            message = await sender.send(bob_id, f"after the crash, from {sender.whoami().name}")
             with trio.fail_after(PUSHED_S):
                 await receiver.wait_for(holding(message, bob_id))
         assert not (phone.rejections or desktop.rejections or bob.rejections)

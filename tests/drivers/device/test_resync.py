@@ -39,7 +39,7 @@ async def test_a_returning_sibling_ends_with_the_same_history(
             await befriend(phone, bob)
             await phone.send(bob.session_id, "before")
             await wait_until(lambda: len(desktop.history(bob.session_id)) == 1)
-            desktop_id = desktop.device_id
+            desktop_id = desktop.whoami().device_id
         # The desktop is away; the phone comes and goes, Bob writes now and then.
         async with device(network, tmp_path, "phone") as phone:
             for hour in range(3):
@@ -58,11 +58,16 @@ async def test_a_returning_sibling_ends_with_the_same_history(
             device(network, tmp_path, "phone") as phone,
             device(network, tmp_path, "desktop") as desktop,
         ):
-            await wait_until(lambda: desktop_id in phone.connected_siblings, limit_s=1200)
-            await wait_until(lambda: phone.device_id in desktop.resynced_siblings, limit_s=1200)
+            await wait_until(
+                lambda: desktop_id in phone.sync_status().connected_siblings, limit_s=1200
+            )
+            await wait_until(
+                lambda: phone.whoami().device_id in desktop.sync_status().resynced_siblings,
+                limit_s=1200,
+            )
             assert history_of(desktop) == history_of(phone)
             assert len(history_of(desktop)) == 7
-            assert desktop.complete_until() > 0
+            assert desktop.sync_status().complete_until > 0
 
 
 @pytest.mark.parametrize("away_days", [7, 30])
@@ -73,7 +78,7 @@ async def test_weeks_away_end_with_the_same_history(
         async with device(network, tmp_path, "phone", "linked") as phone:
             async with device(network, tmp_path, "desktop", "linked") as desktop:
                 await pair(phone, desktop)
-                desktop_id = desktop.device_id
+                desktop_id = desktop.whoami().device_id
             await befriend(phone, bob)
             # The desktop is away for weeks: every day Bob and Alice's phone talk a little.
             for day in range(away_days):
@@ -89,10 +94,13 @@ async def test_weeks_away_end_with_the_same_history(
             device(network, tmp_path, "phone") as phone,
             device(network, tmp_path, "desktop") as desktop,
         ):
-            await wait_until(lambda: phone.device_id in desktop.resynced_siblings, limit_s=1200)
+            await wait_until(
+                lambda: phone.whoami().device_id in desktop.sync_status().resynced_siblings,
+                limit_s=1200,
+            )
             assert history_of(desktop) == history_of(phone)
             assert len(history_of(desktop)) == 2 * away_days
-            assert desktop_id in phone.connected_siblings
+            assert desktop_id in phone.sync_status().connected_siblings
 
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
@@ -118,9 +126,12 @@ async def test_a_new_device_gets_the_whole_history_as_an_archive_at_pairing(
             await trio.sleep(600)  # nodes announce themselves again after the skipped days
         async with device(network, tmp_path, "desktop", mode) as desktop:
             await pair(phone, desktop)
-            await wait_until(lambda: desktop.resynced_siblings == {phone.device_id}, limit_s=600)
+            await wait_until(
+                lambda: desktop.sync_status().resynced_siblings == {phone.whoami().device_id},
+                limit_s=600,
+            )
             assert history_of(desktop) == history_of(phone)
-            _, received = desktop.archive_counts
+            _, received = desktop.sync_status().archive_counts
             assert received >= len(phone.history()) == 60
-            assert phone.archive_counts[0] == received
+            assert phone.sync_status().archive_counts[0] == received
             assert not desktop.rejections and not phone.rejections
