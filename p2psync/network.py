@@ -26,6 +26,7 @@ from .fileserver import FileServer
 from .identity import Identity
 from .onion_requests import OnionService
 from .opengroup import OpenGroupServer
+from .rpc import RpcServer
 from .services import AnnouncedRelay
 from .swarm.admission import Ledger
 from .swarm.node import NodeConfig, StorageNode
@@ -92,6 +93,7 @@ class LocalNetwork:
     #: The file server's and the open group server's keys by url (onion requests are
     #: sealed to them; service nodes' keys are in the registry).
     server_keys: dict[str, bytes] = field(default_factory=dict)
+    _other_servers: dict[str, RpcServer] = field(default_factory=dict)
     #: The relays running now (:meth:`stop_relay` takes one out).
     relays: list[AnnouncedRelay] = field(default_factory=list)
     _nursery: trio.Nursery | None = None
@@ -129,19 +131,33 @@ class LocalNetwork:
             ],
         }
 
-    def access(self, *, rpc_route: str = "direct") -> NetworkAccess:
+    def access(self, *, rpc_route: str = "direct", host: str | None = None) -> NetworkAccess:
         """What a device needs to use this network (:func:`p2psync.open_device`); with
-        ``rpc_route="onion"`` it reaches every server through overlay paths."""
+        ``rpc_route="onion"`` it reaches every server through overlay paths. ``host``
+        gives the device an address of its own: a host name on the in-memory network, a
+        loopback address (``127.0.0.N``) on tcp."""
+        transport, overlay = self.transport, self.overlay_transport
+        if host is not None and isinstance(transport, MemoryNetwork):
+            transport = overlay = transport.host(host)
+        elif host is not None:
+            transport = WebSocketTransport(local_address=host)
         return NetworkAccess(
-            self.transport,
+            transport,
             self.directory(),
             self.clock,
             self.fileserver_url,
             self.opengroup_url,
-            self.overlay_transport,
+            overlay,
             rpc_route=rpc_route,
             server_keys=dict(self.server_keys),
         )
+
+    def servers(self) -> dict[str, RpcServer]:
+        """The RPC servers devices talk to, by url: the running service nodes, the file
+        server and the open group server (to observe what they see,
+        :meth:`RpcServer.observe`)."""
+        nodes = {node.url: node.rpc for node in self.running_nodes()}
+        return nodes | self._other_servers
 
     def _listen_address(self, name: str) -> str:
         if isinstance(self.transport, MemoryNetwork):
@@ -307,6 +323,7 @@ async def open_local_network(
                 identity = Identity.from_label(f"{directory.name}/{name}")
                 OnionService(server, identity, clock)
                 network.server_keys[url] = identity.ed25519_public
+                network._other_servers[url] = server
             for _ in range(nodes):
                 await network.add_node()
             await network.refresh_all()

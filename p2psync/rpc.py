@@ -38,6 +38,7 @@ import trio
 from overlay.link import Link, LinkClosed, Transport
 from overlay.tasks import open_task_nursery
 
+from .clock import Clock
 from .errors import ERROR_CODES, ConnectionLost, DecodeError, RpcError
 from .wire import (
     INT64_MAX,
@@ -294,6 +295,8 @@ class Connection:
 #: A coroutine function runs as its own task; a plain function is called inline in the
 #: read loop and must not block (it may still raise, like any handler).
 Handler = Callable[[Fields, Connection], Awaitable[Any]] | Callable[[Fields, Connection], Any]
+#: Told (method, peer, params) of every request a server answers (:meth:`RpcServer.observe`).
+Observer = Callable[[str, str, Mapping[str, Any]], None]
 
 
 @runtime_checkable
@@ -329,9 +332,17 @@ def _request_id_of(data: bytes) -> int | None:
 class RpcServer:
     """Dispatches requests to ``methods``; one instance serves any number of listeners."""
 
-    def __init__(self, methods: Mapping[str, Handler], limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self,
+        methods: Mapping[str, Handler],
+        limits: ServerLimits | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """``clock``: the network's, so that request rates are measured in the time its
+        other components keep (a :meth:`Clock.skip_idle` refills the buckets)."""
         self.methods = dict(methods)
         self.limits = limits or ServerLimits()
+        self.clock = clock or Clock()
         self.stats = ServerStats()
         self._active = 0
         self._connections: set[Connection] = set()
@@ -339,6 +350,17 @@ class RpcServer:
         self._inline = {
             name for name, handler in self.methods.items() if not iscoroutinefunction(handler)
         }
+        self._observers: list[Observer] = []
+
+    def observe(self, observer: Observer) -> None:
+        """Call ``observer(method, peer, params)`` for every request this server answers
+        from now on, an onion request's inner one included (its peer is the exit relay):
+        an audit of what a server learns about who calls it."""
+        self._observers.append(observer)
+
+    def _observed(self, request: Request, connection: Connection) -> None:
+        for observer in self._observers:
+            observer(request.method, connection.peer, request.params)
 
     def add_method(self, name: str, handler: Handler) -> None:
         """Serve one more method: for wrappers that apply to every server (the ``onion``
@@ -435,7 +457,7 @@ class RpcServer:
         and sends the inline replies in one write."""
         limits = self.limits
         in_flight = trio.Semaphore(limits.max_in_flight)
-        bucket = TokenBucket(limits.requests_per_s, limits.request_burst, trio.current_time())
+        bucket = TokenBucket(limits.requests_per_s, limits.request_burst, self.clock.now_s())
         while True:
             replies: list[Frame] = []
             closed = False
@@ -490,7 +512,7 @@ class RpcServer:
             return self._refuse(_request_id_of(data), exc)
         if not isinstance(frame, Request):
             return self._refuse(None, "expected a request")
-        if not bucket.take(trio.current_time()):
+        if not bucket.take(self.clock.now_s()):
             self.stats.count_error("rate_limited")
             return ErrorReply(frame.id, "rate_limited", "slow down", {})
         self.stats.requests += 1
@@ -499,6 +521,7 @@ class RpcServer:
         return frame
 
     def _answer_inline(self, request: Request, connection: Connection) -> Frame:
+        self._observed(request, connection)
         try:
             result = self.methods[request.method](Fields(request.params, "params"), connection)
             return Reply(request.id, result)
@@ -530,6 +553,7 @@ class RpcServer:
             in_flight.release()
 
     async def _run_handler(self, request: Request, connection: Connection) -> Frame:
+        self._observed(request, connection)
         try:
             handler = self.methods.get(request.method)
             if handler is None:

@@ -286,6 +286,9 @@ class WebSocketTransport(Transport):
     max_message_bytes: int = MAX_FRAME_BYTES
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     max_pending_handshakes: int = MAX_PENDING_HANDSHAKES
+    #: The address this side's connections come from (a host of its own on loopback,
+    #: ``127.0.0.N``, for an audit of what servers see); None lets the system choose.
+    local_address: str | None = None
 
     async def serve(
         self,
@@ -328,7 +331,7 @@ class WebSocketTransport(Transport):
         url = address if address.startswith("ws://") else f"ws://{address}"
         authority = _url_address(url)
         host, port = split_host_port(authority)
-        stream = await trio.open_tcp_stream(host, port)
+        stream = await trio.open_tcp_stream(host, port, local_address=self.local_address)
         try:
             ws = WSConnection(ConnectionType.CLIENT)
             await stream.send_all(ws.send(Request(host=authority, target="/")))
