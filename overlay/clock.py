@@ -9,6 +9,8 @@ in the system together, and days of virtual time run in seconds.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -25,6 +27,9 @@ class Clock:
         self._offset_ms: float | None = (
             None if epoch_ms_at_start is None else float(epoch_ms_at_start)
         )
+        #: The timeouts open now (:meth:`move_on_after`): :meth:`skip_idle` brings their
+        #: deadlines forward by the time it skips.
+        self._timeouts: set[trio.CancelScope] = set()
 
     def now_ms(self) -> int:
         """Current time in epoch milliseconds. Must be called inside a Trio run."""
@@ -49,10 +54,41 @@ class Clock:
         self.now_ms()
         assert self._offset_ms is not None
         self._offset_ms += ms
+        for scope in self._timeouts:
+            scope.deadline -= ms / 1000.0
+
+    def now_s(self) -> float:
+        """Current time in epoch seconds, for rate limits (:class:`p2psync.rpc.TokenBucket`):
+        a bucket fed this refills over a skipped stretch like over a lived one."""
+        return self.now_ms() / 1000.0
+
+    @contextmanager
+    def move_on_after(self, seconds: float) -> Iterator[trio.CancelScope]:
+        """``trio.move_on_after`` in this clock's time: a :meth:`skip_idle` past the
+        deadline ends the wait at once, so every "every N s" loop that waits with it
+        runs at its next checkpoint after a jump, as it would after a lived stretch."""
+        with self._move_on_at(trio.current_time() + seconds) as scope:
+            yield scope
+
+    async def sleep(self, seconds: float) -> None:
+        """``trio.sleep`` in this clock's time (see :meth:`move_on_after`)."""
+        with self.move_on_after(seconds):
+            await trio.sleep_forever()
 
     async def sleep_until_ms(self, epoch_ms: int) -> None:
         """Sleep until the clock reads ``epoch_ms``: one cancellable checkpoint."""
-        await trio.sleep_until(self.trio_time_for(epoch_ms))
+        with self._move_on_at(self.trio_time_for(epoch_ms)):
+            await trio.sleep_forever()
+
+    @contextmanager
+    def _move_on_at(self, deadline: float) -> Iterator[trio.CancelScope]:
+        scope = trio.CancelScope(deadline=deadline)
+        self._timeouts.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._timeouts.discard(scope)
 
 
 #: Epoch used by deterministic tests and simulations (2025-11-24T16:00:00Z).

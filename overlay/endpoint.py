@@ -59,7 +59,7 @@ from .introset import (
     seal_introset,
 )
 from .keys import KeyPair
-from .link import LinkClosed, LinkPump, MemoryNetwork, Transport
+from .link import LinkClosed, LinkPump, Transport
 from .path import Path, PathState
 from .payloads import PathPayload, Transfer
 from .session import (
@@ -287,12 +287,9 @@ class Endpoint:
     async def _run_path(self, path: Path, scope: trio.CancelScope, pump: LinkPump) -> None:
         with scope:
             try:
-                connect = (
-                    self._transport.connect(path.hops[0].address, local=self._local_name)
-                    if isinstance(self._transport, MemoryNetwork)
-                    else self._transport.connect(path.hops[0].address)
-                )
-                async with connect as link:
+                name = self._local_name
+                transport = self._transport if name is None else self._transport.as_host(name)
+                async with transport.connect(path.hops[0].address) as link:
                     await pump.run(link, partial(self._on_cell, path), self._count_drop)
             except OSError as exc:
                 logger.info("path through %s lost: %s", path.hops[0].address, exc)

@@ -7,7 +7,8 @@ them (a Trio server started with ``nursery.start``, which reports the bound addr
 
 Two transports, chosen by configuration:
 
-* :class:`TcpTransport` — real loopback sockets, 4-byte length-prefixed frames.
+* :class:`TcpTransport` — real loopback sockets, 4-byte length-prefixed frames (TLS 1.3
+  pinned to the server's key when the address names it, :mod:`overlay.tls`).
 * :class:`MemoryNetwork` — in-process, with emulated per-link latency, jitter, bandwidth
   and loss, plus faults (a host going down, a partition). This is what simulations under
   ``trio.testing.MockClock`` run on; the kernel here has no netem, so the emulation is ours.
@@ -32,7 +33,9 @@ from typing import Any
 
 import trio
 
+from . import tls
 from .constants import LINK_QUEUE_CELLS
+from .keys import KeyPair
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +118,23 @@ class Transport(ABC):
 
     @abstractmethod
     def connect(self, address: str) -> AbstractAsyncContextManager[Link]: ...
+
+    def listen_address(self, name: str) -> str:
+        """Where a server called ``name`` listens unless told otherwise: a real transport
+        binds any free port on loopback (the name is for emulations, where it is the
+        host's address)."""
+        return "127.0.0.1:0"
+
+    def as_host(self, name: str) -> Transport:
+        """This transport as host ``name`` uses it. On a real network a host's links
+        already carry its own address, so it is this transport itself; an emulation
+        names the links, so its faults and per-pair profiles reach that host."""
+        return self
+
+    def for_overlay(self) -> Transport:
+        """The transport onion-overlay links take beside this one: plain framed TCP on a
+        real network (whatever carries the RPCs); an emulation carries them itself."""
+        return TcpTransport()
 
 
 async def run_handler(handler: LinkHandler, link: Link) -> None:
@@ -381,6 +401,15 @@ class MemoryNetwork(Transport):
         cuts and per-pair profiles between hosts apply to them."""
         return HostView(self, name)
 
+    def listen_address(self, name: str) -> str:
+        return f"mem:{name}"
+
+    def as_host(self, name: str) -> Transport:
+        return self.host(name)
+
+    def for_overlay(self) -> Transport:
+        return self
+
     def set_down(self, address: str, down: bool = True) -> None:
         (self._down.add if down else self._down.discard)(_host(address))
 
@@ -455,6 +484,15 @@ class HostView(Transport):
     def connect(self, address: str) -> AbstractAsyncContextManager[Link]:
         return self.network.connect(address, local=self.name)
 
+    def listen_address(self, name: str) -> str:
+        return self.network.listen_address(name)
+
+    def as_host(self, name: str) -> Transport:
+        return self.network.host(name)
+
+    def for_overlay(self) -> Transport:
+        return self
+
 
 def _host(address: str) -> str:
     return address.removeprefix("mem:")
@@ -466,7 +504,7 @@ _LENGTH = struct.Struct(">I")
 
 
 class _TcpLink(Link):
-    def __init__(self, stream: trio.SocketStream, peer: str, max_message_bytes: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str, max_message_bytes: int) -> None:
         self._stream = stream
         self.peer = peer
         self._max = max_message_bytes
@@ -522,9 +560,16 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 @dataclass
 class TcpTransport(Transport):
-    """Real sockets with 4-byte big-endian length-prefixed frames."""
+    """Real sockets with 4-byte big-endian length-prefixed frames.
+
+    With ``keys`` the server speaks TLS 1.3 with a certificate carrying ``keys.public``
+    and reports its address pinned (``host:port#<hex key>``, :mod:`overlay.tls`); a client
+    connecting to a pinned address speaks TLS and accepts only that key. A bare
+    ``host:port`` is plaintext on both sides, the configuration tests and benchmarks ask
+    for."""
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    keys: KeyPair | None = None
 
     async def serve(
         self,
@@ -536,17 +581,34 @@ class TcpTransport(Transport):
         host, port = split_host_port(address)
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = _address_of(listeners[0].socket.getsockname())
+        keys = self.keys
 
         async def accept(stream: trio.SocketStream) -> None:
             peer = _address_of(stream.socket.getpeername())
-            await run_handler(handler, _TcpLink(stream, peer, self.max_message_bytes))
+            carried: trio.abc.Stream = stream
+            if keys is not None:
+                try:
+                    carried = await tls.accept_tls(stream, keys.seed)
+                except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+                    logger.debug("TLS handshake with %s failed: %r", peer, exc)
+                    await trio.aclose_forcefully(stream)
+                    return
+            await run_handler(handler, _TcpLink(carried, peer, self.max_message_bytes))
 
-        task_status.started(bound)
+        task_status.started(bound if keys is None else tls.pinned_address(bound, keys.public))
         await trio.serve_listeners(accept, listeners)
 
     @asynccontextmanager
     async def connect(self, address: str) -> AsyncIterator[Link]:
-        host, port = split_host_port(address)
-        stream = await trio.open_tcp_stream(host, port)
+        bare, pin = tls.split_pin(address)
+        host, port = split_host_port(bare)
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        if pin is not None:
+            try:
+                stream = await tls.connect_tls(stream, pin)
+            except trio.BrokenResourceError as exc:
+                raise LinkClosed(f"TLS handshake with {bare} failed: {exc}") from None
+            except tls.PeerKeyMismatch as exc:
+                raise LinkClosed(f"refused {bare}: {exc}") from exc
         async with _TcpLink(stream, address, self.max_message_bytes) as link:
             yield link

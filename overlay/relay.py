@@ -628,7 +628,7 @@ async def open_relays(
     async with trio.open_nursery() as nursery:
         for i, relay_seed in enumerate(seeds):
             keys = KeyPair.from_seed(relay_seed)
-            wanted = address_prefix or ("mem:relay" if _is_memory(transport) else "127.0.0.1:0")
+            wanted = address_prefix or transport.listen_address("relay")
             address = f"{wanted}{i}" if wanted.startswith("mem:") else wanted
             bound, core = await nursery.start(
                 partial(
@@ -650,9 +650,3 @@ async def open_relays(
             yield infos
         finally:
             nursery.cancel_scope.cancel()
-
-
-def _is_memory(transport: Transport) -> bool:
-    from .link import MemoryNetwork
-
-    return isinstance(transport, MemoryNetwork)

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from overlay.link import MemoryNetwork, TcpTransport, Transport
+from overlay.link import MemoryNetwork, Transport
 from overlay.tasks import open_task_nursery
 
 from .clock import Clock
@@ -105,7 +105,7 @@ class LocalNetwork:
     @property
     def overlay_transport(self) -> Transport:
         """Relays and endpoints share the memory network, or use plain TCP on loopback."""
-        return self.transport if isinstance(self.transport, MemoryNetwork) else TcpTransport()
+        return self.transport.for_overlay()
 
     def directory(self) -> RegistryDirectory:
         return RegistryDirectory(
@@ -159,11 +159,6 @@ class LocalNetwork:
         nodes = {node.url: node.rpc for node in self.running_nodes()}
         return nodes | self._other_servers
 
-    def _listen_address(self, name: str) -> str:
-        if isinstance(self.transport, MemoryNetwork):
-            return f"mem:{name}"
-        return "127.0.0.1:0"
-
     async def add_node(self) -> NodeHandle:
         index = len(self.nodes)
         identity = Identity.from_label(f"{self.data_dir.name}/node/{index}")
@@ -172,7 +167,7 @@ class LocalNetwork:
             identity,
             self.data_dir / f"node-{index}.sqlite3",
             self.ledger.register(identity.ed25519_public.hex()).encode(),
-            self._listen_address(f"node{index}"),
+            self.transport.listen_address(f"node{index}"),
         )
         self.nodes.append(handle)
         await self.start_node(handle)
@@ -180,9 +175,7 @@ class LocalNetwork:
 
     async def start_node(self, handle: NodeHandle) -> None:
         assert self._nursery is not None, "the network is not running"
-        transport = self.transport
-        if isinstance(transport, MemoryNetwork):
-            transport = transport.host(handle.address)  # so a partition can cut its links
+        transport = self.transport.as_host(handle.address)  # so a partition can cut its links
         node = StorageNode(
             handle.identity,
             MessageStore(handle.db_path),
@@ -227,9 +220,9 @@ class LocalNetwork:
             index = self._relays_started
             self._relays_started += 1
             identity = Identity.from_label(f"{self.data_dir.name}/relay/{index}")
-            exits = self.transport  # how the relay reaches servers as an onion exit
-            if isinstance(exits, MemoryNetwork):
-                exits = exits.host(f"relay{index}")  # so servers see the relay's host
+            # How the relay reaches servers as an onion exit, as its own host (so servers
+            # see the relay's host).
+            exits = self.transport.as_host(f"relay{index}")
             relay = AnnouncedRelay(
                 overlay,
                 identity,
@@ -237,7 +230,7 @@ class LocalNetwork:
                 refresh_s=self.node_config.registry_refresh_s,
                 exit_transport=exits,
             )
-            address = f"mem:relay{index}" if overlay is self.transport else "127.0.0.1:0"
+            address = overlay.listen_address(f"relay{index}")
             await self._nursery.start(self._run_relay, relay, address)
             self.relays.append(relay)
         for relay in self.relays:
@@ -304,17 +297,17 @@ async def open_local_network(
             network.registry_url = await nursery.start(
                 RegistryServer(clock, ledger=ledger.public_key).serve,
                 chosen,
-                network._listen_address("registry"),
+                chosen.listen_address("registry"),
             )
             fileserver = FileServer(directory / "fileserver.sqlite3", clock)
             network.fileserver_url = await nursery.start(
-                fileserver.serve, chosen, network._listen_address("fileserver")
+                fileserver.serve, chosen, chosen.listen_address("fileserver")
             )
             opengroup = OpenGroupServer(
                 directory / "opengroup.sqlite3", clock, network.fileserver_url, chosen
             )
             network.opengroup_url = await nursery.start(
-                opengroup.serve, chosen, network._listen_address("opengroup")
+                opengroup.serve, chosen, chosen.listen_address("opengroup")
             )
             for name, server, url in (
                 ("fileserver", fileserver.rpc, network.fileserver_url),

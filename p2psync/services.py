@@ -297,7 +297,7 @@ class AnnouncedRelay:
             # a second, then doubling while nothing changes, up to ``refresh_s``.
             interval = min(LISTING_SETTLING_S, self.refresh_s)
             while True:
-                await trio.sleep(interval)
+                await self.clock.sleep(interval)
                 before = self.known_relays
                 await self.refresh()
                 changed = self.known_relays != before

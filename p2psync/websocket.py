@@ -1,7 +1,10 @@
 """WebSocket as a :class:`overlay.link.Transport`, so RPC code runs unchanged over real
 sockets (this) or the in-memory network (:class:`overlay.link.MemoryNetwork`).
 
-Addresses are ``ws://host:port``. Only binary frames are accepted: a text frame raises
+Addresses are ``ws://host:port`` (plaintext) or ``wss://host:port/<hex Ed25519 key>``:
+TLS 1.3 with the server pinned to the key its signed announcement carries
+(:mod:`overlay.tls`; a server given an ``identity`` serves TLS and reports such a URL).
+Only binary frames are accepted: a text frame raises
 :class:`DecodeError` from ``receive`` and the RPC server answers it with ``bad_request``.
 A message over the size limit closes that connection (code 1009); the server itself goes
 on.
@@ -20,7 +23,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import trio
@@ -40,9 +43,11 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from overlay import tls
 from overlay.link import Link, LinkClosed, LinkHandler, Transport, run_handler, split_host_port
 
 from .errors import DecodeError
+from .identity import Identity
 from .wire import MAX_FRAME_BYTES
 
 logger = logging.getLogger(__name__)
@@ -65,7 +70,7 @@ class WebSocketLink(Link):
     messages from concurrent senders wait in ``_outgoing`` for the next write."""
 
     def __init__(
-        self, stream: trio.SocketStream, ws: WSConnection, peer: str, max_message_bytes: int
+        self, stream: trio.abc.Stream, ws: WSConnection, peer: str, max_message_bytes: int
     ) -> None:
         self._stream = stream
         self._ws = ws
@@ -125,7 +130,7 @@ class WebSocketLink(Link):
             self._ended = f"{self.peer} closed the connection"
             return
         try:
-            self._ws.receive_data(data)
+            self._ws.receive_data(bytes(data))  # a TLS stream may hand a bytearray
         except RemoteProtocolError as exc:
             self._ended = f"protocol error: {exc}"
             return
@@ -209,7 +214,7 @@ def _peer_name(stream: trio.SocketStream) -> str:
 
 
 async def _handshake(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     ws: WSConnection,
     peer: str,
     max_message_bytes: int,
@@ -224,7 +229,7 @@ async def _handshake(
             if not data:
                 raise OSError(f"{peer} closed the connection during the handshake")
             try:
-                ws.receive_data(data)
+                ws.receive_data(bytes(data))
             except RemoteProtocolError as exc:
                 raise OSError(f"websocket handshake with {peer} failed: {exc}") from None
             for event in ws.events():
@@ -275,10 +280,18 @@ class PendingHandshakes:
             self._scopes.pop(key, None)
 
 
-def _url_address(url: str) -> str:
-    if not url.startswith("ws://"):
-        raise ValueError(f"not a ws:// url: {url!r}")
-    return url.removeprefix("ws://").split("/", 1)[0]
+def _url_address(url: str) -> tuple[str, bytes | None]:
+    """``ws://host:port`` → (``host:port``, None); ``wss://host:port/<hex key>`` → (…, key).
+
+    A ``wss://`` URL without a key is refused: TLS without the pin would authenticate
+    nobody."""
+    if url.startswith("ws://"):
+        return url.removeprefix("ws://").split("/", 1)[0], None
+    if not url.startswith("wss://"):
+        raise ValueError(f"not a ws:// or wss:// url: {url!r}")
+    authority, _, key = url.removeprefix("wss://").partition("/")
+    _, pin = tls.split_pin(f"{authority}#{key}")
+    return authority, pin
 
 
 @dataclass
@@ -289,6 +302,8 @@ class WebSocketTransport(Transport):
     #: The address this side's connections come from (a host of its own on loopback,
     #: ``127.0.0.N``, for an audit of what servers see); None lets the system choose.
     local_address: str | None = None
+    #: The server's announced identity: with it the server speaks TLS, presenting its key.
+    identity: Identity | None = field(default=None, repr=False)
 
     async def serve(
         self,
@@ -299,14 +314,18 @@ class WebSocketTransport(Transport):
     ) -> None:
         host, port = split_host_port(address.removeprefix("ws://"))
         pending = PendingHandshakes(self.max_pending_handshakes)
+        identity = self.identity
 
         async def accept(stream: trio.SocketStream) -> None:
             peer = _peer_name(stream)
             link: WebSocketLink | None = None
+            carried: trio.abc.Stream = stream
             try:
                 with pending.slot():
+                    if identity is not None:
+                        carried = await tls.accept_tls(stream, identity.seed)
                     link = await _handshake(
-                        stream,
+                        carried,
                         WSConnection(ConnectionType.SERVER),
                         peer,
                         self.max_message_bytes,
@@ -314,9 +333,14 @@ class WebSocketTransport(Transport):
                     )
                 if link is None:
                     raise OSError("crowded out by newer sockets in their handshake")
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except (
+                OSError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                trio.TooSlowError,
+            ) as exc:
                 logger.debug("no websocket from %s: %s", peer, exc)
-                await stream.aclose()
+                await trio.aclose_forcefully(carried)
                 return
             await run_handler(handler, link)
 
@@ -324,21 +348,29 @@ class WebSocketTransport(Transport):
             listeners = await nursery.start(partial(trio.serve_tcp, accept, port, host=host))
             bound_port = listeners[0].socket.getsockname()[1]
             bound_host = host if ":" not in host else f"[{host}]"
-            task_status.started(f"ws://{bound_host}:{bound_port}")
+            if identity is None:
+                task_status.started(f"ws://{bound_host}:{bound_port}")
+            else:
+                key = identity.ed25519_public.hex()
+                task_status.started(f"wss://{bound_host}:{bound_port}/{key}")
 
     @asynccontextmanager
     async def connect(self, address: str) -> AsyncIterator[WebSocketLink]:
-        url = address if address.startswith("ws://") else f"ws://{address}"
-        authority = _url_address(url)
+        url = address if address.startswith(("ws://", "wss://")) else f"ws://{address}"
+        authority, pin = _url_address(url)
         host, port = split_host_port(authority)
-        stream = await trio.open_tcp_stream(host, port, local_address=self.local_address)
+        stream: trio.abc.Stream = await trio.open_tcp_stream(
+            host, port, local_address=self.local_address
+        )
         try:
+            if pin is not None:
+                stream = await tls.connect_tls(stream, pin)
             ws = WSConnection(ConnectionType.CLIENT)
             await stream.send_all(ws.send(Request(host=authority, target="/")))
             link = await _handshake(
                 stream, ws, url, self.max_message_bytes, self.handshake_timeout_s
             )
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, tls.PeerKeyMismatch) as exc:
             await stream.aclose()
             raise OSError(f"websocket connection to {url} failed: {exc}") from None
         except BaseException:

@@ -80,6 +80,9 @@ class Cursor:
 
     def fresh(self, messages: Sequence[Message]) -> list[Message]:
         """Advance past ``messages``; return those not seen before."""
+        # Lived (Trio) time, not the network's clock: what ``REWIND_S`` covers is the
+        # replication lag between members, and only lived time lets replication happen
+        # (a ``Clock.skip_idle`` replicates nothing).
         now = trio.current_time()
         new = []
         for m in messages:

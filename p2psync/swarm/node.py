@@ -1,18 +1,18 @@
 """A service node: the driver of :mod:`.node_core`, with its store, connections and peers.
 
 Requests are decoded by :mod:`.messages` and decided by :class:`~.node_core.NodeCore`;
-what is left here is I/O: the store, the group commit, waiting for the quorum, signed
-calls to peers, pushes to subscribers. Besides answering clients, a node runs four loops
-in its own nursery:
+what is left here is the RPC dispatch and its I/O (the store, the group commit, waiting
+for the quorum, pushes to subscribers) and the wiring of the small drivers a node's
+nursery runs beside it, each of which survives any single peer or record:
 
-* directory — announce itself, re-read the registry, and on a membership change restart
-  replication and hand over the owners that now belong to another swarm;
-* replication — one worker per swarm peer draining a queue of new rows bounded in rows and
-  bytes (:mod:`.outbound`; a full queue or a failed send is not an error: repair catches
-  up);
-* repair — periodic anti-entropy with every peer (:mod:`.repair`), so a node that was
-  down or partitioned converges without anyone re-sending;
-* sweep — deletes expired rows (reads never return them anyway).
+* :mod:`.directory_refresh` — announce the node, re-read the registry, and on a
+  membership change restart replication and repair;
+* :mod:`.replicator` — one worker per swarm peer draining a queue of new rows bounded in
+  rows and bytes (:mod:`.outbound`; a full queue or a failed send is not an error: repair
+  catches up), and :mod:`.hand_over` of the owners that now belong to another swarm;
+* :mod:`.repairer` — periodic anti-entropy with every peer (:mod:`.repair`), so a node
+  that was down or partitioned converges without anyone re-sending;
+* :mod:`.sweeper` — deletes expired rows (reads never return them anyway).
 
 What a node acknowledges to a client is committed to its own SQLite file (stores that
 arrive together share one transaction: :mod:`.commit`) and to ``quorum`` members of its
@@ -33,8 +33,8 @@ import trio
 from overlay.link import Transport
 
 from ..clock import Clock
-from ..errors import ConnectionLost, DecodeError, RpcError
-from ..identity import Identity, session_id_key
+from ..errors import RpcError
+from ..identity import Identity
 from ..onion_requests import OnionService
 from ..rpc import (
     Connection,
@@ -42,7 +42,6 @@ from ..rpc import (
     RpcServer,
     ServerLimits,
     TokenBucket,
-    open_rpc,
     open_rpc_pool,
 )
 from ..wire import Fields
@@ -52,18 +51,17 @@ from .auth import ReplayGuard, check_client_auth, check_node_auth
 from .commit import CommitFailed, GroupCommit
 from .constants import (
     ANNOUNCE_INTERVAL_S,
-    LISTING_SETTLING_S,
     PROTOCOL_VERSION,
     REGISTRY_REFRESH_S,
     REPAIR_INTERVAL_S,
-    REPLICATION_RETRY_S,
     RETRIEVE_LIMIT,
     RETRIEVE_MAX_BYTES,
     STORE_QUORUM,
     SWEEP_INTERVAL_S,
 )
+from .directory_refresh import DirectoryRefresh
+from .hand_over import HandOver
 from .messages import (
-    LISTING_PAGE,
     DeleteReply,
     DeleteRequest,
     ExpireReply,
@@ -93,27 +91,23 @@ from .node_core import (
     Push,
     RepairListings,
     Replicate,
-    batches,
     first_batch,
-    may_forget,
 )
+from .node_shared import PEER_CALL_TIMEOUT_S, NodeStats
 from .outbound import REPLICATION_QUEUE_BYTES, ReplicationQueue
 from .peer_calls import PeerCalls
 from .proof import proof_from_request
 from .quorum import QuorumBook, RowKey, row_key
 from .registry import ANNOUNCEMENT_TTL_MS, Directory, Snapshot, listing_page
+from .repairer import Repairer
+from .replicator import Replicator
 from .ring import NodeInfo, SwarmMap
 from .rows import RowSummary, StoredMessage
 from .store import MessageStore
+from .sweeper import sweep_expired
 
 logger = logging.getLogger(__name__)
 
-PEER_CALL_TIMEOUT_S = 10.0
-#: Delay (and so the rate limit) of a registry re-read asked for by an unknown node.
-REFRESH_SOON_S = 5.0
-HAND_OVER_MAX_BACKOFF_S = 300.0
-#: What a peer that is down, slow or confused causes in the normal run of things.
-PEER_ERRORS = (OSError, ConnectionLost, RpcError, DecodeError, trio.TooSlowError)
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 64
 #: How long a store waits for its quorum before the client is told ``unavailable`` (the
 #: row stays here and keeps replicating; a retry, to any member, is the same message).
@@ -152,21 +146,6 @@ class NodeConfig:
             raise ValueError("the store quorum counts this node, so it is at least 1")
 
 
-@dataclass
-class NodeStats:
-    stored: int = 0
-    duplicates: int = 0
-    replicated_in: int = 0
-    replication_dropped: int = 0
-    repaired_in: int = 0
-    repaired_out: int = 0
-    handed_over: int = 0
-    swept: int = 0
-    rows_refused: int = 0
-    #: Stores answered ``unavailable`` because too few members committed them in time.
-    quorum_missed: int = 0
-
-
 class StorageNode:
     """One service node. ``serve`` runs it until cancelled and reports its url."""
 
@@ -193,7 +172,6 @@ class StorageNode:
         self.config = config or NodeConfig()
         self.url = ""
         self.stats = NodeStats()
-        self.snapshot = Snapshot()
         self.core: NodeCore[Connection] = NodeCore(
             self.pubkey,
             started_ms=0,
@@ -207,18 +185,55 @@ class StorageNode:
             self.config.owner_quota_bytes,
         )
         self._listings = RepairListings(self._owned_summaries)
-        self._outbound: dict[str, ReplicationQueue] = {}
         self._commits = GroupCommit(store)
         self._quorum = QuorumBook()
         self._quorum_reached: dict[RowKey, trio.Event] = {}
-        self._membership_changed = trio.Event()
-        self._repair_soon = trio.Event()
-        self._refresh_soon = trio.Event()
-        self._random = random.Random(identity.ed25519_public)
-        #: When this node first saw each node listed (epoch ms).
-        self._first_listed: dict[str, int] = {}
         self._pool: RpcPool | None = None
-        self._announced_at = -float("inf")
+        # The background drivers; one seeded generator keeps their jitter reproducible.
+        rng = random.Random(identity.ed25519_public)
+        self._listing = DirectoryRefresh(
+            identity,
+            registration,
+            directory,
+            clock,
+            url=lambda: self.url,
+            on_membership=self._membership,
+            announce_interval_s=self.config.announce_interval_s,
+            refresh_s=self.config.registry_refresh_s,
+            rng=rng,
+        )
+        self._repairer = Repairer(
+            store,
+            clock,
+            peers=self.peers,
+            dial=self._peer,
+            summaries=self._owned_summaries,
+            ingest=self._ingest,
+            refused=self._count_refused,
+            stats=self.stats,
+            interval_s=self.config.repair_interval_s,
+            rng=rng,
+        )
+        self._replicator = Replicator(
+            transport,
+            identity,
+            clock,
+            peers=self.peers,
+            pending=self._quorum.rows,
+            committed=self._peer_committed,
+            lost=self._repairer.soon,
+            hand_over=HandOver(
+                store,
+                clock,
+                swarms=lambda: self.core.swarms,
+                owns=self.owns,
+                first_listed=self._listing.first_listed,
+                dial=self._peer,
+                stats=self.stats,
+            ).run,
+            queue_bytes=self.config.replication_queue_bytes,
+            stats=self.stats,
+        )
         self.rpc = RpcServer(
             {
                 "info": self._info,
@@ -237,6 +252,7 @@ class StorageNode:
                 "list": self._list,
             },
             self.config.limits,
+            clock,
         )
         #: Requests that reach this node through a device's onion path (the exit relay
         #: is the caller it sees), answered as if they had come directly.
@@ -253,47 +269,34 @@ class StorageNode:
             self.url = await nursery.start(self.rpc.serve, self.transport, address)
             await self.refresh()
             nursery.start_soon(self._commits.run)
-            nursery.start_soon(self._directory_loop)
-            nursery.start_soon(self._replication_loop)
-            nursery.start_soon(self._repair_loop)
-            nursery.start_soon(self._sweep_loop)
+            nursery.start_soon(self._listing.run)
+            nursery.start_soon(self._replicator.run)
+            nursery.start_soon(self._repairer.run)
+            nursery.start_soon(
+                sweep_expired,
+                self.store,
+                self.clock,
+                self.config.sweep_interval_s,
+                self.stats,
+                self.pubkey[:8],
+            )
             task_status.started(self.url)
 
     async def refresh(self) -> None:
-        """Announce, re-read the registry, and act on a membership change. Failures are
-        logged: a node keeps serving with the last registry it saw. A failed announce
-        does not stop the read, which may still succeed from other nodes' copies."""
-        errors = PEER_ERRORS
-        if trio.current_time() - self._announced_at >= self.config.announce_interval_s:
-            try:
-                await self.directory.announce(
-                    self.identity, "node", self.url, registration=self.registration
-                )
-                self._announced_at = trio.current_time()
-            except errors as exc:
-                logger.warning("node %s: cannot announce: %s", self.pubkey[:8], exc)
-        try:
-            snapshot = await self.directory.fetch()
-        except errors as exc:
-            logger.warning("node %s: registry unavailable: %s", self.pubkey[:8], exc)
-            return
-        if self.pubkey not in {n.pubkey for n in snapshot.nodes}:
-            # A listing without us is stale about us: acting on it would hand everything
-            # over. Announce again at the next refresh and keep the map we have.
-            logger.warning("node %s: not listed by the registry yet", self.pubkey[:8])
-            self._announced_at = -float("inf")
-            return
-        seen_at = self.clock.now_ms()
-        for listed in snapshot.nodes:
-            self._first_listed.setdefault(listed.pubkey, seen_at)
-        if snapshot.nodes != self.snapshot.nodes:
-            self.snapshot = snapshot
-            self.core.swarms = SwarmMap.build(snapshot.nodes)
-            self._listings.forget({n.pubkey for n in self.peers()})
-            self._membership_changed.set()
-            self._repair_soon.set()  # new members may lack what we hold, and vice versa
-        else:
-            self.snapshot = snapshot
+        """Announce, re-read the registry, and act on a membership change now
+        (:meth:`.DirectoryRefresh.refresh`)."""
+        await self._listing.refresh()
+
+    def _membership(self, snapshot: Snapshot) -> None:
+        self.core.swarms = SwarmMap.build(snapshot.nodes)
+        self._listings.forget({n.pubkey for n in self.peers()})
+        self._replicator.membership_changed()
+        self._repairer.soon()  # new members may lack what we hold, and vice versa
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The last registry listing this node acted on."""
+        return self._listing.snapshot
 
     @property
     def swarms(self) -> SwarmMap:
@@ -312,7 +315,7 @@ class StorageNode:
     @property
     def replication_queues(self) -> Mapping[str, ReplicationQueue]:
         """Per peer of the current membership, the rows waiting to be replicated to it."""
-        return self._outbound
+        return self._replicator.queues
 
     # --- client methods -------------------------------------------------------------------
     # A method that never waits is a plain function, so the RPC server answers it inline
@@ -359,7 +362,7 @@ class StorageNode:
             if awaiting:
                 self._quorum_reached[key] = trio.Event()
             if new or awaiting:  # every new row goes to every peer, whatever the quorum
-                self._queue_for_peers([row])
+                self._replicator.offer([row])
             return self._quorum_reached.get(key)
 
         try:
@@ -383,7 +386,7 @@ class StorageNode:
         """Refuse a store past its connection's byte rate (``rate_limited``) or its
         owner's quota (``too_large``): :mod:`.allowance`."""
         size = len(row.data or b"")
-        now = trio.current_time()
+        now = self.clock.now_s()
         budget = self._store_budgets.get(conn)
         if budget is None:
             budget = connection_budget(now, self.config.store_bytes_per_s)
@@ -515,14 +518,7 @@ class StorageNode:
             if isinstance(effect, Push):
                 effect.conn.notify("notify", effect.notification.to_wire())
             else:
-                self._queue_for_peers(effect.rows)
-
-    def _queue_for_peers(self, rows: Sequence[StoredMessage]) -> None:
-        for row in rows:
-            for queue in self._outbound.values():
-                if not queue.offer(row):
-                    self.stats.replication_dropped += 1
-                    self._repair_soon.set()
+                self._replicator.offer(effect.rows)
 
     def _ingest(self, rows: Iterable[StoredMessage]) -> int:
         """Rows from a peer: keep those of owners this node serves, at its own read
@@ -555,7 +551,7 @@ class StorageNode:
             params, params.rest(), self._guard, method=method, now_ms=self.clock.now_ms()
         )
         if node not in {n.pubkey for n in self.snapshot.nodes}:
-            self._refresh_soon.set()  # it may have joined since we last looked
+            self._listing.soon()  # it may have joined since we last looked
             raise RpcError("unauthorized", "not a registered node")
         if swarm_only and node not in {n.pubkey for n in self.peers()}:
             raise RpcError("unauthorized", "not a member of this swarm")
@@ -620,180 +616,8 @@ class StorageNode:
             held += row is not None and row.expiry_ms > now
         return HeldReply(held).to_wire()
 
-    # --- background loops -----------------------------------------------------------------
+    # --- the drivers' peers -----------------------------------------------------------------
 
     async def _peer(self, peer: NodeInfo) -> PeerCalls:
         assert self._pool is not None, "the node is not serving"
         return PeerCalls(await self._pool.get(peer.url), self.identity, self.clock)
-
-    async def _directory_loop(self) -> None:
-        """Re-read the registry every ``registry_refresh_s``, sooner when asked. Nodes
-        join in batches, so a listing that just changed (or that a node just started
-        with) is likely to change again: the interval starts at
-        :data:`LISTING_SETTLING_S` and doubles while nothing changes, and a node started
-        beside others learns of them in seconds without anyone having to contact it."""
-        interval = min(LISTING_SETTLING_S, self.config.registry_refresh_s)
-        while True:
-            with trio.move_on_after(interval * (0.9 + 0.2 * self._random.random())):
-                await self._refresh_soon.wait()
-                await trio.sleep(REFRESH_SOON_S)
-            self._refresh_soon = trio.Event()
-            before = self.snapshot.nodes
-            try:
-                await self.refresh()
-            except Exception as exc:  # a bad listing must not stop later refreshes
-                logger.warning("node %s: registry refresh failed: %r", self.pubkey[:8], exc)
-            changed = self.snapshot.nodes != before
-            limit = self.config.registry_refresh_s
-            interval = min(limit, LISTING_SETTLING_S if changed else 2 * interval)
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await trio.sleep(self.config.sweep_interval_s)
-            try:
-                self.stats.swept += self.store.sweep(self.clock.now_ms())
-            except Exception as exc:  # say a full disk: the next sweep tries again
-                logger.warning("node %s: sweep failed: %r", self.pubkey[:8], exc)
-
-    async def _replication_loop(self) -> None:
-        """One epoch per membership: a worker per peer, restarted when the swarm changes."""
-        while True:
-            changed = self._membership_changed
-            async with trio.open_nursery() as nursery:
-                self._outbound = {}
-                for peer in self.peers():
-                    queue = ReplicationQueue(max_bytes=self.config.replication_queue_bytes)
-                    self._outbound[peer.pubkey] = queue
-                    nursery.start_soon(self._replicate_to, peer, queue)
-                for row in self._quorum.rows():  # stores still waiting: the new peers count
-                    for queue in self._outbound.values():
-                        queue.offer(row)
-                nursery.start_soon(self._hand_over)
-                await changed.wait()
-                self._membership_changed = trio.Event()
-                nursery.cancel_scope.cancel()
-
-    async def _replicate_to(self, peer: NodeInfo, queue: ReplicationQueue) -> None:
-        while True:
-            try:
-                async with open_rpc(self.transport, peer.url) as client:
-                    calls = PeerCalls(client, self.identity, self.clock)
-                    while True:
-                        batch = await queue.take(256)
-                        for part in batches(batch):
-                            with trio.fail_after(PEER_CALL_TIMEOUT_S):
-                                refused = set((await calls.replicate(part)).refused)
-                            self._peer_committed(
-                                peer.pubkey, (r for r in part if r.pubkey not in refused)
-                            )
-            except Exception as exc:  # one peer's failure, whatever it is, is that peer's
-                logger.info("replication to %s interrupted: %r", peer.pubkey[:8], exc)
-                self._repair_soon.set()
-                await trio.sleep(REPLICATION_RETRY_S)
-
-    async def _repair_loop(self) -> None:
-        """Repair with every peer at start-up and after replication lost something;
-        otherwise gossip with one random peer per interval, which is enough for a swarm
-        to converge in a few intervals at a fraction of the traffic."""
-        everyone = True
-        while True:
-            peers = list(self.peers())
-            if not everyone and peers:
-                peers = [self._random.choice(peers)]
-            for peer in peers:
-                try:
-                    with trio.fail_after(PEER_CALL_TIMEOUT_S * 6):
-                        await self.repair_with(peer)
-                except PEER_ERRORS as exc:
-                    logger.info("repair with %s failed: %r", peer.pubkey[:8], exc)
-                except Exception as exc:  # one peer's failure, whatever it is, is that peer's
-                    logger.warning("repair with %s failed: %r", peer.pubkey[:8], exc)
-            interval = self.config.repair_interval_s * (0.8 + 0.4 * self._random.random())
-            with trio.move_on_after(interval):
-                await self._repair_soon.wait()
-                await trio.sleep(REPLICATION_RETRY_S)
-            everyone = self._repair_soon.is_set()
-            self._repair_soon = trio.Event()
-
-    async def repair_with(self, peer: NodeInfo) -> None:
-        """One anti-entropy round with one peer: both end up with the union."""
-        calls = await self._peer(peer)
-        theirs = await calls.repair_digest()
-        ours = repair.by_bucket(self._owned_summaries())
-        for bucket in repair.differing_buckets(repair.bucket_digests(ours), theirs.digests):
-            diff = repair.diff_bucket(ours.get(bucket, ()), await calls.repair_list(bucket))
-            for start in range(0, len(diff.pull), LISTING_PAGE):
-                await self._pull(calls, peer, diff.pull[start : start + LISTING_PAGE])
-            pushed = (self.store.get(*key) for key in diff.push)
-            for part in batches(row for row in pushed if row is not None):
-                await calls.replicate(part)
-                self.stats.repaired_out += len(part)
-
-    async def _pull(self, calls: PeerCalls, peer: NodeInfo, keys: Sequence[RowKey]) -> None:
-        """Fetch the rows of ``keys`` (at most a page) from ``peer``, a batch at a time."""
-        while keys:
-            reply = await calls.repair_fetch(keys)
-            self._count_refused(reply.refused, peer.pubkey)
-            if not reply.rows:
-                return
-            self.stats.repaired_in += self._ingest(reply.rows)
-            got = {row_key(r) for r in reply.rows}
-            keys = [k for k in keys if k not in got]
-            if reply.refused:
-                return  # the peer sent rows we refuse; the next round retries
-
-    async def _hand_over(self) -> None:
-        """Give every owner that no longer maps to this node's swarm to its new swarm,
-        and forget it once every new member has taken it; retried with back-off (a new
-        member may not have read the registry yet) until nothing foreign is left. Runs
-        inside the replication epoch, so a newer membership restarts it."""
-        backoff = REPLICATION_RETRY_S
-        while not await self._hand_over_once():
-            await trio.sleep(backoff)
-            backoff = min(HAND_OVER_MAX_BACKOFF_S, backoff * 2)
-
-    async def _hand_over_once(self) -> bool:
-        """One pass; True when this node holds no foreign owner any more.
-
-        An owner's rows are forgotten here only once every member of its new swarm has
-        them, as read back from each (a member's word that it took them is not enough),
-        and at least one of those members is established: listed here for
-        ``HAND_OVER_ELDER_MS`` already. A wave of fresh nodes that takes over a swarm and
-        vanishes cannot make the old members drop what they held; it must stay, listed
-        and admitted, for that long first."""
-        if not self.swarms.swarms:
-            return True
-        now = self.clock.now_ms()
-        complete = True
-        for owner in self.store.owners():
-            if self.owns(owner):
-                continue
-            rows = list(self.store.records(now, [owner]))
-            targets = self.swarms.nodes_for_key(session_id_key(owner))
-            takers: list[NodeInfo] = []
-            for target in targets:
-                try:
-                    if await self._hand_to(target, rows):
-                        takers.append(target)
-                except Exception as exc:  # one peer's failure, whatever it is, is that peer's
-                    logger.info(
-                        "hand-over of %s to %s failed: %r", owner[:10], target.pubkey[:8], exc
-                    )
-            if may_forget(takers, targets, self._first_listed, now):
-                self.store.remove_owner(owner)
-                self.stats.handed_over += len(rows)
-            else:
-                complete = False
-        return complete
-
-    async def _hand_to(self, target: NodeInfo, rows: Sequence[StoredMessage]) -> bool:
-        """Push ``rows`` to ``target`` and read back that it holds every one."""
-        calls = await self._peer(target)
-        for part in batches(rows):
-            if (await calls.replicate(part)).refused:
-                return False
-        for start in range(0, len(rows), LISTING_PAGE):
-            keys = [row_key(r) for r in rows[start : start + LISTING_PAGE]]
-            if await calls.held(keys) < len(keys):
-                return False
-        return True

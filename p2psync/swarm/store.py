@@ -340,6 +340,11 @@ class MessageStore:
         ).fetchone()
         return int(row[0]), int(row[1])
 
+    def proofs_kept(self) -> int:
+        """How many signed proofs the store keeps: each once, however many rows it
+        covers, and none past its last row (what an operator checks the space of)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM proofs").fetchone()[0])
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 

@@ -89,7 +89,6 @@ async def test_weeks_away_end_with_the_same_history(
                 await bob.flush()
                 # The rest of the day nobody does anything but keep the network alive.
                 network.clock.skip_idle((DAY_S - 180) * 1000)
-                await trio.sleep(180)  # nodes and relays re-announce after the jump
         async with (
             device(network, tmp_path, "phone") as phone,
             device(network, tmp_path, "desktop") as desktop,

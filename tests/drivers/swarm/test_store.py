@@ -74,10 +74,9 @@ def test_a_proof_is_kept_once_and_forgotten_with_its_rows(tmp_path: Path) -> Non
         r.hash for r in rows
     ]
     assert {r.proof for r in store.records(0)} == {b"signed delete"}
-    count = "SELECT COUNT(*) FROM proofs"
-    assert store._db.execute(count).fetchone()[0] == 1
+    assert store.proofs_kept() == 1
     store.sweep(5_002)
-    assert store._db.execute(count).fetchone()[0] == 0
+    assert store.proofs_kept() == 0
 
 
 def test_a_store_written_before_proofs_existed_opens(tmp_path: Path) -> None:
