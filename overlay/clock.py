@@ -8,9 +8,10 @@ in the system together, and days of virtual time run in seconds.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import trio
 
@@ -74,6 +75,11 @@ class Clock:
         """``trio.sleep`` in this clock's time (see :meth:`move_on_after`)."""
         with self.move_on_after(seconds):
             await trio.sleep_forever()
+
+    def move_on_at_ms(self, epoch_ms: int | None) -> AbstractContextManager[trio.CancelScope]:
+        """``trio.move_on_at`` for a deadline in this clock's epoch milliseconds (None:
+        never), moved by :meth:`skip_idle` like every wait of this clock's."""
+        return self._move_on_at(math.inf if epoch_ms is None else self.trio_time_for(epoch_ms))
 
     async def sleep_until_ms(self, epoch_ms: int) -> None:
         """Sleep until the clock reads ``epoch_ms``: one cancellable checkpoint."""

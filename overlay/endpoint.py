@@ -11,7 +11,6 @@ republisher, one driver per session. Leaving its ``async with`` cancels them all
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
@@ -258,7 +257,7 @@ class Endpoint:
             self._execute(self._core.keep_paths(now))
             await self._clock.sleep_until_ms(now + PATH_CHECK_INTERVAL_MS)
             due = self._core.next_check_ms(self._clock.now_ms())
-            with trio.move_on_at(math.inf if due is None else self._clock.trio_time_for(due)):
+            with self._clock.move_on_at_ms(due):
                 await changed.wait()
 
     def _start_path(self) -> Path:
@@ -332,9 +331,7 @@ class Endpoint:
         answered = self._askers[token] = trio.Event()
         try:
             self._execute(sends)
-            with trio.move_on_at(
-                math.inf if deadline_ms is None else self._clock.trio_time_for(deadline_ms)
-            ):
+            with self._clock.move_on_at_ms(deadline_ms):
                 await answered.wait()
         finally:
             del self._askers[token]
@@ -441,7 +438,7 @@ class Endpoint:
             changed = self._paths_changed
             republish = self._core.keep_introsets(self._clock.now_ms())
             if republish is None:
-                with trio.move_on_at(self._clock.trio_time_for(self._core.republish_at_ms)):
+                with self._clock.move_on_at_ms(self._core.republish_at_ms):
                     await changed.wait()
                 continue
             for secret in republish.secrets:
@@ -564,8 +561,7 @@ class Endpoint:
                 if core.state in (SessionState.CLOSED, SessionState.FAILED):
                     break  # outgoing() closed it: nothing will kick this driver again
                 deadline = core.next_deadline_ms()
-                when = math.inf if deadline is None else self._clock.trio_time_for(deadline)
-                with trio.move_on_at(when):
+                with self._clock.move_on_at_ms(deadline):
                     await session._kick.wait()
                 session._kick = trio.Event()
         finally:

@@ -22,7 +22,6 @@ so every message falls back to the swarm after the grace period, as it must.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
@@ -341,8 +340,7 @@ class SiblingSync:
         while True:
             kick = self._kick
             deadline = self.live.next_deadline_ms()
-            when = math.inf if deadline is None else self.clock.trio_time_for(deadline)
-            with trio.move_on_at(when):
+            with self.clock.move_on_at_ms(deadline):
                 await kick.wait()
             if kick.is_set():
                 self._kick = trio.Event()
