@@ -21,6 +21,7 @@ import json
 import math
 import signal
 import sys
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from .device import (
     describe_device,
     open_device,
 )
+from .device.content import REFUSED_NAME_CATEGORIES
 
 DEFAULT_TIMEOUT_S = 600.0
 #: Exit status after SIGTERM, as a shell reports a process it ended (128 + 15).
@@ -70,8 +72,20 @@ def _name_of(device: Device, user: str) -> str:
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], line: str) -> None:
-    """One result: a JSON object per line with ``--json``, else the human line."""
-    print(json.dumps(obj) if getattr(args, "json", False) else line, flush=True)
+    """One result: a JSON object per line with ``--json``, else the human line, with
+    what others wrote in it made harmless for a terminal (:func:`terminal_safe`)."""
+    print(json.dumps(obj) if getattr(args, "json", False) else terminal_safe(line), flush=True)
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control, format (bidi overrides among them), separator and
+    unassigned character shown as ``\\uXXXX``: a friend's message or a room post is
+    attacker-chosen text, and an escape sequence in it could rewrite the line around it
+    (the name and id beside it included) or the terminal itself."""
+    return "".join(
+        f"\\u{ord(char):04x}" if unicodedata.category(char) in REFUSED_NAME_CATEGORIES else char
+        for char in text
+    )
 
 
 def _message(item: HistoryItem, name: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import nacl.public
 import nacl.secret
 import trio
 
+from overlay.constants import EXIT_TIMEOUT_MS
 from overlay.endpoint import Endpoint
 from overlay.exits import ExitFailed
 from overlay.link import Transport
@@ -63,8 +64,13 @@ ONION_FRESHNESS_MS = 2 * 60 * 1000
 #: after ONION_FRESHNESS_MS anyway). Past it the oldest are forgotten first: it takes over
 #: 500 onion requests a second for one to be forgotten while still fresh.
 ONION_REPLAY_ENTRIES = 64 * 1024
-#: How long a client waits for one attempt's answer before trying another path.
-ONION_ATTEMPT_TIMEOUT_S = 5.0
+#: How long a client waits for one attempt's answer before trying another path: past the
+#: exit's own timeout, so a slow server gets a request once per attempt that failed, not
+#: a copy on every path while the first is still being answered.
+ONION_ATTEMPT_TIMEOUT_S = EXIT_TIMEOUT_MS / 1000 + 2.0
+#: The id every inner request carries: a per-device counter would let a server tell a
+#: device's requests apart from its siblings' (and count them) through any exit.
+ONION_REQUEST_ID = 1
 #: Attempts per request (each on a path not tried yet for it, when there is one).
 ONION_ATTEMPTS = 3
 
@@ -175,9 +181,15 @@ class DirectoryKeys:
     async def __call__(self, address: str) -> bytes:
         key = self._known.get(address)
         if key is None:
+            # A node's announcement names its own url: it never replaces a key given
+            # here, and a url that two nodes announce names neither.
             snapshot = await self._directory.fetch()
-            self._known.update({n.url: bytes.fromhex(n.pubkey) for n in snapshot.nodes})
-            key = self._known.get(address)
+            by_url: dict[str, set[str]] = {}
+            for node in snapshot.nodes:
+                by_url.setdefault(node.url, set()).add(node.pubkey)
+            announced = by_url.get(address, set())
+            if len(announced) == 1:
+                key = bytes.fromhex(next(iter(announced)))
         if key is None:
             raise RpcError("unavailable", f"no announced key for {address}")
         return key
@@ -196,7 +208,6 @@ class OnionRpcPool:
         self.transport = transport
         self._server_key = server_key
         self._clock = clock
-        self._ids = 0
         #: Attempts that got no answer (a timeout, or a failure from the exit); all but a
         #: request's last are followed by one on another path.
         self.failed_attempts = 0
@@ -208,8 +219,7 @@ class OnionRpcPool:
         """Send one request by onion and return its result, or raise :class:`RpcError`
         (the server's refusal) or :class:`ConnectionLost` (no path got an answer)."""
         key = await self._server_key(address)
-        self._ids += 1
-        request = Request(self._ids, method, dict(params or {}))
+        request = Request(ONION_REQUEST_ID, method, dict(params or {}))
         tried: list[Path] = []
         for _ in range(ONION_ATTEMPTS):
             with trio.move_on_after(ONION_ATTEMPT_TIMEOUT_S):

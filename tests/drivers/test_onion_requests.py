@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from types import SimpleNamespace
+from typing import Any, ClassVar, cast
 
 import pytest
 import trio
@@ -297,3 +298,27 @@ def test_a_network_file_with_relays_and_server_keys_means_onion_requests(tmp_pat
     path.write_text(json.dumps(description | {"opengroup_key": "zz" * 32}))
     with pytest.raises(NetworkFileError, match="'opengroup_key' must be 32 bytes in hex"):
         NetworkAccess.from_file(path)
+
+
+async def test_a_node_announcing_a_servers_url_gets_no_onion_request_sealed_to_it() -> None:
+    """Nodes name their own urls: a node announcing the file server's url (or another
+    node's) does not replace the key a device was given, and a url that two nodes announce
+    is sealed to neither."""
+    files, rogue, honest = (Identity.from_label(n) for n in ("files", "rogue", "honest"))
+
+    class Listing:
+        nodes: ClassVar[list[SimpleNamespace]] = [
+            SimpleNamespace(url="ws://files", pubkey=rogue.ed25519_public.hex()),
+            SimpleNamespace(url="ws://node", pubkey=honest.ed25519_public.hex()),
+            SimpleNamespace(url="ws://node", pubkey=rogue.ed25519_public.hex()),
+            SimpleNamespace(url="ws://alone", pubkey=honest.ed25519_public.hex()),
+        ]
+
+        async def fetch(self) -> Listing:
+            return self
+
+    keys = DirectoryKeys(cast(Any, Listing()), {"ws://files": files.ed25519_public})
+    assert await keys("ws://alone") == honest.ed25519_public
+    assert await keys("ws://files") == files.ed25519_public
+    with pytest.raises(RpcError, match="no announced key"):
+        await keys("ws://node")
