@@ -27,6 +27,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.audit import ServerAudit
 from overlay.keys import x25519_of
 from p2psync.device import Device, DeviceConfig, open_device
 from p2psync.envelope import open_envelope
@@ -82,7 +83,9 @@ async def _scenario(
 ) -> dict[str, Any]:
     # Quick maintenance, so the network settles in seconds after the clock jump.
     quick = NodeConfig(registry_refresh_s=1.0, announce_interval_s=1.0)
-    config = DeviceConfig(receive="subscribe", grace_s=2.0)
+    # Devices reach every server by onion requests, so they poll: a subscription needs a
+    # connection of its own, which would show the node the device's address.
+    config = DeviceConfig(grace_s=2.0)
     with tempfile.TemporaryDirectory(prefix="p2psync-demo-") as root:
         async with open_local_network(
             6, relays=8, transport=transport, node_config=quick, seed=seed
@@ -91,12 +94,17 @@ async def _scenario(
                 f"embedded network up ({transport}): registry, file server, open group, "
                 "6 service nodes, 8 onion relays"
             )
-            access = network.access()
+            audit = ServerAudit()
+            audit.watch(network)
+            hosts = {
+                name: name if transport == "memory" else f"127.0.0.{11 + index}"
+                for index, name in enumerate(("alice-phone", "alice-desktop", "bob"))
+            }
 
             def open_as(name: str) -> Any:
                 return open_device(
                     Path(root) / name,
-                    access,
+                    network.access(rpc_route="onion", host=hosts[name]),
                     mode=mode,
                     name=name,
                     seed=Identity.from_label(f"demo/{seed}/{name}").seed,
@@ -117,6 +125,16 @@ async def _scenario(
                 )
                 figures = await _story(network, phone, desktop, bob, mode, say, watch, reader)
                 figures["privacy"].update(await _privacy(network, phone, watch, figures["storage"]))
+                alice = {hosts["alice-phone"], hosts["alice-desktop"]}
+                figures["privacy"].update(
+                    {
+                        "server_requests": len(audit.observations),
+                        "device_addresses_seen_by_servers": audit.requests_from(alice),
+                        "servers_seeing_alice_from_two_addresses": (
+                            audit.accounts_seen_from_two(alice)
+                        ),
+                    }
+                )
                 return figures
 
 
@@ -271,8 +289,8 @@ async def _story(
     for device in (phone, bob):
         await device.set_online(False)
     network.clock.skip_idle(PAST_TTL_MS)
+    await trio.sleep(3)  # the overlay settles after the jump before the devices return
     say("   [italic]the clock jumps 25 h (virtual time): everything the swarm held expired[/]")
-    await trio.sleep(3)  # nodes and relays re-announce after the jump
     for device in (phone, bob, desktop):
         await device.set_online(True)
     took = await _step(
@@ -391,6 +409,17 @@ def _privacy_table(summary: dict[str, Any]) -> Table:
         f"of {privacy['stored_items']} messages stored before the jump, showing a device "
         "or overlay key",
         str(privacy["stored_items_showing_a_key"]),
+    )
+    table.add_row(
+        "servers",
+        f"of {privacy['server_requests']} requests they answered, from a device's own "
+        "address (onion requests come from exit relays)",
+        str(privacy["device_addresses_seen_by_servers"]),
+    )
+    table.add_row(
+        "servers",
+        "that saw Alice's account from both devices' addresses",
+        str(privacy["servers_seeing_alice_from_two_addresses"]),
     )
     table.add_row(
         "onion relays",

@@ -304,7 +304,10 @@ async def open_local_network(
                 fileserver.serve, chosen, chosen.listen_address("fileserver")
             )
             opengroup = OpenGroupServer(
-                directory / "opengroup.sqlite3", clock, network.fileserver_url, chosen
+                directory / "opengroup.sqlite3",
+                clock,
+                network.fileserver_url,
+                chosen.as_host("opengroup"),  # what the file server sees it call from
             )
             network.opengroup_url = await nursery.start(
                 opengroup.serve, chosen, chosen.listen_address("opengroup")

@@ -38,3 +38,8 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, mode: str) -> None:
     assert privacy["relay_cells"] > 100 and len(privacy["relay_cell_sizes"]) == 1
     assert privacy["relay_cells_showing_a_key"] == 0
     assert privacy["introsets"] > 0 and privacy["introsets_showing_a_key"] == 0
+    # Devices reach every server by onion requests from addresses of their own: no
+    # server answered a request from either of Alice's devices' addresses.
+    assert privacy["server_requests"] > 0
+    assert privacy["device_addresses_seen_by_servers"] == 0
+    assert privacy["servers_seeing_alice_from_two_addresses"] == 0
