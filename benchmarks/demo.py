@@ -286,6 +286,8 @@ async def _story(
         owners["alice-desktop"] = desktop.whoami().device_id
     figures["storage"] = _storage(network, owners)
     figures["privacy"] = _stored_items(network, watch)
+    # Bob polls (by onion requests): let him read Alice's answer before the jump expires it.
+    await _step("Alice's answer on Bob's device", lambda: len(bob.history(alice)) == 5)
     for device in (phone, bob):
         await device.set_online(False)
     network.clock.skip_idle(PAST_TTL_MS)

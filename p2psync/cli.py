@@ -563,9 +563,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _single(exc: BaseException) -> BaseException:
     """The one error inside (possibly nested) single-member exception groups, as Trio
-    reports an error or a Ctrl-C that left a nursery."""
+    reports an error or a Ctrl-C that left a nursery. A stop (Ctrl-C, SIGTERM) is the
+    answer whatever else it met on the way out: a worker whose pipe broke as it was being
+    stopped is not an error of the command."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    if isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None:
-        return KeyboardInterrupt()
+    if isinstance(exc, BaseExceptionGroup):
+        for stop in (KeyboardInterrupt, Terminated):
+            if exc.subgroup(stop) is not None:
+                return stop()
     return exc

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from overlay.constants import DEFAULT_HOPS
 from overlay.contact import Contact, ContactError
 from overlay.endpoint import open_endpoint
 from overlay.link import TcpTransport, Transport
@@ -51,6 +52,10 @@ def _ledger(description: dict[str, object], path: Path) -> bytes:
     if len(key) != 32:
         raise NetworkFileError(f"{path}: 'ledger' must be the ledger's key, 64 hex digits")
     return key
+
+
+def _enough_relays(relays: object) -> bool:
+    return isinstance(relays, list) and len(relays) >= DEFAULT_HOPS
 
 
 def _key(description: dict[str, object], key: str, path: Path) -> bytes:
@@ -159,8 +164,8 @@ class NetworkAccess:
             _url(description, "fileserver", path),
             _url(description, "opengroup", path),
             TcpTransport(),
-            # With relays to build paths on and every server's key, no server need ever
+            # With relays enough for a path and every server's key, no server need ever
             # see this device's address.
-            rpc_route="onion" if relays and len(keys) == 2 else "direct",
+            rpc_route="onion" if _enough_relays(relays) and len(keys) == 2 else "direct",
             server_keys=keys,
         )

@@ -286,8 +286,11 @@ def test_a_network_file_with_relays_and_server_keys_means_onion_requests(tmp_pat
     description |= {
         "fileserver_key": files.ed25519_public.hex(),
         "opengroup_key": rooms.ed25519_public.hex(),
-        "relays": [{"pubkey": "ab" * 32, "address": "127.0.0.1:4"}],
+        "relays": [{"pubkey": "ab" * 32, "address": "127.0.0.1:4"}] * 2,
     }
+    path.write_text(json.dumps(description))
+    assert NetworkAccess.from_file(path).rpc_route == "direct", "two relays make no path"
+    description["relays"] = [{"pubkey": "ab" * 32, "address": "127.0.0.1:4"}] * 3
     path.write_text(json.dumps(description))
     access = NetworkAccess.from_file(path)
     assert access.rpc_route == "onion"
