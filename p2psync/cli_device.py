@@ -23,7 +23,7 @@ import signal
 import sys
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -291,9 +291,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             for item in backlog:
                 _print_message(args, device, item)
                 device.mark_read(item)
-            async for item in device.incoming(after_seq=backlog[-1].seq if backlog else None):
-                _print_message(args, device, item)
-                device.mark_read(item)
+            # Closed here, not left to the garbage collector after the run has ended (a
+            # Ctrl-C would then print the generator's late finalisation as a traceback).
+            arrivals = device.incoming(after_seq=backlog[-1].seq if backlog else None)
+            async with aclosing(arrivals):
+                async for item in arrivals:
+                    _print_message(args, device, item)
+                    device.mark_read(item)
 
     args.timeout = math.inf
     return _run(args, work)

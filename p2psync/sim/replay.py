@@ -25,6 +25,7 @@ Devices receive by subscription (pushes) and catch up with a drain every
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -235,15 +236,17 @@ class Replay:
     async def _watch(self, device: Device, outcome: Outcome) -> None:
         """Time every message as it is filed on ``device``."""
         name = device.whoami().name
-        async for item in device.incoming():
-            sent = self._sent_at.get(item.id)
-            if sent is not None and name in self._online_at_send[item.id]:
-                self._online_at_send[item.id].discard(name)
-                latency = float(self.clock.now_ms() - sent)
-                outcome.latencies.append(latency)
-                if item.outgoing:
-                    outcome.sibling_latencies.append(latency)
-            self._activity.set()
+        arrivals = device.incoming()
+        async with aclosing(arrivals):
+            async for item in arrivals:
+                sent = self._sent_at.get(item.id)
+                if sent is not None and name in self._online_at_send[item.id]:
+                    self._online_at_send[item.id].discard(name)
+                    latency = float(self.clock.now_ms() - sent)
+                    outcome.latencies.append(latency)
+                    if item.outgoing:
+                        outcome.sibling_latencies.append(latency)
+                self._activity.set()
 
     async def _read_nodes(self, holdings: Holdings) -> None:
         """New rows on the nodes: densely for a while after any activity, else rarely."""
