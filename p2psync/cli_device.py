@@ -122,23 +122,34 @@ async def _device(args: argparse.Namespace, *, online: bool = True) -> AsyncIter
             raise
 
 
-async def _stop_on_sigterm(scope: trio.CancelScope, stopped: list[int]) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            stopped.append(EXIT_TERMINATED)
+#: Exit status after Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+async def _stop_on_signals(
+    scope: trio.CancelScope, stopped: list[int], *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Ctrl-C and SIGTERM cancel the work, so the device leaves on the way out as from
+    any cancellation, whatever the work was awaiting when the signal came (a
+    KeyboardInterrupt could land in a task that is not the device's)."""
+    codes = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+    with trio.open_signal_receiver(*codes) as signals:
+        task_status.started()
+        async for signum in signals:
+            stopped.append(codes[signal.Signals(signum)])
             scope.cancel()
             return
 
 
 def _run(args: argparse.Namespace, work: Callable[[], Awaitable[None]]) -> int:
-    """Run ``work`` within ``--timeout``; SIGTERM stops it as Ctrl-C does (the device
-    leaves through its normal exit where it can) and exits 143."""
+    """Run ``work`` within ``--timeout``; Ctrl-C and SIGTERM stop it (the device leaves
+    on the way out) with 130 and 143."""
     stopped: list[int] = []
 
     async def main() -> None:
         with trio.fail_after(args.timeout):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope, stopped)
+                await nursery.start(_stop_on_signals, nursery.cancel_scope, stopped)
                 await work()
                 nursery.cancel_scope.cancel()
 

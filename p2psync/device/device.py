@@ -408,12 +408,15 @@ class Device:
             elif not online and not self._offline.is_set():
                 assert self._online_scope is not None
                 self._siblings.store_owed_copies()
+                # Those copies are in the durable outbox now: what leaving owes the
+                # siblings is done, even if a stop cuts the rest short (the outbox goes
+                # first on the next start), so the next start need not queue them again.
+                self._store.set_meta(ONLINE_META, b"0")
                 with trio.move_on_after(LEAVING_S):
                     await self.flush()
                 await self._siblings.leave()
                 self._online_scope.cancel()
                 await self._offline.wait()
-                self._store.set_meta(ONLINE_META, b"0")
 
     async def _run_online(self, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         with trio.CancelScope() as scope:
