@@ -22,9 +22,7 @@ from functools import partial
 from typing import Any
 
 from p2psync.network import LocalNetwork
-
-#: A session id in a request's parameters: ``05`` and 32 bytes of key in hex.
-_SESSION_ID_CHARS = 66
+from p2psync.swarm.messages import SESSION_ID_CHARS
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ class ServerAudit:
         accounts = frozenset(
             value
             for value in params.values()
-            if isinstance(value, str) and len(value) == _SESSION_ID_CHARS and value[:2] == "05"
+            if isinstance(value, str) and len(value) == SESSION_ID_CHARS and value[:2] == "05"
         )
         self.observations.append(Observation(server, method, _address(peer), accounts))
 

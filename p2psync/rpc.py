@@ -521,8 +521,8 @@ class RpcServer:
         return frame
 
     def _answer_inline(self, request: Request, connection: Connection) -> Frame:
-        self._observed(request, connection)
         try:
+            self._observed(request, connection)
             result = self.methods[request.method](Fields(request.params, "params"), connection)
             return Reply(request.id, result)
         except Exception as exc:
@@ -553,8 +553,8 @@ class RpcServer:
             in_flight.release()
 
     async def _run_handler(self, request: Request, connection: Connection) -> Frame:
-        self._observed(request, connection)
         try:
+            self._observed(request, connection)
             handler = self.methods.get(request.method)
             if handler is None:
                 raise RpcError("bad_request", f"unknown method {request.method!r}")

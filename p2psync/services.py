@@ -36,9 +36,9 @@ from .onion_requests import OnionService, rpc_exit
 from .opengroup import OpenGroupServer
 from .rpc import open_rpc_pool
 from .swarm.admission import Ledger, Registration, checked_registration
-from .swarm.constants import LISTING_SETTLING_S
 from .swarm.node import NodeConfig, StorageNode
 from .swarm.registry import Directory, FileDirectory, RegistryDirectory, RegistryServer
+from .swarm.settling import next_listing_read_s
 from .swarm.store import MessageStore
 
 logger = logging.getLogger(__name__)
@@ -292,16 +292,13 @@ class AnnouncedRelay:
             self._cores.append(core)
             await self.refresh()
             task_status.started(self.address)
-            # Relays start in batches: a listing that just changed (or that this relay
-            # started with) is likely to grow again soon, so the next re-read comes after
-            # a second, then doubling while nothing changes, up to ``refresh_s``.
-            interval = min(LISTING_SETTLING_S, self.refresh_s)
+            interval = next_listing_read_s(None, False, self.refresh_s)  # see .swarm.settling
             while True:
                 await self.clock.sleep(interval)
                 before = self.known_relays
                 await self.refresh()
                 changed = self.known_relays != before
-                interval = min(self.refresh_s, LISTING_SETTLING_S if changed else 2 * interval)
+                interval = next_listing_read_s(interval, changed, self.refresh_s)
 
     @asynccontextmanager
     async def _exit(self) -> AsyncIterator[ExitCallable | None]:

@@ -1,10 +1,8 @@
 """A node's directory driver: announce the node, re-read the registry, and hand each
 change in membership to the node (which then restarts replication and repair).
 
-Nodes join in batches, so a listing that just changed (or that a node just started
-with) is likely to change again: the interval starts at :data:`LISTING_SETTLING_S` and
-doubles while nothing changes, up to ``refresh_s``, and a node started beside others
-learns of them in seconds without anyone having to contact it. Waits are in the
+The listing is re-read on the schedule of :mod:`.settling` (soon after a start or a
+change, doubling while nothing changes, up to ``refresh_s``). Waits are in the
 network's :class:`~p2psync.clock.Clock`, so a skipped idle stretch makes the node
 announce itself again at once.
 """
@@ -19,9 +17,9 @@ import trio
 
 from ..clock import Clock
 from ..identity import Identity
-from .constants import LISTING_SETTLING_S
 from .node_shared import PEER_ERRORS
 from .registry import Directory, Snapshot
+from .settling import next_listing_read_s
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +102,7 @@ class DirectoryRefresh:
     async def run(self) -> None:
         """Re-read the registry every ``refresh_s`` (settling first), sooner when asked;
         no listing, however bad, ends the loop."""
-        interval = min(LISTING_SETTLING_S, self._refresh_s)
+        interval = next_listing_read_s(None, False, self._refresh_s)
         while True:
             with self._clock.move_on_after(interval * (0.9 + 0.2 * self._random.random())):
                 await self._soon.wait()
@@ -116,4 +114,4 @@ class DirectoryRefresh:
             except Exception as exc:  # a bad listing must not stop later refreshes
                 logger.warning("node %s: registry refresh failed: %r", self._pubkey[:8], exc)
             changed = self.snapshot.nodes != before
-            interval = min(self._refresh_s, LISTING_SETTLING_S if changed else 2 * interval)
+            interval = next_listing_read_s(interval, changed, self._refresh_s)

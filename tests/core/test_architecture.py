@@ -28,6 +28,7 @@ SANS_IO = [
     "p2psync/device/keys.py",
     "p2psync/swarm/ring.py",
     "p2psync/swarm/rows.py",
+    "p2psync/swarm/settling.py",
     "p2psync/swarm/records.py",
     "p2psync/swarm/repair.py",
     "p2psync/swarm/auth.py",
