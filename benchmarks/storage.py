@@ -99,10 +99,13 @@ def _run_strategies(scenario: Scenario, console: Any) -> dict[str, dict[str, Any
                     value = 1.0
                 progress.update(tasks[name], completed=value)
     finally:
-        for process in processes:
+        # A stop can come while the workers are still being started: only those that
+        # were (they have a pid) can be terminated and joined.
+        started = [process for process in processes if process.pid is not None]
+        for process in started:
             if process.is_alive():
                 process.terminate()
-        for process in processes:
+        for process in started:
             process.join()
     return {name: figures[name] for name in STRATEGIES}
 
