@@ -47,6 +47,7 @@ Between siblings, over overlay sessions, a history item travels as the body of a
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,17 @@ MODES = tuple(mode.value for mode in Mode)
 #: sends it and printed on a terminal beside an id, so none of these may reach one.
 REFUSED_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
+#: The one space separator (Unicode ``Zs``) a display name may hold: the others (no-break,
+#: en, em, ideographic spaces...) look like it on a terminal, so two names that differ
+#: only in them would read as one.
+ALLOWED_SPACE = " "
+#: A run of this many hex digits reads as a piece of a session id (the CLI shows ids as
+#: ``05`` and 8 hex digits, ``…``, 4 more), so a name holding one could pass for an id.
+ID_LIKE_HEX_RUN = 8
+#: What a name beside an id could forge: the opening of ``(05…)``, the id in brackets
+#: the CLI prints after every name.
+_ID_LOOKALIKE = re.compile(rf"\(05|[0-9a-fA-F]{{{ID_LIKE_HEX_RUN},}}")
+
 #: Contact states (:class:`~p2psync.device.friends.ContactState`) by their wire values.
 CONTACT_STATES = tuple(state.value for state in ContactState)
 
@@ -97,15 +109,25 @@ def _session_ids(fields: Fields, name: str) -> tuple[str, ...]:
 
 
 def check_display_name(name: str) -> str:
-    """``name`` if it is a display name a terminal can show safely (1 to
-    :data:`MAX_NAME_CHARS` characters, none of :data:`REFUSED_NAME_CATEGORIES`), else
-    :class:`DecodeError` saying why."""
+    """``name`` if it is a display name a terminal can show safely and that cannot pass
+    for someone else's id (1 to :data:`MAX_NAME_CHARS` characters, none of
+    :data:`REFUSED_NAME_CATEGORIES`, no space but :data:`ALLOWED_SPACE` and not only
+    spaces, nothing :data:`_ID_LOOKALIKE` finds once compatibility forms are folded),
+    else :class:`DecodeError` saying why."""
     if not 0 < len(name) <= MAX_NAME_CHARS:
         raise DecodeError(f"a display name is 1 to {MAX_NAME_CHARS} characters")
     for char in name:
         category = unicodedata.category(char)
-        if category in REFUSED_NAME_CATEGORIES:
+        if category in REFUSED_NAME_CATEGORIES or (category == "Zs" and char != ALLOWED_SPACE):
             raise DecodeError(f"a display name may not hold U+{ord(char):04X} ({category})")
+    if not name.strip(ALLOWED_SPACE):
+        raise DecodeError("a display name may not be spaces only")
+    # Compatibility forms (fullwidth digits and brackets) read as the plain ones.
+    if _ID_LOOKALIKE.search(unicodedata.normalize("NFKC", name)):
+        raise DecodeError(
+            "a display name may not look like an id: '(05' or"
+            f" {ID_LIKE_HEX_RUN} hex digits in a row"
+        )
     return name
 
 

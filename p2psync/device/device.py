@@ -267,7 +267,8 @@ class Device:
         """Set the name this user goes by: siblings and friends learn it (friends see it
         beside the user's id, never instead of it). At most 64 characters, and no
         control, format or separator characters, which a friend's terminal would
-        otherwise interpret (:func:`~.content.check_display_name`)."""
+        otherwise interpret, no space but U+0020 and not only spaces, and nothing that
+        reads as an id (:func:`~.content.check_display_name`)."""
         try:
             check_display_name(name)
         except DecodeError as exc:

@@ -42,6 +42,16 @@ REFUSED = {
     "private use (Co)": "Bob\ue000",
     "unassigned (Cn)": "Bob\U000e0080",
     "lone surrogate (Cs)": "Bob\ud800",
+    "no-break space (Zs)": "Bob\u00a0Smith",
+    "em space (Zs)": "Bob\u2003Smith",
+    "ideographic space (Zs)": "Bob\u3000",
+    "spaces only": "   ",
+    "a single space": " ",
+    "bracketed id opening": "Bob (05ab…)",
+    "fullwidth bracketed id opening": "Bob \uff08\uff10\uff15ab",
+    "hex run": "05ab12cd…ef01",
+    "upper-case hex run": "DEADBEEF",
+    "fullwidth hex run": "\uff10\uff15\uff41\uff42\uff11\uff12\uff43\uff44",
 }
 
 
@@ -51,7 +61,10 @@ def test_check_display_name_refuses(name: str) -> None:
         check_display_name(name)
 
 
-@pytest.mark.parametrize("name", ["Bob", "Ålice Müller", "محمد", "李小龙", "Zoë 🙂", "x" * 64])
+@pytest.mark.parametrize(
+    "name",
+    ["Bob", "Ålice Müller", "محمد", "李小龙", "Zoë 🙂", "x" * 64, " Bob ", "Café 05", "facade"],
+)
 def test_check_display_name_keeps_ordinary_names(name: str) -> None:
     assert check_display_name(name) == name
 
