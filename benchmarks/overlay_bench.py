@@ -13,6 +13,13 @@ network, real clock and real crypto: ``ONION_OPS`` stores of a 1 KiB message and
 signed retrieves, one at a time, each way; latency per call (p50/p99) and the process CPU
 per call (client, relays and nodes together, all in this process), and the time an
 endpoint of its own takes from opening to its first usable path (``onion_path_setup_ms``).
+
+Then the §6 targets (:mod:`benchmarks.overlay_targets`): introset publish + lookup and
+sibling delivery over 3 + 3 hops as distributions, on an embedded network over real
+loopback TCP (the wall-clock figures), and sibling delivery again on the memory network
+with ``SLOW_LINK_MS`` on every link: loopback TCP has no way to add latency here (no netem
+in this kernel), and the memory network's :class:`~overlay.link.LinkProfile` does, still
+on the real clock, so CPU time adds to the link latency as it would on a network.
 """
 
 from __future__ import annotations
@@ -21,16 +28,19 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from random import Random
 from typing import Any, cast
 
 import nacl.bindings as sodium
 import trio
 
+from benchmarks.overlay_targets import Section, load_average, measure_targets, percentile
 from overlay.endpoint import open_endpoint
-from overlay.link import MemoryNetwork
+from overlay.link import LinkProfile, MemoryNetwork
 from overlay.relay import open_relays
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
@@ -47,6 +57,20 @@ REPEATS = 5
 ONION_OPS = 200
 EXIT_RELAYS = 5
 PATH_SETUPS = 20
+#: Sibling deliveries per run (at least 500, so p99 rests on five samples or more).
+QUICK_DELIVERIES = 500
+DELIVERIES = 2_000
+#: One send every this many ms, whatever has arrived (open loop).
+SEND_INTERVAL_MS = 20.0
+QUICK_INTROSET_ROUNDS = 50
+INTROSET_ROUNDS = 200
+#: Per-link latency of the second sibling-delivery run (each way, every link).
+SLOW_LINK_MS = 30.0
+#: Service nodes and relays of the targets' embedded networks (every relay is an exit).
+TARGET_NODES = 3
+TARGET_RELAYS = 8
+#: A run of the targets that has not finished by then is stuck (a full run takes ~1 min).
+TARGETS_TIMEOUT_S = 600
 
 
 def crypto_floor_us(iterations: int, repeats: int = REPEATS) -> float:
@@ -68,11 +92,6 @@ def crypto_floor_us(iterations: int, repeats: int = REPEATS) -> float:
             decrypt(opened, None, nonce, key)
         best = min(best, (time.process_time() - start) / iterations * 1e6)
     return best
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _measure(rounds: int, builds: int) -> dict[str, float]:
@@ -117,7 +136,7 @@ async def _measure(rounds: int, builds: int) -> dict[str, float]:
             "messages_per_s": messages / wall,
             "cpu_us_per_message": cpu / messages * 1e6,
             "rtt_p50_ms": statistics.median(rtts),
-            "rtt_p99_ms": _percentile(rtts, 0.99),
+            "rtt_p99_ms": percentile(rtts, 0.99),
             "path_build_ms_p50": statistics.median(build_ms),
         }
 
@@ -196,9 +215,33 @@ async def _measure_onion(ops: int, setups: int) -> dict[str, float]:
         for op in ("store", "retrieve"):
             wall, cpu = figures[f"{op}_ms"], figures[f"{op}_cpu"]
             result[f"{route}_{op}_ms_p50"] = statistics.median(wall)
-            result[f"{route}_{op}_ms_p99"] = _percentile(wall, 0.99)
+            result[f"{route}_{op}_ms_p99"] = percentile(wall, 0.99)
             result[f"{route}_{op}_cpu_us_p50"] = statistics.median(cpu)
     return result
+
+
+async def _measure_targets(
+    transport: str | MemoryNetwork, link_ms: float, messages: int, introset_rounds: int
+) -> dict[str, Section]:
+    """The targets on a fresh embedded network: ``"tcp"`` (loopback sockets, as the
+    demo's) or the memory network given."""
+    name = "memory" if isinstance(transport, MemoryNetwork) else transport
+    with (
+        trio.fail_after(TARGETS_TIMEOUT_S),
+        tempfile.TemporaryDirectory(prefix="p2psync-bench-") as root,
+    ):
+        async with open_local_network(
+            TARGET_NODES, relays=TARGET_RELAYS, transport=transport
+        ) as network:
+            return await measure_targets(
+                network,
+                Path(root),
+                transport=name,
+                link_ms=link_ms,
+                messages=messages,
+                interval_ms=SEND_INTERVAL_MS,
+                introset_rounds=introset_rounds,
+            )
 
 
 def run_overlay_bench(
@@ -207,14 +250,26 @@ def run_overlay_bench(
     rounds: int | None = None,
     builds: int | None = None,
     onion_ops: int = ONION_OPS,
+    deliveries: int | None = None,
+    introset_rounds: int | None = None,
+    slow_link_ms: float = SLOW_LINK_MS,
 ) -> dict[str, Any]:
-    """Run the benchmark; returns exactly the keys of DESIGN.md §9 and the onion-request
-    figures. ``rounds`` (ping round trips) and ``builds`` (paths built) override the
-    quick/full defaults; ``onion_ops``: stores and retrieves each way."""
+    """Run the benchmark; returns the keys of DESIGN.md §9, the onion-request figures and
+    the §6 targets' sections (``introset``, ``sibling_delivery`` over loopback TCP,
+    ``sibling_delivery_slow_link`` with ``slow_link_ms`` on every link). ``rounds``
+    (ping round trips), ``builds`` (paths built), ``deliveries`` (sibling messages per
+    run) and ``introset_rounds`` override the quick/full defaults; ``onion_ops``: stores
+    and retrieves each way."""
+    load_at_start = load_average()
     rounds = rounds or (2_000 if quick else 20_000)
     floor = crypto_floor_us(min(rounds, 2_000 if quick else 20_000))
     figures = trio.run(_measure, rounds, builds or (10 if quick else 50))
     onion = trio.run(_measure_onion, onion_ops, PATH_SETUPS)
+    messages = deliveries or (QUICK_DELIVERIES if quick else DELIVERIES)
+    introsets = introset_rounds or (QUICK_INTROSET_ROUNDS if quick else INTROSET_ROUNDS)
+    loopback = trio.run(_measure_targets, "tcp", 0.0, messages, introsets)
+    slow = MemoryNetwork(seed=7, default_profile=LinkProfile(latency_ms=slow_link_ms))
+    latent = trio.run(_measure_targets, slow, slow_link_ms, messages, 0)
     return {
         "hops": HOPS,
         "messages_per_s": round(figures["messages_per_s"], 1),
@@ -226,6 +281,11 @@ def run_overlay_bench(
         "path_build_ms_p50": round(figures["path_build_ms_p50"], 3),
         "onion_ops": onion_ops,
         **{key: round(value, 3) for key, value in onion.items()},
+        "introset": loopback["introset"],
+        "sibling_delivery": loopback["sibling_delivery"],
+        "sibling_delivery_slow_link": latent["sibling_delivery"],
+        "load_avg_start": load_at_start,
+        "load_avg_end": load_average(),
     }
 
 

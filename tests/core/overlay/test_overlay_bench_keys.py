@@ -7,7 +7,15 @@ from __future__ import annotations
 def test_overlay_bench_reports_the_design_keys() -> None:
     from benchmarks.overlay_bench import run_overlay_bench
 
-    figures = run_overlay_bench(quick=True, rounds=256, builds=3, onion_ops=5)
+    figures = run_overlay_bench(
+        quick=True,
+        rounds=256,
+        builds=3,
+        onion_ops=5,
+        deliveries=5,
+        introset_rounds=2,
+        slow_link_ms=1.0,
+    )
     assert set(figures) == {
         "hops",
         "messages_per_s",
@@ -25,5 +33,10 @@ def test_overlay_bench_reports_the_design_keys() -> None:
             for op in ("store", "retrieve")
             for figure in ("ms_p50", "ms_p99", "cpu_us_p50")
         ),
+        "introset",
+        "sibling_delivery",
+        "sibling_delivery_slow_link",
+        "load_avg_start",
+        "load_avg_end",
     }
     assert figures["hops"] == 3 and figures["ratio"] > 0
