@@ -5,17 +5,21 @@ The owner sends :func:`encode_exit_request` (the server's opaque address and an 
 body, which p2psync seals end-to-end to the server) cut into
 :class:`~overlay.payloads.ExitRequest` fragments; the exit hop hands the body to the server
 and answers with :func:`encode_exit_reply` cut into :class:`~overlay.payloads.ExitReply`
-fragments. The overlay never looks into either body. Whoever sends fragments chooses every
-byte, so each decoder here raises nothing but :class:`~overlay.cells.CellError`, and a
-:class:`Reassembly` never holds more than ``EXIT_MAX_MESSAGE_BYTES``.
+fragments. The overlay never looks into either body, nor into the address: which servers
+an exit reaches is its owner's policy (a :class:`~overlay.relay.RelayCore`'s
+``exit_route``); how many requests it lets be under way at once is :class:`ExitCaps`.
+Whoever sends fragments chooses every byte, so each decoder here raises nothing but
+:class:`~overlay.cells.CellError`, and a :class:`Reassembly` never holds more than
+``EXIT_MAX_MESSAGE_BYTES``.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 from .cells import CellError
-from .constants import EXIT_MAX_MESSAGE_BYTES
+from .constants import EXIT_MAX_MESSAGE_BYTES, EXIT_MAX_PER_LINK, EXIT_MAX_PER_PATH, EXIT_MAX_TOTAL
 from .payloads import EXIT_CHUNK_BYTES, ExitReply, ExitRequest
 
 #: A server address is opaque to the overlay but short: a URL or a host:port.
@@ -28,6 +32,29 @@ class ExitStatus(enum.IntEnum):
     OK = 0
     #: The server could not be reached, did not answer in time, or answered too much.
     FAILED = 1
+    #: Not a server this exit hands requests to (an exit reaches only the servers its
+    #: network lists, never any address a request names): nothing was connected to.
+    REFUSED = 2
+    #: The exit had no room for another request from that path or link, or at all
+    #: (:class:`ExitCaps`): another path's exit may have.
+    BUSY = 3
+
+
+@dataclass(frozen=True)
+class ExitCaps:
+    """How many exit requests a relay lets be under way at once (reassembling or at a
+    server): per path, per link, and in all. The link is the neighbour a path came in
+    by, the only thing an exit knows of who asks: without its cap one client (or the
+    relay carrying its paths) could hold every slot, however many paths it takes."""
+
+    per_path: int = EXIT_MAX_PER_PATH
+    per_link: int = EXIT_MAX_PER_LINK
+    total: int = EXIT_MAX_TOTAL
+
+    def admits(self, on_path: int, on_link: int, under_way: int) -> bool:
+        """Whether one more request may start, with ``on_path`` already under way on its
+        path, ``on_link`` on its link and ``under_way`` in all."""
+        return on_path < self.per_path and on_link < self.per_link and under_way < self.total
 
 
 class RepeatedFragment(CellError):

@@ -18,10 +18,11 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 import trio
 
@@ -31,14 +32,13 @@ from .constants import (
     DHT_PENDING_MAX,
     DHT_REQUEST_TIMEOUT_MS,
     EXIT_MAX_MESSAGE_BYTES,
-    EXIT_MAX_PER_PATH,
-    EXIT_MAX_TOTAL,
     EXIT_TIMEOUT_MS,
     PATH_ID_BYTES,
 )
 from .contact import Contact, make_contact, verified_directory
 from .dht import IntrosetStore
 from .exits import (
+    ExitCaps,
     ExitStatus,
     Reassembly,
     RepeatedFragment,
@@ -76,9 +76,24 @@ from .payloads import (
 logger = logging.getLogger(__name__)
 
 Send = tuple[str, bytes]
-#: What a relay that serves as an exit is given to reach servers: (server address, request
-#: body) → the server's reply. p2psync supplies it; the overlay never looks inside either.
-ExitCallable = Callable[[str, bytes], Awaitable[bytes]]
+#: Which server a requested exit address names: the address to reach it at, or None (not
+#: a server this exit may reach). Pure; see :class:`Exit`.
+ExitRoute = Callable[[str], str | None]
+
+
+class Exit(Protocol):
+    """What a relay that serves as an exit is given: which servers it may reach, and the
+    way to reach them. p2psync supplies it; the overlay never looks inside a body, and
+    reads an address only through :meth:`route`."""
+
+    def route(self, address: str) -> str | None:
+        """The address to hand :meth:`call` for the one a request names (one server, one
+        address, however it was spelled), or None: the request is refused
+        (:attr:`ExitStatus.REFUSED`) and nothing is connected to."""
+
+    async def call(self, address: str, body: bytes) -> bytes:
+        """Hand ``body`` to the server at ``address`` (as :meth:`route` gave it) and
+        return its reply."""
 
 
 @dataclass(frozen=True)
@@ -112,9 +127,12 @@ class RelayStats:
     #: unreachable server, a reply over ``EXIT_MAX_MESSAGE_BYTES``: the owner is told).
     exits: int = 0
     exit_failures: int = 0
-    #: New exit requests refused: this relay is no exit, or the path or the relay has as
-    #: many under way as it may (``EXIT_MAX_PER_PATH``, ``EXIT_MAX_TOTAL``).
+    #: New exit requests refused: this relay is no exit, or the path, its link or the
+    #: relay has as many under way as it may (:class:`~overlay.exits.ExitCaps`).
     dropped_exit_refused: int = 0
+    #: Whole exit requests naming an address that is no server this exit may reach
+    #: (the owner is told; nothing is connected to).
+    dropped_exit_address: int = 0
     #: Server replies too large to carry back (the owner gets a failure instead).
     dropped_exit_oversize: int = 0
 
@@ -130,6 +148,7 @@ class RelayStats:
             + self.dropped_queue_full
             + self.dropped_gap
             + self.dropped_exit_refused
+            + self.dropped_exit_address
             + self.dropped_exit_oversize
         )
 
@@ -167,11 +186,11 @@ class RelayCore:
     observer: Callable[[bytes], None] | None = None
     #: Forwarded DHT requests kept awaiting an answer, at most (see DHT_PENDING_MAX).
     max_pending_dht: int = DHT_PENDING_MAX
-    #: Whether this relay hands exit requests to servers (its driver has an exit callable).
-    exit_enabled: bool = False
-    #: Exit requests one path, and all paths together, may have under way at once.
-    max_exits_per_path: int = EXIT_MAX_PER_PATH
-    max_exits: int = EXIT_MAX_TOTAL
+    #: Which servers this relay hands exit requests to (see :class:`Exit`); None: it is
+    #: no exit, and refuses them all.
+    exit_route: ExitRoute | None = None
+    #: Exit requests a path, a link and the relay may have under way at once.
+    exit_caps: ExitCaps = field(default_factory=ExitCaps)
     _upstream: dict[bytes, _Hop] = field(default_factory=dict)
     _downstream: dict[bytes, _Hop] = field(default_factory=dict)
     _intros: dict[bytes, _Hop] = field(default_factory=dict)
@@ -266,7 +285,7 @@ class RelayCore:
         """The server's ``reply`` to :class:`ExitCall` ``token`` (None: no answer in time
         or none at all), carried back to the path's owner if the path still exists."""
         pending = self._exits.pop(token, None)
-        if pending is None or self._upstream.get(pending.hop.up_id) is not pending.hop:
+        if pending is None:
             return []
         if reply is None:
             self.stats.exit_failures += 1
@@ -276,11 +295,16 @@ class RelayCore:
             message = encode_exit_reply(ExitStatus.FAILED)
         else:
             message = encode_exit_reply(ExitStatus.OK, reply)
-        request_id = token[PATH_ID_BYTES:]
+        return self._exit_answer(pending.hop, token[PATH_ID_BYTES:], message)
+
+    def _exit_answer(self, hop: _Hop, request_id: bytes, message: bytes) -> list[Send]:
+        """An exit reply to the owner of ``hop``'s path, if the path still exists."""
+        if self._upstream.get(hop.up_id) is not hop:
+            return []
         return [
             send
             for fragment in exit_fragments(ExitReply, request_id, message)
-            for send in self._to_owner(pending.hop, fragment)
+            for send in self._to_owner(hop, fragment)
         ]
 
     @property
@@ -402,46 +426,62 @@ class RelayCore:
             body = frame_payload(payload.request, len(data))
             return [(f"out:{contact.address}", make_cell(CellKind.DHT_REQUEST, token, body))]
         if isinstance(payload, ExitRequest):
-            self._exit_fragment(hop, payload, now_ms)
-            return []
+            return self._exit_fragment(hop, payload, now_ms)
         raise CellError(f"a relay is not sent {type(payload).__name__} payloads")
 
-    def _exit_fragment(self, hop: _Hop, fragment: ExitRequest, now_ms: int) -> None:
-        """Put an exit request together; once whole, it becomes an :class:`ExitCall`. A
-        new request past the caps is refused (its owner times out and tries another
-        path); a repeated fragment is a replay; either leaves other requests alone."""
+    def _exit_fragment(self, hop: _Hop, fragment: ExitRequest, now_ms: int) -> list[Send]:
+        """Put an exit request together; once whole, it becomes an :class:`ExitCall` to
+        the address :attr:`exit_route` gives for the one it names. A new request past
+        :attr:`exit_caps` is refused, and one naming no server this exit may reach; the
+        owner is told (BUSY on the first fragment, REFUSED once whole), so it tries
+        another path at once. A repeated fragment is a replay. None of these touches
+        other requests."""
         token = hop.up_id + fragment.request_id
         pending = self._exits.get(token)
         if pending is None:
             self._expire_exits(now_ms)
-            on_path = sum(1 for e in self._exits.values() if e.hop is hop)
-            if (
-                not self.exit_enabled
-                or on_path >= self.max_exits_per_path
-                or len(self._exits) >= self.max_exits
-            ):
+            if self.exit_route is None or not self._exit_admitted(hop):
                 self.stats.dropped_exit_refused += 1
-                return
+                if fragment.index != 0:
+                    return []  # the owner was answered for the first one
+                status = ExitStatus.REFUSED if self.exit_route is None else ExitStatus.BUSY
+                return self._exit_answer(hop, fragment.request_id, encode_exit_reply(status))
             pending = self._exits[token] = _Exit(
                 hop, Reassembly(fragment.count), now_ms + EXIT_TIMEOUT_MS
             )
         if pending.parts is None:
             self.stats.dropped_replay += 1  # the whole request is at the server already
-            return
+            return []
         try:
             message = pending.parts.add(fragment)
             if message is None:
-                return
+                return []
             address, body = decode_exit_request(message)
         except RepeatedFragment:
             self.stats.dropped_replay += 1
-            return
+            return []
         except CellError:
             del self._exits[token]
             raise
+        assert self.exit_route is not None  # admitted above
+        server = self.exit_route(address)
+        if server is None:
+            del self._exits[token]
+            self.stats.dropped_exit_address += 1
+            refused = encode_exit_reply(ExitStatus.REFUSED)
+            return self._exit_answer(hop, fragment.request_id, refused)
         pending.parts = None
         self.stats.exits += 1
-        self._exit_calls.append(ExitCall(token, address, body))
+        self._exit_calls.append(ExitCall(token, server, body))
+        return []
+
+    def _exit_admitted(self, hop: _Hop) -> bool:
+        """Whether a new request on ``hop``'s path fits :attr:`exit_caps`."""
+        on_path = on_link = 0
+        for under_way in self._exits.values():
+            on_path += under_way.hop is hop
+            on_link += under_way.hop.up_link == hop.up_link
+        return self.exit_caps.admits(on_path, on_link, len(self._exits))
 
     def _expire_exits(self, now_ms: int) -> None:
         """Forget the requests whose fragments stopped coming (those at a server end with
@@ -492,7 +532,7 @@ class _LinkPool:
         transport: Transport,
         core: RelayCore,
         clock: Clock,
-        exit: ExitCallable | None = None,
+        exit: Exit | None = None,
     ) -> None:
         self._nursery = nursery
         self._transport = transport
@@ -542,14 +582,14 @@ class _LinkPool:
             self._nursery.start_soon(self._run_exit, call)
 
     async def _run_exit(self, call: ExitCall) -> None:
-        """Hand one request to its server through the exit callable and carry the answer
-        back; a server that fails or takes longer than ``EXIT_TIMEOUT_MS`` is reported to
-        the owner as a failure, so it can try another path at once."""
-        assert self._exit is not None  # the core makes calls only when exits are enabled
+        """Hand one request to its server through the exit and carry the answer back; a
+        server that fails or takes longer than ``EXIT_TIMEOUT_MS`` is reported to the
+        owner as a failure, so it can try another path at once."""
+        assert self._exit is not None  # the core makes calls only when it has an exit route
         reply: bytes | None = None
         with trio.move_on_after(EXIT_TIMEOUT_MS / 1000):
             try:
-                reply = await self._exit(call.address, call.body)
+                reply = await self._exit.call(call.address, call.body)
             except Exception as exc:  # whatever the server or the way to it did
                 logger.info("exit to %s failed: %r", call.address, exc)
         for target, out in self._core.exit_done(call.token, reply):
@@ -571,7 +611,7 @@ async def serve_relay(
     directory: list[Contact],
     *,
     clock: Clock | None = None,
-    exit: ExitCallable | None = None,
+    exit: Exit | None = None,
     task_status: trio.TaskStatus[tuple[str, RelayCore]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a relay until cancelled; ``task_status.started((bound_address, core))`` once
@@ -580,12 +620,15 @@ async def serve_relay(
 
     ``directory`` is the list of relay contacts this relay may forward to (unverifiable
     ones are ignored). With ``exit``, the relay is an exit too: the requests paths
-    terminating here ask for are handed to servers through it (without, they are refused).
+    terminating here ask for are handed through it to the servers it routes to (without,
+    they are refused).
     """
     clock = clock or Clock()
     keys = KeyPair.from_seed(identity_seed)
     core = RelayCore(
-        keys, verified_directory(directory, clock.now_ms()), exit_enabled=exit is not None
+        keys,
+        verified_directory(directory, clock.now_ms()),
+        exit_route=None if exit is None else exit.route,
     )
     async with trio.open_nursery() as nursery:
         pool = _LinkPool(nursery, transport, core, clock, exit)
@@ -612,14 +655,14 @@ async def open_relays(
     clock: Clock | None = None,
     seed: int = 0,
     address_prefix: str = "",
-    exit: Callable[[str], ExitCallable] | None = None,
+    exit: Callable[[str], Exit] | None = None,
 ) -> AsyncIterator[list[RelayInfo]]:
     """Run ``count`` relays in this process, each knowing all the others.
 
     On a :class:`MemoryNetwork` relays are named ``mem:relayN``; over TCP they bind
     ``127.0.0.1:0``. Seeds come from ``seed`` so runs are reproducible. ``exit`` makes
-    each relay an exit: it is given the relay's address and returns that relay's exit
-    callable (so each can reach servers from its own host).
+    each relay an exit: it is given the relay's address and returns that relay's
+    :class:`Exit` (so each can reach servers from its own host).
     """
     clock = clock or Clock()
     seeds = [bytes([seed % 256, i % 256]) * 16 for i in range(count)]

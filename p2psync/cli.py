@@ -265,7 +265,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         make_transport("tcp"), clock, args.registry, None, data_dir, _ledger_key(args)
     )
     servers = make_transport("tcp")  # what an exit reaches servers with
-    return _run(args, run_relay, TcpTransport(), data_dir, args.listen, directory, clock, servers)
+    run = partial(run_relay, exit_servers=args.exit_server)
+    return _run(args, run, TcpTransport(), data_dir, args.listen, directory, clock, servers)
 
 
 @_needs_lab
@@ -429,6 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     relay = server("relay", "one overlay relay (announced to the registry)", _cmd_relay)
     relay.add_argument("--registry", metavar="URL", required=True, help="registry to use")
     relay.add_argument("--ledger", metavar="HEX", help=ledger_help)
+    relay.add_argument(
+        "--exit-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a server besides the listed service nodes this relay hands onion requests to"
+        " (the file server, the open group server; repeat for each)",
+    )
     registry = server("registry", "the registry of service nodes and relays", _cmd_registry)
     registry.add_argument("--ledger", metavar="HEX", help=ledger_help)
     ledger = commands.add_parser("ledger", help="the network's admission authority")

@@ -226,6 +226,9 @@ async def network_up(
             on_progress(f"file server {fileserver}")
             opengroup = await launcher.start("opengroup", "opengroup", "--fileserver", fileserver)
             on_progress(f"open group {opengroup}")
+            # Exits reach the listed nodes and these (network.json names them too).
+            exits = ("--exit-server", fileserver, "--exit-server", opengroup)
+            relay_args = ("relay", "--registry", registry, *exits)
             for name in node_names:
                 admit_node(ledger, launcher.data_dir_of(name))
             started: dict[str, str] = {}
@@ -237,9 +240,7 @@ async def network_up(
             await launcher.start_many(
                 node_names, ("node", "--registry", registry, *ledger_args), ready
             )
-            await launcher.start_many(
-                relay_names, ("relay", "--registry", registry, *ledger_args), ready
-            )
+            await launcher.start_many(relay_names, (*relay_args, *ledger_args), ready)
             keys = {
                 name: server_public_key(launcher.data_dir_of(name))
                 for name in ("fileserver", "opengroup")

@@ -229,6 +229,7 @@ class LocalNetwork:
                 self.clock,
                 refresh_s=self.node_config.registry_refresh_s,
                 exit_transport=exits,
+                exit_servers=(self.fileserver_url, self.opengroup_url),
             )
             address = overlay.listen_address(f"relay{index}")
             await self._nursery.start(self._run_relay, relay, address)

@@ -13,9 +13,17 @@ cells, as for any payload.
   (storage node, file server, open group server). The inner request goes through the
   server's own dispatch (:meth:`RpcServer.answer`), so it keeps its own signatures and
   authorisation is unchanged. Sealed bodies that do not open, are stale or were seen
-  before are refused and counted (:class:`OnionStats`).
-* Relay side: :func:`rpc_exit` is the exit callable an overlay relay is given: it calls
-  ``onion`` on the server over an ordinary :class:`RpcPool` from the relay's own host.
+  before are refused and counted (:class:`OnionStats`). Onion requests are not charged
+  to the connection's rate bucket but to the exit's share (:class:`OnionShare`): one
+  exit carries many clients, whom the server cannot tell apart (that is the point), so
+  the server is fair between exits and each exit between the paths and links its
+  requests come by (:class:`overlay.exits.ExitCaps`).
+* Relay side: :class:`RpcExit` is the :class:`overlay.relay.Exit` an overlay relay is
+  given: it calls ``onion`` from the relay's own host, only on the servers of
+  :class:`ExitServers` (the listing's service nodes, the file server and the open group
+  server, each however its address is spelled: :func:`server_address`), over at most
+  ``EXIT_MAX_CONNECTIONS`` connections (:class:`ExitConnections`). An exit that reached
+  any address a request named would be a port scanner of its own host's network.
 * Client side: :class:`OnionRpcPool` has the call interface of :class:`RpcPool` (``call``,
   ``get``, ``transport``), on an overlay :class:`~overlay.endpoint.Endpoint`: each request
   goes on the endpoint's next path in turn, and one that gets no answer in time, or a
@@ -27,12 +35,14 @@ swarm client's subscriptions stay direct connections.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import nacl.exceptions
 import nacl.public
@@ -42,14 +52,14 @@ import trio
 from overlay.constants import EXIT_TIMEOUT_MS
 from overlay.endpoint import Endpoint
 from overlay.exits import ExitFailed
-from overlay.link import Transport
+from overlay.link import LinkClosed, Transport
 from overlay.path import Path
-from overlay.relay import ExitCallable
+from overlay.tasks import open_task_nursery
 
 from .clock import Clock
 from .errors import ConnectionLost, DecodeError, RpcError
 from .identity import Identity, ed25519_to_x25519, seal
-from .rpc import Connection, RpcPool, RpcServer, result_of
+from .rpc import Connection, KeyedRateLimit, RpcClient, RpcServer, open_rpc, result_of
 from .swarm.registry import Directory
 from .wire import Fields, Request, decode_frame, encode_frame
 
@@ -73,6 +83,9 @@ ONION_ATTEMPT_TIMEOUT_S = EXIT_TIMEOUT_MS / 1000 + 2.0
 ONION_REQUEST_ID = 1
 #: Attempts per request (each on a path not tried yet for it, when there is one).
 ONION_ATTEMPTS = 3
+#: Connections an exit keeps to servers at once; past it, the one used least recently
+#: (and not in use) is closed to make room.
+EXIT_MAX_CONNECTIONS = 128
 
 
 @dataclass
@@ -83,6 +96,40 @@ class OnionStats:
     refused_malformed: int = 0
     refused_stale: int = 0
     refused_replayed: int = 0
+    #: Over the share of the exit they came from, or over all exits' together.
+    refused_rate: int = 0
+
+
+@dataclass(frozen=True)
+class OnionShare:
+    """How many onion requests a server answers: each exit host as many as one direct
+    connection may send (its own bucket), all exits together ``total_per_s``.
+
+    Keyed by the exit's host, not its connection, so an exit (or anyone calling
+    ``onion`` directly) does not get more by opening more connections; and apart from
+    the connection's own bucket, which an exit's connection would otherwise exhaust for
+    every client behind it at once."""
+
+    per_exit_per_s: float = 2000.0
+    per_exit_burst: int = 4000
+    total_per_s: float = 8000.0
+    total_burst: int = 16000
+
+    def limiter(self, now_s: float) -> KeyedRateLimit:
+        return KeyedRateLimit(
+            self.per_exit_burst,
+            1 / self.per_exit_per_s,
+            self.total_burst,
+            1 / self.total_per_s,
+            now_s,
+        )
+
+
+def peer_host(peer: str) -> str:
+    """The host of a connection's ``peer`` (``host:port``, ``[v6]:port``, or an emulated
+    host's name)."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
 
 
 def seal_request(
@@ -101,16 +148,22 @@ def seal_request(
 class OnionService:
     """The ``onion`` method of one RPC server, which it adds to ``server``."""
 
-    def __init__(self, server: RpcServer, identity: Identity, clock: Clock) -> None:
+    def __init__(
+        self, server: RpcServer, identity: Identity, clock: Clock, share: OnionShare | None = None
+    ) -> None:
         self._server = server
         self._identity = identity
         self._clock = clock
         self.stats = OnionStats()
         #: The ephemeral keys of the sealed requests answered lately → when sealed.
         self._seen: OrderedDict[bytes, int] = OrderedDict()
-        server.add_method(ONION_METHOD, self.handle)
+        self._share = (share or OnionShare()).limiter(clock.now_s())
+        server.add_method(ONION_METHOD, self.handle, own_rate_limit=True)
 
     async def handle(self, params: Fields, connection: Connection) -> dict[str, bytes]:
+        if not self._share.allow(peer_host(connection.peer).encode(), self._clock.now_s()):
+            self.stats.refused_rate += 1
+            raise RpcError("rate_limited", "this exit's share of onion requests is used up")
         request, reply_box = self.open(params.only("body").blob("body"))
         reply = await self._server.answer(request, connection.peer)
         self.stats.answered += 1
@@ -156,15 +209,201 @@ class OnionService:
             del self._seen[ephemeral]
 
 
-def rpc_exit(pool: RpcPool) -> ExitCallable:
-    """The exit callable of a relay that reaches servers through ``pool``: the overlay
-    hands it (server address, sealed body) and carries back the sealed reply."""
+class ServerAddress(NamedTuple):
+    """What tells servers apart in an address: two spellings of one server are equal."""
 
-    async def exit_to(address: str, body: bytes) -> bytes:
-        result = await pool.call(address, ONION_METHOD, {"body": body})
+    scheme: str
+    host: str
+    port: int
+    #: The Ed25519 key a ``wss://`` address pins (None for the other schemes).
+    key: bytes | None
+
+
+def server_address(address: str) -> ServerAddress | None:
+    """The server ``address`` names, or None if it is not a server address an exit would
+    reach: ``ws://host:port`` (a path after it names the same server, as the WebSocket
+    transport ignores it), ``wss://host:port/<64 hex digits>`` (the pinned key is part of
+    the server), or the emulated network's ``mem:NAME``. Hosts compare case-blind and
+    IP literals by value; a port is 1-65535 in ASCII digits; user info, a query, a
+    fragment, an empty host or a ``wss://`` path that is not one key make it None."""
+    if address.startswith("mem:"):
+        name = address.removeprefix("mem:")
+        return ServerAddress("mem", name, 0, None) if name else None
+    scheme, sep, rest = address.partition("://")
+    if not sep or scheme not in ("ws", "wss"):
+        return None
+    authority, _, path = rest.partition("/")
+    key = None
+    if scheme == "wss":
+        try:
+            key = bytes.fromhex(path) if len(path) == 64 and path.isascii() else None
+        except ValueError:
+            key = None
+        if key is None:
+            return None
+    host, sep, port = authority.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+        return None
+    canonical = _canonical_host(host)
+    return None if canonical is None else ServerAddress(scheme, canonical, int(port), key)
+
+
+def _canonical_host(host: str) -> str | None:
+    """An IP literal as :mod:`ipaddress` writes it (IPv6 in brackets), a name in lower
+    case; None for anything else (an empty host, user info, a stray character)."""
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        if bracketed != (ip.version == 6):
+            return None  # an IPv6 literal needs its brackets, and only it has them
+        return f"[{ip}]" if bracketed else str(ip)
+    name = host.lower()
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+    return name if name and set(name) <= allowed else None
+
+
+class ExitServers:
+    """The servers an exit hands onion requests to: the service nodes of the latest
+    listing it read (:meth:`update`) and the servers it was started with (the file
+    server, the open group server, as ``network.json`` names them). Pure."""
+
+    def __init__(self, fixed: Iterable[str] = ()) -> None:
+        self._fixed = tuple(fixed)
+        self._by_server: dict[ServerAddress, str] = {}
+        self.update(())
+
+    def update(self, node_urls: Iterable[str]) -> None:
+        """The listing's service nodes now (those of an earlier listing are forgotten)."""
+        by_server: dict[ServerAddress, str] = {}
+        for url in (*self._fixed, *node_urls):
+            server = server_address(url)
+            if server is not None:
+                by_server.setdefault(server, url)
+        self._by_server = by_server
+
+    def route(self, address: str) -> str | None:
+        """The listed address of the server ``address`` names (one connection per
+        server, however requests spell it), or None: no server this exit serves."""
+        server = server_address(address)
+        return None if server is None else self._by_server.get(server)
+
+    def __len__(self) -> int:
+        return len(self._by_server)
+
+
+class _Held(NamedTuple):
+    client: RpcClient
+    scope: trio.CancelScope
+
+
+class ExitConnections:
+    """An exit's connections to servers, one per server and at most ``limit``: a new
+    one closes the least recently used one that no call is using; with every one in use,
+    the call fails at once (the exit reports a failure and the client tries another
+    path) rather than cutting another client's call short."""
+
+    def __init__(self, transport: Transport, nursery: trio.Nursery, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("an exit needs room for at least one connection")
+        self._transport = transport
+        self._nursery = nursery
+        self._limit = limit
+        #: Least recently used first.
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self._connecting = 0
+        #: Calls under way per address (an address with none may be closed).
+        self._calls: dict[str, int] = {}
+        #: One connection attempt per address at a time (dropped once nobody holds it).
+        self._locks: dict[str, trio.Lock] = {}
+
+    @property
+    def held(self) -> list[str]:
+        """The addresses connected to now, least recently used first."""
+        return list(self._held)
+
+    async def call(self, address: str, method: str, params: Mapping[str, Any]) -> Any:
+        client = await self._client(address)
+        self._calls[address] = self._calls.get(address, 0) + 1
+        try:
+            return await client.call(method, params)
+        finally:
+            self._calls[address] -= 1
+            if not self._calls[address]:
+                del self._calls[address]
+
+    async def _client(self, address: str) -> RpcClient:
+        lock = self._locks.setdefault(address, trio.Lock())
+        try:
+            async with lock:
+                held = self._held.get(address)
+                if held is not None and not held.client.closed.is_set():
+                    self._held.move_to_end(address)
+                    return held.client
+                self._held.pop(address, None)
+                self._make_room()
+                self._connecting += 1
+                try:
+                    held = cast(_Held, await self._nursery.start(self._hold, address))
+                finally:
+                    self._connecting -= 1
+                self._held[address] = held
+                return held.client
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(address, None)
+
+    def _make_room(self) -> None:
+        """Close idle connections, least recently used first, until one more fits."""
+        while len(self._held) + self._connecting >= self._limit:
+            idle = next((a for a in self._held if a not in self._calls), None)
+            if idle is None:
+                raise ConnectionLost(f"all {self._limit} connections to servers are in use")
+            self._held.pop(idle).scope.cancel()
+
+    async def _hold(
+        self, address: str, *, task_status: trio.TaskStatus[_Held] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+        with trio.CancelScope() as scope:
+            try:
+                async with open_rpc(self._transport, address) as client:
+                    task_status.started(_Held(client, scope))
+                    started = True
+                    await client.closed.wait()
+            except (OSError, LinkClosed):
+                if not started:
+                    raise
+        held = self._held.get(address)
+        if held is not None and held.scope is scope:  # it closed on its own
+            del self._held[address]
+
+
+class RpcExit:
+    """The :class:`overlay.relay.Exit` of a relay that reaches RPC servers: it routes a
+    request only to a server of ``servers`` and calls ``onion`` there."""
+
+    def __init__(self, servers: ExitServers, connections: ExitConnections) -> None:
+        self.servers = servers
+        self.connections = connections
+
+    def route(self, address: str) -> str | None:
+        return self.servers.route(address)
+
+    async def call(self, address: str, body: bytes) -> bytes:
+        result = await self.connections.call(address, ONION_METHOD, {"body": body})
         return Fields(result, "onion").only("body").blob("body")
 
-    return exit_to
+
+@asynccontextmanager
+async def open_rpc_exit(
+    transport: Transport, servers: ExitServers, *, max_connections: int = EXIT_MAX_CONNECTIONS
+) -> AsyncIterator[RpcExit]:
+    """An exit to ``servers`` over ``transport``; its connections close on the way out."""
+    async with open_task_nursery() as nursery:
+        yield RpcExit(servers, ExitConnections(transport, nursery, max_connections))
 
 
 ServerKey = Callable[[str], Awaitable[bytes]]

@@ -350,6 +350,8 @@ class RpcServer:
         self._inline = {
             name for name, handler in self.methods.items() if not iscoroutinefunction(handler)
         }
+        #: Methods not charged to the connection's rate bucket (see :meth:`add_method`).
+        self._own_rate_limit: set[str] = set()
         self._observers: list[Observer] = []
 
     def observe(self, observer: Observer) -> None:
@@ -362,10 +364,14 @@ class RpcServer:
         for observer in self._observers:
             observer(request.method, connection.peer, request.params)
 
-    def add_method(self, name: str, handler: Handler) -> None:
+    def add_method(self, name: str, handler: Handler, *, own_rate_limit: bool = False) -> None:
         """Serve one more method: for wrappers that apply to every server (the ``onion``
-        method of :mod:`p2psync.onion_requests`)."""
+        method of :mod:`p2psync.onion_requests`). With ``own_rate_limit`` its requests
+        are not charged to the connection's bucket: the handler limits them itself (an
+        exit's one connection carries the requests of many clients)."""
         self.methods[name] = handler
+        if own_rate_limit:
+            self._own_rate_limit.add(name)
         if iscoroutinefunction(handler):
             self._inline.discard(name)
         else:
@@ -512,7 +518,7 @@ class RpcServer:
             return self._refuse(_request_id_of(data), exc)
         if not isinstance(frame, Request):
             return self._refuse(None, "expected a request")
-        if not bucket.take(self.clock.now_s()):
+        if frame.method not in self._own_rate_limit and not bucket.take(self.clock.now_s()):
             self.stats.count_error("rate_limited")
             return ErrorReply(frame.id, "rate_limited", "slow down", {})
         self.stats.requests += 1

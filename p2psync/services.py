@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -26,15 +26,14 @@ import trio
 
 from overlay import Contact, KeyPair, make_contact, serve_relay
 from overlay.link import Transport
-from overlay.relay import ExitCallable, RelayCore
+from overlay.relay import Exit, RelayCore
 
 from .clock import Clock
 from .errors import DecodeError, P2PSyncError
 from .fileserver import FileServer
 from .identity import SEED_BYTES, Identity
-from .onion_requests import OnionService, rpc_exit
+from .onion_requests import ExitServers, OnionService, open_rpc_exit
 from .opengroup import OpenGroupServer
-from .rpc import open_rpc_pool
 from .swarm.admission import Ledger, Registration, checked_registration
 from .swarm.node import NodeConfig, StorageNode
 from .swarm.registry import Directory, FileDirectory, RegistryDirectory, RegistryServer
@@ -233,11 +232,15 @@ async def run_relay(
     directory: Directory,
     clock: Clock,
     exit_transport: Transport | None = None,
+    exit_servers: Iterable[str] = (),
 ) -> None:
     """The ``p2psync relay`` process: its key lives in ``data_dir``; with
-    ``exit_transport`` (how servers are reached) it is an exit for onion requests."""
+    ``exit_transport`` (how servers are reached) it is an exit for onion requests, to the
+    listed service nodes and ``exit_servers`` (the file server, the open group server)."""
     identity = load_or_create_identity(data_dir / "relay.key")
-    relay = AnnouncedRelay(transport, identity, clock, exit_transport=exit_transport)
+    relay = AnnouncedRelay(
+        transport, identity, clock, exit_transport=exit_transport, exit_servers=exit_servers
+    )
     async with trio.open_nursery() as nursery:
         announce_ready(await nursery.start(relay.serve, listen, directory))
 
@@ -254,11 +257,15 @@ class AnnouncedRelay:
         *,
         refresh_s: float = RELAY_REFRESH_S,
         exit_transport: Transport | None = None,
+        exit_servers: Iterable[str] = (),
     ) -> None:
         """``exit_transport``: how this relay reaches servers as the exit of onion
-        requests (:mod:`p2psync.onion_requests`); without it, it is no exit."""
+        requests (:mod:`p2psync.onion_requests`); without it, it is no exit. As an exit
+        it reaches the service nodes of the registry's listing as of its last read and
+        ``exit_servers`` (the file server and the open group server), nothing else."""
         self.transport = transport
         self.exit_transport = exit_transport
+        self.exit_servers = ExitServers(exit_servers)
         self.identity = identity
         self.clock = clock
         self.refresh_s = refresh_s
@@ -301,13 +308,13 @@ class AnnouncedRelay:
                 interval = next_listing_read_s(interval, changed, self.refresh_s)
 
     @asynccontextmanager
-    async def _exit(self) -> AsyncIterator[ExitCallable | None]:
-        """The exit callable, with the connections to servers it keeps (None: no exit)."""
+    async def _exit(self) -> AsyncIterator[Exit | None]:
+        """The exit, with the connections to servers it keeps (None: no exit)."""
         if self.exit_transport is None:
             yield None
             return
-        async with open_rpc_pool(self.exit_transport) as pool:
-            yield rpc_exit(pool)
+        async with open_rpc_exit(self.exit_transport, self.exit_servers) as exit_to:
+            yield exit_to
 
     def observe(self, observer: Callable[[bytes], None]) -> None:
         """Hand ``observer`` every cell this relay is handed from now on (an audit of
@@ -334,5 +341,6 @@ class AnnouncedRelay:
             contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
             self._cores[0].update_directory(contacts, self.clock.now_ms())
             self._known = frozenset(c.pubkey for c in contacts)
+            self.exit_servers.update(node.url for node in snapshot.nodes)
         except (OSError, P2PSyncError, ValueError) as exc:
             logger.warning("relay: registry unavailable: %s", exc)

@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from overlay.endpoint import Endpoint, open_endpoint
+from overlay.exits import ExitFailed
 from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device.access import NetworkAccess, NetworkFileError
@@ -33,7 +34,7 @@ from p2psync.onion_requests import (
     seal_request,
 )
 from p2psync.opengroup import OpenGroupClient, OpenGroupServer
-from p2psync.rpc import Connection, RpcClient, RpcPool, open_rpc
+from p2psync.rpc import Connection, RpcClient, RpcPool, RpcServer, open_rpc
 from p2psync.services import AnnouncedRelay
 from p2psync.swarm.client import SwarmClient
 from p2psync.swarm.messages import StoreRequest
@@ -91,7 +92,8 @@ def _recording(name: str, handler: Any, seen: Seen, url: str) -> Any:
 
 
 @asynccontextmanager
-async def _onion_network(seen: Seen) -> AsyncIterator[Onion]:
+async def _onion_network(seen: Seen, exit_servers: tuple[str, ...] = ()) -> AsyncIterator[Onion]:
+    """Exits that reach the listed nodes and ``exit_servers``."""
     async with open_local_network(3, relays=0, clock=Clock(TEST_EPOCH_MS)) as network:
         services = _watch(network, seen)
         transport = network.transport
@@ -102,6 +104,7 @@ async def _onion_network(seen: Seen) -> AsyncIterator[Onion]:
                 Identity.from_label(f"relay/{i}"),
                 network.clock,
                 exit_transport=transport.host(f"relay{i}"),
+                exit_servers=exit_servers,
             )
             for i in range(RELAYS)
         ]
@@ -198,6 +201,32 @@ async def test_replayed_stale_and_garbage_onion_bodies_are_refused_and_counted(
     assert service.stats.refused_malformed == 4
 
 
+async def test_an_exit_reaches_listed_servers_only_and_refuses_the_rest_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An onion request naming anything but a listed node or a server the exit was given
+    (here a service beside the network, and the registry) is refused before anything
+    connects to it, and at once: the owner need not wait out a timeout to try elsewhere.
+    Listed nodes are reached through the same path as before."""
+    seen = Seen()
+    owner = Identity.from_label("frank")
+    async with _onion_network(seen) as onion, trio.open_nursery() as nursery:
+        transport = onion.network.transport
+        private = RpcServer({"onion": lambda params, connection: {"body": b"secret"}})
+        await nursery.start(private.serve, transport, "mem:private")
+        path = await onion.endpoint.exit_path()
+        for address in ("mem:private", onion.network.registry_url):
+            asked = trio.current_time()
+            with pytest.raises(ExitFailed):
+                await onion.endpoint.exit_request(path, address, b"sealed to nobody")
+            assert trio.current_time() - asked < 1.0
+        assert private.stats.connections == 0
+        digest, _ = await onion.swarm.store(owner.session_id, 0, b"to a listed node")
+        messages, _, _ = await onion.swarm.retrieve(owner, 0, None)
+        assert [m.hash for m in messages] == [digest]
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_dead_exit_makes_the_pool_retry_on_another_path(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -247,7 +276,8 @@ async def test_file_server_and_open_group_clients_work_unchanged_by_onion(
     file server and the open group server run on an onion pool as on a connection."""
     seen = Seen()
     files_key, rooms_key = Identity.from_label("files"), Identity.from_label("rooms")
-    async with _onion_network(seen) as onion, trio.open_nursery() as nursery:
+    servers = ("mem:files", "mem:rooms")
+    async with _onion_network(seen, servers) as onion, trio.open_nursery() as nursery:
         clock, transport = onion.network.clock, onion.network.transport
         files = FileServer(tmp_path / "files.sqlite3", clock)
         rooms = OpenGroupServer(tmp_path / "rooms.sqlite3", clock, None, transport)

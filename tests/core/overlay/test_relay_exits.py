@@ -1,6 +1,7 @@
 """A relay as the exit of onion requests: the fragments of a request become one call to a
-server, its reply goes back in fragments, and everything malformed, repeated, oversized
-or over the caps is dropped and counted without touching other requests."""
+server its route allows, its reply goes back in fragments, and everything malformed,
+repeated, oversized, over the caps or to another address is dropped and counted without
+touching other requests."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from overlay.constants import (
 from overlay.contact import make_contact, verified_directory
 from overlay.endpoint_core import Answered, Effect, EndpointCore, SendPayload
 from overlay.exits import (
+    ExitCaps,
     ExitStatus,
     Reassembly,
     decode_exit_reply,
@@ -38,38 +40,57 @@ from overlay.payloads import (
     decode_payload,
     exit_fragments,
 )
-from overlay.relay import ExitCall, RelayCore
+from overlay.relay import ExitCall, RelayCore, Send
 from tests.core.overlay.test_cores import NOW
 
 EXIT = KeyPair.from_seed(b"\x41" * 32)
 CONTACTS = [make_contact(EXIT, "mem:exit", NOW)]
 SERVER = "ws://10.0.0.9:4000"
+#: The exit's route: only SERVER, by one spelling (what the route is made of, and how it
+#: tells spellings apart, is p2psync's: tests/core/test_exit_servers.py).
+ROUTES = {SERVER: SERVER, "ws://10.0.0.9:4000/1": SERVER}
 
 
-def exit_relay(per_path: int = 8, total: int = 256) -> RelayCore:
+def exit_relay(per_path: int = 8, total: int = 256, per_link: int = 64) -> RelayCore:
     return RelayCore(
         EXIT,
         verified_directory(CONTACTS, NOW),
-        exit_enabled=True,
-        max_exits_per_path=per_path,
-        max_exits=total,
+        exit_route=ROUTES.get,
+        exit_caps=ExitCaps(per_path, per_link, total),
     )
 
 
-def one_hop_path(relay: RelayCore) -> Path:
+def one_hop_path(relay: RelayCore, link: str = "in:owner") -> Path:
     path, build = Path.build(CONTACTS, NOW)
-    [(_, built)] = relay.receive("in:owner", build, NOW)
+    [(_, built)] = relay.receive(link, build, NOW)
     assert path.unwrap(decode_cell(built).body, NOW) == bytes((Payload.BUILT,))
     return path
 
 
-def send(relay: RelayCore, path: Path, payload: bytes, now_ms: int = NOW) -> None:
-    assert relay.receive("in:owner", path.wrap(payload), now_ms) == []
+def send(
+    relay: RelayCore, path: Path, payload: bytes, now_ms: int = NOW, link: str = "in:owner"
+) -> list[Send]:
+    return relay.receive(link, path.wrap(payload), now_ms)
 
 
-def ask(relay: RelayCore, path: Path, request_id: bytes, body: bytes) -> None:
-    for fragment in exit_fragments(ExitRequest, request_id, encode_exit_request(SERVER, body)):
-        send(relay, path, fragment.encode())
+def ask(
+    relay: RelayCore,
+    path: Path,
+    request_id: bytes,
+    body: bytes,
+    address: str = SERVER,
+    link: str = "in:owner",
+) -> list[ExitStatus]:
+    """Send one exit request; the statuses the owner was answered with at once (none
+    while it is at the server)."""
+    answers = []
+    for fragment in exit_fragments(ExitRequest, request_id, encode_exit_request(address, body)):
+        for sent_on, cell in send(relay, path, fragment.encode(), link=link):
+            assert sent_on == link
+            reply = decode_payload(path.unwrap(decode_cell(cell).body, NOW))
+            assert isinstance(reply, ExitReply) and reply.request_id == request_id
+            answers.append(decode_exit_reply(reply.chunk)[0])
+    return answers
 
 
 def raw_fragment(request_id: bytes, index: int, count: int, chunk: bytes) -> bytes:
@@ -127,12 +148,12 @@ def test_a_repeated_fragment_is_a_replay() -> None:
     first, second = exit_fragments(
         ExitRequest, b"r" * 8, encode_exit_request(SERVER, bytes(EXIT_CHUNK_BYTES))
     )
-    send(relay, path, first.encode())
-    send(relay, path, first.encode())
+    assert send(relay, path, first.encode()) == []
+    assert send(relay, path, first.encode()) == []
     assert relay.stats.dropped_replay == 1
-    send(relay, path, second.encode())
+    assert send(relay, path, second.encode()) == []
     assert len(relay.take_exit_calls()) == 1
-    send(relay, path, second.encode())  # the whole request is at the server already
+    assert send(relay, path, second.encode()) == []  # the whole request is at the server
     assert relay.stats.dropped_replay == 2 and relay.take_exit_calls() == []
 
 
@@ -153,37 +174,73 @@ def test_a_repeated_fragment_is_a_replay() -> None:
 def test_malformed_requests_are_dropped_and_counted(fragment: bytes) -> None:
     relay = exit_relay()
     path = one_hop_path(relay)
-    send(relay, path, fragment)
+    assert send(relay, path, fragment) == []
     assert relay.stats.dropped_malformed == 1
     assert relay.exit_count == 0 and relay.take_exit_calls() == []
-    ask(relay, path, b"s" * 8, b"fine")  # the path lives on
+    assert ask(relay, path, b"s" * 8, b"fine") == []  # the path lives on
     assert len(relay.take_exit_calls()) == 1
 
 
 def test_a_fragment_that_changes_the_count_is_dropped() -> None:
     relay = exit_relay()
     path = one_hop_path(relay)
-    send(relay, path, raw_fragment(b"r" * 8, 0, 3, bytes(EXIT_CHUNK_BYTES)))
-    send(relay, path, raw_fragment(b"r" * 8, 1, 2, b"x"))
+    assert send(relay, path, raw_fragment(b"r" * 8, 0, 3, bytes(EXIT_CHUNK_BYTES))) == []
+    assert send(relay, path, raw_fragment(b"r" * 8, 1, 2, b"x")) == []
     assert relay.stats.dropped_malformed == 1 and relay.exit_count == 0
 
 
 def test_requests_past_the_caps_or_to_a_relay_that_is_no_exit_are_refused() -> None:
+    """Refused at once, so the owner tries another path without waiting out a timeout."""
     relay = exit_relay(per_path=2, total=3)
-    path, other = one_hop_path(relay), one_hop_path(relay)
-    for n in range(3):
-        ask(relay, path, bytes([n]) * 8, b"x")
+    path, other = one_hop_path(relay, "in:a"), one_hop_path(relay, "in:b")
+    answers = [ask(relay, path, bytes([n]) * 8, b"x", link="in:a") for n in range(3)]
+    assert answers == [[], [], [ExitStatus.BUSY]]
     assert relay.stats.dropped_exit_refused == 1 and relay.exit_count == 2
-    ask(relay, other, b"o" * 8, b"x")
-    ask(relay, other, b"p" * 8, b"x")  # over the relay's total
+    assert ask(relay, other, b"o" * 8, b"x", link="in:b") == []
+    assert ask(relay, other, b"p" * 8, b"x", link="in:b") == [ExitStatus.BUSY]  # the total
     assert relay.stats.dropped_exit_refused == 2 and relay.exit_count == 3
     for call in relay.take_exit_calls():
         relay.exit_done(call.token, b"ok")
     assert relay.exit_count == 0
 
     plain = RelayCore(EXIT, verified_directory(CONTACTS, NOW))
-    ask(plain, one_hop_path(plain), b"r" * 8, b"x")
+    assert ask(plain, one_hop_path(plain), b"r" * 8, b"x") == [ExitStatus.REFUSED]
     assert plain.stats.dropped_exit_refused == 1 and plain.take_exit_calls() == []
+
+
+def test_the_paths_of_one_link_share_a_cap_and_leave_room_for_other_links() -> None:
+    """However many paths one neighbour brings (one client, or the relay carrying its
+    paths), they hold at most ``per_link`` of the relay's exit slots together."""
+    relay = exit_relay(per_path=2, per_link=3, total=8)
+    crowd = [one_hop_path(relay, "in:crowd") for _ in range(3)]
+    answers = [
+        ask(relay, path, bytes([n, i]) * 4, b"x", link="in:crowd")
+        for n, path in enumerate(crowd)
+        for i in range(2)
+    ]
+    assert answers.count([]) == 3 and answers.count([ExitStatus.BUSY]) == 3
+    assert relay.exit_count == 3
+    other = one_hop_path(relay, "in:other")
+    assert ask(relay, other, b"o" * 8, b"x", link="in:other") == []
+    assert relay.exit_count == 4
+    first = relay.take_exit_calls()[0]
+    relay.exit_done(first.token, b"ok")  # a slot of the crowd's link is free again
+    assert ask(relay, crowd[0], b"again!!!", b"x", link="in:crowd") == []
+
+
+def test_an_address_the_route_does_not_name_is_refused_and_reaches_nothing() -> None:
+    """A whole request for an address that is no server this exit serves (loopback, the
+    hosts' gateway, a port scan) is answered REFUSED and never becomes a call; another
+    spelling of an allowed server becomes a call to the address the route gives."""
+    relay = exit_relay()
+    path = one_hop_path(relay)
+    for n, address in enumerate(("ws://127.0.0.1:22", "ws://10.77.0.1:6379", "mem:registry")):
+        assert ask(relay, path, bytes([n]) * 8, b"x" * 2000, address) == [ExitStatus.REFUSED]
+    assert relay.take_exit_calls() == [] and relay.exit_count == 0
+    assert relay.stats.dropped_exit_address == 3 and relay.stats.exits == 0
+    assert ask(relay, path, b"s" * 8, b"x", "ws://10.0.0.9:4000/1") == []
+    [call] = relay.take_exit_calls()
+    assert call.address == SERVER
 
 
 def test_a_request_whose_fragments_stop_coming_is_forgotten() -> None:
