@@ -384,6 +384,24 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    """Move a mapped account to linked mode, on its primary."""
+
+    async def work() -> None:
+        async with _device(args) as device:
+            retired = await device.migrate(args.to)
+            await device.flush()
+            friends = sum(1 for c in device.contacts() if c.state == "friend")
+            print(f"moved user {device.session_id} to {args.to} mode; told {friends} friend(s)")
+            for old in retired:
+                print(
+                    f"device {old} gets the account's key when it next comes online"
+                    " (run any device command there before sending from it)"
+                )
+
+    return _run(args, work)
+
+
 def _cmd_rooms(args: argparse.Namespace) -> int:
     """Public chats: create a room, post to it, or read it (posts show the user, so a
     person's devices read as one)."""
@@ -447,7 +465,8 @@ def _cmd_contacts(args: argparse.Namespace) -> int:
 
 
 def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``device init|whoami|name|pair|accept|send|inbox|run|status|devices|rooms|contacts``."""
+    """Add ``device init|whoami|name|pair|accept|send|inbox|run|status|devices|migrate|rooms|
+    contacts``."""
     device = commands.add_parser("device", help="a messenger device at the terminal")
     device_commands = device.add_subparsers(dest="device_command", required=True)
 
@@ -537,6 +556,12 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     devices = command("devices", "this user's devices", _cmd_devices, json_output=True)
     devices.add_argument("--revoke", metavar="DEVICE_ID", help="on a mapped primary: unpair one")
+    migrate = command(
+        "migrate",
+        "on a mapped primary: move the account to linked mode, keeping history and contacts",
+        _cmd_migrate,
+    )
+    migrate.add_argument("--to", required=True, choices=["linked"], help="the mode to move to")
     rooms = command(
         "rooms", "public chats: read a room, post to it, or create it", _cmd_rooms, json_output=True
     )

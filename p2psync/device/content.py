@@ -20,12 +20,17 @@ Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
 * ``device_revoked`` (ns 0): ``{"revocation": bytes}`` — the primary's signed
   :class:`~p2psync.mapping.Revocation` of one of its devices, pushed to every friend so
   they stop trusting that device without waiting for (or trusting) the file server.
+* ``account_linked`` (ns 0): ``{"statement": bytes}`` — the account moved from ``mapped`` to
+  ``linked`` mode: its signed :class:`~p2psync.device.migration.LinkedStatement`, which
+  retires the old device keys (docs/migration.md).
 * ``sync_sent`` (ns 1): ``{"id": bytes32, "to": sid, "ts": uint, "text": str}`` — a sent
   message copied to the sender's siblings, under the id the recipient knows it by.
 * ``sync_contact`` (ns 1): ``{"user": sid, "state": str, "devices": [sid], "name": str?}``.
 * ``sync_profile`` (ns 1): ``{"name": str}`` — the user's own new display name, for siblings.
 * ``sync_sibling`` (ns 1): ``{"device": sid, "overlay": bytes32, "name": str}`` — a device
   that joined, and the overlay key its siblings reach it by.
+* ``sync_linked`` (ns 1): ``{"seed": bytes32, "statement": bytes}`` — the account's seed
+  and its statement, from the primary to each secondary the statement retires.
 * ``pair_request`` (ns 2): ``{"mode": str, "device": sid, "overlay": bytes32, "name": str,
   "ts": uint, "request": bytes?}`` — ``device`` is the new device's own key, ``request``
   the signed :class:`~p2psync.mapping.PairingRequest` in ``mapped`` mode.
@@ -59,6 +64,7 @@ from ..mapping import MAX_RECORD_BYTES
 from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from ..wire import Fields, decode_cbor, encode_cbor
 from .friends import ContactState
+from .migration import MAX_STATEMENT_BYTES
 from .modes import Mode
 
 MAX_TEXT_CHARS = 16_000
@@ -255,6 +261,21 @@ class DeviceRevoked:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountLinked:
+    """The account's statement that it moved to ``linked`` mode, for a friend."""
+
+    statement: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedHandOver:
+    """The account's seed and statement, for a secondary the move retires."""
+
+    seed: bytes = field(repr=False)  # the account's key: never in a log line
+    statement: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PairChallenge:
     request_id: bytes
     nonce: bytes
@@ -278,6 +299,8 @@ Content = (
     | Profile
     | SyncProfile
     | DeviceRevoked
+    | AccountLinked
+    | LinkedHandOver
     | SyncSent
     | ContactRecord
     | SiblingRecord
@@ -293,6 +316,8 @@ KIND_OF: dict[type, str] = {
     Profile: "profile",
     SyncProfile: "sync_profile",
     DeviceRevoked: "device_revoked",
+    AccountLinked: "account_linked",
+    LinkedHandOver: "sync_linked",
     SyncSent: "sync_sent",
     ContactRecord: "sync_contact",
     SiblingRecord: "sync_sibling",
@@ -308,6 +333,8 @@ NAMESPACE_OF: dict[str, int] = {
     "profile": NAMESPACE_MESSAGES,
     "sync_profile": NAMESPACE_SYNC,
     "device_revoked": NAMESPACE_MESSAGES,
+    "account_linked": NAMESPACE_MESSAGES,
+    "sync_linked": NAMESPACE_SYNC,
     "sync_sent": NAMESPACE_SYNC,
     "sync_contact": NAMESPACE_SYNC,
     "sync_sibling": NAMESPACE_SYNC,
@@ -387,6 +414,10 @@ def encode_content(content: Content) -> tuple[str, bytes]:
             body = {"request_id": request_id, "nonce": nonce}
         case DeviceRevoked(revocation=revocation):
             body = {"revocation": revocation}
+        case AccountLinked(statement=statement):
+            body = {"statement": statement}
+        case LinkedHandOver(seed=seed, statement=statement):
+            body = {"seed": seed, "statement": statement}
         case PairGrant(request_id=request_id, mapping=mapping, seed=seed, devices=devices):
             body = {
                 "request_id": request_id,
@@ -459,6 +490,15 @@ def decode_content(kind: str, body: bytes) -> Content:
     if kind == "device_revoked":
         fields.only("revocation")
         return DeviceRevoked(fields.blob("revocation", max_len=MAX_RECORD_BYTES))
+    if kind == "account_linked":
+        fields.only("statement")
+        return AccountLinked(fields.blob("statement", max_len=MAX_STATEMENT_BYTES))
+    if kind == "sync_linked":
+        fields.only("seed", "statement")
+        return LinkedHandOver(
+            fields.blob("seed", size=SEED_BYTES),
+            fields.blob("statement", max_len=MAX_STATEMENT_BYTES),
+        )
     if kind == "pair_challenge":
         fields.only("request_id", "nonce")
         return PairChallenge(
@@ -483,12 +523,14 @@ def decode_content(kind: str, body: bytes) -> Content:
 __all__ = [
     "CONTACT_STATES",
     "NAMESPACE_OF",
+    "AccountLinked",
     "ContactRecord",
     "Content",
     "DeviceRevoked",
     "FriendAccept",
     "FriendRequest",
     "HistoryRecord",
+    "LinkedHandOver",
     "PairChallenge",
     "PairGrant",
     "PairRequest",

@@ -70,6 +70,7 @@ from .friends import ContactState, FriendEffect, FriendEvent, IllegalTransition
 from .friends import transition as friend_transition
 from .keys import choice_seed
 from .local import Local, whoami_of
+from .migrator import Migrator
 from .modes import Mode
 from .outbox import Outbox
 from .pairer import Pairer
@@ -120,8 +121,11 @@ class Device:
         self._siblings = SiblingHandler(local, network)
         self._outbox = Outbox(local, network, pool, swarm)
         self._pairer = Pairer(local, swarm, self._outbox, self._siblings, self._relisten)
+        self._migrator = Migrator(
+            local, self._outbox, self._siblings, self.sync_now, self._relisten
+        )
         self._receiver = Receiver(
-            local, swarm, self._outbox, self._siblings, self._pairer, self._befriend
+            local, swarm, self._outbox, self._siblings, self._pairer, self._migrator, self._befriend
         )
         self._online_scope: trio.CancelScope | None = None
         #: One switch at a time: going offline takes a while (the copies it stores first),
@@ -346,6 +350,20 @@ class Device:
         """On the primary (``mapped``): unpair ``device``; senders stop reaching it once
         their cached device list expires, and this device stops syncing to it at once."""
         await self._pairer.revoke_device(device)
+
+    async def migrate(self, to: str = "linked") -> tuple[str, ...]:
+        """On a ``mapped`` primary: move the account to ``linked`` mode, keeping history
+        and contacts, and return the device ids it retires (docs/migration.md).
+
+        Every device of the user goes on as the primary's identity: the secondaries get
+        its seed, signed by it and sealed to each one's own key, and switch when they
+        next read their swarm. Friends get the account's signed statement and from then
+        on send to the account alone and refuse the retired keys; the file server's
+        mappings are revoked, so strangers see one device too. Histories stay on every
+        device and keep merging as before (sync copies, re-sync). :class:`DeviceError`,
+        in one line, on a device that is linked already (created so, or moved before)
+        or that is not the primary; a file server that cannot be reached changes nothing."""
+        return await self._migrator.migrate(to)
 
     # --- open groups ------------------------------------------------------------------------------
 

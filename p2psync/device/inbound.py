@@ -14,7 +14,7 @@ is tested directly (``tests/core/device/test_inbound.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..errors import DecodeError
@@ -24,12 +24,14 @@ from ..swarm.constants import CLOCK_SKEW_MS
 from ..wire import decode_cbor, encode_cbor
 from .content import (
     NAMESPACE_OF,
+    AccountLinked,
     ContactRecord,
     Content,
     DeviceRevoked,
     FriendAccept,
     FriendRequest,
     HistoryRecord,
+    LinkedHandOver,
     PairChallenge,
     PairGrant,
     PairRequest,
@@ -42,7 +44,8 @@ from .content import (
 from .friends import ContactState, FriendEffect, FriendEvent, IllegalTransition, accepts_messages
 from .friends import merged as merged_state
 from .friends import transition as friend_transition
-from .modes import Rules
+from .migration import LinkedStatement
+from .modes import Mode, Rules
 from .pairing import IllegalPairing, PairingEffect, PairingEvent, PairingState, pairing_transition
 from .store import Contact, Pairing
 
@@ -86,6 +89,8 @@ class View(Protocol):
     def allow_pairing(self, sender_key: bytes) -> bool: ...
     @property
     def display_name_at_ms(self) -> int: ...  # when the user's own name was last set
+    @property
+    def migration(self) -> LinkedStatement | None: ...  # the account's move to linked
 
 
 # --- effects ----------------------------------------------------------------------------------
@@ -133,9 +138,21 @@ class Befriend:
 
 
 @dataclass(frozen=True, slots=True)
-class RevokeDevice:
-    revocation: Revocation
-    contact: Contact  # without the revoked device
+class RevokeDevices:
+    """Keep the revocations (applied to every later file server answer) and the contact
+    without the revoked devices; the contact's cached device list goes."""
+
+    revocations: tuple[Revocation, ...]
+    contact: Contact
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptAccount:
+    """The primary moved the account to ``linked``: act as the account (``seed``) from
+    now on, keeping its ``statement``."""
+
+    seed: bytes = field(repr=False)
+    statement: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +205,8 @@ Effect = (
     | File
     | PutContact
     | Befriend
-    | RevokeDevice
+    | RevokeDevices
+    | AdoptAccount
     | DeleteSyncCopy
     | Covered
     | AddSibling
@@ -205,6 +223,10 @@ class _Refused(Exception):
 
 class _NotYet(Exception):
     pass
+
+
+class _AppliedAlready(Exception):
+    """A record whose effects this device has had by another way: nothing to do."""
 
 
 class _Need(Exception):
@@ -239,6 +261,8 @@ def decide(
         return [Reject(str(exc))]
     except _NotYet as exc:
         return [Defer(str(exc))]
+    except _AppliedAlready:
+        return []
     except _Need as need:
         return [need.need]
 
@@ -268,6 +292,10 @@ class _Decision:
                 return self.sync_profile(profile)
             case DeviceRevoked() as revoked:
                 return self.device_revoked(revoked)
+            case AccountLinked() as linked:
+                return self.account_linked(linked)
+            case LinkedHandOver() as hand_over:
+                return self.linked_hand_over(hand_over)
             case SyncSent() as sent:
                 return self.sync_sent(sent)
             case SiblingRecord() as sibling:
@@ -312,9 +340,16 @@ class _Decision:
     def check_sibling(self) -> None:
         view, item = self.view, self.item
         if view.rules.sync_signer_is_account():
-            if item.sender_key != view.account_key:
+            if item.sender_key == view.account_key:
+                return
+            moved = view.migration
+            if moved is None or item.device not in moved.retired_devices:
                 raise _Refused("a sync record not signed by this account")
-            return
+            if item.timestamp_ms < moved.timestamp_ms:
+                # A sibling's record from before the account moved: it reached every
+                # sibling's own swarm then (and replayed now, it would undo later changes).
+                raise _AppliedAlready
+            return  # a sibling that has not read the account's hand-over yet
         if item.device == view.device_id:
             raise _Refused("a sync record signed by this very device")
         self.check_device(item.device, view.user_id)
@@ -401,7 +436,49 @@ class _Decision:
         if contact is None or contact.state != ContactState.FRIEND:
             raise _Refused(f"a revocation from {revocation.primary[:12]}…, not a friend")
         devices = tuple(d for d in contact.devices if d != revocation.secondary)
-        return [RevokeDevice(revocation, replace(contact, devices=devices))]
+        return [RevokeDevices((revocation,), replace(contact, devices=devices))]
+
+    def checked_statement(self, data: bytes, what: str) -> LinkedStatement:
+        """The statement in ``data``, verified, dated within this device's clock and sent
+        with the account's own key."""
+        statement = LinkedStatement.from_bytes(data)
+        statement.verify()
+        if self.item.device != statement.account:
+            raise _Refused(f"{what} must come from the account key that signed it")
+        refusal = date_refusal(statement.timestamp_ms, self.now_ms)
+        if refusal is not None:
+            raise _Refused(refusal)
+        return statement
+
+    def account_linked(self, content: AccountLinked) -> list[Effect]:
+        """A friend moved to ``linked`` mode: the devices it retired stop counting as
+        theirs at once (messages go to the account alone; a retired key is refused),
+        whatever the file server says later."""
+        statement = self.checked_statement(content.statement, "a linked statement")
+        contact = self.known_contact(statement.account, "a linked statement")
+        if contact is None or contact.state != ContactState.FRIEND:
+            raise _Refused(f"a linked statement from {statement.account[:12]}…, not a friend")
+        retired = statement.retired_devices
+        devices = tuple(d for d in contact.devices if d not in retired)
+        return [RevokeDevices(statement.retired, replace(contact, devices=devices))]
+
+    def linked_hand_over(self, hand_over: LinkedHandOver) -> list[Effect]:
+        """The primary moved the account to ``linked`` mode and hands this secondary the
+        account's key: only the account's key can send it, and it must retire this
+        device's own key."""
+        view = self.view
+        if view.migration is not None:
+            return []  # read again after the move
+        if view.rules.mode is not Mode.MAPPED:
+            raise _Refused("a hand-over to a device that is not mapped")
+        statement = self.checked_statement(hand_over.statement, "a hand-over")
+        if statement.account != view.user_id:
+            raise _Refused("a hand-over from another account")
+        if view.device_id not in statement.retired_devices:
+            raise _Refused("a hand-over whose statement does not retire this device")
+        if Identity(hand_over.seed).session_id != view.user_id:
+            raise _Refused("the handed-over identity is not the account's")
+        return [AdoptAccount(hand_over.seed, hand_over.statement)]
 
     def sync_sent(self, sent: SyncSent) -> list[Effect]:
         self.check_sibling()

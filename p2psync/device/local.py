@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import trio
 
@@ -22,6 +22,7 @@ from ..rpc import KeyedRateLimit
 from .content import NAMESPACE_OF, Content, HistoryRecord, encode_content
 from .inbound import date_refusal
 from .keys import overlay_public
+from .migration import LinkedStatement
 from .modes import RULES, Mode, Rules
 from .pairing import REQUEST_KEY_REFILL_S, REQUEST_REFILL_S, REQUESTS_BURST, REQUESTS_PER_KEY
 from .store import Contact, Copy, DeviceStore, Pairing
@@ -29,6 +30,8 @@ from .values import MAX_REJECTIONS, DeviceConfig, Refused, Rejection, Whoami
 
 logger = logging.getLogger(__name__)
 
+#: Where a device keeps the account's statement of its move to ``linked`` mode.
+LINKED_STATEMENT_META = "linked_statement"
 #: Where the user's own display name is kept.
 DISPLAY_NAME_META = "display_name"
 DISPLAY_NAME_AT_META = "display_name_at_ms"
@@ -42,9 +45,8 @@ class Local:
         self.store = store
         self.clock = clock
         self.config = config
-        mode, device_seed = store.get_meta("mode"), store.get_meta("device_seed")
-        assert mode is not None and device_seed is not None
-        self.rules: Rules = RULES[Mode(mode.decode())]
+        device_seed = store.get_meta("device_seed")
+        assert device_seed is not None
         self.name = (store.get_meta("name") or b"").decode()
         #: The device's own key: its identity in ``mapped`` mode, its overlay key in ``linked``.
         self.device_identity = Identity(device_seed)
@@ -64,8 +66,15 @@ class Local:
         self.load_identity()
 
     def load_identity(self) -> None:
-        """The identity this device receives as and signs with: its own in ``mapped``
-        mode, the account's (shared by every sibling) in ``linked`` mode."""
+        """The mode's rules and the identity this device receives as and signs with: its
+        own in ``mapped`` mode, the account's (shared by every sibling) in ``linked``
+        mode. Read again when pairing or a move to ``linked`` changed them."""
+        mode = self.store.get_meta("mode")
+        assert mode is not None
+        self.rules: Rules = RULES[Mode(mode.decode())]
+        statement = self.store.get_meta(LINKED_STATEMENT_META)
+        #: The account's move from ``mapped`` to ``linked``, if it made one.
+        self.migration = None if statement is None else LinkedStatement.from_bytes(statement)
         self.identity, self.user_id = acting_identity(self.store, self.device_identity)
         #: Who the device is, kept in memory so it still answers once the store closed.
         self.me = whoami_of(self.store)
@@ -86,6 +95,16 @@ class Local:
             self.store.set_meta(DISPLAY_NAME_AT_META, str(at_ms).encode())
         self.me = whoami_of(self.store)
         self.notify()
+
+    def become_linked(self, statement: bytes, account_seed: bytes | None) -> None:
+        """Act under the ``linked`` rules from now on (inside a transaction): the account
+        moved, by ``statement``; a secondary receives as the account from now on
+        (``account_seed``), a primary's own key is the account's already."""
+        self.store.set_meta("mode", Mode.LINKED.value.encode())
+        self.store.set_meta(LINKED_STATEMENT_META, statement)
+        if account_seed is not None:
+            self.store.set_meta("account_seed", account_seed)
+        self.load_identity()
 
     @property
     def is_primary(self) -> bool:
@@ -164,6 +183,17 @@ class Local:
         seq = self.store.add_outbox(kind, recipient, body, now, digest)
         self.store.add_copies([Copy(seq, recipient, NAMESPACE_OF[kind], data)])
         return digest
+
+    def queue_copies(
+        self, content: Content, owners: Iterable[str], timestamp_ms: int, message_id: bytes | None
+    ) -> list[Copy]:
+        """Put ``content`` in the outbox with exactly one copy per owner's swarm, made
+        now rather than by the mode's rules when it goes out (inside a transaction)."""
+        kind, body = encode_content(content)
+        seq = self.store.add_outbox(kind, self.user_id, body, timestamp_ms, message_id)
+        copies = [self.seal_copy(seq, owner, content, timestamp_ms) for owner in owners]
+        self.store.expand(seq, copies)
+        return copies
 
     def seal_copy(self, seq: int, owner: str, content: Content, timestamp_ms: int) -> Copy:
         kind, body = encode_content(content)

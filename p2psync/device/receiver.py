@@ -23,6 +23,7 @@ from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_S
 from .content import decode_content
 from .inbound import (
     AddSibling,
+    AdoptAccount,
     AdoptGrant,
     Befriend,
     Covered,
@@ -35,13 +36,14 @@ from .inbound import (
     NeedDevicesOf,
     PutContact,
     Reject,
-    RevokeDevice,
+    RevokeDevices,
     SendChallenge,
     SetDisplayName,
     decide,
     pairing_details,
 )
 from .local import Local
+from .migrator import Migrator
 from .outbox import Outbox
 from .pairer import Pairer
 from .pairing import PairingState
@@ -72,6 +74,7 @@ class Receiver:
         outbox: Outbox,
         siblings: SiblingHandler,
         pairer: Pairer,
+        migrator: Migrator,
         befriend: Callable[[Contact], Awaitable[None]],
     ) -> None:
         self._local = local
@@ -80,6 +83,7 @@ class Receiver:
         self._outbox = outbox
         self._siblings = siblings
         self._pairer = pairer
+        self._migrator = migrator
         self._befriend = befriend
         self._retrying = False
         self._scope = trio.CancelScope()
@@ -210,11 +214,11 @@ class Receiver:
                     local.notify()
                 case Befriend(contact=contact):
                     await self._befriend(contact)
-                case RevokeDevice(revocation=revocation, contact=contact):
+                case RevokeDevices(revocations=revocations, contact=contact):
                     with store.transaction():
-                        store.keep_revocations([revocation])
+                        store.keep_revocations(revocations)
                         store.put_contact(contact)
-                    self._outbox.forget(revocation.primary)
+                    self._outbox.forget(contact.user)
                     local.notify()
                 case DeleteSyncCopy(digest=digest):
                     # Only this device reads its own swarm: the copy has done its job.
@@ -234,6 +238,8 @@ class Receiver:
                     local.notify()
                 case AdoptGrant(pairing=pairing, grant=grant):
                     self._pairer.adopt_grant(pairing, grant)
+                case AdoptAccount(seed=seed, statement=statement):
+                    self._migrator.adopt_account(seed, statement)
                 case _:  # pragma: no cover - decide() hands these out alone
                     raise AssertionError(f"unexpected effect {effect!r}")
 

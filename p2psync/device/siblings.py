@@ -25,7 +25,7 @@ from ..swarm.constants import NAMESPACE_MESSAGES
 from ..sync.live import Item, LiveSync
 from ..sync.syncer import KEEPALIVE_S, SiblingSync
 from .access import NetworkAccess
-from .content import HistoryRecord, SyncSent, encode_content
+from .content import HistoryRecord, SyncSent
 from .keys import choice_seed, overlay_seed, siblings_secret
 from .local import Local
 from .store import Pending
@@ -265,12 +265,9 @@ class SiblingHandler:
             store.fell_back(item.id, [])
             return False
         content = SyncSent(item.id, record.conversation, record.timestamp_ms, record.text)
-        kind, body = encode_content(content)
         owners = local.rules.fallback_owners(local.user_id, siblings)
         with store.transaction():
-            seq = store.add_outbox(kind, local.user_id, body, record.timestamp_ms, item.id)
-            copies = [local.seal_copy(seq, o, content, record.timestamp_ms) for o in owners]
-            store.expand(seq, copies)
+            copies = local.queue_copies(content, owners, record.timestamp_ms, item.id)
             store.fell_back(item.id, copies)
         local.wake_outbox()
         return True

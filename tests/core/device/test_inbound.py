@@ -39,6 +39,7 @@ from p2psync.device.inbound import (
     SendChallenge,
     decide,
 )
+from p2psync.device.migration import LinkedStatement
 from p2psync.device.modes import RULES, Mode, Rules
 from p2psync.device.store import Contact, Pairing
 from p2psync.identity import Identity
@@ -67,6 +68,7 @@ class Known:
     device_id: str = ME.session_id
     account_key: bytes = ME.ed25519_public
     display_name_at_ms: int = 0
+    migration: LinkedStatement | None = None
 
     @property
     def rules(self) -> Rules:

@@ -1,0 +1,147 @@
+"""Moving a ``mapped`` account to ``linked`` mode (``Device.migrate``) on an in-process
+network in virtual time: a primary, its secondary and a friend of either mode; history and
+contacts kept on both devices, the friend's messages reach both devices through the
+account's one swarm and none goes to the old secondary key, the secondary's messages
+arrive as the account's, strangers see one device on the file server, a forged statement
+is refused, and moving twice or from ``linked`` says so."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from p2psync.device import Device, DeviceError
+from p2psync.device.content import AccountLinked, encode_content
+from p2psync.device.migration import sign_linked_statement
+from p2psync.envelope import seal_envelope
+from p2psync.fileserver import open_fileserver_client
+from p2psync.identity import Identity, session_id_key
+from p2psync.network import LocalNetwork
+from p2psync.swarm.client import open_swarm_client
+from p2psync.swarm.constants import NAMESPACE_MESSAGES
+from tests.drivers.swarm.helpers import wait_until
+
+from .helpers import befriend, device, is_friend, open_world, pair, stored_messages
+
+
+def ids(device: Device, conversation: str) -> set[bytes]:
+    return {item.id for item in device.history(conversation)}
+
+
+async def listed_devices(network: LocalNetwork, user: str) -> tuple[str, ...]:
+    """What a stranger learns of ``user``'s devices from the file server."""
+    async with open_fileserver_client(network.transport, network.fileserver_url) as files:
+        return (await files.get_mappings(user)).devices
+
+
+async def send_forged_statement(network: LocalNetwork, account: str, to: str) -> None:
+    """What the old secondary key could try: speak for the account it no longer is."""
+    old_key = Identity.from_label("device/desktop")
+    mallory = Identity.from_label("mallory").session_id
+    forged = replace(
+        sign_linked_statement(old_key, [mallory], network.clock.now_ms()), account=account
+    )
+    kind, body = encode_content(AccountLinked(forged.to_bytes()))
+    data = seal_envelope(old_key, session_id_key(to), kind, body, network.clock.now_ms())
+    async with open_swarm_client(network.transport, network.directory(), network.clock) as swarm:
+        await swarm.store(to, NAMESPACE_MESSAGES, data)
+
+
+@pytest.mark.parametrize("friend_mode", ["mapped", "linked"])
+async def test_a_mapped_account_moves_to_linked_keeping_history_and_contacts(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, friend_mode: str
+) -> None:
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "desktop", "mapped") as desktop,
+        device(network, tmp_path, "bob", friend_mode) as bob,
+    ):
+        await pair(phone, desktop)
+        await befriend(phone, bob)
+        await wait_until(lambda: is_friend(desktop, bob.session_id))
+        alice, old_desktop = phone.session_id, desktop.whoami().device_id
+        assert set(bob.contact(alice).devices) == {alice, old_desktop}  # type: ignore[union-attr]
+
+        await bob.send(alice, "before the move")
+        await desktop.send(bob.session_id, "from the desktop, before")
+        await phone.send(bob.session_id, "from the phone, before")
+        for d in (phone, desktop):
+            await wait_until(lambda d=d: len(d.history(bob.session_id)) == 3)  # type: ignore[misc]
+        before = ids(phone, bob.session_id)
+        assert ids(desktop, bob.session_id) == before
+
+        # A statement the old desktop key signs for the account is refused.
+        await send_forged_statement(network, alice, bob.session_id)
+        await wait_until(lambda: len(bob.rejections) == 1)
+        assert bob.rejections[0].kind == "account_linked"
+        assert set(bob.contact(alice).devices) == {alice, old_desktop}  # type: ignore[union-attr]
+
+        assert await phone.migrate("linked") == (old_desktop,)
+        assert phone.whoami().mode == "linked" and phone.session_id == alice
+        await phone.flush()
+        await wait_until(lambda: desktop.whoami().mode == "linked")
+        me = desktop.whoami()
+        assert (me.session_id, me.receives_as, me.device_id) == (alice, alice, old_desktop)
+        await wait_until(lambda: bob.contact(alice).devices == (alice,))  # type: ignore[union-attr]
+        assert await listed_devices(network, alice) == (alice,)  # strangers see it too
+
+        # The friend's message is stored once, for the account, and both devices read it,
+        # even from a file server that turns malicious and lists the old key again: the
+        # friend keeps the statement's revocations.
+        with sqlite3.connect(network.data_dir / "fileserver.sqlite3") as files:
+            files.execute("UPDATE mappings SET active = 1, revoked_at = NULL, revocation = NULL")
+        network.clock.skip_idle(int(bob.config.mapping_cache_s * 1000) + 1000)
+        await bob.flush()
+        old_key_copies = stored_messages(network, old_desktop, NAMESPACE_MESSAGES)
+        after = await bob.send(alice, "after the move")
+        for d in (phone, desktop):
+            await wait_until(lambda d=d: after in ids(d, bob.session_id))  # type: ignore[misc]
+        await bob.flush()
+        assert stored_messages(network, old_desktop, NAMESPACE_MESSAGES) == old_key_copies
+
+        # The desktop now speaks with the account's key: the friend files it as Alice's.
+        sent = await desktop.send(bob.session_id, "from the desktop, after")
+        await wait_until(lambda: sent in ids(bob, alice))
+        [reply] = [i for i in bob.history(alice) if i.id == sent]
+        assert (reply.sender, reply.device) == (alice, alice)
+        await wait_until(lambda: sent in ids(phone, bob.session_id))
+
+        # History and contacts intact on both devices, and the same on both.
+        for d in (phone, desktop):
+            assert before | {after, sent} == ids(d, bob.session_id)
+            assert [(c.user, c.state) for c in d.contacts()] == [(bob.session_id, "friend")]
+
+        for d in (phone, desktop):
+            with pytest.raises(DeviceError, match="moved to linked mode already"):
+                await d.migrate("linked")
+        assert not phone.rejections and not desktop.rejections
+        assert len(bob.rejections) == 1
+
+
+async def test_only_a_mapped_primary_moves_and_a_lone_one_moves_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "carol", "linked") as carol,
+        device(network, tmp_path, "dave", "mapped") as dave,
+        device(network, tmp_path, "dave-tablet", "mapped") as tablet,
+        device(network, tmp_path, "erin", "mapped") as erin,
+    ):
+        with pytest.raises(DeviceError, match="linked already: there is nothing to move"):
+            await carol.migrate("linked")
+        await pair(dave, tablet)
+        with pytest.raises(DeviceError, match="only the primary"):
+            await tablet.migrate("linked")
+        with pytest.raises(DeviceError, match="linked mode only"):
+            await dave.migrate("mapped")
+        assert await erin.migrate("linked") == ()
+        assert erin.whoami().mode == "linked"
+        with pytest.raises(DeviceError, match="already"):
+            await erin.migrate("linked")
