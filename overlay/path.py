@@ -170,17 +170,25 @@ class Path:
         most of an idle device's wake-ups."""
         if self.state is PathState.DEAD:
             return None
-        times = [self.expiry_ms - PATH_REBUILD_MARGIN_MS, self.expiry_ms]
+        deadlines = [self.expiry_ms]
         if self.state is PathState.BUILDING:
-            times.append(self.created_ms + PATH_BUILD_TIMEOUT_MS + 1)
+            deadlines.append(self.created_ms + PATH_BUILD_TIMEOUT_MS + 1)
         elif self.state is PathState.ESTABLISHED:
             if self.ping_sent_ms is None:
-                times.append(self.created_ms)
+                deadlines.append(self.created_ms)
             else:
-                times.append(self.ping_sent_ms + ping_interval_ms)
+                deadlines.append(self.ping_sent_ms + ping_interval_ms)
                 if self.last_heard_ms < self.ping_sent_ms:
-                    times.append(self.ping_sent_ms + PATH_PING_TIMEOUT_MS + 1)
-        return min((t for t in times if t > now_ms), default=None)
+                    deadlines.append(self.ping_sent_ms + PATH_PING_TIMEOUT_MS + 1)
+        # Every deadline above, once passed, changes the path when it is checked (dead,
+        # or a ping sent), so one already passed is due now: after a jump of the clock
+        # past all of them, waiting only for later ones would leave expired paths in use
+        # for ever. The rebuild margin is the exception: once passed, a successor is
+        # being built and nothing more is due until expiry.
+        if min(deadlines) <= now_ms:
+            return now_ms
+        rebuild = self.expiry_ms - PATH_REBUILD_MARGIN_MS
+        return min(t for t in (*deadlines, rebuild) if t > now_ms)
 
 
 def freshest(paths: Iterable[Path], now_ms: int) -> Path | None:

@@ -206,6 +206,33 @@ def test_the_next_check_is_the_first_thing_due() -> None:
     assert h.core.next_check_ms(NOW + 20) == NOW + 10 + PATH_PING_INTERVAL_MS
 
 
+def test_a_check_whose_time_has_passed_is_due_at_once() -> None:
+    """The clock may jump past every deadline of a path (a suspended laptop, a skipped
+    day): the check is due now, or the keeper would wait for a change that never comes
+    while the expired path stays in use."""
+    h = Harness()
+    path = h.built_path()
+    [ping] = h.core.keep_paths(NOW + 10)
+    h.send(ping)
+    h.replies(path, NOW + 20)
+    day_later = NOW + 25 * 60 * 60 * 1000
+    assert h.core.next_check_ms(day_later) == day_later
+    assert kinds(h.core.keep_paths(day_later)) == ["ClosePath", "PathsChanged", "BuildPath"]
+
+
+def test_inside_the_rebuild_margin_nothing_is_due_before_expiry() -> None:
+    h = Harness()
+    path = h.built_path()
+    [ping] = h.core.keep_paths(NOW + 10)
+    h.send(ping)
+    h.replies(path, NOW + 20)
+    late = path.expiry_ms - PATH_REBUILD_MARGIN_MS + 1
+    assert kinds(h.core.keep_paths(late)) == ["SendPayload", "BuildPath"]
+    h.core.keep_paths(late)  # the successor is under way: only the old path's ping left
+    assert h.core.next_check_ms(late) is not None
+    assert h.core.next_check_ms(late) > late
+
+
 def test_builds_avoid_the_relays_of_a_path_that_died_young() -> None:
     h = Harness()
     path = h.built_path()
