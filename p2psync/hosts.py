@@ -323,7 +323,11 @@ async def open_hosts(data_dir: Path, names: Sequence[str]) -> AsyncIterator[dict
     What an earlier run on ``data_dir`` left (it was killed before it could clean up) is
     removed first; a run on ``data_dir`` that is still alive is refused.
     ``DATA_DIR/hosts.json`` records the run (id, subnet, pid, hosts) while it lasts, for
-    that clean-up and for :func:`open_device_host`."""
+    that clean-up and for :func:`open_device_host`. It is written once, whole, under the
+    lock, before any host is made: a ``network host`` that comes while they are being
+    made then takes an index none of them has, and its own entry is never overwritten."""
+    if len(names) > MAX_HOSTS:
+        raise HostsError(f"a network of hosts holds at most {MAX_HOSTS}")
     lock = data_dir / "hosts.lock"
     async with _locked(lock):
         stale = _read_record(data_dir)
@@ -338,8 +342,8 @@ async def open_hosts(data_dir: Path, names: Sequence[str]) -> AsyncIterator[dict
                 for info in entry.get("addr_info", [])
             ]
             plan = HostPlan(secrets.token_hex(RUN_ID_HEX // 2), pick_subnet(addresses))
-            record = HostsRecord(plan, os.getpid(), {})
-            _write_record(data_dir, record)
+            claimed = {name: index for index, name in enumerate(names)}
+            _write_record(data_dir, HostsRecord(plan, os.getpid(), claimed))
             try:
                 for command in plan.bridge_commands():
                     await _ip(command)
@@ -354,10 +358,6 @@ async def open_hosts(data_dir: Path, names: Sequence[str]) -> AsyncIterator[dict
             for command in plan.host_commands(index):
                 await _ip(command)
             hosts[name] = plan.host(index)
-        async with _locked(lock):
-            _write_record(
-                data_dir, HostsRecord(plan, record.pid, {n: i for i, n in enumerate(names)})
-            )
         yield hosts
     finally:
         with trio.CancelScope(shield=True):
