@@ -276,10 +276,13 @@ class ExitServers:
         self.update(())
 
     def update(self, node_urls: Iterable[str]) -> None:
-        """The listing's service nodes now (those of an earlier listing are forgotten)."""
+        """The listing's service nodes now (those of an earlier listing are forgotten).
+        Urls already known are not parsed again: a relay re-reads a listing of thousands
+        on its event loop."""
+        known = {url: server for server, url in self._by_server.items()}
         by_server: dict[ServerAddress, str] = {}
         for url in (*self._fixed, *node_urls):
-            server = server_address(url)
+            server = known.get(url) or server_address(url)
             if server is not None:
                 by_server.setdefault(server, url)
         self._by_server = by_server
