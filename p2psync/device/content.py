@@ -60,8 +60,8 @@ from typing import Any
 from ..envelope import MAX_TIMESTAMP_MS
 from ..errors import DecodeError
 from ..identity import KEY_BYTES, SEED_BYTES, session_id_key
-from ..mapping import MAX_RECORD_BYTES
-from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
+from ..mapping import MAX_RECORD_BYTES, PAIRING_WINDOW_MS
+from ..swarm.constants import MAX_TTL_MS, NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from ..wire import Fields, decode_cbor, encode_cbor
 from .friends import ContactState
 from .migration import MAX_STATEMENT_BYTES
@@ -342,6 +342,21 @@ NAMESPACE_OF: dict[str, int] = {
     "pair_challenge": NAMESPACE_CONTROL,
     "pair_grant": NAMESPACE_CONTROL,
 }
+
+
+#: Kinds whose stored copies outlive the device's TTL: a move to ``linked`` mode must reach
+#: a secondary or a friend that is away for days, so its records live as long as a swarm
+#: keeps anything.
+LONG_LIVED_KINDS = frozenset({"account_linked", "sync_linked"})
+
+
+def copy_ttl_ms(kind: str, namespace: int, default_ms: int) -> int:
+    """How long a stored copy of a ``kind`` record lives: pairing records for the pairing
+    window, a move's records for :data:`MAX_TTL_MS`, the rest ``default_ms`` (the
+    device's TTL)."""
+    if namespace == NAMESPACE_CONTROL:
+        return PAIRING_WINDOW_MS
+    return MAX_TTL_MS if kind in LONG_LIVED_KINDS else default_ms
 
 
 @dataclass(frozen=True, slots=True)

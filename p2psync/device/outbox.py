@@ -21,12 +21,10 @@ import trio
 
 from ..errors import RpcError
 from ..fileserver import FileServerClient
-from ..mapping import PAIRING_WINDOW_MS
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
-from ..swarm.constants import NAMESPACE_CONTROL
 from .access import NetworkAccess
-from .content import SyncSent, Text, decode_content
+from .content import SyncSent, Text, copy_ttl_ms, decode_content
 from .local import Local
 from .store import Copy, OutboxEntry
 from .values import TRANSIENT
@@ -71,11 +69,9 @@ class Outbox:
             if not entry.expanded:
                 store.expand(entry.seq, await self._expand(entry))
             for copy in store.copies(entry.seq):
-                ttl_ms = PAIRING_WINDOW_MS if copy.namespace == NAMESPACE_CONTROL else None
+                ttl_ms = copy_ttl_ms(entry.kind, copy.namespace, self._local.config.ttl_ms)
                 try:
-                    await self._swarm.store(
-                        copy.owner, copy.namespace, copy.data, ttl_ms or self._local.config.ttl_ms
-                    )
+                    await self._swarm.store(copy.owner, copy.namespace, copy.data, ttl_ms)
                 except RpcError as exc:
                     if exc.code not in PERMANENT_CODES:
                         raise

@@ -16,6 +16,7 @@ from p2psync.device.content import (
     LinkedHandOver,
     SyncSent,
     Text,
+    copy_ttl_ms,
     decode_content,
     encode_content,
 )
@@ -38,7 +39,13 @@ from p2psync.device.store import Contact
 from p2psync.envelope import MAX_TIMESTAMP_MS
 from p2psync.errors import DecodeError
 from p2psync.identity import Identity
-from p2psync.mapping import AuthorisationError, revoke_pairing
+from p2psync.mapping import PAIRING_WINDOW_MS, AuthorisationError, revoke_pairing
+from p2psync.swarm.constants import (
+    MAX_TTL_MS,
+    NAMESPACE_CONTROL,
+    NAMESPACE_MESSAGES,
+    NAMESPACE_SYNC,
+)
 from p2psync.wire import decode_cbor, encode_cbor
 
 from .test_inbound import NOW, Known, friend, inbound, run
@@ -175,6 +182,16 @@ def test_the_hand_over_keeps_the_seed_out_of_its_repr() -> None:
     kind, body = encode_content(hand_over)
     assert (kind, decode_content(kind, body)) == ("sync_linked", hand_over)
     assert ACCOUNT.seed.hex() not in repr(hand_over) and "seed" not in repr(hand_over)
+
+
+def test_the_moves_records_outlive_the_devices_ttl() -> None:
+    """A secondary or a friend away for days must still find them (the swarm's longest
+    TTL); other records keep the device's TTL, pairing records the pairing window."""
+    day = 86_400_000
+    assert copy_ttl_ms("sync_linked", NAMESPACE_SYNC, day) == MAX_TTL_MS
+    assert copy_ttl_ms("account_linked", NAMESPACE_MESSAGES, day) == MAX_TTL_MS
+    assert copy_ttl_ms("text", NAMESPACE_MESSAGES, day) == day
+    assert copy_ttl_ms("pair_grant", NAMESPACE_CONTROL, day) == PAIRING_WINDOW_MS
 
 
 # --- who may move, and the plan ---------------------------------------------------------------

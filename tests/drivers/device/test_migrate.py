@@ -28,6 +28,8 @@ from tests.drivers.swarm.helpers import wait_until
 
 from .helpers import befriend, device, is_friend, open_world, pair, stored_messages
 
+DAY_MS = 86_400_000
+
 
 def ids(device: Device, conversation: str) -> set[bytes]:
     return {item.id for item in device.history(conversation)}
@@ -122,6 +124,33 @@ async def test_a_mapped_account_moves_to_linked_keeping_history_and_contacts(
                 await d.migrate("linked")
         assert not phone.rejections and not desktop.rejections
         assert len(bob.rejections) == 1
+
+
+async def test_a_secondary_away_longer_than_the_ttl_still_switches(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The move's records outlive the device's TTL (up to the swarm's longest): the
+    desktop, away three days, still finds its hand-over and the friend its statement."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "desktop", "mapped") as desktop,
+        device(network, tmp_path, "bob", "mapped") as bob,
+    ):
+        await pair(phone, desktop)
+        await befriend(phone, bob)
+        await wait_until(lambda: is_friend(desktop, bob.session_id))
+        alice = phone.session_id
+        await desktop.set_online(False)
+        await bob.set_online(False)
+        await phone.migrate("linked")
+        await phone.flush()
+        network.clock.skip_idle(3 * DAY_MS)
+        await desktop.set_online(True)
+        await bob.set_online(True)
+        await wait_until(lambda: desktop.whoami().mode == "linked")
+        await wait_until(lambda: bob.contact(alice).devices == (alice,))  # type: ignore[union-attr]
+        assert not desktop.rejections and not bob.rejections
 
 
 async def test_only_a_mapped_primary_moves_and_a_lone_one_moves_at_once(
