@@ -153,6 +153,40 @@ async def test_a_secondary_away_longer_than_the_ttl_still_switches(
         assert not desktop.rejections and not bob.rejections
 
 
+async def test_after_the_move_siblings_meet_by_the_accounts_secret_and_merge_history(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A message only the desktop holds (sent while the phone was away, its sync copy
+    expired since) reaches the phone after the move: the siblings find each other on the
+    overlay by the secret derived from the account seed, and sync directly."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "desktop", "mapped") as desktop,
+        device(network, tmp_path, "bob", "mapped") as bob,
+    ):
+        await pair(phone, desktop)
+        await befriend(phone, bob)
+        await wait_until(lambda: is_friend(desktop, bob.session_id))
+        old_desktop = desktop.whoami().device_id
+        await phone.set_online(False)
+        only_here = await desktop.send(bob.session_id, "while the phone was away")
+        await desktop.set_online(False)
+        network.clock.skip_idle(2 * DAY_MS)  # the desktop's sync copy for the phone expires
+        await phone.set_online(True)
+        await phone.sync_now()
+        assert only_here not in ids(phone, bob.session_id)
+
+        await phone.migrate("linked")
+        await phone.flush()
+        await desktop.set_online(True)
+        await wait_until(lambda: desktop.whoami().mode == "linked")
+        await wait_until(lambda: phone.sync_status().connected_siblings == {old_desktop})
+        await wait_until(lambda: only_here in ids(phone, bob.session_id))
+        assert ids(phone, bob.session_id) == ids(desktop, bob.session_id)
+        assert not phone.rejections and not desktop.rejections
+
+
 async def test_only_a_mapped_primary_moves_and_a_lone_one_moves_at_once(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
