@@ -72,13 +72,14 @@ async def befriend(asker: Device, answerer: Device) -> None:
 
 @asynccontextmanager
 async def siblings_and_friend(
-    network: LocalNetwork, root: Path, mode: str
+    network: LocalNetwork, root: Path, mode: str, friend_mode: str | None = None
 ) -> AsyncIterator[tuple[Device, Device, Device]]:
-    """Alice's phone and desktop, paired, and Bob, a friend both of them know."""
+    """Alice's phone and desktop, paired, and Bob (of ``friend_mode``, by default
+    Alice's), a friend both of them know."""
     async with (
         device(network, root, "phone", mode) as phone,
         device(network, root, "desktop", mode) as desktop,
-        device(network, root, "bob", mode) as bob,
+        device(network, root, "bob", friend_mode or mode) as bob,
     ):
         await pair(phone, desktop)
         await befriend(phone, bob)

@@ -26,7 +26,7 @@ from p2psync.swarm.client import open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_MESSAGES
 from tests.drivers.swarm.helpers import wait_until
 
-from .helpers import befriend, device, is_friend, open_world, pair, stored_messages
+from .helpers import device, open_world, pair, siblings_and_friend, stored_messages
 
 DAY_MS = 86_400_000
 
@@ -60,13 +60,8 @@ async def test_a_mapped_account_moves_to_linked_keeping_history_and_contacts(
 ) -> None:
     async with (
         open_world() as network,
-        device(network, tmp_path, "phone", "mapped") as phone,
-        device(network, tmp_path, "desktop", "mapped") as desktop,
-        device(network, tmp_path, "bob", friend_mode) as bob,
+        siblings_and_friend(network, tmp_path, "mapped", friend_mode) as (phone, desktop, bob),
     ):
-        await pair(phone, desktop)
-        await befriend(phone, bob)
-        await wait_until(lambda: is_friend(desktop, bob.session_id))
         alice, old_desktop = phone.session_id, desktop.whoami().device_id
         assert set(bob.contact(alice).devices) == {alice, old_desktop}  # type: ignore[union-attr]
 
@@ -133,13 +128,8 @@ async def test_a_secondary_away_longer_than_the_ttl_still_switches(
     desktop, away three days, still finds its hand-over and the friend its statement."""
     async with (
         open_world() as network,
-        device(network, tmp_path, "phone", "mapped") as phone,
-        device(network, tmp_path, "desktop", "mapped") as desktop,
-        device(network, tmp_path, "bob", "mapped") as bob,
+        siblings_and_friend(network, tmp_path, "mapped") as (phone, desktop, bob),
     ):
-        await pair(phone, desktop)
-        await befriend(phone, bob)
-        await wait_until(lambda: is_friend(desktop, bob.session_id))
         alice = phone.session_id
         await desktop.set_online(False)
         await bob.set_online(False)
@@ -161,13 +151,8 @@ async def test_after_the_move_siblings_meet_by_the_accounts_secret_and_merge_his
     overlay by the secret derived from the account seed, and sync directly."""
     async with (
         open_world(relays=8) as network,
-        device(network, tmp_path, "phone", "mapped") as phone,
-        device(network, tmp_path, "desktop", "mapped") as desktop,
-        device(network, tmp_path, "bob", "mapped") as bob,
+        siblings_and_friend(network, tmp_path, "mapped") as (phone, desktop, bob),
     ):
-        await pair(phone, desktop)
-        await befriend(phone, bob)
-        await wait_until(lambda: is_friend(desktop, bob.session_id))
         old_desktop = desktop.whoami().device_id
         await phone.set_online(False)
         only_here = await desktop.send(bob.session_id, "while the phone was away")
