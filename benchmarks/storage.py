@@ -195,7 +195,7 @@ def run_storage_bench(
 
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     if plot_path:
-        _plot(results, plot_path, scenario)
+        plot(results, plot_path, scenario)
     return report
 
 
@@ -240,7 +240,7 @@ def goals(results: dict[str, dict[str, Any]], floor: float) -> list[str]:
     ]
 
 
-def _plot(results: dict[str, dict[str, Any]], path: str, scenario: Scenario | None = None) -> None:
+def plot(results: dict[str, dict[str, Any]], path: str, scenario: Scenario | None = None) -> None:
     """Two stacked panels sharing the day axis, one line per strategy: stored copies and
     stored KiB per hour (what was stored at some moment of each hour)."""
     import matplotlib

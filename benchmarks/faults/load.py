@@ -51,6 +51,10 @@ class LatencySample:
             if slot < self.capacity:
                 self._values[slot] = seconds
 
+    def __len__(self) -> int:
+        """How many latencies the sample holds (at most ``capacity``)."""
+        return len(self._values)
+
     def quantile_ms(self, q: float) -> float | None:
         if not self._values:
             return None

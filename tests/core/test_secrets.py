@@ -6,6 +6,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+from nacl.bindings import crypto_sign_ed25519_sk_to_curve25519
+
 from overlay.introset import rendezvous_keys
 from overlay.keys import KeyPair
 from overlay.onion import HopKeys
@@ -21,11 +23,13 @@ def test_key_reprs_show_no_secret() -> None:
     keys = KeyPair.from_seed(SEED)
     hop = HopKeys.derive(SEED)
     rendezvous = rendezvous_keys(SEED, keys.public, 0)
-    grant = PairGrant(b"id", None, SEED, keys._x25519_secret, (), ())
+    sign_secret = SEED + keys.public  # libsodium's Ed25519 secret key: seed, then public key
+    x25519_secret = crypto_sign_ed25519_sk_to_curve25519(sign_secret)
+    grant = PairGrant(b"id", None, SEED, x25519_secret, (), ())
     pairing = Pairing(b"id", False, "peer", "name", 0, "waiting", rendezvous.encryption_key)
     layer_ends = (hop.owner_side(), hop.relay_side())  # hold the hop's keys and tag keys
     text = repr((keys, hop, layer_ends, rendezvous, Identity(SEED), grant, pairing))
-    secrets = [SEED, keys._sign_secret, keys._x25519_secret, rendezvous.encryption_key]
+    secrets = [SEED, sign_secret, x25519_secret, rendezvous.encryption_key]
     secrets += [hop.forward_key, hop.backward_key, hop.build_stream_key]
     secrets += [hop.forward_tag_key, hop.backward_tag_key]
     for secret in secrets:

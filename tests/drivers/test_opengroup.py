@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -131,13 +132,14 @@ async def test_mapped_mode_attributes_every_device_to_its_primary(
 
 
 async def test_readers_drop_what_a_server_invented_or_altered(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     """A malicious server edits a body, moves a post to another user, and invents a post
     with a signature it copied: every reader checks messages against their signed posts,
     drops those three with a warning, and still reads the honest ones."""
     clock = Clock(TEST_EPOCH_MS)
-    async with running(clock) as s:
+    db_path = tmp_path / "chat.db"
+    async with running(clock, db_path=db_path) as s:
         await create_room(s, "lobby")
         await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
         now = clock.now_ms()
@@ -146,7 +148,7 @@ async def test_readers_drop_what_a_server_invented_or_altered(
         moved = sign_post(SECONDARY, "lobby", b"mine", now + 2, primary=PRIMARY.session_id)
         for post in (honest, edited, moved):
             await s.chat.post(post)
-        db = s.chat_server.store._db
+        db = sqlite3.connect(db_path, isolation_level=None)  # the server's disk, edited
         db.execute("UPDATE posts SET body = ? WHERE body = ?", (b"pay mallory", b"pay bob"))
         db.execute("UPDATE posts SET user = ? WHERE body = ?", (LONER.session_id, b"mine"))
         db.execute(
@@ -162,6 +164,7 @@ async def test_readers_drop_what_a_server_invented_or_altered(
                 replace(honest, sender=PRIMARY.session_id, body=b"invented").to_bytes(),
             ),
         )
+        db.close()
         messages, _ = await s.chat.messages("lobby")
         assert [m.body for m in messages] == [b"honest"]
 

@@ -161,7 +161,7 @@ def test_the_plot_has_copies_and_bytes_per_strategy(tmp_path: Path) -> None:
         }
         for name, copies in (("fanout", 3.0), ("linked", 2.0), ("p2p", 1.0))
     }
-    storage._plot(results, str(tmp_path / "plot.png"), Scenario(users=2, days=0.1))
+    storage.plot(results, str(tmp_path / "plot.png"), Scenario(users=2, days=0.1))
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -21,7 +21,7 @@ def test_latency_sample_keeps_its_bound_and_its_quantiles() -> None:
     for i in range(100_000):
         sample.add((i % 1_000) / 1_000)
     assert sample.count == 100_000
-    assert len(sample._values) == 1_000
+    assert len(sample) == 1_000
     p50, p99 = sample.quantile_ms(0.5), sample.quantile_ms(0.99)
     assert p50 is not None and 400 <= p50 <= 600
     assert p99 is not None and p99 >= 950
