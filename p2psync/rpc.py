@@ -354,6 +354,11 @@ class RpcServer:
         self._own_rate_limit: set[str] = set()
         self._observers: list[Observer] = []
 
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now (a closed client's is gone once its handler ends)."""
+        return len(self._connections)
+
     def observe(self, observer: Observer) -> None:
         """Call ``observer(method, peer, params)`` for every request this server answers
         from now on, an onion request's inner one included (its peer is the exit relay):

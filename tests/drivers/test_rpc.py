@@ -368,5 +368,5 @@ async def test_many_clients_that_never_read_cannot_add_up_past_the_reply_memory(
                 limits.reply_memory_bytes // per_connection + 1
             )
         await trio.testing.wait_all_tasks_blocked()  # the server sees every client go
-        assert server.memory.used == 0 and not server._connections
+        assert server.memory.used == 0 and server.open_connections == 0
         nursery.cancel_scope.cancel()
