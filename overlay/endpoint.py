@@ -96,6 +96,12 @@ class Session:
         """The peer endpoint's Ed25519 public key, authenticated by the handshake."""
         return self._core.peer
 
+    @property
+    def peer_intro(self) -> Intro | None:
+        """Where this session sends to the peer now (None: it has not said yet); the
+        peer moves it to a fresh path of its own before the old one expires."""
+        return self._core.peer_intro
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -360,6 +366,11 @@ class Endpoint:
         """Wait until ``count`` paths are established."""
         while self._core.usable_count(self._clock.now_ms()) < count:
             await self._paths_changed.wait()
+
+    @property
+    def session_count(self) -> int:
+        """Sessions open now, until each one's driver has ended."""
+        return len(self._sessions)
 
     async def paths_changed(self) -> None:
         """Wait for the next change in this endpoint's paths (built, dead, dropped)."""

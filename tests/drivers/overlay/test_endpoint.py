@@ -69,8 +69,11 @@ async def exchange(alice_session: Session, count: int) -> None:
         assert (await alice_session.receive()).startswith(b"echo:m%d" % i)
 
 
-async def echo_one(bob: Endpoint) -> None:
+async def echo_one(bob: Endpoint, accepted: list[Session] | None = None) -> None:
+    """Echo the first session ``bob`` accepts (kept in ``accepted``) until it closes."""
     async for session in bob.sessions():
+        if accepted is not None:
+            accepted.append(session)
         async for message in session:
             await session.send(b"echo:" + message[:10])
         await session.aclose()
@@ -306,7 +309,7 @@ async def until_no_sessions(endpoint: Endpoint, *, limit_s: float) -> None:
     """Wait in virtual time until every session of ``endpoint`` has ended and its driver
     is gone (the endpoint has no event for that, so poll)."""
     with trio.fail_after(limit_s):
-        while endpoint._sessions:  # noqa: ASYNC110
+        while endpoint.session_count:  # noqa: ASYNC110
             await trio.sleep(0.1)
 
 
@@ -339,7 +342,7 @@ async def test_a_replayed_init_opens_no_session(
         await trio.sleep(SESSION_INIT_FRESHNESS_MS / 1000)
         bob._on_packet(init, clock.now_ms())
         assert bob.stats.inits_stale == 1
-        assert bob.stats.sessions_accepted == 1 and not bob._sessions
+        assert bob.stats.sessions_accepted == 1 and bob.session_count == 0
 
 
 async def test_a_goodbye_answering_the_peers_does_not_wait_for_a_peer_that_left(
@@ -392,17 +395,18 @@ async def test_an_idle_session_survives_both_sides_rebuilding_their_paths_at_onc
         ):
             await alice.wait_ready(2)
             await bob.publish(SECRET)
+            accepted: list[Session] = []
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(echo_one, bob)
+                nursery.start_soon(echo_one, bob, accepted)
                 async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
                     await exchange(session, 1)
                     expiry = min(p.expiry_ms for p in alice.paths + bob.paths)
                     await clock.sleep_until_ms(expiry - 1000)
-                    (bob_session,) = bob._sessions.values()
+                    (bob_session,) = accepted
                     for owner, peer_view in ((alice, bob_session), (bob, session)):
                         latest = max(p.expiry_ms for p in owner.paths)
-                        assert peer_view._core.peer_intro is not None
-                        assert peer_view._core.peer_intro.expiry_ms == latest
+                        assert peer_view.peer_intro is not None
+                        assert peer_view.peer_intro.expiry_ms == latest
                     await clock.sleep_until_ms(expiry + 2000)
                     start = trio.current_time()
                     await exchange(session, 1)
