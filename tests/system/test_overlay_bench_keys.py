@@ -1,5 +1,5 @@
-"""The overlay benchmark reports the §9 keys (that its cores stay sans-I/O is checked, with
-every other core's, by ``tests/core/test_architecture.py``)."""
+"""The overlay benchmark reports the §9 keys. It runs the benchmark itself, small: real
+devices and relays on loopback TCP for the sibling-delivery figure, so it is a system test."""
 
 from __future__ import annotations
 
