@@ -27,7 +27,7 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -132,9 +132,18 @@ class Transport(ABC):
         return self
 
     def for_overlay(self) -> Transport:
-        """The transport onion-overlay links take beside this one: plain framed TCP on a
-        real network (whatever carries the RPCs); an emulation carries them itself."""
+        """The transport onion-overlay links take beside this one: framed TCP on a real
+        network (whatever carries the RPCs); an emulation carries them itself."""
         return TcpTransport()
+
+    def as_server(self, seed: bytes) -> Transport:
+        """This transport as a server holding the Ed25519 key of ``seed`` serves with.
+
+        On a real network every server serves TLS 1.3 presenting its announced key, and
+        reports its address pinned to it (:mod:`overlay.tls`), unless plain links were
+        chosen for this transport; an emulation carries no bytes a stranger could read,
+        so it is this transport itself."""
+        return self
 
 
 async def run_handler(handler: LinkHandler, link: Link) -> None:
@@ -565,11 +574,20 @@ class TcpTransport(Transport):
     With ``keys`` the server speaks TLS 1.3 with a certificate carrying ``keys.public``
     and reports its address pinned (``host:port#<hex key>``, :mod:`overlay.tls`); a client
     connecting to a pinned address speaks TLS and accepts only that key. A bare
-    ``host:port`` is plaintext on both sides, the configuration tests and benchmarks ask
-    for."""
+    ``host:port`` is plaintext on both sides. Servers get their keys from
+    :meth:`as_server`, so TLS is what they serve unless ``plain`` says otherwise (the
+    explicit choice of benchmarks that compare)."""
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     keys: KeyPair | None = None
+    #: Serve plaintext even as a server with a key (:meth:`as_server` keeps no key).
+    plain: bool = False
+
+    def for_overlay(self) -> Transport:
+        return self if self.keys is None else replace(self, keys=None)
+
+    def as_server(self, seed: bytes) -> Transport:
+        return self if self.plain else replace(self, keys=KeyPair.from_seed(seed))
 
     async def serve(
         self,
@@ -578,7 +596,7 @@ class TcpTransport(Transport):
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        host, port = split_host_port(address)
+        host, port = split_host_port(tls.split_pin(address)[0])  # a restart's old address
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = _address_of(listeners[0].socket.getsockname())
         keys = self.keys

@@ -19,6 +19,8 @@ from typing import Any
 
 import trio
 
+from overlay.link import Transport
+
 from .cli_device import add_device_commands
 from .clock import Clock
 from .errors import P2PSyncError
@@ -87,6 +89,28 @@ def _run(args: argparse.Namespace, service: Callable[..., Awaitable[None]], *par
     else:
         trio.run(service, *params)
     return 0
+
+
+def _server_transport(args: argparse.Namespace) -> Transport:
+    """What a server process serves (and calls its peers) with: TLS pinned to its key,
+    or plaintext with ``--plain-links``."""
+    return make_transport("tcp", plain=args.plain_links)
+
+
+def _or_print_url(
+    command: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A server ``command``, or with ``--print-url`` the url it would announce."""
+
+    def run(args: argparse.Namespace) -> int:
+        if not args.print_url:
+            return command(args)
+        from .services import announced_url
+
+        print(announced_url(args.command, _data_dir(args), args.listen, plain=args.plain_links))
+        return 0
+
+    return run
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -160,6 +184,7 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
                     args.nodes,
                     args.relays,
                     separate_hosts=separate_hosts,
+                    plain_links=args.plain_links,
                     on_progress=lambda message: print(f"started {message}", file=sys.stderr),
                 )
             )
@@ -198,7 +223,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     from .swarm.node import NodeConfig
 
     data_dir = _data_dir(args)
-    transport = make_transport("tcp")
+    transport = _server_transport(args)
     clock = Clock()
     static = Path(args.static) if args.static else None
     ledger = _ledger_key(args)
@@ -216,7 +241,7 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     return _run(
         args,
         run_registry,
-        make_transport("tcp"),
+        _server_transport(args),
         _data_dir(args),
         args.listen,
         Clock(),
@@ -237,7 +262,9 @@ def _cmd_ledger_register(args: argparse.Namespace) -> int:
 def _cmd_fileserver(args: argparse.Namespace) -> int:
     from .services import run_fileserver
 
-    return _run(args, run_fileserver, make_transport("tcp"), _data_dir(args), args.listen, Clock())
+    return _run(
+        args, run_fileserver, _server_transport(args), _data_dir(args), args.listen, Clock()
+    )
 
 
 def _cmd_opengroup(args: argparse.Namespace) -> int:
@@ -246,7 +273,7 @@ def _cmd_opengroup(args: argparse.Namespace) -> int:
     return _run(
         args,
         run_opengroup,
-        make_transport("tcp"),
+        _server_transport(args),
         _data_dir(args),
         args.listen,
         args.fileserver,
@@ -266,7 +293,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     )
     servers = make_transport("tcp")  # what an exit reaches servers with
     run = partial(run_relay, exit_servers=args.exit_server)
-    return _run(args, run, TcpTransport(), data_dir, args.listen, directory, clock, servers)
+    links = TcpTransport(plain=args.plain_links)
+    return _run(args, run, links, data_dir, args.listen, directory, clock, servers)
 
 
 @_needs_lab
@@ -340,6 +368,11 @@ def _write_json(path: str | None, result: dict[str, Any]) -> None:
 
 # --- parser --------------------------------------------------------------------------------
 
+PLAIN_LINKS_HELP = (
+    "serve plaintext (ws://, bare host:port) instead of TLS pinned to the announced key"
+    " (for benchmarks that compare; anyone on the wire reads keys and signatures)"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -387,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="every process on a host of its own (a network namespace on a bridge, "
         "10.77.x.y), removed on exit; needs root and ip (else loopback, saying why)",
     )
+    up.add_argument("--plain-links", action="store_true", help=PLAIN_LINKS_HELP)
     up.set_defaults(run=_cmd_network_up)
     host = network_commands.add_parser(
         "host",
@@ -409,7 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--listen", default="127.0.0.1:0", metavar="HOST:PORT", help="default: 127.0.0.1:0"
         )
         sub.add_argument("--exit-with-stdin", action="store_true", help=argparse.SUPPRESS)
-        sub.set_defaults(run=run)
+        sub.add_argument("--plain-links", action="store_true", help=PLAIN_LINKS_HELP)
+        sub.add_argument(
+            "--print-url",
+            action="store_true",
+            help="print the url this server will announce at --listen (its key made in DIR"
+            " if new) and exit: what to give others before it starts",
+        )
+        sub.set_defaults(run=_or_print_url(run))
         return sub
 
     node = server("node", "one service node", _cmd_node)

@@ -38,6 +38,8 @@ import trio
 
 from overlay.link import split_host_port
 
+from .websocket import bare_address
+
 logger = logging.getLogger(__name__)
 
 NETWORK = "10.77"
@@ -76,9 +78,10 @@ LOOPBACK = Host("127.0.0.1")
 
 
 def port_of(url: str) -> int:
-    """The port a service announced in ``url`` (``ws://host:port`` or ``host:port``), so
-    a restart can listen there again and stay the same service to its peers."""
-    return split_host_port(url.removeprefix("ws://"))[1]
+    """The port a service announced in ``url`` (``wss://host:port/<key>``, ``ws://host:port``
+    or a relay's ``host:port#<key>``), so a restart can listen there again and stay the
+    same service to its peers."""
+    return split_host_port(bare_address(url))[1]
 
 
 @dataclass(frozen=True)

@@ -198,16 +198,20 @@ async def network_up(
     relays: int,
     *,
     separate_hosts: bool = False,
+    plain_links: bool = False,
     on_progress: Callable[[str], None] = lambda message: None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the network until cancelled; ``task_status.started(path of network.json)``.
     With ``separate_hosts`` every process runs on a host of its own (see
-    :mod:`p2psync.hosts`), removed once every process has stopped."""
+    :mod:`p2psync.hosts`), removed once every process has stopped. Every process serves
+    TLS pinned to its key and announces its url with the key (``wss://…/<key>``,
+    ``host:port#<key>``), unless ``plain_links``."""
     if nodes < 1:
         raise ValueError("a network needs at least one service node")
     ledger = open_ledger(data_dir / "ledger")
     ledger_args = ("--ledger", ledger.public_key.hex())
+    link_args = ("--plain-links",) if plain_links else ()
     path = data_dir / "network.json"
     path.unlink(missing_ok=True)  # a description of a network that is gone misleads
     node_names = [f"node-{index}" for index in range(nodes)]
@@ -220,11 +224,13 @@ async def network_up(
             # kept from an earlier run names nodes that may never come back, and the
             # readiness check below would wait for them.
             (launcher.data_dir_of("registry") / REGISTRY_FILE).unlink(missing_ok=True)
-            registry = await launcher.start("registry", "registry", *ledger_args)
+            registry = await launcher.start("registry", "registry", *ledger_args, *link_args)
             on_progress(f"registry {registry}")
-            fileserver = await launcher.start("fileserver", "fileserver")
+            fileserver = await launcher.start("fileserver", "fileserver", *link_args)
             on_progress(f"file server {fileserver}")
-            opengroup = await launcher.start("opengroup", "opengroup", "--fileserver", fileserver)
+            opengroup = await launcher.start(
+                "opengroup", "opengroup", "--fileserver", fileserver, *link_args
+            )
             on_progress(f"open group {opengroup}")
             # Exits reach the listed nodes and these (network.json names them too).
             exits = ("--exit-server", fileserver, "--exit-server", opengroup)
@@ -238,9 +244,9 @@ async def network_up(
                 on_progress(f"{name} {url}")
 
             await launcher.start_many(
-                node_names, ("node", "--registry", registry, *ledger_args), ready
+                node_names, ("node", "--registry", registry, *ledger_args, *link_args), ready
             )
-            await launcher.start_many(relay_names, (*relay_args, *ledger_args), ready)
+            await launcher.start_many(relay_names, (*relay_args, *ledger_args, *link_args), ready)
             keys = {
                 name: server_public_key(launcher.data_dir_of(name))
                 for name in ("fileserver", "opengroup")

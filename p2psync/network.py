@@ -46,10 +46,12 @@ async def wait_until(condition: Callable[[], bool], *, poll_s: float = 0.05) -> 
         await trio.sleep(poll_s)
 
 
-def make_transport(kind: str, *, seed: int = 0) -> Transport:
-    """``tcp``: WebSocket over loopback sockets; ``memory``: the emulated network."""
+def make_transport(kind: str, *, seed: int = 0, plain: bool = False) -> Transport:
+    """``tcp``: WebSocket over loopback sockets, every server serving TLS pinned to its
+    announced key (``plain``: plaintext, for benchmarks that compare); ``memory``: the
+    emulated network."""
     if kind == "tcp":
-        return WebSocketTransport()
+        return WebSocketTransport(plain=plain)
     if kind == "memory":
         return MemoryNetwork(seed=seed)
     raise ValueError(f"transport must be one of {TRANSPORTS}, not {kind!r}")
@@ -140,7 +142,7 @@ class LocalNetwork:
         if host is not None and isinstance(transport, MemoryNetwork):
             transport = overlay = transport.host(host)
         elif host is not None:
-            transport = WebSocketTransport(local_address=host)
+            transport = WebSocketTransport(local_address=host)  # a client: URLs say TLS
         return NetworkAccess(
             transport,
             self.directory(),
@@ -284,7 +286,9 @@ async def open_local_network(
     """Registry, ``nodes`` service nodes (every one aware of every other), ``relays``
     overlay relays (0: devices sync through the swarm only), file server and open group
     server, all in this process. Data lives in ``data_dir`` (default: a temporary
-    directory removed afterwards)."""
+    directory removed afterwards). On ``tcp`` every link is TLS pinned to its server's
+    announced key; ``make_transport("tcp", plain=True)`` as ``transport`` makes them
+    plaintext."""
     chosen = make_transport(transport, seed=seed) if isinstance(transport, str) else transport
     clock = clock or Clock()
     with tempfile.TemporaryDirectory(prefix="p2psync-") as temporary:
@@ -295,14 +299,21 @@ async def open_local_network(
             network = LocalNetwork(
                 chosen, clock, "", directory, node_config or NodeConfig(), ledger, _nursery=nursery
             )
+            # Every server serves as its announced key: TLS pinned to it on tcp.
+            keys = {
+                name: Identity.from_label(f"{directory.name}/{name}")
+                for name in ("registry", "fileserver", "opengroup")
+            }
             network.registry_url = await nursery.start(
                 RegistryServer(clock, ledger=ledger.public_key).serve,
-                chosen,
+                chosen.as_server(keys["registry"].seed),
                 chosen.listen_address("registry"),
             )
             fileserver = FileServer(directory / "fileserver.sqlite3", clock)
             network.fileserver_url = await nursery.start(
-                fileserver.serve, chosen, chosen.listen_address("fileserver")
+                fileserver.serve,
+                chosen.as_server(keys["fileserver"].seed),
+                chosen.listen_address("fileserver"),
             )
             opengroup = OpenGroupServer(
                 directory / "opengroup.sqlite3",
@@ -311,15 +322,16 @@ async def open_local_network(
                 chosen.as_host("opengroup"),  # what the file server sees it call from
             )
             network.opengroup_url = await nursery.start(
-                opengroup.serve, chosen, chosen.listen_address("opengroup")
+                opengroup.serve,
+                chosen.as_server(keys["opengroup"].seed),
+                chosen.listen_address("opengroup"),
             )
             for name, server, url in (
                 ("fileserver", fileserver.rpc, network.fileserver_url),
                 ("opengroup", opengroup.rpc, network.opengroup_url),
             ):
-                identity = Identity.from_label(f"{directory.name}/{name}")
-                OnionService(server, identity, clock)
-                network.server_keys[url] = identity.ed25519_public
+                OnionService(server, keys[name], clock)
+                network.server_keys[url] = keys[name].ed25519_public
                 network._other_servers[url] = server
             for _ in range(nodes):
                 await network.add_node()

@@ -25,8 +25,9 @@ from typing import Any
 import trio
 
 from overlay import Contact, KeyPair, make_contact, serve_relay
-from overlay.link import Transport
+from overlay.link import Transport, split_host_port
 from overlay.relay import Exit, RelayCore
+from overlay.tls import pinned_address
 
 from .clock import Clock
 from .errors import DecodeError, P2PSyncError
@@ -39,6 +40,7 @@ from .swarm.node import NodeConfig, StorageNode
 from .swarm.registry import Directory, FileDirectory, RegistryDirectory, RegistryServer
 from .swarm.settling import next_listing_read_s
 from .swarm.store import MessageStore
+from .websocket import server_url
 
 logger = logging.getLogger(__name__)
 
@@ -185,18 +187,23 @@ async def run_node(
         store.close()
 
 
+#: The registry's key: its links are TLS pinned to it (the url it prints carries it).
+REGISTRY_KEY_FILE = "registry.key"
+
+
 async def run_registry(
     transport: Transport, data_dir: Path, listen: str, clock: Clock, ledger: bytes | None
 ) -> None:
     if ledger is None:
         logger.warning("no --ledger: this registry lists every node that announces itself")
     server = RegistryServer(clock, data_dir / REGISTRY_FILE, ledger=ledger)
+    serving = transport.as_server(load_or_create_identity(data_dir / REGISTRY_KEY_FILE).seed)
     async with trio.open_nursery() as nursery:
-        announce_ready(await nursery.start(server.serve, transport, listen))
+        announce_ready(await nursery.start(server.serve, serving, listen))
 
 
-#: A file server's or open group server's key: devices seal onion requests to it, and
-#: ``network up`` publishes it in ``network.json``.
+#: A file server's or open group server's key: devices seal onion requests to it, its
+#: links are TLS pinned to it, and ``network up`` publishes it in ``network.json``.
 SERVER_KEY_FILE = "server.key"
 
 
@@ -207,18 +214,46 @@ def server_public_key(data_dir: Path) -> bytes:
 
 async def run_fileserver(transport: Transport, data_dir: Path, listen: str, clock: Clock) -> None:
     server = FileServer(data_dir / "fileserver.sqlite3", clock)
-    OnionService(server.rpc, load_or_create_identity(data_dir / SERVER_KEY_FILE), clock)
+    identity = load_or_create_identity(data_dir / SERVER_KEY_FILE)
+    OnionService(server.rpc, identity, clock)
     async with trio.open_nursery() as nursery:
-        announce_ready(await nursery.start(server.serve, transport, listen))
+        serving = transport.as_server(identity.seed)
+        announce_ready(await nursery.start(server.serve, serving, listen))
 
 
 async def run_opengroup(
     transport: Transport, data_dir: Path, listen: str, fileserver: str | None, clock: Clock
 ) -> None:
     server = OpenGroupServer(data_dir / "opengroup.sqlite3", clock, fileserver, transport)
-    OnionService(server.rpc, load_or_create_identity(data_dir / SERVER_KEY_FILE), clock)
+    identity = load_or_create_identity(data_dir / SERVER_KEY_FILE)
+    OnionService(server.rpc, identity, clock)
     async with trio.open_nursery() as nursery:
-        announce_ready(await nursery.start(server.serve, transport, listen))
+        serving = transport.as_server(identity.seed)
+        announce_ready(await nursery.start(server.serve, serving, listen))
+
+
+RELAY_KEY_FILE = "relay.key"
+#: The file each kind of server keeps its key in.
+KEY_FILES = {
+    "registry": REGISTRY_KEY_FILE,
+    "node": NODE_KEY_FILE,
+    "relay": RELAY_KEY_FILE,
+    "fileserver": SERVER_KEY_FILE,
+    "opengroup": SERVER_KEY_FILE,
+}
+
+
+def announced_url(kind: str, data_dir: Path, listen: str, *, plain: bool) -> str:
+    """The url the ``kind`` server kept in ``data_dir`` announces once it listens on
+    ``listen`` (its key made there if new): what an operator hands the others before it
+    starts, since a pinned url names the key. ``ValueError`` unless ``listen`` names a
+    port (port 0 is chosen at start)."""
+    if split_host_port(listen)[1] == 0:
+        raise ValueError("the announced url names the port: give --listen HOST:PORT")
+    key = None if plain else load_or_create_identity(data_dir / KEY_FILES[kind]).ed25519_public
+    if kind == "relay":
+        return listen if key is None else pinned_address(listen, key)
+    return server_url(listen, key)
 
 
 #: How often a relay re-announces its contact and re-reads the other relays.
@@ -237,7 +272,7 @@ async def run_relay(
     """The ``p2psync relay`` process: its key lives in ``data_dir``; with
     ``exit_transport`` (how servers are reached) it is an exit for onion requests, to the
     listed service nodes and ``exit_servers`` (the file server, the open group server)."""
-    identity = load_or_create_identity(data_dir / "relay.key")
+    identity = load_or_create_identity(data_dir / RELAY_KEY_FILE)
     relay = AnnouncedRelay(
         transport, identity, clock, exit_transport=exit_transport, exit_servers=exit_servers
     )
@@ -289,7 +324,8 @@ class AnnouncedRelay:
                 partial(
                     serve_relay,
                     self.identity.seed,
-                    self.transport,
+                    # TLS pinned to the key its contact names, on a real network.
+                    self.transport.as_server(self.identity.seed),
                     listen,
                     [],
                     clock=self.clock,

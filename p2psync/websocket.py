@@ -1,9 +1,10 @@
 """WebSocket as a :class:`overlay.link.Transport`, so RPC code runs unchanged over real
 sockets (this) or the in-memory network (:class:`overlay.link.MemoryNetwork`).
 
-Addresses are ``ws://host:port`` (plaintext) or ``wss://host:port/<hex Ed25519 key>``:
-TLS 1.3 with the server pinned to the key its signed announcement carries
-(:mod:`overlay.tls`; a server given an ``identity`` serves TLS and reports such a URL).
+Addresses are ``wss://host:port/<hex Ed25519 key>``: TLS 1.3 with the server pinned to
+the key its signed announcement carries (:mod:`overlay.tls`), what every server serves by
+default (:meth:`WebSocketTransport.as_server`), or ``ws://host:port``, plaintext, served
+only by a transport made ``plain`` (benchmarks that compare, and tests).
 Only binary frames are accepted: a text frame raises
 :class:`DecodeError` from ``receive`` and the RPC server answers it with ``bad_request``.
 A message over the size limit closes that connection (code 1009); the server itself goes
@@ -23,7 +24,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import trio
@@ -44,7 +45,15 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from overlay import tls
-from overlay.link import Link, LinkClosed, LinkHandler, Transport, run_handler, split_host_port
+from overlay.link import (
+    Link,
+    LinkClosed,
+    LinkHandler,
+    TcpTransport,
+    Transport,
+    run_handler,
+    split_host_port,
+)
 
 from .errors import DecodeError
 from .identity import Identity
@@ -280,11 +289,11 @@ class PendingHandshakes:
             self._scopes.pop(key, None)
 
 
-def _url_address(url: str) -> tuple[str, bytes | None]:
+def split_url(url: str) -> tuple[str, bytes | None]:
     """``ws://host:port`` → (``host:port``, None); ``wss://host:port/<hex key>`` → (…, key).
 
-    A ``wss://`` URL without a key is refused: TLS without the pin would authenticate
-    nobody."""
+    ``ValueError`` for anything else; a ``wss://`` URL without a whole key is refused too:
+    TLS without the pin would authenticate nobody."""
     if url.startswith("ws://"):
         return url.removeprefix("ws://").split("/", 1)[0], None
     if not url.startswith("wss://"):
@@ -292,6 +301,20 @@ def _url_address(url: str) -> tuple[str, bytes | None]:
     authority, _, key = url.removeprefix("wss://").partition("/")
     _, pin = tls.split_pin(f"{authority}#{key}")
     return authority, pin
+
+
+def server_url(authority: str, key: bytes | None) -> str:
+    """The url a server at ``authority`` (``host:port``) reports: ``wss://…/<hex key>``,
+    pinned to its key, or plaintext ``ws://…`` for a server without one."""
+    return f"ws://{authority}" if key is None else f"wss://{authority}/{key.hex()}"
+
+
+def bare_address(address: str) -> str:
+    """The ``host:port`` of any address a server reports: ``wss://host:port/<key>``,
+    ``ws://host:port``, a relay's ``host:port#<key>`` or ``host:port`` itself."""
+    if address.startswith(("ws://", "wss://")):
+        return split_url(address)[0]
+    return tls.split_pin(address)[0]
 
 
 @dataclass
@@ -304,6 +327,15 @@ class WebSocketTransport(Transport):
     local_address: str | None = None
     #: The server's announced identity: with it the server speaks TLS, presenting its key.
     identity: Identity | None = field(default=None, repr=False)
+    #: Serve plaintext ``ws://`` even as a server with a key (:meth:`as_server` keeps no
+    #: identity): the explicit choice of benchmarks that compare. Clients follow the URL.
+    plain: bool = False
+
+    def for_overlay(self) -> Transport:
+        return TcpTransport(plain=self.plain)
+
+    def as_server(self, seed: bytes) -> Transport:
+        return self if self.plain else replace(self, identity=Identity(seed))
 
     async def serve(
         self,
@@ -312,7 +344,8 @@ class WebSocketTransport(Transport):
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        host, port = split_host_port(address.removeprefix("ws://"))
+        # ``address`` may be a url this server reported before: a restart listens there.
+        host, port = split_host_port(bare_address(address))
         pending = PendingHandshakes(self.max_pending_handshakes)
         identity = self.identity
 
@@ -348,16 +381,13 @@ class WebSocketTransport(Transport):
             listeners = await nursery.start(partial(trio.serve_tcp, accept, port, host=host))
             bound_port = listeners[0].socket.getsockname()[1]
             bound_host = host if ":" not in host else f"[{host}]"
-            if identity is None:
-                task_status.started(f"ws://{bound_host}:{bound_port}")
-            else:
-                key = identity.ed25519_public.hex()
-                task_status.started(f"wss://{bound_host}:{bound_port}/{key}")
+            key = None if identity is None else identity.ed25519_public
+            task_status.started(server_url(f"{bound_host}:{bound_port}", key))
 
     @asynccontextmanager
     async def connect(self, address: str) -> AsyncIterator[WebSocketLink]:
         url = address if address.startswith(("ws://", "wss://")) else f"ws://{address}"
-        authority, pin = _url_address(url)
+        authority, pin = split_url(url)
         host, port = split_host_port(authority)
         stream: trio.abc.Stream = await trio.open_tcp_stream(
             host, port, local_address=self.local_address

@@ -57,6 +57,7 @@ from wsproto.events import (
 from wsproto.events import Request as WsRequest
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from overlay import tls
 from overlay.link import split_host_port
 from overlay.tasks import open_task_nursery
 from p2psync.clock import Clock
@@ -67,7 +68,7 @@ from p2psync.swarm.auth import AuthSigner
 from p2psync.swarm.client import open_swarm_client
 from p2psync.swarm.constants import DEFAULT_TTL_MS, MAX_DATA_BYTES
 from p2psync.swarm.ring import NodeInfo, SwarmMap
-from p2psync.websocket import WebSocketTransport
+from p2psync.websocket import WebSocketTransport, split_url
 from p2psync.wire import (
     MAX_FRAME_BYTES,
     ErrorReply,
@@ -205,7 +206,7 @@ class RawSocket:
     """A hand-driven WebSocket client: it sends pre-encoded bytes as fast as the socket
     takes them and parses replies only when asked, so one process can flood a node."""
 
-    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+    def __init__(self, stream: trio.abc.Stream, ws: WSConnection) -> None:
         self.stream = stream
         self.ws = ws
         self._parts: list[bytes] = []
@@ -226,7 +227,7 @@ class RawSocket:
         if not data:
             return None
         try:
-            self.ws.receive_data(data)
+            self.ws.receive_data(bytes(data))  # a TLS stream may hand a bytearray
         except RemoteProtocolError:
             return None
         return self._assemble(self.ws.events())
@@ -266,9 +267,11 @@ class RawSocket:
 
 @asynccontextmanager
 async def raw_socket(url: str, tally: Tally, *, handshake: bool = True) -> AsyncIterator[RawSocket]:
-    """Open a TCP connection (and, unless told not to, the WebSocket on it); ``OSError``
-    if the node refused it. Counts the connection either way."""
-    host, port = split_host_port(url.removeprefix("ws://"))
+    """Open a TCP connection (and, unless told not to, the WebSocket on it, inside TLS
+    pinned to the node's key when its url is ``wss://``: a silent socket starts neither);
+    ``OSError`` if the node refused it. Counts the connection either way."""
+    authority, pin = split_url(url)
+    host, port = split_host_port(authority)
     tally.connections += 1
     try:
         stream = await trio.open_tcp_stream(host, port)
@@ -277,29 +280,38 @@ async def raw_socket(url: str, tally: Tally, *, handshake: bool = True) -> Async
         raise
     async with stream:
         ws = WSConnection(ConnectionType.CLIENT)
+        carried: trio.abc.Stream = stream
         if handshake:
-            await _handshake(stream, ws, f"{host}:{port}", tally)
-        yield RawSocket(stream, ws)
+            carried = await _handshake(stream, ws, authority, pin, tally)
+        yield RawSocket(carried, ws)
 
 
 async def _handshake(
-    stream: trio.SocketStream, ws: WSConnection, authority: str, tally: Tally
-) -> None:
+    stream: trio.SocketStream, ws: WSConnection, authority: str, pin: bytes | None, tally: Tally
+) -> trio.abc.Stream:
+    """The TLS handshake (with a pin) and the WebSocket one; the stream they carry."""
     reason = "handshake timeout"
     with trio.move_on_after(ATTACK_HANDSHAKE_S):
         try:
-            await stream.send_all(ws.send(WsRequest(host=authority, target="/")))
+            carried = stream if pin is None else await tls.connect_tls(stream, pin)
+            await carried.send_all(ws.send(WsRequest(host=authority, target="/")))
             while True:
-                data = await stream.receive_some(READ_BYTES)
+                data = await carried.receive_some(READ_BYTES)
                 if not data:
                     raise OSError("closed during the handshake")
-                ws.receive_data(data)
+                ws.receive_data(bytes(data))
                 for event in ws.events():
                     if isinstance(event, AcceptConnection):
-                        return
+                        return carried
                     if isinstance(event, RejectConnection | RejectData):
                         raise OSError("handshake rejected")
-        except (OSError, trio.BrokenResourceError, RemoteProtocolError) as exc:
+        except (
+            OSError,
+            trio.BrokenResourceError,
+            trio.TooSlowError,
+            RemoteProtocolError,
+            tls.PeerKeyMismatch,
+        ) as exc:
             reason = str(exc) or type(exc).__name__
     tally.failed_to_connect(reason)
     raise OSError(f"no websocket: {reason}")
@@ -460,7 +472,9 @@ def attacker_main() -> None:
     """``python -m benchmarks.faults.flood --target URL --plan JSON``: prints ``flooding``
     when the attack begins and, when it ends, one JSON line of what each attacker did."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults.flood")
-    parser.add_argument("--target", required=True, help="ws:// url of the node to flood")
+    parser.add_argument(
+        "--target", required=True, help="wss:// (or plain ws://) url of the node to flood"
+    )
     parser.add_argument("--plan", required=True, help="an AttackPlan as JSON")
     args = parser.parse_args()
     plan = AttackPlan(**json.loads(args.plan))

@@ -15,18 +15,19 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from overlay.constants import DEFAULT_HOPS
 from overlay.contact import Contact, ContactError
 from overlay.endpoint import open_endpoint
-from overlay.link import TcpTransport, Transport
+from overlay.link import TcpTransport, Transport, split_host_port
 
 from ..clock import Clock
 from ..errors import P2PSyncError
 from ..onion_requests import DirectoryKeys, OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
 from ..swarm.registry import Directory, RegistryDirectory
-from ..websocket import WebSocketTransport
+from ..websocket import WebSocketTransport, split_url
 
 #: The ways a device may reach servers (:attr:`NetworkAccess.rpc_route`).
 RPC_ROUTES = ("direct", "onion")
@@ -36,10 +37,24 @@ class NetworkFileError(P2PSyncError):
     """A ``network.json`` that is missing, unreadable or not what ``network up`` writes."""
 
 
+def _is_url(value: object) -> TypeGuard[str]:
+    """A server URL a device can connect to: ``wss://host:port/<hex key>`` (TLS pinned to
+    the server's announced key, what servers serve) or ``ws://host:port`` (plaintext)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        split_host_port(split_url(value)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def _url(description: dict[str, object], key: str, path: Path) -> str:
     value = description.get(key)
-    if not isinstance(value, str) or not value.startswith("ws://"):
-        raise NetworkFileError(f"{path}: {key!r} must be a ws:// URL")
+    if not _is_url(value):
+        raise NetworkFileError(
+            f"{path}: {key!r} must be a wss://HOST:PORT/KEY (or plain ws://HOST:PORT) URL"
+        )
     return value
 
 
@@ -72,11 +87,7 @@ def _node_urls(description: dict[str, object]) -> tuple[str, ...]:
     if not isinstance(nodes, list):
         return ()
     return tuple(
-        node["url"]
-        for node in nodes
-        if isinstance(node, dict)
-        and isinstance(node.get("url"), str)
-        and node["url"].startswith("ws://")
+        node["url"] for node in nodes if isinstance(node, dict) and _is_url(node.get("url"))
     )
 
 

@@ -63,8 +63,10 @@ def test_every_container_listens_on_its_own_address_and_its_command_parses() -> 
         if args.command in ("registry", "node", "relay"):
             assert args.ledger == LEDGER, f"{name} is told the ledger's key"
         if args.command in ("node", "relay"):
-            registry = compose["services"]["registry"]["command"]
-            assert args.registry == f"ws://{_option(registry, '--listen')}"
+            # The registry's url names its key: the admission step prints it (below).
+            assert args.registry == "${P2PSYNC_REGISTRY:-}"
+        if args.command == "opengroup":
+            assert args.fileserver == "${P2PSYNC_FILESERVER:-}"
     assert len(addresses) == len(compose["services"]) - 1
 
 
@@ -85,6 +87,22 @@ def test_the_admission_step_admits_every_node_the_compose_file_runs() -> None:
         )
         admitted.add(args.node_data)
     assert admitted == {f"/data/{name}" for name in NODES}
+
+
+def test_the_admission_step_prints_the_pinned_urls_of_the_registry_and_file_server() -> None:
+    """Links are TLS pinned to each server's key, so nodes, relays and the open group
+    server are told urls naming the keys, which the admission step makes and prints for
+    the same directory and address as the server's own container."""
+    services = _compose()["services"]
+    script = services["admit"]["command"][0]
+    for name, variable in (("registry", "P2PSYNC_REGISTRY"), ("fileserver", "P2PSYNC_FILESERVER")):
+        (line,) = [line.strip() for line in script.splitlines() if f"{variable}=" in line]
+        command = re.search(r"\$\$\((p2psync [^)]*)\)", line)
+        assert command is not None, line
+        args = _parses(shlex.split(command.group(1))[1:])
+        served = _parses([LEDGER if a.startswith("${") else a for a in services[name]["command"]])
+        assert (args.command, args.print_url) == (name, True)
+        assert (args.data, args.listen) == (served.data, served.listen)
 
 
 def test_the_image_installs_the_package_with_p2psync_as_entrypoint() -> None:

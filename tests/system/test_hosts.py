@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from overlay.link import split_host_port
 from p2psync.hosts import unavailable_reason
+from p2psync.websocket import bare_address
 
 P2PSYNC = [sys.executable, "-m", "p2psync"]
 REASON = unavailable_reason()
@@ -105,7 +107,7 @@ async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_noth
             *(relay["address"] for relay in description["relays"]),
         ]
         assert len(urls) == 8
-        hosts = [url.removeprefix("ws://").rsplit(":", 1)[0] for url in urls]
+        hosts = [split_host_port(bare_address(url))[0] for url in urls]
         assert all(host.startswith("10.77.") for host in hosts), hosts
         assert len(set(hosts)) == 8, "each process on an address of its own"
 
