@@ -48,6 +48,13 @@ class LinkTap:
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
         self._connections: list[_Connection] = []
+        self._port = 0
+        self._listening = trio.Event()
+
+    async def port(self) -> int:
+        """The loopback port it listens on, once it does."""
+        await self._listening.wait()
+        return self._port
 
     @property
     def connections(self) -> int:
@@ -69,7 +76,9 @@ class LinkTap:
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on a free loopback port (reported by ``nursery.start``) until cancelled."""
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
+        self._port = listeners[0].socket.getsockname()[1]
+        self._listening.set()
+        task_status.started(self._port)
         await trio.serve_listeners(self._forward, listeners)
 
     async def _forward(self, client: trio.SocketStream) -> None:
@@ -129,7 +138,7 @@ class LinkWatch:
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        self._taps: dict[tuple[str, int], tuple[LinkTap, int]] = {}
+        self._taps: dict[tuple[str, int], LinkTap] = {}
         #: Whether any link could be tapped: an emulated network has no wire to watch.
         self.on_wire = False
 
@@ -153,14 +162,14 @@ class LinkWatch:
     @property
     def connections(self) -> int:
         """Links tapped so far."""
-        return sum(tap.connections for tap, _ in self._taps.values())
+        return sum(tap.connections for tap in self._taps.values())
 
     def plaintext_keys(self, keys: Iterable[bytes]) -> int | None:
         """How many of ``keys`` an observer of the tapped links read (on any of them);
         ``None`` if no link was on a wire (an emulated network)."""
         if not self.on_wire:
             return None
-        readable = [tap.readable for tap, _ in self._taps.values()]
+        readable = [tap.readable for tap in self._taps.values()]
         return sum(1 for key in set(keys) if any(plaintext_keys(r, [key]) for r in readable))
 
     async def via_tap(self, address: str) -> str:
@@ -168,10 +177,11 @@ class LinkWatch:
         and port replaced by those of a tap in front of it; the pin, if any, stays."""
         prefix, authority, suffix = _authority_of(address)
         target = split_host_port(authority)
-        if target not in self._taps:
-            tap = LinkTap(*target)
-            self._taps[target] = (tap, await self._nursery.start(tap.serve))
-        return f"{prefix}127.0.0.1:{self._taps[target][1]}{suffix}"
+        tap = self._taps.get(target)
+        if tap is None:  # one tap per server, even for connections opened side by side
+            tap = self._taps[target] = LinkTap(*target)
+            self._nursery.start_soon(tap.serve)
+        return f"{prefix}127.0.0.1:{await tap.port()}{suffix}"
 
 
 @asynccontextmanager
