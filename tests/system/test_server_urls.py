@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from p2psync.launcher import Running, Service, run_service
 from p2psync.rpc import open_rpc
 from p2psync.websocket import WebSocketTransport
 
@@ -26,38 +27,22 @@ def _free_port() -> int:
         return port
 
 
-async def _ready_url(argv: list[str]) -> str:
-    """Start ``p2psync ARGV``, read its ``ready URL`` line, stop it; the url."""
-    async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            partial(trio.run_process, [*P2PSYNC, *argv], stdout=subprocess.PIPE, check=False)
-        )
-        assert process.stdout is not None
-        line = b""
-        with trio.fail_after(60):
-            while b"\n" not in line:
-                chunk = await process.stdout.receive_some(1024)
-                assert chunk, "the server exited before it was ready"
-                line += chunk
-        url = line.split(b"\n", 1)[0].decode().removeprefix("ready ")
-        if url.startswith(("ws://", "wss://")):
-            async with open_rpc(WebSocketTransport(), url) as client:  # it answers there
-                await client.call("list", {})
-        nursery.cancel_scope.cancel()
-    return url
-
-
 @pytest.mark.parametrize("plain", [False, True], ids=["tls", "plain"])
 async def test_the_printed_url_is_the_one_the_registry_announces(
     tmp_path: Path, plain: bool
 ) -> None:
-    listen = f"127.0.0.1:{_free_port()}"
-    args = ["registry", "--data", str(tmp_path), "--listen", listen]
-    args += ["--plain-links"] if plain else []
-    result = await trio.run_process([*P2PSYNC, *args, "--print-url"], capture_stdout=True)
+    args = ("registry", *(["--plain-links"] if plain else []))
+    service = Service("registry", args, tmp_path / "registry")  # its log beside, in tmp_path
+    port = _free_port()
+    result = await trio.run_process([*service.command(port), "--print-url"], capture_stdout=True)
     printed = result.stdout.decode().strip()
     assert printed.startswith("ws://" if plain else "wss://")
-    assert await _ready_url(args) == printed
+    async with trio.open_nursery() as nursery:
+        running: Running = await nursery.start(partial(run_service, service, port))
+        assert running.url == printed
+        async with open_rpc(WebSocketTransport(), printed) as client:  # it answers there
+            await client.call("list", {})
+        nursery.cancel_scope.cancel()
 
 
 def test_a_relays_printed_address_pins_its_key(tmp_path: Path) -> None:
