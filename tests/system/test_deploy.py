@@ -67,6 +67,9 @@ def test_every_container_listens_on_its_own_address_and_its_command_parses() -> 
             assert args.registry == "${P2PSYNC_REGISTRY:-}"
         if args.command == "opengroup":
             assert args.fileserver == "${P2PSYNC_FILESERVER:-}"
+        if args.command == "relay":
+            # An exit hands onion requests only to listed nodes and the servers it is given.
+            assert args.exit_server == ["${P2PSYNC_FILESERVER:-}", "${P2PSYNC_OPENGROUP:-}"]
     assert len(addresses) == len(compose["services"]) - 1
 
 
@@ -89,13 +92,17 @@ def test_the_admission_step_admits_every_node_the_compose_file_runs() -> None:
     assert admitted == {f"/data/{name}" for name in NODES}
 
 
-def test_the_admission_step_prints_the_pinned_urls_of_the_registry_and_file_server() -> None:
+def test_the_admission_step_prints_the_pinned_urls_of_the_servers_others_are_told() -> None:
     """Links are TLS pinned to each server's key, so nodes, relays and the open group
     server are told urls naming the keys, which the admission step makes and prints for
     the same directory and address as the server's own container."""
     services = _compose()["services"]
     script = services["admit"]["command"][0]
-    for name, variable in (("registry", "P2PSYNC_REGISTRY"), ("fileserver", "P2PSYNC_FILESERVER")):
+    for name, variable in (
+        ("registry", "P2PSYNC_REGISTRY"),
+        ("fileserver", "P2PSYNC_FILESERVER"),
+        ("opengroup", "P2PSYNC_OPENGROUP"),
+    ):
         (line,) = [line.strip() for line in script.splitlines() if f"{variable}=" in line]
         command = re.search(r"\$\$\((p2psync [^)]*)\)", line)
         assert command is not None, line
