@@ -205,7 +205,7 @@ async def _measure_onion(ops: int, setups: int) -> dict[str, float]:
             b"\x43" * 32, network.transport, contacts, clock=network.clock, seed=7
         ) as endpoint:
             await endpoint.wait_ready(2)
-            keys = DirectoryKeys(network.directory())
+            keys = DirectoryKeys(network.directory(), network.clock)
             onion = await _calls(
                 OnionRpcPool(endpoint, keys, network.clock, network.transport), network, ops
             )

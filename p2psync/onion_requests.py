@@ -60,7 +60,7 @@ from .clock import Clock
 from .errors import ConnectionLost, DecodeError, RpcError
 from .identity import Identity, ed25519_to_x25519, seal
 from .rpc import Connection, KeyedRateLimit, RpcClient, RpcServer, open_rpc, result_of
-from .swarm.registry import Directory
+from .swarm.registry import ANNOUNCEMENT_TTL_MS, Directory
 from .wire import Fields, Request, decode_frame, encode_frame
 
 ONION_METHOD = "onion"
@@ -412,24 +412,51 @@ async def open_rpc_exit(
 ServerKey = Callable[[str], Awaitable[bytes]]
 
 
+#: How soon a url the last listing did not name may make :class:`DirectoryKeys` read the
+#: listing again (a node that joined since), at most.
+KEYS_MISS_REREAD_MS = 5_000
+
+
+def keys_listing_due(read_at_ms: int | None, now_ms: int, listed: bool) -> bool:
+    """Whether :class:`DirectoryKeys` reads the listing again before sealing to a node:
+    first, once the last read is as old as an announcement may be, or for a url it did
+    not name once :data:`KEYS_MISS_REREAD_MS` has passed. Reading it for every request
+    cost a connection to the registry (and a TLS handshake) per onion request, and told
+    the registry, from the device's own address, when the device was about to make one."""
+    if read_at_ms is None:
+        return True
+    age = now_ms - read_at_ms
+    return age >= ANNOUNCEMENT_TTL_MS or (not listed and age >= KEYS_MISS_REREAD_MS)
+
+
 class DirectoryKeys:
     """The announced Ed25519 key of the server at an address: ``known`` ones (the file
-    server's, the open group server's), else the service node the directory lists there."""
+    server's, the open group server's), else the service node the directory lists there
+    (from a listing read again as :func:`keys_listing_due` says)."""
 
-    def __init__(self, directory: Directory, known: Mapping[str, bytes] | None = None) -> None:
+    def __init__(
+        self, directory: Directory, clock: Clock, known: Mapping[str, bytes] | None = None
+    ) -> None:
         self._directory = directory
+        self._clock = clock
         self._known = dict(known or {})
+        #: url → the node keys the last listing read announces there.
+        self._listed: dict[str, set[str]] = {}
+        self._read_at_ms: int | None = None
 
     async def __call__(self, address: str) -> bytes:
         key = self._known.get(address)
         if key is None:
+            now = self._clock.now_ms()
+            if keys_listing_due(self._read_at_ms, now, address in self._listed):
+                snapshot = await self._directory.fetch()
+                self._listed = {}
+                for node in snapshot.nodes:
+                    self._listed.setdefault(node.url, set()).add(node.pubkey)
+                self._read_at_ms = now
             # A node's announcement names its own url: it never replaces a key given
             # here, and a url that two nodes announce names neither.
-            snapshot = await self._directory.fetch()
-            by_url: dict[str, set[str]] = {}
-            for node in snapshot.nodes:
-                by_url.setdefault(node.url, set()).add(node.pubkey)
-            announced = by_url.get(address, set())
+            announced = self._listed.get(address, set())
             if len(announced) == 1:
                 key = bytes.fromhex(next(iter(announced)))
         if key is None:

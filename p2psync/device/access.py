@@ -128,7 +128,7 @@ class NetworkAccess:
             clock=self.clock,
             local_name=local_name,
         ) as endpoint:
-            keys = DirectoryKeys(self.directory, self.server_keys)
+            keys = DirectoryKeys(self.directory, self.clock, self.server_keys)
             yield OnionRpcPool(endpoint, keys, self.clock, self.transport)
 
     async def relay_contacts(self) -> list[Contact]:

@@ -27,6 +27,7 @@ from p2psync.fileserver import FileServer, FileServerClient
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
 from p2psync.onion_requests import (
+    KEYS_MISS_REREAD_MS,
     ONION_FRESHNESS_MS,
     DirectoryKeys,
     OnionRpcPool,
@@ -38,6 +39,7 @@ from p2psync.rpc import Connection, RpcClient, RpcPool, RpcServer, open_rpc
 from p2psync.services import AnnouncedRelay
 from p2psync.swarm.client import SwarmClient
 from p2psync.swarm.messages import StoreRequest
+from p2psync.swarm.registry import ANNOUNCEMENT_TTL_MS
 from p2psync.wire import Fields, Request
 
 DEVICE_HOST = "alice-phone"
@@ -119,7 +121,10 @@ async def _onion_network(seen: Seen, exit_servers: tuple[str, ...] = ()) -> Asyn
             ) as endpoint:
                 await endpoint.wait_ready(2)
                 pool = OnionRpcPool(
-                    endpoint, DirectoryKeys(network.directory()), network.clock, transport
+                    endpoint,
+                    DirectoryKeys(network.directory(), network.clock),
+                    network.clock,
+                    transport,
                 )
                 swarm = SwarmClient(
                     cast(RpcPool, pool), network.directory(), network.clock, random.Random(1)
@@ -287,7 +292,7 @@ async def test_file_server_and_open_group_clients_work_unchanged_by_onion(
         rooms_url = await nursery.start(rooms.serve, transport, "mem:rooms")
         keys = {files_url: files_key.ed25519_public, rooms_url: rooms_key.ed25519_public}
         pool = OnionRpcPool(
-            onion.endpoint, DirectoryKeys(onion.network.directory(), keys), clock, transport
+            onion.endpoint, DirectoryKeys(onion.network.directory(), clock, keys), clock, transport
         )
         someone = Identity.from_label("erin").session_id
         devices = await FileServerClient(cast(RpcClient, await pool.get(files_url))).get_mappings(
@@ -350,8 +355,44 @@ async def test_a_node_announcing_a_servers_url_gets_no_onion_request_sealed_to_i
         async def fetch(self) -> Listing:
             return self
 
-    keys = DirectoryKeys(cast(Any, Listing()), {"ws://files": files.ed25519_public})
+    known = {"ws://files": files.ed25519_public}
+    keys = DirectoryKeys(cast(Any, Listing()), Clock(TEST_EPOCH_MS), known)
     assert await keys("ws://alone") == honest.ed25519_public
     assert await keys("ws://files") == files.ed25519_public
     with pytest.raises(RpcError, match="no announced key"):
         await keys("ws://node")
+
+
+async def test_server_keys_come_from_a_listing_read_again_only_when_due() -> None:
+    """Sealing to a node needs its announced key, but not a registry read per request: a
+    read costs a connection (a TLS handshake) and tells the registry, from the device's
+    own address, when an onion request is coming."""
+    node = Identity.from_label("node")
+
+    class CountingListing:
+        reads = 0
+        nodes: ClassVar[list[SimpleNamespace]] = [
+            SimpleNamespace(url="ws://node", pubkey=node.ed25519_public.hex())
+        ]
+
+        async def fetch(self) -> CountingListing:
+            CountingListing.reads += 1
+            return self
+
+    clock = Clock(TEST_EPOCH_MS)
+    keys = DirectoryKeys(cast(Any, CountingListing()), clock)
+    for _ in range(50):
+        assert await keys("ws://node") == node.ed25519_public
+    assert CountingListing.reads == 1
+    with pytest.raises(RpcError, match="no announced key"):
+        await keys("ws://joined-since")  # a miss right after a read: no second read
+    assert CountingListing.reads == 1
+    clock.skip_idle(KEYS_MISS_REREAD_MS)
+    with pytest.raises(RpcError, match="no announced key"):
+        await keys("ws://joined-since")
+    assert CountingListing.reads == 2
+    await keys("ws://node")
+    assert CountingListing.reads == 2
+    clock.skip_idle(ANNOUNCEMENT_TTL_MS)
+    await keys("ws://node")
+    assert CountingListing.reads == 3
