@@ -43,6 +43,7 @@ from .endpoint_core import (
     DeliverPacket,
     Effect,
     EndpointCore,
+    EntryFilter,
     PathsChanged,
     Question,
     SendPayload,
@@ -652,6 +653,7 @@ async def open_endpoint(
     local_name: str | None = None,
     ping_interval_ms: int = PATH_PING_INTERVAL_MS,
     republish_ms: int = INTROSET_REPUBLISH_MS,
+    entry_filter: EntryFilter | None = None,
 ) -> AsyncIterator[Endpoint]:
     """An endpoint with ``paths`` paths of ``hops`` relays picked from ``directory``.
 
@@ -660,7 +662,9 @@ async def open_endpoint(
     profiles). ``ping_interval_ms``: how often an idle path is pinged to find out whether
     it still works (a phone idling on battery pings less often, and notices a dead path
     later); ``republish_ms``: how often its introsets are republished while nothing
-    changed (at most half an introset's life).
+    changed (at most half an introset's life). ``entry_filter``: the relays the first hop
+    of every path is picked from (:class:`~overlay.endpoint_core.EntryShare` keeps
+    siblings off each other's entry relays); ``ValueError`` if it admits none.
     """
     if not 0 < republish_ms <= INTROSET_LIFETIME_MS // 2:
         raise ValueError(f"republish_ms must be in 1..{INTROSET_LIFETIME_MS // 2}")
@@ -678,6 +682,7 @@ async def open_endpoint(
         path_lifetime_ms=path_lifetime_ms,
         ping_interval_ms=ping_interval_ms,
         republish_ms=republish_ms,
+        entry_filter=entry_filter,
     )
     async with open_task_nursery() as nursery:
         endpoint = Endpoint(keys, transport, verified, clock, nursery, core, local_name=local_name)

@@ -12,9 +12,10 @@ out as :class:`DeliverPacket`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from .cells import CellError, CellKind, decode_cell
@@ -47,6 +48,42 @@ from .payloads import (
 
 #: Random bytes that start a measuring ping's echo, so its pong is told from any other.
 PING_TOKEN_BYTES = 8
+
+#: Whether the relay with this Ed25519 key may be the first hop of this endpoint's paths.
+EntryFilter = Callable[[bytes], bool]
+
+_ENTRY_SHARE = b"p2ps-entry-share"
+
+
+@dataclass(frozen=True)
+class EntryShare:
+    """The relays ``member`` may enter the overlay through, so that endpoints which must
+    never share an entry relay (the devices of one account, ``members``) do not, without
+    talking to each other: each relay belongs to the one member whose keyed hash of
+    (relay, member) under ``secret`` is highest (rendezvous hashing). Every member
+    computes the same split from the same secret and member keys, whatever relay list it
+    read; a relay's owner changes only if the members change. Without ``secret`` nobody
+    can tell which member owns a relay. Use as an :data:`EntryFilter`."""
+
+    secret: bytes
+    members: frozenset[bytes]
+    member: bytes
+
+    def __post_init__(self) -> None:
+        if self.member not in self.members:
+            raise ValueError("the member must be one of the members")
+
+    def owner(self, relay: bytes) -> bytes:
+        """The member that may enter through ``relay``."""
+        return max(sorted(self.members), key=lambda member: self._score(relay, member))
+
+    def _score(self, relay: bytes, member: bytes) -> bytes:
+        return hashlib.blake2b(
+            relay + member, digest_size=16, key=self.secret, person=_ENTRY_SHARE
+        ).digest()
+
+    def __call__(self, relay: bytes) -> bool:
+        return self.owner(relay) == self.member
 
 
 @dataclass
@@ -151,7 +188,9 @@ class _ExitWait:
 
 class EndpointCore:
     """The decisions of one endpoint with ``paths`` paths of ``hops`` relays picked from
-    ``directory`` with ``rng``, starting at ``now_ms``."""
+    ``directory`` with ``rng``, starting at ``now_ms``; with ``entry_filter``, the first
+    hop of every path is one of the relays it admits (the other hops are not
+    restricted)."""
 
     def __init__(
         self,
@@ -164,14 +203,18 @@ class EndpointCore:
         path_lifetime_ms: int,
         ping_interval_ms: int,
         republish_ms: int,
+        entry_filter: EntryFilter | None = None,
     ) -> None:
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ValueError(f"hops must be in {MIN_HOPS}..{MAX_HOPS}")
+        if entry_filter is not None and not any(map(entry_filter, directory)):
+            raise ValueError("the entry filter admits none of the relays")
         if not 0 < path_lifetime_ms <= MAX_PATH_LIFETIME_MS:
             raise ValueError(f"path lifetime must be in 1..{MAX_PATH_LIFETIME_MS} ms")
         self.stats = EndpointStats()
         self._directory = directory
         self._rng = rng
+        self._entry_filter = entry_filter
         self._hops = hops
         self._path_count = paths
         self._lifetime_ms = path_lifetime_ms
@@ -180,6 +223,12 @@ class EndpointCore:
         self._paths: list[Path] = []
         #: The relays of the last path that died young.
         self._avoid: set[bytes] = set()
+        #: Its first hop (with an entry filter, the likeliest of them to work: its link
+        #: held, unless it is one of the lost entries).
+        self._avoid_entry: bytes | None = None
+        #: First hops whose link broke under a live path, until a path through one is
+        #: built again: with an entry filter, the entries tried last.
+        self._lost_entries: set[bytes] = set()
         self._next_path = 0
         #: The echoes of the pings awaiting their pongs.
         self._pings: set[bytes] = set()
@@ -198,13 +247,32 @@ class EndpointCore:
 
     def choose_hops(self) -> list[Contact]:
         """The relays of the next path: never all of those of a path that died young (we
-        cannot tell which of them stopped answering) while enough others remain."""
+        cannot tell which of them stopped answering) while enough others remain, and
+        first a relay the entry filter admits (one of those of the path that died, if
+        it admits no other: the filter is never overridden)."""
         relays = sorted(self._directory.values(), key=lambda c: c.pubkey)
         preferred = [c for c in relays if c.pubkey not in self._avoid]
         pool = preferred if len(preferred) >= self._hops else relays
         if len(pool) < self._hops:
             raise RuntimeError(f"{self._hops} hops need at least {self._hops} relays")
-        return self._rng.sample(pool, self._hops)
+        admits = self._entry_filter
+        if admits is None:
+            return self._rng.sample(pool, self._hops)
+        # The filter is never overridden (a relay it refuses may be a sibling's entry).
+        # With every admitted relay on the path that died, its first hop is tried first
+        # if its link held (the fault lay further on), one whose link broke last.
+        admitted = [c for c in relays if admits(c.pubkey)]
+        usable = [c for c in admitted if c.pubkey not in self._lost_entries]
+        entry = self._rng.choice(
+            [c for c in admitted if c in pool]
+            or [c for c in usable if c.pubkey == self._avoid_entry]
+            or usable
+            or admitted
+        )
+        rest = [c for c in pool if c is not entry]
+        if len(rest) < self._hops - 1:
+            rest = [c for c in relays if c is not entry]
+        return [entry, *self._rng.sample(rest, self._hops - 1)]
 
     def add_path(self, hops: list[Contact], now_ms: int) -> tuple[Path, bytes]:
         """A new path through ``hops``, kept from now on, and the cell that builds it."""
@@ -244,15 +312,17 @@ class EndpointCore:
             if path.expiry_ms > now_ms:
                 self.stats.paths_failed += 1
                 self._avoid = {h.pubkey for h in path.hops}
+                self._avoid_entry = path.hops[0].pubkey
         path.state = PathState.DEAD
         return [ClosePath(path), PathsChanged()]
 
     def link_lost(self, path: Path) -> list[Effect]:
         """The link to ``path``'s first hop ended: the path is dead (and dropped by the
-        next :meth:`keep_paths`)."""
+        next :meth:`keep_paths`), and its first hop is suspect."""
         if path.state is PathState.DEAD:
             return []
         path.state = PathState.DEAD
+        self._lost_entries.add(path.hops[0].pubkey)
         return [PathsChanged()]
 
     def usable_count(self, now_ms: int) -> int:
@@ -304,6 +374,7 @@ class EndpointCore:
             return self._exit_reply(payload)
         if isinstance(payload, Built):
             path.on_built(now_ms)
+            self._lost_entries.discard(path.hops[0].pubkey)
             self.stats.paths_built += 1
             return [PathsChanged()]
         if isinstance(payload, Deliver):

@@ -19,6 +19,7 @@ import trio
 from overlay.constants import INTROSET_LIFETIME_MS, INTROSET_REPUBLISH_MS, PATH_PING_INTERVAL_MS
 from overlay.contact import Contact as RelayContact
 from overlay.endpoint import Endpoint, open_endpoint
+from overlay.endpoint_core import EntryShare
 
 from ..errors import DecodeError
 from ..swarm.constants import NAMESPACE_MESSAGES
@@ -26,7 +27,7 @@ from ..sync.live import Item, LiveSync
 from ..sync.syncer import KEEPALIVE_S, SiblingSync
 from .access import NetworkAccess
 from .content import HistoryRecord, SyncSent
-from .keys import choice_seed, overlay_seed, siblings_secret
+from .keys import choice_seed, overlay_public, overlay_seed, siblings_secret
 from .local import Local
 from .store import Pending
 from .values import TRANSIENT, Refused
@@ -115,7 +116,12 @@ class SiblingHandler:
                 except TRANSIENT as exc:
                     logger.info("%s: no relay list, syncing through the swarm: %s", local.name, exc)
                     contacts = []
-                async with self._maybe_endpoint(contacts) as endpoint:
+                entries = EntryShare(
+                    secret,
+                    frozenset(keys.values()) | {self._overlay_key},
+                    self._overlay_key,
+                )
+                async with self._maybe_endpoint(contacts, entries) as endpoint:
                     self.sync = SiblingSync(
                         endpoint,
                         secret,
@@ -133,15 +139,25 @@ class SiblingHandler:
                     finally:
                         self.sync = None
 
+    @property
+    def _overlay_key(self) -> bytes:
+        return overlay_public(self._local.device_identity.seed)
+
     @asynccontextmanager
-    async def _maybe_endpoint(self, contacts: list[RelayContact]) -> AsyncIterator[Endpoint | None]:
+    async def _maybe_endpoint(
+        self, contacts: list[RelayContact], entries: EntryShare
+    ) -> AsyncIterator[Endpoint | None]:
         """The device's overlay endpoint, or None when there are too few relays for a path
-        (then live sync still runs its clock and everything falls back to the swarm)."""
+        or none to enter by (then live sync still runs its clock and everything falls
+        back to the swarm). Its paths enter the overlay only through the relays
+        ``entries`` gives this device, so no relay is next to two siblings: one that
+        were would see both ends of their session, and both devices' addresses."""
         local = self._local
         config = local.config
-        if len(contacts) < config.hops:
+        if len(contacts) < config.hops or not any(entries(c.pubkey) for c in contacts):
             logger.info(
-                "%s: %d relays, too few for paths: syncing through the swarm",
+                "%s: %d relays, too few for paths or none of them this device's to enter "
+                "by: syncing through the swarm",
                 local.name,
                 len(contacts),
             )
@@ -160,6 +176,7 @@ class SiblingHandler:
                 PATH_PING_INTERVAL_MS if keepalive is None else int(keepalive * 1000)
             ),
             republish_ms=_republish_ms(keepalive),
+            entry_filter=entries,
         ) as endpoint:
             yield endpoint
 

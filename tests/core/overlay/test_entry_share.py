@@ -1,0 +1,131 @@
+"""Siblings enter the overlay through relays of their own: :class:`EntryShare` deals the
+relays out among them by a keyed hash, and an endpoint core given it as its entry filter
+starts every path at one of its own."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from overlay.constants import DEFAULT_PATH_LIFETIME_MS, INTROSET_REPUBLISH_MS, PATH_PING_INTERVAL_MS
+from overlay.contact import verified_directory
+from overlay.endpoint_core import EndpointCore, EntryFilter, EntryShare
+from tests.core.overlay.test_cores import NOW, Net
+
+SECRET = b"\x07" * 32
+PHONE, DESKTOP, LAPTOP = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+RELAYS = [bytes([n]) * 32 for n in range(10, 50)]
+
+
+def shares(secret: bytes, members: frozenset[bytes]) -> dict[bytes, set[bytes]]:
+    return {
+        member: {r for r in RELAYS if EntryShare(secret, members, member)(r)} for member in members
+    }
+
+
+@pytest.mark.parametrize("members", [{PHONE, DESKTOP}, {PHONE, DESKTOP, LAPTOP}])
+def test_every_relay_is_one_members_entry_and_no_two_members_share_one(
+    members: set[bytes],
+) -> None:
+    dealt = shares(SECRET, frozenset(members))
+    assert set().union(*dealt.values()) == set(RELAYS)
+    assert sum(map(len, dealt.values())) == len(RELAYS)
+    assert all(dealt.values())  # 40 relays: every member has some
+
+
+def test_the_split_depends_on_the_secret_and_members_only() -> None:
+    """Both siblings compute it alone, from what they share; a relay list read in another
+    order, or missing relays, changes nothing for the relays it holds; another account
+    (another secret) splits differently, and nobody without the secret can tell."""
+    members = frozenset({PHONE, DESKTOP})
+    phone = EntryShare(SECRET, members, PHONE)
+    assert [phone(r) for r in RELAYS] == [
+        EntryShare(bytes(SECRET), frozenset([DESKTOP, PHONE]), PHONE)(r) for r in RELAYS
+    ]
+    assert shares(b"\x08" * 32, members) != shares(SECRET, members)
+
+
+def test_a_new_member_takes_relays_only_from_the_others() -> None:
+    """Rendezvous hashing: a third sibling moves some relays to itself and no others."""
+    before = shares(SECRET, frozenset({PHONE, DESKTOP}))
+    after = shares(SECRET, frozenset({PHONE, DESKTOP, LAPTOP}))
+    assert after[PHONE] <= before[PHONE] and after[DESKTOP] <= before[DESKTOP]
+
+
+def test_a_member_must_be_one_of_the_members() -> None:
+    with pytest.raises(ValueError):
+        EntryShare(SECRET, frozenset({PHONE}), DESKTOP)
+
+
+def core(entry_filter: EntryFilter | None, seed: int = 1) -> tuple[EndpointCore, Net]:
+    net = Net(8)
+    return (
+        EndpointCore(
+            verified_directory(net.contacts, NOW),
+            random.Random(seed),
+            NOW,
+            hops=3,
+            paths=2,
+            path_lifetime_ms=DEFAULT_PATH_LIFETIME_MS,
+            ping_interval_ms=PATH_PING_INTERVAL_MS,
+            republish_ms=INTROSET_REPUBLISH_MS,
+            entry_filter=entry_filter,
+        ),
+        net,
+    )
+
+
+def test_every_path_enters_through_a_relay_the_filter_admits_and_goes_on_anywhere() -> None:
+    keys = sorted(c.pubkey for c in Net(8).contacts)
+    admitted = set(keys[:2])
+    endpoint, _ = core(admitted.__contains__)
+    paths = [endpoint.choose_hops() for _ in range(300)]
+    assert {path[0].pubkey for path in paths} == admitted
+    assert all(len({hop.pubkey for hop in path}) == 3 for path in paths)
+    assert {hop.pubkey for path in paths for hop in path[1:]} == set(keys)
+
+
+def test_without_a_filter_entries_are_every_relay() -> None:
+    endpoint, net = core(None)
+    entries = {endpoint.choose_hops()[0].pubkey for _ in range(300)}
+    assert entries == {c.pubkey for c in net.contacts}
+
+
+def test_after_a_path_through_the_only_admitted_entry_died_it_is_still_the_entry() -> None:
+    """Avoiding a dead path's relays never overrides the filter: with no other relay of
+    its own, the endpoint enters through the same one again rather than a sibling's."""
+    keys = sorted(c.pubkey for c in Net(8).contacts)
+    endpoint, _ = core({keys[0]}.__contains__)
+    path, _ = endpoint.add_path(endpoint.choose_hops(), NOW)
+    endpoint.drop_path(path, NOW + 1)
+    hops = endpoint.choose_hops()
+    assert hops[0].pubkey == keys[0]
+    assert not {hop.pubkey for hop in hops[1:]} & {hop.pubkey for hop in path.hops}
+
+
+@pytest.mark.parametrize("link", ["held", "broke"])
+def test_with_every_admitted_relay_on_the_path_that_died_its_first_hop_goes_first_if_its_link_held(
+    link: str,
+) -> None:
+    """Two admitted relays, both on the path that died (one its first hop, one its
+    middle): the next paths enter through the first hop if its link held (the fault lay
+    further on), through the other if its link broke."""
+    net = Net(8)
+    contacts = sorted(net.contacts, key=lambda c: c.pubkey)
+    first, middle = contacts[0], contacts[1]
+    endpoint, _ = core({first.pubkey, middle.pubkey}.__contains__)
+    path, _ = endpoint.add_path([first, middle, contacts[5]], NOW)
+    if link == "broke":
+        endpoint.link_lost(path)
+    endpoint.drop_path(path, NOW + 1)
+    expected = first if link == "held" else middle
+    for _ in range(50):
+        hops = endpoint.choose_hops()
+        assert hops[0] == expected
+        assert not {hop.pubkey for hop in hops[1:]} & {hop.pubkey for hop in path.hops}
+
+
+def test_a_filter_that_admits_no_relay_is_refused() -> None:
+    with pytest.raises(ValueError, match="admits none"):
+        core(lambda relay: False)
