@@ -71,10 +71,16 @@ def _name_of(device: Device, user: str) -> str:
     return "" if contact is None else contact.name
 
 
-def _emit(args: argparse.Namespace, obj: dict[str, Any], line: str) -> None:
-    """One result: a JSON object per line with ``--json``, else the human line, with
-    what others wrote in it made harmless for a terminal (:func:`terminal_safe`)."""
-    print(json.dumps(obj) if getattr(args, "json", False) else terminal_safe(line), flush=True)
+def _emit(args: argparse.Namespace, obj: dict[str, Any], *lines: str) -> None:
+    """One result: a JSON object per line with ``--json``, else the human lines, each
+    with what others wrote in it made harmless for a terminal (:func:`terminal_safe`).
+    The lines are given apart, not as one text with newlines: a newline inside a line is
+    someone's text and is escaped like any control character, so a message cannot start
+    a line that looks like another message."""
+    if getattr(args, "json", False):
+        print(json.dumps(obj), flush=True)
+    else:
+        print("\n".join(terminal_safe(line) for line in lines), flush=True)
 
 
 def terminal_safe(text: str) -> str:
@@ -177,7 +183,7 @@ def _cmd_whoami(args: argparse.Namespace) -> int:
             "name": me.name,
             "display_name": me.display_name,
         },
-        f"user {_named(me.display_name, me.session_id)}\n"
+        f"user {_named(me.display_name, me.session_id)}",
         f"device {me.device_id} ({me.name!r}, {me.mode})",
     )
     return 0
@@ -231,9 +237,19 @@ def _cmd_accept(args: argparse.Namespace) -> int:
                         "`p2psync device pair`; --wait S waits for one)"
                     )
                 for offer in offers:
-                    when = _when(offer.timestamp_ms)
-                    print(f"code {offer.code}  {offer.name!r}  {offer.device}  {when}")
-                print("accept one with: p2psync device accept --code CODE ...")
+                    _emit(
+                        args,
+                        {
+                            "code": offer.code,
+                            "name": offer.name,
+                            "device": offer.device,
+                            "timestamp_ms": offer.timestamp_ms,
+                        },
+                        f"code {offer.code}  {offer.name!r}  {offer.device}  "
+                        f"{_when(offer.timestamp_ms)}",
+                    )
+                if not args.json:
+                    print("accept one with: p2psync device accept --code CODE ...")
             elif args.decline:
                 await device.decline_pairing(code)
                 print(f"declined the pairing request with code {code}")
@@ -322,11 +338,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
             me, status = device.whoami(), device.sync_status()
             siblings = device.siblings()
             connected = status.connected_siblings
-            how = (
-                "directly over the overlay, falling back to the swarm"
-                if status.syncs_directly
-                else "through the swarm only (direct sync off or too few relays)"
-            )
+            if status.syncs_directly:
+                how = "directly over the overlay, falling back to the swarm"
+            elif status.starting:
+                how = "through the swarm while it starts (its overlay endpoint is coming up)"
+            else:
+                how = "through the swarm only (direct sync off or too few relays)"
+            # Everything dated before the watermark is here: the last time the history
+            # was known complete, i.e. the last sync that finished.
+            synced_ms = status.complete_until or None
+            synced = "never" if synced_ms is None else _when(synced_ms)
             last_run = {
                 None: "this was its first run",
                 True: "its last run ended by leaving (owed sync copies stored, goodbye said)",
@@ -340,16 +361,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     "device": me.device_id,
                     "mode": me.mode,
                     "direct_sync": status.syncs_directly,
+                    "starting": status.starting,
+                    "last_sync_ms": synced_ms,
                     "siblings": sorted(siblings),
                     "connected_siblings": sorted(connected),
                     "unacknowledged": status.unacknowledged,
                     "last_run_left": status.last_run_left,
                 },
-                f"user {me.session_id} (device {_short(me.device_id)}, {me.mode})\n"
-                f"syncs with its siblings {how}\n"
-                f"siblings: {len(siblings)}, connected directly now: {len(connected)}\n"
-                f"messages a sibling has not acknowledged yet: {status.unacknowledged}\n"
-                f"{last_run}",
+                f"user {me.session_id} (device {_short(me.device_id)}, {me.mode})",
+                f"syncs with its siblings {how}",
+                f"siblings: {len(siblings)}, connected directly now: {len(connected)}",
+                f"last sync (history complete up to): {synced}",
+                f"messages a sibling has not acknowledged yet: {status.unacknowledged}",
+                last_run,
             )
 
     args.timeout = max(args.timeout, args.wait + 60)
@@ -525,6 +549,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "accept",
         "on the primary: list pairing requests, or accept or decline one",
         _cmd_accept,
+        json_output=True,
         wait=0.0,
     )
     decision = accept.add_mutually_exclusive_group()

@@ -396,10 +396,14 @@ class Device:
 
     def sync_status(self) -> SyncStatus:
         """Where this device stands with its siblings now (one consistent reading)."""
-        sync = self._siblings.sync
+        sync, online = self._siblings.sync, not self._offline.is_set()
         return SyncStatus(
-            online=not self._offline.is_set(),
+            online=online,
             syncs_directly=sync is not None and sync.endpoint is not None,
+            starting=online
+            and sync is None
+            and self._local.config.direct_sync
+            and bool(self._store.siblings()),
             connected_siblings=frozenset(self._siblings.connected),
             unacknowledged=len(self._store.pending()),
             resynced_siblings=frozenset(() if sync is None else sync.resynced),

@@ -137,6 +137,9 @@ class SyncStatus:
 
     ``syncs_directly``: sibling sync runs over the overlay now (online, direct sync on,
     enough relays); otherwise every sent message gets its swarm sync copy.
+    ``starting``: direct sync is on and there are siblings, but the overlay endpoint is
+    still coming up (just online: draining the swarm, reading the relay list, building
+    paths), so not syncing directly yet says nothing about relays.
     ``connected_siblings``: those with an overlay session now. ``unacknowledged``:
     messages some sibling has not acknowledged. ``resynced_siblings`` and
     ``archive_counts`` (sent, received): whole-history re-syncs and pairing-time archive
@@ -147,6 +150,7 @@ class SyncStatus:
 
     online: bool
     syncs_directly: bool
+    starting: bool
     connected_siblings: frozenset[str]
     unacknowledged: int
     resynced_siblings: frozenset[str]

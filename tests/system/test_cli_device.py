@@ -306,3 +306,39 @@ async def test_display_names_beside_ids_and_run_stopped_by_signals_says_how_it_e
             assert status["last_run_left"] is left, stop.name
         human = await ok("status", *where("alice"), "--wait", "0")
         assert "its last run ended by leaving" in human
+
+
+@pytest.mark.slow
+async def test_whoami_and_status_lines_and_pairing_requests_as_json(tmp_path: Path) -> None:
+    """Human output of ``whoami`` and ``status`` is one result per line (no newline shown
+    as ``\\u000a``); ``status`` says the last sync ("never" before any) and "starting"
+    while the overlay endpoint comes up; ``accept --json`` lists each pairing request as
+    one JSON object."""
+    async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
+        net = tmp_path / "network.json"
+        net.write_text(json.dumps(network.description()))
+
+        def where(name: str) -> list[str]:
+            return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
+
+        ids = {}
+        for name in ("phone", "tablet"):
+            out = await ok("init", "--data", str(tmp_path / name), "--mode", "mapped")
+            ids[name] = out.split()[-1]
+        me = (await ok("whoami", "--data", str(tmp_path / "phone"))).splitlines()
+        assert me == [f"user {ids['phone']}", f"device {ids['phone']} ('device', mapped)"]
+        status = (await ok("status", *where("phone"), "--wait", "0")).splitlines()
+        assert len(status) == 6 and "\\u" not in "".join(status), status
+        assert "last sync (history complete up to): never" in status
+        first = json.loads(await ok("status", *where("phone"), "--json", "--wait", "0"))
+        assert first["last_sync_ms"] is None and not first["starting"]  # no sibling yet
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(ok, "pair", *where("tablet"), "--primary", ids["phone"]))
+            listing = await ok("accept", *where("phone"), "--wait", "60", "--json")
+            [offer] = map(json.loads, listing.splitlines())
+            assert offer.keys() == {"code", "name", "device", "timestamp_ms"}
+            assert offer["device"] == ids["tablet"] and offer["name"] == "device"
+            await ok("accept", *where("phone"), "--code", offer["code"])
+        status = (await ok("status", *where("phone"), "--wait", "0")).splitlines()
+        assert "syncs with its siblings through the swarm while it starts" in status[1], status
