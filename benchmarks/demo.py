@@ -27,8 +27,9 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.audit import ServerAudit
+from benchmarks.relay_audit import TIMING_WINDOW_MS, RelayAudit
 from overlay.keys import x25519_of
+from overlay.relay import SeenCell
 from p2psync.device import Device, DeviceConfig, open_device
 from p2psync.envelope import open_envelope
 from p2psync.errors import P2PSyncError
@@ -41,6 +42,9 @@ from p2psync.swarm.node import NodeConfig
 STEP_TIMEOUT_S = 30.0
 #: A day and an hour: past the 24 h TTL of everything stored before the jump.
 PAST_TTL_MS = 25 * 3600 * 1000
+#: Requests to one server by one method follow sibling sync (check (b)) when as many
+#: matches would come by chance less often than this, all (server, method) pairs counted.
+SYNC_TIMING_ALPHA = 0.001
 
 
 class DemoFailed(P2PSyncError):
@@ -116,8 +120,9 @@ async def _scenario(
                 f"embedded network up ({transport}): registry, file server, open group, "
                 "6 service nodes, 8 onion relays"
             )
-            audit = ServerAudit()
-            audit.watch(network)
+            audit = RelayAudit(network.clock)
+            watch = KeyWatch([])
+            audit.watch(network, watch)
             hosts = {
                 name: name if transport == "memory" else f"127.0.0.{11 + index}"
                 for index, name in enumerate(("alice-phone", "alice-desktop", "bob"))
@@ -138,9 +143,7 @@ async def _scenario(
                 open_as("alice-desktop") as desktop,
                 open_as("bob") as bob,
             ):
-                watch = KeyWatch(_telltales(phone, desktop))
-                for relay in network.relays:
-                    relay.observe(watch)
+                watch.telltales += _telltales(phone, desktop)
                 # What the desktop's swarm is read with (the account's key when linked).
                 reader = Identity.from_label(
                     f"demo/{seed}/alice-{'phone' if mode == 'linked' else 'desktop'}"
@@ -150,13 +153,15 @@ async def _scenario(
                 alice = {hosts["alice-phone"], hosts["alice-desktop"]}
                 figures["privacy"].update(
                     {
-                        "server_requests": len(audit.observations),
-                        "device_addresses_seen_by_servers": audit.requests_from(alice),
+                        "server_requests": len(audit.servers.observations),
+                        "device_addresses_seen_by_servers": audit.servers.requests_from(alice),
                         "servers_seeing_alice_from_two_addresses": (
-                            audit.accounts_seen_from_two(alice)
+                            audit.servers.accounts_seen_from_two(alice)
                         ),
                     }
                 )
+                accounts = {phone.session_id, desktop.whoami().device_id}
+                figures["privacy"].update(_relay_figures(audit, hosts, accounts))
                 return figures
 
 
@@ -171,10 +176,10 @@ class KeyWatch:
     sizes: set[int] = field(default_factory=set)
     cells_showing_a_key: int = 0
 
-    def __call__(self, cell: bytes) -> None:
+    def __call__(self, seen: SeenCell) -> None:
         self.cells += 1
-        self.sizes.add(len(cell))
-        self.cells_showing_a_key += self.shows_a_key(cell)
+        self.sizes.add(len(seen.cell))
+        self.cells_showing_a_key += self.shows_a_key(seen.cell)
 
     def shows_a_key(self, item: bytes) -> bool:
         return any(telltale in item for telltale in self.telltales)
@@ -188,6 +193,41 @@ def _telltales(*devices: Device) -> list[bytes]:
         keys += [device.whoami().device_key, device.whoami().overlay_key]
         keys.append(x25519_of(device.whoami().overlay_key))
     return keys + [key.hex().encode() for key in keys]
+
+
+def _relay_figures(audit: RelayAudit, hosts: dict[str, str], accounts: set[str]) -> dict[str, Any]:
+    """Checks (a) and (b) of :mod:`benchmarks.relay_audit` for Alice's two devices. A
+    device's links carry its host's address, and those of the endpoint it meets its
+    siblings on its name on the emulated network; on tcp overlay links leave from
+    127.0.0.1 whatever the device's host, so no relay can tell them apart and (a) is not
+    measured (None)."""
+    devices = [{name, hosts[name]} for name in ("alice-phone", "alice-desktop")]
+    seen = all(any(peers & device for peers in audit.peers().values()) for device in devices)
+    matches = audit.timing(accounts)
+    worst = matches[0] if matches else None
+    return {
+        "relays_seeing_both_siblings": audit.relays_seeing_two(devices) if seen else None,
+        "sibling_sync_cells": len(audit.sync_times_ms()),
+        # (server, method) pairs whose requests naming Alice's account come within the
+        # window of sibling sync less likely by chance than 0.001, all pairs counted.
+        "server_methods_following_sibling_sync": sum(
+            m.p_value * len(matches) < SYNC_TIMING_ALPHA for m in matches
+        ),
+        "sibling_sync_timing": {
+            "window_ms": TIMING_WINDOW_MS,
+            "server_methods": len(matches),
+            "worst": None
+            if worst is None
+            else {
+                "server": worst.server,
+                "method": worst.method,
+                "requests": worst.requests,
+                "matched": worst.matched,
+                "expected": round(worst.expected, 2),
+                "p_value": worst.p_value,
+            },
+        },
+    }
 
 
 def _stored_items(network: LocalNetwork, watch: KeyWatch) -> dict[str, int]:
@@ -454,6 +494,27 @@ def _privacy_table(summary: dict[str, Any]) -> Table:
         "onion relays",
         f"of {privacy['introsets']} introsets held, showing a device or overlay key",
         str(privacy["introsets_showing_a_key"]),
+    )
+    both = privacy["relays_seeing_both_siblings"]
+    table.add_row(
+        "onion relays",
+        "next to both of Alice's devices (cells from both addresses)"
+        + ("" if both is not None else ": not measured, on tcp every overlay link is 127.0.0.1's"),
+        "n/a" if both is None else str(both),
+    )
+    timing = privacy["sibling_sync_timing"]
+    worst = timing["worst"]
+    detail = (
+        ""
+        if worst is None
+        else f" (closest: {worst['matched']} of {worst['requests']} {worst['method']} requests "
+        f"within {timing['window_ms']} ms, {worst['expected']:g} by chance)"
+    )
+    table.add_row(
+        "servers",
+        f"of {timing['server_methods']} (server, method) pairs, whose requests for Alice's "
+        f"account follow sibling sync{detail}",
+        str(privacy["server_methods_following_sibling_sync"]),
     )
     return table
 

@@ -153,6 +153,21 @@ class RelayStats:
         )
 
 
+@dataclass(frozen=True)
+class SeenCell:
+    """A cell as a relay is handed it (see :attr:`RelayCore.observer`): on which link,
+    from which address, and when."""
+
+    cell: bytes
+    #: This relay's name for the link (``in:N``, ``out:ADDRESS``).
+    link: str
+    #: The address of the link's other end as the transport reports it (``host:port``,
+    #: or a host name on a :class:`~overlay.link.MemoryNetwork`); "" when the driver
+    #: gave none.
+    peer: str
+    now_ms: int
+
+
 @dataclass
 class _Hop:
     forward: LayerOpener
@@ -181,9 +196,10 @@ class RelayCore:
     directory: dict[bytes, Contact]
     stats: RelayStats = field(default_factory=RelayStats)
     store: IntrosetStore = field(default_factory=IntrosetStore)
-    #: Sees every cell this relay is handed, as the relay does: for audits of what a relay
-    #: learns (the demo's privacy table), never for routing.
-    observer: Callable[[bytes], None] | None = None
+    #: Sees every cell this relay is handed, as the relay does, with the link and the
+    #: address it came from: for audits of what a relay learns (the demo's privacy table,
+    #: ``benchmarks/relay_audit.py``), never for routing.
+    observer: Callable[[SeenCell], None] | None = None
     #: Forwarded DHT requests kept awaiting an answer, at most (see DHT_PENDING_MAX).
     max_pending_dht: int = DHT_PENDING_MAX
     #: Which servers this relay hands exit requests to (see :class:`Exit`); None: it is
@@ -202,9 +218,11 @@ class RelayCore:
     _exits: dict[bytes, _Exit] = field(default_factory=dict)
     _exit_calls: list[ExitCall] = field(default_factory=list)
 
-    def receive(self, link: str, data: bytes, now_ms: int) -> list[Send]:
+    def receive(self, link: str, data: bytes, now_ms: int, *, peer: str = "") -> list[Send]:
+        """What to send for ``data`` received on ``link``; ``peer`` (the address of the
+        link's other end) is for :attr:`observer` only."""
         if self.observer is not None:
-            self.observer(data)
+            self.observer(SeenCell(data, link, peer, now_ms))
         try:
             cell = decode_cell(data)
         except CellError:
@@ -559,7 +577,7 @@ class _LinkPool:
     async def _run_outbound(self, name: str, pump: LinkPump) -> None:
         try:
             async with self._transport.connect(name.removeprefix("out:")) as link:
-                await pump.run(link, partial(self._receive, name), self._count_drop)
+                await pump.run(link, partial(self._receive, name, link.peer), self._count_drop)
         except OSError as exc:
             logger.info("relay link %s failed: %s", name, exc)
         except Exception:
@@ -571,12 +589,12 @@ class _LinkPool:
         name = f"in:{next(self._names)}"
         pump = self._pumps[name] = LinkPump()
         try:
-            await pump.run(link, partial(self._receive, name), self._count_drop)
+            await pump.run(link, partial(self._receive, name, link.peer), self._count_drop)
         finally:
             self._close(name, pump)
 
-    def _receive(self, link: str, data: bytes) -> None:
-        for target, out in self._core.receive(link, data, self._clock.now_ms()):
+    def _receive(self, link: str, peer: str, data: bytes) -> None:
+        for target, out in self._core.receive(link, data, self._clock.now_ms(), peer=peer):
             self.send(target, out)
         for call in self._core.take_exit_calls():
             self._nursery.start_soon(self._run_exit, call)

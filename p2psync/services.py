@@ -26,7 +26,7 @@ import trio
 
 from overlay import Contact, KeyPair, make_contact, serve_relay
 from overlay.link import Transport, split_host_port
-from overlay.relay import Exit, RelayCore
+from overlay.relay import Exit, RelayCore, SeenCell
 from overlay.tls import pinned_address
 
 from .clock import Clock
@@ -352,9 +352,10 @@ class AnnouncedRelay:
         async with open_rpc_exit(self.exit_transport, self.exit_servers) as exit_to:
             yield exit_to
 
-    def observe(self, observer: Callable[[bytes], None]) -> None:
-        """Hand ``observer`` every cell this relay is handed from now on (an audit of
-        what a relay sees; see :attr:`overlay.relay.RelayCore.observer`)."""
+    def observe(self, observer: Callable[[SeenCell], None]) -> None:
+        """Hand ``observer`` every cell this relay is handed from now on, with the link
+        and address it came from (an audit of what a relay sees; see
+        :attr:`overlay.relay.RelayCore.observer`)."""
         for core in self._cores:
             core.observer = observer
 

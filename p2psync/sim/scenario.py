@@ -404,7 +404,7 @@ def _foreground(rng: random.Random, day: int) -> list[tuple[int, int]]:
     ]
 
 
-def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def merged_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """``spans`` in order, overlapping or touching ones joined."""
     merged: list[tuple[int, int]] = []
     for start, end in sorted(spans):
@@ -430,7 +430,7 @@ def build_trace(
     for user in range(scenario.users):
         for kind in KINDS:
             if mobile and kind == "phone":
-                spans = _merged(s for day in range(days) for s in _foreground(rng, day))
+                spans = merged_spans(s for day in range(days) for s in _foreground(rng, day))
             else:
                 spans = [s for day in range(days) for s in _daily(rng, day, kind)]
             if user == 0 and kind == "desktop" and scenario.long_offline_days > 0:
@@ -475,7 +475,7 @@ def build_trace(
         size = rng.randint(low, high)
         sends.append(now, user, kinds_online[rng.randrange(len(kinds_online))], to_user, size)
     for user, sessions in opened.items():
-        packed[(user, "phone")] = Spans(_merged([*packed[(user, "phone")], *sessions]))
+        packed[(user, "phone")] = Spans(merged_spans([*packed[(user, "phone")], *sessions]))
     on_progress(1.0)
     return Trace(scenario.users, end_ms, packed, sends, seed=scenario.seed)
 

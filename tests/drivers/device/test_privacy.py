@@ -29,7 +29,7 @@ async def test_relays_and_swarm_never_see_what_ties_siblings_together(
     cells: list[bytes] = []
     async with open_world(relays=8) as network:
         for relay in network.relays:
-            relay.observe(cells.append)
+            relay.observe(lambda seen: cells.append(seen.cell))
         async with (
             device(network, tmp_path, "phone", "linked") as phone,
             device(network, tmp_path, "desktop", "linked") as desktop,

@@ -220,8 +220,10 @@ async def test_a_middle_relay_learns_neither_endpoint_nor_sizes(
             view: list[tuple[str, bytes]] = []
             receive = middle.core.receive
 
-            def tapped(link: str, data: bytes, now_ms: int) -> list[tuple[str, bytes]]:
-                sends = receive(link, data, now_ms)
+            def tapped(
+                link: str, data: bytes, now_ms: int, *, peer: str = ""
+            ) -> list[tuple[str, bytes]]:
+                sends = receive(link, data, now_ms, peer=peer)
                 view.append((link, data))
                 view.extend(sends)
                 return sends

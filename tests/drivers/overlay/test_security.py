@@ -40,7 +40,7 @@ def observe(net: Net) -> dict[str, list[bytes]]:
     """Every cell each relay of ``net`` is handed, through the relays' observer."""
     seen: dict[str, list[bytes]] = {address: [] for address in net.cores}
     for address, core in net.cores.items():
-        core.observer = seen[address].append
+        core.observer = lambda cell, into=seen[address]: into.append(cell.cell)
     return seen
 
 
