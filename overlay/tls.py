@@ -28,13 +28,10 @@ import tempfile
 from pathlib import Path
 
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from cryptography.x509.oid import NameOID
+
+# ``cryptography`` (x509 alone is 20 ms to import) is imported where a certificate is made
+# or read, not here: every process that imports the overlay, the CLI's included, would
+# pay for it, and most never make a TLS connection.
 
 #: Bytes of an Ed25519 public key, and so of a pin.
 PIN_BYTES = 32
@@ -77,6 +74,11 @@ def server_context(seed: bytes) -> ssl.SSLContext:
     """The TLS 1.3 server context presenting the Ed25519 key of ``seed`` (made once per
     key). A seed, not a key object, so overlay key pairs and p2psync identities alike
     (both one 32-byte Ed25519 seed) serve with it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.x509.oid import NameOID
+
     private = Ed25519PrivateKey.from_private_bytes(seed)
     public = private.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -149,6 +151,10 @@ async def connect_tls(stream: trio.abc.Stream, pin: bytes) -> trio.SSLStream[tri
 
 
 def _certificate_key(der: bytes | None) -> bytes | None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if der is None:
         return None
     key = x509.load_der_x509_certificate(der).public_key()

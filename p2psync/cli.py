@@ -15,17 +15,21 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from overlay.link import Transport
-
 from .cli_device import add_device_commands
-from .clock import Clock
 from .errors import P2PSyncError
-from .network import DEFAULT_RELAYS, TRANSPORTS, make_transport
+from .network_defaults import DEFAULT_RELAYS, TRANSPORTS
 from .swarm.constants import STORE_QUORUM
+
+if TYPE_CHECKING:
+    from overlay.link import Transport
+
+# A command imports what it runs inside its function (the servers, the launcher, the
+# overlay, ``cryptography`` for TLS): every call of the command line pays for what is
+# imported here, and a device command needs none of the servers.
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -94,6 +98,8 @@ def _run(args: argparse.Namespace, service: Callable[..., Awaitable[None]], *par
 def _server_transport(args: argparse.Namespace) -> Transport:
     """What a server process serves (and calls its peers) with: TLS pinned to its key,
     or plaintext with ``--plain-links``."""
+    from .network import make_transport
+
     return make_transport("tcp", plain=args.plain_links)
 
 
@@ -166,6 +172,7 @@ async def _terminated_by_sigterm(*, task_status: trio.TaskStatus[None]) -> None:
 def _cmd_network_up(args: argparse.Namespace) -> int:
     from .hosts import unavailable_reason
     from .launcher import network_up
+    from .network import make_transport
 
     data_dir = _data_dir(args)
     separate_hosts = args.hosts
@@ -219,6 +226,7 @@ def _ledger_key(args: argparse.Namespace) -> bytes | None:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    from .clock import Clock
     from .services import make_directory, node_registration, run_node
     from .swarm.node import NodeConfig
 
@@ -236,6 +244,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
+    from .clock import Clock
     from .services import run_registry
 
     return _run(
@@ -260,6 +269,7 @@ def _cmd_ledger_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_fileserver(args: argparse.Namespace) -> int:
+    from .clock import Clock
     from .services import run_fileserver
 
     return _run(
@@ -268,6 +278,7 @@ def _cmd_fileserver(args: argparse.Namespace) -> int:
 
 
 def _cmd_opengroup(args: argparse.Namespace) -> int:
+    from .clock import Clock
     from .services import run_opengroup
 
     return _run(
@@ -284,6 +295,8 @@ def _cmd_opengroup(args: argparse.Namespace) -> int:
 def _cmd_relay(args: argparse.Namespace) -> int:
     from overlay import TcpTransport
 
+    from .clock import Clock
+    from .network import make_transport
     from .services import make_directory, run_relay
 
     data_dir = _data_dir(args)

@@ -24,6 +24,8 @@ from .clock import Clock
 from .device.access import NetworkAccess
 from .fileserver import FileServer
 from .identity import Identity
+from .network_defaults import DEFAULT_RELAYS as DEFAULT_RELAYS
+from .network_defaults import TRANSPORTS as TRANSPORTS
 from .onion_requests import OnionService
 from .opengroup import OpenGroupServer
 from .rpc import RpcServer
@@ -33,8 +35,6 @@ from .swarm.node import NodeConfig, StorageNode
 from .swarm.registry import RegistryDirectory, RegistryServer
 from .swarm.store import MessageStore
 from .websocket import WebSocketTransport
-
-TRANSPORTS = ("tcp", "memory")
 
 
 async def wait_until(condition: Callable[[], bool], *, poll_s: float = 0.05) -> None:
@@ -265,11 +265,6 @@ class LocalNetwork:
 
     def running_nodes(self) -> list[StorageNode]:
         return [h.node for h in self.nodes if h.node is not None]
-
-
-#: Relays a local network starts unless told otherwise: enough for devices' 3-hop paths
-#: and the 4 replicas of an introset, so direct sibling sync is on by default.
-DEFAULT_RELAYS = 6
 
 
 @asynccontextmanager

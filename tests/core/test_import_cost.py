@@ -1,0 +1,88 @@
+"""What starting the library and the command line loads (issue 16 point 6: every CLI call
+pays for its imports). Checked by module name in a fresh interpreter, not by timing: the
+test fails as soon as someone imports a heavy module eagerly again, on any machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: What ``import p2psync`` must leave unloaded: the package names its API lazily, so none
+#: of the library (the overlay, the servers, the simulator, TLS's ``cryptography``).
+HEAVY_FOR_THE_PACKAGE = (
+    "trio",
+    "cryptography",
+    "overlay",
+    "overlay.endpoint",
+    "overlay.link",
+    "p2psync.device",
+    "p2psync.network",
+    "p2psync.swarm.node",
+    "p2psync.swarm.messages",
+    "p2psync.fileserver",
+    "p2psync.opengroup",
+    "p2psync.sim",
+)
+#: What the command line must leave unloaded until a command runs that needs it: the
+#: servers and the network a device command never runs, the simulator, TLS.
+HEAVY_FOR_THE_CLI = (
+    "cryptography",
+    "p2psync.network",
+    "p2psync.launcher",
+    "p2psync.services",
+    "p2psync.swarm.node",
+    "p2psync.sim",
+    "benchmarks",
+)
+
+
+def loaded(statement: str, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` a fresh interpreter has loaded after running ``statement``."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"{statement}; import json, sys; "
+            f"print(json.dumps(sorted(m for m in {names!r} if m in sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout))
+
+
+def test_import_p2psync_loads_none_of_the_library() -> None:
+    assert loaded("import p2psync", HEAVY_FOR_THE_PACKAGE) == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import p2psync.cli",
+        "from p2psync.cli import build_parser; "
+        "build_parser().parse_args(['device', 'whoami', '--data', 'd'])",
+    ],
+)
+def test_the_command_line_loads_only_what_a_command_needs(statement: str) -> None:
+    assert loaded(statement, HEAVY_FOR_THE_CLI) == []
+
+
+def test_the_public_names_still_import() -> None:
+    """``from p2psync import X`` for every documented name, and ``*``, load on demand."""
+    statement = (
+        "import p2psync; from p2psync import *; "
+        "missing = [n for n in p2psync.__all__ if n not in globals()]; assert not missing, missing"
+    )
+    assert loaded(statement, ("p2psync.device", "p2psync.sim.runner")) == [
+        "p2psync.device",
+        "p2psync.sim.runner",
+    ]
