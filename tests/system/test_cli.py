@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,56 @@ async def test_bench_storage_stopped_by_sigterm_ends_its_workers() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+#: The console script, as a person runs it (``pip install`` puts it beside the interpreter).
+CONSOLE_SCRIPT = str(Path(sys.executable).with_name("p2psync"))
+
+
+def _handles_sigterm(pid: int) -> bool:
+    """Whether ``pid`` has a SIGTERM handler in place (``SigCgt`` in ``/proc``): true once
+    ``main`` runs, the earliest moment a console script's own code can act on a signal."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:"))[7:], 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize(
+    ("stop", "delay_s"),
+    [
+        (signal.SIGINT, 0.0),
+        (signal.SIGINT, 0.05),
+        (signal.SIGINT, 0.15),
+        (signal.SIGINT, 0.3),
+        (signal.SIGINT, 0.6),
+        (signal.SIGTERM, 0.0),
+        (signal.SIGTERM, 0.05),
+    ],
+)
+def test_a_stop_while_the_command_loads_exits_cleanly(
+    stop: signal.Signals, delay_s: float, tmp_path: Path
+) -> None:
+    """Ctrl-C (or SIGTERM) as soon as ``main`` runs and at a few moments after, while the
+    command imports its modules and then while it serves: exit 130 (143), one line, no
+    traceback (it printed a KeyboardInterrupt traceback and died by the signal)."""
+    process = subprocess.Popen(
+        [CONSOLE_SCRIPT, "registry", "--data", str(tmp_path), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _handles_sigterm(process.pid):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        time.sleep(delay_s)  # the moment under test, not a wait for something to happen
+        process.send_signal(stop)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == (130 if stop == signal.SIGINT else 143), stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] in {"stopped", "terminated"}
