@@ -417,11 +417,13 @@ class Device:
     async def set_online(self, online: bool) -> None:
         """Go offline (stop receiving and sending; ``send`` still queues) or back online.
 
-        Going offline first stores a sync copy of whatever a sibling has not acknowledged
-        (waiting up to :data:`LEAVING_S` for the outbox), then says goodbye: a phone that
-        leaves inside the grace period, or a process that exits right after ``send``,
-        leaves no sibling without the message. A device whose last run ended otherwise
-        (a crash) queues those copies before anything else when it goes online again."""
+        Going offline first gives siblings that are online a few seconds to take what they
+        have not acknowledged directly, then stores a sync copy of whatever is still
+        unacknowledged (waiting up to :data:`LEAVING_S` for the outbox), then says
+        goodbye: a phone that leaves inside the grace period, or a process that exits
+        right after ``send``, leaves no sibling without the message. A device whose last
+        run ended otherwise (a crash) queues those copies before anything else when it
+        goes online again."""
         async with self._switching:
             if online and self._offline.is_set():
                 if self._store.get_meta(ONLINE_META) == b"1":
@@ -430,6 +432,7 @@ class Device:
                 self._online_scope = await self._nursery.start(self._run_online)
             elif not online and not self._offline.is_set():
                 assert self._online_scope is not None
+                await self._siblings.deliver_before_leaving()
                 self._siblings.store_owed_copies()
                 # Those copies are in the durable outbox now: what leaving owes the
                 # siblings is done, even if a stop cuts the rest short (the outbox goes

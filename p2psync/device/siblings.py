@@ -24,7 +24,7 @@ from overlay.endpoint_core import EntryShare
 from ..errors import DecodeError
 from ..swarm.constants import NAMESPACE_MESSAGES
 from ..sync.live import Item, LiveSync
-from ..sync.syncer import KEEPALIVE_S, SiblingSync
+from ..sync.syncer import DELIVER_BEFORE_LEAVING_S, KEEPALIVE_S, SiblingSync
 from .access import NetworkAccess
 from .content import HistoryRecord, SyncSent
 from .keys import choice_seed, overlay_public, overlay_seed, siblings_secret
@@ -48,6 +48,8 @@ class SiblingHandler:
         self._scope = trio.CancelScope()
         #: The running sibling sync, while online with siblings.
         self.sync: SiblingSync | None = None
+        #: Set (and replaced) each time a sibling sync starts.
+        self._sync_started = trio.Event()
 
     def restart(self) -> None:
         """The siblings changed: sync with the new set."""
@@ -134,6 +136,8 @@ class SiblingHandler:
                     )
                     for pending in local.store.pending():
                         self._publish_pending(self.sync, pending)
+                    self._sync_started.set()
+                    self._sync_started = trio.Event()
                     try:
                         await self.sync.run()
                     finally:
@@ -179,6 +183,21 @@ class SiblingHandler:
             entry_filter=entries,
         ) as endpoint:
             yield endpoint
+
+    async def deliver_before_leaving(self) -> None:
+        """Going offline: first let siblings that are online take what this device owes
+        them over the overlay (:meth:`SiblingSync.deliver_before_leaving`), for at most
+        :data:`DELIVER_BEFORE_LEAVING_S`; the live sync starts only after the swarm was
+        read, so a process that sends and exits waits for it too."""
+        local = self._local
+        if not (local.config.direct_sync and local.store.pending()):
+            return
+        if not local.store.sibling_overlay_keys() or self.secret() is None:
+            return
+        with local.clock.move_on_after(DELIVER_BEFORE_LEAVING_S):
+            while self.sync is None:
+                await self._sync_started.wait()
+            await self.sync.deliver_before_leaving()
 
     async def leave(self) -> None:
         """Say goodbye to connected siblings (going offline)."""

@@ -327,6 +327,15 @@ class LiveSync:
         """Messages some sibling has not acknowledged yet."""
         return len(self._outgoing)
 
+    def owed_to(self) -> set[str]:
+        """The siblings still owed a message that has not fallen back to the swarm."""
+        return {
+            name
+            for outgoing in self._outgoing.values()
+            if not outgoing.fell_back
+            for name in outgoing.waiting
+        }
+
     # --- internals ------------------------------------------------------------------------
 
     def _push(self, sibling: str, outgoing: _Outgoing, now_ms: int) -> Send:

@@ -63,6 +63,9 @@ REDIAL_MAX_S = 300.0
 HELLO_DELAY_S = 2.0
 #: How long a device going offline spends telling its siblings.
 GOODBYE_S = 1.0
+#: How long a device going offline may wait for its siblings to take what it owes them
+#: directly (:meth:`SiblingSync.deliver_before_leaving`) before storing sync copies.
+DELIVER_BEFORE_LEAVING_S = 4.0
 #: How long a session a sibling opened has to carry its first record before it counts:
 #: a relay replaying an old INIT opens a session that never will, and must not replace the
 #: live one. (The dialing side sends its re-sync query as soon as the session is open.)
@@ -118,6 +121,12 @@ class SiblingSync:
         #: Set when a sibling shows it is here (it opened a session to us): the dialer
         #: stops backing off and dials again at once.
         self._present: dict[str, trio.Event] = {sibling: trio.Event() for sibling in siblings}
+        #: Set once a sibling's first session came up or the first try to reach it failed.
+        self._tried: dict[str, trio.Event] = {sibling: trio.Event() for sibling in siblings}
+        #: Replaced and set whenever sessions or acknowledgements change.
+        self._progress = trio.Event()
+        #: Set when the device is about to leave: say hello without waiting for the dialer.
+        self._leaving = trio.Event()
 
     @property
     def connected(self) -> set[str]:
@@ -161,6 +170,30 @@ class SiblingSync:
         a stand-in from an origin that is still here."""
         self._apply(self.live.leaving())
 
+    async def deliver_before_leaving(self) -> None:
+        """Wait until every sibling still owed a message has acknowledged it or cannot be
+        reached (no session, and the first try to reach it is over). A process that sends
+        and exits at once (``p2psync device send``) so hands the message to a sibling that
+        is online, instead of storing its sync copy in the swarm for the sibling to fetch.
+        Bound it with a cancel scope (:data:`DELIVER_BEFORE_LEAVING_S`)."""
+        self._leaving.set()
+        if self.endpoint is None:
+            return
+        while any(
+            sibling in self._sessions or not self._tried[sibling].is_set()
+            for sibling in self.live.owed_to()
+        ):
+            await self._progress.wait()
+
+    def _moved(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def _tried_to_reach(self, sibling: str) -> None:
+        if sibling in self._tried:
+            self._tried[sibling].set()
+        self._moved()
+
     async def leave(self) -> None:
         """Say goodbye on every session (for at most :data:`GOODBYE_S`): siblings of a
         device going offline on purpose learn it at once, not when a session times out."""
@@ -175,7 +208,8 @@ class SiblingSync:
         """One dial on start, unless the sibling dialed us first: it may be holding a
         stale session to our last run, which it would otherwise notice only much later."""
         assert self.endpoint is not None
-        await trio.sleep(HELLO_DELAY_S)
+        with trio.move_on_after(HELLO_DELAY_S):
+            await self._leaving.wait()  # leaving: no time to wait for the dialer
         if sibling in self._serving:
             return
         try:
@@ -183,6 +217,7 @@ class SiblingSync:
                 await self._serve(sibling, session)
         except SessionError as exc:
             logger.debug("hello to sibling %s: %s", sibling[:10], exc)
+            self._tried_to_reach(sibling)
 
     async def _dial(self, sibling: str, key: bytes) -> None:
         assert self.endpoint is not None
@@ -197,6 +232,7 @@ class SiblingSync:
                     await self._serve(sibling, session)
             except SessionError as exc:
                 logger.debug("session to sibling %s: %s", sibling[:10], exc)
+                self._tried_to_reach(sibling)
             with trio.move_on_after(delay):
                 await present.wait()
             delay = REDIAL_MIN_S if present.is_set() else min(REDIAL_MAX_S, delay * 2)
@@ -251,6 +287,7 @@ class SiblingSync:
     async def _carry(self, sibling: str, session: Session, first: bytes | None) -> None:
         send, receive = trio.open_memory_channel[bytes](SESSION_QUEUE_RECORDS)
         self._sessions[sibling] = send
+        self._tried_to_reach(sibling)
         peer = ResyncPeer(
             self.handler.history_index,
             self.handler.history_item,
@@ -290,6 +327,7 @@ class SiblingSync:
             del self._sessions[sibling]
             del self._resyncs[sibling]
             self._handle(self.live.disconnected(sibling, self.clock.now_ms()))
+            self._moved()
 
     def _on_record(self, sibling: str, data: bytes, peer: ResyncPeer) -> bool:
         """Re-sync records go to ``peer``, the rest to LiveSync. True if the sibling asked
@@ -350,6 +388,7 @@ class SiblingSync:
         """Carry out ``events`` and have the ticker look at the new deadline."""
         self._apply(events)
         self._kick.set()
+        self._moved()
 
     def _apply(self, events: Iterable[Event]) -> None:
         for event in events:

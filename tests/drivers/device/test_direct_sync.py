@@ -17,6 +17,7 @@ from p2psync.device.siblings import TAKEOVER_GRACES
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
+from p2psync.sync.syncer import DELIVER_BEFORE_LEAVING_S
 
 from ..swarm.helpers import wait_until
 from .helpers import (
@@ -300,6 +301,32 @@ async def test_a_phone_leaving_inside_the_grace_period_stores_what_was_not_ackno
         await wait_until(lambda: len(desktop.history(bob.session_id)) == 2)
         assert texts(desktop, bob.session_id) == texts(phone, bob.session_id)
         assert not phone.rejections and not desktop.rejections
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_short_lived_sender_hands_the_message_to_a_running_sibling_directly(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """``p2psync device send`` with the desktop running (``device run``): the process
+    opens, sends and exits within a second, before any session to the desktop was up.
+    Leaving, it waits for the session and the desktop's acknowledgement instead of
+    storing a sync copy for the desktop to fetch from the swarm."""
+    async with (
+        open_world(relays=8) as network,
+        siblings_and_friend(network, tmp_path, mode) as (phone, desktop, bob),
+    ):
+        await wait_until(
+            lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+        )
+        await phone.set_online(False)
+        await phone.set_online(True)
+        started = trio.current_time()
+        await phone.send(bob.session_id, "from a short-lived process")
+        await phone.set_online(False)
+        assert trio.current_time() - started < DELIVER_BEFORE_LEAVING_S + 2
+        assert texts(desktop, bob.session_id) == [(True, "from a short-lived process")]
+        assert sync_copies(network, desktop, mode) == 0
+        assert phone.sync_status().unacknowledged == 0
 
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
