@@ -44,6 +44,10 @@ Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
   a key made for this one request); ``secret`` is what siblings find each other's
   introsets by; ``devices`` are the user's other devices as ``sync_sibling`` bodies,
   ``name`` the user's display name.
+* ``pair_decline`` (ns 2): ``{"request_id": bytes32}`` — the primary's "no" to a request
+  the user declined, signed and sealed like the challenge, to the same key; the new
+  device stops waiting at once. Only the device the request went to can sign it, so
+  nobody else can cut a pairing short.
 
 Between siblings, over overlay sessions, a history item travels as the body of a live-sync
 ``MSG`` (:class:`HistoryRecord`): ``{"ts": uint, "with": sid, "out": bool, "sender": sid,
@@ -282,6 +286,11 @@ class PairChallenge:
 
 
 @dataclass(frozen=True, slots=True)
+class PairDecline:
+    request_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PairGrant:
     request_id: bytes
     mapping: bytes | None
@@ -306,6 +315,7 @@ Content = (
     | SiblingRecord
     | PairRequest
     | PairChallenge
+    | PairDecline
     | PairGrant
 )
 
@@ -323,6 +333,7 @@ KIND_OF: dict[type, str] = {
     SiblingRecord: "sync_sibling",
     PairRequest: "pair_request",
     PairChallenge: "pair_challenge",
+    PairDecline: "pair_decline",
     PairGrant: "pair_grant",
 }
 
@@ -340,6 +351,7 @@ NAMESPACE_OF: dict[str, int] = {
     "sync_sibling": NAMESPACE_SYNC,
     "pair_request": NAMESPACE_CONTROL,
     "pair_challenge": NAMESPACE_CONTROL,
+    "pair_decline": NAMESPACE_CONTROL,
     "pair_grant": NAMESPACE_CONTROL,
 }
 
@@ -427,6 +439,8 @@ def encode_content(content: Content) -> tuple[str, bytes]:
                 body["request"] = request
         case PairChallenge(request_id=request_id, nonce=nonce):
             body = {"request_id": request_id, "nonce": nonce}
+        case PairDecline(request_id=request_id):
+            body = {"request_id": request_id}
         case DeviceRevoked(revocation=revocation):
             body = {"revocation": revocation}
         case AccountLinked(statement=statement):
@@ -519,6 +533,9 @@ def decode_content(kind: str, body: bytes) -> Content:
         return PairChallenge(
             fields.blob("request_id", size=ID_BYTES), fields.blob("nonce", size=NONCE_BYTES)
         )
+    if kind == "pair_decline":
+        fields.only("request_id")
+        return PairDecline(fields.blob("request_id", size=ID_BYTES))
     if kind == "pair_grant":
         fields.only("request_id", "mapping", "seed", "secret", "devices", "contacts", "name")
         contacts = fields.items("contacts", max_len=MAX_CONTACTS)
@@ -547,6 +564,7 @@ __all__ = [
     "HistoryRecord",
     "LinkedHandOver",
     "PairChallenge",
+    "PairDecline",
     "PairGrant",
     "PairRequest",
     "Profile",

@@ -33,6 +33,7 @@ from .content import (
     HistoryRecord,
     LinkedHandOver,
     PairChallenge,
+    PairDecline,
     PairGrant,
     PairRequest,
     Profile,
@@ -46,7 +47,14 @@ from .friends import merged as merged_state
 from .friends import transition as friend_transition
 from .migration import LinkedStatement
 from .modes import Mode, Rules
-from .pairing import IllegalPairing, PairingEffect, PairingEvent, PairingState, pairing_transition
+from .pairing import (
+    IllegalPairing,
+    PairingEffect,
+    PairingEvent,
+    PairingState,
+    PairingTransition,
+    pairing_transition,
+)
 from .store import Contact, Pairing
 
 #: How far ahead of this device's clock a message may be dated. Honest devices keep within
@@ -188,7 +196,10 @@ class SendChallenge:
 
 
 @dataclass(frozen=True, slots=True)
-class KeepNonce:
+class KeepPairing:
+    """Store ``pairing`` as it now is (the challenge's nonce kept, or declined) and wake
+    whoever waits on it."""
+
     pairing: Pairing
 
 
@@ -212,7 +223,7 @@ Effect = (
     | AddSibling
     | SetDisplayName
     | SendChallenge
-    | KeepNonce
+    | KeepPairing
     | AdoptGrant
 )
 
@@ -307,6 +318,8 @@ class _Decision:
                 return self.pair_request(request)
             case PairChallenge() as challenge:
                 return self.pair_challenge(challenge)
+            case PairDecline() as decline:
+                return self.pair_decline(decline)
             case PairGrant() as grant:
                 return self.pair_grant(grant)
         raise AssertionError(f"no rule for {self.item.content!r}")  # pragma: no cover
@@ -559,11 +572,18 @@ class _Decision:
         )
         return [SendChallenge(pairing, joining)]
 
-    def answered_pairing(self, request_id: bytes, event: PairingEvent) -> tuple[Pairing, bool]:
-        """The request ``request_id`` of this device that a challenge or a grant answers,
-        and whether the answer is news (False: seen before)."""
+    def answered_pairing(
+        self, request_id: bytes, event: PairingEvent
+    ) -> tuple[Pairing, PairingTransition]:
+        """The request ``request_id`` of this device that a challenge, a grant or a
+        decline answers, and where the answer takes it (no effects: seen before). Only
+        the device the request went to may answer it."""
         pairing = self.view.pairing(request_id)
-        what = "challenge" if event is PairingEvent.CHALLENGE_RECEIVED else "grant"
+        what = {
+            PairingEvent.CHALLENGE_RECEIVED: "challenge",
+            PairingEvent.GRANT_RECEIVED: "grant",
+            PairingEvent.DECLINE_RECEIVED: "decline",
+        }[event]
         try:
             if pairing is None:
                 raise IllegalPairing("unknown")
@@ -572,19 +592,24 @@ class _Decision:
             raise _Refused(f"a pairing {what} for no request of this device") from None
         if not ed25519_matches_session_id(self.item.sender_key, pairing.peer):
             raise _Refused(f"a pairing {what} not signed by the device pairing was asked of")
-        return pairing, bool(move.effects)
+        return pairing, move
 
     def pair_challenge(self, challenge: PairChallenge) -> list[Effect]:
-        pairing, news = self.answered_pairing(challenge.request_id, PairingEvent.CHALLENGE_RECEIVED)
+        pairing, move = self.answered_pairing(challenge.request_id, PairingEvent.CHALLENGE_RECEIVED)
         details = pairing_details(pairing)
         if "nonce" in details:
             if details["nonce"] != challenge.nonce:
                 raise _Refused("a second, different challenge for one pairing request")
             return []  # seen again
-        if not news:
+        if not move.effects:
             return []
         kept = replace(pairing, data=encode_cbor({**details, "nonce": challenge.nonce}))
-        return [KeepNonce(kept)]
+        return [KeepPairing(kept)]
+
+    def pair_decline(self, decline: PairDecline) -> list[Effect]:
+        """The primary declined this device's request: whoever waits stops waiting."""
+        pairing, move = self.answered_pairing(decline.request_id, PairingEvent.DECLINE_RECEIVED)
+        return [KeepPairing(replace(pairing, state=move.state))] if move.effects else []
 
     def pair_grant(self, grant: PairGrant) -> list[Effect]:
         pairing = self.view.pairing(grant.request_id)

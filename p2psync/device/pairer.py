@@ -1,12 +1,12 @@
 """The pairing driver: runs the pairing machine (:mod:`.pairing`) against the swarm.
 
 On the new device it sends the request and waits for the primary's challenge (the code
-both screens show) and grant; on the primary it answers requests with a challenge, lists
-them for the user, and grants or declines the one whose code the user confirmed; it also
-revokes a device. Every state change goes through :func:`~.pairing.pairing_transition`;
-what the mode changes (a signed mapping or the account seed) is :class:`~.modes.Rules`'s.
-What an arriving challenge or grant may do is decided by the inbound core
-(:mod:`.inbound`); this driver executes it.
+both screens show) and grant, or its decline; on the primary it answers requests with a
+challenge, lists them for the user, and grants or declines (telling the new device) the
+one whose code the user confirmed; it also revokes a device. Every state change goes
+through :func:`~.pairing.pairing_transition`; what the mode changes (a signed mapping or
+the account seed) is :class:`~.modes.Rules`'s. What an arriving challenge, grant or
+decline may do is decided by the inbound core (:mod:`.inbound`); this driver executes it.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from ..swarm.client import SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL
 from ..wire import decode_cbor, encode_cbor
 from .content import (
+    Content,
     DeviceRevoked,
     PairChallenge,
+    PairDecline,
     PairGrant,
     PairRequest,
     SiblingRecord,
@@ -122,8 +124,9 @@ class Pairer:
         if PairingEffect.LISTEN in move.effects:
             self._relisten()  # listen where the challenge and the grant arrive
         with trio.move_on_after(PAIRING_WINDOW_MS / 1000):
-            while self._challenge_nonce(digest) is None:
+            while self._challenge_nonce(digest) is None and not self._declined():
                 await self._local.changed.wait()
+        self._raise_if_declined()
         nonce = self._challenge_nonce(digest)
         if nonce is None:
             raise PairingError(f"{primary[:12]}… did not answer in time: is it online? Ask again")
@@ -133,9 +136,29 @@ class Pairer:
         pairing = self._store.pairing(request_id)
         return None if pairing is None else pairing_details(pairing).get("nonce")
 
+    def _declined(self) -> bool:
+        """Whether the primary declined this device's latest request (an earlier attempt's
+        decline says nothing of a later one)."""
+        asked = [
+            pairing
+            for state in (PairingState.WAITING, PairingState.PAIRED, PairingState.REFUSED)
+            for pairing in self._store.pairings(incoming=False, state=state)
+        ]
+        latest = max(asked, key=lambda p: p.timestamp_ms, default=None)
+        return latest is not None and latest.state == PairingState.REFUSED
+
+    def _raise_if_declined(self) -> None:
+        if self._declined():
+            raise PairingError(
+                "the primary declined this device's pairing request (pair again to retry)"
+            )
+
     async def wait_paired(self) -> None:
-        """Wait until the primary's grant arrived and checked out (put a deadline on it)."""
-        await self._paired.wait()
+        """Wait until the primary's grant arrived and checked out (put a deadline on it);
+        :class:`PairingError` as soon as the primary's decline arrives instead."""
+        while not self._paired.is_set():
+            self._raise_if_declined()
+            await self._local.changed.wait()
 
     @property
     def paired(self) -> bool:
@@ -223,10 +246,7 @@ class Pairer:
                 contacts,
                 display_name,
             )
-        kind, body = encode_content(grant)
-        now = self._local.clock.now_ms()
-        data = seal_envelope(identity, session_id_key(recipient), kind, body, now)
-        await self._swarm.store(recipient, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+        await self._answer(recipient, grant)
         with self._store.transaction():
             self._move_pairing(pairing, PairingEvent.ACCEPT)
             self._store.add_sibling(device, pairing.name, overlay)
@@ -237,18 +257,29 @@ class Pairer:
         return device
 
     async def decline_pairing(self, code: str) -> None:
-        """On the primary: refuse the request showing ``code``."""
-        self._move_pairing(self._pending_offer(code), PairingEvent.DECLINE)
+        """On the primary: refuse the request showing ``code``, telling the new device
+        (a signed decline, where its challenge went) so that it stops waiting. The
+        decline goes out first: if storing it fails, the request is still pending and
+        the user can decline again."""
+        pairing = self._pending_offer(code)
+        move = pairing_transition(PairingState(pairing.state), PairingEvent.DECLINE)
+        if PairingEffect.SEND_DECLINE in move.effects:
+            await self._answer(pairing.peer, PairDecline(pairing.request_id))
+        self._move_pairing(pairing, PairingEvent.DECLINE)
+
+    async def _answer(self, recipient: str, content: Content) -> None:
+        """Store ``content`` for a new device, signed by this one and sealed to
+        ``recipient`` (the key the request came with), for the pairing window."""
+        kind, body = encode_content(content)
+        now = self._local.clock.now_ms()
+        data = seal_envelope(self._local.identity, session_id_key(recipient), kind, body, now)
+        await self._swarm.store(recipient, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
 
     async def send_challenge(self, pairing: Pairing, joining: dict[str, object]) -> None:
         """Answer a new request with a signed challenge, then keep the request. The
         challenge goes out first: if storing it fails, the request is retried whole."""
-        identity = self._local.identity
-        nonce = pairing_nonce(identity.seed, pairing.request_id)
-        kind, body = encode_content(PairChallenge(pairing.request_id, nonce))
-        now = self._local.clock.now_ms()
-        data = seal_envelope(identity, session_id_key(pairing.peer), kind, body, now)
-        await self._swarm.store(pairing.peer, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+        nonce = pairing_nonce(self._local.identity.seed, pairing.request_id)
+        await self._answer(pairing.peer, PairChallenge(pairing.request_id, nonce))
         self._store.put_pairing(replace(pairing, data=encode_cbor({**joining, "nonce": nonce})))
         self._local.notify()
 

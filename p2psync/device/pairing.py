@@ -50,11 +50,13 @@ def pairing_code(request_id: bytes, nonce: bytes) -> str:
 
 class PairingState(StrEnum):
     """A pairing as one device keeps it (stored by value). The new device's own request
-    is ``waiting`` until the grant makes it ``paired``; a request on the primary is
-    ``pending`` until the user ``accepted`` or ``declined`` it."""
+    is ``waiting`` until the grant makes it ``paired`` or the primary's decline makes it
+    ``refused``; a request on the primary is ``pending`` until the user ``accepted`` or
+    ``declined`` it."""
 
     WAITING = "waiting"
     PAIRED = "paired"
+    REFUSED = "refused"
     PENDING = "pending"
     ACCEPTED = "accepted"
     DECLINED = "declined"
@@ -64,6 +66,7 @@ class PairingEvent(Enum):
     REQUEST_SENT = "request sent"  # on the new device
     CHALLENGE_RECEIVED = "challenge received"
     GRANT_RECEIVED = "grant received"
+    DECLINE_RECEIVED = "decline received"
     REQUEST_RECEIVED = "request received"  # on the primary
     ACCEPT = "accept"
     DECLINE = "decline"
@@ -75,6 +78,7 @@ class PairingEffect(Enum):
     KEEP_NONCE = "keep the challenge's nonce: both screens can show the code"
     SEND_CHALLENGE = "store a signed challenge for the requester"
     SEND_GRANT = "store the grant for the new device"
+    SEND_DECLINE = "store a signed decline for the requester: it stops waiting"
     ADD_SIBLING = "add the new device as a sibling, and tell the others"
     ADOPT_GRANT = "act as the user from now on: identity, siblings, contacts"
     NOTIFY = "wake whoever waits for news"
@@ -95,21 +99,27 @@ _E = PairingEvent
 _F = PairingEffect
 
 #: (state, event) -> transition; ``None`` is a request this device does not know. The
-#: new device's states (``waiting``, ``paired``) and the primary's (``pending``,
-#: ``accepted``, ``declined``) never meet, so a challenge or a grant for a request this
-#: device received, not sent, finds no entry. A request seen again (a re-delivery, or in
-#: ``linked`` mode our own request in the swarm we now share) changes nothing; so does a
-#: challenge or a grant seen again after pairing (a restart reads them once more).
+#: new device's states (``waiting``, ``paired``, ``refused``) and the primary's
+#: (``pending``, ``accepted``, ``declined``) never meet, so a challenge, a grant or a
+#: decline for a request this device received, not sent, finds no entry. A request seen
+#: again (a re-delivery, or in ``linked`` mode our own request in the swarm we now share)
+#: changes nothing; so does a challenge, grant or decline seen again after the answer (a
+#: restart reads them once more; a challenge and the decline after it may be read in
+#: either order). A grant after a decline, or a decline after a grant, finds no entry: an
+#: honest primary sends one answer.
 PAIRING_TRANSITIONS: dict[tuple[PairingState | None, PairingEvent], PairingTransition] = {
     (None, _E.REQUEST_SENT): PairingTransition(_S.WAITING, (_F.LISTEN,)),
     (_S.WAITING, _E.CHALLENGE_RECEIVED): PairingTransition(_S.WAITING, (_F.KEEP_NONCE, _F.NOTIFY)),
     (_S.WAITING, _E.GRANT_RECEIVED): PairingTransition(_S.PAIRED, (_F.ADOPT_GRANT, _F.NOTIFY)),
     (_S.PAIRED, _E.CHALLENGE_RECEIVED): PairingTransition(_S.PAIRED),
     (_S.PAIRED, _E.GRANT_RECEIVED): PairingTransition(_S.PAIRED),
+    (_S.WAITING, _E.DECLINE_RECEIVED): PairingTransition(_S.REFUSED, (_F.NOTIFY,)),
+    (_S.REFUSED, _E.DECLINE_RECEIVED): PairingTransition(_S.REFUSED),
+    (_S.REFUSED, _E.CHALLENGE_RECEIVED): PairingTransition(_S.REFUSED),
     (None, _E.REQUEST_RECEIVED): PairingTransition(_S.PENDING, (_F.SEND_CHALLENGE, _F.NOTIFY)),
     **{(state, _E.REQUEST_RECEIVED): PairingTransition(state) for state in _S},
     (_S.PENDING, _E.ACCEPT): PairingTransition(_S.ACCEPTED, (_F.SEND_GRANT, _F.ADD_SIBLING)),
-    (_S.PENDING, _E.DECLINE): PairingTransition(_S.DECLINED),
+    (_S.PENDING, _E.DECLINE): PairingTransition(_S.DECLINED, (_F.SEND_DECLINE,)),
     (_S.PENDING, _E.CODE_CLASH): PairingTransition(_S.DECLINED),
 }
 

@@ -32,7 +32,7 @@ from .inbound import (
     Effect,
     File,
     Inbound,
-    KeepNonce,
+    KeepPairing,
     NeedDevicesOf,
     PutContact,
     Reject,
@@ -233,7 +233,7 @@ class Receiver:
                     local.set_display_name(name, at_ms)
                 case SendChallenge(pairing=pairing, joining=joining):
                     await self._pairer.send_challenge(pairing, joining)
-                case KeepNonce(pairing=pairing):
+                case KeepPairing(pairing=pairing):
                     store.put_pairing(pairing)
                     local.notify()
                 case AdoptGrant(pairing=pairing, grant=grant):

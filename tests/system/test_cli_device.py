@@ -8,9 +8,10 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -309,11 +310,12 @@ async def test_display_names_beside_ids_and_run_stopped_by_signals_says_how_it_e
 
 
 @pytest.mark.slow
-async def test_whoami_and_status_lines_and_pairing_requests_as_json(tmp_path: Path) -> None:
+async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path) -> None:
     """Human output of ``whoami`` and ``status`` is one result per line (no newline shown
-    as ``\\u000a``); ``status`` says the last sync ("never" before any) and "starting"
-    while the overlay endpoint comes up; ``accept --json`` lists each pairing request as
-    one JSON object."""
+    as ``\\u000a``); ``status`` says the last sync ("never" before any); ``accept --json``
+    lists each pairing request as one JSON object; a wrong code is named; a declined
+    ``pair`` hears it at once and exits 1 with one line; ``devices`` lists the user's
+    devices and, on a mapped primary, ``--revoke`` unpairs one."""
     async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
         net = tmp_path / "network.json"
         net.write_text(json.dumps(network.description()))
@@ -333,12 +335,61 @@ async def test_whoami_and_status_lines_and_pairing_requests_as_json(tmp_path: Pa
         first = json.loads(await ok("status", *where("phone"), "--json", "--wait", "0"))
         assert first["last_sync_ms"] is None and not first["starting"]  # no sibling yet
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(ok, "pair", *where("tablet"), "--primary", ids["phone"]))
+        async def offer() -> dict[str, Any]:
             listing = await ok("accept", *where("phone"), "--wait", "60", "--json")
-            [offer] = map(json.loads, listing.splitlines())
+            offers: list[dict[str, Any]] = [json.loads(x) for x in listing.splitlines()]
+            [offer] = offers
             assert offer.keys() == {"code", "name", "device", "timestamp_ms"}
             assert offer["device"] == ids["tablet"] and offer["name"] == "device"
-            await ok("accept", *where("phone"), "--code", offer["code"])
+            return offer
+
+        # Declined: the tablet's `pair` hears it at once, says so in one line, exits 1.
+        asked: list[tuple[int, str, str]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: _append(asked, run("pair", *where("tablet"), "--primary", ids["phone"]))
+            )
+            code = (await offer())["code"]
+            wrong = "000 000" if code != "000 000" else "111 111"
+            code_, _, err = await run("accept", *where("phone"), "--code", wrong)
+            assert code_ == 1 and f"no pairing request is waiting with code {wrong}" in err
+            await ok("accept", *where("phone"), "--decline", code)
+            declined_at = trio.current_time()
+        [(code_, _, err)] = asked
+        assert code_ == 1 and err.splitlines() == [
+            "p2psync: error: the primary declined this device's pairing request "
+            "(pair again to retry)"
+        ], err
+        assert trio.current_time() - declined_at < 30  # not its 600 s pairing window
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(ok, "pair", *where("tablet"), "--primary", ids["phone"]))
+            await ok("accept", *where("phone"), "--code", (await offer())["code"])
+        # Right after start the endpoint may or may not be up yet (the driver test
+        # test_sync_status pins "starting" down under virtual time); never "swarm only".
         status = (await ok("status", *where("phone"), "--wait", "0")).splitlines()
-        assert "syncs with its siblings through the swarm while it starts" in status[1], status
+        assert status[1] in (
+            "syncs with its siblings through the swarm while it starts (its overlay "
+            "endpoint is coming up)",
+            "syncs with its siblings directly over the overlay, falling back to the swarm",
+        ), status
+
+        # The user's devices, and revoking one (a mapped primary can).
+        listed = [
+            json.loads(x) for x in (await ok("devices", *where("phone"), "--json")).splitlines()
+        ]
+        assert [(d["device"], d["this"]) for d in listed] == [
+            (ids["phone"], True),
+            (ids["tablet"], False),
+        ]
+        human = (await ok("devices", *where("phone"))).splitlines()
+        assert human[0] == f"{ids['phone']}  'device'  (this device)" and len(human) == 2
+        assert human[1].startswith(f"{ids['tablet']}  'device'")
+        revoked = (await ok("devices", *where("phone"), "--revoke", ids["tablet"])).splitlines()
+        assert revoked == [f"revoked {ids['tablet']}", human[0]]
+
+
+async def _append(
+    results: list[tuple[int, str, str]], command: Awaitable[tuple[int, str, str]]
+) -> None:
+    results.append(await command)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from p2psync.device.content import (
     NAMESPACE_OF,
@@ -13,6 +13,7 @@ from p2psync.device.content import (
     FriendRequest,
     HistoryRecord,
     PairChallenge,
+    PairDecline,
     PairGrant,
     PairRequest,
     SiblingRecord,
@@ -32,7 +33,7 @@ from p2psync.device.inbound import (
     Effect,
     File,
     Inbound,
-    KeepNonce,
+    KeepPairing,
     NeedDevicesOf,
     PutContact,
     Reject,
@@ -294,7 +295,7 @@ def test_answers_for_no_request_of_ours_are_refused() -> None:
     primary = Identity.from_label("core/primary")
     theirs = Pairing(DIGEST, True, primary.session_id, "tablet", NOW, "pending", encode_cbor({}))
     grant = PairGrant(DIGEST, None, primary.seed, bytes(32), (), ())
-    for answer in (PairChallenge(DIGEST, bytes(32)), grant):
+    for answer in (PairChallenge(DIGEST, bytes(32)), grant, PairDecline(DIGEST)):
         for known in (Known(), Known(pairings={DIGEST: theirs})):
             [effect] = run(known, inbound(answer, primary))
             assert isinstance(effect, Reject) and "for no request of this device" in effect.reason
@@ -307,11 +308,30 @@ def test_a_challenge_is_kept_once_and_only_from_the_device_asked() -> None:
     [kept] = run(known, inbound(PairChallenge(DIGEST, b"\3" * 32), primary))
     [forged] = run(known, inbound(PairChallenge(DIGEST, b"\3" * 32), BOB))
     assert isinstance(forged, Reject) and "not signed by the device" in forged.reason
-    assert isinstance(kept, KeepNonce)
+    assert isinstance(kept, KeepPairing)
     challenged = Known(pairings={DIGEST: kept.pairing})
     assert run(challenged, inbound(PairChallenge(DIGEST, b"\3" * 32), primary)) == []
     [second] = run(challenged, inbound(PairChallenge(DIGEST, b"\4" * 32), primary))
     assert isinstance(second, Reject) and "second, different challenge" in second.reason
+
+
+def test_a_decline_stops_the_wait_only_from_the_device_asked() -> None:
+    """The primary's decline makes our request ``refused`` (whoever waits is woken); a
+    decline signed by anyone else is refused, and one read again, or a challenge read
+    after it, changes nothing; a grant after it is refused."""
+    primary = Identity.from_label("core/primary")
+    ours = Pairing(DIGEST, False, primary.session_id, "tablet", NOW, "waiting", encode_cbor({}))
+    known = Known(pairings={DIGEST: ours})
+    [forged] = run(known, inbound(PairDecline(DIGEST), BOB))
+    assert isinstance(forged, Reject) and "not signed by the device" in forged.reason
+    [declined] = run(known, inbound(PairDecline(DIGEST), primary))
+    assert declined == KeepPairing(replace(ours, state="refused"))
+    refused = Known(pairings={DIGEST: declined.pairing})
+    assert run(refused, inbound(PairDecline(DIGEST), primary)) == []
+    assert run(refused, inbound(PairChallenge(DIGEST, b"\3" * 32), primary)) == []
+    grant = PairGrant(DIGEST, None, primary.seed, bytes(32), (), ())
+    [late] = run(refused, inbound(grant, primary))
+    assert isinstance(late, Reject)
 
 
 def test_a_grant_must_hand_over_the_primarys_own_identity() -> None:

@@ -29,11 +29,14 @@ EXPECTED: dict[
     (S.WAITING, E.GRANT_RECEIVED): (S.PAIRED, {F.ADOPT_GRANT, F.NOTIFY}),
     (S.PAIRED, E.CHALLENGE_RECEIVED): (S.PAIRED, set()),
     (S.PAIRED, E.GRANT_RECEIVED): (S.PAIRED, set()),
+    (S.WAITING, E.DECLINE_RECEIVED): (S.REFUSED, {F.NOTIFY}),
+    (S.REFUSED, E.DECLINE_RECEIVED): (S.REFUSED, set()),
+    (S.REFUSED, E.CHALLENGE_RECEIVED): (S.REFUSED, set()),
     # the primary
     (None, E.REQUEST_RECEIVED): (S.PENDING, {F.SEND_CHALLENGE, F.NOTIFY}),
     **SEEN_AGAIN,
     (S.PENDING, E.ACCEPT): (S.ACCEPTED, {F.SEND_GRANT, F.ADD_SIBLING}),
-    (S.PENDING, E.DECLINE): (S.DECLINED, set()),
+    (S.PENDING, E.DECLINE): (S.DECLINED, {F.SEND_DECLINE}),
     (S.PENDING, E.CODE_CLASH): (S.DECLINED, set()),
 }
 
@@ -63,7 +66,7 @@ def test_a_device_answers_only_what_it_asked() -> None:
     """A challenge or a grant for a request this device received (not sent) finds no
     entry, and neither does accepting an answered request twice."""
     for state in (S.PENDING, S.ACCEPTED, S.DECLINED):
-        for event in (E.CHALLENGE_RECEIVED, E.GRANT_RECEIVED):
+        for event in (E.CHALLENGE_RECEIVED, E.GRANT_RECEIVED, E.DECLINE_RECEIVED):
             with pytest.raises(IllegalPairing):
                 pairing_transition(state, event)
     with pytest.raises(IllegalPairing, match="accepted cannot take the event 'accept'"):
@@ -74,6 +77,7 @@ def test_states_keep_their_stored_values() -> None:
     assert [s.value for s in PairingState] == [
         "waiting",
         "paired",
+        "refused",
         "pending",
         "accepted",
         "declined",

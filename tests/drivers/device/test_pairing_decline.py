@@ -1,0 +1,69 @@
+"""Declining a pairing on the primary: the new device hears it (a signed decline) and
+stops waiting at once instead of for its whole pairing window, and can ask again; a
+decline signed by anyone but the primary it asked changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from p2psync.device import PairingError
+from p2psync.device.content import PairDecline
+from p2psync.mapping import PAIRING_WINDOW_MS
+from p2psync.swarm.client import open_swarm_client
+from p2psync.swarm.constants import NAMESPACE_CONTROL
+
+from ..swarm.helpers import wait_until
+from .helpers import device, open_world, pair
+from .test_hostile import MALLORY, inject, refusal
+
+#: Far less than the pairing window a new device would otherwise wait out.
+TOLD_WITHIN_S = 30
+assert TOLD_WITHIN_S < PAIRING_WINDOW_MS / 1000 / 4
+
+
+@pytest.mark.parametrize("mode", ["mapped", "linked"])
+async def test_a_declined_device_is_told_at_once_and_can_ask_again(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        device(network, tmp_path, "tablet", mode) as tablet,
+    ):
+        ticket = await tablet.request_pairing(phone.session_id)
+        await wait_until(lambda: bool(phone.pairing_requests()))
+        await phone.decline_pairing(ticket.code)
+        assert phone.pairing_requests() == []
+        started = trio.current_time()
+        with trio.fail_after(TOLD_WITHIN_S), pytest.raises(PairingError, match="declined"):
+            await tablet.wait_paired()
+        assert trio.current_time() - started < TOLD_WITHIN_S
+        assert not tablet.whoami().paired and not phone.siblings()
+        # The earlier decline says nothing of the next request.
+        await pair(phone, tablet)
+        assert tablet.whoami().paired and tablet.session_id == phone.session_id
+
+
+async def test_a_forged_decline_is_ignored(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Mallory, who saw the request (a node of the primary's swarm), cannot cut the
+    pairing short: her decline is refused and the primary's grant still pairs."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "tablet", "mapped") as tablet,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        ticket = await tablet.request_pairing(phone.session_id)
+        decline = PairDecline(ticket.request_id)
+        await inject(swarm, MALLORY, tablet.whoami().device_id, NAMESPACE_CONTROL, decline)
+        assert "decline not signed by the device pairing was asked of" in await refusal(tablet)
+        await wait_until(lambda: bool(phone.pairing_requests()))
+        assert await phone.accept_pairing(ticket.code) == tablet.whoami().device_id
+        with trio.fail_after(60):
+            await tablet.wait_paired()
