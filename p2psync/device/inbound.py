@@ -92,7 +92,7 @@ class View(Protocol):
     def rules(self) -> Rules: ...
     def contact(self, user: str) -> Contact | None: ...
     def siblings(self) -> Mapping[str, str]: ...
-    def is_revoked(self, user: str, device: str) -> bool: ...
+    def revoked_at_ms(self, user: str, device: str) -> int | None: ...  # None: not revoked
     def pairing(self, request_id: bytes) -> Pairing | None: ...
     def allow_pairing(self, sender_key: bytes) -> bool: ...
     @property
@@ -336,14 +336,24 @@ class _Decision:
 
     def check_device(self, device: str, user: str) -> None:
         """Refuse unless ``device`` is a device of ``user``. Known devices pass at once,
-        unless seen revoked; others are looked up on the file server."""
+        unless seen revoked; others are looked up on the file server.
+
+        A record a revoked (or, by a move to ``linked``, retired) device signed before
+        its revocation is neither acted on nor refused: it was sent while the device
+        was the user's, and was dealt with when it came; the swarm still holds it, so a
+        friend reads it again (after the account moved, on its next inbox) and would
+        otherwise warn of every message it had filed long ago. Nothing from a revoked
+        key is filed either way, whatever date it claims."""
         view = self.view
         if device == user:
             return
         if view.rules.own_key_refused(user, view.user_id):
             raise _Refused("the signing key is not this account's")
+        revoked_at = view.revoked_at_ms(user, device)
+        if revoked_at is not None and self.item.timestamp_ms < revoked_at:
+            raise _AppliedAlready
         known = view.contact(user)
-        if known is not None and device in known.devices and not view.is_revoked(user, device):
+        if known is not None and device in known.devices and revoked_at is None:
             return
         if user == view.user_id and device in view.siblings():
             return

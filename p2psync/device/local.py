@@ -126,8 +126,8 @@ class Local:
     def siblings(self) -> Mapping[str, str]:
         return self.store.siblings()
 
-    def is_revoked(self, user: str, device: str) -> bool:
-        return self.store.is_revoked(user, device)
+    def revoked_at_ms(self, user: str, device: str) -> int | None:
+        return self.store.revoked_at_ms(user, device)
 
     def pairing(self, request_id: bytes) -> Pairing | None:
         return self.store.pairing(request_id)

@@ -500,14 +500,13 @@ class DeviceStore:
         rows = self._db.execute("SELECT record FROM revocations ORDER BY primary_id, secondary")
         return [Revocation.from_bytes(bytes(row[0])) for row in rows]
 
-    def is_revoked(self, primary: str, secondary: str) -> bool:
-        return (
-            self._db.execute(
-                "SELECT 1 FROM revocations WHERE primary_id = ? AND secondary = ?",
-                (primary, secondary),
-            ).fetchone()
-            is not None
-        )
+    def revoked_at_ms(self, primary: str, secondary: str) -> int | None:
+        """When ``primary`` revoked ``secondary`` (its newest revocation seen), if it did."""
+        row = self._db.execute(
+            "SELECT timestamp FROM revocations WHERE primary_id = ? AND secondary = ?",
+            (primary, secondary),
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def keep_revocations(self, revocations: Sequence[Revocation]) -> None:
         """Remember verified revocations, the newest per pair."""

@@ -70,6 +70,7 @@ class Known:
     account_key: bytes = ME.ed25519_public
     display_name_at_ms: int = 0
     migration: LinkedStatement | None = None
+    revoked: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def rules(self) -> Rules:
@@ -81,8 +82,8 @@ class Known:
     def siblings(self) -> Mapping[str, str]:
         return self.sibling_names
 
-    def is_revoked(self, user: str, device: str) -> bool:
-        return False
+    def revoked_at_ms(self, user: str, device: str) -> int | None:
+        return self.revoked.get((user, device))
 
     def pairing(self, request_id: bytes) -> Pairing | None:
         return self.pairings.get(request_id)
@@ -346,3 +347,23 @@ def test_a_grant_must_hand_over_the_primarys_own_identity() -> None:
     assert adopt == AdoptGrant(ours, right)
     paired = Pairing(DIGEST, False, primary.session_id, "tablet", NOW, "paired", encode_cbor({}))
     assert run(Known(pairings={DIGEST: paired}), inbound(right, primary)) == []
+
+
+def test_what_a_retired_device_sent_before_the_move_is_neither_acted_on_nor_refused() -> None:
+    """After Bob moved to ``linked`` (his phone's key retired at ``moved``), the swarm
+    still holds what the phone sent before: read again, it changes nothing and warns of
+    nothing. What the retired key signs after the move is refused as before."""
+    moved = NOW - 1000
+    known = Known(
+        contacts={BOB.session_id: friend(BOB.session_id)},
+        revoked={(BOB.session_id, BOBS_PHONE.session_id): moved},
+    )
+    lookup = {BOB.session_id: (BOB.session_id,)}
+    before: list[Content] = [
+        Text(BOB.session_id, "from before the move"),
+        FriendAccept(BOB.session_id, (BOB.session_id, BOBS_PHONE.session_id)),
+    ]
+    for content in before:
+        assert run(known, inbound(content, BOBS_PHONE, at=moved - 1), lookup) == []
+    [after] = run(known, inbound(before[0], BOBS_PHONE, at=moved), lookup)
+    assert isinstance(after, Reject) and "is not a device of" in after.reason
