@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,17 @@ from p2psync.sim.runner import run_scenario
 from p2psync.sim.scenario import Scenario, build_trace, load_trace
 
 
-def _measure(scenario: Scenario) -> dict[str, dict[str, Any] | str]:
-    """Every strategy on ``scenario`` on real devices (in a worker process): its figures,
-    or why the run gave none (one failing leaves the others to validate against)."""
+def _measure(scenario: Scenario, results: Connection) -> None:
+    """A worker process: every strategy on ``scenario`` on real devices, sending on
+    ``results`` each one's figures or why the run gave none (one failing leaves the others
+    to validate against)."""
     measured: dict[str, dict[str, Any] | str] = {}
     for name in STRATEGIES:
         try:
             measured[name] = run_scenario(scenario, name)
         except Exception as exc:  # reported beside the figures it leaves unvalidated
             measured[name] = f"{type(exc).__name__}: {exc}"
-    return measured
+    results.send(measured)
 
 
 def run_model_bench(
@@ -55,10 +57,11 @@ def run_model_bench(
     "model"`` and its ``"validation_error"``."""
     import json
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     from rich.console import Console
     from rich.progress import Progress
+
+    from benchmarks.storage import owned_workers
 
     console = Console(stderr=True)
     scenario = None if trace_path else Scenario(users, days, rate, seed=seed, profile=profile)
@@ -71,8 +74,12 @@ def run_model_bench(
             progress.add_task(f"reading {trace_path}", total=None)
             trace = load_trace(trace_path)  # a bad file fails before anything starts
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(1, mp_context=context) as pool:
-            measuring = None if check is None else pool.submit(_measure, check)
+        receiving, sending = context.Pipe(duplex=False)
+        workers = [] if check is None else [context.Process(target=_measure, args=(check, sending))]
+        # A process of our own, not a pool: Ctrl-C and SIGTERM end it at once (a pool's
+        # exit waited for its work, over a minute, and SIGTERM left its processes running).
+        with owned_workers(workers):
+            sending.close()  # the worker's end: when the worker dies, recv() says so
             if scenario is not None:
                 task = progress.add_task("generating the trace", total=1.0)
                 trace = build_trace(
@@ -82,13 +89,13 @@ def run_model_bench(
             task = progress.add_task(f"modelling {len(trace.sends)} sends", total=1.0)
             result = run_model(trace, on_progress=lambda f: progress.update(task, completed=f))
             modelled = time.monotonic()
-            if check is not None and measuring is not None:
+            if check is not None:
                 progress.add_task(f"validating on devices ({check.users} users)", total=None)
                 validation_report = {"scenario": check.to_json()}
                 try:
-                    measured = measuring.result()
-                except Exception as exc:  # the model's figures stand, unvalidated
-                    measured = dict.fromkeys(STRATEGIES, f"{type(exc).__name__}: {exc}")
+                    measured = receiving.recv()
+                except EOFError:  # the model's figures stand, unvalidated
+                    measured = dict.fromkeys(STRATEGIES, "the validation worker died")
                 runs = {name: r for name, r in measured.items() if not isinstance(r, str)}
                 validation_report["messages"] = len(build_trace(check).sends)
                 validation_report["strategies"] = validate_model(check, runs) if runs else {}

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,28 @@ def _lanes(workers: int) -> list[list[str]]:
     return [ordered[:1], ordered[1:]]
 
 
+@contextmanager
+def owned_workers(processes: Sequence[BaseProcess]) -> Iterator[None]:
+    """Start ``processes`` as workers this process owns for the block: from then on SIGTERM
+    stops it as Ctrl-C does (:func:`p2psync.cli.stop_on_sigterm`), and however the block
+    ends (done, failed, stopped) every worker still running is terminated and joined, so
+    none runs on at full CPU after the bench (nor keeps a stopped bench waiting for it)."""
+    stop_on_sigterm()
+    try:
+        for process in processes:
+            process.start()
+        yield
+    finally:
+        # A stop can come while the workers are still being started: only those that
+        # were (they have a pid) can be terminated and joined.
+        started = [process for process in processes if process.pid is not None]
+        for process in started:
+            if process.is_alive():
+                process.terminate()
+        for process in started:
+            process.join()
+
+
 def _run_strategies(scenario: Scenario, console: Any) -> dict[str, dict[str, Any]]:
     """Every strategy on ``scenario`` in worker processes (one per core) that this
     process owns: Ctrl-C or SIGTERM terminates them at once, and a failure in one ends
@@ -79,34 +103,21 @@ def _run_strategies(scenario: Scenario, console: Any) -> dict[str, dict[str, Any
         for lane in _lanes(os.cpu_count() or 1)
     ]
     figures: dict[str, dict[str, Any]] = {}
-    stop_on_sigterm()
-    try:
-        with Progress(console=console, transient=True) as progress:
-            tasks = {name: progress.add_task(name, total=1.0) for name in STRATEGIES}
-            for process in processes:
-                process.start()
-            while len(figures) < len(STRATEGIES):
-                try:
-                    kind, name, value = results.get(timeout=0.5)
-                except queue.Empty:
-                    if not any(process.is_alive() for process in processes):
-                        raise BenchmarkError("a benchmark worker died") from None
-                    continue
-                if kind == "failed":
-                    raise BenchmarkError(f"{name} failed in its worker:\n{value}")
-                if kind == "done":
-                    figures[name] = value
-                    value = 1.0
-                progress.update(tasks[name], completed=value)
-    finally:
-        # A stop can come while the workers are still being started: only those that
-        # were (they have a pid) can be terminated and joined.
-        started = [process for process in processes if process.pid is not None]
-        for process in started:
-            if process.is_alive():
-                process.terminate()
-        for process in started:
-            process.join()
+    with owned_workers(processes), Progress(console=console, transient=True) as progress:
+        tasks = {name: progress.add_task(name, total=1.0) for name in STRATEGIES}
+        while len(figures) < len(STRATEGIES):
+            try:
+                kind, name, value = results.get(timeout=0.5)
+            except queue.Empty:
+                if not any(process.is_alive() for process in processes):
+                    raise BenchmarkError("a benchmark worker died") from None
+                continue
+            if kind == "failed":
+                raise BenchmarkError(f"{name} failed in its worker:\n{value}")
+            if kind == "done":
+                figures[name] = value
+                value = 1.0
+            progress.update(tasks[name], completed=value)
     return {name: figures[name] for name in STRATEGIES}
 
 

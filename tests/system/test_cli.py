@@ -286,23 +286,36 @@ async def test_bench_throughput_stopped_mid_load_leaves_no_process(
 
 
 @pytest.mark.slow
-async def test_bench_storage_stopped_by_sigterm_ends_its_workers() -> None:
+@pytest.mark.parametrize(
+    ("args", "workers_started", "stop"),
+    [
+        (["--quick"], 2, signal.SIGTERM),
+        (["--scale", "--users", "20", "--days", "1"], 1, signal.SIGTERM),
+        (["--scale", "--users", "20", "--days", "1"], 1, signal.SIGINT),
+    ],
+    ids=["quick-SIGTERM", "scale-SIGTERM", "scale-SIGINT"],
+)
+async def test_bench_storage_stopped_by_sigterm_ends_its_workers(
+    args: list[str], workers_started: int, stop: signal.Signals
+) -> None:
     """SIGTERM to ``bench storage`` ends the worker processes replaying the strategies
-    (they ran on at full CPU when the bench was stopped), with status 143."""
+    (they ran on at full CPU when the bench was stopped), with status 143; with
+    ``--scale`` too, whose worker validates the model on devices (SIGTERM left it
+    running, and Ctrl-C waited over a minute for it), and Ctrl-C there exits 130 at once."""
     process = await trio.lowlevel.open_process(
-        [*P2PSYNC, "bench", "storage", "--quick"],
+        [*P2PSYNC, "bench", "storage", *args],
         stderr=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
     )
     try:
         # The process table has no event to wait for: poll it (each wait has a deadline).
         with trio.fail_after(120):
-            while len(workers := _descendants(process.pid)) < 2:  # noqa: ASYNC110
+            while len(workers := _descendants(process.pid)) < workers_started:  # noqa: ASYNC110
                 await trio.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         with trio.fail_after(30):
             code = await process.wait()
-        assert code == 143
+        assert code == (130 if stop == signal.SIGINT else 143)
         with trio.fail_after(10):  # a helper that outlives its parent for a moment is fine
             while [pid for pid in workers if _alive(pid)]:  # noqa: ASYNC110
                 await trio.sleep(0.2)
