@@ -58,7 +58,7 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, terminate)
 
 
-def _output_file(text: str) -> str:
+def output_file(text: str) -> str:
     """A file a command will write when it is done: refused before any work if it could
     not be written (a missing or read-only directory, or a directory in its place)."""
     path = Path(text)
@@ -163,7 +163,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(transport=args.transport, seed=args.seed, mode=args.mode, json_path=args.json)
 
 
-async def _terminated_by_sigterm(*, task_status: trio.TaskStatus[None]) -> None:
+async def terminated_by_sigterm(*, task_status: trio.TaskStatus[None]) -> None:
     """Raise :class:`Terminated` on SIGTERM, so a network command unwinds as on Ctrl-C:
     its children stop and its hosts are removed before it exits."""
     import trio
@@ -189,7 +189,7 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(_terminated_by_sigterm)
+            await nursery.start(terminated_by_sigterm)
             path = await nursery.start(
                 partial(
                     network_up,
@@ -220,7 +220,7 @@ def _cmd_network_host(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(_terminated_by_sigterm)
+            await nursery.start(terminated_by_sigterm)
             codes.append(await run_in_host(Path(args.data), args.name, command))
             nursery.cancel_scope.cancel()
 
@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode", choices=["linked", "mapped"], default="linked", help="multi-device mode"
     )
     demo.add_argument(
-        "--json", type=_output_file, metavar="FILE", help="also write the summary as JSON"
+        "--json", type=output_file, metavar="FILE", help="also write the summary as JSON"
     )
     demo.set_defaults(run=_cmd_demo)
 
@@ -547,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the nodes' store quorum (default: {STORE_QUORUM}; 1 to compare)",
     )
     throughput.add_argument(
-        "--json", type=_output_file, metavar="FILE", help="write the figures as JSON"
+        "--json", type=output_file, metavar="FILE", help="write the figures as JSON"
     )
     throughput.set_defaults(run=_cmd_bench_throughput)
     overlay = bench_commands.add_parser(
@@ -555,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     overlay.add_argument("--quick", action="store_true", help="fewer rounds")
     overlay.add_argument(
-        "--json", type=_output_file, metavar="FILE", help="write the figures as JSON"
+        "--json", type=output_file, metavar="FILE", help="write the figures as JSON"
     )
     overlay.set_defaults(run=_cmd_bench_overlay)
     storage = bench_commands.add_parser(
@@ -563,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storage.add_argument("--quick", action="store_true", help="the small scenario (minutes)")
     storage.add_argument("--seed", type=int, default=1, help="scenario seed (default: 1)")
-    storage.add_argument("--json", type=_output_file, metavar="FILE", help="write the §9 JSON")
+    storage.add_argument("--json", type=output_file, metavar="FILE", help="write the §9 JSON")
     storage.add_argument(
         "--scale",
         action="store_true",
@@ -583,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storage.add_argument(
         "--plot",
-        type=_output_file,
+        type=output_file,
         metavar="FILE",
         help="write a PNG of stored copies and bytes over time",
     )
@@ -606,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stores and reads; report its RSS before/peak/after and the honest latency "
         "(default: 0, no flood)",
     )
-    soak.add_argument("--json", type=_output_file, metavar="FILE", help="write the figures as JSON")
+    soak.add_argument("--json", type=output_file, metavar="FILE", help="write the figures as JSON")
     soak.set_defaults(run=_cmd_bench_soak)
     return parser
 
@@ -630,17 +630,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return int(args.run(args))
     except BaseException as exc:
-        error = _single(exc)
-        if isinstance(error, KeyboardInterrupt):
-            print("stopped", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        if isinstance(error, Terminated):
-            print("terminated", file=sys.stderr)
-            return EXIT_TERMINATED
-        if isinstance(error, CommandError | P2PSyncError | ValueError | OSError):
-            print(f"p2psync: error: {error}", file=sys.stderr)
-            return EXIT_FAILURE
-        raise
+        return exit_status(exc)
+
+
+def exit_status(exc: BaseException, program: str = "p2psync") -> int:
+    """How a command line ends on ``exc``: a stop (Ctrl-C 130, SIGTERM 143) or a failure it
+    can explain (1) is one line on stderr and its status; anything else is a bug, raised
+    again for its traceback. For the lab's own entry points too, so every command stops
+    and fails alike."""
+    error = _single(exc)
+    if isinstance(error, KeyboardInterrupt):
+        print("stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(error, Terminated):
+        print("terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    if isinstance(error, CommandError | P2PSyncError | ValueError | OSError):
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    raise exc
 
 
 def _single(exc: BaseException) -> BaseException:

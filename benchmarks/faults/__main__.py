@@ -1,11 +1,16 @@
 """``python -m benchmarks.faults [--nodes N] [--relays M] [--json FILE]``: every fault once, on a
-fresh multi-process network, and a table of what each showed."""
+fresh multi-process network, and a table of what each showed.
+
+It stops as the ``p2psync`` commands do: Ctrl-C exits 130 and SIGTERM 143, each with one
+line and with every process of the network ended, and ``--json`` is checked before the
+run."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,6 +18,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from p2psync.cli import exit_status, output_file, terminated_by_sigterm
 from p2psync.identity import Identity
 from p2psync.swarm.client import open_swarm_client
 
@@ -60,20 +66,36 @@ def print_reports(reports: list[FaultReport]) -> None:
     Console().print(table)
 
 
-def main() -> None:
+async def run_until_terminated(data_dir: Path, nodes: int, relays: int) -> list[FaultReport]:
+    """:func:`run_faults`, unwound by SIGTERM as by Ctrl-C, so the network's processes are
+    ended on the way out instead of outliving this one."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(terminated_by_sigterm)
+        reports = await run_faults(data_dir, nodes, relays)
+        nursery.cancel_scope.cancel()
+    return reports
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__)
     parser.add_argument("--nodes", type=int, default=3, help="service nodes (default: 3)")
     parser.add_argument("--relays", type=int, default=5, help="relays; 4+ for the relay fault")
-    parser.add_argument("--json", metavar="FILE", help="also write the reports as JSON")
+    parser.add_argument(
+        "--json", type=output_file, metavar="FILE", help="also write the reports as JSON"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="p2psync-faults-") as directory:
-        reports = trio.run(run_faults, Path(directory), args.nodes, args.relays)
-    print_reports(reports)
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps([dataclasses.asdict(r) for r in reports], indent=2) + "\n"
-        )
+    try:
+        with tempfile.TemporaryDirectory(prefix="p2psync-faults-") as directory:
+            reports = trio.run(run_until_terminated, Path(directory), args.nodes, args.relays)
+        print_reports(reports)
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps([dataclasses.asdict(r) for r in reports], indent=2) + "\n"
+            )
+    except BaseException as exc:
+        return exit_status(exc, parser.prog)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -376,3 +376,57 @@ def test_a_stop_while_the_command_loads_exits_cleanly(
     assert process.returncode == (130 if stop == signal.SIGINT else 143), stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] in {"stopped", "terminated"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_the_fault_driver_stops_with_one_line_and_no_process_left(
+    stop: signal.Signals,
+) -> None:
+    """``python -m benchmarks.faults`` stopped once its network is up: 143 (130) with one
+    line, every process of the network ended (SIGTERM left 4 of 9 running; Ctrl-C printed
+    an exception-group traceback and exited 1)."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "benchmarks.faults"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert process.stderr is not None
+    try:
+        said = b""
+        with trio.fail_after(120):
+            while b"network up" not in said:
+                chunk = await process.stderr.receive_some(4096)
+                assert chunk, f"the driver exited early: {said.decode(errors='replace')}"
+                said += chunk
+        children = _descendants(process.pid)
+        assert len(children) >= 9  # the registry, the file server, 3 nodes, 5 relays
+        process.send_signal(stop)
+        with trio.fail_after(30):
+            code = await process.wait()
+            said += await process.stderr.receive_some(65536) or b""
+        assert code == (130 if stop == signal.SIGINT else 143)
+        assert b"Traceback" not in said
+        assert said.decode().strip().splitlines()[-1] in {"stopped", "terminated"}
+        with trio.fail_after(10):  # a child may take a moment to go after its parent
+            while [pid for pid in children if _alive(pid)]:  # noqa: ASYNC110
+                await trio.sleep(0.2)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def test_the_fault_driver_checks_its_json_path_before_the_run() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.faults", "--json", "/nonexistent/faults.json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("no directory /nonexistent to write faults.json in")
+    )
