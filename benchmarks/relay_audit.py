@@ -14,9 +14,10 @@ server answers with its time and the accounts it names (beside a
   peer's path ends at (the one cell kind only sessions use; packets whose two relays are
   one relay are not seen, so this is a lower bound). If the account's requests at one
   server come within ``window_ms`` of such a cell more often than chance predicts, that
-  server's own log carries the rhythm of sibling sync (it learns that the account has
-  siblings and when they talk), and whoever also watches one relay can match the two.
-  :meth:`RelayAudit.timing` counts, per server, the account's requests within
+  server's log carries the rhythm of sibling sync: whoever also sees when the siblings
+  talk (one relay on their paths, a watcher of a device's link) can match the two, and
+  the pattern alone (a delete moments after a read) can say that siblings acknowledged.
+  :meth:`RelayAudit.timing` counts, per server and method, the account's requests within
   ``window_ms`` either side of a TRANSFER cell, against the count expected if request
   times did not depend on sync times (the share of the active time those windows cover,
   times the requests), with the binomial probability of seeing as many by chance.
