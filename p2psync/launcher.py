@@ -224,17 +224,6 @@ async def network_up(
             # kept from an earlier run names nodes that may never come back, and the
             # readiness check below would wait for them.
             (launcher.data_dir_of("registry") / REGISTRY_FILE).unlink(missing_ok=True)
-            registry = await launcher.start("registry", "registry", *ledger_args, *link_args)
-            on_progress(f"registry {registry}")
-            fileserver = await launcher.start("fileserver", "fileserver", *link_args)
-            on_progress(f"file server {fileserver}")
-            opengroup = await launcher.start(
-                "opengroup", "opengroup", "--fileserver", fileserver, *link_args
-            )
-            on_progress(f"open group {opengroup}")
-            # Exits reach the listed nodes and these (network.json names them too).
-            exits = ("--exit-server", fileserver, "--exit-server", opengroup)
-            relay_args = ("relay", "--registry", registry, *exits)
             for name in node_names:
                 admit_node(ledger, launcher.data_dir_of(name))
             started: dict[str, str] = {}
@@ -243,10 +232,39 @@ async def network_up(
                 started[url] = name
                 on_progress(f"{name} {url}")
 
-            await launcher.start_many(
-                node_names, ("node", "--registry", registry, *ledger_args, *link_args), ready
-            )
-            await launcher.start_many(relay_names, (*relay_args, *ledger_args, *link_args), ready)
+            # Each process starts as soon as the urls it is given are known: the file
+            # server and the open group (which needs the file server's) beside the
+            # registry, the nodes once the registry is up, the relays (whose exits reach
+            # the two servers) once it and they are, beside the nodes.
+            servers: dict[str, str] = {}
+            servers_up = trio.Event()
+
+            async def start_servers() -> None:
+                servers["fileserver"] = await launcher.start("fileserver", "fileserver", *link_args)
+                on_progress(f"file server {servers['fileserver']}")
+                servers["opengroup"] = await launcher.start(
+                    "opengroup", "opengroup", "--fileserver", servers["fileserver"], *link_args
+                )
+                on_progress(f"open group {servers['opengroup']}")
+                servers_up.set()
+
+            async with trio.open_nursery() as starting:
+                starting.start_soon(start_servers)
+                registry = await launcher.start("registry", "registry", *ledger_args, *link_args)
+                on_progress(f"registry {registry}")
+                node_args = ("node", "--registry", registry, *ledger_args, *link_args)
+                starting.start_soon(launcher.start_many, node_names, node_args, ready)
+                await servers_up.wait()
+                # Exits reach the listed nodes and these (network.json names them too).
+                exits = (
+                    "--exit-server",
+                    servers["fileserver"],
+                    "--exit-server",
+                    servers["opengroup"],
+                )
+                relay_args = ("relay", "--registry", registry, *exits, *ledger_args, *link_args)
+                starting.start_soon(launcher.start_many, relay_names, relay_args, ready)
+            fileserver, opengroup = servers["fileserver"], servers["opengroup"]
             keys = {
                 name: server_public_key(launcher.data_dir_of(name))
                 for name in ("fileserver", "opengroup")
