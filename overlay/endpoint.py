@@ -195,7 +195,6 @@ class Endpoint:
         self,
         keys: KeyPair,
         transport: Transport,
-        directory: dict[bytes, Contact],
         clock: Clock,
         nursery: trio.Nursery,
         core: EndpointCore,
@@ -206,7 +205,6 @@ class Endpoint:
         self.stats = core.stats
         self._core = core
         self._transport = transport
-        self._directory = directory
         self._clock = clock
         self._nursery = nursery
         self._local_name = local_name
@@ -369,6 +367,17 @@ class Endpoint:
             await self._paths_changed.wait()
 
     @property
+    def relays(self) -> frozenset[bytes]:
+        """The keys of the relays paths are built through from now on."""
+        return frozenset(self._core.directory)
+
+    def update_directory(self, contacts: list[Contact]) -> bool:
+        """Build paths through these relays from now on (see
+        :meth:`EndpointCore.update_directory`); False, and nothing changed, if too few
+        of them verify for a path."""
+        return self._core.update_directory(verified_directory(contacts, self._clock.now_ms()))
+
+    @property
     def session_count(self) -> int:
         """Sessions open now, until each one's driver has ended."""
         return len(self._sessions)
@@ -428,7 +437,9 @@ class Endpoint:
         rendezvous = rendezvous_keys(shared_secret, self.public_key, epoch_of(now))
         intros = self._core.introset_intros(now)
         introset = seal_introset(rendezvous, self.keys, intros, now + INTROSET_LIFETIME_MS)
-        replicas = closest_relays(rendezvous.location, list(self._directory), INTROSET_REPLICAS)
+        replicas = closest_relays(
+            rendezvous.location, list(self._core.directory), INTROSET_REPLICAS
+        )
         stored = 0
 
         async def put(relay: bytes) -> None:
@@ -469,7 +480,7 @@ class Endpoint:
             (relay, rendezvous)
             for epoch in (epoch_of(now), epoch_of(now) - 1)
             for rendezvous in [rendezvous_keys(shared_secret, owner, epoch)]
-            for relay in closest_relays(rendezvous.location, list(self._directory))
+            for relay in closest_relays(rendezvous.location, list(self._core.directory))
         ]
         for _ in range(DHT_ATTEMPTS):
             silent: list[tuple[bytes, RendezvousKeys]] = []
@@ -685,7 +696,7 @@ async def open_endpoint(
         entry_filter=entry_filter,
     )
     async with open_task_nursery() as nursery:
-        endpoint = Endpoint(keys, transport, verified, clock, nursery, core, local_name=local_name)
+        endpoint = Endpoint(keys, transport, clock, nursery, core, local_name=local_name)
         nursery.start_soon(endpoint._keep_paths)
         nursery.start_soon(endpoint._republish)
         yield endpoint

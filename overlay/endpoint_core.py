@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from .cells import CellError, CellKind, decode_cell
@@ -240,6 +240,28 @@ class EndpointCore:
         self._republish_at_ms = now_ms + republish_ms
 
     # --- paths ---------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> Mapping[bytes, Contact]:
+        """The relays paths are built through: pubkey → verified contact."""
+        return self._directory
+
+    def update_directory(self, directory: dict[bytes, Contact]) -> bool:
+        """Build paths through ``directory`` (verified contacts) from now on: relays come
+        and go, and a contact lives a day, so a device that stays up must take the
+        listing's current ones. Paths already built keep their relays until they expire
+        or die. Refused (False) when it holds too few relays for a path, or no entry the
+        entry filter admits: a listing read at a bad moment must not leave the endpoint
+        unable to build any."""
+        if len(directory) < self._hops:
+            return False
+        admits = self._entry_filter
+        if admits is not None and not any(admits(key) for key in directory):
+            return False  # its entries are all gone: keep building through the old ones
+        self._directory = directory
+        self._avoid &= directory.keys()
+        self._lost_entries &= directory.keys()
+        return True
 
     @property
     def paths(self) -> list[Path]:

@@ -21,6 +21,7 @@ from overlay.constants import DEFAULT_HOPS
 from overlay.contact import Contact, ContactError
 from overlay.endpoint import open_endpoint
 from overlay.link import TcpTransport, Transport, split_host_port
+from overlay.tasks import open_task_nursery
 
 from ..clock import Clock
 from ..errors import P2PSyncError
@@ -28,6 +29,7 @@ from ..onion_requests import DirectoryKeys, OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
 from ..swarm.registry import Directory, RegistryDirectory
 from ..websocket import WebSocketTransport, split_url
+from .relay_listing import keep_relays_current
 
 #: The ways a device may reach servers (:attr:`NetworkAccess.rpc_route`).
 RPC_ROUTES = ("direct", "onion")
@@ -121,15 +123,20 @@ class NetworkAccess:
             async with open_rpc_pool(self.transport) as pool:
                 yield pool
             return
-        async with open_endpoint(
-            os.urandom(32),
-            self.overlay_transport,
-            await self.relay_contacts(),
-            clock=self.clock,
-            local_name=local_name,
-        ) as endpoint:
+        async with (
+            open_endpoint(
+                os.urandom(32),
+                self.overlay_transport,
+                await self.relay_contacts(),
+                clock=self.clock,
+                local_name=local_name,
+            ) as endpoint,
+            open_task_nursery() as nursery,
+        ):
+            nursery.start_soon(keep_relays_current, endpoint, self)
             keys = DirectoryKeys(self.directory, self.clock, self.server_keys)
             yield OnionRpcPool(endpoint, keys, self.clock, self.transport)
+            nursery.cancel_scope.cancel()
 
     async def relay_contacts(self) -> list[Contact]:
         """The overlay relays the registry lists now (their signed contacts)."""

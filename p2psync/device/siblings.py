@@ -20,6 +20,7 @@ from overlay.constants import INTROSET_LIFETIME_MS, INTROSET_REPUBLISH_MS, PATH_
 from overlay.contact import Contact as RelayContact
 from overlay.endpoint import Endpoint, open_endpoint
 from overlay.endpoint_core import EntryShare
+from overlay.tasks import open_task_nursery
 
 from ..errors import DecodeError
 from ..swarm.constants import NAMESPACE_MESSAGES
@@ -29,6 +30,7 @@ from .access import NetworkAccess
 from .content import HistoryRecord, SyncSent
 from .keys import choice_seed, overlay_public, overlay_seed, siblings_secret
 from .local import Local
+from .relay_listing import keep_relays_current
 from .store import Pending
 from .values import TRANSIENT, Refused
 
@@ -168,21 +170,26 @@ class SiblingHandler:
             yield None
             return
         keepalive = config.keepalive_s
-        async with open_endpoint(
-            overlay_seed(local.device_identity.seed),
-            self._network.overlay_transport,
-            contacts,
-            hops=config.hops,
-            clock=local.clock,
-            seed=choice_seed(local.device_identity.seed, b"relays"),
-            local_name=local.name,
-            ping_interval_ms=(
-                PATH_PING_INTERVAL_MS if keepalive is None else int(keepalive * 1000)
-            ),
-            republish_ms=_republish_ms(keepalive),
-            entry_filter=entries,
-        ) as endpoint:
+        async with (
+            open_endpoint(
+                overlay_seed(local.device_identity.seed),
+                self._network.overlay_transport,
+                contacts,
+                hops=config.hops,
+                clock=local.clock,
+                seed=choice_seed(local.device_identity.seed, b"relays"),
+                local_name=local.name,
+                ping_interval_ms=(
+                    PATH_PING_INTERVAL_MS if keepalive is None else int(keepalive * 1000)
+                ),
+                republish_ms=_republish_ms(keepalive),
+                entry_filter=entries,
+            ) as endpoint,
+            open_task_nursery() as nursery,
+        ):
+            nursery.start_soon(keep_relays_current, endpoint, self._network)
             yield endpoint
+            nursery.cancel_scope.cancel()
 
     async def deliver_before_leaving(self) -> None:
         """Going offline: first let siblings that are online take what this device owes

@@ -233,6 +233,25 @@ def test_inside_the_rebuild_margin_nothing_is_due_before_expiry() -> None:
     assert h.core.next_check_ms(late) > late
 
 
+def test_paths_are_built_through_the_relays_of_the_latest_listing() -> None:
+    """Relays come and go while a device stays up: builds after an update use only the
+    relays it names; paths already built keep theirs."""
+    h = Harness()
+    old_path = h.built_path()
+    current = verified_directory(h.net.contacts[3:], NOW)
+    assert h.core.update_directory(current)
+    for _ in range(20):
+        assert {hop.pubkey for hop in h.core.choose_hops()} <= current.keys()
+    assert old_path in h.core.paths
+
+
+def test_a_listing_too_short_for_a_path_is_not_taken() -> None:
+    h = Harness()
+    before = dict(h.core.directory)
+    assert not h.core.update_directory(verified_directory(h.net.contacts[:2], NOW))
+    assert h.core.directory == before
+
+
 def test_builds_avoid_the_relays_of_a_path_that_died_young() -> None:
     h = Harness()
     path = h.built_path()

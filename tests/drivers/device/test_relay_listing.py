@@ -1,0 +1,34 @@
+"""A device that stays up builds its paths through the relays the listing names now."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from p2psync.device.relay_listing import RELAY_REREAD_S
+from p2psync.onion_requests import OnionRpcPool
+
+from .helpers import open_world
+
+
+async def test_an_onion_pool_that_stays_up_takes_the_relays_listed_now(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A relay crashes for good and two join: the pool's endpoint comes to build through
+    the two and no longer through the one gone (read soon after a path through it died,
+    and again at the next re-read, once the registry has dropped it). Without re-reads a
+    device up for days would also keep contacts past their day of life."""
+    async with (
+        open_world(relays=6) as network,
+        network.access(rpc_route="onion").open_rpc_pool() as pool,
+    ):
+        assert isinstance(pool, OnionRpcPool)
+        listed = {relay.identity.ed25519_public for relay in network.relays}
+        assert pool.endpoint.relays == listed
+        gone = network.relays[0]
+        await network.stop_relay(gone)
+        await network.add_relays(2)
+        await trio.sleep(2 * RELAY_REREAD_S)
+        now_listed = {relay.identity.ed25519_public for relay in network.relays}
+        assert gone.identity.ed25519_public not in now_listed
+        assert pool.endpoint.relays == now_listed
