@@ -27,6 +27,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.link_tap import account_and_node_keys, open_link_watch
 from benchmarks.relay_audit import TIMING_WINDOW_MS, RelayAudit, TimingMatch
 from overlay.keys import x25519_of
 from overlay.relay import SeenCell
@@ -113,9 +114,12 @@ async def _scenario(
     # connection of its own, which would show the node the device's address.
     config = DeviceConfig(grace_s=2.0)
     with tempfile.TemporaryDirectory(prefix="p2psync-demo-") as root:
-        async with open_local_network(
-            6, relays=8, transport=transport, node_config=quick, seed=seed
-        ) as network:
+        async with (
+            open_local_network(
+                6, relays=8, transport=transport, node_config=quick, seed=seed
+            ) as network,
+            open_link_watch() as links,
+        ):
             say(
                 f"embedded network up ({transport}): registry, file server, open group, "
                 "6 service nodes, 8 onion relays"
@@ -131,7 +135,9 @@ async def _scenario(
             def open_as(name: str) -> Any:
                 return open_device(
                     Path(root) / name,
-                    network.access(rpc_route="onion", host=hosts[name]),
+                    # Every link the device opens goes through a tap: what a passive
+                    # observer of its wire reads (on tcp; the memory network has no wire).
+                    links.access(network.access(rpc_route="onion", host=hosts[name])),
                     mode=mode,
                     name=name,
                     seed=Identity.from_label(f"demo/{seed}/{name}").seed,
@@ -162,6 +168,9 @@ async def _scenario(
                 )
                 accounts = {phone.session_id, desktop.whoami().device_id}
                 figures["privacy"].update(_relay_figures(audit, hosts, accounts))
+                figures["privacy"]["link_plaintext_keys"] = links.plaintext_keys(
+                    account_and_node_keys(network, [d.whoami() for d in (phone, desktop, bob)])
+                )
                 return figures
 
 
@@ -487,6 +496,13 @@ def _privacy_table(summary: dict[str, Any]) -> Table:
         "servers",
         "that saw Alice's account from both devices' addresses",
         str(privacy["servers_seeing_alice_from_two_addresses"]),
+    )
+    plain = privacy["link_plaintext_keys"]
+    table.add_row(
+        "link observers",
+        "account, device and node keys read on the devices' links (TLS pinned to the "
+        "announced keys)" + ("" if plain is not None else ": not measured, no wire in memory"),
+        "n/a" if plain is None else str(plain),
     )
     table.add_row(
         "onion relays",

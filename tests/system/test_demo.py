@@ -43,3 +43,7 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, mode: str) -> None:
     assert privacy["server_requests"] > 0
     assert privacy["device_addresses_seen_by_servers"] == 0
     assert privacy["servers_seeing_alice_from_two_addresses"] == 0
+    # Every link is TLS pinned to its server's key: an observer of the devices' wires
+    # read no account, device or node key (tests/system/test_link_audit.py shows the same
+    # tap reading them on plain links).
+    assert privacy["link_plaintext_keys"] == 0
