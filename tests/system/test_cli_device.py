@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from p2psync.device import open_device
-from p2psync.network import open_local_network
+from p2psync.network import LocalNetwork, open_local_network
 
 P2PSYNC = [sys.executable, "-m", "p2psync", "device"]
 #: Issue 16: "every command stops within 2 s on SIGINT or SIGTERM".
@@ -37,19 +37,32 @@ async def ok(*args: str) -> str:
     return out
 
 
+def describe(tmp_path: Path, network: LocalNetwork) -> Callable[[str], list[str]]:
+    """Write ``network``'s ``network.json``; return what puts a command on device
+    ``name`` (its folder under ``tmp_path``) of that network."""
+    net = tmp_path / "network.json"
+    net.write_text(json.dumps(network.description()))
+
+    def where(name: str) -> list[str]:
+        return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
+
+    return where
+
+
+async def init(tmp_path: Path, mode: str, *names: str) -> dict[str, str]:
+    """Create devices ``names`` of ``mode`` from the terminal: name -> device id."""
+    ids = {}
+    for name in names:
+        out = await ok("init", "--data", str(tmp_path / name), "--mode", mode)
+        ids[name] = out.split()[-1]
+    return ids
+
+
 @pytest.mark.slow
 async def test_two_people_pair_befriend_and_message_from_the_terminal(tmp_path: Path) -> None:
     async with open_local_network(6, transport="tcp", data_dir=tmp_path / "net") as network:
-        net = tmp_path / "network.json"
-        net.write_text(json.dumps(network.description()))
-
-        def where(name: str) -> list[str]:
-            return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
-
-        ids = {}
-        for name in ("phone", "tablet", "bob"):
-            out = await ok("init", "--data", str(tmp_path / name), "--mode", "linked")
-            ids[name] = out.split()[-1]
+        where = describe(tmp_path, network)
+        ids = await init(tmp_path, "linked", "phone", "tablet", "bob")
         alice = ids["phone"]
 
         # Pairing: the tablet shows a code, the phone lists the same one and accepts it.
@@ -93,16 +106,8 @@ async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_nex
     With every service node down the device cannot store it; killed there with SIGKILL
     (no goodbye, no cleanup), its next run stores it and the friend gets it, same id."""
     async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
-        net = tmp_path / "network.json"
-        net.write_text(json.dumps(network.description()))
-
-        def where(name: str) -> list[str]:
-            return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
-
-        ids = {}
-        for name in ("alice", "bob"):
-            out = await ok("init", "--data", str(tmp_path / name), "--mode", "linked")
-            ids[name] = out.split()[-1]
+        where = describe(tmp_path, network)
+        ids = await init(tmp_path, "linked", "alice", "bob")
         await ok("contacts", *where("bob"), "--add", ids["alice"], "--text", "hi")
         await ok("contacts", *where("alice"), "--accept", ids["bob"])
         assert f"friend    {ids['alice']}" in await ok("contacts", *where("bob"))
@@ -155,16 +160,8 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
     device folder (a second process is refused), and stops on SIGTERM with status 143."""
     async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
         assert network.relays, "direct sync needs relays, and a network starts them by default"
-        net = tmp_path / "network.json"
-        net.write_text(json.dumps(network.description()))
-
-        def where(name: str) -> list[str]:
-            return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
-
-        ids = {}
-        for name in ("phone", "desktop", "bob"):
-            out = await ok("init", "--data", str(tmp_path / name), "--mode", "linked")
-            ids[name] = out.split()[-1]
+        where = describe(tmp_path, network)
+        ids = await init(tmp_path, "linked", "phone", "desktop", "bob")
         alice = ids["phone"]
         code_, _, err = await run("accept", *where("phone"))
         assert code_ == 1 and "no pairing request is waiting" in err
@@ -240,16 +237,8 @@ async def test_display_names_beside_ids_and_run_stopped_by_signals_says_how_it_e
     ``status`` reports that the last run left; after a SIGKILL (no goodbye) it reports
     that it did not. One network for all of it."""
     async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
-        net = tmp_path / "network.json"
-        net.write_text(json.dumps(network.description()))
-
-        def where(name: str) -> list[str]:
-            return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
-
-        ids = {}
-        for name in ("alice", "bob"):
-            out = await ok("init", "--data", str(tmp_path / name), "--mode", "linked")
-            ids[name] = out.split()[-1]
+        where = describe(tmp_path, network)
+        ids = await init(tmp_path, "linked", "alice", "bob")
         first = json.loads(await ok("status", *where("alice"), "--json", "--wait", "0"))
         assert first["last_run_left"] is None  # never online before
 
@@ -324,16 +313,8 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
     ``pair`` hears it at once and exits 1 with one line; ``devices`` lists the user's
     devices and, on a mapped primary, ``--revoke`` unpairs one."""
     async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
-        net = tmp_path / "network.json"
-        net.write_text(json.dumps(network.description()))
-
-        def where(name: str) -> list[str]:
-            return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
-
-        ids = {}
-        for name in ("phone", "tablet"):
-            out = await ok("init", "--data", str(tmp_path / name), "--mode", "mapped")
-            ids[name] = out.split()[-1]
+        where = describe(tmp_path, network)
+        ids = await init(tmp_path, "mapped", "phone", "tablet")
         me = (await ok("whoami", "--data", str(tmp_path / "phone"))).splitlines()
         assert me == [f"user {ids['phone']}", f"device {ids['phone']} ('device', mapped)"]
         status = (await ok("status", *where("phone"), "--wait", "0")).splitlines()
