@@ -612,17 +612,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; its exit status. Building the parser loads the device commands
-    (a third of a second): a Ctrl-C then exits 130 and a SIGTERM 143, each with one line,
-    as they do while the command runs."""
+    """Run one command; its exit status.
+
+    Building the parser loads the device commands (a third of a second). A Ctrl-C or
+    SIGTERM meanwhile is only noted, and acted on once loading is done (exit 130 or 143,
+    one line, as while the command runs): raised inside the import system, the
+    KeyboardInterrupt can come out as another error (a ``ModuleNotFoundError`` for the
+    module it interrupted) or not at all."""
+    stops: list[int] = []
+    loading = {
+        stop: signal.signal(stop, lambda signum, frame: stops.append(signum))
+        for stop in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
-        loading = signal.getsignal(signal.SIGTERM)
-        stop_on_sigterm()
-        try:
-            args = build_parser().parse_args(argv)
-        finally:
-            # The command chooses how SIGTERM stops it (Trio's receivers, or stop_on_sigterm).
-            signal.signal(signal.SIGTERM, loading)
+        args = build_parser().parse_args(argv)
+    finally:
+        # The command chooses how a stop stops it (Trio's receivers, or stop_on_sigterm).
+        for stop, handler in loading.items():
+            signal.signal(stop, handler)
+    try:
+        if stops:
+            raise KeyboardInterrupt if stops[0] == signal.SIGINT else Terminated
         logging.basicConfig(
             level=getattr(logging, args.log_level.upper()),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",

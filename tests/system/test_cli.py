@@ -214,6 +214,27 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+async def _stderr_until(process: trio.Process, marker: bytes, *, timeout_s: float) -> bytes:
+    """What ``process`` wrote on stderr up to and including ``marker`` (it must say it
+    within ``timeout_s``, and not exit first)."""
+    assert process.stderr is not None
+    said = b""
+    with trio.fail_after(timeout_s):
+        while marker not in said:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, f"it exited early: {said.decode(errors='replace')}"
+            said += chunk
+    return said
+
+
+async def _until_gone(pids: set[int]) -> None:
+    """Wait until none of ``pids`` runs: a child may outlive its stopped parent for a
+    moment, not for 10 s. (The process table has no event to wait for: poll it.)"""
+    with trio.fail_after(10):
+        while [pid for pid in pids if _alive(pid)]:  # noqa: ASYNC110
+            await trio.sleep(0.2)
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -264,14 +285,8 @@ async def test_bench_throughput_stopped_mid_load_leaves_no_process(
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
     )
-    assert process.stderr is not None
     try:
-        said = b""
-        with trio.fail_after(150):
-            while b"stores" not in said:
-                chunk = await process.stderr.receive_some(4096)
-                assert chunk, f"the bench exited early: {said.decode(errors='replace')}"
-                said += chunk
+        await _stderr_until(process, b"stores", timeout_s=150)
         children = _descendants(process.pid)
         assert len(children) >= 3  # the registry and two nodes
         process.send_signal(stop)
@@ -316,9 +331,7 @@ async def test_bench_storage_stopped_by_sigterm_ends_its_workers(
         with trio.fail_after(30):
             code = await process.wait()
         assert code == (130 if stop == signal.SIGINT else 143)
-        with trio.fail_after(10):  # a helper that outlives its parent for a moment is fine
-            while [pid for pid in workers if _alive(pid)]:  # noqa: ASYNC110
-                await trio.sleep(0.2)
+        await _until_gone(workers)
     finally:
         if process.returncode is None:
             process.kill()
@@ -393,12 +406,7 @@ async def test_the_fault_driver_stops_with_one_line_and_no_process_left(
     )
     assert process.stderr is not None
     try:
-        said = b""
-        with trio.fail_after(120):
-            while b"network up" not in said:
-                chunk = await process.stderr.receive_some(4096)
-                assert chunk, f"the driver exited early: {said.decode(errors='replace')}"
-                said += chunk
+        said = await _stderr_until(process, b"network up", timeout_s=120)
         children = _descendants(process.pid)
         assert len(children) >= 9  # the registry, the file server, 3 nodes, 5 relays
         process.send_signal(stop)
@@ -408,9 +416,7 @@ async def test_the_fault_driver_stops_with_one_line_and_no_process_left(
         assert code == (130 if stop == signal.SIGINT else 143)
         assert b"Traceback" not in said
         assert said.decode().strip().splitlines()[-1] in {"stopped", "terminated"}
-        with trio.fail_after(10):  # a child may take a moment to go after its parent
-            while [pid for pid in children if _alive(pid)]:  # noqa: ASYNC110
-                await trio.sleep(0.2)
+        await _until_gone(children)
     finally:
         if process.returncode is None:
             process.kill()
