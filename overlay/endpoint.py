@@ -295,7 +295,10 @@ class Endpoint:
                 transport = self._transport if name is None else self._transport.as_host(name)
                 async with transport.connect(path.hops[0].address) as link:
                     await pump.run(link, partial(self._on_cell, path), self._count_drop)
-            except OSError as exc:
+            except (OSError, LinkClosed, ValueError) as exc:
+                # A first hop anyone could list: unreachable, not the key its contact
+                # names (TLS), or an address that does not parse. Its path is lost; the
+                # endpoint, and every path and session it keeps, goes on.
                 logger.info("path through %s lost: %s", path.hops[0].address, exc)
         self._execute(self._core.link_lost(path))
 
