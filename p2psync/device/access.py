@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TypeGuard
 
 from overlay.constants import DEFAULT_HOPS
-from overlay.contact import Contact, ContactError
+from overlay.contact import Contact, ContactError, verified_directory
 from overlay.endpoint import open_endpoint
 from overlay.link import TcpTransport, Transport, split_host_port
 from overlay.tasks import open_task_nursery
 
 from ..clock import Clock
-from ..errors import P2PSyncError
+from ..errors import ConnectionLost, P2PSyncError
 from ..onion_requests import DirectoryKeys, OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
 from ..swarm.registry import Directory, RegistryDirectory
@@ -123,11 +123,17 @@ class NetworkAccess:
             async with open_rpc_pool(self.transport) as pool:
                 yield pool
             return
+        contacts = await self.relay_contacts()
+        if len(contacts) < DEFAULT_HOPS:
+            raise ConnectionLost(
+                f"the registry lists {len(contacts)} usable relays; onion requests need "
+                f"{DEFAULT_HOPS} (is the network up?)"
+            )
         async with (
             open_endpoint(
                 os.urandom(32),
                 self.overlay_transport,
-                await self.relay_contacts(),
+                contacts,
                 clock=self.clock,
                 local_name=local_name,
             ) as endpoint,
@@ -139,7 +145,9 @@ class NetworkAccess:
             nursery.cancel_scope.cancel()
 
     async def relay_contacts(self) -> list[Contact]:
-        """The overlay relays the registry lists now (their signed contacts)."""
+        """The overlay relays the registry lists now whose signed contacts verify (anyone
+        may announce a relay: counting one whose contact is expired or forged towards a
+        path's hops let an endpoint start that could not build any)."""
         snapshot = await self.directory.fetch()
         contacts = []
         for relay in snapshot.relays:
@@ -147,7 +155,7 @@ class NetworkAccess:
                 contacts.append(Contact.decode(relay.contact))
             except ContactError:
                 continue
-        return contacts
+        return list(verified_directory(contacts, self.clock.now_ms()).values())
 
     @classmethod
     def from_file(cls, path: str | Path, clock: Clock | None = None) -> NetworkAccess:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from overlay.contact import make_contact
+from overlay.keys import KeyPair
 from p2psync.device.relay_listing import RELAY_REREAD_S
+from p2psync.identity import Identity
 from p2psync.onion_requests import OnionRpcPool
 
 from .helpers import open_world
@@ -32,3 +35,21 @@ async def test_an_onion_pool_that_stays_up_takes_the_relays_listed_now(
         now_listed = {relay.identity.ed25519_public for relay in network.relays}
         assert gone.identity.ed25519_public not in now_listed
         assert pool.endpoint.relays == now_listed
+
+
+async def test_relays_whose_contacts_do_not_verify_are_not_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Anyone may announce a relay. One whose contact expired (or is not signed by its
+    key) must not count towards a path's hops or a sibling's entries: an endpoint started
+    on such counts could not build a path, and its device stopped."""
+    async with open_world(relays=3) as network:
+        stale = KeyPair.from_seed(bytes([7]) * 32)
+        now = network.clock.now_ms()
+        contact = make_contact(stale, "mem:stale", now - 10, lifetime_ms=1)
+        await network.directory().announce(
+            Identity(stale.seed), "relay", "mem:stale", contact.encode()
+        )
+        listed = {relay.identity.ed25519_public for relay in network.relays}
+        contacts = await network.access().relay_contacts()
+        assert {c.pubkey for c in contacts} == listed
