@@ -432,12 +432,15 @@ class Device:
                 self._online_scope = await self._nursery.start(self._run_online)
             elif not online and not self._offline.is_set():
                 assert self._online_scope is not None
-                await self._siblings.deliver_before_leaving()
-                self._siblings.store_owed_copies()
-                # Those copies are in the durable outbox now: what leaving owes the
-                # siblings is done, even if a stop cuts the rest short (the outbox goes
-                # first on the next start), so the next start need not queue them again.
-                self._store.set_meta(ONLINE_META, b"0")
+                try:
+                    await self._siblings.deliver_before_leaving()
+                finally:
+                    # Even when a stop cuts the wait short: those copies are in the
+                    # durable outbox now, what leaving owes the siblings is done (the
+                    # outbox goes first on the next start), so the next start need not
+                    # queue them again.
+                    self._siblings.store_owed_copies()
+                    self._store.set_meta(ONLINE_META, b"0")
                 with trio.move_on_after(LEAVING_S):
                     await self.flush()
                 await self._siblings.leave()
