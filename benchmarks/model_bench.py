@@ -6,6 +6,7 @@ model's error there is printed and reported beside each figure."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -23,18 +24,26 @@ from p2psync.sim.model import (
 from p2psync.sim.runner import run_scenario
 from p2psync.sim.scenario import Scenario, build_trace, load_trace
 
+Measured = dict[str, dict[str, Any] | str]
 
-def _measure(scenario: Scenario, results: Connection) -> None:
-    """A worker process: every strategy on ``scenario`` on real devices, sending on
-    ``results`` each one's figures or why the run gave none (one failing leaves the others
-    to validate against)."""
-    measured: dict[str, dict[str, Any] | str] = {}
+
+def _measure(scenario: Scenario) -> Measured:
+    """Every strategy on ``scenario`` on real devices (in a worker process): its figures,
+    or why the run gave none (one failing leaves the others to validate against)."""
+    measured: Measured = {}
     for name in STRATEGIES:
         try:
             measured[name] = run_scenario(scenario, name)
         except Exception as exc:  # reported beside the figures it leaves unvalidated
             measured[name] = f"{type(exc).__name__}: {exc}"
-    results.send(measured)
+    return measured
+
+
+def _send_measured(
+    measure: Callable[[Scenario], Measured], scenario: Scenario, results: Connection
+) -> None:
+    """The validation worker process: ``measure(scenario)``, sent on ``results``."""
+    results.send(measure(scenario))
 
 
 def run_model_bench(
@@ -75,7 +84,8 @@ def run_model_bench(
             trace = load_trace(trace_path)  # a bad file fails before anything starts
         context = multiprocessing.get_context("spawn")
         receiving, sending = context.Pipe(duplex=False)
-        workers = [] if check is None else [context.Process(target=_measure, args=(check, sending))]
+        measuring = (_measure, check, sending)
+        workers = [] if check is None else [context.Process(target=_send_measured, args=measuring)]
         # A process of our own, not a pool: Ctrl-C and SIGTERM end it at once (a pool's
         # exit waited for its work, over a minute, and SIGTERM left its processes running).
         with owned_workers(workers):
