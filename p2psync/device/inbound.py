@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..errors import DecodeError
 from ..identity import Identity, ed25519_matches_session_id
 from ..mapping import PAIRING_WINDOW_MS, DeviceMapping, PairingRequest, Revocation
-from ..swarm.constants import CLOCK_SKEW_MS
+from ..swarm.constants import CLOCK_SKEW_MS, MAX_TTL_MS
 from ..wire import decode_cbor, encode_cbor
 from .content import (
     NAMESPACE_OF,
@@ -372,6 +372,10 @@ class _Decision:
                 # A sibling's record from before the account moved: it reached every
                 # sibling's own swarm then (and replayed now, it would undo later changes).
                 raise _AppliedAlready
+            if item.timestamp_ms >= moved.timestamp_ms + MAX_TTL_MS:
+                # Its hand-over has expired unread: the device will never switch, and
+                # whoever holds its key now must not write into the account for ever.
+                raise _Refused("a sync record of a retired device, past its hand-over")
             return  # a sibling that has not read the account's hand-over yet
         if item.device == view.device_id:
             raise _Refused("a sync record signed by this very device")

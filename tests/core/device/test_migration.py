@@ -355,6 +355,15 @@ def test_a_retired_siblings_sync_records_count_from_the_move_on() -> None:
     assert isinstance(refused, Reject) and "not signed by this account" in refused.reason
 
 
+def test_a_retired_siblings_sync_records_stop_counting_once_its_hand_over_expired() -> None:
+    """A secondary away past its hand-over's life never switches: whoever holds its key
+    later must not write into the account's history for ever."""
+    late = MOVED_AT + MAX_TTL_MS
+    sent = SyncSent(b"\7" * 32, BOB.session_id, late, "long after the move")
+    [refused] = run(moved(ACCOUNT), inbound(sent, SECONDARY, at=late))
+    assert isinstance(refused, Reject) and "past its hand-over" in refused.reason
+
+
 def test_a_friends_message_after_the_move_comes_from_the_account_key() -> None:
     """What the secondary sends after adopting is signed by the account: the user's."""
     known = bob_knows_alice(contacts={A: Contact(A, ContactState.FRIEND, (A,))})
