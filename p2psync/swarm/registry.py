@@ -44,6 +44,7 @@ from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, verify
 from ..rpc import Connection, RpcServer, open_rpc
+from ..websocket import split_url
 from ..wire import Fields, decode_cbor, encode_cbor
 from .admission import MAX_REGISTRATION_BYTES, Registration
 from .constants import CLOCK_SKEW_MS
@@ -269,7 +270,22 @@ def _checked_record(params: Fields) -> dict[str, Any]:
     signature = params.blob("signature", size=64)
     if not verify(bytes.fromhex(pubkey), _announcement_text(raw), signature):
         raise RpcError("unauthorized", "announcement signature does not verify")
+    if kind == "node":
+        _check_own_pin(raw["url"], pubkey)
     return raw
+
+
+def _check_own_pin(url: str, pubkey: str) -> None:
+    """A node serves TLS as its own key, so a ``wss://`` url it announces pins that key.
+    One pinning another key is someone else's url: announced by an admitted node it made
+    the real owner's url name two nodes (so devices sealed onion requests to neither)."""
+    if url.startswith("wss://"):
+        try:
+            _, pin = split_url(url)
+        except ValueError as exc:
+            raise DecodeError(f"node url: {exc}") from None
+        if pin is None or pin.hex() != pubkey:
+            raise DecodeError(f"the url of node {pubkey[:8]} pins another key")
 
 
 class Directory(Protocol):

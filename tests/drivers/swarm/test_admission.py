@@ -24,6 +24,7 @@ from p2psync.swarm.registry import (
     MAX_LISTED,
     RegistryDirectory,
     RegistryServer,
+    Snapshot,
     read_listing,
     sign_announcement,
 )
@@ -180,3 +181,28 @@ async def test_a_listing_of_ten_thousand_entries_reads_back(
         snapshot = await directory.fetch()
         assert len(snapshot.relays) == MAX_LISTED
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_announcing_a_url_pinned_to_another_key_is_left_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node serves TLS as its own key, so the ``wss://`` url it announces must pin that
+    key. One announcing another node's url made that url name two nodes, so devices
+    sealed their onion requests to neither (and exits would connect where it pointed)."""
+    clock = Clock(TEST_EPOCH_MS)
+    victim, rogue = Identity.from_label("victim"), Identity.from_label("rogue")
+    victim_url = f"wss://10.0.0.1:7000/{victim.ed25519_public.hex()}"
+    announcements = [
+        sign_announcement(node, "node", url, clock.now_ms())
+        for node, url in (
+            (victim, victim_url),
+            (rogue, victim_url),
+            (rogue, "wss://10.0.0.2:7000/" + "zz" * 32),
+        )
+    ]
+    snapshot = Snapshot.from_announcements(
+        {"announcements": announcements}, clock.now_ms(), ledger=None
+    )
+    assert [(n.pubkey, n.url) for n in snapshot.nodes] == [
+        (victim.ed25519_public.hex(), victim_url)
+    ]
