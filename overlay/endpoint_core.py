@@ -49,21 +49,36 @@ from .payloads import (
 #: Random bytes that start a measuring ping's echo, so its pong is told from any other.
 PING_TOKEN_BYTES = 8
 
-#: Whether the relay with this Ed25519 key may be the first hop of this endpoint's paths.
-EntryFilter = Callable[[bytes], bool]
+#: The relays, of the Ed25519 keys listed, that this endpoint may enter the overlay
+#: through (the first hop of its paths).
+EntryFilter = Callable[[Collection[bytes]], frozenset[bytes]]
 
 _ENTRY_SHARE = b"p2ps-entry-share"
+
+#: How many entry relays an :class:`EntryShare` gives each member when the listing holds
+#: enough: one alone would leave a device no way into the overlay while that relay is
+#: down.
+MIN_ENTRY_RELAYS = 2
 
 
 @dataclass(frozen=True)
 class EntryShare:
     """The relays ``member`` may enter the overlay through, so that endpoints which must
     never share an entry relay (the devices of one account, ``members``) do not, without
-    talking to each other: each relay belongs to the one member whose keyed hash of
-    (relay, member) under ``secret`` is highest (rendezvous hashing). Every member
-    computes the same split from the same secret and member keys, whatever relay list it
-    read; a relay's owner changes only if the members change. Without ``secret`` nobody
-    can tell which member owns a relay. Use as an :data:`EntryFilter`."""
+    talking to each other.
+
+    Each relay belongs to the member whose keyed hash of (relay, member) under ``secret``
+    is highest (rendezvous hashing): every member computes the same split from the same
+    secret and member keys, a relay's owner changes only if the members change, and
+    without ``secret`` nobody can tell which member owns a relay. Hashing alone leaves
+    some member with no relay at all often enough to matter on a small network (with 8
+    relays and 3 devices, one in nine accounts), and that device could not sync
+    directly; so a member short of :data:`MIN_ENTRY_RELAYS` (or of an equal share, when
+    the listing holds fewer) takes, one at a time, its best-scoring relay from a member
+    that has more than that. This step depends on the whole listing, so siblings that
+    read different listings may disagree about those few relays until they read the
+    same one; with a listing of normal size it never runs. Use as an
+    :data:`EntryFilter`."""
 
     secret: bytes
     members: frozenset[bytes]
@@ -73,17 +88,34 @@ class EntryShare:
         if self.member not in self.members:
             raise ValueError("the member must be one of the members")
 
-    def owner(self, relay: bytes) -> bytes:
-        """The member that may enter through ``relay``."""
-        return max(sorted(self.members), key=lambda member: self._score(relay, member))
+    def owners(self, relays: Collection[bytes]) -> dict[bytes, bytes]:
+        """relay → the member that may enter through it, for each of ``relays``."""
+        members = sorted(self.members)
+        owner = {
+            relay: max(members, key=lambda member: self._score(relay, member))
+            for relay in sorted(set(relays))
+        }
+        held: dict[bytes, list[bytes]] = {member: [] for member in members}
+        for relay, member in owner.items():
+            held[member].append(relay)
+        least = min(MIN_ENTRY_RELAYS, len(owner) // len(members))
+        while True:
+            short = min(members, key=lambda member: (len(held[member]), member))
+            spare = [r for r in owner if len(held[owner[r]]) > least]
+            if len(held[short]) >= least or not spare:
+                return owner
+            taken = max(spare, key=lambda relay: (self._score(relay, short), relay))
+            held[owner[taken]].remove(taken)
+            held[short].append(taken)
+            owner[taken] = short
 
     def _score(self, relay: bytes, member: bytes) -> bytes:
         return hashlib.blake2b(
             relay + member, digest_size=16, key=self.secret, person=_ENTRY_SHARE
         ).digest()
 
-    def __call__(self, relay: bytes) -> bool:
-        return self.owner(relay) == self.member
+    def __call__(self, relays: Collection[bytes]) -> frozenset[bytes]:
+        return frozenset(r for r, owner in self.owners(relays).items() if owner == self.member)
 
 
 @dataclass
@@ -207,7 +239,8 @@ class EndpointCore:
     ) -> None:
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ValueError(f"hops must be in {MIN_HOPS}..{MAX_HOPS}")
-        if entry_filter is not None and not any(map(entry_filter, directory)):
+        entries = None if entry_filter is None else entry_filter(directory.keys())
+        if entries is not None and not entries:
             raise ValueError("the entry filter admits none of the relays")
         if not 0 < path_lifetime_ms <= MAX_PATH_LIFETIME_MS:
             raise ValueError(f"path lifetime must be in 1..{MAX_PATH_LIFETIME_MS} ms")
@@ -215,6 +248,8 @@ class EndpointCore:
         self._directory = directory
         self._rng = rng
         self._entry_filter = entry_filter
+        #: The relays paths may start at (None: any).
+        self._entries = entries
         self._hops = hops
         self._path_count = paths
         self._lifetime_ms = path_lifetime_ms
@@ -255,10 +290,11 @@ class EndpointCore:
         unable to build any."""
         if len(directory) < self._hops:
             return False
-        admits = self._entry_filter
-        if admits is not None and not any(admits(key) for key in directory):
+        entries = None if self._entry_filter is None else self._entry_filter(directory.keys())
+        if entries is not None and not entries:
             return False  # its entries are all gone: keep building through the old ones
         self._directory = directory
+        self._entries = entries
         self._avoid &= directory.keys()
         self._lost_entries &= directory.keys()
         return True
@@ -277,13 +313,13 @@ class EndpointCore:
         pool = preferred if len(preferred) >= self._hops else relays
         if len(pool) < self._hops:
             raise RuntimeError(f"{self._hops} hops need at least {self._hops} relays")
-        admits = self._entry_filter
-        if admits is None:
+        entries = self._entries
+        if entries is None:
             return self._rng.sample(pool, self._hops)
         # The filter is never overridden (a relay it refuses may be a sibling's entry).
         # With every admitted relay on the path that died, its first hop is tried first
         # if its link held (the fault lay further on), one whose link broke last.
-        admitted = [c for c in relays if admits(c.pubkey)]
+        admitted = [c for c in relays if c.pubkey in entries]
         usable = [c for c in admitted if c.pubkey not in self._lost_entries]
         entry = self._rng.choice(
             [c for c in admitted if c in pool]

@@ -160,7 +160,7 @@ class SiblingHandler:
         were would see both ends of their session, and both devices' addresses."""
         local = self._local
         config = local.config
-        if len(contacts) < config.hops or not any(entries(c.pubkey) for c in contacts):
+        if len(contacts) < config.hops or not entries([c.pubkey for c in contacts]):
             logger.info(
                 "%s: %d relays, too few for paths or none of them this device's to enter "
                 "by: syncing through the swarm",
