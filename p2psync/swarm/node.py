@@ -441,12 +441,18 @@ class StorageNode:
         """The read position after ``last_hash``, which may come from another member
         (:class:`~.node_core.ReadOrder`). A hash this node lacks (its replica has not
         arrived yet) is fetched from a peer first, which both repairs this node and
-        places the cursor."""
+        places the cursor; one no peer could place lately is not asked about again
+        (:meth:`~.node_core.ReadOrder.worth_asking`)."""
+        order = self.core.read_order
         position = self.store.position_of(owner, namespace, last_hash)
-        if position is None:
+        if position is None and order.worth_asking(
+            owner, namespace, last_hash, self.clock.now_ms()
+        ):
             await self._fetch_from_peers(LookupRequest(owner, namespace, last_hash))
             position = self.store.position_of(owner, namespace, last_hash)
-        return self.core.read_order.after(owner, namespace, last_hash, position)
+            if position is None:
+                order.not_found(owner, namespace, last_hash, self.clock.now_ms())
+        return order.after(owner, namespace, last_hash, position)
 
     async def _fetch_from_peers(self, request: LookupRequest) -> None:
         for peer in self.peers():

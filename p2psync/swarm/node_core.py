@@ -50,6 +50,12 @@ from .rows import RowSummary, StoredMessage
 #: A cursor this node did not issue is rewound this far (see the module's docstring).
 SWITCH_REWIND_MS = 30_000
 ISSUED_CURSORS = 100_000
+#: A cursor that no member could place (its message expired and was swept, or never
+#: existed) is not asked of the peers again for this long: a device whose last message
+#: expired polls with it every few seconds, and each poll sent every member's peers a
+#: lookup (and a node a burst of them in step with its reader).
+UNKNOWN_CURSOR_MS = 10 * 60 * 1000
+UNKNOWN_CURSORS = 10_000
 #: Row data per node-to-node batch, leaving room for the frame's envelope.
 BATCH_BYTES = MAX_FRAME_BYTES - 16 * 1024
 #: What a row costs in a batch besides its data.
@@ -83,13 +89,21 @@ class Replicate:
 class ReadOrder:
     """Per stream, the highest read position served, and the cursors issued lately."""
 
-    def __init__(self, started_ms: int, issued_cursors: int = ISSUED_CURSORS) -> None:
+    def __init__(
+        self,
+        started_ms: int,
+        issued_cursors: int = ISSUED_CURSORS,
+        unknown_cursors: int = UNKNOWN_CURSORS,
+    ) -> None:
         """Before the first read after ``started_ms``, anything up to it may have been
         served (by this node before a restart)."""
         self.started_ms = started_ms
         self._served: dict[Stream, int] = {}
         self._issued: OrderedDict[tuple[str, int, bytes], None] = OrderedDict()
         self._issued_cursors = issued_cursors
+        #: Cursors no peer could place, until when they are not asked about again.
+        self._unknown: OrderedDict[tuple[str, int, bytes], int] = OrderedDict()
+        self._unknown_cursors = unknown_cursors
 
     def served_up_to(self, stream: Stream) -> int:
         return self._served.get(stream, self.started_ms)
@@ -112,6 +126,27 @@ class ReadOrder:
 
     def issued(self, owner: str, namespace: int, digest: bytes) -> bool:
         return (owner, namespace, digest) in self._issued
+
+    def worth_asking(self, owner: str, namespace: int, digest: bytes, now_ms: int) -> bool:
+        """Whether to ask the peers for a cursor this node lacks: not if they could not
+        place it lately (:meth:`not_found`)."""
+        key = (owner, namespace, digest)
+        until = self._unknown.get(key)
+        if until is None:
+            return True
+        if now_ms < until:
+            return False
+        del self._unknown[key]
+        return True
+
+    def not_found(self, owner: str, namespace: int, digest: bytes, now_ms: int) -> None:
+        """No peer could place this cursor: do not ask again for
+        :data:`UNKNOWN_CURSOR_MS` (the oldest such cursor is forgotten past the cap)."""
+        key = (owner, namespace, digest)
+        self._unknown.pop(key, None)
+        self._unknown[key] = now_ms + UNKNOWN_CURSOR_MS
+        if len(self._unknown) > self._unknown_cursors:
+            self._unknown.popitem(last=False)
 
     def after(
         self, owner: str, namespace: int, digest: bytes, position: Position | None

@@ -58,6 +58,7 @@ from p2psync.swarm.node_core import (
     HAND_OVER_ELDER_MS,
     START,
     SWITCH_REWIND_MS,
+    UNKNOWN_CURSOR_MS,
     NodeCore,
     Push,
     ReadOrder,
@@ -170,6 +171,21 @@ def test_old_cursors_are_forgotten_first() -> None:
     for r in rows:
         order.served([r])
     assert [order.issued(r.pubkey, 0, r.hash) for r in rows] == [False, True, True]
+
+
+def test_a_cursor_no_peer_could_place_is_not_asked_about_again_for_a_while() -> None:
+    order = ReadOrder(NOW, unknown_cursors=2)
+    owner, gone = ALICE.session_id, message_hash(b"swept")
+    assert order.worth_asking(owner, 0, gone, NOW)
+    order.not_found(owner, 0, gone, NOW)
+    assert not order.worth_asking(owner, 0, gone, NOW + UNKNOWN_CURSOR_MS - 1)
+    assert order.worth_asking(owner, 1, gone, NOW)  # another stream
+    assert order.worth_asking(owner, 0, gone, NOW + UNKNOWN_CURSOR_MS)
+    # Bounded: past the cap the oldest is asked about again.
+    others = [message_hash(b"%d" % i) for i in range(3)]
+    for digest in others:
+        order.not_found(owner, 0, digest, NOW)
+    assert [order.worth_asking(owner, 0, d, NOW) for d in others] == [True, False, False]
 
 
 class ReadOrderMachine(RuleBasedStateMachine):

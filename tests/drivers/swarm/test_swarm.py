@@ -20,7 +20,7 @@ from p2psync.rpc import open_rpc
 from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.client import Cursor, Message, open_swarm_client
 from p2psync.swarm.node import NodeConfig
-from p2psync.swarm.node_core import HAND_OVER_ELDER_MS
+from p2psync.swarm.node_core import HAND_OVER_ELDER_MS, UNKNOWN_CURSOR_MS
 from p2psync.swarm.records import row_to_wire
 from p2psync.swarm.registry import FileDirectory
 from p2psync.swarm.ring import NodeInfo
@@ -189,6 +189,29 @@ async def test_cursor_from_one_node_works_on_another(
             got, _, _ = await swarm.retrieve(ALICE, 0, first[-1], member)
             assert set(second) <= {m.hash for m in got} <= set(first) | set(second)
             assert sorted(m.hash for m in copy.deepcopy(cursor).fresh(got)) == sorted(second)
+
+
+async def test_a_cursor_no_member_holds_is_asked_of_the_peers_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A device whose last message expired polls with its hash every few seconds: the
+    first poll asks the peers for it, later ones read from the start without asking
+    again (each poll asked every peer before), until the answer is stale."""
+    async with open_test_swarm(6) as (network, swarm):
+        members = swarm_of(network, ALICE)
+        asked: list[str] = []
+        for node in network.running_nodes():
+            node.rpc.observe(lambda method, peer, params: asked.append(method))
+        stored, _ = await swarm.store(ALICE.session_id, 0, b"still here")
+        gone = message_hash(b"expired long ago")
+        target = NodeInfo(members[0].pubkey, members[0].url)
+        for _ in range(3):
+            got, _, _ = await swarm.retrieve(ALICE, 0, gone, target)
+            assert [m.hash for m in got] == [stored]  # from the start
+        assert asked.count("lookup") == len(members) - 1
+        await trio.sleep(UNKNOWN_CURSOR_MS / 1000)
+        await swarm.retrieve(ALICE, 0, gone, target)
+        assert asked.count("lookup") == 2 * (len(members) - 1)
 
 
 async def test_membership_change_moves_messages(autojump_clock: trio.testing.MockClock) -> None:
