@@ -35,6 +35,7 @@ from typing import Any
 
 from benchmarks.audit import ServerAudit
 from overlay.cells import CellKind
+from overlay.constants import PATH_PING_INTERVAL_MS
 from overlay.link import split_host_port
 from overlay.relay import SeenCell
 from p2psync.clock import Clock
@@ -47,6 +48,13 @@ TIMING_WINDOW_MS = 200
 #: A stretch this long with nothing observed is idle (a skipped clock, a device away): it
 #: is left out of the time a request could have fallen in by chance.
 IDLE_GAP_MS = 10_000
+
+
+def siblings_apart_ms(paired_ms: int) -> int:
+    """When two devices that paired at ``paired_ms`` no longer share an entry relay: each
+    endpoint drops its paths through relays its share no longer admits the next time it
+    looks at its paths, within a ping interval."""
+    return paired_ms + PATH_PING_INTERVAL_MS
 
 
 @dataclass(frozen=True)
@@ -104,19 +112,22 @@ class RelayAudit:
     def _stamp(self, method: str, peer: str, params: Mapping[str, Any]) -> None:
         self.request_times_ms.append(self.clock.now_ms())
 
-    def peers(self) -> dict[str, set[str]]:
-        """Each relay's set of addresses it exchanged cells with."""
+    def peers(self, since_ms: int = 0) -> dict[str, set[str]]:
+        """Each relay's set of addresses it exchanged cells with (from ``since_ms``)."""
         seen: dict[str, set[str]] = {}
         for cell in self.cells:
-            seen.setdefault(cell.relay, set()).add(cell.peer)
+            if cell.at_ms >= since_ms:
+                seen.setdefault(cell.relay, set()).add(cell.peer)
         return seen
 
-    def relays_seeing_two(self, devices: Collection[Collection[str]]) -> int:
+    def relays_seeing_two(self, devices: Collection[Collection[str]], since_ms: int = 0) -> int:
         """Relays that exchanged cells with two or more of ``devices`` (each given as the
-        addresses its links carry): check (a) for siblings, 0 when it holds."""
+        addresses its links carry) from ``since_ms`` on: check (a) for siblings, 0 when
+        it holds. Devices become siblings when they pair, and before that nothing keeps
+        their entry relays apart: count from :func:`siblings_apart_ms` of the pairing."""
         return sum(
             sum(bool(peers & set(device)) for device in devices) >= 2
-            for peers in self.peers().values()
+            for peers in self.peers(since_ms).values()
         )
 
     def sync_times_ms(self) -> list[int]:

@@ -222,7 +222,8 @@ class EndpointCore:
     """The decisions of one endpoint with ``paths`` paths of ``hops`` relays picked from
     ``directory`` with ``rng``, starting at ``now_ms``; with ``entry_filter``, the first
     hop of every path is one of the relays it admits (the other hops are not
-    restricted)."""
+    restricted). The filter is asked again for every path built, so an endpoint follows
+    a change in what it admits (a device that paired with a sibling)."""
 
     def __init__(
         self,
@@ -248,7 +249,8 @@ class EndpointCore:
         self._directory = directory
         self._rng = rng
         self._entry_filter = entry_filter
-        #: The relays paths may start at (None: any).
+        #: The relays paths may start at (None: any): what the filter admitted last, of
+        #: the listing in use.
         self._entries = entries
         self._hops = hops
         self._path_count = paths
@@ -313,7 +315,7 @@ class EndpointCore:
         pool = preferred if len(preferred) >= self._hops else relays
         if len(pool) < self._hops:
             raise RuntimeError(f"{self._hops} hops need at least {self._hops} relays")
-        entries = self._entries
+        entries = self._admitted()
         if entries is None:
             return self._rng.sample(pool, self._hops)
         # The filter is never overridden (a relay it refuses may be a sibling's entry).
@@ -332,6 +334,13 @@ class EndpointCore:
             rest = [c for c in relays if c is not entry]
         return [entry, *self._rng.sample(rest, self._hops - 1)]
 
+    def _admitted(self) -> frozenset[bytes] | None:
+        """The entries the filter admits now; if it admits none of the listing, those it
+        admitted last, so that the endpoint can still build paths."""
+        if self._entry_filter is not None:
+            self._entries = self._entry_filter(self._directory.keys()) or self._entries
+        return self._entries
+
     def add_path(self, hops: list[Contact], now_ms: int) -> tuple[Path, bytes]:
         """A new path through ``hops``, kept from now on, and the cell that builds it."""
         path, cell = Path.build(hops, now_ms, self._lifetime_ms)
@@ -339,13 +348,17 @@ class EndpointCore:
         return path, cell
 
     def keep_paths(self, now_ms: int) -> list[Effect]:
-        """Drop the paths found dead, ping those due a ping (every ``ping_interval_ms``:
-        an unanswered one shows the path dead), and build as many as it takes to
-        have ``paths`` not due for replacement."""
+        """Drop the paths found dead and those that enter by a relay the entry filter no
+        longer admits, ping those due a ping (every ``ping_interval_ms``: an unanswered
+        one shows the path dead), and build as many as it takes to have ``paths`` not
+        due for replacement."""
         effects: list[Effect] = []
+        entries = self._admitted()
         for path in list(self._paths):
             path.check(now_ms)
-            if path.state is PathState.DEAD:
+            if entries is not None and path.hops[0].pubkey not in entries:
+                effects += self._retire(path)
+            elif path.state is PathState.DEAD:
                 effects += self.drop_path(path, now_ms)
             elif path.state is PathState.ESTABLISHED and (
                 path.ping_sent_ms is None or now_ms - path.ping_sent_ms >= self._ping_interval_ms
@@ -371,6 +384,12 @@ class EndpointCore:
                 self.stats.paths_failed += 1
                 self._avoid = {h.pubkey for h in path.hops}
                 self._avoid_entry = path.hops[0].pubkey
+        path.state = PathState.DEAD
+        return [ClosePath(path), PathsChanged()]
+
+    def _retire(self, path: Path) -> list[Effect]:
+        """Give up ``path``, which did not fail: it is not counted, nor its relays avoided."""
+        self._paths.remove(path)
         path.state = PathState.DEAD
         return [ClosePath(path), PathsChanged()]
 

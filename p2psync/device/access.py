@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from typing import TypeGuard
 from overlay.constants import DEFAULT_HOPS
 from overlay.contact import Contact, ContactError, verified_directory
 from overlay.endpoint import open_endpoint
+from overlay.endpoint_core import EntryFilter
 from overlay.link import TcpTransport, Transport, split_host_port
 from overlay.tasks import open_task_nursery
 
@@ -29,6 +31,7 @@ from ..onion_requests import DirectoryKeys, OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
 from ..swarm.registry import Directory, RegistryDirectory
 from ..websocket import WebSocketTransport, split_url
+from .keys import choice_seed
 from .relay_listing import keep_relays_current
 
 #: The ways a device may reach servers (:attr:`NetworkAccess.rpc_route`).
@@ -113,12 +116,24 @@ class NetworkAccess:
         if self.rpc_route not in RPC_ROUTES:
             raise ValueError(f"rpc_route must be one of {RPC_ROUTES}, not {self.rpc_route!r}")
 
+    def random_for(self, device_seed: bytes, purpose: bytes) -> random.Random:
+        """Where a device draws the random delays it keeps its timing with: reproducible
+        in a simulation (from its seed and ``purpose``), fresh OS randomness elsewhere, so
+        that the delays after a restart are not the same again."""
+        if self.transport.simulated:
+            return random.Random(choice_seed(device_seed, purpose))
+        return random.SystemRandom()
+
     @asynccontextmanager
-    async def open_rpc_pool(self, *, local_name: str | None = None) -> AsyncIterator[RpcRouter]:
+    async def open_rpc_pool(
+        self, *, local_name: str | None = None, entry_filter: EntryFilter | None = None
+    ) -> AsyncIterator[RpcRouter]:
         """The pool a device reaches servers with, as :attr:`rpc_route` says. Onion
         requests go on paths of an endpoint of their own, with a fresh key each time: the
         paths are not those the device meets its siblings on, and nothing ties them to
-        the device's overlay identity or to its paths before a restart."""
+        the device's overlay identity or to its paths before a restart. Their first hops
+        are relays ``entry_filter`` admits: a device's siblings must not enter the
+        overlay where its onion requests do, or that relay would see both addresses."""
         if self.rpc_route == "direct":
             async with open_rpc_pool(self.transport) as pool:
                 yield pool
@@ -136,6 +151,7 @@ class NetworkAccess:
                 contacts,
                 clock=self.clock,
                 local_name=local_name,
+                entry_filter=entry_filter,
             ) as endpoint,
             open_task_nursery() as nursery,
         ):

@@ -75,7 +75,7 @@ from .modes import Mode
 from .outbox import Outbox
 from .pairer import Pairer
 from .receiver import Receiver
-from .siblings import SiblingHandler
+from .siblings import SiblingEntries, SiblingHandler
 from .store import Contact, DeviceInUse, DeviceStore, HistoryItem
 from .values import (
     DeviceConfig,
@@ -106,15 +106,14 @@ class Device:
 
     def __init__(
         self,
-        store: DeviceStore,
+        local: Local,
         network: NetworkAccess,
         pool: RpcRouter,
         swarm: SwarmClient,
         nursery: trio.Nursery,
-        config: DeviceConfig,
     ) -> None:
-        self._local = local = Local(store, network.clock, config)
-        self._store = store
+        self._local = local
+        self._store = store = local.store
         self._network = network
         self._pool = pool
         self._nursery = nursery
@@ -506,9 +505,13 @@ async def open_device(
             _create(store, mode, name, seed)
         elif mode is not None and mode != existing.decode():
             raise DeviceError(f"the device in {directory} is {existing.decode()}, not {mode}")
-        async with network.open_rpc_pool() as pool, open_task_nursery() as nursery:
+        local = Local(store, network.clock, config or DeviceConfig())
+        async with (
+            network.open_rpc_pool(entry_filter=SiblingEntries(local, or_any=True)) as pool,
+            open_task_nursery() as nursery,
+        ):
             swarm = SwarmClient(pool, network.directory, network.clock, _random_for(store))
-            device = Device(store, network, pool, swarm, nursery, config or DeviceConfig())
+            device = Device(local, network, pool, swarm, nursery)
             if online:
                 await device.set_online(True)
             yield device

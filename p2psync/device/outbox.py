@@ -8,12 +8,19 @@ rule, :meth:`~p2psync.device.modes.Rules.sibling_owners`) when it first goes out
 backs off while the swarm cannot be reached. The device lists come from the file server
 and are cached on the network's clock, so a virtual jump expires them as it does every
 other time.
+
+Copies queued for deletion (a sync copy or an inbound message every sibling has
+acknowledged) leave their swarm after a random delay (``DeviceConfig.delete_delay_s``), several
+at a time: deleted at the acknowledgement, they would reach the server within
+milliseconds of the siblings' session traffic, and the server's log would carry the
+rhythm of sibling sync (``benchmarks/relay_audit.py``, check b).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -23,6 +30,7 @@ from ..errors import RpcError
 from ..fileserver import FileServerClient
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
+from ..swarm.constants import MAX_HASHES_PER_REQUEST
 from .access import NetworkAccess
 from .content import SyncSent, Text, copy_ttl_ms, decode_content
 from .local import Local
@@ -49,6 +57,9 @@ class Outbox:
         #: The file server's device lists: user -> (epoch ms fetched, devices).
         self._cache: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._passed = trio.Event()
+        #: When each queued deletion goes out (epoch ms), drawn when first seen.
+        self._delete_at: dict[tuple[str, int, bytes], int] = {}
+        self._delays = network.random_for(local.device_identity.seed, b"deletions")
 
     async def fileserver(self) -> FileServerClient:
         return FileServerClient(await self._pool.get(self._network.fileserver_url))
@@ -78,10 +89,33 @@ class Outbox:
                     logger.error("dropping a copy for %s: %s", copy.owner[:12], exc)
                 store.copy_stored(copy)
         identity = self._local.identity
-        for owner, namespace, digest in store.deletions():
-            if owner == identity.session_id:  # only an owner may delete
-                await self._swarm.delete(identity, namespace, [digest])
-            store.deleted(owner, namespace, digest)
+        batches: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        for owner, namespace, digest in self._due_deletions():
+            batches[owner, namespace].append(digest)
+        for (owner, namespace), digests in batches.items():
+            for start in range(0, len(digests), MAX_HASHES_PER_REQUEST):
+                batch = digests[start : start + MAX_HASHES_PER_REQUEST]
+                if owner == identity.session_id:  # only an owner may delete
+                    await self._swarm.delete(identity, namespace, batch)
+                for digest in batch:
+                    store.deleted(owner, namespace, digest)
+                    self._delete_at.pop((owner, namespace, digest), None)
+
+    def _due_deletions(self) -> list[tuple[str, int, bytes]]:
+        """The queued deletions whose time has come (each gets its time when first seen)."""
+        now = self._local.clock.now_ms()
+        low, high = self._local.config.delete_delay_s
+        queued = self._store.deletions()
+        at = {
+            key: self._delete_at.get(key) or now + int(self._delays.uniform(low, high) * 1000)
+            for key in queued
+        }
+        self._delete_at = at
+        return [key for key in queued if at[key] <= now]
+
+    def _next_deletion_ms(self) -> int | None:
+        """When the next queued deletion is due (None: none is queued)."""
+        return min(self._delete_at.values(), default=None)
 
     async def _expand(self, entry: OutboxEntry) -> list[Copy]:
         """The copies beyond the first: the recipient's other devices (a ``mapped``
@@ -123,14 +157,20 @@ class Outbox:
             except TRANSIENT as exc:
                 logger.info("%s: outbox waits to retry: %s", self._local.name, exc)
             store = self._store
-            if store.outbox() or store.deferred() or store.deletions():
+            failed = store.outbox() or store.deferred() or self._overdue()
+            if failed:
                 timeout, delay = delay, min(self._local.config.max_retry_s, delay * 2)
             else:
                 timeout, delay = math.inf, self._local.config.retry_s
             self._passed.set()
             self._passed = trio.Event()
-            with trio.move_on_after(timeout):
+            clock = self._local.clock
+            with trio.move_on_after(timeout), clock.move_on_at_ms(self._next_deletion_ms()):
                 await wakeup.wait()
+
+    def _overdue(self) -> bool:
+        due = self._next_deletion_ms()
+        return due is not None and due <= self._local.clock.now_ms()
 
     async def devices_of(self, user: str, *, fresh: bool = False) -> tuple[str, ...]:
         """Every device of ``user``, from the file server's verified mappings (cached for

@@ -10,7 +10,7 @@ handler's, not the device's public methods: what to file, where a fallback sync 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 
 import nacl.utils
@@ -28,7 +28,7 @@ from ..sync.live import Item, LiveSync
 from ..sync.syncer import DELIVER_BEFORE_LEAVING_S, KEEPALIVE_S, SiblingSync
 from .access import NetworkAccess
 from .content import HistoryRecord, SyncSent
-from .keys import choice_seed, overlay_public, overlay_seed, siblings_secret
+from .keys import choice_seed, overlay_seed, siblings_secret
 from .local import Local
 from .relay_listing import keep_relays_current
 from .store import Pending
@@ -39,6 +39,38 @@ logger = logging.getLogger(__name__)
 #: A sibling standing in for a message's origin stores the sync copy after this many
 #: grace periods, if the origin has gone away without storing it.
 TAKEOVER_GRACES = 3
+
+
+def siblings_secret_of(local: Local) -> bytes | None:
+    """What a device's siblings find each other's introsets by (None before the first
+    pairing of a ``mapped`` device)."""
+    if local.rules.derives_siblings_secret():
+        return siblings_secret(local.identity.seed)
+    return local.store.get_meta("secret")
+
+
+class SiblingEntries:
+    """The entry filter of every endpoint of a device, the one it meets its siblings on
+    and its onion pool's: the device's part of the account's :class:`EntryShare`, as the
+    store says now (every relay while it has no sibling). A relay that is the entry of
+    two siblings, whichever of their endpoints, sees both devices' addresses.
+
+    ``or_any``: when the share gives this device none of the listing (fewer relays than
+    devices), admit every relay rather than none; the onion pool takes that, since a
+    device must still reach its swarm, while the sibling endpoint does without."""
+
+    def __init__(self, local: Local, *, or_any: bool = False) -> None:
+        self._local = local
+        self._or_any = or_any
+
+    def __call__(self, relays: Collection[bytes]) -> frozenset[bytes]:
+        keys = self._local.store.sibling_overlay_keys()
+        secret = siblings_secret_of(self._local)
+        if not keys or secret is None:
+            return frozenset(relays)
+        own = self._local.overlay_key
+        entries = EntryShare(secret, frozenset(keys.values()) | {own}, own)(relays)
+        return entries or (frozenset(relays) if self._or_any else entries)
 
 
 class SiblingHandler:
@@ -52,6 +84,7 @@ class SiblingHandler:
         self.sync: SiblingSync | None = None
         #: Set (and replaced) each time a sibling sync starts.
         self._sync_started = trio.Event()
+        self._delays = network.random_for(local.device_identity.seed, b"inbound pushes")
 
     def restart(self) -> None:
         """The siblings changed: sync with the new set."""
@@ -63,10 +96,7 @@ class SiblingHandler:
 
     def secret(self) -> bytes | None:
         """What siblings find each other's introsets by."""
-        local = self._local
-        if local.rules.derives_siblings_secret():
-            return siblings_secret(local.identity.seed)
-        return local.store.get_meta("secret")
+        return siblings_secret_of(self._local)
 
     def secret_to_hand_over(self) -> bytes:
         """The secret, made now if this is the first sibling."""
@@ -81,11 +111,13 @@ class SiblingHandler:
         local = self._local
         if not local.config.direct_sync or not local.store.siblings():
             return
-        now = local.clock.now_ms()
+        published = local.clock.now_ms()
+        if inbound:
+            published += int(self._delays.uniform(*local.config.inbound_push_delay_s) * 1000)
         body = record.to_bytes()
-        local.store.add_pending(digest, now, body, inbound)
+        local.store.add_pending(digest, published, body, inbound)
         if self.sync is not None:
-            self.sync.publish(Item(digest, record.timestamp_ms, body), now)
+            self.sync.publish(Item(digest, record.timestamp_ms, body), published)
 
     def _publish_pending(self, sync: SiblingSync | LiveSync, pending: Pending) -> None:
         record = HistoryRecord.from_bytes(pending.body)
@@ -120,12 +152,7 @@ class SiblingHandler:
                 except TRANSIENT as exc:
                     logger.info("%s: no relay list, syncing through the swarm: %s", local.name, exc)
                     contacts = []
-                entries = EntryShare(
-                    secret,
-                    frozenset(keys.values()) | {self._overlay_key},
-                    self._overlay_key,
-                )
-                async with self._maybe_endpoint(contacts, entries) as endpoint:
+                async with self._maybe_endpoint(contacts, SiblingEntries(local)) as endpoint:
                     self.sync = SiblingSync(
                         endpoint,
                         secret,
@@ -145,13 +172,9 @@ class SiblingHandler:
                     finally:
                         self.sync = None
 
-    @property
-    def _overlay_key(self) -> bytes:
-        return overlay_public(self._local.device_identity.seed)
-
     @asynccontextmanager
     async def _maybe_endpoint(
-        self, contacts: list[RelayContact], entries: EntryShare
+        self, contacts: list[RelayContact], entries: SiblingEntries
     ) -> AsyncIterator[Endpoint | None]:
         """The device's overlay endpoint, or None when there are too few relays for a path
         or none to enter by (then live sync still runs its clock and everything falls

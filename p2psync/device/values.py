@@ -27,6 +27,20 @@ class Refused(P2PSyncError):
     """An inbound record that is well formed but must not be acted on."""
 
 
+#: How long after it is queued a deletion goes out (a sync copy, or an inbound message
+#: every sibling has acknowledged), drawn uniformly: deleted at the acknowledgement, it
+#: reached the server within milliseconds of the siblings' session traffic, and the
+#: server's log carried the rhythm of sibling sync. The copy stays minutes longer, against
+#: a TTL of days.
+DELETE_DELAY_S = (30.0, 300.0)
+#: How long after filing a message read from the swarm a device offers it to its siblings,
+#: drawn uniformly: pushed at once, it followed the device's read of the account's swarm
+#: within milliseconds. Siblings read the same swarm in ``linked`` mode and have their own
+#: copies in ``mapped`` mode, so this delays only the acknowledgement that lets the copy go
+#: early.
+INBOUND_PUSH_DELAY_S = (2.0, 20.0)
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     """``receive``: ``"poll"`` (every ``poll_interval_s``) or ``"subscribe"`` (pushes).
@@ -41,7 +55,10 @@ class DeviceConfig:
     often an idle sibling session and the overlay paths under it are checked, and in
     proportion how often an unchanged introset is republished (longer: less idle work and
     battery, a vanished sibling or a dead path noticed later; None: the overlay's and live
-    sync's own intervals, 5 s, 2.5 min and 15 s)."""
+    sync's own intervals, 5 s, 2.5 min and 15 s). ``delete_delay_s`` and
+    ``inbound_push_delay_s``: the ranges of :data:`DELETE_DELAY_S` and
+    :data:`INBOUND_PUSH_DELAY_S` (shorter ones show a demo's deletions sooner, at the
+    cost of that timing)."""
 
     receive: str = "poll"
     direct_sync: bool = True
@@ -54,8 +71,13 @@ class DeviceConfig:
     max_retry_s: float = 60.0
     catch_up_s: float = 60.0
     keepalive_s: float | None = None
+    delete_delay_s: tuple[float, float] = DELETE_DELAY_S
+    inbound_push_delay_s: tuple[float, float] = INBOUND_PUSH_DELAY_S
 
     def __post_init__(self) -> None:
+        for low, high in (self.delete_delay_s, self.inbound_push_delay_s):
+            if not 0 <= low <= high:
+                raise ValueError("a delay range must be (low, high) with 0 <= low <= high")
         if self.receive not in ("poll", "subscribe"):
             raise ValueError("receive must be 'poll' or 'subscribe'")
         if (

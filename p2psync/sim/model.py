@@ -22,15 +22,22 @@ The rules, per send at ``t`` from device ``D`` of user ``A`` (sibling ``S``) to 
   (``Device._apply``, ``mapped``: "the copy has done its job").
 * ``linked`` (one account key, no direct sync): one ``text`` copy in ``B``'s account swarm
   and one ``sync_sent`` copy in ``A``'s, neither ever deleted.
-* ``p2p`` (``linked`` with direct sync): the ``text`` copy in ``B``'s swarm is deleted as
-  soon as ``B``'s devices have a session (both online for ``session_setup_ms``): each
-  then holds it and acknowledges the other's push (``Device.acknowledged``, early
-  deletion). ``S`` acknowledges ``D``'s push once ``A``'s devices have a session; if
-  that has not happened by the end of the grace period, or by when ``D`` goes offline if
-  that is sooner (§7: a device going offline stores what its siblings have not
+* ``p2p`` (``linked`` with direct sync): each of ``B``'s devices that reads the ``text``
+  copy offers it to the other a push delay later (or at their next session, both
+  online for ``session_setup_ms``); the other acknowledges, and the device that offered
+  deletes the copy (``Device.acknowledged``, early deletion): it goes with the first of
+  these deletions. ``S`` acknowledges ``D``'s push once ``A``'s devices have a session;
+  if that has not happened by the end of the grace period, or by when ``D`` goes offline
+  if that is sooner (§7: a device going offline stores what its siblings have not
   acknowledged), ``D`` stores one ``sync_sent`` copy then, deleted at ``A``'s next
   session (``D`` receives the acknowledgement). With two devices a user no sibling ever
   stands in for the origin (``Device._stand_in``: nobody else to serve).
+
+Every deletion goes out a delete delay after the moment above, or when the deleting
+device is next online if it is away by then. The devices draw both delays at random
+(``device.values.DELETE_DELAY_S`` and ``INBOUND_PUSH_DELAY_S``); the model draws them
+from the same ranges, seeded (``ModelConfig``), each device its own, so that the first
+of two deletions comes as early as on devices.
 
 A device holds a message at the end if it sent it, read a swarm copy meant for it while
 the copy was there (a device coming online reads its swarms at once), or, in ``p2p``,
@@ -47,6 +54,7 @@ would vectorise it but is not a dependency, and the pass meets the ten-minute bu
 
 from __future__ import annotations
 
+import random
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +64,7 @@ from typing import Any
 
 from ..clock import TEST_EPOCH_MS
 from ..device.content import MAX_TEXT_CHARS, SyncSent, Text, encode_content
+from ..device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S
 from ..envelope import seal_envelope
 from ..identity import Identity
 from ..swarm.constants import DEFAULT_TTL_MS
@@ -99,13 +108,18 @@ VALIDATION = Scenario(users=3, days=2.5, messages_per_user_per_day=12, long_offl
 class ModelConfig:
     """The device layer's timings the model applies. ``session_setup_ms``: from both
     siblings being online to a session carrying an acknowledgement (drain the swarm,
-    build paths, dial: seconds on the emulated overlay). ``peak_step_ms``: the time
+    build paths, dial: seconds on the emulated overlay); ``push_delay_s`` and
+    ``delete_delay_s``: the ranges the devices draw those delays from, and ``seed`` the
+    model's draws. ``peak_step_ms``: the time
     resolution of the peak: a copy counts in every slot it was stored in at some moment,
     so copies that follow each other within one slot count as if they overlapped."""
 
     ttl_ms: int = DEFAULT_TTL_MS
     grace_ms: int = DEFAULT_GRACE_MS
     session_setup_ms: int = 5_000
+    push_delay_s: tuple[float, float] = INBOUND_PUSH_DELAY_S
+    delete_delay_s: tuple[float, float] = DELETE_DELAY_S
+    seed: int = 0
     settle_ms: int = SETTLE_MS
     peak_step_ms: int = 1_000
 
@@ -150,6 +164,31 @@ def _next_on(starts: array[int], ends: array[int], at_ms: int) -> int:
     if index >= 0 and at_ms < ends[index]:
         return at_ms
     return starts[index + 1] if index + 1 < len(starts) else NEVER
+
+
+class _Delays:
+    """The devices' random delays, drawn from the ranges they draw them from (seeded, one
+    stream per strategy, so that a strategy's figures do not depend on which others are
+    modelled with it)."""
+
+    def __init__(self, config: ModelConfig, strategy: str) -> None:
+        self._rng = random.Random(f"{config.seed}/{strategy}")
+        self._push_s = config.push_delay_s
+        self._delete_s = config.delete_delay_s
+
+    def push_ms(self) -> int:
+        return int(self._rng.uniform(*self._push_s) * 1000)
+
+    def delete_ms(self) -> int:
+        return int(self._rng.uniform(*self._delete_s) * 1000)
+
+
+def _deleted(spans: Spans, queued_ms: int, delays: _Delays) -> int:
+    """When a deletion that a device online in ``spans`` queued at ``queued_ms`` reaches
+    the swarm: a delete delay later, or when the device is next online."""
+    if queued_ms >= NEVER:
+        return NEVER
+    return _next_on(spans.starts, spans.ends, queued_ms + delays.delete_ms())
 
 
 def _end_of(starts: array[int], ends: array[int], at_ms: int) -> int:
@@ -292,6 +331,7 @@ def run_model(
     sizes = _CopySizes()
     relevant = _zeros(users)
     ttl, grace = config.ttl_ms, config.grace_ms
+    fanout_delays, p2p_delays = _Delays(config, "fanout"), _Delays(config, "p2p")
     floor = 0
     table = SendTable.of(trace.sends)
     count = len(table)
@@ -317,14 +357,31 @@ def run_model(
         if fanout is not None:
             fanout.store(at, expiry, plain)
             fanout.store(at, expiry, sizes.with_id[size])
-            fanout.store(at, min(s_on, expiry), sync)  # gone once the sibling reads it
+            # Gone once the sibling has read it and its deletion went out.
+            fanout.store(at, min(_deleted(on[s], s_on, fanout_delays), expiry), sync)
             _swarm_only(fanout, d, s, bp, bd, expiry, s_on, bp_on, bd_on)
         if linked is not None:
             linked.store(at, expiry, plain)
             linked.store(at, expiry, sync)
             _swarm_only(linked, d, s, bp, bd, expiry, s_on, bp_on, bd_on)
         if p2p is not None:
-            _p2p_send(p2p, at, d, s, bp, bd, plain, sync, s_on, bp_on, bd_on, sessions, on, config)
+            _p2p_send(
+                p2p,
+                at,
+                d,
+                s,
+                bp,
+                bd,
+                plain,
+                sync,
+                s_on,
+                bp_on,
+                bd_on,
+                sessions,
+                on,
+                config,
+                p2p_delays,
+            )
     on_progress(1.0)
     return {
         "strategies": {name: ledger.figures(count, relevant) for name, ledger in ledgers.items()},
@@ -369,15 +426,23 @@ def _p2p_send(
     sessions: list[Spans],
     on: list[Spans],
     config: ModelConfig,
+    delays: _Delays,
 ) -> None:
     """One send under ``p2p`` (the module docstring's rules)."""
     ttl = config.ttl_ms
     expiry = at + ttl
     mine, theirs = sessions[d // 2], sessions[bp // 2]
-    # The recipient's copy goes once both their devices hold it and have a session.
+    # The recipient's copy goes with the first deletion by one of their devices that
+    # offered it to the other and was acknowledged.
     met = _next_on(theirs.starts, theirs.ends, at)
-    ledger.store(at, min(met, expiry), plain)
     first_read = min(bp_on, bd_on)
+    gone = expiry
+    for device, read in ((bp, bp_on), (bd, bd_on)):
+        if read < expiry:
+            acknowledged = _next_on(theirs.starts, theirs.ends, read + delays.push_ms())
+            if acknowledged < NEVER:
+                gone = min(gone, _deleted(on[device], acknowledged, delays))
+    ledger.store(at, gone, plain)
     held = ledger.held
     if met < expiry:
         held[bp] += 1
@@ -395,7 +460,8 @@ def _p2p_send(
     if acked < due:
         held[s] += 1
         return
-    gone = min(_next_on(mine.starts, mine.ends, due), due + ttl)
+    acknowledged = _next_on(mine.starts, mine.ends, due)
+    gone = min(_deleted(on[d], acknowledged, delays), due + ttl)
     ledger.store(due, gone, sync)
     ledger.sync_copies += 1
     held[s] += acked < NEVER or _next_on(on[s].starts, on[s].ends, due) < gone

@@ -167,26 +167,33 @@ class LiveSync:
         item: Item,
         now_ms: int,
         *,
+        published_ms: int | None = None,
         grace_ms: int | None = None,
         holders: Iterable[str] = (),
     ) -> list[Event]:
         """A message this device sent or received that every sibling should hold, except
-        ``holders``, known to hold it already. ``grace_ms`` overrides the grace period for
-        this one message: a sibling standing in for the message's origin waits longer, so
-        that the origin stores the sync copy if it is still there."""
+        ``holders``, known to hold it already. ``published_ms`` (default: now) is when it
+        was published: earlier, for one published before a restart; later, to hold it
+        back until then (nothing is pushed before, and the grace period starts then).
+        ``grace_ms`` overrides the grace period for this one message: a sibling standing
+        in for the message's origin waits longer, so that the origin stores the sync copy
+        if it is still there."""
         if item.id in self._outgoing:
             return []
         waiting = set(self._siblings).difference(holders)
         if not waiting:
             return [AllAcknowledged(item.id, fell_back=False)]
         grace = self.grace_ms if grace_ms is None else grace_ms
-        outgoing = _Outgoing(item, now_ms, waiting, grace)
+        published = now_ms if published_ms is None else published_ms
+        outgoing = _Outgoing(item, published, waiting, grace)
         self._outgoing[item.id] = outgoing
-        events: list[Event] = []
-        for name, sibling in self._siblings.items():
-            if sibling.reachable:
-                events.append(self._push(name, outgoing, now_ms))
-        return events
+        if published > now_ms:
+            return []
+        return [
+            self._push(name, outgoing, now_ms)
+            for name, sibling in self._siblings.items()
+            if sibling.reachable
+        ]
 
     def stored(self, message_id: bytes) -> list[Event]:
         """The driver stored this message's sync copy (after :class:`FallbackDue`): every
@@ -219,7 +226,7 @@ class LiveSync:
         events: list[Event] = [
             self._push(sibling, outgoing, now_ms)
             for outgoing in self._outgoing.values()
-            if sibling in outgoing.waiting
+            if sibling in outgoing.waiting and outgoing.published_ms <= now_ms
         ]
         stored = [o.item.id for o in self._outgoing.values() if o.stored]
         events.extend(self._tell_stored(sibling, stored))
@@ -299,7 +306,8 @@ class LiveSync:
             for name in outgoing.waiting:
                 state = self._siblings[name]
                 last = outgoing.last_sent_ms.get(name)
-                if state.reachable and (last is None or now_ms - last >= self.resend_ms):
+                due = outgoing.published_ms if last is None else last + self.resend_ms
+                if state.reachable and now_ms >= due:
                     events.append(self._push(name, outgoing, now_ms))
             if not outgoing.fell_back and now_ms - outgoing.published_ms >= outgoing.grace_ms:
                 events.append(self._fall_back(outgoing))
@@ -327,12 +335,13 @@ class LiveSync:
         """Messages some sibling has not acknowledged yet."""
         return len(self._outgoing)
 
-    def owed_to(self) -> set[str]:
-        """The siblings still owed a message that has not fallen back to the swarm."""
+    def owed_to(self, now_ms: int) -> set[str]:
+        """The siblings still owed a message that has not fallen back to the swarm (and is
+        not held back past ``now_ms``)."""
         return {
             name
             for outgoing in self._outgoing.values()
-            if not outgoing.fell_back
+            if not outgoing.fell_back and outgoing.published_ms <= now_ms
             for name in outgoing.waiting
         }
 

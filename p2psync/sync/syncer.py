@@ -142,9 +142,14 @@ class SiblingSync:
         holders: tuple[str, ...] = (),
     ) -> None:
         """A message every sibling but ``holders`` should hold (``published_ms``: when it
-        was first published, so a restart does not restart its grace period; ``grace_ms``:
-        see :meth:`LiveSync.publish`)."""
-        self._handle(self.live.publish(item, published_ms, grace_ms=grace_ms, holders=holders))
+        was first published, so a restart does not restart its grace period, or a time
+        to come to hold it back until; ``grace_ms``: see :meth:`LiveSync.publish`)."""
+        now = self.clock.now_ms()
+        self._handle(
+            self.live.publish(
+                item, now, published_ms=published_ms, grace_ms=grace_ms, holders=holders
+            )
+        )
 
     def covered(self, message_id: bytes) -> None:
         """Another device stored this message's sync copy."""
@@ -181,7 +186,7 @@ class SiblingSync:
             return
         while any(
             sibling in self._sessions or not self._tried[sibling].is_set()
-            for sibling in self.live.owed_to()
+            for sibling in self.live.owed_to(self.clock.now_ms())
         ):
             await self._progress.wait()
 

@@ -162,3 +162,28 @@ def test_with_every_admitted_relay_on_the_path_that_died_its_first_hop_goes_firs
 def test_a_filter_that_admits_no_relay_is_refused() -> None:
     with pytest.raises(ValueError, match="admits none"):
         core(admitting(set()))
+
+
+def test_paths_through_an_entry_no_longer_admitted_are_replaced_and_not_counted_as_failed() -> None:
+    """A device that pairs gets a share of the relays: a path it built before, through a
+    relay now its sibling's, goes at the next look at the paths (and nothing about it is
+    avoided later), and the new one enters through a relay of its own."""
+    keys = sorted(c.pubkey for c in Net(8).contacts)
+    admitted = set(keys)
+    endpoint, _ = core(lambda listed: frozenset(listed) & admitted)
+    path, _ = endpoint.add_path(endpoint.choose_hops(), NOW)
+    admitted.clear()
+    admitted.update(k for k in keys if k != path.hops[0].pubkey)
+    effects = endpoint.keep_paths(NOW + 1)
+    assert path not in endpoint.paths
+    assert [type(e).__name__ for e in effects].count("ClosePath") == 1
+    assert endpoint.stats.paths_failed == 0
+    assert all(endpoint.choose_hops()[0].pubkey in admitted for _ in range(50))
+
+
+def test_a_filter_that_admits_none_of_the_listing_keeps_the_entries_it_gave_last() -> None:
+    keys = sorted(c.pubkey for c in Net(8).contacts)
+    admitted = {keys[3]}
+    endpoint, _ = core(lambda listed: frozenset(listed) & admitted)
+    admitted.clear()
+    assert {endpoint.choose_hops()[0].pubkey for _ in range(20)} == {keys[3]}

@@ -303,3 +303,23 @@ def test_leaving_falls_back_what_is_unacknowledged_once_and_holders_hear_of_the_
     assert stand_in.receive("a", told.data, 60) == [Covered(acked.id)]
     assert stand_in.receive("a", told.data, 70) == []
     assert stand_in.tick(30_000) == []
+
+
+def test_a_message_published_for_later_is_held_until_then_and_its_grace_starts_then() -> None:
+    """A device holds back what it read from the swarm (a random delay): no push before
+    its publication time, not even to a sibling that connects meanwhile, nothing owed
+    to wait for when leaving, and the grace period counts from then."""
+    a = Device("a", ["b"])
+    a.sync.connected("b", 0)
+    new = item(1)
+    assert a.sync.publish(new, 0, published_ms=5_000) == []
+    assert a.sync.next_deadline_ms() == 5_000
+    assert a.sync.owed_to(4_999) == set() and a.sync.owed_to(5_000) == {"b"}
+    a.sync.disconnected("b", 1_000)
+    assert a.sync.connected("b", 2_000) == []
+    assert a.sync.tick(4_999) == []
+    (push,) = a.sync.tick(5_000)
+    assert isinstance(push, Send) and decode_record(push.data) == Msg(new.id, 1, new.body)
+    fallbacks = [e for t in (10_000, 14_999) for e in a.sync.tick(t) if isinstance(e, FallbackDue)]
+    assert fallbacks == []
+    assert FallbackDue(new, ("b",)) in a.sync.tick(15_000)

@@ -14,6 +14,7 @@ from overlay.keys import KeyPair
 from overlay.session import InitReplayCache, SessionCore
 from p2psync.device import Device
 from p2psync.device.siblings import TAKEOVER_GRACES
+from p2psync.device.values import DELETE_DELAY_S
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
@@ -81,7 +82,11 @@ async def test_inbound_messages_leave_the_account_swarm_once_every_sibling_has_t
         await bob.flush()
         assert stored_messages(network, alice, NAMESPACE_MESSAGES) == before + 1
         await wait_until(lambda: all(len(d.history(bob.session_id)) == 1 for d in (phone, desktop)))
+        both_have_it = trio.current_time()
         await wait_until(lambda: stored_messages(network, alice, NAMESPACE_MESSAGES) == before)
+        # Not at once: the offer to the sibling and the delete each wait a random delay,
+        # so that the node's log does not carry the rhythm of sibling sync.
+        assert trio.current_time() - both_have_it >= DELETE_DELAY_S[0]
 
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
@@ -155,7 +160,7 @@ async def test_a_sibling_stands_in_for_an_origin_that_leaves_before_its_grace_pe
             await wait_until(
                 lambda: tablet.whoami().device_id in phone.sync_status().connected_siblings
             )
-            await trio.sleep(GRACE_S)
+            await trio.sleep(GRACE_S + DELETE_DELAY_S[1])
             await phone.flush()
             # A phone that stayed deleted its copy once the tablet acknowledged; one that
             # was away found the desktop's copy in place and stored no second one (in
