@@ -35,6 +35,7 @@ import trio
 
 from . import tls
 from .constants import LINK_QUEUE_CELLS
+from .handshakes import MAX_PENDING_HANDSHAKES, PendingHandshakes
 from .keys import KeyPair
 
 logger = logging.getLogger(__name__)
@@ -582,6 +583,9 @@ class TcpTransport(Transport):
     keys: KeyPair | None = None
     #: Serve plaintext even as a server with a key (:meth:`as_server` keeps no key).
     plain: bool = False
+    #: Accepted sockets that may be in their TLS handshake at once; past it the one
+    #: waiting longest is dropped (:class:`~overlay.handshakes.PendingHandshakes`).
+    max_pending_handshakes: int = MAX_PENDING_HANDSHAKES
 
     def for_overlay(self) -> Transport:
         return self if self.keys is None else replace(self, keys=None)
@@ -600,17 +604,22 @@ class TcpTransport(Transport):
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = _address_of(listeners[0].socket.getsockname())
         keys = self.keys
+        pending = PendingHandshakes(self.max_pending_handshakes)
 
         async def accept(stream: trio.SocketStream) -> None:
             peer = _address_of(stream.socket.getpeername())
             carried: trio.abc.Stream = stream
             if keys is not None:
+                secured = None
                 try:
-                    carried = await tls.accept_tls(stream, keys.seed)
+                    with pending.slot():
+                        secured = await tls.accept_tls(stream, keys.seed)
                 except (trio.BrokenResourceError, trio.TooSlowError) as exc:
                     logger.debug("TLS handshake with %s failed: %r", peer, exc)
+                if secured is None:  # failed, or crowded out by newer sockets
                     await trio.aclose_forcefully(stream)
                     return
+                carried = secured
             await run_handler(handler, _TcpLink(carried, peer, self.max_message_bytes))
 
         task_status.started(bound if keys is None else tls.pinned_address(bound, keys.public))

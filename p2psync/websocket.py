@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -45,6 +45,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from overlay import tls
+from overlay.handshakes import MAX_PENDING_HANDSHAKES, PendingHandshakes
 from overlay.link import (
     Link,
     LinkClosed,
@@ -63,8 +64,6 @@ logger = logging.getLogger(__name__)
 
 #: How long a peer gets to finish the opening or closing handshake.
 HANDSHAKE_TIMEOUT_S = 10.0
-#: Server sockets that may be in the opening handshake at once (see PendingHandshakes).
-MAX_PENDING_HANDSHAKES = 256
 #: Bytes asked of the socket per read: enough for a burst of pipelined small frames.
 RECEIVE_BYTES = 65536
 #: Close code for a message over the size limit (RFC 6455 §7.4.1).
@@ -250,43 +249,6 @@ async def _handshake(
                 if isinstance(event, RejectConnection | RejectData):
                     raise OSError(f"{peer} rejected the websocket connection")
     raise OSError(f"websocket handshake with {peer} timed out")
-
-
-class PendingHandshakes:
-    """The server sockets still in their opening handshake, at most ``limit``; one more
-    drops the one that has waited longest.
-
-    ``RpcServer``'s ``max_connections`` counts links, which exist only after the
-    handshake, so without this a flood of connections that never finish it held a socket
-    each for the handshake timeout, up to the process's file limit, and a node out of file
-    descriptors cannot open its database or reach its peers. Dropping the oldest rather
-    than refusing the newest keeps honest clients in: they finish in a round trip, so a
-    flood has to open ``limit`` sockets within that round trip to keep one out."""
-
-    def __init__(self, limit: int = MAX_PENDING_HANDSHAKES) -> None:
-        if limit < 1:
-            raise ValueError("the pending handshake limit must be at least 1")
-        self._limit = limit
-        self._scopes: dict[int, trio.CancelScope] = {}
-        self._next_key = 0
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._scopes)
-
-    @contextmanager
-    def slot(self) -> Iterator[trio.CancelScope]:
-        """A cancel scope for one handshake, cancelled if it is crowded out."""
-        if len(self._scopes) >= self._limit:
-            self._scopes.pop(next(iter(self._scopes))).cancel()
-            self.dropped += 1
-        key, self._next_key = self._next_key, self._next_key + 1
-        scope = self._scopes[key] = trio.CancelScope()
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._scopes.pop(key, None)
 
 
 def split_url(url: str) -> tuple[str, bytes | None]:

@@ -11,10 +11,11 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, TextMessage
 from wsproto.events import Request as WsRequest
 
+from overlay.handshakes import PendingHandshakes
 from overlay.link import Link, LinkClosed, MemoryNetwork, Transport
 from p2psync.errors import ConnectionLost, RpcError
 from p2psync.rpc import Connection, Outbox, RpcServer, ServerLimits, open_rpc
-from p2psync.websocket import PendingHandshakes, WebSocketTransport
+from p2psync.websocket import WebSocketTransport
 from p2psync.wire import Fields, decode_frame, encode_cbor
 
 

@@ -95,3 +95,24 @@ async def test_tap_reads_keys_and_signatures_on_a_plaintext_link(nursery: trio.N
     captured = await tapped_exchange(nursery, encrypted=False)
     assert plaintext_keys(captured, [ACCOUNT.public]) == 1
     assert ACCOUNT.sign(ACCOUNT.public) in captured
+
+
+async def test_a_flood_of_unfinished_tls_handshakes_holds_a_bounded_number_of_sockets(
+    nursery: trio.Nursery,
+) -> None:
+    """A relay's links exist only after the TLS handshake: past ``max_pending_handshakes``
+    sockets still in it, the one waiting longest is dropped at once (not after the
+    handshake timeout, each holding a socket and some 50 KiB), and an honest relay still
+    gets in."""
+    transport = TcpTransport(keys=SERVER, max_pending_handshakes=8)
+    address = await nursery.start(transport.serve, echo)
+    host, port = split_host_port(tls.split_pin(address)[0])
+    hostile = [await trio.open_tcp_stream(host, port) for _ in range(40)]
+    with trio.fail_after(5):  # far less than the handshake timeout
+        for stream in hostile[:32]:
+            assert await stream.receive_some(1024) == b""
+        async with TcpTransport().connect(address) as link:
+            await link.send(b"honest")
+            assert await link.receive() == b"honest"
+    for stream in hostile:
+        await stream.aclose()
