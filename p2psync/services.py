@@ -364,6 +364,11 @@ class AnnouncedRelay:
         return [record for core in self._cores for record in core.store.records()]
 
     @property
+    def public_key(self) -> bytes:
+        """The Ed25519 key this relay is known by (its contact's, the pin of its links)."""
+        return self._keys.public
+
+    @property
     def known_relays(self) -> frozenset[bytes]:
         """The keys of the relays this one forwards to, as of its last registry read."""
         return self._known

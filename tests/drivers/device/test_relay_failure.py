@@ -86,7 +86,7 @@ def relay_carrying_session(network: LocalNetwork, phone: Device, desktop: Device
     to_desktop, to_phone = reached_by
     shared = [key for key in to_desktop if key in to_phone]
     victim_key = shared[0] if shared else to_desktop[-1]
-    [victim] = [r for r in network.relays if r._cores[0].keys.public == victim_key]
+    [victim] = [r for r in network.relays if r.public_key == victim_key]
     return victim
 
 
@@ -159,7 +159,7 @@ async def test_a_relay_killed_under_an_open_session_loses_nothing_and_heals(
             assert 0 < len(sent) < 3 * ROUNDS
             assert phone.sync_status().connected_siblings == {desktop.whoami().device_id}
             victim = relay_carrying_session(network, phone, desktop)
-            victim_key = victim._cores[0].keys.public
+            victim_key = victim.public_key
             failed_before = {
                 d.whoami().name: endpoint_of(d).stats.paths_failed for d in (phone, desktop)
             }
