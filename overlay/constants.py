@@ -120,9 +120,10 @@ EXIT_TIMEOUT_MS = 10_000
 #: Exit requests one path may have under way at once (reassembling or at the server);
 #: past it a new one is refused, so one owner cannot take a relay's whole share.
 EXIT_MAX_PER_PATH = 8
-#: Exit requests the paths that came in by one link may have under way at once: a quarter
-#: of EXIT_MAX_TOTAL, so a client must come in by four neighbours to hold every slot.
-EXIT_MAX_PER_LINK = 64
+#: Exit requests the paths that came in from one host (an IPv6 /64) may have under way at
+#: once: a quarter of EXIT_MAX_TOTAL, so a client must come in from four machines (or by
+#: four relays) to hold every slot.
+EXIT_MAX_PER_HOST = 64
 #: Exit requests a relay has under way at once over all its paths: with
 #: EXIT_MAX_MESSAGE_BYTES, bounds what reassembly and replies can hold at 34 MiB.
 EXIT_MAX_TOTAL = 256

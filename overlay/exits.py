@@ -16,10 +16,11 @@ Whoever sends fragments chooses every byte, so each decoder here raises nothing 
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
 
 from .cells import CellError
-from .constants import EXIT_MAX_MESSAGE_BYTES, EXIT_MAX_PER_LINK, EXIT_MAX_PER_PATH, EXIT_MAX_TOTAL
+from .constants import EXIT_MAX_MESSAGE_BYTES, EXIT_MAX_PER_HOST, EXIT_MAX_PER_PATH, EXIT_MAX_TOTAL
 from .payloads import EXIT_CHUNK_BYTES, ExitReply, ExitRequest
 
 #: A server address is opaque to the overlay but short: a URL or a host:port.
@@ -43,18 +44,40 @@ class ExitStatus(enum.IntEnum):
 @dataclass(frozen=True)
 class ExitCaps:
     """How many exit requests a relay lets be under way at once (reassembling or at a
-    server): per path, per link, and in all. The link is the neighbour a path came in
-    by, the only thing an exit knows of who asks: without its cap one client (or the
-    relay carrying its paths) could hold every slot, however many paths it takes."""
+    server): per path, per host, and in all. The host is the neighbour's a path came in
+    by (:func:`peer_host`), the only thing an exit knows of who asks: without its cap one
+    client (or the relay carrying its paths) could hold every slot, however many paths
+    it takes. Per host, not per link: four links from one machine took every slot."""
 
     per_path: int = EXIT_MAX_PER_PATH
-    per_link: int = EXIT_MAX_PER_LINK
+    per_host: int = EXIT_MAX_PER_HOST
     total: int = EXIT_MAX_TOTAL
 
-    def admits(self, on_path: int, on_link: int, under_way: int) -> bool:
+    def admits(self, on_path: int, on_host: int, under_way: int) -> bool:
         """Whether one more request may start, with ``on_path`` already under way on its
-        path, ``on_link`` on its link and ``under_way`` in all."""
-        return on_path < self.per_path and on_link < self.per_link and under_way < self.total
+        path, ``on_host`` on the paths from its host and ``under_way`` in all."""
+        return on_path < self.per_path and on_host < self.per_host and under_way < self.total
+
+
+def peer_host(peer: str) -> str:
+    """Who is at the other end of a link, for caps: its address without the port (or the
+    pin of a relay address), and an IPv6 address by its /64, which one machine is
+    commonly given whole. A peer that names no host:port is itself, and so is a loopback
+    one: on one machine every process is 127.0.0.1, and those are the operator's own."""
+    bare = peer.partition("#")[0]
+    host, sep, port = bare.rpartition(":")
+    if not sep or not port.isdigit():
+        return bare
+    host = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.is_loopback:
+        return bare
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 class RepeatedFragment(CellError):

@@ -44,6 +44,7 @@ from .exits import (
     RepeatedFragment,
     decode_exit_request,
     encode_exit_reply,
+    peer_host,
 )
 from .keys import KeyPair
 from .link import Link, LinkClosed, LinkPump, Transport
@@ -178,6 +179,8 @@ class _Hop:
     up_id: bytes
     down_link: str | None
     down_id: bytes
+    #: Who is at the other end of ``up_link`` (:func:`~overlay.exits.peer_host`).
+    up_host: str
 
 
 @dataclass
@@ -219,8 +222,8 @@ class RelayCore:
     _exit_calls: list[ExitCall] = field(default_factory=list)
 
     def receive(self, link: str, data: bytes, now_ms: int, *, peer: str = "") -> list[Send]:
-        """What to send for ``data`` received on ``link``; ``peer`` (the address of the
-        link's other end) is for :attr:`observer` only."""
+        """What to send for ``data`` received on ``link``; ``peer`` is the address of the
+        link's other end (for :attr:`observer`, and the exit caps per host)."""
         if self.observer is not None:
             self.observer(SeenCell(data, link, peer, now_ms))
         try:
@@ -230,7 +233,7 @@ class RelayCore:
             return []
         try:
             if cell.kind is CellKind.BUILD:
-                return self._build(link, cell.id, cell.body, now_ms)
+                return self._build(link, cell.id, cell.body, now_ms, peer)
             if cell.kind is CellKind.DATA:
                 return self._data(link, cell.id, cell.body, now_ms)
             if cell.kind is CellKind.TRANSFER:
@@ -332,7 +335,7 @@ class RelayCore:
 
     # --- cells --------------------------------------------------------------------------
 
-    def _build(self, link: str, path_id: bytes, body: bytes, now_ms: int) -> list[Send]:
+    def _build(self, link: str, path_id: bytes, body: bytes, now_ms: int, peer: str) -> list[Send]:
         ephemeral, record, keys, rest = open_build_frame(body, self.keys.dh, now_ms)
         if ephemeral in self._seen_builds:
             self.stats.dropped_replay += 1
@@ -361,6 +364,7 @@ class RelayCore:
             path_id,
             down_link,
             record.downstream_id,
+            peer_host(peer) if peer else link,
         )
         self._upstream[path_id] = hop
         self.stats.builds += 1
@@ -495,11 +499,11 @@ class RelayCore:
 
     def _exit_admitted(self, hop: _Hop) -> bool:
         """Whether a new request on ``hop``'s path fits :attr:`exit_caps`."""
-        on_path = on_link = 0
+        on_path = on_host = 0
         for under_way in self._exits.values():
             on_path += under_way.hop is hop
-            on_link += under_way.hop.up_link == hop.up_link
-        return self.exit_caps.admits(on_path, on_link, len(self._exits))
+            on_host += under_way.hop.up_host == hop.up_host
+        return self.exit_caps.admits(on_path, on_host, len(self._exits))
 
     def _expire_exits(self, now_ms: int) -> None:
         """Forget the requests whose fragments stopped coming (those at a server end with

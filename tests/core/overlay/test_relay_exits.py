@@ -28,6 +28,7 @@ from overlay.exits import (
     decode_exit_reply,
     decode_exit_request,
     encode_exit_request,
+    peer_host,
 )
 from overlay.keys import KeyPair
 from overlay.path import Path, Payload
@@ -51,18 +52,18 @@ SERVER = "ws://10.0.0.9:4000"
 ROUTES = {SERVER: SERVER, "ws://10.0.0.9:4000/1": SERVER}
 
 
-def exit_relay(per_path: int = 8, total: int = 256, per_link: int = 64) -> RelayCore:
+def exit_relay(per_path: int = 8, total: int = 256, per_host: int = 64) -> RelayCore:
     return RelayCore(
         EXIT,
         verified_directory(CONTACTS, NOW),
         exit_route=ROUTES.get,
-        exit_caps=ExitCaps(per_path, per_link, total),
+        exit_caps=ExitCaps(per_path, per_host, total),
     )
 
 
-def one_hop_path(relay: RelayCore, link: str = "in:owner") -> Path:
+def one_hop_path(relay: RelayCore, link: str = "in:owner", peer: str = "") -> Path:
     path, build = Path.build(CONTACTS, NOW)
-    [(_, built)] = relay.receive(link, build, NOW)
+    [(_, built)] = relay.receive(link, build, NOW, peer=peer)
     assert path.unwrap(decode_cell(built).body, NOW) == bytes((Payload.BUILT,))
     return path
 
@@ -210,8 +211,8 @@ def test_requests_past_the_caps_or_to_a_relay_that_is_no_exit_are_refused() -> N
 
 def test_the_paths_of_one_link_share_a_cap_and_leave_room_for_other_links() -> None:
     """However many paths one neighbour brings (one client, or the relay carrying its
-    paths), they hold at most ``per_link`` of the relay's exit slots together."""
-    relay = exit_relay(per_path=2, per_link=3, total=8)
+    paths), they hold at most ``per_host`` of the relay's exit slots together."""
+    relay = exit_relay(per_path=2, per_host=3, total=8)
     crowd = [one_hop_path(relay, "in:crowd") for _ in range(3)]
     answers = [
         ask(relay, path, bytes([n, i]) * 4, b"x", link="in:crowd")
@@ -226,6 +227,45 @@ def test_the_paths_of_one_link_share_a_cap_and_leave_room_for_other_links() -> N
     first = relay.take_exit_calls()[0]
     relay.exit_done(first.token, b"ok")  # a slot of the crowd's link is free again
     assert ask(relay, crowd[0], b"again!!!", b"x", link="in:crowd") == []
+
+
+@pytest.mark.parametrize(
+    ("crowd", "other"),
+    [
+        (["10.0.0.5:4001", "10.0.0.5:4002", "10.0.0.5:4003"], "10.0.0.6:4001"),
+        (
+            ["[2001:db8::1]:4001", "[2001:db8::2]:4001", "[2001:db8::ffff:1]:4001"],
+            "[2001:db9::1]:4001",
+        ),
+    ],
+)
+def test_links_from_one_host_share_its_cap(crowd: list[str], other: str) -> None:
+    """Four links from one machine once held every slot of an exit: the cap counts the
+    paths of every link from one host (an IPv6 /64) together."""
+    relay = exit_relay(per_path=2, per_host=3, total=8)
+    paths = [one_hop_path(relay, f"in:{n}", peer) for n, peer in enumerate(crowd)]
+    answers = [
+        ask(relay, path, bytes([n, i]) * 4, b"x", link=f"in:{n}")
+        for n, path in enumerate(paths)
+        for i in range(2)
+    ]
+    assert answers.count([]) == 3 and answers.count([ExitStatus.BUSY]) == 3
+    elsewhere = one_hop_path(relay, "in:other", other)
+    assert ask(relay, elsewhere, b"o" * 8, b"x", link="in:other") == []
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [
+        ("10.0.0.5:4001", "10.0.0.5"),
+        ("[2001:db8::1]:4001", "2001:db8::/64"),
+        ("relay.example:443#" + "ab" * 32, "relay.example"),
+        ("mem:relay3", "mem:relay3"),
+        ("127.0.0.1:4001", "127.0.0.1:4001"),
+    ],
+)
+def test_peer_host(peer: str, host: str) -> None:
+    assert peer_host(peer) == host
 
 
 def test_an_address_the_route_does_not_name_is_refused_and_reaches_nothing() -> None:
