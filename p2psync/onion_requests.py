@@ -51,7 +51,7 @@ import trio
 
 from overlay.constants import EXIT_TIMEOUT_MS
 from overlay.endpoint import Endpoint
-from overlay.exits import ExitFailed
+from overlay.exits import ExitFailed, peer_host
 from overlay.link import LinkClosed, Transport
 from overlay.path import Path
 from overlay.tasks import open_task_nursery
@@ -105,10 +105,11 @@ class OnionShare:
     """How many onion requests a server answers: each exit host as many as one direct
     connection may send (its own bucket), all exits together ``total_per_s``.
 
-    Keyed by the exit's host, not its connection, so an exit (or anyone calling
-    ``onion`` directly) does not get more by opening more connections; and apart from
-    the connection's own bucket, which an exit's connection would otherwise exhaust for
-    every client behind it at once."""
+    Keyed by the exit's host (:func:`~overlay.exits.peer_host`: an IPv6 address by its
+    /64), not its connection, so an exit (or anyone calling ``onion`` directly) does not
+    get more by opening more connections or taking more addresses of one /64; and apart
+    from the connection's own bucket, which an exit's connection would otherwise exhaust
+    for every client behind it at once."""
 
     per_exit_per_s: float = 2000.0
     per_exit_burst: int = 4000
@@ -123,13 +124,6 @@ class OnionShare:
             1 / self.total_per_s,
             now_s,
         )
-
-
-def peer_host(peer: str) -> str:
-    """The host of a connection's ``peer`` (``host:port``, ``[v6]:port``, or an emulated
-    host's name)."""
-    host, sep, port = peer.rpartition(":")
-    return host if sep and port.isdigit() else peer
 
 
 def seal_request(
