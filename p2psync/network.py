@@ -8,6 +8,7 @@ stays, as after a crash) and start it again on the same address.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -104,6 +105,13 @@ class LocalNetwork:
     )
     _relays_started: int = 0
 
+    def identity_for(self, role: str) -> Identity:
+        """The key a server of this network (``role``: ``node/3``, ``relay/0``, ``ledger``…)
+        serves as: derived from the data directory's name on the emulated network, so runs
+        repeat; fresh from the OS on real sockets, where anyone who knew the directory's
+        name could otherwise sign as the ledger or any server."""
+        return _identity_for(self.transport, self.data_dir, role)
+
     @property
     def overlay_transport(self) -> Transport:
         """Relays and endpoints share the memory network, or use plain TCP on loopback."""
@@ -163,7 +171,7 @@ class LocalNetwork:
 
     async def add_node(self) -> NodeHandle:
         index = len(self.nodes)
-        identity = Identity.from_label(f"{self.data_dir.name}/node/{index}")
+        identity = self.identity_for(f"node/{index}")
         handle = NodeHandle(
             index,
             identity,
@@ -221,7 +229,7 @@ class LocalNetwork:
         for _ in range(count):
             index = self._relays_started
             self._relays_started += 1
-            identity = Identity.from_label(f"{self.data_dir.name}/relay/{index}")
+            identity = self.identity_for(f"relay/{index}")
             # How the relay reaches servers as an onion exit, as its own host (so servers
             # see the relay's host).
             exits = self.transport.as_host(f"relay{index}")
@@ -290,14 +298,13 @@ async def open_local_network(
         directory = Path(data_dir) if data_dir is not None else Path(temporary)
         directory.mkdir(parents=True, exist_ok=True)
         async with open_task_nursery() as nursery:
-            ledger = Ledger(Identity.from_label(f"{directory.name}/ledger"))
+            ledger = Ledger(_identity_for(chosen, directory, "ledger"))
             network = LocalNetwork(
                 chosen, clock, "", directory, node_config or NodeConfig(), ledger, _nursery=nursery
             )
             # Every server serves as its announced key: TLS pinned to it on tcp.
             keys = {
-                name: Identity.from_label(f"{directory.name}/{name}")
-                for name in ("registry", "fileserver", "opengroup")
+                name: network.identity_for(name) for name in ("registry", "fileserver", "opengroup")
             }
             network.registry_url = await nursery.start(
                 RegistryServer(clock, ledger=ledger.public_key).serve,
@@ -333,3 +340,9 @@ async def open_local_network(
             await network.refresh_all()
             await network.add_relays(relays)
             yield network
+
+
+def _identity_for(transport: Transport, directory: Path, role: str) -> Identity:
+    if transport.simulated:
+        return Identity.from_label(f"{directory.name}/{role}")
+    return Identity(os.urandom(32))
