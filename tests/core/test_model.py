@@ -6,6 +6,9 @@ writes the §9 JSON with every figure marked as modelled."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -272,15 +275,39 @@ def test_the_bench_models_a_trace_file(tmp_path: Path) -> None:
     assert report["validation"] is None
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("profile", ["office", "mobile"])
-def test_the_model_agrees_with_real_devices(profile: str) -> None:
-    """The check the model's figures are trusted on: the same seeded trace on real devices
-    (:func:`p2psync.run_scenario`) and through the model, within the tolerance."""
+PROFILES = ("office", "mobile")
+
+
+@pytest.fixture(scope="module")
+def device_runs() -> dict[str, dict[str, dict[str, Any]]]:
+    """Every strategy on both profiles' validation traces on real devices
+    (:func:`p2psync.run_scenario`), in worker processes, one per core: the six runs take
+    four minutes one after another; ``p2p``'s, the longest, go first."""
     from p2psync.sim.runner import run_scenario
 
+    jobs = [(p, s) for s in sorted(model.STRATEGIES, key=lambda s: s != "p2p") for p in PROFILES]
+    workers = min(2, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {
+            job: pool.submit(run_scenario, build_trace(replace(VALIDATION, profile=job[0])), job[1])
+            for job in jobs
+        }
+        runs: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in PROFILES}
+        for (profile, strategy), future in futures.items():
+            runs[profile][strategy] = future.result()
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_model_agrees_with_real_devices(
+    profile: str, device_runs: dict[str, dict[str, dict[str, Any]]]
+) -> None:
+    """The check the model's figures are trusted on: the same seeded trace on real devices
+    and through the model, within the tolerance."""
     trace = build_trace(replace(VALIDATION, profile=profile))
-    measured = {name: run_scenario(trace, name) for name in model.STRATEGIES}
+    measured = device_runs[profile]
+    assert set(measured) == set(model.STRATEGIES)
     errors = validate_model(trace, measured)
     for name, figures in measured.items():
         assert figures["source"] == "devices", "run_scenario is not the device run"
