@@ -18,6 +18,7 @@ import trio
 
 from p2psync.device import open_device
 from p2psync.network import LocalNetwork, open_local_network
+from p2psync.swarm.constants import NAMESPACE_SYNC
 
 P2PSYNC = [sys.executable, "-m", "p2psync", "device"]
 #: Issue 16: "every command stops within 2 s on SIGINT or SIGTERM".
@@ -47,6 +48,17 @@ def describe(tmp_path: Path, network: LocalNetwork) -> Callable[[str], list[str]
         return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
 
     return where
+
+
+def sync_copies(network: LocalNetwork, account: str) -> set[bytes]:
+    """The live sync copies (namespace 1) the nodes hold for ``account``."""
+    now_ms = network.clock.now_ms()
+    return {
+        row.hash
+        for node in network.running_nodes()
+        for row in node.store.records(now_ms, [account])
+        if row.namespace == NAMESPACE_SYNC and row.data is not None
+    }
 
 
 async def init(tmp_path: Path, mode: str, *names: str) -> dict[str, str]:
@@ -207,7 +219,10 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
             assert code_ == 1 and "in use by another process" in err
             status = json.loads(await ok("status", *where("phone"), "--json", "--wait", "5"))
             assert status["direct_sync"] and status["siblings"] == [ids["desktop"]]
+            copies_before = sync_copies(network, alice)
             await ok("send", *where("phone"), ids["bob"], "while the desktop was running")
+            # It went over the overlay: the phone stored no sync copy before it exited.
+            assert sync_copies(network, alice) <= copies_before
             printed = b""
             with trio.fail_after(60):
                 while b"while the desktop was running" not in printed:
