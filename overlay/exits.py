@@ -59,21 +59,27 @@ class ExitCaps:
         return on_path < self.per_path and on_host < self.per_host and under_way < self.total
 
 
-def peer_host(peer: str) -> str:
+def peer_host(peer: str, *, loopback_apart: bool = False) -> str:
     """Who is at the other end of a link, for caps: its address without the port (or the
-    pin of a relay address), and an IPv6 address by its /64, which one machine is
-    commonly given whole. A peer that names no host:port is itself, and so is a loopback
-    one: on one machine every process is 127.0.0.1, and those are the operator's own."""
+    pin of a relay address, or an IPv6 zone), an IPv4-mapped IPv6 address as the IPv4
+    one, and an IPv6 address by its /64, which one machine is commonly given whole. A
+    peer that names no address is itself. ``loopback_apart``: a loopback peer is its own
+    link (on one machine every process is 127.0.0.1, and those are the operator's own;
+    a relay's exit caps take that, a server behind a local proxy must not)."""
     bare = peer.partition("#")[0]
-    host, sep, port = bare.rpartition(":")
-    if not sep or not port.isdigit():
-        return bare
-    host = host.strip("[]")
+    host, port = bare, ""
+    if bare.startswith("["):
+        host, _, port = bare[1:].partition("]")
+        port = port.removeprefix(":")
+    elif bare.count(":") == 1:
+        host, _, port = bare.partition(":")
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
-        return host
-    if address.is_loopback:
+        return host if port.isdigit() else bare
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if loopback_apart and address.is_loopback:
         return bare
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))

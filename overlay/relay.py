@@ -364,7 +364,7 @@ class RelayCore:
             path_id,
             down_link,
             record.downstream_id,
-            peer_host(peer) if peer else link,
+            peer_host(peer, loopback_apart=True) if peer else link,
         )
         self._upstream[path_id] = hop
         self.stats.builds += 1

@@ -10,10 +10,12 @@ and are cached on the network's clock, so a virtual jump expires them as it does
 other time.
 
 Copies queued for deletion (a sync copy or an inbound message every sibling has
-acknowledged) leave their swarm after a random delay (``DeviceConfig.delete_delay_s``), several
-at a time: deleted at the acknowledgement, they would reach the server within
-milliseconds of the siblings' session traffic, and the server's log would carry the
-rhythm of sibling sync (``benchmarks/relay_audit.py``, check b).
+acknowledged) leave their swarm after a random delay (``DeviceConfig.delete_delay_s``),
+those due together in one request: deleted at the acknowledgement, they would reach the
+server within milliseconds of the siblings' session traffic, and the server's log would
+carry the rhythm of sibling sync (``benchmarks/relay_audit.py``, check b). Those an
+earlier process queued go at once (a device coming online: one burst per return, tied to
+no acknowledgement).
 """
 
 from __future__ import annotations
@@ -57,8 +59,14 @@ class Outbox:
         #: The file server's device lists: user -> (epoch ms fetched, devices).
         self._cache: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._passed = trio.Event()
-        #: When each queued deletion goes out (epoch ms), drawn when first seen.
-        self._delete_at: dict[tuple[str, int, bytes], int] = {}
+        #: When each queued deletion goes out (epoch ms), drawn when first seen. Those a
+        #: process before this one queued are due at once: their acknowledgement is a
+        #: process ago, and a short-lived one (``p2psync device send``) never lives
+        #: through a delay of its own.
+        now = local.clock.now_ms()
+        self._delete_at: dict[tuple[str, int, bytes], int] = {
+            key: now for key in local.store.deletions()
+        }
         self._delays = network.random_for(local.device_identity.seed, b"deletions")
 
     async def fileserver(self) -> FileServerClient:
@@ -107,7 +115,9 @@ class Outbox:
         low, high = self._local.config.delete_delay_s
         queued = self._store.deletions()
         at = {
-            key: self._delete_at.get(key) or now + int(self._delays.uniform(low, high) * 1000)
+            key: self._delete_at[key]
+            if key in self._delete_at
+            else now + int(self._delays.uniform(low, high) * 1000)
             for key in queued
         }
         self._delete_at = at
@@ -164,8 +174,9 @@ class Outbox:
                 timeout, delay = math.inf, self._local.config.retry_s
             self._passed.set()
             self._passed = trio.Event()
-            clock = self._local.clock
-            with trio.move_on_after(timeout), clock.move_on_at_ms(self._next_deletion_ms()):
+            # After a failure, the back-off alone: a deletion that failed is past due.
+            wake_at = None if failed else self._next_deletion_ms()
+            with trio.move_on_after(timeout), self._local.clock.move_on_at_ms(wake_at):
                 await wakeup.wait()
 
     def _overdue(self) -> bool:

@@ -122,12 +122,16 @@ class SiblingHandler:
     def _publish_pending(self, sync: SiblingSync | LiveSync, pending: Pending) -> None:
         record = HistoryRecord.from_bytes(pending.body)
         origin = pending.relayed_from
-        sync.publish(
-            Item(pending.id, record.timestamp_ms, pending.body),
-            pending.published_ms,
-            grace_ms=None if origin is None else self._takeover_ms,
-            holders=() if origin is None else (origin,),
-        )
+        item = Item(pending.id, record.timestamp_ms, pending.body)
+        grace_ms = None if origin is None else self._takeover_ms
+        holders = () if origin is None else (origin,)
+        if isinstance(sync, LiveSync):
+            now = self._local.clock.now_ms()
+            sync.publish(
+                item, now, published_ms=pending.published_ms, grace_ms=grace_ms, holders=holders
+            )
+        else:
+            sync.publish(item, pending.published_ms, grace_ms=grace_ms, holders=holders)
 
     async def run(self, drain: Callable[[], Awaitable[None]]) -> None:
         """Run live sync while online; start again when the siblings change. ``drain``

@@ -9,8 +9,9 @@ touches a socket, a clock or a task.
 
 Guarantees, for each published message and each sibling:
 
-* it is pushed while the sibling is reachable and resent (on reconnection, and every
-  ``resend_ms`` while unacknowledged) until the sibling acknowledges it;
+* it is pushed while the sibling is reachable (from its publication time: one published
+  for later is held until then) and resent (on reconnection, and every ``resend_ms``
+  while unacknowledged) until the sibling acknowledges it;
 * if some sibling has not acknowledged it ``grace_ms`` after publication, or when the
   device leaves first (:meth:`LiveSync.leaving`), exactly one :class:`FallbackDue` is
   emitted (the driver stores one sync copy in namespace 1), unless the driver said

@@ -38,10 +38,11 @@ def test_every_relay_is_one_members_entry_and_no_two_members_share_one(
     assert all(dealt.values())  # 40 relays: every member has some
 
 
-def test_the_split_depends_on_the_secret_and_members_only() -> None:
+def test_the_split_depends_on_the_secret_members_and_listing_only() -> None:
     """Both siblings compute it alone, from what they share; a relay list read in another
-    order, or missing relays, changes nothing for the relays it holds; another account
-    (another secret) splits differently, and nobody without the secret can tell."""
+    order changes nothing, and on a listing where no member is short (40 relays) one with
+    relays missing changes nothing for the relays it holds; another account (another
+    secret) splits differently, and nobody without the secret can tell."""
     members = frozenset({PHONE, DESKTOP})
     phone = EntryShare(SECRET, members, PHONE)
     assert phone(RELAYS) == EntryShare(bytes(SECRET), frozenset([DESKTOP, PHONE]), PHONE)(

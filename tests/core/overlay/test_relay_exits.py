@@ -261,11 +261,21 @@ def test_links_from_one_host_share_its_cap(crowd: list[str], other: str) -> None
         ("[2001:db8::1]:4001", "2001:db8::/64"),
         ("relay.example:443#" + "ab" * 32, "relay.example"),
         ("mem:relay3", "mem:relay3"),
-        ("127.0.0.1:4001", "127.0.0.1:4001"),
+        ("127.0.0.1:4001", "127.0.0.1"),
+        ("[::ffff:10.0.0.5]:4001", "10.0.0.5"),
+        ("[2001:db8::1%eth0]:4001", "2001:db8::/64"),
+        ("2001:db8::5", "2001:db8::/64"),
     ],
 )
 def test_peer_host(peer: str, host: str) -> None:
     assert peer_host(peer) == host
+
+
+def test_a_relay_counts_loopback_peers_by_link() -> None:
+    """On one machine every process is 127.0.0.1: a relay's exit caps count each link."""
+    assert peer_host("127.0.0.1:4001", loopback_apart=True) == "127.0.0.1:4001"
+    assert peer_host("[::1]:4001", loopback_apart=True) == "[::1]:4001"
+    assert peer_host("10.0.0.5:4001", loopback_apart=True) == "10.0.0.5"
 
 
 def test_an_address_the_route_does_not_name_is_refused_and_reaches_nothing() -> None:

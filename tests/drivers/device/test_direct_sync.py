@@ -14,7 +14,7 @@ from overlay.keys import KeyPair
 from overlay.session import InitReplayCache, SessionCore
 from p2psync.device import Device
 from p2psync.device.siblings import TAKEOVER_GRACES
-from p2psync.device.values import DELETE_DELAY_S
+from p2psync.device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
@@ -87,6 +87,33 @@ async def test_inbound_messages_leave_the_account_swarm_once_every_sibling_has_t
         # Not at once: the offer to the sibling and the delete each wait a random delay,
         # so that the node's log does not carry the rhythm of sibling sync.
         assert trio.current_time() - both_have_it >= DELETE_DELAY_S[0]
+
+
+async def test_deletions_an_earlier_run_queued_go_out_as_soon_as_the_device_is_back(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A short-lived process (``p2psync device inbox``) never lives through a delete
+    delay of its own: what one run queued, the next sends at once, not after a delay
+    drawn again from its start (a run shorter than 30 s never sent it at all)."""
+    async with open_world(relays=8) as network:
+        async with siblings_and_friend(network, tmp_path, "linked") as (phone, desktop, bob):
+            await wait_until(
+                lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+            )
+            alice = phone.session_id
+            before = stored_messages(network, alice, NAMESPACE_MESSAGES)
+            await bob.send(alice, "read on both, then both quit")
+            await bob.flush()
+            await wait_until(
+                lambda: all(len(d.history(bob.session_id)) == 1 for d in (phone, desktop))
+            )
+            # Offered and acknowledged (within the offer delay), not yet deleted.
+            await trio.sleep(INBOUND_PUSH_DELAY_S[1] + 1)
+            assert stored_messages(network, alice, NAMESPACE_MESSAGES) == before + 1
+        async with device(network, tmp_path, "phone"):
+            back = trio.current_time()
+            await wait_until(lambda: stored_messages(network, alice, NAMESPACE_MESSAGES) == before)
+            assert trio.current_time() - back < DELETE_DELAY_S[0]
 
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
