@@ -42,6 +42,19 @@ def sync_copies(network: LocalNetwork, sibling: Device, mode: str) -> int:
     return stored_kinds(network, reader, NAMESPACE_SYNC).count("sync_sent")
 
 
+async def filed_on_both(network: LocalNetwork, phone: Device, desktop: Device, bob: Device) -> int:
+    """Bob's message, once Alice's siblings are connected, stored in her account's swarm
+    and filed on both; the messages the swarm held for her before it."""
+    await wait_until(lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id})
+    alice = phone.session_id
+    before = stored_messages(network, alice, NAMESPACE_MESSAGES)
+    await bob.send(alice, "for both of Alice's devices")
+    await bob.flush()
+    assert stored_messages(network, alice, NAMESPACE_MESSAGES) == before + 1
+    await wait_until(lambda: all(len(d.history(bob.session_id)) == 1 for d in (phone, desktop)))
+    return before
+
+
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
 async def test_online_siblings_sync_directly_and_store_no_sync_copy(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
@@ -73,15 +86,8 @@ async def test_inbound_messages_leave_the_account_swarm_once_every_sibling_has_t
         open_world(relays=8) as network,
         siblings_and_friend(network, tmp_path, "linked") as (phone, desktop, bob),
     ):
-        await wait_until(
-            lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
-        )
         alice = phone.session_id
-        before = stored_messages(network, alice, NAMESPACE_MESSAGES)
-        await bob.send(alice, "for both of Alice's devices")
-        await bob.flush()
-        assert stored_messages(network, alice, NAMESPACE_MESSAGES) == before + 1
-        await wait_until(lambda: all(len(d.history(bob.session_id)) == 1 for d in (phone, desktop)))
+        before = await filed_on_both(network, phone, desktop, bob)
         both_have_it = trio.current_time()
         await wait_until(lambda: stored_messages(network, alice, NAMESPACE_MESSAGES) == before)
         # Not at once: the offer to the sibling and the delete each wait a random delay,
@@ -97,16 +103,8 @@ async def test_deletions_an_earlier_run_queued_go_out_as_soon_as_the_device_is_b
     drawn again from its start (a run shorter than 30 s never sent it at all)."""
     async with open_world(relays=8) as network:
         async with siblings_and_friend(network, tmp_path, "linked") as (phone, desktop, bob):
-            await wait_until(
-                lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
-            )
             alice = phone.session_id
-            before = stored_messages(network, alice, NAMESPACE_MESSAGES)
-            await bob.send(alice, "read on both, then both quit")
-            await bob.flush()
-            await wait_until(
-                lambda: all(len(d.history(bob.session_id)) == 1 for d in (phone, desktop))
-            )
+            before = await filed_on_both(network, phone, desktop, bob)
             # Offered and acknowledged (within the offer delay), not yet deleted.
             await trio.sleep(INBOUND_PUSH_DELAY_S[1] + 1)
             assert stored_messages(network, alice, NAMESPACE_MESSAGES) == before + 1
