@@ -9,20 +9,15 @@ backs off while the swarm cannot be reached. The device lists come from the file
 and are cached on the network's clock, so a virtual jump expires them as it does every
 other time.
 
-Copies queued for deletion (a sync copy or an inbound message every sibling has
-acknowledged) leave their swarm after a random delay (``DeviceConfig.delete_delay_s``),
-those due together in one request: deleted at the acknowledgement, they would reach the
-server within milliseconds of the siblings' session traffic, and the server's log would
-carry the rhythm of sibling sync (``benchmarks/relay_audit.py``, check b). Those an
-earlier process queued go at once (a device coming online: one burst per return, tied to
-no acknowledgement).
+Copies queued for deletion go out when :class:`~.deletions.DeletionSchedule` says (a
+random delay after the acknowledgement, so that a server's log does not carry the rhythm
+of sibling sync), several in one request where they fall due together.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -32,9 +27,9 @@ from ..errors import RpcError
 from ..fileserver import FileServerClient
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
-from ..swarm.constants import MAX_HASHES_PER_REQUEST
 from .access import NetworkAccess
 from .content import SyncSent, Text, copy_ttl_ms, decode_content
+from .deletions import DeletionSchedule, delete_batches
 from .local import Local
 from .store import Copy, OutboxEntry
 from .values import TRANSIENT
@@ -59,15 +54,12 @@ class Outbox:
         #: The file server's device lists: user -> (epoch ms fetched, devices).
         self._cache: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._passed = trio.Event()
-        #: When each queued deletion goes out (epoch ms), drawn when first seen. Those a
-        #: process before this one queued are due at once: their acknowledgement is a
-        #: process ago, and a short-lived one (``p2psync device send``) never lives
-        #: through a delay of its own.
-        now = local.clock.now_ms()
-        self._delete_at: dict[tuple[str, int, bytes], int] = {
-            key: now for key in local.store.deletions()
-        }
-        self._delays = network.random_for(local.device_identity.seed, b"deletions")
+        self._deletions = DeletionSchedule(
+            local.store.deletions(),
+            local.clock.now_ms(),
+            local.config.delete_delay_s,
+            network.random_for(local.device_identity.seed, b"deletions"),
+        )
 
     async def fileserver(self) -> FileServerClient:
         return FileServerClient(await self._pool.get(self._network.fileserver_url))
@@ -97,35 +89,13 @@ class Outbox:
                     logger.error("dropping a copy for %s: %s", copy.owner[:12], exc)
                 store.copy_stored(copy)
         identity = self._local.identity
-        batches: dict[tuple[str, int], list[bytes]] = defaultdict(list)
-        for owner, namespace, digest in self._due_deletions():
-            batches[owner, namespace].append(digest)
-        for (owner, namespace), digests in batches.items():
-            for start in range(0, len(digests), MAX_HASHES_PER_REQUEST):
-                batch = digests[start : start + MAX_HASHES_PER_REQUEST]
-                if owner == identity.session_id:  # only an owner may delete
-                    await self._swarm.delete(identity, namespace, batch)
-                for digest in batch:
-                    store.deleted(owner, namespace, digest)
-                    self._delete_at.pop((owner, namespace, digest), None)
-
-    def _due_deletions(self) -> list[tuple[str, int, bytes]]:
-        """The queued deletions whose time has come (each gets its time when first seen)."""
-        now = self._local.clock.now_ms()
-        low, high = self._local.config.delete_delay_s
-        queued = self._store.deletions()
-        at = {
-            key: self._delete_at[key]
-            if key in self._delete_at
-            else now + int(self._delays.uniform(low, high) * 1000)
-            for key in queued
-        }
-        self._delete_at = at
-        return [key for key in queued if at[key] <= now]
-
-    def _next_deletion_ms(self) -> int | None:
-        """When the next queued deletion is due (None: none is queued)."""
-        return min(self._delete_at.values(), default=None)
+        due = self._deletions.due(store.deletions(), self._local.clock.now_ms())
+        for owner, namespace, digests in delete_batches(due):
+            if owner == identity.session_id:  # only an owner may delete
+                await self._swarm.delete(identity, namespace, digests)
+            for digest in digests:
+                store.deleted(owner, namespace, digest)
+                self._deletions.sent((owner, namespace, digest))
 
     async def _expand(self, entry: OutboxEntry) -> list[Copy]:
         """The copies beyond the first: the recipient's other devices (a ``mapped``
@@ -167,7 +137,8 @@ class Outbox:
             except TRANSIENT as exc:
                 logger.info("%s: outbox waits to retry: %s", self._local.name, exc)
             store = self._store
-            failed = store.outbox() or store.deferred() or self._overdue()
+            now = self._local.clock.now_ms()
+            failed = store.outbox() or store.deferred() or self._deletions.overdue(now)
             if failed:
                 timeout, delay = delay, min(self._local.config.max_retry_s, delay * 2)
             else:
@@ -175,13 +146,9 @@ class Outbox:
             self._passed.set()
             self._passed = trio.Event()
             # After a failure, the back-off alone: a deletion that failed is past due.
-            wake_at = None if failed else self._next_deletion_ms()
+            wake_at = None if failed else self._deletions.next_ms()
             with trio.move_on_after(timeout), self._local.clock.move_on_at_ms(wake_at):
                 await wakeup.wait()
-
-    def _overdue(self) -> bool:
-        due = self._next_deletion_ms()
-        return due is not None and due <= self._local.clock.now_ms()
 
     async def devices_of(self, user: str, *, fresh: bool = False) -> tuple[str, ...]:
         """Every device of ``user``, from the file server's verified mappings (cached for

@@ -445,9 +445,8 @@ class StorageNode:
         (:meth:`~.node_core.ReadOrder.worth_asking`)."""
         order = self.core.read_order
         position = self.store.position_of(owner, namespace, last_hash)
-        if position is None and order.worth_asking(
-            owner, namespace, last_hash, self.clock.now_ms()
-        ):
+        now = self.clock.now_ms()
+        if position is None and order.worth_asking(owner, namespace, last_hash, now):
             await self._fetch_from_peers(LookupRequest(owner, namespace, last_hash))
             position = self.store.position_of(owner, namespace, last_hash)
             if position is None:
