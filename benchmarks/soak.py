@@ -288,6 +288,7 @@ def _figures(
         "lost": result.lost,
         "missing_on_members": sum(result.missing.values()),
         "unreachable_members": len(result.unreachable),
+        "unreachable_reasons": result.unreachable,
         "converged": result.converged,
         "converge_s": round(converge_s, 2),
     }
@@ -329,7 +330,10 @@ def print_report(figures: dict[str, Any]) -> None:
         f"{figures['missing_when_load_stopped']:,}",
     )
     lost.add_row("still missing on some member at the end", str(figures["missing_on_members"]))
-    lost.add_row("all members converged after", f"{figures['converge_s']:.2f} s")
+    for url, reason in figures["unreachable_reasons"].items():
+        lost.add_row(f"unreachable at the end: {url}", reason)
+    converged = "all members converged after" if figures["converged"] else "not converged after"
+    lost.add_row(converged, f"{figures['converge_s']:.2f} s")
     console = Console()
     console.print(held)
     console.print(lost)

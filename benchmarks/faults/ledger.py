@@ -67,7 +67,9 @@ class Audit:
     acknowledged: int
     lost: int
     missing: dict[str, int]
-    unreachable: list[str]
+    #: Member URL → the error its last read ended with (an audit that cannot read a
+    #: member cannot say it converged, and the reason is what an operator needs first).
+    unreachable: dict[str, str]
 
     @property
     def converged(self) -> bool:
@@ -90,15 +92,15 @@ async def held_by(swarm: SwarmClient, owner: Identity, node: NodeInfo) -> set[by
 async def audit(swarm: SwarmClient, ledger: AckLedger, swarms: SwarmMap) -> Audit:
     """Read every owner's messages from every member of its swarm, side by side."""
     missing: dict[str, int] = {}
-    unreachable: set[str] = set()
+    unreachable: dict[str, str] = {}
     held_anywhere: dict[str, set[bytes]] = {o.session_id: set() for o in ledger.owners}
 
     async def check(owner: Identity, node: NodeInfo) -> None:
         wanted = ledger.acknowledged.get(owner.session_id, set())
         try:
             held = await held_by(swarm, owner, node)
-        except (OSError, ConnectionLost, RpcError, DecodeError):
-            unreachable.add(node.url)
+        except (OSError, ConnectionLost, RpcError, DecodeError) as error:
+            unreachable[node.url] = f"{type(error).__name__}: {error}"
             return
         held_anywhere[owner.session_id] |= held & wanted
         missing[node.url] = missing.get(node.url, 0) + len(wanted - held)
@@ -108,7 +110,7 @@ async def audit(swarm: SwarmClient, ledger: AckLedger, swarms: SwarmMap) -> Audi
             for node in swarms.nodes_for_key(session_id_key(owner.session_id)):
                 nursery.start_soon(check, owner, node)
     lost = sum(len(hashes - held_anywhere[owner]) for owner, hashes in ledger.acknowledged.items())
-    return Audit(ledger.count, lost, missing, sorted(unreachable))
+    return Audit(ledger.count, lost, missing, dict(sorted(unreachable.items())))
 
 
 async def wait_converged(swarm: SwarmClient, ledger: AckLedger, swarms: SwarmMap) -> Audit:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -68,12 +69,22 @@ def test_bad_minutes_exit_non_zero_with_one_line(minutes: str) -> None:
     assert "error" in result.stderr.strip().splitlines()[-1]
 
 
+def _why_not_converged(figures: dict[str, Any], data_dir: Path) -> str:
+    """The members the audit could not read, and the end of every service's log."""
+    tails = [
+        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        for log in sorted(data_dir.rglob("*.log"))
+    ]
+    return "\n".join([repr(figures["unreachable_reasons"]), *tails])
+
+
 def test_a_short_soak_reports_what_it_held_and_lost_nothing(tmp_path: Path) -> None:
     figures = run_soak(
         minutes=0.05, nodes=2, clients=1, data_dir=tmp_path, json_path=str(tmp_path / "s.json")
     )
     assert figures["stores"] > 0 and figures["retrieves"] > 0
     assert figures["acknowledged"] == figures["stores"]
-    assert figures["lost"] == 0 and figures["converged"]
+    assert figures["lost"] == 0
+    assert figures["converged"], _why_not_converged(figures, tmp_path)
     assert all(kib > 0 for kib in figures["peak_rss_kib"].values())
     assert (tmp_path / "s.json").exists()
