@@ -63,11 +63,11 @@ from .link import LinkClosed, LinkPump, Transport
 from .path import Path, PathState
 from .payloads import PathPayload, Transfer
 from .session import (
-    InitReplayCache,
+    Refused,
+    SessionAcceptor,
     SessionCore,
     SessionError,
     SessionState,
-    StaleInit,
     packet_session_id,
 )
 from .tasks import open_task_nursery
@@ -213,7 +213,7 @@ class Endpoint:
         #: The askers waiting for an answer (:class:`Answered`), by question token.
         self._askers: dict[bytes, trio.Event] = {}
         self._sessions: dict[bytes, Session] = {}
-        self._init_replays = InitReplayCache()
+        self._acceptor = SessionAcceptor(keys)
         self._accept_send, self._accept_receive = trio.open_memory_channel[Session](
             ACCEPT_QUEUE_SESSIONS
         )
@@ -237,7 +237,7 @@ class Endpoint:
             elif isinstance(effect, PathsChanged):
                 self._signal_paths()
             elif isinstance(effect, DeliverPacket):
-                self._on_packet(effect.packet, self._clock.now_ms())
+                self.receive_packet(effect.packet)
             elif isinstance(effect, Answered):
                 asker = self._askers.get(effect.token)
                 if asker is not None:
@@ -246,11 +246,6 @@ class Endpoint:
                 assert_never(effect)
 
     # --- paths ---------------------------------------------------------------------------
-
-    def _choose_hops(self) -> list[Contact]:
-        """The hops of the next path, as the core picks them: every build goes through
-        here, so a test can watch the choices."""
-        return self._core.choose_hops()
 
     async def _keep_paths(self) -> None:
         """Carry out :meth:`EndpointCore.keep_paths` when a path is due a check
@@ -266,7 +261,7 @@ class Endpoint:
                 await changed.wait()
 
     def _start_path(self) -> Path:
-        path, cell = self._core.add_path(self._choose_hops(), self._clock.now_ms())
+        path, cell = self._core.add_path(self._core.choose_hops(), self._clock.now_ms())
         pump = LinkPump()
         pump.send_nowait(cell)
         scope = trio.CancelScope()
@@ -384,6 +379,11 @@ class Endpoint:
     def session_count(self) -> int:
         """Sessions open now, until each one's driver has ended."""
         return len(self._sessions)
+
+    def sessions_with(self, peer: bytes) -> list[Session]:
+        """The sessions open now with the endpoint whose key is ``peer`` (dialed or
+        accepted: for a moment, while one replaces the other, there can be two)."""
+        return [s for s in self._sessions.values() if s.peer == peer]
 
     async def paths_changed(self) -> None:
         """Wait for the next change in this endpoint's paths (built, dead, dropped)."""
@@ -523,7 +523,12 @@ class Endpoint:
 
     # --- sessions --------------------------------------------------------------------------
 
-    def _on_packet(self, packet: bytes, now: int) -> None:
+    def receive_packet(self, packet: bytes) -> None:
+        """Take one session packet as our intro delivered it (each path hands over what
+        reaches its intro). What arrives here is chosen by others: any endpoint that knows
+        our intro, and the relays that carried a packet, which can send it again; a
+        packet for no open session goes to the :class:`SessionAcceptor`."""
+        now = self._clock.now_ms()
         session_id = packet_session_id(packet)
         if session_id is None:
             self.stats.cells_dropped += 1
@@ -534,27 +539,21 @@ class Endpoint:
             session._wake_driver()
             session._notify()
             return
-        if self._init_replays.is_replay(packet, now):
-            self.stats.inits_replayed += 1
-            return
-        try:
-            core = SessionCore.respond(self.keys, packet, now)
-        except StaleInit as exc:
-            self.stats.inits_stale += 1
-            logger.info("session refused: %s (is this machine's clock right?)", exc)
-            return
-        except SessionError:
-            self.stats.cells_dropped += 1
-            return
-        if not self._init_replays.admit(core, now):
-            self.stats.inits_replayed += 1
-            return
-        session = self._start_session(core)
-        try:
-            self._accept_send.send_nowait(session)
-            self.stats.sessions_accepted += 1
-        except trio.WouldBlock:
-            core.close()
+        match self._acceptor.accept(packet, now):
+            case Refused.REPLAYED:
+                self.stats.inits_replayed += 1
+            case Refused.STALE:
+                self.stats.inits_stale += 1
+                logger.info("session refused: its INIT is stale (is this machine's clock right?)")
+            case Refused.UNREADABLE:
+                self.stats.cells_dropped += 1
+            case SessionCore() as core:
+                session = self._start_session(core)
+                try:
+                    self._accept_send.send_nowait(session)
+                    self.stats.sessions_accepted += 1
+                except trio.WouldBlock:
+                    core.close()
 
     def _start_session(self, core: SessionCore) -> Session:
         session = Session(self, core)

@@ -16,7 +16,8 @@ a replay usefully (it has no initiator to finish the handshake with), but unchec
 open a session that waits out its retries. So the INIT carries its send time under the
 authenticated seal, :meth:`SessionCore.respond` refuses one outside
 ``SESSION_INIT_FRESHNESS_MS`` of the responder's clock, and the endpoint remembers the
-ephemeral keys of fresh ones (:class:`InitReplayCache`) until they go stale.
+ephemeral keys of fresh ones (:class:`InitReplayCache`) until they go stale; both checks
+are :class:`SessionAcceptor`'s.
 
 Packets: ``type (1) ‖ session id (8) ‖ ...``. A :class:`SessionCore` takes packets in
 (``receive_packet``) and hands packets out (``outgoing``), with ``now_ms`` passed in; the
@@ -164,6 +165,43 @@ class InitReplayCache:
         self._forget_at[core.init_ephemeral] = forget_at
         heapq.heappush(self._by_expiry, (forget_at, core.init_ephemeral))
         return True
+
+
+class Refused(enum.Enum):
+    """Why a packet for no open session opened none."""
+
+    #: An INIT this endpoint already opened a session for, still fresh.
+    REPLAYED = "replayed"
+    #: An authentic INIT sent outside the freshness window: a replay, or a clock that is off.
+    STALE = "stale"
+    #: Not an INIT this endpoint can read (tampered, misrouted, or a stray packet).
+    UNREADABLE = "unreadable"
+
+
+class SessionAcceptor:
+    """Whether a packet that belongs to no open session opens one, as the responder.
+
+    Anyone who knows an endpoint's intro can send it packets, and the relays on the way
+    can send again what they carried, so this is the decision an attacker reaches first:
+    a replay is refused on its bytes before any Diffie-Hellman, a stale INIT by its age,
+    anything else that does not authenticate is dropped."""
+
+    def __init__(self, local: KeyPair) -> None:
+        self._local = local
+        self._replays = InitReplayCache()
+
+    def accept(self, packet: bytes, now_ms: int) -> SessionCore | Refused:
+        if self._replays.is_replay(packet, now_ms):
+            return Refused.REPLAYED
+        try:
+            core = SessionCore.respond(self._local, packet, now_ms)
+        except StaleInit:
+            return Refused.STALE
+        except SessionError:
+            return Refused.UNREADABLE
+        if not self._replays.admit(core, now_ms):
+            return Refused.REPLAYED
+        return core
 
 
 class SessionCore:

@@ -203,3 +203,31 @@ def test_the_packages_ship_their_annotations() -> None:
     """PEP 561: a client type-checking against p2psync or overlay uses their annotations."""
     for package in ("p2psync", "overlay"):
         assert (ROOT / package / "py.typed").is_file(), f"{package} has no py.typed"
+
+
+def private_reads(source: str, name: str) -> list[str]:
+    """``obj._name`` where ``obj`` is not the code's own ``self`` or ``cls``: a read of
+    another object's (or module's) private state."""
+    return [
+        f"{name}:{node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+    ]
+
+
+def test_no_test_reads_private_state() -> None:
+    """Tests drive the public interfaces (a private attribute pins the implementation,
+    and passes on what no user can reach)."""
+    tests = sorted((ROOT / "tests").rglob("*.py"))
+    hits = [hit for p in tests for hit in private_reads(p.read_text(), str(p.relative_to(ROOT)))]
+    assert hits == []
+
+
+def test_the_private_read_check_is_not_vacuous() -> None:
+    source = (
+        "def f(sync, other):\n    self = sync\n    return self._own, sync._serving, other.peer\n"
+    )
+    assert private_reads(source, "probe") == ["probe:3: sync._serving"]

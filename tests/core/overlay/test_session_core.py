@@ -19,6 +19,8 @@ from overlay.keys import KeyPair
 from overlay.session import (
     FRAGMENT_BYTES,
     InitReplayCache,
+    Refused,
+    SessionAcceptor,
     SessionCore,
     SessionError,
     SessionState,
@@ -27,6 +29,7 @@ from overlay.session import (
 
 ALICE = KeyPair.from_seed(b"\x0a" * 32)
 BOB = KeyPair.from_seed(b"\x0b" * 32)
+CAROL = KeyPair.from_seed(b"\x0c" * 32)
 
 
 def pump(
@@ -242,6 +245,32 @@ def test_replay_cache_refuses_a_second_copy_and_forgets_what_went_stale() -> Non
     [fresh] = SessionCore.initiate(ALICE, BOB.public, later).outgoing(later)
     assert cache.admit(SessionCore.respond(BOB, fresh, later), later)
     assert len(cache) == 1
+
+
+def test_the_acceptor_opens_an_init_once_refuses_its_replays_before_any_key_work_and_then_as_stale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a relay that carried an INIT can do with it: send it again. Within the
+    freshness window the bytes alone refuse it (no Diffie-Hellman is spent on it), after
+    it its age does; a packet that is no INIT of ours opens nothing."""
+    responded: list[bytes] = []
+    respond = SessionCore.respond
+
+    def counting(local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
+        responded.append(packet)
+        return respond(local, packet, now_ms)
+
+    monkeypatch.setattr(SessionCore, "respond", staticmethod(counting))
+    acceptor = SessionAcceptor(BOB)
+    [init] = SessionCore.initiate(ALICE, BOB.public, 0).outgoing(0)
+    opened = acceptor.accept(init, 10)
+    assert isinstance(opened, SessionCore) and opened.peer == ALICE.public
+    assert acceptor.accept(init, 20) is Refused.REPLAYED
+    assert responded == [init]
+    assert acceptor.accept(init, SESSION_INIT_FRESHNESS_MS + 1) is Refused.STALE
+    [for_carol] = SessionCore.initiate(ALICE, CAROL.public, 0).outgoing(0)
+    assert acceptor.accept(for_carol, 30) is Refused.UNREADABLE
+    assert acceptor.accept(b"\x01" + bytes(100), 30) is Refused.UNREADABLE
 
 
 def test_a_full_replay_cache_forgets_the_entry_that_goes_stale_first() -> None:

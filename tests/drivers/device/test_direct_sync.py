@@ -11,7 +11,7 @@ import trio.testing
 
 import overlay.session
 from overlay.keys import KeyPair
-from overlay.session import InitReplayCache, SessionCore
+from overlay.session import SessionCore
 from p2psync.device import Device
 from p2psync.device.siblings import TAKEOVER_GRACES
 from p2psync.device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S
@@ -21,6 +21,7 @@ from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from p2psync.sync.syncer import DELIVER_BEFORE_LEAVING_S
 
 from ..swarm.helpers import wait_until
+from .conftest import SyncEndpoints
 from .helpers import (
     befriend,
     device,
@@ -229,11 +230,15 @@ async def test_a_sibling_that_vanishes_without_goodbye_is_noticed_on_an_idle_ses
 
 
 async def test_a_replayed_init_does_not_displace_the_live_session(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sync_endpoints: SyncEndpoints,
 ) -> None:
     """A relay that kept an old INIT and plays it again: the overlay refuses it as stale,
-    and one that gets past the overlay (its replay cache overflowed) opens a session that
-    can never carry a record; it must not take the place of the siblings' live session."""
+    and one that gets past the overlay (a longer freshness window, so its replay cache has
+    let the INIT go while it is still taken) opens a session that can never carry a
+    record; it must not take the place of the siblings' live session."""
     inits: list[tuple[bytes, bytes]] = []
     respond = SessionCore.respond
 
@@ -262,20 +267,20 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
         await wait_until(
             lambda: acceptor.sync_status().connected_siblings == {dialer.whoami().device_id}
         )
-        assert acceptor._siblings.sync is not None and acceptor._siblings.sync.endpoint is not None
-        live = acceptor._siblings.sync._serving[dialer.whoami().device_id][2]
+        endpoint = sync_endpoints[acceptor.whoami().overlay_key]
+        dialer_key = dialer.whoami().overlay_key
+        await wait_until(lambda: len(endpoint.sessions_with(dialer_key)) == 1)  # old ones closed
+        [live] = endpoint.sessions_with(dialer_key)
         await trio.sleep(600)  # the old session is long gone
-        endpoint = acceptor._siblings.sync.endpoint
         accepted, stale = endpoint.stats.sessions_accepted, endpoint.stats.inits_stale
-        endpoint._on_packet(old_init, network.clock.now_ms())
+        endpoint.receive_packet(old_init)
         assert endpoint.stats.sessions_accepted == accepted
         assert endpoint.stats.inits_stale == stale + 1
         monkeypatch.setattr(overlay.session, "SESSION_INIT_FRESHNESS_MS", 86_400_000)
-        endpoint._init_replays = InitReplayCache()
-        endpoint._on_packet(old_init, network.clock.now_ms())
+        endpoint.receive_packet(old_init)
         assert endpoint.stats.sessions_accepted == accepted + 1
         await trio.sleep(60)
-        assert acceptor._siblings.sync._serving[dialer.whoami().device_id][2] is live
+        assert live in endpoint.sessions_with(dialer_key)
         assert acceptor.sync_status().connected_siblings == {dialer.whoami().device_id}
 
 

@@ -18,7 +18,7 @@ but wait, and:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import trio.testing
 
 from overlay.contact import Contact
 from overlay.endpoint import Endpoint
+from overlay.endpoint_core import EndpointCore
 from overlay.link import LinkProfile, MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device import Device
@@ -35,6 +36,7 @@ from p2psync.network import LocalNetwork, open_local_network
 from p2psync.services import AnnouncedRelay
 
 from ..swarm.helpers import wait_until
+from .conftest import SyncEndpoints
 from .helpers import QUIET, siblings_and_friend
 
 SEED = 7
@@ -65,23 +67,23 @@ async def open_seeded_world() -> AsyncIterator[LocalNetwork]:
         yield network
 
 
-def endpoint_of(sibling: Device) -> Endpoint:
-    sync = sibling._siblings.sync
-    assert sync is not None and sync.endpoint is not None
-    return sync.endpoint
-
-
-def relay_carrying_session(network: LocalNetwork, phone: Device, desktop: Device) -> AnnouncedRelay:
+def relay_carrying_session(
+    network: LocalNetwork, endpoints: SyncEndpoints, phone: Device, desktop: Device
+) -> AnnouncedRelay:
     """A relay on the path by which each sibling's session reaches the other (its peer's
     intro is that path's terminal hop), so that both directions break at once; if the two
     paths share no relay, the intro relay the phone's session delivers to."""
     reached_by: list[list[bytes]] = []
     for sender, receiver in ((phone, desktop), (desktop, phone)):
-        sync = sender._siblings.sync
-        assert sync is not None
-        intro = sync._serving[receiver.whoami().device_id][2]._core.peer_intro
+        receiving = endpoints[receiver.whoami().overlay_key]
+        [intro] = {
+            session.peer_intro
+            for session in endpoints[sender.whoami().overlay_key].sessions_with(
+                receiving.public_key
+            )
+        }
         assert intro is not None
-        [path] = [p for p in endpoint_of(receiver).paths if p.intro_id == intro.intro_id]
+        [path] = [p for p in receiving.paths if p.intro_id == intro.intro_id]
         reached_by.append([hop.pubkey for hop in path.hops])
     to_desktop, to_phone = reached_by
     shared = [key for key in to_desktop if key in to_phone]
@@ -90,24 +92,28 @@ def relay_carrying_session(network: LocalNetwork, phone: Device, desktop: Device
     return victim
 
 
-def record_hop_choices(sibling: Device) -> list[tuple[int, set[bytes]]]:
-    """From now on, for every path ``sibling``'s endpoint builds: how many of its paths
-    had died young by then, and the relays it chose."""
-    endpoint = endpoint_of(sibling)
-    choose = endpoint._choose_hops
-    choices: list[tuple[int, set[bytes]]] = []
+def record_hop_choices(
+    monkeypatch: pytest.MonkeyPatch, endpoints: SyncEndpoints, devices: Sequence[Device]
+) -> dict[str, list[tuple[int, set[bytes]]]]:
+    """From now on, for every path one of ``devices``' endpoints builds: how many of its
+    paths had died young by then, and the relays it chose (by device name)."""
+    by_stats = {id(endpoints[d.whoami().overlay_key].stats): d.whoami().name for d in devices}
+    choices: dict[str, list[tuple[int, set[bytes]]]] = {name: [] for name in by_stats.values()}
+    choose = EndpointCore.choose_hops
 
-    def recording() -> list[Contact]:
-        hops = choose()
-        choices.append((endpoint.stats.paths_failed, {hop.pubkey for hop in hops}))
+    def recording(core: EndpointCore) -> list[Contact]:
+        hops = choose(core)
+        name = by_stats.get(id(core.stats))
+        if name is not None:
+            choices[name].append((core.stats.paths_failed, {hop.pubkey for hop in hops}))
         return hops
 
-    endpoint._choose_hops = recording  # type: ignore[method-assign]
+    monkeypatch.setattr(EndpointCore, "choose_hops", recording)
     return choices
 
 
-def routes_through(sibling: Device, relay: bytes) -> bool:
-    return any(relay in {hop.pubkey for hop in path.hops} for path in endpoint_of(sibling).paths)
+def routes_through(endpoint: Endpoint, relay: bytes) -> bool:
+    return any(relay in {hop.pubkey for hop in path.hops} for path in endpoint.paths)
 
 
 def view(sibling: Device) -> list[tuple[int, bytes, str, bool, str, str]]:
@@ -130,8 +136,15 @@ def holding(message: bytes, conversation: str) -> Callable[[Device], bool]:
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
 async def test_a_relay_killed_under_an_open_session_loses_nothing_and_heals(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    mode: str,
+    monkeypatch: pytest.MonkeyPatch,
+    sync_endpoints: SyncEndpoints,
 ) -> None:
+    def endpoint_of(sibling: Device) -> Endpoint:
+        return sync_endpoints[sibling.whoami().overlay_key]
+
     async with (
         open_seeded_world() as network,
         siblings_and_friend(network, tmp_path, mode) as (phone, desktop, bob),
@@ -158,12 +171,12 @@ async def test_a_relay_killed_under_an_open_session_loses_nothing_and_heals(
             await trio.sleep(KILL_AFTER * GAP_S + GAP_S / 3)  # mid-stream
             assert 0 < len(sent) < 3 * ROUNDS
             assert phone.sync_status().connected_siblings == {desktop.whoami().device_id}
-            victim = relay_carrying_session(network, phone, desktop)
+            victim = relay_carrying_session(network, sync_endpoints, phone, desktop)
             victim_key = victim.public_key
             failed_before = {
                 d.whoami().name: endpoint_of(d).stats.paths_failed for d in (phone, desktop)
             }
-            choices = {d.whoami().name: record_hop_choices(d) for d in (phone, desktop)}
+            choices = record_hop_choices(monkeypatch, sync_endpoints, (phone, desktop))
             await network.stop_relay(victim)
             killed_at = trio.current_time()
         assert len(sent) == len(set(sent)) == 3 * ROUNDS
@@ -181,8 +194,8 @@ async def test_a_relay_killed_under_an_open_session_loses_nothing_and_heals(
             lambda: (
                 phone.sync_status().connected_siblings == {desktop.whoami().device_id}
                 and desktop.sync_status().connected_siblings == {phone.whoami().device_id}
-                and not routes_through(phone, victim_key)
-                and not routes_through(desktop, victim_key)
+                and not routes_through(endpoint_of(phone), victim_key)
+                and not routes_through(endpoint_of(desktop), victim_key)
             ),
             limit_s=RECOVERY_S,
         )
