@@ -330,7 +330,7 @@ async def test_a_replayed_init_opens_no_session(
 
     monkeypatch.setattr(SessionCore, "respond", staticmethod(recording))
     network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
-    async with ready_pair(network, 10, seed=4, endpoint_seeds=(1, 2)) as (alice, bob, clock):
+    async with ready_pair(network, 10, seed=4, endpoint_seeds=(1, 2)) as (alice, bob, _):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(echo_one, bob)
             async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
