@@ -294,14 +294,14 @@ async def _privacy(
 
 async def _pairing(phone: Device, desktop: Device, mode: str, say: Callable[[str], None]) -> None:
     say(f"[bold]1. Pairing[/] ({mode} mode): Alice's desktop asks her phone to pair")
-    ticket = await desktop.request_pairing(phone.session_id)
-    await _step("the pairing request", lambda: bool(phone.pairing_requests()))
-    [offer] = phone.pairing_requests()
+    ticket = await desktop.pairing.request(phone.session_id)
+    await _step("the pairing request", lambda: bool(phone.pairing.requests()))
+    [offer] = phone.pairing.requests()
     say(
         f"   desktop shows [bold yellow]{ticket.code}[/], phone shows "
         f"[bold yellow]{offer.code}[/]: {'they match' if offer.code == ticket.code else 'MISMATCH'}"
     )
-    await phone.accept_pairing(offer.code)
+    await phone.pairing.accept(offer.code)
     await _step("the pairing grant", lambda: desktop.whoami().paired)
     how = "shares Alice's identity" if mode == "linked" else "is mapped to Alice on the file server"
     say(f"   paired: the desktop {how}")
@@ -320,9 +320,9 @@ async def _story(
     figures: dict[str, Any] = {"mode": mode}
     alice = phone.session_id
     say("[bold]2. Friends[/]: Bob asks Alice; her desktop accepts")
-    await bob.request_friend(alice, "hi, it's Bob")
-    await _step("Bob's request", lambda: desktop.contact(bob.session_id) is not None)
-    await desktop.accept_friend(bob.session_id)
+    await bob.friends.request(alice, "hi, it's Bob")
+    await _step("Bob's request", lambda: desktop.friends.contact(bob.session_id) is not None)
+    await desktop.friends.accept(bob.session_id)
     await _step(
         "the acceptance", lambda: _is_friend(bob, alice) and _is_friend(phone, bob.session_id)
     )
@@ -391,10 +391,10 @@ async def _story(
     )
 
     say("[bold]6. Public chat[/]: both of Alice's devices post; Bob sees one Alice")
-    await phone.create_room("lobby")
-    await phone.post("lobby", "Morning, everyone (phone)")
-    await desktop.post("lobby", "And hello from my desktop")
-    posts = await bob.room_messages("lobby")
+    await phone.rooms.create("lobby")
+    await phone.rooms.post("lobby", "Morning, everyone (phone)")
+    await desktop.rooms.post("lobby", "And hello from my desktop")
+    posts = await bob.rooms.messages("lobby")
     users = {post.user for post in posts}
     say(f"   {len(posts)} posts from {len(users)} user: {'Alice' if users == {alice} else users}")
 
@@ -418,7 +418,7 @@ def config_grace(device: Device) -> float:
 
 
 def _is_friend(device: Device, user: str) -> bool:
-    contact = device.contact(user)
+    contact = device.friends.contact(user)
     return contact is not None and contact.state == "friend"
 
 

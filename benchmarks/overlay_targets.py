@@ -168,16 +168,16 @@ async def _pair_and_befriend(phone: Device, desktop: Device, bob: Device) -> Non
     """The desktop pairs with the phone, Bob befriends Alice, and the two siblings have a
     session up: what a delivery needs. Each step fetches what it waits for at once
     (``sync_now``) instead of waiting for the next poll."""
-    ticket = await desktop.request_pairing(phone.session_id)
+    ticket = await desktop.pairing.request(phone.session_id)
     await desktop.flush()
-    await _fetch_until(phone, lambda d: any(o.code == ticket.code for o in d.pairing_requests()))
-    await phone.accept_pairing(ticket.code)
+    await _fetch_until(phone, lambda d: any(o.code == ticket.code for o in d.pairing.requests()))
+    await phone.pairing.accept(ticket.code)
     await phone.flush()
     await _fetch_until(desktop, lambda d: d.whoami().paired)
-    await bob.request_friend(phone.session_id)
+    await bob.friends.request(phone.session_id)
     await bob.flush()
-    await _fetch_until(phone, lambda d: d.contact(bob.session_id) is not None)
-    await phone.accept_friend(bob.session_id)
+    await _fetch_until(phone, lambda d: d.friends.contact(bob.session_id) is not None)
+    await phone.friends.accept(bob.session_id)
     await phone.flush()
     await _fetch_until(bob, partial(_is_friend, user=phone.session_id))
     await _fetch_until(desktop, partial(_is_friend, user=bob.session_id))
@@ -193,7 +193,7 @@ async def _fetch_until(device: Device, condition: Callable[[Device], bool]) -> N
 
 
 def _is_friend(device: Device, user: str) -> bool:
-    contact = device.contact(user)
+    contact = device.friends.contact(user)
     return contact is not None and contact.state == "friend"
 
 

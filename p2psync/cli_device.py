@@ -67,7 +67,7 @@ def _named(name: str, user: str) -> str:
 
 
 def _name_of(device: Device, user: str) -> str:
-    contact = device.contact(user)
+    contact = device.friends.contact(user)
     return "" if contact is None else contact.name
 
 
@@ -205,11 +205,11 @@ def _cmd_pair(args: argparse.Namespace) -> int:
     async def work() -> None:
         async with _device(args) as device:
             print(f"asked {args.primary[:12]}… to pair; waiting for it to answer", flush=True)
-            ticket = await device.request_pairing(args.primary)
+            ticket = await device.pairing.request(args.primary)
             print(f"pairing code: {ticket.code}", flush=True)
             print("check that the primary shows the same code, then accept it there:")
             print(f"  p2psync device accept --code '{ticket.code}' ...", flush=True)
-            await device.wait_paired()
+            await device.pairing.wait_paired()
             print(f"paired: this device now acts for user {device.session_id}")
 
     return _run(args, work)
@@ -219,7 +219,7 @@ def _cmd_accept(args: argparse.Namespace) -> int:
     code = args.code or args.decline
 
     def waiting(device: Device) -> bool:
-        offers = device.pairing_requests()
+        offers = device.pairing.requests()
         if code is None:
             return bool(offers)
         return any(o.code.replace(" ", "") == code.replace(" ", "") for o in offers)
@@ -230,7 +230,7 @@ def _cmd_accept(args: argparse.Namespace) -> int:
             with trio.move_on_after(args.wait):
                 await device.wait_for(waiting)
             if code is None:
-                offers = device.pairing_requests()
+                offers = device.pairing.requests()
                 if not offers:
                     raise PairingError(
                         "no pairing request is waiting (a new device asks with "
@@ -251,10 +251,10 @@ def _cmd_accept(args: argparse.Namespace) -> int:
                 if not args.json:
                     print("accept one with: p2psync device accept --code CODE ...")
             elif args.decline:
-                await device.decline_pairing(code)
+                await device.pairing.decline(code)
                 print(f"declined the pairing request with code {code}")
             else:
-                print(f"paired device {await device.accept_pairing(code)}")
+                print(f"paired device {await device.pairing.accept(code)}")
 
     return _run(args, work)
 
@@ -283,7 +283,7 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
                 _print_message(args, device, item)
             if items and not args.all:
                 device.mark_read(items[-1])
-            for contact in device.contacts():
+            for contact in device.friends.contacts():
                 if contact.state == "pending":
                     _emit(
                         args,
@@ -385,7 +385,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         async with _device(args) as device:
             await device.sync_now()
             if args.revoke:
-                await device.revoke_device(args.revoke)
+                await device.pairing.revoke(args.revoke)
                 print(f"revoked {args.revoke}")
             me, connected = device.whoami(), device.sync_status().connected_siblings
             _emit(
@@ -415,7 +415,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         async with _device(args) as device:
             retired = await device.migrate(args.to)
             await device.flush()
-            friends = sum(1 for c in device.contacts() if c.state == "friend")
+            friends = sum(1 for c in device.friends.contacts() if c.state == "friend")
             print(f"moved user {device.session_id} to {args.to} mode; told {friends} friend(s)")
             for old in retired:
                 print(
@@ -433,14 +433,14 @@ def _cmd_rooms(args: argparse.Namespace) -> int:
     async def work() -> None:
         async with _device(args, online=False) as device:
             if args.create:
-                room = await device.create_room(args.room)
+                room = await device.rooms.create(args.room)
                 print(f"created room {room.name!r}" if room.created else f"{room.name!r} exists")
             if args.post is not None:
-                receipt = await device.post(args.room, args.post)
+                receipt = await device.rooms.post(args.room, args.post)
                 print(f"posted #{receipt.id} as {receipt.user}")
             if args.create or args.post is not None:
                 return
-            for message in await device.room_messages(args.room, args.since):
+            for message in await device.rooms.messages(args.room, args.since):
                 text = message.body.decode(errors="replace")
                 _emit(
                     args,
@@ -462,17 +462,17 @@ def _cmd_contacts(args: argparse.Namespace) -> int:
         async with _device(args) as device:
             await device.sync_now()
             if args.add:
-                await device.request_friend(args.add, args.text)
+                await device.friends.request(args.add, args.text)
             if args.accept:
-                await device.accept_friend(args.accept)
+                await device.friends.accept(args.accept)
             if args.decline:
-                await device.decline_friend(args.decline)
+                await device.friends.decline(args.decline)
             await device.flush()
             if not args.json:
                 me = device.whoami()
                 user = _named(me.display_name, me.session_id)
                 print(f"user {user} (device {_short(me.device_id)}, {me.mode})")
-            for contact in device.contacts():
+            for contact in device.friends.contacts():
                 devices = ", ".join(_short(d) for d in contact.devices)
                 _emit(
                     args,

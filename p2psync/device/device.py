@@ -43,7 +43,7 @@ import random
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -51,23 +51,20 @@ import trio
 from overlay.tasks import open_task_nursery
 
 from ..errors import DecodeError
-from ..identity import Identity, session_id_key
-from ..opengroup import OpenGroupClient, PostReceipt, RoomMessage, sign_post, sign_room_request
+from ..identity import Identity
+from ..opengroup import OpenGroupClient
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
 from .access import NetworkAccess
 from .content import (
-    MAX_TEXT_CHARS,
-    FriendAccept,
-    FriendRequest,
     HistoryRecord,
     Profile,
     SyncProfile,
     Text,
     check_display_name,
 )
-from .friends import ContactState, FriendEffect, FriendEvent, IllegalTransition
-from .friends import transition as friend_transition
+from .facades import Friends, Pairing, Rooms, befriend, check_text
+from .friends import ContactState
 from .keys import choice_seed
 from .local import Local, whoami_of
 from .migrator import Migrator
@@ -76,7 +73,7 @@ from .outbox import Outbox
 from .pairer import Pairer
 from .receiver import Receiver
 from .siblings import SiblingEntries, SiblingHandler
-from .store import Contact, DeviceInUse, DeviceStore, HistoryItem
+from .store import DeviceInUse, DeviceStore, HistoryItem
 from .values import (
     DeviceConfig,
     DeviceError,
@@ -104,6 +101,15 @@ class Device:
     (friend and pairing machines, the inbound core, the mode's rules). Create it with
     :func:`open_device`."""
 
+    #: Contacts and friend requests: ``contacts``, ``contact``, ``request``, ``accept``,
+    #: ``decline``.
+    friends: Friends
+    #: The account's devices: ``request``, ``wait_paired``, ``requests``, ``accept``,
+    #: ``decline``, ``revoke``.
+    pairing: Pairing
+    #: Public rooms: ``create``, ``post``, ``messages``.
+    rooms: Rooms
+
     def __init__(
         self,
         local: Local,
@@ -120,11 +126,20 @@ class Device:
         self._siblings = SiblingHandler(local, network)
         self._outbox = Outbox(local, network, pool, swarm)
         self._pairer = Pairer(local, swarm, self._outbox, self._siblings, self._relisten)
+        self.friends = Friends(local, self._outbox)
+        self.pairing = Pairing(self._pairer)
+        self.rooms = Rooms(local, self._opengroup)
         self._migrator = Migrator(
             local, self._outbox, self._siblings, self.sync_now, self._relisten
         )
         self._receiver = Receiver(
-            local, swarm, self._outbox, self._siblings, self._pairer, self._migrator, self._befriend
+            local,
+            swarm,
+            self._outbox,
+            self._siblings,
+            self._pairer,
+            self._migrator,
+            partial(befriend, local, self._outbox),
         )
         self._online_scope: trio.CancelScope | None = None
         #: One switch at a time: going offline takes a while (the copies it stores first),
@@ -205,66 +220,7 @@ class Device:
         if item.seq > int(self._store.get_meta("read_seq") or b"0"):
             self._store.set_meta("read_seq", str(item.seq).encode())
 
-    # --- contacts and friend requests -------------------------------------------------------------
-
-    def contacts(self) -> list[Contact]:
-        """Every contact: friends, requests either way, declined."""
-        return self._store.contacts()
-
-    def contact(self, user: str) -> Contact | None:
-        """The contact ``user``, if known."""
-        return self._store.contact(user)
-
-    async def request_friend(self, user: str, text: str = "") -> None:
-        """Ask ``user`` to be friends; if they already asked us, this accepts instead."""
-        _check_user_id(user)
-        if user == self._local.user_id:
-            raise DeviceError("a user cannot befriend themselves")
-        _check_text(text)
-        await self._friend_event(user, FriendEvent.REQUEST, text)
-
-    async def accept_friend(self, user: str) -> None:
-        """Accept ``user``'s waiting request; they learn every device of ours."""
-        await self._friend_event(user, FriendEvent.ACCEPT)
-
-    async def decline_friend(self, user: str) -> None:
-        """Refuse a request; the requester is not told (that would confirm we exist)."""
-        await self._friend_event(user, FriendEvent.DECLINE)
-
-    async def _friend_event(self, user: str, event: FriendEvent, text: str = "") -> None:
-        """Run the user's ``event`` through the friend machine and execute its effects."""
-        existing = self._store.contact(user)
-        try:
-            move = friend_transition(None if existing is None else existing.state, event)
-        except IllegalTransition as exc:
-            raise DeviceError(f"{user[:12]}… {exc}") from None
-        if FriendEffect.SEND_ACCEPT in move.effects:
-            assert existing is not None
-            await self._befriend(existing)
-            return
-        if FriendEffect.SEND_REQUEST in move.effects:
-            devices = await self._outbox.own_devices()
-            with self._store.transaction():
-                self._local.queue(
-                    FriendRequest(self._local.user_id, devices, text, self._local.display_name),
-                    user,
-                )
-                self._local.set_contact(Contact(user, move.state, (user,), text))
-        else:
-            assert existing is not None
-            with self._store.transaction():
-                self._local.set_contact(replace(existing, state=move.state))
-        self._local.wake_outbox()
-
-    async def _befriend(self, contact: Contact) -> None:
-        """Tell ``contact`` every device of ours, and our siblings the new friend."""
-        devices = await self._outbox.own_devices()
-        with self._store.transaction():
-            self._local.queue(
-                FriendAccept(self._local.user_id, devices, self._local.display_name), contact.user
-            )
-            self._local.set_contact(replace(contact, state=ContactState.FRIEND))
-        self._local.wake_outbox()
+    # --- who we know ------------------------------------------------------------------------------
 
     async def set_display_name(self, name: str) -> None:
         """Set the name this user goes by: siblings and friends learn it (friends see it
@@ -295,7 +251,7 @@ class Device:
         contact = self._store.contact(user)
         if contact is None or contact.state != ContactState.FRIEND:
             raise DeviceError(f"{user[:12]}… is not a friend: send a friend request first")
-        _check_text(text)
+        check_text(text)
         with self._store.transaction():
             digest = self._local.queue(Text(self._local.user_id, text), user)
             assert digest is not None
@@ -319,36 +275,7 @@ class Device:
     def _relisten(self) -> None:
         self._receiver.relisten()
 
-    # --- pairing ----------------------------------------------------------------------------------
-
-    async def request_pairing(self, primary: str, name: str | None = None) -> PairingTicket:
-        """On a new device: ask ``primary`` (the user's existing device) to pair, and wait
-        for its challenge (it must be online) to return the ticket. Show the ticket's code;
-        the user accepts on the primary when it shows the same code, and
-        :meth:`wait_paired` returns once the grant arrived and checked out."""
-        return await self._pairer.request_pairing(primary, name)
-
-    async def wait_paired(self) -> None:
-        """Wait until the primary's grant arrived and checked out (put a deadline on it)."""
-        await self._pairer.wait_paired()
-
-    def pairing_requests(self) -> list[PairingOffer]:
-        """Requests from new devices waiting for the user to compare codes and accept."""
-        return self._pairer.pairing_requests()
-
-    async def accept_pairing(self, code: str) -> str:
-        """On the primary, after the user saw ``code`` on both screens: grant the request
-        and return the new device's id."""
-        return await self._pairer.accept_pairing(code)
-
-    async def decline_pairing(self, code: str) -> None:
-        """On the primary: refuse the request showing ``code``."""
-        await self._pairer.decline_pairing(code)
-
-    async def revoke_device(self, device: str) -> None:
-        """On the primary (``mapped``): unpair ``device``; senders stop reaching it once
-        their cached device list expires, and this device stops syncing to it at once."""
-        await self._pairer.revoke_device(device)
+    # --- the account's devices -------------------------------------------------------------------
 
     async def migrate(self, to: str = "linked") -> tuple[str, ...]:
         """On a ``mapped`` primary: move the account to ``linked`` mode, keeping history
@@ -364,28 +291,8 @@ class Device:
         or that is not the primary; a file server that cannot be reached changes nothing."""
         return await self._migrator.migrate(to)
 
-    # --- open groups ------------------------------------------------------------------------------
-
     async def _opengroup(self) -> OpenGroupClient:
         return OpenGroupClient(await self._pool.get(self._network.opengroup_url))
-
-    async def create_room(self, room: str) -> Room:
-        """Create a public room (signed by this user: the server rations rooms per key);
-        the room says whether it was ``created`` now or existed already."""
-        request = sign_room_request(self._local.identity, room, self._local.clock.now_ms())
-        return Room(room, await (await self._opengroup()).create_room(request))
-
-    async def post(self, room: str, text: str) -> PostReceipt:
-        """Post to a public room, signed by this device; the server attributes it to the user."""
-        claim = None if self._local.is_primary else self._local.user_id
-        now = self._local.clock.now_ms()
-        post = sign_post(self._local.identity, room, text.encode(), now, primary=claim)
-        return await (await self._opengroup()).post(post)
-
-    async def room_messages(self, room: str, since: int = 0) -> list[RoomMessage]:
-        """A public room's messages after ``since`` (a message id)."""
-        messages, _ = await (await self._opengroup()).messages(room, since)
-        return messages
 
     # --- direct sync with siblings ------------------------------------------------------------
 
@@ -457,18 +364,6 @@ class Device:
                     nursery.start_soon(self._siblings.run, self.sync_now)
             finally:
                 self._offline.set()
-
-
-def _check_user_id(user: str) -> None:
-    try:
-        session_id_key(user)
-    except DecodeError:
-        raise DeviceError(f"{user!r} is not a session id") from None
-
-
-def _check_text(text: str) -> None:
-    if len(text) > MAX_TEXT_CHARS:
-        raise DeviceError(f"a message is at most {MAX_TEXT_CHARS} characters")
 
 
 def _create(store: DeviceStore, mode: str, name: str, seed: bytes | None) -> None:

@@ -118,7 +118,7 @@ class PairingOffer:
 
 @dataclass(frozen=True, slots=True)
 class Room:
-    """A public room as :meth:`~p2psync.device.device.Device.create_room` leaves it:
+    """A public room as :meth:`~p2psync.device.facades.Rooms.create` leaves it:
     ``created`` is False when it existed already (rooms are shared, so that is no error)."""
 
     name: str

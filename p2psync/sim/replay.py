@@ -155,16 +155,16 @@ class Replay:
             await device.flush()
 
     async def _pair(self, primary: Device, new: Device) -> None:
-        ticket = await new.request_pairing(primary.session_id)
-        await primary.wait_for(lambda d: any(o.code == ticket.code for o in d.pairing_requests()))
-        await primary.accept_pairing(ticket.code)
-        await new.wait_paired()
+        ticket = await new.pairing.request(primary.session_id)
+        await primary.wait_for(lambda d: any(o.code == ticket.code for o in d.pairing.requests()))
+        await primary.pairing.accept(ticket.code)
+        await new.pairing.wait_paired()
 
     async def _befriend(self, a: int, b: int) -> None:
         asker, answerer = self.devices[(a, "phone")], self.devices[(b, "phone")]
-        await asker.request_friend(answerer.session_id, "")
-        await answerer.wait_for(lambda d: d.contact(asker.session_id) is not None)
-        await answerer.accept_friend(asker.session_id)
+        await asker.friends.request(answerer.session_id, "")
+        await answerer.wait_for(lambda d: d.friends.contact(asker.session_id) is not None)
+        await answerer.friends.accept(asker.session_id)
         for user, other in ((a, answerer), (b, asker)):
             for kind in KINDS:
                 await self.devices[(user, kind)].wait_for(
@@ -272,5 +272,5 @@ def _key(name: str) -> tuple[int, str]:
 
 
 def _is_friend(device: Device, other: str) -> bool:
-    contact = device.contact(other)
+    contact = device.friends.contact(other)
     return contact is not None and contact.state == "friend"

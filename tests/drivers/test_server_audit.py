@@ -54,8 +54,8 @@ async def test_servers_never_see_a_device_address_when_requests_go_by_onion(
             await phone.flush()
             await desktop.set_online(True)
             await wait_until(lambda: len(texts(desktop, bob.session_id)) == 2)
-            await phone.create_room("lobby")
-            await desktop.post("lobby", "from the desktop")
+            await phone.rooms.create("lobby")
+            await desktop.rooms.post("lobby", "from the desktop")
             account = phone.session_id
     alice = {HOSTS["phone"], HOSTS["desktop"]}
     if route == "onion":

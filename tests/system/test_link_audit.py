@@ -47,8 +47,8 @@ async def test_a_link_observer_reads_account_and_node_keys_only_on_plain_links(
 
         with trio.fail_after(STORY_S):
             async with device("alice") as alice, device("bob") as bob:
-                await alice.request_friend(bob.session_id, "hi, it's me")
-                await wait_until(lambda: bob.contact(alice.session_id) is not None)
+                await alice.friends.request(bob.session_id, "hi, it's me")
+                await wait_until(lambda: bob.friends.contact(alice.session_id) is not None)
                 keys = account_and_node_keys(network, [alice.whoami(), bob.whoami()])
         read = links.plaintext_keys(keys)
     assert links.connections > 0  # not vacuous: the devices' links went through taps

@@ -52,21 +52,21 @@ def device(
 
 async def pair(primary: Device, new: Device) -> None:
     """The user's part of pairing: compare the code on both screens, accept on the primary."""
-    ticket = await new.request_pairing(primary.session_id)
-    await wait_until(lambda: bool(primary.pairing_requests()))
-    [offer] = primary.pairing_requests()
+    ticket = await new.pairing.request(primary.session_id)
+    await wait_until(lambda: bool(primary.pairing.requests()))
+    [offer] = primary.pairing.requests()
     assert offer.code == ticket.code and len(ticket.code) == 7
-    assert await primary.accept_pairing(offer.code) == new.whoami().device_id
+    assert await primary.pairing.accept(offer.code) == new.whoami().device_id
     with trio.fail_after(60):
-        await new.wait_paired()
+        await new.pairing.wait_paired()
 
 
 async def befriend(asker: Device, answerer: Device) -> None:
-    await asker.request_friend(answerer.session_id, "hi, it's me")
-    await wait_until(lambda: answerer.contact(asker.session_id) is not None)
-    contact = answerer.contact(asker.session_id)
+    await asker.friends.request(answerer.session_id, "hi, it's me")
+    await wait_until(lambda: answerer.friends.contact(asker.session_id) is not None)
+    contact = answerer.friends.contact(asker.session_id)
     assert contact is not None and contact.state == "pending" and contact.note == "hi, it's me"
-    await answerer.accept_friend(asker.session_id)
+    await answerer.friends.accept(asker.session_id)
     await wait_until(lambda: is_friend(asker, answerer.session_id))
 
 
@@ -88,7 +88,7 @@ async def siblings_and_friend(
 
 
 def is_friend(device: Device, other: str) -> bool:
-    contact = device.contact(other)
+    contact = device.friends.contact(other)
     return contact is not None and contact.state == "friend"
 
 

@@ -26,7 +26,7 @@ BOB = Identity.from_label("device/bob").session_id
 
 
 def name_of(reader: Device, user: str) -> str:
-    contact = reader.contact(user)
+    contact = reader.friends.contact(user)
     return "" if contact is None else contact.name
 
 

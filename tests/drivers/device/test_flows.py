@@ -37,11 +37,11 @@ async def test_linked_devices_share_one_identity(
         alice = phone.session_id
 
         # Bob's request lands in the shared swarm: both devices see it, either accepts.
-        await bob.request_friend(alice, "hello Alice")
+        await bob.friends.request(alice, "hello Alice")
         await wait_until(
-            lambda: all(d.contact(bob.session_id) is not None for d in (phone, desktop))
+            lambda: all(d.friends.contact(bob.session_id) is not None for d in (phone, desktop))
         )
-        await desktop.accept_friend(bob.session_id)
+        await desktop.friends.accept(bob.session_id)
         await wait_until(lambda: is_friend(bob, alice))
         await wait_until(lambda: is_friend(phone, bob.session_id))
 
@@ -61,10 +61,10 @@ async def test_linked_devices_share_one_identity(
         assert stored_messages(network, alice, NAMESPACE_SYNC) >= 1
 
         # A public chat sees both devices as one person: the shared key signs.
-        await phone.create_room("lobby")
-        await phone.post("lobby", "from my phone")
-        await desktop.post("lobby", "from my desktop")
-        posts = await bob.room_messages("lobby")
+        await phone.rooms.create("lobby")
+        await phone.rooms.post("lobby", "from my phone")
+        await desktop.rooms.post("lobby", "from my desktop")
+        posts = await bob.rooms.messages("lobby")
         assert [(p.user, p.body) for p in posts] == [
             (alice, b"from my phone"),
             (alice, b"from my desktop"),
@@ -87,13 +87,13 @@ async def test_mapped_devices_fan_out_and_sync(
         assert not desktop.whoami().is_primary
 
         # Bob's request is fanned out to both of Alice's devices (mapping on the file server).
-        await bob.request_friend(alice, "hello Alice")
+        await bob.friends.request(alice, "hello Alice")
         await wait_until(
-            lambda: all(d.contact(bob.session_id) is not None for d in (phone, desktop))
+            lambda: all(d.friends.contact(bob.session_id) is not None for d in (phone, desktop))
         )
-        await desktop.accept_friend(bob.session_id)
+        await desktop.friends.accept(bob.session_id)
         await wait_until(lambda: is_friend(bob, alice))
-        contact = bob.contact(alice)
+        contact = bob.friends.contact(alice)
         assert contact is not None and set(contact.devices) == {alice, desktop.whoami().device_id}
         await wait_until(lambda: is_friend(phone, bob.session_id))
 
@@ -119,11 +119,11 @@ async def test_mapped_devices_fan_out_and_sync(
         assert stored_messages(network, desktop.whoami().device_id, NAMESPACE_MESSAGES) == 2
 
         # Open group: the server maps the secondary's key to Alice.
-        assert await phone.create_room("lobby") == Room("lobby", created=True)
-        assert await desktop.create_room("lobby") == Room("lobby", created=False)
-        await desktop.post("lobby", "from my desktop")
-        await phone.post("lobby", "from my phone")
-        posts = await bob.room_messages("lobby")
+        assert await phone.rooms.create("lobby") == Room("lobby", created=True)
+        assert await desktop.rooms.create("lobby") == Room("lobby", created=False)
+        await desktop.rooms.post("lobby", "from my desktop")
+        await phone.rooms.post("lobby", "from my phone")
+        posts = await bob.rooms.messages("lobby")
         assert [(p.user, p.device) for p in posts] == [
             (alice, desktop.whoami().device_id),
             (alice, alice),
@@ -132,10 +132,12 @@ async def test_mapped_devices_fan_out_and_sync(
         # Revoked, the desktop stops receiving: senders' device lists drop it. The file
         # server turns malicious at once and re-lists the desktop without its revocation;
         # Bob hears the revocation from Alice's primary itself and keeps applying it.
-        await phone.revoke_device(desktop.whoami().device_id)
+        await phone.pairing.revoke(desktop.whoami().device_id)
         with sqlite3.connect(network.data_dir / "fileserver.sqlite3") as files:
             files.execute("UPDATE mappings SET active = 1, revoked_at = NULL, revocation = NULL")
-        await wait_until(lambda: is_friend(bob, alice) and bob.contact(alice).devices == (alice,))  # type: ignore[union-attr]
+        await wait_until(
+            lambda: is_friend(bob, alice) and bob.friends.contact(alice).devices == (alice,)  # type: ignore[union-attr]
+        )
         await trio.sleep(bob.config.mapping_cache_s + 1)
         await bob.send(alice, "are you there?")
         await wait_until(lambda: len(phone.history(bob.session_id)) == 3)
@@ -187,7 +189,7 @@ async def test_state_survives_a_restart(
         await bob.flush()
         async with device(network, tmp_path, "alice") as alice:
             assert alice.whoami().mode == mode and alice.session_id == user
-            assert [c.state for c in alice.contacts()] == ["friend"]
+            assert [c.state for c in alice.friends.contacts()] == ["friend"]
             await wait_until(lambda: len(alice.history()) == 2)
             assert texts(alice, bob.session_id) == [(False, "one"), (False, "two")]
 
@@ -204,17 +206,20 @@ async def test_a_declined_request_stays_declined_on_every_device(
     ):
         await pair(phone, desktop)
         alice = phone.session_id
-        await carol.request_friend(alice, "remember me?")
+        await carol.friends.request(alice, "remember me?")
         await wait_until(
-            lambda: all(d.contact(carol.session_id) is not None for d in (phone, desktop))
+            lambda: all(d.friends.contact(carol.session_id) is not None for d in (phone, desktop))
         )
-        await phone.decline_friend(carol.session_id)
+        await phone.friends.decline(carol.session_id)
         await wait_until(
-            lambda: (c := desktop.contact(carol.session_id)) is not None and c.state == "declined"
+            lambda: (
+                (c := desktop.friends.contact(carol.session_id)) is not None
+                and c.state == "declined"
+            )
         )
         # The requester is not told; what she sends next is refused, not filed.
         await trio.sleep(60)
-        contact = carol.contact(alice)
+        contact = carol.friends.contact(alice)
         assert contact is not None and contact.state == "requested"
         with pytest.raises(DeviceError, match="not a friend"):
             await carol.send(alice, "hello?")
@@ -255,9 +260,9 @@ async def test_a_linked_user_and_a_mapped_user_with_two_devices_talk_both_ways(
     ):
         await pair(phone, desktop)
         alice = phone.session_id
-        await desktop.request_friend(carol.session_id, "Alice here, on my desktop")
-        await wait_until(lambda: carol.contact(alice) is not None)
-        await carol.accept_friend(alice)
+        await desktop.friends.request(carol.session_id, "Alice here, on my desktop")
+        await wait_until(lambda: carol.friends.contact(alice) is not None)
+        await carol.friends.accept(alice)
         await wait_until(lambda: is_friend(phone, carol.session_id))
         await wait_until(lambda: is_friend(desktop, carol.session_id))
 
@@ -292,11 +297,11 @@ async def test_public_chat_attributes_second_devices_of_both_modes_to_their_user
         await pair(bob_phone, bob_desktop)
         alice, bob = alice_phone.session_id, bob_phone.session_id
         assert alice_desktop.whoami().device_id != alice
-        assert await carol.create_room("lobby") == Room("lobby", created=True)
-        await alice_desktop.post("lobby", "alice, from her second device")
-        await bob_desktop.post("lobby", "bob, from his second device")
+        assert await carol.rooms.create("lobby") == Room("lobby", created=True)
+        await alice_desktop.rooms.post("lobby", "alice, from her second device")
+        await bob_desktop.rooms.post("lobby", "bob, from his second device")
         for reader in (alice_phone, bob_phone, carol, dave):
-            posts = await reader.room_messages("lobby")
+            posts = await reader.rooms.messages("lobby")
             assert [(p.user, p.body) for p in posts] == [
                 (alice, b"alice, from her second device"),
                 (bob, b"bob, from his second device"),

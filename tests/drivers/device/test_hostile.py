@@ -74,7 +74,7 @@ async def test_a_forged_pairing_challenge_or_grant_is_refused(
         device(network, tmp_path, "tablet", "mapped") as tablet,
         open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
     ):
-        ticket = await tablet.request_pairing(phone.session_id)
+        ticket = await tablet.pairing.request(phone.session_id)
         # Mallory tries to change the code the tablet shows.
         challenge = PairChallenge(ticket.request_id, b"\7" * 32)
         await inject(swarm, MALLORY, tablet.whoami().device_id, NAMESPACE_CONTROL, challenge)
@@ -95,10 +95,10 @@ async def test_a_forged_pairing_challenge_or_grant_is_refused(
         assert "no request of this device" in await refusal(tablet, 3)
         assert not tablet.whoami().paired
         # The genuine grant still works.
-        await wait_until(lambda: bool(phone.pairing_requests()))
-        await phone.accept_pairing(ticket.code)
+        await wait_until(lambda: bool(phone.pairing.requests()))
+        await phone.pairing.accept(ticket.code)
         with trio.fail_after(60):
-            await tablet.wait_paired()
+            await tablet.pairing.wait_paired()
 
 
 async def test_a_mapping_signed_by_one_side_is_refused(
@@ -132,7 +132,7 @@ async def test_a_replayed_pairing_request_is_refused(
             device(network, tmp_path, "phone", mode) as phone,
             device(network, tmp_path, "tablet", mode) as tablet,
         ):
-            ticket = await tablet.request_pairing(phone.session_id)
+            ticket = await tablet.pairing.request(phone.session_id)
             # A storage node keeps a copy of the request as it passes.
             [captured] = {
                 row.data
@@ -140,19 +140,19 @@ async def test_a_replayed_pairing_request_is_refused(
                 if (row := node.store.get(phone.session_id, NAMESPACE_CONTROL, ticket.request_id))
             }
             assert captured is not None
-            await wait_until(lambda: bool(phone.pairing_requests()))
-            await phone.accept_pairing(ticket.code)
-            await tablet.wait_paired()
+            await wait_until(lambda: bool(phone.pairing.requests()))
+            await phone.pairing.accept(ticket.code)
+            await tablet.pairing.wait_paired()
             # Later traffic moves the phone's read position past the request.
             async with device(network, tmp_path, "laptop", mode) as laptop:
-                await laptop.request_pairing(phone.session_id)
-                await wait_until(lambda: len(phone.pairing_requests()) == 1)
+                await laptop.pairing.request(phone.session_id)
+                await wait_until(lambda: len(phone.pairing.requests()) == 1)
         # Once the request expired from the swarm, the copy is stored again.
         await trio.sleep(PAIRING_WINDOW_MS / 1000 + 700)
         async with device(network, tmp_path, "phone") as phone:
             await swarm.store(phone.session_id, NAMESPACE_CONTROL, captured)
             assert "replayed pairing request" in await refusal(phone)
-            assert phone.pairing_requests() == []
+            assert phone.pairing.requests() == []
 
 
 async def test_a_post_from_an_unmapped_key_is_refused(
@@ -165,7 +165,7 @@ async def test_a_post_from_an_unmapped_key_is_refused(
         open_opengroup_client(network.transport, network.opengroup_url) as room,
     ):
         await pair(phone, tablet)
-        await phone.create_room("lobby")
+        await phone.rooms.create("lobby")
         claim = sign_post(
             MALLORY, "lobby", b"I am Alice", network.clock.now_ms(), primary=phone.session_id
         )
@@ -174,9 +174,9 @@ async def test_a_post_from_an_unmapped_key_is_refused(
         assert refused.value.code == "unauthorized"
         assert "not a device of the claimed primary" in refused.value.message
         # A revoked device is unmapped too: its posts are no longer taken as Alice's.
-        await phone.revoke_device(tablet.whoami().device_id)
+        await phone.pairing.revoke(tablet.whoami().device_id)
         with pytest.raises(RpcError) as refused:
-            await tablet.post("lobby", "still me?")
+            await tablet.rooms.post("lobby", "still me?")
         assert refused.value.code == "unauthorized"
         posts, _ = await room.messages("lobby")
         assert posts == []
@@ -231,7 +231,9 @@ async def test_strangers_and_misplaced_records_are_refused(
         for _, _, expected in hostile:
             assert any(expected in reason for reason in reasons), expected
         assert any("sealed box does not open" in reason for reason in reasons)
-        assert alice.history() == [] and [c.user for c in alice.contacts()] == [bob.session_id]
+        assert alice.history() == [] and [c.user for c in alice.friends.contacts()] == [
+            bob.session_id
+        ]
         # Alice is unharmed: Bob still gets through.
         await bob.send(alice.session_id, "still here")
         await wait_until(lambda: len(alice.history()) == 1)
@@ -288,12 +290,12 @@ async def test_two_requests_showing_one_code_are_both_refused(
         device(network, tmp_path, "tablet", "linked") as tablet,
         device(network, tmp_path, "mallory", "linked") as mallory,
     ):
-        ticket = await tablet.request_pairing(phone.session_id)
-        await mallory.request_pairing(phone.session_id)
-        await wait_until(lambda: len(phone.pairing_requests()) == 2)
+        ticket = await tablet.pairing.request(phone.session_id)
+        await mallory.pairing.request(phone.session_id)
+        await wait_until(lambda: len(phone.pairing.requests()) == 2)
         with pytest.raises(PairingError, match="2 pairing requests show code 123 456"):
-            await phone.accept_pairing(ticket.code)
-        assert phone.pairing_requests() == []
+            await phone.pairing.accept(ticket.code)
+        assert phone.pairing.requests() == []
         await trio.sleep(60)
         assert not tablet.whoami().paired and not mallory.whoami().paired
 
@@ -392,11 +394,11 @@ async def test_a_flood_of_pairing_requests_gets_few_answers_and_pairing_still_wo
         answers = stored_kinds(network, MALLORY, NAMESPACE_CONTROL)
         assert answers == ["pair_challenge"] * REQUESTS_PER_KEY
         async with device(network, tmp_path, "tablet", "linked") as tablet:
-            ticket = await tablet.request_pairing(phone.session_id)
-            await wait_until(lambda: ticket.code in [o.code for o in phone.pairing_requests()])
-            await phone.accept_pairing(ticket.code)
+            ticket = await tablet.pairing.request(phone.session_id)
+            await wait_until(lambda: ticket.code in [o.code for o in phone.pairing.requests()])
+            await phone.pairing.accept(ticket.code)
             with trio.fail_after(60):
-                await tablet.wait_paired()
+                await tablet.pairing.wait_paired()
 
 
 async def test_a_record_that_trips_an_unforeseen_error_is_refused_not_fatal(

@@ -63,7 +63,7 @@ async def test_a_mapped_account_moves_to_linked_keeping_history_and_contacts(
         siblings_and_friend(network, tmp_path, "mapped", friend_mode) as (phone, desktop, bob),
     ):
         alice, old_desktop = phone.session_id, desktop.whoami().device_id
-        assert set(bob.contact(alice).devices) == {alice, old_desktop}  # type: ignore[union-attr]
+        assert set(bob.friends.contact(alice).devices) == {alice, old_desktop}  # type: ignore[union-attr]
 
         await bob.send(alice, "before the move")
         await desktop.send(bob.session_id, "from the desktop, before")
@@ -77,7 +77,7 @@ async def test_a_mapped_account_moves_to_linked_keeping_history_and_contacts(
         await send_forged_statement(network, alice, bob.session_id)
         await wait_until(lambda: len(bob.rejections) == 1)
         assert bob.rejections[0].kind == "account_linked"
-        assert set(bob.contact(alice).devices) == {alice, old_desktop}  # type: ignore[union-attr]
+        assert set(bob.friends.contact(alice).devices) == {alice, old_desktop}  # type: ignore[union-attr]
 
         assert await phone.migrate("linked") == (old_desktop,)
         assert phone.whoami().mode == "linked" and phone.session_id == alice
@@ -85,7 +85,7 @@ async def test_a_mapped_account_moves_to_linked_keeping_history_and_contacts(
         await wait_until(lambda: desktop.whoami().mode == "linked")
         me = desktop.whoami()
         assert (me.session_id, me.receives_as, me.device_id) == (alice, alice, old_desktop)
-        await wait_until(lambda: bob.contact(alice).devices == (alice,))  # type: ignore[union-attr]
+        await wait_until(lambda: bob.friends.contact(alice).devices == (alice,))  # type: ignore[union-attr]
         assert await listed_devices(network, alice) == (alice,)  # strangers see it too
 
         # The friend's message is stored once, for the account, and both devices read it,
@@ -112,7 +112,7 @@ async def test_a_mapped_account_moves_to_linked_keeping_history_and_contacts(
         # History and contacts intact on both devices, and the same on both.
         for d in (phone, desktop):
             assert before | {after, sent} == ids(d, bob.session_id)
-            assert [(c.user, c.state) for c in d.contacts()] == [(bob.session_id, "friend")]
+            assert [(c.user, c.state) for c in d.friends.contacts()] == [(bob.session_id, "friend")]
 
         for d in (phone, desktop):
             with pytest.raises(DeviceError, match="moved to linked mode already"):
@@ -139,7 +139,7 @@ async def test_a_secondary_away_longer_than_the_ttl_still_switches(
         await desktop.set_online(True)
         await bob.set_online(True)
         await wait_until(lambda: desktop.whoami().mode == "linked")
-        await wait_until(lambda: bob.contact(alice).devices == (alice,))  # type: ignore[union-attr]
+        await wait_until(lambda: bob.friends.contact(alice).devices == (alice,))  # type: ignore[union-attr]
         assert not desktop.rejections and not bob.rejections
 
 

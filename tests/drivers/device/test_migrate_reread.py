@@ -28,7 +28,9 @@ async def test_a_friend_reading_pre_move_messages_again_warns_of_nothing(
             await wait_until(lambda: any(i.id == sent for i in bob.history(phone.session_id)))
             assert await phone.migrate("linked") == (desktop.whoami().device_id,)
             await phone.flush()
-            await wait_until(lambda: bob.contact(phone.session_id).devices == (phone.session_id,))  # type: ignore[union-attr]
+            await wait_until(
+                lambda: bob.friends.contact(phone.session_id).devices == (phone.session_id,)  # type: ignore[union-attr]
+            )
             assert not bob.rejections
         async with device(network, tmp_path, "bob") as bob:
             await bob.sync_now()

@@ -41,13 +41,13 @@ async def test_two_users_of_any_two_modes_befriend_talk_and_post_as_themselves(
         anns, rexs = (ann_phone, ann_desktop), (rex_phone, rex_desktop)
         everyone = (*anns, *rexs)
 
-        await ann_desktop.request_friend(rex, "Ann, from my second device")
+        await ann_desktop.friends.request(rex, "Ann, from my second device")
         for d in rexs:
-            await wait_until(lambda d=d: d.contact(ann) is not None)  # type: ignore[misc]
-            contact = d.contact(ann)
+            await wait_until(lambda d=d: d.friends.contact(ann) is not None)  # type: ignore[misc]
+            contact = d.friends.contact(ann)
             assert contact is not None and contact.state == "pending"
             assert contact.note == "Ann, from my second device"
-        await rex_desktop.accept_friend(ann)
+        await rex_desktop.friends.accept(ann)
         for d, other in [*((d, rex) for d in anns), *((d, ann) for d in rexs)]:
             await wait_until(lambda d=d, other=other: is_friend(d, other))  # type: ignore[misc]
 
@@ -63,11 +63,11 @@ async def test_two_users_of_any_two_modes_befriend_talk_and_post_as_themselves(
             assert conversation(d, other) == expected, d.whoami().name
 
         # Public chat: each user's second device posts; every device reads the user.
-        await ann_phone.create_room("lobby")
-        await ann_desktop.post("lobby", "Ann's desktop")
-        await rex_desktop.post("lobby", "Rex's desktop")
+        await ann_phone.rooms.create("lobby")
+        await ann_desktop.rooms.post("lobby", "Ann's desktop")
+        await rex_desktop.rooms.post("lobby", "Rex's desktop")
         for d in everyone:
-            posts = await d.room_messages("lobby")
+            posts = await d.rooms.messages("lobby")
             assert [(p.user, p.body) for p in posts] == [
                 (ann, b"Ann's desktop"),
                 (rex, b"Rex's desktop"),

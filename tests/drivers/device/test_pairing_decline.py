@@ -37,7 +37,7 @@ async def test_a_declined_device_is_told_at_once_and_can_ask_again(
         device(network, tmp_path, "tablet", mode) as tablet,
         open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
     ):
-        ticket = await tablet.request_pairing(phone.session_id)
+        ticket = await tablet.pairing.request(phone.session_id)
         if mode == "mapped":
             # Mallory, who saw the request (a node of the primary's swarm), cannot cut the
             # pairing short: her decline (to the tablet's own key) is refused.
@@ -45,14 +45,14 @@ async def test_a_declined_device_is_told_at_once_and_can_ask_again(
             await inject(swarm, MALLORY, tablet.whoami().device_id, NAMESPACE_CONTROL, decline)
             assert "decline not signed by the device pairing was asked of" in await refusal(tablet)
             with trio.move_on_after(TOLD_WITHIN_S) as still_waiting:
-                await tablet.wait_paired()
+                await tablet.pairing.wait_paired()
             assert still_waiting.cancelled_caught
-        await wait_until(lambda: bool(phone.pairing_requests()))
-        await phone.decline_pairing(ticket.code)
-        assert phone.pairing_requests() == []
+        await wait_until(lambda: bool(phone.pairing.requests()))
+        await phone.pairing.decline(ticket.code)
+        assert phone.pairing.requests() == []
         started = trio.current_time()
         with trio.fail_after(TOLD_WITHIN_S), pytest.raises(PairingError, match="declined"):
-            await tablet.wait_paired()
+            await tablet.pairing.wait_paired()
         assert trio.current_time() - started < TOLD_WITHIN_S
         assert not tablet.whoami().paired and not phone.siblings()
         # The earlier decline says nothing of the next request.
