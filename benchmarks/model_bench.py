@@ -27,7 +27,7 @@ from p2psync.sim.scenario import Scenario, build_trace, load_trace
 Measured = dict[str, dict[str, Any] | str]
 
 
-def _measure(scenario: Scenario) -> Measured:
+def measure_strategies(scenario: Scenario) -> Measured:
     """Every strategy on ``scenario`` on real devices (in a worker process): its figures,
     or why the run gave none (one failing leaves the others to validate against)."""
     measured: Measured = {}
@@ -84,7 +84,7 @@ def run_model_bench(
             trace = load_trace(trace_path)  # a bad file fails before anything starts
         context = multiprocessing.get_context("spawn")
         receiving, sending = context.Pipe(duplex=False)
-        measuring = (_measure, check, sending)
+        measuring = (measure_strategies, check, sending)
         workers = [] if check is None else [context.Process(target=_send_measured, args=measuring)]
         # A process of our own, not a pool: Ctrl-C and SIGTERM end it at once (a pool's
         # exit waited for its work, over a minute, and SIGTERM left its processes running).

@@ -201,7 +201,7 @@ class Endpoint:
         *,
         local_name: str | None,
     ) -> None:
-        self.keys = keys
+        self._keys = keys
         self.stats = core.stats
         self._core = core
         self._transport = transport
@@ -219,8 +219,13 @@ class Endpoint:
         )
 
     @property
+    def keys(self) -> KeyPair:
+        """This endpoint's key pair (fixed for its life: sessions and introsets use it)."""
+        return self._keys
+
+    @property
     def public_key(self) -> bytes:
-        return self.keys.public
+        return self._keys.public
 
     @property
     def paths(self) -> list[Path]:
@@ -237,7 +242,7 @@ class Endpoint:
             elif isinstance(effect, PathsChanged):
                 self._signal_paths()
             elif isinstance(effect, DeliverPacket):
-                self.receive_packet(effect.packet)
+                self.deliver_packet(effect.packet)
             elif isinstance(effect, Answered):
                 asker = self._askers.get(effect.token)
                 if asker is not None:
@@ -439,7 +444,7 @@ class Endpoint:
         now = self._clock.now_ms()
         rendezvous = rendezvous_keys(shared_secret, self.public_key, epoch_of(now))
         intros = self._core.introset_intros(now)
-        introset = seal_introset(rendezvous, self.keys, intros, now + INTROSET_LIFETIME_MS)
+        introset = seal_introset(rendezvous, self._keys, intros, now + INTROSET_LIFETIME_MS)
         replicas = closest_relays(
             rendezvous.location, list(self._core.directory), INTROSET_REPLICAS
         )
@@ -523,11 +528,13 @@ class Endpoint:
 
     # --- sessions --------------------------------------------------------------------------
 
-    def receive_packet(self, packet: bytes) -> None:
-        """Take one session packet as our intro delivered it (each path hands over what
-        reaches its intro). What arrives here is chosen by others: any endpoint that knows
-        our intro, and the relays that carried a packet, which can send it again; a
-        packet for no open session goes to the :class:`SessionAcceptor`."""
+    def deliver_packet(self, packet: bytes) -> None:
+        """Take one session packet as if our intro had delivered it: each path hands over
+        here what reaches its intro, with no further check, so what arrives is chosen by
+        others (any endpoint that knows our intro, and the relays that carried a packet,
+        which can send it again; tests play them through this call). A packet for no open
+        session goes to the :class:`SessionAcceptor`. Call it inside the endpoint's
+        ``async with`` (it starts the session's task there)."""
         now = self._clock.now_ms()
         session_id = packet_session_id(packet)
         if session_id is None:
@@ -539,26 +546,26 @@ class Endpoint:
             session._wake_driver()
             session._notify()
             return
-        match self._acceptor.accept(packet, now):
-            case Refused.REPLAYED:
-                self.stats.inits_replayed += 1
-            case Refused.STALE:
-                self.stats.inits_stale += 1
-                logger.info("session refused: its INIT is stale (is this machine's clock right?)")
-            case Refused.UNREADABLE:
-                self.stats.cells_dropped += 1
-            case SessionCore() as core:
-                session = self._start_session(core)
-                try:
-                    self._accept_send.send_nowait(session)
-                    self.stats.sessions_accepted += 1
-                except trio.WouldBlock:
-                    core.close()
+        opened = self._acceptor.accept(packet, now)
+        if isinstance(opened, SessionCore):
+            session = self._start_session(opened)
+            try:
+                self._accept_send.send_nowait(session)
+                self.stats.sessions_accepted += 1
+            except trio.WouldBlock:
+                opened.close()
+        elif opened.why is Refused.REPLAYED:
+            self.stats.inits_replayed += 1
+        elif opened.why is Refused.STALE:
+            self.stats.inits_stale += 1
+            logger.info("session refused: %s (is this machine's clock right?)", opened.detail)
+        else:
+            self.stats.cells_dropped += 1
 
     def _start_session(self, core: SessionCore) -> Session:
         session = Session(self, core)
+        self._nursery.start_soon(self._drive_session, session)  # raises once closed
         self._sessions[core.session_id] = session
-        self._nursery.start_soon(self._drive_session, session)
         return session
 
     async def _drive_session(self, session: Session) -> None:
@@ -631,7 +638,7 @@ class Endpoint:
             if not intros:
                 raise SessionError("peer has no live introset")
         await self.wait_ready()
-        core = SessionCore.initiate(self.keys, peer, self._clock.now_ms())
+        core = SessionCore.initiate(self._keys, peer, self._clock.now_ms())
         core.peer_intro = max(intros, key=lambda i: i.expiry_ms)
         session = self._start_session(core)
         session._secret = shared_secret

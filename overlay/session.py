@@ -178,29 +178,43 @@ class Refused(enum.Enum):
     UNREADABLE = "unreadable"
 
 
+@dataclass(frozen=True)
+class Refusal:
+    why: Refused
+    #: What the check found (for a stale INIT: when it was sent, against our clock).
+    detail: str = ""
+
+
 class SessionAcceptor:
     """Whether a packet that belongs to no open session opens one, as the responder.
 
     Anyone who knows an endpoint's intro can send it packets, and the relays on the way
     can send again what they carried, so this is the decision an attacker reaches first:
     a replay is refused on its bytes before any Diffie-Hellman, a stale INIT by its age,
-    anything else that does not authenticate is dropped."""
+    anything else that does not authenticate is dropped.
+
+    The replay cache is bounded (``SESSION_INIT_REPLAY_ENTRIES``): someone who sends
+    that many fresh, authentic INITs (a handshake each, made to our key) evicts the oldest
+    still inside the window, and a replay of one of those then opens a session. Such a
+    session can never finish its handshake or carry a record; what runs on top must not
+    let it stand in for a live one (sibling sync keeps its session until a new one
+    carries a record)."""
 
     def __init__(self, local: KeyPair) -> None:
         self._local = local
         self._replays = InitReplayCache()
 
-    def accept(self, packet: bytes, now_ms: int) -> SessionCore | Refused:
+    def accept(self, packet: bytes, now_ms: int) -> SessionCore | Refusal:
         if self._replays.is_replay(packet, now_ms):
-            return Refused.REPLAYED
+            return Refusal(Refused.REPLAYED)
         try:
             core = SessionCore.respond(self._local, packet, now_ms)
-        except StaleInit:
-            return Refused.STALE
-        except SessionError:
-            return Refused.UNREADABLE
+        except StaleInit as exc:
+            return Refusal(Refused.STALE, str(exc))
+        except SessionError as exc:
+            return Refusal(Refused.UNREADABLE, str(exc))
         if not self._replays.admit(core, now_ms):
-            return Refused.REPLAYED
+            return Refusal(Refused.REPLAYED)
         return core
 
 

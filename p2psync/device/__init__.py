@@ -16,6 +16,7 @@ from .device import (
     describe_device,
     open_device,
 )
+from .facades import DevicePairing, Friends, Rooms
 from .friends import ContactState
 from .modes import Mode
 from .store import Contact, HistoryItem
@@ -26,6 +27,8 @@ __all__ = [
     "Device",
     "DeviceConfig",
     "DeviceError",
+    "DevicePairing",
+    "Friends",
     "HistoryItem",
     "Mode",
     "NetworkAccess",
@@ -35,6 +38,7 @@ __all__ = [
     "PairingTicket",
     "Rejection",
     "Room",
+    "Rooms",
     "SyncStatus",
     "Whoami",
     "create_device",

@@ -63,7 +63,7 @@ from .content import (
     Text,
     check_display_name,
 )
-from .facades import Friends, Pairing, Rooms, befriend, check_text
+from .facades import DevicePairing, Friends, Rooms, befriend, check_text
 from .friends import ContactState
 from .keys import choice_seed
 from .local import Local, whoami_of
@@ -106,7 +106,7 @@ class Device:
     friends: Friends
     #: The account's devices: ``request``, ``wait_paired``, ``requests``, ``accept``,
     #: ``decline``, ``revoke``.
-    pairing: Pairing
+    pairing: DevicePairing
     #: Public rooms: ``create``, ``post``, ``messages``.
     rooms: Rooms
 
@@ -127,7 +127,7 @@ class Device:
         self._outbox = Outbox(local, network, pool, swarm)
         self._pairer = Pairer(local, swarm, self._outbox, self._siblings, self._relisten)
         self.friends = Friends(local, self._outbox)
-        self.pairing = Pairing(self._pairer)
+        self.pairing = DevicePairing(self._pairer)
         self.rooms = Rooms(local, self._opengroup)
         self._migrator = Migrator(
             local, self._outbox, self._siblings, self.sync_now, self._relisten

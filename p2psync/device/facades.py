@@ -103,7 +103,7 @@ class Friends:
         local.wake_outbox()
 
 
-class Pairing:
+class DevicePairing:
     """Adding the user's devices and taking them away (``device.pairing``)."""
 
     def __init__(self, pairer: Pairer) -> None:

@@ -143,7 +143,7 @@ def _fingerprint(id_sum: int, count: int) -> bytes:
 _Range: TypeAlias = tuple[int, bytes, bytes, int, list[bytes]]
 
 
-def _decode_ranges(msg: bytes) -> list[_Range]:
+def decode_ranges(msg: bytes) -> list[_Range]:
     """Every range of a V1 message after its version byte, all validated before any is used,
     so a bad tail is refused even when a frame limit would stop processing before it."""
     ranges: list[_Range] = []
@@ -333,7 +333,7 @@ class Negentropy:
             if self._role == "initiator":
                 raise NegentropyError(f"peer speaks unsupported protocol version 0x{version:02x}")
             return bytes((PROTOCOL_VERSION,))
-        ranges = _decode_ranges(query)
+        ranges = decode_ranges(query)
 
         storage = self.storage
         keys = storage._keys

@@ -85,9 +85,8 @@ from p2psync.swarm.auth import (
     check_node_auth,
     sign_node_request,
 )
-from p2psync.swarm.client import _messages_from
 from p2psync.swarm.constants import MAX_NAMESPACE, MAX_TTL_MS
-from p2psync.swarm.messages import message_to_wire
+from p2psync.swarm.messages import RetrieveReply, message_to_wire
 from p2psync.swarm.proof import OwnerProof
 from p2psync.swarm.records import PEER_SKEW_MS, row_from_wire, row_to_wire
 from p2psync.swarm.registry import (
@@ -97,7 +96,7 @@ from p2psync.swarm.registry import (
     sign_announcement,
 )
 from p2psync.swarm.rows import StoredMessage
-from p2psync.sync.negentropy import Negentropy, NegentropyError, StorageVector, _decode_ranges
+from p2psync.sync.negentropy import Negentropy, NegentropyError, StorageVector, decode_ranges
 from p2psync.sync.records import Ack, Msg, Offer, Req, decode_record, encode_record
 from p2psync.wire import (
     INT64_MIN,
@@ -795,9 +794,9 @@ _RETRIEVED = {"messages": [message_to_wire(_ROW)], "more": True}
 @settings(FUZZ, max_examples=80)
 @given(values_around(_RETRIEVED))
 def test_retrieve_results_from_a_node_are_checked(value: object) -> None:
-    result = refused_or_decoded(lambda: _messages_from(value))
-    if result is not None:
-        messages, more = result
+    reply = refused_or_decoded(lambda: RetrieveReply.from_wire(value))
+    if reply is not None:
+        messages, more = list(reply.messages), reply.more
         assert isinstance(more, bool)
         assert all(message_hash(m.data) == m.hash for m in messages)
 
@@ -845,7 +844,7 @@ def test_negentropy_responder_refuses_garbage_and_answers_in_v1(message: bytes, 
     reply = refused_or_decoded(lambda: Negentropy(_OURS, limit).reconcile(message), NegentropyError)
     if reply is not None:
         assert isinstance(reply, bytes) and reply[:1] == b"\x61"
-        _decode_ranges(reply)
+        decode_ranges(reply)
         assert not limit or len(reply) <= limit
 
 
@@ -859,7 +858,7 @@ def test_negentropy_initiator_refuses_garbage(message: bytes, limit: int) -> Non
         assert isinstance(step, tuple)
         follow_up, have, need = step
         if follow_up is not None:
-            _decode_ranges(follow_up)
+            decode_ranges(follow_up)
         assert len(set(have)) == len(have) and len(set(need)) == len(need)
 
 

@@ -249,7 +249,7 @@ def _fake_measure(scenario: Scenario) -> dict[str, dict[str, Any] | str]:
 def test_the_bench_writes_modelled_figures_with_their_validation_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(model_bench, "_measure", _fake_measure)
+    monkeypatch.setattr(model_bench, "measure_strategies", _fake_measure)
     path = tmp_path / "bench.json"
     report = run_model_bench(40, 2.0, 10.0, "mobile", 3, str(path), None)
     assert json.loads(path.read_text()) == json.loads(json.dumps(report))

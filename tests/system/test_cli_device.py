@@ -153,7 +153,7 @@ async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_nex
             assert [item.id.hex() for item in bob.history(ids["alice"])] == [accepted]
 
 
-async def _pair(where: Callable[[str], list[str]], primary: str, new: str, user: str) -> None:
+async def pair_by_cli(where: Callable[[str], list[str]], primary: str, new: str, user: str) -> None:
     """Pair device ``new`` to ``primary`` (user ``user``) from the terminal."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(ok, "pair", *where(new), "--primary", user))
@@ -177,7 +177,7 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
         alice = ids["phone"]
         code_, _, err = await run("accept", *where("phone"))
         assert code_ == 1 and "no pairing request is waiting" in err
-        await _pair(where, "phone", "desktop", alice)
+        await pair_by_cli(where, "phone", "desktop", alice)
         me = json.loads(await ok("whoami", "--data", str(tmp_path / "desktop"), "--json"))
         assert me["user"] == alice and me["mode"] == "linked"
         await ok("contacts", *where("bob"), "--add", alice)

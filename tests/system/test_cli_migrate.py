@@ -11,7 +11,7 @@ import pytest
 
 from p2psync.network import open_local_network
 
-from .test_cli_device import _pair, ok, run
+from .test_cli_device import ok, pair_by_cli, run
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ async def test_a_mapped_account_moves_to_linked_from_the_terminal(tmp_path: Path
             out = await ok("init", "--data", str(tmp_path / name), "--mode", mode)
             ids[name] = out.split()[-1]
         alice, desktop, bob = ids["phone"], ids["desktop"], ids["bob"]
-        await _pair(where, "phone", "desktop", alice)
+        await pair_by_cli(where, "phone", "desktop", alice)
         await ok("contacts", *where("bob"), "--add", alice, "--text", "hi, Bob here")
         await ok("contacts", *where("phone"), "--accept", bob)
         assert f"friend    {alice}" in await ok("contacts", *where("bob"))

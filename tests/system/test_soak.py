@@ -84,7 +84,7 @@ def test_a_short_soak_reports_what_it_held_and_lost_nothing(tmp_path: Path) -> N
     )
     assert figures["stores"] > 0 and figures["retrieves"] > 0
     assert figures["acknowledged"] == figures["stores"]
-    assert figures["lost"] == 0
+    assert figures["lost"] == 0, _why_not_converged(figures, tmp_path)
     assert figures["converged"], _why_not_converged(figures, tmp_path)
     assert all(kib > 0 for kib in figures["peak_rss_kib"].values())
     assert (tmp_path / "s.json").exists()

@@ -19,6 +19,7 @@ from overlay.keys import KeyPair
 from overlay.session import (
     FRAGMENT_BYTES,
     InitReplayCache,
+    Refusal,
     Refused,
     SessionAcceptor,
     SessionCore,
@@ -247,6 +248,10 @@ def test_replay_cache_refuses_a_second_copy_and_forgets_what_went_stale() -> Non
     assert len(cache) == 1
 
 
+def why(outcome: SessionCore | Refusal) -> Refused | None:
+    return outcome.why if isinstance(outcome, Refusal) else None
+
+
 def test_the_acceptor_opens_an_init_once_refuses_its_replays_before_any_key_work_and_then_as_stale(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -265,12 +270,13 @@ def test_the_acceptor_opens_an_init_once_refuses_its_replays_before_any_key_work
     [init] = SessionCore.initiate(ALICE, BOB.public, 0).outgoing(0)
     opened = acceptor.accept(init, 10)
     assert isinstance(opened, SessionCore) and opened.peer == ALICE.public
-    assert acceptor.accept(init, 20) is Refused.REPLAYED
+    assert why(acceptor.accept(init, 20)) is Refused.REPLAYED
     assert responded == [init]
-    assert acceptor.accept(init, SESSION_INIT_FRESHNESS_MS + 1) is Refused.STALE
+    stale = acceptor.accept(init, SESSION_INIT_FRESHNESS_MS + 1)
+    assert why(stale) is Refused.STALE and "stale" in getattr(stale, "detail", "")
     [for_carol] = SessionCore.initiate(ALICE, CAROL.public, 0).outgoing(0)
-    assert acceptor.accept(for_carol, 30) is Refused.UNREADABLE
-    assert acceptor.accept(b"\x01" + bytes(100), 30) is Refused.UNREADABLE
+    assert why(acceptor.accept(for_carol, 30)) is Refused.UNREADABLE
+    assert why(acceptor.accept(b"\x01" + bytes(100), 30)) is Refused.UNREADABLE
 
 
 def test_a_full_replay_cache_forgets_the_entry_that_goes_stale_first() -> None:

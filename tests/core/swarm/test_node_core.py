@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -487,8 +488,8 @@ def test_every_message_type_is_covered() -> None:
 
     types = {
         obj
-        for obj in vars(messages).values()
-        if isinstance(obj, type) and obj.__module__ == messages.__name__
+        for _, obj in inspect.getmembers(messages, inspect.isclass)
+        if obj.__module__ == messages.__name__
     }
     assert types == {type(m) for m, _ in MESSAGES} | {Message}
 

@@ -273,11 +273,11 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
         [live] = endpoint.sessions_with(dialer_key)
         await trio.sleep(600)  # the old session is long gone
         accepted, stale = endpoint.stats.sessions_accepted, endpoint.stats.inits_stale
-        endpoint.receive_packet(old_init)
+        endpoint.deliver_packet(old_init)
         assert endpoint.stats.sessions_accepted == accepted
         assert endpoint.stats.inits_stale == stale + 1
         monkeypatch.setattr(overlay.session, "SESSION_INIT_FRESHNESS_MS", 86_400_000)
-        endpoint.receive_packet(old_init)
+        endpoint.deliver_packet(old_init)
         assert endpoint.stats.sessions_accepted == accepted + 1
         await trio.sleep(60)
         assert live in endpoint.sessions_with(dialer_key)

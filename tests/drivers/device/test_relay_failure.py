@@ -67,7 +67,7 @@ async def open_seeded_world() -> AsyncIterator[LocalNetwork]:
         yield network
 
 
-def relay_carrying_session(
+async def relay_carrying_session(
     network: LocalNetwork, endpoints: SyncEndpoints, phone: Device, desktop: Device
 ) -> AnnouncedRelay:
     """A relay on the path by which each sibling's session reaches the other (its peer's
@@ -75,13 +75,12 @@ def relay_carrying_session(
     paths share no relay, the intro relay the phone's session delivers to."""
     reached_by: list[list[bytes]] = []
     for sender, receiver in ((phone, desktop), (desktop, phone)):
-        receiving = endpoints[receiver.whoami().overlay_key]
-        [intro] = {
-            session.peer_intro
-            for session in endpoints[sender.whoami().overlay_key].sessions_with(
-                receiving.public_key
-            )
-        }
+        sending, receiving = (endpoints[d.whoami().overlay_key] for d in (sender, receiver))
+        # While a session replaces another there are two, the new one's intro still unknown.
+        peer = receiving.public_key
+        await wait_until(lambda e=sending, k=peer: len(e.sessions_with(k)) == 1)  # type: ignore[misc]
+        [session] = sending.sessions_with(peer)
+        intro = session.peer_intro
         assert intro is not None
         [path] = [p for p in receiving.paths if p.intro_id == intro.intro_id]
         reached_by.append([hop.pubkey for hop in path.hops])
@@ -171,7 +170,7 @@ async def test_a_relay_killed_under_an_open_session_loses_nothing_and_heals(
             await trio.sleep(KILL_AFTER * GAP_S + GAP_S / 3)  # mid-stream
             assert 0 < len(sent) < 3 * ROUNDS
             assert phone.sync_status().connected_siblings == {desktop.whoami().device_id}
-            victim = relay_carrying_session(network, sync_endpoints, phone, desktop)
+            victim = await relay_carrying_session(network, sync_endpoints, phone, desktop)
             victim_key = victim.public_key
             failed_before = {
                 d.whoami().name: endpoint_of(d).stats.paths_failed for d in (phone, desktop)

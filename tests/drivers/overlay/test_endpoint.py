@@ -338,11 +338,11 @@ async def test_a_replayed_init_opens_no_session(
         [init] = inits
         await until_no_sessions(bob, limit_s=60)
         assert bob.stats.sessions_accepted == 1
-        bob.receive_packet(init)
+        bob.deliver_packet(init)
         assert bob.stats.inits_replayed == 1
         assert len(inits) == 1  # refused on its bytes, before any Diffie-Hellman
         await trio.sleep(SESSION_INIT_FRESHNESS_MS / 1000)
-        bob.receive_packet(init)
+        bob.deliver_packet(init)
         assert bob.stats.inits_stale == 1
         assert bob.stats.sessions_accepted == 1 and bob.session_count == 0
 
