@@ -30,7 +30,7 @@ from rich.table import Table
 from benchmarks.link_tap import account_and_node_keys, open_link_watch
 from benchmarks.relay_audit import TIMING_WINDOW_MS, RelayAudit, TimingMatch, siblings_apart_ms
 from overlay.keys import x25519_of
-from overlay.relay import SeenCell
+from overlay.relay_core import SeenCell
 from p2psync.device import Device, DeviceConfig, open_device
 from p2psync.envelope import open_envelope
 from p2psync.errors import P2PSyncError

@@ -37,7 +37,7 @@ from benchmarks.audit import ServerAudit
 from overlay.cells import CellKind
 from overlay.constants import PATH_PING_INTERVAL_MS
 from overlay.link import split_host_port
-from overlay.relay import SeenCell
+from overlay.relay_core import SeenCell
 from p2psync.clock import Clock
 from p2psync.network import LocalNetwork
 from p2psync.sim.scenario import merged_spans

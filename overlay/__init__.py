@@ -16,7 +16,8 @@ from .endpoint import Endpoint, Session, SessionClosed, open_endpoint
 from .introset import Intro
 from .keys import KeyPair
 from .link import Link, LinkClosed, LinkProfile, MemoryNetwork, TcpTransport, Transport
-from .relay import RelayInfo, RelayStats, open_relays, serve_relay
+from .relay import RelayInfo, open_relays, serve_relay
+from .relay_core import RelayStats
 from .session import SessionError
 
 __all__ = [

@@ -6,7 +6,7 @@ body, which p2psync seals end-to-end to the server) cut into
 :class:`~overlay.payloads.ExitRequest` fragments; the exit hop hands the body to the server
 and answers with :func:`encode_exit_reply` cut into :class:`~overlay.payloads.ExitReply`
 fragments. The overlay never looks into either body, nor into the address: which servers
-an exit reaches is its owner's policy (a :class:`~overlay.relay.RelayCore`'s
+an exit reaches is its owner's policy (a :class:`~overlay.relay_core.RelayCore`'s
 ``exit_route``); how many requests it lets be under way at once is :class:`ExitCaps`.
 Whoever sends fragments chooses every byte, so each decoder here raises nothing but
 :class:`~overlay.cells.CellError`, and a :class:`Reassembly` never holds more than

@@ -26,7 +26,8 @@ import trio
 
 from overlay import Contact, KeyPair, make_contact, serve_relay
 from overlay.link import Transport, split_host_port
-from overlay.relay import Exit, RelayCore, SeenCell
+from overlay.relay import Exit
+from overlay.relay_core import RelayCore, SeenCell
 from overlay.tls import pinned_address
 
 from .clock import Clock
@@ -355,7 +356,7 @@ class AnnouncedRelay:
     def observe(self, observer: Callable[[SeenCell], None]) -> None:
         """Hand ``observer`` every cell this relay is handed from now on, with the link
         and address it came from (an audit of what a relay sees; see
-        :attr:`overlay.relay.RelayCore.observer`)."""
+        :attr:`overlay.relay_core.RelayCore.observer`)."""
         for core in self._cores:
             core.observer = observer
 

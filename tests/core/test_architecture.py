@@ -50,6 +50,7 @@ SANS_IO = [
     "overlay/keys.py",
     "overlay/payloads.py",
     "overlay/endpoint_core.py",
+    "overlay/relay_core.py",
     "overlay/exits.py",
 ]
 IO_MODULES = {"trio", "socket", "asyncio", "selectors", "sqlite3", "subprocess"}

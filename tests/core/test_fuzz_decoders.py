@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 
-import overlay.relay as relay_module
+import overlay.relay_core as relay_module
 from overlay.cells import CELL_BYTES, Cell, CellError, CellKind, decode_cell, unframe_payload
 from overlay.constants import (
     CELL_BODY_BYTES,
@@ -52,7 +52,7 @@ from overlay.introset import (
 from overlay.keys import KeyPair
 from overlay.onion import BuildRecord, HopKeys, LayerError, open_build_frame, seal_build_frames
 from overlay.path import Path, Payload
-from overlay.relay import RelayCore
+from overlay.relay_core import RelayCore
 from overlay.session import SessionCore, SessionError, SessionState, packet_session_id
 from p2psync.clock import TEST_EPOCH_MS
 from p2psync.envelope import MAX_BODY_BYTES, open_envelope, padded_size, seal_envelope

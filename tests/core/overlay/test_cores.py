@@ -23,7 +23,7 @@ from overlay.introset import (
 from overlay.keys import KeyPair
 from overlay.onion import HopKeys, LayerError
 from overlay.path import Path, PathState, Payload, freshest
-from overlay.relay import RelayCore
+from overlay.relay_core import RelayCore
 from overlay.session import SessionCore
 
 NOW = TEST_EPOCH_MS

@@ -10,7 +10,7 @@ from overlay.contact import make_contact, verified_directory
 from overlay.dht import DhtStatus, get_request
 from overlay.keys import KeyPair
 from overlay.path import Path, Payload
-from overlay.relay import RelayCore
+from overlay.relay_core import RelayCore
 from tests.core.overlay.test_cores import NOW
 
 TERMINAL = KeyPair.from_seed(b"\x31" * 32)

@@ -41,7 +41,7 @@ from overlay.payloads import (
     decode_payload,
     exit_fragments,
 )
-from overlay.relay import ExitCall, RelayCore, Send
+from overlay.relay_core import ExitCall, RelayCore, Send
 from tests.core.overlay.test_cores import NOW
 
 EXIT = KeyPair.from_seed(b"\x41" * 32)

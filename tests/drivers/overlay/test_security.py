@@ -28,7 +28,8 @@ from overlay.keys import KeyPair, verify
 from overlay.link import Link, LinkHandler, MemoryNetwork, TcpTransport, Transport
 from overlay.onion import BuildRecord, PathBroken, new_path_id, pad_body, seal_build_frames
 from overlay.path import Path, PathState, Payload
-from overlay.relay import RelayCore, open_relays
+from overlay.relay import open_relays
+from overlay.relay_core import RelayCore
 from overlay.session import SessionCore
 from tests.core.overlay.test_cores import NOW, SECRET, Net
 from tests.drivers.overlay.test_endpoint import ALICE, BOB, echo_one, exchange
