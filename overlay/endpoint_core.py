@@ -64,27 +64,30 @@ MIN_ENTRY_RELAYS = 2
 @dataclass(frozen=True)
 class EntryShare:
     """The relays ``member`` may enter the overlay through, so that endpoints which must
-    never share an entry relay (the devices of one account, ``members``) do not, without
-    talking to each other.
+    never share an entry relay (the devices of one account, ``members``) do not.
 
     Each relay belongs to the member whose keyed hash of (relay, member) under ``secret``
     is highest (rendezvous hashing): every member computes the same split from the same
-    secret, member keys and listing, and without ``secret`` nobody can tell which member
-    owns a relay. Hashing alone leaves some member with no relay at all often enough to
-    matter on a small network (with 8 relays and 3 devices, one account in nine), and
-    that device could not sync directly; so a member short of :data:`MIN_ENTRY_RELAYS`
-    (or of an equal share, when the listing holds fewer) takes, one at a time, its
-    best-scoring relay from a member that has more than that. That step depends on the
-    whole listing and runs often on small networks (2 devices on 6 relays: about one
-    account in four), seldom on large ones: siblings that read different listings (a
-    relay joined and one re-read before the other) can then both admit a moved relay
-    until both read the same one (measured for one joining relay: 4 % of 2-device
-    accounts on 8 relays, 28 % of 3-device accounts on 8). Use as an
+    secret and member keys, relay by relay, and without ``secret`` nobody can tell which
+    member owns a relay. Hashing alone leaves some member with no relay at all often
+    enough to matter on a small network (with 8 relays and 3 devices, one account in
+    nine), and that device could not sync directly; so a member short of
+    :data:`MIN_ENTRY_RELAYS` (or of an equal share, when there are fewer) takes, one at a
+    time, its best-scoring relay from a member that has more than that.
+
+    That step depends on the whole listing, so members that read different listings
+    could both admit a relay it moved. It therefore runs on ``base``, a listing the
+    members agreed on (siblings pass the newest listing any of them read, over their
+    sessions); relays outside ``base`` go by hash alone, which needs no agreement. With
+    no ``base`` it runs on the listing given (measured before ``base`` existed, for one
+    relay joining and one member reading it first: 4 % of 2-device accounts on 8 relays,
+    28 % of 3-device accounts on 8, shared an entry until both had read it). Use as an
     :data:`EntryFilter`."""
 
     secret: bytes
     members: frozenset[bytes]
     member: bytes
+    base: frozenset[bytes] | None = None
 
     def __post_init__(self) -> None:
         if self.member not in self.members:
@@ -92,11 +95,18 @@ class EntryShare:
 
     def owners(self, relays: Collection[bytes]) -> dict[bytes, bytes]:
         """relay → the member that may enter through it, for each of ``relays``."""
-        members = sorted(self.members)
-        owner = {
-            relay: max(members, key=lambda member: self._score(relay, member))
+        balanced = self._balanced(set(relays) if self.base is None else self.base)
+        return {
+            relay: balanced[relay] if relay in balanced else self._by_hash(relay)
             for relay in sorted(set(relays))
         }
+
+    def _by_hash(self, relay: bytes) -> bytes:
+        return max(sorted(self.members), key=lambda member: self._score(relay, member))
+
+    def _balanced(self, relays: Collection[bytes]) -> dict[bytes, bytes]:
+        members = sorted(self.members)
+        owner = {relay: self._by_hash(relay) for relay in sorted(relays)}
         held: dict[bytes, list[bytes]] = {member: [] for member in members}
         for relay, member in owner.items():
             held[member].append(relay)

@@ -48,10 +48,12 @@ from pathlib import Path
 
 import trio
 
+from overlay.contact import Contact as RelayContact
 from overlay.tasks import open_task_nursery
 
 from ..errors import DecodeError
 from ..identity import Identity
+from ..onion_requests import OnionRpcPool
 from ..opengroup import OpenGroupClient
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
@@ -123,7 +125,7 @@ class Device:
         self._network = network
         self._pool = pool
         self._nursery = nursery
-        self._siblings = SiblingHandler(local, network)
+        self._siblings = SiblingHandler(local, network, _pool_directory(pool))
         self._outbox = Outbox(local, network, pool, swarm)
         self._pairer = Pairer(local, swarm, self._outbox, self._siblings, self._relisten)
         self.friends = Friends(local, self._outbox)
@@ -303,6 +305,7 @@ class Device:
     def sync_status(self) -> SyncStatus:
         """Where this device stands with its siblings now (one consistent reading)."""
         sync, online = self._siblings.sync, not self._offline.is_set()
+        listing = self._local.entry_listing()
         return SyncStatus(
             online=online,
             syncs_directly=sync is not None and sync.endpoint is not None,
@@ -316,6 +319,7 @@ class Device:
             archive_counts=(0, 0) if sync is None else (sync.archive_sent, sync.archive_received),
             complete_until=self._siblings.complete_until(),
             last_run_left=self._last_run_left,
+            entry_listing=None if listing is None else listing.keys,
         )
 
     # --- online and offline -----------------------------------------------------------------------
@@ -364,6 +368,18 @@ class Device:
                     nursery.start_soon(self._siblings.run, self.sync_now)
             finally:
                 self._offline.set()
+
+
+def _pool_directory(pool: RpcRouter) -> Callable[[list[RelayContact]], None]:
+    """Where a relay listing the siblings deal on goes besides the sibling endpoint: the
+    onion pool's endpoint, which deals its entries the same way."""
+    endpoint = pool.endpoint if isinstance(pool, OnionRpcPool) else None
+
+    def use(contacts: list[RelayContact]) -> None:
+        if endpoint is not None:
+            endpoint.update_directory(contacts)
+
+    return use
 
 
 def _create(store: DeviceStore, mode: str, name: str, seed: bytes | None) -> None:

@@ -12,13 +12,20 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import trio
 
+from overlay.contact import Contact as RelayContact
+from overlay.contact import ContactError
+
 from ..clock import Clock
 from ..envelope import seal_envelope
+from ..errors import DecodeError
 from ..identity import Identity, message_hash, session_id_key
 from ..rpc import KeyedRateLimit
+from ..sync.records import Relays
+from ..wire import decode_cbor, encode_cbor
 from .content import NAMESPACE_OF, Content, HistoryRecord, encode_content
 from .inbound import date_refusal
 from .keys import overlay_public
@@ -35,6 +42,8 @@ LINKED_STATEMENT_META = "linked_statement"
 #: Where the user's own display name is kept.
 DISPLAY_NAME_META = "display_name"
 DISPLAY_NAME_AT_META = "display_name_at_ms"
+#: The relay listing siblings deal their entry relays out on (:class:`~..sync.records.Relays`).
+ENTRY_LISTING_META = "entry_listing"
 
 
 class Local:
@@ -63,7 +72,41 @@ class Local:
             REQUEST_REFILL_S,
             clock.now_ms() / 1000,
         )
+        self._listing_read: tuple[bytes | None, Relays | None] = (None, None)
         self.load_identity()
+
+    def entry_listing(self) -> Relays | None:
+        """The newest relay listing this device or a sibling read, as the siblings agree
+        on it (kept across restarts); None before the first read, or if what is kept
+        cannot be read or is dated ahead of this clock (the next read replaces it)."""
+        stored = self.store.get_meta(ENTRY_LISTING_META)
+        if stored is None:
+            return None
+        if self._listing_read[0] != stored:  # the entry filter asks at every path check
+            self._listing_read = (stored, _read_listing(stored, self.name))
+        listing = self._listing_read[1]
+        if listing is None or listing.from_the_future(self.clock.now_ms()):
+            return None
+        return listing
+
+    def learn_entry_listing(self, listing: Relays) -> bool:
+        """Keep ``listing`` if it replaces the one known (:meth:`Relays.replaces`): True,
+        and siblings should hear of it. The same relays read later are kept too, for
+        their fresher contacts, but change nothing for the siblings; an empty listing
+        deals nothing and is never kept."""
+        known = self.entry_listing()
+        now = self.clock.now_ms()
+        changed = listing.replaces(known, now)
+        fresher = (
+            known is not None
+            and listing.keys == known.keys
+            and known.read_ms < listing.read_ms
+            and not listing.from_the_future(now)
+        )
+        if listing.contacts and (changed or fresher):
+            contacts = [contact.encode() for contact in listing.contacts]
+            self.store.set_meta(ENTRY_LISTING_META, encode_cbor([listing.read_ms, contacts]))
+        return bool(listing.contacts) and changed
 
     def load_identity(self) -> None:
         """The mode's rules and the identity this device receives as and signs with: its
@@ -237,3 +280,14 @@ def acting_identity(store: DeviceStore, device: Identity) -> tuple[Identity, str
     identity = Identity(account_seed) if account_seed else device
     user = store.get_meta("user")
     return identity, user.decode() if user else identity.session_id
+
+
+def _read_listing(stored: bytes, name: str) -> Relays | None:
+    """The listing :meth:`Local.learn_entry_listing` wrote (by this device; a damaged
+    value must not stop the device: it reads as none, and the next read replaces it)."""
+    try:
+        read_ms, contacts = cast(list[Any], decode_cbor(stored, max_bytes=len(stored)))
+        return Relays.read(read_ms, [RelayContact.decode(c) for c in contacts])
+    except (DecodeError, ContactError, TypeError, ValueError) as exc:
+        logger.warning("%s: the kept relay listing cannot be read: %s", name, exc)
+        return None

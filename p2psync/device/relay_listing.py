@@ -11,9 +11,11 @@ Rare on purpose: each read is a direct request to the registry from the device's
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from overlay.constants import CONTACT_LIFETIME_MS
+from overlay.contact import Contact
 from overlay.endpoint import Endpoint
 
 from .values import TRANSIENT
@@ -28,8 +30,13 @@ RELAY_REREAD_S = CONTACT_LIFETIME_MS / 4 / 1000
 RELAY_REREAD_AFTER_FAILURE_S = 60.0
 
 
-async def keep_relays_current(endpoint: Endpoint, network: NetworkAccess) -> None:
-    """Until cancelled, hand ``endpoint`` the listing's relays as described above."""
+async def keep_relays_current(
+    endpoint: Endpoint,
+    network: NetworkAccess,
+    on_read: Callable[[list[Contact]], None] = lambda contacts: None,
+) -> None:
+    """Until cancelled, hand ``endpoint`` the listing's relays as described above, and
+    ``on_read`` every listing it took."""
     clock = network.clock
     while True:
         failed = endpoint.stats.paths_failed
@@ -44,3 +51,5 @@ async def keep_relays_current(endpoint: Endpoint, network: NetworkAccess) -> Non
             continue
         if not endpoint.update_directory(contacts):
             logger.info("the relay listing has too few usable relays: keeping the last")
+        else:
+            on_read(contacts)

@@ -10,7 +10,7 @@ handler's, not the device's public methods: what to file, where a fallback sync 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 
 import nacl.utils
@@ -18,6 +18,7 @@ import trio
 
 from overlay.constants import INTROSET_LIFETIME_MS, INTROSET_REPUBLISH_MS, PATH_PING_INTERVAL_MS
 from overlay.contact import Contact as RelayContact
+from overlay.contact import verified_directory
 from overlay.endpoint import Endpoint, open_endpoint
 from overlay.endpoint_core import EntryShare
 from overlay.tasks import open_task_nursery
@@ -25,6 +26,7 @@ from overlay.tasks import open_task_nursery
 from ..errors import DecodeError
 from ..swarm.constants import NAMESPACE_MESSAGES
 from ..sync.live import Item, LiveSync
+from ..sync.records import Relays
 from ..sync.syncer import DELIVER_BEFORE_LEAVING_S, KEEPALIVE_S, SiblingSync
 from .access import NetworkAccess
 from .content import HistoryRecord, SyncSent
@@ -55,6 +57,11 @@ class SiblingEntries:
     store says now (every relay while it has no sibling). A relay that is the entry of
     two siblings, whichever of their endpoints, sees both devices' addresses.
 
+    The share is dealt on the relay listing the siblings agree on (the newest any of
+    them read, passed over their sessions: :meth:`Local.entry_listing`), so siblings
+    that read the registry at different times still deal alike; if that listing leaves
+    this device none of the relays listed now, on the listing itself.
+
     ``or_any``: when the share gives this device none of the listing (fewer relays than
     devices), admit every relay rather than none; the onion pool takes that, since a
     device must still reach its swarm, while the sibling endpoint does without."""
@@ -69,16 +76,28 @@ class SiblingEntries:
         if not keys or secret is None:
             return frozenset(relays)
         own = self._local.overlay_key
-        entries = EntryShare(secret, frozenset(keys.values()) | {own}, own)(relays)
+        members = frozenset(keys.values()) | {own}
+        agreed = self._local.entry_listing()
+        entries = EntryShare(secret, members, own, None if agreed is None else agreed.keys)(relays)
+        if not entries and agreed is not None:
+            entries = EntryShare(secret, members, own)(relays)
         return entries or (frozenset(relays) if self._or_any else entries)
 
 
 class SiblingHandler:
     """The device's side of sibling sync: runs it while online and answers its calls."""
 
-    def __init__(self, local: Local, network: NetworkAccess) -> None:
+    def __init__(
+        self,
+        local: Local,
+        network: NetworkAccess,
+        on_listing: Callable[[list[RelayContact]], None] = lambda contacts: None,
+    ) -> None:
+        """``on_listing``: a relay listing the siblings now deal on, for the device's
+        other endpoint (its onion pool's) to build paths through too."""
         self._local = local
         self._network = network
+        self._on_listing = on_listing
         self._scope = trio.CancelScope()
         #: The running sibling sync, while online with siblings.
         self.sync: SiblingSync | None = None
@@ -156,6 +175,7 @@ class SiblingHandler:
                 except TRANSIENT as exc:
                     logger.info("%s: no relay list, syncing through the swarm: %s", local.name, exc)
                     contacts = []
+                self.relays_read(contacts)
                 async with self._maybe_endpoint(contacts, SiblingEntries(local)) as endpoint:
                     self.sync = SiblingSync(
                         endpoint,
@@ -214,7 +234,7 @@ class SiblingHandler:
             ) as endpoint,
             open_task_nursery() as nursery,
         ):
-            nursery.start_soon(keep_relays_current, endpoint, self._network)
+            nursery.start_soon(keep_relays_current, endpoint, self._network, self.relays_read)
             yield endpoint
             nursery.cancel_scope.cancel()
 
@@ -354,6 +374,41 @@ class SiblingHandler:
 
     def reject_from_sibling(self, sibling: str, reason: str) -> None:
         self._local.reject("live record", f"from sibling {sibling[:12]}…: {reason}")
+
+    def entry_listing(self) -> Relays | None:
+        return self._local.entry_listing()
+
+    def learn_entry_listing(self, listing: Relays) -> bool:
+        """A sibling's listing: if every contact in it verifies here and it replaces ours,
+        build paths through its relays (this device may not have read some of them yet)
+        and deal entries on it."""
+        now = self._local.clock.now_ms()
+        if len(verified_directory(list(listing.contacts), now)) < len(listing.contacts):
+            return False  # every contact must hold here: the dealing runs on all of them
+        if not self._local.learn_entry_listing(listing):
+            return False
+        self._use_listing(listing)
+        return True
+
+    def relays_read(self, contacts: Sequence[RelayContact]) -> None:
+        """This device read the relay listing and its endpoint took it: if it replaces
+        the one the siblings deal entries on, keep it, use it on every endpoint and tell
+        the siblings connected now (the others hear it when they connect). A listing too
+        short for a path is left out: it would only take relays away."""
+        now = self._local.clock.now_ms()
+        if len(verified_directory(list(contacts), now)) < self._local.config.hops:
+            return
+        listing = Relays.read(now, contacts)
+        if self._local.learn_entry_listing(listing):
+            self._use_listing(listing)
+            if self.sync is not None:
+                self.sync.share_listing(listing)
+
+    def _use_listing(self, listing: Relays) -> None:
+        contacts = list(listing.contacts)
+        if self.sync is not None and self.sync.endpoint is not None:
+            self.sync.endpoint.update_directory(contacts)
+        self._on_listing(contacts)
 
 
 def _republish_ms(keepalive_s: float | None) -> int:

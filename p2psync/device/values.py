@@ -179,3 +179,4 @@ class SyncStatus:
     archive_counts: tuple[int, int]
     complete_until: int
     last_run_left: bool | None
+    entry_listing: frozenset[bytes] | None

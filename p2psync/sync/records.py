@@ -16,7 +16,11 @@ A record is a CBOR array whose first element names its type:
   session layer, whose retransmissions fail a session to a sibling that vanished;
 * ``["ARCHQ"]`` — a device with no history yet (just paired) asks for all of it;
 * ``["ARCH", [[id, timestamp_ms, body], ...], last]`` — one part of that archive, in
-  timestamp order; ``last`` marks the final part.
+  timestamp order; ``last`` marks the final part;
+* ``["RELAYS", read_ms, [contact, ...]]`` — the newest relay listing the sender knows:
+  when it was read, and its relays' signed contacts (``overlay.contact``), sorted by key.
+  Siblings build paths through, and deal their entry relays out on, the newest one any
+  of them read, so they agree on it.
 
 Ids are the 32-byte message ids of :mod:`p2psync.identity` (BLAKE2b of the stored
 ciphertext), so a record is idempotent: applying a ``MSG`` twice stores it once.
@@ -24,7 +28,10 @@ ciphertext), so a record is idempotent: applying a ``MSG`` twice stores it once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from overlay.contact import Contact, ContactError
 
 from ..errors import DecodeError
 from ..wire import decode_cbor, encode_cbor
@@ -33,6 +40,11 @@ ID_BYTES = 32
 MAX_BODY_BYTES = 96 * 1024
 MAX_IDS_PER_RECORD = 1024
 MAX_RECORD_BYTES = MAX_BODY_BYTES + 1024
+#: Contacts a RELAYS record carries at most (about 64 KiB of them). A longer listing is
+#: not passed on: past a few hundred relays the dealing's minimum no longer moves any.
+MAX_RELAYS_PER_RECORD = 512
+#: How far ahead of a device's clock a sibling's relay listing may say it was read.
+LISTING_AHEAD_MS = 10 * 60 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +104,62 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class Relays:
+    """A relay listing as siblings pass it on: when it was read, and its contacts (one
+    per relay). Signatures and expiry are checked where the contacts are used."""
+
+    read_ms: int
+    contacts: tuple[Contact, ...]
+
+    @property
+    def keys(self) -> frozenset[bytes]:
+        return frozenset(contact.pubkey for contact in self.contacts)
+
+    @classmethod
+    def read(cls, read_ms: int, contacts: Iterable[Contact]) -> Relays:
+        """A listing read at ``read_ms``: one contact per relay, in key order."""
+        by_key = {contact.pubkey: contact for contact in contacts}
+        return cls(read_ms, tuple(by_key[key] for key in sorted(by_key)))
+
+    def from_the_future(self, now_ms: int) -> bool:
+        """Read more than :data:`LISTING_AHEAD_MS` after ``now_ms``: the newest listing
+        wins, so one dated far ahead would stand against every later read."""
+        return self.read_ms > now_ms + LISTING_AHEAD_MS
+
+    def replaces(self, known: Relays | None, now_ms: int) -> bool:
+        """Whether siblings that know ``known`` take this listing instead: the one read
+        last, ties going to the greater key list, so every sibling that has seen both
+        picks the same one; never one :meth:`from_the_future`. The same relays read again
+        change no dealing (:meth:`~p2psync.device.local.Local.learn_entry_listing` still
+        keeps their fresher contacts)."""
+        if self.from_the_future(now_ms):
+            return False
+        if known is None:
+            return True
+        if self.keys == known.keys:
+            return False
+        return (self.read_ms, sorted(self.keys)) > (known.read_ms, sorted(known.keys))
+
+
+@dataclass(frozen=True, slots=True)
 class Archive:
     items: tuple[Msg, ...]
     last: bool
 
 
 Record = (
-    Msg | Ack | Offer | Req | Stored | NegQuery | NegReply | Want | ArchiveQuery | Archive | Ping
+    Msg
+    | Ack
+    | Offer
+    | Req
+    | Stored
+    | NegQuery
+    | NegReply
+    | Want
+    | ArchiveQuery
+    | Archive
+    | Ping
+    | Relays
 )
 
 
@@ -126,6 +187,8 @@ def encode_record(record: Record) -> bytes:
             return encode_cbor(["PING"])
         case Archive(items=items, last=last):
             return encode_cbor(["ARCH", [[m.id, m.timestamp_ms, m.body] for m in items], last])
+        case Relays(read_ms=read_ms, contacts=contacts):
+            return encode_cbor(["RELAYS", read_ms, [contact.encode() for contact in contacts]])
     raise TypeError(f"not a sync record: {record!r}")
 
 
@@ -154,6 +217,24 @@ def _msg(fields: list[object]) -> Msg:
     return Msg(_id(fields[0]), _count(fields[1], "timestamp", 2**63 - 1), body)
 
 
+def _relays(fields: list[object]) -> Relays:
+    encoded = fields[1]
+    if not isinstance(encoded, list) or not 0 < len(encoded) <= MAX_RELAYS_PER_RECORD:
+        raise DecodeError(f"a RELAYS listing holds 1 to {MAX_RELAYS_PER_RECORD} contacts")
+    contacts: list[Contact] = []
+    for item in encoded:
+        if not isinstance(item, bytes):
+            raise DecodeError("a RELAYS contact is bytes")
+        try:
+            contacts.append(Contact.decode(item))
+        except ContactError as exc:
+            raise DecodeError(f"a RELAYS contact: {exc}") from None
+    keys = [contact.pubkey for contact in contacts]
+    if keys != sorted(set(keys)):
+        raise DecodeError("a RELAYS listing is one contact per relay, in key order")
+    return Relays(_count(fields[0], "read time", 2**63 - 1), tuple(contacts))
+
+
 def decode_record(data: bytes) -> Record:
     """A record from a sibling, or :class:`DecodeError`."""
     value = decode_cbor(data, max_bytes=MAX_RECORD_BYTES)
@@ -172,6 +253,7 @@ def decode_record(data: bytes) -> Record:
         "ARCHQ": 0,
         "PING": 0,
         "ARCH": 2,
+        "RELAYS": 2,
     }
     if kind not in shapes:
         raise DecodeError(f"unknown sync record type {kind!r}")
@@ -205,6 +287,8 @@ def decode_record(data: bytes) -> Record:
             raise DecodeError(f"a {kind} payload is bytes of at most {MAX_BODY_BYTES}")
         since = _count(fields[0], "since", 2**63 - 1)
         return NegQuery(since, payload) if kind == "NEGQ" else NegReply(since, payload)
+    if kind == "RELAYS":
+        return _relays(fields)
     if kind == "ACK":
         return Ack(_ids(fields[0]))
     if kind == "WANT":

@@ -44,7 +44,14 @@ from .live import (
     PeerError,
     Send,
 )
-from .records import Ping, decode_record, encode_record
+from .records import (
+    MAX_RECORD_BYTES,
+    MAX_RELAYS_PER_RECORD,
+    Ping,
+    Relays,
+    decode_record,
+    encode_record,
+)
 from .resync import Resync, ResyncPeer, archive_parts
 
 logger = logging.getLogger(__name__)
@@ -85,6 +92,8 @@ class SyncHandler(Protocol):
     def covered_by_sibling(self, message_id: bytes) -> None: ...
     def acknowledged(self, message_id: bytes, fell_back: bool) -> None: ...
     def reject_from_sibling(self, sibling: str, reason: str) -> None: ...
+    def entry_listing(self) -> Relays | None: ...
+    def learn_entry_listing(self, listing: Relays) -> bool: ...
 
 
 class SiblingSync:
@@ -303,6 +312,9 @@ class SiblingSync:
         try:
             self._handle(self.live.connected(sibling, self.clock.now_ms()))
             self._send(sibling, peer.start())
+            listing = self.handler.entry_listing()
+            if listing is not None:
+                self.share_listing(listing, only=sibling)
             async with trio.open_nursery() as nursery:
 
                 async def write() -> None:
@@ -341,6 +353,9 @@ class SiblingSync:
             record = decode_record(data)
             if isinstance(record, Ping):
                 return False
+            if isinstance(record, Relays):
+                self._on_listing(sibling, record)
+                return False
             step = peer.on_record(record)
             if step is None:
                 self._handle(self.live.receive_record(sibling, record, self.clock.now_ms()))
@@ -367,6 +382,37 @@ class SiblingSync:
         for part, count in archive_parts(self.handler.history_index, self.handler.history_item):
             await channel.send(part)
             self.archive_sent += count
+
+    def _on_listing(self, sibling: str, listing: Relays) -> None:
+        """A sibling's relay listing: pass it on if we take it; if ours wins against it,
+        send ours back, so both settle on it (each side only ever takes a listing that
+        beats its own, so this ends). One dated ahead of our clock gets no answer."""
+        if self.handler.learn_entry_listing(listing):
+            self.share_listing(listing, but=sibling)
+            return
+        known = self.handler.entry_listing()
+        if (
+            known is not None
+            and known.keys != listing.keys
+            and not listing.from_the_future(self.clock.now_ms())
+        ):
+            self.share_listing(known, only=sibling)
+
+    def share_listing(
+        self, listing: Relays, *, but: str | None = None, only: str | None = None
+    ) -> None:
+        """Pass the relay listing the siblings deal entries on to every sibling connected
+        now (``but`` the one it came from; ``only`` one): each keeps it unless it knows a
+        newer one, and passes that on in turn, so connected siblings settle on one. A
+        listing longer than a record takes (:data:`MAX_RELAYS_PER_RECORD`, or
+        ``MAX_RECORD_BYTES`` encoded) is not passed on (siblings then deal on their own
+        reads, as they would without this)."""
+        data = encode_record(listing)
+        if len(listing.contacts) > MAX_RELAYS_PER_RECORD or len(data) > MAX_RECORD_BYTES:
+            return
+        for sibling in [only] if only is not None else list(self._sessions):
+            if sibling != but:
+                self._send(sibling, data)
 
     def _send(self, sibling: str, data: bytes) -> None:
         self._apply([Send(sibling, data)])

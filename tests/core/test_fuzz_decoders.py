@@ -97,7 +97,7 @@ from p2psync.swarm.registry import (
 )
 from p2psync.swarm.rows import StoredMessage
 from p2psync.sync.negentropy import Negentropy, NegentropyError, StorageVector, decode_ranges
-from p2psync.sync.records import Ack, Msg, Offer, Req, decode_record, encode_record
+from p2psync.sync.records import Ack, Msg, Offer, Relays, Req, decode_record, encode_record
 from p2psync.wire import (
     INT64_MIN,
     UINT64_MAX,
@@ -808,6 +808,7 @@ _SYNC_RECORDS = [
     encode_record(Ack((message_hash(b"a"), message_hash(b"b")))),
     encode_record(Offer(message_hash(b"o"), NOW, 5000)),
     encode_record(Req((message_hash(b"r"),))),
+    encode_record(Relays.read(NOW, [make_contact(KeyPair.from_seed(b"\x05" * 32), "mem:r", NOW)])),
 ]
 
 

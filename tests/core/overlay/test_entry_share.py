@@ -87,6 +87,41 @@ def test_a_member_with_enough_relays_by_hash_keeps_exactly_those() -> None:
     assert owners == {relay: share.owners([relay])[relay] for relay in RELAYS}
 
 
+def overlapping_accounts(base: bool, *, accounts: int = 300) -> int:
+    """Of ``accounts`` 3-device accounts on 8 relays, how many have two devices sharing an
+    entry while a 9th relay joins and a 9th leaves the listing: the phone has read the
+    new listing, the desktop and the laptop not yet; each deals on what it read, or
+    (``base``) all on the listing they last agreed on."""
+    members = frozenset({PHONE, DESKTOP, LAPTOP})
+    old, new = RELAYS[:8], RELAYS[1:9]
+    overlapping = 0
+    for n in range(accounts):
+        secret = n.to_bytes(4, "big") * 8
+        agreed = frozenset(old) if base else None
+        phone = EntryShare(secret, members, PHONE, agreed)(new)
+        others = [EntryShare(secret, members, m, agreed)(old) for m in (DESKTOP, LAPTOP)]
+        overlapping += bool(phone & others[0] or phone & others[1] or others[0] & others[1])
+    return overlapping
+
+
+def test_members_that_read_different_listings_share_no_entry_on_an_agreed_base() -> None:
+    assert overlapping_accounts(base=False) > 0  # what the agreed base is for
+    assert overlapping_accounts(base=True) == 0
+
+
+def test_on_a_base_relays_outside_it_go_by_hash_alone_and_the_base_keeps_its_minimum() -> None:
+    members = frozenset({PHONE, DESKTOP, LAPTOP})
+    base = frozenset(RELAYS[:8])
+    for n in range(100):
+        secret = n.to_bytes(4, "big") * 8
+        split = {m: EntryShare(secret, members, m, base)(RELAYS) for m in members}
+        assert frozenset().union(*split.values()) == frozenset(RELAYS)
+        assert all(len(share & base) >= 2 for share in split.values())
+        for relay in set(RELAYS) - base:  # its owner does not depend on the listing
+            alone = {m for m in members if EntryShare(secret, members, m, base)([relay])}
+            assert alone == {m for m in members if relay in split[m]}
+
+
 def test_a_member_must_be_one_of_the_members() -> None:
     with pytest.raises(ValueError):
         EntryShare(SECRET, frozenset({PHONE}), DESKTOP)

@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from overlay.contact import Contact, make_contact
+from overlay.keys import KeyPair
 from p2psync.errors import DecodeError
 from p2psync.sync.live import (
     AllAcknowledged,
@@ -24,6 +26,7 @@ from p2psync.sync.live import (
     Send,
 )
 from p2psync.sync.records import (
+    LISTING_AHEAD_MS,
     Ack,
     Archive,
     ArchiveQuery,
@@ -31,6 +34,7 @@ from p2psync.sync.records import (
     Offer,
     Ping,
     Record,
+    Relays,
     Req,
     Stored,
     decode_record,
@@ -38,6 +42,13 @@ from p2psync.sync.records import (
 )
 
 ID = b"\x07" * 32
+
+
+def contact(n: int) -> Contact:
+    return make_contact(KeyPair.from_seed(bytes([n]) * 32), f"mem:relay{n}", 0)
+
+
+CONTACTS = [contact(n) for n in range(1, 4)]
 
 
 @pytest.mark.parametrize(
@@ -52,10 +63,21 @@ ID = b"\x07" * 32
         Ping(),
         Archive((Msg(ID, 5, b"body"), Msg(ID, 6, b"")), last=False),
         Archive((), last=True),
+        Relays.read(5, [contact(1), contact(2)]),
     ],
 )
 def test_records_round_trip(record: Record) -> None:
     assert decode_record(encode_record(record)) == record
+
+
+def test_siblings_settle_on_the_listing_read_last_and_refuse_one_from_the_future() -> None:
+    old, new = Relays.read(100, CONTACTS[:1]), Relays.read(200, CONTACTS[:2])
+    assert new.replaces(None, 200) and new.replaces(old, 200) and not old.replaces(new, 200)
+    assert not Relays.read(300, CONTACTS[:1]).replaces(old, 300)  # the same relays again
+    tie = Relays.read(200, CONTACTS[2:3])
+    assert tie.replaces(new, 200) != new.replaces(tie, 200)  # one answer, either way round
+    ahead = Relays.read(200 + LISTING_AHEAD_MS + 1, CONTACTS[:2])
+    assert not ahead.replaces(old, 200) and ahead.replaces(old, 201)
 
 
 @given(st.binary(max_size=200))
@@ -79,6 +101,12 @@ def test_garbage_records_raise_decode_error_only(data: bytes) -> None:
         ["ARCH", [[ID, 1]], True],
         ["ARCH", [[ID, 1, b""]], 1],
         ["ARCH", {}, True],
+        ["RELAYS", 5, [c.encode() for c in sorted(CONTACTS, key=lambda c: c.pubkey)[::-1]]],
+        ["RELAYS", 5, [CONTACTS[0].encode(), CONTACTS[0].encode()]],  # twice
+        ["RELAYS", -1, [CONTACTS[0].encode()]],
+        ["RELAYS", 5, []],
+        ["RELAYS", 5, [ID]],  # not a contact
+        ["RELAYS", 5, [CONTACTS[0].encode()] * 513],
     ],
 )
 def test_malformed_records_are_refused(value: object) -> None:

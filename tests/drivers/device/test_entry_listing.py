@@ -1,0 +1,68 @@
+"""Siblings deal their entry relays out on one relay listing: the newest either read,
+passed over their session, so a device that read the registry later than its sibling
+does not deal the relays differently (and could not share an entry relay with it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from p2psync.device.relay_listing import RELAY_REREAD_AFTER_FAILURE_S
+
+from ..swarm.helpers import wait_until
+from .conftest import SyncEndpoints
+from .helpers import device, open_world, pair
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_listing_one_sibling_read_becomes_the_one_both_deal_entries_on(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    mode: str,
+    sync_endpoints: SyncEndpoints,
+) -> None:
+    """A relay joins; only the phone reads the listing again (a path of its own died,
+    through a relay none of the desktop's paths use). The desktop, which would not read it
+    for hours, takes the phone's listing over their session within seconds (the joined
+    relay's contact with it), and their paths' entries stay apart."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        device(network, tmp_path, "desktop", mode) as desktop,
+    ):
+        await pair(phone, desktop)
+        await wait_until(
+            lambda: (
+                phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+                and desktop.sync_status().connected_siblings == {phone.whoami().device_id}
+            )
+        )
+        first = phone.sync_status().entry_listing
+        assert first is not None and desktop.sync_status().entry_listing == first
+        await network.add_relays(1)
+        [joined] = {r.public_key for r in network.relays} - first
+        phone_paths = sync_endpoints[phone.whoami().overlay_key].paths
+        desktop_paths = sync_endpoints[desktop.whoami().overlay_key].paths
+        phone_only = {h.pubkey for p in phone_paths for h in p.hops} - {
+            h.pubkey for p in desktop_paths for h in p.hops
+        }
+        assert phone_only, "every relay of the phone's paths is on the desktop's too"
+        [victim] = [r for r in network.relays if r.public_key == min(phone_only)]
+        await network.stop_relay(victim)
+        await wait_until(
+            lambda: joined in (phone.sync_status().entry_listing or ()),
+            limit_s=10 * RELAY_REREAD_AFTER_FAILURE_S,
+        )
+        read_at = trio.current_time()
+        await wait_until(
+            lambda: desktop.sync_status().entry_listing == phone.sync_status().entry_listing
+        )
+        assert trio.current_time() - read_at < 5  # over the session, not a re-read hours on
+        desktop_endpoint = sync_endpoints[desktop.whoami().overlay_key]
+        assert joined in desktop_endpoint.relays  # its contact came with the listing
+        await trio.sleep(30)  # a path check on each side: entries follow the listing
+        phone_entries = {p.hops[0].pubkey for p in sync_endpoints[phone.whoami().overlay_key].paths}
+        assert phone_entries.isdisjoint(p.hops[0].pubkey for p in desktop_endpoint.paths)
