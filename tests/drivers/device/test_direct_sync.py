@@ -3,7 +3,9 @@ for what a sibling did not acknowledge in time, and only until it did."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -17,6 +19,7 @@ from p2psync.device.siblings import TAKEOVER_GRACES
 from p2psync.device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork
+from p2psync.swarm.client import SwarmClient
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from p2psync.sync.syncer import DELIVER_BEFORE_LEAVING_S
 
@@ -113,6 +116,41 @@ async def test_deletions_an_earlier_run_queued_go_out_as_soon_as_the_device_is_b
             back = trio.current_time()
             await wait_until(lambda: stored_messages(network, alice, NAMESPACE_MESSAGES) == before)
             assert trio.current_time() - back < DELETE_DELAY_S[0]
+
+
+async def test_a_deletion_that_keeps_failing_is_retried_with_back_off(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account's swarm goes away with an early delete queued: the outbox tries it
+    again with its doubling back-off, not at once over and over (a deletion that failed
+    stays past due, and the wait for the next one used to end at once)."""
+    attempts: list[float] = []
+    delete = SwarmClient.delete
+
+    async def counting(self: SwarmClient, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(trio.current_time())
+        if len(attempts) > 1_000:
+            raise AssertionError("the outbox retries a failed deletion without backing off")
+        return await delete(self, *args, **kwargs)
+
+    monkeypatch.setattr(SwarmClient, "delete", counting)
+    async with (
+        open_world(relays=8) as network,
+        siblings_and_friend(network, tmp_path, "linked") as (phone, desktop, bob),
+    ):
+        await filed_on_both(network, phone, desktop, bob)
+        await trio.sleep(INBOUND_PUSH_DELAY_S[1] + 1)  # acknowledged: the delete is queued
+        assert attempts == []
+        for node in list(network.nodes):
+            await network.stop_node(node)
+        window = DELETE_DELAY_S[1] + 600
+        await trio.sleep(window)
+        config = phone.config
+        # Once due, one try per back-off step, the step doubling from retry_s up to
+        # max_retry_s: at most window / max_retry_s + log2(max / min) + 2 tries a device.
+        steps = math.log2(config.max_retry_s / config.retry_s)
+        bound = window / config.max_retry_s + steps + 2
+        assert 0 < len(attempts) <= 2 * bound  # both siblings may hold the deletion
 
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
