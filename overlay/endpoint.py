@@ -82,8 +82,7 @@ class SessionClosed(SessionError):
 class Session:
     """One end-to-end session. ``send``/``receive`` carry whole messages, in order."""
 
-    def __init__(self, endpoint: Endpoint, core: SessionCore) -> None:
-        self._endpoint = endpoint
+    def __init__(self, core: SessionCore) -> None:
         self._core = core
         self._changed = trio.Event()
         self._kick = trio.Event()
@@ -563,7 +562,7 @@ class Endpoint:
             self.stats.cells_dropped += 1
 
     def _start_session(self, core: SessionCore) -> Session:
-        session = Session(self, core)
+        session = Session(core)
         self._nursery.start_soon(self._drive_session, session)  # raises once closed
         self._sessions[core.session_id] = session
         return session

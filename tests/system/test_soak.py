@@ -16,6 +16,8 @@ from benchmarks.faults.load import Tickets
 from benchmarks.soak import run_soak
 from p2psync.identity import Identity
 
+from .service_logs import log_tails
+
 
 def test_latency_sample_keeps_its_bound_and_its_quantiles() -> None:
     sample = LatencySample(capacity=1_000)
@@ -71,11 +73,7 @@ def test_bad_minutes_exit_non_zero_with_one_line(minutes: str) -> None:
 
 def _why_not_converged(figures: dict[str, Any], data_dir: Path) -> str:
     """The members the audit could not read, and the end of every service's log."""
-    tails = [
-        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        for log in sorted(data_dir.rglob("*.log"))
-    ]
-    return "\n".join([repr(figures["unreachable_reasons"]), *tails])
+    return f"{figures['unreachable_reasons']!r}\n{log_tails(data_dir)}"
 
 
 def test_a_short_soak_reports_what_it_held_and_lost_nothing(tmp_path: Path) -> None:
