@@ -4,7 +4,10 @@ node that was down or partitioned converges without anyone re-sending.
 It repairs with every peer at start-up and after replication lost something; otherwise
 it gossips with one random peer per interval, which is enough for a swarm to converge in
 a few intervals at a fraction of the traffic. One peer's failure, whatever it is, ends
-only that peer's round.
+only that peer's round, and that peer is tried again after ``REPLICATION_RETRY_S``,
+doubling up to the interval: a member that was down (its peers' rounds with it failed,
+and replication to it lost rows) is caught up within seconds of its return, not when the
+gossip next happens to pick it.
 """
 
 from __future__ import annotations
@@ -69,20 +72,29 @@ class Repairer:
         self._soon.set()
 
     async def run(self) -> None:
-        everyone = True
+        everyone, retry_s = True, REPLICATION_RETRY_S
+        failed: set[str] = set()
         while True:
             peers = list(self._peers())
             if not everyone and peers:
-                peers = [self._random.choice(peers)]
+                retried = [peer for peer in peers if peer.pubkey in failed]
+                peers = retried or [self._random.choice(peers)]
+            failed = set()
             for peer in peers:
                 try:
                     with trio.fail_after(REPAIR_ROUND_TIMEOUT_S):
                         await self.repair_with(peer)
                 except PEER_ERRORS as exc:
+                    failed.add(peer.pubkey)
                     logger.info("repair with %s failed: %r", peer.pubkey[:8], exc)
                 except Exception as exc:  # one peer's failure, whatever it is, is that peer's
+                    failed.add(peer.pubkey)
                     logger.warning("repair with %s failed: %r", peer.pubkey[:8], exc)
             interval = self._interval_s * (0.8 + 0.4 * self._random.random())
+            if failed:  # try those peers again soon: one that was down is back in seconds
+                interval, retry_s = min(interval, retry_s), min(self._interval_s, 2 * retry_s)
+            else:
+                retry_s = REPLICATION_RETRY_S
             with self._clock.move_on_after(interval):
                 await self._soon.wait()
                 await trio.sleep(REPLICATION_RETRY_S)

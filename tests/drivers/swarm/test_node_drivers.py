@@ -14,8 +14,11 @@ import trio.testing
 
 from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.errors import RpcError
 from p2psync.identity import Identity, message_hash
 from p2psync.rpc import Connection, Handler, RpcServer, open_rpc_pool
+from p2psync.swarm import repair
+from p2psync.swarm.messages import RepairDigestReply
 from p2psync.swarm.node_shared import Dial, NodeStats
 from p2psync.swarm.peer_calls import PeerCalls
 from p2psync.swarm.repairer import Repairer
@@ -86,6 +89,48 @@ async def test_a_peer_answering_garbage_does_not_end_repair(
         for rounds in range(1, 4):
             await wait_until(lambda rounds=rounds: asked["repair_digest"] == rounds)  # type: ignore[misc]
             repairer.soon()  # the next round asks every peer again
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_a_repair_that_failed_is_tried_again_within_seconds_not_an_interval(
+    autojump_clock: trio.testing.MockClock, tmp_path: Any
+) -> None:
+    """A peer that was down: the rounds with it failed while it was, and the one after
+    its return must come with the back-off (2 s, 4 s, …), not at the next gossip pick of
+    a 60 s interval (a member restarted after a crash waited that long to be caught up)."""
+    clock, network, asked = Clock(TEST_EPOCH_MS), MemoryNetwork(), Counter[str]()
+    store = MessageStore(tmp_path / "node.sqlite3")
+    down_until = trio.current_time() + 5
+
+    def digest(params: Fields, conn: Connection) -> Any:
+        asked["repair_digest"] += 1
+        if trio.current_time() < down_until:
+            raise RpcError("unavailable", "restarting")
+        return RepairDigestReply(tuple(repair.bucket_digests({}))).to_wire()  # nothing held
+
+    async with (
+        serving(network, clock, {GOOD: {"repair_digest": digest}}) as dial,
+        trio.open_nursery() as nursery,
+    ):
+        repairer = Repairer(
+            store,
+            clock,
+            peers=lambda: [GOOD],
+            dial=dial,
+            summaries=list,
+            ingest=lambda rows: 0,
+            refused=lambda reasons, peer: None,
+            stats=NodeStats(),
+            interval_s=60,
+            rng=random.Random(1),
+        )
+        nursery.start_soon(repairer.run)
+        await trio.sleep(20)
+        asks = asked["repair_digest"]
+        assert asks >= 3  # at 0, 2 and 6 s: the last one after the peer came back
+        await trio.sleep(30)
+        assert asked["repair_digest"] == asks  # once through, the interval again
         nursery.cancel_scope.cancel()
     store.close()
 
