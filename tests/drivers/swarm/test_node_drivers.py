@@ -58,6 +58,24 @@ async def serving(
         nursery.cancel_scope.cancel()
 
 
+def holding_nothing(
+    store: MessageStore, clock: Clock, dial: Dial, peers: list[NodeInfo]
+) -> Repairer:
+    """A repairer of a node that holds no row, with ``peers``, every 60 s."""
+    return Repairer(
+        store,
+        clock,
+        peers=lambda: peers,
+        dial=dial,
+        summaries=list,
+        ingest=lambda rows: 0,
+        refused=lambda reasons, peer: None,
+        stats=NodeStats(),
+        interval_s=60,
+        rng=random.Random(1),
+    )
+
+
 def answering(asked: Counter[str], method: str, reply: Any) -> dict[str, Handler]:
     def answer(params: Fields, conn: Connection) -> Any:
         asked[method] += 1
@@ -73,18 +91,7 @@ async def test_a_peer_answering_garbage_does_not_end_repair(
     garbage = answering(asked, "repair_digest", {"digests": "not a list"})
     store = MessageStore(tmp_path / "node.sqlite3")
     async with serving(network, clock, {BAD: garbage}) as dial, trio.open_nursery() as nursery:
-        repairer = Repairer(
-            store,
-            clock,
-            peers=lambda: [BAD, ABSENT],
-            dial=dial,
-            summaries=list,
-            ingest=lambda rows: 0,
-            refused=lambda reasons, peer: None,
-            stats=NodeStats(),
-            interval_s=60,
-            rng=random.Random(1),
-        )
+        repairer = holding_nothing(store, clock, dial, [BAD, ABSENT])
         nursery.start_soon(repairer.run)
         for rounds in range(1, 4):
             await wait_until(lambda rounds=rounds: asked["repair_digest"] == rounds)  # type: ignore[misc]
@@ -113,18 +120,7 @@ async def test_a_repair_that_failed_is_tried_again_within_seconds_not_an_interva
         serving(network, clock, {GOOD: {"repair_digest": digest}}) as dial,
         trio.open_nursery() as nursery,
     ):
-        repairer = Repairer(
-            store,
-            clock,
-            peers=lambda: [GOOD],
-            dial=dial,
-            summaries=list,
-            ingest=lambda rows: 0,
-            refused=lambda reasons, peer: None,
-            stats=NodeStats(),
-            interval_s=60,
-            rng=random.Random(1),
-        )
+        repairer = holding_nothing(store, clock, dial, [GOOD])
         nursery.start_soon(repairer.run)
         await trio.sleep(20)
         asks = asked["repair_digest"]
