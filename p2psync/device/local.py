@@ -97,13 +97,7 @@ class Local:
         known = self.entry_listing()
         now = self.clock.now_ms()
         changed = listing.replaces(known, now)
-        fresher = (
-            known is not None
-            and listing.keys == known.keys
-            and known.read_ms < listing.read_ms
-            and not listing.from_the_future(now)
-        )
-        if listing.contacts and (changed or fresher):
+        if listing.contacts and (changed or listing.refreshes(known, now)):
             contacts = [contact.encode() for contact in listing.contacts]
             self.store.set_meta(ENTRY_LISTING_META, encode_cbor([listing.read_ms, contacts]))
         return bool(listing.contacts) and changed

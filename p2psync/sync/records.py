@@ -140,6 +140,24 @@ class Relays:
             return False
         return (self.read_ms, sorted(self.keys)) > (known.read_ms, sorted(known.keys))
 
+    def refreshes(self, known: Relays | None, now_ms: int) -> bool:
+        """The same relays as ``known``, read later: worth keeping for their fresher
+        contacts, though it changes no dealing."""
+        return (
+            known is not None
+            and self.keys == known.keys
+            and known.read_ms < self.read_ms
+            and not self.from_the_future(now_ms)
+        )
+
+    def answered_with(self, known: Relays | None, now_ms: int) -> Relays | None:
+        """What a sibling that did not take this listing sends back: its own, when that
+        won against it (so both settle on one; each side only ever takes a listing that
+        beats its own, so this ends); nothing to one dated ahead of its clock."""
+        if known is None or known.keys == self.keys or self.from_the_future(now_ms):
+            return None
+        return known
+
 
 @dataclass(frozen=True, slots=True)
 class Archive:

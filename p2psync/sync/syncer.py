@@ -384,19 +384,14 @@ class SiblingSync:
             self.archive_sent += count
 
     def _on_listing(self, sibling: str, listing: Relays) -> None:
-        """A sibling's relay listing: pass it on if we take it; if ours wins against it,
-        send ours back, so both settle on it (each side only ever takes a listing that
-        beats its own, so this ends). One dated ahead of our clock gets no answer."""
+        """A sibling's relay listing: pass it on if we take it, else answer as
+        :meth:`Relays.answered_with` says."""
         if self.handler.learn_entry_listing(listing):
             self.share_listing(listing, but=sibling)
             return
-        known = self.handler.entry_listing()
-        if (
-            known is not None
-            and known.keys != listing.keys
-            and not listing.from_the_future(self.clock.now_ms())
-        ):
-            self.share_listing(known, only=sibling)
+        answer = listing.answered_with(self.handler.entry_listing(), self.clock.now_ms())
+        if answer is not None:
+            self.share_listing(answer, only=sibling)
 
     def share_listing(
         self, listing: Relays, *, but: str | None = None, only: str | None = None

@@ -78,6 +78,10 @@ def test_siblings_settle_on_the_listing_read_last_and_refuse_one_from_the_future
     assert tie.replaces(new, 200) != new.replaces(tie, 200)  # one answer, either way round
     ahead = Relays.read(200 + LISTING_AHEAD_MS + 1, CONTACTS[:2])
     assert not ahead.replaces(old, 200) and ahead.replaces(old, 201)
+    assert Relays.read(300, CONTACTS[:1]).refreshes(old, 300) and not new.refreshes(old, 300)
+    assert old.answered_with(new, 200) == new  # the loser hears the winner
+    assert new.answered_with(Relays.read(50, CONTACTS[:2]), 200) is None  # same relays
+    assert ahead.answered_with(old, 200) is None  # from the future: no answer
 
 
 @given(st.binary(max_size=200))
