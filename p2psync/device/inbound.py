@@ -155,14 +155,6 @@ class RevokeDevices:
 
 
 @dataclass(frozen=True, slots=True)
-class RevokeSibling:
-    """Our primary revoked one of our siblings: keep the revocation (what the revoked
-    device sends from now on is refused) and stop syncing with it."""
-
-    revocation: Revocation
-
-
-@dataclass(frozen=True, slots=True)
 class AdoptAccount:
     """The primary moved the account to ``linked``: act as the account (``seed``) from
     now on, keeping its ``statement``."""
@@ -225,7 +217,6 @@ Effect = (
     | PutContact
     | Befriend
     | RevokeDevices
-    | RevokeSibling
     | AdoptAccount
     | DeleteSyncCopy
     | Covered
@@ -462,16 +453,12 @@ class _Decision:
         )
 
     def device_revoked(self, content: DeviceRevoked) -> list[Effect]:
-        """A friend's primary revoked one of its devices, or ours one of our siblings:
-        stop trusting it at once, whatever the file server says later."""
+        """A friend's primary revoked one of its devices: stop trusting it at once,
+        whatever the file server says later."""
         revocation = Revocation.from_bytes(content.revocation)
         revocation.verify()
         if self.item.device != revocation.primary:
             raise _Refused("a revocation must come from the primary that signed it")
-        if revocation.primary == self.view.user_id:
-            if revocation.secondary == self.view.device_id:
-                raise _Refused("a revocation of this device is for its siblings")
-            return [RevokeSibling(revocation)]
         contact = self.view.contact(revocation.primary)
         if contact is None or contact.state != ContactState.FRIEND:
             raise _Refused(f"a revocation from {revocation.primary[:12]}…, not a friend")
