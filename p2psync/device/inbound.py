@@ -155,6 +155,14 @@ class RevokeDevices:
 
 
 @dataclass(frozen=True, slots=True)
+class RevokeSibling:
+    """Our primary revoked one of our siblings: keep the revocation (what the revoked
+    device sends from now on is refused) and stop syncing with it."""
+
+    revocation: Revocation
+
+
+@dataclass(frozen=True, slots=True)
 class AdoptAccount:
     """The primary moved the account to ``linked``: act as the account (``seed``) from
     now on, keeping its ``statement``."""
@@ -217,6 +225,7 @@ Effect = (
     | PutContact
     | Befriend
     | RevokeDevices
+    | RevokeSibling
     | AdoptAccount
     | DeleteSyncCopy
     | Covered
@@ -310,8 +319,7 @@ class _Decision:
             case SyncSent() as sent:
                 return self.sync_sent(sent)
             case SiblingRecord() as sibling:
-                self.check_sibling()
-                return [] if sibling.device == self.view.device_id else [AddSibling(sibling)]
+                return self.sibling_record(sibling)
             case ContactRecord() as record:
                 return self.contact_record(record)
             case PairRequest() as request:
@@ -452,13 +460,29 @@ class _Decision:
             else [PutContact(replace(contact, name=profile.name))]
         )
 
+    def sibling_record(self, sibling: SiblingRecord) -> list[Effect]:
+        """A new sibling, unless our primary has revoked it since: a record is read
+        again (a restart, a catch-up beside the live stream) after the revocation that
+        came later, and a revocation is final for what was paired before it."""
+        self.check_sibling()
+        if sibling.device == self.view.device_id:
+            return []
+        revoked_at = self.view.revoked_at_ms(self.view.user_id, sibling.device)
+        if revoked_at is not None and self.item.timestamp_ms <= revoked_at:
+            raise _AppliedAlready
+        return [AddSibling(sibling)]
+
     def device_revoked(self, content: DeviceRevoked) -> list[Effect]:
-        """A friend's primary revoked one of its devices: stop trusting it at once,
-        whatever the file server says later."""
+        """A friend's primary revoked one of its devices, or ours one of our siblings:
+        stop trusting it at once, whatever the file server says later."""
         revocation = Revocation.from_bytes(content.revocation)
         revocation.verify()
         if self.item.device != revocation.primary:
             raise _Refused("a revocation must come from the primary that signed it")
+        if revocation.primary == self.view.user_id:
+            if revocation.secondary == self.view.device_id:
+                raise _Refused("a revocation of this device is for its siblings")
+            return [RevokeSibling(revocation)]
         contact = self.view.contact(revocation.primary)
         if contact is None or contact.state != ContactState.FRIEND:
             raise _Refused(f"a revocation from {revocation.primary[:12]}…, not a friend")

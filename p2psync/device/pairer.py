@@ -309,7 +309,8 @@ class Pairer:
 
     async def revoke_device(self, device: str) -> None:
         """On the primary (``mapped``): unpair ``device``; senders stop reaching it once
-        their cached device list expires, and this device stops syncing to it at once."""
+        their cached device list expires, this device stops syncing to it at once, and
+        the other siblings once the revocation reaches them."""
         why_not = self._local.rules.can_revoke()
         if why_not is not None:
             raise DeviceError(why_not)
@@ -326,6 +327,8 @@ class Pairer:
             for contact in self._store.contacts():
                 if contact.state == ContactState.FRIEND:
                     self._local.queue(DeviceRevoked(revocation.to_bytes()), contact.user)
+            # And our other devices: they stop syncing with it and refuse what it sends.
+            self._local.queue(DeviceRevoked(revocation.to_bytes()), self._local.user_id)
         self._outbox.forget(self._local.user_id)
         self._local.wake_outbox()
 

@@ -37,6 +37,7 @@ from .inbound import (
     PutContact,
     Reject,
     RevokeDevices,
+    RevokeSibling,
     SendChallenge,
     SetDisplayName,
     decide,
@@ -219,6 +220,13 @@ class Receiver:
                         store.keep_revocations(revocations)
                         store.put_contact(contact)
                     self._outbox.forget(contact.user)
+                    local.notify()
+                case RevokeSibling(revocation=revocation):
+                    with store.transaction():
+                        store.keep_revocations([revocation])
+                        store.remove_sibling(revocation.secondary)
+                    self._outbox.forget(local.user_id)
+                    self._siblings.restart()
                     local.notify()
                 case DeleteSyncCopy(digest=digest):
                     # Only this device reads its own swarm: the copy has done its job.

@@ -9,6 +9,7 @@ from p2psync.device.content import (
     NAMESPACE_OF,
     ContactRecord,
     Content,
+    DeviceRevoked,
     FriendAccept,
     FriendRequest,
     HistoryRecord,
@@ -37,6 +38,7 @@ from p2psync.device.inbound import (
     NeedDevicesOf,
     PutContact,
     Reject,
+    RevokeSibling,
     SendChallenge,
     decide,
 )
@@ -44,7 +46,7 @@ from p2psync.device.migration import LinkedStatement
 from p2psync.device.modes import RULES, Mode, Rules
 from p2psync.device.store import Contact, Pairing
 from p2psync.identity import Identity
-from p2psync.mapping import PAIRING_WINDOW_MS
+from p2psync.mapping import PAIRING_WINDOW_MS, revoke_pairing
 from p2psync.swarm.constants import NAMESPACE_SYNC
 from p2psync.wire import encode_cbor
 
@@ -251,6 +253,43 @@ def test_a_new_sibling_is_added_but_not_this_device() -> None:
     record = SiblingRecord(SIBLING.session_id, bytes(32), "tablet")
     assert run(Known(), inbound(record, ME)) == [AddSibling(record)]
     assert run(Known(), inbound(SiblingRecord(ME.session_id, bytes(32), "me"), ME)) == []
+
+
+PRIMARY = Identity.from_label("core/primary")
+
+
+def mapped_secondary(**known: object) -> Known:
+    """This device as the second device of ``PRIMARY``'s mapped account, ``SIBLING`` a third."""
+    return Known(
+        mode=Mode.MAPPED,
+        user_id=PRIMARY.session_id,
+        sibling_names={PRIMARY.session_id: "phone", SIBLING.session_id: "tablet"},
+        **known,  # type: ignore[arg-type]
+    )
+
+
+def test_our_primarys_revocation_of_a_sibling_is_kept_and_of_this_device_refused() -> None:
+    revoked = revoke_pairing(PRIMARY, SIBLING.session_id, NOW - 10)
+    assert run(mapped_secondary(), inbound(DeviceRevoked(revoked.to_bytes()), PRIMARY)) == [
+        RevokeSibling(revoked)
+    ]
+    [forged] = run(mapped_secondary(), inbound(DeviceRevoked(revoked.to_bytes()), SIBLING))
+    assert isinstance(forged, Reject) and "from the primary that signed it" in forged.reason
+    mine = revoke_pairing(PRIMARY, ME.session_id, NOW - 10)
+    [refused] = run(mapped_secondary(), inbound(DeviceRevoked(mine.to_bytes()), PRIMARY))
+    assert isinstance(refused, Reject) and "for its siblings" in refused.reason
+
+
+def test_a_sibling_record_read_again_after_its_revocation_adds_nothing() -> None:
+    """The record announcing the tablet is read again (a catch-up beside the live
+    stream) after the primary revoked it: the revocation stands. A record dated after
+    the revocation (the tablet paired again) adds it."""
+    record = SiblingRecord(SIBLING.session_id, bytes(32), "tablet")
+    known = mapped_secondary(revoked={(PRIMARY.session_id, SIBLING.session_id): NOW - 10})
+    known.sibling_names.pop(SIBLING.session_id)
+    assert run(known, inbound(record, PRIMARY, at=NOW - 20)) == []
+    assert run(known, inbound(record, PRIMARY, at=NOW - 10)) == []
+    assert run(known, inbound(record, PRIMARY, at=NOW - 9)) == [AddSibling(record)]
 
 
 def pair_request(mode: Mode = Mode.LINKED, at: int = NOW) -> PairRequest:

@@ -306,3 +306,26 @@ async def test_public_chat_attributes_second_devices_of_both_modes_to_their_user
                 (alice, b"alice, from her second device"),
                 (bob, b"bob, from his second device"),
             ]
+
+
+async def test_a_revoked_device_is_dropped_by_every_sibling_not_only_the_primary(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The primary revokes the tablet: the desktop, a sibling too, hears it from the
+    primary (signed by it), stops listing and syncing with the tablet and keeps the
+    revocation; the tablet itself is not one of the devices told."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "desktop", "mapped") as desktop,
+        device(network, tmp_path, "tablet", "mapped") as tablet,
+    ):
+        await pair(phone, desktop)
+        await pair(phone, tablet)
+        tablet_id = tablet.whoami().device_id
+        await wait_until(lambda: tablet_id in desktop.siblings())
+        await phone.pairing.revoke(tablet_id)
+        await phone.flush()
+        await wait_until(lambda: tablet_id not in desktop.siblings())
+        assert set(desktop.siblings()) == {phone.whoami().device_id}
+        assert not desktop.rejections and not phone.rejections
