@@ -1,5 +1,5 @@
 """``python -m p2psync`` is the ``p2psync`` command."""
 
-from .cli import main
+from .command import main
 
 raise SystemExit(main())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import P2PSyncError
 from .network_defaults import DEFAULT_RELAYS, TRANSPORTS
+from .stops import HeldStops
 from .swarm.constants import STORE_QUORUM
 
 if TYPE_CHECKING:
@@ -67,8 +67,14 @@ def output_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text} is a directory")
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(f"no directory {folder} to write {path.name} in")
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise argparse.ArgumentTypeError(f"{text} cannot be written")
+    existed = path.exists()
+    try:  # permissions alone do not say (root passes them; /proc refuses new files)
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: {exc.strerror}") from None
+    if not existed:
+        path.unlink()
     return text
 
 
@@ -611,28 +617,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, held: HeldStops | None = None) -> int:
     """Run one command; its exit status.
 
     Building the parser loads the device commands (a third of a second). A Ctrl-C or
-    SIGTERM meanwhile is only noted, and acted on once loading is done (exit 130 or 143,
-    one line, as while the command runs): raised inside the import system, the
-    KeyboardInterrupt can come out as another error (a ``ModuleNotFoundError`` for the
-    module it interrupted) or not at all."""
-    stops: list[int] = []
-    loading = {
-        stop: signal.signal(stop, lambda signum, frame: stops.append(signum))
-        for stop in (signal.SIGINT, signal.SIGTERM)
-    }
+    SIGTERM meanwhile is only noted (from ``held``'s start: the console script holds
+    them before it imports this module, see :mod:`p2psync.command`), and acted on once
+    loading is done (exit 130 or 143, one line, as while the command runs): raised
+    inside the import system, the KeyboardInterrupt can come out as another error (a
+    ``ModuleNotFoundError`` for the module it interrupted) or not at all."""
+    stops = held if held is not None else HeldStops.from_now()
     try:
         args = build_parser().parse_args(argv)
     finally:
-        # The command chooses how a stop stops it (Trio's receivers, or stop_on_sigterm).
-        for stop, handler in loading.items():
-            signal.signal(stop, handler)
+        stops.release()
     try:
-        if stops:
-            raise KeyboardInterrupt if stops[0] == signal.SIGINT else Terminated
+        if stops.signals:
+            raise KeyboardInterrupt if stops.signals[0] == signal.SIGINT else Terminated
         logging.basicConfig(
             level=getattr(logging, args.log_level.upper()),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",

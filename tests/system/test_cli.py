@@ -47,6 +47,22 @@ def test_bad_arguments_exit_non_zero_with_one_line(args: list[str], tmp_path: Pa
     assert "error" in result.stderr.strip().splitlines()[-1]
 
 
+def test_an_output_path_that_cannot_be_created_is_refused_before_the_run(tmp_path: Path) -> None:
+    """``/proc`` is a directory that passes every permission check as root but refuses a
+    new file: the command says so at once (usage error, 2) rather than after the run."""
+    result = subprocess.run(
+        [*P2PSYNC, "demo", "--json", "/proc/demo.json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "argument --json: /proc/demo.json cannot be written: No such file or directory"
+    )
+
+
 def test_a_node_the_ledger_has_not_admitted_does_not_start(tmp_path: Path) -> None:
     """On a network with a ledger, a node without a registration would never be listed:
     it says so and exits instead of serving nobody."""

@@ -1,0 +1,34 @@
+"""Holding Ctrl-C and SIGTERM while the command line loads (standard library ``signal``
+alone, so that holding starts before anything slow is imported)."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+
+class HeldStops:
+    """Stops noted from :meth:`from_now` on, and the handlers they replaced. Once the
+    command line has loaded, :meth:`release` puts the handlers back (the command then
+    chooses how a stop stops it: Trio's receivers, or ``cli.stop_on_sigterm``) and the
+    command acts on :attr:`signals`."""
+
+    __slots__ = ("_handlers", "signals")
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self._handlers: dict[int, Any] = {}
+
+    @classmethod
+    def from_now(cls) -> HeldStops:
+        held = cls()
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            held._handlers[stop] = signal.signal(stop, held._note)
+        return held
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def release(self) -> None:
+        for stop, handler in self._handlers.items():
+            signal.signal(stop, handler)
