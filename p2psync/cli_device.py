@@ -22,8 +22,8 @@ import math
 import signal
 import sys
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from .device import (
     HistoryItem,
     NetworkAccess,
     PairingError,
+    SyncStatus,
     create_device,
     describe_device,
     open_device,
@@ -44,10 +45,11 @@ from .device.content import REFUSED_NAME_CATEGORIES
 DEFAULT_TIMEOUT_S = 600.0
 #: Exit status after SIGTERM, as a shell reports a process it ended (128 + 15).
 EXIT_TERMINATED = 143
-#: How long a device command stopped by Ctrl-C, SIGTERM or ``--timeout`` still gives its
-#: device to leave (queue the sync copies its siblings lack, store what it can of them,
-#: say goodbye): short, so every command stops within 2 s; what is not stored by then is
-#: in the outbox and goes first on the device's next start.
+#: How long a device command stopped by Ctrl-C or SIGTERM (or whose work failed) still
+#: gives its device to leave (queue the sync copies its siblings lack, store what it can
+#: of them, say goodbye): short, so every command stops within 2 s; what is not stored by
+#: then is in the outbox and goes first on the device's next start. ``--timeout`` ends
+#: the command without a leave: it comes when the network is not answering.
 STOP_LEAVING_S = 1.5
 
 
@@ -116,18 +118,6 @@ def _print_message(args: argparse.Namespace, device: Device, item: HistoryItem) 
     _emit(args, {"kind": "message", **_message(item, name)}, line)
 
 
-@asynccontextmanager
-async def _device(args: argparse.Namespace, *, online: bool = True) -> AsyncIterator[Device]:
-    network = NetworkAccess.from_file(args.network)
-    async with open_device(Path(args.data), network, online=online) as device:
-        try:
-            yield device
-        except BaseException:
-            with trio.move_on_after(STOP_LEAVING_S, shield=True):
-                await device.set_online(False)
-            raise
-
-
 #: Exit status after Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 
@@ -135,9 +125,8 @@ EXIT_INTERRUPTED = 130
 async def _stop_on_signals(
     scope: trio.CancelScope, stopped: list[int], *, task_status: trio.TaskStatus[None]
 ) -> None:
-    """Ctrl-C and SIGTERM cancel the work, so the device leaves on the way out as from
-    any cancellation, whatever the work was awaiting when the signal came (a
-    KeyboardInterrupt could land in a task that is not the device's)."""
+    """Ctrl-C and SIGTERM cancel ``scope``, whatever the work was awaiting when the
+    signal came (a KeyboardInterrupt could land in a task that is not the device's)."""
     codes = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
     with trio.open_signal_receiver(*codes) as signals:
         task_status.started()
@@ -147,17 +136,41 @@ async def _stop_on_signals(
             return
 
 
-def _run(args: argparse.Namespace, work: Callable[[], Awaitable[None]]) -> int:
-    """Run ``work`` within ``--timeout``; Ctrl-C and SIGTERM stop it (the device leaves
-    on the way out) with 130 and 143."""
+async def _leave_promptly(device: Device) -> None:
+    """Store the sync copies the device owes and say goodbye, in at most
+    :data:`STOP_LEAVING_S` and without waiting for siblings to take them directly."""
+    with trio.move_on_after(STOP_LEAVING_S):
+        await device.set_online(False, promptly=True)
+
+
+def _run(
+    args: argparse.Namespace, work: Callable[[Device], Awaitable[None]], *, online: bool = True
+) -> int:
+    """Open the device, run ``work`` on it and leave, within ``--timeout``.
+
+    Ctrl-C and SIGTERM (130, 143) stop the work, or the leave that follows it (Ctrl-C
+    right after ``send`` says ``sent``), but not the device: it then leaves promptly
+    while its own tasks still run, for a leave without them would queue the sync copies
+    it owes and never store them. A failure of the work leaves promptly too."""
     stopped: list[int] = []
 
     async def main() -> None:
+        network = NetworkAccess.from_file(args.network)
         with trio.fail_after(args.timeout):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(_stop_on_signals, nursery.cancel_scope, stopped)
-                await work()
-                nursery.cancel_scope.cancel()
+            async with open_device(Path(args.data), network, online=online) as device:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        work_and_leave = trio.CancelScope()
+                        await nursery.start(_stop_on_signals, work_and_leave, stopped)
+                        with work_and_leave:
+                            await work(device)
+                            await device.set_online(False)
+                        nursery.cancel_scope.cancel()
+                except Exception:
+                    await _leave_promptly(device)
+                    raise
+                if stopped:
+                    await _leave_promptly(device)
 
     try:
         trio.run(main)
@@ -192,25 +205,23 @@ def _cmd_whoami(args: argparse.Namespace) -> int:
 def _cmd_name(args: argparse.Namespace) -> int:
     """Set the user's display name; siblings and friends learn it."""
 
-    async def work() -> None:
-        async with _device(args) as device:
-            await device.set_display_name(args.name)
-            await device.flush()
-            print(f"display name set: {_named(args.name, device.session_id)}")
+    async def work(device: Device) -> None:
+        await device.set_display_name(args.name)
+        await device.flush()
+        print(f"display name set: {_named(args.name, device.session_id)}")
 
     return _run(args, work)
 
 
 def _cmd_pair(args: argparse.Namespace) -> int:
-    async def work() -> None:
-        async with _device(args) as device:
-            print(f"asked {args.primary[:12]}… to pair; waiting for it to answer", flush=True)
-            ticket = await device.pairing.request(args.primary)
-            print(f"pairing code: {ticket.code}", flush=True)
-            print("check that the primary shows the same code, then accept it there:")
-            print(f"  p2psync device accept --code '{ticket.code}' ...", flush=True)
-            await device.pairing.wait_paired()
-            print(f"paired: this device now acts for user {device.session_id}")
+    async def work(device: Device) -> None:
+        print(f"asked {args.primary[:12]}… to pair; waiting for it to answer", flush=True)
+        ticket = await device.pairing.request(args.primary)
+        print(f"pairing code: {ticket.code}", flush=True)
+        print("check that the primary shows the same code, then accept it there:")
+        print(f"  p2psync device accept --code '{ticket.code}' ...", flush=True)
+        await device.pairing.wait_paired()
+        print(f"paired: this device now acts for user {device.session_id}")
 
     return _run(args, work)
 
@@ -224,49 +235,47 @@ def _cmd_accept(args: argparse.Namespace) -> int:
             return bool(offers)
         return any(o.code.replace(" ", "") == code.replace(" ", "") for o in offers)
 
-    async def work() -> None:
-        async with _device(args) as device:
-            await device.sync_now()
-            with trio.move_on_after(args.wait):
-                await device.wait_for(waiting)
-            if code is None:
-                offers = device.pairing.requests()
-                if not offers:
-                    raise PairingError(
-                        "no pairing request is waiting (a new device asks with "
-                        "`p2psync device pair`; --wait S waits for one)"
-                    )
-                for offer in offers:
-                    _emit(
-                        args,
-                        {
-                            "code": offer.code,
-                            "name": offer.name,
-                            "device": offer.device,
-                            "timestamp_ms": offer.timestamp_ms,
-                        },
-                        f"code {offer.code}  {offer.name!r}  {offer.device}  "
-                        f"{_when(offer.timestamp_ms)}",
-                    )
-                if not args.json:
-                    print("accept one with: p2psync device accept --code CODE ...")
-            elif args.decline:
-                await device.pairing.decline(code)
-                print(f"declined the pairing request with code {code}")
-            else:
-                print(f"paired device {await device.pairing.accept(code)}")
+    async def work(device: Device) -> None:
+        await device.sync_now()
+        with trio.move_on_after(args.wait):
+            await device.wait_for(waiting)
+        if code is None:
+            offers = device.pairing.requests()
+            if not offers:
+                raise PairingError(
+                    "no pairing request is waiting (a new device asks with "
+                    "`p2psync device pair`; --wait S waits for one)"
+                )
+            for offer in offers:
+                _emit(
+                    args,
+                    {
+                        "code": offer.code,
+                        "name": offer.name,
+                        "device": offer.device,
+                        "timestamp_ms": offer.timestamp_ms,
+                    },
+                    f"code {offer.code}  {offer.name!r}  {offer.device}  "
+                    f"{_when(offer.timestamp_ms)}",
+                )
+            if not args.json:
+                print("accept one with: p2psync device accept --code CODE ...")
+        elif args.decline:
+            await device.pairing.decline(code)
+            print(f"declined the pairing request with code {code}")
+        else:
+            print(f"paired device {await device.pairing.accept(code)}")
 
     return _run(args, work)
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    async def work() -> None:
-        async with _device(args) as device:
-            message_id = await device.send(args.user, args.text)
-            # Kept from here on: a later run delivers it if this one is cut short.
-            print(f"accepted {message_id.hex()}; storing it in the swarm", flush=True)
-            await device.flush()
-            print(f"sent {message_id.hex()}")
+    async def work(device: Device) -> None:
+        message_id = await device.send(args.user, args.text)
+        # Kept from here on: a later run delivers it if this one is cut short.
+        print(f"accepted {message_id.hex()}; storing it in the swarm", flush=True)
+        await device.flush()
+        print(f"sent {message_id.hex()}")
         # Leaving the device above stored the sync copies its siblings had not
         # acknowledged, so they have the message without this device coming back.
 
@@ -274,136 +283,173 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _cmd_inbox(args: argparse.Namespace) -> int:
-    async def work() -> None:
-        async with _device(args) as device:
-            await device.sync_now()
-            await trio.sleep(args.wait)
-            items = device.history() if args.all else device.unread()
-            for item in items:
-                _print_message(args, device, item)
-            if items and not args.all:
-                device.mark_read(items[-1])
-            for contact in device.friends.contacts():
-                if contact.state == "pending":
-                    _emit(
-                        args,
-                        {
-                            "kind": "friend_request",
-                            "user": contact.user,
-                            "name": contact.name,
-                            "note": contact.note,
-                        },
-                        f"friend request from {_named(contact.name, contact.user)}: "
-                        f"{contact.note!r}",
-                    )
-            for rejection in device.rejections:
-                print(f"refused a {rejection.kind}: {rejection.reason}", file=sys.stderr)
+    async def work(device: Device) -> None:
+        await device.sync_now()
+        await trio.sleep(args.wait)
+        # What is new comes in arrival order; it is shown in time order, as the history.
+        items = device.history() if args.all else device.unread()
+        for item in sorted(items, key=lambda item: (item.timestamp_ms, item.id)):
+            _print_message(args, device, item)
+        if items and not args.all:
+            device.mark_read(items[-1])
+        for contact in device.friends.contacts():
+            if contact.state == "pending":
+                _emit(
+                    args,
+                    {
+                        "kind": "friend_request",
+                        "user": contact.user,
+                        "name": contact.name,
+                        "note": contact.note,
+                    },
+                    f"friend request from {_named(contact.name, contact.user)}: {contact.note!r}",
+                )
 
     args.timeout = max(args.timeout, args.wait + 60)
     return _run(args, work)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    """Online until Ctrl-C or SIGTERM: every message as it is filed, one line each."""
+def _how_it_syncs(status: SyncStatus) -> str:
+    if status.syncs_directly:
+        return "directly over the overlay, falling back to the swarm"
+    if status.starting:
+        return "through the swarm while it starts (its overlay endpoint is coming up)"
+    return "through the swarm only (direct sync off or too few relays)"
 
-    async def work() -> None:
-        async with _device(args) as device:
-            me = device.whoami()
-            print(
-                f"online as {_named(me.display_name, me.session_id)} ({me.mode}); Ctrl-C to stop",
-                file=sys.stderr,
-                flush=True,
+
+#: How often ``run`` looks at how its device syncs (a change is a line on the terminal).
+SYNC_LOOK_S = 1.0
+
+
+async def _print_sync_changes(args: argparse.Namespace, device: Device) -> None:
+    """A line whenever how the device syncs changes: directly or through the swarm, and
+    which siblings are connected (stderr, beside the messages on stdout; with ``--json``
+    a ``"kind": "sync"`` object among them). Sessions come and go inside the overlay,
+    not as filed records, so this looks once a second rather than waiting on the device."""
+    shown: tuple[bool, bool, frozenset[str]] | None = None
+    while True:
+        status = device.sync_status()
+        now = (status.syncs_directly, status.starting, status.connected_siblings)
+        if now != shown:
+            shown = now
+            siblings = device.siblings()
+            line = (
+                f"syncs {_how_it_syncs(status)}; siblings connected directly: "
+                f"{len(status.connected_siblings)} of {len(siblings)}"
             )
-            backlog = device.unread()
-            for item in backlog:
+            if args.json:
+                obj = {
+                    "kind": "sync",
+                    "direct_sync": status.syncs_directly,
+                    "starting": status.starting,
+                    "siblings": sorted(siblings),
+                    "connected_siblings": sorted(status.connected_siblings),
+                }
+                print(json.dumps(obj), flush=True)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        await trio.sleep(SYNC_LOOK_S)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Online until Ctrl-C or SIGTERM: every message as it is filed, one line each, and
+    a line whenever how the device syncs changes."""
+
+    async def print_messages(device: Device) -> None:
+        backlog = device.unread()
+        for item in backlog:
+            _print_message(args, device, item)
+            device.mark_read(item)
+        # Closed here, not left to the garbage collector after the run has ended (a
+        # Ctrl-C would then print the generator's late finalisation as a traceback).
+        arrivals = device.incoming(after_seq=backlog[-1].seq if backlog else None)
+        async with aclosing(arrivals):
+            async for item in arrivals:
                 _print_message(args, device, item)
                 device.mark_read(item)
-            # Closed here, not left to the garbage collector after the run has ended (a
-            # Ctrl-C would then print the generator's late finalisation as a traceback).
-            arrivals = device.incoming(after_seq=backlog[-1].seq if backlog else None)
-            async with aclosing(arrivals):
-                async for item in arrivals:
-                    _print_message(args, device, item)
-                    device.mark_read(item)
 
-    args.timeout = math.inf
+    async def work(device: Device) -> None:
+        me = device.whoami()
+        print(
+            f"online as {_named(me.display_name, me.session_id)} ({me.mode}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_print_sync_changes, args, device)
+            nursery.start_soon(print_messages, device)
+
+    args.timeout = math.inf  # until stopped: the command has no --timeout
     return _run(args, work)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    async def work() -> None:
-        async with _device(args) as device:
-            await device.sync_now()
-            await trio.sleep(args.wait)
-            me, status = device.whoami(), device.sync_status()
-            siblings = device.siblings()
-            connected = status.connected_siblings
-            if status.syncs_directly:
-                how = "directly over the overlay, falling back to the swarm"
-            elif status.starting:
-                how = "through the swarm while it starts (its overlay endpoint is coming up)"
-            else:
-                how = "through the swarm only (direct sync off or too few relays)"
-            # Everything dated before the watermark is here: the last time the history
-            # was known complete, i.e. the last sync that finished.
-            synced_ms = status.complete_until or None
-            synced = "never" if synced_ms is None else _when(synced_ms)
-            last_run = {
-                None: "this was its first run",
-                True: "its last run ended by leaving (owed sync copies stored, goodbye said)",
-                False: "its last run ended without leaving (killed or crashed): owed sync "
-                "copies were queued again on this start",
-            }[status.last_run_left]
-            _emit(
-                args,
-                {
-                    "user": me.session_id,
-                    "device": me.device_id,
-                    "mode": me.mode,
-                    "direct_sync": status.syncs_directly,
-                    "starting": status.starting,
-                    "last_sync_ms": synced_ms,
-                    "siblings": sorted(siblings),
-                    "connected_siblings": sorted(connected),
-                    "unacknowledged": status.unacknowledged,
-                    "last_run_left": status.last_run_left,
-                },
-                f"user {me.session_id} (device {_short(me.device_id)}, {me.mode})",
-                f"syncs with its siblings {how}",
-                f"siblings: {len(siblings)}, connected directly now: {len(connected)}",
-                f"last sync (history complete up to): {synced}",
-                f"messages a sibling has not acknowledged yet: {status.unacknowledged}",
-                last_run,
-            )
+    async def work(device: Device) -> None:
+        await device.sync_now()
+        await trio.sleep(args.wait)
+        me, status = device.whoami(), device.sync_status()
+        siblings = device.siblings()
+        connected = status.connected_siblings
+        how = _how_it_syncs(status)
+        # Everything dated before the watermark is here: the last time the history
+        # was known complete, i.e. the last sync that finished.
+        synced_ms = status.complete_until or None
+        synced = "never" if synced_ms is None else _when(synced_ms)
+        last_run = {
+            None: "this was its first run",
+            True: "its last run ended by leaving (owed sync copies stored, goodbye said)",
+            False: "its last run ended without leaving (killed or crashed): owed sync "
+            "copies were queued again on this start",
+        }[status.last_run_left]
+        _emit(
+            args,
+            {
+                "user": me.session_id,
+                "device": me.device_id,
+                "mode": me.mode,
+                "direct_sync": status.syncs_directly,
+                "starting": status.starting,
+                "last_sync_ms": synced_ms,
+                "siblings": sorted(siblings),
+                "connected_siblings": sorted(connected),
+                "unacknowledged": status.unacknowledged,
+                "last_run_left": status.last_run_left,
+            },
+            f"user {me.session_id} (device {_short(me.device_id)}, {me.mode})",
+            f"syncs with its siblings {how}",
+            f"siblings: {len(siblings)}, connected directly now: {len(connected)}",
+            f"last sync (history complete up to): {synced}",
+            f"messages a sibling has not acknowledged yet: {status.unacknowledged}",
+            last_run,
+        )
 
     args.timeout = max(args.timeout, args.wait + 60)
     return _run(args, work)
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
-    async def work() -> None:
-        async with _device(args) as device:
-            await device.sync_now()
-            if args.revoke:
-                await device.pairing.revoke(args.revoke)
-                print(f"revoked {args.revoke}")
-            me, connected = device.whoami(), device.sync_status().connected_siblings
+    async def work(device: Device) -> None:
+        await device.sync_now()
+        if args.revoke:
+            await device.pairing.revoke(args.revoke)
+            print(f"revoked {args.revoke}")
+        me, connected = device.whoami(), device.sync_status().connected_siblings
+        _emit(
+            args,
+            {"device": me.device_id, "name": me.name, "this": True},
+            f"{me.device_id}  {me.name!r}  (this device)",
+        )
+        for sibling, name in device.siblings().items():
             _emit(
                 args,
-                {"device": me.device_id, "name": me.name, "this": True},
-                f"{me.device_id}  {me.name!r}  (this device)",
+                {
+                    "device": sibling,
+                    "name": name,
+                    "this": False,
+                    "connected": sibling in connected,
+                },
+                f"{sibling}  {name!r}" + ("  connected" if sibling in connected else ""),
             )
-            for sibling, name in device.siblings().items():
-                _emit(
-                    args,
-                    {
-                        "device": sibling,
-                        "name": name,
-                        "this": False,
-                        "connected": sibling in connected,
-                    },
-                    f"{sibling}  {name!r}" + ("  connected" if sibling in connected else ""),
-                )
 
     return _run(args, work)
 
@@ -411,17 +457,16 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 def _cmd_migrate(args: argparse.Namespace) -> int:
     """Move a mapped account to linked mode, on its primary."""
 
-    async def work() -> None:
-        async with _device(args) as device:
-            retired = await device.migrate(args.to)
-            await device.flush()
-            friends = sum(1 for c in device.friends.contacts() if c.state == "friend")
-            print(f"moved user {device.session_id} to {args.to} mode; told {friends} friend(s)")
-            for old in retired:
-                print(
-                    f"device {old} gets the account's key when it next comes online"
-                    " (run any device command there before sending from it)"
-                )
+    async def work(device: Device) -> None:
+        retired = await device.migrate(args.to)
+        await device.flush()
+        friends = sum(1 for c in device.friends.contacts() if c.state == "friend")
+        print(f"moved user {device.session_id} to {args.to} mode; told {friends} friend(s)")
+        for old in retired:
+            print(
+                f"device {old} gets the account's key when it next comes online"
+                " (run any device command there before sending from it)"
+            )
 
     return _run(args, work)
 
@@ -430,60 +475,58 @@ def _cmd_rooms(args: argparse.Namespace) -> int:
     """Public chats: create a room, post to it, or read it (posts show the user, so a
     person's devices read as one)."""
 
-    async def work() -> None:
-        async with _device(args, online=False) as device:
-            if args.create:
-                room = await device.rooms.create(args.room)
-                print(f"created room {room.name!r}" if room.created else f"{room.name!r} exists")
-            if args.post is not None:
-                receipt = await device.rooms.post(args.room, args.post)
-                print(f"posted #{receipt.id} as {receipt.user}")
-            if args.create or args.post is not None:
-                return
-            for message in await device.rooms.messages(args.room, args.since):
-                text = message.body.decode(errors="replace")
-                _emit(
-                    args,
-                    {
-                        "id": message.id,
-                        "user": message.user,
-                        "device": message.device,
-                        "timestamp_ms": message.timestamp_ms,
-                        "text": text,
-                    },
-                    f"#{message.id} {_when(message.timestamp_ms)} {_short(message.user)}  {text}",
-                )
+    async def work(device: Device) -> None:
+        if args.create:
+            room = await device.rooms.create(args.room)
+            print(f"created room {room.name!r}" if room.created else f"{room.name!r} exists")
+        if args.post is not None:
+            receipt = await device.rooms.post(args.room, args.post)
+            print(f"posted #{receipt.id} as {receipt.user}")
+        if args.create or args.post is not None:
+            return
+        for message in await device.rooms.messages(args.room, args.since):
+            text = message.body.decode(errors="replace")
+            _emit(
+                args,
+                {
+                    "id": message.id,
+                    "user": message.user,
+                    "device": message.device,
+                    "timestamp_ms": message.timestamp_ms,
+                    "text": text,
+                },
+                f"#{message.id} {_when(message.timestamp_ms)} {_short(message.user)}  {text}",
+            )
 
-    return _run(args, work)
+    return _run(args, work, online=False)
 
 
 def _cmd_contacts(args: argparse.Namespace) -> int:
-    async def work() -> None:
-        async with _device(args) as device:
-            await device.sync_now()
-            if args.add:
-                await device.friends.request(args.add, args.text)
-            if args.accept:
-                await device.friends.accept(args.accept)
-            if args.decline:
-                await device.friends.decline(args.decline)
-            await device.flush()
-            if not args.json:
-                me = device.whoami()
-                user = _named(me.display_name, me.session_id)
-                print(f"user {user} (device {_short(me.device_id)}, {me.mode})")
-            for contact in device.friends.contacts():
-                devices = ", ".join(_short(d) for d in contact.devices)
-                _emit(
-                    args,
-                    {
-                        "user": contact.user,
-                        "name": contact.name,
-                        "state": contact.state,
-                        "devices": list(contact.devices),
-                    },
-                    f"{contact.state:9} {_named(contact.name, contact.user)}  devices: {devices}",
-                )
+    async def work(device: Device) -> None:
+        await device.sync_now()
+        if args.add:
+            await device.friends.request(args.add, args.text)
+        if args.accept:
+            await device.friends.accept(args.accept)
+        if args.decline:
+            await device.friends.decline(args.decline)
+        await device.flush()
+        if not args.json:
+            me = device.whoami()
+            user = _named(me.display_name, me.session_id)
+            print(f"user {user} (device {_short(me.device_id)}, {me.mode})")
+        for contact in device.friends.contacts():
+            devices = ", ".join(_short(d) for d in contact.devices)
+            _emit(
+                args,
+                {
+                    "user": contact.user,
+                    "name": contact.name,
+                    "state": contact.state,
+                    "devices": list(contact.devices),
+                },
+                f"{contact.state:9} {_named(contact.name, contact.user)}  devices: {devices}",
+            )
 
     return _run(args, work)
 
@@ -502,6 +545,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         network: bool = True,
         json_output: bool = False,
         wait: float | None = None,
+        timeout: bool = True,
     ) -> argparse.ArgumentParser:
         sub = device_commands.add_parser(name, help=help_text)
         sub.add_argument("--data", required=True, metavar="DIR", help="the device's directory")
@@ -509,6 +553,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
             sub.add_argument(
                 "--network", required=True, metavar="FILE", help="network.json of `network up`"
             )
+        if network and timeout:
             sub.add_argument(
                 "--timeout",
                 type=float,
@@ -571,6 +616,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "stay online, print messages as they arrive, sync with siblings; Ctrl-C stops",
         _cmd_run,
         json_output=True,
+        timeout=False,
     )
     command(
         "status",

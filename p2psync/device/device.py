@@ -144,6 +144,8 @@ class Device:
             partial(befriend, local, self._outbox),
         )
         self._online_scope: trio.CancelScope | None = None
+        #: Going offline has yet to queue the sync copies siblings lack (see set_online).
+        self._copies_owed = False
         #: One switch at a time: going offline takes a while (the copies it stores first),
         #: and coming back meanwhile must wait for it rather than find the device online.
         self._switching = trio.Lock()
@@ -324,33 +326,40 @@ class Device:
 
     # --- online and offline -----------------------------------------------------------------------
 
-    async def set_online(self, online: bool) -> None:
+    async def set_online(self, online: bool, *, promptly: bool = False) -> None:
         """Go offline (stop receiving and sending; ``send`` still queues) or back online.
 
         Going offline first gives siblings that are online a few seconds to take what they
         have not acknowledged directly, then stores a sync copy of whatever is still
         unacknowledged (waiting up to :data:`LEAVING_S` for the outbox), then says
         goodbye: a phone that leaves inside the grace period, or a process that exits
-        right after ``send``, leaves no sibling without the message. A device whose last
-        run ended otherwise (a crash) queues those copies before anything else when it
-        goes online again."""
+        right after ``send``, leaves no sibling without the message. ``promptly`` (a
+        person stopped the program) skips the first step. A leave cut short (cancelled)
+        resumes when called again, at storing the copies it has queued, so a caller can
+        give a stopped leave a last short budget for that. A device whose last run ended
+        otherwise (a crash) queues those copies before anything else when it goes
+        online again."""
         async with self._switching:
             if online and self._offline.is_set():
                 if self._store.get_meta(ONLINE_META) == b"1":
                     self._siblings.store_owed_copies()
                 self._store.set_meta(ONLINE_META, b"1")
+                self._copies_owed = True
                 self._online_scope = await self._nursery.start(self._run_online)
             elif not online and not self._offline.is_set():
                 assert self._online_scope is not None
-                try:
-                    await self._siblings.deliver_before_leaving()
-                finally:
-                    # Even when a stop cuts the wait short: those copies are in the
-                    # durable outbox now, what leaving owes the siblings is done (the
-                    # outbox goes first on the next start), so the next start need not
-                    # queue them again.
-                    self._siblings.store_owed_copies()
-                    self._store.set_meta(ONLINE_META, b"0")
+                if self._copies_owed:  # else a leave cut short resumes at storing them
+                    try:
+                        if not promptly:
+                            await self._siblings.deliver_before_leaving()
+                    finally:
+                        # Even when a stop cuts the wait short: those copies are in the
+                        # durable outbox now, what leaving owes the siblings is done (the
+                        # outbox goes first on the next start), so the next start need
+                        # not queue them again.
+                        self._siblings.store_owed_copies()
+                        self._store.set_meta(ONLINE_META, b"0")
+                        self._copies_owed = False
                 with trio.move_on_after(LEAVING_S):
                     await self.flush()
                 await self._siblings.leave()

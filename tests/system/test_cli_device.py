@@ -44,8 +44,10 @@ def describe(tmp_path: Path, network: LocalNetwork) -> Callable[[str], list[str]
     net = tmp_path / "network.json"
     net.write_text(json.dumps(network.description()))
 
-    def where(name: str) -> list[str]:
-        return ["--data", str(tmp_path / name), "--network", str(net), "--timeout", "120"]
+    def where(name: str, *, timeout: bool = True) -> list[str]:
+        """``timeout=False`` for ``run``, which stays until stopped."""
+        place = ["--data", str(tmp_path / name), "--network", str(net)]
+        return [*place, "--timeout", "120"] if timeout else place
 
     return where
 
@@ -198,8 +200,28 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
         assert "while the desktop was away" not in await ok("inbox", *where("desktop"))
         assert "while the desktop was away" in await ok("inbox", *where("desktop"), "--all")
 
+        # Ctrl-C as soon as ``send`` says it sent, while it leaves: the leave it cut
+        # short still stores the sync copy it queued, within its last STOP_LEAVING_S.
+        import shlex
+        command = ["sh", "-c", "exec " + shlex.join([sys.executable, "-m", "p2psync", "--log-level", "debug", "device", "send", *where("phone"), ids["bob"], "stopped as it left"]) + " 2>/tmp/send_err.log"]
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(
+                partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+            )
+            assert process.stdout is not None
+            said = b""
+            with trio.fail_after(60):
+                while b"sent " not in said:
+                    chunk = await process.stdout.receive_some()
+                    assert chunk, "send exited before sending"
+                    said += chunk
+                process.send_signal(signal.SIGINT)
+                await process.wait()
+        assert process.returncode == 130
+        assert "stopped as it left" in await ok("inbox", *where("desktop"))
+
         # The desktop stays up: it prints the next message as it arrives.
-        command = [*P2PSYNC, "run", *where("desktop"), "--json"]
+        command = [*P2PSYNC, "run", *where("desktop", timeout=False), "--json"]
         async with trio.open_nursery() as nursery:
             process = await nursery.start(
                 partial(
@@ -231,6 +253,9 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
                     printed += chunk
             [line] = [json.loads(x) for x in printed.splitlines() if b"was running" in x]
             assert line["outgoing"] and line["conversation"] == ids["bob"]
+            # How it syncs, as a line of its own when it changes (first: at start).
+            syncs = [x for x in map(json.loads, printed.splitlines()) if x["kind"] == "sync"]
+            assert syncs and syncs[0]["siblings"] == [ids["phone"]]
             process.send_signal(signal.SIGTERM)
             stopped_at = trio.current_time()
             with trio.fail_after(30):
@@ -284,7 +309,7 @@ async def test_display_names_beside_ids_and_run_stopped_by_signals_says_how_it_e
                 process = await nursery.start(
                     partial(
                         trio.run_process,
-                        [*P2PSYNC, "run", *where("alice")],
+                        [*P2PSYNC, "run", *where("alice", timeout=False)],
                         stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE,
                         check=False,
