@@ -202,8 +202,7 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
 
         # Ctrl-C as soon as ``send`` says it sent, while it leaves: the leave it cut
         # short still stores the sync copy it queued, within its last STOP_LEAVING_S.
-        import shlex
-        command = ["sh", "-c", "exec " + shlex.join([sys.executable, "-m", "p2psync", "--log-level", "debug", "device", "send", *where("phone"), ids["bob"], "stopped as it left"]) + " 2>/tmp/send_err.log"]
+        command = [*P2PSYNC, "send", *where("phone"), ids["bob"], "stopped as it left"]
         async with trio.open_nursery() as nursery:
             process = await nursery.start(
                 partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
