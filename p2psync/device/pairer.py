@@ -28,7 +28,7 @@ from ..mapping import (
 )
 from ..swarm.client import SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL
-from ..wire import decode_cbor, encode_cbor
+from ..wire import encode_cbor
 from .content import (
     Content,
     DeviceRevoked,
@@ -169,7 +169,9 @@ class Pairer:
         """Requests from new devices waiting for the user to compare codes and accept."""
         now = self._local.clock.now_ms()
         return [
-            PairingOffer(p.request_id, _offer_code(p), p.peer, p.name, p.timestamp_ms)
+            PairingOffer(
+                p.request_id, _offer_code(p), pairing_details(p)["device"], p.name, p.timestamp_ms
+            )
             for p in self._store.pairings(incoming=True, state=PairingState.PENDING)
             if p.timestamp_ms >= now - PAIRING_WINDOW_MS
         ]
@@ -211,8 +213,7 @@ class Pairer:
         if not self._local.is_primary:
             raise PairingError("only the primary device can pair new devices")
         pairing = self._pending_offer(code)
-        joining = decode_cbor(pairing.data)  # our own record of the request
-        assert isinstance(joining, dict)
+        joining = pairing_details(pairing)
         device, overlay = str(joining["device"]), bytes(joining["overlay"])
         keys = self._store.sibling_overlay_keys()
         names = self._store.siblings()

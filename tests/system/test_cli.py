@@ -58,8 +58,10 @@ def test_an_output_path_that_cannot_be_created_is_refused_before_the_run(tmp_pat
         timeout=60,
     )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].endswith(
-        "argument --json: /proc/demo.json cannot be written: No such file or directory"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("argument --json: /proc/demo.json cannot be written: No such file or directory")
     )
 
 

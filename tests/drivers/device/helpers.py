@@ -56,7 +56,9 @@ async def pair(primary: Device, new: Device) -> None:
     await wait_until(lambda: bool(primary.pairing.requests()))
     [offer] = primary.pairing.requests()
     assert offer.code == ticket.code and len(ticket.code) == 7
-    assert await primary.pairing.accept(offer.code) == new.whoami().device_id
+    # The device the user is shown is the one that joins, in both modes.
+    assert offer.device == new.whoami().device_id
+    assert await primary.pairing.accept(offer.code) == offer.device
     with trio.fail_after(60):
         await new.pairing.wait_paired()
 
