@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import unicodedata
@@ -26,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -35,7 +36,7 @@ from .device import (
     HistoryItem,
     NetworkAccess,
     PairingError,
-    SyncStatus,
+    Whoami,
     create_device,
     describe_device,
     open_device,
@@ -185,19 +186,25 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _whoami_of(me: Whoami) -> dict[str, Any]:
+    return {
+        "user": me.session_id,
+        "device": me.device_id,
+        "mode": me.mode,
+        "name": me.name,
+        "display_name": me.display_name,
+    }
+
+
 def _cmd_whoami(args: argparse.Namespace) -> int:
-    me = describe_device(Path(args.data))
+    data = Path(args.data)
+    running = _running(data)
+    me = _whoami_of(describe_device(data)) if running is None else running["whoami"]
     _emit(
         args,
-        {
-            "user": me.session_id,
-            "device": me.device_id,
-            "mode": me.mode,
-            "name": me.name,
-            "display_name": me.display_name,
-        },
-        f"user {_named(me.display_name, me.session_id)}",
-        f"device {me.device_id} ({me.name!r}, {me.mode})",
+        me,
+        f"user {_named(me['display_name'], me['user'])}",
+        f"device {me['device']} ({me['name']!r}, {me['mode']})",
     )
     return 0
 
@@ -309,46 +316,112 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
-def _how_it_syncs(status: SyncStatus) -> str:
-    if status.syncs_directly:
+def _how_it_syncs(direct: bool, starting: bool) -> str:
+    if direct:
         return "directly over the overlay, falling back to the swarm"
-    if status.starting:
+    if starting:
         return "through the swarm while it starts (its overlay endpoint is coming up)"
     return "through the swarm only (direct sync off or too few relays)"
 
 
-#: How often ``run`` looks at how its device syncs (a change is a line on the terminal).
+def _status_of(device: Device) -> dict[str, Any]:
+    """What ``status`` reports, as its ``--json`` object."""
+    me, status = device.whoami(), device.sync_status()
+    return {
+        "user": me.session_id,
+        "device": me.device_id,
+        "mode": me.mode,
+        "direct_sync": status.syncs_directly,
+        "starting": status.starting,
+        # Everything dated before the watermark is here: the last time the history
+        # was known complete, i.e. the last sync that finished.
+        "last_sync_ms": status.complete_until or None,
+        "siblings": sorted(device.siblings()),
+        "connected_siblings": sorted(status.connected_siblings),
+        "unacknowledged": status.unacknowledged,
+        "last_run_left": status.last_run_left,
+    }
+
+
+def _status_lines(status: dict[str, Any]) -> list[str]:
+    synced_ms = status["last_sync_ms"]
+    last_run = {
+        None: "this was its first run",
+        True: "its last run ended by leaving (owed sync copies stored, goodbye said)",
+        False: "its last run ended without leaving (killed or crashed): owed sync "
+        "copies were queued again on this start",
+    }[status["last_run_left"]]
+    return [
+        f"user {status['user']} (device {_short(status['device'])}, {status['mode']})",
+        f"syncs with its siblings {_how_it_syncs(status['direct_sync'], status['starting'])}",
+        f"siblings: {len(status['siblings'])}, "
+        f"connected directly now: {len(status['connected_siblings'])}",
+        "last sync (history complete up to): "
+        + ("never" if synced_ms is None else _when(synced_ms)),
+        f"messages a sibling has not acknowledged yet: {status['unacknowledged']}",
+        last_run,
+    ]
+
+
+#: Where ``run`` keeps what ``status`` and ``whoami`` report, for those commands to read
+#: while it holds the device (they cannot open it beside the run).
+RUN_STATUS_FILE = "run-status.json"
+#: How often ``run`` looks at how its device syncs (a change is a line on the terminal,
+#: and a new run status file).
 SYNC_LOOK_S = 1.0
 
 
-async def _print_sync_changes(args: argparse.Namespace, device: Device) -> None:
-    """A line whenever how the device syncs changes: directly or through the swarm, and
-    which siblings are connected (stderr, beside the messages on stdout; with ``--json``
-    a ``"kind": "sync"`` object among them). Sessions come and go inside the overlay,
-    not as filed records, so this looks once a second rather than waiting on the device."""
-    shown: tuple[bool, bool, frozenset[str]] | None = None
-    while True:
-        status = device.sync_status()
-        now = (status.syncs_directly, status.starting, status.connected_siblings)
-        if now != shown:
-            shown = now
-            siblings = device.siblings()
-            line = (
-                f"syncs {_how_it_syncs(status)}; siblings connected directly: "
-                f"{len(status.connected_siblings)} of {len(siblings)}"
-            )
-            if args.json:
-                obj = {
-                    "kind": "sync",
-                    "direct_sync": status.syncs_directly,
-                    "starting": status.starting,
-                    "siblings": sorted(siblings),
-                    "connected_siblings": sorted(status.connected_siblings),
-                }
-                print(json.dumps(obj), flush=True)
-            else:
-                print(line, file=sys.stderr, flush=True)
-        await trio.sleep(SYNC_LOOK_S)
+def _running(data: Path) -> dict[str, Any] | None:
+    """What a ``run`` holding the device in ``data`` last reported (``pid``, ``whoami``,
+    ``status``), or None if no run is holding it (a run that was killed leaves its file
+    behind: its process is gone)."""
+    try:
+        running = json.loads((data / RUN_STATUS_FILE).read_text())
+        os.kill(int(running["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return cast(dict[str, Any], running)
+
+
+def _write_running(data: Path, device: Device, status: dict[str, Any]) -> None:
+    """Replace the run status file whole (a reader never sees half of one)."""
+    running = {"pid": os.getpid(), "whoami": _whoami_of(device.whoami()), "status": status}
+    partial_file = data / f"{RUN_STATUS_FILE}.new"
+    partial_file.write_text(json.dumps(running))
+    partial_file.replace(data / RUN_STATUS_FILE)
+
+
+async def _watch_sync(args: argparse.Namespace, device: Device) -> None:
+    """Keep the run status file current, and print a line whenever how the device syncs
+    changes: directly or through the swarm, and which siblings are connected (stderr,
+    beside the messages on stdout; with ``--json`` a ``"kind": "sync"`` object among
+    them). Sessions come and go inside the overlay, not as filed records, so this looks
+    once a second rather than waiting on the device."""
+    data = Path(args.data)
+    written: dict[str, Any] | None = None
+    shown: tuple[bool, bool, list[str]] | None = None
+    try:
+        while True:
+            status = _status_of(device)
+            if status != written:
+                _write_running(data, device, status)
+                written = status
+            now = (status["direct_sync"], status["starting"], status["connected_siblings"])
+            if now != shown:
+                shown = now
+                if args.json:
+                    keys = ("direct_sync", "starting", "siblings", "connected_siblings")
+                    print(json.dumps({"kind": "sync"} | {k: status[k] for k in keys}), flush=True)
+                else:
+                    print(
+                        f"syncs {_how_it_syncs(now[0], now[1])}; siblings connected directly: "
+                        f"{len(now[2])} of {len(status['siblings'])}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            await trio.sleep(SYNC_LOOK_S)
+    finally:
+        (data / RUN_STATUS_FILE).unlink(missing_ok=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -376,7 +449,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             flush=True,
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_print_sync_changes, args, device)
+            nursery.start_soon(_watch_sync, args, device)
             nursery.start_soon(print_messages, device)
 
     args.timeout = math.inf  # until stopped: the command has no --timeout
@@ -384,44 +457,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    running = _running(Path(args.data))
+    if running is not None:  # a `run` holds the device: what it last reported
+        lines = _status_lines(running["status"])
+        lines.append(f"(as reported by `p2psync device run`, process {running['pid']})")
+        _emit(args, running["status"], *lines)
+        return 0
+
     async def work(device: Device) -> None:
         await device.sync_now()
         await trio.sleep(args.wait)
-        me, status = device.whoami(), device.sync_status()
-        siblings = device.siblings()
-        connected = status.connected_siblings
-        how = _how_it_syncs(status)
-        # Everything dated before the watermark is here: the last time the history
-        # was known complete, i.e. the last sync that finished.
-        synced_ms = status.complete_until or None
-        synced = "never" if synced_ms is None else _when(synced_ms)
-        last_run = {
-            None: "this was its first run",
-            True: "its last run ended by leaving (owed sync copies stored, goodbye said)",
-            False: "its last run ended without leaving (killed or crashed): owed sync "
-            "copies were queued again on this start",
-        }[status.last_run_left]
-        _emit(
-            args,
-            {
-                "user": me.session_id,
-                "device": me.device_id,
-                "mode": me.mode,
-                "direct_sync": status.syncs_directly,
-                "starting": status.starting,
-                "last_sync_ms": synced_ms,
-                "siblings": sorted(siblings),
-                "connected_siblings": sorted(connected),
-                "unacknowledged": status.unacknowledged,
-                "last_run_left": status.last_run_left,
-            },
-            f"user {me.session_id} (device {_short(me.device_id)}, {me.mode})",
-            f"syncs with its siblings {how}",
-            f"siblings: {len(siblings)}, connected directly now: {len(connected)}",
-            f"last sync (history complete up to): {synced}",
-            f"messages a sibling has not acknowledged yet: {status.unacknowledged}",
-            last_run,
-        )
+        status = _status_of(device)
+        _emit(args, status, *_status_lines(status))
 
     args.timeout = max(args.timeout, args.wait + 60)
     return _run(args, work)

@@ -238,6 +238,13 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
                     started += await process.stderr.receive_some()
             code_, _, err = await run("inbox", *where("desktop"))
             assert code_ == 1 and "in use by another process" in err
+            # status and whoami read what the run reports instead of opening the device.
+            beside = await ok("status", *where("desktop"))
+            assert "as reported by `p2psync device run`, process" in beside
+            status = json.loads(await ok("status", *where("desktop"), "--json"))
+            assert status["siblings"] == [ids["phone"]] and status["device"] == ids["desktop"]
+            me = json.loads(await ok("whoami", "--data", str(tmp_path / "desktop"), "--json"))
+            assert me["device"] == ids["desktop"]
             status = json.loads(await ok("status", *where("phone"), "--json", "--wait", "5"))
             assert status["direct_sync"] and status["siblings"] == [ids["desktop"]]
             copies_before = sync_copies(network, alice)
