@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
     from overlay.link import Transport
 
+    from .clock import Clock
+    from .swarm.registry import Directory
+
 # A command imports what it runs inside its function (Trio, the device commands, the
 # servers, the launcher, the overlay, ``cryptography`` for TLS): every call of the command
 # line pays for what is imported here, and what is imported here loads before ``main`` can
@@ -283,12 +286,24 @@ def _cmd_ledger_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listing_of(args: argparse.Namespace, clock: Clock) -> Directory | None:
+    """The registry a file server or open group server reads the relays from, if given."""
+    if args.registry is None:
+        return None
+    from .network import make_transport
+    from .services import make_directory
+
+    return make_directory(make_transport("tcp"), clock, args.registry, None, _data_dir(args))
+
+
 def _cmd_fileserver(args: argparse.Namespace) -> int:
     from .clock import Clock
     from .services import run_fileserver
 
+    clock = Clock()
+    listing = _listing_of(args, clock)
     return _run(
-        args, run_fileserver, _server_transport(args), _data_dir(args), args.listen, Clock()
+        args, run_fileserver, _server_transport(args), _data_dir(args), args.listen, clock, listing
     )
 
 
@@ -296,6 +311,7 @@ def _cmd_opengroup(args: argparse.Namespace) -> int:
     from .clock import Clock
     from .services import run_opengroup
 
+    clock = Clock()
     return _run(
         args,
         run_opengroup,
@@ -303,7 +319,8 @@ def _cmd_opengroup(args: argparse.Namespace) -> int:
         _data_dir(args),
         args.listen,
         args.fileserver,
-        Clock(),
+        clock,
+        _listing_of(args, clock),
     )
 
 
@@ -519,9 +536,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--node-data", required=True, metavar="NODE_DIR", help="the node's data directory"
     )
     register.set_defaults(run=_cmd_ledger_register)
-    server("fileserver", "the file server (device mappings)", _cmd_fileserver)
+    listing_help = (
+        "registry to read the relays from: onion requests from their hosts share the"
+        " exits' allowance, others a small one apart (without it, every caller's do)"
+    )
+    fileserver = server("fileserver", "the file server (device mappings)", _cmd_fileserver)
     opengroup = server("opengroup", "an open group (public chat) server", _cmd_opengroup)
     opengroup.add_argument("--fileserver", metavar="URL", help="for mapped-mode attribution")
+    for onion_server in (fileserver, opengroup):
+        onion_server.add_argument("--registry", metavar="URL", help=listing_help)
 
     from .cli_device import add_device_commands
 

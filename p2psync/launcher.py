@@ -232,26 +232,34 @@ async def network_up(
                 started[url] = name
                 on_progress(f"{name} {url}")
 
-            # Each process starts as soon as the urls it is given are known: the file
-            # server and the open group (which needs the file server's) beside the
-            # registry, the nodes once the registry is up, the relays (whose exits reach
-            # the two servers) once it and they are, beside the nodes.
+            # Each process starts as soon as the urls it is given are known: the registry
+            # first; the nodes, and beside them the file server and the open group (which
+            # needs the file server's; both read the relays from the registry) once it is
+            # up; the relays (whose exits reach the two servers) once they are.
             servers: dict[str, str] = {}
             servers_up = trio.Event()
 
-            async def start_servers() -> None:
-                servers["fileserver"] = await launcher.start("fileserver", "fileserver", *link_args)
+            async def start_servers(registry: str) -> None:
+                listing = ("--registry", registry)
+                servers["fileserver"] = await launcher.start(
+                    "fileserver", "fileserver", *listing, *link_args
+                )
                 on_progress(f"file server {servers['fileserver']}")
                 servers["opengroup"] = await launcher.start(
-                    "opengroup", "opengroup", "--fileserver", servers["fileserver"], *link_args
+                    "opengroup",
+                    "opengroup",
+                    "--fileserver",
+                    servers["fileserver"],
+                    *listing,
+                    *link_args,
                 )
                 on_progress(f"open group {servers['opengroup']}")
                 servers_up.set()
 
             async with trio.open_nursery() as starting:
-                starting.start_soon(start_servers)
                 registry = await launcher.start("registry", "registry", *ledger_args, *link_args)
                 on_progress(f"registry {registry}")
+                starting.start_soon(start_servers, registry)
                 node_args = ("node", "--registry", registry, *ledger_args, *link_args)
                 starting.start_soon(launcher.start_many, node_names, node_args, ready)
                 await servers_up.wait()

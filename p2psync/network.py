@@ -27,7 +27,7 @@ from .fileserver import FileServer
 from .identity import Identity
 from .network_defaults import DEFAULT_RELAYS as DEFAULT_RELAYS
 from .network_defaults import TRANSPORTS as TRANSPORTS
-from .onion_requests import OnionService
+from .onion_requests import OnionService, exit_host
 from .opengroup import OpenGroupServer
 from .rpc import RpcServer
 from .services import AnnouncedRelay
@@ -222,6 +222,12 @@ class LocalNetwork:
             if handle.node is not None:
                 await handle.node.refresh()
 
+    def exit_hosts(self) -> frozenset[str]:
+        """The hosts the running relays call servers from, as an onion exit: what the
+        file server and the open group server share onion requests among (the nodes
+        read theirs from the registry's listing)."""
+        return frozenset(exit_host(relay.address) for relay in self.relays)
+
     async def add_relays(self, count: int) -> None:
         """Start ``count`` overlay relays, each listed in the registry, all knowing all."""
         assert self._nursery is not None, "the network is not running"
@@ -332,7 +338,7 @@ async def open_local_network(
                 ("fileserver", fileserver.rpc, network.fileserver_url),
                 ("opengroup", opengroup.rpc, network.opengroup_url),
             ):
-                OnionService(server, keys[name], clock)
+                OnionService(server, keys[name], clock, exits=network.exit_hosts)
                 network.server_keys[url] = keys[name].ed25519_public
                 network._other_servers[url] = server
             for _ in range(nodes):

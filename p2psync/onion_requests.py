@@ -36,10 +36,12 @@ swarm client's subscriptions stay direct connections.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import struct
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
@@ -60,8 +62,10 @@ from .clock import Clock
 from .errors import ConnectionLost, DecodeError, RpcError
 from .identity import Identity, ed25519_to_x25519, seal
 from .rpc import Connection, KeyedRateLimit, RpcClient, RpcServer, open_rpc, result_of
-from .swarm.registry import ANNOUNCEMENT_TTL_MS, Directory
+from .swarm.registry import ANNOUNCEMENT_TTL_MS, LISTING_ERRORS, Directory, Snapshot
 from .wire import Fields, Request, decode_frame, encode_frame
+
+logger = logging.getLogger(__name__)
 
 ONION_METHOD = "onion"
 #: version (1) ‖ sealed at, ms (8) ‖ reply key (32), then the request frame.
@@ -98,6 +102,8 @@ class OnionStats:
     refused_replayed: int = 0
     #: Over the share of the exit they came from, or over all exits' together.
     refused_rate: int = 0
+    #: Requests (admitted or not) from callers on no listed relay's host.
+    unlisted: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,12 +115,22 @@ class OnionShare:
     /64), not its connection, so an exit (or anyone calling ``onion`` directly) does not
     get more by opening more connections or taking more addresses of one /64; and apart
     from the connection's own bucket, which an exit's connection would otherwise exhaust
-    for every client behind it at once."""
+    for every client behind it at once.
+
+    Anyone may call ``onion``, but on a server that reads the registry's listing only the
+    hosts of listed relays draw on those shares: four hosts of an attacker's own would
+    otherwise spend the total that the real exits' clients depend on. Other callers (a
+    relay not listed yet, or one that calls from another address than it announced)
+    draw on the ``unlisted_…`` shares, small and apart."""
 
     per_exit_per_s: float = 2000.0
     per_exit_burst: int = 4000
     total_per_s: float = 8000.0
     total_burst: int = 16000
+    unlisted_per_s: float = 50.0
+    unlisted_burst: int = 100
+    unlisted_total_per_s: float = 200.0
+    unlisted_total_burst: int = 400
 
     def limiter(self, now_s: float) -> KeyedRateLimit:
         return KeyedRateLimit(
@@ -124,6 +140,22 @@ class OnionShare:
             1 / self.total_per_s,
             now_s,
         )
+
+    def unlisted_limiter(self, now_s: float) -> KeyedRateLimit:
+        return KeyedRateLimit(
+            self.unlisted_burst,
+            1 / self.unlisted_per_s,
+            self.unlisted_total_burst,
+            1 / self.unlisted_total_per_s,
+            now_s,
+        )
+
+
+def exit_host(relay_url: str) -> str:
+    """The host a relay announced at ``relay_url`` calls servers from, as a server's
+    :func:`~overlay.exits.peer_host` spells a caller (the emulated network's ``mem:NAME``
+    is host ``NAME``)."""
+    return peer_host(relay_url.removeprefix("mem:"))
 
 
 def seal_request(
@@ -139,11 +171,55 @@ def seal_request(
     return seal(x25519, header + encode_frame(request)), nacl.secret.SecretBox(reply_key)
 
 
+class ListedExits:
+    """The hosts of the relays the registry lists (:func:`exit_host`), which an
+    :class:`OnionService` asks about every request: recomputed only when the listing
+    changes. The listing comes from ``listing`` (a node's own view of the registry) or,
+    for a server that does not announce itself, from :meth:`read`."""
+
+    def __init__(self, listing: Callable[[], Snapshot] | None = None) -> None:
+        self.snapshot = Snapshot()
+        self._listing = listing or (lambda: self.snapshot)
+        self._hosts_of: tuple[Snapshot, frozenset[str]] = (self.snapshot, frozenset())
+
+    def __call__(self) -> frozenset[str]:
+        snapshot = self._listing()
+        if snapshot is not self._hosts_of[0]:
+            self._hosts_of = (snapshot, frozenset(exit_host(r.url) for r in snapshot.relays))
+        return self._hosts_of[1]
+
+    async def read(self, directory: Directory, refresh_s: float) -> None:
+        """Read the listing now and every ``refresh_s`` until cancelled. A read that
+        fails is logged, the last listing stands, and the next read comes after 1 s,
+        doubling up to ``refresh_s`` (a registry that starts after this server is read
+        within seconds of it)."""
+        retry_s = 1.0
+        while True:
+            try:
+                self.snapshot = await directory.fetch()
+            except LISTING_ERRORS as exc:
+                logger.warning("registry listing not read (the last one stands): %s", exc)
+                await trio.sleep(min(retry_s, refresh_s))
+                retry_s *= 2
+            else:
+                retry_s = 1.0
+                await trio.sleep(refresh_s)
+
+
 class OnionService:
-    """The ``onion`` method of one RPC server, which it adds to ``server``."""
+    """The ``onion`` method of one RPC server, which it adds to ``server``.
+
+    ``exits``: the hosts of the relays the registry lists now (:func:`exit_host`), for a
+    server that reads the listing; None for one that does not, where every caller draws
+    on the exits' share (see :class:`OnionShare`)."""
 
     def __init__(
-        self, server: RpcServer, identity: Identity, clock: Clock, share: OnionShare | None = None
+        self,
+        server: RpcServer,
+        identity: Identity,
+        clock: Clock,
+        share: OnionShare | None = None,
+        exits: Callable[[], AbstractSet[str]] | None = None,
     ) -> None:
         self._server = server
         self._identity = identity
@@ -151,11 +227,19 @@ class OnionService:
         self.stats = OnionStats()
         #: The ephemeral keys of the sealed requests answered lately → when sealed.
         self._seen: OrderedDict[bytes, int] = OrderedDict()
-        self._share = (share or OnionShare()).limiter(clock.now_s())
+        share = share or OnionShare()
+        self._share = share.limiter(clock.now_s())
+        self._unlisted_share = share.unlisted_limiter(clock.now_s())
+        self._exits = exits
         server.add_method(ONION_METHOD, self.handle, own_rate_limit=True)
 
     async def handle(self, params: Fields, connection: Connection) -> dict[str, bytes]:
-        if not self._share.allow(peer_host(connection.peer).encode(), self._clock.now_s()):
+        host = peer_host(connection.peer)
+        share = self._share
+        if self._exits is not None and host not in self._exits():
+            self.stats.unlisted += 1
+            share = self._unlisted_share
+        if not share.allow(host.encode(), self._clock.now_s()):
             self.stats.refused_rate += 1
             raise RpcError("rate_limited", "this exit's share of onion requests is used up")
         request, reply_box = self.open(params.only("body").blob("body"))

@@ -34,8 +34,9 @@ from .clock import Clock
 from .errors import DecodeError, P2PSyncError
 from .fileserver import FileServer
 from .identity import SEED_BYTES, Identity
-from .onion_requests import ExitServers, OnionService, open_rpc_exit
+from .onion_requests import ExitServers, ListedExits, OnionService, open_rpc_exit
 from .opengroup import OpenGroupServer
+from .rpc import RpcServer
 from .swarm.admission import Ledger, Registration, checked_registration
 from .swarm.node import NodeConfig, StorageNode
 from .swarm.registry import Directory, FileDirectory, RegistryDirectory, RegistryServer
@@ -213,24 +214,44 @@ def server_public_key(data_dir: Path) -> bytes:
     return load_or_create_identity(data_dir / SERVER_KEY_FILE).ed25519_public
 
 
-async def run_fileserver(transport: Transport, data_dir: Path, listen: str, clock: Clock) -> None:
+async def run_fileserver(
+    transport: Transport, data_dir: Path, listen: str, clock: Clock, listing: Directory | None
+) -> None:
     server = FileServer(data_dir / "fileserver.sqlite3", clock)
-    identity = load_or_create_identity(data_dir / SERVER_KEY_FILE)
-    OnionService(server.rpc, identity, clock)
-    async with trio.open_nursery() as nursery:
-        serving = transport.as_server(identity.seed)
-        announce_ready(await nursery.start(server.serve, serving, listen))
+    await _serve_with_onion(server.rpc, server.serve, transport, data_dir, listen, clock, listing)
 
 
 async def run_opengroup(
-    transport: Transport, data_dir: Path, listen: str, fileserver: str | None, clock: Clock
+    transport: Transport,
+    data_dir: Path,
+    listen: str,
+    fileserver: str | None,
+    clock: Clock,
+    listing: Directory | None,
 ) -> None:
     server = OpenGroupServer(data_dir / "opengroup.sqlite3", clock, fileserver, transport)
+    await _serve_with_onion(server.rpc, server.serve, transport, data_dir, listen, clock, listing)
+
+
+async def _serve_with_onion(
+    rpc: RpcServer,
+    serve: Callable[..., Awaitable[None]],
+    transport: Transport,
+    data_dir: Path,
+    listen: str,
+    clock: Clock,
+    listing: Directory | None,
+) -> None:
+    """Serve a file server or open group server, and onion requests to it, under the key
+    kept in ``data_dir``; with ``listing``, onion requests from the listed relays' hosts
+    share the exits' allowance (:class:`~p2psync.onion_requests.OnionShare`)."""
     identity = load_or_create_identity(data_dir / SERVER_KEY_FILE)
-    OnionService(server.rpc, identity, clock)
+    exits = None if listing is None else ListedExits()
+    OnionService(rpc, identity, clock, exits=exits)
     async with trio.open_nursery() as nursery:
-        serving = transport.as_server(identity.seed)
-        announce_ready(await nursery.start(server.serve, serving, listen))
+        if listing is not None and exits is not None:
+            nursery.start_soon(exits.read, listing, RELAY_REFRESH_S)
+        announce_ready(await nursery.start(serve, transport.as_server(identity.seed), listen))
 
 
 RELAY_KEY_FILE = "relay.key"

@@ -35,7 +35,7 @@ from overlay.link import Transport
 from ..clock import Clock
 from ..errors import RpcError
 from ..identity import Identity
-from ..onion_requests import OnionService
+from ..onion_requests import ListedExits, OnionService
 from ..rpc import (
     Connection,
     RpcPool,
@@ -256,7 +256,9 @@ class StorageNode:
         )
         #: Requests that reach this node through a device's onion path (the exit relay
         #: is the caller it sees), answered as if they had come directly.
-        self.onion = OnionService(self.rpc, identity, clock)
+        self.onion = OnionService(
+            self.rpc, identity, clock, exits=ListedExits(lambda: self.snapshot)
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -4,22 +4,28 @@ apart from the connection's own bucket (MockClock, in-memory network)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 import trio.testing
 
+from overlay.exits import peer_host
 from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import ConnectionLost, RpcError
 from p2psync.identity import Identity
 from p2psync.onion_requests import (
     ExitServers,
+    ListedExits,
     OnionService,
     OnionShare,
+    exit_host,
     open_rpc_exit,
     seal_request,
 )
 from p2psync.rpc import Connection, RpcClient, RpcServer, ServerLimits, open_rpc
+from p2psync.swarm.registry import RelayInfo, Snapshot
 from p2psync.wire import Fields, Request
 
 SERVERS = ["mem:a", "mem:b", "mem:c"]
@@ -69,6 +75,17 @@ async def test_an_exit_keeps_at_most_its_cap_of_connections_least_recently_used_
         nursery.cancel_scope.cancel()
 
 
+async def onion_quick(identity: Identity, clock: Clock, client: RpcClient) -> str:
+    """One onion request for ``quick`` to the server of ``identity``: "ok" or the error."""
+    body, box = seal_request(identity.ed25519_public, Request(1, "quick", {}), clock.now_ms())
+    try:
+        reply = await client.call("onion", {"body": body})
+    except RpcError as error:
+        return error.code
+    box.decrypt(Fields(reply, "onion").blob("body"))
+    return "ok"
+
+
 async def test_a_server_shares_onion_requests_per_exit_host_apart_from_the_connection_bucket(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -85,15 +102,7 @@ async def test_a_server_shares_onion_requests_per_exit_host_apart_from_the_conne
     )
     share = OnionShare(per_exit_per_s=0.001, per_exit_burst=3, total_per_s=0.001, total_burst=6)
     service = OnionService(server, identity, clock, share)
-
-    async def onion(client: RpcClient) -> str:
-        body, box = seal_request(identity.ed25519_public, Request(1, "quick", {}), clock.now_ms())
-        try:
-            reply = await client.call("onion", {"body": body})
-        except RpcError as error:
-            return error.code
-        box.decrypt(Fields(reply, "onion").blob("body"))
-        return "ok"
+    onion = partial(onion_quick, identity, clock)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, network, "mem:node")
@@ -113,4 +122,75 @@ async def test_a_server_shares_onion_requests_per_exit_host_apart_from_the_conne
             with pytest.raises(RpcError, match="slow down"):
                 await b1.call("quick", {})
         assert service.stats.refused_rate == 2 and service.stats.answered == 6
+        nursery.cancel_scope.cancel()
+
+
+async def test_only_the_listed_relays_hosts_draw_on_the_exits_share(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Anyone may call ``onion``, but callers on hosts no listed relay has draw on a
+    small share apart: four hosts of an attacker's own spend that, and the listed exit's
+    clients are still answered (with one share for every caller, the four took the
+    total and the exit was refused)."""
+    network = MemoryNetwork()
+    clock = Clock(TEST_EPOCH_MS)
+    identity = Identity.from_label("node")
+    server = RpcServer({"quick": lambda params, connection: {"ok": True}}, clock=clock)
+    share = OnionShare(
+        per_exit_per_s=0.001,
+        per_exit_burst=3,
+        total_per_s=0.001,
+        total_burst=3,
+        unlisted_per_s=0.001,
+        unlisted_burst=2,
+        unlisted_total_per_s=0.001,
+        unlisted_total_burst=3,
+    )
+    service = OnionService(server, identity, clock, share, exits=lambda: frozenset({"exit"}))
+    onion = partial(onion_quick, identity, clock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, network, "mem:node")
+        async with (
+            open_rpc(network.host("exit"), "mem:node") as listed,
+            open_rpc(network.host("x1"), "mem:node") as x1,
+            open_rpc(network.host("x2"), "mem:node") as x2,
+            open_rpc(network.host("x3"), "mem:node") as x3,
+        ):
+            assert [await onion(x1) for _ in range(3)] == ["ok", "ok", "rate_limited"]
+            assert [await onion(x2), await onion(x3)] == ["ok", "rate_limited"]
+            assert [await onion(listed) for _ in range(3)] == ["ok"] * 3
+        assert service.stats.unlisted == 5 and service.stats.answered == 6
+        nursery.cancel_scope.cancel()
+
+
+def test_a_relay_is_listed_by_the_host_it_calls_from() -> None:
+    assert exit_host("mem:relay3") == peer_host("relay3")
+    assert exit_host("10.77.0.5:4100#" + "ab" * 32) == peer_host("10.77.0.5:52311")
+    assert exit_host("[2001:db8::1]:4100") == peer_host("[2001:db8::2]:40000")
+
+
+async def test_a_server_reads_the_listed_relays_and_retries_a_failed_read_soon(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The file server's view of the listing: a registry not up yet is read again after
+    1 s, 2 s, … (not a whole refresh later), and the relays it lists are then the exits."""
+    reads: list[float] = []
+
+    class Registry:
+        async def fetch(self) -> Snapshot:
+            reads.append(trio.current_time())
+            if len(reads) < 3:
+                raise ConnectionLost("registry not up yet")
+            return Snapshot(relays=(RelayInfo("ab" * 32, "10.77.0.5:4100"),))
+
+        async def announce(self, *args: object) -> None:
+            raise AssertionError("a server that reads the listing announces nothing")
+
+    exits = ListedExits()
+    assert exits() == frozenset()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(exits.read, Registry(), 60.0)
+        await trio.sleep(3.5)
+        assert exits() == {"10.77.0.5"}
+        assert [round(t - reads[0], 1) for t in reads] == [0.0, 1.0, 3.0]
         nursery.cancel_scope.cancel()
