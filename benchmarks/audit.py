@@ -10,8 +10,9 @@ between two public keys (i.e. a single user's primary and secondary devices)":
 * accounts that one server saw from two device addresses (which tells it that the account
   has two devices, where they are and when each is online).
 
-The registry is not watched: a device's first read of the listing (which relays exist) is
-made before it has paths, carries no account key, and is the one direct contact left.
+The registry is watched apart (:attr:`ServerAudit.registry_readers`): a device's first
+read of the listing at each start (which relays exist) is made before it has paths and
+carries no account key; every later read goes to service nodes through its paths.
 """
 
 from __future__ import annotations
@@ -40,10 +41,22 @@ class ServerAudit:
     """Records what the servers of ``network`` see once :meth:`watch` has been called."""
 
     observations: list[Observation] = field(default_factory=list)
+    #: The address of every read of the registry's listing (a ``list`` page).
+    registry_readers: list[str] = field(default_factory=list)
 
     def watch(self, network: LocalNetwork) -> None:
         for url, server in network.servers().items():
             server.observe(partial(self._record, url))
+        if network.registry_rpc is not None:
+            network.registry_rpc.observe(self._registry_read)
+
+    def _registry_read(self, method: str, peer: str, params: Mapping[str, Any]) -> None:
+        if method == "list":
+            self.registry_readers.append(_address(peer))
+
+    def registry_reads_from(self, addresses: Collection[str]) -> int:
+        """Pages of the registry's listing read from one of ``addresses``."""
+        return sum(reader in addresses for reader in self.registry_readers)
 
     def _record(self, server: str, method: str, peer: str, params: Mapping[str, Any]) -> None:
         accounts = frozenset(

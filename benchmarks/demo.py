@@ -166,6 +166,7 @@ async def _scenario(
                     {
                         "server_requests": len(audit.servers.observations),
                         "device_addresses_seen_by_servers": audit.servers.requests_from(alice),
+                        "registry_reads_from_devices": audit.servers.registry_reads_from(alice),
                         "servers_seeing_alice_from_two_addresses": (
                             audit.servers.accounts_seen_from_two(alice)
                         ),
@@ -503,6 +504,12 @@ def _privacy_table(summary: dict[str, Any]) -> Table:
         f"of {privacy['server_requests']} requests they answered, from a device's own "
         "address (onion requests come from exit relays)",
         str(privacy["device_addresses_seen_by_servers"]),
+    )
+    table.add_row(
+        "registry",
+        "reads of its listing from Alice's devices' addresses (one a start, before paths; "
+        "later reads go to service nodes through paths)",
+        str(privacy["registry_reads_from_devices"]),
     )
     table.add_row(
         "servers",

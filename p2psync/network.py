@@ -97,6 +97,9 @@ class LocalNetwork:
     #: sealed to them; service nodes' keys are in the registry).
     server_keys: dict[str, bytes] = field(default_factory=dict)
     _other_servers: dict[str, RpcServer] = field(default_factory=dict)
+    #: The registry's RPC server (to observe who reads the listing, as
+    #: :meth:`servers` offers the others).
+    registry_rpc: RpcServer | None = None
     #: The relays running now (:meth:`stop_relay` takes one out).
     relays: list[AnnouncedRelay] = field(default_factory=list)
     _nursery: trio.Nursery | None = None
@@ -117,9 +120,11 @@ class LocalNetwork:
         """Relays and endpoints share the memory network, or use plain TCP on loopback."""
         return self.transport.for_overlay()
 
-    def directory(self) -> RegistryDirectory:
+    def directory(self, transport: Transport | None = None) -> RegistryDirectory:
+        """The registry, read with ``transport`` (a device's own host; default: the
+        network's transport)."""
         return RegistryDirectory(
-            self.transport, self.registry_url, self.clock, self.ledger.public_key
+            transport or self.transport, self.registry_url, self.clock, self.ledger.public_key
         )
 
     def description(self) -> dict[str, Any]:
@@ -153,13 +158,14 @@ class LocalNetwork:
             transport = WebSocketTransport(local_address=host)  # a client: URLs say TLS
         return NetworkAccess(
             transport,
-            self.directory(),
+            self.directory(transport),
             self.clock,
             self.fileserver_url,
             self.opengroup_url,
             overlay,
             rpc_route=rpc_route,
             server_keys=dict(self.server_keys),
+            ledger=self.ledger.public_key,
         )
 
     def servers(self) -> dict[str, RpcServer]:
@@ -312,8 +318,10 @@ async def open_local_network(
             keys = {
                 name: network.identity_for(name) for name in ("registry", "fileserver", "opengroup")
             }
+            registry = RegistryServer(clock, ledger=ledger.public_key)
+            network.registry_rpc = registry.rpc
             network.registry_url = await nursery.start(
-                RegistryServer(clock, ledger=ledger.public_key).serve,
+                registry.serve,
                 chosen.as_server(keys["registry"].seed),
                 chosen.listen_address("registry"),
             )

@@ -38,12 +38,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import random
 import struct
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple, cast
 
 import nacl.exceptions
@@ -61,8 +63,14 @@ from overlay.tasks import open_task_nursery
 from .clock import Clock
 from .errors import ConnectionLost, DecodeError, RpcError
 from .identity import Identity, ed25519_to_x25519, seal
-from .rpc import Connection, KeyedRateLimit, RpcClient, RpcServer, open_rpc, result_of
-from .swarm.registry import ANNOUNCEMENT_TTL_MS, LISTING_ERRORS, Directory, Snapshot
+from .rpc import Connection, KeyedRateLimit, RpcClient, RpcRouter, RpcServer, open_rpc, result_of
+from .swarm.registry import (
+    ANNOUNCEMENT_TTL_MS,
+    LISTING_ERRORS,
+    Directory,
+    Snapshot,
+    read_listing_pages,
+)
 from .wire import Fields, Request, decode_frame, encode_frame
 
 logger = logging.getLogger(__name__)
@@ -488,6 +496,94 @@ async def open_rpc_exit(
 
 
 ServerKey = Callable[[str], Awaitable[bytes]]
+
+
+#: Service nodes a device asks for the listing each time it reads it through its paths.
+LISTING_SOURCES = 2
+
+
+class OnionDirectory:
+    """The registry's listing as a device reads it once it has onion paths: from
+    :data:`LISTING_SOURCES` service nodes of the last listing it knows (each node serves
+    its copy of the registry's signed announcements, ``list``), by onion requests, so
+    that the registry sees the device's address once a start (the read that finds the
+    relays to build paths through, ``known``) and not at every later read.
+
+    A node could withhold entries (hide relays that joined, say, to steer paths through
+    its own). Every entry is checked as the registry's are (signature, age, a node's
+    registration under ``ledger``); what the nodes answer is merged with what was known,
+    newest per key, so a withheld entry stays until its announcement is too old, and
+    only if every node asked withholds it. A read that no node answers fails
+    (:class:`RpcError`): callers keep the listing they have rather than ask the registry
+    from the device's address."""
+
+    def __init__(
+        self,
+        known: Snapshot,
+        ledger: bytes | None,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self._known = known
+        self._ledger = ledger
+        self._clock = clock
+        self._random = rng
+        self._pool: RpcRouter | None = None
+
+    def read_through(self, pool: RpcRouter) -> None:
+        """From now on read through ``pool`` (the device's onion requests)."""
+        self._pool = pool
+
+    @property
+    def known(self) -> Snapshot:
+        """The listing as last read, without reading: what the device's onion requests
+        take service nodes' keys from (:class:`KnownListing`). Reading it through those
+        requests would need the keys first; and the swarms the device reaches are built
+        from the same listing, so a node it calls is one it has the key of."""
+        return self._known
+
+    async def fetch(self) -> Snapshot:
+        if self._pool is None or not self._known.nodes:
+            raise RpcError("unavailable", "no paths or no service nodes to read the listing from")
+        nodes = list(self._known.nodes)
+        self._random.shuffle(nodes)
+        announcements: list[object] = list(self._known.announcements)
+        answered = 0
+        errors: list[str] = []
+        for node in nodes:
+            if answered == LISTING_SOURCES:
+                break
+            try:
+                announcements += await read_listing_pages(
+                    partial(self._pool.call, node.url, "list")
+                )
+            except LISTING_ERRORS as exc:
+                errors.append(f"{node.url}: {exc}")
+                continue
+            answered += 1
+        if not answered:
+            raise RpcError("unavailable", f"no node answered for the listing: {errors}")
+        self._known = Snapshot.from_announcements(
+            {"announcements": announcements}, self._clock.now_ms(), ledger=self._ledger
+        )
+        return self._known
+
+    async def announce(self, *args: object) -> None:
+        raise AssertionError("a device announces nothing")
+
+
+class KnownListing:
+    """:attr:`OnionDirectory.known` as a :class:`Directory` that reads nothing, for the
+    :class:`DirectoryKeys` of the pool the listing is read through."""
+
+    def __init__(self, listing: OnionDirectory) -> None:
+        self._listing = listing
+
+    async def fetch(self) -> Snapshot:
+        return self._listing.known
+
+    async def announce(self, *args: object) -> None:
+        raise AssertionError("a device announces nothing")
 
 
 #: How soon a url the last listing did not name may make :class:`DirectoryKeys` read the

@@ -14,7 +14,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeGuard
 
@@ -27,9 +27,9 @@ from overlay.tasks import open_task_nursery
 
 from ..clock import Clock
 from ..errors import ConnectionLost, P2PSyncError
-from ..onion_requests import DirectoryKeys, OnionRpcPool
+from ..onion_requests import DirectoryKeys, KnownListing, OnionDirectory, OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
-from ..swarm.registry import Directory, RegistryDirectory
+from ..swarm.registry import Directory, RegistryDirectory, Snapshot
 from ..websocket import WebSocketTransport, split_url
 from .keys import choice_seed
 from .relay_listing import keep_relays_current
@@ -96,9 +96,24 @@ def _node_urls(description: dict[str, object]) -> tuple[str, ...]:
     )
 
 
+def relay_contacts_in(snapshot: Snapshot, now_ms: int) -> list[Contact]:
+    """The relays ``snapshot`` lists whose signed contacts verify (anyone may announce a
+    relay: counting one whose contact is expired or forged towards a path's hops let an
+    endpoint start that could not build any)."""
+    contacts = []
+    for relay in snapshot.relays:
+        try:
+            contacts.append(Contact.decode(relay.contact))
+        except ContactError:
+            continue
+    return list(verified_directory(contacts, now_ms).values())
+
+
 @dataclass(frozen=True)
 class NetworkAccess:
     transport: Transport
+    #: The registry's listing: the registry itself (a service node's copy while it is
+    #: down), or, on the onion route while a device is open, read through its paths.
     directory: Directory
     clock: Clock
     fileserver_url: str
@@ -111,6 +126,9 @@ class NetworkAccess:
     #: The announced Ed25519 keys of servers other than service nodes (the file server,
     #: the open group server), by address: an onion request is sealed to its server's key.
     server_keys: Mapping[str, bytes] = field(default_factory=dict)
+    #: The key of the network's ledger, which every service node's entry in the listing
+    #: must be registered under (None: a network without admission).
+    ledger: bytes | None = field(kw_only=True)
 
     def __post_init__(self) -> None:
         if self.rpc_route not in RPC_ROUTES:
@@ -125,25 +143,39 @@ class NetworkAccess:
         return random.SystemRandom()
 
     @asynccontextmanager
-    async def open_rpc_pool(
+    async def open_routes(
         self, *, local_name: str | None = None, entry_filter: EntryFilter | None = None
-    ) -> AsyncIterator[RpcRouter]:
-        """The pool a device reaches servers with, as :attr:`rpc_route` says. Onion
-        requests go on paths of an endpoint of their own, with a fresh key each time: the
-        paths are not those the device meets its siblings on, and nothing ties them to
-        the device's overlay identity or to its paths before a restart. Their first hops
-        are relays ``entry_filter`` admits: a device's siblings must not enter the
-        overlay where its onion requests do, or that relay would see both addresses."""
+    ) -> AsyncIterator[tuple[RpcRouter, NetworkAccess]]:
+        """The pool a device reaches servers with, as :attr:`rpc_route` says, and the
+        network as the device is to use it while the pool is open: reading the registry's
+        listing through that pool too, on the onion route (:class:`OnionDirectory`), so
+        that the registry sees the device's address once here and not at every read.
+
+        Onion requests go on paths of an endpoint of their own, with a fresh key each
+        time: the paths are not those the device meets its siblings on, and nothing ties
+        them to the device's overlay identity or to its paths before a restart. Their
+        first hops are relays ``entry_filter`` admits: a device's siblings must not enter
+        the overlay where its onion requests do, or that relay would see both
+        addresses."""
         if self.rpc_route == "direct":
             async with open_rpc_pool(self.transport) as pool:
-                yield pool
+                yield pool, self
             return
-        contacts = await self.relay_contacts()
+        # The one direct read: the relays to build the first paths through.
+        snapshot = await self.directory.fetch()
+        contacts = relay_contacts_in(snapshot, self.clock.now_ms())
         if len(contacts) < DEFAULT_HOPS:
             raise ConnectionLost(
                 f"the registry lists {len(contacts)} usable relays; onion requests need "
                 f"{DEFAULT_HOPS} (is the network up?)"
             )
+        listing = OnionDirectory(
+            snapshot,
+            self.ledger,
+            self.clock,
+            self.random_for(b"", b"onion listing"),
+        )
+        through_paths = replace(self, directory=listing)
         async with (
             open_endpoint(
                 os.urandom(32),
@@ -155,23 +187,16 @@ class NetworkAccess:
             ) as endpoint,
             open_task_nursery() as nursery,
         ):
-            nursery.start_soon(keep_relays_current, endpoint, self)
-            keys = DirectoryKeys(self.directory, self.clock, self.server_keys)
-            yield OnionRpcPool(endpoint, keys, self.clock, self.transport)
+            keys = DirectoryKeys(KnownListing(listing), self.clock, self.server_keys)
+            onion = OnionRpcPool(endpoint, keys, self.clock, self.transport)
+            listing.read_through(onion)
+            nursery.start_soon(keep_relays_current, endpoint, through_paths)
+            yield onion, through_paths
             nursery.cancel_scope.cancel()
 
     async def relay_contacts(self) -> list[Contact]:
-        """The overlay relays the registry lists now whose signed contacts verify (anyone
-        may announce a relay: counting one whose contact is expired or forged towards a
-        path's hops let an endpoint start that could not build any)."""
-        snapshot = await self.directory.fetch()
-        contacts = []
-        for relay in snapshot.relays:
-            try:
-                contacts.append(Contact.decode(relay.contact))
-            except ContactError:
-                continue
-        return list(verified_directory(contacts, self.clock.now_ms()).values())
+        """The overlay relays the listing names now whose signed contacts verify."""
+        return relay_contacts_in(await self.directory.fetch(), self.clock.now_ms())
 
     @classmethod
     def from_file(cls, path: str | Path, clock: Clock | None = None) -> NetworkAccess:
@@ -187,6 +212,7 @@ class NetworkAccess:
             raise NetworkFileError(f"{path} must hold a JSON object")
         clock = clock or Clock()
         transport = WebSocketTransport()
+        ledger = _ledger(description, path)
         keys = {
             _url(description, name, path): _key(description, f"{name}_key", path)
             for name in ("fileserver", "opengroup")
@@ -199,7 +225,7 @@ class NetworkAccess:
                 transport,
                 _url(description, "registry", path),
                 clock,
-                _ledger(description, path),
+                ledger,
                 seeds=_node_urls(description),
             ),
             clock,
@@ -210,4 +236,5 @@ class NetworkAccess:
             # see this device's address.
             rpc_route="onion" if _enough_relays(relays) and len(keys) == 2 else "direct",
             server_keys=keys,
+            ledger=ledger,
         )

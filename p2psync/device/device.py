@@ -427,11 +427,12 @@ async def open_device(
             raise DeviceError(f"the device in {directory} is {existing.decode()}, not {mode}")
         local = Local(store, network.clock, config or DeviceConfig())
         async with (
-            network.open_rpc_pool(entry_filter=SiblingEntries(local, or_any=True)) as pool,
+            network.open_routes(entry_filter=SiblingEntries(local, or_any=True)) as routes,
             open_task_nursery() as nursery,
         ):
-            swarm = SwarmClient(pool, network.directory, network.clock, _random_for(store))
-            device = Device(local, network, pool, swarm, nursery)
+            pool, reading = routes  # the network, its listing read the way the pool goes
+            swarm = SwarmClient(pool, reading.directory, reading.clock, _random_for(store))
+            device = Device(local, reading, pool, swarm, nursery)
             if online:
                 await device.set_online(True)
             yield device

@@ -31,8 +31,9 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -431,20 +432,27 @@ class RegistryDirectory:
 
 async def read_listing(transport: Transport, url: str) -> list[object]:
     """Every announcement ``url`` (the registry, or a node serving its copy) lists, page
-    by page; at most ``MAX_LISTED``."""
+    by page over one connection; at most ``MAX_LISTED``."""
+    async with open_rpc(transport, url) as client:
+        return await read_listing_pages(partial(client.call, "list"))
+
+
+async def read_listing_pages(list_page: Callable[[dict[str, Any]], Awaitable[Any]]) -> list[object]:
+    """Every announcement of a listing, page by page, ``list_page`` calling ``list`` with
+    its params however it reaches the server (one connection, or onion requests to a node);
+    at most ``MAX_LISTED``."""
     announcements: list[object] = []
     after: object = None
-    async with open_rpc(transport, url) as client:
-        while True:
-            page = Fields(
-                await client.call("list", {} if after is None else {"after": after}), "listing"
-            ).only("announcements", "next")
-            announcements += page.items("announcements", max_len=LIST_PAGE)
-            after = page.raw("next")
-            if after is None:
-                return announcements
-            if len(announcements) >= MAX_LISTED:
-                raise DecodeError(f"the listing goes on past {MAX_LISTED} entries")
+    while True:
+        page = Fields(await list_page({} if after is None else {"after": after}), "listing").only(
+            "announcements", "next"
+        )
+        announcements += page.items("announcements", max_len=LIST_PAGE)
+        after = page.raw("next")
+        if after is None:
+            return announcements
+        if len(announcements) >= MAX_LISTED:
+            raise DecodeError(f"the listing goes on past {MAX_LISTED} entries")
 
 
 class RegistryServer:

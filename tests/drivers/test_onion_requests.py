@@ -30,6 +30,7 @@ from p2psync.onion_requests import (
     KEYS_MISS_REREAD_MS,
     ONION_FRESHNESS_MS,
     DirectoryKeys,
+    OnionDirectory,
     OnionRpcPool,
     OnionService,
     seal_request,
@@ -39,7 +40,7 @@ from p2psync.rpc import Connection, RpcClient, RpcPool, RpcServer, open_rpc
 from p2psync.services import AnnouncedRelay
 from p2psync.swarm.client import SwarmClient
 from p2psync.swarm.messages import StoreRequest
-from p2psync.swarm.registry import ANNOUNCEMENT_TTL_MS
+from p2psync.swarm.registry import ANNOUNCEMENT_TTL_MS, Snapshot, sign_announcement
 from p2psync.wire import Fields, Request
 
 DEVICE_HOST = "alice-phone"
@@ -261,10 +262,10 @@ async def test_network_access_chooses_onion_requests_by_configuration(
     owner = Identity.from_label("dave")
     async with _onion_network(seen) as onion:
         access = replace(onion.network.access(), rpc_route="onion")
-        async with access.open_rpc_pool(local_name="dave-laptop") as pool:
+        async with access.open_routes(local_name="dave-laptop") as (pool, reading):
             assert isinstance(pool, OnionRpcPool) and pool.endpoint is not onion.endpoint
             swarm = SwarmClient(
-                cast(RpcPool, pool), access.directory, access.clock, random.Random(2)
+                cast(RpcPool, pool), reading.directory, access.clock, random.Random(2)
             )
             digest, _ = await swarm.store(owner.session_id, 0, b"by onion")
             messages, _, _ = await swarm.retrieve(owner, 0, None)
@@ -396,3 +397,52 @@ async def test_server_keys_come_from_a_listing_read_again_only_when_due() -> Non
     clock.skip_idle(ANNOUNCEMENT_TTL_MS)
     await keys("ws://node")
     assert CountingListing.reads == 3
+
+
+async def test_a_node_that_withholds_entries_cannot_drop_them_from_the_listing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Read through paths, the listing is what the nodes asked answer merged with what was
+    known (newest per key): a node that leaves out a relay does not remove it, a relay
+    that joined is taken from the node that names it, and a forged entry is refused."""
+    clock = Clock(TEST_EPOCH_MS)
+    now = clock.now_ms()
+    nodes = [Identity.from_label(f"listing/node{i}") for i in range(2)]
+    relays = [Identity.from_label(f"listing/relay{i}") for i in range(3)]
+
+    def announced(identity: Identity, kind: str, at: int = now) -> dict[str, Any]:
+        return sign_announcement(identity, kind, f"mem:{identity.session_id[:8]}", at)
+
+    node_entries = [announced(node, "node") for node in nodes]
+    known = Snapshot.from_announcements(
+        {"announcements": [*node_entries, *(announced(r, "relay") for r in relays[:2])]},
+        now,
+        ledger=None,
+    )
+    forged = announced(Identity.from_label("listing/forger"), "relay")
+    forged["record"] = {**forged["record"], "url": "mem:elsewhere"}
+    answers = {
+        # Leaves out relay 1; names relay 2, which joined, and a forged relay.
+        node_entries[0]["record"]["url"]: [
+            *node_entries,
+            announced(relays[0], "relay", now + 1),
+            announced(relays[2], "relay", now + 1),
+            forged,
+        ],
+        node_entries[1]["record"]["url"]: [*node_entries, announced(relays[0], "relay")],
+    }
+
+    class Exits:
+        async def call(self, url: str, method: str, params: dict[str, Any]) -> Any:
+            assert method == "list" and params == {}
+            return {"announcements": answers[url], "next": None}
+
+    listing = OnionDirectory(known, None, clock, random.Random(1))
+    with pytest.raises(RpcError, match="no paths"):
+        await listing.fetch()
+    listing.read_through(cast(RpcPool, Exits()))
+    read = await listing.fetch()
+    assert {relay.pubkey for relay in read.relays} == {
+        relay.ed25519_public.hex() for relay in relays
+    }
+    assert listing.known == read

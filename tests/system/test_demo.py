@@ -42,6 +42,10 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, mode: str) -> None:
     # server answered a request from either of Alice's devices' addresses.
     assert privacy["server_requests"] > 0
     assert privacy["device_addresses_seen_by_servers"] == 0
+    # The registry's listing: read from each of Alice's devices once, as it starts (30
+    # reads when every later read went to the registry too); later reads go to service
+    # nodes through the devices' paths.
+    assert privacy["registry_reads_from_devices"] == 2
     assert privacy["servers_seeing_alice_from_two_addresses"] == 0
     # Every link is TLS pinned to its server's key: an observer of the devices' wires
     # read no account, device or node key (tests/system/test_link_audit.py shows the same
