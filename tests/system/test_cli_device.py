@@ -38,7 +38,7 @@ async def ok(*args: str) -> str:
     return out
 
 
-def describe(tmp_path: Path, network: LocalNetwork) -> Callable[[str], list[str]]:
+def describe(tmp_path: Path, network: LocalNetwork) -> Callable[..., list[str]]:
     """Write ``network``'s ``network.json``; return what puts a command on device
     ``name`` (its folder under ``tmp_path``) of that network."""
     net = tmp_path / "network.json"
