@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -70,10 +71,14 @@ def output_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text} is a directory")
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(f"no directory {folder} to write {path.name} in")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise argparse.ArgumentTypeError(f"{text} is not a regular file")
     existed = path.exists()
-    try:  # permissions alone do not say (root passes them; /proc refuses new files)
-        with path.open("ab"):
-            pass
+    # Permissions alone do not say (root passes them; /proc refuses new files): open it,
+    # without following a link, without blocking, and creating only a file of our own.
+    flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+    try:
+        os.close(os.open(path, flags if existed else flags | os.O_CREAT | os.O_EXCL, 0o644))
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{text} cannot be written: {exc.strerror}") from None
     if not existed:

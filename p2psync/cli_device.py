@@ -23,8 +23,8 @@ import os
 import signal
 import sys
 import unicodedata
-from collections.abc import Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -39,6 +39,7 @@ from .device import (
     Whoami,
     create_device,
     describe_device,
+    device_in_use,
     open_device,
 )
 from .device.content import REFUSED_NAME_CATEGORIES
@@ -123,18 +124,42 @@ def _print_message(args: argparse.Namespace, device: Device, item: HistoryItem) 
 EXIT_INTERRUPTED = 130
 
 
-async def _stop_on_signals(
-    scope: trio.CancelScope, stopped: list[int], *, task_status: trio.TaskStatus[None]
-) -> None:
-    """Ctrl-C and SIGTERM cancel ``scope``, whatever the work was awaiting when the
-    signal came (a KeyboardInterrupt could land in a task that is not the device's)."""
-    codes = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
-    with trio.open_signal_receiver(*codes) as signals:
-        task_status.started()
-        async for signum in signals:
-            stopped.append(codes[signal.Signals(signum)])
-            scope.cancel()
-            return
+class _Stop:
+    """Where Ctrl-C and SIGTERM land: the innermost scope guarded now (the whole
+    command, then the work and the leave after it), so that a stop while the device
+    works ends the work but not the device; and the exit status of the first stop."""
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+        self._guarded: list[trio.CancelScope] = []
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        with trio.CancelScope() as scope:
+            self._guarded.append(scope)
+            try:
+                yield
+            finally:
+                self._guarded.remove(scope)
+
+    async def receive(
+        self, otherwise: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Until cancelled, turn each signal into cancelling the innermost guarded scope
+        (``otherwise`` when none is): a second stop cuts short what the first left
+        running (the leave). Delivered here rather than as a KeyboardInterrupt, which
+        could land in any of the device's tasks."""
+        codes = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+        with trio.open_signal_receiver(*codes) as signals:
+            task_status.started()
+            async for signum in signals:
+                if self.code is None:
+                    self.code = codes[signal.Signals(signum)]
+                (self._guarded[-1] if self._guarded else otherwise).cancel()
+
+
+class _Stopped(Exception):
+    """The device has left after a stop: close it without leaving again."""
 
 
 async def _leave_promptly(device: Device) -> None:
@@ -149,35 +174,42 @@ def _run(
 ) -> int:
     """Open the device, run ``work`` on it and leave, within ``--timeout``.
 
-    Ctrl-C and SIGTERM (130, 143) stop the work, or the leave that follows it (Ctrl-C
-    right after ``send`` says ``sent``), but not the device: it then leaves promptly
-    while its own tasks still run, for a leave without them would queue the sync copies
-    it owes and never store them. A failure of the work leaves promptly too."""
-    stopped: list[int] = []
+    Ctrl-C and SIGTERM (130, 143) while the device opens end the command. Once it is
+    open they stop the work, or the leave that follows it (Ctrl-C right after ``send``
+    says ``sent``), but not the device: it then leaves promptly while its own tasks
+    still run, for a leave without them would queue the sync copies it owes and never
+    store them; and it closes without leaving again, whether that leave finished or
+    not, so the command ends within :data:`STOP_LEAVING_S` and a little. A failure of
+    the work leaves promptly too."""
+    stop = _Stop()
 
     async def main() -> None:
         network = NetworkAccess.from_file(args.network)
         with trio.fail_after(args.timeout):
-            async with open_device(Path(args.data), network, online=online) as device:
-                try:
-                    async with trio.open_nursery() as nursery:
-                        work_and_leave = trio.CancelScope()
-                        await nursery.start(_stop_on_signals, work_and_leave, stopped)
-                        with work_and_leave:
-                            await work(device)
-                            await device.set_online(False)
-                        nursery.cancel_scope.cancel()
-                except Exception:
-                    await _leave_promptly(device)
-                    raise
-                if stopped:
-                    await _leave_promptly(device)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(stop.receive, nursery.cancel_scope)
+                    with stop.guard():
+                        async with open_device(Path(args.data), network, online=online) as device:
+                            try:
+                                with stop.guard():
+                                    await work(device)
+                                    await device.set_online(False)
+                            except Exception:
+                                await _leave_promptly(device)
+                                raise
+                            if stop.code is not None:
+                                await _leave_promptly(device)
+                                raise _Stopped
+                    nursery.cancel_scope.cancel()
+            except* _Stopped:
+                pass
 
     try:
         trio.run(main)
     except trio.TooSlowError:
         raise TimeoutError(f"gave up after {args.timeout:g} s (is the network running?)") from None
-    return stopped[0] if stopped else 0
+    return stop.code or 0
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -373,19 +405,23 @@ SYNC_LOOK_S = 1.0
 
 def _running(data: Path) -> dict[str, Any] | None:
     """What a ``run`` holding the device in ``data`` last reported (``pid``, ``whoami``,
-    ``status``), or None if no run is holding it (a run that was killed leaves its file
-    behind: its process is gone)."""
+    ``status``), or None if no process holds the device (a run that was killed leaves
+    its file behind) or the holder has not reported (another command)."""
+    if not device_in_use(data):
+        return None
     try:
         running = json.loads((data / RUN_STATUS_FILE).read_text())
-        os.kill(int(running["pid"]), 0)
+        pid = int(running["pid"])
+        if pid <= 0:
+            return None
+        os.kill(pid, 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return cast(dict[str, Any], running)
 
 
-def _write_running(data: Path, device: Device, status: dict[str, Any]) -> None:
+def _write_running(data: Path, running: dict[str, Any]) -> None:
     """Replace the run status file whole (a reader never sees half of one)."""
-    running = {"pid": os.getpid(), "whoami": _whoami_of(device.whoami()), "status": status}
     partial_file = data / f"{RUN_STATUS_FILE}.new"
     partial_file.write_text(json.dumps(running))
     partial_file.replace(data / RUN_STATUS_FILE)
@@ -403,9 +439,10 @@ async def _watch_sync(args: argparse.Namespace, device: Device) -> None:
     try:
         while True:
             status = _status_of(device)
-            if status != written:
-                _write_running(data, device, status)
-                written = status
+            running = {"pid": os.getpid(), "whoami": _whoami_of(device.whoami()), "status": status}
+            if running != written:
+                _write_running(data, running)
+                written = running
             now = (status["direct_sync"], status["starting"], status["connected_siblings"])
             if now != shown:
                 shown = now

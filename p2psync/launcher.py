@@ -352,21 +352,28 @@ async def _describe(
     announces itself before it prints ``ready``, so all are listed by now). ``started``
     maps each node's and relay's url to its name; ``server_keys`` holds the file server's
     and the open group server's keys, which devices seal onion requests to."""
+    try:
+        announcements = await read_listing(transport, registry)
+    except (OSError, P2PSyncError) as exc:
+        raise StartError(f"the registry ({registry}) does not answer: {exc}") from None
     listing = Snapshot.from_announcements(
-        {"announcements": await read_listing(transport, registry)},
-        Clock().now_ms(),
-        ledger=ledger,
+        {"announcements": announcements}, Clock().now_ms(), ledger=ledger
     )
     listed = {node.url for node in listing.nodes} | {relay.url for relay in listing.relays}
     unlisted = sorted(name for url, name in started.items() if url not in listed)
     if unlisted:
         raise StartError(f"the registry does not list {', '.join(unlisted)}")
     await _until_views_agree(transport, listing.nodes, started)
-    with trio.fail_after(START_TIMEOUT_S):
-        async with open_rpc(transport, opengroup) as client:
-            await client.call("list_rooms", {})
-        async with open_rpc(transport, fileserver) as client:
-            await client.call("get_mappings", {"session_id": "05" + "00" * 32})
+    for name, url, method, params in (
+        ("the open group server", opengroup, "list_rooms", {}),
+        ("the file server", fileserver, "get_mappings", {"session_id": "05" + "00" * 32}),
+    ):
+        try:
+            with trio.fail_after(START_TIMEOUT_S):
+                async with open_rpc(transport, url) as client:
+                    await client.call(method, params)
+        except (OSError, P2PSyncError, trio.TooSlowError) as exc:
+            raise StartError(f"{name} ({url}) does not answer: {exc!r}") from None
     return {
         "ledger": ledger.hex(),
         "registry": registry,

@@ -66,9 +66,11 @@ from .identity import Identity, ed25519_to_x25519, seal
 from .rpc import Connection, KeyedRateLimit, RpcClient, RpcRouter, RpcServer, open_rpc, result_of
 from .swarm.registry import (
     ANNOUNCEMENT_TTL_MS,
+    CACHED_LISTING_MAX_AGE_MS,
     LISTING_ERRORS,
-    Directory,
+    Listing,
     Snapshot,
+    merge_listings,
     read_listing_pages,
 )
 from .wire import Fields, Request, decode_frame, encode_frame
@@ -196,7 +198,7 @@ class ListedExits:
             self._hosts_of = (snapshot, frozenset(exit_host(r.url) for r in snapshot.relays))
         return self._hosts_of[1]
 
-    async def read(self, directory: Directory, refresh_s: float) -> None:
+    async def read(self, listing: Listing, clock: Clock, refresh_s: float) -> None:
         """Read the listing now and every ``refresh_s`` until cancelled. A read that
         fails is logged, the last listing stands, and the next read comes after 1 s,
         doubling up to ``refresh_s`` (a registry that starts after this server is read
@@ -204,14 +206,14 @@ class ListedExits:
         retry_s = 1.0
         while True:
             try:
-                self.snapshot = await directory.fetch()
-            except LISTING_ERRORS as exc:
-                logger.warning("registry listing not read (the last one stands): %s", exc)
-                await trio.sleep(min(retry_s, refresh_s))
+                self.snapshot = await listing.fetch()
+            except Exception as exc:  # one bad read (or reply) never stops the server
+                logger.warning("registry listing not read (the last one stands): %r", exc)
+                await clock.sleep(min(retry_s, refresh_s))
                 retry_s *= 2
             else:
                 retry_s = 1.0
-                await trio.sleep(refresh_s)
+                await clock.sleep(refresh_s)
 
 
 class OnionService:
@@ -498,8 +500,16 @@ async def open_rpc_exit(
 ServerKey = Callable[[str], Awaitable[bytes]]
 
 
-#: Service nodes a device asks for the listing each time it reads it through its paths.
+#: Service nodes a device asks for the listing each time it reads it through its paths,
+#: and the most it tries (a node that does not answer, or answers what does not check out,
+#: is passed over for another).
 LISTING_SOURCES = 2
+LISTING_ATTEMPTS = 2 * LISTING_SOURCES
+#: How long one node's whole listing may take through a path before the next is tried.
+LISTING_READ_S = 2 * ONION_ATTEMPT_TIMEOUT_S
+#: A listing read this recently is the answer to another read (the swarm client, the
+#: relay readers and the key lookups all ask; one read through paths serves them).
+LISTING_FRESH_S = 30.0
 
 
 class OnionDirectory:
@@ -509,26 +519,26 @@ class OnionDirectory:
     that the registry sees the device's address once a start (the read that finds the
     relays to build paths through, ``known``) and not at every later read.
 
-    A node could withhold entries (hide relays that joined, say, to steer paths through
-    its own). Every entry is checked as the registry's are (signature, age, a node's
-    registration under ``ledger``); what the nodes answer is merged with what was known,
-    newest per key, so a withheld entry stays until its announcement is too old, and
-    only if every node asked withholds it. A read that no node answers fails
-    (:class:`RpcError`): callers keep the listing they have rather than ask the registry
-    from the device's address."""
+    Each node's answer is checked on its own as the registry's is (signatures, a node's
+    registration under ``ledger``, the page and entry limits) and merged with what was
+    known (:func:`~p2psync.swarm.registry.merge_listings`: a withheld entry stays, a relay
+    no one knew needs two nodes to name it). One read runs at a time and serves every
+    reader for :data:`LISTING_FRESH_S`. A read that no node answers fails
+    (:class:`RpcError`), and a merge that lists no service node is not taken: readers
+    keep the listing they have rather than ask the registry from the device's address."""
 
     def __init__(
-        self,
-        known: Snapshot,
-        ledger: bytes | None,
-        clock: Clock,
-        rng: random.Random,
+        self, known: Snapshot, ledger: bytes | None, clock: Clock, rng: random.Random
     ) -> None:
         self._known = known
         self._ledger = ledger
         self._clock = clock
         self._random = rng
         self._pool: RpcRouter | None = None
+        self._reading = trio.Lock()
+        #: ``known`` was read just now (by the caller, directly): as fresh as any read.
+        #: On the network's clock, which a simulation's jumps move too.
+        self._read_at_ms = clock.now_ms()
 
     def read_through(self, pool: RpcRouter) -> None:
         """From now on read through ``pool`` (the device's onion requests)."""
@@ -543,47 +553,64 @@ class OnionDirectory:
         return self._known
 
     async def fetch(self) -> Snapshot:
-        if self._pool is None or not self._known.nodes:
-            raise RpcError("unavailable", "no paths or no service nodes to read the listing from")
+        async with self._reading:
+            now_ms = self._clock.now_ms()
+            if now_ms - self._read_at_ms < LISTING_FRESH_S * 1000:
+                return self._known
+            if self._pool is None or not self._known.nodes:
+                raise RpcError("unavailable", "no paths or no service nodes to read from")
+            answers = await self._answers(self._pool)
+            merged = merge_listings(
+                self._known,
+                answers,
+                now_ms,
+                ledger=self._ledger,
+                agree=LISTING_SOURCES,
+            )
+            self._read_at_ms = now_ms
+            if merged.nodes:
+                self._known = merged
+            return self._known
+
+    async def _answers(self, pool: RpcRouter) -> list[Snapshot]:
+        """Up to :data:`LISTING_SOURCES` nodes' listings, each checked on its own."""
         nodes = list(self._known.nodes)
         self._random.shuffle(nodes)
-        announcements: list[object] = list(self._known.announcements)
-        answered = 0
+        answers: list[Snapshot] = []
         errors: list[str] = []
-        for node in nodes:
-            if answered == LISTING_SOURCES:
+        for node in nodes[:LISTING_ATTEMPTS]:
+            if len(answers) == LISTING_SOURCES:
                 break
-            try:
-                announcements += await read_listing_pages(
-                    partial(self._pool.call, node.url, "list")
-                )
-            except LISTING_ERRORS as exc:
-                errors.append(f"{node.url}: {exc}")
-                continue
-            answered += 1
-        if not answered:
+            with self._clock.move_on_after(LISTING_READ_S) as deadline:
+                try:
+                    announcements = await read_listing_pages(partial(pool.call, node.url, "list"))
+                    answers.append(
+                        Snapshot.from_announcements(
+                            {"announcements": announcements},
+                            self._clock.now_ms(),
+                            ledger=self._ledger,
+                            max_age_ms=CACHED_LISTING_MAX_AGE_MS,
+                        )
+                    )
+                except LISTING_ERRORS as exc:
+                    errors.append(f"{node.url}: {exc}")
+            if deadline.cancelled_caught:
+                errors.append(f"{node.url}: no answer in {LISTING_READ_S:g} s")
+        if not answers:
             raise RpcError("unavailable", f"no node answered for the listing: {errors}")
-        self._known = Snapshot.from_announcements(
-            {"announcements": announcements}, self._clock.now_ms(), ledger=self._ledger
-        )
-        return self._known
-
-    async def announce(self, *args: object) -> None:
-        raise AssertionError("a device announces nothing")
+        return answers
 
 
 class KnownListing:
-    """:attr:`OnionDirectory.known` as a :class:`Directory` that reads nothing, for the
-    :class:`DirectoryKeys` of the pool the listing is read through."""
+    """:attr:`OnionDirectory.known` as a :class:`~p2psync.swarm.registry.Listing` that
+    reads nothing, for the :class:`DirectoryKeys` of the pool the listing is read
+    through."""
 
     def __init__(self, listing: OnionDirectory) -> None:
         self._listing = listing
 
     async def fetch(self) -> Snapshot:
         return self._listing.known
-
-    async def announce(self, *args: object) -> None:
-        raise AssertionError("a device announces nothing")
 
 
 #: How soon a url the last listing did not name may make :class:`DirectoryKeys` read the
@@ -609,7 +636,7 @@ class DirectoryKeys:
     (from a listing read again as :func:`keys_listing_due` says)."""
 
     def __init__(
-        self, directory: Directory, clock: Clock, known: Mapping[str, bytes] | None = None
+        self, directory: Listing, clock: Clock, known: Mapping[str, bytes] | None = None
     ) -> None:
         self._directory = directory
         self._clock = clock

@@ -39,7 +39,13 @@ from .opengroup import OpenGroupServer
 from .rpc import RpcServer
 from .swarm.admission import Ledger, Registration, checked_registration
 from .swarm.node import NodeConfig, StorageNode
-from .swarm.registry import Directory, FileDirectory, RegistryDirectory, RegistryServer
+from .swarm.registry import (
+    Directory,
+    FileDirectory,
+    Listing,
+    RegistryDirectory,
+    RegistryServer,
+)
 from .swarm.settling import next_listing_read_s
 from .swarm.store import MessageStore
 from .websocket import server_url
@@ -215,7 +221,7 @@ def server_public_key(data_dir: Path) -> bytes:
 
 
 async def run_fileserver(
-    transport: Transport, data_dir: Path, listen: str, clock: Clock, listing: Directory | None
+    transport: Transport, data_dir: Path, listen: str, clock: Clock, listing: Listing | None
 ) -> None:
     server = FileServer(data_dir / "fileserver.sqlite3", clock)
     await _serve_with_onion(server.rpc, server.serve, transport, data_dir, listen, clock, listing)
@@ -227,7 +233,7 @@ async def run_opengroup(
     listen: str,
     fileserver: str | None,
     clock: Clock,
-    listing: Directory | None,
+    listing: Listing | None,
 ) -> None:
     server = OpenGroupServer(data_dir / "opengroup.sqlite3", clock, fileserver, transport)
     await _serve_with_onion(server.rpc, server.serve, transport, data_dir, listen, clock, listing)
@@ -240,17 +246,18 @@ async def _serve_with_onion(
     data_dir: Path,
     listen: str,
     clock: Clock,
-    listing: Directory | None,
+    listing: Listing | None,
 ) -> None:
     """Serve a file server or open group server, and onion requests to it, under the key
     kept in ``data_dir``; with ``listing``, onion requests from the listed relays' hosts
     share the exits' allowance (:class:`~p2psync.onion_requests.OnionShare`)."""
     identity = load_or_create_identity(data_dir / SERVER_KEY_FILE)
-    exits = None if listing is None else ListedExits()
-    OnionService(rpc, identity, clock, exits=exits)
     async with trio.open_nursery() as nursery:
-        if listing is not None and exits is not None:
-            nursery.start_soon(exits.read, listing, RELAY_REFRESH_S)
+        exits = None
+        if listing is not None:
+            exits = ListedExits()
+            nursery.start_soon(exits.read, listing, clock, RELAY_REFRESH_S)
+        OnionService(rpc, identity, clock, exits=exits)
         announce_ready(await nursery.start(serve, transport.as_server(identity.seed), listen))
 
 

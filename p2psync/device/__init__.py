@@ -14,6 +14,7 @@ from .device import (
     Whoami,
     create_device,
     describe_device,
+    device_in_use,
     open_device,
 )
 from .facades import DevicePairing, Friends, Rooms
@@ -43,5 +44,6 @@ __all__ = [
     "Whoami",
     "create_device",
     "describe_device",
+    "device_in_use",
     "open_device",
 ]

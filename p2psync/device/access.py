@@ -29,7 +29,7 @@ from ..clock import Clock
 from ..errors import ConnectionLost, P2PSyncError
 from ..onion_requests import DirectoryKeys, KnownListing, OnionDirectory, OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
-from ..swarm.registry import Directory, RegistryDirectory, Snapshot
+from ..swarm.registry import Listing, RegistryDirectory, Snapshot
 from ..websocket import WebSocketTransport, split_url
 from .keys import choice_seed
 from .relay_listing import keep_relays_current
@@ -114,7 +114,7 @@ class NetworkAccess:
     transport: Transport
     #: The registry's listing: the registry itself (a service node's copy while it is
     #: down), or, on the onion route while a device is open, read through its paths.
-    directory: Directory
+    directory: Listing
     clock: Clock
     fileserver_url: str
     opengroup_url: str
@@ -144,7 +144,11 @@ class NetworkAccess:
 
     @asynccontextmanager
     async def open_routes(
-        self, *, local_name: str | None = None, entry_filter: EntryFilter | None = None
+        self,
+        *,
+        local_name: str | None = None,
+        entry_filter: EntryFilter | None = None,
+        rng: random.Random | None = None,
     ) -> AsyncIterator[tuple[RpcRouter, NetworkAccess]]:
         """The pool a device reaches servers with, as :attr:`rpc_route` says, and the
         network as the device is to use it while the pool is open: reading the registry's
@@ -156,7 +160,8 @@ class NetworkAccess:
         them to the device's overlay identity or to its paths before a restart. Their
         first hops are relays ``entry_filter`` admits: a device's siblings must not enter
         the overlay where its onion requests do, or that relay would see both
-        addresses."""
+        addresses. ``rng`` picks the service nodes the listing is read from (a device's
+        own, so that simulated devices do not all ask the same ones)."""
         if self.rpc_route == "direct":
             async with open_rpc_pool(self.transport) as pool:
                 yield pool, self
@@ -173,7 +178,7 @@ class NetworkAccess:
             snapshot,
             self.ledger,
             self.clock,
-            self.random_for(b"", b"onion listing"),
+            rng or self.random_for(b"", b"onion listing"),
         )
         through_paths = replace(self, directory=listing)
         async with (

@@ -427,7 +427,10 @@ async def open_device(
             raise DeviceError(f"the device in {directory} is {existing.decode()}, not {mode}")
         local = Local(store, network.clock, config or DeviceConfig())
         async with (
-            network.open_routes(entry_filter=SiblingEntries(local, or_any=True)) as routes,
+            network.open_routes(
+                entry_filter=SiblingEntries(local, or_any=True),
+                rng=network.random_for(local.device_identity.seed, b"onion listing"),
+            ) as routes,
             open_task_nursery() as nursery,
         ):
             pool, reading = routes  # the network, its listing read the way the pool goes
@@ -473,10 +476,19 @@ def describe_device(data_dir: str | Path) -> Whoami:
         store.close()
 
 
+def device_in_use(data_dir: str | Path) -> bool:
+    """Whether a process has the device in ``data_dir`` open now (one at a time may)."""
+    return DeviceStore.in_use(Path(data_dir) / STORE_FILE)
+
+
+#: The device's SQLite state in its directory.
+STORE_FILE = "device.sqlite3"
+
+
 def _open_store(directory: Path) -> DeviceStore:
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        return DeviceStore(directory / "device.sqlite3")
+        return DeviceStore(directory / STORE_FILE)
     except DeviceInUse:
         raise DeviceError(
             f"the device in {directory} is in use by another process; one at a time"

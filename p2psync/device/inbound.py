@@ -482,6 +482,11 @@ class _Decision:
         if revocation.primary == self.view.user_id:
             if revocation.secondary == self.view.device_id:
                 raise _Refused("a revocation of this device is for its siblings")
+            revoked_at = self.view.revoked_at_ms(revocation.primary, revocation.secondary)
+            if revoked_at is not None and revoked_at >= revocation.timestamp_ms:
+                # Read again (a catch-up, a restart): it was kept the first time, and the
+                # device may have been paired again since.
+                raise _AppliedAlready
             return [RevokeSibling(revocation)]
         contact = self.view.contact(revocation.primary)
         if contact is None or contact.state != ContactState.FRIEND:

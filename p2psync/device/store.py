@@ -232,6 +232,21 @@ class DeviceStore:
     a swarm copy the other still needs), so the store holds an advisory lock on
     ``<path>.lock`` while it is open (released by the kernel if the process dies)."""
 
+    @staticmethod
+    def in_use(path: str | Path) -> bool:
+        """Whether a process has the store at ``path`` open now (holds its lock)."""
+        try:
+            lock = open(f"{path}.lock", "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            return False
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return False
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._lock = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 (held until close)

@@ -107,7 +107,10 @@ class PairingTicket:
 
 @dataclass(frozen=True, slots=True)
 class PairingOffer:
-    """A pairing request as the primary shows it, waiting for the user's decision."""
+    """A pairing request as the primary shows it, waiting for the user's decision.
+    ``device`` is the id the new device says it has (what it will sync as once
+    accepted); only the code the user compares on both screens binds the request to
+    that device."""
 
     request_id: bytes
     code: str

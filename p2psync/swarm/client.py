@@ -48,7 +48,7 @@ from .messages import (
     StoreRequest,
     SubscribeRequest,
 )
-from .registry import Directory, Snapshot
+from .registry import Directory, Listing, Snapshot
 from .ring import NodeInfo, SwarmMap
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ Deliver = Callable[[list[Message]], Awaitable[None]]
 
 class SwarmClient:
     def __init__(
-        self, pool: RpcRouter, directory: Directory, clock: Clock, rng: random.Random
+        self, pool: RpcRouter, directory: Listing, clock: Clock, rng: random.Random
     ) -> None:
         self._pool = pool
         self.directory = directory

@@ -169,6 +169,60 @@ class Snapshot:
         return cls(tuple(sorted(nodes)), tuple(sorted(relays, key=lambda r: r.pubkey)))
 
 
+def merge_listings(
+    known: Snapshot,
+    answers: Sequence[Snapshot],
+    now_ms: int,
+    *,
+    ledger: bytes | None,
+    agree: int,
+) -> Snapshot:
+    """What a device takes the listing to be after reading it from service nodes: each
+    node's copy of the registry's announcements (``answers``, each checked on its own)
+    merged with the listing it knew, newest announcement per key.
+
+    * A node that withholds an entry does not remove it: what was known stands until it
+      is too old.
+    * A relay not known before is taken only when ``agree`` answers name it: relays are
+      not admitted, so one node could otherwise fill the listing with relays of its own
+      and draw the device's paths through them. A node's entry carries its registration
+      under ``ledger``, so one answer will do.
+    * "Too old" is measured from the listing's newest entry, not from now: while the
+      registry is down the nodes serve their last copy (for up to
+      :data:`CACHED_LISTING_MAX_AGE_MS`), and its entries then age together instead of
+      all dropping out :data:`ANNOUNCEMENT_TTL_MS` after the outage began.
+    * What was known comes first when the merge is cut at :data:`MAX_LISTED`."""
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def key_of(announcement: dict[str, Any]) -> tuple[str, str]:
+        return (announcement["record"]["kind"], announcement["record"]["pubkey"])
+
+    def offer(announcement: dict[str, Any]) -> None:
+        key = key_of(announcement)
+        if (
+            key not in newest
+            or newest[key]["record"]["timestamp"] < (announcement["record"]["timestamp"])
+        ):
+            newest[key] = announcement
+
+    for announcement in known.announcements:
+        offer(announcement)
+    named: dict[tuple[str, str], int] = {}
+    for answer in answers:
+        for announcement in answer.announcements:
+            named[key_of(announcement)] = named.get(key_of(announcement), 0) + 1
+    for answer in answers:
+        for announcement in answer.announcements:
+            key = key_of(announcement)
+            if key in newest or key[0] == "node" or named[key] >= agree:
+                offer(announcement)
+    entries = list(newest.values())[:MAX_LISTED]
+    listing_ms = max((entry["record"]["timestamp"] for entry in entries), default=now_ms)
+    return Snapshot.from_announcements(
+        {"announcements": entries}, min(now_ms, listing_ms), ledger=ledger
+    )
+
+
 def _hex_key(text: str) -> str:
     try:
         if len(bytes.fromhex(text)) == 32 and text == text.lower():
@@ -289,10 +343,14 @@ def _check_own_pin(url: str, pubkey: str) -> None:
             raise DecodeError(f"the url of node {pubkey[:8]} pins another key")
 
 
-class Directory(Protocol):
-    """Where a node or client learns the network."""
+class Listing(Protocol):
+    """Where a reader learns the network (a device, a server that reads the relays)."""
 
     async def fetch(self) -> Snapshot: ...
+
+
+class Directory(Listing, Protocol):
+    """Where a node or relay learns the network and announces itself."""
 
     async def announce(
         self,
@@ -442,15 +500,23 @@ async def read_listing_pages(list_page: Callable[[dict[str, Any]], Awaitable[Any
     its params however it reaches the server (one connection, or onion requests to a node);
     at most ``MAX_LISTED``."""
     announcements: list[object] = []
-    after: object = None
+    after: tuple[str, str] | None = None
     while True:
-        page = Fields(await list_page({} if after is None else {"after": after}), "listing").only(
-            "announcements", "next"
-        )
-        announcements += page.items("announcements", max_len=LIST_PAGE)
-        after = page.raw("next")
-        if after is None:
+        params: dict[str, Any] = {} if after is None else {"after": list(after)}
+        page = Fields(await list_page(params), "listing").only("announcements", "next")
+        entries = page.items("announcements", max_len=LIST_PAGE)
+        announcements += entries
+        if page.raw("next") is None:
             return announcements
+        following = page.items("next", max_len=2)
+        if len(following) != 2 or not all(isinstance(part, str) for part in following):
+            raise DecodeError("a listing page's next is not a [kind, pubkey] key")
+        key = (str(following[0]), str(following[1]))
+        # Pages come sorted by key: a server that sends an empty page or does not move
+        # on would keep a reader asking for ever.
+        if not entries or (after is not None and key <= after):
+            raise DecodeError("a listing page that does not move on")
+        after = key
         if len(announcements) >= MAX_LISTED:
             raise DecodeError(f"the listing goes on past {MAX_LISTED} entries")
 

@@ -28,6 +28,7 @@ from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
 from p2psync.onion_requests import (
     KEYS_MISS_REREAD_MS,
+    LISTING_FRESH_S,
     ONION_FRESHNESS_MS,
     DirectoryKeys,
     OnionDirectory,
@@ -38,6 +39,7 @@ from p2psync.onion_requests import (
 from p2psync.opengroup import OpenGroupClient, OpenGroupServer
 from p2psync.rpc import Connection, RpcClient, RpcPool, RpcServer, open_rpc
 from p2psync.services import AnnouncedRelay
+from p2psync.swarm.admission import Ledger
 from p2psync.swarm.client import SwarmClient
 from p2psync.swarm.messages import StoreRequest
 from p2psync.swarm.registry import ANNOUNCEMENT_TTL_MS, Snapshot, sign_announcement
@@ -73,10 +75,10 @@ class Seen:
 
 
 def _watch(network: LocalNetwork, seen: Seen) -> list[OnionService]:
-    """Serve ``onion`` on every node, recording what each one is handed."""
+    """Record what every node is handed; its own ``onion`` service, as it serves it."""
     services = []
     for node in network.running_nodes():
-        services.append(OnionService(node.rpc, node.identity, network.clock))
+        services.append(node.onion)
         for name, handler in list(node.rpc.methods.items()):
             node.rpc.add_method(name, _recording(name, handler, seen, node.url))
     return services
@@ -116,6 +118,7 @@ async def _onion_network(seen: Seen, exit_servers: tuple[str, ...] = ()) -> Asyn
                 await nursery.start(relay.serve, f"mem:relay{i}", network.directory())
             for relay in relays:
                 await relay.refresh()
+            await network.refresh_all()  # the nodes see the relays listed: their exits
             contacts = await network.access().relay_contacts()
             async with open_endpoint(
                 b"d" * 32, transport, contacts, clock=network.clock, seed=7, local_name=DEVICE_HOST
@@ -270,7 +273,21 @@ async def test_network_access_chooses_onion_requests_by_configuration(
             digest, _ = await swarm.store(owner.session_id, 0, b"by onion")
             messages, _, _ = await swarm.retrieve(owner, 0, None)
             assert [m.hash for m in messages] == [digest]
-    assert seen.client_peers() <= {f"relay{i}" for i in range(RELAYS)}
+        assert seen.client_peers() <= {f"relay{i}" for i in range(RELAYS)}
+        # Each node took its exits from its listing: the relays' requests drew on the
+        # exits' share, and none came from a caller on no listed relay's host.
+        assert sum(service.stats.answered for service in onion.services) > 0
+        assert sum(service.stats.unlisted for service in onion.services) == 0
+        # Anyone else may call onion, and is counted apart.
+        node = onion.network.running_nodes()[0]
+        body, _ = seal_request(
+            node.identity.ed25519_public, Request(1, "info", {}), onion.network.clock.now_ms()
+        )
+        transport = onion.network.transport
+        assert isinstance(transport, MemoryNetwork)
+        async with open_rpc(transport.host("mallory"), node.url) as client:
+            await client.call("onion", {"body": body})
+        assert node.onion.stats.unlisted == 1
     with pytest.raises(ValueError, match="rpc_route"):
         replace(access, rpc_route="carrier-pigeon")
 
@@ -399,50 +416,64 @@ async def test_server_keys_come_from_a_listing_read_again_only_when_due() -> Non
     assert CountingListing.reads == 3
 
 
-async def test_a_node_that_withholds_entries_cannot_drop_them_from_the_listing(
+async def test_a_device_reads_the_listing_from_two_nodes_and_checks_each(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Read through paths, the listing is what the nodes asked answer merged with what was
-    known (newest per key): a node that leaves out a relay does not remove it, a relay
-    that joined is taken from the node that names it, and a forged entry is refused."""
+    """Read through paths: each node's answer is checked on its own (an unregistered
+    node's entry is left out), a relay one node withholds stays, a relay both name is
+    taken, one named by one node only is not (relays are not admitted), a forged entry
+    is refused; and the read serves every reader for a while."""
     clock = Clock(TEST_EPOCH_MS)
     now = clock.now_ms()
-    nodes = [Identity.from_label(f"listing/node{i}") for i in range(2)]
-    relays = [Identity.from_label(f"listing/relay{i}") for i in range(3)]
+    ledger = Ledger(Identity.from_label("listing/ledger"))
+    nodes = [Identity.from_label(f"listing/node{i}") for i in range(3)]
+    relays = [Identity.from_label(f"listing/relay{i}") for i in range(4)]
 
     def announced(identity: Identity, kind: str, at: int = now) -> dict[str, Any]:
-        return sign_announcement(identity, kind, f"mem:{identity.session_id[:8]}", at)
+        registration = b""
+        if kind == "node" and identity is not nodes[2]:  # node 2 is not admitted
+            registration = ledger.register(identity.ed25519_public.hex()).encode()
+        url = f"mem:{identity.session_id[:8]}"
+        return sign_announcement(identity, kind, url, at, registration=registration)
 
     node_entries = [announced(node, "node") for node in nodes]
     known = Snapshot.from_announcements(
-        {"announcements": [*node_entries, *(announced(r, "relay") for r in relays[:2])]},
+        {"announcements": [*node_entries[:2], *(announced(r, "relay") for r in relays[:2])]},
         now,
-        ledger=None,
+        ledger=ledger.public_key,
     )
     forged = announced(Identity.from_label("listing/forger"), "relay")
     forged["record"] = {**forged["record"], "url": "mem:elsewhere"}
+    urls = [entry["record"]["url"] for entry in node_entries]
     answers = {
-        # Leaves out relay 1; names relay 2, which joined, and a forged relay.
-        node_entries[0]["record"]["url"]: [
+        # Leaves out relay 1; names relays 2 (joined) and 3, the unadmitted node 2, a forgery.
+        urls[0]: [
             *node_entries,
             announced(relays[0], "relay", now + 1),
             announced(relays[2], "relay", now + 1),
+            announced(relays[3], "relay", now + 1),
             forged,
         ],
-        node_entries[1]["record"]["url"]: [*node_entries, announced(relays[0], "relay")],
+        urls[1]: [*node_entries[:2], announced(relays[0], "relay"), announced(relays[2], "relay")],
     }
+    asked: list[str] = []
 
     class Exits:
         async def call(self, url: str, method: str, params: dict[str, Any]) -> Any:
             assert method == "list" and params == {}
+            asked.append(url)
             return {"announcements": answers[url], "next": None}
 
-    listing = OnionDirectory(known, None, clock, random.Random(1))
+    listing = OnionDirectory(known, ledger.public_key, clock, random.Random(1))
+    assert await listing.fetch() == known  # just read: fresh
+    await trio.sleep(LISTING_FRESH_S)
     with pytest.raises(RpcError, match="no paths"):
         await listing.fetch()
     listing.read_through(cast(RpcPool, Exits()))
     read = await listing.fetch()
     assert {relay.pubkey for relay in read.relays} == {
-        relay.ed25519_public.hex() for relay in relays
+        relay.ed25519_public.hex() for relay in relays[:3]
     }
-    assert listing.known == read
+    assert {node.pubkey for node in read.nodes} == {n.ed25519_public.hex() for n in nodes[:2]}
+    assert sorted(asked) == sorted(urls[:2]) and listing.known == read
+    assert await listing.fetch() == read and len(asked) == 2  # fresh: no second read

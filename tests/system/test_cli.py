@@ -63,6 +63,22 @@ def test_an_output_path_that_cannot_be_created_is_refused_before_the_run(tmp_pat
         .splitlines()[-1]
         .endswith("argument --json: /proc/demo.json cannot be written: No such file or directory")
     )
+    # A FIFO nobody reads would block the check for ever (signals held meanwhile); a
+    # link is not followed to create a file where it points.
+    fifo, link = tmp_path / "fifo.json", tmp_path / "link.json"
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "elsewhere.json")
+    for path in (fifo, link):
+        result = subprocess.run(
+            [*P2PSYNC, "demo", "--json", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().endswith(f"{path} is not a regular file")
+    assert not (tmp_path / "elsewhere.json").exists()
 
 
 def test_a_node_the_ledger_has_not_admitted_does_not_start(tmp_path: Path) -> None:

@@ -280,6 +280,16 @@ def test_our_primarys_revocation_of_a_sibling_is_kept_and_of_this_device_refused
     assert isinstance(refused, Reject) and "for its siblings" in refused.reason
 
 
+def test_a_revocation_read_again_changes_nothing() -> None:
+    """Kept the first time; read again after the tablet was paired again, it would
+    undo that pairing (and restart live sync) if acted on."""
+    revoked = revoke_pairing(PRIMARY, SIBLING.session_id, NOW - 10)
+    known = mapped_secondary(revoked={(PRIMARY.session_id, SIBLING.session_id): NOW - 10})
+    assert run(known, inbound(DeviceRevoked(revoked.to_bytes()), PRIMARY)) == []
+    later = revoke_pairing(PRIMARY, SIBLING.session_id, NOW - 5)
+    assert run(known, inbound(DeviceRevoked(later.to_bytes()), PRIMARY)) == [RevokeSibling(later)]
+
+
 def test_a_sibling_record_read_again_after_its_revocation_adds_nothing() -> None:
     """The record announcing the tablet is read again (a catch-up beside the live
     stream) after the primary revoked it: the revocation stands. A record dated after
