@@ -142,22 +142,23 @@ class OnionShare:
     unlisted_total_per_s: float = 200.0
     unlisted_total_burst: int = 400
 
-    def limiter(self, now_s: float) -> KeyedRateLimit:
-        return KeyedRateLimit(
-            self.per_exit_burst,
-            1 / self.per_exit_per_s,
-            self.total_burst,
-            1 / self.total_per_s,
-            now_s,
-        )
-
-    def unlisted_limiter(self, now_s: float) -> KeyedRateLimit:
-        return KeyedRateLimit(
-            self.unlisted_burst,
-            1 / self.unlisted_per_s,
-            self.unlisted_total_burst,
-            1 / self.unlisted_total_per_s,
-            now_s,
+    def limiters(self, now_s: float) -> tuple[KeyedRateLimit, KeyedRateLimit]:
+        """The listed exits' limiter and everyone else's."""
+        return (
+            KeyedRateLimit(
+                self.per_exit_burst,
+                1 / self.per_exit_per_s,
+                self.total_burst,
+                1 / self.total_per_s,
+                now_s,
+            ),
+            KeyedRateLimit(
+                self.unlisted_burst,
+                1 / self.unlisted_per_s,
+                self.unlisted_total_burst,
+                1 / self.unlisted_total_per_s,
+                now_s,
+            ),
         )
 
 
@@ -237,9 +238,7 @@ class OnionService:
         self.stats = OnionStats()
         #: The ephemeral keys of the sealed requests answered lately → when sealed.
         self._seen: OrderedDict[bytes, int] = OrderedDict()
-        share = share or OnionShare()
-        self._share = share.limiter(clock.now_s())
-        self._unlisted_share = share.unlisted_limiter(clock.now_s())
+        self._share, self._unlisted_share = (share or OnionShare()).limiters(clock.now_s())
         self._exits = exits
         server.add_method(ONION_METHOD, self.handle, own_rate_limit=True)
 

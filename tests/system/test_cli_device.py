@@ -63,6 +63,27 @@ def sync_copies(network: LocalNetwork, account: str) -> set[bytes]:
     }
 
 
+async def stop_once_it_says(
+    command: list[str], says: bytes, stop: signal.Signals
+) -> tuple[int, bytes]:
+    """Run ``command``, send it ``stop`` once its output shows ``says``: its exit status
+    and what it printed by then."""
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(
+            partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+        )
+        assert process.stdout is not None
+        said = b""
+        with trio.fail_after(60):
+            while says not in said:
+                chunk = await process.stdout.receive_some()
+                assert chunk, f"it exited before it said {says!r}"
+                said += chunk
+            process.send_signal(stop)
+            await process.wait()
+    return process.returncode, said
+
+
 async def init(tmp_path: Path, mode: str, *names: str) -> dict[str, str]:
     """Create devices ``names`` of ``mode`` from the terminal: name -> device id."""
     ids = {}
@@ -130,19 +151,8 @@ async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_nex
         for handle in nodes:
             await network.stop_node(handle)
         command = [*P2PSYNC, "send", *where("alice"), ids["bob"], "written, then killed"]
-        async with trio.open_nursery() as nursery:
-            process = await nursery.start(
-                partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
-            )
-            assert process.stdout is not None
-            said = b""
-            with trio.fail_after(60):
-                while b"accepted " not in said:
-                    chunk = await process.stdout.receive_some()
-                    assert chunk, "send exited before accepting the message"
-                    said += chunk
-            process.send_signal(signal.SIGKILL)
-        assert process.returncode == -signal.SIGKILL
+        code_, said = await stop_once_it_says(command, b"accepted ", signal.SIGKILL)
+        assert code_ == -signal.SIGKILL
         [accepted] = re.findall(r"accepted ([0-9a-f]{64})", said.decode())
 
         for handle in nodes:
@@ -203,20 +213,8 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
         # Ctrl-C as soon as ``send`` says it sent, while it leaves: the leave it cut
         # short still stores the sync copy it queued, within its last STOP_LEAVING_S.
         command = [*P2PSYNC, "send", *where("phone"), ids["bob"], "stopped as it left"]
-        async with trio.open_nursery() as nursery:
-            process = await nursery.start(
-                partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
-            )
-            assert process.stdout is not None
-            said = b""
-            with trio.fail_after(60):
-                while b"sent " not in said:
-                    chunk = await process.stdout.receive_some()
-                    assert chunk, "send exited before sending"
-                    said += chunk
-                process.send_signal(signal.SIGINT)
-                await process.wait()
-        assert process.returncode == 130
+        code_, _ = await stop_once_it_says(command, b"sent ", signal.SIGINT)
+        assert code_ == 130
         assert "stopped as it left" in await ok("inbox", *where("desktop"))
 
         # The desktop stays up: it prints the next message as it arrives.
