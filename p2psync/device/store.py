@@ -524,10 +524,12 @@ class DeviceStore:
         return None if row is None else int(row[0])
 
     def keep_revocations(self, revocations: Sequence[Revocation]) -> None:
-        """Remember verified revocations, the newest per pair."""
+        """Remember verified revocations, the newest per pair; a revocation new here also
+        drops the outbox's copies for the revoked device that are not stored yet (queued
+        before it, they would still reach a stolen device's swarm)."""
         with self.transaction():
             for revocation in revocations:
-                self._db.execute(
+                kept = self._db.execute(
                     "INSERT INTO revocations (primary_id, secondary, timestamp, record)"
                     " VALUES (?, ?, ?, ?) ON CONFLICT (primary_id, secondary) DO UPDATE SET"
                     " timestamp = excluded.timestamp, record = excluded.record"
@@ -538,7 +540,16 @@ class DeviceStore:
                         revocation.timestamp_ms,
                         revocation.to_bytes(),
                     ),
-                )
+                ).rowcount
+                if kept:
+                    self._drop_copies_to(revocation.secondary)
+
+    def _drop_copies_to(self, owner: str) -> None:
+        self._db.execute("DELETE FROM outbox_copies WHERE owner = ?", (owner,))
+        self._db.execute(
+            "DELETE FROM outbox WHERE expanded = 1"
+            " AND NOT EXISTS (SELECT 1 FROM outbox_copies WHERE outbox_copies.seq = outbox.seq)"
+        )
 
     # --- live sync with siblings -----------------------------------------------------------
 
