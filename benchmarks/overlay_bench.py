@@ -44,7 +44,7 @@ from overlay.link import LinkProfile, MemoryNetwork
 from overlay.relay import open_relays
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
-from p2psync.onion_requests import DirectoryKeys, OnionRpcPool, OnionService
+from p2psync.onion_requests import DirectoryKeys, OnionRpcPool
 from p2psync.rpc import RpcPool, RpcRouter, open_rpc_pool
 from p2psync.services import AnnouncedRelay
 from p2psync.swarm.client import SwarmClient
@@ -146,21 +146,22 @@ async def _start_exit_relays(network: LocalNetwork, nursery: trio.Nursery) -> No
     host, and the ``onion`` method on every node."""
     transport = network.transport
     assert isinstance(transport, MemoryNetwork)
-    for node in network.running_nodes():
-        OnionService(node.rpc, node.identity, network.clock)
+    keys = [Identity.from_label(f"bench/relay/{i}") for i in range(EXIT_RELAYS)]
     relays = [
         AnnouncedRelay(
             transport,
-            Identity.from_label(f"bench/relay/{i}"),
+            identity,
             network.clock,
             exit_transport=transport.host(f"exit{i}"),
+            registration=network.ledger.register(identity.ed25519_public.hex()).encode(),
         )
-        for i in range(EXIT_RELAYS)
+        for i, identity in enumerate(keys)
     ]
     for i, relay in enumerate(relays):
         await nursery.start(relay.serve, f"mem:exit{i}", network.directory())
     for relay in relays:
         await relay.refresh()
+    await network.refresh_all()  # the nodes list the exits: onion requests draw on their share
 
 
 async def _calls(pool: RpcRouter, network: LocalNetwork, ops: int) -> dict[str, list[float]]:

@@ -282,11 +282,13 @@ def _cmd_registry(args: argparse.Namespace) -> int:
 
 
 def _cmd_ledger_register(args: argparse.Namespace) -> int:
-    from .services import admit_node, open_ledger
+    from .services import RELAY_KEY_FILE, admit_node, open_ledger
 
     ledger = open_ledger(_data_dir(args))
-    registration = admit_node(ledger, _data_dir(argparse.Namespace(data=args.node_data)))
-    print(f"registered node {registration.node} at height {registration.height}")
+    kind, folder = ("relay", args.relay_data) if args.relay_data else ("node", args.node_data)
+    key_file = RELAY_KEY_FILE if kind == "relay" else ""
+    registration = admit_node(ledger, _data_dir(argparse.Namespace(data=folder)), key_file)
+    print(f"registered {kind} {registration.node} at height {registration.height}")
     print(f"ledger {ledger.public_key.hex()}")
     return 0
 
@@ -334,15 +336,15 @@ def _cmd_relay(args: argparse.Namespace) -> int:
 
     from .clock import Clock
     from .network import make_transport
-    from .services import make_directory, run_relay
+    from .services import RELAY_KEY_FILE, make_directory, node_registration, run_relay
 
     data_dir = _data_dir(args)
     clock = Clock()
-    directory = make_directory(
-        make_transport("tcp"), clock, args.registry, None, data_dir, _ledger_key(args)
-    )
+    ledger = _ledger_key(args)
+    directory = make_directory(make_transport("tcp"), clock, args.registry, None, data_dir, ledger)
     servers = make_transport("tcp")  # what an exit reaches servers with
-    run = partial(run_relay, exit_servers=args.exit_server)
+    registration = node_registration(data_dir, ledger, RELAY_KEY_FILE)
+    run = partial(run_relay, exit_servers=args.exit_server, registration=registration)
     links = TcpTransport(plain=args.plain_links)
     return _run(args, run, links, data_dir, args.listen, directory, clock, servers)
 
@@ -534,12 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     ledger = commands.add_parser("ledger", help="the network's admission authority")
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
     register = ledger_commands.add_parser(
-        "register", help="admit the node kept in NODE_DIR (writes its registration there)"
+        "register",
+        help="admit the node (or relay) kept in its directory (writes its registration there)",
     )
     register.add_argument("--data", required=True, metavar="DIR", help="the ledger's directory")
-    register.add_argument(
-        "--node-data", required=True, metavar="NODE_DIR", help="the node's data directory"
-    )
+    admitted = register.add_mutually_exclusive_group(required=True)
+    admitted.add_argument("--node-data", metavar="NODE_DIR", help="a node's data directory")
+    admitted.add_argument("--relay-data", metavar="RELAY_DIR", help="a relay's data directory")
     register.set_defaults(run=_cmd_ledger_register)
     listing_help = (
         "registry to read the relays from: onion requests from their hosts share the"

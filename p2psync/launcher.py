@@ -36,7 +36,13 @@ from .clock import Clock
 from .errors import P2PSyncError
 from .hosts import LOOPBACK, Host, open_device_host, open_hosts
 from .rpc import open_rpc
-from .services import REGISTRY_FILE, admit_node, open_ledger, server_public_key
+from .services import (
+    REGISTRY_FILE,
+    RELAY_KEY_FILE,
+    admit_node,
+    open_ledger,
+    server_public_key,
+)
 from .swarm.registry import Snapshot, read_listing
 from .swarm.ring import NodeInfo, SwarmMap
 
@@ -226,6 +232,8 @@ async def network_up(
             (launcher.data_dir_of("registry") / REGISTRY_FILE).unlink(missing_ok=True)
             for name in node_names:
                 admit_node(ledger, launcher.data_dir_of(name))
+            for name in relay_names:
+                admit_node(ledger, launcher.data_dir_of(name), RELAY_KEY_FILE)
             started: dict[str, str] = {}
 
             def ready(name: str, url: str) -> None:

@@ -252,6 +252,7 @@ class LocalNetwork:
                 refresh_s=self.node_config.registry_refresh_s,
                 exit_transport=exits,
                 exit_servers=(self.fileserver_url, self.opengroup_url),
+                registration=self.ledger.register(identity.ed25519_public.hex()).encode(),
             )
             address = overlay.listen_address(f"relay{index}")
             await self._nursery.start(self._run_relay, relay, address)

@@ -106,13 +106,14 @@ def open_ledger(directory: Path) -> Ledger:
     return Ledger.open(load_or_create_identity(directory / "ledger.key"), directory / "ledger.json")
 
 
-def admit_node(ledger: Ledger, data_dir: Path) -> Registration:
-    """The registration of the node kept in ``data_dir`` (its key made if new), issued by
-    ``ledger`` the first time and kept there, so the node keeps its ring position."""
+def admit_node(ledger: Ledger, data_dir: Path, key_file: str = "") -> Registration:
+    """The registration of the node (or, with ``key_file`` :data:`RELAY_KEY_FILE`, the
+    relay) kept in ``data_dir`` (its key made if new), issued by ``ledger`` the first
+    time and kept there, so a node keeps its ring position."""
     path = data_dir / REGISTRATION_FILE
     if path.exists():
         return Registration.decode(path.read_bytes())
-    identity = load_or_create_identity(data_dir / NODE_KEY_FILE)
+    identity = load_or_create_identity(data_dir / (key_file or NODE_KEY_FILE))
     registration = ledger.register(identity.ed25519_public.hex())
     path.write_bytes(registration.encode())
     return registration
@@ -154,21 +155,21 @@ def make_directory(
     return RegistryDirectory(transport, registry, clock, ledger, cache_path=cache)
 
 
-def node_registration(data_dir: Path, ledger: bytes | None) -> bytes:
-    """The registration a node announces: the one in its data directory, checked against
-    ``ledger``; a network with a ledger does not list a node without one, so starting
-    such a node is an error."""
+def node_registration(data_dir: Path, ledger: bytes | None, key_file: str = "") -> bytes:
+    """The registration a node (a relay, with its ``key_file``) announces: the one in its
+    data directory, checked against ``ledger``; a network with a ledger does not list
+    one without, so starting it is an error."""
     path = data_dir / REGISTRATION_FILE
     if not path.exists():
         if ledger is not None:
             raise NotAdmittedError(
-                f"no registration in {path}: the ledger must admit this node first"
+                f"no registration in {path}: the ledger must admit it first"
                 " (p2psync ledger register)"
             )
         return b""
     data = path.read_bytes()
     if ledger is not None:
-        identity = load_or_create_identity(data_dir / NODE_KEY_FILE)
+        identity = load_or_create_identity(data_dir / (key_file or NODE_KEY_FILE))
         try:
             checked_registration(data, ledger, identity.ed25519_public.hex())
         except DecodeError as exc:
@@ -297,13 +298,20 @@ async def run_relay(
     clock: Clock,
     exit_transport: Transport | None = None,
     exit_servers: Iterable[str] = (),
+    registration: bytes = b"",
 ) -> None:
-    """The ``p2psync relay`` process: its key lives in ``data_dir``; with
+    """The ``p2psync relay`` process: its key (and ``registration``, the ledger's word
+    that it is admitted) lives in ``data_dir``; with
     ``exit_transport`` (how servers are reached) it is an exit for onion requests, to the
     listed service nodes and ``exit_servers`` (the file server, the open group server)."""
     identity = load_or_create_identity(data_dir / RELAY_KEY_FILE)
     relay = AnnouncedRelay(
-        transport, identity, clock, exit_transport=exit_transport, exit_servers=exit_servers
+        transport,
+        identity,
+        clock,
+        exit_transport=exit_transport,
+        exit_servers=exit_servers,
+        registration=registration,
     )
     async with trio.open_nursery() as nursery:
         announce_ready(await nursery.start(relay.serve, listen, directory))
@@ -322,14 +330,17 @@ class AnnouncedRelay:
         refresh_s: float = RELAY_REFRESH_S,
         exit_transport: Transport | None = None,
         exit_servers: Iterable[str] = (),
+        registration: bytes = b"",
     ) -> None:
-        """``exit_transport``: how this relay reaches servers as the exit of onion
+        """``registration``: the ledger's word that this relay is admitted, announced with
+        it. ``exit_transport``: how this relay reaches servers as the exit of onion
         requests (:mod:`p2psync.onion_requests`); without it, it is no exit. As an exit
         it reaches the service nodes of the registry's listing as of its last read and
         ``exit_servers`` (the file server and the open group server), nothing else."""
         self.transport = transport
         self.exit_transport = exit_transport
         self.exit_servers = ExitServers(exit_servers)
+        self.registration = registration
         self.identity = identity
         self.clock = clock
         self.refresh_s = refresh_s
@@ -407,7 +418,9 @@ class AnnouncedRelay:
         assert self._directory is not None, "the relay is not serving"
         try:
             contact = make_contact(self._keys, self.address, self.clock.now_ms())
-            await self._directory.announce(self.identity, "relay", self.address, contact.encode())
+            await self._directory.announce(
+                self.identity, "relay", self.address, contact.encode(), self.registration
+            )
             snapshot = await self._directory.fetch()
             contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
             self._cores[0].update_directory(contacts, self.clock.now_ms())

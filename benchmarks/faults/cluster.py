@@ -21,7 +21,7 @@ from p2psync.clock import Clock
 from p2psync.errors import ConnectionLost, DecodeError, RpcError
 from p2psync.identity import Identity, session_id_key
 from p2psync.rpc import RpcPool, open_rpc_pool
-from p2psync.services import admit_node, open_ledger
+from p2psync.services import RELAY_KEY_FILE, admit_node, open_ledger
 from p2psync.swarm.registry import RegistryDirectory, Snapshot
 from p2psync.swarm.ring import NodeInfo, SwarmMap
 from p2psync.websocket import WebSocketTransport
@@ -143,6 +143,8 @@ async def open_cluster(
     ledger_args = ["--ledger", ledger.public_key.hex()]
     for i in range(nodes):
         admit_node(ledger, data_dir / f"node-{i}")
+    for i in range(relays):
+        admit_node(ledger, data_dir / f"relay-{i}", RELAY_KEY_FILE)
     async with open_rpc_pool(transport) as pool, open_task_nursery() as nursery:
         log_args = ["--log-level", log_level]
         registry = ServiceProcess(

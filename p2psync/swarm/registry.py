@@ -234,13 +234,15 @@ def _hex_key(text: str) -> str:
 
 def _node_position(raw: dict[str, Any], ledger: bytes | None) -> int | None:
     """Where a node's announcement puts it on the ring: its registration's position
-    under ``ledger`` (:class:`DecodeError` without a valid one); ``None`` (the key's own)
-    without a ledger, or for a relay."""
-    if raw["kind"] != "node" or ledger is None:
+    under ``ledger``; ``None`` (the key's own) without a ledger, or for a relay. Relays
+    are admitted as nodes are (an exit draws on servers' onion shares, and paths are
+    drawn among relays, so anyone who could list relays at will could take both):
+    :class:`DecodeError` for either kind without a valid registration."""
+    if ledger is None:
         return None
     registration = Registration.decode(raw["registration"])
     registration.check(ledger, raw["pubkey"])
-    return registration.position
+    return registration.position if raw["kind"] == "node" else None
 
 
 def _announcement_text(record: dict[str, Any]) -> bytes:

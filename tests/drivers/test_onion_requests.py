@@ -103,15 +103,17 @@ async def _onion_network(seen: Seen, exit_servers: tuple[str, ...] = ()) -> Asyn
         services = _watch(network, seen)
         transport = network.transport
         assert isinstance(transport, MemoryNetwork)
+        keys = [Identity.from_label(f"relay/{i}") for i in range(RELAYS)]
         relays = [
             AnnouncedRelay(
                 transport,
-                Identity.from_label(f"relay/{i}"),
+                identity,
                 network.clock,
                 exit_transport=transport.host(f"relay{i}"),
                 exit_servers=exit_servers,
+                registration=network.ledger.register(identity.ed25519_public.hex()).encode(),
             )
-            for i in range(RELAYS)
+            for i, identity in enumerate(keys)
         ]
         async with trio.open_nursery() as nursery:
             for i, relay in enumerate(relays):
@@ -431,7 +433,7 @@ async def test_a_device_reads_the_listing_from_two_nodes_and_checks_each(
 
     def announced(identity: Identity, kind: str, at: int = now) -> dict[str, Any]:
         registration = b""
-        if kind == "node" and identity is not nodes[2]:  # node 2 is not admitted
+        if identity is not nodes[2]:  # node 2 is not admitted
             registration = ledger.register(identity.ed25519_public.hex()).encode()
         url = f"mem:{identity.session_id[:8]}"
         return sign_announcement(identity, kind, url, at, registration=registration)

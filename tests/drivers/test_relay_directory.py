@@ -16,9 +16,15 @@ async def test_relays_started_one_after_another_learn_of_each_other_within_secon
     """The first relay of a batch read a listing holding only itself; it does not wait for
     its minute-long refresh to hear of the ones started after it."""
     async with open_local_network(1, relays=0) as network, trio.open_nursery() as nursery:
+        keys = [Identity.from_label(f"relay/{n}") for n in range(4)]
         relays = [
-            AnnouncedRelay(network.transport, Identity.from_label(f"relay/{n}"), network.clock)
-            for n in range(4)
+            AnnouncedRelay(
+                network.transport,
+                identity,
+                network.clock,
+                registration=network.ledger.register(identity.ed25519_public.hex()).encode(),
+            )
+            for identity in keys
         ]
         for index, relay in enumerate(relays):
             await nursery.start(relay.serve, f"mem:relay{index}", network.directory())

@@ -58,15 +58,20 @@ async def test_an_onion_pool_that_stays_up_takes_the_relays_listed_now(
 async def test_relays_whose_contacts_do_not_verify_are_not_counted(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Anyone may announce a relay. One whose contact expired (or is not signed by its
-    key) must not count towards a path's hops or a sibling's entries: an endpoint started
-    on such counts could not build a path, and its device stopped."""
+    """An admitted relay may still announce a contact that expired (or is not signed by
+    its key). It must not count towards a path's hops or a sibling's entries: an endpoint
+    started on such counts could not build a path, and its device stopped."""
     async with open_world(relays=3) as network:
         stale = KeyPair.from_seed(bytes([7]) * 32)
         now = network.clock.now_ms()
         contact = make_contact(stale, "mem:stale", now - 10, lifetime_ms=1)
+        identity = Identity(stale.seed)
         await network.directory().announce(
-            Identity(stale.seed), "relay", "mem:stale", contact.encode()
+            identity,
+            "relay",
+            "mem:stale",
+            contact.encode(),
+            network.ledger.register(identity.ed25519_public.hex()).encode(),
         )
         listed = {relay.identity.ed25519_public for relay in network.relays}
         contacts = await network.access().relay_contacts()

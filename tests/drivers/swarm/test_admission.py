@@ -206,3 +206,40 @@ async def test_a_node_announcing_a_url_pinned_to_another_key_is_left_out(
     assert [(n.pubkey, n.url) for n in snapshot.nodes] == [
         (victim.ed25519_public.hex(), victim_url)
     ]
+
+
+async def test_a_relay_the_ledger_has_not_admitted_is_not_listed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A relay is an onion exit (it draws on servers' onion shares) and a hop of devices'
+    paths: on a network with a ledger, one without a registration under it is refused
+    by the registry and left out by every reader, as a node would be."""
+    network = MemoryNetwork()
+    clock = Clock(TEST_EPOCH_MS)
+    ledger = Ledger(Identity.from_label("relay-ledger"))
+    registry = RegistryServer(clock, ledger=ledger.public_key)
+    honest = Identity.from_label("relay-honest")
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(registry.serve, network, "mem:registry")
+        directory = RegistryDirectory(network, url, clock, ledger.public_key)
+        await directory.announce(
+            honest,
+            "relay",
+            "mem:honest",
+            registration=ledger.register(honest.ed25519_public.hex()).encode(),
+        )
+        for registration in (b"", Ledger(ROGUE).register(ROGUE.ed25519_public.hex()).encode()):
+            with pytest.raises(RpcError) as refused:
+                await directory.announce(ROGUE, "relay", "mem:rogue", registration=registration)
+            assert refused.value.code == "unauthorized"
+        listing = await directory.fetch()
+        assert [relay.pubkey for relay in listing.relays] == [honest.ed25519_public.hex()]
+        # A copy served by anyone else is checked the same way.
+        rogue_entry = sign_announcement(ROGUE, "relay", "mem:rogue", clock.now_ms())
+        served = Snapshot.from_announcements(
+            {"announcements": [*listing.announcements, rogue_entry]},
+            clock.now_ms(),
+            ledger=ledger.public_key,
+        )
+        assert served.relays == listing.relays
+        nursery.cancel_scope.cancel()
