@@ -626,7 +626,15 @@ _LISTING = {
             registration=_ALICE_REGISTRATION.encode(),
         ),
         sign_announcement(CAROL, "node", "ws://127.0.0.1:3/", NOW - 1_000),  # not admitted
-        sign_announcement(BOB, "relay", "tcp://h:2", NOW - 2_000, b"c"),
+        sign_announcement(
+            BOB,
+            "relay",
+            "tcp://h:2",
+            NOW - 2_000,
+            b"c",
+            registration=_LEDGER.register(BOB.ed25519_public.hex()).encode(),
+        ),
+        sign_announcement(CAROL, "relay", "tcp://h:4", NOW - 2_000, b"c"),  # not admitted
     ]
 }
 
@@ -635,8 +643,8 @@ _LISTING = {
 @given(values_around(_LISTING))
 def test_a_signed_listing_lists_only_what_its_announcers_signed(value: object) -> None:
     """Whatever a registry (or a node serving its copy) sends, a reader lists a node or a
-    relay only at the address its own key signed, a node only with the ledger's
-    registration and at the position it gives, and never one announced too long ago."""
+    relay only at the address its own key signed and with the ledger's registration, a
+    node at the position that gives, and never one announced too long ago."""
     snapshot = refused_or_decoded(
         lambda: Snapshot.from_announcements(value, NOW, ledger=_LEDGER.public_key), DecodeError
     )
@@ -654,6 +662,7 @@ def test_a_signed_listing_lists_only_what_its_announcers_signed(value: object) -
         n.pubkey == ALICE.ed25519_public.hex() and n.position == _ALICE_REGISTRATION.position
         for n in snapshot.nodes
     )
+    assert all(r.pubkey == BOB.ed25519_public.hex() for r in snapshot.relays)
 
 
 def test_a_listing_leaves_out_what_does_not_check_out_and_keeps_the_rest() -> None:
