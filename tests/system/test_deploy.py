@@ -73,23 +73,28 @@ def test_every_container_listens_on_its_own_address_and_its_command_parses() -> 
     assert len(addresses) == len(compose["services"]) - 1
 
 
-def test_the_admission_step_admits_every_node_the_compose_file_runs() -> None:
+def test_the_admission_step_admits_every_node_and_relay_the_compose_file_runs() -> None:
     script = _compose()["services"]["admit"]["command"][0]
-    (line,) = [line.strip() for line in script.splitlines() if "p2psync ledger" in line]
+    lines = [line.strip() for line in script.splitlines() if "p2psync ledger" in line]
     loop = re.search(r"for n in ([\d ]+);", script)
     assert loop is not None
-    admitted = set()
+    nodes, relays = set(), set()
     for n in loop.group(1).split():
-        argv = shlex.split(line.replace("$$n", n))
-        assert argv[0] == "p2psync"
-        args = _parses(argv[1:])
-        assert (args.command, args.ledger_command, args.data) == (
-            "ledger",
-            "register",
-            "/data/ledger",
-        )
-        admitted.add(args.node_data)
-    assert admitted == {f"/data/{name}" for name in NODES}
+        for line in lines:
+            argv = shlex.split(line.replace("$$n", n))
+            assert argv[0] == "p2psync"
+            args = _parses(argv[1:])
+            assert (args.command, args.ledger_command, args.data) == (
+                "ledger",
+                "register",
+                "/data/ledger",
+            )
+            if args.node_data:
+                nodes.add(args.node_data)
+            else:
+                relays.add(args.relay_data)
+    assert nodes == {f"/data/{name}" for name in NODES}
+    assert relays == {f"/data/{name}" for name in RELAYS}
 
 
 def test_the_admission_step_prints_the_pinned_urls_of_the_servers_others_are_told() -> None:
