@@ -207,9 +207,7 @@ async def _measure_onion(ops: int, setups: int) -> dict[str, float]:
         ) as endpoint:
             await endpoint.wait_ready(2)
             keys = DirectoryKeys(network.directory(), network.clock)
-            onion = await _calls(
-                OnionRpcPool(endpoint, keys, network.clock, network.transport), network, ops
-            )
+            onion = await _calls(OnionRpcPool(endpoint, keys, network.clock), network, ops)
         nursery.cancel_scope.cancel()
     result = {"onion_path_setup_ms_p50": statistics.median(setup_ms)}
     for route, figures in (("direct", direct), ("onion", onion)):

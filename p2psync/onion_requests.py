@@ -29,8 +29,10 @@ cells, as for any payload.
   goes on the endpoint's next path in turn, and one that gets no answer in time, or a
   failure from its exit, is sealed afresh and sent on another path.
 
-Pushes (``subscribe``) need a connection of their own and do not travel on paths: the
-swarm client's subscriptions stay direct connections.
+Pushes (``subscribe``) need a connection of their own and do not travel on paths, so an
+onion pool offers none (its ``transport`` is ``None``): a device on onion requests polls
+through its paths, and one configured to subscribe is refused at open rather than given
+a direct connection that would show the node its address and account.
 """
 
 from __future__ import annotations
@@ -667,14 +669,13 @@ class DirectoryKeys:
 class OnionRpcPool:
     """:class:`RpcPool`'s call interface over onion requests on ``endpoint``'s paths.
 
-    ``transport`` is for what cannot travel on a path (the swarm client's subscriptions).
+    It has no ``transport``: what cannot travel on a path (pushes) is not offered.
     """
 
-    def __init__(
-        self, endpoint: Endpoint, server_key: ServerKey, clock: Clock, transport: Transport
-    ) -> None:
+    transport = None
+
+    def __init__(self, endpoint: Endpoint, server_key: ServerKey, clock: Clock) -> None:
         self.endpoint = endpoint
-        self.transport = transport
         self._server_key = server_key
         self._clock = clock
         #: Attempts that got no answer (a timeout, or a failure from the exit); all but a

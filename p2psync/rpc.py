@@ -607,9 +607,12 @@ class RpcCaller(Protocol):
 class RpcRouter(Protocol):
     """What the swarm client and a device need of a pool: an :class:`RpcPool` (direct
     connections) or an :class:`p2psync.onion_requests.OnionRpcPool` (onion requests).
-    ``transport`` is for what needs a connection of its own (subscriptions)."""
+    ``transport`` is for what needs a connection of its own (subscriptions); ``None`` on
+    onion requests, where a connection of the device's own would show the server its
+    address."""
 
-    transport: Transport
+    @property
+    def transport(self) -> Transport | None: ...
 
     async def get(self, address: str) -> RpcCaller: ...
 

@@ -193,7 +193,7 @@ class NetworkAccess:
             open_task_nursery() as nursery,
         ):
             keys = DirectoryKeys(KnownListing(listing), self.clock, self.server_keys)
-            onion = OnionRpcPool(endpoint, keys, self.clock, self.transport)
+            onion = OnionRpcPool(endpoint, keys, self.clock)
             listing.read_through(onion)
             nursery.start_soon(keep_relays_current, endpoint, through_paths)
             yield onion, through_paths

@@ -426,6 +426,11 @@ async def open_device(
         elif mode is not None and mode != existing.decode():
             raise DeviceError(f"the device in {directory} is {existing.decode()}, not {mode}")
         local = Local(store, network.clock, config or DeviceConfig())
+        if network.rpc_route == "onion" and local.config.receive == "subscribe":
+            raise DeviceError(
+                "receive='subscribe' needs a direct connection to a service node, which "
+                "shows it this device's address; on onion requests a device polls"
+            )
         async with (
             network.open_routes(
                 entry_filter=SiblingEntries(local, or_any=True),

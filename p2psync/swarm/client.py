@@ -283,7 +283,11 @@ class SwarmClient:
         catch_up_s: float = 60.0,
     ) -> None:
         """Like :meth:`poll` but woken by pushes; still catches up by cursor on every
-        (re)connection and every ``catch_up_s``, so a dropped push loses nothing."""
+        (re)connection and every ``catch_up_s``, so a dropped push loses nothing. A pool
+        without a ``transport`` (onion requests) has no connection to push on: refused."""
+        transport = self._pool.transport
+        if transport is None:
+            raise ValueError("subscriptions need direct connections; this pool has none")
         cursor = cursor or Cursor()
         signer = self.signer(identity)
         failures, failed_url = 0, ""
@@ -293,7 +297,7 @@ class SwarmClient:
                 nodes = await self.swarm_nodes(identity.session_id)
                 node = next((n for n in nodes if n.url != failed_url), nodes[0])
                 # Its own connection: pushes of other subscriptions must not mix in.
-                async with open_rpc(self._pool.transport, node.url) as connection:
+                async with open_rpc(transport, node.url) as connection:
                     auth = signer.sign("subscribe", namespace, self.clock.now_ms())
                     request = SubscribeRequest(identity.session_id, namespace, auth)
                     await connection.call("subscribe", request.to_wire())

@@ -21,6 +21,7 @@ from overlay.endpoint import Endpoint, open_endpoint
 from overlay.exits import ExitFailed
 from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.device import DeviceConfig, DeviceError, open_device
 from p2psync.device.access import NetworkAccess, NetworkFileError
 from p2psync.errors import RpcError
 from p2psync.fileserver import FileServer, FileServerClient
@@ -130,7 +131,6 @@ async def _onion_network(seen: Seen, exit_servers: tuple[str, ...] = ()) -> Asyn
                     endpoint,
                     DirectoryKeys(network.directory(), network.clock),
                     network.clock,
-                    transport,
                 )
                 swarm = SwarmClient(
                     cast(RpcPool, pool), network.directory(), network.clock, random.Random(1)
@@ -294,6 +294,33 @@ async def test_network_access_chooses_onion_requests_by_configuration(
         replace(access, rpc_route="carrier-pigeon")
 
 
+async def test_no_subscription_leaves_the_onion_route(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A push needs a connection of the device's own, which shows the node its address
+    and account: on onion requests the swarm client refuses to subscribe and a device
+    configured to subscribe is refused at open, before any connection is made."""
+    seen = Seen()
+    owner = Identity.from_label("dave")
+    async with _onion_network(seen) as onion:
+        access = replace(onion.network.access(), rpc_route="onion")
+        async with access.open_routes(local_name="dave-laptop") as (pool, reading):
+            swarm = SwarmClient(
+                cast(RpcPool, pool), reading.directory, access.clock, random.Random(2)
+            )
+
+            async def deliver(batch: object) -> None:
+                raise AssertionError("nothing may be delivered")
+
+            with pytest.raises(ValueError, match="direct connections"):
+                await swarm.subscribe(owner, 0, deliver)
+        pushed = DeviceConfig(receive="subscribe")
+        with pytest.raises(DeviceError, match="onion requests a device polls"):
+            async with open_device(tmp_path / "dave", access, mode="linked", config=pushed):
+                raise AssertionError("the device must not open")
+        assert seen.client_peers() <= {f"relay{i}" for i in range(RELAYS)}
+
+
 async def test_file_server_and_open_group_clients_work_unchanged_by_onion(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
@@ -312,7 +339,7 @@ async def test_file_server_and_open_group_clients_work_unchanged_by_onion(
         rooms_url = await nursery.start(rooms.serve, transport, "mem:rooms")
         keys = {files_url: files_key.ed25519_public, rooms_url: rooms_key.ed25519_public}
         pool = OnionRpcPool(
-            onion.endpoint, DirectoryKeys(onion.network.directory(), clock, keys), clock, transport
+            onion.endpoint, DirectoryKeys(onion.network.directory(), clock, keys), clock
         )
         someone = Identity.from_label("erin").session_id
         devices = await FileServerClient(cast(RpcClient, await pool.get(files_url))).get_mappings(
