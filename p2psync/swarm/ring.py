@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from .constants import SWARM_MAX_SIZE, SWARM_TARGET_SIZE
 
@@ -90,10 +91,17 @@ class SwarmMap:
         return self.swarms[self.swarm_for_key(x25519_public)]
 
     def swarm_of_node(self, node_pubkey: str) -> int | None:
+        return self._swarm_by_node.get(node_pubkey)
+
+    @cached_property
+    def _swarm_by_node(self) -> dict[str, int]:
+        """Looked up for every request a node answers (is this owner ours?), so built
+        once per snapshot rather than searched each time."""
+        by_node: dict[str, int] = {}
         for swarm_id, members in self.swarms.items():
-            if any(member.pubkey == node_pubkey for member in members):
-                return swarm_id
-        return None
+            for member in members:
+                by_node.setdefault(member.pubkey, swarm_id)
+        return by_node
 
     def all_nodes(self) -> Sequence[NodeInfo]:
         return [node for members in self.swarms.values() for node in members]
