@@ -4,7 +4,10 @@ alone, so that holding starts before anything slow is imported)."""
 from __future__ import annotations
 
 import signal
-from typing import Any
+
+TYPE_CHECKING = False  # see p2psync/__init__.py: no ``typing`` import before holding
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class HeldStops:
