@@ -38,7 +38,7 @@ from p2psync.fileserver import open_fileserver_client
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network, wait_until
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
-from p2psync.swarm.node import NodeConfig
+from p2psync.swarm.node_config import NodeConfig
 
 STEP_TIMEOUT_S = 30.0
 #: A day and an hour: past the 24 h TTL of everything stored before the jump.

@@ -251,7 +251,7 @@ def _ledger_key(args: argparse.Namespace) -> bytes | None:
 def _cmd_node(args: argparse.Namespace) -> int:
     from .clock import Clock
     from .services import make_directory, node_registration, run_node
-    from .swarm.node import NodeConfig
+    from .swarm.node_config import NodeConfig
 
     data_dir = _data_dir(args)
     transport = _server_transport(args)

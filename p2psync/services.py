@@ -38,7 +38,8 @@ from .onion_requests import ExitServers, ListedExits, OnionService, open_rpc_exi
 from .opengroup import OpenGroupServer
 from .rpc import RpcServer
 from .swarm.admission import Ledger, Registration, checked_registration
-from .swarm.node import NodeConfig, StorageNode
+from .swarm.node import StorageNode
+from .swarm.node_config import NodeConfig
 from .swarm.registry import (
     Directory,
     FileDirectory,

@@ -29,7 +29,7 @@ from ..clock import TEST_EPOCH_MS, Clock
 from ..device.content import MAX_TEXT_CHARS
 from ..network import open_local_network
 from ..swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
-from ..swarm.node import NodeConfig
+from ..swarm.node_config import NodeConfig
 from .holdings import byte_hours, peak_bytes, timeline
 from .replay import LINK_PROFILE, NODES, RELAYS, Outcome, Replay
 from .scenario import HOUR_MS, KINDS, Scenario, Trace, build_trace

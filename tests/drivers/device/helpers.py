@@ -14,7 +14,7 @@ from p2psync.device import Device, open_device
 from p2psync.envelope import open_envelope
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
-from p2psync.swarm.node import NodeConfig
+from p2psync.swarm.node_config import NodeConfig
 
 from ..swarm.helpers import wait_until
 

@@ -12,7 +12,8 @@ from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
 from p2psync.network import wait_until as network_wait_until
 from p2psync.swarm.client import SwarmClient, open_swarm_client
-from p2psync.swarm.node import NodeConfig, StorageNode
+from p2psync.swarm.node import StorageNode
+from p2psync.swarm.node_config import NodeConfig
 
 
 async def wait_until(condition: Callable[[], bool], *, limit_s: float = 600) -> None:

@@ -20,7 +20,7 @@ from p2psync.network import open_local_network
 from p2psync.rpc import open_rpc
 from p2psync.swarm.auth import AuthSigner, auth_text
 from p2psync.swarm.constants import MAX_DATA_BYTES
-from p2psync.swarm.node import NodeConfig
+from p2psync.swarm.node_config import NodeConfig
 from p2psync.wire import decode_frame, encode_cbor
 
 ALICE = Identity.from_label("alice")

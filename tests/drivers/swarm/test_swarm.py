@@ -19,7 +19,7 @@ from p2psync.network import NodeHandle
 from p2psync.rpc import open_rpc
 from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.client import Cursor, Message, open_swarm_client
-from p2psync.swarm.node import NodeConfig
+from p2psync.swarm.node_config import NodeConfig
 from p2psync.swarm.node_core import HAND_OVER_ELDER_MS, UNKNOWN_CURSOR_MS
 from p2psync.swarm.records import row_to_wire
 from p2psync.swarm.registry import FileDirectory
