@@ -12,13 +12,14 @@ The names below are the overlay's public API (DESIGN.md §6); everything else is
 
 from .clock import Clock
 from .contact import Contact, ContactError, make_contact, verified_directory
-from .endpoint import Endpoint, Session, SessionClosed, open_endpoint
+from .endpoint import Endpoint, open_endpoint
 from .introset import Intro
 from .keys import KeyPair
 from .link import Link, LinkClosed, LinkProfile, MemoryNetwork, TcpTransport, Transport
 from .relay import RelayInfo, open_relays, serve_relay
 from .relay_core import RelayStats
 from .session import SessionError
+from .session_driver import Session, SessionClosed
 
 __all__ = [
     "Clock",

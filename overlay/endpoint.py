@@ -3,9 +3,11 @@ has its paths' exit hops hand requests to servers (:meth:`Endpoint.exit_request`
 
 The protocol lives in the sans-I/O pieces (:class:`~overlay.endpoint_core.EndpointCore`
 for the paths, pings, DHT answers and republishing, :class:`~overlay.session.SessionCore`,
-:mod:`overlay.introset`); this module is their Trio driver. :func:`open_endpoint` owns
-every task: paths (one link each, to their first hop), the path keeper, the introset
-republisher, one driver per session. Leaving its ``async with`` cancels them all.
+:mod:`overlay.introset`); this module is the Trio driver of the paths, and
+:mod:`overlay.introset_driver` and :mod:`overlay.session_driver` drive introsets and
+sessions over them. :func:`open_endpoint` owns every task: paths (one link each, to
+their first hop), the path keeper, the introset republisher, one driver per session.
+Leaving its ``async with`` cancels them all.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import assert_never
 
@@ -21,21 +23,15 @@ import trio
 
 from .clock import Clock
 from .constants import (
-    ACCEPT_QUEUE_SESSIONS,
     DEFAULT_HOPS,
     DEFAULT_PATH_LIFETIME_MS,
     DEFAULT_PATHS_PER_ENDPOINT,
-    DHT_ATTEMPTS,
     INTROSET_LIFETIME_MS,
-    INTROSET_REPLICAS,
     INTROSET_REPUBLISH_MS,
     PATH_CHECK_INTERVAL_MS,
     PATH_PING_INTERVAL_MS,
-    SESSION_INTRO_REFRESH_MS,
-    SESSION_WINDOW_FRAGMENTS,
 )
 from .contact import Contact, verified_directory
-from .dht import DhtStatus, closest_relays, get_request, put_request
 from .endpoint_core import (
     Answered,
     BuildPath,
@@ -51,138 +47,16 @@ from .endpoint_core import (
 from .exits import ExitFailed, ExitStatus
 from .introset import (
     Intro,
-    IntrosetError,
-    RendezvousKeys,
-    epoch_of,
-    open_introset,
-    rendezvous_keys,
-    seal_introset,
 )
+from .introset_driver import Introsets
 from .keys import KeyPair
 from .link import LinkClosed, LinkPump, Transport
 from .path import Path, PathState
-from .payloads import PathPayload, Transfer
-from .session import (
-    Refused,
-    SessionAcceptor,
-    SessionCore,
-    SessionError,
-    SessionState,
-    packet_session_id,
-)
+from .payloads import PathPayload
+from .session_driver import Session, Sessions
 from .tasks import open_task_nursery
 
 logger = logging.getLogger(__name__)
-
-
-class SessionClosed(SessionError):
-    """The peer closed its side: no more messages will arrive."""
-
-
-class Session:
-    """One end-to-end session. ``send``/``receive`` carry whole messages, in order."""
-
-    def __init__(self, core: SessionCore) -> None:
-        self._core = core
-        self._changed = trio.Event()
-        self._kick = trio.Event()
-        self._aborted = False
-        #: The secret the peer's introset is published under, if ``connect`` was given it.
-        self._secret: bytes | None = None
-        self._intro_refreshed_ms: int | None = None
-
-    @property
-    def peer(self) -> bytes:
-        """The peer endpoint's Ed25519 public key, authenticated by the handshake."""
-        return self._core.peer
-
-    @property
-    def peer_intro(self) -> Intro | None:
-        """Where this session sends to the peer now (None: it has not said yet); the
-        peer moves it to a fresh path of its own before the old one expires."""
-        return self._core.peer_intro
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def _wake_driver(self) -> None:
-        self._kick.set()
-
-    def _check_failed(self) -> None:
-        if self._core.state is SessionState.FAILED:
-            raise SessionError(self._core.failure or "session failed")
-
-    async def _wait_open(self) -> None:
-        while self._core.state is SessionState.HANDSHAKE:
-            await self._changed.wait()
-        self._check_failed()
-
-    async def send(self, message: bytes) -> None:
-        """Queue one message; waits while the window is full (flow control)."""
-        while self._core.buffered_fragments >= SESSION_WINDOW_FRAGMENTS:
-            self._check_failed()
-            await self._changed.wait()
-        self._check_failed()
-        self._core.send_message(message)
-        self._wake_driver()
-        await trio.lowlevel.checkpoint()
-
-    async def receive(self) -> bytes:
-        """The next message; :class:`SessionClosed` once the peer has closed."""
-        while not self._core.received:
-            if self._core.peer_finished:
-                raise SessionClosed("peer closed the session")
-            self._check_failed()
-            await self._changed.wait()
-        return self._core.received.popleft()
-
-    def __aiter__(self) -> Session:
-        return self
-
-    async def __anext__(self) -> bytes:
-        """Messages until the peer closes (no async generator, so breaking out is safe)."""
-        try:
-            return await self.receive()
-        except SessionClosed:
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        """Send FIN and wait until everything sent was acknowledged (or the session failed).
-        Wrap in a cancel scope to bound the wait. If the peer has already said goodbye, only
-        put our FIN on its way: a peer that left on purpose acknowledges nothing more, and
-        waiting for it held a device that went offline next for seconds."""
-        if self._core.state is SessionState.FAILED or self._aborted:
-            return
-        if self._core.peer_finished:
-            await self.leave()
-            return
-        self._core.close()
-        self._wake_driver()
-        while not self._core.all_acknowledged and not self._ended():
-            await self._changed.wait()
-
-    def abort(self) -> None:
-        """Send FIN without waiting for anything (a later :meth:`aclose` returns at once):
-        for a side that is going away, or that has given up on its peer."""
-        self._aborted = True
-        if self._core.state is not SessionState.FAILED:
-            self._core.close()
-            self._wake_driver()
-
-    async def leave(self) -> None:
-        """Send FIN and return once it is on its way, without waiting for an acknowledgement:
-        for a side going away on purpose, so that its peer learns at once instead of when
-        the session times out. Bound the wait with a cancel scope (no path, no FIN)."""
-        self.abort()
-        while not (self._core.fin_sent or self._failed()):
-            await self._changed.wait()
-
-    def _failed(self) -> bool:
-        return self._core.state is SessionState.FAILED
-
-    def _ended(self) -> bool:
-        return self._core.state in (SessionState.FAILED, SessionState.CLOSED)
 
 
 class Endpoint:
@@ -211,10 +85,25 @@ class Endpoint:
         self._paths_changed = trio.Event()
         #: The askers waiting for an answer (:class:`Answered`), by question token.
         self._askers: dict[bytes, trio.Event] = {}
-        self._sessions: dict[bytes, Session] = {}
-        self._acceptor = SessionAcceptor(keys)
-        self._accept_send, self._accept_receive = trio.open_memory_channel[Session](
-            ACCEPT_QUEUE_SESSIONS
+        self._introsets = Introsets(
+            core,
+            keys,
+            clock,
+            ask=self._dht,
+            ready=self.wait_ready,
+            paths_event=lambda: self._paths_changed,
+        )
+        self._sessions = Sessions(
+            keys,
+            clock,
+            nursery,
+            core.stats,
+            route=core.route,
+            send=self._send_on,
+            paths_changed=self.paths_changed,
+            ready=self.wait_ready,
+            lookup=self.lookup,
+            secrets=lambda: core.secrets,
         )
 
     @property
@@ -283,9 +172,7 @@ class Endpoint:
     def _signal_paths(self) -> None:
         self._paths_changed.set()
         self._paths_changed = trio.Event()
-        for session in self._sessions.values():
-            session._core.announce()  # peers must learn where we are now
-            session._wake_driver()
+        self._sessions.paths_moved()
 
     async def _run_path(self, path: Path, scope: trio.CancelScope, pump: LinkPump) -> None:
         with scope:
@@ -382,12 +269,12 @@ class Endpoint:
     @property
     def session_count(self) -> int:
         """Sessions open now, until each one's driver has ended."""
-        return len(self._sessions)
+        return self._sessions.count
 
     def sessions_with(self, peer: bytes) -> list[Session]:
         """The sessions open now with the endpoint whose key is ``peer`` (dialed or
         accepted: for a moment, while one replaces the other, there can be two)."""
-        return [s for s in self._sessions.values() if s.peer == peer]
+        return self._sessions.with_peer(peer)
 
     async def paths_changed(self) -> None:
         """Wait for the next change in this endpoint's paths (built, dead, dropped)."""
@@ -421,7 +308,7 @@ class Endpoint:
             raise ExitFailed(f"exit {path.terminal.address} could not reach {address}")
         return data
 
-    # --- introsets -------------------------------------------------------------------------
+    # --- introsets and sessions -----------------------------------------------------------
 
     async def _dht(self, relay: bytes, request: bytes) -> bytes | None:
         path = await self._usable_path()
@@ -435,227 +322,33 @@ class Endpoint:
     async def publish(self, shared_secret: bytes) -> int:
         """Publish this endpoint's introset for the siblings sharing ``shared_secret`` and
         keep it republished while the endpoint runs. Returns how many replicas stored it."""
-        self._core.publish_under(shared_secret)
-        return await self._publish_one(shared_secret)
-
-    async def _publish_one(self, shared_secret: bytes) -> int:
-        await self.wait_ready()
-        now = self._clock.now_ms()
-        rendezvous = rendezvous_keys(shared_secret, self.public_key, epoch_of(now))
-        intros = self._core.introset_intros(now)
-        introset = seal_introset(rendezvous, self._keys, intros, now + INTROSET_LIFETIME_MS)
-        replicas = closest_relays(
-            rendezvous.location, list(self._core.directory), INTROSET_REPLICAS
-        )
-        stored = 0
-
-        async def put(relay: bytes) -> None:
-            nonlocal stored
-            for _ in range(DHT_ATTEMPTS):
-                if await self._dht(relay, put_request(introset)) == bytes((DhtStatus.STORED,)):
-                    stored += 1
-                    return
-
-        async with trio.open_nursery() as nursery:
-            for relay in replicas:
-                nursery.start_soon(put, relay)
-        return stored
-
-    async def _republish(self) -> None:
-        """Carry out :meth:`EndpointCore.keep_introsets` whenever the paths change or its
-        timer is due."""
-        while True:
-            changed = self._paths_changed
-            republish = self._core.keep_introsets(self._clock.now_ms())
-            if republish is None:
-                with self._clock.move_on_at_ms(self._core.republish_at_ms):
-                    await changed.wait()
-                continue
-            for secret in republish.secrets:
-                await self._publish_one(secret)
-            self._core.republished(self._clock.now_ms())
+        return await self._introsets.publish(shared_secret)
 
     async def lookup(self, shared_secret: bytes, owner: bytes) -> list[Intro]:
-        """The live intros of sibling ``owner``, or [] if no replica has them. All replicas
-        are asked at once (this epoch's and the last's); the first introset that opens
-        wins. Replicas that gave no answer are asked again, in up to ``DHT_ATTEMPTS``
-        rounds; an answer that they hold nothing is final, so looking up a sibling that
-        is offline costs one round."""
-        now = self._clock.now_ms()
-        found: list[Intro] = []
-        asking = [
-            (relay, rendezvous)
-            for epoch in (epoch_of(now), epoch_of(now) - 1)
-            for rendezvous in [rendezvous_keys(shared_secret, owner, epoch)]
-            for relay in closest_relays(rendezvous.location, list(self._core.directory))
-        ]
-        for _ in range(DHT_ATTEMPTS):
-            silent: list[tuple[bytes, RendezvousKeys]] = []
-            async with trio.open_nursery() as nursery:
-                for relay, rendezvous in asking:
-                    nursery.start_soon(
-                        self._lookup_one, relay, rendezvous, owner, found, silent, nursery
-                    )
-            if found or not silent:
-                return found
-            asking = silent
-        return []
-
-    async def _lookup_one(
-        self,
-        relay: bytes,
-        rendezvous: RendezvousKeys,
-        owner: bytes,
-        found: list[Intro],
-        silent: list[tuple[bytes, RendezvousKeys]],
-        nursery: trio.Nursery,
-    ) -> None:
-        """Ask one replica; ``silent`` collects those that did not answer."""
-        response = await self._dht(relay, get_request(rendezvous.location))
-        if not response:
-            silent.append((relay, rendezvous))
-            return
-        if response[0] != DhtStatus.FOUND:
-            return
-        try:
-            intros = open_introset(response[1:], rendezvous, owner, self._clock.now_ms())
-        except IntrosetError:
-            return
-        if intros and not found:
-            found.extend(intros)
-            nursery.cancel_scope.cancel()
-
-    # --- sessions --------------------------------------------------------------------------
+        """The live intros of sibling ``owner``, or [] if no replica has them
+        (:meth:`.Introsets.lookup`)."""
+        return await self._introsets.lookup(shared_secret, owner)
 
     def deliver_packet(self, packet: bytes) -> None:
-        """Take one session packet as if our intro had delivered it: each path hands over
-        here what reaches its intro, with no further check, so what arrives is chosen by
-        others (any endpoint that knows our intro, and the relays that carried a packet,
-        which can send it again; tests play them through this call). A packet for no open
-        session goes to the :class:`SessionAcceptor`. Call it inside the endpoint's
-        ``async with`` (it starts the session's task there)."""
-        now = self._clock.now_ms()
-        session_id = packet_session_id(packet)
-        if session_id is None:
-            self.stats.cells_dropped += 1
-            return
-        session = self._sessions.get(session_id)
-        if session is not None:
-            session._core.receive_packet(packet, now)
-            session._wake_driver()
-            session._notify()
-            return
-        opened = self._acceptor.accept(packet, now)
-        if isinstance(opened, SessionCore):
-            session = self._start_session(opened)
-            try:
-                self._accept_send.send_nowait(session)
-                self.stats.sessions_accepted += 1
-            except trio.WouldBlock:
-                opened.close()
-        elif opened.why is Refused.REPLAYED:
-            self.stats.inits_replayed += 1
-        elif opened.why is Refused.STALE:
-            self.stats.inits_stale += 1
-            logger.info("session refused: %s (is this machine's clock right?)", opened.detail)
-        else:
-            self.stats.cells_dropped += 1
+        """Take one session packet as if our intro had delivered it
+        (:meth:`.Sessions.deliver_packet`; tests play other endpoints and relays through
+        this call). Call it inside the endpoint's ``async with``."""
+        self._sessions.deliver_packet(packet)
 
-    def _start_session(self, core: SessionCore) -> Session:
-        session = Session(core)
-        self._nursery.start_soon(self._drive_session, session)  # raises once closed
-        self._sessions[core.session_id] = session
-        return session
-
-    async def _drive_session(self, session: Session) -> None:
-        core = session._core
-        try:
-            while core.state not in (SessionState.CLOSED, SessionState.FAILED):
-                now = self._clock.now_ms()
-                route = self._core.route(now)
-                if route is None:
-                    await self._paths_changed.wait()
-                    continue
-                core.local_intro = route.intro
-                packets = core.outgoing(now)
-                if core.stalled and (
-                    session._intro_refreshed_ms is None
-                    or now - session._intro_refreshed_ms >= SESSION_INTRO_REFRESH_MS
-                ):
-                    session._intro_refreshed_ms = now
-                    self._nursery.start_soon(self._refresh_intro, session)
-                target = core.peer_intro
-                if target is not None:
-                    for packet in packets:
-                        self._send_on(route.path, Transfer(target.relay, target.intro_id, packet))
-                session._notify()
-                if core.state in (SessionState.CLOSED, SessionState.FAILED):
-                    break  # outgoing() closed it: nothing will kick this driver again
-                deadline = core.next_deadline_ms()
-                with self._clock.move_on_at_ms(deadline):
-                    await session._kick.wait()
-                session._kick = trio.Event()
-        finally:
-            session._notify()
-            del self._sessions[core.session_id]
-
-    async def _refresh_intro(self, session: Session) -> None:
-        """Look the peer's introset up again and send to its freshest intro.
-
-        Each side learns where the other is from the packets it receives, so when one
-        relay was on the paths by which both sides are reached and dies, each side tells
-        the other about its new path at an intro that is gone: neither hears again, and
-        the session would only fail after ``SESSION_MAX_RETRIES``. The introset is
-        republished as soon as a path changes, so it is the way out. A session from
-        :meth:`connect` knows the peer's secret; an accepted one tries the secrets this
-        endpoint publishes under (siblings share theirs)."""
-        core = session._core
-        secrets = [session._secret] if session._secret is not None else self._core.secrets
-        for secret in secrets:
-            intros = await self.lookup(secret, core.peer)
-            if intros:
-                fresh = max(intros, key=lambda i: i.expiry_ms)
-                if fresh != core.peer_intro:
-                    core.peer_moved(fresh)
-                    session._wake_driver()
-                return
-
-    @asynccontextmanager
-    async def connect(
+    def connect(
         self,
         peer: bytes,
         *,
         shared_secret: bytes | None = None,
         intros: list[Intro] | None = None,
-    ) -> AsyncIterator[Session]:
+    ) -> AbstractAsyncContextManager[Session]:
         """A session to endpoint ``peer``, found through its introset (``shared_secret``)
         or at known ``intros``. Closed cleanly when the block ends."""
-        if intros is None:
-            if shared_secret is None:
-                raise ValueError("connect needs a shared secret or the peer's intros")
-            intros = await self.lookup(shared_secret, peer)
-            if not intros:
-                raise SessionError("peer has no live introset")
-        await self.wait_ready()
-        core = SessionCore.initiate(self._keys, peer, self._clock.now_ms())
-        core.peer_intro = max(intros, key=lambda i: i.expiry_ms)
-        session = self._start_session(core)
-        session._secret = shared_secret
-        self.stats.sessions_opened += 1
-        await session._wait_open()
-        try:
-            yield session
-        except BaseException:
-            # Leaving by error or cancellation (the endpoint may be going down with us):
-            # say goodbye without waiting for an acknowledgement that cannot come.
-            session.abort()
-            raise
-        with trio.CancelScope(shield=True), trio.move_on_after(10):
-            await session.aclose()
+        return self._sessions.connect(peer, shared_secret=shared_secret, intros=intros)
 
     def sessions(self) -> trio.MemoryReceiveChannel[Session]:
         """Sessions other endpoints open to this one, as they arrive (``async for``)."""
-        return self._accept_receive
+        return self._sessions.accepted()
 
 
 @asynccontextmanager
@@ -706,7 +399,7 @@ async def open_endpoint(
     async with open_task_nursery() as nursery:
         endpoint = Endpoint(keys, transport, clock, nursery, core, local_name=local_name)
         nursery.start_soon(endpoint._keep_paths)
-        nursery.start_soon(endpoint._republish)
+        nursery.start_soon(endpoint._introsets.run)
         yield endpoint
 
 

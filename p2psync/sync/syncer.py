@@ -27,8 +27,9 @@ from typing import Protocol
 
 import trio
 
-from overlay.endpoint import Endpoint, Session
+from overlay.endpoint import Endpoint
 from overlay.session import SessionError
+from overlay.session_driver import Session
 
 from ..clock import Clock
 from ..errors import DecodeError

@@ -16,11 +16,12 @@ from overlay.constants import (
     INTROSET_REPLICAS,
     SESSION_INIT_FRESHNESS_MS,
 )
-from overlay.endpoint import Endpoint, Session, SessionClosed, open_endpoint
+from overlay.endpoint import Endpoint, open_endpoint
 from overlay.keys import KeyPair
 from overlay.link import LinkProfile, MemoryNetwork, TcpTransport
 from overlay.relay import open_relays
 from overlay.session import SessionCore
+from overlay.session_driver import Session, SessionClosed
 
 SECRET = bytes(range(32))
 ALICE = b"\x0a" * 32
