@@ -1,21 +1,23 @@
 """CBOR RPC over any :class:`overlay.link.Transport` (DESIGN.md §4 framing).
 
-Server: :meth:`RpcServer.serve` accepts connections and reads frames. A plain-function handler
-(one that never waits) is answered inline in the connection's read loop; a coroutine
-handler runs as its own task so requests pipeline, at most ``max_in_flight`` per
-connection at once, after which the server stops reading that connection (backpressure
-instead of an unbounded queue). The read loop takes every frame one read brought and
-sends their inline replies together: on a busy node task switches and write syscalls per
-request, not the work itself, are what limit throughput. Replies of tasks and pushes
-leave through one :class:`Outbox` per connection, bounded in frames and in bytes; a task
-keeps its in-flight slot until its reply is in the outbox, so a client that sends
-without reading its replies is soon not read either (its own sends back up into its
-socket). What all connections hold for their peers together is bounded too
-(:class:`ReplyMemory`): past that, the connection holding the most is dropped, so many
-such clients cannot add up to more. A frame that does not decode gets
-``bad_request`` and the connection goes on; a handler that fails gets ``internal`` and
-the server goes on; a client too slow to take its pushes is disconnected (it resubscribes
-and catches up by ``last_hash``, so nothing is lost).
+Server: :meth:`RpcServer.serve` accepts connections and reads frames. A plain-function
+handler (one that never waits) is answered inline in the connection's read loop; a
+coroutine handler runs as its own task so requests pipeline, and a plain-function
+handler whose work other tasks finish answers with a :class:`Later` (no task per
+request): at most ``max_in_flight`` such requests per connection at once, after which
+the server stops reading that connection (backpressure instead of an unbounded queue).
+The read loop takes every frame one read brought and sends their inline replies
+together: on a busy node task switches and write syscalls per request, not the work
+itself, are what limit throughput. Replies of tasks and pushes leave through one
+:class:`Outbox` per connection, bounded in frames and in bytes; a task keeps its
+in-flight slot until its reply is in the outbox, so a client that sends without reading
+its replies is soon not read either (its own sends back up into its socket). What all
+connections hold for their peers together is bounded too (:class:`ReplyMemory`): past
+that, the connection holding the most is dropped, so many such clients cannot add up to
+more. A frame that does not decode gets ``bad_request`` and the connection goes on; a
+handler that fails gets ``internal`` and the server goes on; a client too slow to take
+its pushes is disconnected (it resubscribes and catches up by ``last_hash``, so nothing
+is lost).
 
 Client: ``async with open_rpc(transport, address) as client`` gives
 ``await client.call(method, params)`` (pipelined, matched by id) and
@@ -30,9 +32,11 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from inspect import iscoroutinefunction
 from typing import Any, Protocol, runtime_checkable
 
+import outcome
 import trio
 
 from overlay.link import Link, LinkClosed, Transport
@@ -214,9 +218,17 @@ class Outbox:
     def offer(self, data: bytes) -> bool:
         """Queue a push without waiting; ``False`` (and nothing queued) if it is full.
         A push to a closed outbox goes nowhere."""
+        return self._queue_if_room(data, 2 * self.max_bytes)
+
+    def put_nowait(self, data: bytes) -> bool:
+        """Queue a reply if there is room now; ``False`` (and nothing queued) if not.
+        A reply to a closed outbox goes nowhere."""
+        return self._queue_if_room(data, self.max_bytes)
+
+    def _queue_if_room(self, data: bytes, max_bytes: int) -> bool:
         if self._closed:
             return True
-        if not self._fits(len(data), 2 * self.max_bytes):
+        if not self._fits(len(data), max_bytes):
             return False
         self._append(data)
         self._memory.grow(len(data))
@@ -292,8 +304,71 @@ class Connection:
         self._on_close.clear()
 
 
+class Later:
+    """A reply that comes later. A plain-function handler whose work other tasks finish
+    (a store waits for its group commit and its quorum) returns a ``Later`` at once, and
+    whoever finishes the work calls :meth:`resolve` or :meth:`fail` (the first call
+    counts). The request then costs no task of its own, which under load is a good part
+    of what a store costs, and it still holds its in-flight slot until its reply is in
+    the outbox, as a task's request does."""
+
+    __slots__ = ("_listener", "_result")
+
+    def __init__(self) -> None:
+        self._result: outcome.Outcome[Any] | None = None
+        self._listener: Callable[[outcome.Outcome[Any]], None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def resolve(self, result: Any) -> None:
+        self._finish(outcome.Value(result))
+
+    def fail(self, exc: Exception) -> None:
+        """Answer with what ``exc`` maps to (an :class:`RpcError` its code; anything
+        else ``internal``), as if the handler had raised it."""
+        self._finish(outcome.Error(exc))
+
+    def _finish(self, result: outcome.Outcome[Any]) -> None:
+        if self._result is not None:
+            return
+        self._result = result
+        if self._listener is not None:
+            try:
+                self._listener(result)
+            except Exception:  # the server's own: whoever settles goes on with the rest
+                logger.exception("answering a settled request failed")
+
+    def listen(self, listener: Callable[[outcome.Outcome[Any]], None]) -> None:
+        """Call ``listener`` with the outcome once there is one (now, if there is). One
+        listener: the server that answers the request (or :meth:`wait`)."""
+        assert self._listener is None, "a Later has one listener"
+        if self._result is not None:
+            listener(self._result)
+        else:
+            self._listener = listener
+
+    async def wait(self) -> Any:
+        """The result, or raise what :meth:`fail` was given."""
+        settled = trio.Event()
+        self.listen(lambda _: settled.set())
+        await settled.wait()
+        assert self._result is not None
+        return self._result.unwrap()
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A request whose handler returned a :class:`Later`."""
+
+    request: Request
+    later: Later
+
+
 #: A coroutine function runs as its own task; a plain function is called inline in the
-#: read loop and must not block (it may still raise, like any handler).
+#: read loop and must not block (it may still raise, like any handler, or return a
+#: :class:`Later`).
 Handler = Callable[[Fields, Connection], Awaitable[Any]] | Callable[[Fields, Connection], Any]
 #: Told (method, peer, params) of every request a server answers (:meth:`RpcServer.observe`).
 Observer = Callable[[str, str, Mapping[str, Any]], None]
@@ -392,7 +467,10 @@ class RpcServer:
         connection._outbox.close()
         try:
             if request.method in self._inline:
-                reply = self._answer_inline(request, connection)
+                answered = self._answer_inline(request, connection)
+                reply = (
+                    await self._settled(answered) if isinstance(answered, _Pending) else answered
+                )
             else:
                 reply = await self._run_handler(request, connection)
         finally:
@@ -481,15 +559,20 @@ class RpcServer:
                 replies.append(self._refuse(None, exc))
             for turn in range(1, limits.max_in_flight + 1):
                 if data is not None:
-                    outcome = self._dispatch(data, bucket, connection)
-                    if isinstance(outcome, Request):
+                    dispatched = self._dispatch(data, bucket, connection)
+                    if isinstance(dispatched, Request | _Pending):
                         try:  # a free slot is taken without a trip through the scheduler
                             in_flight.acquire_nowait()
                         except trio.WouldBlock:
                             await in_flight.acquire()
-                        nursery.start_soon(self._answer, outcome, connection, in_flight)
+                    if isinstance(dispatched, Request):
+                        nursery.start_soon(self._answer, dispatched, connection, in_flight)
+                    elif isinstance(dispatched, _Pending):
+                        dispatched.later.listen(
+                            partial(self._reply_later, dispatched, connection, in_flight, nursery)
+                        )
                     else:
-                        replies.append(outcome)
+                        replies.append(dispatched)
                 if turn == limits.max_in_flight:
                     break  # what else arrived is the next turn's (taking it here lost it)
                 try:
@@ -514,9 +597,12 @@ class RpcServer:
         self.stats.count_error("bad_request")
         return ErrorReply(rid, "bad_request", str(exc), {})
 
-    def _dispatch(self, data: bytes, bucket: TokenBucket, connection: Connection) -> Frame:
-        """One frame: its reply when it is answered here (inline handlers, refusals), or
-        the request itself when it needs a task of its own."""
+    def _dispatch(
+        self, data: bytes, bucket: TokenBucket, connection: Connection
+    ) -> Frame | _Pending:
+        """One frame: its reply when it is answered here (inline handlers, refusals), the
+        request itself when it needs a task of its own, or the :class:`Later` an inline
+        handler answered with."""
         try:
             frame = decode_frame(data, max_bytes=self.limits.max_frame_bytes)
         except DecodeError as exc:
@@ -531,13 +617,52 @@ class RpcServer:
             return self._answer_inline(frame, connection)
         return frame
 
-    def _answer_inline(self, request: Request, connection: Connection) -> Frame:
+    def _answer_inline(self, request: Request, connection: Connection) -> Frame | _Pending:
         try:
             self._observed(request, connection)
             result = self.methods[request.method](Fields(request.params, "params"), connection)
-            return Reply(request.id, result)
         except Exception as exc:
             return self._failure(request, exc)
+        if isinstance(result, Later):
+            return _Pending(request, result)
+        return Reply(request.id, result)
+
+    def _settle(self, pending: _Pending, result: outcome.Outcome[Any]) -> Frame:
+        try:
+            return Reply(pending.request.id, result.unwrap())
+        except Exception as exc:
+            return self._failure(pending.request, exc)
+
+    async def _settled(self, pending: _Pending) -> Frame:
+        try:
+            return Reply(pending.request.id, await pending.later.wait())
+        except Exception as exc:
+            return self._failure(pending.request, exc)
+
+    def _reply_later(
+        self,
+        pending: _Pending,
+        connection: Connection,
+        in_flight: trio.Semaphore,
+        nursery: trio.Nursery,
+        result: outcome.Outcome[Any],
+    ) -> None:
+        """Queue a :class:`Later`'s reply and free its slot; if the outbox has no room,
+        a task waits for it, holding the slot (so a client that does not read its
+        replies is soon not read either, as with a task's reply)."""
+        reply = self._encode_reply(pending.request, self._settle(pending, result))
+        if connection._outbox.put_nowait(reply):
+            in_flight.release()
+        else:
+            nursery.start_soon(self._put_reply, connection, reply, in_flight)
+
+    async def _put_reply(
+        self, connection: Connection, reply: bytes, in_flight: trio.Semaphore
+    ) -> None:
+        try:
+            await connection._outbox.put(reply)
+        finally:
+            in_flight.release()
 
     def _failure(self, request: Request, exc: Exception) -> ErrorReply:
         """The stable error reply for what a handler raised."""
@@ -570,6 +695,8 @@ class RpcServer:
             if handler is None:
                 raise RpcError("bad_request", f"unknown method {request.method!r}")
             result = await handler(Fields(request.params, "params"), connection)
+            if isinstance(result, Later):  # a wrapper's: wrapped inline handlers may give one
+                result = await result.wait()
             return Reply(request.id, result)
         except Exception as exc:
             return self._failure(request, exc)

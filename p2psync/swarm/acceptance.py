@@ -12,17 +12,19 @@ same message.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import trio
 
 from ..clock import Clock
 from ..errors import RpcError
-from ..rpc import Connection, TokenBucket
+from ..rpc import Connection, Later, TokenBucket
 from ..wire import Fields
 from .allowance import OwnerQuota, connection_budget
-from .commit import CommitFailed, GroupCommit
+from .commit import GroupCommit
 from .messages import StoreReply, StoreRequest
 from .node_config import NodeConfig
 from .node_core import NodeCore, Push, Replicate
@@ -36,8 +38,10 @@ Execute = Callable[[Iterable[Push[Connection] | Replicate]], None]
 
 
 class StoreAcceptance:
-    """``store`` (an RPC handler), the group commit it waits on (``run``), and the
-    quorum it waits for (``peer_committed``, from the replicator)."""
+    """``store`` (an RPC handler answering with a :class:`~p2psync.rpc.Later`), the group
+    commit and the quorum timeouts it relies on (``run``), and the quorum it waits for
+    (``peer_committed``, from the replicator). No store has a task of its own: the
+    commit loop, the replicator and the timeout loop answer it."""
 
     def __init__(
         self,
@@ -57,71 +61,98 @@ class StoreAcceptance:
         self._execute = execute
         self._commits = GroupCommit(store)
         self._quorum = QuorumBook()
-        self._reached: dict[RowKey, trio.Event] = {}
+        #: Per row short of its quorum, the stores waiting for it, with their replies.
+        self._waiting: dict[RowKey, list[tuple[Later, Any]]] = {}
+        #: (deadline, row, store) of every store that waited, in deadline order: one
+        #: timeout for all, so arrival order.
+        self._deadlines: deque[tuple[int, RowKey, Later]] = deque()
+        self._deadline_added = trio.Event()
         self._budgets: dict[Connection, TokenBucket] = {}
 
     async def run(self) -> None:
-        """Commit what gathers, until cancelled."""
-        await self._commits.run()
+        """Commit what gathers and give up on late quorums, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._commits.run)
+            nursery.start_soon(self._give_up_late)
 
     def pending(self) -> list[StoredMessage]:
         """Rows still short of their quorum, to offer again to a new membership's peers."""
         return self._quorum.rows()
 
-    async def store(self, params: Fields, conn: Connection) -> Any:
+    def store(self, params: Fields, conn: Connection) -> Later:
         row = self._core.new_row(StoreRequest.from_wire(params), self._clock.now_ms())
         self._charge(conn, row)
+        later = Later()
+        self._commits.add(row, partial(self._committed, row, later))
+        return later
+
+    def _committed(self, row: StoredMessage, later: Later, result: bool | Exception) -> None:
+        """In the commit loop, so a transaction's rows are queued for the peers together
+        (see :mod:`.commit`)."""
+        if isinstance(result, Exception):
+            later.fail(RpcError("unavailable", f"the node could not store: {result}"))
+            return
+        effects: list[Push[Connection] | Replicate] = []
+        if result:
+            self._stats.stored += 1
+            self._quota.stored(row.pubkey, len(row.data or b""))
+            effects.extend(self._core.pushes([row]))
+        else:
+            self._stats.duplicates += 1
+        # A duplicate waits for its quorum too: the first store of it may have been
+        # answered ``unavailable``, and this node keeps no record of which rows made it.
+        # Peers that hold it already answer at once.
         key = row_key(row)
+        joining = key in self._waiting
+        awaiting = not joining and self._quorum.expect(row, self._core.peers_needed())
+        if result or awaiting:  # every new row goes to every peer, whatever the quorum
+            effects.append(Replicate((row,)))
+        self._execute(effects)
+        reply = StoreReply(row.hash, row.expiry_ms).to_wire()
+        if not (joining or awaiting):
+            later.resolve(reply)
+            return
+        self._waiting.setdefault(key, []).append((later, reply))
+        while self._deadlines and self._deadlines[0][2].done:
+            self._deadlines.popleft()
+        deadline = self._clock.now_ms() + int(self._config.quorum_timeout_s * 1000)
+        self._deadlines.append((deadline, key, later))
+        self._deadline_added.set()
 
-        def committed(new: bool) -> trio.Event | None:
-            """The quorum to wait for. Runs in the commit loop, so a transaction's rows are
-            queued for the peers together (see :mod:`.commit`), and the event is taken
-            there too: looked up once this store resumed, it could be gone because
-            another store of the same row gave up on it, and this one would be answered
-            without its quorum."""
-            effects: list[Push[Connection] | Replicate] = []
-            if new:
-                self._stats.stored += 1
-                self._quota.stored(row.pubkey, len(row.data or b""))
-                effects.extend(self._core.pushes([row]))
+    def peer_committed(self, peer: str, rows: Iterable[StoredMessage]) -> None:
+        """``peer`` committed ``rows``: answer the stores whose quorum that completes."""
+        for key in self._quorum.committed(peer, rows):
+            for later, reply in self._waiting.pop(key, ()):
+                later.resolve(reply)
+
+    async def _give_up_late(self) -> None:
+        """Answer ``unavailable`` to each store whose quorum did not come within
+        ``quorum_timeout_s`` of its commit; once no store waits for a row, stop counting
+        its peers' commits."""
+        while True:
+            if not self._deadlines:
+                self._deadline_added = trio.Event()
+                await self._deadline_added.wait()
+                continue
+            deadline, key, later = self._deadlines[0]
+            if not later.done and self._clock.now_ms() < deadline:
+                await self._clock.sleep_until_ms(deadline)
+                continue
+            self._deadlines.popleft()
+            if later.done:
+                continue
+            waiting = [entry for entry in self._waiting.pop(key, ()) if entry[0] is not later]
+            if waiting:
+                self._waiting[key] = waiting
             else:
-                self._stats.duplicates += 1
-            # A duplicate waits for its quorum too: the first store of it may have been
-            # answered ``unavailable``, and this node keeps no record of which rows made
-            # it. Peers that hold it already answer at once.
-            awaiting = key not in self._reached and self._quorum.expect(
-                row, self._core.peers_needed()
-            )
-            if awaiting:
-                self._reached[key] = trio.Event()
-            if new or awaiting:  # every new row goes to every peer, whatever the quorum
-                effects.append(Replicate((row,)))
-            self._execute(effects)
-            return self._reached.get(key)
-
-        try:
-            reached = await self._commits.put(row, committed)
-        except CommitFailed as exc:
-            raise RpcError("unavailable", f"the node could not store: {exc}") from exc
-        if reached is not None:
-            with trio.move_on_after(self._config.quorum_timeout_s):
-                await reached.wait()
-            if not reached.is_set():
                 self._quorum.give_up(key)
-                self._reached.pop(key, None)
-                self._stats.quorum_missed += 1
-                raise RpcError(
+            self._stats.quorum_missed += 1
+            later.fail(
+                RpcError(
                     "unavailable",
                     "stored here but not yet on enough members of the swarm; retrying is safe",
                 )
-        return StoreReply(row.hash, row.expiry_ms).to_wire()
-
-    def peer_committed(self, peer: str, rows: Iterable[StoredMessage]) -> None:
-        """``peer`` committed ``rows``: wake the stores whose quorum that completes."""
-        for key in self._quorum.committed(peer, rows):
-            reached = self._reached.pop(key, None)
-            if reached is not None:
-                reached.set()
+            )
 
     def _charge(self, conn: Connection, row: StoredMessage) -> None:
         """Refuse a store past its connection's byte rate (``rate_limited``) or its

@@ -1,31 +1,34 @@
 """Group commit: the rows of every store that arrived together, in one transaction.
 
-A transaction's COMMIT is most of what a store costs a node (a profile put 109 of 316 µs
-per store there), and it costs the same for one row as for a hundred. Clients pipeline
-their stores and a node serves many clients, so while one commit runs the next requests
-gather; each store waits for the commit that holds its row, and is then acknowledged,
-so nothing is acknowledged before it is durable.
+A transaction's COMMIT is most of what a store costs a node's storage (a profile put 109
+of 316 µs per store there), and it costs the same for one row as for a hundred. Clients
+pipeline their stores and a node serves many clients, so while one commit runs the next
+stores gather; each is acknowledged only after the commit that holds its row, so nothing
+is acknowledged before it is durable.
 
-What a store does next with its committed row (queue it for the swarm's peers) runs in
-the committing loop, for every row of the transaction, before any of the waiting stores
-resumes: the rows of one transaction then reach the replication queues together. Done by
-each store as it resumed, the replication workers (woken by the first row, and run in
-Trio's random order among the resuming stores) took them a few at a time, and every
-replication call and peer transaction carried a handful of rows instead of the batch.
+A store does not wait here: it hands its row over with what to do once the row's
+transaction is over (:meth:`GroupCommit.add`), and the committing loop calls that for
+every row of the transaction, in order. The rows of one transaction therefore reach the
+replication queues together (done by each store as it resumed, in Trio's random order,
+the replication workers took them a few at a time, and every replication call carried a
+handful of rows instead of the batch), and no store needs a task of its own to wait.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
 
-import outcome
 import trio
 
 from .rows import StoredMessage
 from .store import MessageStore
 
-T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+#: Told, once its transaction is over, whether the row was new here (True), a copy of
+#: one already held (False), or the exception that failed the transaction.
+Committed = Callable[[bool | Exception], None]
 
 
 class CommitFailed(Exception):
@@ -33,60 +36,43 @@ class CommitFailed(Exception):
     stored."""
 
 
-class _Batch:
-    def __init__(self) -> None:
-        self.rows: list[StoredMessage] = []
-        #: Per row, what runs once it is committed, called with whether it was new here.
-        self.then: list[Callable[[bool], Any]] = []
-        #: Per row, what its ``then`` returned or raised.
-        self.outcomes: list[outcome.Outcome[Any]] = []
-        self.error: Exception | None = None
-        self.done = trio.Event()
-
-
 class GroupCommit:
-    """``await put(row, then)`` from any number of tasks; ``run`` commits what has
-    gathered."""
+    """``add(row, then)`` from any number of tasks; ``run`` commits what has gathered."""
 
     def __init__(self, store: MessageStore) -> None:
         self._store = store
-        self._batch = _Batch()
+        self._rows: list[StoredMessage] = []
+        self._then: list[Committed] = []
         self._wanted = trio.Event()
         self.transactions = 0
 
-    async def put(self, row: StoredMessage, then: Callable[[bool], T]) -> T:
-        """Commit ``row`` with whatever else is waiting. ``then(new)``, with ``new`` True if
-        the row was new here, runs in the committing loop once the transaction is
-        committed (see above); ``put`` returns what it returned, or raises what it raised
-        (and :class:`CommitFailed` if the transaction failed)."""
-        batch = self._batch
-        index = len(batch.rows)
-        batch.rows.append(row)
-        batch.then.append(then)
+    def add(self, row: StoredMessage, then: Committed) -> None:
+        """Commit ``row`` with whatever else is waiting, then call ``then`` in the
+        committing loop (see above)."""
+        self._rows.append(row)
+        self._then.append(then)
         self._wanted.set()
-        await batch.done.wait()
-        if batch.error is not None:
-            raise CommitFailed(str(batch.error)) from batch.error
-        return cast(T, batch.outcomes[index].unwrap())
 
     async def run(self) -> None:
-        """Commit batches until cancelled. A failed transaction fails its own stores and
-        no others, and a ``then`` that raises fails its own store only."""
+        """Commit batches until cancelled. A failed transaction fails its own rows and no
+        others, and a ``then`` that raises is logged and costs no other row its answer."""
         while True:
             await self._wanted.wait()
-            # Woken by the first row, let the other stores that the read loops started in
+            # Woken by the first row, let the other stores that the read loops took in
             # the same scheduler turn add theirs (under the throughput bench's load, this
             # alone took a transaction from 4 rows to 8).
             await trio.lowlevel.checkpoint()
             self._wanted = trio.Event()
-            batch, self._batch = self._batch, _Batch()
+            rows, then = self._rows, self._then
+            self._rows, self._then = [], []
+            results: list[bool | Exception]
             try:
-                added = self._store.put_many(batch.rows)
+                results = list(self._store.put_many(rows))
                 self.transactions += 1
-            except Exception as exc:  # the stores waiting on it report it; the loop goes on
-                batch.error = exc
-            else:
-                batch.outcomes = [
-                    outcome.capture(then, new) for then, new in zip(batch.then, added, strict=True)
-                ]
-            batch.done.set()
+            except Exception as exc:  # the rows' stores report it; the loop goes on
+                results = [CommitFailed(str(exc))] * len(rows)
+            for call, result in zip(then, results, strict=True):
+                try:
+                    call(result)
+                except Exception:
+                    logger.exception("a store's follow-up to its commit failed")

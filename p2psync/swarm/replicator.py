@@ -4,7 +4,8 @@ One epoch per membership: a worker per peer drains a queue bounded in rows and b
 (:mod:`.outbound`; a full queue or a failed send is not an error, repair catches up),
 and the hand-over (:mod:`.hand_over`) runs beside them; a membership change cancels the
 epoch and starts the next with the new peers. A peer's failure, whatever it is, restarts
-only that peer's worker after :data:`REPLICATION_RETRY_S`.
+only that peer's worker after :data:`REPLICATION_RETRY_S`, with the rows still short of
+their quorum queued again.
 """
 
 from __future__ import annotations
@@ -114,3 +115,7 @@ class Replicator:
                 logger.info("replication to %s interrupted: %r", peer.pubkey[:8], exc)
                 self._lost()
                 await trio.sleep(REPLICATION_RETRY_S)
+                # What the failed send carried is left to repair, but stores still waiting
+                # for their quorum cannot wait for it: they go again, as to a new peer.
+                for row in self._pending():
+                    queue.offer(row)

@@ -14,9 +14,9 @@ from wsproto.events import Request as WsRequest
 from overlay.handshakes import PendingHandshakes
 from overlay.link import Link, LinkClosed, MemoryNetwork, Transport
 from p2psync.errors import ConnectionLost, RpcError
-from p2psync.rpc import Connection, Outbox, RpcServer, ServerLimits, open_rpc
+from p2psync.rpc import Connection, Later, Outbox, RpcServer, ServerLimits, open_rpc
 from p2psync.websocket import WebSocketTransport
-from p2psync.wire import Fields, decode_frame, encode_cbor
+from p2psync.wire import Fields, Reply, Request, decode_frame, encode_cbor, encode_frame
 
 
 async def echo(params: Fields, conn: Connection) -> Any:
@@ -299,6 +299,123 @@ async def test_a_client_that_never_reads_its_replies_stops_being_read() -> None:
             # Unread replies: the link's queue towards us (256), the outbox including its
             # blocked write (8), and one waiting reply per in-flight slot (4).
             assert 0 < handled <= 256 + limits.outbox_frames + limits.max_in_flight
+            with trio.fail_after(10):
+                ids = {decode_frame(await link.receive()).id for _ in range(requests)}  # type: ignore[union-attr]
+            assert ids == set(range(requests)) and handled == requests
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_later_is_answered_when_resolved_and_fails_as_a_raise_would(
+    transport: Transport,
+) -> None:
+    """A plain-function handler may answer with a :class:`Later` that another task settles:
+    its result, or the error reply its exception maps to, as if the handler had returned
+    or raised it; the same through :meth:`RpcServer.answer` (onion requests)."""
+    laters: list[Later] = []
+
+    def defer(params: Fields, conn: Connection) -> Later:
+        laters.append(Later())
+        return laters[-1]
+
+    server = RpcServer({"defer": defer})
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve, transport, _address(transport))
+        async with open_rpc(transport, url) as client:
+            outcomes: dict[int, Any] = {}
+
+            async def call(i: int) -> None:
+                try:
+                    outcomes[i] = await client.call("defer", {})
+                except RpcError as exc:
+                    outcomes[i] = exc.code
+
+            async with trio.open_nursery() as calls:
+                for i in range(3):
+                    calls.start_soon(call, i)
+                    await trio.testing.wait_all_tasks_blocked()
+                assert outcomes == {} and len(laters) == 3
+                laters[2].resolve({"n": 2})
+                laters[0].fail(RpcError("too_large", "no room"))
+                laters[1].fail(RuntimeError("boom"))
+                laters[1].resolve({"n": 1})  # the first settling counts
+            assert outcomes == {0: "too_large", 1: "internal", 2: {"n": 2}}
+        answered = trio.Event()
+
+        async def answer() -> None:
+            reply = await server.answer(Request(7, "defer", {}), "exit-relay")
+            assert decode_frame(reply) == decode_frame(encode_frame(Reply(7, {"n": 7})))
+            answered.set()
+
+        nursery.start_soon(answer)
+        await trio.testing.wait_all_tasks_blocked()
+        laters[-1].resolve({"n": 7})
+        with trio.fail_after(5):
+            await answered.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_unsettled_laters_hold_their_in_flight_slots() -> None:
+    """A request answered with a :class:`Later` keeps its slot until the reply is in the
+    outbox: with every slot held, the server reads no more of that connection (one more
+    request is read, to find it is one). Without the slot, a client could make a node
+    hold a waiting store for every request it sent."""
+    network = MemoryNetwork()
+    laters: list[Later] = []
+
+    def defer(params: Fields, conn: Connection) -> Later:
+        laters.append(Later())
+        return laters[-1]
+
+    limits = ServerLimits(max_in_flight=3, requests_per_s=1e9, request_burst=1_000_000)
+    server = RpcServer({"defer": defer}, limits)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, network, "mem:server")
+        async with network.connect("mem:server") as link:
+            for rid in range(20):
+                await link.send(encode_cbor({"id": rid, "method": "defer", "params": {}}))
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(laters) == limits.max_in_flight + 1
+            answered: set[int] = set()
+            with trio.fail_after(5):
+                while len(answered) < 20:
+                    for later in laters:
+                        later.resolve({})
+                    reply = decode_frame(await link.receive())
+                    assert isinstance(reply, Reply)
+                    answered.add(reply.id)
+            assert answered == set(range(20)) and len(laters) == 20
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_never_reads_its_later_replies_stops_being_read() -> None:
+    """The same bound as for task replies when :class:`Later` replies find the outbox
+    full: the reply waits for room holding its slot, so the read loop stops."""
+    network = MemoryNetwork()
+    handled = 0
+
+    def settle_at_once(params: Fields, conn: Connection) -> Later:
+        nonlocal handled
+        handled += 1
+        later = Later()
+        later.resolve({"n": handled})
+        return later
+
+    limits = ServerLimits(
+        max_in_flight=4, outbox_frames=8, requests_per_s=1e9, request_burst=1_000_000
+    )
+    server = RpcServer({"count": settle_at_once}, limits)
+    requests = 3000
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, network, "mem:server")
+        async with network.connect("mem:server") as link:
+
+            async def pipeline() -> None:
+                for rid in range(requests):
+                    await link.send(encode_cbor({"id": rid, "method": "count", "params": {}}))
+
+            nursery.start_soon(pipeline)
+            await trio.testing.wait_all_tasks_blocked()
+            assert 0 < handled <= 256 + limits.outbox_frames + limits.max_in_flight + 1
             with trio.fail_after(10):
                 ids = {decode_frame(await link.receive()).id for _ in range(requests)}  # type: ignore[union-attr]
             assert ids == set(range(requests)) and handled == requests

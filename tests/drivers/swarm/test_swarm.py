@@ -165,6 +165,41 @@ async def test_a_member_cut_off_from_its_swarm_acknowledges_nothing_it_alone_hol
         assert digest in {m.hash for m in messages}
 
 
+async def test_copies_of_a_store_waiting_for_its_quorum_are_answered_when_it_comes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A copy of a message that arrives while the first copy waits for its quorum (a
+    client retrying) waits for the same quorum, and both are acknowledged once the swarm
+    is reachable again within the timeout, since the member sends the rows still short of
+    their quorum again as soon as it reaches a peer (not at the next repair, a minute
+    later); neither counts as a missed quorum."""
+    async with open_test_swarm(6) as (network, swarm):
+        assert isinstance(network.transport, MemoryNetwork)
+        victim = network.nodes[2]
+        node = victim.node
+        assert node is not None
+        peers = [peer for peer in network.nodes if peer is not victim]
+        for peer in peers:
+            network.transport.partition(victim.address, peer.address)
+        member = NodeInfo(node.pubkey, node.url)
+        acknowledged: list[bytes] = []
+
+        async def store() -> None:
+            digest, _ = await swarm.store(ALICE.session_id, 0, b"twice", node=member)
+            acknowledged.append(digest)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store)
+            await trio.sleep(1)
+            nursery.start_soon(store)
+            await trio.sleep(1)
+            assert acknowledged == [] and node.stats.duplicates == 1
+            for peer in peers:
+                network.transport.partition(victim.address, peer.address, cut=False)
+        assert acknowledged == [message_hash(b"twice")] * 2
+        assert node.stats.quorum_missed == 0
+
+
 async def test_cursor_from_one_node_works_on_another(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
