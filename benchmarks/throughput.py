@@ -7,7 +7,7 @@ the swarm the registry's listing implies, and then loads the first node (the ent
 only, for owners of its swarm, over ``clients`` connections with ``pipeline`` requests in
 flight each. The entry node acknowledges a store once ``quorum`` members of its swarm,
 itself included, have committed it, so the rate includes waiting for a peer's commit
-(``quorum`` is the nodes' rule, :data:`~p2psync.swarm.node.STORE_QUORUM` members or every
+(``quorum`` is the nodes' rule, :data:`~p2psync.swarm.constants.STORE_QUORUM` members or every
 member of a smaller swarm, applied to the swarm they agreed on). A rate is replies ÷ the
 time until the last reply came back. The floor is what the node's storage costs at the
 least: single-row SQLite inserts, each committed on its own, in the same schema and

@@ -470,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--hosts",
         action="store_true",
         help="every process on a host of its own (a network namespace on a bridge, "
-        "10.77.x.y), removed on exit; needs root and ip (else loopback, saying why)",
+        "10.77.x.y) without root's capabilities, removed on exit; needs root, ip and "
+        "setpriv (else loopback, saying why)",
     )
     up.add_argument("--plain-links", action="store_true", help=PLAIN_LINKS_HELP)
     up.set_defaults(run=_cmd_network_up)

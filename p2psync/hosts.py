@@ -56,6 +56,19 @@ class HostsError(OSError):
     """Hosts could not be made or found (said in one line)."""
 
 
+#: How a child on a host runs: as root's uid still (its data directory and the Python it
+#: runs are root's), but with no capability and no way to gain one (``setpriv`` of
+#: util-linux), so a service someone breaks into cannot leave its namespace, reconfigure
+#: the network, or read or change what root's uid does not own.
+WITHOUT_CAPABILITIES = (
+    "setpriv",
+    "--no-new-privs",
+    "--inh-caps=-all",
+    "--ambient-caps=-all",
+    "--bounding-set=-all",
+)
+
+
 @dataclass(frozen=True)
 class Host:
     """Where a child runs: loopback here, or a namespace with an address of its own."""
@@ -64,10 +77,10 @@ class Host:
     namespace: str | None = None
 
     def wrap(self, command: Sequence[str]) -> list[str]:
-        """``command`` run in this host."""
+        """``command`` run in this host (in a namespace: without capabilities)."""
         if self.namespace is None:
             return list(command)
-        return ["ip", "netns", "exec", self.namespace, *command]
+        return ["ip", "netns", "exec", self.namespace, *WITHOUT_CAPABILITIES, *command]
 
     def listen(self, port: int = 0) -> str:
         """The ``--listen`` of a service on this host (port 0: any free one)."""
@@ -239,6 +252,8 @@ def unavailable_reason() -> str | None:
         return "making network namespaces needs root"
     if shutil.which("ip") is None:
         return "the ip command (iproute2) is not installed"
+    if shutil.which("setpriv") is None:
+        return "the setpriv command (util-linux), which drops root's capabilities, is missing"
     probe = f"{NAME_PREFIX}probe{os.getpid()}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:

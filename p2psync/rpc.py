@@ -4,7 +4,8 @@ Server: :meth:`RpcServer.serve` accepts connections and reads frames. A plain-fu
 handler (one that never waits) is answered inline in the connection's read loop; a
 coroutine handler runs as its own task so requests pipeline, and a plain-function
 handler whose work other tasks finish answers with a :class:`Later` (no task per
-request): at most ``max_in_flight`` such requests per connection at once, after which
+request): at most ``max_in_flight`` such requests per connection at once (tasks and
+Laters together; the one read to find them all taken is handled already), after which
 the server stops reading that connection (backpressure instead of an unbounded queue).
 The read loop takes every frame one read brought and sends their inline replies
 together: on a busy node task switches and write syscalls per request, not the work
@@ -220,9 +221,16 @@ class Outbox:
         A push to a closed outbox goes nowhere."""
         return self._queue_if_room(data, 2 * self.max_bytes)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def put_nowait(self, data: bytes) -> bool:
-        """Queue a reply if there is room now; ``False`` (and nothing queued) if not.
-        A reply to a closed outbox goes nowhere."""
+        """Queue a reply if there is room now and no reply is waiting for room (those go
+        first); ``False`` (and nothing queued) if not. A reply to a closed outbox goes
+        nowhere."""
+        if self._parked_bytes and not self._closed:
+            return False
         return self._queue_if_room(data, self.max_bytes)
 
     def _queue_if_room(self, data: bytes, max_bytes: int) -> bool:
@@ -310,7 +318,9 @@ class Later:
     whoever finishes the work calls :meth:`resolve` or :meth:`fail` (the first call
     counts). The request then costs no task of its own, which under load is a good part
     of what a store costs, and it still holds its in-flight slot until its reply is in
-    the outbox, as a task's request does."""
+    the outbox (or its connection is gone), as a task's request does; a reply that finds
+    no room waits for it in a task. The work goes on after its client leaves (a store
+    stays committed and replicating)."""
 
     __slots__ = ("_listener", "_result")
 
@@ -334,9 +344,10 @@ class Later:
         if self._result is not None:
             return
         self._result = result
-        if self._listener is not None:
+        listener, self._listener = self._listener, None  # what it holds (the request) goes
+        if listener is not None:
             try:
-                self._listener(result)
+                listener(result)
             except Exception:  # the server's own: whoever settles goes on with the rest
                 logger.exception("answering a settled request failed")
 
@@ -650,11 +661,18 @@ class RpcServer:
         """Queue a :class:`Later`'s reply and free its slot; if the outbox has no room,
         a task waits for it, holding the slot (so a client that does not read its
         replies is soon not read either, as with a task's reply)."""
-        reply = self._encode_reply(pending.request, self._settle(pending, result))
-        if connection._outbox.put_nowait(reply):
+        outbox = connection._outbox
+        if outbox.closed:  # the client left: nobody to answer
             in_flight.release()
-        else:
+            return
+        reply = self._encode_reply(pending.request, self._settle(pending, result))
+        if outbox.put_nowait(reply):
+            in_flight.release()
+            return
+        try:
             nursery.start_soon(self._put_reply, connection, reply, in_flight)
+        except RuntimeError:  # the connection's nursery has just closed: it is gone
+            in_flight.release()
 
     async def _put_reply(
         self, connection: Connection, reply: bytes, in_flight: trio.Semaphore

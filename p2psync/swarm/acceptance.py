@@ -41,7 +41,8 @@ class StoreAcceptance:
     """``store`` (an RPC handler answering with a :class:`~p2psync.rpc.Later`), the group
     commit and the quorum timeouts it relies on (``run``), and the quorum it waits for
     (``peer_committed``, from the replicator). No store has a task of its own: the
-    commit loop, the replicator and the timeout loop answer it."""
+    commit loop, the replicator and the timeout loop answer it (and the RPC server, if
+    the reply has to wait for room in the client's outbox)."""
 
     def __init__(
         self,
@@ -62,7 +63,7 @@ class StoreAcceptance:
         self._commits = GroupCommit(store)
         self._quorum = QuorumBook()
         #: Per row short of its quorum, the stores waiting for it, with their replies.
-        self._waiting: dict[RowKey, list[tuple[Later, Any]]] = {}
+        self._waiting: dict[RowKey, dict[Later, Any]] = {}
         #: (deadline, row, store) of every store that waited, in deadline order: one
         #: timeout for all, so arrival order.
         self._deadlines: deque[tuple[int, RowKey, Later]] = deque()
@@ -88,7 +89,15 @@ class StoreAcceptance:
 
     def _committed(self, row: StoredMessage, later: Later, result: bool | Exception) -> None:
         """In the commit loop, so a transaction's rows are queued for the peers together
-        (see :mod:`.commit`)."""
+        (see :mod:`.commit`). Whatever fails here fails this store alone, answered as a
+        handler's failure, and leaves no quorum counted for nobody."""
+        try:
+            self._follow_up(row, later, result)
+        except Exception as exc:
+            self._stop_waiting(row_key(row), later)
+            later.fail(exc)
+
+    def _follow_up(self, row: StoredMessage, later: Later, result: bool | Exception) -> None:
         if isinstance(result, Exception):
             later.fail(RpcError("unavailable", f"the node could not store: {result}"))
             return
@@ -112,7 +121,7 @@ class StoreAcceptance:
         if not (joining or awaiting):
             later.resolve(reply)
             return
-        self._waiting.setdefault(key, []).append((later, reply))
+        self._waiting.setdefault(key, {})[later] = reply
         while self._deadlines and self._deadlines[0][2].done:
             self._deadlines.popleft()
         deadline = self._clock.now_ms() + int(self._config.quorum_timeout_s * 1000)
@@ -122,7 +131,7 @@ class StoreAcceptance:
     def peer_committed(self, peer: str, rows: Iterable[StoredMessage]) -> None:
         """``peer`` committed ``rows``: answer the stores whose quorum that completes."""
         for key in self._quorum.committed(peer, rows):
-            for later, reply in self._waiting.pop(key, ()):
+            for later, reply in self._waiting.pop(key, {}).items():
                 later.resolve(reply)
 
     async def _give_up_late(self) -> None:
@@ -141,11 +150,7 @@ class StoreAcceptance:
             self._deadlines.popleft()
             if later.done:
                 continue
-            waiting = [entry for entry in self._waiting.pop(key, ()) if entry[0] is not later]
-            if waiting:
-                self._waiting[key] = waiting
-            else:
-                self._quorum.give_up(key)
+            self._stop_waiting(key, later)
             self._stats.quorum_missed += 1
             later.fail(
                 RpcError(
@@ -153,6 +158,16 @@ class StoreAcceptance:
                     "stored here but not yet on enough members of the swarm; retrying is safe",
                 )
             )
+            await trio.lowlevel.checkpoint()  # many may be due at once: let the rest run
+
+    def _stop_waiting(self, key: RowKey, later: Later) -> None:
+        """``later`` no longer waits for ``key``'s quorum; once no store does, its peers'
+        commits are no longer counted."""
+        waiting = self._waiting.get(key, {})
+        waiting.pop(later, None)
+        if not waiting:
+            self._waiting.pop(key, None)
+            self._quorum.give_up(key)
 
     def _charge(self, conn: Connection, row: StoredMessage) -> None:
         """Refuse a store past its connection's byte rate (``rate_limited``) or its

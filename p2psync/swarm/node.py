@@ -10,8 +10,9 @@ record:
 * :mod:`.directory_refresh` — announce the node, re-read the registry, and on a
   membership change restart replication and repair;
 * :mod:`.replicator` — one worker per swarm peer draining a queue of new rows bounded in
-  rows and bytes (:mod:`.outbound`; a full queue or a failed send is not an error: repair
-  catches up), and :mod:`.hand_over` of the owners that now belong to another swarm;
+  rows and bytes (:mod:`.outbound`; a full queue is not an error: repair catches up; a
+  failed send goes again on the next connection), and :mod:`.hand_over` of the owners
+  that now belong to another swarm;
 * :mod:`.repairer` — periodic anti-entropy with every peer (:mod:`.repair`), so a node
   that was down or partitioned converges without anyone re-sending;
 * :mod:`.sweeper` — deletes expired rows (reads never return them anyway).

@@ -1,11 +1,11 @@
 """A node's replication driver: every new row goes to every member of its swarm.
 
 One epoch per membership: a worker per peer drains a queue bounded in rows and bytes
-(:mod:`.outbound`; a full queue or a failed send is not an error, repair catches up),
+(:mod:`.outbound`; a full queue is not an error, repair catches up),
 and the hand-over (:mod:`.hand_over`) runs beside them; a membership change cancels the
 epoch and starts the next with the new peers. A peer's failure, whatever it is, restarts
-only that peer's worker after :data:`REPLICATION_RETRY_S`, with the rows still short of
-their quorum queued again.
+only that peer's worker after :data:`REPLICATION_RETRY_S`, and the rows it had taken
+but not seen committed go first on the next connection (the same rows, once each).
 """
 
 from __future__ import annotations
@@ -99,23 +99,24 @@ class Replicator:
                 nursery.cancel_scope.cancel()
 
     async def _replicate_to(self, peer: NodeInfo, queue: ReplicationQueue) -> None:
+        #: Taken from the queue and not yet committed by the peer: sent first on the next
+        #: connection, so that a store waiting for its quorum does not wait for repair.
+        unsent: list[StoredMessage] = []
         while True:
             try:
                 async with open_rpc(self._transport, peer.url) as client:
                     calls = PeerCalls(client, self._identity, self._clock)
                     while True:
-                        batch = await queue.take(256)
-                        for part in batches(batch):
+                        if not unsent:
+                            unsent = await queue.take(256)
+                        for part in batches(unsent):
                             with trio.fail_after(PEER_CALL_TIMEOUT_S):
                                 refused = set((await calls.replicate(part)).refused)
                             self._committed(
                                 peer.pubkey, (r for r in part if r.pubkey not in refused)
                             )
+                        unsent = []
             except Exception as exc:  # one peer's failure, whatever it is, is that peer's
                 logger.info("replication to %s interrupted: %r", peer.pubkey[:8], exc)
                 self._lost()
                 await trio.sleep(REPLICATION_RETRY_S)
-                # What the failed send carried is left to repair, but stores still waiting
-                # for their quorum cannot wait for it: they go again, as to a new peer.
-                for row in self._pending():
-                    queue.offer(row)

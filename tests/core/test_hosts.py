@@ -107,6 +107,11 @@ def test_a_host_wraps_commands_in_its_namespace_and_listens_on_its_address() -> 
         "netns",
         "exec",
         "p2psabcdef-0",
+        "setpriv",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--bounding-set=-all",
         "p2psync",
         "node",
     ]

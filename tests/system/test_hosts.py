@@ -51,6 +51,22 @@ def _processes_using(folder: Path) -> list[int]:
     return pids
 
 
+def _status(pid: int) -> dict[str, str]:
+    """``/proc/PID/status`` as a dict ({} once the process is gone)."""
+    try:
+        lines = (Path("/proc") / str(pid) / "status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 async def _p2psync(*args: str) -> str:
     result = await trio.run_process(
         [*P2PSYNC, *args], capture_stdout=True, capture_stderr=True, check=False
@@ -110,6 +126,13 @@ async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_noth
         hosts = [split_host_port(bare_address(url))[0] for url in urls]
         assert all(host.startswith("10.77.") for host in hosts), hosts
         assert len(set(hosts)) == 8, "each process on an address of its own"
+        # Every service runs as root's uid but with no capability and no way to gain one.
+        services = [pid for pid in _processes_using(net) if pid != process.pid]
+        assert len(services) == 8 and all(b"p2psync" in _cmdline(pid) for pid in services)
+        for pid in services:
+            status = _status(pid)
+            assert status["CapEff"] == "0" * 16 and status["CapBnd"] == "0" * 16, (pid, status)
+            assert status["NoNewPrivs"] == "1", (pid, status)
 
         network = str(net / "network.json")
         alice, bob = str(tmp_path / "alice"), str(tmp_path / "bob")
