@@ -56,10 +56,13 @@ class HostsError(OSError):
     """Hosts could not be made or found (said in one line)."""
 
 
-#: How a child on a host runs: as root's uid still (its data directory and the Python it
-#: runs are root's), but with no capability and no way to gain one (``setpriv`` of
-#: util-linux), so a service someone breaks into cannot leave its namespace, reconfigure
-#: the network, or read or change what root's uid does not own.
+#: How a service on a host runs: as root's uid still, but with no capability and no way
+#: to gain one (``setpriv`` of util-linux). That takes away what capabilities grant:
+#: joining or making namespaces, configuring interfaces and routes, raw sockets, reading
+#: or writing files its uid does not own. It is not containment: root's uid still owns
+#: the system's files (``/etc`` among them) and may signal root's processes, so a service
+#: someone breaks into can still become root again through them; a uid of its own per
+#: service is what would contain it (docs/security.md, 38).
 WITHOUT_CAPABILITIES = (
     "setpriv",
     "--no-new-privs",
@@ -77,10 +80,18 @@ class Host:
     namespace: str | None = None
 
     def wrap(self, command: Sequence[str]) -> list[str]:
-        """``command`` run in this host (in a namespace: without capabilities)."""
+        """``command`` run in this host, as it is (``p2psync network host``: the user's
+        own command, with the rights the user gave it)."""
         if self.namespace is None:
             return list(command)
-        return ["ip", "netns", "exec", self.namespace, *WITHOUT_CAPABILITIES, *command]
+        return ["ip", "netns", "exec", self.namespace, *command]
+
+    def wrap_service(self, command: Sequence[str]) -> list[str]:
+        """A service of the network run in this host: in a namespace, without
+        capabilities (:data:`WITHOUT_CAPABILITIES`)."""
+        if self.namespace is None:
+            return list(command)
+        return self.wrap([*WITHOUT_CAPABILITIES, *command])
 
     def listen(self, port: int = 0) -> str:
         """The ``--listen`` of a service on this host (port 0: any free one)."""
@@ -254,6 +265,16 @@ def unavailable_reason() -> str | None:
         return "the ip command (iproute2) is not installed"
     if shutil.which("setpriv") is None:
         return "the setpriv command (util-linux), which drops root's capabilities, is missing"
+    # Without capabilities root's uid reads only what it owns or what is open to all: a
+    # Python (or a virtualenv) in a user's home may be out of its reach.
+    capless = subprocess.run(
+        [*WITHOUT_CAPABILITIES, sys.executable, "-c", "import p2psync.services"],
+        capture_output=True,
+        text=True,
+    )
+    if capless.returncode != 0:
+        said = (capless.stderr.strip().splitlines() or ["no reason given"])[-1]
+        return f"{sys.executable} cannot run without root's capabilities: {said}"
     probe = f"{NAME_PREFIX}probe{os.getpid()}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:

@@ -74,7 +74,7 @@ class Service:
         return self.data_dir.parent / f"{self.name}.log"
 
     def command(self, port: int = 0) -> list[str]:
-        return self.host.wrap(
+        return self.host.wrap_service(
             [
                 sys.executable,
                 "-m",

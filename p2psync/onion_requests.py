@@ -517,9 +517,8 @@ class OnionDirectory:
     """The registry's listing as a device reads it once it has onion paths: from
     :data:`LISTING_SOURCES` service nodes of the last listing it knows (each node serves
     its copy of the registry's signed announcements, ``list``), by onion requests, so
-    that the registry sees the device's address at most once a start (the read that
-    finds the relays to build paths through, ``known``), not at every later read, and
-    not at all while a listing saved at an earlier start still has relays that answer.
+    that the registry sees the device's address once a start (the read that finds the
+    relays to build paths through, ``known``) and not at every later read.
 
     Each node's answer is checked on its own as the registry's is (signatures, a node's
     registration under ``ledger``, the page and entry limits) and merged with what was
@@ -530,27 +529,17 @@ class OnionDirectory:
     keep the listing they have rather than ask the registry from the device's address."""
 
     def __init__(
-        self,
-        known: Snapshot,
-        ledger: bytes | None,
-        clock: Clock,
-        rng: random.Random,
-        *,
-        fresh: bool = True,
-        save: Callable[[Snapshot], Awaitable[None]] | None = None,
+        self, known: Snapshot, ledger: bytes | None, clock: Clock, rng: random.Random
     ) -> None:
-        """``fresh``: ``known`` was read just now (by the caller, directly), as fresh as
-        any read; not so a listing saved at an earlier start, read again at the first
-        :meth:`fetch`. ``save``: where every listing taken is kept for the next start."""
         self._known = known
         self._ledger = ledger
         self._clock = clock
         self._random = rng
-        self._save = save
         self._pool: RpcRouter | None = None
         self._reading = trio.Lock()
+        #: ``known`` was read just now (by the caller, directly): as fresh as any read.
         #: On the network's clock, which a simulation's jumps move too.
-        self._read_at_ms: int | None = clock.now_ms() if fresh else None
+        self._read_at_ms = clock.now_ms()
 
     def read_through(self, pool: RpcRouter) -> None:
         """From now on read through ``pool`` (the device's onion requests)."""
@@ -567,7 +556,7 @@ class OnionDirectory:
     async def fetch(self) -> Snapshot:
         async with self._reading:
             now_ms = self._clock.now_ms()
-            if self._read_at_ms is not None and now_ms - self._read_at_ms < LISTING_FRESH_S * 1000:
+            if now_ms - self._read_at_ms < LISTING_FRESH_S * 1000:
                 return self._known
             if self._pool is None or not self._known.nodes:
                 raise RpcError("unavailable", "no paths or no service nodes to read from")
@@ -581,16 +570,8 @@ class OnionDirectory:
             )
             self._read_at_ms = now_ms
             if merged.nodes:
-                await self.took(merged)
+                self._known = merged
             return self._known
-
-    async def took(self, listing: Snapshot) -> None:
-        """``listing`` is the one known now (a read through paths, or the caller's direct
-        read when a saved listing's relays did not answer), and is saved."""
-        self._known = listing
-        self._read_at_ms = self._clock.now_ms()
-        if self._save is not None:
-            await self._save(listing)
 
     async def _answers(self, pool: RpcRouter) -> list[Snapshot]:
         """Up to :data:`LISTING_SOURCES` nodes' listings, each checked on its own."""

@@ -15,7 +15,6 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import TypeGuard
 
@@ -30,17 +29,13 @@ from ..clock import Clock
 from ..errors import ConnectionLost, P2PSyncError
 from ..onion_requests import DirectoryKeys, KnownListing, OnionDirectory, OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
-from ..swarm.registry import Listing, RegistryDirectory, Snapshot, load_listing, save_listing
+from ..swarm.registry import Listing, RegistryDirectory, Snapshot
 from ..websocket import WebSocketTransport, split_url
 from .keys import choice_seed
 from .relay_listing import keep_relays_current
 
 #: The ways a device may reach servers (:attr:`NetworkAccess.rpc_route`).
 RPC_ROUTES = ("direct", "onion")
-#: How long the relays of a saved listing have to carry a first path before the registry
-#: is read after all (a path builds in well under a second; a relay that left refuses
-#: at once or not at all).
-SAVED_RELAYS_WAIT_S = 5.0
 
 
 class NetworkFileError(P2PSyncError):
@@ -154,7 +149,6 @@ class NetworkAccess:
         local_name: str | None = None,
         entry_filter: EntryFilter | None = None,
         rng: random.Random | None = None,
-        saved_listing: Path | None = None,
     ) -> AsyncIterator[tuple[RpcRouter, NetworkAccess]]:
         """The pool a device reaches servers with, as :attr:`rpc_route` says, and the
         network as the device is to use it while the pool is open: reading the registry's
@@ -167,78 +161,43 @@ class NetworkAccess:
         first hops are relays ``entry_filter`` admits: a device's siblings must not enter
         the overlay where its onion requests do, or that relay would see both
         addresses. ``rng`` picks the service nodes the listing is read from (a device's
-        own, so that simulated devices do not all ask the same ones).
-
-        ``saved_listing``: a file where the listing is kept between starts. While the one
-        kept there has relays whose contacts still verify (a contact lives a day), the
-        first paths are built through them and the registry is not asked at all; if none
-        of them carries a path within :data:`SAVED_RELAYS_WAIT_S`, the registry is read
-        after all."""
+        own, so that simulated devices do not all ask the same ones)."""
         if self.rpc_route == "direct":
             async with open_rpc_pool(self.transport) as pool:
                 yield pool, self
             return
-        saved = await self._saved_listing(saved_listing)
-        # Else the one direct read: the relays to build the first paths through.
-        snapshot = saved or await self._listing_to_build_on()
+        # The one direct read: the relays to build the first paths through.
+        snapshot = await self.directory.fetch()
+        contacts = relay_contacts_in(snapshot, self.clock.now_ms())
+        if len(contacts) < DEFAULT_HOPS:
+            raise ConnectionLost(
+                f"the registry lists {len(contacts)} usable relays; onion requests need "
+                f"{DEFAULT_HOPS} (is the network up?)"
+            )
         listing = OnionDirectory(
             snapshot,
             self.ledger,
             self.clock,
             rng or self.random_for(b"", b"onion listing"),
-            fresh=saved is None,
-            save=None if saved_listing is None else partial(save_listing, saved_listing),
         )
-        if saved is None:
-            await listing.took(snapshot)
         through_paths = replace(self, directory=listing)
         async with (
             open_endpoint(
                 os.urandom(32),
                 self.overlay_transport,
-                relay_contacts_in(snapshot, self.clock.now_ms()),
+                contacts,
                 clock=self.clock,
                 local_name=local_name,
                 entry_filter=entry_filter,
             ) as endpoint,
             open_task_nursery() as nursery,
         ):
-            if saved is not None:
-                with self.clock.move_on_after(SAVED_RELAYS_WAIT_S) as waiting:
-                    await endpoint.wait_ready()
-                if waiting.cancelled_caught:
-                    fetched = await self._listing_to_build_on()
-                    endpoint.update_directory(relay_contacts_in(fetched, self.clock.now_ms()))
-                    await listing.took(fetched)
             keys = DirectoryKeys(KnownListing(listing), self.clock, self.server_keys)
             onion = OnionRpcPool(endpoint, keys, self.clock)
             listing.read_through(onion)
             nursery.start_soon(keep_relays_current, endpoint, through_paths)
             yield onion, through_paths
             nursery.cancel_scope.cancel()
-
-    async def _saved_listing(self, path: Path | None) -> Snapshot | None:
-        """The listing kept at ``path``, if it can carry the first paths: relays enough
-        whose contacts verify now, and service nodes to read the next listing from."""
-        if path is None:
-            return None
-        saved = await load_listing(path, self.clock.now_ms(), self.ledger)
-        if saved is None or not saved.nodes:
-            return None
-        if len(relay_contacts_in(saved, self.clock.now_ms())) < DEFAULT_HOPS:
-            return None
-        return saved
-
-    async def _listing_to_build_on(self) -> Snapshot:
-        """The registry's listing, read directly, with relays enough for a path."""
-        snapshot = await self.directory.fetch()
-        usable = len(relay_contacts_in(snapshot, self.clock.now_ms()))
-        if usable < DEFAULT_HOPS:
-            raise ConnectionLost(
-                f"the registry lists {usable} usable relays; onion requests need "
-                f"{DEFAULT_HOPS} (is the network up?)"
-            )
-        return snapshot
 
     async def relay_contacts(self) -> list[Contact]:
         """The overlay relays the listing names now whose signed contacts verify."""

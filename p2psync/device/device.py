@@ -435,7 +435,6 @@ async def open_device(
             network.open_routes(
                 entry_filter=SiblingEntries(local, or_any=True),
                 rng=network.random_for(local.device_identity.seed, b"onion listing"),
-                saved_listing=directory / LISTING_FILE,
             ) as routes,
             open_task_nursery() as nursery,
         ):
@@ -489,9 +488,6 @@ def device_in_use(data_dir: str | Path) -> bool:
 
 #: The device's SQLite state in its directory.
 STORE_FILE = "device.sqlite3"
-#: The registry's listing as last read, so that the next start need not ask the registry
-#: from this device's address (:meth:`NetworkAccess.open_routes`).
-LISTING_FILE = "listing.cbor"
 
 
 def _open_store(directory: Path) -> DeviceStore:

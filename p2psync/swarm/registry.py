@@ -466,38 +466,28 @@ class RegistryDirectory:
         raise registry_error
 
     async def _save(self, snapshot: Snapshot) -> None:
-        if self.cache_path is not None:
-            await save_listing(self.cache_path, snapshot)
+        if self.cache_path is None or not snapshot.announcements:
+            return
+        temporary = self.cache_path.with_suffix(".tmp")
+        await trio.Path(temporary).write_bytes(encode_cbor(snapshot.announcements_to_wire()))
+        await trio.Path(temporary).replace(self.cache_path)
 
     async def _load(self) -> Snapshot | None:
         if self.cache_path is None:
             return None
-        return await load_listing(self.cache_path, self.clock.now_ms(), self.ledger)
-
-
-async def save_listing(path: Path, snapshot: Snapshot) -> None:
-    """Keep ``snapshot``'s signed announcements at ``path`` (replaced whole, never torn)."""
-    if not snapshot.announcements:
-        return
-    temporary = path.with_suffix(".tmp")
-    await trio.Path(temporary).write_bytes(encode_cbor(snapshot.announcements_to_wire()))
-    await trio.Path(temporary).replace(path)
-
-
-async def load_listing(path: Path, now_ms: int, ledger: bytes | None) -> Snapshot | None:
-    """The listing :func:`save_listing` kept at ``path``, checked entry by entry as a
-    fresh one is (ages up to :data:`CACHED_LISTING_MAX_AGE_MS`); None if there is none or
-    it does not check out."""
-    try:
-        data = await trio.Path(path).read_bytes()
-        return Snapshot.from_announcements(
-            decode_cbor(data), now_ms, ledger=ledger, max_age_ms=CACHED_LISTING_MAX_AGE_MS
-        )
-    except FileNotFoundError:
-        return None
-    except LISTING_ERRORS as exc:
-        logger.warning("ignoring the saved listing %s: %s", path, exc)
-        return None
+        try:
+            data = await trio.Path(self.cache_path).read_bytes()
+            return Snapshot.from_announcements(
+                decode_cbor(data),
+                self.clock.now_ms(),
+                ledger=self.ledger,
+                max_age_ms=CACHED_LISTING_MAX_AGE_MS,
+            )
+        except FileNotFoundError:
+            return None
+        except LISTING_ERRORS as exc:
+            logger.warning("ignoring the saved listing %s: %s", self.cache_path, exc)
+            return None
 
 
 async def read_listing(transport: Transport, url: str) -> list[object]:

@@ -5,7 +5,8 @@ One epoch per membership: a worker per peer drains a queue bounded in rows and b
 and the hand-over (:mod:`.hand_over`) runs beside them; a membership change cancels the
 epoch and starts the next with the new peers. A peer's failure, whatever it is, restarts
 only that peer's worker after :data:`REPLICATION_RETRY_S`, and the rows it had taken
-but not seen committed go first on the next connection (the same rows, once each).
+but not seen committed go first on the next connection (up to :data:`RESEND_ATTEMPTS`
+sends in all, so a batch the peer keeps failing on cannot hold newer rows up for long).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from .ring import NodeInfo
 from .rows import StoredMessage
 
 logger = logging.getLogger(__name__)
+
+#: Sends of one taken batch before the rest of it is left to repair.
+RESEND_ATTEMPTS = 3
 
 
 class Replicator:
@@ -100,23 +104,28 @@ class Replicator:
 
     async def _replicate_to(self, peer: NodeInfo, queue: ReplicationQueue) -> None:
         #: Taken from the queue and not yet committed by the peer: sent first on the next
-        #: connection, so that a store waiting for its quorum does not wait for repair.
+        #: connection (at most ``RESEND_ATTEMPTS`` times, then left to repair), so that a
+        #: store waiting for its quorum need not wait for repair.
         unsent: list[StoredMessage] = []
+        attempts = 0
         while True:
             try:
                 async with open_rpc(self._transport, peer.url) as client:
                     calls = PeerCalls(client, self._identity, self._clock)
                     while True:
                         if not unsent:
-                            unsent = await queue.take(256)
-                        for part in batches(unsent):
+                            unsent, attempts = await queue.take(256), 0
+                        attempts += 1
+                        for part in batches(list(unsent)):
                             with trio.fail_after(PEER_CALL_TIMEOUT_S):
                                 refused = set((await calls.replicate(part)).refused)
                             self._committed(
                                 peer.pubkey, (r for r in part if r.pubkey not in refused)
                             )
-                        unsent = []
+                            del unsent[: len(part)]
             except Exception as exc:  # one peer's failure, whatever it is, is that peer's
                 logger.info("replication to %s interrupted: %r", peer.pubkey[:8], exc)
                 self._lost()
+                if attempts >= RESEND_ATTEMPTS:
+                    unsent = []
                 await trio.sleep(REPLICATION_RETRY_S)

@@ -102,7 +102,15 @@ def test_a_device_host_takes_the_first_free_index() -> None:
 
 def test_a_host_wraps_commands_in_its_namespace_and_listens_on_its_address() -> None:
     host = HostPlan("abcdef", 0).host(0)
-    assert host.wrap(["p2psync", "node"]) == [
+    assert host.wrap(["ping", "10.77.0.1"]) == [
+        "ip",
+        "netns",
+        "exec",
+        "p2psabcdef-0",
+        "ping",
+        "10.77.0.1",
+    ]
+    assert host.wrap_service(["p2psync", "node"]) == [
         "ip",
         "netns",
         "exec",
@@ -116,7 +124,7 @@ def test_a_host_wraps_commands_in_its_namespace_and_listens_on_its_address() -> 
         "node",
     ]
     assert host.listen() == "10.77.0.2:0"
-    assert LOOPBACK.wrap(["p2psync"]) == ["p2psync"]
+    assert LOOPBACK.wrap(["p2psync"]) == LOOPBACK.wrap_service(["p2psync"]) == ["p2psync"]
     assert LOOPBACK.listen(9000) == "127.0.0.1:9000"
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
-from pathlib import Path
-from typing import cast
 
 import trio
 import trio.testing
@@ -15,8 +12,6 @@ from overlay.keys import KeyPair
 from p2psync.device.relay_listing import RELAY_REREAD_S
 from p2psync.identity import Identity
 from p2psync.onion_requests import OnionRpcPool
-from p2psync.rpc import RpcPool
-from p2psync.swarm.client import SwarmClient
 
 from .helpers import open_world
 
@@ -81,42 +76,3 @@ async def test_relays_whose_contacts_do_not_verify_are_not_counted(
         listed = {relay.identity.ed25519_public for relay in network.relays}
         contacts = await network.access().relay_contacts()
         assert {c.pubkey for c in contacts} == listed
-
-
-async def test_a_device_that_starts_again_builds_on_its_saved_listing(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path
-) -> None:
-    """The listing read at one start is kept; the next starts build their first paths
-    through its relays and read the listing through them, so the registry sees the
-    device's address at the first start only (it saw it at every start before: a CLI
-    command is a start). Once none of the kept relays carries a path, the registry is
-    read after all, and the device works on."""
-    registry_reads: list[str] = []
-    owner = Identity.from_label("dave")
-
-    async with open_world(relays=6) as network:
-        assert network.registry_rpc is not None
-        network.registry_rpc.observe(
-            lambda method, peer, params: registry_reads.append(peer) if method == "list" else None
-        )
-        access = network.access(rpc_route="onion", host="dave")
-        saved = tmp_path / "listing.cbor"
-
-        async def start_and_store(text: bytes) -> None:
-            async with access.open_routes(saved_listing=saved) as (pool, reading):
-                swarm = SwarmClient(
-                    cast(RpcPool, pool), reading.directory, access.clock, random.Random(3)
-                )
-                digest, _ = await swarm.store(owner.session_id, 0, text)
-                messages, _, _ = await swarm.retrieve(owner, 0, None)
-                assert digest in {m.hash for m in messages}
-
-        for start in range(3):
-            await start_and_store(b"start %d" % start)
-            await trio.sleep(600)
-        assert registry_reads.count("dave") == 1 and saved.exists()
-        for relay in list(network.relays):
-            await network.stop_relay(relay)
-        await network.add_relays(6)
-        await start_and_store(b"after the relays changed")
-        assert registry_reads.count("dave") == 2
