@@ -65,7 +65,17 @@ from overlay.tasks import open_task_nursery
 from .clock import Clock
 from .errors import ConnectionLost, DecodeError, RpcError
 from .identity import Identity, ed25519_to_x25519, seal
-from .rpc import Connection, KeyedRateLimit, RpcClient, RpcRouter, RpcServer, open_rpc, result_of
+from .rpc import (
+    Connection,
+    KeyedRateLimit,
+    Params,
+    RpcClient,
+    RpcRouter,
+    RpcServer,
+    made,
+    open_rpc,
+    result_of,
+)
 from .swarm.registry import (
     ANNOUNCEMENT_TTL_MS,
     CACHED_LISTING_MAX_AGE_MS,
@@ -685,16 +695,17 @@ class OnionRpcPool:
     async def get(self, address: str) -> OnionClient:
         return OnionClient(self, address)
 
-    async def call(self, address: str, method: str, params: Mapping[str, Any] | None) -> Any:
+    async def call(self, address: str, method: str, params: Params | None) -> Any:
         """Send one request by onion and return its result, or raise :class:`RpcError`
-        (the server's refusal) or :class:`ConnectionLost` (no path got an answer)."""
+        (the server's refusal) or :class:`ConnectionLost` (no path got an answer).
+        Each attempt makes its own parameters (see :data:`p2psync.rpc.Params`)."""
         key = await self._server_key(address)
-        request = Request(ONION_REQUEST_ID, method, dict(params or {}))
         tried: list[Path] = []
         for _ in range(ONION_ATTEMPTS):
             with trio.move_on_after(ONION_ATTEMPT_TIMEOUT_S):
                 path = await self.endpoint.exit_path(tried)
                 tried.append(path)
+                request = Request(ONION_REQUEST_ID, method, dict(made(params or {})))
                 body, reply_box = seal_request(key, request, self._clock.now_ms())
                 try:
                     sealed = await self.endpoint.exit_request(path, address, body)

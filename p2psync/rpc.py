@@ -749,19 +749,30 @@ class RpcCaller(Protocol):
     async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any: ...
 
 
+#: A request's parameters, or what makes them for each attempt: a request signed with the
+#: time must be signed anew when it goes again, since a node takes a signature only once
+#: and the first attempt may have reached it even though its answer was lost.
+Params = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+
+def made(params: Params) -> Mapping[str, Any]:
+    """One attempt's parameters."""
+    return params() if callable(params) else params
+
+
 class RpcRouter(Protocol):
     """What the swarm client and a device need of a pool: an :class:`RpcPool` (direct
     connections) or an :class:`p2psync.onion_requests.OnionRpcPool` (onion requests).
     ``transport`` is for what needs a connection of its own (subscriptions); ``None`` on
     onion requests, where a connection of the device's own would show the server its
-    address."""
+    address. ``call`` makes its parameters once per attempt it sends."""
 
     @property
     def transport(self) -> Transport | None: ...
 
     async def get(self, address: str) -> RpcCaller: ...
 
-    async def call(self, address: str, method: str, params: Mapping[str, Any]) -> Any: ...
+    async def call(self, address: str, method: str, params: Params) -> Any: ...
 
 
 class RpcClient:
@@ -851,8 +862,8 @@ class RpcPool:
                 client = await self._nursery.start(self._hold, address)
             return client
 
-    async def call(self, address: str, method: str, params: Mapping[str, Any]) -> Any:
-        return await (await self.get(address)).call(method, params)
+    async def call(self, address: str, method: str, params: Params) -> Any:
+        return await (await self.get(address)).call(method, made(params))
 
     async def _hold(
         self, address: str, *, task_status: trio.TaskStatus[RpcClient] = trio.TASK_STATUS_IGNORED

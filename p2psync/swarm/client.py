@@ -32,7 +32,7 @@ from overlay.link import Transport
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, session_id_key
-from ..rpc import RpcRouter, open_rpc, open_rpc_pool
+from ..rpc import Params, RpcRouter, open_rpc, open_rpc_pool
 from .auth import AuthSigner
 from .constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
 from .messages import (
@@ -140,17 +140,16 @@ class SwarmClient:
             signer = self._signers[identity.session_id] = AuthSigner(identity)
         return signer
 
-    async def _call_swarm(
-        self, owner: str, method: str, make_params: Callable[[], dict[str, Any]]
-    ) -> tuple[Any, NodeInfo]:
-        """Call ``method`` on members of ``owner``'s swarm until one answers."""
+    async def _call_swarm(self, owner: str, method: str, params: Params) -> tuple[Any, NodeInfo]:
+        """Call ``method`` on members of ``owner``'s swarm until one answers; each
+        attempt makes its own ``params``."""
         last_error: Exception = RpcError("unavailable", "no node of the swarm answered")
         nodes = await self.swarm_nodes(owner)
         redirects = 0
         while nodes:
             node = nodes.pop(0)
             try:
-                return await self._pool.call(node.url, method, make_params()), node
+                return await self._pool.call(node.url, method, params), node
             except RpcError as exc:
                 last_error = exc
                 if exc.code == "wrong_swarm" and redirects < 2:
@@ -179,7 +178,7 @@ class SwarmClient:
         if node is not None:
             result = await self._pool.call(node.url, "store", params)
         else:
-            result, _ = await self._call_swarm(owner, "store", lambda: params)
+            result, _ = await self._call_swarm(owner, "store", params)
         reply = StoreReply.from_wire(result)
         return reply.hash, reply.expiry_ms
 
@@ -197,7 +196,7 @@ class SwarmClient:
             return RetrieveRequest(identity.session_id, namespace, last_hash, auth).to_wire()
 
         if node is not None:
-            result = await self._pool.call(node.url, "retrieve", params())
+            result = await self._pool.call(node.url, "retrieve", params)
         else:
             result, node = await self._call_swarm(identity.session_id, "retrieve", params)
         messages, more = _messages_from(result)

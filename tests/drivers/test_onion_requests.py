@@ -258,6 +258,39 @@ async def test_a_dead_exit_makes_the_pool_retry_on_another_path(
     assert dead.removeprefix("mem:") not in seen.peers
 
 
+def _answer_lost_once(handler: Any, lost: list[str]) -> Any:
+    """The node's ``onion`` method, except that the first request it runs never gets its
+    answer back: the node did the work, the client cannot know."""
+
+    async def serve(params: Fields, connection: Connection) -> Any:
+        result = await handler(params, connection)
+        if not lost:
+            lost.append(connection.peer)
+            await trio.sleep_forever()
+        return result
+
+    return serve
+
+
+async def test_a_signed_request_whose_answer_was_lost_goes_again_signed_anew(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node that ran a retrieve whose answer was lost on the way back refuses the same
+    signature again; the retry on another path carries a fresh one and gets the messages."""
+    seen = Seen()
+    owner = Identity.from_label("dave")
+    async with _onion_network(seen) as onion:
+        digest, _ = await onion.swarm.store(owner.session_id, 0, b"kept")
+        lost: list[str] = []
+        for node in onion.network.running_nodes():
+            node.rpc.add_method("onion", _answer_lost_once(node.rpc.methods["onion"], lost))
+        attempts_before = onion.pool.failed_attempts
+        messages, _, _ = await onion.swarm.retrieve(owner, 0, None)
+        assert [m.hash for m in messages] == [digest]
+        assert len(lost) == 1
+        assert onion.pool.failed_attempts == attempts_before + 1
+
+
 async def test_network_access_chooses_onion_requests_by_configuration(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
