@@ -645,10 +645,7 @@ class RpcServer:
             return self._failure(pending.request, exc)
 
     async def _settled(self, pending: _Pending) -> Frame:
-        try:
-            return Reply(pending.request.id, await pending.later.wait())
-        except Exception as exc:
-            return self._failure(pending.request, exc)
+        return self._settle(pending, await outcome.acapture(pending.later.wait))
 
     def _reply_later(
         self,
