@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import DecodeError
 from ..identity import KEY_BYTES, SIGNATURE_BYTES, Identity, verify
+from ..whole_file import replace_file
 from ..wire import Fields, decode_cbor, encode_cbor
 
 REGISTRATION_DOMAIN = b"p2psync-registration/1:"
@@ -127,9 +128,7 @@ class Ledger:
             node, stake, self.height, self._identity.sign(unsigned.signed_bytes())
         )
         if self._path is not None:
-            temporary = self._path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({"height": self.height}))
-            temporary.replace(self._path)
+            replace_file(self._path, json.dumps({"height": self.height}).encode())
         return registration
 
 

@@ -46,6 +46,7 @@ from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, verify
 from ..rpc import Connection, RpcServer, open_rpc
 from ..websocket import split_url
+from ..whole_file import replace_file
 from ..wire import Fields, decode_cbor, encode_cbor
 from .admission import MAX_REGISTRATION_BYTES, Registration
 from .constants import CLOCK_SKEW_MS
@@ -399,6 +400,21 @@ class FileDirectory:
 LISTING_ERRORS = (OSError, ConnectionLost, RpcError, DecodeError)
 
 
+class SavedFile:
+    """One file's saves, made in turn, each in a worker thread. Handlers save while others
+    are under way; each save writes the state as it is when its turn comes, so the file
+    ends with the latest whatever order the threads finish in."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._turn = trio.Lock()
+
+    async def save(self, contents: Callable[[], bytes]) -> None:
+        """Save what ``contents()`` returns once this save's turn has come."""
+        async with self._turn:
+            await trio.to_thread.run_sync(replace_file, self.path, contents())
+
+
 @dataclass
 class RegistryDirectory:
     """A live registry server, one short connection per call. When the registry cannot
@@ -415,6 +431,7 @@ class RegistryDirectory:
     seeds: tuple[str, ...] = ()
     cache_path: Path | None = None
     _known: list[str] = field(default_factory=list)
+    _saved: SavedFile | None = field(default=None, init=False, repr=False)
 
     async def fetch(self) -> Snapshot:
         try:
@@ -468,9 +485,9 @@ class RegistryDirectory:
     async def _save(self, snapshot: Snapshot) -> None:
         if self.cache_path is None or not snapshot.announcements:
             return
-        temporary = self.cache_path.with_suffix(".tmp")
-        await trio.Path(temporary).write_bytes(encode_cbor(snapshot.announcements_to_wire()))
-        await trio.Path(temporary).replace(self.cache_path)
+        if self._saved is None:
+            self._saved = SavedFile(self.cache_path)
+        await self._saved.save(lambda: encode_cbor(snapshot.announcements_to_wire()))
 
     async def _load(self) -> Snapshot | None:
         if self.cache_path is None:
@@ -533,7 +550,7 @@ class RegistryServer:
     ) -> None:
         self.clock = clock
         self.ledger = ledger
-        self.state_path = state_path
+        self._state = None if state_path is None else SavedFile(state_path)
         #: (kind, pubkey) -> (listed until, record, its signature)
         self._entries: dict[tuple[str, str], tuple[int, dict[str, Any], bytes]] = {}
         if state_path is not None and state_path.exists():
@@ -589,8 +606,10 @@ class RegistryServer:
         return listing_page(self.snapshot().announcements, params)
 
     async def _save(self) -> None:
-        if self.state_path is None:
-            return
+        if self._state is not None:
+            await self._state.save(self._state_json)
+
+    def _state_json(self) -> bytes:
         entries = [
             {
                 "expiry": expiry,
@@ -599,9 +618,7 @@ class RegistryServer:
             }
             for expiry, rec, signature in self._entries.values()
         ]
-        temporary = self.state_path.with_suffix(".tmp")
-        await trio.Path(temporary).write_text(json.dumps(entries))
-        await trio.Path(temporary).replace(self.state_path)
+        return json.dumps(entries).encode()
 
     def _load(self, path: Path) -> None:
         try:
