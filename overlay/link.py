@@ -98,6 +98,27 @@ class Link(ABC):
                 return
 
 
+async def write_whole(stream: trio.abc.Stream, data: bytes) -> None:
+    """``stream.send_all(data)`` for a link whose frames must arrive whole. A write that
+    broke, or was cancelled part-way (some of ``data`` may be on the wire, and nothing
+    written after it would parse), closes the stream, so the link is closed both ways:
+    a task waiting to receive on it is woken too, and a pool holding it connects anew,
+    instead of keeping a link that reads but can never send again."""
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        await _close_now(stream)
+        raise LinkClosed(str(exc) or "connection lost") from None
+    except BaseException:
+        await _close_now(stream)
+        raise
+
+
+async def _close_now(stream: trio.abc.Stream) -> None:
+    with trio.CancelScope(shield=True):
+        await trio.aclose_forcefully(stream)
+
+
 LinkHandler = Callable[[Link], Awaitable[None]]
 
 
@@ -525,10 +546,7 @@ class _TcpLink(Link):
         if len(message) > self._max:
             raise ValueError(f"message of {len(message)} bytes exceeds the link limit")
         async with self._send_lock:
-            try:
-                await self._stream.send_all(_LENGTH.pack(len(message)) + message)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise LinkClosed(str(exc)) from None
+            await write_whole(self._stream, _LENGTH.pack(len(message)) + message)
 
     async def _fill(self, size: int) -> None:
         while len(self._buffer) < size:

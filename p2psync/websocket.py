@@ -54,6 +54,7 @@ from overlay.link import (
     Transport,
     run_handler,
     split_host_port,
+    write_whole,
 )
 
 from .errors import DecodeError
@@ -199,10 +200,10 @@ class WebSocketLink(Link):
             data = b"".join(self._outgoing)
             self._outgoing.clear()
             try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._broken = str(exc) or "connection lost"
-                raise LinkClosed(self._broken) from None
+                await write_whole(self._stream, data)
+            except LinkClosed as exc:
+                self._broken = str(exc)
+                raise
 
     async def aclose(self) -> None:
         if self._ws.state is ConnectionState.OPEN:

@@ -5,15 +5,18 @@ handshake deadline while the kernel moves the bytes)."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from benchmarks.link_tap import LinkTap, plaintext_keys
 from overlay.link import split_host_port
+from p2psync.errors import ConnectionLost
 from p2psync.identity import Identity
-from p2psync.rpc import Connection, RpcServer, open_rpc
+from p2psync.rpc import Connection, RpcServer, ServerLimits, open_rpc, open_rpc_pool
 from p2psync.websocket import WebSocketTransport
 from p2psync.wire import Fields
 
@@ -94,3 +97,53 @@ async def test_tap_reads_account_keys_on_a_plaintext_store(nursery: trio.Nursery
         plaintext_keys(captured, [ACCOUNT.ed25519_public, bytes.fromhex(ACCOUNT.session_id)]) == 2
     )
     assert ACCOUNT.sign(b"store") in captured
+
+
+#: Enough frames that the socket buffers between client and server (several MiB on
+#: loopback) fill and a write waits part-way.
+STUCK_WRITERS = 400
+STUCK_PAD = 100_000
+#: A bound on a loopback call, not a wait for luck: without the fix this call went on
+#: the stuck connection and never came back.
+ANSWER_WITHIN_S = 10
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["wss", "ws"])
+async def test_a_call_cancelled_part_way_through_its_write_costs_only_that_connection(
+    nursery: trio.Nursery, encrypted: bool
+) -> None:
+    """Calls cancelled while their frames are half written (the server has stopped
+    reading) leave bytes on that connection no peer can parse after, so the pool's next
+    call must go on a new one. It went on the old one: on TLS every later call failed
+    with ``ConnectionLost`` for as long as the pool lived."""
+    release = trio.Event()
+
+    async def hold(params: Fields, conn: Connection) -> Any:
+        await release.wait()
+        return {}
+
+    async def echo(params: Fields, conn: Connection) -> Any:
+        return {}
+
+    server = RpcServer({"hold": hold, "echo": echo}, limits=ServerLimits(max_in_flight=1))
+    serving = WebSocketTransport(identity=NODE if encrypted else None)
+    url = await nursery.start(server.serve, serving, "127.0.0.1:0")
+    async with open_rpc_pool(WebSocketTransport()) as pool:
+
+        async def held() -> None:
+            with suppress(ConnectionLost):
+                await pool.call(url, "hold", {})
+
+        nursery.start_soon(held)
+        await wait_all_tasks_blocked()  # the server's one slot is taken: it reads no more
+        async with trio.open_nursery() as writers:
+            for _ in range(STUCK_WRITERS):
+                writers.start_soon(pool.call, url, "echo", {"pad": bytes(STUCK_PAD)})
+            await wait_all_tasks_blocked()  # what fits is written; the rest waits
+            writers.cancel_scope.cancel()
+        await wait_all_tasks_blocked()
+        # The old connection is still stuck (its server reads nothing until ``hold`` ends),
+        # and nothing arrives on it that would show the pool it broke.
+        with trio.fail_after(ANSWER_WITHIN_S):
+            assert await pool.call(url, "echo", {}) == {}
+        release.set()

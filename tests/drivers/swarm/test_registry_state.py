@@ -42,4 +42,4 @@ async def test_announcements_arriving_at_once_are_all_saved(
     restarted = RegistryServer(clock, state, ledger=None)
     listed = {relay.pubkey for relay in restarted.snapshot().relays}
     assert listed == {relay.ed25519_public.hex() for relay in relays}
-    assert [path.name for path in tmp_path.iterdir()] == [state.name]
+    assert [path.name for path in await trio.Path(tmp_path).iterdir()] == [state.name]
