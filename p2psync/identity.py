@@ -77,8 +77,12 @@ class Identity:
 
 
 def seal(recipient_x25519: bytes, plaintext: bytes) -> bytes:
-    """Anonymous sealed box: only the recipient can open it, and it names no sender."""
-    return nacl.public.SealedBox(nacl.public.PublicKey(recipient_x25519)).encrypt(plaintext)
+    """Anonymous sealed box: only the recipient can open it, and it names no sender.
+    :class:`DecodeError` for a key of small order (see :func:`sealable_key`)."""
+    try:
+        return nacl.public.SealedBox(nacl.public.PublicKey(recipient_x25519)).encrypt(plaintext)
+    except nacl.exceptions.RuntimeError:
+        raise DecodeError("nothing can be sealed to a point of small order") from None
 
 
 def verify(ed25519_public: bytes, message: bytes, signature: bytes) -> bool:
@@ -100,6 +104,24 @@ def session_id_key(session_id: str) -> bytes:
         raise DecodeError("a session id is '05' followed by 64 lowercase hex digits") from None
     if session_id[2:] != key.hex():
         raise DecodeError("a session id is '05' followed by 64 lowercase hex digits")
+    return key
+
+
+#: Any scalar does: clamped, it is a multiple of 8, so a point of small order gives zero.
+_PROBE_SCALAR = bytes(32)
+
+
+def sealable_key(session_id: str) -> bytes:
+    """The X25519 key of a Session id that messages can be sealed to, or
+    :class:`DecodeError`. A well-formed id may hold a point of small order (all zeros,
+    say): every key exchange with it gives zero, so nothing sealed to it would be secret,
+    and libsodium refuses. For ids a device will write to (contacts, devices, a primary to
+    pair with), checked where they come in rather than on the first send."""
+    key = session_id_key(session_id)
+    try:
+        nacl.bindings.crypto_scalarmult(_PROBE_SCALAR, key)
+    except nacl.exceptions.RuntimeError:
+        raise DecodeError("its key is a point of small order, which no one holds") from None
     return key
 
 

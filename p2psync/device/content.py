@@ -63,7 +63,7 @@ from typing import Any
 
 from ..envelope import MAX_TIMESTAMP_MS
 from ..errors import DecodeError
-from ..identity import KEY_BYTES, SEED_BYTES, session_id_key
+from ..identity import KEY_BYTES, SEED_BYTES, sealable_key
 from ..mapping import MAX_RECORD_BYTES, PAIRING_WINDOW_MS
 from ..swarm.constants import MAX_TTL_MS, NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from ..wire import Fields, decode_cbor, encode_cbor
@@ -103,7 +103,7 @@ CONTACT_STATES = tuple(state.value for state in ContactState)
 
 def _session_id(fields: Fields, name: str) -> str:
     value = fields.text(name, max_len=66)
-    session_id_key(value)
+    sealable_key(value)
     return value
 
 
@@ -112,7 +112,7 @@ def _session_ids(fields: Fields, name: str) -> tuple[str, ...]:
     for value in values:
         if not isinstance(value, str):
             raise DecodeError(f"{name} must hold session ids")
-        session_id_key(value)
+        sealable_key(value)
     if len(set(values)) != len(values):
         raise DecodeError(f"{name} lists a device twice")
     return tuple(str(v) for v in values)

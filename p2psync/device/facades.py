@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from ..errors import DecodeError
-from ..identity import session_id_key
+from ..identity import sealable_key
 from ..opengroup import OpenGroupClient, PostReceipt, RoomMessage, sign_post, sign_room_request
 from .content import MAX_TEXT_CHARS, FriendAccept, FriendRequest
 from .friends import ContactState, FriendEffect, FriendEvent, IllegalTransition
@@ -28,9 +28,9 @@ from .values import DeviceError, PairingOffer, PairingTicket, Room
 
 def check_user_id(user: str) -> None:
     try:
-        session_id_key(user)
-    except DecodeError:
-        raise DeviceError(f"{user!r} is not a session id") from None
+        sealable_key(user)
+    except DecodeError as exc:
+        raise DeviceError(f"{user!r} is not a session id ({exc})") from None
 
 
 def check_text(text: str) -> None:

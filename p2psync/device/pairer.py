@@ -18,7 +18,7 @@ import trio
 
 from ..envelope import seal_envelope
 from ..errors import DecodeError
-from ..identity import Identity, message_hash, session_id_key
+from ..identity import Identity, message_hash, sealable_key, session_id_key
 from ..mapping import (
     PAIRING_WINDOW_MS,
     PairingRequest,
@@ -85,9 +85,9 @@ class Pairer:
         the user accepts on the primary when it shows the same code, and
         :meth:`wait_paired` returns once the grant arrived and checked out."""
         try:
-            session_id_key(primary)
-        except DecodeError:
-            raise PairingError(f"{primary!r} is not a session id") from None
+            sealable_key(primary)
+        except DecodeError as exc:
+            raise PairingError(f"{primary!r} is not a session id ({exc})") from None
         if self._paired.is_set() or self._store.siblings():
             raise PairingError("this device is already paired")
         if primary in (self._local.user_id, self._local.device_id):
