@@ -35,6 +35,7 @@ from overlay.link import Transport
 from .clock import Clock
 from .errors import P2PSyncError
 from .hosts import LOOPBACK, Host, open_device_host, open_hosts
+from .process_lock import InUse, ProcessLock
 from .rpc import open_rpc
 from .services import (
     REGISTRY_FILE,
@@ -56,6 +57,8 @@ class StartError(P2PSyncError):
 
 
 STOP_GRACE_S = 5.0
+#: Held in a network's directory while ``network up`` runs there.
+NETWORK_LOCK = "network.lock"
 VIEW_POLL_S = 0.5
 
 
@@ -215,85 +218,97 @@ async def network_up(
     ``host:port#<key>``), unless ``plain_links``."""
     if nodes < 1:
         raise ValueError("a network needs at least one service node")
-    ledger = open_ledger(data_dir / "ledger")
-    ledger_args = ("--ledger", ledger.public_key.hex())
-    link_args = ("--plain-links",) if plain_links else ()
-    path = data_dir / "network.json"
-    path.unlink(missing_ok=True)  # a description of a network that is gone misleads
-    node_names = [f"node-{index}" for index in range(nodes)]
-    relay_names = [f"relay-{index}" for index in range(relays)]
-    names = ["registry", "fileserver", "opengroup", *node_names, *relay_names]
-    async with _hosts(data_dir, names, separate_hosts) as hosts, trio.open_nursery() as nursery:
-        launcher = Launcher(data_dir, nursery, hosts)
-        try:
-            # Every process of this network starts now and announces itself; a listing
-            # kept from an earlier run names nodes that may never come back, and the
-            # readiness check below would wait for them.
-            (launcher.data_dir_of("registry") / REGISTRY_FILE).unlink(missing_ok=True)
-            for name in node_names:
-                admit_node(ledger, launcher.data_dir_of(name))
-            for name in relay_names:
-                admit_node(ledger, launcher.data_dir_of(name), RELAY_KEY_FILE)
-            started: dict[str, str] = {}
+    with _network_lock(data_dir):
+        ledger = open_ledger(data_dir / "ledger")
+        ledger_args = ("--ledger", ledger.public_key.hex())
+        link_args = ("--plain-links",) if plain_links else ()
+        path = data_dir / "network.json"
+        path.unlink(missing_ok=True)  # a description of a network that is gone misleads
+        node_names = [f"node-{index}" for index in range(nodes)]
+        relay_names = [f"relay-{index}" for index in range(relays)]
+        names = ["registry", "fileserver", "opengroup", *node_names, *relay_names]
+        async with _hosts(data_dir, names, separate_hosts) as hosts, trio.open_nursery() as nursery:
+            launcher = Launcher(data_dir, nursery, hosts)
+            try:
+                # Every process of this network starts now and announces itself; a listing
+                # kept from an earlier run names nodes that may never come back, and the
+                # readiness check below would wait for them.
+                (launcher.data_dir_of("registry") / REGISTRY_FILE).unlink(missing_ok=True)
+                for name in node_names:
+                    admit_node(ledger, launcher.data_dir_of(name))
+                for name in relay_names:
+                    admit_node(ledger, launcher.data_dir_of(name), RELAY_KEY_FILE)
+                started: dict[str, str] = {}
 
-            def ready(name: str, url: str) -> None:
-                started[url] = name
-                on_progress(f"{name} {url}")
+                def ready(name: str, url: str) -> None:
+                    started[url] = name
+                    on_progress(f"{name} {url}")
 
-            # Each process starts as soon as the urls it is given are known: the registry
-            # first; the nodes, and beside them the file server and the open group (which
-            # needs the file server's; both read the relays from the registry) once it is
-            # up; the relays (whose exits reach the two servers) once they are.
-            servers: dict[str, str] = {}
-            servers_up = trio.Event()
+                # Each process starts as soon as the urls it is given are known: the registry
+                # first; the nodes, and beside them the file server and the open group (which
+                # needs the file server's; both read the relays from the registry) once it is
+                # up; the relays (whose exits reach the two servers) once they are.
+                servers: dict[str, str] = {}
+                servers_up = trio.Event()
 
-            async def start_servers(registry: str) -> None:
-                listing = ("--registry", registry)
-                servers["fileserver"] = await launcher.start(
-                    "fileserver", "fileserver", *listing, *link_args
+                async def start_servers(registry: str) -> None:
+                    listing = ("--registry", registry)
+                    servers["fileserver"] = await launcher.start(
+                        "fileserver", "fileserver", *listing, *link_args
+                    )
+                    on_progress(f"file server {servers['fileserver']}")
+                    servers["opengroup"] = await launcher.start(
+                        "opengroup",
+                        "opengroup",
+                        "--fileserver",
+                        servers["fileserver"],
+                        *listing,
+                        *link_args,
+                    )
+                    on_progress(f"open group {servers['opengroup']}")
+                    servers_up.set()
+
+                async with trio.open_nursery() as starting:
+                    registry_args = ("registry", *ledger_args, *link_args)
+                    registry = await launcher.start("registry", *registry_args)
+                    on_progress(f"registry {registry}")
+                    starting.start_soon(start_servers, registry)
+                    node_args = ("node", "--registry", registry, *ledger_args, *link_args)
+                    starting.start_soon(launcher.start_many, node_names, node_args, ready)
+                    await servers_up.wait()
+                    # Exits reach the listed nodes and these (network.json names them too).
+                    exits = (
+                        "--exit-server",
+                        servers["fileserver"],
+                        "--exit-server",
+                        servers["opengroup"],
+                    )
+                    relay_args = ("relay", "--registry", registry, *exits, *ledger_args, *link_args)
+                    starting.start_soon(launcher.start_many, relay_names, relay_args, ready)
+                fileserver, opengroup = servers["fileserver"], servers["opengroup"]
+                keys = {
+                    name: server_public_key(launcher.data_dir_of(name))
+                    for name in ("fileserver", "opengroup")
+                }
+                description = await _describe(
+                    transport, registry, fileserver, opengroup, started, ledger.public_key, keys
                 )
-                on_progress(f"file server {servers['fileserver']}")
-                servers["opengroup"] = await launcher.start(
-                    "opengroup",
-                    "opengroup",
-                    "--fileserver",
-                    servers["fileserver"],
-                    *listing,
-                    *link_args,
-                )
-                on_progress(f"open group {servers['opengroup']}")
-                servers_up.set()
+                path.write_text(json.dumps(description, indent=2) + "\n")
+                task_status.started(path)
+                await trio.sleep_forever()
+            finally:
+                path.unlink(missing_ok=True)
+                nursery.cancel_scope.cancel()
 
-            async with trio.open_nursery() as starting:
-                registry = await launcher.start("registry", "registry", *ledger_args, *link_args)
-                on_progress(f"registry {registry}")
-                starting.start_soon(start_servers, registry)
-                node_args = ("node", "--registry", registry, *ledger_args, *link_args)
-                starting.start_soon(launcher.start_many, node_names, node_args, ready)
-                await servers_up.wait()
-                # Exits reach the listed nodes and these (network.json names them too).
-                exits = (
-                    "--exit-server",
-                    servers["fileserver"],
-                    "--exit-server",
-                    servers["opengroup"],
-                )
-                relay_args = ("relay", "--registry", registry, *exits, *ledger_args, *link_args)
-                starting.start_soon(launcher.start_many, relay_names, relay_args, ready)
-            fileserver, opengroup = servers["fileserver"], servers["opengroup"]
-            keys = {
-                name: server_public_key(launcher.data_dir_of(name))
-                for name in ("fileserver", "opengroup")
-            }
-            description = await _describe(
-                transport, registry, fileserver, opengroup, started, ledger.public_key, keys
-            )
-            path.write_text(json.dumps(description, indent=2) + "\n")
-            task_status.started(path)
-            await trio.sleep_forever()
-        finally:
-            path.unlink(missing_ok=True)
-            nursery.cancel_scope.cancel()
+
+def _network_lock(data_dir: Path) -> ProcessLock:
+    """One network at a time on a directory: a second would start services on the first's
+    keys and stores, then overwrite its ``network.json`` and delete it on the way out."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return ProcessLock(data_dir / NETWORK_LOCK)
+    except InUse:
+        raise InUse(f"a network is already running in {data_dir}; one at a time") from None
 
 
 def _hosts(

@@ -55,6 +55,7 @@ from ..errors import DecodeError
 from ..identity import Identity
 from ..onion_requests import OnionRpcPool
 from ..opengroup import OpenGroupClient
+from ..process_lock import InUse
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
 from .access import NetworkAccess
@@ -75,7 +76,7 @@ from .outbox import Outbox
 from .pairer import Pairer
 from .receiver import Receiver
 from .siblings import SiblingEntries, SiblingHandler
-from .store import DeviceInUse, DeviceStore, HistoryItem
+from .store import DeviceStore, HistoryItem
 from .values import (
     DeviceConfig,
     DeviceError,
@@ -494,7 +495,7 @@ def _open_store(directory: Path) -> DeviceStore:
     directory.mkdir(parents=True, exist_ok=True)
     try:
         return DeviceStore(directory / STORE_FILE)
-    except DeviceInUse:
+    except InUse:
         raise DeviceError(
             f"the device in {directory} is in use by another process; one at a time"
         ) from None

@@ -20,7 +20,6 @@ outbox is the only copy of what the user just sent.
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from ..database import add_column_if_missing, open_database, transaction
 from ..identity import message_hash
 from ..mapping import Revocation
+from ..process_lock import ProcessLock
 from ..wire import decode_cbor, encode_cbor
 from .content import ContactRecord, HistoryRecord
 from .friends import ContactState
@@ -222,39 +222,20 @@ def _pairing(row: tuple[bytes, int, str, str, int, str, bytes]) -> Pairing:
     return Pairing(row[0], bool(row[1]), row[2], row[3], row[4], PairingState(row[5]), row[6])
 
 
-class DeviceInUse(Exception):
-    """Another process has this device's store open."""
-
-
 class DeviceStore:
     """A device's durable state. One process at a time: two that sent, filed and
     acknowledged from one store would each act on what the other half did (say, delete
-    a swarm copy the other still needs), so the store holds an advisory lock on
-    ``<path>.lock`` while it is open (released by the kernel if the process dies)."""
+    a swarm copy the other still needs), so the store holds the lock on ``<path>.lock``
+    while it is open (:class:`~p2psync.process_lock.InUse` for a second one)."""
 
     @staticmethod
     def in_use(path: str | Path) -> bool:
         """Whether a process has the store at ``path`` open now (holds its lock)."""
-        try:
-            lock = open(f"{path}.lock", "rb")  # noqa: SIM115 (closed below)
-        except FileNotFoundError:
-            return False
-        with lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            return False
+        return ProcessLock.held(f"{path}.lock")
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._lock = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 (held until close)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise DeviceInUse(f"{self.path} is in use by another process") from None
+        self._lock = ProcessLock(f"{self.path}.lock")
         try:
             self._db = open_database(path, _SCHEMA, synchronous="FULL")
             add_column_if_missing(self._db, "contacts", "name", "TEXT NOT NULL DEFAULT ''")
