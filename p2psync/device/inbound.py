@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..errors import DecodeError
 from ..identity import Identity, ed25519_matches_session_id
 from ..mapping import PAIRING_WINDOW_MS, DeviceMapping, PairingRequest, Revocation
-from ..swarm.constants import CLOCK_SKEW_MS, MAX_TTL_MS
+from ..swarm.constants import CLOCK_SKEW_MS
 from ..wire import decode_cbor, encode_cbor
 from .content import (
     NAMESPACE_OF,
@@ -45,7 +45,7 @@ from .content import (
 from .friends import ContactState, FriendEffect, FriendEvent, IllegalTransition, accepts_messages
 from .friends import merged as merged_state
 from .friends import transition as friend_transition
-from .migration import LinkedStatement
+from .migration import LinkedStatement, awaiting_hand_over
 from .modes import Mode, Rules
 from .pairing import (
     IllegalPairing,
@@ -99,6 +99,7 @@ class View(Protocol):
     def display_name_at_ms(self) -> int: ...  # when the user's own name was last set
     @property
     def migration(self) -> LinkedStatement | None: ...  # the account's move to linked
+    def friend_move(self, user: str) -> LinkedStatement | None: ...  # a friend's move
 
 
 # --- effects ----------------------------------------------------------------------------------
@@ -148,10 +149,12 @@ class Befriend:
 @dataclass(frozen=True, slots=True)
 class RevokeDevices:
     """Keep the revocations (applied to every later file server answer) and the contact
-    without the revoked devices; the contact's cached device list goes."""
+    without the revoked devices; the contact's cached device list goes. For a friend's
+    move to ``linked``, keep its statement too (``move``: :meth:`View.friend_move`)."""
 
     revocations: tuple[Revocation, ...]
     contact: Contact
+    move: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +363,9 @@ class _Decision:
         revoked_at = view.revoked_at_ms(user, device)
         if revoked_at is not None and self.item.timestamp_ms < revoked_at:
             raise _AppliedAlready
+        moved = view.friend_move(user)
+        if moved is not None and awaiting_hand_over(moved, device, self.item.timestamp_ms):
+            return  # retired by the friend's move, and it has not read its hand-over yet
         known = view.contact(user)
         if known is not None and device in known.devices and revoked_at is None:
             return
@@ -380,9 +386,7 @@ class _Decision:
                 # A sibling's record from before the account moved: it reached every
                 # sibling's own swarm then (and replayed now, it would undo later changes).
                 raise _AppliedAlready
-            if item.timestamp_ms >= moved.timestamp_ms + MAX_TTL_MS:
-                # Its hand-over has expired unread: the device will never switch, and
-                # whoever holds its key now must not write into the account for ever.
+            if not awaiting_hand_over(moved, item.device, item.timestamp_ms):
                 raise _Refused("a sync record of a retired device, past its hand-over")
             return  # a sibling that has not read the account's hand-over yet
         if item.device == view.device_id:
@@ -508,15 +512,18 @@ class _Decision:
 
     def account_linked(self, content: AccountLinked) -> list[Effect]:
         """A friend moved to ``linked`` mode: the devices it retired stop counting as
-        theirs at once (messages go to the account alone; a retired key is refused),
-        whatever the file server says later."""
+        theirs at once (messages go to the account alone, whatever the file server says
+        later; a retired key is refused once its hand-over would have expired unread,
+        see :func:`.migration.awaiting_hand_over`)."""
         statement = self.checked_statement(content.statement, "a linked statement")
         contact = self.known_contact(statement.account, "a linked statement")
         if contact is None or contact.state != ContactState.FRIEND:
             raise _Refused(f"a linked statement from {statement.account[:12]}…, not a friend")
         retired = statement.retired_devices
         devices = tuple(d for d in contact.devices if d not in retired)
-        return [RevokeDevices(statement.retired, replace(contact, devices=devices))]
+        return [
+            RevokeDevices(statement.retired, replace(contact, devices=devices), content.statement)
+        ]
 
     def linked_hand_over(self, hand_over: LinkedHandOver) -> list[Effect]:
         """The primary moved the account to ``linked`` mode and hands this secondary the

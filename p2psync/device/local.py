@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: Where a device keeps the account's statement of its move to ``linked`` mode.
 LINKED_STATEMENT_META = "linked_statement"
+#: Followed by a friend's id: the statement of that friend's move to ``linked``.
+FRIEND_MOVE_META = "friend_move/"
 #: Where the user's own display name is kept.
 DISPLAY_NAME_META = "display_name"
 DISPLAY_NAME_AT_META = "display_name_at_ms"
@@ -165,6 +167,14 @@ class Local:
 
     def revoked_at_ms(self, user: str, device: str) -> int | None:
         return self.store.revoked_at_ms(user, device)
+
+    def friend_move(self, user: str) -> LinkedStatement | None:
+        statement = self.store.get_meta(FRIEND_MOVE_META + user)
+        return None if statement is None else LinkedStatement.from_bytes(statement)
+
+    def keep_friend_move(self, user: str, statement: bytes) -> None:
+        """Keep a friend's checked statement of its move (inside a transaction)."""
+        self.store.set_meta(FRIEND_MOVE_META + user, statement)
 
     def pairing(self, request_id: bytes) -> Pairing | None:
         return self.store.pairing(request_id)

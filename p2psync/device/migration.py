@@ -41,6 +41,7 @@ from ..identity import (
     verify,
 )
 from ..mapping import MAX_RECORD_BYTES, AuthorisationError, Revocation, revoke_pairing
+from ..swarm.constants import MAX_TTL_MS
 from ..wire import Fields, decode_cbor, encode_cbor
 from .modes import Mode
 
@@ -136,6 +137,20 @@ class LinkedStatement:
             revocation.verify()
 
 
+def awaiting_hand_over(moved: LinkedStatement, device: str, timestamp_ms: int) -> bool:
+    """Whether ``device`` may still sign for the account at ``timestamp_ms`` with its own
+    key: ``moved`` retired it, and it has not read its hand-over yet. That is from the
+    move until the hand-over (stored at the move, for at most :data:`MAX_TTL_MS`) would
+    have expired unread; past that the device will never switch, and whoever holds its
+    key must not speak for the account for ever. Siblings and friends apply the same
+    window, so what such a device sends in it (a ``send`` run just after the move) is
+    neither lost nor filed twice."""
+    return (
+        device in moved.retired_devices
+        and moved.timestamp_ms <= timestamp_ms < moved.timestamp_ms + MAX_TTL_MS
+    )
+
+
 def sign_linked_statement(
     account: Identity, retired: Iterable[str], timestamp_ms: int
 ) -> LinkedStatement:
@@ -224,6 +239,7 @@ __all__ = [
     "MigrationEffect",
     "RevokeMapping",
     "TellFriend",
+    "awaiting_hand_over",
     "migration_refusal",
     "plan_migration",
     "sign_linked_statement",

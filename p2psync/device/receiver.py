@@ -215,10 +215,12 @@ class Receiver:
                     local.notify()
                 case Befriend(contact=contact):
                     await self._befriend(contact)
-                case RevokeDevices(revocations=revocations, contact=contact):
+                case RevokeDevices(revocations=revocations, contact=contact, move=move):
                     with store.transaction():
                         store.keep_revocations(revocations)
                         store.put_contact(contact)
+                        if move is not None:
+                            local.keep_friend_move(contact.user, move)
                     self._outbox.forget(contact.user)
                     local.notify()
                 case RevokeSibling(revocation=revocation):

@@ -73,6 +73,7 @@ class Known:
     display_name_at_ms: int = 0
     migration: LinkedStatement | None = None
     revoked: dict[tuple[str, str], int] = field(default_factory=dict)
+    friend_moves: dict[str, LinkedStatement] = field(default_factory=dict)
 
     @property
     def rules(self) -> Rules:
@@ -86,6 +87,9 @@ class Known:
 
     def revoked_at_ms(self, user: str, device: str) -> int | None:
         return self.revoked.get((user, device))
+
+    def friend_move(self, user: str) -> LinkedStatement | None:
+        return self.friend_moves.get(user)
 
     def pairing(self, request_id: bytes) -> Pairing | None:
         return self.pairings.get(request_id)

@@ -250,7 +250,9 @@ def bob_knows_alice(**state: object) -> Known:
 def test_a_friend_applies_the_statement_and_drops_the_old_key() -> None:
     signed = statement()
     [effect] = run(bob_knows_alice(), inbound(AccountLinked(signed.to_bytes()), ACCOUNT))
-    assert effect == RevokeDevices(signed.retired, Contact(A, ContactState.FRIEND, (A,)))
+    assert effect == RevokeDevices(
+        signed.retired, Contact(A, ContactState.FRIEND, (A,)), signed.to_bytes()
+    )
 
 
 @pytest.mark.parametrize("mode", list(Mode))
@@ -372,3 +374,39 @@ def test_a_friends_message_after_the_move_comes_from_the_account_key() -> None:
     known = bob_knows_alice(contacts={A: Contact(A, ContactState.FRIEND, (A,))})
     [effect] = run(known, inbound(Text(A, "from the desktop, moved"), ACCOUNT))
     assert isinstance(effect, File) and effect.record.sender == A
+
+
+def bob_after_alices_move(*, told: bool = True) -> Known:
+    """Bob once he applied Alice's statement (``told``; else a plain revocation of the
+    old desktop key): the key is revoked, and retired by her move."""
+    return bob_knows_alice(
+        contacts={A: Contact(A, ContactState.FRIEND, (A,))},
+        revoked={(A, S): MOVED_AT},
+        friend_moves={A: statement()} if told else {},
+    )
+
+
+#: What the file server says of Alice once she moved: her account key alone.
+ALICE_NOW = {A: (A,)}
+
+
+def test_a_friend_files_what_a_retired_device_sent_before_reading_its_hand_over() -> None:
+    """Between the move and its hand-over the desktop still signs with its own key (a
+    ``send`` just after ``migrate``): the friend files it as the account's, as the
+    account's siblings file its sync records; dated before the move it was dealt with
+    then; once the hand-over would have expired unread, the key is refused."""
+    text = Text(A, "sent before reading the hand-over")
+    [filed] = run(bob_after_alices_move(), inbound(text, SECONDARY, at=MOVED_AT + 1))
+    assert isinstance(filed, File) and (filed.record.sender, filed.record.device) == (A, S)
+    assert run(bob_after_alices_move(), inbound(text, SECONDARY, at=MOVED_AT - 1)) == []
+    late = MOVED_AT + MAX_TTL_MS
+    [refused] = run(bob_after_alices_move(), inbound(text, SECONDARY, at=late), ALICE_NOW)
+    assert isinstance(refused, Reject) and "is not a device of" in refused.reason
+
+
+def test_a_friend_without_the_statement_still_refuses_a_revoked_key() -> None:
+    """Only a move's statement opens the window: a device revoked outright gets none."""
+    text = Text(A, "after my revocation")
+    known = bob_after_alices_move(told=False)
+    [refused] = run(known, inbound(text, SECONDARY, at=MOVED_AT + 1), ALICE_NOW)
+    assert isinstance(refused, Reject) and "is not a device of" in refused.reason

@@ -16,14 +16,14 @@ import trio
 import trio.testing
 
 from p2psync.device import Device, DeviceError
-from p2psync.device.content import AccountLinked, encode_content
+from p2psync.device.content import AccountLinked, Content, Text, encode_content
 from p2psync.device.migration import sign_linked_statement
 from p2psync.envelope import seal_envelope
 from p2psync.fileserver import open_fileserver_client
 from p2psync.identity import Identity, session_id_key
 from p2psync.network import LocalNetwork
 from p2psync.swarm.client import open_swarm_client
-from p2psync.swarm.constants import NAMESPACE_MESSAGES
+from p2psync.swarm.constants import MAX_TTL_MS, NAMESPACE_MESSAGES
 from tests.drivers.swarm.helpers import wait_until
 
 from .helpers import device, open_world, pair, siblings_and_friend, stored_messages
@@ -41,17 +41,25 @@ async def listed_devices(network: LocalNetwork, user: str) -> tuple[str, ...]:
         return (await files.get_mappings(user)).devices
 
 
-async def send_forged_statement(network: LocalNetwork, account: str, to: str) -> None:
-    """What the old secondary key could try: speak for the account it no longer is."""
-    old_key = Identity.from_label("device/desktop")
-    mallory = Identity.from_label("mallory").session_id
-    forged = replace(
-        sign_linked_statement(old_key, [mallory], network.clock.now_ms()), account=account
-    )
-    kind, body = encode_content(AccountLinked(forged.to_bytes()))
-    data = seal_envelope(old_key, session_id_key(to), kind, body, network.clock.now_ms())
+#: The desktop's own key (``device(…, "desktop", …)``), which the move retires.
+OLD_DESKTOP_KEY = Identity.from_label("device/desktop")
+
+
+async def store_as(network: LocalNetwork, signer: Identity, to: str, content: Content) -> None:
+    """Store ``content`` for ``to`` signed by ``signer``, dated now, as its outbox would."""
+    kind, body = encode_content(content)
+    data = seal_envelope(signer, session_id_key(to), kind, body, network.clock.now_ms())
     async with open_swarm_client(network.transport, network.directory(), network.clock) as swarm:
         await swarm.store(to, NAMESPACE_MESSAGES, data)
+
+
+async def send_forged_statement(network: LocalNetwork, account: str, to: str) -> None:
+    """What the old secondary key could try: speak for the account it no longer is."""
+    mallory = Identity.from_label("mallory").session_id
+    forged = replace(
+        sign_linked_statement(OLD_DESKTOP_KEY, [mallory], network.clock.now_ms()), account=account
+    )
+    await store_as(network, OLD_DESKTOP_KEY, to, AccountLinked(forged.to_bytes()))
 
 
 @pytest.mark.parametrize("friend_mode", ["mapped", "linked"])
@@ -141,6 +149,38 @@ async def test_a_secondary_away_longer_than_the_ttl_still_switches(
         await wait_until(lambda: desktop.whoami().mode == "linked")
         await wait_until(lambda: bob.friends.contact(alice).devices == (alice,))  # type: ignore[union-attr]
         assert not desktop.rejections and not bob.rejections
+
+
+@pytest.mark.parametrize("friend_mode", ["mapped", "linked"])
+async def test_a_secondary_that_has_not_read_its_hand_over_still_reaches_friends(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, friend_mode: str
+) -> None:
+    """Between the move and reading its hand-over the desktop still sends under its own
+    key (a ``send`` run just after ``migrate``). The friend files that as the account's,
+    as the account's own devices file its sync records, until the hand-over would have
+    expired unread; after that the retired key is refused."""
+    async with (
+        open_world() as network,
+        siblings_and_friend(network, tmp_path, "mapped", friend_mode) as (phone, desktop, bob),
+    ):
+        alice, old_desktop = phone.session_id, desktop.whoami().device_id
+        await desktop.set_online(False)  # it does not read its hand-over yet
+        await phone.migrate("linked")
+        await phone.flush()
+        await wait_until(lambda: bob.friends.contact(alice).devices == (alice,))  # type: ignore[union-attr]
+
+        await store_as(network, OLD_DESKTOP_KEY, bob.session_id, Text(alice, "just after"))
+        await wait_until(lambda: "just after" in [i.text for i in bob.history(alice)])
+        [item] = [i for i in bob.history(alice) if i.text == "just after"]
+        assert (item.sender, item.device) == (alice, old_desktop)
+        assert not bob.rejections
+
+        network.clock.skip_idle(MAX_TTL_MS)
+        await trio.sleep(600)  # nodes announce themselves again after the skipped days
+        await store_as(network, OLD_DESKTOP_KEY, bob.session_id, Text(alice, "too late"))
+        await wait_until(lambda: len(bob.rejections) == 1)
+        assert "is not a device of" in bob.rejections[0].reason
+        assert "too late" not in [i.text for i in bob.history(alice)]
 
 
 async def test_after_the_move_siblings_meet_by_the_accounts_secret_and_merge_history(
