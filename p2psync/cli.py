@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .arguments import number_up_to, whole_number
 from .errors import P2PSyncError
 from .network_defaults import DEFAULT_RELAYS, TRANSPORTS
 from .stops import HeldStops
@@ -86,17 +87,11 @@ def output_file(text: str) -> str:
     return text
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
-        return value
-
-    return parse
+#: Nodes, and relays, one ``network up`` starts at most: with ``--hosts`` each process
+#: needs an address of its own, 253 in a run's /24, three of them for the servers.
+MAX_PROCESSES = 250
+#: Past the largest swarm (8), a quorum only means "every member".
+MAX_QUORUM = 64
 
 
 def _run(args: argparse.Namespace, service: Callable[..., Awaitable[None]], *params: Any) -> int:
@@ -457,10 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     network = commands.add_parser("network", help="a local network of separate processes")
     network_commands = network.add_subparsers(dest="network_command", required=True)
     up = network_commands.add_parser("up", help="run registry, servers and nodes until Ctrl-C")
-    up.add_argument("--nodes", type=_at_least(1), default=6, help="service nodes (default: 6)")
+    up.add_argument(
+        "--nodes", type=whole_number(1, MAX_PROCESSES), default=6, help="service nodes (default: 6)"
+    )
     up.add_argument(
         "--relays",
-        type=_at_least(0),
+        type=whole_number(0, MAX_PROCESSES),
         default=DEFAULT_RELAYS,
         help=f"overlay relays for direct sibling sync (default: {DEFAULT_RELAYS}; "
         "0: devices sync through the swarm only)",
@@ -517,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--ledger", metavar="HEX", help=ledger_help)
     node.add_argument(
         "--quorum",
-        type=_at_least(1),
+        type=whole_number(1, MAX_QUORUM),
         default=STORE_QUORUM,
         help=f"members that must hold a store before it is acknowledged (default: {STORE_QUORUM})",
     )
@@ -565,22 +562,30 @@ def build_parser() -> argparse.ArgumentParser:
         "throughput",
         help="stores/s and retrieves/s of a node in a swarm (quorum writes) beside a floor",
     )
-    throughput.add_argument("--seconds", type=float, default=5.0, help="per phase (default: 5)")
     throughput.add_argument(
-        "--clients", type=_at_least(1), default=4, help="connections (default: 4)"
+        "--seconds",
+        type=number_up_to(3600, positive=True),
+        default=5.0,
+        help="per phase (default: 5)",
     )
     throughput.add_argument(
-        "--pipeline", type=_at_least(1), default=32, help="requests in flight per connection"
+        "--clients", type=whole_number(1, 1024), default=4, help="connections (default: 4)"
+    )
+    throughput.add_argument(
+        "--pipeline",
+        type=whole_number(1, 4096),
+        default=32,
+        help="requests in flight per connection",
     )
     throughput.add_argument(
         "--nodes",
-        type=_at_least(2),
+        type=whole_number(2, 64),
         default=3,
         help="node processes in the swarm, the loaded one included (default: 3)",
     )
     throughput.add_argument(
         "--quorum",
-        type=_at_least(1),
+        type=whole_number(1, MAX_QUORUM),
         default=STORE_QUORUM,
         help=f"the nodes' store quorum (default: {STORE_QUORUM}; 1 to compare)",
     )
@@ -608,10 +613,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the trace-level model at scale (default 10 000 users × 30 days), validated"
         " against real devices on a small trace",
     )
-    storage.add_argument("--users", type=_at_least(1), default=10_000, help="--scale: users")
-    storage.add_argument("--days", type=float, default=30.0, help="--scale: days")
     storage.add_argument(
-        "--rate", type=float, default=20.0, help="--scale: messages per user per day"
+        "--users", type=whole_number(1, 1_000_000), default=10_000, help="--scale: users"
+    )
+    storage.add_argument(
+        "--days", type=number_up_to(3650, positive=True), default=30.0, help="--scale: days"
+    )
+    storage.add_argument(
+        "--rate",
+        type=number_up_to(100_000, positive=True),
+        default=20.0,
+        help="--scale: messages per user per day",
     )
     storage.add_argument(
         "--profile", choices=("office", "mobile"), default="office", help="--scale: churn profile"
@@ -629,14 +641,21 @@ def build_parser() -> argparse.ArgumentParser:
     soak = bench_commands.add_parser(
         "soak", help="load and faults (node kill -9, registry stop) for minutes: what held, lost"
     )
-    soak.add_argument("--minutes", type=float, required=True, help="how long to run the load")
-    soak.add_argument("--nodes", type=_at_least(1), default=4, help="node processes (default: 4)")
     soak.add_argument(
-        "--clients", type=_at_least(1), default=4, help="concurrent clients (default: 4)"
+        "--minutes",
+        type=number_up_to(7 * 24 * 60, positive=True),
+        required=True,
+        help="how long to run the load",
+    )
+    soak.add_argument(
+        "--nodes", type=whole_number(1, 64), default=4, help="node processes (default: 4)"
+    )
+    soak.add_argument(
+        "--clients", type=whole_number(1, 1024), default=4, help="concurrent clients (default: 4)"
     )
     soak.add_argument(
         "--flood-seconds",
-        type=float,
+        type=number_up_to(3600),
         default=0.0,
         metavar="S",
         help="then flood one node for S seconds (connections past its limit, unread "

@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import trio
 
+from .arguments import MAX_SECONDS, number_up_to, whole_number
 from .device import (
     Device,
     HistoryItem,
@@ -43,8 +44,11 @@ from .device import (
     open_device,
 )
 from .device.content import REFUSED_NAME_CATEGORIES
+from .wire import INT64_MAX
 
 DEFAULT_TIMEOUT_S = 600.0
+#: The open group numbers posts from 1; a cursor is an unsigned 63-bit id on the wire.
+MAX_POST_ID = INT64_MAX
 #: Exit status after SIGTERM, as a shell reports a process it ended (128 + 15).
 EXIT_TERMINATED = 143
 #: How long a device command stopped by Ctrl-C or SIGTERM (or whose work failed) still
@@ -301,9 +305,14 @@ def _cmd_accept(args: argparse.Namespace) -> int:
                 print("accept one with: p2psync device accept --code CODE ...")
         elif args.decline:
             await device.pairing.decline(code)
-            print(f"declined the pairing request with code {code}")
+            _emit(
+                args,
+                {"declined": code},
+                f"declined the pairing request with code {code}",
+            )
         else:
-            print(f"paired device {await device.pairing.accept(code)}")
+            paired = await device.pairing.accept(code)
+            _emit(args, {"paired": paired, "code": code}, f"paired device {paired}")
 
     return _run(args, work)
 
@@ -562,10 +571,18 @@ def _cmd_rooms(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
         if args.create:
             room = await device.rooms.create(args.room)
-            print(f"created room {room.name!r}" if room.created else f"{room.name!r} exists")
+            _emit(
+                args,
+                {"room": room.name, "created": room.created},
+                f"created room {room.name!r}" if room.created else f"{room.name!r} exists",
+            )
         if args.post is not None:
             receipt = await device.rooms.post(args.room, args.post)
-            print(f"posted #{receipt.id} as {receipt.user}")
+            _emit(
+                args,
+                {"room": args.room, "id": receipt.id, "user": receipt.user},
+                f"posted #{receipt.id} as {receipt.user}",
+            )
         if args.create or args.post is not None:
             return
         for message in await device.rooms.messages(args.room, args.since):
@@ -640,7 +657,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         if network and timeout:
             sub.add_argument(
                 "--timeout",
-                type=float,
+                type=number_up_to(MAX_SECONDS, positive=True),
                 default=DEFAULT_TIMEOUT_S,
                 metavar="S",
                 help=f"give up after S seconds (default: {DEFAULT_TIMEOUT_S:g})",
@@ -650,7 +667,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         if wait is not None:
             sub.add_argument(
                 "--wait",
-                type=float,
+                type=number_up_to(MAX_SECONDS),
                 default=wait,
                 metavar="S",
                 help=f"stay online S seconds first (default: {wait:g})",
@@ -725,7 +742,11 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     room_action.add_argument("--create", action="store_true", help="create the room")
     room_action.add_argument("--post", metavar="TEXT", help="post TEXT to the room")
     rooms.add_argument(
-        "--since", type=int, default=0, metavar="ID", help="read posts after post ID (default: 0)"
+        "--since",
+        type=whole_number(0, MAX_POST_ID),
+        default=0,
+        metavar="ID",
+        help="read posts after post ID (default: 0)",
     )
     contacts = command(
         "contacts",

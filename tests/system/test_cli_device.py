@@ -131,6 +131,12 @@ async def test_two_people_pair_befriend_and_message_from_the_terminal(tmp_path: 
         assert "not a friend" in err
         code_, _, err = await run("pair", *where("bob"), "--primary", "not-an-id")
         assert code_ == 1 and "is not a session id" in err
+        # Well-formed, but a key of small order: nothing can be sealed to it.
+        code_, _, err = await run("contacts", *where("bob"), "--add", "05" + "00" * 32)
+        assert code_ == 1 and err.strip().splitlines() == [
+            f"p2psync: error: {'05' + '00' * 32!r} is not a session id "
+            "(its key is a point of small order, which no one holds)"
+        ]
 
 
 @pytest.mark.slow
@@ -197,7 +203,10 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
 
         # Public chats from the terminal: a post reads as the user's, whichever device.
         assert "created room 'lobby'" in await ok("rooms", *where("phone"), "lobby", "--create")
-        await ok("rooms", *where("desktop"), "lobby", "--post", "from my desktop")
+        posted = await ok(
+            "rooms", *where("desktop"), "lobby", "--post", "from my desktop", "--json"
+        )
+        assert json.loads(posted) == {"room": "lobby", "id": 1, "user": alice}
         posts = await ok("rooms", *where("bob"), "lobby", "--json")
         assert [(p["user"], p["text"]) for p in map(json.loads, posts.splitlines())] == [
             (alice, "from my desktop")
@@ -385,7 +394,8 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
             wrong = "000 000" if code != "000 000" else "111 111"
             code_, _, err = await run("accept", *where("phone"), "--code", wrong)
             assert code_ == 1 and f"no pairing request is waiting with code {wrong}" in err
-            await ok("accept", *where("phone"), "--decline", code)
+            declined = await ok("accept", *where("phone"), "--decline", code, "--json")
+            assert json.loads(declined) == {"declined": code}
             declined_at = trio.current_time()
         [(code_, _, err)] = asked
         assert code_ == 1 and err.splitlines() == [

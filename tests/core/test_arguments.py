@@ -1,0 +1,44 @@
+"""Numbers on the command line are checked as they are read: out of range, not finite or
+not a number is a usage error (exit 2) naming the option, before any work starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2psync.cli import build_parser
+
+REFUSED = [
+    ["network", "up", "--data", "d", "--nodes", "99999999999999999999"],
+    ["network", "up", "--data", "d", "--nodes", "0"],
+    ["network", "up", "--data", "d", "--relays", "-1"],
+    ["bench", "soak", "--minutes", "nan"],
+    ["bench", "soak", "--minutes", "inf"],
+    ["bench", "throughput", "--seconds", "0"],
+    ["bench", "storage", "--users", "10000000000"],
+    ["device", "inbox", "--data", "d", "--network", "n", "--timeout", "-3"],
+    ["device", "inbox", "--data", "d", "--network", "n", "--timeout", "0"],
+    ["device", "inbox", "--data", "d", "--network", "n", "--wait", "-1"],
+    ["device", "inbox", "--data", "d", "--network", "n", "--wait", "nan"],
+    ["device", "rooms", "--data", "d", "--network", "n", "lobby", "--since", "9" * 23],
+    ["device", "rooms", "--data", "d", "--network", "n", "lobby", "--since", "-1"],
+]
+
+
+@pytest.mark.parametrize("argv", REFUSED, ids=[" ".join(a[:2] + a[-2:]) for a in REFUSED])
+def test_an_out_of_range_number_is_a_usage_error_naming_its_option(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(argv)
+    assert stopped.value.code == 2
+    option = next(a for a in argv if a.startswith("--") and a not in ("--data", "--network"))
+    assert f"argument {option}: " in capsys.readouterr().err
+
+
+def test_numbers_in_range_are_taken() -> None:
+    args = build_parser().parse_args(
+        ["device", "inbox", "--data", "d", "--network", "n", "--timeout", "0.5", "--wait", "0"]
+    )
+    assert (args.timeout, args.wait) == (0.5, 0.0)
+    args = build_parser().parse_args(["network", "up", "--data", "d", "--nodes", "250"])
+    assert args.nodes == 250
