@@ -26,7 +26,7 @@ import random
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
@@ -114,9 +114,20 @@ async def write_whole(stream: trio.abc.Stream, data: bytes) -> None:
         raise
 
 
+async def close_stream(stream: trio.abc.Stream) -> None:
+    """Close ``stream``, gracefully if it can be. Another task may be closing it at the
+    same moment (a write cut short closes it while the reader, woken by that, ends too):
+    TLS then finds its socket closed under it, which is the outcome both wanted."""
+    with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.aclose()
+
+
 async def _close_now(stream: trio.abc.Stream) -> None:
-    with trio.CancelScope(shield=True):
-        await trio.aclose_forcefully(stream)
+    """Close at once, without a goodbye (the stream is broken or holds half a frame), and
+    whether or not this task is being cancelled."""
+    with trio.CancelScope(shield=True) as scope:
+        scope.cancel()
+        await close_stream(stream)
 
 
 LinkHandler = Callable[[Link], Awaitable[None]]
@@ -570,7 +581,7 @@ class _TcpLink(Link):
         return message
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        await close_stream(self._stream)
 
 
 def _address_of(sockname: Any) -> str:

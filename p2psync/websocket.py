@@ -52,6 +52,7 @@ from overlay.link import (
     LinkHandler,
     TcpTransport,
     Transport,
+    close_stream,
     run_handler,
     split_host_port,
     write_whole,
@@ -174,7 +175,7 @@ class WebSocketLink(Link):
         if self._outgoing:
             with suppress(LinkClosed):
                 await self._flush()
-        await self._stream.aclose()
+        await close_stream(self._stream)
 
     # --- sending --------------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class WebSocketLink(Link):
             with trio.CancelScope(shield=True) as scope, suppress(LinkClosed):
                 scope.relative_deadline = HANDSHAKE_TIMEOUT_S
                 await self._flush()
-        await self._stream.aclose()
+        await close_stream(self._stream)
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
