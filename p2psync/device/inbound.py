@@ -198,6 +198,15 @@ class SetDisplayName:
 
 
 @dataclass(frozen=True, slots=True)
+class SendDecline:
+    """Store a signed decline for ``recipient``'s request ``request_id`` (one the user
+    is never shown: this device cannot grant it)."""
+
+    recipient: str
+    request_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SendChallenge:
     """Store a signed challenge for ``pairing.peer``, then keep ``pairing`` (its ``data``
     the request's details; the driver adds the nonce it derives)."""
@@ -235,6 +244,7 @@ Effect = (
     | AddSibling
     | SetDisplayName
     | SendChallenge
+    | SendDecline
     | KeepPairing
     | AdoptGrant
 )
@@ -587,10 +597,15 @@ class _Decision:
                 raise _Refused("a replayed pairing request (it was already answered)")
             pairing_transition(PairingState(known.state), PairingEvent.REQUEST_RECEIVED)
             return []
-        if request.mode != view.rules.mode:
-            raise _Refused(f"a {request.mode} pairing request to a {view.rules.mode} device")
         if not now - PAIRING_WINDOW_MS <= request.timestamp_ms <= now + CLOCK_SKEW_MS:
             raise _Refused("an expired (or replayed) pairing request")
+        if request.mode != view.rules.mode:
+            # The new device would wait for an answer that cannot come: it is told (a
+            # decline is signed, so within the same budget as a challenge).
+            if not view.allow_pairing(item.sender_key):
+                raise _Refused("too many pairing requests: this one is dropped")
+            reason = f"a {request.mode} pairing request to a {view.rules.mode} device (declined)"
+            return [Reject(reason), SendDecline(item.device, item.digest)]
         if request.device in view.siblings():
             if view.rules.ignores_known_sibling_request():
                 return []

@@ -149,8 +149,10 @@ class Pairer:
 
     def _raise_if_declined(self) -> None:
         if self._declined():
+            mode = self._local.rules.mode
             raise PairingError(
-                "the primary declined this device's pairing request (pair again to retry)"
+                "the primary declined this device's pairing request (pair again to retry;"
+                f" a primary of the other mode declines at once: this device is {mode})"
             )
 
     async def wait_paired(self) -> None:
@@ -214,6 +216,14 @@ class Pairer:
             raise PairingError("only the primary device can pair new devices")
         pairing = self._pending_offer(code)
         joining = pairing_details(pairing)
+        if self._local.rules.hands_over_seed() and "request" in joining:
+            # Asked as a mapped device before this account moved to linked: a grant
+            # now would add a sibling the new device refuses, so it is declined.
+            await self.decline_pairing(code)
+            raise PairingError(
+                "that request came from a mapped device, and this account is linked since"
+                " it moved: declined it (make the new device again with --mode linked)"
+            )
         device, overlay = str(joining["device"]), bytes(joining["overlay"])
         keys = self._store.sibling_overlay_keys()
         names = self._store.siblings()
@@ -276,6 +286,11 @@ class Pairer:
         data = seal_envelope(self._local.identity, session_id_key(recipient), kind, body, now)
         await self._swarm.store(recipient, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
 
+    async def send_decline(self, recipient: str, request_id: bytes) -> None:
+        """Tell a new device that asked in a way this one cannot grant that it need not
+        wait (the user never saw its request)."""
+        await self._answer(recipient, PairDecline(request_id))
+
     async def send_challenge(self, pairing: Pairing, joining: dict[str, object]) -> None:
         """Answer a new request with a signed challenge, then keep the request. The
         challenge goes out first: if storing it fails, the request is retried whole."""
@@ -317,6 +332,10 @@ class Pairer:
             raise DeviceError(why_not)
         if not self._local.is_primary:
             raise DeviceError("only the primary device can revoke a device")
+        if device == self._local.device_id:
+            raise DeviceError("a device cannot revoke itself")
+        if device not in self._store.siblings():
+            raise DeviceError(f"{device[:12]}… is not one of this user's devices (see `devices`)")
         revocation = revoke_pairing(self._local.identity, device, self._local.clock.now_ms())
         client = await self._outbox.fileserver()
         await client.revoke_mapping(revocation)

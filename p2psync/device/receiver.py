@@ -39,6 +39,7 @@ from .inbound import (
     RevokeDevices,
     RevokeSibling,
     SendChallenge,
+    SendDecline,
     SetDisplayName,
     decide,
     pairing_details,
@@ -243,6 +244,8 @@ class Receiver:
                     local.set_display_name(name, at_ms)
                 case SendChallenge(pairing=pairing, joining=joining):
                     await self._pairer.send_challenge(pairing, joining)
+                case SendDecline(recipient=recipient, request_id=request_id):
+                    await self._pairer.send_decline(recipient, request_id)
                 case KeepPairing(pairing=pairing):
                     store.put_pairing(pairing)
                     local.notify()

@@ -40,6 +40,7 @@ from p2psync.device.inbound import (
     Reject,
     RevokeSibling,
     SendChallenge,
+    SendDecline,
     decide,
 )
 from p2psync.device.migration import LinkedStatement
@@ -321,7 +322,6 @@ def test_a_linked_pairing_request_is_challenged() -> None:
 def test_pairing_requests_refused_before_any_work() -> None:
     requester = Identity.from_label("core/request-key")
     cases = {
-        "a mapped pairing request to a linked device": (Known(), pair_request(Mode.MAPPED)),
         "expired": (Known(), pair_request(at=NOW - PAIRING_WINDOW_MS - 1)),
         "too many pairing requests": (Known(pairing_allowed=False), pair_request()),
         "already paired": (
@@ -332,6 +332,19 @@ def test_pairing_requests_refused_before_any_work() -> None:
     for reason, (known, request) in cases.items():
         [effect] = run(known, inbound(request, requester))
         assert isinstance(effect, Reject) and reason in effect.reason, reason
+
+
+def test_a_request_of_the_other_mode_is_declined_so_the_new_device_stops_waiting() -> None:
+    """A mapped device asking a linked one (or the reverse) can never be granted: it is
+    refused, and told at once (a signed decline), within the same budget as challenges."""
+    requester = Identity.from_label("core/request-key")
+    [refused, decline] = run(Known(), inbound(pair_request(Mode.MAPPED), requester))
+    assert isinstance(refused, Reject)
+    assert "a mapped pairing request to a linked device" in refused.reason
+    assert decline == SendDecline(requester.session_id, DIGEST)
+    over_budget = Known(pairing_allowed=False)
+    [dropped] = run(over_budget, inbound(pair_request(Mode.MAPPED), requester))
+    assert isinstance(dropped, Reject) and "too many pairing requests" in dropped.reason
 
 
 def test_a_request_seen_again_changes_nothing_unless_replayed_after_its_window() -> None:

@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2psync.device import Device, DeviceError
+from p2psync.device import Device, DeviceError, PairingError
 from p2psync.device.content import AccountLinked, Content, Text, encode_content
 from p2psync.device.migration import sign_linked_statement
 from p2psync.envelope import seal_envelope
@@ -233,3 +233,33 @@ async def test_only_a_mapped_primary_moves_and_a_lone_one_moves_at_once(
         assert erin.whoami().mode == "linked"
         with pytest.raises(DeviceError, match="already"):
             await erin.migrate("linked")
+
+
+async def test_pairing_across_modes_is_declined_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A mapped device asking a linked account is told at once (it waited out its whole
+    pairing window). A mapped request still waiting when the account moved to linked is
+    declined when the user accepts it, instead of adding a sibling the new device would
+    refuse."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "linked") as linked_phone,
+        device(network, tmp_path, "tablet", "mapped") as tablet,
+    ):
+        with trio.fail_after(60), pytest.raises(PairingError, match="this device is mapped"):
+            await tablet.pairing.request(linked_phone.session_id)
+
+    async with (
+        open_world() as network,
+        device(network, tmp_path / "moved", "phone", "mapped") as phone,
+        device(network, tmp_path / "moved", "tablet", "mapped") as tablet,
+    ):
+        ticket = await tablet.pairing.request(phone.session_id)
+        await wait_until(lambda: bool(phone.pairing.requests()))
+        await phone.migrate("linked")
+        with pytest.raises(PairingError, match="came from a mapped device"):
+            await phone.pairing.accept(ticket.code)
+        with trio.fail_after(60), pytest.raises(PairingError, match="declined"):
+            await tablet.pairing.wait_paired()
+        assert phone.siblings() == {} and not phone.pairing.requests()
