@@ -33,17 +33,22 @@ import trio
 
 from .arguments import MAX_SECONDS, number_up_to, whole_number
 from .device import (
+    Contact,
     Device,
+    DeviceError,
     HistoryItem,
     NetworkAccess,
     PairingError,
+    PairingOffer,
     Whoami,
     create_device,
     describe_device,
     device_in_use,
     open_device,
 )
-from .device.content import REFUSED_NAME_CATEGORIES
+from .device.content import REFUSED_NAME_CATEGORIES, check_display_name
+from .errors import DecodeError
+from .identity import sealable_key
 from .wire import INT64_MAX
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -77,6 +82,35 @@ def _named(name: str, user: str) -> str:
 def _name_of(device: Device, user: str) -> str:
     contact = device.friends.contact(user)
     return "" if contact is None else contact.name
+
+
+def _session_id(text: str) -> str:
+    """An id given on the command line: a usage error at once if it is not one anyone
+    can hold, rather than a wait for an answer that cannot come."""
+    try:
+        sealable_key(text)
+    except DecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not a session id: {text[:80]!r} ({exc})") from None
+    return text
+
+
+def _device_name(text: str) -> str:
+    """A device's name, shown to the user's other devices: held to the display-name rules
+    (a longer or stranger one would be refused by the primary it asks to pair)."""
+    try:
+        return check_display_name(text)
+    except DecodeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _directory(text: str) -> str:
+    """A ``--data`` directory: not empty (that would be the current directory, silently)
+    and not an existing file."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; name the device's directory")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
+    return text
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], *lines: str) -> None:
@@ -174,9 +208,14 @@ async def _leave_promptly(device: Device) -> None:
 
 
 def _run(
-    args: argparse.Namespace, work: Callable[[Device], Awaitable[None]], *, online: bool = True
+    args: argparse.Namespace,
+    work: Callable[[Device], Awaitable[None]],
+    *,
+    online: bool = True,
+    gave_up: str = "is the network running?",
 ) -> int:
-    """Open the device, run ``work`` on it and leave, within ``--timeout``.
+    """Open the device, run ``work`` on it and leave, within ``--timeout`` (past it,
+    the error says what the command waited for: ``gave_up``).
 
     Ctrl-C and SIGTERM (130, 143) while the device opens end the command. Once it is
     open they stop the work, or the leave that follows it (Ctrl-C right after ``send``
@@ -212,7 +251,7 @@ def _run(
     try:
         trio.run(main)
     except trio.TooSlowError:
-        raise TimeoutError(f"gave up after {args.timeout:g} s (is the network running?)") from None
+        raise TimeoutError(f"gave up after {args.timeout:g} s ({gave_up})") from None
     return stop.code or 0
 
 
@@ -266,7 +305,11 @@ def _cmd_pair(args: argparse.Namespace) -> int:
         await device.pairing.wait_paired()
         print(f"paired: this device now acts for user {device.session_id}")
 
-    return _run(args, work)
+    waited_for = (
+        f"{args.primary[:12]}… did not answer, or did not accept: it answers while online"
+        " (`p2psync device run` or `device accept --wait S` there), on a running network"
+    )
+    return _run(args, work, gave_up=waited_for)
 
 
 def _cmd_accept(args: argparse.Namespace) -> int:
@@ -330,6 +373,50 @@ def _cmd_send(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def _print_friend_request(args: argparse.Namespace, contact: Contact) -> None:
+    _emit(
+        args,
+        {
+            "kind": "friend_request",
+            "user": contact.user,
+            "name": contact.name,
+            "note": contact.note,
+        },
+        f"friend request from {_named(contact.name, contact.user)}: {contact.note!r}",
+    )
+
+
+async def _watch_requests(args: argparse.Namespace, device: Device) -> None:
+    """For ``run``: a line for each friend request and pairing request as it arrives (they
+    are answered with ``contacts`` and ``accept`` once ``run`` has stopped: one process
+    holds the device at a time)."""
+    shown_friends: set[str] = set()
+    shown_pairings: set[str] = set()
+
+    def new(device: Device) -> tuple[list[Contact], list[PairingOffer]]:
+        friends = device.friends.contacts()
+        offers = device.pairing.requests()
+        return (
+            [c for c in friends if c.state == "pending" and c.user not in shown_friends],
+            [o for o in offers if o.code not in shown_pairings],
+        )
+
+    while True:
+        await device.wait_for(lambda device: any(new(device)))
+        friends, offers = new(device)
+        for contact in friends:
+            shown_friends.add(contact.user)
+            _print_friend_request(args, contact)
+        for offer in offers:
+            shown_pairings.add(offer.code)
+            _emit(
+                args,
+                {"kind": "pairing_request", "code": offer.code, "name": offer.name},
+                f"pairing request from a device named {offer.name!r}, code {offer.code}"
+                " (answer with `device accept` once `run` has stopped)",
+            )
+
+
 def _cmd_inbox(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
         await device.sync_now()
@@ -342,16 +429,7 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
             device.mark_read(items[-1])
         for contact in device.friends.contacts():
             if contact.state == "pending":
-                _emit(
-                    args,
-                    {
-                        "kind": "friend_request",
-                        "user": contact.user,
-                        "name": contact.name,
-                        "note": contact.note,
-                    },
-                    f"friend request from {_named(contact.name, contact.user)}: {contact.note!r}",
-                )
+                _print_friend_request(args, contact)
 
     args.timeout = max(args.timeout, args.wait + 60)
     return _run(args, work)
@@ -497,6 +575,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_sync, args, device)
             nursery.start_soon(print_messages, device)
+            nursery.start_soon(_watch_requests, args, device)
 
     args.timeout = math.inf  # until stopped: the command has no --timeout
     return _run(args, work)
@@ -603,6 +682,9 @@ def _cmd_rooms(args: argparse.Namespace) -> int:
 
 
 def _cmd_contacts(args: argparse.Namespace) -> int:
+    if args.text and not args.add:
+        raise DeviceError("--text is the note of a friend request: it goes with --add")
+
     async def work(device: Device) -> None:
         await device.sync_now()
         if args.add:
@@ -649,7 +731,9 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         timeout: bool = True,
     ) -> argparse.ArgumentParser:
         sub = device_commands.add_parser(name, help=help_text)
-        sub.add_argument("--data", required=True, metavar="DIR", help="the device's directory")
+        sub.add_argument(
+            "--data", required=True, type=_directory, metavar="DIR", help="the device's directory"
+        )
         if network:
             sub.add_argument(
                 "--network", required=True, metavar="FILE", help="network.json of `network up`"
@@ -679,7 +763,9 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     init.add_argument(
         "--mode", required=True, choices=["mapped", "linked"], help="multi-device mode"
     )
-    init.add_argument("--name", default="device", help="shown to the user's other devices")
+    init.add_argument(
+        "--name", default="device", type=_device_name, help="shown to the user's other devices"
+    )
     command(
         "whoami",
         "this device's user id, device id, mode and name",
@@ -690,7 +776,9 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     name = command("name", "set the name friends see beside this user's id", _cmd_name)
     name.add_argument("name", metavar="NAME", help="at most 64 characters, no control characters")
     pair = command("pair", "on a new device: ask the primary to pair, show the code", _cmd_pair)
-    pair.add_argument("--primary", required=True, metavar="SESSION_ID", help="the user's id")
+    pair.add_argument(
+        "--primary", required=True, type=_session_id, metavar="SESSION_ID", help="the user's id"
+    )
     accept = command(
         "accept",
         "on the primary: list pairing requests, or accept or decline one",
@@ -702,7 +790,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     decision.add_argument("--code", help="accept the request showing this code")
     decision.add_argument("--decline", metavar="CODE", help="decline the request with this code")
     send = command("send", "send a message to a friend", _cmd_send)
-    send.add_argument("user", metavar="SESSION_ID", help="the friend's id")
+    send.add_argument("user", type=_session_id, metavar="SESSION_ID", help="the friend's id")
     send.add_argument("text", help="the message")
     inbox = command(
         "inbox",
@@ -727,7 +815,9 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         wait=3.0,
     )
     devices = command("devices", "this user's devices", _cmd_devices, json_output=True)
-    devices.add_argument("--revoke", metavar="DEVICE_ID", help="on a mapped primary: unpair one")
+    devices.add_argument(
+        "--revoke", type=_session_id, metavar="DEVICE_ID", help="on a mapped primary: unpair one"
+    )
     migrate = command(
         "migrate",
         "on a mapped primary: move the account to linked mode, keeping history and contacts",
@@ -755,7 +845,13 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         json_output=True,
     )
     action = contacts.add_mutually_exclusive_group()
-    action.add_argument("--add", metavar="SESSION_ID", help="send a friend request")
-    action.add_argument("--accept", metavar="SESSION_ID", help="accept a friend request")
-    action.add_argument("--decline", metavar="SESSION_ID", help="decline a friend request")
+    action.add_argument(
+        "--add", type=_session_id, metavar="SESSION_ID", help="send a friend request"
+    )
+    action.add_argument(
+        "--accept", type=_session_id, metavar="SESSION_ID", help="accept a friend request"
+    )
+    action.add_argument(
+        "--decline", type=_session_id, metavar="SESSION_ID", help="decline a friend request"
+    )
     contacts.add_argument("--text", default="", help="a note with --add")

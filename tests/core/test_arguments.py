@@ -3,6 +3,8 @@ not a number is a usage error (exit 2) naming the option, before any work starts
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from p2psync.cli import build_parser
@@ -33,6 +35,41 @@ def test_an_out_of_range_number_is_a_usage_error_naming_its_option(
     assert stopped.value.code == 2
     option = next(a for a in argv if a.startswith("--") and a not in ("--data", "--network"))
     assert f"argument {option}: " in capsys.readouterr().err
+
+
+ID_REFUSED = [
+    ["device", "pair", "--data", "d", "--network", "n", "--primary", "xyz"],
+    ["device", "send", "--data", "d", "--network", "n", "xyz", "hi"],
+    ["device", "devices", "--data", "d", "--network", "n", "--revoke", "05" + "zz" * 32],
+    ["device", "contacts", "--data", "d", "--network", "n", "--add", "05" + "00" * 32],
+    ["device", "init", "--data", "d", "--mode", "linked", "--name", "a\nb"],
+    ["device", "init", "--data", "d", "--mode", "linked", "--name", "x" * 5000],
+    ["device", "init", "--data", "", "--mode", "linked"],
+]
+
+
+@pytest.mark.parametrize(
+    "argv", ID_REFUSED, ids=[" ".join(a[:2]) + f" {i}" for i, a in enumerate(ID_REFUSED)]
+)
+def test_ids_names_and_directories_are_checked_as_they_are_read(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad id, device name or directory is a usage error before anything is opened or
+    sent (``pair`` used to say it was waiting for ``xyz`` first)."""
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(argv)
+    assert stopped.value.code == 2
+    assert "error: argument " in capsys.readouterr().err
+
+
+def test_a_data_directory_that_is_a_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["device", "whoami", "--data", str(afile)])
+    assert f"{afile} exists and is not a directory" in capsys.readouterr().err
 
 
 def test_numbers_in_range_are_taken() -> None:

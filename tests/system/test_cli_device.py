@@ -129,14 +129,19 @@ async def test_two_people_pair_befriend_and_message_from_the_terminal(tmp_path: 
         code_, _, err = await run("send", *where("bob"), "05" + "ab" * 32, "hi")
         assert code_ == 1 and err.strip().splitlines()[-1].startswith("p2psync: error: ")
         assert "not a friend" in err
+        # Ids are checked as the command line is read: a usage error (2), one line, at once.
         code_, _, err = await run("pair", *where("bob"), "--primary", "not-an-id")
-        assert code_ == 1 and "is not a session id" in err
+        assert code_ == 2 and "argument --primary: not a session id: 'not-an-id'" in err
+        assert "waiting" not in err
         # Well-formed, but a key of small order: nothing can be sealed to it.
-        code_, _, err = await run("contacts", *where("bob"), "--add", "05" + "00" * 32)
-        assert code_ == 1 and err.strip().splitlines() == [
-            f"p2psync: error: {'05' + '00' * 32!r} is not a session id "
+        small = "05" + "00" * 32
+        code_, _, err = await run("contacts", *where("bob"), "--add", small)
+        assert code_ == 2 and err.strip().splitlines()[-1].endswith(
+            f"argument --add: not a session id: {small!r} "
             "(its key is a point of small order, which no one holds)"
-        ]
+        )
+        code_, _, err = await run("contacts", *where("bob"), "--text", "a note alone")
+        assert code_ == 1 and "it goes with --add" in err
 
 
 @pytest.mark.slow
@@ -191,7 +196,7 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
     async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
         assert network.relays, "direct sync needs relays, and a network starts them by default"
         where = describe(tmp_path, network)
-        ids = await init(tmp_path, "linked", "phone", "desktop", "bob")
+        ids = await init(tmp_path, "linked", "phone", "desktop", "bob", "carol")
         alice = ids["phone"]
         code_, _, err = await run("accept", *where("phone"))
         assert code_ == 1 and "no pairing request is waiting" in err
@@ -266,6 +271,15 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
                     printed += chunk
             [line] = [json.loads(x) for x in printed.splitlines() if b"was running" in x]
             assert line["outgoing"] and line["conversation"] == ids["bob"]
+            # A friend request shows as it arrives (answered once `run` has stopped).
+            await ok("contacts", *where("carol"), "--add", alice, "--text", "carol here")
+            with trio.fail_after(60):
+                while not any(b'"friend_request"' in x for x in printed.split(b"\n")[:-1]):
+                    chunk = await process.stdout.receive_some()
+                    assert chunk, "run exited"
+                    printed += chunk
+            [request] = [json.loads(x) for x in printed.splitlines() if b"friend_request" in x]
+            assert (request["user"], request["note"]) == (ids["carol"], "carol here")
             # How it syncs, as a line of its own when it changes (first: at start).
             syncs = [x for x in map(json.loads, printed.splitlines()) if x["kind"] == "sync"]
             assert syncs and syncs[0]["siblings"] == [ids["phone"]]
@@ -400,7 +414,8 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         [(code_, _, err)] = asked
         assert code_ == 1 and err.splitlines() == [
             "p2psync: error: the primary declined this device's pairing request "
-            "(pair again to retry)"
+            "(pair again to retry; a primary of the other mode declines at once: "
+            "this device is mapped)"
         ], err
         assert trio.current_time() - declined_at < 30  # not its 600 s pairing window
 
