@@ -557,6 +557,7 @@ class _TcpLink(Link):
         if len(message) > self._max:
             raise ValueError(f"message of {len(message)} bytes exceeds the link limit")
         async with self._send_lock:
+            await trio.lowlevel.checkpoint_if_cancelled()  # cancelled while waiting: no write
             await write_whole(self._stream, _LENGTH.pack(len(message)) + message)
 
     async def _fill(self, size: int) -> None:

@@ -198,12 +198,17 @@ class WebSocketLink(Link):
                 raise LinkClosed(self._broken)
             if not self._outgoing:
                 return
+            # A sender whose deadline passed while it waited for the lock writes nothing
+            # (its bytes stay queued for the next): only a write cut short ends the link.
+            await trio.lowlevel.checkpoint_if_cancelled()
             data = b"".join(self._outgoing)
             self._outgoing.clear()
             try:
                 await write_whole(self._stream, data)
-            except LinkClosed as exc:
-                self._broken = str(exc)
+            except BaseException as exc:
+                # The stream is closed now (see write_whole): the senders whose bytes
+                # this write carried learn it when the lock comes to them.
+                self._broken = str(exc) if isinstance(exc, LinkClosed) else "a write was cut short"
                 raise
 
     async def aclose(self) -> None:

@@ -374,7 +374,9 @@ class _Decision:
         if revoked_at is not None and self.item.timestamp_ms < revoked_at:
             raise _AppliedAlready
         moved = view.friend_move(user)
-        if moved is not None and awaiting_hand_over(moved, device, self.item.timestamp_ms):
+        if moved is not None and awaiting_hand_over(
+            moved, device, self.item.timestamp_ms, self.now_ms
+        ):
             return  # retired by the friend's move, and it has not read its hand-over yet
         known = view.contact(user)
         if known is not None and device in known.devices and revoked_at is None:
@@ -396,7 +398,7 @@ class _Decision:
                 # A sibling's record from before the account moved: it reached every
                 # sibling's own swarm then (and replayed now, it would undo later changes).
                 raise _AppliedAlready
-            if not awaiting_hand_over(moved, item.device, item.timestamp_ms):
+            if not awaiting_hand_over(moved, item.device, item.timestamp_ms, self.now_ms):
                 raise _Refused("a sync record of a retired device, past its hand-over")
             return  # a sibling that has not read the account's hand-over yet
         if item.device == view.device_id:

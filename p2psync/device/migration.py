@@ -41,7 +41,7 @@ from ..identity import (
     verify,
 )
 from ..mapping import MAX_RECORD_BYTES, AuthorisationError, Revocation, revoke_pairing
-from ..swarm.constants import MAX_TTL_MS
+from ..swarm.constants import CLOCK_SKEW_MS, MAX_TTL_MS
 from ..wire import Fields, decode_cbor, encode_cbor
 from .modes import Mode
 
@@ -137,17 +137,22 @@ class LinkedStatement:
             revocation.verify()
 
 
-def awaiting_hand_over(moved: LinkedStatement, device: str, timestamp_ms: int) -> bool:
-    """Whether ``device`` may still sign for the account at ``timestamp_ms`` with its own
-    key: ``moved`` retired it, and it has not read its hand-over yet. That is from the
-    move until the hand-over (stored at the move, for at most :data:`MAX_TTL_MS`) would
-    have expired unread; past that the device will never switch, and whoever holds its
-    key must not speak for the account for ever. Siblings and friends apply the same
-    window, so what such a device sends in it (a ``send`` run just after the move) is
-    neither lost nor filed twice."""
+def awaiting_hand_over(moved: LinkedStatement, device: str, timestamp_ms: int, now_ms: int) -> bool:
+    """Whether a record ``device`` signed with its own key, dated ``timestamp_ms`` and
+    read at ``now_ms``, still speaks for the account: ``moved`` retired the device, which
+    had not read its hand-over yet. That is from the move until the hand-over (stored at
+    the move, for at most :data:`MAX_TTL_MS`) would have expired unread; past that the
+    device will never switch, and whoever holds its key must not speak for the account
+    for ever. The date is the signer's to choose, so what it dates inside the window is
+    taken only while such a record could still be in a swarm (stored by the window's
+    end, kept at most :data:`MAX_TTL_MS`): a key found years later cannot backdate its
+    way in. Siblings and friends apply the same window, so what such a device sends in
+    it (a ``send`` run just after the move) is neither lost nor filed twice."""
+    window_ends = moved.timestamp_ms + MAX_TTL_MS
     return (
         device in moved.retired_devices
-        and moved.timestamp_ms <= timestamp_ms < moved.timestamp_ms + MAX_TTL_MS
+        and moved.timestamp_ms <= timestamp_ms < window_ends
+        and now_ms < window_ends + MAX_TTL_MS + CLOCK_SKEW_MS
     )
 
 

@@ -334,7 +334,11 @@ class Pairer:
             raise DeviceError("only the primary device can revoke a device")
         if device == self._local.device_id:
             raise DeviceError("a device cannot revoke itself")
-        if device not in self._store.siblings():
+        if device not in self._store.siblings() and device not in await self._outbox.devices_of(
+            self._local.user_id, fresh=True
+        ):
+            # Neither paired here nor vouched for by the file server (a grant that never
+            # reached its device still left a mapping there: that one can be revoked).
             raise DeviceError(f"{device[:12]}… is not one of this user's devices (see `devices`)")
         revocation = revoke_pairing(self._local.identity, device, self._local.clock.now_ms())
         client = await self._outbox.fileserver()

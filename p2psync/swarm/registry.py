@@ -46,7 +46,7 @@ from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, verify
 from ..rpc import Connection, RpcServer, open_rpc
 from ..websocket import split_url
-from ..whole_file import replace_file
+from ..whole_file import remove_leftovers, replace_file
 from ..wire import Fields, decode_cbor, encode_cbor
 from .admission import MAX_REGISTRATION_BYTES, Registration
 from .constants import CLOCK_SKEW_MS
@@ -402,17 +402,28 @@ LISTING_ERRORS = (OSError, ConnectionLost, RpcError, DecodeError)
 
 class SavedFile:
     """One file's saves, made in turn, each in a worker thread. Handlers save while others
-    are under way; each save writes the state as it is when its turn comes, so the file
-    ends with the latest whatever order the threads finish in."""
+    are under way; a write takes the state as it is when its turn comes, so the file ends
+    with the latest whatever order the threads finish in, and saves asked for while one
+    write was under way are all covered by the next (one write, not one each: a burst of
+    announcements costs two writes of the listing, not as many as there were)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._turn = trio.Lock()
+        self._asked = 0  # saves asked for so far
+        self._written = 0  # of those, the ones the file holds
+        remove_leftovers(path)
 
     async def save(self, contents: Callable[[], bytes]) -> None:
-        """Save what ``contents()`` returns once this save's turn has come."""
+        """Return once the file holds what ``contents()`` would return now."""
+        self._asked += 1
+        mine = self._asked
         async with self._turn:
+            if self._written >= mine:
+                return  # a write that began after this save was asked for covered it
+            covering = self._asked
             await trio.to_thread.run_sync(replace_file, self.path, contents())
+            self._written = covering
 
 
 @dataclass
@@ -432,6 +443,7 @@ class RegistryDirectory:
     cache_path: Path | None = None
     _known: list[str] = field(default_factory=list)
     _saved: SavedFile | None = field(default=None, init=False, repr=False)
+    _to_save: Snapshot = field(default_factory=Snapshot, init=False, repr=False)
 
     async def fetch(self) -> Snapshot:
         try:
@@ -487,7 +499,8 @@ class RegistryDirectory:
             return
         if self._saved is None:
             self._saved = SavedFile(self.cache_path)
-        await self._saved.save(lambda: encode_cbor(snapshot.announcements_to_wire()))
+        self._to_save = snapshot  # what a write that covers several saves writes: the latest
+        await self._saved.save(lambda: encode_cbor(self._to_save.announcements_to_wire()))
 
     async def _load(self) -> Snapshot | None:
         if self.cache_path is None:

@@ -21,7 +21,7 @@ from p2psync.device.content import (
     encode_content,
 )
 from p2psync.device.friends import ContactState
-from p2psync.device.inbound import AdoptAccount, Covered, File, Reject, RevokeDevices
+from p2psync.device.inbound import AdoptAccount, Covered, File, Reject, RevokeDevices, decide
 from p2psync.device.migration import (
     MAX_RETIRED,
     MAX_STATEMENT_BYTES,
@@ -41,6 +41,7 @@ from p2psync.errors import DecodeError
 from p2psync.identity import Identity
 from p2psync.mapping import PAIRING_WINDOW_MS, AuthorisationError, revoke_pairing
 from p2psync.swarm.constants import (
+    CLOCK_SKEW_MS,
     MAX_TTL_MS,
     NAMESPACE_CONTROL,
     NAMESPACE_MESSAGES,
@@ -410,3 +411,19 @@ def test_a_friend_without_the_statement_still_refuses_a_revoked_key() -> None:
     known = bob_after_alices_move(told=False)
     [refused] = run(known, inbound(text, SECONDARY, at=MOVED_AT + 1), ALICE_NOW)
     assert isinstance(refused, Reject) and "is not a device of" in refused.reason
+
+
+def test_a_retired_key_found_later_cannot_backdate_its_way_in() -> None:
+    """The date is the signer's: a record dated inside the window but read after any
+    record of the window could have left the swarms is refused, from friends and
+    siblings alike."""
+    late_read = MOVED_AT + 2 * MAX_TTL_MS + CLOCK_SKEW_MS
+    text = Text(A, "backdated into the window")
+    item = inbound(text, SECONDARY, at=MOVED_AT + 1)
+    [refused] = decide(bob_after_alices_move(), item, late_read, ALICE_NOW)
+    assert isinstance(refused, Reject) and "is not a device of" in refused.reason
+    [filed] = decide(bob_after_alices_move(), item, late_read - 1, ALICE_NOW)
+    assert isinstance(filed, File)
+    sent = SyncSent(b"\7" * 32, BOB.session_id, MOVED_AT + 1, "backdated")
+    [refused] = decide(moved(ACCOUNT), inbound(sent, SECONDARY, at=MOVED_AT + 1), late_read, {})
+    assert isinstance(refused, Reject) and "past its hand-over" in refused.reason

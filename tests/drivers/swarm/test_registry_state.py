@@ -21,10 +21,14 @@ async def test_announcements_arriving_at_once_are_all_saved(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     """Each announcement is saved as it is taken; with many at once, every one is still
-    acknowledged, the file holds them all, and no half-written file is left beside it."""
+    acknowledged, the file holds them all with the permissions the operator gave it, and
+    no half-written file is left beside it (one a crash left is removed)."""
     network = MemoryNetwork()
     clock = Clock(TEST_EPOCH_MS)
     state = tmp_path / "registry.json"
+    await trio.Path(state).write_text("[]")
+    await trio.Path(state).chmod(0o640)
+    await trio.Path(tmp_path / ".registry.json.k1ll3d.tmp").write_text("[{")
     relays = [Identity.from_label(f"state/relay/{i}") for i in range(RELAYS)]
 
     async def announce(relay: Identity, port: int) -> None:
@@ -43,3 +47,4 @@ async def test_announcements_arriving_at_once_are_all_saved(
     listed = {relay.pubkey for relay in restarted.snapshot().relays}
     assert listed == {relay.ed25519_public.hex() for relay in relays}
     assert [path.name for path in await trio.Path(tmp_path).iterdir()] == [state.name]
+    assert (await trio.Path(state).stat()).st_mode & 0o777 == 0o640
