@@ -133,7 +133,12 @@ class Device:
         self.pairing = DevicePairing(self._pairer)
         self.rooms = Rooms(local, self._opengroup)
         self._migrator = Migrator(
-            local, self._outbox, self._siblings, self.sync_now, self._relisten
+            local,
+            self._outbox,
+            self._siblings,
+            self.sync_now,
+            self._relisten,
+            self._pairer.decline_ungrantable,
         )
         self._receiver = Receiver(
             local,

@@ -40,15 +40,18 @@ class Migrator:
         siblings: SiblingHandler,
         sync_now: Callable[[], Awaitable[None]],
         relisten: Callable[[], None],
+        decline_ungrantable: Callable[[], Awaitable[None]],
     ) -> None:
         """``sync_now`` files what the swarms hold now; ``relisten`` restarts the receive
-        loops (the streams to read changed)."""
+        loops (the streams to read changed); ``decline_ungrantable`` tells the mapped
+        devices whose pairing requests wait here that they cannot be granted now."""
         self._local = local
         self._store = local.store
         self._outbox = outbox
         self._siblings = siblings
         self._sync_now = sync_now
         self._relisten = relisten
+        self._decline_ungrantable = decline_ungrantable
 
     async def migrate(self, to: str) -> tuple[str, ...]:
         """On the primary: move the account to ``to`` (``linked``); returns the device
@@ -86,6 +89,7 @@ class Migrator:
                     case BecomeLinked(statement=statement):
                         local.become_linked(statement, None)
         self._now_linked()
+        await self._decline_ungrantable()
         assert local.migration is not None
         return local.migration.retired_devices
 

@@ -216,10 +216,10 @@ class Pairer:
             raise PairingError("only the primary device can pair new devices")
         pairing = self._pending_offer(code)
         joining = pairing_details(pairing)
-        if self._local.rules.hands_over_seed() and "request" in joining:
+        if self._local.rules.hands_over_seed() and _asked_as_mapped(pairing):
             # Asked as a mapped device before this account moved to linked: a grant
             # now would add a sibling the new device refuses, so it is declined.
-            await self.decline_pairing(code)
+            await self._decline(pairing)
             raise PairingError(
                 "that request came from a mapped device, and this account is linked since"
                 " it moved: declined it (make the new device again with --mode linked)"
@@ -272,7 +272,17 @@ class Pairer:
         (a signed decline, where its challenge went) so that it stops waiting. The
         decline goes out first: if storing it fails, the request is still pending and
         the user can decline again."""
-        pairing = self._pending_offer(code)
+        await self._decline(self._pending_offer(code))
+
+    async def decline_ungrantable(self) -> None:
+        """After a move to ``linked``: decline the requests mapped devices made before it
+        (no grant can serve them any more, see :meth:`accept_pairing`), so that they stop
+        waiting and are no longer offered."""
+        for pairing in self._store.pairings(incoming=True, state=PairingState.PENDING):
+            if _asked_as_mapped(pairing):
+                await self._decline(pairing)
+
+    async def _decline(self, pairing: Pairing) -> None:
         move = pairing_transition(PairingState(pairing.state), PairingEvent.DECLINE)
         if PairingEffect.SEND_DECLINE in move.effects:
             await self._answer(pairing.peer, PairDecline(pairing.request_id))
@@ -359,3 +369,9 @@ class Pairer:
 
 def _offer_code(pairing: Pairing) -> str:
     return pairing_code(pairing.request_id, pairing_details(pairing)["nonce"])
+
+
+def _asked_as_mapped(pairing: Pairing) -> bool:
+    """Whether a request this device received came from a mapped device (it carries the
+    signed request a mapping is made from)."""
+    return "request" in pairing_details(pairing)

@@ -92,7 +92,10 @@ class PeerMethods:
         node = check_node_auth(
             params, params.rest(), self._guard, method=method, now_ms=self._clock.now_ms()
         )
-        if node not in {n.pubkey for n in self._listed().nodes}:
+        listed = self._listed().nodes
+        if not listed:  # just started: this node has not read the registry yet
+            raise RpcError("unavailable", "node has not read the registry yet")
+        if node not in {n.pubkey for n in listed}:
             self._relist()  # it may have joined since we last looked
             raise RpcError("unauthorized", "not a registered node")
         if swarm_only and node not in {n.pubkey for n in self._core.peers()}:

@@ -243,3 +243,40 @@ async def test_a_relay_the_ledger_has_not_admitted_is_not_listed(
         )
         assert served.relays == listing.relays
         nursery.cancel_scope.cancel()
+
+
+class _RegistryDown:
+    """A registry that cannot be reached, and no copy of its listing anywhere."""
+
+    async def fetch(self) -> Snapshot:
+        raise OSError("registry down")
+
+    async def announce(self, *args: object, **kwargs: object) -> None:
+        raise OSError("registry down")
+
+
+async def test_a_node_that_has_not_read_the_registry_says_so_to_its_peers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Until its first listing a node knows no one: it answers a member's call
+    ``unavailable`` (try again soon), not ``unauthorized`` (the caller is no node)."""
+    async with open_test_swarm(3) as (network, _), trio.open_nursery() as nursery:
+        assert isinstance(network.transport, MemoryNetwork)
+        member = network.nodes[0]
+        starting = StorageNode(
+            Identity.from_label("starting"),
+            MessageStore(":memory:"),
+            network.clock,
+            network.transport.host("mem:starting"),
+            _RegistryDown(),
+        )
+        await nursery.start(starting.serve, "mem:starting")
+        signed = sign_node_request(member.identity, "repair_digest", {}, network.clock.now_ms())
+        async with open_rpc(network.transport, "mem:starting") as client:
+            with pytest.raises(RpcError) as refused:
+                await client.call("repair_digest", signed)
+        assert (refused.value.code, refused.value.message) == (
+            "unavailable",
+            "node has not read the registry yet",
+        )
+        nursery.cancel_scope.cancel()
