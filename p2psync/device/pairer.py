@@ -11,13 +11,14 @@ decline may do is decided by the inbound core (:mod:`.inbound`); this driver exe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 
 import trio
 
 from ..envelope import seal_envelope
-from ..errors import DecodeError
+from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, message_hash, sealable_key, session_id_key
 from ..mapping import (
     PAIRING_WINDOW_MS,
@@ -55,6 +56,8 @@ from .pairing import (
 from .siblings import SiblingHandler
 from .store import Contact, Pairing
 from .values import DeviceError, PairingError, PairingOffer, PairingTicket
+
+logger = logging.getLogger(__name__)
 
 
 class Pairer:
@@ -280,7 +283,11 @@ class Pairer:
         waiting and are no longer offered."""
         for pairing in self._store.pairings(incoming=True, state=PairingState.PENDING):
             if _asked_as_mapped(pairing):
-                await self._decline(pairing)
+                try:
+                    await self._decline(pairing)
+                except (RpcError, ConnectionLost, OSError) as exc:
+                    # The move is done either way; accepting it later declines it then.
+                    logger.info("could not decline a mapped pairing request: %s", exc)
 
     async def _decline(self, pairing: Pairing) -> None:
         move = pairing_transition(PairingState(pairing.state), PairingEvent.DECLINE)
