@@ -268,7 +268,18 @@ def _whoami_of(me: Whoami) -> dict[str, Any]:
         "mode": me.mode,
         "name": me.name,
         "display_name": me.display_name,
+        "revoked_at_ms": me.revoked_at_ms,
     }
+
+
+def _revoked_line(revoked_at_ms: int | None) -> list[str]:
+    """The line a device unpaired by its primary shows first (none while it belongs)."""
+    if revoked_at_ms is None:
+        return []
+    return [
+        f"this device was unpaired by its primary on {_when(revoked_at_ms)} UTC: it keeps"
+        " its history but no longer sends as the user"
+    ]
 
 
 def _cmd_whoami(args: argparse.Namespace) -> int:
@@ -280,6 +291,7 @@ def _cmd_whoami(args: argparse.Namespace) -> int:
         me,
         f"user {_named(me['display_name'], me['user'])}",
         f"device {me['device']} ({me['name']!r}, {me['mode']})",
+        *_revoked_line(me.get("revoked_at_ms")),
     )
     return 0
 
@@ -417,6 +429,13 @@ async def _watch_requests(args: argparse.Namespace, device: Device) -> None:
             )
 
 
+async def _watch_revocation(args: argparse.Namespace, device: Device) -> None:
+    """For ``run``: a line once the user's primary unpairs this device."""
+    await device.wait_for(lambda device: device.whoami().revoked_at_ms is not None)
+    revoked_at_ms = device.whoami().revoked_at_ms
+    _emit(args, {"kind": "revoked", "at_ms": revoked_at_ms}, *_revoked_line(revoked_at_ms))
+
+
 def _cmd_inbox(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
         await device.sync_now()
@@ -459,6 +478,7 @@ def _status_of(device: Device) -> dict[str, Any]:
         "connected_siblings": sorted(status.connected_siblings),
         "unacknowledged": status.unacknowledged,
         "last_run_left": status.last_run_left,
+        "revoked_at_ms": me.revoked_at_ms,
     }
 
 
@@ -472,6 +492,7 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
     }[status["last_run_left"]]
     return [
         f"user {status['user']} (device {_short(status['device'])}, {status['mode']})",
+        *_revoked_line(status["revoked_at_ms"]),
         f"syncs with its siblings {_how_it_syncs(status['direct_sync'], status['starting'])}",
         f"siblings: {len(status['siblings'])}, "
         f"connected directly now: {len(status['connected_siblings'])}",
@@ -576,6 +597,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             nursery.start_soon(_watch_sync, args, device)
             nursery.start_soon(print_messages, device)
             nursery.start_soon(_watch_requests, args, device)
+            nursery.start_soon(_watch_revocation, args, device)
 
     args.timeout = math.inf  # until stopped: the command has no --timeout
     return _run(args, work)

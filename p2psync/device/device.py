@@ -243,6 +243,7 @@ class Device:
         except DecodeError as exc:
             raise DeviceError(str(exc)) from None
         local = self._local
+        local.check_belongs()
         with self._store.transaction():
             local.set_display_name(name, local.clock.now_ms())
             local.queue(SyncProfile(name), local.user_id)
@@ -258,6 +259,7 @@ class Device:
 
         When this returns the message is in the durable outbox and the history; it is
         delivered in the background, across restarts if need be (:meth:`flush` waits)."""
+        self._local.check_belongs()
         contact = self._store.contact(user)
         if contact is None or contact.state != ContactState.FRIEND:
             raise DeviceError(f"{user[:12]}… is not a friend: send a friend request first")

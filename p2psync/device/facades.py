@@ -82,6 +82,7 @@ class Friends:
     async def _run(self, user: str, event: FriendEvent, text: str = "") -> None:
         """Run the user's ``event`` through the friend machine and execute its effects."""
         local = self._local
+        local.check_belongs()
         existing = local.store.contact(user)
         try:
             move = friend_transition(None if existing is None else existing.state, event)
@@ -155,6 +156,7 @@ class Rooms:
     async def post(self, room: str, text: str) -> PostReceipt:
         """Post to a public room, signed by this device; the server attributes it to the user."""
         local = self._local
+        local.check_belongs()
         claim = None if local.is_primary else local.user_id
         post = sign_post(local.identity, room, text.encode(), local.clock.now_ms(), primary=claim)
         return await (await self._server()).post(post)

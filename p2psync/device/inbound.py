@@ -166,6 +166,14 @@ class RevokeSibling:
 
 
 @dataclass(frozen=True, slots=True)
+class RevokedHere:
+    """Our primary revoked this device: keep the revocation (the device says so, and
+    refuses to send as the user from now on) and stop syncing with every sibling."""
+
+    revocation: Revocation
+
+
+@dataclass(frozen=True, slots=True)
 class AdoptAccount:
     """The primary moved the account to ``linked``: act as the account (``seed``) from
     now on, keeping its ``statement``."""
@@ -238,6 +246,7 @@ Effect = (
     | Befriend
     | RevokeDevices
     | RevokeSibling
+    | RevokedHere
     | AdoptAccount
     | DeleteSyncCopy
     | Covered
@@ -497,7 +506,7 @@ class _Decision:
             raise _Refused("a revocation must come from the primary that signed it")
         if revocation.primary == self.view.user_id:
             if revocation.secondary == self.view.device_id:
-                raise _Refused("a revocation of this device is for its siblings")
+                return self.this_device_revoked(revocation)
             revoked_at = self.view.revoked_at_ms(revocation.primary, revocation.secondary)
             if revoked_at is not None and revoked_at >= revocation.timestamp_ms:
                 # Read again (a catch-up, a restart): it was kept the first time, and the
@@ -509,6 +518,16 @@ class _Decision:
             raise _Refused(f"a revocation from {revocation.primary[:12]}…, not a friend")
         devices = tuple(d for d in contact.devices if d != revocation.secondary)
         return [RevokeDevices((revocation,), replace(contact, devices=devices))]
+
+    def this_device_revoked(self, revocation: Revocation) -> list[Effect]:
+        """Our primary unpaired this device. Only a ``mapped`` primary revokes (``linked``
+        devices all hold the account key that would sign it); read again, it was kept."""
+        why_not = self.view.rules.can_revoke()
+        if why_not is not None:
+            raise _Refused(why_not)
+        if self.view.revoked_at_ms(revocation.primary, revocation.secondary) is not None:
+            raise _AppliedAlready
+        return [RevokedHere(revocation)]
 
     def checked_statement(self, data: bytes, what: str) -> LinkedStatement:
         """The statement in ``data``, verified, dated within this device's clock and sent

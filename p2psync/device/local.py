@@ -10,6 +10,7 @@ sees it, so the store and the signing key stay private to the device.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -33,7 +34,7 @@ from .migration import LinkedStatement
 from .modes import RULES, Mode, Rules
 from .pairing import REQUEST_KEY_REFILL_S, REQUEST_REFILL_S, REQUESTS_BURST, REQUESTS_PER_KEY
 from .store import Contact, Copy, DeviceStore, Pairing
-from .values import MAX_REJECTIONS, DeviceConfig, Refused, Rejection, Whoami
+from .values import MAX_REJECTIONS, DeviceConfig, DeviceError, Refused, Rejection, Whoami
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,17 @@ class Local:
     @property
     def display_name_at_ms(self) -> int:
         return int(self.store.get_meta(DISPLAY_NAME_AT_META) or b"0")
+
+    def check_belongs(self) -> None:
+        """:class:`DeviceError` if the user's primary unpaired this device: what it would
+        send as the user, friends and siblings refuse, so it is not sent at all."""
+        revoked_at_ms = self.me.revoked_at_ms
+        if revoked_at_ms is not None:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(revoked_at_ms / 1000))
+            raise DeviceError(
+                f"this device was unpaired by its primary on {when}: its history stays"
+                " readable; to use the account here again, pair a new device folder"
+            )
 
     def set_display_name(self, name: str, at_ms: int) -> None:
         with self.store.transaction():
@@ -273,6 +285,7 @@ def whoami_of(store: DeviceStore) -> Whoami:
         receives_as=identity.session_id,
         device_key=device.ed25519_public,
         overlay_key=overlay_public(device_seed),
+        revoked_at_ms=store.revoked_at_ms(user_id, device.session_id),
     )
 
 

@@ -342,8 +342,9 @@ class Pairer:
 
     async def revoke_device(self, device: str) -> None:
         """On the primary (``mapped``): unpair ``device``; senders stop reaching it once
-        their cached device list expires, this device stops syncing to it at once, and
-        the other siblings once the revocation reaches them."""
+        their cached device list expires, this device stops syncing to it at once, the
+        other siblings once the revocation reaches them, and the device itself, told too,
+        stops acting for the user (:attr:`~.values.Whoami.revoked_at_ms`)."""
         why_not = self._local.rules.can_revoke()
         if why_not is not None:
             raise DeviceError(why_not)
@@ -370,6 +371,10 @@ class Pairer:
                     self._local.queue(DeviceRevoked(revocation.to_bytes()), contact.user)
             # And our other devices: they stop syncing with it and refuse what it sends.
             self._local.queue(DeviceRevoked(revocation.to_bytes()), self._local.user_id)
+            # And the device itself, so it says so rather than sending what is refused.
+            self._local.queue_copies(
+                DeviceRevoked(revocation.to_bytes()), [device], revocation.timestamp_ms, None
+            )
         self._outbox.forget(self._local.user_id)
         self._local.wake_outbox()
 

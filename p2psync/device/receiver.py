@@ -37,6 +37,7 @@ from .inbound import (
     PutContact,
     Reject,
     RevokeDevices,
+    RevokedHere,
     RevokeSibling,
     SendChallenge,
     SendDecline,
@@ -228,6 +229,15 @@ class Receiver:
                     with store.transaction():
                         store.keep_revocations([revocation])
                         store.remove_sibling(revocation.secondary)
+                    self._outbox.forget(local.user_id)
+                    self._siblings.restart()
+                    local.notify()
+                case RevokedHere(revocation=revocation):
+                    with store.transaction():
+                        store.keep_revocations([revocation])
+                        for sibling in store.siblings():
+                            store.remove_sibling(sibling)
+                    local.load_identity()  # whoami() says so from now on
                     self._outbox.forget(local.user_id)
                     self._siblings.restart()
                     local.notify()

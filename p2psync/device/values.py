@@ -142,7 +142,9 @@ class Whoami:
     public key and ``overlay_key`` what siblings reach it by on the overlay (derived, not
     its session id). ``name`` is this device's name (what siblings and the pairing screen
     show), ``display_name`` the user's (what friends see beside the user's id; "" if
-    none). Its store and signing key stay inside the device."""
+    none). ``revoked_at_ms``: when the user's primary unpaired this device (it then keeps
+    its history but no longer acts for the user), None while it belongs. Its store and
+    signing key stay inside the device."""
 
     session_id: str
     device_id: str
@@ -154,6 +156,7 @@ class Whoami:
     receives_as: str
     device_key: bytes
     overlay_key: bytes
+    revoked_at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -444,6 +444,14 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         assert human[1].startswith(f"{ids['tablet']}  'device'")
         revoked = (await ok("devices", *where("phone"), "--revoke", ids["tablet"])).splitlines()
         assert revoked == [f"revoked {ids['tablet']}", human[0]]
+        # The tablet is told: it says so, and refuses to act for the user in one line.
+        told = (await ok("status", *where("tablet"), "--wait", "1")).splitlines()
+        assert told[1].startswith("this device was unpaired by its primary on "), told
+        assert json.loads(await ok("whoami", "--data", str(tmp_path / "tablet"), "--json"))[
+            "revoked_at_ms"
+        ]
+        code_, _, err = await run("name", *where("tablet"), "Tablet")
+        assert code_ == 1 and len(err.splitlines()) == 1 and "unpaired by its primary" in err
 
 
 async def _append(

@@ -38,6 +38,7 @@ from p2psync.device.inbound import (
     NeedDevicesOf,
     PutContact,
     Reject,
+    RevokedHere,
     RevokeSibling,
     SendChallenge,
     SendDecline,
@@ -273,16 +274,30 @@ def mapped_secondary(**known: object) -> Known:
     )
 
 
-def test_our_primarys_revocation_of_a_sibling_is_kept_and_of_this_device_refused() -> None:
+def test_our_primarys_revocation_of_a_sibling_is_kept() -> None:
     revoked = revoke_pairing(PRIMARY, SIBLING.session_id, NOW - 10)
     assert run(mapped_secondary(), inbound(DeviceRevoked(revoked.to_bytes()), PRIMARY)) == [
         RevokeSibling(revoked)
     ]
     [forged] = run(mapped_secondary(), inbound(DeviceRevoked(revoked.to_bytes()), SIBLING))
     assert isinstance(forged, Reject) and "from the primary that signed it" in forged.reason
+
+
+def test_our_primarys_revocation_of_this_device_is_taken_once_and_only_in_mapped_mode() -> None:
+    """The unpaired device learns it (and stops acting for the user); a copy read again
+    changes nothing; a sibling cannot revoke it, nor can a linked sibling (every linked
+    device holds the account key a revocation would be signed with)."""
     mine = revoke_pairing(PRIMARY, ME.session_id, NOW - 10)
-    [refused] = run(mapped_secondary(), inbound(DeviceRevoked(mine.to_bytes()), PRIMARY))
-    assert isinstance(refused, Reject) and "for its siblings" in refused.reason
+    assert run(mapped_secondary(), inbound(DeviceRevoked(mine.to_bytes()), PRIMARY)) == [
+        RevokedHere(mine)
+    ]
+    known = mapped_secondary(revoked={(PRIMARY.session_id, ME.session_id): NOW - 10})
+    assert run(known, inbound(DeviceRevoked(mine.to_bytes()), PRIMARY)) == []
+    [forged] = run(mapped_secondary(), inbound(DeviceRevoked(mine.to_bytes()), SIBLING))
+    assert isinstance(forged, Reject) and "from the primary that signed it" in forged.reason
+    linked = Known(mode=Mode.LINKED, user_id=PRIMARY.session_id)
+    [refused] = run(linked, inbound(DeviceRevoked(mine.to_bytes()), PRIMARY))
+    assert isinstance(refused, Reject) and "new identity" in refused.reason
 
 
 def test_a_revocation_read_again_changes_nothing() -> None:

@@ -145,11 +145,14 @@ async def test_mapped_devices_fan_out_and_sync(
         await trio.sleep(30)
         assert len(desktop.history(bob.session_id)) == 2
         assert not phone.rejections and not bob.rejections
-        # Nor does Bob take the revoked desktop's word that it is still Alice's.
-        await desktop.send(bob.session_id, "from the revoked desktop")
-        await desktop.flush()
+        # The desktop was told, and refuses to send; nor does Bob take the word of one
+        # whose software ignores that (a stolen one) that it is still Alice's.
+        await wait_until(lambda: desktop.whoami().revoked_at_ms is not None)
+        with pytest.raises(DeviceError, match="unpaired by its primary"):
+            await desktop.send(bob.session_id, "from the revoked desktop")
+        await inject_text(network, desktop, [bob.session_id])
         await wait_until(lambda: any("is not a device of" in r.reason for r in bob.rejections))
-        assert "from the revoked desktop" not in [item.text for item in bob.history(alice)]
+        assert "let me in" not in [item.text for item in bob.history(alice)]
 
 
 async def test_a_virtual_jump_expires_cached_device_lists(
@@ -230,7 +233,8 @@ async def test_a_declined_request_stays_declined_on_every_device(
 
 
 async def inject_text(network: LocalNetwork, sender: Device, devices: list[str]) -> None:
-    """What a modified client could do: write to each device of a user who is no friend."""
+    """What a modified client could do: write to each device of a user as ``sender``'s
+    device, friend or not, revoked or not."""
     async with open_swarm_client(network.transport, network.directory(), network.clock) as swarm:
         kind, body = encode_content(Text(sender.session_id, "let me in"))
         for target in devices:
@@ -313,8 +317,9 @@ async def test_a_revoked_device_is_dropped_by_every_sibling_not_only_the_primary
 ) -> None:
     """The primary revokes the tablet: the desktop, a sibling too, hears it from the
     primary (signed by it), stops listing and syncing with the tablet and keeps the
-    revocation, across a restart; what the tablet sends it afterwards is refused. The
-    tablet itself is not one of the devices told."""
+    revocation, across a restart; what the tablet sent before it heard is refused. The
+    tablet, offline at the time, is told too once it returns: it says so, drops its
+    siblings and refuses to send as the user."""
     async with (
         open_world() as network,
         device(network, tmp_path, "phone", "mapped") as phone,
@@ -325,15 +330,24 @@ async def test_a_revoked_device_is_dropped_by_every_sibling_not_only_the_primary
             await pair(phone, tablet)
             tablet_id = tablet.whoami().device_id
             await wait_until(lambda: tablet_id in desktop.siblings())
+            await tablet.set_online(False)
             await phone.pairing.revoke(tablet_id)
             await phone.flush()
             await wait_until(lambda: tablet_id not in desktop.siblings())
             assert set(desktop.siblings()) == {phone.whoami().device_id}
             assert not desktop.rejections and not phone.rejections
+            await tablet.set_display_name("still here")  # a sync record to its "siblings"
+        assert tablet.whoami().revoked_at_ms is None  # not heard yet
         async with device(network, tmp_path, "desktop") as desktop:
             await desktop.sync_now()
             assert set(desktop.siblings()) == {phone.whoami().device_id}
-            await tablet.set_display_name("still here")  # a sync record to its "siblings"
+            await tablet.set_online(True)
             await tablet.flush()
             await wait_until(lambda: bool(desktop.rejections))
             assert set(desktop.siblings()) == {phone.whoami().device_id}
+            await wait_until(lambda: tablet.whoami().revoked_at_ms is not None)
+            assert tablet.siblings() == {} and not tablet.rejections
+            with pytest.raises(DeviceError, match="unpaired by its primary on"):
+                await tablet.send(phone.session_id, "hello?")
+            with pytest.raises(DeviceError, match="unpaired by its primary on"):
+                await tablet.set_display_name("still here")
