@@ -18,7 +18,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,28 +81,6 @@ async def _step(what: str, condition: Callable[[], bool]) -> float:
         await wait_until(condition, poll_s=0.01)
         return trio.current_time() - begun
     raise DemoFailed(f"{what} did not happen within {STEP_TIMEOUT_S:g} s")
-
-
-async def _step_async(what: str, settled: Callable[..., Awaitable[bool]], *args: Any) -> None:
-    """Wait until ``settled(*args)`` holds (checked every 0.1 s), or :class:`DemoFailed`."""
-    with trio.move_on_after(STEP_TIMEOUT_S):
-        while not await settled(*args):  # noqa: ASYNC110 (a registry read, no event)
-            await trio.sleep(0.1)
-        return
-    raise DemoFailed(f"{what} did not happen within {STEP_TIMEOUT_S:g} s")
-
-
-async def _relisted(network: LocalNetwork) -> bool:
-    """Whether the registry lists every node and relay again and each relay forwards to
-    all the others: past the jump every announcement had expired, and devices that came
-    back before the servers re-announced would find no relays to build paths with."""
-    snapshot = await network.directory().fetch()
-    everyone = {relay.identity.ed25519_public for relay in network.relays}
-    return (
-        len(snapshot.nodes) == len(network.nodes)
-        and len(snapshot.relays) == len(network.relays)
-        and all(relay.known_relays == everyone for relay in network.relays)
-    )
 
 
 async def _scenario(
@@ -377,8 +355,10 @@ async def _story(
     await _step("Alice's answer on Bob's device", lambda: len(bob.history(alice)) == 5)
     for device in (phone, bob):
         await device.set_online(False)
-    network.clock.skip_idle(PAST_TTL_MS)
-    await _step_async("the network's announcements after the jump", _relisted, network)
+    with trio.move_on_after(STEP_TIMEOUT_S) as relisting:
+        await network.pass_idle(PAST_TTL_MS)
+    if relisting.cancelled_caught:
+        raise DemoFailed(f"the network did not announce itself again within {STEP_TIMEOUT_S:g} s")
     say("   [italic]the clock jumps 25 h (virtual time): everything the swarm held expired[/]")
     for device in (phone, bob, desktop):
         await device.set_online(True)

@@ -38,6 +38,9 @@ from .swarm.registry import RegistryDirectory, RegistryServer
 from .swarm.store import MessageStore
 from .websocket import WebSocketTransport
 
+#: How often :meth:`LocalNetwork.pass_idle` reads the listing while services announce again.
+RELISTED_LOOK_S = 0.1
+
 
 async def wait_until(condition: Callable[[], bool], *, poll_s: float = 0.05) -> None:
     """Wait until ``condition`` holds, checking every ``poll_s`` (wrap it in a cancel scope
@@ -228,6 +231,26 @@ class LocalNetwork:
         for handle in self.nodes:
             if handle.node is not None:
                 await handle.node.refresh()
+
+    async def pass_idle(self, ms: int) -> None:
+        """Let ``ms`` of idle time pass on the network's clock at once
+        (:meth:`Clock.skip_idle`) as it passes for a network that keeps up its
+        maintenance: the jump wakes every service's timers, so each announces itself
+        again at once, and this returns when the registry lists every running node and
+        relay again and each relay knows the others. What runs next meets the network it
+        would after living through the stretch, not one whose announcements all lapsed
+        in the same instant."""
+        self.clock.skip_idle(ms)
+        everyone = {relay.identity.ed25519_public for relay in self.relays}
+        while True:
+            snapshot = await self.directory().fetch()
+            if (
+                len(snapshot.nodes) == len(self.running_nodes())
+                and len(snapshot.relays) == len(self.relays)
+                and all(relay.known_relays == everyone for relay in self.relays)
+            ):
+                return
+            await trio.sleep(RELISTED_LOOK_S)
 
     def exit_hosts(self) -> frozenset[str]:
         """The hosts the running relays call servers from, as an onion exit: what the

@@ -126,9 +126,9 @@ class SwarmClient:
         self.swarms = SwarmMap.build(snapshot.nodes)
 
     async def swarm_nodes(self, owner: str) -> list[NodeInfo]:
-        if not self.swarms.swarms:
+        if not any(self.swarms.swarms.values()):
             await self.refresh()
-        if not self.swarms.swarms:
+        if not any(self.swarms.swarms.values()):
             raise RpcError("unavailable", "the registry lists no service nodes")
         nodes = list(self.swarms.nodes_for_key(session_id_key(owner)))
         self._random.shuffle(nodes)
