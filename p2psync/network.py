@@ -38,8 +38,10 @@ from .swarm.registry import RegistryDirectory, RegistryServer
 from .swarm.store import MessageStore
 from .websocket import WebSocketTransport
 
-#: How often :meth:`LocalNetwork.pass_idle` reads the listing while services announce again.
+#: How often :meth:`LocalNetwork.pass_idle` reads the listing while services announce
+#: again, and how long they may take (past it, a service that does not is a failure).
 RELISTED_LOOK_S = 0.1
+RELISTED_WITHIN_S = 120.0
 
 
 async def wait_until(condition: Callable[[], bool], *, poll_s: float = 0.05) -> None:
@@ -241,16 +243,26 @@ class LocalNetwork:
         would after living through the stretch, not one whose announcements all lapsed
         in the same instant."""
         self.clock.skip_idle(ms)
-        everyone = {relay.identity.ed25519_public for relay in self.relays}
-        while True:
-            snapshot = await self.directory().fetch()
-            if (
-                len(snapshot.nodes) == len(self.running_nodes())
-                and len(snapshot.relays) == len(self.relays)
-                and all(relay.known_relays == everyone for relay in self.relays)
-            ):
-                return
-            await trio.sleep(RELISTED_LOOK_S)
+        relays = {relay.identity.ed25519_public for relay in self.relays}
+        nodes = {node.identity.ed25519_public.hex() for node in self.running_nodes()}
+        missing: list[str] = []
+        with trio.move_on_after(RELISTED_WITHIN_S):
+            while True:
+                snapshot = await self.directory().fetch()
+                listed_relays = {bytes.fromhex(relay.pubkey) for relay in snapshot.relays}
+                missing = [f"node {key[:12]}" for key in nodes - {n.pubkey for n in snapshot.nodes}]
+                missing += [f"relay {key.hex()[:12]}" for key in relays - listed_relays]
+                missing += [
+                    f"relay {relay.identity.ed25519_public.hex()[:12]}'s view of the others"
+                    for relay in self.relays
+                    if not relays <= relay.known_relays
+                ]
+                if not missing:
+                    return
+                await trio.sleep(RELISTED_LOOK_S)
+        raise TimeoutError(
+            f"not announced again {RELISTED_WITHIN_S:g} s after the jump: {', '.join(missing)}"
+        )
 
     def exit_hosts(self) -> frozenset[str]:
         """The hosts the running relays call servers from, as an onion exit: what the

@@ -536,10 +536,23 @@ class OnionDirectory:
     no one knew needs two nodes to name it). One read runs at a time and serves every
     reader for :data:`LISTING_FRESH_S`. A read that no node answers fails
     (:class:`RpcError`), and a merge that lists no service node is not taken: readers
-    keep the listing they have rather than ask the registry from the device's address."""
+    keep the listing they have rather than ask the registry from the device's address.
+
+    ``known`` may instead be the listing a device kept from an earlier start (then the
+    registry need not see the device at all): it is read through paths at the first
+    fetch, and if that finds no node to answer (the kept relays or nodes gone since), the
+    ``registry`` is read directly, once. ``keep`` is handed every listing taken, to keep
+    for the next start."""
 
     def __init__(
-        self, known: Snapshot, ledger: bytes | None, clock: Clock, rng: random.Random
+        self,
+        known: Snapshot,
+        ledger: bytes | None,
+        clock: Clock,
+        rng: random.Random,
+        *,
+        registry: Listing | None = None,
+        keep: Callable[[Snapshot], None] = lambda listing: None,
     ) -> None:
         self._known = known
         self._ledger = ledger
@@ -547,9 +560,11 @@ class OnionDirectory:
         self._random = rng
         self._pool: RpcRouter | None = None
         self._reading = trio.Lock()
-        #: ``known`` was read just now (by the caller, directly): as fresh as any read.
-        #: On the network's clock, which a simulation's jumps move too.
-        self._read_at_ms = clock.now_ms()
+        self._registry = registry
+        self._keep = keep
+        #: When ``known`` was last read (on the network's clock, which a simulation's
+        #: jumps move too): now if the caller just read it directly, never if it was kept.
+        self._read_at_ms: int | None = None if registry is not None else clock.now_ms()
 
     def read_through(self, pool: RpcRouter) -> None:
         """From now on read through ``pool`` (the device's onion requests)."""
@@ -566,11 +581,17 @@ class OnionDirectory:
     async def fetch(self) -> Snapshot:
         async with self._reading:
             now_ms = self._clock.now_ms()
-            if now_ms - self._read_at_ms < LISTING_FRESH_S * 1000:
+            if self._read_at_ms is not None and now_ms - self._read_at_ms < LISTING_FRESH_S * 1000:
                 return self._known
             if self._pool is None or not self._known.nodes:
                 raise RpcError("unavailable", "no paths or no service nodes to read from")
-            answers = await self._answers(self._pool)
+            try:
+                answers = await self._answers(self._pool)
+            except RpcError:
+                if self._registry is None:
+                    raise
+                return await self._read_registry(self._registry)
+            self._registry = None  # the kept listing served: no direct read this start
             merged = merge_listings(
                 self._known,
                 answers,
@@ -581,7 +602,21 @@ class OnionDirectory:
             self._read_at_ms = now_ms
             if merged.nodes:
                 self._known = merged
+                self._keep(merged)
             return self._known
+
+    async def _read_registry(self, registry: Listing) -> Snapshot:
+        """No node of the kept listing answered through paths: read the registry from
+        the device's address, the once a start that a device without a kept listing
+        reads it (a failure leaves the way open for the next fetch)."""
+        logger.info("no node of the kept listing answered: reading the registry directly")
+        snapshot = await registry.fetch()
+        self._registry = None
+        self._read_at_ms = self._clock.now_ms()
+        if snapshot.nodes:
+            self._known = snapshot
+            self._keep(snapshot)
+        return self._known
 
     async def _answers(self, pool: RpcRouter) -> list[Snapshot]:
         """Up to :data:`LISTING_SOURCES` nodes' listings, each checked on its own."""

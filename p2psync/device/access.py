@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeGuard
+from typing import Protocol, TypeGuard
 
 from overlay.constants import DEFAULT_HOPS
 from overlay.contact import Contact, ContactError, verified_directory
@@ -26,10 +26,10 @@ from overlay.link import TcpTransport, Transport, split_host_port
 from overlay.tasks import open_task_nursery
 
 from ..clock import Clock
-from ..errors import ConnectionLost, P2PSyncError
+from ..errors import ConnectionLost, DecodeError, P2PSyncError
 from ..onion_requests import DirectoryKeys, KnownListing, OnionDirectory, OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
-from ..swarm.registry import Listing, RegistryDirectory, Snapshot
+from ..swarm.registry import CACHED_LISTING_MAX_AGE_MS, Listing, RegistryDirectory, Snapshot
 from ..websocket import WebSocketTransport, split_url
 from .keys import choice_seed
 from .relay_listing import keep_relays_current
@@ -109,6 +109,14 @@ def relay_contacts_in(snapshot: Snapshot, now_ms: int) -> list[Contact]:
     return list(verified_directory(contacts, now_ms).values())
 
 
+class ListingKeeper(Protocol):
+    """Where a device keeps the registry's listing between starts, so that a start
+    builds its first paths from it rather than ask the registry from its address."""
+
+    def kept_listing(self) -> object | None: ...  # the announcements, as kept
+    def keep_listing(self, listing: Snapshot) -> None: ...
+
+
 @dataclass(frozen=True)
 class NetworkAccess:
     transport: Transport
@@ -149,11 +157,12 @@ class NetworkAccess:
         local_name: str | None = None,
         entry_filter: EntryFilter | None = None,
         rng: random.Random | None = None,
+        keeper: ListingKeeper | None = None,
     ) -> AsyncIterator[tuple[RpcRouter, NetworkAccess]]:
         """The pool a device reaches servers with, as :attr:`rpc_route` says, and the
         network as the device is to use it while the pool is open: reading the registry's
         listing through that pool too, on the onion route (:class:`OnionDirectory`), so
-        that the registry sees the device's address once here and not at every read.
+        that the registry sees the device's address at most once a start, and not at every read.
 
         Onion requests go on paths of an endpoint of their own, with a fresh key each
         time: the paths are not those the device meets its siblings on, and nothing ties
@@ -161,13 +170,20 @@ class NetworkAccess:
         first hops are relays ``entry_filter`` admits: a device's siblings must not enter
         the overlay where its onion requests do, or that relay would see both
         addresses. ``rng`` picks the service nodes the listing is read from (a device's
-        own, so that simulated devices do not all ask the same ones)."""
+        own, so that simulated devices do not all ask the same ones). With a ``keeper``
+        holding a listing from an earlier start that still serves (:meth:`_kept_listing`),
+        the registry is read directly only if no node of it answers through the paths."""
         if self.rpc_route == "direct":
             async with open_rpc_pool(self.transport) as pool:
                 yield pool, self
             return
-        # The one direct read: the relays to build the first paths through.
-        snapshot = await self.directory.fetch()
+        keep = keeper.keep_listing if keeper is not None else lambda listing: None
+        snapshot = self._kept_listing(keeper)
+        registry: Listing | None = self.directory
+        if snapshot is None:
+            # The one direct read: the relays to build the first paths through.
+            snapshot, registry = await self.directory.fetch(), None
+            keep(snapshot)
         contacts = relay_contacts_in(snapshot, self.clock.now_ms())
         if len(contacts) < DEFAULT_HOPS:
             raise ConnectionLost(
@@ -179,6 +195,8 @@ class NetworkAccess:
             self.ledger,
             self.clock,
             rng or self.random_for(b"", b"onion listing"),
+            registry=registry,
+            keep=keep,
         )
         through_paths = replace(self, directory=listing)
         async with (
@@ -198,6 +216,25 @@ class NetworkAccess:
             nursery.start_soon(keep_relays_current, endpoint, through_paths)
             yield onion, through_paths
             nursery.cancel_scope.cancel()
+
+    def _kept_listing(self, keeper: ListingKeeper | None) -> Snapshot | None:
+        """The listing ``keeper`` kept from an earlier start, checked again as a read
+        one is (signatures, registrations, announcements at most a day old, as service
+        nodes serve their copies), if it still names a service node and enough relays
+        whose contacts have not expired to build paths through; else None."""
+        kept = None if keeper is None else keeper.kept_listing()
+        if kept is None:
+            return None
+        now_ms = self.clock.now_ms()
+        try:
+            snapshot = Snapshot.from_announcements(
+                kept, now_ms, ledger=self.ledger, max_age_ms=CACHED_LISTING_MAX_AGE_MS
+            )
+        except DecodeError:
+            return None
+        if not snapshot.nodes or len(relay_contacts_in(snapshot, now_ms)) < DEFAULT_HOPS:
+            return None
+        return snapshot
 
     async def relay_contacts(self) -> list[Contact]:
         """The overlay relays the listing names now whose signed contacts verify."""

@@ -443,6 +443,7 @@ async def open_device(
             network.open_routes(
                 entry_filter=SiblingEntries(local, or_any=True),
                 rng=network.random_for(local.device_identity.seed, b"onion listing"),
+                keeper=local,
             ) as routes,
             open_task_nursery() as nursery,
         ):

@@ -82,7 +82,8 @@ class Friends:
     async def _run(self, user: str, event: FriendEvent, text: str = "") -> None:
         """Run the user's ``event`` through the friend machine and execute its effects."""
         local = self._local
-        local.check_belongs()
+        if event != FriendEvent.DECLINE:  # declining sends nothing
+            local.check_belongs()
         existing = local.store.contact(user)
         try:
             move = friend_transition(None if existing is None else existing.state, event)

@@ -93,6 +93,10 @@ class View(Protocol):
     def contact(self, user: str) -> Contact | None: ...
     def siblings(self) -> Mapping[str, str]: ...
     def revoked_at_ms(self, user: str, device: str) -> int | None: ...  # None: not revoked
+    @property
+    def revoked_here_at_ms(self) -> int | None: ...  # when our primary unpaired this device
+    @property
+    def paired_at_ms(self) -> int: ...  # the mapping this device was paired by (0: none)
     def pairing(self, request_id: bytes) -> Pairing | None: ...
     def allow_pairing(self, sender_key: bytes) -> bool: ...
     @property
@@ -521,12 +525,18 @@ class _Decision:
 
     def this_device_revoked(self, revocation: Revocation) -> list[Effect]:
         """Our primary unpaired this device. Only a ``mapped`` primary revokes (``linked``
-        devices all hold the account key that would sign it); read again, it was kept."""
+        devices all hold the account key that would sign it); read again, it was taken;
+        one dated before the mapping this device was paired by ends an earlier pairing
+        (a grant that never arrived, revoked, then this device paired again). Decided
+        from what this device was told, not from the revocations it keeps: a file
+        server's answer may carry the same revocation first."""
         why_not = self.view.rules.can_revoke()
         if why_not is not None:
             raise _Refused(why_not)
-        if self.view.revoked_at_ms(revocation.primary, revocation.secondary) is not None:
+        if self.view.revoked_here_at_ms is not None:
             raise _AppliedAlready
+        if revocation.timestamp_ms <= self.view.paired_at_ms:
+            raise _Refused("a revocation of an earlier pairing of this device")
         return [RevokedHere(revocation)]
 
     def checked_statement(self, data: bytes, what: str) -> LinkedStatement:

@@ -24,7 +24,9 @@ from ..clock import Clock
 from ..envelope import seal_envelope
 from ..errors import DecodeError
 from ..identity import Identity, message_hash, session_id_key
+from ..mapping import Revocation
 from ..rpc import KeyedRateLimit
+from ..swarm.registry import Snapshot
 from ..sync.records import Relays
 from ..wire import decode_cbor, encode_cbor
 from .content import NAMESPACE_OF, Content, HistoryRecord, encode_content
@@ -42,6 +44,13 @@ logger = logging.getLogger(__name__)
 LINKED_STATEMENT_META = "linked_statement"
 #: Followed by a friend's id: the statement of that friend's move to ``linked``.
 FRIEND_MOVE_META = "friend_move/"
+#: This device's own revocation by its primary, once told (:class:`~.inbound.RevokedHere`).
+REVOKED_HERE_META = "revoked_here"
+#: When the primary signed the mapping this device was paired by (``mapped`` mode): a
+#: revocation dated before it is of an earlier pairing.
+PAIRED_AT_META = "paired_at_ms"
+#: Where the registry's listing is kept between starts (its signed announcements).
+REGISTRY_LISTING_META = "registry_listing"
 #: Where the user's own display name is kept.
 DISPLAY_NAME_META = "display_name"
 DISPLAY_NAME_AT_META = "display_name_at_ms"
@@ -105,6 +114,22 @@ class Local:
             self.store.set_meta(ENTRY_LISTING_META, encode_cbor([listing.read_ms, contacts]))
         return bool(listing.contacts) and changed
 
+    def kept_listing(self) -> object | None:
+        """The registry's listing as last read (see :meth:`keep_listing`), or None."""
+        kept = self.store.get_meta(REGISTRY_LISTING_META)
+        if kept is None:
+            return None
+        try:
+            return decode_cbor(kept)
+        except DecodeError:
+            return None  # checked again as it is used, as a read listing is
+
+    def keep_listing(self, listing: Snapshot) -> None:
+        """Keep ``listing``'s signed announcements for the next start: it builds its
+        first paths from them (:meth:`NetworkAccess.open_routes`)."""
+        if listing.announcements:
+            self.store.set_meta(REGISTRY_LISTING_META, encode_cbor(listing.announcements_to_wire()))
+
     def load_identity(self) -> None:
         """The mode's rules and the identity this device receives as and signs with: its
         own in ``mapped`` mode, the account's (shared by every sibling) in ``linked``
@@ -153,6 +178,8 @@ class Local:
         (``account_seed``), a primary's own key is the account's already."""
         self.store.set_meta("mode", Mode.LINKED.value.encode())
         self.store.set_meta(LINKED_STATEMENT_META, statement)
+        # The account handed this device its key: whatever revoked it before is undone.
+        self.store.delete_meta(REVOKED_HERE_META)
         if account_seed is not None:
             self.store.set_meta("account_seed", account_seed)
         self.load_identity()
@@ -162,6 +189,14 @@ class Local:
         return self.rules.is_primary(self.user_id, self.device_id)
 
     # --- the inbound View -------------------------------------------------------------------
+
+    @property
+    def revoked_here_at_ms(self) -> int | None:
+        return self.me.revoked_at_ms
+
+    @property
+    def paired_at_ms(self) -> int:
+        return int(self.store.get_meta(PAIRED_AT_META) or b"0")
 
     @property
     def device_id(self) -> str:
@@ -285,8 +320,16 @@ def whoami_of(store: DeviceStore) -> Whoami:
         receives_as=identity.session_id,
         device_key=device.ed25519_public,
         overlay_key=overlay_public(device_seed),
-        revoked_at_ms=store.revoked_at_ms(user_id, device.session_id),
+        revoked_at_ms=revoked_here_at_ms(store),
     )
+
+
+def revoked_here_at_ms(store: DeviceStore) -> int | None:
+    """When the primary unpaired this device, as it was told (None: it belongs). Only the
+    record it was told by counts, not a revocation of its key seen anywhere else (a file
+    server's answer, the account's own move to ``linked``)."""
+    kept = store.get_meta(REVOKED_HERE_META)
+    return None if kept is None else Revocation.from_bytes(kept).timestamp_ms
 
 
 def acting_identity(store: DeviceStore, device: Identity) -> tuple[Identity, str]:

@@ -74,8 +74,12 @@ class Outbox:
             await self._passed.wait()
 
     async def _deliver(self) -> None:
-        """Store every pending copy, oldest entry first; raise on the first failure."""
+        """Store every pending copy, oldest entry first; raise on the first failure. A
+        device its primary unpaired sends nothing more as the user (what its inbound
+        work queues, a crossing friend request's acceptance say, would be refused)."""
         store = self._store
+        if self._local.me.revoked_at_ms is not None:
+            store.drop_outbox()
         for entry in store.outbox():
             if not entry.expanded:
                 store.expand(entry.seq, await self._expand(entry))

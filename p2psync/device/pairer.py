@@ -22,6 +22,7 @@ from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, message_hash, sealable_key, session_id_key
 from ..mapping import (
     PAIRING_WINDOW_MS,
+    DeviceMapping,
     PairingRequest,
     grant_pairing,
     revoke_pairing,
@@ -43,7 +44,7 @@ from .content import (
 from .friends import ContactState
 from .inbound import pairing_details
 from .keys import pairing_nonce
-from .local import Local
+from .local import PAIRED_AT_META, Local
 from .outbox import Outbox
 from .pairing import (
     IllegalPairing,
@@ -324,6 +325,9 @@ class Pairer:
                 store.set_meta("account_seed", grant.seed)
             store.set_meta("user", pairing.peer.encode())
             store.set_meta("paired", b"1")
+            if grant.mapping is not None:
+                paired_at_ms = DeviceMapping.from_bytes(grant.mapping).timestamp_ms
+                store.set_meta(PAIRED_AT_META, str(paired_at_ms).encode())
             self._move_pairing(pairing, PairingEvent.GRANT_RECEIVED)
             store.set_meta("secret", grant.secret)
             for sibling in grant.devices:

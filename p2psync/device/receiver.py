@@ -45,7 +45,7 @@ from .inbound import (
     decide,
     pairing_details,
 )
-from .local import Local
+from .local import REVOKED_HERE_META, Local
 from .migrator import Migrator
 from .outbox import Outbox
 from .pairer import Pairer
@@ -235,8 +235,10 @@ class Receiver:
                 case RevokedHere(revocation=revocation):
                     with store.transaction():
                         store.keep_revocations([revocation])
+                        store.set_meta(REVOKED_HERE_META, revocation.to_bytes())
                         for sibling in store.siblings():
                             store.remove_sibling(sibling)
+                        store.drop_outbox()  # everyone would refuse it now
                     local.load_identity()  # whoami() says so from now on
                     self._outbox.forget(local.user_id)
                     self._siblings.restart()

@@ -259,6 +259,9 @@ class DeviceStore:
     def set_meta(self, key: str, value: bytes) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, key: str) -> None:
+        self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     # --- history --------------------------------------------------------------------------
 
     def add_message(
@@ -524,6 +527,13 @@ class DeviceStore:
                 ).rowcount
                 if kept:
                     self._drop_copies_to(revocation.secondary)
+
+    def drop_outbox(self) -> None:
+        """Forget everything queued and not stored yet (a device unpaired by its primary:
+        whoever it went to would refuse it)."""
+        with self.transaction():
+            self._db.execute("DELETE FROM outbox_copies")
+            self._db.execute("DELETE FROM outbox")
 
     def _drop_copies_to(self, owner: str) -> None:
         self._db.execute("DELETE FROM outbox_copies WHERE owner = ?", (owner,))

@@ -75,6 +75,8 @@ class Known:
     display_name_at_ms: int = 0
     migration: LinkedStatement | None = None
     revoked: dict[tuple[str, str], int] = field(default_factory=dict)
+    revoked_here_at_ms: int | None = None
+    paired_at_ms: int = 0
     friend_moves: dict[str, LinkedStatement] = field(default_factory=dict)
 
     @property
@@ -284,15 +286,21 @@ def test_our_primarys_revocation_of_a_sibling_is_kept() -> None:
 
 
 def test_our_primarys_revocation_of_this_device_is_taken_once_and_only_in_mapped_mode() -> None:
-    """The unpaired device learns it (and stops acting for the user); a copy read again
-    changes nothing; a sibling cannot revoke it, nor can a linked sibling (every linked
-    device holds the account key a revocation would be signed with)."""
+    """The unpaired device learns it (and stops acting for the user), even if a file
+    server's answer carried the same revocation first; a copy read again once it was
+    told changes nothing; one dated before the mapping this device was paired by is of
+    an earlier pairing; a sibling cannot revoke it, nor can a linked sibling (every
+    linked device holds the account key a revocation would be signed with)."""
     mine = revoke_pairing(PRIMARY, ME.session_id, NOW - 10)
-    assert run(mapped_secondary(), inbound(DeviceRevoked(mine.to_bytes()), PRIMARY)) == [
-        RevokedHere(mine)
-    ]
-    known = mapped_secondary(revoked={(PRIMARY.session_id, ME.session_id): NOW - 10})
-    assert run(known, inbound(DeviceRevoked(mine.to_bytes()), PRIMARY)) == []
+    seen = mapped_secondary(revoked={(PRIMARY.session_id, ME.session_id): NOW - 10})
+    for known in (mapped_secondary(), seen):
+        assert run(known, inbound(DeviceRevoked(mine.to_bytes()), PRIMARY)) == [RevokedHere(mine)]
+    told = mapped_secondary(revoked_here_at_ms=NOW - 10)
+    assert run(told, inbound(DeviceRevoked(mine.to_bytes()), PRIMARY)) == []
+    [earlier] = run(
+        mapped_secondary(paired_at_ms=NOW - 10), inbound(DeviceRevoked(mine.to_bytes()), PRIMARY)
+    )
+    assert isinstance(earlier, Reject) and "earlier pairing" in earlier.reason
     [forged] = run(mapped_secondary(), inbound(DeviceRevoked(mine.to_bytes()), SIBLING))
     assert isinstance(forged, Reject) and "from the primary that signed it" in forged.reason
     linked = Known(mode=Mode.LINKED, user_id=PRIMARY.session_id)

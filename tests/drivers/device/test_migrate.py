@@ -133,7 +133,9 @@ async def test_a_secondary_away_longer_than_the_ttl_still_switches(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     """The move's records outlive the device's TTL (up to the swarm's longest): the
-    desktop, away three days, still finds its hand-over and the friend its statement."""
+    desktop, away three days, still finds its hand-over and the friend its statement.
+    Meanwhile the file server lists its old key as revoked (the move retired it), which
+    does not make the desktop think its primary unpaired it."""
     async with (
         open_world() as network,
         siblings_and_friend(network, tmp_path, "mapped") as (phone, desktop, bob),
@@ -144,11 +146,15 @@ async def test_a_secondary_away_longer_than_the_ttl_still_switches(
         await phone.migrate("linked")
         await phone.flush()
         network.clock.skip_idle(3 * DAY_MS)
+        await desktop.set_display_name("Alice")  # a sync record: its devices looked up
         await desktop.set_online(True)
         await bob.set_online(True)
         await wait_until(lambda: desktop.whoami().mode == "linked")
         await wait_until(lambda: bob.friends.contact(alice).devices == (alice,))  # type: ignore[union-attr]
         assert not desktop.rejections and not bob.rejections
+        assert desktop.whoami().revoked_at_ms is None
+        await desktop.send(bob.session_id, "after the move")
+        await wait_until(lambda: "after the move" in [i.text for i in bob.history(alice)])
 
 
 @pytest.mark.parametrize("friend_mode", ["mapped", "linked"])

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
 import trio.testing
 
 from overlay.contact import make_contact
 from overlay.keys import KeyPair
+from p2psync.device import open_device
+from p2psync.device.access import NetworkAccess
 from p2psync.device.relay_listing import RELAY_REREAD_S
+from p2psync.device.values import TRANSIENT
 from p2psync.identity import Identity
+from p2psync.network import LocalNetwork
 from p2psync.onion_requests import OnionRpcPool
+from p2psync.rpc import RpcRouter
+from p2psync.swarm.client import SwarmClient
+from p2psync.swarm.registry import CACHED_LISTING_MAX_AGE_MS, Snapshot
 
 from .helpers import open_world
+
+DAVE = Identity.from_label("dave")
 
 
 async def test_an_onion_pool_that_stays_up_takes_the_relays_listed_now(
@@ -76,3 +87,108 @@ async def test_relays_whose_contacts_do_not_verify_are_not_counted(
         listed = {relay.identity.ed25519_public for relay in network.relays}
         contacts = await network.access().relay_contacts()
         assert {c.pubkey for c in contacts} == listed
+
+
+class KeptListing:
+    """A device's keeper of the listing (:class:`~p2psync.device.access.ListingKeeper`)."""
+
+    def __init__(self) -> None:
+        self.kept: object | None = None
+
+    def kept_listing(self) -> object | None:
+        return self.kept
+
+    def keep_listing(self, listing: Snapshot) -> None:
+        self.kept = listing.announcements_to_wire()
+
+
+def registry_reads_by(network: LocalNetwork, host: str) -> list[None]:
+    """Each read of the listing the registry answers to ``host`` from now on."""
+    reads: list[None] = []
+    assert network.registry_rpc is not None
+    network.registry_rpc.observe(
+        lambda method, peer, params: (
+            reads.append(None) if (method, peer) == ("list", host) else None
+        )
+    )
+    return reads
+
+
+async def store_and_read(pool: RpcRouter, reading: NetworkAccess, text: bytes) -> None:
+    """Store a message for Dave and read it back, through ``pool``, until that works."""
+    swarm = SwarmClient(pool, reading.directory, reading.clock, random.Random(3))
+    while True:
+        try:
+            digest, _ = await swarm.store(DAVE.session_id, 0, text)
+            messages, _, _ = await swarm.retrieve(DAVE, 0, None)
+        except TRANSIENT:
+            await trio.sleep(1)
+            continue
+        assert digest in [m.hash for m in messages]
+        return
+
+
+async def test_a_start_with_a_kept_listing_does_not_show_the_registry_the_device(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The first start reads the registry from the device's address (it knows no relay to
+    build paths through); a start an hour later builds them from the listing kept, and
+    the registry sees the device no more."""
+    async with open_world(relays=6) as network:
+        reads = registry_reads_by(network, "dave")
+        keeper = KeptListing()
+        access = network.access(rpc_route="onion", host="dave")
+        async with access.open_routes(keeper=keeper) as (pool, reading):
+            await store_and_read(pool, reading, b"first start")
+        assert len(reads) == 1 and keeper.kept is not None
+        await trio.sleep(3600)
+        async with access.open_routes(keeper=keeper) as (pool, reading):
+            with trio.fail_after(60):
+                await store_and_read(pool, reading, b"second start")
+            await trio.sleep(2 * RELAY_REREAD_S)  # the listing read again, through paths
+        assert len(reads) == 1
+
+
+async def test_a_kept_listing_whose_relays_are_gone_costs_one_direct_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every relay the kept listing names crashed while the device was off, and others
+    joined: no path can be built from it, so the device reads the registry directly,
+    once, and goes on through the relays listed now. A kept listing past a day old is
+    not used at all."""
+    async with open_world(relays=3) as network:
+        reads = registry_reads_by(network, "dave")
+        keeper = KeptListing()
+        access = network.access(rpc_route="onion", host="dave")
+        async with access.open_routes(keeper=keeper) as (pool, reading):
+            await store_and_read(pool, reading, b"first start")
+        gone = list(network.relays)
+        for relay in gone:
+            await network.stop_relay(relay)
+        await network.add_relays(3)
+        async with access.open_routes(keeper=keeper) as (pool, reading):
+            with trio.fail_after(120):
+                await store_and_read(pool, reading, b"past the relays' crash")
+            assert isinstance(pool, OnionRpcPool)
+            # (The crashed relays stay listed until their announcements lapse.)
+            joined = {relay.identity.ed25519_public for relay in network.relays}
+            assert joined <= pool.endpoint.relays
+        assert len(reads) == 2
+        await network.pass_idle(CACHED_LISTING_MAX_AGE_MS + 60_000)
+        async with access.open_routes(keeper=keeper) as (pool, reading):
+            await store_and_read(pool, reading, b"a day later")
+        assert len(reads) == 3
+
+
+async def test_a_device_keeps_its_listing_in_its_folder(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The same, for a device: opened again, it reads the registry no more."""
+    async with open_world(relays=6) as network:
+        reads = registry_reads_by(network, "dave")
+        access = network.access(rpc_route="onion", host="dave")
+        for start in range(2):
+            async with open_device(tmp_path / "dave", access, mode="linked") as dave:
+                await dave.sync_now()
+            assert len(reads) == 1, start
+            await trio.sleep(600)
