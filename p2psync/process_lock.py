@@ -1,17 +1,49 @@
 """One process at a time on a directory's state: an advisory lock on a file, held while
 the object is open and released by the kernel if the process dies (a ``kill -9`` leaves
-nothing to clean up)."""
+nothing to clean up).
+
+The lock is a Linux open-file-description lock (``F_OFD_SETLK``): like ``flock`` it
+belongs to the open file, not to the process, so closing another descriptor of the same
+file elsewhere in the process does not drop it; and unlike ``flock`` it can be tested
+without being taken (``F_OFD_GETLK``), so a ``status`` asking whether a device is in use
+never holds the lock for a moment that a ``run`` starting just then would find taken.
+Where the platform has no such locks, ``flock`` and a probe that takes it briefly stand
+in."""
 
 from __future__ import annotations
 
 import fcntl
+import os
+import struct
 from pathlib import Path
+from typing import IO
 
 from .errors import P2PSyncError
+
+#: ``struct flock`` on Linux: type, whence, start, length (0: the whole file), pid (0 for
+#: open-file-description locks), padded to its size.
+_FLOCK = "hhqqi4x"
+_OFD = hasattr(fcntl, "F_OFD_SETLK")
 
 
 class InUse(P2PSyncError):
     """Another process holds the lock."""
+
+
+def _whole_file(kind: int) -> bytes:
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0)
+
+
+def _try_lock(file: IO[bytes]) -> bool:
+    """Take the lock on ``file`` if no one holds it; whether it was taken."""
+    try:
+        if _OFD:
+            fcntl.fcntl(file, fcntl.F_OFD_SETLK, _whole_file(fcntl.F_WRLCK))
+        else:  # pragma: no cover - Linux has OFD locks
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held elsewhere
+        return False
+    return True
 
 
 class ProcessLock:
@@ -20,11 +52,9 @@ class ProcessLock:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file = open(self.path, "a+b")  # noqa: SIM115 (held until close)
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(self._file):
             self._file.close()
-            raise InUse(f"{self.path} is held by another process") from None
+            raise InUse(f"{self.path} is held by another process")
 
     def close(self) -> None:
         self._file.close()
@@ -37,15 +67,19 @@ class ProcessLock:
 
     @staticmethod
     def held(path: str | Path) -> bool:
-        """Whether a process holds the lock on ``path`` now."""
+        """Whether a process holds the lock on ``path`` now (tested, never taken)."""
         try:
             file = open(path, "rb")  # noqa: SIM115 (closed below)
         except FileNotFoundError:
             return False
         with file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(file, fcntl.LOCK_UN)
-            return False
+            if not _OFD:  # pragma: no cover - Linux has OFD locks
+                if not _try_lock(file):
+                    return True
+                fcntl.flock(file, fcntl.LOCK_UN)
+                return False
+            # Asking needs no write access: the answer is the lock that would stop a
+            # write lock now, or F_UNLCK.
+            answer = fcntl.fcntl(file, fcntl.F_OFD_GETLK, _whole_file(fcntl.F_WRLCK))
+            kind = struct.unpack(_FLOCK, answer)[0]
+            return bool(kind != fcntl.F_UNLCK)

@@ -3,6 +3,8 @@ once, before it touches the running network's keys, stores or ``network.json``."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,39 @@ async def test_a_second_network_on_a_directory_in_use_is_refused_and_touches_not
     assert described.read_text() == '{"the running network": true}\n'
     left = sorted(path.name for path in await trio.Path(tmp_path).iterdir())
     assert left == ["network.json", NETWORK_LOCK]
+
+
+def test_the_lock_is_seen_across_processes_and_freed_when_its_holder_dies(
+    tmp_path: Path,
+) -> None:
+    """Held by another process, the lock is seen and refused; killed with SIGKILL, that
+    process leaves it free. A probe only asks (``F_OFD_GETLK``): it never holds the lock
+    for a moment in which a process starting just then would be refused."""
+    path = tmp_path / "lock"
+    assert not ProcessLock.held(path)
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from p2psync.process_lock import ProcessLock;"
+            f" lock = ProcessLock({str(path)!r}); print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+            assert ProcessLock.held(path)
+            with pytest.raises(InUse):
+                ProcessLock(path)
+        finally:
+            holder.kill()
+            holder.wait()
+    assert not ProcessLock.held(path)
+    with ProcessLock(path):
+        assert ProcessLock.held(path)  # seen from this process too (another open file)
+        for _ in range(3):
+            assert ProcessLock.held(path)
+    assert not ProcessLock.held(path)
+    with ProcessLock(path):
+        pass
