@@ -674,10 +674,12 @@ def main(argv: Sequence[str] | None = None, *, held: HeldStops | None = None) ->
     inside the import system, the KeyboardInterrupt can come out as another error (a
     ``ModuleNotFoundError`` for the module it interrupted) or not at all."""
     stops = held if held is not None else HeldStops.from_now()
+    command_line = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(command_line)
     finally:
         stops.release()
+    args.command_line = command_line  # a device command may hand it to a running `run`
     try:
         if stops.signals:
             raise KeyboardInterrupt if stops.signals[0] == signal.SIGINT else Terminated
@@ -696,17 +698,24 @@ def exit_status(exc: BaseException, program: str = "p2psync") -> int:
     can explain (1) is one line on stderr and its status; anything else is a bug, raised
     again for its traceback. For the lab's own entry points too, so every command stops
     and fails alike."""
+    explained = explain(exc, program)
+    if explained is None:
+        raise exc
+    status, line = explained
+    print(line, file=sys.stderr)
+    return status
+
+
+def explain(exc: BaseException, program: str = "p2psync") -> tuple[int, str] | None:
+    """The exit status and the one line :func:`exit_status` gives ``exc``; None for a bug."""
     error = _single(exc)
     if isinstance(error, KeyboardInterrupt):
-        print("stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, "stopped"
     if isinstance(error, Terminated):
-        print("terminated", file=sys.stderr)
-        return EXIT_TERMINATED
+        return EXIT_TERMINATED, "terminated"
     if isinstance(error, CommandError | P2PSyncError | ValueError | OSError):
-        print(f"{program}: error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    raise exc
+        return EXIT_FAILURE, f"{program}: error: {error}"
+    return None
 
 
 def _single(exc: BaseException) -> BaseException:

@@ -18,20 +18,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import signal
-import sys
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import aclosing, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import trio
 
 from .arguments import MAX_SECONDS, number_up_to, whole_number
+from .cli_control import CONTROL_SOCKET, forward, say, serve_control
 from .device import (
     Contact,
     Device,
@@ -50,6 +54,8 @@ from .device.content import REFUSED_NAME_CATEGORIES, check_display_name
 from .errors import DecodeError
 from .identity import sealable_key
 from .wire import INT64_MAX
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0
 #: The open group numbers posts from 1; a cursor is an unsigned 63-bit id on the wire.
@@ -120,9 +126,9 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], *lines: str) -> None:
     someone's text and is escaped like any control character, so a message cannot start
     a line that looks like another message."""
     if getattr(args, "json", False):
-        print(json.dumps(obj), flush=True)
+        say(json.dumps(obj))
     else:
-        print("\n".join(terminal_safe(line) for line in lines), flush=True)
+        say("\n".join(terminal_safe(line) for line in lines))
 
 
 def terminal_safe(text: str) -> str:
@@ -207,6 +213,24 @@ async def _leave_promptly(device: Device) -> None:
         await device.set_online(False, promptly=True)
 
 
+#: The commands a ``run`` holding the device does for other terminals
+#: (:mod:`p2psync.cli_control`); ``run`` itself, and what reads no network, are not.
+HANDED_TO_RUN = frozenset(
+    {"name", "pair", "accept", "send", "inbox", "devices", "migrate", "rooms", "contacts"}
+)
+
+
+@dataclass(frozen=True)
+class _Work:
+    work: Callable[[Device], Awaitable[None]]
+    gave_up: str
+
+
+#: While ``run`` does a command handed to it: where :func:`_run` leaves that command's
+#: work, for the running device to do (see :func:`_perform`), instead of opening one.
+_handed: ContextVar[list[_Work] | None] = ContextVar("handed", default=None)
+
+
 def _run(
     args: argparse.Namespace,
     work: Callable[[Device], Awaitable[None]],
@@ -215,7 +239,8 @@ def _run(
     gave_up: str = "is the network running?",
 ) -> int:
     """Open the device, run ``work`` on it and leave, within ``--timeout`` (past it,
-    the error says what the command waited for: ``gave_up``).
+    the error says what the command waited for: ``gave_up``). If a ``run`` holds the
+    device, it does the work instead (:func:`_hand_to_run`).
 
     Ctrl-C and SIGTERM (130, 143) while the device opens end the command. Once it is
     open they stop the work, or the leave that follows it (Ctrl-C right after ``send``
@@ -224,6 +249,13 @@ def _run(
     store them; and it closes without leaving again, whether that leave finished or
     not, so the command ends within :data:`STOP_LEAVING_S` and a little. A failure of
     the work leaves promptly too."""
+    handed = _handed.get()
+    if handed is not None:  # this is that run, doing it
+        handed.append(_Work(work, gave_up))
+        return 0
+    status = _hand_to_run(args)
+    if status is not None:
+        return status
     stop = _Stop()
 
     async def main() -> None:
@@ -255,9 +287,69 @@ def _run(
     return stop.code or 0
 
 
+def _hand_to_run(args: argparse.Namespace) -> int | None:
+    """Have the ``run`` holding the device do this command (its exit status, after its
+    output), or None if no run holds it (or this command is not one it does)."""
+    data, argv = Path(args.data), getattr(args, "command_line", None)
+    if argv is None or args.device_command not in HANDED_TO_RUN:
+        return None
+    if not (data / CONTROL_SOCKET).exists() or not device_in_use(data):
+        return None
+    stop = _Stop()
+
+    async def main() -> int | None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(stop.receive, nursery.cancel_scope)
+            status = await forward(data, argv)
+            nursery.cancel_scope.cancel()
+            return status
+        return None  # stopped (closing the connection stopped the work there)
+
+    status = trio.run(main)
+    return stop.code if stop.code is not None else status
+
+
+async def _perform(device: Device, data: Path, argv: list[str]) -> int:
+    """Do a command handed to this ``run`` from another terminal on ``device``, as the
+    command would have done it (:func:`_run` gives its work back rather than open the
+    device; the device stays online after it): its exit status."""
+    from .cli import build_parser, explain  # the command line's module imports this one
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # the terminal parsed the same line: only another version fails
+        say("p2psync: error: the running device cannot read this command line", err=True)
+        return 2
+    if getattr(args, "device_command", None) not in HANDED_TO_RUN:
+        say("p2psync: error: the running device does not do this command", err=True)
+        return 2
+    args.data = str(data)  # the terminal's path may be relative to another directory
+    handed: list[_Work] = []
+    token = _handed.set(handed)
+    try:
+        status = int(args.run(args))
+        timeout = getattr(args, "timeout", DEFAULT_TIMEOUT_S)
+        for work in handed:
+            try:
+                with trio.fail_after(timeout):
+                    await work.work(device)
+            except trio.TooSlowError:
+                raise TimeoutError(f"gave up after {timeout:g} s ({work.gave_up})") from None
+    except Exception as exc:
+        explained = explain(exc)
+        if explained is None:
+            logger.exception("a command handed to this run failed")
+            explained = (1, f"p2psync: error: the running device failed: {exc!r}")
+        status, line = explained
+        say(line, err=True)
+    finally:
+        _handed.reset(token)
+    return status
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     _, device_id = create_device(Path(args.data), args.mode, args.name)
-    print(f"created {args.mode} device {args.name!r}: {device_id}")
+    say(f"created {args.mode} device {args.name!r}: {device_id}")
     return 0
 
 
@@ -302,20 +394,20 @@ def _cmd_name(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
         await device.set_display_name(args.name)
         await device.flush()
-        print(f"display name set: {_named(args.name, device.session_id)}")
+        say(f"display name set: {_named(args.name, device.session_id)}")
 
     return _run(args, work)
 
 
 def _cmd_pair(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
-        print(f"asked {args.primary[:12]}… to pair; waiting for it to answer", flush=True)
+        say(f"asked {args.primary[:12]}… to pair; waiting for it to answer")
         ticket = await device.pairing.request(args.primary)
-        print(f"pairing code: {ticket.code}", flush=True)
-        print("check that the primary shows the same code, then accept it there:")
-        print(f"  p2psync device accept --code '{ticket.code}' ...", flush=True)
+        say(f"pairing code: {ticket.code}")
+        say("check that the primary shows the same code, then accept it there:")
+        say(f"  p2psync device accept --code '{ticket.code}' ...")
         await device.pairing.wait_paired()
-        print(f"paired: this device now acts for user {device.session_id}")
+        say(f"paired: this device now acts for user {device.session_id}")
 
     waited_for = (
         f"{args.primary[:12]}… did not answer, or did not accept: it answers while online"
@@ -357,7 +449,7 @@ def _cmd_accept(args: argparse.Namespace) -> int:
                     f"{_when(offer.timestamp_ms)}",
                 )
             if not args.json:
-                print("accept one with: p2psync device accept --code CODE ...")
+                say("accept one with: p2psync device accept --code CODE ...")
         elif args.decline:
             await device.pairing.decline(code)
             _emit(
@@ -376,9 +468,9 @@ def _cmd_send(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
         message_id = await device.send(args.user, args.text)
         # Kept from here on: a later run delivers it if this one is cut short.
-        print(f"accepted {message_id.hex()}; storing it in the swarm", flush=True)
+        say(f"accepted {message_id.hex()}; storing it in the swarm")
         await device.flush()
-        print(f"sent {message_id.hex()}")
+        say(f"sent {message_id.hex()}")
         # Leaving the device above stored the sync copies its siblings had not
         # acknowledged, so they have the message without this device coming back.
 
@@ -400,8 +492,8 @@ def _print_friend_request(args: argparse.Namespace, contact: Contact) -> None:
 
 async def _watch_requests(args: argparse.Namespace, device: Device) -> None:
     """For ``run``: a line for each friend request and pairing request as it arrives (they
-    are answered with ``contacts`` and ``accept`` once ``run`` has stopped: one process
-    holds the device at a time)."""
+    are answered with ``contacts`` and ``accept`` from another terminal, which hand the
+    work to this run: :mod:`p2psync.cli_control`)."""
     shown_friends: set[str] = set()
     shown_pairings: set[str] = set()
 
@@ -425,7 +517,7 @@ async def _watch_requests(args: argparse.Namespace, device: Device) -> None:
                 args,
                 {"kind": "pairing_request", "code": offer.code, "name": offer.name},
                 f"pairing request from a device named {offer.name!r}, code {offer.code}"
-                " (answer with `device accept` once `run` has stopped)",
+                f" (answer in another terminal: `p2psync device accept --code '{offer.code}' ...`)",
             )
 
 
@@ -556,13 +648,12 @@ async def _watch_sync(args: argparse.Namespace, device: Device) -> None:
                 shown = now
                 if args.json:
                     keys = ("direct_sync", "starting", "siblings", "connected_siblings")
-                    print(json.dumps({"kind": "sync"} | {k: status[k] for k in keys}), flush=True)
+                    say(json.dumps({"kind": "sync"} | {k: status[k] for k in keys}))
                 else:
-                    print(
+                    say(
                         f"syncs {_how_it_syncs(now[0], now[1])}; siblings connected directly: "
                         f"{len(now[2])} of {len(status['siblings'])}",
-                        file=sys.stderr,
-                        flush=True,
+                        err=True,
                     )
             await trio.sleep(SYNC_LOOK_S)
     finally:
@@ -588,12 +679,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def work(device: Device) -> None:
         me = device.whoami()
-        print(
+        say(
             f"online as {_named(me.display_name, me.session_id)} ({me.mode}); Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
+            err=True,
         )
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                serve_control, Path(args.data), partial(_perform, device, Path(args.data))
+            )
             nursery.start_soon(_watch_sync, args, device)
             nursery.start_soon(print_messages, device)
             nursery.start_soon(_watch_requests, args, device)
@@ -626,7 +719,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         await device.sync_now()
         if args.revoke:
             await device.pairing.revoke(args.revoke)
-            print(f"revoked {args.revoke}")
+            say(f"revoked {args.revoke}")
         me, connected = device.whoami(), device.sync_status().connected_siblings
         _emit(
             args,
@@ -655,9 +748,9 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         retired = await device.migrate(args.to)
         await device.flush()
         friends = sum(1 for c in device.friends.contacts() if c.state == "friend")
-        print(f"moved user {device.session_id} to {args.to} mode; told {friends} friend(s)")
+        say(f"moved user {device.session_id} to {args.to} mode; told {friends} friend(s)")
         for old in retired:
-            print(
+            say(
                 f"device {old} gets the account's key when it next comes online"
                 " (run any device command there before sending from it)"
             )
@@ -719,7 +812,7 @@ def _cmd_contacts(args: argparse.Namespace) -> int:
         if not args.json:
             me = device.whoami()
             user = _named(me.display_name, me.session_id)
-            print(f"user {user} (device {_short(me.device_id)}, {me.mode})")
+            say(f"user {user} (device {_short(me.device_id)}, {me.mode})")
         for contact in device.friends.contacts():
             devices = ", ".join(_short(d) for d in contact.devices)
             _emit(

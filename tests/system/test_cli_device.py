@@ -64,19 +64,19 @@ def sync_copies(network: LocalNetwork, account: str) -> set[bytes]:
 
 
 async def stop_once_it_says(
-    command: list[str], says: bytes, stop: signal.Signals
+    command: list[str], says: bytes, stop: signal.Signals, *, on_stderr: bool = False
 ) -> tuple[int, bytes]:
-    """Run ``command``, send it ``stop`` once its output shows ``says``: its exit status
-    and what it printed by then."""
+    """Run ``command``, send it ``stop`` once its output (``on_stderr``: its errors) shows
+    ``says``: its exit status and what it printed there by then."""
+    where = {"stderr" if on_stderr else "stdout": subprocess.PIPE}
     async with trio.open_nursery() as nursery:
-        process = await nursery.start(
-            partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
-        )
-        assert process.stdout is not None
+        process = await nursery.start(partial(trio.run_process, command, check=False, **where))
+        output = process.stderr if on_stderr else process.stdout
+        assert output is not None
         said = b""
         with trio.fail_after(60):
             while says not in said:
-                chunk = await process.stdout.receive_some()
+                chunk = await output.receive_some()
                 assert chunk, f"it exited before it said {says!r}"
                 said += chunk
             process.send_signal(stop)
@@ -192,7 +192,9 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
     """A network has relays unless told otherwise, so siblings sync directly; a ``send``
     that exits while its sibling is away leaves a sync copy, and ``inbox`` then shows only
     what is new. ``run`` stays online and prints each message as it arrives, holds the
-    device folder (a second process is refused), and stops on SIGTERM with status 143."""
+    device folder (a second ``run`` is refused) and does the commands typed beside it
+    (their output, their exit status; Ctrl-C on one stops it there, not the run), and
+    stops on SIGTERM with status 143."""
     async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
         assert network.relays, "direct sync needs relays, and a network starts them by default"
         where = describe(tmp_path, network)
@@ -248,8 +250,22 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
                 started = b""
                 while b"online as" not in started:
                     started += await process.stderr.receive_some()
-            code_, _, err = await run("inbox", *where("desktop"))
+            code_, _, err = await run("run", *where("desktop", timeout=False))
             assert code_ == 1 and "in use by another process" in err
+            # A command typed beside the run is done by the running device.
+            history = await ok("inbox", *where("desktop"), "--all", "--json")
+            texts = [json.loads(x)["text"] for x in history.splitlines()]
+            assert "while the desktop was away" in texts and "stopped as it left" in texts
+            code_, _, err = await run("send", *where("desktop"), ids["carol"], "hi?")
+            handed, failed = err.splitlines()
+            assert code_ == 1 and "done by the `p2psync device run`" in handed
+            assert "is not a friend" in failed
+            # Ctrl-C on a command the run is doing stops that command, not the run.
+            waiting = [*P2PSYNC, "accept", *where("desktop"), "--wait", "60", "--code", "1"]
+            code_, _ = await stop_once_it_says(
+                waiting, b"done by the", signal.SIGINT, on_stderr=True
+            )
+            assert code_ == 130
             # status and whoami read what the run reports instead of opening the device.
             beside = await ok("status", *where("desktop"))
             assert "as reported by `p2psync device run`, process" in beside
@@ -271,7 +287,7 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
                     printed += chunk
             [line] = [json.loads(x) for x in printed.splitlines() if b"was running" in x]
             assert line["outgoing"] and line["conversation"] == ids["bob"]
-            # A friend request shows as it arrives (answered once `run` has stopped).
+            # A friend request shows as it arrives, and is answered beside the run.
             await ok("contacts", *where("carol"), "--add", alice, "--text", "carol here")
             with trio.fail_after(60):
                 while not any(b'"friend_request"' in x for x in printed.split(b"\n")[:-1]):
@@ -280,6 +296,9 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
                     printed += chunk
             [request] = [json.loads(x) for x in printed.splitlines() if b"friend_request" in x]
             assert (request["user"], request["note"]) == (ids["carol"], "carol here")
+            await ok("contacts", *where("desktop"), "--accept", ids["carol"])
+            await ok("send", *where("desktop"), ids["carol"], "welcome, from the run")
+            assert "welcome, from the run" in await ok("inbox", *where("carol"), "--wait", "2")
             # How it syncs, as a line of its own when it changes (first: at start).
             syncs = [x for x in map(json.loads, printed.splitlines()) if x["kind"] == "sync"]
             assert syncs and syncs[0]["siblings"] == [ids["phone"]]

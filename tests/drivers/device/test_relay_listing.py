@@ -128,6 +128,17 @@ async def store_and_read(pool: RpcRouter, reading: NetworkAccess, text: bytes) -
         return
 
 
+async def first_start(network: LocalNetwork) -> tuple[list[None], KeptListing, NetworkAccess]:
+    """Dave's first start on the onion route: one direct read, and the listing kept."""
+    reads = registry_reads_by(network, "dave")
+    keeper = KeptListing()
+    access = network.access(rpc_route="onion", host="dave")
+    async with access.open_routes(keeper=keeper) as (pool, reading):
+        await store_and_read(pool, reading, b"first start")
+    assert len(reads) == 1 and keeper.kept is not None
+    return reads, keeper, access
+
+
 async def test_a_start_with_a_kept_listing_does_not_show_the_registry_the_device(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -135,12 +146,7 @@ async def test_a_start_with_a_kept_listing_does_not_show_the_registry_the_device
     build paths through); a start an hour later builds them from the listing kept, and
     the registry sees the device no more."""
     async with open_world(relays=6) as network:
-        reads = registry_reads_by(network, "dave")
-        keeper = KeptListing()
-        access = network.access(rpc_route="onion", host="dave")
-        async with access.open_routes(keeper=keeper) as (pool, reading):
-            await store_and_read(pool, reading, b"first start")
-        assert len(reads) == 1 and keeper.kept is not None
+        reads, keeper, access = await first_start(network)
         await trio.sleep(3600)
         async with access.open_routes(keeper=keeper) as (pool, reading):
             with trio.fail_after(60):
@@ -157,11 +163,7 @@ async def test_a_kept_listing_whose_relays_are_gone_costs_one_direct_read(
     once, and goes on through the relays listed now. A kept listing past a day old is
     not used at all."""
     async with open_world(relays=3) as network:
-        reads = registry_reads_by(network, "dave")
-        keeper = KeptListing()
-        access = network.access(rpc_route="onion", host="dave")
-        async with access.open_routes(keeper=keeper) as (pool, reading):
-            await store_and_read(pool, reading, b"first start")
+        reads, keeper, access = await first_start(network)
         gone = list(network.relays)
         for relay in gone:
             await network.stop_relay(relay)
