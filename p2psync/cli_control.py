@@ -18,8 +18,9 @@ lines are not caught up in it).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
+import logging
 import os
 import socket
 import struct
@@ -34,6 +35,8 @@ import trio
 
 from .errors import P2PSyncError
 
+logger = logging.getLogger(__name__)
+
 #: The socket a running device listens on, in its folder.
 CONTROL_SOCKET = "control.sock"
 #: The longest request line (a command line) and answer line (one line of output).
@@ -43,6 +46,8 @@ MAX_ANSWER_BYTES = 4 * 1024 * 1024
 #: one must say what it asks.
 MAX_CONNECTIONS = 16
 REQUEST_WITHIN_S = 10.0
+#: Lines of output a command's terminal may leave unread before it is let go.
+MAX_PENDING_LINES = 10_000
 
 #: Where :func:`say` writes: None for this process's stdout and stderr, else a function of
 #: (line, to stderr) that sends it to the terminal that asked.
@@ -92,9 +97,27 @@ def _same_user(sock: trio.socket.SocketType) -> bool:
     return bool(uid == os.getuid())
 
 
-#: What a running device does for one forwarded command line: the work, with output
-#: going through :func:`say`; its exit status.
-Perform = Callable[[list[str]], Awaitable[int]]
+#: What a running device does for one handed command: its command line and the network
+#: file it named (absolute) in, its exit status out, the work's output going through
+#: :func:`say`.
+Perform = Callable[[list[str], str | None], Awaitable[int]]
+
+
+def _listening_socket(path: Path) -> socket.socket:
+    """A Unix socket listening at ``path`` with mode 0600 from its first moment: bound
+    under a umask that allows nothing else, synchronously, so no other task or thread
+    of the process makes files while the umask is narrowed."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    umask = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    except OSError:
+        listener.close()
+        raise
+    finally:
+        os.umask(umask)
+    listener.listen(MAX_CONNECTIONS)
+    return listener
 
 
 async def serve_control(
@@ -104,27 +127,33 @@ async def serve_control(
     the module docstring). The socket goes with the run; one a killed run left behind is
     replaced (the caller holds the device, so no other run is listening on it). A folder
     whose path is too long for a Unix socket gets a line on stderr, and the run goes on
-    without it."""
+    without it. No connection, whatever it sends or however it ends, stops the run."""
     path = folder / CONTROL_SOCKET
     path.unlink(missing_ok=True)
-    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    umask = os.umask(0o177)
     try:
-        await listener.bind(str(path))
+        listener = trio.socket.from_stdlib_socket(_listening_socket(path))
     except OSError as exc:
-        listener.close()
         say(f"commands from other terminals are unavailable: {path}: {exc}", err=True)
         task_status.started()
         return
-    finally:
-        os.umask(umask)
     try:
-        listener.listen(MAX_CONNECTIONS)
-        limit = trio.CapacityLimiter(MAX_CONNECTIONS)
+        slots = trio.CapacityLimiter(MAX_CONNECTIONS)
 
         async def answer(stream: trio.SocketStream) -> None:
-            async with limit, stream:
-                await _answer(stream, perform)
+            async with stream:
+                with trio.move_on_after(REQUEST_WITHIN_S) as waiting:
+                    await slots.acquire()
+                if waiting.cancelled_caught:  # every slot busy for as long as a request may take
+                    busy = f"p2psync: error: the running device is doing {MAX_CONNECTIONS} commands"
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        await stream.send_all(_frame({"err": busy}) + _frame({"exit": 1}))
+                    return
+                try:
+                    await _answer(stream, perform)
+                except Exception:  # one connection never ends the run
+                    logger.exception("a command from another terminal failed")
+                finally:
+                    slots.release()
 
         task_status.started()
         await trio.serve_listeners(answer, [trio.SocketListener(listener)])
@@ -132,24 +161,33 @@ async def serve_control(
         path.unlink(missing_ok=True)
 
 
+async def _request(stream: trio.SocketStream) -> tuple[list[str], str | None] | None:
+    """The command line and network a connection asks for, or None if it does not ask
+    for one within :data:`REQUEST_WITHIN_S` in the shape :func:`forward` sends."""
+    with trio.move_on_after(REQUEST_WITHIN_S):
+        async with aclosing(_lines(stream, MAX_REQUEST_BYTES)) as lines:
+            try:
+                request = json.loads(await anext(lines))
+            except Exception:  # an end, a line too long, not JSON (even nested too deep)
+                return None
+        if not isinstance(request, dict):
+            return None
+        argv, network = request.get("argv"), request.get("network")
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            return None
+        if network is not None and not isinstance(network, str):
+            return None
+        return argv, network
+    return None
+
+
 async def _answer(stream: trio.SocketStream, perform: Perform) -> None:
     if not _same_user(stream.socket):
         return
-    lines = _lines(stream, MAX_REQUEST_BYTES)
-    try:
-        with trio.fail_after(REQUEST_WITHIN_S):
-            request = await anext(lines)
-        argv = json.loads(request)["argv"]
-        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-            raise ControlError("argv is not a list of strings")
-    except (StopAsyncIteration, ControlError, ValueError, KeyError, TypeError, trio.TooSlowError):
+    asked = await _request(stream)
+    if asked is None:
         return  # not a command from this program: nothing to say to it
-    finally:
-        await lines.aclose()
-    send, receive = trio.open_memory_channel[bytes](math.inf)
-
-    def sink(line: str, err: bool) -> None:
-        send.send_nowait(_frame({"err" if err else "out": line}))
+    send, receive = trio.open_memory_channel[bytes](MAX_PENDING_LINES)
 
     async def relay_output() -> None:
         async with receive:
@@ -163,31 +201,42 @@ async def _answer(stream: trio.SocketStream, perform: Perform) -> None:
 
     try:
         async with trio.open_nursery() as nursery:
+
+            def sink(line: str, err: bool) -> None:
+                try:
+                    send.send_nowait(_frame({"err" if err else "out": line}))
+                except trio.WouldBlock:  # a terminal that does not read: let it go
+                    nursery.cancel_scope.cancel()
+                except trio.ClosedResourceError:  # said after the command was done
+                    print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
             nursery.start_soon(until_hung_up, nursery.cancel_scope)
             async with trio.open_nursery() as relaying:
                 relaying.start_soon(relay_output)
                 with send:  # closed once the work is done: the relay then ends
                     token = _sink.set(sink)
                     try:
-                        status = await perform(argv)
+                        status = await perform(*asked)
                     finally:
                         _sink.reset(token)
             await stream.send_all(_frame({"exit": status}))  # after every line of output
             nursery.cancel_scope.cancel()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the terminal went away: nothing more to tell it
 
 
-async def forward(folder: Path, argv: list[str]) -> int | None:
-    """Have the device running in ``folder`` do ``argv``, printing what it says; its exit
-    status, or None if no run answers there (none listening: the caller goes on as if
-    this were never tried)."""
+async def forward(folder: Path, argv: list[str], network: str | None) -> int | None:
+    """Have the device running in ``folder`` do ``argv`` (which names ``network``, an
+    absolute path, or None), printing what it says; its exit status, or None if no run
+    answers there (none listening: the caller goes on as if this were never tried)."""
     try:
         stream = await trio.open_unix_socket(str(folder / CONTROL_SOCKET))
     except OSError:
         return None
     async with stream, aclosing(_lines(stream, MAX_ANSWER_BYTES)) as lines:
-        await stream.send_all(_frame({"argv": argv}))
+        if not _same_user(stream.socket):
+            raise ControlError(f"{folder / CONTROL_SOCKET} is served by another user")
+        await stream.send_all(_frame({"argv": argv, "network": network}))
         say(f"(done by the `p2psync device run` holding {folder})", err=True)
         async for line in lines:
             try:

@@ -214,10 +214,12 @@ async def _leave_promptly(device: Device) -> None:
 
 
 #: The commands a ``run`` holding the device does for other terminals
-#: (:mod:`p2psync.cli_control`); ``run`` itself, and what reads no network, are not.
+#: (:mod:`p2psync.cli_control`); ``run`` itself, and what reads no network, are not. It
+#: does those that change who the user is or which devices it has one at a time.
 HANDED_TO_RUN = frozenset(
     {"name", "pair", "accept", "send", "inbox", "devices", "migrate", "rooms", "contacts"}
 )
+ONE_AT_A_TIME = frozenset({"name", "pair", "accept", "devices", "migrate"})
 
 
 @dataclass(frozen=True)
@@ -296,11 +298,12 @@ def _hand_to_run(args: argparse.Namespace) -> int | None:
     if not (data / CONTROL_SOCKET).exists() or not device_in_use(data):
         return None
     stop = _Stop()
+    network = os.path.abspath(args.network)
 
     async def main() -> int | None:
         async with trio.open_nursery() as nursery:
             await nursery.start(stop.receive, nursery.cancel_scope)
-            status = await forward(data, argv)
+            status = await forward(data, argv, network)
             nursery.cancel_scope.cancel()
             return status
         return None  # stopped (closing the connection stopped the work there)
@@ -309,10 +312,20 @@ def _hand_to_run(args: argparse.Namespace) -> int | None:
     return stop.code if stop.code is not None else status
 
 
-async def _perform(device: Device, data: Path, argv: list[str]) -> int:
-    """Do a command handed to this ``run`` from another terminal on ``device``, as the
-    command would have done it (:func:`_run` gives its work back rather than open the
-    device; the device stays online after it): its exit status."""
+@dataclass(frozen=True)
+class _Running:
+    """What a ``run`` does handed commands with (:func:`_perform`)."""
+
+    device: Device
+    data: Path
+    network: str  # the network file it runs on, absolute
+    one_at_a_time: trio.Lock
+
+
+async def _perform(running: _Running, argv: list[str], network: str | None) -> int:
+    """Do a command handed to this ``run`` from another terminal, as the command would
+    have done it (:func:`_run` gives its work back rather than open the device; the
+    device stays online after it): its exit status."""
     from .cli import build_parser, explain  # the command line's module imports this one
 
     try:
@@ -323,7 +336,14 @@ async def _perform(device: Device, data: Path, argv: list[str]) -> int:
     if getattr(args, "device_command", None) not in HANDED_TO_RUN:
         say("p2psync: error: the running device does not do this command", err=True)
         return 2
-    args.data = str(data)  # the terminal's path may be relative to another directory
+    if network != running.network:
+        say(
+            f"p2psync: error: the device runs on {running.network}, not {network}:"
+            " stop its `run` to use another network",
+            err=True,
+        )
+        return 1
+    args.data = str(running.data)  # the terminal's path may be relative to another directory
     handed: list[_Work] = []
     token = _handed.set(handed)
     try:
@@ -332,7 +352,11 @@ async def _perform(device: Device, data: Path, argv: list[str]) -> int:
         for work in handed:
             try:
                 with trio.fail_after(timeout):
-                    await work.work(device)
+                    if args.device_command in ONE_AT_A_TIME:
+                        async with running.one_at_a_time:
+                            await work.work(running.device)
+                    else:
+                        await work.work(running.device)
             except trio.TooSlowError:
                 raise TimeoutError(f"gave up after {timeout:g} s ({work.gave_up})") from None
     except Exception as exc:
@@ -684,14 +708,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             err=True,
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                serve_control, Path(args.data), partial(_perform, device, Path(args.data))
-            )
+            running = _Running(device, Path(args.data), network, trio.Lock())
+            nursery.start_soon(serve_control, running.data, partial(_perform, running))
             nursery.start_soon(_watch_sync, args, device)
             nursery.start_soon(print_messages, device)
             nursery.start_soon(_watch_requests, args, device)
             nursery.start_soon(_watch_revocation, args, device)
 
+    network = os.path.abspath(args.network)  # what commands handed to it must name
     args.timeout = math.inf  # until stopped: the command has no --timeout
     return _run(args, work)
 

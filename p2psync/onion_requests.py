@@ -562,13 +562,19 @@ class OnionDirectory:
         self._reading = trio.Lock()
         self._registry = registry
         self._keep = keep
+        self._relisted: Callable[[Snapshot], object] = lambda listing: None
         #: When ``known`` was last read (on the network's clock, which a simulation's
         #: jumps move too): now if the caller just read it directly, never if it was kept.
         self._read_at_ms: int | None = None if registry is not None else clock.now_ms()
 
-    def read_through(self, pool: RpcRouter) -> None:
-        """From now on read through ``pool`` (the device's onion requests)."""
+    def read_through(
+        self, pool: RpcRouter, relisted: Callable[[Snapshot], object] = lambda listing: None
+    ) -> None:
+        """From now on read through ``pool`` (the device's onion requests); ``relisted``
+        takes what the registry lists if a kept listing's paths fail and it is read
+        directly (the pool's paths can then be built through the relays listed now)."""
         self._pool = pool
+        self._relisted = relisted
 
     @property
     def known(self) -> Snapshot:
@@ -585,12 +591,16 @@ class OnionDirectory:
                 return self._known
             if self._pool is None or not self._known.nodes:
                 raise RpcError("unavailable", "no paths or no service nodes to read from")
-            try:
-                answers = await self._answers(self._pool)
-            except RpcError:
-                if self._registry is None:
-                    raise
-                return await self._read_registry(self._registry)
+            if self._registry is None:
+                answers = await self._answers(self._pool, LISTING_ATTEMPTS, LISTING_READ_S)
+            else:
+                # A kept listing: one short try through its paths, then the registry (its
+                # relays may be gone, and every read through them would wait out its
+                # deadline before the direct one).
+                try:
+                    answers = await self._answers(self._pool, 1, ONION_ATTEMPT_TIMEOUT_S)
+                except RpcError:
+                    return await self._read_registry(self._registry)
             self._registry = None  # the kept listing served: no direct read this start
             merged = merge_listings(
                 self._known,
@@ -616,18 +626,20 @@ class OnionDirectory:
         if snapshot.nodes:
             self._known = snapshot
             self._keep(snapshot)
+        self._relisted(snapshot)
         return self._known
 
-    async def _answers(self, pool: RpcRouter) -> list[Snapshot]:
-        """Up to :data:`LISTING_SOURCES` nodes' listings, each checked on its own."""
+    async def _answers(self, pool: RpcRouter, attempts: int, within_s: float) -> list[Snapshot]:
+        """Up to :data:`LISTING_SOURCES` nodes' listings, each checked on its own, from at
+        most ``attempts`` nodes given ``within_s`` each."""
         nodes = list(self._known.nodes)
         self._random.shuffle(nodes)
         answers: list[Snapshot] = []
         errors: list[str] = []
-        for node in nodes[:LISTING_ATTEMPTS]:
+        for node in nodes[:attempts]:
             if len(answers) == LISTING_SOURCES:
                 break
-            with self._clock.move_on_after(LISTING_READ_S) as deadline:
+            with self._clock.move_on_after(within_s) as deadline:
                 try:
                     announcements = await read_listing_pages(partial(pool.call, node.url, "list"))
                     answers.append(
@@ -641,7 +653,7 @@ class OnionDirectory:
                 except LISTING_ERRORS as exc:
                     errors.append(f"{node.url}: {exc}")
             if deadline.cancelled_caught:
-                errors.append(f"{node.url}: no answer in {LISTING_READ_S:g} s")
+                errors.append(f"{node.url}: no answer in {within_s:g} s")
         if not answers:
             raise RpcError("unavailable", f"no node answered for the listing: {errors}")
         return answers

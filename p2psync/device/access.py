@@ -212,7 +212,12 @@ class NetworkAccess:
         ):
             keys = DirectoryKeys(KnownListing(listing), self.clock, self.server_keys)
             onion = OnionRpcPool(endpoint, keys, self.clock)
-            listing.read_through(onion)
+            listing.read_through(
+                onion,
+                lambda listing: endpoint.update_directory(
+                    relay_contacts_in(listing, self.clock.now_ms())
+                ),
+            )
             nursery.start_soon(keep_relays_current, endpoint, through_paths)
             yield onion, through_paths
             nursery.cancel_scope.cancel()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import trio
+
 from ..errors import RpcError
 from .content import AccountLinked, LinkedHandOver
 from .friends import ContactState
@@ -52,11 +54,19 @@ class Migrator:
         self._sync_now = sync_now
         self._relisten = relisten
         self._decline_ungrantable = decline_ungrantable
+        #: One move at a time: a second, asked for while the first awaits the network,
+        #: would pass the same checks and sign a statement of its own.
+        self._moving = trio.Lock()
 
     async def migrate(self, to: str) -> tuple[str, ...]:
         """On the primary: move the account to ``to`` (``linked``); returns the device
         keys retired (the secondaries, which act with the account's key once they read
-        the hand-over)."""
+        the hand-over). A second call while one is under way waits for it, then finds
+        the account linked already."""
+        async with self._moving:
+            return await self._migrate(to)
+
+    async def _migrate(self, to: str) -> tuple[str, ...]:
         local = self._local
         if to != Mode.LINKED:
             raise DeviceError(f"an account moves to linked mode only, not to {to!r}")

@@ -23,8 +23,8 @@ async def test_the_work_says_its_lines_in_order_then_its_status(
 ) -> None:
     asked: list[list[str]] = []
 
-    async def perform(argv: list[str]) -> int:
-        asked.append(argv)
+    async def perform(argv: list[str], network: str | None) -> int:
+        asked.append([*argv, str(network)])
         for n in range(200):
             say(f"line {n}")
             if n % 50 == 0:
@@ -36,9 +36,9 @@ async def test_the_work_says_its_lines_in_order_then_its_status(
         await nursery.start(serve_control, tmp_path, perform)
         mode = stat.S_IMODE(os.stat(tmp_path / CONTROL_SOCKET).st_mode)
         assert mode == 0o600
-        assert await forward(tmp_path, ["device", "send", "x"]) == 3
+        assert await forward(tmp_path, ["device", "send", "x"], "/net.json") == 3
         nursery.cancel_scope.cancel()
-    assert asked == [["device", "send", "x"]]
+    assert asked == [["device", "send", "x", "/net.json"]]
     out, err = capsys.readouterr()
     assert out.splitlines() == [f"line {n}" for n in range(200)]
     assert err.splitlines()[-1] == "a warning"
@@ -48,7 +48,7 @@ async def test_the_work_says_its_lines_in_order_then_its_status(
 async def test_a_terminal_that_hangs_up_stops_its_work(tmp_path: Path) -> None:
     started, cancelled = trio.Event(), trio.Event()
 
-    async def perform(argv: list[str]) -> int:
+    async def perform(argv: list[str], network: str | None) -> int:
         started.set()
         try:
             await trio.sleep_forever()
@@ -58,7 +58,7 @@ async def test_a_terminal_that_hangs_up_stops_its_work(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_control, tmp_path, perform)
         with trio.CancelScope() as terminal:
-            nursery.start_soon(lambda: forward(tmp_path, ["device", "accept"]))
+            nursery.start_soon(lambda: forward(tmp_path, ["device", "accept"], None))
             await started.wait()
             terminal.cancel()
         nursery.cancel_scope.cancel()
@@ -66,10 +66,10 @@ async def test_a_terminal_that_hangs_up_stops_its_work(tmp_path: Path) -> None:
 
 
 async def test_no_run_means_none_and_a_run_gone_mid_command_is_an_error(tmp_path: Path) -> None:
-    assert await forward(tmp_path, ["device", "send"]) is None  # no socket
+    assert await forward(tmp_path, ["device", "send"], None) is None  # no socket
     started = trio.Event()
 
-    async def perform(argv: list[str]) -> int:
+    async def perform(argv: list[str], network: str | None) -> int:
         started.set()
         await trio.sleep_forever()
         raise AssertionError("not reached")
@@ -83,7 +83,7 @@ async def test_no_run_means_none_and_a_run_gone_mid_command_is_an_error(tmp_path
             nursery.start_soon(stop_the_run_once_it_works, run)
             await nursery.start(serve_control, tmp_path, perform)
             with pytest.raises(ControlError, match="stopped before the command was done"):
-                await forward(tmp_path, ["device", "send"])
+                await forward(tmp_path, ["device", "send"], None)
         nursery.cancel_scope.cancel()
 
 
@@ -93,7 +93,7 @@ async def test_another_user_is_not_answered() -> None:
     socket is opened up on purpose), the run answers only its own user."""
     performed: list[list[str]] = []
 
-    async def perform(argv: list[str]) -> int:
+    async def perform(argv: list[str], network: str | None) -> int:
         performed.append(argv)
         return 0
 
@@ -141,8 +141,40 @@ async def test_a_folder_too_deep_for_a_socket_runs_without_one(
     deep = tmp_path / ("d" * 120)
     deep.mkdir()
 
-    async def perform(argv: list[str]) -> int:
+    async def perform(argv: list[str], network: str | None) -> int:
         return 0
 
     await serve_control(deep, perform)  # returns at once, having said why
     assert "commands from other terminals are unavailable" in capsys.readouterr().err
+
+
+async def test_no_connection_stops_the_run(tmp_path: Path) -> None:
+    """A terminal that hangs up with output unread, and requests that are not one (too
+    deep for JSON, not a command line), end their own connection only: the run answers
+    the next command as before."""
+    started = trio.Event()
+
+    async def perform(argv: list[str], network: str | None) -> int:
+        if argv == ["chatty"]:  # a long history at once, then a wait
+            for n in range(3000):
+                say(f"line {n} " + "x" * 300)
+            started.set()
+            await trio.sleep_forever()
+        return 0
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, tmp_path, perform)
+        # A terminal that asks, reads nothing and goes (its unread output resets the
+        # connection under the run's writes and reads).
+        stream = await trio.open_unix_socket(str(tmp_path / CONTROL_SOCKET))
+        async with stream:
+            await stream.send_all(b'{"argv": ["chatty"]}\n')
+            await started.wait()
+            await trio.sleep(0.05)
+        for junk in (b"[" * 60_000 + b"\n", b"[1, 2]\n", b'{"argv": [1]}\n', b"\xff\n"):
+            stream = await trio.open_unix_socket(str(tmp_path / CONTROL_SOCKET))
+            async with stream:
+                await stream.send_all(junk)
+                assert await stream.receive_some() == b""  # hung up on, not answered
+        assert await forward(tmp_path, ["quiet"], None) == 0
+        nursery.cancel_scope.cancel()

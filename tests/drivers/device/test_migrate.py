@@ -238,6 +238,21 @@ async def test_only_a_mapped_primary_moves_and_a_lone_one_moves_at_once(
         assert erin.whoami().mode == "linked"
         with pytest.raises(DeviceError, match="already"):
             await erin.migrate("linked")
+        # Two moves asked for at once (two terminals beside a run): one moves, the
+        # other then finds the account linked, and one statement goes out.
+        outcomes: list[object] = []
+
+        async def move() -> None:
+            try:
+                outcomes.append(await dave.migrate("linked"))
+            except DeviceError as exc:
+                outcomes.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(move)
+            nursery.start_soon(move)
+        assert outcomes[0] == (tablet.whoami().device_id,)
+        assert isinstance(outcomes[1], str) and "already" in outcomes[1]
 
 
 async def test_pairing_across_modes_is_declined_at_once(
