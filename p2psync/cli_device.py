@@ -490,6 +490,9 @@ def _cmd_accept(args: argparse.Namespace) -> int:
 
 def _cmd_send(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
+        contact = device.friends.contact(args.user)
+        if contact is None or contact.state != "friend":
+            await device.sync_now()  # their acceptance may be waiting in the swarm
         message_id = await device.send(args.user, args.text)
         # Kept from here on: a later run delivers it if this one is cut short.
         say(f"accepted {message_id.hex()}; storing it in the swarm")
@@ -510,7 +513,8 @@ def _print_friend_request(args: argparse.Namespace, contact: Contact) -> None:
             "name": contact.name,
             "note": contact.note,
         },
-        f"friend request from {_named(contact.name, contact.user)}: {contact.note!r}",
+        f"friend request from {_named(contact.name, contact.user)}: {contact.note!r}"
+        f" (accept: `p2psync device contacts --accept {contact.user} ...`)",
     )
 
 
@@ -570,7 +574,9 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
-def _how_it_syncs(direct: bool, starting: bool) -> str:
+def _how_it_syncs(direct: bool, starting: bool, siblings: int) -> str:
+    if not siblings:
+        return "(none yet: it has no other device to sync with)"
     if direct:
         return "directly over the overlay, falling back to the swarm"
     if starting:
@@ -609,10 +615,11 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
     return [
         f"user {status['user']} (device {_short(status['device'])}, {status['mode']})",
         *_revoked_line(status["revoked_at_ms"]),
-        f"syncs with its siblings {_how_it_syncs(status['direct_sync'], status['starting'])}",
+        "syncs with its siblings "
+        + _how_it_syncs(status["direct_sync"], status["starting"], len(status["siblings"])),
         f"siblings: {len(status['siblings'])}, "
         f"connected directly now: {len(status['connected_siblings'])}",
-        "last sync (history complete up to): "
+        "history known complete up to (its last whole-history sync with a sibling): "
         + ("never" if synced_ms is None else _when(synced_ms)),
         f"messages a sibling has not acknowledged yet: {status['unacknowledged']}",
         last_run,
@@ -659,7 +666,7 @@ async def _watch_sync(args: argparse.Namespace, device: Device) -> None:
     once a second rather than waiting on the device."""
     data = Path(args.data)
     written: dict[str, Any] | None = None
-    shown: tuple[bool, bool, list[str]] | None = None
+    shown: dict[str, Any] | None = None
     try:
         while True:
             status = _status_of(device)
@@ -667,16 +674,17 @@ async def _watch_sync(args: argparse.Namespace, device: Device) -> None:
             if running != written:
                 _write_running(data, running)
                 written = running
-            now = (status["direct_sync"], status["starting"], status["connected_siblings"])
+            keys = ("direct_sync", "starting", "siblings", "connected_siblings")
+            now = {key: status[key] for key in keys}
             if now != shown:
                 shown = now
                 if args.json:
-                    keys = ("direct_sync", "starting", "siblings", "connected_siblings")
-                    say(json.dumps({"kind": "sync"} | {k: status[k] for k in keys}))
+                    say(json.dumps({"kind": "sync"} | now))
                 else:
+                    how = _how_it_syncs(now["direct_sync"], now["starting"], len(now["siblings"]))
                     say(
-                        f"syncs {_how_it_syncs(now[0], now[1])}; siblings connected directly: "
-                        f"{len(now[2])} of {len(status['siblings'])}",
+                        f"syncs {how}; siblings connected directly: "
+                        f"{len(now['connected_siblings'])} of {len(now['siblings'])}",
                         err=True,
                     )
             await trio.sleep(SYNC_LOOK_S)
@@ -867,6 +875,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         network: bool = True,
         json_output: bool = False,
         wait: float | None = None,
+        wait_help: str = "stay online S seconds first",
         timeout: bool = True,
     ) -> argparse.ArgumentParser:
         sub = device_commands.add_parser(name, help=help_text)
@@ -893,7 +902,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
                 type=number_up_to(MAX_SECONDS),
                 default=wait,
                 metavar="S",
-                help=f"stay online S seconds first (default: {wait:g})",
+                help=f"{wait_help} (default: {wait:g})",
             )
         sub.set_defaults(run=run)
         return sub
@@ -924,6 +933,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         _cmd_accept,
         json_output=True,
         wait=0.0,
+        wait_help="wait up to S seconds for a request (or the one with --code) to arrive",
     )
     decision = accept.add_mutually_exclusive_group()
     decision.add_argument("--code", help="accept the request showing this code")

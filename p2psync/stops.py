@@ -33,5 +33,11 @@ class HeldStops:
         self.signals.append(signum)
 
     def release(self) -> None:
+        """Put the handlers back, except that Ctrl-C is never left ignored: a shell
+        without job control starts a background command with SIGINT ignored, and every
+        command here promises to stop on it (``kill -INT`` included), as the device
+        commands, which receive it through Trio, do anyway."""
         for stop, handler in self._handlers.items():
+            if stop == signal.SIGINT and handler == signal.SIG_IGN:
+                handler = signal.default_int_handler
             signal.signal(stop, handler)

@@ -405,7 +405,10 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         assert me == [f"user {ids['phone']}", f"device {ids['phone']} ('device', mapped)"]
         status = (await ok("status", *where("phone"), "--wait", "0")).splitlines()
         assert len(status) == 6 and "\\u" not in "".join(status), status
-        assert "last sync (history complete up to): never" in status
+        assert (
+            "history known complete up to (its last whole-history sync with a sibling): never"
+            in status
+        )
         first = json.loads(await ok("status", *where("phone"), "--json", "--wait", "0"))
         assert first["last_sync_ms"] is None and not first["starting"]  # no sibling yet
 
