@@ -24,7 +24,6 @@ from overlay.endpoint_core import EntryShare
 from overlay.tasks import open_task_nursery
 
 from ..errors import DecodeError
-from ..swarm.constants import NAMESPACE_MESSAGES
 from ..sync.live import Item, LiveSync
 from ..sync.records import Relays
 from ..sync.syncer import DELIVER_BEFORE_LEAVING_S, KEEPALIVE_S, SiblingSync
@@ -33,6 +32,7 @@ from .content import HistoryRecord, SyncSent
 from .keys import choice_seed, overlay_seed, siblings_secret
 from .local import Local
 from .relay_listing import keep_relays_current
+from .sibling_rules import FallBack, deleted_once_acknowledged, fall_back_plan, stands_in
 from .store import Pending
 from .values import TRANSIENT, Refused
 
@@ -329,11 +329,12 @@ class SiblingHandler:
         origin's grace period leaves the copy to the origin while it is there."""
         store, now = self._local.store, self._local.clock.now_ms()
         others = set(store.siblings()) - {origin}
-        if not others or now - record.timestamp_ms > self._takeover_ms or self.sync is None:
-            return  # nobody else to serve, or history being re-synced rather than news
+        sync = self.sync  # None: history being re-synced, not live
+        if sync is None or not stands_in(len(others), now - record.timestamp_ms, self._takeover_ms):
+            return
         store.add_pending(item.id, now, item.body, False, relayed_from=origin)
         for pending in store.pending(item.id):
-            self._publish_pending(self.sync, pending)
+            self._publish_pending(sync, pending)
 
     def covered_by_sibling(self, message_id: bytes) -> None:
         """A sibling stored this message's sync copy."""
@@ -345,15 +346,13 @@ class SiblingHandler:
         local = self._local
         store = local.store
         found = store.pending(item.id)
-        if not found or found[0].fell_back:
-            return False  # already acknowledged, or already fallen back before a restart
-        pending = found[0]
-        record = HistoryRecord.from_bytes(item.body)
-        if pending.inbound or pending.relayed_from in self.connected:
-            # An inbound message is in the account's swarm already, and a sibling that
-            # sent a message and is still here stores its sync copy itself.
+        plan = fall_back_plan(found[0] if found else None, self.connected)
+        if plan is FallBack.NOTHING:
+            return False
+        if plan is FallBack.SETTLED:
             store.fell_back(item.id, [])
             return False
+        record = HistoryRecord.from_bytes(item.body)
         content = SyncSent(item.id, record.conversation, record.timestamp_ms, record.text)
         owners = local.rules.fallback_owners(local.user_id, siblings)
         with store.transaction():
@@ -366,8 +365,9 @@ class SiblingHandler:
         """Every sibling holds the message: its sync copy can go, and in ``linked`` mode
         an inbound message can leave the account's swarm early too."""
         local = self._local
-        inbound = any(pending.inbound for pending in local.store.pending(message_id))
-        early = [(local.user_id, NAMESPACE_MESSAGES, message_id)] if inbound else []
+        early = deleted_once_acknowledged(
+            local.store.pending(message_id), local.user_id, message_id
+        )
         with local.store.transaction():
             local.store.acknowledged(message_id, early)
         local.wake_outbox()

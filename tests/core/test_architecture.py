@@ -28,6 +28,7 @@ SANS_IO = [
     "p2psync/device/keys.py",
     "p2psync/device/migration.py",
     "p2psync/device/deletions.py",
+    "p2psync/device/sibling_rules.py",
     "p2psync/swarm/ring.py",
     "p2psync/swarm/rows.py",
     "p2psync/swarm/settling.py",
