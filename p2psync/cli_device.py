@@ -17,6 +17,7 @@ A typical session, with two terminals and one network::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -51,6 +52,7 @@ from .device import (
     open_device,
 )
 from .device.content import REFUSED_NAME_CATEGORIES, check_display_name
+from .device.values import TRANSIENT
 from .errors import DecodeError
 from .identity import sealable_key
 from .wire import INT64_MAX
@@ -491,8 +493,11 @@ def _cmd_accept(args: argparse.Namespace) -> int:
 def _cmd_send(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
         contact = device.friends.contact(args.user)
-        if contact is None or contact.state != "friend":
-            await device.sync_now()  # their acceptance may be waiting in the swarm
+        if contact is not None and contact.state == "requested":
+            # Their acceptance may be waiting in the swarm; if it cannot be read now,
+            # the send says why it cannot go.
+            with contextlib.suppress(*TRANSIENT):
+                await device.sync_now()
         message_id = await device.send(args.user, args.text)
         # Kept from here on: a later run delivers it if this one is cut short.
         say(f"accepted {message_id.hex()}; storing it in the swarm")
@@ -556,13 +561,21 @@ async def _watch_revocation(args: argparse.Namespace, device: Device) -> None:
     _emit(args, {"kind": "revoked", "at_ms": revoked_at_ms}, *_revoked_line(revoked_at_ms))
 
 
+def _news(device: Device, items: list[HistoryItem]) -> list[HistoryItem]:
+    """What of ``items`` (unread) is news here: not what this device sent itself, in an
+    earlier command (what it sends while ``run`` is up, ``run`` shows as it goes)."""
+    me = device.whoami().device_id
+    return [item for item in items if not (item.outgoing and item.device == me)]
+
+
 def _cmd_inbox(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
         await device.sync_now()
         await trio.sleep(args.wait)
         # What is new comes in arrival order; it is shown in time order, as the history.
         items = device.history() if args.all else device.unread()
-        for item in sorted(items, key=lambda item: (item.timestamp_ms, item.id)):
+        shown = items if args.all else _news(device, items)
+        for item in sorted(shown, key=lambda item: (item.timestamp_ms, item.id)):
             _print_message(args, device, item)
         if items and not args.all:
             device.mark_read(items[-1])
@@ -698,9 +711,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def print_messages(device: Device) -> None:
         backlog = device.unread()
-        for item in backlog:
+        for item in _news(device, backlog):
             _print_message(args, device, item)
-            device.mark_read(item)
+        if backlog:
+            device.mark_read(backlog[-1])
         # Closed here, not left to the garbage collector after the run has ended (a
         # Ctrl-C would then print the generator's late finalisation as a traceback).
         arrivals = device.incoming(after_seq=backlog[-1].seq if backlog else None)

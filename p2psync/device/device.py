@@ -222,11 +222,9 @@ class Device:
 
     def unread(self) -> list[HistoryItem]:
         """Messages filed since :meth:`mark_read` last moved the read marker, in arrival
-        order (the marker is kept with the device, so a later process continues it); not
-        those this device sent itself, which are no news to it."""
-        me = self._local.device_id
-        arrivals = self._store.arrivals(int(self._store.get_meta("read_seq") or b"0"))
-        return [item for item in arrivals if not (item.outgoing and item.device == me)]
+        order (the marker is kept with the device, so a later process continues it),
+        those this device sent included (``item.device``)."""
+        return self._store.arrivals(int(self._store.get_meta("read_seq") or b"0"))
 
     def mark_read(self, item: HistoryItem) -> None:
         """Move the read marker to ``item`` (never backwards)."""

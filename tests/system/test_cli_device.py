@@ -221,6 +221,7 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
 
         # The desktop is away: the phone's send leaves a sync copy before it exits.
         await ok("send", *where("phone"), ids["bob"], "while the desktop was away")
+        assert "while the desktop was away" not in await ok("inbox", *where("phone"))  # its own
         inbox = await ok("inbox", *where("desktop"))
         assert "→ " in inbox and "while the desktop was away" in inbox
         assert "while the desktop was away" not in await ok("inbox", *where("desktop"))

@@ -372,26 +372,3 @@ async def test_a_revoked_device_is_dropped_by_every_sibling_not_only_the_primary
             await wait_until(lambda: bool(desktop.rejections))
             assert set(desktop.siblings()) == {phone_id}
             assert desktop.whoami().display_name != "still here"
-
-
-async def test_unread_is_what_arrived_not_what_this_device_sent(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path
-) -> None:
-    """A message a device sent is no news to it; one its sibling sent is, as is a reply."""
-    async with (
-        open_world(relays=4) as network,
-        device(network, tmp_path, "phone", "linked") as phone,
-        device(network, tmp_path, "desktop", "linked") as desktop,
-        device(network, tmp_path, "bob", "linked") as bob,
-    ):
-        await pair(phone, desktop)
-        await befriend(phone, bob)
-        for each in (phone, desktop):
-            for item in each.unread():
-                each.mark_read(item)
-        await phone.send(bob.session_id, "from the phone")
-        await wait_until(lambda: texts(desktop, bob.session_id) == [(True, "from the phone")])
-        assert phone.unread() == []
-        assert [i.text for i in desktop.unread()] == ["from the phone"]
-        await bob.send(phone.session_id, "a reply")
-        await wait_until(lambda: [i.text for i in phone.unread()] == ["a reply"])
