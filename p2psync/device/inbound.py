@@ -98,6 +98,7 @@ class View(Protocol):
     @property
     def paired_at_ms(self) -> int: ...  # the mapping this device was paired by (0: none)
     def pairing(self, request_id: bytes) -> Pairing | None: ...
+    def waiting_requests(self) -> list[Pairing]: ...  # pairing requests not answered here
     def allow_pairing(self, sender_key: bytes) -> bool: ...
     @property
     def display_name_at_ms(self) -> int: ...  # when the user's own name was last set
@@ -499,7 +500,14 @@ class _Decision:
         revoked_at = self.view.revoked_at_ms(self.view.user_id, sibling.device)
         if revoked_at is not None and self.item.timestamp_ms <= revoked_at:
             raise _AppliedAlready
-        return [AddSibling(sibling)]
+        effects: list[Effect] = [AddSibling(sibling)]
+        for request in self.view.waiting_requests():
+            # A sibling accepted it (any linked device may): it waits here no more.
+            if pairing_details(request).get("device") == sibling.device:
+                event = PairingEvent.SIBLING_ACCEPTED
+                move = pairing_transition(PairingState(request.state), event)
+                effects.append(KeepPairing(replace(request, state=move.state)))
+        return effects
 
     def device_revoked(self, content: DeviceRevoked) -> list[Effect]:
         """A friend's primary revoked one of its devices, or ours one of our siblings:

@@ -34,7 +34,13 @@ from .inbound import date_refusal
 from .keys import overlay_public
 from .migration import LinkedStatement
 from .modes import RULES, Mode, Rules
-from .pairing import REQUEST_KEY_REFILL_S, REQUEST_REFILL_S, REQUESTS_BURST, REQUESTS_PER_KEY
+from .pairing import (
+    REQUEST_KEY_REFILL_S,
+    REQUEST_REFILL_S,
+    REQUESTS_BURST,
+    REQUESTS_PER_KEY,
+    PairingState,
+)
 from .store import Contact, Copy, DeviceStore, Pairing
 from .values import MAX_REJECTIONS, DeviceConfig, DeviceError, Refused, Rejection, Whoami
 
@@ -225,6 +231,9 @@ class Local:
 
     def pairing(self, request_id: bytes) -> Pairing | None:
         return self.store.pairing(request_id)
+
+    def waiting_requests(self) -> list[Pairing]:
+        return self.store.pairings(incoming=True, state=PairingState.PENDING)
 
     def allow_pairing(self, sender_key: bytes) -> bool:
         return self.pairing_limit.allow(sender_key, self.clock.now_ms() / 1000)

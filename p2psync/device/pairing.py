@@ -71,6 +71,7 @@ class PairingEvent(Enum):
     ACCEPT = "accept"
     DECLINE = "decline"
     CODE_CLASH = "two requests show one code"
+    SIBLING_ACCEPTED = "a sibling accepted it"  # linked: any device of the account may
 
 
 class PairingEffect(Enum):
@@ -121,6 +122,7 @@ PAIRING_TRANSITIONS: dict[tuple[PairingState | None, PairingEvent], PairingTrans
     (_S.PENDING, _E.ACCEPT): PairingTransition(_S.ACCEPTED, (_F.SEND_GRANT, _F.ADD_SIBLING)),
     (_S.PENDING, _E.DECLINE): PairingTransition(_S.DECLINED, (_F.SEND_DECLINE,)),
     (_S.PENDING, _E.CODE_CLASH): PairingTransition(_S.DECLINED),
+    (_S.PENDING, _E.SIBLING_ACCEPTED): PairingTransition(_S.ACCEPTED, (_F.NOTIFY,)),
 }
 
 

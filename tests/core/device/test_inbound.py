@@ -46,6 +46,7 @@ from p2psync.device.inbound import (
 )
 from p2psync.device.migration import LinkedStatement
 from p2psync.device.modes import RULES, Mode, Rules
+from p2psync.device.pairing import PairingState
 from p2psync.device.store import Contact, Pairing
 from p2psync.identity import Identity
 from p2psync.mapping import PAIRING_WINDOW_MS, revoke_pairing
@@ -97,6 +98,10 @@ class Known:
 
     def pairing(self, request_id: bytes) -> Pairing | None:
         return self.pairings.get(request_id)
+
+    def waiting_requests(self) -> list[Pairing]:
+        waiting = [p for p in self.pairings.values() if p.incoming]
+        return [p for p in waiting if p.state == PairingState.PENDING]
 
     def allow_pairing(self, sender_key: bytes) -> bool:
         return self.pairing_allowed
@@ -328,6 +333,31 @@ def test_a_sibling_record_read_again_after_its_revocation_adds_nothing() -> None
     assert run(known, inbound(record, PRIMARY, at=NOW - 20)) == []
     assert run(known, inbound(record, PRIMARY, at=NOW - 10)) == []
     assert run(known, inbound(record, PRIMARY, at=NOW - 9)) == [AddSibling(record)]
+
+
+def test_a_sibling_record_answers_the_request_its_device_made_here() -> None:
+    """A sibling accepted the tablet (any linked device may): the request this device
+    holds from the tablet is accepted too, so it is no longer offered; others wait on."""
+    record = SiblingRecord(SIBLING.session_id, bytes(32), "tablet")
+    tablets = Pairing(
+        DIGEST,
+        True,
+        SIBLING.session_id,
+        "tablet",
+        NOW,
+        "pending",
+        encode_cbor({"device": SIBLING.session_id}),
+    )
+    another = replace(tablets, request_id=bytes(32), data=encode_cbor({"device": "05" + "00" * 32}))
+    known = Known(
+        user_id=PRIMARY.session_id,
+        account_key=PRIMARY.ed25519_public,
+        pairings={DIGEST: tablets, bytes(32): another},
+    )
+    assert run(known, inbound(record, PRIMARY)) == [
+        AddSibling(record),
+        KeepPairing(replace(tablets, state=PairingState.ACCEPTED)),
+    ]
 
 
 def pair_request(mode: Mode = Mode.LINKED, at: int = NOW) -> PairRequest:

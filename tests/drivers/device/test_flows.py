@@ -372,3 +372,25 @@ async def test_a_revoked_device_is_dropped_by_every_sibling_not_only_the_primary
             await wait_until(lambda: bool(desktop.rejections))
             assert set(desktop.siblings()) == {phone_id}
             assert desktop.whoami().display_name != "still here"
+
+
+async def test_a_pairing_request_a_sibling_accepted_waits_no_more(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """In linked mode any device of the account may accept a new one; once the desktop
+    did, the phone, which saw the same request, no longer lists it as waiting."""
+    async with (
+        open_world(relays=4) as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        device(network, tmp_path, "desktop", "linked") as desktop,
+        device(network, tmp_path, "tablet", "linked") as tablet,
+    ):
+        await pair(phone, desktop)
+        await tablet.pairing.request(phone.session_id)
+        await wait_until(lambda: bool(phone.pairing.requests() and desktop.pairing.requests()))
+        [offer] = desktop.pairing.requests()
+        assert await desktop.pairing.accept(offer.code) == offer.device
+        with trio.fail_after(60):
+            await tablet.pairing.wait_paired()
+        await wait_until(lambda: tablet.whoami().device_id in phone.siblings())
+        assert phone.pairing.requests() == []
