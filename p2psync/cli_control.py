@@ -7,12 +7,13 @@ connections from the same user are answered), and such a command hands its comma
 to it: the running device does the work, and the command prints what it would have
 printed and exits with the same status.
 
-The exchange is JSON lines: the command sends ``{"argv": [...]}``; the device answers
-``{"out": line}`` and ``{"err": line}`` as the command runs, then ``{"exit": status}``.
-Closing the connection (Ctrl-C on the command) cancels the work.
+The exchange is JSON lines: the command sends ``{"argv": [...], "network": path}`` (the
+absolute path of the network file it names, which must be the run's); the device
+answers ``{"out": line}`` and ``{"err": line}`` as the command runs, then
+``{"exit": status}``. Closing the connection (Ctrl-C on the command) cancels the work.
 
 Output goes through :func:`say`: to the terminal normally, to the connection while the
-running device does a forwarded command's work (a context variable, so the run's own
+running device does a handed command's work (a context variable, so the run's own
 lines are not caught up in it).
 """
 
