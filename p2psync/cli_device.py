@@ -351,13 +351,11 @@ async def _perform(running: _Running, argv: list[str], network: str | None) -> i
     try:
         status = int(args.run(args))
         timeout = getattr(args, "timeout", DEFAULT_TIMEOUT_S)
+        turn = running.one_at_a_time if args.device_command in ONE_AT_A_TIME else None
         for work in handed:
             try:
                 with trio.fail_after(timeout):
-                    if args.device_command in ONE_AT_A_TIME:
-                        async with running.one_at_a_time:
-                            await work.work(running.device)
-                    else:
+                    async with turn or contextlib.nullcontext():
                         await work.work(running.device)
             except trio.TooSlowError:
                 raise TimeoutError(f"gave up after {timeout:g} s ({work.gave_up})") from None
@@ -708,6 +706,7 @@ async def _watch_sync(args: argparse.Namespace, device: Device) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     """Online until Ctrl-C or SIGTERM: every message as it is filed, one line each, and
     a line whenever how the device syncs changes."""
+    network = os.path.abspath(args.network)  # what commands handed to it must name
 
     async def print_messages(device: Device) -> None:
         backlog = device.unread()
@@ -737,7 +736,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             nursery.start_soon(_watch_requests, args, device)
             nursery.start_soon(_watch_revocation, args, device)
 
-    network = os.path.abspath(args.network)  # what commands handed to it must name
     args.timeout = math.inf  # until stopped: the command has no --timeout
     return _run(args, work)
 
