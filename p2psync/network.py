@@ -355,7 +355,9 @@ async def open_local_network(
             keys = {
                 name: network.identity_for(name) for name in ("registry", "fileserver", "opengroup")
             }
-            registry = RegistryServer(clock, ledger=ledger.public_key)
+            registry = RegistryServer(
+                clock, ledger=ledger.public_key, dial_back=chosen.as_host("registry")
+            )
             network.registry_rpc = registry.rpc
             network.registry_url = await nursery.start(
                 registry.serve,

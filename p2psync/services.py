@@ -206,7 +206,7 @@ async def run_registry(
 ) -> None:
     if ledger is None:
         logger.warning("no --ledger: this registry lists every node that announces itself")
-    server = RegistryServer(clock, data_dir / REGISTRY_FILE, ledger=ledger)
+    server = RegistryServer(clock, data_dir / REGISTRY_FILE, ledger=ledger, dial_back=transport)
     serving = transport.as_server(load_or_create_identity(data_dir / REGISTRY_KEY_FILE).seed)
     async with trio.open_nursery() as nursery:
         announce_ready(await nursery.start(server.serve, serving, listen))

@@ -20,6 +20,12 @@ the list proves itself, any node can serve the copy it holds (its ``list`` metho
 :class:`RegistryDirectory` asks known nodes, then its saved copy, when the registry is
 down: the registry is no longer a single point of failure for reading the network.
 
+Before it lists an address it has not reached yet, the registry connects to it
+(:meth:`RegistryServer._dial_back`): over TLS the ``wss://`` url pins the announcer's own
+key, so the dial proves the announcer serves there, and a staked node or relay cannot
+list an address that is not its own (where devices would waste their paths' attempts, or
+an exit's share would go to someone else's host).
+
 The listing is read in pages (:func:`listing_page`) of at most ``LIST_PAGE`` entries and
 ``LIST_PAGE_BYTES`` bytes, so it holds ``MAX_LISTED`` entries however large each is (up to
 ``MAX_CONTACT_BYTES`` of contact). A reader skips an entry that does not check out and
@@ -39,7 +45,8 @@ from typing import Any, Protocol
 
 import trio
 
-from overlay.link import Transport
+from overlay import tls
+from overlay.link import LinkClosed, Transport
 
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
@@ -68,6 +75,10 @@ MAX_CONTACT_BYTES = 512
 #: Entries and bytes of announcements in one page of ``list`` (well inside a frame).
 LIST_PAGE = 200
 LIST_PAGE_BYTES = 96 * 1024
+#: How long the registry gives an announced address to complete a connection (TLS
+#: included), and how many such dials it makes at once.
+DIAL_BACK_TIMEOUT_S = 5.0
+MAX_DIALS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +280,16 @@ def sign_announcement(
     return {"record": record, "signature": identity.sign(_announcement_text(record))}
 
 
+#: A registry entry: (listed until, record, its signature).
+Entry = tuple[int, dict[str, Any], bytes]
+
+
+def needs_dial_back(previous: Entry | None, url: str, now_ms: int) -> bool:
+    """Whether an announcement of ``url`` must be reached first: its announcer is new, was
+    listed at another url, or its entry expired."""
+    return previous is None or previous[0] <= now_ms or previous[1]["url"] != url
+
+
 def listing_page(announcements: Sequence[dict[str, Any]], params: Fields) -> dict[str, Any]:
     """One page of a listing sorted by (kind, pubkey), for ``list`` ``{"after"?: [kind,
     pubkey]}``: the entries after that key, at most ``LIST_PAGE`` of them and about
@@ -328,22 +349,21 @@ def _checked_record(params: Fields) -> dict[str, Any]:
     signature = params.blob("signature", size=64)
     if not verify(bytes.fromhex(pubkey), _announcement_text(raw), signature):
         raise RpcError("unauthorized", "announcement signature does not verify")
-    if kind == "node":
-        _check_own_pin(raw["url"], pubkey)
+    _check_own_pin(raw["url"], pubkey)
     return raw
 
 
 def _check_own_pin(url: str, pubkey: str) -> None:
-    """A node serves TLS as its own key, so a ``wss://`` url it announces pins that key.
-    One pinning another key is someone else's url: announced by an admitted node it made
-    the real owner's url name two nodes (so devices sealed onion requests to neither)."""
-    if url.startswith("wss://"):
-        try:
-            _, pin = split_url(url)
-        except ValueError as exc:
-            raise DecodeError(f"node url: {exc}") from None
-        if pin is None or pin.hex() != pubkey:
-            raise DecodeError(f"the url of node {pubkey[:8]} pins another key")
+    """A node or relay serves TLS as its own key, so the url it announces, if pinned
+    (a node's ``wss://…/<key>``, a relay's ``host:port#<key>``), pins that key. One pinning
+    another key is someone else's url: announced by an admitted node it made the real
+    owner's url name two nodes (so devices sealed onion requests to neither)."""
+    try:
+        _, pin = split_url(url) if url.startswith("wss://") else tls.split_pin(url)
+    except ValueError as exc:
+        raise DecodeError(f"url of {pubkey[:8]}: {exc}") from None
+    if pin is not None and pin.hex() != pubkey:
+        raise DecodeError(f"the url of {pubkey[:8]} pins another key")
 
 
 class Listing(Protocol):
@@ -556,16 +576,33 @@ async def read_listing_pages(list_page: Callable[[dict[str, Any]], Awaitable[Any
 class RegistryServer:
     """Keeps signed announcements until they expire; optionally persisted to a JSON file
     so a restarted registry answers with the last list at once. With a ``ledger`` key it
-    takes a node's announcement only with a registration that ledger signed."""
+    takes a node's announcement only with a registration that ledger signed. With a
+    ``dial_back`` transport it lists an address only once it has connected to it (see
+    the module's docstring); None skips that, for tests that announce addresses nothing
+    serves."""
 
     def __init__(
-        self, clock: Clock, state_path: Path | None = None, *, ledger: bytes | None
+        self,
+        clock: Clock,
+        state_path: Path | None = None,
+        *,
+        ledger: bytes | None,
+        dial_back: Transport | None,
     ) -> None:
         self.clock = clock
         self.ledger = ledger
+        #: What to reach an announced address with, by kind (None: no dial-back).
+        self._dial = (
+            None
+            if dial_back is None
+            else {
+                "node": dial_back,
+                "relay": dial_back.for_overlay(),
+            }
+        )
+        self._dials = trio.CapacityLimiter(MAX_DIALS)
         self._state = None if state_path is None else SavedFile(state_path)
-        #: (kind, pubkey) -> (listed until, record, its signature)
-        self._entries: dict[tuple[str, str], tuple[int, dict[str, Any], bytes]] = {}
+        self._entries: dict[tuple[str, str], Entry] = {}  # by (kind, pubkey)
         if state_path is not None and state_path.exists():
             self._load(state_path)
         self.rpc = RpcServer({"announce": self._announce, "list": self._list})
@@ -604,16 +641,35 @@ class RegistryServer:
             _node_position(raw, self.ledger)
         except DecodeError as exc:
             raise RpcError("unauthorized", f"not admitted: {exc}") from None
-        kind, pubkey, timestamp = raw["kind"], raw["pubkey"], raw["timestamp"]
+        key = (raw["kind"], raw["pubkey"])
         signature = params.blob("signature", size=64)
-        previous = self._entries.get((kind, pubkey))
+        previous = self._place_for(key, raw["timestamp"])
+        if self._dial is not None and needs_dial_back(previous, raw["url"], now):
+            await self._dial_back(self._dial[raw["kind"]], raw["url"])
+            self._place_for(key, raw["timestamp"])  # the same key may have announced meanwhile
+        self._entries[key] = (self.clock.now_ms() + ANNOUNCEMENT_TTL_MS, raw, signature)
+        await self._save()
+        return {"ttl_ms": ANNOUNCEMENT_TTL_MS}
+
+    def _place_for(self, key: tuple[str, str], timestamp: int) -> Entry | None:
+        """The entry an announcement made at ``timestamp`` replaces, or refuse it: an
+        older one than listed, or a new entry in a full registry."""
+        previous = self._entries.get(key)
         if previous is not None and previous[1]["timestamp"] > timestamp:
             raise RpcError("unauthorized", "announcement is older than the one listed")
         if previous is None and len(self._entries) >= MAX_LISTED:
             raise RpcError("unavailable", "registry is full")
-        self._entries[(kind, pubkey)] = (now + ANNOUNCEMENT_TTL_MS, raw, signature)
-        await self._save()
-        return {"ttl_ms": ANNOUNCEMENT_TTL_MS}
+        return previous
+
+    async def _dial_back(self, transport: Transport, url: str) -> None:
+        """Connect to ``url`` (TLS pinned to the key it names), or refuse the announcement."""
+        try:
+            async with self._dials:
+                with trio.fail_after(DIAL_BACK_TIMEOUT_S):
+                    async with transport.connect(url):
+                        pass
+        except (OSError, LinkClosed, trio.TooSlowError) as exc:
+            raise RpcError("unavailable", f"the registry could not reach {url}: {exc}") from None
 
     def _list(self, params: Fields, conn: Connection) -> Any:
         return listing_page(self.snapshot().announcements, params)

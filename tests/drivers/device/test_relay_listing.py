@@ -11,6 +11,7 @@ import trio.testing
 
 from overlay.contact import make_contact
 from overlay.keys import KeyPair
+from overlay.link import Link
 from p2psync.device import open_device
 from p2psync.device.access import NetworkAccess
 from p2psync.device.relay_listing import RELAY_REREAD_S
@@ -72,11 +73,13 @@ async def test_relays_whose_contacts_do_not_verify_are_not_counted(
     """An admitted relay may still announce a contact that expired (or is not signed by
     its key). It must not count towards a path's hops or a sibling's entries: an endpoint
     started on such counts could not build a path, and its device stopped."""
-    async with open_world(relays=3) as network:
+    async with open_world(relays=3) as network, trio.open_nursery() as nursery:
         stale = KeyPair.from_seed(bytes([7]) * 32)
         now = network.clock.now_ms()
         contact = make_contact(stale, "mem:stale", now - 10, lifetime_ms=1)
         identity = Identity(stale.seed)
+        # It serves at its address (the registry dials it back); only its contact is stale.
+        await nursery.start(network.overlay_transport.serve, _hang_up, "mem:stale")
         await network.directory().announce(
             identity,
             "relay",
@@ -87,6 +90,11 @@ async def test_relays_whose_contacts_do_not_verify_are_not_counted(
         listed = {relay.identity.ed25519_public for relay in network.relays}
         contacts = await network.access().relay_contacts()
         assert {c.pubkey for c in contacts} == listed
+        nursery.cancel_scope.cancel()
+
+
+async def _hang_up(link: Link) -> None:
+    """Serves an address and nothing more."""
 
 
 class KeptListing:

@@ -159,7 +159,7 @@ async def test_a_listing_of_ten_thousand_entries_reads_back(
     largest contacts allowed and every reader still gets all of them."""
     network = MemoryNetwork()
     clock = Clock(TEST_EPOCH_MS)
-    registry = RegistryServer(clock, ledger=None)
+    registry = RegistryServer(clock, ledger=None, dial_back=None)
     async with trio.open_nursery() as nursery:
         url = await nursery.start(registry.serve, network, "mem:registry")
         async with open_rpc(network, url) as client:
@@ -217,7 +217,7 @@ async def test_a_relay_the_ledger_has_not_admitted_is_not_listed(
     network = MemoryNetwork()
     clock = Clock(TEST_EPOCH_MS)
     ledger = Ledger(Identity.from_label("relay-ledger"))
-    registry = RegistryServer(clock, ledger=ledger.public_key)
+    registry = RegistryServer(clock, ledger=ledger.public_key, dial_back=None)
     honest = Identity.from_label("relay-honest")
     async with trio.open_nursery() as nursery:
         url = await nursery.start(registry.serve, network, "mem:registry")

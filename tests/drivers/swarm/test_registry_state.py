@@ -37,13 +37,15 @@ async def test_announcements_arriving_at_once_are_all_saved(
             await client.call("announce", params)
 
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(RegistryServer(clock, state, ledger=None).serve, network, "mem:r")
+        url = await nursery.start(
+            RegistryServer(clock, state, ledger=None, dial_back=None).serve, network, "mem:r"
+        )
         async with trio.open_nursery() as announcers:
             for port, relay in enumerate(relays):
                 announcers.start_soon(announce, relay, port)
         nursery.cancel_scope.cancel()
 
-    restarted = RegistryServer(clock, state, ledger=None)
+    restarted = RegistryServer(clock, state, ledger=None, dial_back=None)
     listed = {relay.pubkey for relay in restarted.snapshot().relays}
     assert listed == {relay.ed25519_public.hex() for relay in relays}
     assert [path.name for path in await trio.Path(tmp_path).iterdir()] == [state.name]
