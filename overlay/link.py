@@ -33,7 +33,7 @@ from typing import Any
 
 import trio
 
-from . import tls
+from . import addresses, tls
 from .constants import LINK_QUEUE_CELLS
 from .handshakes import MAX_PENDING_HANDSHAKES, PendingHandshakes
 from .keys import KeyPair
@@ -630,7 +630,7 @@ class TcpTransport(Transport):
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        host, port = split_host_port(tls.split_pin(address)[0])  # a restart's old address
+        host, port = split_host_port(addresses.split_pin(address)[0])  # a restart's old address
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = _address_of(listeners[0].socket.getsockname())
         keys = self.keys
@@ -652,12 +652,12 @@ class TcpTransport(Transport):
                 carried = secured
             await run_handler(handler, _TcpLink(carried, peer, self.max_message_bytes))
 
-        task_status.started(bound if keys is None else tls.pinned_address(bound, keys.public))
+        task_status.started(bound if keys is None else addresses.pinned_address(bound, keys.public))
         await trio.serve_listeners(accept, listeners)
 
     @asynccontextmanager
     async def connect(self, address: str) -> AsyncIterator[Link]:
-        bare, pin = tls.split_pin(address)
+        bare, pin = addresses.split_pin(address)
         host, port = split_host_port(bare)
         stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
         if pin is not None:

@@ -33,8 +33,6 @@ import trio
 # or read, not here: every process that imports the overlay, the CLI's included, would
 # pay for it, and most never make a TLS connection.
 
-#: Bytes of an Ed25519 public key, and so of a pin.
-PIN_BYTES = 32
 #: How long a peer may take to finish its TLS handshake before the link is dropped (a
 #: silent socket must not hold a server task forever).
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -45,28 +43,6 @@ _CERT_VALID = datetime.timedelta(days=3650)
 
 class PeerKeyMismatch(Exception):
     """The server's certificate does not carry the key its announcement named."""
-
-
-def pinned_address(address: str, key: bytes) -> str:
-    """``host:port`` → ``host:port#<hex key>``: the address a client connects to with TLS."""
-    if len(key) != PIN_BYTES:
-        raise ValueError(f"a pinned key is {PIN_BYTES} bytes, not {len(key)}")
-    return f"{address}#{key.hex()}"
-
-
-def split_pin(address: str) -> tuple[str, bytes | None]:
-    """``host:port#<hex>`` → (``host:port``, key); a bare ``host:port`` has no pin (plaintext).
-
-    The pin is range-checked here, at decode: exactly 64 hex digits, else ``ValueError``."""
-    bare, sep, pin = address.partition("#")
-    if not sep:
-        return address, None
-    if len(pin) != 2 * PIN_BYTES:
-        raise ValueError(f"the key pinned in {address!r} is not {2 * PIN_BYTES} hex digits")
-    try:
-        return bare, bytes.fromhex(pin)
-    except ValueError:
-        raise ValueError(f"the key pinned in {address!r} is not hex") from None
 
 
 @functools.cache

@@ -38,7 +38,7 @@ import trio
 
 from overlay.link import split_host_port
 
-from .websocket import bare_address
+from .urls import bare_address
 
 logger = logging.getLogger(__name__)
 

@@ -76,15 +76,8 @@ from .rpc import (
     open_rpc,
     result_of,
 )
-from .swarm.registry import (
-    ANNOUNCEMENT_TTL_MS,
-    CACHED_LISTING_MAX_AGE_MS,
-    LISTING_ERRORS,
-    Listing,
-    Snapshot,
-    merge_listings,
-    read_listing_pages,
-)
+from .swarm.listing import ANNOUNCEMENT_TTL_MS, CACHED_LISTING_MAX_AGE_MS, Snapshot, merge_listings
+from .swarm.registry import LISTING_ERRORS, Listing, read_listing_pages
 from .wire import Fields, Request, decode_frame, encode_frame
 
 logger = logging.getLogger(__name__)
@@ -532,7 +525,7 @@ class OnionDirectory:
 
     Each node's answer is checked on its own as the registry's is (signatures, a node's
     registration under ``ledger``, the page and entry limits) and merged with what was
-    known (:func:`~p2psync.swarm.registry.merge_listings`: a withheld entry stays, a relay
+    known (:func:`~p2psync.swarm.listing.merge_listings`: a withheld entry stays, a relay
     no one knew needs two nodes to name it). One read runs at a time and serves every
     reader for :data:`LISTING_FRESH_S`. A read that no node answers fails
     (:class:`RpcError`), and a merge that lists no service node is not taken: readers

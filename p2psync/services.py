@@ -25,10 +25,10 @@ from typing import Any
 import trio
 
 from overlay import Contact, KeyPair, make_contact, serve_relay
+from overlay.addresses import pinned_address
 from overlay.link import Transport, split_host_port
 from overlay.relay import Exit
 from overlay.relay_core import RelayCore, SeenCell
-from overlay.tls import pinned_address
 
 from .clock import Clock
 from .errors import DecodeError, P2PSyncError
@@ -40,16 +40,10 @@ from .rpc import RpcServer
 from .swarm.admission import Ledger, Registration, checked_registration
 from .swarm.node import StorageNode
 from .swarm.node_config import NodeConfig
-from .swarm.registry import (
-    Directory,
-    FileDirectory,
-    Listing,
-    RegistryDirectory,
-    RegistryServer,
-)
+from .swarm.registry import Directory, FileDirectory, Listing, RegistryDirectory, RegistryServer
 from .swarm.settling import next_listing_read_s
 from .swarm.store import MessageStore
-from .websocket import server_url
+from .urls import server_url
 
 logger = logging.getLogger(__name__)
 

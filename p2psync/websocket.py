@@ -60,6 +60,7 @@ from overlay.link import (
 
 from .errors import DecodeError
 from .identity import Identity
+from .urls import bare_address, server_url, split_url
 from .wire import MAX_FRAME_BYTES
 
 logger = logging.getLogger(__name__)
@@ -256,34 +257,6 @@ async def _handshake(
                 if isinstance(event, RejectConnection | RejectData):
                     raise OSError(f"{peer} rejected the websocket connection")
     raise OSError(f"websocket handshake with {peer} timed out")
-
-
-def split_url(url: str) -> tuple[str, bytes | None]:
-    """``ws://host:port`` → (``host:port``, None); ``wss://host:port/<hex key>`` → (…, key).
-
-    ``ValueError`` for anything else; a ``wss://`` URL without a whole key is refused too:
-    TLS without the pin would authenticate nobody."""
-    if url.startswith("ws://"):
-        return url.removeprefix("ws://").split("/", 1)[0], None
-    if not url.startswith("wss://"):
-        raise ValueError(f"not a ws:// or wss:// url: {url!r}")
-    authority, _, key = url.removeprefix("wss://").partition("/")
-    _, pin = tls.split_pin(f"{authority}#{key}")
-    return authority, pin
-
-
-def server_url(authority: str, key: bytes | None) -> str:
-    """The url a server at ``authority`` (``host:port``) reports: ``wss://…/<hex key>``,
-    pinned to its key, or plaintext ``ws://…`` for a server without one."""
-    return f"ws://{authority}" if key is None else f"wss://{authority}/{key.hex()}"
-
-
-def bare_address(address: str) -> str:
-    """The ``host:port`` of any address a server reports: ``wss://host:port/<key>``,
-    ``ws://host:port``, a relay's ``host:port#<key>`` or ``host:port`` itself."""
-    if address.startswith(("ws://", "wss://")):
-        return split_url(address)[0]
-    return tls.split_pin(address)[0]
 
 
 @dataclass

@@ -68,7 +68,8 @@ from p2psync.swarm.auth import AuthSigner
 from p2psync.swarm.client import open_swarm_client
 from p2psync.swarm.constants import DEFAULT_TTL_MS, MAX_DATA_BYTES
 from p2psync.swarm.ring import NodeInfo, SwarmMap
-from p2psync.websocket import WebSocketTransport, split_url
+from p2psync.urls import split_url
+from p2psync.websocket import WebSocketTransport
 from p2psync.wire import (
     MAX_FRAME_BYTES,
     ErrorReply,

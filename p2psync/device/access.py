@@ -29,8 +29,10 @@ from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, P2PSyncError
 from ..onion_requests import DirectoryKeys, KnownListing, OnionDirectory, OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
-from ..swarm.registry import CACHED_LISTING_MAX_AGE_MS, Listing, RegistryDirectory, Snapshot
-from ..websocket import WebSocketTransport, split_url
+from ..swarm.listing import CACHED_LISTING_MAX_AGE_MS, Snapshot
+from ..swarm.registry import Listing, RegistryDirectory
+from ..urls import split_url
+from ..websocket import WebSocketTransport
 from .keys import choice_seed
 from .relay_listing import keep_relays_current
 

@@ -26,7 +26,7 @@ from ..errors import DecodeError
 from ..identity import Identity, message_hash, session_id_key
 from ..mapping import Revocation
 from ..rpc import KeyedRateLimit
-from ..swarm.registry import Snapshot
+from ..swarm.listing import Snapshot
 from ..sync.records import Relays
 from ..wire import decode_cbor, encode_cbor
 from .content import NAMESPACE_OF, Content, HistoryRecord, encode_content

@@ -35,6 +35,7 @@ from ..identity import Identity, session_id_key
 from ..rpc import Params, RpcRouter, open_rpc, open_rpc_pool
 from .auth import AuthSigner
 from .constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
+from .listing import Snapshot
 from .messages import (
     DeleteReply,
     DeleteRequest,
@@ -48,7 +49,7 @@ from .messages import (
     StoreRequest,
     SubscribeRequest,
 )
-from .registry import Directory, Listing, Snapshot
+from .registry import Directory, Listing
 from .ring import NodeInfo, SwarmMap
 
 logger = logging.getLogger(__name__)

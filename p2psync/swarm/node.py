@@ -46,6 +46,7 @@ from .client_methods import ClientMethods
 from .constants import PROTOCOL_VERSION
 from .directory_refresh import DirectoryRefresh
 from .hand_over import HandOver
+from .listing import Snapshot, listing_page
 from .messages import GetSwarmRequest, InfoReply
 from .node_config import NodeConfig
 from .node_core import NodeCore, Push, Replicate
@@ -53,7 +54,7 @@ from .node_shared import NodeStats
 from .outbound import ReplicationQueue
 from .peer_calls import PeerCalls
 from .peer_methods import PeerMethods
-from .registry import Directory, Snapshot, listing_page
+from .registry import Directory
 from .repairer import Repairer
 from .replicator import Replicator
 from .ring import NodeInfo, SwarmMap

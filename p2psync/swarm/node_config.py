@@ -14,8 +14,8 @@ from .constants import (
     STORE_QUORUM,
     SWEEP_INTERVAL_S,
 )
+from .listing import ANNOUNCEMENT_TTL_MS
 from .outbound import REPLICATION_QUEUE_BYTES
-from .registry import ANNOUNCEMENT_TTL_MS
 
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 64
 #: How long a store waits for its quorum before the client is told ``unavailable`` (the

@@ -20,6 +20,7 @@ from ..rpc import Connection, Handler
 from ..wire import Fields
 from . import repair
 from .auth import ReplayGuard, check_node_auth
+from .listing import Snapshot
 from .messages import (
     HeldReply,
     KeysRequest,
@@ -33,7 +34,6 @@ from .messages import (
 )
 from .node_core import NodeCore, RepairListings, first_batch
 from .node_shared import NodeStats
-from .registry import Snapshot
 from .rows import RowSummary, StoredMessage
 from .store import MessageStore
 

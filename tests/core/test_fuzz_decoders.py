@@ -86,15 +86,15 @@ from p2psync.swarm.auth import (
     sign_node_request,
 )
 from p2psync.swarm.constants import MAX_NAMESPACE, MAX_TTL_MS
-from p2psync.swarm.messages import RetrieveReply, message_to_wire
-from p2psync.swarm.proof import OwnerProof
-from p2psync.swarm.records import PEER_SKEW_MS, row_from_wire, row_to_wire
-from p2psync.swarm.registry import (
+from p2psync.swarm.listing import (
     CACHED_LISTING_MAX_AGE_MS,
     Snapshot,
     check_announcement,
     sign_announcement,
 )
+from p2psync.swarm.messages import RetrieveReply, message_to_wire
+from p2psync.swarm.proof import OwnerProof
+from p2psync.swarm.records import PEER_SKEW_MS, row_from_wire, row_to_wire
 from p2psync.swarm.rows import StoredMessage
 from p2psync.sync.negentropy import Negentropy, NegentropyError, StorageVector, decode_ranges
 from p2psync.sync.records import Ack, Msg, Offer, Relays, Req, decode_record, encode_record

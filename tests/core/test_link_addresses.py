@@ -8,7 +8,8 @@ import pytest
 from overlay.link import MemoryNetwork, TcpTransport
 from p2psync.hosts import port_of
 from p2psync.identity import Identity
-from p2psync.websocket import WebSocketTransport, bare_address, server_url, split_url
+from p2psync.urls import bare_address, server_url, split_url
+from p2psync.websocket import WebSocketTransport
 
 KEY = Identity.from_label("addresses/server")
 HEX = KEY.ed25519_public.hex()

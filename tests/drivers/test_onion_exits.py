@@ -25,7 +25,7 @@ from p2psync.onion_requests import (
     seal_request,
 )
 from p2psync.rpc import Connection, RpcClient, RpcServer, ServerLimits, open_rpc
-from p2psync.swarm.registry import RelayInfo, Snapshot
+from p2psync.swarm.listing import RelayInfo, Snapshot
 from p2psync.wire import Fields, Request
 
 SERVERS = ["mem:a", "mem:b", "mem:c"]

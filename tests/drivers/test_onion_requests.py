@@ -42,8 +42,8 @@ from p2psync.rpc import Connection, RpcClient, RpcPool, RpcServer, open_rpc
 from p2psync.services import AnnouncedRelay
 from p2psync.swarm.admission import Ledger
 from p2psync.swarm.client import SwarmClient
+from p2psync.swarm.listing import ANNOUNCEMENT_TTL_MS, Snapshot, sign_announcement
 from p2psync.swarm.messages import StoreRequest
-from p2psync.swarm.registry import ANNOUNCEMENT_TTL_MS, Snapshot, sign_announcement
 from p2psync.wire import Fields, Request
 
 DEVICE_HOST = "alice-phone"

@@ -8,7 +8,7 @@ import time
 
 import trio
 
-from overlay import tls
+from overlay import addresses
 from overlay.contact import make_contact
 from overlay.endpoint import open_endpoint
 from overlay.keys import KeyPair
@@ -31,7 +31,7 @@ async def test_an_impostor_or_a_malformed_first_hop_loses_a_path_not_the_endpoin
                 address = "127.0.0.1:9#" + "zz" * 32  # not a pin
             else:
                 served = await nursery.start(TcpTransport(keys=impostor).serve, _echo)
-                address = tls.pinned_address(tls.split_pin(served)[0], keys.public)
+                address = addresses.pinned_address(addresses.split_pin(served)[0], keys.public)
             contacts.append(make_contact(keys, address, now))
         with trio.fail_after(20):
             async with open_endpoint(bytes(32), TcpTransport(), contacts) as endpoint:

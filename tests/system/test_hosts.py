@@ -15,7 +15,7 @@ import trio
 
 from overlay.link import split_host_port
 from p2psync.hosts import unavailable_reason
-from p2psync.websocket import bare_address
+from p2psync.urls import bare_address
 
 P2PSYNC = [sys.executable, "-m", "p2psync"]
 REASON = unavailable_reason()

@@ -12,14 +12,14 @@ import trio
 from p2psync.errors import DecodeError
 from p2psync.identity import Identity
 from p2psync.swarm.constants import CLOCK_SKEW_MS
-from p2psync.swarm.registry import (
+from p2psync.swarm.listing import (
     ANNOUNCEMENT_TTL_MS,
     CACHED_LISTING_MAX_AGE_MS,
     Snapshot,
     merge_listings,
-    read_listing_pages,
     sign_announcement,
 )
+from p2psync.swarm.registry import read_listing_pages
 
 NOW = 1_700_000_000_000
 NODE = Identity.from_label("merge/node")

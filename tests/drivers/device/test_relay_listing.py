@@ -21,7 +21,7 @@ from p2psync.network import LocalNetwork
 from p2psync.onion_requests import ONION_ATTEMPT_TIMEOUT_S, OnionRpcPool
 from p2psync.rpc import RpcRouter
 from p2psync.swarm.client import SwarmClient
-from p2psync.swarm.registry import ANNOUNCEMENT_TTL_MS, CACHED_LISTING_MAX_AGE_MS, Snapshot
+from p2psync.swarm.listing import ANNOUNCEMENT_TTL_MS, CACHED_LISTING_MAX_AGE_MS, Snapshot
 
 from .helpers import open_world
 

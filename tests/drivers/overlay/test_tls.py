@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from benchmarks.link_tap import LinkTap, plaintext_keys
-from overlay import tls
+from overlay import addresses, tls
 from overlay.keys import KeyPair
 from overlay.link import Link, LinkClosed, TcpTransport, split_host_port
 
@@ -30,7 +30,7 @@ def announcement() -> bytes:
 
 async def test_client_pinning_the_announced_key_talks(nursery: trio.Nursery) -> None:
     address = await nursery.start(TcpTransport(keys=SERVER).serve, echo)
-    assert tls.split_pin(address)[1] == SERVER.public
+    assert addresses.split_pin(address)[1] == SERVER.public
     async with TcpTransport().connect(address) as link:
         await link.send(b"hello")
         assert await link.receive() == b"hello"
@@ -38,15 +38,15 @@ async def test_client_pinning_the_announced_key_talks(nursery: trio.Nursery) -> 
 
 async def test_server_presenting_another_key_is_refused(nursery: trio.Nursery) -> None:
     address = await nursery.start(TcpTransport(keys=IMPOSTOR).serve, echo)
-    bare, _ = tls.split_pin(address)
+    bare, _ = addresses.split_pin(address)
     with pytest.raises(LinkClosed, match="expected " + SERVER.public.hex()):
-        async with TcpTransport().connect(tls.pinned_address(bare, SERVER.public)):
+        async with TcpTransport().connect(addresses.pinned_address(bare, SERVER.public)):
             pytest.fail("connected to a server holding another key")
 
 
 async def test_server_survives_a_refused_handshake(nursery: trio.Nursery) -> None:
     address = await nursery.start(TcpTransport(keys=SERVER).serve, echo)
-    bare, _ = tls.split_pin(address)
+    bare, _ = addresses.split_pin(address)
     async with TcpTransport().connect(bare) as plain:  # speaks no TLS at all
         await plain.send(b"x" * 8)
         with pytest.raises(LinkClosed):
@@ -62,7 +62,7 @@ async def test_server_survives_a_refused_handshake(nursery: trio.Nursery) -> Non
 )
 def test_malformed_pins_are_refused_at_decode(address: str) -> None:
     with pytest.raises(ValueError, match="pinned"):
-        tls.split_pin(address)
+        addresses.split_pin(address)
 
 
 def test_certificates_are_made_once_per_key() -> None:
@@ -74,11 +74,13 @@ async def tapped_exchange(nursery: trio.Nursery, *, encrypted: bool) -> bytes:
     """A relay↔relay-style link through a tap; returns what the tap read."""
     transport = TcpTransport(keys=SERVER if encrypted else None)
     address = await nursery.start(transport.serve, echo)
-    bare, pin = tls.split_pin(address)
+    bare, pin = addresses.split_pin(address)
     tap = LinkTap(*split_host_port(bare))
     port = await nursery.start(tap.serve)
     via = f"127.0.0.1:{port}"
-    async with TcpTransport().connect(via if pin is None else tls.pinned_address(via, pin)) as link:
+    async with TcpTransport().connect(
+        via if pin is None else addresses.pinned_address(via, pin)
+    ) as link:
         await link.send(announcement())
         assert await link.receive() == announcement()
     return tap.captured
@@ -106,7 +108,7 @@ async def test_a_flood_of_unfinished_tls_handshakes_holds_a_bounded_number_of_so
     gets in."""
     transport = TcpTransport(keys=SERVER, max_pending_handshakes=8)
     address = await nursery.start(transport.serve, echo)
-    host, port = split_host_port(tls.split_pin(address)[0])
+    host, port = split_host_port(addresses.split_pin(address)[0])
     hostile = [await trio.open_tcp_stream(host, port) for _ in range(40)]
     with trio.fail_after(5):  # far less than the handshake timeout
         for stream in hostile[:32]:

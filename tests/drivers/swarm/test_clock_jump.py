@@ -8,7 +8,7 @@ import trio.testing
 
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.identity import Identity
-from p2psync.swarm.registry import ANNOUNCEMENT_TTL_MS
+from p2psync.swarm.listing import ANNOUNCEMENT_TTL_MS
 
 from .helpers import holders, open_test_swarm, wait_until
 

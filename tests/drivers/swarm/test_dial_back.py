@@ -14,14 +14,8 @@ from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import RpcError
 from p2psync.identity import Identity
 from p2psync.swarm.admission import Ledger
-from p2psync.swarm.registry import (
-    ANNOUNCEMENT_TTL_MS,
-    RegistryDirectory,
-    RegistryServer,
-    Snapshot,
-    needs_dial_back,
-    sign_announcement,
-)
+from p2psync.swarm.listing import ANNOUNCEMENT_TTL_MS, Snapshot, needs_dial_back, sign_announcement
+from p2psync.swarm.registry import RegistryDirectory, RegistryServer
 from p2psync.websocket import WebSocketTransport
 
 LEDGER = Ledger(Identity.from_label("dial-back-ledger"))

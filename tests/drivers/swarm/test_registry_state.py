@@ -12,7 +12,8 @@ from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.identity import Identity
 from p2psync.rpc import open_rpc
-from p2psync.swarm.registry import RegistryServer, sign_announcement
+from p2psync.swarm.listing import sign_announcement
+from p2psync.swarm.registry import RegistryServer
 
 RELAYS = 40
 
