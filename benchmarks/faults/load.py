@@ -19,7 +19,8 @@ import trio
 
 from p2psync.errors import ConnectionLost, DecodeError, RpcError
 from p2psync.identity import Identity
-from p2psync.swarm.client import Cursor, Message, SwarmClient
+from p2psync.swarm.client import Message, SwarmClient
+from p2psync.swarm.cursor import Cursor
 from p2psync.swarm.ring import NodeInfo
 
 from .ledger import NAMESPACE, AckLedger
@@ -165,7 +166,7 @@ async def run_retriever(
             stats.retrieves += 1
             stats.retrieve_latency.add(trio.current_time() - started)
             served_by[owner.session_id] = node
-            cursor.fresh(messages)
+            cursor.fresh(messages, trio.current_time())
 
 
 async def run_subscriber(swarm: SwarmClient, owner: Identity, stats: LoadStats) -> None:

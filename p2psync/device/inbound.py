@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..errors import DecodeError
 from ..identity import Identity, ed25519_matches_session_id
-from ..mapping import PAIRING_WINDOW_MS, DeviceMapping, PairingRequest, Revocation
+from ..mapping import DeviceMapping, PairingRequest, Revocation
 from ..swarm.constants import CLOCK_SKEW_MS
 from ..wire import decode_cbor, encode_cbor
 from .content import (
@@ -54,6 +54,7 @@ from .pairing import (
     PairingState,
     PairingTransition,
     pairing_transition,
+    request_open,
 )
 from .store import Contact, Pairing
 
@@ -632,11 +633,14 @@ class _Decision:
             # Seen again: changes nothing, unless it is an answered request stored
             # again after its window (a replay).
             answered = known.incoming and known.state != PairingState.PENDING
-            if answered and known.timestamp_ms < now - PAIRING_WINDOW_MS:
+            if answered and not request_open(known.timestamp_ms, now):
                 raise _Refused("a replayed pairing request (it was already answered)")
             pairing_transition(PairingState(known.state), PairingEvent.REQUEST_RECEIVED)
             return []
-        if not now - PAIRING_WINDOW_MS <= request.timestamp_ms <= now + CLOCK_SKEW_MS:
+        if (
+            not request_open(request.timestamp_ms, now)
+            or request.timestamp_ms > now + CLOCK_SKEW_MS
+        ):
             raise _Refused("an expired (or replayed) pairing request")
         if request.mode != view.rules.mode:
             # The new device would wait for an answer that cannot come: it is told (a

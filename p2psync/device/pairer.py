@@ -48,11 +48,14 @@ from .local import PAIRED_AT_META, Local
 from .outbox import Outbox
 from .pairing import (
     IllegalPairing,
+    OfferMatch,
     PairingEffect,
     PairingEvent,
     PairingState,
+    choose_offer,
     pairing_code,
     pairing_transition,
+    request_open,
 )
 from .siblings import SiblingHandler
 from .store import Contact, Pairing
@@ -173,35 +176,32 @@ class Pairer:
 
     def pairing_requests(self) -> list[PairingOffer]:
         """Requests from new devices waiting for the user to compare codes and accept."""
-        now = self._local.clock.now_ms()
         return [
             PairingOffer(
                 p.request_id, _offer_code(p), pairing_details(p)["device"], p.name, p.timestamp_ms
             )
             for p in self._store.pairings(incoming=True, state=PairingState.PENDING)
-            if p.timestamp_ms >= now - PAIRING_WINDOW_MS
+            if request_open(p.timestamp_ms, self._local.clock.now_ms())
         ]
 
     def _pending_offer(self, code: str) -> Pairing:
-        wanted = code.replace(" ", "")
-        matches = [
-            p
-            for p in self._store.pairings(incoming=True, state=PairingState.PENDING)
-            if _offer_code(p).replace(" ", "") == wanted
-        ]
-        if not matches:
-            raise PairingError(f"no pairing request is waiting with code {code}")
-        if len(matches) > 1:
-            # Someone ground out a request showing the same code: never guess which.
-            for match in matches:
-                self._move_pairing(match, PairingEvent.CODE_CLASH)
-            raise PairingError(
-                f"{len(matches)} pairing requests show code {code}: all refused, pair again"
-            )
-        pairing = matches[0]
-        if pairing.timestamp_ms < self._local.clock.now_ms() - PAIRING_WINDOW_MS:
-            raise PairingError("that pairing request expired: start pairing again")
-        return pairing
+        pending = self._store.pairings(incoming=True, state=PairingState.PENDING)
+        choice = choose_offer(
+            ((_offer_code(p), p) for p in pending), code, self._local.clock.now_ms()
+        )
+        match choice.match:
+            case OfferMatch.MISSING:
+                raise PairingError(f"no pairing request is waiting with code {code}")
+            case OfferMatch.CLASH:
+                for offer in choice.offers:
+                    self._move_pairing(offer, PairingEvent.CODE_CLASH)
+                raise PairingError(
+                    f"{len(choice.offers)} pairing requests show code {code}: all refused,"
+                    " pair again"
+                )
+            case OfferMatch.EXPIRED:
+                raise PairingError("that pairing request expired: start pairing again")
+        return choice.offers[0]
 
     def _move_pairing(self, pairing: Pairing, event: PairingEvent) -> Pairing:
         """``pairing`` after ``event``, by the pairing machine's table, stored."""

@@ -30,8 +30,12 @@ the new device, hearing no challenge within the pairing window, asks the user to
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import Generic, Protocol, TypeVar
+
+from ..mapping import PAIRING_WINDOW_MS
 
 CODE_DIGITS = 6
 REQUESTS_PER_KEY = 3
@@ -46,6 +50,54 @@ def pairing_code(request_id: bytes, nonce: bytes) -> str:
     number = int.from_bytes(digest, "big") % 10**CODE_DIGITS
     text = f"{number:0{CODE_DIGITS}d}"
     return f"{text[:3]} {text[3:]}"
+
+
+def request_open(timestamp_ms: int, now_ms: int) -> bool:
+    """Whether a pairing request made at ``timestamp_ms`` may still be answered (and
+    offered to the user): within :data:`~p2psync.mapping.PAIRING_WINDOW_MS` of now."""
+    return timestamp_ms >= now_ms - PAIRING_WINDOW_MS
+
+
+class Offered(Protocol):
+    @property
+    def timestamp_ms(self) -> int: ...
+
+
+OfferT = TypeVar("OfferT", bound=Offered)
+
+
+class OfferMatch(Enum):
+    FOUND = "found"
+    #: No waiting request shows the code.
+    MISSING = "missing"
+    #: More than one does (someone ground out a request showing it): refuse them all,
+    #: never guess which.
+    CLASH = "clash"
+    #: The one that shows it is past the pairing window.
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class OfferChoice(Generic[OfferT]):
+    match: OfferMatch
+    #: The request found, or every request that showed the code.
+    offers: tuple[OfferT, ...]
+
+
+def choose_offer(
+    offers: Iterable[tuple[str, OfferT]], code: str, now_ms: int
+) -> OfferChoice[OfferT]:
+    """Which waiting request (``offers``: each with the code it shows) the user means by
+    ``code``, typed with or without the space."""
+    wanted = code.replace(" ", "")
+    matches = tuple(offer for shown, offer in offers if shown.replace(" ", "") == wanted)
+    if not matches:
+        return OfferChoice(OfferMatch.MISSING, ())
+    if len(matches) > 1:
+        return OfferChoice(OfferMatch.CLASH, matches)
+    if not request_open(matches[0].timestamp_ms, now_ms):
+        return OfferChoice(OfferMatch.EXPIRED, matches)
+    return OfferChoice(OfferMatch.FOUND, matches)
 
 
 class PairingState(StrEnum):

@@ -18,8 +18,9 @@ import trio
 from ..envelope import open_envelope
 from ..errors import DecodeError
 from ..identity import Identity, ed25519_to_x25519
-from ..swarm.client import Cursor, Message, SwarmClient
+from ..swarm.client import Message, SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
+from ..swarm.cursor import Cursor
 from .content import decode_content
 from .inbound import (
     AddSibling,

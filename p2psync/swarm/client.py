@@ -9,20 +9,16 @@
   that hands each batch of new messages to a callback, and ``subscribe``, the same with
   pushes; both run until cancelled and keep their place in a :class:`Cursor`.
 
-A cursor is a ``last_hash``; because nodes resolve it in their own arrival order, a
-client that switches nodes rewinds it a little (:meth:`Cursor.for_new_node`), so a
-message that reached the new node earlier than the old one is not skipped; the
-duplicates this may bring are dropped by hash here.
+Where a reader is in a stream, and how it rewinds on another node, is
+:class:`~.cursor.Cursor`'s to decide.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -35,6 +31,7 @@ from ..identity import Identity, session_id_key
 from ..rpc import Params, RpcRouter, open_rpc, open_rpc_pool
 from .auth import AuthSigner
 from .constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
+from .cursor import Cursor
 from .listing import Snapshot
 from .messages import (
     DeleteReply,
@@ -57,58 +54,16 @@ logger = logging.getLogger(__name__)
 #: Errors after which another member of the swarm is tried.
 RETRYABLE = ("unavailable", "rate_limited", "internal")
 MAX_BACKOFF_S = 60.0
-#: A message a node received this long before the newest is safely on every member.
-REWIND_S = 30.0
-SEEN_HASHES = 4096
+Deliver = Callable[[list[Message]], Awaitable[None]]
 
 
-__all__ = ["Cursor", "Deliver", "Message", "SwarmClient", "open_swarm_client"]
+__all__ = ["Deliver", "Message", "SwarmClient", "open_swarm_client"]
 
 
 def _messages_from(result: object) -> tuple[list[Message], bool]:
     """A ``retrieve`` reply's messages, every hash checked against its data."""
     reply = RetrieveReply.from_wire(result)
     return list(reply.messages), reply.more
-
-
-@dataclass
-class Cursor:
-    """Where a reader is in one (owner, namespace) stream, plus what it saw recently."""
-
-    last_hash: bytes | None = None
-    _recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=256))
-    _seen: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
-
-    def fresh(self, messages: Sequence[Message]) -> list[Message]:
-        """Advance past ``messages``; return those not seen before."""
-        # Lived (Trio) time, not the network's clock: what ``REWIND_S`` covers is the
-        # replication lag between members, and only lived time lets replication happen
-        # (a ``Clock.skip_idle`` replicates nothing).
-        now = trio.current_time()
-        new = []
-        for m in messages:
-            self.last_hash = m.hash
-            self._recent.append((now, m.hash))
-            if m.hash not in self._seen:
-                new.append(m)
-                self._seen[m.hash] = None
-                if len(self._seen) > SEEN_HASHES:
-                    self._seen.popitem(last=False)
-        return new
-
-    def for_new_node(self) -> bytes | None:
-        """The cursor to use on a node other than the last one: the newest hash seen at
-        least ``REWIND_S`` before the latest, else the oldest remembered."""
-        if not self._recent:
-            return self.last_hash
-        newest = self._recent[-1][0]
-        for seen_at, digest in reversed(self._recent):
-            if seen_at <= newest - REWIND_S:
-                return digest
-        return self._recent[0][1]
-
-
-Deliver = Callable[[list[Message]], Awaitable[None]]
 
 
 class SwarmClient:
@@ -241,7 +196,7 @@ class SwarmClient:
                 break
             if node is None:
                 node = served_by
-            collected += cursor.fresh(messages)
+            collected += cursor.fresh(messages, trio.current_time())
         assert node is not None
         return collected, node
 
@@ -312,7 +267,7 @@ class SwarmClient:
                         with trio.move_on_after(catch_up_s) as waiting:
                             push = await connection.notifications.receive()
                             pushed = Notification.from_wire(push.params).messages
-                            fresh = cursor.fresh(pushed)
+                            fresh = cursor.fresh(pushed, trio.current_time())
                             if fresh:
                                 await deliver(fresh)
                         caught_up = not waiting.cancelled_caught

@@ -31,6 +31,7 @@ SANS_IO = [
     "p2psync/device/sibling_rules.py",
     "p2psync/swarm/ring.py",
     "p2psync/swarm/listing.py",
+    "p2psync/swarm/cursor.py",
     "p2psync/swarm/admission.py",
     "p2psync/swarm/quorum.py",
     "p2psync/swarm/proof.py",

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import pytest
 
 from p2psync.device.pairing import (
     PAIRING_TRANSITIONS,
     IllegalPairing,
+    OfferChoice,
+    OfferMatch,
     PairingEffect,
     PairingEvent,
     PairingState,
+    choose_offer,
     pairing_transition,
+    request_open,
 )
+from p2psync.mapping import PAIRING_WINDOW_MS
 
 S, E, F = PairingState, PairingEvent, PairingEffect
 STATES: list[PairingState | None] = [None, *PairingState]
@@ -83,3 +89,38 @@ def test_states_keep_their_stored_values() -> None:
         "accepted",
         "declined",
     ]
+
+
+@dataclass(frozen=True)
+class _Offer:
+    timestamp_ms: int
+
+
+def test_a_request_stays_open_for_the_pairing_window() -> None:
+    now = 10 * PAIRING_WINDOW_MS
+    assert request_open(now - PAIRING_WINDOW_MS, now)
+    assert not request_open(now - PAIRING_WINDOW_MS - 1, now)
+
+
+def test_the_user_picks_a_request_by_its_code_with_or_without_the_space() -> None:
+    now = 10 * PAIRING_WINDOW_MS
+    fresh, other = _Offer(now - 1_000), _Offer(now - 2_000)
+    offers = [("123 456", fresh), ("654 321", other)]
+    assert choose_offer(offers, "123456", now) == OfferChoice(OfferMatch.FOUND, (fresh,))
+    assert choose_offer(offers, "654 321", now) == OfferChoice(OfferMatch.FOUND, (other,))
+    assert choose_offer(offers, "000 000", now) == OfferChoice(OfferMatch.MISSING, ())
+
+
+def test_two_requests_showing_one_code_are_both_named_never_one_guessed() -> None:
+    now = 10 * PAIRING_WINDOW_MS
+    honest, ground = _Offer(now - 1_000), _Offer(now - 500)
+    choice = choose_offer([("123 456", honest), ("123 456", ground)], "123 456", now)
+    assert choice == OfferChoice(OfferMatch.CLASH, (honest, ground))
+
+
+def test_a_request_past_the_window_is_expired_not_found() -> None:
+    now = 10 * PAIRING_WINDOW_MS
+    old = _Offer(now - PAIRING_WINDOW_MS - 1)
+    assert choose_offer([("123 456", old)], "123 456", now) == OfferChoice(
+        OfferMatch.EXPIRED, (old,)
+    )

@@ -18,7 +18,8 @@ from p2psync.identity import Identity, message_hash
 from p2psync.network import NodeHandle
 from p2psync.rpc import open_rpc
 from p2psync.swarm.auth import sign_node_request
-from p2psync.swarm.client import Cursor, Message, open_swarm_client
+from p2psync.swarm.client import Message, open_swarm_client
+from p2psync.swarm.cursor import Cursor
 from p2psync.swarm.node_config import NodeConfig
 from p2psync.swarm.node_core import HAND_OVER_ELDER_MS, UNKNOWN_CURSOR_MS
 from p2psync.swarm.records import row_to_wire
@@ -212,7 +213,7 @@ async def test_cursor_from_one_node_works_on_another(
         got, _, _ = await swarm.retrieve(ALICE, 0, None, members[0])
         assert sorted(m.hash for m in got) == sorted(first)
         cursor = Cursor()
-        cursor.fresh(got)
+        cursor.fresh(got, trio.current_time())
         second = [(await swarm.store(ALICE.session_id, 0, b"b%d" % i))[0] for i in range(3)]
         await wait_until(lambda: all(holders(network, ALICE, d) == 6 for d in second))
         # The node that issued the cursor continues exactly where the reader was.
@@ -223,7 +224,9 @@ async def test_cursor_from_one_node_works_on_another(
         for member in members[1:]:
             got, _, _ = await swarm.retrieve(ALICE, 0, first[-1], member)
             assert set(second) <= {m.hash for m in got} <= set(first) | set(second)
-            assert sorted(m.hash for m in copy.deepcopy(cursor).fresh(got)) == sorted(second)
+            assert sorted(
+                m.hash for m in copy.deepcopy(cursor).fresh(got, trio.current_time())
+            ) == sorted(second)
 
 
 async def test_a_cursor_no_member_holds_is_asked_of_the_peers_once(

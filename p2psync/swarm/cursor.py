@@ -1,0 +1,56 @@
+"""Where a reader is in one (owner, namespace) stream of a swarm, decided without I/O.
+
+A cursor is a ``last_hash``; because nodes resolve it in their own arrival order, a
+reader that switches nodes rewinds it a little (:meth:`Cursor.for_new_node`), so a
+message that reached the new node earlier than the old one is not skipped; the
+duplicates this may bring are dropped by hash (:meth:`Cursor.fresh`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .messages import Message
+
+#: A message a node received this long before the newest is safely on every member.
+REWIND_S = 30.0
+SEEN_HASHES = 4096
+
+
+@dataclass
+class Cursor:
+    """Where a reader is in one (owner, namespace) stream, plus what it saw recently."""
+
+    last_hash: bytes | None = None
+    _recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=256))
+    _seen: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+
+    def fresh(self, messages: Sequence[Message], lived_s: float) -> list[Message]:
+        """Advance past ``messages``, read at ``lived_s``; return those not seen before.
+
+        ``lived_s`` is lived time (Trio's), not the network's clock: what ``REWIND_S``
+        covers is the replication lag between members, and only lived time lets
+        replication happen (a ``Clock.skip_idle`` replicates nothing)."""
+        new = []
+        for m in messages:
+            self.last_hash = m.hash
+            self._recent.append((lived_s, m.hash))
+            if m.hash not in self._seen:
+                new.append(m)
+                self._seen[m.hash] = None
+                if len(self._seen) > SEEN_HASHES:
+                    self._seen.popitem(last=False)
+        return new
+
+    def for_new_node(self) -> bytes | None:
+        """The cursor to use on a node other than the last one: the newest hash seen at
+        least ``REWIND_S`` before the latest, else the oldest remembered."""
+        if not self._recent:
+            return self.last_hash
+        newest = self._recent[-1][0]
+        for seen_at, digest in reversed(self._recent):
+            if seen_at <= newest - REWIND_S:
+                return digest
+        return self._recent[0][1]
