@@ -22,7 +22,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request
 from wsproto.utilities import RemoteProtocolError
 
-from overlay.link import Link, LinkHandler, Transport, split_host_port
+from overlay.addresses import split_host_port
+from overlay.link import Link, LinkHandler, Transport
 from p2psync.device.access import NetworkAccess
 from p2psync.device.values import Whoami
 from p2psync.network import LocalNetwork

@@ -34,9 +34,9 @@ from functools import partial
 from typing import Any
 
 from benchmarks.audit import ServerAudit
+from overlay.addresses import split_host_port
 from overlay.cells import CellKind
 from overlay.constants import PATH_PING_INTERVAL_MS
-from overlay.link import split_host_port
 from overlay.relay_core import SeenCell
 from p2psync.clock import Clock
 from p2psync.network import LocalNetwork

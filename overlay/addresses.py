@@ -28,3 +28,11 @@ def split_pin(address: str) -> tuple[str, bytes | None]:
         return bare, bytes.fromhex(pin)
     except ValueError:
         raise ValueError(f"the key pinned in {address!r} is not hex") from None
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``"127.0.0.1:9000"`` or ``"[::1]:9000"`` → (host, port), with a clear error."""
+    host, sep, port = address.removeprefix("tcp://").rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not a host:port address: {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)

@@ -34,6 +34,7 @@ from typing import Any
 import trio
 
 from . import addresses, tls
+from .addresses import split_host_port
 from .constants import LINK_QUEUE_CELLS
 from .handshakes import MAX_PENDING_HANDSHAKES, PendingHandshakes
 from .keys import KeyPair
@@ -139,6 +140,12 @@ class Transport(ABC):
     #: True for in-process emulations, where no real host has an address to protect:
     #: only there may choices that would link a host over time be made reproducible.
     simulated: bool = False
+
+    @property
+    def pins_keys(self) -> bool:
+        """Whether servers on this transport serve TLS as their keys, so that every
+        address one reports names its key (and a client reaches only that key there)."""
+        return False
 
     @abstractmethod
     async def serve(
@@ -590,14 +597,6 @@ def _address_of(sockname: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def split_host_port(address: str) -> tuple[str, int]:
-    """``"127.0.0.1:9000"`` or ``"[::1]:9000"`` → (host, port), with a clear error."""
-    host, sep, port = address.removeprefix("tcp://").rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"not a host:port address: {address!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 @dataclass
 class TcpTransport(Transport):
     """Real sockets with 4-byte big-endian length-prefixed frames.
@@ -619,6 +618,10 @@ class TcpTransport(Transport):
 
     def for_overlay(self) -> Transport:
         return self if self.keys is None else replace(self, keys=None)
+
+    @property
+    def pins_keys(self) -> bool:
+        return not self.plain
 
     def as_server(self, seed: bytes) -> Transport:
         return self if self.plain else replace(self, keys=KeyPair.from_seed(seed))

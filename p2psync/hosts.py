@@ -36,7 +36,7 @@ from typing import Any, TypeGuard
 
 import trio
 
-from overlay.link import split_host_port
+from overlay.addresses import split_host_port
 
 from .urls import bare_address
 

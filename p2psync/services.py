@@ -25,8 +25,8 @@ from typing import Any
 import trio
 
 from overlay import Contact, KeyPair, make_contact, serve_relay
-from overlay.addresses import pinned_address
-from overlay.link import Transport, split_host_port
+from overlay.addresses import pinned_address, split_host_port
+from overlay.link import Transport
 from overlay.relay import Exit
 from overlay.relay_core import RelayCore, SeenCell
 

@@ -45,6 +45,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from overlay import tls
+from overlay.addresses import split_host_port
 from overlay.handshakes import MAX_PENDING_HANDSHAKES, PendingHandshakes
 from overlay.link import (
     Link,
@@ -54,7 +55,6 @@ from overlay.link import (
     Transport,
     close_stream,
     run_handler,
-    split_host_port,
     write_whole,
 )
 
@@ -275,6 +275,10 @@ class WebSocketTransport(Transport):
 
     def for_overlay(self) -> Transport:
         return TcpTransport(plain=self.plain)
+
+    @property
+    def pins_keys(self) -> bool:
+        return not self.plain
 
     def as_server(self, seed: bytes) -> Transport:
         return self if self.plain else replace(self, identity=Identity(seed))

@@ -128,10 +128,12 @@ async def open_cluster(
     relays: int = 0,
     log_level: str = "warning",
     node_args: Sequence[str] = (),
+    plain_links: bool = False,
 ) -> AsyncIterator[Cluster]:
     """Registry, ``nodes`` service nodes and ``relays`` relays as child processes, settled
     (see :meth:`Cluster.wait_settled`) before the body runs. Each child logs at
-    ``log_level`` to ``DIR/<name>.log``.
+    ``log_level`` to ``DIR/<name>.log``; with ``plain_links`` every one serves plaintext
+    (a registry serving TLS lists only pinned urls).
 
     Nodes start side by side (they find each other within seconds). A relay reads the
     relay list only when it starts and then every minute, and relays started side by
@@ -148,8 +150,9 @@ async def open_cluster(
         admit_node(ledger, data_dir / f"relay-{i}", RELAY_KEY_FILE)
     async with open_rpc_pool(transport) as pool, open_task_nursery() as nursery:
         log_args = ["--log-level", log_level]
+        links = ["--plain-links"] if plain_links else []
         registry = ServiceProcess(
-            "registry", [*log_args, "registry", *ledger_args], data_dir / "registry"
+            "registry", [*log_args, "registry", *links, *ledger_args], data_dir / "registry"
         )
         await registry.start(nursery)
         cluster = Cluster(
@@ -160,7 +163,15 @@ async def open_cluster(
             [
                 ServiceProcess(
                     f"node-{i}",
-                    [*log_args, "node", "--registry", registry.url, *ledger_args, *node_args],
+                    [
+                        *log_args,
+                        "node",
+                        *links,
+                        "--registry",
+                        registry.url,
+                        *ledger_args,
+                        *node_args,
+                    ],
                     data_dir / f"node-{i}",
                 )
                 for i in range(nodes)
@@ -168,7 +179,7 @@ async def open_cluster(
             [
                 ServiceProcess(
                     f"relay-{i}",
-                    [*log_args, "relay", "--registry", registry.url, *ledger_args],
+                    [*log_args, "relay", *links, "--registry", registry.url, *ledger_args],
                     data_dir / f"relay-{i}",
                 )
                 for i in range(relays)

@@ -58,7 +58,7 @@ from wsproto.events import Request as WsRequest
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from overlay import tls
-from overlay.link import split_host_port
+from overlay.addresses import split_host_port
 from overlay.tasks import open_task_nursery
 from p2psync.clock import Clock
 from p2psync.errors import ConnectionLost, DecodeError, RpcError

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeGuard
 
+from overlay.addresses import split_host_port
 from overlay.constants import DEFAULT_HOPS
 from overlay.contact import Contact, ContactError, verified_directory
 from overlay.endpoint import open_endpoint
 from overlay.endpoint_core import EntryFilter
-from overlay.link import TcpTransport, Transport, split_host_port
+from overlay.link import TcpTransport, Transport
 from overlay.tasks import open_task_nursery
 
 from ..clock import Clock

@@ -14,12 +14,14 @@ for taking an announcement (:mod:`.registry` is the server and the readers' driv
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlay.addresses import split_pin
+from overlay.addresses import split_host_port, split_pin
+from overlay.contact import Contact, ContactError
 
 from ..errors import DecodeError, RpcError
 from ..identity import Identity, verify
@@ -256,6 +258,18 @@ def needs_dial_back(previous: Entry | None, url: str, now_ms: int) -> bool:
     return previous is None or previous[0] <= now_ms or previous[1]["url"] != url
 
 
+#: After a failed dial back, how long an announcer waits before the registry dials it
+#: again (its announcements meanwhile are refused at once): a dial costs the registry a
+#: slot for up to its timeout, and its outcome tells the announcer about the address.
+DIAL_RETRY_MS = 30_000
+
+
+def may_dial_again(last_failed_ms: int | None, now_ms: int) -> bool:
+    """Whether an announcer whose address the registry failed to reach at
+    ``last_failed_ms`` (None: never) may be dialled now."""
+    return last_failed_ms is None or now_ms - last_failed_ms >= DIAL_RETRY_MS
+
+
 def listing_page(announcements: Sequence[dict[str, Any]], params: Fields) -> dict[str, Any]:
     """One page of a listing sorted by (kind, pubkey), for ``list`` ``{"after"?: [kind,
     pubkey]}``: the entries after that key, at most ``LIST_PAGE`` of them and about
@@ -289,9 +303,37 @@ def check_announcement(params: Fields, now_ms: int) -> dict[str, Any]:
     :class:`DecodeError` for a malformed one, ``clock_skew`` for a stale one and
     ``unauthorized`` unless its own key signed exactly this record."""
     raw = _checked_record(params)
-    if abs(raw["timestamp"] - now_ms) > CLOCK_SKEW_MS:
-        raise RpcError("clock_skew", "announcement timestamp is too far from the registry's")
+    check_fresh(raw["timestamp"], now_ms)
     return raw
+
+
+def check_fresh(timestamp_ms: int, now_ms: int) -> None:
+    """``clock_skew`` for an announcement made too far from ``now_ms``: the registry
+    takes only fresh ones (a copy of the listing may hold older)."""
+    if abs(timestamp_ms - now_ms) > CLOCK_SKEW_MS:
+        raise RpcError("clock_skew", "announcement timestamp is too far from the registry's")
+
+
+def check_pinned_url(kind: str, url: str) -> None:
+    """What a registry of a network whose links are TLS lists: a node at
+    ``wss://IP:PORT/<key>``, a relay at ``IP:PORT#<key>``. Its dial back then proves the
+    announcer serves there; for an unpinned url it would prove only that something
+    answers, and for a host name only where the name pointed at that moment (and a slow
+    name lookup holds a thread of the registry's). :class:`DecodeError` otherwise."""
+    try:
+        if kind == "node":
+            if not url.startswith("wss://"):
+                raise ValueError("a node's url is wss://IP:PORT/<key>")
+            authority, pin = split_url(url)
+        else:
+            if "://" in url:
+                raise ValueError("a relay's url is IP:PORT#<key>")
+            authority, pin = split_pin(url)
+        ipaddress.ip_address(split_host_port(authority)[0])
+    except ValueError as exc:
+        raise DecodeError(f"announced url {url[:80]!r}: {exc}") from None
+    if pin is None:
+        raise DecodeError(f"announced url {url[:80]!r} names no key")
 
 
 def _checked_record(params: Fields) -> dict[str, Any]:
@@ -316,7 +358,22 @@ def _checked_record(params: Fields) -> dict[str, Any]:
     if not verify(bytes.fromhex(pubkey), _announcement_text(raw), signature):
         raise RpcError("unauthorized", "announcement signature does not verify")
     _check_own_pin(raw["url"], pubkey)
+    _check_own_contact(raw)
     return raw
+
+
+def _check_own_contact(raw: dict[str, Any]) -> None:
+    """A relay's contact, what devices build their paths from, is of the relay's own key
+    at the url it announced: otherwise what the registry dialled back, and what the
+    ledger admitted, would not be what devices use."""
+    if raw["kind"] != "relay" or not raw["contact"]:
+        return
+    try:
+        contact = Contact.decode(raw["contact"])
+    except ContactError as exc:
+        raise DecodeError(f"relay contact: {exc}") from None
+    if contact.pubkey.hex() != raw["pubkey"] or contact.address != raw["url"]:
+        raise DecodeError("a relay's contact is of its own key at its announced url")
 
 
 def _check_own_pin(url: str, pubkey: str) -> None:

@@ -6,11 +6,12 @@ registry (:class:`RegistryServer`) keeps each record until it expires (announcer
 well before that), so a node that dies drops out on its own. Where the network has a
 ledger it takes a node's or relay's announcement only with a registration that ledger
 signed, and before it lists an address it has not reached yet it connects to it
-(:meth:`RegistryServer._dial_back`): over TLS the url pins the announcer's own key, so
-the dial proves the announcer serves there, and a staked node or relay cannot list an
-address that is not its own (where devices would waste their paths' attempts, or an
-exit's share would go to someone else's host). What an announcement must be, and what a
-reader makes of a listing, is decided in :mod:`.listing`.
+(:class:`DialBack`). On a network whose links are TLS the url must be an IP address and
+pin the announcer's own key (and a relay's contact must be that key at that url), so the
+dial proves the announcer serves there: a staked node or relay cannot list an address
+that is not its own, where devices would waste their paths' attempts, or another host's,
+whose exit share it would claim. What an announcement must be, and what a reader makes
+of a listing, is decided in :mod:`.listing`.
 
 Readers go through the small :class:`Directory` interface, so a node or client works the
 same with a live registry or a file (a static network's, :class:`FileDirectory`; its
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,7 +53,10 @@ from .listing import (
     Snapshot,
     admitted_position,
     check_announcement,
+    check_fresh,
+    check_pinned_url,
     listing_page,
+    may_dial_again,
     needs_dial_back,
     sign_announcement,
 )
@@ -63,6 +68,8 @@ logger = logging.getLogger(__name__)
 #: included), and how many such dials it makes at once.
 DIAL_BACK_TIMEOUT_S = 5.0
 MAX_DIALS = 8
+#: How long an announcer waits for the registry's answer: its dial back and a margin.
+ANNOUNCE_TIMEOUT_S = DIAL_BACK_TIMEOUT_S + 5.0
 
 
 class Listing(Protocol):
@@ -129,6 +136,9 @@ class SavedFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._turn = trio.Lock()
+        #: Its own worker thread, so other work's threads (a slow name lookup) cannot
+        #: hold the saves up.
+        self._thread = trio.CapacityLimiter(1)
         self._asked = 0  # saves asked for so far
         self._written = 0  # of those, the ones the file holds
         remove_leftovers(path)
@@ -141,7 +151,7 @@ class SavedFile:
             if self._written >= mine:
                 return  # a write that began after this save was asked for covered it
             covering = self._asked
-            await trio.to_thread.run_sync(replace_file, self.path, contents())
+            await trio.to_thread.run_sync(replace_file, self.path, contents(), limiter=self._thread)
             self._written = covering
 
 
@@ -182,9 +192,14 @@ class RegistryDirectory:
         contact: bytes = b"",
         registration: bytes = b"",
     ) -> None:
+        """Announce; :class:`ConnectionLost` if the registry has not answered within
+        :data:`ANNOUNCE_TIMEOUT_S` (it dials new addresses back first)."""
         params = sign_announcement(identity, kind, url, self.clock.now_ms(), contact, registration)
-        async with open_rpc(self.transport, self.url) as client:
-            await client.call("announce", params)
+        with trio.move_on_after(ANNOUNCE_TIMEOUT_S):
+            async with open_rpc(self.transport, self.url) as client:
+                await client.call("announce", params)
+                return
+        raise ConnectionLost(f"the registry at {self.url} did not answer the announcement")
 
     async def _read(self, url: str, max_age_ms: int) -> Snapshot:
         announcements = await read_listing(self.transport, url)
@@ -272,6 +287,48 @@ async def read_listing_pages(list_page: Callable[[dict[str, Any]], Awaitable[Any
             raise DecodeError(f"the listing goes on past {MAX_LISTED} entries")
 
 
+class DialBack:
+    """The registry's connections to announced addresses: at most :data:`MAX_DIALS` at
+    once, each within :data:`DIAL_BACK_TIMEOUT_S` including the wait for its turn, one at
+    a time per announcer, and none for :data:`~.listing.DIAL_RETRY_MS` after one failed.
+    So an announcer, or a few, can hold the registry's dials for a timeout at most, never
+    keep an honest announcement waiting longer, and cannot use the registry to probe
+    addresses faster than one a key per retry interval; the refusal names no cause (it
+    would tell what answers at an address the registry can reach)."""
+
+    def __init__(self, transport: Transport, clock: Clock) -> None:
+        self.transport = transport
+        self._by_kind = {"node": transport, "relay": transport.for_overlay()}
+        self._clock = clock
+        self._slots = trio.CapacityLimiter(MAX_DIALS)
+        self._dialling: set[tuple[str, str]] = set()
+        #: When each recently unreachable announcer failed, oldest first (capped).
+        self._failed: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    async def reach(self, key: tuple[str, str], url: str) -> None:
+        """Connect to ``url`` of announcer ``key`` (kind, pubkey), over TLS pinned to the
+        key it names, or refuse the announcement with ``unavailable``."""
+        if key in self._dialling:
+            raise RpcError("unavailable", "the registry is still reaching this announcer")
+        if not may_dial_again(self._failed.get(key), self._clock.now_ms()):
+            raise RpcError("unavailable", "the registry could not reach the announced url lately")
+        self._dialling.add(key)
+        try:
+            with trio.move_on_after(DIAL_BACK_TIMEOUT_S):
+                async with self._slots, self._by_kind[key[0]].connect(url):
+                    self._failed.pop(key, None)
+                    return
+        except (OSError, LinkClosed, ValueError) as exc:
+            logger.debug("registry: %s at %s unreachable: %r", key[1][:8], url, exc)
+        finally:
+            self._dialling.discard(key)
+        self._failed[key] = self._clock.now_ms()
+        self._failed.move_to_end(key)
+        if len(self._failed) > MAX_LISTED:
+            self._failed.popitem(last=False)
+        raise RpcError("unavailable", "the registry could not reach the announced url")
+
+
 class RegistryServer:
     """Keeps signed announcements until they expire; optionally persisted to a JSON file
     so a restarted registry answers with the last list at once. With a ``ledger`` key it
@@ -290,16 +347,7 @@ class RegistryServer:
     ) -> None:
         self.clock = clock
         self.ledger = ledger
-        #: What to reach an announced address with, by kind (None: no dial-back).
-        self._dial = (
-            None
-            if dial_back is None
-            else {
-                "node": dial_back,
-                "relay": dial_back.for_overlay(),
-            }
-        )
-        self._dials = trio.CapacityLimiter(MAX_DIALS)
+        self._dial = None if dial_back is None else DialBack(dial_back, clock)
         self._state = None if state_path is None else SavedFile(state_path)
         self._entries: dict[tuple[str, str], Entry] = {}  # by (kind, pubkey)
         if state_path is not None and state_path.exists():
@@ -336,39 +384,39 @@ class RegistryServer:
     async def _announce(self, params: Fields, conn: Connection) -> Any:
         now = self.clock.now_ms()
         raw = check_announcement(params, now)
+        if self._dial is not None and self._dial.transport.pins_keys:
+            check_pinned_url(raw["kind"], raw["url"])
         try:
             admitted_position(raw, self.ledger)
         except DecodeError as exc:
             raise RpcError("unauthorized", f"not admitted: {exc}") from None
         key = (raw["kind"], raw["pubkey"])
         signature = params.blob("signature", size=64)
-        previous = self._place_for(key, raw["timestamp"])
+        previous = self._place_for(key, raw["timestamp"], now)
         if self._dial is not None and needs_dial_back(previous, raw["url"], now):
-            await self._dial_back(self._dial[raw["kind"]], raw["url"])
-            self._place_for(key, raw["timestamp"])  # the same key may have announced meanwhile
-        self._entries[key] = (self.clock.now_ms() + ANNOUNCEMENT_TTL_MS, raw, signature)
+            await self._dial.reach(key, raw["url"])
+            # Checked again: the same key may have announced meanwhile, the registry
+            # filled, and the announcement aged (a dial takes up to its timeout).
+            now = self.clock.now_ms()
+            self._place_for(key, raw["timestamp"], now)
+            check_fresh(raw["timestamp"], now)
+        self._entries[key] = (now + ANNOUNCEMENT_TTL_MS, raw, signature)
         await self._save()
         return {"ttl_ms": ANNOUNCEMENT_TTL_MS}
 
-    def _place_for(self, key: tuple[str, str], timestamp: int) -> Entry | None:
+    def _place_for(self, key: tuple[str, str], timestamp: int, now_ms: int) -> Entry | None:
         """The entry an announcement made at ``timestamp`` replaces, or refuse it: an
-        older one than listed, or a new entry in a full registry."""
+        older one than listed, or a new entry in a full registry (once the expired
+        entries are gone)."""
         previous = self._entries.get(key)
         if previous is not None and previous[1]["timestamp"] > timestamp:
             raise RpcError("unauthorized", "announcement is older than the one listed")
         if previous is None and len(self._entries) >= MAX_LISTED:
-            raise RpcError("unavailable", "registry is full")
+            for gone in [k for k, (expiry, _, _) in self._entries.items() if expiry <= now_ms]:
+                del self._entries[gone]
+            if len(self._entries) >= MAX_LISTED:
+                raise RpcError("unavailable", "registry is full")
         return previous
-
-    async def _dial_back(self, transport: Transport, url: str) -> None:
-        """Connect to ``url`` (TLS pinned to the key it names), or refuse the announcement."""
-        try:
-            async with self._dials:
-                with trio.fail_after(DIAL_BACK_TIMEOUT_S):
-                    async with transport.connect(url):
-                        pass
-        except (OSError, LinkClosed, trio.TooSlowError) as exc:
-            raise RpcError("unavailable", f"the registry could not reach {url}: {exc}") from None
 
     def _list(self, params: Fields, conn: Connection) -> Any:
         return listing_page(self.snapshot().announcements, params)

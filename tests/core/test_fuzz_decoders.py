@@ -631,10 +631,16 @@ _LISTING = {
             "relay",
             "tcp://h:2",
             NOW - 2_000,
-            b"c",
+            make_contact(KeyPair.from_seed(BOB.seed), "tcp://h:2", NOW).encode(),
             registration=_LEDGER.register(BOB.ed25519_public.hex()).encode(),
         ),
-        sign_announcement(CAROL, "relay", "tcp://h:4", NOW - 2_000, b"c"),  # not admitted
+        sign_announcement(  # not admitted
+            CAROL,
+            "relay",
+            "tcp://h:4",
+            NOW - 2_000,
+            make_contact(KeyPair.from_seed(CAROL.seed), "tcp://h:4", NOW).encode(),
+        ),
     ]
 }
 

@@ -13,7 +13,7 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 
 from benchmarks.link_tap import LinkTap, plaintext_keys
-from overlay.link import split_host_port
+from overlay.addresses import split_host_port
 from p2psync.errors import ConnectionLost
 from p2psync.identity import Identity
 from p2psync.rpc import Connection, RpcServer, ServerLimits, open_rpc, open_rpc_pool

@@ -52,10 +52,9 @@ PLAN = FloodPlan(
 async def test_a_flooded_node_keeps_its_memory_bounded_and_its_honest_client_served(
     tmp_path: Path, links: str
 ) -> None:
-    node_args = ["--plain-links"] if links == "plain" else []
     bound = RSS_GROWTH_BOUND_KIB + (TLS_GROWTH_KIB if links == "tls" else 0)
     with trio.fail_after(DEADLINE_S):
-        async with open_cluster(tmp_path, nodes=1, node_args=node_args) as cluster:
+        async with open_cluster(tmp_path, nodes=1, plain_links=links == "plain") as cluster:
             report = await run_flood(cluster, cluster.nodes[0], PLAN)
 
     attack = report.attack

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from overlay.link import split_host_port
+from overlay.addresses import split_host_port
 from p2psync.hosts import unavailable_reason
 from p2psync.urls import bare_address
 

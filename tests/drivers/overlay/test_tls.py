@@ -10,8 +10,9 @@ import trio
 
 from benchmarks.link_tap import LinkTap, plaintext_keys
 from overlay import addresses, tls
+from overlay.addresses import split_host_port
 from overlay.keys import KeyPair
-from overlay.link import Link, LinkClosed, TcpTransport, split_host_port
+from overlay.link import Link, LinkClosed, TcpTransport
 
 SERVER = KeyPair.from_seed(bytes([1]) * 32)
 IMPOSTOR = KeyPair.from_seed(bytes([2]) * 32)

@@ -9,6 +9,8 @@ import pytest
 import trio
 import trio.testing
 
+from overlay.contact import make_contact
+from overlay.keys import KeyPair
 from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import RpcError
@@ -19,7 +21,6 @@ from p2psync.swarm.admission import MIN_STAKE, Ledger, Registration
 from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.listing import (
     LIST_PAGE,
-    MAX_CONTACT_BYTES,
     MAX_LISTED,
     Snapshot,
     sign_announcement,
@@ -153,8 +154,9 @@ async def test_an_admitted_node_reads_only_its_own_swarm(
 async def test_a_listing_of_ten_thousand_entries_reads_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """``list`` comes in pages, so the registry holds MAX_LISTED entries with the
-    largest contacts allowed and every reader still gets all of them."""
+    """``list`` comes in pages, so the registry holds MAX_LISTED entries as large as an
+    announcement can be (a relay's url of the longest text allowed, and its contact for
+    that url) and every reader still gets all of them."""
     network = MemoryNetwork()
     clock = Clock(TEST_EPOCH_MS)
     registry = RegistryServer(clock, ledger=None, dial_back=None)
@@ -163,12 +165,10 @@ async def test_a_listing_of_ten_thousand_entries_reads_back(
         async with open_rpc(network, url) as client:
             for index in range(MAX_LISTED):
                 relay = Identity(index.to_bytes(32, "big"))
+                address = f"mem:{index:05d}".ljust(256, "r")
+                contact = make_contact(KeyPair.from_seed(relay.seed), address, clock.now_ms())
                 announcement = sign_announcement(
-                    relay,
-                    "relay",
-                    f"tcp://10.0.0.1:{index}",
-                    clock.now_ms(),
-                    b"c" * MAX_CONTACT_BYTES,
+                    relay, "relay", address, clock.now_ms(), contact.encode()
                 )
                 await client.call("announce", announcement)
                 await trio.sleep(1 / ServerLimits().requests_per_s)  # within the rate limit

@@ -1,21 +1,39 @@
 """The registry lists an address only once it has reached the announcer there: a staked
-node or relay cannot list someone else's address (or one nothing serves)."""
+node or relay cannot list someone else's address (or one nothing serves), and cannot
+turn the registry's dials against others (held slots, probing, a relay's contact
+elsewhere than its url)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
 
+from overlay.contact import make_contact
+from overlay.keys import KeyPair
 from overlay.link import Link, MemoryNetwork, TcpTransport, Transport
 from p2psync.clock import TEST_EPOCH_MS, Clock
-from p2psync.errors import RpcError
+from p2psync.errors import ConnectionLost, RpcError
 from p2psync.identity import Identity
 from p2psync.swarm.admission import Ledger
-from p2psync.swarm.listing import ANNOUNCEMENT_TTL_MS, Snapshot, needs_dial_back, sign_announcement
-from p2psync.swarm.registry import RegistryDirectory, RegistryServer
+from p2psync.swarm.listing import (
+    ANNOUNCEMENT_TTL_MS,
+    DIAL_RETRY_MS,
+    Snapshot,
+    may_dial_again,
+    needs_dial_back,
+    sign_announcement,
+)
+from p2psync.swarm.registry import (
+    ANNOUNCE_TIMEOUT_S,
+    DIAL_BACK_TIMEOUT_S,
+    MAX_DIALS,
+    RegistryDirectory,
+    RegistryServer,
+)
 from p2psync.websocket import WebSocketTransport
 
 LEDGER = Ledger(Identity.from_label("dial-back-ledger"))
@@ -36,6 +54,13 @@ def test_an_address_is_reached_again_only_when_new_changed_or_expired() -> None:
     assert needs_dial_back(listed, "mem:a", now + ANNOUNCEMENT_TTL_MS)
 
 
+def test_an_announcer_the_registry_failed_to_reach_waits_before_it_is_dialled_again() -> None:
+    now = TEST_EPOCH_MS
+    assert may_dial_again(None, now)
+    assert not may_dial_again(now - DIAL_RETRY_MS + 1, now)
+    assert may_dial_again(now - DIAL_RETRY_MS, now)
+
+
 def test_a_relay_url_pinning_another_key_is_left_out_by_readers() -> None:
     """A relay serves TLS as its own key too, so its ``host:port#<key>`` must pin it."""
     now = TEST_EPOCH_MS
@@ -51,33 +76,205 @@ def test_a_relay_url_pinning_another_key_is_left_out_by_readers() -> None:
     ]
 
 
-async def test_an_address_nothing_serves_is_refused_until_the_announcer_serves_there(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+def test_a_relays_contact_must_be_its_own_key_at_its_own_url() -> None:
+    """Devices build paths from the contact, so a contact elsewhere (or of another key)
+    would make the dial back, and the admission, check something devices never use."""
+    now = TEST_EPOCH_MS
+    own = KeyPair.from_seed(ROGUE.seed)
+    other = KeyPair.from_seed(Identity.from_label("unadmitted").seed)
+    contacts = {
+        "own": make_contact(own, "mem:rogue", now),
+        "another key": make_contact(other, "mem:rogue", now),
+        "another address": make_contact(own, "mem:victim", now),
+    }
+    listed = {
+        name: Snapshot.from_announcements(
+            {"announcements": [sign_announcement(ROGUE, "relay", "mem:rogue", now, c.encode())]},
+            now,
+            ledger=None,
+        ).relays
+        != ()
+        for name, c in contacts.items()
+    }
+    assert listed == {"own": True, "another key": False, "another address": False}
+
+
+class _Dials(Transport):
+    """The memory network as the registry dials it, counting dials; a dial to an address
+    under ``mem:hang`` never completes (a port that takes the connection and then stays
+    silent)."""
+
+    def __init__(self, network: MemoryNetwork) -> None:
+        self.network = network
+        self.dials: list[str] = []
+
+    async def serve(self, *args: object, **kwargs: object) -> None:
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def connect(self, address: str) -> AsyncIterator[Link]:
+        self.dials.append(address)
+        if address.startswith("mem:hang"):
+            await trio.sleep_forever()
+        async with self.network.connect(address) as link:
+            yield link
+
+    def for_overlay(self) -> Transport:
+        return self
+
+
+async def _hang_up(link: Link) -> None:
+    """Serves an address and nothing more."""
+
+
+@asynccontextmanager
+async def _registry(
+    clock: Clock,
+) -> AsyncIterator[tuple[MemoryNetwork, _Dials, RegistryServer, RegistryDirectory, trio.Nursery]]:
     network = MemoryNetwork()
-    clock = Clock(TEST_EPOCH_MS)
-    registry = RegistryServer(clock, ledger=LEDGER.public_key, dial_back=network)
-    dials = 0
-
-    async def count(link: Link) -> None:
-        nonlocal dials
-        dials += 1
-
+    dials = _Dials(network)
+    registry = RegistryServer(clock, ledger=LEDGER.public_key, dial_back=dials)
     async with trio.open_nursery() as nursery:
         url = await nursery.start(registry.serve, network, "mem:registry")
-        directory = RegistryDirectory(network, url, clock, LEDGER.public_key)
+        yield (
+            network,
+            dials,
+            registry,
+            RegistryDirectory(network, url, clock, LEDGER.public_key),
+            nursery,
+        )
+        nursery.cancel_scope.cancel()
+
+
+async def _announce(directory: RegistryDirectory, who: Identity, url: str) -> None:
+    await directory.announce(who, "relay", url, registration=_registration(who))
+
+
+async def test_an_address_is_listed_once_reached_and_reached_again_when_it_changes_or_expires(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = Clock(TEST_EPOCH_MS)
+    async with _registry(clock) as (network, dials, registry, directory, nursery):
         for kind in ("node", "relay"):
             with pytest.raises(RpcError) as refused:
                 await directory.announce(
                     ROGUE, kind, "mem:nobody", registration=_registration(ROGUE)
                 )
-            assert refused.value.code == "unavailable" and "mem:nobody" in refused.value.message
+            # Refused without the cause: that would say what answers at the address.
+            assert refused.value.code == "unavailable"
+            assert refused.value.message == "the registry could not reach the announced url"
         assert registry.snapshot().announcements == ()
-        await nursery.start(network.serve, count, "mem:rogue")
-        await directory.announce(ROGUE, "relay", "mem:rogue", registration=_registration(ROGUE))
-        await directory.announce(ROGUE, "relay", "mem:rogue", registration=_registration(ROGUE))
+        for address in ("mem:rogue", "mem:moved"):
+            await nursery.start(network.serve, _hang_up, address)
+        clock.skip_idle(DIAL_RETRY_MS)  # past the wait after a failed dial
+        dials.dials.clear()
+        await _announce(directory, ROGUE, "mem:rogue")
+        await _announce(directory, ROGUE, "mem:rogue")
         assert [r.url for r in registry.snapshot().relays] == ["mem:rogue"]
-        assert dials == 1  # the repeat at the same address is not dialled again
+        assert dials.dials == ["mem:rogue"]  # the repeat at the same address is not dialled
+        await _announce(directory, ROGUE, "mem:moved")
+        clock.skip_idle(ANNOUNCEMENT_TTL_MS)
+        await _announce(directory, ROGUE, "mem:moved")
+        assert dials.dials == ["mem:rogue", "mem:moved", "mem:moved"]
+        assert [r.url for r in registry.snapshot().relays] == ["mem:moved"]
+
+
+async def test_an_unreachable_announcer_is_not_dialled_again_for_a_while(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One failed dial, then refusals without a dial until DIAL_RETRY_MS passed: nobody
+    probes addresses through the registry faster than that per key."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with _registry(clock) as (_, dials, _, directory, _):
+        for _ in range(3):
+            with pytest.raises(RpcError):
+                await _announce(directory, ROGUE, "mem:nobody")
+        assert dials.dials == ["mem:nobody"]
+        clock.skip_idle(DIAL_RETRY_MS)
+        with pytest.raises(RpcError):
+            await _announce(directory, ROGUE, "mem:nobody")
+        assert dials.dials == ["mem:nobody"] * 2
+
+
+async def test_held_dials_keep_no_one_waiting_past_the_timeout_and_one_key_dials_once_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Announcers whose addresses take the connection and stay silent hold every dial
+    slot: a second announcement of one of them is refused at once, an honest newcomer is
+    answered within the dial timeout, not after the held dials, and gets listed once
+    those fail."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with _registry(clock) as (network, dials, registry, directory, nursery):
+        rogues = [Identity.from_label(f"holder-{i}") for i in range(MAX_DIALS)]
+        refusals = []
+
+        async def hold(rogue: Identity) -> None:
+            with pytest.raises(RpcError) as refused:
+                await _announce(directory, rogue, f"mem:hang-{rogue.session_id[:8]}")
+            refusals.append(refused.value.code)
+
+        for rogue in rogues:
+            nursery.start_soon(hold, rogue)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(dials.dials) == MAX_DIALS
+        with pytest.raises(RpcError, match="still reaching"):
+            await _announce(directory, rogues[0], f"mem:hang-{rogues[0].session_id[:8]}")
+        await nursery.start(network.serve, _hang_up, "mem:honest")
+        started = trio.current_time()
+        with pytest.raises(RpcError, match="could not reach"):
+            await _announce(directory, VICTIM, "mem:honest")
+        assert trio.current_time() - started <= DIAL_BACK_TIMEOUT_S
+        await trio.testing.wait_all_tasks_blocked()
+        assert refusals == ["unavailable"] * MAX_DIALS
+        clock.skip_idle(DIAL_RETRY_MS)
+        await _announce(directory, VICTIM, "mem:honest")
+        assert [r.url for r in registry.snapshot().relays] == ["mem:honest"]
+
+
+async def test_an_announcer_gives_up_on_a_registry_that_does_not_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node or relay announces before it settles; a registry that takes the call and
+    never answers must not hold it up for more than ANNOUNCE_TIMEOUT_S."""
+    network = MemoryNetwork()
+    clock = Clock(TEST_EPOCH_MS)
+
+    async def silent(link: Link) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(network.serve, silent, "mem:silent")
+        started = trio.current_time()
+        with pytest.raises(ConnectionLost, match="did not answer"):
+            await _announce(RegistryDirectory(network, url, clock, None), ROGUE, "mem:rogue")
+        assert trio.current_time() - started == pytest.approx(ANNOUNCE_TIMEOUT_S)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("kind", "url"),
+    [
+        ("node", "ws://127.0.0.1:7000"),  # unpinned
+        ("node", f"wss://localhost:7000/{ROGUE.ed25519_public.hex()}"),  # a name
+        ("node", f"127.0.0.1:7000#{ROGUE.ed25519_public.hex()}"),  # a relay's form
+        ("relay", "127.0.0.1:7000"),  # unpinned
+        ("relay", f"wss://127.0.0.1:7000/{ROGUE.ed25519_public.hex()}"),  # a node's form
+        ("relay", f"relay.example:7000#{ROGUE.ed25519_public.hex()}"),  # a name
+    ],
+)
+async def test_a_registry_of_tls_links_takes_only_pinned_ip_urls_of_the_announcers_kind(
+    kind: str, url: str
+) -> None:
+    """Refused as malformed, before any dial: an unpinned url's dial proves only that
+    something answers, a name's only where it pointed then."""
+    network = MemoryNetwork()
+    registry = RegistryServer(Clock(), ledger=LEDGER.public_key, dial_back=WebSocketTransport())
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(registry.serve, network, "mem:registry")
+        directory = RegistryDirectory(network, address, Clock(), LEDGER.public_key)
+        with pytest.raises(RpcError) as refused:
+            await directory.announce(ROGUE, kind, url, registration=_registration(ROGUE))
+        assert refused.value.code == "bad_request"
         nursery.cancel_scope.cancel()
 
 
@@ -121,7 +318,3 @@ async def test_an_admitted_announcer_cannot_list_an_address_another_key_serves(
 def _wss(served: str, key: str) -> str:
     """``wss://host:port/<key>`` at the address a server reported."""
     return served.rsplit("/", 1)[0] + "/" + key
-
-
-async def _hang_up(link: Link) -> None:
-    """Serves an address and nothing more."""
