@@ -45,6 +45,15 @@ from .live import (
     PeerError,
     Send,
 )
+from .presence import (
+    HELLO_DELAY_S,
+    REDIAL_MIN_S,
+    SessionChoice,
+    dials,
+    keep_session,
+    may_leave,
+    next_redial_s,
+)
 from .records import (
     MAX_RECORD_BYTES,
     MAX_RELAYS_PER_RECORD,
@@ -60,15 +69,6 @@ logger = logging.getLogger(__name__)
 #: Records queued for one sibling's session; beyond that they are dropped, and LiveSync's
 #: resend brings them back, so a slow session cannot grow memory without bound.
 SESSION_QUEUE_RECORDS = 256
-REDIAL_MIN_S = 1.0
-#: Re-dials of a sibling that is away back off to this. Each costs an introset lookup (up
-#: to 24 requests through the overlay): at 10 s a device idled by an offline sibling spent
-#: most of its CPU looking for it. A sibling that comes back dials us itself when it
-#: starts (:meth:`SiblingSync.run`), and that wakes the dialer at once, so the back-off
-#: costs latency only when that first dial fails.
-REDIAL_MAX_S = 300.0
-#: How long the non-dialing side gives the dialing one before saying hello itself.
-HELLO_DELAY_S = 2.0
 #: How long a device going offline spends telling its siblings.
 GOODBYE_S = 1.0
 #: How long a device going offline may wait for its siblings to take what it owes them
@@ -174,7 +174,7 @@ class SiblingSync:
             await self.endpoint.publish(self.secret)
             nursery.start_soon(self._accept, nursery)
             for sibling, key in self._keys.items():
-                if self.endpoint.public_key < key:
+                if dials(self.endpoint.public_key, key):
                     nursery.start_soon(self._dial, sibling, key)
                 else:
                     nursery.start_soon(self._hello, sibling, key)
@@ -194,9 +194,10 @@ class SiblingSync:
         self._leaving.set()
         if self.endpoint is None:
             return
-        while any(
-            sibling in self._sessions or not self._tried[sibling].is_set()
-            for sibling in self.live.owed_to(self.clock.now_ms())
+        while not may_leave(
+            self.live.owed_to(self.clock.now_ms()),
+            self._sessions,
+            {sibling for sibling, tried in self._tried.items() if tried.is_set()},
         ):
             await self._progress.wait()
 
@@ -250,7 +251,7 @@ class SiblingSync:
                 self._tried_to_reach(sibling)
             with trio.move_on_after(delay):
                 await present.wait()
-            delay = REDIAL_MIN_S if present.is_set() else min(REDIAL_MAX_S, delay * 2)
+            delay = next_redial_s(delay, present.is_set())
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         assert self.endpoint is not None
@@ -283,9 +284,10 @@ class SiblingSync:
         already read from it). One session per sibling: a new one the sibling opened
         (``replace``) ends ours, else it is dropped."""
         current = self._serving.get(sibling)
-        if current is not None:
-            if not replace:
-                return
+        choice = keep_session(current is not None, opened_by_sibling=replace)
+        if choice is SessionChoice.DROP:
+            return
+        if current is not None:  # SessionChoice.REPLACE
             current[0].cancel()
             await current[1].wait()
         ended = trio.Event()

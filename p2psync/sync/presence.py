@@ -1,0 +1,60 @@
+"""Who opens a sibling session, when to try again, which session to keep, and when a
+device going offline has waited long enough: decided without I/O.
+
+Two siblings that both dialled would open two sessions and race to replace each other,
+so exactly one dials (:func:`dials`) and keeps trying, backing off while the sibling is
+away (:func:`next_redial_s`); the other says hello once after :data:`HELLO_DELAY_S`, in
+case the dialler is holding a session to its previous run. One session per sibling: a
+new one the sibling opened replaces ours, a second dial of our own is dropped
+(:func:`keep_session`). :class:`~.syncer.SiblingSync` is the driver that does it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from enum import Enum
+
+REDIAL_MIN_S = 1.0
+#: Re-dials of a sibling that is away back off to this. Each costs an introset lookup (up
+#: to 24 requests through the overlay): at 10 s a device idled by an offline sibling spent
+#: most of its CPU looking for it. A sibling that comes back dials us itself when it
+#: starts (its hello), and that wakes the dialer at once, so the back-off costs latency
+#: only when that first dial fails.
+REDIAL_MAX_S = 300.0
+#: How long the non-dialing side gives the dialing one before saying hello itself.
+HELLO_DELAY_S = 2.0
+
+
+def dials(own_key: bytes, sibling_key: bytes) -> bool:
+    """Whether this device is the one that dials ``sibling_key`` (the lower overlay key
+    dials); the other only says hello."""
+    return own_key < sibling_key
+
+
+def next_redial_s(delay_s: float, sibling_showed_up: bool) -> float:
+    """The wait before the next dial, after one that waited ``delay_s``: from the start
+    once the sibling showed up (it dialled us), else twice as long, up to the cap."""
+    return REDIAL_MIN_S if sibling_showed_up else min(REDIAL_MAX_S, delay_s * 2)
+
+
+class SessionChoice(Enum):
+    """What to do with a new session to a sibling: see :func:`keep_session`."""
+
+    SERVE = "serve"  # the only one
+    REPLACE = "replace"  # end the current one, then serve this
+    DROP = "drop"  # keep the current one
+
+
+def keep_session(has_current: bool, opened_by_sibling: bool) -> SessionChoice:
+    """One session per sibling: one it opened is the newest word of its state (it may have
+    restarted), so it replaces ours; a second one of ours is dropped."""
+    if not has_current:
+        return SessionChoice.SERVE
+    return SessionChoice.REPLACE if opened_by_sibling else SessionChoice.DROP
+
+
+def may_leave(owed: Iterable[str], in_session: Collection[str], tried: Collection[str]) -> bool:
+    """Whether a device going offline may stop waiting for the siblings it still owes a
+    message (``owed``): none of them is in session, and each was tried at least once
+    (one still in session may acknowledge yet; one never tried may be online)."""
+    return not any(sibling in in_session or sibling not in tried for sibling in owed)
