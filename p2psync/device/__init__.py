@@ -20,7 +20,7 @@ from .device import (
 from .facades import DevicePairing, Friends, Rooms
 from .friends import ContactState
 from .modes import Mode
-from .store import Contact, HistoryItem
+from .rows import Contact, HistoryItem
 
 __all__ = [
     "Contact",

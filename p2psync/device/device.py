@@ -75,8 +75,9 @@ from .modes import Mode
 from .outbox import Outbox
 from .pairer import Pairer
 from .receiver import Receiver
+from .rows import HistoryItem
 from .siblings import SiblingEntries, SiblingHandler
-from .store import DeviceStore, HistoryItem
+from .store import DeviceStore
 from .values import (
     DeviceConfig,
     DeviceError,

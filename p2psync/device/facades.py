@@ -22,7 +22,7 @@ from .friends import transition as friend_transition
 from .local import Local
 from .outbox import Outbox
 from .pairer import Pairer
-from .store import Contact
+from .rows import Contact
 from .values import DeviceError, PairingOffer, PairingTicket, Room
 
 

@@ -56,7 +56,7 @@ from .pairing import (
     pairing_transition,
     request_open,
 )
-from .store import Contact, Pairing
+from .rows import Contact, Pairing
 
 #: How far ahead of this device's clock a message may be dated. Honest devices keep within
 #: ``CLOCK_SKEW_MS`` of the storage nodes (their signed requests need it), so an honest

@@ -41,7 +41,8 @@ from .pairing import (
     REQUESTS_PER_KEY,
     PairingState,
 )
-from .store import Contact, Copy, DeviceStore, Pairing
+from .rows import Contact, Copy, Pairing
+from .store import DeviceStore
 from .values import MAX_REJECTIONS, DeviceConfig, DeviceError, Refused, Rejection, Whoami
 
 logger = logging.getLogger(__name__)

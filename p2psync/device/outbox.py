@@ -31,7 +31,7 @@ from .access import NetworkAccess
 from .content import SyncSent, Text, copy_ttl_ms, decode_content
 from .deletions import DeletionSchedule, delete_batches
 from .local import Local
-from .store import Copy, OutboxEntry
+from .rows import Copy, OutboxEntry
 from .values import TRANSIENT
 
 logger = logging.getLogger(__name__)

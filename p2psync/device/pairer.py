@@ -57,8 +57,8 @@ from .pairing import (
     pairing_transition,
     request_open,
 )
+from .rows import Contact, Pairing
 from .siblings import SiblingHandler
-from .store import Contact, Pairing
 from .values import DeviceError, PairingError, PairingOffer, PairingTicket
 
 logger = logging.getLogger(__name__)

@@ -51,8 +51,8 @@ from .migrator import Migrator
 from .outbox import Outbox
 from .pairer import Pairer
 from .pairing import PairingState
+from .rows import Contact
 from .siblings import SiblingHandler
-from .store import Contact
 from .values import TRANSIENT, Refused
 
 logger = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from .content import HistoryRecord, SyncSent
 from .keys import choice_seed, overlay_seed, siblings_secret
 from .local import Local
 from .relay_listing import keep_relays_current
+from .rows import Pending
 from .sibling_rules import FallBack, deleted_once_acknowledged, fall_back_plan, stands_in
-from .store import Pending
 from .values import TRANSIENT, Refused
 
 logger = logging.getLogger(__name__)

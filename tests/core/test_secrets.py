@@ -13,7 +13,7 @@ from overlay.keys import KeyPair
 from overlay.onion import HopKeys
 from p2psync.database import open_database
 from p2psync.device.content import PairGrant
-from p2psync.device.store import Pairing
+from p2psync.device.rows import Pairing
 from p2psync.identity import Identity
 
 SEED = bytes(range(32))

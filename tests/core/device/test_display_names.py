@@ -20,7 +20,7 @@ from p2psync.device.content import (
 )
 from p2psync.device.friends import ContactState
 from p2psync.device.inbound import PutContact, Reject, SetDisplayName
-from p2psync.device.store import Contact
+from p2psync.device.rows import Contact
 from p2psync.errors import DecodeError
 from p2psync.wire import encode_cbor
 

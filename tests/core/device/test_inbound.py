@@ -47,7 +47,7 @@ from p2psync.device.inbound import (
 from p2psync.device.migration import LinkedStatement
 from p2psync.device.modes import RULES, Mode, Rules
 from p2psync.device.pairing import PairingState
-from p2psync.device.store import Contact, Pairing
+from p2psync.device.rows import Contact, Pairing
 from p2psync.identity import Identity
 from p2psync.mapping import PAIRING_WINDOW_MS, revoke_pairing
 from p2psync.swarm.constants import NAMESPACE_SYNC

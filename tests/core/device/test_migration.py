@@ -35,7 +35,7 @@ from p2psync.device.migration import (
     sign_linked_statement,
 )
 from p2psync.device.modes import Mode
-from p2psync.device.store import Contact
+from p2psync.device.rows import Contact
 from p2psync.envelope import MAX_TIMESTAMP_MS
 from p2psync.errors import DecodeError
 from p2psync.identity import Identity

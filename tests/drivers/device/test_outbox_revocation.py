@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from p2psync.device.store import Copy, DeviceStore
+from p2psync.device.rows import Copy
+from p2psync.device.store import DeviceStore
 from p2psync.identity import Identity
 from p2psync.mapping import revoke_pairing
 
