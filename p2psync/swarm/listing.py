@@ -329,7 +329,7 @@ def check_pinned_url(kind: str, url: str) -> None:
             if "://" in url:
                 raise ValueError("a relay's url is IP:PORT#<key>")
             authority, pin = split_pin(url)
-        ipaddress.ip_address(split_host_port(authority)[0])
+        _check_dialable(authority)
     except ValueError as exc:
         raise DecodeError(f"announced url {url[:80]!r}: {exc}") from None
     if pin is None:
@@ -360,6 +360,21 @@ def _checked_record(params: Fields) -> dict[str, Any]:
     _check_own_pin(raw["url"], pubkey)
     _check_own_contact(raw)
     return raw
+
+
+def _check_dialable(authority: str) -> None:
+    """``IP:PORT`` (an IPv6 address in brackets) of one host: not a name, not the
+    unspecified or a multicast address (a reader dialling those reaches itself, or no one
+    in particular)."""
+    host = authority.rpartition(":")[0]
+    if not host:
+        raise ValueError("no host")
+    address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    if host.startswith("[") != (address.version == 6):
+        raise ValueError("an IPv6 address goes in brackets, an IPv4 address does not")
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"{address} is no one host's address")
+    split_host_port(authority)  # the port
 
 
 def _check_own_contact(raw: dict[str, Any]) -> None:

@@ -288,54 +288,80 @@ async def read_listing_pages(list_page: Callable[[dict[str, Any]], Awaitable[Any
 
 
 class DialBack:
-    """The registry's connections to announced addresses: at most :data:`MAX_DIALS` at
-    once, each within :data:`DIAL_BACK_TIMEOUT_S` including the wait for its turn, one at
-    a time per announcer, and none for :data:`~.listing.DIAL_RETRY_MS` after one failed.
-    So an announcer, or a few, can hold the registry's dials for a timeout at most, never
-    keep an honest announcement waiting longer, and cannot use the registry to probe
-    addresses faster than one a key per retry interval; the refusal names no cause (it
-    would tell what answers at an address the registry can reach)."""
+    """The registry's connections to announced addresses.
+
+    * At most :data:`MAX_DIALS` at once; an announcement that finds no free slot within
+      :data:`DIAL_BACK_TIMEOUT_S` is told the registry is busy, and nothing is held
+      against its announcer (it was never dialled).
+    * One dial at a time per announcer key (whatever kind it announces as: one stake),
+      and after every dial that did not reach the announcer, none for
+      :data:`~.listing.DIAL_RETRY_MS`, counted from the dial's start, so an announcer that
+      hangs up while its dial is under way is held to it too.
+    * A failed dial is answered :data:`DIAL_BACK_TIMEOUT_S` after it began, whatever made
+      it fail, with the same words: neither the message nor the time tells what answers
+      at an address the registry can reach (refused, silent, or another server).
+
+    So a few announcers can hold the dials for a timeout at most, and nobody can probe
+    addresses through the registry faster than one a key per retry interval."""
 
     def __init__(self, transport: Transport, clock: Clock) -> None:
         self.transport = transport
         self._by_kind = {"node": transport, "relay": transport.for_overlay()}
         self._clock = clock
         self._slots = trio.CapacityLimiter(MAX_DIALS)
-        self._dialling: set[tuple[str, str]] = set()
-        #: When each recently unreachable announcer failed, oldest first (capped).
-        self._failed: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._dialling: set[str] = set()
+        #: When each announcer was last dialled without success, oldest first (capped).
+        self._tried: OrderedDict[str, int] = OrderedDict()
 
-    async def reach(self, key: tuple[str, str], url: str) -> None:
-        """Connect to ``url`` of announcer ``key`` (kind, pubkey), over TLS pinned to the
-        key it names, or refuse the announcement with ``unavailable``."""
-        if key in self._dialling:
+    async def reach(self, kind: str, pubkey: str, url: str) -> None:
+        """Connect to ``url`` of the announcer ``pubkey``, over TLS pinned to the key it
+        names, or refuse the announcement with ``unavailable``."""
+        if pubkey in self._dialling:
             raise RpcError("unavailable", "the registry is still reaching this announcer")
-        if not may_dial_again(self._failed.get(key), self._clock.now_ms()):
+        if not may_dial_again(self._tried.get(pubkey), self._clock.now_ms()):
             raise RpcError("unavailable", "the registry could not reach the announced url lately")
-        self._dialling.add(key)
+        self._dialling.add(pubkey)
         try:
-            with trio.move_on_after(DIAL_BACK_TIMEOUT_S):
-                async with self._slots, self._by_kind[key[0]].connect(url):
-                    self._failed.pop(key, None)
-                    return
-        except (OSError, LinkClosed, ValueError) as exc:
-            logger.debug("registry: %s at %s unreachable: %r", key[1][:8], url, exc)
+            with trio.move_on_after(DIAL_BACK_TIMEOUT_S) as waiting:
+                await self._slots.acquire()
+            if waiting.cancelled_caught:
+                raise RpcError("unavailable", "the registry is busy: announce again shortly")
+            began = trio.current_time()
+            try:
+                reached = await self._connect(kind, pubkey, url)
+            finally:
+                self._slots.release()
+            if not reached:
+                await trio.sleep_until(began + DIAL_BACK_TIMEOUT_S)
+                raise RpcError("unavailable", "the registry could not reach the announced url")
         finally:
-            self._dialling.discard(key)
-        self._failed[key] = self._clock.now_ms()
-        self._failed.move_to_end(key)
-        if len(self._failed) > MAX_LISTED:
-            self._failed.popitem(last=False)
-        raise RpcError("unavailable", "the registry could not reach the announced url")
+            self._dialling.discard(pubkey)
+
+    async def _connect(self, kind: str, pubkey: str, url: str) -> bool:
+        self._remember_try(pubkey)
+        with trio.move_on_after(DIAL_BACK_TIMEOUT_S):
+            try:
+                async with self._by_kind[kind].connect(url):
+                    self._tried.pop(pubkey, None)
+                    return True
+            except (OSError, LinkClosed, ValueError) as exc:
+                logger.debug("registry: %s at %s unreachable: %r", pubkey[:8], url, exc)
+        return False
+
+    def _remember_try(self, pubkey: str) -> None:
+        self._tried[pubkey] = self._clock.now_ms()
+        self._tried.move_to_end(pubkey)
+        if len(self._tried) > MAX_LISTED:
+            self._tried.popitem(last=False)
 
 
 class RegistryServer:
     """Keeps signed announcements until they expire; optionally persisted to a JSON file
     so a restarted registry answers with the last list at once. With a ``ledger`` key it
-    takes a node's announcement only with a registration that ledger signed. With a
-    ``dial_back`` transport it lists an address only once it has connected to it (see
-    the module's docstring); None skips that, for tests that announce addresses nothing
-    serves."""
+    takes a node's announcement only with a registration that ledger signed. It lists
+    ``capacity`` entries at most. With a ``dial_back`` transport it lists an address only
+    once it has connected to it (:class:`DialBack`); None skips that, for tests that
+    announce addresses nothing serves."""
 
     def __init__(
         self,
@@ -344,9 +370,11 @@ class RegistryServer:
         *,
         ledger: bytes | None,
         dial_back: Transport | None,
+        capacity: int = MAX_LISTED,
     ) -> None:
         self.clock = clock
         self.ledger = ledger
+        self._capacity = capacity
         self._dial = None if dial_back is None else DialBack(dial_back, clock)
         self._state = None if state_path is None else SavedFile(state_path)
         self._entries: dict[tuple[str, str], Entry] = {}  # by (kind, pubkey)
@@ -394,7 +422,7 @@ class RegistryServer:
         signature = params.blob("signature", size=64)
         previous = self._place_for(key, raw["timestamp"], now)
         if self._dial is not None and needs_dial_back(previous, raw["url"], now):
-            await self._dial.reach(key, raw["url"])
+            await self._dial.reach(raw["kind"], raw["pubkey"], raw["url"])
             # Checked again: the same key may have announced meanwhile, the registry
             # filled, and the announcement aged (a dial takes up to its timeout).
             now = self.clock.now_ms()
@@ -411,10 +439,10 @@ class RegistryServer:
         previous = self._entries.get(key)
         if previous is not None and previous[1]["timestamp"] > timestamp:
             raise RpcError("unauthorized", "announcement is older than the one listed")
-        if previous is None and len(self._entries) >= MAX_LISTED:
+        if previous is None and len(self._entries) >= self._capacity:
             for gone in [k for k, (expiry, _, _) in self._entries.items() if expiry <= now_ms]:
                 del self._entries[gone]
-            if len(self._entries) >= MAX_LISTED:
+            if len(self._entries) >= self._capacity:
                 raise RpcError("unavailable", "registry is full")
         return previous
 

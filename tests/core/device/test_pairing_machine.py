@@ -116,6 +116,10 @@ def test_two_requests_showing_one_code_are_both_named_never_one_guessed() -> Non
     honest, ground = _Offer(now - 1_000), _Offer(now - 500)
     choice = choose_offer([("123 456", honest), ("123 456", ground)], "123 456", now)
     assert choice == OfferChoice(OfferMatch.CLASH, (honest, ground))
+    # One of them past the window changes nothing: both are still refused.
+    old = _Offer(now - PAIRING_WINDOW_MS - 1)
+    choice = choose_offer([("123 456", old), ("123 456", ground)], "123 456", now)
+    assert choice == OfferChoice(OfferMatch.CLASH, (old, ground))
 
 
 def test_a_request_past_the_window_is_expired_not_found() -> None:

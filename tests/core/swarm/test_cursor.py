@@ -31,8 +31,10 @@ def test_another_node_is_asked_from_the_newest_hash_read_a_rewind_before_the_lat
 
 
 def test_without_a_read_that_old_the_rewind_goes_to_the_oldest_remembered() -> None:
+    assert Cursor().for_new_node() is None
+    # A cursor read back from a device's store, with nothing read since: where it was.
+    assert Cursor(last_hash=_message(9).hash).for_new_node() == _message(9).hash
     cursor = Cursor()
-    assert cursor.for_new_node() is None
     cursor.fresh([_message(0), _message(1)], lived_s=5.0)
     assert cursor.for_new_node() == _message(0).hash
 

@@ -25,6 +25,11 @@ def test_exactly_one_of_two_siblings_dials(one: bytes, other: bytes) -> None:
         assert dials(one, other) != dials(other, one)
 
 
+def test_the_sibling_with_the_lower_overlay_key_dials() -> None:
+    assert dials(bytes(32), bytes([1]) * 32)
+    assert not dials(bytes([1]) * 32, bytes(32))
+
+
 def test_redials_back_off_to_the_cap_and_start_over_once_the_sibling_shows_up() -> None:
     delay, waits = REDIAL_MIN_S, []
     for _ in range(12):

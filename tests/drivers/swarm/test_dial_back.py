@@ -5,6 +5,7 @@ elsewhere than its url)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -18,7 +19,9 @@ from overlay.link import Link, MemoryNetwork, TcpTransport, Transport
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import ConnectionLost, RpcError
 from p2psync.identity import Identity
+from p2psync.rpc import open_rpc
 from p2psync.swarm.admission import Ledger
+from p2psync.swarm.constants import CLOCK_SKEW_MS
 from p2psync.swarm.listing import (
     ANNOUNCEMENT_TTL_MS,
     DIAL_RETRY_MS,
@@ -99,10 +102,14 @@ def test_a_relays_contact_must_be_its_own_key_at_its_own_url() -> None:
     assert listed == {"own": True, "another key": False, "another address": False}
 
 
+#: How long a dial to an address under ``mem:slow`` takes to connect.
+SLOW_S = 3.0
+
+
 class _Dials(Transport):
     """The memory network as the registry dials it, counting dials; a dial to an address
     under ``mem:hang`` never completes (a port that takes the connection and then stays
-    silent)."""
+    silent), one under ``mem:slow`` takes ``SLOW_S``, and ``mem:bad`` is malformed."""
 
     def __init__(self, network: MemoryNetwork) -> None:
         self.network = network
@@ -116,6 +123,10 @@ class _Dials(Transport):
         self.dials.append(address)
         if address.startswith("mem:hang"):
             await trio.sleep_forever()
+        if address.startswith("mem:slow"):
+            await trio.sleep(SLOW_S)
+        if address.startswith("mem:bad"):
+            raise ValueError(f"not an address: {address!r}")
         async with self.network.connect(address) as link:
             yield link
 
@@ -129,11 +140,11 @@ async def _hang_up(link: Link) -> None:
 
 @asynccontextmanager
 async def _registry(
-    clock: Clock,
+    clock: Clock, capacity: int = 100
 ) -> AsyncIterator[tuple[MemoryNetwork, _Dials, RegistryServer, RegistryDirectory, trio.Nursery]]:
     network = MemoryNetwork()
     dials = _Dials(network)
-    registry = RegistryServer(clock, ledger=LEDGER.public_key, dial_back=dials)
+    registry = RegistryServer(clock, ledger=LEDGER.public_key, dial_back=dials, capacity=capacity)
     async with trio.open_nursery() as nursery:
         url = await nursery.start(registry.serve, network, "mem:registry")
         yield (
@@ -155,14 +166,14 @@ async def test_an_address_is_listed_once_reached_and_reached_again_when_it_chang
 ) -> None:
     clock = Clock(TEST_EPOCH_MS)
     async with _registry(clock) as (network, dials, registry, directory, nursery):
-        for kind in ("node", "relay"):
-            with pytest.raises(RpcError) as refused:
-                await directory.announce(
-                    ROGUE, kind, "mem:nobody", registration=_registration(ROGUE)
-                )
-            # Refused without the cause: that would say what answers at the address.
-            assert refused.value.code == "unavailable"
-            assert refused.value.message == "the registry could not reach the announced url"
+        with pytest.raises(RpcError) as refused:
+            await _announce(directory, ROGUE, "mem:nobody")
+        # Refused without the cause: that would say what answers at the address.
+        assert refused.value.code == "unavailable"
+        assert refused.value.message == "the registry could not reach the announced url"
+        # Its key waits, whatever kind it announces as (one stake, one budget of dials).
+        with pytest.raises(RpcError, match="lately"):
+            await directory.announce(ROGUE, "node", "mem:nobody", registration=_registration(ROGUE))
         assert registry.snapshot().announcements == ()
         for address in ("mem:rogue", "mem:moved"):
             await nursery.start(network.serve, _hang_up, address)
@@ -200,35 +211,104 @@ async def test_held_dials_keep_no_one_waiting_past_the_timeout_and_one_key_dials
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Announcers whose addresses take the connection and stay silent hold every dial
-    slot: a second announcement of one of them is refused at once, an honest newcomer is
-    answered within the dial timeout, not after the held dials, and gets listed once
-    those fail."""
+    slot: a second announcement of one of them (as any kind) is refused at once, an
+    honest newcomer is told the registry is busy within the dial timeout, and, never
+    dialled, is listed as soon as a slot is free: nothing is held against it."""
     clock = Clock(TEST_EPOCH_MS)
     async with _registry(clock) as (network, dials, registry, directory, nursery):
         rogues = [Identity.from_label(f"holder-{i}") for i in range(MAX_DIALS)]
-        refusals = []
+        refused_after = []
 
         async def hold(rogue: Identity) -> None:
-            with pytest.raises(RpcError) as refused:
+            started = trio.current_time()
+            with pytest.raises(RpcError, match="could not reach"):
                 await _announce(directory, rogue, f"mem:hang-{rogue.session_id[:8]}")
-            refusals.append(refused.value.code)
+            refused_after.append(trio.current_time() - started)
 
         for rogue in rogues:
             nursery.start_soon(hold, rogue)
         await trio.testing.wait_all_tasks_blocked()
         assert len(dials.dials) == MAX_DIALS
-        with pytest.raises(RpcError, match="still reaching"):
-            await _announce(directory, rogues[0], f"mem:hang-{rogues[0].session_id[:8]}")
+        for kind in ("relay", "node"):
+            with pytest.raises(RpcError, match="still reaching"):
+                await directory.announce(
+                    rogues[0], kind, "mem:elsewhere", registration=_registration(rogues[0])
+                )
         await nursery.start(network.serve, _hang_up, "mem:honest")
         started = trio.current_time()
-        with pytest.raises(RpcError, match="could not reach"):
+        with pytest.raises(RpcError, match="busy"):
             await _announce(directory, VICTIM, "mem:honest")
         assert trio.current_time() - started <= DIAL_BACK_TIMEOUT_S
         await trio.testing.wait_all_tasks_blocked()
-        assert refusals == ["unavailable"] * MAX_DIALS
-        clock.skip_idle(DIAL_RETRY_MS)
-        await _announce(directory, VICTIM, "mem:honest")
+        assert refused_after == [DIAL_BACK_TIMEOUT_S] * MAX_DIALS
+        await _announce(directory, VICTIM, "mem:honest")  # no wait after a busy refusal
         assert [r.url for r in registry.snapshot().relays] == ["mem:honest"]
+
+
+async def test_a_failed_dial_is_answered_at_the_same_time_whatever_made_it_fail(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Refused at once, silent, or malformed: the same words after the same time, so the
+    answer tells nothing of what is at the address."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with _registry(clock) as (_, _, _, directory, _):
+        for index, address in enumerate(("mem:nobody", "mem:hang", "mem:bad")):
+            who = Identity.from_label(f"prober-{index}")
+            started = trio.current_time()
+            with pytest.raises(RpcError) as refused:
+                await _announce(directory, who, address)
+            assert (refused.value.code, refused.value.message) == (
+                "unavailable",
+                "the registry could not reach the announced url",
+            )
+            assert trio.current_time() - started == pytest.approx(DIAL_BACK_TIMEOUT_S)
+
+
+async def test_an_announcer_that_hangs_up_mid_dial_waits_as_one_that_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The wait counts from each dial's start: hanging up before the answer does not
+    buy the next dial sooner, so silent addresses cannot be probed faster either."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with _registry(clock) as (_, dials, _, directory, _):
+        for index in range(3):
+            with trio.move_on_after(0.5), contextlib.suppress(RpcError):
+                await _announce(directory, ROGUE, f"mem:hang-{index}")
+            await trio.testing.wait_all_tasks_blocked()
+        assert dials.dials == ["mem:hang-0"]
+
+
+async def test_an_announcement_that_aged_during_its_dial_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = Clock(TEST_EPOCH_MS)
+    async with _registry(clock) as (network, _, registry, directory, nursery):
+        await nursery.start(network.serve, _hang_up, "mem:slow")
+        made = clock.now_ms() - CLOCK_SKEW_MS + 1_000  # fresh for a second more
+        record = sign_announcement(
+            ROGUE, "relay", "mem:slow", made, registration=_registration(ROGUE)
+        )
+        async with open_rpc(network, directory.url) as client:
+            with pytest.raises(RpcError) as refused:
+                await client.call("announce", record)
+        assert refused.value.code == "clock_skew"
+        assert registry.snapshot().announcements == ()
+
+
+async def test_expired_entries_make_room_in_a_full_registry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = Clock(TEST_EPOCH_MS)
+    async with _registry(clock, capacity=2) as (network, _, registry, directory, nursery):
+        for name in ("mem:one", "mem:two", "mem:three"):
+            await nursery.start(network.serve, _hang_up, name)
+        await _announce(directory, Identity.from_label("one"), "mem:one")
+        await _announce(directory, Identity.from_label("two"), "mem:two")
+        with pytest.raises(RpcError, match="full"):
+            await _announce(directory, Identity.from_label("three"), "mem:three")
+        clock.skip_idle(ANNOUNCEMENT_TTL_MS)
+        await _announce(directory, Identity.from_label("three"), "mem:three")
+        assert [r.url for r in registry.snapshot().relays] == ["mem:three"]
 
 
 async def test_an_announcer_gives_up_on_a_registry_that_does_not_answer(
@@ -245,7 +325,10 @@ async def test_an_announcer_gives_up_on_a_registry_that_does_not_answer(
     async with trio.open_nursery() as nursery:
         url = await nursery.start(network.serve, silent, "mem:silent")
         started = trio.current_time()
-        with pytest.raises(ConnectionLost, match="did not answer"):
+        with (
+            trio.fail_after(2 * ANNOUNCE_TIMEOUT_S),
+            pytest.raises(ConnectionLost, match="did not answer"),
+        ):
             await _announce(RegistryDirectory(network, url, clock, None), ROGUE, "mem:rogue")
         assert trio.current_time() - started == pytest.approx(ANNOUNCE_TIMEOUT_S)
         nursery.cancel_scope.cancel()
@@ -260,6 +343,9 @@ async def test_an_announcer_gives_up_on_a_registry_that_does_not_answer(
         ("relay", "127.0.0.1:7000"),  # unpinned
         ("relay", f"wss://127.0.0.1:7000/{ROGUE.ed25519_public.hex()}"),  # a node's form
         ("relay", f"relay.example:7000#{ROGUE.ed25519_public.hex()}"),  # a name
+        ("node", f"wss://:7000/{ROGUE.ed25519_public.hex()}"),  # no host
+        ("relay", f"0.0.0.0:7000#{ROGUE.ed25519_public.hex()}"),  # no one host
+        ("relay", f"[1.2.3.4]:7000#{ROGUE.ed25519_public.hex()}"),  # IPv4 in brackets
     ],
 )
 async def test_a_registry_of_tls_links_takes_only_pinned_ip_urls_of_the_announcers_kind(
