@@ -258,16 +258,17 @@ def needs_dial_back(previous: Entry | None, url: str, now_ms: int) -> bool:
     return previous is None or previous[0] <= now_ms or previous[1]["url"] != url
 
 
-#: After a failed dial back, how long an announcer waits before the registry dials it
-#: again (its announcements meanwhile are refused at once): a dial costs the registry a
-#: slot for up to its timeout, and its outcome tells the announcer about the address.
+#: From the start of a dial back that did not reach its announcer, how long before the
+#: registry dials that announcer again (its announcements meanwhile are refused at once):
+#: a dial costs the registry a slot for up to its timeout, and its outcome tells the
+#: announcer about the address.
 DIAL_RETRY_MS = 30_000
 
 
-def may_dial_again(last_failed_ms: int | None, now_ms: int) -> bool:
-    """Whether an announcer whose address the registry failed to reach at
-    ``last_failed_ms`` (None: never) may be dialled now."""
-    return last_failed_ms is None or now_ms - last_failed_ms >= DIAL_RETRY_MS
+def may_dial_again(last_try_ms: int | None, now_ms: int) -> bool:
+    """Whether an announcer may be dialled now, whose latest dial that did not reach it
+    began at ``last_try_ms`` (None: there is none)."""
+    return last_try_ms is None or now_ms - last_try_ms >= DIAL_RETRY_MS
 
 
 def listing_page(announcements: Sequence[dict[str, Any]], params: Fields) -> dict[str, Any]:

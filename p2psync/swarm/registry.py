@@ -310,7 +310,8 @@ class DialBack:
         self._clock = clock
         self._slots = trio.CapacityLimiter(MAX_DIALS)
         self._dialling: set[str] = set()
-        #: When each announcer was last dialled without success, oldest first (capped).
+        #: When each announcer's latest dial that has not succeeded began (unfinished
+        #: ones too: hanging up does not undo it), oldest first, capped.
         self._tried: OrderedDict[str, int] = OrderedDict()
 
     async def reach(self, kind: str, pubkey: str, url: str) -> None:
