@@ -33,8 +33,8 @@ from typing import Any
 
 import trio
 
-from . import addresses, tls
-from .addresses import split_host_port
+from . import tls
+from .addresses import pinned_address, split_host_port, split_pin
 from .constants import LINK_QUEUE_CELLS
 from .handshakes import MAX_PENDING_HANDSHAKES, PendingHandshakes
 from .keys import KeyPair
@@ -633,7 +633,7 @@ class TcpTransport(Transport):
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        host, port = split_host_port(addresses.split_pin(address)[0])  # a restart's old address
+        host, port = split_host_port(split_pin(address)[0])  # a restart's old address
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = _address_of(listeners[0].socket.getsockname())
         keys = self.keys
@@ -655,12 +655,12 @@ class TcpTransport(Transport):
                 carried = secured
             await run_handler(handler, _TcpLink(carried, peer, self.max_message_bytes))
 
-        task_status.started(bound if keys is None else addresses.pinned_address(bound, keys.public))
+        task_status.started(bound if keys is None else pinned_address(bound, keys.public))
         await trio.serve_listeners(accept, listeners)
 
     @asynccontextmanager
     async def connect(self, address: str) -> AsyncIterator[Link]:
-        bare, pin = addresses.split_pin(address)
+        bare, pin = split_pin(address)
         host, port = split_host_port(bare)
         stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
         if pin is not None:

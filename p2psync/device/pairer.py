@@ -180,12 +180,12 @@ class Pairer:
             PairingOffer(
                 p.request_id, _offer_code(p), pairing_details(p)["device"], p.name, p.timestamp_ms
             )
-            for p in self._store.pairings(incoming=True, state=PairingState.PENDING)
+            for p in self._local.waiting_requests()
             if request_open(p.timestamp_ms, self._local.clock.now_ms())
         ]
 
     def _pending_offer(self, code: str) -> Pairing:
-        pending = self._store.pairings(incoming=True, state=PairingState.PENDING)
+        pending = self._local.waiting_requests()
         choice = choose_offer(
             ((_offer_code(p), p) for p in pending), code, self._local.clock.now_ms()
         )
@@ -282,7 +282,7 @@ class Pairer:
         """After a move to ``linked``: decline the requests mapped devices made before it
         (no grant can serve them any more, see :meth:`accept_pairing`), so that they stop
         waiting and are no longer offered."""
-        for pairing in self._store.pairings(incoming=True, state=PairingState.PENDING):
+        for pairing in self._local.waiting_requests():
             if _asked_as_mapped(pairing):
                 try:
                     await self._decline(pairing)
