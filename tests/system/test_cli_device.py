@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from p2psync.device import open_device
-from p2psync.network import LocalNetwork, open_local_network
+from p2psync.network import LocalNetwork, NodeHandle, open_local_network, wait_until
 from p2psync.swarm.constants import NAMESPACE_SYNC
 
 P2PSYNC = [sys.executable, "-m", "p2psync", "device"]
@@ -60,6 +60,19 @@ def sync_copies(network: LocalNetwork, account: str) -> set[bytes]:
         for node in network.running_nodes()
         for row in node.store.records(now_ms, [account])
         if row.namespace == NAMESPACE_SYNC and row.data is not None
+    }
+
+
+def rows_held(network: LocalNetwork, owner: str, handle: NodeHandle | None = None) -> set[bytes]:
+    """The live rows the running nodes (or the one of ``handle``) hold for ``owner``."""
+    now_ms = network.clock.now_ms()
+    nodes = network.running_nodes() if handle is None else [handle.node]
+    return {
+        row.hash
+        for node in nodes
+        if node is not None
+        for row in node.store.records(now_ms, [owner])
+        if row.data is not None
     }
 
 
@@ -159,6 +172,7 @@ async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_nex
         assert f"friend    {ids['alice']}" in await ok("contacts", *where("bob"))
 
         nodes = list(network.nodes)
+        held_before = rows_held(network, ids["bob"])
         for handle in nodes:
             await network.stop_node(handle)
         command = [*P2PSYNC, "send", *where("alice"), ids["bob"], "written, then killed"]
@@ -169,6 +183,12 @@ async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_nex
         for handle in nodes:
             await network.start_node(handle)
         await ok("contacts", *where("alice"))  # any run delivers what the outbox holds
+        # It was acknowledged by a quorum; a member that was still coming up takes it on
+        # its peers' next replication try, and Bob's one read may go to that member.
+        with trio.fail_after(30):
+            await wait_until(
+                lambda: all(rows_held(network, ids["bob"], node) > held_before for node in nodes)
+            )
         inbox = await ok("inbox", *where("bob"), "--wait", "0")
         assert "written, then killed" in inbox
         assert f"sent {accepted}" not in said.decode()  # it really was cut short
