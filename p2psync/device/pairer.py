@@ -55,7 +55,10 @@ from .pairing import (
     choose_offer,
     pairing_code,
     pairing_transition,
+    plan_grant,
     request_open,
+    request_refusal,
+    revoke_refusal,
 )
 from .rows import Contact, Pairing
 from .siblings import SiblingHandler
@@ -95,12 +98,14 @@ class Pairer:
             sealable_key(primary)
         except DecodeError as exc:
             raise PairingError(f"{primary!r} is not a session id ({exc})") from None
-        if self._paired.is_set() or self._store.siblings():
-            raise PairingError("this device is already paired")
-        if primary in (self._local.user_id, self._local.device_id):
-            raise PairingError("a device cannot pair with itself")
-        if self._store.contacts() or self._store.history():
-            raise PairingError("only a new device (no contacts, no history) can join a user")
+        refusal = request_refusal(
+            primary,
+            own_ids=(self._local.user_id, self._local.device_id),
+            joined=self._paired.is_set() or bool(self._store.siblings()),
+            fresh=not (self._store.contacts() or self._store.history()),
+        )
+        if refusal is not None:
+            raise PairingError(refusal)
         now = self._local.clock.now_ms()
         device_name = name or self._local.name
         if self._local.rules.hands_over_seed():
@@ -220,52 +225,43 @@ class Pairer:
             raise PairingError("only the primary device can pair new devices")
         pairing = self._pending_offer(code)
         joining = pairing_details(pairing)
-        if self._local.rules.hands_over_seed() and _asked_as_mapped(pairing):
-            # Asked as a mapped device before this account moved to linked: a grant
-            # now would add a sibling the new device refuses, so it is declined.
+        device, overlay = str(joining["device"]), bytes(joining["overlay"])
+        keys, names = self._store.sibling_overlay_keys(), self._store.siblings()
+        plan = plan_grant(
+            hands_over_seed=self._local.rules.hands_over_seed(),
+            requester_key=pairing.peer,
+            device=device,
+            asked_as_mapped=_asked_as_mapped(pairing),
+            me=SiblingRecord(self._local.device_id, self._local.overlay_key, self._local.name),
+            siblings=(SiblingRecord(d, keys[d], names[d]) for d in keys),
+        )
+        if plan is None:
             await self._decline(pairing)
             raise PairingError(
                 "that request came from a mapped device, and this account is linked since"
                 " it moved: declined it (make the new device again with --mode linked)"
             )
-        device, overlay = str(joining["device"]), bytes(joining["overlay"])
-        keys = self._store.sibling_overlay_keys()
-        names = self._store.siblings()
-        devices = (
-            SiblingRecord(self._local.device_id, self._local.overlay_key, self._local.name),
-            *(SiblingRecord(d, keys[d], names[d]) for d in keys if d != device),
-        )
-        contacts = tuple(c.record for c in self._store.contacts())
-        display_name = self._local.display_name
-        secret = self._siblings.secret_to_hand_over()
         identity = self._local.identity
-        if self._local.rules.hands_over_seed():
-            # The grant goes to the key made for this request, not to the device's own.
-            recipient = pairing.peer
-            grant = PairGrant(
-                pairing.request_id, None, identity.seed, secret, devices, contacts, display_name
-            )
-        else:
-            # The grant goes to the new device's own key, which is also its id.
-            recipient = device
+        mapping = None
+        if not plan.hands_over_seed:
             mapping = grant_pairing(identity, PairingRequest.from_bytes(joining["request"]))
             client = await self._outbox.fileserver()
             await client.put_mapping(mapping)
             self._outbox.forget(self._local.user_id)
-            grant = PairGrant(
-                pairing.request_id,
-                mapping.to_bytes(),
-                None,
-                secret,
-                devices,
-                contacts,
-                display_name,
-            )
-        await self._answer(recipient, grant)
+        grant = PairGrant(
+            pairing.request_id,
+            None if mapping is None else mapping.to_bytes(),
+            identity.seed if plan.hands_over_seed else None,
+            self._siblings.secret_to_hand_over(),
+            plan.devices,
+            tuple(c.record for c in self._store.contacts()),
+            self._local.display_name,
+        )
+        await self._answer(plan.recipient, grant)
         with self._store.transaction():
             self._move_pairing(pairing, PairingEvent.ACCEPT)
             self._store.add_sibling(device, pairing.name, overlay)
-            if keys:  # the other siblings learn of the new one
+            if plan.tells_siblings:
                 self._local.queue(SiblingRecord(device, overlay, pairing.name), self._local.user_id)
         self._local.wake_outbox()
         self._siblings.restart()  # sync with the new sibling too
@@ -349,13 +345,14 @@ class Pairer:
         their cached device list expires, this device stops syncing to it at once, the
         other siblings once the revocation reaches them, and the device itself, told too,
         stops acting for the user (:attr:`~.values.Whoami.revoked_at_ms`)."""
-        why_not = self._local.rules.can_revoke()
-        if why_not is not None:
-            raise DeviceError(why_not)
-        if not self._local.is_primary:
-            raise DeviceError("only the primary device can revoke a device")
-        if device == self._local.device_id:
-            raise DeviceError("a device cannot revoke itself")
+        refusal = revoke_refusal(
+            device,
+            mode_refusal=self._local.rules.can_revoke(),
+            is_primary=self._local.is_primary,
+            device_id=self._local.device_id,
+        )
+        if refusal is not None:
+            raise DeviceError(refusal)
         if device not in self._store.siblings() and device not in await self._outbox.devices_of(
             self._local.user_id, fresh=True
         ):

@@ -36,6 +36,7 @@ from enum import Enum, StrEnum
 from typing import Generic, Protocol, TypeVar
 
 from ..mapping import PAIRING_WINDOW_MS
+from .content import SiblingRecord
 
 CODE_DIGITS = 6
 REQUESTS_PER_KEY = 3
@@ -98,6 +99,79 @@ def choose_offer(
     if not request_open(matches[0].timestamp_ms, now_ms):
         return OfferChoice(OfferMatch.EXPIRED, matches)
     return OfferChoice(OfferMatch.FOUND, matches)
+
+
+def request_refusal(
+    primary: str, *, own_ids: Iterable[str], joined: bool, fresh: bool
+) -> str | None:
+    """Why a device may not ask ``primary`` to pair, or None. A device joins one user,
+    once (``joined``: it paired, or has siblings), never itself (``own_ids``: its user
+    and device ids), and only while ``fresh`` (no contacts, no history): the grant
+    replaces who it is, and what it had as someone else would be misfiled."""
+    if joined:
+        return "this device is already paired"
+    if primary in own_ids:
+        return "a device cannot pair with itself"
+    if not fresh:
+        return "only a new device (no contacts, no history) can join a user"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantPlan:
+    """What granting a request takes, decided before any of it is done."""
+
+    #: The key the grant is sealed to: the one made for the request where the grant
+    #: carries the account seed, else the new device's own key (which is also its id).
+    recipient: str
+    #: Whether the grant hands over the account seed; if not, the primary countersigns
+    #: the device's mapping request and publishes the mapping before it grants.
+    hands_over_seed: bool
+    #: The user's devices as the grant lists them: the granting one first, then every
+    #: other sibling it knows (the new device itself left out).
+    devices: tuple[SiblingRecord, ...]
+    #: Whether the siblings already there are told of the new one.
+    tells_siblings: bool
+
+
+def plan_grant(
+    *,
+    hands_over_seed: bool,
+    requester_key: str,
+    device: str,
+    asked_as_mapped: bool,
+    me: SiblingRecord,
+    siblings: Iterable[SiblingRecord],
+) -> GrantPlan | None:
+    """How to grant the request of ``device`` (sealed by ``requester_key``), or None
+    when it must be declined: a request made as a ``mapped`` device, to an account that
+    hands over its seed since it moved to ``linked``, would add a sibling the new device
+    refuses."""
+    if hands_over_seed and asked_as_mapped:
+        return None
+    others = tuple(sibling for sibling in siblings if sibling.device != device)
+    return GrantPlan(
+        recipient=requester_key if hands_over_seed else device,
+        hands_over_seed=hands_over_seed,
+        devices=(me, *others),
+        tells_siblings=bool(others),
+    )
+
+
+def revoke_refusal(
+    device: str, *, mode_refusal: str | None, is_primary: bool, device_id: str
+) -> str | None:
+    """Why this device may not revoke ``device``, or None: the mode must allow it
+    (``mode_refusal``, :meth:`~.modes.Rules.can_revoke`), only the primary revokes, and
+    never itself. Whether ``device`` is the user's at all needs the file server's list,
+    and is the driver's to ask."""
+    if mode_refusal is not None:
+        return mode_refusal
+    if not is_primary:
+        return "only the primary device can revoke a device"
+    if device == device_id:
+        return "a device cannot revoke itself"
+    return None
 
 
 class PairingState(StrEnum):

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from p2psync.device.content import SiblingRecord
 from p2psync.device.pairing import (
     PAIRING_TRANSITIONS,
+    GrantPlan,
     IllegalPairing,
     OfferChoice,
     OfferMatch,
@@ -17,7 +19,10 @@ from p2psync.device.pairing import (
     PairingState,
     choose_offer,
     pairing_transition,
+    plan_grant,
     request_open,
+    request_refusal,
+    revoke_refusal,
 )
 from p2psync.mapping import PAIRING_WINDOW_MS
 
@@ -127,4 +132,86 @@ def test_a_request_past_the_window_is_expired_not_found() -> None:
     old = _Offer(now - PAIRING_WINDOW_MS - 1)
     assert choose_offer([("123 456", old)], "123 456", now) == OfferChoice(
         OfferMatch.EXPIRED, (old,)
+    )
+
+
+def test_only_a_fresh_unpaired_device_may_ask_another_to_pair() -> None:
+    me = ("05" + "aa" * 32, "05" + "bb" * 32)
+    primary = "05" + "cc" * 32
+    assert request_refusal(primary, own_ids=me, joined=False, fresh=True) is None
+    assert request_refusal(primary, own_ids=me, joined=True, fresh=True) == (
+        "this device is already paired"
+    )
+    for own in me:
+        assert request_refusal(own, own_ids=me, joined=False, fresh=True) == (
+            "a device cannot pair with itself"
+        )
+    refusal = request_refusal(primary, own_ids=me, joined=False, fresh=False)
+    assert refusal is not None and "only a new device" in refusal
+
+
+PRIMARY = SiblingRecord("05" + "11" * 32, b"o" * 32, "phone")
+LAPTOP = SiblingRecord("05" + "22" * 32, b"p" * 32, "laptop")
+NEW = "05" + "33" * 32
+REQUESTER = "05" + "44" * 32
+
+
+def test_a_mapped_grant_goes_to_the_new_devices_own_key_and_publishes_a_mapping() -> None:
+    plan = plan_grant(
+        hands_over_seed=False,
+        requester_key=NEW,
+        device=NEW,
+        asked_as_mapped=True,
+        me=PRIMARY,
+        siblings=[LAPTOP],
+    )
+    assert plan == GrantPlan(NEW, False, (PRIMARY, LAPTOP), tells_siblings=True)
+
+
+def test_a_linked_grant_goes_to_the_key_made_for_the_request_and_hands_over_the_seed() -> None:
+    plan = plan_grant(
+        hands_over_seed=True,
+        requester_key=REQUESTER,
+        device=NEW,
+        asked_as_mapped=False,
+        me=PRIMARY,
+        siblings=[],
+    )
+    assert plan == GrantPlan(REQUESTER, True, (PRIMARY,), tells_siblings=False)
+
+
+def test_the_grant_never_lists_the_new_device_among_its_siblings() -> None:
+    again = SiblingRecord(NEW, b"n" * 32, "tablet")  # a device paired once before
+    plan = plan_grant(
+        hands_over_seed=True,
+        requester_key=REQUESTER,
+        device=NEW,
+        asked_as_mapped=False,
+        me=PRIMARY,
+        siblings=[again],
+    )
+    assert plan is not None and plan.devices == (PRIMARY,) and not plan.tells_siblings
+
+
+def test_a_request_made_as_mapped_to_an_account_now_linked_is_declined() -> None:
+    plan = plan_grant(
+        hands_over_seed=True,
+        requester_key=NEW,
+        device=NEW,
+        asked_as_mapped=True,
+        me=PRIMARY,
+        siblings=[LAPTOP],
+    )
+    assert plan is None
+
+
+def test_only_the_primary_revokes_another_device_where_the_mode_allows() -> None:
+    me, other = PRIMARY.device, LAPTOP.device
+    assert revoke_refusal(other, mode_refusal=None, is_primary=True, device_id=me) is None
+    assert revoke_refusal(other, mode_refusal="linked", is_primary=True, device_id=me) == "linked"
+    assert revoke_refusal(other, mode_refusal=None, is_primary=False, device_id=me) == (
+        "only the primary device can revoke a device"
+    )
+    assert revoke_refusal(me, mode_refusal=None, is_primary=True, device_id=me) == (
+        "a device cannot revoke itself"
     )
