@@ -3,9 +3,9 @@ deliver to.
 
 Everything a device sends is written to its durable outbox first (:meth:`Local.queue`);
 :meth:`Outbox.run` stores each entry's copies in their swarms, oldest first, expanding an
-entry into the copies for the recipient's other devices and for our siblings (the mode's
-rule, :meth:`~p2psync.device.modes.Rules.sibling_owners`) when it first goes out, and
-backs off while the swarm cannot be reached. The device lists come from the file server
+entry into the copies for the recipient's other devices and for our siblings
+(:func:`~.fanout.fan_out` decides which) when it first goes out, and backs off while the
+swarm cannot be reached. The device lists come from the file server
 and are cached on the network's clock, so a virtual jump expires them as it does every
 other time.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
 import trio
 
@@ -28,8 +27,10 @@ from ..fileserver import FileServerClient
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
 from .access import NetworkAccess
-from .content import SyncSent, Text, copy_ttl_ms, decode_content
+from .content import copy_ttl_ms, decode_content
 from .deletions import DeletionSchedule, delete_batches
+from .fanout import Sender, Sent, fan_out, last_known_devices
+from .inbound import NeedDevicesOf
 from .local import Local
 from .rows import Copy, OutboxEntry
 from .values import TRANSIENT
@@ -102,32 +103,25 @@ class Outbox:
                 self._deletions.sent((owner, namespace, digest))
 
     async def _expand(self, entry: OutboxEntry) -> list[Copy]:
-        """The copies beyond the first: the recipient's other devices (a ``mapped``
-        recipient, whatever this device's mode: its devices have their own swarms) and
-        our siblings' sync copies."""
+        """The copies beyond the first, as :func:`~.fanout.fan_out` decides them."""
         local = self._local
-        copies = []
-        content = decode_content(entry.kind, entry.body)
-        if entry.recipient != self._local.user_id:
-            fanned = replace(content, id=entry.message_id) if isinstance(content, Text) else content
-            for device in await self.devices_of(entry.recipient):
-                if device != entry.recipient:
-                    copies.append(local.seal_copy(entry.seq, device, fanned, entry.timestamp_ms))
-        if isinstance(content, Text):
-            if self._local.config.direct_sync:
-                return copies  # siblings get it directly, or a sync copy after the grace
-            assert entry.message_id is not None
-            content = SyncSent(entry.message_id, entry.recipient, entry.timestamp_ms, content.text)
-        elif entry.recipient != self._local.user_id:
-            return copies
-        owners = local.rules.sibling_owners(
-            self._local.user_id,
-            await self.devices_of(self._local.user_id),
-            self._local.device_id,
-            bool(self._store.siblings()),
+        sent = Sent(
+            entry.recipient,
+            entry.message_id,
+            entry.timestamp_ms,
+            decode_content(entry.kind, entry.body),
         )
-        copies += [local.seal_copy(entry.seq, o, content, entry.timestamp_ms) for o in owners]
-        return copies
+        sender = Sender(
+            local.user_id,
+            local.device_id,
+            local.rules,
+            bool(self._store.siblings()),
+            local.config.direct_sync,
+        )
+        devices: dict[str, tuple[str, ...]] = {}
+        while isinstance(plan := fan_out(sent, sender, devices), NeedDevicesOf):
+            devices[plan.user] = await self.devices_of(plan.user)
+        return [local.seal_copy(entry.seq, c.owner, c.content, entry.timestamp_ms) for c in plan]
 
     async def run(self, retry_deferred: Callable[[], Awaitable[None]]) -> None:
         """Deliver the outbox whenever it changes, and re-check deferred inbound records;
@@ -178,10 +172,13 @@ class Outbox:
             if fresh:
                 raise
             logger.info("%s: file server lookup of %s failed: %s", self._local.name, user[:12], exc)
-            if user == self._local.user_id:
-                return (self._local.user_id, self._local.device_id, *self._store.siblings())
-            contact = self._store.contact(user)
-            return contact.devices if contact is not None else (user,)
+            return last_known_devices(
+                user,
+                user_id=self._local.user_id,
+                device_id=self._local.device_id,
+                siblings=self._store.siblings(),
+                contact=self._store.contact(user),
+            )
         self._cache[user] = (now_ms, devices)
         return devices
 

@@ -31,6 +31,7 @@ SANS_IO = [
     "p2psync/device/sibling_rules.py",
     "p2psync/device/rows.py",
     "p2psync/device/inbound.py",
+    "p2psync/device/fanout.py",
     "p2psync/swarm/ring.py",
     "p2psync/swarm/listing.py",
     "p2psync/swarm/cursor.py",
