@@ -31,6 +31,7 @@ import heapq
 import os
 import struct
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nacl.bindings as sodium
@@ -41,6 +42,7 @@ from .constants import (
     SESSION_HANDSHAKE_TIMEOUT_MS,
     SESSION_INIT_FRESHNESS_MS,
     SESSION_INIT_REPLAY_ENTRIES,
+    SESSION_INTRO_REFRESH_MS,
     SESSION_LAST_FIN_SENDS,
     SESSION_MAX_RETRIES,
     SESSION_RTO_INITIAL_MS,
@@ -218,6 +220,11 @@ class SessionAcceptor:
         return core
 
 
+def freshest_intro(intros: Sequence[Intro]) -> Intro:
+    """Of a peer's intros, the one to send to: the one that lives longest."""
+    return max(intros, key=lambda intro: intro.expiry_ms)
+
+
 class SessionCore:
     """One end of a session. Construct with :meth:`initiate` or :meth:`respond`."""
 
@@ -235,6 +242,8 @@ class SessionCore:
         #: The last :meth:`outgoing` retransmitted a fragment for at least the
         #: ``SESSION_STALL_RETRIES``-th time: the peer may not be at ``peer_intro`` any more.
         self.stalled = False
+        #: When the last look-up of the peer's introset began (:meth:`intro_lookup_due`).
+        self._intro_looked_up_ms: int | None = None
         self._started_ms = now_ms
         #: When the peer last sent an authentic packet that was new (a replay of an old
         #: one, by a relay on the path, does not count), and that packet's counter.
@@ -386,6 +395,27 @@ class SessionCore:
         intro (call when this side's paths change)."""
         if self.state is SessionState.OPEN and self._send_key:
             self._ack_due = True
+
+    def intro_lookup_due(self, now_ms: int) -> bool:
+        """Whether to look the peer's introset up again now, and if so it counts as begun:
+        the session is :attr:`stalled` (the peer may have moved to an intro we were never
+        told of) and no look-up began in the last ``SESSION_INTRO_REFRESH_MS``."""
+        last = self._intro_looked_up_ms
+        if not self.stalled or (last is not None and now_ms - last < SESSION_INTRO_REFRESH_MS):
+            return False
+        self._intro_looked_up_ms = now_ms
+        return True
+
+    def found_intros(self, intros: Sequence[Intro]) -> bool:
+        """The peer's introset, as a look-up found it: move to its freshest intro if that
+        is not where we send now (:meth:`peer_moved`). True if it moved."""
+        if not intros:
+            return False
+        fresh = freshest_intro(intros)
+        if fresh == self.peer_intro:
+            return False
+        self.peer_moved(fresh)
+        return True
 
     def peer_moved(self, intro: Intro) -> None:
         """The peer is at ``intro`` now, as found out of band (its introset): send there,

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from .clock import Clock
-from .constants import ACCEPT_QUEUE_SESSIONS, SESSION_INTRO_REFRESH_MS, SESSION_WINDOW_FRAGMENTS
+from .constants import ACCEPT_QUEUE_SESSIONS, SESSION_WINDOW_FRAGMENTS
 from .endpoint_core import EndpointStats, Route
 from .introset import Intro
 from .keys import KeyPair
@@ -29,6 +29,7 @@ from .session import (
     SessionCore,
     SessionError,
     SessionState,
+    freshest_intro,
     packet_session_id,
 )
 
@@ -49,7 +50,6 @@ class Session:
         self._aborted = False
         #: The secret the peer's introset is published under, if ``connect`` was given it.
         self._secret: bytes | None = None
-        self._intro_refreshed_ms: int | None = None
 
     @property
     def peer(self) -> bytes:
@@ -254,11 +254,7 @@ class Sessions:
                     continue
                 core.local_intro = route.intro
                 packets = core.outgoing(now)
-                if core.stalled and (
-                    session._intro_refreshed_ms is None
-                    or now - session._intro_refreshed_ms >= SESSION_INTRO_REFRESH_MS
-                ):
-                    session._intro_refreshed_ms = now
+                if core.intro_lookup_due(now):
                     self._nursery.start_soon(self._refresh_intro, session)
                 target = core.peer_intro
                 if target is not None:
@@ -290,9 +286,7 @@ class Sessions:
         for secret in secrets:
             intros = await self._lookup(secret, core.peer)
             if intros:
-                fresh = max(intros, key=lambda i: i.expiry_ms)
-                if fresh != core.peer_intro:
-                    core.peer_moved(fresh)
+                if core.found_intros(intros):
                     session._wake_driver()
                 return
 
@@ -314,7 +308,7 @@ class Sessions:
                 raise SessionError("peer has no live introset")
         await self._ready()
         core = SessionCore.initiate(self._keys, peer, self._clock.now_ms())
-        core.peer_intro = max(intros, key=lambda i: i.expiry_ms)
+        core.peer_intro = freshest_intro(intros)
         session = self._start_session(core)
         session._secret = shared_secret
         self.stats.sessions_opened += 1

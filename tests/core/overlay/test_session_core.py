@@ -9,6 +9,7 @@ import pytest
 from overlay.constants import (
     SESSION_HALF_CLOSED_IDLE_MS,
     SESSION_INIT_FRESHNESS_MS,
+    SESSION_INTRO_REFRESH_MS,
     SESSION_LAST_FIN_SENDS,
     SESSION_RTO_MAX_MS,
     SESSION_STALL_RETRIES,
@@ -312,3 +313,29 @@ def test_a_silent_peer_marks_the_session_stalled_and_a_move_resends_at_once() ->
     for packet in resent:
         b.receive_packet(packet, now + 2)
     assert b.received and b.received[-1] == b"lost in a dead relay"
+
+
+def test_a_stalled_session_looks_the_peer_up_at_most_once_per_refresh_interval() -> None:
+    """The look-up of the peer's introset is due only while stalled, and a due one counts
+    as begun: the next is due ``SESSION_INTRO_REFRESH_MS`` later at the earliest. What it
+    finds moves the session only to a fresher intro than the one it sends to."""
+    a = SessionCore.initiate(ALICE, BOB.public, 0)
+    b = SessionCore.respond(BOB, a.outgoing(0)[0], 0)
+    a.receive_packet(b.outgoing(0)[0], 0)
+    assert not a.intro_lookup_due(0)  # not stalled
+    a.send_message(b"lost in a dead relay")
+    now = 1
+    while not a.stalled:
+        a.outgoing(now)
+        now += 1_000
+    assert a.intro_lookup_due(now)
+    assert not a.intro_lookup_due(now + SESSION_INTRO_REFRESH_MS - 1)
+    assert a.intro_lookup_due(now + SESSION_INTRO_REFRESH_MS)
+
+    old = Intro(b"\x01" * 32, b"\x02" * 16, now + 10_000)
+    fresh = Intro(b"\x03" * 32, b"\x04" * 16, now + 60_000)
+    a.peer_intro = fresh
+    assert not a.found_intros([])
+    assert not a.found_intros([old, fresh])  # already sending to the freshest
+    a.peer_intro = old
+    assert a.found_intros([fresh, old]) and a.peer_intro == fresh
