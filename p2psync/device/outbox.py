@@ -111,17 +111,21 @@ class Outbox:
             entry.timestamp_ms,
             decode_content(entry.kind, entry.body),
         )
-        sender = Sender(
+        devices: dict[str, tuple[str, ...]] = {}
+        # The sender is read again after each lookup: a sibling paired meanwhile counts.
+        while isinstance(plan := fan_out(sent, self._sender(), devices), NeedDevicesOf):
+            devices[plan.user] = await self.devices_of(plan.user, fresh=plan.fresh)
+        return [local.seal_copy(entry.seq, c.owner, c.content, entry.timestamp_ms) for c in plan]
+
+    def _sender(self) -> Sender:
+        local = self._local
+        return Sender(
             local.user_id,
             local.device_id,
             local.rules,
             bool(self._store.siblings()),
             local.config.direct_sync,
         )
-        devices: dict[str, tuple[str, ...]] = {}
-        while isinstance(plan := fan_out(sent, sender, devices), NeedDevicesOf):
-            devices[plan.user] = await self.devices_of(plan.user)
-        return [local.seal_copy(entry.seq, c.owner, c.content, entry.timestamp_ms) for c in plan]
 
     async def run(self, retry_deferred: Callable[[], Awaitable[None]]) -> None:
         """Deliver the outbox whenever it changes, and re-check deferred inbound records;

@@ -242,6 +242,8 @@ class Pairer:
                 " it moved: declined it (make the new device again with --mode linked)"
             )
         identity = self._local.identity
+        secret = self._siblings.secret_to_hand_over()
+        contacts = tuple(c.record for c in self._store.contacts())
         mapping = None
         if not plan.hands_over_seed:
             mapping = grant_pairing(identity, PairingRequest.from_bytes(joining["request"]))
@@ -252,9 +254,9 @@ class Pairer:
             pairing.request_id,
             None if mapping is None else mapping.to_bytes(),
             identity.seed if plan.hands_over_seed else None,
-            self._siblings.secret_to_hand_over(),
+            secret,
             plan.devices,
-            tuple(c.record for c in self._store.contacts()),
+            contacts,
             self._local.display_name,
         )
         await self._answer(plan.recipient, grant)
