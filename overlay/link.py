@@ -603,10 +603,10 @@ class TcpTransport(Transport):
 
     With ``keys`` the server speaks TLS 1.3 with a certificate carrying ``keys.public``
     and reports its address pinned (``host:port#<hex key>``, :mod:`overlay.tls`); a client
-    connecting to a pinned address speaks TLS and accepts only that key. A bare
-    ``host:port`` is plaintext on both sides. Servers get their keys from
-    :meth:`as_server`, so TLS is what they serve unless ``plain`` says otherwise (the
-    explicit choice of benchmarks that compare)."""
+    connecting to a pinned address speaks TLS and accepts only that key. Servers get
+    their keys from :meth:`as_server`, so TLS is what they serve unless ``plain`` says
+    otherwise (the explicit choice of benchmarks that compare); only a ``plain`` client
+    dials a bare ``host:port`` (plaintext), any other refuses it."""
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     keys: KeyPair | None = None
@@ -661,6 +661,8 @@ class TcpTransport(Transport):
     @asynccontextmanager
     async def connect(self, address: str) -> AsyncIterator[Link]:
         bare, pin = split_pin(address)
+        if pin is None and self.pins_keys:
+            raise LinkClosed(f"refused {bare}: it names no key, and this network's links are TLS")
         host, port = split_host_port(bare)
         stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
         if pin is not None:

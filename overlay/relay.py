@@ -198,7 +198,7 @@ async def open_relays(
                 partial(
                     serve_relay,
                     relay_seed,
-                    transport,
+                    transport.as_server(relay_seed),  # TLS pinned to its key, on sockets
                     address,
                     directory,
                     clock=clock,

@@ -1,11 +1,12 @@
 """Numbers on the command line, checked as argparse reads them: whole numbers and
-durations within a range, so a typo or a hostile value is a usage error (exit 2, one
-line) instead of a run that allocates without end, waits for ever or fails later with
-another library's wording."""
+durations within a range, and address ranges, so a typo or a hostile value is a usage
+error (exit 2, one line) instead of a run that allocates without end, waits for ever or
+fails later with another library's wording."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 from collections.abc import Callable
 
@@ -44,3 +45,14 @@ def number_up_to(maximum: float, *, positive: bool = False) -> Callable[[str], f
         return value
 
     return parse
+
+
+def address_range(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address range in CIDR form (``10.0.0.0/8``, ``fd00::/8``; a single address is
+    a range of one)."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an address range: {text[:80]!r} (CIDR, say 10.0.0.0/8)"
+        ) from None

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .arguments import number_up_to, whole_number
+from .arguments import address_range, number_up_to, whole_number
 from .errors import P2PSyncError
 from .network_defaults import DEFAULT_RELAYS, TRANSPORTS
 from .stops import HeldStops
@@ -202,7 +202,7 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
             path = await nursery.start(
                 partial(
                     network_up,
-                    make_transport("tcp"),
+                    make_transport("tcp", plain=args.plain_links),
                     data_dir,
                     args.nodes,
                     args.relays,
@@ -273,6 +273,7 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         args.listen,
         Clock(),
         _ledger_key(args),
+        args.refuse_dial,
     )
 
 
@@ -295,7 +296,8 @@ def _listing_of(args: argparse.Namespace, clock: Clock) -> Directory | None:
     from .network import make_transport
     from .services import make_directory
 
-    return make_directory(make_transport("tcp"), clock, args.registry, None, _data_dir(args))
+    transport = make_transport("tcp", plain=args.plain_links)
+    return make_directory(transport, clock, args.registry, None, _data_dir(args))
 
 
 def _cmd_fileserver(args: argparse.Namespace) -> int:
@@ -336,8 +338,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     clock = Clock()
     ledger = _ledger_key(args)
-    directory = make_directory(make_transport("tcp"), clock, args.registry, None, data_dir, ledger)
-    servers = make_transport("tcp")  # what an exit reaches servers with
+    servers = make_transport("tcp", plain=args.plain_links)  # what an exit reaches servers with
+    directory = make_directory(servers, clock, args.registry, None, data_dir, ledger)
     registration = node_registration(data_dir, ledger, RELAY_KEY_FILE)
     run = partial(run_relay, exit_servers=args.exit_server, registration=registration)
     links = TcpTransport(plain=args.plain_links)
@@ -527,6 +529,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     registry = server("registry", "the registry of service nodes and relays", _cmd_registry)
     registry.add_argument("--ledger", metavar="HEX", help=ledger_help)
+    registry.add_argument(
+        "--refuse-dial",
+        action="append",
+        default=[],
+        type=address_range,
+        metavar="CIDR",
+        help="an address range the registry never connects into to check an announced"
+        " address (its own private network, say); repeat for each",
+    )
     ledger = commands.add_parser("ledger", help="the network's admission authority")
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
     register = ledger_commands.add_parser(

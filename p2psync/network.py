@@ -160,8 +160,8 @@ class LocalNetwork:
         transport, overlay = self.transport, self.overlay_transport
         if host is not None and isinstance(transport, MemoryNetwork):
             transport = overlay = transport.host(host)
-        elif host is not None:
-            transport = WebSocketTransport(local_address=host)  # a client: URLs say TLS
+        elif host is not None:  # a client of the network's links, TLS or plaintext
+            transport = WebSocketTransport(local_address=host, plain=not transport.pins_keys)
         return NetworkAccess(
             transport,
             self.directory(transport),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -38,6 +38,7 @@ from .onion_requests import ExitServers, ListedExits, OnionService, open_rpc_exi
 from .opengroup import OpenGroupServer
 from .rpc import RpcServer
 from .swarm.admission import Ledger, Registration, checked_registration
+from .swarm.listing import IpRange
 from .swarm.node import StorageNode
 from .swarm.node_config import NodeConfig
 from .swarm.registry import Directory, FileDirectory, Listing, RegistryDirectory, RegistryServer
@@ -196,11 +197,18 @@ REGISTRY_KEY_FILE = "registry.key"
 
 
 async def run_registry(
-    transport: Transport, data_dir: Path, listen: str, clock: Clock, ledger: bytes | None
+    transport: Transport,
+    data_dir: Path,
+    listen: str,
+    clock: Clock,
+    ledger: bytes | None,
+    refused: Sequence[IpRange] = (),
 ) -> None:
     if ledger is None:
         logger.warning("no --ledger: this registry lists every node that announces itself")
-    server = RegistryServer(clock, data_dir / REGISTRY_FILE, ledger=ledger, dial_back=transport)
+    server = RegistryServer(
+        clock, data_dir / REGISTRY_FILE, ledger=ledger, dial_back=transport, refused=refused
+    )
     serving = transport.as_server(load_or_create_identity(data_dir / REGISTRY_KEY_FILE).seed)
     async with trio.open_nursery() as nursery:
         announce_ready(await nursery.start(server.serve, serving, listen))

@@ -270,7 +270,8 @@ class WebSocketTransport(Transport):
     #: The server's announced identity: with it the server speaks TLS, presenting its key.
     identity: Identity | None = field(default=None, repr=False)
     #: Serve plaintext ``ws://`` even as a server with a key (:meth:`as_server` keeps no
-    #: identity): the explicit choice of benchmarks that compare. Clients follow the URL.
+    #: identity), and as a client dial addresses that name no key (a client that is not
+    #: ``plain`` refuses them): the explicit choice of benchmarks that compare.
     plain: bool = False
 
     def for_overlay(self) -> Transport:
@@ -334,6 +335,8 @@ class WebSocketTransport(Transport):
     async def connect(self, address: str) -> AsyncIterator[WebSocketLink]:
         url = address if address.startswith(("ws://", "wss://")) else f"ws://{address}"
         authority, pin = split_url(url)
+        if pin is None and self.pins_keys:
+            raise OSError(f"refused {url[:80]}: it names no key, and this network's links are TLS")
         host, port = split_host_port(authority)
         stream: trio.abc.Stream = await trio.open_tcp_stream(
             host, port, local_address=self.local_address

@@ -141,7 +141,7 @@ async def open_cluster(
     relay can forward to every other."""
     if nodes < 1:
         raise ValueError("a cluster needs at least one service node")
-    transport = WebSocketTransport()
+    transport = WebSocketTransport(plain=plain_links)
     ledger = open_ledger(data_dir / "ledger")
     ledger_args = ["--ledger", ledger.public_key.hex()]
     for i in range(nodes):

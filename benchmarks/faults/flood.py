@@ -453,7 +453,9 @@ async def run_attackers(url: str, plan: AttackPlan, started: Callable[[], None])
 async def _fill_page(url: str, owner: Identity, clock: Clock) -> None:
     """Give the pipeliners' owner a full page of messages (ordinary, accepted stores)."""
     rng = random.Random(owner.session_id)
-    async with open_rpc(WebSocketTransport(), url) as rpc:
+    # The attacker speaks whatever the target's url says (plaintext for ws://).
+    transport = WebSocketTransport(plain=split_url(url)[1] is None)
+    async with open_rpc(transport, url) as rpc:
         for _ in range(PAGE_MESSAGES):
             data = rng.randbytes(PAGE_MESSAGE_BYTES)
             await rpc.call("store", _store_params(owner, clock, data))

@@ -22,7 +22,7 @@ from functools import partial
 
 import trio
 
-from overlay import Contact, TcpTransport, open_endpoint
+from overlay import Contact, open_endpoint
 from overlay.path import Path as OverlayPath
 from p2psync.identity import session_id_key
 from p2psync.swarm.client import SwarmClient, open_swarm_client
@@ -239,7 +239,12 @@ async def relay_crash(cluster: Cluster, *, hops: int = 3, paths: int = 2) -> Fau
     listing = await cluster.listing()
     contacts = [Contact.decode(r.contact) for r in listing.relays if r.contact]
     async with open_endpoint(
-        os.urandom(32), TcpTransport(), contacts, hops=hops, paths=paths, clock=cluster.clock
+        os.urandom(32),
+        cluster.transport.for_overlay(),
+        contacts,
+        hops=hops,
+        paths=paths,
+        clock=cluster.clock,
     ) as endpoint:
         with trio.fail_after(RECOVERY_TIMEOUT_S):
             await endpoint.wait_ready(paths)

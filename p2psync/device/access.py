@@ -261,7 +261,12 @@ class NetworkAccess:
         if not isinstance(description, dict):
             raise NetworkFileError(f"{path} must hold a JSON object")
         clock = clock or Clock()
-        transport = WebSocketTransport()
+        registry = _url(description, "registry", path)
+        # A network whose registry url names no key runs plaintext links (``network up
+        # --plain-links``); otherwise every link is TLS, and an address without a key is
+        # refused rather than dialled in plaintext.
+        plain = split_url(registry)[1] is None
+        transport = WebSocketTransport(plain=plain)
         ledger = _ledger(description, path)
         keys = {
             _url(description, name, path): _key(description, f"{name}_key", path)
@@ -273,7 +278,7 @@ class NetworkAccess:
             transport,
             RegistryDirectory(
                 transport,
-                _url(description, "registry", path),
+                registry,
                 clock,
                 ledger,
                 seeds=_node_urls(description),
@@ -281,7 +286,7 @@ class NetworkAccess:
             clock,
             _url(description, "fileserver", path),
             _url(description, "opengroup", path),
-            TcpTransport(),
+            TcpTransport(plain=plain),
             # With relays enough for a path and every server's key, no server need ever
             # see this device's address.
             rpc_route="onion" if _enough_relays(relays) and len(keys) == 2 else "direct",

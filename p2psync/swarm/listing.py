@@ -315,26 +315,42 @@ def check_fresh(timestamp_ms: int, now_ms: int) -> None:
         raise RpcError("clock_skew", "announcement timestamp is too far from the registry's")
 
 
-def check_pinned_url(kind: str, url: str) -> None:
+#: An address range, as a registry's operator names the ranges it does not dial.
+IpRange = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def check_pinned_url(kind: str, url: str, refused: Sequence[IpRange] = ()) -> None:
     """What a registry of a network whose links are TLS lists: a node at
-    ``wss://IP:PORT/<key>``, a relay at ``IP:PORT#<key>``. Its dial back then proves the
+    ``wss://IP:PORT/<key>``, a relay at ``IP:PORT#<key>``, at an address outside the
+    ``refused`` ranges (:func:`check_dial_address`). Its dial back then proves the
     announcer serves there; for an unpinned url it would prove only that something
     answers, and for a host name only where the name pointed at that moment (and a slow
     name lookup holds a thread of the registry's). :class:`DecodeError` otherwise."""
+    if kind == "node" and not url.startswith("wss://"):
+        raise DecodeError(f"announced url {url[:80]!r}: a node's url is wss://IP:PORT/<key>")
+    if kind == "relay" and "://" in url:
+        raise DecodeError(f"announced url {url[:80]!r}: a relay's url is IP:PORT#<key>")
+    if _authority_and_pin(url)[1] is None:
+        raise DecodeError(f"announced url {url[:80]!r} names no key")
+    check_dial_address(url, refused)
+
+
+def check_dial_address(url: str, refused: Sequence[IpRange]) -> None:
+    """The address a registry would dial for ``url`` is one host's IP address, outside
+    the ``refused`` ranges (an operator's: networks no announcer lives on, which no
+    announcer should make the registry connect into). :class:`DecodeError` otherwise."""
     try:
-        if kind == "node":
-            if not url.startswith("wss://"):
-                raise ValueError("a node's url is wss://IP:PORT/<key>")
-            authority, pin = split_url(url)
-        else:
-            if "://" in url:
-                raise ValueError("a relay's url is IP:PORT#<key>")
-            authority, pin = split_pin(url)
-        _check_dialable(authority)
+        _check_dialable(_authority_and_pin(url)[0], refused)
     except ValueError as exc:
         raise DecodeError(f"announced url {url[:80]!r}: {exc}") from None
-    if pin is None:
-        raise DecodeError(f"announced url {url[:80]!r} names no key")
+
+
+def _authority_and_pin(url: str) -> tuple[str, bytes | None]:
+    """``host:port`` and the pinned key of a node's url (``ws(s)://``) or a relay's."""
+    try:
+        return split_url(url) if "://" in url else split_pin(url)
+    except ValueError as exc:
+        raise DecodeError(f"announced url {url[:80]!r}: {exc}") from None
 
 
 def _checked_record(params: Fields) -> dict[str, Any]:
@@ -363,10 +379,19 @@ def _checked_record(params: Fields) -> dict[str, Any]:
     return raw
 
 
-def _check_dialable(authority: str) -> None:
+#: IPv6 ranges that carry an IPv4 address inside (mapped, compatible, NAT64, 6to4): an
+#: announcer names the IPv4 address itself, and a range check of the IPv6 form would
+#: miss the IPv4 host a dial reaches.
+EMBEDDED_IPV4 = tuple(
+    ipaddress.IPv6Network(net) for net in ("::ffff:0:0/96", "::/96", "64:ff9b::/96", "2002::/16")
+)
+
+
+def _check_dialable(authority: str, refused: Sequence[IpRange]) -> None:
     """``IP:PORT`` (an IPv6 address in brackets) of one host: not a name, not the
     unspecified or a multicast address (a reader dialling those reaches itself, or no one
-    in particular)."""
+    in particular), no IPv4 address inside an IPv6 one, and in none of the ``refused``
+    ranges."""
     host = authority.rpartition(":")[0]
     if not host:
         raise ValueError("no host")
@@ -375,6 +400,14 @@ def _check_dialable(authority: str) -> None:
         raise ValueError("an IPv6 address goes in brackets, an IPv4 address does not")
     if address.is_unspecified or address.is_multicast:
         raise ValueError(f"{address} is no one host's address")
+    if (
+        address.version == 6
+        and not address.is_loopback
+        and any(address in network for network in EMBEDDED_IPV4)
+    ):
+        raise ValueError(f"{address} carries an IPv4 address: announce that one")
+    if any(address in network for network in refused):
+        raise ValueError(f"{address} is in a range this registry does not dial")
     split_host_port(authority)  # the port
 
 

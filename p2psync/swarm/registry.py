@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -49,10 +49,12 @@ from .listing import (
     LIST_PAGE,
     MAX_LISTED,
     Entry,
+    IpRange,
     RelayInfo,
     Snapshot,
     admitted_position,
     check_announcement,
+    check_dial_address,
     check_fresh,
     check_pinned_url,
     listing_page,
@@ -361,8 +363,10 @@ class RegistryServer:
     so a restarted registry answers with the last list at once. With a ``ledger`` key it
     takes a node's announcement only with a registration that ledger signed. It lists
     ``capacity`` entries at most. With a ``dial_back`` transport it lists an address only
-    once it has connected to it (:class:`DialBack`); None skips that, for tests that
-    announce addresses nothing serves."""
+    once it has connected to it (:class:`DialBack`), and never one in the ``refused``
+    ranges, nor (given such ranges) a host name, on TLS or plaintext links
+    (:func:`~.listing.check_dial_address`); None skips the dial, for tests that announce
+    addresses nothing serves."""
 
     def __init__(
         self,
@@ -372,8 +376,10 @@ class RegistryServer:
         ledger: bytes | None,
         dial_back: Transport | None,
         capacity: int = MAX_LISTED,
+        refused: Sequence[IpRange] = (),
     ) -> None:
         self.clock = clock
+        self._refused = tuple(refused)
         self.ledger = ledger
         self._capacity = capacity
         self._dial = None if dial_back is None else DialBack(dial_back, clock)
@@ -413,12 +419,15 @@ class RegistryServer:
     async def _announce(self, params: Fields, conn: Connection) -> Any:
         now = self.clock.now_ms()
         raw = check_announcement(params, now)
-        if self._dial is not None and self._dial.transport.pins_keys:
-            check_pinned_url(raw["kind"], raw["url"])
         try:
             admitted_position(raw, self.ledger)
         except DecodeError as exc:
             raise RpcError("unauthorized", f"not admitted: {exc}") from None
+        # Only then the url: what the registry refuses to dial is no stranger's business.
+        if self._dial is not None and self._dial.transport.pins_keys:
+            check_pinned_url(raw["kind"], raw["url"], self._refused)
+        elif self._dial is not None and self._refused:
+            check_dial_address(raw["url"], self._refused)
         key = (raw["kind"], raw["pubkey"])
         signature = params.blob("signature", size=64)
         previous = self._place_for(key, raw["timestamp"], now)

@@ -23,6 +23,8 @@ REFUSED = [
     ["device", "inbox", "--data", "d", "--network", "n", "--wait", "nan"],
     ["device", "rooms", "--data", "d", "--network", "n", "lobby", "--since", "9" * 23],
     ["device", "rooms", "--data", "d", "--network", "n", "lobby", "--since", "-1"],
+    ["registry", "--data", "d", "--refuse-dial", "10.0.0.0/33"],
+    ["registry", "--data", "d", "--refuse-dial", "private"],
 ]
 
 

@@ -89,7 +89,10 @@ async def test_put_get_revoke_round_trip(
 
 async def test_round_trip_over_websocket(tmp_path: Path) -> None:
     clock = Clock()
-    async with running(tmp_path / "files.sqlite3", clock, WebSocketTransport()) as (_, client):
+    async with running(tmp_path / "files.sqlite3", clock, WebSocketTransport(plain=True)) as (
+        _,
+        client,
+    ):
         await client.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
         devices = await client.get_mappings(SECONDARY.session_id)
         assert devices.primary == PRIMARY.session_id

@@ -281,7 +281,9 @@ async def test_restart_keeps_rooms_and_posts(
 
 async def test_over_websocket(tmp_path: Path) -> None:
     clock = Clock()
-    async with running(clock, transport=WebSocketTransport(), db_path=tmp_path / "c.db") as s:
+    async with running(
+        clock, transport=WebSocketTransport(plain=True), db_path=tmp_path / "c.db"
+    ) as s:
         await create_room(s, "lobby")
         await s.files.put_mapping(create_mapping(PRIMARY, SECONDARY, clock.now_ms()))
         receipt = await s.chat.post(

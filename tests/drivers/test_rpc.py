@@ -41,7 +41,7 @@ METHODS = {"echo": echo, "fail": fail, "push": push}
 
 @pytest.fixture(params=["memory", "websocket"])
 def transport(request: pytest.FixtureRequest) -> Transport:
-    return MemoryNetwork() if request.param == "memory" else WebSocketTransport()
+    return MemoryNetwork() if request.param == "memory" else WebSocketTransport(plain=True)
 
 
 def _address(transport: Transport) -> str:
@@ -186,7 +186,7 @@ async def test_websocket_refuses_text_and_oversize_frames_but_the_server_goes_on
         closing = await _raw_events(stream, ws)
         assert isinstance(closing[0], CloseConnection) and closing[0].code == 1009
         await stream.aclose()
-        async with open_rpc(WebSocketTransport(), url) as client:
+        async with open_rpc(WebSocketTransport(plain=True), url) as client:
             assert await client.call("echo", {"text": "still here"}) == {"echo": "still here"}
         nursery.cancel_scope.cancel()
 
@@ -204,7 +204,7 @@ async def test_slow_loris_and_silent_connections_are_dropped_while_honest_client
         hostile = [await trio.open_tcp_stream(host, int(port)) for _ in range(40)]
         for stream in hostile[::2]:
             await stream.send_all(b"GET / HTTP/1.1\r\nHost: x")  # and then nothing more
-        async with open_rpc(WebSocketTransport(), url) as client:
+        async with open_rpc(WebSocketTransport(plain=True), url) as client:
             assert await client.call("echo", {"text": "served"}) == {"echo": "served"}
         with trio.fail_after(5):
             for stream in hostile:
@@ -227,7 +227,7 @@ async def test_a_flood_of_unfinished_handshakes_holds_a_bounded_number_of_socket
         with trio.fail_after(5):  # far less than the handshake timeout
             for stream in hostile[:32]:
                 assert await stream.receive_some(1024) == b""
-            async with open_rpc(WebSocketTransport(), url) as client:
+            async with open_rpc(WebSocketTransport(plain=True), url) as client:
                 assert await client.call("echo", {"text": "served"}) == {"echo": "served"}
         for stream in hostile:
             await stream.aclose()

@@ -68,6 +68,21 @@ async def test_wss_urls_without_a_whole_key_are_refused(key: str) -> None:
             pytest.fail("connected without a pin")
 
 
+async def test_a_tls_client_refuses_a_url_that_names_no_key(nursery: trio.Nursery) -> None:
+    """A ``ws://`` url on a network whose links are TLS (from a listing entry or a
+    setting) would be a plaintext link: refused before any socket opens. Only the
+    explicit choice of plaintext (``plain``) dials it."""
+    url = await nursery.start(
+        RpcServer(METHODS).serve, WebSocketTransport(plain=True), "127.0.0.1:0"
+    )
+    assert url.startswith("ws://")
+    with pytest.raises(OSError, match="names no key"):
+        async with open_rpc(WebSocketTransport(), url):
+            pytest.fail("a TLS client spoke plaintext")
+    async with open_rpc(WebSocketTransport(plain=True), url) as client:
+        assert await client.call("store", store_params()) == {"stored": ACCOUNT.session_id}
+
+
 async def tapped_store(nursery: trio.Nursery, *, encrypted: bool) -> bytes:
     transport = WebSocketTransport(identity=NODE if encrypted else None)
     url = await nursery.start(RpcServer(METHODS).serve, transport, "127.0.0.1:0")
@@ -76,7 +91,7 @@ async def tapped_store(nursery: trio.Nursery, *, encrypted: bool) -> bytes:
     tap = LinkTap(*split_host_port(authority))
     port = await nursery.start(tap.serve)
     via = f"{scheme}://127.0.0.1:{port}" + (f"/{key}" if key else "")
-    async with open_rpc(WebSocketTransport(), via) as client:
+    async with open_rpc(WebSocketTransport(plain=not encrypted), via) as client:
         await client.call("store", store_params())
     return tap.readable
 
@@ -128,7 +143,7 @@ async def test_a_call_cancelled_part_way_through_its_write_costs_only_that_conne
     server = RpcServer({"hold": hold, "echo": echo}, limits=ServerLimits(max_in_flight=1))
     serving = WebSocketTransport(identity=NODE if encrypted else None)
     url = await nursery.start(server.serve, serving, "127.0.0.1:0")
-    async with open_rpc_pool(WebSocketTransport()) as pool:
+    async with open_rpc_pool(WebSocketTransport(plain=not encrypted)) as pool:
 
         async def held() -> None:
             with suppress(ConnectionLost):

@@ -24,7 +24,7 @@ async def test_a_sender_whose_frame_rode_on_a_write_cut_short_is_told() -> None:
     accepted: list[trio.SocketStream] = []
     async with trio.open_nursery() as setup:
         setup.start_soon(lambda: _accept_one(listeners[0], accepted))
-        async with WebSocketTransport().connect(f"ws://127.0.0.1:{port}") as link:
+        async with WebSocketTransport(plain=True).connect(f"ws://127.0.0.1:{port}") as link:
             await trio.testing.wait_all_tasks_blocked()  # the server side has appended it
             [server] = accepted
             a_done = trio.Event()

@@ -40,7 +40,7 @@ async def test_the_printed_url_is_the_one_the_registry_announces(
     async with trio.open_nursery() as nursery:
         running: Running = await nursery.start(partial(run_service, service, port))
         assert running.url == printed
-        async with open_rpc(WebSocketTransport(), printed) as client:  # it answers there
+        async with open_rpc(WebSocketTransport(plain=plain), printed) as client:  # it answers
             await client.call("list", {})
         nursery.cancel_scope.cancel()
 

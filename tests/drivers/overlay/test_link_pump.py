@@ -16,7 +16,7 @@ async def echo(link: Link) -> None:
 
 
 @pytest.mark.parametrize(
-    "transport", [MemoryNetwork(seed=1), TcpTransport()], ids=["memory", "tcp"]
+    "transport", [MemoryNetwork(seed=1), TcpTransport(plain=True)], ids=["memory", "tcp"]
 )
 async def test_a_pump_sends_queued_then_later_messages_in_order_and_ends_with_its_link(
     transport: Transport,

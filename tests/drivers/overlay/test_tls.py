@@ -48,13 +48,26 @@ async def test_server_presenting_another_key_is_refused(nursery: trio.Nursery) -
 async def test_server_survives_a_refused_handshake(nursery: trio.Nursery) -> None:
     address = await nursery.start(TcpTransport(keys=SERVER).serve, echo)
     bare, _ = addresses.split_pin(address)
-    async with TcpTransport().connect(bare) as plain:  # speaks no TLS at all
+    async with TcpTransport(plain=True).connect(bare) as plain:  # speaks no TLS at all
         await plain.send(b"x" * 8)
         with pytest.raises(LinkClosed):
             await plain.receive()
     async with TcpTransport().connect(address) as link:
         await link.send(b"still here")
         assert await link.receive() == b"still here"
+
+
+async def test_a_tls_client_refuses_an_address_that_names_no_key(nursery: trio.Nursery) -> None:
+    """A listing entry or a setting without a pin would otherwise be a plaintext link on a
+    network whose links are TLS: the client refuses it before any socket opens. Only the
+    explicit choice of plaintext (``plain``) dials a bare address."""
+    bare = await nursery.start(TcpTransport(plain=True).serve, echo)
+    with pytest.raises(LinkClosed, match="names no key"):
+        async with TcpTransport().connect(bare):
+            pytest.fail("a TLS client spoke plaintext")
+    async with TcpTransport(plain=True).connect(bare) as link:
+        await link.send(b"plain, as asked")
+        assert await link.receive() == b"plain, as asked"
 
 
 @pytest.mark.parametrize(
@@ -79,7 +92,7 @@ async def tapped_exchange(nursery: trio.Nursery, *, encrypted: bool) -> bytes:
     tap = LinkTap(*split_host_port(bare))
     port = await nursery.start(tap.serve)
     via = f"127.0.0.1:{port}"
-    async with TcpTransport().connect(
+    async with TcpTransport(plain=not encrypted).connect(
         via if pin is None else addresses.pinned_address(via, pin)
     ) as link:
         await link.send(announcement())

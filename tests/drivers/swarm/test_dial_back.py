@@ -6,6 +6,7 @@ elsewhere than its url)."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -132,6 +133,14 @@ class _Dials(Transport):
 
     def for_overlay(self) -> Transport:
         return self
+
+
+class _PinnedDials(_Dials):
+    """:class:`_Dials` as a network whose links are TLS: the registry checks urls."""
+
+    @property
+    def pins_keys(self) -> bool:
+        return True
 
 
 async def _hang_up(link: Link) -> None:
@@ -331,6 +340,94 @@ async def test_an_announcer_gives_up_on_a_registry_that_does_not_answer(
         ):
             await _announce(RegistryDirectory(network, url, clock, None), ROGUE, "mem:rogue")
         assert trio.current_time() - started == pytest.approx(ANNOUNCE_TIMEOUT_S)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_registry_never_dials_into_a_range_its_operator_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``--refuse-dial``: an admitted announcer cannot make the registry connect into the
+    operator's own network; the announcement is refused before any dial. Outside the
+    ranges the same announcement is dialled as before (it fails: nothing serves there)."""
+    network = MemoryNetwork()
+    dials = _PinnedDials(network)
+    refused = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
+    registry = RegistryServer(
+        Clock(TEST_EPOCH_MS), ledger=LEDGER.public_key, dial_back=dials, refused=refused
+    )
+    key = ROGUE.ed25519_public.hex()
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(registry.serve, network, "mem:registry")
+        directory = RegistryDirectory(network, address, Clock(TEST_EPOCH_MS), LEDGER.public_key)
+        for kind, url in [
+            ("node", f"wss://10.1.2.3:7000/{key}"),
+            ("relay", f"[fd00::1]:7000#{key}"),
+        ]:
+            with pytest.raises(RpcError, match="a range this registry does not dial") as no:
+                await directory.announce(ROGUE, kind, url, registration=_registration(ROGUE))
+            assert no.value.code == "bad_request"
+        # The IPv4 host inside an IPv6 address (mapped, compatible, NAT64, 6to4) is what a
+        # dial reaches: those forms are refused whatever the ranges.
+        for embedded in ["::ffff:10.1.2.3", "::10.1.2.3", "64:ff9b::a01:203", "2002:a01:203::1"]:
+            url = f"wss://[{embedded}]:7000/{key}"
+            with pytest.raises(RpcError, match="carries an IPv4 address") as no:
+                await directory.announce(ROGUE, "node", url, registration=_registration(ROGUE))
+            assert no.value.code == "bad_request"
+        assert dials.dials == []
+        outside = f"wss://192.0.2.1:7000/{key}"
+        with pytest.raises(RpcError) as failed:
+            await directory.announce(ROGUE, "node", outside, registration=_registration(ROGUE))
+        assert failed.value.code == "unavailable"
+        assert dials.dials == [outside]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_registry_of_plaintext_links_keeps_its_refused_ranges_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With ``--plain-links`` urls name no key, but the ranges hold as on TLS, and a host
+    name (which could point inside one by the time it is dialled) is refused."""
+    network = MemoryNetwork()
+    dials = _Dials(network)
+    refused = [ipaddress.ip_network("10.0.0.0/8")]
+    registry = RegistryServer(
+        Clock(TEST_EPOCH_MS), ledger=LEDGER.public_key, dial_back=dials, refused=refused
+    )
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(registry.serve, network, "mem:registry")
+        directory = RegistryDirectory(network, address, Clock(TEST_EPOCH_MS), LEDGER.public_key)
+        for url in ["ws://10.1.2.3:7000", "ws://inside.example:7000"]:
+            with pytest.raises(RpcError) as no:
+                await directory.announce(ROGUE, "node", url, registration=_registration(ROGUE))
+            assert no.value.code == "bad_request"
+        assert dials.dials == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stranger_learns_nothing_of_the_refused_ranges(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Admission is checked first: an unadmitted key is refused as such, wherever its
+    url points, so it cannot map the ranges without a stake."""
+    network = MemoryNetwork()
+    refused = [ipaddress.ip_network("10.0.0.0/8")]
+    registry = RegistryServer(
+        Clock(TEST_EPOCH_MS),
+        ledger=LEDGER.public_key,
+        dial_back=_PinnedDials(network),
+        refused=refused,
+    )
+    stranger = Identity.from_label("dial-back-stranger")
+    key = stranger.ed25519_public.hex()
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(registry.serve, network, "mem:registry")
+        directory = RegistryDirectory(network, address, Clock(TEST_EPOCH_MS), LEDGER.public_key)
+        answers = set()
+        for url in [f"wss://10.1.2.3:7000/{key}", f"wss://192.0.2.1:7000/{key}"]:
+            with pytest.raises(RpcError) as no:
+                await directory.announce(stranger, "node", url)
+            answers.add((no.value.code, str(no.value)))
+        assert len(answers) == 1 and answers.pop()[0] == "unauthorized"
         nursery.cancel_scope.cancel()
 
 
