@@ -252,10 +252,11 @@ def sign_announcement(
 Entry = tuple[int, dict[str, Any], bytes]
 
 
-def needs_dial_back(previous: Entry | None, url: str, now_ms: int) -> bool:
+def needs_dial_back(previous: Entry | None, url: str, now_ms: int, *, reached: bool = True) -> bool:
     """Whether an announcement of ``url`` must be reached first: its announcer is new, was
-    listed at another url, or its entry expired."""
-    return previous is None or previous[0] <= now_ms or previous[1]["url"] != url
+    listed at another url, its entry expired, or this registry has not reached it itself
+    (not ``reached``: an entry read back from its state file after a restart)."""
+    return previous is None or previous[0] <= now_ms or previous[1]["url"] != url or not reached
 
 
 #: From the start of a dial back that did not reach its announcer, how long before the

@@ -304,10 +304,12 @@ class DialBack:
       at an address the registry can reach (refused, silent, or another server).
 
     So a few announcers can hold the dials for a timeout at most, and nobody can probe
-    addresses through the registry faster than one a key per retry interval."""
+    addresses through the registry faster than one a key per retry interval. It
+    remembers the failed dials of ``remembered`` keys at most (the oldest go first)."""
 
-    def __init__(self, transport: Transport, clock: Clock) -> None:
+    def __init__(self, transport: Transport, clock: Clock, *, remembered: int = MAX_LISTED) -> None:
         self.transport = transport
+        self._remembered = remembered
         self._by_kind = {"node": transport, "relay": transport.for_overlay()}
         self._clock = clock
         self._slots = trio.CapacityLimiter(MAX_DIALS)
@@ -354,7 +356,7 @@ class DialBack:
     def _remember_try(self, pubkey: str) -> None:
         self._tried[pubkey] = self._clock.now_ms()
         self._tried.move_to_end(pubkey)
-        if len(self._tried) > MAX_LISTED:
+        if len(self._tried) > self._remembered:
             self._tried.popitem(last=False)
 
 
@@ -382,7 +384,10 @@ class RegistryServer:
         self._refused = tuple(refused)
         self.ledger = ledger
         self._capacity = capacity
-        self._dial = None if dial_back is None else DialBack(dial_back, clock)
+        self._dial = None if dial_back is None else DialBack(dial_back, clock, remembered=capacity)
+        #: Entries read back from the state file: listed, but dialled again on their
+        #: next announcement (the registry that reached them is gone).
+        self._unreached: set[tuple[str, str]] = set()
         self._state = None if state_path is None else SavedFile(state_path)
         self._entries: dict[tuple[str, str], Entry] = {}  # by (kind, pubkey)
         if state_path is not None and state_path.exists():
@@ -431,7 +436,8 @@ class RegistryServer:
         key = (raw["kind"], raw["pubkey"])
         signature = params.blob("signature", size=64)
         previous = self._place_for(key, raw["timestamp"], now)
-        if self._dial is not None and needs_dial_back(previous, raw["url"], now):
+        reached = key not in self._unreached
+        if self._dial is not None and needs_dial_back(previous, raw["url"], now, reached=reached):
             await self._dial.reach(raw["kind"], raw["pubkey"], raw["url"])
             # Checked again: the same key may have announced meanwhile, the registry
             # filled, and the announcement aged (a dial takes up to its timeout).
@@ -439,6 +445,7 @@ class RegistryServer:
             self._place_for(key, raw["timestamp"], now)
             check_fresh(raw["timestamp"], now)
         self._entries[key] = (now + ANNOUNCEMENT_TTL_MS, raw, signature)
+        self._unreached.discard(key)
         await self._save()
         return {"ttl_ms": ANNOUNCEMENT_TTL_MS}
 
@@ -481,7 +488,10 @@ class RegistryServer:
                 rec["contact"] = bytes.fromhex(entry["contact"])
                 rec["registration"] = bytes.fromhex(entry.get("registration", ""))
                 signature = bytes.fromhex(entry["signature"])
-                self._entries[(rec["kind"], rec["pubkey"])] = (int(entry["expiry"]), rec, signature)
+                key = (rec["kind"], rec["pubkey"])
+                self._entries[key] = (int(entry["expiry"]), rec, signature)
+                self._unreached.add(key)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             logger.warning("ignoring unreadable registry state %s: %s", path, exc)
             self._entries.clear()
+            self._unreached.clear()

@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -56,6 +57,7 @@ def test_an_address_is_reached_again_only_when_new_changed_or_expired() -> None:
     assert not needs_dial_back(listed, "mem:a", now)
     assert needs_dial_back(listed, "mem:b", now)
     assert needs_dial_back(listed, "mem:a", now + ANNOUNCEMENT_TTL_MS)
+    assert needs_dial_back(listed, "mem:a", now, reached=False)  # read back after a restart
 
 
 def test_an_announcer_the_registry_failed_to_reach_waits_before_it_is_dialled_again() -> None:
@@ -149,11 +151,17 @@ async def _hang_up(link: Link) -> None:
 
 @asynccontextmanager
 async def _registry(
-    clock: Clock, capacity: int = 100
+    clock: Clock,
+    capacity: int = 100,
+    *,
+    network: MemoryNetwork | None = None,
+    state_path: Path | None = None,
 ) -> AsyncIterator[tuple[MemoryNetwork, _Dials, RegistryServer, RegistryDirectory, trio.Nursery]]:
-    network = MemoryNetwork()
+    network = network or MemoryNetwork()
     dials = _Dials(network)
-    registry = RegistryServer(clock, ledger=LEDGER.public_key, dial_back=dials, capacity=capacity)
+    registry = RegistryServer(
+        clock, state_path, ledger=LEDGER.public_key, dial_back=dials, capacity=capacity
+    )
     async with trio.open_nursery() as nursery:
         url = await nursery.start(registry.serve, network, "mem:registry")
         yield (
@@ -318,6 +326,44 @@ async def test_expired_entries_make_room_in_a_full_registry(
         clock.skip_idle(ANNOUNCEMENT_TTL_MS)
         await _announce(directory, Identity.from_label("three"), "mem:three")
         assert [r.url for r in registry.snapshot().relays] == ["mem:three"]
+
+
+async def test_a_restarted_registry_reaches_each_saved_entry_again_once(tmp_path: Path) -> None:
+    """Entries read back from the state file stay listed, but their next announcement is
+    dialled as a new one's would be: the address may serve someone else by now. (Trio's
+    real clock: the state is saved on a worker thread, which a MockClock would jump past.)"""
+    clock = Clock()
+    network = MemoryNetwork()
+    state = tmp_path / "registry.json"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(network.serve, _hang_up, "mem:rogue")
+        for _run in ("first", "after the restart"):
+            async with _registry(clock, network=network, state_path=state) as listening:
+                _, dials, registry, directory, _ = listening
+                await _announce(directory, ROGUE, "mem:rogue")
+                await _announce(directory, ROGUE, "mem:rogue")
+                assert dials.dials == ["mem:rogue"]  # once a run, never for the repeat
+                assert [r.url for r in registry.snapshot().relays] == ["mem:rogue"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_registry_remembers_failed_dials_of_as_many_keys_as_it_lists(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Failed dials are remembered for ``capacity`` keys at most, the oldest forgotten
+    first: announcers that never reach it cannot grow its memory."""
+    clock = Clock(TEST_EPOCH_MS)
+    keys = [Identity.from_label(f"unreachable-{i}") for i in range(3)]
+    async with _registry(clock, capacity=2) as (_, dials, _, directory, _):
+        for key in keys:
+            with pytest.raises(RpcError):
+                await _announce(directory, key, "mem:nobody")
+        assert dials.dials == ["mem:nobody"] * 3
+        with pytest.raises(RpcError, match="lately"):  # the newest two are remembered
+            await _announce(directory, keys[2], "mem:nobody")
+        with pytest.raises(RpcError, match="could not reach"):  # the oldest was forgotten
+            await _announce(directory, keys[0], "mem:nobody")
+        assert dials.dials == ["mem:nobody"] * 4
 
 
 async def test_an_announcer_gives_up_on_a_registry_that_does_not_answer(
