@@ -181,6 +181,16 @@ Record = (
 )
 
 
+def shareable_listing(listing: Relays) -> bytes | None:
+    """The record that passes ``listing`` on to a sibling, or None when it is longer than
+    a record takes (:data:`MAX_RELAYS_PER_RECORD` contacts, or ``MAX_RECORD_BYTES``
+    encoded): siblings then deal entries on their own reads, as they would without it."""
+    data = encode_record(listing)
+    if len(listing.contacts) > MAX_RELAYS_PER_RECORD or len(data) > MAX_RECORD_BYTES:
+        return None
+    return data
+
+
 def encode_record(record: Record) -> bytes:
     match record:
         case Msg(id=i, timestamp_ms=t, body=b):

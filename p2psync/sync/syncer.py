@@ -54,14 +54,7 @@ from .presence import (
     may_leave,
     next_redial_s,
 )
-from .records import (
-    MAX_RECORD_BYTES,
-    MAX_RELAYS_PER_RECORD,
-    Ping,
-    Relays,
-    decode_record,
-    encode_record,
-)
+from .records import Ping, Relays, decode_record, encode_record, shareable_listing
 from .resync import Resync, ResyncPeer, archive_parts
 
 logger = logging.getLogger(__name__)
@@ -401,12 +394,11 @@ class SiblingSync:
     ) -> None:
         """Pass the relay listing the siblings deal entries on to every sibling connected
         now (``but`` the one it came from; ``only`` one): each keeps it unless it knows a
-        newer one, and passes that on in turn, so connected siblings settle on one. A
-        listing longer than a record takes (:data:`MAX_RELAYS_PER_RECORD`, or
-        ``MAX_RECORD_BYTES`` encoded) is not passed on (siblings then deal on their own
-        reads, as they would without this)."""
-        data = encode_record(listing)
-        if len(listing.contacts) > MAX_RELAYS_PER_RECORD or len(data) > MAX_RECORD_BYTES:
+        newer one (:meth:`Relays.replaces`), and passes that on in turn, so connected
+        siblings settle on one; one too long for a record stays here
+        (:func:`shareable_listing`)."""
+        data = shareable_listing(listing)
+        if data is None:
             return
         for sibling in [only] if only is not None else list(self._sessions):
             if sibling != but:

@@ -27,6 +27,7 @@ from p2psync.sync.live import (
 )
 from p2psync.sync.records import (
     LISTING_AHEAD_MS,
+    MAX_RELAYS_PER_RECORD,
     Ack,
     Archive,
     ArchiveQuery,
@@ -39,6 +40,7 @@ from p2psync.sync.records import (
     Stored,
     decode_record,
     encode_record,
+    shareable_listing,
 )
 
 ID = b"\x07" * 32
@@ -82,6 +84,13 @@ def test_siblings_settle_on_the_listing_read_last_and_refuse_one_from_the_future
     assert old.answered_with(new, 200) == new  # the loser hears the winner
     assert new.answered_with(Relays.read(50, CONTACTS[:2]), 200) is None  # same relays
     assert ahead.answered_with(old, 200) is None  # from the future: no answer
+
+
+def test_a_listing_longer_than_a_record_takes_is_not_passed_on() -> None:
+    fits = Relays.read(5, CONTACTS)
+    assert shareable_listing(fits) == encode_record(fits)
+    too_long = Relays(5, (CONTACTS[0],) * (MAX_RELAYS_PER_RECORD + 1))
+    assert shareable_listing(too_long) is None
 
 
 @given(st.binary(max_size=200))
