@@ -156,53 +156,39 @@ NEW = "05" + "33" * 32
 REQUESTER = "05" + "44" * 32
 
 
-def test_a_mapped_grant_goes_to_the_new_devices_own_key_and_publishes_a_mapping() -> None:
-    plan = plan_grant(
-        hands_over_seed=False,
-        requester_key=NEW,
+def plan(
+    *, hands_over_seed: bool, asked_as_mapped: bool, siblings: list[SiblingRecord]
+) -> GrantPlan | None:
+    """The plan for a request of device ``NEW``, sealed by ``REQUESTER`` where the mode
+    makes a key for it, granted by ``PRIMARY``."""
+    return plan_grant(
+        hands_over_seed=hands_over_seed,
+        requester_key=REQUESTER if hands_over_seed else NEW,
         device=NEW,
-        asked_as_mapped=True,
+        asked_as_mapped=asked_as_mapped,
         me=PRIMARY,
-        siblings=[LAPTOP],
+        siblings=siblings,
     )
-    assert plan == GrantPlan(NEW, False, (PRIMARY, LAPTOP), tells_siblings=True)
+
+
+def test_a_mapped_grant_goes_to_the_new_devices_own_key_and_publishes_a_mapping() -> None:
+    mapped = plan(hands_over_seed=False, asked_as_mapped=True, siblings=[LAPTOP])
+    assert mapped == GrantPlan(NEW, False, (PRIMARY, LAPTOP), tells_siblings=True)
 
 
 def test_a_linked_grant_goes_to_the_key_made_for_the_request_and_hands_over_the_seed() -> None:
-    plan = plan_grant(
-        hands_over_seed=True,
-        requester_key=REQUESTER,
-        device=NEW,
-        asked_as_mapped=False,
-        me=PRIMARY,
-        siblings=[],
-    )
-    assert plan == GrantPlan(REQUESTER, True, (PRIMARY,), tells_siblings=False)
+    linked = plan(hands_over_seed=True, asked_as_mapped=False, siblings=[])
+    assert linked == GrantPlan(REQUESTER, True, (PRIMARY,), tells_siblings=False)
 
 
 def test_the_grant_never_lists_the_new_device_among_its_siblings() -> None:
     again = SiblingRecord(NEW, b"n" * 32, "tablet")  # a device paired once before
-    plan = plan_grant(
-        hands_over_seed=True,
-        requester_key=REQUESTER,
-        device=NEW,
-        asked_as_mapped=False,
-        me=PRIMARY,
-        siblings=[again],
-    )
-    assert plan is not None and plan.devices == (PRIMARY,) and not plan.tells_siblings
+    linked = plan(hands_over_seed=True, asked_as_mapped=False, siblings=[again])
+    assert linked is not None and linked.devices == (PRIMARY,) and not linked.tells_siblings
 
 
 def test_a_request_made_as_mapped_to_an_account_now_linked_is_declined() -> None:
-    plan = plan_grant(
-        hands_over_seed=True,
-        requester_key=NEW,
-        device=NEW,
-        asked_as_mapped=True,
-        me=PRIMARY,
-        siblings=[LAPTOP],
-    )
-    assert plan is None
+    assert plan(hands_over_seed=True, asked_as_mapped=True, siblings=[LAPTOP]) is None
 
 
 def test_only_the_primary_revokes_another_device_where_the_mode_allows() -> None:
