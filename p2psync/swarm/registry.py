@@ -289,6 +289,14 @@ async def read_listing_pages(list_page: Callable[[dict[str, Any]], Awaitable[Any
             raise DecodeError(f"the listing goes on past {MAX_LISTED} entries")
 
 
+class DialBusy(RpcError):
+    """No dial slot came free in time: nothing was tried, nothing is held against anyone."""
+
+
+class DialFailed(RpcError):
+    """The announced url did not answer as the announcer's key within the timeout."""
+
+
 class DialBack:
     """The registry's connections to announced addresses.
 
@@ -330,7 +338,7 @@ class DialBack:
             with trio.move_on_after(DIAL_BACK_TIMEOUT_S) as waiting:
                 await self._slots.acquire()
             if waiting.cancelled_caught:
-                raise RpcError("unavailable", "the registry is busy: announce again shortly")
+                raise DialBusy("unavailable", "the registry is busy: announce again shortly")
             began = trio.current_time()
             try:
                 reached = await self._connect(kind, pubkey, url)
@@ -338,7 +346,7 @@ class DialBack:
                 self._slots.release()
             if not reached:
                 await trio.sleep_until(began + DIAL_BACK_TIMEOUT_S)
-                raise RpcError("unavailable", "the registry could not reach the announced url")
+                raise DialFailed("unavailable", "the registry could not reach the announced url")
         finally:
             self._dialling.discard(pubkey)
 
@@ -384,7 +392,7 @@ class RegistryServer:
         self._refused = tuple(refused)
         self.ledger = ledger
         self._capacity = capacity
-        self._dial = None if dial_back is None else DialBack(dial_back, clock, remembered=capacity)
+        self._dial = None if dial_back is None else DialBack(dial_back, clock)
         #: Entries read back from the state file: listed, but dialled again on their
         #: next announcement (the registry that reached them is gone).
         self._unreached: set[tuple[str, str]] = set()
@@ -424,30 +432,55 @@ class RegistryServer:
     async def _announce(self, params: Fields, conn: Connection) -> Any:
         now = self.clock.now_ms()
         raw = check_announcement(params, now)
-        try:
-            admitted_position(raw, self.ledger)
-        except DecodeError as exc:
-            raise RpcError("unauthorized", f"not admitted: {exc}") from None
-        # Only then the url: what the registry refuses to dial is no stranger's business.
-        if self._dial is not None and self._dial.transport.pins_keys:
-            check_pinned_url(raw["kind"], raw["url"], self._refused)
-        elif self._dial is not None and self._refused:
-            check_dial_address(raw["url"], self._refused)
+        self._check_admissible(raw)
         key = (raw["kind"], raw["pubkey"])
         signature = params.blob("signature", size=64)
         previous = self._place_for(key, raw["timestamp"], now)
-        reached = key not in self._unreached
-        if self._dial is not None and needs_dial_back(previous, raw["url"], now, reached=reached):
-            await self._dial.reach(raw["kind"], raw["pubkey"], raw["url"])
+        if previous is not None and previous[2] == signature:
+            # The listed announcement again, signature and all (anyone can copy it from
+            # the listing): it renews nothing and dials nothing.
+            return {"ttl_ms": max(0, previous[0] - now)}
+        url = raw["url"]
+        saved = key in self._unreached and not needs_dial_back(previous, url, now)
+        if self._dial is not None and needs_dial_back(previous, url, now, reached=not saved):
+            try:
+                await self._dial.reach(raw["kind"], raw["pubkey"], url)
+            except DialBusy:
+                if not saved:
+                    raise
+                # Listed before the restart at this url: renewed, and dialled on a later
+                # announcement that finds a free slot (holding the slots drains nothing).
+            except DialFailed:
+                if saved:  # its url no longer answers as its key: no longer listed
+                    self._forget(key)
+                    await self._save()
+                raise
+            else:
+                self._unreached.discard(key)
             # Checked again: the same key may have announced meanwhile, the registry
             # filled, and the announcement aged (a dial takes up to its timeout).
             now = self.clock.now_ms()
             self._place_for(key, raw["timestamp"], now)
             check_fresh(raw["timestamp"], now)
         self._entries[key] = (now + ANNOUNCEMENT_TTL_MS, raw, signature)
-        self._unreached.discard(key)
         await self._save()
         return {"ttl_ms": ANNOUNCEMENT_TTL_MS}
+
+    def _check_admissible(self, raw: dict[str, Any]) -> None:
+        """Admission first, then the url: what the registry refuses to dial is no
+        stranger's business (on a registry with a ledger)."""
+        try:
+            admitted_position(raw, self.ledger)
+        except DecodeError as exc:
+            raise RpcError("unauthorized", f"not admitted: {exc}") from None
+        if self._dial is not None and self._dial.transport.pins_keys:
+            check_pinned_url(raw["kind"], raw["url"], self._refused)
+        elif self._dial is not None and self._refused:
+            check_dial_address(raw["url"], self._refused)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._entries.pop(key, None)
+        self._unreached.discard(key)
 
     def _place_for(self, key: tuple[str, str], timestamp: int, now_ms: int) -> Entry | None:
         """The entry an announcement made at ``timestamp`` replaces, or refuse it: an
@@ -458,7 +491,7 @@ class RegistryServer:
             raise RpcError("unauthorized", "announcement is older than the one listed")
         if previous is None and len(self._entries) >= self._capacity:
             for gone in [k for k, (expiry, _, _) in self._entries.items() if expiry <= now_ms]:
-                del self._entries[gone]
+                self._forget(gone)
             if len(self._entries) >= self._capacity:
                 raise RpcError("unavailable", "registry is full")
         return previous
@@ -488,6 +521,11 @@ class RegistryServer:
                 rec["contact"] = bytes.fromhex(entry["contact"])
                 rec["registration"] = bytes.fromhex(entry.get("registration", ""))
                 signature = bytes.fromhex(entry["signature"])
+                try:  # the ledger and the refused ranges may have changed since
+                    self._check_admissible(rec)
+                except (DecodeError, RpcError) as exc:
+                    logger.info("registry state: left out %s: %s", rec["pubkey"][:8], exc)
+                    continue
                 key = (rec["kind"], rec["pubkey"])
                 self._entries[key] = (int(entry["expiry"]), rec, signature)
                 self._unreached.add(key)

@@ -159,11 +159,12 @@ REQUESTER = "05" + "44" * 32
 def plan(
     *, hands_over_seed: bool, asked_as_mapped: bool, siblings: list[SiblingRecord]
 ) -> GrantPlan | None:
-    """The plan for a request of device ``NEW``, sealed by ``REQUESTER`` where the mode
-    makes a key for it, granted by ``PRIMARY``."""
+    """The plan for a request of device ``NEW``, granted by ``PRIMARY``: asked as a
+    mapped device, the request is sealed by the device's own key, else by ``REQUESTER``,
+    a key made for it."""
     return plan_grant(
         hands_over_seed=hands_over_seed,
-        requester_key=REQUESTER if hands_over_seed else NEW,
+        requester_key=NEW if asked_as_mapped else REQUESTER,
         device=NEW,
         asked_as_mapped=asked_as_mapped,
         me=PRIMARY,

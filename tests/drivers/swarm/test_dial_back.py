@@ -36,6 +36,7 @@ from p2psync.swarm.registry import (
     ANNOUNCE_TIMEOUT_S,
     DIAL_BACK_TIMEOUT_S,
     MAX_DIALS,
+    DialBack,
     RegistryDirectory,
     RegistryServer,
 )
@@ -347,23 +348,132 @@ async def test_a_restarted_registry_reaches_each_saved_entry_again_once(tmp_path
         nursery.cancel_scope.cancel()
 
 
-async def test_the_registry_remembers_failed_dials_of_as_many_keys_as_it_lists(
+async def _saved_registry(
+    tmp_path: Path, network: MemoryNetwork, urls: dict[str, Identity]
+) -> Path:
+    """The state file of a registry that listed each announcer at its url (each served
+    on ``network`` while it runs): what a restarted registry reads back."""
+    state = tmp_path / "registry.json"
+    async with trio.open_nursery() as nursery:
+        for url in urls:
+            await nursery.start(network.serve, _hang_up, url)
+        async with _registry(Clock(), network=network, state_path=state) as listening:
+            for url, who in urls.items():
+                await _announce(listening[3], who, url)
+        nursery.cancel_scope.cancel()
+    return state
+
+
+async def test_holding_the_dial_slots_after_a_restart_drains_no_saved_entry(
+    tmp_path: Path,
+) -> None:
+    """A saved entry's next announcement at its url needs a dial; one that finds every
+    slot held renews the entry as before the restart (and is dialled later) instead of
+    being told "busy" until the entry lapses. (Trio's real clock, as for every test with
+    a state file: it is saved on a worker thread.)"""
+    network = MemoryNetwork()
+    state = await _saved_registry(tmp_path, network, {"mem:victim": VICTIM})
+    async with trio.open_nursery() as serving:
+        await serving.start(network.serve, _hang_up, "mem:victim")
+        async with _registry(Clock(), network=network, state_path=state) as listening:
+            _, dials, registry, directory, nursery = listening
+            holders = [Identity.from_label(f"slot-holder-{i}") for i in range(MAX_DIALS)]
+
+            async def hold(holder: Identity) -> None:
+                with pytest.raises(RpcError, match=r"could not reach the announced url$"):
+                    await _announce(directory, holder, f"mem:hang-{holder.session_id[:8]}")
+
+            for holder in holders:
+                nursery.start_soon(hold, holder)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(dials.dials) == MAX_DIALS
+            await _announce(directory, VICTIM, "mem:victim")  # renewed, not "busy"
+            assert [r.url for r in registry.snapshot().relays] == ["mem:victim"]
+            assert "mem:victim" not in dials.dials
+            await trio.testing.wait_all_tasks_blocked()  # the holders' dials are over
+            await _announce(directory, VICTIM, "mem:victim")
+            assert dials.dials[-1] == "mem:victim"  # dialled once a slot is free
+        serving.cancel_scope.cancel()
+
+
+async def test_a_saved_entry_whose_url_no_longer_answers_is_dropped(tmp_path: Path) -> None:
+    network = MemoryNetwork()
+    state = await _saved_registry(tmp_path, network, {"mem:gone": ROGUE})
+    async with _registry(Clock(), network=network, state_path=state) as listening:
+        registry, directory = listening[2], listening[3]
+        assert [r.url for r in registry.snapshot().relays] == ["mem:gone"]
+        with pytest.raises(RpcError, match=r"could not reach the announced url$"):
+            await _announce(directory, ROGUE, "mem:gone")
+        assert registry.snapshot().relays == ()
+
+
+async def test_saved_entries_are_checked_again_against_the_ranges_and_the_ledger(
+    tmp_path: Path,
+) -> None:
+    """Read back from the state file, an entry the registry now refuses (in a range named
+    since, or never admitted by the ledger it runs with now) is left out at once, not
+    after its TTL."""
+    state = tmp_path / "registry.json"
+    network = MemoryNetwork()
+    open_door = RegistryServer(Clock(), state, ledger=None, dial_back=None)
+    urls = {
+        ROGUE: f"wss://10.1.2.3:7000/{ROGUE.ed25519_public.hex()}",  # in a range refused later
+        VICTIM: f"wss://192.0.2.1:7000/{VICTIM.ed25519_public.hex()}",  # admitted, outside
+        Identity.from_label("never-admitted"): "wss://192.0.2.2:7000/"
+        + Identity.from_label("never-admitted").ed25519_public.hex(),
+    }
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(open_door.serve, network, "mem:registry")
+        directory = RegistryDirectory(network, address, Clock(), None)
+        for who, url in urls.items():
+            admitted = who in (ROGUE, VICTIM)
+            await directory.announce(
+                who, "node", url, registration=_registration(who) if admitted else b""
+            )
+        nursery.cancel_scope.cancel()
+    assert len(open_door.snapshot().nodes) == 3
+    restarted = RegistryServer(
+        Clock(),
+        state,
+        ledger=LEDGER.public_key,
+        dial_back=_PinnedDials(network),
+        refused=[ipaddress.ip_network("10.0.0.0/8")],
+    )
+    assert [n.url for n in restarted.snapshot().nodes] == [urls[VICTIM]]
+
+
+async def test_the_registry_remembers_failed_dials_of_a_bounded_number_of_keys(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Failed dials are remembered for ``capacity`` keys at most, the oldest forgotten
+    """Failed dials are remembered for ``remembered`` keys at most, the oldest forgotten
     first: announcers that never reach it cannot grow its memory."""
     clock = Clock(TEST_EPOCH_MS)
-    keys = [Identity.from_label(f"unreachable-{i}") for i in range(3)]
-    async with _registry(clock, capacity=2) as (_, dials, _, directory, _):
-        for key in keys:
-            with pytest.raises(RpcError):
-                await _announce(directory, key, "mem:nobody")
-        assert dials.dials == ["mem:nobody"] * 3
-        with pytest.raises(RpcError, match="lately"):  # the newest two are remembered
-            await _announce(directory, keys[2], "mem:nobody")
-        with pytest.raises(RpcError, match="could not reach"):  # the oldest was forgotten
-            await _announce(directory, keys[0], "mem:nobody")
-        assert dials.dials == ["mem:nobody"] * 4
+    dial_back = DialBack(_Dials(MemoryNetwork()), clock, remembered=2)
+    keys = [Identity.from_label(f"unreachable-{i}").ed25519_public.hex() for i in range(3)]
+    for key in keys:
+        with pytest.raises(RpcError, match=r"could not reach the announced url$"):
+            await dial_back.reach("relay", key, "mem:nobody")
+    with pytest.raises(RpcError, match=r"lately$"):  # the newest two are remembered
+        await dial_back.reach("relay", keys[2], "mem:nobody")
+    with pytest.raises(RpcError, match=r"could not reach the announced url$"):  # forgotten
+        await dial_back.reach("relay", keys[0], "mem:nobody")
+
+
+async def test_a_replay_of_the_listed_announcement_renews_and_dials_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The listing shows every entry's signed announcement: sent again by anyone, it
+    neither extends the entry's life nor makes the registry dial."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with _registry(clock) as (network, dials, registry, directory, nursery):
+        await nursery.start(network.serve, _hang_up, "mem:honest")
+        await _announce(directory, VICTIM, "mem:honest")
+        [listed] = registry.snapshot().announcements
+        clock.skip_idle(30_000)
+        async with open_rpc(network, directory.url) as rpc:
+            answer = await rpc.call("announce", listed)
+        assert answer == {"ttl_ms": ANNOUNCEMENT_TTL_MS - 30_000}
+        assert dials.dials == ["mem:honest"]
 
 
 async def test_an_announcer_gives_up_on_a_registry_that_does_not_answer(
