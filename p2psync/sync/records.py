@@ -182,11 +182,14 @@ Record = (
 
 
 def shareable_listing(listing: Relays) -> bytes | None:
-    """The record that passes ``listing`` on to a sibling, or None when it is longer than
-    a record takes (:data:`MAX_RELAYS_PER_RECORD` contacts, or ``MAX_RECORD_BYTES``
-    encoded): siblings then deal entries on their own reads, as they would without it."""
+    """The record that passes ``listing`` on to a sibling, or None when it is empty or
+    longer than a record takes (:data:`MAX_RELAYS_PER_RECORD` contacts, or
+    ``MAX_RECORD_BYTES`` encoded), which the sibling's decoder would refuse: siblings
+    then deal entries on their own reads, as they would without it."""
+    if not 1 <= len(listing.contacts) <= MAX_RELAYS_PER_RECORD:
+        return None
     data = encode_record(listing)
-    if len(listing.contacts) > MAX_RELAYS_PER_RECORD or len(data) > MAX_RECORD_BYTES:
+    if len(data) > MAX_RECORD_BYTES:
         return None
     return data
 

@@ -91,6 +91,7 @@ def test_a_listing_longer_than_a_record_takes_is_not_passed_on() -> None:
     assert shareable_listing(fits) == encode_record(fits)
     too_long = Relays(5, (CONTACTS[0],) * (MAX_RELAYS_PER_RECORD + 1))
     assert shareable_listing(too_long) is None
+    assert shareable_listing(Relays(5, ())) is None  # nothing to pass on
 
 
 @given(st.binary(max_size=200))
