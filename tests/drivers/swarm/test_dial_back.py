@@ -24,6 +24,7 @@ from p2psync.identity import Identity
 from p2psync.rpc import open_rpc
 from p2psync.swarm.admission import Ledger
 from p2psync.swarm.constants import CLOCK_SKEW_MS
+from p2psync.swarm.dial_back import DIAL_BACK_TIMEOUT_S, MAX_DIALS, DialBack
 from p2psync.swarm.listing import (
     ANNOUNCEMENT_TTL_MS,
     DIAL_RETRY_MS,
@@ -34,9 +35,6 @@ from p2psync.swarm.listing import (
 )
 from p2psync.swarm.registry import (
     ANNOUNCE_TIMEOUT_S,
-    DIAL_BACK_TIMEOUT_S,
-    MAX_DIALS,
-    DialBack,
     RegistryDirectory,
     RegistryServer,
 )
