@@ -518,7 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     relay = server("relay", "one overlay relay (announced to the registry)", _cmd_relay)
     relay.add_argument("--registry", metavar="URL", required=True, help="registry to use")
-    relay.add_argument("--ledger", metavar="HEX", help=ledger_help)
+    relay.add_argument(
+        "--ledger",
+        metavar="HEX",
+        help="the network ledger's public key (hex): the relay starts only with a"
+        " registration that ledger signed (made by `p2psync ledger register --relay-data`)",
+    )
     relay.add_argument(
         "--exit-server",
         action="append",
