@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import NoReturn
 
 import trio
 
@@ -62,13 +63,31 @@ class DialBack:
         #: ones too: hanging up does not undo it), oldest first, capped.
         self._tried: OrderedDict[str, int] = OrderedDict()
 
-    async def reach(self, kind: str, pubkey: str, url: str) -> None:
-        """Connect to ``url`` of the announcer ``pubkey``, over TLS pinned to the key it
-        names, or refuse the announcement with ``unavailable``."""
+    async def refuse(self, pubkey: str) -> NoReturn:
+        """Answer an announcement at an address the operator refused as a dial that failed
+        is answered: after the same checks, with the same words at the same time, and
+        with the same wait before this key is dialled again. So an admitted key maps the
+        refused ranges no faster than it could probe addresses."""
+        self._check_may_dial(pubkey)
+        self._dialling.add(pubkey)
+        try:
+            began = trio.current_time()
+            self._remember_try(pubkey)
+            await trio.sleep_until(began + DIAL_BACK_TIMEOUT_S)
+            raise DialFailed("unavailable", "the registry could not reach the announced url")
+        finally:
+            self._dialling.discard(pubkey)
+
+    def _check_may_dial(self, pubkey: str) -> None:
         if pubkey in self._dialling:
             raise RpcError("unavailable", "the registry is still reaching this announcer")
         if not may_dial_again(self._tried.get(pubkey), self._clock.now_ms()):
             raise RpcError("unavailable", "the registry could not reach the announced url lately")
+
+    async def reach(self, kind: str, pubkey: str, url: str) -> None:
+        """Connect to ``url`` of the announcer ``pubkey``, over TLS pinned to the key it
+        names, or refuse the announcement with ``unavailable``."""
+        self._check_may_dial(pubkey)
         self._dialling.add(pubkey)
         try:
             with trio.move_on_after(DIAL_BACK_TIMEOUT_S) as waiting:

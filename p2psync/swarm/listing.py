@@ -318,6 +318,7 @@ def check_fresh(timestamp_ms: int, now_ms: int) -> None:
 
 #: An address range, as a registry's operator names the ranges it does not dial.
 IpRange = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def check_pinned_url(kind: str, url: str, refused: Sequence[IpRange] = ()) -> None:
@@ -336,14 +337,21 @@ def check_pinned_url(kind: str, url: str, refused: Sequence[IpRange] = ()) -> No
     check_dial_address(url, refused)
 
 
+class RefusedRange(DecodeError):
+    """An announced url whose address is in a range the registry's operator refused."""
+
+
 def check_dial_address(url: str, refused: Sequence[IpRange]) -> None:
-    """The address a registry would dial for ``url`` is one host's IP address, outside
-    the ``refused`` ranges (an operator's: networks no announcer lives on, which no
-    announcer should make the registry connect into). :class:`DecodeError` otherwise."""
+    """The address a registry would dial for ``url`` is one host's IP address
+    (:class:`DecodeError` otherwise), outside the ``refused`` ranges (an operator's:
+    networks no announcer lives on, which no announcer should make the registry connect
+    into; :class:`RefusedRange` otherwise)."""
     try:
-        _check_dialable(_authority_and_pin(url)[0], refused)
+        address = _dialable_address(_authority_and_pin(url)[0])
     except ValueError as exc:
         raise DecodeError(f"announced url {url[:80]!r}: {exc}") from None
+    if any(address in network for network in refused):
+        raise RefusedRange(f"announced url {url[:80]!r}: {address} is in a refused range")
 
 
 def _authority_and_pin(url: str) -> tuple[str, bytes | None]:
@@ -388,11 +396,10 @@ EMBEDDED_IPV4 = tuple(
 )
 
 
-def _check_dialable(authority: str, refused: Sequence[IpRange]) -> None:
-    """``IP:PORT`` (an IPv6 address in brackets) of one host: not a name, not the
-    unspecified or a multicast address (a reader dialling those reaches itself, or no one
-    in particular), no IPv4 address inside an IPv6 one, and in none of the ``refused``
-    ranges."""
+def _dialable_address(authority: str) -> IpAddress:
+    """The address of ``IP:PORT`` (an IPv6 address in brackets), if it is one host's: not
+    a name, not the unspecified or a multicast address (a reader dialling those reaches
+    itself, or no one in particular), no IPv4 address inside an IPv6 one."""
     host = authority.rpartition(":")[0]
     if not host:
         raise ValueError("no host")
@@ -407,9 +414,8 @@ def _check_dialable(authority: str, refused: Sequence[IpRange]) -> None:
         and any(address in network for network in EMBEDDED_IPV4)
     ):
         raise ValueError(f"{address} carries an IPv4 address: announce that one")
-    if any(address in network for network in refused):
-        raise ValueError(f"{address} is in a range this registry does not dial")
     split_host_port(authority)  # the port
+    return address
 
 
 def _check_own_contact(raw: dict[str, Any]) -> None:

@@ -50,6 +50,7 @@ from .listing import (
     MAX_LISTED,
     Entry,
     IpRange,
+    RefusedRange,
     RelayInfo,
     Snapshot,
     admitted_position,
@@ -348,7 +349,11 @@ class RegistryServer:
     async def _announce(self, params: Fields, conn: Connection) -> Any:
         now = self.clock.now_ms()
         raw = check_announcement(params, now)
-        self._check_admissible(raw)
+        try:
+            self._check_admissible(raw)
+        except RefusedRange:
+            assert self._dial is not None  # ranges are checked only where it dials
+            await self._dial.refuse(raw["pubkey"])
         key = (raw["kind"], raw["pubkey"])
         signature = params.blob("signature", size=64)
         previous = self._place_for(key, raw["timestamp"], now)

@@ -501,37 +501,45 @@ async def test_a_registry_never_dials_into_a_range_its_operator_refused(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """``--refuse-dial``: an admitted announcer cannot make the registry connect into the
-    operator's own network; the announcement is refused before any dial. Outside the
-    ranges the same announcement is dialled as before (it fails: nothing serves there)."""
+    operator's own network. Its announcement is answered as a failed dial is (the same
+    words, at the same time, and the same wait before its key is dialled again), so the
+    ranges cannot be mapped faster than addresses probed. Outside the ranges the same
+    announcement is dialled as before (it fails: nothing serves there)."""
     network = MemoryNetwork()
     dials = _PinnedDials(network)
     refused = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
-    registry = RegistryServer(
-        Clock(TEST_EPOCH_MS), ledger=LEDGER.public_key, dial_back=dials, refused=refused
-    )
+    clock = Clock(TEST_EPOCH_MS)
+    registry = RegistryServer(clock, ledger=LEDGER.public_key, dial_back=dials, refused=refused)
     key = ROGUE.ed25519_public.hex()
     async with trio.open_nursery() as nursery:
         address = await nursery.start(registry.serve, network, "mem:registry")
-        directory = RegistryDirectory(network, address, Clock(TEST_EPOCH_MS), LEDGER.public_key)
+        directory = RegistryDirectory(network, address, clock, LEDGER.public_key)
+
+        async def announce(kind: str, url: str) -> None:
+            await directory.announce(ROGUE, kind, url, registration=_registration(ROGUE))
+
         for kind, url in [
             ("node", f"wss://10.1.2.3:7000/{key}"),
             ("relay", f"[fd00::1]:7000#{key}"),
         ]:
-            with pytest.raises(RpcError, match="a range this registry does not dial") as no:
-                await directory.announce(ROGUE, kind, url, registration=_registration(ROGUE))
-            assert no.value.code == "bad_request"
+            started = trio.current_time()
+            with pytest.raises(RpcError, match=r"could not reach the announced url$") as no:
+                await announce(kind, url)
+            assert no.value.code == "unavailable"
+            assert trio.current_time() - started == pytest.approx(DIAL_BACK_TIMEOUT_S)
+            with pytest.raises(RpcError, match=r"lately$"):
+                await announce(kind, url)
+            clock.skip_idle(DIAL_RETRY_MS)
         # The IPv4 host inside an IPv6 address (mapped, compatible, NAT64, 6to4) is what a
         # dial reaches: those forms are refused whatever the ranges.
         for embedded in ["::ffff:10.1.2.3", "::10.1.2.3", "64:ff9b::a01:203", "2002:a01:203::1"]:
-            url = f"wss://[{embedded}]:7000/{key}"
             with pytest.raises(RpcError, match="carries an IPv4 address") as no:
-                await directory.announce(ROGUE, "node", url, registration=_registration(ROGUE))
+                await announce("node", f"wss://[{embedded}]:7000/{key}")
             assert no.value.code == "bad_request"
         assert dials.dials == []
         outside = f"wss://192.0.2.1:7000/{key}"
-        with pytest.raises(RpcError) as failed:
-            await directory.announce(ROGUE, "node", outside, registration=_registration(ROGUE))
-        assert failed.value.code == "unavailable"
+        with pytest.raises(RpcError, match=r"could not reach the announced url$"):
+            await announce("node", outside)
         assert dials.dials == [outside]
         nursery.cancel_scope.cancel()
 
@@ -550,10 +558,13 @@ async def test_a_registry_of_plaintext_links_keeps_its_refused_ranges_too(
     async with trio.open_nursery() as nursery:
         address = await nursery.start(registry.serve, network, "mem:registry")
         directory = RegistryDirectory(network, address, Clock(TEST_EPOCH_MS), LEDGER.public_key)
-        for url in ["ws://10.1.2.3:7000", "ws://inside.example:7000"]:
+        for url, code in [
+            ("ws://10.1.2.3:7000", "unavailable"),
+            ("ws://inside.example:7000", "bad_request"),
+        ]:
             with pytest.raises(RpcError) as no:
                 await directory.announce(ROGUE, "node", url, registration=_registration(ROGUE))
-            assert no.value.code == "bad_request"
+            assert no.value.code == code
         assert dials.dials == []
         nursery.cancel_scope.cancel()
 
