@@ -541,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=address_range,
         metavar="CIDR",
         help="an address range the registry never connects into to check an announced"
-        " address (its own private network, say); repeat for each",
+        " address (a management network, link-local 169.254.0.0/16; never the range the"
+        " nodes and relays announce from); repeat for each",
     )
     ledger = commands.add_parser("ledger", help="the network's admission authority")
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 import trio
@@ -63,33 +65,10 @@ class DialBack:
         #: ones too: hanging up does not undo it), oldest first, capped.
         self._tried: OrderedDict[str, int] = OrderedDict()
 
-    async def refuse(self, pubkey: str) -> NoReturn:
-        """Answer an announcement at an address the operator refused as a dial that failed
-        is answered: after the same checks, with the same words at the same time, and
-        with the same wait before this key is dialled again. So an admitted key maps the
-        refused ranges no faster than it could probe addresses."""
-        self._check_may_dial(pubkey)
-        self._dialling.add(pubkey)
-        try:
-            began = trio.current_time()
-            self._remember_try(pubkey)
-            await trio.sleep_until(began + DIAL_BACK_TIMEOUT_S)
-            raise DialFailed("unavailable", "the registry could not reach the announced url")
-        finally:
-            self._dialling.discard(pubkey)
-
-    def _check_may_dial(self, pubkey: str) -> None:
-        if pubkey in self._dialling:
-            raise RpcError("unavailable", "the registry is still reaching this announcer")
-        if not may_dial_again(self._tried.get(pubkey), self._clock.now_ms()):
-            raise RpcError("unavailable", "the registry could not reach the announced url lately")
-
     async def reach(self, kind: str, pubkey: str, url: str) -> None:
         """Connect to ``url`` of the announcer ``pubkey``, over TLS pinned to the key it
         names, or refuse the announcement with ``unavailable``."""
-        self._check_may_dial(pubkey)
-        self._dialling.add(pubkey)
-        try:
+        with self._one_dial(pubkey):
             with trio.move_on_after(DIAL_BACK_TIMEOUT_S) as waiting:
                 await self._slots.acquire()
             if waiting.cancelled_caught:
@@ -100,10 +79,37 @@ class DialBack:
             finally:
                 self._slots.release()
             if not reached:
-                await trio.sleep_until(began + DIAL_BACK_TIMEOUT_S)
-                raise DialFailed("unavailable", "the registry could not reach the announced url")
+                await self._failed(began)
+
+    async def refuse(self, pubkey: str) -> NoReturn:
+        """Answer an announcement at an address the operator refused as a dial that failed
+        is answered: after the same checks, with the same words at the same time, and
+        with the same wait before this key is dialled again. So an admitted key maps the
+        refused ranges no faster than it could probe addresses."""
+        with self._one_dial(pubkey):
+            began = trio.current_time()
+            self._remember_try(pubkey)
+            await self._failed(began)
+
+    @contextmanager
+    def _one_dial(self, pubkey: str) -> Iterator[None]:
+        """One dial of ``pubkey`` at a time, and none within the retry wait of its last
+        failed one."""
+        if pubkey in self._dialling:
+            raise RpcError("unavailable", "the registry is still reaching this announcer")
+        if not may_dial_again(self._tried.get(pubkey), self._clock.now_ms()):
+            raise RpcError("unavailable", "the registry could not reach the announced url lately")
+        self._dialling.add(pubkey)
+        try:
+            yield
         finally:
             self._dialling.discard(pubkey)
+
+    async def _failed(self, began: float) -> NoReturn:
+        """The one answer to a dial that began at ``began`` and did not reach: the same
+        words, :data:`DIAL_BACK_TIMEOUT_S` after it began."""
+        await trio.sleep_until(began + DIAL_BACK_TIMEOUT_S)
+        raise DialFailed("unavailable", "the registry could not reach the announced url")
 
     async def _connect(self, kind: str, pubkey: str, url: str) -> bool:
         self._remember_try(pubkey)
