@@ -14,6 +14,12 @@ least: single-row SQLite inserts, each committed on its own, in the same schema 
 journal mode (WAL, synchronous=NORMAL), with the message hash computed, in this process.
 ``ratio`` = stores/s ÷ floor.
 
+A second store phase sends the same stores in ``store_batch`` requests of ``batch`` each
+(one owner to a request, as a device's outbox sends its backlog for one friend), with as
+many stores in flight per connection as the first phase (``pipeline // batch`` batches;
+one, if a batch is bigger than that): its figures (``batched_…``) show
+what a request's framing costs beside its stores' own work.
+
 Why three nodes by default: three is the smallest swarm in which the quorum of two is a
 majority rather than every member, so a store waits for the first of two peers, as it
 does in a full swarm, and not for one particular peer. More would add node processes,
@@ -54,7 +60,13 @@ from p2psync.cli import Terminated
 from p2psync.clock import Clock
 from p2psync.identity import Identity, session_id_key
 from p2psync.swarm.auth import AuthSigner
-from p2psync.swarm.constants import REPLICATION_RETRY_S, STORE_QUORUM
+from p2psync.swarm.constants import MAX_STORE_BATCH, REPLICATION_RETRY_S, STORE_QUORUM
+from p2psync.swarm.messages import (
+    StoreBatchReply,
+    StoreBatchRequest,
+    StoreReply,
+    StoreRequest,
+)
 from p2psync.swarm.ring import SwarmMap
 from p2psync.swarm.rows import StoredMessage
 from p2psync.swarm.store import MessageStore
@@ -64,6 +76,8 @@ from p2psync.wire import Reply, Request, decode_frame, encode_frame
 from .faults.cluster import open_cluster
 
 MESSAGE_BYTES = 200
+#: Stores per ``store_batch`` in the batched phase.
+DEFAULT_BATCH = 16
 OWNERS = 64
 TTL_MS = 3_600_000
 #: Request ids of one connection start at its index times this (ids stay unique per run).
@@ -99,12 +113,32 @@ def _process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _one(result: Any) -> int:
+    return 1
+
+
+def _stores_acknowledged(result: Any) -> int:
+    """A ``store_batch`` reply stands for as many stores as it carries, every one of which
+    must be acknowledged (a refusal ends the run rather than count as a store)."""
+    results = StoreBatchReply.from_wire(result, stores=len(result["results"])).results
+    refused = [r for r in results if not isinstance(r, StoreReply)]
+    if refused:
+        raise RuntimeError(f"the node refused stores of a batch: {refused[0]}")
+    return len(results)
+
+
 async def _load(
-    url: str, clients: int, pipeline: int, seconds: float, make_request: RequestMaker
+    url: str,
+    clients: int,
+    pipeline: int,
+    seconds: float,
+    make_request: RequestMaker,
+    tally: Callable[[Any], int] = _one,
 ) -> tuple[int, float]:
-    """Successful replies and the seconds they took, from ``clients`` connections keeping
+    """Operations done and the seconds they took, from ``clients`` connections keeping
     ``pipeline`` requests in flight each until ``seconds`` have passed and then waiting
     for the last replies (so the rate is never flattered by unanswered requests).
+    ``tally``: how many operations a reply's result stands for.
 
     Each connection is driven by one task on the link itself rather than by a task per
     request through ``RpcClient``: on a two-core machine the generator shares the
@@ -137,11 +171,11 @@ async def _load(
                     raise RuntimeError(f"the node answered {frame!r}")
                 outstanding.remove(frame.id)
                 answered += 1
+                done += tally(frame.result)
                 try:
                     data = link.receive_nowait()
                 except trio.WouldBlock:
                     break
-            done += answered
             if trio.current_time() < deadline:
                 await link.send_batch(requests(answered))
 
@@ -172,22 +206,26 @@ async def _stop_on_sigterm() -> None:
             raise Terminated
 
 
-def _request_makers(owners: list[Identity], clock: Clock) -> tuple[RequestMaker, RequestMaker]:
-    """Stores of distinct messages and signed one-message retrieves, spread over
-    ``owners``."""
+def _request_makers(
+    owners: list[Identity], clock: Clock, batch: int
+) -> tuple[RequestMaker, RequestMaker, RequestMaker]:
+    """Stores of distinct messages, ``store_batch`` requests of ``batch`` such stores for
+    one owner each, and signed one-message retrieves, spread over ``owners``."""
     payload = os.urandom(MESSAGE_BYTES)
     signers = [AuthSigner(owner) for owner in owners]
 
+    def one_store(owner: Identity, worker: int, sequence: int) -> StoreRequest:
+        data = payload + worker.to_bytes(4, "big") + sequence.to_bytes(8, "big")
+        return StoreRequest(owner.session_id, 0, TTL_MS, clock.now_ms(), data)
+
     def store(worker: int, sequence: int) -> tuple[str, dict[str, Any]]:
         owner = owners[(worker + sequence) % len(owners)]
-        data = payload + worker.to_bytes(4, "big") + sequence.to_bytes(8, "big")
-        return "store", {
-            "pubkey": owner.session_id,
-            "namespace": 0,
-            "ttl": TTL_MS,
-            "timestamp": clock.now_ms(),
-            "data": data,
-        }
+        return "store", one_store(owner, worker, sequence).to_wire()
+
+    def store_batch(worker: int, sequence: int) -> tuple[str, dict[str, Any]]:
+        owner = owners[(worker + sequence) % len(owners)]
+        stores = (one_store(owner, worker, sequence * batch + i) for i in range(batch))
+        return "store_batch", StoreBatchRequest(tuple(stores)).to_wire()
 
     def retrieve(worker: int, sequence: int) -> tuple[str, dict[str, Any]]:
         index = (worker + sequence) % len(owners)
@@ -199,7 +237,7 @@ def _request_makers(owners: list[Identity], clock: Clock) -> tuple[RequestMaker,
             "auth": signers[index].auth("retrieve", 0, clock.now_ms()),
         }
 
-    return store, retrieve
+    return store, store_batch, retrieve
 
 
 def run_throughput(
@@ -209,9 +247,13 @@ def run_throughput(
     pipeline: int = 32,
     nodes: int = 3,
     quorum: int = STORE_QUORUM,
+    batch: int = DEFAULT_BATCH,
 ) -> dict[str, Any]:
     """``quorum`` is what every node is started with (``p2psync node --quorum``); 1 is
-    acknowledging after the entry node's own commit, for comparison."""
+    acknowledging after the entry node's own commit, for comparison. ``batch``: stores
+    per ``store_batch`` request in the batched phase (see the module docstring)."""
+    if not 1 <= batch <= MAX_STORE_BATCH:
+        raise ValueError(f"--batch must be in [1, {MAX_STORE_BATCH}]")
     if nodes < 2:
         raise ValueError("a quorum write needs a swarm of at least 2 nodes")
     if not 1 <= quorum <= nodes:
@@ -233,7 +275,7 @@ def run_throughput(
                 urls = {member.url for member in swarms.swarms[swarm]}
                 members = [node for node in cluster.nodes if node.url in urls]
                 owners = list(itertools.islice(_owners_of(swarms, swarm), OWNERS))
-                store, retrieve = _request_makers(owners, cluster.clock)
+                store, store_batch, retrieve = _request_makers(owners, cluster.clock, batch)
                 # A membership change (each node saw the others join) schedules a repair
                 # round with every peer REPLICATION_RETRY_S later; let it pass while
                 # nothing is stored, or the store phase measures that round over its rows.
@@ -249,6 +291,16 @@ def run_throughput(
                     node.name: _process_cpu_s(node.pid) - before
                     for node, before in zip(members, cpu_before, strict=True)
                 }
+                batches = max(1, pipeline // batch)
+                console.print(
+                    f"[bold]batched stores[/]: {clients}×{batches} batches of {batch} "
+                    f"in flight for {seconds:.0f} s …"
+                )
+                batch_cpu_before = _process_cpu_s(entry.pid)
+                batched, batched_s = await _load(
+                    entry.url, clients, batches, seconds, store_batch, _stores_acknowledged
+                )
+                batch_cpu_s = _process_cpu_s(entry.pid) - batch_cpu_before
                 console.print(f"[bold]retrieves[/]: signed, for {seconds:.0f} s …")
                 retrieves, retrieve_s = await _load(entry.url, clients, pipeline, seconds, retrieve)
         entry_cpu_s = cpu_s.pop(entry.name)
@@ -262,6 +314,10 @@ def run_throughput(
             "ratio_per_core": round(stores / entry_cpu_s / floor, 3),
             "node_cpu_us_per_store": round(1e6 * entry_cpu_s / stores, 1),
             "peer_cpu_us_per_store": round(1e6 * peer_cpu_s / stores, 1),
+            "batch": batch,
+            "batched_stores_per_s": round(batched / batched_s, 1),
+            "batched_ratio_per_core": round(batched / batch_cpu_s / floor, 3),
+            "batched_node_cpu_us_per_store": round(1e6 * batch_cpu_s / batched, 1),
             "nodes": nodes,
             "swarm_members": len(members),
             "clients": clients,
@@ -294,4 +350,14 @@ def print_report(result: dict[str, Any]) -> None:
     table.add_row("entry node CPU per store (µs)", f"{result['node_cpu_us_per_store']}")
     table.add_row("each peer's CPU per store (µs)", f"{result['peer_cpu_us_per_store']}")
     table.add_row("stores per entry-node-CPU-second ÷ floor", f"{result['ratio_per_core']:.2f}")
+    batch = result["batch"]
+    table.add_row(f"stores in batches of {batch}", f"{result['batched_stores_per_s']:,.0f}")
+    table.add_row(
+        f"entry node CPU per store in batches of {batch} (µs)",
+        f"{result['batched_node_cpu_us_per_store']}",
+    )
+    table.add_row(
+        f"stores in batches of {batch} per entry-node-CPU-second ÷ floor",
+        f"{result['batched_ratio_per_core']:.2f}",
+    )
     Console().print(table)

@@ -22,7 +22,7 @@ from .arguments import address_range, number_up_to, whole_number
 from .errors import P2PSyncError
 from .network_defaults import DEFAULT_RELAYS, TRANSPORTS
 from .stops import HeldStops
-from .swarm.constants import STORE_QUORUM
+from .swarm.constants import MAX_STORE_BATCH, STORE_QUORUM
 
 if TYPE_CHECKING:
     import trio
@@ -384,6 +384,7 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
         pipeline=args.pipeline,
         nodes=args.nodes,
         quorum=args.quorum,
+        batch=args.batch,
     )
     print_report(result)
     _write_json(args.json, result)
@@ -601,6 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=whole_number(1, MAX_QUORUM),
         default=STORE_QUORUM,
         help=f"the nodes' store quorum (default: {STORE_QUORUM}; 1 to compare)",
+    )
+    throughput.add_argument(
+        "--batch",
+        type=whole_number(1, MAX_STORE_BATCH),
+        default=16,
+        help="stores per store_batch request in the batched phase (default: 16)",
     )
     throughput.add_argument(
         "--json", type=output_file, metavar="FILE", help="write the figures as JSON"

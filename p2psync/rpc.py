@@ -383,6 +383,8 @@ class _Pending:
 Handler = Callable[[Fields, Connection], Awaitable[Any]] | Callable[[Fields, Connection], Any]
 #: Told (method, peer, params) of every request a server answers (:meth:`RpcServer.observe`).
 Observer = Callable[[str, str, Mapping[str, Any]], None]
+#: A request's params (not yet checked) -> the tokens it takes from its connection's bucket.
+Cost = Callable[[Mapping[str, Any]], int]
 
 
 @runtime_checkable
@@ -423,10 +425,15 @@ class RpcServer:
         methods: Mapping[str, Handler],
         limits: ServerLimits | None = None,
         clock: Clock | None = None,
+        *,
+        costs: Mapping[str, Cost] | None = None,
     ) -> None:
         """``clock``: the network's, so that request rates are measured in the time its
-        other components keep (a :meth:`Clock.skip_idle` refills the buckets)."""
+        other components keep (a :meth:`Clock.skip_idle` refills the buckets).
+        ``costs``: what a request of a method that does the work of several takes from
+        its connection's rate bucket (one token otherwise)."""
         self.methods = dict(methods)
+        self._costs = dict(costs or {})
         self.limits = limits or ServerLimits()
         self.clock = clock or Clock()
         self.stats = ServerStats()
@@ -620,7 +627,8 @@ class RpcServer:
             return self._refuse(_request_id_of(data), exc)
         if not isinstance(frame, Request):
             return self._refuse(None, "expected a request")
-        if frame.method not in self._own_rate_limit and not bucket.take(self.clock.now_s()):
+        cost = self._costs[frame.method](frame.params) if frame.method in self._costs else 1
+        if frame.method not in self._own_rate_limit and not bucket.take(self.clock.now_s(), cost):
             self.stats.count_error("rate_limited")
             return ErrorReply(frame.id, "rate_limited", "slow down", {})
         self.stats.requests += 1
@@ -681,15 +689,9 @@ class RpcServer:
 
     def _failure(self, request: Request, exc: Exception) -> ErrorReply:
         """The stable error reply for what a handler raised."""
-        if isinstance(exc, RpcError):
-            self.stats.count_error(exc.code)
-            return ErrorReply(request.id, exc.code, exc.message, exc.data)
-        if isinstance(exc, DecodeError):
-            self.stats.count_error("bad_request")
-            return ErrorReply(request.id, "bad_request", str(exc), {})
-        logger.error("handler for %s failed", request.method, exc_info=exc)
-        self.stats.count_error("internal")
-        return ErrorReply(request.id, "internal", "internal error", {})
+        error = refusal_of(request.method, exc)
+        self.stats.count_error(error.code)
+        return ErrorReply(request.id, error.code, error.message, error.data)
 
     async def _answer(
         self, request: Request, connection: Connection, in_flight: trio.Semaphore
@@ -722,6 +724,19 @@ class RpcServer:
             return encode_frame(response)
         except Exception as exc:
             return encode_frame(self._failure(request, exc))
+
+
+def refusal_of(method: str, exc: Exception) -> RpcError:
+    """The stable refusal a client is told for what ``method``'s handler raised: a
+    refusal as it is, garbage ``bad_request``, anything else ``internal`` (and logged,
+    since it is this server's fault). A handler answering several requests in one
+    (``store_batch``) answers each of them so."""
+    if isinstance(exc, RpcError):
+        return exc
+    if isinstance(exc, DecodeError):
+        return RpcError("bad_request", str(exc))
+    logger.error("handler for %s failed", method, exc_info=exc)
+    return RpcError("internal", "internal error")
 
 
 # --- client --------------------------------------------------------------------------------

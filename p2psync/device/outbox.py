@@ -75,24 +75,30 @@ class Outbox:
             await self._passed.wait()
 
     async def _deliver(self) -> None:
-        """Store every pending copy, oldest entry first; raise on the first failure. A
+        """Store every pending copy, oldest entry first, and raise the first failure. A
         device its primary unpaired sends nothing more as the user (what its inbound
-        work queues, a crossing friend request's acceptance say, would be refused)."""
+        work queues, a crossing friend request's acceptance say, would be refused).
+
+        The copies for one owner go in ``store_batch`` requests (:meth:`_store_copies`):
+        a device back online with a backlog for a friend pays a request per 64 copies,
+        not one each. Entries are expanded first, oldest first; one that cannot be yet
+        (its recipient's devices unknown) holds back the later ones, not the earlier."""
         store = self._store
         if self._local.me.revoked_at_ms is not None:
             store.drop_outbox()
+        ready: list[OutboxEntry] = []
+        unexpanded: Exception | None = None
         for entry in store.outbox():
             if not entry.expanded:
-                store.expand(entry.seq, await self._expand(entry))
-            for copy in store.copies(entry.seq):
-                ttl_ms = copy_ttl_ms(entry.kind, copy.namespace, self._local.config.ttl_ms)
                 try:
-                    await self._swarm.store(copy.owner, copy.namespace, copy.data, ttl_ms)
-                except RpcError as exc:
-                    if exc.code not in PERMANENT_CODES:
-                        raise
-                    logger.error("dropping a copy for %s: %s", copy.owner[:12], exc)
-                store.copy_stored(copy)
+                    store.expand(entry.seq, await self._expand(entry))
+                except TRANSIENT as exc:
+                    unexpanded = exc
+                    break
+            ready.append(entry)
+        await self._store_copies(ready)
+        if unexpanded is not None:
+            raise unexpanded
         identity = self._local.identity
         due = self._deletions.due(store.deletions(), self._local.clock.now_ms())
         for owner, namespace, digests in delete_batches(due):
@@ -101,6 +107,25 @@ class Outbox:
             for digest in digests:
                 store.deleted(owner, namespace, digest)
                 self._deletions.sent((owner, namespace, digest))
+
+    async def _store_copies(self, entries: list[OutboxEntry]) -> None:
+        """Every copy of ``entries``, an owner's together and in entry order; a copy
+        refused for good is dropped (and logged), any other refusal is raised once the
+        copies stored before it are marked so."""
+        by_owner: dict[str, list[tuple[Copy, int]]] = {}
+        for entry in entries:
+            for copy in self._store.copies(entry.seq):
+                ttl_ms = copy_ttl_ms(entry.kind, copy.namespace, self._local.config.ttl_ms)
+                by_owner.setdefault(copy.owner, []).append((copy, ttl_ms))
+        for owner, copies in by_owner.items():
+            stores = [(copy.namespace, copy.data, ttl_ms) for copy, ttl_ms in copies]
+            results = await self._swarm.store_many(owner, stores)
+            for (copy, _), result in zip(copies, results, strict=True):
+                if isinstance(result, RpcError):
+                    if result.code not in PERMANENT_CODES:
+                        raise result
+                    logger.error("dropping a copy for %s: %s", owner[:12], result)
+                self._store.copy_stored(copy)
 
     async def _expand(self, entry: OutboxEntry) -> list[Copy]:
         """The copies beyond the first, as :func:`~.fanout.fan_out` decides them."""

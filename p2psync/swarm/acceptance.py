@@ -17,15 +17,16 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
+import outcome
 import trio
 
 from ..clock import Clock
 from ..errors import RpcError
-from ..rpc import Connection, Later, TokenBucket
+from ..rpc import Connection, Later, TokenBucket, refusal_of
 from ..wire import Fields
 from .allowance import OwnerQuota, connection_budget
 from .commit import GroupCommit
-from .messages import StoreReply, StoreRequest
+from .messages import StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest
 from .node_config import NodeConfig
 from .node_core import NodeCore, Push, Replicate
 from .node_shared import NodeStats
@@ -81,7 +82,29 @@ class StoreAcceptance:
         return self._quorum.rows()
 
     def store(self, params: Fields, conn: Connection) -> Later:
-        row = self._core.new_row(StoreRequest.from_wire(params), self._clock.now_ms())
+        return self._accept(StoreRequest.from_wire(params), conn)
+
+    def store_batch(self, params: Fields, conn: Connection) -> Later:
+        """Each store of the batch taken as ``store`` takes it (its own refusals, charge,
+        commit and quorum), all answered in one reply once the last is settled. The
+        owners must all be of this node's swarm: one that is not refuses the whole
+        batch ``wrong_swarm`` (naming its swarm), as a ``store`` would be, so a client
+        sends it there instead of learning it item by item."""
+        stores = StoreBatchRequest.from_wire(params).stores
+        for owner in {store.pubkey for store in stores}:
+            self._core.require_swarm(owner)
+        batch = _Batch(len(stores))
+        for index, store in enumerate(stores):
+            try:
+                later = self._accept(store, conn)
+            except Exception as exc:
+                batch.settle(index, outcome.Error(exc))
+            else:
+                later.listen(partial(batch.settle, index))
+        return batch.reply
+
+    def _accept(self, request: StoreRequest, conn: Connection) -> Later:
+        row = self._core.new_row(request, self._clock.now_ms())
         self._charge(conn, row)
         later = Later()
         self._commits.add(row, partial(self._committed, row, later))
@@ -186,3 +209,22 @@ class StoreAcceptance:
 
     def _forget_budget(self, conn: Connection) -> None:
         self._budgets.pop(conn, None)
+
+
+class _Batch:
+    """A ``store_batch``'s answer: one result per store, in order, resolved once each
+    store has its own (the reply of a ``store``, or its refusal)."""
+
+    def __init__(self, stores: int) -> None:
+        self.reply = Later()
+        self._results: list[Any] = [None] * stores
+        self._open = stores
+
+    def settle(self, index: int, result: outcome.Outcome[Any]) -> None:
+        if isinstance(result, outcome.Value):
+            self._results[index] = result.value
+        elif isinstance(result, outcome.Error) and isinstance(result.error, Exception):
+            self._results[index] = refusal_of("store_batch", result.error)
+        self._open -= 1
+        if self._open == 0:
+            self.reply.resolve(StoreBatchReply.wire(self._results))

@@ -12,6 +12,8 @@ CLOCK_SKEW_MS = 60_000
 #: Members, the accepting one included, that must have committed a store before it is
 #: acknowledged.
 STORE_QUORUM = 2
+#: Stores in one ``store_batch`` request at most (their bytes are bounded by the frame).
+MAX_STORE_BATCH = 64
 
 NAMESPACE_MESSAGES = 0
 NAMESPACE_SYNC = 1

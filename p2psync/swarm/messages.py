@@ -18,11 +18,11 @@ receiver's clock): a row that does not check out is left out and reported in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DecodeError
+from ..errors import ERROR_CODES, DecodeError, RpcError
 from ..identity import message_hash
 from ..wire import Fields
 from . import repair
@@ -31,6 +31,7 @@ from .constants import (
     MAX_DATA_BYTES,
     MAX_HASHES_PER_REQUEST,
     MAX_NAMESPACE,
+    MAX_STORE_BATCH,
     RETRIEVE_LIMIT,
     SWARM_MAX_SIZE,
 )
@@ -245,6 +246,84 @@ class StoreReply:
     def from_wire(cls, value: object) -> StoreReply:
         f = _fields(value, "result").only("hash", "expiry")
         return cls(f.blob("hash", size=32), f.uint("expiry"))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBatchRequest:
+    """Several stores in one request (``store_batch``), as oxen-storage-server's
+    ``batch`` carries several subrequests: a client with many messages for one swarm
+    (a device sending its backlog, or leaving with its sync copies) pays one request's
+    framing and one round trip for them, over an onion path too. Every store is for an
+    owner of the one swarm the request goes to."""
+
+    stores: tuple[StoreRequest, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"stores": [store.to_wire() for store in self.stores]}
+
+    @classmethod
+    def from_wire(cls, value: object) -> StoreBatchRequest:
+        f = _fields(value, "params").only("stores")
+        items = f.items("stores", max_len=MAX_STORE_BATCH)
+        if not items:
+            raise DecodeError("params.stores is empty")
+        return cls(
+            tuple(
+                StoreRequest.from_wire(Fields(item, f"params.stores[{i}]"))
+                for i, item in enumerate(items)
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBatchReply:
+    """Each store's own answer, in the request's order: what ``store`` would have
+    replied, or its refusal."""
+
+    results: tuple[StoreReply | RpcError, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.wire([r.to_wire() if isinstance(r, StoreReply) else r for r in self.results])
+
+    @staticmethod
+    def wire(results: Sequence[dict[str, Any] | RpcError]) -> dict[str, Any]:
+        """The wire form from each store's reply already in its own (as ``store``
+        answers it) or its refusal."""
+        return {"results": [_refusal_to_wire(r) if isinstance(r, RpcError) else r for r in results]}
+
+    @classmethod
+    def from_wire(cls, value: object, *, stores: int) -> StoreBatchReply:
+        """``stores``: how many the request carried; a reply with a different count
+        is refused."""
+        items = _fields(value, "result").only("results").items("results", max_len=stores)
+        if len(items) != stores:
+            raise DecodeError(f"result.results must hold {stores} items")
+        return cls(tuple(_store_result_from_wire(item) for item in items))
+
+
+def store_batch_cost(params: Mapping[str, Any]) -> int:
+    """What a ``store_batch`` takes from its connection's request rate: a token per store,
+    as the stores one by one would (read before the request is checked, so a list over
+    the limit, refused at decode, costs the limit)."""
+    stores = params.get("stores")
+    return min(len(stores), MAX_STORE_BATCH) if isinstance(stores, list) and stores else 1
+
+
+def _refusal_to_wire(error: RpcError) -> dict[str, Any]:
+    return {"error": {"code": error.code, "message": error.message, **error.data}}
+
+
+def _store_result_from_wire(value: object) -> StoreReply | RpcError:
+    f = _fields(value, "result.results[]")
+    if not f.has("error"):
+        return StoreReply.from_wire(f)
+    error = f.only("error").map("error")
+    code = error.text("code", max_len=32)
+    return RpcError(
+        code if code in ERROR_CODES else "internal",
+        error.text("message", max_len=1024),
+        error.rest("code", "message"),
+    )
 
 
 @dataclass(frozen=True, slots=True)

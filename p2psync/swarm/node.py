@@ -1,11 +1,11 @@
 """A service node: the driver of :mod:`.node_core`, with its store, connections and peers.
 
 Requests are decoded by :mod:`.messages` and decided by :class:`~.node_core.NodeCore`.
-The RPC methods are in three groups: ``store`` (:mod:`.acceptance`), the other client
-methods (:mod:`.client_methods`) and the node-to-node ones (:mod:`.peer_methods`). What
-is left here is their wiring, rows from peers and effects to execute, and the small
-drivers a node's nursery runs beside them, each of which survives any single peer or
-record:
+The RPC methods are in three groups: ``store`` and ``store_batch`` (:mod:`.acceptance`),
+the other client methods (:mod:`.client_methods`) and the node-to-node ones
+(:mod:`.peer_methods`). What is left here is their wiring, rows from peers and effects to
+execute, and the small drivers a node's nursery runs beside them, each of which survives
+any single peer or record:
 
 * :mod:`.directory_refresh` — announce the node, re-read the registry, and on a
   membership change restart replication and repair;
@@ -47,7 +47,7 @@ from .constants import PROTOCOL_VERSION
 from .directory_refresh import DirectoryRefresh
 from .hand_over import HandOver
 from .listing import Snapshot, listing_page
-from .messages import GetSwarmRequest, InfoReply
+from .messages import GetSwarmRequest, InfoReply, store_batch_cost
 from .node_config import NodeConfig
 from .node_core import NodeCore, Push, Replicate
 from .node_shared import NodeStats
@@ -180,11 +180,13 @@ class StorageNode:
                 "get_swarm": self._get_swarm,
                 "list": self._list,
                 "store": self._acceptance.store,
+                "store_batch": self._acceptance.store_batch,
                 **client_methods.handlers(),
                 **self._peer_methods.handlers(),
             },
             self.config.limits,
             clock,
+            costs={"store_batch": store_batch_cost},
         )
         #: Requests that reach this node through a device's onion path (the exit relay
         #: is the caller it sees), answered as if they had come directly.

@@ -305,9 +305,12 @@ class NodeCore(Generic[Conn]):
 
     def require_swarm(self, owner: str) -> None:
         """Refuse a client request about an owner of another swarm (``wrong_swarm``,
-        naming it), or any before the node has read the registry."""
-        right = self.swarm_of(owner)
-        if right.swarm != self.swarm_id:
+        naming it), or any before the node has read the registry. Asked of every store:
+        the reply naming the members is built only for a refusal."""
+        if not self.swarms.swarms:
+            raise RpcError("unavailable", "node has not read the registry yet")
+        if self.swarms.swarm_for_key(session_id_key(owner)) != self.swarm_id:
+            right = self.swarm_of(owner)
             raise RpcError("wrong_swarm", "this pubkey belongs to another swarm", right.to_wire())
 
     # --- client requests ------------------------------------------------------------------

@@ -12,6 +12,7 @@ its X25519 key.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -84,8 +85,21 @@ class SwarmMap:
         return cls(swarms)
 
     def swarm_for_key(self, x25519_public: bytes) -> int:
+        """The swarm whose id is nearest the key's position (the smaller id of two as
+        near). A node asks this of every store, so it is a search among the ids in ring
+        order, not a scan of every swarm: the nearest is the position's successor or
+        its predecessor, with wrap-around."""
         position = key_position(x25519_public)
-        return min(self.swarms, key=lambda sid: (ring_distance(sid, position), sid))
+        ids = self._ids_in_ring_order
+        if not ids:
+            raise ValueError("a map without swarms places no key")
+        after = bisect.bisect_left(ids, position)
+        neighbours = (ids[after % len(ids)], ids[after - 1])
+        return min(neighbours, key=lambda sid: (ring_distance(sid, position), sid))
+
+    @cached_property
+    def _ids_in_ring_order(self) -> list[int]:
+        return sorted(self.swarms)
 
     def nodes_for_key(self, x25519_public: bytes) -> tuple[NodeInfo, ...]:
         return self.swarms[self.swarm_for_key(x25519_public)]

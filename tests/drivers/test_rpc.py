@@ -147,6 +147,31 @@ async def test_rate_limit_and_connection_limit(autojump_clock: trio.abc.Clock) -
         nursery.cancel_scope.cancel()
 
 
+async def test_a_request_costing_several_tokens_takes_them_all(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A method given a cost (a batch doing the work of several requests) takes that many
+    tokens from its connection's bucket: the batches a client sends are limited as the
+    requests they stand for would be."""
+    network = MemoryNetwork()
+    server = RpcServer(
+        METHODS,
+        ServerLimits(requests_per_s=1, request_burst=5),
+        costs={"echo": lambda params: len(params["text"])},
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, network, "mem:server")
+        async with open_rpc(network, "mem:server") as client:
+            await client.call("echo", {"text": "abc"})
+            with pytest.raises(RpcError) as info:
+                await client.call("echo", {"text": "abc"})  # 3 tokens; 2 are left
+            assert info.value.code == "rate_limited"
+            await client.call("echo", {"text": "ab"})
+            await trio.sleep(3.0)
+            await client.call("echo", {"text": "abc"})
+        nursery.cancel_scope.cancel()
+
+
 async def _raw_websocket(url: str) -> tuple[trio.SocketStream, WSConnection]:
     """A hand-driven client, to send what :class:`WebSocketTransport` never would."""
     host, port = url.removeprefix("ws://").rsplit(":", 1)

@@ -22,6 +22,7 @@ from p2psync.swarm.constants import (
     CLOCK_SKEW_MS,
     MAX_DATA_BYTES,
     MAX_NAMESPACE,
+    MAX_STORE_BATCH,
     MAX_TTL_MS,
     MIN_TTL_MS,
     RETRIEVE_LIMIT,
@@ -49,10 +50,13 @@ from p2psync.swarm.messages import (
     RetrieveReply,
     RetrieveRequest,
     RowBatch,
+    StoreBatchReply,
+    StoreBatchRequest,
     StoreReply,
     StoreRequest,
     SubscribeRequest,
     SwarmReply,
+    store_batch_cost,
 )
 from p2psync.swarm.node_core import (
     BATCH_BYTES,
@@ -451,6 +455,11 @@ MESSAGES: list[tuple[Any, Callable[[object], Any]]] = [
     (SwarmReply(2**64 - 1, tuple(NODES[:2])), SwarmReply.from_wire),
     (store_request(), StoreRequest.from_wire),
     (StoreReply(_ROW.hash, NOW), StoreReply.from_wire),
+    (StoreBatchRequest((store_request(),) * MAX_STORE_BATCH), StoreBatchRequest.from_wire),
+    (
+        StoreBatchReply((StoreReply(_ROW.hash, NOW),)),
+        lambda v: StoreBatchReply.from_wire(v, stores=1),
+    ),
     (RetrieveRequest(ALICE.session_id, 3, None, _AUTH), RetrieveRequest.from_wire),
     (
         RetrieveRequest(ALICE.session_id, 3, _ROW.hash, _AUTH, RETRIEVE_LIMIT),
@@ -501,6 +510,7 @@ def _with(message: Any, **changes: Any) -> dict[str, Any]:
 
 
 _STORE = store_request()
+_ONE_STORED = {"hash": _ROW.hash, "expiry": NOW}
 _RETRIEVE = RetrieveRequest(ALICE.session_id, 0, None, _AUTH)
 _EXPIRE = ExpireRequest(ALICE.session_id, 0, (_ROW.hash,), NOW, _AUTH)
 
@@ -525,6 +535,15 @@ _EXPIRE = ExpireRequest(ALICE.session_id, 0, (_ROW.hash,), NOW, _AUTH)
         (DeleteReply.from_wire, {"deleted": [b"\0" * 33]}),
         (lambda v: DeleteReply.from_wire(v, asked=1), {"deleted": [_ROW.hash] * 2}),
         (StoreReply.from_wire, {"hash": b"\0" * 31, "expiry": NOW}),
+        (StoreBatchRequest.from_wire, {"stores": []}),
+        (StoreBatchRequest.from_wire, {"stores": [_STORE.to_wire()] * (MAX_STORE_BATCH + 1)}),
+        (StoreBatchRequest.from_wire, {"stores": [_STORE.to_wire(), _with(_STORE, ttl=2**63)]}),
+        (StoreBatchRequest.from_wire, {"stores": [_STORE.to_wire()], "extra": 1}),
+        (
+            lambda v: StoreBatchReply.from_wire(v, stores=2),
+            {"results": [{"hash": _ROW.hash, "expiry": NOW}]},
+        ),
+        (lambda v: StoreBatchReply.from_wire(v, stores=1), {"results": [{"error": {"code": 5}}]}),
         (RetrieveReply.from_wire, {"messages": [{**_MESSAGE.to_wire(), "data": b"forged"}]}),
         (RetrieveReply.from_wire, {"messages": [_MESSAGE.to_wire()] * (RETRIEVE_LIMIT + 1)}),
         (Notification.from_wire, _with(Notification(ALICE.session_id, 0, ()), more=True)),
@@ -554,6 +573,41 @@ def test_out_of_range_fields_are_refused_at_decode(
 ) -> None:
     with pytest.raises(DecodeError):
         decode(wire)
+
+
+def test_a_store_batch_reply_carries_each_store_s_refusal_in_order() -> None:
+    """A refused store of a batch comes back as the :class:`RpcError` a ``store`` would
+    have raised (its extra data kept), between the others' replies; a code the client
+    does not know reads as ``internal``, as a whole reply's would."""
+    wrong = RpcError("wrong_swarm", "elsewhere", {"swarm": 3})
+    reply = StoreBatchReply((StoreReply(_ROW.hash, NOW), wrong, StoreReply(_ROW.hash, NOW + 1)))
+    results = StoreBatchReply.from_wire(reply.to_wire(), stores=3).results
+    assert results[0] == StoreReply(_ROW.hash, NOW) and results[2] == StoreReply(_ROW.hash, NOW + 1)
+    assert isinstance(results[1], RpcError)
+    assert (results[1].code, results[1].message, results[1].data) == (
+        "wrong_swarm",
+        "elsewhere",
+        {"swarm": 3},
+    )
+    unknown = {"results": [{"error": {"code": "no_such_code", "message": "?"}}]}
+    (read,) = StoreBatchReply.from_wire(unknown, stores=1).results
+    assert isinstance(read, RpcError) and read.code == "internal"
+
+
+@pytest.mark.parametrize(
+    ("params", "tokens"),
+    [
+        ({"stores": [{}] * 5}, 5),
+        ({"stores": [{}] * 10_000}, MAX_STORE_BATCH),
+        ({"stores": []}, 1),
+        ({"stores": "many"}, 1),
+        ({}, 1),
+    ],
+)
+def test_a_store_batch_takes_a_token_per_store_and_no_more_than_the_limit(
+    params: dict[str, Any], tokens: int
+) -> None:
+    assert store_batch_cost(params) == tokens
 
 
 def test_bad_rows_of_a_batch_are_left_out_with_a_reason() -> None:

@@ -3,7 +3,9 @@ older (the gap the sync layer closes); and an outbox that survives a crash."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -109,3 +111,34 @@ async def test_incoming_stream_yields_new_messages_in_arrival_order(
             received = [(await anext(stream)).text, (await anext(stream)).text]
         await stream.aclose()
         assert received == ["one", "two"]
+
+
+async def test_a_backlog_for_one_friend_goes_out_in_batches_and_arrives_whole(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Messages written offline to one friend reach the swarm as ``store_batch``
+    requests, not a request each, and every one of them arrives in the order written."""
+    async with open_world() as network, device(network, tmp_path, "bob", "linked") as bob:
+        async with device(network, tmp_path, "alice", "linked") as alice:
+            await befriend(alice, bob)
+            await alice.set_online(False)
+            for i in range(40):
+                await alice.send(bob.session_id, f"written offline {i}")
+                await trio.sleep(0.01)
+            seen: list[tuple[str, int]] = []
+
+            def observe(method: str, peer: str, params: Mapping[str, Any]) -> None:
+                if method == "store" and params.get("pubkey") == bob.session_id:
+                    seen.append((method, 1))
+                elif method == "store_batch":
+                    stores = [s for s in params["stores"] if s["pubkey"] == bob.session_id]
+                    seen.append((method, len(stores)))
+
+            for node in network.running_nodes():
+                node.rpc.observe(observe)
+            await alice.set_online(True)
+            with trio.fail_after(300):
+                await alice.flush()
+        assert seen == [("store_batch", 40)]
+        await wait_until(lambda: len(bob.history(alice.session_id)) == 40)
+        assert texts(bob, alice.session_id) == [(False, f"written offline {i}") for i in range(40)]

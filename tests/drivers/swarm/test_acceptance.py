@@ -15,11 +15,11 @@ import trio.testing
 
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import RpcError
-from p2psync.identity import Identity
+from p2psync.identity import Identity, message_hash
 from p2psync.rpc import Connection, Later, Outbox
 from p2psync.swarm.acceptance import StoreAcceptance
 from p2psync.swarm.allowance import OwnerQuota
-from p2psync.swarm.messages import StoreRequest
+from p2psync.swarm.messages import StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest
 from p2psync.swarm.node_config import NodeConfig
 from p2psync.swarm.node_core import NodeCore, Push, Replicate
 from p2psync.swarm.node_shared import NodeStats
@@ -120,3 +120,41 @@ async def test_a_store_whose_follow_up_fails_is_answered_and_leaves_no_quorum_be
             with pytest.raises(RuntimeError, match="replication queue"):
                 await later.wait()
         assert accepting.pending() == []
+
+
+async def test_a_batch_is_answered_in_order_once_its_last_store_is_settled(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """``store_batch``: each store refused as ``store`` would refuse it (here a TTL out of
+    range) or acknowledged at its quorum, all in one reply that waits for the last."""
+    async with acceptance(tmp_path) as (accepting, stats, clock):
+        stores = [
+            StoreRequest(OWNER, 0, 3_600_000, clock.now_ms(), b"first"),
+            StoreRequest(OWNER, 0, 1, clock.now_ms(), b"bad ttl"),
+            StoreRequest(OWNER, 1, 3_600_000, clock.now_ms(), b"third"),
+        ]
+        params = Fields(StoreBatchRequest(tuple(stores)).to_wire(), "params")
+        batch = accepting.store_batch(params, Connection("client", Outbox(8, 4096)))
+        await trio.sleep(1)
+        assert not batch.done, "two stores still wait for their quorum"
+        assert [row.data for row in accepting.pending()] == [b"first", b"third"]
+        accepting.peer_committed(PEER, accepting.pending())
+        first, refused, third = StoreBatchReply.from_wire(await batch.wait(), stores=3).results
+        assert isinstance(first, StoreReply) and isinstance(third, StoreReply)
+        assert (first.hash, third.hash) == (message_hash(b"first"), message_hash(b"third"))
+        assert isinstance(refused, RpcError) and refused.code == "bad_ttl"
+        assert stats.stored == 2
+
+
+async def test_a_batch_whose_quorum_never_comes_answers_each_store_unavailable(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with acceptance(tmp_path) as (accepting, stats, clock):
+        stores = tuple(
+            StoreRequest(OWNER, 0, 3_600_000, clock.now_ms(), bytes([i])) for i in range(3)
+        )
+        params = Fields(StoreBatchRequest(stores).to_wire(), "params")
+        batch = accepting.store_batch(params, Connection("client", Outbox(8, 4096)))
+        results = StoreBatchReply.from_wire(await batch.wait(), stores=3).results
+        assert [getattr(r, "code", None) for r in results] == ["unavailable"] * 3
+        assert stats.quorum_missed == 3 and accepting.pending() == []

@@ -166,6 +166,30 @@ async def test_wrong_swarm_names_the_right_nodes(autojump_clock: trio.testing.Mo
         assert {n["pubkey"] for n in refused.value.data["nodes"]} == members
 
 
+async def test_a_batch_with_an_owner_of_another_swarm_is_refused_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One foreign owner refuses the whole ``store_batch`` ``wrong_swarm`` (naming that
+    owner's swarm), so a client sends it where it belongs; nothing of it is stored."""
+    async with open_local_network(12, relays=0, clock=Clock(TEST_EPOCH_MS)) as network:
+        nodes = network.running_nodes()
+        alices = nodes[0].swarms.swarm_for_key(ALICE.x25519_public)
+        member = next(n for n in nodes if n.swarm_id == alices)
+        stranger = next(
+            who
+            for label in range(1000)
+            if nodes[0].swarms.swarm_for_key((who := Identity.from_label(str(label))).x25519_public)
+            != alices
+        )
+        stores = [store_params(data=b"mine"), store_params(pubkey=stranger.session_id)]
+        async with open_rpc(network.transport, member.url) as client:
+            with pytest.raises(RpcError) as refused:
+                await client.call("store_batch", {"stores": stores})
+        assert refused.value.code == "wrong_swarm"
+        assert refused.value.data["swarm"] != alices
+        assert all(node.store.stats()[0] == 0 for node in nodes)
+
+
 def _frames() -> st.SearchStrategy[bytes]:
     leaves = (
         st.none()
