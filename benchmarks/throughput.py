@@ -117,14 +117,19 @@ def _one(result: Any) -> int:
     return 1
 
 
-def _stores_acknowledged(result: Any) -> int:
-    """A ``store_batch`` reply stands for as many stores as it carries, every one of which
-    must be acknowledged (a refusal ends the run rather than count as a store)."""
-    results = StoreBatchReply.from_wire(result, stores=len(result["results"])).results
-    refused = [r for r in results if not isinstance(r, StoreReply)]
-    if refused:
-        raise RuntimeError(f"the node refused stores of a batch: {refused[0]}")
-    return len(results)
+def _acknowledged(batch: int) -> Callable[[Any], int]:
+    """A ``store_batch`` reply to ``batch`` stores stands for them all, every one of which
+    must be acknowledged (a refusal, or a reply of another length, ends the run rather
+    than count)."""
+
+    def count(result: Any) -> int:
+        results = StoreBatchReply.from_wire(result, stores=batch).results
+        refused = [r for r in results if not isinstance(r, StoreReply)]
+        if refused:
+            raise RuntimeError(f"the node refused stores of a batch: {refused[0]}")
+        return batch
+
+    return count
 
 
 async def _load(
@@ -298,7 +303,7 @@ def run_throughput(
                 )
                 batch_cpu_before = _process_cpu_s(entry.pid)
                 batched, batched_s = await _load(
-                    entry.url, clients, batches, seconds, store_batch, _stores_acknowledged
+                    entry.url, clients, batches, seconds, store_batch, _acknowledged(batch)
                 )
                 batch_cpu_s = _process_cpu_s(entry.pid) - batch_cpu_before
                 console.print(f"[bold]retrieves[/]: signed, for {seconds:.0f} s …")

@@ -257,6 +257,12 @@ class OnionService:
             self.stats.refused_rate += 1
             raise RpcError("rate_limited", "this exit's share of onion requests is used up")
         request, reply_box = self.open(params.only("body").blob("body"))
+        # A request doing the work of several (a ``store_batch``) takes its share of the
+        # exit's rate as they would: one taken above, the rest now that it can be read.
+        extra = self._server.cost_of(request) - 1
+        if extra and not share.allow(host.encode(), self._clock.now_s(), extra):
+            self.stats.refused_rate += 1
+            raise RpcError("rate_limited", "this exit's share of onion requests is used up")
         reply = await self._server.answer(request, connection.peer)
         self.stats.answered += 1
         return {"body": reply_box.encrypt(reply)}

@@ -120,7 +120,8 @@ class KeyedRateLimit:
         #: Key → (its bucket, when it last took), least recently used first.
         self._keys: OrderedDict[bytes, tuple[TokenBucket, float]] = OrderedDict()
 
-    def allow(self, key: bytes, now: float) -> bool:
+    def allow(self, key: bytes, now: float, cost: int = 1) -> bool:
+        """Whether ``key`` may spend ``cost`` requests' worth now (both buckets)."""
         while self._keys:
             oldest, (_, last) = next(iter(self._keys.items()))
             if now - last < self._forget_after:
@@ -128,7 +129,7 @@ class KeyedRateLimit:
             del self._keys[oldest]
         known = self._keys.pop(key, None)
         bucket = known[0] if known else TokenBucket(self._key_rate, self._per_key, now)
-        admitted = bucket.take(now) and self._total.take(now)
+        admitted = bucket.take(now, cost) and self._total.take(now, cost)
         if known or admitted:
             self._keys[key] = (bucket, now)
         return admitted
@@ -475,6 +476,19 @@ class RpcServer:
         else:
             self._inline.add(name)
 
+    def cost_of(self, request: Request) -> int:
+        """The rate tokens ``request`` takes (see ``costs``): one, unless its method does
+        the work of several. A cost that cannot be read is one (the handler then refuses
+        what it cannot read)."""
+        cost = self._costs.get(request.method)
+        if cost is None:
+            return 1
+        try:
+            return max(1, cost(request.params))
+        except Exception:
+            logger.exception("the cost of a %s request could not be read", request.method)
+            return 1
+
     async def answer(self, request: Request, peer: str) -> bytes:
         """The encoded reply to ``request`` exactly as this server's dispatch gives it, for
         a request that arrived inside another (an onion request) from ``peer``: same
@@ -627,8 +641,9 @@ class RpcServer:
             return self._refuse(_request_id_of(data), exc)
         if not isinstance(frame, Request):
             return self._refuse(None, "expected a request")
-        cost = self._costs[frame.method](frame.params) if frame.method in self._costs else 1
-        if frame.method not in self._own_rate_limit and not bucket.take(self.clock.now_s(), cost):
+        if frame.method not in self._own_rate_limit and not bucket.take(
+            self.clock.now_s(), self.cost_of(frame)
+        ):
             self.stats.count_error("rate_limited")
             return ErrorReply(frame.id, "rate_limited", "slow down", {})
         self.stats.requests += 1
@@ -639,12 +654,21 @@ class RpcServer:
     def _answer_inline(self, request: Request, connection: Connection) -> Frame | _Pending:
         try:
             self._observed(request, connection)
-            result = self.methods[request.method](Fields(request.params, "params"), connection)
+            result = self._handler(request)(Fields(request.params, "params"), connection)
         except Exception as exc:
             return self._failure(request, exc)
         if isinstance(result, Later):
             return _Pending(request, result)
         return Reply(request.id, result)
+
+    def _handler(self, request: Request) -> Handler:
+        """The method's handler; one this server does not serve (any more: ``methods`` is
+        the server's to change) is refused ``bad_request``, as a server of another
+        version would refuse it."""
+        handler = self.methods.get(request.method)
+        if handler is None:
+            raise RpcError("bad_request", f"unknown method {request.method!r}")
+        return handler
 
     def _settle(self, pending: _Pending, result: outcome.Outcome[Any]) -> Frame:
         try:
@@ -708,10 +732,7 @@ class RpcServer:
     async def _run_handler(self, request: Request, connection: Connection) -> Frame:
         try:
             self._observed(request, connection)
-            handler = self.methods.get(request.method)
-            if handler is None:
-                raise RpcError("bad_request", f"unknown method {request.method!r}")
-            result = await handler(Fields(request.params, "params"), connection)
+            result = await self._handler(request)(Fields(request.params, "params"), connection)
             if isinstance(result, Later):  # a wrapper's: wrapped inline handlers may give one
                 result = await result.wait()
             return Reply(request.id, result)

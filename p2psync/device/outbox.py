@@ -26,6 +26,7 @@ from ..errors import RpcError
 from ..fileserver import FileServerClient
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
+from ..swarm.messages import StoreRequest, store_batches
 from .access import NetworkAccess
 from .content import copy_ttl_ms, decode_content
 from .deletions import DeletionSchedule, delete_batches
@@ -80,9 +81,11 @@ class Outbox:
         work queues, a crossing friend request's acceptance say, would be refused).
 
         The copies for one owner go in ``store_batch`` requests (:meth:`_store_copies`):
-        a device back online with a backlog for a friend pays a request per 64 copies,
-        not one each. Entries are expanded first, oldest first; one that cannot be yet
-        (its recipient's devices unknown) holds back the later ones, not the earlier."""
+        a device back online with a backlog for a friend pays a request per 64 copies
+        (fewer if they are large), not one each. Entries are expanded first, oldest
+        first; one that cannot be yet (a transient failure: its recipient's devices
+        unknown) holds back the later ones, not the earlier, whose copies are stored
+        before that failure is raised; any other failure is raised at once."""
         store = self._store
         if self._local.me.revoked_at_ms is not None:
             store.drop_outbox()
@@ -109,23 +112,49 @@ class Outbox:
                 self._deletions.sent((owner, namespace, digest))
 
     async def _store_copies(self, entries: list[OutboxEntry]) -> None:
-        """Every copy of ``entries``, an owner's together and in entry order; a copy
-        refused for good is dropped (and logged), any other refusal is raised once the
-        copies stored before it are marked so."""
+        """Every copy of ``entries``, an owner's together in entry order, in as few
+        ``store_batch`` requests as the limits allow (:func:`store_batches`). A copy
+        refused for good is dropped (and logged); each stored copy is marked so, and
+        then the first other refusal is raised. A batch refused for good as a whole
+        goes again a copy at a time, so that only the copies at fault are dropped."""
         by_owner: dict[str, list[tuple[Copy, int]]] = {}
         for entry in entries:
             for copy in self._store.copies(entry.seq):
                 ttl_ms = copy_ttl_ms(entry.kind, copy.namespace, self._local.config.ttl_ms)
                 by_owner.setdefault(copy.owner, []).append((copy, ttl_ms))
         for owner, copies in by_owner.items():
-            stores = [(copy.namespace, copy.data, ttl_ms) for copy, ttl_ms in copies]
-            results = await self._swarm.store_many(owner, stores)
-            for (copy, _), result in zip(copies, results, strict=True):
-                if isinstance(result, RpcError):
-                    if result.code not in PERMANENT_CODES:
-                        raise result
-                    logger.error("dropping a copy for %s: %s", owner[:12], result)
-                self._store.copy_stored(copy)
+            now_ms = self._local.clock.now_ms()
+            stores = [StoreRequest(owner, c.namespace, ttl, now_ms, c.data) for c, ttl in copies]
+            done = 0
+            for batch in store_batches(stores):
+                try:
+                    results = await self._swarm.store_batch(batch)
+                except RpcError as exc:
+                    if exc.code not in PERMANENT_CODES:
+                        raise
+                    results = [await self._store_alone(store) for store in batch.stores]
+                self._settled([copy for copy, _ in copies[done : done + len(results)]], results)
+                done += len(results)
+
+    async def _store_alone(self, store: StoreRequest) -> tuple[bytes, int] | RpcError:
+        try:
+            return await self._swarm.store(store.pubkey, store.namespace, store.data, store.ttl_ms)
+        except RpcError as exc:
+            return exc
+
+    def _settled(self, copies: list[Copy], results: list[tuple[bytes, int] | RpcError]) -> None:
+        """Mark what was stored and drop what was refused for good; raise the first other
+        refusal once that is done (the outbox retries it)."""
+        retry: RpcError | None = None
+        for copy, result in zip(copies, results, strict=True):
+            if isinstance(result, RpcError):
+                if result.code not in PERMANENT_CODES:
+                    retry = retry or result
+                    continue
+                logger.error("dropping a copy for %s: %s", copy.owner[:12], result)
+            self._store.copy_stored(copy)
+        if retry is not None:
+            raise retry
 
     async def _expand(self, entry: OutboxEntry) -> list[Copy]:
         """The copies beyond the first, as :func:`~.fanout.fan_out` decides them."""

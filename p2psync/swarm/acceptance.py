@@ -54,8 +54,12 @@ class StoreAcceptance:
         quota: OwnerQuota,
         stats: NodeStats,
         execute: Execute,
+        count_refusal: Callable[[str], None] = lambda code: None,
     ) -> None:
+        """``count_refusal``: told the code of each store of a batch that is refused (the
+        RPC server counts a whole request's refusals itself)."""
         self._core = core
+        self._count_refusal = count_refusal
         self._clock = clock
         self._config = config
         self._quota = quota
@@ -91,9 +95,9 @@ class StoreAcceptance:
         batch ``wrong_swarm`` (naming its swarm), as a ``store`` would be, so a client
         sends it there instead of learning it item by item."""
         stores = StoreBatchRequest.from_wire(params).stores
-        for owner in {store.pubkey for store in stores}:
+        for owner in dict.fromkeys(store.pubkey for store in stores):  # the first foreign one
             self._core.require_swarm(owner)
-        batch = _Batch(len(stores))
+        batch = _Batch(len(stores), self._count_refusal)
         for index, store in enumerate(stores):
             try:
                 later = self._accept(store, conn)
@@ -213,18 +217,25 @@ class StoreAcceptance:
 
 class _Batch:
     """A ``store_batch``'s answer: one result per store, in order, resolved once each
-    store has its own (the reply of a ``store``, or its refusal)."""
+    store has its own (the reply of a ``store``, or its refusal, counted as the server
+    counts a refused request's)."""
 
-    def __init__(self, stores: int) -> None:
+    def __init__(self, stores: int, count_refusal: Callable[[str], None]) -> None:
         self.reply = Later()
         self._results: list[Any] = [None] * stores
         self._open = stores
+        self._count_refusal = count_refusal
 
     def settle(self, index: int, result: outcome.Outcome[Any]) -> None:
         if isinstance(result, outcome.Value):
             self._results[index] = result.value
-        elif isinstance(result, outcome.Error) and isinstance(result.error, Exception):
-            self._results[index] = refusal_of("store_batch", result.error)
+        else:
+            error = result.error if isinstance(result, outcome.Error) else None
+            refusal = refusal_of(
+                "store_batch", error if isinstance(error, Exception) else RuntimeError(error)
+            )
+            self._count_refusal(refusal.code)
+            self._results[index] = refusal
         self._open -= 1
         if self._open == 0:
             self.reply.resolve(StoreBatchReply.wire(self._results))

@@ -30,7 +30,7 @@ from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, session_id_key
 from ..rpc import Params, RpcRouter, open_rpc, open_rpc_pool
 from .auth import AuthSigner
-from .constants import DEFAULT_TTL_MS, MAX_STORE_BATCH, POLL_INTERVAL_S
+from .constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
 from .cursor import Cursor
 from .listing import Snapshot
 from .messages import (
@@ -140,26 +140,16 @@ class SwarmClient:
         reply = StoreReply.from_wire(result)
         return reply.hash, reply.expiry_ms
 
-    async def store_many(
-        self, owner: str, stores: Sequence[tuple[int, bytes, int]]
-    ) -> list[tuple[bytes, int] | RpcError]:
-        """Store each ``(namespace, data, ttl_ms)`` for ``owner``, :data:`MAX_STORE_BATCH`
-        to a request (``store_batch``): per store its (hash, expiry) as :meth:`store`
-        returns them, or its refusal. A failure of the request itself (no member
-        answered) raises, as :meth:`store` does."""
-        results: list[tuple[bytes, int] | RpcError] = []
-        for start in range(0, len(stores), MAX_STORE_BATCH):
-            chunk = stores[start : start + MAX_STORE_BATCH]
-            now = self.clock.now_ms()
-            request = StoreBatchRequest(
-                tuple(StoreRequest(owner, ns, ttl, now, data) for ns, data, ttl in chunk)
-            )
-            result, _ = await self._call_swarm(owner, "store_batch", request.to_wire())
-            reply = StoreBatchReply.from_wire(result, stores=len(chunk))
-            results.extend(
-                (r.hash, r.expiry_ms) if isinstance(r, StoreReply) else r for r in reply.results
-            )
-        return results
+    async def store_batch(self, request: StoreBatchRequest) -> list[tuple[bytes, int] | RpcError]:
+        """One ``store_batch`` (its stores for owners of one swarm, within the limits:
+        :func:`~.messages.store_batches` cuts a longer list): per store its (hash,
+        expiry) as :meth:`store` returns them, or its refusal. A failure of the request
+        itself (no member answered, or the batch refused whole) raises, as :meth:`store`
+        does."""
+        owner = request.stores[0].pubkey
+        result, _ = await self._call_swarm(owner, "store_batch", request.to_wire())
+        reply = StoreBatchReply.from_wire(result, stores=len(request.stores))
+        return [(r.hash, r.expiry_ms) if isinstance(r, StoreReply) else r for r in reply.results]
 
     async def retrieve(
         self,

@@ -12,8 +12,11 @@ CLOCK_SKEW_MS = 60_000
 #: Members, the accepting one included, that must have committed a store before it is
 #: acknowledged.
 STORE_QUORUM = 2
-#: Stores in one ``store_batch`` request at most (their bytes are bounded by the frame).
+#: Stores in one ``store_batch`` request at most.
 MAX_STORE_BATCH = 64
+#: Data in one ``store_batch`` of more than one store, in all: its frame is then about as
+#: large as the largest single store's, so it fits every frame and onion path one does.
+MAX_STORE_BATCH_BYTES = MAX_DATA_BYTES
 
 NAMESPACE_MESSAGES = 0
 NAMESPACE_SYNC = 1

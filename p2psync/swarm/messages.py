@@ -32,6 +32,7 @@ from .constants import (
     MAX_HASHES_PER_REQUEST,
     MAX_NAMESPACE,
     MAX_STORE_BATCH,
+    MAX_STORE_BATCH_BYTES,
     RETRIEVE_LIMIT,
     SWARM_MAX_SIZE,
 )
@@ -267,12 +268,33 @@ class StoreBatchRequest:
         items = f.items("stores", max_len=MAX_STORE_BATCH)
         if not items:
             raise DecodeError("params.stores is empty")
-        return cls(
-            tuple(
-                StoreRequest.from_wire(Fields(item, f"params.stores[{i}]"))
-                for i, item in enumerate(items)
-            )
+        stores = tuple(
+            StoreRequest.from_wire(Fields(item, f"params.stores[{i}]"))
+            for i, item in enumerate(items)
         )
+        size = sum(len(store.data) for store in stores)
+        if len(stores) > 1 and size > MAX_STORE_BATCH_BYTES:
+            raise DecodeError(f"params.stores carry {size} bytes; at most {MAX_STORE_BATCH_BYTES}")
+        return cls(stores)
+
+
+def store_batches(stores: Sequence[StoreRequest]) -> list[StoreBatchRequest]:
+    """``stores`` cut, in order, into as few ``store_batch`` requests as the limits allow
+    (:data:`MAX_STORE_BATCH` stores, :data:`MAX_STORE_BATCH_BYTES` of data; a store larger
+    than that goes alone, to be answered as ``store`` would answer it)."""
+    batches: list[StoreBatchRequest] = []
+    batch: list[StoreRequest] = []
+    size = 0
+    for store in stores:
+        full = len(batch) == MAX_STORE_BATCH or size + len(store.data) > MAX_STORE_BATCH_BYTES
+        if batch and full:
+            batches.append(StoreBatchRequest(tuple(batch)))
+            batch, size = [], 0
+        batch.append(store)
+        size += len(store.data)
+    if batch:
+        batches.append(StoreBatchRequest(tuple(batch)))
+    return batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +332,7 @@ def store_batch_cost(params: Mapping[str, Any]) -> int:
 
 
 def _refusal_to_wire(error: RpcError) -> dict[str, Any]:
-    return {"error": {"code": error.code, "message": error.message, **error.data}}
+    return {"error": {**error.data, "code": error.code, "message": error.message}}
 
 
 def _store_result_from_wire(value: object) -> StoreReply | RpcError:

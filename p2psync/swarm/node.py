@@ -104,7 +104,14 @@ class StorageNode:
         )
         self._pool: RpcPool | None = None
         self._acceptance = StoreAcceptance(
-            self.core, store, clock, self.config, self._quota, self.stats, self._execute
+            self.core,
+            store,
+            clock,
+            self.config,
+            self._quota,
+            self.stats,
+            self._execute,
+            count_refusal=lambda code: self.rpc.stats.count_error(code),
         )
         # The background drivers; one seeded generator keeps their jitter reproducible.
         rng = random.Random(identity.ed25519_public)

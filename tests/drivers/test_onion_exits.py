@@ -125,6 +125,43 @@ async def test_a_server_shares_onion_requests_per_exit_host_apart_from_the_conne
         nursery.cancel_scope.cancel()
 
 
+async def test_an_onion_request_doing_the_work_of_several_takes_as_many_of_the_exits_share(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A request with a cost (a ``store_batch``) inside an onion request takes that many
+    of its exit's share, as it would of a direct connection's bucket: a share of 5 lets
+    one of 3 through, then refuses another of 3 (one token each taken before it could be
+    read) and lets the last token's request through."""
+    network = MemoryNetwork()
+    clock = Clock(TEST_EPOCH_MS)
+    identity = Identity.from_label("node")
+    server = RpcServer(
+        {"many": lambda params, connection: {"ok": True}},
+        clock=clock,
+        costs={"many": lambda params: int(params["count"])},
+    )
+    share = OnionShare(per_exit_per_s=0.001, per_exit_burst=5, total_per_s=0.001, total_burst=50)
+    service = OnionService(server, identity, clock, share)
+
+    async def onion_many(client: RpcClient, count: int) -> str:
+        request = Request(1, "many", {"count": count})
+        body, _ = seal_request(identity.ed25519_public, request, clock.now_ms())
+        try:
+            await client.call("onion", {"body": body})
+        except RpcError as error:
+            return error.code
+        return "ok"
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, network, "mem:node")
+        async with open_rpc(network.host("exit"), "mem:node") as exit_link:
+            assert await onion_many(exit_link, 3) == "ok"
+            assert await onion_many(exit_link, 3) == "rate_limited"
+            assert await onion_many(exit_link, 1) == "ok"
+        assert service.stats.refused_rate == 1 and service.stats.answered == 2
+        nursery.cancel_scope.cancel()
+
+
 async def test_only_the_listed_relays_hosts_draw_on_the_exits_share(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -23,6 +23,7 @@ from p2psync.swarm.constants import (
     MAX_DATA_BYTES,
     MAX_NAMESPACE,
     MAX_STORE_BATCH,
+    MAX_STORE_BATCH_BYTES,
     MAX_TTL_MS,
     MIN_TTL_MS,
     RETRIEVE_LIMIT,
@@ -57,6 +58,7 @@ from p2psync.swarm.messages import (
     SubscribeRequest,
     SwarmReply,
     store_batch_cost,
+    store_batches,
 )
 from p2psync.swarm.node_core import (
     BATCH_BYTES,
@@ -539,6 +541,7 @@ _EXPIRE = ExpireRequest(ALICE.session_id, 0, (_ROW.hash,), NOW, _AUTH)
         (StoreBatchRequest.from_wire, {"stores": [_STORE.to_wire()] * (MAX_STORE_BATCH + 1)}),
         (StoreBatchRequest.from_wire, {"stores": [_STORE.to_wire(), _with(_STORE, ttl=2**63)]}),
         (StoreBatchRequest.from_wire, {"stores": [_STORE.to_wire()], "extra": 1}),
+        (StoreBatchRequest.from_wire, {"stores": [_with(_STORE, data=b"x" * 40_000)] * 2}),
         (
             lambda v: StoreBatchReply.from_wire(v, stores=2),
             {"results": [{"hash": _ROW.hash, "expiry": NOW}]},
@@ -592,6 +595,21 @@ def test_a_store_batch_reply_carries_each_store_s_refusal_in_order() -> None:
     unknown = {"results": [{"error": {"code": "no_such_code", "message": "?"}}]}
     (read,) = StoreBatchReply.from_wire(unknown, stores=1).results
     assert isinstance(read, RpcError) and read.code == "internal"
+
+
+def test_stores_are_cut_into_batches_by_count_and_bytes_in_order() -> None:
+    """A batch holds at most ``MAX_STORE_BATCH`` stores and, unless it holds one store,
+    ``MAX_STORE_BATCH_BYTES`` of data; a store larger than that goes alone."""
+    sizes = [10] * (MAX_STORE_BATCH + 1) + [MAX_STORE_BATCH_BYTES // 2] * 3
+    sizes += [MAX_STORE_BATCH_BYTES + 1, 1]
+    stores = [store_request(data=bytes([i % 256]) * size) for i, size in enumerate(sizes)]
+    batches = store_batches(stores)
+    # 10 + half, then half + half (exactly the limit), the large one alone, then the last.
+    assert [len(batch.stores) for batch in batches] == [MAX_STORE_BATCH, 2, 2, 1, 1]
+    assert [s for batch in batches for s in batch.stores] == stores
+    for batch in batches:
+        assert StoreBatchRequest.from_wire(batch.to_wire()) == batch
+    assert store_batches([]) == []
 
 
 @pytest.mark.parametrize(

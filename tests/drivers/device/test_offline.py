@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from p2psync.device import DeviceConfig
+from p2psync.network import LocalNetwork
 
 from ..swarm.helpers import wait_until
 from .helpers import befriend, device, open_world, texts
@@ -113,32 +114,66 @@ async def test_incoming_stream_yields_new_messages_in_arrival_order(
         assert received == ["one", "two"]
 
 
+@pytest.mark.parametrize(("count", "size", "requests"), [(40, 20, 1), (12, 15_000, 3)])
 async def test_a_backlog_for_one_friend_goes_out_in_batches_and_arrives_whole(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, count: int, size: int, requests: int
 ) -> None:
     """Messages written offline to one friend reach the swarm as ``store_batch``
-    requests, not a request each, and every one of them arrives in the order written."""
+    requests, not a request each (large ones in more of them: a batch fits one frame),
+    and every one of them arrives."""
     async with open_world() as network, device(network, tmp_path, "bob", "linked") as bob:
         async with device(network, tmp_path, "alice", "linked") as alice:
             await befriend(alice, bob)
             await alice.set_online(False)
-            for i in range(40):
-                await alice.send(bob.session_id, f"written offline {i}")
+            written = [f"{i:03} " + "x" * size for i in range(count)]
+            for text in written:
+                await alice.send(bob.session_id, text)
                 await trio.sleep(0.01)
-            seen: list[tuple[str, int]] = []
-
-            def observe(method: str, peer: str, params: Mapping[str, Any]) -> None:
-                if method == "store" and params.get("pubkey") == bob.session_id:
-                    seen.append((method, 1))
-                elif method == "store_batch":
-                    stores = [s for s in params["stores"] if s["pubkey"] == bob.session_id]
-                    seen.append((method, len(stores)))
-
-            for node in network.running_nodes():
-                node.rpc.observe(observe)
+            batches = _observe_stores_for(network, bob.session_id)
             await alice.set_online(True)
             with trio.fail_after(300):
                 await alice.flush()
-        assert seen == [("store_batch", 40)]
-        await wait_until(lambda: len(bob.history(alice.session_id)) == 40)
-        assert texts(bob, alice.session_id) == [(False, f"written offline {i}") for i in range(40)]
+        assert len(batches) == requests and sum(batches) == count
+        await wait_until(lambda: len(bob.history(alice.session_id)) == count)
+        assert texts(bob, alice.session_id) == [(False, text) for text in written]
+
+
+async def test_a_backlog_goes_out_a_copy_at_a_time_to_nodes_that_take_no_batches(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Nodes of a version without ``store_batch`` refuse it for good (``bad_request``):
+    the outbox then stores each copy with ``store``, and nothing is dropped."""
+    async with open_world() as network, device(network, tmp_path, "bob", "linked") as bob:
+        async with device(network, tmp_path, "alice", "linked") as alice:
+            await befriend(alice, bob)
+            await alice.set_online(False)
+            for i in range(5):
+                await alice.send(bob.session_id, f"written offline {i}")
+            for node in network.running_nodes():
+                del node.rpc.methods["store_batch"]
+            singles = _observe_stores_for(network, bob.session_id, method="store")
+            await alice.set_online(True)
+            with trio.fail_after(300):
+                await alice.flush()
+        assert singles == [1] * 5
+        await wait_until(lambda: len(bob.history(alice.session_id)) == 5)
+
+
+def _observe_stores_for(
+    network: LocalNetwork, owner: str, method: str = "store_batch"
+) -> list[int]:
+    """From now on, per ``method`` request any node answers, how many of its stores are
+    for ``owner`` (requests with none are left out)."""
+    seen: list[int] = []
+
+    def observe(called: str, peer: str, params: Mapping[str, Any]) -> None:
+        if called != method:
+            return
+        stores = params["stores"] if method == "store_batch" else [params]
+        mine = sum(1 for store in stores if store["pubkey"] == owner)
+        if mine:
+            seen.append(mine)
+
+    for node in network.running_nodes():
+        node.rpc.observe(observe)
+    return seen

@@ -17,7 +17,7 @@ from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import RpcError
 from p2psync.identity import Identity
 from p2psync.network import open_local_network
-from p2psync.rpc import open_rpc
+from p2psync.rpc import ServerLimits, open_rpc
 from p2psync.swarm.auth import AuthSigner, auth_text
 from p2psync.swarm.constants import MAX_DATA_BYTES
 from p2psync.swarm.node_config import NodeConfig
@@ -188,6 +188,29 @@ async def test_a_batch_with_an_owner_of_another_swarm_is_refused_whole(
         assert refused.value.code == "wrong_swarm"
         assert refused.value.data["swarm"] != alices
         assert all(node.store.stats()[0] == 0 for node in nodes)
+
+
+async def test_a_batch_takes_a_token_per_store_from_its_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With a burst of 10 requests, a batch of 8 stores goes through and the next batch
+    of 8 is refused ``rate_limited`` whole, as the eight stores one by one would be."""
+    limits = ServerLimits(requests_per_s=0.001, request_burst=10)
+    config = NodeConfig(limits=limits)
+    async with open_local_network(
+        6, relays=0, clock=Clock(TEST_EPOCH_MS), node_config=config
+    ) as network:
+        member = next(
+            n
+            for n in network.running_nodes()
+            if n.swarms.swarm_for_key(ALICE.x25519_public) == n.swarm_id
+        )
+        batch = {"stores": [store_params(data=bytes([i])) for i in range(8)]}
+        async with open_rpc(network.transport, member.url) as client:
+            assert len((await client.call("store_batch", batch))["results"]) == 8
+            with pytest.raises(RpcError) as refused:
+                await client.call("store_batch", batch)
+        assert refused.value.code == "rate_limited"
 
 
 def _frames() -> st.SearchStrategy[bytes]:

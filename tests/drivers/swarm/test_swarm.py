@@ -21,6 +21,7 @@ from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.client import Message, open_swarm_client
 from p2psync.swarm.constants import MAX_DATA_BYTES, MAX_STORE_BATCH
 from p2psync.swarm.cursor import Cursor
+from p2psync.swarm.messages import StoreRequest, store_batches
 from p2psync.swarm.node_config import NodeConfig
 from p2psync.swarm.node_core import HAND_OVER_ELDER_MS, UNKNOWN_CURSOR_MS
 from p2psync.swarm.records import row_to_wire
@@ -51,26 +52,31 @@ async def test_store_on_one_node_is_retrievable_from_every_member(
             assert [m.data for m in messages] == [b"hello"] and not more
 
 
-async def test_a_batch_of_stores_is_answered_in_order_and_kept_by_every_member(
+async def test_batches_of_stores_are_answered_in_order_and_kept_by_every_member(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """``store_many`` splits into requests of ``MAX_STORE_BATCH`` and returns each
-    store's answer in order: a refusal (over the size limit) among the acknowledged;
-    every member keeps the rest."""
+    """A list of stores cut into ``store_batch`` requests by count and by bytes (eight
+    17 000-byte stores do not fit one frame) is answered store by store, in order: a
+    refusal (over the size limit, alone in its batch) among the acknowledged, and counted
+    with the node's refusals; every member keeps the rest."""
     async with open_test_swarm(6) as (network, swarm):
         datas = [f"message {i}".encode() for i in range(MAX_STORE_BATCH + 6)]
-        stores = [(0, data, 3_600_000) for data in datas]
-        stores[3] = (0, b"x" * (MAX_DATA_BYTES + 1), 3_600_000)
-        results = await swarm.store_many(ALICE.session_id, stores)
+        datas += [bytes([i]) * 17_000 for i in range(8)]
+        datas.insert(3, b"x" * (MAX_DATA_BYTES + 1))
+        stores = [StoreRequest(ALICE.session_id, 0, 3_600_000, TEST_EPOCH_MS, d) for d in datas]
+        batches = store_batches(stores)
+        assert [len(b.stores) for b in batches] == [3, 1, MAX_STORE_BATCH, 3 + 4, 4]
+        results = [result for batch in batches for result in await swarm.store_batch(batch)]
         refused = results.pop(3)
         assert isinstance(refused, RpcError) and refused.code == "too_large"
-        kept = [data for i, data in enumerate(datas) if i != 3]
+        assert sum(n.rpc.stats.errors.get("too_large", 0) for n in network.running_nodes()) == 1
+        kept = datas[:3] + datas[4:]
         assert results == [(message_hash(d), TEST_EPOCH_MS + 3_600_000) for d in kept]
         for node in swarm_of(network, ALICE):
             await wait_until(lambda node=node: node.store.stats()[0] == len(kept))
-        messages, more, _ = await swarm.retrieve(ALICE, 0, None)
+        messages, _ = await swarm.drain(ALICE, 0, Cursor())
         # Rows stored in one millisecond read back in hash order, however they came.
-        assert sorted(m.data for m in messages) == sorted(kept) and not more
+        assert sorted(m.data for m in messages) == sorted(kept)
 
 
 async def test_messages_expire_after_their_ttl_and_are_swept(
