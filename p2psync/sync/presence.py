@@ -6,7 +6,7 @@ so exactly one dials (:func:`dials`) and keeps trying, backing off while the sib
 away (:func:`next_redial_s`); the other says hello once after :data:`HELLO_DELAY_S`, in
 case the dialler is holding a session to its previous run. One session per sibling: a
 new one the sibling opened replaces ours, a second dial of our own is dropped
-(:func:`keep_session`). :class:`~.syncer.SiblingSync` is the driver that does it.
+(:func:`keep_session`). :class:`~.sessions.SiblingSessions` is the driver that does it.
 """
 
 from __future__ import annotations

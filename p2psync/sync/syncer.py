@@ -1,13 +1,11 @@
 """The live-sync driver: :class:`~p2psync.sync.live.LiveSync` on overlay sessions.
 
-One :class:`SiblingSync` per online device. It publishes the device's sibling-only
-introset, keeps a session to each sibling that is online (the sibling with the lower
-overlay key keeps dialing; the other dials once when it starts, and a session a sibling
-opens replaces the one we had, which is how a stale session to a sibling that went away
-and came back is dropped at once), feeds LiveSync what
-the sessions carry and the passing of time, and carries out what LiveSync decides:
-bytes to a sibling go on that sibling's session; messages, fallbacks and acknowledgements
-go to the device (:class:`SyncHandler`).
+One :class:`SiblingSync` per online device. Its sessions, one to each sibling that is
+online, are kept by :class:`~.sessions.SiblingSessions`; this driver carries what each
+one holds (:meth:`SiblingSync.carry`): it feeds LiveSync what the sessions carry and the
+passing of time, and carries out what LiveSync decides: bytes to a sibling go on that
+sibling's session; messages, fallbacks and acknowledgements go to the device
+(:class:`SyncHandler`).
 
 When a session comes up, each side also re-syncs its history from the other
 (:mod:`p2psync.sync.resync`: Negentropy from its watermark, then over the whole range,
@@ -45,32 +43,19 @@ from .live import (
     PeerError,
     Send,
 )
-from .presence import (
-    HELLO_DELAY_S,
-    REDIAL_MIN_S,
-    SessionChoice,
-    dials,
-    keep_session,
-    may_leave,
-    next_redial_s,
-)
+from .presence import may_leave
 from .records import Ping, Relays, decode_record, encode_record, shareable_listing
 from .resync import Resync, ResyncPeer, archive_parts
+from .sessions import SiblingSessions
 
 logger = logging.getLogger(__name__)
 
 #: Records queued for one sibling's session; beyond that they are dropped, and LiveSync's
 #: resend brings them back, so a slow session cannot grow memory without bound.
 SESSION_QUEUE_RECORDS = 256
-#: How long a device going offline spends telling its siblings.
-GOODBYE_S = 1.0
 #: How long a device going offline may wait for its siblings to take what it owes them
 #: directly (:meth:`SiblingSync.deliver_before_leaving`) before storing sync copies.
 DELIVER_BEFORE_LEAVING_S = 4.0
-#: How long a session a sibling opened has to carry its first record before it counts:
-#: a relay replaying an old INIT opens a session that never will, and must not replace the
-#: live one. (The dialing side sends its re-sync query as soon as the session is open.)
-FIRST_RECORD_S = 30.0
 #: How often an idle session is made to prove its sibling is still there: a sibling that
 #: vanished without goodbye (crash, lost network) then fails the session's retransmissions.
 KEEPALIVE_S = 15.0
@@ -105,31 +90,25 @@ class SiblingSync:
     ) -> None:
         """``siblings`` maps each sibling's device id to its overlay key."""
         self.endpoint = endpoint
-        self.secret = secret
         self.clock = clock
         self.handler = handler
         self.live = LiveSync(siblings, has=has, grace_ms=grace_ms)
         self.keepalive_s = keepalive_s
         self.has = has
-        self._keys = dict(siblings)
-        self._by_key = {key: sibling for sibling, key in siblings.items()}
         self._sessions: dict[str, trio.MemorySendChannel[bytes]] = {}
         self._resyncs: dict[str, tuple[Resync, int]] = {}
-        self._serving: dict[str, tuple[trio.CancelScope, trio.Event, Session]] = {}
+        self._keeper = (
+            None
+            if endpoint is None
+            else SiblingSessions(endpoint, secret, siblings, self.carry, self._moved)
+        )
         self.resynced: set[str] = set()
         #: History items sent to / received from siblings as a pairing-time archive.
         self.archive_sent = 0
         self.archive_received = 0
         self._kick = trio.Event()
-        #: Set when a sibling shows it is here (it opened a session to us): the dialer
-        #: stops backing off and dials again at once.
-        self._present: dict[str, trio.Event] = {sibling: trio.Event() for sibling in siblings}
-        #: Set once a sibling's first session came up or the first try to reach it failed.
-        self._tried: dict[str, trio.Event] = {sibling: trio.Event() for sibling in siblings}
         #: Replaced and set whenever sessions or acknowledgements change.
         self._progress = trio.Event()
-        #: Set when the device is about to leave: say hello without waiting for the dialer.
-        self._leaving = trio.Event()
 
     @property
     def connected(self) -> set[str]:
@@ -159,18 +138,11 @@ class SiblingSync:
         self.live.covered(message_id)
 
     async def run(self) -> None:
-        """Until cancelled: publish presence, keep sessions, tick."""
+        """Until cancelled: tick, and keep sessions (:class:`SiblingSessions`)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._tick)
-            if self.endpoint is None:
-                return
-            await self.endpoint.publish(self.secret)
-            nursery.start_soon(self._accept, nursery)
-            for sibling, key in self._keys.items():
-                if dials(self.endpoint.public_key, key):
-                    nursery.start_soon(self._dial, sibling, key)
-                else:
-                    nursery.start_soon(self._hello, sibling, key)
+            if self._keeper is not None:
+                nursery.start_soon(self._keeper.run)
 
     def leaving(self) -> None:
         """The device is about to go offline: have what a sibling has not acknowledged
@@ -184,120 +156,29 @@ class SiblingSync:
         and exits at once (``p2psync device send``) so hands the message to a sibling that
         is online, instead of storing its sync copy in the swarm for the sibling to fetch.
         Bound it with a cancel scope (:data:`DELIVER_BEFORE_LEAVING_S`)."""
-        self._leaving.set()
-        if self.endpoint is None:
+        keeper = self._keeper
+        if keeper is None:
             return
-        while not may_leave(
-            self.live.owed_to(self.clock.now_ms()),
-            self._sessions,
-            {sibling for sibling, tried in self._tried.items() if tried.is_set()},
-        ):
+        keeper.leaving()
+        while not may_leave(self.live.owed_to(self.clock.now_ms()), keeper.serving, keeper.tried):
             await self._progress.wait()
 
     def _moved(self) -> None:
         self._progress.set()
         self._progress = trio.Event()
 
-    def _tried_to_reach(self, sibling: str) -> None:
-        if sibling in self._tried:
-            self._tried[sibling].set()
-        self._moved()
-
     async def leave(self) -> None:
-        """Say goodbye on every session (for at most :data:`GOODBYE_S`): siblings of a
-        device going offline on purpose learn it at once, not when a session times out."""
-        with trio.move_on_after(GOODBYE_S):
-            async with trio.open_nursery() as nursery:
-                for _, _, session in self._serving.values():
-                    nursery.start_soon(session.leave)
+        """Say goodbye on every session (:meth:`SiblingSessions.leave`)."""
+        if self._keeper is not None:
+            await self._keeper.leave()
 
-    # --- sessions ---------------------------------------------------------------------------
+    # --- what a session carries ------------------------------------------------------------
 
-    async def _hello(self, sibling: str, key: bytes) -> None:
-        """One dial on start, unless the sibling dialed us first: it may be holding a
-        stale session to our last run, which it would otherwise notice only much later."""
-        assert self.endpoint is not None
-        with trio.move_on_after(HELLO_DELAY_S):
-            await self._leaving.wait()  # leaving: no time to wait for the dialer
-        if sibling in self._serving:
-            return
-        try:
-            async with self.endpoint.connect(key, shared_secret=self.secret) as session:
-                await self._serve(sibling, session)
-        except SessionError as exc:
-            logger.debug("hello to sibling %s: %s", sibling[:10], exc)
-            self._tried_to_reach(sibling)
-
-    async def _dial(self, sibling: str, key: bytes) -> None:
-        assert self.endpoint is not None
-        delay = REDIAL_MIN_S
-        while True:
-            while sibling in self._serving:  # the sibling dialed us: nothing to do
-                await self._serving[sibling][1].wait()
-            present = self._present[sibling] = trio.Event()
-            try:
-                async with self.endpoint.connect(key, shared_secret=self.secret) as session:
-                    delay = REDIAL_MIN_S
-                    await self._serve(sibling, session)
-            except SessionError as exc:
-                logger.debug("session to sibling %s: %s", sibling[:10], exc)
-                self._tried_to_reach(sibling)
-            with trio.move_on_after(delay):
-                await present.wait()
-            delay = next_redial_s(delay, present.is_set())
-
-    async def _accept(self, nursery: trio.Nursery) -> None:
-        assert self.endpoint is not None
-        async for session in self.endpoint.sessions():
-            sibling = self._by_key.get(session.peer)
-            if sibling is not None:
-                self._present[sibling].set()
-            nursery.start_soon(self._serve_accepted, sibling, session)
-
-    async def _serve_accepted(self, sibling: str | None, session: Session) -> None:
-        try:
-            first = None
-            if sibling is not None:
-                with trio.move_on_after(FIRST_RECORD_S):
-                    first = await session.receive()
-            if sibling is not None and first is not None:
-                await self._serve(sibling, session, replace=True, first=first)
-        except SessionError as exc:
-            logger.debug("session from sibling %s ended early: %s", (sibling or "?")[:10], exc)
-        except BaseException:
-            session.abort()  # going offline: no goodbye to wait for
-            raise
-        with trio.CancelScope(shield=True), trio.move_on_after(10):
-            await session.aclose()
-
-    async def _serve(
-        self, sibling: str, session: Session, *, replace: bool = False, first: bytes | None = None
-    ) -> None:
+    async def carry(self, sibling: str, session: Session, first: bytes | None) -> None:
         """Carry ``sibling``'s records over ``session`` until it ends (``first``: a record
-        already read from it). One session per sibling: a new one the sibling opened
-        (``replace``) ends ours, else it is dropped."""
-        current = self._serving.get(sibling)
-        choice = keep_session(current is not None, opened_by_sibling=replace)
-        if choice is SessionChoice.DROP:
-            return
-        if current is not None:  # SessionChoice.REPLACE
-            current[0].cancel()
-            await current[1].wait()
-        ended = trio.Event()
-        try:
-            with trio.CancelScope() as scope:
-                self._serving[sibling] = (scope, ended, session)
-                await self._carry(sibling, session, first)
-            if scope.cancelled_caught:
-                session.abort()  # replaced: the sibling has moved on to its new session
-        finally:
-            del self._serving[sibling]
-            ended.set()
-
-    async def _carry(self, sibling: str, session: Session, first: bytes | None) -> None:
+        already read from it): LiveSync's and re-sync's, both ways."""
         send, receive = trio.open_memory_channel[bytes](SESSION_QUEUE_RECORDS)
         self._sessions[sibling] = send
-        self._tried_to_reach(sibling)
         peer = ResyncPeer(
             self.handler.history_index,
             self.handler.history_item,
