@@ -89,11 +89,15 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = now
 
-    def take(self, now: float, cost: float = 1.0) -> bool:
-        """Whether ``cost`` tokens (one request, or a number of bytes) may be spent now."""
+    def available(self, now: float) -> float:
+        """The tokens there are now."""
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
-        if self._tokens >= cost:
+        return self._tokens
+
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Whether ``cost`` tokens (one request, or a number of bytes) may be spent now."""
+        if self.available(now) >= cost:
             self._tokens -= cost
             return True
         return False
@@ -129,7 +133,12 @@ class KeyedRateLimit:
             del self._keys[oldest]
         known = self._keys.pop(key, None)
         bucket = known[0] if known else TokenBucket(self._key_rate, self._per_key, now)
-        admitted = bucket.take(now, cost) and self._total.take(now, cost)
+        # Both have the tokens or neither is charged: a refusal by the total must not
+        # spend a key's own share (a batch's cost is up to 64 requests' worth).
+        admitted = bucket.available(now) >= cost and self._total.available(now) >= cost
+        if admitted:
+            bucket.take(now, cost)
+            self._total.take(now, cost)
         if known or admitted:
             self._keys[key] = (bucket, now)
         return admitted

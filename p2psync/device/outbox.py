@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import trio
 
@@ -26,7 +27,7 @@ from ..errors import RpcError
 from ..fileserver import FileServerClient
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
-from ..swarm.messages import StoreRequest, store_batches
+from ..swarm.messages import StoreBatchRequest, StoreRequest, store_batches
 from .access import NetworkAccess
 from .content import copy_ttl_ms, decode_content
 from .deletions import DeletionSchedule, delete_batches
@@ -123,24 +124,32 @@ class Outbox:
                 ttl_ms = copy_ttl_ms(entry.kind, copy.namespace, self._local.config.ttl_ms)
                 by_owner.setdefault(copy.owner, []).append((copy, ttl_ms))
         for owner, copies in by_owner.items():
-            now_ms = self._local.clock.now_ms()
-            stores = [StoreRequest(owner, c.namespace, ttl, now_ms, c.data) for c, ttl in copies]
+            # Cut by size first; each request is then dated as it is sent.
+            stores = [StoreRequest(owner, c.namespace, ttl, 0, c.data) for c, ttl in copies]
             done = 0
             for batch in store_batches(stores):
+                now_ms = self._local.clock.now_ms()
+                request = StoreBatchRequest(
+                    tuple(replace(store, timestamp_ms=now_ms) for store in batch.stores)
+                )
                 try:
-                    results = await self._swarm.store_batch(batch)
+                    results = await self._swarm.store_batch(request)
                 except RpcError as exc:
                     if exc.code not in PERMANENT_CODES:
                         raise
-                    results = [await self._store_alone(store) for store in batch.stores]
+                    results = [await self._store_alone(store) for store in request.stores]
                 self._settled([copy for copy, _ in copies[done : done + len(results)]], results)
                 done += len(results)
 
     async def _store_alone(self, store: StoreRequest) -> tuple[bytes, int] | RpcError:
+        """One copy with ``store``; a failure is its result (a transient one to retry), so
+        the copies of its batch stored before it are still marked."""
         try:
             return await self._swarm.store(store.pubkey, store.namespace, store.data, store.ttl_ms)
         except RpcError as exc:
             return exc
+        except TRANSIENT as exc:
+            return RpcError("unavailable", f"no member answered: {exc}")
 
     def _settled(self, copies: list[Copy], results: list[tuple[bytes, int] | RpcError]) -> None:
         """Mark what was stored and drop what was refused for good; raise the first other

@@ -146,6 +146,8 @@ class SwarmClient:
         expiry) as :meth:`store` returns them, or its refusal. A failure of the request
         itself (no member answered, or the batch refused whole) raises, as :meth:`store`
         does."""
+        if not request.stores:
+            raise ValueError("a store_batch holds at least one store")
         owner = request.stores[0].pubkey
         result, _ = await self._call_swarm(owner, "store_batch", request.to_wire())
         reply = StoreBatchReply.from_wire(result, stores=len(request.stores))

@@ -14,8 +14,9 @@ CLOCK_SKEW_MS = 60_000
 STORE_QUORUM = 2
 #: Stores in one ``store_batch`` request at most.
 MAX_STORE_BATCH = 64
-#: Data in one ``store_batch`` of more than one store, in all: its frame is then about as
-#: large as the largest single store's, so it fits every frame and onion path one does.
+#: Data in one ``store_batch`` of more than one store, in all, as in the largest store:
+#: with its stores' other fields a batch's frame stays under 85 KiB, so it fits every
+#: frame (128 KiB) and onion path (136 KiB) a store does.
 MAX_STORE_BATCH_BYTES = MAX_DATA_BYTES
 
 NAMESPACE_MESSAGES = 0

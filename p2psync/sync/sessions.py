@@ -50,7 +50,8 @@ class SiblingSessions:
         changed: Callable[[], None],
     ) -> None:
         """``siblings`` maps each sibling's device id to its overlay key; ``changed`` is
-        called whenever a sibling was tried (a session came up or a try failed)."""
+        called whenever :attr:`serving` or :attr:`tried` changed (a session came up or
+        ended, or a try failed)."""
         self._endpoint = endpoint
         self._secret = secret
         self._keys = dict(siblings)
@@ -176,3 +177,4 @@ class SiblingSessions:
         finally:
             del self._serving[sibling]
             ended.set()
+            self._changed()  # a device waiting to leave may stop waiting for this sibling
