@@ -27,7 +27,7 @@ from overlay.link import Link, LinkHandler, Transport
 from p2psync.device.access import NetworkAccess
 from p2psync.device.values import Whoami
 from p2psync.network import LocalNetwork
-from p2psync.swarm.registry import RegistryDirectory
+from p2psync.swarm.directory import RegistryDirectory
 from p2psync.urls import bare_address
 
 

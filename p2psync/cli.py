@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from overlay.link import Transport
 
     from .clock import Clock
-    from .swarm.registry import Directory
+    from .swarm.directory import Directory
 
 # A command imports what it runs inside its function (Trio, the device commands, the
 # servers, the launcher, the overlay, ``cryptography`` for TLS): every call of the command

@@ -44,8 +44,8 @@ from .services import (
     open_ledger,
     server_public_key,
 )
+from .swarm.directory import read_listing
 from .swarm.listing import Snapshot
-from .swarm.registry import read_listing
 from .swarm.ring import NodeInfo, SwarmMap
 
 logger = logging.getLogger(__name__)

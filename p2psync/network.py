@@ -32,9 +32,10 @@ from .opengroup import OpenGroupServer
 from .rpc import RpcServer
 from .services import AnnouncedRelay
 from .swarm.admission import Ledger
+from .swarm.directory import RegistryDirectory
 from .swarm.node import StorageNode
 from .swarm.node_config import NodeConfig
-from .swarm.registry import RegistryDirectory, RegistryServer
+from .swarm.registry import RegistryServer
 from .swarm.store import MessageStore
 from .websocket import WebSocketTransport
 

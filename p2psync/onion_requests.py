@@ -76,8 +76,8 @@ from .rpc import (
     open_rpc,
     result_of,
 )
+from .swarm.directory import LISTING_ERRORS, Listing, read_listing_pages
 from .swarm.listing import ANNOUNCEMENT_TTL_MS, CACHED_LISTING_MAX_AGE_MS, Snapshot, merge_listings
-from .swarm.registry import LISTING_ERRORS, Listing, read_listing_pages
 from .wire import Fields, Request, decode_frame, encode_frame
 
 logger = logging.getLogger(__name__)
@@ -659,7 +659,7 @@ class OnionDirectory:
 
 
 class KnownListing:
-    """:attr:`OnionDirectory.known` as a :class:`~p2psync.swarm.registry.Listing` that
+    """:attr:`OnionDirectory.known` as a :class:`~p2psync.swarm.directory.Listing` that
     reads nothing, for the :class:`DirectoryKeys` of the pool the listing is read
     through."""
 

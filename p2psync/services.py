@@ -38,10 +38,11 @@ from .onion_requests import ExitServers, ListedExits, OnionService, open_rpc_exi
 from .opengroup import OpenGroupServer
 from .rpc import RpcServer
 from .swarm.admission import Ledger, Registration, checked_registration
+from .swarm.directory import Directory, FileDirectory, Listing, RegistryDirectory
 from .swarm.listing import IpRange
 from .swarm.node import StorageNode
 from .swarm.node_config import NodeConfig
-from .swarm.registry import Directory, FileDirectory, Listing, RegistryDirectory, RegistryServer
+from .swarm.registry import RegistryServer
 from .swarm.settling import next_listing_read_s
 from .swarm.store import MessageStore
 from .urls import server_url

@@ -22,8 +22,8 @@ from p2psync.errors import ConnectionLost, DecodeError, RpcError
 from p2psync.identity import Identity, session_id_key
 from p2psync.rpc import RpcPool, open_rpc_pool
 from p2psync.services import RELAY_KEY_FILE, admit_node, open_ledger
+from p2psync.swarm.directory import RegistryDirectory
 from p2psync.swarm.listing import Snapshot
-from p2psync.swarm.registry import RegistryDirectory
 from p2psync.swarm.ring import NodeInfo, SwarmMap
 from p2psync.websocket import WebSocketTransport
 from p2psync.wire import Fields

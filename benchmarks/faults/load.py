@@ -155,12 +155,12 @@ async def run_retriever(
         started = trio.current_time()
         try:
             messages, _, node = await swarm.retrieve(
-                owner, NAMESPACE, cursor.last_hash, served_by.get(owner.session_id)
+                owner, NAMESPACE, cursor.at(swarm.clock.now_ms()), served_by.get(owner.session_id)
             )
         except CLIENT_ERRORS:
             stats.retrieve_failures += 1
             served_by.pop(owner.session_id, None)
-            cursor.last_hash = cursor.for_new_node()
+            cursor.for_new_node()
             await trio.sleep(FAILURE_PAUSE_S)
         else:
             stats.retrieves += 1

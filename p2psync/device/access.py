@@ -30,8 +30,8 @@ from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, P2PSyncError
 from ..onion_requests import DirectoryKeys, KnownListing, OnionDirectory, OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
+from ..swarm.directory import Listing, RegistryDirectory
 from ..swarm.listing import CACHED_LISTING_MAX_AGE_MS, Snapshot
-from ..swarm.registry import Listing, RegistryDirectory
 from ..urls import split_url
 from ..websocket import WebSocketTransport
 from .keys import choice_seed

@@ -20,7 +20,6 @@ from ..errors import DecodeError
 from ..identity import Identity, ed25519_to_x25519
 from ..swarm.client import Message, SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
-from ..swarm.cursor import Cursor
 from .content import decode_content
 from .inbound import (
     AddSibling,
@@ -114,13 +113,13 @@ class Receiver:
 
     async def _receive(self, identity: Identity, namespace: int) -> None:
         owner = identity.session_id
-        cursor = Cursor(last_hash=self._store.cursor(owner, namespace))
+        cursor = self._store.cursor(owner, namespace)
 
         async def file_batch(batch: list[Message]) -> None:
             for message in batch:
                 await self._process(identity, namespace, message.hash, message.data)
                 # Per message: a restart (or a stream change) resumes right after it.
-                self._store.set_cursor(owner, namespace, message.hash)
+                self._store.set_cursor(owner, namespace, message)
 
         if self._local.config.receive == "subscribe":
             await self._swarm.subscribe(
@@ -143,11 +142,11 @@ class Receiver:
         """Fetch and file everything waiting in this device's swarms now."""
         for identity, namespace in self._streams():
             owner = identity.session_id
-            cursor = Cursor(last_hash=self._store.cursor(owner, namespace))
+            cursor = self._store.cursor(owner, namespace)
             batch, _ = await self._swarm.drain(identity, namespace, cursor)
             for message in batch:
                 await self._process(identity, namespace, message.hash, message.data)
-                self._store.set_cursor(owner, namespace, message.hash)
+                self._store.set_cursor(owner, namespace, message)
 
     async def _process(
         self, identity: Identity, namespace: int, digest: bytes, data: bytes

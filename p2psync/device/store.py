@@ -28,6 +28,8 @@ from ..database import add_column_if_missing, open_database, transaction
 from ..identity import message_hash
 from ..mapping import Revocation
 from ..process_lock import ProcessLock
+from ..swarm.cursor import Cursor
+from ..swarm.messages import Message
 from ..wire import decode_cbor, encode_cbor
 from .friends import ContactState
 from .pairing import PairingState
@@ -155,6 +157,7 @@ class DeviceStore:
         try:
             self._db = open_database(path, _SCHEMA, synchronous="FULL")
             add_column_if_missing(self._db, "contacts", "name", "TEXT NOT NULL DEFAULT ''")
+            add_column_if_missing(self._db, "cursors", "expiry", "INTEGER")  # from before
         except BaseException:
             self._lock.close()
             raise
@@ -344,16 +347,21 @@ class DeviceStore:
 
     # --- cursors --------------------------------------------------------------------------
 
-    def cursor(self, owner: str, namespace: int) -> bytes | None:
+    def cursor(self, owner: str, namespace: int) -> Cursor:
+        """Where this device is in one of its streams (its last message and when that
+        expires; nothing read yet: an empty cursor)."""
         row = self._db.execute(
-            "SELECT last_hash FROM cursors WHERE owner = ? AND namespace = ?", (owner, namespace)
+            "SELECT last_hash, expiry FROM cursors WHERE owner = ? AND namespace = ?",
+            (owner, namespace),
         ).fetchone()
-        return None if row is None else row[0]
+        return Cursor() if row is None else Cursor(last_hash=row[0], last_expiry_ms=row[1])
 
-    def set_cursor(self, owner: str, namespace: int, last_hash: bytes | None) -> None:
+    def set_cursor(self, owner: str, namespace: int, message: Message) -> None:
+        """The stream's cursor is now after ``message``."""
         self._db.execute(
-            "INSERT OR REPLACE INTO cursors (owner, namespace, last_hash) VALUES (?, ?, ?)",
-            (owner, namespace, last_hash),
+            "INSERT OR REPLACE INTO cursors (owner, namespace, last_hash, expiry)"
+            " VALUES (?, ?, ?, ?)",
+            (owner, namespace, message.hash, message.expiry_ms),
         )
 
     # --- pairing --------------------------------------------------------------------------

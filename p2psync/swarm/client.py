@@ -32,6 +32,7 @@ from ..rpc import Params, RpcRouter, open_rpc, open_rpc_pool
 from .auth import AuthSigner
 from .constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
 from .cursor import Cursor
+from .directory import Directory, Listing
 from .listing import Snapshot
 from .messages import (
     DeleteReply,
@@ -48,7 +49,6 @@ from .messages import (
     StoreRequest,
     SubscribeRequest,
 )
-from .registry import Directory, Listing
 from .ring import NodeInfo, SwarmMap
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class SwarmClient:
         collected: list[Message] = []
         more = True
         while more:
-            last = cursor.last_hash
+            last = cursor.at(self.clock.now_ms())
             messages, more, served_by = await self.retrieve(identity, namespace, last, node)
             if node is not None and served_by is not node:
                 break
@@ -239,7 +239,7 @@ class SwarmClient:
                 logger.info("poll for %s failed: %s", identity.session_id[:10], exc)
                 if node is not None:
                     node = None
-                    cursor.last_hash = cursor.for_new_node()
+                    cursor.for_new_node()
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
             await trio.sleep(backoff * (1 + jitter * (2 * self._random.random() - 1)))
 
@@ -271,7 +271,7 @@ class SwarmClient:
                     auth = signer.sign("subscribe", namespace, self.clock.now_ms())
                     request = SubscribeRequest(identity.session_id, namespace, auth)
                     await connection.call("subscribe", request.to_wire())
-                    cursor.last_hash = cursor.for_new_node()
+                    cursor.for_new_node()
                     failures = 0
                     caught_up = False
                     while True:

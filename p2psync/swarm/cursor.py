@@ -4,6 +4,11 @@ A cursor is a ``last_hash``; because nodes resolve it in their own arrival order
 reader that switches nodes rewinds it a little (:meth:`Cursor.for_new_node`), so a
 message that reached the new node earlier than the old one is not skipped; the
 duplicates this may bring are dropped by hash (:meth:`Cursor.fresh`).
+
+A cursor whose message has expired is not sent (:meth:`Cursor.at`): no member holds it
+any more, so the node would ask each of its peers about it in vain (node-to-node
+lookups in step with a device coming back after a day away, which a server could match
+to the device's siblings meeting) and then read from the start anyway.
 """
 
 from __future__ import annotations
@@ -24,8 +29,18 @@ class Cursor:
     """Where a reader is in one (owner, namespace) stream, plus what it saw recently."""
 
     last_hash: bytes | None = None
-    _recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=256))
+    #: When ``last_hash``'s message expires (None: not known, as for a cursor kept before
+    #: expiries were).
+    last_expiry_ms: int | None = None
+    _recent: deque[tuple[float, bytes, int]] = field(default_factory=lambda: deque(maxlen=256))
     _seen: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+
+    def at(self, now_ms: int) -> bytes | None:
+        """The ``last_hash`` to read after at ``now_ms``: None once its message expired
+        (a node holds it no more, and reads from the start without it)."""
+        if self.last_expiry_ms is not None and self.last_expiry_ms <= now_ms:
+            return None
+        return self.last_hash
 
     def fresh(self, messages: Sequence[Message], lived_s: float) -> list[Message]:
         """Advance past ``messages``, read at ``lived_s``; return those not seen before.
@@ -35,8 +50,8 @@ class Cursor:
         replication happen (a ``Clock.skip_idle`` replicates nothing)."""
         new = []
         for m in messages:
-            self.last_hash = m.hash
-            self._recent.append((lived_s, m.hash))
+            self.last_hash, self.last_expiry_ms = m.hash, m.expiry_ms
+            self._recent.append((lived_s, m.hash, m.expiry_ms))
             if m.hash not in self._seen:
                 new.append(m)
                 self._seen[m.hash] = None
@@ -44,13 +59,14 @@ class Cursor:
                     self._seen.popitem(last=False)
         return new
 
-    def for_new_node(self) -> bytes | None:
-        """The cursor to use on a node other than the last one: the newest hash seen at
-        least ``REWIND_S`` before the latest, else the oldest remembered."""
+    def for_new_node(self) -> None:
+        """Rewind for a node other than the last one: to the newest hash seen at least
+        ``REWIND_S`` before the latest, else to the oldest remembered."""
         if not self._recent:
-            return self.last_hash
+            return
         newest = self._recent[-1][0]
-        for seen_at, digest in reversed(self._recent):
+        for seen_at, digest, expiry_ms in reversed(self._recent):
             if seen_at <= newest - REWIND_S:
-                return digest
-        return self._recent[0][1]
+                self.last_hash, self.last_expiry_ms = digest, expiry_ms
+                return
+        _, self.last_hash, self.last_expiry_ms = self._recent[0]

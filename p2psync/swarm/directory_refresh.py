@@ -17,9 +17,9 @@ import trio
 
 from ..clock import Clock
 from ..identity import Identity
+from .directory import Directory
 from .listing import Snapshot
 from .node_shared import PEER_ERRORS
-from .registry import Directory
 from .settling import next_listing_read_s
 
 logger = logging.getLogger(__name__)

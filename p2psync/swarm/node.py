@@ -44,6 +44,7 @@ from .allowance import OwnerQuota
 from .auth import ReplayGuard
 from .client_methods import ClientMethods
 from .constants import PROTOCOL_VERSION
+from .directory import Directory
 from .directory_refresh import DirectoryRefresh
 from .hand_over import HandOver
 from .listing import Snapshot, listing_page
@@ -54,7 +55,6 @@ from .node_shared import NodeStats
 from .outbound import ReplicationQueue
 from .peer_calls import PeerCalls
 from .peer_methods import PeerMethods
-from .registry import Directory
 from .repairer import Repairer
 from .replicator import Replicator
 from .ring import NodeInfo, SwarmMap

@@ -17,7 +17,7 @@ from p2psync.clock import Clock
 from p2psync.identity import Identity
 from p2psync.rpc import open_rpc
 from p2psync.swarm.client import Message, open_swarm_client
-from p2psync.swarm.registry import RegistryDirectory
+from p2psync.swarm.directory import RegistryDirectory
 from p2psync.websocket import WebSocketTransport
 
 P2PSYNC = [sys.executable, "-m", "p2psync"]

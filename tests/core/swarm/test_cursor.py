@@ -19,24 +19,43 @@ def test_a_message_seen_before_is_not_fresh_again_and_the_cursor_moves_past_it()
     assert cursor.last_hash == _message(3).hash
 
 
+def _rewound(cursor: Cursor) -> tuple[bytes | None, int | None]:
+    cursor.for_new_node()
+    return cursor.last_hash, cursor.last_expiry_ms
+
+
 def test_another_node_is_asked_from_the_newest_hash_read_a_rewind_before_the_latest() -> None:
     cursor = Cursor()
     cursor.fresh([_message(0)], lived_s=0.0)
     cursor.fresh([_message(1)], lived_s=10.0)
     cursor.fresh([_message(2)], lived_s=REWIND_S + 5.0)
     # Read REWIND_S or more before the latest: message 0 (at 0 s), not 1 (at 10 s).
-    assert cursor.for_new_node() == _message(0).hash
+    assert _rewound(cursor) == (_message(0).hash, _message(0).expiry_ms)
     cursor.fresh([_message(3)], lived_s=REWIND_S + 10.0)
-    assert cursor.for_new_node() == _message(1).hash
+    assert _rewound(cursor) == (_message(1).hash, _message(1).expiry_ms)
 
 
 def test_without_a_read_that_old_the_rewind_goes_to_the_oldest_remembered() -> None:
-    assert Cursor().for_new_node() is None
+    assert _rewound(Cursor()) == (None, None)
     # A cursor read back from a device's store, with nothing read since: where it was.
-    assert Cursor(last_hash=_message(9).hash).for_new_node() == _message(9).hash
+    assert _rewound(Cursor(last_hash=_message(9).hash, last_expiry_ms=10)) == (
+        _message(9).hash,
+        10,
+    )
     cursor = Cursor()
     cursor.fresh([_message(0), _message(1)], lived_s=5.0)
-    assert cursor.for_new_node() == _message(0).hash
+    assert _rewound(cursor) == (_message(0).hash, _message(0).expiry_ms)
+
+
+def test_a_cursor_whose_message_expired_is_not_sent() -> None:
+    """No member holds an expired message: asking after it would only make the node ask
+    its peers in vain before it reads from the start."""
+    cursor = Cursor()
+    cursor.fresh([_message(5)], lived_s=0.0)  # expires at 6
+    assert cursor.at(now_ms=5) == _message(5).hash
+    assert cursor.at(now_ms=6) is None
+    # One kept before expiries were is sent as it is.
+    assert Cursor(last_hash=b"x" * 32).at(now_ms=10**12) == b"x" * 32
 
 
 def test_the_hashes_remembered_are_capped() -> None:

@@ -12,6 +12,7 @@ import trio
 from p2psync.errors import DecodeError
 from p2psync.identity import Identity
 from p2psync.swarm.constants import CLOCK_SKEW_MS
+from p2psync.swarm.directory import read_listing_pages
 from p2psync.swarm.listing import (
     ANNOUNCEMENT_TTL_MS,
     CACHED_LISTING_MAX_AGE_MS,
@@ -19,7 +20,6 @@ from p2psync.swarm.listing import (
     merge_listings,
     sign_announcement,
 )
-from p2psync.swarm.registry import read_listing_pages
 
 NOW = 1_700_000_000_000
 NODE = Identity.from_label("merge/node")

@@ -177,3 +177,33 @@ def _observe_stores_for(
     for node in network.running_nodes():
         node.rpc.observe(observe)
     return seen
+
+
+async def test_a_device_back_after_its_last_message_expired_sends_no_dead_cursor(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Back after a day away, with every message it read expired and swept, a device reads
+    its swarm from the start instead of after a hash no member holds, so no node asks its
+    peers about that hash (lookups a server could time against the device's return), and
+    what arrived while it was away is filed."""
+    async with open_world() as network, device(network, tmp_path, "bob", "linked") as bob:
+        async with device(network, tmp_path, "alice", "linked") as alice:
+            await befriend(alice, bob)
+            await alice.send(bob.session_id, "before the day away")
+            await wait_until(lambda: len(bob.history(alice.session_id)) == 1)
+            await bob.set_online(False)
+            await trio.sleep(25 * HOUR_S)  # everything Bob read has expired and is swept
+            await alice.send(bob.session_id, "while he was away")
+            await alice.flush()
+            lookups: list[str] = []
+            for node in network.running_nodes():
+                node.rpc.observe(
+                    lambda method, peer, params: (
+                        lookups.append(method) if method == "lookup" else None
+                    )
+                )
+            await bob.set_online(True)
+            await wait_until(lambda: len(bob.history(alice.session_id)) == 2)
+            await trio.sleep(60)
+        assert lookups == []
+        assert texts(bob, alice.session_id)[-1] == (False, "while he was away")

@@ -19,6 +19,7 @@ from p2psync.network import LocalNetwork
 from p2psync.rpc import ServerLimits, open_rpc
 from p2psync.swarm.admission import MIN_STAKE, Ledger, Registration
 from p2psync.swarm.auth import sign_node_request
+from p2psync.swarm.directory import RegistryDirectory, read_listing
 from p2psync.swarm.listing import (
     LIST_PAGE,
     MAX_LISTED,
@@ -26,7 +27,7 @@ from p2psync.swarm.listing import (
     sign_announcement,
 )
 from p2psync.swarm.node import StorageNode
-from p2psync.swarm.registry import RegistryDirectory, RegistryServer, read_listing
+from p2psync.swarm.registry import RegistryServer
 from p2psync.swarm.ring import NodeInfo, SwarmMap
 from p2psync.swarm.store import MessageStore
 

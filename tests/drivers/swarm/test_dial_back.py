@@ -25,6 +25,7 @@ from p2psync.rpc import open_rpc
 from p2psync.swarm.admission import Ledger
 from p2psync.swarm.constants import CLOCK_SKEW_MS
 from p2psync.swarm.dial_back import DIAL_BACK_TIMEOUT_S, MAX_DIALS, DialBack
+from p2psync.swarm.directory import ANNOUNCE_TIMEOUT_S, RegistryDirectory
 from p2psync.swarm.listing import (
     ANNOUNCEMENT_TTL_MS,
     DIAL_RETRY_MS,
@@ -33,11 +34,7 @@ from p2psync.swarm.listing import (
     needs_dial_back,
     sign_announcement,
 )
-from p2psync.swarm.registry import (
-    ANNOUNCE_TIMEOUT_S,
-    RegistryDirectory,
-    RegistryServer,
-)
+from p2psync.swarm.registry import RegistryServer
 from p2psync.websocket import WebSocketTransport
 
 LEDGER = Ledger(Identity.from_label("dial-back-ledger"))

@@ -21,11 +21,11 @@ from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.client import Message, open_swarm_client
 from p2psync.swarm.constants import MAX_DATA_BYTES, MAX_STORE_BATCH
 from p2psync.swarm.cursor import Cursor
+from p2psync.swarm.directory import FileDirectory
 from p2psync.swarm.messages import StoreRequest, store_batches
 from p2psync.swarm.node_config import NodeConfig
 from p2psync.swarm.node_core import HAND_OVER_ELDER_MS, UNKNOWN_CURSOR_MS
 from p2psync.swarm.records import row_to_wire
-from p2psync.swarm.registry import FileDirectory
 from p2psync.swarm.ring import NodeInfo
 from p2psync.swarm.rows import StoredMessage
 

@@ -1,0 +1,232 @@
+"""How readers learn the network, and how nodes and relays announce themselves to it.
+
+Readers go through the small :class:`Directory` interface, so a node or client works the
+same with a live registry (:class:`RegistryDirectory`; the server is
+:class:`~.registry.RegistryServer`) or a file (a static network's, :class:`FileDirectory`;
+its operator is the one who admits). Because the listing proves itself, any node can serve
+the copy it holds (its ``list`` method), and a :class:`RegistryDirectory` asks known
+nodes, then its saved copy, when the registry is down: the registry is no longer a single
+point of failure for reading the network. The listing is read in pages
+(:func:`read_listing_pages`); what a reader makes of it is decided in :mod:`.listing`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from overlay.link import Transport
+
+from ..clock import Clock
+from ..errors import ConnectionLost, DecodeError, RpcError
+from ..identity import Identity
+from ..rpc import open_rpc
+from ..saved_file import SavedFile
+from ..wire import Fields, decode_cbor, encode_cbor
+from .dial_back import DIAL_BACK_TIMEOUT_S
+from .listing import (
+    ANNOUNCEMENT_TTL_MS,
+    CACHED_LISTING_MAX_AGE_MS,
+    LIST_PAGE,
+    MAX_LISTED,
+    Snapshot,
+    sign_announcement,
+)
+
+logger = logging.getLogger(__name__)
+
+#: How long an announcer waits for the registry's answer: its dial back and a margin.
+ANNOUNCE_TIMEOUT_S = DIAL_BACK_TIMEOUT_S + 5.0
+
+
+class Listing(Protocol):
+    """Where a reader learns the network (a device, a server that reads the relays)."""
+
+    async def fetch(self) -> Snapshot: ...
+
+
+class Directory(Listing, Protocol):
+    """Where a node or relay learns the network and announces itself."""
+
+    async def announce(
+        self,
+        identity: Identity,
+        kind: str,
+        url: str,
+        contact: bytes = b"",
+        registration: bytes = b"",
+    ) -> None: ...
+
+
+@dataclass
+class FileDirectory:
+    """A static network described by a JSON file ``{"nodes": [...], "relays": [...]}``,
+    re-read on every fetch so an operator's edit takes effect at the next refresh."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        """Read it once now: a missing or malformed file is an error before anything is
+        served, not a node that says ready and knows no network."""
+        self._parse(self.path.read_text())
+
+    async def fetch(self) -> Snapshot:
+        return self._parse(await trio.Path(self.path).read_text())
+
+    def _parse(self, text: str) -> Snapshot:
+        try:
+            return Snapshot.from_wire(json.loads(text))
+        except (json.JSONDecodeError, DecodeError) as exc:
+            raise DecodeError(f"{self.path}: {exc}") from None
+
+    async def announce(
+        self,
+        identity: Identity,
+        kind: str,
+        url: str,
+        contact: bytes = b"",
+        registration: bytes = b"",
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+LISTING_ERRORS = (OSError, ConnectionLost, RpcError, DecodeError)
+
+
+@dataclass
+class RegistryDirectory:
+    """A live registry server, one short connection per call. When the registry cannot
+    be read, it asks the nodes it knows (``seeds``, then those of the last listing) for the
+    copy they hold, and failing that reads back the last listing it saved at
+    ``cache_path``; every copy is checked signature by signature like the registry's, and
+    every node's registration under ``ledger`` (``None`` only for a network without
+    admission)."""
+
+    transport: Transport
+    url: str
+    clock: Clock
+    ledger: bytes | None
+    seeds: tuple[str, ...] = ()
+    cache_path: Path | None = None
+    _known: list[str] = field(default_factory=list)
+    _saved: SavedFile | None = field(default=None, init=False, repr=False)
+    _to_save: Snapshot = field(default_factory=Snapshot, init=False, repr=False)
+
+    async def fetch(self) -> Snapshot:
+        try:
+            snapshot = await self._read(self.url, ANNOUNCEMENT_TTL_MS)
+        except LISTING_ERRORS as exc:
+            snapshot = await self._fallback(exc)
+        else:
+            await self._save(snapshot)
+        self._known = [n.url for n in snapshot.nodes]
+        return snapshot
+
+    async def announce(
+        self,
+        identity: Identity,
+        kind: str,
+        url: str,
+        contact: bytes = b"",
+        registration: bytes = b"",
+    ) -> None:
+        """Announce; :class:`ConnectionLost` if the registry has not answered within
+        :data:`ANNOUNCE_TIMEOUT_S` (it dials new addresses back first)."""
+        params = sign_announcement(identity, kind, url, self.clock.now_ms(), contact, registration)
+        with trio.move_on_after(ANNOUNCE_TIMEOUT_S):
+            async with open_rpc(self.transport, self.url) as client:
+                await client.call("announce", params)
+                return
+        raise ConnectionLost(f"the registry at {self.url} did not answer the announcement")
+
+    async def _read(self, url: str, max_age_ms: int) -> Snapshot:
+        announcements = await read_listing(self.transport, url)
+        return Snapshot.from_announcements(
+            {"announcements": announcements},
+            self.clock.now_ms(),
+            ledger=self.ledger,
+            max_age_ms=max_age_ms,
+        )
+
+    async def _fallback(self, registry_error: Exception) -> Snapshot:
+        saved = await self._load()
+        candidates = [*self.seeds, *self._known, *(n.url for n in (saved.nodes if saved else ()))]
+        for url in dict.fromkeys(candidates):
+            try:
+                snapshot = await self._read(url, CACHED_LISTING_MAX_AGE_MS)
+            except LISTING_ERRORS as exc:
+                logger.debug("listing from %s failed: %s", url, exc)
+                continue
+            if snapshot.nodes:
+                logger.info("registry unavailable (%s); listing from node %s", registry_error, url)
+                await self._save(snapshot)
+                return snapshot
+        if saved is not None and saved.nodes:
+            logger.info("registry and nodes unavailable; using the saved listing")
+            return saved
+        raise registry_error
+
+    async def _save(self, snapshot: Snapshot) -> None:
+        if self.cache_path is None or not snapshot.announcements:
+            return
+        if self._saved is None:
+            self._saved = SavedFile(self.cache_path)
+        self._to_save = snapshot  # what a write that covers several saves writes: the latest
+        await self._saved.save(lambda: encode_cbor(self._to_save.announcements_to_wire()))
+
+    async def _load(self) -> Snapshot | None:
+        if self.cache_path is None:
+            return None
+        try:
+            data = await trio.Path(self.cache_path).read_bytes()
+            return Snapshot.from_announcements(
+                decode_cbor(data),
+                self.clock.now_ms(),
+                ledger=self.ledger,
+                max_age_ms=CACHED_LISTING_MAX_AGE_MS,
+            )
+        except FileNotFoundError:
+            return None
+        except LISTING_ERRORS as exc:
+            logger.warning("ignoring the saved listing %s: %s", self.cache_path, exc)
+            return None
+
+
+async def read_listing(transport: Transport, url: str) -> list[object]:
+    """Every announcement ``url`` (the registry, or a node serving its copy) lists, page
+    by page over one connection; at most ``MAX_LISTED``."""
+    async with open_rpc(transport, url) as client:
+        return await read_listing_pages(partial(client.call, "list"))
+
+
+async def read_listing_pages(list_page: Callable[[dict[str, Any]], Awaitable[Any]]) -> list[object]:
+    """Every announcement of a listing, page by page, ``list_page`` calling ``list`` with
+    its params however it reaches the server (one connection, or onion requests to a node);
+    at most ``MAX_LISTED``."""
+    announcements: list[object] = []
+    after: tuple[str, str] | None = None
+    while True:
+        params: dict[str, Any] = {} if after is None else {"after": list(after)}
+        page = Fields(await list_page(params), "listing").only("announcements", "next")
+        entries = page.items("announcements", max_len=LIST_PAGE)
+        announcements += entries
+        if page.raw("next") is None:
+            return announcements
+        following = page.items("next", max_len=2)
+        if len(following) != 2 or not all(isinstance(part, str) for part in following):
+            raise DecodeError("a listing page's next is not a [kind, pubkey] key")
+        key = (str(following[0]), str(following[1]))
+        # Pages come sorted by key: a server that sends an empty page or does not move
+        # on would keep a reader asking for ever.
+        if not entries or (after is not None and key <= after):
+            raise DecodeError("a listing page that does not move on")
+        after = key
+        if len(announcements) >= MAX_LISTED:
+            raise DecodeError(f"the listing goes on past {MAX_LISTED} entries")
