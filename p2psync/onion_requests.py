@@ -593,13 +593,17 @@ class OnionDirectory:
             if self._registry is None:
                 answers = await self._answers(self._pool, LISTING_ATTEMPTS, LISTING_READ_S)
             else:
-                # A kept listing: one short try through its paths, then the registry (its
+                # A kept listing: one node's time through its paths, then the registry (its
                 # relays may be gone, and every read through them would wait out its
-                # deadline before the direct one).
+                # deadline before the direct one). Within that time another node is tried
+                # if the first fails at once: the exits may not list a node that joined
+                # late yet, and a single node tried sent 1 start in 16 to the registry.
                 try:
-                    answers = await self._answers(self._pool, 1, ONION_ATTEMPT_TIMEOUT_S)
-                except RpcError:
-                    return await self._read_registry(self._registry)
+                    answers = await self._answers(
+                        self._pool, LISTING_ATTEMPTS, LISTING_READ_S, total_s=LISTING_READ_S
+                    )
+                except RpcError as exc:
+                    return await self._read_registry(self._registry, exc)
             self._registry = None  # the kept listing served: no direct read this start
             merged = merge_listings(
                 self._known,
@@ -614,11 +618,11 @@ class OnionDirectory:
                 self._keep(merged)
             return self._known
 
-    async def _read_registry(self, registry: Listing) -> Snapshot:
-        """No node of the kept listing answered through paths: read the registry from
-        the device's address, the once a start that a device without a kept listing
-        reads it (a failure leaves the way open for the next fetch)."""
-        logger.info("no node of the kept listing answered: reading the registry directly")
+    async def _read_registry(self, registry: Listing, why: RpcError) -> Snapshot:
+        """No node of the kept listing answered through paths (``why``): read the
+        registry from the device's address, the once a start that a device without a
+        kept listing reads it (a failure leaves the way open for the next fetch)."""
+        logger.info("reading the registry directly: %s", why.message)
         snapshot = await registry.fetch()
         self._registry = None
         self._read_at_ms = self._clock.now_ms()
@@ -628,17 +632,24 @@ class OnionDirectory:
         self._relisted(snapshot)
         return self._known
 
-    async def _answers(self, pool: RpcRouter, attempts: int, within_s: float) -> list[Snapshot]:
+    async def _answers(
+        self, pool: RpcRouter, attempts: int, within_s: float, *, total_s: float | None = None
+    ) -> list[Snapshot]:
         """Up to :data:`LISTING_SOURCES` nodes' listings, each checked on its own, from at
-        most ``attempts`` nodes given ``within_s`` each."""
+        most ``attempts`` nodes given ``within_s`` each and ``total_s`` in all (what came
+        by then, if anything did)."""
         nodes = list(self._known.nodes)
         self._random.shuffle(nodes)
         answers: list[Snapshot] = []
         errors: list[str] = []
+        end_s = None if total_s is None else trio.current_time() + total_s
         for node in nodes[:attempts]:
             if len(answers) == LISTING_SOURCES:
                 break
-            with self._clock.move_on_after(within_s) as deadline:
+            left_s = within_s if end_s is None else min(within_s, end_s - trio.current_time())
+            if left_s <= 0:
+                break
+            with self._clock.move_on_after(left_s) as deadline:
                 try:
                     announcements = await read_listing_pages(partial(pool.call, node.url, "list"))
                     answers.append(
@@ -652,7 +663,7 @@ class OnionDirectory:
                 except LISTING_ERRORS as exc:
                     errors.append(f"{node.url}: {exc}")
             if deadline.cancelled_caught:
-                errors.append(f"{node.url}: no answer in {within_s:g} s")
+                errors.append(f"{node.url}: no answer in {left_s:g} s")
         if not answers:
             raise RpcError("unavailable", f"no node answered for the listing: {errors}")
         return answers
