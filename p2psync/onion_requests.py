@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import random
 import struct
@@ -593,14 +594,19 @@ class OnionDirectory:
             if self._registry is None:
                 answers = await self._answers(self._pool, LISTING_ATTEMPTS, LISTING_READ_S)
             else:
-                # A kept listing: one node's time through its paths, then the registry (its
-                # relays may be gone, and every read through them would wait out its
-                # deadline before the direct one). Within that time another node is tried
-                # if the first fails at once: the exits may not list a node that joined
-                # late yet, and a single node tried sent 1 start in 16 to the registry.
+                # A kept listing: one node's answer through its paths, within one node's
+                # time, then the registry (its relays may be gone, and every read through
+                # them would wait out its deadline before the direct one). Within that time
+                # another node is tried if the first fails at once: the exits may not list
+                # a node that joined late yet, and a single node tried sent 1 start in 16
+                # to the registry.
                 try:
                     answers = await self._answers(
-                        self._pool, LISTING_ATTEMPTS, LISTING_READ_S, total_s=LISTING_READ_S
+                        self._pool,
+                        LISTING_ATTEMPTS,
+                        LISTING_READ_S,
+                        total_s=LISTING_READ_S,
+                        wanted=1,
                     )
                 except RpcError as exc:
                     return await self._read_registry(self._registry, exc)
@@ -633,37 +639,44 @@ class OnionDirectory:
         return self._known
 
     async def _answers(
-        self, pool: RpcRouter, attempts: int, within_s: float, *, total_s: float | None = None
+        self,
+        pool: RpcRouter,
+        attempts: int,
+        within_s: float,
+        *,
+        total_s: float = math.inf,
+        wanted: int = LISTING_SOURCES,
     ) -> list[Snapshot]:
-        """Up to :data:`LISTING_SOURCES` nodes' listings, each checked on its own, from at
-        most ``attempts`` nodes given ``within_s`` each and ``total_s`` in all (what came
-        by then, if anything did)."""
+        """Up to ``wanted`` nodes' listings, each checked on its own, from at most
+        ``attempts`` nodes given ``within_s`` each and ``total_s`` in all (what came by
+        then, if anything did), in the network's time."""
         nodes = list(self._known.nodes)
         self._random.shuffle(nodes)
         answers: list[Snapshot] = []
         errors: list[str] = []
-        end_s = None if total_s is None else trio.current_time() + total_s
-        for node in nodes[:attempts]:
-            if len(answers) == LISTING_SOURCES:
-                break
-            left_s = within_s if end_s is None else min(within_s, end_s - trio.current_time())
-            if left_s <= 0:
-                break
-            with self._clock.move_on_after(left_s) as deadline:
-                try:
-                    announcements = await read_listing_pages(partial(pool.call, node.url, "list"))
-                    answers.append(
-                        Snapshot.from_announcements(
-                            {"announcements": announcements},
-                            self._clock.now_ms(),
-                            ledger=self._ledger,
-                            max_age_ms=CACHED_LISTING_MAX_AGE_MS,
+        with self._clock.move_on_after(total_s) as budget:
+            for node in nodes[:attempts]:
+                if len(answers) == wanted:
+                    break
+                with self._clock.move_on_after(within_s) as deadline:
+                    try:
+                        announcements = await read_listing_pages(
+                            partial(pool.call, node.url, "list")
                         )
-                    )
-                except LISTING_ERRORS as exc:
-                    errors.append(f"{node.url}: {exc}")
-            if deadline.cancelled_caught:
-                errors.append(f"{node.url}: no answer in {left_s:g} s")
+                        answers.append(
+                            Snapshot.from_announcements(
+                                {"announcements": announcements},
+                                self._clock.now_ms(),
+                                ledger=self._ledger,
+                                max_age_ms=CACHED_LISTING_MAX_AGE_MS,
+                            )
+                        )
+                    except LISTING_ERRORS as exc:
+                        errors.append(f"{node.url}: {exc}")
+                if deadline.cancelled_caught:
+                    errors.append(f"{node.url}: no answer in {within_s:g} s")
+        if budget.cancelled_caught:
+            errors.append(f"no answer in {total_s:g} s in all")
         if not answers:
             raise RpcError("unavailable", f"no node answered for the listing: {errors}")
         return answers

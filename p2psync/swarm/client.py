@@ -203,15 +203,16 @@ class SwarmClient:
     ) -> tuple[list[Message], NodeInfo]:
         """Everything newer than the cursor (all pages), deduplicated."""
         collected: list[Message] = []
+        last = cursor.at(self.clock.now_ms())
         more = True
         while more:
-            last = cursor.at(self.clock.now_ms())
             messages, more, served_by = await self.retrieve(identity, namespace, last, node)
             if node is not None and served_by is not node:
                 break
             if node is None:
                 node = served_by
             collected += cursor.fresh(messages, trio.current_time())
+            last = cursor.last_hash
         assert node is not None
         return collected, node
 

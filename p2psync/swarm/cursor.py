@@ -5,10 +5,13 @@ reader that switches nodes rewinds it a little (:meth:`Cursor.for_new_node`), so
 message that reached the new node earlier than the old one is not skipped; the
 duplicates this may bring are dropped by hash (:meth:`Cursor.fresh`).
 
-A cursor whose message has expired is not sent (:meth:`Cursor.at`): no member holds it
-any more, so the node would ask each of its peers about it in vain (node-to-node
-lookups in step with a device coming back after a day away, which a server could match
-to the device's siblings meeting) and then read from the start anyway.
+A cursor whose message expired well before (:data:`DEAD_CURSOR_MS`) is not sent when a
+read begins (:meth:`Cursor.at`): no member holds it any more, so the node would ask
+each of its peers about it in vain (node-to-node lookups in step with a device coming
+back after a day away, which a server could match to the device's siblings meeting) and
+then read from the start anyway. The margin covers the clocks' skew and the nodes' sweep
+interval: a cursor a node may still hold is sent, so a read does not start over (and
+bring back records already read) while it need not.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from .messages import Message
 
 #: A message a node received this long before the newest is safely on every member.
 REWIND_S = 30.0
+#: How long after its message's expiry a cursor is taken for dead: the clocks' skew a
+#: node allows and its sweep interval are well inside it.
+DEAD_CURSOR_MS = 3_600_000
 SEEN_HASHES = 4096
 
 
@@ -36,9 +42,11 @@ class Cursor:
     _seen: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
 
     def at(self, now_ms: int) -> bytes | None:
-        """The ``last_hash`` to read after at ``now_ms``: None once its message expired
-        (a node holds it no more, and reads from the start without it)."""
-        if self.last_expiry_ms is not None and self.last_expiry_ms <= now_ms:
+        """The ``last_hash`` to begin a read after at ``now_ms``: None once its message
+        expired :data:`DEAD_CURSOR_MS` ago (no node holds it, and one reads from the
+        start without it). The later pages of a read go after the last message read,
+        which the node has just served."""
+        if self.last_expiry_ms is not None and self.last_expiry_ms + DEAD_CURSOR_MS <= now_ms:
             return None
         return self.last_hash
 

@@ -8,7 +8,8 @@ check out, so a registry or anyone serving a copy can leave an entry out or list
 late, but cannot make one up or move one to another address. :func:`merge_listings`
 joins copies from several nodes; :func:`listing_page` cuts a listing into ``list``
 pages; :func:`check_announcement` and :func:`needs_dial_back` are the registry's rules
-for taking an announcement (:mod:`.registry` is the server and the readers' drivers).
+for taking an announcement (:mod:`.registry` is the server, :mod:`.directory` the
+readers' drivers).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -12,15 +13,15 @@ import trio
 import trio.testing
 
 from overlay.link import MemoryNetwork
-from p2psync.clock import TEST_EPOCH_MS
+from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import DecodeError, RpcError
 from p2psync.identity import Identity, message_hash
 from p2psync.network import NodeHandle
 from p2psync.rpc import open_rpc
 from p2psync.swarm.auth import sign_node_request
-from p2psync.swarm.client import Message, open_swarm_client
+from p2psync.swarm.client import Message, SwarmClient, open_swarm_client
 from p2psync.swarm.constants import MAX_DATA_BYTES, MAX_STORE_BATCH
-from p2psync.swarm.cursor import Cursor
+from p2psync.swarm.cursor import DEAD_CURSOR_MS, Cursor
 from p2psync.swarm.directory import FileDirectory
 from p2psync.swarm.messages import StoreRequest, store_batches
 from p2psync.swarm.node_config import NodeConfig
@@ -561,3 +562,40 @@ async def test_rows_queued_for_a_dead_peer_are_bounded_in_bytes(
         await wait_until(
             lambda: all(holders(network, ALICE, d) == len(network.nodes) for d in acknowledged)
         )
+
+
+class _Pages(SwarmClient):
+    """A swarm client whose node serves ``pages`` in turn, noting each ``last_hash`` it is
+    asked after."""
+
+    def __init__(self, clock: Clock, pages: list[list[Message]]) -> None:
+        super().__init__(None, None, clock, random.Random(1))  # type: ignore[arg-type]
+        self.pages = pages
+        self.asked: list[bytes | None] = []
+
+    async def retrieve(  # type: ignore[override]
+        self,
+        identity: Identity,
+        namespace: int,
+        last_hash: bytes | None,
+        node: NodeInfo | None = None,
+    ) -> tuple[list[Message], bool, NodeInfo]:
+        self.asked.append(last_hash)
+        page = self.pages[len(self.asked) - 1]
+        return page, len(self.asked) < len(self.pages), node or NodeInfo("aa" * 32, "mem:node")
+
+
+async def test_a_drain_asks_for_each_later_page_after_the_last_message_it_read() -> None:
+    """Only a read's first page may begin from the start for a dead cursor: a page that
+    ends on a message the reader takes for long expired (a node serving it late) is
+    followed by the page after that message, never by the start again, which the node
+    would answer with the same page for ever."""
+    now = TEST_EPOCH_MS
+    dead = Message(b"\1" * 32, 0, now - DEAD_CURSOR_MS, b"long expired")
+    live = Message(b"\2" * 32, 0, now + 60_000, b"live")
+    reader = _Pages(Clock(now), [[dead], [live]])
+    messages, _ = await reader.drain(
+        ALICE, 0, Cursor(last_hash=dead.hash, last_expiry_ms=dead.expiry_ms)
+    )
+    assert reader.asked == [None, dead.hash]
+    assert messages == [dead, live]
