@@ -48,6 +48,12 @@ class RpcError(P2PSyncError):
         self.message = message
         self.data = data or {}
 
+    @classmethod
+    def received(cls, code: str, message: str, data: dict[str, Any]) -> RpcError:
+        """A refusal another party sent: a code this version does not know reads as
+        ``internal``."""
+        return cls(code if code in ERROR_CODES else "internal", message, data)
+
 
 class ConnectionLost(P2PSyncError):
     """The connection to a server closed before the reply arrived."""

@@ -44,7 +44,7 @@ from overlay.link import Link, LinkClosed, Transport
 from overlay.tasks import open_task_nursery
 
 from .clock import Clock
-from .errors import ERROR_CODES, ConnectionLost, DecodeError, RpcError
+from .errors import ConnectionLost, DecodeError, RpcError
 from .wire import (
     INT64_MAX,
     MAX_FRAME_BYTES,
@@ -775,9 +775,7 @@ def refusal_of(method: str, exc: Exception) -> RpcError:
 def result_of(frame: Frame) -> Any:
     """What a call returns for its reply ``frame``: the result, or :class:`RpcError`."""
     if isinstance(frame, ErrorReply):
-        raise RpcError(
-            frame.code if frame.code in ERROR_CODES else "internal", frame.message, frame.data
-        )
+        raise RpcError.received(frame.code, frame.message, frame.data)
     if not isinstance(frame, Reply):
         raise DecodeError("expected a reply")
     return frame.result

@@ -249,6 +249,22 @@ class Notify:
 Frame = Request | Reply | ErrorReply | Notify
 
 
+def error_body(code: str, message: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A refusal's ``error`` map: its extra ``data`` fields, never over its code or message."""
+    return {**data, "code": code, "message": message}
+
+
+def read_error(fields: Fields) -> tuple[str, str, dict[str, Any]]:
+    """The code, message and extra data of the map holding an ``error`` (a reply's, or
+    one store's of a batch)."""
+    error = fields.map("error")
+    return (
+        error.text("code", max_len=32),
+        error.text("message", max_len=1024),
+        error.rest("code", "message"),
+    )
+
+
 def decode_frame(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
     """One frame of either direction: request, reply, error reply or push."""
     fields = Fields(decode_cbor(data, max_bytes=max_bytes), "frame")
@@ -264,13 +280,7 @@ def decode_frame(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
         return Notify(method, params)
     if fields.has("error"):
         fields.only("id", "error")
-        error = fields.map("error")
-        return ErrorReply(
-            fields.uint("id") if fields.has("id") else None,
-            error.text("code", max_len=32),
-            error.text("message", max_len=1024),
-            error.rest("code", "message"),
-        )
+        return ErrorReply(fields.uint("id") if fields.has("id") else None, *read_error(fields))
     fields.only("id", "result")
     return Reply(fields.uint("id"), fields.raw("result"))
 
@@ -285,7 +295,7 @@ def encode_frame(frame: Frame) -> bytes:
         case Reply(id=rid, result=result):
             return cbor2.dumps({"id": rid, "result": result})
         case ErrorReply(id=rid, code=code, message=message, data=data):
-            body: dict[str, Any] = {"code": code, "message": message, **data}
+            body = error_body(code, message, data)
             return cbor2.dumps({"error": body} if rid is None else {"id": rid, "error": body})
         case Notify(method=method, params=params):
             return cbor2.dumps({"method": method, "params": params})

@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ERROR_CODES, DecodeError, RpcError
+from ..errors import DecodeError, RpcError
 from ..identity import message_hash
-from ..wire import Fields
+from ..wire import Fields, error_body, read_error
 from . import repair
 from .auth import ClientAuth
 from .constants import (
@@ -332,20 +332,14 @@ def store_batch_cost(params: Mapping[str, Any]) -> int:
 
 
 def _refusal_to_wire(error: RpcError) -> dict[str, Any]:
-    return {"error": {**error.data, "code": error.code, "message": error.message}}
+    return {"error": error_body(error.code, error.message, error.data)}
 
 
 def _store_result_from_wire(value: object) -> StoreReply | RpcError:
     f = _fields(value, "result.results[]")
     if not f.has("error"):
         return StoreReply.from_wire(f)
-    error = f.only("error").map("error")
-    code = error.text("code", max_len=32)
-    return RpcError(
-        code if code in ERROR_CODES else "internal",
-        error.text("message", max_len=1024),
-        error.rest("code", "message"),
-    )
+    return RpcError.received(*read_error(f.only("error")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -298,20 +298,21 @@ class NodeCore(Generic[Conn]):
 
     def swarm_of(self, owner: str) -> SwarmReply:
         """``get_swarm``: the swarm an owner belongs to and its members."""
-        if not self.swarms.swarms:
-            raise RpcError("unavailable", "node has not read the registry yet")
-        swarm = self.swarms.swarm_for_key(session_id_key(owner))
+        swarm = self._swarm_id_of(owner)
         return SwarmReply(swarm, tuple(self.swarms.swarms[swarm]))
 
     def require_swarm(self, owner: str) -> None:
         """Refuse a client request about an owner of another swarm (``wrong_swarm``,
         naming it), or any before the node has read the registry. Asked of every store:
         the reply naming the members is built only for a refusal."""
-        if not self.swarms.swarms:
-            raise RpcError("unavailable", "node has not read the registry yet")
-        if self.swarms.swarm_for_key(session_id_key(owner)) != self.swarm_id:
+        if self._swarm_id_of(owner) != self.swarm_id:
             right = self.swarm_of(owner)
             raise RpcError("wrong_swarm", "this pubkey belongs to another swarm", right.to_wire())
+
+    def _swarm_id_of(self, owner: str) -> int:
+        if not self.swarms.swarms:
+            raise RpcError("unavailable", "node has not read the registry yet")
+        return self.swarms.swarm_for_key(session_id_key(owner))
 
     # --- client requests ------------------------------------------------------------------
 

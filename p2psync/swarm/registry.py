@@ -129,8 +129,10 @@ class RegistryServer:
             # the listing): it renews nothing and dials nothing.
             return {"ttl_ms": max(0, previous[0] - now)}
         url = raw["url"]
-        saved = key in self._unreached and not needs_dial_back(previous, url, now)
-        if self._dial is not None and needs_dial_back(previous, url, now, reached=not saved):
+        reached = key not in self._unreached
+        # Listed at this url before a restart, and not dialled since.
+        saved = not reached and not needs_dial_back(previous, url, now)
+        if self._dial is not None and needs_dial_back(previous, url, now, reached=reached):
             try:
                 await self._dial.reach(raw["kind"], raw["pubkey"], url)
             except DialBusy:
