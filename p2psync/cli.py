@@ -192,7 +192,7 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
 
     data_dir = _data_dir(args)
     separate_hosts = args.hosts
-    if separate_hosts and (reason := unavailable_reason()) is not None:
+    if separate_hosts and (reason := unavailable_reason(data_dir)) is not None:
         print(f"p2psync: no separate hosts ({reason}): running on loopback", file=sys.stderr)
         separate_hosts = False
 
@@ -466,8 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--hosts",
         action="store_true",
         help="every process on a host of its own (a network namespace on a bridge, "
-        "10.77.x.y) without root's capabilities, removed on exit; needs root, ip and "
-        "setpriv (else loopback, saying why)",
+        "10.77.x.y), each service as a uid of its own without capabilities, removed on "
+        "exit; needs root, ip, setpriv and a DIR open to others (else loopback, saying why)",
     )
     up.add_argument("--plain-links", action="store_true", help=PLAIN_LINKS_HELP)
     up.set_defaults(run=_cmd_network_up)

@@ -56,28 +56,38 @@ class HostsError(OSError):
     """Hosts could not be made or found (said in one line)."""
 
 
-#: How a service on a host runs: as root's uid still, but with no capability and no way
-#: to gain one (``setpriv`` of util-linux). That takes away what capabilities grant:
-#: joining or making namespaces, configuring interfaces and routes, raw sockets, reading
-#: or writing files its uid does not own. It is not containment: root's uid still owns
-#: the system's files (``/etc`` among them) and may signal root's processes, so a service
-#: someone breaks into can still become root again through them; a uid of its own per
-#: service is what would contain it (docs/security.md, 38).
+#: How a service on a host runs: with no capability and no way to gain one
+#: (``setpriv`` of util-linux), which takes away joining or making namespaces, configuring
+#: interfaces and routes and raw sockets, and as a uid of its own (:data:`SERVICE_UID_BASE`),
+#: so it owns none of the system's files and may signal none of root's processes, nor
+#: another service's (docs/security.md, 38).
 WITHOUT_CAPABILITIES = (
     "setpriv",
     "--no-new-privs",
     "--inh-caps=-all",
     "--ambient-caps=-all",
     "--bounding-set=-all",
+    "--clear-groups",
 )
+#: A service's uid is this plus its run's /24 times 256 plus its host's index: no two
+#: services of the runs alive at once share one (their /24s differ), and none is a
+#: system account's or, in the usual ``/etc/subuid`` ranges, a container's.
+SERVICE_UID_BASE = 0x770000
+
+
+def as_service(uid: int, command: Sequence[str]) -> list[str]:
+    """``command`` without capabilities, as ``uid`` (its group too, and no others)."""
+    return [*WITHOUT_CAPABILITIES, f"--reuid={uid}", f"--regid={uid}", *command]
 
 
 @dataclass(frozen=True)
 class Host:
-    """Where a child runs: loopback here, or a namespace with an address of its own."""
+    """Where a child runs: loopback here, or a namespace with an address of its own and
+    the uid its services run as."""
 
     address: str
     namespace: str | None = None
+    uid: int | None = None
 
     def wrap(self, command: Sequence[str]) -> list[str]:
         """``command`` run in this host, as it is (``p2psync network host``: the user's
@@ -88,10 +98,10 @@ class Host:
 
     def wrap_service(self, command: Sequence[str]) -> list[str]:
         """A service of the network run in this host: in a namespace, without
-        capabilities (:data:`WITHOUT_CAPABILITIES`)."""
-        if self.namespace is None:
-            return list(command)
-        return self.wrap([*WITHOUT_CAPABILITIES, *command])
+        capabilities, as the host's uid (:func:`as_service`)."""
+        if self.uid is None:
+            return self.wrap(command)
+        return self.wrap(as_service(self.uid, command))
 
     def listen(self, port: int = 0) -> str:
         """The ``--listen`` of a service on this host (port 0: any free one)."""
@@ -137,7 +147,11 @@ class HostPlan:
     def host(self, index: int) -> Host:
         if not 0 <= index < MAX_HOSTS:
             raise ValueError(f"host {index} is outside 0-{MAX_HOSTS - 1}")
-        return Host(f"{NETWORK}.{self.subnet}.{index + 2}", f"{self.prefix}-{index}")
+        return Host(
+            f"{NETWORK}.{self.subnet}.{index + 2}",
+            f"{self.prefix}-{index}",
+            SERVICE_UID_BASE + self.subnet * 256 + index,
+        )
 
     def _veth(self, index: int) -> str:
         return f"{self.prefix}v{index}"
@@ -253,10 +267,13 @@ def next_index(taken: Iterable[int]) -> int:
     return index
 
 
-def unavailable_reason() -> str | None:
-    """Why hosts cannot be made here (None: they can); asked before a run so it can fall
-    back to loopback instead of failing half-way. Creating and removing a namespace is
-    the honest test: a container may run as root without the right to make one."""
+def unavailable_reason(data_dir: Path | None = None) -> str | None:
+    """Why hosts cannot be made here, for a network kept in ``data_dir`` (None: they
+    can); asked before a run so it can fall back to loopback instead of failing half-way.
+    Creating and removing a namespace is the honest test: a container may run as root
+    without the right to make one. Services, each its own uid, must reach their folders
+    in ``data_dir`` (SQLite opens a file by its whole path, so every folder above must
+    be open to others, as ``/var/lib`` and ``/tmp`` are and ``/root`` is not)."""
     if not sys.platform.startswith("linux"):
         return "network namespaces need Linux"
     if os.geteuid() != 0:
@@ -264,17 +281,27 @@ def unavailable_reason() -> str | None:
     if shutil.which("ip") is None:
         return "the ip command (iproute2) is not installed"
     if shutil.which("setpriv") is None:
-        return "the setpriv command (util-linux), which drops root's capabilities, is missing"
-    # Without capabilities root's uid reads only what it owns or what is open to all: a
-    # Python (or a virtualenv) in a user's home may be out of its reach.
-    capless = subprocess.run(
-        [*WITHOUT_CAPABILITIES, sys.executable, "-c", "import p2psync.services"],
+        return (
+            "the setpriv command (util-linux), which runs a service as a uid of its own, is missing"
+        )
+    # A service's uid reads only what is open to all: a Python (or a virtualenv) in a
+    # user's home may be out of its reach.
+    confined = subprocess.run(
+        as_service(SERVICE_UID_BASE, [sys.executable, "-c", "import p2psync.services"]),
         capture_output=True,
         text=True,
+        cwd="/",
     )
-    if capless.returncode != 0:
-        said = (capless.stderr.strip().splitlines() or ["no reason given"])[-1]
-        return f"{sys.executable} cannot run without root's capabilities: {said}"
+    if confined.returncode != 0:
+        said = (confined.stderr.strip().splitlines() or ["no reason given"])[-1]
+        return f"{sys.executable} cannot run as a service's own uid: {said}"
+    if data_dir is not None:
+        reach = as_service(SERVICE_UID_BASE, ["test", "-x", str(data_dir.absolute())])
+        if subprocess.run(reach, cwd="/").returncode != 0:
+            return (
+                f"a service's own uid cannot reach {data_dir} "
+                "(every folder down to it must be open to others: chmod o+x)"
+            )
     probe = f"{NAME_PREFIX}probe{os.getpid()}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
@@ -284,6 +311,16 @@ def unavailable_reason() -> str | None:
 
 
 # --- the driver: runs the plan's commands ---------------------------------------------------
+
+
+def hand_over(folder: Path, uid: int) -> None:
+    """Make ``folder`` and all in it ``uid``'s, and its alone (mode 700): what its service
+    keeps there (keys, stores) is no other service's to read."""
+    for root, directories, files in os.walk(folder):
+        for name in (*directories, *files):
+            os.chown(Path(root) / name, uid, uid, follow_symlinks=False)
+    os.chown(folder, uid, uid)
+    folder.chmod(0o700)
 
 
 def _first_line(text: str) -> str:

@@ -34,7 +34,7 @@ from overlay.link import Transport
 
 from .clock import Clock
 from .errors import P2PSyncError
-from .hosts import LOOPBACK, Host, open_device_host, open_hosts
+from .hosts import LOOPBACK, Host, hand_over, open_device_host, open_hosts
 from .process_lock import InUse, ProcessLock
 from .rpc import open_rpc
 from .services import (
@@ -66,7 +66,8 @@ VIEW_POLL_S = 0.5
 @dataclass(frozen=True)
 class Service:
     """One service child (``python -m p2psync ARGS --data DIR``): what it runs, on which
-    host, and where its data and its log (``DIR/../<name>.log``) live."""
+    host, and where its data and its log (``DIR/../<name>.log``) live. On a host with a
+    uid of its own, ``DIR`` is handed to that uid before it starts."""
 
     name: str
     args: tuple[str, ...]
@@ -121,6 +122,8 @@ async def run_service(
     process lives (see services.exit_when_stdin_closes), so no child outlives its
     launcher even if the launcher is killed outright."""
     service.data_dir.mkdir(parents=True, exist_ok=True)
+    if service.host.uid is not None:
+        hand_over(service.data_dir, service.host.uid)
     async with trio.open_nursery() as nursery:
         with service.log_path.open("ab") as log:
             process: trio.Process = await nursery.start(

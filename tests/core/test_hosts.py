@@ -11,6 +11,7 @@ import pytest
 from p2psync.hosts import (
     LOOPBACK,
     MAX_HOSTS,
+    SERVICE_UID_BASE,
     Host,
     HostPlan,
     HostsError,
@@ -45,9 +46,20 @@ def test_hosts_have_addresses_of_their_own_in_the_runs_subnet() -> None:
     plan = HostPlan("abcdef", 3)
     hosts = [plan.host(index) for index in range(MAX_HOSTS)]
     assert plan.gateway == "10.77.3.1"
-    assert hosts[0] == Host("10.77.3.2", "p2psabcdef-0")
+    assert hosts[0] == Host("10.77.3.2", "p2psabcdef-0", SERVICE_UID_BASE + 3 * 256)
     assert hosts[-1].address == "10.77.3.254"
     assert len({host.address for host in hosts} | {plan.gateway}) == MAX_HOSTS + 1
+
+
+def test_every_service_of_every_run_has_a_uid_of_its_own() -> None:
+    """Runs alive at once hold different /24s, so uids differ across them too."""
+    uids = [
+        HostPlan("abcdef", subnet).host(index).uid
+        for subnet in range(256)
+        for index in range(MAX_HOSTS)
+    ]
+    assert len(set(uids)) == len(uids)
+    assert all(uid is not None and SERVICE_UID_BASE <= uid < 2**31 for uid in uids)
 
 
 @pytest.mark.parametrize("index", [-1, MAX_HOSTS])
@@ -120,6 +132,9 @@ def test_a_host_wraps_commands_in_its_namespace_and_listens_on_its_address() -> 
         "--inh-caps=-all",
         "--ambient-caps=-all",
         "--bounding-set=-all",
+        "--clear-groups",
+        f"--reuid={SERVICE_UID_BASE}",
+        f"--regid={SERVICE_UID_BASE}",
         "p2psync",
         "node",
     ]

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from overlay.addresses import split_host_port
-from p2psync.hosts import unavailable_reason
+from p2psync.hosts import as_service, unavailable_reason
 from p2psync.urls import bare_address
 
 P2PSYNC = [sys.executable, "-m", "p2psync"]
@@ -49,6 +52,11 @@ def _processes_using(folder: Path) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+def _can_read(uid: int, path: Path) -> bool:
+    """Whether ``uid`` (without capabilities, as a service runs) can read ``path``."""
+    return subprocess.run(as_service(uid, ["cat", str(path)]), capture_output=True).returncode == 0
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -88,12 +96,35 @@ def _stale_run(tmp_path: Path) -> str:
     return f"p2ps{run_id}"
 
 
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder every service's uid can reach (pytest's own are under one only root may
+    enter), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="p2psync-hosts-"))
+    folder.chmod(0o711)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+@needs_hosts
+def test_a_network_its_services_cannot_reach_runs_on_loopback_and_says_why(
+    tmp_path: Path, open_folder: Path
+) -> None:
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    assert unavailable_reason(open_folder) is None
+    reason = unavailable_reason(closed / "net")
+    assert reason is not None and "cannot reach" in reason and "chmod o+x" in reason
+
+
 @needs_hosts
 @pytest.mark.slow
 async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_nothing(
-    tmp_path: Path,
+    tmp_path: Path, open_folder: Path
 ) -> None:
-    net = tmp_path / "net"
+    net = open_folder / "net"
     net.mkdir()
     stale = _stale_run(net)
     process = await trio.lowlevel.open_process(
@@ -126,13 +157,25 @@ async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_noth
         hosts = [split_host_port(bare_address(url))[0] for url in urls]
         assert all(host.startswith("10.77.") for host in hosts), hosts
         assert len(set(hosts)) == 8, "each process on an address of its own"
-        # Every service runs as root's uid but with no capability and no way to gain one.
+        # Every service runs with no capability and no way to gain one, as a uid of its
+        # own, which reads neither the ledger's key nor another service's keys.
         services = [pid for pid in _processes_using(net) if pid != process.pid]
         assert len(services) == 8 and all(b"p2psync" in _cmdline(pid) for pid in services)
+        uids = set()
         for pid in services:
             status = _status(pid)
             assert status["CapEff"] == "0" * 16 and status["CapBnd"] == "0" * 16, (pid, status)
             assert status["NoNewPrivs"] == "1", (pid, status)
+            uid, effective, saved, _ = (int(field) for field in status["Uid"].split())
+            assert uid == effective == saved and uid != 0 and status["Groups"] == "", status
+            uids.add(uid)
+        assert len(uids) == 8
+        node_key = net / "node-0" / "node.key"
+        assert node_key.exists()
+        owner = node_key.stat().st_uid
+        assert owner in uids and _can_read(owner, node_key)
+        assert not _can_read(owner, net / "ledger" / "ledger.key")
+        assert not any(_can_read(uid, node_key) for uid in uids - {owner})
 
         network = str(net / "network.json")
         alice, bob = str(tmp_path / "alice"), str(tmp_path / "bob")
