@@ -281,13 +281,14 @@ def unavailable_reason(data_dir: Path | None = None) -> str | None:
     if shutil.which("ip") is None:
         return "the ip command (iproute2) is not installed"
     if shutil.which("setpriv") is None:
-        return (
-            "the setpriv command (util-linux), which runs a service as a uid of its own, is missing"
-        )
+        return "the setpriv command (util-linux), which gives each service a uid, is missing"
     # A service's uid reads only what is open to all: a Python (or a virtualenv) in a
-    # user's home may be out of its reach.
+    # user's home may be out of its reach, or only its program may be, so that it runs
+    # another Python's library (the system's, found where its own is closed). Extension
+    # modules hold across a minor version's releases, not across minor versions.
+    probe = "import sys, p2psync.services; print(*sys.version_info[:2])"
     confined = subprocess.run(
-        as_service(SERVICE_UID_BASE, [sys.executable, "-c", "import p2psync.services"]),
+        as_service(SERVICE_UID_BASE, [sys.executable, "-c", probe]),
         capture_output=True,
         text=True,
         cwd="/",
@@ -295,6 +296,13 @@ def unavailable_reason(data_dir: Path | None = None) -> str | None:
     if confined.returncode != 0:
         said = (confined.stderr.strip().splitlines() or ["no reason given"])[-1]
         return f"{sys.executable} cannot run as a service's own uid: {said}"
+    ours = "{} {}".format(*sys.version_info[:2])
+    if confined.stdout.strip() != ours:
+        theirs = confined.stdout.strip().replace(" ", ".")
+        return (
+            f"{sys.executable} runs as Python {theirs} for a service's own uid, not "
+            f"{ours.replace(' ', '.')}: its files are not all open to others"
+        )
     if data_dir is not None:
         reach = as_service(SERVICE_UID_BASE, ["test", "-x", str(data_dir.absolute())])
         if subprocess.run(reach, cwd="/").returncode != 0:
