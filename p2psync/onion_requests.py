@@ -63,6 +63,7 @@ from overlay.link import LinkClosed, Transport
 from overlay.path import Path
 from overlay.tasks import open_task_nursery
 
+from .backoff import Backoff
 from .clock import Clock
 from .errors import ConnectionLost, DecodeError, RpcError
 from .identity import Identity, ed25519_to_x25519, seal
@@ -210,16 +211,15 @@ class ListedExits:
         fails is logged, the last listing stands, and the next read comes after 1 s,
         doubling up to ``refresh_s`` (a registry that starts after this server is read
         within seconds of it)."""
-        retry_s = 1.0
+        retry = Backoff(1.0, refresh_s)
         while True:
             try:
                 self.snapshot = await listing.fetch()
             except Exception as exc:  # one bad read (or reply) never stops the server
                 logger.warning("registry listing not read (the last one stands): %r", exc)
-                await clock.sleep(min(retry_s, refresh_s))
-                retry_s *= 2
+                await clock.sleep(retry.failed())
             else:
-                retry_s = 1.0
+                retry.succeeded()
                 await clock.sleep(refresh_s)
 
 

@@ -23,6 +23,7 @@ from dataclasses import replace
 
 import trio
 
+from ..backoff import Backoff
 from ..errors import RpcError
 from ..fileserver import FileServerClient
 from ..rpc import RpcRouter
@@ -193,7 +194,7 @@ class Outbox:
     async def run(self, retry_deferred: Callable[[], Awaitable[None]]) -> None:
         """Deliver the outbox whenever it changes, and re-check deferred inbound records;
         back off while either keeps failing."""
-        delay = self._local.config.retry_s
+        backoff = Backoff(self._local.config.retry_s, self._local.config.max_retry_s)
         while True:
             wakeup = self._local.outbox_wakeup = trio.Event()
             try:
@@ -205,9 +206,10 @@ class Outbox:
             now = self._local.clock.now_ms()
             failed = store.outbox() or store.deferred() or self._deletions.overdue(now)
             if failed:
-                timeout, delay = delay, min(self._local.config.max_retry_s, delay * 2)
+                timeout = backoff.failed()
             else:
-                timeout, delay = math.inf, self._local.config.retry_s
+                backoff.succeeded()
+                timeout = math.inf
             self._passed.set()
             self._passed = trio.Event()
             # After a failure, the back-off alone: a deletion that failed is past due.

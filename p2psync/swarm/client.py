@@ -25,6 +25,7 @@ import trio
 
 from overlay.link import Transport
 
+from ..backoff import Backoff
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, session_id_key
@@ -229,11 +230,12 @@ class SwarmClient:
         """Poll until cancelled; each non-empty batch of new messages goes to ``deliver``."""
         cursor = cursor or Cursor()
         node: NodeInfo | None = None
-        backoff = interval_s
+        backoff = Backoff(2 * interval_s, MAX_BACKOFF_S)
         while True:
             try:
                 batch, node = await self.drain(identity, namespace, cursor, node)
-                backoff = interval_s
+                backoff.succeeded()
+                wait = interval_s
                 if batch:
                     await deliver(batch)
             except (RpcError, OSError, ConnectionLost, DecodeError) as exc:
@@ -241,8 +243,8 @@ class SwarmClient:
                 if node is not None:
                     node = None
                     cursor.for_new_node()
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
-            await trio.sleep(backoff * (1 + jitter * (2 * self._random.random() - 1)))
+                wait = backoff.failed()
+            await trio.sleep(wait * (1 + jitter * (2 * self._random.random() - 1)))
 
     async def subscribe(
         self,
@@ -261,7 +263,9 @@ class SwarmClient:
             raise ValueError("subscriptions need direct connections; this pool has none")
         cursor = cursor or Cursor()
         signer = self.signer(identity)
-        failures, failed_url = 0, ""
+        # The first retry goes at once to another member: one node dying must not hold
+        # pushes up. Only failures in a row back off.
+        backoff, failed_url = Backoff(POLL_INTERVAL_S, MAX_BACKOFF_S, immediate=1), ""
         while True:
             node: NodeInfo | None = None
             try:
@@ -273,7 +277,7 @@ class SwarmClient:
                     request = SubscribeRequest(identity.session_id, namespace, auth)
                     await connection.call("subscribe", request.to_wire())
                     cursor.for_new_node()
-                    failures = 0
+                    backoff.succeeded()
                     caught_up = False
                     while True:
                         if not caught_up:
@@ -289,11 +293,8 @@ class SwarmClient:
                         caught_up = not waiting.cancelled_caught
             except (RpcError, OSError, ConnectionLost, DecodeError, trio.EndOfChannel) as exc:
                 logger.info("subscription for %s interrupted: %s", identity.session_id[:10], exc)
-                # The first retry goes at once to another member: one node dying must not
-                # hold pushes up. Only failures in a row back off.
-                failures, failed_url = failures + 1, node.url if node is not None else ""
-                if failures > 1:
-                    await trio.sleep(min(MAX_BACKOFF_S, POLL_INTERVAL_S * 2 ** (failures - 2)))
+                failed_url = node.url if node is not None else ""
+                await trio.sleep(backoff.failed())
 
 
 @asynccontextmanager

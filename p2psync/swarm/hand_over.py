@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
+from ..backoff import Backoff
 from ..clock import Clock
 from ..identity import session_id_key
 from .constants import REPLICATION_RETRY_S
@@ -59,10 +60,11 @@ class HandOver:
         """Pass after pass, with back-off (a new member may not have read the registry
         yet), until nothing foreign is left. The replicator runs it inside each epoch,
         so a newer membership restarts it."""
-        backoff = REPLICATION_RETRY_S
-        while not await self.once():
-            await trio.sleep(backoff)
-            backoff = min(HAND_OVER_MAX_BACKOFF_S, backoff * 2)
+        backoff = Backoff(REPLICATION_RETRY_S, HAND_OVER_MAX_BACKOFF_S)
+        while True:
+            if await self.once():
+                return
+            await trio.sleep(backoff.failed())
 
     async def once(self) -> bool:
         """One pass; True when this node holds no foreign owner any more. A target's

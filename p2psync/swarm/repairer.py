@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
+from ..backoff import Backoff
 from ..clock import Clock
 from . import repair
 from .constants import REPLICATION_RETRY_S
@@ -72,7 +73,8 @@ class Repairer:
         self._soon.set()
 
     async def run(self) -> None:
-        everyone, retry_s = True, REPLICATION_RETRY_S
+        # Peers that failed are tried again soon: one that was down is back in seconds.
+        everyone, retry = True, Backoff(REPLICATION_RETRY_S, self._interval_s)
         failed: set[str] = set()
         while True:
             peers = list(self._peers())
@@ -91,10 +93,10 @@ class Repairer:
                     failed.add(peer.pubkey)
                     logger.warning("repair with %s failed: %r", peer.pubkey[:8], exc)
             interval = self._interval_s * (0.8 + 0.4 * self._random.random())
-            if failed:  # try those peers again soon: one that was down is back in seconds
-                interval, retry_s = min(interval, retry_s), min(self._interval_s, 2 * retry_s)
+            if failed:
+                interval = min(interval, retry.failed())
             else:
-                retry_s = REPLICATION_RETRY_S
+                retry.succeeded()
             with self._clock.move_on_after(interval):
                 await self._soon.wait()
                 await trio.sleep(REPLICATION_RETRY_S)

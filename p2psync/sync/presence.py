@@ -3,7 +3,7 @@ device going offline has waited long enough: decided without I/O.
 
 Two siblings that both dialled would open two sessions and race to replace each other,
 so exactly one dials (:func:`dials`) and keeps trying, backing off while the sibling is
-away (:func:`next_redial_s`); the other says hello once after :data:`HELLO_DELAY_S`, in
+away (:func:`redials`); the other says hello once after :data:`HELLO_DELAY_S`, in
 case the dialler is holding a session to its previous run. One session per sibling: a
 new one the sibling opened replaces ours, a second dial of our own is dropped
 (:func:`keep_session`). :class:`~.sessions.SiblingSessions` is the driver that does it.
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from enum import Enum
+
+from ..backoff import Backoff
 
 REDIAL_MIN_S = 1.0
 #: Re-dials of a sibling that is away back off to this. Each costs an introset lookup (up
@@ -31,10 +33,11 @@ def dials(own_key: bytes, sibling_key: bytes) -> bool:
     return own_key < sibling_key
 
 
-def next_redial_s(delay_s: float, sibling_showed_up: bool) -> float:
-    """The wait before the next dial, after one that waited ``delay_s``: from the start
-    once the sibling showed up (it dialled us), else twice as long, up to the cap."""
-    return REDIAL_MIN_S if sibling_showed_up else min(REDIAL_MAX_S, delay_s * 2)
+def redials() -> Backoff:
+    """The waits between dials of a sibling: doubling from :data:`REDIAL_MIN_S` to
+    :data:`REDIAL_MAX_S` while it is away, from the start once it showed up (it dialled
+    us) or a session with it opened."""
+    return Backoff(REDIAL_MIN_S, REDIAL_MAX_S)
 
 
 class SessionChoice(Enum):

@@ -22,7 +22,7 @@ from overlay.endpoint import Endpoint
 from overlay.session import SessionError
 from overlay.session_driver import Session
 
-from .presence import HELLO_DELAY_S, REDIAL_MIN_S, SessionChoice, dials, keep_session, next_redial_s
+from .presence import HELLO_DELAY_S, SessionChoice, dials, keep_session, redials
 
 logger = logging.getLogger(__name__)
 
@@ -114,21 +114,22 @@ class SiblingSessions:
             self._tried_to_reach(sibling)
 
     async def _dial(self, sibling: str, key: bytes) -> None:
-        delay = REDIAL_MIN_S
+        waits = redials()
         while True:
             while sibling in self._serving:  # the sibling dialed us: nothing to do
                 await self._serving[sibling][1].wait()
             present = self._present[sibling] = trio.Event()
             try:
                 async with self._endpoint.connect(key, shared_secret=self._secret) as session:
-                    delay = REDIAL_MIN_S
+                    waits.succeeded()
                     await self._serve(sibling, session)
             except SessionError as exc:
                 logger.debug("session to sibling %s: %s", sibling[:10], exc)
                 self._tried_to_reach(sibling)
-            with trio.move_on_after(delay):
+            with trio.move_on_after(waits.failed()):
                 await present.wait()
-            delay = next_redial_s(delay, present.is_set())
+            if present.is_set():
+                waits.succeeded()
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         async for session in self._endpoint.sessions():

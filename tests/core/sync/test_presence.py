@@ -13,7 +13,7 @@ from p2psync.sync.presence import (
     dials,
     keep_session,
     may_leave,
-    next_redial_s,
+    redials,
 )
 
 KEYS = st.binary(min_size=32, max_size=32)
@@ -31,13 +31,12 @@ def test_the_sibling_with_the_lower_overlay_key_dials() -> None:
 
 
 def test_redials_back_off_to_the_cap_and_start_over_once_the_sibling_shows_up() -> None:
-    delay, waits = REDIAL_MIN_S, []
-    for _ in range(12):
-        delay = next_redial_s(delay, sibling_showed_up=False)
-        waits.append(delay)
-    assert waits[:3] == [2 * REDIAL_MIN_S, 4 * REDIAL_MIN_S, 8 * REDIAL_MIN_S]
-    assert waits[-1] == REDIAL_MAX_S
-    assert next_redial_s(REDIAL_MAX_S, sibling_showed_up=True) == REDIAL_MIN_S
+    waits = redials()
+    seen = [waits.failed() for _ in range(12)]
+    assert seen[:3] == [REDIAL_MIN_S, 2 * REDIAL_MIN_S, 4 * REDIAL_MIN_S]
+    assert seen[-1] == REDIAL_MAX_S
+    waits.succeeded()
+    assert waits.failed() == REDIAL_MIN_S
 
 
 def test_a_session_the_sibling_opened_replaces_ours_and_a_second_of_ours_is_dropped() -> None:
