@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -322,13 +323,25 @@ def unavailable_reason(data_dir: Path | None = None) -> str | None:
 
 
 def hand_over(folder: Path, uid: int) -> None:
-    """Make ``folder`` and all in it ``uid``'s, and its alone (mode 700): what its service
-    keeps there (keys, stores) is no other service's to read."""
+    """Make ``folder`` and what the launcher put in it ``uid``'s, and the folder its alone
+    (mode 700): what its service keeps there (keys, stores) is no other service's to read.
+
+    The folder is the service's to write, so a run before may have left links in it for
+    root to follow: only folders and files with one name are handed over, never what a
+    symbolic link names or a file linked in from elsewhere (``/etc/shadow`` hard-linked
+    in, where the kernel allows that, would otherwise become the service's)."""
     for root, directories, files in os.walk(folder):
         for name in (*directories, *files):
-            os.chown(Path(root) / name, uid, uid, follow_symlinks=False)
-    os.chown(folder, uid, uid)
-    folder.chmod(0o700)
+            _give(Path(root) / name, uid)
+    _give(folder, uid)
+    os.chmod(folder, 0o700, follow_symlinks=False)
+
+
+def _give(path: Path, uid: int) -> None:
+    info = os.lstat(path)
+    own = stat.S_ISDIR(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_nlink == 1)
+    if own and info.st_uid != uid:
+        os.chown(path, uid, uid, follow_symlinks=False)
 
 
 def _first_line(text: str) -> str:
