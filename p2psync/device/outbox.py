@@ -27,7 +27,7 @@ from ..backoff import Backoff
 from ..errors import RpcError
 from ..fileserver import FileServerClient
 from ..rpc import RpcRouter
-from ..swarm.client import SwarmClient
+from ..swarm.client import REFUSED_FOR_GOOD, SwarmClient
 from ..swarm.messages import StoreBatchRequest, StoreRequest, store_batches
 from .access import NetworkAccess
 from .content import copy_ttl_ms, decode_content
@@ -41,7 +41,6 @@ from .values import TRANSIENT
 logger = logging.getLogger(__name__)
 
 #: Refusals that no retry can change: the copy is dropped (and logged).
-PERMANENT_CODES = ("bad_request", "too_large", "bad_ttl", "unauthorized")
 
 
 class Outbox:
@@ -136,7 +135,7 @@ class Outbox:
                 try:
                     results = await self._swarm.store_batch(request)
                 except RpcError as exc:
-                    if exc.code not in PERMANENT_CODES:
+                    if exc.code not in REFUSED_FOR_GOOD:
                         raise
                     results = [await self._store_alone(store) for store in request.stores]
                 self._settled([copy for copy, _ in copies[done : done + len(results)]], results)
@@ -158,7 +157,7 @@ class Outbox:
         retry: RpcError | None = None
         for copy, result in zip(copies, results, strict=True):
             if isinstance(result, RpcError):
-                if result.code not in PERMANENT_CODES:
+                if result.code not in REFUSED_FOR_GOOD:
                     retry = retry or result
                     continue
                 logger.error("dropping a copy for %s: %s", copy.owner[:12], result)

@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 #: Errors after which another member of the swarm is tried.
 RETRYABLE = ("unavailable", "rate_limited", "internal")
+#: Refusals that say the request will never succeed (the outbox drops a copy refused so):
+#: taken only from two members, or the one member of a swarm of one.
+REFUSED_FOR_GOOD = ("bad_request", "too_large", "bad_ttl", "unauthorized")
 MAX_BACKOFF_S = 60.0
 Deliver = Callable[[list[Message]], Awaitable[None]]
 
@@ -99,11 +102,19 @@ class SwarmClient:
             signer = self._signers[identity.session_id] = AuthSigner(identity)
         return signer
 
-    async def _call_swarm(self, owner: str, method: str, params: Params) -> tuple[Any, NodeInfo]:
-        """Call ``method`` on members of ``owner``'s swarm until one answers; each
-        attempt makes its own ``params``."""
+    async def _call_swarm(
+        self, owner: str, method: str, params: Params, *, besides: NodeInfo | None = None
+    ) -> tuple[Any, NodeInfo]:
+        """Call ``method`` on members of ``owner``'s swarm (but ``besides``) until one
+        answers. A refusal for good (:data:`REFUSED_FOR_GOOD`) is one member's word, which
+        a caller acts on by giving up what it asked (the outbox drops the copy): it is
+        taken once a second member says the same, or from the one member of a swarm of
+        one; from one member alone while the others are out of reach it is ``unavailable``,
+        so the caller asks again later."""
         last_error: Exception = RpcError("unavailable", "no node of the swarm answered")
-        nodes = await self.swarm_nodes(owner)
+        nodes = [node for node in await self.swarm_nodes(owner) if node != besides]
+        needed = min(2 if besides is None else 1, len(nodes))
+        refusals: list[RpcError] = []
         redirects = 0
         while nodes:
             node = nodes.pop(0)
@@ -114,11 +125,19 @@ class SwarmClient:
                 if exc.code == "wrong_swarm" and redirects < 2:
                     redirects += 1
                     await self.refresh()
-                    nodes = await self.swarm_nodes(owner)
+                    nodes = [node for node in await self.swarm_nodes(owner) if node != besides]
+                elif exc.code in REFUSED_FOR_GOOD:
+                    refusals.append(exc)
+                    if len(refusals) >= needed:
+                        raise refusals[0] from None
                 elif exc.code not in RETRYABLE:
                     raise
             except (OSError, ConnectionLost) as exc:
                 last_error = exc
+        if refusals:
+            raise RpcError(
+                "unavailable", f"one member refused ({refusals[0]}) and no other answered"
+            )
         if isinstance(last_error, RpcError):
             raise last_error
         raise RpcError("unavailable", f"no node of the swarm answered: {last_error}")
@@ -146,13 +165,29 @@ class SwarmClient:
         :func:`~.messages.store_batches` cuts a longer list): per store its (hash,
         expiry) as :meth:`store` returns them, or its refusal. A failure of the request
         itself (no member answered, or the batch refused whole) raises, as :meth:`store`
-        does."""
+        does. Stores the member refused for good are asked of another member (see
+        :meth:`_call_swarm`), whose answer stands: stored, or refused by a second
+        member; none answering, they are ``unavailable``."""
         if not request.stores:
             raise ValueError("a store_batch holds at least one store")
         owner = request.stores[0].pubkey
-        result, _ = await self._call_swarm(owner, "store_batch", request.to_wire())
-        reply = StoreBatchReply.from_wire(result, stores=len(request.stores))
-        return [(r.hash, r.expiry_ms) if isinstance(r, StoreReply) else r for r in reply.results]
+        result, node = await self._call_swarm(owner, "store_batch", request.to_wire())
+        results = _batch_results(result, request)
+        refused = [i for i, r in enumerate(results) if _for_good(r)]
+        if not refused or len(await self.swarm_nodes(owner)) < 2:
+            return results
+        again = StoreBatchRequest(tuple(request.stores[i] for i in refused))
+        try:
+            result, _ = await self._call_swarm(owner, "store_batch", again.to_wire(), besides=node)
+            second = _batch_results(result, again)
+        except (RpcError, OSError, ConnectionLost, DecodeError) as exc:
+            unconfirmed = exc if isinstance(exc, RpcError) and _for_good(exc) else None
+            second = [unconfirmed or RpcError("unavailable", f"not confirmed: {exc}")] * len(
+                refused
+            )
+        for index, answer in zip(refused, second, strict=True):
+            results[index] = answer
+        return results
 
     async def retrieve(
         self,
@@ -295,6 +330,17 @@ class SwarmClient:
                 logger.info("subscription for %s interrupted: %s", identity.session_id[:10], exc)
                 failed_url = node.url if node is not None else ""
                 await trio.sleep(backoff.failed())
+
+
+def _batch_results(
+    result: object, request: StoreBatchRequest
+) -> list[tuple[bytes, int] | RpcError]:
+    reply = StoreBatchReply.from_wire(result, stores=len(request.stores))
+    return [(r.hash, r.expiry_ms) if isinstance(r, StoreReply) else r for r in reply.results]
+
+
+def _for_good(result: object) -> bool:
+    return isinstance(result, RpcError) and result.code in REFUSED_FOR_GOOD
 
 
 @asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -36,7 +37,14 @@ from p2psync.identity import Identity, session_id_key
 from p2psync.mapping import PAIRING_WINDOW_MS, create_mapping, revoke_pairing
 from p2psync.opengroup import open_opengroup_client, sign_post
 from p2psync.swarm.client import SwarmClient, open_swarm_client
-from p2psync.swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
+from p2psync.swarm.constants import (
+    MAX_STORE_BATCH,
+    NAMESPACE_CONTROL,
+    NAMESPACE_MESSAGES,
+    NAMESPACE_SYNC,
+)
+from p2psync.swarm.messages import StoreBatchReply
+from p2psync.wire import Fields
 
 from ..swarm.helpers import wait_until
 from .helpers import befriend, device, open_world, pair, stored_kinds, texts
@@ -425,3 +433,40 @@ async def test_a_record_that_trips_an_unforeseen_error_is_refused_not_fatal(
         await wait_until(lambda: texts(alice, bob.session_id) == [(False, "still here")])
         assert alice.rejected == 1
         assert "unexpected OverflowError" in alice.rejections[0].reason
+
+
+async def test_one_member_refusing_every_store_for_good_has_no_copy_dropped(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A member of Bob's swarm answers every store, and each store of every batch, with a
+    refusal for good. Its word alone drops nothing: a second member is asked, stores the
+    copy, and every message reaches Bob, sent online and written offline alike."""
+    async with open_world() as network, device(network, tmp_path, "bob", "linked") as bob:
+        async with device(network, tmp_path, "alice", "linked") as alice:
+            await befriend(alice, bob)
+            hostile = next(node for node in network.running_nodes() if node.owns(bob.session_id))
+            refused: list[str] = []
+
+            def refuse_store(params: Fields, connection: object) -> None:
+                refused.append("store")
+                raise RpcError("bad_request", "refused for good, or so it says")
+
+            def refuse_each_store(params: Fields, connection: object) -> dict[str, Any]:
+                stores = params.items("stores", max_len=MAX_STORE_BATCH)
+                refused.append("store_batch")
+                return StoreBatchReply.wire([RpcError("too_large", "so it says")] * len(stores))
+
+            hostile.rpc.methods["store"] = refuse_store
+            hostile.rpc.methods["store_batch"] = refuse_each_store
+            for i in range(24):  # a request each, to members in turn at random
+                await alice.send(bob.session_id, f"online {i}")
+                with trio.fail_after(60):
+                    await alice.flush()
+            await alice.set_online(False)
+            for i in range(8):
+                await alice.send(bob.session_id, f"written offline {i}")
+            await alice.set_online(True)
+            with trio.fail_after(300):
+                await alice.flush()
+            await wait_until(lambda: len(bob.history(alice.session_id)) == 32)
+        assert refused, "the hostile member was asked"

@@ -19,9 +19,12 @@ from p2psync.identity import Identity
 from p2psync.network import open_local_network
 from p2psync.rpc import ServerLimits, open_rpc
 from p2psync.swarm.auth import AuthSigner, auth_text
-from p2psync.swarm.constants import MAX_DATA_BYTES
+from p2psync.swarm.constants import MAX_DATA_BYTES, MAX_STORE_BATCH
+from p2psync.swarm.messages import StoreBatchReply, StoreBatchRequest, StoreRequest
 from p2psync.swarm.node_config import NodeConfig
-from p2psync.wire import decode_frame, encode_cbor
+from p2psync.wire import Fields, decode_frame, encode_cbor
+
+from .helpers import open_test_swarm, swarm_of
 
 ALICE = Identity.from_label("alice")
 MALLORY = Identity.from_label("mallory")
@@ -401,3 +404,97 @@ async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
             assert all(node.store.get(ALICE.session_id, 0, digest) for digest in stored)
             await trio.sleep(30)
             await client.call("store", store_params(data=big + b"5", timestamp=clock.now_ms()))
+
+
+def _refusing(code: str, asked: list[str], name: str) -> Any:
+    def refuse(params: Fields, connection: object) -> None:
+        asked.append(name)
+        raise RpcError(code, "so it says")
+
+    return refuse
+
+
+async def test_a_refusal_for_good_is_one_members_word_until_a_second_says_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A caller drops what was refused for good, so one member's word is not taken: with
+    the other members out of reach the store is ``unavailable`` (asked again later), a
+    second member saying it too makes it so, and in a swarm of one its one member's
+    word stands."""
+    async with open_test_swarm(6) as (network, swarm):
+        hostile, *others = swarm_of(network, ALICE)
+        asked: list[str] = []
+        hostile.rpc.methods["store"] = _refusing("bad_request", asked, hostile.url)
+        for node in others:
+            node.rpc.methods["store"] = _refusing("unavailable", asked, node.url)
+        with pytest.raises(RpcError) as alone:
+            await swarm.store(ALICE.session_id, 0, b"hello")
+        assert alone.value.code == "unavailable" and "one member refused" in alone.value.message
+        assert sorted(asked) == sorted(node.url for node in (hostile, *others))
+
+        asked.clear()
+        for node in others:
+            node.rpc.methods["store"] = _refusing("bad_request", asked, node.url)
+        with pytest.raises(RpcError) as confirmed:
+            await swarm.store(ALICE.session_id, 0, b"hello")
+        assert confirmed.value.code == "bad_request" and len(asked) == 2
+
+    async with open_test_swarm(1) as (network, swarm):
+        (only,) = swarm_of(network, ALICE)
+        asked.clear()
+        only.rpc.methods["store"] = _refusing("bad_request", asked, only.url)
+        with pytest.raises(RpcError) as one_of_one:
+            await swarm.store(ALICE.session_id, 0, b"hello")
+        assert one_of_one.value.code == "bad_request" and asked == [only.url]
+
+
+async def test_stores_of_a_batch_refused_for_good_are_asked_of_a_second_member(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The stores of a batch the member asked refused for good go to another member in
+    a batch of their own, whose answer stands: stored there, or refused by it too."""
+    async with open_test_swarm(6) as (network, swarm):
+        members = swarm_of(network, ALICE)
+        batches: list[int] = []
+        honest = {node.url: node.rpc.methods["store_batch"] for node in members}
+
+        def lie_first(url: str) -> Any:
+            def store_batch(params: Fields, connection: Any) -> Any:
+                stores = params.items("stores", max_len=MAX_STORE_BATCH)
+                batches.append(len(stores))
+                if len(batches) == 1:  # whichever member is asked first lies
+                    return StoreBatchReply.wire([RpcError("bad_ttl", "so it says")] * len(stores))
+                return honest[url](params, connection)  # a reply, or one to come
+
+            return store_batch
+
+        for node in members:
+            node.rpc.methods["store_batch"] = lie_first(node.url)
+        results = await swarm.store_batch(_batch(3))
+        assert batches == [3, 3]
+        assert all(isinstance(result, tuple) for result in results)
+
+        batches.clear()
+        for node in members:
+            node.rpc.methods["store_batch"] = _refusing_each("bad_ttl", batches)
+        results = await swarm.store_batch(_batch(3))
+        assert batches == [3, 3]
+        assert all(isinstance(r, RpcError) and r.code == "bad_ttl" for r in results)
+
+
+def _batch(count: int) -> StoreBatchRequest:
+    return StoreBatchRequest(
+        tuple(
+            StoreRequest(ALICE.session_id, 0, 3_600_000, TEST_EPOCH_MS, bytes([i]))
+            for i in range(count)
+        )
+    )
+
+
+def _refusing_each(code: str, batches: list[int]) -> Any:
+    def refuse_each(params: Fields, connection: object) -> dict[str, Any]:
+        stores = params.items("stores", max_len=MAX_STORE_BATCH)
+        batches.append(len(stores))
+        return StoreBatchReply.wire([RpcError(code, "so it says")] * len(stores))
+
+    return refuse_each
