@@ -13,7 +13,8 @@ and removed by the next run on the same data directory. Each run takes the first
 devices run by default) is ``.1``, hosts are ``.2`` onwards.
 
 :class:`HostPlan` is pure (names, addresses, and the ``ip`` commands that make and remove
-them); :func:`open_hosts` and :func:`open_device_host` run those commands. Where a child
+them); :func:`open_hosts` and :func:`open_device_host` run those commands. A service on
+a host runs as a uid of its own (:mod:`.service_users`). Where a child
 listens, and how its address is read back from its url, is decided here and only here.
 """
 
@@ -25,10 +26,8 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ import trio
 
 from overlay.addresses import split_host_port
 
+from .process_lock import open_lock_file
+from .service_users import BOOK, PROBE_UID, as_service
 from .urls import bare_address
 
 logger = logging.getLogger(__name__)
@@ -49,46 +50,21 @@ RUN_ID_HEX = 6
 #: Host addresses are .2 to .254 of the run's /24.
 MAX_HOSTS = 253
 HOSTS_FILE = "hosts.json"
-#: Held while a run picks its /24 and claims it, so two runs starting at once differ.
-SUBNET_LOCK = Path(tempfile.gettempdir()) / "p2psync-hosts.lock"
+#: Held while a run picks its /24 and claims it, so two runs starting at once differ;
+#: in root's own folder (hosts need root), where no one else can hold or replace it.
+SUBNET_LOCK = BOOK.parent / "hosts.lock"
 
 
 class HostsError(OSError):
     """Hosts could not be made or found (said in one line)."""
 
 
-#: How a service on a host runs: with no capability and no way to gain one
-#: (``setpriv`` of util-linux), which takes away joining or making namespaces, configuring
-#: interfaces and routes and raw sockets, and as a uid of its own (:data:`SERVICE_UID_BASE`),
-#: so it owns none of the system's files and may signal none of root's processes, nor
-#: another service's (docs/security.md, 38).
-WITHOUT_CAPABILITIES = (
-    "setpriv",
-    "--no-new-privs",
-    "--inh-caps=-all",
-    "--ambient-caps=-all",
-    "--bounding-set=-all",
-    "--clear-groups",
-)
-#: A service's uid is this plus its run's /24 times 256 plus its host's index: no two
-#: services of the runs alive at once share one (their /24s differ), and none is a
-#: system account's or, in the usual ``/etc/subuid`` ranges, a container's.
-SERVICE_UID_BASE = 0x770000
-
-
-def as_service(uid: int, command: Sequence[str]) -> list[str]:
-    """``command`` without capabilities, as ``uid`` (its group too, and no others)."""
-    return [*WITHOUT_CAPABILITIES, f"--reuid={uid}", f"--regid={uid}", *command]
-
-
 @dataclass(frozen=True)
 class Host:
-    """Where a child runs: loopback here, or a namespace with an address of its own and
-    the uid its services run as."""
+    """Where a child runs: loopback here, or a namespace with an address of its own."""
 
     address: str
     namespace: str | None = None
-    uid: int | None = None
 
     def wrap(self, command: Sequence[str]) -> list[str]:
         """``command`` run in this host, as it is (``p2psync network host``: the user's
@@ -97,12 +73,15 @@ class Host:
             return list(command)
         return ["ip", "netns", "exec", self.namespace, *command]
 
-    def wrap_service(self, command: Sequence[str]) -> list[str]:
-        """A service of the network run in this host: in a namespace, without
-        capabilities, as the host's uid (:func:`as_service`)."""
-        if self.uid is None:
-            return self.wrap(command)
-        return self.wrap(as_service(self.uid, command))
+    def wrap_service(self, command: Sequence[str], uid: int | None) -> list[str]:
+        """A service of the network run in this host: in a namespace, as ``uid``
+        without capabilities (:func:`~.service_users.as_service`), which a host in a
+        namespace requires."""
+        if self.namespace is None:
+            return list(command)
+        if uid is None:
+            raise ValueError("a service on a host runs as a uid of its own")
+        return self.wrap(as_service(uid, command))
 
     def listen(self, port: int = 0) -> str:
         """The ``--listen`` of a service on this host (port 0: any free one)."""
@@ -148,11 +127,7 @@ class HostPlan:
     def host(self, index: int) -> Host:
         if not 0 <= index < MAX_HOSTS:
             raise ValueError(f"host {index} is outside 0-{MAX_HOSTS - 1}")
-        return Host(
-            f"{NETWORK}.{self.subnet}.{index + 2}",
-            f"{self.prefix}-{index}",
-            SERVICE_UID_BASE + self.subnet * 256 + index,
-        )
+        return Host(f"{NETWORK}.{self.subnet}.{index + 2}", f"{self.prefix}-{index}")
 
     def _veth(self, index: int) -> str:
         return f"{self.prefix}v{index}"
@@ -289,7 +264,7 @@ def unavailable_reason(data_dir: Path | None = None) -> str | None:
     # modules hold across a minor version's releases, not across minor versions.
     probe = "import sys, p2psync.services; print(*sys.version_info[:2])"
     confined = subprocess.run(
-        as_service(SERVICE_UID_BASE, [sys.executable, "-c", probe]),
+        as_service(PROBE_UID, [sys.executable, "-c", probe]),
         capture_output=True,
         text=True,
         cwd="/",
@@ -305,7 +280,7 @@ def unavailable_reason(data_dir: Path | None = None) -> str | None:
             f"{ours.replace(' ', '.')}: its files are not all open to others"
         )
     if data_dir is not None:
-        reach = as_service(SERVICE_UID_BASE, ["test", "-x", str(data_dir.absolute())])
+        reach = as_service(PROBE_UID, ["test", "-x", str(data_dir.absolute())])
         if subprocess.run(reach, cwd="/").returncode != 0:
             return (
                 f"a service's own uid cannot reach {data_dir} "
@@ -320,28 +295,6 @@ def unavailable_reason(data_dir: Path | None = None) -> str | None:
 
 
 # --- the driver: runs the plan's commands ---------------------------------------------------
-
-
-def hand_over(folder: Path, uid: int) -> None:
-    """Make ``folder`` and what the launcher put in it ``uid``'s, and the folder its alone
-    (mode 700): what its service keeps there (keys, stores) is no other service's to read.
-
-    The folder is the service's to write, so a run before may have left links in it for
-    root to follow: only folders and files with one name are handed over, never what a
-    symbolic link names or a file linked in from elsewhere (``/etc/shadow`` hard-linked
-    in, where the kernel allows that, would otherwise become the service's)."""
-    for root, directories, files in os.walk(folder):
-        for name in (*directories, *files):
-            _give(Path(root) / name, uid)
-    _give(folder, uid)
-    os.chmod(folder, 0o700, follow_symlinks=False)
-
-
-def _give(path: Path, uid: int) -> None:
-    info = os.lstat(path)
-    own = stat.S_ISDIR(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_nlink == 1)
-    if own and info.st_uid != uid:
-        os.chown(path, uid, uid, follow_symlinks=False)
 
 
 def _first_line(text: str) -> str:
@@ -382,7 +335,7 @@ async def _remove_run(run_id: str) -> None:
 
 @asynccontextmanager
 async def _locked(path: Path) -> AsyncIterator[None]:
-    with path.open("a") as handle:
+    with open_lock_file(path) as handle:
         await trio.to_thread.run_sync(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -432,6 +385,7 @@ async def open_hosts(data_dir: Path, names: Sequence[str]) -> AsyncIterator[dict
             if stale.pid != os.getpid() and _alive(stale.pid):
                 raise HostsError(f"a network of hosts already runs on {data_dir} (pid {stale.pid})")
             await _remove_run(stale.plan.run_id)
+        SUBNET_LOCK.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         async with _locked(SUBNET_LOCK):
             addresses = [
                 info["local"]

@@ -34,9 +34,10 @@ from overlay.link import Transport
 
 from .clock import Clock
 from .errors import P2PSyncError
-from .hosts import LOOPBACK, Host, hand_over, open_device_host, open_hosts
+from .hosts import LOOPBACK, Host, open_device_host, open_hosts
 from .process_lock import InUse, ProcessLock
 from .rpc import open_rpc
+from .service_users import hand_over, refuse_foreign_folder, service_uid
 from .services import (
     REGISTRY_FILE,
     RELAY_KEY_FILE,
@@ -66,13 +67,14 @@ VIEW_POLL_S = 0.5
 @dataclass(frozen=True)
 class Service:
     """One service child (``python -m p2psync ARGS --data DIR``): what it runs, on which
-    host, and where its data and its log (``DIR/../<name>.log``) live. On a host with a
-    uid of its own, ``DIR`` is handed to that uid before it starts."""
+    host, and where its data and its log (``DIR/../<name>.log``) live. On a host it runs
+    as ``uid``, its folder's own (:mod:`.service_users`), which ``DIR`` is handed to."""
 
     name: str
     args: tuple[str, ...]
     data_dir: Path
     host: Host = LOOPBACK
+    uid: int | None = None
 
     @property
     def log_path(self) -> Path:
@@ -90,7 +92,8 @@ class Service:
                 "--listen",
                 self.host.listen(port),
                 "--exit-with-stdin",
-            ]
+            ],
+            self.uid,
         )
 
 
@@ -122,8 +125,8 @@ async def run_service(
     process lives (see services.exit_when_stdin_closes), so no child outlives its
     launcher even if the launcher is killed outright."""
     service.data_dir.mkdir(parents=True, exist_ok=True)
-    if service.host.uid is not None:
-        hand_over(service.data_dir, service.host.uid)
+    if service.uid is not None:
+        hand_over(service.data_dir, service.uid)
     async with trio.open_nursery() as nursery:
         with service.log_path.open("ab") as log:
             process: trio.Process = await nursery.start(
@@ -181,7 +184,11 @@ class Launcher:
         return path
 
     async def start(self, name: str, *args: str) -> str:
-        service = Service(name, args, self.data_dir_of(name), self._hosts.get(name, LOOPBACK))
+        host, folder = self._hosts.get(name, LOOPBACK), self.data_dir_of(name)
+        uid = None if host.namespace is None else await trio.to_thread.run_sync(service_uid, folder)
+        if uid is None:
+            refuse_foreign_folder(folder)
+        service = Service(name, args, folder, host, uid)
         running: Running = await self._nursery.start(self._run, service)
         return running.url
 

@@ -12,11 +12,12 @@ in."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from .errors import P2PSyncError
 
@@ -46,12 +47,22 @@ def _try_lock(file: IO[bytes]) -> bool:
     return True
 
 
+def open_lock_file(path: str | Path) -> BinaryIO:
+    """``path`` opened to be locked (made if missing), its owner's alone: anyone who may
+    open a lock file may hold a lock on it (a read lock stops a writer's), and may put a
+    link at its name for the owner to follow, so neither is allowed."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    with contextlib.suppress(PermissionError):  # another user's file: theirs to keep
+        os.fchmod(descriptor, 0o600)
+    return os.fdopen(descriptor, "a+b")
+
+
 class ProcessLock:
     """The lock on ``path`` (made if missing), or :class:`InUse` at once."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "a+b")  # noqa: SIM115 (held until close)
+        self._file = open_lock_file(self.path)
         if not _try_lock(self._file):
             self._file.close()
             raise InUse(f"{self.path} is held by another process")

@@ -37,7 +37,7 @@ from .identity import SEED_BYTES, Identity
 from .onion_requests import ExitServers, ListedExits, OnionService, open_rpc_exit
 from .opengroup import OpenGroupServer
 from .rpc import RpcServer
-from .swarm.admission import Ledger, Registration, checked_registration
+from .swarm.admission import MAX_REGISTRATION_BYTES, Ledger, Registration, checked_registration
 from .swarm.directory import Directory, FileDirectory, Listing, RegistryDirectory
 from .swarm.listing import IpRange
 from .swarm.node import StorageNode
@@ -46,6 +46,7 @@ from .swarm.registry import RegistryServer
 from .swarm.settling import next_listing_read_s
 from .swarm.store import MessageStore
 from .urls import server_url
+from .whole_file import create_file, read_small_file
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +73,17 @@ async def exit_when_stdin_closes(service: Callable[..., Awaitable[None]], *args:
 
 
 def load_or_create_identity(path: Path) -> Identity:
-    """The service's key, created on first start (readable by the owner only)."""
-    if path.exists():
-        seed = path.read_bytes()
+    """The service's key, created on first start (readable by the owner only). Read and
+    made without following a link at its name: the launcher, as root, reads it in a
+    folder the service may write (:func:`~.whole_file.read_small_file`)."""
+    seed = read_small_file(path, SEED_BYTES)
+    if seed is not None:
         if len(seed) != SEED_BYTES:
             raise ValueError(f"{path} is not a {SEED_BYTES}-byte key file")
         return Identity(seed)
     identity = Identity.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(identity.seed)
+    create_file(path, identity.seed, 0o600)
     return identity
 
 
@@ -108,11 +109,12 @@ def admit_node(ledger: Ledger, data_dir: Path, key_file: str = "") -> Registrati
     relay) kept in ``data_dir`` (its key made if new), issued by ``ledger`` the first
     time and kept there, so a node keeps its ring position."""
     path = data_dir / REGISTRATION_FILE
-    if path.exists():
-        return Registration.decode(path.read_bytes())
+    kept = read_small_file(path, MAX_REGISTRATION_BYTES)
+    if kept is not None:
+        return Registration.decode(kept)
     identity = load_or_create_identity(data_dir / (key_file or NODE_KEY_FILE))
     registration = ledger.register(identity.ed25519_public.hex())
-    path.write_bytes(registration.encode())
+    create_file(path, registration.encode(), 0o644)
     return registration
 
 
@@ -157,14 +159,14 @@ def node_registration(data_dir: Path, ledger: bytes | None, key_file: str = "") 
     data directory, checked against ``ledger``; a network with a ledger does not list
     one without, so starting it is an error."""
     path = data_dir / REGISTRATION_FILE
-    if not path.exists():
+    data = read_small_file(path, MAX_REGISTRATION_BYTES)
+    if data is None:
         if ledger is not None:
             raise NotAdmittedError(
                 f"no registration in {path}: the ledger must admit it first"
                 " (p2psync ledger register)"
             )
         return b""
-    data = path.read_bytes()
     if ledger is not None:
         identity = load_or_create_identity(data_dir / (key_file or NODE_KEY_FILE))
         try:

@@ -41,3 +41,32 @@ def remove_leftovers(path: Path) -> None:
 
 def _prefix(path: Path) -> str:
     return f".{path.name}."
+
+
+def read_small_file(path: Path, max_bytes: int) -> bytes | None:
+    """The contents of the regular file ``path`` (None: there is none), refused if it is
+    larger than ``max_bytes``. Its name is not followed if it is a link, and a pipe or a
+    device there is refused unopened: a file a less trusted process could have put there
+    (a service's folder, read by the root launcher) cannot make the reader read another
+    file, wait on a pipe or read without end."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise OSError(error.errno, f"{path} cannot be read as a file: {error.strerror}") from None
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"{path} is over {max_bytes} bytes")
+    return data
+
+
+def create_file(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` holding ``data`` (with ``mode``), where nothing is: never through a
+    link someone left at its name (a link there, even to nowhere, is an error)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)

@@ -11,7 +11,6 @@ import pytest
 from p2psync.hosts import (
     LOOPBACK,
     MAX_HOSTS,
-    SERVICE_UID_BASE,
     Host,
     HostPlan,
     HostsError,
@@ -21,6 +20,7 @@ from p2psync.hosts import (
     port_of,
     removals,
 )
+from p2psync.service_users import SERVICE_UID_BASE
 
 #: The kernel's limit on an interface name (IFNAMSIZ - 1).
 MAX_IFNAME = 15
@@ -46,20 +46,9 @@ def test_hosts_have_addresses_of_their_own_in_the_runs_subnet() -> None:
     plan = HostPlan("abcdef", 3)
     hosts = [plan.host(index) for index in range(MAX_HOSTS)]
     assert plan.gateway == "10.77.3.1"
-    assert hosts[0] == Host("10.77.3.2", "p2psabcdef-0", SERVICE_UID_BASE + 3 * 256)
+    assert hosts[0] == Host("10.77.3.2", "p2psabcdef-0")
     assert hosts[-1].address == "10.77.3.254"
     assert len({host.address for host in hosts} | {plan.gateway}) == MAX_HOSTS + 1
-
-
-def test_every_service_of_every_run_has_a_uid_of_its_own() -> None:
-    """Runs alive at once hold different /24s, so uids differ across them too."""
-    uids = [
-        HostPlan("abcdef", subnet).host(index).uid
-        for subnet in range(256)
-        for index in range(MAX_HOSTS)
-    ]
-    assert len(set(uids)) == len(uids)
-    assert all(uid is not None and SERVICE_UID_BASE <= uid < 2**31 for uid in uids)
 
 
 @pytest.mark.parametrize("index", [-1, MAX_HOSTS])
@@ -122,7 +111,7 @@ def test_a_host_wraps_commands_in_its_namespace_and_listens_on_its_address() -> 
         "ping",
         "10.77.0.1",
     ]
-    assert host.wrap_service(["p2psync", "node"]) == [
+    assert host.wrap_service(["p2psync", "node"], SERVICE_UID_BASE) == [
         "ip",
         "netns",
         "exec",
@@ -139,7 +128,9 @@ def test_a_host_wraps_commands_in_its_namespace_and_listens_on_its_address() -> 
         "node",
     ]
     assert host.listen() == "10.77.0.2:0"
-    assert LOOPBACK.wrap(["p2psync"]) == LOOPBACK.wrap_service(["p2psync"]) == ["p2psync"]
+    assert LOOPBACK.wrap(["p2psync"]) == LOOPBACK.wrap_service(["p2psync"], None) == ["p2psync"]
+    with pytest.raises(ValueError, match="uid of its own"):
+        host.wrap_service(["p2psync", "node"], None)
     assert LOOPBACK.listen(9000) == "127.0.0.1:9000"
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,8 @@ import pytest
 import trio
 
 from overlay.addresses import split_host_port
-from p2psync.hosts import SERVICE_UID_BASE, as_service, hand_over, unavailable_reason
+from p2psync.hosts import unavailable_reason
+from p2psync.service_users import as_service
 from p2psync.urls import bare_address
 
 P2PSYNC = [sys.executable, "-m", "p2psync"]
@@ -107,27 +107,6 @@ def open_folder() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="handing a folder over takes root")
-def test_a_folder_is_handed_over_without_what_links_in_it_name(tmp_path: Path) -> None:
-    """What a service left in its folder for the launcher, which runs as root, to follow
-    on its next start: a symbolic link and a hard link to files that are not its own."""
-    uid = SERVICE_UID_BASE + 250
-    secret, other = tmp_path / "secret", tmp_path / "other"
-    secret.write_text("root's")
-    other.write_text("root's too")
-    folder = tmp_path / "node-0"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "node.key").write_text("its own")
-    os.link(secret, folder / "sub" / "shadow")
-    (folder / "passwd").symlink_to(other)
-    hand_over(folder, uid)
-    assert [path.stat().st_uid for path in (folder, folder / "sub", folder / "node.key")] == [
-        uid
-    ] * 3
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert secret.stat().st_uid == 0 and other.stat().st_uid == 0
 
 
 @needs_hosts

@@ -1,0 +1,189 @@
+"""A uid of its own for each service of a network of hosts (``network up --hosts``).
+
+A service someone breaks into should hold nothing but its own folder: not root's files,
+not the ledger's key, not another service's keys or store, and no process but its own to
+signal. So each service runs without capabilities (``setpriv``) as a uid that is its
+folder's alone, on this machine, for good: the uid a folder was given is kept in a
+machine-wide book (:data:`BOOK`, root's alone), so the folder has it again on the next
+run, and no other folder, of this network or of another, is ever given it. A uid is
+given only if no account, group or process has it.
+
+Root never reaches into a folder a service has had: the launcher hands a folder over
+(:func:`hand_over`) only while it is root's (new, or from a run before services had uids
+of their own), when nothing a service left can be in it; a folder that belongs to
+another uid than its own is refused. What root still reads or writes in a service's
+folder (its registration, its public key) it opens without following links.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import grp
+import json
+import os
+import pwd
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: How a service runs: with no capability and no way to gain one (``setpriv`` of
+#: util-linux), which takes away joining or making namespaces, configuring interfaces and
+#: routes, raw sockets and reading what its uid may not, and with no group but its own.
+WITHOUT_CAPABILITIES = (
+    "setpriv",
+    "--no-new-privs",
+    "--inh-caps=-all",
+    "--ambient-caps=-all",
+    "--bounding-set=-all",
+    "--clear-groups",
+)
+#: Services' uids are given from here upward, skipping any an account, a group or a
+#: process has (a directory service or a container's range may reach this far).
+SERVICE_UID_BASE = 0x770000
+#: The uid the start-up check runs as: below every service's, never given to one.
+PROBE_UID = SERVICE_UID_BASE - 1
+MAX_SERVICE_UIDS = 1 << 20
+#: The machine-wide book of which folder has which uid.
+BOOK = Path("/var/lib/p2psync/service-uids.json")
+
+
+class ServiceUserError(OSError):
+    """A service's folder cannot be given to it (said in one line)."""
+
+
+def as_service(uid: int, command: Sequence[str]) -> list[str]:
+    """``command`` without capabilities, as ``uid`` (its group too, and no others)."""
+    return [*WITHOUT_CAPABILITIES, f"--reuid={uid}", f"--regid={uid}", *command]
+
+
+@dataclass(frozen=True)
+class UidBook:
+    """Folders (absolute paths) and the uid each was given. Read back from a file, so
+    every entry is checked: a uid outside the services' range would hand a folder to an
+    account."""
+
+    uids: Mapping[str, int]
+
+    def encode(self) -> str:
+        return json.dumps(dict(sorted(self.uids.items())), indent=1) + "\n"
+
+    @classmethod
+    def decode(cls, text: str) -> UidBook:
+        try:
+            record = json.loads(text)
+        except ValueError as error:
+            raise ServiceUserError(f"{BOOK} is not JSON: {error}") from None
+        if not isinstance(record, dict) or not all(
+            isinstance(folder, str)
+            and folder.startswith("/")
+            and isinstance(uid, int)
+            and not isinstance(uid, bool)
+            and SERVICE_UID_BASE <= uid < SERVICE_UID_BASE + MAX_SERVICE_UIDS
+            for folder, uid in record.items()
+        ):
+            raise ServiceUserError(f"{BOOK} must map folders to uids of services")
+        return cls(record)
+
+    def give(
+        self, folder: str, exists: Callable[[str], bool], taken: Callable[[int], bool]
+    ) -> tuple[int, UidBook]:
+        """The uid of ``folder``, and the book after: the one it has, else the lowest
+        that no folder in the book has and ``taken`` does not say is someone's. Entries
+        of folders that no longer ``exist`` go (their uids may be given again: nothing
+        of theirs is left)."""
+        kept = {path: uid for path, uid in self.uids.items() if path == folder or exists(path)}
+        if folder in kept:
+            return kept[folder], UidBook(kept)
+        used = set(kept.values())
+        for uid in range(SERVICE_UID_BASE, SERVICE_UID_BASE + MAX_SERVICE_UIDS):
+            if uid not in used and not taken(uid):
+                return uid, UidBook({**kept, folder: uid})
+        raise ServiceUserError("every uid services may have is given")
+
+
+# --- the driver ---------------------------------------------------------------------------
+
+
+def service_uid(folder: Path, book: Path = BOOK) -> int:
+    """The uid of the service kept in ``folder`` (given now if it has none), recorded in
+    ``book`` under a lock, so two launchers at once never give one uid twice."""
+    book.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(book, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "r+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        text = handle.read()
+        known = UidBook.decode(text) if text.strip() else UidBook({})
+        uid, after = known.give(str(folder.absolute()), os.path.isdir, uid_is_taken)
+        if after != known:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(after.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+    return uid
+
+
+def uid_is_taken(uid: int) -> bool:
+    """Whether an account, a group or a running process has ``uid``."""
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(uid)
+            return True
+        except KeyError:
+            pass
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith(("Uid:", "Gid:")) and str(uid) in line.split()[1:]:
+                    return True
+    return False
+
+
+def hand_over(folder: Path, uid: int) -> None:
+    """Make ``folder`` ``uid``'s, and its alone (mode 700).
+
+    A folder that is root's (the launcher made it, or a run before services had uids of
+    their own kept it) is handed over with all in it: nothing a service left can be in
+    it. One that is ``uid``'s already is left as it is: root does not walk what a service
+    could have filled with links. One of any other owner is refused."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        owner = os.fstat(descriptor).st_uid
+        if owner == 0:
+            for _, directories, files, inside in os.fwalk(dir_fd=descriptor):
+                for name in (*directories, *files):
+                    _give(name, inside, uid)
+            os.fchown(descriptor, uid, uid)
+        elif owner != uid:
+            raise ServiceUserError(
+                f"{folder} belongs to uid {owner}, not to its service's ({uid}): "
+                f"remove it, or chown -R {uid}:{uid} it if it is this service's"
+            )
+        os.fchmod(descriptor, 0o700)
+    finally:
+        os.close(descriptor)
+
+
+def refuse_foreign_folder(folder: Path) -> None:
+    """A service run as this process (on loopback) may not use a folder another uid has
+    had: as root it would open, and SQLite create, whatever that uid left at the names
+    it uses (a link to a file of root's)."""
+    owner = os.stat(folder, follow_symlinks=False).st_uid
+    if owner != os.geteuid():
+        raise ServiceUserError(
+            f"{folder} belongs to uid {owner} (a service of a network of hosts?), not to "
+            f"this process's ({os.geteuid()}): run it with --hosts again, or remove it"
+        )
+
+
+def _give(name: str, directory: int, uid: int) -> None:
+    """Only folders and files with one name: a file linked in from elsewhere is not the
+    folder's to give (``/etc/shadow`` hard-linked in, where the kernel allows that)."""
+    info = os.lstat(name, dir_fd=directory)
+    if stat.S_ISDIR(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_nlink == 1):
+        os.chown(name, uid, uid, dir_fd=directory, follow_symlinks=False)

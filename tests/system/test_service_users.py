@@ -1,0 +1,139 @@
+"""What root, launching a network of hosts, does in folders its services have had: it
+hands a folder over only while it is root's, follows no link a service left there, and
+gives every folder a uid of its own, kept from run to run."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from p2psync.process_lock import ProcessLock
+from p2psync.service_users import (
+    SERVICE_UID_BASE,
+    ServiceUserError,
+    hand_over,
+    refuse_foreign_folder,
+    service_uid,
+)
+from p2psync.services import admit_node, load_or_create_identity, open_ledger
+
+UID = SERVICE_UID_BASE + 250
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="handing a folder over takes root")
+
+
+@needs_root
+def test_a_folder_of_roots_is_handed_over_with_all_in_it_but_files_linked_in(
+    tmp_path: Path,
+) -> None:
+    """What the launcher made is the service's; a file hard-linked in from elsewhere (as
+    a service that ran as root before could have left) is not the folder's to give."""
+    secret = tmp_path / "secret"
+    secret.write_text("root's")
+    folder = tmp_path / "node-0"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "node.key").write_text("its own")
+    os.link(secret, folder / "sub" / "shadow")
+    hand_over(folder, UID)
+    handed = (folder, folder / "sub", folder / "node.key")
+    assert [path.stat().st_uid for path in handed] == [UID] * 3
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert secret.stat().st_uid == 0
+
+
+@needs_root
+def test_a_folder_its_service_has_had_is_not_walked_by_root(tmp_path: Path) -> None:
+    """Whatever a service left in its folder (links that would lead root's chown where
+    it pleases, swapped in while root walks) root does not look at: the folder is the
+    service's already, and only its mode is put right."""
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    folder = tmp_path / "node-0"
+    folder.mkdir(mode=0o755)
+    (folder / "planted").symlink_to(elsewhere)
+    (folder / "left").write_text("root's, as if a run of root's had left it")
+    os.chown(folder, UID, UID)
+    hand_over(folder, UID)
+    assert (folder / "left").stat().st_uid == 0 and elsewhere.stat().st_uid == 0
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+@needs_root
+def test_a_folder_of_another_service_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "node-0"
+    folder.mkdir()
+    os.chown(folder, UID + 1, UID + 1)
+    with pytest.raises(ServiceUserError, match=f"belongs to uid {UID + 1}"):
+        hand_over(folder, UID)
+    assert folder.stat().st_uid == UID + 1
+
+
+def test_root_follows_no_link_a_service_left_at_its_key_or_registration(
+    tmp_path: Path,
+) -> None:
+    """The launcher admits a node in its folder (reads its key, writes its registration):
+    a link left at either name is refused, a file is not made where one points, and a
+    pipe there is refused without waiting on it."""
+    ledger = open_ledger(tmp_path / "ledger")
+    folder = tmp_path / "node-0"
+    folder.mkdir()
+    load_or_create_identity(folder / "node.key")
+    target = tmp_path / "made-by-root"
+    (folder / "registration.cbor").symlink_to(target)
+    with pytest.raises(OSError):
+        admit_node(ledger, folder)
+    assert not target.exists()
+
+    (folder / "registration.cbor").unlink()
+    (folder / "node.key").unlink()
+    (folder / "node.key").symlink_to(tmp_path / "ledger" / "ledger.key")
+    with pytest.raises(OSError):
+        admit_node(ledger, folder)
+
+    (folder / "node.key").unlink()
+    os.mkfifo(folder / "node.key")
+    with pytest.raises(OSError, match="not a regular file"):
+        load_or_create_identity(folder / "node.key")
+
+
+def test_every_folder_has_a_uid_of_its_own_and_keeps_it(tmp_path: Path) -> None:
+    book = tmp_path / "lib" / "service-uids.json"
+    first, second = tmp_path / "a" / "node-0", tmp_path / "b" / "node-0"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    uid = service_uid(first, book)
+    assert service_uid(first, book) == uid
+    other = service_uid(second, book)
+    assert other != uid and min(uid, other) >= SERVICE_UID_BASE
+    assert stat.S_IMODE(book.stat().st_mode) == 0o600
+    assert stat.S_IMODE(book.parent.stat().st_mode) == 0o700
+    first.rmdir()  # gone: its uid may be given again, nothing of its is left
+    third = tmp_path / "c" / "node-0"
+    third.mkdir(parents=True)
+    assert service_uid(third, book) == uid
+
+
+def test_a_lock_file_is_its_owners_alone_and_never_a_link(tmp_path: Path) -> None:
+    """Anyone who may open a lock file may hold a read lock on it, which stops the
+    writer's; a link at its name would lead its owner elsewhere."""
+    with ProcessLock(tmp_path / "network.lock"):
+        assert stat.S_IMODE((tmp_path / "network.lock").stat().st_mode) == 0o600
+    (tmp_path / "planted.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        ProcessLock(tmp_path / "planted.lock")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@needs_root
+def test_a_folder_a_service_of_hosts_had_is_not_used_by_a_service_of_roots(
+    tmp_path: Path,
+) -> None:
+    """Run on loopback (as root), a service would open whatever that uid left there."""
+    folder = tmp_path / "node-0"
+    folder.mkdir()
+    refuse_foreign_folder(folder)  # root's own: fine
+    os.chown(folder, UID, UID)
+    with pytest.raises(ServiceUserError, match=f"belongs to uid {UID}"):
+        refuse_foreign_folder(folder)
