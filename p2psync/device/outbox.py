@@ -40,9 +40,6 @@ from .values import TRANSIENT
 
 logger = logging.getLogger(__name__)
 
-#: Refusals that no retry can change: the copy is dropped (and logged).
-
-
 class Outbox:
     """Delivers the outbox while the device is online (see the module docstring)."""
 

@@ -197,8 +197,10 @@ class StoreAcceptance:
             self._quorum.give_up(key)
 
     def _charge(self, conn: Connection, row: StoredMessage) -> None:
-        """Refuse a store past its connection's byte rate (``rate_limited``) or its
-        owner's quota (``too_large``): :mod:`.allowance`."""
+        """Refuse a store past its connection's byte rate or its owner's quota, both
+        ``rate_limited`` (:mod:`.allowance`): a full mailbox takes mail again as rows
+        expire, so a sender keeps its copy and asks later; a refusal for good would have
+        every sender drop its mail to an owner a stranger flooded."""
         size = len(row.data or b"")
         now = self._clock.now_s()
         budget = self._budgets.get(conn)
@@ -209,7 +211,9 @@ class StoreAcceptance:
         if not budget.take(now, size):
             raise RpcError("rate_limited", "this connection stores too fast: slow down")
         if not self._quota.admits(row.pubkey, size):
-            raise RpcError("too_large", f"this owner's mailbox is full ({self._quota.quota} bytes)")
+            raise RpcError(
+                "rate_limited", f"this owner's mailbox is full ({self._quota.quota} bytes): later"
+            )
 
     def _forget_budget(self, conn: Connection) -> None:
         self._budgets.pop(conn, None)

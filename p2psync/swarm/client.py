@@ -57,7 +57,8 @@ logger = logging.getLogger(__name__)
 #: Errors after which another member of the swarm is tried.
 RETRYABLE = ("unavailable", "rate_limited", "internal")
 #: Refusals that say the request will never succeed (the outbox drops a copy refused so):
-#: taken only from two members, or the one member of a swarm of one.
+#: taken only from two members, or the one member of a swarm of one. A full mailbox is
+#: not one of them (``rate_limited``: it takes mail again as rows expire).
 REFUSED_FOR_GOOD = ("bad_request", "too_large", "bad_ttl", "unauthorized")
 MAX_BACKOFF_S = 60.0
 Deliver = Callable[[list[Message]], Awaitable[None]]
@@ -108,16 +109,23 @@ class SwarmClient:
         """Call ``method`` on members of ``owner``'s swarm (but ``besides``) until one
         answers. A refusal for good (:data:`REFUSED_FOR_GOOD`) is one member's word, which
         a caller acts on by giving up what it asked (the outbox drops the copy): it is
-        taken once a second member says the same, or from the one member of a swarm of
-        one; from one member alone while the others are out of reach it is ``unavailable``,
-        so the caller asks again later."""
+        taken once a second member (another key) refuses for good too, or from the one
+        member of a swarm of one; from one member alone while the others are out of reach
+        it is ``unavailable``, so the caller asks again later."""
         last_error: Exception = RpcError("unavailable", "no node of the swarm answered")
-        nodes = [node for node in await self.swarm_nodes(owner) if node != besides]
+        refused: dict[str, RpcError] = {}  # by member key: a member is one word
+
+        async def members() -> list[NodeInfo]:
+            swarm = await self.swarm_nodes(owner)
+            return [node for node in swarm if besides is None or node.pubkey != besides.pubkey]
+
+        nodes = await members()
         needed = min(2 if besides is None else 1, len(nodes))
-        refusals: list[RpcError] = []
         redirects = 0
         while nodes:
             node = nodes.pop(0)
+            if node.pubkey in refused:
+                continue
             try:
                 return await self._pool.call(node.url, method, params), node
             except RpcError as exc:
@@ -125,19 +133,19 @@ class SwarmClient:
                 if exc.code == "wrong_swarm" and redirects < 2:
                     redirects += 1
                     await self.refresh()
-                    nodes = [node for node in await self.swarm_nodes(owner) if node != besides]
+                    nodes = await members()
+                    needed = min(needed, len(nodes))
                 elif exc.code in REFUSED_FOR_GOOD:
-                    refusals.append(exc)
-                    if len(refusals) >= needed:
-                        raise refusals[0] from None
+                    refused[node.pubkey] = exc
+                    if len(refused) >= needed:
+                        raise next(iter(refused.values())) from None
                 elif exc.code not in RETRYABLE:
                     raise
             except (OSError, ConnectionLost) as exc:
                 last_error = exc
-        if refusals:
-            raise RpcError(
-                "unavailable", f"one member refused ({refusals[0]}) and no other answered"
-            )
+        if refused:
+            first = next(iter(refused.values()))
+            raise RpcError("unavailable", f"one member refused ({first}) and no other answered")
         if isinstance(last_error, RpcError):
             raise last_error
         raise RpcError("unavailable", f"no node of the swarm answered: {last_error}")

@@ -380,8 +380,9 @@ async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """However many connections store for one key, its live data on a node stays within
-    the quota: the store past it is ``too_large`` and what was stored stays; another
-    owner is served; once messages expire there is room again."""
+    the quota: the store past it is ``rate_limited`` (not a refusal for good: senders
+    keep their copies and ask later) and what was stored stays; another owner is
+    served; once messages expire there is room again."""
     config = NodeConfig(owner_quota_bytes=200_000)
     big = b"y" * 60_000
     async with open_local_network(
@@ -396,7 +397,9 @@ async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
         async with open_rpc(network.transport, network.nodes[0].url) as client:
             with pytest.raises(RpcError) as refused:
                 await client.call("store", store_params(data=big + b"4", timestamp=clock.now_ms()))
-            assert refused.value.code == "too_large"
+            assert (
+                refused.value.code == "rate_limited" and "mailbox is full" in refused.value.message
+            )
             other = store_params(pubkey=MALLORY.session_id, data=big, timestamp=clock.now_ms())
             await client.call("store", other)
             node = network.nodes[0].node
@@ -446,6 +449,23 @@ async def test_a_refusal_for_good_is_one_members_word_until_a_second_says_it(
         with pytest.raises(RpcError) as one_of_one:
             await swarm.store(ALICE.session_id, 0, b"hello")
         assert one_of_one.value.code == "bad_request" and asked == [only.url]
+
+
+async def test_a_member_asked_again_after_a_redirect_is_still_one_word(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Redirects (``wrong_swarm``) read the swarm again and may list the member that
+    refused already: asking it again does not make its refusal a second member's."""
+    async with open_test_swarm(6) as (network, swarm):
+        hostile, *others = swarm_of(network, ALICE)
+        asked: list[str] = []
+        hostile.rpc.methods["store"] = _refusing("bad_request", asked, hostile.url)
+        for node in others:
+            node.rpc.methods["store"] = _refusing("wrong_swarm", asked, node.url)
+        with pytest.raises(RpcError) as failed:
+            await swarm.store(ALICE.session_id, 0, b"hello")
+        assert failed.value.code != "bad_request"
+        assert asked.count(hostile.url) == 1
 
 
 async def test_stores_of_a_batch_refused_for_good_are_asked_of_a_second_member(
