@@ -37,7 +37,13 @@ from .errors import P2PSyncError
 from .hosts import LOOPBACK, Host, open_device_host, open_hosts
 from .process_lock import InUse, ProcessLock
 from .rpc import open_rpc
-from .service_users import hand_over, refuse_foreign_folder, service_uid
+from .service_users import (
+    hand_over,
+    open_log,
+    refuse_foreign_folder,
+    refuse_open_folder,
+    service_uid,
+)
 from .services import (
     REGISTRY_FILE,
     RELAY_KEY_FILE,
@@ -84,6 +90,9 @@ class Service:
         return self.host.wrap_service(
             [
                 sys.executable,
+                # Its working folder is not on its import path: the launcher's may be one
+                # another user (or service) can write.
+                *(() if self.uid is None else ("-P",)),
                 "-m",
                 "p2psync",
                 *self.args,
@@ -128,7 +137,7 @@ async def run_service(
     if service.uid is not None:
         hand_over(service.data_dir, service.uid)
     async with trio.open_nursery() as nursery:
-        with service.log_path.open("ab") as log:
+        with open_log(service.log_path) as log:
             process: trio.Process = await nursery.start(
                 partial(
                     trio.run_process,
@@ -136,6 +145,7 @@ async def run_service(
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=log,
+                    cwd=None if service.uid is None else "/",
                     check=False,
                     deliver_cancel=stop_child,
                 )
@@ -178,16 +188,18 @@ class Launcher:
         self._hosts = hosts or {}
 
     def data_dir_of(self, name: str) -> Path:
-        """The data directory of child ``name``, made if new."""
+        """The data directory of child ``name``, made if new. One a service of hosts had
+        is not for a child run as this process (on loopback), nor anything in it read
+        (:func:`~.service_users.refuse_foreign_folder`)."""
         path = self.data_dir / name
         path.mkdir(parents=True, exist_ok=True)
+        if self._hosts.get(name, LOOPBACK).namespace is None:
+            refuse_foreign_folder(path)
         return path
 
     async def start(self, name: str, *args: str) -> str:
         host, folder = self._hosts.get(name, LOOPBACK), self.data_dir_of(name)
         uid = None if host.namespace is None else await trio.to_thread.run_sync(service_uid, folder)
-        if uid is None:
-            refuse_foreign_folder(folder)
         service = Service(name, args, folder, host, uid)
         running: Running = await self._nursery.start(self._run, service)
         return running.url
@@ -229,6 +241,7 @@ async def network_up(
     ``host:port#<key>``), unless ``plain_links``."""
     if nodes < 1:
         raise ValueError("a network needs at least one service node")
+    refuse_open_folder(data_dir)
     with _network_lock(data_dir):
         ledger = open_ledger(data_dir / "ledger")
         ledger_args = ("--ledger", ledger.public_key.hex())

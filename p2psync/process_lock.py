@@ -52,7 +52,7 @@ def open_lock_file(path: str | Path) -> BinaryIO:
     open a lock file may hold a lock on it (a read lock stops a writer's), and may put a
     link at its name for the owner to follow, so neither is allowed."""
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-    with contextlib.suppress(PermissionError):  # another user's file: theirs to keep
+    with contextlib.suppress(OSError):  # another user's file, or a file system without modes
         os.fchmod(descriptor, 0o600)
     return os.fdopen(descriptor, "a+b")
 
@@ -80,9 +80,10 @@ class ProcessLock:
     def held(path: str | Path) -> bool:
         """Whether a process holds the lock on ``path`` now (tested, never taken)."""
         try:
-            file = open(path, "rb")  # noqa: SIM115 (closed below)
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return False
+        file = os.fdopen(descriptor, "rb")
         with file:
             if not _OFD:  # pragma: no cover - Linux has OFD locks
                 if not _try_lock(file):

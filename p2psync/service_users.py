@@ -4,9 +4,11 @@ A service someone breaks into should hold nothing but its own folder: not root's
 not the ledger's key, not another service's keys or store, and no process but its own to
 signal. So each service runs without capabilities (``setpriv``) as a uid that is its
 folder's alone, on this machine, for good: the uid a folder was given is kept in a
-machine-wide book (:data:`BOOK`, root's alone), so the folder has it again on the next
-run, and no other folder, of this network or of another, is ever given it. A uid is
-given only if no account, group or process has it.
+machine-wide book (:data:`BOOK`, root's alone) under the folder's path and identity
+(device and inode), so the folder has it again on the next run, and no uid is ever given
+twice, whatever became of the folder that had it (a setuid program its service left in
+``/tmp`` would otherwise make someone that uid with a new folder). A uid is given only if
+no account, group, subordinate range (``/etc/subuid``) or process has it.
 
 Root never reaches into a folder a service has had: the launcher hands a folder over
 (:func:`hand_over`) only while it is root's (new, or from a run before services had uids
@@ -26,6 +28,10 @@ import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from .process_lock import open_lock_file
+from .whole_file import read_small_file, replace_file
 
 #: How a service runs: with no capability and no way to gain one (``setpriv`` of
 #: util-linux), which takes away joining or making namespaces, configuring interfaces and
@@ -44,6 +50,7 @@ SERVICE_UID_BASE = 0x770000
 #: The uid the start-up check runs as: below every service's, never given to one.
 PROBE_UID = SERVICE_UID_BASE - 1
 MAX_SERVICE_UIDS = 1 << 20
+MAX_BOOK_BYTES = 64 << 20
 #: The machine-wide book of which folder has which uid.
 BOOK = Path("/var/lib/p2psync/service-uids.json")
 
@@ -59,9 +66,9 @@ def as_service(uid: int, command: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class UidBook:
-    """Folders (absolute paths) and the uid each was given. Read back from a file, so
-    every entry is checked: a uid outside the services' range would hand a folder to an
-    account."""
+    """Folders (by :func:`folder_key`) and the uid each was given. Read back from a file,
+    so every entry is checked: a uid outside the services' range would hand a folder to
+    an account."""
 
     uids: Mapping[str, int]
 
@@ -77,6 +84,7 @@ class UidBook:
         if not isinstance(record, dict) or not all(
             isinstance(folder, str)
             and folder.startswith("/")
+            and "|" in folder
             and isinstance(uid, int)
             and not isinstance(uid, bool)
             and SERVICE_UID_BASE <= uid < SERVICE_UID_BASE + MAX_SERVICE_UIDS
@@ -85,53 +93,58 @@ class UidBook:
             raise ServiceUserError(f"{BOOK} must map folders to uids of services")
         return cls(record)
 
-    def give(
-        self, folder: str, exists: Callable[[str], bool], taken: Callable[[int], bool]
-    ) -> tuple[int, UidBook]:
-        """The uid of ``folder``, and the book after: the one it has, else the lowest
-        that no folder in the book has and ``taken`` does not say is someone's. Entries
-        of folders that no longer ``exist`` go (their uids may be given again: nothing
-        of theirs is left)."""
-        kept = {path: uid for path, uid in self.uids.items() if path == folder or exists(path)}
-        if folder in kept:
-            return kept[folder], UidBook(kept)
-        used = set(kept.values())
-        for uid in range(SERVICE_UID_BASE, SERVICE_UID_BASE + MAX_SERVICE_UIDS):
-            if uid not in used and not taken(uid):
-                return uid, UidBook({**kept, folder: uid})
+    def give(self, folder: str, taken: Callable[[int], bool]) -> tuple[int, UidBook]:
+        """The uid of ``folder`` (its key, :func:`folder_key`), and the book after: the
+        one it has, else one above every uid the book ever gave that ``taken`` does not
+        say is someone's. None is given again, so the book only grows."""
+        if folder in self.uids:
+            return self.uids[folder], self
+        start = max(self.uids.values(), default=SERVICE_UID_BASE - 1) + 1
+        for uid in range(start, SERVICE_UID_BASE + MAX_SERVICE_UIDS):
+            if not taken(uid):
+                return uid, UidBook({**self.uids, folder: uid})
         raise ServiceUserError("every uid services may have is given")
 
 
 # --- the driver ---------------------------------------------------------------------------
 
 
+def folder_key(folder: Path) -> str:
+    """A folder as the book knows it: its real path and its identity, so a folder renamed
+    or a new one made where a removed one was is a folder it has not seen (and gets a
+    uid of its own; the renamed one, still the old uid's, is then refused, not handed)."""
+    info = os.stat(folder, follow_symlinks=False)
+    return f"{os.path.realpath(folder)}|{info.st_dev}:{info.st_ino}"
+
+
 def service_uid(folder: Path, book: Path = BOOK) -> int:
     """The uid of the service kept in ``folder`` (given now if it has none), recorded in
-    ``book`` under a lock, so two launchers at once never give one uid twice."""
+    ``book`` under a lock, so two launchers at once never give one uid twice. The book is
+    replaced whole (a crash leaves the old one or the new), and one that cannot be read is
+    an error, never an empty book that would give uids again."""
     book.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor = os.open(book, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(descriptor, "r+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        text = handle.read()
-        known = UidBook.decode(text) if text.strip() else UidBook({})
-        uid, after = known.give(str(folder.absolute()), os.path.isdir, uid_is_taken)
-        if after != known:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(after.encode())
-            handle.flush()
-            os.fsync(handle.fileno())
+    with open_lock_file(book.with_suffix(".lock")) as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        text = read_small_file(book, MAX_BOOK_BYTES)
+        known = UidBook({}) if text is None else UidBook.decode(text.decode(errors="replace"))
+        uid, after = known.give(folder_key(folder), uid_is_taken)
+        if after is not known:
+            replace_file(book, after.encode().encode())
     return uid
 
 
 def uid_is_taken(uid: int) -> bool:
-    """Whether an account, a group or a running process has ``uid``."""
+    """Whether an account, a group, a subordinate range (a container's) or a running
+    process has ``uid``."""
     for lookup in (pwd.getpwuid, grp.getgrgid):
         try:
             lookup(uid)
             return True
         except KeyError:
             pass
+    for ranges in (Path("/etc/subuid"), Path("/etc/subgid")):
+        if any(start <= uid < start + count for start, count in _subordinate(ranges)):
+            return True
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -142,6 +155,20 @@ def uid_is_taken(uid: int) -> bool:
                 if line.startswith(("Uid:", "Gid:")) and str(uid) in line.split()[1:]:
                     return True
     return False
+
+
+def _subordinate(path: Path) -> list[tuple[int, int]]:
+    """The ranges ``path`` (``name:start:count`` lines) gives, malformed lines left out."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    ranges = []
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            ranges.append((int(parts[1]), int(parts[2])))
+    return ranges
 
 
 def hand_over(folder: Path, uid: int) -> None:
@@ -155,6 +182,7 @@ def hand_over(folder: Path, uid: int) -> None:
     try:
         owner = os.fstat(descriptor).st_uid
         if owner == 0:
+            os.fchmod(descriptor, 0o700)  # closed to all but root while it is handed over
             for _, directories, files, inside in os.fwalk(dir_fd=descriptor):
                 for name in (*directories, *files):
                     _give(name, inside, uid)
@@ -179,6 +207,26 @@ def refuse_foreign_folder(folder: Path) -> None:
             f"{folder} belongs to uid {owner} (a service of a network of hosts?), not to "
             f"this process's ({os.geteuid()}): run it with --hosts again, or remove it"
         )
+
+
+def refuse_open_folder(folder: Path) -> None:
+    """A network's folder run by root must be root's and writable by root alone: the
+    launcher writes its logs, its ledger and its records there, and anyone else who
+    could put a link at one of those names would have root write where it points."""
+    if os.geteuid() != 0:
+        return
+    info = os.stat(folder, follow_symlinks=False)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        raise ServiceUserError(
+            f"{folder} must be a folder of root's that only root may write (chown root "
+            f"and chmod go-w it, or choose another)"
+        )
+
+
+def open_log(path: Path) -> BinaryIO:
+    """A service's log, appended to, its reader's (root's) alone and never a link."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    return os.fdopen(os.open(path, flags, 0o600), "ab")
 
 
 def _give(name: str, directory: int, uid: int) -> None:

@@ -40,6 +40,7 @@ from .values import TRANSIENT
 
 logger = logging.getLogger(__name__)
 
+
 class Outbox:
     """Delivers the outbox while the device is online (see the module docstring)."""
 

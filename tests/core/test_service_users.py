@@ -21,39 +21,34 @@ def _nothing_taken(uid: int) -> bool:
     return False
 
 
-def test_a_folder_keeps_its_uid_and_a_new_one_gets_the_lowest_free() -> None:
-    book = UidBook({"/srv/a/node-0": BASE, "/srv/a/node-2": BASE + 2})
-    uid, after = book.give("/srv/a/node-0", lambda path: True, _nothing_taken)
+A, B, C = "/srv/a/node-0|2049:11", "/srv/b/node-0|2049:12", "/srv/c/node-0|2049:13"
+
+
+def test_a_folder_keeps_its_uid_and_a_new_one_gets_one_never_given() -> None:
+    book = UidBook({A: BASE, B: BASE + 2})
+    uid, after = book.give(A, _nothing_taken)
     assert uid == BASE and after == book
-    uid, after = book.give("/srv/b/node-0", lambda path: True, _nothing_taken)
-    assert uid == BASE + 1
-    assert after.uids == {**book.uids, "/srv/b/node-0": BASE + 1}
+    uid, after = book.give(C, _nothing_taken)
+    assert uid == BASE + 3, "BASE + 1 was never given, but a uid below the last given may have been"
+    assert after.uids == {**book.uids, C: BASE + 3}
 
 
 def test_a_uid_an_account_group_or_process_has_is_skipped() -> None:
-    uid, _ = UidBook({}).give("/srv/a/node-0", lambda path: True, lambda uid: uid < BASE + 3)
+    uid, _ = UidBook({}).give(A, lambda uid: uid < BASE + 3)
     assert uid == BASE + 3
 
 
-def test_folders_that_are_gone_give_their_uids_back() -> None:
-    book = UidBook({"/gone/node-0": BASE, "/srv/a/node-1": BASE + 1})
-    uid, after = book.give(
-        "/srv/b/node-0", lambda path: not path.startswith("/gone"), _nothing_taken
-    )
-    assert uid == BASE
-    assert after.uids == {"/srv/a/node-1": BASE + 1, "/srv/b/node-0": BASE}
-
-
 def test_the_book_reads_back_what_it_wrote_and_refuses_what_it_would_not_write() -> None:
-    book = UidBook({"/srv/a/node-0": BASE, "/srv/a/relay-0": BASE + 7})
+    book = UidBook({A: BASE, B: BASE + 7})
     assert UidBook.decode(book.encode()) == book
     for text in (
         "[]",
-        json.dumps({"relative/node-0": BASE}),
-        json.dumps({"/srv/a/node-0": 0}),  # root's: the folder would be handed to root
-        json.dumps({"/srv/a/node-0": BASE - 1}),
-        json.dumps({"/srv/a/node-0": BASE + MAX_SERVICE_UIDS}),
-        '{"/srv/a/node-0": true}',
+        json.dumps({"relative/node-0|1:2": BASE}),
+        json.dumps({"/srv/a/node-0": BASE}),  # a path without the folder's identity
+        json.dumps({A: 0}),  # root's: the folder would be handed to root
+        json.dumps({A: BASE - 1}),
+        json.dumps({A: BASE + MAX_SERVICE_UIDS}),
+        json.dumps({A: True}),
         "not json",
     ):
         with pytest.raises(ServiceUserError):
@@ -62,7 +57,7 @@ def test_the_book_reads_back_what_it_wrote_and_refuses_what_it_would_not_write()
 
 def test_when_every_uid_is_given_it_says_so() -> None:
     with pytest.raises(ServiceUserError, match="every uid"):
-        UidBook({}).give("/srv/a/node-0", lambda path: True, lambda uid: True)
+        UidBook({}).give(A, lambda uid: True)
 
 
 def test_a_service_runs_as_its_uid_with_no_capability_and_no_other_group() -> None:

@@ -15,7 +15,9 @@ from p2psync.service_users import (
     SERVICE_UID_BASE,
     ServiceUserError,
     hand_over,
+    open_log,
     refuse_foreign_folder,
+    refuse_open_folder,
     service_uid,
 )
 from p2psync.services import admit_node, load_or_create_identity, open_ledger
@@ -98,7 +100,10 @@ def test_root_follows_no_link_a_service_left_at_its_key_or_registration(
         load_or_create_identity(folder / "node.key")
 
 
-def test_every_folder_has_a_uid_of_its_own_and_keeps_it(tmp_path: Path) -> None:
+def test_every_folder_has_a_uid_of_its_own_kept_and_never_given_again(tmp_path: Path) -> None:
+    """A folder keeps its uid; none is given twice, not even once its folder is gone (a
+    program its service left elsewhere may still run as it), and a folder renamed is a
+    new folder to the book (the old uid still owns it: it is refused, not handed over)."""
     book = tmp_path / "lib" / "service-uids.json"
     first, second = tmp_path / "a" / "node-0", tmp_path / "b" / "node-0"
     first.mkdir(parents=True)
@@ -109,10 +114,47 @@ def test_every_folder_has_a_uid_of_its_own_and_keeps_it(tmp_path: Path) -> None:
     assert other != uid and min(uid, other) >= SERVICE_UID_BASE
     assert stat.S_IMODE(book.stat().st_mode) == 0o600
     assert stat.S_IMODE(book.parent.stat().st_mode) == 0o700
-    first.rmdir()  # gone: its uid may be given again, nothing of its is left
+    first.rmdir()
     third = tmp_path / "c" / "node-0"
     third.mkdir(parents=True)
-    assert service_uid(third, book) == uid
+    renamed = tmp_path / "b" / "renamed"
+    second.rename(renamed)
+    uids = {uid, other, service_uid(third, book), service_uid(renamed, book)}
+    assert len(uids) == 4
+
+
+def test_a_book_that_cannot_be_read_gives_no_uid(tmp_path: Path) -> None:
+    """An unreadable book read as empty would give its uids again."""
+    book = tmp_path / "service-uids.json"
+    book.write_text("{")
+    with pytest.raises(ServiceUserError):
+        service_uid(tmp_path, book)
+
+
+@needs_root
+def test_roots_network_folder_must_be_roots_alone(tmp_path: Path) -> None:
+    """Root writes its logs, ledger and records there: a folder someone else may write
+    could hold a link at one of those names."""
+    folder = tmp_path / "net"
+    folder.mkdir(mode=0o755)
+    refuse_open_folder(folder)
+    folder.chmod(0o777)
+    with pytest.raises(ServiceUserError, match="only root may write"):
+        refuse_open_folder(folder)
+    folder.chmod(0o755)
+    os.chown(folder, UID, UID)
+    with pytest.raises(ServiceUserError, match="only root may write"):
+        refuse_open_folder(folder)
+
+
+def test_a_services_log_is_its_readers_alone_and_never_a_link(tmp_path: Path) -> None:
+    with open_log(tmp_path / "node-0.log") as log:
+        log.write(b"started\n")
+    assert stat.S_IMODE((tmp_path / "node-0.log").stat().st_mode) == 0o600
+    (tmp_path / "relay-0.log").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        open_log(tmp_path / "relay-0.log")
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_a_lock_file_is_its_owners_alone_and_never_a_link(tmp_path: Path) -> None:
