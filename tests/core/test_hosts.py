@@ -20,7 +20,7 @@ from p2psync.hosts import (
     port_of,
     removals,
 )
-from p2psync.service_users import SERVICE_UID_BASE
+from p2psync.service_users import SERVICE_UID_BASE, as_service
 
 #: The kernel's limit on an interface name (IFNAMSIZ - 1).
 MAX_IFNAME = 15
@@ -111,21 +111,9 @@ def test_a_host_wraps_commands_in_its_namespace_and_listens_on_its_address() -> 
         "ping",
         "10.77.0.1",
     ]
-    assert host.wrap_service(["p2psync", "node"], SERVICE_UID_BASE) == [
-        "ip",
-        "netns",
-        "exec",
-        "p2psabcdef-0",
-        "setpriv",
-        "--no-new-privs",
-        "--inh-caps=-all",
-        "--ambient-caps=-all",
-        "--bounding-set=-all",
-        "--clear-groups",
-        f"--reuid={SERVICE_UID_BASE}",
-        f"--regid={SERVICE_UID_BASE}",
-        "p2psync",
-        "node",
+    command = ["p2psync", "node"]
+    assert host.wrap_service(command, SERVICE_UID_BASE) == [
+        *host.wrap(as_service(SERVICE_UID_BASE, command))
     ]
     assert host.listen() == "10.77.0.2:0"
     assert LOOPBACK.wrap(["p2psync"]) == LOOPBACK.wrap_service(["p2psync"], None) == ["p2psync"]
