@@ -3,6 +3,7 @@ keeps serving, and nothing stored is lost."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import cbor2
@@ -16,12 +17,12 @@ from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import RpcError
 from p2psync.identity import Identity
-from p2psync.network import LocalNetwork, open_local_network
-from p2psync.rpc import ServerLimits, open_rpc
+from p2psync.network import open_local_network
+from p2psync.rpc import ServerLimits, open_rpc, open_rpc_pool
 from p2psync.swarm.auth import AuthSigner, auth_text
+from p2psync.swarm.client import SwarmClient
 from p2psync.swarm.constants import MAX_DATA_BYTES, MAX_STORE_BATCH
 from p2psync.swarm.messages import StoreBatchReply, StoreBatchRequest, StoreRequest
-from p2psync.swarm.node import StorageNode
 from p2psync.swarm.node_config import NodeConfig
 from p2psync.wire import Fields, decode_frame, encode_cbor
 
@@ -410,18 +411,6 @@ async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
             await client.call("store", store_params(data=big + b"5", timestamp=clock.now_ms()))
 
 
-def _one_refuses_for_good(
-    network: LocalNetwork, asked: list[str], others_say: str
-) -> tuple[StorageNode, list[StorageNode]]:
-    """One member of Alice's swarm refuses her stores ``bad_request``, the others say
-    ``others_say``; each notes in ``asked`` that it was asked."""
-    hostile, *others = swarm_of(network, ALICE)
-    hostile.rpc.methods["store"] = _refusing("bad_request", asked, hostile.url)
-    for node in others:
-        node.rpc.methods["store"] = _refusing(others_say, asked, node.url)
-    return hostile, others
-
-
 def _refusing(code: str, asked: list[str], name: str) -> Any:
     def refuse(params: Fields, connection: object) -> None:
         asked.append(name)
@@ -438,8 +427,11 @@ async def test_a_refusal_for_good_is_one_members_word_until_a_second_says_it(
     second member saying it too makes it so, and in a swarm of one its one member's
     word stands."""
     async with open_test_swarm(6) as (network, swarm):
+        hostile, *others = swarm_of(network, ALICE)
         asked: list[str] = []
-        hostile, others = _one_refuses_for_good(network, asked, "unavailable")
+        hostile.rpc.methods["store"] = _refusing("bad_request", asked, hostile.url)
+        for node in others:
+            node.rpc.methods["store"] = _refusing("unavailable", asked, node.url)
         with pytest.raises(RpcError) as alone:
             await swarm.store(ALICE.session_id, 0, b"hello")
         assert alone.value.code == "unavailable" and "one member refused" in alone.value.message
@@ -461,19 +453,30 @@ async def test_a_refusal_for_good_is_one_members_word_until_a_second_says_it(
         assert one_of_one.value.code == "bad_request" and asked == [only.url]
 
 
+class _InRingOrder(random.Random):
+    """Members are asked in the swarm's own order, the same each time it is read."""
+
+    def shuffle(self, x: Any) -> None:
+        pass
+
+
 async def test_a_member_asked_again_after_a_redirect_is_still_one_word(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Redirects (``wrong_swarm``) read the swarm again and list the member that refused
-    already: asking it again does not make its refusal a second member's (a swarm of
-    two, so that it is listed again after each redirect)."""
-    async with open_test_swarm(2) as (network, swarm):
+    already: asking it again does not make its refusal a second member's. Members are
+    asked in ring order, the liar first, so it is listed again after each redirect."""
+    async with open_test_swarm(6) as (network, _), open_rpc_pool(network.transport) as pool:
+        swarm = SwarmClient(pool, network.directory(), network.clock, _InRingOrder())
+        first, *others = await swarm.swarm_nodes(ALICE.session_id)
         asked: list[str] = []
-        hostile, _ = _one_refuses_for_good(network, asked, "wrong_swarm")
+        for node in network.running_nodes():
+            says = "bad_request" if node.url == first.url else "wrong_swarm"
+            node.rpc.methods["store"] = _refusing(says, asked, node.url)
         with pytest.raises(RpcError) as failed:
             await swarm.store(ALICE.session_id, 0, b"hello")
-        assert failed.value.code != "bad_request"
-        assert asked.count(hostile.url) == 1
+        assert failed.value.code == "wrong_swarm"
+        assert asked == [first.url, others[0].url, others[0].url, others[0].url]
 
 
 async def test_stores_of_a_batch_refused_for_good_are_asked_of_a_second_member(
