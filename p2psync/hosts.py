@@ -279,6 +279,12 @@ def unavailable_reason(data_dir: Path | None = None) -> str | None:
             f"{sys.executable} runs as Python {theirs} for a service's own uid, not "
             f"{ours.replace(' ', '.')}: its files are not all open to others"
         )
+    try:
+        BOOK.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(BOOK.parent, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as error:
+        return f"the services' uids cannot be kept in {BOOK.parent}: {error}"
     if data_dir is not None:
         reach = as_service(PROBE_UID, ["test", "-x", str(data_dir.absolute())])
         if subprocess.run(reach, cwd="/").returncode != 0:

@@ -110,9 +110,11 @@ class UidBook:
 
 
 def folder_key(folder: Path) -> str:
-    """A folder as the book knows it: its real path and its identity, so a folder renamed
-    or a new one made where a removed one was is a folder it has not seen (and gets a
-    uid of its own; the renamed one, still the old uid's, is then refused, not handed)."""
+    """A folder as the book knows it: its real path and its identity (device and inode),
+    so a folder renamed is one it has not seen (given a uid of its own, it is refused,
+    still the old uid's, not handed over), and so is a new one made where a removed one
+    was, unless the file system gave it the removed one's inode (then it is the same
+    folder to the book, and the service of that path has it again)."""
     info = os.stat(folder, follow_symlinks=False)
     return f"{os.path.realpath(folder)}|{info.st_dev}:{info.st_ino}"
 
