@@ -84,7 +84,9 @@ class Outbox:
         (fewer if they are large), not one each. Entries are expanded first, oldest
         first; one that cannot be yet (a transient failure: its recipient's devices
         unknown) holds back the later ones, not the earlier, whose copies are stored
-        before that failure is raised; any other failure is raised at once."""
+        before that failure is raised. One owner's swarm failing (a mailbox full, its
+        members out of reach) holds back neither the other owners' copies nor the
+        deletions due: its failure is raised after them."""
         store = self._store
         if self._local.me.revoked_at_ms is not None:
             store.drop_outbox()
@@ -98,9 +100,7 @@ class Outbox:
                     unexpanded = exc
                     break
             ready.append(entry)
-        await self._store_copies(ready)
-        if unexpanded is not None:
-            raise unexpanded
+        failure = await self._store_copies(ready) or unexpanded
         identity = self._local.identity
         due = self._deletions.due(store.deletions(), self._local.clock.now_ms())
         for owner, namespace, digests in delete_batches(due):
@@ -109,35 +109,48 @@ class Outbox:
             for digest in digests:
                 store.deleted(owner, namespace, digest)
                 self._deletions.sent((owner, namespace, digest))
+        if failure is not None:
+            raise failure
 
-    async def _store_copies(self, entries: list[OutboxEntry]) -> None:
+    async def _store_copies(self, entries: list[OutboxEntry]) -> Exception | None:
         """Every copy of ``entries``, an owner's together in entry order, in as few
-        ``store_batch`` requests as the limits allow (:func:`store_batches`). A copy
-        refused for good is dropped (and logged); each stored copy is marked so, and
-        then the first other refusal is raised. A batch refused for good as a whole
-        goes again a copy at a time, so that only the copies at fault are dropped."""
+        ``store_batch`` requests as the limits allow (:func:`store_batches`), and the
+        first failure (None: none), each owner's tried whatever another's did. A copy
+        refused for good is dropped (and logged); each stored copy is marked so. A batch
+        refused for good as a whole goes again a copy at a time, so that only the copies
+        at fault are dropped."""
+        first: Exception | None = None
         by_owner: dict[str, list[tuple[Copy, int]]] = {}
         for entry in entries:
             for copy in self._store.copies(entry.seq):
                 ttl_ms = copy_ttl_ms(entry.kind, copy.namespace, self._local.config.ttl_ms)
                 by_owner.setdefault(copy.owner, []).append((copy, ttl_ms))
         for owner, copies in by_owner.items():
-            # Cut by size first; each request is then dated as it is sent.
-            stores = [StoreRequest(owner, c.namespace, ttl, 0, c.data) for c, ttl in copies]
-            done = 0
-            for batch in store_batches(stores):
-                now_ms = self._local.clock.now_ms()
-                request = StoreBatchRequest(
-                    tuple(replace(store, timestamp_ms=now_ms) for store in batch.stores)
-                )
-                try:
-                    results = await self._swarm.store_batch(request)
-                except RpcError as exc:
-                    if exc.code not in REFUSED_FOR_GOOD:
-                        raise
-                    results = [await self._store_alone(store) for store in request.stores]
-                self._settled([copy for copy, _ in copies[done : done + len(results)]], results)
-                done += len(results)
+            try:
+                await self._store_owners(owner, copies)
+            except TRANSIENT as exc:
+                logger.info("%s: copies for %s wait: %s", self._local.name, owner[:12], exc)
+                first = first or exc
+        return first
+
+    async def _store_owners(self, owner: str, copies: list[tuple[Copy, int]]) -> None:
+        """``owner``'s copies (each with its ttl), raising the first failure."""
+        # Cut by size first; each request is then dated as it is sent.
+        stores = [StoreRequest(owner, c.namespace, ttl, 0, c.data) for c, ttl in copies]
+        done = 0
+        for batch in store_batches(stores):
+            now_ms = self._local.clock.now_ms()
+            request = StoreBatchRequest(
+                tuple(replace(store, timestamp_ms=now_ms) for store in batch.stores)
+            )
+            try:
+                results = await self._swarm.store_batch(request)
+            except RpcError as exc:
+                if exc.code not in REFUSED_FOR_GOOD:
+                    raise
+                results = [await self._store_alone(store) for store in request.stores]
+            self._settled([copy for copy, _ in copies[done : done + len(results)]], results)
+            done += len(results)
 
     async def _store_alone(self, store: StoreRequest) -> tuple[bytes, int] | RpcError:
         """One copy with ``store``; a failure is its result (a transient one to retry), so

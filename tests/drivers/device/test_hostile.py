@@ -473,3 +473,48 @@ async def test_one_member_refusing_every_store_for_good_has_no_copy_dropped(
                 await alice.flush()
             await wait_until(lambda: len(bob.history(alice.session_id)) == 68)
         assert refused, "the hostile member was asked"
+
+
+async def test_a_full_mailbox_holds_up_mail_to_its_owner_alone(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A stranger keeps Bob's mailbox full: Alice's copy to Bob waits (it is refused as a
+    passing limit, not for good), her later message to Carol does not wait behind it, and
+    Bob has his once the mailbox takes mail again."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "bob", "linked") as bob,
+        device(network, tmp_path, "carol", "linked") as carol,
+        device(network, tmp_path, "alice", "linked") as alice,
+    ):
+        await befriend(alice, bob)
+        await befriend(alice, carol)
+        honest = {
+            node.url: (node.rpc.methods["store"], node.rpc.methods["store_batch"])
+            for node in network.running_nodes()
+        }
+
+        def full_for_bob(url: str, method: int) -> Any:
+            def handler(params: Fields, connection: Any) -> Any:
+                owners = (
+                    [Fields(s, "store").raw("pubkey") for s in params.items("stores", max_len=64)]
+                    if method
+                    else [params.raw("pubkey")]
+                )
+                if bob.session_id in owners:
+                    raise RpcError("rate_limited", "this owner's mailbox is full: later")
+                return honest[url][method](params, connection)
+
+            return handler
+
+        for node in network.running_nodes():
+            node.rpc.methods["store"] = full_for_bob(node.url, 0)
+            node.rpc.methods["store_batch"] = full_for_bob(node.url, 1)
+        await alice.send(bob.session_id, "to bob, first")
+        await alice.send(carol.session_id, "to carol, after")
+        await wait_until(lambda: len(carol.history(alice.session_id)) == 1, limit_s=120)
+        assert bob.history(alice.session_id) == []
+        for node in network.running_nodes():
+            node.rpc.methods["store"], node.rpc.methods["store_batch"] = honest[node.url]
+        await wait_until(lambda: len(bob.history(alice.session_id)) == 1)
+        assert texts(bob, alice.session_id) == [(False, "to bob, first")]
