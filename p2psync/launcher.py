@@ -97,7 +97,7 @@ class Service:
                 "p2psync",
                 *self.args,
                 "--data",
-                str(self.data_dir),
+                str(self.data_dir.absolute()),  # it may start elsewhere (in /, on a host)
                 "--listen",
                 self.host.listen(port),
                 "--exit-with-stdin",

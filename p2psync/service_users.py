@@ -4,11 +4,11 @@ A service someone breaks into should hold nothing but its own folder: not root's
 not the ledger's key, not another service's keys or store, and no process but its own to
 signal. So each service runs without capabilities (``setpriv``) as a uid that is its
 folder's alone, on this machine, for good: the uid a folder was given is kept in a
-machine-wide book (:data:`BOOK`, root's alone) under the folder's path and identity
-(device and inode), so the folder has it again on the next run, and no uid is ever given
-twice, whatever became of the folder that had it (a setuid program its service left in
-``/tmp`` would otherwise make someone that uid with a new folder). A uid is given only if
-no account, group, subordinate range (``/etc/subuid``) or process has it.
+machine-wide book (:data:`BOOK`, root's alone) under the folder's path and inode, so the
+folder has it again on the next run, and no uid is ever given twice, whatever became of
+the folder that had it (a setuid program its service left in ``/tmp`` would otherwise
+make someone that uid with a new folder). A uid is given only if no account, group,
+subordinate range (``/etc/subuid``) or process has it.
 
 Root never reaches into a folder a service has had: the launcher hands a folder over
 (:func:`hand_over`) only while it is root's (new, or from a run before services had uids
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .process_lock import open_lock_file
-from .whole_file import read_small_file, replace_file
+from .whole_file import read_small_file, remove_leftovers, replace_file
 
 #: How a service runs: with no capability and no way to gain one (``setpriv`` of
 #: util-linux), which takes away joining or making namespaces, configuring interfaces and
@@ -110,13 +110,14 @@ class UidBook:
 
 
 def folder_key(folder: Path) -> str:
-    """A folder as the book knows it: its real path and its identity (device and inode),
-    so a folder renamed is one it has not seen (given a uid of its own, it is refused,
-    still the old uid's, not handed over), and so is a new one made where a removed one
-    was, unless the file system gave it the removed one's inode (then it is the same
-    folder to the book, and the service of that path has it again)."""
+    """A folder as the book knows it: its real path and its inode (not its device number,
+    which a remount or a reboot may change on some file systems), so a folder renamed is
+    one it has not seen (given a uid of its own, it is refused, still the old uid's, not
+    handed over), and so is a new one made where a removed one was, unless the file
+    system gave it the removed one's inode (then it is the same folder to the book, and
+    the service of that path has it again)."""
     info = os.stat(folder, follow_symlinks=False)
-    return f"{os.path.realpath(folder)}|{info.st_dev}:{info.st_ino}"
+    return f"{os.path.realpath(folder)}|{info.st_ino}"
 
 
 def service_uid(folder: Path, book: Path = BOOK) -> int:
@@ -129,24 +130,21 @@ def service_uid(folder: Path, book: Path = BOOK) -> int:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         text = read_small_file(book, MAX_BOOK_BYTES)
         known = UidBook({}) if text is None else UidBook.decode(text.decode(errors="replace"))
-        uid, after = known.give(folder_key(folder), uid_is_taken)
+        remove_leftovers(book)
+        uid, after = known.give(folder_key(folder), taken_uids())
         if after is not known:
             replace_file(book, after.encode().encode())
     return uid
 
 
-def uid_is_taken(uid: int) -> bool:
+def taken_uids(
+    subordinate: Sequence[Path] = (Path("/etc/subuid"), Path("/etc/subgid")),
+) -> Callable[[int], bool]:
     """Whether an account, a group, a subordinate range (a container's) or a running
-    process has ``uid``."""
-    for lookup in (pwd.getpwuid, grp.getgrgid):
-        try:
-            lookup(uid)
-            return True
-        except KeyError:
-            pass
-    for ranges in (Path("/etc/subuid"), Path("/etc/subgid")):
-        if any(start <= uid < start + count for start, count in _subordinate(ranges)):
-            return True
+    process has a uid: the ranges and the processes read once, here, so a search past
+    a long range costs a comparison a uid, not a scan."""
+    ranges = [span for path in subordinate for span in subordinate_ranges(path)]
+    running: set[int] = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -154,12 +152,24 @@ def uid_is_taken(uid: int) -> bool:
             except OSError:
                 continue
             for line in status.splitlines():
-                if line.startswith(("Uid:", "Gid:")) and str(uid) in line.split()[1:]:
-                    return True
-    return False
+                if line.startswith(("Uid:", "Gid:")):
+                    running.update(int(field) for field in line.split()[1:] if field.isdigit())
+
+    def taken(uid: int) -> bool:
+        if uid in running or any(start <= uid < start + count for start, count in ranges):
+            return True
+        for lookup in (pwd.getpwuid, grp.getgrgid):
+            try:
+                lookup(uid)
+                return True
+            except KeyError:
+                pass
+        return False
+
+    return taken
 
 
-def _subordinate(path: Path) -> list[tuple[int, int]]:
+def subordinate_ranges(path: Path) -> list[tuple[int, int]]:
     """The ranges ``path`` (``name:start:count`` lines) gives, malformed lines left out."""
     try:
         lines = path.read_text().splitlines()
@@ -212,23 +222,30 @@ def refuse_foreign_folder(folder: Path) -> None:
 
 
 def refuse_open_folder(folder: Path) -> None:
-    """A network's folder run by root must be root's and writable by root alone: the
-    launcher writes its logs, its ledger and its records there, and anyone else who
-    could put a link at one of those names would have root write where it points."""
+    """A network's folder run by root must be root's and writable by root alone, and so
+    must every folder above it (one that others may write is allowed if it is sticky,
+    as ``/tmp`` is): the launcher writes its logs, its ledger and its records there, and
+    anyone who could put a link at one of those names, or swap the folder or one above
+    it for a link, would have root write where it points (OpenSSH's StrictModes)."""
     if os.geteuid() != 0:
         return
-    info = os.stat(folder, follow_symlinks=False)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-        raise ServiceUserError(
-            f"{folder} must be a folder of root's that only root may write (chown root "
-            f"and chmod go-w it, or choose another)"
-        )
+    real = Path(os.path.realpath(folder))
+    for place in (real, *real.parents):
+        info = os.stat(place, follow_symlinks=False)
+        shared = info.st_mode & 0o022 and not (place != real and info.st_mode & stat.S_ISVTX)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or shared:
+            raise ServiceUserError(
+                f"{folder} must be in folders of root's that only root may write, and "
+                f"{place} is not (chown root and chmod go-w it, or choose another)"
+            )
 
 
 def open_log(path: Path) -> BinaryIO:
     """A service's log, appended to, its reader's (root's) alone and never a link."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-    return os.fdopen(os.open(path, flags, 0o600), "ab")
+    descriptor = os.open(path, flags, 0o600)
+    os.fchmod(descriptor, 0o600)  # a log kept from before is made so too
+    return os.fdopen(descriptor, "ab")
 
 
 def _give(name: str, directory: int, uid: int) -> None:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 def replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file beside ``path``, flush it to the disk and rename it
-    over ``path``, keeping the old file's permissions (a new one gets the owner's alone).
-    The new file's name is unique, so no other writer renames or truncates it
-    half-written; one a crash left behind is removed by :func:`remove_leftovers`."""
+    over ``path`` (the rename flushed too), keeping the old file's permissions (a new
+    one gets the owner's alone). The new file's name is unique, so no other writer
+    renames or truncates it half-written; one a crash left behind is removed by
+    :func:`remove_leftovers`."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -25,10 +26,20 @@ def replace_file(path: Path, data: bytes) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+        _sync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """The rename on the disk too: without it a power cut may bring the old file back."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def remove_leftovers(path: Path) -> None:

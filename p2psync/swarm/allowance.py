@@ -12,8 +12,9 @@ without limit (a review grew one by 61 MiB/s from a single process, each row kep
   per message and seldom more than a few per second.
 * **per owner**, ``OWNER_QUOTA_BYTES`` of live data: however many connections store for
   one key, that key's mailbox holds at most this much on each member. A full mailbox
-  refuses further stores (``too_large``) rather than dropping older messages, so a flood
-  can delay an owner's new mail but never erase what was delivered.
+  refuses further stores rather than dropping older messages, and as a passing limit
+  (``rate_limited``), so senders keep their copies and store them as rows expire: a flood
+  can delay an owner's new mail but never erase it.
 
 Proof of work was the other choice: it makes every store cost the sender CPU, which
 taxes a phone as much as an attacker's server and slows every honest send, while these

@@ -20,6 +20,7 @@ from p2psync.hosts import (
     port_of,
     removals,
 )
+from p2psync.launcher import Service
 from p2psync.service_users import SERVICE_UID_BASE, as_service
 
 #: The kernel's limit on an interface name (IFNAMSIZ - 1).
@@ -163,3 +164,16 @@ def test_a_record_with_a_field_out_of_range_is_refused(change: dict[str, object]
 def test_a_record_that_is_not_one_is_refused(text: str) -> None:
     with pytest.raises(HostsError, match=r"hosts\.json"):
         HostsRecord.decode(text, Path("hosts.json"))
+
+
+def test_a_service_on_a_host_is_told_its_folder_whole_and_imports_nothing_from_where_it_runs() -> (
+    None
+):
+    """It starts in ``/``, so a folder given relative to the launcher's would be another;
+    and its working folder is off its import path (``-P``)."""
+    host = HostPlan("abcdef", 0).host(0)
+    command = Service("node-0", ("node",), Path("net/node-0"), host, SERVICE_UID_BASE).command()
+    assert command[command.index("--data") + 1] == str(Path("net/node-0").absolute())
+    assert command[command.index("-m") - 1] == "-P"
+    loopback = Service("node-0", ("node",), Path("net/node-0")).command()
+    assert "-P" not in loopback

@@ -19,6 +19,8 @@ from p2psync.service_users import (
     refuse_foreign_folder,
     refuse_open_folder,
     service_uid,
+    subordinate_ranges,
+    taken_uids,
 )
 from p2psync.services import admit_node, load_or_create_identity, open_ledger
 
@@ -179,3 +181,46 @@ def test_a_folder_a_service_of_hosts_had_is_not_used_by_a_service_of_roots(
     os.chown(folder, UID, UID)
     with pytest.raises(ServiceUserError, match=f"belongs to uid {UID}"):
         refuse_foreign_folder(folder)
+
+
+def test_uids_of_subordinate_ranges_and_running_processes_are_taken(tmp_path: Path) -> None:
+    subuid = tmp_path / "subuid"
+    subuid.write_text(f"lxd:{UID}:10\nbroken line\nroot:x:5\n")
+    assert subordinate_ranges(subuid) == [(UID, 10)]
+    taken = taken_uids((subuid,))
+    assert taken(UID) and taken(UID + 9) and not taken(UID + 10)
+    assert taken(os.getuid()), "a running process's (this one's)"
+
+
+@needs_root
+def test_roots_network_folder_must_be_in_folders_of_roots_alone(tmp_path: Path) -> None:
+    """Someone who may write a folder above it could swap the network's folder for a
+    link; a sticky folder (``/tmp``) is allowed, as only its owner may rename in it."""
+    above = tmp_path / "above"
+    folder = above / "net"
+    folder.mkdir(parents=True)
+    refuse_open_folder(folder)
+    above.chmod(0o777)
+    with pytest.raises(ServiceUserError, match=f"{above} is not"):
+        refuse_open_folder(folder)
+    above.chmod(0o1777)
+    refuse_open_folder(folder)
+
+
+def test_a_log_kept_from_before_is_made_the_readers_alone(tmp_path: Path) -> None:
+    log = tmp_path / "node-0.log"
+    log.write_text("an older run's\n")
+    log.chmod(0o644)
+    with open_log(log):
+        pass
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_asking_whether_a_lock_is_held_follows_no_link_and_waits_on_no_pipe(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "linked.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        ProcessLock.held(tmp_path / "linked.lock")
+    os.mkfifo(tmp_path / "piped.lock")
+    assert not ProcessLock.held(tmp_path / "piped.lock")
