@@ -332,6 +332,8 @@ class Device:
             complete_until=self._siblings.complete_until(),
             last_run_left=self._last_run_left,
             entry_listing=None if listing is None else listing.keys,
+            unsent=len(self._store.outbox()),
+            last_send_error=self._outbox.last_failure,
         )
 
     # --- online and offline -----------------------------------------------------------------------

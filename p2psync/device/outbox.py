@@ -55,6 +55,9 @@ class Outbox:
         #: The file server's device lists: user -> (epoch ms fetched, devices).
         self._cache: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._passed = trio.Event()
+        #: Why the last pass left something unsent (None: it did not), for the user to
+        #: see that a message waits and on what (a recipient's mailbox full, say).
+        self.last_failure: str | None = None
         self._deletions = DeletionSchedule(
             local.store.deletions(),
             local.clock.now_ms(),
@@ -210,8 +213,10 @@ class Outbox:
             try:
                 await self._deliver()
                 await retry_deferred()
+                self.last_failure = None
             except TRANSIENT as exc:
                 logger.info("%s: outbox waits to retry: %s", self._local.name, exc)
+                self.last_failure = str(exc)
             store = self._store
             now = self._local.clock.now_ms()
             failed = store.outbox() or store.deferred() or self._deletions.overdue(now)

@@ -175,7 +175,10 @@ class SyncStatus:
     items since it went online. ``complete_until``: everything timestamped before it is
     in this device's history. ``last_run_left``: whether the run before this one ended
     by leaving (owed sync copies stored, goodbye said) rather than by a crash or a kill;
-    None for a device that never went online before."""
+    None for a device that never went online before. ``unsent``: messages (and other
+    records) not yet stored in every swarm they go to; ``last_send_error``: why the last
+    try left some unsent (None: it did not), so a message waiting on a recipient's full
+    mailbox, or on swarms out of reach, says so."""
 
     online: bool
     syncs_directly: bool
@@ -187,3 +190,5 @@ class SyncStatus:
     complete_until: int
     last_run_left: bool | None
     entry_listing: frozenset[bytes] | None
+    unsent: int
+    last_send_error: str | None

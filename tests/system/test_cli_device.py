@@ -348,6 +348,7 @@ async def test_display_names_beside_ids_and_run_stopped_by_signals_says_how_it_e
         ids = await init(tmp_path, "linked", "alice", "bob")
         first = json.loads(await ok("status", *where("alice"), "--json", "--wait", "0"))
         assert first["last_run_left"] is None  # never online before
+        assert first["unsent"] == 0 and first["last_send_error"] is None
 
         code_, _, err = await run("name", *where("bob"), "\x1b[31mBob")
         assert code_ == 1 and "display name may not hold U+001B" in err
@@ -425,7 +426,8 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         me = (await ok("whoami", "--data", str(tmp_path / "phone"))).splitlines()
         assert me == [f"user {ids['phone']}", f"device {ids['phone']} ('device', mapped)"]
         status = (await ok("status", *where("phone"), "--wait", "0")).splitlines()
-        assert len(status) == 6 and "\\u" not in "".join(status), status
+        assert len(status) == 7 and "\\u" not in "".join(status), status
+        assert "messages not yet stored in their swarms: 0" in status
         assert (
             "history known complete up to (its last whole-history sync with a sibling): never"
             in status

@@ -479,8 +479,9 @@ async def test_a_full_mailbox_holds_up_mail_to_its_owner_alone(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     """A stranger keeps Bob's mailbox full: Alice's copy to Bob waits (it is refused as a
-    passing limit, not for good), her later message to Carol does not wait behind it, and
-    Bob has his once the mailbox takes mail again."""
+    passing limit, not for good), her later message to Carol does not wait behind it, her
+    status says one message waits and why, and Bob has his once the mailbox takes mail
+    again."""
     async with (
         open_world() as network,
         device(network, tmp_path, "bob", "linked") as bob,
@@ -514,7 +515,12 @@ async def test_a_full_mailbox_holds_up_mail_to_its_owner_alone(
         await alice.send(carol.session_id, "to carol, after")
         await wait_until(lambda: len(carol.history(alice.session_id)) == 1, limit_s=120)
         assert bob.history(alice.session_id) == []
+        waiting = alice.sync_status()
+        assert waiting.unsent == 1
+        assert waiting.last_send_error is not None and "mailbox is full" in waiting.last_send_error
         for node in network.running_nodes():
             node.rpc.methods["store"], node.rpc.methods["store_batch"] = honest[node.url]
         await wait_until(lambda: len(bob.history(alice.session_id)) == 1)
         assert texts(bob, alice.session_id) == [(False, "to bob, first")]
+        await wait_until(lambda: alice.sync_status().last_send_error is None)
+        assert alice.sync_status().unsent == 0
