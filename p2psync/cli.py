@@ -737,7 +737,7 @@ def explain(exc: BaseException, program: str = "p2psync") -> tuple[int, str] | N
         return EXIT_INTERRUPTED, "stopped"
     if isinstance(error, Terminated):
         return EXIT_TERMINATED, "terminated"
-    if isinstance(error, CommandError | P2PSyncError | ValueError | OSError):
+    if isinstance(error, _EXPLAINED):
         return EXIT_FAILURE, f"{program}: error: {error}"
     return None
 
@@ -753,4 +753,20 @@ def _single(exc: BaseException) -> BaseException:
         for stop in (KeyboardInterrupt, Terminated):
             if exc.subgroup(stop) is not None:
                 return stop()
+        # Children that failed side by side for reasons each one line says (three nodes
+        # refused one folder each): the first, and how many more.
+        leaves = _leaves(exc)
+        if all(isinstance(leaf, _EXPLAINED) for leaf in leaves):
+            return CommandError(f"{leaves[0]} (and {len(leaves) - 1} more)")
     return exc
+
+
+_EXPLAINED = (CommandError, P2PSyncError, ValueError, OSError)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [
+        leaf
+        for member in group.exceptions
+        for leaf in (_leaves(member) if isinstance(member, BaseExceptionGroup) else [member])
+    ]

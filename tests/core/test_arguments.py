@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from p2psync.cli import build_parser
+from p2psync.cli import build_parser, explain
 
 REFUSED = [
     ["network", "up", "--data", "d", "--nodes", "99999999999999999999"],
@@ -81,3 +81,18 @@ def test_numbers_in_range_are_taken() -> None:
     assert (args.timeout, args.wait) == (0.5, 0.0)
     args = build_parser().parse_args(["network", "up", "--data", "d", "--nodes", "250"])
     assert args.nodes == 250
+
+
+def test_failures_side_by_side_are_one_line_naming_the_first_and_how_many_more() -> None:
+    """Children that fail together (three nodes each refusing a folder) leave a nursery as
+    an exception group: the command still says one line, not a traceback."""
+    group = ExceptionGroup(
+        "nursery",
+        [OSError("node-0: refused"), ExceptionGroup("inner", [ValueError("node-1: refused")])],
+    )
+    assert explain(group) == (1, "p2psync: error: node-0: refused (and 1 more)")
+    assert explain(ExceptionGroup("bug", [OSError("one line"), KeyError("a bug")])) is None
+    assert explain(BaseExceptionGroup("stop", [OSError("pipe"), KeyboardInterrupt()])) == (
+        130,
+        "stopped",
+    )
