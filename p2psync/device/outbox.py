@@ -130,13 +130,13 @@ class Outbox:
                 by_owner.setdefault(copy.owner, []).append((copy, ttl_ms))
         for owner, copies in by_owner.items():
             try:
-                await self._store_owners(owner, copies)
+                await self._store_for(owner, copies)
             except TRANSIENT as exc:
                 logger.info("%s: copies for %s wait: %s", self._local.name, owner[:12], exc)
                 first = first or exc
         return first
 
-    async def _store_owners(self, owner: str, copies: list[tuple[Copy, int]]) -> None:
+    async def _store_for(self, owner: str, copies: list[tuple[Copy, int]]) -> None:
         """``owner``'s copies (each with its ttl), raising the first failure."""
         # Cut by size first; each request is then dated as it is sent.
         stores = [StoreRequest(owner, c.namespace, ttl, 0, c.data) for c, ttl in copies]
@@ -212,11 +212,16 @@ class Outbox:
             wakeup = self._local.outbox_wakeup = trio.Event()
             try:
                 await self._deliver()
-                await retry_deferred()
-                self.last_failure = None
             except TRANSIENT as exc:
                 logger.info("%s: outbox waits to retry: %s", self._local.name, exc)
                 self.last_failure = str(exc)
+            else:
+                # Said of sending alone: a deferred inbound record is not unsent mail.
+                self.last_failure = None
+                try:
+                    await retry_deferred()
+                except TRANSIENT as exc:
+                    logger.info("%s: deferred records wait to retry: %s", self._local.name, exc)
             store = self._store
             now = self._local.clock.now_ms()
             failed = store.outbox() or store.deferred() or self._deletions.overdue(now)
