@@ -262,7 +262,16 @@ def unavailable_reason(data_dir: Path | None = None) -> str | None:
     # user's home may be out of its reach, or only its program may be, so that it runs
     # another Python's library (the system's, found where its own is closed). Extension
     # modules hold across a minor version's releases, not across minor versions.
-    probe = "import sys, p2psync.services; print(*sys.version_info[:2])"
+    # And it must be able to forbid itself namespaces (libseccomp), and still start a
+    # thread under that filter (which turns ``clone3`` away).
+    probe = (
+        "import sys, threading, p2psync.confine, p2psync.services\n"
+        "p2psync.confine.forbid_namespaces()\n"
+        "thread = threading.Thread(target=lambda: None)\n"
+        "thread.start()\n"
+        "thread.join()\n"
+        "print(*sys.version_info[:2])"
+    )
     confined = subprocess.run(
         as_service(PROBE_UID, [sys.executable, "-c", probe]),
         capture_output=True,

@@ -38,6 +38,7 @@ from .hosts import LOOPBACK, Host, open_device_host, open_hosts
 from .process_lock import InUse, ProcessLock
 from .rpc import open_rpc
 from .service_users import (
+    end_every_process_of,
     hand_over,
     open_log,
     refuse_foreign_folder,
@@ -90,10 +91,9 @@ class Service:
         return self.host.wrap_service(
             [
                 sys.executable,
-                # Its working folder is not on its import path: the launcher's may be one
-                # another user (or service) can write.
-                *(() if self.uid is None else ("-P",)),
-                "-m",
+                # Its working folder is not on its import path (the launcher's may be one
+                # another user, or service, can write), and it can make no namespace.
+                *(("-m",) if self.uid is None else ("-P", "-m", "p2psync.confine")),
                 "p2psync",
                 *self.args,
                 "--data",
@@ -132,34 +132,41 @@ async def run_service(
     Started with ``nursery.start``, the child belongs to that nursery: cancelling it
     terminates the child and waits for it. The child's stdin stays open as long as this
     process lives (see services.exit_when_stdin_closes), so no child outlives its
-    launcher even if the launcher is killed outright."""
+    launcher even if the launcher is killed outright. A service on a host, once stopped,
+    leaves no process of its uid behind (:func:`~.service_users.end_every_process_of`),
+    for as long as the launcher lives to see it stop."""
     service.data_dir.mkdir(parents=True, exist_ok=True)
     if service.uid is not None:
         hand_over(service.data_dir, service.uid)
-    async with trio.open_nursery() as nursery:
-        with open_log(service.log_path) as log:
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    service.command(port),
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    cwd=None if service.uid is None else "/",
-                    check=False,
-                    deliver_cancel=stop_child,
+    try:
+        async with trio.open_nursery() as nursery:
+            with open_log(service.log_path) as log:
+                process: trio.Process = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        service.command(port),
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=log,
+                        cwd=None if service.uid is None else "/",
+                        check=False,
+                        deliver_cancel=stop_child,
+                    )
                 )
-            )
-        url = ""
-        with trio.move_on_after(START_TIMEOUT_S):
-            url = await _read_ready_line(service, process)
-        if not url:
-            raise StartError(
-                f"{service.name} did not say it was ready within {START_TIMEOUT_S:g} s "
-                f"(see {service.log_path})"
-            )
-        task_status.started(Running(process, url))
-    return await process.wait()
+            url = ""
+            with trio.move_on_after(START_TIMEOUT_S):
+                url = await _read_ready_line(service, process)
+            if not url:
+                raise StartError(
+                    f"{service.name} did not say it was ready within {START_TIMEOUT_S:g} s "
+                    f"(see {service.log_path})"
+                )
+            task_status.started(Running(process, url))
+        return await process.wait()
+    finally:
+        if service.uid is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(end_every_process_of, service.uid)
 
 
 async def _read_ready_line(service: Service, process: trio.Process) -> str:

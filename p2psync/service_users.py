@@ -25,6 +25,8 @@ import json
 import os
 import pwd
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +240,33 @@ def refuse_open_folder(folder: Path) -> None:
                 f"{folder} must be in folders of root's that only root may write, and "
                 f"{place} is not (chown root and chmod go-w it, or choose another)"
             )
+
+
+#: Run as a service's uid: signal every process of that uid but this one, until none is
+#: left (a process may fork while the kernel goes through the list).
+_END_ALL = (
+    "import os, signal\n"
+    "for _ in range(100):\n"
+    "    try:\n"
+    "        os.kill(-1, signal.SIGKILL)\n"
+    "    except ProcessLookupError:\n"
+    "        break\n"
+)
+
+
+def end_every_process_of(uid: int) -> None:
+    """Kill whatever a service left running once it has stopped: a service someone
+    broke into may have started processes that left its process group and its session.
+    Its uid is its own (no other process, service or account has it), and only that
+    uid's processes can be signalled by that uid, so ``kill(-1)`` run as it reaches
+    exactly those."""
+    subprocess.run(
+        as_service(uid, [sys.executable, "-I", "-S", "-c", _END_ALL]),
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
 
 
 def open_log(path: Path) -> BinaryIO:

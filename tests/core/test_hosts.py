@@ -4,6 +4,7 @@ runs, addresses in the run's /24, and removals that touch only the run's own nam
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,14 +167,16 @@ def test_a_record_that_is_not_one_is_refused(text: str) -> None:
         HostsRecord.decode(text, Path("hosts.json"))
 
 
-def test_a_service_on_a_host_is_told_its_folder_whole_and_imports_nothing_from_where_it_runs() -> (
-    None
-):
+def test_a_service_on_a_host_gets_its_folder_whole_a_clean_path_and_no_namespace() -> None:
     """It starts in ``/``, so a folder given relative to the launcher's would be another;
-    and its working folder is off its import path (``-P``)."""
+    its working folder is off its import path (``-P``); it starts by forbidding itself
+    namespaces (:mod:`p2psync.confine`)."""
     host = HostPlan("abcdef", 0).host(0)
     command = Service("node-0", ("node",), Path("net/node-0"), host, SERVICE_UID_BASE).command()
     assert command[command.index("--data") + 1] == str(Path("net/node-0").absolute())
-    assert command[command.index("-m") - 1] == "-P"
+    python = command.index(sys.executable)
+    assert command[python : python + 6] == [
+        sys.executable, "-P", "-m", "p2psync.confine", "p2psync", "node"
+    ]  # fmt: skip
     loopback = Service("node-0", ("node",), Path("net/node-0")).command()
-    assert "-P" not in loopback
+    assert loopback[:4] == [sys.executable, "-m", "p2psync", "node"]

@@ -167,6 +167,7 @@ async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_noth
             status = _status(pid)
             assert status["CapEff"] == "0" * 16 and status["CapBnd"] == "0" * 16, (pid, status)
             assert status["NoNewPrivs"] == "1", (pid, status)
+            assert status["Seccomp"] == "2", "it forbade itself namespaces (p2psync.confine)"
             uid, effective, saved, _ = (int(field) for field in status["Uid"].split())
             assert uid == effective == saved and uid != 0 and status["Groups"] == "", status
             uids.add(uid)
@@ -177,6 +178,10 @@ async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_noth
         assert owner in uids and _can_read(owner, node_key)
         assert not _can_read(owner, net / "ledger" / "ledger.key")
         assert not any(_can_read(uid, node_key) for uid in uids - {owner})
+        # What a service someone broke into might start to outlive it.
+        left_behind = await trio.lowlevel.open_process(
+            as_service(owner, ["setsid", "sleep", "600"])
+        )
 
         network = str(net / "network.json")
         alice, bob = str(tmp_path / "alice"), str(tmp_path / "bob")
@@ -217,6 +222,8 @@ async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_noth
         with trio.fail_after(30):
             code = await process.wait()
     assert code == 143
+    with trio.fail_after(10):
+        assert await left_behind.wait() == -signal.SIGKILL, "ended with its service"
     assert not _leftovers(prefix)
     assert not (net / "hosts.json").exists()
     assert _processes_using(net) == []
