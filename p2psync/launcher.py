@@ -133,10 +133,14 @@ async def run_service(
     terminates the child and waits for it. The child's stdin stays open as long as this
     process lives (see services.exit_when_stdin_closes), so no child outlives its
     launcher even if the launcher is killed outright. A service on a host, once stopped,
-    leaves no process of its uid behind (:func:`~.service_users.end_every_process_of`),
-    for as long as the launcher lives to see it stop."""
+    leaves no process of its uid behind (:func:`~.service_users.end_every_process_of`);
+    what a launcher killed outright could not end, the next run on the folder does
+    before the service starts again."""
     service.data_dir.mkdir(parents=True, exist_ok=True)
     if service.uid is not None:
+        # Left by a run whose launcher was killed outright, if any: gone before the
+        # folder is handed over and the service starts.
+        await trio.to_thread.run_sync(end_every_process_of, service.uid)
         hand_over(service.data_dir, service.uid)
     try:
         async with trio.open_nursery() as nursery:

@@ -18,7 +18,7 @@ import trio
 
 from overlay.addresses import split_host_port
 from p2psync.hosts import unavailable_reason
-from p2psync.service_users import as_service
+from p2psync.service_users import as_service, service_uid
 from p2psync.urls import bare_address
 
 P2PSYNC = [sys.executable, "-m", "p2psync"]
@@ -128,6 +128,11 @@ async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_noth
     net = open_folder / "net"
     net.mkdir()
     stale = _stale_run(net)
+    # A process node-0's uid left running when a launcher was killed outright.
+    (net / "node-0").mkdir()
+    left_by_a_killed_run = await trio.lowlevel.open_process(
+        as_service(service_uid(net / "node-0"), ["setsid", "sleep", "600"])
+    )
     process = await trio.lowlevel.open_process(
         [*P2PSYNC, "network", "up", "--hosts", "--nodes", "3", "--relays", "2", "--data", str(net)],
         stdout=subprocess.PIPE,
@@ -143,6 +148,7 @@ async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_noth
                 line += chunk
         assert line.decode().strip() == f"ready {net / 'network.json'}"
         assert not _leftovers(stale), "the crashed run's namespace and bridge are gone"
+        assert left_by_a_killed_run.poll() == -signal.SIGKILL, "and its processes"
         prefix = "p2ps" + json.loads((net / "hosts.json").read_text())["run_id"]
         assert len(_ip_names("netns", "list") & _leftovers(prefix)) == 8
 
