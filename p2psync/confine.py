@@ -15,12 +15,14 @@ module, in this process (a service's uid may not be able to start its Python aga
 service reads anything from outside, cannot be taken off, and holds for every process
 the service starts. It is built by libseccomp (through ``pyseccomp``), not written here
 by hand. ``clone``'s flags are its first argument on x86-64 and arm64 (on s390 they are
-its second, and a ``clone`` there would pass).
+its second, and a ``clone`` there would pass). It also caps the processes the service's
+uid may run at once (:data:`MAX_PROCESSES`).
 """
 
 from __future__ import annotations
 
 import errno
+import resource
 import runpy
 import sys
 from collections.abc import Sequence
@@ -37,10 +39,18 @@ CLONE_NEW_FLAGS = {
 }
 
 
+#: Processes and threads a service's uid may have at once (``RLIMIT_NPROC``): a service
+#: runs a few dozen threads; one broken into cannot fork the machine to a halt.
+MAX_PROCESSES = 512
+
+
 def forbid_namespaces() -> None:
     """Load the filter into this process (and so into all it starts from now on). It
     needs ``no_new_privs`` (``setpriv --no-new-privs``) or CAP_SYS_ADMIN."""
-    import pyseccomp as seccomp
+    try:
+        import pyseccomp as seccomp
+    except RuntimeError as error:  # what pyseccomp raises without the C library
+        raise OSError(f"libseccomp (libseccomp.so.2) is not installed: {error}") from None
 
     refused = seccomp.ERRNO(errno.EPERM)
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
@@ -48,7 +58,10 @@ def forbid_namespaces() -> None:
     rules.add_rule(refused, "setns")
     for flag in CLONE_NEW_FLAGS.values():
         rules.add_rule(refused, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
-    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    try:
+        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    except OSError as error:
+        raise OSError(f"libseccomp knows no clone3 (it needs 2.5 or later): {error}") from None
     rules.load()
 
 
@@ -57,8 +70,9 @@ def main(arguments: Sequence[str]) -> None:
         sys.exit("usage: python -m p2psync.confine MODULE [ARG...]")
     try:
         forbid_namespaces()
-    except (ImportError, OSError, RuntimeError) as error:
-        sys.exit(f"cannot forbid namespaces here: {error}")
+        resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
+    except (ImportError, OSError, ValueError) as error:
+        sys.exit(f"cannot confine a service here: {error}")
     sys.argv = list(arguments)
     runpy.run_module(arguments[0], run_name="__main__", alter_sys=True)
 

@@ -139,8 +139,14 @@ async def run_service(
     service.data_dir.mkdir(parents=True, exist_ok=True)
     if service.uid is not None:
         # Left by a run whose launcher was killed outright, if any: gone before the
-        # folder is handed over and the service starts.
-        await trio.to_thread.run_sync(end_every_process_of, service.uid)
+        # folder is handed over and the service starts (one of them could trace it
+        # before it forbids itself namespaces).
+        left = await trio.to_thread.run_sync(end_every_process_of, service.uid)
+        if left:
+            raise StartError(
+                f"{service.name}: processes of its uid {service.uid} could not be ended: "
+                + " ".join(map(str, left))
+            )
         hand_over(service.data_dir, service.uid)
     try:
         async with trio.open_nursery() as nursery:
@@ -170,7 +176,14 @@ async def run_service(
     finally:
         if service.uid is not None:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(end_every_process_of, service.uid)
+                left = await trio.to_thread.run_sync(end_every_process_of, service.uid)
+            if left:
+                logger.warning(
+                    "%s stopped, but processes of its uid %d could not be ended: %s",
+                    service.name,
+                    service.uid,
+                    " ".join(map(str, left)),
+                )
 
 
 async def _read_ready_line(service: Service, process: trio.Process) -> str:

@@ -19,6 +19,7 @@ folder (its registration, its public key) it opens without following links.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import grp
 import json
@@ -27,7 +28,7 @@ import pwd
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -55,6 +56,8 @@ MAX_SERVICE_UIDS = 1 << 20
 MAX_BOOK_BYTES = 64 << 20
 #: The machine-wide book of which folder has which uid.
 BOOK = Path("/var/lib/p2psync/service-uids.json")
+#: Where containers' uid ranges are kept.
+SUBORDINATE = (Path("/etc/subuid"), Path("/etc/subgid"))
 
 
 class ServiceUserError(OSError):
@@ -140,25 +143,26 @@ def service_uid(folder: Path, book: Path = BOOK) -> int:
 
 
 def taken_uids(
-    subordinate: Sequence[Path] = (Path("/etc/subuid"), Path("/etc/subgid")),
+    subordinate: Sequence[Path] = SUBORDINATE,
 ) -> Callable[[int], bool]:
     """Whether an account, a group, a subordinate range (a container's) or a running
     process has a uid: the ranges and the processes read once, here, so a search past
     a long range costs a comparison a uid, not a scan."""
-    ranges = [span for path in subordinate for span in subordinate_ranges(path)]
+    accounted = accounted_for(subordinate)
     running: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            for line in status.splitlines():
-                if line.startswith(("Uid:", "Gid:")):
-                    running.update(int(field) for field in line.split()[1:] if field.isdigit())
+    for _, status in _statuses():
+        for line in status.splitlines():
+            if line.startswith(("Uid:", "Gid:")):
+                running.update(int(field) for field in line.split()[1:] if field.isdigit())
+    return lambda uid: uid in running or accounted(uid)
 
-    def taken(uid: int) -> bool:
-        if uid in running or any(start <= uid < start + count for start, count in ranges):
+
+def accounted_for(subordinate: Sequence[Path] = SUBORDINATE) -> Callable[[int], bool]:
+    """Whether an account, a group or a subordinate range has a uid (ranges read once)."""
+    ranges = [span for path in subordinate for span in subordinate_ranges(path)]
+
+    def accounted(uid: int) -> bool:
+        if any(start <= uid < start + count for start, count in ranges):
             return True
         for lookup in (pwd.getpwuid, grp.getgrgid):
             try:
@@ -168,7 +172,18 @@ def taken_uids(
                 pass
         return False
 
-    return taken
+    return accounted
+
+
+def processes_of(uid: int) -> list[int]:
+    """Processes (zombies left out) whose real, effective or saved uid is ``uid``."""
+    pids = []
+    for pid, status in _statuses():
+        fields = dict(line.partition(":")[::2] for line in status.splitlines())
+        uids = {int(field) for field in fields.get("Uid", "").split()[:3] if field.isdigit()}
+        if uid in uids and not fields.get("State", "").strip().startswith("Z"):
+            pids.append(pid)
+    return pids
 
 
 def subordinate_ranges(path: Path) -> list[tuple[int, int]]:
@@ -242,31 +257,66 @@ def refuse_open_folder(folder: Path) -> None:
             )
 
 
-#: Run as a service's uid: signal every process of that uid but this one, until none is
-#: left (a process may fork while the kernel goes through the list).
-_END_ALL = (
-    "import os, signal\n"
-    "for _ in range(100):\n"
-    "    try:\n"
-    "        os.kill(-1, signal.SIGKILL)\n"
-    "    except ProcessLookupError:\n"
-    "        break\n"
-)
+#: The real and saved uid of the process that ends what a service left running
+#: (:func:`end_every_process_of`): given to no service and to nothing else, so no
+#: service's process may signal it (that takes its real or saved uid) or trace it.
+REAPER_UID = SERVICE_UID_BASE - 2
+#: One reaper at a time on the machine: two would share a real uid, and could signal
+#: each other.
+REAPER_LOCK = BOOK.parent / "reaper.lock"
+REAP_TIMEOUT_S = 10.0
+#: Run by root: become the reaper (real and saved uid :data:`REAPER_UID`, effective uid
+#: the service's, no capability left), then signal every process that uid may: the
+#: service's uid's alone. The kernel goes through every process under a lock ``fork``
+#: waits for, so one call reaches a process forked meanwhile too.
+_REAP = """
+import os, signal, sys
+uid, reaper = int(sys.argv[1]), int(sys.argv[2])
+os.setgroups([])
+os.setresgid(reaper, reaper, reaper)
+os.setresuid(reaper, uid, reaper)
+try:
+    os.kill(-1, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
 
 
-def end_every_process_of(uid: int) -> None:
-    """Kill whatever a service left running once it has stopped: a service someone
-    broke into may have started processes that left its process group and its session.
-    Its uid is its own (no other process, service or account has it), and only that
-    uid's processes can be signalled by that uid, so ``kill(-1)`` run as it reaches
-    exactly those."""
-    subprocess.run(
-        as_service(uid, [sys.executable, "-I", "-S", "-c", _END_ALL]),
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=False,
-    )
+def end_every_process_of(uid: int, lock: Path = REAPER_LOCK) -> list[int]:
+    """Kill whatever runs as a service's ``uid`` (a service someone broke into may have
+    started processes that left its process group and its session); returns those
+    still running after (none, unless the reaper was stopped: a one-line reason to
+    refuse to start the service again). The uid is the service's alone, so this reaches
+    nothing else; should an account, a group or a range have it now (a directory
+    service, a container's), this is refused instead."""
+    if accounted_for()(uid):
+        raise ServiceUserError(
+            f"uid {uid} now belongs to an account, a group or a subordinate range: "
+            "its processes are not a service's to end"
+        )
+    lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open_lock_file(lock) as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # said by what is left
+            subprocess.run(
+                [sys.executable, "-I", "-S", "-c", _REAP, str(uid), str(REAPER_UID)],
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=REAP_TIMEOUT_S,
+                check=False,
+            )
+    return processes_of(uid)
+
+
+def _statuses() -> Iterator[tuple[int, str]]:
+    """Each running process's pid and ``/proc/PID/status`` (one gone meanwhile left out)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), (entry / "status").read_text()
+            except OSError:
+                continue
 
 
 def open_log(path: Path) -> BinaryIO:

@@ -15,12 +15,27 @@ from pathlib import Path
 
 import pytest
 
-from p2psync.confine import CLONE_NEW_FLAGS
 from p2psync.hosts import unavailable_reason
-from p2psync.service_users import SERVICE_UID_BASE, as_service, end_every_process_of
+from p2psync.service_users import (
+    SERVICE_UID_BASE,
+    ServiceUserError,
+    as_service,
+    end_every_process_of,
+)
 
-UID = SERVICE_UID_BASE + 270
-OTHER_UID = SERVICE_UID_BASE + 271
+#: Below the range services' uids are given from, so never a service's.
+UID = SERVICE_UID_BASE - 300
+OTHER_UID = SERVICE_UID_BASE - 301
+#: linux/sched.h, written out here rather than read from the code under test.
+NAMESPACE_FLAGS = {
+    "mount": 0x00020000,
+    "cgroup": 0x02000000,
+    "uts": 0x04000000,
+    "ipc": 0x08000000,
+    "user": 0x10000000,
+    "pid": 0x20000000,
+    "net": 0x40000000,
+}
 REASON = unavailable_reason()
 needs_hosts = pytest.mark.skipif(REASON is not None, reason=f"no services' uids here: {REASON}")
 
@@ -30,15 +45,24 @@ TRIES = """
 import ctypes, json, os, subprocess, threading
 
 libc = ctypes.CDLL(None, use_errno=True)
-SYS_CLONE, SYS_SETNS, SIGCHLD = 56, 308, 17
+SYS_CLONE, SYS_SETNS, SYS_CLONE3, SIGCHLD = 56, 308, 435, 17
+NEWUSER = 0x10000000
 tried = {}
-for name, flag in json.loads(os.environ["FLAGS"]).items():
-    child = libc.syscall(SYS_CLONE, flag | SIGCHLD, 0, 0, 0, 0)
+
+
+def started(child):
     if child == 0:
         os._exit(0)
     if child > 0:
         os.waitpid(child, 0)
-    tried["clone " + name] = child > 0
+    return child > 0
+
+
+# Each kind with a user namespace of its own, which grants the rights to make it.
+for name, flag in json.loads(os.environ["FLAGS"]).items():
+    tried["clone " + name] = started(libc.syscall(SYS_CLONE, NEWUSER | flag | SIGCHLD, 0, 0, 0, 0))
+arguments = (ctypes.c_uint64 * 11)(NEWUSER, 0, 0, 0, SIGCHLD)  # struct clone_args
+tried["clone3 user"] = started(libc.syscall(SYS_CLONE3, arguments, ctypes.sizeof(arguments)))
 for options in (["--user"], ["--user", "--net"], ["--user", "--mount"]):
     tried["unshare " + " ".join(options)] = subprocess.run(
         ["unshare", *options, "true"], capture_output=True
@@ -69,7 +93,7 @@ def module_folder() -> Iterator[Path]:
 
 def _tries(folder: Path, *, confined: bool) -> dict[str, bool]:
     python = [sys.executable, "-P", "-m", *(("p2psync.confine",) if confined else ()), "tries"]
-    environment = {**os.environ, "PYTHONPATH": str(folder), "FLAGS": json.dumps(CLONE_NEW_FLAGS)}
+    environment = {**os.environ, "PYTHONPATH": str(folder), "FLAGS": json.dumps(NAMESPACE_FLAGS)}
     result = subprocess.run(
         as_service(UID, python), capture_output=True, text=True, cwd="/", env=environment
     )
@@ -84,7 +108,8 @@ def test_a_confined_service_makes_and_joins_no_namespace_but_runs_threads_and_pr
 ) -> None:
     confined = _tries(module_folder, confined=True)
     assert confined == {
-        **{f"clone {name}": False for name in CLONE_NEW_FLAGS},
+        **{f"clone {name}": False for name in NAMESPACE_FLAGS},
+        "clone3 user": False,
         "unshare --user": False,
         "unshare --user --net": False,
         "unshare --user --mount": False,
@@ -97,7 +122,8 @@ def test_a_confined_service_makes_and_joins_no_namespace_but_runs_threads_and_pr
     unconfined = _tries(module_folder, confined=False)
     if not unconfined["unshare --user"]:
         pytest.skip("this kernel lets no uid make a user namespace: nothing to take away")
-    assert unconfined["clone user"] and unconfined["unshare --user --net"]
+    assert all(unconfined[f"clone {name}"] for name in NAMESPACE_FLAGS), unconfined
+    assert unconfined["clone3 user"] and unconfined["unshare --user --net"]
 
 
 @needs_hosts
@@ -109,18 +135,57 @@ def test_every_process_a_services_uid_left_is_ended_and_no_other() -> None:
     other = subprocess.Popen(as_service(OTHER_UID, ["sleep", "600"]))
     try:
         assert _pids_of(UID), "the processes it left are running"
-        end_every_process_of(UID)
+        assert end_every_process_of(UID) == []
         assert _pids_of(UID) == []
         for process in left:
             assert process.wait(timeout=10) == -signal.SIGKILL
         assert other.poll() is None, "a process of another uid is not touched"
-        end_every_process_of(UID)  # nothing left to end is not an error
+        assert end_every_process_of(UID) == [], "nothing left to end is not an error"
     finally:
         for process in (*left, other):
             process.kill()
             process.wait()
         for pid in _pids_of(UID):  # what the shell started, had the test failed
             os.kill(pid, signal.SIGKILL)
+
+
+#: A process left behind that fights whatever would end it: it stops, then kills, every
+#: process its uid may signal, as fast as it can.
+FIGHTER = """
+import os, signal
+print("fighting", flush=True)
+while True:
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        try:
+            os.kill(-1, sig)
+        except OSError:
+            pass
+"""
+
+
+@needs_hosts
+def test_a_process_left_behind_that_fights_back_is_ended_all_the_same() -> None:
+    """The reaper runs with a real and saved uid no service has, so a service's process
+    can neither signal nor trace it."""
+    fight = as_service(UID, [sys.executable, "-I", "-S", "-c", FIGHTER])
+    fighter = subprocess.Popen(fight, stdout=subprocess.PIPE)
+    try:
+        for _ in range(3):
+            assert fighter.stdout is not None and fighter.stdout.readline() == b"fighting\n"
+            assert _pids_of(UID) == [fighter.pid]
+            assert end_every_process_of(UID) == []
+            assert fighter.wait(timeout=10) == -signal.SIGKILL
+            fighter.stdout.close()
+            fighter = subprocess.Popen(fight, stdout=subprocess.PIPE)
+    finally:
+        fighter.kill()
+        fighter.communicate()
+
+
+@needs_hosts
+def test_the_processes_of_a_uid_an_account_has_now_are_not_ended() -> None:
+    with pytest.raises(ServiceUserError, match="belongs to an account"):
+        end_every_process_of(0)
 
 
 def _pids_of(uid: int) -> list[int]:
