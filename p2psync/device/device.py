@@ -30,9 +30,10 @@ receive loop and be met again, and fatally, on every later start.
 
 Where each rule lives: :class:`Device` is a facade. What the rules decide is in pure
 cores, tested directly: the friend machine (:mod:`.friends`), the pairing machine
-(:mod:`.pairing`), the mode's rules (:mod:`.modes`, so nothing here branches on the mode)
-and the inbound core (:mod:`.inbound`: an arriving record in, typed effects out). Thin
-drivers execute their effects: the receiver (:mod:`.receiver`), the outbox and its device
+(:mod:`.pairing`), the mode's rules (:mod:`.modes`, so nothing here branches on the mode),
+the steps of going online and offline (:mod:`.online_switch`) and the inbound core
+(:mod:`.inbound`: an arriving record in, typed effects out). Thin drivers execute their
+effects: the receiver (:mod:`.receiver`), the outbox and its device
 lists (:mod:`.outbox`), pairing (:mod:`.pairer`) and the sibling handler that live sync
 calls back (:mod:`.siblings`), all sharing the device's own state (:mod:`.local`).
 """
@@ -72,6 +73,7 @@ from .keys import choice_seed
 from .local import Local, whoami_of
 from .migrator import Migrator
 from .modes import Mode
+from .online_switch import OnlineSwitch, Step
 from .outbox import Outbox
 from .pairer import Pairer
 from .receiver import Receiver
@@ -151,8 +153,8 @@ class Device:
             partial(befriend, local, self._outbox),
         )
         self._online_scope: trio.CancelScope | None = None
-        #: Going offline has yet to queue the sync copies siblings lack (see set_online).
-        self._copies_owed = False
+        #: Where going online or offline stands (what leaving still owes the siblings).
+        self._switch = OnlineSwitch()
         #: One switch at a time: going offline takes a while (the copies it stores first),
         #: and coming back meanwhile must wait for it rather than find the device online.
         self._switching = trio.Lock()
@@ -350,33 +352,44 @@ class Device:
         resumes when called again, at storing the copies it has queued, so a caller can
         give a stopped leave a last short budget for that. A device whose last run ended
         otherwise (a crash) queues those copies before anything else when it goes
-        online again."""
+        online again. The steps are :mod:`.online_switch`'s."""
         async with self._switching:
-            if online and self._offline.is_set():
-                if self._store.get_meta(ONLINE_META) == b"1":
-                    self._siblings.store_owed_copies()
-                self._store.set_meta(ONLINE_META, b"1")
-                self._copies_owed = True
-                self._online_scope = await self._nursery.start(self._run_online)
-            elif not online and not self._offline.is_set():
-                assert self._online_scope is not None
-                if self._copies_owed:  # else a leave cut short resumes at storing them
-                    try:
-                        if not promptly:
-                            await self._siblings.deliver_before_leaving()
-                    finally:
-                        # Even when a stop cuts the wait short: those copies are in the
-                        # durable outbox now, what leaving owes the siblings is done (the
-                        # outbox goes first on the next start), so the next start need
-                        # not queue them again.
-                        self._siblings.store_owed_copies()
-                        self._store.set_meta(ONLINE_META, b"0")
-                        self._copies_owed = False
-                with trio.move_on_after(LEAVING_S):
-                    await self.flush()
-                await self._siblings.leave()
-                self._online_scope.cancel()
+            noted_running = self._store.get_meta(ONLINE_META) == b"1"
+            plan = self._switch.plan(online, promptly=promptly, noted_running=noted_running)
+            try:
+                if Step.DELIVER_DIRECTLY in plan.attempt:
+                    await self._siblings.deliver_before_leaving()
+            finally:
+                # Even when a stop cuts the attempt short: the copies are then in the
+                # durable outbox, which goes first on the next start.
+                for step in plan.settle:
+                    self._settle(step)
+                self._switch.reached(plan.settled)
+            for step in plan.then:
+                await self._take(step)
+            self._switch.reached(plan.ends)
+
+    def _settle(self, step: Step) -> None:
+        if step is Step.QUEUE_OWED_COPIES:
+            self._siblings.store_owed_copies()
+        elif step is Step.NOTE_RUNNING:
+            self._store.set_meta(ONLINE_META, b"1")
+
+    async def _take(self, step: Step) -> None:
+        if step is Step.START:
+            self._online_scope = await self._nursery.start(self._run_online)
+        elif step is Step.FLUSH:
+            with trio.move_on_after(LEAVING_S):
+                await self.flush()
+        elif step is Step.SAY_GOODBYE:
+            await self._siblings.leave()
+        elif step is Step.STOP:
+            assert self._online_scope is not None
+            self._online_scope.cancel()
+            # Not cut short itself: a device found still stopping could not go online.
+            with trio.CancelScope(shield=True):
                 await self._offline.wait()
+            self._store.set_meta(ONLINE_META, b"0")
 
     async def _run_online(self, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         with trio.CancelScope() as scope:

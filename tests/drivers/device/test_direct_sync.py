@@ -15,6 +15,7 @@ import overlay.session
 from overlay.keys import KeyPair
 from overlay.session import SessionCore
 from p2psync.device import Device
+from p2psync.device.device import LEAVING_S
 from p2psync.device.siblings import TAKEOVER_GRACES
 from p2psync.device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S
 from p2psync.identity import Identity
@@ -374,6 +375,42 @@ async def test_a_phone_leaving_inside_the_grace_period_stores_what_was_not_ackno
         await wait_until(lambda: len(desktop.history(bob.session_id)) == 2)
         assert texts(desktop, bob.session_id) == texts(phone, bob.session_id)
         assert not phone.rejections and not desktop.rejections
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_device_back_online_after_a_leave_cut_short_still_leaves_its_sibling_all(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """A leave cut short (its swarm out of reach, so the outbox could not store) and
+    taken back: the phone runs on, and when it leaves again it stores the sync copy of
+    what it sent since, as any leave does."""
+    async with (
+        open_world(relays=8) as network,
+        siblings_and_friend(network, tmp_path, mode) as (phone, desktop, bob),
+    ):
+        await wait_until(
+            lambda: phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+        )
+        await desktop.set_online(False)
+        for node in network.nodes:
+            await network.stop_node(node)
+        await phone.send(bob.session_id, "while the swarm is away")
+        with trio.move_on_after(LEAVING_S / 2):
+            await phone.set_online(False)
+        assert phone.sync_status().online, "cut short while storing"
+        for node in network.nodes:
+            await network.start_node(node)
+        await phone.set_online(True)
+        await phone.flush()
+        assert sync_copies(network, desktop, mode) == 1
+
+        await phone.send(bob.session_id, "after the phone came back")
+        await trio.sleep(GRACE_S / 2)
+        await phone.set_online(False)
+        assert sync_copies(network, desktop, mode) == 2
+        await desktop.set_online(True)
+        await wait_until(lambda: len(desktop.history(bob.session_id)) == 2)
+        assert texts(desktop, bob.session_id) == texts(phone, bob.session_id)
 
 
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
