@@ -628,9 +628,9 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
     synced_ms = status["last_sync_ms"]
     last_run = {
         None: "this was its first run",
-        True: "its last run ended by leaving (owed sync copies stored, goodbye said)",
-        False: "its last run ended without leaving (killed or crashed): owed sync "
-        "copies were queued again on this start",
+        True: "its last run ended by leaving (owed sync copies queued, goodbye said)",
+        False: "its last run ended before it finished leaving (killed, crashed or cut "
+        "short): owed sync copies were queued again on this start",
     }[status["last_run_left"]]
     return [
         f"user {status['user']} (device {_short(status['device'])}, {status['mode']})",

@@ -67,6 +67,7 @@ from .content import (
     Text,
     check_display_name,
 )
+from .entry_relays import SiblingEntries
 from .facades import DevicePairing, Friends, Rooms, befriend, check_text
 from .friends import ContactState
 from .keys import choice_seed
@@ -78,7 +79,7 @@ from .outbox import Outbox
 from .pairer import Pairer
 from .receiver import Receiver
 from .rows import HistoryItem
-from .siblings import SiblingEntries, SiblingHandler
+from .siblings import SiblingHandler
 from .store import DeviceStore
 from .values import (
     DeviceConfig,
@@ -96,8 +97,9 @@ from .values import (
 #: among it) before it says goodbye; what is not stored by then stays in the outbox and
 #: goes first on its next start.
 LEAVING_S = 30.0
-#: Set while the device is online: found set when it goes online, the last run ended
-#: without going offline (a crash, a kill), so it still owes its siblings' sync copies.
+#: Set from before the device starts until it has stopped: found set when it goes
+#: online, the last run ended before it finished leaving (a crash, a kill, a leave cut
+#: short), so it may still owe its siblings' sync copies.
 #: Read once when the device opens: ``sync_status().last_run_left``.
 ONLINE_META = "online"
 
@@ -349,47 +351,63 @@ class Device:
         goodbye: a phone that leaves inside the grace period, or a process that exits
         right after ``send``, leaves no sibling without the message. ``promptly`` (a
         person stopped the program) skips the first step. A leave cut short (cancelled)
-        resumes when called again, at storing the copies it has queued, so a caller can
-        give a stopped leave a last short budget for that. A device whose last run ended
-        otherwise (a crash) queues those copies before anything else when it goes
-        online again. The steps are :mod:`.online_switch`'s."""
+        resumes when called again without that first step, so a caller can give a
+        stopped leave a last short budget. A device whose last run ended otherwise (a
+        crash) queues those copies before anything else when it goes online again. The
+        steps are :mod:`.online_switch`'s."""
         async with self._switching:
             noted_running = self._store.get_meta(ONLINE_META) == b"1"
             plan = self._switch.plan(online, promptly=promptly, noted_running=noted_running)
             try:
-                if Step.DELIVER_DIRECTLY in plan.attempt:
-                    await self._siblings.deliver_before_leaving()
+                for step in plan.attempt:
+                    await self._attempt(step)
             finally:
                 # Even when a stop cuts the attempt short: the copies are then in the
                 # durable outbox, which goes first on the next start.
                 for step in plan.settle:
                     self._settle(step)
-                self._switch.reached(plan.settled)
+                self._switch.reached(plan.after_settle)
             for step in plan.then:
                 await self._take(step)
             self._switch.reached(plan.ends)
 
+    async def _attempt(self, step: Step) -> None:
+        match step:
+            case Step.DELIVER_DIRECTLY:
+                await self._siblings.deliver_before_leaving()
+            case _:
+                raise AssertionError(f"{step} is not an attempt")
+
     def _settle(self, step: Step) -> None:
-        if step is Step.QUEUE_OWED_COPIES:
-            self._siblings.store_owed_copies()
-        elif step is Step.NOTE_RUNNING:
-            self._store.set_meta(ONLINE_META, b"1")
+        """The steps that run even when the attempt was cut short: no checkpoint."""
+        match step:
+            case Step.QUEUE_OWED_COPIES:
+                self._siblings.store_owed_copies()
+            case Step.NOTE_RUNNING:
+                self._store.set_meta(ONLINE_META, b"1")
+            case _:
+                raise AssertionError(f"{step} cannot settle")
 
     async def _take(self, step: Step) -> None:
-        if step is Step.START:
-            self._online_scope = await self._nursery.start(self._run_online)
-        elif step is Step.FLUSH:
-            with trio.move_on_after(LEAVING_S):
-                await self.flush()
-        elif step is Step.SAY_GOODBYE:
-            await self._siblings.leave()
-        elif step is Step.STOP:
-            assert self._online_scope is not None
-            self._online_scope.cancel()
-            # Not cut short itself: a device found still stopping could not go online.
-            with trio.CancelScope(shield=True):
-                await self._offline.wait()
-            self._store.set_meta(ONLINE_META, b"0")
+        match step:
+            case Step.START:
+                self._online_scope = await self._nursery.start(self._run_online)
+            case Step.FLUSH:
+                with trio.move_on_after(LEAVING_S):
+                    await self.flush()
+            case Step.SAY_GOODBYE:
+                await self._siblings.leave()
+            case Step.STOP:
+                assert self._online_scope is not None
+                self._online_scope.cancel()
+                # Not cut short itself, so the phase never says online while the device
+                # is still stopping: its tasks end at their next checkpoint, and their
+                # shielded clean-ups are bounded (a WebSocket close waits 10 s at most).
+                with trio.CancelScope(shield=True):
+                    await self._offline.wait()
+                self._store.set_meta(ONLINE_META, b"0")
+            case _:
+                raise AssertionError(f"{step} is not a step to take")
 
     async def _run_online(self, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         with trio.CancelScope() as scope:

@@ -34,7 +34,7 @@ class Phase(Enum):
     OFFLINE = "offline"
     #: Running, and leaving owes the siblings their copies.
     ONLINE = "online"
-    #: Running, the copies queued: a leave was cut short after its attempt.
+    #: Running, the copies queued: a leave was cut short (in its attempt or after).
     SETTLED = "settled"
 
 
@@ -45,9 +45,12 @@ class Step(Enum):
     QUEUE_OWED_COPIES = "queue owed copies"
     #: Note, durably, that a run is under way: a crash leaves the note behind.
     NOTE_RUNNING = "note running"
+    #: Start receiving, sending and syncing with siblings.
     START = "start"
     #: Give the outbox a while to store what is queued.
     FLUSH = "flush"
+    #: Tell the siblings in session that this device is going (so they need not wait
+    #: for its acknowledgements).
     SAY_GOODBYE = "say goodbye"
     #: Stop running, and note, durably and in the same step, that the run ended well.
     STOP = "stop"
@@ -56,16 +59,17 @@ class Step(Enum):
 @dataclass(frozen=True)
 class Plan:
     """Steps in three stages: ``attempt`` may be cut short, ``settle`` runs even so
-    (and leaves the device :attr:`settled`), ``then`` runs after and ends at
-    :attr:`ends`."""
+    (and leaves the device in phase :attr:`after_settle`), ``then`` runs after and ends
+    in phase :attr:`ends` (None: the phase stays)."""
 
     attempt: tuple[Step, ...] = ()
     settle: tuple[Step, ...] = ()
-    settled: Phase | None = None
+    after_settle: Phase | None = None
     then: tuple[Step, ...] = ()
     ends: Phase | None = None
 
 
+#: The last stage of every leave.
 LEAVE_THEN = (Step.FLUSH, Step.SAY_GOODBYE, Step.STOP)
 
 #: (phase, wanted online?) -> what to do. Wanting what already is does nothing.
@@ -74,17 +78,17 @@ TRANSITIONS: dict[tuple[Phase, bool], Plan] = {
     (Phase.ONLINE, False): Plan(
         attempt=(Step.DELIVER_DIRECTLY,),
         settle=(Step.QUEUE_OWED_COPIES,),
-        settled=Phase.SETTLED,
+        after_settle=Phase.SETTLED,
         then=LEAVE_THEN,
         ends=Phase.OFFLINE,
     ),
     (Phase.SETTLED, False): Plan(
         settle=(Step.QUEUE_OWED_COPIES,),
-        settled=Phase.SETTLED,
+        after_settle=Phase.SETTLED,
         then=LEAVE_THEN,
         ends=Phase.OFFLINE,
     ),
-    (Phase.SETTLED, True): Plan(settled=Phase.ONLINE),
+    (Phase.SETTLED, True): Plan(after_settle=Phase.ONLINE),
     (Phase.OFFLINE, False): Plan(),
     (Phase.ONLINE, True): Plan(),
 }
@@ -96,7 +100,9 @@ def plan(
     """What going ``online`` (or not) from ``phase`` takes. ``promptly``: a person stopped
     the program, so no time for siblings to take messages directly. ``noted_running``:
     the durable note says a run is under way; found so by a device that is offline, its
-    last run ended otherwise (killed), and it owes its siblings' copies first."""
+    last run ended before it finished leaving (killed, crashed, a leave cut short), and
+    it may owe its siblings' copies: it queues them first (what is queued already is
+    not queued twice)."""
     chosen = TRANSITIONS[phase, online]
     if promptly:
         chosen = replace(chosen, attempt=())

@@ -10,17 +10,15 @@ handler's, not the device's public methods: what to file, where a fallback sync 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import nacl.utils
 import trio
 
-from overlay.constants import INTROSET_LIFETIME_MS, INTROSET_REPUBLISH_MS, PATH_PING_INTERVAL_MS
+from overlay.constants import PATH_PING_INTERVAL_MS
 from overlay.contact import Contact as RelayContact
-from overlay.contact import verified_directory
 from overlay.endpoint import Endpoint, open_endpoint
-from overlay.endpoint_core import EntryShare
 from overlay.tasks import open_task_nursery
 
 from ..errors import DecodeError
@@ -29,7 +27,14 @@ from ..sync.records import Relays
 from ..sync.syncer import DELIVER_BEFORE_LEAVING_S, KEEPALIVE_S, SiblingSync
 from .access import NetworkAccess
 from .content import HistoryRecord, SyncSent
-from .keys import choice_seed, overlay_seed, siblings_secret
+from .entry_relays import (
+    SiblingEntries,
+    learn_from_sibling,
+    learn_read,
+    republish_ms,
+    siblings_secret_of,
+)
+from .keys import choice_seed, overlay_seed
 from .local import Local
 from .relay_listing import keep_relays_current
 from .rows import Pending
@@ -41,47 +46,6 @@ logger = logging.getLogger(__name__)
 #: A sibling standing in for a message's origin stores the sync copy after this many
 #: grace periods, if the origin has gone away without storing it.
 TAKEOVER_GRACES = 3
-
-
-def siblings_secret_of(local: Local) -> bytes | None:
-    """What a device's siblings find each other's introsets by (None before the first
-    pairing of a ``mapped`` device)."""
-    if local.rules.derives_siblings_secret():
-        return siblings_secret(local.identity.seed)
-    return local.store.get_meta("secret")
-
-
-class SiblingEntries:
-    """The entry filter of every endpoint of a device, the one it meets its siblings on
-    and its onion pool's: the device's part of the account's :class:`EntryShare`, as the
-    store says now (every relay while it has no sibling). A relay that is the entry of
-    two siblings, whichever of their endpoints, sees both devices' addresses.
-
-    The share is dealt on the relay listing the siblings agree on (the newest any of
-    them read, passed over their sessions: :meth:`Local.entry_listing`), so siblings
-    that read the registry at different times still deal alike; if that listing leaves
-    this device none of the relays listed now, on the listing itself.
-
-    ``or_any``: when the share gives this device none of the listing (fewer relays than
-    devices), admit every relay rather than none; the onion pool takes that, since a
-    device must still reach its swarm, while the sibling endpoint does without."""
-
-    def __init__(self, local: Local, *, or_any: bool = False) -> None:
-        self._local = local
-        self._or_any = or_any
-
-    def __call__(self, relays: Collection[bytes]) -> frozenset[bytes]:
-        keys = self._local.store.sibling_overlay_keys()
-        secret = siblings_secret_of(self._local)
-        if not keys or secret is None:
-            return frozenset(relays)
-        own = self._local.overlay_key
-        members = frozenset(keys.values()) | {own}
-        agreed = self._local.entry_listing()
-        entries = EntryShare(secret, members, own, None if agreed is None else agreed.keys)(relays)
-        if not entries and agreed is not None:
-            entries = EntryShare(secret, members, own)(relays)
-        return entries or (frozenset(relays) if self._or_any else entries)
 
 
 class SiblingHandler:
@@ -229,7 +193,7 @@ class SiblingHandler:
                 ping_interval_ms=(
                     PATH_PING_INTERVAL_MS if keepalive is None else int(keepalive * 1000)
                 ),
-                republish_ms=_republish_ms(keepalive),
+                republish_ms=republish_ms(keepalive),
                 entry_filter=entries,
             ) as endpoint,
             open_task_nursery() as nursery,
@@ -379,27 +343,19 @@ class SiblingHandler:
         return self._local.entry_listing()
 
     def learn_entry_listing(self, listing: Relays) -> bool:
-        """A sibling's listing: if every contact in it verifies here and it replaces ours,
-        build paths through its relays (this device may not have read some of them yet)
-        and deal entries on it."""
-        now = self._local.clock.now_ms()
-        if len(verified_directory(list(listing.contacts), now)) < len(listing.contacts):
-            return False  # every contact must hold here: the dealing runs on all of them
-        if not self._local.learn_entry_listing(listing):
+        """A sibling's listing: if :func:`learn_from_sibling` keeps it, build paths
+        through its relays (this device may not have read some of them yet)."""
+        if not learn_from_sibling(self._local, listing):
             return False
         self._use_listing(listing)
         return True
 
     def relays_read(self, contacts: Sequence[RelayContact]) -> None:
-        """This device read the relay listing and its endpoint took it: if it replaces
-        the one the siblings deal entries on, keep it, use it on every endpoint and tell
-        the siblings connected now (the others hear it when they connect). A listing too
-        short for a path is left out: it would only take relays away."""
-        now = self._local.clock.now_ms()
-        if len(verified_directory(list(contacts), now)) < self._local.config.hops:
-            return
-        listing = Relays.read(now, contacts)
-        if self._local.learn_entry_listing(listing):
+        """This device read the relay listing and its endpoint took it: if
+        :func:`learn_read` keeps it, use it on every endpoint and tell the siblings
+        connected now (the others hear it when they connect)."""
+        listing = learn_read(self._local, contacts)
+        if listing is not None:
             self._use_listing(listing)
             if self.sync is not None:
                 self.sync.share_listing(listing)
@@ -409,13 +365,3 @@ class SiblingHandler:
         if self.sync is not None and self.sync.endpoint is not None:
             self.sync.endpoint.update_directory(contacts)
         self._on_listing(contacts)
-
-
-def _republish_ms(keepalive_s: float | None) -> int:
-    """How often the endpoint republishes an unchanged introset: stretched with the
-    keep-alive in the overlay's own proportion (2.5 min per 5 s of pings), up to half an
-    introset's life, so that a sibling can always find one that has not expired."""
-    if keepalive_s is None:
-        return INTROSET_REPUBLISH_MS
-    stretched = keepalive_s * 1000 * INTROSET_REPUBLISH_MS / PATH_PING_INTERVAL_MS
-    return int(min(INTROSET_LIFETIME_MS // 2, max(INTROSET_REPUBLISH_MS, stretched)))

@@ -173,9 +173,10 @@ class SyncStatus:
     messages some sibling has not acknowledged. ``resynced_siblings`` and
     ``archive_counts`` (sent, received): whole-history re-syncs and pairing-time archive
     items since it went online. ``complete_until``: everything timestamped before it is
-    in this device's history. ``last_run_left``: whether the run before this one ended
-    by leaving (owed sync copies stored, goodbye said) rather than by a crash or a kill;
-    None for a device that never went online before. ``unsent``: messages (and other
+    in this device's history. ``last_run_left``: whether the run before this one
+    finished leaving (owed sync copies queued, goodbye said, stopped) rather than ending
+    by a crash, a kill or a leave cut short; None for a device that never went online
+    before. ``unsent``: messages (and other
     records) not yet stored in every swarm they go to; ``last_send_error``: why the last
     try left some unsent (None: it did not), so a message waiting on a recipient's full
     mailbox, or on swarms out of reach, says so."""
