@@ -33,9 +33,10 @@ cores, tested directly: the friend machine (:mod:`.friends`), the pairing machin
 (:mod:`.pairing`), the mode's rules (:mod:`.modes`, so nothing here branches on the mode),
 the steps of going online and offline (:mod:`.online_switch`) and the inbound core
 (:mod:`.inbound`: an arriving record in, typed effects out). Thin drivers execute their
-effects: the receiver (:mod:`.receiver`), the outbox and its device
-lists (:mod:`.outbox`), pairing (:mod:`.pairer`) and the sibling handler that live sync
-calls back (:mod:`.siblings`), all sharing the device's own state (:mod:`.local`).
+effects: the runner that starts and stops the device (:mod:`.running`), the receiver
+(:mod:`.receiver`), the outbox and its device lists (:mod:`.outbox`), pairing
+(:mod:`.pairer`) and the sibling handler that live sync calls back (:mod:`.siblings`),
+all sharing the device's own state (:mod:`.local`).
 """
 
 from __future__ import annotations
@@ -74,11 +75,11 @@ from .keys import choice_seed
 from .local import Local, whoami_of
 from .migrator import Migrator
 from .modes import Mode
-from .online_switch import OnlineSwitch, Step
 from .outbox import Outbox
 from .pairer import Pairer
 from .receiver import Receiver
 from .rows import HistoryItem
+from .running import Runner
 from .siblings import SiblingHandler
 from .store import DeviceStore
 from .values import (
@@ -92,16 +93,6 @@ from .values import (
     SyncStatus,
     Whoami,
 )
-
-#: How long a device going offline gives its outbox (the sync copies it just queued
-#: among it) before it says goodbye; what is not stored by then stays in the outbox and
-#: goes first on its next start.
-LEAVING_S = 30.0
-#: Set from before the device starts until it has stopped: found set when it goes
-#: online, the last run ended before it finished leaving (a crash, a kill, a leave cut
-#: short), so it may still owe its siblings' sync copies.
-#: Read once when the device opens: ``sync_status().last_run_left``.
-ONLINE_META = "online"
 
 
 class Device:
@@ -154,17 +145,7 @@ class Device:
             self._migrator,
             partial(befriend, local, self._outbox),
         )
-        self._online_scope: trio.CancelScope | None = None
-        #: Where going online or offline stands (what leaving still owes the siblings).
-        self._switch = OnlineSwitch()
-        #: One switch at a time: going offline takes a while (the copies it stores first),
-        #: and coming back meanwhile must wait for it rather than find the device online.
-        self._switching = trio.Lock()
-        self._offline = trio.Event()
-        self._offline.set()
-        #: Read before this run goes online (which sets the flag again).
-        online_flag = store.get_meta(ONLINE_META)
-        self._last_run_left = None if online_flag is None else online_flag != b"1"
+        self._runner = Runner(store, self._siblings, self._outbox, self._receiver, nursery)
 
     # --- who this is ------------------------------------------------------------------------------
 
@@ -320,7 +301,7 @@ class Device:
 
     def sync_status(self) -> SyncStatus:
         """Where this device stands with its siblings now (one consistent reading)."""
-        sync, online = self._siblings.sync, not self._offline.is_set()
+        sync, online = self._siblings.sync, self._runner.online
         listing = self._local.entry_listing()
         return SyncStatus(
             online=online,
@@ -334,7 +315,7 @@ class Device:
             resynced_siblings=frozenset(() if sync is None else sync.resynced),
             archive_counts=(0, 0) if sync is None else (sync.archive_sent, sync.archive_received),
             complete_until=self._siblings.complete_until(),
-            last_run_left=self._last_run_left,
+            last_run_left=self._runner.last_run_left,
             entry_listing=None if listing is None else listing.keys,
             unsent=len(self._store.outbox()),
             last_send_error=self._outbox.last_failure,
@@ -347,7 +328,7 @@ class Device:
 
         Going offline first gives siblings that are online a few seconds to take what they
         have not acknowledged directly, then stores a sync copy of whatever is still
-        unacknowledged (waiting up to :data:`LEAVING_S` for the outbox), then says
+        unacknowledged (waiting up to :data:`~.running.LEAVING_S` for the outbox), then says
         goodbye: a phone that leaves inside the grace period, or a process that exits
         right after ``send``, leaves no sibling without the message. ``promptly`` (a
         person stopped the program) skips the first step. A leave cut short (cancelled)
@@ -355,71 +336,7 @@ class Device:
         stopped leave a last short budget. A device whose last run ended otherwise (a
         crash) queues those copies before anything else when it goes online again. The
         steps are :mod:`.online_switch`'s."""
-        async with self._switching:
-            noted_running = self._store.get_meta(ONLINE_META) == b"1"
-            plan = self._switch.plan(online, promptly=promptly, noted_running=noted_running)
-            try:
-                for step in plan.attempt:
-                    await self._attempt(step)
-            finally:
-                # Even when a stop cuts the attempt short: the copies are then in the
-                # durable outbox, which goes first on the next start.
-                for step in plan.settle:
-                    self._settle(step)
-                self._switch.reached(plan.after_settle)
-            for step in plan.then:
-                await self._take(step)
-            self._switch.reached(plan.ends)
-
-    async def _attempt(self, step: Step) -> None:
-        match step:
-            case Step.DELIVER_DIRECTLY:
-                await self._siblings.deliver_before_leaving()
-            case _:
-                raise AssertionError(f"{step} is not an attempt")
-
-    def _settle(self, step: Step) -> None:
-        """The steps that run even when the attempt was cut short: no checkpoint."""
-        match step:
-            case Step.QUEUE_OWED_COPIES:
-                self._siblings.store_owed_copies()
-            case Step.NOTE_RUNNING:
-                self._store.set_meta(ONLINE_META, b"1")
-            case _:
-                raise AssertionError(f"{step} cannot settle")
-
-    async def _take(self, step: Step) -> None:
-        match step:
-            case Step.START:
-                self._online_scope = await self._nursery.start(self._run_online)
-            case Step.FLUSH:
-                with trio.move_on_after(LEAVING_S):
-                    await self.flush()
-            case Step.SAY_GOODBYE:
-                await self._siblings.leave()
-            case Step.STOP:
-                assert self._online_scope is not None
-                self._online_scope.cancel()
-                # Not cut short itself, so the phase never says online while the device
-                # is still stopping: its tasks end at their next checkpoint, and their
-                # shielded clean-ups are bounded (a WebSocket close waits 10 s at most).
-                with trio.CancelScope(shield=True):
-                    await self._offline.wait()
-                self._store.set_meta(ONLINE_META, b"0")
-            case _:
-                raise AssertionError(f"{step} is not a step to take")
-
-    async def _run_online(self, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-        with trio.CancelScope() as scope:
-            self._offline = trio.Event()
-            task_status.started(scope)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._outbox.run, self._receiver.retry_deferred)
-                    nursery.start_soon(self._receiver.run)
-                    nursery.start_soon(self._siblings.run, self.sync_now)
-            finally:
-                self._offline.set()
+        await self._runner.set_online(online, promptly=promptly)
 
 
 def _pool_directory(pool: RpcRouter) -> Callable[[list[RelayContact]], None]:

@@ -15,7 +15,7 @@ import overlay.session
 from overlay.keys import KeyPair
 from overlay.session import SessionCore
 from p2psync.device import Device
-from p2psync.device.device import LEAVING_S
+from p2psync.device.running import LEAVING_S
 from p2psync.device.siblings import TAKEOVER_GRACES
 from p2psync.device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S
 from p2psync.identity import Identity
