@@ -38,6 +38,7 @@ from .hosts import LOOPBACK, Host, open_device_host, open_hosts
 from .process_lock import InUse, ProcessLock
 from .rpc import open_rpc
 from .service_users import (
+    ServiceUserError,
     end_every_process_of,
     hand_over,
     open_log,
@@ -159,6 +160,8 @@ async def run_service(
                         stdout=subprocess.PIPE,
                         stderr=log,
                         cwd=None if service.uid is None else "/",
+                        # A service of its own uid has no terminal of root's to take over.
+                        start_new_session=service.uid is not None,
                         check=False,
                         deliver_cancel=stop_child,
                     )
@@ -176,7 +179,13 @@ async def run_service(
     finally:
         if service.uid is not None:
             with trio.CancelScope(shield=True):
-                left = await trio.to_thread.run_sync(end_every_process_of, service.uid)
+                try:
+                    left = await trio.to_thread.run_sync(end_every_process_of, service.uid)
+                except ServiceUserError as error:  # the next start refuses, saying so
+                    logger.warning(
+                        "%s stopped; its leftovers were not ended: %s", service.name, error
+                    )
+                    left = []
             if left:
                 logger.warning(
                     "%s stopped, but processes of its uid %d could not be ended: %s",

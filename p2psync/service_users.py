@@ -19,15 +19,16 @@ folder (its registration, its public key) it opens without following links.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import grp
 import json
 import os
 import pwd
+import select
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,12 +177,14 @@ def accounted_for(subordinate: Sequence[Path] = SUBORDINATE) -> Callable[[int], 
 
 
 def processes_of(uid: int) -> list[int]:
-    """Processes (zombies left out) whose real, effective or saved uid is ``uid``."""
+    """Processes whose real, effective or saved uid is ``uid``, those that have ended
+    (zombies) left out; a leader that has ended while its other threads run has not."""
     pids = []
     for pid, status in _statuses():
         fields = dict(line.partition(":")[::2] for line in status.splitlines())
         uids = {int(field) for field in fields.get("Uid", "").split()[:3] if field.isdigit()}
-        if uid in uids and not fields.get("State", "").strip().startswith("Z"):
+        ended = fields.get("State", "").strip().startswith("Z")
+        if uid in uids and (not ended or fields.get("Threads", "1").strip() != "1"):
             pids.append(pid)
     return pids
 
@@ -265,6 +268,7 @@ REAPER_UID = SERVICE_UID_BASE - 2
 #: each other.
 REAPER_LOCK = BOOK.parent / "reaper.lock"
 REAP_TIMEOUT_S = 10.0
+REAP_LOCK_POLL_S = 0.05
 #: Run by root: become the reaper (real and saved uid :data:`REAPER_UID`, effective uid
 #: the service's, no capability left), then signal every process that uid may: the
 #: service's uid's alone. The kernel goes through every process under a lock ``fork``
@@ -282,31 +286,90 @@ except ProcessLookupError:
 """
 
 
-def end_every_process_of(uid: int, lock: Path = REAPER_LOCK) -> list[int]:
+def end_every_process_of(
+    uid: int, lock: Path = REAPER_LOCK, timeout_s: float = REAP_TIMEOUT_S
+) -> list[int]:
     """Kill whatever runs as a service's ``uid`` (a service someone broke into may have
-    started processes that left its process group and its session); returns those
-    still running after (none, unless the reaper was stopped: a one-line reason to
-    refuse to start the service again). The uid is the service's alone, so this reaches
-    nothing else; should an account, a group or a range have it now (a directory
-    service, a container's), this is refused instead."""
-    if accounted_for()(uid):
-        raise ServiceUserError(
-            f"uid {uid} now belongs to an account, a group or a subordinate range: "
-            "its processes are not a service's to end"
-        )
+    started processes that left its process group and its session), wait for them to be
+    gone, and return those still running after (none, unless something held them: a
+    reason to refuse to start the service again). The uid is the service's alone, so
+    this reaches nothing else; should an account, a group, a range or a container have
+    it now, or the reaper's uid be anyone's, this is refused instead, in one line, as
+    is a reaper that cannot finish within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
     lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open_lock_file(lock) as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        with contextlib.suppress(subprocess.TimeoutExpired):  # said by what is left
-            subprocess.run(
+        _lock_until(held.fileno(), deadline, lock)
+        _refuse_shared(uid)
+        try:
+            reaper = subprocess.run(
                 [sys.executable, "-I", "-S", "-c", _REAP, str(uid), str(REAPER_UID)],
                 cwd="/",
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                timeout=REAP_TIMEOUT_S,
+                text=True,
+                timeout=max(0.0, deadline - time.monotonic()),
                 check=False,
+                start_new_session=True,
             )
+        except subprocess.TimeoutExpired:
+            raise ServiceUserError(
+                f"the reaper of uid {uid} did not finish within {timeout_s:g} s"
+            ) from None
+        if reaper.returncode != 0:
+            said = (reaper.stderr.strip().splitlines() or ["no reason given"])[-1]
+            raise ServiceUserError(f"the reaper of uid {uid} failed: {said}")
+    left = processes_of(uid)
+    for pid in left:
+        _wait_gone(pid, deadline)  # SIGKILL is delivered; a large process takes a while
     return processes_of(uid)
+
+
+def _lock_until(descriptor: int, deadline: float, path: Path) -> None:
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise ServiceUserError(f"{path} is held by another reaper") from None
+            time.sleep(REAP_LOCK_POLL_S)
+
+
+def _refuse_shared(uid: int) -> None:
+    """A uid a service shares with anyone is not the service's to reap: nor is a reap
+    whose reaper's uid someone else has (the kernel lets a process signal the reaper
+    when their real uids match)."""
+    accounted = accounted_for()
+    if accounted(uid) or accounted(REAPER_UID):
+        raise ServiceUserError(
+            f"uid {uid} or the reaper's {REAPER_UID} now belongs to an account, a group or "
+            "a subordinate range: its processes are not a service's to end"
+        )
+    if processes_of(REAPER_UID):
+        raise ServiceUserError(f"processes run as the reaper's uid {REAPER_UID}: not reaping")
+    ours = os.stat("/proc/self/ns/user").st_ino
+    for pid in processes_of(uid):
+        try:
+            theirs = os.stat(f"/proc/{pid}/ns/user").st_ino
+        except OSError:
+            continue
+        if theirs != ours:  # a service makes no user namespace: a container's process
+            raise ServiceUserError(f"uid {uid} runs in a container (process {pid}): not reaping")
+
+
+def _wait_gone(pid: int, deadline: float) -> None:
+    """Until ``pid`` has exited (its descriptor becomes readable) or the deadline."""
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        poller = select.poll()
+        poller.register(descriptor, select.POLLIN)
+        poller.poll(max(0, int((deadline - time.monotonic()) * 1000)))
+    finally:
+        os.close(descriptor)
 
 
 def _statuses() -> Iterator[tuple[int, str]]:

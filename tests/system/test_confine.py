@@ -3,6 +3,7 @@ behind once it stops: what a service someone broke into could still do, tried as
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 
 from p2psync.hosts import unavailable_reason
 from p2psync.service_users import (
+    REAPER_UID,
     SERVICE_UID_BASE,
     ServiceUserError,
     as_service,
@@ -186,6 +188,58 @@ def test_a_process_left_behind_that_fights_back_is_ended_all_the_same() -> None:
 def test_the_processes_of_a_uid_an_account_has_now_are_not_ended() -> None:
     with pytest.raises(ServiceUserError, match="belongs to an account"):
         end_every_process_of(0)
+
+
+#: A leftover that takes a while to die: the kernel frees its memory after the SIGKILL.
+LARGE = """
+import sys
+held = bytearray(128 << 20)
+for page in range(0, len(held), 4096):
+    held[page] = 1
+print("large", flush=True)
+sys.stdin.read()
+"""
+
+
+@needs_hosts
+def test_a_large_leftover_is_waited_for_not_reported() -> None:
+    large = subprocess.Popen(
+        as_service(UID, [sys.executable, "-I", "-S", "-c", LARGE]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert large.stdout is not None and large.stdout.readline() == b"large\n"
+        assert end_every_process_of(UID) == []
+        assert large.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        large.kill()
+        large.communicate()
+
+
+@needs_hosts
+def test_no_reap_while_someone_has_the_reapers_uid() -> None:
+    """A process of the reaper's uid could signal (and stop) the reaper, and the reaper's
+    kill would reach it: no reap then, and nothing ended."""
+    left = subprocess.Popen(as_service(UID, ["sleep", "600"]))
+    squatter = subprocess.Popen(as_service(REAPER_UID, ["sleep", "600"]))
+    try:
+        with pytest.raises(ServiceUserError, match="the reaper's uid"):
+            end_every_process_of(UID)
+        assert left.poll() is None and squatter.poll() is None
+    finally:
+        for process in (left, squatter):
+            process.kill()
+            process.wait()
+
+
+@needs_hosts
+def test_a_reaper_waits_for_another_a_bounded_time(tmp_path: Path) -> None:
+    lock = tmp_path / "reaper.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(ServiceUserError, match="held by another reaper"):
+            end_every_process_of(UID, lock=lock, timeout_s=0.2)
 
 
 def _pids_of(uid: int) -> list[int]:

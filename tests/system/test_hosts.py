@@ -174,6 +174,7 @@ async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_noth
             assert status["CapEff"] == "0" * 16 and status["CapBnd"] == "0" * 16, (pid, status)
             assert status["NoNewPrivs"] == "1", (pid, status)
             assert status["Seccomp"] == "2", "it forbade itself namespaces (p2psync.confine)"
+            assert os.getsid(pid) != os.getsid(process.pid), "no terminal of root's to take"
             uid, effective, saved, _ = (int(field) for field in status["Uid"].split())
             assert uid == effective == saved and uid != 0 and status["Groups"] == "", status
             uids.add(uid)
