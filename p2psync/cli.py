@@ -466,8 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--hosts",
         action="store_true",
         help="every process on a host of its own (a network namespace on a bridge, "
-        "10.77.x.y), each service as a uid of its own without capabilities, removed on "
-        "exit; needs root, ip, setpriv and a DIR open to others (else loopback, saying why)",
+        "10.77.x.y), each service as a uid of its own without capabilities or namespaces "
+        "(a seccomp filter), the hosts removed on exit; needs root, ip, setpriv, libseccomp "
+        "and a Python and DIR open to others (else loopback, saying why)",
     )
     up.add_argument("--plain-links", action="store_true", help=PLAIN_LINKS_HELP)
     up.set_defaults(run=_cmd_network_up)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import trio
@@ -47,6 +46,9 @@ class ServiceProcess:
         self.starts = 0
         self._port = 0
         self._process: trio.Process | None = None
+        #: Set once the last incarnation's run has ended, its clean-up included.
+        self._ended = trio.Event()
+        self._ended.set()
 
     @property
     def name(self) -> str:
@@ -70,7 +72,10 @@ class ServiceProcess:
         A restart listens on the port the first incarnation was given."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
-        running: Running = await nursery.start(partial(run_service, self.service, self._port))
+        # The process may be gone while its run still cleans up after it (a service on a
+        # host: ending what its uid left), which must not meet the next incarnation.
+        await self._ended.wait()
+        running: Running = await nursery.start(self._incarnation)
         self._process = running.process
         self.starts += 1
         if not self.url:
@@ -79,6 +84,13 @@ class ServiceProcess:
         elif running.url != self.url:
             raise RuntimeError(f"{self.name} came back at {running.url}, not {self.url}")
         return running.url
+
+    async def _incarnation(self, *, task_status: trio.TaskStatus[Running]) -> int:
+        self._ended = ended = trio.Event()
+        try:
+            return await run_service(self.service, self._port, task_status=task_status)
+        finally:
+            ended.set()
 
     def sample_rss(self) -> int:
         """Update and return the peak resident set size (KiB) of this service."""
