@@ -14,14 +14,15 @@ module, in this process (a service's uid may not be able to start its Python aga
 ``setpriv`` can, while it still holds root's rights). The filter is loaded before the
 service reads anything from outside, cannot be taken off, and holds for every process
 the service starts. It is built by libseccomp (through ``pyseccomp``), not written here
-by hand. ``clone``'s flags are its first argument on x86-64 and arm64 (on s390 they are
-its second, and a ``clone`` there would pass). It also caps the processes the service's
-uid may run at once (:data:`MAX_PROCESSES`).
+by hand. It reads ``clone``'s flags as its first argument, where every architecture but
+s390 has them, and refuses to run on s390 rather than let a ``clone`` there pass. It
+also caps the processes the service's uid may run at once (:data:`MAX_PROCESSES`).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import resource
 import runpy
 import sys
@@ -47,6 +48,8 @@ MAX_PROCESSES = 512
 def forbid_namespaces() -> None:
     """Load the filter into this process (and so into all it starts from now on). It
     needs ``no_new_privs`` (``setpriv --no-new-privs``) or CAP_SYS_ADMIN."""
+    if os.uname().machine.startswith("s390"):
+        raise OSError("on s390 clone's flags are its second argument: no filter for that here")
     try:
         import pyseccomp as seccomp
     except RuntimeError as error:  # what pyseccomp raises without the C library
