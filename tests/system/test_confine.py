@@ -128,15 +128,35 @@ def test_a_confined_service_makes_and_joins_no_namespace_but_runs_threads_and_pr
     assert unconfined["clone3 user"] and unconfined["unshare --user --net"]
 
 
+def _running_as(uid: int, script: str) -> subprocess.Popen[bytes]:
+    """``sh -c SCRIPT`` as ``uid``, returned once it runs as that uid: the script says
+    ``up`` when it is (``setpriv`` changes uid after the process exists)."""
+    process = subprocess.Popen(as_service(uid, ["sh", "-c", script]), stdout=subprocess.PIPE)
+    assert process.stdout is not None and process.stdout.readline() == b"up\n"
+    return process
+
+
+def _end(processes: list[subprocess.Popen[bytes]], *uids: int) -> None:
+    """Clean up after a test, passed or failed: every process it started, and every
+    process of ``uids`` (what its shells started)."""
+    for process in processes:
+        process.kill()
+    for uid in uids:
+        for pid in _pids_of(uid):
+            os.kill(pid, signal.SIGKILL)
+    for process in processes:
+        process.communicate()
+
+
 @needs_hosts
 def test_every_process_a_services_uid_left_is_ended_and_no_other() -> None:
     left = [
-        subprocess.Popen(as_service(UID, ["setsid", "sleep", "600"])),
-        subprocess.Popen(as_service(UID, ["sh", "-c", "sleep 600 & sleep 600"])),
+        _running_as(UID, "echo up; exec setsid sleep 600"),
+        _running_as(UID, "sleep 600 & echo up; exec sleep 600"),
     ]
-    other = subprocess.Popen(as_service(OTHER_UID, ["sleep", "600"]))
+    other = _running_as(OTHER_UID, "echo up; exec sleep 600")
     try:
-        assert _pids_of(UID), "the processes it left are running"
+        assert len(_pids_of(UID)) == 3, "the processes it left are running"
         assert end_every_process_of(UID) == []
         assert _pids_of(UID) == []
         for process in left:
@@ -144,11 +164,7 @@ def test_every_process_a_services_uid_left_is_ended_and_no_other() -> None:
         assert other.poll() is None, "a process of another uid is not touched"
         assert end_every_process_of(UID) == [], "nothing left to end is not an error"
     finally:
-        for process in (*left, other):
-            process.kill()
-            process.wait()
-        for pid in _pids_of(UID):  # what the shell started, had the test failed
-            os.kill(pid, signal.SIGKILL)
+        _end([*left, other], UID)
 
 
 #: A process left behind that fights whatever would end it: it stops, then kills, every
@@ -221,16 +237,14 @@ def test_a_large_leftover_is_waited_for_not_reported() -> None:
 def test_no_reap_while_someone_has_the_reapers_uid() -> None:
     """A process of the reaper's uid could signal (and stop) the reaper, and the reaper's
     kill would reach it: no reap then, and nothing ended."""
-    left = subprocess.Popen(as_service(UID, ["sleep", "600"]))
-    squatter = subprocess.Popen(as_service(REAPER_UID, ["sleep", "600"]))
+    left = _running_as(UID, "echo up; exec sleep 600")
+    squatter = _running_as(REAPER_UID, "echo up; exec sleep 600")
     try:
         with pytest.raises(ServiceUserError, match="the reaper's uid"):
             end_every_process_of(UID)
         assert left.poll() is None and squatter.poll() is None
     finally:
-        for process in (left, squatter):
-            process.kill()
-            process.wait()
+        _end([left, squatter])
 
 
 @needs_hosts
