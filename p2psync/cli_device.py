@@ -618,7 +618,8 @@ def _status_of(device: Device) -> dict[str, Any]:
 
 
 def _unsent_line(status: dict[str, Any]) -> str:
-    """(A run's status file written by an older version has neither key.)"""
+    """What waits to be stored, and why. A running ``device run``'s status file written by
+    an older version has neither key."""
     error = status.get("last_send_error")
     waiting = f"messages not yet stored in their swarms: {status.get('unsent', 0)}"
     return waiting if error is None else f"{waiting} (last try: {error})"
@@ -642,10 +643,7 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
         "history known complete up to (its last whole-history sync with a sibling): "
         + ("never" if synced_ms is None else _when(synced_ms)),
         f"messages a sibling has not acknowledged yet: {status['unacknowledged']}",
-        f"messages not yet stored in their swarms: {status['unsent']}"
-        + (
-            "" if status["last_send_error"] is None else f" (last try: {status['last_send_error']})"
-        ),
+        _unsent_line(status),
         last_run,
     ]
 

@@ -176,10 +176,9 @@ class SyncStatus:
     in this device's history. ``last_run_left``: whether the run before this one
     finished leaving (owed sync copies queued, goodbye said, stopped) rather than ending
     by a crash, a kill or a leave cut short; None for a device that never went online
-    before. ``unsent``: messages (and other
-    records) not yet stored in every swarm they go to; ``last_send_error``: why the last
-    try left some unsent (None: it did not), so a message waiting on a recipient's full
-    mailbox, or on swarms out of reach, says so."""
+    before. ``unsent``: messages (and other records) not yet stored in every swarm they
+    go to; ``last_send_error``: why the last try left some unsent (None: it did not), so
+    a message waiting on a recipient's full mailbox, or on swarms out of reach, says so."""
 
     online: bool
     syncs_directly: bool
