@@ -20,7 +20,7 @@ so every message falls back to the swarm after the grace period, as it must.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import trio
@@ -30,13 +30,11 @@ from overlay.session import SessionError
 from overlay.session_driver import Session
 
 from ..clock import Clock
-from ..errors import DecodeError
 from .live import (
     DEFAULT_GRACE_MS,
     AllAcknowledged,
     Covered,
     Deliver,
-    Event,
     FallbackDue,
     Item,
     LiveSync,
@@ -44,8 +42,9 @@ from .live import (
     Send,
 )
 from .presence import may_leave
-from .records import Ping, Relays, decode_record, encode_record, shareable_listing
-from .resync import Resync, ResyncPeer, archive_parts
+from .records import Ping, Relays, encode_record, shareable_listing
+from .resync import ResyncPeer, archive_parts
+from .session_records import Effect, ListingFrom, Resynced, SessionRecords, StreamArchive
 from .sessions import SiblingSessions
 
 logger = logging.getLogger(__name__)
@@ -96,16 +95,16 @@ class SiblingSync:
         self.keepalive_s = keepalive_s
         self.has = has
         self._sessions: dict[str, trio.MemorySendChannel[bytes]] = {}
-        self._resyncs: dict[str, tuple[Resync, int]] = {}
+        self._records: dict[str, SessionRecords] = {}
         self._keeper = (
             None
             if endpoint is None
             else SiblingSessions(endpoint, secret, siblings, self.carry, self._moved)
         )
         self.resynced: set[str] = set()
-        #: History items sent to / received from siblings as a pairing-time archive.
+        #: History items sent to siblings as a pairing-time archive.
         self.archive_sent = 0
-        self.archive_received = 0
+        self._archive_received = 0
         self._kick = trio.Event()
         #: Replaced and set whenever sessions or acknowledgements change.
         self._progress = trio.Event()
@@ -185,10 +184,11 @@ class SiblingSync:
             self.handler.complete_until(),
             self.has,
         )
-        self._resyncs[sibling] = (peer.resync, self.clock.now_ms())
+        records = self._records[sibling] = SessionRecords(
+            sibling, self.live, peer, self.clock.now_ms()
+        )
         try:
-            self._handle(self.live.connected(sibling, self.clock.now_ms()))
-            self._send(sibling, peer.start())
+            self._handle(records.open())
             listing = self.handler.entry_listing()
             if listing is not None:
                 self.share_listing(listing, only=sibling)
@@ -206,7 +206,9 @@ class SiblingSync:
                 nursery.start_soon(self._keep_alive, send)
 
                 def on_record(data: bytes) -> None:
-                    if self._on_record(sibling, data, peer):
+                    effects = records.receive(data, self.clock.now_ms())
+                    self._handle(effects)
+                    if StreamArchive(sibling) in effects:
                         nursery.start_soon(self._send_archive, send)
 
                 if first is not None:
@@ -219,34 +221,14 @@ class SiblingSync:
                 nursery.cancel_scope.cancel()
         finally:
             del self._sessions[sibling]
-            del self._resyncs[sibling]
-            self._handle(self.live.disconnected(sibling, self.clock.now_ms()))
-            self._moved()
+            del self._records[sibling]
+            self._archive_received += records.archive_received
+            self._handle(records.close(self.clock.now_ms()))
 
-    def _on_record(self, sibling: str, data: bytes, peer: ResyncPeer) -> bool:
-        """Re-sync records go to ``peer``, the rest to LiveSync. True if the sibling asked
-        for our whole history as an archive."""
-        try:
-            record = decode_record(data)
-            if isinstance(record, Ping):
-                return False
-            if isinstance(record, Relays):
-                self._on_listing(sibling, record)
-                return False
-            step = peer.on_record(record)
-            if step is None:
-                self._handle(self.live.receive_record(sibling, record, self.clock.now_ms()))
-                return False
-            if step.file:
-                self.archive_received += len(step.file)
-                self._apply([Deliver(sibling, item) for item in step.file])
-            for reply in step.send:
-                self._send(sibling, reply)
-            self._check_resynced(sibling)
-            return step.send_archive
-        except DecodeError as exc:
-            self.handler.reject_from_sibling(sibling, str(exc))
-            return False
+    @property
+    def archive_received(self) -> int:
+        """History items received from siblings as a pairing-time archive."""
+        return self._archive_received + sum(r.archive_received for r in self._records.values())
 
     async def _keep_alive(self, channel: trio.MemorySendChannel[bytes]) -> None:
         ping = encode_record(Ping())
@@ -288,12 +270,6 @@ class SiblingSync:
     def _send(self, sibling: str, data: bytes) -> None:
         self._apply([Send(sibling, data)])
 
-    def _check_resynced(self, sibling: str) -> None:
-        resync, started_ms = self._resyncs[sibling]
-        if resync.complete and sibling not in self.resynced:
-            self.resynced.add(sibling)
-            self.handler.resynced(sibling, started_ms)
-
     # --- time and events ------------------------------------------------------------------
 
     async def _tick(self) -> None:
@@ -306,13 +282,13 @@ class SiblingSync:
                 self._kick = trio.Event()
             self._apply(self.live.tick(self.clock.now_ms()))
 
-    def _handle(self, events: list[Event]) -> None:
+    def _handle(self, events: Sequence[Effect]) -> None:
         """Carry out ``events`` and have the ticker look at the new deadline."""
         self._apply(events)
         self._kick.set()
         self._moved()
 
-    def _apply(self, events: Iterable[Event]) -> None:
+    def _apply(self, events: Iterable[Effect]) -> None:
         for event in events:
             match event:
                 case Send(sibling=sibling, data=data):
@@ -324,9 +300,13 @@ class SiblingSync:
                             logger.info("session to %s is full; a record waits", sibling[:10])
                 case Deliver(sibling=sibling, item=item):
                     self.handler.file_from_sibling(sibling, item)
-                    if sibling in self._resyncs:
-                        self._resyncs[sibling][0].filed(item.id)
-                        self._check_resynced(sibling)
+                case Resynced(sibling=sibling, started_ms=started_ms):
+                    self.resynced.add(sibling)
+                    self.handler.resynced(sibling, started_ms)
+                case ListingFrom(sibling=sibling, listing=listing):
+                    self._on_listing(sibling, listing)
+                case StreamArchive():
+                    pass  # the session's carrier streams it (carry)
                 case FallbackDue(item=item, siblings=siblings):
                     if self.handler.fall_back(item, siblings):
                         self._apply(self.live.stored(item.id))

@@ -52,6 +52,7 @@ SANS_IO = [
     "p2psync/sync/records.py",
     "p2psync/sync/live.py",
     "p2psync/sync/resync.py",
+    "p2psync/sync/session_records.py",
     "p2psync/sync/presence.py",
     "overlay/cells.py",
     "overlay/onion.py",
