@@ -27,7 +27,8 @@ from ..backoff import Backoff
 from ..errors import RpcError
 from ..fileserver import FileServerClient
 from ..rpc import RpcRouter
-from ..swarm.client import REFUSED_FOR_GOOD, SwarmClient
+from ..swarm.attempts import REFUSED_FOR_GOOD
+from ..swarm.client import SwarmClient
 from ..swarm.messages import StoreBatchRequest, StoreRequest, store_batches
 from .access import NetworkAccess
 from .content import copy_ttl_ms, decode_content

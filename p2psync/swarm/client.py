@@ -9,8 +9,9 @@
   that hands each batch of new messages to a callback, and ``subscribe``, the same with
   pushes; both run until cancelled and keep their place in a :class:`Cursor`.
 
-Where a reader is in a stream, and how it rewinds on another node, is
-:class:`~.cursor.Cursor`'s to decide.
+Which member to ask next and what its answer means is
+:class:`~.attempts.MemberAttempts`'s to decide; where a reader is in a stream, and how it
+rewinds on another node, :class:`~.cursor.Cursor`'s.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, session_id_key
 from ..rpc import Params, RpcRouter, open_rpc, open_rpc_pool
+from .attempts import GiveUp, MemberAttempts, Refresh, second_opinion, with_second_opinion
 from .auth import AuthSigner
 from .constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
 from .cursor import Cursor
@@ -54,12 +56,6 @@ from .ring import NodeInfo, SwarmMap
 
 logger = logging.getLogger(__name__)
 
-#: Errors after which another member of the swarm is tried.
-RETRYABLE = ("unavailable", "rate_limited", "internal")
-#: Refusals that say the request will never succeed (the outbox drops a copy refused so):
-#: taken only from two members, or the one member of a swarm of one. A full mailbox is
-#: not one of them (``rate_limited``: it takes mail again as rows expire).
-REFUSED_FOR_GOOD = ("bad_request", "too_large", "bad_ttl", "unauthorized")
 MAX_BACKOFF_S = 60.0
 Deliver = Callable[[list[Message]], Awaitable[None]]
 
@@ -106,49 +102,26 @@ class SwarmClient:
     async def _call_swarm(
         self, owner: str, method: str, params: Params, *, besides: NodeInfo | None = None
     ) -> tuple[Any, NodeInfo]:
-        """Call ``method`` on members of ``owner``'s swarm (but ``besides``) until one
-        answers. A refusal for good (:data:`REFUSED_FOR_GOOD`) is one member's word, which
-        a caller acts on by giving up what it asked (the outbox drops the copy): it is
-        taken once a second member (another key) refuses for good too, or from the one
-        member of a swarm of one; from one member alone while the others are out of reach
-        it is ``unavailable``, so the caller asks again later."""
-        last_error: Exception = RpcError("unavailable", "no node of the swarm answered")
-        refused: dict[str, RpcError] = {}  # by member key: a member is one word
+        """Call ``method`` on members of ``owner``'s swarm (but ``besides``, whose
+        refusal for good was had already) until one answers, as
+        :class:`~.attempts.MemberAttempts` decides."""
 
         async def members() -> list[NodeInfo]:
             swarm = await self.swarm_nodes(owner)
             return [node for node in swarm if besides is None or node.pubkey != besides.pubkey]
 
-        nodes = await members()
-        needed = min(2 if besides is None else 1, len(nodes))
-        redirects = 0
-        while nodes:
-            node = nodes.pop(0)
-            if node.pubkey in refused:
-                continue
+        attempts = MemberAttempts(await members(), confirmations=2 if besides is None else 1)
+        while (node := attempts.next()) is not None:
             try:
                 return await self._pool.call(node.url, method, params), node
-            except RpcError as exc:
-                last_error = exc
-                if exc.code == "wrong_swarm" and redirects < 2:
-                    redirects += 1
-                    await self.refresh()
-                    nodes = await members()
-                    needed = min(needed, len(nodes))
-                elif exc.code in REFUSED_FOR_GOOD:
-                    refused[node.pubkey] = exc
-                    if len(refused) >= needed:
-                        raise next(iter(refused.values())) from None
-                elif exc.code not in RETRYABLE:
-                    raise
-            except (OSError, ConnectionLost) as exc:
-                last_error = exc
-        if refused:
-            first = next(iter(refused.values()))
-            raise RpcError("unavailable", f"one member refused ({first}) and no other answered")
-        if isinstance(last_error, RpcError):
-            raise last_error
-        raise RpcError("unavailable", f"no node of the swarm answered: {last_error}")
+            except (RpcError, OSError, ConnectionLost) as exc:
+                step = attempts.failed(node, exc)
+            if isinstance(step, GiveUp):
+                raise step.error from None
+            if isinstance(step, Refresh):
+                await self.refresh()
+                attempts.restart(await members())
+        raise attempts.exhausted()
 
     async def store(
         self,
@@ -181,22 +154,18 @@ class SwarmClient:
         owner = request.stores[0].pubkey
         result, node = await self._call_swarm(owner, "store_batch", request.to_wire())
         results = _batch_results(result, request)
-        refused = [i for i, r in enumerate(results) if _for_good(r)]
         # The swarm as the call above read it: a swarm of one has confirmed already.
-        if not refused or len(self.swarms.nodes_for_key(session_id_key(owner))) < 2:
+        asked = second_opinion(results, len(self.swarms.nodes_for_key(session_id_key(owner))))
+        if not asked:
             return results
-        again = StoreBatchRequest(tuple(request.stores[i] for i in refused))
+        again = StoreBatchRequest(tuple(request.stores[i] for i in asked))
+        second: list[tuple[bytes, int] | RpcError] | Exception
         try:
             result, _ = await self._call_swarm(owner, "store_batch", again.to_wire(), besides=node)
             second = _batch_results(result, again)
         except (RpcError, OSError, ConnectionLost, DecodeError) as exc:
-            unconfirmed = exc if isinstance(exc, RpcError) and _for_good(exc) else None
-            second = [unconfirmed or RpcError("unavailable", f"not confirmed: {exc}")] * len(
-                refused
-            )
-        for index, answer in zip(refused, second, strict=True):
-            results[index] = answer
-        return results
+            second = exc
+        return with_second_opinion(results, asked, second)
 
     async def retrieve(
         self,
@@ -346,10 +315,6 @@ def _batch_results(
 ) -> list[tuple[bytes, int] | RpcError]:
     reply = StoreBatchReply.from_wire(result, stores=len(request.stores))
     return [(r.hash, r.expiry_ms) if isinstance(r, StoreReply) else r for r in reply.results]
-
-
-def _for_good(result: object) -> bool:
-    return isinstance(result, RpcError) and result.code in REFUSED_FOR_GOOD
 
 
 @asynccontextmanager

@@ -39,6 +39,7 @@ SANS_IO = [
     "p2psync/swarm/cursor.py",
     "p2psync/swarm/admission.py",
     "p2psync/swarm/quorum.py",
+    "p2psync/swarm/attempts.py",
     "p2psync/swarm/proof.py",
     "p2psync/urls.py",
     "p2psync/swarm/rows.py",
