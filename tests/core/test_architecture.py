@@ -36,6 +36,7 @@ SANS_IO = [
     "p2psync/device/online_switch.py",
     "p2psync/swarm/ring.py",
     "p2psync/swarm/listing.py",
+    "p2psync/swarm/registry_book.py",
     "p2psync/swarm/cursor.py",
     "p2psync/swarm/admission.py",
     "p2psync/swarm/quorum.py",
