@@ -1,11 +1,9 @@
 """Publishing an endpoint's introset and looking a sibling's up, over DHT requests on the
 endpoint's paths.
 
-What an introset holds and who can open it is :mod:`overlay.introset`; where it is
-stored, :func:`~overlay.dht.closest_relays`; when it is republished,
-:meth:`~overlay.endpoint_core.EndpointCore.keep_introsets`. What is here is asking:
-every replica at once, again for those that did not answer, up to ``DHT_ATTEMPTS``
-rounds.
+What an introset holds and who can open it is :mod:`overlay.introset`; whom to ask and
+what their answers mean, :mod:`overlay.introset_lookup`; when it is republished,
+:meth:`~overlay.endpoint_core.EndpointCore.keep_introsets`. What is here is asking.
 """
 
 from __future__ import annotations
@@ -15,18 +13,10 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .clock import Clock
-from .constants import DHT_ATTEMPTS, INTROSET_LIFETIME_MS, INTROSET_REPLICAS
-from .dht import DhtStatus, closest_relays, get_request, put_request
+from .constants import DHT_ATTEMPTS
 from .endpoint_core import EndpointCore
-from .introset import (
-    Intro,
-    IntrosetError,
-    RendezvousKeys,
-    epoch_of,
-    open_introset,
-    rendezvous_keys,
-    seal_introset,
-)
+from .introset import Intro
+from .introset_lookup import Ask, IntrosetLookup, introset_to_publish, stored
 from .keys import KeyPair
 
 #: Ask ``relay`` a DHT request on some path; its response, or None if none came.
@@ -65,25 +55,22 @@ class Introsets:
     async def _publish_one(self, shared_secret: bytes) -> int:
         await self._ready()
         now = self._clock.now_ms()
-        rendezvous = rendezvous_keys(shared_secret, self._keys.public, epoch_of(now))
-        intros = self._core.introset_intros(now)
-        introset = seal_introset(rendezvous, self._keys, intros, now + INTROSET_LIFETIME_MS)
-        replicas = closest_relays(
-            rendezvous.location, list(self._core.directory), INTROSET_REPLICAS
+        request, replicas = introset_to_publish(
+            shared_secret, self._keys, self._core.introset_intros(now), self._core.directory, now
         )
-        stored = 0
+        kept = 0
 
         async def put(relay: bytes) -> None:
-            nonlocal stored
+            nonlocal kept
             for _ in range(DHT_ATTEMPTS):
-                if await self._ask(relay, put_request(introset)) == bytes((DhtStatus.STORED,)):
-                    stored += 1
+                if stored(await self._ask(relay, request)):
+                    kept += 1
                     return
 
         async with trio.open_nursery() as nursery:
             for relay in replicas:
                 nursery.start_soon(put, relay)
-        return stored
+        return kept
 
     async def run(self) -> None:
         """Carry out :meth:`EndpointCore.keep_introsets` whenever the paths change or its
@@ -100,51 +87,16 @@ class Introsets:
             self._core.republished(self._clock.now_ms())
 
     async def lookup(self, shared_secret: bytes, owner: bytes) -> list[Intro]:
-        """The live intros of sibling ``owner``, or [] if no replica has them. All replicas
-        are asked at once (this epoch's and the last's); the first introset that opens
-        wins. Replicas that gave no answer are asked again, in up to ``DHT_ATTEMPTS``
-        rounds; an answer that they hold nothing is final, so looking up a sibling that
-        is offline costs one round."""
-        now = self._clock.now_ms()
-        found: list[Intro] = []
-        asking = [
-            (relay, rendezvous)
-            for epoch in (epoch_of(now), epoch_of(now) - 1)
-            for rendezvous in [rendezvous_keys(shared_secret, owner, epoch)]
-            for relay in closest_relays(rendezvous.location, list(self._core.directory))
-        ]
-        for _ in range(DHT_ATTEMPTS):
-            silent: list[tuple[bytes, RendezvousKeys]] = []
+        """The live intros of sibling ``owner``, or [] if no replica has them
+        (:class:`~.introset_lookup.IntrosetLookup` says whom to ask)."""
+        lookup = IntrosetLookup(shared_secret, owner, self._core.directory, self._clock.now_ms())
+        while asks := lookup.next_round():
             async with trio.open_nursery() as nursery:
-                for relay, rendezvous in asking:
-                    nursery.start_soon(
-                        self._lookup_one, relay, rendezvous, owner, found, silent, nursery
-                    )
-            if found or not silent:
-                return found
-            asking = silent
-        return []
+                for ask in asks:
+                    nursery.start_soon(self._ask_one, lookup, ask, nursery.cancel_scope)
+        return lookup.found
 
-    async def _lookup_one(
-        self,
-        relay: bytes,
-        rendezvous: RendezvousKeys,
-        owner: bytes,
-        found: list[Intro],
-        silent: list[tuple[bytes, RendezvousKeys]],
-        nursery: trio.Nursery,
-    ) -> None:
-        """Ask one replica; ``silent`` collects those that did not answer."""
-        response = await self._ask(relay, get_request(rendezvous.location))
-        if not response:
-            silent.append((relay, rendezvous))
-            return
-        if response[0] != DhtStatus.FOUND:
-            return
-        try:
-            intros = open_introset(response[1:], rendezvous, owner, self._clock.now_ms())
-        except IntrosetError:
-            return
-        if intros and not found:
-            found.extend(intros)
-            nursery.cancel_scope.cancel()
+    async def _ask_one(self, lookup: IntrosetLookup, ask: Ask, round_: trio.CancelScope) -> None:
+        response = await self._ask(ask.relay, ask.request)
+        if lookup.answered(ask, response, self._clock.now_ms()):
+            round_.cancel()

@@ -61,6 +61,7 @@ SANS_IO = [
     "overlay/path.py",
     "overlay/dht.py",
     "overlay/introset.py",
+    "overlay/introset_lookup.py",
     "overlay/session.py",
     "overlay/contact.py",
     "overlay/addresses.py",
