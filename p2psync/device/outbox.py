@@ -27,12 +27,12 @@ from ..backoff import Backoff
 from ..errors import RpcError
 from ..fileserver import FileServerClient
 from ..rpc import RpcRouter
-from ..swarm.attempts import REFUSED_FOR_GOOD
 from ..swarm.client import SwarmClient
 from ..swarm.messages import StoreBatchRequest, StoreRequest, store_batches
 from .access import NetworkAccess
 from .content import copy_ttl_ms, decode_content
 from .deletions import DeletionSchedule, delete_batches
+from .delivery import Result, one_at_a_time, settle
 from .fanout import Sender, Sent, fan_out, last_known_devices
 from .inbound import NeedDevicesOf
 from .local import Local
@@ -119,10 +119,8 @@ class Outbox:
     async def _store_copies(self, entries: list[OutboxEntry]) -> Exception | None:
         """Every copy of ``entries``, an owner's together in entry order, in as few
         ``store_batch`` requests as the limits allow (:func:`store_batches`), and the
-        first failure (None: none), each owner's tried whatever another's did. A copy
-        refused for good is dropped (and logged); each stored copy is marked so. A batch
-        refused for good as a whole goes again a copy at a time, so that only the copies
-        at fault are dropped."""
+        first failure (None: none), each owner's tried whatever another's did. What each
+        answer makes of its copy is :mod:`.delivery`'s to say."""
         first: Exception | None = None
         by_owner: dict[str, list[tuple[Copy, int]]] = {}
         for entry in entries:
@@ -150,13 +148,13 @@ class Outbox:
             try:
                 results = await self._swarm.store_batch(request)
             except RpcError as exc:
-                if exc.code not in REFUSED_FOR_GOOD:
+                if not one_at_a_time(exc):
                     raise
                 results = [await self._store_alone(store) for store in request.stores]
             self._settled([copy for copy, _ in copies[done : done + len(results)]], results)
             done += len(results)
 
-    async def _store_alone(self, store: StoreRequest) -> tuple[bytes, int] | RpcError:
+    async def _store_alone(self, store: StoreRequest) -> Result:
         """One copy with ``store``; a failure is its result (a transient one to retry), so
         the copies of its batch stored before it are still marked."""
         try:
@@ -166,19 +164,16 @@ class Outbox:
         except TRANSIENT as exc:
             return RpcError("unavailable", f"no member answered: {exc}")
 
-    def _settled(self, copies: list[Copy], results: list[tuple[bytes, int] | RpcError]) -> None:
-        """Mark what was stored and drop what was refused for good; raise the first other
-        refusal once that is done (the outbox retries it)."""
-        retry: RpcError | None = None
-        for copy, result in zip(copies, results, strict=True):
-            if isinstance(result, RpcError):
-                if result.code not in REFUSED_FOR_GOOD:
-                    retry = retry or result
-                    continue
-                logger.error("dropping a copy for %s: %s", copy.owner[:12], result)
-            self._store.copy_stored(copy)
-        if retry is not None:
-            raise retry
+    def _settled(self, copies: list[Copy], results: list[Result]) -> None:
+        """Carry out what :func:`~.delivery.settle` makes of ``results``, and raise the
+        refusal that leaves copies to send again (the outbox retries them)."""
+        settlement = settle(results)
+        for index, refusal in settlement.dropped:
+            logger.error("dropping a copy for %s: %s", copies[index].owner[:12], refusal)
+        for index in settlement.done:
+            self._store.copy_stored(copies[index])
+        if settlement.retry is not None:
+            raise settlement.retry
 
     async def _expand(self, entry: OutboxEntry) -> list[Copy]:
         """The copies beyond the first, as :func:`~.fanout.fan_out` decides them."""

@@ -33,6 +33,7 @@ SANS_IO = [
     "p2psync/device/rows.py",
     "p2psync/device/inbound.py",
     "p2psync/device/fanout.py",
+    "p2psync/device/delivery.py",
     "p2psync/device/online_switch.py",
     "p2psync/swarm/ring.py",
     "p2psync/swarm/listing.py",
