@@ -7,14 +7,19 @@ buckets; a bucket's digest is the XOR of its ids. Two nodes first compare 256 di
 (4 KiB), then list only the buckets that differ, then move exactly the rows one side
 lacks. Because rows merge like a CRDT (:meth:`MessageStore.put_many`), pulling the
 other side's differing rows and pushing ours converges both in one round.
+:class:`RepairSchedule` says with whom and when.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..backoff import Backoff
+from .constants import REPLICATION_RETRY_S
+from .ring import NodeInfo
 from .rows import RowSummary
 
 BUCKETS = 256
@@ -85,3 +90,43 @@ def diff_bucket(ours: Iterable[RowSummary], theirs: Iterable[RowSummary]) -> Buc
         pull=[(r.pubkey, r.namespace, r.hash) for i, r in their_rows.items() if i not in our_rows],
         push=[(r.pubkey, r.namespace, r.hash) for i, r in our_rows.items() if i not in their_rows],
     )
+
+
+class RepairSchedule:
+    """Whom a node repairs with each round, and how long it waits before the next.
+
+    Every peer at start-up and when asked (:meth:`repair_everyone`: replication lost
+    rows, or the members changed); otherwise the peers whose last round failed, or else
+    one random peer, which is enough for a swarm to converge in a few intervals at a
+    fraction of the traffic. Rounds come every ``interval_s`` ± 20 % (so members do not
+    fall into step), sooner while a peer fails: after ``REPLICATION_RETRY_S``, doubling
+    up to the interval, so a member that was down is caught up within seconds of its
+    return, not when the gossip next happens to pick it."""
+
+    def __init__(self, interval_s: float, rng: random.Random) -> None:
+        self._interval_s = interval_s
+        self._random = rng
+        self._everyone = True
+        self._failed: set[str] = set()
+        self._retry = Backoff(REPLICATION_RETRY_S, interval_s)
+
+    def repair_everyone(self) -> None:
+        self._everyone = True
+
+    def peers(self, members: Sequence[NodeInfo]) -> list[NodeInfo]:
+        """This round's peers, of the swarm's other ``members``."""
+        if self._everyone or not members:
+            self._everyone = False
+            return list(members)
+        retried = [peer for peer in members if peer.pubkey in self._failed]
+        return retried or [self._random.choice(members)]
+
+    def round_over(self, failed: set[str]) -> float:
+        """The round is over and the peers of ``failed`` (keys) failed: the seconds until
+        the next."""
+        self._failed = set(failed)
+        interval = self._interval_s * (0.8 + 0.4 * self._random.random())
+        if failed:
+            return min(interval, self._retry.failed())
+        self._retry.succeeded()
+        return interval

@@ -1,13 +1,8 @@
 """A node's repair driver: anti-entropy with its swarm's members (:mod:`.repair`), so a
 node that was down or partitioned converges without anyone re-sending.
 
-It repairs with every peer at start-up and after replication lost something; otherwise
-it gossips with one random peer per interval, which is enough for a swarm to converge in
-a few intervals at a fraction of the traffic. One peer's failure, whatever it is, ends
-only that peer's round, and that peer is tried again after ``REPLICATION_RETRY_S``,
-doubling up to the interval: a member that was down (its peers' rounds with it failed,
-and replication to it lost rows) is caught up within seconds of its return, not when the
-gossip next happens to pick it.
+With whom and when is :class:`~.repair.RepairSchedule`'s to say. One peer's failure,
+whatever it is, ends only that peer's round.
 """
 
 from __future__ import annotations
@@ -18,7 +13,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
-from ..backoff import Backoff
 from ..clock import Clock
 from . import repair
 from .constants import REPLICATION_RETRY_S
@@ -73,16 +67,12 @@ class Repairer:
         self._soon.set()
 
     async def run(self) -> None:
-        # Peers that failed are tried again soon: one that was down is back in seconds.
-        everyone, retry = True, Backoff(REPLICATION_RETRY_S, self._interval_s)
-        failed: set[str] = set()
+        """Rounds until cancelled, with the peers and at the times
+        :class:`~.repair.RepairSchedule` says."""
+        schedule = repair.RepairSchedule(self._interval_s, self._random)
         while True:
-            peers = list(self._peers())
-            if not everyone and peers:
-                retried = [peer for peer in peers if peer.pubkey in failed]
-                peers = retried or [self._random.choice(peers)]
-            failed = set()
-            for peer in peers:
+            failed: set[str] = set()
+            for peer in schedule.peers(self._peers()):
                 try:
                     with trio.fail_after(REPAIR_ROUND_TIMEOUT_S):
                         await self.repair_with(peer)
@@ -92,15 +82,11 @@ class Repairer:
                 except Exception as exc:  # one peer's failure, whatever it is, is that peer's
                     failed.add(peer.pubkey)
                     logger.warning("repair with %s failed: %r", peer.pubkey[:8], exc)
-            interval = self._interval_s * (0.8 + 0.4 * self._random.random())
-            if failed:
-                interval = min(interval, retry.failed())
-            else:
-                retry.succeeded()
-            with self._clock.move_on_after(interval):
+            with self._clock.move_on_after(schedule.round_over(failed)):
                 await self._soon.wait()
                 await trio.sleep(REPLICATION_RETRY_S)
-            everyone = self._soon.is_set()
+            if self._soon.is_set():
+                schedule.repair_everyone()
             self._soon = trio.Event()
 
     async def repair_with(self, peer: NodeInfo) -> None:
