@@ -7,7 +7,7 @@ pong, so each round trip is two messages; CPU is process time (relays, endpoint,
 scheduling, link emulation) divided by the messages carried, best of five segments, like the
 floor (best of five runs of 3 seals + 3 opens through the same ``nacl.bindings`` calls).
 
-Onion requests (:mod:`p2psync.onion_requests`) are measured beside direct calls on an
+Onion requests (:mod:`p2psync.onion`) are measured beside direct calls on an
 embedded network of 3 service nodes and 5 exit relays on the same zero-latency memory
 network, real clock and real crypto: ``ONION_OPS`` stores of a 1 KiB message and as many
 signed retrieves, one at a time, each way; latency per call (p50/p99) and the process CPU
@@ -44,7 +44,8 @@ from overlay.link import LinkProfile, MemoryNetwork
 from overlay.relay import open_relays
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
-from p2psync.onion_requests import DirectoryKeys, OnionRpcPool
+from p2psync.onion.directory import DirectoryKeys
+from p2psync.onion.pool import OnionRpcPool
 from p2psync.rpc import RpcPool, RpcRouter, open_rpc_pool
 from p2psync.services import AnnouncedRelay
 from p2psync.swarm.client import SwarmClient

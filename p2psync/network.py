@@ -27,7 +27,8 @@ from .fileserver import FileServer
 from .identity import Identity
 from .network_defaults import DEFAULT_RELAYS as DEFAULT_RELAYS
 from .network_defaults import TRANSPORTS as TRANSPORTS
-from .onion_requests import OnionService, exit_host
+from .onion.addresses import exit_host
+from .onion.service import OnionService
 from .opengroup import OpenGroupServer
 from .rpc import RpcServer
 from .services import AnnouncedRelay

@@ -474,7 +474,7 @@ class RpcServer:
 
     def add_method(self, name: str, handler: Handler, *, own_rate_limit: bool = False) -> None:
         """Serve one more method: for wrappers that apply to every server (the ``onion``
-        method of :mod:`p2psync.onion_requests`). With ``own_rate_limit`` its requests
+        method of :mod:`p2psync.onion`). With ``own_rate_limit`` its requests
         are not charged to the connection's bucket: the handler limits them itself (an
         exit's one connection carries the requests of many clients)."""
         self.methods[name] = handler
@@ -784,7 +784,7 @@ def result_of(frame: Frame) -> Any:
 class RpcCaller(Protocol):
     """What the typed clients (``FileServerClient``, ``OpenGroupClient``) need of a
     connection: an :class:`RpcClient`, or a server reached by onion requests
-    (:class:`p2psync.onion_requests.OnionClient`)."""
+    (:class:`p2psync.onion.pool.OnionClient`)."""
 
     async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any: ...
 
@@ -802,7 +802,7 @@ def made(params: Params) -> Mapping[str, Any]:
 
 class RpcRouter(Protocol):
     """What the swarm client and a device need of a pool: an :class:`RpcPool` (direct
-    connections) or an :class:`p2psync.onion_requests.OnionRpcPool` (onion requests).
+    connections) or an :class:`p2psync.onion.pool.OnionRpcPool` (onion requests).
     ``transport`` is for what needs a connection of its own (subscriptions); ``None`` on
     onion requests, where a connection of the device's own would show the server its
     address. ``call`` makes its parameters once per attempt it sends."""

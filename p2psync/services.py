@@ -34,7 +34,9 @@ from .clock import Clock
 from .errors import DecodeError, P2PSyncError
 from .fileserver import FileServer
 from .identity import SEED_BYTES, Identity
-from .onion_requests import ExitServers, ListedExits, OnionService, open_rpc_exit
+from .onion.addresses import ExitServers
+from .onion.exit import open_rpc_exit
+from .onion.service import ListedExits, OnionService
 from .opengroup import OpenGroupServer
 from .rpc import RpcServer
 from .swarm.admission import MAX_REGISTRATION_BYTES, Ledger, Registration, checked_registration
@@ -257,7 +259,7 @@ async def _serve_with_onion(
 ) -> None:
     """Serve a file server or open group server, and onion requests to it, under the key
     kept in ``data_dir``; with ``listing``, onion requests from the listed relays' hosts
-    share the exits' allowance (:class:`~p2psync.onion_requests.OnionShare`)."""
+    share the exits' allowance (:class:`~p2psync.onion.service.OnionShare`)."""
     identity = load_or_create_identity(data_dir / SERVER_KEY_FILE)
     async with trio.open_nursery() as nursery:
         exits = None
@@ -340,7 +342,7 @@ class AnnouncedRelay:
     ) -> None:
         """``registration``: the ledger's word that this relay is admitted, announced with
         it. ``exit_transport``: how this relay reaches servers as the exit of onion
-        requests (:mod:`p2psync.onion_requests`); without it, it is no exit. As an exit
+        requests (:mod:`p2psync.onion`); without it, it is no exit. As an exit
         it reaches the service nodes of the registry's listing as of its last read and
         ``exit_servers`` (the file server and the open group server), nothing else."""
         self.transport = transport

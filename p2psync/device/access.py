@@ -28,7 +28,8 @@ from overlay.tasks import open_task_nursery
 
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, P2PSyncError
-from ..onion_requests import DirectoryKeys, KnownListing, OnionDirectory, OnionRpcPool
+from ..onion.directory import DirectoryKeys, KnownListing, OnionDirectory
+from ..onion.pool import OnionRpcPool
 from ..rpc import RpcRouter, open_rpc_pool
 from ..swarm.directory import Listing, RegistryDirectory
 from ..swarm.listing import CACHED_LISTING_MAX_AGE_MS, Snapshot
@@ -132,7 +133,7 @@ class NetworkAccess:
     overlay_transport: Transport
     #: How the device reaches servers: ``"direct"`` connections (each server sees the
     #: device's address; for tests and benchmarks), or ``"onion"`` requests through
-    #: overlay paths of its own (:mod:`p2psync.onion_requests`).
+    #: overlay paths of its own (:mod:`p2psync.onion`).
     rpc_route: str = "direct"
     #: The announced Ed25519 keys of servers other than service nodes (the file server,
     #: the open group server), by address: an onion request is sealed to its server's key.

@@ -55,7 +55,7 @@ from overlay.tasks import open_task_nursery
 
 from ..errors import DecodeError
 from ..identity import Identity
-from ..onion_requests import OnionRpcPool
+from ..onion.pool import OnionRpcPool
 from ..opengroup import OpenGroupClient
 from ..process_lock import InUse
 from ..rpc import RpcRouter

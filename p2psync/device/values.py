@@ -44,7 +44,7 @@ INBOUND_PUSH_DELAY_S = (2.0, 20.0)
 @dataclass(frozen=True)
 class DeviceConfig:
     """``receive``: ``"poll"`` (every ``poll_interval_s``) or ``"subscribe"`` (pushes, on
-    a connection of the device's own: direct routes only, see :mod:`p2psync.onion_requests`).
+    a connection of the device's own: direct routes only, see :mod:`p2psync.onion`).
     ``direct_sync``: push to siblings over the overlay and fall back to a swarm sync copy
     only for what a sibling has not acknowledged within ``grace_s`` (otherwise every sent
     message gets its sync copies at once, as in v1.5.0).

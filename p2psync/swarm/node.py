@@ -36,7 +36,7 @@ from overlay.link import Transport
 
 from ..clock import Clock
 from ..identity import Identity
-from ..onion_requests import ListedExits, OnionService
+from ..onion.service import ListedExits, OnionService
 from ..rpc import Connection, RpcPool, RpcServer, open_rpc_pool
 from ..wire import Fields
 from .acceptance import StoreAcceptance

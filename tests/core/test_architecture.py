@@ -44,6 +44,8 @@ SANS_IO = [
     "p2psync/swarm/attempts.py",
     "p2psync/swarm/proof.py",
     "p2psync/urls.py",
+    "p2psync/onion/sealing.py",
+    "p2psync/onion/addresses.py",
     "p2psync/swarm/rows.py",
     "p2psync/swarm/settling.py",
     "p2psync/swarm/records.py",

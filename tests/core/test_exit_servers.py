@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2psync.onion_requests import ExitServers, ServerAddress, server_address
+from p2psync.onion.addresses import ExitServers, ServerAddress, server_address
 
 KEY = "ab" * 32
 NODE_WS = "ws://10.77.0.5:4100"

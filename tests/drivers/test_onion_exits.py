@@ -15,15 +15,10 @@ from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import ConnectionLost, RpcError
 from p2psync.identity import Identity
-from p2psync.onion_requests import (
-    ExitServers,
-    ListedExits,
-    OnionService,
-    OnionShare,
-    exit_host,
-    open_rpc_exit,
-    seal_request,
-)
+from p2psync.onion.addresses import ExitServers, exit_host
+from p2psync.onion.exit import open_rpc_exit
+from p2psync.onion.sealing import seal_request
+from p2psync.onion.service import ListedExits, OnionService, OnionShare
 from p2psync.rpc import Connection, RpcClient, RpcServer, ServerLimits, open_rpc
 from p2psync.swarm.listing import RelayInfo, Snapshot
 from p2psync.wire import Fields, Request

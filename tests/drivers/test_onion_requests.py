@@ -27,16 +27,15 @@ from p2psync.errors import RpcError
 from p2psync.fileserver import FileServer, FileServerClient
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
-from p2psync.onion_requests import (
+from p2psync.onion.directory import (
     KEYS_MISS_REREAD_MS,
     LISTING_FRESH_S,
-    ONION_FRESHNESS_MS,
     DirectoryKeys,
     OnionDirectory,
-    OnionRpcPool,
-    OnionService,
-    seal_request,
 )
+from p2psync.onion.pool import OnionRpcPool
+from p2psync.onion.sealing import ONION_FRESHNESS_MS, seal_request
+from p2psync.onion.service import OnionService
 from p2psync.opengroup import OpenGroupClient, OpenGroupServer
 from p2psync.rpc import Connection, RpcClient, RpcPool, RpcServer, open_rpc
 from p2psync.services import AnnouncedRelay

@@ -18,7 +18,8 @@ from p2psync.device.relay_listing import RELAY_REREAD_S
 from p2psync.device.values import TRANSIENT
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork
-from p2psync.onion_requests import LISTING_READ_S, ONION_ATTEMPT_TIMEOUT_S, OnionRpcPool
+from p2psync.onion.directory import LISTING_READ_S
+from p2psync.onion.pool import ONION_ATTEMPT_TIMEOUT_S, OnionRpcPool
 from p2psync.rpc import RpcRouter
 from p2psync.swarm.client import SwarmClient
 from p2psync.swarm.listing import ANNOUNCEMENT_TTL_MS, CACHED_LISTING_MAX_AGE_MS, Snapshot
