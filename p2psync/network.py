@@ -29,7 +29,7 @@ from .network_defaults import DEFAULT_RELAYS as DEFAULT_RELAYS
 from .network_defaults import TRANSPORTS as TRANSPORTS
 from .onion.addresses import exit_host
 from .onion.service import OnionService
-from .opengroup import OpenGroupServer
+from .opengroup.server import OpenGroupServer
 from .rpc import RpcServer
 from .services import AnnouncedRelay
 from .swarm.admission import Ledger

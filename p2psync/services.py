@@ -37,7 +37,7 @@ from .identity import SEED_BYTES, Identity
 from .onion.addresses import ExitServers
 from .onion.exit import open_rpc_exit
 from .onion.service import ListedExits, OnionService
-from .opengroup import OpenGroupServer
+from .opengroup.server import OpenGroupServer
 from .rpc import RpcServer
 from .swarm.admission import MAX_REGISTRATION_BYTES, Ledger, Registration, checked_registration
 from .swarm.directory import Directory, FileDirectory, Listing, RegistryDirectory

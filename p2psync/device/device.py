@@ -56,7 +56,7 @@ from overlay.tasks import open_task_nursery
 from ..errors import DecodeError
 from ..identity import Identity
 from ..onion.pool import OnionRpcPool
-from ..opengroup import OpenGroupClient
+from ..opengroup.client import OpenGroupClient
 from ..process_lock import InUse
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient

@@ -15,7 +15,8 @@ from dataclasses import replace
 
 from ..errors import DecodeError
 from ..identity import sealable_key
-from ..opengroup import OpenGroupClient, PostReceipt, RoomMessage, sign_post, sign_room_request
+from ..opengroup.client import OpenGroupClient, PostReceipt
+from ..opengroup.posts import RoomMessage, sign_post, sign_room_request
 from .content import MAX_TEXT_CHARS, FriendAccept, FriendRequest
 from .friends import ContactState, FriendEffect, FriendEvent, IllegalTransition
 from .friends import transition as friend_transition

@@ -76,7 +76,7 @@ from p2psync.mapping import (
     revoke_pairing,
     sign_pairing_request,
 )
-from p2psync.opengroup import Post, RoomMessage, sign_post
+from p2psync.opengroup.posts import Post, RoomMessage, sign_post
 from p2psync.swarm.admission import Ledger
 from p2psync.swarm.auth import (
     AuthSigner,

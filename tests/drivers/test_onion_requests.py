@@ -36,7 +36,8 @@ from p2psync.onion.directory import (
 from p2psync.onion.pool import OnionRpcPool
 from p2psync.onion.sealing import ONION_FRESHNESS_MS, seal_request
 from p2psync.onion.service import OnionService
-from p2psync.opengroup import OpenGroupClient, OpenGroupServer
+from p2psync.opengroup.client import OpenGroupClient
+from p2psync.opengroup.server import OpenGroupServer
 from p2psync.rpc import Connection, RpcClient, RpcPool, RpcServer, open_rpc
 from p2psync.services import AnnouncedRelay
 from p2psync.swarm.admission import Ledger

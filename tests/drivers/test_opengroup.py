@@ -24,21 +24,20 @@ from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver import FileServer, FileServerClient, open_fileserver_client
 from p2psync.identity import Identity
 from p2psync.mapping import create_mapping, revoke_pairing
-from p2psync.opengroup import (
+from p2psync.opengroup.client import OpenGroupClient, open_opengroup_client
+from p2psync.opengroup.posts import (
     MAX_MESSAGES_REPLY_BYTES,
     MAX_POST_BODY_BYTES,
     ROOM_KEY_REFILL_S,
     ROOM_REFILL_S,
     ROOMS_BURST,
     ROOMS_PER_KEY,
-    OpenGroupClient,
-    OpenGroupServer,
-    OpenGroupStore,
     Post,
-    open_opengroup_client,
     sign_post,
     sign_room_request,
 )
+from p2psync.opengroup.server import OpenGroupServer
+from p2psync.opengroup.store import OpenGroupStore
 from p2psync.websocket import WebSocketTransport
 from p2psync.wire import encode_cbor
 

@@ -35,7 +35,8 @@ from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver import open_fileserver_client
 from p2psync.identity import Identity, session_id_key
 from p2psync.mapping import PAIRING_WINDOW_MS, create_mapping, revoke_pairing
-from p2psync.opengroup import open_opengroup_client, sign_post
+from p2psync.opengroup.client import open_opengroup_client
+from p2psync.opengroup.posts import sign_post
 from p2psync.swarm.client import SwarmClient, open_swarm_client
 from p2psync.swarm.constants import (
     MAX_STORE_BATCH,
