@@ -167,6 +167,8 @@ class Outbox:
     def _settled(self, copies: list[Copy], results: list[Result]) -> None:
         """Carry out what :func:`~.delivery.settle` makes of ``results``, and raise the
         refusal that leaves copies to send again (the outbox retries them)."""
+        if len(results) != len(copies):
+            raise ValueError(f"{len(results)} answers for {len(copies)} copies")
         settlement = settle(results)
         for index, refusal in settlement.dropped:
             logger.error("dropping a copy for %s: %s", copies[index].owner[:12], refusal)

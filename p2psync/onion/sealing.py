@@ -61,13 +61,21 @@ class OnionRefused(RpcError):
 class SealedRequests:
     """What a server with ``identity`` opens: the request inside each sealed body, and
     the box to answer in. It remembers the bodies it opened while they are fresh (at
-    most :data:`ONION_REPLAY_ENTRIES`), to refuse their replays."""
+    most ``capacity``), to refuse their replays."""
 
-    def __init__(self, identity: Identity, max_frame_bytes: int) -> None:
+    def __init__(
+        self, identity: Identity, max_frame_bytes: int, *, capacity: int = ONION_REPLAY_ENTRIES
+    ) -> None:
         self._identity = identity
         self._max_frame_bytes = max_frame_bytes
+        self._capacity = capacity
         #: The ephemeral keys of the sealed requests answered lately → when sealed.
         self._seen: OrderedDict[bytes, int] = OrderedDict()
+
+    @property
+    def remembered(self) -> int:
+        """How many opened bodies it remembers now."""
+        return len(self._seen)
 
     def open(self, body: bytes, now_ms: int) -> tuple[Request, nacl.secret.SecretBox]:
         """The request inside ``body`` and the box to answer in, or :class:`OnionRefused`."""
@@ -88,7 +96,7 @@ class SealedRequests:
         if ephemeral in self._seen:
             raise OnionRefused("replayed", "onion request replayed")
         self._seen[ephemeral] = sealed_ms
-        if len(self._seen) > ONION_REPLAY_ENTRIES:
+        if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)
         return frame, nacl.secret.SecretBox(reply_key)
 

@@ -144,4 +144,4 @@ class RegistryServer:
             logger.warning("ignoring unreadable registry state %s: %s", path, exc)
             return
         for pubkey, why in left_out:
-            logger.info("registry state: left out %s: %s", pubkey[:8], why)
+            logger.warning("registry state: left out %s: %s", pubkey[:8], why)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import RpcError
+from ..errors import DecodeError, RpcError
 from .listing import (
     ANNOUNCEMENT_TTL_MS,
     MAX_LISTED,
@@ -167,9 +167,10 @@ class RegistryBook:
     ) -> list[tuple[str, Exception]]:
         """Entries from :meth:`to_json`'s bytes, each listed as unreached if
         ``admissible`` (which raises for one the registry would no longer take: the
-        ledger and the refused ranges may have changed since); returns the keys left
-        out, with why. Raises ``ValueError``, ``KeyError`` or ``TypeError`` for bytes
-        that are not such a state, having taken none of it."""
+        ledger and the refused ranges may have changed since, or a field is not what
+        it must be); returns the keys left out, with why. Raises ``ValueError``,
+        ``KeyError`` or ``TypeError`` for bytes that are not such a state, having taken
+        none of it."""
         loaded: dict[Key, Entry] = {}
         left_out: list[tuple[str, Exception]] = []
         for entry in json.loads(data):
@@ -179,7 +180,7 @@ class RegistryBook:
             signature = bytes.fromhex(entry["signature"])
             try:
                 admissible(record)
-            except Exception as exc:  # whatever the check raises, the entry is left out
+            except (DecodeError, RpcError, KeyError, TypeError, ValueError) as exc:
                 left_out.append((record["pubkey"], exc))
                 continue
             loaded[_key(record)] = (int(entry["expiry"]), record, signature)

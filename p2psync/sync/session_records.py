@@ -1,6 +1,6 @@
 """What the records of one session with a sibling mean, sans-I/O.
 
-A session carries three kinds of record, and each goes to the one piece that decides
+A session carries four kinds of record, and each goes to the one piece that decides
 what it asks for: keep-alive pings, which ask nothing; relay listings, which the device
 takes or answers (:class:`ListingFrom`); re-sync's (:class:`~.resync.ResyncPeer`); and live
 sync's (:class:`~.live.LiveSync`, shared by every session). :class:`SessionRecords` does
@@ -95,10 +95,10 @@ class SessionRecords:
         return events
 
     def _filed(self, effects: list[Effect]) -> list[Effect]:
-        """:class:`Resynced` if filing what ``effects`` deliver from this sibling (items
-        from another sibling never count) completes its re-sync."""
+        """:class:`Resynced` if filing what ``effects`` deliver (all from this sibling: live
+        sync answers a record with events of its sender) completes its re-sync."""
         for effect in effects:
-            if isinstance(effect, Deliver) and effect.sibling == self.sibling:
+            if isinstance(effect, Deliver):
                 self._peer.resync.filed(effect.item.id)
         if self._resynced or not self._peer.resync.complete:
             return []

@@ -27,8 +27,10 @@ HEAVY_FOR_THE_PACKAGE = (
     "p2psync.swarm.node",
     "p2psync.swarm.messages",
     "p2psync.fileserver",
+    "p2psync.opengroup",
     "p2psync.opengroup.server",
     "p2psync.opengroup.client",
+    "p2psync.opengroup.store",
     "p2psync.sim",
 )
 #: What the command line must leave unloaded until a command runs that needs it: the

@@ -62,10 +62,13 @@ def test_garbage_another_servers_body_and_a_nested_onion_are_malformed() -> None
     assert refusal(sealed, body) == "malformed"
 
 
-def test_a_replay_is_refused_as_stale_once_it_is_forgotten() -> None:
-    sealed = opener()
-    body, _ = seal_request(SERVER.ed25519_public, REQUEST, NOW)
-    sealed.open(body, NOW)
+def test_what_it_remembers_is_bounded_by_freshness_and_by_count() -> None:
+    sealed = SealedRequests(SERVER, max_frame_bytes=64 * 1024, capacity=2)
+    bodies = [seal_request(SERVER.ed25519_public, REQUEST, NOW)[0] for _ in range(3)]
+    for body in bodies:
+        sealed.open(body, NOW)
+    assert sealed.remembered == 2  # the oldest went first
     later, _ = seal_request(SERVER.ed25519_public, REQUEST, NOW + ONION_FRESHNESS_MS + 2)
-    sealed.open(later, NOW + ONION_FRESHNESS_MS + 2)  # forgets the first
-    assert refusal(sealed, body, NOW + ONION_FRESHNESS_MS + 2) == "stale"
+    sealed.open(later, NOW + ONION_FRESHNESS_MS + 2)
+    assert sealed.remembered == 1  # the stale ones are refused as stale anyway
+    assert refusal(sealed, bodies[2], NOW + ONION_FRESHNESS_MS + 2) == "stale"

@@ -6,7 +6,6 @@ import pytest
 
 from p2psync.device.delivery import one_at_a_time, settle
 from p2psync.errors import RpcError
-from p2psync.swarm.attempts import REFUSED_FOR_GOOD
 
 STORED = (b"\x01" * 32, 1_000)
 
@@ -16,7 +15,7 @@ def test_stored_copies_are_done_and_nothing_waits() -> None:
     assert settlement.done == [0, 1] and settlement.dropped == [] and settlement.retry is None
 
 
-@pytest.mark.parametrize("code", REFUSED_FOR_GOOD)
+@pytest.mark.parametrize("code", ["bad_request", "too_large", "bad_ttl", "unauthorized"])
 def test_a_copy_refused_for_good_is_dropped_and_done(code: str) -> None:
     refusal = RpcError(code, "never")
     settlement = settle([STORED, refusal])

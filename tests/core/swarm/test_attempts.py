@@ -102,6 +102,24 @@ def test_a_refresh_to_a_swarm_of_one_takes_its_word() -> None:
     assert attempts.failed(NODES[3], error) == GiveUp(error)
 
 
+def test_one_key_at_two_urls_is_one_word() -> None:
+    same = NodeInfo(NODES[0].pubkey, "wss://elsewhere")
+    attempts = MemberAttempts([NODES[0], same, NODES[1]])
+    first = refusal()
+    assert attempts.next() is NODES[0]
+    assert attempts.failed(NODES[0], first) is None
+    assert attempts.next() is NODES[1]  # the same key elsewhere is not asked again
+    assert attempts.failed(NODES[1], refusal("bad_ttl")) == GiveUp(first)
+
+
+def test_a_key_that_refused_says_nothing_more_at_another_url() -> None:
+    attempts = MemberAttempts(NODES[:3])
+    assert attempts.failed(NODES[0], refusal()) is None
+    again = NodeInfo(NODES[0].pubkey, "wss://elsewhere")
+    assert attempts.failed(again, refusal()) is None  # still one word
+    assert attempts.exhausted().code != "unauthorized"
+
+
 ANSWERS = st.one_of(
     st.sampled_from(["unavailable", "rate_limited", "internal", *REFUSED_FOR_GOOD]).map(refusal),
     st.just(OSError("down")),

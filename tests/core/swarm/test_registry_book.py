@@ -166,9 +166,41 @@ def test_a_state_file_keeps_only_what_the_registry_would_still_take() -> None:
 
 def test_a_state_that_does_not_parse_takes_nothing() -> None:
     first = RegistryBook()
-    first.announce(record(1), signature(1), NOW, dials=False)
-    broken = first.to_json().replace(b'"signature": "', b'"signature": "zz')
+    for n in (1, 2):
+        first.announce(record(n), signature(n), NOW, dials=False)
+    # The first entry is whole, the second is not: neither is taken.
+    broken = first.to_json().replace(
+        b'"signature": "' + signature(2).hex().encode(), b'"signature": "zz'
+    )
     book = RegistryBook()
     with pytest.raises(ValueError):
         book.load(broken, lambda record: None)
     assert listed(book) == []
+
+
+def test_an_entry_the_check_finds_malformed_is_left_out_and_the_rest_kept() -> None:
+    first = RegistryBook()
+    for n in (1, 2):
+        first.announce(record(n), signature(n), NOW, dials=False)
+
+    def admissible(checked: dict[str, Any]) -> None:
+        if checked["pubkey"] == f"{1:064x}":
+            int(checked["url"])  # a field the check cannot read: ValueError
+
+    book = RegistryBook()
+    ((pubkey, why),) = book.load(first.to_json(), admissible)
+    assert pubkey == f"{1:064x}" and isinstance(why, ValueError)
+    assert listed(book) == [f"{2:064x}"]
+
+
+def test_a_saved_entry_stays_unreached_when_a_dial_elsewhere_is_refused_after() -> None:
+    book = saved_book()
+    moved = record(1, url="wss://10.0.0.9:1", at=NOW + 1)
+    assert book.announce(moved, signature(5), NOW + 1, dials=True) == Dial(saved=False)
+    with pytest.raises(RpcError):  # the dial reached the new url, but the announcement aged
+        book.reached(moved, signature(5), NOW + CLOCK_SKEW_MS + 2)
+    # Back at the saved url: never dialled by this registry, so dialled now.
+    back = record(1, at=NOW + CLOCK_SKEW_MS + 3)
+    assert book.announce(back, signature(6), NOW + CLOCK_SKEW_MS + 3, dials=True) == Dial(
+        saved=True
+    )

@@ -19,7 +19,10 @@ from p2psync.sync.session_records import (
     StreamArchive,
 )
 
-NOW = 1_000_000
+#: When the session came up, and when its records arrive (later: re-sync takes time, and
+#: the watermark must move up to when it began, not to when it ended).
+STARTED = 1_000_000
+NOW = STARTED + 7_000
 
 
 def item(n: int) -> Item:
@@ -45,7 +48,7 @@ class Side:
         self.lost = lost
         self.live = LiveSync([sibling], has=self.has)
         peer = ResyncPeer(self.index, self.history.get, complete_until_ms, self.has)
-        self.records = SessionRecords(sibling, self.live, peer, NOW)
+        self.records = SessionRecords(sibling, self.live, peer, STARTED)
         self.effects: list[Effect] = []
 
     def has(self, message_id: bytes) -> bool:
@@ -92,8 +95,12 @@ def test_each_side_fetches_what_it_lacks_and_is_resynced_once() -> None:
     assert (
         set(a.history) == set(b.history) == {i.id for i in [*shared, item(10), item(11), item(20)]}
     )
-    assert resynced(a) == [Resynced("b", NOW)]
-    assert resynced(b) == [Resynced("a", NOW)]
+    assert resynced(a) == [Resynced("b", STARTED)]
+    assert resynced(b) == [Resynced("a", STARTED)]
+    # Once a session: what comes after (another item, live) does not say it again.
+    later = item(30)
+    record = encode_record(Msg(later.id, later.timestamp_ms, later.body))
+    assert not [e for e in a.records.receive(record, NOW + 1) if isinstance(e, Resynced)]
 
 
 def test_a_side_never_complete_gets_the_archive_and_is_resynced_after_it() -> None:
@@ -106,7 +113,7 @@ def test_a_side_never_complete_gets_the_archive_and_is_resynced_after_it() -> No
     assert holder.effects.count(StreamArchive("new")) == 1
     # Resynced comes after every archive item is filed, not before.
     delivered = [i for i, e in enumerate(fresh.effects) if isinstance(e, Deliver)]
-    assert fresh.effects.index(Resynced("old", NOW)) > max(delivered)
+    assert fresh.effects.index(Resynced("old", STARTED)) > max(delivered)
 
 
 def test_resync_is_not_over_while_an_item_it_asked_for_is_missing() -> None:
@@ -114,13 +121,13 @@ def test_resync_is_not_over_while_an_item_it_asked_for_is_missing() -> None:
     b = Side("b", "a", [item(1)], complete_until_ms=500, lost=(item(2),))
     run(a, b)  # a asks for item 2 with WANT, and b has nothing to answer with
     assert resynced(a) == []
-    assert resynced(b) == [Resynced("a", NOW)]
+    assert resynced(b) == [Resynced("a", STARTED)]
     # The item then arrives live: filing it is what ends the re-sync.
     pushed = item(2)
     effects = a.records.receive(
         encode_record(Msg(pushed.id, pushed.timestamp_ms, pushed.body)), NOW
     )
-    assert effects[-1] == Resynced("b", NOW)
+    assert effects[-1] == Resynced("b", STARTED)
 
 
 def test_pings_ask_nothing_listings_go_to_the_device_and_garbage_is_reported() -> None:
