@@ -4,9 +4,8 @@ One epoch per membership: a worker per peer drains a queue bounded in rows and b
 (:mod:`.outbound`; a full queue is not an error, repair catches up),
 and the hand-over (:mod:`.hand_over`) runs beside them; a membership change cancels the
 epoch and starts the next with the new peers. A peer's failure, whatever it is, restarts
-only that peer's worker after :data:`REPLICATION_RETRY_S`, and the rows it had taken
-but not seen committed go first on the next connection (up to :data:`RESEND_ATTEMPTS`
-sends in all, so a batch the peer keeps failing on cannot hold newer rows up for long).
+only that peer's worker after :data:`REPLICATION_RETRY_S`; what it resends then is
+:mod:`.taken_rows`'s to say.
 """
 
 from __future__ import annotations
@@ -22,17 +21,14 @@ from ..clock import Clock
 from ..identity import Identity
 from ..rpc import open_rpc
 from .constants import REPLICATION_RETRY_S
-from .node_core import batches
 from .node_shared import PEER_CALL_TIMEOUT_S, NodeStats
 from .outbound import ReplicationQueue
 from .peer_calls import PeerCalls
 from .ring import NodeInfo
 from .rows import StoredMessage
+from .taken_rows import TAKE_ROWS, TakenRows
 
 logger = logging.getLogger(__name__)
-
-#: Sends of one taken batch before the rest of it is left to repair.
-RESEND_ATTEMPTS = 3
 
 
 class Replicator:
@@ -103,29 +99,22 @@ class Replicator:
                 nursery.cancel_scope.cancel()
 
     async def _replicate_to(self, peer: NodeInfo, queue: ReplicationQueue) -> None:
-        #: Taken from the queue and not yet committed by the peer: sent first on the next
-        #: connection (at most ``RESEND_ATTEMPTS`` times, then left to repair), so that a
-        #: store waiting for its quorum need not wait for repair.
-        unsent: list[StoredMessage] = []
-        attempts = 0
+        """Send ``peer`` what its queue gathers, as :class:`~.taken_rows.TakenRows` says
+        (what is resent after a failure); one failure, whatever it is, is this peer's."""
+        taken = TakenRows()
         while True:
             try:
                 async with open_rpc(self._transport, peer.url) as client:
                     calls = PeerCalls(client, self._identity, self._clock)
                     while True:
-                        if not unsent:
-                            unsent, attempts = await queue.take(256), 0
-                        attempts += 1
-                        for part in batches(list(unsent)):
+                        if not taken:
+                            taken.took(await queue.take(TAKE_ROWS))
+                        for part in taken.parts():
                             with trio.fail_after(PEER_CALL_TIMEOUT_S):
-                                refused = set((await calls.replicate(part)).refused)
-                            self._committed(
-                                peer.pubkey, (r for r in part if r.pubkey not in refused)
-                            )
-                            del unsent[: len(part)]
-            except Exception as exc:  # one peer's failure, whatever it is, is that peer's
+                                refused = (await calls.replicate(part)).refused
+                            self._committed(peer.pubkey, taken.committed(part, refused))
+            except Exception as exc:
                 logger.info("replication to %s interrupted: %r", peer.pubkey[:8], exc)
                 self._lost()
-                if attempts >= RESEND_ATTEMPTS:
-                    unsent = []
+                taken.failed()
                 await trio.sleep(REPLICATION_RETRY_S)

@@ -42,6 +42,7 @@ SANS_IO = [
     "p2psync/swarm/cursor.py",
     "p2psync/swarm/admission.py",
     "p2psync/swarm/quorum.py",
+    "p2psync/swarm/taken_rows.py",
     "p2psync/swarm/attempts.py",
     "p2psync/swarm/proof.py",
     "p2psync/urls.py",
