@@ -6,6 +6,8 @@
   take over that sibling's sync copy for the others, should the sender leave first?
 * :func:`deleted_once_acknowledged`: every sibling holds the message. What may leave
   the swarm early?
+* :func:`complete_until_after_resync`: re-sync from a sibling is over. Up to when is this
+  device's history known to be complete?
 
 The driver (:class:`~.siblings.SiblingHandler`) asks and does what they say.
 """
@@ -69,3 +71,10 @@ def deleted_once_acknowledged(
     if any(state.inbound for state in pending):
         return [(account, NAMESPACE_MESSAGES, message_id)]
     return []
+
+
+def complete_until_after_resync(complete_until_ms: int, started_ms: int, grace_ms: int) -> int:
+    """The history watermark once a sibling's whole history is here: up to when the re-sync
+    began, less the grace period (what was in flight then may still arrive live), and
+    never back (another sibling's re-sync may have moved it further)."""
+    return max(complete_until_ms, started_ms - grace_ms)

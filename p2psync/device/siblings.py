@@ -38,7 +38,13 @@ from .keys import choice_seed, overlay_seed
 from .local import Local
 from .relay_listing import keep_relays_current
 from .rows import Pending
-from .sibling_rules import FallBack, deleted_once_acknowledged, fall_back_plan, stands_in
+from .sibling_rules import (
+    FallBack,
+    complete_until_after_resync,
+    deleted_once_acknowledged,
+    fall_back_plan,
+    stands_in,
+)
 from .values import TRANSIENT, Refused
 
 logger = logging.getLogger(__name__)
@@ -268,10 +274,11 @@ class SiblingHandler:
         return int.from_bytes(value, "big") if value else 0
 
     def resynced(self, sibling: str, started_ms: int) -> None:
-        """A sibling's whole history is here now: move the watermark up to when the re-sync
-        began, less the grace period (what was in flight then may still arrive live)."""
+        """A sibling's whole history is here now: move the watermark up
+        (:func:`~.sibling_rules.complete_until_after_resync`)."""
         local = self._local
-        until = max(self.complete_until(), started_ms - int(local.config.grace_s * 1000))
+        grace_ms = int(local.config.grace_s * 1000)
+        until = complete_until_after_resync(self.complete_until(), started_ms, grace_ms)
         local.store.set_meta("complete_until", until.to_bytes(8, "big"))
         logger.info("%s: history complete with %s up to %d", local.name, sibling[:10], until)
         local.notify()

@@ -8,6 +8,7 @@ import pytest
 
 from p2psync.device.sibling_rules import (
     FallBack,
+    complete_until_after_resync,
     deleted_once_acknowledged,
     fall_back_plan,
     stands_in,
@@ -56,3 +57,8 @@ def test_only_a_received_message_leaves_the_account_swarm_early() -> None:
         (TABLET, NAMESPACE_MESSAGES, digest)
     ]
     assert deleted_once_acknowledged([], TABLET, digest) == []
+
+
+def test_the_watermark_moves_up_to_the_resyncs_start_less_the_grace_and_never_back() -> None:
+    assert complete_until_after_resync(0, started_ms=50_000, grace_ms=10_000) == 40_000
+    assert complete_until_after_resync(45_000, started_ms=50_000, grace_ms=10_000) == 45_000
