@@ -34,7 +34,7 @@ from overlay.relay_core import SeenCell
 from p2psync.device import Device, DeviceConfig, open_device
 from p2psync.envelope import open_envelope
 from p2psync.errors import P2PSyncError
-from p2psync.fileserver import open_fileserver_client
+from p2psync.fileserver.client import open_fileserver_client
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network, wait_until
 from p2psync.swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC

@@ -23,7 +23,7 @@ from overlay.tasks import open_task_nursery
 
 from .clock import Clock
 from .device.access import NetworkAccess
-from .fileserver import FileServer
+from .fileserver.server import FileServer
 from .identity import Identity
 from .network_defaults import DEFAULT_RELAYS as DEFAULT_RELAYS
 from .network_defaults import TRANSPORTS as TRANSPORTS

@@ -32,7 +32,7 @@ from overlay.relay_core import RelayCore, SeenCell
 
 from .clock import Clock
 from .errors import DecodeError, P2PSyncError
-from .fileserver import FileServer
+from .fileserver.server import FileServer
 from .identity import SEED_BYTES, Identity
 from .onion.addresses import ExitServers
 from .onion.exit import open_rpc_exit

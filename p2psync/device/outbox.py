@@ -25,7 +25,7 @@ import trio
 
 from ..backoff import Backoff
 from ..errors import RpcError
-from ..fileserver import FileServerClient
+from ..fileserver.client import FileServerClient
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
 from ..swarm.messages import StoreBatchRequest, StoreRequest, store_batches

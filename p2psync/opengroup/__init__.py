@@ -20,7 +20,7 @@ claim).
 
 Attribution. With a file server (``mapped`` mode) the user is the primary that the sending
 device is mapped to, looked up on the file server and checked against the signed mappings
-it returns (:class:`~p2psync.fileserver.FileServerClient`). Without one (``linked`` mode)
+it returns (:class:`~p2psync.fileserver.client.FileServerClient`). Without one (``linked`` mode)
 every device of a user signs with the shared key, so the user is the sender itself. Either
 way a device with no mapping is a single-device user, attributed to its own id. Refused as
 ``unauthorized``: a signature that does not verify, a key that is not the sender's, and a

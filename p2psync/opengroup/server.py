@@ -14,7 +14,7 @@ from overlay.link import LinkClosed, Transport
 
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
-from ..fileserver import FileServerClient
+from ..fileserver.client import FileServerClient
 from ..mapping import AuthorisationError
 from ..rpc import Connection, KeyedRateLimit, RpcPool, RpcServer, ServerLimits, open_rpc_pool
 from ..wire import Fields

@@ -22,6 +22,7 @@ SANS_IO = [
     "p2psync/identity.py",
     "p2psync/envelope.py",
     "p2psync/mapping.py",
+    "p2psync/fileserver/rules.py",
     "p2psync/opengroup/posts.py",
     "p2psync/device/content.py",
     "p2psync/device/pairing.py",

@@ -18,7 +18,8 @@ from overlay.link import MemoryNetwork, Transport
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.envelope import MAX_TIMESTAMP_MS
 from p2psync.errors import DecodeError, RpcError
-from p2psync.fileserver import FileServer, FileServerClient, open_fileserver_client
+from p2psync.fileserver.client import FileServerClient, open_fileserver_client
+from p2psync.fileserver.server import FileServer
 from p2psync.identity import Identity
 from p2psync.mapping import (
     PAIRING_WINDOW_MS,

@@ -24,7 +24,8 @@ from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device import DeviceConfig, DeviceError, open_device
 from p2psync.device.access import NetworkAccess, NetworkFileError
 from p2psync.errors import RpcError
-from p2psync.fileserver import FileServer, FileServerClient
+from p2psync.fileserver.client import FileServerClient
+from p2psync.fileserver.server import FileServer
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
 from p2psync.onion.directory import (

@@ -32,7 +32,7 @@ from p2psync.device.modes import Mode
 from p2psync.device.pairing import REQUESTS_PER_KEY, pairing_code
 from p2psync.envelope import MAX_TIMESTAMP_MS, Envelope, open_envelope, seal_envelope
 from p2psync.errors import DecodeError, RpcError
-from p2psync.fileserver import open_fileserver_client
+from p2psync.fileserver.client import open_fileserver_client
 from p2psync.identity import Identity, session_id_key
 from p2psync.mapping import PAIRING_WINDOW_MS, create_mapping, revoke_pairing
 from p2psync.opengroup.client import open_opengroup_client

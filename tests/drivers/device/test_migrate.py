@@ -19,7 +19,7 @@ from p2psync.device import Device, DeviceError, PairingError
 from p2psync.device.content import AccountLinked, Content, Text, encode_content
 from p2psync.device.migration import sign_linked_statement
 from p2psync.envelope import seal_envelope
-from p2psync.fileserver import open_fileserver_client
+from p2psync.fileserver.client import open_fileserver_client
 from p2psync.identity import Identity, session_id_key
 from p2psync.network import LocalNetwork
 from p2psync.swarm.client import open_swarm_client
