@@ -207,8 +207,6 @@ class SiblingSync:
 
                 def on_record(data: bytes) -> None:
                     effects = records.receive(data, self.clock.now_ms())
-                    if not effects:
-                        return  # a keep-alive: nothing moved
                     self._handle(effects)
                     if StreamArchive(sibling) in effects:
                         nursery.start_soon(self._send_archive, send)
