@@ -11,7 +11,6 @@ import pytest
 from overlay.constants import DEFAULT_PATH_LIFETIME_MS, INTROSET_REPUBLISH_MS, PATH_PING_INTERVAL_MS
 from overlay.contact import verified_directory
 from overlay.endpoint_core import EndpointCore, EntryFilter, EntryShare
-from p2psync.sync.records import MAX_RELAYS_PER_RECORD
 from tests.core.overlay.test_cores import NOW, Net
 
 SECRET = b"\x07" * 32
@@ -121,22 +120,6 @@ def test_on_a_base_relays_outside_it_go_by_hash_alone_and_the_base_keeps_its_min
         for relay in set(RELAYS) - base:  # its owner does not depend on the listing
             alone = {m for m in members if EntryShare(secret, members, m, base)([relay])}
             assert alone == {m for m in members if relay in split[m]}
-
-
-def test_on_a_listing_too_long_to_pass_on_siblings_share_no_entry_without_agreeing() -> None:
-    """Siblings pass the listing they deal on only up to ``MAX_RELAYS_PER_RECORD`` relays;
-    past that each deals on its own read. That is safe: on so many relays no member is
-    short, so the minimum moves nothing and each relay goes by hash alone, which needs no
-    agreement (here the devices read listings 100 relays apart)."""
-    many = [n.to_bytes(32, "big") for n in range(1, MAX_RELAYS_PER_RECORD + 201)]
-    members = frozenset({PHONE, DESKTOP, LAPTOP})
-    for n in range(30):
-        secret = n.to_bytes(4, "big") * 8
-        reads = {PHONE: many[:-100], DESKTOP: many[100:], LAPTOP: many[50:-50]}
-        dealt = {m: EntryShare(secret, members, m)(reads[m]) for m in members}
-        assert not (dealt[PHONE] & dealt[DESKTOP] or dealt[PHONE] & dealt[LAPTOP])
-        assert not dealt[DESKTOP] & dealt[LAPTOP]
-        assert all(len(share) > MAX_RELAYS_PER_RECORD // 6 for share in dealt.values())
 
 
 def test_a_member_must_be_one_of_the_members() -> None:
