@@ -113,6 +113,7 @@ class Replicator:
                             with trio.fail_after(PEER_CALL_TIMEOUT_S):
                                 refused = (await calls.replicate(part)).refused
                             self._committed(peer.pubkey, taken.committed(part, refused))
+                            taken.done(part)
             except Exception as exc:
                 logger.info("replication to %s interrupted: %r", peer.pubkey[:8], exc)
                 self._lost()

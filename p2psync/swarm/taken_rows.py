@@ -33,20 +33,26 @@ class TakenRows:
         return len(self._rows)
 
     def took(self, rows: Iterable[StoredMessage]) -> None:
-        """Rows fresh from the queue (only when none are left from before)."""
+        """Rows fresh from the queue, once none are left from before."""
+        if self._rows:
+            raise RuntimeError("rows taken before are still to be sent")
         self._rows, self._sends = list(rows), 0
 
     def parts(self) -> Iterator[list[StoredMessage]]:
-        """One send of what is left, in batches; :meth:`committed` after each."""
+        """One send of what is left, in batches; :meth:`done` after each is answered."""
         self._sends += 1
         yield from batches(list(self._rows))
 
-    def committed(self, part: list[StoredMessage], refused: Iterable[str]) -> list[StoredMessage]:
-        """The peer answered ``part`` (the owners it ``refused`` taken from none of their
-        rows): the rows it committed."""
-        del self._rows[: len(part)]
+    @staticmethod
+    def committed(part: list[StoredMessage], refused: Iterable[str]) -> list[StoredMessage]:
+        """Of ``part``, the rows the peer committed: all but those of the owners it
+        ``refused``."""
         owners = set(refused)
         return [row for row in part if row.pubkey not in owners]
+
+    def done(self, part: list[StoredMessage]) -> None:
+        """``part`` (the first of what is left) was answered: it is not sent again."""
+        del self._rows[: len(part)]
 
     def failed(self) -> None:
         """The connection failed: the rows left go again on the next one, unless they

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from p2psync.swarm.node_core import BATCH_BYTES
 from p2psync.swarm.rows import StoredMessage
 from p2psync.swarm.taken_rows import RESEND_ATTEMPTS, TakenRows
@@ -18,6 +20,7 @@ def test_what_the_peer_committed_is_done_and_the_rest_goes_first_next_time() -> 
     parts = taken.parts()
     first = next(parts)
     assert taken.committed(first, refused=()) == first
+    taken.done(first)
     taken.failed()  # the second batch never came back
     assert len(taken) == 5 - len(first)
     assert [r.hash for part in taken.parts() for r in part] == [
@@ -31,6 +34,8 @@ def test_rows_the_peer_refused_are_not_its_commit() -> None:
     taken.took([row(1), row(2, owner=other), row(3)])
     (part,) = taken.parts()
     assert [r.hash for r in taken.committed(part, refused=[other])] == [row(1).hash, row(3).hash]
+    assert len(taken) == 3  # until the answer is taken in
+    taken.done(part)
     assert len(taken) == 0
 
 
@@ -53,8 +58,15 @@ def test_fresh_rows_start_their_own_count() -> None:
         list(taken.parts())
         taken.failed()
     (part,) = taken.parts()
-    taken.committed(part, refused=())
+    taken.done(part)
     taken.took([row(2)])
     list(taken.parts())
     taken.failed()
     assert len(taken) == 1
+
+
+def test_rows_are_not_taken_over_rows_still_to_send() -> None:
+    taken = TakenRows()
+    taken.took([row(1)])
+    with pytest.raises(RuntimeError):
+        taken.took([row(2)])
