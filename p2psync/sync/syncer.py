@@ -207,6 +207,9 @@ class SiblingSync:
 
                 def on_record(data: bytes) -> None:
                     effects = records.receive(data, self.clock.now_ms())
+                    # Handled even when there are none: a record may move what live sync
+                    # waits on without an effect (an OFFER of a message held here sets an
+                    # ACK's deadline; an ACK changes whom a leaving device waits for).
                     self._handle(effects)
                     if StreamArchive(sibling) in effects:
                         nursery.start_soon(self._send_archive, send)
