@@ -192,7 +192,9 @@ async def test_a_device_back_after_its_last_message_expired_sends_no_dead_cursor
             await alice.send(bob.session_id, "before the day away")
             await wait_until(lambda: len(bob.history(alice.session_id)) == 1)
             await bob.set_online(False)
+            await alice.set_online(False)  # nobody's device idles through the day
             await trio.sleep(26 * HOUR_S)  # what Bob read expired over an hour ago, swept
+            await alice.set_online(True)
             await alice.send(bob.session_id, "while he was away")
             await alice.flush()
             lookups: list[str] = []
