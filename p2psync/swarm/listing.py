@@ -284,8 +284,11 @@ def listing_page(announcements: Sequence[dict[str, Any]], params: Fields) -> dic
         after = params.items("after", max_len=2)
         if len(after) != 2 or not all(isinstance(part, str) for part in after):
             raise DecodeError("params.after is [kind, pubkey]")
-        keys = [(a["record"]["kind"], a["record"]["pubkey"]) for a in announcements]
-        start = bisect.bisect_right(keys, (after[0], after[1]))
+        start = bisect.bisect_right(
+            announcements,
+            (after[0], after[1]),
+            key=lambda a: (a["record"]["kind"], a["record"]["pubkey"]),
+        )
     page: list[dict[str, Any]] = []
     size = 0
     for announcement in announcements[start : start + LIST_PAGE]:

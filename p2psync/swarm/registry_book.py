@@ -76,6 +76,10 @@ class RegistryBook:
         #: Entries read back from the state file: listed, but dialled again on their
         #: next announcement (the registry that reached them is gone).
         self._unreached: set[Key] = set()
+        #: The last snapshot, and until when it holds (the next expiry in it) unless
+        #: the entries change first: every page of a ``list`` reads it, and building it
+        #: anew sorts every entry (a reader of 10 000 entries asks for 50 pages).
+        self._snapshot: tuple[Snapshot, int] | None = None
 
     def announce(
         self, record: dict[str, Any], signature: bytes, now_ms: int, *, dials: bool
@@ -112,10 +116,12 @@ class RegistryBook:
 
     def _list(self, key: Key, record: dict[str, Any], signature: bytes, now_ms: int) -> Listed:
         self._entries[key] = (now_ms + ANNOUNCEMENT_TTL_MS, record, signature)
+        self._snapshot = None
         return Listed(ANNOUNCEMENT_TTL_MS)
 
     def _forget(self, key: Key) -> None:
-        self._entries.pop(key, None)
+        if self._entries.pop(key, None) is not None:
+            self._snapshot = None
         self._unreached.discard(key)
 
     def _place_for(self, key: Key, timestamp: int, now_ms: int) -> Entry | None:
@@ -134,12 +140,18 @@ class RegistryBook:
 
     def snapshot(self, now_ms: int) -> Snapshot:
         """What is listed at ``now_ms``, in (kind, pubkey) order."""
+        if self._snapshot is not None and now_ms < self._snapshot[1]:
+            return self._snapshot[0]
         live = sorted(
             (key, record, signature)
             for key, (expiry, record, signature) in self._entries.items()
             if expiry > now_ms
         )
-        return Snapshot(
+        holds_until = min(
+            (expiry for expiry, _, _ in self._entries.values() if expiry > now_ms),
+            default=now_ms + ANNOUNCEMENT_TTL_MS,
+        )
+        snapshot = Snapshot(
             tuple(NodeInfo(r["pubkey"], r["url"]) for _, r, _ in live if r["kind"] == "node"),
             tuple(
                 RelayInfo(r["pubkey"], r["url"], r["contact"])
@@ -148,6 +160,8 @@ class RegistryBook:
             ),
             tuple({"record": r, "signature": sig} for _, r, sig in live),
         )
+        self._snapshot = (snapshot, holds_until)
+        return snapshot
 
     # --- the state file -------------------------------------------------------------------
 
@@ -186,4 +200,5 @@ class RegistryBook:
             loaded[_key(record)] = (int(entry["expiry"]), record, signature)
         self._entries.update(loaded)
         self._unreached.update(loaded)
+        self._snapshot = None
         return left_out

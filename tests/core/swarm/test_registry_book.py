@@ -204,3 +204,17 @@ def test_a_saved_entry_stays_unreached_when_a_dial_elsewhere_is_refused_after() 
     assert book.announce(back, signature(6), NOW + CLOCK_SKEW_MS + 3, dials=True) == Dial(
         saved=True
     )
+
+
+def test_the_listing_is_built_once_until_it_changes_or_an_entry_expires() -> None:
+    book = RegistryBook()
+    book.announce(record(1), signature(1), NOW, dials=False)
+    book.announce(record(2, at=NOW + 1_000), signature(2), NOW + 1_000, dials=False)
+    first = book.snapshot(NOW + 2_000)
+    assert book.snapshot(NOW + 3_000) is first  # every page of a read takes the same one
+    book.announce(record(3), signature(3), NOW + 3_000, dials=False)
+    assert listed(book, NOW + 3_000) == [f"{n:064x}" for n in (1, 2, 3)]
+    # Entry 1 expires first: the listing drops it at that moment, not at the next change.
+    assert listed(book, NOW + ANNOUNCEMENT_TTL_MS - 1) == [f"{n:064x}" for n in (1, 2, 3)]
+    assert listed(book, NOW + ANNOUNCEMENT_TTL_MS) == [f"{n:064x}" for n in (2, 3)]
+    assert listed(book, NOW + ANNOUNCEMENT_TTL_MS + 1_000) == [f"{3:064x}"]
