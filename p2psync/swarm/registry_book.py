@@ -182,7 +182,8 @@ class RegistryBook:
         """Entries from :meth:`to_json`'s bytes, each listed as unreached if
         ``admissible`` (which raises for one the registry would no longer take: the
         ledger and the refused ranges may have changed since, or a field is not what
-        it must be); returns the keys left out, with why. Raises ``ValueError``,
+        it must be), and no more than ``capacity`` of them (those that last longest);
+        returns the keys left out by the check, with why. Raises ``ValueError``,
         ``KeyError`` or ``TypeError`` for bytes that are not such a state, having taken
         none of it."""
         loaded: dict[Key, Entry] = {}
@@ -198,6 +199,9 @@ class RegistryBook:
                 left_out.append((record["pubkey"], exc))
                 continue
             loaded[_key(record)] = (int(entry["expiry"]), record, signature)
+        if len(loaded) > self._capacity:  # a state from a registry with more room
+            kept = sorted(loaded, key=lambda key: loaded[key][0], reverse=True)
+            loaded = {key: loaded[key] for key in kept[: self._capacity]}
         self._entries.update(loaded)
         self._unreached.update(loaded)
         self._snapshot = None

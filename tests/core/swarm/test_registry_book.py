@@ -218,3 +218,12 @@ def test_the_listing_is_built_once_until_it_changes_or_an_entry_expires() -> Non
     assert listed(book, NOW + ANNOUNCEMENT_TTL_MS - 1) == [f"{n:064x}" for n in (1, 2, 3)]
     assert listed(book, NOW + ANNOUNCEMENT_TTL_MS) == [f"{n:064x}" for n in (2, 3)]
     assert listed(book, NOW + ANNOUNCEMENT_TTL_MS + 1_000) == [f"{3:064x}"]
+
+
+def test_a_state_from_a_registry_with_more_room_is_read_up_to_this_ones() -> None:
+    first = RegistryBook()
+    for n in (1, 2, 3):
+        first.announce(record(n, at=NOW + n), signature(n), NOW + n, dials=False)
+    book = RegistryBook(capacity=2)
+    assert book.load(first.to_json(), lambda record: None) == []
+    assert listed(book, NOW + 3) == [f"{2:064x}", f"{3:064x}"]  # those that last longest
