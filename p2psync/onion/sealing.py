@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import OrderedDict
+from enum import Enum
 
 import nacl.public
 import nacl.secret
@@ -48,12 +49,21 @@ def seal_request(
     return seal(x25519, header + encode_frame(request)), nacl.secret.SecretBox(reply_key)
 
 
-class OnionRefused(RpcError):
-    """A sealed body refused ``bad_request``, and why: ``malformed`` (it does not open,
-    or holds anything but one request for another method), ``stale`` (sealed too far
-    from the server's clock, either way) or ``replayed`` (opened before)."""
+class Refusal(Enum):
+    """Why a sealed body was refused."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    #: It does not open, or holds anything but one request for another method.
+    MALFORMED = "malformed"
+    #: Sealed too far from the server's clock, either way.
+    STALE = "stale"
+    #: Opened before.
+    REPLAYED = "replayed"
+
+
+class OnionRefused(RpcError):
+    """A sealed body refused ``bad_request``, and why (:class:`Refusal`)."""
+
+    def __init__(self, reason: Refusal, message: str) -> None:
         super().__init__("bad_request", message)
         self.reason = reason
 
@@ -88,13 +98,13 @@ class SealedRequests:
             if not isinstance(frame, Request) or frame.method == ONION_METHOD:
                 raise DecodeError("an onion request holds one request for another method")
         except (DecodeError, struct.error) as exc:
-            raise OnionRefused("malformed", f"onion request: {exc}") from None
+            raise OnionRefused(Refusal.MALFORMED, f"onion request: {exc}") from None
         if abs(now_ms - sealed_ms) > ONION_FRESHNESS_MS:
-            raise OnionRefused("stale", "onion request is stale (is the clock right?)")
+            raise OnionRefused(Refusal.STALE, "onion request is stale (is the clock right?)")
         self._forget_stale(now_ms)
         ephemeral = body[: nacl.public.PublicKey.SIZE]
         if ephemeral in self._seen:
-            raise OnionRefused("replayed", "onion request replayed")
+            raise OnionRefused(Refusal.REPLAYED, "onion request replayed")
         self._seen[ephemeral] = sealed_ms
         if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import assert_never
 
 import nacl.secret
 
@@ -24,7 +25,7 @@ from ..swarm.directory import Listing
 from ..swarm.listing import Snapshot
 from ..wire import Fields, Request
 from .addresses import exit_host
-from .sealing import ONION_METHOD, OnionRefused, SealedRequests
+from .sealing import ONION_METHOD, OnionRefused, Refusal, SealedRequests
 
 logger = logging.getLogger(__name__)
 
@@ -172,10 +173,12 @@ class OnionService:
             return self._sealed.open(body, self._clock.now_ms())
         except OnionRefused as refused:
             match refused.reason:
-                case "malformed":
+                case Refusal.MALFORMED:
                     self.stats.refused_malformed += 1
-                case "stale":
+                case Refusal.STALE:
                     self.stats.refused_stale += 1
-                case "replayed":
+                case Refusal.REPLAYED:
                     self.stats.refused_replayed += 1
+                case _:
+                    assert_never(refused.reason)
             raise

@@ -81,11 +81,11 @@ class SessionRecords:
             if isinstance(record, Relays):
                 return [ListingFrom(self.sibling, record)]
             step = self._peer.on_record(record)
+            if step is None:
+                events: list[Effect] = list(self._live.receive_record(self.sibling, record, now_ms))
         except DecodeError as exc:
             return [PeerError(self.sibling, str(exc))]
-        if step is None:
-            events: list[Effect] = list(self._live.receive_record(self.sibling, record, now_ms))
-        else:
+        if step is not None:
             self.archive_received += len(step.file)
             events = [Deliver(self.sibling, item) for item in step.file]
             events.extend(Send(self.sibling, reply) for reply in step.send)

@@ -36,7 +36,7 @@ def refusal(sealed: SealedRequests, body: bytes, now_ms: int = NOW) -> str:
     with pytest.raises(OnionRefused) as refused:
         sealed.open(body, now_ms)
     assert refused.value.code == "bad_request"
-    return refused.value.reason
+    return refused.value.reason.value
 
 
 def test_a_body_opened_before_is_a_replay() -> None:

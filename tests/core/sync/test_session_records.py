@@ -35,7 +35,6 @@ class Side:
 
     def __init__(
         self,
-        name: str,
         sibling: str,
         items: list[Item],
         complete_until_ms: int,
@@ -43,7 +42,6 @@ class Side:
         lost: tuple[Item, ...] = (),
     ) -> None:
         """``lost``: items the history lists but can no longer produce."""
-        self.name = name
         self.history = {i.id: i for i in items}
         self.lost = lost
         self.live = LiveSync([sibling], has=self.has)
@@ -89,8 +87,8 @@ def resynced(side: Side) -> list[Effect]:
 
 def test_each_side_fetches_what_it_lacks_and_is_resynced_once() -> None:
     shared = [item(n) for n in range(1, 6)]
-    a = Side("a", "b", [*shared, item(10), item(11)], complete_until_ms=3_000)
-    b = Side("b", "a", [*shared, item(20)], complete_until_ms=3_000)
+    a = Side("b", [*shared, item(10), item(11)], complete_until_ms=3_000)
+    b = Side("a", [*shared, item(20)], complete_until_ms=3_000)
     run(a, b)
     assert (
         set(a.history) == set(b.history) == {i.id for i in [*shared, item(10), item(11), item(20)]}
@@ -105,8 +103,8 @@ def test_each_side_fetches_what_it_lacks_and_is_resynced_once() -> None:
 
 def test_a_side_never_complete_gets_the_archive_and_is_resynced_after_it() -> None:
     old = [item(n) for n in range(1, 40)]
-    fresh = Side("new", "old", [], complete_until_ms=0)
-    holder = Side("old", "new", old, complete_until_ms=5_000)
+    fresh = Side("old", [], complete_until_ms=0)
+    holder = Side("new", old, complete_until_ms=5_000)
     run(fresh, holder)
     assert set(fresh.history) == {i.id for i in old}
     assert fresh.records.archive_received == len(old)
@@ -117,8 +115,8 @@ def test_a_side_never_complete_gets_the_archive_and_is_resynced_after_it() -> No
 
 
 def test_resync_is_not_over_while_an_item_it_asked_for_is_missing() -> None:
-    a = Side("a", "b", [item(1)], complete_until_ms=500)
-    b = Side("b", "a", [item(1)], complete_until_ms=500, lost=(item(2),))
+    a = Side("b", [item(1)], complete_until_ms=500)
+    b = Side("a", [item(1)], complete_until_ms=500, lost=(item(2),))
     run(a, b)  # a asks for item 2 with WANT, and b has nothing to answer with
     assert resynced(a) == []
     assert resynced(b) == [Resynced("a", STARTED)]
@@ -131,7 +129,7 @@ def test_resync_is_not_over_while_an_item_it_asked_for_is_missing() -> None:
 
 
 def test_pings_ask_nothing_listings_go_to_the_device_and_garbage_is_reported() -> None:
-    side = Side("a", "b", [], complete_until_ms=1)
+    side = Side("b", [], complete_until_ms=1)
     assert side.records.receive(encode_record(Ping()), NOW) == []
     relay = make_contact(KeyPair.from_seed(b"\x01" * 32), "mem:relay1", 0)
     listing = Relays(NOW, (relay,))

@@ -18,10 +18,7 @@ MESSAGE = b"\x01" * 32
 
 
 class _Handler:
-    """A device with no history that records what live sync asks of it."""
-
-    def __init__(self) -> None:
-        self.fell_back: list[tuple[str, ...]] = []
+    """A device with no history."""
 
     def history_index(self, since_ms: int) -> list[tuple[int, bytes]]:
         return []
@@ -39,7 +36,6 @@ class _Handler:
         pass
 
     def fall_back(self, item: Item, siblings: tuple[str, ...]) -> bool:
-        self.fell_back.append(siblings)
         return True
 
     def covered_by_sibling(self, message_id: bytes) -> None:
