@@ -38,6 +38,7 @@ import trio
 
 from overlay.addresses import split_host_port
 
+from .contain import contained
 from .process_lock import open_lock_file
 from .service_users import BOOK, PROBE_UID, as_service
 from .urls import bare_address
@@ -76,12 +77,13 @@ class Host:
     def wrap_service(self, command: Sequence[str], uid: int | None) -> list[str]:
         """A service of the network run in this host: in a namespace, as ``uid``
         without capabilities (:func:`~.service_users.as_service`), which a host in a
-        namespace requires."""
+        namespace requires, in a PID namespace that ends with its launcher
+        (:mod:`.contain`)."""
         if self.namespace is None:
             return list(command)
         if uid is None:
             raise ValueError("a service on a host runs as a uid of its own")
-        return self.wrap(as_service(uid, command))
+        return contained(self.wrap(as_service(uid, command)))
 
     def listen(self, port: int = 0) -> str:
         """The ``--listen`` of a service on this host (port 0: any free one)."""
@@ -263,7 +265,8 @@ def unavailable_reason(data_dir: Path | None = None) -> str | None:
     # another Python's library (the system's, found where its own is closed). Extension
     # modules hold across a minor version's releases, not across minor versions.
     # And it must be able to forbid itself namespaces (libseccomp), and still start a
-    # thread under that filter (which turns ``clone3`` away).
+    # thread under that filter (which turns ``clone3`` away), in a PID namespace of its
+    # own (a container may not let root make one).
     probe = (
         "import sys, threading, p2psync.confine, p2psync.services\n"
         "p2psync.confine.forbid_namespaces()\n"
@@ -273,7 +276,8 @@ def unavailable_reason(data_dir: Path | None = None) -> str | None:
         "print(*sys.version_info[:2])"
     )
     confined = subprocess.run(
-        as_service(PROBE_UID, [sys.executable, "-c", probe]),
+        contained(as_service(PROBE_UID, [sys.executable, "-c", probe])),
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         cwd="/",

@@ -133,15 +133,17 @@ async def run_service(
     Started with ``nursery.start``, the child belongs to that nursery: cancelling it
     terminates the child and waits for it. The child's stdin stays open as long as this
     process lives (see services.exit_when_stdin_closes), so no child outlives its
-    launcher even if the launcher is killed outright. A service on a host, once stopped,
-    leaves no process of its uid behind (:func:`~.service_users.end_every_process_of`);
-    what a launcher killed outright could not end, the next run on the folder does
-    before the service starts again."""
+    launcher even if the launcher is killed outright. A service on a host is the first
+    process of a PID namespace that ends with the launcher, everything the service
+    started included, even if that service ignores its stdin (:mod:`.contain`); once
+    stopped it leaves no process of its uid behind
+    (:func:`~.service_users.end_every_process_of`), and before it starts, none is left
+    from an older run."""
     service.data_dir.mkdir(parents=True, exist_ok=True)
     if service.uid is not None:
-        # Left by a run whose launcher was killed outright, if any: gone before the
-        # folder is handed over and the service starts (one of them could trace it
-        # before it forbids itself namespaces).
+        # Whatever still runs as its uid (an earlier run's, or one a person started): gone
+        # before the folder is handed over and the service starts (one of them could
+        # trace it before it forbids itself namespaces).
         left = await trio.to_thread.run_sync(end_every_process_of, service.uid)
         if left:
             raise StartError(

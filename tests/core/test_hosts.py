@@ -114,9 +114,11 @@ def test_a_host_wraps_commands_in_its_namespace_and_listens_on_its_address() -> 
         "10.77.0.1",
     ]
     command = ["p2psync", "node"]
+    # In a PID namespace that ends with the launcher, made by root's p2psync.contain.
     assert host.wrap_service(command, SERVICE_UID_BASE) == [
-        *host.wrap(as_service(SERVICE_UID_BASE, command))
-    ]
+        sys.executable, "-P", "-m", "p2psync.contain",
+        *host.wrap(as_service(SERVICE_UID_BASE, command)),
+    ]  # fmt: skip
     assert host.listen() == "10.77.0.2:0"
     assert LOOPBACK.wrap(["p2psync"]) == LOOPBACK.wrap_service(["p2psync"], None) == ["p2psync"]
     with pytest.raises(ValueError, match="uid of its own"):
@@ -174,7 +176,7 @@ def test_a_service_on_a_host_gets_its_folder_whole_a_clean_path_and_no_namespace
     host = HostPlan("abcdef", 0).host(0)
     command = Service("node-0", ("node",), Path("net/node-0"), host, SERVICE_UID_BASE).command()
     assert command[command.index("--data") + 1] == str(Path("net/node-0").absolute())
-    python = command.index(sys.executable)
+    python = command.index(sys.executable, 1)  # the first is p2psync.contain's
     assert command[python : python + 6] == [
         sys.executable, "-P", "-m", "p2psync.confine", "p2psync", "node"
     ]  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from p2psync.contain import contained
 from p2psync.hosts import unavailable_reason
 from p2psync.service_users import (
     REAPER_UID,
@@ -71,6 +73,8 @@ for options in (["--user"], ["--user", "--net"], ["--user", "--mount"]):
     ).returncode == 0
 with open("/proc/self/ns/net") as namespace:
     tried["setns"] = libc.syscall(SYS_SETNS, namespace.fileno(), 0) == 0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h: clearing it, a process outlives its launcher
+tried["clear parent-death signal"] = libc.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0) == 0
 thread = threading.Thread(target=lambda: None)
 thread.start()
 thread.join()
@@ -116,6 +120,7 @@ def test_a_confined_service_makes_and_joins_no_namespace_but_runs_threads_and_pr
         "unshare --user --net": False,
         "unshare --user --mount": False,
         "setns": False,
+        "clear parent-death signal": False,
         "thread": True,
         "subprocess": True,
     }
@@ -126,6 +131,66 @@ def test_a_confined_service_makes_and_joins_no_namespace_but_runs_threads_and_pr
         pytest.skip("this kernel lets no uid make a user namespace: nothing to take away")
     assert all(unconfined[f"clone {name}"] for name in NAMESPACE_FLAGS), unconfined
     assert unconfined["clone3 user"] and unconfined["unshare --user --net"]
+    assert unconfined["clear parent-death signal"]
+
+
+#: A broken-into service: it starts a process in a session of its own, tries to clear its
+#: parent-death signal, and never exits when stdin closes.
+LEAVES = """
+import ctypes, subprocess, time
+
+subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, start_new_session=True)
+cleared = ctypes.CDLL(None).prctl(1, 0, 0, 0, 0) == 0
+print("up", "cleared" if cleared else "kept", flush=True)
+time.sleep(600)
+"""
+
+#: A launcher: starts the service (the command, in JSON) with a pipe as its stdin, says
+#: its child's pid and what the service said, and waits to be killed.
+LAUNCHER = """
+import json, subprocess, sys, time
+
+service = subprocess.Popen(json.loads(sys.argv[1]), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+print(service.pid, service.stdout.readline().decode().strip(), flush=True)
+time.sleep(600)
+"""
+
+
+@needs_hosts
+@pytest.mark.parametrize(
+    ("contain", "killed"),
+    [(True, "launcher"), (True, "its child"), (False, "launcher")],
+    ids=["launcher killed", "contain killed", "not contained"],
+)
+def test_a_broken_into_service_and_what_it_started_end_with_a_launcher_killed_outright(
+    module_folder: Path, contain: bool, killed: str
+) -> None:
+    """The launcher's child is :mod:`p2psync.contain`: killed with the launcher (its stdin
+    closes) or on its own (the parent-death signal), its PID namespace ends."""
+    (module_folder / "leaves.py").write_text(LEAVES)
+    (module_folder / "leaves.py").chmod(0o644)
+    service = as_service(UID, [sys.executable, "-P", "-m", "p2psync.confine", "leaves"])
+    command = contained(service) if contain else service
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, json.dumps(command)],
+        stdout=subprocess.PIPE,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(module_folder)},
+    )
+    try:
+        assert launcher.stdout is not None
+        child, said = launcher.stdout.readline().decode().split(" ", 1)
+        assert said == "up kept\n", "the service may not clear its parent-death signal"
+        running = _pids_of(UID)
+        assert len(running) == 2, "the service and the process it left are running"
+        ended = [os.pidfd_open(pid) for pid in running]
+        os.kill(launcher.pid if killed == "launcher" else int(child), signal.SIGKILL)
+        # Each pidfd reads as ready once its process is gone, wherever it was reparented.
+        outcome = [bool(select.select([fd], [], [], 10 if contain else 1)[0]) for fd in ended]
+        # Not vacuous: without the PID namespace both live on after their launcher.
+        assert outcome == [contain, contain]
+    finally:
+        _end([launcher], UID)
 
 
 def _running_as(uid: int, script: str) -> subprocess.Popen[bytes]:
