@@ -52,6 +52,7 @@ from .device import (
     open_device,
 )
 from .device.content import REFUSED_NAME_CATEGORIES, check_display_name
+from .device.friends import friends_among
 from .device.values import TRANSIENT
 from .errors import DecodeError
 from .identity import sealable_key
@@ -802,7 +803,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
         retired = await device.migrate(args.to)
         await device.flush()
-        friends = sum(1 for c in device.friends.contacts() if c.state == "friend")
+        friends = len(friends_among(device.friends.contacts()))
         say(f"moved user {device.session_id} to {args.to} mode; told {friends} friend(s)")
         for old in retired:
             say(

@@ -70,7 +70,7 @@ from .content import (
 )
 from .entry_relays import SiblingEntries
 from .facades import DevicePairing, Friends, Rooms, befriend, check_text
-from .friends import ContactState
+from .friends import friends_among, is_friend
 from .keys import choice_seed
 from .local import Local, whoami_of
 from .migrator import Migrator
@@ -234,9 +234,8 @@ class Device:
         with self._store.transaction():
             local.set_display_name(name, local.clock.now_ms())
             local.queue(SyncProfile(name), local.user_id)
-            for contact in self._store.contacts():
-                if contact.state == ContactState.FRIEND:
-                    local.queue(Profile(local.user_id, name), contact.user)
+            for friend in friends_among(self._store.contacts()):
+                local.queue(Profile(local.user_id, name), friend)
         local.wake_outbox()
 
     # --- sending ----------------------------------------------------------------------------------
@@ -248,7 +247,7 @@ class Device:
         delivered in the background, across restarts if need be (:meth:`flush` waits)."""
         self._local.check_belongs()
         contact = self._store.contact(user)
-        if contact is None or contact.state != ContactState.FRIEND:
+        if not is_friend(None if contact is None else contact.state):
             raise DeviceError(f"{user[:12]}… is not a friend: send a friend request first")
         check_text(text)
         with self._store.transaction():

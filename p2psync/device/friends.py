@@ -13,8 +13,10 @@ their values, so they never change.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import Protocol
 
 
 class ContactState(StrEnum):
@@ -106,3 +108,23 @@ def accepts_messages(state: ContactState | None) -> bool:
     message is kept: a sibling may have accepted already (its sync record can arrive after
     the message), and if not, it reads as part of the request."""
     return state is not None and state != _S.DECLINED
+
+
+def is_friend(state: ContactState | None) -> bool:
+    """Whether a contact in ``state`` is one the user may send to and whose own
+    statements (a display name, a revoked device, a move to linked mode) are taken: a
+    friend, and nothing short of one."""
+    return state == _S.FRIEND
+
+
+class _Contact(Protocol):
+    @property
+    def user(self) -> str: ...
+    @property
+    def state(self) -> ContactState: ...
+
+
+def friends_among(contacts: Iterable[_Contact]) -> list[str]:
+    """The users of ``contacts`` who hear what the user says of itself (its display name,
+    a device it revoked, its move to linked mode): its friends (:func:`is_friend`)."""
+    return [contact.user for contact in contacts if is_friend(contact.state)]

@@ -42,7 +42,14 @@ from .content import (
     SyncSent,
     Text,
 )
-from .friends import ContactState, FriendEffect, FriendEvent, IllegalTransition, accepts_messages
+from .friends import (
+    ContactState,
+    FriendEffect,
+    FriendEvent,
+    IllegalTransition,
+    accepts_messages,
+    is_friend,
+)
 from .friends import merged as merged_state
 from .friends import transition as friend_transition
 from .migration import LinkedStatement, awaiting_hand_over
@@ -482,7 +489,7 @@ class _Decision:
     def profile(self, profile: Profile) -> list[Effect]:
         """A friend's new display name: kept beside their id (never instead of it)."""
         contact = self.known_contact(profile.user, "a display name")
-        if contact is None or contact.state != ContactState.FRIEND:
+        if contact is None or not is_friend(contact.state):
             raise _Refused(f"a display name from {profile.user[:12]}…, who is not a friend")
         self.check_device(self.item.device, profile.user)
         return (
@@ -527,7 +534,7 @@ class _Decision:
                 raise _AppliedAlready
             return [RevokeSibling(revocation)]
         contact = self.view.contact(revocation.primary)
-        if contact is None or contact.state != ContactState.FRIEND:
+        if contact is None or not is_friend(contact.state):
             raise _Refused(f"a revocation from {revocation.primary[:12]}…, not a friend")
         devices = tuple(d for d in contact.devices if d != revocation.secondary)
         return [RevokeDevices((revocation,), replace(contact, devices=devices))]
@@ -567,7 +574,7 @@ class _Decision:
         see :func:`.migration.awaiting_hand_over`)."""
         statement = self.checked_statement(content.statement, "a linked statement")
         contact = self.known_contact(statement.account, "a linked statement")
-        if contact is None or contact.state != ContactState.FRIEND:
+        if contact is None or not is_friend(contact.state):
             raise _Refused(f"a linked statement from {statement.account[:12]}…, not a friend")
         retired = statement.retired_devices
         devices = tuple(d for d in contact.devices if d not in retired)

@@ -16,7 +16,7 @@ import trio
 
 from ..errors import RpcError
 from .content import AccountLinked, LinkedHandOver
-from .friends import ContactState
+from .friends import friends_among
 from .local import Local
 from .migration import (
     BecomeLinked,
@@ -77,7 +77,7 @@ class Migrator:
         await self._sync_now()
         listed = await self._outbox.devices_of(local.user_id, fresh=True)
         secondaries = (set(listed) | set(self._store.siblings())) - {local.device_id}
-        friends = [c.user for c in self._store.contacts() if c.state == ContactState.FRIEND]
+        friends = friends_among(self._store.contacts())
         now = local.clock.now_ms()
         effects = plan_migration(local.identity, secondaries, friends, now)
         client = await self._outbox.fileserver()

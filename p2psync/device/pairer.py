@@ -41,18 +41,20 @@ from .content import (
     SiblingRecord,
     encode_content,
 )
-from .friends import ContactState
+from .friends import ContactState, friends_among
 from .inbound import pairing_details
 from .keys import pairing_nonce
 from .local import PAIRED_AT_META, Local
 from .outbox import Outbox
 from .pairing import (
+    ASKED,
     IllegalPairing,
     OfferMatch,
     PairingEffect,
     PairingEvent,
     PairingState,
     choose_offer,
+    declined_last,
     pairing_code,
     pairing_transition,
     plan_grant,
@@ -151,13 +153,11 @@ class Pairer:
     def _declined(self) -> bool:
         """Whether the primary declined this device's latest request (an earlier attempt's
         decline says nothing of a later one)."""
-        asked = [
+        return declined_last(
             pairing
-            for state in (PairingState.WAITING, PairingState.PAIRED, PairingState.REFUSED)
+            for state in ASKED
             for pairing in self._store.pairings(incoming=False, state=state)
-        ]
-        latest = max(asked, key=lambda p: p.timestamp_ms, default=None)
-        return latest is not None and latest.state == PairingState.REFUSED
+        )
 
     def _raise_if_declined(self) -> None:
         if self._declined():
@@ -369,9 +369,8 @@ class Pairer:
             self._store.remove_sibling(device)
             # Friends hear it from us too, so neither a stale cache nor a file server
             # that hides the revocation keeps them trusting the device.
-            for contact in self._store.contacts():
-                if contact.state == ContactState.FRIEND:
-                    self._local.queue(DeviceRevoked(revocation.to_bytes()), contact.user)
+            for friend in friends_among(self._store.contacts()):
+                self._local.queue(DeviceRevoked(revocation.to_bytes()), friend)
             # And our other devices: they stop syncing with it and refuse what it sends.
             self._local.queue(DeviceRevoked(revocation.to_bytes()), self._local.user_id)
             # And the device itself, so it says so rather than sending what is refused.

@@ -260,3 +260,19 @@ def pairing_transition(state: PairingState | None, event: PairingEvent) -> Pairi
             f"a pairing {state or 'unknown here'} cannot take the event {event.value!r}"
         )
     return found
+
+
+#: A new device's own requests that were answered or still may be.
+ASKED = (PairingState.WAITING, PairingState.PAIRED, PairingState.REFUSED)
+
+
+class Asked(Offered, Protocol):
+    @property
+    def state(self) -> str: ...
+
+
+def declined_last(asked: Iterable[Asked]) -> bool:
+    """Whether the primary declined the latest of a new device's own requests (those in
+    :data:`ASKED` states): an earlier attempt's decline says nothing of a later one."""
+    latest = max(asked, key=lambda pairing: pairing.timestamp_ms, default=None)
+    return latest is not None and latest.state == PairingState.REFUSED

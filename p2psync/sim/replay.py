@@ -35,6 +35,7 @@ import trio
 from overlay.link import LinkProfile
 
 from ..device import Device, DeviceConfig, open_device
+from ..device.friends import is_friend
 from ..identity import Identity
 from ..network import LocalNetwork
 from ..swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
@@ -273,4 +274,4 @@ def _key(name: str) -> tuple[int, str]:
 
 def _is_friend(device: Device, other: str) -> bool:
     contact = device.friends.contact(other)
-    return contact is not None and contact.state == "friend"
+    return contact is not None and is_friend(contact.state)

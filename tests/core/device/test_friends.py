@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import settings
@@ -19,6 +20,8 @@ from p2psync.device.friends import (
     IllegalTransition,
     Transition,
     accepts_messages,
+    friends_among,
+    is_friend,
     merged,
     transition,
 )
@@ -151,3 +154,16 @@ class TwoUsers(RuleBasedStateMachine):
 
 TwoUsers.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_two_users = TwoUsers.TestCase
+
+
+@dataclass(frozen=True)
+class Row:
+    user: str
+    state: ContactState
+
+
+def test_only_a_friend_is_sent_to_and_hears_what_the_user_says_of_itself() -> None:
+    assert [state for state in STATES if is_friend(state)] == [S.FRIEND]
+    rows = [Row(str(state), state) for state in ContactState]
+    assert friends_among(rows) == [str(S.FRIEND)]
+    assert friends_among([]) == []

@@ -9,6 +9,7 @@ import pytest
 
 from p2psync.device.content import SiblingRecord
 from p2psync.device.pairing import (
+    ASKED,
     PAIRING_TRANSITIONS,
     GrantPlan,
     IllegalPairing,
@@ -18,6 +19,7 @@ from p2psync.device.pairing import (
     PairingEvent,
     PairingState,
     choose_offer,
+    declined_last,
     pairing_transition,
     plan_grant,
     request_open,
@@ -202,3 +204,17 @@ def test_only_the_primary_revokes_another_device_where_the_mode_allows() -> None
     assert revoke_refusal(me, mode_refusal=None, is_primary=True, device_id=me) == (
         "a device cannot revoke itself"
     )
+
+
+@dataclass(frozen=True)
+class Asked:
+    timestamp_ms: int
+    state: str
+
+
+def test_only_the_latest_request_says_whether_the_primary_declined() -> None:
+    assert set(ASKED) == {S.WAITING, S.PAIRED, S.REFUSED}  # a new device's own
+    assert not declined_last([])
+    assert declined_last([Asked(1, S.WAITING), Asked(2, S.REFUSED)])
+    assert not declined_last([Asked(1, S.REFUSED), Asked(2, S.WAITING)])  # asked again
+    assert not declined_last([Asked(1, S.REFUSED), Asked(2, S.PAIRED)])
