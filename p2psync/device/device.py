@@ -34,9 +34,10 @@ cores, tested directly: the friend machine (:mod:`.friends`), the pairing machin
 the steps of going online and offline (:mod:`.online_switch`) and the inbound core
 (:mod:`.inbound`: an arriving record in, typed effects out). Thin drivers execute their
 effects: the runner that starts and stops the device (:mod:`.running`), the receiver
-(:mod:`.receiver`), the outbox and its device lists (:mod:`.outbox`), pairing
-(:mod:`.pairer`) and the sibling handler that live sync calls back (:mod:`.siblings`),
-all sharing the device's own state (:mod:`.local`).
+(:mod:`.receiver`), the outbox and its device lists (:mod:`.outbox`), pairing (the new
+device's side in :mod:`.joiner`, the primary's in :mod:`.pairer`) and the sibling
+handler that live sync calls back (:mod:`.siblings`), all sharing the device's own state
+(:mod:`.local`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from .content import (
 from .entry_relays import SiblingEntries
 from .facades import DevicePairing, Friends, Rooms, befriend, check_text
 from .friends import friends_among, is_friend
+from .joiner import Joiner
 from .keys import choice_seed
 from .local import Local, whoami_of
 from .migrator import Migrator
@@ -124,9 +126,10 @@ class Device:
         self._nursery = nursery
         self._siblings = SiblingHandler(local, network, _pool_directory(pool))
         self._outbox = Outbox(local, network, pool, swarm)
-        self._pairer = Pairer(local, swarm, self._outbox, self._siblings, self._relisten)
+        self._pairer = Pairer(local, swarm, self._outbox, self._siblings)
+        self._joiner = Joiner(local, swarm, self._siblings, self._relisten)
         self.friends = Friends(local, self._outbox)
-        self.pairing = DevicePairing(self._pairer)
+        self.pairing = DevicePairing(self._joiner, self._pairer)
         self.rooms = Rooms(local, self._opengroup)
         self._migrator = Migrator(
             local,
@@ -142,6 +145,7 @@ class Device:
             self._outbox,
             self._siblings,
             self._pairer,
+            self._joiner,
             self._migrator,
             partial(befriend, local, self._outbox),
         )

@@ -3,9 +3,10 @@
 
 Each is a thin facade, like :class:`~.device.Device` itself: friend requests run through
 the friend machine (:mod:`.friends`) and its effects are executed here; pairing is the
-pairing driver's (:mod:`.pairer`); public rooms are the open-group server's. Grouping
-them keeps the device's own surface to what every client touches (who it is, history,
-sending, sync, going online) and makes each group's calls read as one vocabulary.
+pairing drivers' (:mod:`.joiner` on the new device, :mod:`.pairer` on the primary);
+public rooms are the open-group server's. Grouping them keeps the device's own surface
+to what every client touches (who it is, history, sending, sync, going online) and makes
+each group's calls read as one vocabulary.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..opengroup.posts import RoomMessage, sign_post, sign_room_request
 from .content import MAX_TEXT_CHARS, FriendAccept, FriendRequest
 from .friends import ContactState, FriendEffect, FriendEvent, IllegalTransition
 from .friends import transition as friend_transition
+from .joiner import Joiner
 from .local import Local
 from .outbox import Outbox
 from .pairer import Pairer
@@ -109,7 +111,8 @@ class Friends:
 class DevicePairing:
     """Adding the user's devices and taking them away (``device.pairing``)."""
 
-    def __init__(self, pairer: Pairer) -> None:
+    def __init__(self, joiner: Joiner, pairer: Pairer) -> None:
+        self._joiner = joiner
         self._pairer = pairer
 
     async def request(self, primary: str, name: str | None = None) -> PairingTicket:
@@ -117,11 +120,11 @@ class DevicePairing:
         for its challenge (it must be online) to return the ticket. Show the ticket's code;
         the user accepts on the primary when it shows the same code, and
         :meth:`wait_paired` returns once the grant arrived and checked out."""
-        return await self._pairer.request_pairing(primary, name)
+        return await self._joiner.request_pairing(primary, name)
 
     async def wait_paired(self) -> None:
         """Wait until the primary's grant arrived and checked out (put a deadline on it)."""
-        await self._pairer.wait_paired()
+        await self._joiner.wait_paired()
 
     def requests(self) -> list[PairingOffer]:
         """Requests from new devices waiting for the user to compare codes and accept."""

@@ -1,32 +1,28 @@
-"""The pairing driver: runs the pairing machine (:mod:`.pairing`) against the swarm.
+"""Pairing on the primary: the pairing machine's (:mod:`.pairing`) primary's side, against
+the swarm.
 
-On the new device it sends the request and waits for the primary's challenge (the code
-both screens show) and grant, or its decline; on the primary it answers requests with a
-challenge, lists them for the user, and grants or declines (telling the new device) the
-one whose code the user confirmed; it also revokes a device. Every state change goes
-through :func:`~.pairing.pairing_transition`; what the mode changes (a signed mapping or
-the account seed) is :class:`~.modes.Rules`'s. What an arriving challenge, grant or
-decline may do is decided by the inbound core (:mod:`.inbound`); this driver executes it.
+It answers a new device's request with a challenge, lists the requests for the user, and
+grants or declines (telling the new device) the one whose code the user confirmed; it
+also revokes a device. Every state change goes through
+:func:`~.pairing.pairing_transition` (:func:`move_pairing`); what the mode changes (a
+signed mapping or the account seed) is :class:`~.modes.Rules`'s. What an arriving request
+may do is decided by the inbound core (:mod:`.inbound`); this driver executes it. The new
+device's side is :mod:`.joiner`'s.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 
-import trio
-
 from ..envelope import seal_envelope
-from ..errors import ConnectionLost, DecodeError, RpcError
-from ..identity import Identity, message_hash, sealable_key, session_id_key
+from ..errors import ConnectionLost, RpcError
+from ..identity import session_id_key
 from ..mapping import (
     PAIRING_WINDOW_MS,
-    DeviceMapping,
     PairingRequest,
     grant_pairing,
     revoke_pairing,
-    sign_pairing_request,
 )
 from ..swarm.client import SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL
@@ -37,147 +33,46 @@ from .content import (
     PairChallenge,
     PairDecline,
     PairGrant,
-    PairRequest,
     SiblingRecord,
     encode_content,
 )
-from .friends import ContactState, friends_among
+from .friends import friends_among
 from .inbound import pairing_details
 from .keys import pairing_nonce
-from .local import PAIRED_AT_META, Local
+from .local import Local
 from .outbox import Outbox
 from .pairing import (
-    ASKED,
     IllegalPairing,
     OfferMatch,
     PairingEffect,
     PairingEvent,
     PairingState,
     choose_offer,
-    declined_last,
     pairing_code,
     pairing_transition,
     plan_grant,
     request_open,
-    request_refusal,
     revoke_refusal,
 )
-from .rows import Contact, Pairing
+from .rows import Pairing
 from .siblings import SiblingHandler
-from .values import DeviceError, PairingError, PairingOffer, PairingTicket
+from .store import DeviceStore
+from .values import DeviceError, PairingError, PairingOffer
 
 logger = logging.getLogger(__name__)
 
 
 class Pairer:
-    """Pairing and revoking, for one device (see the module docstring)."""
+    """The primary's side of pairing, and revoking (see the module docstring)."""
 
     def __init__(
-        self,
-        local: Local,
-        swarm: SwarmClient,
-        outbox: Outbox,
-        siblings: SiblingHandler,
-        relisten: Callable[[], None],
+        self, local: Local, swarm: SwarmClient, outbox: Outbox, siblings: SiblingHandler
     ) -> None:
-        """``relisten`` restarts the receive loops: the streams to read changed."""
         self._local = local
         self._store = local.store
         self._swarm = swarm
         self._outbox = outbox
         self._siblings = siblings
-        self._relisten = relisten
-        self._paired = trio.Event()
-        if self._store.get_meta("paired"):
-            self._paired.set()
-
-    async def request_pairing(self, primary: str, name: str | None = None) -> PairingTicket:
-        """On a new device: ask ``primary`` (the user's existing device) to pair, and wait
-        for its challenge (it must be online) to return the ticket. Show the ticket's code;
-        the user accepts on the primary when it shows the same code, and
-        :meth:`wait_paired` returns once the grant arrived and checked out."""
-        try:
-            sealable_key(primary)
-        except DecodeError as exc:
-            raise PairingError(f"{primary!r} is not a session id ({exc})") from None
-        refusal = request_refusal(
-            primary,
-            own_ids=(self._local.user_id, self._local.device_id),
-            joined=self._paired.is_set() or bool(self._store.siblings()),
-            fresh=not (self._store.contacts() or self._store.history()),
-        )
-        if refusal is not None:
-            raise PairingError(refusal)
-        now = self._local.clock.now_ms()
-        device_name = name or self._local.name
-        if self._local.rules.hands_over_seed():
-            sender = Identity.generate()  # the grant (with the seed) is sealed to this key
-            request, secret = None, sender.seed
-        else:
-            sender = self._local.device_identity
-            request = sign_pairing_request(sender, primary, now).to_bytes()
-            secret = request
-        kind, body = encode_content(
-            PairRequest(
-                self._local.rules.mode,
-                self._local.device_id,
-                self._local.overlay_key,
-                device_name,
-                now,
-                request,
-            )
-        )
-        data = seal_envelope(sender, session_id_key(primary), kind, body, now)
-        await self._swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
-        digest = message_hash(data)
-        move = pairing_transition(None, PairingEvent.REQUEST_SENT)
-        state = encode_cbor({"secret": secret})
-        self._store.put_pairing(
-            Pairing(digest, False, primary, device_name, now, move.state, state)
-        )
-        if PairingEffect.LISTEN in move.effects:
-            self._relisten()  # listen where the challenge and the grant arrive
-        with trio.move_on_after(PAIRING_WINDOW_MS / 1000):
-            while self._challenge_nonce(digest) is None and not self._declined():
-                await self._local.changed.wait()
-        self._raise_if_declined()
-        nonce = self._challenge_nonce(digest)
-        if nonce is None:
-            raise PairingError(f"{primary[:12]}… did not answer in time: is it online? Ask again")
-        return PairingTicket(digest, pairing_code(digest, nonce))
-
-    def _challenge_nonce(self, request_id: bytes) -> bytes | None:
-        pairing = self._store.pairing(request_id)
-        return None if pairing is None else pairing_details(pairing).get("nonce")
-
-    def _declined(self) -> bool:
-        """Whether the primary declined this device's latest request (an earlier attempt's
-        decline says nothing of a later one)."""
-        return declined_last(
-            pairing
-            for state in ASKED
-            for pairing in self._store.pairings(incoming=False, state=state)
-        )
-
-    def _raise_if_declined(self) -> None:
-        if self._declined():
-            mode = self._local.rules.mode
-            raise PairingError(
-                "the primary declined this device's pairing request (pair again to retry;"
-                f" a primary of the other mode declines at once: this device is {mode})"
-            )
-
-    async def wait_paired(self) -> None:
-        """Wait until the primary's grant arrived and checked out (put a deadline on it);
-        :class:`PairingError` as soon as the primary's decline arrives instead."""
-        while not self._paired.is_set():
-            self._raise_if_declined()
-            await self._local.changed.wait()
-
-    @property
-    def paired(self) -> bool:
-        """Whether this device joined a user by pairing."""
-        return self._paired.is_set()
 
     def pairing_requests(self) -> list[PairingOffer]:
         """Requests from new devices waiting for the user to compare codes and accept."""
@@ -199,7 +94,7 @@ class Pairer:
                 raise PairingError(f"no pairing request is waiting with code {code}")
             case OfferMatch.CLASH:
                 for offer in choice.offers:
-                    self._move_pairing(offer, PairingEvent.CODE_CLASH)
+                    move_pairing(self._store, offer, PairingEvent.CODE_CLASH)
                 raise PairingError(
                     f"{len(choice.offers)} pairing requests show code {code}: all refused,"
                     " pair again"
@@ -207,16 +102,6 @@ class Pairer:
             case OfferMatch.EXPIRED:
                 raise PairingError("that pairing request expired: start pairing again")
         return choice.offers[0]
-
-    def _move_pairing(self, pairing: Pairing, event: PairingEvent) -> Pairing:
-        """``pairing`` after ``event``, by the pairing machine's table, stored."""
-        try:
-            move = pairing_transition(PairingState(pairing.state), event)
-        except IllegalPairing as exc:
-            raise PairingError(str(exc)) from None
-        moved = replace(pairing, state=move.state)
-        self._store.put_pairing(moved)
-        return moved
 
     async def accept_pairing(self, code: str) -> str:
         """On the primary, after the user saw ``code`` on both screens: grant the request
@@ -261,7 +146,7 @@ class Pairer:
         )
         await self._answer(plan.recipient, grant)
         with self._store.transaction():
-            self._move_pairing(pairing, PairingEvent.ACCEPT)
+            move_pairing(self._store, pairing, PairingEvent.ACCEPT)
             self._store.add_sibling(device, pairing.name, overlay)
             if plan.tells_siblings:
                 self._local.queue(SiblingRecord(device, overlay, pairing.name), self._local.user_id)
@@ -292,7 +177,7 @@ class Pairer:
         move = pairing_transition(PairingState(pairing.state), PairingEvent.DECLINE)
         if PairingEffect.SEND_DECLINE in move.effects:
             await self._answer(pairing.peer, PairDecline(pairing.request_id))
-        self._move_pairing(pairing, PairingEvent.DECLINE)
+        move_pairing(self._store, pairing, PairingEvent.DECLINE)
 
     async def _answer(self, recipient: str, content: Content) -> None:
         """Store ``content`` for a new device, signed by this one and sealed to
@@ -313,33 +198,6 @@ class Pairer:
         nonce = pairing_nonce(self._local.identity.seed, pairing.request_id)
         await self._answer(pairing.peer, PairChallenge(pairing.request_id, nonce))
         self._store.put_pairing(replace(pairing, data=encode_cbor({**joining, "nonce": nonce})))
-        self._local.notify()
-
-    def adopt_grant(self, pairing: Pairing, grant: PairGrant) -> None:
-        """The grant checked out: act as the user from now on."""
-        store = self._store
-        with store.transaction():
-            if grant.seed is not None:
-                store.set_meta("account_seed", grant.seed)
-            store.set_meta("user", pairing.peer.encode())
-            store.set_meta("paired", b"1")
-            if grant.mapping is not None:
-                paired_at_ms = DeviceMapping.from_bytes(grant.mapping).timestamp_ms
-                store.set_meta(PAIRED_AT_META, str(paired_at_ms).encode())
-            self._move_pairing(pairing, PairingEvent.GRANT_RECEIVED)
-            store.set_meta("secret", grant.secret)
-            for sibling in grant.devices:
-                if sibling.device != self._local.device_id:
-                    store.add_sibling(sibling.device, sibling.name, sibling.overlay)
-            for record in grant.contacts:
-                state = ContactState(record.state)
-                store.put_contact(Contact(record.user, state, record.devices, name=record.name))
-            if grant.name:
-                self._local.set_display_name(grant.name, self._local.clock.now_ms())
-        self._local.load_identity()
-        self._paired.set()
-        self._relisten()  # now receive as the user
-        self._siblings.restart()
         self._local.notify()
 
     async def revoke_device(self, device: str) -> None:
@@ -389,3 +247,14 @@ def _asked_as_mapped(pairing: Pairing) -> bool:
     """Whether a request this device received came from a mapped device (it carries the
     signed request a mapping is made from)."""
     return "request" in pairing_details(pairing)
+
+
+def move_pairing(store: DeviceStore, pairing: Pairing, event: PairingEvent) -> Pairing:
+    """``pairing`` after ``event``, by the pairing machine's table, stored."""
+    try:
+        move = pairing_transition(PairingState(pairing.state), event)
+    except IllegalPairing as exc:
+        raise PairingError(str(exc)) from None
+    moved = replace(pairing, state=move.state)
+    store.put_pairing(moved)
+    return moved

@@ -45,6 +45,7 @@ from .inbound import (
     decide,
     pairing_details,
 )
+from .joiner import Joiner
 from .local import REVOKED_HERE_META, Local
 from .migrator import Migrator
 from .outbox import Outbox
@@ -77,6 +78,7 @@ class Receiver:
         outbox: Outbox,
         siblings: SiblingHandler,
         pairer: Pairer,
+        joiner: Joiner,
         migrator: Migrator,
         befriend: Callable[[Contact], Awaitable[None]],
     ) -> None:
@@ -86,6 +88,7 @@ class Receiver:
         self._outbox = outbox
         self._siblings = siblings
         self._pairer = pairer
+        self._joiner = joiner
         self._migrator = migrator
         self._befriend = befriend
         self._retrying = False
@@ -262,7 +265,7 @@ class Receiver:
                     store.put_pairing(pairing)
                     local.notify()
                 case AdoptGrant(pairing=pairing, grant=grant):
-                    self._pairer.adopt_grant(pairing, grant)
+                    self._joiner.adopt_grant(pairing, grant)
                 case AdoptAccount(seed=seed, statement=statement):
                     self._migrator.adopt_account(seed, statement)
                 case _:  # pragma: no cover - decide() hands these out alone

@@ -292,7 +292,8 @@ async def test_two_requests_showing_one_code_are_both_refused(
 ) -> None:
     # An attacker who saw the request can grind out one of its own with the same six
     # digits; the primary must not pick one of the two.
-    monkeypatch.setattr("p2psync.device.pairer.pairing_code", lambda request_id, nonce: "123 456")
+    for side in ("joiner", "pairer"):  # the new devices' tickets, and the primary's list
+        monkeypatch.setattr(f"p2psync.device.{side}.pairing_code", lambda *_: "123 456")
     async with (
         open_world() as network,
         device(network, tmp_path, "phone", "linked") as phone,

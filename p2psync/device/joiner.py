@@ -1,0 +1,175 @@
+"""Joining an account, on the new device: the pairing machine's (:mod:`.pairing`) new
+device's side, against the swarm.
+
+It sends the request and waits for the primary's challenge (the code both screens show)
+and its grant or decline, then adopts the grant: from then on it acts as the user. What
+an arriving challenge, grant or decline may do is decided by the inbound core
+(:mod:`.inbound`); the primary's side is :mod:`.pairer`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from ..envelope import seal_envelope
+from ..errors import DecodeError
+from ..identity import Identity, message_hash, sealable_key, session_id_key
+from ..mapping import PAIRING_WINDOW_MS, DeviceMapping, sign_pairing_request
+from ..swarm.client import SwarmClient
+from ..swarm.constants import NAMESPACE_CONTROL
+from ..wire import encode_cbor
+from .content import PairGrant, PairRequest, encode_content
+from .friends import ContactState
+from .inbound import pairing_details
+from .local import PAIRED_AT_META, Local
+from .pairer import move_pairing
+from .pairing import (
+    ASKED,
+    PairingEffect,
+    PairingEvent,
+    declined_last,
+    pairing_code,
+    pairing_transition,
+    request_refusal,
+)
+from .rows import Contact, Pairing
+from .siblings import SiblingHandler
+from .values import PairingError, PairingTicket
+
+
+class Joiner:
+    """The new device's side of pairing (see the module docstring)."""
+
+    def __init__(
+        self,
+        local: Local,
+        swarm: SwarmClient,
+        siblings: SiblingHandler,
+        relisten: Callable[[], None],
+    ) -> None:
+        """``relisten`` restarts the receive loops: the streams to read changed."""
+        self._local = local
+        self._store = local.store
+        self._swarm = swarm
+        self._siblings = siblings
+        self._relisten = relisten
+        self._paired = trio.Event()
+        if self._store.get_meta("paired"):
+            self._paired.set()
+
+    async def request_pairing(self, primary: str, name: str | None = None) -> PairingTicket:
+        """On a new device: ask ``primary`` (the user's existing device) to pair, and wait
+        for its challenge (it must be online) to return the ticket. Show the ticket's code;
+        the user accepts on the primary when it shows the same code, and
+        :meth:`wait_paired` returns once the grant arrived and checked out."""
+        try:
+            sealable_key(primary)
+        except DecodeError as exc:
+            raise PairingError(f"{primary!r} is not a session id ({exc})") from None
+        refusal = request_refusal(
+            primary,
+            own_ids=(self._local.user_id, self._local.device_id),
+            joined=self._paired.is_set() or bool(self._store.siblings()),
+            fresh=not (self._store.contacts() or self._store.history()),
+        )
+        if refusal is not None:
+            raise PairingError(refusal)
+        now = self._local.clock.now_ms()
+        device_name = name or self._local.name
+        if self._local.rules.hands_over_seed():
+            sender = Identity.generate()  # the grant (with the seed) is sealed to this key
+            request, secret = None, sender.seed
+        else:
+            sender = self._local.device_identity
+            request = sign_pairing_request(sender, primary, now).to_bytes()
+            secret = request
+        kind, body = encode_content(
+            PairRequest(
+                self._local.rules.mode,
+                self._local.device_id,
+                self._local.overlay_key,
+                device_name,
+                now,
+                request,
+            )
+        )
+        data = seal_envelope(sender, session_id_key(primary), kind, body, now)
+        await self._swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+        digest = message_hash(data)
+        move = pairing_transition(None, PairingEvent.REQUEST_SENT)
+        state = encode_cbor({"secret": secret})
+        self._store.put_pairing(
+            Pairing(digest, False, primary, device_name, now, move.state, state)
+        )
+        if PairingEffect.LISTEN in move.effects:
+            self._relisten()  # listen where the challenge and the grant arrive
+        with trio.move_on_after(PAIRING_WINDOW_MS / 1000):
+            while self._challenge_nonce(digest) is None and not self._declined():
+                await self._local.changed.wait()
+        self._raise_if_declined()
+        nonce = self._challenge_nonce(digest)
+        if nonce is None:
+            raise PairingError(f"{primary[:12]}… did not answer in time: is it online? Ask again")
+        return PairingTicket(digest, pairing_code(digest, nonce))
+
+    def _challenge_nonce(self, request_id: bytes) -> bytes | None:
+        pairing = self._store.pairing(request_id)
+        return None if pairing is None else pairing_details(pairing).get("nonce")
+
+    def _declined(self) -> bool:
+        """Whether the primary declined this device's latest request (an earlier attempt's
+        decline says nothing of a later one)."""
+        return declined_last(
+            pairing
+            for state in ASKED
+            for pairing in self._store.pairings(incoming=False, state=state)
+        )
+
+    def _raise_if_declined(self) -> None:
+        if self._declined():
+            mode = self._local.rules.mode
+            raise PairingError(
+                "the primary declined this device's pairing request (pair again to retry;"
+                f" a primary of the other mode declines at once: this device is {mode})"
+            )
+
+    async def wait_paired(self) -> None:
+        """Wait until the primary's grant arrived and checked out (put a deadline on it);
+        :class:`PairingError` as soon as the primary's decline arrives instead."""
+        while not self._paired.is_set():
+            self._raise_if_declined()
+            await self._local.changed.wait()
+
+    @property
+    def paired(self) -> bool:
+        """Whether this device joined a user by pairing."""
+        return self._paired.is_set()
+
+    def adopt_grant(self, pairing: Pairing, grant: PairGrant) -> None:
+        """The grant checked out: act as the user from now on."""
+        store = self._store
+        with store.transaction():
+            if grant.seed is not None:
+                store.set_meta("account_seed", grant.seed)
+            store.set_meta("user", pairing.peer.encode())
+            store.set_meta("paired", b"1")
+            if grant.mapping is not None:
+                paired_at_ms = DeviceMapping.from_bytes(grant.mapping).timestamp_ms
+                store.set_meta(PAIRED_AT_META, str(paired_at_ms).encode())
+            move_pairing(self._store, pairing, PairingEvent.GRANT_RECEIVED)
+            store.set_meta("secret", grant.secret)
+            for sibling in grant.devices:
+                if sibling.device != self._local.device_id:
+                    store.add_sibling(sibling.device, sibling.name, sibling.overlay)
+            for record in grant.contacts:
+                state = ContactState(record.state)
+                store.put_contact(Contact(record.user, state, record.devices, name=record.name))
+            if grant.name:
+                self._local.set_display_name(grant.name, self._local.clock.now_ms())
+        self._local.load_identity()
+        self._paired.set()
+        self._relisten()  # now receive as the user
+        self._siblings.restart()
+        self._local.notify()
