@@ -75,8 +75,8 @@ def learn_from_sibling(local: Local, listing: Relays) -> bool:
 
 def learn_read(local: Local, contacts: Sequence[RelayContact]) -> Relays | None:
     """The listing this device just read, if it replaces the one the siblings deal
-    entries on (then kept; never one too long to pass on, :meth:`Relays.replaces`). One
-    too short for a path is left out: it would only take relays away."""
+    entries on (then kept). One too short for a path is left out: it would only take
+    relays away."""
     now = local.clock.now_ms()
     if len(verified_directory(list(contacts), now)) < local.config.hops:
         return None

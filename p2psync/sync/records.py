@@ -41,9 +41,7 @@ MAX_BODY_BYTES = 96 * 1024
 MAX_IDS_PER_RECORD = 1024
 MAX_RECORD_BYTES = MAX_BODY_BYTES + 1024
 #: Contacts a RELAYS record carries at most (about 64 KiB of them). A longer listing is
-#: neither passed on nor dealt on (:meth:`Relays.replaces`): past a few hundred relays the
-#: dealing's minimum no longer moves any, so the listing the siblings agreed on before
-#: serves as well.
+#: not passed on: past a few hundred relays the dealing's minimum no longer moves any.
 MAX_RELAYS_PER_RECORD = 512
 #: How far ahead of a device's clock a sibling's relay listing may say it was read.
 LISTING_AHEAD_MS = 10 * 60 * 1000
@@ -117,15 +115,6 @@ class Relays:
     def keys(self) -> frozenset[bytes]:
         return frozenset(contact.pubkey for contact in self.contacts)
 
-    @property
-    def passable(self) -> bool:
-        """Whether one record can pass it on: 1 to :data:`MAX_RELAYS_PER_RECORD`
-        contacts, within ``MAX_RECORD_BYTES`` encoded (a sibling's decoder refuses more)."""
-        return (
-            1 <= len(self.contacts) <= MAX_RELAYS_PER_RECORD
-            and len(encode_record(self)) <= MAX_RECORD_BYTES
-        )
-
     @classmethod
     def read(cls, read_ms: int, contacts: Iterable[Contact]) -> Relays:
         """A listing read at ``read_ms``: one contact per relay, in key order."""
@@ -142,13 +131,8 @@ class Relays:
         last, ties going to the greater key list, so every sibling that has seen both
         picks the same one; never one :meth:`from_the_future`. The same relays read again
         change no dealing (:meth:`~p2psync.device.local.Local.learn_entry_listing` still
-        keeps their fresher contacts).
-
-        Never one that is not :attr:`passable`: siblings could not learn it and would go
-        on dealing on the listing they agreed on, so the device that read it keeps
-        dealing on that one too. That costs nothing on so large a network: relays
-        outside the agreed listing go by hash alone, as the same on every sibling."""
-        if not self.passable or self.from_the_future(now_ms):
+        keeps their fresher contacts)."""
+        if self.from_the_future(now_ms):
             return False
         if known is None:
             return True
@@ -198,10 +182,16 @@ Record = (
 
 
 def shareable_listing(listing: Relays) -> bytes | None:
-    """The record that passes ``listing`` on to a sibling, or None when it is not
-    :attr:`~Relays.passable` (such a listing never :meth:`~Relays.replaces` the one the
-    siblings agreed on, so none holds one to pass)."""
-    return encode_record(listing) if listing.passable else None
+    """The record that passes ``listing`` on to a sibling, or None when it is empty or
+    longer than a record takes (:data:`MAX_RELAYS_PER_RECORD` contacts, or
+    ``MAX_RECORD_BYTES`` encoded), which the sibling's decoder would refuse: siblings
+    then deal entries on their own reads, as they would without it."""
+    if not 1 <= len(listing.contacts) <= MAX_RELAYS_PER_RECORD:
+        return None
+    data = encode_record(listing)
+    if len(data) > MAX_RECORD_BYTES:
+        return None
+    return data
 
 
 def encode_record(record: Record) -> bytes:

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from overlay.contact import Contact, make_contact
-from overlay.endpoint_core import EntryShare
 from overlay.keys import KeyPair
 from p2psync.errors import DecodeError
 from p2psync.sync.live import (
@@ -93,44 +92,6 @@ def test_a_listing_longer_than_a_record_takes_is_not_passed_on() -> None:
     too_long = Relays(5, (CONTACTS[0],) * (MAX_RELAYS_PER_RECORD + 1))
     assert shareable_listing(too_long) is None
     assert shareable_listing(Relays(5, ())) is None  # nothing to pass on
-
-
-#: A network grown from 8 relays to 612: more than a record takes.
-GROWN = [
-    make_contact(KeyPair.from_seed(n.to_bytes(4, "big") * 8), f"mem:relay{n}", 0)
-    for n in range(MAX_RELAYS_PER_RECORD + 100)
-]
-
-
-def overlapping_after_growth(accounts: int, *, phone_deals_on_its_read: bool) -> int:
-    """Of ``accounts`` 3-device accounts, how many have two devices sharing an entry
-    while only the phone has read the grown listing. The desktop and the laptop cannot
-    learn it (it is not passed on) and deal on the 8 relays all three agreed on; the
-    phone deals on what :meth:`Relays.replaces` leaves it, or on its own read."""
-    agreed = Relays.read(100, GROWN[:8])
-    grown = Relays.read(200, GROWN)
-    dealt_on = grown if phone_deals_on_its_read or grown.replaces(agreed, 200) else agreed
-    phone, desktop, laptop = b"P" * 32, b"D" * 32, b"L" * 32
-    members = frozenset({phone, desktop, laptop})
-    overlapping = 0
-    for n in range(accounts):
-        secret = n.to_bytes(4, "big") * 8
-        entries = [EntryShare(secret, members, phone, dealt_on.keys)(grown.keys)]
-        entries += [
-            EntryShare(secret, members, m, agreed.keys)(agreed.keys) for m in (desktop, laptop)
-        ]
-        overlapping += any(a & b for i, a in enumerate(entries) for b in entries[i + 1 :])
-    return overlapping
-
-
-def test_a_listing_too_long_to_pass_on_is_not_dealt_on_either() -> None:
-    """A device keeps dealing on the listing its siblings agreed on when it reads one
-    they cannot learn: relays outside that go by hash alone, the same on every sibling."""
-    assert shareable_listing(Relays.read(200, GROWN)) is None
-    assert not Relays.read(200, GROWN).replaces(Relays.read(100, GROWN[:8]), 200)
-    assert not Relays.read(200, GROWN).replaces(None, 200)
-    assert overlapping_after_growth(300, phone_deals_on_its_read=True) > 0  # what it prevents
-    assert overlapping_after_growth(300, phone_deals_on_its_read=False) == 0
 
 
 @given(st.binary(max_size=200))
