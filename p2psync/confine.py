@@ -9,9 +9,7 @@ netfilter, new network stacks), which is where the kernel's own holes have been.
 service starts through this module, which loads a seccomp filter that answers ``EPERM``
 to ``unshare``, to ``setns`` and to a ``clone`` asking for a new namespace, and
 ``ENOSYS`` to ``clone3`` (whose flags a filter cannot read; the C library then falls back
-to ``clone``, as it does under Docker's and systemd's filters), and ``EPERM`` to a
-``prctl`` that would change its parent-death signal (which ends it with its launcher:
-:mod:`.contain`), and then becomes the
+to ``clone``, as it does under Docker's and systemd's filters), and then becomes the
 module, in this process (a service's uid may not be able to start its Python again:
 ``setpriv`` can, while it still holds root's rights). The filter is loaded before the
 service reads anything from outside, cannot be taken off, and holds for every process
@@ -41,8 +39,6 @@ CLONE_NEW_FLAGS = {
     "net": 0x40000000,
 }
 
-#: linux/prctl.h.
-PR_SET_PDEATHSIG = 1
 
 #: Processes and threads a service's uid may have at once (``RLIMIT_NPROC``): a service
 #: runs a few dozen threads; one broken into cannot fork the machine to a halt.
@@ -63,8 +59,6 @@ def forbid_namespaces() -> None:
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
     rules.add_rule(refused, "unshare")
     rules.add_rule(refused, "setns")
-    # Its parent-death signal ends it with its launcher (:mod:`.contain`); it stays.
-    rules.add_rule(refused, "prctl", seccomp.Arg(0, seccomp.EQ, PR_SET_PDEATHSIG))
     for flag in CLONE_NEW_FLAGS.values():
         rules.add_rule(refused, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     try:

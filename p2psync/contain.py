@@ -1,24 +1,28 @@
-"""Run a command as the first process of a PID namespace that ends with its launcher:
-``python -m p2psync.contain COMMAND [ARG...]``, started by the launcher with a pipe as
-its standard input.
+"""Run a command in a PID namespace that ends with its launcher:
+``python -m p2psync.contain COMMAND [ARG...]``, started by the launcher (as root) with a
+pipe as its standard input.
 
 A service of a network of hosts runs as a uid of its own, and the launcher ends every
 process of that uid when it stops the service (:mod:`.service_users`). A launcher killed
 outright (SIGKILL, the machine's out-of-memory killer) ends nothing: an honest service
 exits when its standard input closes, but one somebody broke into, and whatever it
-started in a session of its own, would live on until the next run on its folder. So a
-service of hosts starts through this module, which runs as root and:
+started in a session of its own, would live on until the next run on its folder.
 
-* makes a PID namespace whose first process is the command: when that process ends,
-  the kernel kills every process in the namespace, and nothing in it can leave it
-  (:mod:`.confine` forbids ``setns`` and ``unshare``);
-* gives the command a parent-death signal (SIGKILL), so it ends when this process ends,
-  however that is; ``setpriv --pdeathsig keep`` keeps it across the change of uid, and
-  :mod:`.confine` forbids the service to clear it;
-* ends the command (SIGKILL) once its own standard input closes, which is how it hears
-  that the launcher is gone (the launcher holds the pipe's other end);
-* passes SIGTERM and SIGINT on to the command, and exits as the command did, so to the
-  launcher it is the service.
+So a service of hosts starts through this module. It makes a PID namespace whose first
+process, root's, is a small init of this module's, and the init starts the command. When
+the init ends, the kernel kills every process in the namespace, and nothing in it can
+leave (:mod:`.confine` forbids ``setns`` and ``unshare``). The init runs as root, so the
+service, a uid of its own without capabilities, can neither signal nor trace it, and it
+ends:
+
+* when this process ends, however that is (its parent-death signal, SIGKILL);
+* when this process's standard input closes, which is how it hears that the launcher is
+  gone (the launcher holds the pipe's other end): this process kills it then;
+* when the command exits, after reaping whatever else ended in the namespace.
+
+SIGTERM and SIGINT are passed on to the command (a namespace's first process ignores a
+signal it has no handler for: a service must not be that process), and this process exits
+as the command did (128 + N if signal N ended it), so to the launcher it is the service.
 
 The parent-death signal is tied to the thread that started the child, which is why this
 small process stands between: the launcher starts its children from worker threads
@@ -27,25 +31,58 @@ small process stands between: the launcher starts its children from worker threa
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import select
 import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 #: linux/sched.h and linux/prctl.h.
 CLONE_NEWPID = 0x20000000
 PR_SET_PDEATHSIG = 1
-#: What is passed on to the service; anything else ends this process as usual.
+#: What is passed on to the command.
 PASSED_ON = (signal.SIGTERM, signal.SIGINT)
 #: What a command that cannot be started here exits with (as a shell's "cannot execute").
 CANNOT_START = 126
+STDIN = 0
 
 
 def contained(command: Sequence[str]) -> list[str]:
     """``command`` started through this module by the launcher's Python."""
     return [sys.executable, "-P", "-m", "p2psync.contain", *command]
+
+
+class Forwarder:
+    """Passes :data:`PASSED_ON` signals to one process, by pidfd (so never to another
+    that took its pid), holding those that come before the process is known. Installed
+    before a fork, so the child (the init, a namespace's first process) has a handler
+    from its first instruction: it would ignore the signal otherwise."""
+
+    def __init__(self) -> None:
+        self._target: int | None = None
+        self._held: list[int] = []
+        for signum in PASSED_ON:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._target is None:
+            self._held.append(signum)
+        else:
+            _send(self._target, signum)
+
+    def to(self, pidfd: int) -> None:
+        self._target = pidfd
+        for signum in self._held:
+            _send(pidfd, signum)
+        self._held.clear()
+
+
+def _send(pidfd: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended already
+        signal.pidfd_send_signal(pidfd, signum)
 
 
 def main(command: Sequence[str]) -> None:
@@ -54,56 +91,73 @@ def main(command: Sequence[str]) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWPID) != 0:
         sys.exit(f"cannot make a PID namespace: {os.strerror(ctypes.get_errno())}")
-    parent = os.pidfd_open(os.getpid())  # the child sees no pid of ours: its own namespace
-    child = os.fork()
-    if child == 0:
-        _become(libc, parent, command)
+    forwarder = Forwarder()
+    parent = os.pidfd_open(os.getpid())  # the init sees no pid of ours: its own namespace
+    init = os.fork()
+    if init == 0:
+        _init(libc, parent, forwarder, command)
     os.close(parent)
-    for passed in PASSED_ON:
-        signal.signal(passed, lambda signum, _frame: os.kill(child, signum))
-    status = _wait(child)
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:  # ended by a signal: so is this process, for the launcher to read
-        signum = -code
-        if signum != signal.SIGKILL:
-            signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        code = 128 + signum  # a signal whose default is to be ignored
-    sys.exit(code)
+    ended = os.pidfd_open(init)
+    forwarder.to(ended)
+    sys.exit(_exit_code(_wait(init, ended)))
 
 
-def _become(libc: ctypes.CDLL, parent: int, command: Sequence[str]) -> None:
-    """In the child, the namespace's first process: end with the process ``parent``
-    (a pidfd) is, then be ``command``."""
+def _init(libc: ctypes.CDLL, parent: int, forwarder: Forwarder, command: Sequence[str]) -> None:
+    """The namespace's first process: end with the process ``parent`` (a pidfd) is,
+    start ``command``, reap, and exit as ``command`` did. Never returns."""
+    code = CANNOT_START
     try:
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "cannot set a parent-death signal")
-        ended = select.poll()
-        ended.register(parent, select.POLLIN)
-        if ended.poll(0):  # the parent ended before the signal was set
+        gone = select.poll()
+        gone.register(parent, select.POLLIN)
+        if gone.poll(0):  # the parent ended before the signal was set
             os._exit(CANNOT_START)
         os.close(parent)
+        service = os.fork()
+        if service == 0:
+            _become(command)
+        forwarder.to(os.pidfd_open(service))
+        while True:  # orphans of the namespace are this process's to reap
+            reaped, status = os.waitpid(-1, 0)
+            if reaped == service:
+                code = _exit_code(status)
+                break
+    except BaseException as error:
+        os.write(2, f"p2psync.contain: {error!r}\n".encode())
+    os._exit(code)
+
+
+def _become(command: Sequence[str]) -> None:
+    for signum in PASSED_ON:
+        signal.signal(signum, signal.SIG_DFL)
+    try:
         os.execvp(command[0], list(command))
     except OSError as error:
         os.write(2, f"cannot start {command[0]}: {error}\n".encode())
     os._exit(CANNOT_START)
 
 
-def _wait(child: int) -> int:
-    """Wait until ``child`` exits, ending it first if standard input closes; its wait
-    status."""
+def _wait(child: int, ended: int) -> int:
+    """Wait until ``child`` (``ended``: its pidfd) exits, killing it first if standard
+    input closes; its wait status."""
     watch = select.poll()
-    watch.register(sys.stdin.fileno(), select.POLLHUP)
-    exited = os.pidfd_open(child)
-    watch.register(exited, select.POLLIN)
+    watch.register(STDIN, select.POLLHUP)
+    watch.register(ended, select.POLLIN)
     while True:
         ready = dict(watch.poll())
-        if exited in ready:
+        if ended in ready:
             break
-        if ready:  # the launcher is gone
-            os.kill(child, signal.SIGKILL)
-            watch.unregister(sys.stdin.fileno())
+        if ready:  # the launcher is gone (or there never was a pipe)
+            _send(ended, signal.SIGKILL)
+            watch.unregister(STDIN)
     return os.waitpid(child, 0)[1]
+
+
+def _exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128 + N for signal N."""
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
 
 
 if __name__ == "__main__":

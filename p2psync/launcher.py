@@ -133,9 +133,9 @@ async def run_service(
     Started with ``nursery.start``, the child belongs to that nursery: cancelling it
     terminates the child and waits for it. The child's stdin stays open as long as this
     process lives (see services.exit_when_stdin_closes), so no child outlives its
-    launcher even if the launcher is killed outright. A service on a host is the first
-    process of a PID namespace that ends with the launcher, everything the service
-    started included, even if that service ignores its stdin (:mod:`.contain`); once
+    launcher even if the launcher is killed outright. A service on a host runs in a PID
+    namespace that ends with the launcher, everything the service started included, even
+    if that service ignores its stdin (:mod:`.contain`); once
     stopped it leaves no process of its uid behind
     (:func:`~.service_users.end_every_process_of`), and before it starts, none is left
     from an older run."""

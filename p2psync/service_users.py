@@ -40,8 +40,6 @@ from .whole_file import read_small_file, remove_leftovers, replace_file
 #: How a service runs: with no capability and no way to gain one (``setpriv`` of
 #: util-linux), which takes away joining or making namespaces, configuring interfaces and
 #: routes, raw sockets and reading what its uid may not, and with no group but its own.
-#: The parent-death signal it was given (:mod:`.contain`) outlasts the change of uid,
-#: which would clear it.
 WITHOUT_CAPABILITIES = (
     "setpriv",
     "--no-new-privs",
@@ -49,7 +47,6 @@ WITHOUT_CAPABILITIES = (
     "--ambient-caps=-all",
     "--bounding-set=-all",
     "--clear-groups",
-    "--pdeathsig=keep",
 )
 #: Services' uids are given from here upward, skipping any an account, a group or a
 #: process has (a directory service or a container's range may reach this far).

@@ -63,6 +63,6 @@ def test_when_every_uid_is_given_it_says_so() -> None:
 def test_a_service_runs_as_its_uid_with_no_capability_and_no_other_group() -> None:
     assert as_service(BASE + 5, ["python"]) == [
         "setpriv", "--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all",
-        "--bounding-set=-all", "--clear-groups", "--pdeathsig=keep", f"--reuid={BASE + 5}",
-        f"--regid={BASE + 5}", "python",
+        "--bounding-set=-all", "--clear-groups", f"--reuid={BASE + 5}", f"--regid={BASE + 5}",
+        "python",
     ]  # fmt: skip

@@ -166,18 +166,19 @@ async def test_network_of_hosts_comes_up_serves_devices_on_hosts_and_leaves_noth
         assert len(set(hosts)) == 8, "each process on an address of its own"
         # Every service runs with no capability and no way to gain one, as a uid of its
         # own, which reads neither the ledger's key nor another service's keys.
-        # Each is the first process of a PID namespace of its own, whose parent, root's
-        # p2psync.contain, is the launcher's child: none outlives the launcher.
-        children = [
-            pid for pid in _processes_using(net) if _status(pid)["PPid"] == str(process.pid)
-        ]
+        # Each is in a PID namespace of its own, whose first process is root's init (of
+        # p2psync.contain, the launcher's child): none outlives the launcher.
+        running = _processes_using(net)
+        children = [pid for pid in running if _status(pid)["PPid"] == str(process.pid)]
         assert len(children) == 8 and all(b"p2psync.contain" in _cmdline(pid) for pid in children)
-        services = [pid for pid in _processes_using(net) if pid not in {process.pid, *children}]
+        inits = [pid for pid in running if _status(pid)["PPid"] in map(str, children)]
+        assert len(inits) == 8 and all(_status(pid)["NSpid"].split()[-1] == "1" for pid in inits)
+        assert all(_status(pid)["Uid"].split()[0] == "0" for pid in inits)
+        services = [pid for pid in running if _status(pid)["PPid"] in map(str, inits)]
         assert len(services) == 8 and all(b"p2psync.confine" in _cmdline(pid) for pid in services)
         uids = set()
         for pid in services:
             status = _status(pid)
-            assert status["PPid"] in map(str, children) and status["NSpid"].split()[-1] == "1"
             assert status["CapEff"] == "0" * 16 and status["CapBnd"] == "0" * 16, (pid, status)
             assert status["NoNewPrivs"] == "1", (pid, status)
             assert status["Seccomp"] == "2", "it forbade itself namespaces (p2psync.confine)"
