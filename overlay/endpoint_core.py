@@ -16,7 +16,7 @@ import hashlib
 import os
 import random
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .cells import CellError, CellKind, decode_cell
 from .constants import (
@@ -128,6 +128,16 @@ class EntryShare:
 
     def __call__(self, relays: Collection[bytes]) -> frozenset[bytes]:
         return frozenset(r for r, owner in self.owners(relays).items() if owner == self.member)
+
+    def or_on_listed(self, relays: Collection[bytes]) -> frozenset[bytes]:
+        """This member's share of ``relays``; if dealing on ``base`` leaves it none of
+        them (a base whose relays have left, or an empty base, by hash alone, on a
+        short listing), its share dealt on ``relays`` themselves, so that it can still
+        enter the overlay."""
+        entries = self(relays)
+        if entries or self.base is None:
+            return entries
+        return replace(self, base=None)(relays)
 
 
 @dataclass

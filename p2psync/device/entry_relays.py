@@ -38,9 +38,9 @@ class SiblingEntries:
     two siblings, whichever of their endpoints, sees both devices' addresses.
 
     The share is dealt on the relay listing the siblings agree on (the newest any of
-    them read, passed over their sessions: :meth:`Local.entry_listing`), so siblings
-    that read the registry at different times still deal alike; if that listing leaves
-    this device none of the relays listed now, on the listing itself.
+    them read, passed over their sessions: :meth:`Local.entry_listing`; by hash alone
+    for one too long to pass on), so siblings that read the registry at different times
+    still deal alike (:meth:`EntryShare.or_on_listed`).
 
     ``or_any``: when the share gives this device none of the listing (fewer relays than
     devices), admit every relay rather than none; the onion pool takes that, since a
@@ -58,9 +58,8 @@ class SiblingEntries:
         own = self._local.overlay_key
         members = frozenset(keys.values()) | {own}
         agreed = self._local.entry_listing()
-        entries = EntryShare(secret, members, own, None if agreed is None else agreed.keys)(relays)
-        if not entries and agreed is not None:
-            entries = EntryShare(secret, members, own)(relays)
+        base = None if agreed is None else agreed.keys
+        entries = EntryShare(secret, members, own, base).or_on_listed(relays)
         return entries or (frozenset(relays) if self._or_any else entries)
 
 
@@ -74,13 +73,13 @@ def learn_from_sibling(local: Local, listing: Relays) -> bool:
 
 
 def learn_read(local: Local, contacts: Sequence[RelayContact]) -> Relays | None:
-    """The listing this device just read, if it replaces the one the siblings deal
-    entries on (then kept). One too short for a path is left out: it would only take
-    relays away."""
+    """The listing this device just read, as siblings agree on it (:meth:`Relays.agreed`),
+    if it replaces the one the siblings deal entries on (then kept). One too short for a
+    path is left out: it would only take relays away."""
     now = local.clock.now_ms()
     if len(verified_directory(list(contacts), now)) < local.config.hops:
         return None
-    listing = Relays.read(now, contacts)
+    listing = Relays.read(now, contacts).agreed()
     return listing if local.learn_entry_listing(listing) else None
 
 

@@ -109,17 +109,17 @@ class Local:
         return listing
 
     def learn_entry_listing(self, listing: Relays) -> bool:
-        """Keep ``listing`` if it replaces the one known (:meth:`Relays.replaces`): True,
-        and siblings should hear of it. The same relays read later are kept too, for
-        their fresher contacts, but change nothing for the siblings; an empty listing
-        deals nothing and is never kept."""
+        """Keep ``listing`` (as siblings agree on it, :meth:`Relays.agreed`) if it replaces
+        the one known (:meth:`Relays.replaces`): True, and siblings should hear of it. The
+        same relays read later are kept too, for their fresher contacts, but change
+        nothing for the siblings."""
         known = self.entry_listing()
         now = self.clock.now_ms()
         changed = listing.replaces(known, now)
-        if listing.contacts and (changed or listing.refreshes(known, now)):
+        if changed or listing.refreshes(known, now):
             contacts = [contact.encode() for contact in listing.contacts]
             self.store.set_meta(ENTRY_LISTING_META, encode_cbor([listing.read_ms, contacts]))
-        return bool(listing.contacts) and changed
+        return changed
 
     def kept_listing(self) -> object | None:
         """The registry's listing as last read (see :meth:`keep_listing`), or None."""

@@ -4,7 +4,8 @@ A device reads the listing's relays when it goes online; one that stays up for d
 desktop running ``p2psync device run``) would otherwise build paths through relays that
 have left, never use ones that joined, and hold contacts past their day of life. The
 listing is read again every :data:`RELAY_REREAD_S`, and sooner, at most every
-:data:`RELAY_REREAD_AFTER_FAILURE_S`, once a path dies young (a relay on it may have left).
+:data:`RELAY_REREAD_AFTER_FAILURE_S`, once a path dies young (a relay on it may have left)
+or a sibling has read a listing longer than it could pass on (:class:`ReadAgain`).
 Rare on purpose: each read is a direct request to the registry from the device's address.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import trio
 
 from overlay.constants import CONTACT_LIFETIME_MS
 from overlay.contact import Contact
@@ -30,20 +33,42 @@ RELAY_REREAD_S = CONTACT_LIFETIME_MS / 4 / 1000
 RELAY_REREAD_AFTER_FAILURE_S = 60.0
 
 
+class ReadAgain:
+    """A request to read the listing sooner than :func:`keep_relays_current` would: a
+    sibling read one this device has not (held until taken)."""
+
+    def __init__(self) -> None:
+        self._asked = trio.Event()
+
+    def ask(self) -> None:
+        self._asked.set()
+
+    async def wait(self) -> None:
+        await self._asked.wait()
+
+    def take(self) -> None:
+        self._asked = trio.Event()
+
+
 async def keep_relays_current(
     endpoint: Endpoint,
     network: NetworkAccess,
     on_read: Callable[[list[Contact]], None] = lambda contacts: None,
+    again: ReadAgain | None = None,
 ) -> None:
     """Until cancelled, hand ``endpoint`` the listing's relays as described above, and
     ``on_read`` every listing it took."""
     clock = network.clock
+    again = again or ReadAgain()
+    read_ms = clock.now_ms()
     while True:
-        failed = endpoint.stats.paths_failed
         with clock.move_on_after(RELAY_REREAD_S):
-            while endpoint.stats.paths_failed == failed:
-                await endpoint.paths_changed()
-            await clock.sleep(RELAY_REREAD_AFTER_FAILURE_S)
+            if await _path_died_or_asked(endpoint, again):  # at once, but not too often
+                await clock.sleep_until_ms(read_ms + int(RELAY_REREAD_AFTER_FAILURE_S * 1000))
+            else:  # wait for the paths to be rebuilt through what is known
+                await clock.sleep(RELAY_REREAD_AFTER_FAILURE_S)
+        again.take()
+        read_ms = clock.now_ms()
         try:
             contacts = await network.relay_contacts()
         except TRANSIENT as exc:
@@ -53,3 +78,26 @@ async def keep_relays_current(
             logger.info("the relay listing has too few usable relays: keeping the last")
         else:
             on_read(contacts)
+
+
+async def _path_died_or_asked(endpoint: Endpoint, again: ReadAgain) -> bool:
+    """Return once a path of ``endpoint`` dies (False) or a read is asked for (True),
+    whichever comes first."""
+    failed = endpoint.stats.paths_failed
+    was_asked = False
+    async with trio.open_nursery() as first:
+
+        async def path_died() -> None:
+            while endpoint.stats.paths_failed == failed:
+                await endpoint.paths_changed()
+            first.cancel_scope.cancel()
+
+        async def asked() -> None:
+            nonlocal was_asked
+            await again.wait()
+            was_asked = True
+            first.cancel_scope.cancel()
+
+        first.start_soon(path_died)
+        first.start_soon(asked)
+    return was_asked

@@ -36,7 +36,7 @@ from .entry_relays import (
 )
 from .keys import choice_seed, overlay_seed
 from .local import Local
-from .relay_listing import keep_relays_current
+from .relay_listing import ReadAgain, keep_relays_current
 from .rows import Pending
 from .sibling_rules import (
     FallBack,
@@ -74,6 +74,7 @@ class SiblingHandler:
         #: Set (and replaced) each time a sibling sync starts.
         self._sync_started = trio.Event()
         self._delays = network.random_for(local.device_identity.seed, b"inbound pushes")
+        self._read_again = ReadAgain()
 
     def restart(self) -> None:
         """The siblings changed: sync with the new set."""
@@ -204,7 +205,9 @@ class SiblingHandler:
             ) as endpoint,
             open_task_nursery() as nursery,
         ):
-            nursery.start_soon(keep_relays_current, endpoint, self._network, self.relays_read)
+            nursery.start_soon(
+                keep_relays_current, endpoint, self._network, self.relays_read, self._read_again
+            )
             yield endpoint
             nursery.cancel_scope.cancel()
 
@@ -351,10 +354,14 @@ class SiblingHandler:
 
     def learn_entry_listing(self, listing: Relays) -> bool:
         """A sibling's listing: if :func:`learn_from_sibling` keeps it, build paths
-        through its relays (this device may not have read some of them yet)."""
+        through its relays (this device may not have read some of them yet); if it came
+        as its read time alone (:meth:`Relays.agreed`), read the registry again, which
+        lists more relays than this device knows."""
         if not learn_from_sibling(self._local, listing):
             return False
         self._use_listing(listing)
+        if not listing.contacts:
+            self._read_again.ask()
         return True
 
     def relays_read(self, contacts: Sequence[RelayContact]) -> None:
@@ -369,6 +376,8 @@ class SiblingHandler:
 
     def _use_listing(self, listing: Relays) -> None:
         contacts = list(listing.contacts)
+        if not contacts:  # its read time alone: no relays to add
+            return
         if self.sync is not None and self.sync.endpoint is not None:
             self.sync.endpoint.update_directory(contacts)
         self._on_listing(contacts)

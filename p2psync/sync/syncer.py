@@ -261,11 +261,9 @@ class SiblingSync:
         """Pass the relay listing the siblings deal entries on to every sibling connected
         now (``but`` the one it came from; ``only`` one): each keeps it unless it knows a
         newer one (:meth:`Relays.replaces`), and passes that on in turn, so connected
-        siblings settle on one; one too long for a record stays here
+        siblings settle on one; one too long for a record goes as its read time alone
         (:func:`shareable_listing`)."""
         data = shareable_listing(listing)
-        if data is None:
-            return
         for sibling in [only] if only is not None else list(self._sessions):
             if sibling != but:
                 self._send(sibling, data)

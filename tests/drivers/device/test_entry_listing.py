@@ -66,3 +66,44 @@ async def test_a_listing_one_sibling_read_becomes_the_one_both_deal_entries_on(
         await trio.sleep(30)  # a path check on each side: entries follow the listing
         phone_entries = {p.hops[0].pubkey for p in sync_endpoints[phone.whoami().overlay_key].paths}
         assert phone_entries.isdisjoint(p.hops[0].pubkey for p in desktop_endpoint.paths)
+
+
+async def test_a_listing_too_long_to_pass_on_has_the_sibling_read_the_registry_at_once(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sync_endpoints: SyncEndpoints,
+) -> None:
+    """As above, on a network whose listing grows past what one record takes (8 relays
+    here, 512 for real): the phone's read goes to the desktop as its read time alone,
+    both deal by hash alone, and the desktop reads the registry at once, so that it
+    deals on the relays the phone does, not on the 8 it knew."""
+    monkeypatch.setattr("p2psync.sync.records.MAX_RELAYS_PER_RECORD", 8)
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        device(network, tmp_path, "desktop", "linked") as desktop,
+    ):
+        await pair(phone, desktop)
+        await wait_until(
+            lambda: desktop.sync_status().connected_siblings == {phone.whoami().device_id}
+        )
+        assert len(desktop.sync_status().entry_listing or ()) == 8
+        await network.add_relays(1)
+        [joined] = {r.public_key for r in network.relays} - set(
+            desktop.sync_status().entry_listing or ()
+        )
+        phone_endpoint = sync_endpoints[phone.whoami().overlay_key]
+        desktop_endpoint = sync_endpoints[desktop.whoami().overlay_key]
+        [victim] = [
+            r for r in network.relays if r.public_key == phone_endpoint.paths[0].hops[0].pubkey
+        ]
+        await network.stop_relay(victim)
+        await wait_until(
+            lambda: joined in phone_endpoint.relays, limit_s=10 * RELAY_REREAD_AFTER_FAILURE_S
+        )
+        read_at = trio.current_time()
+        await wait_until(lambda: desktop.sync_status().entry_listing == frozenset())
+        await wait_until(lambda: joined in desktop_endpoint.relays)
+        # Its own read, asked for (at most one a minute), not one hours on.
+        assert trio.current_time() - read_at <= RELAY_REREAD_AFTER_FAILURE_S + 5
