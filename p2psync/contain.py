@@ -55,34 +55,25 @@ def contained(command: Sequence[str]) -> list[str]:
     return [sys.executable, "-P", "-m", "p2psync.contain", *command]
 
 
-class Forwarder:
-    """Passes :data:`PASSED_ON` signals to one process, by pidfd (so never to another
-    that took its pid), holding those that come before the process is known. Installed
-    before a fork, so the child (the init, a namespace's first process) has a handler
-    from its first instruction: it would ignore the signal otherwise."""
+def _forward_to(pidfd: int) -> None:
+    """From now on pass :data:`PASSED_ON` signals to the process ``pidfd`` is (by pidfd,
+    so never to another that took its pid), those held since :func:`_hold` too."""
 
-    def __init__(self) -> None:
-        self._target: int | None = None
-        self._held: list[int] = []
-        for signum in PASSED_ON:
-            signal.signal(signum, self._on_signal)
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it ended already
+            signal.pidfd_send_signal(pidfd, signum)
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if self._target is None:
-            self._held.append(signum)
-        else:
-            _send(self._target, signum)
-
-    def to(self, pidfd: int) -> None:
-        self._target = pidfd
-        for signum in self._held:
-            _send(pidfd, signum)
-        self._held.clear()
+    for signum in PASSED_ON:
+        signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
 
 
-def _send(pidfd: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # it ended already
-        signal.pidfd_send_signal(pidfd, signum)
+def _hold() -> None:
+    """Hold :data:`PASSED_ON` signals until :func:`_forward_to` (a fork copies the
+    mask): none is lost between a fork and the handler the child installs, not even
+    by the init, which, a namespace's first process, would drop one it has no handler
+    for."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, PASSED_ON)
 
 
 def main(command: Sequence[str]) -> None:
@@ -91,18 +82,18 @@ def main(command: Sequence[str]) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWPID) != 0:
         sys.exit(f"cannot make a PID namespace: {os.strerror(ctypes.get_errno())}")
-    forwarder = Forwarder()
+    _hold()
     parent = os.pidfd_open(os.getpid())  # the init sees no pid of ours: its own namespace
     init = os.fork()
     if init == 0:
-        _init(libc, parent, forwarder, command)
+        _init(libc, parent, command)
     os.close(parent)
     ended = os.pidfd_open(init)
-    forwarder.to(ended)
+    _forward_to(ended)
     sys.exit(_exit_code(_wait(init, ended)))
 
 
-def _init(libc: ctypes.CDLL, parent: int, forwarder: Forwarder, command: Sequence[str]) -> None:
+def _init(libc: ctypes.CDLL, parent: int, command: Sequence[str]) -> None:
     """The namespace's first process: end with the process ``parent`` (a pidfd) is,
     start ``command``, reap, and exit as ``command`` did. Never returns."""
     code = CANNOT_START
@@ -117,7 +108,7 @@ def _init(libc: ctypes.CDLL, parent: int, forwarder: Forwarder, command: Sequenc
         service = os.fork()
         if service == 0:
             _become(command)
-        forwarder.to(os.pidfd_open(service))
+        _forward_to(os.pidfd_open(service))
         while True:  # orphans of the namespace are this process's to reap
             reaped, status = os.waitpid(-1, 0)
             if reaped == service:
@@ -129,8 +120,7 @@ def _init(libc: ctypes.CDLL, parent: int, forwarder: Forwarder, command: Sequenc
 
 
 def _become(command: Sequence[str]) -> None:
-    for signum in PASSED_ON:
-        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)  # exec keeps the mask
     try:
         os.execvp(command[0], list(command))
     except OSError as error:
@@ -149,7 +139,8 @@ def _wait(child: int, ended: int) -> int:
         if ended in ready:
             break
         if ready:  # the launcher is gone (or there never was a pipe)
-            _send(ended, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(ended, signal.SIGKILL)
             watch.unregister(STDIN)
     return os.waitpid(child, 0)[1]
 

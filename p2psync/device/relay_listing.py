@@ -60,20 +60,20 @@ async def keep_relays_current(
     ``on_read`` every listing it took."""
     clock = network.clock
     again = again or ReadAgain()
-    read_ms = clock.now_ms()
+    tried_ms = clock.now_ms()
     while True:
         with clock.move_on_after(RELAY_REREAD_S):
             if await _path_died_or_asked(endpoint, again):  # at once, but not too often
-                await clock.sleep_until_ms(read_ms + int(RELAY_REREAD_AFTER_FAILURE_S * 1000))
+                await clock.sleep_until_ms(tried_ms + int(RELAY_REREAD_AFTER_FAILURE_S * 1000))
             else:  # wait for the paths to be rebuilt through what is known
                 await clock.sleep(RELAY_REREAD_AFTER_FAILURE_S)
-        again.take()
-        read_ms = clock.now_ms()
+        tried_ms = clock.now_ms()
         try:
             contacts = await network.relay_contacts()
-        except TRANSIENT as exc:
+        except TRANSIENT as exc:  # an ask stands until a read comes back
             logger.info("relay listing unavailable, keeping the relays known: %s", exc)
             continue
+        again.take()
         if not endpoint.update_directory(contacts):
             logger.info("the relay listing has too few usable relays: keeping the last")
         else:

@@ -365,14 +365,14 @@ class SiblingHandler:
         return True
 
     def relays_read(self, contacts: Sequence[RelayContact]) -> None:
-        """This device read the relay listing and its endpoint took it: if
-        :func:`learn_read` keeps it, use it on every endpoint and tell the siblings
-        connected now (the others hear it when they connect)."""
+        """This device read the relay listing and its sibling endpoint took it: the
+        onion pool's endpoint takes it too, and if :func:`learn_read` keeps it as the
+        one the siblings deal on, the siblings connected now hear of it (the others when
+        they connect)."""
+        self._on_listing(list(contacts))
         listing = learn_read(self._local, contacts)
-        if listing is not None:
-            self._use_listing(listing)
-            if self.sync is not None:
-                self.sync.share_listing(listing)
+        if listing is not None and self.sync is not None:
+            self.sync.share_listing(listing)
 
     def _use_listing(self, listing: Relays) -> None:
         contacts = list(listing.contacts)

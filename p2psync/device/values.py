@@ -189,6 +189,8 @@ class SyncStatus:
     archive_counts: tuple[int, int]
     complete_until: int
     last_run_left: bool | None
+    #: The relays the siblings deal their entry relays on; empty for a listing too long
+    #: to pass on, which they deal by hash alone (:meth:`~p2psync.sync.records.Relays.agreed`).
     entry_listing: frozenset[bytes] | None
     unsent: int
     last_send_error: str | None

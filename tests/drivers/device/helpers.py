@@ -36,13 +36,20 @@ async def open_world(nodes: int = 6, relays: int = 0) -> AsyncIterator[LocalNetw
 
 
 def device(
-    network: LocalNetwork, root: Path, label: str, mode: str | None = None, **options: Any
+    network: LocalNetwork,
+    root: Path,
+    label: str,
+    mode: str | None = None,
+    *,
+    route: str = "direct",
+    **options: Any,
 ) -> AbstractAsyncContextManager[Device]:
-    """The device ``label`` under ``root``, with a key derived from the label; opening it
-    again (``mode`` may then be left out) finds its state as it was left."""
+    """The device ``label`` under ``root``, with a key derived from the label, reaching
+    servers by ``route``; opening it again (``mode`` may then be left out) finds its
+    state as it was left."""
     return open_device(
         root / label,
-        network.access(),
+        network.access(rpc_route=route),
         mode=mode,
         name=label,
         seed=Identity.from_label(f"device/{label}").seed,

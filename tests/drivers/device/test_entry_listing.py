@@ -4,12 +4,16 @@ does not deal the relays differently (and could not share an entry relay with it
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from overlay.endpoint import Endpoint, open_endpoint
 from p2psync.device.relay_listing import RELAY_REREAD_AFTER_FAILURE_S
 
 from ..swarm.helpers import wait_until
@@ -68,21 +72,33 @@ async def test_a_listing_one_sibling_read_becomes_the_one_both_deal_entries_on(
         assert phone_entries.isdisjoint(p.hops[0].pubkey for p in desktop_endpoint.paths)
 
 
+@pytest.mark.parametrize("route", ["direct", "onion"])
 async def test_a_listing_too_long_to_pass_on_has_the_sibling_read_the_registry_at_once(
     autojump_clock: trio.testing.MockClock,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     sync_endpoints: SyncEndpoints,
+    route: str,
 ) -> None:
     """As above, on a network whose listing grows past what one record takes (8 relays
     here, 512 for real): the phone's read goes to the desktop as its read time alone,
     both deal by hash alone, and the desktop reads the registry at once, so that it
-    deals on the relays the phone does, not on the 8 it knew."""
+    deals on the relays the phone does, not on the 8 it knew. On the onion route each
+    device's onion pool, which deals its entries the same way, takes each read too."""
     monkeypatch.setattr("p2psync.sync.records.MAX_RELAYS_PER_RECORD", 8)
+    pools: list[Endpoint] = []
+
+    @asynccontextmanager
+    async def recording(*args: Any, **kwargs: Any) -> AsyncIterator[Endpoint]:
+        async with open_endpoint(*args, **kwargs) as endpoint:
+            pools.append(endpoint)
+            yield endpoint
+
+    monkeypatch.setattr("p2psync.device.access.open_endpoint", recording)
     async with (
         open_world(relays=8) as network,
-        device(network, tmp_path, "phone", "linked") as phone,
-        device(network, tmp_path, "desktop", "linked") as desktop,
+        device(network, tmp_path, "phone", "linked", route=route) as phone,
+        device(network, tmp_path, "desktop", "linked", route=route) as desktop,
     ):
         await pair(phone, desktop)
         await wait_until(
@@ -95,15 +111,26 @@ async def test_a_listing_too_long_to_pass_on_has_the_sibling_read_the_registry_a
         )
         phone_endpoint = sync_endpoints[phone.whoami().overlay_key]
         desktop_endpoint = sync_endpoints[desktop.whoami().overlay_key]
-        [victim] = [
-            r for r in network.relays if r.public_key == phone_endpoint.paths[0].hops[0].pubkey
-        ]
+        # A path of the phone's dies through a relay none of the desktop's paths use, so
+        # the desktop has no reason of its own to read the registry again.
+        phone_only = {h.pubkey for p in phone_endpoint.paths for h in p.hops} - {
+            h.pubkey for p in desktop_endpoint.paths for h in p.hops
+        }
+        assert phone_only, "every relay of the phone's paths is on the desktop's too"
+        [victim] = [r for r in network.relays if r.public_key == min(phone_only)]
         await network.stop_relay(victim)
         await wait_until(
             lambda: joined in phone_endpoint.relays, limit_s=10 * RELAY_REREAD_AFTER_FAILURE_S
         )
         read_at = trio.current_time()
         await wait_until(lambda: desktop.sync_status().entry_listing == frozenset())
-        await wait_until(lambda: joined in desktop_endpoint.relays)
+        await wait_until(
+            lambda: joined in desktop_endpoint.relays, limit_s=10 * RELAY_REREAD_AFTER_FAILURE_S
+        )
         # Its own read, asked for (at most one a minute), not one hours on.
         assert trio.current_time() - read_at <= RELAY_REREAD_AFTER_FAILURE_S + 5
+        assert len(pools) == (2 if route == "onion" else 0)
+        assert all(joined in pool.relays for pool in pools)
+        await trio.sleep(30)  # a path check on each side: entries follow, by hash alone
+        phone_entries = {p.hops[0].pubkey for p in phone_endpoint.paths}
+        assert phone_entries.isdisjoint(p.hops[0].pubkey for p in desktop_endpoint.paths)

@@ -5,17 +5,28 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import trio
 import trio.testing
 
 from overlay.contact import make_contact
+from overlay.endpoint import Endpoint
+from overlay.endpoint_core import EndpointStats
 from overlay.keys import KeyPair
 from overlay.link import Link
+from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device import open_device
 from p2psync.device.access import NetworkAccess
-from p2psync.device.relay_listing import RELAY_REREAD_S
+from p2psync.device.relay_listing import (
+    RELAY_REREAD_AFTER_FAILURE_S,
+    RELAY_REREAD_S,
+    ReadAgain,
+    keep_relays_current,
+)
 from p2psync.device.values import TRANSIENT
+from p2psync.errors import ConnectionLost
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork
 from p2psync.onion.directory import LISTING_READ_S
@@ -205,3 +216,47 @@ async def test_a_device_keeps_its_listing_in_its_folder(
                 await dave.sync_now()
             assert len(reads) == 1, start
             await trio.sleep(600)
+
+
+class _Paths:
+    """An endpoint whose paths never die: a read comes only when asked for, or after
+    hours."""
+
+    def __init__(self) -> None:
+        self.stats = EndpointStats()
+        self.directories: list[list[object]] = []
+
+    async def paths_changed(self) -> None:
+        await trio.sleep_forever()
+
+    def update_directory(self, contacts: list[object]) -> bool:
+        self.directories.append(contacts)
+        return True
+
+
+async def test_an_asked_for_read_that_fails_is_tried_again_a_minute_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A sibling's listing too long to pass on asks for a read (ReadAgain); the registry
+    does not answer the first time: the ask stands, and the read is tried again at the
+    rate a failed path allows, not hours on."""
+    clock = Clock(TEST_EPOCH_MS)
+    tried: list[float] = []
+
+    async def relay_contacts() -> list[object]:
+        tried.append(trio.current_time())
+        if len(tried) == 1:
+            raise ConnectionLost("the registry did not answer")
+        return []
+
+    network = cast(NetworkAccess, SimpleNamespace(clock=clock, relay_contacts=relay_contacts))
+    paths, again = _Paths(), ReadAgain()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_relays_current, cast(Endpoint, paths), network, print, again)
+        await trio.sleep(RELAY_REREAD_AFTER_FAILURE_S)  # not asked since the start
+        start = trio.current_time()
+        again.ask()
+        await trio.sleep(3 * RELAY_REREAD_AFTER_FAILURE_S)
+        nursery.cancel_scope.cancel()
+    assert [round(t - start) for t in tried] == [0, RELAY_REREAD_AFTER_FAILURE_S]
+    assert paths.directories == [[]]
