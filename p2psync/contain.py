@@ -120,7 +120,10 @@ def _init(libc: ctypes.CDLL, parent: int, command: Sequence[str]) -> None:
 
 
 def _become(command: Sequence[str]) -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)  # exec keeps the mask
+    # Exec keeps the mask and what is ignored: Python ignores these two for itself.
+    for ignored_by_python in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(ignored_by_python, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
     try:
         os.execvp(command[0], list(command))
     except OSError as error:
