@@ -107,7 +107,7 @@ def _init(libc: ctypes.CDLL, parent: int, command: Sequence[str]) -> None:
         os.close(parent)
         service = os.fork()
         if service == 0:
-            _become(command)
+            become(command)
         _forward_to(os.pidfd_open(service))
         while True:  # orphans of the namespace are this process's to reap
             reaped, status = os.waitpid(-1, 0)
@@ -119,10 +119,14 @@ def _init(libc: ctypes.CDLL, parent: int, command: Sequence[str]) -> None:
     os._exit(code)
 
 
-def _become(command: Sequence[str]) -> None:
+def become(command: Sequence[str]) -> None:
+    """In the service's child of the init, with :data:`PASSED_ON` held: be ``command``.
+    A signal held since the fork meets the default action, as it would in the service:
+    the handlers Python left in this process (SIGINT's raises KeyboardInterrupt) would
+    end it otherwise as a failed start. Never returns."""
     # Exec keeps the mask and what is ignored: Python ignores these two for itself.
-    for ignored_by_python in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(ignored_by_python, signal.SIG_DFL)
+    for signum in (*PASSED_ON, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
     try:
         os.execvp(command[0], list(command))

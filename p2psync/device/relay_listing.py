@@ -34,20 +34,30 @@ RELAY_REREAD_AFTER_FAILURE_S = 60.0
 
 
 class ReadAgain:
-    """A request to read the listing sooner than :func:`keep_relays_current` would: a
-    sibling read one this device has not (held until taken)."""
+    """Requests to read the listing sooner than :func:`keep_relays_current` would: a
+    sibling read one this device has not. A request stands until a read that started
+    after it came back."""
 
     def __init__(self) -> None:
         self._asked = trio.Event()
+        self._asks = 0
 
     def ask(self) -> None:
+        self._asks += 1
         self._asked.set()
 
     async def wait(self) -> None:
         await self._asked.wait()
 
-    def take(self) -> None:
-        self._asked = trio.Event()
+    def reading(self) -> int:
+        """Before a read: the requests it will answer (for :meth:`answered`)."""
+        return self._asks
+
+    def answered(self, asks: int) -> None:
+        """A read begun when :meth:`reading` said ``asks`` came back: those are
+        answered, and any that came during the read still stand."""
+        if asks == self._asks:
+            self._asked = trio.Event()
 
 
 async def keep_relays_current(
@@ -68,12 +78,13 @@ async def keep_relays_current(
             else:  # wait for the paths to be rebuilt through what is known
                 await clock.sleep(RELAY_REREAD_AFTER_FAILURE_S)
         tried_ms = clock.now_ms()
+        asks = again.reading()
         try:
             contacts = await network.relay_contacts()
         except TRANSIENT as exc:  # an ask stands until a read comes back
             logger.info("relay listing unavailable, keeping the relays known: %s", exc)
             continue
-        again.take()
+        again.answered(asks)
         if not endpoint.update_directory(contacts):
             logger.info("the relay listing has too few usable relays: keeping the last")
         else:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from p2psync.contain import contained
+from p2psync.contain import CANNOT_START, PASSED_ON, become, contained
 from p2psync.hosts import unavailable_reason
 from p2psync.service_users import (
     REAPER_UID,
@@ -213,6 +213,25 @@ def test_a_contained_service_stops_on_the_launchers_signal_and_exits_as_it_did(
         assert service.wait(timeout=10) == code, "ended by the signal, as the launcher reads it"
     finally:
         _end([service], UID)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_held_through_the_fork_ends_the_service_as_its_own_would(
+    signum: signal.Signals,
+) -> None:
+    """contain holds SIGTERM and SIGINT across its forks; one that came meanwhile must
+    meet the service's child with the default action, not a handler Python left there
+    (SIGINT's KeyboardInterrupt ended the init as a failed start, 126)."""
+    child = os.fork()
+    if child == 0:  # as the init's child is: Python's handlers, the signals held
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, PASSED_ON)
+            os.kill(os.getpid(), signum)
+            become(["true"])
+        finally:
+            os._exit(CANNOT_START)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signum
 
 
 def _running_as(uid: int, script: str) -> subprocess.Popen[bytes]:

@@ -95,6 +95,13 @@ async def test_a_listing_too_long_to_pass_on_has_the_sibling_read_the_registry_a
             yield endpoint
 
     monkeypatch.setattr("p2psync.device.access.open_endpoint", recording)
+
+    # The pools read no listing of their own: what they learn, the sibling endpoint's
+    # reads gave them.
+    async def no_reads(*_: object) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr("p2psync.device.access.keep_relays_current", no_reads)
     async with (
         open_world(relays=8) as network,
         device(network, tmp_path, "phone", "linked", route=route) as phone,

@@ -260,3 +260,31 @@ async def test_an_asked_for_read_that_fails_is_tried_again_a_minute_on(
         nursery.cancel_scope.cancel()
     assert [round(t - start) for t in tried] == [0, RELAY_REREAD_AFTER_FAILURE_S]
     assert paths.directories == [[]]
+
+
+async def test_an_ask_that_comes_during_a_read_stands_for_the_next(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A read that began before a sibling's ask may return a listing older than the
+    sibling's read (an onion directory serves a copy up to 30 s old): the ask stands."""
+    clock = Clock(TEST_EPOCH_MS)
+    again = ReadAgain()
+    tried: list[float] = []
+
+    async def relay_contacts() -> list[object]:
+        tried.append(trio.current_time())
+        if len(tried) == 1:
+            again.ask()  # while this read is on its way
+        await trio.sleep(1)
+        return []
+
+    network = cast(NetworkAccess, SimpleNamespace(clock=clock, relay_contacts=relay_contacts))
+    paths = _Paths()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_relays_current, cast(Endpoint, paths), network, print, again)
+        await trio.sleep(RELAY_REREAD_AFTER_FAILURE_S)
+        start = trio.current_time()
+        again.ask()
+        await trio.sleep(3 * RELAY_REREAD_AFTER_FAILURE_S)
+        nursery.cancel_scope.cancel()
+    assert [round(t - start) for t in tried] == [0, RELAY_REREAD_AFTER_FAILURE_S]
