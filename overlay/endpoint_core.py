@@ -131,9 +131,9 @@ class EntryShare:
 
     def or_on_listed(self, relays: Collection[bytes]) -> frozenset[bytes]:
         """This member's share of ``relays``; if dealing on ``base`` leaves it none of
-        them (a base whose relays have left, or an empty base, by hash alone, on a
-        short listing), its share dealt on ``relays`` themselves, so that it can still
-        enter the overlay."""
+        them (a base whose relays have all left, or an empty base, which deals by hash
+        alone, over a short listing), its share dealt on ``relays`` themselves, so that
+        it can still enter the overlay."""
         entries = self(relays)
         if entries or self.base is None:
             return entries

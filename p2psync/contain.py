@@ -39,6 +39,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import NoReturn
 
 #: linux/sched.h and linux/prctl.h.
 CLONE_NEWPID = 0x20000000
@@ -93,9 +94,9 @@ def main(command: Sequence[str]) -> None:
     sys.exit(_exit_code(_wait(init, ended)))
 
 
-def _init(libc: ctypes.CDLL, parent: int, command: Sequence[str]) -> None:
+def _init(libc: ctypes.CDLL, parent: int, command: Sequence[str]) -> NoReturn:
     """The namespace's first process: end with the process ``parent`` (a pidfd) is,
-    start ``command``, reap, and exit as ``command`` did. Never returns."""
+    start ``command``, reap, and exit as ``command`` did."""
     code = CANNOT_START
     try:
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -119,11 +120,11 @@ def _init(libc: ctypes.CDLL, parent: int, command: Sequence[str]) -> None:
     os._exit(code)
 
 
-def become(command: Sequence[str]) -> None:
+def become(command: Sequence[str]) -> NoReturn:
     """In the service's child of the init, with :data:`PASSED_ON` held: be ``command``.
     A signal held since the fork meets the default action, as it would in the service:
     the handlers Python left in this process (SIGINT's raises KeyboardInterrupt) would
-    end it otherwise as a failed start. Never returns."""
+    end it otherwise as a failed start."""
     # Exec keeps the mask and what is ignored: Python ignores these two for itself.
     for signum in (*PASSED_ON, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(signum, signal.SIG_DFL)
