@@ -141,3 +141,57 @@ async def test_a_listing_too_long_to_pass_on_has_the_sibling_read_the_registry_a
         await trio.sleep(30)  # a path check on each side: entries follow, by hash alone
         phone_entries = {p.hops[0].pubkey for p in phone_endpoint.paths}
         assert phone_entries.isdisjoint(p.hops[0].pubkey for p in desktop_endpoint.paths)
+
+
+async def test_a_device_back_online_deals_on_the_agreed_listing_until_its_sibling_hears(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sync_endpoints: SyncEndpoints,
+) -> None:
+    """A relay joins while the phone is away; the phone comes back and reads the
+    listing. Its sibling endpoint opens (and builds its first paths) dealing on the
+    listing both agreed on, as the desktop still does; once their session is up, the
+    phone passes its read on and both deal on it."""
+    import p2psync.device.siblings as siblings_module
+
+    opening = siblings_module.open_endpoint  # the fixture's, which records the endpoint
+    dealt_on: list[frozenset[bytes] | None] = []
+
+    @asynccontextmanager
+    async def observing(*args: Any, **kwargs: Any) -> AsyncIterator[Endpoint]:
+        async with opening(*args, **kwargs) as endpoint:
+            if endpoint.public_key == phone.whoami().overlay_key:
+                dealt_on.append(phone.sync_status().entry_listing)
+            yield endpoint
+
+    monkeypatch.setattr(siblings_module, "open_endpoint", observing)
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        device(network, tmp_path, "desktop", "linked") as desktop,
+    ):
+        await pair(phone, desktop)
+        await wait_until(
+            lambda: desktop.sync_status().connected_siblings == {phone.whoami().device_id}
+        )
+        agreed = desktop.sync_status().entry_listing
+        assert agreed is not None and phone.sync_status().entry_listing == agreed
+        await phone.set_online(False)
+        await network.add_relays(1)
+        [joined] = {r.public_key for r in network.relays} - agreed
+        dealt_on.clear()
+        await phone.set_online(True)
+        await wait_until(lambda: bool(dealt_on))
+        assert dealt_on[0] == agreed, "its read is held until the desktop can hear of it"
+        await wait_until(
+            lambda: (
+                joined in (desktop.sync_status().entry_listing or ())
+                and phone.sync_status().entry_listing == desktop.sync_status().entry_listing
+            )
+        )
+        await trio.sleep(30)  # a path check on each side: entries follow the listing
+        phone_endpoint = sync_endpoints[phone.whoami().overlay_key]
+        desktop_endpoint = sync_endpoints[desktop.whoami().overlay_key]
+        phone_entries = {p.hops[0].pubkey for p in phone_endpoint.paths}
+        assert phone_entries.isdisjoint(p.hops[0].pubkey for p in desktop_endpoint.paths)
