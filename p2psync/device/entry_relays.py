@@ -72,13 +72,15 @@ def learn_from_sibling(local: Local, listing: Relays) -> bool:
     return local.learn_entry_listing(listing)
 
 
-def listing_read(local: Local, contacts: Sequence[RelayContact]) -> Relays | None:
-    """The listing this device just read, as siblings agree on it (:meth:`Relays.agreed`);
-    None for one too short for a path: it would only take relays away."""
+def learn_read(local: Local, contacts: Sequence[RelayContact]) -> Relays | None:
+    """The listing this device just read, as siblings agree on it (:meth:`Relays.agreed`),
+    if it replaces the one the siblings deal entries on (then kept). One too short for a
+    path is left out: it would only take relays away."""
     now = local.clock.now_ms()
     if len(verified_directory(list(contacts), now)) < local.config.hops:
         return None
-    return Relays.read(now, contacts).agreed()
+    listing = Relays.read(now, contacts).agreed()
+    return listing if local.learn_entry_listing(listing) else None
 
 
 def republish_ms(keepalive_s: float | None) -> int:

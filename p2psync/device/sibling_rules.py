@@ -1,5 +1,4 @@
-"""What a device does about its siblings' sync copies and relay listings, decided
-without I/O.
+"""What a device does about its siblings' sync copies, decided without I/O.
 
 * :func:`fall_back_plan`: a sibling did not acknowledge a message in time. Does this
   device store a swarm sync copy for it, or has the copy been seen to another way?
@@ -9,8 +8,6 @@ without I/O.
   the swarm early?
 * :func:`complete_until_after_resync`: re-sync from a sibling is over. Up to when is this
   device's history known to be complete?
-* :func:`deals_on_own_read_now`: this device read the relay listing. Does it deal its
-  entry relays on it at once, or once a sibling can hear of it?
 
 The driver (:class:`~.siblings.SiblingHandler`) asks and does what they say.
 """
@@ -22,7 +19,6 @@ from enum import Enum
 from typing import Protocol
 
 from ..swarm.constants import NAMESPACE_MESSAGES
-from ..sync.records import Relays
 from .deletions import Deletion
 
 
@@ -82,13 +78,3 @@ def complete_until_after_resync(complete_until_ms: int, started_ms: int, grace_m
     began, less the grace period (what was in flight then may still arrive live), and
     never back (another sibling's re-sync may have moved it further)."""
     return max(complete_until_ms, started_ms - grace_ms)
-
-
-def deals_on_own_read_now(kept: Relays | None, siblings: int, connected: int) -> bool:
-    """Whether a device deals its entries on a listing it just read at once, or holds it
-    until a session with a sibling is up to pass it on. Taken at once, it would have the
-    device deal otherwise than a sibling still on the ``kept`` one, until that sibling
-    heard of it: a relay could be both devices' entry meanwhile. So at once only with no
-    sibling, with one ``connected`` now (it hears within a round trip), or with nothing
-    kept to agree on."""
-    return kept is None or siblings == 0 or connected > 0

@@ -30,7 +30,7 @@ from .content import HistoryRecord, SyncSent
 from .entry_relays import (
     SiblingEntries,
     learn_from_sibling,
-    listing_read,
+    learn_read,
     republish_ms,
     siblings_secret_of,
 )
@@ -41,7 +41,6 @@ from .rows import Pending
 from .sibling_rules import (
     FallBack,
     complete_until_after_resync,
-    deals_on_own_read_now,
     deleted_once_acknowledged,
     fall_back_plan,
     stands_in,
@@ -76,8 +75,6 @@ class SiblingHandler:
         self._sync_started = trio.Event()
         self._delays = network.random_for(local.device_identity.seed, b"inbound pushes")
         self._read_again = ReadAgain()
-        #: This device's latest read, held until a session with a sibling is up.
-        self._held_read: Relays | None = None
 
     def restart(self) -> None:
         """The siblings changed: sync with the new set."""
@@ -353,11 +350,6 @@ class SiblingHandler:
         self._local.reject("live record", f"from sibling {sibling[:12]}…: {reason}")
 
     def entry_listing(self) -> Relays | None:
-        """The listing the siblings deal on, for a sibling whose session just came up or
-        whose listing lost to ours: a read held for that moment is taken first."""
-        held, self._held_read = self._held_read, None
-        if held is not None:
-            self._local.learn_entry_listing(held)
         return self._local.entry_listing()
 
     def learn_entry_listing(self, listing: Relays) -> bool:
@@ -374,21 +366,12 @@ class SiblingHandler:
 
     def relays_read(self, contacts: Sequence[RelayContact]) -> None:
         """This device read the relay listing and its sibling endpoint took it: the
-        onion pool's endpoint takes it too. The siblings deal on it if it replaces the
-        listing they agreed on: at once, and those connected now hear of it, or, with
-        none connected, once a session is up (:func:`deals_on_own_read_now`; until then
-        this device deals on the agreed one, as they do)."""
+        onion pool's endpoint takes it too, and if :func:`learn_read` keeps it as the
+        one the siblings deal on, the siblings connected now hear of it (the others when
+        they connect)."""
         self._on_listing(list(contacts))
-        listing = listing_read(self._local, contacts)
-        if listing is None:
-            return
-        local = self._local
-        siblings, connected = len(local.store.siblings()), len(self.connected)
-        if not deals_on_own_read_now(local.entry_listing(), siblings, connected):
-            self._held_read = listing
-            return
-        self._held_read = None
-        if local.learn_entry_listing(listing) and self.sync is not None:
+        listing = learn_read(self._local, contacts)
+        if listing is not None and self.sync is not None:
             self.sync.share_listing(listing)
 
     def _use_listing(self, listing: Relays) -> None:

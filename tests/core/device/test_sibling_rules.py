@@ -9,13 +9,11 @@ import pytest
 from p2psync.device.sibling_rules import (
     FallBack,
     complete_until_after_resync,
-    deals_on_own_read_now,
     deleted_once_acknowledged,
     fall_back_plan,
     stands_in,
 )
 from p2psync.swarm.constants import NAMESPACE_MESSAGES
-from p2psync.sync.records import Relays
 
 TABLET = "05" + "ab" * 32
 
@@ -64,13 +62,3 @@ def test_only_a_received_message_leaves_the_account_swarm_early() -> None:
 def test_the_watermark_moves_up_to_the_resyncs_start_less_the_grace_and_never_back() -> None:
     assert complete_until_after_resync(0, started_ms=50_000, grace_ms=10_000) == 40_000
     assert complete_until_after_resync(45_000, started_ms=50_000, grace_ms=10_000) == 45_000
-
-
-def test_a_device_deals_on_its_own_read_at_once_only_when_no_sibling_deals_otherwise() -> None:
-    kept = Relays(100, ())
-    assert deals_on_own_read_now(None, siblings=2, connected=0)  # nothing to agree on
-    assert deals_on_own_read_now(kept, siblings=0, connected=0)  # no sibling
-    assert deals_on_own_read_now(kept, siblings=2, connected=1)  # one hears at once
-    # Siblings, none connected: they go on dealing on the kept one, and so does this one
-    # until a session is up to pass the read on.
-    assert not deals_on_own_read_now(kept, siblings=2, connected=0)
