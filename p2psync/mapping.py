@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from .envelope import MAX_TIMESTAMP_MS
-from .errors import DecodeError
+from .errors import DecodeError, RpcError
 from .identity import (
     KEY_BYTES,
     SIGNATURE_BYTES,
@@ -63,6 +63,19 @@ _SESSION_ID_CHARS = 66
 
 class AuthorisationError(DecodeError):
     """A well-formed record whose signatures or keys do not authorise what it claims."""
+
+
+class Signed(Protocol):
+    def verify(self) -> None: ...
+
+
+def check_authorised(record: Signed) -> None:
+    """What a server answers a record whose signatures or keys do not authorise what it
+    claims (:class:`AuthorisationError`): ``unauthorized``, its reason in one line."""
+    try:
+        record.verify()
+    except AuthorisationError as exc:
+        raise RpcError("unauthorized", str(exc)) from None
 
 
 def _session_id(fields: Fields, name: str) -> str:

@@ -13,9 +13,8 @@ import trio
 from overlay.link import Transport
 
 from ..clock import Clock
-from ..errors import RpcError
 from ..identity import session_id_key
-from ..mapping import MAX_RECORD_BYTES, AuthorisationError, DeviceMapping, Revocation
+from ..mapping import MAX_RECORD_BYTES, DeviceMapping, Revocation, check_authorised
 from ..rpc import Connection, RpcServer, ServerLimits
 from ..wire import Fields
 from .rules import DEFAULT_MAX_SECONDARIES, SESSION_ID_CHARS, check_max_secondaries
@@ -77,10 +76,7 @@ class FileServer:
     async def _put_mapping(self, params: Fields, conn: Connection) -> Any:
         params.only("mapping")
         mapping = DeviceMapping.from_bytes(params.blob("mapping", max_len=MAX_RECORD_BYTES))
-        try:
-            mapping.verify()
-        except AuthorisationError as exc:
-            raise RpcError("unauthorized", str(exc)) from None
+        check_authorised(mapping)
         self.store.put(mapping, self.clock.now_ms())
         logger.debug("mapped %s → %s", mapping.secondary[:12], mapping.primary[:12])
         return {}
@@ -100,10 +96,7 @@ class FileServer:
     async def _revoke_mapping(self, params: Fields, conn: Connection) -> Any:
         params.only("revocation")
         revocation = Revocation.from_bytes(params.blob("revocation", max_len=MAX_RECORD_BYTES))
-        try:
-            revocation.verify()
-        except AuthorisationError as exc:
-            raise RpcError("unauthorized", str(exc)) from None
+        check_authorised(revocation)
         self.store.revoke(revocation, self.clock.now_ms())
         logger.debug("revoked %s from %s", revocation.secondary[:12], revocation.primary[:12])
         return {}

@@ -15,7 +15,7 @@ from overlay.link import LinkClosed, Transport
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..fileserver.client import FileServerClient
-from ..mapping import AuthorisationError
+from ..mapping import check_authorised
 from ..rpc import Connection, KeyedRateLimit, RpcPool, RpcServer, ServerLimits, open_rpc_pool
 from ..wire import Fields
 from .posts import (
@@ -110,10 +110,7 @@ class OpenGroupServer:
 
     async def _create_room(self, params: Fields, conn: Connection) -> Any:
         request = RoomRequest.from_params(params)
-        try:
-            request.verify()
-        except AuthorisationError as exc:
-            raise RpcError("unauthorized", str(exc)) from None
+        check_authorised(request)
         now_ms = self.clock.now_ms()
         check_fresh(request.timestamp_ms, now_ms, "room request")
         if self.store.has_room(request.room):
@@ -141,10 +138,7 @@ class OpenGroupServer:
         post = Post.from_bytes(data)
         if post.room != room:
             raise DecodeError("the post was signed for another room")
-        try:
-            post.verify()
-        except AuthorisationError as exc:
-            raise RpcError("unauthorized", str(exc)) from None
+        check_authorised(post)
         stored = self.store.find(post.hash)
         if stored is None:
             now_ms = self.clock.now_ms()
