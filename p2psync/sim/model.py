@@ -288,6 +288,72 @@ class _Ledger:
         }
 
 
+class _Floors:
+    """The least byte·hours any implementation of DESIGN.md §7 can hold on a trace,
+    summed per send as :meth:`add` finds it: a message sits in a swarm only while no
+    device holding it is online together with one that lacks it, and a copy owed to a
+    sibling goes to the swarm no sooner than §7 says (the grace period's end, or its
+    holder going offline if sooner). Per send:
+
+    * the recipient's copy, from the send until one of their devices first reads it;
+    * then the lesser of that copy staying until the other device is first online, and
+      the reader deleting it at once and owing the other a sync copy;
+    * the sync copy the sender owes their other device.
+
+    Nothing here waits for a session, a push or a deletion to go out, so it is below
+    what any real device run stores. ``at_leave`` is the same with no grace period (a
+    copy owed goes to the swarm only as its holder goes offline): what a design would
+    hold that gave up the grace period's bound on what a crash loses."""
+
+    def __init__(self, on: list[Spans], config: ModelConfig) -> None:
+        self._on, self._ttl, self._grace = on, config.ttl_ms, config.grace_ms
+        self.byte_ms = self.at_leave_byte_ms = 0
+
+    def _owed_ms(self, holder: int, other: int, at_ms: int, grace_ms: int) -> int:
+        """How long a copy ``holder`` owes ``other`` from ``at_ms`` must sit in a swarm:
+        none if ``other`` is online before it is due, else until ``other`` comes."""
+        holder_on, other_on = self._on[holder], self._on[other]
+        due = min(at_ms + grace_ms, _end_of(holder_on.starts, holder_on.ends, at_ms))
+        comes = _next_on(other_on.starts, other_on.ends, at_ms)
+        return 0 if comes < due else min(comes, due + self._ttl) - due
+
+    def add(
+        self,
+        at: int,
+        d: int,
+        s: int,
+        recipients: tuple[int, int],
+        reads: tuple[int, int],
+        sizes: tuple[int, int],
+    ) -> None:
+        """One send at ``at`` from ``d`` (sibling ``s``) to the devices ``recipients``,
+        first online at ``reads``; ``sizes``: its plain and sync copies' bytes."""
+        self.byte_ms += self._held_ms(at, d, s, recipients, reads, sizes, self._grace)
+        self.at_leave_byte_ms += self._held_ms(at, d, s, recipients, reads, sizes, NEVER)
+
+    def _held_ms(
+        self,
+        at: int,
+        d: int,
+        s: int,
+        recipients: tuple[int, int],
+        reads: tuple[int, int],
+        sizes: tuple[int, int],
+        grace_ms: int,
+    ) -> int:
+        plain, sync = sizes
+        expiry = at + self._ttl
+        first, last = min(reads), max(reads)
+        if first >= expiry:
+            held = plain * self._ttl
+        else:
+            reader, other = recipients if reads[0] == first else recipients[::-1]
+            kept = plain * (min(last, expiry) - first)
+            owed = sync * self._owed_ms(reader, other, first, grace_ms)
+            held = plain * (first - at) + min(kept, owed)
+        return held + sync * self._owed_ms(d, s, at, grace_ms)
+
+
 # --- the model -------------------------------------------------------------------------------
 
 
@@ -307,6 +373,9 @@ def run_model(
     device run's do; latencies are ``None``. ``floor_sync_copies_per_message`` is
     §9's floor: the share of sends whose sender's sibling was not online at any moment
     from the send to the end of the grace period or the sender going offline, if sooner.
+    ``floor_byte_hours`` is the least byte·hours any implementation of §7 holds on the
+    trace, and ``floor_byte_hours_at_leave`` the same without a grace period (see
+    :class:`_Floors`): neither depends on the strategies asked for.
 
     One pass over the sends for every strategy, a few binary searches in the devices'
     spans per send: 10 000 users for 30 days (about four million sends) take a minute
@@ -333,6 +402,7 @@ def run_model(
     ttl, grace = config.ttl_ms, config.grace_ms
     fanout_delays, p2p_delays = _Delays(config, "fanout"), _Delays(config, "p2p")
     floor = 0
+    floors = _Floors(on, config)
     table = SendTable.of(trace.sends)
     count = len(table)
     step = max(1, count // 100)
@@ -354,6 +424,7 @@ def run_model(
         leaves = _end_of(raw[d].starts, raw[d].ends, at)
         if _next_on(raw[s].starts, raw[s].ends, at) >= min(at + grace, leaves):
             floor += 1
+        floors.add(at, d, s, (bp, bd), (bp_on, bd_on), (plain, sync))
         if fanout is not None:
             fanout.store(at, expiry, plain)
             fanout.store(at, expiry, sizes.with_id[size])
@@ -386,6 +457,8 @@ def run_model(
     return {
         "strategies": {name: ledger.figures(count, relevant) for name, ledger in ledgers.items()},
         "floor_sync_copies_per_message": round(floor / max(1, count), 3),
+        "floor_byte_hours": round(floors.byte_ms / HOUR_MS, 1),
+        "floor_byte_hours_at_leave": round(floors.at_leave_byte_ms / HOUR_MS, 1),
     }
 
 

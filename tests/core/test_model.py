@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks import model_bench
 from benchmarks.model_bench import run_model_bench
@@ -113,6 +115,10 @@ def test_a_send_while_the_sibling_is_away_two_days() -> None:
     assert fanout["byte_hours"] == round((PLAIN + WITH_ID + SYNC) * 24, 1)
     for figures in result["strategies"].values():
         assert figures["source"] == "model" and figures["messages"] == 1
+    # Any design holds the sync copy the whole TTL; one that stored it only as the phone
+    # left (it never does) would hold nothing, the desktop being back by then.
+    assert result["floor_byte_hours"] == round(SYNC * 24, 1)
+    assert result["floor_byte_hours_at_leave"] == 0
 
 
 def test_a_sender_leaving_inside_the_grace_period_stores_the_sync_copy_as_it_goes() -> None:
@@ -159,6 +165,42 @@ def test_the_recipients_copy_waits_until_both_their_devices_meet() -> None:
     assert result["p2p"]["copies_per_message"] == 1.0
     assert result["p2p"]["byte_hours"] == round(PLAIN * (4 * H + SETUP + DELETE) / H, 1)
     assert result["p2p"]["stored_copies_by_hour"] == [0, 1, 1, 1, 1, 1, 0, 0, 0]
+
+
+def test_the_byte_hour_floor_takes_the_cheaper_of_keeping_and_owing() -> None:
+    """User 1's desktop reads the message at once and the phone comes at 5 h: the floor
+    is the cheaper of keeping the recipient's copy those 4 h and deleting it at once,
+    owing the phone a sync copy from the grace period's end. Storing the copy owed only as
+    the desktop leaves costs nothing: the phone comes first."""
+    grace = ModelConfig().grace_ms
+    result = run_model(_trace(6 * H, {(1, "phone"): [(5 * H, 6 * H)]}), ("p2p",))
+    assert result["floor_byte_hours"] == round(min(PLAIN * 4 * H, SYNC * (4 * H - grace)) / H, 1)
+    assert result["floor_byte_hours_at_leave"] == 0
+    # The phone reads it and leaves at 2 h; the desktop comes at 5 h: a copy owed from the
+    # phone's leaving lives 3 h.
+    late = _trace(6 * H, {(1, "phone"): [(0, 2 * H)], (1, "desktop"): [(5 * H, 6 * H)]})
+    result = run_model(late, ("p2p",))
+    assert result["floor_byte_hours"] == round(min(PLAIN * 4 * H, SYNC * (4 * H - grace)) / H, 1)
+    assert result["floor_byte_hours_at_leave"] == round(min(PLAIN * 4, SYNC * 3), 1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    profile=st.sampled_from(("office", "mobile")),
+    long_offline_days=st.sampled_from((0.0, 1.2)),
+)
+def test_no_strategy_holds_less_than_the_floor(
+    seed: int, profile: str, long_offline_days: float
+) -> None:
+    """The floor is below p2p's rules, whose delays it leaves out, and the floor without
+    a grace period below it."""
+    scenario = Scenario(
+        users=4, days=2.5, profile=profile, long_offline_days=long_offline_days, seed=seed
+    )
+    result = run_model(scenario)
+    p2p = result["strategies"]["p2p"]["byte_hours"]
+    assert result["floor_byte_hours_at_leave"] <= result["floor_byte_hours"] <= p2p
 
 
 def test_recipients_away_past_the_ttl_lose_the_message() -> None:

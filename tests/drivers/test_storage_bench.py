@@ -8,6 +8,7 @@ sync copies), not the benchmark's own numbers.
 from __future__ import annotations
 
 import doctest
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from benchmarks import storage
 from p2psync import Scenario, Send, Trace, run_scenario
 from p2psync.device.content import MAX_TEXT_CHARS
 from p2psync.sim import runner
+from p2psync.sim.model import run_model
 from p2psync.sim.replay import LINK_PROFILE
 from p2psync.sim.runner import floor_sync_copies_per_message, sibling_away_at_send
 from p2psync.sim.scenario import KINDS, MAX_SEND_BYTES, build_trace
@@ -94,6 +96,7 @@ def test_the_nodes_hold_what_each_mode_stores_per_send(hand: dict[str, dict[str,
     assert p2p["sync_copies_per_message"] <= floor_sync_copies_per_message(HAND) + 0.02
     assert p2p["copies_per_message"] == 1.0
     assert p2p["byte_hours"] < min(linked["byte_hours"], fanout["byte_hours"])
+    assert p2p["byte_hours"] >= run_model(HAND, ("p2p",))["floor_byte_hours"] > 0
     assert p2p["peak_bytes"] < min(linked["peak_bytes"], fanout["peak_bytes"])
     # p2p's inbound copies go once both devices hold them: the store count stays, what
     # is held at the end does not.
@@ -333,3 +336,38 @@ def test_junk_raises_value_error_only(
     trace = Trace(users=users, duration_ms=duration, online={key: spans}, sends=[send])
     with pytest.raises(ValueError):
         trace.validate()
+
+
+def test_the_report_carries_the_traces_floors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The JSON and the goals print the byte·hours floors the model computes from the
+    trace, beside the figures measured (here the model's own, standing in for the device
+    workers: what is checked is the report, not the figures)."""
+    quick = build_trace(replace(storage.QUICK, seed=1))
+    modelled = run_model(quick)
+
+    def measured(scenario: Scenario, console: Any) -> dict[str, dict[str, Any]]:
+        latencies = dict.fromkeys(
+            (
+                "latency_p50_ms",
+                "latency_p99_ms",
+                "sibling_latency_p50_ms",
+                "sibling_latency_p99_ms",
+            ),
+            1.0,
+        )
+        return {
+            name: {**figures, **latencies, "wall_s": 0.0}
+            for name, figures in modelled["strategies"].items()
+        }
+
+    monkeypatch.setattr(storage, "_run_strategies", measured)
+    path = tmp_path / "storage.json"
+    report = storage.run_storage_bench(quick=True, json_path=str(path))
+    written = json.loads(path.read_text())
+    for key in ("floor_byte_hours", "floor_byte_hours_at_leave"):
+        assert written[key] == report[key] == modelled[key]
+    assert 0 < written["floor_byte_hours_at_leave"] < written["floor_byte_hours"]
+    share = modelled["floor_byte_hours"] / modelled["strategies"]["fanout"]["byte_hours"]
+    assert f"this trace's floor {share:.1%}" in capsys.readouterr().err
