@@ -140,8 +140,7 @@ def run_storage_bench(
     scenario = replace(QUICK if quick else FULL, seed=seed)
     trace = build_trace(scenario)
     floor = floor_sync_copies_per_message(trace)
-    floors = run_model(trace, ("p2p",))
-    byte_floors = {key: floors[key] for key in ("floor_byte_hours", "floor_byte_hours_at_leave")}
+    byte_floor = run_model(trace, ("p2p",))["floor_byte_hours"]
     console = Console(stderr=True)
     console.print(
         f"scenario: {scenario.users} users × {len(KINDS)} devices, {scenario.days:g} days, "
@@ -186,16 +185,17 @@ def run_storage_bench(
         "for the three strategies side by side"
     )
     console.print(
-        f"byte·hours floor on this trace (the least any design of DESIGN.md §7 holds): "
-        f"{byte_floors['floor_byte_hours'] / 1e6:.2f} M; storing a copy owed only as its "
-        f"holder leaves (no grace period): {byte_floors['floor_byte_hours_at_leave'] / 1e6:.2f} M"
+        f"byte·hours floor on this trace (the least DESIGN.md §7 lets any design hold: "
+        f"inbound copies until every device of the account has been online, owed sync "
+        f"copies from when they are due until the sibling comes, at most the TTL; no "
+        f"delays): {byte_floor / 1e6:.2f} M"
     )
-    for line in goals(results, floor, byte_floors["floor_byte_hours"]):
+    for line in goals(results, floor, byte_floor):
         console.print(line)
     report = {
         "strategies": {name: {k: r[k] for k in FIGURES} for name, r in results.items()},
         "floor_sync_copies_per_message": floor,
-        **byte_floors,
+        "floor_byte_hours": byte_floor,
         "scenario": {
             **scenario.to_json(),
             "devices": scenario.users * len(KINDS),
@@ -221,7 +221,8 @@ def run_storage_bench(
 def goals(results: dict[str, dict[str, Any]], floor: float, byte_hours_floor: float) -> list[str]:
     """The issue's goals, each with the measured figure and whether it is met, and the
     byte·hours goal as proposed against this trace's floor (``byte_hours_floor``): 20 %
-    of fanout lies below it on the quick and default traces."""
+    of fanout lies below it on the quick and default traces, so §7 as it stands cannot
+    meet it there."""
     fanout, linked, p2p = (results[name] for name in STRATEGIES)
 
     def line(ok: bool, text: str) -> str:

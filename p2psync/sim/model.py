@@ -289,69 +289,37 @@ class _Ledger:
 
 
 class _Floors:
-    """The least byte·hours any implementation of DESIGN.md §7 can hold on a trace,
-    summed per send as :meth:`add` finds it: a message sits in a swarm only while no
-    device holding it is online together with one that lacks it, and a copy owed to a
-    sibling goes to the swarm no sooner than §7 says (the grace period's end, or its
-    holder going offline if sooner). Per send:
+    """The least byte·hours any implementation of DESIGN.md §7 holds on a trace, summed
+    per send as :meth:`add` finds it. §7 fixes, for every implementation:
 
-    * the recipient's copy, from the send until one of their devices first reads it;
-    * then the lesser of that copy staying until the other device is first online, and
-      the reader deleting it at once and owing the other a sync copy;
-    * the sync copy the sender owes their other device.
+    * a copy for the recipient goes only once every device of the account has the
+      message (early deletion), and a device has it no sooner than it is first online
+      after the send;
+    * a copy owed to the sender's sibling is stored when the grace period ends or the
+      sender goes offline, whichever is first, unless the sibling was online before
+      then, and stays until the sibling has it (no sooner than it comes) or it expires.
 
-    Nothing here waits for a session, a push or a deletion to go out, so it is below
-    what any real device run stores. ``at_leave`` is the same with no grace period (a
-    copy owed goes to the swarm only as its holder goes offline): what a design would
-    hold that gave up the grace period's bound on what a crash loses."""
+    Both last no longer than the TTL. Sizes are the padded envelopes the devices store.
+    What an implementation adds to this is its own delays (a session's set-up, a push,
+    a deletion going out) and any copy §7 does not require; a design that holds less
+    breaks one of the rules above (e.g. owed copies with a shorter TTL, which gives up
+    the fallback for a sibling away longer than that)."""
 
     def __init__(self, on: list[Spans], config: ModelConfig) -> None:
         self._on, self._ttl, self._grace = on, config.ttl_ms, config.grace_ms
-        self.byte_ms = self.at_leave_byte_ms = 0
+        self.byte_ms = 0
 
-    def _owed_ms(self, holder: int, other: int, at_ms: int, grace_ms: int) -> int:
-        """How long a copy ``holder`` owes ``other`` from ``at_ms`` must sit in a swarm:
-        none if ``other`` is online before it is due, else until ``other`` comes."""
-        holder_on, other_on = self._on[holder], self._on[other]
-        due = min(at_ms + grace_ms, _end_of(holder_on.starts, holder_on.ends, at_ms))
-        comes = _next_on(other_on.starts, other_on.ends, at_ms)
-        return 0 if comes < due else min(comes, due + self._ttl) - due
-
-    def add(
-        self,
-        at: int,
-        d: int,
-        s: int,
-        recipients: tuple[int, int],
-        reads: tuple[int, int],
-        sizes: tuple[int, int],
-    ) -> None:
-        """One send at ``at`` from ``d`` (sibling ``s``) to the devices ``recipients``,
-        first online at ``reads``; ``sizes``: its plain and sync copies' bytes."""
-        self.byte_ms += self._held_ms(at, d, s, recipients, reads, sizes, self._grace)
-        self.at_leave_byte_ms += self._held_ms(at, d, s, recipients, reads, sizes, NEVER)
-
-    def _held_ms(
-        self,
-        at: int,
-        d: int,
-        s: int,
-        recipients: tuple[int, int],
-        reads: tuple[int, int],
-        sizes: tuple[int, int],
-        grace_ms: int,
-    ) -> int:
+    def add(self, at: int, d: int, s: int, reads: tuple[int, int], sizes: tuple[int, int]) -> None:
+        """One send at ``at`` from ``d`` (online then; sibling ``s``) to an account whose
+        devices are first online at ``reads``; ``sizes``: its plain and sync copies'
+        bytes."""
         plain, sync = sizes
         expiry = at + self._ttl
-        first, last = min(reads), max(reads)
-        if first >= expiry:
-            held = plain * self._ttl
-        else:
-            reader, other = recipients if reads[0] == first else recipients[::-1]
-            kept = plain * (min(last, expiry) - first)
-            owed = sync * self._owed_ms(reader, other, first, grace_ms)
-            held = plain * (first - at) + min(kept, owed)
-        return held + sync * self._owed_ms(d, s, at, grace_ms)
+        sender, sibling = self._on[d], self._on[s]
+        due = min(at + self._grace, _end_of(sender.starts, sender.ends, at))
+        comes = _next_on(sibling.starts, sibling.ends, at)
+        owed = 0 if comes < due else min(comes, due + self._ttl) - due
+        self.byte_ms += plain * (min(max(reads), expiry) - at) + sync * owed
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -366,7 +334,8 @@ def run_model(
 ) -> dict[str, Any]:
     """The §9 figures of each of ``strategies`` on ``trace`` (a :class:`Trace`, checked
     first, or a :class:`Scenario`, generated), computed by the rules of the module
-    docstring: ``{"strategies": {name: figures}, "floor_sync_copies_per_message": f}``.
+    docstring: ``{"strategies": {name: figures}, "floor_sync_copies_per_message": f,
+    "floor_byte_hours": b}``.
     Each strategy's figures carry ``"source": "model"``, ``messages``,
     ``sync_copies_per_message`` and hourly ``stored_copies_by_hour`` /
     ``stored_bytes_by_hour`` series (what was stored at some moment of each hour) as a
@@ -374,8 +343,7 @@ def run_model(
     §9's floor: the share of sends whose sender's sibling was not online at any moment
     from the send to the end of the grace period or the sender going offline, if sooner.
     ``floor_byte_hours`` is the least byte·hours any implementation of §7 holds on the
-    trace, and ``floor_byte_hours_at_leave`` the same without a grace period (see
-    :class:`_Floors`): neither depends on the strategies asked for.
+    trace (:class:`_Floors`), whatever strategies are asked for.
 
     One pass over the sends for every strategy, a few binary searches in the devices'
     spans per send: 10 000 users for 30 days (about four million sends) take a minute
@@ -424,7 +392,7 @@ def run_model(
         leaves = _end_of(raw[d].starts, raw[d].ends, at)
         if _next_on(raw[s].starts, raw[s].ends, at) >= min(at + grace, leaves):
             floor += 1
-        floors.add(at, d, s, (bp, bd), (bp_on, bd_on), (plain, sync))
+        floors.add(at, d, s, (bp_on, bd_on), (plain, sync))
         if fanout is not None:
             fanout.store(at, expiry, plain)
             fanout.store(at, expiry, sizes.with_id[size])
@@ -458,7 +426,6 @@ def run_model(
         "strategies": {name: ledger.figures(count, relevant) for name, ledger in ledgers.items()},
         "floor_sync_copies_per_message": round(floor / max(1, count), 3),
         "floor_byte_hours": round(floors.byte_ms / HOUR_MS, 1),
-        "floor_byte_hours_at_leave": round(floors.at_leave_byte_ms / HOUR_MS, 1),
     }
 
 

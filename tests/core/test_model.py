@@ -115,10 +115,9 @@ def test_a_send_while_the_sibling_is_away_two_days() -> None:
     assert fanout["byte_hours"] == round((PLAIN + WITH_ID + SYNC) * 24, 1)
     for figures in result["strategies"].values():
         assert figures["source"] == "model" and figures["messages"] == 1
-    # Any design holds the sync copy the whole TTL; one that stored it only as the phone
-    # left (it never does) would hold nothing, the desktop being back by then.
+    # §7 keeps the sync copy until the desktop has it, which is after it expired; the
+    # recipient's copy costs nothing, both their devices being online at the send.
     assert result["floor_byte_hours"] == round(SYNC * 24, 1)
-    assert result["floor_byte_hours_at_leave"] == 0
 
 
 def test_a_sender_leaving_inside_the_grace_period_stores_the_sync_copy_as_it_goes() -> None:
@@ -136,6 +135,8 @@ def test_a_sender_leaving_inside_the_grace_period_stores_the_sync_copy_as_it_goe
         (SYNC * ((3 * H + SETUP + DELETE) - (H + 5 * S)) + recipient) / H, 1
     )
     assert p2p["completeness"] == 1.0
+    # The floor stores the sync copy as the phone leaves and drops it as the desktop comes.
+    assert run_model(trace, ("p2p",))["floor_byte_hours"] == round(SYNC * (H - 5 * S) / H, 1)
 
 
 @pytest.mark.parametrize(
@@ -167,21 +168,25 @@ def test_the_recipients_copy_waits_until_both_their_devices_meet() -> None:
     assert result["p2p"]["stored_copies_by_hour"] == [0, 1, 1, 1, 1, 1, 0, 0, 0]
 
 
-def test_the_byte_hour_floor_takes_the_cheaper_of_keeping_and_owing() -> None:
-    """User 1's desktop reads the message at once and the phone comes at 5 h: the floor
-    is the cheaper of keeping the recipient's copy those 4 h and deleting it at once,
-    owing the phone a sync copy from the grace period's end. Storing the copy owed only as
-    the desktop leaves costs nothing: the phone comes first."""
-    grace = ModelConfig().grace_ms
-    result = run_model(_trace(6 * H, {(1, "phone"): [(5 * H, 6 * H)]}), ("p2p",))
-    assert result["floor_byte_hours"] == round(min(PLAIN * 4 * H, SYNC * (4 * H - grace)) / H, 1)
-    assert result["floor_byte_hours_at_leave"] == 0
-    # The phone reads it and leaves at 2 h; the desktop comes at 5 h: a copy owed from the
-    # phone's leaving lives 3 h.
-    late = _trace(6 * H, {(1, "phone"): [(0, 2 * H)], (1, "desktop"): [(5 * H, 6 * H)]})
-    result = run_model(late, ("p2p",))
-    assert result["floor_byte_hours"] == round(min(PLAIN * 4 * H, SYNC * (4 * H - grace)) / H, 1)
-    assert result["floor_byte_hours_at_leave"] == round(min(PLAIN * 4, SYNC * 3), 1)
+@pytest.mark.parametrize(
+    ("phone", "desktop", "floor_hours"),
+    [
+        ([(5 * H, 6 * H)], [(0, 6 * H)], 4),  # the desktop at the send, the phone at 5 h
+        ([(0, 2 * H)], [(5 * H, 6 * H)], 4),  # the phone reads it and leaves; the desktop
+        ([(4 * H, 6 * H)], [(3 * H, 6 * H)], 3),  # both away at the send
+        ([], [], 24),  # nobody comes: it lives the whole TTL, and is lost
+    ],
+)
+def test_the_recipients_copy_floor_lasts_until_each_of_their_devices_has_come(
+    phone: list[tuple[int, int]], desktop: list[tuple[int, int]], floor_hours: int
+) -> None:
+    """User 0's devices are online throughout, so no sync copy is owed: the floor is the
+    recipient's copy alone, from the send (1 h) until both of user 1's devices have been
+    online, or the TTL."""
+    online = {(1, "phone"): phone, (1, "desktop"): desktop}
+    result = run_model(_trace(2 * DAY_MS, online), ("p2p",))
+    assert result["floor_byte_hours"] == round(PLAIN * floor_hours, 1)
+    assert result["floor_byte_hours"] <= result["strategies"]["p2p"]["byte_hours"]
 
 
 @settings(max_examples=25, deadline=None)
@@ -193,14 +198,13 @@ def test_the_byte_hour_floor_takes_the_cheaper_of_keeping_and_owing() -> None:
 def test_no_strategy_holds_less_than_the_floor(
     seed: int, profile: str, long_offline_days: float
 ) -> None:
-    """The floor is below p2p's rules, whose delays it leaves out, and the floor without
-    a grace period below it."""
+    """p2p's rules are §7's with delays: never below the floor."""
     scenario = Scenario(
         users=4, days=2.5, profile=profile, long_offline_days=long_offline_days, seed=seed
     )
     result = run_model(scenario)
     p2p = result["strategies"]["p2p"]["byte_hours"]
-    assert result["floor_byte_hours_at_leave"] <= result["floor_byte_hours"] <= p2p
+    assert 0 < result["floor_byte_hours"] <= p2p
 
 
 def test_recipients_away_past_the_ttl_lose_the_message() -> None:
