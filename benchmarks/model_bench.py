@@ -18,6 +18,7 @@ from p2psync.sim.model import (
     TOLERANCE,
     VALIDATED,
     VALIDATION,
+    ModelConfig,
     run_model,
     validate_model,
 )
@@ -27,23 +28,29 @@ from p2psync.sim.scenario import Scenario, build_trace, load_trace
 Measured = dict[str, dict[str, Any] | str]
 
 
-def measure_strategies(scenario: Scenario) -> Measured:
+def measure_strategies(scenario: Scenario, sync_copy_ttl_ms: int | None = None) -> Measured:
     """Every strategy on ``scenario`` on real devices (in a worker process): its figures,
-    or why the run gave none (one failing leaves the others to validate against)."""
+    or why the run gave none (one failing leaves the others to validate against).
+    ``sync_copy_ttl_ms``: p2p's (None: the TTL)."""
     measured: Measured = {}
     for name in STRATEGIES:
+        ttl = sync_copy_ttl_ms if name == "p2p" else None
         try:
-            measured[name] = run_scenario(scenario, name)
+            measured[name] = run_scenario(scenario, name, sync_copy_ttl_ms=ttl)
         except Exception as exc:  # reported beside the figures it leaves unvalidated
             measured[name] = f"{type(exc).__name__}: {exc}"
     return measured
 
 
 def _send_measured(
-    measure: Callable[[Scenario], Measured], scenario: Scenario, results: Connection
+    measure: Callable[[Scenario, int | None], Measured],
+    scenario: Scenario,
+    sync_copy_ttl_ms: int | None,
+    results: Connection,
 ) -> None:
-    """The validation worker process: ``measure(scenario)``, sent on ``results``."""
-    results.send(measure(scenario))
+    """The validation worker process: ``measure(scenario, sync_copy_ttl_ms)``, sent on
+    ``results``."""
+    results.send(measure(scenario, sync_copy_ttl_ms))
 
 
 def run_model_bench(
@@ -56,6 +63,7 @@ def run_model_bench(
     trace_path: str | None = None,
     *,
     validation: Scenario | None = VALIDATION,
+    sync_copy_ttl_ms: int | None = None,
 ) -> dict[str, Any]:
     """``p2psync bench storage --scale``: the model on ``users`` users for ``days`` days
     at ``rate`` messages per user per day under churn ``profile`` (or on the trace in
@@ -63,7 +71,8 @@ def run_model_bench(
     strategy runs on real devices on ``validation`` (same profile and seed; ``None``:
     skip), and the model's error there is printed and reported beside each figure.
     Returns (and writes to ``json_path``) the §9 JSON, each figure with ``"source":
-    "model"`` and its ``"validation_error"``."""
+    "model"`` and its ``"validation_error"``. ``sync_copy_ttl_ms``: how long p2p's sync
+    copies live, in the model and on the devices (None: the TTL)."""
     import json
     import multiprocessing
 
@@ -84,7 +93,7 @@ def run_model_bench(
             trace = load_trace(trace_path)  # a bad file fails before anything starts
         context = multiprocessing.get_context("spawn")
         receiving, sending = context.Pipe(duplex=False)
-        measuring = (measure_strategies, check, sending)
+        measuring = (measure_strategies, check, sync_copy_ttl_ms, sending)
         workers = [] if check is None else [context.Process(target=_send_measured, args=measuring)]
         # A process of our own, not a pool: Ctrl-C and SIGTERM end it at once (a pool's
         # exit waited for its work, over a minute, and SIGTERM left its processes running).
@@ -97,7 +106,10 @@ def run_model_bench(
                 )
             generated = time.monotonic()
             task = progress.add_task(f"modelling {len(trace.sends)} sends", total=1.0)
-            result = run_model(trace, on_progress=lambda f: progress.update(task, completed=f))
+            config = ModelConfig(sync_copy_ttl_ms=sync_copy_ttl_ms)
+            result = run_model(
+                trace, config=config, on_progress=lambda f: progress.update(task, completed=f)
+            )
             modelled = time.monotonic()
             if check is not None:
                 progress.add_task(f"validating on devices ({check.users} users)", total=None)
@@ -108,7 +120,9 @@ def run_model_bench(
                     measured = dict.fromkeys(STRATEGIES, "the validation worker died")
                 runs = {name: r for name, r in measured.items() if not isinstance(r, str)}
                 validation_report["messages"] = len(build_trace(check).sends)
-                validation_report["strategies"] = validate_model(check, runs) if runs else {}
+                validation_report["strategies"] = (
+                    validate_model(check, runs, config=config) if runs else {}
+                )
                 validation_report["failed"] = {
                     name: r for name, r in measured.items() if isinstance(r, str)
                 }
@@ -126,6 +140,7 @@ def run_model_bench(
             **(scenario.to_json() if scenario is not None else {"trace": trace_path}),
             "messages": len(trace.sends),
             "devices": 2 * trace.users,
+            "sync_copy_ttl_ms": config.sync_ttl_ms,
         },
         "validation": validation_report,
     }

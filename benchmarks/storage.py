@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from p2psync.cli import stop_on_sigterm
-from p2psync.sim.model import FIGURES, run_model
+from p2psync.sim.model import FIGURES, ModelConfig, run_model
 from p2psync.sim.replay import CATCH_UP_S, KEEPALIVE_S, LINK_PROFILE, NODES, RELAYS
 from p2psync.sim.runner import (
     GRACE_MS,
@@ -34,7 +34,9 @@ QUICK = Scenario(users=4, days=4.5, messages_per_user_per_day=12, long_offline_d
 FULL = Scenario(users=32, days=7.0, messages_per_user_per_day=12, long_offline_days=3.0)
 
 
-def _lane(scenario: Scenario, strategies: Sequence[str], results: Any) -> None:
+def _lane(
+    scenario: Scenario, strategies: Sequence[str], results: Any, sync_copy_ttl_ms: int | None
+) -> None:
     """A worker process: ``strategies`` one after another, each a separate simulation,
     putting ``("progress", name, fraction)`` in whole percents, then ``("done", name,
     figures)`` or ``("failed", name, traceback)`` on ``results``."""
@@ -49,7 +51,8 @@ def _lane(scenario: Scenario, strategies: Sequence[str], results: Any) -> None:
 
         started = time.monotonic()
         try:
-            figures = run_scenario(scenario, strategy, on_progress=report)
+            ttl = sync_copy_ttl_ms if strategy == "p2p" else None
+            figures = run_scenario(scenario, strategy, on_progress=report, sync_copy_ttl_ms=ttl)
         except Exception:
             results.put(("failed", strategy, traceback.format_exc()))
             return
@@ -86,7 +89,9 @@ def owned_workers(processes: Sequence[BaseProcess]) -> Iterator[None]:
             process.join()
 
 
-def _run_strategies(scenario: Scenario, console: Any) -> dict[str, dict[str, Any]]:
+def run_strategies(
+    scenario: Scenario, console: Any, sync_copy_ttl_ms: int | None = None
+) -> dict[str, dict[str, Any]]:
     """Every strategy on ``scenario`` in worker processes (one per core) that this
     process owns: Ctrl-C or SIGTERM terminates them at once, and a failure in one ends
     the run with its traceback."""
@@ -99,7 +104,7 @@ def _run_strategies(scenario: Scenario, console: Any) -> dict[str, dict[str, Any
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     processes = [
-        context.Process(target=_lane, args=(scenario, lane, results), daemon=True)
+        context.Process(target=_lane, args=(scenario, lane, results, sync_copy_ttl_ms), daemon=True)
         for lane in _lanes(os.cpu_count() or 1)
     ]
     figures: dict[str, dict[str, Any]] = {}
@@ -127,10 +132,12 @@ def run_storage_bench(
     seed: int = 1,
     json_path: str | None = None,
     plot_path: str | None = None,
+    sync_copy_ttl_ms: int | None = None,
 ) -> dict[str, Any]:
     """All three strategies on one scenario, with progress bars, a table, the goals of
     the issue checked against the measured figures, and optionally the §9 JSON and a PNG
-    plot of stored copies and bytes over time."""
+    plot of stored copies and bytes over time. ``sync_copy_ttl_ms``: how long p2p's
+    devices keep their sync copies (None: the TTL); the floor is computed with it."""
     from dataclasses import replace
 
     from rich import box
@@ -140,7 +147,8 @@ def run_storage_bench(
     scenario = replace(QUICK if quick else FULL, seed=seed)
     trace = build_trace(scenario)
     floor = floor_sync_copies_per_message(trace)
-    byte_floor = run_model(trace, ("p2p",))["floor_byte_hours"]
+    model_config = ModelConfig(sync_copy_ttl_ms=sync_copy_ttl_ms)
+    byte_floor = run_model(trace, ("p2p",), config=model_config)["floor_byte_hours"]
     console = Console(stderr=True)
     console.print(
         f"scenario: {scenario.users} users × {len(KINDS)} devices, {scenario.days:g} days, "
@@ -148,10 +156,11 @@ def run_storage_bench(
         f"seed {seed}; every link {LINK_PROFILE.latency_ms:g}–"
         f"{LINK_PROFILE.latency_ms + LINK_PROFILE.jitter_ms:g} ms one way "
         f"({NODES} nodes, {RELAYS} relays for p2p); devices subscribe, catch up every "
-        f"{CATCH_UP_S / 60:g} min, p2p keep-alive every {KEEPALIVE_S:g} s"
+        f"{CATCH_UP_S / 60:g} min, p2p keep-alive every {KEEPALIVE_S:g} s; p2p's sync "
+        f"copies live {model_config.sync_ttl_ms / 3.6e6:g} h"
     )
     started = time.monotonic()
-    results = _run_strategies(scenario, console)
+    results = run_strategies(scenario, console, sync_copy_ttl_ms)
     wall_s = time.monotonic() - started
     table = Table(
         title=f"storage per strategy ({len(trace.sends)} messages), read from the nodes",
@@ -201,6 +210,7 @@ def run_storage_bench(
             "devices": scenario.users * len(KINDS),
             "messages": len(trace.sends),
             "sends_with_sibling_away": sibling_away_at_send(trace),
+            "sync_copy_ttl_ms": model_config.sync_ttl_ms,
             "link_latency_ms": [
                 LINK_PROFILE.latency_ms,
                 LINK_PROFILE.latency_ms + LINK_PROFILE.jitter_ms,

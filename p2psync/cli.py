@@ -22,7 +22,7 @@ from .arguments import address_range, number_up_to, whole_number
 from .errors import P2PSyncError
 from .network_defaults import DEFAULT_RELAYS, TRANSPORTS
 from .stops import HeldStops
-from .swarm.constants import MAX_STORE_BATCH, STORE_QUORUM
+from .swarm.constants import MAX_STORE_BATCH, MIN_TTL_MS, STORE_QUORUM
 
 if TYPE_CHECKING:
     import trio
@@ -357,20 +357,46 @@ def _cmd_bench_overlay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync_copy_hours(text: str) -> float:
+    """Hours a sync copy lives: at most the TTL (a day), at least what a swarm keeps."""
+    hours = number_up_to(24, positive=True)(text)
+    if hours * 3_600_000 < MIN_TTL_MS:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_TTL_MS / 3_600_000:.4f} (a swarm keeps nothing under "
+            f"{MIN_TTL_MS // 1000} s), not {text}"
+        )
+    return hours
+
+
 @_needs_lab
 def _cmd_bench_storage(args: argparse.Namespace) -> int:
+    hours = args.sync_copy_hours
+    sync_copy_ttl_ms = None if hours is None else round(hours * 3_600_000)
     if args.scale or args.trace:
         from benchmarks.model_bench import run_model_bench
 
         if args.plot:
             raise CommandError("--plot is for the device runs; --scale and --trace print figures")
         run_model_bench(
-            args.users, args.days, args.rate, args.profile, args.seed, args.json, args.trace
+            args.users,
+            args.days,
+            args.rate,
+            args.profile,
+            args.seed,
+            args.json,
+            args.trace,
+            sync_copy_ttl_ms=sync_copy_ttl_ms,
         )
         return 0
     from benchmarks.storage import run_storage_bench
 
-    run_storage_bench(quick=args.quick, seed=args.seed, json_path=args.json, plot_path=args.plot)
+    run_storage_bench(
+        quick=args.quick,
+        seed=args.seed,
+        json_path=args.json,
+        plot_path=args.plot,
+        sync_copy_ttl_ms=sync_copy_ttl_ms,
+    )
     return 0
 
 
@@ -657,6 +683,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=output_file,
         metavar="FILE",
         help="write a PNG of stored copies and bytes over time",
+    )
+    storage.add_argument(
+        "--sync-copy-hours",
+        type=_sync_copy_hours,
+        metavar="H",
+        help="p2p's sync copies live H hours, not the TTL (24): less storage, and a sibling "
+        "away longer gets them only when it meets its sibling",
     )
     storage.set_defaults(run=_cmd_bench_storage)
     soak = bench_commands.add_parser(

@@ -362,12 +362,15 @@ NAMESPACE_OF: dict[str, int] = {
 LONG_LIVED_KINDS = frozenset({"account_linked", "sync_linked"})
 
 
-def copy_ttl_ms(kind: str, namespace: int, default_ms: int) -> int:
+def copy_ttl_ms(kind: str, namespace: int, default_ms: int, sync_sent_ms: int | None = None) -> int:
     """How long a stored copy of a ``kind`` record lives: pairing records for the pairing
-    window, a move's records for :data:`MAX_TTL_MS`, the rest ``default_ms`` (the
-    device's TTL)."""
+    window, a move's records for :data:`MAX_TTL_MS`, a sent message's sync copy
+    ``sync_sent_ms`` if given (``DeviceConfig.sync_copy_ttl_ms``), the rest ``default_ms``
+    (the device's TTL)."""
     if namespace == NAMESPACE_CONTROL:
         return PAIRING_WINDOW_MS
+    if kind == "sync_sent" and sync_sent_ms is not None:
+        return sync_sent_ms
     return MAX_TTL_MS if kind in LONG_LIVED_KINDS else default_ms
 
 

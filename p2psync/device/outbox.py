@@ -123,9 +123,12 @@ class Outbox:
         answer makes of its copy is :mod:`.delivery`'s to say."""
         first: Exception | None = None
         by_owner: dict[str, list[tuple[Copy, int]]] = {}
+        config = self._local.config
         for entry in entries:
             for copy in self._store.copies(entry.seq):
-                ttl_ms = copy_ttl_ms(entry.kind, copy.namespace, self._local.config.ttl_ms)
+                ttl_ms = copy_ttl_ms(
+                    entry.kind, copy.namespace, config.ttl_ms, config.sync_copy_ttl_ms
+                )
                 by_owner.setdefault(copy.owner, []).append((copy, ttl_ms))
         for owner, copies in by_owner.items():
             try:

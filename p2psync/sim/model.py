@@ -30,7 +30,8 @@ The rules, per send at ``t`` from device ``D`` of user ``A`` (sibling ``S``) to 
   if that has not happened by the end of the grace period, or by when ``D`` goes offline
   if that is sooner (§7: a device going offline stores what its siblings have not
   acknowledged), ``D`` stores one ``sync_sent`` copy then, deleted at ``A``'s next
-  session (``D`` receives the acknowledgement). With two devices a user no sibling ever
+  session (``D`` receives the acknowledgement) or expired after the sync-copy TTL
+  (``ModelConfig.sync_copy_ttl_ms``). With two devices a user no sibling ever
   stands in for the origin (``Device._stand_in``: nobody else to serve).
 
 Every deletion goes out a delete delay after the moment above, or when the deleting
@@ -112,9 +113,12 @@ class ModelConfig:
     ``delete_delay_s``: the ranges the devices draw those delays from, and ``seed`` the
     model's draws. ``peak_step_ms``: the time
     resolution of the peak: a copy counts in every slot it was stored in at some moment,
-    so copies that follow each other within one slot count as if they overlapped."""
+    so copies that follow each other within one slot count as if they overlapped.
+    ``sync_copy_ttl_ms``: how long ``p2p``'s sync copies live (the devices'
+    ``DeviceConfig.sync_copy_ttl_ms``; None: ``ttl_ms``)."""
 
     ttl_ms: int = DEFAULT_TTL_MS
+    sync_copy_ttl_ms: int | None = None
     grace_ms: int = DEFAULT_GRACE_MS
     session_setup_ms: int = 5_000
     push_delay_s: tuple[float, float] = INBOUND_PUSH_DELAY_S
@@ -122,6 +126,10 @@ class ModelConfig:
     seed: int = 0
     settle_ms: int = SETTLE_MS
     peak_step_ms: int = 1_000
+
+    @property
+    def sync_ttl_ms(self) -> int:
+        return self.ttl_ms if self.sync_copy_ttl_ms is None else self.sync_copy_ttl_ms
 
 
 # --- copy sizes ------------------------------------------------------------------------------
@@ -299,7 +307,8 @@ class _Floors:
       sender goes offline, whichever is first, unless the sibling was online before
       then, and stays until the sibling has it (no sooner than it comes) or it expires.
 
-    Both last no longer than the TTL. Sizes are the padded envelopes the devices store.
+    Both last no longer than the TTL (the sync copy than the devices' sync-copy TTL,
+    when it is shorter). Sizes are the padded envelopes the devices store.
     What an implementation adds to this is its own delays (a session's set-up, a push,
     a deletion going out) and any copy §7 does not require; a design that holds less
     breaks one of the rules above (e.g. owed copies with a shorter TTL, which gives up
@@ -307,6 +316,7 @@ class _Floors:
 
     def __init__(self, on: list[Spans], config: ModelConfig) -> None:
         self._on, self._ttl, self._grace = on, config.ttl_ms, config.grace_ms
+        self._sync_ttl = config.sync_ttl_ms
         self.byte_ms = 0
 
     def add(self, at: int, d: int, s: int, reads: tuple[int, int], sizes: tuple[int, int]) -> None:
@@ -318,7 +328,7 @@ class _Floors:
         sender, sibling = self._on[d], self._on[s]
         due = min(at + self._grace, _end_of(sender.starts, sender.ends, at))
         comes = _next_on(sibling.starts, sibling.ends, at)
-        owed = 0 if comes < due else min(comes, due + self._ttl) - due
+        owed = 0 if comes < due else min(comes, due + self._sync_ttl) - due
         self.byte_ms += plain * (min(max(reads), expiry) - at) + sync * owed
 
 
@@ -469,8 +479,7 @@ def _p2p_send(
     delays: _Delays,
 ) -> None:
     """One send under ``p2p`` (the module docstring's rules)."""
-    ttl = config.ttl_ms
-    expiry = at + ttl
+    expiry = at + config.ttl_ms
     mine, theirs = sessions[d // 2], sessions[bp // 2]
     # The recipient's copy goes with the first deletion by one of their devices that
     # offered it to the other and was acknowledged.
@@ -501,7 +510,7 @@ def _p2p_send(
         held[s] += 1
         return
     acknowledged = _next_on(mine.starts, mine.ends, due)
-    gone = min(_deleted(on[d], acknowledged, delays), due + ttl)
+    gone = min(_deleted(on[d], acknowledged, delays), due + config.sync_ttl_ms)
     ledger.store(due, gone, sync)
     ledger.sync_copies += 1
     held[s] += acked < NEVER or _next_on(on[s].starts, on[s].ends, due) < gone

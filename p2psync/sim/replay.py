@@ -98,12 +98,24 @@ def _text(number: int, size: int) -> str:
 class Replay:
     """One strategy over one trace, on ``network``."""
 
-    def __init__(self, trace: Trace, strategy: str, network: LocalNetwork, root: Path) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        strategy: str,
+        network: LocalNetwork,
+        root: Path,
+        sync_copy_ttl_ms: int | None = None,
+    ) -> None:
+        """``sync_copy_ttl_ms``: the devices' (``DeviceConfig``; p2p only)."""
         self.trace, self.strategy, self.network, self.root = trace, strategy, network, root
         self.clock = network.clock
         self.mode, direct = device_mode(strategy)
         self.config = DeviceConfig(
-            receive="subscribe", direct_sync=direct, catch_up_s=CATCH_UP_S, keepalive_s=KEEPALIVE_S
+            receive="subscribe",
+            direct_sync=direct,
+            catch_up_s=CATCH_UP_S,
+            keepalive_s=KEEPALIVE_S,
+            sync_copy_ttl_ms=sync_copy_ttl_ms,
         )
         self.devices: dict[tuple[int, str], Device] = {}
         self._sent_at: dict[bytes, int] = {}

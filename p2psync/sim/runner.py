@@ -65,6 +65,7 @@ def run_scenario(
     strategy: str,
     *,
     on_progress: Callable[[float], None] = lambda fraction: None,
+    sync_copy_ttl_ms: int | None = None,
 ) -> dict[str, Any]:
     """Replay ``trace`` with ``strategy`` (``"fanout"``, ``"linked"`` or ``"p2p"``) on real
     devices over an embedded network under virtual time, and return the figures of
@@ -98,6 +99,9 @@ def run_scenario(
         >>> figures["copies_per_message"], figures["lost"], figures["completeness"]
         (1.0, 0, 1.0)
 
+    ``sync_copy_ttl_ms`` (``p2p`` only): how long the devices' sync copies live
+    (``DeviceConfig.sync_copy_ttl_ms``; None: the TTL).
+
     Raises :class:`BenchmarkError` if the nodes do not hold one inbound copy per
     recipient account (or device, ``fanout``) per send, or hold a copy the runner never
     saw alive (so of unknown size). For a given trace and seed the network's jitter is
@@ -107,6 +111,8 @@ def run_scenario(
     draws fresh keys for."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+    if sync_copy_ttl_ms is not None and strategy != "p2p":
+        raise ValueError("sync_copy_ttl_ms needs direct sync: p2p only")
     if isinstance(trace, Scenario):
         trace = build_trace(trace)
     elif not isinstance(trace, Trace):
@@ -130,7 +136,8 @@ def run_scenario(
                 node_config=QUIET,
                 seed=seed,
             ) as network:
-                return await Replay(trace, strategy, network, Path(devices)).run(on_progress)
+                replay = Replay(trace, strategy, network, Path(devices), sync_copy_ttl_ms)
+                return await replay.run(on_progress)
 
     # Virtual time; imported here, so that importing p2psync does not import trio.testing
     # (nor, through it, pytest).

@@ -17,6 +17,8 @@ REFUSED = [
     ["bench", "soak", "--minutes", "inf"],
     ["bench", "throughput", "--seconds", "0"],
     ["bench", "storage", "--users", "10000000000"],
+    ["bench", "storage", "--sync-copy-hours", "25"],
+    ["bench", "storage", "--sync-copy-hours", "0.001"],
     ["device", "inbox", "--data", "d", "--network", "n", "--timeout", "-3"],
     ["device", "inbox", "--data", "d", "--network", "n", "--timeout", "0"],
     ["device", "inbox", "--data", "d", "--network", "n", "--wait", "-1"],

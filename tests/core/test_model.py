@@ -282,10 +282,13 @@ def test_relative_errors() -> None:
     assert relative_errors(modelled, measured)["p2p"]["byte_hours"] == float("inf")
 
 
-def _fake_measure(scenario: Scenario) -> dict[str, dict[str, Any] | str]:
+def _fake_measure(
+    scenario: Scenario, sync_copy_ttl_ms: int | None = None
+) -> dict[str, dict[str, Any] | str]:
     """Stands in for the device run in :func:`run_model_bench`'s worker: the model itself,
     3 % high on byte·hours, and a ``fanout`` run that failed."""
-    figures: dict[str, dict[str, Any]] = run_model(scenario)["strategies"]
+    config = ModelConfig(sync_copy_ttl_ms=sync_copy_ttl_ms)
+    figures: dict[str, dict[str, Any]] = run_model(scenario, config=config)["strategies"]
     measured: dict[str, dict[str, Any] | str] = {
         name: {**f, "byte_hours": f["byte_hours"] / 1.03} for name, f in figures.items()
     }
@@ -315,7 +318,12 @@ def test_the_bench_models_a_trace_file(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
     dump_trace(_trace(3 * DAY_MS, {(0, "desktop"): [(2 * DAY_MS, 3 * DAY_MS)]}), path)
     report = run_model_bench(trace_path=str(path), validation=None)
-    assert report["scenario"] == {"trace": str(path), "messages": 1, "devices": 4}
+    assert report["scenario"] == {
+        "trace": str(path),
+        "messages": 1,
+        "devices": 4,
+        "sync_copy_ttl_ms": ModelConfig().ttl_ms,
+    }
     assert report["strategies"]["p2p"]["sync_copies_per_message"] == 1.0
     assert report["strategies"]["p2p"]["validation_error"] is None
     assert report["validation"] is None
@@ -366,3 +374,29 @@ def test_the_bench_refuses_a_bad_trace_file_before_starting(tmp_path: Path) -> N
     path.write_text("users,2\nduration_ms,5\nsend,1,0,phone,1,5\n")
     with pytest.raises(TraceFileError, match=r"t\.csv:3: user 0's phone is offline at 1 ms"):
         run_model_bench(trace_path=str(path))  # no device run started, nothing to wait for
+
+
+def test_shorter_lived_sync_copies_hold_less_and_lose_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sync copy of a send whose sibling is away two days lives 6 h rather than the
+    TTL; the desktop still has the message in the end (the siblings meet), and the floor
+    follows the shorter life. The bench carries the setting to the model and to the
+    devices it is validated on."""
+    trace = _trace(3 * DAY_MS, {(0, "desktop"): [(2 * DAY_MS, 3 * DAY_MS)]})
+    six_hours = 6 * H
+    short = run_model(trace, ("p2p",), config=replace(FIXED, sync_copy_ttl_ms=six_hours))
+    p2p = short["strategies"]["p2p"]
+    assert p2p["byte_hours"] == round(SYNC * 6 + PLAIN * (PUSH + DELETE) / H, 1)
+    assert (p2p["lost"], p2p["completeness"]) == (0, 1.0)
+    assert short["floor_byte_hours"] == round(SYNC * 6, 1)
+    monkeypatch.setattr(model_bench, "measure_strategies", _fake_measure)
+    scenario = dict(users=40, days=2.0, rate=10.0, profile="office", seed=3)
+    default = run_model_bench(**scenario)  # type: ignore[arg-type]
+    shorter = run_model_bench(**scenario, sync_copy_ttl_ms=six_hours)  # type: ignore[arg-type]
+    assert shorter["scenario"]["sync_copy_ttl_ms"] == six_hours
+    assert shorter["strategies"]["p2p"]["byte_hours"] < default["strategies"]["p2p"]["byte_hours"]
+    assert shorter["strategies"]["fanout"] == default["strategies"]["fanout"]
+    assert shorter["strategies"]["p2p"]["validation_error"]["byte_hours"] == pytest.approx(
+        0.03, abs=2e-4
+    )

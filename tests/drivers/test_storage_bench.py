@@ -22,7 +22,7 @@ from benchmarks import storage
 from p2psync import Scenario, Send, Trace, run_scenario
 from p2psync.device.content import MAX_TEXT_CHARS
 from p2psync.sim import runner
-from p2psync.sim.model import run_model
+from p2psync.sim.model import ModelConfig, run_model
 from p2psync.sim.replay import LINK_PROFILE
 from p2psync.sim.runner import floor_sync_copies_per_message, sibling_away_at_send
 from p2psync.sim.scenario import KINDS, MAX_SEND_BYTES, build_trace
@@ -347,7 +347,9 @@ def test_the_report_carries_the_traces_floor(
     quick = build_trace(replace(storage.QUICK, seed=1))
     modelled = run_model(quick)
 
-    def measured(scenario: Scenario, console: Any) -> dict[str, dict[str, Any]]:
+    def measured(
+        scenario: Scenario, console: Any, sync_copy_ttl_ms: int | None = None
+    ) -> dict[str, dict[str, Any]]:
         latencies = dict.fromkeys(
             (
                 "latency_p50_ms",
@@ -362,10 +364,41 @@ def test_the_report_carries_the_traces_floor(
             for name, figures in modelled["strategies"].items()
         }
 
-    monkeypatch.setattr(storage, "_run_strategies", measured)
+    monkeypatch.setattr(storage, "run_strategies", measured)
     path = tmp_path / "storage.json"
     report = storage.run_storage_bench(quick=True, json_path=str(path))
     written = json.loads(path.read_text())
     assert written["floor_byte_hours"] == report["floor_byte_hours"] == modelled["floor_byte_hours"]
     share = modelled["floor_byte_hours"] / modelled["strategies"]["fanout"]["byte_hours"]
     assert f"this trace's floor {share:.1%}" in capsys.readouterr().err
+
+
+#: User 0's desktop is away from 00:10 to 03:00 while the phone writes at 01:00.
+DESKTOP_AWAY = Trace(
+    users=2,
+    duration_ms=4 * H,
+    online={
+        (0, "phone"): [(0, 4 * H)],
+        (0, "desktop"): [(0, 10 * M), (3 * H, 4 * H)],
+        (1, "phone"): [(0, 4 * H)],
+        (1, "desktop"): [(0, 4 * H)],
+    },
+    sends=[Send(H, 0, "phone", 1, 300)],
+)
+
+
+def test_a_sync_copy_that_expires_first_is_made_good_when_the_siblings_meet() -> None:
+    """With sync copies kept 30 min, the one stored as the grace period ends is gone
+    before the desktop comes back: the nodes held it for less, and the desktop still gets
+    the message, from the phone directly."""
+    kept = run_scenario(DESKTOP_AWAY, "p2p")
+    short = run_scenario(DESKTOP_AWAY, "p2p", sync_copy_ttl_ms=30 * M)
+    for result in (kept, short):
+        assert result["sync_copies_per_message"] == 1.0
+        assert result["lost"] == 0
+        assert set(result["completeness_by_device"].values()) == {1.0}
+    assert short["byte_hours"] < kept["byte_hours"]
+    floor = run_model(DESKTOP_AWAY, ("p2p",), config=ModelConfig(sync_copy_ttl_ms=30 * M))
+    assert short["byte_hours"] >= floor["floor_byte_hours"] > 0
+    with pytest.raises(ValueError, match="p2p only"):
+        run_scenario(DESKTOP_AWAY, "linked", sync_copy_ttl_ms=30 * M)
