@@ -186,7 +186,8 @@ def _print(report: dict[str, Any], console: Any) -> None:
     Console().print(table)
     console.print(
         f"p2p sync-copy floor on this trace: {report['floor_sync_copies_per_message']:.3f} "
-        f"per message; byte·hours floor (the least DESIGN.md §7 lets any design hold) "
+        f"per message; byte·hours floor (the least DESIGN.md §7 lets any design hold, "
+        f"sync copies living {report['scenario']['sync_copy_ttl_ms'] / 3.6e6:g} h) "
         f"{_scaled(report['floor_byte_hours'], 'B·h')}; "
         f"trace {report['seconds']['trace']:.0f} s, model "
         f"{report['seconds']['model']:.0f} s"

@@ -30,6 +30,15 @@ from p2psync.sim.runner import (
 )
 from p2psync.sim.scenario import KINDS, Scenario, build_trace
 
+#: Beside §9's figures: the sender's other device, online at the send (latency) and away
+#: then (from its coming online to filing the message).
+SIBLING_FIGURES = (
+    "sibling_latency_p50_ms",
+    "sibling_latency_p99_ms",
+    "sibling_catch_up_p50_ms",
+    "sibling_catch_up_p99_ms",
+    "sibling_catch_up_max_ms",
+)
 QUICK = Scenario(users=4, days=4.5, messages_per_user_per_day=12, long_offline_days=3.0)
 FULL = Scenario(users=32, days=7.0, messages_per_user_per_day=12, long_offline_days=3.0)
 
@@ -193,16 +202,28 @@ def run_storage_bench(
         f"the sibling was offline: {sibling_away_at_send(trace):.3f}; wall {wall_s:.0f} s "
         "for the three strategies side by side"
     )
+    lives = "the TTL" if sync_copy_ttl_ms is None else f"{model_config.sync_ttl_ms / 3.6e6:g} h"
     console.print(
-        f"byte·hours floor on this trace (the least DESIGN.md §7 lets any design hold: "
-        f"inbound copies until every device of the account has been online, owed sync "
-        f"copies from when they are due until the sibling comes, at most the TTL; no "
+        f"byte·hours floor on this trace (the least DESIGN.md §7 lets any design hold with "
+        f"sync copies living {lives}: inbound copies until every device of the account has "
+        f"been online, owed sync copies from when they are due until the sibling comes; no "
         f"delays): {byte_floor / 1e6:.2f} M"
     )
-    for line in goals(results, floor, byte_floor):
+    console.print(
+        "the sender's other device, offline at the send, from coming online to filing the "
+        "message, p50/p99/max: "
+        + ", ".join(
+            f"{name} {r['sibling_catch_up_p50_ms'] / 1000:.1f}/"
+            f"{r['sibling_catch_up_p99_ms'] / 1000:.1f}/{r['sibling_catch_up_max_ms'] / 1000:.0f} s"
+            for name, r in results.items()
+        )
+    )
+    for line in goals(results, floor, byte_floor, sync_copy_ttl_ms):
         console.print(line)
     report = {
-        "strategies": {name: {k: r[k] for k in FIGURES} for name, r in results.items()},
+        "strategies": {
+            name: {k: r[k] for k in (*FIGURES, *SIBLING_FIGURES)} for name, r in results.items()
+        },
         "floor_sync_copies_per_message": floor,
         "floor_byte_hours": byte_floor,
         "scenario": {
@@ -228,11 +249,17 @@ def run_storage_bench(
     return report
 
 
-def goals(results: dict[str, dict[str, Any]], floor: float, byte_hours_floor: float) -> list[str]:
+def goals(
+    results: dict[str, dict[str, Any]],
+    floor: float,
+    byte_hours_floor: float,
+    sync_copy_ttl_ms: int | None = None,
+) -> list[str]:
     """The issue's goals, each with the measured figure and whether it is met, and the
     byte·hours goal as proposed against this trace's floor (``byte_hours_floor``): 20 %
     of fanout lies below it on the quick and default traces, so §7 as it stands cannot
-    meet it there."""
+    meet it there. With ``sync_copy_ttl_ms`` the byte·hours lines say that p2p ran with
+    shorter-lived sync copies than §7's."""
     fanout, linked, p2p = (results[name] for name in STRATEGIES)
 
     def line(ok: bool, text: str) -> str:
@@ -240,6 +267,11 @@ def goals(results: dict[str, dict[str, Any]], floor: float, byte_hours_floor: fl
 
     share = p2p["byte_hours"] / max(1.0, fanout["byte_hours"])
     floor_share = byte_hours_floor / max(1.0, fanout["byte_hours"])
+    changed = (
+        ""
+        if sync_copy_ttl_ms is None
+        else f", with sync copies living {sync_copy_ttl_ms / 3.6e6:g} h, not §7's TTL"
+    )
     return [
         line(
             fanout["copies_per_message"] == 3.0,
@@ -256,12 +288,13 @@ def goals(results: dict[str, dict[str, Any]], floor: float, byte_hours_floor: fl
         ),
         line(
             share <= 0.2,
-            f"p2p byte·hours ≤ 20 % of fanout: {share:.1%} (this trace's floor {floor_share:.1%})",
+            f"p2p byte·hours ≤ 20 % of fanout: {share:.1%} (this trace's floor "
+            f"{floor_share:.1%}){changed}",
         ),
         line(
             share <= floor_share + 0.02,
             f"p2p byte·hours ≤ the floor + 2 % of fanout (proposed): {share:.1%} ≤ "
-            f"{floor_share + 0.02:.1%}",
+            f"{floor_share + 0.02:.1%}{changed}",
         ),
         line(
             all(r["lost"] == 0 for r in results.values()),

@@ -41,6 +41,18 @@ DELETE_DELAY_S = (30.0, 300.0)
 INBOUND_PUSH_DELAY_S = (2.0, 20.0)
 
 
+def check_copy_ttls(ttl_ms: int, sync_copy_ttl_ms: int | None) -> None:
+    """Refuse copy lives a swarm would refuse (``bad_ttl``, or ``bad_request`` for a
+    number that is not an integer: either drops every copy for good), and a sync copy
+    outliving the TTL."""
+    if type(ttl_ms) is not int or not MIN_TTL_MS <= ttl_ms <= MAX_TTL_MS:
+        raise ValueError(f"ttl_ms must be an int in [{MIN_TTL_MS}, {MAX_TTL_MS}]")
+    if sync_copy_ttl_ms is not None and (
+        type(sync_copy_ttl_ms) is not int or not MIN_TTL_MS <= sync_copy_ttl_ms <= ttl_ms
+    ):
+        raise ValueError(f"sync_copy_ttl_ms must be an int in [{MIN_TTL_MS}, ttl_ms]")
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     """``receive``: ``"poll"`` (every ``poll_interval_s``) or ``"subscribe"`` (pushes, on
@@ -61,9 +73,10 @@ class DeviceConfig:
     :data:`INBOUND_PUSH_DELAY_S` (shorter ones show a demo's deletions sooner, at the
     cost of that timing). ``sync_copy_ttl_ms``: with ``direct_sync``, how long a sync copy
     of a sent message lives in the swarm (None: ``ttl_ms``). Shorter holds less storage
-    (DESIGN.md §9: 6 h brings the benchmark's traces under 20 % of fanout's byte·hours);
-    the cost is that a sibling away longer than that gets those messages only from a
-    sibling directly, when they meet, and never if that sibling is lost first."""
+    (DESIGN.md §9: with 6 h the benchmark's traces store under 20 % of fanout's
+    byte·hours); the cost is that a sibling away longer than that gets those messages
+    only from a sibling directly, once they have a session (which needs both online and
+    relays to reach each other), and never if that sibling is lost first."""
 
     receive: str = "poll"
     direct_sync: bool = True
@@ -81,15 +94,9 @@ class DeviceConfig:
     sync_copy_ttl_ms: int | None = None
 
     def __post_init__(self) -> None:
-        if not MIN_TTL_MS <= self.ttl_ms <= MAX_TTL_MS:
-            raise ValueError(f"ttl_ms must be in [{MIN_TTL_MS}, {MAX_TTL_MS}]")
-        if self.sync_copy_ttl_ms is not None and (
-            not self.direct_sync or not MIN_TTL_MS <= self.sync_copy_ttl_ms <= self.ttl_ms
-        ):
-            raise ValueError(
-                f"sync_copy_ttl_ms needs direct_sync (siblings re-sync what expired) and must "
-                f"be in [{MIN_TTL_MS}, ttl_ms]"
-            )
+        check_copy_ttls(self.ttl_ms, self.sync_copy_ttl_ms)
+        if self.sync_copy_ttl_ms is not None and not self.direct_sync:
+            raise ValueError("sync_copy_ttl_ms needs direct_sync (siblings re-sync what expired)")
         for low, high in (self.delete_delay_s, self.inbound_push_delay_s):
             if not 0 <= low <= high:
                 raise ValueError("a delay range must be (low, high) with 0 <= low <= high")

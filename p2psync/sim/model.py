@@ -65,7 +65,7 @@ from typing import Any
 
 from ..clock import TEST_EPOCH_MS
 from ..device.content import MAX_TEXT_CHARS, SyncSent, Text, encode_content
-from ..device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S
+from ..device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S, check_copy_ttls
 from ..envelope import seal_envelope
 from ..identity import Identity
 from ..swarm.constants import DEFAULT_TTL_MS
@@ -126,6 +126,9 @@ class ModelConfig:
     seed: int = 0
     settle_ms: int = SETTLE_MS
     peak_step_ms: int = 1_000
+
+    def __post_init__(self) -> None:
+        check_copy_ttls(self.ttl_ms, self.sync_copy_ttl_ms)
 
     @property
     def sync_ttl_ms(self) -> int:
@@ -311,8 +314,9 @@ class _Floors:
     when it is shorter). Sizes are the padded envelopes the devices store.
     What an implementation adds to this is its own delays (a session's set-up, a push,
     a deletion going out) and any copy §7 does not require; a design that holds less
-    breaks one of the rules above (e.g. owed copies with a shorter TTL, which gives up
-    the fallback for a sibling away longer than that)."""
+    breaks one of the rules above. Sync copies that live less than the TTL
+    (``sync_copy_ttl_ms``) are such a change, and the floor is then the one of §7 with
+    that life."""
 
     def __init__(self, on: list[Spans], config: ModelConfig) -> None:
         self._on, self._ttl, self._grace = on, config.ttl_ms, config.grace_ms

@@ -82,6 +82,9 @@ class Outcome:
     #: other device only.
     latencies: list[float] = field(default_factory=list)
     sibling_latencies: list[float] = field(default_factory=list)
+    #: For a sender's other device offline at the send: ms from its first coming online
+    #: after the send to the message being filed on it (what it waits once back).
+    sibling_catch_ups: list[float] = field(default_factory=list)
     #: device name -> the message ids in its history at the end
     histories: dict[str, set[bytes]] = field(default_factory=dict)
     #: device name -> user
@@ -121,6 +124,8 @@ class Replay:
         self._sent_at: dict[bytes, int] = {}
         self._due: dict[bytes, set[str]] = {}
         self._online_at_send: dict[bytes, set[str]] = {}
+        #: message id -> (the sender's other device, offline at the send; when it comes)
+        self._away_sibling: dict[bytes, tuple[str, int]] = {}
         self._activity = trio.Event()
 
     def _name(self, user: int, kind: str) -> str:
@@ -245,6 +250,9 @@ class Replay:
         self._online_at_send[digest] = {
             name for name in due if self.devices[_key(name)].sync_status().online
         }
+        sibling = (user, OTHER[send.kind])
+        if self._name(*sibling) not in self._online_at_send[digest]:
+            self._away_sibling[digest] = (self._name(*sibling), self._comes(*sibling, send.at_ms))
 
     async def _watch(self, device: Device, outcome: Outcome) -> None:
         """Time every message as it is filed on ``device``."""
@@ -259,7 +267,19 @@ class Replay:
                     outcome.latencies.append(latency)
                     if item.outgoing:
                         outcome.sibling_latencies.append(latency)
+                away = self._away_sibling.get(item.id)
+                if away is not None and away[0] == name:
+                    del self._away_sibling[item.id]
+                    came_ms = outcome.start_ms + away[1]
+                    outcome.sibling_catch_ups.append(float(max(0, self.clock.now_ms() - came_ms)))
                 self._activity.set()
+
+    def _comes(self, user: int, kind: str, at_ms: int) -> int:
+        """When, in trace time, the device is next online from ``at_ms`` on (the
+        settling time, if not within the trace)."""
+        spans = self.trace.online.get((user, kind), ())
+        later = [max(begin, at_ms) for begin, end in spans if end > at_ms]
+        return min(later, default=self.trace.duration_ms)
 
     async def _read_nodes(self, holdings: Holdings) -> None:
         """New rows on the nodes: densely for a while after any activity, else rarely."""

@@ -27,8 +27,9 @@ from overlay.link import MemoryNetwork
 
 from ..clock import TEST_EPOCH_MS, Clock
 from ..device.content import MAX_TEXT_CHARS
+from ..device.values import check_copy_ttls
 from ..network import open_local_network
-from ..swarm.constants import NAMESPACE_MESSAGES, NAMESPACE_SYNC
+from ..swarm.constants import DEFAULT_TTL_MS, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from ..swarm.node_config import NodeConfig
 from .holdings import byte_hours, peak_bytes, timeline
 from .replay import LINK_PROFILE, NODES, RELAYS, Outcome, Replay
@@ -70,7 +71,9 @@ def run_scenario(
     """Replay ``trace`` with ``strategy`` (``"fanout"``, ``"linked"`` or ``"p2p"``) on real
     devices over an embedded network under virtual time, and return the figures of
     DESIGN.md §9 (``"source": "devices"``), plus ``messages``, ``completeness_by_device``,
-    ``sibling_latency_p50_ms`` / ``_p99_ms`` (the sender's other device), ``node_reads``
+    ``sibling_latency_p50_ms`` / ``_p99_ms`` (the sender's other device),
+    ``sibling_catch_up_p50_ms`` / ``_p99_ms`` / ``_max_ms`` (that device, if offline at
+    the send: from its first coming online after it to the message being filed), ``node_reads``
     and hourly ``stored_bytes_by_hour`` / ``stored_copies_by_hour`` series from the trace's
     start through the settling period (slot ``h`` counts what the nodes held at some
     moment of hour ``h``).
@@ -113,6 +116,7 @@ def run_scenario(
         raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
     if sync_copy_ttl_ms is not None and strategy != "p2p":
         raise ValueError("sync_copy_ttl_ms needs direct sync: p2p only")
+    check_copy_ttls(DEFAULT_TTL_MS, sync_copy_ttl_ms)
     if isinstance(trace, Scenario):
         trace = build_trace(trace)
     elif not isinstance(trace, Trace):
@@ -191,6 +195,9 @@ def _figures(strategy: str, outcome: Outcome) -> dict[str, Any]:
         "completeness_by_device": completeness,
         "sibling_latency_p50_ms": round(_percentile(outcome.sibling_latencies, 0.5), 1),
         "sibling_latency_p99_ms": round(_percentile(outcome.sibling_latencies, 0.99), 1),
+        "sibling_catch_up_p50_ms": round(_percentile(outcome.sibling_catch_ups, 0.5), 1),
+        "sibling_catch_up_p99_ms": round(_percentile(outcome.sibling_catch_ups, 0.99), 1),
+        "sibling_catch_up_max_ms": max(outcome.sibling_catch_ups, default=0.0),
         "rejected": outcome.rejected,
         "node_reads": outcome.holdings.reads,
         "stored_copies_by_hour": counts,

@@ -32,10 +32,12 @@ def test_only_a_sent_messages_sync_copy_takes_the_sync_copy_ttl() -> None:
     ("settings", "error"),
     [
         ({"sync_copy_ttl_ms": HOUR_MS, "direct_sync": False}, "needs direct_sync"),
-        ({"sync_copy_ttl_ms": MIN_TTL_MS - 1}, "sync_copy_ttl_ms needs"),
-        ({"sync_copy_ttl_ms": DEFAULT_TTL_MS + 1}, "sync_copy_ttl_ms needs"),
-        ({"ttl_ms": MAX_TTL_MS + 1}, "ttl_ms must be in"),
-        ({"ttl_ms": MIN_TTL_MS - 1}, "ttl_ms must be in"),
+        ({"sync_copy_ttl_ms": MIN_TTL_MS - 1}, "sync_copy_ttl_ms must be an int in"),
+        ({"sync_copy_ttl_ms": DEFAULT_TTL_MS + 1}, "sync_copy_ttl_ms must be an int in"),
+        ({"sync_copy_ttl_ms": 6 * 3.6e6}, "sync_copy_ttl_ms must be an int in"),
+        ({"ttl_ms": MAX_TTL_MS + 1}, "ttl_ms must be an int in"),
+        ({"ttl_ms": MIN_TTL_MS - 1}, "ttl_ms must be an int in"),
+        ({"ttl_ms": float(DEFAULT_TTL_MS)}, "ttl_ms must be an int in"),
     ],
 )
 def test_copy_ttls_a_swarm_would_refuse_are_refused_at_once(
@@ -47,3 +49,15 @@ def test_copy_ttls_a_swarm_would_refuse_are_refused_at_once(
     with pytest.raises(ValueError, match=error):
         DeviceConfig(**settings)  # type: ignore[arg-type]
     assert DeviceConfig(sync_copy_ttl_ms=MIN_TTL_MS).sync_copy_ttl_ms == MIN_TTL_MS
+
+
+def test_the_model_and_the_device_runner_refuse_what_devices_refuse() -> None:
+    from p2psync.sim.model import ModelConfig
+    from p2psync.sim.runner import run_scenario
+    from p2psync.sim.scenario import Scenario
+
+    for bad in (-HOUR_MS, 0, DEFAULT_TTL_MS + 1, 6 * 3.6e6):
+        with pytest.raises(ValueError, match="sync_copy_ttl_ms must be an int in"):
+            ModelConfig(sync_copy_ttl_ms=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="sync_copy_ttl_ms must be an int in"):
+            run_scenario(Scenario(users=2, days=1.0), "p2p", sync_copy_ttl_ms=bad)  # type: ignore[arg-type]
