@@ -214,7 +214,7 @@ def run_storage_bench(
         "message, p50/p99/max: "
         + ", ".join(
             f"{name} {r['sibling_catch_up_p50_ms'] / 1000:.1f}/"
-            f"{r['sibling_catch_up_p99_ms'] / 1000:.1f}/{r['sibling_catch_up_max_ms'] / 1000:.0f} s"
+            f"{r['sibling_catch_up_p99_ms'] / 1000:.1f}/{r['sibling_catch_up_max_ms'] / 1000:.1f} s"
             for name, r in results.items()
         )
     )
