@@ -86,27 +86,26 @@ class Snapshot:
         forever) and, for a node, its registration under ``ledger`` (``None``: a network
         without admission, where positions come from the keys). An entry that fails is
         left out, and the rest stand. For one key the newest announcement counts.
-        Re-reading is cheap: a signature checked before is remembered
-        (:func:`overlay.keys.verify`)."""
+        Re-reading is cheap: an announcement that checked out before is remembered
+        (:func:`_checked_entry`)."""
         fields = Fields(value, "listing").only("announcements")
         newest: dict[tuple[str, str], dict[str, Any]] = {}
         positions: dict[tuple[str, str], int | None] = {}
         refused = 0
         for item in fields.items("announcements", max_len=MAX_LISTED):
             try:
-                announcement = Fields(item, "announcement")
-                raw = _checked_record(announcement)
+                entry, position = _checked_entry(item, ledger)
+                raw = entry["record"]
                 age = now_ms - raw["timestamp"]
                 if not -CLOCK_SKEW_MS <= age <= max_age_ms + CLOCK_SKEW_MS:
                     raise DecodeError(f"the announcement of {raw['pubkey'][:8]} is stale or early")
-                position = admitted_position(raw, ledger)
             except (DecodeError, RpcError) as exc:
                 refused += 1
                 logger.debug("left out of the listing: %s", exc)
                 continue
             key = (raw["kind"], raw["pubkey"])
             if key not in newest or newest[key]["record"]["timestamp"] < raw["timestamp"]:
-                newest[key] = {"record": raw, "signature": announcement.blob("signature", size=64)}
+                newest[key] = entry
                 positions[key] = position
         if refused:
             logger.info("left %d announcements that do not check out out of the listing", refused)
@@ -224,6 +223,52 @@ def admitted_position(raw: dict[str, Any], ledger: bytes | None) -> int | None:
     registration = Registration.decode(raw["registration"])
     registration.check(ledger, raw["pubkey"])
     return registration.position if raw["kind"] == "node" else None
+
+
+#: Announcements whose shape, signature and registration checked out, at most this many
+#: (oldest forgotten first): a little over one full listing of each kind.
+CHECKED_CACHE_ENTRIES = 2 * MAX_LISTED + 1_024
+_checked: dict[tuple[Any, ...], tuple[dict[str, Any], int | None]] = {}
+
+
+def _checked_entry(item: object, ledger: bytes | None) -> tuple[dict[str, Any], int | None]:
+    """One announcement of a listing checked in all that does not depend on the time (its
+    shape, its own-key signature, its registration under ``ledger``): the entry as the
+    listing serves it on, and the node's ring position (:func:`admitted_position`).
+
+    Every node, relay and device re-reads the whole listing every refresh, and the same
+    announcements come back each time: checking each again was most of an idle network's
+    CPU. An announcement that checked out is remembered under its exact content: every
+    field's type and value, the signature and the ledger key, so a copy that differs in
+    anything is checked in full. Failures are never remembered, and what is returned is
+    the entry built from the checked fields, never the caller's object."""
+    memo_key = _memo_key(item, ledger)
+    if memo_key is not None and memo_key in _checked:
+        return _checked[memo_key]
+    announcement = Fields(item, "announcement")
+    raw = _checked_record(announcement)
+    position = admitted_position(raw, ledger)
+    checked = ({"record": raw, "signature": announcement.blob("signature", size=64)}, position)
+    if memo_key is not None:
+        while len(_checked) >= CHECKED_CACHE_ENTRIES:
+            del _checked[next(iter(_checked))]
+        _checked[memo_key] = checked
+    return checked
+
+
+def _memo_key(item: object, ledger: bytes | None) -> tuple[Any, ...] | None:
+    """The exact content of a decoded announcement, hashable; ``None`` if it is not a map
+    of a map of scalars (then it is checked every time, and fails its shape check)."""
+    if type(item) is not dict or type(item.get("record")) is not dict:
+        return None
+    fields = tuple((name, type(value), value) for name, value in item.items() if name != "record")
+    record = tuple((name, type(value), value) for name, value in item["record"].items())
+    key = (ledger, fields, record)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _announcement_text(record: dict[str, Any]) -> bytes:

@@ -679,6 +679,29 @@ def test_a_listing_leaves_out_what_does_not_check_out_and_keeps_the_rest() -> No
     assert Snapshot.from_announcements(_LISTING, NOW, ledger=other_ledger).nodes == ()
 
 
+def test_a_copy_that_differs_from_an_announcement_read_before_is_checked_again() -> None:
+    """A reader remembers the announcements that checked out; a copy served later with the
+    same signature and anything else changed, down to a field's type, is not one of them."""
+    genuine = _LISTING["announcements"][0]
+    listing = Snapshot.from_announcements(_LISTING, NOW, ledger=_LEDGER.public_key)
+    assert [n.url for n in listing.nodes] == ["ws://127.0.0.1:1/"]
+    changes = {
+        "url": "ws://127.0.0.1:9/",
+        "timestamp": float(genuine["record"]["timestamp"]),
+        "kind": "relay",
+        "registration": _LEDGER.register(CAROL.ed25519_public.hex()).encode(),
+    }
+    for name, value in changes.items():
+        changed = {**genuine, "record": {**genuine["record"], name: value}}
+        copy = {"announcements": [changed]}
+        assert Snapshot.from_announcements(copy, NOW, ledger=_LEDGER.public_key).nodes == (), name
+    with_extra = {"announcements": [{**genuine, "note": 1}]}
+    assert Snapshot.from_announcements(with_extra, NOW, ledger=_LEDGER.public_key).nodes == ()
+    other_ledger = Identity.from_label("fuzz/another-ledger").ed25519_public
+    assert Snapshot.from_announcements(_LISTING, NOW, ledger=other_ledger).nodes == ()
+    assert Snapshot.from_announcements(_LISTING, NOW, ledger=_LEDGER.public_key) == listing
+
+
 def test_a_stale_announcement_is_left_out_unless_read_from_a_cached_copy() -> None:
     old = {"announcements": [sign_announcement(ALICE, "node", "ws://127.0.0.1:1/", NOW)]}
     later = NOW + 10 * 60_000
