@@ -9,6 +9,8 @@ Pure: the driver sleeps, spreading the wait if its peers must not all come back 
 
 from __future__ import annotations
 
+import random
+
 
 class Backoff:
     """The waits of one retry loop (see the module): ``failed()`` after each failure
@@ -46,3 +48,10 @@ class Backoff:
     def succeeded(self) -> None:
         """A try succeeded: the next failure waits the first wait again."""
         self._failures = 0
+
+
+def jittered(wait_s: float, spread: float, rng: random.Random) -> float:
+    """``wait_s`` moved by up to ``spread`` of itself either way, uniformly: loops of
+    many peers that started together (nodes brought up at once, devices of one test)
+    must not keep hitting a server in the same instant."""
+    return wait_s * (1 + spread * (2 * rng.random() - 1))

@@ -135,24 +135,22 @@ class StoreAcceptance:
             effects.extend(self._core.pushes([row]))
         else:
             self._stats.duplicates += 1
-        # A duplicate waits for its quorum too: the first store of it may have been
-        # answered ``unavailable``, and this node keeps no record of which rows made it.
-        # Peers that hold it already answer at once.
-        key = row_key(row)
-        joining = key in self._waiting
-        awaiting = not joining and self._quorum.expect(row, self._core.peers_needed())
-        if result or awaiting:  # every new row goes to every peer, whatever the quorum
+        timeout_ms = int(self._config.quorum_timeout_s * 1000)
+        then = self._quorum.after_commit(
+            row, result, self._core.peers_needed(), self._clock.now_ms(), timeout_ms
+        )
+        if then.replicate:
             effects.append(Replicate((row,)))
         self._execute(effects)
         reply = StoreReply(row.hash, row.expiry_ms).to_wire()
-        if not (joining or awaiting):
+        if then.wait_until_ms is None:
             later.resolve(reply)
             return
+        key = row_key(row)
         self._waiting.setdefault(key, {})[later] = reply
         while self._deadlines and self._deadlines[0][2].done:
             self._deadlines.popleft()
-        deadline = self._clock.now_ms() + int(self._config.quorum_timeout_s * 1000)
-        self._deadlines.append((deadline, key, later))
+        self._deadlines.append((then.wait_until_ms, key, later))
         self._deadline_added.set()
 
     def peer_committed(self, peer: str, rows: Iterable[StoredMessage]) -> None:

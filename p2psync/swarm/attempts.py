@@ -57,12 +57,13 @@ class GiveUp:
 
 
 class MemberAttempts:
-    """One request's way through the members of a swarm (see the module).
-    ``confirmations``: the members whose refusal for good is taken (2; 1 when another
-    member's refusal was already had, as for a ``store_batch``'s second opinion)."""
+    """One request's way through the members of a swarm (see the module). ``besides``:
+    the member whose refusal for good was had already (a ``store_batch``'s second
+    opinion): it is not asked, and the first member to refuse too confirms it."""
 
-    def __init__(self, members: Sequence[NodeInfo], *, confirmations: int = 2) -> None:
-        self._needed = confirmations
+    def __init__(self, members: Sequence[NodeInfo], *, besides: NodeInfo | None = None) -> None:
+        self._besides = besides
+        self._needed = 2 if besides is None else 1
         self._refused: dict[str, RpcError] = {}  # by member key: a member is one word
         self._redirects = 0
         self._last_error: Exception = RpcError("unavailable", "no node of the swarm answered")
@@ -70,7 +71,8 @@ class MemberAttempts:
 
     def restart(self, members: Sequence[NodeInfo]) -> None:
         """Ask ``members`` (the swarm as the registry now lists it) from the first."""
-        self._waiting = list(members)
+        besides = None if self._besides is None else self._besides.pubkey
+        self._waiting = [node for node in members if node.pubkey != besides]
         self._needed = min(self._needed, len(self._waiting))
 
     def next(self) -> NodeInfo | None:

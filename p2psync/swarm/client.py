@@ -26,7 +26,7 @@ import trio
 
 from overlay.link import Transport
 
-from ..backoff import Backoff
+from ..backoff import Backoff, jittered
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, session_id_key
@@ -105,12 +105,7 @@ class SwarmClient:
         """Call ``method`` on members of ``owner``'s swarm (but ``besides``, whose
         refusal for good was had already) until one answers, as
         :class:`~.attempts.MemberAttempts` decides."""
-
-        async def members() -> list[NodeInfo]:
-            swarm = await self.swarm_nodes(owner)
-            return [node for node in swarm if besides is None or node.pubkey != besides.pubkey]
-
-        attempts = MemberAttempts(await members(), confirmations=2 if besides is None else 1)
+        attempts = MemberAttempts(await self.swarm_nodes(owner), besides=besides)
         while (node := attempts.next()) is not None:
             try:
                 return await self._pool.call(node.url, method, params), node
@@ -120,7 +115,7 @@ class SwarmClient:
                 raise step.error from None
             if isinstance(step, Refresh):
                 await self.refresh()
-                attempts.restart(await members())
+                attempts.restart(await self.swarm_nodes(owner))
         raise attempts.exhausted()
 
     async def store(
@@ -257,7 +252,7 @@ class SwarmClient:
                     node = None
                     cursor.for_new_node()
                 wait = backoff.failed()
-            await trio.sleep(wait * (1 + jitter * (2 * self._random.random() - 1)))
+            await trio.sleep(jittered(wait, jitter, self._random))
 
     async def subscribe(
         self,
@@ -270,44 +265,75 @@ class SwarmClient:
     ) -> None:
         """Like :meth:`poll` but woken by pushes; still catches up by cursor on every
         (re)connection and every ``catch_up_s``, so a dropped push loses nothing. A pool
-        without a ``transport`` (onion requests) has no connection to push on: refused."""
+        without a ``transport`` (onion requests) has no connection to push on: refused.
+
+        Which member to subscribe at next, and when to read the registry again (a member
+        answering ``wrong_swarm``: the swarm has moved), is
+        :class:`~.attempts.MemberAttempts`'s to say, as for every other call; a member
+        that fails is followed at once by the next, and only failures in a row back off."""
         transport = self._pool.transport
         if transport is None:
             raise ValueError("subscriptions need direct connections; this pool has none")
         cursor = cursor or Cursor()
-        signer = self.signer(identity)
-        # The first retry goes at once to another member: one node dying must not hold
-        # pushes up. Only failures in a row back off.
-        backoff, failed_url = Backoff(POLL_INTERVAL_S, MAX_BACKOFF_S, immediate=1), ""
+        owner = identity.session_id
+        backoff = Backoff(POLL_INTERVAL_S, MAX_BACKOFF_S, immediate=1)
+        attempts: MemberAttempts | None = None
+        step: Refresh | GiveUp | None = None
         while True:
             node: NodeInfo | None = None
             try:
-                nodes = await self.swarm_nodes(identity.session_id)
-                node = next((n for n in nodes if n.url != failed_url), nodes[0])
-                # Its own connection: pushes of other subscriptions must not mix in.
-                async with open_rpc(transport, node.url) as connection:
-                    auth = signer.sign("subscribe", namespace, self.clock.now_ms())
-                    request = SubscribeRequest(identity.session_id, namespace, auth)
-                    await connection.call("subscribe", request.to_wire())
-                    cursor.for_new_node()
-                    backoff.succeeded()
-                    caught_up = False
-                    while True:
-                        if not caught_up:
-                            batch, _ = await self.drain(identity, namespace, cursor, node)
-                            if batch:
-                                await deliver(batch)
-                        with trio.move_on_after(catch_up_s) as waiting:
-                            push = await connection.notifications.receive()
-                            pushed = Notification.from_wire(push.params).messages
-                            fresh = cursor.fresh(pushed, trio.current_time())
-                            if fresh:
-                                await deliver(fresh)
-                        caught_up = not waiting.cancelled_caught
+                if isinstance(step, Refresh) and attempts is not None:
+                    await self.refresh()
+                    attempts.restart(await self.swarm_nodes(owner))
+                if attempts is None:
+                    attempts = MemberAttempts(await self.swarm_nodes(owner))
+                node = attempts.next()
+                if node is None:
+                    attempts = None  # every member was asked: a new round, after a wait
+                    raise RpcError("unavailable", "no member of the swarm took the subscription")
+                await self._subscribed(
+                    transport, identity, namespace, deliver, cursor, node, catch_up_s, backoff
+                )
             except (RpcError, OSError, ConnectionLost, DecodeError, trio.EndOfChannel) as exc:
-                logger.info("subscription for %s interrupted: %s", identity.session_id[:10], exc)
-                failed_url = node.url if node is not None else ""
+                logger.info("subscription for %s interrupted: %s", owner[:10], exc)
+                step = attempts.failed(node, exc) if attempts and node else None
+                if isinstance(step, GiveUp):
+                    attempts = None
                 await trio.sleep(backoff.failed())
+
+    async def _subscribed(
+        self,
+        transport: Transport,
+        identity: Identity,
+        namespace: int,
+        deliver: Deliver,
+        cursor: Cursor,
+        node: NodeInfo,
+        catch_up_s: float,
+        backoff: Backoff,
+    ) -> None:
+        """One subscription at ``node``, until it fails: catch up by cursor, then take
+        pushes, catching up again after ``catch_up_s`` without one."""
+        # Its own connection: pushes of other subscriptions must not mix in.
+        async with open_rpc(transport, node.url) as connection:
+            auth = self.signer(identity).sign("subscribe", namespace, self.clock.now_ms())
+            request = SubscribeRequest(identity.session_id, namespace, auth)
+            await connection.call("subscribe", request.to_wire())
+            cursor.for_new_node()
+            backoff.succeeded()
+            caught_up = False
+            while True:
+                if not caught_up:
+                    batch, _ = await self.drain(identity, namespace, cursor, node)
+                    if batch:
+                        await deliver(batch)
+                with trio.move_on_after(catch_up_s) as waiting:
+                    push = await connection.notifications.receive()
+                    pushed = Notification.from_wire(push.params).messages
+                    fresh = cursor.fresh(pushed, trio.current_time())
+                    if fresh:
+                        await deliver(fresh)
+                caught_up = not waiting.cancelled_caught
 
 
 def _batch_results(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import trio
 
+from ..backoff import jittered
 from ..clock import Clock
 from ..identity import Identity
 from .directory import Directory
@@ -105,7 +106,7 @@ class DirectoryRefresh:
         no listing, however bad, ends the loop."""
         interval = next_listing_read_s(None, False, self._refresh_s)
         while True:
-            with self._clock.move_on_after(interval * (0.9 + 0.2 * self._random.random())):
+            with self._clock.move_on_after(jittered(interval, 0.1, self._random)):
                 await self._soon.wait()
                 await trio.sleep(REFRESH_SOON_S)
             self._soon = trio.Event()

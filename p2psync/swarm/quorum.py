@@ -6,8 +6,10 @@ for good, the one that answered included, loses nothing that was acknowledged. T
 members' commits are learnt from the replies to the replication the node does anyway (a
 peer answers ``replicate`` after its own commit), so quorum costs no extra message.
 
-This is the bookkeeping alone, without I/O or time: the node says what it expects and
-which peer committed which rows, and is told which stores are now safe to acknowledge.
+This is the rule and its bookkeeping, without I/O: told that a store's row is committed
+here (:meth:`QuorumBook.after_commit`), it says whether the row goes to the peers and
+whether the store is acknowledged now or waits for its quorum, and until when; told which
+peer committed which rows, it names the stores now safe to acknowledge.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ RowKey = tuple[str, int, bytes]
 
 def row_key(row: StoredMessage) -> RowKey:
     return (row.pubkey, row.namespace, row.hash)
+
+
+@dataclass(frozen=True, slots=True)
+class AfterCommit:
+    """What follows a store's commit on the node that took it."""
+
+    #: Queue the row for the swarm's other members.
+    replicate: bool
+    #: None: acknowledge the store now; else wait for its quorum until this time (then
+    #: answer ``unavailable``: the row stays and keeps replicating, and a retry is safe).
+    wait_until_ms: int | None
 
 
 @dataclass
@@ -44,13 +57,27 @@ class QuorumBook:
     def __contains__(self, key: RowKey) -> bool:
         return key in self._waiting
 
-    def expect(self, row: StoredMessage, peers_needed: int) -> bool:
-        """Start waiting for ``peers_needed`` other members to commit ``row``; False when
-        nothing is needed (a swarm of one, or a quorum of one)."""
-        if peers_needed <= 0:
-            return False
-        self._waiting.setdefault(row_key(row), _Waiting(row, peers_needed))
-        return True
+    def after_commit(
+        self, row: StoredMessage, new: bool, peers_needed: int, now_ms: int, timeout_ms: int
+    ) -> AfterCommit:
+        """A store's ``row`` is committed here (``new``: it was not held before), and
+        ``peers_needed`` other members must commit it too.
+
+        * A new row goes to every peer, whatever the quorum: replication is how the swarm
+          holds it at all.
+        * A duplicate waits for its quorum too: the first store of it may have been
+          answered ``unavailable``, and the node keeps no record of which rows made it.
+          Peers holding it already answer at once. It is offered to the peers again
+          unless a store waiting for the same row has offered it already.
+        * No other member needed (a swarm of one, a quorum of one): acknowledged at once.
+        """
+        key = row_key(row)
+        joining = key in self._waiting
+        awaiting = not joining and peers_needed > 0
+        if awaiting:
+            self._waiting[key] = _Waiting(row, peers_needed)
+        waits = joining or awaiting
+        return AfterCommit(new or awaiting, now_ms + timeout_ms if waits else None)
 
     def committed(self, peer: str, rows: Iterable[StoredMessage]) -> list[RowKey]:
         """``peer`` has committed ``rows``; the keys that have now reached their quorum

@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..backoff import Backoff
+from ..backoff import Backoff, jittered
 from .constants import REPLICATION_RETRY_S
 from .ring import NodeInfo
 from .rows import RowSummary
@@ -125,7 +125,7 @@ class RepairSchedule:
         """The round is over and the peers of ``failed`` (keys) failed: the seconds until
         the next."""
         self._failed = set(failed)
-        interval = self._interval_s * (0.8 + 0.4 * self._random.random())
+        interval = jittered(self._interval_s, 0.2, self._random)
         if failed:
             return min(interval, self._retry.failed())
         self._retry.succeeded()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2psync.backoff import Backoff
+from p2psync.backoff import Backoff, jittered
 
 
 def test_waits_double_from_the_first_up_to_the_cap_and_start_again_after_a_success() -> None:
@@ -51,3 +53,17 @@ def test_every_wait_is_within_bounds_and_never_shrinks_while_failing(
     assert waits == sorted(waits)
     assert all(0.0 <= wait <= max_s for wait in waits)
     assert waits[immediate:] == [] or waits[immediate] == min(first_s, max_s)
+
+
+@given(st.floats(0.001, 3_600), st.floats(0, 0.5), st.integers(0, 2**32))
+def test_a_jittered_wait_stays_within_its_spread_either_way(
+    wait_s: float, spread: float, seed: int
+) -> None:
+    waits = [jittered(wait_s, spread, random.Random(seed + i)) for i in range(20)]
+    assert all(wait_s * (1 - spread) <= w <= wait_s * (1 + spread) for w in waits)
+
+
+def test_jittered_waits_spread_over_the_whole_range() -> None:
+    rng = random.Random(7)
+    waits = [jittered(10.0, 0.1, rng) for _ in range(1_000)]
+    assert min(waits) < 9.05 and max(waits) > 10.95

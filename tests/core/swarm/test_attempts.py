@@ -63,8 +63,11 @@ def test_the_one_member_of_a_swarm_of_one_is_taken_at_its_word() -> None:
     assert attempts.failed(NODES[0], error) == GiveUp(error)
 
 
-def test_a_second_opinion_needs_only_its_own_member() -> None:
-    attempts = MemberAttempts(NODES[1:3], confirmations=1)
+def test_a_second_opinion_is_asked_of_another_member_and_needs_only_its_word() -> None:
+    attempts = MemberAttempts(NODES[:3], besides=NODES[0])
+    assert attempts.next() == NODES[1]
+    attempts.restart(NODES[:3])  # the swarm read again still lists the first refuser
+    assert attempts.next() == NODES[1]
     error = refusal()
     assert attempts.failed(NODES[1], error) == GiveUp(error)
 

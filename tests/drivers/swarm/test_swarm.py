@@ -7,6 +7,7 @@ import dataclasses
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -17,12 +18,13 @@ from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import DecodeError, RpcError
 from p2psync.identity import Identity, message_hash
 from p2psync.network import NodeHandle
-from p2psync.rpc import open_rpc
+from p2psync.rpc import open_rpc, open_rpc_pool
 from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.client import Message, SwarmClient, open_swarm_client
 from p2psync.swarm.constants import MAX_DATA_BYTES, MAX_STORE_BATCH
 from p2psync.swarm.cursor import DEAD_CURSOR_MS, Cursor
-from p2psync.swarm.directory import FileDirectory
+from p2psync.swarm.directory import FileDirectory, Listing
+from p2psync.swarm.listing import Snapshot
 from p2psync.swarm.messages import StoreRequest, store_batches
 from p2psync.swarm.node_config import NodeConfig
 from p2psync.swarm.node_core import HAND_OVER_ELDER_MS, UNKNOWN_CURSOR_MS
@@ -381,6 +383,60 @@ async def test_a_subscription_moves_to_another_member_at_once_when_its_node_dies
             started = trio.current_time()
             await wait_until(lambda: bool(serving()))
             assert trio.current_time() - started < 1  # not after a back-off
+            await swarm.store(ALICE.session_id, 0, b"after the move")
+            await wait_until(lambda: [m.data for m in pushed] == [b"after the move"])
+            nursery.cancel_scope.cancel()
+
+
+class _LoggedListing:
+    """The network's registry, noting each read in ``log``."""
+
+    def __init__(self, inner: Listing, log: list[str]) -> None:
+        self.inner = inner
+        self.log = log
+
+    async def fetch(self) -> Snapshot:
+        self.log.append("registry read")
+        return await self.inner.fetch()
+
+
+async def test_a_subscriber_told_its_swarm_moved_reads_the_registry_again_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A member answering ``wrong_swarm`` to a subscription says the subscriber's listing
+    is old: it reads the registry again before asking anyone else, as every other call
+    does, rather than going round the members it knew."""
+    async with open_test_swarm(6) as (network, _), open_rpc_pool(network.transport) as pool:
+        log: list[str] = []
+        swarm = SwarmClient(
+            pool, _LoggedListing(network.directory(), log), network.clock, random.Random(1)
+        )
+        await swarm.refresh()
+        for node in network.running_nodes():
+            honest = node.rpc.methods["subscribe"]
+
+            def subscribe(params: Any, connection: Any, honest: Any = honest) -> Any:
+                if "refused" not in log:  # the first member asked has the newer listing
+                    log.append("refused")
+                    raise RpcError("wrong_swarm", "this pubkey belongs to another swarm")
+                log.append("subscribed")
+                return honest(params, connection)
+
+            node.rpc.methods["subscribe"] = subscribe
+        pushed: list[Message] = []
+
+        async def on_push(batch: list[Message]) -> None:
+            pushed.extend(batch)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: swarm.subscribe(ALICE, 0, on_push, cursor=Cursor()))
+            await wait_until(lambda: "subscribed" in log)
+            assert log[: log.index("subscribed") + 1] == [
+                "registry read",
+                "refused",
+                "registry read",
+                "subscribed",
+            ]
             await swarm.store(ALICE.session_id, 0, b"after the move")
             await wait_until(lambda: [m.data for m in pushed] == [b"after the move"])
             nursery.cancel_scope.cancel()
