@@ -26,7 +26,6 @@ from .constants import (
     DEFAULT_HOPS,
     DEFAULT_PATH_LIFETIME_MS,
     DEFAULT_PATHS_PER_ENDPOINT,
-    INTROSET_LIFETIME_MS,
     INTROSET_REPUBLISH_MS,
     PATH_CHECK_INTERVAL_MS,
     PATH_PING_INTERVAL_MS,
@@ -378,15 +377,10 @@ async def open_endpoint(
     of every path is picked from (:class:`~overlay.endpoint_core.EntryShare` keeps
     siblings off each other's entry relays); ``ValueError`` if it admits none.
     """
-    if not 0 < republish_ms <= INTROSET_LIFETIME_MS // 2:
-        raise ValueError(f"republish_ms must be in 1..{INTROSET_LIFETIME_MS // 2}")
     clock = clock or Clock()
     keys = KeyPair.from_seed(identity_seed)
-    verified = verified_directory(directory, clock.now_ms())
-    if len(verified) < hops:
-        raise ValueError(f"{hops}-hop paths need at least {hops} verified relay contacts")
     core = EndpointCore(
-        verified,
+        verified_directory(directory, clock.now_ms()),
         relay_choice(transport, seed),
         clock.now_ms(),
         hops=hops,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from .cells import CellError, CellKind, decode_cell
 from .constants import (
     DHT_REQUEST_TIMEOUT_MS,
+    INTROSET_LIFETIME_MS,
     INTROSET_MAX_INTROS,
     MAX_HOPS,
     MAX_PATH_LIFETIME_MS,
@@ -240,6 +241,26 @@ class _ExitWait:
     reply: tuple[ExitStatus, bytes] | None = None
 
 
+def entries_of(
+    relays: Collection[bytes], entry_filter: EntryFilter | None
+) -> frozenset[bytes] | None:
+    """The relays of ``relays`` a path may start at: None for any (no filter), or those
+    ``entry_filter`` admits (paths can be built only if it admits one:
+    :func:`paths_possible`)."""
+    return None if entry_filter is None else entry_filter(relays)
+
+
+def paths_possible(
+    relays: Collection[bytes], hops: int, entry_filter: EntryFilter | None = None
+) -> bool:
+    """Whether paths of ``hops`` relays can be built through ``relays``: there are that
+    many, and the entry filter (if any) admits one of them as a first hop."""
+    if len(relays) < hops:
+        return False
+    entries = entries_of(relays, entry_filter)
+    return entries is None or bool(entries)
+
+
 class EndpointCore:
     """The decisions of one endpoint with ``paths`` paths of ``hops`` relays picked from
     ``directory`` with ``rng``, starting at ``now_ms``; with ``entry_filter``, the first
@@ -262,11 +283,15 @@ class EndpointCore:
     ) -> None:
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ValueError(f"hops must be in {MIN_HOPS}..{MAX_HOPS}")
-        entries = None if entry_filter is None else entry_filter(directory.keys())
+        if len(directory) < hops:
+            raise ValueError(f"{hops}-hop paths need at least {hops} verified relay contacts")
+        entries = entries_of(directory.keys(), entry_filter)
         if entries is not None and not entries:
             raise ValueError("the entry filter admits none of the relays")
         if not 0 < path_lifetime_ms <= MAX_PATH_LIFETIME_MS:
             raise ValueError(f"path lifetime must be in 1..{MAX_PATH_LIFETIME_MS} ms")
+        if not 0 < republish_ms <= INTROSET_LIFETIME_MS // 2:
+            raise ValueError(f"republish_ms must be in 1..{INTROSET_LIFETIME_MS // 2}")
         self.stats = EndpointStats()
         self._directory = directory
         self._rng = rng
@@ -312,13 +337,10 @@ class EndpointCore:
         or die. Refused (False) when it holds too few relays for a path, or no entry the
         entry filter admits: a listing read at a bad moment must not leave the endpoint
         unable to build any."""
-        if len(directory) < self._hops:
-            return False
-        entries = None if self._entry_filter is None else self._entry_filter(directory.keys())
-        if entries is not None and not entries:
-            return False  # its entries are all gone: keep building through the old ones
+        if not paths_possible(directory.keys(), self._hops, self._entry_filter):
+            return False  # too few, or its entries are all gone: keep the old ones
         self._directory = directory
-        self._entries = entries
+        self._entries = entries_of(directory.keys(), self._entry_filter)
         self._avoid &= directory.keys()
         self._lost_entries &= directory.keys()
         return True

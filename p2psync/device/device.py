@@ -94,6 +94,7 @@ from .values import (
     Room,
     SyncStatus,
     Whoami,
+    check_receive_route,
 )
 
 
@@ -309,10 +310,7 @@ class Device:
         return SyncStatus(
             online=online,
             syncs_directly=sync is not None and sync.endpoint is not None,
-            starting=online
-            and sync is None
-            and self._local.config.direct_sync
-            and bool(self._store.siblings()),
+            starting=online and sync is None and self._siblings.syncs_directly(),
             connected_siblings=frozenset(self._siblings.connected),
             unacknowledged=len(self._store.pending()),
             resynced_siblings=frozenset(() if sync is None else sync.resynced),
@@ -389,11 +387,7 @@ async def open_device(
         elif mode is not None and mode != existing.decode():
             raise DeviceError(f"the device in {directory} is {existing.decode()}, not {mode}")
         local = Local(store, network.clock, config or DeviceConfig())
-        if network.rpc_route == "onion" and local.config.receive == "subscribe":
-            raise DeviceError(
-                "receive='subscribe' needs a direct connection to a service node, which "
-                "shows it this device's address; on onion requests a device polls"
-            )
+        check_receive_route(local.config.receive, network.rpc_route)
         async with (
             network.open_routes(
                 entry_filter=SiblingEntries(local, or_any=True),

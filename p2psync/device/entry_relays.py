@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from overlay.constants import INTROSET_LIFETIME_MS, INTROSET_REPUBLISH_MS, PATH_PING_INTERVAL_MS
 from overlay.contact import Contact as RelayContact
 from overlay.contact import verified_directory
-from overlay.endpoint_core import EntryShare
+from overlay.endpoint_core import EntryShare, paths_possible
 
 from ..sync.records import Relays
 from .keys import siblings_secret
@@ -77,17 +76,7 @@ def learn_read(local: Local, contacts: Sequence[RelayContact]) -> Relays | None:
     if it replaces the one the siblings deal entries on (then kept). One too short for a
     path is left out: it would only take relays away."""
     now = local.clock.now_ms()
-    if len(verified_directory(list(contacts), now)) < local.config.hops:
+    if not paths_possible(verified_directory(list(contacts), now).keys(), local.config.hops):
         return None
     listing = Relays.read(now, contacts).agreed()
     return listing if local.learn_entry_listing(listing) else None
-
-
-def republish_ms(keepalive_s: float | None) -> int:
-    """How often the endpoint republishes an unchanged introset: stretched with the
-    keep-alive in the overlay's own proportion (2.5 min per 5 s of pings), up to half an
-    introset's life, so that a sibling can always find one that has not expired."""
-    if keepalive_s is None:
-        return INTROSET_REPUBLISH_MS
-    stretched = keepalive_s * 1000 * INTROSET_REPUBLISH_MS / PATH_PING_INTERVAL_MS
-    return int(min(INTROSET_LIFETIME_MS // 2, max(INTROSET_REPUBLISH_MS, stretched)))

@@ -8,18 +8,34 @@
   the swarm early?
 * :func:`complete_until_after_resync`: re-sync from a sibling is over. Up to when is this
   device's history known to be complete?
+* :func:`sibling_timings`: the grace periods, keep-alives and republishing that follow
+  from a device's settings; :func:`publish_terms` and :func:`push_at`: when and on what
+  terms a message goes to the siblings; :func:`syncs_directly`: whether sibling sync
+  runs at all.
 
 The driver (:class:`~.siblings.SiblingHandler`) asks and does what they say.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from overlay.constants import (
+    INTROSET_LIFETIME_MS,
+    INTROSET_REPUBLISH_MS,
+    PATH_PING_INTERVAL_MS,
+)
+
 from ..swarm.constants import NAMESPACE_MESSAGES
+from ..sync.presence import KEEPALIVE_S
 from .deletions import Deletion
+
+#: A sibling standing in for a message's origin stores the sync copy after this many of
+#: the origin's grace periods, if the origin has gone away without storing it.
+TAKEOVER_GRACES = 3
 
 
 class PendingState(Protocol):
@@ -78,3 +94,70 @@ def complete_until_after_resync(complete_until_ms: int, started_ms: int, grace_m
     began, less the grace period (what was in flight then may still arrive live), and
     never back (another sibling's re-sync may have moved it further)."""
     return max(complete_until_ms, started_ms - grace_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class SiblingTimings:
+    """The intervals of sibling sync that follow from a device's settings."""
+
+    #: How long a sibling has to acknowledge a message before a sync copy is stored.
+    grace_ms: int
+    #: How long after its origin sent it a message is news, for standing in
+    #: (:func:`stands_in`): :data:`TAKEOVER_GRACES` grace periods.
+    takeover_ms: int
+    #: How often an idle sibling session proves its sibling is still there.
+    session_keepalive_s: float
+    #: How often the overlay paths under it are pinged.
+    path_ping_ms: int
+    #: How often an unchanged introset is republished.
+    republish_ms: int
+
+
+def sibling_timings(grace_s: float, keepalive_s: float | None) -> SiblingTimings:
+    """``grace_s`` and ``keepalive_s`` as :class:`~.values.DeviceConfig` has them. A
+    keep-alive (None: the overlay's and live sync's own intervals) sets both the session's
+    and the paths' checks, and stretches republishing in the overlay's own proportion (2.5
+    min per 5 s of pings), up to half an introset's life, so that a sibling can always
+    find one that has not expired."""
+    grace_ms = int(grace_s * 1000)
+    if keepalive_s is None:
+        return SiblingTimings(
+            grace_ms,
+            TAKEOVER_GRACES * grace_ms,
+            KEEPALIVE_S,
+            PATH_PING_INTERVAL_MS,
+            INTROSET_REPUBLISH_MS,
+        )
+    stretched = keepalive_s * 1000 * INTROSET_REPUBLISH_MS / PATH_PING_INTERVAL_MS
+    republish_ms = int(min(INTROSET_LIFETIME_MS // 2, max(INTROSET_REPUBLISH_MS, stretched)))
+    return SiblingTimings(
+        grace_ms, TAKEOVER_GRACES * grace_ms, keepalive_s, int(keepalive_s * 1000), republish_ms
+    )
+
+
+def publish_terms(
+    relayed_from: str | None, timings: SiblingTimings
+) -> tuple[int | None, tuple[str, ...]]:
+    """The grace period and the siblings known to hold it, of a message this device
+    publishes to its siblings: its own (live sync's grace period, no holder), or one it
+    stands in for (the origin's takeover grace, and the origin, which holds it)."""
+    if relayed_from is None:
+        return None, ()
+    return timings.takeover_ms, (relayed_from,)
+
+
+def push_at(
+    now_ms: int, inbound: bool, delay_s: tuple[float, float], draw: Callable[[float, float], float]
+) -> int:
+    """When a message filed now goes to the siblings: at once if this device sent it; a
+    random delay (``draw`` over ``delay_s``) later if it was received, so that the sibling
+    traffic does not follow the device's read of the account's swarm within milliseconds."""
+    return now_ms + (int(draw(*delay_s) * 1000) if inbound else 0)
+
+
+def syncs_directly(
+    direct_sync: bool, sibling_keys: Collection[object], secret: bytes | None
+) -> bool:
+    """Whether sibling sync runs: direct sync is on, and the device knows a sibling's
+    overlay key and the siblings' secret (what they find each other's introsets by)."""
+    return direct_sync and bool(sibling_keys) and secret is not None

@@ -16,22 +16,21 @@ from contextlib import asynccontextmanager
 import nacl.utils
 import trio
 
-from overlay.constants import PATH_PING_INTERVAL_MS
 from overlay.contact import Contact as RelayContact
 from overlay.endpoint import Endpoint, open_endpoint
+from overlay.endpoint_core import paths_possible
 from overlay.tasks import open_task_nursery
 
 from ..errors import DecodeError
 from ..sync.live import Item, LiveSync
 from ..sync.records import Relays
-from ..sync.syncer import DELIVER_BEFORE_LEAVING_S, KEEPALIVE_S, SiblingSync
+from ..sync.syncer import DELIVER_BEFORE_LEAVING_S, SiblingSync
 from .access import NetworkAccess
 from .content import HistoryRecord, SyncSent
 from .entry_relays import (
     SiblingEntries,
     learn_from_sibling,
     learn_read,
-    republish_ms,
     siblings_secret_of,
 )
 from .keys import choice_seed, overlay_seed
@@ -43,15 +42,15 @@ from .sibling_rules import (
     complete_until_after_resync,
     deleted_once_acknowledged,
     fall_back_plan,
+    publish_terms,
+    push_at,
+    sibling_timings,
     stands_in,
+    syncs_directly,
 )
 from .values import TRANSIENT, Refused
 
 logger = logging.getLogger(__name__)
-
-#: A sibling standing in for a message's origin stores the sync copy after this many
-#: grace periods, if the origin has gone away without storing it.
-TAKEOVER_GRACES = 3
 
 
 class SiblingHandler:
@@ -75,14 +74,17 @@ class SiblingHandler:
         self._sync_started = trio.Event()
         self._delays = network.random_for(local.device_identity.seed, b"inbound pushes")
         self._read_again = ReadAgain()
+        self._timings = sibling_timings(local.config.grace_s, local.config.keepalive_s)
 
     def restart(self) -> None:
         """The siblings changed: sync with the new set."""
         self._scope.cancel()
 
-    @property
-    def _takeover_ms(self) -> int:
-        return int(TAKEOVER_GRACES * self._local.config.grace_s * 1000)
+    def syncs_directly(self) -> bool:
+        """Whether sibling sync runs while online (:func:`.sibling_rules.syncs_directly`)."""
+        local = self._local
+        keys = local.store.sibling_overlay_keys()
+        return syncs_directly(local.config.direct_sync, keys, self.secret())
 
     def secret(self) -> bytes | None:
         """What siblings find each other's introsets by."""
@@ -101,9 +103,8 @@ class SiblingHandler:
         local = self._local
         if not local.config.direct_sync or not local.store.siblings():
             return
-        published = local.clock.now_ms()
-        if inbound:
-            published += int(self._delays.uniform(*local.config.inbound_push_delay_s) * 1000)
+        delays = local.config.inbound_push_delay_s
+        published = push_at(local.clock.now_ms(), inbound, delays, self._delays.uniform)
         body = record.to_bytes()
         local.store.add_pending(digest, published, body, inbound)
         if self.sync is not None:
@@ -111,10 +112,8 @@ class SiblingHandler:
 
     def _publish_pending(self, sync: SiblingSync | LiveSync, pending: Pending) -> None:
         record = HistoryRecord.from_bytes(pending.body)
-        origin = pending.relayed_from
         item = Item(pending.id, record.timestamp_ms, pending.body)
-        grace_ms = None if origin is None else self._takeover_ms
-        holders = () if origin is None else (origin,)
+        grace_ms, holders = publish_terms(pending.relayed_from, self._timings)
         if isinstance(sync, LiveSync):
             now = self._local.clock.now_ms()
             sync.publish(
@@ -131,10 +130,10 @@ class SiblingHandler:
             return
         while True:
             with trio.CancelScope() as self._scope:
+                if not self.syncs_directly():
+                    await trio.sleep_forever()
                 keys = local.store.sibling_overlay_keys()
                 secret = self.secret()
-                if not keys or secret is None:
-                    await trio.sleep_forever()
                 assert secret is not None
                 with trio.move_on_after(60):
                     try:
@@ -155,8 +154,8 @@ class SiblingHandler:
                         local.clock,
                         self,
                         has=local.store.has_message,
-                        grace_ms=int(local.config.grace_s * 1000),
-                        keepalive_s=local.config.keepalive_s or KEEPALIVE_S,
+                        grace_ms=self._timings.grace_ms,
+                        keepalive_s=self._timings.session_keepalive_s,
                     )
                     for pending in local.store.pending():
                         self._publish_pending(self.sync, pending)
@@ -178,7 +177,7 @@ class SiblingHandler:
         were would see both ends of their session, and both devices' addresses."""
         local = self._local
         config = local.config
-        if len(contacts) < config.hops or not entries([c.pubkey for c in contacts]):
+        if not paths_possible([c.pubkey for c in contacts], config.hops, entries):
             logger.info(
                 "%s: %d relays, too few for paths or none of them this device's to enter "
                 "by: syncing through the swarm",
@@ -187,7 +186,6 @@ class SiblingHandler:
             )
             yield None
             return
-        keepalive = config.keepalive_s
         async with (
             open_endpoint(
                 overlay_seed(local.device_identity.seed),
@@ -197,10 +195,8 @@ class SiblingHandler:
                 clock=local.clock,
                 seed=choice_seed(local.device_identity.seed, b"relays"),
                 local_name=local.name,
-                ping_interval_ms=(
-                    PATH_PING_INTERVAL_MS if keepalive is None else int(keepalive * 1000)
-                ),
-                republish_ms=republish_ms(keepalive),
+                ping_interval_ms=self._timings.path_ping_ms,
+                republish_ms=self._timings.republish_ms,
                 entry_filter=entries,
             ) as endpoint,
             open_task_nursery() as nursery,
@@ -217,9 +213,7 @@ class SiblingHandler:
         :data:`DELIVER_BEFORE_LEAVING_S`; the live sync starts only after the swarm was
         read, so a process that sends and exits waits for it too."""
         local = self._local
-        if not (local.config.direct_sync and local.store.pending()):
-            return
-        if not local.store.sibling_overlay_keys() or self.secret() is None:
+        if not (self.syncs_directly() and local.store.pending()):
             return
         with local.clock.move_on_after(DELIVER_BEFORE_LEAVING_S):
             while self.sync is None:
@@ -280,7 +274,7 @@ class SiblingHandler:
         """A sibling's whole history is here now: move the watermark up
         (:func:`~.sibling_rules.complete_until_after_resync`)."""
         local = self._local
-        grace_ms = int(local.config.grace_s * 1000)
+        grace_ms = self._timings.grace_ms
         until = complete_until_after_resync(self.complete_until(), started_ms, grace_ms)
         local.store.set_meta("complete_until", until.to_bytes(8, "big"))
         logger.info("%s: history complete with %s up to %d", local.name, sibling[:10], until)
@@ -304,7 +298,8 @@ class SiblingHandler:
         store, now = self._local.store, self._local.clock.now_ms()
         others = set(store.siblings()) - {origin}
         sync = self.sync  # None: history being re-synced, not live
-        if sync is None or not stands_in(len(others), now - record.timestamp_ms, self._takeover_ms):
+        takeover_ms = self._timings.takeover_ms
+        if sync is None or not stands_in(len(others), now - record.timestamp_ms, takeover_ms):
             return
         store.add_pending(item.id, now, item.body, False, relayed_from=origin)
         for pending in store.pending(item.id):

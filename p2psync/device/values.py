@@ -53,6 +53,17 @@ def check_copy_ttls(ttl_ms: int, sync_copy_ttl_ms: int | None) -> None:
         raise ValueError(f"sync_copy_ttl_ms must be an int in [{MIN_TTL_MS}, ttl_ms]")
 
 
+def check_receive_route(receive: str, rpc_route: str) -> None:
+    """:class:`DeviceError` for a way of receiving the route to the swarm cannot carry:
+    ``subscribe`` needs a direct connection to a service node, which shows it the
+    device's address; on onion requests a device polls."""
+    if rpc_route == "onion" and receive == "subscribe":
+        raise DeviceError(
+            "receive='subscribe' needs a direct connection to a service node, which "
+            "shows it this device's address; on onion requests a device polls"
+        )
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     """``receive``: ``"poll"`` (every ``poll_interval_s``) or ``"subscribe"`` (pushes, on
@@ -187,9 +198,10 @@ class SyncStatus:
 
     ``syncs_directly``: sibling sync runs over the overlay now (online, direct sync on,
     enough relays); otherwise every sent message gets its swarm sync copy.
-    ``starting``: direct sync is on and there are siblings, but the overlay endpoint is
-    still coming up (just online: draining the swarm, reading the relay list, building
-    paths), so not syncing directly yet says nothing about relays.
+    ``starting``: sibling sync is to run (direct sync on, a sibling's key and the
+    siblings' secret known), but the overlay endpoint is still coming up (just online:
+    draining the swarm, reading the relay list, building paths), so not syncing directly
+    yet says nothing about relays.
     ``connected_siblings``: those with an overlay session now. ``unacknowledged``:
     messages some sibling has not acknowledged. ``resynced_siblings`` and
     ``archive_counts`` (sent, received): whole-history re-syncs and pairing-time archive

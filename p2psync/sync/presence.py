@@ -25,6 +25,9 @@ REDIAL_MIN_S = 1.0
 REDIAL_MAX_S = 300.0
 #: How long the non-dialing side gives the dialing one before saying hello itself.
 HELLO_DELAY_S = 2.0
+#: How often an idle session is made to prove its sibling is still there: a sibling that
+#: vanished without goodbye (crash, lost network) then fails the session's retransmissions.
+KEEPALIVE_S = 15.0
 
 
 def dials(own_key: bytes, sibling_key: bytes) -> bool:

@@ -41,7 +41,7 @@ from .live import (
     PeerError,
     Send,
 )
-from .presence import may_leave
+from .presence import KEEPALIVE_S, may_leave
 from .records import Ping, Relays, encode_record, shareable_listing
 from .resync import ResyncPeer, archive_parts
 from .session_records import Effect, ListingFrom, Resynced, SessionRecords, StreamArchive
@@ -55,9 +55,6 @@ SESSION_QUEUE_RECORDS = 256
 #: How long a device going offline may wait for its siblings to take what it owes them
 #: directly (:meth:`SiblingSync.deliver_before_leaving`) before storing sync copies.
 DELIVER_BEFORE_LEAVING_S = 4.0
-#: How often an idle session is made to prove its sibling is still there: a sibling that
-#: vanished without goodbye (crash, lost network) then fails the session's retransmissions.
-KEEPALIVE_S = 15.0
 
 
 class SyncHandler(Protocol):

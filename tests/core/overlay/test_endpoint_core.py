@@ -16,6 +16,7 @@ from overlay.cells import CellError
 from overlay.constants import (
     DEFAULT_PATH_LIFETIME_MS,
     DHT_REQUEST_TIMEOUT_MS,
+    INTROSET_LIFETIME_MS,
     INTROSET_REPUBLISH_MS,
     PATH_BUILD_TIMEOUT_MS,
     PATH_ID_BYTES,
@@ -33,6 +34,7 @@ from overlay.endpoint_core import (
     PathsChanged,
     Republish,
     SendPayload,
+    paths_possible,
 )
 from overlay.path import Path, PathState, Payload
 from overlay.payloads import (
@@ -460,3 +462,36 @@ def test_malformed_payloads_are_refused(data: bytes, reason: str) -> None:
 def test_payloads_with_wrong_field_sizes_cannot_be_made(make: Callable[[], PathPayload]) -> None:
     with pytest.raises(ValueError, match="bytes, expected"):
         make()
+
+
+def test_paths_need_as_many_relays_as_hops_and_an_entry_the_filter_admits() -> None:
+    relays = [bytes([i]) * 32 for i in range(3)]
+    assert paths_possible(relays, 3)
+    assert not paths_possible(relays[:2], 3)
+    assert paths_possible(relays, 3, lambda keys: frozenset(list(keys)[:1]))
+    assert not paths_possible(relays, 3, lambda keys: frozenset())
+
+
+@pytest.mark.parametrize(
+    ("relays", "republish_ms", "refusal"),
+    [
+        (2, INTROSET_REPUBLISH_MS, "need at least 3 verified relay contacts"),
+        (6, 0, "republish_ms must be in"),
+        (6, INTROSET_LIFETIME_MS // 2 + 1, "republish_ms must be in"),
+    ],
+)
+def test_an_endpoint_core_refuses_what_could_never_keep_a_path(
+    relays: int, republish_ms: int, refusal: str
+) -> None:
+    net = Net(6)
+    with pytest.raises(ValueError, match=refusal):
+        EndpointCore(
+            verified_directory(net.contacts[:relays], NOW),
+            random.Random(1),
+            NOW,
+            hops=3,
+            paths=1,
+            path_lifetime_ms=DEFAULT_PATH_LIFETIME_MS,
+            ping_interval_ms=PATH_PING_INTERVAL_MS,
+            republish_ms=republish_ms,
+        )

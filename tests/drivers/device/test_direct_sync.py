@@ -16,7 +16,7 @@ from overlay.keys import KeyPair
 from overlay.session import SessionCore
 from p2psync.device import Device
 from p2psync.device.running import LEAVING_S
-from p2psync.device.siblings import TAKEOVER_GRACES
+from p2psync.device.sibling_rules import TAKEOVER_GRACES
 from p2psync.device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork
