@@ -24,7 +24,7 @@ from overlay.constants import (
     PATH_PING_TIMEOUT_MS,
     PATH_REBUILD_MARGIN_MS,
 )
-from overlay.contact import verified_directory
+from overlay.contact import Contact, verified_directory
 from overlay.dht import DhtStatus, get_request
 from overlay.endpoint_core import (
     Answered,
@@ -55,21 +55,28 @@ from tests.core.overlay.test_cores import NOW, Net
 SECRET = b"\x05" * 32
 
 
+def core_over(
+    contacts: list[Contact], *, paths: int = 1, republish_ms: int = INTROSET_REPUBLISH_MS
+) -> EndpointCore:
+    """An endpoint core building ``paths`` 3-hop paths through ``contacts``."""
+    return EndpointCore(
+        verified_directory(contacts, NOW),
+        random.Random(1),
+        NOW,
+        hops=3,
+        paths=paths,
+        path_lifetime_ms=DEFAULT_PATH_LIFETIME_MS,
+        ping_interval_ms=PATH_PING_INTERVAL_MS,
+        republish_ms=republish_ms,
+    )
+
+
 class Harness:
     """An endpoint core whose paths run through relay cores (:class:`Net`)."""
 
     def __init__(self, paths: int = 1, republish_ms: int = INTROSET_REPUBLISH_MS) -> None:
         self.net = Net(6)
-        self.core = EndpointCore(
-            verified_directory(self.net.contacts, NOW),
-            random.Random(1),
-            NOW,
-            hops=3,
-            paths=paths,
-            path_lifetime_ms=DEFAULT_PATH_LIFETIME_MS,
-            ping_interval_ms=PATH_PING_INTERVAL_MS,
-            republish_ms=republish_ms,
-        )
+        self.core = core_over(self.net.contacts, paths=paths, republish_ms=republish_ms)
 
     def start_path(self) -> Path:
         """A path as the driver starts one for :class:`BuildPath`, its build cell sent."""
@@ -483,15 +490,5 @@ def test_paths_need_as_many_relays_as_hops_and_an_entry_the_filter_admits() -> N
 def test_an_endpoint_core_refuses_what_could_never_keep_a_path(
     relays: int, republish_ms: int, refusal: str
 ) -> None:
-    net = Net(6)
     with pytest.raises(ValueError, match=refusal):
-        EndpointCore(
-            verified_directory(net.contacts[:relays], NOW),
-            random.Random(1),
-            NOW,
-            hops=3,
-            paths=1,
-            path_lifetime_ms=DEFAULT_PATH_LIFETIME_MS,
-            ping_interval_ms=PATH_PING_INTERVAL_MS,
-            republish_ms=republish_ms,
-        )
+        core_over(Net(6).contacts[:relays], republish_ms=republish_ms)
