@@ -250,15 +250,11 @@ def entries_of(
     return None if entry_filter is None else entry_filter(relays)
 
 
-def paths_possible(
-    relays: Collection[bytes], hops: int, entry_filter: EntryFilter | None = None
-) -> bool:
+def paths_possible(relays: Collection[bytes], hops: int, entries: frozenset[bytes] | None) -> bool:
     """Whether paths of ``hops`` relays can be built through ``relays``: there are that
-    many, and the entry filter (if any) admits one of them as a first hop."""
-    if len(relays) < hops:
-        return False
-    entries = entries_of(relays, entry_filter)
-    return entries is None or bool(entries)
+    many, and one of them may start a path (``entries``: those that may, None for any;
+    :func:`entries_of`)."""
+    return len(relays) >= hops and (entries is None or bool(entries))
 
 
 class EndpointCore:
@@ -337,10 +333,11 @@ class EndpointCore:
         or die. Refused (False) when it holds too few relays for a path, or no entry the
         entry filter admits: a listing read at a bad moment must not leave the endpoint
         unable to build any."""
-        if not paths_possible(directory.keys(), self._hops, self._entry_filter):
+        entries = entries_of(directory.keys(), self._entry_filter)
+        if not paths_possible(directory.keys(), self._hops, entries):
             return False  # too few, or its entries are all gone: keep the old ones
         self._directory = directory
-        self._entries = entries_of(directory.keys(), self._entry_filter)
+        self._entries = entries
         self._avoid &= directory.keys()
         self._lost_entries &= directory.keys()
         return True

@@ -76,7 +76,7 @@ def learn_read(local: Local, contacts: Sequence[RelayContact]) -> Relays | None:
     if it replaces the one the siblings deal entries on (then kept). One too short for a
     path is left out: it would only take relays away."""
     now = local.clock.now_ms()
-    if not paths_possible(verified_directory(list(contacts), now).keys(), local.config.hops):
+    if not paths_possible(verified_directory(list(contacts), now).keys(), local.config.hops, None):
         return None
     listing = Relays.read(now, contacts).agreed()
     return listing if local.learn_entry_listing(listing) else None

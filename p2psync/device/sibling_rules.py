@@ -120,19 +120,14 @@ def sibling_timings(grace_s: float, keepalive_s: float | None) -> SiblingTimings
     min per 5 s of pings), up to half an introset's life, so that a sibling can always
     find one that has not expired."""
     grace_ms = int(grace_s * 1000)
+    takeover_ms = int(TAKEOVER_GRACES * grace_s * 1000)
     if keepalive_s is None:
         return SiblingTimings(
-            grace_ms,
-            TAKEOVER_GRACES * grace_ms,
-            KEEPALIVE_S,
-            PATH_PING_INTERVAL_MS,
-            INTROSET_REPUBLISH_MS,
+            grace_ms, takeover_ms, KEEPALIVE_S, PATH_PING_INTERVAL_MS, INTROSET_REPUBLISH_MS
         )
     stretched = keepalive_s * 1000 * INTROSET_REPUBLISH_MS / PATH_PING_INTERVAL_MS
     republish_ms = int(min(INTROSET_LIFETIME_MS // 2, max(INTROSET_REPUBLISH_MS, stretched)))
-    return SiblingTimings(
-        grace_ms, TAKEOVER_GRACES * grace_ms, keepalive_s, int(keepalive_s * 1000), republish_ms
-    )
+    return SiblingTimings(grace_ms, takeover_ms, keepalive_s, int(keepalive_s * 1000), republish_ms)
 
 
 def publish_terms(

@@ -18,7 +18,7 @@ import trio
 
 from overlay.contact import Contact as RelayContact
 from overlay.endpoint import Endpoint, open_endpoint
-from overlay.endpoint_core import paths_possible
+from overlay.endpoint_core import entries_of, paths_possible
 from overlay.tasks import open_task_nursery
 
 from ..errors import DecodeError
@@ -177,7 +177,8 @@ class SiblingHandler:
         were would see both ends of their session, and both devices' addresses."""
         local = self._local
         config = local.config
-        if not paths_possible([c.pubkey for c in contacts], config.hops, entries):
+        keys = [c.pubkey for c in contacts]
+        if not paths_possible(keys, config.hops, entries_of(keys, entries)):
             logger.info(
                 "%s: %d relays, too few for paths or none of them this device's to enter "
                 "by: syncing through the swarm",

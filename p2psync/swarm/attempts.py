@@ -111,6 +111,15 @@ class MemberAttempts:
         return RpcError("unavailable", f"no node of the swarm answered: {self._last_error}")
 
 
+def failed_last(members: Sequence[NodeInfo], failed: Sequence[str]) -> list[NodeInfo]:
+    """``members`` in their order, but those in ``failed`` (keys, the latest failure
+    last) after the rest, in the order they failed: a subscription that lost its member
+    asks every other before one that failed lately (the listing may still name a member
+    that is gone)."""
+    rank = {key: index for index, key in enumerate(failed)}
+    return sorted(members, key=lambda node: rank.get(node.pubkey, -1))
+
+
 def second_opinion(results: Sequence[object], swarm_size: int) -> list[int]:
     """The stores of a ``store_batch`` whose refusal for good another member must confirm
     (none in a swarm of one, whose member's word is final)."""

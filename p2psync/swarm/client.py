@@ -30,8 +30,15 @@ from ..backoff import Backoff, jittered
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity, session_id_key
-from ..rpc import Params, RpcRouter, open_rpc, open_rpc_pool
-from .attempts import GiveUp, MemberAttempts, Refresh, second_opinion, with_second_opinion
+from ..rpc import Params, RpcClient, RpcRouter, open_rpc, open_rpc_pool
+from .attempts import (
+    GiveUp,
+    MemberAttempts,
+    Refresh,
+    failed_last,
+    second_opinion,
+    with_second_opinion,
+)
 from .auth import AuthSigner
 from .constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
 from .cursor import Cursor
@@ -57,6 +64,8 @@ from .ring import NodeInfo, SwarmMap
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 60.0
+#: Members a subscription remembers as failed lately (a swarm has at most 8).
+MAX_REMEMBERED_FAILURES = 16
 Deliver = Callable[[list[Message]], Awaitable[None]]
 
 
@@ -85,10 +94,18 @@ class SwarmClient:
         self.swarms = SwarmMap.build(snapshot.nodes)
 
     async def swarm_nodes(self, owner: str) -> list[NodeInfo]:
+        """The members of ``owner``'s swarm in a random order (the registry read first
+        if none is known)."""
         if not any(self.swarms.swarms.values()):
             await self.refresh()
         if not any(self.swarms.swarms.values()):
             raise RpcError("unavailable", "the registry lists no service nodes")
+        return self._members(owner)
+
+    def _members(self, owner: str) -> list[NodeInfo]:
+        """The members of ``owner``'s swarm as known now, in a random order."""
+        if not any(self.swarms.swarms.values()):
+            return []
         nodes = list(self.swarms.nodes_for_key(session_id_key(owner)))
         self._random.shuffle(nodes)
         return nodes
@@ -278,62 +295,80 @@ class SwarmClient:
         owner = identity.session_id
         backoff = Backoff(POLL_INTERVAL_S, MAX_BACKOFF_S, immediate=1)
         attempts: MemberAttempts | None = None
-        step: Refresh | GiveUp | None = None
+        step: Refresh | GiveUp | None = None  # a Refresh stays due until a read succeeds
+        failed: list[str] = []  # members whose subscription failed, the latest last
         while True:
             node: NodeInfo | None = None
+            live = False
             try:
-                if isinstance(step, Refresh) and attempts is not None:
-                    await self.refresh()
-                    attempts.restart(await self.swarm_nodes(owner))
                 if attempts is None:
-                    attempts = MemberAttempts(await self.swarm_nodes(owner))
+                    attempts = MemberAttempts(failed_last(await self.swarm_nodes(owner), failed))
+                if isinstance(step, Refresh):
+                    await self.refresh()
+                    attempts.restart(failed_last(await self.swarm_nodes(owner), failed))
+                    step = None
                 node = attempts.next()
                 if node is None:
                     attempts = None  # every member was asked: a new round, after a wait
                     raise RpcError("unavailable", "no member of the swarm took the subscription")
-                await self._subscribed(
-                    transport, identity, namespace, deliver, cursor, node, catch_up_s, backoff
-                )
+                async with self._subscription(transport, identity, namespace, node) as pushes:
+                    live = True
+                    backoff.succeeded()
+                    await self._take_pushes(
+                        pushes, identity, namespace, deliver, cursor, node, catch_up_s
+                    )
             except (RpcError, OSError, ConnectionLost, DecodeError, trio.EndOfChannel) as exc:
                 logger.info("subscription for %s interrupted: %s", owner[:10], exc)
-                step = attempts.failed(node, exc) if attempts and node else None
-                if isinstance(step, GiveUp):
-                    attempts = None
+                if node is not None:
+                    failed = [*(key for key in failed if key != node.pubkey), node.pubkey]
+                    del failed[:-MAX_REMEMBERED_FAILURES]
+                    if live:  # a new round, from the swarm as known now
+                        attempts = MemberAttempts(failed_last(self._members(owner), failed))
+                    assert attempts is not None
+                    step = attempts.failed(node, exc)
+                    if isinstance(step, GiveUp):
+                        attempts, step = None, None
                 await trio.sleep(backoff.failed())
 
-    async def _subscribed(
+    @asynccontextmanager
+    async def _subscription(
+        self, transport: Transport, identity: Identity, namespace: int, node: NodeInfo
+    ) -> AsyncIterator[RpcClient]:
+        """A subscription at ``node``, on a connection of its own (pushes of other
+        subscriptions must not mix in)."""
+        async with open_rpc(transport, node.url) as connection:
+            auth = self.signer(identity).sign("subscribe", namespace, self.clock.now_ms())
+            request = SubscribeRequest(identity.session_id, namespace, auth)
+            await connection.call("subscribe", request.to_wire())
+            yield connection
+
+    async def _take_pushes(
         self,
-        transport: Transport,
+        connection: RpcClient,
         identity: Identity,
         namespace: int,
         deliver: Deliver,
         cursor: Cursor,
         node: NodeInfo,
         catch_up_s: float,
-        backoff: Backoff,
     ) -> None:
-        """One subscription at ``node``, until it fails: catch up by cursor, then take
-        pushes, catching up again after ``catch_up_s`` without one."""
-        # Its own connection: pushes of other subscriptions must not mix in.
-        async with open_rpc(transport, node.url) as connection:
-            auth = self.signer(identity).sign("subscribe", namespace, self.clock.now_ms())
-            request = SubscribeRequest(identity.session_id, namespace, auth)
-            await connection.call("subscribe", request.to_wire())
-            cursor.for_new_node()
-            backoff.succeeded()
-            caught_up = False
-            while True:
-                if not caught_up:
-                    batch, _ = await self.drain(identity, namespace, cursor, node)
-                    if batch:
-                        await deliver(batch)
-                with trio.move_on_after(catch_up_s) as waiting:
-                    push = await connection.notifications.receive()
-                    pushed = Notification.from_wire(push.params).messages
-                    fresh = cursor.fresh(pushed, trio.current_time())
-                    if fresh:
-                        await deliver(fresh)
-                caught_up = not waiting.cancelled_caught
+        """Deliver what ``node`` pushes, until the subscription fails: catch up by
+        cursor first (rewound: another node's order), and again after ``catch_up_s``
+        without a push."""
+        cursor.for_new_node()
+        caught_up = False
+        while True:
+            if not caught_up:
+                batch, _ = await self.drain(identity, namespace, cursor, node)
+                if batch:
+                    await deliver(batch)
+            with trio.move_on_after(catch_up_s) as waiting:
+                push = await connection.notifications.receive()
+                pushed = Notification.from_wire(push.params).messages
+                fresh = cursor.fresh(pushed, trio.current_time())
+                if fresh:
+                    await deliver(fresh)
+            caught_up = not waiting.cancelled_caught
 
 
 def _batch_results(

@@ -226,7 +226,8 @@ def admitted_position(raw: dict[str, Any], ledger: bytes | None) -> int | None:
 
 
 #: Announcements whose shape, signature and registration checked out, at most this many
-#: (oldest forgotten first): a little over one full listing of each kind.
+#: (oldest forgotten first): about two full listings (the one read and the one before,
+#: as the newest announcements replace the old), some 30 MB at the very most.
 CHECKED_CACHE_ENTRIES = 2 * MAX_LISTED + 1_024
 _checked: dict[tuple[Any, ...], tuple[dict[str, Any], int | None]] = {}
 

@@ -693,8 +693,10 @@ def test_a_copy_that_differs_from_an_announcement_read_before_is_checked_again()
     }
     for name, value in changes.items():
         changed = {**genuine, "record": {**genuine["record"], name: value}}
-        copy = {"announcements": [changed]}
-        assert Snapshot.from_announcements(copy, NOW, ledger=_LEDGER.public_key).nodes == (), name
+        copy = Snapshot.from_announcements(
+            {"announcements": [changed]}, NOW, ledger=_LEDGER.public_key
+        )
+        assert (copy.nodes, copy.relays) == ((), ()), name
     with_extra = {"announcements": [{**genuine, "note": 1}]}
     assert Snapshot.from_announcements(with_extra, NOW, ledger=_LEDGER.public_key).nodes == ()
     other_ledger = Identity.from_label("fuzz/another-ledger").ed25519_public

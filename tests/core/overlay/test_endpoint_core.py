@@ -34,6 +34,7 @@ from overlay.endpoint_core import (
     PathsChanged,
     Republish,
     SendPayload,
+    entries_of,
     paths_possible,
 )
 from overlay.path import Path, PathState, Payload
@@ -473,10 +474,11 @@ def test_payloads_with_wrong_field_sizes_cannot_be_made(make: Callable[[], PathP
 
 def test_paths_need_as_many_relays_as_hops_and_an_entry_the_filter_admits() -> None:
     relays = [bytes([i]) * 32 for i in range(3)]
-    assert paths_possible(relays, 3)
-    assert not paths_possible(relays[:2], 3)
-    assert paths_possible(relays, 3, lambda keys: frozenset(list(keys)[:1]))
-    assert not paths_possible(relays, 3, lambda keys: frozenset())
+    assert paths_possible(relays, 3, None)
+    assert not paths_possible(relays[:2], 3, None)
+    assert paths_possible(relays, 3, entries_of(relays, lambda keys: frozenset(list(keys)[:1])))
+    assert not paths_possible(relays, 3, entries_of(relays, lambda keys: frozenset()))
+    assert entries_of(relays, None) is None
 
 
 @pytest.mark.parametrize(

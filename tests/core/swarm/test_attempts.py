@@ -11,6 +11,7 @@ from p2psync.swarm.attempts import (
     GiveUp,
     MemberAttempts,
     Refresh,
+    failed_last,
     second_opinion,
     with_second_opinion,
 )
@@ -169,3 +170,9 @@ def test_a_second_opinion_that_failed_confirms_nothing_unless_it_refused_the_bat
     assert with_second_opinion(first, [0], whole)[0] is whole
     busy = with_second_opinion(first, [0], refusal("rate_limited"))
     assert isinstance(busy[0], RpcError) and busy[0].code == "unavailable"
+
+
+def test_members_that_failed_lately_are_asked_last_the_latest_last_of_all() -> None:
+    order = failed_last(NODES, [NODES[3].pubkey, NODES[0].pubkey, "gone" * 16])
+    assert order == [NODES[1], NODES[2], NODES[4], NODES[3], NODES[0]]
+    assert failed_last(NODES, []) == NODES

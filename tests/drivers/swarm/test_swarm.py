@@ -378,47 +378,56 @@ async def test_a_subscription_moves_to_another_member_at_once_when_its_node_dies
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: swarm.subscribe(ALICE, 0, on_push, cursor=Cursor()))
             await wait_until(lambda: len(serving()) == 1)
-            [first] = serving()
-            await network.stop_node(first)
-            started = trio.current_time()
-            await wait_until(lambda: bool(serving()))
-            assert trio.current_time() - started < 1  # not after a back-off
-            await swarm.store(ALICE.session_id, 0, b"after the move")
-            await wait_until(lambda: [m.data for m in pushed] == [b"after the move"])
+            for move in range(3):  # each member lost, not only the first
+                [serving_now] = serving()
+                await network.stop_node(serving_now)
+                started = trio.current_time()
+                await wait_until(lambda: bool(serving()))
+                assert trio.current_time() - started < 1, move  # not after a back-off
+            await swarm.store(ALICE.session_id, 0, b"after the moves")
+            await wait_until(lambda: [m.data for m in pushed] == [b"after the moves"])
             nursery.cancel_scope.cancel()
 
 
 class _LoggedListing:
-    """The network's registry, noting each read in ``log``."""
+    """The network's registry, noting each read in ``log``; the reads numbered in
+    ``failing`` (from 1) fail."""
 
-    def __init__(self, inner: Listing, log: list[str]) -> None:
+    def __init__(self, inner: Listing, log: list[str], failing: tuple[int, ...] = ()) -> None:
         self.inner = inner
         self.log = log
+        self.failing = failing
+        self.reads = 0
 
     async def fetch(self) -> Snapshot:
+        self.reads += 1
+        if self.reads in self.failing:
+            self.log.append("registry unreachable")
+            raise OSError("the registry is unreachable")
         self.log.append("registry read")
         return await self.inner.fetch()
 
 
-async def test_a_subscriber_told_its_swarm_moved_reads_the_registry_again_at_once(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """A member answering ``wrong_swarm`` to a subscription says the subscriber's listing
-    is old: it reads the registry again before asking anyone else, as every other call
-    does, rather than going round the members it knew."""
+async def _subscribe_while_members_refuse(
+    code: str, failing_reads: tuple[int, ...] = ()
+) -> tuple[list[str], list[float]]:
+    """A subscriber whose first member asked refuses with ``code`` (every other member
+    takes it): what happened, in order, until the subscription was taken (registry
+    reads, the refusal, the subscription) and when (virtual seconds)."""
     async with open_test_swarm(6) as (network, _), open_rpc_pool(network.transport) as pool:
         log: list[str] = []
-        swarm = SwarmClient(
-            pool, _LoggedListing(network.directory(), log), network.clock, random.Random(1)
-        )
+        times: list[float] = []
+        listing = _LoggedListing(network.directory(), log, failing_reads)
+        swarm = SwarmClient(pool, listing, network.clock, random.Random(1))
         await swarm.refresh()
         for node in network.running_nodes():
             honest = node.rpc.methods["subscribe"]
 
             def subscribe(params: Any, connection: Any, honest: Any = honest) -> Any:
-                if "refused" not in log:  # the first member asked has the newer listing
+                times.append(trio.current_time())
+                if "refused" not in log:
                     log.append("refused")
-                    raise RpcError("wrong_swarm", "this pubkey belongs to another swarm")
+                    raise RpcError(code, "so it says")
                 log.append("subscribed")
                 return honest(params, connection)
 
@@ -431,15 +440,44 @@ async def test_a_subscriber_told_its_swarm_moved_reads_the_registry_again_at_onc
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: swarm.subscribe(ALICE, 0, on_push, cursor=Cursor()))
             await wait_until(lambda: "subscribed" in log)
-            assert log[: log.index("subscribed") + 1] == [
-                "registry read",
-                "refused",
-                "registry read",
-                "subscribed",
-            ]
             await swarm.store(ALICE.session_id, 0, b"after the move")
             await wait_until(lambda: [m.data for m in pushed] == [b"after the move"])
             nursery.cancel_scope.cancel()
+        return log[: log.index("subscribed") + 1], times
+
+
+async def test_a_subscriber_told_its_swarm_moved_reads_the_registry_again_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A member answering ``wrong_swarm`` to a subscription says the subscriber's listing
+    is old: it reads the registry again before asking anyone else, as every other call
+    does, rather than going round the members it knew; and at once."""
+    log, times = await _subscribe_while_members_refuse("wrong_swarm")
+    assert log == ["registry read", "refused", "registry read", "subscribed"]
+    assert times[1] - times[0] < 1
+
+
+async def test_a_member_that_is_only_busy_is_followed_by_the_next_without_a_registry_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log, times = await _subscribe_while_members_refuse("unavailable")
+    assert log == ["registry read", "refused", "subscribed"]
+    assert times[1] - times[0] < 1
+
+
+async def test_a_registry_read_that_fails_after_wrong_swarm_is_tried_again_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The listing is still old when the read after ``wrong_swarm`` fails: the next try
+    reads again before asking a member of it."""
+    log, _ = await _subscribe_while_members_refuse("wrong_swarm", failing_reads=(2,))
+    assert log == [
+        "registry read",
+        "refused",
+        "registry unreachable",
+        "registry read",
+        "subscribed",
+    ]
 
 
 async def test_a_node_killed_during_a_burst_loses_nothing_acknowledged(
