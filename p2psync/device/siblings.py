@@ -130,10 +130,10 @@ class SiblingHandler:
             return
         while True:
             with trio.CancelScope() as self._scope:
-                if not self.syncs_directly():
-                    await trio.sleep_forever()
                 keys = local.store.sibling_overlay_keys()
                 secret = self.secret()
+                if not syncs_directly(local.config.direct_sync, keys, secret):
+                    await trio.sleep_forever()
                 assert secret is not None
                 with trio.move_on_after(60):
                     try:

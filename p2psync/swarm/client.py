@@ -98,9 +98,10 @@ class SwarmClient:
         if none is known)."""
         if not any(self.swarms.swarms.values()):
             await self.refresh()
-        if not any(self.swarms.swarms.values()):
+        nodes = self._members(owner)
+        if not nodes:
             raise RpcError("unavailable", "the registry lists no service nodes")
-        return self._members(owner)
+        return nodes
 
     def _members(self, owner: str) -> list[NodeInfo]:
         """The members of ``owner``'s swarm as known now, in a random order."""
