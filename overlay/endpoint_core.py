@@ -392,7 +392,8 @@ class EndpointCore:
         """Drop the paths found dead and those that enter by a listed relay the entry
         filter no longer admits (one through a relay that left the listing is kept until
         it expires or dies, as :meth:`update_directory` says), ping those due a ping
-        (every ``ping_interval_ms``: an unanswered one shows the path dead), and build as
+        (``ping_interval_ms`` after they were last heard from: an unanswered one shows the
+        path dead), and build as
         many as it takes to have ``paths`` not due for replacement."""
         effects: list[Effect] = []
         entries = self._admitted()
@@ -403,8 +404,8 @@ class EndpointCore:
                 effects += self.drop_path(path, now_ms)
             elif entries is not None and entry in self._directory and entry not in entries:
                 effects += self._retire(path)  # its entry is a sibling's now
-            elif path.state is PathState.ESTABLISHED and (
-                path.ping_sent_ms is None or now_ms - path.ping_sent_ms >= self._ping_interval_ms
+            elif path.state is PathState.ESTABLISHED and now_ms >= path.ping_due_ms(
+                self._ping_interval_ms
             ):
                 path.ping_sent_ms = now_ms
                 effects.append(SendPayload(path, Ping()))

@@ -161,6 +161,13 @@ class Path:
         if now_ms >= self.expiry_ms:
             self.state = PathState.DEAD
 
+    def ping_due_ms(self, ping_interval_ms: int) -> int:
+        """When an established path is next pinged: ``ping_interval_ms`` after it was last
+        heard from or pinged, whichever is later. Any cell that comes back along the path
+        (a reply, a sibling's packet to its intro, the build's answer) shows every hop
+        still holds it, as a pong would; so a path in use is not pinged at all."""
+        return max(self.last_heard_ms, self.ping_sent_ms or 0) + ping_interval_ms
+
     def next_check_ms(self, now_ms: int, ping_interval_ms: int) -> int | None:
         """When, after ``now_ms``, its keeper next has something to do for this path
         (None: never, it is dead): :meth:`check` a build
@@ -174,12 +181,9 @@ class Path:
         if self.state is PathState.BUILDING:
             deadlines.append(self.created_ms + PATH_BUILD_TIMEOUT_MS + 1)
         elif self.state is PathState.ESTABLISHED:
-            if self.ping_sent_ms is None:
-                deadlines.append(self.created_ms)
-            else:
-                deadlines.append(self.ping_sent_ms + ping_interval_ms)
-                if self.last_heard_ms < self.ping_sent_ms:
-                    deadlines.append(self.ping_sent_ms + PATH_PING_TIMEOUT_MS + 1)
+            deadlines.append(self.ping_due_ms(ping_interval_ms))
+            if self.ping_sent_ms is not None and self.last_heard_ms < self.ping_sent_ms:
+                deadlines.append(self.ping_sent_ms + PATH_PING_TIMEOUT_MS + 1)
         # Every deadline above, once passed, changes the path when it is checked (dead,
         # or a ping sent), so one already passed is due now: after a jump of the clock
         # past all of them, waiting only for later ones would leave expired paths in use

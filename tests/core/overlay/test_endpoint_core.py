@@ -129,22 +129,51 @@ def _fresh(h: Harness) -> int:
     return NOW
 
 
-def _pinged(h: Harness) -> int:
+IDLE = NOW + PATH_PING_INTERVAL_MS
+
+
+def _not_idle_long_enough(h: Harness) -> int:
     h.built_path()
-    h.core.keep_paths(NOW)
-    return NOW + PATH_PING_INTERVAL_MS - 1
+    return IDLE - 1
+
+
+def _idle(h: Harness) -> int:
+    h.built_path()
+    return IDLE
+
+
+def _pinged(h: Harness) -> int:
+    path = h.built_path()
+    [ping] = h.core.keep_paths(IDLE)
+    h.send(ping)
+    h.replies(path, IDLE)
+    return IDLE + PATH_PING_INTERVAL_MS - 1
+
+
+def _heard_from_since(h: Harness) -> int:
+    """A DHT answer comes back along the path after the ping's pong: it shows the path
+    works as well as a pong would."""
+    path = h.built_path()
+    [ping] = h.core.keep_paths(IDLE)
+    h.send(ping)
+    h.replies(path, IDLE)
+    h.send(h.core.ask_dht(path, path.terminal.pubkey, get_request(bytes(32)), IDLE + 100).send)
+    h.replies(path, IDLE + 100)
+    return IDLE + PATH_PING_INTERVAL_MS
 
 
 def _ping_due(h: Harness) -> int:
-    h.built_path()
-    h.core.keep_paths(NOW)
-    return NOW + PATH_PING_INTERVAL_MS
+    path = h.built_path()
+    [ping] = h.core.keep_paths(IDLE)
+    h.send(ping)
+    h.replies(path, IDLE)
+    return IDLE + PATH_PING_INTERVAL_MS
 
 
 def _ping_unanswered(h: Harness) -> int:
     h.built_path()
-    h.core.keep_paths(NOW + 1)  # the ping is never sent: no pong comes
-    return NOW + 1 + PATH_PING_TIMEOUT_MS + 1
+    h.core.keep_paths(IDLE)  # the ping is never sent: no pong comes
+    return IDLE + PATH_PING_TIMEOUT_MS + 1
 
 
 def _build_unanswered(h: Harness) -> int:
@@ -164,8 +193,11 @@ def _expired(h: Harness) -> int:
 
 KEEP_CASES = [
     KeepCase("no paths: build them", _nothing, ["BuildPath"], 0),
-    KeepCase("a new path: its first ping", _fresh, ["SendPayload"], 1),
+    KeepCase("just built (its answer heard): nothing", _fresh, [], 1),
+    KeepCase("not idle a whole interval: nothing", _not_idle_long_enough, [], 1),
+    KeepCase("idle a whole interval: ping", _idle, ["SendPayload"], 1),
     KeepCase("pinged a moment ago: nothing", _pinged, [], 1),
+    KeepCase("heard from after the ping: nothing yet", _heard_from_since, [], 1),
     KeepCase("ping interval over: ping again", _ping_due, ["SendPayload"], 1),
     KeepCase(
         "ping unanswered: drop and rebuild",
@@ -207,13 +239,15 @@ def test_the_next_check_is_the_first_thing_due() -> None:
     h = Harness()
     assert h.core.next_check_ms(NOW) is None
     path = h.built_path()
-    [ping] = h.core.keep_paths(NOW + 10)
+    # heard from when built: the first ping is due an interval later
+    assert h.core.next_check_ms(NOW) == IDLE
+    [ping] = h.core.keep_paths(IDLE)
     # the ping just sent may go unanswered: look again once it would have timed out
-    assert h.core.next_check_ms(NOW + 10) == NOW + 10 + PATH_PING_TIMEOUT_MS + 1
+    assert h.core.next_check_ms(IDLE) == IDLE + PATH_PING_TIMEOUT_MS + 1
     h.send(ping)
-    assert h.replies(path, NOW + 20) == []
-    # answered: the next thing due is the next ping
-    assert h.core.next_check_ms(NOW + 20) == NOW + 10 + PATH_PING_INTERVAL_MS
+    assert h.replies(path, IDLE + 20) == []
+    # answered: the next ping is due an interval after the pong
+    assert h.core.next_check_ms(IDLE + 20) == IDLE + 20 + PATH_PING_INTERVAL_MS
 
 
 def test_a_check_whose_time_has_passed_is_due_at_once() -> None:
@@ -222,9 +256,9 @@ def test_a_check_whose_time_has_passed_is_due_at_once() -> None:
     while the expired path stays in use."""
     h = Harness()
     path = h.built_path()
-    [ping] = h.core.keep_paths(NOW + 10)
+    [ping] = h.core.keep_paths(IDLE)
     h.send(ping)
-    h.replies(path, NOW + 20)
+    h.replies(path, IDLE + 20)
     day_later = NOW + 25 * 60 * 60 * 1000
     assert h.core.next_check_ms(day_later) == day_later
     assert kinds(h.core.keep_paths(day_later)) == ["ClosePath", "PathsChanged", "BuildPath"]
@@ -233,9 +267,9 @@ def test_a_check_whose_time_has_passed_is_due_at_once() -> None:
 def test_inside_the_rebuild_margin_nothing_is_due_before_expiry() -> None:
     h = Harness()
     path = h.built_path()
-    [ping] = h.core.keep_paths(NOW + 10)
+    [ping] = h.core.keep_paths(IDLE)
     h.send(ping)
-    h.replies(path, NOW + 20)
+    h.replies(path, IDLE + 20)
     late = path.expiry_ms - PATH_REBUILD_MARGIN_MS + 1
     assert kinds(h.core.keep_paths(late)) == ["SendPayload", "BuildPath"]
     h.core.keep_paths(late)  # the successor is under way: only the old path's ping left
