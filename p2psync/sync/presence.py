@@ -28,6 +28,9 @@ HELLO_DELAY_S = 2.0
 #: How often an idle session is made to prove its sibling is still there: a sibling that
 #: vanished without goodbye (crash, lost network) then fails the session's retransmissions.
 KEEPALIVE_S = 15.0
+#: How much longer than the keep-alive interval a side that keeps hearing its sibling waits
+#: before sending a keep-alive of its own (see :func:`keepalive_due_ms`).
+LISTENER_SLACK = 1.5
 
 
 def dials(own_key: bytes, sibling_key: bytes) -> bool:
@@ -64,3 +67,21 @@ def may_leave(owed: Iterable[str], in_session: Collection[str], tried: Collectio
     message (``owed``): none of them is in session, and each was tried at least once
     (one still in session may acknowledge yet; one never tried may be online)."""
     return not any(sibling in in_session or sibling not in tried for sibling in owed)
+
+
+def keepalive_due_ms(sent_ms: int, heard_ms: int, interval_ms: int, *, keeper: bool) -> int:
+    """When an idle session next sends its sibling a keep-alive, having last sent a record
+    at ``sent_ms`` and last heard one at ``heard_ms``.
+
+    A record heard shows the sibling is there as well as the acknowledgement of one sent
+    does, so one side of a session sends keep-alives and the other listens: the
+    ``keeper`` (the side that :func:`dials`) sends one ``interval_ms`` after the last
+    record either way; the listener waits :data:`LISTENER_SLACK` intervals after the last
+    it heard, so it sends none while they keep coming and one as soon as they stop. A
+    sibling gone without goodbye is found out by whichever side's keep-alive then goes
+    unacknowledged. (With one rule for both sides, link jitter would leave both sending
+    whenever their timers ran close together, each keep-alive costing an acknowledgement
+    too.)"""
+    if keeper:
+        return max(sent_ms, heard_ms) + interval_ms
+    return max(sent_ms + interval_ms, heard_ms + int(LISTENER_SLACK * interval_ms))

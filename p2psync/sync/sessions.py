@@ -33,9 +33,10 @@ FIRST_RECORD_S = 30.0
 #: How long a device going offline spends telling its siblings.
 GOODBYE_S = 1.0
 
-#: ``carry(sibling, session, first)``: carry a kept session's records until it ends
-#: (``first``: a record already read from it).
-Carry = Callable[[str, Session, bytes | None], Awaitable[None]]
+#: ``carry(sibling, session, first, keeper)``: carry a kept session's records until it
+#: ends (``first``: a record already read from it; ``keeper``: whether this side sends the
+#: session's keep-alives, :func:`~.presence.keepalive_due_ms`).
+Carry = Callable[[str, Session, bytes | None, bool], Awaitable[None]]
 
 
 class SiblingSessions:
@@ -172,7 +173,8 @@ class SiblingSessions:
             with trio.CancelScope() as scope:
                 self._serving[sibling] = (scope, ended, session)
                 self._tried_to_reach(sibling)
-                await self._carry(sibling, session, first)
+                keeper = dials(self._endpoint.public_key, self._keys[sibling])
+                await self._carry(sibling, session, first, keeper)
             if scope.cancelled_caught:
                 session.abort()  # replaced: the sibling has moved on to its new session
         finally:

@@ -41,7 +41,7 @@ from .live import (
     PeerError,
     Send,
 )
-from .presence import KEEPALIVE_S, may_leave
+from .presence import KEEPALIVE_S, keepalive_due_ms, may_leave
 from .records import Ping, Relays, encode_record, shareable_listing
 from .resync import ResyncPeer, archive_parts
 from .session_records import Effect, ListingFrom, Resynced, SessionRecords, StreamArchive
@@ -170,9 +170,12 @@ class SiblingSync:
 
     # --- what a session carries ------------------------------------------------------------
 
-    async def carry(self, sibling: str, session: Session, first: bytes | None) -> None:
+    async def carry(
+        self, sibling: str, session: Session, first: bytes | None, keeper: bool
+    ) -> None:
         """Carry ``sibling``'s records over ``session`` until it ends (``first``: a record
-        already read from it): LiveSync's and re-sync's, both ways."""
+        already read from it): LiveSync's and re-sync's, both ways; keep-alives too if this
+        side is the ``keeper`` (:func:`~.presence.keepalive_due_ms`)."""
         send, receive = trio.open_memory_channel[bytes](SESSION_QUEUE_RECORDS)
         self._sessions[sibling] = send
         peer = ResyncPeer(
@@ -190,19 +193,22 @@ class SiblingSync:
             if listing is not None:
                 self.share_listing(listing, only=sibling)
             async with trio.open_nursery() as nursery:
+                quiet = _Quiet(self.clock.now_ms(), keeper=keeper)
 
                 async def write() -> None:
                     try:
                         async for data in receive:
                             await session.send(data)
+                            quiet.sent_ms = self.clock.now_ms()
                     except SessionError as exc:
                         logger.debug("session to sibling %s failed: %s", sibling[:10], exc)
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(write)
-                nursery.start_soon(self._keep_alive, send)
+                nursery.start_soon(self._keep_alive, send, quiet)
 
                 def on_record(data: bytes) -> None:
+                    quiet.heard_ms = self.clock.now_ms()
                     effects = records.receive(data, self.clock.now_ms())
                     # Handled even when there are none: a record may move what live sync
                     # waits on without an effect (an OFFER of a message held here sets an
@@ -230,10 +236,18 @@ class SiblingSync:
         """History items received from siblings as a pairing-time archive."""
         return self._archive_received + sum(r.archive_received for r in self._records.values())
 
-    async def _keep_alive(self, channel: trio.MemorySendChannel[bytes]) -> None:
+    async def _keep_alive(self, channel: trio.MemorySendChannel[bytes], quiet: _Quiet) -> None:
+        """A keep-alive whenever :func:`keepalive_due_ms` says one is due."""
         ping = encode_record(Ping())
+        interval_ms = int(self.keepalive_s * 1000)
         while True:
-            await trio.sleep(self.keepalive_s)
+            due_ms = keepalive_due_ms(
+                quiet.sent_ms, quiet.heard_ms, interval_ms, keeper=quiet.keeper
+            )
+            if self.clock.now_ms() < due_ms:
+                await self.clock.sleep_until_ms(due_ms)  # a record meanwhile moves it on
+                continue
+            quiet.sent_ms = self.clock.now_ms()  # queued: the next is due from now
             await channel.send(ping)
 
     async def _send_archive(self, channel: trio.MemorySendChannel[bytes]) -> None:
@@ -314,3 +328,14 @@ class SiblingSync:
                     self.handler.acknowledged(message_id, fell_back)
                 case PeerError(sibling=sibling, reason=reason):
                     self.handler.reject_from_sibling(sibling, reason)
+
+
+class _Quiet:
+    """When a session last sent a record, and last heard one (epoch ms)."""
+
+    __slots__ = ("heard_ms", "keeper", "sent_ms")
+
+    def __init__(self, now_ms: int, *, keeper: bool) -> None:
+        self.sent_ms = self.heard_ms = now_ms
+        #: Whether this side sends the keep-alives (:func:`keepalive_due_ms`).
+        self.keeper = keeper

@@ -66,7 +66,7 @@ async def test_a_device_waiting_to_leave_is_told_once_a_sibling_s_session_is_gon
         if len(seen) == 2:
             told_twice.set()
 
-    async def carry(sibling: str, session: object, first: bytes | None) -> None:
+    async def carry(sibling: str, session: object, first: bytes | None, keeper: bool) -> None:
         await trio.sleep(5)  # the session carries records for a while, then ends
 
     endpoint = _Endpoint()
