@@ -57,6 +57,11 @@ class Session:
         return self._core.peer
 
     @property
+    def peer_left(self) -> bool:
+        """Whether the peer said goodbye (closed its side), rather than going quiet."""
+        return self._core.peer_finished
+
+    @property
     def peer_intro(self) -> Intro | None:
         """Where this session sends to the peer now (None: it has not said yet); the
         peer moves it to a fresh path of its own before the old one expires."""

@@ -39,11 +39,17 @@ def dials(own_key: bytes, sibling_key: bytes) -> bool:
     return own_key < sibling_key
 
 
-def redials() -> Backoff:
+def redials(*, after_goodbye: bool = False) -> Backoff:
     """The waits between dials of a sibling: doubling from :data:`REDIAL_MIN_S` to
     :data:`REDIAL_MAX_S` while it is away, from the start once it showed up (it dialled
-    us) or a session with it opened."""
-    return Backoff(REDIAL_MIN_S, REDIAL_MAX_S)
+    us) or a session with it opened.
+
+    ``after_goodbye``: the sibling's last session ended with its goodbye, so it went
+    offline on purpose and dials us, or says hello, when it is back; every wait is then
+    the cap (a dial then would find its introset of minutes ago, and time out on intros
+    that are gone). One that went quiet instead may still be there, behind a path that
+    failed, and is dialled again at once and then ever less often."""
+    return Backoff(REDIAL_MAX_S if after_goodbye else REDIAL_MIN_S, REDIAL_MAX_S)
 
 
 class SessionChoice(Enum):

@@ -65,6 +65,8 @@ class SiblingSessions:
         self._present: dict[str, trio.Event] = {sibling: trio.Event() for sibling in siblings}
         #: Siblings whose first session came up or whose first try to reach failed.
         self.tried: set[str] = set()
+        #: Siblings whose last session ended with their goodbye, not dialled since.
+        self._left: set[str] = set()
         #: Set when the device is about to leave: say hello without waiting for the dialer.
         self._leaving = trio.Event()
 
@@ -120,17 +122,21 @@ class SiblingSessions:
             while sibling in self._serving:  # the sibling dialed us: nothing to do
                 await self._serving[sibling][1].wait()
             present = self._present[sibling] = trio.Event()
-            try:
-                async with self._endpoint.connect(key, shared_secret=self._secret) as session:
-                    waits.succeeded()
-                    await self._serve(sibling, session)
-            except SessionError as exc:
-                logger.debug("session to sibling %s: %s", sibling[:10], exc)
-                self._tried_to_reach(sibling)
+            if sibling in self._left:  # it dials us when it is back: wait the cap first
+                self._left.discard(sibling)
+                waits = redials(after_goodbye=True)
+            else:
+                try:
+                    async with self._endpoint.connect(key, shared_secret=self._secret) as session:
+                        waits = redials()
+                        await self._serve(sibling, session)
+                except SessionError as exc:
+                    logger.debug("session to sibling %s: %s", sibling[:10], exc)
+                    self._tried_to_reach(sibling)
             with trio.move_on_after(waits.failed()):
                 await present.wait()
             if present.is_set():
-                waits.succeeded()
+                waits = redials()
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         async for session in self._endpoint.sessions():
@@ -172,11 +178,14 @@ class SiblingSessions:
         try:
             with trio.CancelScope() as scope:
                 self._serving[sibling] = (scope, ended, session)
+                self._left.discard(sibling)
                 self._tried_to_reach(sibling)
                 keeper = dials(self._endpoint.public_key, self._keys[sibling])
                 await self._carry(sibling, session, first, keeper)
             if scope.cancelled_caught:
                 session.abort()  # replaced: the sibling has moved on to its new session
+            elif session.peer_left:
+                self._left.add(sibling)
         finally:
             del self._serving[sibling]
             ended.set()
