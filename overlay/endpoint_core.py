@@ -316,7 +316,8 @@ class EndpointCore:
         self._exits: dict[bytes, _ExitWait] = {}
         self._secrets: list[bytes] = []
         #: The intros of the introsets last published.
-        self._published_intros: set[bytes] = set()
+        #: The intro siblings pick of those last published (None: none published yet).
+        self._published_intro: bytes | None = None
         self._republish_at_ms = now_ms + republish_ms
 
     # --- paths ---------------------------------------------------------------------------
@@ -593,18 +594,21 @@ class EndpointCore:
         """The intros to publish now (the freshest ``INTROSET_MAX_INTROS``), remembered as
         those published."""
         intros = sorted(self.intros(now_ms), key=lambda i: -i.expiry_ms)[:INTROSET_MAX_INTROS]
-        self._published_intros = {i.intro_id for i in intros}
+        self._published_intro = intros[0].intro_id if intros else None
         return intros
 
     def keep_introsets(self, now_ms: int) -> Republish | None:
-        """Republish every ``republish_ms``, and as soon as an intro it published stops
-        working (its path died or was replaced), so siblings never look up dead intros for
-        long. A path that is merely added does not republish: what was published still
-        works, and the new path goes out with the next republish (which the path it
-        replaces triggers when it goes); a path replacement is then one republish, not
-        two."""
+        """Republish every ``republish_ms``, and as soon as the published intro that
+        siblings pick (the one that lives longest: :func:`~overlay.session.freshest_intro`)
+        stops working, its path dead or replaced, so that they never look up a dead intro
+        for long. Another published intro that goes changes nothing a sibling does, nor
+        does a path that is merely added: both go out with the next republish. Endpoints
+        replace each path shortly before it expires, so this is one republish per path
+        lifetime, not one per path replaced."""
         live = {i.intro_id for i in self.intros(now_ms)}
-        died = bool(live) and not self._published_intros <= live
+        died = (
+            bool(live) and self._published_intro is not None and self._published_intro not in live
+        )
         if died or now_ms >= self._republish_at_ms:
             return Republish(tuple(self._secrets))
         return None

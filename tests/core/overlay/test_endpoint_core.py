@@ -438,6 +438,29 @@ def test_republish_every_republish_ms_and_when_a_published_intro_dies() -> None:
     assert h.core.republish_at_ms == NOW + 120_000
 
 
+def test_only_the_intro_siblings_pick_going_republishes_at_once() -> None:
+    """Of two published intros, siblings send to the one that lives longest: the other's
+    path going (as it does first, when paths are replaced in turn) leaves that one."""
+    h = Harness(paths=3)
+    h.core.publish_under(SECRET)
+
+    def built_at(now_ms: int) -> Path:
+        path, cell = h.core.add_path(h.core.choose_hops(), now_ms)
+        h.net.inject(path.hops[0].address, cell)
+        assert h.replies(path, now_ms) == [PathsChanged()]
+        return path
+
+    older, later = built_at(NOW), built_at(NOW + 5_000)
+    published = h.core.introset_intros(NOW + 5_000)
+    assert [intro.intro_id for intro in published] == [later.intro_id, older.intro_id]
+    h.core.republished(NOW + 5_000)
+    built_at(NOW + 6_000)
+    h.core.drop_path(older, NOW + 7_000)
+    assert h.core.keep_introsets(NOW + 7_000) is None
+    h.core.drop_path(later, NOW + 8_000)
+    assert h.core.keep_introsets(NOW + 8_000) == Republish((SECRET,))
+
+
 # --- the payload codec --------------------------------------------------------------------
 
 _relay = st.binary(min_size=32, max_size=32)
