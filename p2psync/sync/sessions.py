@@ -2,8 +2,8 @@
 
 A device publishes its sibling-only introset and then, per sibling, either dials (the
 sibling with the lower overlay key keeps dialling, backing off while the sibling is
-away) or says hello once (the other side, in case the dialler holds a session to our
-previous run). A session the sibling opens replaces ours, which is how a stale session to
+away) or says hello when it starts (the other side, tried a few times: the dialler may be
+away, or hold a session to our previous run). A session the sibling opens replaces ours, which is how a stale session to
 a sibling that went away and came back is dropped at once; it counts only once it
 carries its first record, so a relay replaying an old INIT cannot replace the live one.
 
@@ -22,7 +22,7 @@ from overlay.endpoint import Endpoint
 from overlay.session import SessionError
 from overlay.session_driver import Session
 
-from .presence import HELLO_DELAY_S, SessionChoice, dials, keep_session, redials
+from .presence import HELLO_TRIES, SessionChoice, dials, hellos, keep_session, redials
 
 logger = logging.getLogger(__name__)
 
@@ -103,18 +103,23 @@ class SiblingSessions:
         self._changed()
 
     async def _hello(self, sibling: str, key: bytes) -> None:
-        """One dial on start, unless the sibling dialed us first: it may be holding a
-        stale session to our last run, which it would otherwise notice only much later."""
-        with trio.move_on_after(HELLO_DELAY_S):
-            await self._leaving.wait()  # leaving: no time to wait for the dialer
-        if sibling in self._serving:
-            return
-        try:
-            async with self._endpoint.connect(key, shared_secret=self._secret) as session:
-                await self._serve(sibling, session)
-        except SessionError as exc:
-            logger.debug("hello to sibling %s: %s", sibling[:10], exc)
-            self._tried_to_reach(sibling)
+        """Dial on start, unless the sibling dialed us first: it may be away (and redials
+        only every :data:`~.presence.REDIAL_MAX_S`) or holding a stale session to our last
+        run, which it would otherwise notice only much later. Tried again, backing off,
+        if it fails (:func:`~.presence.hellos`)."""
+        waits = hellos()
+        for _ in range(HELLO_TRIES):
+            with trio.move_on_after(waits.failed()):
+                await self._leaving.wait()  # leaving: no time to wait for the dialer
+            if sibling in self._serving:
+                return
+            try:
+                async with self._endpoint.connect(key, shared_secret=self._secret) as session:
+                    await self._serve(sibling, session)
+                return
+            except SessionError as exc:
+                logger.debug("hello to sibling %s: %s", sibling[:10], exc)
+                self._tried_to_reach(sibling)
 
     async def _dial(self, sibling: str, key: bytes) -> None:
         waits = redials()

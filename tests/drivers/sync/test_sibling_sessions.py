@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 import trio
 import trio.testing
 
-from p2psync.sync.presence import REDIAL_MAX_S
+from overlay.session import SessionError
+from p2psync.sync.presence import HELLO_TRIES, REDIAL_MAX_S
 from p2psync.sync.sessions import SiblingSessions
 
 OWN_KEY, SIBLING_KEY = b"\x01" * 32, b"\x02" * 32  # the lower key dials
@@ -34,13 +35,13 @@ class _Session:
 
 
 class _Endpoint:
-    """Connects at once; opens no sessions to us."""
+    """Connects at once (or fails, if not ``reachable``); opens no sessions to us."""
 
-    public_key = OWN_KEY
-
-    def __init__(self, *, sibling_says_goodbye: bool = False) -> None:
+    def __init__(self, *, sibling_says_goodbye: bool = False, public_key: bytes = OWN_KEY) -> None:
         self.connects = 0
         self._goodbye = sibling_says_goodbye
+        self.public_key = public_key
+        self.reachable = True
 
     async def publish(self, shared_secret: bytes) -> int:
         return 1
@@ -48,6 +49,8 @@ class _Endpoint:
     @asynccontextmanager
     async def connect(self, peer: bytes, *, shared_secret: bytes) -> AsyncIterator[_Session]:
         self.connects += 1
+        if not self.reachable:
+            raise SessionError("peer has no live introset")
         yield _Session(peer, left=self._goodbye)
 
     async def sessions(self) -> AsyncIterator[_Session]:
@@ -90,13 +93,13 @@ async def test_a_device_waiting_to_leave_is_told_once_a_sibling_s_session_is_gon
     assert seen[:2] == [({"desktop"}, {"desktop"}), (set(), {"desktop"})]
 
 
-async def _dials_within(seconds: float, *, sibling_says_goodbye: bool) -> int:
-    """How often the dialing side dials in ``seconds`` when every session lasts 5 s."""
+async def _connects_within(seconds: float, endpoint: _Endpoint) -> int:
+    """How often ``endpoint``'s device reaches for its sibling in ``seconds`` when every
+    session lasts 5 s."""
 
     async def carry(sibling: str, session: object, first: bytes | None, keeper: bool) -> None:
         await trio.sleep(5)
 
-    endpoint = _Endpoint(sibling_says_goodbye=sibling_says_goodbye)
     sessions = SiblingSessions(
         endpoint,  # type: ignore[arg-type]
         b"secret",
@@ -116,12 +119,24 @@ async def test_a_sibling_that_said_goodbye_is_dialled_again_only_after_the_cap(
 ) -> None:
     """It went offline on purpose and dials us when it is back: a dial sooner would find
     its introset of minutes ago and time out on its dead intros."""
-    assert await _dials_within(REDIAL_MAX_S, sibling_says_goodbye=True) == 1
-    assert await _dials_within(REDIAL_MAX_S + 10, sibling_says_goodbye=True) == 2
+    for seconds, dials in ((REDIAL_MAX_S, 1), (REDIAL_MAX_S + 10, 2)):
+        endpoint = _Endpoint(sibling_says_goodbye=True)
+        assert await _connects_within(seconds, endpoint) == dials
 
 
 async def test_a_sibling_that_went_quiet_is_dialled_again_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """It may still be there, behind a path that failed."""
-    assert await _dials_within(10, sibling_says_goodbye=False) >= 2
+    assert await _connects_within(10, _Endpoint(sibling_says_goodbye=False)) >= 2
+
+
+async def test_the_side_that_does_not_dial_says_hello_until_it_gets_through(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A few tries: the dialer redials a sibling that is away only every REDIAL_MAX_S, so
+    one lost hello would leave the siblings apart that long."""
+    for reachable, hellos in ((False, HELLO_TRIES), (True, 1)):
+        endpoint = _Endpoint(public_key=b"\x03" * 32)  # above SIBLING_KEY: it says hello
+        endpoint.reachable = reachable
+        assert await _connects_within(REDIAL_MAX_S, endpoint) == hellos
