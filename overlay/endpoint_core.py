@@ -315,7 +315,6 @@ class EndpointCore:
         self._dht: dict[bytes, _DhtWait] = {}
         self._exits: dict[bytes, _ExitWait] = {}
         self._secrets: list[bytes] = []
-        #: The intros of the introsets last published.
         #: The intro siblings pick of those last published (None: none published yet).
         self._published_intro: bytes | None = None
         self._republish_at_ms = now_ms + republish_ms
@@ -394,8 +393,8 @@ class EndpointCore:
         filter no longer admits (one through a relay that left the listing is kept until
         it expires or dies, as :meth:`update_directory` says), ping those due a ping
         (``ping_interval_ms`` after they were last heard from: an unanswered one shows the
-        path dead), and build as
-        many as it takes to have ``paths`` not due for replacement."""
+        path dead), and build as many as it takes to have ``paths`` not due for
+        replacement."""
         effects: list[Effect] = []
         entries = self._admitted()
         for path in list(self._paths):

@@ -3,9 +3,10 @@
 A device publishes its sibling-only introset and then, per sibling, either dials (the
 sibling with the lower overlay key keeps dialling, backing off while the sibling is
 away) or says hello when it starts (the other side, tried a few times: the dialler may be
-away, or hold a session to our previous run). A session the sibling opens replaces ours, which is how a stale session to
-a sibling that went away and came back is dropped at once; it counts only once it
-carries its first record, so a relay replaying an old INIT cannot replace the live one.
+away, or hold a session to our previous run). A session the sibling opens replaces ours,
+which is how a stale session to a sibling that went away and came back is dropped at
+once; it counts only once it carries its first record, so a relay replaying an old INIT
+cannot replace the live one.
 
 What a session carries is not this module's business: each session kept is handed to
 ``carry`` (:meth:`~.syncer.SiblingSync.carry`) until it ends.
