@@ -171,8 +171,8 @@ class Path:
     def next_check_ms(self, now_ms: int, ping_interval_ms: int) -> int | None:
         """When, after ``now_ms``, its keeper next has something to do for this path
         (None: never, it is dead): :meth:`check` a build
-        or a ping that may have gone unanswered, send the next ping (every
-        ``ping_interval_ms``), build a successor, or see it expire. The keeper sleeps until
+        or a ping that may have gone unanswered, send the next ping (:meth:`ping_due_ms`),
+        build a successor, or see it expire. The keeper sleeps until
         then (or until paths change) instead of polling: polling every half second was
         most of an idle device's wake-ups."""
         if self.state is PathState.DEAD:

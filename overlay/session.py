@@ -79,6 +79,11 @@ class SessionError(Exception):
     """The session failed: handshake timeout, peer unreachable, or closed."""
 
 
+class NotPublished(SessionError):
+    """The peer has no live introset under the secret it was looked up by: it is away (or
+    has not published yet), rather than unreachable at intros it published."""
+
+
 class StaleInit(SessionError):
     """An authentic INIT sent too long ago (a replay) or too far ahead (a skewed clock)."""
 

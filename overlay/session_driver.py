@@ -24,6 +24,7 @@ from .keys import KeyPair
 from .path import Path
 from .payloads import PathPayload, Transfer
 from .session import (
+    NotPublished,
     Refused,
     SessionAcceptor,
     SessionCore,
@@ -55,11 +56,6 @@ class Session:
     def peer(self) -> bytes:
         """The peer endpoint's Ed25519 public key, authenticated by the handshake."""
         return self._core.peer
-
-    @property
-    def peer_left(self) -> bool:
-        """Whether the peer said goodbye (closed its side), rather than going quiet."""
-        return self._core.peer_finished
 
     @property
     def peer_intro(self) -> Intro | None:
@@ -303,14 +299,15 @@ class Sessions:
         shared_secret: bytes | None = None,
         intros: list[Intro] | None = None,
     ) -> AsyncIterator[Session]:
-        """A session to endpoint ``peer``, found through its introset (``shared_secret``)
-        or at known ``intros``. Closed cleanly when the block ends."""
+        """A session to endpoint ``peer``, found through its introset (``shared_secret``;
+        :class:`NotPublished` if it has none) or at known ``intros``. Closed cleanly when
+        the block ends."""
         if intros is None:
             if shared_secret is None:
                 raise ValueError("connect needs a shared secret or the peer's intros")
             intros = await self._lookup(shared_secret, peer)
             if not intros:
-                raise SessionError("peer has no live introset")
+                raise NotPublished("peer has no live introset")
         await self._ready()
         core = SessionCore.initiate(self._keys, peer, self._clock.now_ms())
         core.peer_intro = freshest_intro(intros)

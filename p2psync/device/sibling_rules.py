@@ -105,9 +105,10 @@ class SiblingTimings:
     #: How long after its origin sent it a message is news, for standing in
     #: (:func:`stands_in`): :data:`TAKEOVER_GRACES` grace periods.
     takeover_ms: int
-    #: How often an idle sibling session proves its sibling is still there.
+    #: After how long without a record an idle sibling session's keeper proves its sibling
+    #: is still there (:func:`~p2psync.sync.presence.keepalive_due_ms`).
     session_keepalive_s: float
-    #: How often the overlay paths under it are pinged.
+    #: After how long without hearing from it an overlay path under it is pinged.
     path_ping_ms: int
     #: How often an unchanged introset is republished.
     republish_ms: int

@@ -75,11 +75,12 @@ class DeviceConfig:
     a revocation reaches senders within that time. ``retry_s`` doubles per failure up to
     ``max_retry_s`` while the outbox cannot be delivered. ``catch_up_s``: with
     ``subscribe``, how often the device drains its swarm anyway in case a push was lost
-    (a phone idles longer between such wake-ups than a desktop). ``keepalive_s``: how
-    often an idle sibling session and the overlay paths under it are checked, and in
-    proportion how often an unchanged introset is republished (longer: less idle work and
-    battery, a vanished sibling or a dead path noticed later; None: the overlay's and live
-    sync's own intervals, 5 s, 2.5 min and 15 s). ``delete_delay_s`` and
+    (a phone idles longer between such wake-ups than a desktop). ``keepalive_s``: after
+    how long without a word an idle sibling session (from one side) and each overlay path
+    under it are checked, and in proportion how often an unchanged introset is
+    republished (longer: less idle work and battery, a vanished sibling or a dead path
+    noticed later; None: the overlay's and live sync's own intervals, 5 s, 2.5 min and
+    15 s). ``delete_delay_s`` and
     ``inbound_push_delay_s``: the ranges of :data:`DELETE_DELAY_S` and
     :data:`INBOUND_PUSH_DELAY_S` (shorter ones show a demo's deletions sooner, at the
     cost of that timing). ``sync_copy_ttl_ms``: with ``direct_sync``, how long a sync copy

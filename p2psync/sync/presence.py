@@ -21,13 +21,19 @@ REDIAL_MIN_S = 1.0
 #: to 24 requests through the overlay): with a cap of 300 s, the quick storage benchmark's
 #: devices made 1 852 lookups that found nothing, 60 % of their DHT requests (655 at this
 #: cap; the relays carried 16 % fewer cells in all). A sibling that comes back dials us
-#: itself when it starts (its hello, tried :data:`HELLO_TRIES` times), and that wakes the
-#: dialer at once, so the back-off costs latency only when every one of those fails.
+#: itself when it starts (its hellos, :func:`hello_again`), and that wakes the dialer at
+#: once, so the back-off costs latency only when every one of those fails.
 REDIAL_MAX_S = 1800.0
 #: How long the non-dialing side gives the dialing one before saying hello itself; a
-#: hello that fails is tried again after twice as long, up to :data:`HELLO_TRIES` in all.
+#: hello that fails is tried again after twice as long (:func:`hello_again`).
 HELLO_DELAY_S = 2.0
-HELLO_TRIES = 3
+#: Hellos to a dialer whose introset was found but did not answer: the last one comes
+#: :data:`HELLO_SPAN_S` (252 s) after the first, past twice the path-ping interval of a
+#: phone-like keep-alive (120 s) and a ping's time-out, by when the dialer has found a
+#: dead intro and republished (a device set to ping its paths less often than that can
+#: stay apart from its sibling until the next redial).
+HELLO_TRIES = 7
+HELLO_SPAN_S = sum(HELLO_DELAY_S * 2**n for n in range(1, HELLO_TRIES))
 #: How often an idle session is made to prove its sibling is still there: a sibling that
 #: vanished without goodbye (crash, lost network) then fails the session's retransmissions.
 KEEPALIVE_S = 15.0
@@ -42,23 +48,27 @@ def dials(own_key: bytes, sibling_key: bytes) -> bool:
     return own_key < sibling_key
 
 
-def redials(*, after_goodbye: bool = False) -> Backoff:
+def redials() -> Backoff:
     """The waits between dials of a sibling: doubling from :data:`REDIAL_MIN_S` to
     :data:`REDIAL_MAX_S` while it is away, from the start once it showed up (it dialled
-    us) or a session with it opened.
-
-    ``after_goodbye``: the sibling's last session ended with its goodbye, so it went
-    offline on purpose and dials us, or says hello, when it is back; every wait is then
-    the cap (a dial then would find its introset of minutes ago, and time out on intros
-    that are gone). One that went quiet instead may still be there, behind a path that
-    failed, and is dialled again at once and then ever less often."""
-    return Backoff(REDIAL_MAX_S if after_goodbye else REDIAL_MIN_S, REDIAL_MAX_S)
+    us) or a session with it opened."""
+    return Backoff(REDIAL_MIN_S, REDIAL_MAX_S)
 
 
 def hellos() -> Backoff:
     """The waits before each hello of the non-dialing side: :data:`HELLO_DELAY_S`, then
-    doubling."""
+    doubling (see :func:`hello_again`)."""
     return Backoff(HELLO_DELAY_S, REDIAL_MAX_S)
+
+
+def hello_again(tries: int, published: bool) -> bool:
+    """Whether the non-dialing side says hello again after ``tries`` failed: not if the
+    dialer had no introset (``published`` false: it is away, and dials us when it is
+    back), else up to :data:`HELLO_TRIES` in all. An introset whose intros do not answer
+    may name a path that died since: its owner notices within a path-ping interval and
+    republishes, and the hellos, :func:`hellos` apart, outlast that (their last is
+    :data:`HELLO_SPAN_S` after the first)."""
+    return published and tries < HELLO_TRIES
 
 
 class SessionChoice(Enum):

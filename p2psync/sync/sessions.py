@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, Mapping
 import trio
 
 from overlay.endpoint import Endpoint
-from overlay.session import SessionError
+from overlay.session import NotPublished, SessionError
 from overlay.session_driver import Session
 
-from .presence import HELLO_TRIES, SessionChoice, dials, hellos, keep_session, redials
+from .presence import SessionChoice, dials, hello_again, hellos, keep_session, redials
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,6 @@ class SiblingSessions:
         self._present: dict[str, trio.Event] = {sibling: trio.Event() for sibling in siblings}
         #: Siblings whose first session came up or whose first try to reach failed.
         self.tried: set[str] = set()
-        #: Siblings whose last session ended with their goodbye, not dialled since.
-        self._left: set[str] = set()
         #: Set when the device is about to leave: say hello without waiting for the dialer.
         self._leaving = trio.Event()
 
@@ -106,14 +104,16 @@ class SiblingSessions:
     async def _hello(self, sibling: str, key: bytes) -> None:
         """Dial on start, unless the sibling dialed us first: it may be away (and redials
         only every :data:`~.presence.REDIAL_MAX_S`) or holding a stale session to our last
-        run, which it would otherwise notice only much later. Tried again, backing off,
-        if it fails (:func:`~.presence.hellos`)."""
+        run, which it would otherwise notice only much later. Tried again as
+        :func:`~.presence.hello_again` says; once leaving, once is enough."""
         waits = hellos()
-        for _ in range(HELLO_TRIES):
+        tries = 0
+        while True:
             with trio.move_on_after(waits.failed()):
                 await self._leaving.wait()  # leaving: no time to wait for the dialer
             if sibling in self._serving:
                 return
+            tries += 1
             try:
                 async with self._endpoint.connect(key, shared_secret=self._secret) as session:
                     await self._serve(sibling, session)
@@ -121,6 +121,9 @@ class SiblingSessions:
             except SessionError as exc:
                 logger.debug("hello to sibling %s: %s", sibling[:10], exc)
                 self._tried_to_reach(sibling)
+                published = not isinstance(exc, NotPublished)
+            if self._leaving.is_set() or not hello_again(tries, published):
+                return
 
     async def _dial(self, sibling: str, key: bytes) -> None:
         waits = redials()
@@ -128,21 +131,17 @@ class SiblingSessions:
             while sibling in self._serving:  # the sibling dialed us: nothing to do
                 await self._serving[sibling][1].wait()
             present = self._present[sibling] = trio.Event()
-            if sibling in self._left:  # it dials us when it is back: wait the cap first
-                self._left.discard(sibling)
-                waits = redials(after_goodbye=True)
-            else:
-                try:
-                    async with self._endpoint.connect(key, shared_secret=self._secret) as session:
-                        waits = redials()
-                        await self._serve(sibling, session)
-                except SessionError as exc:
-                    logger.debug("session to sibling %s: %s", sibling[:10], exc)
-                    self._tried_to_reach(sibling)
+            try:
+                async with self._endpoint.connect(key, shared_secret=self._secret) as session:
+                    waits.succeeded()
+                    await self._serve(sibling, session)
+            except SessionError as exc:
+                logger.debug("session to sibling %s: %s", sibling[:10], exc)
+                self._tried_to_reach(sibling)
             with trio.move_on_after(waits.failed()):
                 await present.wait()
             if present.is_set():
-                waits = redials()
+                waits.succeeded()
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         async for session in self._endpoint.sessions():
@@ -184,14 +183,11 @@ class SiblingSessions:
         try:
             with trio.CancelScope() as scope:
                 self._serving[sibling] = (scope, ended, session)
-                self._left.discard(sibling)
                 self._tried_to_reach(sibling)
                 keeper = dials(self._endpoint.public_key, self._keys[sibling])
                 await self._carry(sibling, session, first, keeper)
             if scope.cancelled_caught:
                 session.abort()  # replaced: the sibling has moved on to its new session
-            elif session.peer_left:
-                self._left.add(sibling)
         finally:
             del self._serving[sibling]
             ended.set()

@@ -413,7 +413,7 @@ def test_an_unanswered_dht_request_has_no_response() -> None:
 # --- republishing -------------------------------------------------------------------------
 
 
-def test_republish_every_republish_ms_and_when_a_published_intro_dies() -> None:
+def test_republish_every_republish_ms_and_when_the_freshest_published_intro_dies() -> None:
     h = Harness(paths=2, republish_ms=60_000)
     first = h.built_path()
     h.core.publish_under(SECRET)

@@ -7,11 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2psync.sync.presence import (
+    HELLO_TRIES,
     LISTENER_SLACK,
     REDIAL_MAX_S,
     REDIAL_MIN_S,
     SessionChoice,
     dials,
+    hello_again,
     keep_session,
     keepalive_due_ms,
     may_leave,
@@ -39,6 +41,12 @@ def test_redials_back_off_to_the_cap_and_start_over_once_the_sibling_shows_up() 
     assert seen[-1] == REDIAL_MAX_S
     waits.succeeded()
     assert waits.failed() == REDIAL_MIN_S
+
+
+def test_hellos_go_on_only_to_a_dialer_that_published() -> None:
+    assert not hello_again(1, published=False)  # away: it dials us when back
+    assert all(hello_again(tries, published=True) for tries in range(1, HELLO_TRIES))
+    assert not hello_again(HELLO_TRIES, published=True)
 
 
 def test_a_session_the_sibling_opened_replaces_ours_and_a_second_of_ours_is_dropped() -> None:

@@ -1,6 +1,6 @@
 """Keeping one session per sibling (:class:`~p2psync.sync.sessions.SiblingSessions`),
-against a stand-in endpoint: what a device waiting to leave is told, and when; when a
-sibling whose session ended is dialled again."""
+against a stand-in endpoint: what a device waiting to leave is told, and when; how
+often the side that does not dial says hello; which side keeps the session alive."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 import trio
 import trio.testing
 
-from overlay.session import SessionError
-from p2psync.sync.presence import HELLO_TRIES, REDIAL_MAX_S
+from overlay.session import NotPublished, SessionError
+from p2psync.sync.presence import HELLO_DELAY_S, HELLO_TRIES, REDIAL_MAX_S
 from p2psync.sync.sessions import SiblingSessions
 
 OWN_KEY, SIBLING_KEY = b"\x01" * 32, b"\x02" * 32  # the lower key dials
@@ -20,9 +20,8 @@ OWN_KEY, SIBLING_KEY = b"\x01" * 32, b"\x02" * 32  # the lower key dials
 class _Session:
     """A session that opens and ends as the test says."""
 
-    def __init__(self, peer: bytes, *, left: bool = False) -> None:
+    def __init__(self, peer: bytes) -> None:
         self.peer = peer
-        self.peer_left = left
 
     def abort(self) -> None:
         pass
@@ -35,23 +34,23 @@ class _Session:
 
 
 class _Endpoint:
-    """Connects at once (or fails, if not ``reachable``); opens no sessions to us."""
+    """Connects at once, or fails with ``failure``; opens no sessions to us."""
 
-    def __init__(self, *, sibling_says_goodbye: bool = False, public_key: bytes = OWN_KEY) -> None:
-        self.connects = 0
-        self._goodbye = sibling_says_goodbye
+    def __init__(self, *, public_key: bytes = OWN_KEY, failure: SessionError | None = None) -> None:
         self.public_key = public_key
-        self.reachable = True
+        self.failure = failure
+        #: When each connect was asked for (trio time).
+        self.connects: list[float] = []
 
     async def publish(self, shared_secret: bytes) -> int:
         return 1
 
     @asynccontextmanager
     async def connect(self, peer: bytes, *, shared_secret: bytes) -> AsyncIterator[_Session]:
-        self.connects += 1
-        if not self.reachable:
-            raise SessionError("peer has no live introset")
-        yield _Session(peer, left=self._goodbye)
+        self.connects.append(trio.current_time())
+        if self.failure is not None:
+            raise self.failure
+        yield _Session(peer)
 
     async def sessions(self) -> AsyncIterator[_Session]:
         await trio.sleep_forever()
@@ -93,11 +92,16 @@ async def test_a_device_waiting_to_leave_is_told_once_a_sibling_s_session_is_gon
     assert seen[:2] == [({"desktop"}, {"desktop"}), (set(), {"desktop"})]
 
 
-async def _connects_within(seconds: float, endpoint: _Endpoint) -> int:
-    """How often ``endpoint``'s device reaches for its sibling in ``seconds`` when every
-    session lasts 5 s."""
+async def _run(
+    endpoint: _Endpoint, seconds: float, *, leaving_at: float | None = None
+) -> list[bool]:
+    """Run one device's sibling sessions on ``endpoint`` for ``seconds`` (told it is
+    leaving at ``leaving_at``), every session lasting 5 s; what ``carry`` was told of
+    each: whether this side keeps it alive."""
+    keepers: list[bool] = []
 
     async def carry(sibling: str, session: object, first: bytes | None, keeper: bool) -> None:
+        keepers.append(keeper)
         await trio.sleep(5)
 
     sessions = SiblingSessions(
@@ -109,34 +113,51 @@ async def _connects_within(seconds: float, endpoint: _Endpoint) -> int:
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sessions.run)
+        if leaving_at is not None:
+            await trio.sleep(leaving_at)
+            sessions.leaving()
+            seconds -= leaving_at
         await trio.sleep(seconds)
         nursery.cancel_scope.cancel()
-    return endpoint.connects
+    return keepers
 
 
-async def test_a_sibling_that_said_goodbye_is_dialled_again_only_after_the_cap(
+HELLO_SIDE = b"\x03" * 32  # above SIBLING_KEY: this side says hello
+
+
+async def test_hellos_go_on_while_the_dialer_s_introset_does_not_answer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """It went offline on purpose and dials us when it is back: a dial sooner would find
-    its introset of minutes ago and time out on its dead intros."""
-    for seconds, dials in ((REDIAL_MAX_S, 1), (REDIAL_MAX_S + 10, 2)):
-        endpoint = _Endpoint(sibling_says_goodbye=True)
-        assert await _connects_within(seconds, endpoint) == dials
+    """The dialer redials a sibling that is away only every REDIAL_MAX_S, so hellos must
+    outlast a dead intro in its introset (noticed within a path ping, then republished):
+    they go on, doubling their waits, HELLO_TRIES times."""
+    endpoint = _Endpoint(public_key=HELLO_SIDE, failure=SessionError("handshake timed out"))
+    await _run(endpoint, REDIAL_MAX_S)
+    start = trio.current_time() - REDIAL_MAX_S
+    waits = [HELLO_DELAY_S * 2**n for n in range(HELLO_TRIES)]
+    expected = [start + sum(waits[: n + 1]) for n in range(HELLO_TRIES)]
+    assert endpoint.connects == expected
+    assert expected[-1] - expected[0] > 2 * 120 + 3  # a phone's path pings, and a time-out
 
 
-async def test_a_sibling_that_went_quiet_is_dialled_again_at_once(
+async def test_one_hello_when_the_dialer_has_no_introset_or_the_device_is_leaving(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """It may still be there, behind a path that failed."""
-    assert await _connects_within(10, _Endpoint(sibling_says_goodbye=False)) >= 2
+    """No introset: the dialer is away, and dials us when it is back. Leaving: the
+    device needs only to know it tried."""
+    away = _Endpoint(public_key=HELLO_SIDE, failure=NotPublished("peer has no live introset"))
+    await _run(away, REDIAL_MAX_S)
+    assert len(away.connects) == 1
+    leaving = _Endpoint(public_key=HELLO_SIDE, failure=SessionError("handshake timed out"))
+    await _run(leaving, REDIAL_MAX_S, leaving_at=0.5)
+    assert len(leaving.connects) == 1
+    answered = _Endpoint(public_key=HELLO_SIDE)
+    await _run(answered, REDIAL_MAX_S)
+    assert len(answered.connects) == 1
 
 
-async def test_the_side_that_does_not_dial_says_hello_until_it_gets_through(
+async def test_the_dialing_side_keeps_the_session_alive_and_the_other_listens(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A few tries: the dialer redials a sibling that is away only every REDIAL_MAX_S, so
-    one lost hello would leave the siblings apart that long."""
-    for reachable, hellos in ((False, HELLO_TRIES), (True, 1)):
-        endpoint = _Endpoint(public_key=b"\x03" * 32)  # above SIBLING_KEY: it says hello
-        endpoint.reachable = reachable
-        assert await _connects_within(REDIAL_MAX_S, endpoint) == hellos
+    assert set(await _run(_Endpoint(public_key=OWN_KEY), 4)) == {True}
+    assert set(await _run(_Endpoint(public_key=HELLO_SIDE), 4)) == {False}
