@@ -19,8 +19,8 @@ from ..backoff import Backoff
 REDIAL_MIN_S = 1.0
 #: Re-dials of a sibling that is away back off to this. Each costs an introset lookup (up
 #: to 24 requests through the overlay): with a cap of 300 s, the quick storage benchmark's
-#: devices made 1 852 lookups that found nothing, 60 % of their DHT requests (655 at this
-#: cap; the relays carried 16 % fewer cells in all). A sibling that comes back dials us
+#: devices made 1 852 lookups that found nothing, 60 % of their DHT requests (704 at this
+#: cap, hellos as they are now). A sibling that comes back dials us
 #: itself when it starts (its hellos, :func:`hello_again`), and that wakes the dialer at
 #: once, so the back-off costs latency only when every one of those fails.
 REDIAL_MAX_S = 1800.0
