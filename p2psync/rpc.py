@@ -302,16 +302,30 @@ class Outbox:
 class Connection:
     """What a handler may know of and do with the connection its request came on."""
 
-    def __init__(self, peer: str, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        peer: str,
+        outbox: Outbox,
+        on_overflow: Callable[[Connection], None] = lambda connection: None,
+    ) -> None:
         self.peer = peer
         self._outbox = outbox
         self._on_close: list[Callable[[], None]] = []
-        self.overflowed = trio.Event()
+        self._on_overflow = on_overflow
+        #: The client was found too slow and is being dropped.
+        self.overflowed = False
 
     def notify(self, method: str, params: dict[str, Any]) -> None:
         """Queue a push without waiting; a full outbox marks the client too slow."""
         if not self._outbox.offer(encode_frame(Notify(method, params))):
-            self.overflowed.set()
+            self.overflow()
+
+    def overflow(self) -> None:
+        """Mark the client too slow: the server drops it (once), from whichever task
+        found out, without a task per connection waiting for that to happen."""
+        if not self.overflowed:
+            self.overflowed = True
+            self._on_overflow(self)
 
     def on_close(self, callback: Callable[[], None]) -> None:
         self._on_close.append(callback)
@@ -538,14 +552,15 @@ class RpcServer:
         self._active += 1
         self.stats.connections += 1
         outbox = Outbox(limits.outbox_frames, limits.outbox_bytes, self.memory)
-        connection = Connection(link.peer, outbox)
+        scope = trio.CancelScope()
+        connection = Connection(link.peer, outbox, partial(self._drop_slow, scope))
         self._connections.add(connection)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop, link, outbox, nursery.cancel_scope)
-                nursery.start_soon(self._watch_overflow, connection, nursery.cancel_scope)
-                await self._read_loop(link, connection, nursery)
-                nursery.cancel_scope.cancel()
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop, link, outbox, scope)
+                    await self._read_loop(link, connection, nursery)
+                    scope.cancel()
         finally:
             self._active -= 1
             self._connections.discard(connection)
@@ -558,16 +573,15 @@ class RpcServer:
         dropped still counts until its handler has unwound, so what it holds is set
         aside first: only if the others alone are over the limit does another one go,
         else every grow in that moment would drop one more (down to the last client)."""
-        live = [c for c in self._connections if not c.overflowed.is_set()]
-        leaving = sum(c._outbox.held_bytes for c in self._connections if c.overflowed.is_set())
+        live = [c for c in self._connections if not c.overflowed]
+        leaving = sum(c._outbox.held_bytes for c in self._connections if c.overflowed)
         if self.memory.used - leaving <= self.memory.limit:
             return
         victim = max(live, key=lambda c: c._outbox.held_bytes, default=None)
         if victim is not None:
-            victim.overflowed.set()
+            victim.overflow()
 
-    async def _watch_overflow(self, connection: Connection, scope: trio.CancelScope) -> None:
-        await connection.overflowed.wait()
+    def _drop_slow(self, scope: trio.CancelScope, connection: Connection) -> None:
         self.stats.dropped_slow_clients += 1
         logger.info("disconnecting %s: it does not take what it is sent", connection.peer)
         scope.cancel()
