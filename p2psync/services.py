@@ -40,12 +40,13 @@ from .onion.service import ListedExits, OnionService
 from .opengroup.server import OpenGroupServer
 from .rpc import RpcServer
 from .swarm.admission import MAX_REGISTRATION_BYTES, Ledger, Registration, checked_registration
+from .swarm.constants import ANNOUNCE_INTERVAL_S
 from .swarm.directory import Directory, FileDirectory, Listing, RegistryDirectory
 from .swarm.listing import IpRange
 from .swarm.node import StorageNode
 from .swarm.node_config import NodeConfig
 from .swarm.registry import RegistryServer
-from .swarm.settling import next_listing_read_s
+from .swarm.settling import announce_due, next_listing_read_s
 from .swarm.store import MessageStore
 from .urls import server_url
 from .whole_file import create_file, read_small_file
@@ -294,7 +295,8 @@ def announced_url(kind: str, data_dir: Path, listen: str, *, plain: bool) -> str
     return server_url(listen, key)
 
 
-#: How often a relay re-announces its contact and re-reads the other relays.
+#: How often a relay re-reads the other relays (it announces its contact every
+#: :data:`~.swarm.constants.ANNOUNCE_INTERVAL_S`, as nodes do).
 RELAY_REFRESH_S = 60.0
 
 
@@ -357,6 +359,8 @@ class AnnouncedRelay:
         self._cores: list[RelayCore] = []
         self._directory: Directory | None = None
         self._known: frozenset[bytes] = frozenset()
+        #: When this relay last announced itself (epoch ms; None: it must announce).
+        self._announced_at: int | None = None
 
     async def serve(
         self,
@@ -422,14 +426,21 @@ class AnnouncedRelay:
         return self._known
 
     async def refresh(self) -> None:
-        """Announce a fresh contact and re-read the other relays now."""
+        """Announce a fresh contact if that is due, and re-read the other relays now."""
         assert self._directory is not None, "the relay is not serving"
         try:
-            contact = make_contact(self._keys, self.address, self.clock.now_ms())
-            await self._directory.announce(
-                self.identity, "relay", self.address, contact.encode(), self.registration
-            )
-            snapshot = await self._directory.fetch()
+            now = self.clock.now_ms()
+            async with self._directory.one_connection():
+                if announce_due(self._announced_at, now, ANNOUNCE_INTERVAL_S * 1000):
+                    self._announced_at = None
+                    contact = make_contact(self._keys, self.address, now)
+                    await self._directory.announce(
+                        self.identity, "relay", self.address, contact.encode(), self.registration
+                    )
+                    self._announced_at = now
+                snapshot = await self._directory.fetch()
+            if self.identity.ed25519_public.hex() not in {r.pubkey for r in snapshot.relays}:
+                self._announced_at = None  # a listing without this relay: announce again
             contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
             self._cores[0].update_directory(contacts, self.clock.now_ms())
             self._known = frozenset(c.pubkey for c in contacts)

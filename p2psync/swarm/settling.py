@@ -1,10 +1,14 @@
-"""How often a node or a relay re-reads the registry's listing.
+"""How often a node or a relay re-reads the registry's listing, and when it announces.
 
 Nodes and relays start in batches, so a listing that just changed (or that one started
 with) is likely to change again soon: the next re-read comes :data:`LISTING_SETTLING_S`
 after a start or a change and the interval doubles while nothing changes, up to the
 refresh interval. One started beside others so learns of them in seconds, without anyone
 having to contact it, and a settled network costs one read per refresh interval.
+
+Announcing is due less often than reading: an announcement stays listed
+:data:`~.listing.ANNOUNCEMENT_TTL_MS` (5 min), so one every
+:data:`~.constants.ANNOUNCE_INTERVAL_S` (2 min) keeps it listed with a retry to spare.
 """
 
 from __future__ import annotations
@@ -18,3 +22,10 @@ def next_listing_read_s(previous_s: float | None, changed: bool, limit_s: float)
     if previous_s is None or changed:
         return min(LISTING_SETTLING_S, limit_s)
     return min(2 * previous_s, limit_s)
+
+
+def announce_due(announced_at_ms: int | None, now_ms: int, interval_ms: float) -> bool:
+    """Whether to announce at a refresh: ``interval_ms`` after the last announcement,
+    or at once if there was none (a first start, a failed announcement, or a listing
+    that left this announcer out, whose announcement the registry must have lost)."""
+    return announced_at_ms is None or now_ms - announced_at_ms >= interval_ms
