@@ -582,6 +582,8 @@ class RpcServer:
             victim.overflow()
 
     def _drop_slow(self, scope: trio.CancelScope, connection: Connection) -> None:
+        if scope.cancel_called:
+            return  # the connection is closing anyway: no drop to count
         self.stats.dropped_slow_clients += 1
         logger.info("disconnecting %s: it does not take what it is sent", connection.peer)
         scope.cancel()

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,7 +27,7 @@ from overlay.link import Transport
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity
-from ..rpc import RpcClient, open_rpc
+from ..rpc import open_rpc
 from ..saved_file import SavedFile
 from ..wire import Fields, decode_cbor, encode_cbor
 from .dial_back import DIAL_BACK_TIMEOUT_S
@@ -65,11 +64,6 @@ class Directory(Listing, Protocol):
         registration: bytes = b"",
     ) -> None: ...
 
-    def one_connection(self) -> AbstractAsyncContextManager[None]:
-        """Inside the block, announcing and reading share one connection to the registry
-        (a refresh does both)."""
-        ...
-
 
 @dataclass
 class FileDirectory:
@@ -102,18 +96,13 @@ class FileDirectory:
     ) -> None:
         await trio.lowlevel.checkpoint()
 
-    @asynccontextmanager
-    async def one_connection(self) -> AsyncIterator[None]:
-        yield
-
 
 LISTING_ERRORS = (OSError, ConnectionLost, RpcError, DecodeError)
 
 
 @dataclass
 class RegistryDirectory:
-    """A live registry server, one short connection per call, or per
-    :meth:`one_connection` block. When the registry cannot
+    """A live registry server, one short connection per call. When the registry cannot
     be read, it asks the nodes it knows (``seeds``, then those of the last listing) for the
     copy they hold, and failing that reads back the last listing it saved at
     ``cache_path``; every copy is checked signature by signature like the registry's, and
@@ -129,35 +118,6 @@ class RegistryDirectory:
     _known: list[str] = field(default_factory=list)
     _saved: SavedFile | None = field(default=None, init=False, repr=False)
     _to_save: Snapshot = field(default_factory=Snapshot, init=False, repr=False)
-    _held: RpcClient | None = field(default=None, init=False, repr=False)
-
-    @asynccontextmanager
-    async def one_connection(self) -> AsyncIterator[None]:
-        """Announce and read the listing over one connection inside the block: a refresh
-        that does both costs the registry one handshake, not two (hundreds of announcers
-        refresh every minute or two). A registry that cannot be reached is no error
-        here: the calls inside then fail, or fall back, as they would without it."""
-        if self._held is not None:
-            yield
-            return
-        async with AsyncExitStack() as stack:
-            try:
-                self._held = await stack.enter_async_context(open_rpc(self.transport, self.url))
-            except OSError as exc:
-                logger.debug("registry %s unreachable: %s", self.url, exc)
-            try:
-                yield
-            finally:
-                self._held = None
-
-    @asynccontextmanager
-    async def _rpc(self, url: str) -> AsyncIterator[RpcClient]:
-        held = self._held
-        if held is not None and url == self.url and not held.closed.is_set():
-            yield held
-            return
-        async with open_rpc(self.transport, url) as client:
-            yield client
 
     async def fetch(self) -> Snapshot:
         try:
@@ -181,14 +141,13 @@ class RegistryDirectory:
         :data:`ANNOUNCE_TIMEOUT_S` (it dials new addresses back first)."""
         params = sign_announcement(identity, kind, url, self.clock.now_ms(), contact, registration)
         with trio.move_on_after(ANNOUNCE_TIMEOUT_S):
-            async with self._rpc(self.url) as client:
+            async with open_rpc(self.transport, self.url) as client:
                 await client.call("announce", params)
                 return
         raise ConnectionLost(f"the registry at {self.url} did not answer the announcement")
 
     async def _read(self, url: str, max_age_ms: int) -> Snapshot:
-        async with self._rpc(url) as client:
-            announcements = await read_listing_pages(partial(client.call, "list"))
+        announcements = await read_listing(self.transport, url)
         return Snapshot.from_announcements(
             {"announcements": announcements},
             self.clock.now_ms(),

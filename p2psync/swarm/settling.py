@@ -26,6 +26,6 @@ def next_listing_read_s(previous_s: float | None, changed: bool, limit_s: float)
 
 def announce_due(announced_at_ms: int | None, now_ms: int, interval_ms: float) -> bool:
     """Whether to announce at a refresh: ``interval_ms`` after the last announcement,
-    or at once if there was none (a first start, a failed announcement, or a listing
+    or at the first refresh after none (a start, a failed announcement, or a listing
     that left this announcer out, whose announcement the registry must have lost)."""
     return announced_at_ms is None or now_ms - announced_at_ms >= interval_ms
