@@ -359,6 +359,7 @@ class AnnouncedRelay:
         self._cores: list[RelayCore] = []
         self._directory: Directory | None = None
         self._known: frozenset[bytes] = frozenset()
+        self._exit_nodes: frozenset[str] = frozenset()
         #: When this relay last announced itself (epoch ms; None: it must announce).
         self._announced_at: int | None = None
 
@@ -390,9 +391,9 @@ class AnnouncedRelay:
             interval = next_listing_read_s(None, False, self.refresh_s)  # see .swarm.settling
             while True:
                 await self.clock.sleep(interval)
-                before = self.known_relays
+                before = (self.known_relays, self.exit_nodes)
                 await self.refresh()
-                changed = self.known_relays != before
+                changed = (self.known_relays, self.exit_nodes) != before
                 interval = next_listing_read_s(interval, changed, self.refresh_s)
 
     @asynccontextmanager
@@ -425,6 +426,14 @@ class AnnouncedRelay:
         """The keys of the relays this one forwards to, as of its last registry read."""
         return self._known
 
+    @property
+    def exit_nodes(self) -> frozenset[str]:
+        """The urls of the service nodes this relay reaches as an exit, as of its last
+        registry read (a change counts like one in the relays: the next read is soon,
+        so a relay that read while nodes were announcing does not keep refusing the
+        others for its whole refresh interval)."""
+        return self._exit_nodes
+
     async def refresh(self) -> None:
         """Announce a fresh contact if that is due, and re-read the other relays now."""
         assert self._directory is not None, "the relay is not serving"
@@ -443,6 +452,7 @@ class AnnouncedRelay:
             contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
             self._cores[0].update_directory(contacts, self.clock.now_ms())
             self._known = frozenset(c.pubkey for c in contacts)
-            self.exit_servers.update(node.url for node in snapshot.nodes)
+            self._exit_nodes = frozenset(node.url for node in snapshot.nodes)
+            self.exit_servers.update(self._exit_nodes)
         except (OSError, P2PSyncError, ValueError) as exc:
             logger.warning("relay: registry unavailable: %s", exc)

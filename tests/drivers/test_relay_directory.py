@@ -7,7 +7,7 @@ import trio.testing
 
 from p2psync.identity import Identity
 from p2psync.network import open_local_network, wait_until
-from p2psync.services import AnnouncedRelay
+from p2psync.services import RELAY_REFRESH_S, AnnouncedRelay
 from p2psync.swarm.constants import ANNOUNCE_INTERVAL_S
 
 
@@ -65,3 +65,29 @@ async def test_a_settled_relay_reads_every_minute_and_announces_every_two(
         assert relay.known_relays == known == {identity.ed25519_public}
         nursery.cancel_scope.cancel()
     assert announced.count("relay") == 10 * 60 / ANNOUNCE_INTERVAL_S
+
+
+async def test_a_relay_that_reads_a_change_in_the_nodes_reads_again_soon(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Nodes announcing one after another (a start, or every node after a long outage)
+    reach a settled relay's listing over several reads: once it sees one of them, it
+    reads again within seconds, so as an exit it does not refuse the others for its
+    whole refresh interval."""
+    async with open_local_network(1, relays=0) as network, trio.open_nursery() as nursery:
+        identity = Identity.from_label("relay/0")
+        relay = AnnouncedRelay(
+            network.transport,
+            identity,
+            network.clock,
+            registration=network.ledger.register(identity.ed25519_public.hex()).encode(),
+        )
+        await nursery.start(relay.serve, "mem:relay0", network.directory())
+        await trio.sleep(10 * 60)  # settled: one read a minute
+        first = await network.add_node()
+        with trio.fail_after(RELAY_REFRESH_S + 1):
+            await wait_until(lambda: first.url in relay.exit_nodes)
+        second = await network.add_node()
+        with trio.fail_after(5):
+            await wait_until(lambda: second.url in relay.exit_nodes)
+        nursery.cancel_scope.cancel()
