@@ -110,10 +110,17 @@ class DirectoryRefresh:
                 await self._soon.wait()
                 await trio.sleep(REFRESH_SOON_S)
             self._soon = trio.Event()
-            before = self.snapshot.nodes
+            before = _members(self.snapshot)
             try:
                 await self.refresh()
             except Exception as exc:  # a bad listing must not stop later refreshes
                 logger.warning("node %s: registry refresh failed: %r", self._pubkey[:8], exc)
-            changed = self.snapshot.nodes != before
+            changed = _members(self.snapshot) != before
             interval = next_listing_read_s(interval, changed, self._refresh_s)
+
+
+def _members(snapshot: Snapshot) -> tuple[object, ...]:
+    """What a change in brings the next read soon: the nodes, and the relays by key and
+    url (the node takes onion requests only from listed exits), not their contacts,
+    which every relay re-signs each time it announces."""
+    return (snapshot.nodes, frozenset((r.pubkey, r.url) for r in snapshot.relays))

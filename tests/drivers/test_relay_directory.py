@@ -91,3 +91,24 @@ async def test_a_relay_that_reads_a_change_in_the_nodes_reads_again_soon(
         with trio.fail_after(5):
             await wait_until(lambda: second.url in relay.exit_nodes)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_reads_a_change_in_the_relays_reads_again_soon(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node takes onion requests only from the relays its listing names: once a read
+    shows it a new relay, it reads again within seconds, so relays announcing one after
+    another are not refused as exits for its whole refresh interval."""
+    async with open_local_network(1, relays=0) as network:
+        (node,) = network.running_nodes()
+        await trio.sleep(10 * 60)  # settled: one read a minute
+
+        def lists(relay: AnnouncedRelay) -> bool:
+            return relay.identity.ed25519_public.hex() in {r.pubkey for r in node.snapshot.relays}
+
+        await network.add_relays(1)
+        with trio.fail_after(network.node_config.registry_refresh_s * 1.1 + 1):
+            await wait_until(lambda: lists(network.relays[0]))
+        await network.add_relays(1)
+        with trio.fail_after(5):
+            await wait_until(lambda: lists(network.relays[1]))
