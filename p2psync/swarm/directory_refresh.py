@@ -21,7 +21,7 @@ from ..identity import Identity
 from .directory import Directory
 from .listing import Snapshot
 from .node_shared import PEER_ERRORS
-from .settling import announce_due, next_listing_read_s
+from .settling import READ_JITTER, announce_due, next_listing_read_s
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class DirectoryRefresh:
         no listing, however bad, ends the loop."""
         interval = next_listing_read_s(None, False, self._refresh_s)
         while True:
-            with self._clock.move_on_after(jittered(interval, 0.1, self._random)):
+            with self._clock.move_on_after(jittered(interval, READ_JITTER, self._random)):
                 await self._soon.wait()
                 await trio.sleep(REFRESH_SOON_S)
             self._soon = trio.Event()

@@ -24,8 +24,16 @@ def next_listing_read_s(previous_s: float | None, changed: bool, limit_s: float)
     return min(2 * previous_s, limit_s)
 
 
+#: How much a node's re-reads vary either way (a fraction of the interval), so that
+#: nodes started together do not read the registry together.
+READ_JITTER = 0.1
+
+
 def announce_due(announced_at_ms: int | None, now_ms: int, interval_ms: float) -> bool:
-    """Whether to announce at a refresh: ``interval_ms`` after the last announcement,
-    or at the first refresh after none (a start, a failed announcement, or a listing
-    that left this announcer out, whose announcement the registry must have lost)."""
-    return announced_at_ms is None or now_ms - announced_at_ms >= interval_ms
+    """Whether to announce at a refresh: about ``interval_ms`` after the last
+    announcement (a read up to :data:`READ_JITTER` early counts: were it skipped, the
+    next announcement could come nearly a read later, and with reads as far apart as
+    announcements, after the entry's 5 minutes), or at the first refresh after none (a
+    start, a failed announcement, or a listing that left this announcer out, whose
+    announcement the registry must have lost)."""
+    return announced_at_ms is None or now_ms - announced_at_ms >= interval_ms * (1 - READ_JITTER)
