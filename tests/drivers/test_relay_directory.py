@@ -8,11 +8,18 @@ import trio
 import trio.testing
 
 from p2psync.identity import Identity
-from p2psync.network import open_local_network, wait_until
+from p2psync.network import LocalNetwork, open_local_network, wait_until
 from p2psync.services import RELAY_REFRESH_S, AnnouncedRelay
 from p2psync.swarm.constants import ANNOUNCE_INTERVAL_S
 from p2psync.swarm.listing import ANNOUNCEMENT_TTL_MS
 from p2psync.swarm.node_config import NodeConfig
+
+
+def _relay(network: LocalNetwork, index: int) -> AnnouncedRelay:
+    """A relay admitted by ``network``'s ledger, not yet serving."""
+    identity = Identity.from_label(f"relay/{index}")
+    registration = network.ledger.register(identity.ed25519_public.hex()).encode()
+    return AnnouncedRelay(network.transport, identity, network.clock, registration=registration)
 
 
 async def test_relays_started_one_after_another_learn_of_each_other_within_seconds(
@@ -21,16 +28,7 @@ async def test_relays_started_one_after_another_learn_of_each_other_within_secon
     """The first relay of a batch read a listing holding only itself; it does not wait for
     its minute-long refresh to hear of the ones started after it."""
     async with open_local_network(1, relays=0) as network, trio.open_nursery() as nursery:
-        keys = [Identity.from_label(f"relay/{n}") for n in range(4)]
-        relays = [
-            AnnouncedRelay(
-                network.transport,
-                identity,
-                network.clock,
-                registration=network.ledger.register(identity.ed25519_public.hex()).encode(),
-            )
-            for identity in keys
-        ]
+        relays = [_relay(network, n) for n in range(4)]
         for index, relay in enumerate(relays):
             await nursery.start(relay.serve, f"mem:relay{index}", network.directory())
             await trio.sleep(0.5)
@@ -49,13 +47,8 @@ async def test_a_settled_relay_reads_every_minute_and_announces_every_two(
     hundreds of relays cost the registry half the announcements."""
     announced: list[str] = []
     async with open_local_network(1, relays=0) as network, trio.open_nursery() as nursery:
-        identity = Identity.from_label("relay/0")
-        relay = AnnouncedRelay(
-            network.transport,
-            identity,
-            network.clock,
-            registration=network.ledger.register(identity.ed25519_public.hex()).encode(),
-        )
+        relay = _relay(network, 0)
+        identity = relay.identity
         await nursery.start(relay.serve, "mem:relay0", network.directory())
         await trio.sleep(10 * 60)  # settled: one read a minute
         assert network.registry_rpc is not None
@@ -79,13 +72,7 @@ async def test_a_relay_that_reads_a_change_in_the_nodes_reads_again_soon(
     reads again within seconds, so as an exit it does not refuse the others for its
     whole refresh interval."""
     async with open_local_network(1, relays=0) as network, trio.open_nursery() as nursery:
-        identity = Identity.from_label("relay/0")
-        relay = AnnouncedRelay(
-            network.transport,
-            identity,
-            network.clock,
-            registration=network.ledger.register(identity.ed25519_public.hex()).encode(),
-        )
+        relay = _relay(network, 0)
         await nursery.start(relay.serve, "mem:relay0", network.directory())
         await trio.sleep(10 * 60)  # settled: one read a minute
         first = await network.add_node()
