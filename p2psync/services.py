@@ -42,11 +42,11 @@ from .rpc import RpcServer
 from .swarm.admission import MAX_REGISTRATION_BYTES, Ledger, Registration, checked_registration
 from .swarm.constants import ANNOUNCE_INTERVAL_S
 from .swarm.directory import Directory, FileDirectory, Listing, RegistryDirectory
-from .swarm.listing import IpRange
+from .swarm.listing import IpRange, Snapshot
 from .swarm.node import StorageNode
 from .swarm.node_config import NodeConfig
 from .swarm.registry import RegistryServer
-from .swarm.settling import announce_due, next_listing_read_s
+from .swarm.settling import announce_due, listed_members, next_listing_read_s
 from .swarm.store import MessageStore
 from .urls import server_url
 from .whole_file import create_file, read_small_file
@@ -360,6 +360,8 @@ class AnnouncedRelay:
         self._directory: Directory | None = None
         self._known: frozenset[bytes] = frozenset()
         self._exit_nodes: frozenset[str] = frozenset()
+        #: The last listing read, as far as a change in it brings the next read soon.
+        self._listed = listed_members(Snapshot())
         #: When this relay last announced itself (epoch ms; None: it must announce).
         self._announced_at: int | None = None
 
@@ -391,9 +393,9 @@ class AnnouncedRelay:
             interval = next_listing_read_s(None, False, self.refresh_s)  # see .swarm.settling
             while True:
                 await self.clock.sleep(interval)
-                before = (self.known_relays, self.exit_nodes)
+                before = self._listed
                 await self.refresh()
-                changed = (self.known_relays, self.exit_nodes) != before
+                changed = self._listed != before
                 interval = next_listing_read_s(interval, changed, self.refresh_s)
 
     @asynccontextmanager
@@ -429,9 +431,7 @@ class AnnouncedRelay:
     @property
     def exit_nodes(self) -> frozenset[str]:
         """The urls of the service nodes this relay reaches as an exit, as of its last
-        registry read (a change counts like one in the relays: the next read is soon,
-        so a relay that read while nodes were announcing does not keep refusing the
-        others for its whole refresh interval)."""
+        registry read."""
         return self._exit_nodes
 
     async def refresh(self) -> None:
@@ -453,6 +453,7 @@ class AnnouncedRelay:
             self._cores[0].update_directory(contacts, self.clock.now_ms())
             self._known = frozenset(c.pubkey for c in contacts)
             self._exit_nodes = frozenset(node.url for node in snapshot.nodes)
+            self._listed = listed_members(snapshot)
             self.exit_servers.update(self._exit_nodes)
         except (OSError, P2PSyncError, ValueError) as exc:
             logger.warning("relay: registry unavailable: %s", exc)

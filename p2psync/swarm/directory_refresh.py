@@ -21,7 +21,7 @@ from ..identity import Identity
 from .directory import Directory
 from .listing import Snapshot
 from .node_shared import PEER_ERRORS
-from .settling import READ_JITTER, announce_due, next_listing_read_s
+from .settling import READ_JITTER, announce_due, listed_members, next_listing_read_s
 
 logger = logging.getLogger(__name__)
 
@@ -110,17 +110,10 @@ class DirectoryRefresh:
                 await self._soon.wait()
                 await trio.sleep(REFRESH_SOON_S)
             self._soon = trio.Event()
-            before = _members(self.snapshot)
+            before = listed_members(self.snapshot)
             try:
                 await self.refresh()
             except Exception as exc:  # a bad listing must not stop later refreshes
                 logger.warning("node %s: registry refresh failed: %r", self._pubkey[:8], exc)
-            changed = _members(self.snapshot) != before
+            changed = listed_members(self.snapshot) != before
             interval = next_listing_read_s(interval, changed, self._refresh_s)
-
-
-def _members(snapshot: Snapshot) -> tuple[object, ...]:
-    """What a change in brings the next read soon: the nodes, and the relays by key and
-    url (the node takes onion requests only from listed exits), not their contacts,
-    which every relay re-signs each time it announces."""
-    return (snapshot.nodes, frozenset((r.pubkey, r.url) for r in snapshot.relays))

@@ -14,6 +14,14 @@ Announcing is due less often than reading: an announcement stays listed
 from __future__ import annotations
 
 from .constants import LISTING_SETTLING_S
+from .listing import Snapshot
+
+
+def listed_members(snapshot: Snapshot) -> tuple[object, ...]:
+    """What of a listing a change in brings the next read soon: the nodes (a node's
+    swarms, a relay's exit) and the relays by key and url (a relay's forwarding, a node's
+    onion exits), not the relays' contacts, which each announcement re-signs."""
+    return (snapshot.nodes, frozenset((r.pubkey, r.url) for r in snapshot.relays))
 
 
 def next_listing_read_s(previous_s: float | None, changed: bool, limit_s: float) -> float:

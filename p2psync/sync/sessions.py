@@ -122,8 +122,8 @@ class SiblingSessions:
                 logger.debug("hello to sibling %s: %s", sibling[:10], exc)
                 self._tried_to_reach(sibling)
                 published = not isinstance(exc, NotPublished)
-            if self._leaving.is_set() or not hello_again(tries, published):
-                return
+                if self._leaving.is_set() or not hello_again(tries, published):
+                    return
 
     async def _dial(self, sibling: str, key: bytes) -> None:
         waits = redials()

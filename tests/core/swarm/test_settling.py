@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from p2psync.swarm.constants import LISTING_SETTLING_S
-from p2psync.swarm.settling import announce_due, next_listing_read_s
+from p2psync.swarm.listing import RelayInfo, Snapshot
+from p2psync.swarm.ring import NodeInfo
+from p2psync.swarm.settling import announce_due, listed_members, next_listing_read_s
 
 
 @pytest.mark.parametrize(
@@ -41,3 +45,15 @@ def test_an_announcement_is_due_an_interval_after_the_last_one(
     announced_at_ms: int | None, now_ms: int, due: bool
 ) -> None:
     assert announce_due(announced_at_ms, now_ms, 120_000) is due
+
+
+def test_a_relay_that_announced_again_is_no_change_but_one_at_a_new_url_is() -> None:
+    """Every announcement re-signs a relay's contact: that alone must not bring the next
+    read soon, or every announcer would read every second."""
+    relay = RelayInfo("aa" * 32, "mem:relay0", b"contact of 12:00")
+    listing = Snapshot((NodeInfo("bb" * 32, "mem:node0"),), (relay,))
+    again = replace(listing, relays=(replace(relay, contact=b"contact of 12:02"),))
+    moved = replace(listing, relays=(replace(relay, url="mem:relay0-moved"),))
+    assert listed_members(again) == listed_members(listing)
+    assert listed_members(moved) != listed_members(listing)
+    assert listed_members(replace(listing, nodes=())) != listed_members(listing)
