@@ -96,15 +96,17 @@ class Joiner:
             )
         )
         data = seal_envelope(sender, session_id_key(primary), kind, body, now)
-        await self._swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
         digest = message_hash(data)
         move = pairing_transition(None, PairingEvent.REQUEST_SENT)
         state = encode_cbor({"secret": secret})
+        # Noted before it is sent: the primary's challenge may come before the store's
+        # answer does. A request whose store fails stays noted, answered by no one.
         self._store.put_pairing(
             Pairing(digest, False, primary, device_name, now, move.state, state)
         )
         if PairingEffect.LISTEN in move.effects:
             self._relisten()  # listen where the challenge and the grant arrive
+        await self._swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
         with trio.move_on_after(PAIRING_WINDOW_MS / 1000):
             while self._challenge_nonce(digest) is None and not self._declined():
                 await self._local.changed.wait()

@@ -7,6 +7,7 @@ it alone)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -15,7 +16,7 @@ import trio.testing
 from p2psync.device import PairingError
 from p2psync.device.content import PairDecline
 from p2psync.mapping import PAIRING_WINDOW_MS
-from p2psync.swarm.client import open_swarm_client
+from p2psync.swarm.client import SwarmClient, open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_CONTROL
 
 from ..swarm.helpers import wait_until
@@ -58,3 +59,34 @@ async def test_a_declined_device_is_told_at_once_and_can_ask_again(
         # The earlier decline says nothing of the next request.
         await pair(phone, tablet)
         assert tablet.whoami().paired and tablet.session_id == phone.session_id
+
+
+@pytest.mark.parametrize("mode", ["mapped", "linked"])
+async def test_a_challenge_that_comes_before_the_request_is_acknowledged_is_taken(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    mode: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The primary may answer before the new device's store of its request has been
+    acknowledged (the store's answer comes on a slow link, the push to the primary on a
+    fast one): the challenge is then for a request the new device must already know,
+    or it is refused and the pairing waits out its whole window. Here every store to a
+    control namespace returns only after the primary had time to answer."""
+    real_store = SwarmClient.store
+
+    async def slow_answer(self: SwarmClient, owner: str, namespace: int, *args: Any) -> Any:
+        result = await real_store(self, owner, namespace, *args)
+        if namespace == NAMESPACE_CONTROL:
+            await trio.sleep(TOLD_WITHIN_S)
+        return result
+
+    monkeypatch.setattr(SwarmClient, "store", slow_answer)
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        device(network, tmp_path, "tablet", mode) as tablet,
+    ):
+        with trio.fail_after(PAIRING_WINDOW_MS / 1000 / 2):
+            await pair(phone, tablet)
+        assert tablet.whoami().paired and tablet.rejected == 0, list(tablet.rejections)
