@@ -359,9 +359,8 @@ class AnnouncedRelay:
         self._cores: list[RelayCore] = []
         self._directory: Directory | None = None
         self._known: frozenset[bytes] = frozenset()
-        self._exit_nodes: frozenset[str] = frozenset()
-        #: The last listing read, as far as a change in it brings the next read soon.
-        self._listed = listed_members(Snapshot())
+        #: The listing as last read (what it reaches as an exit, what a change is in).
+        self._listing = Snapshot()
         #: When this relay last announced itself (epoch ms; None: it must announce).
         self._announced_at: int | None = None
 
@@ -393,9 +392,9 @@ class AnnouncedRelay:
             interval = next_listing_read_s(None, False, self.refresh_s)  # see .swarm.settling
             while True:
                 await self.clock.sleep(interval)
-                before = self._listed
+                before = listed_members(self._listing)
                 await self.refresh()
-                changed = self._listed != before
+                changed = listed_members(self._listing) != before
                 interval = next_listing_read_s(interval, changed, self.refresh_s)
 
     @asynccontextmanager
@@ -432,7 +431,7 @@ class AnnouncedRelay:
     def exit_nodes(self) -> frozenset[str]:
         """The urls of the service nodes this relay reaches as an exit, as of its last
         registry read."""
-        return self._exit_nodes
+        return frozenset(node.url for node in self._listing.nodes)
 
     async def refresh(self) -> None:
         """Announce a fresh contact if that is due, and re-read the other relays now."""
@@ -452,8 +451,7 @@ class AnnouncedRelay:
             contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
             self._cores[0].update_directory(contacts, self.clock.now_ms())
             self._known = frozenset(c.pubkey for c in contacts)
-            self._exit_nodes = frozenset(node.url for node in snapshot.nodes)
-            self._listed = listed_members(snapshot)
-            self.exit_servers.update(self._exit_nodes)
+            self._listing = snapshot
+            self.exit_servers.update(self.exit_nodes)
         except (OSError, P2PSyncError, ValueError) as exc:
             logger.warning("relay: registry unavailable: %s", exc)
