@@ -340,13 +340,14 @@ async def open_local_network(
     """Registry, ``nodes`` service nodes (every one aware of every other), ``relays``
     overlay relays (0: devices sync through the swarm only), file server and open group
     server, all in this process. Data lives in ``data_dir`` (default: a temporary
-    directory removed afterwards). On ``tcp`` every link is TLS pinned to its server's
-    announced key; ``make_transport("tcp", plain=True)`` as ``transport`` makes them
-    plaintext."""
+    directory removed afterwards, of the same name every run, so that on the emulated
+    network every run has the same keys and swarms). On ``tcp`` every link is TLS pinned
+    to its server's announced key; ``make_transport("tcp", plain=True)`` as ``transport``
+    makes them plaintext."""
     chosen = make_transport(transport, seed=seed) if isinstance(transport, str) else transport
     clock = clock or Clock()
     with tempfile.TemporaryDirectory(prefix="p2psync-") as temporary:
-        directory = Path(data_dir) if data_dir is not None else Path(temporary)
+        directory = Path(data_dir) if data_dir is not None else Path(temporary) / "network"
         directory.mkdir(parents=True, exist_ok=True)
         async with open_task_nursery() as nursery:
             ledger = Ledger(_identity_for(chosen, directory, "ledger"))

@@ -30,3 +30,13 @@ async def test_server_keys_repeat_only_on_the_emulated_network(
         assert seen[0] == seen[1]
     else:
         assert not seen[0] & seen[1]
+
+
+async def test_emulated_networks_without_a_data_directory_repeat_their_keys() -> None:
+    """So that a test's swarms (which nodes keep which account) are the same every run."""
+    seen = []
+    for _ in range(2):
+        async with open_local_network(2, relays=0) as net:
+            seen.append(keys_of(net))
+    assert len(seen[0]) == 5
+    assert seen[0] == seen[1]

@@ -5,6 +5,7 @@ rhythm of sibling sync. Each check is also shown failing where it should."""
 
 from __future__ import annotations
 
+import random
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -29,6 +30,12 @@ SIBLINGS = [{"phone", HOSTS["phone"]}, {"desktop", HOSTS["desktop"]}]
 #: Device keys whose seeded relay choice starts paths of both siblings at one relay when
 #: nothing keeps them apart: without :class:`EntryShare` the check (a) fails.
 LABEL = "relay-audit/2"
+#: How long Alice takes to answer, and Bob to write again (seconds, drawn uniformly). A
+#: conversation in a fixed rhythm that is a multiple of the 3 s poll keeps each poll at
+#: one phase of the sync it has nothing to do with: a swarm member's polls then met 14 of
+#: 99 windows against 3.7 by chance, in one run of ten, with no request caused by sync.
+ANSWER_AFTER_S = (4.0, 10.0)
+NEXT_ROUND_AFTER_S = (2.0, 8.0)
 #: A (server, method) whose requests follow sibling sync this unlikely by chance, all of
 #: them counted (Bonferroni), is one that could match the two.
 FAMILY_ALPHA = 0.001
@@ -38,10 +45,10 @@ async def story(
     tmp_path: Path, mode: str, rounds: int, rpc_route: str = "direct"
 ) -> tuple[RelayAudit, set[str], int]:
     """Alice's phone and desktop, paired, talk with Bob for ``rounds`` rounds (his message
-    to her, her answer from the phone), every relay and server watched. Servers are
-    reached as ``rpc_route`` says: directly, the relays carry nothing but what the
-    siblings' own endpoints send; by onion requests, each device's pool has paths too.
-    Returns the audit, Alice's account keys and when her devices paired."""
+    to her, her answer from the phone, at seeded random pauses), every relay and server
+    watched. Servers are reached as ``rpc_route`` says: directly, the relays carry nothing
+    but what the siblings' own endpoints send; by onion requests, each device's pool has
+    paths too. Returns the audit, Alice's account keys and when her devices paired."""
     async with open_world(relays=8) as network:
         audit = RelayAudit(network.clock)
         audit.watch(network)
@@ -61,11 +68,12 @@ async def story(
             await befriend(bob, phone)
             await wait_until(lambda: is_friend(desktop, bob.session_id))
             await wait_until(lambda: bool(phone.sync_status().connected_siblings))
+            pauses = random.Random(LABEL)
             for n in range(rounds):
                 await bob.send(phone.session_id, f"live {n}")
-                await trio.sleep(7)
+                await trio.sleep(pauses.uniform(*ANSWER_AFTER_S))
                 await phone.send(bob.session_id, f"answer {n}")
-                await trio.sleep(5)
+                await trio.sleep(pauses.uniform(*NEXT_ROUND_AFTER_S))
             await wait_until(lambda: len(texts(desktop, bob.session_id)) == 2 * rounds)
             return audit, {phone.session_id, desktop.whoami().device_id}, paired_ms
 
