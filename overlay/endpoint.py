@@ -288,8 +288,11 @@ class Endpoint:
 
     async def exit_path(self, avoid: Collection[Path] = ()) -> Path:
         """The path for the next exit request: each usable one in turn, none of ``avoid``
-        (waits for a path to be built if only those are left)."""
-        return await self._usable_path(avoid)
+        while another is usable, else one of them again (no path is built for want of an
+        untried one while these work), and waits for a path to be built only if there
+        is none."""
+        path = self._core.next_path(self._clock.now_ms(), avoid)
+        return path if path is not None else await self._usable_path()
 
     async def exit_request(self, path: Path, address: str, body: bytes) -> bytes:
         """Have ``path``'s exit hop hand ``body`` to the server at ``address`` and return

@@ -23,7 +23,7 @@ from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device import DeviceConfig, DeviceError, open_device
 from p2psync.device.access import NetworkAccess, NetworkFileError
-from p2psync.errors import RpcError
+from p2psync.errors import ConnectionLost, RpcError
 from p2psync.fileserver.client import FileServerClient
 from p2psync.fileserver.server import FileServer
 from p2psync.identity import Identity
@@ -34,7 +34,7 @@ from p2psync.onion.directory import (
     DirectoryKeys,
     OnionDirectory,
 )
-from p2psync.onion.pool import OnionRpcPool
+from p2psync.onion.pool import ONION_ATTEMPTS, OnionRpcPool
 from p2psync.onion.sealing import ONION_FRESHNESS_MS, seal_request
 from p2psync.onion.service import OnionService
 from p2psync.opengroup.client import OpenGroupClient
@@ -237,6 +237,29 @@ async def test_an_exit_reaches_listed_servers_only_and_refuses_the_rest_at_once(
         messages, _, _ = await onion.swarm.retrieve(owner, 0, None)
         assert [m.hash for m in messages] == [digest]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_every_exit_refuses_fails_without_waiting_for_a_new_path(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A request refused by the exit of every path it tried goes again on one of those
+    paths and fails at once: waiting for a path not tried yet waited out the whole attempt
+    (12 s), as no new path is built while the ones there are work, and held up every
+    read behind it."""
+    async with _onion_network(Seen()) as onion:
+        assert len(onion.endpoint.paths) < ONION_ATTEMPTS  # the pool runs out of paths
+        server = Identity.from_label("nowhere").ed25519_public
+
+        async def key_of(address: str) -> bytes:
+            await trio.lowlevel.checkpoint()
+            return server
+
+        pool = OnionRpcPool(onion.endpoint, key_of, onion.network.clock)
+        asked = trio.current_time()
+        with pytest.raises(ConnectionLost, match="no onion path"):
+            await pool.call("mem:unlisted", "list", {})
+        assert trio.current_time() - asked < 1.0
+        assert pool.failed_attempts == ONION_ATTEMPTS
 
 
 async def test_a_dead_exit_makes_the_pool_retry_on_another_path(
