@@ -12,9 +12,10 @@ import json
 import os
 import random
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeGuard
 
@@ -162,6 +163,7 @@ class NetworkAccess:
         entry_filter: EntryFilter | None = None,
         rng: random.Random | None = None,
         keeper: ListingKeeper | None = None,
+        awake: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[tuple[RpcRouter, NetworkAccess]]:
         """The pool a device reaches servers with, as :attr:`rpc_route` says, and the
         network as the device is to use it while the pool is open: reading the registry's
@@ -176,7 +178,9 @@ class NetworkAccess:
         addresses. ``rng`` picks the service nodes the listing is read from (a device's
         own, so that simulated devices do not all ask the same ones). With a ``keeper``
         holding a listing from an earlier start that still serves (:meth:`_kept_listing`),
-        the registry is read directly only if no node of it answers through the paths."""
+        the registry is read directly only if no node of it answers through the paths.
+        The pool's endpoint re-reads the relays only once ``awake`` returns (the device is
+        online; see :func:`~.relay_listing.keep_relays_current`)."""
         if self.rpc_route == "direct":
             async with open_rpc_pool(self.transport) as pool:
                 yield pool, self
@@ -222,7 +226,7 @@ class NetworkAccess:
                     relay_contacts_in(listing, self.clock.now_ms())
                 ),
             )
-            nursery.start_soon(keep_relays_current, endpoint, through_paths)
+            nursery.start_soon(partial(keep_relays_current, endpoint, through_paths, awake=awake))
             yield onion, through_paths
             nursery.cancel_scope.cancel()
 

@@ -150,7 +150,9 @@ class Device:
             self._migrator,
             partial(befriend, local, self._outbox),
         )
-        self._runner = Runner(store, self._siblings, self._outbox, self._receiver, nursery)
+        self._runner = Runner(
+            store, local.online, self._siblings, self._outbox, self._receiver, nursery
+        )
 
     # --- who this is ------------------------------------------------------------------------------
 
@@ -393,6 +395,7 @@ async def open_device(
                 entry_filter=SiblingEntries(local, or_any=True),
                 rng=network.random_for(local.device_identity.seed, b"onion listing"),
                 keeper=local,
+                awake=local.online.wait,
             ) as routes,
             open_task_nursery() as nursery,
         ):

@@ -34,6 +34,7 @@ from .inbound import date_refusal
 from .keys import overlay_public
 from .migration import LinkedStatement
 from .modes import RULES, Mode, Rules
+from .online_flag import OnlineFlag
 from .pairing import (
     REQUEST_KEY_REFILL_S,
     REQUEST_REFILL_S,
@@ -84,6 +85,8 @@ class Local:
         self.rejected = 0
         self.changed = trio.Event()
         self.outbox_wakeup = trio.Event()
+        #: Set while the device is online (what runs for its whole life waits on it).
+        self.online = OnlineFlag()
         self.pairing_limit = KeyedRateLimit(
             REQUESTS_PER_KEY,
             REQUEST_KEY_REFILL_S,

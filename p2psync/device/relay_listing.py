@@ -12,7 +12,7 @@ Rare on purpose: each read is a direct request to the registry from the device's
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -65,9 +65,14 @@ async def keep_relays_current(
     network: NetworkAccess,
     on_read: Callable[[list[Contact]], None] = lambda contacts: None,
     again: ReadAgain | None = None,
+    awake: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Until cancelled, hand ``endpoint`` the listing's relays as described above, and
-    ``on_read`` every listing it took."""
+    ``on_read`` every listing it took. A read falls due only once ``awake`` returns (the
+    device is online): one made while the device is off would be acted on only later,
+    and one made while the network it was away from announces itself again (a whole
+    network back after an outage) may list a few relays only, which it would then keep
+    building paths through."""
     clock = network.clock
     again = again or ReadAgain()
     tried_ms = clock.now_ms()
@@ -77,6 +82,8 @@ async def keep_relays_current(
                 await clock.sleep_until_ms(tried_ms + int(RELAY_REREAD_AFTER_FAILURE_S * 1000))
             else:  # wait for the paths to be rebuilt through what is known
                 await clock.sleep(RELAY_REREAD_AFTER_FAILURE_S)
+        if awake is not None:
+            await awake()
         tried_ms = clock.now_ms()
         asks = again.reading()
         try:

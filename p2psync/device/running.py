@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import trio
 
+from .online_flag import OnlineFlag
 from .online_switch import OnlineSwitch, Step
 from .outbox import Outbox
 from .receiver import Receiver
@@ -33,12 +34,14 @@ class Runner:
     def __init__(
         self,
         store: DeviceStore,
+        online_flag: OnlineFlag,
         siblings: SiblingHandler,
         outbox: Outbox,
         receiver: Receiver,
         nursery: trio.Nursery,
     ) -> None:
         self._store = store
+        self._online_flag = online_flag
         self._siblings = siblings
         self._outbox = outbox
         self._receiver = receiver
@@ -51,10 +54,10 @@ class Runner:
         self._switching = trio.Lock()
         self._offline = trio.Event()
         self._offline.set()
-        online_flag = store.get_meta(ONLINE_META)
+        noted = store.get_meta(ONLINE_META)
         #: Whether the run before this one finished leaving (None: there was none), read
         #: before this run goes online (which sets the note again).
-        self.last_run_left = None if online_flag is None else online_flag != b"1"
+        self.last_run_left = None if noted is None else noted != b"1"
 
     @property
     def online(self) -> bool:
@@ -119,6 +122,7 @@ class Runner:
     async def _run_online(self, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         with trio.CancelScope() as scope:
             self._offline = trio.Event()
+            self._online_flag.set(True)
             task_status.started(scope)
             try:
                 async with trio.open_nursery() as nursery:
@@ -126,4 +130,5 @@ class Runner:
                     nursery.start_soon(self._receiver.run)
                     nursery.start_soon(self._siblings.run, self._receiver.sync_now)
             finally:
+                self._online_flag.set(False)
                 self._offline.set()

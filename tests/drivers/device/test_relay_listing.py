@@ -28,7 +28,7 @@ from p2psync.device.relay_listing import (
 from p2psync.device.values import TRANSIENT
 from p2psync.errors import ConnectionLost
 from p2psync.identity import Identity
-from p2psync.network import LocalNetwork
+from p2psync.network import LocalNetwork, wait_until
 from p2psync.onion.directory import LISTING_READ_S
 from p2psync.onion.pool import ONION_ATTEMPT_TIMEOUT_S, OnionRpcPool
 from p2psync.rpc import RpcRouter
@@ -216,6 +216,33 @@ async def test_a_device_keeps_its_listing_in_its_folder(
                 await dave.sync_now()
             assert len(reads) == 1, start
             await trio.sleep(600)
+
+
+async def test_a_device_that_is_offline_reads_no_listing_until_it_is_online_again(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The re-read of the relays that falls due while the device is offline waits for
+    it to come online: an offline device makes no onion request (a read at the moment a
+    network back from an outage announces itself again may list a few relays only, and
+    the device would build its paths through those), and reads at once when back."""
+    onion_requests: list[str] = []
+    async with open_world(relays=6) as network:
+        for rpc in network.servers().values():
+            rpc.observe(
+                lambda method, peer, params: (
+                    onion_requests.append(peer) if method == "onion" else None
+                )
+            )
+        access = network.access(rpc_route="onion", host="dave")
+        async with open_device(tmp_path / "dave", access, mode="linked") as dave:
+            await dave.sync_now()
+            await dave.set_online(False)
+            before = len(onion_requests)
+            await trio.sleep(2 * RELAY_REREAD_S)
+            assert len(onion_requests) == before
+            await dave.set_online(True)
+            with trio.fail_after(LISTING_READ_S):
+                await wait_until(lambda: len(onion_requests) > before)
 
 
 class _Paths:
