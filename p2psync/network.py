@@ -240,30 +240,33 @@ class LocalNetwork:
         """Let ``ms`` of idle time pass on the network's clock at once
         (:meth:`Clock.skip_idle`) as it passes for a network that keeps up its
         maintenance: the jump wakes every service's timers, so each announces itself
-        again at once, and this returns when the registry lists every running node and
-        relay again and each relay knows the others. What runs next meets the network it
-        would after living through the stretch, not one whose announcements all lapsed
-        in the same instant."""
+        again at once, and this returns when the registry, every relay and every running
+        node list every running node and relay by an announcement made since (relays
+        then reach every node as exits, and nodes take onion requests from every relay).
+        What runs next meets the network it would after living through the stretch, not
+        one whose announcements all lapsed in the same instant."""
         self.clock.skip_idle(ms)
-        relays = {relay.identity.ed25519_public for relay in self.relays}
-        nodes = {node.identity.ed25519_public.hex() for node in self.running_nodes()}
+        since = self.clock.now_ms()
+        everyone = {node.identity.ed25519_public.hex() for node in self.running_nodes()}
+        everyone |= {relay.identity.ed25519_public.hex() for relay in self.relays}
         missing: list[str] = []
         with trio.move_on_after(RELISTED_WITHIN_S):
             while True:
-                snapshot = await self.directory().fetch()
-                listed_relays = {bytes.fromhex(relay.pubkey) for relay in snapshot.relays}
-                missing = [f"node {key[:12]}" for key in nodes - {n.pubkey for n in snapshot.nodes}]
-                missing += [f"relay {key.hex()[:12]}" for key in relays - listed_relays]
-                missing += [
-                    f"relay {relay.identity.ed25519_public.hex()[:12]}'s view of the others"
-                    for relay in self.relays
-                    if not relays <= relay.known_relays
+                views = {"the registry": await self.directory().fetch()}
+                for relay in self.relays:
+                    views[f"relay {relay.identity.ed25519_public.hex()[:12]}"] = relay.listing
+                for node in self.running_nodes():
+                    views[f"node {node.identity.ed25519_public.hex()[:12]}"] = node.snapshot
+                missing = [
+                    f"{name} ({len(everyone - listing.announced_since(since))} missing)"
+                    for name, listing in views.items()
+                    if not everyone <= listing.announced_since(since)
                 ]
                 if not missing:
                     return
                 await trio.sleep(RELISTED_LOOK_S)
         raise TimeoutError(
-            f"not announced again {RELISTED_WITHIN_S:g} s after the jump: {', '.join(missing)}"
+            f"not all listed again {RELISTED_WITHIN_S:g} s after the jump: {', '.join(missing)}"
         )
 
     def exit_hosts(self) -> frozenset[str]:

@@ -360,7 +360,7 @@ class AnnouncedRelay:
         self._directory: Directory | None = None
         self._known: frozenset[bytes] = frozenset()
         #: The listing as last read (what it reaches as an exit, what a change is in).
-        self._listing = Snapshot()
+        self.listing = Snapshot()
         #: When this relay last announced itself (epoch ms; None: it must announce).
         self._announced_at: int | None = None
 
@@ -392,9 +392,9 @@ class AnnouncedRelay:
             interval = next_listing_read_s(None, False, self.refresh_s)  # see .swarm.settling
             while True:
                 await self.clock.sleep(interval)
-                before = listed_members(self._listing)
+                before = listed_members(self.listing)
                 await self.refresh()
-                changed = listed_members(self._listing) != before
+                changed = listed_members(self.listing) != before
                 interval = next_listing_read_s(interval, changed, self.refresh_s)
 
     @asynccontextmanager
@@ -431,7 +431,7 @@ class AnnouncedRelay:
     def exit_nodes(self) -> frozenset[str]:
         """The urls of the service nodes this relay reaches as an exit, as of its last
         registry read."""
-        return frozenset(node.url for node in self._listing.nodes)
+        return frozenset(node.url for node in self.listing.nodes)
 
     async def refresh(self) -> None:
         """Announce a fresh contact if that is due, and re-read the other relays now."""
@@ -451,7 +451,7 @@ class AnnouncedRelay:
             contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
             self._cores[0].update_directory(contacts, self.clock.now_ms())
             self._known = frozenset(c.pubkey for c in contacts)
-            self._listing = snapshot
+            self.listing = snapshot
             self.exit_servers.update(self.exit_nodes)
         except (OSError, P2PSyncError, ValueError) as exc:
             logger.warning("relay: registry unavailable: %s", exc)

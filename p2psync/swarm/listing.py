@@ -69,6 +69,15 @@ class Snapshot:
     #: The signed announcements this listing was built from, for serving it on.
     announcements: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
+    def announced_since(self, since_ms: int) -> frozenset[str]:
+        """The keys of the nodes and relays listed by an announcement made at ``since_ms``
+        or later (in a listing built by :meth:`from_announcements`)."""
+        return frozenset(
+            entry["record"]["pubkey"]
+            for entry in self.announcements
+            if entry["record"]["timestamp"] >= since_ms
+        )
+
     def announcements_to_wire(self) -> dict[str, Any]:
         return {"announcements": list(self.announcements)}
 

@@ -7,6 +7,7 @@ from itertools import pairwise
 import trio
 import trio.testing
 
+from overlay.link import LinkProfile, MemoryNetwork
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network, wait_until
 from p2psync.services import RELAY_REFRESH_S, AnnouncedRelay
@@ -129,3 +130,23 @@ async def test_nodes_that_read_as_seldom_as_they_announce_stay_listed(
     gaps = [later - earlier for times in announced.values() for earlier, later in pairwise(times)]
     assert len(announced) == 3 and len(gaps) > 3 * 60
     assert max(gaps) < ANNOUNCEMENT_TTL_MS
+
+
+async def test_after_a_jump_every_relay_and_node_has_read_everyone_announced_since(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``pass_idle`` returns once every relay and every node has read a listing that
+    names every node and relay by an announcement made since the jump: a relay that
+    read before the nodes announced again would refuse them as an exit until its next
+    read, and a node the same for a relay's onion requests."""
+    links = MemoryNetwork(default_profile=LinkProfile(latency_ms=30, jitter_ms=20))
+    async with open_local_network(4, relays=3, transport=links) as network:
+        jump_ms = 25 * 3600 * 1000
+        since = network.clock.now_ms() + jump_ms
+        await network.pass_idle(jump_ms)
+        everyone = {node.identity.ed25519_public.hex() for node in network.running_nodes()}
+        everyone |= {relay.identity.ed25519_public.hex() for relay in network.relays}
+        for relay in network.relays:
+            assert relay.listing.announced_since(since) == everyone
+        for node in network.running_nodes():
+            assert node.snapshot.announced_since(since) == everyone
