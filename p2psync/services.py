@@ -437,15 +437,16 @@ class AnnouncedRelay:
         """Announce a fresh contact if that is due, and re-read the other relays now."""
         assert self._directory is not None, "the relay is not serving"
         try:
-            now = self.clock.now_ms()
-            if announce_due(self._announced_at, now, ANNOUNCE_INTERVAL_S * 1000):
-                self._announced_at = None
-                contact = make_contact(self._keys, self.address, now)
-                await self._directory.announce(
-                    self.identity, "relay", self.address, contact.encode(), self.registration
-                )
-                self._announced_at = now
-            snapshot = await self._directory.fetch()
+            async with self._directory.one_connection() as directory:
+                now = self.clock.now_ms()
+                if announce_due(self._announced_at, now, ANNOUNCE_INTERVAL_S * 1000):
+                    self._announced_at = None
+                    contact = make_contact(self._keys, self.address, now)
+                    await directory.announce(
+                        self.identity, "relay", self.address, contact.encode(), self.registration
+                    )
+                    self._announced_at = now
+                snapshot = await directory.fetch()
             if self.identity.ed25519_public.hex() not in {r.pubkey for r in snapshot.relays}:
                 self._announced_at = None  # a listing without this relay: announce again
             contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]

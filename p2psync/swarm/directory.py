@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,7 +29,7 @@ from overlay.link import Transport
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity
-from ..rpc import open_rpc
+from ..rpc import RpcClient, open_rpc
 from ..saved_file import SavedFile
 from ..wire import Fields, decode_cbor, encode_cbor
 from .dial_back import DIAL_BACK_TIMEOUT_S
@@ -64,6 +66,11 @@ class Directory(Listing, Protocol):
         registration: bytes = b"",
     ) -> None: ...
 
+    def one_connection(self) -> AbstractAsyncContextManager[Directory]:
+        """This directory with its calls on one connection (a refresh announces and
+        reads: one handshake for the registry, not two)."""
+        ...
+
 
 @dataclass
 class FileDirectory:
@@ -96,13 +103,18 @@ class FileDirectory:
     ) -> None:
         await trio.lowlevel.checkpoint()
 
+    @asynccontextmanager
+    async def one_connection(self) -> AsyncIterator[Directory]:
+        yield self
+
 
 LISTING_ERRORS = (OSError, ConnectionLost, RpcError, DecodeError)
 
 
 @dataclass
 class RegistryDirectory:
-    """A live registry server, one short connection per call. When the registry cannot
+    """A live registry server, one short connection per call (or per
+    :meth:`one_connection` block). When the registry cannot
     be read, it asks the nodes it knows (``seeds``, then those of the last listing) for the
     copy they hold, and failing that reads back the last listing it saved at
     ``cache_path``; every copy is checked signature by signature like the registry's, and
@@ -119,9 +131,11 @@ class RegistryDirectory:
     _saved: SavedFile | None = field(default=None, init=False, repr=False)
     _to_save: Snapshot = field(default_factory=Snapshot, init=False, repr=False)
 
-    async def fetch(self) -> Snapshot:
+    async def fetch(self, *, via: RpcClient | None = None) -> Snapshot:
+        """The registry's listing (read over ``via``, a connection to it, if given), or
+        a copy of it as above."""
         try:
-            snapshot = await self._read(self.url, ANNOUNCEMENT_TTL_MS)
+            snapshot = await self._read(self.url, ANNOUNCEMENT_TTL_MS, via)
         except LISTING_ERRORS as exc:
             snapshot = await self._fallback(exc)
         else:
@@ -136,18 +150,51 @@ class RegistryDirectory:
         url: str,
         contact: bytes = b"",
         registration: bytes = b"",
+        *,
+        via: RpcClient | None = None,
     ) -> None:
-        """Announce; :class:`ConnectionLost` if the registry has not answered within
+        """Announce (over ``via``, a connection to the registry, if given);
+        :class:`ConnectionLost` if the registry has not answered within
         :data:`ANNOUNCE_TIMEOUT_S` (it dials new addresses back first)."""
         params = sign_announcement(identity, kind, url, self.clock.now_ms(), contact, registration)
         with trio.move_on_after(ANNOUNCE_TIMEOUT_S):
-            async with open_rpc(self.transport, self.url) as client:
+            async with self._connection(self.url, via) as client:
                 await client.call("announce", params)
                 return
         raise ConnectionLost(f"the registry at {self.url} did not answer the announcement")
 
-    async def _read(self, url: str, max_age_ms: int) -> Snapshot:
-        announcements = await read_listing(self.transport, url)
+    @asynccontextmanager
+    async def one_connection(self) -> AsyncIterator[Directory]:
+        """This directory, announcing and reading over one connection to the registry
+        inside the block (:class:`_OnOneConnection`): hundreds of nodes and relays each
+        refresh every minute or two, and each refresh both announces and reads. A
+        registry that cannot be reached is no error here: inside the block the calls
+        then fail, or fall back, as they would without it."""
+        connected = False
+        try:
+            with trio.move_on_after(ANNOUNCE_TIMEOUT_S) as connecting:
+                async with open_rpc(self.transport, self.url) as client:
+                    connected = True
+                    connecting.deadline = math.inf  # the calls inside keep their own
+                    yield _OnOneConnection(self, client)
+        except OSError as exc:
+            if connected:
+                raise
+            logger.debug("registry %s unreachable: %s", self.url, exc)
+        if not connected:
+            yield self
+
+    @asynccontextmanager
+    async def _connection(self, url: str, held: RpcClient | None) -> AsyncIterator[RpcClient]:
+        if held is not None and not held.closed.is_set():
+            yield held
+            return
+        async with open_rpc(self.transport, url) as client:
+            yield client
+
+    async def _read(self, url: str, max_age_ms: int, held: RpcClient | None = None) -> Snapshot:
+        async with self._connection(url, held) as client:
+            announcements = await read_listing_pages(partial(client.call, "list"))
         return Snapshot.from_announcements(
             {"announcements": announcements},
             self.clock.now_ms(),
@@ -197,6 +244,32 @@ class RegistryDirectory:
         except LISTING_ERRORS as exc:
             logger.warning("ignoring the saved listing %s: %s", self.cache_path, exc)
             return None
+
+
+@dataclass(frozen=True)
+class _OnOneConnection:
+    """A :class:`RegistryDirectory` whose calls go over ``client`` while it is open (and
+    over a connection of their own once it is not)."""
+
+    directory: RegistryDirectory
+    client: RpcClient
+
+    async def fetch(self) -> Snapshot:
+        return await self.directory.fetch(via=self.client)
+
+    async def announce(
+        self,
+        identity: Identity,
+        kind: str,
+        url: str,
+        contact: bytes = b"",
+        registration: bytes = b"",
+    ) -> None:
+        await self.directory.announce(identity, kind, url, contact, registration, via=self.client)
+
+    @asynccontextmanager
+    async def one_connection(self) -> AsyncIterator[Directory]:
+        yield self
 
 
 async def read_listing(transport: Transport, url: str) -> list[object]:

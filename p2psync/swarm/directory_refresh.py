@@ -73,20 +73,21 @@ class DirectoryRefresh:
         """Announce, re-read the registry, and act on a membership change. Failures are
         logged: a node keeps serving with the last registry it saw. A failed announce
         does not stop the read, which may still succeed from other nodes' copies."""
-        now = self._clock.now_ms()
-        if announce_due(self._announced_at, now, self._announce_interval_ms):
+        async with self._directory.one_connection() as directory:
+            now = self._clock.now_ms()
+            if announce_due(self._announced_at, now, self._announce_interval_ms):
+                try:
+                    await directory.announce(
+                        self._identity, "node", self._url(), registration=self._registration
+                    )
+                    self._announced_at = now
+                except PEER_ERRORS as exc:
+                    logger.warning("node %s: cannot announce: %s", self._pubkey[:8], exc)
             try:
-                await self._directory.announce(
-                    self._identity, "node", self._url(), registration=self._registration
-                )
-                self._announced_at = now
+                snapshot = await directory.fetch()
             except PEER_ERRORS as exc:
-                logger.warning("node %s: cannot announce: %s", self._pubkey[:8], exc)
-        try:
-            snapshot = await self._directory.fetch()
-        except PEER_ERRORS as exc:
-            logger.warning("node %s: registry unavailable: %s", self._pubkey[:8], exc)
-            return
+                logger.warning("node %s: registry unavailable: %s", self._pubkey[:8], exc)
+                return
         if self._pubkey not in {n.pubkey for n in snapshot.nodes}:
             # A listing without us is stale about us: acting on it would hand everything
             # over. Announce again at the next refresh and keep the map we have.

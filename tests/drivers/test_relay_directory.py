@@ -65,6 +65,30 @@ async def test_a_settled_relay_reads_every_minute_and_announces_every_two(
     assert announced.count("relay") == 10 * 60 / ANNOUNCE_INTERVAL_S
 
 
+async def test_a_refresh_announces_and_reads_over_one_registry_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A relay's or a node's refresh that announces reads the listing over the same
+    connection: hundreds of announcers cost the registry one handshake a refresh, not
+    two."""
+    requests: list[tuple[str, str, str]] = []
+    async with open_local_network(1, relays=0) as network, trio.open_nursery() as nursery:
+        await nursery.start(_relay(network, 0).serve, "mem:relay0", network.directory())
+        await trio.sleep(10 * 60)
+        assert network.registry_rpc is not None
+        network.registry_rpc.observe(
+            lambda method, peer, params: requests.append(
+                (method, peer, params["record"]["kind"] if method == "announce" else "")
+            )
+        )
+        await trio.sleep(10 * 60)
+        nursery.cancel_scope.cancel()
+    announcing = {peer: kind for method, peer, kind in requests if kind}
+    assert sorted(set(announcing.values())) == ["node", "relay"]
+    for peer in announcing:
+        assert [method for method, p, _ in requests if p == peer] == ["announce", "list"]
+
+
 async def test_a_relay_that_reads_a_change_in_the_nodes_reads_again_soon(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -3,6 +3,8 @@ is the ledger's to give, and admitted nodes read only their own swarm."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -252,6 +254,10 @@ class _RegistryDown:
 
     async def announce(self, *args: object, **kwargs: object) -> None:
         raise OSError("registry down")
+
+    @asynccontextmanager
+    async def one_connection(self) -> AsyncIterator[_RegistryDown]:
+        yield self
 
 
 async def test_a_node_that_has_not_read_the_registry_says_so_to_its_peers(
