@@ -279,20 +279,19 @@ class Endpoint:
         """Wait for the next change in this endpoint's paths (built, dead, dropped)."""
         await self._paths_changed.wait()
 
-    async def _usable_path(self, avoid: Collection[Path] = ()) -> Path:
-        while (path := self._core.next_path(self._clock.now_ms(), avoid)) is None:
+    async def _usable_path(self) -> Path:
+        while (path := self._core.next_path(self._clock.now_ms())) is None:
             await self._paths_changed.wait()
         return path
 
     # --- exit requests -----------------------------------------------------------------------
 
-    async def exit_path(self, avoid: Collection[Path] = ()) -> Path:
-        """The path for the next exit request: each usable one in turn, none of ``avoid``
-        while another is usable, else one of them again (no path is built for want of an
-        untried one while these work), and waits for a path to be built only if there
-        is none."""
-        path = self._core.next_path(self._clock.now_ms(), avoid)
-        return path if path is not None else await self._usable_path()
+    async def exit_path(self, tried: Collection[Path] = ()) -> Path:
+        """The path for an exit request's next attempt
+        (:meth:`EndpointCore.exit_path`), once there is one."""
+        while (path := self._core.exit_path(self._clock.now_ms(), tried)) is None:
+            await self._paths_changed.wait()
+        return path
 
     async def exit_request(self, path: Path, address: str, body: bytes) -> bytes:
         """Have ``path``'s exit hop hand ``body`` to the server at ``address`` and return

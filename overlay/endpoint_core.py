@@ -458,6 +458,16 @@ class EndpointCore:
         self._next_path += 1
         return usable[self._next_path % len(usable)]
 
+    def exit_path(self, now_ms: int, tried: Collection[Path]) -> Path | None:
+        """The path for an exit request's next attempt: a usable one not ``tried`` yet;
+        with none, while a path is being built, None (wait for it: the attempt that
+        failed may have met a dead path); and with none being built either, a tried one
+        again (none will be built while these work)."""
+        path = self.next_path(now_ms, tried)
+        if path is not None or any(p.state is PathState.BUILDING for p in self._paths):
+            return path
+        return self.next_path(now_ms)
+
     def route(self, now_ms: int) -> Route | None:
         """How a session sends now: on the next path in turn, naming the freshest intro
         (see :func:`~overlay.path.freshest`)."""

@@ -2,8 +2,9 @@
 :class:`~p2psync.rpc.RpcPool` (``call``, ``get``, ``transport``) on an overlay
 :class:`~overlay.endpoint.Endpoint`: each request goes on the endpoint's next path in
 turn, and one that gets no answer in time, or a failure from its exit, is sealed afresh
-and sent on another path. It has no ``transport``: pushes (``subscribe``) do not travel
-on paths.
+and sent again, on another path if there is one
+(:meth:`~overlay.endpoint_core.EndpointCore.exit_path`). It has no ``transport``:
+pushes (``subscribe``) do not travel on paths.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from .sealing import ONION_REQUEST_ID, seal_request
 #: exit's own timeout, so a slow server gets a request once per attempt that failed, not
 #: a copy on every path while the first is still being answered.
 ONION_ATTEMPT_TIMEOUT_S = EXIT_TIMEOUT_MS / 1000 + 2.0
-#: Attempts per request (each on a path not tried yet for it, when there is one).
+#: Attempts per request (each on a path not tried yet for it, when there is one; see
+#: :meth:`~overlay.endpoint_core.EndpointCore.exit_path`).
 ONION_ATTEMPTS = 3
 
 ServerKey = Callable[[str], Awaitable[bytes]]
@@ -48,7 +50,7 @@ class OnionRpcPool:
         self._server_key = server_key
         self._clock = clock
         #: Attempts that got no answer (a timeout, or a failure from the exit); all but a
-        #: request's last are followed by one on another path.
+        #: request's last are followed by another.
         self.failed_attempts = 0
 
     async def get(self, address: str) -> OnionClient:

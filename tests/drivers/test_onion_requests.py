@@ -243,9 +243,8 @@ async def test_a_request_every_exit_refuses_fails_without_waiting_for_a_new_path
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A request refused by the exit of every path it tried goes again on one of those
-    paths and fails at once: waiting for a path not tried yet waited out the whole attempt
-    (12 s), as no new path is built while the ones there are work, and held up every
-    read behind it."""
+    paths (no path is built while they work) and fails within a second, not after an
+    attempt's whole timeout, which would hold up every read queued behind it."""
     async with _onion_network(Seen()) as onion:
         assert len(onion.endpoint.paths) < ONION_ATTEMPTS  # the pool runs out of paths
         server = Identity.from_label("nowhere").ed25519_public

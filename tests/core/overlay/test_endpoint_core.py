@@ -325,6 +325,17 @@ def test_sessions_take_paths_in_turn_and_name_the_freshest_intro() -> None:
     assert h.core.route(newer_path.expiry_ms) is None
 
 
+def test_an_exit_request_goes_again_on_a_tried_path_only_when_none_is_being_built() -> None:
+    h = Harness(paths=2)
+    first, second = h.built_path(), h.built_path()
+    assert h.core.exit_path(NOW, [first]) is second
+    assert h.core.exit_path(NOW, [first, second]) in (first, second)
+    building = h.start_path()
+    assert h.core.exit_path(NOW, [first, second]) is None  # wait for it
+    h.replies(building, NOW)
+    assert h.core.exit_path(NOW, [first, second]) is building
+
+
 # --- cells in -----------------------------------------------------------------------------
 
 
