@@ -34,6 +34,7 @@ from .rpc import RpcServer
 from .services import AnnouncedRelay
 from .swarm.admission import Ledger
 from .swarm.directory import RegistryDirectory
+from .swarm.listing import ANNOUNCEMENT_TTL_MS
 from .swarm.node import StorageNode
 from .swarm.node_config import NodeConfig
 from .swarm.registry import RegistryServer
@@ -244,7 +245,11 @@ class LocalNetwork:
         node list every running node and relay by an announcement made since (relays
         then reach every node as exits, and nodes take onion requests from every relay).
         What runs next meets the network it would after living through the stretch, not
-        one whose announcements all lapsed in the same instant."""
+        one whose announcements all lapsed in the same instant. Only for a stretch past an
+        announcement's life (after a shorter one, not everyone need announce again: sleep
+        through it instead)."""
+        if ms <= ANNOUNCEMENT_TTL_MS:
+            raise ValueError(f"pass_idle needs a stretch past {ANNOUNCEMENT_TTL_MS} ms, not {ms}")
         self.clock.skip_idle(ms)
         since = self.clock.now_ms()
         everyone = {node.identity.ed25519_public.hex() for node in self.running_nodes()}

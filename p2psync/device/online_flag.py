@@ -1,6 +1,7 @@
-"""Whether a device is online, for what runs for the device's whole life (the onion
-route's listing reads) but is to act only while it is: a device that is offline makes
-no request, and reads nothing it would act on only later."""
+"""Whether a device is online, for what runs as long as the device is open but is to act
+on its own only while it is online: the onion route's re-reads of the listing. Requests
+the device is asked to make while offline (``sync_now``, a ``rooms`` call from the
+command line) still go, through the paths it has."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Keeping the relays an endpoint builds paths through current while a device stays up.
+"""Keeping the relays an endpoint builds paths through current while a device stays online.
 
 A device reads the listing's relays when it goes online; one that stays up for days (a
 desktop running ``p2psync device run``) would otherwise build paths through relays that
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: A quarter of a contact's life: contacts never expire under a device that stays up.
+#: A quarter of a contact's life: contacts never expire under a device that stays online.
 RELAY_REREAD_S = CONTACT_LIFETIME_MS / 4 / 1000
 RELAY_REREAD_AFTER_FAILURE_S = 60.0
 
@@ -68,11 +68,11 @@ async def keep_relays_current(
     awake: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Until cancelled, hand ``endpoint`` the listing's relays as described above, and
-    ``on_read`` every listing it took. A read falls due only once ``awake`` returns (the
-    device is online): one made while the device is off would be acted on only later,
-    and one made while the network it was away from announces itself again (a whole
-    network back after an outage) may list a few relays only, which it would then keep
-    building paths through."""
+    ``on_read`` every listing it took. A read that falls due waits until ``awake``
+    returns (the device is online): made while the device is off, it would be acted on
+    only later, and made while the network announces itself again (a whole network back
+    after an outage), it may list a few relays only, which the device would then build
+    its paths through until the next read."""
     clock = network.clock
     again = again or ReadAgain()
     tried_ms = clock.now_ms()

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import trio
 
-from overlay.link import Transport
+from overlay.link import LinkClosed, Transport
 
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
@@ -170,18 +170,21 @@ class RegistryDirectory:
         refresh every minute or two, and each refresh both announces and reads. A
         registry that cannot be reached is no error here: inside the block the calls
         then fail, or fall back, as they would without it."""
-        connected = False
+        on_one: _OnOneConnection | None = None
+        done = False
         try:
             with trio.move_on_after(ANNOUNCE_TIMEOUT_S) as connecting:
                 async with open_rpc(self.transport, self.url) as client:
-                    connected = True
                     connecting.deadline = math.inf  # the calls inside keep their own
-                    yield _OnOneConnection(self, client)
-        except OSError as exc:
-            if connected:
-                raise
-            logger.debug("registry %s unreachable: %s", self.url, exc)
-        if not connected:
+                    if not connecting.cancel_called:  # not connected just too late
+                        on_one = _OnOneConnection(self, client)
+                        yield on_one
+                        done = True
+        except (OSError, LinkClosed) as exc:
+            if on_one is not None and not done:
+                raise  # the block's own
+            logger.debug("registry %s: %s", self.url, exc)  # connecting, or closing after
+        if on_one is None:
             yield self
 
     @asynccontextmanager
@@ -246,16 +249,17 @@ class RegistryDirectory:
             return None
 
 
-@dataclass(frozen=True)
 class _OnOneConnection:
-    """A :class:`RegistryDirectory` whose calls go over ``client`` while it is open (and
-    over a connection of their own once it is not)."""
+    """A :class:`RegistryDirectory` whose calls go over ``client`` while it is open, and
+    over a connection of their own once it is not or once a call on it failed (it may be
+    wedged: a read after an announcement that timed out would wait on it for ever)."""
 
-    directory: RegistryDirectory
-    client: RpcClient
+    def __init__(self, directory: RegistryDirectory, client: RpcClient) -> None:
+        self._directory = directory
+        self._client: RpcClient | None = client
 
     async def fetch(self) -> Snapshot:
-        return await self.directory.fetch(via=self.client)
+        return await self._directory.fetch(via=self._client)
 
     async def announce(
         self,
@@ -265,7 +269,13 @@ class _OnOneConnection:
         contact: bytes = b"",
         registration: bytes = b"",
     ) -> None:
-        await self.directory.announce(identity, kind, url, contact, registration, via=self.client)
+        try:
+            await self._directory.announce(
+                identity, kind, url, contact, registration, via=self._client
+            )
+        except BaseException:
+            self._client = None
+            raise
 
     @asynccontextmanager
     async def one_connection(self) -> AsyncIterator[Directory]:

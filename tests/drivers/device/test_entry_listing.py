@@ -98,7 +98,7 @@ async def test_a_listing_too_long_to_pass_on_has_the_sibling_read_the_registry_a
 
     # The pools read no listing of their own: what they learn, the sibling endpoint's
     # reads gave them.
-    async def no_reads(*_: object) -> None:
+    async def no_reads(*_: object, **__: object) -> None:
         await trio.sleep_forever()
 
     monkeypatch.setattr("p2psync.device.access.keep_relays_current", no_reads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -28,7 +29,7 @@ from p2psync.device.relay_listing import (
 from p2psync.device.values import TRANSIENT
 from p2psync.errors import ConnectionLost
 from p2psync.identity import Identity
-from p2psync.network import LocalNetwork, wait_until
+from p2psync.network import LocalNetwork
 from p2psync.onion.directory import LISTING_READ_S
 from p2psync.onion.pool import ONION_ATTEMPT_TIMEOUT_S, OnionRpcPool
 from p2psync.rpc import RpcRouter
@@ -222,27 +223,25 @@ async def test_a_device_that_is_offline_reads_no_listing_until_it_is_online_agai
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     """The re-read of the relays that falls due while the device is offline waits for
-    it to come online: an offline device makes no onion request (a read at the moment a
-    network back from an outage announces itself again may list a few relays only, and
-    the device would build its paths through those), and reads at once when back."""
-    onion_requests: list[str] = []
+    it to come online (a read at the moment a network back from an outage announces
+    itself again may list a few relays only, and the device would build its paths
+    through those). Read by onion requests, a listing reaches the nodes as ``list``:
+    nothing else a device asks for is one."""
+    listing_reads: list[str] = []
     async with open_world(relays=6) as network:
         for rpc in network.servers().values():
             rpc.observe(
                 lambda method, peer, params: (
-                    onion_requests.append(peer) if method == "onion" else None
+                    listing_reads.append(peer) if method == "list" else None
                 )
             )
         access = network.access(rpc_route="onion", host="dave")
         async with open_device(tmp_path / "dave", access, mode="linked") as dave:
             await dave.sync_now()
             await dave.set_online(False)
-            before = len(onion_requests)
+            before = len(listing_reads)
             await trio.sleep(2 * RELAY_REREAD_S)
-            assert len(onion_requests) == before
-            await dave.set_online(True)
-            with trio.fail_after(LISTING_READ_S):
-                await wait_until(lambda: len(onion_requests) > before)
+            assert len(listing_reads) == before
 
 
 class _Paths:
@@ -315,3 +314,29 @@ async def test_an_ask_that_comes_during_a_read_stands_for_the_next(
         await trio.sleep(3 * RELAY_REREAD_AFTER_FAILURE_S)
         nursery.cancel_scope.cancel()
     assert [round(t - start) for t in tried] == [0, RELAY_REREAD_AFTER_FAILURE_S]
+
+
+async def test_a_read_that_fell_due_while_offline_comes_as_soon_as_the_device_is_online(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Held back while ``awake`` waits (the device is offline), the read comes the
+    moment it returns, not a re-read interval later."""
+    clock = Clock(TEST_EPOCH_MS)
+    online = trio.Event()
+    tried: list[float] = []
+
+    async def relay_contacts() -> list[object]:
+        tried.append(trio.current_time())
+        return []
+
+    network = cast(NetworkAccess, SimpleNamespace(clock=clock, relay_contacts=relay_contacts))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(keep_relays_current, cast(Endpoint, _Paths()), network, awake=online.wait)
+        )
+        await trio.sleep(2 * RELAY_REREAD_S)
+        assert tried == []
+        online.set()
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert tried == [2 * RELAY_REREAD_S]
