@@ -176,7 +176,7 @@ class RegistryDirectory:
             with trio.move_on_after(ANNOUNCE_TIMEOUT_S) as connecting:
                 async with open_rpc(self.transport, self.url) as client:
                     connecting.deadline = math.inf  # the calls inside keep their own
-                    if not connecting.cancel_called:  # not connected just too late
+                    if not connecting.cancel_called:  # else connected past the deadline
                         on_one = _OnOneConnection(self, client)
                         yield on_one
                         done = True
