@@ -9,17 +9,30 @@ import trio
 
 
 class OnlineFlag:
-    """Set while the device is online (:class:`~.running.Runner` keeps it);
-    :meth:`wait` returns once it is."""
+    """Set while the device's online tasks run (:class:`~.running.Runner` keeps it):
+    :meth:`wait` returns once they do, :meth:`wait_offline` once they have all ended."""
 
     def __init__(self) -> None:
         self._online = trio.Event()
+        self._offline = trio.Event()
+        self._offline.set()
+
+    @property
+    def online(self) -> bool:
+        return self._online.is_set()
 
     def set(self, online: bool) -> None:
+        if online == self.online:
+            return
         if online:
+            self._offline = trio.Event()
             self._online.set()
-        elif self._online.is_set():
+        else:
             self._online = trio.Event()
+            self._offline.set()
 
     async def wait(self) -> None:
         await self._online.wait()
+
+    async def wait_offline(self) -> None:
+        await self._offline.wait()

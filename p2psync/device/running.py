@@ -52,8 +52,6 @@ class Runner:
         #: One switch at a time: going offline takes a while (the copies it stores first),
         #: and coming back meanwhile must wait for it rather than find the device online.
         self._switching = trio.Lock()
-        self._offline = trio.Event()
-        self._offline.set()
         noted = store.get_meta(ONLINE_META)
         #: Whether the run before this one finished leaving (None: there was none), read
         #: before this run goes online (which sets the note again).
@@ -61,7 +59,7 @@ class Runner:
 
     @property
     def online(self) -> bool:
-        return not self._offline.is_set()
+        return self._online_flag.online
 
     async def set_online(self, online: bool, *, promptly: bool = False) -> None:
         """:meth:`Device.set_online`."""
@@ -114,14 +112,13 @@ class Runner:
                 # is still stopping: its tasks end at their next checkpoint, and their
                 # shielded clean-ups are bounded (a WebSocket close waits 10 s at most).
                 with trio.CancelScope(shield=True):
-                    await self._offline.wait()
+                    await self._online_flag.wait_offline()
                 self._store.set_meta(ONLINE_META, b"0")
             case _:
                 raise AssertionError(f"{step} is not a step to take")
 
     async def _run_online(self, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         with trio.CancelScope() as scope:
-            self._offline = trio.Event()
             self._online_flag.set(True)
             task_status.started(scope)
             try:
@@ -131,4 +128,3 @@ class Runner:
                     nursery.start_soon(self._siblings.run, self._receiver.sync_now)
             finally:
                 self._online_flag.set(False)
-                self._offline.set()
