@@ -348,14 +348,15 @@ async def open_local_network(
     """Registry, ``nodes`` service nodes (every one aware of every other), ``relays``
     overlay relays (0: devices sync through the swarm only), file server and open group
     server, all in this process. Data lives in ``data_dir`` (default: a temporary
-    directory removed afterwards, of the same name every run, so that on the emulated
-    network every run has the same keys and swarms). On ``tcp`` every link is TLS pinned
-    to its server's announced key; ``make_transport("tcp", plain=True)`` as ``transport``
-    makes them plaintext."""
+    directory removed afterwards, named after ``seed``, so that on the emulated network
+    the runs of one seed have the same server keys, and the same swarms for the same
+    accounts; ``seed`` also makes a ``transport`` named here repeat its jitter and loss).
+    On ``tcp`` every link is TLS pinned to its server's announced key;
+    ``make_transport("tcp", plain=True)`` as ``transport`` makes them plaintext."""
     chosen = make_transport(transport, seed=seed) if isinstance(transport, str) else transport
     clock = clock or Clock()
     with tempfile.TemporaryDirectory(prefix="p2psync-") as temporary:
-        directory = Path(data_dir) if data_dir is not None else Path(temporary) / "network"
+        directory = Path(data_dir) if data_dir is not None else Path(temporary) / f"network-{seed}"
         directory.mkdir(parents=True, exist_ok=True)
         async with open_task_nursery() as nursery:
             ledger = Ledger(_identity_for(chosen, directory, "ledger"))

@@ -358,9 +358,7 @@ class AnnouncedRelay:
         self._keys = KeyPair.from_seed(identity.seed)
         self._cores: list[RelayCore] = []
         self._directory: Directory | None = None
-        self._known: frozenset[bytes] = frozenset()
-        #: The listing as last read (what it reaches as an exit, what a change is in).
-        self.listing = Snapshot()
+        self._listing = Snapshot()
         #: When this relay last announced itself (epoch ms; None: it must announce).
         self._announced_at: int | None = None
 
@@ -423,9 +421,17 @@ class AnnouncedRelay:
         return self._keys.public
 
     @property
+    def listing(self) -> Snapshot:
+        """The listing as last read: the relays this one forwards to, the service nodes it
+        reaches as an exit, and what a change in them is (which brings the next read soon)."""
+        return self._listing
+
+    @property
     def known_relays(self) -> frozenset[bytes]:
         """The keys of the relays this one forwards to, as of its last registry read."""
-        return self._known
+        return frozenset(
+            Contact.decode(r.contact).pubkey for r in self._listing.relays if r.contact
+        )
 
     @property
     def exit_nodes(self) -> frozenset[str]:
@@ -451,8 +457,7 @@ class AnnouncedRelay:
                 self._announced_at = None  # a listing without this relay: announce again
             contacts = [Contact.decode(r.contact) for r in snapshot.relays if r.contact]
             self._cores[0].update_directory(contacts, self.clock.now_ms())
-            self._known = frozenset(c.pubkey for c in contacts)
-            self.listing = snapshot
+            self._listing = snapshot
             self.exit_servers.update(self.exit_nodes)
         except (OSError, P2PSyncError, ValueError) as exc:
             logger.warning("relay: registry unavailable: %s", exc)

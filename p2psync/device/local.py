@@ -85,7 +85,8 @@ class Local:
         self.rejected = 0
         self.changed = trio.Event()
         self.outbox_wakeup = trio.Event()
-        #: Set while the device is online (what runs for its whole life waits on it).
+        #: Set while the device's online tasks run (the Runner's to set; what runs for
+        #: the device's whole life but acts only online waits on it).
         self.online = OnlineFlag()
         self.pairing_limit = KeyedRateLimit(
             REQUESTS_PER_KEY,

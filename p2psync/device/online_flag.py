@@ -1,7 +1,9 @@
-"""Whether a device is online, for what runs as long as the device is open but is to act
-on its own only while it is online: the onion route's re-reads of the listing. Requests
-the device is asked to make while offline (``sync_now``, a ``rooms`` call from the
-command line) still go, through the paths it has."""
+"""Whether a device's online tasks run. The :class:`~.running.Runner` is the only one to
+set it: it sets it as those tasks start and clears it once they have all ended, and
+waits on that to finish going offline. What runs as long as the device is open but is to
+act on its own only while the device is online (the onion route's re-reads of the
+listing) waits for it to be set. Requests the device is asked to make while offline
+(``sync_now``, a ``rooms`` call from the command line) still go, through the paths it has."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import trio
 
 
 class OnlineFlag:
-    """Set while the device's online tasks run (:class:`~.running.Runner` keeps it):
-    :meth:`wait` returns once they do, :meth:`wait_offline` once they have all ended."""
+    """Set while the device's online tasks run: :meth:`wait` returns while they do,
+    :meth:`wait_offline` once they have all ended."""
 
     def __init__(self) -> None:
         self._online = trio.Event()
@@ -32,7 +34,10 @@ class OnlineFlag:
             self._offline.set()
 
     async def wait(self) -> None:
-        await self._online.wait()
+        """Return while the device is online: not after it went online and offline again
+        before this task ran."""
+        while not self.online:
+            await self._online.wait()
 
     async def wait_offline(self) -> None:
         await self._offline.wait()

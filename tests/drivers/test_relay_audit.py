@@ -17,7 +17,7 @@ from benchmarks.relay_audit import RelayAudit, siblings_apart_ms
 from overlay.endpoint import Endpoint, open_endpoint
 from overlay.endpoint_core import EntryShare
 from overlay.keys import KeyPair
-from p2psync.device import Device, open_device
+from p2psync.device import Device, DeviceConfig, open_device
 from p2psync.identity import Identity
 from tests.drivers.device.helpers import befriend, is_friend, open_world, pair, texts
 from tests.drivers.swarm.helpers import wait_until
@@ -30,25 +30,32 @@ SIBLINGS = [{"phone", HOSTS["phone"]}, {"desktop", HOSTS["desktop"]}]
 #: Device keys whose seeded relay choice starts paths of both siblings at one relay when
 #: nothing keeps them apart: without :class:`EntryShare` the check (a) fails.
 LABEL = "relay-audit/2"
-#: How long Alice takes to answer, and Bob to write again (seconds, drawn uniformly). A
-#: conversation in a fixed rhythm that is a multiple of the 3 s poll keeps each poll at
-#: one phase of the sync it has nothing to do with: a swarm member's polls then met 14 of
-#: 99 windows against 3.7 by chance, in one run of ten, with no request caused by sync.
+#: How long Alice takes to answer, and Bob to write again (seconds, drawn uniformly from
+#: ``PAUSES_SEED``; on average the 7 s and 5 s of a fixed rhythm). A fixed rhythm, a
+#: multiple of the 3 s poll, keeps each poll at one phase of the sync it has nothing to
+#: do with: a swarm member's polls then met 14 of 99 windows against 3.7 by chance, in
+#: one run of ten, with no request caused by sync.
 ANSWER_AFTER_S = (4.0, 10.0)
 NEXT_ROUND_AFTER_S = (2.0, 8.0)
+PAUSES_SEED = "relay-audit/pauses"
 #: A (server, method) whose requests follow sibling sync this unlikely by chance, all of
 #: them counted (Bonferroni), is one that could match the two.
 FAMILY_ALPHA = 0.001
 
 
 async def story(
-    tmp_path: Path, mode: str, rounds: int, rpc_route: str = "direct"
+    tmp_path: Path,
+    mode: str,
+    rounds: int,
+    rpc_route: str = "direct",
+    config: DeviceConfig | None = None,
 ) -> tuple[RelayAudit, set[str], int]:
     """Alice's phone and desktop, paired, talk with Bob for ``rounds`` rounds (his message
     to her, her answer from the phone, at seeded random pauses), every relay and server
     watched. Servers are reached as ``rpc_route`` says: directly, the relays carry nothing
     but what the siblings' own endpoints send; by onion requests, each device's pool has
-    paths too. Returns the audit, Alice's account keys and when her devices paired."""
+    paths too. Every device runs with ``config`` (default: :class:`DeviceConfig`'s).
+    Returns the audit, Alice's account keys and when her devices paired."""
     async with open_world(relays=8) as network:
         audit = RelayAudit(network.clock)
         audit.watch(network)
@@ -60,6 +67,7 @@ async def story(
                 mode=mode,
                 name=label,
                 seed=Identity.from_label(f"{LABEL}/{label}").seed,
+                config=config,
             )
 
         async with device("phone") as phone, device("desktop") as desktop, device("bob") as bob:
@@ -68,7 +76,7 @@ async def story(
             await befriend(bob, phone)
             await wait_until(lambda: is_friend(desktop, bob.session_id))
             await wait_until(lambda: bool(phone.sync_status().connected_siblings))
-            pauses = random.Random(LABEL)
+            pauses = random.Random(PAUSES_SEED)
             for n in range(rounds):
                 await bob.send(phone.session_id, f"live {n}")
                 await trio.sleep(pauses.uniform(*ANSWER_AFTER_S))
@@ -145,3 +153,17 @@ async def test_no_server_sees_the_accounts_requests_follow_sibling_sync(
     assert len(matches) > 5 and audit.sync_times_ms()
     worst = matches[0]
     assert worst.p_value * len(matches) >= FAMILY_ALPHA, worst
+
+
+async def test_deletes_and_offers_at_sibling_sync_are_caught(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The check (b) can fail: in ``linked`` mode with no delays, a device deletes an
+    inbound message as its sibling acknowledges it (and offers what it read at once), and
+    the account's swarm serves those deletes in the rhythm of sibling sync."""
+    prompt = DeviceConfig(delete_delay_s=(0.0, 0.0), inbound_push_delay_s=(0.0, 0.0))
+    audit, accounts, _ = await story(tmp_path, "linked", rounds=24, config=prompt)
+    matches = audit.timing(accounts)
+    worst = matches[0]
+    assert worst.p_value * len(matches) < FAMILY_ALPHA, worst
+    assert worst.method == "delete"
