@@ -159,11 +159,11 @@ async def test_deletes_and_offers_at_sibling_sync_are_caught(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     """The check (b) can fail: in ``linked`` mode with no delays, a device deletes an
-    inbound message as its sibling acknowledges it (and offers what it read at once), and
-    the account's swarm serves those deletes in the rhythm of sibling sync."""
+    inbound message as its sibling acknowledges it, and offers its sibling what it read
+    as soon as it read it, so the account's swarm serves both its deletes and its reads in
+    the rhythm of sibling sync."""
     prompt = DeviceConfig(delete_delay_s=(0.0, 0.0), inbound_push_delay_s=(0.0, 0.0))
     audit, accounts, _ = await story(tmp_path, "linked", rounds=24, config=prompt)
     matches = audit.timing(accounts)
-    worst = matches[0]
-    assert worst.p_value * len(matches) < FAMILY_ALPHA, worst
-    assert worst.method == "delete"
+    caught = {match.method for match in matches if match.p_value * len(matches) < FAMILY_ALPHA}
+    assert caught == {"delete", "retrieve"}, matches[:3]
