@@ -1,0 +1,193 @@
+"""The emulated link simulations run on: messages arrive after the link's latency and in
+order, the receiver wakes once per arrival, a closed or cut link ends the way a TCP one
+does, and a full link holds its sender back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from overlay.link import Link, LinkClosed, LinkProfile, MemoryNetwork
+
+#: What a link holds in flight before its sender waits.
+CAPACITY = 256
+
+
+@asynccontextmanager
+async def link_pair(network: MemoryNetwork) -> AsyncIterator[tuple[Link, Link]]:
+    """A client's link to a server, and the server's end of it."""
+    accepted: trio.MemorySendChannel[Link]
+    accepted, accepting = trio.open_memory_channel[Link](1)
+
+    async def hold(link: Link) -> None:
+        await accepted.send(link)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(network.serve, hold, "mem:server")
+        async with network.connect("mem:server", local="client") as client:
+            yield client, await accepting.receive()
+        nursery.cancel_scope.cancel()
+
+
+async def test_messages_arrive_after_the_latency_in_order_despite_jitter(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=1, default_profile=LinkProfile(latency_ms=50, jitter_ms=40))
+    async with link_pair(network) as (client, server):
+        sent_at = []
+        for number in range(20):
+            sent_at.append(trio.current_time())
+            client.send_nowait(b"%d" % number)
+            await trio.sleep(0.005)
+        for number in range(20):
+            assert await server.receive() == b"%d" % number
+            assert trio.current_time() - sent_at[number] >= 0.050
+
+
+async def test_a_message_not_yet_arrived_is_not_received_without_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=1, default_profile=LinkProfile(latency_ms=30))
+    async with link_pair(network) as (client, server):
+        client.send_nowait(b"on its way")
+        with pytest.raises(trio.WouldBlock):
+            server.receive_nowait()
+        await trio.sleep(0.030)
+        assert server.receive_nowait() == b"on its way"
+
+
+class _Steps(trio.abc.Instrument):
+    """Scheduling rounds of the task named ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name == self.name:
+            self.steps += 1
+
+
+async def test_a_receiver_wakes_once_for_each_message_that_arrives(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Not when the message is sent, and again when it arrives: simulations spend their
+    time carrying messages, each wake a scheduling round."""
+    network = MemoryNetwork(seed=1, default_profile=LinkProfile(latency_ms=40))
+    received: list[bytes] = []
+
+    async def receiver(link: Link) -> None:
+        for _ in range(10):
+            received.append(await link.receive())
+
+    async with link_pair(network) as (client, server):
+        steps = _Steps("receiver")
+        trio.lowlevel.add_instrument(steps)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver, server, name="receiver")
+            for number in range(10):
+                await trio.sleep(0.1)  # each message alone on the link
+                client.send_nowait(b"%d" % number)
+        trio.lowlevel.remove_instrument(steps)
+    assert received == [b"%d" % n for n in range(10)]
+    assert steps.steps == 1 + 10  # its start, then one per arrival
+
+
+async def test_what_is_in_flight_arrives_after_the_peer_closed_then_the_link_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=1, default_profile=LinkProfile(latency_ms=20))
+    async with link_pair(network) as (client, server):
+        client.send_nowait(b"last words")
+        await client.aclose()
+        assert await server.receive() == b"last words"
+        with pytest.raises(LinkClosed):
+            await server.receive()
+        with pytest.raises(LinkClosed):
+            server.send_nowait(b"to no one")
+        with pytest.raises(LinkClosed):
+            client.send_nowait(b"after closing")
+
+
+async def test_closing_a_link_wakes_its_own_waiting_receiver(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=1)
+    ended = trio.Event()
+
+    async def wait_on(link: Link) -> None:
+        with pytest.raises(LinkClosed):
+            await link.receive()
+        ended.set()
+
+    async with link_pair(network) as (client, _), trio.open_nursery() as nursery:
+        nursery.start_soon(wait_on, client)
+        await trio.testing.wait_all_tasks_blocked()
+        await client.aclose()
+        with trio.fail_after(1):
+            await ended.wait()
+
+
+async def test_a_host_going_down_ends_its_links_both_ways(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=1, default_profile=LinkProfile(latency_ms=10))
+    async with link_pair(network) as (client, server):
+        client.send_nowait(b"before")
+        network.set_down("mem:server")
+        with pytest.raises(LinkClosed):
+            await server.receive()
+        with pytest.raises(LinkClosed):
+            client.send_nowait(b"after")
+
+
+async def test_a_full_link_refuses_a_send_without_waiting_and_holds_a_waiting_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=1, default_profile=LinkProfile(latency_ms=10))
+    async with link_pair(network) as (client, server):
+        for number in range(CAPACITY):
+            client.send_nowait(b"%d" % number)
+        with pytest.raises(trio.WouldBlock):
+            client.send_nowait(b"one too many")
+        sent = trio.Event()
+
+        async def send_one_more() -> None:
+            await client.send(b"waited")
+            sent.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_one_more)
+            await trio.sleep(1)
+            assert not sent.is_set()  # nothing was taken off the link yet
+            assert await server.receive() == b"0"
+            await sent.wait()
+        received = [server.receive_nowait() for _ in range(CAPACITY)]
+        assert received[-1] == b"waited"
+
+
+async def test_a_sender_waiting_for_room_is_told_when_the_peer_goes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=1)
+    async with link_pair(network) as (client, server):
+        for number in range(CAPACITY):
+            client.send_nowait(b"%d" % number)
+        refused = trio.Event()
+
+        async def send_one_more() -> None:
+            with pytest.raises(LinkClosed):
+                await client.send(b"never taken")
+            refused.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_one_more)
+            await trio.testing.wait_all_tasks_blocked()
+            await server.aclose()
+            with trio.fail_after(1):
+                await refused.wait()
