@@ -34,6 +34,7 @@ from ..swarm.node_config import NodeConfig
 from .holdings import byte_hours, peak_bytes, timeline
 from .replay import LINK_PROFILE, NODES, RELAYS, Outcome, Replay
 from .scenario import HOUR_MS, KINDS, Scenario, Trace, build_trace
+from .virtual_time import VirtualClock
 
 STRATEGIES = ("fanout", "linked", "p2p")
 #: The devices' grace period (DeviceConfig.grace_s), which the floor is computed with.
@@ -143,11 +144,7 @@ def run_scenario(
                 replay = Replay(trace, strategy, network, Path(devices), sync_copy_ttl_ms)
                 return await replay.run(on_progress)
 
-    # Virtual time; imported here, so that importing p2psync does not import trio.testing
-    # (nor, through it, pytest).
-    from trio.testing import MockClock
-
-    outcome = trio.run(main, clock=MockClock(autojump_threshold=0))
+    outcome = trio.run(main, clock=VirtualClock())
     return _figures(strategy, outcome)
 
 
