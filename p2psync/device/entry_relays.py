@@ -48,6 +48,9 @@ class SiblingEntries:
     def __init__(self, local: Local, *, or_any: bool = False) -> None:
         self._local = local
         self._or_any = or_any
+        #: The last share dealt, the relays it was dealt on and its entries: each path
+        #: check asks, and the answer changes only with the siblings or the listings.
+        self._dealt: tuple[EntryShare, frozenset[bytes], frozenset[bytes]] | None = None
 
     def __call__(self, relays: Collection[bytes]) -> frozenset[bytes]:
         keys = self._local.store.sibling_overlay_keys()
@@ -58,7 +61,12 @@ class SiblingEntries:
         members = frozenset(keys.values()) | {own}
         agreed = self._local.entry_listing()
         base = None if agreed is None else agreed.keys
-        entries = EntryShare(secret, members, own, base).or_on_listed(relays)
+        share, listed = EntryShare(secret, members, own, base), frozenset(relays)
+        if self._dealt is not None and self._dealt[:2] == (share, listed):
+            entries = self._dealt[2]
+        else:
+            entries = share.or_on_listed(listed)
+            self._dealt = (share, listed, entries)
         return entries or (frozenset(relays) if self._or_any else entries)
 
 

@@ -144,7 +144,11 @@ class DeviceStore:
     """A device's durable state. One process at a time: two that sent, filed and
     acknowledged from one store would each act on what the other half did (say, delete
     a swarm copy the other still needs), so the store holds the lock on ``<path>.lock``
-    while it is open (:class:`~p2psync.process_lock.InUse` for a second one)."""
+    while it is open (:class:`~p2psync.process_lock.InUse` for a second one).
+
+    Being the only writer, it keeps what every path check reads (meta values, the
+    siblings' overlay keys) in memory, dropped by any write to it; it keeps only what it
+    read outside a transaction, so never a value a rollback undid."""
 
     @staticmethod
     def in_use(path: str | Path) -> bool:
@@ -161,6 +165,8 @@ class DeviceStore:
         except BaseException:
             self._lock.close()
             raise
+        self._meta: dict[str, bytes | None] = {}
+        self._sibling_keys: dict[str, bytes] | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -172,13 +178,20 @@ class DeviceStore:
     # --- meta -----------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> bytes | None:
+        if key in self._meta:
+            return self._meta[key]
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        value = None if row is None else bytes(row[0])
+        if not self._db.in_transaction:
+            self._meta[key] = value
+        return value
 
     def set_meta(self, key: str, value: bytes) -> None:
+        self._meta.pop(key, None)
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def delete_meta(self, key: str) -> None:
+        self._meta.pop(key, None)
         self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     # --- history --------------------------------------------------------------------------
@@ -404,15 +417,22 @@ class DeviceStore:
         return dict(self._db.execute("SELECT device, name FROM siblings ORDER BY device"))
 
     def sibling_overlay_keys(self) -> dict[str, bytes]:
-        return dict(self._db.execute("SELECT device, overlay FROM siblings ORDER BY device"))
+        keys = self._sibling_keys
+        if keys is None:
+            keys = dict(self._db.execute("SELECT device, overlay FROM siblings ORDER BY device"))
+            if not self._db.in_transaction:
+                self._sibling_keys = keys
+        return dict(keys)
 
     def add_sibling(self, device: str, name: str, overlay: bytes) -> None:
+        self._sibling_keys = None
         self._db.execute(
             "INSERT OR REPLACE INTO siblings (device, name, overlay) VALUES (?, ?, ?)",
             (device, name, overlay),
         )
 
     def remove_sibling(self, device: str) -> None:
+        self._sibling_keys = None
         self._db.execute("DELETE FROM siblings WHERE device = ?", (device,))
 
     # --- revocations seen (mapped mode) ----------------------------------------------------
