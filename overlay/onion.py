@@ -117,13 +117,17 @@ class LayerSealer:
 class LayerOpener:
     """The receiving end of one direction of one hop: opens the next counter's layer only.
 
-    It keeps the tags of the next ``LAYER_GAP_WINDOW`` counters, so telling a lost cell
-    from a replay costs a lookup, and each accepted cell costs one tag, as sealing does."""
+    It matches each cell's tag against the next counter's, one keyed hash a cell as
+    sealing costs. The first cell that does not match makes it keep the tags of the
+    ``LAYER_GAP_WINDOW`` counters ahead from then on, so telling a lost cell from a replay
+    costs a lookup; most paths never see such a cell, and their hops never compute that
+    window."""
 
     def __init__(self, key: bytes, prefix: bytes, tag_key: bytes) -> None:
         self._key, self._prefix, self._tag_key = key, prefix, tag_key
         self._next = 1
-        self._ahead = deque(counter_tag(tag_key, c) for c in range(1, 1 + LAYER_GAP_WINDOW))
+        self._expected = counter_tag(tag_key, 1)
+        self._ahead: deque[bytes] | None = None  # the counters after the next one
 
     def __repr__(self) -> str:
         return "LayerOpener(...)"  # holds secrets
@@ -133,14 +137,22 @@ class LayerOpener:
         missing, :class:`ReplayedLayer` for a replay or junk, :class:`LayerError` if it
         does not authenticate (the counter then stays where it was)."""
         tag = data[:_TAG_BYTES]
-        if tag != self._ahead[0]:
+        if tag != self._expected:
+            if self._ahead is None:
+                self._ahead = deque(
+                    counter_tag(self._tag_key, c)
+                    for c in range(self._next + 1, self._next + LAYER_GAP_WINDOW)
+                )
             if tag in self._ahead:
                 raise PathBroken("cells of this path were lost on the way")
             raise ReplayedLayer("not the next cell of this path")
         plaintext = open_layer(self._key, self._prefix, self._next, data)
         self._next += 1
-        self._ahead.popleft()
-        self._ahead.append(counter_tag(self._tag_key, self._next + LAYER_GAP_WINDOW - 1))
+        if self._ahead is None:
+            self._expected = counter_tag(self._tag_key, self._next)
+        else:
+            self._expected = self._ahead.popleft()
+            self._ahead.append(counter_tag(self._tag_key, self._next + LAYER_GAP_WINDOW - 1))
         return plaintext
 
 
