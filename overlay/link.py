@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -312,54 +313,85 @@ _QUEUE_MESSAGES = 256
 _RETRANSMISSION_TIMEOUT_MS = 200.0
 
 
+@dataclass(eq=False)
+class _WaitingSend:
+    """A send waiting for room: ``put`` puts its message on the wire when its turn comes."""
+
+    task: trio.lowlevel.Task
+    put: Callable[[], None]
+    sent: bool = False
+
+
 class _Wire:
     """One direction of an emulated link: the messages on it in arrival order, at most
-    ``_QUEUE_MESSAGES`` (a sender waits for room, or gets ``trio.WouldBlock``).
+    ``_QUEUE_MESSAGES`` (a sender waits for room, or gets ``trio.WouldBlock``). A place
+    freed goes to the send that has waited longest, its message put on the wire there
+    and then, so messages keep the order their sends began in.
 
-    The receiver sleeps until the first message's arrival time and wakes once, then,
+    A receiver sleeps until the first message's arrival time and wakes once, then,
     rather than being woken as each is sent and going back to sleep until it arrives:
     a simulation spends most of its time carrying messages, and this halves the
     scheduling rounds each costs."""
 
     def __init__(self) -> None:
         self.messages: deque[tuple[float, bytes]] = deque()
-        self.sending_closed = False  # no more messages: the receiver drains, then ends
+        self.sending_closed = False  # no more messages: receivers drain, then end
         self.receiving_closed = False  # no one reads: sends fail
-        self._parked: trio.CancelScope | None = None  # the receiver's sleep
-        self._room = trio.lowlevel.ParkingLot()  # senders waiting for room
+        self._parked: set[trio.CancelScope] = set()  # receivers' sleeps
+        self._waiting: deque[_WaitingSend] = deque()
+
+    @property
+    def closed(self) -> bool:
+        return self.sending_closed or self.receiving_closed
+
+    def has_room(self) -> bool:
+        """Room for one more, and no send waiting for it before."""
+        return len(self.messages) < _QUEUE_MESSAGES and not self._waiting
 
     def put(self, item: tuple[float, bytes]) -> None:
-        if self.sending_closed or self.receiving_closed:
+        if self.closed:
             raise LinkClosed("the link is closed")
-        if len(self.messages) >= _QUEUE_MESSAGES:
-            raise trio.WouldBlock
         self.messages.append(item)
-        if len(self.messages) == 1 and self._parked is not None:
-            self._parked.deadline = item[0]
+        if len(self.messages) == 1:
+            for sleep in self._parked:
+                sleep.deadline = item[0]
 
-    async def wait_for_room(self) -> None:
-        while len(self.messages) >= _QUEUE_MESSAGES and not (
-            self.sending_closed or self.receiving_closed
-        ):
-            await self._room.park()
+    async def wait_to_put(self, put: Callable[[], None]) -> None:
+        """Wait behind the sends already waiting until ``put`` has put a message in the
+        place freed for it; :class:`LinkClosed` if the link closes first."""
+        waiting = _WaitingSend(trio.lowlevel.current_task(), put)
+        self._waiting.append(waiting)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiting.remove(waiting)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if not waiting.sent:
+            raise LinkClosed("the link is closed")
 
     def take_due(self, now: float) -> bytes | None:
         """The first message if it has arrived by ``now``."""
         if not self.messages or self.messages[0][0] > now:
             return None
-        if self._room:
-            self._room.unpark()
-        return self.messages.popleft()[1]
+        message = self.messages.popleft()[1]
+        if self._waiting:
+            waiting = self._waiting.popleft()
+            waiting.put()
+            waiting.sent = True
+            trio.lowlevel.reschedule(waiting.task)
+        return message
 
     async def sleep_until_next(self) -> None:
-        """Sleep until the first message arrives (one sent meanwhile moves the alarm
-        forward) or either end closes."""
+        """Sleep until the first message arrives (one sent meanwhile sets the alarm) or
+        either end closes."""
         deadline = self.messages[0][0] if self.messages else math.inf
-        with trio.CancelScope(deadline=deadline) as self._parked:
+        with trio.CancelScope(deadline=deadline) as sleep:
+            self._parked.add(sleep)
             try:
                 await trio.sleep_forever()
             finally:
-                self._parked = None
+                self._parked.discard(sleep)
 
     def close_sending(self) -> None:
         self.sending_closed = True
@@ -371,9 +403,10 @@ class _Wire:
         self._wake_everyone()
 
     def _wake_everyone(self) -> None:
-        if self._parked is not None:
-            self._parked.cancel()
-        self._room.unpark_all()
+        for sleep in self._parked:
+            sleep.cancel()
+        while self._waiting:
+            trio.lowlevel.reschedule(self._waiting.popleft().task)
 
 
 class _MemoryLink(Link):
@@ -389,8 +422,7 @@ class _MemoryLink(Link):
 
     supports_send_nowait = True
 
-    def _schedule(self, message: bytes) -> tuple[float, bytes]:
-        """Arrival time and bytes of a message."""
+    def _check(self, message: bytes) -> None:
         if not isinstance(message, bytes | bytearray):
             raise TypeError("links carry bytes")
         if len(message) > self._network.max_message_bytes:
@@ -398,6 +430,11 @@ class _MemoryLink(Link):
         if self._network.is_cut(self.local, self.peer):
             self._close()
             raise LinkClosed(f"link {self.local} → {self.peer} is down")
+        if self._outgoing.closed:
+            raise LinkClosed(f"link to {self.peer} is closed")
+
+    def _put(self, message: bytes) -> None:
+        """Put ``message`` on the wire, arriving after the link's delay."""
         profile = self._network.profile(self.local, self.peer)
         now = trio.current_time()
         delay = profile.latency_ms + profile.jitter_ms * self._network.random.random()
@@ -409,22 +446,27 @@ class _MemoryLink(Link):
             delay += len(message) * 8_000.0 / profile.bandwidth_bps
         # Delivery stays in order, like the TCP link it stands in for.
         self._last_arrival = max(self._last_arrival, now + delay / 1000.0)
-        return self._last_arrival, bytes(message)
+        self._outgoing.put((self._last_arrival, bytes(message)))
 
     async def send(self, message: bytes) -> None:
-        item = self._schedule(message)
-        await trio.lowlevel.checkpoint()
-        await self._outgoing.wait_for_room()
-        self._put(item)
-
-    def send_nowait(self, message: bytes) -> None:
-        self._put(self._schedule(message))
-
-    def _put(self, item: tuple[float, bytes]) -> None:
+        """Like a Trio channel's: the message is on the wire before this task yields if
+        there is room, else once a place is freed for it, in the order sends began."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check(message)
+        if self._outgoing.has_room():
+            self._put(message)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
         try:
-            self._outgoing.put(item)
+            await self._outgoing.wait_to_put(partial(self._put, message))
         except LinkClosed:
             raise LinkClosed(f"link to {self.peer} is closed") from None
+
+    def send_nowait(self, message: bytes) -> None:
+        self._check(message)
+        if not self._outgoing.has_room():
+            raise trio.WouldBlock
+        self._put(message)
 
     async def receive(self) -> bytes:
         wire = self._incoming

@@ -9,8 +9,12 @@ would otherwise do nothing, from Trio's question "how long may I sleep?", and an
 "not at all". A timed wake then costs about 19 µs of CPU here rather than 27 µs
 (200 000 one-millisecond sleeps, measured side by side).
 
-Tests keep MockClock: it also runs ``wait_all_tasks_blocked`` before jumping, which this
-clock does not (it jumps first)."""
+What it gives up, which replays do not use (they make no thread calls and never wait for
+every task to block): ``trio.testing.wait_all_tasks_blocked`` never returns while a timer
+is pending (Trio's loop is never idle under this clock), and while one is pending time
+jumps even when I/O is ready (a worker thread's result is taken at whatever virtual time
+the jumps have reached). Tests keep MockClock, which looks for I/O before each jump and
+serves ``wait_all_tasks_blocked`` first."""
 
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ import trio
 
 class VirtualClock(trio.abc.Clock):
     """Starts at 0 and moves only by jumping to the earliest deadline, when Trio has
-    nothing to run; with no deadline at all it waits for I/O (a worker thread's result)
-    in real time, without moving."""
+    nothing to run; with no deadline at all Trio waits for I/O in real time, and the
+    clock stays where it is."""
 
     def __init__(self) -> None:
         self._now = 0.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from overlay.constants import LAYER_GAP_WINDOW
-from overlay.onion import LayerOpener, LayerSealer, PathBroken, ReplayedLayer
+from overlay.onion import LayerError, LayerOpener, LayerSealer, PathBroken, ReplayedLayer
 
 KEY, PREFIX, TAG_KEY = bytes(range(32)), bytes(16), bytes(range(32, 64))
 
@@ -56,3 +56,12 @@ def test_replays_and_junk_are_refused_and_the_next_cell_still_opens() -> None:
     sealer.seal(b"lost")
     with pytest.raises(PathBroken):
         opener.open(sealer.seal(b"after it"))
+
+
+def test_a_cell_that_does_not_authenticate_leaves_the_counter_where_it_was() -> None:
+    sealer, opener = ends()
+    cell = sealer.seal(b"genuine")
+    forged = cell[:-1] + bytes([cell[-1] ^ 1])  # its tag, another body
+    with pytest.raises(LayerError):
+        opener.open(forged)
+    assert opener.open(cell) == b"genuine"

@@ -167,7 +167,7 @@ async def test_a_full_link_refuses_a_send_without_waiting_and_holds_a_waiting_on
             assert not sent.is_set()  # nothing was taken off the link yet
             assert await server.receive() == b"0"
             await sent.wait()
-        received = [server.receive_nowait() for _ in range(CAPACITY)]
+        received = [await server.receive() for _ in range(CAPACITY)]
         assert received[-1] == b"waited"
 
 
@@ -191,3 +191,74 @@ async def test_a_sender_waiting_for_room_is_told_when_the_peer_goes(
             await server.aclose()
             with trio.fail_after(1):
                 await refused.wait()
+
+
+async def test_sends_go_out_in_the_order_they_began_even_when_one_waits_for_room(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As on TCP, where a link's writes are in turn: a send that had to wait keeps its
+    place, and one begun after it waits behind it."""
+    network = MemoryNetwork(seed=1, default_profile=LinkProfile(latency_ms=10))
+    async with link_pair(network) as (client, server):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send, b"first")
+            await trio.testing.wait_all_tasks_blocked()
+            client.send_nowait(b"second")
+        assert [await server.receive(), await server.receive()] == [b"first", b"second"]
+        for number in range(CAPACITY):
+            client.send_nowait(b"%d" % number)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send, b"waited longest")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(client.send, b"waited less")
+            await trio.testing.wait_all_tasks_blocked()
+            assert await server.receive() == b"0"
+            with pytest.raises(trio.WouldBlock):  # the place freed is the first waiter's
+                client.send_nowait(b"newcomer")
+            assert await server.receive() == b"1"
+        received = [await server.receive() for _ in range(CAPACITY)]
+        assert received[-2:] == [b"waited longest", b"waited less"]
+
+
+async def test_two_receivers_on_one_link_are_each_served_and_each_told_of_the_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=1, default_profile=LinkProfile(latency_ms=10))
+    got: list[bytes] = []
+    ended: list[str] = []
+    both_ended = trio.Event()
+
+    async def read(link: Link, name: str) -> None:
+        try:
+            while True:
+                got.append(await link.receive())
+        except LinkClosed:
+            ended.append(name)
+            if len(ended) == 2:
+                both_ended.set()
+
+    async with link_pair(network) as (client, server), trio.open_nursery() as nursery:
+        nursery.start_soon(read, server, "one")
+        nursery.start_soon(read, server, "two")
+        await trio.testing.wait_all_tasks_blocked()
+        client.send_nowait(b"a")
+        await trio.sleep(1)
+        client.send_nowait(b"b")
+        await trio.sleep(1)
+        await client.aclose()
+        with trio.fail_after(1):
+            await both_ended.wait()
+    assert got == [b"a", b"b"]
+    assert sorted(ended) == ["one", "two"]
+
+
+async def test_a_partition_ends_the_link_between_the_two_hosts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=1, default_profile=LinkProfile(latency_ms=10))
+    async with link_pair(network) as (client, server):
+        network.partition("mem:client", "mem:server")
+        with pytest.raises(LinkClosed):
+            client.send_nowait(b"across the cut")
+        with pytest.raises(LinkClosed):  # closed by the sender's side
+            await server.receive()
