@@ -4,8 +4,9 @@ does, and a full link holds its sender back."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 import trio
@@ -114,23 +115,30 @@ async def test_what_is_in_flight_arrives_after_the_peer_closed_then_the_link_end
             client.send_nowait(b"after closing")
 
 
+async def wakes_on_close(
+    wait: Callable[[], Awaitable[object]], close: Callable[[], Awaitable[None]]
+) -> None:
+    """``wait``, waiting when ``close`` runs, raises :class:`LinkClosed` at once."""
+    ended = trio.Event()
+
+    async def waiter() -> None:
+        with pytest.raises(LinkClosed):
+            await wait()
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        await close()
+        with trio.fail_after(1):
+            await ended.wait()
+
+
 async def test_closing_a_link_wakes_its_own_waiting_receiver(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    network = MemoryNetwork(seed=1)
-    ended = trio.Event()
-
-    async def wait_on(link: Link) -> None:
-        with pytest.raises(LinkClosed):
-            await link.receive()
-        ended.set()
-
-    async with link_pair(network) as (client, _), trio.open_nursery() as nursery:
-        nursery.start_soon(wait_on, client)
-        await trio.testing.wait_all_tasks_blocked()
-        await client.aclose()
-        with trio.fail_after(1):
-            await ended.wait()
+    async with link_pair(MemoryNetwork(seed=1)) as (client, _):
+        await wakes_on_close(client.receive, client.aclose)
 
 
 async def test_a_host_going_down_ends_its_links_both_ways(
@@ -174,23 +182,10 @@ async def test_a_full_link_refuses_a_send_without_waiting_and_holds_a_waiting_on
 async def test_a_sender_waiting_for_room_is_told_when_the_peer_goes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    network = MemoryNetwork(seed=1)
-    async with link_pair(network) as (client, server):
+    async with link_pair(MemoryNetwork(seed=1)) as (client, server):
         for number in range(CAPACITY):
             client.send_nowait(b"%d" % number)
-        refused = trio.Event()
-
-        async def send_one_more() -> None:
-            with pytest.raises(LinkClosed):
-                await client.send(b"never taken")
-            refused.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_one_more)
-            await trio.testing.wait_all_tasks_blocked()
-            await server.aclose()
-            with trio.fail_after(1):
-                await refused.wait()
+        await wakes_on_close(partial(client.send, b"never taken"), server.aclose)
 
 
 async def test_sends_go_out_in_the_order_they_began_even_when_one_waits_for_room(
