@@ -344,6 +344,11 @@ class _Wire:
     def closed(self) -> bool:
         return self.sending_closed or self.receiving_closed
 
+    @property
+    def ended(self) -> bool:
+        """Nothing more will arrive: no one reads, or the sender closed and all arrived."""
+        return self.receiving_closed or (self.sending_closed and not self.messages)
+
     def has_room(self) -> bool:
         """Room for one more, and no send waiting for it before."""
         return len(self.messages) < _QUEUE_MESSAGES and not self._waiting
@@ -473,29 +478,28 @@ class _MemoryLink(Link):
         await trio.lowlevel.checkpoint_if_cancelled()
         slept = False
         while True:
-            if wire.receiving_closed:
+            if wire.ended:
                 raise LinkClosed(f"link to {self.peer} is closed")
             message = wire.take_due(trio.current_time())
             if message is not None:
                 break
-            if wire.sending_closed and not wire.messages:
-                raise LinkClosed(f"link to {self.peer} is closed")
             await wire.sleep_until_next()
             slept = True
         if not slept:
             await trio.lowlevel.cancel_shielded_checkpoint()
-        if self._network.is_cut(self.local, self.peer):
-            self._close()
-            raise LinkClosed(f"link {self.peer} → {self.local} is down")
-        return message
+        return self._unless_cut(message)
 
     def receive_nowait(self) -> bytes:
         wire = self._incoming
-        if wire.receiving_closed or (wire.sending_closed and not wire.messages):
+        if wire.ended:
             raise LinkClosed(f"link to {self.peer} is closed")
         message = wire.take_due(trio.current_time())
         if message is None:
             raise trio.WouldBlock
+        return self._unless_cut(message)
+
+    def _unless_cut(self, message: bytes) -> bytes:
+        """``message``, arrived, unless the network was cut meanwhile (then the link is)."""
         if self._network.is_cut(self.local, self.peer):
             self._close()
             raise LinkClosed(f"link {self.peer} → {self.local} is down")
