@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: neither they nor anything of ours they import touch a socket, a clock task or a database.
 SANS_IO = [
     "p2psync/wire.py",
+    "p2psync/rpc/limits.py",
     "p2psync/backoff.py",
     "p2psync/identity.py",
     "p2psync/envelope.py",

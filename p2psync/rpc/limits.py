@@ -1,0 +1,128 @@
+"""What keeps an RPC server alive under abuse, as pure objects (time passed in): its
+limits, rate buckets, counters and the bound on what all its connections hold for their
+peers. The server (:mod:`.server`) asks them; nothing here waits or touches a socket."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..wire import MAX_FRAME_BYTES
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What keeps a server alive under abuse; every figure is per server or connection."""
+
+    max_connections: int = 512
+    max_in_flight: int = 64
+    requests_per_s: float = 2000.0
+    request_burst: int = 4000
+    outbox_frames: int = 256
+    #: Encoded replies a connection may have waiting for (or in) a write; pushes may use
+    #: as much again before the client counts as too slow (see :class:`Outbox`).
+    outbox_bytes: int = 1024 * 1024
+    #: Replies and pushes all connections together may hold for their peers (queued, in
+    #: a write, or computed and waiting for room); see :class:`ReplyMemory`.
+    reply_memory_bytes: int = 32 * 1024 * 1024
+    max_frame_bytes: int = MAX_FRAME_BYTES
+
+
+class TokenBucket:
+    """Rate limit as a pure object: ``take(now)`` says whether a request may go ahead."""
+
+    def __init__(self, rate_per_s: float, burst: int, now: float) -> None:
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last = now
+
+    def available(self, now: float) -> float:
+        """The tokens there are now."""
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        return self._tokens
+
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Whether ``cost`` tokens (one request, or a number of bytes) may be spent now."""
+        if self.available(now) >= cost:
+            self._tokens -= cost
+            return True
+        return False
+
+
+class KeyedRateLimit:
+    """Token buckets per key under one total bucket, as a pure object (time passed in).
+
+    :meth:`allow` admits a request when its key's bucket and the total both have a token.
+    Keys cost an attacker nothing to make, so the total is what bounds the work done; the
+    per-key buckets keep one key from spending all of it. A key gets state only once a
+    request of its is admitted, and a bucket idle long enough to be full again is forgotten
+    (a new one would be the same), so the memory held is bounded by what the total admits.
+    """
+
+    def __init__(
+        self, per_key: int, key_refill_s: float, total: int, total_refill_s: float, now: float
+    ) -> None:
+        self._per_key = per_key
+        self._key_rate = 1 / key_refill_s
+        #: How long an untouched bucket takes to be full again.
+        self._forget_after = per_key * key_refill_s
+        self._total = TokenBucket(1 / total_refill_s, total, now)
+        #: Key → (its bucket, when it last took), least recently used first.
+        self._keys: OrderedDict[bytes, tuple[TokenBucket, float]] = OrderedDict()
+
+    def allow(self, key: bytes, now: float, cost: int = 1) -> bool:
+        """Whether ``key`` may spend ``cost`` requests' worth now (both buckets)."""
+        while self._keys:
+            oldest, (_, last) = next(iter(self._keys.items()))
+            if now - last < self._forget_after:
+                break
+            del self._keys[oldest]
+        known = self._keys.pop(key, None)
+        bucket = known[0] if known else TokenBucket(self._key_rate, self._per_key, now)
+        # Both have the tokens or neither is charged: a refusal by the total must not
+        # spend a key's own share (a batch's cost is up to 64 requests' worth).
+        admitted = bucket.available(now) >= cost and self._total.available(now) >= cost
+        if admitted:
+            bucket.take(now, cost)
+            self._total.take(now, cost)
+        if known or admitted:
+            self._keys[key] = (bucket, now)
+        return admitted
+
+
+@dataclass
+class ServerStats:
+    connections: int = 0
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    #: Disconnected for not taking their pushes, or for holding the most reply memory
+    #: when the server's was used up.
+    dropped_slow_clients: int = 0
+
+    def count_error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+class ReplyMemory:
+    """The bytes all of a server's connections hold for their peers. One outbox stays
+    within its own budget, but a reply computed while its outbox is full waits for room
+    (up to ``max_in_flight`` of them, each up to a frame), and every connection may be a
+    client that does not read: this is the bound over all of them. ``shed`` is called
+    whenever what they hold grows past ``limit`` (the server then drops the connection
+    holding the most)."""
+
+    def __init__(self, limit: int, shed: Callable[[], None]) -> None:
+        self.limit = limit
+        self.used = 0
+        self._shed = shed
+
+    def grow(self, size: int) -> None:
+        self.used += size
+        if self.used > self.limit:
+            self._shed()
+
+    def shrink(self, size: int) -> None:
+        self.used -= size
