@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from ..errors import RpcError
-from ..identity import message_hash, session_id_key
+from ..identity import message_hash
 from ..wire import MAX_FRAME_BYTES
 from . import repair
 from .constants import CLOCK_SKEW_MS, MAX_DATA_BYTES, MAX_TTL_MS, MIN_TTL_MS
@@ -282,14 +282,11 @@ class NodeCore(Generic[Conn]):
         return self.swarms.swarm_of_node(self.pubkey)
 
     def peers(self) -> Sequence[NodeInfo]:
-        swarm = self.swarm_id
-        if swarm is None:
-            return ()
-        return [n for n in self.swarms.swarms[swarm] if n.pubkey != self.pubkey]
+        return self.swarms.peers_of(self.pubkey)
 
     def owns(self, owner: str) -> bool:
         swarm = self.swarm_id
-        return swarm is not None and self.swarms.swarm_for_key(session_id_key(owner)) == swarm
+        return swarm is not None and self.swarms.swarm_of_owner(owner) == swarm
 
     def peers_needed(self) -> int:
         """Other members that must commit a store before it is acknowledged; a smaller
@@ -312,7 +309,7 @@ class NodeCore(Generic[Conn]):
     def _swarm_id_of(self, owner: str) -> int:
         if not self.swarms.swarms:
             raise RpcError("unavailable", "node has not read the registry yet")
-        return self.swarms.swarm_for_key(session_id_key(owner))
+        return self.swarms.swarm_of_owner(owner)
 
     # --- client requests ------------------------------------------------------------------
 

@@ -18,9 +18,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from ..identity import session_id_key
 from .constants import SWARM_MAX_SIZE, SWARM_TARGET_SIZE
 
 RING_SIZE = 2**64
+#: Owners whose swarm one map remembers (see :meth:`SwarmMap.swarm_of_owner`); past it,
+#: it starts again, so owners a stranger makes up cost memory only up to this.
+OWNERS_REMEMBERED = 65_536
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -100,6 +104,36 @@ class SwarmMap:
     @cached_property
     def _ids_in_ring_order(self) -> list[int]:
         return sorted(self.swarms)
+
+    def swarm_of_owner(self, session_id: str) -> int:
+        """:meth:`swarm_for_key` of a Session id's key (``DecodeError`` for one that is
+        not), remembered: a node asks it of every store, every row a peer replicates and
+        every read, for the few owners its swarm serves."""
+        known = self._owner_swarms.get(session_id)
+        if known is None:
+            known = self.swarm_for_key(session_id_key(session_id))
+            if len(self._owner_swarms) >= OWNERS_REMEMBERED:
+                self._owner_swarms.clear()
+            self._owner_swarms[session_id] = known
+        return known
+
+    @cached_property
+    def _owner_swarms(self) -> dict[str, int]:
+        return {}
+
+    def peers_of(self, node_pubkey: str) -> tuple[NodeInfo, ...]:
+        """The other members of ``node_pubkey``'s swarm (none if it has none)."""
+        peers = self._peers.get(node_pubkey)
+        if peers is None:
+            swarm = self.swarm_of_node(node_pubkey)
+            members = () if swarm is None else self.swarms[swarm]
+            peers = tuple(n for n in members if n.pubkey != node_pubkey)
+            self._peers[node_pubkey] = peers
+        return peers
+
+    @cached_property
+    def _peers(self) -> dict[str, tuple[NodeInfo, ...]]:
+        return {}
 
     def nodes_for_key(self, x25519_public: bytes) -> tuple[NodeInfo, ...]:
         return self.swarms[self.swarm_for_key(x25519_public)]
