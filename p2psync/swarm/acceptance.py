@@ -22,9 +22,9 @@ import trio
 
 from ..clock import Clock
 from ..errors import RpcError
-from ..rpc import Connection, Later, TokenBucket, refusal_of
+from ..rpc import Connection, Later, refusal_of
 from ..wire import Fields
-from .allowance import OwnerQuota, connection_budget
+from .allowance import ConnectionBudgets, OwnerQuota
 from .commit import GroupCommit
 from .messages import StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest
 from .node_config import NodeConfig
@@ -73,7 +73,7 @@ class StoreAcceptance:
         #: timeout for all, so arrival order.
         self._deadlines: deque[tuple[int, RowKey, Later]] = deque()
         self._deadline_added = trio.Event()
-        self._budgets: dict[Connection, TokenBucket] = {}
+        self._budgets = ConnectionBudgets(config.store_bytes_per_s)
 
     async def run(self) -> None:
         """Commit what gathers and give up on late quorums, until cancelled."""
@@ -200,21 +200,12 @@ class StoreAcceptance:
         expire, so a sender keeps its copy and asks later; a refusal for good would have
         every sender drop its mail to an owner a stranger flooded."""
         size = len(row.data or b"")
-        now = self._clock.now_s()
-        budget = self._budgets.get(conn)
-        if budget is None:
-            budget = connection_budget(now, self._config.store_bytes_per_s)
-            self._budgets[conn] = budget
-            conn.on_close(lambda: self._forget_budget(conn))
-        if not budget.take(now, size):
+        if not self._budgets.charge(conn, self._clock.now_s(), size):
             raise RpcError("rate_limited", "this connection stores too fast: slow down")
         if not self._quota.admits(row.pubkey, size):
             raise RpcError(
                 "rate_limited", f"this owner's mailbox is full ({self._quota.quota} bytes): later"
             )
-
-    def _forget_budget(self, conn: Connection) -> None:
-        self._budgets.pop(conn, None)
 
 
 class _Batch:

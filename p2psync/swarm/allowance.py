@@ -30,9 +30,11 @@ forgotten is simply counted again.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
+from typing import Protocol
 
-from ..rpc import TokenBucket
+from ..rpc.limits import TokenBucket
+from .rows import StoredMessage
 
 STORE_BYTES_PER_S = 1024 * 1024
 OWNER_QUOTA_BYTES = 64 * 1024 * 1024
@@ -42,6 +44,33 @@ TRACKED_OWNERS = 100_000
 def connection_budget(now: float, bytes_per_s: float = STORE_BYTES_PER_S) -> TokenBucket:
     """The byte bucket of a new connection: ``bytes_per_s``, bursts of 8 s of it."""
     return TokenBucket(bytes_per_s, int(8 * bytes_per_s), now)
+
+
+class Closing(Hashable, Protocol):
+    """A connection, as far as its byte bucket needs it."""
+
+    def on_close(self, callback: Callable[[], None]) -> None: ...
+
+
+class ConnectionBudgets:
+    """A byte bucket per connection (:func:`connection_budget`), made on its first charge
+    and forgotten when it closes."""
+
+    def __init__(self, bytes_per_s: float = STORE_BYTES_PER_S) -> None:
+        self._bytes_per_s = bytes_per_s
+        self._budgets: dict[Closing, TokenBucket] = {}
+
+    def charge(self, conn: Closing, now: float, size: int) -> bool:
+        """Whether ``conn`` may store ``size`` more bytes now (they are then spent)."""
+        budget = self._budgets.get(conn)
+        if budget is None:
+            budget = connection_budget(now, self._bytes_per_s)
+            self._budgets[conn] = budget
+            conn.on_close(lambda: self._forget(conn))
+        return budget.take(now, size)
+
+    def _forget(self, conn: Closing) -> None:
+        self._budgets.pop(conn, None)
 
 
 class OwnerQuota:
@@ -60,6 +89,24 @@ class OwnerQuota:
             estimate = self._count(owner)
         self._remember(owner, estimate)
         return estimate + size <= self.quota
+
+    def fitting(self, rows: Iterable[StoredMessage]) -> tuple[list[StoredMessage], set[str]]:
+        """Of a peer's batch, the rows whose owners' mailboxes have room for them, counting
+        the batch's earlier rows, and the owners refused: from an owner's first row that
+        does not fit, none of its rows is kept (so what is kept has no gaps)."""
+        kept: list[StoredMessage] = []
+        full: set[str] = set()
+        taking: dict[str, int] = {}
+        for row in rows:
+            if row.pubkey in full:
+                continue
+            size = len(row.data or b"")
+            if size and not self.admits(row.pubkey, taking.get(row.pubkey, 0) + size):
+                full.add(row.pubkey)
+                continue
+            taking[row.pubkey] = taking.get(row.pubkey, 0) + size
+            kept.append(row)
+        return kept, full
 
     def stored(self, owner: str, size: int) -> None:
         """``size`` new bytes were committed for ``owner``."""

@@ -35,7 +35,7 @@ from .messages import (
     SubscribeRequest,
 )
 from .node_core import START, NodeCore, Position
-from .node_shared import PEER_CALL_TIMEOUT_S, Dial, NodeStats
+from .node_shared import PEER_CALL_TIMEOUT_S, Dial, Ingest, NodeStats
 from .proof import proof_from_request
 from .ring import NodeInfo
 from .rows import StoredMessage
@@ -56,12 +56,12 @@ class ClientMethods:
         *,
         peers: Callable[[], Sequence[NodeInfo]],
         dial: Dial,
-        ingest: Callable[[Iterable[StoredMessage]], int],
+        ingest: Ingest,
         execute: Execute,
         stats: NodeStats,
     ) -> None:
         """``peers`` and ``dial``: the swarm's other members and calls to one, for a cursor
-        this node lacks; ``ingest``: keep a peer's rows, returning how many were new;
+        this node lacks; ``ingest``: keep a peer's rows;
         ``execute``: the node core's effects of a delete or expiry."""
         self._core = core
         self._store = store
@@ -133,7 +133,7 @@ class ClientMethods:
                 try:
                     row = await (await self._dial(peer)).lookup(request)
                     if row is not None:
-                        self._stats.repaired_in += self._ingest([row])
+                        self._stats.repaired_in += self._ingest([row]).new
                         return
                 except Exception as exc:  # one peer's failure, whatever it is, is that peer's
                     logger.debug("lookup at %s failed: %r", peer.pubkey[:8], exc)

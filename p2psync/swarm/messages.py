@@ -524,7 +524,10 @@ class RowBatch:
 
 @dataclass(frozen=True, slots=True)
 class ReplicateReply:
-    """The owners of the batch the receiver does not serve (it kept none of their rows)."""
+    """The owners of the batch whose rows the receiver did not all keep: owners it does
+    not serve (none kept), or whose rows went past their quota or a stranger's byte rate
+    (those from the first that did not fit). The sender counts none of their rows as
+    committed there."""
 
     refused: tuple[str, ...]
 

@@ -51,7 +51,7 @@ from .listing import Snapshot, listing_page
 from .messages import GetSwarmRequest, InfoReply, store_batch_cost
 from .node_config import NodeConfig
 from .node_core import NodeCore, Push, Replicate
-from .node_shared import NodeStats
+from .node_shared import Ingested, NodeStats
 from .outbound import ReplicationQueue
 from .peer_calls import PeerCalls
 from .peer_methods import PeerMethods
@@ -169,6 +169,7 @@ class StorageNode:
             ingest=self._ingest,
             refused=self._count_refused,
             stats=self.stats,
+            store_bytes_per_s=self.config.store_bytes_per_s,
         )
         client_methods = ClientMethods(
             self.core,
@@ -233,7 +234,7 @@ class StorageNode:
         await self._listing.refresh()
 
     def _membership(self, snapshot: Snapshot) -> None:
-        self.core.swarms = SwarmMap.build(snapshot.nodes)
+        self.core.listed(snapshot.nodes)
         self._peer_methods.membership_changed({n.pubkey for n in self.peers()})
         self._replicator.membership_changed()
         self._repairer.soon()  # new members may lack what we hold, and vice versa
@@ -286,17 +287,18 @@ class StorageNode:
             else:
                 self._replicator.offer(effect.rows)
 
-    def _ingest(self, rows: Iterable[StoredMessage]) -> int:
-        """Rows from a peer: keep those of owners this node serves, at its own read
-        positions (:meth:`~.node_core.NodeCore.placed`), notify subscribers; returns how
-        many were new here."""
-        mine = self.core.placed(rows, self.clock.now_ms())
-        added = self.store.put_many(mine)
-        fresh = [row for row, new in zip(mine, added, strict=True) if new]
+    def _ingest(self, rows: Iterable[StoredMessage]) -> Ingested:
+        """Rows from a peer: keep those of owners this node serves whose mailboxes have
+        room (the quota a client's stores have, :meth:`.allowance.OwnerQuota.fitting`),
+        at its own read positions (:meth:`~.node_core.NodeCore.placed`), and notify
+        subscribers."""
+        room, full = self._quota.fitting(self.core.placed(rows, self.clock.now_ms()))
+        added = self.store.put_many(room)
+        fresh = [row for row, new in zip(room, added, strict=True) if new]
         for row in fresh:
             self._quota.stored(row.pubkey, len(row.data or b""))
         self._execute(self.core.pushes(fresh))
-        return len(fresh)
+        return Ingested(len(fresh), tuple(sorted(full)))
 
     def _count_refused(self, reasons: Sequence[str], peer: str) -> None:
         """Rows of a peer's batch that did not check out (say a tombstone without the

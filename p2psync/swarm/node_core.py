@@ -18,7 +18,7 @@ Read order. Each member reads a stream (owner, namespace) out in its own arrival
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import (
     Callable,
     Collection,
@@ -44,6 +44,7 @@ from .messages import (
     StoreRequest,
     SwarmReply,
 )
+from .quorum import RowKey
 from .ring import NodeInfo, SwarmMap
 from .rows import RowSummary, StoredMessage
 
@@ -56,6 +57,12 @@ ISSUED_CURSORS = 100_000
 #: lookup (and a node a burst of them in step with its reader).
 UNKNOWN_CURSOR_MS = 10 * 60 * 1000
 UNKNOWN_CURSORS = 10_000
+#: Registry maps a node remembers from before the current one, to know which nodes of
+#: other swarms once served an owner and may hand its rows over (:meth:`NodeCore.trusts`).
+FORMER_MAPS = 8
+#: Rows of strangers' hand-overs a node remembers, to tell each what it pushed
+#: (:class:`StrangerPushes`).
+STRANGER_PUSHES = 100_000
 #: Row data per node-to-node batch, leaving room for the frame's envelope.
 BATCH_BYTES = MAX_FRAME_BYTES - 16 * 1024
 #: What a row costs in a batch besides its data.
@@ -263,6 +270,27 @@ def may_forget(
     return any(now_ms - first_listed.get(t.pubkey, now_ms) >= HAND_OVER_ELDER_MS for t in takers)
 
 
+class StrangerPushes:
+    """The rows each node of another swarm pushed here as a stranger to their owners
+    (:meth:`NodeCore.trusts`), the most recent :data:`STRANGER_PUSHES` of them: ``held``
+    tells such a node about these rows only, so it can read back what it handed over
+    and learn nothing about the rest of a mailbox."""
+
+    def __init__(self, limit: int = STRANGER_PUSHES) -> None:
+        self._limit = limit
+        self._rows: OrderedDict[tuple[str, RowKey], None] = OrderedDict()
+
+    def pushed(self, node: str, keys: Iterable[RowKey]) -> None:
+        for key in keys:
+            self._rows[(node, key)] = None
+            self._rows.move_to_end((node, key))
+        while len(self._rows) > self._limit:
+            self._rows.popitem(last=False)
+
+    def pushed_by(self, node: str, key: RowKey) -> bool:
+        return (node, key) in self._rows
+
+
 class NodeCore(Generic[Conn]):
     """One node's view of the network and the decisions that follow from it."""
 
@@ -270,12 +298,47 @@ class NodeCore(Generic[Conn]):
         self, pubkey: str, *, started_ms: int, store_quorum: int, max_subscriptions: int
     ) -> None:
         self.pubkey = pubkey
-        self.swarms = SwarmMap({})
+        self._swarms = SwarmMap({})
+        self._former: deque[SwarmMap] = deque(maxlen=FORMER_MAPS)
         self.store_quorum = store_quorum
         self.read_order = ReadOrder(started_ms)
         self.subscriptions: Subscriptions[Conn] = Subscriptions(max_subscriptions)
 
     # --- membership -----------------------------------------------------------------------
+
+    @property
+    def swarms(self) -> SwarmMap:
+        """The swarms of the registry listing the node acts on."""
+        return self._swarms
+
+    def listed(self, nodes: Collection[NodeInfo]) -> None:
+        """The registry now lists ``nodes``. The map they replace is remembered
+        (:meth:`trusts`); with the first listing, the map of the same nodes but this one,
+        which is what the rest of the network knew until this node joined it."""
+        swarms = SwarmMap.build(nodes)
+        if swarms == self._swarms:
+            return
+        if self._swarms.swarms:
+            self._former.append(self._swarms)
+        else:
+            others = [n for n in nodes if n.pubkey != self.pubkey]
+            if others and len(others) < len(nodes):
+                self._former.append(SwarmMap.build(others))
+        self._swarms = swarms
+
+    def trusts(self, node: str, owner: str) -> bool:
+        """Whether this node takes ``node``'s word about ``owner``'s rows (keeps what it
+        pushes without a client's limits, and tells it what it holds): a member of this
+        node's swarm, or a node that served the owner under one of the
+        :data:`FORMER_MAPS` maps before this one, handing its rows over
+        (:mod:`.hand_over`). Any other node, admitted or not, is a stranger to the
+        owner's mailbox."""
+        if any(peer.pubkey == node for peer in self.peers()):
+            return True
+        return any(
+            any(member.pubkey == node for member in former.members_of_owner(owner))
+            for former in self._former
+        )
 
     @property
     def swarm_id(self) -> int | None:
@@ -382,6 +445,11 @@ class NodeCore(Generic[Conn]):
     def refused_owners(self, rows: Iterable[StoredMessage]) -> tuple[str, ...]:
         """The owners of a ``replicate`` batch that this node does not serve."""
         return tuple(sorted({r.pubkey for r in rows if not self.owns(r.pubkey)}))
+
+    def from_stranger(self, node: str, rows: Iterable[StoredMessage]) -> list[StoredMessage]:
+        """The rows of a batch ``node`` pushed about owners it is a stranger to
+        (:meth:`trusts`): each is charged as a client's store would be."""
+        return [row for row in rows if self.owns(row.pubkey) and not self.trusts(node, row.pubkey)]
 
     def owners_served(self, owners: Iterable[str], bucket: int | None = None) -> list[str]:
         """The owners of ``owners`` this node serves, of one repair bucket or all, in the

@@ -5,8 +5,12 @@ by an owner's old swarm (``replicate``), and what repair and hand-over read (``l
 Every one is signed by a node the ledger admitted and the registry lists
 (:func:`~.auth.check_node_auth`), and every method that reads answers only members of
 this node's swarm, about owners this node serves: no node, admitted or not, can read or
-enumerate a swarm it does not belong to. The rest of a request is decoded only after
-that check.
+enumerate a swarm it does not belong to. The two that hand-over needs from nodes of
+other swarms (``replicate``, ``held``) give a node that is a stranger to an owner
+(:meth:`~.node_core.NodeCore.trusts`: it never served the owner under a map this node
+remembers) no more than an anonymous client has: its rows are held to a client's byte
+rate and the owner's quota, and ``held`` tells it only about the rows it pushed itself.
+The rest of a request is decoded only after the node's check.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ..errors import RpcError
 from ..rpc import Connection, Handler
 from ..wire import Fields
 from . import repair
+from .allowance import ConnectionBudgets
 from .auth import ReplayGuard, check_node_auth
 from .listing import Snapshot
 from .messages import (
@@ -32,8 +37,9 @@ from .messages import (
     ReplicateReply,
     RowBatch,
 )
-from .node_core import NodeCore, RepairListings, first_batch
-from .node_shared import NodeStats
+from .node_core import NodeCore, RepairListings, StrangerPushes, first_batch
+from .node_shared import Ingest, NodeStats
+from .quorum import row_key
 from .rows import RowSummary, StoredMessage
 from .store import MessageStore
 
@@ -51,14 +57,16 @@ class PeerMethods:
         listed: Callable[[], Snapshot],
         relist: Callable[[], None],
         summaries: Callable[[int | None], list[RowSummary]],
-        ingest: Callable[[Iterable[StoredMessage]], int],
+        ingest: Ingest,
         refused: Callable[[Sequence[str], str], None],
         stats: NodeStats,
+        store_bytes_per_s: float,
     ) -> None:
         """``listed``: the registry listing the node acts on; ``relist``: read it again
         soon; ``summaries``: of the rows the node serves, one repair bucket or all;
-        ``ingest``: keep a peer's rows, returning how many were new; ``refused``: count
-        and log the rows of a peer's batch that did not check out."""
+        ``ingest``: keep a peer's rows; ``refused``: count and log the rows of a peer's
+        batch that did not check out; ``store_bytes_per_s``: a client connection's byte
+        rate, which strangers' rows are held to too."""
         self._core = core
         self._store = store
         self._clock = clock
@@ -70,6 +78,8 @@ class PeerMethods:
         self._refused = refused
         self._stats = stats
         self._listings = RepairListings(summaries)
+        self._budgets = ConnectionBudgets(store_bytes_per_s)
+        self._stranger_pushes = StrangerPushes()
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -104,13 +114,32 @@ class PeerMethods:
 
     def _replicate(self, params: Fields, conn: Connection) -> Any:
         """Rows pushed by a member, or handed over by a node of the owner's old swarm (so
-        any registered node may push); only rows of owners this node serves are kept."""
+        any registered node may push). Only rows of owners this node serves are kept,
+        within their owners' quotas, and those of a stranger (see the module) only within
+        a client connection's byte rate. The reply names the owners whose rows were not
+        kept."""
         node = self._check_node(params, "replicate", swarm_only=False)
         request = RowBatch.from_wire(params.rest("node_auth"), self._clock.now_ms())
         self._refused(request.refused, node)
-        refused = self._core.refused_owners(request.rows)
-        self._stats.replicated_in += self._ingest(request.rows)
-        return ReplicateReply(refused).to_wire()
+        strangers = self._core.from_stranger(node, request.rows)
+        over_rate = self._over_rate(conn, strangers)
+        ingested = self._ingest(r for r in request.rows if r.pubkey not in over_rate)
+        self._stats.replicated_in += ingested.new
+        refused = {*self._core.refused_owners(request.rows), *over_rate, *ingested.over_quota}
+        self._stranger_pushes.pushed(
+            node, (row_key(r) for r in strangers if r.pubkey not in refused)
+        )
+        return ReplicateReply(tuple(sorted(refused))).to_wire()
+
+    def _over_rate(self, conn: Connection, rows: Iterable[StoredMessage]) -> set[str]:
+        """The owners of ``rows`` (a stranger's) past the connection's byte rate: from an
+        owner's first row that does not fit, none of its rows is kept."""
+        now = self._clock.now_s()
+        over: set[str] = set()
+        for row in rows:
+            if row.pubkey not in over and not self._budgets.charge(conn, now, len(row.data or b"")):
+                over.add(row.pubkey)
+        return over
 
     def _lookup(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params, "lookup")
@@ -142,13 +171,17 @@ class PeerMethods:
 
     def _held(self, params: Fields, conn: Connection) -> Any:
         """How many of the given rows this node holds, for a node of the owners' old swarm
-        reading back what it handed over (it names only rows it holds itself, so it
-        learns nothing it did not know)."""
-        self._check_node(params, "held", swarm_only=False)
+        reading back what it handed over. A stranger's rows count only if it pushed them
+        itself: to any node, this would say whether a message it names still exists."""
+        node = self._check_node(params, "held", swarm_only=False)
         request = KeysRequest.from_wire(params.rest("node_auth"))
         now = self._clock.now_ms()
         held = 0
         for key in request.keys:
-            row = self._store.get(*key) if self._core.owns(key[0]) else None
+            owner = key[0]
+            known = self._core.owns(owner) and (
+                self._core.trusts(node, owner) or self._stranger_pushes.pushed_by(node, key)
+            )
+            row = self._store.get(*key) if known else None
             held += row is not None and row.expiry_ms > now
         return HeldReply(held).to_wire()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -18,11 +18,11 @@ from . import repair
 from .constants import REPLICATION_RETRY_S
 from .messages import LISTING_PAGE
 from .node_core import batches
-from .node_shared import PEER_CALL_TIMEOUT_S, PEER_ERRORS, Dial, NodeStats
+from .node_shared import PEER_CALL_TIMEOUT_S, PEER_ERRORS, Dial, Ingest, NodeStats
 from .peer_calls import PeerCalls
 from .quorum import RowKey, row_key
 from .ring import NodeInfo
-from .rows import RowSummary, StoredMessage
+from .rows import RowSummary
 from .store import MessageStore
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ REPAIR_ROUND_TIMEOUT_S = PEER_CALL_TIMEOUT_S * 6
 
 class Repairer:
     """Repair rounds with the peers ``peers()`` names. ``summaries()`` lists the rows
-    this node serves, ``ingest`` keeps rows a peer sent (returning how many were new)
+    this node serves, ``ingest`` keeps rows a peer sent
     and ``refused`` logs the ones a peer's batch carried that did not check out."""
 
     def __init__(
@@ -44,7 +44,7 @@ class Repairer:
         peers: Callable[[], Sequence[NodeInfo]],
         dial: Dial,
         summaries: Callable[[], list[RowSummary]],
-        ingest: Callable[[Iterable[StoredMessage]], int],
+        ingest: Ingest,
         refused: Callable[[Sequence[str], str], None],
         stats: NodeStats,
         interval_s: float,
@@ -110,7 +110,7 @@ class Repairer:
             self._refused(reply.refused, peer.pubkey)
             if not reply.rows:
                 return
-            self._stats.repaired_in += self._ingest(reply.rows)
+            self._stats.repaired_in += self._ingest(reply.rows).new
             got = {row_key(r) for r in reply.rows}
             keys = [k for k in keys if k not in got]
             if reply.refused:

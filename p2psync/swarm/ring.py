@@ -121,6 +121,10 @@ class SwarmMap:
     def _owner_swarms(self) -> dict[str, int]:
         return {}
 
+    def members_of_owner(self, session_id: str) -> tuple[NodeInfo, ...]:
+        """The members of the swarm :meth:`swarm_of_owner` names."""
+        return self.swarms[self.swarm_of_owner(session_id)]
+
     def peers_of(self, node_pubkey: str) -> tuple[NodeInfo, ...]:
         """The other members of ``node_pubkey``'s swarm (none if it has none)."""
         peers = self._peers.get(node_pubkey)

@@ -71,6 +71,7 @@ from p2psync.swarm.node_core import (
     ReadOrder,
     RepairListings,
     Replicate,
+    StrangerPushes,
     Subscriptions,
     batches,
     first_batch,
@@ -92,7 +93,7 @@ def core_of(nodes: list[NodeInfo], me: NodeInfo | None = None, quorum: int = 2) 
     core: NodeCore[str] = NodeCore(
         (me or nodes[0]).pubkey, started_ms=NOW, store_quorum=quorum, max_subscriptions=2
     )
-    core.swarms = SwarmMap.build(nodes)
+    core.listed(nodes)
     return core
 
 
@@ -355,6 +356,68 @@ def test_rows_from_peers_are_kept_only_when_owned_and_alive_and_placed_here() ->
     rows = [mine, row(b"expired", expiry_ms=NOW), row(b"foreign", owner=stranger)]
     assert core.placed(rows, NOW) == [dataclasses.replace(mine, order_ms=NOW + 901)]
     assert core.refused_owners(rows) == (stranger.session_id,)
+
+
+def _alice_members(nodes: list[NodeInfo]) -> set[str]:
+    return {n.pubkey for n in SwarmMap.build(nodes).members_of_owner(ALICE.session_id)}
+
+
+def test_a_node_trusts_its_swarm_and_nodes_that_served_an_owner_under_maps_it_remembers() -> None:
+    """Six nodes, one swarm; six more join and Alice's swarm is now half of them. Her
+    node trusts its current peers and the old members that handed her over; a node that
+    never served her is a stranger, whose rows of hers are the ones charged."""
+    first, later = NODES[:6], NODES[6:]
+    me = next(n for n in first if n.pubkey in _alice_members(NODES))
+    core = core_of(first, me=me)
+    core.listed(NODES)
+    members = _alice_members(NODES)
+    assert {p.pubkey for p in core.peers()} == members - {me.pubkey}
+    for node in first:
+        assert core.trusts(node.pubkey, ALICE.session_id)  # a peer, or it handed her over
+    strangers = [n for n in later if n.pubkey not in members]
+    assert strangers
+    for node in strangers:
+        assert not core.trusts(node.pubkey, ALICE.session_id)
+    rows = [row(b"a"), row(b"b")]
+    assert core.from_stranger(strangers[0].pubkey, rows) == rows
+    assert core.from_stranger(first[1].pubkey, rows) == []
+
+
+def test_a_nodes_first_listing_remembers_the_map_before_it_joined() -> None:
+    """A node that starts into a listing it is in already, its join having split one
+    swarm into two, trusts the nodes that served an owner until it joined (they hand the
+    owner's rows over to it) and not the spares that never did."""
+    me = NodeInfo(Identity.from_label("newcomer").ed25519_public.hex(), "mem:new", 0)
+    before = [  # one swarm of eight, in this ring order, and three spares
+        NodeInfo(Identity.from_label(f"node-{i}").ed25519_public.hex(), f"mem:{i}", (i + 1) << 59)
+        for i in range(11)
+    ]
+    nodes = [me, *before]
+    owner = next(
+        o.session_id
+        for o in (Identity.from_label(f"owner-{i}") for i in range(100))
+        if me in SwarmMap.build(nodes).members_of_owner(o.session_id)
+    )
+
+    def members(listed: list[NodeInfo]) -> set[str]:
+        return {n.pubkey for n in SwarmMap.build(listed).members_of_owner(owner)}
+
+    core = core_of(nodes, me=me)
+    handing_over = members(before) - members(nodes)
+    never_served = {n.pubkey for n in before} - members(before) - members(nodes)
+    assert handing_over and never_served
+    assert all(core.trusts(node, owner) for node in handing_over)
+    assert not any(core.trusts(node, owner) for node in never_served)
+
+
+def test_the_rows_a_stranger_pushed_are_remembered_up_to_a_bound() -> None:
+    pushes = StrangerPushes(limit=3)
+    keys = [(ALICE.session_id, 0, bytes([i]) * 32) for i in range(4)]
+    pushes.pushed("n1", keys[:2])
+    pushes.pushed("n2", keys[2:])
+    assert pushes.pushed_by("n1", keys[1]) and not pushes.pushed_by("n2", keys[1])
+    assert not pushes.pushed_by("n1", keys[0])  # the oldest, past the bound
+    assert pushes.pushed_by("n2", keys[3])
 
 
 # --- repair listings, batches, hand-over ------------------------------------------------------

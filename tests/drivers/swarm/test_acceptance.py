@@ -23,7 +23,7 @@ from p2psync.swarm.messages import StoreBatchReply, StoreBatchRequest, StoreRepl
 from p2psync.swarm.node_config import NodeConfig
 from p2psync.swarm.node_core import NodeCore, Push, Replicate
 from p2psync.swarm.node_shared import NodeStats
-from p2psync.swarm.ring import NodeInfo, SwarmMap
+from p2psync.swarm.ring import NodeInfo
 from p2psync.swarm.store import MessageStore
 from p2psync.wire import Fields
 
@@ -39,7 +39,7 @@ async def acceptance(
     timeout loops running; ``failing_effects``: running a store's effects raises."""
     clock = Clock(TEST_EPOCH_MS)
     core: NodeCore[Connection] = NodeCore(ME, started_ms=0, store_quorum=2, max_subscriptions=4)
-    core.swarms = SwarmMap.build([NodeInfo(ME, "mem:me"), NodeInfo(PEER, "mem:peer")])
+    core.listed([NodeInfo(ME, "mem:me"), NodeInfo(PEER, "mem:peer")])
     store = MessageStore(tmp_path / "node.sqlite3")
     stats = NodeStats()
 

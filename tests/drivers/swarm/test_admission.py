@@ -16,9 +16,9 @@ from overlay.keys import KeyPair
 from overlay.link import MemoryNetwork
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.errors import RpcError
-from p2psync.identity import Identity
+from p2psync.identity import Identity, message_hash
 from p2psync.network import LocalNetwork
-from p2psync.rpc import ServerLimits, open_rpc
+from p2psync.rpc import RpcClient, ServerLimits, open_rpc
 from p2psync.swarm.admission import MIN_STAKE, Ledger, Registration
 from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.directory import RegistryDirectory, read_listing
@@ -28,9 +28,14 @@ from p2psync.swarm.listing import (
     Snapshot,
     sign_announcement,
 )
+from p2psync.swarm.messages import HeldReply, KeysRequest, ReplicateReply, RowBatch
 from p2psync.swarm.node import StorageNode
+from p2psync.swarm.node_config import NodeConfig
+from p2psync.swarm.node_core import batches
+from p2psync.swarm.quorum import RowKey, row_key
 from p2psync.swarm.registry import RegistryServer
 from p2psync.swarm.ring import NodeInfo, SwarmMap
+from p2psync.swarm.rows import StoredMessage
 from p2psync.swarm.store import MessageStore
 
 from .helpers import holders, open_test_swarm, swarm_of
@@ -285,3 +290,78 @@ async def test_a_node_that_has_not_read_the_registry_says_so_to_its_peers(
             "node has not read the registry yet",
         )
         nursery.cancel_scope.cancel()
+
+
+def _rows_for(owner: Identity, count: int, size: int, now_ms: int) -> list[StoredMessage]:
+    datas = [bytes([i % 256]) * size + i.to_bytes(4, "big") for i in range(count)]
+    return [
+        StoredMessage(owner.session_id, 0, message_hash(d), now_ms, now_ms + 3_600_000, d)
+        for d in datas
+    ]
+
+
+async def _push(
+    client: RpcClient, node: StorageNode, rows: list[StoredMessage], now_ms: int
+) -> tuple[str, ...]:
+    """Push ``rows`` with ``replicate`` as ``node``, a batch at a time; the owners refused."""
+    refused: set[str] = set()
+    for part in batches(rows):
+        params = RowBatch(tuple(part)).to_wire()
+        signed = sign_node_request(node.identity, "replicate", params, now_ms)
+        refused.update(ReplicateReply.from_wire(await client.call("replicate", signed)).refused)
+    return tuple(sorted(refused))
+
+
+async def _held(client: RpcClient, node: StorageNode, keys: list[RowKey], now_ms: int) -> int:
+    params = KeysRequest(tuple(keys)).to_wire()
+    signed = sign_node_request(node.identity, "held", params, now_ms)
+    return HeldReply.from_wire(await client.call("held", signed), asked=len(keys)).held
+
+
+async def test_a_node_of_another_swarm_puts_no_more_into_a_mailbox_than_a_client(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An admitted node that never served Alice is a stranger to her mailbox: the rows it
+    pushes with ``replicate`` are held to a client connection's byte rate (past it, she
+    is named refused and the rest is not kept), and ``held`` tells it only about rows it
+    pushed itself, not whether her other messages exist. A member of her swarm pushes as
+    much as it likes. (Before, any admitted node pushed without limit and ``held``
+    answered it about any message it named.)"""
+    config = NodeConfig(store_bytes_per_s=100_000)  # a burst of 800 000 bytes
+    async with open_test_swarm(12, config) as (network, swarm):
+        digest, _ = await swarm.store(ALICE.session_id, 0, b"secret")
+        home = swarm_of(network, ALICE)
+        target = home[0]
+        stranger = next(
+            n for n in network.running_nodes() if not target.core.trusts(n.pubkey, ALICE.session_id)
+        )
+        now = network.clock.now_ms()
+        flood = _rows_for(ALICE, 90, 10_000, now)  # 900 000 bytes, past the burst
+        async with open_rpc(network.transport, target.url) as client:
+            assert await _push(client, stranger, flood[:60], now) == ()
+            assert await _push(client, stranger, flood[60:], now) == (ALICE.session_id,)
+            kept = sum(1 for r in flood if target.store.get(*row_key(r)) is not None)
+            assert 60 <= kept < 90
+            secret = (ALICE.session_id, 0, digest)
+            pushed = [row_key(r) for r in flood[:60]]
+            assert await _held(client, stranger, [secret, *pushed], now) == 60
+            assert await _held(client, home[1], [secret, *pushed], now) == 61
+            more = _rows_for(ALICE, 90, 10_001, now)
+            assert await _push(client, home[1], more, now) == ()
+
+
+async def test_rows_a_member_pushes_are_held_to_the_owners_quota(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Replicated, repaired or handed-over rows fill a mailbox no further than stores do:
+    past the owner's quota the rest of a peer's batch for her is not kept and she is
+    named refused (before, only a client's stores were counted against it)."""
+    config = NodeConfig(owner_quota_bytes=100_000)
+    async with open_test_swarm(6, config) as (network, _swarm):
+        target, member = swarm_of(network, ALICE)[:2]
+        now = network.clock.now_ms()
+        rows = _rows_for(ALICE, 20, 10_000, now)
+        async with open_rpc(network.transport, target.url) as client:
+            assert await _push(client, member, rows, now) == (ALICE.session_id,)
+        assert target.store.owner_bytes(ALICE.session_id, now) <= 100_000
+        assert target.store.get(*row_key(rows[0])) is not None
