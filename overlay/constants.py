@@ -110,6 +110,15 @@ PATH_CHECK_INTERVAL_MS = 500
 #: Sessions an endpoint queues for ``sessions()`` before refusing new ones.
 ACCEPT_QUEUE_SESSIONS = 16
 
+#: Hops a relay keeps at once (:mod:`overlay.transit`): some 100 MiB of path state, the
+#: paths of tens of thousands of endpoints on one relay.
+TRANSIT_HOPS_MAX = 65_536
+#: Builds a relay remembers at once against replay (each until its path's expiry).
+TRANSIT_BUILDS_MAX = 2 * TRANSIT_HOPS_MAX
+#: One host (a neighbour relay, or an endpoint connected directly) may have this part of
+#: each: a sixteenth, so one that floods builds fills its own share and no one else's.
+TRANSIT_SHARE_PER_HOST = 16
+
 #: Exit requests (onion requests to servers, DESIGN.md §6): the largest request or reply
 #: a path carries to or from its exit hop, reassembled from fragments (a server's largest
 #: frame, 128 KiB, plus room for the address and the sealing).

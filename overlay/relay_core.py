@@ -63,6 +63,7 @@ from .payloads import (
     decode_payload,
     exit_fragments,
 )
+from .transit import TransitBook, TransitCaps
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,9 @@ class RelayStats:
     dropped_exit_address: int = 0
     #: Server replies too large to carry back (the owner gets a failure instead).
     dropped_exit_oversize: int = 0
+    #: Builds dropped because this relay keeps as many hops or builds as it may, in all
+    #: or for their host (:class:`~overlay.transit.TransitCaps`).
+    dropped_transit_full: int = 0
 
     @property
     def dropped(self) -> int:
@@ -126,6 +130,7 @@ class RelayStats:
             + self.dropped_exit_refused
             + self.dropped_exit_address
             + self.dropped_exit_oversize
+            + self.dropped_transit_full
         )
 
 
@@ -185,10 +190,14 @@ class RelayCore:
     exit_route: ExitRoute | None = None
     #: Exit requests a path, a link and the relay may have under way at once.
     exit_caps: ExitCaps = field(default_factory=ExitCaps)
+    #: Hops and remembered builds the relay keeps, in all and per host.
+    transit_caps: TransitCaps = field(default_factory=TransitCaps)
     _upstream: dict[bytes, _Hop] = field(default_factory=dict)
     _downstream: dict[bytes, _Hop] = field(default_factory=dict)
     _intros: dict[bytes, _Hop] = field(default_factory=dict)
-    _seen_builds: dict[bytes, int] = field(default_factory=dict)
+    #: The ephemeral key of every build taken → (its path's expiry, its host).
+    _seen_builds: dict[bytes, tuple[int, str]] = field(default_factory=dict)
+    _transit: TransitBook = field(default_factory=TransitBook)
     #: token → (hop, the endpoint's request id, when to stop waiting), in arrival order
     #: (an OrderedDict: a plain dict's first key slows down as entries leave its front)
     _pending_dht: OrderedDict[bytes, tuple[_Hop, bytes, int]] = field(default_factory=OrderedDict)
@@ -248,20 +257,21 @@ class RelayCore:
 
     def expire(self, now_ms: int) -> None:
         """Forget hops and replay-filter entries past their expiry."""
-        for table in (self._upstream, self._downstream, self._intros):
-            for key in [k for k, hop in table.items() if hop.expiry_ms <= now_ms]:
-                del table[key]
-        for key in [k for k, e in self._seen_builds.items() if e <= now_ms]:
-            del self._seen_builds[key]
+        self._drop_hops(lambda hop: hop.expiry_ms <= now_ms)
+        for key in [k for k, (e, _) in self._seen_builds.items() if e <= now_ms]:
+            _, host = self._seen_builds.pop(key)
+            self._transit.remove(self._transit.builds, host)
         self._expire_pending_dht(now_ms)
         self._expire_exits(now_ms)
         self.store.expire(now_ms)
 
     def link_lost(self, link: str) -> None:
         """Forget the hops that used a link that broke: their paths are gone."""
-        for table in (self._upstream, self._downstream, self._intros):
-            for key in [k for k, h in table.items() if link in (h.up_link, h.down_link)]:
-                del table[key]
+        self._drop_hops(lambda hop: link in (hop.up_link, hop.down_link))
+
+    def _drop_hops(self, gone: Callable[[_Hop], bool]) -> None:
+        for hop in [h for h in self._upstream.values() if gone(h)]:
+            self._forget(hop)
 
     @property
     def hop_count(self) -> int:
@@ -311,6 +321,9 @@ class RelayCore:
     # --- cells --------------------------------------------------------------------------
 
     def _build(self, link: str, path_id: bytes, body: bytes, now_ms: int, peer: str) -> list[Send]:
+        """A build for this relay's part of a path: a hop, forwarding the rest of the
+        build or, as the last hop, answering the owner; dropped if replayed, malformed,
+        naming no known relay, or past :attr:`transit_caps`."""
         ephemeral, record, keys, rest = open_build_frame(body, self.keys.dh, now_ms)
         if ephemeral in self._seen_builds:
             self.stats.dropped_replay += 1
@@ -330,7 +343,12 @@ class RelayCore:
                 self.stats.dropped_unknown_relay += 1
                 return []
             down_link = f"out:{contact.address}"
-        self._seen_builds[ephemeral] = record.expiry_ms
+        host = peer_host(peer, loopback_apart=True) if peer else link
+        if not self.transit_caps.admits(self._transit, host):
+            self.stats.dropped_transit_full += 1
+            return []
+        self._seen_builds[ephemeral] = (record.expiry_ms, host)
+        self._transit.add(self._transit.builds, host)
         hop = _Hop(
             *keys.relay_side(),
             record.hop_index,
@@ -339,9 +357,10 @@ class RelayCore:
             path_id,
             down_link,
             record.downstream_id,
-            peer_host(peer, loopback_apart=True) if peer else link,
+            host,
         )
         self._upstream[path_id] = hop
+        self._transit.add(self._transit.hops, host)
         self.stats.builds += 1
         if down_link is None:
             self._intros[record.downstream_id] = hop
@@ -385,9 +404,12 @@ class RelayCore:
     def _forget(self, hop: _Hop) -> None:
         """Tear this relay's part of a path down: later cells in either direction are
         dropped as of an unknown path, and the owner finds the path dead by its pings."""
-        self._upstream.pop(hop.up_id, None)
+        if self._upstream.get(hop.up_id) is hop:
+            del self._upstream[hop.up_id]
+            self._transit.remove(self._transit.hops, hop.up_host)
         table = self._intros if hop.down_link is None else self._downstream
-        table.pop(hop.down_id, None)
+        if table.get(hop.down_id) is hop:
+            del table[hop.down_id]
 
     def _to_owner(self, hop: _Hop, payload: PathPayload) -> list[Send]:
         framed = frame_payload(payload.encode(), layer_bytes(hop.hop_index + 1))

@@ -77,6 +77,7 @@ SANS_IO = [
     "overlay/endpoint_core.py",
     "overlay/relay_core.py",
     "overlay/exits.py",
+    "overlay/transit.py",
 ]
 IO_MODULES = {"trio", "socket", "asyncio", "selectors", "sqlite3", "subprocess"}
 #: The library's packages, and what they must not import: the lab, and what only the
