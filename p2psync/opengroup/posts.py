@@ -43,6 +43,14 @@ ROOM_KEY_REFILL_S = 3600.0
 #: Rooms all creators together may create at once, and then one per ``ROOM_REFILL_S``.
 ROOMS_BURST = 20
 ROOM_REFILL_S = 300.0
+#: Posts one device key may make at once, then one per POST_KEY_REFILL_S; all keys
+#: together POSTS_BURST, then one per POST_REFILL_S (see the package's docstring).
+POSTS_PER_KEY = 30
+POST_KEY_REFILL_S = 2.0
+POSTS_BURST = 600
+POST_REFILL_S = 0.05
+#: Bytes of posts (the signed records) a room keeps; past it its oldest posts go.
+ROOM_MAX_BYTES = 16 * 1024 * 1024
 
 _ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _SESSION_ID_CHARS = 66

@@ -1,5 +1,5 @@
 """The open group server: the RPC methods of :mod:`p2psync.opengroup`, attributing each
-post once, when it arrives, and rationing room creation.
+post once, when it arrives, and rationing room creation and posting.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from .posts import (
     MAX_POST_BYTES,
     MAX_ROOM_CHARS,
     MAX_ROOMS,
+    POST_KEY_REFILL_S,
+    POST_REFILL_S,
+    POSTS_BURST,
+    POSTS_PER_KEY,
     ROOM_KEY_REFILL_S,
     ROOM_REFILL_S,
     ROOMS_BURST,
@@ -67,6 +71,9 @@ class OpenGroupServer:
         self._pool: RpcPool | None = None
         self._room_limit = KeyedRateLimit(
             ROOMS_PER_KEY, ROOM_KEY_REFILL_S, ROOMS_BURST, ROOM_REFILL_S, clock.now_ms() / 1000
+        )
+        self._post_limit = KeyedRateLimit(
+            POSTS_PER_KEY, POST_KEY_REFILL_S, POSTS_BURST, POST_REFILL_S, clock.now_ms() / 1000
         )
         self.rpc = RpcServer(
             {
@@ -143,6 +150,8 @@ class OpenGroupServer:
         if stored is None:
             now_ms = self.clock.now_ms()
             check_fresh(post.timestamp_ms, now_ms, "post")
+            if not self._post_limit.allow(post.key, now_ms / 1000):
+                raise RpcError("rate_limited", "too many posts: try again later")
             user = await self._attribute(post)
             stored = self.store.add(post, user, now_ms)
         post_id, user = stored

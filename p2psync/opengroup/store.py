@@ -6,19 +6,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..database import add_column_if_missing, open_database
+from ..database import add_column_if_missing, open_database, transaction
 from ..errors import RpcError
 from .posts import (
     MAX_MESSAGES_REPLY_BYTES,
     MAX_ROOMS,
+    ROOM_MAX_BYTES,
     Post,
     RoomMessage,
 )
 
+#: What a post counts against its room's bytes: its body and its signed record.
+_POST_SIZE = "LENGTH(body) + COALESCE(LENGTH(post), 0)"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rooms (
     name TEXT PRIMARY KEY,
-    created INTEGER NOT NULL
+    created INTEGER NOT NULL,
+    bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS posts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -38,10 +43,22 @@ CREATE INDEX IF NOT EXISTS posts_by_room ON posts (room, id);
 class OpenGroupStore:
     """Rooms and attributed posts in SQLite (WAL); synchronous, no Trio, ``now_ms`` in."""
 
-    def __init__(self, path: str | Path, *, max_rooms: int = MAX_ROOMS) -> None:
+    def __init__(
+        self, path: str | Path, *, max_rooms: int = MAX_ROOMS, room_bytes: int = ROOM_MAX_BYTES
+    ) -> None:
+        """``room_bytes``: what a room keeps of its posts, newest first (see :meth:`add`)."""
         self.max_rooms = max_rooms
+        self.room_bytes = room_bytes
         self._db = open_database(path, _SCHEMA)
         add_column_if_missing(self._db, "posts", "post", "BLOB")  # from before signed reads
+        if "bytes" not in {row[1] for row in self._db.execute("PRAGMA table_info(rooms)")}:
+            # A file from before rooms were bounded: count what each holds.
+            with transaction(self._db):
+                add_column_if_missing(self._db, "rooms", "bytes", "INTEGER NOT NULL DEFAULT 0")
+                self._db.execute(
+                    f"UPDATE rooms SET bytes = (SELECT COALESCE(SUM({_POST_SIZE}), 0)"
+                    " FROM posts WHERE posts.room = rooms.name)"
+                )
 
     def close(self) -> None:
         self._db.close()
@@ -70,25 +87,59 @@ class OpenGroupStore:
         return None if row is None else (int(row[0]), str(row[1]))
 
     def add(self, post: Post, user: str, now_ms: int) -> tuple[int, str]:
-        """Store an attributed post; a duplicate returns the stored (id, user)."""
-        self._db.execute(
-            "INSERT OR IGNORE INTO posts"
-            " (room, user, device, timestamp, body, hash, received, post)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                post.room,
-                user,
-                post.sender,
-                post.timestamp_ms,
-                post.body,
-                post.hash,
-                now_ms,
-                post.to_bytes(),
-            ),
-        )
-        found = self.find(post.hash)
+        """Store an attributed post; a duplicate returns the stored (id, user). A room
+        keeps ``room_bytes`` of posts: past it, its oldest go, so a room's disk use is
+        bounded however much is posted to it, and the newest posts are always read."""
+        with transaction(self._db):
+            record = post.to_bytes()
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO posts"
+                " (room, user, device, timestamp, body, hash, received, post)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    post.room,
+                    user,
+                    post.sender,
+                    post.timestamp_ms,
+                    post.body,
+                    post.hash,
+                    now_ms,
+                    record,
+                ),
+            ).rowcount
+            if inserted:
+                self._db.execute(
+                    "UPDATE rooms SET bytes = bytes + ? WHERE name = ?",
+                    (len(post.body) + len(record), post.room),
+                )
+                self._trim(post.room)
+            found = self.find(post.hash)
         assert found is not None
         return found
+
+    def _trim(self, room: str) -> None:
+        """Drop the room's oldest posts until it holds at most ``room_bytes``."""
+        (held,) = self._db.execute("SELECT bytes FROM rooms WHERE name = ?", (room,)).fetchone()
+        if held <= self.room_bytes:
+            return
+        freed = 0
+        oldest = self._db.execute(
+            f"SELECT id, {_POST_SIZE} FROM posts WHERE room = ? ORDER BY id", (room,)
+        )
+        last = None
+        for post_id, size in oldest:
+            if held - freed <= self.room_bytes:
+                break
+            freed += size
+            last = post_id
+        oldest.close()
+        self._db.execute("DELETE FROM posts WHERE room = ? AND id <= ?", (room, last))
+        self._db.execute("UPDATE rooms SET bytes = bytes - ? WHERE name = ?", (freed, room))
+
+    def room_bytes_held(self, room: str) -> int:
+        """The bytes of posts ``room`` holds (0 for no such room)."""
+        row = self._db.execute("SELECT bytes FROM rooms WHERE name = ?", (room,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def messages(
         self, room: str, since: int, limit: int, *, max_bytes: int = MAX_MESSAGES_REPLY_BYTES

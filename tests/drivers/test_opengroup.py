@@ -29,6 +29,9 @@ from p2psync.opengroup.client import OpenGroupClient, open_opengroup_client
 from p2psync.opengroup.posts import (
     MAX_MESSAGES_REPLY_BYTES,
     MAX_POST_BODY_BYTES,
+    POST_REFILL_S,
+    POSTS_BURST,
+    POSTS_PER_KEY,
     ROOM_KEY_REFILL_S,
     ROOM_REFILL_S,
     ROOMS_BURST,
@@ -346,6 +349,68 @@ async def test_room_creation_is_rationed_per_key_and_in_total(
         await trio.sleep(ROOM_KEY_REFILL_S)
         assert await create_room(s, "one-more", LONER) is True
         assert len(await s.chat.list_rooms()) == ROOMS_BURST + 2
+
+
+async def test_posting_is_rationed_per_key_and_in_total(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One key posts its allowance, then ``rate_limited`` (a repeated post costs nothing,
+    and another key still posts); fresh keys stop at the total, then get one post per
+    refill. A review's one key posted 1 800 posts of 16 KiB in 3 s before this."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(clock, mapped=False) as s:
+        await create_room(s, "lobby")
+        first = sign_post(LONER, "lobby", b"0", clock.now_ms())
+        await s.chat.post(first)
+        for n in range(1, POSTS_PER_KEY):
+            await s.chat.post(sign_post(LONER, "lobby", b"%d" % n, clock.now_ms()))
+        await refused("rate_limited", s.chat.post(sign_post(LONER, "lobby", b"+", clock.now_ms())))
+        await s.chat.post(first)  # asking again costs nothing
+        await s.chat.post(sign_post(PRIMARY, "lobby", b"mine", clock.now_ms()))
+        posted = POSTS_PER_KEY + 1
+        for n in range(POSTS_BURST // POSTS_PER_KEY + 1):
+            key = Identity.from_label(f"opengroup/poster-{n}")
+            for m in range(POSTS_PER_KEY):
+                post = sign_post(key, "lobby", b"%d" % m, clock.now_ms())
+                if posted < POSTS_BURST:
+                    await s.chat.post(post)
+                    posted += 1
+                else:
+                    await refused("rate_limited", s.chat.post(post))
+        await trio.sleep(1.5 * POST_REFILL_S)  # one refill and a half (the clock is in ms)
+        await s.chat.post(sign_post(SHARED, "lobby", b"after a while", clock.now_ms()))
+        await refused("rate_limited", s.chat.post(sign_post(SHARED, "lobby", b"+", clock.now_ms())))
+
+
+def test_a_room_keeps_its_newest_posts_within_its_bytes(tmp_path: Path) -> None:
+    """Past ``room_bytes`` a room lets its oldest posts go (its newest are still read,
+    another room keeps all of its own), so however much is posted a server holds at most
+    ``max_rooms`` times that; a file from before the bound has its rooms counted."""
+    path = tmp_path / "chat.sqlite3"
+    store = OpenGroupStore(path, room_bytes=50_000)
+    for room in ("busy", "quiet"):
+        store.create_room(room, TEST_EPOCH_MS)
+    quiet = sign_post(LONER, "quiet", b"q" * 10_000, TEST_EPOCH_MS)
+    store.add(quiet, LONER.session_id, TEST_EPOCH_MS)
+    posts = [sign_post(LONER, "busy", bytes([i]) * 10_000, TEST_EPOCH_MS + i) for i in range(10)]
+    for post in posts:
+        store.add(post, LONER.session_id, TEST_EPOCH_MS)
+        assert store.room_bytes_held("busy") <= 50_000
+    kept = [m.body for m in store.messages("busy", 0, 100)[0]]
+    assert kept == [p.body for p in posts[-len(kept) :]] and 0 < len(kept) < 10
+    assert [m.body for m in store.messages("quiet", 0, 100)[0]] == [quiet.body]
+    held = store.room_bytes_held("busy")
+    store.close()
+    with sqlite3.connect(path) as old:  # as a file from before the bound would be
+        old.execute("ALTER TABLE rooms DROP COLUMN bytes")
+    again = OpenGroupStore(path, room_bytes=50_000)
+    assert again.room_bytes_held("busy") == held
+    assert again.room_bytes_held("quiet") == _post_bytes(quiet)
+    again.close()
+
+
+def _post_bytes(post: Post) -> int:
+    return len(post.body) + len(post.to_bytes())
 
 
 def test_messages_reply_fits_a_frame(tmp_path: Path) -> None:
