@@ -16,6 +16,9 @@ class ServerLimits:
     """What keeps a server alive under abuse; every figure is per server or connection."""
 
     max_connections: int = 512
+    #: Of them, what one host may have (an IPv4 address or an IPv6 /64): an eighth, so one
+    #: machine holding idle connections leaves room for everyone else.
+    max_connections_per_host: int = 64
     max_in_flight: int = 64
     requests_per_s: float = 2000.0
     request_burst: int = 4000

@@ -5,6 +5,7 @@ requests pipeline and where it pushes back)."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -14,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import outcome
 import trio
 
+from overlay.exits import peer_host
 from overlay.link import Link, LinkClosed, Transport
 
 from ..clock import Clock
@@ -105,6 +107,8 @@ class RpcServer:
         self.clock = clock or Clock()
         self.stats = ServerStats()
         self._active = 0
+        #: Connections being served, per host.
+        self._per_host: Counter[str] = Counter()
         self._connections: set[Connection] = set()
         self.memory = ReplyMemory(self.limits.reply_memory_bytes, self._shed)
         self._inline = {
@@ -185,14 +189,20 @@ class RpcServer:
         await transport.serve(self.handle_link, address, task_status=task_status)
 
     async def handle_link(self, link: Link) -> None:
+        """Serve one connection until it closes; refused ``unavailable`` at once when the
+        server, or the connection's host, has as many as it may (a host is its address,
+        a loopback peer each its own: on one machine every process is 127.0.0.1, and
+        those are the operator's own)."""
         limits = self.limits
+        host = peer_host(link.peer, loopback_apart=True)
         if self._active >= limits.max_connections:
-            self.stats.count_error("unavailable")
-            await link.send(
-                encode_frame(ErrorReply(None, "unavailable", "too many connections", {}))
-            )
+            await self._turn_away(link, "too many connections")
+            return
+        if self._per_host[host] >= limits.max_connections_per_host:
+            await self._turn_away(link, "too many connections from your host")
             return
         self._active += 1
+        self._per_host[host] += 1
         self.stats.connections += 1
         outbox = Outbox(limits.outbox_frames, limits.outbox_bytes, self.memory)
         scope = trio.CancelScope()
@@ -206,9 +216,16 @@ class RpcServer:
                     scope.cancel()
         finally:
             self._active -= 1
+            self._per_host[host] -= 1
+            if not self._per_host[host]:
+                del self._per_host[host]
             self._connections.discard(connection)
             outbox.close()
             connection.ended()
+
+    async def _turn_away(self, link: Link, why: str) -> None:
+        self.stats.count_error("unavailable")
+        await link.send(encode_frame(ErrorReply(None, "unavailable", why, {})))
 
     def _shed(self) -> None:
         """Over the server's reply memory: drop the connection holding the most (a client

@@ -16,7 +16,7 @@ from overlay.link import Link, LinkClosed, MemoryNetwork, Transport
 from p2psync.errors import ConnectionLost, RpcError
 from p2psync.rpc import Connection, Later, Outbox, RpcServer, ServerLimits, open_rpc
 from p2psync.websocket import WebSocketTransport
-from p2psync.wire import Fields, Reply, Request, decode_frame, encode_cbor, encode_frame
+from p2psync.wire import ErrorReply, Fields, Reply, Request, decode_frame, encode_cbor, encode_frame
 
 
 async def echo(params: Fields, conn: Connection) -> Any:
@@ -144,6 +144,31 @@ async def test_rate_limit_and_connection_limit(autojump_clock: trio.abc.Clock) -
             await client.call("echo", {"text": "d"})
             async with network.connect("mem:server") as second:
                 assert decode_frame(await second.receive()).code == "unavailable"  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_host_holds_no_more_than_its_share_of_connections(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Past ``max_connections_per_host`` a host's next connection is turned away at once
+    while another host is served, and a slot it gives back is its own again (a review
+    held 508 of a node's 512 slots from one machine and locked most clients out)."""
+    network = MemoryNetwork()
+    server = RpcServer(METHODS, ServerLimits(max_connections=8, max_connections_per_host=2))
+    crowd, other = network.host("crowd"), network.host("other")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, network, "mem:server")
+        async with open_rpc(crowd, "mem:server") as first, open_rpc(crowd, "mem:server") as _:
+            async with crowd.connect("mem:server") as third:
+                with trio.fail_after(5):  # turned away at once, not served
+                    refusal = decode_frame(await third.receive())
+                assert isinstance(refusal, ErrorReply) and refusal.code == "unavailable"
+                assert "your host" in refusal.message
+            async with open_rpc(other, "mem:server") as client:
+                assert await client.call("echo", {"text": "served"}) == {"echo": "served"}
+            await first.call("echo", {"text": "still"})
+        async with open_rpc(crowd, "mem:server") as again:
+            assert await again.call("echo", {"text": "back"}) == {"echo": "back"}
         nursery.cancel_scope.cancel()
 
 
