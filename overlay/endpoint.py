@@ -275,6 +275,14 @@ class Endpoint:
         accepted: for a moment, while one replaces the other, there can be two)."""
         return self._sessions.with_peer(peer)
 
+    async def written(self) -> None:
+        """Return once every cell sent so far is written to its path's first link: what a
+        device going offline waits for after its sessions' goodbyes, so they leave before
+        its links are cancelled (a cell still queued then was never sent). Bound it with
+        a cancel scope."""
+        for _, pump in list(self._links.values()):
+            await pump.written()
+
     async def paths_changed(self) -> None:
         """Wait for the next change in this endpoint's paths (built, dead, dropped)."""
         await self._paths_changed.wait()

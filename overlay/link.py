@@ -217,6 +217,9 @@ class LinkPump:
     def __init__(self) -> None:
         self._queue, self._queued = trio.open_memory_channel[bytes](LINK_QUEUE_CELLS)
         self._link: Link | None = None
+        #: Messages queued or being written, and who waits for there to be none.
+        self._unwritten = 0
+        self._written = trio.lowlevel.ParkingLot()
 
     def send_nowait(self, message: bytes) -> None:
         """Send or queue ``message``: ``trio.WouldBlock`` if the queue or the link is full,
@@ -228,6 +231,20 @@ class LinkPump:
             self._queue.send_nowait(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise LinkClosed("the link is gone") from None
+        self._unwritten += 1
+
+    async def written(self) -> None:
+        """Return once everything sent so far is written to the link (or the link is
+        gone): what a router going away waits for, so that its last messages (a
+        session's goodbye) leave before it cancels the writer. Bound it with a cancel
+        scope: a link that never comes up never writes."""
+        while self._unwritten:
+            await self._written.park()
+
+    def _wrote(self, count: int = 1) -> None:
+        self._unwritten -= count
+        if not self._unwritten:
+            self._written.unpark_all()
 
     def close(self) -> None:
         self._queue.close()
@@ -259,6 +276,7 @@ class LinkPump:
         finally:
             self._link = None
             self.close()
+            self._wrote(self._unwritten)  # the link is gone: nothing more will be written
 
     def _flush(self, link: Link, on_drop: Callable[[], None]) -> None:
         """Send what was queued before the link existed, synchronously, keeping order."""
@@ -273,11 +291,16 @@ class LinkPump:
                 on_drop()
             except LinkClosed:
                 return
+            finally:
+                self._wrote()
 
     async def _write(self, link: Link, scope: trio.CancelScope) -> None:
         try:
             async for message in self._queued:
-                await link.send(message)
+                try:
+                    await link.send(message)
+                finally:
+                    self._wrote()
         except LinkClosed:
             scope.cancel()
 

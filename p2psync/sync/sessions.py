@@ -90,12 +90,15 @@ class SiblingSessions:
         self._leaving.set()
 
     async def leave(self) -> None:
-        """Say goodbye on every session (for at most :data:`GOODBYE_S`): siblings of a
-        device going offline on purpose learn it at once, not when a session times out."""
+        """Say goodbye on every session and see the goodbyes written to the links (for at
+        most :data:`GOODBYE_S`): siblings of a device going offline on purpose learn it
+        at once, not when a session times out. A goodbye still queued when the device
+        stops is never sent."""
         with trio.move_on_after(GOODBYE_S):
             async with trio.open_nursery() as nursery:
                 for _, _, session in self._serving.values():
                     nursery.start_soon(session.leave)
+            await self._endpoint.written()
 
     def _tried_to_reach(self, sibling: str) -> None:
         self.tried.add(sibling)

@@ -238,6 +238,32 @@ async def test_a_sibling_stands_in_for_an_origin_that_leaves_before_its_grace_pe
             assert not (phone.rejections or desktop.rejections or tablet.rejections)
 
 
+@pytest.mark.parametrize("leaving", ["desktop", "phone"])
+async def test_siblings_of_a_device_that_leaves_on_purpose_know_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, leaving: str
+) -> None:
+    """Going offline says goodbye on every session: the sibling left behind no longer
+    counts it connected within a few seconds, not after a session's timeout."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        device(network, tmp_path, "desktop", "linked") as desktop,
+    ):
+        await pair(phone, desktop)
+        await wait_until(
+            lambda: (
+                phone.sync_status().connected_siblings == {desktop.whoami().device_id}
+                and desktop.sync_status().connected_siblings == {phone.whoami().device_id}
+            )
+        )
+        await wait_until(lambda: phone.sync_status().unacknowledged == 0)
+        gone, left = (desktop, phone) if leaving == "desktop" else (phone, desktop)
+        await gone.set_online(False)
+        started = trio.current_time()
+        await wait_until(lambda: not left.sync_status().connected_siblings, limit_s=600)
+        assert trio.current_time() - started < 3
+
+
 async def test_a_sibling_that_vanishes_without_goodbye_is_noticed_on_an_idle_session(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:

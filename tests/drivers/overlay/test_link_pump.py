@@ -49,3 +49,55 @@ async def test_a_pump_sends_queued_then_later_messages_in_order_and_ends_with_it
             with pytest.raises(LinkClosed):
                 pump.send_nowait(b"too late")
             nursery.cancel_scope.cancel()
+
+
+class _HeldLink(Link):
+    """A link whose sends wait until the test lets each one through."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.through = trio.Semaphore(0)
+        self._closed = trio.Event()
+
+    async def send(self, message: bytes) -> None:
+        await self.through.acquire()
+        self.sent.append(message)
+
+    async def receive(self) -> bytes:
+        await self._closed.wait()
+        raise LinkClosed("closed")
+
+    async def aclose(self) -> None:
+        self._closed.set()
+
+
+async def test_written_returns_once_what_was_sent_is_on_the_link_or_the_link_is_gone() -> None:
+    """What a router going away waits for before cancelling the writer (a session's
+    goodbye still queued then was never sent): every message sent so far written, or the
+    link gone."""
+    pump, link = LinkPump(), _HeldLink()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump.run, link, lambda message: None, lambda: None)
+            await trio.testing.wait_all_tasks_blocked()
+            await pump.written()  # nothing sent yet
+            for message in (b"one", b"two", b"goodbye"):
+                pump.send_nowait(message)
+            done = trio.Event()
+
+            async def wait_written() -> None:
+                await pump.written()
+                done.set()
+
+            nursery.start_soon(wait_written)
+            for _ in range(2):
+                link.through.release()
+                await trio.testing.wait_all_tasks_blocked()
+                assert not done.is_set()
+            link.through.release()
+            await done.wait()
+            assert link.sent == [b"one", b"two", b"goodbye"]
+            pump.send_nowait(b"never let through")
+            await link.aclose()  # the link goes: nothing more will be written
+            await pump.written()
+            nursery.cancel_scope.cancel()
