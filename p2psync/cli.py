@@ -476,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     network = commands.add_parser("network", help="a local network of separate processes")
     network_commands = network.add_subparsers(dest="network_command", required=True)
-    up = network_commands.add_parser("up", help="run registry, servers and nodes until Ctrl-C")
+    up = network_commands.add_parser(
+        "up", help="run a registry, servers, nodes and relays until Ctrl-C"
+    )
     up.add_argument(
         "--nodes", type=whole_number(1, MAX_PROCESSES), default=6, help="service nodes (default: 6)"
     )

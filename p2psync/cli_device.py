@@ -54,7 +54,7 @@ from .device import (
 from .device.content import REFUSED_NAME_CATEGORIES, check_display_name
 from .device.friends import friends_among
 from .device.values import TRANSIENT
-from .errors import DecodeError
+from .errors import DecodeError, RpcError
 from .identity import sealable_key
 from .wire import INT64_MAX
 
@@ -567,17 +567,34 @@ def _news(device: Device, items: list[HistoryItem]) -> list[HistoryItem]:
     return [item for item in items if not (item.outgoing and item.device == me)]
 
 
+def _print_in_time_order(
+    args: argparse.Namespace, device: Device, items: list[HistoryItem]
+) -> None:
+    """What is new comes in arrival order; it is shown in time order, as the history."""
+    for item in sorted(items, key=lambda item: (item.timestamp_ms, item.id)):
+        _print_message(args, device, item)
+
+
+def _print_unread(args: argparse.Namespace, device: Device) -> None:
+    items = device.unread()
+    _print_in_time_order(args, device, _news(device, items))
+    if items:
+        device.mark_read(items[-1])
+
+
 def _cmd_inbox(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
         await device.sync_now()
         await trio.sleep(args.wait)
-        # What is new comes in arrival order; it is shown in time order, as the history.
-        items = device.history() if args.all else device.unread()
-        shown = items if args.all else _news(device, items)
-        for item in sorted(shown, key=lambda item: (item.timestamp_ms, item.id)):
-            _print_message(args, device, item)
-        if items and not args.all:
-            device.mark_read(items[-1])
+        if args.all:
+            _print_in_time_order(args, device, device.history())
+        else:
+            _print_unread(args, device)
+            if _handed.get() is None:  # not a run's device, which stays online
+                # A sibling whose session came up meanwhile hands its news over
+                # directly while this device leaves: shown now, not at the next inbox.
+                await device.set_online(False)
+                _print_unread(args, device)
         for contact in device.friends.contacts():
             if contact.state == "pending":
                 _print_friend_request(args, contact)
@@ -804,7 +821,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         retired = await device.migrate(args.to)
         await device.flush()
         friends = len(friends_among(device.friends.contacts()))
-        say(f"moved user {device.session_id} to {args.to} mode; told {friends} friend(s)")
+        told = f"{friends} friend" if friends == 1 else f"{friends} friends"
+        say(f"moved user {device.session_id} to {args.to} mode; told {told}")
         for old in retired:
             say(
                 f"device {old} gets the account's key when it next comes online"
@@ -835,7 +853,13 @@ def _cmd_rooms(args: argparse.Namespace) -> int:
             )
         if args.create or args.post is not None:
             return
-        for message in await device.rooms.messages(args.room, args.since):
+        try:
+            messages = await device.rooms.messages(args.room, args.since)
+        except RpcError as exc:
+            if exc.code != "not_found":
+                raise
+            raise DeviceError(f"no room {args.room!r} on this server (--create makes it)") from None
+        for message in messages:
             text = message.body.decode(errors="replace")
             _emit(
                 args,
@@ -846,7 +870,8 @@ def _cmd_rooms(args: argparse.Namespace) -> int:
                     "timestamp_ms": message.timestamp_ms,
                     "text": text,
                 },
-                f"#{message.id} {_when(message.timestamp_ms)} {_short(message.user)}  {text}",
+                f"#{message.id} {_when(message.timestamp_ms)}"
+                f" {_named(_name_of(device, message.user), _short(message.user))}  {text}",
             )
 
     return _run(args, work, online=False)
@@ -868,7 +893,7 @@ def _cmd_contacts(args: argparse.Namespace) -> int:
         if not args.json:
             me = device.whoami()
             user = _named(me.display_name, me.session_id)
-            say(f"user {user} (device {_short(me.device_id)}, {me.mode})")
+            say(f"user {user}; device {_short(me.device_id)}, {me.mode}")
         for contact in device.friends.contacts():
             devices = ", ".join(_short(d) for d in contact.devices)
             _emit(

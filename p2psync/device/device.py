@@ -379,12 +379,14 @@ async def open_device(
     deterministic key in tests and demos) if there is none; online unless told otherwise.
     Leaving the block stops it; its state stays for the next open."""
     directory = Path(data_dir)
+    if mode is None and not (directory / STORE_FILE).exists():
+        raise _no_device(directory)  # and nothing made there: no folder, no file
     store = _open_store(directory)
     try:
         existing = store.get_meta("mode")
         if existing is None:
             if mode is None:
-                raise DeviceError(f"no device in {directory}: give a mode to create one")
+                raise _no_device(directory)
             _create(store, mode, name, seed)
         elif mode is not None and mode != existing.decode():
             raise DeviceError(f"the device in {directory} is {existing.decode()}, not {mode}")
@@ -431,12 +433,12 @@ def describe_device(data_dir: str | Path) -> Whoami:
     """Who the device in ``data_dir`` is, without the network (:class:`DeviceError` if
     there is none)."""
     directory = Path(data_dir)
-    if not (directory / "device.sqlite3").exists():
-        raise DeviceError(f"no device in {directory}: create one with `p2psync device init`")
+    if not (directory / STORE_FILE).exists():
+        raise _no_device(directory)
     store = _open_store(directory)
     try:
         if store.get_meta("mode") is None or store.get_meta("device_seed") is None:
-            raise DeviceError(f"no device in {directory}: create one with `p2psync device init`")
+            raise _no_device(directory)
         return whoami_of(store)
     finally:
         store.close()
@@ -449,6 +451,13 @@ def device_in_use(data_dir: str | Path) -> bool:
 
 #: The device's SQLite state in its directory.
 STORE_FILE = "device.sqlite3"
+
+
+def _no_device(directory: Path) -> DeviceError:
+    return DeviceError(
+        f"no device in {directory}: create one with `p2psync device init`"
+        " (or open_device with a mode)"
+    )
 
 
 def _open_store(directory: Path) -> DeviceStore:

@@ -48,6 +48,7 @@ from .pairing import (
     PairingEvent,
     PairingState,
     choose_offer,
+    latest_per_device,
     pairing_code,
     pairing_transition,
     plan_grant,
@@ -80,12 +81,17 @@ class Pairer:
             PairingOffer(
                 p.request_id, _offer_code(p), pairing_details(p)["device"], p.name, p.timestamp_ms
             )
-            for p in self._local.waiting_requests()
+            for p in self._waiting()
             if request_open(p.timestamp_ms, self._local.clock.now_ms())
         ]
 
+    def _waiting(self) -> list[Pairing]:
+        """The requests waiting, a device's latest only (:func:`latest_per_device`)."""
+        waiting = [(p, pairing_details(p)) for p in self._local.waiting_requests()]
+        return latest_per_device(((d["device"], d["overlay"]), p) for p, d in waiting)
+
     def _pending_offer(self, code: str) -> Pairing:
-        pending = self._local.waiting_requests()
+        pending = self._waiting()
         choice = choose_offer(
             ((_offer_code(p), p) for p in pending), code, self._local.clock.now_ms()
         )

@@ -30,7 +30,7 @@ the new device, hearing no challenge within the pairing window, asks the user to
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Generic, Protocol, TypeVar
@@ -83,6 +83,24 @@ class OfferChoice(Generic[OfferT]):
     match: OfferMatch
     #: The request found, or every request that showed the code.
     offers: tuple[OfferT, ...]
+
+
+def latest_per_device(offers: Iterable[tuple[Hashable, OfferT]]) -> list[OfferT]:
+    """Of the waiting requests (each with the device that asks: its id and its overlay
+    key, which a stranger hoping to hide its request would have to know both of), the
+    newest of each device, in their order: a new device that gave up waiting and asked
+    again is one request to the user, not two that look alike, the first of which nobody
+    waits for any more."""
+    listed = list(offers)
+    newest: dict[Hashable, int] = {}
+    for device, offer in listed:
+        newest[device] = max(newest.get(device, offer.timestamp_ms), offer.timestamp_ms)
+    kept: list[OfferT] = []
+    for device, offer in listed:
+        if offer.timestamp_ms == newest[device]:
+            newest[device] += 1  # one per device, should two share a time
+            kept.append(offer)
+    return kept
 
 
 def choose_offer(

@@ -205,6 +205,57 @@ async def pair_by_cli(where: Callable[[str], list[str]], primary: str, new: str,
         await ok("accept", *where(primary), "--code", code)
 
 
+class _Run:
+    """A ``device run --json`` process and the sync lines it has printed."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self._printed = b""
+
+    async def connected(self, siblings: list[str]) -> float:
+        """Wait for a sync line naming ``siblings`` connected; when it came (trio time)."""
+        assert self.process.stdout is not None
+        while True:
+            lines = self._printed.split(b"\n")
+            self._printed = lines[-1]
+            for line in lines[:-1]:
+                said = json.loads(line)
+                if said["kind"] == "sync" and said["connected_siblings"] == siblings:
+                    return trio.current_time()
+            chunk = await self.process.stdout.receive_some()
+            assert chunk, "run exited"
+            self._printed += chunk
+
+
+@pytest.mark.slow
+async def test_siblings_of_a_run_stopped_by_a_signal_know_at_once(tmp_path: Path) -> None:
+    """A ``run`` stopped by Ctrl-C says goodbye on its sessions and sees the goodbyes
+    written before it exits: its sibling's ``run`` shows it gone within seconds, not
+    when the session times out (a newcomer saw 43-49 s: the goodbye was queued for a
+    link whose writer the stop then cancelled)."""
+    async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
+        where = describe(tmp_path, network)
+        ids = await init(tmp_path, "linked", "phone", "desktop")
+        await pair_by_cli(where, "phone", "desktop", ids["phone"])
+        async with trio.open_nursery() as nursery:
+            runs = {}
+            for name in ("phone", "desktop"):
+                command = [*P2PSYNC, "run", *where(name, timeout=False), "--json"]
+                process = await nursery.start(
+                    partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+                )
+                runs[name] = _Run(process)
+            with trio.fail_after(120):
+                await runs["phone"].connected([ids["desktop"]])
+            runs["desktop"].process.send_signal(signal.SIGINT)
+            stopped_at = trio.current_time()
+            with trio.fail_after(60):
+                gone_at = await runs["phone"].connected([])
+                assert await runs["desktop"].process.wait() == 130
+            runs["phone"].process.send_signal(signal.SIGTERM)
+        assert gone_at - stopped_at < 5, f"the phone saw it gone after {gone_at - stopped_at:.1f} s"
+
+
 @pytest.mark.slow
 async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints_arrivals(
     tmp_path: Path,
@@ -234,6 +285,8 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
             "rooms", *where("desktop"), "lobby", "--post", "from my desktop", "--json"
         )
         assert json.loads(posted) == {"room": "lobby", "id": 1, "user": alice}
+        code_, _, err = await run("rooms", *where("bob"), "nosuchroom")
+        assert code_ == 1 and "no room 'nosuchroom' on this server" in err
         posts = await ok("rooms", *where("bob"), "lobby", "--json")
         assert [(p["user"], p["text"]) for p in map(json.loads, posts.splitlines())] == [
             (alice, "from my desktop")

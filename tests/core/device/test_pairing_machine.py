@@ -20,6 +20,7 @@ from p2psync.device.pairing import (
     PairingState,
     choose_offer,
     declined_last,
+    latest_per_device,
     pairing_transition,
     plan_grant,
     request_open,
@@ -218,3 +219,15 @@ def test_only_the_latest_request_says_whether_the_primary_declined() -> None:
     assert declined_last([Asked(1, S.WAITING), Asked(2, S.REFUSED)])
     assert not declined_last([Asked(1, S.REFUSED), Asked(2, S.WAITING)])  # asked again
     assert not declined_last([Asked(1, S.REFUSED), Asked(2, S.PAIRED)])
+
+
+def test_a_device_that_asked_again_is_listed_once_by_its_latest_request() -> None:
+    """A new device that gave up and asked again shows one code, its latest; another
+    device (or one naming the same id with another key) is listed beside it."""
+    now = 10 * PAIRING_WINDOW_MS
+    first, again, other, same_id = (_Offer(now - t) for t in (9_000, 1_000, 5_000, 500))
+    dave, carol = ("05dave", b"dave-key"), ("05carol", b"carol-key")
+    offers = [(dave, first), (carol, other), (dave, again), (("05dave", b"another"), same_id)]
+    assert latest_per_device(offers) == [other, again, same_id]
+    twins = [(dave, _Offer(now)), (dave, _Offer(now))]
+    assert len(latest_per_device(twins)) == 1

@@ -178,6 +178,22 @@ async def test_a_virtual_jump_expires_cached_device_lists(
         await wait_until(lambda: texts(desktop, bob.session_id) == [(False, "after the jump")])
 
 
+async def test_opening_a_folder_without_a_device_says_how_to_make_one_and_makes_nothing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A network command pointed at a folder with no device made the folder and a device
+    file there, and told the user to "give a mode", an option those commands lack."""
+    async with open_world() as network:
+        for folder in (tmp_path / "empty", tmp_path / "missing" / "deeper"):
+            if folder.name == "empty":
+                folder.mkdir()
+            with pytest.raises(DeviceError, match="create one with `p2psync device init`"):
+                async with device(network, folder.parent, folder.name):
+                    pass
+            assert not (folder / "device.sqlite3").exists()
+        assert not (tmp_path / "missing").exists()
+
+
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
 async def test_state_survives_a_restart(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
