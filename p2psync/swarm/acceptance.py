@@ -24,7 +24,7 @@ from ..clock import Clock
 from ..errors import RpcError
 from ..rpc import Connection, Later, refusal_of
 from ..wire import Fields
-from .allowance import ConnectionBudgets, OwnerQuota
+from .allowance import ConnectionBudgets, OwnerQuota, charge_of
 from .commit import GroupCommit
 from .messages import StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest
 from .node_config import NodeConfig
@@ -131,7 +131,7 @@ class StoreAcceptance:
         effects: list[Push[Connection] | Replicate] = []
         if result:
             self._stats.stored += 1
-            self._quota.stored(row.pubkey, len(row.data or b""))
+            self._quota.stored(row.pubkey, charge_of(row))
             effects.extend(self._core.pushes([row]))
         else:
             self._stats.duplicates += 1
@@ -199,7 +199,7 @@ class StoreAcceptance:
         ``rate_limited`` (:mod:`.allowance`): a full mailbox takes mail again as rows
         expire, so a sender keeps its copy and asks later; a refusal for good would have
         every sender drop its mail to an owner a stranger flooded."""
-        size = len(row.data or b"")
+        size = charge_of(row)
         if not self._budgets.charge(conn, self._clock.now_s(), size):
             raise RpcError("rate_limited", "this connection stores too fast: slow down")
         if not self._quota.admits(row.pubkey, size):

@@ -1,5 +1,5 @@
 """What an anonymous store may cost a node: bytes per connection per second, and bytes
-held per owner.
+held per owner, a row counting for its data and :data:`ROW_CHARGE_BYTES`.
 
 ``store`` needs no account (DESIGN.md §4: anyone may leave a message for anyone), so
 nothing ties a store to who pays for it. Two bounds keep one party from growing a node
@@ -37,8 +37,17 @@ from ..rpc.limits import TokenBucket
 from .rows import StoredMessage
 
 STORE_BYTES_PER_S = 1024 * 1024
+#: What a row costs besides its data, against both bounds: its key, hash, times and the
+#: row itself, so a row with no data is not free.
+ROW_CHARGE_BYTES = 256
 OWNER_QUOTA_BYTES = 64 * 1024 * 1024
 TRACKED_OWNERS = 100_000
+
+
+def charge_of(row: StoredMessage) -> int:
+    """What a live row counts for (a tombstone, which only its owner's signed delete
+    makes, counts for nothing)."""
+    return 0 if row.data is None else ROW_CHARGE_BYTES + len(row.data)
 
 
 def connection_budget(now: float, bytes_per_s: float = STORE_BYTES_PER_S) -> TokenBucket:
@@ -90,18 +99,26 @@ class OwnerQuota:
         self._remember(owner, estimate)
         return estimate + size <= self.quota
 
-    def fitting(self, rows: Iterable[StoredMessage]) -> tuple[list[StoredMessage], set[str]]:
+    def fitting(
+        self, rows: Iterable[StoredMessage], held: Callable[[StoredMessage], bool]
+    ) -> tuple[list[StoredMessage], set[str]]:
         """Of a peer's batch, the rows whose owners' mailboxes have room for them, counting
         the batch's earlier rows, and the owners refused: from an owner's first row that
-        does not fit, none of its rows is kept (so what is kept has no gaps)."""
+        does not fit, none of its rows is kept (so what is kept has no gaps). A row this
+        node ``held`` already takes no room (asked only of rows that would not fit), so a
+        peer sending again what it sent before, as repair and hand-over do, is not
+        refused for a mailbox its own rows filled."""
         kept: list[StoredMessage] = []
         full: set[str] = set()
         taking: dict[str, int] = {}
         for row in rows:
             if row.pubkey in full:
                 continue
-            size = len(row.data or b"")
+            size = charge_of(row)
             if size and not self.admits(row.pubkey, taking.get(row.pubkey, 0) + size):
+                if held(row):
+                    kept.append(row)
+                    continue
                 full.add(row.pubkey)
                 continue
             taking[row.pubkey] = taking.get(row.pubkey, 0) + size

@@ -40,7 +40,7 @@ from ..onion.service import ListedExits, OnionService
 from ..rpc import Connection, RpcPool, RpcServer, open_rpc_pool
 from ..wire import Fields
 from .acceptance import StoreAcceptance
-from .allowance import OwnerQuota
+from .allowance import ROW_CHARGE_BYTES, OwnerQuota, charge_of
 from .auth import ReplayGuard
 from .client_methods import ClientMethods
 from .constants import PROTOCOL_VERSION
@@ -99,7 +99,7 @@ class StorageNode:
         )
         guard = ReplayGuard()
         self._quota = OwnerQuota(
-            lambda owner: self.store.owner_bytes(owner, self.clock.now_ms()),
+            lambda owner: self.store.owner_charge(owner, self.clock.now_ms(), ROW_CHARGE_BYTES),
             self.config.owner_quota_bytes,
         )
         self._pool: RpcPool | None = None
@@ -292,11 +292,14 @@ class StorageNode:
         room (the quota a client's stores have, :meth:`.allowance.OwnerQuota.fitting`),
         at its own read positions (:meth:`~.node_core.NodeCore.placed`), and notify
         subscribers."""
-        room, full = self._quota.fitting(self.core.placed(rows, self.clock.now_ms()))
+        room, full = self._quota.fitting(
+            self.core.placed(rows, self.clock.now_ms()),
+            lambda row: self.store.holds(row.pubkey, row.namespace, row.hash),
+        )
         added = self.store.put_many(room)
         fresh = [row for row, new in zip(room, added, strict=True) if new]
         for row in fresh:
-            self._quota.stored(row.pubkey, len(row.data or b""))
+            self._quota.stored(row.pubkey, charge_of(row))
         self._execute(self.core.pushes(fresh))
         return Ingested(len(fresh), tuple(sorted(full)))
 

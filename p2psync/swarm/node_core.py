@@ -18,6 +18,7 @@ Read order. Each member reads a stream (owner, namespace) out in its own arrival
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import OrderedDict, deque
 from collections.abc import (
     Callable,
@@ -272,23 +273,47 @@ def may_forget(
 
 class StrangerPushes:
     """The rows each node of another swarm pushed here as a stranger to their owners
-    (:meth:`NodeCore.trusts`), the most recent :data:`STRANGER_PUSHES` of them: ``held``
-    tells such a node about these rows only, so it can read back what it handed over
-    and learn nothing about the rest of a mailbox."""
+    (:meth:`NodeCore.trusts`) and this node holds: ``held`` tells such a node about
+    these rows only, so it can read back what it handed over and learn nothing about the
+    rest of a mailbox. Each node's most recent ``per_node`` rows are kept, and at most
+    ``limit`` in all, the node holding the most giving way first (the one pushing, if it
+    holds as many): a node that floods it pushes out its own rows, not another's. A row
+    is kept as a 16-byte digest."""
 
-    def __init__(self, limit: int = STRANGER_PUSHES) -> None:
+    def __init__(self, limit: int = STRANGER_PUSHES, per_node: int = STRANGER_PUSHES // 8) -> None:
         self._limit = limit
-        self._rows: OrderedDict[tuple[str, RowKey], None] = OrderedDict()
+        self._per_node = per_node
+        self._rows: dict[str, OrderedDict[bytes, None]] = {}
+        self._count = 0
+
+    @staticmethod
+    def _digest(key: RowKey) -> bytes:
+        owner, namespace, message_hash = key
+        return hashlib.blake2b(
+            f"{owner}:{namespace}:".encode() + message_hash, digest_size=16
+        ).digest()
 
     def pushed(self, node: str, keys: Iterable[RowKey]) -> None:
+        rows = self._rows.setdefault(node, OrderedDict())
         for key in keys:
-            self._rows[(node, key)] = None
-            self._rows.move_to_end((node, key))
-        while len(self._rows) > self._limit:
-            self._rows.popitem(last=False)
+            digest = self._digest(key)
+            if digest in rows:
+                rows.move_to_end(digest)
+                continue
+            rows[digest] = None
+            self._count += 1
+            if len(rows) > self._per_node:
+                rows.popitem(last=False)
+                self._count -= 1
+        while self._count > self._limit:
+            largest = max(self._rows.values(), key=len)
+            (rows if len(rows) >= len(largest) else largest).popitem(last=False)
+            self._count -= 1
+        for empty in [n for n, held in self._rows.items() if not held]:
+            del self._rows[empty]
 
     def pushed_by(self, node: str, key: RowKey) -> bool:
-        return (node, key) in self._rows
+        return self._digest(key) in self._rows.get(node, ())
 
 
 class NodeCore(Generic[Conn]):

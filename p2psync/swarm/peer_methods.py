@@ -23,7 +23,7 @@ from ..errors import RpcError
 from ..rpc import Connection, Handler
 from ..wire import Fields
 from . import repair
-from .allowance import ConnectionBudgets
+from .allowance import ConnectionBudgets, charge_of
 from .auth import ReplayGuard, check_node_auth
 from .listing import Snapshot
 from .messages import (
@@ -39,7 +39,7 @@ from .messages import (
 )
 from .node_core import NodeCore, RepairListings, StrangerPushes, first_batch
 from .node_shared import Ingest, NodeStats
-from .quorum import row_key
+from .quorum import RowKey, row_key
 from .rows import RowSummary, StoredMessage
 from .store import MessageStore
 
@@ -122,24 +122,35 @@ class PeerMethods:
         request = RowBatch.from_wire(params.rest("node_auth"), self._clock.now_ms())
         self._refused(request.refused, node)
         strangers = self._core.from_stranger(node, request.rows)
-        over_rate = self._over_rate(conn, strangers)
-        ingested = self._ingest(r for r in request.rows if r.pubkey not in over_rate)
+        dropped, over_rate = self._over_rate(conn, strangers)
+        ingested = self._ingest(r for r in request.rows if row_key(r) not in dropped)
         self._stats.replicated_in += ingested.new
         refused = {*self._core.refused_owners(request.rows), *over_rate, *ingested.over_quota}
         self._stranger_pushes.pushed(
-            node, (row_key(r) for r in strangers if r.pubkey not in refused)
+            node, (key for key in map(row_key, strangers) if self._store.holds(*key))
         )
         return ReplicateReply(tuple(sorted(refused))).to_wire()
 
-    def _over_rate(self, conn: Connection, rows: Iterable[StoredMessage]) -> set[str]:
-        """The owners of ``rows`` (a stranger's) past the connection's byte rate: from an
-        owner's first row that does not fit, none of its rows is kept."""
+    def _over_rate(
+        self, conn: Connection, rows: Iterable[StoredMessage]
+    ) -> tuple[set[RowKey], set[str]]:
+        """Of ``rows`` (a stranger's), those past the connection's byte rate, and their
+        owners: from an owner's first row that does not fit, none of its rows is kept,
+        but those before it are. A row this node holds already costs nothing, so a
+        hand-over that sends everything again on its next pass gets further each time."""
         now = self._clock.now_s()
+        dropped: set[RowKey] = set()
         over: set[str] = set()
         for row in rows:
-            if row.pubkey not in over and not self._budgets.charge(conn, now, len(row.data or b"")):
+            key = row_key(row)
+            if row.pubkey in over:
+                dropped.add(key)
+            elif not self._store.holds(*key) and not self._budgets.charge(
+                conn, now, charge_of(row)
+            ):
                 over.add(row.pubkey)
-        return over
+                dropped.add(key)
+        return dropped, over
 
     def _lookup(self, params: Fields, conn: Connection) -> Any:
         self._check_node(params, "lookup")

@@ -324,14 +324,23 @@ class MessageStore:
             for row in query.fetchall():
                 yield RowSummary(row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]))
 
-    def owner_bytes(self, pubkey: str, now_ms: int) -> int:
-        """Bytes of live, unexpired data this node holds for ``pubkey`` (all namespaces)."""
+    def owner_charge(self, pubkey: str, now_ms: int, per_row: int) -> int:
+        """What ``pubkey``'s live, unexpired rows (all namespaces) hold here: their data's
+        bytes and ``per_row`` for each row."""
         row = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM messages"
+            "SELECT COALESCE(SUM(LENGTH(data)), 0) + ? * COUNT(*) FROM messages"
             " WHERE pubkey = ? AND expiry > ? AND data IS NOT NULL",
-            (pubkey, now_ms),
+            (per_row, pubkey, now_ms),
         ).fetchone()
         return int(row[0])
+
+    def holds(self, pubkey: str, namespace: int, message_hash: bytes) -> bool:
+        """Whether this node has the row (live or tombstone)."""
+        row = self._db.execute(
+            "SELECT 1 FROM messages WHERE pubkey = ? AND namespace = ? AND hash = ?",
+            (pubkey, namespace, message_hash),
+        ).fetchone()
+        return row is not None
 
     def stats(self) -> tuple[int, int]:
         """(live messages, bytes of live data)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from p2psync.identity import Identity, message_hash
-from p2psync.swarm.allowance import ConnectionBudgets, OwnerQuota
+from p2psync.swarm.allowance import ROW_CHARGE_BYTES, ConnectionBudgets, OwnerQuota, charge_of
 from p2psync.swarm.rows import StoredMessage
 
 ALICE = Identity.from_label("alice").session_id
@@ -14,8 +14,8 @@ BOB = Identity.from_label("bob").session_id
 
 
 def _row(owner: str, size: int, tag: int) -> StoredMessage:
-    data = bytes(size - 1) + bytes([tag])
-    return StoredMessage(owner, 0, message_hash(data), 0, 1, data)
+    data = bytes(max(size - 1, 0)) + bytes([tag])[:size]
+    return StoredMessage(owner, 0, message_hash(data + bytes([tag])), 0, 1, data)
 
 
 def _tombstone(owner: str) -> StoredMessage:
@@ -23,21 +23,33 @@ def _tombstone(owner: str) -> StoredMessage:
 
 
 def test_a_batch_keeps_an_owners_rows_until_the_first_that_does_not_fit() -> None:
-    """The batch's own earlier rows count against the quota; after an owner's first row
-    that does not fit none of its rows is kept (even a smaller one), tombstones take no
-    room, and another owner's rows are judged on their own."""
-    held = {ALICE: 500, BOB: 0}
-    quota = OwnerQuota(held.__getitem__, quota=1_000)
+    """A row counts for its data and ROW_CHARGE_BYTES, and the batch's earlier rows
+    count too; a row the node holds already takes no room; after an owner's first row
+    that does not fit none of its rows is kept (even a smaller one); tombstones take no
+    room; another owner's rows are judged on their own."""
+    counted = {ALICE: 500, BOB: 0}
+    quota = OwnerQuota(counted.__getitem__, quota=1_200)
     rows = [
-        _row(ALICE, 300, 1),
+        _row(ALICE, 300, 1),  # 500 + 556
         _row(BOB, 900, 2),
-        _row(ALICE, 300, 3),  # 500 + 300 + 300 > 1 000
-        _row(ALICE, 100, 4),
+        _row(ALICE, 300, 3),  # held already: no room needed
+        _row(ALICE, 300, 4),  # 1 056 + 556 > 1 200
+        _row(ALICE, 100, 5),
         _tombstone(BOB),
     ]
-    kept, full = quota.fitting(rows)
-    assert kept == [rows[0], rows[1], rows[4]]
+    kept, full = quota.fitting(rows, held=lambda row: row is rows[2])
+    assert kept == [rows[0], rows[1], rows[2], rows[5]]
     assert full == {ALICE}
+    assert charge_of(rows[0]) == ROW_CHARGE_BYTES + 300
+
+
+def test_a_row_without_data_is_not_free() -> None:
+    """Rows of empty data filled a mailbox at no cost to the quota or a connection's
+    byte rate (a review kept 10 000 of them from a stranger with a 1 000-byte quota)."""
+    quota = OwnerQuota(lambda owner: 0, quota=10 * ROW_CHARGE_BYTES)
+    empty = [_row(ALICE, 0, i) for i in range(20)]
+    kept, full = quota.fitting(empty, held=lambda row: False)
+    assert len(kept) == 10 and full == {ALICE}
 
 
 class _Conn:

@@ -411,13 +411,17 @@ def test_a_nodes_first_listing_remembers_the_map_before_it_joined() -> None:
 
 
 def test_the_rows_a_stranger_pushed_are_remembered_up_to_a_bound() -> None:
-    pushes = StrangerPushes(limit=3)
+    pushes = StrangerPushes(limit=3, per_node=3)
     keys = [(ALICE.session_id, 0, bytes([i]) * 32) for i in range(4)]
     pushes.pushed("n1", keys[:2])
     pushes.pushed("n2", keys[2:])
     assert pushes.pushed_by("n1", keys[1]) and not pushes.pushed_by("n2", keys[1])
-    assert not pushes.pushed_by("n1", keys[0])  # the oldest, past the bound
+    assert not pushes.pushed_by("n2", keys[2])  # past the bound, the pusher gives way
     assert pushes.pushed_by("n2", keys[3])
+    flood = [(ALICE.session_id, 1, bytes([i]) * 32) for i in range(10)]
+    pushes.pushed("n3", flood)  # pushes out its own rows, not n1's or n2's
+    assert pushes.pushed_by("n1", keys[1]) and pushes.pushed_by("n2", keys[3])
+    assert pushes.pushed_by("n3", flood[-1]) and not pushes.pushed_by("n3", flood[0])
 
 
 # --- repair listings, batches, hand-over ------------------------------------------------------

@@ -20,6 +20,7 @@ from p2psync.identity import Identity, message_hash
 from p2psync.network import LocalNetwork
 from p2psync.rpc import RpcClient, ServerLimits, open_rpc
 from p2psync.swarm.admission import MIN_STAKE, Ledger, Registration
+from p2psync.swarm.allowance import ROW_CHARGE_BYTES
 from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.directory import RegistryDirectory, read_listing
 from p2psync.swarm.listing import (
@@ -355,7 +356,9 @@ async def test_rows_a_member_pushes_are_held_to_the_owners_quota(
 ) -> None:
     """Replicated, repaired or handed-over rows fill a mailbox no further than stores do:
     past the owner's quota the rest of a peer's batch for her is not kept and she is
-    named refused (before, only a client's stores were counted against it)."""
+    named refused (before, only a client's stores were counted against it); the rows it
+    holds already are not refused when a peer sends them again, as repair and hand-over
+    do (a review's mailbox near its quota refused a member's second sending)."""
     config = NodeConfig(owner_quota_bytes=100_000)
     async with open_test_swarm(6, config) as (network, _swarm):
         target, member = swarm_of(network, ALICE)[:2]
@@ -363,5 +366,44 @@ async def test_rows_a_member_pushes_are_held_to_the_owners_quota(
         rows = _rows_for(ALICE, 20, 10_000, now)
         async with open_rpc(network.transport, target.url) as client:
             assert await _push(client, member, rows, now) == (ALICE.session_id,)
-        assert target.store.owner_bytes(ALICE.session_id, now) <= 100_000
-        assert target.store.get(*row_key(rows[0])) is not None
+            kept = [r for r in rows if target.store.holds(*row_key(r))]
+            assert 0 < len(kept) < len(rows)
+            assert await _push(client, member, kept, now) == ()
+        held = target.store.owner_charge(ALICE.session_id, now, ROW_CHARGE_BYTES)
+        assert held <= 100_000
+
+
+async def test_rows_without_data_are_charged_and_a_strangers_hand_over_gets_further_each_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A row of no data costs a stranger its overhead against the byte rate (a review
+    kept 10 000 empty rows of a stranger's with a 100 B/s budget); the rows of a
+    stranger's batch before the first one past its rate are kept, and rows held already
+    cost nothing, so a hand-over that sends everything again on each pass, after a
+    while for the rate, gets the whole mailbox across (before, each pass spent the
+    budget on the same first rows and the rest never arrived)."""
+    config = NodeConfig(store_bytes_per_s=20_000)  # bursts of 160 000 bytes
+    async with open_test_swarm(12, config) as (network, _swarm):
+        target = swarm_of(network, ALICE)[0]
+        stranger = next(
+            n for n in network.running_nodes() if not target.core.trusts(n.pubkey, ALICE.session_id)
+        )
+        now = network.clock.now_ms()
+        empty = [  # one per namespace: an empty row's hash is that of no data
+            StoredMessage(ALICE.session_id, n, message_hash(b""), now, now + 3_600_000, b"")
+            for n in range(1, 1_001)
+        ]
+        async with open_rpc(network.transport, target.url) as client:
+            assert await _push(client, stranger, empty, now) == (ALICE.session_id,)
+            kept = sum(1 for r in empty if target.store.holds(*row_key(r)))
+            assert kept <= 160_000 // ROW_CHARGE_BYTES
+            await trio.sleep(8)  # the burst back
+            rows = _rows_for(ALICE, 30, 10_000, now)  # about two bursts
+            passes = 0
+            while not all(target.store.holds(*row_key(r)) for r in rows):
+                passes += 1
+                assert passes <= 4, "each pass gets further"
+                await _push(client, stranger, rows, network.clock.now_ms())
+                await trio.sleep(8)
+            keys = [row_key(r) for r in rows]
+            assert await _held(client, stranger, keys, network.clock.now_ms()) == len(rows)
