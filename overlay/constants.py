@@ -118,6 +118,10 @@ TRANSIT_BUILDS_MAX = 2 * TRANSIT_HOPS_MAX
 #: One host (a neighbour relay, or an endpoint connected directly) may have this part of
 #: each: a sixteenth, so one that floods builds fills its own share and no one else's.
 TRANSIT_SHARE_PER_HOST = 16
+#: Of a host's hops, the part that may go on to any one next relay: a quarter, so one
+#: host needs four to fill this relay's share at the next one (which counts all of this
+#: relay's paths as one host's).
+TRANSIT_ONWARD_SHARE = 4
 
 #: Exit requests (onion requests to servers, DESIGN.md §6): the largest request or reply
 #: a path carries to or from its exit hop, reassembled from fragments (a server's largest

@@ -217,8 +217,10 @@ class LinkPump:
     def __init__(self) -> None:
         self._queue, self._queued = trio.open_memory_channel[bytes](LINK_QUEUE_CELLS)
         self._link: Link | None = None
-        #: Messages queued or being written, and who waits for there to be none.
-        self._unwritten = 0
+        #: Messages queued so far, and of them written (or given up with the link), in
+        #: order; who waits for the second to reach the first.
+        self._queued_count = 0
+        self._written_count = 0
         self._written = trio.lowlevel.ParkingLot()
 
     def send_nowait(self, message: bytes) -> None:
@@ -231,20 +233,20 @@ class LinkPump:
             self._queue.send_nowait(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise LinkClosed("the link is gone") from None
-        self._unwritten += 1
+        self._queued_count += 1
 
     async def written(self) -> None:
-        """Return once everything sent so far is written to the link (or the link is
-        gone): what a router going away waits for, so that its last messages (a
-        session's goodbye) leave before it cancels the writer. Bound it with a cancel
-        scope: a link that never comes up never writes."""
-        while self._unwritten:
+        """Return once everything sent before this call is written to the link (or the
+        link is gone), whatever is sent meanwhile: what a router going away waits for, so
+        that its last messages (a session's goodbye) leave before it cancels the writer.
+        Bound it with a cancel scope: a link that never comes up never writes."""
+        sent = self._queued_count
+        while self._written_count < sent:
             await self._written.park()
 
     def _wrote(self, count: int = 1) -> None:
-        self._unwritten -= count
-        if not self._unwritten:
-            self._written.unpark_all()
+        self._written_count += count
+        self._written.unpark_all()
 
     def close(self) -> None:
         self._queue.close()
@@ -276,7 +278,7 @@ class LinkPump:
         finally:
             self._link = None
             self.close()
-            self._wrote(self._unwritten)  # the link is gone: nothing more will be written
+            self._wrote(self._queued_count - self._written_count)  # gone: nothing more goes
 
     def _flush(self, link: Link, on_drop: Callable[[], None]) -> None:
         """Send what was queued before the link existed, synchronously, keeping order."""

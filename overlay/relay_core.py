@@ -260,7 +260,7 @@ class RelayCore:
         self._drop_hops(lambda hop: hop.expiry_ms <= now_ms)
         for key in [k for k, (e, _) in self._seen_builds.items() if e <= now_ms]:
             _, host = self._seen_builds.pop(key)
-            self._transit.remove(self._transit.builds, host)
+            self._transit.drop_build(host)
         self._expire_pending_dht(now_ms)
         self._expire_exits(now_ms)
         self.store.expire(now_ms)
@@ -344,11 +344,11 @@ class RelayCore:
                 return []
             down_link = f"out:{contact.address}"
         host = peer_host(peer, loopback_apart=True) if peer else link
-        if not self.transit_caps.admits(self._transit, host):
+        if not self.transit_caps.admits(self._transit, host, down_link):
             self.stats.dropped_transit_full += 1
             return []
         self._seen_builds[ephemeral] = (record.expiry_ms, host)
-        self._transit.add(self._transit.builds, host)
+        self._transit.add_build(host)
         hop = _Hop(
             *keys.relay_side(),
             record.hop_index,
@@ -360,7 +360,7 @@ class RelayCore:
             host,
         )
         self._upstream[path_id] = hop
-        self._transit.add(self._transit.hops, host)
+        self._transit.add_hop(host, down_link)
         self.stats.builds += 1
         if down_link is None:
             self._intros[record.downstream_id] = hop
@@ -406,7 +406,7 @@ class RelayCore:
         dropped as of an unknown path, and the owner finds the path dead by its pings."""
         if self._upstream.get(hop.up_id) is hop:
             del self._upstream[hop.up_id]
-            self._transit.remove(self._transit.hops, hop.up_host)
+            self._transit.drop_hop(hop.up_host, hop.down_link)
         table = self._intros if hop.down_link is None else self._downstream
         if table.get(hop.down_id) is hop:
             del table[hop.down_id]

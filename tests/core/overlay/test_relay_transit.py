@@ -73,3 +73,30 @@ def test_builds_remembered_against_replay_stay_counted_until_their_paths_expiry(
     later = NOW + DEFAULT_PATH_LIFETIME_MS + 1
     core.expire(later)
     assert built(core, "10.0.0.1", link="in:c", now_ms=later)
+
+
+NEXT = [KeyPair.from_seed(bytes([0x60 + i]) * 32) for i in range(2)]
+NEXT_CONTACTS = [make_contact(key, f"mem:next-{i}", NOW) for i, key in enumerate(NEXT)]
+
+
+def forwarded(core: RelayCore, peer: str, onward: int) -> bool:
+    """Whether a build from ``peer`` through this relay on to relay ``onward`` goes on."""
+    _, build = Path.build([CONTACTS[0], NEXT_CONTACTS[onward]], NOW)
+    sent = core.receive(f"in:{peer}", build, NOW, peer=f"{peer}:4000")
+    return [link for link, _ in sent] == [f"out:mem:next-{onward}"]
+
+
+def test_one_host_fills_no_more_than_its_onward_share_toward_a_next_relay() -> None:
+    """The next relay counts every path this one carries to it as this relay's: one host
+    filling that share would shut every honest path this way out (a review's lockout of
+    a neighbour), so a host's paths to any one next relay are a quarter of its share."""
+    core = RelayCore(
+        RELAY,
+        verified_directory(CONTACTS + NEXT_CONTACTS, NOW),
+        transit_caps=TransitCaps(hops=64, builds=256, share_per_host=4, onward_share=4),
+    )  # 16 hops a host, 4 of them toward one next relay
+    assert all(forwarded(core, "10.0.0.1", 0) for _ in range(4))
+    assert not forwarded(core, "10.0.0.1", 0)
+    assert forwarded(core, "10.0.0.1", 1)  # another way on
+    assert forwarded(core, "10.0.0.2", 0)  # another host
+    assert core.stats.dropped_transit_full == 1
