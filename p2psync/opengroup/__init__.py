@@ -49,12 +49,14 @@ Asking for a room that exists is answered ``created: false`` and costs nothing.
 
 Posting. Device keys cost nothing to make either, and rooms keep posts, so posting is
 rationed and what a room keeps is bounded: each key may make :data:`POSTS_PER_KEY` posts
-at once, then one per :data:`POST_KEY_REFILL_S`; all keys together :data:`POSTS_BURST`,
-then one per :data:`POST_REFILL_S` (``rate_limited`` beyond, checked after the post's
-signature, so nobody spends another key's allowance, and before the file server is
-asked); a repeated post costs nothing. A room keeps the newest :data:`ROOM_MAX_BYTES` of
-its posts and lets the oldest go, so a server holds at most ``max_rooms`` times that
-however much is posted (a flood can push a room's history out, not fill the disk).
+at once, then one per :data:`POST_KEY_REFILL_S`; each room takes :data:`ROOM_POSTS_BURST`,
+then one per :data:`ROOM_POST_REFILL_S`, so a flood of one room leaves the others; and
+all keys together :data:`POSTS_BURST`, then one per :data:`POST_REFILL_S`
+(``rate_limited`` beyond, checked after the post's signature, so nobody spends another
+key's allowance, and before the file server is asked); a repeated post costs nothing.
+A room keeps the newest :data:`ROOM_MAX_BYTES` of its posts and lets the oldest go, so a
+server holds at most ``max_rooms`` times that however much is posted (a flood can push a
+room's history out, not fill the disk).
 
 Every integer a request carries is range-checked when it is decoded (``bad_request``):
 times up to :data:`~p2psync.envelope.MAX_TIMESTAMP_MS`, anything else within SQLite's

@@ -44,11 +44,14 @@ ROOM_KEY_REFILL_S = 3600.0
 ROOMS_BURST = 20
 ROOM_REFILL_S = 300.0
 #: Posts one device key may make at once, then one per POST_KEY_REFILL_S; all keys
-#: together POSTS_BURST, then one per POST_REFILL_S (see the package's docstring).
+#: together POSTS_BURST, then one per POST_REFILL_S; and to one room ROOM_POSTS_BURST,
+#: then one per ROOM_POST_REFILL_S (see the package's docstring).
 POSTS_PER_KEY = 30
 POST_KEY_REFILL_S = 2.0
-POSTS_BURST = 600
-POST_REFILL_S = 0.05
+POSTS_BURST = 6000
+POST_REFILL_S = 0.005
+ROOM_POSTS_BURST = 600
+ROOM_POST_REFILL_S = 0.05
 #: Bytes of posts (the signed records) a room keeps; past it its oldest posts go.
 ROOM_MAX_BYTES = 16 * 1024 * 1024
 

@@ -29,6 +29,8 @@ from .posts import (
     POSTS_BURST,
     POSTS_PER_KEY,
     ROOM_KEY_REFILL_S,
+    ROOM_POST_REFILL_S,
+    ROOM_POSTS_BURST,
     ROOM_REFILL_S,
     ROOMS_BURST,
     ROOMS_PER_KEY,
@@ -74,6 +76,14 @@ class OpenGroupServer:
         )
         self._post_limit = KeyedRateLimit(
             POSTS_PER_KEY, POST_KEY_REFILL_S, POSTS_BURST, POST_REFILL_S, clock.now_ms() / 1000
+        )
+        # Per room; its total (every room at once) never binds before the rooms' own.
+        self._room_posts = KeyedRateLimit(
+            ROOM_POSTS_BURST,
+            ROOM_POST_REFILL_S,
+            max_rooms * ROOM_POSTS_BURST,
+            ROOM_POST_REFILL_S / max_rooms,
+            clock.now_ms() / 1000,
         )
         self.rpc = RpcServer(
             {
@@ -150,8 +160,11 @@ class OpenGroupServer:
         if stored is None:
             now_ms = self.clock.now_ms()
             check_fresh(post.timestamp_ms, now_ms, "post")
+            # The key first: what a key past its own allowance asks costs the room nothing.
             if not self._post_limit.allow(post.key, now_ms / 1000):
                 raise RpcError("rate_limited", "too many posts: try again later")
+            if not self._room_posts.allow(room.encode(), now_ms / 1000):
+                raise RpcError("rate_limited", f"too many posts to {room!r}: try again later")
             user = await self._attribute(post)
             stored = self.store.add(post, user, now_ms)
         post_id, user = stored

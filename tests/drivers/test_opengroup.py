@@ -29,10 +29,10 @@ from p2psync.opengroup.client import OpenGroupClient, open_opengroup_client
 from p2psync.opengroup.posts import (
     MAX_MESSAGES_REPLY_BYTES,
     MAX_POST_BODY_BYTES,
-    POST_REFILL_S,
-    POSTS_BURST,
     POSTS_PER_KEY,
     ROOM_KEY_REFILL_S,
+    ROOM_POST_REFILL_S,
+    ROOM_POSTS_BURST,
     ROOM_REFILL_S,
     ROOMS_BURST,
     ROOMS_PER_KEY,
@@ -351,15 +351,18 @@ async def test_room_creation_is_rationed_per_key_and_in_total(
         assert len(await s.chat.list_rooms()) == ROOMS_BURST + 2
 
 
-async def test_posting_is_rationed_per_key_and_in_total(
+async def test_posting_is_rationed_per_key_and_per_room(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """One key posts its allowance, then ``rate_limited`` (a repeated post costs nothing,
-    and another key still posts); fresh keys stop at the total, then get one post per
-    refill. A review's one key posted 1 800 posts of 16 KiB in 3 s before this."""
+    and another key still posts); fresh keys stop at the room's allowance, then get one
+    post per refill, while another room is still posted to. A review's one key posted
+    1 800 posts of 16 KiB in 3 s; a second review's 40 keys took one allowance shared by
+    every room."""
     clock = Clock(TEST_EPOCH_MS)
     async with running(clock, mapped=False) as s:
         await create_room(s, "lobby")
+        await create_room(s, "other", PRIMARY)
         first = sign_post(LONER, "lobby", b"0", clock.now_ms())
         await s.chat.post(first)
         for n in range(1, POSTS_PER_KEY):
@@ -368,16 +371,17 @@ async def test_posting_is_rationed_per_key_and_in_total(
         await s.chat.post(first)  # asking again costs nothing
         await s.chat.post(sign_post(PRIMARY, "lobby", b"mine", clock.now_ms()))
         posted = POSTS_PER_KEY + 1
-        for n in range(POSTS_BURST // POSTS_PER_KEY + 1):
+        for n in range(ROOM_POSTS_BURST // POSTS_PER_KEY + 1):
             key = Identity.from_label(f"opengroup/poster-{n}")
             for m in range(POSTS_PER_KEY):
                 post = sign_post(key, "lobby", b"%d" % m, clock.now_ms())
-                if posted < POSTS_BURST:
+                if posted < ROOM_POSTS_BURST:
                     await s.chat.post(post)
                     posted += 1
                 else:
                     await refused("rate_limited", s.chat.post(post))
-        await trio.sleep(1.5 * POST_REFILL_S)  # one refill and a half (the clock is in ms)
+        await s.chat.post(sign_post(SECONDARY, "other", b"another room", clock.now_ms()))
+        await trio.sleep(1.5 * ROOM_POST_REFILL_S)  # one refill and a half (the clock is in ms)
         await s.chat.post(sign_post(SHARED, "lobby", b"after a while", clock.now_ms()))
         await refused("rate_limited", s.chat.post(sign_post(SHARED, "lobby", b"+", clock.now_ms())))
 
