@@ -65,6 +65,7 @@ class StoreAcceptance:
         self._quota = quota
         self._stats = stats
         self._execute = execute
+        self._store = store
         self._commits = GroupCommit(store)
         self._quorum = QuorumBook()
         #: Per row short of its quorum, the stores waiting for it, with their replies.
@@ -202,7 +203,9 @@ class StoreAcceptance:
         size = charge_of(row)
         if not self._budgets.charge(conn, self._clock.now_s(), size):
             raise RpcError("rate_limited", "this connection stores too fast: slow down")
-        if not self._quota.admits(row.pubkey, size):
+        if not self._quota.admits(row.pubkey, size) and not self._store.holds(
+            row.pubkey, row.namespace, row.hash, self._clock.now_ms()
+        ):  # a store of a message held already (a retry) takes no room
             raise RpcError(
                 "rate_limited", f"this owner's mailbox is full ({self._quota.quota} bytes): later"
             )

@@ -95,13 +95,15 @@ class HandOver:
         return complete
 
     async def _hand_to(self, target: NodeInfo, rows: Sequence[StoredMessage]) -> bool:
-        """Push ``rows`` to ``target`` and read back that it holds every one."""
+        """Push ``rows`` to ``target`` a batch at a time, reading back after each that it
+        holds every row of it: a target that counts this node a stranger to the owner
+        answers ``held`` only about the rows this node pushed it lately."""
         calls = await self._dial(target)
         for part in batches(rows):
             if (await calls.replicate(part)).refused:
                 return False
-        for start in range(0, len(rows), LISTING_PAGE):
-            keys = [row_key(r) for r in rows[start : start + LISTING_PAGE]]
-            if await calls.held(keys) < len(keys):
-                return False
+            for start in range(0, len(part), LISTING_PAGE):
+                keys = [row_key(r) for r in part[start : start + LISTING_PAGE]]
+                if await calls.held(keys) < len(keys):
+                    return False
         return True

@@ -101,6 +101,7 @@ class StorageNode:
         self._quota = OwnerQuota(
             lambda owner: self.store.owner_charge(owner, self.clock.now_ms(), ROW_CHARGE_BYTES),
             self.config.owner_quota_bytes,
+            self.clock.now_s,
         )
         self._pool: RpcPool | None = None
         self._acceptance = StoreAcceptance(
@@ -292,9 +293,10 @@ class StorageNode:
         room (the quota a client's stores have, :meth:`.allowance.OwnerQuota.fitting`),
         at its own read positions (:meth:`~.node_core.NodeCore.placed`), and notify
         subscribers."""
+        now_ms = self.clock.now_ms()
         room, full = self._quota.fitting(
-            self.core.placed(rows, self.clock.now_ms()),
-            lambda row: self.store.holds(row.pubkey, row.namespace, row.hash),
+            self.core.placed(rows, now_ms),
+            lambda row: self.store.holds(row.pubkey, row.namespace, row.hash, now_ms),
         )
         added = self.store.put_many(room)
         fresh = [row for row, new in zip(room, added, strict=True) if new]

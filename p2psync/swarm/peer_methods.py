@@ -121,18 +121,19 @@ class PeerMethods:
         node = self._check_node(params, "replicate", swarm_only=False)
         request = RowBatch.from_wire(params.rest("node_auth"), self._clock.now_ms())
         self._refused(request.refused, node)
+        now_ms = self._clock.now_ms()
         strangers = self._core.from_stranger(node, request.rows)
-        dropped, over_rate = self._over_rate(conn, strangers)
+        dropped, over_rate = self._over_rate(conn, strangers, now_ms)
         ingested = self._ingest(r for r in request.rows if row_key(r) not in dropped)
         self._stats.replicated_in += ingested.new
         refused = {*self._core.refused_owners(request.rows), *over_rate, *ingested.over_quota}
         self._stranger_pushes.pushed(
-            node, (key for key in map(row_key, strangers) if self._store.holds(*key))
+            node, (key for key in map(row_key, strangers) if self._store.holds(*key, now_ms))
         )
         return ReplicateReply(tuple(sorted(refused))).to_wire()
 
     def _over_rate(
-        self, conn: Connection, rows: Iterable[StoredMessage]
+        self, conn: Connection, rows: Iterable[StoredMessage], now_ms: int
     ) -> tuple[set[RowKey], set[str]]:
         """Of ``rows`` (a stranger's), those past the connection's byte rate, and their
         owners: from an owner's first row that does not fit, none of its rows is kept,
@@ -145,7 +146,7 @@ class PeerMethods:
             key = row_key(row)
             if row.pubkey in over:
                 dropped.add(key)
-            elif not self._store.holds(*key) and not self._budgets.charge(
+            elif not self._store.holds(*key, now_ms) and not self._budgets.charge(
                 conn, now, charge_of(row)
             ):
                 over.add(row.pubkey)

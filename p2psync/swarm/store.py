@@ -334,11 +334,12 @@ class MessageStore:
         ).fetchone()
         return int(row[0])
 
-    def holds(self, pubkey: str, namespace: int, message_hash: bytes) -> bool:
-        """Whether this node has the row (live or tombstone)."""
+    def holds(self, pubkey: str, namespace: int, message_hash: bytes, now_ms: int) -> bool:
+        """Whether this node has the row, live or tombstone, unexpired (one past its
+        expiry but not swept yet is not held: taking it again is taking it anew)."""
         row = self._db.execute(
-            "SELECT 1 FROM messages WHERE pubkey = ? AND namespace = ? AND hash = ?",
-            (pubkey, namespace, message_hash),
+            "SELECT 1 FROM messages WHERE pubkey = ? AND namespace = ? AND hash = ? AND expiry > ?",
+            (pubkey, namespace, message_hash, now_ms),
         ).fetchone()
         return row is not None
 

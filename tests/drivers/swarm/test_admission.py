@@ -366,7 +366,7 @@ async def test_rows_a_member_pushes_are_held_to_the_owners_quota(
         rows = _rows_for(ALICE, 20, 10_000, now)
         async with open_rpc(network.transport, target.url) as client:
             assert await _push(client, member, rows, now) == (ALICE.session_id,)
-            kept = [r for r in rows if target.store.holds(*row_key(r))]
+            kept = [r for r in rows if target.store.holds(*row_key(r), now)]
             assert 0 < len(kept) < len(rows)
             assert await _push(client, member, kept, now) == ()
         held = target.store.owner_charge(ALICE.session_id, now, ROW_CHARGE_BYTES)
@@ -395,12 +395,12 @@ async def test_rows_without_data_are_charged_and_a_strangers_hand_over_gets_furt
         ]
         async with open_rpc(network.transport, target.url) as client:
             assert await _push(client, stranger, empty, now) == (ALICE.session_id,)
-            kept = sum(1 for r in empty if target.store.holds(*row_key(r)))
+            kept = sum(1 for r in empty if target.store.holds(*row_key(r), now))
             assert kept <= 160_000 // ROW_CHARGE_BYTES
             await trio.sleep(8)  # the burst back
             rows = _rows_for(ALICE, 30, 10_000, now)  # about two bursts
             passes = 0
-            while not all(target.store.holds(*row_key(r)) for r in rows):
+            while not all(target.store.holds(*row_key(r), now) for r in rows):
                 passes += 1
                 assert passes <= 4, "each pass gets further"
                 await _push(client, stranger, rows, network.clock.now_ms())

@@ -383,8 +383,8 @@ async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
 ) -> None:
     """However many connections store for one key, its live data on a node stays within
     the quota: the store past it is ``rate_limited`` (not a refusal for good: senders
-    keep their copies and ask later) and what was stored stays; another owner is
-    served; once messages expire there is room again."""
+    keep their copies and ask later) and what was stored stays, and a retry of it is
+    answered; another owner is served; once messages expire there is room again."""
     config = NodeConfig(owner_quota_bytes=200_000)
     big = b"y" * 60_000
     async with open_local_network(
@@ -402,6 +402,9 @@ async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
             assert (
                 refused.value.code == "rate_limited" and "mailbox is full" in refused.value.message
             )
+            # A retry of a message held already takes no room: it is answered.
+            again = store_params(data=big + bytes([0]), ttl=20_000, timestamp=clock.now_ms())
+            assert (await client.call("store", again))["hash"] == stored[0]
             other = store_params(pubkey=MALLORY.session_id, data=big, timestamp=clock.now_ms())
             await client.call("store", other)
             node = network.nodes[0].node

@@ -126,3 +126,18 @@ def test_deleted_messages_stay_as_tombstones_until_expiry(tmp_path: Path) -> Non
     assert [r.hash for r in page] == [kept.hash]
     assert store.sweep(5_000) == 2
     assert store.stats() == (0, 0)
+
+
+def test_a_row_is_held_until_its_expiry_and_counts_with_its_charge(tmp_path: Path) -> None:
+    """A row past its expiry but not swept yet is not held (a peer sending it again
+    sends it anew, and pays for it), and an owner's charge counts each live row's data
+    and the charge of a row; tombstones count for nothing."""
+    store = MessageStore(tmp_path / "s.sqlite3")
+    live, dead = row(b"live", expiry=5_000), row(b"dead", expiry=2_000, order=2)
+    store.put_many([live, dead])
+    assert store.holds(OWNER, 0, live.hash, 1_999) and store.holds(OWNER, 0, dead.hash, 1_999)
+    assert not store.holds(OWNER, 0, dead.hash, 2_000)
+    assert store.owner_charge(OWNER, 1_999, per_row=100) == 8 + 2 * 100
+    store.delete(OWNER, 0, [live.hash])
+    assert store.holds(OWNER, 0, live.hash, 1_999)  # its tombstone
+    assert store.owner_charge(OWNER, 1_999, per_row=100) == 4 + 100
