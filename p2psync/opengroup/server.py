@@ -160,11 +160,16 @@ class OpenGroupServer:
         if stored is None:
             now_ms = self.clock.now_ms()
             check_fresh(post.timestamp_ms, now_ms, "post")
-            # The key first: what a key past its own allowance asks costs the room nothing.
-            if not self._post_limit.allow(post.key, now_ms / 1000):
+            # Charged to the key, the server and the room only if all three admit it: a
+            # post one refuses costs the others nothing (else posts a flooded room
+            # refused spent every other room's share of the server's allowance).
+            now_s = now_ms / 1000
+            if not self._post_limit.admits(post.key, now_s):
                 raise RpcError("rate_limited", "too many posts: try again later")
-            if not self._room_posts.allow(room.encode(), now_ms / 1000):
+            if not self._room_posts.admits(room.encode(), now_s):
                 raise RpcError("rate_limited", f"too many posts to {room!r}: try again later")
+            self._post_limit.allow(post.key, now_s)
+            self._room_posts.allow(room.encode(), now_s)
             user = await self._attribute(post)
             stored = self.store.add(post, user, now_ms)
         post_id, user = stored

@@ -76,6 +76,14 @@ class KeyedRateLimit:
         #: Key → (its bucket, when it last took), least recently used first.
         self._keys: OrderedDict[bytes, tuple[TokenBucket, float]] = OrderedDict()
 
+    def admits(self, key: bytes, now: float, cost: int = 1) -> bool:
+        """Whether :meth:`allow` would admit ``key`` now, spending and remembering
+        nothing: for a request that must pass several limits, charged to each only if
+        every one admits it."""
+        known = self._keys.get(key)
+        own = self._per_key if known is None else known[0].available(now)
+        return own >= cost and self._total.available(now) >= cost
+
     def allow(self, key: bytes, now: float, cost: int = 1) -> bool:
         """Whether ``key`` may spend ``cost`` requests' worth now (both buckets)."""
         while self._keys:

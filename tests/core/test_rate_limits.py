@@ -32,3 +32,13 @@ def test_a_key_past_its_own_share_is_refused_and_the_total_not_charged() -> None
     assert limits.allow(b"b", 0, cost=3) and limits.allow(b"c", 0, cost=3)
     assert limits.allow(b"d", 0, cost=1)  # 10 in all: the refusal of "a" took none
     assert not limits.allow(b"e", 0, cost=1)
+
+
+def test_asking_whether_a_request_would_be_admitted_spends_nothing() -> None:
+    """For a request under several limits, each charged only if all admit it."""
+    limits = KeyedRateLimit(per_key=2, key_refill_s=1000, total=3, total_refill_s=1000, now=0)
+    assert all(limits.admits(b"a", 0) for _ in range(10))
+    assert limits.admits(b"a", 0, cost=2) and not limits.admits(b"a", 0, cost=3)
+    assert limits.allow(b"a", 0, cost=2)
+    assert not limits.admits(b"a", 0) and limits.admits(b"b", 0)
+    assert limits.allow(b"b", 0) and not limits.admits(b"c", 0)  # the total is spent

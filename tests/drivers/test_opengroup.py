@@ -25,6 +25,7 @@ from p2psync.fileserver.client import FileServerClient, open_fileserver_client
 from p2psync.fileserver.server import FileServer
 from p2psync.identity import Identity
 from p2psync.mapping import create_mapping, revoke_pairing
+from p2psync.opengroup import server as server_module
 from p2psync.opengroup.client import OpenGroupClient, open_opengroup_client
 from p2psync.opengroup.posts import (
     MAX_MESSAGES_REPLY_BYTES,
@@ -352,7 +353,7 @@ async def test_room_creation_is_rationed_per_key_and_in_total(
 
 
 async def test_posting_is_rationed_per_key_and_per_room(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One key posts its allowance, then ``rate_limited`` (a repeated post costs nothing,
     and another key still posts); fresh keys stop at the room's allowance, then get one
@@ -360,6 +361,9 @@ async def test_posting_is_rationed_per_key_and_per_room(
     1 800 posts of 16 KiB in 3 s; a second review's 40 keys took one allowance shared by
     every room."""
     clock = Clock(TEST_EPOCH_MS)
+    # The whole server's allowance just above one room's: posts the flooded room refuses
+    # must not spend what is left of it.
+    monkeypatch.setattr(server_module, "POSTS_BURST", ROOM_POSTS_BURST + 2 * POSTS_PER_KEY)
     async with running(clock, mapped=False) as s:
         await create_room(s, "lobby")
         await create_room(s, "other", PRIMARY)
@@ -371,7 +375,7 @@ async def test_posting_is_rationed_per_key_and_per_room(
         await s.chat.post(first)  # asking again costs nothing
         await s.chat.post(sign_post(PRIMARY, "lobby", b"mine", clock.now_ms()))
         posted = POSTS_PER_KEY + 1
-        for n in range(ROOM_POSTS_BURST // POSTS_PER_KEY + 1):
+        for n in range(ROOM_POSTS_BURST // POSTS_PER_KEY + 10):
             key = Identity.from_label(f"opengroup/poster-{n}")
             for m in range(POSTS_PER_KEY):
                 post = sign_post(key, "lobby", b"%d" % m, clock.now_ms())
@@ -381,6 +385,10 @@ async def test_posting_is_rationed_per_key_and_per_room(
                 else:
                     await refused("rate_limited", s.chat.post(post))
         await s.chat.post(sign_post(SECONDARY, "other", b"another room", clock.now_ms()))
+        # What the flooded room refused spent none of the server's allowance.
+        for n in range(POSTS_PER_KEY):
+            key = Identity.from_label(f"opengroup/other-poster-{n}")
+            await s.chat.post(sign_post(key, "other", b"%d" % n, clock.now_ms()))
         await trio.sleep(1.5 * ROOM_POST_REFILL_S)  # one refill and a half (the clock is in ms)
         await s.chat.post(sign_post(SHARED, "lobby", b"after a while", clock.now_ms()))
         await refused("rate_limited", s.chat.post(sign_post(SHARED, "lobby", b"+", clock.now_ms())))
