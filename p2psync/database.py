@@ -31,11 +31,13 @@ def open_database(
     return db
 
 
-def add_column_if_missing(db: sqlite3.Connection, table: str, column: str, decl: str) -> None:
+def add_column_if_missing(db: sqlite3.Connection, table: str, column: str, decl: str) -> bool:
     """Bring a file written by an earlier version up to the current schema (``table`` and
-    ``column`` are our own constants, never input)."""
-    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    ``column`` are our own constants, never input); whether the column was added."""
+    if column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+        return False
+    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    return True
 
 
 @contextmanager

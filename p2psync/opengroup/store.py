@@ -51,10 +51,9 @@ class OpenGroupStore:
         self.room_bytes = room_bytes
         self._db = open_database(path, _SCHEMA)
         add_column_if_missing(self._db, "posts", "post", "BLOB")  # from before signed reads
-        if "bytes" not in {row[1] for row in self._db.execute("PRAGMA table_info(rooms)")}:
-            # A file from before rooms were bounded: count what each holds.
-            with transaction(self._db):
-                add_column_if_missing(self._db, "rooms", "bytes", "INTEGER NOT NULL DEFAULT 0")
+        with transaction(self._db):
+            if add_column_if_missing(self._db, "rooms", "bytes", "INTEGER NOT NULL DEFAULT 0"):
+                # A file from before rooms were bounded: count what each holds.
                 self._db.execute(
                     f"UPDATE rooms SET bytes = (SELECT COALESCE(SUM({_POST_SIZE}), 0)"
                     " FROM posts WHERE posts.room = rooms.name)"

@@ -203,9 +203,11 @@ class StoreAcceptance:
         size = charge_of(row)
         if not self._budgets.charge(conn, self._clock.now_s(), size):
             raise RpcError("rate_limited", "this connection stores too fast: slow down")
-        if not self._quota.admits(row.pubkey, size) and not self._store.holds(
-            row.pubkey, row.namespace, row.hash, self._clock.now_ms()
-        ):  # a store of a message held already (a retry) takes no room
+        now_ms = self._clock.now_ms()
+        _, full = self._quota.fitting(  # the rule a peer's rows meet: held ones take no room
+            [row], lambda held: self._store.holds(held.pubkey, held.namespace, held.hash, now_ms)
+        )
+        if full:
             raise RpcError(
                 "rate_limited", f"this owner's mailbox is full ({self._quota.quota} bytes): later"
             )

@@ -29,7 +29,7 @@ from overlay.link import Transport
 from ..backoff import Backoff, jittered
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
-from ..identity import Identity, session_id_key
+from ..identity import Identity
 from ..rpc import Params, RpcClient, RpcRouter, open_rpc, open_rpc_pool
 from .attempts import (
     GiveUp,
@@ -107,7 +107,7 @@ class SwarmClient:
         """The members of ``owner``'s swarm as known now, in a random order."""
         if not any(self.swarms.swarms.values()):
             return []
-        nodes = list(self.swarms.nodes_for_key(session_id_key(owner)))
+        nodes = list(self.swarms.members_of_owner(owner))
         self._random.shuffle(nodes)
         return nodes
 
@@ -168,7 +168,7 @@ class SwarmClient:
         result, node = await self._call_swarm(owner, "store_batch", request.to_wire())
         results = _batch_results(result, request)
         # The swarm as the call above read it: a swarm of one has confirmed already.
-        asked = second_opinion(results, len(self.swarms.nodes_for_key(session_id_key(owner))))
+        asked = second_opinion(results, len(self.swarms.members_of_owner(owner)))
         if not asked:
             return results
         again = StoreBatchRequest(tuple(request.stores[i] for i in asked))

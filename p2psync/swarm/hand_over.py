@@ -18,7 +18,6 @@ import trio
 
 from ..backoff import Backoff
 from ..clock import Clock
-from ..identity import session_id_key
 from .constants import REPLICATION_RETRY_S
 from .messages import LISTING_PAGE
 from .node_core import batches, may_forget
@@ -77,7 +76,7 @@ class HandOver:
             if self._owns(owner):
                 continue
             rows = list(self._store.records(now, [owner]))
-            targets = self._swarms().nodes_for_key(session_id_key(owner))
+            targets = self._swarms().members_of_owner(owner)
             takers: list[NodeInfo] = []
             for target in targets:
                 try:
