@@ -44,7 +44,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -56,7 +55,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from p2psync.cli import Terminated
+from p2psync.cli import unless_terminated
 from p2psync.clock import Clock
 from p2psync.identity import Identity, session_id_key
 from p2psync.swarm.auth import AuthSigner
@@ -203,14 +202,6 @@ def _owners_of(swarms: SwarmMap, swarm: int) -> Iterator[Identity]:
             yield owner
 
 
-async def _stop_on_sigterm() -> None:
-    """SIGTERM stops the bench as Ctrl-C does, so the nurseries end every child first
-    (the command then exits 143, not 130)."""
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            raise Terminated
-
-
 def _request_makers(
     owners: list[Identity], clock: Clock, batch: int
 ) -> tuple[RequestMaker, RequestMaker, RequestMaker]:
@@ -331,14 +322,7 @@ def run_throughput(
             "load_average": round(load_average, 2),
         }
 
-    async def main() -> dict[str, Any]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_sigterm)
-            result = await measure()
-            nursery.cancel_scope.cancel()
-        return result
-
-    return trio.run(main)
+    return trio.run(unless_terminated, measure)
 
 
 def print_report(result: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .arguments import address_range, number_up_to, whole_number
 from .errors import P2PSyncError
@@ -183,6 +183,21 @@ async def terminated_by_sigterm(*, task_status: trio.TaskStatus[None]) -> None:
             raise Terminated
 
 
+Result = TypeVar("Result")
+
+
+async def unless_terminated(work: Callable[[], Awaitable[Result]]) -> Result:
+    """What ``work`` returns; a SIGTERM meanwhile unwinds it as Ctrl-C would (its
+    nurseries end their children) and raises :class:`Terminated` (exit 143, one line)."""
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(terminated_by_sigterm)
+        result = await work()
+        nursery.cancel_scope.cancel()
+    return result
+
+
 def _cmd_network_up(args: argparse.Namespace) -> int:
     import trio
 
@@ -225,16 +240,7 @@ def _cmd_network_host(args: argparse.Namespace) -> int:
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise CommandError("network host needs a command to run: ... NAME -- COMMAND")
-    codes: list[int] = []
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(terminated_by_sigterm)
-            codes.append(await run_in_host(Path(args.data), args.name, command))
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
-    return codes[0]
+    return trio.run(unless_terminated, partial(run_in_host, Path(args.data), args.name, command))
 
 
 def _ledger_key(args: argparse.Namespace) -> bytes | None:

@@ -441,14 +441,22 @@ def _cmd_pair(args: argparse.Namespace) -> int:
     return _run(args, work, gave_up=waited_for)
 
 
+def _shown_code(device: Device, code: str) -> str | None:
+    """``code`` as the waiting request it names shows it ("123 456" for "123456"), or
+    None if no request shows it."""
+    typed = code.replace(" ", "")
+    return next(
+        (o.code for o in device.pairing.requests() if o.code.replace(" ", "") == typed), None
+    )
+
+
 def _cmd_accept(args: argparse.Namespace) -> int:
     code = args.code or args.decline
 
     def waiting(device: Device) -> bool:
-        offers = device.pairing.requests()
         if code is None:
-            return bool(offers)
-        return any(o.code.replace(" ", "") == code.replace(" ", "") for o in offers)
+            return bool(device.pairing.requests())
+        return _shown_code(device, code) is not None
 
     async def work(device: Device) -> None:
         await device.sync_now()
@@ -475,16 +483,14 @@ def _cmd_accept(args: argparse.Namespace) -> int:
                 )
             if not args.json:
                 say("accept one with: p2psync device accept --code CODE ...")
-        elif args.decline:
+            return
+        shown = _shown_code(device, code) or code
+        if args.decline:
             await device.pairing.decline(code)
-            _emit(
-                args,
-                {"declined": code},
-                f"declined the pairing request with code {code}",
-            )
+            _emit(args, {"declined": shown}, f"declined the pairing request with code {shown}")
         else:
             paired = await device.pairing.accept(code)
-            _emit(args, {"paired": paired, "code": code}, f"paired device {paired}")
+            _emit(args, {"paired": paired, "code": shown}, f"paired device {paired}")
 
     return _run(args, work)
 
@@ -985,11 +991,11 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         wait_help="wait up to S seconds for a request (or the one with --code) to arrive",
     )
     decision = accept.add_mutually_exclusive_group()
-    decision.add_argument("--code", help="accept the request showing this code")
+    decision.add_argument("--code", metavar="CODE", help="accept the request showing this code")
     decision.add_argument("--decline", metavar="CODE", help="decline the request with this code")
     send = command("send", "send a message to a friend", _cmd_send)
     send.add_argument("user", type=_session_id, metavar="SESSION_ID", help="the friend's id")
-    send.add_argument("text", help="the message")
+    send.add_argument("text", metavar="TEXT", help="the message")
     inbox = command(
         "inbox",
         "receive, then print what is new since the last read, and friend requests",
@@ -1025,7 +1031,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     rooms = command(
         "rooms", "public chats: read a room, post to it, or create it", _cmd_rooms, json_output=True
     )
-    rooms.add_argument("room", help="the room's name")
+    rooms.add_argument("room", metavar="ROOM", help="the room's name")
     room_action = rooms.add_mutually_exclusive_group()
     room_action.add_argument("--create", action="store_true", help="create the room")
     room_action.add_argument("--post", metavar="TEXT", help="post TEXT to the room")
@@ -1052,4 +1058,4 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     action.add_argument(
         "--decline", type=_session_id, metavar="SESSION_ID", help="decline a friend request"
     )
-    contacts.add_argument("--text", default="", help="a note with --add")
+    contacts.add_argument("--text", default="", metavar="TEXT", help="a note with --add")

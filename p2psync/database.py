@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,13 @@ def open_database(
     db.execute(f"PRAGMA synchronous={synchronous}")
     db.executescript(schema)
     return db
+
+
+def open_read_only(path: str | Path) -> sqlite3.Connection:
+    """``path`` opened to read alone, beside the process that writes it (WAL lets a
+    reader in while a writer works); any write through it fails."""
+    uri = f"file:{urllib.parse.quote(str(Path(path).absolute()))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
 
 def add_column_if_missing(db: sqlite3.Connection, table: str, column: str, decl: str) -> bool:

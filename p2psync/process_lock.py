@@ -8,7 +8,11 @@ file elsewhere in the process does not drop it; and unlike ``flock`` it can be t
 without being taken (``F_OFD_GETLK``), so a ``status`` asking whether a device is in use
 never holds the lock for a moment that a ``run`` starting just then would find taken.
 Where the platform has no such locks, ``flock`` and a probe that takes it briefly stand
-in."""
+in.
+
+The holder writes its process id and command line into the file, so a refusal can say
+which process to stop (a ``device inbox --wait 600`` in another terminal) rather than
+only that there is one."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import contextlib
 import fcntl
 import os
 import struct
+import sys
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -29,6 +34,10 @@ _OFD = hasattr(fcntl, "F_OFD_SETLK")
 
 class InUse(P2PSyncError):
     """Another process holds the lock."""
+
+
+#: What of a holder's record a refusal reads (a pid and one command line).
+HOLDER_BYTES = 4096
 
 
 def _whole_file(kind: int) -> bytes:
@@ -65,7 +74,10 @@ class ProcessLock:
         self._file = open_lock_file(self.path)
         if not _try_lock(self._file):
             self._file.close()
-            raise InUse(f"{self.path} is held by another process")
+            raise InUse(f"{self.path} is held by {ProcessLock.holder(self.path)}")
+        self._file.truncate(0)
+        self._file.write(f"{os.getpid()} {' '.join(sys.argv[1:])}\n".encode()[:HOLDER_BYTES])
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()
@@ -75,6 +87,20 @@ class ProcessLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @staticmethod
+    def holder(path: str | Path) -> str:
+        """Who holds the lock on ``path``, as its holder wrote it ("process 1234 (device
+        inbox --wait 600 ...)"); "another process" if it wrote nothing readable."""
+        try:
+            with open(path, "rb") as file:
+                record = file.read(HOLDER_BYTES).decode(errors="replace").strip()
+        except OSError:
+            record = ""
+        pid, _, command = record.partition(" ")
+        if not pid.isdigit():
+            return "another process"
+        return f"process {pid} ({command})" if command else f"process {pid}"
 
     @staticmethod
     def held(path: str | Path) -> bool:

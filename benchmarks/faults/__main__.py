@@ -12,13 +12,14 @@ import dataclasses
 import json
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import trio
 from rich.console import Console
 from rich.table import Table
 
-from p2psync.cli import exit_status, output_file, terminated_by_sigterm
+from p2psync.cli import exit_status, output_file, unless_terminated
 from p2psync.identity import Identity
 from p2psync.swarm.client import open_swarm_client
 
@@ -69,11 +70,7 @@ def print_reports(reports: list[FaultReport]) -> None:
 async def run_until_terminated(data_dir: Path, nodes: int, relays: int) -> list[FaultReport]:
     """:func:`run_faults`, unwound by SIGTERM as by Ctrl-C, so the network's processes are
     ended on the way out instead of outliving this one."""
-    async with trio.open_nursery() as nursery:
-        await nursery.start(terminated_by_sigterm)
-        reports = await run_faults(data_dir, nodes, relays)
-        nursery.cancel_scope.cancel()
-    return reports
+    return await unless_terminated(partial(run_faults, data_dir, nodes, relays))
 
 
 def main() -> int:

@@ -435,7 +435,7 @@ def describe_device(data_dir: str | Path) -> Whoami:
     directory = Path(data_dir)
     if not (directory / STORE_FILE).exists():
         raise _no_device(directory)
-    store = _open_store(directory)
+    store = DeviceStore(directory / STORE_FILE, read_only=True)  # beside a holder, if any
     try:
         if store.get_meta("mode") is None or store.get_meta("device_seed") is None:
             raise _no_device(directory)
@@ -465,8 +465,9 @@ def _open_store(directory: Path) -> DeviceStore:
     try:
         return DeviceStore(directory / STORE_FILE)
     except InUse:
+        holder = DeviceStore.holder(directory / STORE_FILE)
         raise DeviceError(
-            f"the device in {directory} is in use by another process; one at a time"
+            f"the device in {directory} is in use by {holder}; one at a time"
         ) from None
 
 

@@ -20,11 +20,12 @@ outbox is the only copy of what the user just sent.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..database import add_column_if_missing, open_database, transaction
+from ..database import add_column_if_missing, open_database, open_read_only, transaction
 from ..identity import message_hash
 from ..mapping import Revocation
 from ..process_lock import ProcessLock
@@ -140,6 +141,13 @@ def _pairing(row: tuple[bytes, int, str, str, int, str, bytes]) -> Pairing:
     return Pairing(row[0], bool(row[1]), row[2], row[3], row[4], PairingState(row[5]), row[6])
 
 
+def _open_for_writing(path: str | Path) -> sqlite3.Connection:
+    db = open_database(path, _SCHEMA, synchronous="FULL")
+    add_column_if_missing(db, "contacts", "name", "TEXT NOT NULL DEFAULT ''")
+    add_column_if_missing(db, "cursors", "expiry", "INTEGER")  # from before
+    return db
+
+
 class DeviceStore:
     """A device's durable state. One process at a time: two that sent, filed and
     acknowledged from one store would each act on what the other half did (say, delete
@@ -155,22 +163,31 @@ class DeviceStore:
         """Whether a process has the store at ``path`` open now (holds its lock)."""
         return ProcessLock.held(f"{path}.lock")
 
-    def __init__(self, path: str | Path) -> None:
+    @staticmethod
+    def holder(path: str | Path) -> str:
+        """Which process holds the store at ``path``, for a refusal to name."""
+        return ProcessLock.holder(f"{path}.lock")
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """The store at ``path``, held; or, ``read_only``, read beside whichever process
+        holds it (no lock taken, so never in a ``run``'s way; any write fails)."""
         self.path = str(path)
-        self._lock = ProcessLock(f"{self.path}.lock")
+        self._lock = None if read_only else ProcessLock(f"{self.path}.lock")
         try:
-            self._db = open_database(path, _SCHEMA, synchronous="FULL")
-            add_column_if_missing(self._db, "contacts", "name", "TEXT NOT NULL DEFAULT ''")
-            add_column_if_missing(self._db, "cursors", "expiry", "INTEGER")  # from before
+            self._db = open_read_only(path) if read_only else _open_for_writing(path)
         except BaseException:
-            self._lock.close()
+            self._release()
             raise
         self._meta: dict[str, bytes | None] = {}
         self._sibling_keys: dict[str, bytes] | None = None
 
     def close(self) -> None:
         self._db.close()
-        self._lock.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
 
     def transaction(self) -> AbstractContextManager[None]:
         return transaction(self._db)

@@ -33,9 +33,10 @@ async def test_a_second_network_on_a_directory_in_use_is_refused_and_touches_not
 def test_the_lock_is_seen_across_processes_and_freed_when_its_holder_dies(
     tmp_path: Path,
 ) -> None:
-    """Held by another process, the lock is seen and refused; killed with SIGKILL, that
-    process leaves it free. A probe only asks (``F_OFD_GETLK``): it never holds the lock
-    for a moment in which a process starting just then would be refused."""
+    """Held by another process, the lock is seen and refused, the refusal naming the
+    holder; killed with SIGKILL, that process leaves it free. A probe only asks
+    (``F_OFD_GETLK``): it never holds the lock for a moment in which a process starting
+    just then would be refused."""
     path = tmp_path / "lock"
     assert not ProcessLock.held(path)
     with subprocess.Popen(
@@ -44,6 +45,7 @@ def test_the_lock_is_seen_across_processes_and_freed_when_its_holder_dies(
             "-c",
             "import sys; from p2psync.process_lock import ProcessLock;"
             f" lock = ProcessLock({str(path)!r}); print('held', flush=True); sys.stdin.read()",
+            *("device", "inbox", "--wait", "600"),  # its command line, as a refusal shows it
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -51,7 +53,7 @@ def test_the_lock_is_seen_across_processes_and_freed_when_its_holder_dies(
         try:
             assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
             assert ProcessLock.held(path)
-            with pytest.raises(InUse):
+            with pytest.raises(InUse, match=rf"process {holder.pid} \(device inbox --wait 600\)$"):
                 ProcessLock(path)
         finally:
             holder.kill()

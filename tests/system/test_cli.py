@@ -263,13 +263,24 @@ async def _stderr_until(process: trio.Process, marker: bytes, *, timeout_s: floa
     """What ``process`` wrote on stderr up to and including ``marker`` (it must say it
     within ``timeout_s``, and not exit first)."""
     assert process.stderr is not None
+    return await _said_until(process.stderr, marker, timeout_s=timeout_s)
+
+
+async def _said_until(stream: trio.abc.ReceiveStream, marker: bytes, *, timeout_s: float) -> bytes:
+    """What came on ``stream`` up to and including ``marker``, which must come within
+    ``timeout_s`` and before the stream ends."""
     said = b""
     with trio.fail_after(timeout_s):
         while marker not in said:
-            chunk = await process.stderr.receive_some(4096)
+            chunk = await stream.receive_some(4096)
             assert chunk, f"it exited early: {said.decode(errors='replace')}"
             said += chunk
     return said
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some(4096):
+        pass
 
 
 async def _until_gone(pids: set[int]) -> None:
@@ -316,6 +327,32 @@ def test_bench_throughput_measures_a_swarm_with_quorum_writes(tmp_path: Path) ->
         figures["stores_per_s"] / figures["floor_stores_per_s"], abs=0.001
     )
     assert figures["ratio_per_core"] > 0 and figures["node_cpu_us_per_store"] > 0
+
+
+@pytest.mark.slow
+async def test_the_demo_stopped_by_sigterm_says_so_in_one_line(tmp_path: Path) -> None:
+    """SIGTERM mid-story ends the demo as Ctrl-C does: its embedded network unwinds,
+    and the last line says why it stopped (it used to die in silence)."""
+    process = await trio.lowlevel.open_process(
+        [*P2PSYNC, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        await _said_until(process.stdout, b"1. Pairing", timeout_s=60)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, process.stdout)  # what it says as it unwinds
+                said = b""
+                while chunk := await process.stderr.receive_some(4096):
+                    said += chunk
+                code = await process.wait()
+        assert code == 143
+        assert said.decode().strip().splitlines()[-1] == "terminated"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 @pytest.mark.slow

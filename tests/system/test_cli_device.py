@@ -470,7 +470,8 @@ async def test_display_names_beside_ids_and_run_stopped_by_signals_says_how_it_e
 async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path) -> None:
     """Human output of ``whoami`` and ``status`` is one result per line (no newline shown
     as ``\\u000a``); ``status`` says the last sync ("never" before any); ``accept --json``
-    lists each pairing request as one JSON object; a wrong code is named; a declined
+    lists each pairing request as one JSON object, and answers a code typed without its space
+    as it shows it; a wrong code is named; a declined
     ``pair`` hears it at once and exits 1 with one line; ``devices`` lists the user's
     devices and, on a mapped primary, ``--revoke`` unpairs one."""
     async with open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network:
@@ -506,8 +507,9 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
             wrong = "000 000" if code != "000 000" else "111 111"
             code_, _, err = await run("accept", *where("phone"), "--code", wrong)
             assert code_ == 1 and f"no pairing request is waiting with code {wrong}" in err
-            declined = await ok("accept", *where("phone"), "--decline", code, "--json")
-            assert json.loads(declined) == {"declined": code}
+            typed = code.replace(" ", "")  # typed without the space the code shows
+            declined = await ok("accept", *where("phone"), "--decline", typed, "--json")
+            assert json.loads(declined) == {"declined": code}  # answered as it is shown
             declined_at = trio.current_time()
         [(code_, _, err)] = asked
         assert code_ == 1 and err.splitlines() == [
@@ -519,7 +521,11 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(ok, "pair", *where("tablet"), "--primary", ids["phone"]))
-            await ok("accept", *where("phone"), "--code", (await offer())["code"])
+            code = (await offer())["code"]
+            accepted = await ok(
+                "accept", *where("phone"), "--code", code.replace(" ", ""), "--json"
+            )
+            assert json.loads(accepted) == {"paired": ids["tablet"], "code": code}
         # Right after start the endpoint may or may not be up yet (the driver test
         # test_sync_status pins "starting" down under virtual time); never "swarm only".
         status = (await ok("status", *where("phone"), "--wait", "0")).splitlines()

@@ -1,0 +1,47 @@
+"""A device folder another process holds (``inbox --wait``, ``run``, a script): what only
+reads it still answers, and what would write it is refused naming the holder."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from p2psync.cli import main
+from p2psync.device.device import STORE_FILE
+from p2psync.device.store import DeviceStore
+
+
+def _init(data: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["device", "init", "--data", str(data), "--mode", "linked", "--name", "tab"]) == 0
+    return capsys.readouterr().out.split()[-1]
+
+
+def test_whoami_answers_beside_the_process_that_holds_the_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "tablet"
+    device_id = _init(data, capsys)
+    with closing(DeviceStore(data / STORE_FILE)):  # as a running `inbox --wait` holds it
+        assert main(["device", "whoami", "--data", str(data), "--json"]) == 0
+        me = json.loads(capsys.readouterr().out)
+        assert (me["device"], me["name"], me["mode"]) == (device_id, "tab", "linked")
+        reader = DeviceStore(data / STORE_FILE, read_only=True)
+        with closing(reader), pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.set_meta("name", b"changed")
+
+
+def test_a_command_refused_a_held_device_names_the_holder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "tablet"
+    data.mkdir()
+    with closing(DeviceStore(data / STORE_FILE)):  # before the device is made, even
+        status = main(["device", "init", "--data", str(data), "--mode", "mapped"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"the device in {data} is in use by process {os.getpid()} (" in err
