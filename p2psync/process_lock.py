@@ -93,10 +93,12 @@ class ProcessLock:
         """Who holds the lock on ``path``, as its holder wrote it ("process 1234 (device
         inbox --wait 600 ...)"); "another process" if it wrote nothing readable."""
         try:
-            with open(path, "rb") as file:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(descriptor, "rb") as file:
                 record = file.read(HOLDER_BYTES).decode(errors="replace").strip()
         except OSError:
             record = ""
+        record = "".join(c if c.isprintable() else "?" for c in record)  # for a terminal
         pid, _, command = record.partition(" ")
         if not pid.isdigit():
             return "another process"
