@@ -18,7 +18,7 @@ import trio
 from ..envelope import open_envelope
 from ..errors import DecodeError
 from ..identity import Identity, ed25519_to_x25519
-from ..swarm.client import Message, SwarmClient
+from ..swarm.client import Deliver, Message, SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from .content import decode_content
 from .inbound import (
@@ -114,9 +114,9 @@ class Receiver:
                 streams.append((Identity(secret), NAMESPACE_CONTROL))
         return streams
 
-    async def _receive(self, identity: Identity, namespace: int) -> None:
+    def _filer(self, identity: Identity, namespace: int) -> Deliver:
+        """What files a batch read from ``identity``'s ``namespace``."""
         owner = identity.session_id
-        cursor = self._store.cursor(owner, namespace)
 
         async def file_batch(batch: list[Message]) -> None:
             for message in batch:
@@ -124,6 +124,11 @@ class Receiver:
                 # Per message: a restart (or a stream change) resumes right after it.
                 self._store.set_cursor(owner, namespace, message)
 
+        return file_batch
+
+    async def _receive(self, identity: Identity, namespace: int) -> None:
+        cursor = self._store.cursor(identity.session_id, namespace)
+        file_batch = self._filer(identity, namespace)
         if self._local.config.receive == "subscribe":
             await self._swarm.subscribe(
                 identity,
@@ -144,12 +149,10 @@ class Receiver:
     async def sync_now(self) -> None:
         """Fetch and file everything waiting in this device's swarms now."""
         for identity, namespace in self._streams():
-            owner = identity.session_id
-            cursor = self._store.cursor(owner, namespace)
-            batch, _ = await self._swarm.drain(identity, namespace, cursor)
-            for message in batch:
-                await self._process(identity, namespace, message.hash, message.data)
-                self._store.set_cursor(owner, namespace, message)
+            cursor = self._store.cursor(identity.session_id, namespace)
+            await self._swarm.catch_up(
+                identity, namespace, cursor, self._filer(identity, namespace)
+            )
 
     async def _process(
         self, identity: Identity, namespace: int, digest: bytes, data: bytes

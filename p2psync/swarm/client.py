@@ -41,7 +41,7 @@ from .attempts import (
 )
 from .auth import AuthSigner
 from .constants import DEFAULT_TTL_MS, POLL_INTERVAL_S
-from .cursor import Cursor
+from .cursor import PAGES_PER_DRAIN, Cursor, StreamRead
 from .directory import Directory, Listing
 from .listing import Snapshot
 from .messages import (
@@ -226,22 +226,52 @@ class SwarmClient:
         return list(ExpireReply.from_wire(result, asked=len(hashes)).updated)
 
     async def drain(
-        self, identity: Identity, namespace: int, cursor: Cursor, node: NodeInfo | None = None
-    ) -> tuple[list[Message], NodeInfo]:
-        """Everything newer than the cursor (all pages), deduplicated."""
+        self,
+        identity: Identity,
+        namespace: int,
+        cursor: Cursor,
+        node: NodeInfo | None = None,
+        read: StreamRead | None = None,
+    ) -> tuple[list[Message], NodeInfo, bool]:
+        """What is newer than the cursor, deduplicated, up to :data:`PAGES_PER_DRAIN`
+        pages; and whether the node has more (:meth:`catch_up` reads on). ``read`` is
+        what the node served of the stream so far (:class:`DecodeError` once it fails)."""
+        read = read or StreamRead()
         collected: list[Message] = []
         last = cursor.at(self.clock.now_ms())
         more = True
-        while more:
+        for _ in range(PAGES_PER_DRAIN):
             messages, more, served_by = await self.retrieve(identity, namespace, last, node)
             if node is not None and served_by is not node:
                 break
             if node is None:
                 node = served_by
+            read.take(messages, more, last)
             collected += cursor.fresh(messages, trio.current_time())
             last = cursor.last_hash
+            if not more:
+                break
         assert node is not None
-        return collected, node
+        return collected, node, more
+
+    async def catch_up(
+        self,
+        identity: Identity,
+        namespace: int,
+        cursor: Cursor,
+        deliver: Deliver,
+        node: NodeInfo | None = None,
+    ) -> NodeInfo:
+        """Deliver everything newer than the cursor, a drain at a time (each delivered
+        before the next is read), and return the node that served it."""
+        read = StreamRead()
+        more = True
+        while more:
+            batch, node, more = await self.drain(identity, namespace, cursor, node, read)
+            if batch:
+                await deliver(batch)
+        assert node is not None
+        return node
 
     async def poll(
         self,
@@ -259,11 +289,9 @@ class SwarmClient:
         backoff = Backoff(2 * interval_s, MAX_BACKOFF_S)
         while True:
             try:
-                batch, node = await self.drain(identity, namespace, cursor, node)
+                node = await self.catch_up(identity, namespace, cursor, deliver, node)
                 backoff.succeeded()
                 wait = interval_s
-                if batch:
-                    await deliver(batch)
             except (RpcError, OSError, ConnectionLost, DecodeError) as exc:
                 logger.info("poll for %s failed: %s", identity.session_id[:10], exc)
                 if node is not None:
@@ -360,9 +388,7 @@ class SwarmClient:
         caught_up = False
         while True:
             if not caught_up:
-                batch, _ = await self.drain(identity, namespace, cursor, node)
-                if batch:
-                    await deliver(batch)
+                await self.catch_up(identity, namespace, cursor, deliver, node)
             with trio.move_on_after(catch_up_s) as waiting:
                 push = await connection.notifications.receive()
                 pushed = Notification.from_wire(push.params).messages

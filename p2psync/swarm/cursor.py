@@ -12,6 +12,14 @@ back after a day away, which a server could match to the device's siblings meeti
 then read from the start anyway. The margin covers the clocks' skew and the nodes' sweep
 interval: a cursor a node may still hold is sent, so a read does not start over (and
 bring back records already read) while it need not.
+
+A read trusts no node to end it (:class:`StreamRead`): its pages are handed on
+:data:`PAGES_PER_DRAIN` at a time, so a node that always answers "more" holds no more
+than that in the reader's memory nor keeps what came so far from being filed; a page
+that does not move the cursor (empty, or ending where the read already was) would be
+asked for again forever, and a node serving more of one stream than its owner's quota
+lets any member hold is serving what is not there: either is the node failing, and the
+reader goes to another member.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..errors import DecodeError
+from .allowance import OWNER_QUOTA_BYTES, ROW_CHARGE_BYTES
 from .messages import Message
 
 #: A message a node received this long before the newest is safely on every member.
@@ -78,3 +88,31 @@ class Cursor:
                 self.last_hash, self.last_expiry_ms = digest, expiry_ms
                 return
         _, self.last_hash, self.last_expiry_ms = self._recent[0]
+
+
+#: Pages one drain reads before handing on what it has (at most 64 frames of 128 KiB).
+PAGES_PER_DRAIN = 64
+#: What one node may serve of one stream before the read catches up: twice what a
+#: member keeps for an owner (rows charged as the quota charges them), which leaves room
+#: for rows that expired and were replaced while the read went on.
+MAX_SERVED_CHARGE = 2 * OWNER_QUOTA_BYTES
+
+
+@dataclass
+class StreamRead:
+    """One read of a stream from one node, until it catches up: what the node served."""
+
+    served_charge: int = 0
+
+    def take(self, messages: Sequence[Message], more: bool, after: bytes | None) -> None:
+        """Check a page read after the cursor ``after``; :class:`DecodeError` if the node
+        fails (a page that says "more" and does not move the cursor, or a node serving
+        past what any member may hold of one stream)."""
+        self.served_charge += sum(len(m.data) + ROW_CHARGE_BYTES for m in messages)
+        if more and (not messages or messages[-1].hash == after):
+            raise DecodeError("a node said there was more but served nothing past the cursor")
+        if self.served_charge > MAX_SERVED_CHARGE:
+            raise DecodeError(
+                f"a node served more than {MAX_SERVED_CHARGE} bytes of one stream"
+                " without catching up: more than any member holds"
+            )

@@ -19,10 +19,11 @@ from p2psync.errors import DecodeError, RpcError
 from p2psync.identity import Identity, message_hash
 from p2psync.network import NodeHandle
 from p2psync.rpc import open_rpc, open_rpc_pool
+from p2psync.swarm.allowance import ROW_CHARGE_BYTES
 from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.client import Message, SwarmClient, open_swarm_client
 from p2psync.swarm.constants import MAX_DATA_BYTES, MAX_STORE_BATCH
-from p2psync.swarm.cursor import DEAD_CURSOR_MS, Cursor
+from p2psync.swarm.cursor import DEAD_CURSOR_MS, MAX_SERVED_CHARGE, PAGES_PER_DRAIN, Cursor
 from p2psync.swarm.directory import FileDirectory, Listing
 from p2psync.swarm.listing import Snapshot
 from p2psync.swarm.messages import StoreRequest, store_batches
@@ -78,7 +79,7 @@ async def test_batches_of_stores_are_answered_in_order_and_kept_by_every_member(
         assert results == [(message_hash(d), TEST_EPOCH_MS + 3_600_000) for d in kept]
         for node in swarm_of(network, ALICE):
             await wait_until(lambda node=node: node.store.stats()[0] == len(kept))
-        messages, _ = await swarm.drain(ALICE, 0, Cursor())
+        messages, _, _ = await swarm.drain(ALICE, 0, Cursor())
         # Rows stored in one millisecond read back in hash order, however they came.
         assert sorted(m.data for m in messages) == sorted(kept)
 
@@ -504,7 +505,7 @@ async def test_a_node_killed_during_a_burst_loses_nothing_acknowledged(
         assert len(acknowledged) == 100
         await network.start_node(victim)
         await wait_until(lambda: all(holders(network, ALICE, d) == 6 for d in acknowledged))
-        messages, _ = await swarm.drain(ALICE, 0, Cursor())
+        messages, _, _ = await swarm.drain(ALICE, 0, Cursor())
         assert {m.hash for m in messages} == set(acknowledged)
 
 
@@ -680,6 +681,59 @@ class _Pages(SwarmClient):
         return page, len(self.asked) < len(self.pages), node or NodeInfo("aa" * 32, "mem:node")
 
 
+class _Endless(SwarmClient):
+    """A swarm client whose node answers every read with ``page(n)`` and "more"."""
+
+    def __init__(self, page: Any) -> None:
+        super().__init__(None, None, Clock(TEST_EPOCH_MS), random.Random(1))  # type: ignore[arg-type]
+        self.page = page
+        self.served = 0
+
+    async def retrieve(  # type: ignore[override]
+        self,
+        identity: Identity,
+        namespace: int,
+        last_hash: bytes | None,
+        node: NodeInfo | None = None,
+    ) -> tuple[list[Message], bool, NodeInfo]:
+        self.served += 1
+        return self.page(self.served, last_hash), True, node or NodeInfo("aa" * 32, "mem:node")
+
+
+async def test_a_node_that_always_has_more_is_read_a_drain_at_a_time_then_left() -> None:
+    """A node answering every page with new messages and "more" neither holds the read
+    (each drain's pages are delivered before the next is read, so a reader keeps one
+    drain in memory and files what came) nor keeps it for good: past what any member may
+    hold of one stream, the node is failing (:class:`DecodeError`), and a poll goes to
+    another member. A page that says "more" but does not move the cursor is failing at
+    once: asked again, it would be served again for ever."""
+    data = bytes(100_000)
+    reader = _Endless(
+        lambda n, after: [Message(n.to_bytes(32, "big"), 0, TEST_EPOCH_MS + 60_000, data)]
+    )
+    delivered: list[int] = []
+
+    async def deliver(batch: list[Message]) -> None:
+        delivered.append(len(batch))
+
+    with pytest.raises(DecodeError, match="more than any member holds"):
+        await reader.catch_up(ALICE, 0, Cursor(), deliver)
+    charge = len(data) + ROW_CHARGE_BYTES
+    assert reader.served == MAX_SERVED_CHARGE // charge + 1
+    assert delivered and set(delivered[:-1]) == {PAGES_PER_DRAIN}
+
+    for name, page in {
+        "empty": lambda n, after: [],
+        "ends where the read was": lambda n, after: [
+            Message(after or b"\1" * 32, 0, TEST_EPOCH_MS + 60_000, b"x")
+        ],
+    }.items():
+        stuck = _Endless(page)
+        with pytest.raises(DecodeError, match="served nothing past the cursor"):
+            await stuck.catch_up(ALICE, 0, Cursor(), deliver)
+        assert stuck.served == (1 if name == "empty" else 2), name
+
+
 async def test_a_drain_asks_for_each_later_page_after_the_last_message_it_read() -> None:
     """Only a read's first page may begin from the start for a dead cursor: a page that
     ends on a message the reader takes for long expired (a node serving it late) is
@@ -689,7 +743,7 @@ async def test_a_drain_asks_for_each_later_page_after_the_last_message_it_read()
     dead = Message(b"\1" * 32, 0, now - DEAD_CURSOR_MS, b"long expired")
     live = Message(b"\2" * 32, 0, now + 60_000, b"live")
     reader = _Pages(Clock(now), [[dead], [live]])
-    messages, _ = await reader.drain(
+    messages, _, _ = await reader.drain(
         ALICE, 0, Cursor(last_hash=dead.hash, last_expiry_ms=dead.expiry_ms)
     )
     assert reader.asked == [None, dead.hash]
