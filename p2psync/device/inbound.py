@@ -536,6 +536,10 @@ class _Decision:
         contact = self.view.contact(revocation.primary)
         if contact is None or not is_friend(contact.state):
             raise _Refused(f"a revocation from {revocation.primary[:12]}…, not a friend")
+        if revocation.secondary not in contact.devices:
+            # Anyone may sign a revocation naming any device (another friend's, say);
+            # kept, it would only grow what every lookup reads.
+            raise _Refused("a revocation of a device not known to be its user's")
         devices = tuple(d for d in contact.devices if d != revocation.secondary)
         return [RevokeDevices((revocation,), replace(contact, devices=devices))]
 

@@ -26,6 +26,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..database import add_column_if_missing, open_database, open_read_only, transaction
+from ..fileserver.rules import MAX_LISTED_REVOCATIONS
 from ..identity import message_hash
 from ..mapping import Revocation
 from ..process_lock import ProcessLock
@@ -449,8 +450,11 @@ class DeviceStore:
         )
 
     def remove_sibling(self, device: str) -> None:
+        """Forget a sibling and the sync copies queued for it and not stored yet."""
         self._sibling_keys = None
-        self._db.execute("DELETE FROM siblings WHERE device = ?", (device,))
+        with self.transaction():
+            self._db.execute("DELETE FROM siblings WHERE device = ?", (device,))
+            self._drop_copies_to(device)
 
     # --- revocations seen (mapped mode) ----------------------------------------------------
 
@@ -471,7 +475,10 @@ class DeviceStore:
     def keep_revocations(self, revocations: Sequence[Revocation]) -> None:
         """Remember verified revocations, the newest per pair; a revocation new here also
         drops the outbox's copies for the revoked device that are not stored yet (queued
-        before it, they would still reach a stolen device's swarm)."""
+        before it, they would still reach a stolen device's swarm), of what was sent to
+        the revoking user only: anyone may sign a revocation naming any device, and one
+        signed by a friend must not cancel what goes to someone else. (A sibling's sync
+        copies go with it: :meth:`remove_sibling`.)"""
         with self.transaction():
             for revocation in revocations:
                 kept = self._db.execute(
@@ -487,7 +494,13 @@ class DeviceStore:
                     ),
                 ).rowcount
                 if kept:
-                    self._drop_copies_to(revocation.secondary)
+                    self._drop_copies_to(revocation.secondary, sent_to=revocation.primary)
+                    self._db.execute(  # the newest of each user's, as a server lists them
+                        "DELETE FROM revocations WHERE primary_id = ? AND secondary NOT IN"
+                        " (SELECT secondary FROM revocations WHERE primary_id = ?"
+                        "  ORDER BY timestamp DESC LIMIT ?)",
+                        (revocation.primary, revocation.primary, MAX_LISTED_REVOCATIONS),
+                    )
 
     def drop_outbox(self) -> None:
         """Forget everything queued and not stored yet (a device unpaired by its primary:
@@ -496,8 +509,17 @@ class DeviceStore:
             self._db.execute("DELETE FROM outbox_copies")
             self._db.execute("DELETE FROM outbox")
 
-    def _drop_copies_to(self, owner: str) -> None:
-        self._db.execute("DELETE FROM outbox_copies WHERE owner = ?", (owner,))
+    def _drop_copies_to(self, owner: str, *, sent_to: str | None = None) -> None:
+        """Drop the copies for ``owner`` not stored yet (of what was sent to the user
+        ``sent_to`` only, if named), and the entries that have none left."""
+        if sent_to is None:
+            self._db.execute("DELETE FROM outbox_copies WHERE owner = ?", (owner,))
+        else:
+            self._db.execute(
+                "DELETE FROM outbox_copies WHERE owner = ?"
+                " AND seq IN (SELECT seq FROM outbox WHERE recipient = ?)",
+                (owner, sent_to),
+            )
         self._db.execute(
             "DELETE FROM outbox WHERE expanded = 1"
             " AND NOT EXISTS (SELECT 1 FROM outbox_copies WHERE outbox_copies.seq = outbox.seq)"

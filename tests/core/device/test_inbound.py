@@ -38,6 +38,7 @@ from p2psync.device.inbound import (
     NeedDevicesOf,
     PutContact,
     Reject,
+    RevokeDevices,
     RevokedHere,
     RevokeSibling,
     SendChallenge,
@@ -311,6 +312,23 @@ def test_our_primarys_revocation_of_this_device_is_taken_once_and_only_in_mapped
     linked = Known(mode=Mode.LINKED, user_id=PRIMARY.session_id)
     [refused] = run(linked, inbound(DeviceRevoked(mine.to_bytes()), PRIMARY))
     assert isinstance(refused, Reject) and "new identity" in refused.reason
+
+
+def test_a_friends_revocation_is_taken_only_for_a_device_of_that_friend() -> None:
+    """Bob's primary revoking his phone drops it from his devices; Bob signing a
+    revocation of another user's device (or of one not known to be his) is refused:
+    anyone may sign one naming any device, and kept it would cancel what is queued for
+    that device."""
+    known = Known(
+        mode=Mode.MAPPED, contacts={BOB.session_id: friend(BOB.session_id, BOBS_PHONE.session_id)}
+    )
+    phone = revoke_pairing(BOB, BOBS_PHONE.session_id, NOW - 10)
+    assert run(known, inbound(DeviceRevoked(phone.to_bytes()), BOB)) == [
+        RevokeDevices((phone,), friend(BOB.session_id))
+    ]
+    not_his = revoke_pairing(BOB, SIBLING.session_id, NOW - 10)
+    [refused] = run(known, inbound(DeviceRevoked(not_his.to_bytes()), BOB))
+    assert isinstance(refused, Reject) and "not known to be its user's" in refused.reason
 
 
 def test_a_revocation_read_again_changes_nothing() -> None:

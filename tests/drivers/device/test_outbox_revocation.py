@@ -7,6 +7,7 @@ from pathlib import Path
 
 from p2psync.device.rows import Copy
 from p2psync.device.store import DeviceStore
+from p2psync.fileserver.rules import MAX_LISTED_REVOCATIONS
 from p2psync.identity import Identity
 from p2psync.mapping import revoke_pairing
 
@@ -38,5 +39,52 @@ def test_copies_queued_for_a_revoked_device_are_dropped_and_the_rest_kept(
         store.expand(again, [Copy(again, TABLET.session_id, 1, b"w")])
         store.keep_revocations([revoked])
         assert store.copies(again) == [Copy(again, TABLET.session_id, 1, b"w")]
+    finally:
+        store.close()
+
+
+BOB = Identity.from_label("outbox/bob")
+BOBS_PHONE = Identity.from_label("outbox/bob-phone")
+MALLORY = Identity.from_label("outbox/mallory")
+
+
+def test_a_revocation_drops_only_what_was_sent_to_its_signers_user(tmp_path: Path) -> None:
+    """Anyone may sign a revocation naming any device: one Mallory signed naming Bob's
+    phone leaves the copy queued for that phone of a message to Bob (a review lost it
+    so, unsent and unseen); Bob's own drops it. Removing a sibling drops the sync copies
+    queued for it, whoever the message went to."""
+    store = DeviceStore(tmp_path / "device.sqlite3")
+    try:
+        to_bob = store.add_outbox("text", BOB.session_id, b"a", NOW, None)
+        phone, synced = (
+            Copy(to_bob, BOBS_PHONE.session_id, 0, b"x"),
+            Copy(to_bob, TABLET.session_id, 1, b"y"),
+        )
+        store.expand(to_bob, [phone, synced])
+        store.keep_revocations([revoke_pairing(MALLORY, BOBS_PHONE.session_id, NOW)])
+        assert store.copies(to_bob) == [phone, synced]
+        store.keep_revocations([revoke_pairing(BOB, BOBS_PHONE.session_id, NOW)])
+        assert store.copies(to_bob) == [synced]
+        store.remove_sibling(TABLET.session_id)
+        assert store.outbox() == []
+    finally:
+        store.close()
+
+
+def test_a_user_s_revocations_are_kept_newest_first_up_to_what_a_server_lists(
+    tmp_path: Path,
+) -> None:
+    """Every lookup reads the revocations kept: a user who signs revocations without end
+    leaves the newest :data:`MAX_LISTED_REVOCATIONS` of them, not all."""
+    store = DeviceStore(tmp_path / "device.sqlite3")
+    try:
+        signed = [
+            revoke_pairing(MALLORY, Identity.from_label(f"outbox/{n}").session_id, NOW + n)
+            for n in range(MAX_LISTED_REVOCATIONS + 20)
+        ]
+        for revocation in signed:
+            store.keep_revocations([revocation])
+        kept = store.revocations()
+        assert sorted(r.timestamp_ms for r in kept) == [r.timestamp_ms for r in signed[20:]]
     finally:
         store.close()
