@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -41,6 +42,9 @@ from .values import TRANSIENT
 
 logger = logging.getLogger(__name__)
 
+#: Users whose device lists a device keeps at most.
+CACHED_USERS = 4096
+
 
 class Outbox:
     """Delivers the outbox while the device is online (see the module docstring)."""
@@ -53,8 +57,9 @@ class Outbox:
         self._network = network
         self._pool = pool
         self._swarm = swarm
-        #: The file server's device lists: user -> (epoch ms fetched, devices).
-        self._cache: dict[str, tuple[int, tuple[str, ...]]] = {}
+        #: The file server's device lists: user -> (epoch ms fetched, devices), the
+        #: :data:`CACHED_USERS` asked about last (anyone can make a device ask about a user).
+        self._cache: OrderedDict[str, tuple[int, tuple[str, ...]]] = OrderedDict()
         self._passed = trio.Event()
         #: Why the last pass left something unsent (None: it did not), for the user to
         #: see that a message waits and on what (a recipient's mailbox full, say).
@@ -270,6 +275,9 @@ class Outbox:
                 contact=self._store.contact(user),
             )
         self._cache[user] = (now_ms, devices)
+        self._cache.move_to_end(user)
+        if len(self._cache) > CACHED_USERS:
+            self._cache.popitem(last=False)
         return devices
 
     async def own_devices(self) -> tuple[str, ...]:

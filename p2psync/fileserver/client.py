@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
 
 from overlay.link import Transport
 
@@ -16,23 +19,34 @@ from ..rpc import RpcCaller, open_rpc
 from ..wire import Fields
 from .rules import MAX_LISTED_REVOCATIONS, MAX_LISTED_SECONDARIES, SESSION_ID_CHARS
 
+#: How long a call may wait for its answer: an onion request's path build and three
+#: hops each way take seconds at most.
+CALL_TIMEOUT_S = 20.0
+
 
 class FileServerClient:
     """Typed calls to a file server over one RPC connection.
 
     Answers are checked, not trusted: :meth:`get_mappings` verifies every mapping and that
     they agree with the listed devices, raising :class:`DecodeError` if the server lies.
-    Refusals arrive as :class:`RpcError`; wrap calls in a cancel scope for a deadline.
+    Refusals arrive as :class:`RpcError`; a call not answered within ``timeout_s`` raises
+    :class:`trio.TooSlowError` (a server that holds a call would otherwise hold whatever
+    waits on it: a device's receive loop, checking who sent a record).
     """
 
-    def __init__(self, rpc: RpcCaller) -> None:
+    def __init__(self, rpc: RpcCaller, *, timeout_s: float = CALL_TIMEOUT_S) -> None:
         self.rpc = rpc
+        self.timeout_s = timeout_s
 
     async def put_mapping(self, mapping: DeviceMapping) -> None:
-        await self.rpc.call("put_mapping", {"mapping": mapping.to_bytes()})
+        await self._call("put_mapping", {"mapping": mapping.to_bytes()})
 
     async def revoke_mapping(self, revocation: Revocation) -> None:
-        await self.rpc.call("revoke_mapping", {"revocation": revocation.to_bytes()})
+        await self._call("revoke_mapping", {"revocation": revocation.to_bytes()})
+
+    async def _call(self, method: str, params: dict[str, Any]) -> object:
+        with trio.fail_after(self.timeout_s):
+            return await self.rpc.call(method, params)
 
     async def get_mappings(
         self, session_id: str, known_revocations: Iterable[Revocation] = ()
@@ -41,7 +55,7 @@ class FileServerClient:
         earlier answers) apply too, so a server cannot un-revoke a device for us."""
         session_id_key(session_id)
         result = Fields(
-            await self.rpc.call("get_mappings", {"session_id": session_id}), "get_mappings"
+            await self._call("get_mappings", {"session_id": session_id}), "get_mappings"
         )
         result.only("primary", "secondaries", "mappings", "revocations")
         primary = result.text("primary", max_len=SESSION_ID_CHARS)

@@ -183,8 +183,15 @@ class OpenGroupServer:
             try:
                 client = FileServerClient(await self._pool.get(self.fileserver_url))
                 user = (await client.get_mappings(post.sender)).primary
-            except (OSError, LinkClosed, ConnectionLost, RpcError, DecodeError) as exc:
-                logger.warning("file server lookup for %s failed: %s", post.sender[:12], exc)
+            except (
+                OSError,
+                LinkClosed,
+                ConnectionLost,
+                RpcError,
+                DecodeError,
+                trio.TooSlowError,
+            ) as exc:
+                logger.warning("file server lookup for %s failed: %r", post.sender[:12], exc)
                 raise RpcError("unavailable", "the file server cannot confirm the sender") from None
         if post.primary is not None and post.primary != user:
             raise RpcError("unauthorized", "the sender is not a device of the claimed primary")

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from p2psync.device.content import (
     ContactRecord,
     DeviceRevoked,
+    FriendRequest,
     HistoryRecord,
     PairChallenge,
     PairGrant,
@@ -32,7 +33,7 @@ from p2psync.device.modes import Mode
 from p2psync.device.pairing import REQUESTS_PER_KEY, pairing_code
 from p2psync.envelope import MAX_TIMESTAMP_MS, Envelope, open_envelope, seal_envelope
 from p2psync.errors import DecodeError, RpcError
-from p2psync.fileserver.client import open_fileserver_client
+from p2psync.fileserver.client import CALL_TIMEOUT_S, open_fileserver_client
 from p2psync.identity import Identity, session_id_key
 from p2psync.mapping import PAIRING_WINDOW_MS, create_mapping, revoke_pairing
 from p2psync.opengroup.client import open_opengroup_client
@@ -526,3 +527,35 @@ async def test_a_full_mailbox_holds_up_mail_to_its_owner_alone(
         assert texts(bob, alice.session_id) == [(False, "to bob, first")]
         await wait_until(lambda: alice.sync_status().last_send_error is None)
         assert alice.sync_status().unsent == 0
+
+
+async def test_a_file_server_that_never_answers_holds_the_inbox_for_a_deadline_only(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Stranger records that make a device ask the file server who a key belongs to
+    (a friend request signed by a key that is not its claimed user's), while the file
+    server holds every such question unanswered: each question gives up after the
+    client's deadline, so a friend's message stored after them is filed within minutes
+    (without the deadline, the receive loop waited for good: nothing after the first
+    was ever filed)."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice", "linked") as alice,
+        device(network, tmp_path, "bob", "linked") as bob,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        await befriend(alice, bob)
+
+        async def never(params: Fields, conn: Any) -> object:
+            await trio.sleep_forever()
+
+        network.servers()[network.fileserver_url].add_method("get_mappings", never)
+        for n in range(3):
+            claimed = Identity.from_label(f"claimed {n}").session_id
+            await inject(
+                swarm, MALLORY, bob.session_id, NAMESPACE_MESSAGES, FriendRequest(claimed, (), "hi")
+            )
+        began = trio.current_time()
+        await alice.send(bob.session_id, "after the strangers")
+        await wait_until(lambda: texts(bob, alice.session_id) == [(False, "after the strangers")])
+        assert trio.current_time() - began < 4 * CALL_TIMEOUT_S + 30
