@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from ..envelope import seal_envelope
+from ..envelope import MAX_BODY_BYTES, seal_envelope
 from ..errors import ConnectionLost, RpcError
 from ..identity import session_id_key
 from ..mapping import (
@@ -28,6 +28,7 @@ from ..swarm.client import SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL
 from ..wire import encode_cbor
 from .content import (
+    MAX_CONTACTS,
     Content,
     DeviceRevoked,
     PairChallenge,
@@ -48,6 +49,7 @@ from .pairing import (
     PairingEvent,
     PairingState,
     choose_offer,
+    grant_contacts,
     latest_per_device,
     pairing_code,
     pairing_transition,
@@ -134,28 +136,33 @@ class Pairer:
             )
         identity = self._local.identity
         secret = self._siblings.secret_to_hand_over()
-        contacts = tuple(c.record for c in self._store.contacts())
         mapping = None
         if not plan.hands_over_seed:
             mapping = grant_pairing(identity, PairingRequest.from_bytes(joining["request"]))
             client = await self._outbox.fileserver()
             await client.put_mapping(mapping)
             self._outbox.forget(self._local.user_id)
-        grant = PairGrant(
+        bare = PairGrant(
             pairing.request_id,
             None if mapping is None else mapping.to_bytes(),
             identity.seed if plan.hands_over_seed else None,
             secret,
             plan.devices,
-            contacts,
+            (),
             self._local.display_name,
         )
-        await self._answer(plan.recipient, grant)
+        contacts, after = grant_contacts(
+            (c.record for c in self._store.contacts()),
+            lambda some: _fits(replace(bare, contacts=some)),
+        )
+        await self._answer(plan.recipient, replace(bare, contacts=contacts))
         with self._store.transaction():
             move_pairing(self._store, pairing, PairingEvent.ACCEPT)
             self._store.add_sibling(device, pairing.name, overlay)
             if plan.tells_siblings:
                 self._local.queue(SiblingRecord(device, overlay, pairing.name), self._local.user_id)
+            for contact in after:
+                self._local.queue(contact, self._local.user_id)
         self._local.wake_outbox()
         self._siblings.restart()  # sync with the new sibling too
         return device
@@ -264,3 +271,9 @@ def move_pairing(store: DeviceStore, pairing: Pairing, event: PairingEvent) -> P
     moved = replace(pairing, state=move.state)
     store.put_pairing(moved)
     return moved
+
+
+def _fits(grant: PairGrant) -> bool:
+    """Whether ``grant`` can be sent and read: its contacts within what a reader decodes,
+    its body within an envelope's."""
+    return len(grant.contacts) <= MAX_CONTACTS and len(encode_content(grant)[1]) <= MAX_BODY_BYTES

@@ -149,6 +149,10 @@ def _open_for_writing(path: str | Path) -> sqlite3.Connection:
     return db
 
 
+#: Friend requests a device keeps waiting for its user's answer at most.
+PENDING_CONTACTS = 100
+
+
 class DeviceStore:
     """A device's durable state. One process at a time: two that sent, filed and
     acknowledged from one store would each act on what the other half did (say, delete
@@ -291,17 +295,27 @@ class DeviceStore:
         return [c for user in users if (c := self.contact(user)) is not None]
 
     def put_contact(self, contact: Contact) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO contacts (user, state, devices, note, name)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (
-                contact.user,
-                contact.state,
-                encode_cbor(list(contact.devices)),
-                contact.note,
-                contact.name,
-            ),
-        )
+        """Keep ``contact``; past :data:`PENDING_CONTACTS` requests waiting for the user,
+        the one that waited longest is forgotten (a request costs a stranger one store:
+        unbounded, they filled the disk and every pairing grant)."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO contacts (user, state, devices, note, name)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    contact.user,
+                    contact.state,
+                    encode_cbor(list(contact.devices)),
+                    contact.note,
+                    contact.name,
+                ),
+            )
+            if contact.state == ContactState.PENDING:
+                self._db.execute(
+                    "DELETE FROM contacts WHERE state = ? AND rowid NOT IN (SELECT rowid"
+                    " FROM contacts WHERE state = ? ORDER BY rowid DESC LIMIT ?)",
+                    (ContactState.PENDING, ContactState.PENDING, PENDING_CONTACTS),
+                )
 
     # --- outbox ---------------------------------------------------------------------------
 

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from p2psync.device.content import SiblingRecord
+from p2psync.device.content import ContactRecord, SiblingRecord
+from p2psync.device.friends import ContactState
 from p2psync.device.pairing import (
     ASKED,
+    GRANT_ORDER,
     PAIRING_TRANSITIONS,
     GrantPlan,
     IllegalPairing,
@@ -20,6 +22,7 @@ from p2psync.device.pairing import (
     PairingState,
     choose_offer,
     declined_last,
+    grant_contacts,
     latest_per_device,
     pairing_transition,
     plan_grant,
@@ -231,3 +234,24 @@ def test_a_device_that_asked_again_is_listed_once_by_its_latest_request() -> Non
     assert latest_per_device(offers) == [other, again, same_id]
     twins = [(dave, _Offer(now)), (dave, _Offer(now))]
     assert len(latest_per_device(twins)) == 1
+
+
+def test_a_grant_carries_friends_first_and_as_many_contacts_as_fit() -> None:
+    """Contacts past what fits a grant follow it as sync records, strangers' requests
+    last: however many a stranger left, the friends reach the new device in the grant."""
+    contacts = [
+        ContactRecord(f"{n:066x}", state, ())
+        for n, state in enumerate(
+            [ContactState.PENDING] * 5
+            + [ContactState.FRIEND] * 3
+            + [ContactState.DECLINED, ContactState.REQUESTED]
+        )
+    ]
+    carried, after = grant_contacts(contacts, lambda some: len(some) <= 4)
+    assert [c.state for c in carried] == [ContactState.FRIEND] * 3 + [ContactState.REQUESTED]
+    assert [c.state for c in after] == [ContactState.DECLINED] + [ContactState.PENDING] * 5
+    assert grant_contacts(contacts, lambda some: True) == (
+        tuple(sorted(contacts, key=lambda c: (GRANT_ORDER[c.state], c.user))),
+        (),
+    )
+    assert grant_contacts(contacts, lambda some: not some) == ((), tuple(carried + after))
