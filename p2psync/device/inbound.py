@@ -452,9 +452,13 @@ class _Decision:
             item.timestamp_ms, text.user, False, text.user, item.device, text.text
         )
         self.check_date(record)
-        share = item.digest if self.view.rules.shares_received() else None
-        # One id on every device of ours (``mapped`` fan-out copies carry it).
-        return [File(text.id or item.digest, record, share)]
+        if self.view.rules.shares_received():
+            # One copy for the whole account: its digest is the message's id on every
+            # device, and what the siblings are handed (a sender's id unifies nothing).
+            return [File(item.digest, record, item.digest)]
+        # The copies for a mapped account's other devices carry the id of the primary's
+        # copy, so that every device files the message under one id.
+        return [File(text.id or item.digest, record, None)]
 
     def friend_request(self, request: FriendRequest) -> list[Effect]:
         if request.user == self.view.user_id:

@@ -264,15 +264,16 @@ class Local:
         refusal = date_refusal(record.timestamp_ms, self.clock.now_ms())
         if refusal is not None:
             raise Refused(refusal)
-        new = self.store.add_message(
-            digest,
-            record.timestamp_ms,
-            record.conversation,
-            record.outgoing,
-            record.sender,
-            record.device,
-            record.text,
-        )
+        row = (digest, record.timestamp_ms, record.conversation, record.outgoing)
+        new = self.store.add_message(*row, record.sender, record.device, record.text)
+        if not new and record.outgoing and self.store.filed_as_received(digest):
+            # A message this user sent is named by the hash of its copy, which its
+            # recipient read: a friend who sent a text under that id (a mapped device
+            # files a text under the id its sender gives) came first. Ours is the one
+            # that hashes to it.
+            self.store.replace_message(*row, record.sender, record.device, record.text)
+            self.reject("text", "a friend's message under the id of one this user sent")
+            new = True
         if new:
             self.notify()
         return new

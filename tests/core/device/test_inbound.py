@@ -141,6 +141,15 @@ def test_a_friends_message_is_filed() -> None:
     )
 
 
+def test_a_linked_device_files_under_the_copys_digest_whatever_id_it_names() -> None:
+    """One copy reaches a linked account, filed and handed to the siblings under its
+    digest: an id its sender names unifies nothing (and filed under it, the message was
+    filed twice, the siblings getting it under the digest)."""
+    known = Known(contacts={BOB.session_id: friend(BOB.session_id)})
+    [effect] = run(known, inbound(Text(BOB.session_id, "hi", id=b"\1" * 32), BOB))
+    assert isinstance(effect, File) and effect.message_id == effect.share_as == DIGEST
+
+
 def test_a_mapped_device_files_without_sharing_and_under_the_fan_out_id() -> None:
     known = Known(mode=Mode.MAPPED, contacts={BOB.session_id: friend(BOB.session_id)})
     [effect] = run(known, inbound(Text(BOB.session_id, "hi", id=b"\1" * 32), BOB))

@@ -559,3 +559,43 @@ async def test_a_file_server_that_never_answers_holds_the_inbox_for_a_deadline_o
         await alice.send(bob.session_id, "after the strangers")
         await wait_until(lambda: texts(bob, alice.session_id) == [(False, "after the strangers")])
         assert trio.current_time() - began < 4 * CALL_TIMEOUT_S + 30
+
+
+async def test_a_friend_naming_her_text_after_the_users_message_replaces_nothing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A mapped device files a text under the id its sender gives (the fan-out copies'
+    one id). Mallory read the id of what Alice sent her (the hash of her copy) and sends
+    Alice's desktop, offline then, a text under it: the desktop files it first, and
+    Alice's own message, when it comes, takes its place (it used to be ignored, and
+    re-sync, which compares ids, never noticed)."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "desktop", "mapped") as desktop,
+        device(network, tmp_path, "mallory", "linked") as mallory,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        await pair(phone, desktop)
+        await befriend(mallory, phone)
+        await wait_until(
+            lambda: (
+                (c := desktop.friends.contact(mallory.session_id)) is not None
+                and c.state == ContactState.FRIEND
+            )
+        )
+        await desktop.set_online(False)
+        sent = await phone.send(mallory.session_id, "I owe you 10 EUR")
+        await wait_until(lambda: [i.id for i in mallory.history(phone.session_id)] == [sent])
+        forged = Text(mallory.session_id, "you owe ME 1000 EUR", sent)
+        her_key = Identity.from_label("device/mallory")  # the helper's key for her device
+        assert her_key.session_id == mallory.session_id
+        target = desktop.whoami().device_id
+        await inject(swarm, her_key, target, NAMESPACE_MESSAGES, forged)
+        await desktop.set_online(True)
+        said = [(True, "I owe you 10 EUR")]
+        await wait_until(lambda: texts(desktop, mallory.session_id) == said)
+        await refusal(desktop)
+        assert (
+            desktop.rejections[-1].reason == "a friend's message under the id of one this user sent"
+        )
