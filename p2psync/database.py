@@ -7,6 +7,7 @@ request's checks and writes one consistent view without locks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import urllib.parse
@@ -21,10 +22,18 @@ def open_database(
     """Open (creating if needed) ``path`` with ``schema``. ``synchronous="NORMAL"`` keeps
     every commit across a process crash; ``"FULL"`` across a power loss too.
 
-    A new file is readable by its owner only (a device's file holds its seeds); SQLite
-    gives the ``-wal`` and ``-shm`` files the same mode."""
-    if str(path) != ":memory:" and not os.path.exists(path):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    The file is readable by its owner only (a device's file holds its seeds), one left
+    readable by others (by an earlier version) too; SQLite gives the ``-wal`` and
+    ``-shm`` files the same mode. It is never made through a link someone left at its
+    name."""
+    if str(path) != ":memory:":
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            if os.fstat(descriptor).st_mode & 0o077:
+                with contextlib.suppress(PermissionError):  # another user's file
+                    os.fchmod(descriptor, 0o600)
+        finally:
+            os.close(descriptor)
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")

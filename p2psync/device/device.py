@@ -461,7 +461,9 @@ def _no_device(directory: Path) -> DeviceError:
 
 
 def _open_store(directory: Path) -> DeviceStore:
-    directory.mkdir(parents=True, exist_ok=True)
+    # Its owner's alone when made here: another local user could otherwise watch when
+    # its files change (when messages come) and whether a `run` holds it.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         return DeviceStore(directory / STORE_FILE)
     except InUse:

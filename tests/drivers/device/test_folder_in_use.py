@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 from contextlib import closing
 from pathlib import Path
 
@@ -45,3 +46,25 @@ def test_a_command_refused_a_held_device_names_the_holder(
     assert status == 1
     err = capsys.readouterr().err
     assert f"the device in {data} is in use by process {os.getpid()} (" in err
+
+
+def test_a_device_folder_and_its_files_are_its_owners_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Made by `init`, the folder is 0700 (others could watch its files change as
+    messages come); a store file an earlier version left readable by others is made
+    0600; a link left at the store's name is not followed."""
+    data = tmp_path / "tablet"
+    _init(data, capsys)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    store = data / STORE_FILE
+    store.chmod(0o644)
+    assert main(["device", "whoami", "--data", str(data)]) == 0  # reads alone: leaves it
+    DeviceStore(store).close()
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    elsewhere = tmp_path / "phone"
+    elsewhere.mkdir()
+    (elsewhere / STORE_FILE).symlink_to(tmp_path / "planted.sqlite3")
+    with pytest.raises(OSError):
+        DeviceStore(elsewhere / STORE_FILE).close()
+    assert not (tmp_path / "planted.sqlite3").exists()
