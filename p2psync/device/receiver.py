@@ -156,9 +156,10 @@ class Receiver:
 
     async def _process(
         self, identity: Identity, namespace: int, digest: bytes, data: bytes
-    ) -> None:
+    ) -> bool:
         """Open and decode one record, then run the inbound core until it has decided
-        (fetching the device lists it asks for) and execute its effects."""
+        (fetching the device lists it asks for) and execute its effects; whether it
+        could not decide yet (the record is deferred)."""
         kind = "envelope"
         try:
             envelope = open_envelope(identity, data)
@@ -188,22 +189,33 @@ class Receiver:
             self._local.reject(kind, str(exc))
         except (*TRANSIENT, _Deferred) as exc:
             logger.info("%s: %s waits to be checked: %s", self._local.name, kind, exc)
-            self._store.defer(digest, identity.session_id, namespace, data)
+            now_ms = self._local.clock.now_ms()
+            self._gave_up(self._store.defer(digest, identity.session_id, namespace, data, now_ms))
             if not self._retrying:
                 self._local.wake_outbox()  # the pump retries deferred records, with back-off
+            return True
         except Exception as exc:  # see the module docstring: one record never stops the inbox
             self._local.reject(kind, f"unexpected {type(exc).__name__}: {exc}")
+        return False
+
+    def _gave_up(self, records: int) -> None:
+        if records:
+            reason = f"{records} waited too long to be checked, or past the bounds of waiting"
+            self._local.reject("deferred records", reason)
 
     async def retry_deferred(self) -> None:
         """Decide again on every deferred record (the outbox pump calls this, with its
         back-off): the sibling record or the file server it waited for may be there now."""
         identities = {identity.session_id: identity for identity, _ in self._streams()}
+        self._gave_up(self._store.forget_deferred(self._local.clock.now_ms()))
         self._retrying = True
         try:
             for digest, owner, namespace, data in self._store.deferred():
-                self._store.undefer(digest)
-                if owner in identities:
-                    await self._process(identities[owner], namespace, digest, data)
+                # Deferred again, it keeps its place and its first time.
+                if owner not in identities or not await self._process(
+                    identities[owner], namespace, digest, data
+                ):
+                    self._store.undefer(digest)
         finally:
             self._retrying = False
 

@@ -119,7 +119,8 @@ CREATE TABLE IF NOT EXISTS deferred (
     hash BLOB PRIMARY KEY,
     owner TEXT NOT NULL,
     namespace INTEGER NOT NULL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    deferred_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS revocations (
     primary_id TEXT NOT NULL,
@@ -146,11 +147,17 @@ def _open_for_writing(path: str | Path) -> sqlite3.Connection:
     db = open_database(path, _SCHEMA, synchronous="FULL")
     add_column_if_missing(db, "contacts", "name", "TEXT NOT NULL DEFAULT ''")
     add_column_if_missing(db, "cursors", "expiry", "INTEGER")  # from before
+    add_column_if_missing(db, "deferred", "deferred_ms", "INTEGER")  # from before: no age
     return db
 
 
 #: Friend requests a device keeps waiting for its user's answer at most.
 PENDING_CONTACTS = 100
+#: How long a device keeps an inbound record it cannot decide on yet (waiting for a
+#: sibling's record, or the file server), and how many and how many bytes at most.
+DEFERRED_FOR_MS = 86_400_000
+DEFERRED_RECORDS = 1000
+DEFERRED_BYTES = 16 * 1024 * 1024
 
 
 class DeviceStore:
@@ -398,11 +405,34 @@ class DeviceStore:
 
     # --- inbound messages that could not be checked yet ------------------------------------
 
-    def defer(self, digest: bytes, owner: str, namespace: int, data: bytes) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO deferred (hash, owner, namespace, data) VALUES (?, ?, ?, ?)",
-            (digest, owner, namespace, data),
-        )
+    def defer(self, digest: bytes, owner: str, namespace: int, data: bytes, now_ms: int) -> int:
+        """Keep a record to decide again later (one kept already keeps its first time);
+        how many records kept went to stay within the bounds: what waited
+        :data:`DEFERRED_FOR_MS`, then the oldest past :data:`DEFERRED_RECORDS` or
+        :data:`DEFERRED_BYTES` (a stranger's message to a device with siblings waits for
+        a record that never comes: unbounded, they filled the disk)."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO deferred (hash, owner, namespace, data, deferred_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (digest, owner, namespace, data, now_ms),
+            )
+            return self.forget_deferred(now_ms)
+
+    def forget_deferred(self, now_ms: int) -> int:
+        """Drop what :meth:`defer` keeps no longer; how many went."""
+        with self.transaction():
+            went = self._db.execute(
+                "DELETE FROM deferred WHERE deferred_ms < ?", (now_ms - DEFERRED_FOR_MS,)
+            ).rowcount
+            went += self._db.execute(
+                "DELETE FROM deferred WHERE rowid IN (SELECT rowid FROM (SELECT rowid,"
+                " COUNT(*) OVER newest AS records, SUM(LENGTH(data)) OVER newest AS bytes"
+                " FROM deferred WINDOW newest AS (ORDER BY rowid DESC))"
+                " WHERE records > ? OR bytes > ?)",
+                (DEFERRED_RECORDS, DEFERRED_BYTES),
+            ).rowcount
+        return went
 
     def deferred(self) -> list[tuple[bytes, str, int, bytes]]:
         rows = self._db.execute("SELECT hash, owner, namespace, data FROM deferred ORDER BY rowid")

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from p2psync.device.friends import ContactState
 from p2psync.device.rows import Contact
-from p2psync.device.store import PENDING_CONTACTS, DeviceStore
+from p2psync.device.store import (
+    DEFERRED_BYTES,
+    DEFERRED_FOR_MS,
+    DEFERRED_RECORDS,
+    PENDING_CONTACTS,
+    DeviceStore,
+)
 
 
 def test_friend_requests_waiting_are_kept_newest_first_up_to_a_bound(tmp_path: Path) -> None:
@@ -27,5 +33,34 @@ def test_friend_requests_waiting_are_kept_newest_first_up_to_a_bound(tmp_path: P
         kept = store.contacts()
         assert [c for c in kept if c.state == ContactState.FRIEND] == friends
         assert [c for c in kept if c.state == ContactState.PENDING] == waiting[7:]
+    finally:
+        store.close()
+
+
+def test_records_waiting_to_be_checked_are_bounded_in_number_bytes_and_age(
+    tmp_path: Path,
+) -> None:
+    """A stranger's message to a device with siblings waits for a sibling's record that
+    never comes: past :data:`DEFERRED_RECORDS` (or :data:`DEFERRED_BYTES`) the oldest go,
+    and any that waited :data:`DEFERRED_FOR_MS`; one deferred again keeps its first time."""
+    store = DeviceStore(tmp_path / "device.sqlite3")
+    owner, now = "05" + "ab" * 32, 1_700_000_000_000
+    try:
+        went = [
+            store.defer(n.to_bytes(32, "big"), owner, 0, b"x", now + n)
+            for n in range(DEFERRED_RECORDS + 5)
+        ]
+        assert sum(went) == 5
+        assert [row[0] for row in store.deferred()][:1] == [(5).to_bytes(32, "big")]
+        big = DEFERRED_BYTES // 3 + 1
+        went = [store.defer(bytes([n]) * 32, owner, 0, bytes(big), now + 5_000) for n in range(3)]
+        assert went[-1] > 0 and len(store.deferred()) < DEFERRED_RECORDS
+        assert sum(len(row[3]) for row in store.deferred()) <= DEFERRED_BYTES
+        # Deferred again later: it keeps its first time, and goes when that is too old.
+        kept = store.deferred()[-1][0]
+        assert store.defer(kept, owner, 0, bytes(big), now + DEFERRED_FOR_MS) == 0
+        waiting = len(store.deferred())
+        assert store.forget_deferred(now + 5_000 + DEFERRED_FOR_MS + 1) == waiting
+        assert store.deferred() == []
     finally:
         store.close()
