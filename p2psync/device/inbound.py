@@ -72,6 +72,9 @@ from .rows import Contact, Pairing
 #: conversation for ever, and not clamped to now either: each sibling would clamp to its
 #: own clock, and siblings whose histories disagree on a message's time never reconcile.
 MAX_AHEAD_MS = 3_600_000
+#: Messages kept from someone whose friend request waits for the user's answer: they
+#: read as part of the request, and a stranger's key costs nothing to make.
+PENDING_MESSAGES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class View(Protocol):
     @property
     def migration(self) -> LinkedStatement | None: ...  # the account's move to linked
     def friend_move(self, user: str) -> LinkedStatement | None: ...  # a friend's move
+    def received_from(self, user: str) -> int: ...  # messages from ``user`` filed here
 
 
 # --- effects ----------------------------------------------------------------------------------
@@ -447,6 +451,15 @@ class _Decision:
         contact = self.known_contact(text.user, "a message")
         if not accepts_messages(None if contact is None else contact.state):
             raise _Refused(f"a message from {text.user[:12]}…, who is not a friend")
+        if (
+            contact is not None
+            and contact.state == ContactState.PENDING
+            and self.view.received_from(text.user) >= PENDING_MESSAGES
+        ):
+            raise _Refused(
+                f"more than {PENDING_MESSAGES} messages from {text.user[:12]}…, whose friend"
+                " request waits for an answer"
+            )
         self.check_device(item.device, text.user)
         record = HistoryRecord(
             item.timestamp_ms, text.user, False, text.user, item.device, text.text

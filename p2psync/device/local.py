@@ -230,6 +230,9 @@ class Local:
         statement = self.store.get_meta(FRIEND_MOVE_META + user)
         return None if statement is None else LinkedStatement.from_bytes(statement)
 
+    def received_from(self, user: str) -> int:
+        return self.store.received_from(user)
+
     def keep_friend_move(self, user: str, statement: bytes) -> None:
         """Keep a friend's checked statement of its move (inside a transaction)."""
         self.store.set_meta(FRIEND_MOVE_META + user, statement)

@@ -244,6 +244,13 @@ class DeviceStore:
         )
         return cursor.rowcount == 1
 
+    def received_from(self, user: str) -> int:
+        """How many messages from ``user`` the history holds."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM messages WHERE conversation = ? AND NOT outgoing", (user,)
+        ).fetchone()
+        return int(row[0])
+
     def filed_as_received(self, digest: bytes) -> bool:
         """Whether the history holds a message received under ``digest``."""
         row = self._db.execute("SELECT outgoing FROM messages WHERE id = ?", (digest,)).fetchone()

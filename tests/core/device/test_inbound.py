@@ -25,6 +25,7 @@ from p2psync.device.content import (
 from p2psync.device.friends import ContactState
 from p2psync.device.inbound import (
     MAX_AHEAD_MS,
+    PENDING_MESSAGES,
     AddSibling,
     AdoptGrant,
     Befriend,
@@ -80,6 +81,7 @@ class Known:
     revoked_here_at_ms: int | None = None
     paired_at_ms: int = 0
     friend_moves: dict[str, LinkedStatement] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)
 
     @property
     def rules(self) -> Rules:
@@ -96,6 +98,9 @@ class Known:
 
     def friend_move(self, user: str) -> LinkedStatement | None:
         return self.friend_moves.get(user)
+
+    def received_from(self, user: str) -> int:
+        return self.received.get(user, 0)
 
     def pairing(self, request_id: bytes) -> Pairing | None:
         return self.pairings.get(request_id)
@@ -226,6 +231,23 @@ def test_a_request_from_someone_we_asked_befriends_them() -> None:
 def test_a_friend_request_from_our_own_user_is_refused() -> None:
     [effect] = run(Known(), inbound(FriendRequest(ME.session_id, (), ""), ME))
     assert isinstance(effect, Reject) and "own device" in effect.reason
+
+
+def test_a_requester_waiting_for_an_answer_has_a_few_messages_kept_not_more() -> None:
+    """A pending requester's messages read as part of the request; past
+    :data:`PENDING_MESSAGES` they are refused (a stranger's key costs nothing, and a
+    review filled a device's disk so, 7.7 MiB and growing); a friend's are not counted."""
+    pending = Contact(BOB.session_id, ContactState.PENDING, (BOB.session_id,))
+    item = inbound(Text(BOB.session_id, "hi"), BOB)
+    below = Known(
+        contacts={BOB.session_id: pending}, received={BOB.session_id: PENDING_MESSAGES - 1}
+    )
+    assert [type(e) for e in run(below, item)] == [File]
+    at = replace(below, received={BOB.session_id: PENDING_MESSAGES})
+    [refused] = run(at, item)
+    assert isinstance(refused, Reject) and "waits for an answer" in refused.reason
+    befriended = replace(at, contacts={BOB.session_id: friend(BOB.session_id)})
+    assert [type(e) for e in run(befriended, item)] == [File]
 
 
 def test_an_acceptance_nobody_asked_for_is_refused() -> None:
