@@ -274,7 +274,9 @@ class Local:
             # recipient read: a friend who sent a text under that id (a mapped device
             # files a text under the id its sender gives) came first. Ours is the one
             # that hashes to it.
-            self.store.replace_message(*row, record.sender, record.device, record.text)
+            with self.store.transaction():  # in its place, as a new item (read anew)
+                self.store.forget_message(digest)
+                self.store.add_message(*row, record.sender, record.device, record.text)
             self.reject("text", "a friend's message under the id of one this user sent")
             new = True
         if new:

@@ -256,21 +256,8 @@ class DeviceStore:
         row = self._db.execute("SELECT outgoing FROM messages WHERE id = ?", (digest,)).fetchone()
         return row is not None and not row[0]
 
-    def replace_message(
-        self,
-        digest: bytes,
-        timestamp_ms: int,
-        conversation: str,
-        outgoing: bool,
-        sender: str,
-        device: str,
-        text: str,
-    ) -> None:
-        """Put this message in place of the one filed under ``digest`` (as a new item:
-        a reader past the old one sees it)."""
-        with self.transaction():
-            self._db.execute("DELETE FROM messages WHERE id = ?", (digest,))
-            self.add_message(digest, timestamp_ms, conversation, outgoing, sender, device, text)
+    def forget_message(self, digest: bytes) -> None:
+        self._db.execute("DELETE FROM messages WHERE id = ?", (digest,))
 
     def has_message(self, digest: bytes) -> bool:
         return (

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -660,13 +661,18 @@ async def test_rows_queued_for_a_dead_peer_are_bounded_in_bytes(
         )
 
 
-class _Pages(SwarmClient):
-    """A swarm client whose node serves ``pages`` in turn, noting each ``last_hash`` it is
-    asked after."""
+#: What a fake node serves for the n-th read (from 1) after ``last_hash``: a page, and
+#: whether it says there is more.
+Serve = Callable[[int, bytes | None], tuple[list[Message], bool]]
 
-    def __init__(self, clock: Clock, pages: list[list[Message]]) -> None:
+
+class _Served(SwarmClient):
+    """A swarm client whose node answers each read as ``serve`` says, noting each
+    ``last_hash`` it is asked after."""
+
+    def __init__(self, clock: Clock, serve: Serve) -> None:
         super().__init__(None, None, clock, random.Random(1))  # type: ignore[arg-type]
-        self.pages = pages
+        self.serve = serve
         self.asked: list[bytes | None] = []
 
     async def retrieve(  # type: ignore[override]
@@ -677,27 +683,18 @@ class _Pages(SwarmClient):
         node: NodeInfo | None = None,
     ) -> tuple[list[Message], bool, NodeInfo]:
         self.asked.append(last_hash)
-        page = self.pages[len(self.asked) - 1]
-        return page, len(self.asked) < len(self.pages), node or NodeInfo("aa" * 32, "mem:node")
+        page, more = self.serve(len(self.asked), last_hash)
+        return page, more, node or NodeInfo("aa" * 32, "mem:node")
 
 
-class _Endless(SwarmClient):
-    """A swarm client whose node answers every read with ``page(n)`` and "more"."""
+def _pages(clock: Clock, pages: list[list[Message]]) -> _Served:
+    """A node serving ``pages`` in turn."""
+    return _Served(clock, lambda n, after: (pages[n - 1], n < len(pages)))
 
-    def __init__(self, page: Any) -> None:
-        super().__init__(None, None, Clock(TEST_EPOCH_MS), random.Random(1))  # type: ignore[arg-type]
-        self.page = page
-        self.served = 0
 
-    async def retrieve(  # type: ignore[override]
-        self,
-        identity: Identity,
-        namespace: int,
-        last_hash: bytes | None,
-        node: NodeInfo | None = None,
-    ) -> tuple[list[Message], bool, NodeInfo]:
-        self.served += 1
-        return self.page(self.served, last_hash), True, node or NodeInfo("aa" * 32, "mem:node")
+def _endless(page: Callable[[int, bytes | None], list[Message]]) -> _Served:
+    """A node answering every read with ``page(n, after)`` and "more"."""
+    return _Served(Clock(TEST_EPOCH_MS), lambda n, after: (page(n, after), True))
 
 
 async def test_a_node_that_always_has_more_is_read_a_drain_at_a_time_then_left() -> None:
@@ -708,7 +705,7 @@ async def test_a_node_that_always_has_more_is_read_a_drain_at_a_time_then_left()
     another member. A page that says "more" but does not move the cursor is failing at
     once: asked again, it would be served again for ever."""
     data = bytes(100_000)
-    reader = _Endless(
+    reader = _endless(
         lambda n, after: [Message(n.to_bytes(32, "big"), 0, TEST_EPOCH_MS + 60_000, data)]
     )
     delivered: list[int] = []
@@ -719,7 +716,7 @@ async def test_a_node_that_always_has_more_is_read_a_drain_at_a_time_then_left()
     with pytest.raises(DecodeError, match="more than any member holds"):
         await reader.catch_up(ALICE, 0, Cursor(), deliver)
     charge = len(data) + ROW_CHARGE_BYTES
-    assert reader.served == MAX_SERVED_CHARGE // charge + 1
+    assert len(reader.asked) == MAX_SERVED_CHARGE // charge + 1
     assert delivered and set(delivered[:-1]) == {PAGES_PER_DRAIN}
 
     for name, page in {
@@ -728,10 +725,10 @@ async def test_a_node_that_always_has_more_is_read_a_drain_at_a_time_then_left()
             Message(after or b"\1" * 32, 0, TEST_EPOCH_MS + 60_000, b"x")
         ],
     }.items():
-        stuck = _Endless(page)
+        stuck = _endless(page)
         with pytest.raises(DecodeError, match="served nothing past the cursor"):
             await stuck.catch_up(ALICE, 0, Cursor(), deliver)
-        assert stuck.served == (1 if name == "empty" else 2), name
+        assert len(stuck.asked) == (1 if name == "empty" else 2), name
 
 
 async def test_a_drain_asks_for_each_later_page_after_the_last_message_it_read() -> None:
@@ -742,7 +739,7 @@ async def test_a_drain_asks_for_each_later_page_after_the_last_message_it_read()
     now = TEST_EPOCH_MS
     dead = Message(b"\1" * 32, 0, now - DEAD_CURSOR_MS, b"long expired")
     live = Message(b"\2" * 32, 0, now + 60_000, b"live")
-    reader = _Pages(Clock(now), [[dead], [live]])
+    reader = _pages(Clock(now), [[dead], [live]])
     messages, _, _ = await reader.drain(
         ALICE, 0, Cursor(last_hash=dead.hash, last_expiry_ms=dead.expiry_ms)
     )
