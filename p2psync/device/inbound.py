@@ -553,10 +553,10 @@ class _Decision:
         contact = self.view.contact(revocation.primary)
         if contact is None or not is_friend(contact.state):
             raise _Refused(f"a revocation from {revocation.primary[:12]}…, not a friend")
-        if revocation.secondary not in contact.devices:
-            # Anyone may sign a revocation naming any device (another friend's, say);
-            # kept, it would only grow what every lookup reads.
-            raise _Refused("a revocation of a device not known to be its user's")
+        # Kept whatever device it names: one paired after this device last heard of the
+        # friend's devices is named too, and a file server may list it later. What a
+        # revocation cancels is the copies for that device of what went to its signer's
+        # user alone (:meth:`~.store.DeviceStore.keep_revocations`).
         devices = tuple(d for d in contact.devices if d != revocation.secondary)
         return [RevokeDevices((revocation,), replace(contact, devices=devices))]
 
