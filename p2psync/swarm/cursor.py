@@ -18,8 +18,8 @@ A read trusts no node to end it (:class:`StreamRead`): its pages are handed on
 than that in the reader's memory nor keeps what came so far from being filed; a page
 that does not move the cursor (empty, or ending where the read already was) would be
 asked for again forever, and a node serving more of one stream than its owner's quota
-lets any member hold is serving what is not there: either is the node failing, and the
-reader goes to another member.
+lets any member hold is serving what is not there, as is one saying "more" after a page
+it did not fill: each is the node failing, and the reader goes to another member.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from ..errors import DecodeError
 from .allowance import OWNER_QUOTA_BYTES, ROW_CHARGE_BYTES
+from .constants import MAX_DATA_BYTES, RETRIEVE_LIMIT, RETRIEVE_MAX_BYTES
 from .messages import Message
 
 #: A message a node received this long before the newest is safely on every member.
@@ -106,10 +107,15 @@ class StreamRead:
 
     def take(self, messages: Sequence[Message], more: bool, after: bytes | None) -> None:
         """Check a page read after the cursor ``after``; :class:`DecodeError` if the node
-        fails (a page that says "more" and does not move the cursor, or a node serving
-        past what any member may hold of one stream)."""
-        self.served_charge += sum(len(m.data) + ROW_CHARGE_BYTES for m in messages)
-        if more and (not messages or messages[-1].hash == after):
+        fails (a page that says "more" but is not full or does not move the cursor, or
+        a node serving past what any member may hold of one stream)."""
+        data = sum(len(m.data) for m in messages)
+        self.served_charge += data + len(messages) * ROW_CHARGE_BYTES
+        if more and len(messages) < RETRIEVE_LIMIT and data <= RETRIEVE_MAX_BYTES - MAX_DATA_BYTES:
+            # A node says "more" only when the page is full: by count, or when the next
+            # message would take it past its bytes (a loop of short pages goes nowhere).
+            raise DecodeError("a node said there was more after a page it did not fill")
+        if more and messages[-1].hash == after:
             raise DecodeError("a node said there was more but served nothing past the cursor")
         if self.served_charge > MAX_SERVED_CHARGE:
             raise DecodeError(

@@ -23,7 +23,12 @@ from p2psync.rpc import open_rpc, open_rpc_pool
 from p2psync.swarm.allowance import ROW_CHARGE_BYTES
 from p2psync.swarm.auth import sign_node_request
 from p2psync.swarm.client import Message, SwarmClient, open_swarm_client
-from p2psync.swarm.constants import MAX_DATA_BYTES, MAX_STORE_BATCH
+from p2psync.swarm.constants import (
+    MAX_DATA_BYTES,
+    MAX_STORE_BATCH,
+    RETRIEVE_LIMIT,
+    RETRIEVE_MAX_BYTES,
+)
 from p2psync.swarm.cursor import DEAD_CURSOR_MS, MAX_SERVED_CHARGE, PAGES_PER_DRAIN, Cursor
 from p2psync.swarm.directory import FileDirectory, Listing
 from p2psync.swarm.listing import Snapshot
@@ -702,8 +707,9 @@ async def test_a_node_that_always_has_more_is_read_a_drain_at_a_time_then_left()
     (each drain's pages are delivered before the next is read, so a reader keeps one
     drain in memory and files what came) nor keeps it for good: past what any member may
     hold of one stream, the node is failing (:class:`DecodeError`), and a poll goes to
-    another member. A page that says "more" but does not move the cursor is failing at
-    once: asked again, it would be served again for ever."""
+    another member. A page that says "more" but is not full, or does not move the
+    cursor, is failing at once: short pages of two hashes in turn, or one page asked
+    again, would be served for ever."""
     data = bytes(100_000)
     reader = _endless(
         lambda n, after: [Message(n.to_bytes(32, "big"), 0, TEST_EPOCH_MS + 60_000, data)]
@@ -719,16 +725,19 @@ async def test_a_node_that_always_has_more_is_read_a_drain_at_a_time_then_left()
     assert len(reader.asked) == MAX_SERVED_CHARGE // charge + 1
     assert delivered and set(delivered[:-1]) == {PAGES_PER_DRAIN}
 
-    for name, page in {
-        "empty": lambda n, after: [],
-        "ends where the read was": lambda n, after: [
-            Message(after or b"\1" * 32, 0, TEST_EPOCH_MS + 60_000, b"x")
-        ],
-    }.items():
+    def small(n: int) -> Message:
+        return Message(bytes([n % 2 + 1]) * 32, 0, TEST_EPOCH_MS + 60_000, b"x")
+
+    full = [small(n) for n in range(2, RETRIEVE_LIMIT + 1)]
+    for page, refusal, asked in (
+        (lambda n, after: [], "did not fill", 1),
+        (lambda n, after: [small(n)], "did not fill", 1),  # two hashes in turn, for ever
+        (lambda n, after: [*full, small(1)], "nothing past the cursor", 2),
+    ):
         stuck = _endless(page)
-        with pytest.raises(DecodeError, match="served nothing past the cursor"):
+        with pytest.raises(DecodeError, match=refusal):
             await stuck.catch_up(ALICE, 0, Cursor(), deliver)
-        assert len(stuck.asked) == (1 if name == "empty" else 2), name
+        assert len(stuck.asked) == asked, refusal
 
 
 async def test_a_drain_asks_for_each_later_page_after_the_last_message_it_read() -> None:
@@ -737,7 +746,8 @@ async def test_a_drain_asks_for_each_later_page_after_the_last_message_it_read()
     followed by the page after that message, never by the start again, which the node
     would answer with the same page for ever."""
     now = TEST_EPOCH_MS
-    dead = Message(b"\1" * 32, 0, now - DEAD_CURSOR_MS, b"long expired")
+    full = bytes(RETRIEVE_MAX_BYTES)  # a page a node says "more" after is full
+    dead = Message(b"\1" * 32, 0, now - DEAD_CURSOR_MS, full)
     live = Message(b"\2" * 32, 0, now + 60_000, b"live")
     reader = _pages(Clock(now), [[dead], [live]])
     messages, _, _ = await reader.drain(
