@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,9 +28,13 @@ def open_database(
     ``-shm`` files the same mode. It is never made through a link someone left at its
     name."""
     if str(path) != ":memory:":
-        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK  # no pipe waited on
+        descriptor = os.open(path, flags, 0o600)
         try:
-            if os.fstat(descriptor).st_mode & 0o077:
+            mode = os.fstat(descriptor).st_mode
+            if not stat.S_ISREG(mode):
+                raise OSError(f"{path} is not a file")
+            if mode & 0o077:
                 with contextlib.suppress(PermissionError):  # another user's file
                     os.fchmod(descriptor, 0o600)
         finally:

@@ -10,14 +10,15 @@ never holds the lock for a moment that a ``run`` starting just then would find t
 Where the platform has no such locks, ``flock`` and a probe that takes it briefly stand
 in.
 
-The holder writes its process id and command line into the file, so a refusal can say
-which process to stop (a ``device inbox --wait 600`` in another terminal) rather than
-only that there is one."""
+The holder writes its process id and command into the file, so a refusal can say which
+process to stop (a ``device inbox`` waiting in another terminal) rather than only that
+there is one."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import struct
 import sys
@@ -36,7 +37,7 @@ class InUse(P2PSyncError):
     """Another process holds the lock."""
 
 
-#: What of a holder's record a refusal reads (a pid and one command line).
+#: What of a holder's record a refusal reads (a pid and a command).
 HOLDER_BYTES = 4096
 
 
@@ -66,6 +67,13 @@ def open_lock_file(path: str | Path) -> BinaryIO:
     return os.fdopen(descriptor, "a+b")
 
 
+def _command() -> str:
+    """This process's command as a refusal names it: its words before the first option,
+    two at most (``device inbox``), never its arguments (a message's text, a code)."""
+    words = itertools.takewhile(lambda word: not word.startswith("-"), sys.argv[1:])
+    return " ".join(itertools.islice(words, 2))
+
+
 class ProcessLock:
     """The lock on ``path`` (made if missing), or :class:`InUse` at once."""
 
@@ -76,7 +84,7 @@ class ProcessLock:
             self._file.close()
             raise InUse(f"{self.path} is held by {ProcessLock.holder(self.path)}")
         self._file.truncate(0)
-        self._file.write(f"{os.getpid()} {' '.join(sys.argv[1:])}\n".encode()[:HOLDER_BYTES])
+        self._file.write(f"{os.getpid()} {_command()}\n".encode()[:HOLDER_BYTES])
         self._file.flush()
 
     def close(self) -> None:
@@ -91,7 +99,7 @@ class ProcessLock:
     @staticmethod
     def holder(path: str | Path) -> str:
         """Who holds the lock on ``path``, as its holder wrote it ("process 1234 (device
-        inbox --wait 600 ...)"); "another process" if it wrote nothing readable."""
+        inbox)"); "another process" if it wrote nothing readable."""
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             with os.fdopen(descriptor, "rb") as file:

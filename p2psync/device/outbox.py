@@ -261,7 +261,7 @@ class Outbox:
         try:
             client = await self.fileserver()
             answer = await client.get_mappings(user, self._store.revocations())
-            self._store.keep_revocations(answer.revocations)
+            self._store.keep_revocations(answer.revocations, own_user=self._local.user_id)
             devices = answer.devices
         except TRANSIENT as exc:
             if fresh:

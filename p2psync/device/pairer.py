@@ -236,7 +236,7 @@ class Pairer:
         client = await self._outbox.fileserver()
         await client.revoke_mapping(revocation)
         with self._store.transaction():
-            self._store.keep_revocations([revocation])
+            self._store.keep_revocations([revocation], own_user=self._local.user_id)
             self._store.remove_sibling(device)
             # Friends hear it from us too, so neither a stale cache nor a file server
             # that hides the revocation keeps them trusting the device.

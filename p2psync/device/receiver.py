@@ -237,7 +237,7 @@ class Receiver:
                     await self._befriend(contact)
                 case RevokeDevices(revocations=revocations, contact=contact, move=move):
                     with store.transaction():
-                        store.keep_revocations(revocations)
+                        store.keep_revocations(revocations, own_user=local.user_id)
                         store.put_contact(contact)
                         if move is not None:
                             local.keep_friend_move(contact.user, move)
@@ -245,14 +245,14 @@ class Receiver:
                     local.notify()
                 case RevokeSibling(revocation=revocation):
                     with store.transaction():
-                        store.keep_revocations([revocation])
+                        store.keep_revocations([revocation], own_user=local.user_id)
                         store.remove_sibling(revocation.secondary)
                     self._outbox.forget(local.user_id)
                     self._siblings.restart()
                     local.notify()
                 case RevokedHere(revocation=revocation):
                     with store.transaction():
-                        store.keep_revocations([revocation])
+                        store.keep_revocations([revocation], own_user=local.user_id)
                         store.set_meta(REVOKED_HERE_META, revocation.to_bytes())
                         for sibling in store.siblings():
                             store.remove_sibling(sibling)

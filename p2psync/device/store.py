@@ -416,6 +416,10 @@ class DeviceStore:
     def forget_deferred(self, now_ms: int) -> int:
         """Drop what :meth:`defer` keeps no longer; how many went."""
         with self.transaction():
+            # Kept by a version that noted no time: from now.
+            self._db.execute(
+                "UPDATE deferred SET deferred_ms = ? WHERE deferred_ms IS NULL", (now_ms,)
+            )
             went = self._db.execute(
                 "DELETE FROM deferred WHERE deferred_ms < ?", (now_ms - DEFERRED_FOR_MS,)
             ).rowcount
@@ -531,13 +535,14 @@ class DeviceStore:
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def keep_revocations(self, revocations: Sequence[Revocation]) -> None:
+    def keep_revocations(self, revocations: Sequence[Revocation], *, own_user: str) -> None:
         """Remember verified revocations, the newest per pair; a revocation new here also
         drops the outbox's copies for the revoked device that are not stored yet (queued
         before it, they would still reach a stolen device's swarm), of what was sent to
         the revoking user only: anyone may sign a revocation naming any device, and one
-        signed by a friend must not cancel what goes to someone else. (A sibling's sync
-        copies go with it: :meth:`remove_sibling`.)"""
+        signed by a friend must not cancel what goes to someone else; one ``own_user``
+        signed (our primary's, of a sibling) drops the sync copies for that sibling of
+        whatever was sent, as :meth:`remove_sibling` does."""
         with self.transaction():
             for revocation in revocations:
                 kept = self._db.execute(
@@ -553,8 +558,11 @@ class DeviceStore:
                     ),
                 ).rowcount
                 if kept:
-                    self._drop_copies_to(revocation.secondary, sent_to=revocation.primary)
-                    self._db.execute(  # the newest of each user's, as a server lists them
+                    ours = revocation.primary == own_user
+                    self._drop_copies_to(
+                        revocation.secondary, sent_to=None if ours else revocation.primary
+                    )
+                    self._db.execute(  # each user's newest 256 (as many as a server lists)
                         "DELETE FROM revocations WHERE primary_id = ? AND secondary NOT IN"
                         " (SELECT secondary FROM revocations WHERE primary_id = ?"
                         "  ORDER BY timestamp DESC LIMIT ?)",

@@ -325,7 +325,7 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
                 while b"online as" not in started:
                     started += await process.stderr.receive_some()
             code_, _, err = await run("run", *where("desktop", timeout=False))
-            holder = f"in use by process {process.pid} (device run --data "
+            holder = f"in use by process {process.pid} (device run)"
             assert code_ == 1 and holder in err, err  # names the run that holds it
             # A command typed beside the run is done by the running device.
             history = await ok("inbox", *where("desktop"), "--all", "--json")

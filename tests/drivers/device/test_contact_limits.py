@@ -3,6 +3,8 @@ directory)."""
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from p2psync.device.friends import ContactState
@@ -62,5 +64,23 @@ def test_records_waiting_to_be_checked_are_bounded_in_number_bytes_and_age(
         waiting = len(store.deferred())
         assert store.forget_deferred(now + 5_000 + DEFERRED_FOR_MS + 1) == waiting
         assert store.deferred() == []
+    finally:
+        store.close()
+
+
+def test_records_deferred_by_a_version_that_noted_no_time_age_from_now(tmp_path: Path) -> None:
+    path = tmp_path / "device.sqlite3"
+    store = DeviceStore(path)
+    owner, now = "05" + "ab" * 32, 1_700_000_000_000
+    try:
+        store.defer(b"\1" * 32, owner, 0, b"x", now)
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE deferred SET deferred_ms = NULL")  # as an earlier version kept it
+    store = DeviceStore(path)
+    try:
+        assert store.forget_deferred(now + 10 * DEFERRED_FOR_MS) == 0  # dated now, then
+        assert store.forget_deferred(now + 11 * DEFERRED_FOR_MS + 1) == 1
     finally:
         store.close()

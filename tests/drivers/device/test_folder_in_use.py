@@ -7,6 +7,8 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -45,7 +47,7 @@ def test_a_command_refused_a_held_device_names_the_holder(
         status = main(["device", "init", "--data", str(data), "--mode", "mapped"])
     assert status == 1
     err = capsys.readouterr().err
-    assert f"the device in {data} is in use by process {os.getpid()} (" in err
+    assert f"the device in {data} is in use by process {os.getpid()}" in err
 
 
 def test_a_device_folder_and_its_files_are_its_owners_alone(
@@ -53,13 +55,15 @@ def test_a_device_folder_and_its_files_are_its_owners_alone(
 ) -> None:
     """Made by `init`, the folder is 0700 (others could watch its files change as
     messages come); a store file an earlier version left readable by others is made
-    0600; a link left at the store's name is not followed."""
+    0600 when opened (not when `whoami` only reads it); a link left at the store's name
+    is not followed, nor a pipe waited on."""
     data = tmp_path / "tablet"
     _init(data, capsys)
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     store = data / STORE_FILE
     store.chmod(0o644)
-    assert main(["device", "whoami", "--data", str(data)]) == 0  # reads alone: leaves it
+    assert main(["device", "whoami", "--data", str(data)]) == 0
+    assert stat.S_IMODE(store.stat().st_mode) == 0o644  # only read
     DeviceStore(store).close()
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
     elsewhere = tmp_path / "phone"
@@ -68,3 +72,11 @@ def test_a_device_folder_and_its_files_are_its_owners_alone(
     with pytest.raises(OSError):
         DeviceStore(elsewhere / STORE_FILE).close()
     assert not (tmp_path / "planted.sqlite3").exists()
+    piped = tmp_path / "piped"
+    piped.mkdir()
+    os.mkfifo(piped / STORE_FILE)  # opened, it would wait for a writer for ever
+    opening = (
+        f"from p2psync.device.store import DeviceStore; DeviceStore({str(piped / STORE_FILE)!r})"
+    )
+    ran = subprocess.run([sys.executable, "-c", opening], capture_output=True, timeout=30)
+    assert ran.returncode == 1 and b"is not a file" in ran.stderr
