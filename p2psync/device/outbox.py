@@ -25,7 +25,7 @@ from dataclasses import replace
 import trio
 
 from ..backoff import Backoff
-from ..errors import RpcError
+from ..errors import ConnectionLost, RpcError
 from ..fileserver.client import FileServerClient
 from ..rpc import RpcRouter
 from ..swarm.client import SwarmClient
@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: Users whose device lists a device keeps at most.
 CACHED_USERS = 4096
+#: How long a device leaves the file server alone after a call to it failed.
+FILE_SERVER_QUIET_S = 30.0
 
 
 class Outbox:
@@ -61,6 +63,8 @@ class Outbox:
         #: :data:`CACHED_USERS` asked about last (anyone can make a device ask about a user).
         self._cache: OrderedDict[str, tuple[int, tuple[str, ...]]] = OrderedDict()
         self._passed = trio.Event()
+        #: Until when (Trio's clock) the file server is not asked, after it failed.
+        self._file_server_quiet_until = -math.inf
         #: Why the last pass left something unsent (None: it did not), for the user to
         #: see that a message waits and on what (a recipient's mailbox full, say).
         self.last_failure: str | None = None
@@ -259,11 +263,17 @@ class Outbox:
         if cached is not None and not fresh and fresh_enough:
             return cached[1]
         try:
+            if trio.current_time() < self._file_server_quiet_until:
+                raise RpcError("unavailable", "the file server did not answer moments ago")
             client = await self.fileserver()
             answer = await client.get_mappings(user, self._store.revocations())
             self._store.keep_revocations(answer.revocations, own_user=self._local.user_id)
             devices = answer.devices
         except TRANSIENT as exc:
+            if isinstance(exc, (trio.TooSlowError, OSError, ConnectionLost)):
+                # Not asked again for a while: a pass over many records that each need
+                # a lookup would otherwise wait out every call's deadline in turn.
+                self._file_server_quiet_until = trio.current_time() + FILE_SERVER_QUIET_S
             if fresh:
                 raise
             logger.info("%s: file server lookup of %s failed: %s", self._local.name, user[:12], exc)

@@ -318,8 +318,9 @@ class DeviceStore:
 
     def put_contact(self, contact: Contact) -> None:
         """Keep ``contact``; past :data:`PENDING_CONTACTS` requests waiting for the user,
-        the one that waited longest is forgotten (a request costs a stranger one store:
-        unbounded, they filled the disk and every pairing grant)."""
+        the one that waited longest is forgotten, with the messages it came with (a
+        request costs a stranger one store: unbounded, they filled the disk and every
+        pairing grant)."""
         with self.transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO contacts (user, state, devices, note, name)"
@@ -333,11 +334,19 @@ class DeviceStore:
                 ),
             )
             if contact.state == ContactState.PENDING:
-                self._db.execute(
-                    "DELETE FROM contacts WHERE state = ? AND rowid NOT IN (SELECT rowid"
-                    " FROM contacts WHERE state = ? ORDER BY rowid DESC LIMIT ?)",
-                    (ContactState.PENDING, ContactState.PENDING, PENDING_CONTACTS),
-                )
+                forgotten = [
+                    row[0]
+                    for row in self._db.execute(
+                        "SELECT user FROM contacts WHERE state = ? AND rowid NOT IN (SELECT"
+                        " rowid FROM contacts WHERE state = ? ORDER BY rowid DESC LIMIT ?)",
+                        (ContactState.PENDING, ContactState.PENDING, PENDING_CONTACTS),
+                    )
+                ]
+                for user in forgotten:  # with the messages their requests came with
+                    self._db.execute("DELETE FROM contacts WHERE user = ?", (user,))
+                    self._db.execute(
+                        "DELETE FROM messages WHERE conversation = ? AND NOT outgoing", (user,)
+                    )
 
     # --- outbox ---------------------------------------------------------------------------
 

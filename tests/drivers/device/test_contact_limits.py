@@ -20,7 +20,8 @@ from p2psync.device.store import (
 
 def test_friend_requests_waiting_are_kept_newest_first_up_to_a_bound(tmp_path: Path) -> None:
     """Each request costs a stranger one store: past :data:`PENDING_CONTACTS`, the one
-    that waited longest goes, and friends, whatever their number, stay."""
+    that waited longest goes, with the messages it came with; friends, whatever their
+    number, stay."""
     store = DeviceStore(tmp_path / "device.sqlite3")
     try:
         friends = [Contact(f"{n:066x}", ContactState.FRIEND, ()) for n in range(3)]
@@ -31,8 +32,11 @@ def test_friend_requests_waiting_are_kept_newest_first_up_to_a_bound(tmp_path: P
             for n in range(PENDING_CONTACTS + 7)
         ]
         for contact in waiting:
+            user = contact.user
+            store.add_message(bytes.fromhex(user)[-32:], 1, user, False, user, user, "hi")
             store.put_contact(contact)
         kept = store.contacts()
+        assert [store.received_from(c.user) for c in waiting] == [0] * 7 + [1] * PENDING_CONTACTS
         assert [c for c in kept if c.state == ContactState.FRIEND] == friends
         assert [c for c in kept if c.state == ContactState.PENDING] == waiting[7:]
     finally:
