@@ -72,8 +72,9 @@ from .rows import Contact, Pairing
 #: conversation for ever, and not clamped to now either: each sibling would clamp to its
 #: own clock, and siblings whose histories disagree on a message's time never reconcile.
 MAX_AHEAD_MS = 3_600_000
-#: Messages kept from someone whose friend request waits for the user's answer: they
-#: read as part of the request, and a stranger's key costs nothing to make.
+#: Messages filed from someone whose friend request waits for the user's answer (they
+#: read as part of the request); the rest wait with the records not decided yet, whose
+#: bounds a stranger's free keys cannot pass.
 PENDING_MESSAGES = 10
 
 
@@ -456,7 +457,9 @@ class _Decision:
             and contact.state == ContactState.PENDING
             and self.view.received_from(text.user) >= PENDING_MESSAGES
         ):
-            raise _Refused(
+            # Kept aside, not filed: within the bounds of what waits to be checked, and
+            # filed if the user accepts while it waits.
+            raise _NotYet(
                 f"more than {PENDING_MESSAGES} messages from {text.user[:12]}…, whose friend"
                 " request waits for an answer"
             )

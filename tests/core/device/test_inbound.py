@@ -235,8 +235,9 @@ def test_a_friend_request_from_our_own_user_is_refused() -> None:
 
 def test_a_requester_waiting_for_an_answer_has_a_few_messages_kept_not_more() -> None:
     """A pending requester's messages read as part of the request; past
-    :data:`PENDING_MESSAGES` they are refused (a stranger's key costs nothing, and a
-    review filled a device's disk so, 7.7 MiB and growing); a friend's are not counted."""
+    :data:`PENDING_MESSAGES` they wait with the records not decided yet, within those
+    bounds (a stranger's key costs nothing, and a review filled a device's disk so, 7.7
+    MiB and growing), to be filed if the user accepts; a friend's are not counted."""
     pending = Contact(BOB.session_id, ContactState.PENDING, (BOB.session_id,))
     item = inbound(Text(BOB.session_id, "hi"), BOB)
     below = Known(
@@ -244,8 +245,8 @@ def test_a_requester_waiting_for_an_answer_has_a_few_messages_kept_not_more() ->
     )
     assert [type(e) for e in run(below, item)] == [File]
     at = replace(below, received={BOB.session_id: PENDING_MESSAGES})
-    [refused] = run(at, item)
-    assert isinstance(refused, Reject) and "waits for an answer" in refused.reason
+    [waits] = run(at, item)
+    assert isinstance(waits, Defer) and "waits for an answer" in waits.reason
     befriended = replace(at, contacts={BOB.session_id: friend(BOB.session_id)})
     assert [type(e) for e in run(befriended, item)] == [File]
 

@@ -4,6 +4,7 @@ and the device goes on working."""
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from p2psync.device.content import (
 )
 from p2psync.device.device import Device, PairingError
 from p2psync.device.friends import ContactState
-from p2psync.device.inbound import MAX_AHEAD_MS
+from p2psync.device.inbound import MAX_AHEAD_MS, PENDING_MESSAGES
 from p2psync.device.modes import Mode
 from p2psync.device.pairing import REQUESTS_PER_KEY, pairing_code
 from p2psync.envelope import MAX_TIMESTAMP_MS, Envelope, open_envelope, seal_envelope
@@ -602,3 +603,29 @@ async def test_a_friend_naming_her_text_after_the_users_message_replaces_nothing
         assert (
             desktop.rejections[-1].reason == "a friend's message under the id of one this user sent"
         )
+
+
+async def test_a_requesters_messages_past_the_few_filed_wait_for_the_users_answer(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A stranger asks to be friends and sends 12 messages: 10 are filed while the
+    request waits (what a free key can make a device keep is bounded), and the other 2
+    once the user accepts."""
+    stranger = Identity.from_label("hostile/requester")
+    user = stranger.session_id
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice", "linked") as alice,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        to_alice = partial(inject, swarm, stranger, alice.session_id, NAMESPACE_MESSAGES)
+        await to_alice(FriendRequest(user, (user,), "hi"))
+        await wait_until(lambda: alice.friends.contacts() != [])  # the texts come after it
+        for n in range(12):
+            await to_alice(Text(user, f"m{n}"))
+        await wait_until(lambda: len(texts(alice, user)) == PENDING_MESSAGES)
+        await trio.sleep(120)  # retry passes: still waiting
+        assert len(texts(alice, user)) == PENDING_MESSAGES
+        await alice.friends.accept(user)
+        every = sorted(f"m{n}" for n in range(12))
+        await wait_until(lambda: sorted(text for _, text in texts(alice, user)) == every)
