@@ -53,6 +53,7 @@ from .device import (
 )
 from .device.content import REFUSED_NAME_CATEGORIES, check_display_name
 from .device.friends import friends_among
+from .device.pairing import is_code
 from .device.values import TRANSIENT
 from .errors import DecodeError, RpcError
 from .identity import sealable_key
@@ -444,10 +445,7 @@ def _cmd_pair(args: argparse.Namespace) -> int:
 def _shown_code(device: Device, code: str) -> str | None:
     """``code`` as the waiting request it names shows it ("123 456" for "123456"), or
     None if no request shows it."""
-    typed = code.replace(" ", "")
-    return next(
-        (o.code for o in device.pairing.requests() if o.code.replace(" ", "") == typed), None
-    )
+    return next((o.code for o in device.pairing.requests() if is_code(o.code, code)), None)
 
 
 def _cmd_accept(args: argparse.Namespace) -> int:

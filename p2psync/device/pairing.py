@@ -104,13 +104,17 @@ def latest_per_device(offers: Iterable[tuple[Hashable, OfferT]]) -> list[OfferT]
     return kept
 
 
+def is_code(shown: str, typed: str) -> bool:
+    """Whether the user typed the code ``shown``, with or without its space."""
+    return shown.replace(" ", "") == typed.replace(" ", "")
+
+
 def choose_offer(
     offers: Iterable[tuple[str, OfferT]], code: str, now_ms: int
 ) -> OfferChoice[OfferT]:
     """Which waiting request (``offers``: each with the code it shows) the user means by
-    ``code``, typed with or without the space."""
-    wanted = code.replace(" ", "")
-    matches = tuple(offer for shown, offer in offers if shown.replace(" ", "") == wanted)
+    ``code`` (:func:`is_code`)."""
+    matches = tuple(offer for shown, offer in offers if is_code(shown, code))
     if not matches:
         return OfferChoice(OfferMatch.MISSING, ())
     if len(matches) > 1:

@@ -205,7 +205,7 @@ class StoreAcceptance:
             raise RpcError("rate_limited", "this connection stores too fast: slow down")
         now_ms = self._clock.now_ms()
         _, full = self._quota.fitting(  # the rule a peer's rows meet: held ones take no room
-            [row], lambda held: self._store.holds(held.pubkey, held.namespace, held.hash, now_ms)
+            [row], lambda held: self._store.holds(*row_key(held), now_ms)
         )
         if full:
             raise RpcError(

@@ -55,6 +55,7 @@ from .node_shared import Ingested, NodeStats
 from .outbound import ReplicationQueue
 from .peer_calls import PeerCalls
 from .peer_methods import PeerMethods
+from .quorum import row_key
 from .repairer import Repairer
 from .replicator import Replicator
 from .ring import NodeInfo, SwarmMap
@@ -296,7 +297,7 @@ class StorageNode:
         now_ms = self.clock.now_ms()
         room, full = self._quota.fitting(
             self.core.placed(rows, now_ms),
-            lambda row: self.store.holds(row.pubkey, row.namespace, row.hash, now_ms),
+            lambda row: self.store.holds(*row_key(row), now_ms),
         )
         added = self.store.put_many(room)
         fresh = [row for row, new in zip(room, added, strict=True) if new]
