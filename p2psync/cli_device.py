@@ -437,7 +437,8 @@ def _cmd_pair(args: argparse.Namespace) -> int:
 
     waited_for = (
         f"{args.primary[:12]}… did not answer, or did not accept: it answers while online"
-        " (`p2psync device run` or `device accept --wait S` there), on a running network"
+        " (`p2psync device run` or `device accept --wait S` there; if many asked at once,"
+        " when `device accept` there lists them), on a running network"
     )
     return _run(args, work, gave_up=waited_for)
 
@@ -453,7 +454,7 @@ def _cmd_accept(args: argparse.Namespace) -> int:
 
     def waiting(device: Device) -> bool:
         if code is None:
-            return bool(device.pairing.requests())
+            return bool(device.pairing.requests() or device.pairing.held())
         return _shown_code(device, code) is not None
 
     async def work(device: Device) -> None:
@@ -461,6 +462,8 @@ def _cmd_accept(args: argparse.Namespace) -> int:
         with trio.move_on_after(args.wait):
             await device.wait_for(waiting)
         if code is None:
+            # The user is looking: answer what waits past the answer budget too.
+            await device.pairing.answer_held()
             offers = device.pairing.requests()
             if not offers:
                 raise PairingError(
@@ -481,6 +484,8 @@ def _cmd_accept(args: argparse.Namespace) -> int:
                 )
             if not args.json:
                 say("accept one with: p2psync device accept --code CODE ...")
+                if held := device.pairing.held():
+                    say(f"{held} more wait unanswered (too many at once): list again for more")
             return
         shown = _shown_code(device, code) or code
         if args.decline:

@@ -130,6 +130,17 @@ class DevicePairing:
         """Requests from new devices waiting for the user to compare codes and accept."""
         return self._pairer.pairing_requests()
 
+    def held(self) -> int:
+        """How many requests wait unanswered: past the answer budget (too many came at
+        once, strangers' perhaps), they are answered only by :meth:`answer_held`."""
+        return self._pairer.held_requests()
+
+    async def answer_held(self) -> int:
+        """Answer the newest held requests (a few), so that they are listed by
+        :meth:`requests` once answered: call it when the user looks at the requests.
+        Returns how many were answered."""
+        return await self._pairer.answer_held()
+
     async def accept(self, code: str) -> str:
         """On the primary, after the user saw ``code`` on both screens: grant the request
         and return the new device's id."""

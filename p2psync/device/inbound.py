@@ -55,7 +55,9 @@ from .friends import transition as friend_transition
 from .migration import LinkedStatement, awaiting_hand_over
 from .modes import Mode, Rules
 from .pairing import (
+    WAITING_HERE,
     IllegalPairing,
+    PairingBudget,
     PairingEffect,
     PairingEvent,
     PairingState,
@@ -111,7 +113,7 @@ class View(Protocol):
     def paired_at_ms(self) -> int: ...  # the mapping this device was paired by (0: none)
     def pairing(self, request_id: bytes) -> Pairing | None: ...
     def waiting_requests(self) -> list[Pairing]: ...  # pairing requests not answered here
-    def allow_pairing(self, sender_key: bytes) -> bool: ...
+    def pairing_budget(self, sender_key: bytes) -> PairingBudget: ...  # spends it
     @property
     def display_name_at_ms(self) -> int: ...  # when the user's own name was last set
     @property
@@ -242,6 +244,14 @@ class SendChallenge:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """Keep ``pairing``, a request past the answer budget, unanswered (the newest
+    :data:`~.pairing.MAX_HELD_REQUESTS` held are kept), for the user's listing to answer."""
+
+    pairing: Pairing
+
+
+@dataclass(frozen=True, slots=True)
 class KeepPairing:
     """Store ``pairing`` as it now is (the challenge's nonce kept, or declined) and wake
     whoever waits on it."""
@@ -272,6 +282,7 @@ Effect = (
     | SetDisplayName
     | SendChallenge
     | SendDecline
+    | HoldRequest
     | KeepPairing
     | AdoptGrant
 )
@@ -663,7 +674,7 @@ class _Decision:
         if known is not None:
             # Seen again: changes nothing, unless it is an answered request stored
             # again after its window (a replay).
-            answered = known.incoming and known.state != PairingState.PENDING
+            answered = known.incoming and known.state not in WAITING_HERE
             if answered and not request_open(known.timestamp_ms, now):
                 raise _Refused("a replayed pairing request (it was already answered)")
             pairing_transition(PairingState(known.state), PairingEvent.REQUEST_RECEIVED)
@@ -676,7 +687,7 @@ class _Decision:
         if request.mode != view.rules.mode:
             # The new device would wait for an answer that cannot come: it is told (a
             # decline is signed, so within the same budget as a challenge).
-            if not view.allow_pairing(item.sender_key):
+            if view.pairing_budget(item.sender_key) is not PairingBudget.ANSWER:
                 raise _Refused("too many pairing requests: this one is dropped")
             reason = f"a {request.mode} pairing request to a {view.rules.mode} device (declined)"
             return [Reject(reason), SendDecline(item.device, item.digest)]
@@ -686,8 +697,9 @@ class _Decision:
             raise _Refused("a pairing request from a device that is already paired")
         # Before any work that costs us (checking the signed request, signing a challenge,
         # storing it): anyone can seal requests to us (see :mod:`.pairing`).
-        if not view.allow_pairing(item.sender_key):
-            raise _Refused("too many pairing requests: this one is dropped")
+        budget = view.pairing_budget(item.sender_key)
+        if budget is PairingBudget.DROP:
+            raise _Refused("too many pairing requests from one key: this one is dropped")
         joining: dict[str, Any] = {"device": request.device, "overlay": request.overlay}
         if view.rules.hands_over_seed():
             peer = item.device  # the key made for this request
@@ -704,6 +716,18 @@ class _Decision:
             ):
                 raise _Refused("the signed pairing request does not match its envelope")
             peer, joining = request.device, {**joining, "request": request.request}
+        if budget is PairingBudget.HOLD:
+            move = pairing_transition(None, PairingEvent.REQUEST_HELD)
+            held = Pairing(
+                item.digest,
+                True,
+                peer,
+                request.name,
+                request.timestamp_ms,
+                move.state,
+                encode_cbor(joining),
+            )
+            return [HoldRequest(held)]
         move = pairing_transition(None, PairingEvent.REQUEST_RECEIVED)
         assert PairingEffect.SEND_CHALLENGE in move.effects
         pairing = Pairing(

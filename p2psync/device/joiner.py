@@ -123,11 +123,7 @@ class Joiner:
     def _declined(self) -> bool:
         """Whether the primary declined this device's latest request (an earlier attempt's
         decline says nothing of a later one)."""
-        return declined_last(
-            pairing
-            for state in ASKED
-            for pairing in self._store.pairings(incoming=False, state=state)
-        )
+        return declined_last(self._store.pairings(incoming=False, states=ASKED))
 
     def _raise_if_declined(self) -> None:
         if self._declined():

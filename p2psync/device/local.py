@@ -40,7 +40,8 @@ from .pairing import (
     REQUEST_REFILL_S,
     REQUESTS_BURST,
     REQUESTS_PER_KEY,
-    PairingState,
+    WAITING_HERE,
+    PairingBudget,
 )
 from .rows import Contact, Copy, Pairing
 from .store import DeviceStore
@@ -241,10 +242,15 @@ class Local:
         return self.store.pairing(request_id)
 
     def waiting_requests(self) -> list[Pairing]:
-        return self.store.pairings(incoming=True, state=PairingState.PENDING)
+        return self.store.pairings(incoming=True, states=WAITING_HERE)
 
-    def allow_pairing(self, sender_key: bytes) -> bool:
-        return self.pairing_limit.allow(sender_key, self.clock.now_ms() / 1000)
+    def pairing_budget(self, sender_key: bytes) -> PairingBudget:
+        now = self.clock.now_ms() / 1000
+        if self.pairing_limit.allow(sender_key, now):
+            return PairingBudget.ANSWER
+        if self.pairing_limit.key_admits(sender_key, now):
+            return PairingBudget.HOLD
+        return PairingBudget.DROP
 
     # --- bookkeeping ------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from .keys import pairing_nonce
 from .local import Local
 from .outbox import Outbox
 from .pairing import (
+    ANSWERS_PER_LISTING,
     IllegalPairing,
     OfferMatch,
     PairingEffect,
@@ -88,9 +89,41 @@ class Pairer:
         ]
 
     def _waiting(self) -> list[Pairing]:
-        """The requests waiting, a device's latest only (:func:`latest_per_device`)."""
-        waiting = [(p, pairing_details(p)) for p in self._local.waiting_requests()]
+        """The requests answered and waiting for the user, a device's latest only
+        (:func:`latest_per_device`)."""
+        waiting = [
+            (p, pairing_details(p))
+            for p in self._local.waiting_requests()
+            if p.state == PairingState.PENDING
+        ]
         return latest_per_device(((d["device"], d["overlay"]), p) for p, d in waiting)
+
+    def _held(self) -> list[Pairing]:
+        """The requests held unanswered (past the answer budget) and still open, newest
+        first."""
+        now = self._local.clock.now_ms()
+        held = [
+            p
+            for p in self._local.waiting_requests()
+            if p.state == PairingState.HELD and request_open(p.timestamp_ms, now)
+        ]
+        return held[::-1]
+
+    def held_requests(self) -> int:
+        """How many requests wait unanswered because too many came at once."""
+        return len(self._held())
+
+    async def answer_held(self) -> int:
+        """Answer the newest requests held past the answer budget (at most
+        :data:`~.pairing.ANSWERS_PER_LISTING`), so that they are listed with their codes
+        once their new devices show them; for when the user looks at the requests (see
+        :mod:`.pairing`). Returns how many were answered."""
+        answering = self._held()[:ANSWERS_PER_LISTING]
+        for pairing in answering:
+            move = pairing_transition(PairingState.HELD, PairingEvent.LISTED)
+            assert PairingEffect.SEND_CHALLENGE in move.effects
+            await self.send_challenge(replace(pairing, state=move.state), pairing_details(pairing))
+        return len(answering)
 
     def _pending_offer(self, code: str) -> Pairing:
         pending = self._waiting()

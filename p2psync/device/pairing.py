@@ -20,11 +20,14 @@ Answering a request costs the primary a signature and a stored message (the chal
 and anyone can seal requests to it, so it answers a requester key at most
 :data:`REQUESTS_PER_KEY` times at once and then once per :data:`REQUEST_KEY_REFILL_S`,
 and all requesters together at most :data:`REQUESTS_BURST` times, then once per
-:data:`REQUEST_REFILL_S`; a request beyond that is refused before any of that work. An
-honest new device makes one request per attempt, so it passes while another key floods.
-A ``linked`` request is sealed by a key made for it alone, so there the total is what a
-flood of fresh keys runs into: while one lasts, honest requests are refused as well, and
-the new device, hearing no challenge within the pairing window, asks the user to try again.
+:data:`REQUEST_REFILL_S` (:class:`PairingBudget`). A key past its own share is dropped:
+an honest new device makes one request per attempt, so it passes while another key floods.
+Past the total, a request is *held*: kept unanswered (the newest
+:data:`MAX_HELD_REQUESTS`), and answered when the user lists the requests
+(:data:`ANSWERS_PER_LISTING`, newest first). A ``linked`` request is sealed by a key made
+for it alone, so a flood of fresh keys spends the total; then the user's presence, not a
+stranger's rate, spends the answers, and the new device asked a minute ago is among the
+newest few that the user's listing answers.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ REQUESTS_PER_KEY = 3
 REQUEST_KEY_REFILL_S = 600.0
 REQUESTS_BURST = 10
 REQUEST_REFILL_S = 60.0
+#: Requests past the total kept unanswered at most, the newest.
+MAX_HELD_REQUESTS = 64
+#: Held requests the user's listing answers at once, the newest: a new device that asked
+#: a minute before the user looks is among them while strangers store one every 20 s.
+ANSWERS_PER_LISTING = 5
 _PERSON = b"p2psync-paircode"
 
 
@@ -122,6 +130,14 @@ def choose_offer(
     if not request_open(matches[0].timestamp_ms, now_ms):
         return OfferChoice(OfferMatch.EXPIRED, matches)
     return OfferChoice(OfferMatch.FOUND, matches)
+
+
+class PairingBudget(Enum):
+    """What the answer budget lets a device do with a new pairing request."""
+
+    ANSWER = "answer"  #: within both the key's share and the total: challenge it now
+    HOLD = "hold"  #: within the key's share only: keep it for the user's listing
+    DROP = "drop"  #: the key's share is spent: refuse it
 
 
 def request_refusal(
@@ -229,7 +245,8 @@ class PairingState(StrEnum):
     """A pairing as one device keeps it (stored by value). The new device's own request
     is ``waiting`` until the grant makes it ``paired`` or the primary's decline makes it
     ``refused``; a request on the primary is ``pending`` until the user ``accepted`` or
-    ``declined`` it."""
+    ``declined`` it, or ``held`` (past the answer budget, unanswered) until the user's
+    listing answers it."""
 
     WAITING = "waiting"
     PAIRED = "paired"
@@ -237,6 +254,7 @@ class PairingState(StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
     DECLINED = "declined"
+    HELD = "held"
 
 
 class PairingEvent(Enum):
@@ -245,6 +263,8 @@ class PairingEvent(Enum):
     GRANT_RECEIVED = "grant received"
     DECLINE_RECEIVED = "decline received"
     REQUEST_RECEIVED = "request received"  # on the primary
+    REQUEST_HELD = "request received past the answer budget"
+    LISTED = "the user listed the requests"
     ACCEPT = "accept"
     DECLINE = "decline"
     CODE_CLASH = "two requests show one code"
@@ -300,6 +320,12 @@ PAIRING_TRANSITIONS: dict[tuple[PairingState | None, PairingEvent], PairingTrans
     (_S.PENDING, _E.DECLINE): PairingTransition(_S.DECLINED, (_F.SEND_DECLINE,)),
     (_S.PENDING, _E.CODE_CLASH): PairingTransition(_S.DECLINED),
     (_S.PENDING, _E.SIBLING_ACCEPTED): PairingTransition(_S.ACCEPTED, (_F.NOTIFY,)),
+    (None, _E.REQUEST_HELD): PairingTransition(_S.HELD, (_F.NOTIFY,)),
+    (_S.HELD, _E.LISTED): PairingTransition(_S.PENDING, (_F.SEND_CHALLENGE, _F.NOTIFY)),
+    (_S.HELD, _E.SIBLING_ACCEPTED): PairingTransition(_S.ACCEPTED, (_F.NOTIFY,)),
+    # Only a move to ``linked`` declines what the user never saw: silently, as a held
+    # request was never worth a signature.
+    (_S.HELD, _E.DECLINE): PairingTransition(_S.DECLINED),
 }
 
 
@@ -312,6 +338,9 @@ def pairing_transition(state: PairingState | None, event: PairingEvent) -> Pairi
         )
     return found
 
+
+#: Requests a primary received that its user has not answered (listed or held).
+WAITING_HERE = (PairingState.PENDING, PairingState.HELD)
 
 #: A new device's own requests that were answered or still may be.
 ASKED = (PairingState.WAITING, PairingState.PAIRED, PairingState.REFUSED)

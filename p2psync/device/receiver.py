@@ -31,6 +31,7 @@ from .inbound import (
     DeleteSyncCopy,
     Effect,
     File,
+    HoldRequest,
     Inbound,
     KeepPairing,
     NeedDevicesOf,
@@ -50,7 +51,7 @@ from .local import REVOKED_HERE_META, Local
 from .migrator import Migrator
 from .outbox import Outbox
 from .pairer import Pairer
-from .pairing import PairingState
+from .pairing import MAX_HELD_REQUESTS, PairingState
 from .rows import Contact
 from .siblings import SiblingHandler
 from .values import TRANSIENT, Refused
@@ -109,7 +110,7 @@ class Receiver:
     def _streams(self) -> list[tuple[Identity, int]]:
         streams = [(self._local.identity, namespace) for namespace in NAMESPACES]
         if self._local.rules.hands_over_seed():  # the answer comes to the request's key
-            for pairing in self._store.pairings(incoming=False, state=PairingState.WAITING):
+            for pairing in self._store.pairings(incoming=False, states=(PairingState.WAITING,)):
                 secret = pairing_details(pairing)["secret"]
                 streams.append((Identity(secret), NAMESPACE_CONTROL))
         return streams
@@ -276,6 +277,10 @@ class Receiver:
                     await self._pairer.send_challenge(pairing, joining)
                 case SendDecline(recipient=recipient, request_id=request_id):
                     await self._pairer.send_decline(recipient, request_id)
+                case HoldRequest(pairing=pairing):
+                    store.hold_pairing(pairing, MAX_HELD_REQUESTS)
+                    logger.info("%s: too many pairing requests: held one", local.name)
+                    local.notify()
                 case KeepPairing(pairing=pairing):
                     store.put_pairing(pairing)
                     local.notify()

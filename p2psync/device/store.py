@@ -21,7 +21,7 @@ outbox is the only copy of what the user just sent.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -477,13 +477,29 @@ class DeviceStore:
         ).fetchone()
         return None if row is None else _pairing(row)
 
-    def pairings(self, *, incoming: bool, state: str) -> list[Pairing]:
+    def pairings(self, *, incoming: bool, states: Iterable[str]) -> list[Pairing]:
+        """This device's pairings (``incoming``: requests it received; else its own) in
+        ``states``, oldest request first."""
+        wanted = tuple(states)
         rows = self._db.execute(
             "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
-            " WHERE incoming = ? AND state = ? ORDER BY timestamp_ms",
-            (int(incoming), state),
+            f" WHERE incoming = ? AND state IN ({', '.join('?' * len(wanted))})"
+            " ORDER BY timestamp_ms",
+            (int(incoming), *wanted),
         )
         return [_pairing(r) for r in rows]
+
+    def hold_pairing(self, pairing: Pairing, keep: int) -> None:
+        """Keep ``pairing``, a request held unanswered, and of those held the newest
+        ``keep`` only: strangers' requests past the answer budget cost a bounded store."""
+        with self.transaction():
+            self.put_pairing(pairing)
+            self._db.execute(
+                "DELETE FROM pairings WHERE incoming = 1 AND state = ? AND request_id NOT IN"
+                " (SELECT request_id FROM pairings WHERE incoming = 1 AND state = ?"
+                "  ORDER BY timestamp_ms DESC, request_id LIMIT ?)",
+                (pairing.state, pairing.state, keep),
+            )
 
     def put_pairing(self, pairing: Pairing) -> None:
         self._db.execute(

@@ -84,6 +84,13 @@ class KeyedRateLimit:
         own = self._per_key if known is None else known[0].available(now)
         return own >= cost and self._total.available(now) >= cost
 
+    def key_admits(self, key: bytes, now: float) -> bool:
+        """Whether ``key``'s own bucket has a token, whatever the total has (spending and
+        remembering nothing): for a caller that treats a request past the total apart
+        from one past its key's share."""
+        known = self._keys.get(key)
+        return known is None or known[0].available(now) >= 1
+
     def allow(self, key: bytes, now: float, cost: int = 1) -> bool:
         """Whether ``key`` may spend ``cost`` requests' worth now (both buckets)."""
         while self._keys:

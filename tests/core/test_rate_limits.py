@@ -42,3 +42,14 @@ def test_asking_whether_a_request_would_be_admitted_spends_nothing() -> None:
     assert limits.allow(b"a", 0, cost=2)
     assert not limits.admits(b"a", 0) and limits.admits(b"b", 0)
     assert limits.allow(b"b", 0) and not limits.admits(b"c", 0)  # the total is spent
+
+
+def test_a_key_with_its_share_left_is_told_apart_from_one_past_it() -> None:
+    """Once the total is spent a caller may still treat a key within its own share (a
+    new key, or one that asked less) apart from one that spent it."""
+    limits = KeyedRateLimit(per_key=2, key_refill_s=1000, total=3, total_refill_s=1000, now=0)
+    assert limits.allow(b"a", 0, cost=2) and limits.allow(b"b", 0)
+    assert not limits.allow(b"c", 0)  # the total is spent
+    assert limits.key_admits(b"b", 0) and limits.key_admits(b"c", 0)
+    assert not limits.key_admits(b"a", 0)
+    assert all(limits.key_admits(b"fresh", 0) for _ in range(10))  # asking spends nothing

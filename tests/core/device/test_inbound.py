@@ -34,6 +34,7 @@ from p2psync.device.inbound import (
     DeleteSyncCopy,
     Effect,
     File,
+    HoldRequest,
     Inbound,
     KeepPairing,
     NeedDevicesOf,
@@ -48,12 +49,12 @@ from p2psync.device.inbound import (
 )
 from p2psync.device.migration import LinkedStatement
 from p2psync.device.modes import RULES, Mode, Rules
-from p2psync.device.pairing import PairingState
+from p2psync.device.pairing import WAITING_HERE, PairingBudget, PairingState
 from p2psync.device.rows import Contact, Pairing
 from p2psync.identity import Identity
 from p2psync.mapping import PAIRING_WINDOW_MS, revoke_pairing
 from p2psync.swarm.constants import NAMESPACE_SYNC
-from p2psync.wire import encode_cbor
+from p2psync.wire import decode_cbor, encode_cbor
 
 NOW = 1_700_000_000_000
 ME = Identity.from_label("core/me")
@@ -71,7 +72,7 @@ class Known:
     contacts: dict[str, Contact] = field(default_factory=dict)
     sibling_names: dict[str, str] = field(default_factory=dict)
     pairings: dict[bytes, Pairing] = field(default_factory=dict)
-    pairing_allowed: bool = True
+    pairing_budget_left: PairingBudget = PairingBudget.ANSWER
     user_id: str = ME.session_id
     device_id: str = ME.session_id
     account_key: bytes = ME.ed25519_public
@@ -107,10 +108,10 @@ class Known:
 
     def waiting_requests(self) -> list[Pairing]:
         waiting = [p for p in self.pairings.values() if p.incoming]
-        return [p for p in waiting if p.state == PairingState.PENDING]
+        return [p for p in waiting if p.state in WAITING_HERE]
 
-    def allow_pairing(self, sender_key: bytes) -> bool:
-        return self.pairing_allowed
+    def pairing_budget(self, sender_key: bytes) -> PairingBudget:
+        return self.pairing_budget_left
 
 
 def inbound(
@@ -426,7 +427,10 @@ def test_pairing_requests_refused_before_any_work() -> None:
     requester = Identity.from_label("core/request-key")
     cases = {
         "expired": (Known(), pair_request(at=NOW - PAIRING_WINDOW_MS - 1)),
-        "too many pairing requests": (Known(pairing_allowed=False), pair_request()),
+        "too many pairing requests from one key": (
+            Known(pairing_budget_left=PairingBudget.DROP),
+            pair_request(),
+        ),
         "already paired": (
             Known(mode=Mode.MAPPED, sibling_names={SIBLING.session_id: "tablet"}),
             pair_request(Mode.MAPPED),
@@ -445,9 +449,25 @@ def test_a_request_of_the_other_mode_is_declined_so_the_new_device_stops_waiting
     assert isinstance(refused, Reject)
     assert "a mapped pairing request to a linked device" in refused.reason
     assert decline == SendDecline(requester.session_id, DIGEST)
-    over_budget = Known(pairing_allowed=False)
-    [dropped] = run(over_budget, inbound(pair_request(Mode.MAPPED), requester))
-    assert isinstance(dropped, Reject) and "too many pairing requests" in dropped.reason
+    for budget in (PairingBudget.HOLD, PairingBudget.DROP):
+        over_budget = Known(pairing_budget_left=budget)
+        [dropped] = run(over_budget, inbound(pair_request(Mode.MAPPED), requester))
+        assert isinstance(dropped, Reject) and "too many pairing requests" in dropped.reason
+
+
+def test_a_request_past_the_total_budget_is_held_unanswered_with_what_answering_takes() -> None:
+    """Past the answer budget's total (strangers' fresh keys spent it) a request is kept
+    unanswered, not dropped: the user's listing answers it later, from what is kept."""
+    requester = Identity.from_label("core/request-key")
+    [effect] = run(
+        Known(pairing_budget_left=PairingBudget.HOLD), inbound(pair_request(), requester)
+    )
+    assert isinstance(effect, HoldRequest)
+    assert effect.pairing.state == PairingState.HELD and effect.pairing.peer == requester.session_id
+    assert decode_cbor(effect.pairing.data) == {"device": SIBLING.session_id, "overlay": bytes(32)}
+    # Seen again while held, it is neither a replay nor a new request.
+    held = Known(pairings={DIGEST: effect.pairing})
+    assert run(held, inbound(pair_request(), requester)) == []
 
 
 def test_a_request_seen_again_changes_nothing_unless_replayed_after_its_window() -> None:

@@ -56,6 +56,11 @@ EXPECTED: dict[
     (S.PENDING, E.DECLINE): (S.DECLINED, {F.SEND_DECLINE}),
     (S.PENDING, E.CODE_CLASH): (S.DECLINED, set()),
     (S.PENDING, E.SIBLING_ACCEPTED): (S.ACCEPTED, {F.NOTIFY}),
+    # past the answer budget: unanswered until the user lists the requests
+    (None, E.REQUEST_HELD): (S.HELD, {F.NOTIFY}),
+    (S.HELD, E.LISTED): (S.PENDING, {F.SEND_CHALLENGE, F.NOTIFY}),
+    (S.HELD, E.SIBLING_ACCEPTED): (S.ACCEPTED, {F.NOTIFY}),
+    (S.HELD, E.DECLINE): (S.DECLINED, set()),
 }
 
 
@@ -91,6 +96,14 @@ def test_a_device_answers_only_what_it_asked() -> None:
         pairing_transition(S.ACCEPTED, E.ACCEPT)
 
 
+def test_a_held_request_is_never_accepted_unseen() -> None:
+    """A request held past the answer budget has no code to compare yet: only the user's
+    listing (which answers it) makes it one the user can accept."""
+    for event in (E.ACCEPT, E.CODE_CLASH):
+        with pytest.raises(IllegalPairing):
+            pairing_transition(S.HELD, event)
+
+
 def test_states_keep_their_stored_values() -> None:
     assert [s.value for s in PairingState] == [
         "waiting",
@@ -99,6 +112,7 @@ def test_states_keep_their_stored_values() -> None:
         "pending",
         "accepted",
         "declined",
+        "held",
     ]
 
 

@@ -31,7 +31,14 @@ from p2psync.device.device import Device, PairingError
 from p2psync.device.friends import ContactState
 from p2psync.device.inbound import MAX_AHEAD_MS, PENDING_MESSAGES
 from p2psync.device.modes import Mode
-from p2psync.device.pairing import REQUESTS_PER_KEY, pairing_code
+from p2psync.device.pairing import (
+    ANSWERS_PER_LISTING,
+    MAX_HELD_REQUESTS,
+    REQUESTS_BURST,
+    REQUESTS_PER_KEY,
+    pairing_code,
+)
+from p2psync.device.values import PairingTicket
 from p2psync.envelope import MAX_TIMESTAMP_MS, Envelope, open_envelope, seal_envelope
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver.client import CALL_TIMEOUT_S, open_fileserver_client
@@ -411,6 +418,60 @@ async def test_a_flood_of_pairing_requests_gets_few_answers_and_pairing_still_wo
             await phone.pairing.accept(ticket.code)
             with trio.fail_after(60):
                 await tablet.pairing.wait_paired()
+
+
+async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_users_listing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Strangers' requests from fresh keys spend the primary's total of answers (each key
+    within its own share): a new device asking after them is held unanswered, not
+    dropped, and the user's listing answers it, newest first, among a few; what is held
+    is bounded, and only what the budget or the user's listing allowed was answered."""
+    strangers = [Identity.from_label(f"stranger/{n}") for n in range(MAX_HELD_REQUESTS + 20)]
+
+    async def ask(swarm: SwarmClient, key: Identity, target: Device) -> None:
+        request = PairRequest(
+            Mode.LINKED, key.session_id, bytes(32), "tablet", swarm.clock.now_ms(), None
+        )
+        await inject(swarm, key, target.session_id, NAMESPACE_CONTROL, request)
+
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+        device(network, tmp_path, "tablet", "linked") as tablet,
+        trio.open_nursery() as nursery,
+    ):
+        for key in strangers[: REQUESTS_BURST + 3]:
+            await ask(swarm, key, phone)
+        await wait_until(lambda: phone.pairing.held() == 3)
+        assert len(phone.pairing.requests()) == REQUESTS_BURST
+
+        tickets: list[PairingTicket] = []
+
+        async def request_pairing() -> None:
+            tickets.append(await tablet.pairing.request(phone.session_id))
+
+        nursery.start_soon(request_pairing)
+        await wait_until(lambda: phone.pairing.held() == 4)
+        for key in strangers[REQUESTS_BURST + 3 : REQUESTS_BURST + 5]:  # strangers go on
+            await ask(swarm, key, phone)
+        await wait_until(lambda: phone.pairing.held() == 6)
+        assert not tickets  # held: the tablet heard nothing
+
+        assert await phone.pairing.answer_held() == ANSWERS_PER_LISTING
+        await wait_until(lambda: bool(tickets))
+        assert tickets[0].code in [o.code for o in phone.pairing.requests()]
+        await phone.pairing.accept(tickets[0].code)
+        with trio.fail_after(60):
+            await tablet.pairing.wait_paired()
+        assert phone.pairing.held() == 1
+
+        for key in strangers[REQUESTS_BURST + 5 :]:
+            await ask(swarm, key, phone)
+        await wait_until(lambda: phone.pairing.held() == MAX_HELD_REQUESTS)
+        challenged = [k for k in strangers if stored_kinds(network, k, NAMESPACE_CONTROL)]
+        assert len(challenged) == REQUESTS_BURST + ANSWERS_PER_LISTING - 1  # and the tablet
 
 
 async def test_a_record_that_trips_an_unforeseen_error_is_refused_not_fatal(
