@@ -44,6 +44,8 @@ from .local import Local
 from .outbox import Outbox
 from .pairing import (
     ANSWERS_PER_LISTING,
+    FORGET_REQUESTS_MS,
+    MAX_HELD_REQUESTS,
     IllegalPairing,
     OfferMatch,
     PairingEffect,
@@ -243,7 +245,18 @@ class Pairer:
         challenge goes out first: if storing it fails, the request is retried whole."""
         nonce = pairing_nonce(self._local.identity.seed, pairing.request_id)
         await self._answer(pairing.peer, PairChallenge(pairing.request_id, nonce))
-        self._store.put_pairing(replace(pairing, data=encode_cbor({**joining, "nonce": nonce})))
+        self._keep(replace(pairing, data=encode_cbor({**joining, "nonce": nonce})))
+
+    def hold(self, pairing: Pairing) -> None:
+        """Keep a request past the answer budget unanswered, for :meth:`answer_held`."""
+        self._keep(pairing)
+        logger.info("%s: too many pairing requests: held one", self._local.name)
+
+    def _keep(self, pairing: Pairing) -> None:
+        """Keep a request received (within :data:`~.pairing.MAX_HELD_REQUESTS` held, and
+        :data:`~.pairing.FORGET_REQUESTS_MS`), and wake whoever lists them."""
+        before_ms = self._local.clock.now_ms() - FORGET_REQUESTS_MS
+        self._store.keep_request(pairing, held=MAX_HELD_REQUESTS, before_ms=before_ms)
         self._local.notify()
 
     async def revoke_device(self, device: str) -> None:

@@ -49,6 +49,10 @@ REQUESTS_BURST = 10
 REQUEST_REFILL_S = 60.0
 #: Requests past the total kept unanswered at most, the newest.
 MAX_HELD_REQUESTS = 64
+#: How long a request the user never answered is kept (shown as expired once past the
+#: pairing window), then forgotten: strangers' requests answered within the budget would
+#: otherwise pile up, one a minute, for good.
+FORGET_REQUESTS_MS = 24 * 3600 * 1000
 #: Held requests the user's listing answers at once, the newest: a new device that asked
 #: a minute before the user looks is among them while strangers store one every 20 s.
 ANSWERS_PER_LISTING = 5

@@ -51,7 +51,7 @@ from .local import REVOKED_HERE_META, Local
 from .migrator import Migrator
 from .outbox import Outbox
 from .pairer import Pairer
-from .pairing import MAX_HELD_REQUESTS, PairingState
+from .pairing import PairingState
 from .rows import Contact
 from .siblings import SiblingHandler
 from .values import TRANSIENT, Refused
@@ -278,9 +278,7 @@ class Receiver:
                 case SendDecline(recipient=recipient, request_id=request_id):
                     await self._pairer.send_decline(recipient, request_id)
                 case HoldRequest(pairing=pairing):
-                    store.hold_pairing(pairing, MAX_HELD_REQUESTS)
-                    logger.info("%s: too many pairing requests: held one", local.name)
-                    local.notify()
+                    self._pairer.hold(pairing)
                 case KeepPairing(pairing=pairing):
                     store.put_pairing(pairing)
                     local.notify()

@@ -34,7 +34,7 @@ from ..swarm.cursor import Cursor
 from ..swarm.messages import Message
 from ..wire import decode_cbor, encode_cbor
 from .friends import ContactState
-from .pairing import PairingState
+from .pairing import WAITING_HERE, PairingState
 from .rows import Contact, Copy, HistoryItem, OutboxEntry, Pairing, Pending
 
 _SCHEMA = """
@@ -489,16 +489,22 @@ class DeviceStore:
         )
         return [_pairing(r) for r in rows]
 
-    def hold_pairing(self, pairing: Pairing, keep: int) -> None:
-        """Keep ``pairing``, a request held unanswered, and of those held the newest
-        ``keep`` only: strangers' requests past the answer budget cost a bounded store."""
+    def keep_request(self, pairing: Pairing, *, held: int, before_ms: int) -> None:
+        """Keep ``pairing``, a request this device received (answered or held), and forget
+        what waits past the bounds (strangers can make requests without end): of those
+        held unanswered all but the newest ``held``, and any made before ``before_ms``
+        that the user never answered."""
         with self.transaction():
             self.put_pairing(pairing)
             self._db.execute(
                 "DELETE FROM pairings WHERE incoming = 1 AND state = ? AND request_id NOT IN"
                 " (SELECT request_id FROM pairings WHERE incoming = 1 AND state = ?"
                 "  ORDER BY timestamp_ms DESC, request_id LIMIT ?)",
-                (pairing.state, pairing.state, keep),
+                (PairingState.HELD, PairingState.HELD, held),
+            )
+            self._db.execute(
+                "DELETE FROM pairings WHERE incoming = 1 AND state IN (?, ?) AND timestamp_ms < ?",
+                (*WAITING_HERE, before_ms),
             )
 
     def put_pairing(self, pairing: Pairing) -> None:

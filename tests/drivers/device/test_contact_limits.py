@@ -1,5 +1,5 @@
-"""What strangers can make a device keep of contacts (the store, on a file in a test
-directory)."""
+"""What strangers can make a device keep of contacts and pairing requests (the store, on
+a file in a test directory)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from contextlib import closing
 from pathlib import Path
 
 from p2psync.device.friends import ContactState
-from p2psync.device.rows import Contact
+from p2psync.device.pairing import FORGET_REQUESTS_MS, MAX_HELD_REQUESTS, PairingState
+from p2psync.device.rows import Contact, Pairing
 from p2psync.device.store import (
     DEFERRED_BYTES,
     DEFERRED_FOR_MS,
@@ -86,5 +87,35 @@ def test_records_deferred_by_a_version_that_noted_no_time_age_from_now(tmp_path:
     try:
         assert store.forget_deferred(now + 10 * DEFERRED_FOR_MS) == 0  # dated now, then
         assert store.forget_deferred(now + 11 * DEFERRED_FOR_MS + 1) == 1
+    finally:
+        store.close()
+
+
+def test_pairing_requests_kept_are_bounded_in_number_held_and_in_age(tmp_path: Path) -> None:
+    """Strangers make pairing requests without end: of those held unanswered the newest
+    :data:`MAX_HELD_REQUESTS` stay, and any the user never answered go after
+    :data:`FORGET_REQUESTS_MS`; the user's answers stay."""
+    store = DeviceStore(tmp_path / "device.sqlite3")
+    now = 1_700_000_000_000
+
+    def request(n: int, state: PairingState, at: int) -> Pairing:
+        return Pairing(n.to_bytes(32, "big"), True, f"{n:066x}", "tablet", at, state, b"")
+
+    def kept(state: PairingState) -> list[int]:
+        rows = store.pairings(incoming=True, states=(state,))
+        return [int.from_bytes(p.request_id, "big") for p in rows]
+
+    try:
+        before = now - FORGET_REQUESTS_MS
+        store.put_pairing(request(1, PairingState.PENDING, before - 1))  # a day unanswered
+        store.put_pairing(request(2, PairingState.ACCEPTED, before - 1))
+        store.put_pairing(request(3, PairingState.PENDING, before))
+        for n in range(10, 10 + MAX_HELD_REQUESTS + 5):
+            store.keep_request(
+                request(n, PairingState.HELD, now + n), held=MAX_HELD_REQUESTS, before_ms=before
+            )
+        assert kept(PairingState.HELD) == list(range(15, 10 + MAX_HELD_REQUESTS + 5))
+        assert kept(PairingState.PENDING) == [3]
+        assert kept(PairingState.ACCEPTED) == [2]
     finally:
         store.close()
