@@ -537,18 +537,29 @@ async def _watch_requests(args: argparse.Namespace, device: Device) -> None:
     work to this run: :mod:`p2psync.cli_control`)."""
     shown_friends: set[str] = set()
     shown_pairings: set[str] = set()
+    told_held = False  # since requests were last held here
 
-    def new(device: Device) -> tuple[list[Contact], list[PairingOffer]]:
+    def new(device: Device) -> tuple[list[Contact], list[PairingOffer], bool]:
         friends = device.friends.contacts()
         offers = device.pairing.requests()
         return (
             [c for c in friends if c.state == "pending" and c.user not in shown_friends],
             [o for o in offers if o.code not in shown_pairings],
+            bool(device.pairing.held()) != told_held,
         )
 
     while True:
         await device.wait_for(lambda device: any(new(device)))
-        friends, offers = new(device)
+        friends, offers, held_changed = new(device)
+        if held_changed:
+            told_held = not told_held
+            if told_held:  # answered by the user's listing only, never by this run
+                _emit(
+                    args,
+                    {"kind": "pairing_held"},
+                    "too many pairing requests at once: the newest wait unanswered until"
+                    " `p2psync device accept` lists them",
+                )
         for contact in friends:
             shown_friends.add(contact.user)
             _print_friend_request(args, contact)

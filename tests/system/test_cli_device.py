@@ -17,8 +17,14 @@ import pytest
 import trio
 
 from p2psync.device import open_device
+from p2psync.device.content import PairRequest, encode_content
+from p2psync.device.modes import Mode
+from p2psync.device.pairing import REQUESTS_BURST
+from p2psync.envelope import seal_envelope
+from p2psync.identity import Identity, session_id_key
 from p2psync.network import LocalNetwork, NodeHandle, open_local_network, wait_until
-from p2psync.swarm.constants import NAMESPACE_SYNC
+from p2psync.swarm.client import open_swarm_client
+from p2psync.swarm.constants import NAMESPACE_CONTROL, NAMESPACE_SYNC
 
 P2PSYNC = [sys.executable, "-m", "p2psync", "device"]
 #: Issue 16: "every command stops within 2 s on SIGINT or SIGTERM".
@@ -468,6 +474,65 @@ async def test_display_names_beside_ids_and_run_stopped_by_signals_says_how_it_e
 
 
 @pytest.mark.slow
+async def test_a_flood_of_pairing_requests_is_answered_when_the_user_lists_them(
+    tmp_path: Path,
+) -> None:
+    """Strangers' requests from fresh keys spend the primary's answers: ``run`` says once
+    that requests wait unanswered, and the new device's ``pair`` hears nothing until
+    ``accept`` (the user looking, done by the run) answers the newest few; then its code
+    is listed there and the pairing goes through."""
+    async with (
+        open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+        trio.open_nursery() as nursery,
+    ):
+        where = describe(tmp_path, network)
+        ids = await init(tmp_path, "linked", "phone", "tablet")
+        command = [*P2PSYNC, "run", *where("phone", timeout=False), "--json"]
+        run_process = partial(trio.run_process, stdout=subprocess.PIPE, check=False)
+        phone = await nursery.start(partial(run_process, command, stderr=subprocess.PIPE))
+        assert phone.stdout is not None and phone.stderr is not None
+        with trio.fail_after(60):
+            started = b""
+            while b"online as" not in started:
+                started += await phone.stderr.receive_some()
+        for n in range(REQUESTS_BURST + 2):
+            stranger = Identity.from_label(f"cli-stranger/{n}")
+            now = network.clock.now_ms()
+            kind, body = encode_content(
+                PairRequest(Mode.LINKED, stranger.session_id, bytes(32), "tablet", now, None)
+            )
+            data = seal_envelope(stranger, session_id_key(ids["phone"]), kind, body, now)
+            await swarm.store(ids["phone"], NAMESPACE_CONTROL, data)
+        printed = b""
+        with trio.fail_after(60):
+            while b'"pairing_held"' not in printed:
+                chunk = await phone.stdout.receive_some()
+                assert chunk, "run exited"
+                printed += chunk
+
+        pair = [*P2PSYNC, "pair", *where("tablet"), "--primary", ids["phone"]]
+        tablet = await nursery.start(partial(run_process, pair, stderr=subprocess.DEVNULL))
+        assert tablet.stdout is not None
+        shown = b""
+        with trio.fail_after(90):
+            while b"pairing code: " not in shown:
+                await ok("accept", *where("phone"), "--json")  # the run answers the newest
+                with trio.move_on_after(2):
+                    while b"pairing code: " not in shown:
+                        chunk = await tablet.stdout.receive_some()
+                        assert chunk, "pair exited"
+                        shown += chunk
+        code = shown.split(b"pairing code: ")[1][:7].decode()
+        listed = await ok("accept", *where("phone"), "--json")
+        assert code in [json.loads(x)["code"] for x in listed.splitlines()]
+        await ok("accept", *where("phone"), "--code", code)
+        with trio.fail_after(60):
+            await tablet.wait()
+        assert tablet.returncode == 0
+        phone.send_signal(signal.SIGTERM)
+
+
 async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path) -> None:
     """Human output of ``whoami`` and ``status`` is one result per line (no newline shown
     as ``\\u000a``); ``status`` says the last sync ("never" before any); ``accept --json``
