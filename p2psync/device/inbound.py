@@ -696,7 +696,9 @@ class _Decision:
                 return []
             raise _Refused("a pairing request from a device that is already paired")
         # Before any work that costs us (checking the signed request, signing a challenge,
-        # storing it): anyone can seal requests to us (see :mod:`.pairing`).
+        # storing it): anyone can seal requests to us (see :mod:`.pairing`). A request
+        # held past the total is checked as one answered now (a signature check, as its
+        # envelope's), so that what is held can be answered as it is.
         budget = view.pairing_budget(item.sender_key)
         if budget is PairingBudget.DROP:
             raise _Refused("too many pairing requests from one key: this one is dropped")

@@ -248,7 +248,7 @@ class Local:
         now = self.clock.now_ms() / 1000
         if self.pairing_limit.allow(sender_key, now):
             return PairingBudget.ANSWER
-        if self.pairing_limit.key_admits(sender_key, now):
+        if self.pairing_limit.allow_key(sender_key, now):
             return PairingBudget.HOLD
         return PairingBudget.DROP
 

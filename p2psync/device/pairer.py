@@ -63,7 +63,7 @@ from .pairing import (
 from .rows import Pairing
 from .siblings import SiblingHandler
 from .store import DeviceStore
-from .values import DeviceError, PairingError, PairingOffer
+from .values import TRANSIENT, DeviceError, PairingError, PairingOffer
 
 logger = logging.getLogger(__name__)
 
@@ -101,31 +101,45 @@ class Pairer:
         return latest_per_device(((d["device"], d["overlay"]), p) for p, d in waiting)
 
     def _held(self) -> list[Pairing]:
-        """The requests held unanswered (past the answer budget) and still open, newest
-        first."""
+        """The requests held unanswered (past the answer budget) and still open, the last
+        to arrive first."""
         now = self._local.clock.now_ms()
-        held = [
-            p
-            for p in self._local.waiting_requests()
-            if p.state == PairingState.HELD and request_open(p.timestamp_ms, now)
-        ]
-        return held[::-1]
+        return [p for p in self._store.held_requests() if request_open(p.timestamp_ms, now)]
 
     def held_requests(self) -> int:
         """How many requests wait unanswered because too many came at once."""
         return len(self._held())
 
     async def answer_held(self) -> int:
-        """Answer the newest requests held past the answer budget (at most
+        """Answer the requests held past the answer budget that arrived last (at most
         :data:`~.pairing.ANSWERS_PER_LISTING`), so that they are listed with their codes
         once their new devices show them; for when the user looks at the requests (see
-        :mod:`.pairing`). Returns how many were answered."""
-        answering = self._held()[:ANSWERS_PER_LISTING]
-        for pairing in answering:
-            move = pairing_transition(PairingState.HELD, PairingEvent.LISTED)
-            assert PairingEffect.SEND_CHALLENGE in move.effects
-            await self.send_challenge(replace(pairing, state=move.state), pairing_details(pairing))
-        return len(answering)
+        :mod:`.pairing`). A request that cannot be answered (its sender's mailbox is full,
+        say) costs only itself. Returns how many were answered."""
+        answered = 0
+        for pairing in self._held():
+            if answered == ANSWERS_PER_LISTING:
+                break
+            try:
+                answered += await self._answer_held(pairing)
+            except TRANSIENT as exc:
+                logger.info(
+                    "%s: could not answer a held pairing request: %s", self._local.name, exc
+                )
+        return answered
+
+    async def _answer_held(self, pairing: Pairing) -> bool:
+        move = pairing_transition(PairingState.HELD, PairingEvent.LISTED)
+        assert PairingEffect.SEND_CHALLENGE in move.effects
+        nonce = await self._challenge(pairing)
+        # While the challenge was stored, a sibling may have accepted the request, or the
+        # user declined it by moving to linked: that stands.
+        current = self._store.pairing(pairing.request_id)
+        if current is not None and current.state != PairingState.HELD:
+            return False
+        details = {**pairing_details(pairing), "nonce": nonce}
+        self._keep(replace(pairing, state=move.state, data=encode_cbor(details)))
+        return True
 
     def _pending_offer(self, code: str) -> Pairing:
         pending = self._waiting()
@@ -243,14 +257,19 @@ class Pairer:
     async def send_challenge(self, pairing: Pairing, joining: dict[str, object]) -> None:
         """Answer a new request with a signed challenge, then keep the request. The
         challenge goes out first: if storing it fails, the request is retried whole."""
+        nonce = await self._challenge(pairing)
+        self._keep(replace(pairing, data=encode_cbor({**joining, "nonce": nonce})))
+
+    async def _challenge(self, pairing: Pairing) -> bytes:
+        """Store the signed challenge answering ``pairing``; its nonce."""
         nonce = pairing_nonce(self._local.identity.seed, pairing.request_id)
         await self._answer(pairing.peer, PairChallenge(pairing.request_id, nonce))
-        self._keep(replace(pairing, data=encode_cbor({**joining, "nonce": nonce})))
+        return nonce
 
     def hold(self, pairing: Pairing) -> None:
         """Keep a request past the answer budget unanswered, for :meth:`answer_held`."""
         self._keep(pairing)
-        logger.info("%s: too many pairing requests: held one", self._local.name)
+        logger.debug("%s: too many pairing requests: held one", self._local.name)
 
     def _keep(self, pairing: Pairing) -> None:
         """Keep a request received (within :data:`~.pairing.MAX_HELD_REQUESTS` held, and

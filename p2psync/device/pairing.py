@@ -327,9 +327,9 @@ PAIRING_TRANSITIONS: dict[tuple[PairingState | None, PairingEvent], PairingTrans
     (None, _E.REQUEST_HELD): PairingTransition(_S.HELD, (_F.NOTIFY,)),
     (_S.HELD, _E.LISTED): PairingTransition(_S.PENDING, (_F.SEND_CHALLENGE, _F.NOTIFY)),
     (_S.HELD, _E.SIBLING_ACCEPTED): PairingTransition(_S.ACCEPTED, (_F.NOTIFY,)),
-    # Only a move to ``linked`` declines what the user never saw: silently, as a held
-    # request was never worth a signature.
-    (_S.HELD, _E.DECLINE): PairingTransition(_S.DECLINED),
+    # Only a move to ``linked`` declines what the user never saw; the new device is told
+    # why (once, at the user's move, for the few held).
+    (_S.HELD, _E.DECLINE): PairingTransition(_S.DECLINED, (_F.SEND_DECLINE,)),
 }
 
 

@@ -489,17 +489,27 @@ class DeviceStore:
         )
         return [_pairing(r) for r in rows]
 
+    def held_requests(self) -> list[Pairing]:
+        """The requests held unanswered, the last to arrive first (not by the date each
+        names, which its sender chose)."""
+        rows = self._db.execute(
+            "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
+            " WHERE incoming = 1 AND state = ? ORDER BY rowid DESC",
+            (PairingState.HELD,),
+        )
+        return [_pairing(r) for r in rows]
+
     def keep_request(self, pairing: Pairing, *, held: int, before_ms: int) -> None:
         """Keep ``pairing``, a request this device received (answered or held), and forget
         what waits past the bounds (strangers can make requests without end): of those
-        held unanswered all but the newest ``held``, and any made before ``before_ms``
-        that the user never answered."""
+        held unanswered all but the last ``held`` to arrive, and any made before
+        ``before_ms`` that the user never answered."""
         with self.transaction():
             self.put_pairing(pairing)
             self._db.execute(
-                "DELETE FROM pairings WHERE incoming = 1 AND state = ? AND request_id NOT IN"
-                " (SELECT request_id FROM pairings WHERE incoming = 1 AND state = ?"
-                "  ORDER BY timestamp_ms DESC, request_id LIMIT ?)",
+                "DELETE FROM pairings WHERE incoming = 1 AND state = ? AND rowid NOT IN"
+                " (SELECT rowid FROM pairings WHERE incoming = 1 AND state = ?"
+                "  ORDER BY rowid DESC LIMIT ?)",
                 (PairingState.HELD, PairingState.HELD, held),
             )
             self._db.execute(

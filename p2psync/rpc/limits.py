@@ -84,20 +84,30 @@ class KeyedRateLimit:
         own = self._per_key if known is None else known[0].available(now)
         return own >= cost and self._total.available(now) >= cost
 
-    def key_admits(self, key: bytes, now: float) -> bool:
-        """Whether ``key``'s own bucket has a token, whatever the total has (spending and
-        remembering nothing): for a caller that treats a request past the total apart
-        from one past its key's share."""
-        known = self._keys.get(key)
-        return known is None or known[0].available(now) >= 1
+    def allow_key(self, key: bytes, now: float) -> bool:
+        """Whether ``key``'s own bucket has a token, whatever the total has, spending it
+        if so: for a caller that handles a request past the total apart (keeps it for
+        later) but still holds each key to its share."""
+        self._forget_idle(now)
+        known = self._keys.pop(key, None)
+        bucket = known[0] if known else TokenBucket(self._key_rate, self._per_key, now)
+        admitted = bucket.available(now) >= 1
+        if admitted:
+            bucket.take(now, 1)
+        if known or admitted:
+            self._keys[key] = (bucket, now)
+        return admitted
 
-    def allow(self, key: bytes, now: float, cost: int = 1) -> bool:
-        """Whether ``key`` may spend ``cost`` requests' worth now (both buckets)."""
+    def _forget_idle(self, now: float) -> None:
         while self._keys:
             oldest, (_, last) = next(iter(self._keys.items()))
             if now - last < self._forget_after:
                 break
             del self._keys[oldest]
+
+    def allow(self, key: bytes, now: float, cost: int = 1) -> bool:
+        """Whether ``key`` may spend ``cost`` requests' worth now (both buckets)."""
+        self._forget_idle(now)
         known = self._keys.pop(key, None)
         bucket = known[0] if known else TokenBucket(self._key_rate, self._per_key, now)
         # Both have the tokens or neither is charged: a refusal by the total must not

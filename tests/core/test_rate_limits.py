@@ -44,12 +44,15 @@ def test_asking_whether_a_request_would_be_admitted_spends_nothing() -> None:
     assert limits.allow(b"b", 0) and not limits.admits(b"c", 0)  # the total is spent
 
 
-def test_a_key_with_its_share_left_is_told_apart_from_one_past_it() -> None:
-    """Once the total is spent a caller may still treat a key within its own share (a
-    new key, or one that asked less) apart from one that spent it."""
+def test_past_the_total_a_key_may_still_spend_its_own_share_alone() -> None:
+    """Once the total is spent a caller may still let a key within its own share through
+    (to keep its request for later), charging that share: a key, new or known, gets its
+    share and no more."""
     limits = KeyedRateLimit(per_key=2, key_refill_s=1000, total=3, total_refill_s=1000, now=0)
     assert limits.allow(b"a", 0, cost=2) and limits.allow(b"b", 0)
     assert not limits.allow(b"c", 0)  # the total is spent
-    assert limits.key_admits(b"b", 0) and limits.key_admits(b"c", 0)
-    assert not limits.key_admits(b"a", 0)
-    assert all(limits.key_admits(b"fresh", 0) for _ in range(10))  # asking spends nothing
+    assert not limits.allow_key(b"a", 0)  # a's share went with its answers
+    assert limits.allow_key(b"b", 0) and not limits.allow_key(b"b", 0)
+    assert [limits.allow_key(b"c", 0) for _ in range(3)] == [True, True, False]
+    assert not limits.allow(b"d", 0)  # and the total took none of it
+    assert not limits.allow_key(b"c", 500) and limits.allow_key(b"c", 1000)  # its own rate

@@ -119,3 +119,25 @@ def test_pairing_requests_kept_are_bounded_in_number_held_and_in_age(tmp_path: P
         assert kept(PairingState.ACCEPTED) == [2]
     finally:
         store.close()
+
+
+def test_held_requests_go_by_arrival_not_by_the_date_their_sender_chose(tmp_path: Path) -> None:
+    """Strangers dating their requests ahead (within the clock skew allowed) neither push
+    out a request that arrived after theirs nor come before it when the user's listing
+    answers the last to arrive."""
+    store = DeviceStore(tmp_path / "device.sqlite3")
+    now = 1_700_000_000_000
+
+    def held(n: int, at: int) -> Pairing:
+        return Pairing(n.to_bytes(32, "big"), True, f"{n:066x}", "x", at, PairingState.HELD, b"")
+
+    try:
+        for n in range(MAX_HELD_REQUESTS):
+            store.keep_request(held(n, now + 59_000), held=MAX_HELD_REQUESTS, before_ms=0)
+        honest = held(1000, now)
+        store.keep_request(honest, held=MAX_HELD_REQUESTS, before_ms=0)
+        kept = store.held_requests()
+        assert len(kept) == MAX_HELD_REQUESTS and kept[0] == honest
+        assert held(0, now + 59_000) not in kept  # the first stranger's went
+    finally:
+        store.close()

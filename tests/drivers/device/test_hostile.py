@@ -14,6 +14,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device.content import (
     ContactRecord,
     DeviceRevoked,
@@ -44,6 +45,7 @@ from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver.client import CALL_TIMEOUT_S, open_fileserver_client
 from p2psync.identity import Identity, session_id_key
 from p2psync.mapping import PAIRING_WINDOW_MS, create_mapping, revoke_pairing
+from p2psync.network import open_local_network
 from p2psync.opengroup.client import open_opengroup_client
 from p2psync.opengroup.posts import sign_post
 from p2psync.swarm.client import SwarmClient, open_swarm_client
@@ -57,7 +59,7 @@ from p2psync.swarm.messages import StoreBatchReply
 from p2psync.wire import Fields
 
 from ..swarm.helpers import wait_until
-from .helpers import befriend, device, open_world, pair, stored_kinds, texts
+from .helpers import QUIET, befriend, device, open_world, pair, stored_kinds, texts
 
 MALLORY = Identity.from_label("mallory")
 
@@ -472,6 +474,49 @@ async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_us
         await wait_until(lambda: phone.pairing.held() == MAX_HELD_REQUESTS)
         challenged = [k for k in strangers if stored_kinds(network, k, NAMESPACE_CONTROL)]
         assert len(challenged) == REQUESTS_BURST + ANSWERS_PER_LISTING - 1  # and the tablet
+
+
+async def test_a_held_request_that_cannot_be_answered_costs_only_itself(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A stranger whose own mailbox is full (no challenge can be stored for it) holds a
+    request after the new device's: the user's listing answers the new device anyway."""
+    quota = 64 * 1024
+    config = replace(QUIET, owner_quota_bytes=quota)
+    poisoned = Identity.from_label("stranger/mailbox-full")
+    async with (
+        open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+        device(network, tmp_path, "tablet", "linked") as tablet,
+        trio.open_nursery() as nursery,
+    ):
+        for n in range(REQUESTS_BURST):
+            stranger = Identity.from_label(f"stranger/{n}")
+            request = PairRequest(
+                Mode.LINKED, stranger.session_id, bytes(32), "x", swarm.clock.now_ms(), None
+            )
+            await inject(swarm, stranger, phone.session_id, NAMESPACE_CONTROL, request)
+        await wait_until(lambda: len(phone.pairing.requests()) == REQUESTS_BURST)
+        with pytest.raises(RpcError, match="full"):
+            for n in range(quota // 1024 + 1):
+                await swarm.store(poisoned.session_id, NAMESPACE_CONTROL, n.to_bytes(1024, "big"))
+        tickets: list[PairingTicket] = []
+
+        async def request_pairing() -> None:
+            tickets.append(await tablet.pairing.request(phone.session_id))
+
+        nursery.start_soon(request_pairing)
+        await wait_until(lambda: phone.pairing.held() == 1)
+        request = PairRequest(
+            Mode.LINKED, poisoned.session_id, bytes(32), "x", swarm.clock.now_ms(), None
+        )
+        await inject(swarm, poisoned, phone.session_id, NAMESPACE_CONTROL, request)
+        await wait_until(lambda: phone.pairing.held() == 2)
+        assert await phone.pairing.answer_held() == 1  # the tablet's, after the poisoned one
+        await wait_until(lambda: bool(tickets))
+        assert tickets[0].code in [o.code for o in phone.pairing.requests()]
+        assert phone.pairing.held() == 1
 
 
 async def test_a_record_that_trips_an_unforeseen_error_is_refused_not_fatal(
