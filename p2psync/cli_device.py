@@ -53,7 +53,7 @@ from .device import (
 )
 from .device.content import REFUSED_NAME_CATEGORIES, check_display_name
 from .device.friends import friends_among
-from .device.pairing import is_code
+from .device.pairing import DEVICE_PREFIX_CHARS, REASK_S, is_code
 from .device.values import TRANSIENT
 from .errors import DecodeError, RpcError
 from .identity import sealable_key
@@ -427,7 +427,12 @@ def _cmd_name(args: argparse.Namespace) -> int:
 
 def _cmd_pair(args: argparse.Namespace) -> int:
     async def work(device: Device) -> None:
+        me = device.whoami().device_id
         say(f"asked {args.primary[:12]}… to pair; waiting for it to answer")
+        say(
+            "if it lists too many requests, answer this device there with:"
+            f" p2psync device accept --answer {me[:DEVICE_PREFIX_CHARS]} ..."
+        )
         ticket = await device.pairing.request(args.primary)
         say(f"pairing code: {ticket.code}")
         say("check that the primary shows the same code, then accept it there:")
@@ -449,6 +454,11 @@ def _shown_code(device: Device, code: str) -> str | None:
     return next((o.code for o in device.pairing.requests() if is_code(o.code, code)), None)
 
 
+#: How long ``accept --answer`` waits at least for the named device's request: it asks
+#: again every :data:`~p2psync.device.pairing.REASK_S` while unanswered.
+ANSWER_WAIT_S = 2 * REASK_S
+
+
 def _cmd_accept(args: argparse.Namespace) -> int:
     code = args.code or args.decline
 
@@ -459,11 +469,19 @@ def _cmd_accept(args: argparse.Namespace) -> int:
 
     async def work(device: Device) -> None:
         await device.sync_now()
+        if args.answer:
+            with trio.move_on_after(max(args.wait, ANSWER_WAIT_S)):
+                await device.pairing.answer_device(args.answer)
+            if not any(o.device.startswith(args.answer) for o in device.pairing.requests()):
+                raise PairingError(
+                    f"no pairing request from a device {args.answer}… came (its `pair` asks"
+                    f" again every {REASK_S:g} s while it runs)"
+                )
         with trio.move_on_after(args.wait):
             await device.wait_for(waiting)
         if code is None:
-            # The user is looking: answer what waits past the answer budget too.
-            await device.pairing.answer_held()
+            if not args.answer:  # the user is looking: answer what waits past the budget
+                await device.pairing.answer_held()
             offers = device.pairing.requests()
             if not offers:
                 raise PairingError(
@@ -1007,6 +1025,12 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     decision = accept.add_mutually_exclusive_group()
     decision.add_argument("--code", metavar="CODE", help="accept the request showing this code")
     decision.add_argument("--decline", metavar="CODE", help="decline the request with this code")
+    decision.add_argument(
+        "--answer",
+        metavar="DEVICE",
+        help="answer the new device whose id starts with this (as its `pair` shows it),"
+        " however many other requests came, then list the requests",
+    )
     send = command("send", "send a message to a friend", _cmd_send)
     send.add_argument("user", type=_session_id, metavar="SESSION_ID", help="the friend's id")
     send.add_argument("text", metavar="TEXT", help="the message")

@@ -141,6 +141,13 @@ class DevicePairing:
         Returns how many were answered."""
         return await self._pairer.answer_held()
 
+    async def answer_device(self, device: str) -> None:
+        """Answer the request of the new device whose id starts with ``device`` (the
+        first 10 or more characters, as the new device shows them), whatever strangers'
+        requests spent or pushed out: returns once it is answered and listed by
+        :meth:`requests` (put a deadline on it: the new device asks again every 30 s)."""
+        await self._pairer.answer_device(device)
+
     async def accept(self, code: str) -> str:
         """On the primary, after the user saw ``code`` on both screens: grant the request
         and return the new device's id."""

@@ -114,6 +114,7 @@ class View(Protocol):
     def pairing(self, request_id: bytes) -> Pairing | None: ...
     def waiting_requests(self) -> list[Pairing]: ...  # pairing requests not answered here
     def pairing_budget(self, sender_key: bytes) -> PairingBudget: ...  # spends it
+    def expects(self, device: str) -> bool: ...  # the user asked to answer this new device
     @property
     def display_name_at_ms(self) -> int: ...  # when the user's own name was last set
     @property
@@ -699,7 +700,9 @@ class _Decision:
         # storing it): anyone can seal requests to us (see :mod:`.pairing`). A request
         # held past the total is checked as one answered now (a signature check, as its
         # envelope's), so that what is held can be answered as it is.
-        budget = view.pairing_budget(item.sender_key)
+        # A device the user named (it shows its id) is answered whatever strangers spent.
+        expected = view.expects(request.device)
+        budget = PairingBudget.ANSWER if expected else view.pairing_budget(item.sender_key)
         if budget is PairingBudget.DROP:
             raise _Refused("too many pairing requests from one key: this one is dropped")
         joining: dict[str, Any] = {"device": request.device, "overlay": request.overlay}

@@ -27,6 +27,7 @@ from .local import PAIRED_AT_META, Local
 from .pairer import move_pairing
 from .pairing import (
     ASKED,
+    REASK_S,
     PairingEffect,
     PairingEvent,
     declined_last,
@@ -76,8 +77,39 @@ class Joiner:
         )
         if refusal is not None:
             raise PairingError(refusal)
-        now = self._local.clock.now_ms()
         device_name = name or self._local.name
+        asked: list[bytes] = []
+        with trio.move_on_after(PAIRING_WINDOW_MS / 1000):
+            while not self._answered(asked):
+                asked.append(await self._ask(primary, device_name))
+                # Asked again while unanswered: past the primary's answer budget it holds
+                # requests for the user, and strangers can push a held one out; the user
+                # answering this device by its id there (Pairer.answer_device) waits
+                # for the next.
+                with trio.move_on_after(REASK_S):
+                    while not self._answered(asked):
+                        await self._local.changed.wait()
+        self._raise_if_declined()
+        answered = [(d, n) for d in asked if (n := self._challenge_nonce(d)) is not None]
+        if not answered:
+            raise PairingError(f"{primary[:12]}… did not answer in time: is it online? Ask again")
+        digest, nonce = answered[0]
+        # The one answered is this attempt's from now on: the primary's decline of it is
+        # the one that counts (:meth:`_declined`), and the others are not listened for.
+        self._store.forget_pairings([d for d in asked if d != digest])
+        self._relisten()
+        return PairingTicket(digest, pairing_code(digest, nonce))
+
+    def _answered(self, asked: list[bytes]) -> bool:
+        """Whether the primary challenged one of the requests ``asked`` (this attempt's),
+        or declined: false before the first (an earlier attempt's decline says nothing)."""
+        if not asked:
+            return False
+        return any(self._challenge_nonce(d) is not None for d in asked) or self._declined()
+
+    async def _ask(self, primary: str, device_name: str) -> bytes:
+        """Store one pairing request for ``primary``; its id."""
+        now = self._local.clock.now_ms()
         if self._local.rules.hands_over_seed():
             sender = Identity.generate()  # the grant (with the seed) is sealed to this key
             request, secret = None, sender.seed
@@ -107,14 +139,7 @@ class Joiner:
         if PairingEffect.LISTEN in move.effects:
             self._relisten()  # listen where the challenge and the grant arrive
         await self._swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
-        with trio.move_on_after(PAIRING_WINDOW_MS / 1000):
-            while self._challenge_nonce(digest) is None and not self._declined():
-                await self._local.changed.wait()
-        self._raise_if_declined()
-        nonce = self._challenge_nonce(digest)
-        if nonce is None:
-            raise PairingError(f"{primary[:12]}… did not answer in time: is it online? Ask again")
-        return PairingTicket(digest, pairing_code(digest, nonce))
+        return digest
 
     def _challenge_nonce(self, request_id: bytes) -> bytes | None:
         pairing = self._store.pairing(request_id)

@@ -96,6 +96,9 @@ class Local:
             REQUEST_REFILL_S,
             clock.now_ms() / 1000,
         )
+        #: Ids (or their first :data:`~.pairing.DEVICE_PREFIX_CHARS` or more characters)
+        #: of new devices the user asked to answer (:meth:`Pairer.answer_device`).
+        self.expected_devices: set[str] = set()
         self._listing_read: tuple[bytes | None, Relays | None] = (None, None)
         self.load_identity()
 
@@ -243,6 +246,9 @@ class Local:
 
     def waiting_requests(self) -> list[Pairing]:
         return self.store.pairings(incoming=True, states=WAITING_HERE)
+
+    def expects(self, device: str) -> bool:
+        return any(device.startswith(prefix) for prefix in self.expected_devices)
 
     def pairing_budget(self, sender_key: bytes) -> PairingBudget:
         now = self.clock.now_ms() / 1000

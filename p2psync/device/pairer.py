@@ -52,6 +52,7 @@ from .pairing import (
     PairingEvent,
     PairingState,
     choose_offer,
+    device_prefix_refusal,
     grant_contacts,
     latest_per_device,
     pairing_code,
@@ -127,6 +128,30 @@ class Pairer:
                     "%s: could not answer a held pairing request: %s", self._local.name, exc
                 )
         return answered
+
+    async def answer_device(self, device: str) -> None:
+        """Answer the request of the new device whose id starts with ``device`` (as that
+        device shows it, :data:`~.pairing.DEVICE_PREFIX_CHARS` characters or more),
+        whatever strangers spent of the answer budget or pushed out of the held: the one
+        held now, or the next it makes (it asks again every :data:`~.pairing.REASK_S`
+        while unanswered). Returns once one is answered (put a deadline on it)."""
+        refusal = device_prefix_refusal(device)
+        if refusal is not None:
+            raise PairingError(refusal)
+        self._local.expected_devices.add(device)
+        try:
+            while not any(o.device.startswith(device) for o in self.pairing_requests()):
+                held = [p for p in self._held() if pairing_details(p)["device"].startswith(device)]
+                if held:
+                    try:
+                        await self._answer_held(held[0])
+                    except TRANSIENT as exc:  # it asks again: the next is answered
+                        logger.info("%s: could not answer %s…: %s", self._local.name, device, exc)
+                        await self._local.changed.wait()
+                else:
+                    await self._local.changed.wait()
+        finally:
+            self._local.expected_devices.discard(device)
 
     async def _answer_held(self, pairing: Pairing) -> bool:
         move = pairing_transition(PairingState.HELD, PairingEvent.LISTED)

@@ -21,13 +21,18 @@ and anyone can seal requests to it, so it answers a requester key at most
 :data:`REQUESTS_PER_KEY` times at once and then once per :data:`REQUEST_KEY_REFILL_S`,
 and all requesters together at most :data:`REQUESTS_BURST` times, then once per
 :data:`REQUEST_REFILL_S` (:class:`PairingBudget`). A key past its own share is dropped:
-an honest new device makes one request per attempt, so it passes while another key floods.
-Past the total, a request is *held*: kept unanswered (the newest
-:data:`MAX_HELD_REQUESTS`), and answered when the user lists the requests
-(:data:`ANSWERS_PER_LISTING`, newest first). A ``linked`` request is sealed by a key made
-for it alone, so a flood of fresh keys spends the total; then the user's presence, not a
-stranger's rate, spends the answers, and the new device asked a minute ago is among the
-newest few that the user's listing answers.
+an honest new device asks once, and again only while unanswered, so it passes while
+another key floods.
+Past the total, a request is *held*: kept unanswered (the last
+:data:`MAX_HELD_REQUESTS` to arrive), and answered when the user lists the requests
+(:data:`ANSWERS_PER_LISTING`, the last to arrive first). A ``linked`` request is sealed by
+a key made for it alone, so a flood of fresh keys spends the total; then the user's
+presence, not a stranger's rate, spends the answers. Strangers sending fast enough can
+still push a held request out, or come after it in numbers; so the user can name the new
+device by the start of its id (:data:`DEVICE_PREFIX_CHARS` characters, shown on its
+screen, which strangers cannot read), and the primary answers the next request of that
+device whatever the budget, while a new device left unanswered asks again every
+:data:`REASK_S`.
 """
 
 from __future__ import annotations
@@ -53,6 +58,14 @@ MAX_HELD_REQUESTS = 64
 #: pairing window), then forgotten: strangers' requests answered within the budget would
 #: otherwise pile up, one a minute, for good.
 FORGET_REQUESTS_MS = 24 * 3600 * 1000
+#: How long a new device waits for a challenge before it asks again: a request held
+#: past the budget can be pushed out by strangers' (:meth:`Pairer.answer_device` answers
+#: the next one that comes).
+REASK_S = 30.0
+#: The shortest start of a new device's id the user may name it by to answer it
+#: (``05`` and 8 hex digits): a stranger who cannot read the new device's screen cannot
+#: make requests that match it.
+DEVICE_PREFIX_CHARS = 10
 #: Held requests the user's listing answers at once, the newest: a new device that asked
 #: a minute before the user looks is among them while strangers store one every 20 s.
 ANSWERS_PER_LISTING = 5
@@ -142,6 +155,17 @@ class PairingBudget(Enum):
     ANSWER = "answer"  #: within both the key's share and the total: challenge it now
     HOLD = "hold"  #: within the key's share only: keep it for the user's listing
     DROP = "drop"  #: the key's share is spent: refuse it
+
+
+def device_prefix_refusal(prefix: str) -> str | None:
+    """Why ``prefix`` cannot name a new device to answer, or None."""
+    if not DEVICE_PREFIX_CHARS <= len(prefix) <= 66:
+        return (
+            f"name the new device by the first {DEVICE_PREFIX_CHARS} or more characters of its id"
+        )
+    if not prefix.startswith("05") or any(c not in "0123456789abcdef" for c in prefix):
+        return f"{prefix!r} is not the start of a device id (05 and hex digits)"
+    return None
 
 
 def request_refusal(

@@ -489,6 +489,11 @@ class DeviceStore:
         )
         return [_pairing(r) for r in rows]
 
+    def forget_pairings(self, request_ids: Iterable[bytes]) -> None:
+        self._db.executemany(
+            "DELETE FROM pairings WHERE request_id = ?", ((r,) for r in request_ids)
+        )
+
     def held_requests(self) -> list[Pairing]:
         """The requests held unanswered, the last to arrive first (not by the date each
         names, which its sender chose)."""

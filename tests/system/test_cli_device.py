@@ -19,7 +19,7 @@ import trio
 from p2psync.device import open_device
 from p2psync.device.content import PairRequest, encode_content
 from p2psync.device.modes import Mode
-from p2psync.device.pairing import REQUESTS_BURST
+from p2psync.device.pairing import DEVICE_PREFIX_CHARS, REQUESTS_BURST
 from p2psync.envelope import seal_envelope
 from p2psync.identity import Identity, session_id_key
 from p2psync.network import LocalNetwork, NodeHandle, open_local_network, wait_until
@@ -480,14 +480,15 @@ async def test_a_flood_of_pairing_requests_is_answered_when_the_user_lists_them(
     """Strangers' requests from fresh keys spend the primary's answers: ``run`` says once
     that requests wait unanswered, and the new device's ``pair`` hears nothing until
     ``accept`` (the user looking, done by the run) answers the newest few; then its code
-    is listed there and the pairing goes through."""
+    is listed there and the pairing goes through. ``accept --answer`` answers a device
+    named by the start of its id, as its ``pair`` shows it."""
     async with (
         open_local_network(3, transport="tcp", data_dir=tmp_path / "net") as network,
         open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
         trio.open_nursery() as nursery,
     ):
         where = describe(tmp_path, network)
-        ids = await init(tmp_path, "linked", "phone", "tablet")
+        ids = await init(tmp_path, "linked", "phone", "tablet", "laptop")
         command = [*P2PSYNC, "run", *where("phone", timeout=False), "--json"]
         run_process = partial(trio.run_process, stdout=subprocess.PIPE, check=False)
         phone = await nursery.start(partial(run_process, command, stderr=subprocess.PIPE))
@@ -496,7 +497,8 @@ async def test_a_flood_of_pairing_requests_is_answered_when_the_user_lists_them(
             started = b""
             while b"online as" not in started:
                 started += await phone.stderr.receive_some()
-        for n in range(REQUESTS_BURST + 2):
+
+        async def stranger_asks(n: int) -> None:
             stranger = Identity.from_label(f"cli-stranger/{n}")
             now = network.clock.now_ms()
             kind, body = encode_content(
@@ -504,6 +506,9 @@ async def test_a_flood_of_pairing_requests_is_answered_when_the_user_lists_them(
             )
             data = seal_envelope(stranger, session_id_key(ids["phone"]), kind, body, now)
             await swarm.store(ids["phone"], NAMESPACE_CONTROL, data)
+
+        for n in range(REQUESTS_BURST + 2):
+            await stranger_asks(n)
         printed = b""
         with trio.fail_after(60):
             while b'"pairing_held"' not in printed:
@@ -523,6 +528,8 @@ async def test_a_flood_of_pairing_requests_is_answered_when_the_user_lists_them(
                         chunk = await tablet.stdout.receive_some()
                         assert chunk, "pair exited"
                         shown += chunk
+        hint = f"p2psync device accept --answer {ids['tablet'][:DEVICE_PREFIX_CHARS]} ..."
+        assert hint.encode() in shown  # how to answer it whatever strangers send
         code = shown.split(b"pairing code: ")[1][:7].decode()
         listed = await ok("accept", *where("phone"), "--json")
         assert code in [json.loads(x)["code"] for x in listed.splitlines()]
@@ -530,6 +537,30 @@ async def test_a_flood_of_pairing_requests_is_answered_when_the_user_lists_them(
         with trio.fail_after(60):
             await tablet.wait()
         assert tablet.returncode == 0
+
+        # Named by the start of its id, as its `pair` says, a device is answered whatever
+        # strangers keep sending.
+        pair = [*P2PSYNC, "pair", *where("laptop"), "--primary", ids["phone"]]
+        laptop = await nursery.start(partial(run_process, pair, stderr=subprocess.DEVNULL))
+        for n in range(REQUESTS_BURST + 2, REQUESTS_BURST + 12):
+            await stranger_asks(n)
+        named = ids["laptop"][:DEVICE_PREFIX_CHARS]
+        listed = await ok("accept", *where("phone"), "--answer", named, "--json")
+        assert len(listed.splitlines()) > 1  # the strangers' answered within the budget too
+        shown = b""
+        with trio.fail_after(60):
+            while b"pairing code: " not in shown:
+                chunk = await laptop.stdout.receive_some()
+                assert chunk, "pair exited"
+                shown += chunk
+        code = shown.split(b"pairing code: ")[1][:7].decode()
+        assert code in [json.loads(x)["code"] for x in listed.splitlines()]
+        await ok("accept", *where("phone"), "--code", code)
+        with trio.fail_after(60):
+            await laptop.wait()
+        assert laptop.returncode == 0
+        code_, _, err = await run("accept", *where("phone"), "--answer", "05ab")
+        assert code_ == 1 and "first 10 or more characters of its id" in err
         phone.send_signal(signal.SIGTERM)
 
 

@@ -73,6 +73,7 @@ class Known:
     sibling_names: dict[str, str] = field(default_factory=dict)
     pairings: dict[bytes, Pairing] = field(default_factory=dict)
     pairing_budget_left: PairingBudget = PairingBudget.ANSWER
+    expected_devices: tuple[str, ...] = ()
     user_id: str = ME.session_id
     device_id: str = ME.session_id
     account_key: bytes = ME.ed25519_public
@@ -112,6 +113,9 @@ class Known:
 
     def pairing_budget(self, sender_key: bytes) -> PairingBudget:
         return self.pairing_budget_left
+
+    def expects(self, device: str) -> bool:
+        return any(device.startswith(prefix) for prefix in self.expected_devices)
 
 
 def inbound(
@@ -465,6 +469,11 @@ def test_a_request_past_the_total_budget_is_held_unanswered_with_what_answering_
     assert isinstance(effect, HoldRequest)
     assert effect.pairing.state == PairingState.HELD and effect.pairing.peer == requester.session_id
     assert decode_cbor(effect.pairing.data) == {"device": SIBLING.session_id, "overlay": bytes(32)}
+    # Unless the user named the device: it is answered whatever the budget.
+    for budget in (PairingBudget.HOLD, PairingBudget.DROP):
+        named = Known(pairing_budget_left=budget, expected_devices=(SIBLING.session_id[:10],))
+        [answered] = run(named, inbound(pair_request(), requester))
+        assert isinstance(answered, SendChallenge)
     # Seen again while held, it is neither a replay nor a new request.
     held = Known(pairings={DIGEST: effect.pairing})
     assert run(held, inbound(pair_request(), requester)) == []

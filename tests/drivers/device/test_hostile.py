@@ -34,7 +34,9 @@ from p2psync.device.inbound import MAX_AHEAD_MS, PENDING_MESSAGES
 from p2psync.device.modes import Mode
 from p2psync.device.pairing import (
     ANSWERS_PER_LISTING,
+    DEVICE_PREFIX_CHARS,
     MAX_HELD_REQUESTS,
+    REASK_S,
     REQUESTS_BURST,
     REQUESTS_PER_KEY,
     pairing_code,
@@ -78,6 +80,13 @@ async def inject(
     when = swarm.clock.now_ms() if timestamp_ms is None else timestamp_ms
     data = seal_envelope(sender, session_id_key(recipient), kind, body, when)
     await swarm.store(recipient, namespace, data)
+
+
+async def ask_to_pair(swarm: SwarmClient, stranger: Identity, target: Device) -> None:
+    """A stranger's pairing request, from a key of its own (as a linked device's is)."""
+    now = swarm.clock.now_ms()
+    request = PairRequest(Mode.LINKED, stranger.session_id, bytes(32), "tablet", now, None)
+    await inject(swarm, stranger, target.session_id, NAMESPACE_CONTROL, request)
 
 
 async def refusal(target: Device, count: int = 1) -> str:
@@ -431,12 +440,6 @@ async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_us
     is bounded, and only what the budget or the user's listing allowed was answered."""
     strangers = [Identity.from_label(f"stranger/{n}") for n in range(MAX_HELD_REQUESTS + 20)]
 
-    async def ask(swarm: SwarmClient, key: Identity, target: Device) -> None:
-        request = PairRequest(
-            Mode.LINKED, key.session_id, bytes(32), "tablet", swarm.clock.now_ms(), None
-        )
-        await inject(swarm, key, target.session_id, NAMESPACE_CONTROL, request)
-
     async with (
         open_world() as network,
         device(network, tmp_path, "phone", "linked") as phone,
@@ -445,7 +448,7 @@ async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_us
         trio.open_nursery() as nursery,
     ):
         for key in strangers[: REQUESTS_BURST + 3]:
-            await ask(swarm, key, phone)
+            await ask_to_pair(swarm, key, phone)
         await wait_until(lambda: phone.pairing.held() == 3)
         assert len(phone.pairing.requests()) == REQUESTS_BURST
 
@@ -457,7 +460,7 @@ async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_us
         nursery.start_soon(request_pairing)
         await wait_until(lambda: phone.pairing.held() == 4)
         for key in strangers[REQUESTS_BURST + 3 : REQUESTS_BURST + 5]:  # strangers go on
-            await ask(swarm, key, phone)
+            await ask_to_pair(swarm, key, phone)
         await wait_until(lambda: phone.pairing.held() == 6)
         assert not tickets  # held: the tablet heard nothing
 
@@ -470,10 +473,51 @@ async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_us
         assert phone.pairing.held() == 1
 
         for key in strangers[REQUESTS_BURST + 5 :]:
-            await ask(swarm, key, phone)
+            await ask_to_pair(swarm, key, phone)
         await wait_until(lambda: phone.pairing.held() == MAX_HELD_REQUESTS)
         challenged = [k for k in strangers if stored_kinds(network, k, NAMESPACE_CONTROL)]
         assert len(challenged) == REQUESTS_BURST + ANSWERS_PER_LISTING - 1  # and the tablet
+
+
+async def test_a_new_device_the_user_names_is_answered_whatever_strangers_push(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Strangers spend the answer budget and then, after the new device asked, push its
+    held request out with more than are kept: the user names the device by the start of
+    its id (its `pair` shows it), and the next request it makes (it asks again while
+    unanswered) is answered, spending nothing on the strangers'."""
+    strangers = [Identity.from_label(f"stranger/{n}") for n in range(REQUESTS_BURST + 80)]
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "linked") as phone,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+        device(network, tmp_path, "tablet", "linked") as tablet,
+        trio.open_nursery() as nursery,
+    ):
+        for key in strangers[:REQUESTS_BURST]:
+            await ask_to_pair(swarm, key, phone)
+        await wait_until(lambda: len(phone.pairing.requests()) == REQUESTS_BURST)
+        tickets: list[PairingTicket] = []
+
+        async def request_pairing() -> None:
+            tickets.append(await tablet.pairing.request(phone.session_id))
+
+        nursery.start_soon(request_pairing)
+        await wait_until(lambda: phone.pairing.held() == 1)
+        for key in strangers[REQUESTS_BURST:]:
+            await ask_to_pair(swarm, key, phone)
+        await wait_until(lambda: phone.pairing.held() == MAX_HELD_REQUESTS)
+        with pytest.raises(PairingError, match="first 10 or more characters"):
+            await phone.pairing.answer_device("05ab")
+        named = tablet.whoami().device_id[:DEVICE_PREFIX_CHARS]
+        with trio.fail_after(2 * REASK_S + 10):
+            await phone.pairing.answer_device(named)
+        await wait_until(lambda: bool(tickets))
+        await phone.pairing.accept(tickets[0].code)
+        with trio.fail_after(60):
+            await tablet.pairing.wait_paired()
+        challenged = [k for k in strangers if stored_kinds(network, k, NAMESPACE_CONTROL)]
+        assert len(challenged) == REQUESTS_BURST
 
 
 async def test_a_held_request_that_cannot_be_answered_costs_only_itself(
@@ -492,11 +536,7 @@ async def test_a_held_request_that_cannot_be_answered_costs_only_itself(
         trio.open_nursery() as nursery,
     ):
         for n in range(REQUESTS_BURST):
-            stranger = Identity.from_label(f"stranger/{n}")
-            request = PairRequest(
-                Mode.LINKED, stranger.session_id, bytes(32), "x", swarm.clock.now_ms(), None
-            )
-            await inject(swarm, stranger, phone.session_id, NAMESPACE_CONTROL, request)
+            await ask_to_pair(swarm, Identity.from_label(f"stranger/{n}"), phone)
         await wait_until(lambda: len(phone.pairing.requests()) == REQUESTS_BURST)
         with pytest.raises(RpcError, match="full"):
             for n in range(quota // 1024 + 1):
@@ -508,10 +548,7 @@ async def test_a_held_request_that_cannot_be_answered_costs_only_itself(
 
         nursery.start_soon(request_pairing)
         await wait_until(lambda: phone.pairing.held() == 1)
-        request = PairRequest(
-            Mode.LINKED, poisoned.session_id, bytes(32), "x", swarm.clock.now_ms(), None
-        )
-        await inject(swarm, poisoned, phone.session_id, NAMESPACE_CONTROL, request)
+        await ask_to_pair(swarm, poisoned, phone)
         await wait_until(lambda: phone.pairing.held() == 2)
         assert await phone.pairing.answer_held() == 1  # the tablet's, after the poisoned one
         await wait_until(lambda: bool(tickets))
