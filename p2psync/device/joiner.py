@@ -30,6 +30,7 @@ from .pairing import (
     REASK_S,
     PairingEffect,
     PairingEvent,
+    PairingState,
     declined_last,
     pairing_code,
     pairing_transition,
@@ -77,11 +78,30 @@ class Joiner:
         )
         if refusal is not None:
             raise PairingError(refusal)
-        device_name = name or self._local.name
+        # Every request of this attempt is made by one key and names the time it began:
+        # the primary's challenges to them come to one mailbox in the order they were
+        # answered, and the primary lists one device's requests of one time as one, the
+        # first it answered, whose challenge the ticket is made from.
+        asked_at = self._local.clock.now_ms()
+        if self._local.rules.hands_over_seed():
+            sender = Identity.generate()  # the grant (with the seed) is sealed to this key
+            request, secret = None, sender.seed
+        else:
+            sender = self._local.device_identity
+            request = sign_pairing_request(sender, primary, asked_at).to_bytes()
+            secret = request
+        content = PairRequest(
+            self._local.rules.mode,
+            self._local.device_id,
+            self._local.overlay_key,
+            name or self._local.name,
+            asked_at,
+            request,
+        )
         asked: list[bytes] = []
         with trio.move_on_after(PAIRING_WINDOW_MS / 1000):
             while not self._answered(asked):
-                asked.append(await self._ask(primary, device_name))
+                asked.append(await self._ask(primary, content, sender, secret))
                 # Asked again while unanswered: past the primary's answer budget it holds
                 # requests for the user, and strangers can push a held one out; the user
                 # answering this device by its id there (Pairer.answer_device) waits
@@ -90,7 +110,11 @@ class Joiner:
                     while not self._answered(asked):
                         await self._local.changed.wait()
         self._raise_if_declined()
-        answered = [(d, n) for d in asked if (n := self._challenge_nonce(d)) is not None]
+        answered = [  # in the order their challenges came (a challenge rewrites its row)
+            (p.request_id, nonce)
+            for p in self._store.pairings(incoming=False, states=(PairingState.WAITING,))
+            if p.request_id in asked and (nonce := pairing_details(p).get("nonce")) is not None
+        ]
         if not answered:
             raise PairingError(f"{primary[:12]}… did not answer in time: is it online? Ask again")
         digest, nonce = answered[0]
@@ -107,26 +131,12 @@ class Joiner:
             return False
         return any(self._challenge_nonce(d) is not None for d in asked) or self._declined()
 
-    async def _ask(self, primary: str, device_name: str) -> bytes:
-        """Store one pairing request for ``primary``; its id."""
-        now = self._local.clock.now_ms()
-        if self._local.rules.hands_over_seed():
-            sender = Identity.generate()  # the grant (with the seed) is sealed to this key
-            request, secret = None, sender.seed
-        else:
-            sender = self._local.device_identity
-            request = sign_pairing_request(sender, primary, now).to_bytes()
-            secret = request
-        kind, body = encode_content(
-            PairRequest(
-                self._local.rules.mode,
-                self._local.device_id,
-                self._local.overlay_key,
-                device_name,
-                now,
-                request,
-            )
-        )
+    async def _ask(
+        self, primary: str, content: PairRequest, sender: Identity, secret: bytes
+    ) -> bytes:
+        """Store one request for ``primary``, sealed by ``sender``; its id."""
+        kind, body = encode_content(content)
+        now = self._local.clock.now_ms()  # the envelope's: each request is its own
         data = seal_envelope(sender, session_id_key(primary), kind, body, now)
         digest = message_hash(data)
         move = pairing_transition(None, PairingEvent.REQUEST_SENT)
@@ -134,7 +144,7 @@ class Joiner:
         # Noted before it is sent: the primary's challenge may come before the store's
         # answer does. A request whose store fails stays noted, answered by no one.
         self._store.put_pairing(
-            Pairing(digest, False, primary, device_name, now, move.state, state)
+            Pairing(digest, False, primary, content.name, content.timestamp_ms, move.state, state)
         )
         if PairingEffect.LISTEN in move.effects:
             self._relisten()  # listen where the challenge and the grant arrive

@@ -116,7 +116,9 @@ def latest_per_device(offers: Iterable[tuple[Hashable, OfferT]]) -> list[OfferT]
     key, which a stranger hoping to hide its request would have to know both of), the
     newest of each device, in their order: a new device that gave up waiting and asked
     again is one request to the user, not two that look alike, the first of which nobody
-    waits for any more."""
+    waits for any more. Of one device's requests of one time (one attempt, asked again
+    while unanswered) the first in ``offers`` is kept: given in the order they were
+    answered, the one whose challenge the new device took."""
     listed = list(offers)
     newest: dict[Hashable, int] = {}
     for device, offer in listed:

@@ -110,9 +110,10 @@ class Receiver:
     def _streams(self) -> list[tuple[Identity, int]]:
         streams = [(self._local.identity, namespace) for namespace in NAMESPACES]
         if self._local.rules.hands_over_seed():  # the answer comes to the request's key
-            for pairing in self._store.pairings(incoming=False, states=(PairingState.WAITING,)):
-                secret = pairing_details(pairing)["secret"]
-                streams.append((Identity(secret), NAMESPACE_CONTROL))
+            waiting = self._store.pairings(incoming=False, states=(PairingState.WAITING,))
+            # One key per attempt, however often it asked (dict: once each, in order).
+            secrets = dict.fromkeys(pairing_details(p)["secret"] for p in waiting)
+            streams += [(Identity(secret), NAMESPACE_CONTROL) for secret in secrets]
         return streams
 
     def _filer(self, identity: Identity, namespace: int) -> Deliver:

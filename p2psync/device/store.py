@@ -479,12 +479,13 @@ class DeviceStore:
 
     def pairings(self, *, incoming: bool, states: Iterable[str]) -> list[Pairing]:
         """This device's pairings (``incoming``: requests it received; else its own) in
-        ``states``, oldest request first."""
+        ``states``, oldest request first, and of one time the one written first (a
+        pairing is written anew when answered)."""
         wanted = tuple(states)
         rows = self._db.execute(
             "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
             f" WHERE incoming = ? AND state IN ({', '.join('?' * len(wanted))})"
-            " ORDER BY timestamp_ms",
+            " ORDER BY timestamp_ms, rowid",
             (int(incoming), *wanted),
         )
         return [_pairing(r) for r in rows]

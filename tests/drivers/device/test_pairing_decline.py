@@ -2,7 +2,8 @@
 stops waiting at once instead of for its whole pairing window, and can ask again; a
 decline signed by anyone but the primary it asked changes nothing (the forged one is
 sent to a ``mapped`` device, whose key is known: a ``linked`` request's key is made for
-it alone)."""
+it alone). And a new device that asked again while its primary was away shows the code
+the primary lists."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import trio.testing
 
 from p2psync.device import PairingError
 from p2psync.device.content import PairDecline
+from p2psync.device.pairing import REASK_S
+from p2psync.device.values import PairingTicket
 from p2psync.mapping import PAIRING_WINDOW_MS
 from p2psync.swarm.client import SwarmClient, open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_CONTROL
@@ -90,3 +93,33 @@ async def test_a_challenge_that_comes_before_the_request_is_acknowledged_is_take
         with trio.fail_after(PAIRING_WINDOW_MS / 1000 / 2):
             await pair(phone, tablet)
         assert tablet.whoami().paired and tablet.rejected == 0, list(tablet.rejections)
+
+
+@pytest.mark.parametrize("mode", ["mapped", "linked"])
+async def test_a_new_device_that_asked_again_shows_the_code_the_primary_lists(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """A primary away for longer than a new device waits before asking again finds two
+    requests of one attempt when it comes back and answers both: it lists the one whose
+    challenge the new device took, so both screens show one code."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        device(network, tmp_path, "tablet", mode) as tablet,
+        trio.open_nursery() as nursery,
+    ):
+        await phone.set_online(False, promptly=True)
+        tickets: list[PairingTicket] = []
+
+        async def request_pairing() -> None:
+            tickets.append(await tablet.pairing.request(phone.session_id))
+
+        nursery.start_soon(request_pairing)
+        await trio.sleep(REASK_S * 1.5)  # the primary is away: the tablet asks again
+        await phone.set_online(True)
+        await wait_until(lambda: bool(tickets))
+        await wait_until(lambda: bool(phone.pairing.requests()))
+        assert [o.code for o in phone.pairing.requests()] == [tickets[0].code]
+        await phone.pairing.accept(tickets[0].code)
+        with trio.fail_after(60):
+            await tablet.pairing.wait_paired()
