@@ -113,6 +113,7 @@ class View(Protocol):
     def paired_at_ms(self) -> int: ...  # the mapping this device was paired by (0: none)
     def pairing(self, request_id: bytes) -> Pairing | None: ...
     def waiting_requests(self) -> list[Pairing]: ...  # pairing requests not answered here
+    def requests_made_at(self, timestamp_ms: int) -> list[Pairing]: ...  # received, by time
     def pairing_budget(self, sender_key: bytes) -> PairingBudget: ...  # spends it
     def expects(self, device: str) -> bool: ...  # the user asked to answer this new device
     @property
@@ -311,6 +312,13 @@ def date_refusal(timestamp_ms: int, now_ms: int) -> str | None:
     if timestamp_ms > now_ms + MAX_AHEAD_MS:
         return f"a message dated {timestamp_ms}, ahead of this device's clock"
     return None
+
+
+def attempt_of(pairing: Pairing) -> tuple[object, object, int]:
+    """What one attempt of a new device to pair shares in every request it makes (asking
+    again while unanswered): its device id, its overlay key and the attempt's time."""
+    details = pairing_details(pairing)
+    return details.get("device"), details.get("overlay"), pairing.timestamp_ms
 
 
 def pairing_details(pairing: Pairing) -> dict[str, Any]:
@@ -696,6 +704,12 @@ class _Decision:
             if view.rules.ignores_known_sibling_request():
                 return []
             raise _Refused("a pairing request from a device that is already paired")
+        attempt = (request.device, request.overlay, request.timestamp_ms)
+        if any(
+            p.state != PairingState.HELD and attempt_of(p) == attempt
+            for p in view.requests_made_at(request.timestamp_ms)
+        ):
+            return []  # asked again, already answered: that answer stands (see .joiner)
         # Before any work that costs us (checking the signed request, signing a challenge,
         # storing it): anyone can seal requests to us (see :mod:`.pairing`). A request
         # held past the total is checked as one answered now (a signature check, as its

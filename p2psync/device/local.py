@@ -247,6 +247,9 @@ class Local:
     def waiting_requests(self) -> list[Pairing]:
         return self.store.pairings(incoming=True, states=WAITING_HERE)
 
+    def requests_made_at(self, timestamp_ms: int) -> list[Pairing]:
+        return self.store.requests_made_at(timestamp_ms)
+
     def expects(self, device: str) -> bool:
         return any(device.startswith(prefix) for prefix in self.expected_devices)
 

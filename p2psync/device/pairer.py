@@ -38,7 +38,7 @@ from .content import (
     encode_content,
 )
 from .friends import friends_among
-from .inbound import pairing_details
+from .inbound import attempt_of, pairing_details
 from .keys import pairing_nonce
 from .local import Local
 from .outbox import Outbox
@@ -103,9 +103,18 @@ class Pairer:
 
     def _held(self) -> list[Pairing]:
         """The requests held unanswered (past the answer budget) and still open, the last
-        to arrive first."""
+        to arrive first, one per attempt (:func:`~.inbound.attempt_of`) and none of an
+        attempt answered already."""
         now = self._local.clock.now_ms()
-        return [p for p in self._store.held_requests() if request_open(p.timestamp_ms, now)]
+        waiting = self._local.waiting_requests()
+        answered = {attempt_of(p) for p in waiting if p.state == PairingState.PENDING}
+        held: dict[tuple[object, object, int], Pairing] = {}
+        for pairing in self._store.held_requests():
+            if request_open(pairing.timestamp_ms, now):
+                attempt = attempt_of(pairing)
+                if attempt not in answered:
+                    held.setdefault(attempt, pairing)
+        return list(held.values())
 
     def held_requests(self) -> int:
         """How many requests wait unanswered because too many came at once."""

@@ -490,6 +490,15 @@ class DeviceStore:
         )
         return [_pairing(r) for r in rows]
 
+    def requests_made_at(self, timestamp_ms: int) -> list[Pairing]:
+        """The requests this device received that name ``timestamp_ms`` as their time."""
+        rows = self._db.execute(
+            "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
+            " WHERE incoming = 1 AND timestamp_ms = ? ORDER BY rowid",
+            (timestamp_ms,),
+        )
+        return [_pairing(r) for r in rows]
+
     def forget_pairings(self, request_ids: Iterable[bytes]) -> None:
         self._db.executemany(
             "DELETE FROM pairings WHERE request_id = ?", ((r,) for r in request_ids)

@@ -111,6 +111,10 @@ class Known:
         waiting = [p for p in self.pairings.values() if p.incoming]
         return [p for p in waiting if p.state in WAITING_HERE]
 
+    def requests_made_at(self, timestamp_ms: int) -> list[Pairing]:
+        made = [p for p in self.pairings.values() if p.incoming]
+        return [p for p in made if p.timestamp_ms == timestamp_ms]
+
     def pairing_budget(self, sender_key: bytes) -> PairingBudget:
         return self.pairing_budget_left
 
@@ -565,3 +569,26 @@ def test_what_a_retired_device_sent_before_the_move_is_neither_acted_on_nor_refu
         assert run(known, inbound(content, BOBS_PHONE, at=moved - 1), lookup) == []
     [after] = run(known, inbound(before[0], BOBS_PHONE, at=moved), lookup)
     assert isinstance(after, Reject) and "is not a device of" in after.reason
+
+
+def test_a_request_asked_again_after_its_attempt_was_answered_changes_nothing() -> None:
+    """A new device asks again, with the time its attempt began, while the answer to its
+    first request is on the way: no second challenge (nor a second listing). Held only,
+    the attempt is held again (the latest to arrive is the one the user's listing finds);
+    another device (or another overlay key) with the same time is its own request."""
+    requester = Identity.from_label("core/request-key")
+    joining = encode_cbor({"device": SIBLING.session_id, "overlay": bytes(32)})
+    first = Pairing(
+        bytes(31) + b"\1", True, requester.session_id, "tablet", NOW, "pending", joining
+    )
+    answered = Known(pairings={first.request_id: first})
+    assert run(answered, inbound(pair_request(), requester)) == []
+    held = Known(
+        pairings={first.request_id: replace(first, state=PairingState.HELD)},
+        pairing_budget_left=PairingBudget.HOLD,
+    )
+    [again] = run(held, inbound(pair_request(), requester))
+    assert isinstance(again, HoldRequest)
+    other = replace(pair_request(), overlay=bytes(31) + b"\1")
+    [challenge] = run(answered, inbound(other, requester))
+    assert isinstance(challenge, SendChallenge)
