@@ -9,6 +9,7 @@ an arriving challenge, grant or decline may do is decided by the inbound core
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import trio
@@ -38,7 +39,9 @@ from .pairing import (
 )
 from .rows import Contact, Pairing
 from .siblings import SiblingHandler
-from .values import PairingError, PairingTicket
+from .values import TRANSIENT, PairingError, PairingTicket
+
+logger = logging.getLogger(__name__)
 
 
 class Joiner:
@@ -99,9 +102,34 @@ class Joiner:
             request,
         )
         asked: list[bytes] = []
+        try:
+            return await self._attempt(primary, content, sender, secret, asked)
+        except BaseException:
+            # Nothing of an attempt that ended without a ticket is listened for again.
+            self._store.forget_pairings(asked)
+            self._relisten()
+            raise
+
+    async def _attempt(
+        self,
+        primary: str,
+        content: PairRequest,
+        sender: Identity,
+        secret: bytes,
+        asked: list[bytes],
+    ) -> PairingTicket:
         with trio.move_on_after(PAIRING_WINDOW_MS / 1000):
             while not self._answered(asked):
-                asked.append(await self._ask(primary, content, sender, secret))
+                kind, body = encode_content(content)
+                now = self._local.clock.now_ms()  # the envelope's: each request is its own
+                data = seal_envelope(sender, session_id_key(primary), kind, body, now)
+                asked.append(self._note(primary, content, message_hash(data), secret))
+                try:
+                    await self._swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+                except TRANSIENT as exc:
+                    if len(asked) == 1:
+                        raise  # the first: the caller hears why at once
+                    logger.info("%s: could not ask again: %s", self._local.name, exc)
                 # Asked again while unanswered: past the primary's answer budget it holds
                 # requests for the user, and strangers can push a held one out; the user
                 # answering this device by its id there (Pairer.answer_device) waits
@@ -121,7 +149,6 @@ class Joiner:
         # The one answered is this attempt's from now on: the primary's decline of it is
         # the one that counts (:meth:`_declined`), and the others are not listened for.
         self._store.forget_pairings([d for d in asked if d != digest])
-        self._relisten()
         return PairingTicket(digest, pairing_code(digest, nonce))
 
     def _answered(self, asked: list[bytes]) -> bool:
@@ -131,24 +158,16 @@ class Joiner:
             return False
         return any(self._challenge_nonce(d) is not None for d in asked) or self._declined()
 
-    async def _ask(
-        self, primary: str, content: PairRequest, sender: Identity, secret: bytes
-    ) -> bytes:
-        """Store one request for ``primary``, sealed by ``sender``; its id."""
-        kind, body = encode_content(content)
-        now = self._local.clock.now_ms()  # the envelope's: each request is its own
-        data = seal_envelope(sender, session_id_key(primary), kind, body, now)
-        digest = message_hash(data)
+    def _note(self, primary: str, content: PairRequest, digest: bytes, secret: bytes) -> bytes:
+        """Note a request before it is sent (the primary's challenge may come before the
+        store's answer does), and listen where its answers arrive; its id."""
         move = pairing_transition(None, PairingEvent.REQUEST_SENT)
         state = encode_cbor({"secret": secret})
-        # Noted before it is sent: the primary's challenge may come before the store's
-        # answer does. A request whose store fails stays noted, answered by no one.
         self._store.put_pairing(
             Pairing(digest, False, primary, content.name, content.timestamp_ms, move.state, state)
         )
         if PairingEffect.LISTEN in move.effects:
-            self._relisten()  # listen where the challenge and the grant arrive
-        await self._swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+            self._relisten()
         return digest
 
     def _challenge_nonce(self, request_id: bytes) -> bytes | None:

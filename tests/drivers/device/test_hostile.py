@@ -3,6 +3,7 @@ and the device goes on working."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -37,6 +38,7 @@ from p2psync.device.pairing import (
     DEVICE_PREFIX_CHARS,
     MAX_HELD_REQUESTS,
     REASK_S,
+    REQUEST_REFILL_S,
     REQUESTS_BURST,
     REQUESTS_PER_KEY,
     pairing_code,
@@ -46,7 +48,12 @@ from p2psync.envelope import MAX_TIMESTAMP_MS, Envelope, open_envelope, seal_env
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver.client import CALL_TIMEOUT_S, open_fileserver_client
 from p2psync.identity import Identity, session_id_key
-from p2psync.mapping import PAIRING_WINDOW_MS, create_mapping, revoke_pairing
+from p2psync.mapping import (
+    PAIRING_WINDOW_MS,
+    create_mapping,
+    revoke_pairing,
+    sign_pairing_request,
+)
 from p2psync.network import open_local_network
 from p2psync.opengroup.client import open_opengroup_client
 from p2psync.opengroup.posts import sign_post
@@ -518,6 +525,58 @@ async def test_a_new_device_the_user_names_is_answered_whatever_strangers_push(
             await tablet.pairing.wait_paired()
         challenged = [k for k in strangers if stored_kinds(network, k, NAMESPACE_CONTROL)]
         assert len(challenged) == REQUESTS_BURST
+
+
+async def test_a_mapped_device_past_its_own_share_is_answered_once_the_user_names_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A mapped new device asks by its own key: asking again while strangers hold the
+    primary's answers spends that key's share, and its next requests are dropped; once
+    strangers also pushed its held ones out, the user naming it is what answers it."""
+
+    async def mapped_asks(swarm: SwarmClient, stranger: Identity, target: Device) -> None:
+        now = swarm.clock.now_ms()
+        signed = sign_pairing_request(stranger, target.session_id, now).to_bytes()
+        request = PairRequest(Mode.MAPPED, stranger.session_id, bytes(32), "tablet", now, signed)
+        await inject(swarm, stranger, target.session_id, NAMESPACE_CONTROL, request)
+
+    strangers = [Identity.from_label(f"stranger/{n}") for n in range(REQUESTS_BURST + 70)]
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+        device(network, tmp_path, "tablet", "mapped") as tablet,
+        trio.open_nursery() as nursery,
+    ):
+        for key in strangers[:REQUESTS_BURST]:
+            await mapped_asks(swarm, key, phone)
+        await wait_until(lambda: len(phone.pairing.requests()) == REQUESTS_BURST)
+        tickets: list[PairingTicket] = []
+
+        async def request_pairing() -> None:
+            tickets.append(await tablet.pairing.request(phone.session_id))
+
+        async def keep_spending() -> None:  # every answer the budget refills goes to them
+            for n in itertools.count():
+                await mapped_asks(swarm, Identity.from_label(f"stranger/more/{n}"), phone)
+                await trio.sleep(REQUEST_REFILL_S / 6)
+
+        nursery.start_soon(request_pairing)
+        nursery.start_soon(keep_spending)
+        await wait_until(
+            lambda: any("from one key" in r.reason for r in phone.rejections), limit_s=300
+        )
+        for key in strangers[REQUESTS_BURST:]:
+            await mapped_asks(swarm, key, phone)
+        await wait_until(lambda: phone.pairing.held() == MAX_HELD_REQUESTS)
+        assert not tickets
+        with trio.fail_after(2 * REASK_S + 10):
+            await phone.pairing.answer_device(tablet.whoami().device_id[:DEVICE_PREFIX_CHARS])
+        await wait_until(lambda: bool(tickets))
+        await phone.pairing.accept(tickets[0].code)
+        with trio.fail_after(60):
+            await tablet.pairing.wait_paired()
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_held_request_that_cannot_be_answered_costs_only_itself(

@@ -123,3 +123,35 @@ async def test_a_new_device_that_asked_again_shows_the_code_the_primary_lists(
         await phone.pairing.accept(tickets[0].code)
         with trio.fail_after(60):
             await tablet.pairing.wait_paired()
+
+
+@pytest.mark.parametrize("mode", ["mapped", "linked"])
+async def test_a_swarm_down_while_a_new_device_waits_only_delays_the_pairing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """The swarm is down for a minute while the new device waits (its asking again
+    fails): it waits on, and pairs once the swarm and the primary are back."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        device(network, tmp_path, "tablet", mode) as tablet,
+        trio.open_nursery() as nursery,
+    ):
+        await phone.set_online(False, promptly=True)
+        tickets: list[PairingTicket] = []
+
+        async def request_pairing() -> None:
+            tickets.append(await tablet.pairing.request(phone.session_id))
+
+        nursery.start_soon(request_pairing)
+        await trio.sleep(REASK_S / 2)
+        nodes = list(network.nodes)
+        for node in nodes:
+            await network.stop_node(node)
+        await trio.sleep(2 * REASK_S)  # the swarm is down: asking again fails, twice
+        for node in nodes:
+            await network.start_node(node)
+        await phone.set_online(True)
+        await wait_until(lambda: bool(tickets), limit_s=300)
+        await wait_until(lambda: bool(phone.pairing.requests()))
+        assert [o.code for o in phone.pairing.requests()] == [tickets[0].code]
