@@ -247,8 +247,8 @@ class SendChallenge:
 
 @dataclass(frozen=True, slots=True)
 class HoldRequest:
-    """Keep ``pairing``, a request past the answer budget, unanswered (the newest
-    :data:`~.pairing.MAX_HELD_REQUESTS` held are kept), for the user's listing to answer."""
+    """Keep ``pairing``, a request past the answer budget, unanswered (the last
+    :data:`~.pairing.MAX_HELD_REQUESTS` to arrive are kept), for the user to answer."""
 
     pairing: Pairing
 

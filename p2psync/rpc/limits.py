@@ -62,13 +62,23 @@ class KeyedRateLimit:
     Keys cost an attacker nothing to make, so the total is what bounds the work done; the
     per-key buckets keep one key from spending all of it. A key gets state only once a
     request of its is admitted, and a bucket idle long enough to be full again is forgotten
-    (a new one would be the same), so the memory held is bounded by what the total admits.
+    (a new one would be the same), so the memory held is bounded by what the total admits;
+    :meth:`allow_key` admits past the total, so ``max_keys`` bounds it too (the least
+    recently used forgotten first: a key forgotten early gets its whole share back).
     """
 
     def __init__(
-        self, per_key: int, key_refill_s: float, total: int, total_refill_s: float, now: float
+        self,
+        per_key: int,
+        key_refill_s: float,
+        total: int,
+        total_refill_s: float,
+        now: float,
+        *,
+        max_keys: int = 4096,
     ) -> None:
         self._per_key = per_key
+        self._max_keys = max_keys
         self._key_rate = 1 / key_refill_s
         #: How long an untouched bucket takes to be full again.
         self._forget_after = per_key * key_refill_s
@@ -95,8 +105,13 @@ class KeyedRateLimit:
         if admitted:
             bucket.take(now, 1)
         if known or admitted:
-            self._keys[key] = (bucket, now)
+            self._remember(key, bucket, now)
         return admitted
+
+    def _remember(self, key: bytes, bucket: TokenBucket, now: float) -> None:
+        self._keys[key] = (bucket, now)
+        if len(self._keys) > self._max_keys:
+            self._keys.popitem(last=False)
 
     def _forget_idle(self, now: float) -> None:
         while self._keys:

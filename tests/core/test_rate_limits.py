@@ -56,3 +56,16 @@ def test_past_the_total_a_key_may_still_spend_its_own_share_alone() -> None:
     assert [limits.allow_key(b"c", 0) for _ in range(3)] == [True, True, False]
     assert not limits.allow(b"d", 0)  # and the total took none of it
     assert not limits.allow_key(b"c", 500) and limits.allow_key(b"c", 1000)  # its own rate
+
+
+def test_keys_let_past_the_total_are_remembered_up_to_a_bound() -> None:
+    """Past the total, fresh keys no longer cost the total anything, so what is
+    remembered of them is bounded: the least recently used goes first (and gets its whole
+    share back, as an unknown key would)."""
+    limits = KeyedRateLimit(
+        per_key=1, key_refill_s=1000, total=1, total_refill_s=1000, now=0, max_keys=2
+    )
+    assert limits.allow(b"first", 0)  # the total is spent
+    assert limits.allow_key(b"a", 0) and not limits.allow_key(b"a", 0)
+    assert limits.allow_key(b"b", 0) and limits.allow_key(b"c", 0)  # "a" is forgotten
+    assert limits.allow_key(b"a", 0) and not limits.allow_key(b"c", 0)
