@@ -31,7 +31,6 @@ from .pairing import (
     REASK_S,
     PairingEffect,
     PairingEvent,
-    PairingState,
     declined_last,
     pairing_code,
     pairing_transition,
@@ -138,9 +137,10 @@ class Joiner:
                     while not self._answered(asked):
                         await self._local.changed.wait()
         self._raise_if_declined()
-        answered = [  # in the order their challenges came (a challenge rewrites its row)
+        answered = [  # in the order their challenges came (a challenge rewrites its row);
+            # the grant may have come with the challenge, and been taken already
             (p.request_id, nonce)
-            for p in self._store.pairings(incoming=False, states=(PairingState.WAITING,))
+            for p in self._store.pairings(incoming=False, states=ASKED)
             if p.request_id in asked and (nonce := pairing_details(p).get("nonce")) is not None
         ]
         if not answered:

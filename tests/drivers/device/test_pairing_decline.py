@@ -155,3 +155,31 @@ async def test_a_swarm_down_while_a_new_device_waits_only_delays_the_pairing(
         await wait_until(lambda: bool(tickets), limit_s=300)
         await wait_until(lambda: bool(phone.pairing.requests()))
         assert [o.code for o in phone.pairing.requests()] == [tickets[0].code]
+
+
+@pytest.mark.parametrize("mode", ["mapped", "linked"])
+async def test_a_grant_read_with_its_challenge_still_gives_the_ticket(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """The primary answered and the user accepted while the new device read nothing (the
+    challenge and the grant are read together): the ticket comes all the same, and the
+    new device is paired."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        device(network, tmp_path, "tablet", mode) as tablet,
+        trio.open_nursery() as nursery,
+    ):
+        tickets: list[PairingTicket] = []
+
+        async def request_pairing() -> None:
+            tickets.append(await tablet.pairing.request(phone.session_id))
+
+        await tablet.set_online(False, promptly=True)
+        nursery.start_soon(request_pairing)
+        await wait_until(lambda: bool(phone.pairing.requests()))
+        [offer] = phone.pairing.requests()
+        await phone.pairing.accept(offer.code)
+        await tablet.set_online(True)
+        await wait_until(lambda: bool(tickets))
+        assert tickets[0].code == offer.code and tablet.whoami().paired
