@@ -11,6 +11,7 @@ import trio
 
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device import Device, open_device
+from p2psync.device.values import PairingTicket
 from p2psync.envelope import open_envelope
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
@@ -55,6 +56,18 @@ def device(
         seed=Identity.from_label(f"device/{label}").seed,
         **options,
     )
+
+
+def start_pairing(nursery: trio.Nursery, new: Device, primary: Device) -> list[PairingTicket]:
+    """``new`` asks ``primary`` to pair, in ``nursery``: the list returned gets the ticket
+    once the primary's challenge arrives (the test plays the user meanwhile)."""
+    tickets: list[PairingTicket] = []
+
+    async def request() -> None:
+        tickets.append(await new.pairing.request(primary.session_id))
+
+    nursery.start_soon(request)
+    return tickets
 
 
 async def pair(primary: Device, new: Device) -> None:

@@ -41,7 +41,6 @@ from p2psync.device.pairing import (
     REQUESTS_PER_KEY,
     pairing_code,
 )
-from p2psync.device.values import PairingTicket
 from p2psync.envelope import MAX_TIMESTAMP_MS, Envelope, open_envelope, seal_envelope
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver.client import CALL_TIMEOUT_S, open_fileserver_client
@@ -66,7 +65,7 @@ from p2psync.swarm.messages import StoreBatchReply
 from p2psync.wire import Fields
 
 from ..swarm.helpers import wait_until
-from .helpers import QUIET, befriend, device, open_world, pair, stored_kinds, texts
+from .helpers import QUIET, befriend, device, open_world, pair, start_pairing, stored_kinds, texts
 
 MALLORY = Identity.from_label("mallory")
 
@@ -441,7 +440,7 @@ async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_us
 ) -> None:
     """Strangers' requests from fresh keys spend the primary's total of answers (each key
     within its own share): a new device asking after them is held unanswered, not
-    dropped, and the user's listing answers it, newest first, among a few; what is held
+    dropped, and the user's listing answers it among the last few to arrive; what is held
     is bounded, and only what the budget or the user's listing allowed was answered."""
     strangers = [Identity.from_label(f"stranger/{n}") for n in range(MAX_HELD_REQUESTS + 20)]
 
@@ -457,12 +456,7 @@ async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_us
         await wait_until(lambda: phone.pairing.held() == 3)
         assert len(phone.pairing.requests()) == REQUESTS_BURST
 
-        tickets: list[PairingTicket] = []
-
-        async def request_pairing() -> None:
-            tickets.append(await tablet.pairing.request(phone.session_id))
-
-        nursery.start_soon(request_pairing)
+        tickets = start_pairing(nursery, tablet, phone)
         await wait_until(lambda: phone.pairing.held() == 4)
         for key in strangers[REQUESTS_BURST + 3 : REQUESTS_BURST + 5]:  # strangers go on
             await ask_to_pair(swarm, key, phone)
@@ -502,12 +496,7 @@ async def test_a_new_device_the_user_names_is_answered_whatever_strangers_push(
         for key in strangers[:REQUESTS_BURST]:
             await ask_to_pair(swarm, key, phone)
         await wait_until(lambda: len(phone.pairing.requests()) == REQUESTS_BURST)
-        tickets: list[PairingTicket] = []
-
-        async def request_pairing() -> None:
-            tickets.append(await tablet.pairing.request(phone.session_id))
-
-        nursery.start_soon(request_pairing)
+        tickets = start_pairing(nursery, tablet, phone)
         await wait_until(lambda: phone.pairing.held() == 1)
         for key in strangers[REQUESTS_BURST:]:
             await ask_to_pair(swarm, key, phone)
@@ -551,12 +540,7 @@ async def test_a_mapped_device_past_its_own_share_is_answered_once_the_user_name
         for key in strangers[:REQUESTS_BURST]:  # they will spend the answers
             await mapped_asks(swarm, key, phone)
         await trio.sleep(REASK_S)  # every member holds them before what comes next
-        tickets: list[PairingTicket] = []
-
-        async def request_pairing() -> None:
-            tickets.append(await tablet.pairing.request(phone.session_id))
-
-        nursery.start_soon(request_pairing)
+        tickets = start_pairing(nursery, tablet, phone)
         # It asks 1 + REQUESTS_PER_KEY times: held, held, held, dropped.
         await trio.sleep(REQUESTS_PER_KEY * REASK_S + REASK_S / 2)
         for key in strangers[REQUESTS_BURST:]:  # and they will push its held ones out
@@ -595,12 +579,7 @@ async def test_a_held_request_that_cannot_be_answered_costs_only_itself(
         with pytest.raises(RpcError, match="full"):
             for n in range(quota // 1024 + 1):
                 await swarm.store(poisoned.session_id, NAMESPACE_CONTROL, n.to_bytes(1024, "big"))
-        tickets: list[PairingTicket] = []
-
-        async def request_pairing() -> None:
-            tickets.append(await tablet.pairing.request(phone.session_id))
-
-        nursery.start_soon(request_pairing)
+        tickets = start_pairing(nursery, tablet, phone)
         await wait_until(lambda: phone.pairing.held() == 1)
         await ask_to_pair(swarm, poisoned, phone)
         await wait_until(lambda: phone.pairing.held() == 2)

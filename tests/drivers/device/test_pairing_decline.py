@@ -17,13 +17,12 @@ import trio.testing
 from p2psync.device import PairingError
 from p2psync.device.content import PairDecline
 from p2psync.device.pairing import REASK_S
-from p2psync.device.values import PairingTicket
 from p2psync.mapping import PAIRING_WINDOW_MS
 from p2psync.swarm.client import SwarmClient, open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_CONTROL
 
 from ..swarm.helpers import wait_until
-from .helpers import device, open_world, pair
+from .helpers import device, open_world, pair, start_pairing
 from .test_hostile import MALLORY, inject, refusal
 
 #: Far less than the pairing window a new device would otherwise wait out.
@@ -109,12 +108,7 @@ async def test_a_new_device_that_asked_again_shows_the_code_the_primary_lists(
         trio.open_nursery() as nursery,
     ):
         await phone.set_online(False, promptly=True)
-        tickets: list[PairingTicket] = []
-
-        async def request_pairing() -> None:
-            tickets.append(await tablet.pairing.request(phone.session_id))
-
-        nursery.start_soon(request_pairing)
+        tickets = start_pairing(nursery, tablet, phone)
         await trio.sleep(REASK_S * 1.5)  # the primary is away: the tablet asks again
         await phone.set_online(True)
         await wait_until(lambda: bool(tickets))
@@ -138,12 +132,7 @@ async def test_a_swarm_down_while_a_new_device_waits_only_delays_the_pairing(
         trio.open_nursery() as nursery,
     ):
         await phone.set_online(False, promptly=True)
-        tickets: list[PairingTicket] = []
-
-        async def request_pairing() -> None:
-            tickets.append(await tablet.pairing.request(phone.session_id))
-
-        nursery.start_soon(request_pairing)
+        tickets = start_pairing(nursery, tablet, phone)
         await trio.sleep(REASK_S / 2)
         nodes = list(network.nodes)
         for node in nodes:
@@ -170,13 +159,8 @@ async def test_a_grant_read_with_its_challenge_still_gives_the_ticket(
         device(network, tmp_path, "tablet", mode) as tablet,
         trio.open_nursery() as nursery,
     ):
-        tickets: list[PairingTicket] = []
-
-        async def request_pairing() -> None:
-            tickets.append(await tablet.pairing.request(phone.session_id))
-
         await tablet.set_online(False, promptly=True)
-        nursery.start_soon(request_pairing)
+        tickets = start_pairing(nursery, tablet, phone)
         await wait_until(lambda: bool(phone.pairing.requests()))
         [offer] = phone.pairing.requests()
         await phone.pairing.accept(offer.code)
