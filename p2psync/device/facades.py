@@ -136,7 +136,7 @@ class DevicePairing:
         return self._pairer.held_requests()
 
     async def answer_held(self) -> int:
-        """Answer the newest held requests (a few), so that they are listed by
+        """Answer the held requests that arrived last (a few), so that they are listed by
         :meth:`requests` once answered: call it when the user looks at the requests.
         Returns how many were answered."""
         return await self._pairer.answer_held()

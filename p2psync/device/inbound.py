@@ -13,7 +13,7 @@ is tested directly (``tests/core/device/test_inbound.py``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -319,6 +319,22 @@ def attempt_of(pairing: Pairing) -> tuple[object, object, int]:
     again while unanswered): its device id, its overlay key and the attempt's time."""
     details = pairing_details(pairing)
     return details.get("device"), details.get("overlay"), pairing.timestamp_ms
+
+
+def held_to_answer(
+    held: Iterable[Pairing], waiting: Iterable[Pairing], now_ms: int
+) -> list[Pairing]:
+    """Of the requests ``held`` (the last to arrive first), those an answer is for: still
+    open, the last of each attempt (:func:`attempt_of`), none of an attempt answered
+    already (pending among ``waiting``)."""
+    answered = {attempt_of(p) for p in waiting if p.state == PairingState.PENDING}
+    chosen: dict[tuple[object, object, int], Pairing] = {}
+    for pairing in held:
+        if request_open(pairing.timestamp_ms, now_ms):
+            attempt = attempt_of(pairing)
+            if attempt not in answered:
+                chosen.setdefault(attempt, pairing)
+    return list(chosen.values())
 
 
 def pairing_details(pairing: Pairing) -> dict[str, Any]:

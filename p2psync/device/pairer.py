@@ -38,7 +38,7 @@ from .content import (
     encode_content,
 )
 from .friends import friends_among
-from .inbound import attempt_of, pairing_details
+from .inbound import held_to_answer, pairing_details
 from .keys import pairing_nonce
 from .local import Local
 from .outbox import Outbox
@@ -102,19 +102,13 @@ class Pairer:
         return latest_per_device(((d["device"], d["overlay"]), p) for p, d in waiting)
 
     def _held(self) -> list[Pairing]:
-        """The requests held unanswered (past the answer budget) and still open, the last
-        to arrive first, one per attempt (:func:`~.inbound.attempt_of`) and none of an
-        attempt answered already."""
-        now = self._local.clock.now_ms()
-        waiting = self._local.waiting_requests()
-        answered = {attempt_of(p) for p in waiting if p.state == PairingState.PENDING}
-        held: dict[tuple[object, object, int], Pairing] = {}
-        for pairing in self._store.held_requests():
-            if request_open(pairing.timestamp_ms, now):
-                attempt = attempt_of(pairing)
-                if attempt not in answered:
-                    held.setdefault(attempt, pairing)
-        return list(held.values())
+        """The requests held past the answer budget that an answer is for, the last to
+        arrive first (:func:`~.inbound.held_to_answer`)."""
+        return held_to_answer(
+            self._store.held_requests(),
+            self._local.waiting_requests(),
+            self._local.clock.now_ms(),
+        )
 
     def held_requests(self) -> int:
         """How many requests wait unanswered because too many came at once."""

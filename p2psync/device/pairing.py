@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Generic, Protocol, TypeVar
 
+from ..identity import SESSION_ID_CHARS
 from ..mapping import PAIRING_WINDOW_MS
 from .content import ContactRecord, SiblingRecord
 from .friends import ContactState
@@ -52,7 +53,7 @@ REQUESTS_PER_KEY = 3
 REQUEST_KEY_REFILL_S = 600.0
 REQUESTS_BURST = 10
 REQUEST_REFILL_S = 60.0
-#: Requests past the total kept unanswered at most, the newest.
+#: Requests past the total kept unanswered at most, the last to arrive.
 MAX_HELD_REQUESTS = 64
 #: How long a request the user never answered is kept (shown as expired once past the
 #: pairing window), then forgotten: strangers' requests answered within the budget would
@@ -66,8 +67,9 @@ REASK_S = 30.0
 #: (``05`` and 8 hex digits): a stranger who cannot read the new device's screen cannot
 #: make requests that match it.
 DEVICE_PREFIX_CHARS = 10
-#: Held requests the user's listing answers at once, the newest: a new device that asked
-#: a minute before the user looks is among them while strangers store one every 20 s.
+#: Held requests the user's listing answers at once, the last to arrive: a new device
+#: that asked a minute before the user looks is among them while strangers store one
+#: every 20 s.
 ANSWERS_PER_LISTING = 5
 _PERSON = b"p2psync-paircode"
 
@@ -161,7 +163,7 @@ class PairingBudget(Enum):
 
 def device_prefix_refusal(prefix: str) -> str | None:
     """Why ``prefix`` cannot name a new device to answer, or None."""
-    if not DEVICE_PREFIX_CHARS <= len(prefix) <= 66:
+    if not DEVICE_PREFIX_CHARS <= len(prefix) <= SESSION_ID_CHARS:
         return (
             f"name the new device by the first {DEVICE_PREFIX_CHARS} or more characters of its id"
         )

@@ -139,6 +139,12 @@ def _item(row: tuple[int, bytes, int, str, int, str, str, str]) -> HistoryItem:
     return HistoryItem(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
 
 
+#: A pairing row as :func:`_pairing` reads it.
+_SELECT_PAIRINGS = (
+    "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
+)
+
+
 def _pairing(row: tuple[bytes, int, str, str, int, str, bytes]) -> Pairing:
     return Pairing(row[0], bool(row[1]), row[2], row[3], row[4], PairingState(row[5]), row[6])
 
@@ -471,8 +477,7 @@ class DeviceStore:
 
     def pairing(self, request_id: bytes) -> Pairing | None:
         row = self._db.execute(
-            "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
-            " WHERE request_id = ?",
+            _SELECT_PAIRINGS + " WHERE request_id = ?",
             (request_id,),
         ).fetchone()
         return None if row is None else _pairing(row)
@@ -483,8 +488,7 @@ class DeviceStore:
         pairing is written anew when answered)."""
         wanted = tuple(states)
         rows = self._db.execute(
-            "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
-            f" WHERE incoming = ? AND state IN ({', '.join('?' * len(wanted))})"
+            _SELECT_PAIRINGS + f" WHERE incoming = ? AND state IN ({', '.join('?' * len(wanted))})"
             " ORDER BY timestamp_ms, rowid",
             (int(incoming), *wanted),
         )
@@ -493,8 +497,7 @@ class DeviceStore:
     def requests_made_at(self, timestamp_ms: int) -> list[Pairing]:
         """The requests this device received that name ``timestamp_ms`` as their time."""
         rows = self._db.execute(
-            "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
-            " WHERE incoming = 1 AND timestamp_ms = ? ORDER BY rowid",
+            _SELECT_PAIRINGS + " WHERE incoming = 1 AND timestamp_ms = ? ORDER BY rowid",
             (timestamp_ms,),
         )
         return [_pairing(r) for r in rows]
@@ -508,8 +511,7 @@ class DeviceStore:
         """The requests held unanswered, the last to arrive first (not by the date each
         names, which its sender chose)."""
         rows = self._db.execute(
-            "SELECT request_id, incoming, peer, name, timestamp_ms, state, data FROM pairings"
-            " WHERE incoming = 1 AND state = ? ORDER BY rowid DESC",
+            _SELECT_PAIRINGS + " WHERE incoming = 1 AND state = ? ORDER BY rowid DESC",
             (PairingState.HELD,),
         )
         return [_pairing(r) for r in rows]

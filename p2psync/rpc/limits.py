@@ -94,37 +94,9 @@ class KeyedRateLimit:
         own = self._per_key if known is None else known[0].available(now)
         return own >= cost and self._total.available(now) >= cost
 
-    def allow_key(self, key: bytes, now: float) -> bool:
-        """Whether ``key``'s own bucket has a token, whatever the total has, spending it
-        if so: for a caller that handles a request past the total apart (keeps it for
-        later) but still holds each key to its share."""
-        self._forget_idle(now)
-        known = self._keys.pop(key, None)
-        bucket = known[0] if known else TokenBucket(self._key_rate, self._per_key, now)
-        admitted = bucket.available(now) >= 1
-        if admitted:
-            bucket.take(now, 1)
-        if known or admitted:
-            self._remember(key, bucket, now)
-        return admitted
-
-    def _remember(self, key: bytes, bucket: TokenBucket, now: float) -> None:
-        self._keys[key] = (bucket, now)
-        if len(self._keys) > self._max_keys:
-            self._keys.popitem(last=False)
-
-    def _forget_idle(self, now: float) -> None:
-        while self._keys:
-            oldest, (_, last) = next(iter(self._keys.items()))
-            if now - last < self._forget_after:
-                break
-            del self._keys[oldest]
-
     def allow(self, key: bytes, now: float, cost: int = 1) -> bool:
         """Whether ``key`` may spend ``cost`` requests' worth now (both buckets)."""
-        self._forget_idle(now)
-        known = self._keys.pop(key, None)
-        bucket = known[0] if known else TokenBucket(self._key_rate, self._per_key, now)
+        bucket, known = self._bucket(key, now)
         # Both have the tokens or neither is charged: a refusal by the total must not
         # spend a key's own share (a batch's cost is up to 64 requests' worth).
         admitted = bucket.available(now) >= cost and self._total.available(now) >= cost
@@ -134,6 +106,33 @@ class KeyedRateLimit:
         if known or admitted:
             self._keys[key] = (bucket, now)
         return admitted
+
+    def allow_key(self, key: bytes, now: float) -> bool:
+        """Whether ``key``'s own bucket has a token, whatever the total has, spending it
+        if so: for a caller that handles a request past the total apart (keeps it for
+        later) but still holds each key to its share."""
+        bucket, known = self._bucket(key, now)
+        admitted = bucket.available(now) >= 1
+        if admitted:
+            bucket.take(now, 1)
+        if known or admitted:
+            self._keys[key] = (bucket, now)
+            if len(self._keys) > self._max_keys:
+                self._keys.popitem(last=False)
+        return admitted
+
+    def _bucket(self, key: bytes, now: float) -> tuple[TokenBucket, bool]:
+        """``key``'s bucket, taken out of the keys remembered (the caller puts it back,
+        as the most recently used), and whether it was known; the idle forgotten first."""
+        while self._keys:
+            oldest, (_, last) = next(iter(self._keys.items()))
+            if now - last < self._forget_after:
+                break
+            del self._keys[oldest]
+        known = self._keys.pop(key, None)
+        if known is None:
+            return TokenBucket(self._key_rate, self._per_key, now), False
+        return known[0], True
 
 
 @dataclass

@@ -46,6 +46,7 @@ from p2psync.device.inbound import (
     SendChallenge,
     SendDecline,
     decide,
+    held_to_answer,
 )
 from p2psync.device.migration import LinkedStatement
 from p2psync.device.modes import RULES, Mode, Rules
@@ -592,3 +593,20 @@ def test_a_request_asked_again_after_its_attempt_was_answered_changes_nothing() 
     other = replace(pair_request(), overlay=bytes(31) + b"\1")
     [challenge] = run(answered, inbound(other, requester))
     assert isinstance(challenge, SendChallenge)
+
+
+def test_held_requests_are_answered_once_per_attempt_while_open() -> None:
+    """Of the held (the last to arrive first): the last of each attempt, none of an
+    attempt already answered, none past the pairing window."""
+
+    def request(n: int, device: str, at: int, state: PairingState) -> Pairing:
+        joining = encode_cbor({"device": device, "overlay": bytes(32)})
+        return Pairing(bytes([n]) * 32, True, "05" + "ab" * 32, "tablet", at, state, joining)
+
+    again = request(1, "tablet", NOW, PairingState.HELD)
+    first = request(2, "tablet", NOW, PairingState.HELD)
+    answered = request(3, "phone", NOW, PairingState.HELD)
+    stale = request(4, "laptop", NOW - PAIRING_WINDOW_MS - 1, PairingState.HELD)
+    waiting = [request(5, "phone", NOW, PairingState.PENDING)]
+    held = [again, first, answered, stale]
+    assert held_to_answer(held, waiting, NOW) == [again]
