@@ -125,12 +125,15 @@ class MappingStore:
 
     def lookup(self, session_id: str) -> tuple[str, list[str], list[bytes], list[bytes]]:
         """The primary of ``session_id``'s user, its secondaries, their mapping records
-        and the primary's revocation records (the newest per revoked secondary)."""
+        and the primary's revocation records (the newest per revoked secondary; of a
+        primary that revoked more than a reply lists, its newest revocations, which are
+        the ones a reader may not have seen yet)."""
         primary = self._primary_of(session_id) or session_id
         listed = self._active_secondaries(primary)
         revocations = self._db.execute(
-            "SELECT revocation FROM mappings WHERE primary_id = ? AND revocation IS NOT NULL"
-            " ORDER BY revoked_at, secondary LIMIT ?",
+            "SELECT revocation FROM (SELECT revocation, revoked_at, secondary FROM mappings"
+            " WHERE primary_id = ? AND revocation IS NOT NULL"
+            " ORDER BY revoked_at DESC, secondary DESC LIMIT ?) ORDER BY revoked_at, secondary",
             (primary, MAX_LISTED_REVOCATIONS),
         ).fetchall()
         return (

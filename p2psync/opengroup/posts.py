@@ -34,8 +34,8 @@ MAX_ROOM_CHARS = 64
 MAX_ROOMS = 1000
 DEFAULT_MESSAGES_LIMIT = 100
 MAX_MESSAGES_LIMIT = 500
-#: Bytes of bodies in one ``messages`` reply, so it always fits a frame (at least one post
-#: is always returned).
+#: Bytes of messages, as encoded, in one ``messages`` reply, so it always fits a frame
+#: with room to spare (at least one post is always returned).
 MAX_MESSAGES_REPLY_BYTES = 96 * 1024
 #: Rooms one creator key may create at once, and the seconds until it may create one more.
 ROOMS_PER_KEY = 3

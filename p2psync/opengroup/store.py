@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..database import add_column_if_missing, open_database, transaction
 from ..errors import RpcError
+from ..wire import encode_cbor
 from .posts import (
     MAX_MESSAGES_REPLY_BYTES,
     MAX_ROOMS,
@@ -144,19 +145,28 @@ class OpenGroupStore:
         self, room: str, since: int, limit: int, *, max_bytes: int = MAX_MESSAGES_REPLY_BYTES
     ) -> tuple[list[RoomMessage], bool]:
         """Posts after id ``since`` in id order, at most ``limit`` of them and ``max_bytes``
-        of bodies (always at least one); the flag says whether more remain."""
+        as they go on the wire (always at least one); the flag says whether more remain.
+        Rows are read one at a time and no further than the reply takes: a reader asking
+        for 500 rows of 33 KiB each cost the server 29 times a small read, for a reply
+        that held two of them."""
         rows = self._db.execute(
             "SELECT id, user, device, timestamp, body, post FROM posts WHERE room = ? AND id > ?"
             " ORDER BY id LIMIT ?",
             (room, since, limit + 1),
-        ).fetchall()
+        )
         found: list[RoomMessage] = []
         total = 0
-        for row in rows[:limit]:
-            size = len(row[4]) + len(row[5] or b"")
-            if found and total + size > max_bytes:
-                return found, True
-            post = None if row[5] is None else bytes(row[5])
-            found.append(RoomMessage(row[0], row[1], row[2], row[3], bytes(row[4]), post))
-            total += size
-        return found, len(rows) > limit
+        try:
+            for row in rows:
+                if len(found) == limit:
+                    return found, True
+                post = None if row[5] is None else bytes(row[5])
+                message = RoomMessage(row[0], row[1], row[2], row[3], bytes(row[4]), post)
+                size = len(encode_cbor(message.to_wire()))
+                if found and total + size > max_bytes:
+                    return found, True
+                found.append(message)
+                total += size
+            return found, False
+        finally:
+            rows.close()

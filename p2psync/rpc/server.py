@@ -425,9 +425,15 @@ class RpcServer:
             return self._failure(request, exc)
 
     def _encode_reply(self, request: Request, response: Frame) -> bytes:
-        """The reply's bytes; a result that cannot be encoded is the handler's failure."""
+        """The reply's bytes; a result that cannot be encoded, or that is larger than a
+        frame may be, is the handler's failure: the client's side of the link closes on a
+        frame past its limit, and with it every other call that shares the link (an exit
+        relay's one connection carries many devices' requests)."""
         try:
-            return encode_frame(response)
+            data = encode_frame(response)
+            if len(data) > self.limits.max_frame_bytes:
+                raise RuntimeError(f"a reply of {len(data)} bytes is larger than a frame")
+            return data
         except Exception as exc:
             return encode_frame(self._failure(request, exc))
 

@@ -19,7 +19,9 @@ from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.envelope import MAX_TIMESTAMP_MS
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver.client import FileServerClient, open_fileserver_client
+from p2psync.fileserver.rules import MAX_LISTED_REVOCATIONS
 from p2psync.fileserver.server import FileServer
+from p2psync.fileserver.store import MappingStore
 from p2psync.identity import Identity
 from p2psync.mapping import (
     PAIRING_WINDOW_MS,
@@ -362,3 +364,21 @@ async def test_a_server_cannot_unrevoke_a_device_for_a_reader_that_saw_the_revoc
             with pytest.raises(DecodeError):
                 await client.get_mappings(PRIMARY.session_id, [tampered])
         nursery.cancel_scope.cancel()
+
+
+def test_a_primary_that_revoked_more_than_a_reply_lists_has_its_newest_listed() -> None:
+    """Past ``MAX_LISTED_REVOCATIONS`` the newest are listed: they are the ones a reader
+    may not know yet (the oldest were listed before, and all 44 newest were left out)."""
+    store = MappingStore(":memory:")
+    primary = Identity.from_label("fileserver/many-revocations")
+    now_ms = TEST_EPOCH_MS
+    revoked = []
+    for n in range(MAX_LISTED_REVOCATIONS + 44):
+        secondary = Identity.from_label(f"fileserver/revoked-{n}")
+        store.put(create_mapping(primary, secondary, now_ms), now_ms)
+        store.revoke(revoke_pairing(primary, secondary.session_id, now_ms + 1000), now_ms + 1000)
+        revoked.append(secondary.session_id)
+        now_ms += 2000
+    listed = [Revocation.from_bytes(r).secondary for r in store.lookup(primary.session_id)[3]]
+    assert listed == revoked[-MAX_LISTED_REVOCATIONS:]
+    store.close()

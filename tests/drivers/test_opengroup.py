@@ -38,13 +38,14 @@ from p2psync.opengroup.posts import (
     ROOMS_BURST,
     ROOMS_PER_KEY,
     Post,
+    RoomMessage,
     sign_post,
     sign_room_request,
 )
 from p2psync.opengroup.server import OpenGroupServer
 from p2psync.opengroup.store import OpenGroupStore
 from p2psync.websocket import WebSocketTransport
-from p2psync.wire import encode_cbor
+from p2psync.wire import MAX_FRAME_BYTES, Reply, encode_cbor, encode_frame
 
 PRIMARY = Identity.from_label("opengroup/primary")
 SECONDARY = Identity.from_label("opengroup/secondary")
@@ -433,8 +434,30 @@ def test_messages_reply_fits_a_frame(tmp_path: Path) -> None:
         post = sign_post(LONER, "big", bytes([i]) * MAX_POST_BODY_BYTES, TEST_EPOCH_MS + i)
         store.add(post, LONER.session_id, TEST_EPOCH_MS)
     page, more = store.messages("big", 0, 100)
-    assert more and sum(len(m.body) for m in page) <= MAX_MESSAGES_REPLY_BYTES
+    assert more and _encoded(page) <= MAX_MESSAGES_REPLY_BYTES
     store.close()
+
+
+def test_a_page_of_many_small_posts_fits_a_frame_with_what_each_carries(tmp_path: Path) -> None:
+    """The reply's bound counts each message as it is encoded (ids, keys, time), not its
+    body and post alone: 420 posts of two bytes made a 170 KB reply to ``limit`` 500,
+    past the frame limit, and the reader's link closed with it."""
+    store = OpenGroupStore(tmp_path / "chat.sqlite3")
+    store.create_room("busy", TEST_EPOCH_MS)
+    for i in range(420):
+        post = sign_post(LONER, "busy", i.to_bytes(2, "big"), TEST_EPOCH_MS + i)
+        store.add(post, LONER.session_id, TEST_EPOCH_MS)
+    page, more = store.messages("busy", 0, 500)
+    reply = encode_frame(Reply(1, {"messages": [m.to_wire() for m in page], "more": more}))
+    assert more and len(reply) <= MAX_FRAME_BYTES
+    assert _encoded(page) <= MAX_MESSAGES_REPLY_BYTES
+    rest, more = store.messages("busy", page[-1].id, 500)
+    assert not more and len(page) + len(rest) == 420
+    store.close()
+
+
+def _encoded(page: list[RoomMessage]) -> int:
+    return sum(len(encode_cbor(m.to_wire())) for m in page)
 
 
 # --- generated garbage ------------------------------------------------------------------------
