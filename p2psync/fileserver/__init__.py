@@ -18,7 +18,8 @@ timestamp is the secondary's request, and the user may take minutes to compare c
 accept; re-putting the mapping already stored and active is always accepted),
 ``conflict`` (the secondary belongs to another primary, a device would be primary and
 secondary at once, the primary is at its secondary limit, or a newer record exists),
-``not_found`` (revoking an unknown pairing).
+``not_found`` (revoking an unknown pairing), ``rate_limited`` (a primary's mappings past
+its share, or all primaries' past the server's, :mod:`.server`).
 
 Revocations are kept: a pair's row remembers the newest revocation timestamp, and a
 mapping signed at or before it is refused forever, so a captured mapping cannot be

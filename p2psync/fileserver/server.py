@@ -13,14 +13,26 @@ import trio
 from overlay.link import Transport
 
 from ..clock import Clock
+from ..errors import RpcError
 from ..identity import session_id_key
 from ..mapping import MAX_RECORD_BYTES, DeviceMapping, Revocation, check_authorised
-from ..rpc import Connection, RpcServer, ServerLimits
+from ..rpc import Connection, KeyedRateLimit, RpcServer, ServerLimits
 from ..wire import Fields
 from .rules import DEFAULT_MAX_SECONDARIES, SESSION_ID_CHARS, check_max_secondaries
 from .store import MappingStore
 
 logger = logging.getLogger(__name__)
+
+#: Mappings one primary may put at once, and the seconds until it may put one more: a
+#: user pairs a device now and then.
+MAPPINGS_PER_KEY = 8
+MAPPING_KEY_REFILL_S = 600.0
+#: Mappings all primaries together may put at once, and then one per
+#: ``MAPPING_REFILL_S``. Keys cost nothing, so this is what bounds how fast strangers grow
+#: the file (a mapping row is about 1.1 kB): 28 800 rows, about 32 MB, a day at most,
+#: against 1.75 MB a second from one connection before.
+MAPPINGS_BURST = 100
+MAPPING_REFILL_S = 3.0
 
 
 class FileServer:
@@ -41,6 +53,13 @@ class FileServer:
         self.clock = clock
         self.max_secondaries = max_secondaries
         self._store: MappingStore | None = None
+        self._mapping_limit = KeyedRateLimit(
+            MAPPINGS_PER_KEY,
+            MAPPING_KEY_REFILL_S,
+            MAPPINGS_BURST,
+            MAPPING_REFILL_S,
+            clock.now_ms() / 1000,
+        )
         self.rpc = RpcServer(
             {
                 "put_mapping": self._put_mapping,
@@ -76,8 +95,11 @@ class FileServer:
     async def _put_mapping(self, params: Fields, conn: Connection) -> Any:
         params.only("mapping")
         mapping = DeviceMapping.from_bytes(params.blob("mapping", max_len=MAX_RECORD_BYTES))
-        check_authorised(mapping)
-        self.store.put(mapping, self.clock.now_ms())
+        check_authorised(mapping)  # first: only its primary can spend a primary's share
+        now_ms = self.clock.now_ms()
+        if not self._mapping_limit.allow(session_id_key(mapping.primary), now_ms / 1000):
+            raise RpcError("rate_limited", "too many new mappings: try again later")
+        self.store.put(mapping, now_ms)
         logger.debug("mapped %s → %s", mapping.secondary[:12], mapping.primary[:12])
         return {}
 

@@ -20,7 +20,13 @@ from p2psync.envelope import MAX_TIMESTAMP_MS
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver.client import FileServerClient, open_fileserver_client
 from p2psync.fileserver.rules import MAX_LISTED_REVOCATIONS
-from p2psync.fileserver.server import FileServer
+from p2psync.fileserver.server import (
+    MAPPING_KEY_REFILL_S,
+    MAPPING_REFILL_S,
+    MAPPINGS_BURST,
+    MAPPINGS_PER_KEY,
+    FileServer,
+)
 from p2psync.fileserver.store import MappingStore
 from p2psync.identity import Identity
 from p2psync.mapping import (
@@ -204,6 +210,45 @@ async def test_freshness_ownership_and_limits(autojump_clock: trio.testing.MockC
             "clock_skew",
             client.revoke_mapping(revoke_pairing(PRIMARY, SECONDARY.session_id, now + 90_000)),
         )
+
+
+async def test_mappings_are_rationed_per_primary_and_in_total(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Keys cost nothing: one connection putting a fresh pair's mapping each time grew
+    the file by 1.75 MB a second, for good. A primary gets its share, and all of them
+    together the server's; a forged mapping naming a primary spends nothing of its."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(":memory:", clock, max_secondaries=MAPPINGS_PER_KEY + 1) as (_, client):
+        for n in range(MAPPINGS_PER_KEY):
+            await client.put_mapping(
+                create_mapping(PRIMARY, Identity.from_label(f"fileserver/s{n}"), clock.now_ms())
+            )
+        spare = Identity.from_label("fileserver/spare")
+        await refused(
+            "rate_limited", client.put_mapping(create_mapping(PRIMARY, spare, clock.now_ms()))
+        )
+        await trio.sleep(MAPPING_KEY_REFILL_S)
+        await client.put_mapping(create_mapping(PRIMARY, spare, clock.now_ms()))
+
+        half_signed = create_mapping(OTHER, THIRD, clock.now_ms())
+        for _ in range(MAPPINGS_PER_KEY + 1):  # signed by another key than OTHER's
+            forged = replace(half_signed, primary_sig=bytes(64))
+            await refused("unauthorized", client.put_mapping(forged))
+        await client.put_mapping(half_signed)
+
+        await trio.sleep(MAPPINGS_BURST * MAPPING_REFILL_S)  # the total full again
+        for n in range(MAPPINGS_BURST):
+            stranger = Identity.from_label(f"fileserver/stranger-{n}")
+            await client.put_mapping(
+                create_mapping(stranger, Identity.from_label(f"fileserver/t{n}"), clock.now_ms())
+            )
+        late = Identity.from_label("fileserver/late")
+        await refused(
+            "rate_limited", client.put_mapping(create_mapping(late, SECONDARY, clock.now_ms()))
+        )
+        await trio.sleep(MAPPING_REFILL_S)
+        await client.put_mapping(create_mapping(late, SECONDARY, clock.now_ms()))
 
 
 @pytest.mark.parametrize("huge", [MAX_TIMESTAMP_MS + 1, 2**63, 2**64 - 1])
