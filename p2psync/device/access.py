@@ -124,6 +124,11 @@ class ListingKeeper(Protocol):
 
 @dataclass(frozen=True)
 class NetworkAccess:
+    """Everything a device needs to reach a network: how to connect, where the registry's
+    listing comes from, the servers' addresses and keys, and the ledger its nodes are
+    admitted by. :meth:`from_file` reads one from the ``network.json`` that
+    ``p2psync network up`` writes; an emulated network hands out its own."""
+
     transport: Transport
     #: The registry's listing: the registry itself (a service node's copy while it is
     #: down), or, on the onion route while a device is open, read through its paths.

@@ -409,5 +409,8 @@ def _batch_results(
 async def open_swarm_client(
     transport: Transport, directory: Directory, clock: Clock, *, seed: int | None = None
 ) -> AsyncIterator[SwarmClient]:
+    """A :class:`SwarmClient` for as long as the block runs: the swarm members it picks
+    come from ``directory``'s listing, and its connections, pooled by server, close when
+    the block ends. ``seed`` makes its choice of members reproducible (tests)."""
     async with open_rpc_pool(transport) as pool:
         yield SwarmClient(pool, directory, clock, random.Random(seed))

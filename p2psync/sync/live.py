@@ -131,6 +131,10 @@ class _Sibling:
 
 
 class LiveSync:
+    """One device's live sync with its siblings (the guarantees are the module's): fed
+    what happens, with the time, and answering with the :class:`Event` objects its driver
+    carries out."""
+
     def __init__(
         self,
         siblings: Iterable[str],

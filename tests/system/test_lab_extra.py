@@ -47,3 +47,19 @@ def test_the_library_runs_without_the_lab() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", ["rich", "matplotlib"])
+def test_the_labs_own_entry_points_name_the_extra_they_need(missing: str) -> None:
+    """``python -m benchmarks.faults`` ended in a traceback (no module named rich)."""
+    code = (
+        f"import runpy, sys; sys.modules[{missing!r}] = None; "
+        "runpy.run_module('benchmarks.faults', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "benchmarks: the lab needs the lab extra: pip install -e '.[lab]'"
+    )
