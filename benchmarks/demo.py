@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,7 +58,8 @@ class DemoFailed(P2PSyncError):
 def run_demo(
     *, transport: str = "tcp", seed: int = 1, mode: str = "linked", json_path: str | None = None
 ) -> int:
-    console = Console()
+    # Into a file or a pipe, a line stays one line (rich wraps at 80 columns there).
+    console = Console(soft_wrap=not sys.stdout.isatty())
     started = time.perf_counter()
 
     def say(text: str) -> None:

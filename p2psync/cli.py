@@ -470,10 +470,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=1, help="randomness seed (default: 1)")
     demo.add_argument(
-        "--transport", choices=TRANSPORTS, default="tcp", help="loopback sockets or in-memory"
+        "--transport",
+        choices=TRANSPORTS,
+        default="tcp",
+        help="loopback sockets or in-memory (default: tcp)",
     )
     demo.add_argument(
-        "--mode", choices=["linked", "mapped"], default="linked", help="multi-device mode"
+        "--mode",
+        choices=["linked", "mapped"],
+        default="linked",
+        help="multi-device mode (default: linked)",
     )
     demo.add_argument(
         "--json", type=output_file, metavar="FILE", help="also write the summary as JSON"
@@ -624,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipeline",
         type=whole_number(1, 4096),
         default=32,
-        help="requests in flight per connection",
+        help="requests in flight per connection (default: 32)",
     )
     throughput.add_argument(
         "--nodes",

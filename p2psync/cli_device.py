@@ -999,7 +999,10 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--mode", required=True, choices=["mapped", "linked"], help="multi-device mode"
     )
     init.add_argument(
-        "--name", default="device", type=_device_name, help="shown to the user's other devices"
+        "--name",
+        default="device",
+        type=_device_name,
+        help="shown to the user's other devices (default: device)",
     )
     command(
         "whoami",

@@ -264,6 +264,10 @@ class NetworkAccess:
         path = Path(path)
         try:
             description = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NetworkFileError(
+                f"cannot read {path}: no such file (is `p2psync network up` running?)"
+            ) from None
         except OSError as exc:
             raise NetworkFileError(f"cannot read {path}: {exc.strerror}") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

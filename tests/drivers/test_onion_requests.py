@@ -439,6 +439,9 @@ def test_a_network_file_with_relays_and_server_keys_means_onion_requests(tmp_pat
     path.write_text(json.dumps(description | {"opengroup_key": "zz" * 32}))
     with pytest.raises(NetworkFileError, match="'opengroup_key' must be 32 bytes in hex"):
         NetworkAccess.from_file(path)
+    # What a device command says before the network is up: where to look next.
+    with pytest.raises(NetworkFileError, match=r"no such file \(is `p2psync network up`"):
+        NetworkAccess.from_file(path.with_name("missing.json"))
 
 
 async def test_a_node_announcing_a_servers_url_gets_no_onion_request_sealed_to_it() -> None:
