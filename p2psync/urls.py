@@ -17,7 +17,10 @@ def split_url(url: str) -> tuple[str, bytes | None]:
     if not url.startswith("wss://"):
         raise ValueError(f"not a ws:// or wss:// url: {url!r}")
     authority, _, key = url.removeprefix("wss://").partition("/")
-    _, pin = split_pin(f"{authority}#{key}")
+    try:
+        _, pin = split_pin(f"{authority}#{key}")
+    except ValueError:  # said of the url as given, not of the relay form it was parsed in
+        raise ValueError(f"the key in {url!r} is not 64 hex digits") from None
     return authority, pin
 
 

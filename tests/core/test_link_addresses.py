@@ -42,8 +42,9 @@ def test_a_servers_url_pins_its_key_or_says_it_is_plain() -> None:
     "url", ["http://127.0.0.1:1", "wss://127.0.0.1:1", f"wss://127.0.0.1:1/{HEX[:-2]}"]
 )
 def test_urls_without_a_scheme_we_speak_or_a_whole_pin_are_refused(url: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as refused:
         split_url(url)
+    assert "#" not in str(refused.value), "said of the url as the user gave it"
 
 
 def test_real_transports_serve_as_their_key_unless_plain_and_emulations_never() -> None:
