@@ -10,8 +10,21 @@ import ipaddress
 import math
 from collections.abc import Callable
 
+from .errors import DecodeError
+from .identity import sealable_key
+
 #: Longest duration any option takes: a week.
 MAX_SECONDS = 7 * 24 * 3600.0
+
+
+def session_id(text: str) -> str:
+    """An id given on the command line: a usage error at once if it is not one anyone
+    can hold, rather than a wait for an answer that cannot come."""
+    try:
+        sealable_key(text)
+    except DecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not a session id: {text[:80]!r} ({exc})") from None
+    return text
 
 
 def whole_number(minimum: int, maximum: int) -> Callable[[str], int]:

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .arguments import address_range, number_up_to, whole_number
+from .arguments import address_range, number_up_to, session_id, whole_number
 from .errors import P2PSyncError
 from .network_defaults import DEFAULT_RELAYS, TRANSPORTS
 from .stops import HeldStops
@@ -331,6 +331,7 @@ def _cmd_opengroup(args: argparse.Namespace) -> int:
         args.fileserver,
         clock,
         _listing_of(args, clock),
+        args.room_creators,
     )
 
 
@@ -604,6 +605,15 @@ def build_parser() -> argparse.ArgumentParser:
     fileserver = server("fileserver", "the file server (device mappings)", _cmd_fileserver)
     opengroup = server("opengroup", "an open group (public chat) server", _cmd_opengroup)
     opengroup.add_argument("--fileserver", metavar="URL", help="for mapped-mode attribution")
+    opengroup.add_argument(
+        "--room-creator",
+        dest="room_creators",
+        action="append",
+        type=session_id,
+        metavar="ID",
+        help="a session id whose key may create rooms (repeat for more); without any, every"
+        " key may, rationed: list them on a server strangers reach",
+    )
     for onion_server in (fileserver, opengroup):
         onion_server.add_argument("--registry", metavar="URL", help=listing_help)
 

@@ -35,7 +35,7 @@ from typing import Any, cast
 
 import trio
 
-from .arguments import MAX_SECONDS, number_up_to, whole_number
+from .arguments import MAX_SECONDS, number_up_to, session_id, whole_number
 from .cli_control import CONTROL_SOCKET, forward, say, serve_control
 from .device import (
     Contact,
@@ -56,7 +56,6 @@ from .device.friends import friends_among
 from .device.pairing import DEVICE_PREFIX_CHARS, REASK_S, is_code
 from .device.values import TRANSIENT
 from .errors import DecodeError, RpcError
-from .identity import sealable_key
 from .wire import INT64_MAX
 
 logger = logging.getLogger(__name__)
@@ -92,16 +91,6 @@ def _named(name: str, user: str) -> str:
 def _name_of(device: Device, user: str) -> str:
     contact = device.friends.contact(user)
     return "" if contact is None else contact.name
-
-
-def _session_id(text: str) -> str:
-    """An id given on the command line: a usage error at once if it is not one anyone
-    can hold, rather than a wait for an answer that cannot come."""
-    try:
-        sealable_key(text)
-    except DecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not a session id: {text[:80]!r} ({exc})") from None
-    return text
 
 
 def _device_name(text: str) -> str:
@@ -1015,7 +1004,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     name.add_argument("name", metavar="NAME", help="at most 64 characters, no control characters")
     pair = command("pair", "on a new device: ask the primary to pair, show the code", _cmd_pair)
     pair.add_argument(
-        "--primary", required=True, type=_session_id, metavar="SESSION_ID", help="the user's id"
+        "--primary", required=True, type=session_id, metavar="SESSION_ID", help="the user's id"
     )
     accept = command(
         "accept",
@@ -1035,7 +1024,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         " however many other requests came, then list the requests",
     )
     send = command("send", "send a message to a friend", _cmd_send)
-    send.add_argument("user", type=_session_id, metavar="SESSION_ID", help="the friend's id")
+    send.add_argument("user", type=session_id, metavar="SESSION_ID", help="the friend's id")
     send.add_argument("text", metavar="TEXT", help="the message")
     inbox = command(
         "inbox",
@@ -1061,7 +1050,7 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     devices = command("devices", "this user's devices", _cmd_devices, json_output=True)
     devices.add_argument(
-        "--revoke", type=_session_id, metavar="DEVICE_ID", help="on a mapped primary: unpair one"
+        "--revoke", type=session_id, metavar="DEVICE_ID", help="on a mapped primary: unpair one"
     )
     migrate = command(
         "migrate",
@@ -1091,12 +1080,12 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     action = contacts.add_mutually_exclusive_group()
     action.add_argument(
-        "--add", type=_session_id, metavar="SESSION_ID", help="send a friend request"
+        "--add", type=session_id, metavar="SESSION_ID", help="send a friend request"
     )
     action.add_argument(
-        "--accept", type=_session_id, metavar="SESSION_ID", help="accept a friend request"
+        "--accept", type=session_id, metavar="SESSION_ID", help="accept a friend request"
     )
     action.add_argument(
-        "--decline", type=_session_id, metavar="SESSION_ID", help="decline a friend request"
+        "--decline", type=session_id, metavar="SESSION_ID", help="decline a friend request"
     )
     contacts.add_argument("--text", default="", metavar="TEXT", help="a note with --add")

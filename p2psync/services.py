@@ -244,8 +244,11 @@ async def run_opengroup(
     fileserver: str | None,
     clock: Clock,
     listing: Listing | None,
+    room_creators: list[str] | None = None,
 ) -> None:
-    server = OpenGroupServer(data_dir / "opengroup.sqlite3", clock, fileserver, transport)
+    server = OpenGroupServer(
+        data_dir / "opengroup.sqlite3", clock, fileserver, transport, room_creators=room_creators
+    )
     await _serve_with_onion(server.rpc, server.serve, transport, data_dir, listen, clock, listing)
 
 

@@ -45,6 +45,11 @@ allowance) and each key may create :data:`ROOMS_PER_KEY` rooms at once, then one
 :data:`ROOM_REFILL_S`. Beyond that: ``rate_limited``; beyond ``max_rooms``: ``too_large``.
 Keys cost nothing to make, so it is the total that keeps a flood from filling the server in
 seconds (it now takes days); the per-key allowance keeps one key from spending the total.
+Days is still not never: a stranger can spend the total for as long as it likes and fill
+the server's rooms for good. A server strangers reach therefore lists the session ids
+whose keys may create rooms (``room_creators``; ``p2psync opengroup --room-creator ID``,
+as Session's open-group servers have their operators make rooms): any other key is
+refused ``unauthorized``. Without a list (a local network, the demo) every key may.
 Asking for a room that exists is answered ``created: false`` and costs nothing.
 
 Posting. Device keys cost nothing to make either, and rooms keep posts, so posting is

@@ -5,6 +5,7 @@ post once, when it arrives, and rationing room creation and posting.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from overlay.link import LinkClosed, Transport
 from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..fileserver.client import FileServerClient
+from ..identity import ed25519_to_x25519, session_id_key
 from ..mapping import check_authorised
 from ..rpc import Connection, KeyedRateLimit, RpcPool, RpcServer, ServerLimits, open_rpc_pool
 from ..wire import Fields
@@ -63,8 +65,14 @@ class OpenGroupServer:
         *,
         max_rooms: int = MAX_ROOMS,
         limits: ServerLimits | None = None,
+        room_creators: Iterable[str] | None = None,
     ) -> None:
+        """``room_creators``: the session ids whose keys alone may create rooms (None:
+        any key, rationed; see :mod:`p2psync.opengroup`)."""
         self.db_path = Path(db_path)
+        self._room_creators = (
+            None if room_creators is None else frozenset(map(session_id_key, room_creators))
+        )
         self.clock = clock
         self.fileserver_url = fileserver_url
         self.transport = transport
@@ -132,6 +140,11 @@ class OpenGroupServer:
         check_fresh(request.timestamp_ms, now_ms, "room request")
         if self.store.has_room(request.room):
             return {"room": request.room, "created": False}
+        if (
+            self._room_creators is not None
+            and ed25519_to_x25519(request.key) not in self._room_creators
+        ):
+            raise RpcError("unauthorized", "rooms on this server are made by its operator's keys")
         if not self._room_limit.allow(request.key, now_ms / 1000):
             raise RpcError("rate_limited", "too many new rooms: try again later")
         return {"room": request.room, "created": self.store.create_room(request.room, now_ms)}

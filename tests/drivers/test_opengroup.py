@@ -318,6 +318,35 @@ async def test_integers_out_of_range_are_bad_requests(
         assert (await s.chat.messages("lobby", since=2**63 - 1))[0] == []
 
 
+async def test_a_server_that_lists_its_room_creators_takes_rooms_from_them_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Keys are free, so on an open server a stranger can spend the rationed allowance for
+    good (a review's: 999 of 1 000 rooms in 3.5 days, then none for anyone). A server
+    that lists its creators takes new rooms from their keys alone; asking for a room that
+    exists stays anyone's, and costs nothing."""
+    clock = Clock(TEST_EPOCH_MS)
+    transport = MemoryNetwork()
+    server = OpenGroupServer(
+        ":memory:", clock, None, transport, room_creators=[LONER.session_id, SHARED.session_id]
+    )
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve, transport, "mem:chat")
+        async with open_opengroup_client(transport, url) as chat:
+
+            async def ask(room: str, creator: Identity) -> bool:
+                return await chat.create_room(sign_room_request(creator, room, clock.now_ms()))
+
+            assert await ask("lobby", LONER) is True
+            for n in range(ROOMS_BURST + 1):
+                stranger = Identity.from_label(f"opengroup/stranger-{n}")
+                await refused("unauthorized", ask(f"junk-{n}", stranger))
+            assert await ask("lobby", PRIMARY) is False
+            assert await ask("news", SHARED) is True
+            assert set(await chat.list_rooms()) == {"lobby", "news"}
+        nursery.cancel_scope.cancel()
+
+
 async def test_room_creation_is_rationed_per_key_and_in_total(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
