@@ -237,11 +237,12 @@ class RepairListings:
 
 
 def batches(rows: Iterable[StoredMessage]) -> Iterator[list[StoredMessage]]:
-    """``rows`` in node-to-node batches that fit a frame."""
+    """``rows`` in node-to-node batches that fit a frame. A row's proof counts as its data
+    does: a tombstone carries its owner's whole signed delete, up to 1 000 hashes."""
     batch: list[StoredMessage] = []
     size = 0
     for row in rows:
-        row_size = len(row.data or b"") + BATCH_ROW_OVERHEAD
+        row_size = len(row.data or b"") + len(row.proof or b"") + BATCH_ROW_OVERHEAD
         if batch and size + row_size > BATCH_BYTES:
             yield batch
             batch, size = [], 0

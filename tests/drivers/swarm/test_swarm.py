@@ -144,6 +144,31 @@ async def test_a_node_that_was_down_converges_by_repair(
         assert node.stats.repaired_in >= 50
 
 
+async def test_a_delete_of_hundreds_of_hashes_reaches_every_member(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each tombstone carries its owner's whole signed delete (32 bytes a hash), and a
+    device deletes up to 1 000 at once. Counted as 160 bytes a row,
+    300 tombstones made a 3.1 MB ``replicate`` past the frame: the delete stayed on the
+    member that took it, and the others served the messages for the rest of their TTL."""
+    async with open_test_swarm(6, NodeConfig(repair_interval_s=30.0)) as (network, swarm):
+        stored = [(await swarm.store(ALICE.session_id, 0, b"m%d" % i))[0] for i in range(300)]
+        await wait_until(lambda: all(holders(network, ALICE, d) == 6 for d in stored))
+        assert await swarm.delete(ALICE, 0, stored) == stored
+        members = swarm_of(network, ALICE)
+
+        def deleted_everywhere() -> bool:
+            return all(
+                getattr(node.store.get(ALICE.session_id, 0, d), "deleted", False)
+                for node in members
+                for d in stored
+            )
+
+        await wait_until(deleted_everywhere, limit_s=60)
+        messages, _, _ = await swarm.retrieve(ALICE, 0, None)
+        assert messages == []
+
+
 async def test_a_partitioned_member_and_the_rest_converge_once_the_links_heal(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
