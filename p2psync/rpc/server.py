@@ -63,10 +63,6 @@ class BatchLink(Protocol):
     async def send_batch(self, messages: Sequence[bytes]) -> None: ...
 
 
-async def _send_frames(link: Link, frames: Sequence[Frame]) -> None:
-    await _send_encoded(link, [encode_frame(frame) for frame in frames])
-
-
 async def _send_encoded(link: Link, encoded: Sequence[bytes]) -> None:
     if isinstance(link, BatchLink):
         await link.send_batch(encoded)
@@ -170,9 +166,9 @@ class RpcServer:
         try:
             if request.method in self._inline:
                 answered = self._answer_inline(request, connection)
-                reply = (
-                    await self._settled(answered) if isinstance(answered, _Pending) else answered
-                )
+                if not isinstance(answered, _Pending):
+                    return answered
+                reply = await self._settled(answered)
             else:
                 reply = await self._run_handler(request, connection)
         finally:
@@ -265,7 +261,7 @@ class RpcServer:
         in_flight = trio.Semaphore(limits.max_in_flight)
         bucket = TokenBucket(limits.requests_per_s, limits.request_burst, self.clock.now_s())
         while True:
-            replies: list[Frame] = []
+            replies: list[bytes] = []
             closed = False
             try:
                 data: bytes | None = await link.receive()
@@ -273,7 +269,7 @@ class RpcServer:
                 return
             except DecodeError as exc:
                 data = None
-                replies.append(self._refuse(None, exc))
+                replies.append(encode_frame(self._refuse(None, exc)))
             for turn in range(1, limits.max_in_flight + 1):
                 if data is not None:
                     dispatched = self._dispatch(data, bucket, connection)
@@ -301,10 +297,10 @@ class RpcServer:
                     break
                 except DecodeError as exc:
                     data = None
-                    replies.append(self._refuse(None, exc))
+                    replies.append(encode_frame(self._refuse(None, exc)))
             if replies:
                 try:
-                    await _send_frames(link, replies)
+                    await _send_encoded(link, replies)
                 except LinkClosed:
                     return
             if closed:
@@ -316,35 +312,37 @@ class RpcServer:
 
     def _dispatch(
         self, data: bytes, bucket: TokenBucket, connection: Connection
-    ) -> Frame | _Pending:
-        """One frame: its reply when it is answered here (inline handlers, refusals), the
-        request itself when it needs a task of its own, or the :class:`Later` an inline
-        handler answered with."""
+    ) -> Request | _Pending | bytes:
+        """One frame: its encoded reply when it is answered here (inline handlers,
+        refusals), the request itself when it needs a task of its own, or the
+        :class:`Later` an inline handler answered with."""
         try:
             frame = decode_frame(data, max_bytes=self.limits.max_frame_bytes)
         except DecodeError as exc:
-            return self._refuse(_request_id_of(data), exc)
+            return encode_frame(self._refuse(_request_id_of(data), exc))
         if not isinstance(frame, Request):
-            return self._refuse(None, "expected a request")
+            return encode_frame(self._refuse(None, "expected a request"))
         if frame.method not in self._own_rate_limit and not bucket.take(
             self.clock.now_s(), self.cost_of(frame)
         ):
             self.stats.count_error("rate_limited")
-            return ErrorReply(frame.id, "rate_limited", "slow down", {})
+            return encode_frame(ErrorReply(frame.id, "rate_limited", "slow down", {}))
         self.stats.requests += 1
         if frame.method in self._inline:
             return self._answer_inline(frame, connection)
         return frame
 
-    def _answer_inline(self, request: Request, connection: Connection) -> Frame | _Pending:
+    def _answer_inline(self, request: Request, connection: Connection) -> bytes | _Pending:
+        """The encoded reply of an inline handler (checked as every reply is, by
+        :meth:`_encode_reply`), or the :class:`Later` it answered with."""
         try:
             self._observed(request, connection)
             result = self._handler(request)(Fields(request.params, "params"), connection)
         except Exception as exc:
-            return self._failure(request, exc)
+            return encode_frame(self._failure(request, exc))
         if isinstance(result, Later):
             return _Pending(request, result)
-        return Reply(request.id, result)
+        return self._encode_reply(request, Reply(request.id, result))
 
     def _handler(self, request: Request) -> Handler:
         """The method's handler; one this server does not serve (any more: ``methods`` is

@@ -40,7 +40,11 @@ async def big(params: Fields, conn: Connection) -> Any:
     return {"data": b"x" * params.uint("size", maximum=1 << 20)}
 
 
-METHODS = {"echo": echo, "fail": fail, "push": push, "big": big}
+def big_inline(params: Fields, conn: Connection) -> Any:
+    return {"data": b"x" * params.uint("size", maximum=1 << 20)}
+
+
+METHODS = {"echo": echo, "fail": fail, "push": push, "big": big, "big_inline": big_inline}
 
 
 @pytest.fixture(params=["memory", "websocket"])
@@ -92,18 +96,20 @@ async def test_errors_have_stable_codes_and_server_survives(transport: Transport
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("method", ["big", "big_inline"])
 async def test_a_reply_larger_than_a_frame_is_refused_and_the_link_goes_on(
-    transport: Transport,
+    transport: Transport, method: str
 ) -> None:
-    """A handler's result past the frame limit is answered ``internal``: sent, it closed
-    the client's link (WebSocket 1009), and every other call on it with it."""
+    """A handler's result past the frame limit, a task's or an inline one's, is answered
+    ``internal``: sent, it closed the client's link (WebSocket 1009), and every other
+    call on it with it."""
     server = RpcServer(METHODS)
     async with trio.open_nursery() as nursery:
         url = await nursery.start(server.serve, transport, _address(transport))
         async with open_rpc(transport, url) as client:
-            assert len((await client.call("big", {"size": 1000}))["data"]) == 1000
+            assert len((await client.call(method, {"size": 1000}))["data"]) == 1000
             with pytest.raises(RpcError) as info:
-                await client.call("big", {"size": ServerLimits().max_frame_bytes})
+                await client.call(method, {"size": ServerLimits().max_frame_bytes})
             assert info.value.code == "internal"
             assert await client.call("echo", {"text": "still here"}) == {"echo": "still here"}
         nursery.cancel_scope.cancel()
