@@ -23,8 +23,8 @@ from .store import MappingStore
 
 logger = logging.getLogger(__name__)
 
-#: Mappings one primary may put at once, and the seconds until it may put one more: a
-#: user pairs a device now and then.
+#: New mappings one primary may have stored at once, and the seconds until it may have one
+#: more: a user pairs a device now and then. Putting the stored mapping again is free.
 MAPPINGS_PER_KEY = 8
 MAPPING_KEY_REFILL_S = 600.0
 #: Mappings all primaries together may put at once, and then one per
@@ -95,11 +95,17 @@ class FileServer:
     async def _put_mapping(self, params: Fields, conn: Connection) -> Any:
         params.only("mapping")
         mapping = DeviceMapping.from_bytes(params.blob("mapping", max_len=MAX_RECORD_BYTES))
-        check_authorised(mapping)  # first: only its primary can spend a primary's share
+        check_authorised(mapping)
         now_ms = self.clock.now_ms()
-        if not self._mapping_limit.allow(session_id_key(mapping.primary), now_ms / 1000):
-            raise RpcError("rate_limited", "too many new mappings: try again later")
-        self.store.put(mapping, now_ms)
+
+        def charge() -> None:
+            # Only a mapping the store is about to write costs its primary: a new one takes
+            # the primary's signature, and the one stored already, which anyone can read
+            # and put again, changes nothing.
+            if not self._mapping_limit.allow(session_id_key(mapping.primary), now_ms / 1000):
+                raise RpcError("rate_limited", "too many new mappings: try again later")
+
+        self.store.put(mapping, now_ms, before_storing=charge)
         logger.debug("mapped %s → %s", mapping.secondary[:12], mapping.primary[:12])
         return {}
 

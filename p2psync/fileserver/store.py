@@ -5,6 +5,7 @@ locks. What it refuses is :mod:`.rules`'s to say; no Trio, ``now_ms`` in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -76,8 +77,17 @@ class MappingStore:
         ).fetchall()
         return [(str(r[0]), bytes(r[1])) for r in rows]
 
-    def put(self, mapping: DeviceMapping, now_ms: int) -> None:
-        """Store a verified mapping, or refuse it (:func:`~.rules.stores_mapping`)."""
+    def put(
+        self,
+        mapping: DeviceMapping,
+        now_ms: int,
+        *,
+        before_storing: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Store a verified mapping, or refuse it (:func:`~.rules.stores_mapping`).
+        ``before_storing`` runs once the rules would store it, and may refuse it by
+        raising: what it charges is then spent on a change, never on a mapping stored
+        already (anyone can put that again) or one the rules refuse."""
         primary, secondary = mapping.primary, mapping.secondary
         with self._transaction():
             facts = PairFacts(
@@ -99,6 +109,7 @@ class MappingStore:
                 now_ms=now_ms,
             ):
                 return
+            before_storing()
             self._db.execute(
                 "INSERT INTO mappings (primary_id, secondary, timestamp, record, active)"
                 " VALUES (?, ?, ?, ?, 1) ON CONFLICT (primary_id, secondary) DO UPDATE SET"

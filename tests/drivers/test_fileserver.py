@@ -217,10 +217,15 @@ async def test_mappings_are_rationed_per_primary_and_in_total(
 ) -> None:
     """Keys cost nothing: one connection putting a fresh pair's mapping each time grew
     the file by 1.75 MB a second, for good. A primary gets its share, and all of them
-    together the server's; a forged mapping naming a primary spends nothing of its."""
+    together the server's. Nobody else spends a primary's share: not with a forgery, and
+    not by putting again the mapping anyone can read (which a review's replays did)."""
     clock = Clock(TEST_EPOCH_MS)
     async with running(":memory:", clock, max_secondaries=MAPPINGS_PER_KEY + 1) as (_, client):
-        for n in range(MAPPINGS_PER_KEY):
+        first = create_mapping(PRIMARY, Identity.from_label("fileserver/s0"), clock.now_ms())
+        await client.put_mapping(first)
+        for _ in range(MAPPINGS_PER_KEY + 1):  # the stored mapping, put again: no change
+            await client.put_mapping(first)
+        for n in range(1, MAPPINGS_PER_KEY):
             await client.put_mapping(
                 create_mapping(PRIMARY, Identity.from_label(f"fileserver/s{n}"), clock.now_ms())
             )
