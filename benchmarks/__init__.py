@@ -5,11 +5,14 @@ the ``p2psync`` library, which never imports them. ``p2psync demo`` and ``p2psyn
 run them; they need the ``lab`` extra (``pip install -e '.[lab]'``: rich, matplotlib).
 """
 
-import sys
 from importlib.util import find_spec
 
-if find_spec("rich") is None or find_spec("matplotlib") is None:
-    # ``python -m benchmarks.faults`` (or any of the lab's own entry points) without the
-    # extra says so in one line, as ``p2psync demo`` and ``bench`` do, not in a traceback.
-    print("benchmarks: the lab needs the lab extra: pip install -e '.[lab]'", file=sys.stderr)
-    raise SystemExit(2)
+#: What the lab's own entry points (``python -m benchmarks.faults``) say, exiting 2,
+#: without the extra, as ``p2psync demo`` and ``bench`` do.
+LAB_MISSING = "benchmarks: the lab needs the lab extra: pip install -e '.[lab]'"
+
+
+def lab_installed() -> bool:
+    """Whether the ``lab`` extra is there (checked, not imported: importing this package
+    must work without it, since tests import its rich-free modules)."""
+    return find_spec("rich") is not None and find_spec("matplotlib") is not None

@@ -16,13 +16,12 @@ from functools import partial
 from pathlib import Path
 
 import trio
-from rich.console import Console
-from rich.table import Table
 
 from p2psync.cli import exit_status, output_file, unless_terminated
 from p2psync.identity import Identity
 from p2psync.swarm.client import open_swarm_client
 
+from .. import LAB_MISSING, lab_installed
 from .cluster import open_cluster
 from .ledger import AckLedger
 from .scenarios import FaultReport, node_crash_during_burst, registry_outage, relay_crash
@@ -31,6 +30,8 @@ OWNERS = 8
 
 
 async def run_faults(data_dir: Path, nodes: int, relays: int) -> list[FaultReport]:
+    from rich.console import Console
+
     console = Console(stderr=True)
     ledger = AckLedger([Identity.from_label(f"faults/owner/{i}") for i in range(OWNERS)])
     async with open_cluster(data_dir, nodes=nodes, relays=relays) as cluster:
@@ -51,6 +52,9 @@ async def run_faults(data_dir: Path, nodes: int, relays: int) -> list[FaultRepor
 
 
 def print_reports(reports: list[FaultReport]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title="faults on a multi-process local network")
     for column in ("fault", "acked", "failed", "lost", "down s", "recovery s", "notes"):
         table.add_column(column, justify="left" if column in ("fault", "notes") else "right")
@@ -81,6 +85,9 @@ def main() -> int:
         "--json", type=output_file, metavar="FILE", help="also write the reports as JSON"
     )
     args = parser.parse_args()
+    if not lab_installed():
+        print(LAB_MISSING, file=sys.stderr)
+        return 2
     try:
         with tempfile.TemporaryDirectory(prefix="p2psync-faults-") as directory:
             reports = trio.run(run_until_terminated, Path(directory), args.nodes, args.relays)
