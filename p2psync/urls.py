@@ -20,7 +20,7 @@ def split_url(url: str) -> tuple[str, bytes | None]:
     try:
         _, pin = split_pin(f"{authority}#{key}")
     except ValueError:  # said of the url as given, not of the relay form it was parsed in
-        raise ValueError(f"the key in {url!r} is not 64 hex digits") from None
+        raise ValueError(f"not a wss://host:port/<64 hex digits> url: {url!r}") from None
     return authority, pin
 
 

@@ -1,7 +1,6 @@
 """The numbers of DESIGN.md §4, in one place, with units in their names."""
 
 SWARM_TARGET_SIZE = 6
-SWARM_MIN_SIZE = 5
 SWARM_MAX_SIZE = 8
 
 DEFAULT_TTL_MS = 86_400_000
