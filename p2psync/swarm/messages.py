@@ -37,7 +37,13 @@ from .constants import (
     SWARM_MAX_SIZE,
 )
 from .quorum import RowKey
-from .records import row_from_wire, row_to_wire, summary_from_wire, summary_to_wire
+from .records import (
+    ProofChecks,
+    row_from_wire,
+    row_to_wire,
+    summary_from_wire,
+    summary_to_wire,
+)
 from .ring import RING_SIZE, NodeInfo
 from .rows import RowSummary, StoredMessage
 
@@ -87,14 +93,15 @@ def _row_key(value: object) -> RowKey:
 
 
 def _rows(
-    items: Sequence[object], now_ms: int
+    items: Sequence[object], now_ms: int, proofs: Sequence[object] = ()
 ) -> tuple[tuple[StoredMessage, ...], tuple[str, ...]]:
     """The rows of a peer's batch that check out, and why each other one did not."""
     rows = []
     refused = []
+    checks = ProofChecks(proofs)
     for item in items:
         try:
-            rows.append(row_from_wire(item, now_ms))
+            rows.append(row_from_wire(item, now_ms, checks))
         except DecodeError as exc:
             refused.append(str(exc))
     return tuple(rows), tuple(refused)
@@ -513,13 +520,18 @@ class RowBatch:
     refused: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {"rows": [row_to_wire(r) for r in self.rows]}
+        """Each proof once, in ``proofs``, and each row's proof as its index there."""
+        proofs = {p: None for r in self.rows if (p := r.proof) is not None}
+        index = {proof: i for i, proof in enumerate(proofs)}
+        return {"rows": [row_to_wire(r, index) for r in self.rows], "proofs": list(proofs)}
 
     @classmethod
     def from_wire(cls, value: object, now_ms: int, *, max_rows: int = MAX_BATCH_ROWS) -> RowBatch:
-        """``max_rows``: a ``repair_fetch`` answers at most the keys it was asked for."""
-        f = _fields(value, "rows").only("rows")
-        return cls(*_rows(f.items("rows", max_len=max_rows), now_ms))
+        """``max_rows``: a ``repair_fetch`` answers at most the keys it was asked for. A
+        batch without ``proofs`` (a node from before) carries each row's proof inline."""
+        f = _fields(value, "rows").only("rows", "proofs")
+        proofs = f.items("proofs", max_len=max_rows) if f.has("proofs") else []
+        return cls(*_rows(f.items("rows", max_len=max_rows), now_ms, proofs))
 
 
 @dataclass(frozen=True, slots=True)

@@ -237,16 +237,22 @@ class RepairListings:
 
 
 def batches(rows: Iterable[StoredMessage]) -> Iterator[list[StoredMessage]]:
-    """``rows`` in node-to-node batches that fit a frame. A row's proof counts as its data
-    does: a tombstone carries its owner's whole signed delete, up to 1 000 hashes."""
+    """``rows`` in node-to-node batches that fit a frame. A proof counts as data does,
+    once a batch (:class:`~.messages.RowBatch` sends it once): a tombstone carries its
+    owner's whole signed delete, up to 1 000 hashes, and so do its 999 siblings."""
     batch: list[StoredMessage] = []
+    proofs: set[bytes] = set()
     size = 0
     for row in rows:
-        row_size = len(row.data or b"") + len(row.proof or b"") + BATCH_ROW_OVERHEAD
+        proof = row.proof if row.proof is not None and row.proof not in proofs else b""
+        row_size = len(row.data or b"") + len(proof) + BATCH_ROW_OVERHEAD
         if batch and size + row_size > BATCH_BYTES:
             yield batch
-            batch, size = [], 0
+            batch, size, proofs = [], 0, set()
+            row_size = len(row.data or b"") + len(row.proof or b"") + BATCH_ROW_OVERHEAD
         batch.append(row)
+        if row.proof is not None:
+            proofs.add(row.proof)
         size += row_size
     if batch:
         yield batch

@@ -10,6 +10,7 @@ a peer that is down would be 768 MB.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 
 import trio
 
@@ -19,12 +20,13 @@ from .rows import StoredMessage
 REPLICATION_QUEUE_ROWS = 10_000
 #: Bytes of row data (and a fixed overhead per row) queued per peer at most.
 REPLICATION_QUEUE_BYTES = 16 * 1024 * 1024
-#: What a row costs besides its data: key, hash, times, proof, and the object itself.
+#: What a row costs besides its data and proof: key, hash, times, and the object itself.
 ROW_OVERHEAD_BYTES = 256
 
 
 def row_cost(row: StoredMessage) -> int:
-    """The bytes a queued row is charged for."""
+    """The bytes a queued row is charged for, its proof included (see
+    :meth:`ReplicationQueue.offer` for a proof queued already)."""
     return ROW_OVERHEAD_BYTES + len(row.data or b"") + len(row.proof or b"")
 
 
@@ -38,16 +40,28 @@ class ReplicationQueue:
         self._max_rows = max_rows
         self._max_bytes = max_bytes
         self.queued_bytes = 0
+        #: Each proof the queued rows carry, held once, and how many rows carry it.
+        self._proofs: dict[bytes, tuple[bytes, int]] = {}
         self._nonempty = trio.Event()
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def offer(self, row: StoredMessage) -> bool:
-        """Queue ``row`` if it fits in both bounds; False if it was dropped."""
-        cost = row_cost(row)
+        """Queue ``row`` if it fits in both bounds; False if it was dropped. A proof that
+        a queued row carries already costs nothing more and is held once: a delete of
+        1 000 hashes is 1 000 tombstones with one 33 KB proof, and charged for each,
+        about 490 of them filled the queue."""
+        held = None if row.proof is None else self._proofs.get(row.proof)
+        cost = row_cost(row) - (0 if held is None else len(held[0]))
         if len(self._rows) >= self._max_rows or self.queued_bytes + cost > self._max_bytes:
             return False
+        if row.proof is not None:
+            if held is None:
+                self._proofs[row.proof] = (row.proof, 1)
+            else:
+                self._proofs[row.proof] = (held[0], held[1] + 1)
+                row = replace(row, proof=held[0])
         self._rows.append(row)
         self.queued_bytes += cost
         self._nonempty.set()
@@ -59,5 +73,12 @@ class ReplicationQueue:
             await self._nonempty.wait()
             self._nonempty = trio.Event()
         batch = [self._rows.popleft() for _ in range(min(max_rows, len(self._rows)))]
-        self.queued_bytes -= sum(row_cost(row) for row in batch)
+        for row in batch:
+            self.queued_bytes -= ROW_OVERHEAD_BYTES + len(row.data or b"")
+            if row.proof is not None:
+                proof, carriers = self._proofs.pop(row.proof)
+                if carriers > 1:
+                    self._proofs[proof] = (proof, carriers - 1)
+                else:
+                    self.queued_bytes -= len(proof)
         return batch

@@ -4,6 +4,7 @@ may lie further ahead of the receiver's clock than an honest member's could."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import DecodeError
@@ -20,7 +21,12 @@ ROW_FIELDS = 8
 PEER_SKEW_MS = 2 * CLOCK_SKEW_MS
 
 
-def row_to_wire(row: StoredMessage) -> list[Any]:
+def row_to_wire(row: StoredMessage, proofs: Mapping[bytes, int] | None = None) -> list[Any]:
+    """The row as a list; with ``proofs``, its proof as its index there (a batch sends
+    each proof once: a delete of 1 000 hashes is 1 000 tombstones with one proof)."""
+    proof: bytes | int | None = row.proof
+    if row.proof is not None and proofs is not None:
+        proof = proofs[row.proof]
     return [
         row.pubkey,
         row.namespace,
@@ -29,16 +35,47 @@ def row_to_wire(row: StoredMessage) -> list[Any]:
         row.expiry_ms,
         row.data,
         row.order_ms,
-        row.proof,
+        proof,
     ]
 
 
-def row_from_wire(value: object, now_ms: int) -> StoredMessage:
+class ProofChecks:
+    """The proofs of one batch, each decoded once and its signature checked once per
+    owner, however many of the batch's rows it explains."""
+
+    def __init__(self, proofs: Sequence[object] = ()) -> None:
+        self._proofs = proofs
+        self._decoded: dict[bytes, OwnerProof] = {}
+        self._signed: dict[tuple[bytes, str], bool] = {}
+
+    def blob(self, proof: object) -> object:
+        """A row's proof field: its proof itself, or the index of one of the batch's."""
+        if isinstance(proof, int) and not isinstance(proof, bool):
+            if not 0 <= proof < len(self._proofs):
+                raise DecodeError("a row's proof index names no proof of its batch")
+            return self._proofs[proof]
+        return proof
+
+    def proves(self, blob: bytes, row: StoredMessage) -> bool:
+        proof = self._decoded.get(blob)
+        if proof is None:
+            proof = self._decoded[blob] = OwnerProof.decode(blob)
+        if not proof.explains(row):
+            return False
+        signed = self._signed.get((blob, row.pubkey))
+        if signed is None:
+            signed = self._signed[(blob, row.pubkey)] = proof.signed_by(row.pubkey)
+        return signed
+
+
+def row_from_wire(value: object, now_ms: int, checks: ProofChecks | None = None) -> StoredMessage:
     """A row from another node: shape, sizes, hash, times against ``now_ms`` (the
-    receiver's clock) and proof all checked."""
+    receiver's clock) and proof all checked; ``checks``: its batch's proofs."""
     if not isinstance(value, list) or len(value) != ROW_FIELDS:
         raise DecodeError(f"a row is a list of {ROW_FIELDS} fields")
+    checks = checks or ProofChecks()
     pubkey, namespace, digest, timestamp, expiry, data, order, proof = value
+    proof = checks.blob(proof)
     _check_key(pubkey, namespace, digest, timestamp, expiry, order)
     if timestamp > now_ms + PEER_SKEW_MS:
         raise DecodeError("row timestamp is ahead of this node's clock")
@@ -47,11 +84,13 @@ def row_from_wire(value: object, now_ms: int) -> StoredMessage:
             raise DecodeError("row data must be bytes within the size limit")
         if message_hash(data) != digest:
             raise DecodeError("row hash does not match its data")
+    if proof is not None and not isinstance(proof, bytes):
+        raise DecodeError("an owner proof is a byte string")
     row = StoredMessage(pubkey, namespace, digest, timestamp, expiry, data, order, proof)
     if proof is None:
         if data is None:
             raise DecodeError("a tombstone needs the owner's signed delete")
-    elif not OwnerProof.decode(proof).proves(row):
+    elif not checks.proves(proof, row):
         raise DecodeError("row proof is not the owner's signed request for this change")
     return row
 
