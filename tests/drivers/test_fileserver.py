@@ -230,11 +230,7 @@ async def test_mappings_are_rationed_per_primary_and_in_total(
                 create_mapping(PRIMARY, Identity.from_label(f"fileserver/s{n}"), clock.now_ms())
             )
         spare = Identity.from_label("fileserver/spare")
-        await refused(
-            "rate_limited", client.put_mapping(create_mapping(PRIMARY, spare, clock.now_ms()))
-        )
-        await trio.sleep(MAPPING_KEY_REFILL_S)
-        await client.put_mapping(create_mapping(PRIMARY, spare, clock.now_ms()))
+        await refused_until_refilled(client, clock, PRIMARY, spare, MAPPING_KEY_REFILL_S)
 
         half_signed = create_mapping(OTHER, THIRD, clock.now_ms())
         for _ in range(MAPPINGS_PER_KEY + 1):  # signed by another key than OTHER's
@@ -249,11 +245,18 @@ async def test_mappings_are_rationed_per_primary_and_in_total(
                 create_mapping(stranger, Identity.from_label(f"fileserver/t{n}"), clock.now_ms())
             )
         late = Identity.from_label("fileserver/late")
-        await refused(
-            "rate_limited", client.put_mapping(create_mapping(late, SECONDARY, clock.now_ms()))
-        )
-        await trio.sleep(MAPPING_REFILL_S)
-        await client.put_mapping(create_mapping(late, SECONDARY, clock.now_ms()))
+        await refused_until_refilled(client, clock, late, SECONDARY, MAPPING_REFILL_S)
+
+
+async def refused_until_refilled(
+    client: FileServerClient, clock: Clock, primary: Identity, secondary: Identity, wait_s: float
+) -> None:
+    """``primary``'s mapping of ``secondary`` is refused now and stored ``wait_s`` later."""
+    await refused(
+        "rate_limited", client.put_mapping(create_mapping(primary, secondary, clock.now_ms()))
+    )
+    await trio.sleep(wait_s)
+    await client.put_mapping(create_mapping(primary, secondary, clock.now_ms()))
 
 
 @pytest.mark.parametrize("huge", [MAX_TIMESTAMP_MS + 1, 2**63, 2**64 - 1])
