@@ -61,8 +61,8 @@ all keys together :data:`POSTS_BURST`, then one per :data:`POST_REFILL_S`
 key's allowance, and before the file server is asked); a repeated post costs nothing.
 A room keeps the newest :data:`ROOM_MAX_BYTES` of its posts and lets the oldest go, so a
 server holds at most ``max_rooms`` times that however much is posted (a flood can push a
-room's history out, not fill the disk; a row takes two to three times what it is counted
-for on disk when its post is tiny: ids, hash and indexes are not counted).
+room's history out, not fill the disk). A post counts for what its row takes on disk, ids,
+hash and indexes included (:data:`~.store.POST_ROW_BYTES`), so that bound is the disk's.
 
 Every integer a request carries is range-checked when it is decoded (``bad_request``):
 times up to :data:`~p2psync.envelope.MAX_TIMESTAMP_MS`, anything else within SQLite's

@@ -43,7 +43,7 @@ from p2psync.opengroup.posts import (
     sign_room_request,
 )
 from p2psync.opengroup.server import OpenGroupServer
-from p2psync.opengroup.store import OpenGroupStore
+from p2psync.opengroup.store import OpenGroupStore, post_size
 from p2psync.websocket import WebSocketTransport
 from p2psync.wire import MAX_FRAME_BYTES, Reply, encode_cbor, encode_frame
 
@@ -452,7 +452,32 @@ def test_a_room_keeps_its_newest_posts_within_its_bytes(tmp_path: Path) -> None:
 
 
 def _post_bytes(post: Post) -> int:
-    return len(post.body) + len(post.to_bytes())
+    return post_size(post, post.to_bytes())
+
+
+@pytest.mark.parametrize("room", ["lobby", "r" * 64])
+def test_a_room_of_tiny_posts_takes_about_its_bytes_on_disk(tmp_path: Path, room: str) -> None:
+    """A room's bytes count what its rows take on disk, not their bodies and posts alone:
+    one-byte posts took 2.35 (a 5-character room name) to 2.57 times (64) the budget. A
+    file counted the old way is counted again when it is opened."""
+    budget = 1024 * 1024
+    path = tmp_path / "chat.sqlite3"
+    store = OpenGroupStore(path, room_bytes=budget)
+    store.create_room(room, TEST_EPOCH_MS)
+    keys = [Identity.from_label(f"opengroup/tiny-{n}") for n in range(20)]
+    for n in range(4000):
+        store.add(sign_post(keys[n % 20], room, n.to_bytes(2, "big"), TEST_EPOCH_MS + n), "u", 0)
+    held = store.room_bytes_held(room)
+    assert budget - 2048 < held <= budget
+    store.close()  # the last connection: the WAL goes into the file
+    on_disk = path.stat().st_size
+    assert 0.8 * budget < on_disk < 1.3 * budget, on_disk / budget
+    with sqlite3.connect(path) as old:  # as a file counted the old way would be
+        old.execute("UPDATE rooms SET bytes = 1")
+        old.execute("PRAGMA user_version = 0")
+    again = OpenGroupStore(path, room_bytes=budget)
+    assert again.room_bytes_held(room) == held
+    again.close()
 
 
 def test_messages_reply_fits_a_frame(tmp_path: Path) -> None:
