@@ -20,7 +20,9 @@ def split_url(url: str) -> tuple[str, bytes | None]:
     try:
         _, pin = split_pin(f"{authority}#{key}")
     except ValueError:  # said of the url as given, not of the relay form it was parsed in
-        raise ValueError(f"not a wss://host:port/<64 hex digits> url: {url!r}") from None
+        raise ValueError(
+            f"{url!r} is not wss://host:port/<the pinned key, 64 hex digits>"
+        ) from None
     return authority, pin
 
 
