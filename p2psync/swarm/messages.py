@@ -520,10 +520,14 @@ class RowBatch:
     refused: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        """Each proof once, in ``proofs``, and each row's proof as its index there."""
+        """Each proof once, in ``proofs``, and each row's proof as its index there. A batch
+        without proofs has no ``proofs``, as a node from before sent it (and reads it)."""
         proofs = {p: None for r in self.rows if (p := r.proof) is not None}
         index = {proof: i for i, proof in enumerate(proofs)}
-        return {"rows": [row_to_wire(r, index) for r in self.rows], "proofs": list(proofs)}
+        wire: dict[str, Any] = {"rows": [row_to_wire(r, index) for r in self.rows]}
+        if proofs:
+            wire["proofs"] = list(proofs)
+        return wire
 
     @classmethod
     def from_wire(cls, value: object, now_ms: int, *, max_rows: int = MAX_BATCH_ROWS) -> RowBatch:

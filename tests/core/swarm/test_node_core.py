@@ -516,6 +516,8 @@ def test_the_tombstones_of_one_delete_share_its_proof_in_a_batch() -> None:
     )
     inline = {"rows": [row_to_wire(tombstones[0])]}  # as a node from before sends it
     assert RowBatch.from_wire(inline, NOW).rows == (tombstones[0],)
+    # and what it reads: a batch without proofs is the form it knows
+    assert RowBatch((row(b"live"),)).to_wire() == {"rows": [row_to_wire(row(b"live"))]}
 
 
 @pytest.mark.parametrize(
