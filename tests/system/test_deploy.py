@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 
 from p2psync.cli import build_parser
+from p2psync.identity import Identity
 
 yaml = pytest.importorskip("yaml", reason="PyYAML reads compose.yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 LEDGER = "ab" * 32
+#: What the guide's ``YOUR_DEVICE_ID`` stands for: a device id, as ``whoami`` prints one.
+DEVICE_ID = Identity.from_label("deploy/room-creator").session_id
 NODES = [f"node-{i}" for i in range(6)]
 RELAYS = [f"relay-{i}" for i in range(6)]
 
@@ -135,4 +138,5 @@ def test_every_p2psync_command_in_the_deploy_guide_parses() -> None:
     ]
     assert len(commands) >= 7
     for command in commands:
-        _parses(shlex.split(command.replace("LEDGER_KEY", LEDGER))[1:])
+        filled = command.replace("LEDGER_KEY", LEDGER).replace("YOUR_DEVICE_ID", DEVICE_ID)
+        _parses(shlex.split(filled)[1:])
