@@ -90,17 +90,24 @@ async def stop_once_it_says(
     where = {"stderr" if on_stderr else "stdout": subprocess.PIPE}
     async with trio.open_nursery() as nursery:
         process = await nursery.start(partial(trio.run_process, command, check=False, **where))
-        output = process.stderr if on_stderr else process.stdout
-        assert output is not None
-        said = b""
+        said = await read_until(process.stderr if on_stderr else process.stdout, says)
+        process.send_signal(stop)
         with trio.fail_after(60):
-            while says not in said:
-                chunk = await output.receive_some()
-                assert chunk, f"it exited before it said {says!r}"
-                said += chunk
-            process.send_signal(stop)
             await process.wait()
     return process.returncode, said
+
+
+async def read_until(stream: trio.abc.ReceiveStream | None, says: bytes) -> bytes:
+    """What ``stream`` (a process's output) printed until it shows ``says``, within a
+    minute."""
+    assert stream is not None
+    read = b""
+    with trio.fail_after(60):
+        while says not in read:
+            chunk = await stream.receive_some()
+            assert chunk, f"it exited before it said {says!r}"
+            read += chunk
+    return read
 
 
 async def init(tmp_path: Path, mode: str, *names: str) -> dict[str, str]:
@@ -360,12 +367,7 @@ async def test_sends_from_short_lived_processes_reach_the_sibling_and_run_prints
             await ok("send", *where("phone"), ids["bob"], "while the desktop was running")
             # It went over the overlay: the phone stored no sync copy before it exited.
             assert sync_copies(network, alice) <= copies_before
-            printed = b""
-            with trio.fail_after(60):
-                while b"while the desktop was running" not in printed:
-                    chunk = await process.stdout.receive_some()
-                    assert chunk, "run exited"
-                    printed += chunk
+            printed = await read_until(process.stdout, b"while the desktop was running")
             [line] = [json.loads(x) for x in printed.splitlines() if b"was running" in x]
             assert line["outgoing"] and line["conversation"] == ids["bob"]
             # A friend request shows as it arrives, and is answered beside the run.
@@ -451,11 +453,7 @@ async def test_display_names_beside_ids_and_run_stopped_by_signals_says_how_it_e
                         assert chunk, "run exited before going online"
                         said += chunk
                     if stop == signal.SIGTERM:  # the unread message, as it is printed
-                        printed = b""
-                        while b"second" not in printed:
-                            chunk = await process.stdout.receive_some()
-                            assert chunk, "run exited"
-                            printed += chunk
+                        printed = await read_until(process.stdout, b"second")
                         assert f"← Bob ({ids['bob'][:10]}…".encode() in printed
                 process.send_signal(stop)
                 stopped_at = trio.current_time()
@@ -509,12 +507,7 @@ async def test_a_flood_of_pairing_requests_is_answered_when_the_user_lists_them(
 
         for n in range(REQUESTS_BURST + 2):
             await stranger_asks(n)
-        printed = b""
-        with trio.fail_after(60):
-            while b'"pairing_held"' not in printed:
-                chunk = await phone.stdout.receive_some()
-                assert chunk, "run exited"
-                printed += chunk
+        await read_until(phone.stdout, b'"pairing_held"')
 
         pair = [*P2PSYNC, "pair", *where("tablet"), "--primary", ids["phone"]]
         tablet = await nursery.start(partial(run_process, pair, stderr=subprocess.DEVNULL))
@@ -547,12 +540,7 @@ async def test_a_flood_of_pairing_requests_is_answered_when_the_user_lists_them(
         named = ids["laptop"][:DEVICE_PREFIX_CHARS]
         listed = await ok("accept", *where("phone"), "--answer", named, "--json")
         assert len(listed.splitlines()) > 1  # the strangers' answered within the budget too
-        shown = b""
-        with trio.fail_after(60):
-            while b"pairing code: " not in shown:
-                chunk = await laptop.stdout.receive_some()
-                assert chunk, "pair exited"
-                shown += chunk
+        shown = await read_until(laptop.stdout, b"pairing code: ")
         code = shown.split(b"pairing code: ")[1][:7].decode()
         assert code in [json.loads(x)["code"] for x in listed.splitlines()]
         await ok("accept", *where("phone"), "--code", code)

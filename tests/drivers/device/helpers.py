@@ -78,9 +78,16 @@ async def pair(primary: Device, new: Device) -> None:
     assert offer.code == ticket.code and len(ticket.code) == 7
     # The device the user is shown is the one that joins, in both modes.
     assert offer.device == new.whoami().device_id
-    assert await primary.pairing.accept(offer.code) == offer.device
+    assert await accept_pairing(primary, new, offer.code) == offer.device
+
+
+async def accept_pairing(primary: Device, new: Device, code: str) -> str:
+    """The user accepts ``code`` on ``primary``, and ``new`` is paired within a minute;
+    the device accepted."""
+    accepted = await primary.pairing.accept(code)
     with trio.fail_after(60):
         await new.pairing.wait_paired()
+    return accepted
 
 
 async def befriend(asker: Device, answerer: Device) -> None:

@@ -3,6 +3,8 @@ and the device goes on working."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -51,7 +53,7 @@ from p2psync.mapping import (
     revoke_pairing,
     sign_pairing_request,
 )
-from p2psync.network import open_local_network
+from p2psync.network import LocalNetwork, open_local_network
 from p2psync.opengroup.client import open_opengroup_client
 from p2psync.opengroup.posts import sign_post
 from p2psync.swarm.client import SwarmClient, open_swarm_client
@@ -65,7 +67,17 @@ from p2psync.swarm.messages import StoreBatchReply
 from p2psync.wire import Fields
 
 from ..swarm.helpers import wait_until
-from .helpers import QUIET, befriend, device, open_world, pair, start_pairing, stored_kinds, texts
+from .helpers import (
+    QUIET,
+    accept_pairing,
+    befriend,
+    device,
+    open_world,
+    pair,
+    start_pairing,
+    stored_kinds,
+    texts,
+)
 
 MALLORY = Identity.from_label("mallory")
 
@@ -435,6 +447,22 @@ async def test_a_flood_of_pairing_requests_gets_few_answers_and_pairing_still_wo
                 await tablet.pairing.wait_paired()
 
 
+@asynccontextmanager
+async def flooded_pairing(
+    tmp_path: Path, mode: str
+) -> AsyncIterator[tuple[LocalNetwork, Device, SwarmClient, Device, trio.Nursery]]:
+    """A phone (the primary) and a tablet in ``mode``, and a swarm client strangers store
+    their requests with; the nursery is for the tablet's pairing."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+        device(network, tmp_path, "tablet", mode) as tablet,
+        trio.open_nursery() as nursery,
+    ):
+        yield network, phone, swarm, tablet, nursery
+
+
 async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_users_listing(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
@@ -444,13 +472,7 @@ async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_us
     is bounded, and only what the budget or the user's listing allowed was answered."""
     strangers = [Identity.from_label(f"stranger/{n}") for n in range(MAX_HELD_REQUESTS + 20)]
 
-    async with (
-        open_world() as network,
-        device(network, tmp_path, "phone", "linked") as phone,
-        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
-        device(network, tmp_path, "tablet", "linked") as tablet,
-        trio.open_nursery() as nursery,
-    ):
+    async with flooded_pairing(tmp_path, "linked") as (network, phone, swarm, tablet, nursery):
         for key in strangers[: REQUESTS_BURST + 3]:
             await ask_to_pair(swarm, key, phone)
         await wait_until(lambda: phone.pairing.held() == 3)
@@ -466,9 +488,7 @@ async def test_strangers_spending_the_answer_budget_leave_a_new_device_to_the_us
         assert await phone.pairing.answer_held() == ANSWERS_PER_LISTING
         await wait_until(lambda: bool(tickets))
         assert tickets[0].code in [o.code for o in phone.pairing.requests()]
-        await phone.pairing.accept(tickets[0].code)
-        with trio.fail_after(60):
-            await tablet.pairing.wait_paired()
+        await accept_pairing(phone, tablet, tickets[0].code)
         assert phone.pairing.held() == 1
 
         for key in strangers[REQUESTS_BURST + 5 :]:
@@ -486,13 +506,7 @@ async def test_a_new_device_the_user_names_is_answered_whatever_strangers_push(
     its id (its `pair` shows it), and the next request it makes (it asks again while
     unanswered) is answered, spending nothing on the strangers'."""
     strangers = [Identity.from_label(f"stranger/{n}") for n in range(REQUESTS_BURST + 80)]
-    async with (
-        open_world() as network,
-        device(network, tmp_path, "phone", "linked") as phone,
-        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
-        device(network, tmp_path, "tablet", "linked") as tablet,
-        trio.open_nursery() as nursery,
-    ):
+    async with flooded_pairing(tmp_path, "linked") as (network, phone, swarm, tablet, nursery):
         for key in strangers[:REQUESTS_BURST]:
             await ask_to_pair(swarm, key, phone)
         await wait_until(lambda: len(phone.pairing.requests()) == REQUESTS_BURST)
@@ -507,9 +521,7 @@ async def test_a_new_device_the_user_names_is_answered_whatever_strangers_push(
         with trio.fail_after(2 * REASK_S + 10):
             await phone.pairing.answer_device(named)
         await wait_until(lambda: bool(tickets))
-        await phone.pairing.accept(tickets[0].code)
-        with trio.fail_after(60):
-            await tablet.pairing.wait_paired()
+        await accept_pairing(phone, tablet, tickets[0].code)
         challenged = [k for k in strangers if stored_kinds(network, k, NAMESPACE_CONTROL)]
         assert len(challenged) == REQUESTS_BURST
 
@@ -529,13 +541,7 @@ async def test_a_mapped_device_past_its_own_share_is_answered_once_the_user_name
         await inject(swarm, stranger, target.session_id, NAMESPACE_CONTROL, request)
 
     strangers = [Identity.from_label(f"stranger/{n}") for n in range(REQUESTS_BURST + 70)]
-    async with (
-        open_world() as network,
-        device(network, tmp_path, "phone", "mapped") as phone,
-        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
-        device(network, tmp_path, "tablet", "mapped") as tablet,
-        trio.open_nursery() as nursery,
-    ):
+    async with flooded_pairing(tmp_path, "mapped") as (_network, phone, swarm, tablet, nursery):
         await phone.set_online(False, promptly=True)
         for key in strangers[:REQUESTS_BURST]:  # they will spend the answers
             await mapped_asks(swarm, key, phone)
@@ -553,9 +559,7 @@ async def test_a_mapped_device_past_its_own_share_is_answered_once_the_user_name
         with trio.fail_after(2 * REASK_S + 10):
             await phone.pairing.answer_device(tablet.whoami().device_id[:DEVICE_PREFIX_CHARS])
         await wait_until(lambda: bool(tickets))
-        await phone.pairing.accept(tickets[0].code)
-        with trio.fail_after(60):
-            await tablet.pairing.wait_paired()
+        await accept_pairing(phone, tablet, tickets[0].code)
 
 
 async def test_a_held_request_that_cannot_be_answered_costs_only_itself(

@@ -7,6 +7,8 @@ the primary lists."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +16,16 @@ import pytest
 import trio
 import trio.testing
 
-from p2psync.device import PairingError
+from p2psync.device import Device, PairingError, PairingTicket
 from p2psync.device.content import PairDecline
 from p2psync.device.pairing import REASK_S
 from p2psync.mapping import PAIRING_WINDOW_MS
+from p2psync.network import LocalNetwork
 from p2psync.swarm.client import SwarmClient, open_swarm_client
 from p2psync.swarm.constants import NAMESPACE_CONTROL
 
 from ..swarm.helpers import wait_until
-from .helpers import device, open_world, pair, start_pairing
+from .helpers import accept_pairing, device, open_world, pair, start_pairing
 from .test_hostile import MALLORY, inject, refusal
 
 #: Far less than the pairing window a new device would otherwise wait out.
@@ -94,6 +97,22 @@ async def test_a_challenge_that_comes_before_the_request_is_acknowledged_is_take
         assert tablet.whoami().paired and tablet.rejected == 0, list(tablet.rejections)
 
 
+@asynccontextmanager
+async def asking_while_away(
+    tmp_path: Path, mode: str, away: str
+) -> AsyncIterator[tuple[LocalNetwork, Device, Device, list[PairingTicket]]]:
+    """A phone (the primary) and a tablet in ``mode``; the one named ``away`` goes
+    offline, then the tablet asks the phone to pair (the list gets its ticket)."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        device(network, tmp_path, "tablet", mode) as tablet,
+        trio.open_nursery() as nursery,
+    ):
+        await (phone if away == "phone" else tablet).set_online(False, promptly=True)
+        yield network, phone, tablet, start_pairing(nursery, tablet, phone)
+
+
 @pytest.mark.parametrize("mode", ["mapped", "linked"])
 async def test_a_new_device_that_asked_again_shows_the_code_the_primary_lists(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
@@ -101,22 +120,13 @@ async def test_a_new_device_that_asked_again_shows_the_code_the_primary_lists(
     """A primary away for longer than a new device waits before asking again finds two
     requests of one attempt when it comes back and answers both: it lists the one whose
     challenge the new device took, so both screens show one code."""
-    async with (
-        open_world() as network,
-        device(network, tmp_path, "phone", mode) as phone,
-        device(network, tmp_path, "tablet", mode) as tablet,
-        trio.open_nursery() as nursery,
-    ):
-        await phone.set_online(False, promptly=True)
-        tickets = start_pairing(nursery, tablet, phone)
+    async with asking_while_away(tmp_path, mode, "phone") as (_network, phone, tablet, tickets):
         await trio.sleep(REASK_S * 1.5)  # the primary is away: the tablet asks again
         await phone.set_online(True)
         await wait_until(lambda: bool(tickets))
         await wait_until(lambda: bool(phone.pairing.requests()))
         assert [o.code for o in phone.pairing.requests()] == [tickets[0].code]
-        await phone.pairing.accept(tickets[0].code)
-        with trio.fail_after(60):
-            await tablet.pairing.wait_paired()
+        await accept_pairing(phone, tablet, tickets[0].code)
 
 
 @pytest.mark.parametrize("mode", ["mapped", "linked"])
@@ -125,14 +135,7 @@ async def test_a_swarm_down_while_a_new_device_waits_only_delays_the_pairing(
 ) -> None:
     """The swarm is down for a minute while the new device waits (its asking again
     fails): it waits on, and pairs once the swarm and the primary are back."""
-    async with (
-        open_world() as network,
-        device(network, tmp_path, "phone", mode) as phone,
-        device(network, tmp_path, "tablet", mode) as tablet,
-        trio.open_nursery() as nursery,
-    ):
-        await phone.set_online(False, promptly=True)
-        tickets = start_pairing(nursery, tablet, phone)
+    async with asking_while_away(tmp_path, mode, "phone") as (network, phone, _tablet, tickets):
         await trio.sleep(REASK_S / 2)
         nodes = list(network.nodes)
         for node in nodes:
@@ -153,14 +156,7 @@ async def test_a_grant_read_with_its_challenge_still_gives_the_ticket(
     """The primary answered and the user accepted while the new device read nothing (the
     challenge and the grant are read together): the ticket comes all the same, and the
     new device is paired."""
-    async with (
-        open_world() as network,
-        device(network, tmp_path, "phone", mode) as phone,
-        device(network, tmp_path, "tablet", mode) as tablet,
-        trio.open_nursery() as nursery,
-    ):
-        await tablet.set_online(False, promptly=True)
-        tickets = start_pairing(nursery, tablet, phone)
+    async with asking_while_away(tmp_path, mode, "tablet") as (_network, phone, tablet, tickets):
         await wait_until(lambda: bool(phone.pairing.requests()))
         [offer] = phone.pairing.requests()
         await phone.pairing.accept(offer.code)
