@@ -314,6 +314,23 @@ def date_refusal(timestamp_ms: int, now_ms: int) -> str | None:
     return None
 
 
+def waits_with_friends(view: View, looking_up: str | None) -> bool:
+    """Whether a record put aside while the devices of ``looking_up`` could not be
+    fetched (None: for any other reason) waits in the share kept for the account's own
+    devices and its friends, which strangers' records never push out.
+
+    What the core itself defers is from someone who is not a friend yet, and so waits
+    with strangers. A friend's new device, unknown here, waits with friends while the
+    file server cannot say it is hers; so, for that long, does a stranger who names a
+    friend as its user (the lookup refuses it once the file server answers)."""
+    if looking_up is None:
+        return False
+    if looking_up == view.user_id:
+        return True
+    contact = view.contact(looking_up)
+    return contact is not None and is_friend(contact.state)
+
+
 def attempt_of(pairing: Pairing) -> tuple[object, object, int]:
     """What one attempt of a new device to pair shares in every request it makes (asking
     again while unanswered): its device id, its overlay key and the attempt's time."""

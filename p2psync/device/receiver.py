@@ -45,6 +45,7 @@ from .inbound import (
     SetDisplayName,
     decide,
     pairing_details,
+    waits_with_friends,
 )
 from .joiner import Joiner
 from .local import REVOKED_HERE_META, Local
@@ -163,6 +164,7 @@ class Receiver:
         (fetching the device lists it asks for) and execute its effects; whether it
         could not decide yet (the record is deferred)."""
         kind = "envelope"
+        looking_up: str | None = None  # whose devices are being fetched
         try:
             envelope = open_envelope(identity, data)
             kind = envelope.kind
@@ -181,7 +183,9 @@ class Receiver:
                 effects = decide(self._local, item, self._local.clock.now_ms(), devices)
                 match effects:
                     case [NeedDevicesOf(user=user, fresh=fresh)]:
+                        looking_up = user
                         devices[user] = await self._outbox.devices_of(user, fresh=fresh)
+                        looking_up = None
                     case [Defer(reason=reason)]:
                         raise _Deferred(reason)
                     case _:
@@ -192,7 +196,12 @@ class Receiver:
         except (*TRANSIENT, _Deferred) as exc:
             logger.info("%s: %s waits to be checked: %s", self._local.name, kind, exc)
             now_ms = self._local.clock.now_ms()
-            self._gave_up(self._store.defer(digest, identity.session_id, namespace, data, now_ms))
+            friends = waits_with_friends(self._local, looking_up)
+            self._gave_up(
+                self._store.defer(
+                    digest, identity.session_id, namespace, data, now_ms, friends=friends
+                )
+            )
             if not self._retrying:
                 self._local.wake_outbox()  # the pump retries deferred records, with back-off
             return True

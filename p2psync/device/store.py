@@ -120,7 +120,8 @@ CREATE TABLE IF NOT EXISTS deferred (
     owner TEXT NOT NULL,
     namespace INTEGER NOT NULL,
     data BLOB NOT NULL,
-    deferred_ms INTEGER
+    deferred_ms INTEGER,
+    friends INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS revocations (
     primary_id TEXT NOT NULL,
@@ -154,13 +155,17 @@ def _open_for_writing(path: str | Path) -> sqlite3.Connection:
     add_column_if_missing(db, "contacts", "name", "TEXT NOT NULL DEFAULT ''")
     add_column_if_missing(db, "cursors", "expiry", "INTEGER")  # from before
     add_column_if_missing(db, "deferred", "deferred_ms", "INTEGER")  # from before: no age
+    add_column_if_missing(
+        db, "deferred", "friends", "INTEGER NOT NULL DEFAULT 0"
+    )  # from before: strangers'
     return db
 
 
 #: Friend requests a device keeps waiting for its user's answer at most.
 PENDING_CONTACTS = 100
 #: How long a device keeps an inbound record it cannot decide on yet (waiting for a
-#: sibling's record, or the file server), and how many and how many bytes at most.
+#: sibling's record, or the file server), and how many and how many bytes at most in
+#: each share (friends' and strangers', :meth:`DeviceStore.defer`).
 DEFERRED_FOR_MS = 86_400_000
 DEFERRED_RECORDS = 1000
 DEFERRED_BYTES = 16 * 1024 * 1024
@@ -414,17 +419,22 @@ class DeviceStore:
 
     # --- inbound messages that could not be checked yet ------------------------------------
 
-    def defer(self, digest: bytes, owner: str, namespace: int, data: bytes, now_ms: int) -> int:
-        """Keep a record to decide again later (one kept already keeps its first time);
-        how many records kept went to stay within the bounds: what waited
+    def defer(
+        self, digest: bytes, owner: str, namespace: int, data: bytes, now_ms: int, *, friends: bool
+    ) -> int:
+        """Keep a record to decide again later (one kept already keeps its first time and
+        its share); how many records kept went to stay within the bounds: what waited
         :data:`DEFERRED_FOR_MS`, then the oldest past :data:`DEFERRED_RECORDS` or
-        :data:`DEFERRED_BYTES` (a stranger's message to a device with siblings waits for
-        a record that never comes: unbounded, they filled the disk)."""
+        :data:`DEFERRED_BYTES` of its share (a stranger's message to a device with
+        siblings waits for a record that never comes: unbounded, they filled the disk).
+        Records that wait with ``friends`` (:func:`.inbound.waits_with_friends`) have
+        bounds of their own, so that strangers' records, however many, never push them
+        out."""
         with self.transaction():
             self._db.execute(
-                "INSERT OR IGNORE INTO deferred (hash, owner, namespace, data, deferred_ms)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (digest, owner, namespace, data, now_ms),
+                "INSERT OR IGNORE INTO deferred"
+                " (hash, owner, namespace, data, deferred_ms, friends) VALUES (?, ?, ?, ?, ?, ?)",
+                (digest, owner, namespace, data, now_ms, friends),
             )
             return self.forget_deferred(now_ms)
 
@@ -441,7 +451,7 @@ class DeviceStore:
             went += self._db.execute(
                 "DELETE FROM deferred WHERE rowid IN (SELECT rowid FROM (SELECT rowid,"
                 " COUNT(*) OVER newest AS records, SUM(LENGTH(data)) OVER newest AS bytes"
-                " FROM deferred WINDOW newest AS (ORDER BY rowid DESC))"
+                " FROM deferred WINDOW newest AS (PARTITION BY friends ORDER BY rowid DESC))"
                 " WHERE records > ? OR bytes > ?)",
                 (DEFERRED_RECORDS, DEFERRED_BYTES),
             ).rowcount

@@ -47,6 +47,7 @@ from p2psync.device.inbound import (
     SendDecline,
     decide,
     held_to_answer,
+    waits_with_friends,
 )
 from p2psync.device.migration import LinkedStatement
 from p2psync.device.modes import RULES, Mode, Rules
@@ -185,6 +186,19 @@ def test_a_stranger_is_refused_unless_a_sibling_may_know_them() -> None:
     assert isinstance(refused, Reject) and "not a friend" in refused.reason
     [deferred] = run(Known(sibling_names={SIBLING.session_id: "tablet"}), item)
     assert isinstance(deferred, Defer)
+
+
+def test_what_waits_with_friends_is_what_waits_on_the_devices_of_the_user_or_a_friend() -> None:
+    """A record put aside waits in the share strangers cannot push out only while the
+    devices of this user or of a friend could not be looked up; what the core defers
+    (someone not a friend yet) and a failure anywhere else wait with strangers."""
+    pending = Contact(BOB.session_id, ContactState.PENDING, (BOB.session_id,))
+    known = Known(contacts={BOB.session_id: friend(BOB.session_id)})
+    assert waits_with_friends(known, BOB.session_id)
+    assert waits_with_friends(known, ME.session_id)
+    assert not waits_with_friends(known, None)
+    assert not waits_with_friends(known, BOBS_PHONE.session_id)
+    assert not waits_with_friends(Known(contacts={BOB.session_id: pending}), BOB.session_id)
 
 
 def test_a_declined_contact_is_refused() -> None:

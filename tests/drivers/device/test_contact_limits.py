@@ -54,21 +54,46 @@ def test_records_waiting_to_be_checked_are_bounded_in_number_bytes_and_age(
     owner, now = "05" + "ab" * 32, 1_700_000_000_000
     try:
         went = [
-            store.defer(n.to_bytes(32, "big"), owner, 0, b"x", now + n)
+            store.defer(n.to_bytes(32, "big"), owner, 0, b"x", now + n, friends=False)
             for n in range(DEFERRED_RECORDS + 5)
         ]
         assert sum(went) == 5
         assert [row[0] for row in store.deferred()][:1] == [(5).to_bytes(32, "big")]
         big = DEFERRED_BYTES // 3 + 1
-        went = [store.defer(bytes([n]) * 32, owner, 0, bytes(big), now + 5_000) for n in range(3)]
+        went = [
+            store.defer(bytes([n]) * 32, owner, 0, bytes(big), now + 5_000, friends=False)
+            for n in range(3)
+        ]
         assert went[-1] > 0 and len(store.deferred()) < DEFERRED_RECORDS
         assert sum(len(row[3]) for row in store.deferred()) <= DEFERRED_BYTES
         # Deferred again later: it keeps its first time, and goes when that is too old.
         kept = store.deferred()[-1][0]
-        assert store.defer(kept, owner, 0, bytes(big), now + DEFERRED_FOR_MS) == 0
+        assert store.defer(kept, owner, 0, bytes(big), now + DEFERRED_FOR_MS, friends=False) == 0
         waiting = len(store.deferred())
         assert store.forget_deferred(now + 5_000 + DEFERRED_FOR_MS + 1) == waiting
         assert store.deferred() == []
+    finally:
+        store.close()
+
+
+def test_records_waiting_with_friends_have_bounds_strangers_cannot_spend(tmp_path: Path) -> None:
+    """Strangers' records past :data:`DEFERRED_RECORDS` push out the oldest strangers'
+    record, never one that waits with friends; those have the same bounds of their own."""
+    store = DeviceStore(tmp_path / "device.sqlite3")
+    owner, now = "05" + "ab" * 32, 1_700_000_000_000
+
+    def waiting(n: int, *, friends: bool) -> int:
+        return store.defer(n.to_bytes(32, "big"), owner, 0, b"x", now + n, friends=friends)
+
+    try:
+        assert waiting(0, friends=True) == 0
+        assert sum(waiting(n, friends=False) for n in range(1, DEFERRED_RECORDS + 6)) == 5
+        kept = [int.from_bytes(row[0], "big") for row in store.deferred()]
+        assert kept == [0, *range(6, DEFERRED_RECORDS + 6)]
+        first = DEFERRED_RECORDS + 6
+        friends = range(first, first + DEFERRED_RECORDS + 1)
+        assert sum(waiting(n, friends=True) for n in friends) == 2  # 0 and the first of these
+        assert len(store.deferred()) == 2 * DEFERRED_RECORDS
     finally:
         store.close()
 
@@ -78,7 +103,7 @@ def test_records_deferred_by_a_version_that_noted_no_time_age_from_now(tmp_path:
     store = DeviceStore(path)
     owner, now = "05" + "ab" * 32, 1_700_000_000_000
     try:
-        store.defer(b"\1" * 32, owner, 0, b"x", now)
+        store.defer(b"\1" * 32, owner, 0, b"x", now, friends=False)
     finally:
         store.close()
     with closing(sqlite3.connect(path)) as db, db:
@@ -87,6 +112,27 @@ def test_records_deferred_by_a_version_that_noted_no_time_age_from_now(tmp_path:
     try:
         assert store.forget_deferred(now + 10 * DEFERRED_FOR_MS) == 0  # dated now, then
         assert store.forget_deferred(now + 11 * DEFERRED_FOR_MS + 1) == 1
+    finally:
+        store.close()
+
+
+def test_records_deferred_by_a_version_with_one_share_wait_with_strangers(tmp_path: Path) -> None:
+    path = tmp_path / "device.sqlite3"
+    store = DeviceStore(path)
+    owner, now = "05" + "ab" * 32, 1_700_000_000_000
+    try:
+        store.defer(b"\1" * 32, owner, 0, b"x", now, friends=True)
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("ALTER TABLE deferred DROP COLUMN friends")  # as an earlier version kept it
+    store = DeviceStore(path)
+    try:
+        went = [
+            store.defer(n.to_bytes(32, "big"), owner, 0, b"x", now, friends=False)
+            for n in range(2, DEFERRED_RECORDS + 2)
+        ]
+        assert sum(went) == 1 and b"\1" * 32 not in [row[0] for row in store.deferred()]
     finally:
         store.close()
 

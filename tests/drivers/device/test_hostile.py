@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.device import store as device_store
 from p2psync.device.content import (
     ContactRecord,
     DeviceRevoked,
@@ -743,6 +744,56 @@ async def test_a_file_server_that_never_answers_holds_the_inbox_for_a_deadline_o
         # One question waits out its deadline; the next ones, asked moments after the
         # file server failed, are not put to it (each waited 20 s in turn before).
         assert trio.current_time() - began < 2 * CALL_TIMEOUT_S
+
+
+async def test_strangers_records_waiting_never_push_out_a_friends(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the file server is down, Alice's text from a tablet Bob has not seen yet
+    waits to be checked, and so does every stranger's friend request naming a key of its
+    own choosing; past the bound of what waits, strangers' records push out strangers'
+    only, and Alice's text is filed once the file server answers (with one share for
+    all, the strangers pushed it out: it was never filed)."""
+    monkeypatch.setattr(device_store, "DEFERRED_RECORDS", 3)
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice", "mapped") as alice,
+        device(network, tmp_path, "bob", "mapped") as bob,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+        open_fileserver_client(network.transport, network.fileserver_url) as fileserver,
+    ):
+        await befriend(alice, bob)
+        tablet = Identity.from_label("alice's new tablet")
+        now = network.clock.now_ms()
+        await fileserver.put_mapping(
+            create_mapping(Identity.from_label("device/alice"), tablet, now)
+        )
+        file_server = network.servers()[network.fileserver_url]
+        answer = file_server.methods["get_mappings"]
+        down = True
+
+        async def flaky(params: Fields, conn: Any) -> object:
+            if down:
+                raise RpcError("unavailable", "down for the test")
+            return await answer(params, conn)
+
+        file_server.add_method("get_mappings", flaky)
+        await inject(
+            swarm, tablet, bob.session_id, NAMESPACE_MESSAGES, Text(alice.session_id, "hi")
+        )
+        for n in range(5):
+            claimed = Identity.from_label(f"claimed {n}").session_id
+            stranger = Identity.from_label(f"stranger {n}")
+            await inject(
+                swarm,
+                stranger,
+                bob.session_id,
+                NAMESPACE_MESSAGES,
+                FriendRequest(claimed, (), "hi"),
+            )
+        await wait_until(lambda: any(r.kind == "deferred records" for r in bob.rejections))
+        down = False
+        await wait_until(lambda: texts(bob, alice.session_id) == [(False, "hi")])
 
 
 async def test_a_friend_naming_her_text_after_the_users_message_replaces_nothing(
