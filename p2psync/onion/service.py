@@ -23,11 +23,21 @@ from ..identity import Identity
 from ..rpc import Connection, KeyedRateLimit, RpcServer
 from ..swarm.directory import Listing
 from ..swarm.listing import Snapshot
-from ..wire import Fields, Request
+from ..wire import INT64_MAX, Fields, Reply, Request, encode_frame
 from .addresses import exit_host
 from .sealing import ONION_METHOD, OnionRefused, Refusal, SealedRequests
 
 logger = logging.getLogger(__name__)
+
+
+def room_for_inner_reply(max_frame_bytes: int) -> int:
+    """The largest inner reply whose sealed outer reply still fits a frame: the reply
+    box adds its nonce and MAC, and the outer frame its id (at the longest a request id
+    may be) and the ``body`` around them. Past it the outer reply could not be sent, and
+    the client would try every path in turn for an answer none can carry."""
+    box = nacl.secret.SecretBox.NONCE_SIZE + nacl.secret.SecretBox.MACBYTES
+    outer = encode_frame(Reply(INT64_MAX, {"body": bytes(max_frame_bytes)}))
+    return max_frame_bytes - box - (len(outer) - max_frame_bytes)
 
 
 @dataclass
@@ -143,6 +153,7 @@ class OnionService:
         self._clock = clock
         self.stats = OnionStats()
         self._sealed = SealedRequests(identity, server.limits.max_frame_bytes)
+        self._room = room_for_inner_reply(server.limits.max_frame_bytes)
         self._share, self._unlisted_share = (share or OnionShare()).limiters(clock.now_s())
         self._exits = exits
         server.add_method(ONION_METHOD, self.handle, own_rate_limit=True)
@@ -163,7 +174,7 @@ class OnionService:
         if extra and not share.allow(host.encode(), self._clock.now_s(), extra):
             self.stats.refused_rate += 1
             raise RpcError("rate_limited", "this exit's share of onion requests is used up")
-        reply = await self._server.answer(request, connection.peer)
+        reply = await self._server.answer(request, connection.peer, max_bytes=self._room)
         self.stats.answered += 1
         return {"body": reply_box.encrypt(reply)}
 

@@ -155,17 +155,19 @@ class RpcServer:
             logger.exception("the cost of a %s request could not be read", request.method)
             return 1
 
-    async def answer(self, request: Request, peer: str) -> bytes:
+    async def answer(self, request: Request, peer: str, *, max_bytes: int) -> bytes:
         """The encoded reply to ``request`` exactly as this server's dispatch gives it, for
         a request that arrived inside another (an onion request) from ``peer``: same
         handlers, same refusals, same error replies. It has no connection of its own to
         push to: what its handler pushes goes nowhere, and whatever it registered to run
-        when its connection closes runs once it is answered."""
+        when its connection closes runs once it is answered. A reply larger than
+        ``max_bytes`` (what the outer reply has room for, once wrapped) is refused as one
+        larger than a frame is."""
         connection = Connection(peer, Outbox(1, 0))
         connection.outbox.close()
         try:
             if request.method in self._inline:
-                answered = self._answer_inline(request, connection)
+                answered = self._answer_inline(request, connection, max_bytes)
                 if not isinstance(answered, _Pending):
                     return answered
                 reply = await self._settled(answered)
@@ -173,7 +175,7 @@ class RpcServer:
                 reply = await self._run_handler(request, connection)
         finally:
             connection.ended()
-        return self._encode_reply(request, reply)
+        return self._encode_reply(request, reply, max_bytes)
 
     async def serve(
         self,
@@ -329,10 +331,12 @@ class RpcServer:
             return encode_frame(ErrorReply(frame.id, "rate_limited", "slow down", {}))
         self.stats.requests += 1
         if frame.method in self._inline:
-            return self._answer_inline(frame, connection)
+            return self._answer_inline(frame, connection, self.limits.max_frame_bytes)
         return frame
 
-    def _answer_inline(self, request: Request, connection: Connection) -> bytes | _Pending:
+    def _answer_inline(
+        self, request: Request, connection: Connection, max_bytes: int
+    ) -> bytes | _Pending:
         """The encoded reply of an inline handler (checked as every reply is, by
         :meth:`_encode_reply`), or the :class:`Later` it answered with."""
         try:
@@ -342,7 +346,7 @@ class RpcServer:
             return encode_frame(self._failure(request, exc))
         if isinstance(result, Later):
             return _Pending(request, result)
-        return self._encode_reply(request, Reply(request.id, result))
+        return self._encode_reply(request, Reply(request.id, result), max_bytes)
 
     def _handler(self, request: Request) -> Handler:
         """The method's handler; one this server does not serve (any more: ``methods`` is
@@ -422,14 +426,17 @@ class RpcServer:
         except Exception as exc:
             return self._failure(request, exc)
 
-    def _encode_reply(self, request: Request, response: Frame) -> bytes:
+    def _encode_reply(
+        self, request: Request, response: Frame, max_bytes: int | None = None
+    ) -> bytes:
         """The reply's bytes; a result that cannot be encoded, or that is larger than a
-        frame may be, is the handler's failure: the client's side of the link closes on a
-        frame past its limit, and with it every other call that shares the link (an exit
-        relay's one connection carries many devices' requests)."""
+        frame may be (or ``max_bytes``), is the handler's failure: the client's side of
+        the link closes on a frame past its limit, and with it every other call that
+        shares the link (an exit relay's one connection carries many devices' requests)."""
+        limit = self.limits.max_frame_bytes if max_bytes is None else max_bytes
         try:
             data = encode_frame(response)
-            if len(data) > self.limits.max_frame_bytes:
+            if len(data) > limit:
                 raise RuntimeError(f"a reply of {len(data)} bytes is larger than a frame")
             return data
         except Exception as exc:

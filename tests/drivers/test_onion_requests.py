@@ -35,8 +35,8 @@ from p2psync.onion.directory import (
     OnionDirectory,
 )
 from p2psync.onion.pool import ONION_ATTEMPTS, OnionRpcPool
-from p2psync.onion.sealing import ONION_FRESHNESS_MS, seal_request
-from p2psync.onion.service import OnionService
+from p2psync.onion.sealing import ONION_FRESHNESS_MS, ONION_REQUEST_ID, seal_request
+from p2psync.onion.service import OnionService, room_for_inner_reply
 from p2psync.opengroup.client import OpenGroupClient
 from p2psync.opengroup.server import OpenGroupServer
 from p2psync.rpc import Connection, RpcClient, RpcPool, RpcServer, open_rpc
@@ -45,7 +45,7 @@ from p2psync.swarm.admission import Ledger
 from p2psync.swarm.client import SwarmClient
 from p2psync.swarm.listing import ANNOUNCEMENT_TTL_MS, Snapshot, sign_announcement
 from p2psync.swarm.messages import StoreRequest
-from p2psync.wire import Fields, Request
+from p2psync.wire import MAX_FRAME_BYTES, Fields, Reply, Request, encode_frame
 
 DEVICE_HOST = "alice-phone"
 RELAYS = 5
@@ -237,6 +237,36 @@ async def test_an_exit_reaches_listed_servers_only_and_refuses_the_rest_at_once(
         messages, _, _ = await onion.swarm.retrieve(owner, 0, None)
         assert [m.hash for m in messages] == [digest]
         nursery.cancel_scope.cancel()
+
+
+async def test_the_largest_reply_an_onion_request_can_carry_comes_back_and_a_larger_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An inner reply of :func:`room_for_inner_reply` bytes comes back through the exit
+    whole; a larger one is answered ``internal`` at once, as a direct reply past a frame
+    is (before, one that fitted a frame passed the inner check, its sealed outer reply did
+    not fit, and the client tried every path in turn, the server answering each time, for
+    nothing)."""
+    room = room_for_inner_reply(MAX_FRAME_BYTES)
+
+    def reply_of(size: int) -> dict[str, bytes]:
+        padding = size - len(encode_frame(Reply(ONION_REQUEST_ID, {"blob": b""})))
+        result = {"blob": bytes(padding)}
+        while len(encode_frame(Reply(ONION_REQUEST_ID, result))) > size:  # the length's bytes
+            result = {"blob": result["blob"][:-1]}
+        assert len(encode_frame(Reply(ONION_REQUEST_ID, result))) == size
+        return result
+
+    async with _onion_network(Seen()) as onion:
+        node = onion.network.running_nodes()[0]
+        node.rpc.add_method("sized", lambda params, conn: reply_of(params.uint("size")))
+        fits = await onion.pool.call(node.url, "sized", {"size": room})
+        assert fits == reply_of(room)
+        for size in (room + 1, MAX_FRAME_BYTES):  # MAX_FRAME_BYTES: a direct reply's largest
+            with pytest.raises(RpcError) as refused:
+                await onion.pool.call(node.url, "sized", {"size": size})
+            assert refused.value.code == "internal"
+        assert onion.pool.failed_attempts == 0
 
 
 async def test_a_request_every_exit_refuses_fails_without_waiting_for_a_new_path(

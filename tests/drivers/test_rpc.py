@@ -16,7 +16,16 @@ from overlay.link import Link, LinkClosed, MemoryNetwork, Transport
 from p2psync.errors import ConnectionLost, RpcError
 from p2psync.rpc import Connection, Later, Outbox, RpcServer, ServerLimits, open_rpc
 from p2psync.websocket import WebSocketTransport
-from p2psync.wire import ErrorReply, Fields, Reply, Request, decode_frame, encode_cbor, encode_frame
+from p2psync.wire import (
+    MAX_FRAME_BYTES,
+    ErrorReply,
+    Fields,
+    Reply,
+    Request,
+    decode_frame,
+    encode_cbor,
+    encode_frame,
+)
 
 
 async def echo(params: Fields, conn: Connection) -> Any:
@@ -432,7 +441,9 @@ async def test_a_later_is_answered_when_resolved_and_fails_as_a_raise_would(
         answered = trio.Event()
 
         async def answer() -> None:
-            reply = await server.answer(Request(7, "defer", {}), "exit-relay")
+            reply = await server.answer(
+                Request(7, "defer", {}), "exit-relay", max_bytes=MAX_FRAME_BYTES
+            )
             assert decode_frame(reply) == decode_frame(encode_frame(Reply(7, {"n": 7})))
             answered.set()
 
