@@ -319,7 +319,12 @@ def _cmd_fileserver(args: argparse.Namespace) -> int:
 
 def _cmd_opengroup(args: argparse.Namespace) -> int:
     from .clock import Clock
-    from .services import run_opengroup
+    from .services import remove_room, run_opengroup
+
+    if args.remove_room is not None:
+        went = remove_room(Path(args.data), args.remove_room)
+        print(f"removed room {args.remove_room} and its {went} posts")
+        return 0
 
     clock = Clock()
     return _run(
@@ -613,6 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="a session id whose key may create rooms (repeat for more); without any, every"
         " key may, rationed: list them on a server strangers reach",
+    )
+    opengroup.add_argument(
+        "--remove-room",
+        metavar="NAME",
+        help="remove room NAME and its posts from the open group in DIR and exit (a server"
+        " running on DIR stops serving it at once)",
     )
     for onion_server in (fileserver, opengroup):
         onion_server.add_argument("--registry", metavar="URL", help=listing_help)

@@ -37,7 +37,9 @@ from .identity import SEED_BYTES, Identity
 from .onion.addresses import ExitServers
 from .onion.exit import open_rpc_exit
 from .onion.service import ListedExits, OnionService
+from .opengroup.posts import check_room_name
 from .opengroup.server import OpenGroupServer
+from .opengroup.store import OpenGroupStore
 from .rpc import RpcServer
 from .swarm.admission import MAX_REGISTRATION_BYTES, Ledger, Registration, checked_registration
 from .swarm.constants import ANNOUNCE_INTERVAL_S
@@ -237,6 +239,9 @@ async def run_fileserver(
     await _serve_with_onion(server.rpc, server.serve, transport, data_dir, listen, clock, listing)
 
 
+OPENGROUP_FILE = "opengroup.sqlite3"
+
+
 async def run_opengroup(
     transport: Transport,
     data_dir: Path,
@@ -247,9 +252,26 @@ async def run_opengroup(
     room_creators: list[str] | None = None,
 ) -> None:
     server = OpenGroupServer(
-        data_dir / "opengroup.sqlite3", clock, fileserver, transport, room_creators=room_creators
+        data_dir / OPENGROUP_FILE, clock, fileserver, transport, room_creators=room_creators
     )
     await _serve_with_onion(server.rpc, server.serve, transport, data_dir, listen, clock, listing)
+
+
+def remove_room(data_dir: Path, room: str) -> int:
+    """Remove ``room`` and its posts from the open group kept in ``data_dir`` (a server
+    running on it answers as if the room had never been, from its next request); how many
+    posts went. :class:`P2PSyncError` if there is no open group there, or no such room."""
+    path = data_dir / OPENGROUP_FILE
+    if not path.is_file():
+        raise P2PSyncError(f"no open group in {data_dir} (no {OPENGROUP_FILE})")
+    store = OpenGroupStore(path)
+    try:
+        went = store.remove_room(check_room_name(room))
+    finally:
+        store.close()
+    if went is None:
+        raise P2PSyncError(f"no room {room!r} in {path}")
+    return went
 
 
 async def _serve_with_onion(

@@ -91,6 +91,16 @@ class OpenGroupStore:
         self._db.execute("INSERT INTO rooms (name, created) VALUES (?, ?)", (room, now_ms))
         return True
 
+    def remove_room(self, room: str) -> int | None:
+        """Forget ``room`` and its posts (rooms last until their operator removes them);
+        how many posts went, None if there is no such room."""
+        with transaction(self._db):
+            if not self.has_room(room):
+                return None
+            went = self._db.execute("DELETE FROM posts WHERE room = ?", (room,)).rowcount
+            self._db.execute("DELETE FROM rooms WHERE name = ?", (room,))
+        return went
+
     def has_room(self, room: str) -> bool:
         return (
             self._db.execute("SELECT 1 FROM rooms WHERE name = ?", (room,)).fetchone() is not None

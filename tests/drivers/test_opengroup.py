@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay.link import MemoryNetwork, Transport
+from p2psync.cli import main
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.envelope import MAX_TIMESTAMP_MS
 from p2psync.errors import DecodeError, RpcError
@@ -44,6 +45,7 @@ from p2psync.opengroup.posts import (
 )
 from p2psync.opengroup.server import OpenGroupServer
 from p2psync.opengroup.store import OpenGroupStore, post_size
+from p2psync.services import OPENGROUP_FILE
 from p2psync.websocket import WebSocketTransport
 from p2psync.wire import MAX_FRAME_BYTES, Reply, encode_cbor, encode_frame
 
@@ -282,6 +284,45 @@ async def test_restart_keeps_rooms_and_posts(
         assert second.id > first.id
         messages, _ = await s.chat.messages("lobby")
         assert [m.body for m in messages] == [b"before", b"after"]
+
+
+async def test_the_operator_removes_a_room_while_the_server_runs(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``p2psync opengroup --remove-room``: the room and its posts go from the file the
+    running server uses, which answers from its next request as if the room had never
+    been (and may hold a new room in its place); other rooms are as they were; a room
+    or a folder with no open group is a one-line error."""
+    clock = Clock(TEST_EPOCH_MS)
+    async with running(clock, db_path=tmp_path / OPENGROUP_FILE) as s:
+        for room in ("lobby", "quiet"):
+            await create_room(s, room)
+            await s.chat.post(sign_post(LONER, room, f"in {room}".encode(), clock.now_ms()))
+        await s.chat.post(sign_post(LONER, "lobby", b"again", clock.now_ms()))
+        assert main(["opengroup", "--data", str(tmp_path), "--remove-room", "lobby"]) == 0
+        assert capsys.readouterr().out == "removed room lobby and its 2 posts\n"
+        assert await s.chat.list_rooms() == ["quiet"]
+        await refused("not_found", s.chat.messages("lobby"))
+        await refused("not_found", s.chat.post(sign_post(LONER, "lobby", b"x", clock.now_ms())))
+        assert [m.body for m in (await s.chat.messages("quiet"))[0]] == [b"in quiet"]
+        await trio.sleep(ROOM_KEY_REFILL_S)
+        assert await create_room(s, "lobby")
+        assert (await s.chat.messages("lobby"))[0] == []
+    for data, room in ((tmp_path, "hall"), (tmp_path / "elsewhere", "lobby")):
+        assert main(["opengroup", "--data", str(data), "--remove-room", room]) == 1
+        [line] = capsys.readouterr().err.splitlines()
+        assert "no room 'hall'" in line if room == "hall" else "no open group in" in line
+
+
+def test_a_removed_room_makes_room_for_another_on_a_full_server(tmp_path: Path) -> None:
+    store = OpenGroupStore(tmp_path / "chat.sqlite3", max_rooms=1)
+    assert store.create_room("lobby", TEST_EPOCH_MS)
+    with pytest.raises(RpcError, match="its limit of 1 rooms"):
+        store.create_room("hall", TEST_EPOCH_MS)
+    assert store.remove_room("lobby") == 0
+    assert store.remove_room("lobby") is None
+    assert store.create_room("hall", TEST_EPOCH_MS)
+    store.close()
 
 
 async def test_over_websocket(tmp_path: Path) -> None:
