@@ -4,7 +4,8 @@ a file in a test directory)."""
 from __future__ import annotations
 
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from p2psync.device.friends import ContactState
@@ -98,43 +99,42 @@ def test_records_waiting_with_friends_have_bounds_strangers_cannot_spend(tmp_pat
         store.close()
 
 
-def test_records_deferred_by_a_version_that_noted_no_time_age_from_now(tmp_path: Path) -> None:
-    path = tmp_path / "device.sqlite3"
+OWNER, NOW = "05" + "ab" * 32, 1_700_000_000_000
+
+
+@contextmanager
+def deferred_by_an_earlier_version(path: Path, change: str) -> Iterator[DeviceStore]:
+    """A store that deferred one record (``\\1`` * 32, with friends, at :data:`NOW`),
+    opened again after ``change`` made its file as an earlier version left it."""
     store = DeviceStore(path)
-    owner, now = "05" + "ab" * 32, 1_700_000_000_000
     try:
-        store.defer(b"\1" * 32, owner, 0, b"x", now, friends=False)
+        store.defer(b"\1" * 32, OWNER, 0, b"x", NOW, friends=True)
     finally:
         store.close()
     with closing(sqlite3.connect(path)) as db, db:
-        db.execute("UPDATE deferred SET deferred_ms = NULL")  # as an earlier version kept it
+        db.execute(change)
     store = DeviceStore(path)
     try:
-        assert store.forget_deferred(now + 10 * DEFERRED_FOR_MS) == 0  # dated now, then
-        assert store.forget_deferred(now + 11 * DEFERRED_FOR_MS + 1) == 1
+        yield store
     finally:
         store.close()
+
+
+def test_records_deferred_by_a_version_that_noted_no_time_age_from_now(tmp_path: Path) -> None:
+    change = "UPDATE deferred SET deferred_ms = NULL"
+    with deferred_by_an_earlier_version(tmp_path / "device.sqlite3", change) as store:
+        assert store.forget_deferred(NOW + 10 * DEFERRED_FOR_MS) == 0  # dated now, then
+        assert store.forget_deferred(NOW + 11 * DEFERRED_FOR_MS + 1) == 1
 
 
 def test_records_deferred_by_a_version_with_one_share_wait_with_strangers(tmp_path: Path) -> None:
-    path = tmp_path / "device.sqlite3"
-    store = DeviceStore(path)
-    owner, now = "05" + "ab" * 32, 1_700_000_000_000
-    try:
-        store.defer(b"\1" * 32, owner, 0, b"x", now, friends=True)
-    finally:
-        store.close()
-    with closing(sqlite3.connect(path)) as db, db:
-        db.execute("ALTER TABLE deferred DROP COLUMN friends")  # as an earlier version kept it
-    store = DeviceStore(path)
-    try:
+    change = "ALTER TABLE deferred DROP COLUMN friends"
+    with deferred_by_an_earlier_version(tmp_path / "device.sqlite3", change) as store:
         went = [
-            store.defer(n.to_bytes(32, "big"), owner, 0, b"x", now, friends=False)
+            store.defer(n.to_bytes(32, "big"), OWNER, 0, b"x", NOW, friends=False)
             for n in range(2, DEFERRED_RECORDS + 2)
         ]
         assert sum(went) == 1 and b"\1" * 32 not in [row[0] for row in store.deferred()]
-    finally:
-        store.close()
 
 
 def test_pairing_requests_kept_are_bounded_in_number_held_and_in_age(tmp_path: Path) -> None:
