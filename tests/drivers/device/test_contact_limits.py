@@ -104,8 +104,8 @@ OWNER, NOW = "05" + "ab" * 32, 1_700_000_000_000
 
 @contextmanager
 def deferred_by_an_earlier_version(path: Path, change: str) -> Iterator[DeviceStore]:
-    """A store that deferred one record (``\\1`` * 32, with friends, at :data:`NOW`),
-    opened again after ``change`` made its file as an earlier version left it."""
+    """A store that deferred one record (with friends, at :data:`NOW`), opened again
+    after ``change`` made its file as an earlier version left it."""
     store = DeviceStore(path)
     try:
         store.defer(b"\1" * 32, OWNER, 0, b"x", NOW, friends=True)
