@@ -342,6 +342,7 @@ class Pairer:
                 DeviceRevoked(revocation.to_bytes()), [device], revocation.timestamp_ms, None
             )
         self._outbox.forget(self._local.user_id)
+        self._siblings.restart()  # the running sync still holds the device's session
         self._local.wake_outbox()
 
 

@@ -201,6 +201,31 @@ async def test_a_replayed_pairing_request_is_refused(
             assert phone.pairing.requests() == []
 
 
+async def test_a_revoked_device_gets_nothing_more_over_direct_sync(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The primary revokes the desktop while their sibling session is up: the session
+    ends at once, and what the user sends next reaches Bob and never the desktop (the
+    primary's running sync kept the revoked device's session until something else
+    restarted it: a device that ignored its revocation got every new message pushed)."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "desktop", "mapped") as desktop,
+        device(network, tmp_path, "bob", "mapped") as bob,
+    ):
+        await pair(phone, desktop)
+        await befriend(phone, bob)
+        desktop_id = desktop.whoami().device_id
+        await wait_until(lambda: phone.sync_status().connected_siblings == {desktop_id})
+        await phone.pairing.revoke(desktop_id)
+        await phone.send(bob.session_id, "after the revocation")
+        await wait_until(lambda: texts(bob, phone.session_id) == [(False, "after the revocation")])
+        assert phone.sync_status().connected_siblings == frozenset()
+        await trio.sleep(60)
+        assert texts(desktop, bob.session_id) == []
+
+
 async def test_a_post_from_an_unmapped_key_is_refused(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
