@@ -76,6 +76,9 @@ DHT_ATTEMPTS = 3
 
 #: Largest message a session carries (fragmented into cells).
 MAX_SESSION_MESSAGE_BYTES = 256 * 1024
+#: What a session keeps received and not yet read: past it, it takes (and acknowledges)
+#: nothing more until its application reads, so a peer cannot make it hold more.
+SESSION_UNREAD_BYTES = 2 * MAX_SESSION_MESSAGE_BYTES
 #: Flow control: at most this many unacknowledged fragments in flight per direction.
 SESSION_WINDOW_FRAGMENTS = 64
 SESSION_RTO_INITIAL_MS = 1_000

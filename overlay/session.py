@@ -49,6 +49,7 @@ from .constants import (
     SESSION_RTO_MAX_MS,
     SESSION_RTO_MIN_MS,
     SESSION_STALL_RETRIES,
+    SESSION_UNREAD_BYTES,
     SESSION_WINDOW_FRAGMENTS,
 )
 from .introset import Intro
@@ -241,6 +242,8 @@ class SessionCore:
         self.local_intro: Intro | None = None
         self.peer_intro: Intro | None = None
         self.received: deque[bytes] = deque()
+        #: Bytes received and not yet taken, the message being put together included.
+        self._unread_bytes = 0
         self.peer_finished = False
         self.failure: str | None = None
         self.ignored_packets = 0
@@ -472,10 +475,12 @@ class SessionCore:
         if counter > self._heard_counter:
             self._heard_counter = counter
             self._heard_ms = max(self._heard_ms, now_ms)
+            # Only the newest packet says where the peer is now: an old one a relay plays
+            # again would move us back to an intro that is gone.
+            self.peer_intro = _unpack_intro(plain[: _INTRO.size]) or self.peer_intro
         if self.state is SessionState.HANDSHAKE:
             self.state = SessionState.OPEN  # DATA proves the peer has our keys
             self._init_packet = None
-        self.peer_intro = _unpack_intro(plain[: _INTRO.size]) or self.peer_intro
         flags, seq, ack = _SEGMENT.unpack_from(plain, _INTRO.size)
         data = plain[_INTRO.size + _SEGMENT.size :]
         self._on_ack(ack, now_ms)
@@ -486,6 +491,8 @@ class SessionCore:
             return
         if seq >= self._expected + 4 * SESSION_WINDOW_FRAGMENTS:
             return
+        if self._unread_bytes >= SESSION_UNREAD_BYTES:
+            return  # not taken, so not acknowledged: the peer waits until we read
         self._out_of_order[seq] = (_Flag(flags), data)
         while self._expected in self._out_of_order:
             flag, chunk = self._out_of_order.pop(self._expected)
@@ -494,9 +501,16 @@ class SessionCore:
                 self.peer_finished = True
                 continue
             self._partial += chunk
+            self._unread_bytes += len(chunk)
             if _Flag.END in flag:
                 self.received.append(bytes(self._partial))
                 self._partial.clear()
+
+    def take_received(self) -> bytes:
+        """The next message received (there must be one), no longer counted as unread."""
+        message = self.received.popleft()
+        self._unread_bytes -= len(message)
+        return message
 
     def _on_ack(self, ack: int, now_ms: int) -> None:
         for seq in [s for s in self._inflight if s < ack]:

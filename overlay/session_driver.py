@@ -96,7 +96,7 @@ class Session:
                 raise SessionClosed("peer closed the session")
             self._check_failed()
             await self._changed.wait()
-        return self._core.received.popleft()
+        return self._core.take_received()
 
     def __aiter__(self) -> Session:
         return self
