@@ -112,6 +112,10 @@ LINK_QUEUE_CELLS = 512
 PATH_CHECK_INTERVAL_MS = 500
 #: Sessions an endpoint queues for ``sessions()`` before refusing new ones.
 ACCEPT_QUEUE_SESSIONS = 16
+#: Sessions an endpoint keeps open at once, and with any one peer (two for a moment
+#: while a new one replaces the old): past them an INIT opens nothing.
+MAX_OPEN_SESSIONS = 256
+MAX_SESSIONS_PER_PEER = 4
 
 #: Hops a relay keeps at once (:mod:`overlay.transit`): some 100 MiB of path state, the
 #: paths of tens of thousands of endpoints on one relay.
@@ -133,6 +137,9 @@ EXIT_MAX_MESSAGE_BYTES = 136 * 1024
 #: How long an exit hop waits for a server before answering the owner with a failure;
 #: also how long it keeps a request whose fragments stopped coming.
 EXIT_TIMEOUT_MS = 10_000
+#: Exit requests in a row a path's exit leaves with no answer at all before the endpoint
+#: retires the path (an exit reports a server it cannot reach: that is an answer).
+EXIT_UNANSWERED_TO_RETIRE = 2
 #: Exit requests one path may have under way at once (reassembling or at the server);
 #: past it a new one is refused, so one owner cannot take a relay's whole share.
 EXIT_MAX_PER_PATH = 8

@@ -52,6 +52,7 @@ from .keys import KeyPair
 from .link import LinkClosed, LinkPump, Transport
 from .path import Path, PathState
 from .payloads import PathPayload
+from .session import Admits
 from .session_driver import Session, Sessions
 from .tasks import open_task_nursery
 
@@ -317,6 +318,13 @@ class Endpoint:
             raise ExitFailed(f"exit {path.terminal.address} could not reach {address}")
         return data
 
+    def exit_unanswered(self, path: Path) -> None:
+        """See :meth:`EndpointCore.exit_unanswered`."""
+        self._execute(self._core.exit_unanswered(path))
+
+    def exit_answered(self, path: Path) -> None:
+        self._core.exit_answered(path)
+
     # --- introsets and sessions -----------------------------------------------------------
 
     async def _dht(self, relay: bytes, request: bytes) -> bytes | None:
@@ -354,6 +362,11 @@ class Endpoint:
         """A session to endpoint ``peer``, found through its introset (``shared_secret``)
         or at known ``intros``. Closed cleanly when the block ends."""
         return self._sessions.connect(peer, shared_secret=shared_secret, intros=intros)
+
+    def accept_only(self, admits: Admits) -> None:
+        """Take sessions from the peers ``admits`` names alone (see
+        :meth:`Sessions.accept_only`)."""
+        self._sessions.accept_only(admits)
 
     def sessions(self) -> trio.MemoryReceiveChannel[Session]:
         """Sessions other endpoints open to this one, as they arrive (``async for``)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from .cells import CellError, CellKind, decode_cell
 from .constants import (
     DHT_REQUEST_TIMEOUT_MS,
+    EXIT_UNANSWERED_TO_RETIRE,
     INTROSET_LIFETIME_MS,
     INTROSET_MAX_INTROS,
     MAX_HOPS,
@@ -152,6 +153,8 @@ class EndpointStats:
     inits_replayed: int = 0
     #: Authentic INITs refused for their send time: replays, or a clock that is off.
     inits_stale: int = 0
+    #: INITs from peers the endpoint takes no sessions from, or past its caps.
+    inits_refused: int = 0
 
 
 @dataclass(frozen=True)
@@ -309,6 +312,8 @@ class EndpointCore:
         #: First hops whose link broke under a live path, until a path through one is
         #: built again: with an entry filter, the entries tried last.
         self._lost_entries: set[bytes] = set()
+        #: Exits of paths retired for leaving requests unanswered, until one answers.
+        self._unanswering: set[bytes] = set()
         self._next_path = 0
         #: The echoes of the pings awaiting their pongs.
         self._pings: set[bytes] = set()
@@ -340,6 +345,7 @@ class EndpointCore:
         self._entries = entries
         self._avoid &= directory.keys()
         self._lost_entries &= directory.keys()
+        self._unanswering &= directory.keys()
         return True
 
     @property
@@ -358,7 +364,7 @@ class EndpointCore:
             raise RuntimeError(f"{self._hops} hops need at least {self._hops} relays")
         entries = self._admitted()
         if entries is None:
-            return self._rng.sample(pool, self._hops)
+            return self._exit_that_answers(self._rng.sample(pool, self._hops), pool)
         # The filter is never overridden (a relay it refuses may be a sibling's entry).
         # With every admitted relay on the path that died, its first hop is tried first
         # if its link held (the fault lay further on), one whose link broke last.
@@ -373,7 +379,16 @@ class EndpointCore:
         rest = [c for c in pool if c is not entry]
         if len(rest) < self._hops - 1:
             rest = [c for c in relays if c is not entry]
-        return [entry, *self._rng.sample(rest, self._hops - 1)]
+        return self._exit_that_answers([entry, *self._rng.sample(rest, self._hops - 1)], rest)
+
+    def _exit_that_answers(self, hops: list[Contact], others: list[Contact]) -> list[Contact]:
+        """``hops``, unless their exit (the last) left requests unanswered and one of
+        ``others`` off the path has not: that one instead (in a small listing the relays
+        to avoid leave too few to choose from, and the same exit came back)."""
+        if hops[-1].pubkey not in self._unanswering:
+            return hops
+        exits = [c for c in others if c not in hops and c.pubkey not in self._unanswering]
+        return [*hops[:-1], self._rng.choice(exits)] if exits else hops
 
     def _admitted(self) -> frozenset[bytes] | None:
         """The entries the filter admits now; if it admits none of the listing, those it
@@ -467,6 +482,25 @@ class EndpointCore:
         if path is not None or any(p.state is PathState.BUILDING for p in self._paths):
             return path
         return self.next_path(now_ms)
+
+    def exit_unanswered(self, path: Path) -> list[Effect]:
+        """An exit request on ``path`` got no answer, not even its exit's failure: an exit
+        that keeps its answers (its terminal still answers pings), or a path that lost
+        them. :data:`EXIT_UNANSWERED_TO_RETIRE` in a row and the path is retired (another
+        is built, whose exit is another while one will do), or one such exit would cost
+        every request sent its way a timeout."""
+        path.exits_unanswered += 1
+        if path.exits_unanswered < EXIT_UNANSWERED_TO_RETIRE or path.state is PathState.DEAD:
+            return []
+        path.state = PathState.DEAD
+        self._unanswering.add(path.terminal.pubkey)
+        return [PathsChanged()]
+
+    def exit_answered(self, path: Path) -> None:
+        """An exit request on ``path`` was answered (a failure the exit reports counts:
+        the exit is doing its job)."""
+        path.exits_unanswered = 0
+        self._unanswering.discard(path.terminal.pubkey)
 
     def route(self, now_ms: int) -> Route | None:
         """How a session sends now: on the next path in turn, naming the freshest intro

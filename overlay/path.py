@@ -70,6 +70,9 @@ class Path:
     state: PathState = PathState.BUILDING
     last_heard_ms: int = 0
     ping_sent_ms: int | None = None
+    #: Exit requests on this path in a row that got no answer at all (see
+    #: :meth:`~overlay.endpoint_core.EndpointCore.exit_unanswered`).
+    exits_unanswered: int = 0
 
     @classmethod
     def build(

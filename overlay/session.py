@@ -31,7 +31,7 @@ import heapq
 import os
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import nacl.bindings as sodium
@@ -87,6 +87,14 @@ class NotPublished(SessionError):
 
 class StaleInit(SessionError):
     """An authentic INIT sent too long ago (a replay) or too far ahead (a skewed clock)."""
+
+
+class NotAdmitted(SessionError):
+    """An INIT from a key the responder takes no session from."""
+
+
+#: Whether the endpoint whose key is given may open a session to us.
+Admits = Callable[[bytes], bool]
 
 
 class PacketType(enum.IntEnum):
@@ -184,6 +192,8 @@ class Refused(enum.Enum):
     STALE = "stale"
     #: Not an INIT this endpoint can read (tampered, misrouted, or a stray packet).
     UNREADABLE = "unreadable"
+    #: An authentic INIT from a key this endpoint takes no sessions from (or no more).
+    NOT_ADMITTED = "not admitted"
 
 
 @dataclass(frozen=True)
@@ -208,15 +218,20 @@ class SessionAcceptor:
     let it stand in for a live one (sibling sync keeps its session until a new one
     carries a record)."""
 
-    def __init__(self, local: KeyPair) -> None:
+    def __init__(self, local: KeyPair, admits: Admits = lambda peer: True) -> None:
+        """``admits``: whether a peer, by its key, may open a session (asked once the
+        INIT shows the key, before the rest of the handshake's work)."""
         self._local = local
         self._replays = InitReplayCache()
+        self.admits = admits
 
     def accept(self, packet: bytes, now_ms: int) -> SessionCore | Refusal:
         if self._replays.is_replay(packet, now_ms):
             return Refusal(Refused.REPLAYED)
         try:
-            core = SessionCore.respond(self._local, packet, now_ms)
+            core = SessionCore.respond(self._local, packet, now_ms, admits=self.admits)
+        except NotAdmitted as exc:
+            return Refusal(Refused.NOT_ADMITTED, str(exc))
         except StaleInit as exc:
             return Refusal(Refused.STALE, str(exc))
         except SessionError as exc:
@@ -309,9 +324,13 @@ class SessionCore:
         return header + _encrypt(body, header, bytes(24), key)
 
     @classmethod
-    def respond(cls, local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
+    def respond(
+        cls, local: KeyPair, packet: bytes, now_ms: int, *, admits: Admits = lambda peer: True
+    ) -> SessionCore:
         """The responder side of an INIT packet (raises SessionError if it is not one, or
-        if it was sent more than ``SESSION_INIT_FRESHNESS_MS`` away from ``now_ms``)."""
+        if it was sent more than ``SESSION_INIT_FRESHNESS_MS`` away from ``now_ms``;
+        :class:`NotAdmitted` if ``admits`` refuses its sender, known after one
+        Diffie-Hellman of the four)."""
         if (
             len(packet) != _INIT_HEADER + _INIT_TIME.size + _INTRO.size + 16
             or packet[0] != PacketType.INIT
@@ -328,6 +347,11 @@ class SessionCore:
                 bytes(24),
                 kdf(es, b"p2ps-sess-init-s"),
             )
+        except Exception:
+            raise SessionError("INIT does not authenticate") from None
+        if not admits(peer):
+            raise NotAdmitted(f"no session from {peer[:4].hex()}…")
+        try:
             session = cls(local, peer, packet[1:start], now_ms)
             peer_x, ss = session._dh_static()
             body = _decrypt(

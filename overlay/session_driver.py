@@ -17,13 +17,19 @@ from contextlib import asynccontextmanager
 import trio
 
 from .clock import Clock
-from .constants import ACCEPT_QUEUE_SESSIONS, SESSION_WINDOW_FRAGMENTS
+from .constants import (
+    ACCEPT_QUEUE_SESSIONS,
+    MAX_OPEN_SESSIONS,
+    MAX_SESSIONS_PER_PEER,
+    SESSION_WINDOW_FRAGMENTS,
+)
 from .endpoint_core import EndpointStats, Route
 from .introset import Intro
 from .keys import KeyPair
 from .path import Path
 from .payloads import PathPayload, Transfer
 from .session import (
+    Admits,
     NotPublished,
     Refused,
     SessionAcceptor,
@@ -179,7 +185,8 @@ class Sessions:
         self._lookup = lookup
         self._secrets = secrets
         self._open: dict[bytes, Session] = {}
-        self._acceptor = SessionAcceptor(keys)
+        self._admits: Admits = lambda peer: True
+        self._acceptor = SessionAcceptor(keys, self._admitted)
         self._accept_send, self._accept_receive = trio.open_memory_channel[Session](
             ACCEPT_QUEUE_SESSIONS
         )
@@ -193,6 +200,15 @@ class Sessions:
         """The sessions open now with the endpoint whose key is ``peer`` (dialed or
         accepted: for a moment, while one replaces the other, there can be two)."""
         return [s for s in self._open.values() if s.peer == peer]
+
+    def accept_only(self, admits: Admits) -> None:
+        """Take sessions from the peers ``admits`` names alone (by key): others' INITs are
+        refused once they show their key, before the handshake's other work, and open
+        nothing."""
+        self._admits = admits
+
+    def _admitted(self, peer: bytes) -> bool:
+        return self._admits(peer) and len(self.with_peer(peer)) < MAX_SESSIONS_PER_PEER
 
     def accepted(self) -> trio.MemoryReceiveChannel[Session]:
         """Sessions other endpoints open to this one, as they arrive (``async for``)."""
@@ -222,6 +238,9 @@ class Sessions:
             session._wake_driver()
             session._notify()
             return
+        if len(self._open) >= MAX_OPEN_SESSIONS:
+            self.stats.inits_refused += 1
+            return
         opened = self._acceptor.accept(packet, now)
         if isinstance(opened, SessionCore):
             session = self._start_session(opened)
@@ -232,6 +251,8 @@ class Sessions:
                 opened.close()
         elif opened.why is Refused.REPLAYED:
             self.stats.inits_replayed += 1
+        elif opened.why is Refused.NOT_ADMITTED:
+            self.stats.inits_refused += 1
         elif opened.why is Refused.STALE:
             self.stats.inits_stale += 1
             logger.info("session refused: %s (is this machine's clock right?)", opened.detail)

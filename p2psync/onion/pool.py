@@ -63,18 +63,32 @@ class OnionRpcPool:
         key = await self._server_key(address)
         tried: list[Path] = []
         for _ in range(ONION_ATTEMPTS):
+            path: Path | None = None
             with trio.move_on_after(ONION_ATTEMPT_TIMEOUT_S):
                 path = await self.endpoint.exit_path(tried)
                 tried.append(path)
                 request = Request(ONION_REQUEST_ID, method, dict(made(params or {})))
                 body, reply_box = seal_request(key, request, self._clock.now_ms())
                 try:
-                    sealed = await self.endpoint.exit_request(path, address, body)
-                    reply = decode_frame(reply_box.decrypt(sealed))
-                except (ExitFailed, DecodeError, nacl.exceptions.CryptoError):
+                    plain = reply_box.decrypt(await self.endpoint.exit_request(path, address, body))
+                except nacl.exceptions.CryptoError:
+                    # Not the server's answer: the exit made it up or changed it.
+                    self.endpoint.exit_unanswered(path)
                     self.failed_attempts += 1
-                    continue  # that exit could not, or would not, get the answer
+                    continue
+                except ExitFailed:
+                    self.endpoint.exit_answered(path)  # it could not reach the server
+                    self.failed_attempts += 1
+                    continue
+                self.endpoint.exit_answered(path)
+                try:
+                    reply = decode_frame(plain)
+                except DecodeError:
+                    self.failed_attempts += 1
+                    continue
                 return result_of(reply)
+            if path is not None:  # no answer in time: the exit's or the path's doing
+                self.endpoint.exit_unanswered(path)
             self.failed_attempts += 1
         raise ConnectionLost(f"no onion path reached {address}")
 

@@ -70,7 +70,9 @@ class SiblingSessions:
         self._leaving = trio.Event()
 
     async def run(self) -> None:
-        """Until cancelled: publish presence, dial or say hello, accept."""
+        """Until cancelled: publish presence, dial or say hello, accept (from siblings
+        alone: whoever else learns the secret, a device revoked since, opens nothing)."""
+        self._endpoint.accept_only(self._by_key.__contains__)
         await self._endpoint.publish(self._secret)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._accept, nursery)

@@ -17,9 +17,11 @@ import pytest
 import trio
 import trio.testing
 
+from overlay.constants import EXIT_UNANSWERED_TO_RETIRE
 from overlay.endpoint import Endpoint, open_endpoint
 from overlay.exits import ExitFailed
 from overlay.link import MemoryNetwork
+from overlay.relay_core import RelayCore
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device import DeviceConfig, DeviceError, open_device
 from p2psync.device.access import NetworkAccess, NetworkFileError
@@ -34,7 +36,7 @@ from p2psync.onion.directory import (
     DirectoryKeys,
     OnionDirectory,
 )
-from p2psync.onion.pool import ONION_ATTEMPTS, OnionRpcPool
+from p2psync.onion.pool import ONION_ATTEMPT_TIMEOUT_S, ONION_ATTEMPTS, OnionRpcPool
 from p2psync.onion.sealing import ONION_FRESHNESS_MS, ONION_REQUEST_ID, seal_request
 from p2psync.onion.service import OnionService, room_for_inner_reply
 from p2psync.opengroup.client import OpenGroupClient
@@ -323,6 +325,35 @@ def _answer_lost_once(handler: Any, lost: list[str]) -> Any:
         return result
 
     return serve
+
+
+async def test_a_path_whose_exit_keeps_its_answers_is_given_up(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exit of one of the device's paths answers the path's pings and never a request
+    (a hostile relay). A device polling every 10 s waits out an attempt's timeout on it
+    twice, then builds another path through another exit: of 20 polls 2 are slow (before,
+    every one after the first was, for the path's whole life: 39 of 40 in a review)."""
+    withholding: set[bytes] = set()
+    exit_done = RelayCore.exit_done
+
+    def keeps_its_answers(core: RelayCore, token: bytes, reply: bytes | None) -> Any:
+        if core.keys.public in withholding:
+            return []  # says nothing
+        return exit_done(core, token, reply)
+
+    monkeypatch.setattr(RelayCore, "exit_done", keeps_its_answers)
+    owner = Identity.from_label("alice")
+    async with _onion_network(Seen()) as onion:
+        withholding.add(onion.endpoint.paths[0].terminal.pubkey)
+        slow = 0
+        for _ in range(20):
+            asked = trio.current_time()
+            await onion.swarm.retrieve(owner, 0, None)
+            slow += trio.current_time() - asked > ONION_ATTEMPT_TIMEOUT_S / 2
+            await trio.sleep(10)
+        assert slow <= EXIT_UNANSWERED_TO_RETIRE
+        assert not any(path.terminal.pubkey in withholding for path in onion.endpoint.paths)
 
 
 async def test_a_signed_request_whose_answer_was_lost_goes_again_signed_anew(

@@ -336,6 +336,22 @@ def test_an_exit_request_goes_again_on_a_tried_path_only_when_none_is_being_buil
     assert h.core.exit_path(NOW, [first, second]) is building
 
 
+def test_a_path_whose_exit_leaves_requests_unanswered_twice_in_a_row_is_retired() -> None:
+    """An exit that answers its path's pings but never its requests: the second request
+    in a row it leaves with no answer retires the path (and the next builds avoid its
+    relays); an answer in between, a failure the exit reports included, starts again."""
+    h = Harness(paths=2)
+    path = h.built_path()
+    assert h.core.exit_unanswered(path) == []
+    h.core.exit_answered(path)
+    assert h.core.exit_unanswered(path) == []
+    assert path.usable(NOW)
+    assert h.core.exit_unanswered(path) == [PathsChanged()]
+    assert not path.usable(NOW) and h.core.exit_unanswered(path) == []
+    h.core.keep_paths(NOW)
+    assert path.terminal.pubkey not in {hop.pubkey for hop in h.core.choose_hops()}
+
+
 # --- cells in -----------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -264,9 +265,9 @@ def test_the_acceptor_opens_an_init_once_refuses_its_replays_before_any_key_work
     responded: list[bytes] = []
     respond = SessionCore.respond
 
-    def counting(local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
+    def counting(local: KeyPair, packet: bytes, now_ms: int, **admission: Any) -> SessionCore:
         responded.append(packet)
-        return respond(local, packet, now_ms)
+        return respond(local, packet, now_ms, **admission)
 
     monkeypatch.setattr(SessionCore, "respond", staticmethod(counting))
     acceptor = SessionAcceptor(BOB)
@@ -387,3 +388,15 @@ def test_a_session_holds_what_its_application_has_not_read_up_to_a_bound() -> No
             now += 10
         taken.append(b.take_received())
     assert taken == messages
+
+
+def test_the_acceptor_opens_no_session_from_a_key_it_does_not_admit() -> None:
+    """Refused once the INIT shows its sender's key: an authentic INIT from Alice opens
+    nothing while Bob admits Carol alone, and opens a session once he admits her."""
+    acceptor = SessionAcceptor(BOB, admits=lambda peer: peer == CAROL.public)
+    init = SessionCore.initiate(ALICE, BOB.public, 0).outgoing(0)[0]
+    refused = acceptor.accept(init, 0)
+    assert isinstance(refused, Refusal) and refused.why is Refused.NOT_ADMITTED
+    acceptor.admits = lambda peer: peer in (CAROL.public, ALICE.public)
+    opened = acceptor.accept(SessionCore.initiate(ALICE, BOB.public, 1).outgoing(1)[0], 1)
+    assert isinstance(opened, SessionCore) and opened.peer == ALICE.public

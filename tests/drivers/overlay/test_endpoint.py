@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -20,7 +21,7 @@ from overlay.endpoint import Endpoint, open_endpoint
 from overlay.keys import KeyPair
 from overlay.link import LinkProfile, MemoryNetwork, TcpTransport
 from overlay.relay import open_relays
-from overlay.session import SessionCore
+from overlay.session import SessionCore, SessionError
 from overlay.session_driver import Session, SessionClosed
 
 SECRET = bytes(range(32))
@@ -324,8 +325,8 @@ async def test_a_replayed_init_opens_no_session(
     inits: list[bytes] = []
     respond = SessionCore.respond
 
-    def recording(local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
-        core = respond(local, packet, now_ms)
+    def recording(local: KeyPair, packet: bytes, now_ms: int, **admission: Any) -> SessionCore:
+        core = respond(local, packet, now_ms, **admission)
         inits.append(packet)  # only INITs that open a session, not stray packets
         return core
 
@@ -345,6 +346,30 @@ async def test_a_replayed_init_opens_no_session(
         await trio.sleep(SESSION_INIT_FRESHNESS_MS / 1000)
         bob.deliver_packet(init)
         assert bob.stats.inits_stale == 1
+        assert bob.stats.sessions_accepted == 1 and bob.session_count == 0
+
+
+async def test_an_endpoint_takes_sessions_only_from_the_peers_it_admits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Bob takes sessions from Alice and Carol: Alice connects. Then from Carol alone:
+    Alice's INITs open nothing (refused once they show her key, and counted), and her
+    connect fails."""
+    network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
+    carol = KeyPair.from_seed(b"\x0c" * 32).public
+    async with ready_pair(network, 10, seed=4, endpoint_seeds=(1, 2)) as (alice, bob, _):
+        bob.accept_only(lambda peer: peer in (carol, alice.public_key))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo_one, bob)
+            async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                await exchange(session, 2)
+        assert bob.stats.sessions_accepted == 1 and bob.stats.inits_refused == 0
+        await until_no_sessions(bob, limit_s=60)
+        bob.accept_only(lambda peer: peer == carol)
+        with pytest.raises(SessionError, match="handshake timed out"):
+            async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                await session.send(b"let me in")
+        assert bob.stats.inits_refused >= 1
         assert bob.stats.sessions_accepted == 1 and bob.session_count == 0
 
 
