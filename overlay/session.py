@@ -246,6 +246,13 @@ def freshest_intro(intros: Sequence[Intro]) -> Intro:
     return max(intros, key=lambda intro: intro.expiry_ms)
 
 
+def intros_to_try(intros: Sequence[Intro]) -> list[Intro]:
+    """A peer's intros in the order to try them, the freshest first: one whose relay
+    keeps what it should deliver answers its own path's pings all the same, so a
+    handshake that gets no answer at one is tried at the next."""
+    return sorted(intros, key=lambda intro: intro.expiry_ms, reverse=True)
+
+
 class SessionCore:
     """One end of a session. Construct with :meth:`initiate` or :meth:`respond`."""
 
@@ -439,14 +446,14 @@ class SessionCore:
         return True
 
     def found_intros(self, intros: Sequence[Intro]) -> bool:
-        """The peer's introset, as a look-up found it: move to its freshest intro if that
-        is not where we send now (:meth:`peer_moved`). True if it moved."""
-        if not intros:
+        """The peer's introset, as a look-up found it while stalled: move to its freshest
+        intro (:meth:`peer_moved`), or, if that is where we send now and stall, to its
+        freshest other one (an intro relay that keeps what it should deliver still answers
+        its path's pings, so its path lives on). True if it moved."""
+        others = [intro for intro in intros if intro != self.peer_intro]
+        if not others:
             return False
-        fresh = freshest_intro(intros)
-        if fresh == self.peer_intro:
-            return False
-        self.peer_moved(fresh)
+        self.peer_moved(freshest_intro(others))
         return True
 
     def peer_moved(self, intro: Intro) -> None:

@@ -36,7 +36,7 @@ from .session import (
     SessionCore,
     SessionError,
     SessionState,
-    freshest_intro,
+    intros_to_try,
     packet_session_id,
 )
 
@@ -312,6 +312,26 @@ class Sessions:
                     session._wake_driver()
                 return
 
+    async def _handshake(
+        self, peer: bytes, intros: list[Intro], shared_secret: bytes | None
+    ) -> Session:
+        """A session to ``peer``, open: its handshake tried at each of ``intros`` in turn
+        until one answers (the last one's failure raised)."""
+        for attempt, intro in enumerate(intros, 1):
+            core = SessionCore.initiate(self._keys, peer, self._clock.now_ms())
+            core.peer_intro = intro
+            session = self._start_session(core)
+            session._secret = shared_secret
+            self.stats.sessions_opened += 1
+            try:
+                await session._wait_open()
+            except SessionError:
+                if attempt == len(intros):
+                    raise
+                continue
+            return session
+        raise NotPublished("peer has no live introset")
+
     @asynccontextmanager
     async def connect(
         self,
@@ -330,12 +350,7 @@ class Sessions:
             if not intros:
                 raise NotPublished("peer has no live introset")
         await self._ready()
-        core = SessionCore.initiate(self._keys, peer, self._clock.now_ms())
-        core.peer_intro = freshest_intro(intros)
-        session = self._start_session(core)
-        session._secret = shared_secret
-        self.stats.sessions_opened += 1
-        await session._wait_open()
+        session = await self._handshake(peer, intros_to_try(intros), shared_secret)
         try:
             yield session
         except BaseException:

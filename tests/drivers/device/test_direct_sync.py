@@ -307,8 +307,8 @@ async def test_a_replayed_init_does_not_displace_the_live_session(
     inits: list[tuple[bytes, bytes]] = []
     respond = SessionCore.respond
 
-    def recording(local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
-        core = respond(local, packet, now_ms)
+    def recording(local: KeyPair, packet: bytes, now_ms: int, **admission: Any) -> SessionCore:
+        core = respond(local, packet, now_ms, **admission)
         inits.append((local.public, packet))  # only INITs that open a session
         return core
 

@@ -18,6 +18,7 @@ from overlay.constants import (
     SESSION_INIT_FRESHNESS_MS,
 )
 from overlay.endpoint import Endpoint, open_endpoint
+from overlay.introset import Intro
 from overlay.keys import KeyPair
 from overlay.link import LinkProfile, MemoryNetwork, TcpTransport
 from overlay.relay import open_relays
@@ -371,6 +372,23 @@ async def test_an_endpoint_takes_sessions_only_from_the_peers_it_admits(
                 await session.send(b"let me in")
         assert bob.stats.inits_refused >= 1
         assert bob.stats.sessions_accepted == 1 and bob.session_count == 0
+
+
+async def test_a_handshake_unanswered_at_one_intro_is_tried_at_the_next(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Bob's freshest intro delivers nowhere (its relay keeps what it should hand on, or
+    the intro is gone): Alice's handshake there gets no answer, and she tries his next
+    one rather than failing (and dialling the same dead intro again)."""
+    network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
+    async with ready_pair(network, 10, seed=4, endpoint_seeds=(1, 2)) as (alice, bob, _):
+        [real, *_] = await alice.lookup(SECRET, bob.public_key)
+        nowhere = Intro(real.relay, bytes(len(real.intro_id)), real.expiry_ms + 60_000)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo_one, bob)
+            async with alice.connect(bob.public_key, intros=[real, nowhere]) as session:
+                await exchange(session, 2)
+        assert alice.stats.sessions_opened == 2 and bob.stats.sessions_accepted == 1
 
 
 async def test_a_goodbye_answering_the_peers_does_not_wait_for_a_peer_that_left(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -280,11 +281,13 @@ async def test_a_packet_that_breaks_its_handler_is_dropped_and_the_endpoint_goes
     respond = SessionCore.respond
     failures: list[int] = []
 
-    def respond_failing_once(local: KeyPair, packet: bytes, now_ms: int) -> SessionCore:
+    def respond_failing_once(
+        local: KeyPair, packet: bytes, now_ms: int, **admission: Any
+    ) -> SessionCore:
         if not failures:
             failures.append(now_ms)
             raise RuntimeError("a decoder bug")
-        return respond(local, packet, now_ms)
+        return respond(local, packet, now_ms, **admission)
 
     monkeypatch.setattr(SessionCore, "respond", staticmethod(respond_failing_once))
     network = MemoryNetwork(seed=9)
