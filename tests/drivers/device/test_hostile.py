@@ -75,6 +75,7 @@ from .helpers import (
     device,
     open_world,
     pair,
+    siblings_and_friend,
     start_pairing,
     stored_kinds,
     texts,
@@ -210,12 +211,8 @@ async def test_a_revoked_device_gets_nothing_more_over_direct_sync(
     restarted it: a device that ignored its revocation got every new message pushed)."""
     async with (
         open_world(relays=8) as network,
-        device(network, tmp_path, "phone", "mapped") as phone,
-        device(network, tmp_path, "desktop", "mapped") as desktop,
-        device(network, tmp_path, "bob", "mapped") as bob,
+        siblings_and_friend(network, tmp_path, "mapped") as (phone, desktop, bob),
     ):
-        await pair(phone, desktop)
-        await befriend(phone, bob)
         desktop_id = desktop.whoami().device_id
         await wait_until(lambda: phone.sync_status().connected_siblings == {desktop_id})
         await phone.pairing.revoke(desktop_id)
