@@ -4,7 +4,7 @@ often the side that does not dial says hello; which side keeps the session alive
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -41,6 +41,11 @@ class _Endpoint:
         self.failure = failure
         #: When each connect was asked for (trio time).
         self.connects: list[float] = []
+        #: Whose sessions the endpoint takes (set by ``accept_only``).
+        self.admits: Callable[[bytes], bool] = lambda peer: True
+
+    def accept_only(self, admits: Callable[[bytes], bool]) -> None:
+        self.admits = admits
 
     async def publish(self, shared_secret: bytes) -> int:
         return 1
@@ -90,6 +95,7 @@ async def test_a_device_waiting_to_leave_is_told_once_a_sibling_s_session_is_gon
             await told_twice.wait()
         nursery.cancel_scope.cancel()
     assert seen[:2] == [({"desktop"}, {"desktop"}), (set(), {"desktop"})]
+    assert endpoint.admits(SIBLING_KEY) and not endpoint.admits(HELLO_SIDE)
 
 
 async def _run(
