@@ -155,9 +155,8 @@ def _open_for_writing(path: str | Path) -> sqlite3.Connection:
     add_column_if_missing(db, "contacts", "name", "TEXT NOT NULL DEFAULT ''")
     add_column_if_missing(db, "cursors", "expiry", "INTEGER")  # from before
     add_column_if_missing(db, "deferred", "deferred_ms", "INTEGER")  # from before: no age
-    add_column_if_missing(
-        db, "deferred", "friends", "INTEGER NOT NULL DEFAULT 0"
-    )  # from before: strangers'
+    # From before shares: what a file kept waits with strangers'.
+    add_column_if_missing(db, "deferred", "friends", "INTEGER NOT NULL DEFAULT 0")
     return db
 
 
