@@ -31,6 +31,10 @@ Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
   that joined, and the overlay key its siblings reach it by.
 * ``sync_linked`` (ns 1): ``{"seed": bytes32, "statement": bytes}`` — the account's seed
   and its statement, from the primary to each secondary the statement retires.
+* ``sync_secret`` (ns 1): ``{"secret": bytes32}`` — a ``mapped`` primary's new siblings'
+  secret, made when it revokes a device and sealed to each device still paired, so the
+  revoked one (which knows the old secret) can no longer find its former siblings'
+  introsets or see when they are online. The envelope's date orders two of them.
 * ``pair_request`` (ns 2): ``{"mode": str, "device": sid, "overlay": bytes32, "name": str,
   "ts": uint, "request": bytes?}`` — ``device`` is the new device's own key, ``request``
   the signed :class:`~p2psync.mapping.PairingRequest` in ``mapped`` mode.
@@ -280,6 +284,13 @@ class LinkedHandOver:
 
 
 @dataclass(frozen=True, slots=True)
+class SiblingsSecret:
+    """The siblings' new secret, from a ``mapped`` primary that revoked a device."""
+
+    secret: bytes = field(repr=False)  # whoever holds it sees when siblings are online
+
+
+@dataclass(frozen=True, slots=True)
 class PairChallenge:
     request_id: bytes
     nonce: bytes
@@ -310,6 +321,7 @@ Content = (
     | DeviceRevoked
     | AccountLinked
     | LinkedHandOver
+    | SiblingsSecret
     | SyncSent
     | ContactRecord
     | SiblingRecord
@@ -328,6 +340,7 @@ KIND_OF: dict[type, str] = {
     DeviceRevoked: "device_revoked",
     AccountLinked: "account_linked",
     LinkedHandOver: "sync_linked",
+    SiblingsSecret: "sync_secret",
     SyncSent: "sync_sent",
     ContactRecord: "sync_contact",
     SiblingRecord: "sync_sibling",
@@ -346,6 +359,7 @@ NAMESPACE_OF: dict[str, int] = {
     "device_revoked": NAMESPACE_MESSAGES,
     "account_linked": NAMESPACE_MESSAGES,
     "sync_linked": NAMESPACE_SYNC,
+    "sync_secret": NAMESPACE_SYNC,
     "sync_sent": NAMESPACE_SYNC,
     "sync_contact": NAMESPACE_SYNC,
     "sync_sibling": NAMESPACE_SYNC,
@@ -356,10 +370,11 @@ NAMESPACE_OF: dict[str, int] = {
 }
 
 
-#: Kinds whose stored copies outlive the device's TTL: a move to ``linked`` mode must reach
-#: a secondary or a friend that is away for days, so its records live as long as a swarm
-#: keeps anything.
-LONG_LIVED_KINDS = frozenset({"account_linked", "sync_linked"})
+#: Kinds whose stored copies outlive the device's TTL: a move to ``linked`` mode and a new
+#: siblings' secret must reach a secondary or a friend that is away for days (a sibling
+#: that missed the secret would never meet the others directly again), so their records
+#: live as long as a swarm keeps anything.
+LONG_LIVED_KINDS = frozenset({"account_linked", "sync_linked", "sync_secret"})
 
 
 def copy_ttl_ms(kind: str, namespace: int, default_ms: int, sync_sent_ms: int | None = None) -> int:
@@ -450,6 +465,8 @@ def encode_content(content: Content) -> tuple[str, bytes]:
             body = {"statement": statement}
         case LinkedHandOver(seed=seed, statement=statement):
             body = {"seed": seed, "statement": statement}
+        case SiblingsSecret(secret=secret):
+            body = {"secret": secret}
         case PairGrant(request_id=request_id, mapping=mapping, seed=seed, devices=devices):
             body = {
                 "request_id": request_id,
@@ -531,6 +548,9 @@ def decode_content(kind: str, body: bytes) -> Content:
             fields.blob("seed", size=SEED_BYTES),
             fields.blob("statement", max_len=MAX_STATEMENT_BYTES),
         )
+    if kind == "sync_secret":
+        fields.only("secret")
+        return SiblingsSecret(fields.blob("secret", size=SECRET_BYTES))
     if kind == "pair_challenge":
         fields.only("request_id", "nonce")
         return PairChallenge(
@@ -572,6 +592,7 @@ __all__ = [
     "PairRequest",
     "Profile",
     "SiblingRecord",
+    "SiblingsSecret",
     "SyncProfile",
     "SyncSent",
     "Text",

@@ -19,7 +19,7 @@ from overlay.endpoint_core import EntryShare, paths_possible
 
 from ..sync.records import Relays
 from .keys import siblings_secret
-from .local import Local
+from .local import SECRET_META, Local
 
 
 def siblings_secret_of(local: Local) -> bytes | None:
@@ -27,7 +27,7 @@ def siblings_secret_of(local: Local) -> bytes | None:
     pairing of a ``mapped`` device)."""
     if local.rules.derives_siblings_secret():
         return siblings_secret(local.identity.seed)
-    return local.store.get_meta("secret")
+    return local.store.get_meta(SECRET_META)
 
 
 class SiblingEntries:

@@ -38,6 +38,7 @@ from .content import (
     PairRequest,
     Profile,
     SiblingRecord,
+    SiblingsSecret,
     SyncProfile,
     SyncSent,
     Text,
@@ -111,6 +112,8 @@ class View(Protocol):
     def revoked_here_at_ms(self) -> int | None: ...  # when our primary unpaired this device
     @property
     def paired_at_ms(self) -> int: ...  # the mapping this device was paired by (0: none)
+    @property
+    def secret_at_ms(self) -> int: ...  # when the siblings' secret held was made (0: granted)
     def pairing(self, request_id: bytes) -> Pairing | None: ...
     def waiting_requests(self) -> list[Pairing]: ...  # pairing requests not answered here
     def requests_made_at(self, timestamp_ms: int) -> list[Pairing]: ...  # received, by time
@@ -220,6 +223,14 @@ class AddSibling:
 
 
 @dataclass(frozen=True, slots=True)
+class AdoptSecret:
+    """Meet siblings by ``secret``, made by the primary at ``at_ms``, from now on."""
+
+    secret: bytes = field(repr=False)
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class SetDisplayName:
     """A sibling changed the user's own display name at ``at_ms``."""
 
@@ -281,6 +292,7 @@ Effect = (
     | DeleteSyncCopy
     | Covered
     | AddSibling
+    | AdoptSecret
     | SetDisplayName
     | SendChallenge
     | SendDecline
@@ -409,6 +421,8 @@ class _Decision:
                 return self.account_linked(linked)
             case LinkedHandOver() as hand_over:
                 return self.linked_hand_over(hand_over)
+            case SiblingsSecret() as secret:
+                return self.siblings_secret(secret)
             case SyncSent() as sent:
                 return self.sync_sent(sent)
             case SiblingRecord() as sibling:
@@ -676,6 +690,21 @@ class _Decision:
         if Identity(hand_over.seed).session_id != view.user_id:
             raise _Refused("the handed-over identity is not the account's")
         return [AdoptAccount(hand_over.seed, hand_over.statement)]
+
+    def siblings_secret(self, secret: SiblingsSecret) -> list[Effect]:
+        """The primary revoked a device and made the siblings a new secret. Only the
+        primary makes one (a sibling's word would let one sibling cut the others apart);
+        the newest wins, and none older than this device's pairing, whose grant carried
+        the secret of its day (a device paired again may still find one sent to it
+        before its revocation)."""
+        view, item = self.view, self.item
+        if item.device != view.user_id or view.device_id == view.user_id:
+            raise _Refused("a siblings' secret not from this device's primary")
+        if view.rules.derives_siblings_secret():
+            return []  # sent before the move to linked: the account's seed gives it now
+        if item.timestamp_ms <= max(view.secret_at_ms, view.paired_at_ms):
+            raise _AppliedAlready
+        return [AdoptSecret(secret.secret, item.timestamp_ms)]
 
     def sync_sent(self, sent: SyncSent) -> list[Effect]:
         self.check_sibling()

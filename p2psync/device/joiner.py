@@ -24,7 +24,7 @@ from ..wire import encode_cbor
 from .content import PairGrant, PairRequest, encode_content
 from .friends import ContactState
 from .inbound import pairing_details
-from .local import PAIRED_AT_META, Local
+from .local import PAIRED_AT_META, SECRET_META, Local
 from .pairer import move_pairing
 from .pairing import (
     ASKED,
@@ -211,7 +211,7 @@ class Joiner:
                 paired_at_ms = DeviceMapping.from_bytes(grant.mapping).timestamp_ms
                 store.set_meta(PAIRED_AT_META, str(paired_at_ms).encode())
             move_pairing(self._store, pairing, PairingEvent.GRANT_RECEIVED)
-            store.set_meta("secret", grant.secret)
+            store.set_meta(SECRET_META, grant.secret)
             for sibling in grant.devices:
                 if sibling.device != self._local.device_id:
                     store.add_sibling(sibling.device, sibling.name, sibling.overlay)

@@ -58,6 +58,10 @@ REVOKED_HERE_META = "revoked_here"
 #: When the primary signed the mapping this device was paired by (``mapped`` mode): a
 #: revocation dated before it is of an earlier pairing.
 PAIRED_AT_META = "paired_at_ms"
+#: What siblings find each other's introsets by (``mapped`` mode; ``linked`` derives it),
+#: and when the primary made the one held (absent: the one the pairing grant carried).
+SECRET_META = "secret"
+SECRET_AT_META = "secret_at_ms"
 #: Where the registry's listing is kept between starts (its signed announcements).
 REGISTRY_LISTING_META = "registry_listing"
 #: Where the user's own display name is kept.
@@ -212,6 +216,10 @@ class Local:
     @property
     def paired_at_ms(self) -> int:
         return int(self.store.get_meta(PAIRED_AT_META) or b"0")
+
+    @property
+    def secret_at_ms(self) -> int:
+        return int(self.store.get_meta(SECRET_AT_META) or b"0")
 
     @property
     def device_id(self) -> str:

@@ -35,6 +35,7 @@ from .content import (
     PairDecline,
     PairGrant,
     SiblingRecord,
+    SiblingsSecret,
     encode_content,
 )
 from .friends import friends_among
@@ -310,7 +311,9 @@ class Pairer:
         """On the primary (``mapped``): unpair ``device``; senders stop reaching it once
         their cached device list expires, this device stops syncing to it at once, the
         other siblings once the revocation reaches them, and the device itself, told too,
-        stops acting for the user (:attr:`~.values.Whoami.revoked_at_ms`)."""
+        stops acting for the user (:attr:`~.values.Whoami.revoked_at_ms`). The siblings
+        meet by a new secret from now on (each once it reads it), which the device
+        never learns."""
         refusal = revoke_refusal(
             device,
             mode_refusal=self._local.rules.can_revoke(),
@@ -341,6 +344,12 @@ class Pairer:
             self._local.queue_copies(
                 DeviceRevoked(revocation.to_bytes()), [device], revocation.timestamp_ms, None
             )
+            # The siblings meet by a secret the device knows: they meet by a new one.
+            secret = self._siblings.make_secret(revocation.timestamp_ms)
+            if siblings := list(self._store.siblings()):
+                self._local.queue_copies(
+                    SiblingsSecret(secret), siblings, revocation.timestamp_ms, None
+                )
         self._outbox.forget(self._local.user_id)
         self._siblings.restart()  # the running sync still holds the device's session
         self._local.wake_outbox()

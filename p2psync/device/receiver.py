@@ -25,6 +25,7 @@ from .inbound import (
     AddSibling,
     AdoptAccount,
     AdoptGrant,
+    AdoptSecret,
     Befriend,
     Covered,
     Defer,
@@ -278,6 +279,10 @@ class Receiver:
                     local.wake_outbox()
                 case Covered(message_id=message_id):
                     self._siblings.covered(message_id)
+                case AdoptSecret(secret=secret, at_ms=at_ms):
+                    with store.transaction():
+                        self._siblings.adopt_secret(secret, at_ms)
+                    self._siblings.restart()  # meet them by it
                 case AddSibling(record=sibling):
                     store.add_sibling(sibling.device, sibling.name, sibling.overlay)
                     self._siblings.restart()  # sync with the new sibling too

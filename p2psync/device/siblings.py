@@ -26,7 +26,7 @@ from ..sync.live import Item, LiveSync
 from ..sync.records import Relays
 from ..sync.syncer import DELIVER_BEFORE_LEAVING_S, SiblingSync
 from .access import NetworkAccess
-from .content import HistoryRecord, SyncSent
+from .content import SECRET_BYTES, HistoryRecord, SyncSent
 from .entry_relays import (
     SiblingEntries,
     learn_from_sibling,
@@ -34,7 +34,7 @@ from .entry_relays import (
     siblings_secret_of,
 )
 from .keys import choice_seed, overlay_seed
-from .local import Local
+from .local import SECRET_AT_META, SECRET_META, Local
 from .relay_listing import ReadAgain, keep_relays_current
 from .rows import Pending
 from .sibling_rules import (
@@ -94,9 +94,24 @@ class SiblingHandler:
         """The secret, made now if this is the first sibling."""
         secret = self.secret()
         if secret is None:
-            secret = nacl.utils.random(32)
-            self._local.store.set_meta("secret", secret)
+            secret = nacl.utils.random(SECRET_BYTES)
+            self._local.store.set_meta(SECRET_META, secret)
         return secret
+
+    def make_secret(self, at_ms: int) -> bytes:
+        """A new secret, made at ``at_ms`` (inside a transaction; restart afterwards):
+        a revoked device knows the old one, by which it could go on finding the
+        siblings' introsets and so see when each is online."""
+        secret = nacl.utils.random(SECRET_BYTES)
+        self.adopt_secret(secret, at_ms)
+        return secret
+
+    def adopt_secret(self, secret: bytes, at_ms: int) -> None:
+        """Meet siblings by ``secret`` from now on (inside a transaction; restart
+        afterwards)."""
+        store = self._local.store
+        store.set_meta(SECRET_META, secret)
+        store.set_meta(SECRET_AT_META, str(at_ms).encode())
 
     def share(self, digest: bytes, record: HistoryRecord, *, inbound: bool) -> None:
         """Hand a filed message to live sync (inside the transaction that filed it)."""

@@ -25,6 +25,7 @@ def test_only_a_sent_messages_sync_copy_takes_the_sync_copy_ttl() -> None:
     assert copy_ttl_ms("text", NAMESPACE_MESSAGES, DEFAULT_TTL_MS, six) == DEFAULT_TTL_MS
     assert copy_ttl_ms("sync_contact", NAMESPACE_SYNC, DEFAULT_TTL_MS, six) == DEFAULT_TTL_MS
     assert copy_ttl_ms("sync_linked", NAMESPACE_SYNC, DEFAULT_TTL_MS, six) == MAX_TTL_MS
+    assert copy_ttl_ms("sync_secret", NAMESPACE_SYNC, DEFAULT_TTL_MS, six) == MAX_TTL_MS
     assert copy_ttl_ms("pair_grant", NAMESPACE_CONTROL, DEFAULT_TTL_MS, six) == PAIRING_WINDOW_MS
 
 

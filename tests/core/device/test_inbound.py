@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+import pytest
+
 from p2psync.device.content import (
     NAMESPACE_OF,
     ContactRecord,
@@ -18,8 +20,10 @@ from p2psync.device.content import (
     PairGrant,
     PairRequest,
     SiblingRecord,
+    SiblingsSecret,
     SyncSent,
     Text,
+    decode_content,
     encode_content,
 )
 from p2psync.device.friends import ContactState
@@ -28,6 +32,7 @@ from p2psync.device.inbound import (
     PENDING_MESSAGES,
     AddSibling,
     AdoptGrant,
+    AdoptSecret,
     Befriend,
     Covered,
     Defer,
@@ -53,6 +58,7 @@ from p2psync.device.migration import LinkedStatement
 from p2psync.device.modes import RULES, Mode, Rules
 from p2psync.device.pairing import WAITING_HERE, PairingBudget, PairingState
 from p2psync.device.rows import Contact, Pairing
+from p2psync.errors import DecodeError
 from p2psync.identity import Identity
 from p2psync.mapping import PAIRING_WINDOW_MS, revoke_pairing
 from p2psync.swarm.constants import NAMESPACE_SYNC
@@ -84,6 +90,7 @@ class Known:
     revoked: dict[tuple[str, str], int] = field(default_factory=dict)
     revoked_here_at_ms: int | None = None
     paired_at_ms: int = 0
+    secret_at_ms: int = 0
     friend_moves: dict[str, LinkedStatement] = field(default_factory=dict)
     received: dict[str, int] = field(default_factory=dict)
 
@@ -368,6 +375,37 @@ def test_our_primarys_revocation_of_this_device_is_taken_once_and_only_in_mapped
     linked = Known(mode=Mode.LINKED, user_id=PRIMARY.session_id)
     [refused] = run(linked, inbound(DeviceRevoked(mine.to_bytes()), PRIMARY))
     assert isinstance(refused, Reject) and "new identity" in refused.reason
+
+
+def test_a_new_siblings_secret_is_taken_from_the_primary_alone_and_the_newest_wins() -> None:
+    """After a revocation the primary makes the siblings a secret the revoked device
+    does not know. A sibling cannot (it would cut the others apart); an older one than
+    held, or than this device's pairing (whose grant carried the secret of its day),
+    changes nothing; a primary reads none; after a move to ``linked`` the account's
+    seed gives the secret, and a late one is let be."""
+    new = SiblingsSecret(bytes(range(1, 33)))
+    assert run(mapped_secondary(), inbound(new, PRIMARY, at=NOW - 5)) == [
+        AdoptSecret(new.secret, NOW - 5)
+    ]
+    [forged] = run(mapped_secondary(), inbound(new, SIBLING))
+    assert isinstance(forged, Reject) and "not from this device's primary" in forged.reason
+    [own] = run(mapped_secondary(device_id=PRIMARY.session_id), inbound(new, PRIMARY))
+    assert isinstance(own, Reject)
+    for older in (mapped_secondary(secret_at_ms=NOW - 5), mapped_secondary(paired_at_ms=NOW - 5)):
+        assert run(older, inbound(new, PRIMARY, at=NOW - 5)) == []
+        assert run(older, inbound(new, PRIMARY, at=NOW - 4)) == [AdoptSecret(new.secret, NOW - 4)]
+    moved = Known(mode=Mode.LINKED, user_id=PRIMARY.session_id)
+    assert run(moved, inbound(new, PRIMARY)) == []
+
+
+def test_a_siblings_secret_decodes_to_itself_and_nothing_else() -> None:
+    new = SiblingsSecret(bytes(range(1, 33)))
+    kind, body = encode_content(new)
+    assert (kind, decode_content(kind, body)) == ("sync_secret", new)
+    assert repr(new) == "SiblingsSecret()"
+    for bad in ({"secret": bytes(31)}, {"secret": bytes(32), "more": 1}, {}):
+        with pytest.raises(DecodeError):
+            decode_content(kind, encode_cbor(bad))
 
 
 def test_a_friends_revocation_is_kept_whatever_device_it_names() -> None:

@@ -4,7 +4,7 @@ and the device goes on working."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -16,6 +16,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlay.constants import INTROSET_LIFETIME_MS
 from p2psync.clock import TEST_EPOCH_MS, Clock
 from p2psync.device import store as device_store
 from p2psync.device.content import (
@@ -31,9 +32,10 @@ from p2psync.device.content import (
     decode_content,
     encode_content,
 )
-from p2psync.device.device import Device, PairingError
+from p2psync.device.device import STORE_FILE, Device, PairingError
 from p2psync.device.friends import ContactState
 from p2psync.device.inbound import MAX_AHEAD_MS, PENDING_MESSAGES
+from p2psync.device.keys import overlay_public
 from p2psync.device.modes import Mode
 from p2psync.device.pairing import (
     ANSWERS_PER_LISTING,
@@ -44,6 +46,7 @@ from p2psync.device.pairing import (
     REQUESTS_PER_KEY,
     pairing_code,
 )
+from p2psync.device.store import DeviceStore
 from p2psync.envelope import MAX_TIMESTAMP_MS, Envelope, open_envelope, seal_envelope
 from p2psync.errors import DecodeError, RpcError
 from p2psync.fileserver.client import CALL_TIMEOUT_S, open_fileserver_client
@@ -68,6 +71,7 @@ from p2psync.swarm.messages import StoreBatchReply
 from p2psync.wire import Fields
 
 from ..swarm.helpers import wait_until
+from .conftest import SyncEndpoints
 from .helpers import (
     QUIET,
     accept_pairing,
@@ -221,6 +225,38 @@ async def test_a_revoked_device_gets_nothing_more_over_direct_sync(
         assert phone.sync_status().connected_siblings == frozenset()
         await trio.sleep(60)
         assert texts(desktop, bob.session_id) == []
+
+
+async def test_a_revoked_device_no_longer_finds_its_former_siblings(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, sync_endpoints: SyncEndpoints
+) -> None:
+    """Siblings find each other's introsets by their secret, and a revoked device knows
+    it: with it, a device ignoring its revocation would go on seeing when each sibling
+    is online. The primary makes the devices still paired a new one; once what was
+    published under the old one expires, the old secret finds nobody, while the phone
+    and the tablet meet directly by the new one."""
+    async with (
+        open_world(relays=8) as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "desktop", "mapped") as desktop,
+        device(network, tmp_path, "tablet", "mapped") as tablet,
+    ):
+        await pair(phone, desktop)
+        await pair(phone, tablet)
+        siblings = {desktop.whoami().device_id, tablet.whoami().device_id}
+        await wait_until(lambda: phone.sync_status().connected_siblings == siblings)
+        with closing(DeviceStore(tmp_path / "desktop" / STORE_FILE, read_only=True)) as store:
+            old_secret = store.get_meta("secret")
+        assert old_secret is not None
+        tablet_key = overlay_public(Identity.from_label("device/tablet").seed)
+        phone_key = overlay_public(Identity.from_label("device/phone").seed)
+        assert await sync_endpoints[tablet_key].lookup(old_secret, phone_key)
+
+        await phone.pairing.revoke(desktop.whoami().device_id)
+        await trio.sleep(INTROSET_LIFETIME_MS / 1000 + 60)
+        assert phone.sync_status().connected_siblings == {tablet.whoami().device_id}
+        for owner in (phone_key, tablet_key):
+            assert await sync_endpoints[tablet_key].lookup(old_secret, owner) == []
 
 
 async def test_a_post_from_an_unmapped_key_is_refused(
