@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from overlay.constants import (
     DEFAULT_PATH_LIFETIME_MS,
     INTROSET_LIFETIME_MS,
     INTROSET_REPLICAS,
+    MAX_SESSIONS_PER_PEER,
     SESSION_INIT_FRESHNESS_MS,
 )
 from overlay.endpoint import Endpoint, open_endpoint
@@ -372,6 +373,81 @@ async def test_an_endpoint_takes_sessions_only_from_the_peers_it_admits(
                 await session.send(b"let me in")
         assert bob.stats.inits_refused >= 1
         assert bob.stats.sessions_accepted == 1 and bob.session_count == 0
+
+
+async def test_one_peer_holds_a_few_sessions_open_at_most(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Alice, whom Bob admits, opens session after session and never closes one: while
+    she holds ``MAX_SESSIONS_PER_PEER`` open her next INIT is refused, so no one key fills
+    the queue of sessions Bob has not taken yet (a sibling's burst closed the session the
+    queue could not hold), nor his sessions; once hers end she opens one again."""
+    network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
+    async with (
+        ready_pair(network, 10, seed=4, endpoint_seeds=(1, 2)) as (alice, bob, _),
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(serve_each, bob)
+        async with AsyncExitStack() as held:
+            for _ in range(MAX_SESSIONS_PER_PEER):
+                await held.enter_async_context(alice.connect(bob.public_key, shared_secret=SECRET))
+            with pytest.raises(SessionError, match="handshake timed out"):
+                async with alice.connect(bob.public_key, shared_secret=SECRET):
+                    pass
+            assert bob.stats.inits_refused >= 1
+            assert bob.session_count == MAX_SESSIONS_PER_PEER
+        await until_no_sessions(bob, limit_s=60)
+        async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+            await exchange(session, 2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_endpoint_holds_so_many_sessions_open_at_most(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``MAX_OPEN_SESSIONS`` (3 here) an INIT is refused, whoever sends it: Carol,
+    with no session of her own yet, is refused while Alice holds Bob's three."""
+    monkeypatch.setattr("overlay.session_driver.MAX_OPEN_SESSIONS", 3)
+    network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
+    clock = Clock(TEST_EPOCH_MS)
+    async with open_relays(network, 10, clock=clock, seed=4) as relays:
+        directory = [r.contact for r in relays]
+        async with (
+            open_endpoint(ALICE, network, directory, clock=clock, seed=1) as alice,
+            open_endpoint(BOB, network, directory, clock=clock, seed=2) as bob,
+            open_endpoint(b"\x0c" * 32, network, directory, clock=clock, seed=3) as carol,
+            trio.open_nursery() as nursery,
+        ):
+            for endpoint in (alice, bob, carol):
+                await endpoint.wait_ready(2)
+            await bob.publish(SECRET)
+            nursery.start_soon(serve_each, bob)
+            async with AsyncExitStack() as held:
+                for _ in range(3):
+                    await held.enter_async_context(
+                        alice.connect(bob.public_key, shared_secret=SECRET)
+                    )
+                with pytest.raises(SessionError, match="handshake timed out"):
+                    async with carol.connect(bob.public_key, shared_secret=SECRET):
+                        pass
+                assert bob.session_count == 3 and bob.stats.inits_refused >= 1
+            await until_no_sessions(bob, limit_s=60)
+            async with carol.connect(bob.public_key, shared_secret=SECRET) as session:
+                await exchange(session, 2)
+            nursery.cancel_scope.cancel()
+
+
+async def serve_each(bob: Endpoint) -> None:
+    """Echo every session ``bob`` accepts, each until it closes."""
+
+    async def echo(session: Session) -> None:
+        async for message in session:
+            await session.send(b"echo:" + message[:10])
+        await session.aclose()
+
+    async with trio.open_nursery() as nursery:
+        async for session in bob.sessions():
+            nursery.start_soon(echo, session)
 
 
 async def test_a_handshake_unanswered_at_one_intro_is_tried_at_the_next(
