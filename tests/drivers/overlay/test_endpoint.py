@@ -106,17 +106,33 @@ async def ready_pair(
 ) -> AsyncIterator[tuple[Endpoint, Endpoint, Clock]]:
     """``relays`` relays on ``network`` and Alice's and Bob's endpoints, both with their
     paths built and Bob's introset published under ``SECRET``."""
+    keys = [(ALICE, endpoint_seeds[0]), (BOB, endpoint_seeds[1])]
+    async with ready_endpoints(network, relays, seed=seed, keys=keys) as ([alice, bob], clock):
+        yield alice, bob, clock
+
+
+@asynccontextmanager
+async def ready_endpoints(
+    network: MemoryNetwork, relays: int, *, seed: int, keys: list[tuple[bytes, int]]
+) -> AsyncIterator[tuple[list[Endpoint], Clock]]:
+    """``relays`` relays on ``network`` and an endpoint per key (with its seed), each with
+    its paths built; the second is Bob's, whose introset is published under ``SECRET``."""
     clock = Clock(TEST_EPOCH_MS)
-    async with open_relays(network, relays, clock=clock, seed=seed) as infos:
+    async with (
+        open_relays(network, relays, clock=clock, seed=seed) as infos,
+        AsyncExitStack() as stack,
+    ):
         directory = [r.contact for r in infos]
-        async with (
-            open_endpoint(ALICE, network, directory, clock=clock, seed=endpoint_seeds[0]) as alice,
-            open_endpoint(BOB, network, directory, clock=clock, seed=endpoint_seeds[1]) as bob,
-        ):
-            await alice.wait_ready(2)
-            await bob.wait_ready(2)
-            await bob.publish(SECRET)
-            yield alice, bob, clock
+        endpoints = [
+            await stack.enter_async_context(
+                open_endpoint(key, network, directory, clock=clock, seed=endpoint_seed)
+            )
+            for key, endpoint_seed in keys
+        ]
+        for endpoint in endpoints:
+            await endpoint.wait_ready(2)
+        await endpoints[1].publish(SECRET)
+        yield endpoints, clock
 
 
 async def test_dead_relay_is_routed_around(autojump_clock: trio.testing.MockClock) -> None:
@@ -409,32 +425,23 @@ async def test_an_endpoint_holds_so_many_sessions_open_at_most(
     with no session of her own yet, is refused while Alice holds Bob's three."""
     monkeypatch.setattr("overlay.session_driver.MAX_OPEN_SESSIONS", 3)
     network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
-    clock = Clock(TEST_EPOCH_MS)
-    async with open_relays(network, 10, clock=clock, seed=4) as relays:
-        directory = [r.contact for r in relays]
-        async with (
-            open_endpoint(ALICE, network, directory, clock=clock, seed=1) as alice,
-            open_endpoint(BOB, network, directory, clock=clock, seed=2) as bob,
-            open_endpoint(b"\x0c" * 32, network, directory, clock=clock, seed=3) as carol,
-            trio.open_nursery() as nursery,
-        ):
-            for endpoint in (alice, bob, carol):
-                await endpoint.wait_ready(2)
-            await bob.publish(SECRET)
-            nursery.start_soon(serve_each, bob)
-            async with AsyncExitStack() as held:
-                for _ in range(3):
-                    await held.enter_async_context(
-                        alice.connect(bob.public_key, shared_secret=SECRET)
-                    )
-                with pytest.raises(SessionError, match="handshake timed out"):
-                    async with carol.connect(bob.public_key, shared_secret=SECRET):
-                        pass
-                assert bob.session_count == 3 and bob.stats.inits_refused >= 1
-            await until_no_sessions(bob, limit_s=60)
-            async with carol.connect(bob.public_key, shared_secret=SECRET) as session:
-                await exchange(session, 2)
-            nursery.cancel_scope.cancel()
+    keys = [(ALICE, 1), (BOB, 2), (b"\x0c" * 32, 3)]
+    async with (
+        ready_endpoints(network, 10, seed=4, keys=keys) as ([alice, bob, carol], _),
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(serve_each, bob)
+        async with AsyncExitStack() as held:
+            for _ in range(3):
+                await held.enter_async_context(alice.connect(bob.public_key, shared_secret=SECRET))
+            with pytest.raises(SessionError, match="handshake timed out"):
+                async with carol.connect(bob.public_key, shared_secret=SECRET):
+                    pass
+            assert bob.session_count == 3 and bob.stats.inits_refused >= 1
+        await until_no_sessions(bob, limit_s=60)
+        async with carol.connect(bob.public_key, shared_secret=SECRET) as session:
+            await exchange(session, 2)
+        nursery.cancel_scope.cancel()
 
 
 async def serve_each(bob: Endpoint) -> None:
