@@ -140,6 +140,22 @@ EXIT_TIMEOUT_MS = 10_000
 #: Exit requests in a row a path's exit leaves with no answer at all before the endpoint
 #: retires the path (an exit reports a server it cannot reach: that is an answer).
 EXIT_UNANSWERED_TO_RETIRE = 2
+#: An endpoint that publishes an introset tests one of its own intros end to end every
+#: this many path-ping intervals (15 s at the default pings): a probe, shaped as a
+#: session's acknowledgement, sent to the intro through another of its paths. A relay
+#: that answers its path's pings and keeps what it should deliver to the intro it hosts
+#: looks healthy to pings alone, while every packet its siblings send there is lost.
+INTRO_PROBE_PINGS = 3
+#: How long a probe has to come back before it counts as unanswered (a round trip is two
+#: paths and one hop between relays; a ping's time-out covers one path).
+INTRO_PROBE_TIMEOUT_MS = 5_000
+#: Probes in a row an intro leaves unanswered before its path is retired (the second is
+#: sent as soon as the first times out, through the next of the other paths).
+INTRO_PROBES_UNANSWERED_TO_RETIRE = 2
+#: Paths retired for their intros at most, per path lifetime: a relay that keeps probes
+#: alone (or the terminal of the path probes leave by) cannot make the endpoint replace
+#: its paths more often than that.
+INTRO_RETIREMENTS_PER_LIFETIME = 2
 #: Exit requests one path may have under way at once (reassembling or at the server);
 #: past it a new one is refused, so one owner cannot take a relay's whole share.
 EXIT_MAX_PER_PATH = 8

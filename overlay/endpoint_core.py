@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 
@@ -22,6 +23,10 @@ from .cells import CellError, CellKind, decode_cell
 from .constants import (
     DHT_REQUEST_TIMEOUT_MS,
     EXIT_UNANSWERED_TO_RETIRE,
+    INTRO_PROBE_PINGS,
+    INTRO_PROBE_TIMEOUT_MS,
+    INTRO_PROBES_UNANSWERED_TO_RETIRE,
+    INTRO_RETIREMENTS_PER_LIFETIME,
     INTROSET_LIFETIME_MS,
     INTROSET_MAX_INTROS,
     MAX_HOPS,
@@ -44,9 +49,11 @@ from .payloads import (
     PathPayload,
     Ping,
     Pong,
+    Transfer,
     decode_payload,
     exit_fragments,
 )
+from .session import probe_packet
 
 #: Random bytes that start a measuring ping's echo, so its pong is told from any other.
 PING_TOKEN_BYTES = 8
@@ -229,6 +236,16 @@ class Question:
     deadline_ms: int | None
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """A probe of ``target``'s intro under way: ``packet`` should come back down
+    ``target`` by ``deadline_ms``."""
+
+    packet: bytes
+    target: Path
+    deadline_ms: int
+
+
 @dataclass
 class _DhtWait:
     deadline_ms: int
@@ -312,8 +329,10 @@ class EndpointCore:
         #: First hops whose link broke under a live path, until a path through one is
         #: built again: with an entry filter, the entries tried last.
         self._lost_entries: set[bytes] = set()
-        #: Exits of paths retired for leaving requests unanswered, until one answers.
-        self._unanswering: set[bytes] = set()
+        #: Terminals of paths retired for keeping what they should pass on (exit replies,
+        #: what is sent to their intro), until one passes something on: the next paths
+        #: end elsewhere while they can.
+        self._withholding: set[bytes] = set()
         self._next_path = 0
         #: The echoes of the pings awaiting their pongs.
         self._pings: set[bytes] = set()
@@ -323,6 +342,11 @@ class EndpointCore:
         #: The intro siblings pick of those last published (None: none published yet).
         self._published_intro: bytes | None = None
         self._republish_at_ms = now_ms + republish_ms
+        self._probe_interval_ms = ping_interval_ms * INTRO_PROBE_PINGS
+        self._probe: _Probe | None = None
+        self._probe_at_ms = now_ms + self._probe_interval_ms
+        #: When paths were retired for their intros, within the last path lifetime.
+        self._intro_retirements: deque[int] = deque()
 
     # --- paths ---------------------------------------------------------------------------
 
@@ -345,7 +369,7 @@ class EndpointCore:
         self._entries = entries
         self._avoid &= directory.keys()
         self._lost_entries &= directory.keys()
-        self._unanswering &= directory.keys()
+        self._withholding &= directory.keys()
         return True
 
     @property
@@ -364,7 +388,7 @@ class EndpointCore:
             raise RuntimeError(f"{self._hops} hops need at least {self._hops} relays")
         entries = self._admitted()
         if entries is None:
-            return self._exit_that_answers(self._rng.sample(pool, self._hops), pool)
+            return self._terminal_that_passes_on(self._rng.sample(pool, self._hops), pool)
         # The filter is never overridden (a relay it refuses may be a sibling's entry).
         # With every admitted relay on the path that died, its first hop is tried first
         # if its link held (the fault lay further on), one whose link broke last.
@@ -379,15 +403,15 @@ class EndpointCore:
         rest = [c for c in pool if c is not entry]
         if len(rest) < self._hops - 1:
             rest = [c for c in relays if c is not entry]
-        return self._exit_that_answers([entry, *self._rng.sample(rest, self._hops - 1)], rest)
+        return self._terminal_that_passes_on([entry, *self._rng.sample(rest, self._hops - 1)], rest)
 
-    def _exit_that_answers(self, hops: list[Contact], others: list[Contact]) -> list[Contact]:
-        """``hops``, unless their exit (the last) left requests unanswered and one of
-        ``others`` off the path has not: that one instead (in a small listing the relays
-        to avoid leave too few to choose from, and the same exit came back)."""
-        if hops[-1].pubkey not in self._unanswering:
+    def _terminal_that_passes_on(self, hops: list[Contact], others: list[Contact]) -> list[Contact]:
+        """``hops``, unless their terminal (the last) kept what it should have passed on
+        and one of ``others`` off the path has not: that one instead (in a small listing
+        the relays to avoid leave too few to choose from, and the same one came back)."""
+        if hops[-1].pubkey not in self._withholding:
             return hops
-        exits = [c for c in others if c not in hops and c.pubkey not in self._unanswering]
+        exits = [c for c in others if c not in hops and c.pubkey not in self._withholding]
         return [*hops[:-1], self._rng.choice(exits)] if exits else hops
 
     def _admitted(self) -> frozenset[bytes] | None:
@@ -409,8 +433,9 @@ class EndpointCore:
         it expires or dies, as :meth:`update_directory` says), ping those due a ping
         (``ping_interval_ms`` after they were last heard from: an unanswered one shows the
         path dead), and build as many as it takes to have ``paths`` not due for
-        replacement."""
-        effects: list[Effect] = []
+        replacement. While it publishes an introset it probes its intros too
+        (:meth:`_keep_probing`)."""
+        effects = self._probe_timed_out(now_ms)
         entries = self._admitted()
         for path in list(self._paths):
             path.check(now_ms)
@@ -426,12 +451,13 @@ class EndpointCore:
                 effects.append(SendPayload(path, Ping()))
         fresh = sum(not p.needs_replacement(now_ms) for p in self._paths)
         effects += [BuildPath()] * (self._path_count - fresh)
-        return effects
+        return effects + self._keep_probing(now_ms)
 
     def next_check_ms(self, now_ms: int) -> int | None:
         """When :meth:`keep_paths` next has something to do, unless paths change first
         (None: not before they do)."""
         checks = [p.next_check_ms(now_ms, self._ping_interval_ms) for p in self._paths]
+        checks.append(self._next_probe_check_ms())
         return min((t for t in checks if t is not None), default=None)
 
     def drop_path(self, path: Path, now_ms: int) -> list[Effect]:
@@ -492,15 +518,21 @@ class EndpointCore:
         path.exits_unanswered += 1
         if path.exits_unanswered < EXIT_UNANSWERED_TO_RETIRE or path.state is PathState.DEAD:
             return []
-        path.state = PathState.DEAD
-        self._unanswering.add(path.terminal.pubkey)
-        return [PathsChanged()]
+        return self._retire_withholding(path)
 
     def exit_answered(self, path: Path) -> None:
         """An exit request on ``path`` was answered (a failure the exit reports counts:
         the exit is doing its job)."""
         path.exits_unanswered = 0
-        self._unanswering.discard(path.terminal.pubkey)
+        self._withholding.discard(path.terminal.pubkey)
+
+    def _retire_withholding(self, path: Path) -> list[Effect]:
+        """``path``'s terminal keeps what it should pass on: the path is dead (dropped by
+        the next :meth:`keep_paths`, which builds another), and the next paths end at
+        another relay while one will do."""
+        path.state = PathState.DEAD
+        self._withholding.add(path.terminal.pubkey)
+        return [PathsChanged()]
 
     def route(self, now_ms: int) -> Route | None:
         """How a session sends now: on the next path in turn, naming the freshest intro
@@ -518,6 +550,88 @@ class EndpointCore:
             for p in self._paths
             if p.usable(now_ms)
         ]
+
+    # --- probing its own intros -----------------------------------------------------------
+    #
+    # Pings show a path's relays hold it; they do not show that its terminal hands on what
+    # other endpoints send to the intro it hosts, which is all a sibling relies on. So an
+    # endpoint that publishes an introset sends each of its intros in turn, every
+    # ``INTRO_PROBE_PINGS`` ping intervals, a probe through another of its paths. One that
+    # does not come back in time is sent again at once (by the next of the other paths, so
+    # the terminal it leaves by is less likely to be the one at fault), and an intro that
+    # leaves ``INTRO_PROBES_UNANSWERED_TO_RETIRE`` in a row retires its path, at most
+    # ``INTRO_RETIREMENTS_PER_LIFETIME`` times per path lifetime.
+
+    def _keep_probing(self, now_ms: int) -> list[Effect]:
+        """The next probe, if one is due and the endpoint publishes (nobody else learns
+        its intros but the peers of its sessions, which find new ones in its packets) and
+        has a path for it to leave by besides the one it tests. The next is due a probe
+        interval later whether it went or not."""
+        if self._probe is not None or now_ms < self._probe_at_ms or not self._secrets:
+            return []
+        self._probe_at_ms = now_ms + self._probe_interval_ms
+        target = self._probe_target(now_ms)
+        sender = None if target is None else self.next_path(now_ms, [target])
+        if target is None or sender is None:
+            return []
+        packet = probe_packet()
+        target.probed_ms = now_ms
+        self._probe = _Probe(packet, target, now_ms + INTRO_PROBE_TIMEOUT_MS)
+        return [SendPayload(sender, Transfer(target.terminal.pubkey, target.intro_id, packet))]
+
+    def _probe_target(self, now_ms: int) -> Path | None:
+        """The usable path whose intro is probed next: one whose last probe went
+        unanswered, else the one probed longest ago (a new one first)."""
+        usable = [p for p in self._paths if p.usable(now_ms)]
+        return min(
+            usable,
+            key=lambda p: (-p.probes_unanswered, -1 if p.probed_ms is None else p.probed_ms),
+            default=None,
+        )
+
+    def _probe_came_back(self, path: Path) -> list[Effect]:
+        """The probe under way came back: if by the path it tests, its intro works."""
+        assert self._probe is not None
+        if path is not self._probe.target:
+            self.stats.cells_dropped += 1  # relays that saw it played it elsewhere
+            return []
+        path.probes_unanswered = 0
+        self._withholding.discard(path.terminal.pubkey)
+        self._probe = None
+        return []
+
+    def _probe_timed_out(self, now_ms: int) -> list[Effect]:
+        """The probe under way, once past its deadline, is unanswered: the next goes at
+        once to the same intro, or, at the last in a row, its path is retired (a path the
+        cap leaves alone waits out a probe interval before the next)."""
+        probe = self._probe
+        if probe is None or now_ms < probe.deadline_ms:
+            return []
+        self._probe = None
+        target = probe.target
+        target.probes_unanswered += 1
+        if target.probes_unanswered < INTRO_PROBES_UNANSWERED_TO_RETIRE:
+            self._probe_at_ms = now_ms
+            return []
+        if not target.usable(now_ms) or not self._may_retire_for_intro(now_ms):
+            return []
+        self._intro_retirements.append(now_ms)
+        self._republish_at_ms = min(self._republish_at_ms, now_ms)  # without its intro
+        return self._retire_withholding(target)
+
+    def _may_retire_for_intro(self, now_ms: int) -> bool:
+        """Whether fewer than ``INTRO_RETIREMENTS_PER_LIFETIME`` paths were retired for
+        their intros within the last path lifetime."""
+        while self._intro_retirements and self._intro_retirements[0] <= now_ms - self._lifetime_ms:
+            self._intro_retirements.popleft()
+        return len(self._intro_retirements) < INTRO_RETIREMENTS_PER_LIFETIME
+
+    def _next_probe_check_ms(self) -> int | None:
+        """When probing next has something to do: the deadline of the probe under way, or
+        the next probe while the endpoint publishes."""
+        if self._probe is not None:
+            return self._probe.deadline_ms
+        return self._probe_at_ms if self._secrets else None
 
     # --- cells in ------------------------------------------------------------------------
 
@@ -543,6 +657,8 @@ class EndpointCore:
             self.stats.paths_built += 1
             return [PathsChanged()]
         if isinstance(payload, Deliver):
+            if self._probe is not None and self._probe.packet == payload.data:
+                return self._probe_came_back(path)
             return [DeliverPacket(payload.data)]
         if isinstance(payload, Pong):
             if payload.echo in self._pings:

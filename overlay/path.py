@@ -73,6 +73,10 @@ class Path:
     #: Exit requests on this path in a row that got no answer at all (see
     #: :meth:`~overlay.endpoint_core.EndpointCore.exit_unanswered`).
     exits_unanswered: int = 0
+    #: Probes of this path's intro in a row that did not come back, and when it was last
+    #: probed (see :meth:`~overlay.endpoint_core.EndpointCore.keep_paths`).
+    probes_unanswered: int = 0
+    probed_ms: int | None = None
 
     @classmethod
     def build(

@@ -123,6 +123,14 @@ def packet_session_id(packet: bytes) -> bytes | None:
     return packet[1 : 1 + SESSION_ID_BYTES]
 
 
+def probe_packet() -> bytes:
+    """A packet an endpoint sends its own intro to test it: as long as a session's
+    acknowledgement and typed as one, the rest random, so that the relays carrying it
+    see what they see of a session packet (one of a session they have not carried yet)
+    and one that keeps session packets keeps probes too. No session takes it."""
+    return bytes((PacketType.DATA,)) + os.urandom(_DATA_OVERHEAD - 1)
+
+
 def _pack_intro(intro: Intro | None) -> bytes:
     if intro is None:
         return bytes(_INTRO.size)

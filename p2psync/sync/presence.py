@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from enum import Enum
 
+from overlay.constants import INTROSET_REPUBLISH_MS
+from overlay.introset import Intro
+
 from ..backoff import Backoff
 
 REDIAL_MIN_S = 1.0
@@ -24,6 +27,11 @@ REDIAL_MIN_S = 1.0
 #: itself when it starts (its hellos, :func:`hello_again`), and that wakes the dialer at
 #: once, so the back-off costs latency only when every one of those fails.
 REDIAL_MAX_S = 1800.0
+#: While it backs off from a sibling whose introset was found but did not answer, the
+#: dialer looks the introset up this often: a sibling that republished (its paths
+#: changed: it retired one whose intro delivered nothing, or it came back) is dialled at
+#: once, with the back-off started again. The sibling republishes at least this often.
+MOVED_CHECK_S = INTROSET_REPUBLISH_MS / 1000
 #: How long the non-dialing side gives the dialing one before saying hello itself; a
 #: hello that fails is tried again after twice as long (:func:`hello_again`).
 HELLO_DELAY_S = 2.0
@@ -53,6 +61,14 @@ def redials() -> Backoff:
     :data:`REDIAL_MAX_S` while it is away, from the start once it showed up (it dialled
     us) or a session with it opened."""
     return Backoff(REDIAL_MIN_S, REDIAL_MAX_S)
+
+
+def moved(failed_at: Collection[Intro], found: Collection[Intro]) -> bool:
+    """Whether a sibling whose intros ``failed_at`` did not answer a dial has moved: its
+    introset names others now (``found``). What failed says nothing of where it is now,
+    so the dialer dials again at once and backs off from the start (:func:`redials`). A
+    sibling that no longer publishes has not moved: it is away, and dials us when back."""
+    return bool(found) and {i.intro_id for i in found} != {i.intro_id for i in failed_at}
 
 
 def hellos() -> Backoff:

@@ -16,14 +16,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 
 import trio
 
 from overlay.endpoint import Endpoint
+from overlay.introset import Intro
 from overlay.session import NotPublished, SessionError
 from overlay.session_driver import Session
 
-from .presence import SessionChoice, dials, hello_again, hellos, keep_session, redials
+from .presence import (
+    MOVED_CHECK_S,
+    SessionChoice,
+    dials,
+    hello_again,
+    hellos,
+    keep_session,
+    moved,
+    redials,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,22 +142,42 @@ class SiblingSessions:
                     return
 
     async def _dial(self, sibling: str, key: bytes) -> None:
+        """Dial ``sibling`` again and again, backing off while it cannot be reached; the
+        back-off starts again when it shows up (it dialed us) or moves (:func:`moved`)."""
         waits = redials()
         while True:
             while sibling in self._serving:  # the sibling dialed us: nothing to do
                 await self._serving[sibling][1].wait()
             present = self._present[sibling] = trio.Event()
+            intros: list[Intro] = []
             try:
-                async with self._endpoint.connect(key, shared_secret=self._secret) as session:
+                intros = await self._endpoint.lookup(self._secret, key)
+                async with self._endpoint.connect(
+                    key, shared_secret=self._secret, intros=intros
+                ) as session:
                     waits.succeeded()
                     await self._serve(sibling, session)
             except SessionError as exc:
                 logger.debug("session to sibling %s: %s", sibling[:10], exc)
                 self._tried_to_reach(sibling)
             with trio.move_on_after(waits.failed()):
-                await present.wait()
-            if present.is_set():
-                waits.succeeded()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_after, present.wait, nursery.cancel_scope)
+                    nursery.start_soon(
+                        _cancel_after, partial(self._moved, key, intros), nursery.cancel_scope
+                    )
+                waits.succeeded()  # only once it showed up or moved: the wait was cut short
+
+    async def _moved(self, key: bytes, failed_at: list[Intro]) -> None:
+        """Return once the sibling, whose introset named ``failed_at`` when it could not
+        be reached, has moved (:func:`moved`), looked up every :data:`MOVED_CHECK_S`; never
+        while it publishes nothing."""
+        if not failed_at:
+            await trio.sleep_forever()
+        while True:
+            await trio.sleep(MOVED_CHECK_S)
+            if moved(failed_at, await self._endpoint.lookup(self._secret, key)):
+                return
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         async for session in self._endpoint.sessions():
@@ -197,3 +228,9 @@ class SiblingSessions:
             del self._serving[sibling]
             ended.set()
             self._changed()  # a device waiting to leave may stop waiting for this sibling
+
+
+async def _cancel_after(wait: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
+    """Wait for ``wait``, then cancel ``scope``: the first of several waits ends them all."""
+    await wait()
+    scope.cancel()

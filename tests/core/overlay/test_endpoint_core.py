@@ -12,10 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.cells import CellError
+from overlay.cells import CellError, decode_cell
 from overlay.constants import (
     DEFAULT_PATH_LIFETIME_MS,
     DHT_REQUEST_TIMEOUT_MS,
+    INTRO_PROBE_PINGS,
+    INTRO_PROBE_TIMEOUT_MS,
+    INTRO_RETIREMENTS_PER_LIFETIME,
     INTROSET_LIFETIME_MS,
     INTROSET_REPUBLISH_MS,
     PATH_BUILD_TIMEOUT_MS,
@@ -79,15 +82,15 @@ class Harness:
         self.net = Net(6)
         self.core = core_over(self.net.contacts, paths=paths, republish_ms=republish_ms)
 
-    def start_path(self) -> Path:
+    def start_path(self, now_ms: int = NOW) -> Path:
         """A path as the driver starts one for :class:`BuildPath`, its build cell sent."""
-        path, cell = self.core.add_path(self.core.choose_hops(), NOW)
+        path, cell = self.core.add_path(self.core.choose_hops(), now_ms)
         self.net.inject(path.hops[0].address, cell)
         return path
 
-    def built_path(self) -> Path:
-        path = self.start_path()
-        assert self.replies(path, NOW) == [PathsChanged()]
+    def built_path(self, now_ms: int = NOW) -> Path:
+        path = self.start_path(now_ms)
+        assert self.replies(path, now_ms) == [PathsChanged()]
         return path
 
     def send(self, effect: Effect) -> None:
@@ -101,6 +104,37 @@ class Harness:
         ]
         self.net.to_owner.clear()
         return effects
+
+    def keep(self, now_ms: int, *, kept: bool = False) -> tuple[list[Effect], list[Transfer]]:
+        """:meth:`EndpointCore.keep_paths` carried out as the driver does (pings and
+        probes sent, paths built, each cell that comes back handed to the path it came
+        by), but with the probes kept on the way if ``kept``: every effect, and the
+        probes sent."""
+        effects = self.core.keep_paths(now_ms)
+        probes = [
+            e.payload
+            for e in effects
+            if isinstance(e, SendPayload) and isinstance(e.payload, Transfer)
+        ]
+        for effect in effects:
+            if isinstance(effect, SendPayload) and not (kept and is_probe(effect)):
+                self.send(effect)
+        by_id = {path.first_id: path for path in self.core.paths}
+        back = [
+            e
+            for cell in self.net.to_owner
+            for e in self.core.receive_cell(by_id[decode_cell(cell).id], cell, now_ms)
+        ]
+        self.net.to_owner.clear()
+        for _ in range(kinds(effects).count("BuildPath")):
+            self.built_path(now_ms)
+        return effects + back, probes
+
+
+def is_probe(effect: Effect) -> bool:
+    """Whether ``effect`` sends a probe of one of the endpoint's own intros (the only
+    transfers its core sends by itself)."""
+    return isinstance(effect, SendPayload) and isinstance(effect.payload, Transfer)
 
 
 def kinds(effects: list[Effect]) -> list[str]:
@@ -350,6 +384,67 @@ def test_a_path_whose_exit_leaves_requests_unanswered_twice_in_a_row_is_retired(
     assert not path.usable(NOW) and h.core.exit_unanswered(path) == []
     h.core.keep_paths(NOW)
     assert path.terminal.pubkey not in {hop.pubkey for hop in h.core.choose_hops()}
+
+
+# --- probing its own intros ---------------------------------------------------------------
+
+PROBE_INTERVAL = PATH_PING_INTERVAL_MS * INTRO_PROBE_PINGS
+
+
+def test_an_intro_that_keeps_two_probes_in_a_row_has_its_path_retired() -> None:
+    """An endpoint that publishes sends its intros in turn a probe through its other
+    path; one that comes back is nobody's session packet. The relay of an intro that
+    keeps one (answering its path's pings all the same) is probed again at once, and the
+    second kept retires the path: another is built, ending elsewhere, and the introset is
+    republished without the intro."""
+    h = Harness(paths=2)
+    h.built_path(), h.built_path()
+    assert h.keep(NOW + PROBE_INTERVAL)[1] == []  # nothing published: nobody sends here
+    h.core.publish_under(SECRET)
+    now = NOW + PROBE_INTERVAL
+    effects, [answered] = h.keep(now)
+    assert not [e for e in effects if isinstance(e, DeliverPacket)]
+    now += PROBE_INTERVAL
+    _, [kept] = h.keep(now, kept=True)
+    assert kept.intro_id != answered.intro_id  # the other intro's turn
+    now += INTRO_PROBE_TIMEOUT_MS
+    effects, [again] = h.keep(now, kept=True)
+    assert again.intro_id == kept.intro_id and "BuildPath" not in kinds(effects)
+    now += INTRO_PROBE_TIMEOUT_MS
+    effects, _ = h.keep(now)
+    assert "BuildPath" in kinds(effects) and h.core.stats.paths_failed == 1
+    assert kept.intro_id not in {intro.intro_id for intro in h.core.intros(now)}
+    assert h.core.keep_introsets(now) == Republish((SECRET,))
+    assert all(h.core.choose_hops()[-1].pubkey != kept.relay for _ in range(20))
+
+
+def test_a_probe_answered_between_two_kept_ones_leaves_the_path() -> None:
+    h = Harness(paths=2)
+    h.built_path(), h.built_path()
+    h.core.publish_under(SECRET)
+    now = NOW + PROBE_INTERVAL
+    for kept in (True, False) * 3:
+        h.keep(now, kept=kept)
+        now += INTRO_PROBE_TIMEOUT_MS
+    h.keep(now)
+    assert h.core.stats.paths_failed == 0 and len(h.core.intros(now)) == 2
+
+
+def test_probes_kept_wherever_they_go_retire_a_few_paths_per_lifetime_at_most() -> None:
+    """A relay that keeps probes alone (it can tell them from session packets, or it is
+    the terminal they leave by) must not make the endpoint replace its paths without
+    end: at most ``INTRO_RETIREMENTS_PER_LIFETIME`` per path lifetime, and past them a
+    probe per probe interval."""
+    h = Harness(paths=2)
+    h.built_path(), h.built_path()
+    h.core.publish_under(SECRET)
+    span = DEFAULT_PATH_LIFETIME_MS - PATH_REBUILD_MARGIN_MS - 1_000
+    probes = 0
+    for now in range(NOW + 1_000, NOW + span, 1_000):
+        probes += len(h.keep(now, kept=True)[1])
+    assert h.core.stats.paths_failed == INTRO_RETIREMENTS_PER_LIFETIME
+    retries = INTRO_RETIREMENTS_PER_LIFETIME + 1
+    assert probes <= span // PROBE_INTERVAL + retries
 
 
 # --- cells in -----------------------------------------------------------------------------

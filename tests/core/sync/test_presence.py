@@ -6,6 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from overlay.introset import Intro
 from p2psync.sync.presence import (
     HELLO_TRIES,
     LISTENER_SLACK,
@@ -17,6 +18,7 @@ from p2psync.sync.presence import (
     keep_session,
     keepalive_due_ms,
     may_leave,
+    moved,
     redials,
 )
 
@@ -41,6 +43,17 @@ def test_redials_back_off_to_the_cap_and_start_over_once_the_sibling_shows_up() 
     assert seen[-1] == REDIAL_MAX_S
     waits.succeeded()
     assert waits.failed() == REDIAL_MIN_S
+
+
+def test_a_sibling_has_moved_once_its_introset_names_other_intros() -> None:
+    """Other intros than those a dial failed at (one retired and another added, or one
+    more): dial again at once. The same ones, republished: no. None: it is away."""
+    first, second, third = (Intro(bytes([n]) * 32, bytes([n]) * 16, n) for n in range(3))
+    assert not moved([first, second], [second, first])
+    assert not moved([first, second], [])
+    assert moved([first, second], [second, third])
+    assert moved([first], [first, second])
+    assert moved([], [first])
 
 
 def test_hellos_go_on_only_to_a_dialer_that_published() -> None:

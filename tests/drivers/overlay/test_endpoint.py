@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from overlay.cells import CellKind, decode_cell
 from overlay.clock import TEST_EPOCH_MS, Clock
 from overlay.constants import (
     DEFAULT_PATH_LIFETIME_MS,
@@ -22,7 +23,9 @@ from overlay.endpoint import Endpoint, open_endpoint
 from overlay.introset import Intro
 from overlay.keys import KeyPair
 from overlay.link import LinkProfile, MemoryNetwork, TcpTransport
+from overlay.path import freshest
 from overlay.relay import open_relays
+from overlay.relay_core import RelayCore
 from overlay.session import SessionCore, SessionError
 from overlay.session_driver import Session, SessionClosed
 
@@ -583,3 +586,37 @@ async def test_a_path_replacement_republishes_once_and_a_new_path_alone_does_not
             live = {p.intro_id for p in bob.paths if p.usable(clock.now_ms())}
             found = await alice.lookup(SECRET, bob.public_key)
             assert found and {i.intro_id for i in found} <= live
+
+
+async def test_a_path_whose_intro_keeps_what_it_should_deliver_is_retired(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay at Bob's freshest intro answers his path's pings and keeps what other
+    relays hand it for the intro: every packet a peer sends him there. His probes of his
+    own intros find it out: within a minute the path is retired, his introset names the
+    relay no more, and Alice reaches him (without the probes he kept the path for its
+    whole life, 10 minutes, and every session with him stalled)."""
+    keeping: set[bytes] = set()
+    receive = RelayCore.receive
+
+    def keeps_transfers(
+        core: RelayCore, link: str, data: bytes, now_ms: int, *, peer: str = ""
+    ) -> Any:
+        if core.keys.public in keeping and decode_cell(data).kind is CellKind.TRANSFER:
+            return []
+        return receive(core, link, data, now_ms, peer=peer)
+
+    monkeypatch.setattr(RelayCore, "receive", keeps_transfers)
+    network = MemoryNetwork(seed=4, default_profile=LinkProfile(latency_ms=5, jitter_ms=2))
+    async with ready_pair(network, 10, seed=4, endpoint_seeds=(1, 2)) as (alice, bob, clock):
+        intro = freshest(bob.paths, clock.now_ms())
+        assert intro is not None
+        keeping.add(intro.terminal.pubkey)
+        await trio.sleep(60)
+        assert not intro.usable(clock.now_ms()) and bob.stats.paths_failed == 1
+        found = await alice.lookup(SECRET, bob.public_key)
+        assert found and not {i.relay for i in found} & keeping
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo_one, bob)
+            async with alice.connect(bob.public_key, shared_secret=SECRET) as session:
+                await exchange(session, 3)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from itertools import pairwise
 
 import trio
 import trio.testing
 
+from overlay.introset import Intro
 from overlay.session import NotPublished, SessionError
-from p2psync.sync.presence import HELLO_DELAY_S, HELLO_TRIES, REDIAL_MAX_S
+from p2psync.sync.presence import HELLO_DELAY_S, HELLO_TRIES, MOVED_CHECK_S, REDIAL_MAX_S
 from p2psync.sync.sessions import SiblingSessions
 
 OWN_KEY, SIBLING_KEY = b"\x01" * 32, b"\x02" * 32  # the lower key dials
+HERE, THERE = Intro(b"\x04" * 32, b"\x04" * 16, 1), Intro(b"\x05" * 32, b"\x05" * 16, 2)
 
 
 class _Session:
@@ -34,7 +37,8 @@ class _Session:
 
 
 class _Endpoint:
-    """Connects at once, or fails with ``failure``; opens no sessions to us."""
+    """Connects at once, or fails with ``failure``; opens no sessions to us; finds the
+    sibling's introset naming ``published``."""
 
     def __init__(self, *, public_key: bytes = OWN_KEY, failure: SessionError | None = None) -> None:
         self.public_key = public_key
@@ -43,6 +47,7 @@ class _Endpoint:
         self.connects: list[float] = []
         #: Whose sessions the endpoint takes (set by ``accept_only``).
         self.admits: Callable[[bytes], bool] = lambda peer: True
+        self.published = [HERE]
 
     def accept_only(self, admits: Callable[[bytes], bool]) -> None:
         self.admits = admits
@@ -50,8 +55,13 @@ class _Endpoint:
     async def publish(self, shared_secret: bytes) -> int:
         return 1
 
+    async def lookup(self, shared_secret: bytes, owner: bytes) -> list[Intro]:
+        return list(self.published)
+
     @asynccontextmanager
-    async def connect(self, peer: bytes, *, shared_secret: bytes) -> AsyncIterator[_Session]:
+    async def connect(
+        self, peer: bytes, *, shared_secret: bytes, intros: list[Intro] | None = None
+    ) -> AsyncIterator[_Session]:
         self.connects.append(trio.current_time())
         if self.failure is not None:
             raise self.failure
@@ -167,3 +177,22 @@ async def test_the_dialing_side_keeps_the_session_alive_and_the_other_listens(
 ) -> None:
     assert set(await _run(_Endpoint(public_key=OWN_KEY), 4)) == {True}
     assert set(await _run(_Endpoint(public_key=HELLO_SIDE), 4)) == {False}
+
+
+async def test_a_dialer_backing_off_dials_at_once_when_the_sibling_moves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The sibling's introset was found and its intro did not answer, dial after dial,
+    so the waits grew (511 s after the tenth); then it republished elsewhere (it retired
+    a path whose intro delivered nothing). The dialer, looking it up every
+    MOVED_CHECK_S while it waits, dials within that and backs off from the start: it
+    waited out the rest of its 512 s before."""
+    endpoint = _Endpoint(failure=SessionError("handshake timed out"))
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_run, endpoint, 700)
+        await trio.sleep(600)
+        endpoint.published = [THERE]
+    after = [t - start for t in endpoint.connects if t - start > 600]
+    assert after and after[0] <= 600 + MOVED_CHECK_S
+    assert [b - a for a, b in pairwise(after[:3])] == [1, 2]
