@@ -592,6 +592,10 @@ class _Decision:
         self.check_sibling()
         if sibling.device == self.view.device_id:
             return []
+        if not self.view.rules.is_primary(self.view.user_id, self.item.device):
+            # Only the primary pairs a mapped device: a secondary's word would let a
+            # stolen one plant a sibling of the thief's that its revocation leaves behind.
+            raise _Refused("a new sibling announced by a device that cannot pair one")
         revoked_at = self.view.revoked_at_ms(self.view.user_id, sibling.device)
         if revoked_at is not None and self.item.timestamp_ms <= revoked_at:
             raise _AppliedAlready

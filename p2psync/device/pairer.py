@@ -328,9 +328,15 @@ class Pairer:
             # Neither paired here nor vouched for by the file server (a grant that never
             # reached its device still left a mapping there: that one can be revoked).
             raise DeviceError(f"{device[:12]}… is not one of this user's devices (see `devices`)")
-        revocation = revoke_pairing(self._local.identity, device, self._local.clock.now_ms())
+        revocation = revoke_pairing(self._local.identity, device, self._revocation_time(device))
         client = await self._outbox.fileserver()
-        await client.revoke_mapping(revocation)
+        try:
+            await client.revoke_mapping(revocation)
+        except RpcError as exc:
+            # A sibling the file server has no mapping of is unpaired here and at every
+            # sibling all the same: nothing else would ever remove it.
+            if exc.code != "not_found" or device not in self._store.siblings():
+                raise
         with self._store.transaction():
             self._store.keep_revocations([revocation], own_user=self._local.user_id)
             self._store.remove_sibling(device)
@@ -353,6 +359,17 @@ class Pairer:
         self._outbox.forget(self._local.user_id)
         self._siblings.restart()  # the running sync still holds the device's session
         self._local.wake_outbox()
+
+    def _revocation_time(self, device: str) -> int:
+        """Now, or just after the mapping ``device`` was granted by, if that is dated
+        ahead (a new device may date its request up to the clock skew allowed ahead, and
+        a revocation dated before the mapping is refused as of an earlier pairing)."""
+        granted = [
+            p.timestamp_ms
+            for p in self._store.pairings(incoming=True, states=[PairingState.ACCEPTED])
+            if pairing_details(p).get("device") == device
+        ]
+        return max([self._local.clock.now_ms()] + [ms + 1 for ms in granted])
 
 
 def _offer_code(pairing: Pairing) -> str:

@@ -573,9 +573,13 @@ class DeviceStore:
         return dict(keys)
 
     def add_sibling(self, device: str, name: str, overlay: bytes) -> None:
+        """Add a sibling, or rename one known already: its overlay key, which derives
+        from its seed, stays the one first heard (a record naming another would take
+        the sibling's sessions to whoever holds that key)."""
         self._sibling_keys = None
         self._db.execute(
-            "INSERT OR REPLACE INTO siblings (device, name, overlay) VALUES (?, ?, ?)",
+            "INSERT INTO siblings (device, name, overlay) VALUES (?, ?, ?)"
+            " ON CONFLICT (device) DO UPDATE SET name = excluded.name",
             (device, name, overlay),
         )
 

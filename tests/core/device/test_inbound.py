@@ -447,6 +447,18 @@ def test_a_sibling_record_read_again_after_its_revocation_adds_nothing() -> None
     assert run(known, inbound(record, PRIMARY, at=NOW - 9)) == [AddSibling(record)]
 
 
+def test_only_the_primary_announces_a_mapped_sibling() -> None:
+    """Only the primary pairs a mapped device, so a sibling announced by a secondary
+    (stolen, before its revocation) is refused: it would stay a sibling of the thief's,
+    with the sync copies, the siblings' secret and, at a move to linked, the account's
+    key, once the secondary was revoked."""
+    planted = SiblingRecord(Identity.from_label("core/thief").session_id, bytes(32), "desktop")
+    known = mapped_secondary()
+    [refused] = run(known, inbound(planted, SIBLING))
+    assert isinstance(refused, Reject) and "cannot pair one" in refused.reason
+    assert run(known, inbound(planted, PRIMARY)) == [AddSibling(planted)]
+
+
 def test_a_sibling_record_answers_the_request_its_device_made_here() -> None:
     """A sibling accepted the tablet (any linked device may): the request this device
     holds from the tablet is accepted too, so it is no longer offered; others wait on."""

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from overlay.constants import INTROSET_LIFETIME_MS
 from p2psync.clock import TEST_EPOCH_MS, Clock
+from p2psync.device import open_device
 from p2psync.device import store as device_store
 from p2psync.device.content import (
     ContactRecord,
@@ -27,6 +28,7 @@ from p2psync.device.content import (
     PairChallenge,
     PairGrant,
     PairRequest,
+    SiblingRecord,
     SyncSent,
     Text,
     decode_content,
@@ -257,6 +259,94 @@ async def test_a_revoked_device_no_longer_finds_its_former_siblings(
         assert phone.sync_status().connected_siblings == {tablet.whoami().device_id}
         for owner in (phone_key, tablet_key):
             assert await sync_endpoints[tablet_key].lookup(old_secret, owner) == []
+
+
+async def test_a_stolen_secondary_leaves_nobody_of_the_thiefs_among_the_siblings(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Before Alice revokes her stolen desktop, the thief signs with its key a sibling
+    record naming a device of the thief's, and one naming the phone under the thief's
+    overlay key, into the phone's and the tablet's swarms. Only the primary pairs a
+    mapped device: both are refused, the phone's key stays the one the tablet knows, and
+    the revocation leaves no sibling of the thief's behind (one was given every sent
+    message's sync copy, the siblings' new secret and, at a move to linked, the
+    account's key, and could not be revoked: the file server had no mapping of it)."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "desktop", "mapped") as desktop,
+        device(network, tmp_path, "tablet", "mapped") as tablet,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        await pair(phone, desktop)
+        await pair(phone, tablet)
+        phone_id, tablet_id = phone.whoami().device_id, tablet.whoami().device_id
+        thiefs = Identity.from_label("thief's device")
+        planted = SiblingRecord(thiefs.session_id, overlay_public(thiefs.seed), "desktop")
+        hijack = SiblingRecord(phone_id, overlay_public(thiefs.seed), "phone")
+        for owner in (phone_id, tablet_id):
+            for record in (planted, hijack):
+                await inject(
+                    swarm, Identity.from_label("device/desktop"), owner, NAMESPACE_SYNC, record
+                )
+        assert "cannot pair one" in await refusal(tablet, 2)
+        assert "cannot pair one" in await refusal(phone)  # the other names the phone itself
+        await phone.pairing.revoke(desktop.whoami().device_id)
+        await wait_until(lambda: set(tablet.siblings()) == {phone_id})
+        assert set(phone.siblings()) == {tablet_id}
+        with closing(DeviceStore(tmp_path / "tablet" / STORE_FILE, read_only=True)) as store:
+            phone_key = store.sibling_overlay_keys()[phone_id]
+        assert phone_key == overlay_public(Identity.from_label("device/phone").seed)
+
+
+async def test_a_sibling_without_a_mapping_is_unpaired_all_the_same(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A sibling the file server has no mapping of (one a stolen secondary planted
+    before siblings were taken from the primary alone) is revoked here and at the other
+    siblings: the file server's ``not_found`` is no reason to keep it."""
+    thiefs = Identity.from_label("thief's device")
+    async with open_world() as network:
+        async with (
+            device(network, tmp_path, "phone", "mapped") as phone,
+            device(network, tmp_path, "tablet", "mapped") as tablet,
+        ):
+            await pair(phone, tablet)
+        for name in ("phone", "tablet"):
+            with closing(DeviceStore(tmp_path / name / STORE_FILE)) as store:
+                store.add_sibling(thiefs.session_id, "desktop", overlay_public(thiefs.seed))
+        async with (
+            device(network, tmp_path, "phone") as phone,
+            device(network, tmp_path, "tablet") as tablet,
+        ):
+            await phone.pairing.revoke(thiefs.session_id)
+            assert thiefs.session_id not in phone.siblings()
+            await wait_until(lambda: thiefs.session_id not in tablet.siblings())
+
+
+async def test_a_device_that_dated_its_request_ahead_is_revoked_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A new device's clock runs 55 s ahead (within the skew a request may have), so the
+    mapping it is granted by is dated ahead too: the user, who accepted the wrong
+    device, revokes it at once (a revocation dated before the mapping was refused, as of
+    an earlier pairing, for a minute)."""
+    async with open_world() as network:
+        ahead = replace(network.access(), clock=Clock(TEST_EPOCH_MS + 55_000))
+        async with (
+            device(network, tmp_path, "phone", "mapped") as phone,
+            open_device(
+                tmp_path / "intruder",
+                ahead,
+                mode="mapped",
+                name="intruder",
+                seed=Identity.from_label("device/intruder").seed,
+            ) as intruder,
+        ):
+            await pair(phone, intruder)
+            await phone.pairing.revoke(intruder.whoami().device_id)
+            assert phone.siblings() == {}
+            await wait_until(lambda: intruder.whoami().revoked_at_ms is not None)
 
 
 async def test_a_post_from_an_unmapped_key_is_refused(

@@ -48,6 +48,8 @@ def test_sibling_keys_follow_every_change_and_not_one_a_rollback_undid(
     assert store.sibling_overlay_keys() == {}
     store.add_sibling("desktop", "Desktop", b"k1")
     assert store.sibling_overlay_keys() == {"desktop": b"k1"}
+    store.remove_sibling("desktop")  # revoked, then paired again (another key: a test's)
+    assert store.sibling_overlay_keys() == {}
     store.add_sibling("desktop", "Desktop", b"k2")
     assert store.sibling_overlay_keys() == {"desktop": b"k2"}
     with pytest.raises(RuntimeError), store.transaction():
@@ -72,3 +74,14 @@ def test_what_the_store_kept_is_what_the_file_holds_once_reopened(tmp_path: Path
         assert reopened.sibling_overlay_keys() == {"desktop": b"k1"}
     finally:
         reopened.close()
+
+
+def test_a_sibling_added_again_is_renamed_and_keeps_the_key_it_was_first_known_by(
+    store: DeviceStore,
+) -> None:
+    """A sibling's overlay key derives from its seed, so a record naming another is not
+    the sibling's: taken, it would send the sibling's sessions to whoever holds it."""
+    store.add_sibling("05" + "aa" * 32, "tablet", b"\1" * 32)
+    store.add_sibling("05" + "aa" * 32, "old tablet", b"\2" * 32)
+    assert store.siblings() == {"05" + "aa" * 32: "old tablet"}
+    assert store.sibling_overlay_keys() == {"05" + "aa" * 32: b"\1" * 32}
