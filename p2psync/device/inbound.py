@@ -739,7 +739,19 @@ class _Decision:
         if merged_state(None if current is None else current.state, state) != state:
             return []
         note, name = ("", "") if current is None else (current.note, current.name)
-        return [PutContact(Contact(record.user, state, record.devices, note, record.name or name))]
+        devices = self.vouched_devices(record, current)
+        return [PutContact(Contact(record.user, state, devices, note, record.name or name))]
+
+    def vouched_devices(self, record: ContactRecord, current: Contact | None) -> tuple[str, ...]:
+        """The devices ``record`` gives its user that this device knows already or the
+        file server lists: a sibling's word alone would let a stolen one, before its
+        revocation, add a key of the thief's to a friend's devices, and what that key
+        signs would pass as the friend's for good."""
+        known = set(() if current is None else current.devices) | {record.user}
+        if all(device in known for device in record.devices):
+            return record.devices
+        listed = set(self.devices_of(record.user, fresh=True))
+        return tuple(d for d in record.devices if d in known or d in listed)
 
     # --- pairing -----------------------------------------------------------------------------
 

@@ -326,6 +326,23 @@ def test_a_siblings_contact_change_never_undoes_a_friendship() -> None:
     assert effect == PutContact(Contact(BOB.session_id, ContactState.DECLINED, (BOB.session_id,)))
 
 
+def test_a_siblings_contact_names_only_the_devices_known_here_or_listed() -> None:
+    """A sibling's contact record naming a device of Bob's not known here is checked with
+    the file server (fresh), and a key it does not list is left out: a stolen secondary
+    could otherwise add a key of the thief's to Bob's devices before its revocation."""
+    thiefs = Identity.from_label("core/thief").session_id
+    known = mapped_secondary(contacts={BOB.session_id: friend(BOB.session_id)})
+    bobs = (BOB.session_id, BOBS_PHONE.session_id, thiefs)
+    record = ContactRecord(BOB.session_id, ContactState.FRIEND, bobs)
+    assert run(known, inbound(record, SIBLING)) == [NeedDevicesOf(BOB.session_id, fresh=True)]
+    listed = {BOB.session_id: (BOB.session_id, BOBS_PHONE.session_id)}
+    assert run(known, inbound(record, SIBLING), listed) == [
+        PutContact(friend(BOB.session_id, BOBS_PHONE.session_id))
+    ]
+    told = replace(record, devices=(BOB.session_id,))  # nothing new: no lookup
+    assert run(known, inbound(told, SIBLING)) == [PutContact(friend(BOB.session_id))]
+
+
 def test_a_new_sibling_is_added_but_not_this_device() -> None:
     record = SiblingRecord(SIBLING.session_id, bytes(32), "tablet")
     assert run(Known(), inbound(record, ME)) == [AddSibling(record)]

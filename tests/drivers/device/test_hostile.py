@@ -299,6 +299,35 @@ async def test_a_stolen_secondary_leaves_nobody_of_the_thiefs_among_the_siblings
         assert phone_key == overlay_public(Identity.from_label("device/phone").seed)
 
 
+async def test_a_stolen_secondary_adds_no_key_of_the_thiefs_to_a_friends_devices(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Before its revocation the stolen desktop tells the phone, in a contact record,
+    that Bob has a device the thief holds: the file server does not list it, so it is
+    left out, and what that key signs as Bob afterwards is refused (it was filed as
+    Bob's, for good)."""
+    thiefs = Identity.from_label("thief's device")
+    async with (
+        open_world() as network,
+        siblings_and_friend(network, tmp_path, "mapped") as (phone, desktop, bob),
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        phone_id = phone.whoami().device_id
+        planted = ContactRecord(
+            bob.session_id, ContactState.FRIEND, (bob.session_id, thiefs.session_id)
+        )
+        stolen = Identity.from_label("device/desktop")
+        await inject(swarm, stolen, phone_id, NAMESPACE_SYNC, planted)
+        await phone.sync_now()
+        contact = phone.friends.contact(bob.session_id)
+        assert contact is not None and thiefs.session_id not in contact.devices
+        await phone.pairing.revoke(desktop.whoami().device_id)
+        lure = Text(bob.session_id, "Bob here: new number, send the code to me")
+        await inject(swarm, thiefs, phone_id, NAMESPACE_MESSAGES, lure)
+        assert "is not a device of" in await refusal(phone)
+        assert texts(phone, bob.session_id) == []
+
+
 async def test_a_sibling_without_a_mapping_is_unpaired_all_the_same(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
