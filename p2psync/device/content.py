@@ -11,11 +11,16 @@ Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
 * ``text`` (ns 0): ``{"user": sid, "text": str, "id": bytes32?}`` — a chat message;
   ``user`` is the user the signing device claims to belong to, checked by the receiver;
   ``id`` (on fan-out copies) the message id all of the recipient's devices file it under.
-* ``friend_request`` (ns 0): ``{"user": sid, "devices": [sid], "text": str, "name": str?}``.
-* ``friend_accept`` (ns 0): ``{"user": sid, "devices": [sid], "name": str?}`` — tells the
-  requester every device of the accepting user (the seed document's "send the other
-  device's key"). ``name``, here and below, is the user's display name
-  (:func:`check_display_name`); absent when the user has set none.
+* ``friend_request`` (ns 0): ``{"user": sid, "devices": [sid], "text": str, "name": str?,
+  "revocations": [bytes]?}``.
+* ``friend_accept`` (ns 0): ``{"user": sid, "devices": [sid], "name": str?,
+  "revocations": [bytes]?}`` — tells the requester every device of the accepting user
+  (the seed document's "send the other device's key"). ``name``, here and below, is the
+  user's display name (:func:`check_display_name`); absent when the user has set none.
+  ``revocations``, here and in ``pair_grant``: the user's newest
+  :data:`MAX_CARRIED_REVOCATIONS` signed revocations of its own devices, so a new
+  friend or device trusts no device unpaired before it came, whatever a file server
+  says later (finding 6 covered those that existed at the revocation).
 * ``profile`` (ns 0): ``{"user": sid, "name": str}`` — a friend's new display name.
 * ``device_revoked`` (ns 0): ``{"revocation": bytes}`` — the primary's signed
   :class:`~p2psync.mapping.Revocation` of one of its devices, pushed to every friend so
@@ -42,7 +47,8 @@ Kinds and bodies (canonical CBOR maps, session ids as text, ``ts`` in epoch ms):
   primary's fresh random contribution to the code both screens show, sent as soon as a
   request arrives (see :mod:`p2psync.device.pairing`).
 * ``pair_grant`` (ns 2): ``{"request_id": bytes32, "mapping": bytes?, "seed": bytes32?,
-  "secret": bytes32, "devices": [sibling], "contacts": [contact], "name": str?}`` —
+  "secret": bytes32, "devices": [sibling], "contacts": [contact], "name": str?,
+  "revocations": [bytes]?}`` —
   ``mapping`` in
   ``mapped`` mode, the account ``seed`` in ``linked`` mode (the envelope is then sealed to
   a key made for this one request); ``secret`` is what siblings find each other's
@@ -81,6 +87,9 @@ MAX_DEVICES = 16
 MAX_CONTACTS = 1000
 ID_BYTES = 32
 SECRET_BYTES = 32
+#: Revocations a friend request or acceptance, or a pairing grant, carries at most: the
+#: user's newest (a device unpaired longer ago is the likelier to have expired mappings).
+MAX_CARRIED_REVOCATIONS = 32
 NONCE_BYTES = 32
 MODES = tuple(mode.value for mode in Mode)
 
@@ -109,6 +118,24 @@ def _session_id(fields: Fields, name: str) -> str:
     value = fields.text(name, max_len=66)
     sealable_key(value)
     return value
+
+
+def _revocations(fields: Fields) -> tuple[bytes, ...]:
+    """The signed revocations a record carries (checked by the inbound core, which knows
+    whose they must be)."""
+    if not fields.has("revocations"):
+        return ()
+    records: list[bytes] = []
+    for value in fields.items("revocations", max_len=MAX_CARRIED_REVOCATIONS):
+        if not isinstance(value, bytes) or len(value) > MAX_RECORD_BYTES:
+            raise DecodeError(f"revocations must hold records of at most {MAX_RECORD_BYTES} bytes")
+        records.append(value)
+    return tuple(records)
+
+
+def _with_revocations(body: dict[str, Any], revocations: tuple[bytes, ...]) -> None:
+    if revocations:
+        body["revocations"] = list(revocations)
 
 
 def _session_ids(fields: Fields, name: str) -> tuple[str, ...]:
@@ -175,6 +202,7 @@ class FriendRequest:
     devices: tuple[str, ...]
     text: str
     name: str = ""
+    revocations: tuple[bytes, ...] = ()  # the user's, of its own devices
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +210,7 @@ class FriendAccept:
     user: str
     devices: tuple[str, ...]
     name: str = ""
+    revocations: tuple[bytes, ...] = ()  # the user's, of its own devices
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +339,7 @@ class PairGrant:
     devices: tuple[SiblingRecord, ...]
     contacts: tuple[ContactRecord, ...]
     name: str = ""  # the user's display name
+    revocations: tuple[bytes, ...] = ()  # the user's, of its own devices
 
 
 Content = (
@@ -435,8 +465,10 @@ def encode_content(content: Content) -> tuple[str, bytes]:
                 body["id"] = content.id
         case FriendRequest(user=user, devices=devices, text=text, name=name):
             body = _with_name({"user": user, "devices": list(devices), "text": text}, name)
+            _with_revocations(body, content.revocations)
         case FriendAccept(user=user, devices=devices, name=name):
             body = _with_name({"user": user, "devices": list(devices)}, name)
+            _with_revocations(body, content.revocations)
         case Profile(user=user, name=name):
             body = {"user": user, "name": name}
         case SyncProfile(name=name):
@@ -479,6 +511,7 @@ def encode_content(content: Content) -> tuple[str, bytes]:
             if seed is not None:
                 body["seed"] = seed
             _with_name(body, content.name)
+            _with_revocations(body, content.revocations)
     return KIND_OF[type(content)], encode_cbor(body)
 
 
@@ -493,17 +526,21 @@ def decode_content(kind: str, body: bytes) -> Content:
             fields.optional_blob("id", size=ID_BYTES),
         )
     if kind == "friend_request":
-        fields.only("user", "devices", "text", "name")
+        fields.only("user", "devices", "text", "name", "revocations")
         return FriendRequest(
             _session_id(fields, "user"),
             _session_ids(fields, "devices"),
             fields.text("text", max_len=MAX_TEXT_CHARS),
             _display_name(fields),
+            _revocations(fields),
         )
     if kind == "friend_accept":
-        fields.only("user", "devices", "name")
+        fields.only("user", "devices", "name", "revocations")
         return FriendAccept(
-            _session_id(fields, "user"), _session_ids(fields, "devices"), _display_name(fields)
+            _session_id(fields, "user"),
+            _session_ids(fields, "devices"),
+            _display_name(fields),
+            _revocations(fields),
         )
     if kind == "profile":
         fields.only("user", "name")
@@ -560,7 +597,9 @@ def decode_content(kind: str, body: bytes) -> Content:
         fields.only("request_id")
         return PairDecline(fields.blob("request_id", size=ID_BYTES))
     if kind == "pair_grant":
-        fields.only("request_id", "mapping", "seed", "secret", "devices", "contacts", "name")
+        fields.only(
+            "request_id", "mapping", "seed", "secret", "devices", "contacts", "name", "revocations"
+        )
         contacts = fields.items("contacts", max_len=MAX_CONTACTS)
         devices = fields.items("devices", max_len=MAX_DEVICES)
         return PairGrant(
@@ -571,6 +610,7 @@ def decode_content(kind: str, body: bytes) -> Content:
             tuple(SiblingRecord.from_fields(Fields(d, "device")) for d in devices),
             tuple(ContactRecord.from_fields(Fields(c, "contact")) for c in contacts),
             _display_name(fields),
+            _revocations(fields),
         )
     raise DecodeError(f"unknown envelope kind {kind!r}")
 

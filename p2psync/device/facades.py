@@ -46,7 +46,8 @@ async def befriend(local: Local, outbox: Outbox, contact: Contact) -> None:
     accepting a request sends, and what the receiver does when a request crosses ours."""
     devices = await outbox.own_devices()
     with local.store.transaction():
-        local.queue(FriendAccept(local.user_id, devices, local.display_name), contact.user)
+        accept = FriendAccept(local.user_id, devices, local.display_name, local.own_revocations())
+        local.queue(accept, contact.user)
         local.set_contact(replace(contact, state=ContactState.FRIEND))
     local.wake_outbox()
 
@@ -99,7 +100,10 @@ class Friends:
         if FriendEffect.SEND_REQUEST in move.effects:
             devices = await self._outbox.own_devices()
             with local.store.transaction():
-                local.queue(FriendRequest(local.user_id, devices, text, local.display_name), user)
+                request = FriendRequest(
+                    local.user_id, devices, text, local.display_name, local.own_revocations()
+                )
+                local.queue(request, user)
                 local.set_contact(Contact(user, move.state, (user,), text))
         else:
             assert existing is not None

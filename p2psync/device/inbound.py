@@ -166,9 +166,11 @@ class PutContact:
 
 @dataclass(frozen=True, slots=True)
 class Befriend:
-    """Answer with every device of ours, make ``contact`` a friend and tell siblings."""
+    """Answer with every device of ours, make ``contact`` a friend and tell siblings;
+    keep the ``revocations`` of its devices it sent."""
 
     contact: Contact
+    revocations: tuple[Revocation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +276,12 @@ class KeepPairing:
 
 @dataclass(frozen=True, slots=True)
 class AdoptGrant:
+    """Act as the user from now on, as ``grant`` says, keeping the user's
+    ``revocations`` of its devices (checked, from the grant)."""
+
     pairing: Pairing
     grant: PairGrant
+    revocations: tuple[Revocation, ...] = ()
 
 
 Effect = (
@@ -300,6 +306,17 @@ Effect = (
     | KeepPairing
     | AdoptGrant
 )
+
+
+def _without(revocations: tuple[Revocation, ...], devices: tuple[str, ...]) -> tuple[str, ...]:
+    """``devices`` but those ``revocations`` name (a file server may list them still)."""
+    revoked = {revocation.secondary for revocation in revocations}
+    return tuple(device for device in devices if device not in revoked)
+
+
+def _put_contact(contact: Contact, revocations: tuple[Revocation, ...]) -> Effect:
+    """Store ``contact``, keeping the revocations of its devices it sent, if any."""
+    return RevokeDevices(revocations, contact) if revocations else PutContact(contact)
 
 
 class _Refused(Exception):
@@ -547,17 +564,18 @@ class _Decision:
         if request.user == self.view.user_id:
             raise _Refused("a friend request from this user's own device")
         self.check_device(self.item.device, request.user)
+        revocations = self.carried_revocations(request.revocations, request.user)
         contact = self.view.contact(request.user)
-        devices = self.devices_of(request.user, fresh=False)
+        devices = _without(revocations, self.devices_of(request.user, fresh=False))
         state = None if contact is None else contact.state
         move = friend_transition(state, FriendEvent.REQUEST_RECEIVED)
         if FriendEffect.SEND_ACCEPT in move.effects:
             assert contact is not None
             name = request.name or contact.name
-            return [Befriend(replace(contact, devices=devices, name=name))]
+            return [Befriend(replace(contact, devices=devices, name=name), revocations)]
         if move.state != state:
             contact = Contact(request.user, move.state, devices, request.text, request.name)
-            return [PutContact(contact)]
+            return [_put_contact(contact, revocations)]
         return []
 
     def friend_accept(self, accept: FriendAccept) -> list[Effect]:
@@ -569,9 +587,21 @@ class _Decision:
         except IllegalTransition:
             raise _Refused(f"an acceptance from {accept.user[:12]}…, who was not asked") from None
         self.check_device(self.item.device, accept.user)
-        devices = self.devices_of(accept.user, fresh=False)
+        revocations = self.carried_revocations(accept.revocations, accept.user)
+        devices = _without(revocations, self.devices_of(accept.user, fresh=False))
         name = accept.name or contact.name
-        return [PutContact(replace(contact, state=move.state, devices=devices, name=name))]
+        befriended = replace(contact, state=move.state, devices=devices, name=name)
+        return [_put_contact(befriended, revocations)]
+
+    def carried_revocations(self, records: tuple[bytes, ...], user: str) -> tuple[Revocation, ...]:
+        """The revocations a friend request, acceptance or pairing grant carries: each
+        signed by ``user``'s primary (``user`` itself) and of one of its own devices."""
+        revocations = tuple(Revocation.from_bytes(record) for record in records)
+        for revocation in revocations:
+            revocation.verify()
+            if revocation.primary != user:
+                raise _Refused(f"a revocation carried for {user[:12]}… that is not theirs")
+        return revocations
 
     def profile(self, profile: Profile) -> list[Effect]:
         """A friend's new display name: kept beside their id (never instead of it)."""
@@ -890,4 +920,6 @@ class _Decision:
                 or mapping.timestamp_ms != pairing.timestamp_ms
             ):
                 raise _Refused("the granted mapping is not the one this device asked for")
-        return [AdoptGrant(pairing, grant)]
+        return [
+            AdoptGrant(pairing, grant, self.carried_revocations(grant.revocations, pairing.peer))
+        ]

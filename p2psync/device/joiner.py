@@ -10,14 +10,14 @@ an arriving challenge, grant or decline may do is decided by the inbound core
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
 from ..envelope import seal_envelope
 from ..errors import DecodeError
 from ..identity import Identity, message_hash, sealable_key, session_id_key
-from ..mapping import PAIRING_WINDOW_MS, DeviceMapping, sign_pairing_request
+from ..mapping import PAIRING_WINDOW_MS, DeviceMapping, Revocation, sign_pairing_request
 from ..swarm.client import SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL
 from ..wire import encode_cbor
@@ -199,10 +199,15 @@ class Joiner:
         """Whether this device joined a user by pairing."""
         return self._paired.is_set()
 
-    def adopt_grant(self, pairing: Pairing, grant: PairGrant) -> None:
-        """The grant checked out: act as the user from now on."""
+    def adopt_grant(
+        self, pairing: Pairing, grant: PairGrant, revocations: Sequence[Revocation]
+    ) -> None:
+        """The grant checked out: act as the user from now on, trusting none of the
+        devices the user unpaired (``revocations``, from the grant), whatever a file
+        server says."""
         store = self._store
         with store.transaction():
+            store.keep_revocations(revocations, own_user=pairing.peer)
             if grant.seed is not None:
                 store.set_meta("account_seed", grant.seed)
             store.set_meta("user", pairing.peer.encode())

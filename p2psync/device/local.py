@@ -29,7 +29,13 @@ from ..rpc import KeyedRateLimit
 from ..swarm.listing import Snapshot
 from ..sync.records import Relays
 from ..wire import decode_cbor, encode_cbor
-from .content import NAMESPACE_OF, Content, HistoryRecord, encode_content
+from .content import (
+    MAX_CARRIED_REVOCATIONS,
+    NAMESPACE_OF,
+    Content,
+    HistoryRecord,
+    encode_content,
+)
 from .inbound import date_refusal
 from .keys import overlay_public
 from .migration import LinkedStatement
@@ -336,6 +342,12 @@ class Local:
         kind, body = encode_content(content)
         data = seal_envelope(self.identity, session_id_key(owner), kind, body, timestamp_ms)
         return Copy(seq, owner, NAMESPACE_OF[kind], data)
+
+    def own_revocations(self) -> tuple[bytes, ...]:
+        """The user's newest revocations of its own devices, for a new friend or device
+        to carry (:data:`~.content.MAX_CARRIED_REVOCATIONS`)."""
+        kept = self.store.revocations_by(self.user_id, MAX_CARRIED_REVOCATIONS)
+        return tuple(revocation.to_bytes() for revocation in kept)
 
     def set_contact(self, contact: Contact) -> None:
         """Store a contact change and queue it for the siblings (inside a transaction)."""

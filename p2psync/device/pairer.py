@@ -228,6 +228,7 @@ class Pairer:
             plan.devices,
             (),
             self._local.display_name,
+            self._local.own_revocations(),
         )
         contacts, after = grant_contacts(
             (c.record for c in self._store.contacts()),

@@ -245,7 +245,8 @@ class Receiver:
                 case PutContact(contact=contact):
                     store.put_contact(contact)
                     local.notify()
-                case Befriend(contact=contact):
+                case Befriend(contact=contact, revocations=revocations):
+                    store.keep_revocations(revocations, own_user=local.user_id)
                     await self._befriend(contact)
                 case RevokeDevices(revocations=revocations, contact=contact, move=move):
                     with store.transaction():
@@ -297,8 +298,8 @@ class Receiver:
                 case KeepPairing(pairing=pairing):
                     store.put_pairing(pairing)
                     local.notify()
-                case AdoptGrant(pairing=pairing, grant=grant):
-                    self._joiner.adopt_grant(pairing, grant)
+                case AdoptGrant(pairing=pairing, grant=grant, revocations=revocations):
+                    self._joiner.adopt_grant(pairing, grant, revocations)
                 case AdoptAccount(seed=seed, statement=statement):
                     self._migrator.adopt_account(seed, statement)
                 case _:  # pragma: no cover - decide() hands these out alone

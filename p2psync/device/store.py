@@ -598,6 +598,16 @@ class DeviceStore:
         rows = self._db.execute("SELECT record FROM revocations ORDER BY primary_id, secondary")
         return [Revocation.from_bytes(bytes(row[0])) for row in rows]
 
+    def revocations_by(self, primary: str, limit: int) -> list[Revocation]:
+        """The newest ``limit`` revocations ``primary`` signed, oldest first."""
+        rows = self._db.execute(
+            "SELECT record FROM (SELECT record, timestamp, secondary FROM revocations"
+            " WHERE primary_id = ? ORDER BY timestamp DESC, secondary DESC LIMIT ?)"
+            " ORDER BY timestamp, secondary",
+            (primary, limit),
+        )
+        return [Revocation.from_bytes(bytes(row[0])) for row in rows]
+
     def revoked_at_ms(self, primary: str, secondary: str) -> int | None:
         """When ``primary`` revoked ``secondary`` (its newest revocation seen), if it did."""
         row = self._db.execute(

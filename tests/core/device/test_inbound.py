@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from p2psync.device.content import (
+    MAX_CARRIED_REVOCATIONS,
     NAMESPACE_OF,
     ContactRecord,
     Content,
@@ -60,7 +61,7 @@ from p2psync.device.pairing import WAITING_HERE, PairingBudget, PairingState
 from p2psync.device.rows import Contact, Pairing
 from p2psync.errors import DecodeError
 from p2psync.identity import Identity
-from p2psync.mapping import PAIRING_WINDOW_MS, revoke_pairing
+from p2psync.mapping import MAX_RECORD_BYTES, PAIRING_WINDOW_MS, revoke_pairing
 from p2psync.swarm.constants import NAMESPACE_SYNC
 from p2psync.wire import decode_cbor, encode_cbor
 
@@ -250,6 +251,26 @@ def test_a_friend_request_becomes_pending_with_the_requesters_devices() -> None:
     ]
 
 
+def test_a_new_friend_keeps_the_revocations_it_is_told_of_and_trusts_none_it_names() -> None:
+    """Bob's request (or acceptance) carries his revocations of his own devices: his
+    phone, unpaired before we met, is left out of his devices whatever the file server
+    lists, and the revocation kept for its later answers. One Bob did not sign is
+    refused with the record."""
+    phone = revoke_pairing(BOB, BOBS_PHONE.session_id, NOW - 10)
+    listed = {BOB.session_id: (BOB.session_id, BOBS_PHONE.session_id)}
+    told = FriendRequest(BOB.session_id, (BOB.session_id,), "hi", "", (phone.to_bytes(),))
+    pending = Contact(BOB.session_id, ContactState.PENDING, (BOB.session_id,), "hi")
+    assert run(Known(), inbound(told, BOB), listed) == [RevokeDevices((phone,), pending)]
+    asked = Known(contacts={BOB.session_id: replace(pending, state=ContactState.REQUESTED)})
+    accept = FriendAccept(BOB.session_id, (BOB.session_id,), "", (phone.to_bytes(),))
+    [kept] = run(asked, inbound(accept, BOB), listed)
+    assert kept == RevokeDevices((phone,), replace(pending, state=ContactState.FRIEND))
+    foreign = revoke_pairing(SIBLING, BOBS_PHONE.session_id, NOW - 10)
+    forged = replace(told, revocations=(foreign.to_bytes(),))
+    [refused] = run(Known(), inbound(forged, BOB), listed)
+    assert isinstance(refused, Reject) and "not theirs" in refused.reason
+
+
 def test_a_request_from_someone_we_asked_befriends_them() -> None:
     asked = Contact(BOB.session_id, ContactState.REQUESTED, (BOB.session_id,))
     item = inbound(FriendRequest(BOB.session_id, (BOB.session_id,), ""), BOB)
@@ -423,6 +444,18 @@ def test_a_siblings_secret_decodes_to_itself_and_nothing_else() -> None:
     for bad in ({"secret": bytes(31)}, {"secret": bytes(32), "more": 1}, {}):
         with pytest.raises(DecodeError):
             decode_content(kind, encode_cbor(bad))
+
+
+def test_carried_revocations_are_bounded_at_decode() -> None:
+    record = revoke_pairing(BOB, BOBS_PHONE.session_id, NOW).to_bytes()
+    request = FriendRequest(BOB.session_id, (BOB.session_id,), "hi", "", (record,))
+    kind, body = encode_content(request)
+    assert decode_content(kind, body) == request
+    fields = decode_cbor(body)
+    assert isinstance(fields, dict)
+    for bad in ([record] * (MAX_CARRIED_REVOCATIONS + 1), ["text"], [bytes(MAX_RECORD_BYTES + 1)]):
+        with pytest.raises(DecodeError):
+            decode_content(kind, encode_cbor({**fields, "revocations": bad}))
 
 
 def test_a_friends_revocation_is_kept_whatever_device_it_names() -> None:
@@ -629,6 +662,12 @@ def test_a_grant_must_hand_over_the_primarys_own_identity() -> None:
     right = PairGrant(DIGEST, None, primary.seed, bytes(32), (), ())
     [adopt] = run(known, inbound(right, primary))
     assert adopt == AdoptGrant(ours, right)
+    revoked = revoke_pairing(primary, SIBLING.session_id, NOW - 10)
+    telling = replace(right, revocations=(revoked.to_bytes(),))
+    assert run(known, inbound(telling, primary)) == [AdoptGrant(ours, telling, (revoked,))]
+    foreign = replace(right, revocations=(revoke_pairing(BOB, SIBLING.session_id, NOW).to_bytes(),))
+    [refused] = run(known, inbound(foreign, primary))
+    assert isinstance(refused, Reject) and "not theirs" in refused.reason
     paired = Pairing(DIGEST, False, primary.session_id, "tablet", NOW, "paired", encode_cbor({}))
     assert run(Known(pairings={DIGEST: paired}), inbound(right, primary)) == []
 

@@ -3,6 +3,7 @@ and the device goes on working."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from dataclasses import replace
@@ -326,6 +327,57 @@ async def test_a_stolen_secondary_adds_no_key_of_the_thiefs_to_a_friends_devices
         await inject(swarm, thiefs, phone_id, NAMESPACE_MESSAGES, lure)
         assert "is not a device of" in await refusal(phone)
         assert texts(phone, bob.session_id) == []
+
+
+async def test_a_device_or_friend_that_came_after_a_revocation_holds_it_too(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The desktop is revoked, then the file server turns malicious and lists it again.
+    A tablet paired afterwards holds the revocation from its grant, and Carol, a friend
+    made afterwards, from the tablet's acceptance: what the revoked desktop signs as
+    Alice is refused by both, and nothing sent to or by them reaches the desktop's swarm
+    (they trusted the file server alone: the desktop read Carol's messages to Alice and
+    the tablet's sent ones, and Carol filed the desktop's as Alice's)."""
+    stolen = Identity.from_label("device/desktop")
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "desktop", "mapped") as desktop,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        await pair(phone, desktop)
+        await phone.pairing.revoke(desktop.whoami().device_id)
+        await wait_until(lambda: desktop.whoami().revoked_at_ms is not None)
+        with sqlite3.connect(network.data_dir / "fileserver.sqlite3") as files:
+            files.execute("UPDATE mappings SET active = 1, revoked_at = NULL, revocation = NULL")
+        namespaces = (NAMESPACE_MESSAGES, NAMESPACE_SYNC)
+        readable = {ns: stored_kinds(network, stolen, ns) for ns in namespaces}
+        # Carol's request goes to the devices the file server lists: a stranger has
+        # nothing else to go by (docs/security.md, finding 6). Nothing after it does.
+        readable[NAMESPACE_MESSAGES] = sorted([*readable[NAMESPACE_MESSAGES], "friend_request"])
+        async with (
+            device(network, tmp_path, "tablet", "mapped") as tablet,
+            device(network, tmp_path, "carol", "mapped") as carol,
+        ):
+            await pair(phone, tablet)
+            await befriend(carol, tablet)
+            await tablet.send(carol.session_id, "the door code is 4711")
+            await carol.send(phone.session_id, "here is my address")
+            await wait_until(lambda: len(tablet.history(carol.session_id)) == 2)
+            await tablet.flush()
+            await carol.flush()
+            assert {ns: stored_kinds(network, stolen, ns) for ns in namespaces} == readable
+            alice = phone.session_id
+            forged = SyncSent(b"\1" * 32, carol.session_id, network.clock.now_ms(), "forged")
+            await inject(swarm, stolen, tablet.whoami().device_id, NAMESPACE_SYNC, forged)
+            lure = Text(alice, "wire 500")
+            await inject(swarm, stolen, carol.session_id, NAMESPACE_MESSAGES, lure)
+            assert "is not a device of" in await refusal(tablet)
+            assert "is not a device of" in await refusal(carol)
+            assert [text for _, text in texts(carol, alice)] == [
+                "here is my address",
+                "the door code is 4711",
+            ]
 
 
 async def test_a_sibling_without_a_mapping_is_unpaired_all_the_same(
