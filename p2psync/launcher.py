@@ -56,6 +56,8 @@ from .services import (
 from .swarm.directory import read_listing
 from .swarm.listing import Snapshot
 from .swarm.ring import NodeInfo, SwarmMap
+from .urls import bare_address
+from .whole_file import read_small_file, replace_file
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class StartError(P2PSyncError):
 STOP_GRACE_S = 5.0
 #: Held in a network's directory while ``network up`` runs there.
 NETWORK_LOCK = "network.lock"
+#: The port each service listened on, kept in a network's directory for the next run.
+PORTS_FILE = "ports.json"
 VIEW_POLL_S = 0.5
 
 
@@ -213,14 +217,23 @@ async def _read_ready_line(service: Service, process: trio.Process) -> str:
 
 class Launcher:
     """Starts children in its nursery (see :func:`run_service`: cancelling the nursery
-    stops every one), each on the host ``hosts`` gives its name."""
+    stops every one), each on the host ``hosts`` gives its name, and on the port it had
+    the last time (``ports``, by name), so that what devices keep of the network's
+    addresses still leads somewhere after a restart; one whose port another process took
+    meanwhile starts on a new one. :attr:`ports` holds every child's port once up."""
 
     def __init__(
-        self, data_dir: Path, nursery: trio.Nursery, hosts: Mapping[str, Host] | None = None
+        self,
+        data_dir: Path,
+        nursery: trio.Nursery,
+        hosts: Mapping[str, Host] | None = None,
+        ports: Mapping[str, int] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self._nursery = nursery
         self._hosts = hosts or {}
+        self._kept_ports = dict(ports or {})
+        self.ports: dict[str, int] = {}
 
     def data_dir_of(self, name: str) -> Path:
         """The data directory of child ``name``, made if new. One a service of hosts had
@@ -236,11 +249,27 @@ class Launcher:
         host, folder = self._hosts.get(name, LOOPBACK), self.data_dir_of(name)
         uid = None if host.namespace is None else await trio.to_thread.run_sync(service_uid, folder)
         service = Service(name, args, folder, host, uid)
-        running: Running = await self._nursery.start(self._run, service)
+        port = self._kept_ports.get(name)
+        running = None if port is None else await self._start_on_kept_port(service, port)
+        if running is None:
+            running = await self._nursery.start(self._run, service, 0)
+        self.ports[name] = port_of(running.url)
         return running.url
 
-    async def _run(self, service: Service, *, task_status: trio.TaskStatus[Running]) -> None:
-        code = await run_service(service, task_status=task_status)
+    async def _start_on_kept_port(self, service: Service, port: int) -> Running | None:
+        """``service`` started on the port it had the last time, or None if it did not
+        come up there (another process may have taken the port meanwhile)."""
+        try:
+            running: Running = await self._nursery.start(self._run, service, port)
+            return running
+        except* StartError:
+            logger.warning("%s did not start on its port %d: on another now", service.name, port)
+        return None
+
+    async def _run(
+        self, service: Service, port: int, *, task_status: trio.TaskStatus[Running]
+    ) -> None:
+        code = await run_service(service, port, task_status=task_status)
         logger.warning("%s exited with code %s (log: %s)", service.name, code, service.log_path)
 
     async def start_many(
@@ -283,11 +312,12 @@ async def network_up(
         link_args = ("--plain-links",) if plain_links else ()
         path = data_dir / "network.json"
         path.unlink(missing_ok=True)  # a description of a network that is gone misleads
+        ports_path = data_dir / PORTS_FILE
         node_names = [f"node-{index}" for index in range(nodes)]
         relay_names = [f"relay-{index}" for index in range(relays)]
         names = ["registry", "fileserver", "opengroup", *node_names, *relay_names]
         async with _hosts(data_dir, names, separate_hosts) as hosts, trio.open_nursery() as nursery:
-            launcher = Launcher(data_dir, nursery, hosts)
+            launcher = Launcher(data_dir, nursery, hosts, read_ports(ports_path))
             try:
                 # Every process of this network starts now and announces itself; a listing
                 # kept from an earlier run names nodes that may never come back, and the
@@ -352,12 +382,33 @@ async def network_up(
                 description = await _describe(
                     transport, registry, fileserver, opengroup, started, ledger.public_key, keys
                 )
+                replace_file(ports_path, json.dumps(launcher.ports, indent=2).encode() + b"\n")
                 path.write_text(json.dumps(description, indent=2) + "\n")
                 task_status.started(path)
                 await trio.sleep_forever()
             finally:
                 path.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
+
+
+def port_of(url: str) -> int:
+    """The port of a url a service reports (:func:`~.urls.bare_address`)."""
+    return int(bare_address(url).rpartition(":")[2])
+
+
+def read_ports(path: Path) -> dict[str, int]:
+    """The ports each service of the network had the last time (none if the file is
+    missing or not what ``network up`` wrote: they are a preference, never needed)."""
+    data = read_small_file(path, 1 << 20)
+    try:
+        ports = json.loads(data) if data is not None else {}
+    except ValueError:
+        return {}
+    if not isinstance(ports, dict):
+        return {}
+    return {
+        str(name): port for name, port in ports.items() if type(port) is int and 0 < port < 65536
+    }
 
 
 def _network_lock(data_dir: Path) -> ProcessLock:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -202,9 +204,13 @@ async def _first_line(process: trio.Process) -> str:
 @pytest.mark.slow
 async def test_network_up_again_with_fewer_nodes_waits_only_for_this_runs(tmp_path: Path) -> None:
     """Brought up again on the same folder, a network lists only the processes this run
-    started: the nodes of an earlier, larger run are gone and are not waited for. The
-    second starts as a shell without job control starts a background job, with SIGINT
-    ignored: ``kill -INT`` still stops it (it once ran on with all its children)."""
+    started: the nodes of an earlier, larger run are gone and are not waited for. Its
+    servers and the node that stays come back at the addresses they had (devices keep
+    them: on new ports, a device made before the restart waited 25 s for every command
+    and never reached the open group). The second starts as a shell without job control
+    starts a background job, with SIGINT ignored: ``kill -INT`` still stops it (it once
+    ran on with all its children)."""
+    described: list[dict[str, Any]] = []
     for nodes in (3, 1):
         process = await trio.lowlevel.open_process(
             [*P2PSYNC, "network", "up", "--nodes", str(nodes), "--relays", "0", "--data", tmp_path],
@@ -216,6 +222,7 @@ async def test_network_up_again_with_fewer_nodes_waits_only_for_this_runs(tmp_pa
             assert await _first_line(process) == f"ready {tmp_path / 'network.json'}"
             description = json.loads((tmp_path / "network.json").read_text())
             assert len(description["nodes"]) == nodes
+            described.append(description)
         finally:
             process.send_signal(signal.SIGINT)
             with trio.move_on_after(60):
@@ -224,6 +231,37 @@ async def test_network_up_again_with_fewer_nodes_waits_only_for_this_runs(tmp_pa
                 process.terminate()  # its children go with it
                 await process.wait()
         assert process.returncode == 130
+    first, again = described
+    for server in ("registry", "fileserver", "opengroup"):
+        assert again[server] == first[server]
+    [node] = again["nodes"]
+    assert node in first["nodes"]
+
+
+async def test_a_service_whose_port_was_taken_meanwhile_comes_up_on_another(
+    tmp_path: Path,
+) -> None:
+    """The port the registry had the last time is another process's now: the network
+    comes up all the same, the registry on a new port (which the next run keeps); a
+    ports file that is not what ``network up`` wrote is no reason to fail either."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "ports.json").write_text(json.dumps({"registry": port, "node-0": "x"}))
+        process = await trio.lowlevel.open_process(
+            [*P2PSYNC, "network", "up", "--nodes", "1", "--relays", "0", "--data", tmp_path],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert await _first_line(process) == f"ready {tmp_path / 'network.json'}"
+            registry = json.loads((tmp_path / "network.json").read_text())["registry"]
+            kept = json.loads((tmp_path / "ports.json").read_text())
+            assert f":{port}/" not in registry and f":{kept['registry']}/" in registry
+        finally:
+            process.send_signal(signal.SIGINT)
+            await process.wait()
 
 
 def test_network_up_names_the_process_that_did_not_come_up(tmp_path: Path) -> None:
