@@ -626,7 +626,7 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
             if contact.state == "pending":
                 _print_friend_request(args, contact)
 
-    args.timeout = max(args.timeout, args.wait + 60)
+    args.timeout += args.wait  # the wait asked for, then as long as any command
     return _run(args, work)
 
 
@@ -810,7 +810,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         status = _status_of(device)
         _emit(args, status, *_status_lines(status))
 
-    args.timeout = max(args.timeout, args.wait + 60)
+    args.timeout += args.wait  # the wait asked for, then as long as any command
     return _run(args, work)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -647,3 +648,21 @@ async def _append(
     results: list[tuple[int, str, str]], command: Awaitable[tuple[int, str, str]]
 ) -> None:
     results.append(await command)
+
+
+async def test_inbox_gives_up_after_the_timeout_it_is_given(tmp_path: Path) -> None:
+    """A registry that takes connections and never answers: ``inbox --timeout 3`` gives
+    up after its 3 s (it waited 60 at least, whatever it was told)."""
+    await init(tmp_path, "mapped", "alice")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}"
+        net = tmp_path / "network.json"
+        servers = {"registry": url, "fileserver": url, "opengroup": url}
+        net.write_text(json.dumps({"ledger": "00" * 32, **servers, "nodes": [], "relays": []}))
+        with trio.fail_after(30):
+            code, _, err = await run(
+                "inbox", "--data", str(tmp_path / "alice"), "--network", str(net), "--timeout", "3"
+            )
+        assert code == 1 and "gave up after 3 s" in err
