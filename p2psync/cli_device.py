@@ -89,6 +89,10 @@ def _named(name: str, user: str) -> str:
 
 
 def _name_of(device: Device, user: str) -> str:
+    """The display name of ``user``: a friend's, or the user's own."""
+    me = device.whoami()
+    if user == me.session_id:
+        return me.display_name
     contact = device.friends.contact(user)
     return "" if contact is None else contact.name
 
@@ -645,6 +649,7 @@ def _status_of(device: Device) -> dict[str, Any]:
     me, status = device.whoami(), device.sync_status()
     return {
         "user": me.session_id,
+        "display_name": me.display_name,
         "device": me.device_id,
         "mode": me.mode,
         "direct_sync": status.syncs_directly,
@@ -679,7 +684,8 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
         "short): owed sync copies were queued again on this start",
     }[status["last_run_left"]]
     return [
-        f"user {status['user']} (device {_short(status['device'])}, {status['mode']})",
+        f"user {_named(status.get('display_name', ''), status['user'])}"
+        f" (device {_short(status['device'])}, {status['mode']})",
         *_revoked_line(status["revoked_at_ms"]),
         "syncs with its siblings "
         + _how_it_syncs(status["direct_sync"], status["starting"], len(status["siblings"])),

@@ -574,6 +574,9 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         )
         first = json.loads(await ok("status", *where("phone"), "--json", "--wait", "0"))
         assert first["last_sync_ms"] is None and not first["starting"]  # no sibling yet
+        await ok("name", *where("phone"), "Alice")
+        named = (await ok("status", *where("phone"), "--wait", "0")).splitlines()
+        assert named[0].startswith(f"user Alice ({ids['phone']}) (device ")
 
         async def offer() -> dict[str, Any]:
             listing = await ok("accept", *where("phone"), "--wait", "60", "--json")
