@@ -801,6 +801,15 @@ class _Decision:
             or request.timestamp_ms > now + CLOCK_SKEW_MS
         ):
             raise _Refused("an expired (or replayed) pairing request")
+        if request.device in view.siblings():
+            if view.rules.ignores_known_sibling_request():
+                return []
+            raise _Refused("a pairing request from a device that is already paired")
+        revoked_at = view.revoked_at_ms(view.user_id, request.device)
+        if revoked_at is not None and request.timestamp_ms <= revoked_at:
+            # Answered, the device paired and then unpaired: read again after the account
+            # moved to linked (a secondary reads the account's swarm from then on).
+            raise _AppliedAlready
         if request.mode != view.rules.mode:
             # The new device would wait for an answer that cannot come: it is told (a
             # decline is signed, so within the same budget as a challenge).
@@ -808,10 +817,6 @@ class _Decision:
                 raise _Refused("too many pairing requests: this one is dropped")
             reason = f"a {request.mode} pairing request to a {view.rules.mode} device (declined)"
             return [Reject(reason), SendDecline(item.device, item.digest)]
-        if request.device in view.siblings():
-            if view.rules.ignores_known_sibling_request():
-                return []
-            raise _Refused("a pairing request from a device that is already paired")
         attempt = (request.device, request.overlay, request.timestamp_ms)
         if any(
             p.state != PairingState.HELD and attempt_of(p) == attempt

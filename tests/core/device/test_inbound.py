@@ -578,6 +578,15 @@ def test_a_request_of_the_other_mode_is_declined_so_the_new_device_stops_waiting
         assert isinstance(dropped, Reject) and "too many pairing requests" in dropped.reason
 
 
+def test_a_request_of_a_device_paired_and_unpaired_since_is_let_be() -> None:
+    """After the move to linked a secondary reads the account's swarm, which still holds
+    a mapped request the primary answered: its device was paired and revoked since, so
+    it is neither declined nor warned of."""
+    request = pair_request(Mode.MAPPED, at=NOW - 10)
+    revoked = Known(revoked={(ME.session_id, request.device): NOW - 5})
+    assert run(revoked, inbound(request, Identity.from_label("core/request-key"))) == []
+
+
 def test_a_request_past_the_total_budget_is_held_unanswered_with_what_answering_takes() -> None:
     """Past the answer budget's total (strangers' fresh keys spent it) a request is kept
     unanswered, not dropped: the user's listing answers it later, from what is kept."""
