@@ -530,12 +530,13 @@ def _privacy_table(summary: dict[str, Any]) -> Table:
         ""
         if closest is None
         else f" (closest: {closest['matched']} of {closest['requests']} {closest['method']} "
-        f"requests within {timing['window_ms']} ms, {closest['expected']:g} by chance)"
+        f"requests within {timing['window_ms']} ms, {closest['expected']:g} by chance,"
+        f" p = {closest['p_value']:.2g})"
     )
     table.add_row(
         "servers",
         f"of {timing['server_methods']} (server, method) pairs, whose requests for Alice's "
-        f"account follow sibling sync{detail}",
+        f"account follow sibling sync (p × pairs < {SYNC_TIMING_ALPHA:g}){detail}",
         str(privacy["server_methods_following_sibling_sync"]),
     )
     return table
