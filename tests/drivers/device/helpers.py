@@ -116,6 +116,21 @@ async def siblings_and_friend(
         yield phone, desktop, bob
 
 
+@asynccontextmanager
+async def three_mapped_devices(
+    network: LocalNetwork, root: Path
+) -> AsyncIterator[tuple[Device, Device, Device]]:
+    """Alice's phone (the primary), desktop and tablet, ``mapped``, paired in that order."""
+    async with (
+        device(network, root, "phone", "mapped") as phone,
+        device(network, root, "desktop", "mapped") as desktop,
+        device(network, root, "tablet", "mapped") as tablet,
+    ):
+        await pair(phone, desktop)
+        await pair(phone, tablet)
+        yield phone, desktop, tablet
+
+
 def is_friend(device: Device, other: str) -> bool:
     contact = device.friends.contact(other)
     return contact is not None and contact.state == "friend"

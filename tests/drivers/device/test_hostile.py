@@ -86,6 +86,7 @@ from .helpers import (
     start_pairing,
     stored_kinds,
     texts,
+    three_mapped_devices,
 )
 
 MALLORY = Identity.from_label("mallory")
@@ -240,12 +241,8 @@ async def test_a_revoked_device_no_longer_finds_its_former_siblings(
     and the tablet meet directly by the new one."""
     async with (
         open_world(relays=8) as network,
-        device(network, tmp_path, "phone", "mapped") as phone,
-        device(network, tmp_path, "desktop", "mapped") as desktop,
-        device(network, tmp_path, "tablet", "mapped") as tablet,
+        three_mapped_devices(network, tmp_path) as (phone, desktop, tablet),
     ):
-        await pair(phone, desktop)
-        await pair(phone, tablet)
         siblings = {desktop.whoami().device_id, tablet.whoami().device_id}
         await wait_until(lambda: phone.sync_status().connected_siblings == siblings)
         with closing(DeviceStore(tmp_path / "desktop" / STORE_FILE, read_only=True)) as store:
@@ -274,13 +271,9 @@ async def test_a_stolen_secondary_leaves_nobody_of_the_thiefs_among_the_siblings
     account's key, and could not be revoked: the file server had no mapping of it)."""
     async with (
         open_world() as network,
-        device(network, tmp_path, "phone", "mapped") as phone,
-        device(network, tmp_path, "desktop", "mapped") as desktop,
-        device(network, tmp_path, "tablet", "mapped") as tablet,
+        three_mapped_devices(network, tmp_path) as (phone, desktop, tablet),
         open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
     ):
-        await pair(phone, desktop)
-        await pair(phone, tablet)
         phone_id, tablet_id = phone.whoami().device_id, tablet.whoami().device_id
         thiefs = Identity.from_label("thief's device")
         planted = SiblingRecord(thiefs.session_id, overlay_public(thiefs.seed), "desktop")
