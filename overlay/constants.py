@@ -140,9 +140,10 @@ EXIT_TIMEOUT_MS = 10_000
 #: Exit requests in a row a path's exit leaves with no answer at all before the endpoint
 #: retires the path (an exit reports a server it cannot reach: that is an answer).
 EXIT_UNANSWERED_TO_RETIRE = 2
-#: An endpoint that publishes an introset tests one of its own intros end to end every
-#: this many path-ping intervals (15 s at the default pings): a probe, shaped as a
-#: session's acknowledgement, sent to the intro through another of its paths. A relay
+#: An endpoint that publishes an introset tests one of its own intros end to end within
+#: this many path-ping intervals (15 s at the default pings; at a random point of the
+#: second half): a probe, shaped as a session packet, sent to the intro through another
+#: of its paths. A relay
 #: that answers its path's pings and keeps what it should deliver to the intro it hosts
 #: looks healthy to pings alone, while every packet its siblings send there is lost.
 INTRO_PROBE_PINGS = 3

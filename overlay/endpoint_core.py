@@ -565,16 +565,18 @@ class EndpointCore:
     def _keep_probing(self, now_ms: int) -> list[Effect]:
         """The next probe, if one is due and the endpoint publishes (nobody else learns
         its intros but the peers of its sessions, which find new ones in its packets) and
-        has a path for it to leave by besides the one it tests. The next is due a probe
-        interval later whether it went or not."""
+        has a path for it to leave by besides the one it tests. The next is due within a
+        probe interval whether it went or not, at a random point of its second half, and
+        takes one of a session packet's shapes at random (:func:`~.session.probe_packet`):
+        a relay that passes probes alone must not find them by their time or their looks."""
         if self._probe is not None or now_ms < self._probe_at_ms or not self._secrets:
             return []
-        self._probe_at_ms = now_ms + self._probe_interval_ms
+        self._probe_at_ms = now_ms + int(self._probe_interval_ms * self._rng.uniform(0.5, 1.0))
         target = self._probe_target(now_ms)
         sender = None if target is None else self.next_path(now_ms, [target])
         if target is None or sender is None:
             return []
-        packet = probe_packet()
+        packet = probe_packet(init_shaped=self._rng.random() < 0.5)
         target.probed_ms = now_ms
         self._probe = _Probe(packet, target, now_ms + INTRO_PROBE_TIMEOUT_MS)
         return [SendPayload(sender, Transfer(target.terminal.pubkey, target.intro_id, packet))]

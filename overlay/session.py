@@ -73,6 +73,7 @@ _INIT_HEADER = 1 + SESSION_ID_BYTES + 32 + 32 + 16
 #: Room for a session packet inside a TRANSFER payload.
 MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES - TRANSFER_HEADER_BYTES
 _DATA_OVERHEAD = 1 + SESSION_ID_BYTES + 8 + 16 + _INTRO.size + _SEGMENT.size
+_INIT_LENGTH = _INIT_HEADER + _INIT_TIME.size + _INTRO.size + 16
 FRAGMENT_BYTES = MAX_PACKET_BYTES - _DATA_OVERHEAD
 
 
@@ -123,12 +124,26 @@ def packet_session_id(packet: bytes) -> bytes | None:
     return packet[1 : 1 + SESSION_ID_BYTES]
 
 
-def probe_packet() -> bytes:
-    """A packet an endpoint sends its own intro to test it: as long as a session's
-    acknowledgement and typed as one, the rest random, so that the relays carrying it
-    see what they see of a session packet (one of a session they have not carried yet)
-    and one that keeps session packets keeps probes too. No session takes it."""
-    return bytes((PacketType.DATA,)) + os.urandom(_DATA_OVERHEAD - 1)
+#: The counters a probe shaped as a session's acknowledgement names, as a session's do
+#: (they count up from 1): one far past any session's would tell a probe apart.
+PROBE_COUNTERS = 1 << 16
+
+
+def probe_packet(init_shaped: bool) -> bytes:
+    """A packet an endpoint sends its own intro to test it, shaped as a session's INIT
+    (a real ephemeral key, the rest random, an INIT's length) or as an acknowledgement
+    of a session the relay may not have carried yet (sessions move between intros), with
+    a counter a session could have: a relay that keeps session packets and passes probes
+    would have to tell them apart by what it sees, and each shape is what that kind of
+    session packet shows it. No session takes it (an INIT-shaped one that comes back
+    late opens none: its static key is no key's)."""
+    if init_shaped:
+        header = bytes((PacketType.INIT,)) + os.urandom(SESSION_ID_BYTES)
+        header += KeyPair.from_seed(os.urandom(32)).public
+        return header + os.urandom(_INIT_LENGTH - len(header))
+    counter = 1 + int.from_bytes(os.urandom(8), "big") % PROBE_COUNTERS
+    header = bytes((PacketType.DATA,)) + os.urandom(SESSION_ID_BYTES) + counter.to_bytes(8, "big")
+    return header + os.urandom(_DATA_OVERHEAD - len(header))
 
 
 def _pack_intro(intro: Intro | None) -> bytes:
@@ -346,10 +361,7 @@ class SessionCore:
         if it was sent more than ``SESSION_INIT_FRESHNESS_MS`` away from ``now_ms``;
         :class:`NotAdmitted` if ``admits`` refuses its sender, known after one
         Diffie-Hellman of the four)."""
-        if (
-            len(packet) != _INIT_HEADER + _INIT_TIME.size + _INTRO.size + 16
-            or packet[0] != PacketType.INIT
-        ):
+        if len(packet) != _INIT_LENGTH or packet[0] != PacketType.INIT:
             raise SessionError("not an INIT packet")
         start = _EPHEMERAL.start
         initiator_ephemeral = packet[_EPHEMERAL]

@@ -392,17 +392,25 @@ async def network_up(
 
 
 def port_of(url: str) -> int:
-    """The port of a url a service reports (:func:`~.urls.bare_address`)."""
-    return int(bare_address(url).rpartition(":")[2])
+    """The port of a url a service reports (:func:`~.urls.bare_address`), or
+    :class:`StartError`: a service that says it is ready where no port is, is not."""
+    try:
+        port = int(bare_address(url).rpartition(":")[2])
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise StartError(f"a service said it was ready at {url!r}, which names no port")
+    return port
 
 
 def read_ports(path: Path) -> dict[str, int]:
     """The ports each service of the network had the last time (none if the file is
-    missing or not what ``network up`` wrote: they are a preference, never needed)."""
-    data = read_small_file(path, 1 << 20)
+    missing, unreadable or not what ``network up`` wrote: they are a preference, never
+    needed)."""
     try:
+        data = read_small_file(path, 1 << 16)
         ports = json.loads(data) if data is not None else {}
-    except ValueError:
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(ports, dict):
         return {}

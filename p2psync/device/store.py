@@ -330,8 +330,11 @@ class DeviceStore:
         """Keep ``contact``; past :data:`PENDING_CONTACTS` requests waiting for the user,
         the one that waited longest is forgotten, with the messages it came with (a
         request costs a stranger one store: unbounded, they filled the disk and every
-        pairing grant)."""
+        pairing grant). A contact declined or forgotten takes the revocations of its
+        devices it sent with it: what strangers' requests carry is bounded as they are."""
         with self.transaction():
+            if contact.state == ContactState.DECLINED:
+                self._db.execute("DELETE FROM revocations WHERE primary_id = ?", (contact.user,))
             self._db.execute(
                 "INSERT OR REPLACE INTO contacts (user, state, devices, note, name)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -354,6 +357,7 @@ class DeviceStore:
                 ]
                 for user in forgotten:  # with the messages their requests came with
                     self._db.execute("DELETE FROM contacts WHERE user = ?", (user,))
+                    self._db.execute("DELETE FROM revocations WHERE primary_id = ?", (user,))
                     self._db.execute(
                         "DELETE FROM messages WHERE conversation = ? AND NOT outgoing", (user,)
                     )

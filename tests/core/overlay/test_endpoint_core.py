@@ -444,7 +444,7 @@ def test_probes_kept_wherever_they_go_retire_a_few_paths_per_lifetime_at_most() 
         probes += len(h.keep(now, kept=True)[1])
     assert h.core.stats.paths_failed == INTRO_RETIREMENTS_PER_LIFETIME
     retries = INTRO_RETIREMENTS_PER_LIFETIME + 1
-    assert probes <= span // PROBE_INTERVAL + retries
+    assert probes <= span // (PROBE_INTERVAL // 2) + retries
 
 
 # --- cells in -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from overlay.introset import Intro
 from overlay.keys import KeyPair
 from overlay.session import (
     FRAGMENT_BYTES,
+    PROBE_COUNTERS,
     InitReplayCache,
     Refusal,
     Refused,
@@ -29,6 +30,7 @@ from overlay.session import (
     SessionError,
     SessionState,
     StaleInit,
+    probe_packet,
 )
 
 ALICE = KeyPair.from_seed(b"\x0a" * 32)
@@ -403,3 +405,25 @@ def test_the_acceptor_opens_no_session_from_a_key_it_does_not_admit() -> None:
     acceptor.admits = lambda peer: peer in (CAROL.public, ALICE.public)
     opened = acceptor.accept(SessionCore.initiate(ALICE, BOB.public, 1).outgoing(1)[0], 1)
     assert isinstance(opened, SessionCore) and opened.peer == ALICE.public
+
+
+def test_a_probe_looks_like_an_init_or_an_acknowledgement_a_session_sends() -> None:
+    """An endpoint's probes of its own intros take the length, type and clear fields of
+    a session's INIT or of its acknowledgement, the counter one a session could have:
+    a relay that kept session packets and passed probes found them by a random counter
+    (one past 2**32: a session's counts from 1)."""
+    a = SessionCore.initiate(ALICE, BOB.public, 0)
+    [init] = a.outgoing(0)
+    b = SessionCore.respond(BOB, init, 0)
+    a.send_message(b"x")
+    for packet in b.outgoing(0):
+        a.receive_packet(packet, 0)
+    for packet in a.outgoing(10):
+        b.receive_packet(packet, 10)
+    ack = min(b.outgoing(20), key=len)
+    for _ in range(64):
+        init_shaped, ack_shaped = probe_packet(init_shaped=True), probe_packet(init_shaped=False)
+        assert (len(init_shaped), init_shaped[0]) == (len(init), init[0])
+        assert (len(ack_shaped), ack_shaped[0]) == (len(ack), ack[0])
+        assert 1 <= int.from_bytes(ack_shaped[9:17], "big") <= PROBE_COUNTERS
+    assert int.from_bytes(ack[9:17], "big") <= PROBE_COUNTERS

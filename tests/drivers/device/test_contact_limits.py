@@ -18,6 +18,8 @@ from p2psync.device.store import (
     PENDING_CONTACTS,
     DeviceStore,
 )
+from p2psync.identity import Identity
+from p2psync.mapping import revoke_pairing
 
 
 def test_friend_requests_waiting_are_kept_newest_first_up_to_a_bound(tmp_path: Path) -> None:
@@ -185,5 +187,28 @@ def test_held_requests_go_by_arrival_not_by_the_date_their_sender_chose(tmp_path
         kept = store.held_requests()
         assert len(kept) == MAX_HELD_REQUESTS and kept[0] == honest
         assert held(0, now + 59_000) not in kept  # the first stranger's went
+    finally:
+        store.close()
+
+
+def test_revocations_a_request_carried_go_with_the_request_declined_or_forgotten(
+    tmp_path: Path,
+) -> None:
+    """A stranger's friend request carries up to 32 revocations of its own devices, kept
+    while it waits: declined, or forgotten past :data:`PENDING_CONTACTS`, it takes them
+    with it (20 declined requests left 640 rows for good); a friend's stay."""
+    store = DeviceStore(tmp_path / "device.sqlite3")
+    users = [Identity.from_label(f"stranger {n}") for n in range(PENDING_CONTACTS + 2)]
+    try:
+        for user in users:
+            device = Identity.from_label(f"{user.session_id} device").session_id
+            store.keep_revocations([revoke_pairing(user, device, 1)], own_user="05" + "00" * 32)
+            store.put_contact(Contact(user.session_id, ContactState.PENDING, ()))
+        assert [len(store.revocations_by(u.session_id, 32)) for u in users[:3]] == [0, 0, 1]
+        store.put_contact(Contact(users[2].session_id, ContactState.DECLINED, ()))
+        store.put_contact(Contact(users[3].session_id, ContactState.FRIEND, ()))
+        assert len(store.revocations_by(users[2].session_id, 32)) == 0
+        assert len(store.revocations_by(users[3].session_id, 32)) == 1
+        assert len(store.revocations()) == PENDING_CONTACTS - 1
     finally:
         store.close()
