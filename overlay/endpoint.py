@@ -323,6 +323,7 @@ class Endpoint:
         self._execute(self._core.exit_unanswered(path))
 
     def exit_answered(self, path: Path) -> None:
+        """See :meth:`EndpointCore.exit_answered`."""
         self._core.exit_answered(path)
 
     # --- introsets and sessions -----------------------------------------------------------

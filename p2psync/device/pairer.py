@@ -60,6 +60,7 @@ from .pairing import (
     pairing_transition,
     plan_grant,
     request_open,
+    revocation_date,
     revoke_refusal,
 )
 from .rows import Pairing
@@ -362,15 +363,13 @@ class Pairer:
         self._local.wake_outbox()
 
     def _revocation_time(self, device: str) -> int:
-        """Now, or just after the mapping ``device`` was granted by, if that is dated
-        ahead (a new device may date its request up to the clock skew allowed ahead, and
-        a revocation dated before the mapping is refused as of an earlier pairing)."""
+        """:func:`~.pairing.revocation_date` of ``device``, by the requests granted here."""
         granted = [
             p.timestamp_ms
             for p in self._store.pairings(incoming=True, states=[PairingState.ACCEPTED])
             if pairing_details(p).get("device") == device
         ]
-        return max([self._local.clock.now_ms()] + [ms + 1 for ms in granted])
+        return revocation_date(self._local.clock.now_ms(), granted)
 
 
 def _offer_code(pairing: Pairing) -> str:

@@ -273,6 +273,14 @@ def revoke_refusal(
     return None
 
 
+def revocation_date(now_ms: int, granted_ms: Iterable[int]) -> int:
+    """When to date a revocation of a device granted by mappings dated ``granted_ms``:
+    now, or just after the newest of them if that is ahead (a new device may date its
+    request up to the clock skew allowed ahead, and a revocation dated before the mapping
+    is refused as of an earlier pairing)."""
+    return max([now_ms, *(ms + 1 for ms in granted_ms)])
+
+
 class PairingState(StrEnum):
     """A pairing as one device keeps it (stored by value). The new device's own request
     is ``waiting`` until the grant makes it ``paired`` or the primary's decline makes it
