@@ -360,32 +360,36 @@ async def _saved_registry(
 
 
 async def test_holding_the_dial_slots_after_a_restart_drains_no_saved_entry(
-    tmp_path: Path,
+    tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
     """A saved entry's next announcement at its url needs a dial; one that finds every
-    slot held renews the entry as before the restart (and is dialled later) instead of
-    being told "busy" until the entry lapses. (Trio's real clock, as for every test with
-    a state file: it is saved on a worker thread.)"""
+    slot held until it gives up waiting renews the entry as before the restart (and is
+    dialled later) instead of being told "busy" until the entry lapses. (Trio's clock
+    moves only when the test moves it: the state file is saved on a worker thread, which
+    a clock that jumps while tasks wait would race.)"""
     network = MemoryNetwork()
     state = await _saved_registry(tmp_path, network, {"mem:victim": VICTIM})
     async with trio.open_nursery() as serving:
         await serving.start(network.serve, _hang_up, "mem:victim")
         async with _registry(Clock(), network=network, state_path=state) as listening:
-            _, dials, registry, directory, nursery = listening
+            _, dials, registry, directory, _ = listening
             holders = [Identity.from_label(f"slot-holder-{i}") for i in range(MAX_DIALS)]
 
             async def hold(holder: Identity) -> None:
                 with pytest.raises(RpcError, match=r"could not reach the announced url$"):
                     await _announce(directory, holder, f"mem:hang-{holder.session_id[:8]}")
 
-            for holder in holders:
-                nursery.start_soon(hold, holder)
-            await trio.testing.wait_all_tasks_blocked()
-            assert len(dials.dials) == MAX_DIALS
-            await _announce(directory, VICTIM, "mem:victim")  # renewed, not "busy"
-            assert [r.url for r in registry.snapshot().relays] == ["mem:victim"]
+            async with trio.open_nursery() as holding:
+                for holder in holders:
+                    holding.start_soon(hold, holder)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(dials.dials) == MAX_DIALS
+                holding.start_soon(_announce, directory, VICTIM, "mem:victim")
+                await trio.testing.wait_all_tasks_blocked()
+                # The victim gives up waiting for a slot as the holders' dials time out.
+                mock_clock.jump(DIAL_BACK_TIMEOUT_S)
+            assert [r.url for r in registry.snapshot().relays] == ["mem:victim"]  # renewed
             assert "mem:victim" not in dials.dials
-            await trio.testing.wait_all_tasks_blocked()  # the holders' dials are over
             await _announce(directory, VICTIM, "mem:victim")
             assert dials.dials[-1] == "mem:victim"  # dialled once a slot is free
         serving.cancel_scope.cancel()
