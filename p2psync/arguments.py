@@ -11,7 +11,6 @@ import math
 from collections.abc import Callable
 
 from .errors import DecodeError
-from .identity import sealable_key
 
 #: Longest duration any option takes: a week.
 MAX_SECONDS = 7 * 24 * 3600.0
@@ -20,6 +19,8 @@ MAX_SECONDS = 7 * 24 * 3600.0
 def session_id(text: str) -> str:
     """An id given on the command line: a usage error at once if it is not one anyone
     can hold, rather than a wait for an answer that cannot come."""
+    from .identity import sealable_key  # with the crypto: only where an id is given
+
     try:
         sealable_key(text)
     except DecodeError as exc:

@@ -8,6 +8,8 @@ and so does SIGTERM while it loads (143; a running command handles SIGTERM itsel
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import logging
 import os
@@ -458,6 +460,10 @@ PLAIN_LINKS_HELP = (
 )
 
 
+#: What the servers' and the network's commands import as they start (see :func:`main`).
+SERVICE_MODULES = ("p2psync.services", "p2psync.launcher", "p2psync.network")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2psync",
@@ -469,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: warning)",
     )
+    parser.set_defaults(loads=SERVICE_MODULES)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -490,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--json", type=output_file, metavar="FILE", help="also write the summary as JSON"
     )
-    demo.set_defaults(run=_cmd_demo)
+    demo.set_defaults(run=_cmd_demo, loads=("benchmarks.demo",))
 
     network = commands.add_parser("network", help="a local network of separate processes")
     network_commands = network.add_subparsers(dest="network_command", required=True)
@@ -628,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     for onion_server in (fileserver, opengroup):
         onion_server.add_argument("--registry", metavar="URL", help=listing_help)
 
-    from .cli_device import add_device_commands
+    from .cli_device_parser import add_device_commands
 
     add_device_commands(commands)
 
@@ -674,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument(
         "--json", type=output_file, metavar="FILE", help="write the figures as JSON"
     )
-    throughput.set_defaults(run=_cmd_bench_throughput)
+    throughput.set_defaults(run=_cmd_bench_throughput, loads=("benchmarks.throughput",))
     overlay = bench_commands.add_parser(
         "overlay", help="onion messages/s and CPU per message over 3 hops beside the crypto floor"
     )
@@ -682,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     overlay.add_argument(
         "--json", type=output_file, metavar="FILE", help="write the figures as JSON"
     )
-    overlay.set_defaults(run=_cmd_bench_overlay)
+    overlay.set_defaults(run=_cmd_bench_overlay, loads=("benchmarks.overlay_bench",))
     storage = bench_commands.add_parser(
         "storage", help="stored copies, byte-hours and latency per sync strategy (virtual time)"
     )
@@ -726,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="p2p's sync copies live H hours, not the TTL (24): less storage, and a sibling "
         "away longer gets them only when it meets its sibling",
     )
-    storage.set_defaults(run=_cmd_bench_storage)
+    storage.set_defaults(run=_cmd_bench_storage, loads=("benchmarks.storage",))
     soak = bench_commands.add_parser(
         "soak", help="load and faults (node kill -9, registry stop) for minutes: what held, lost"
     )
@@ -753,23 +760,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 0, no flood)",
     )
     soak.add_argument("--json", type=output_file, metavar="FILE", help="write the figures as JSON")
-    soak.set_defaults(run=_cmd_bench_soak)
+    soak.set_defaults(run=_cmd_bench_soak, loads=("benchmarks.soak",))
     return parser
 
 
 def main(argv: Sequence[str] | None = None, *, held: HeldStops | None = None) -> int:
     """Run one command; its exit status.
 
-    Building the parser loads the device commands (a third of a second). A Ctrl-C or
-    SIGTERM meanwhile is only noted (from ``held``'s start: the console script holds
-    them before it imports this module, see :mod:`p2psync.command`), and acted on once
-    loading is done (exit 130 or 143, one line, as while the command runs): raised
-    inside the import system, the KeyboardInterrupt can come out as another error (a
-    ``ModuleNotFoundError`` for the module it interrupted) or not at all."""
+    The parser is light (``--help`` and a usage error import nothing else); the command
+    it chose then loads the modules it runs (``loads``: a third of a second for Trio, the
+    device or the servers). A Ctrl-C or SIGTERM meanwhile is only noted (from ``held``'s
+    start: the console script holds them before it imports this module, see
+    :mod:`p2psync.command`), and acted on once loading is done (exit 130 or 143, one line,
+    as while the command runs): raised inside the import system, the KeyboardInterrupt
+    can come out as another error (a ``ModuleNotFoundError`` for the module it
+    interrupted) or not at all."""
     stops = held if held is not None else HeldStops.from_now()
     command_line = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(command_line)
+        _load(args.loads)
     finally:
         stops.release()
     args.command_line = command_line  # a device command may hand it to a running `run`
@@ -784,6 +794,14 @@ def main(argv: Sequence[str] | None = None, *, held: HeldStops | None = None) ->
         return int(args.run(args))
     except BaseException as exc:
         return exit_status(exc)
+
+
+def _load(modules: Sequence[str]) -> None:
+    """Import ``modules``; one that is missing is the command's to report (the lab's are
+    an extra: see :func:`_needs_lab`)."""
+    for name in modules:
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(name)
 
 
 def exit_status(exc: BaseException, program: str = "p2psync") -> int:

@@ -35,8 +35,8 @@ from typing import Any, cast
 
 import trio
 
-from .arguments import MAX_SECONDS, number_up_to, session_id, whole_number
 from .cli_control import CONTROL_SOCKET, forward, say, serve_control
+from .cli_device_parser import DEFAULT_TIMEOUT_S
 from .device import (
     Contact,
     Device,
@@ -51,18 +51,14 @@ from .device import (
     device_in_use,
     open_device,
 )
-from .device.content import REFUSED_NAME_CATEGORIES, check_display_name
+from .device.content import REFUSED_NAME_CATEGORIES
 from .device.friends import friends_among
 from .device.pairing import DEVICE_PREFIX_CHARS, REASK_S, is_code
 from .device.values import TRANSIENT
-from .errors import DecodeError, RpcError
-from .wire import INT64_MAX
+from .errors import RpcError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 600.0
-#: The open group numbers posts from 1; a cursor is an unsigned 63-bit id on the wire.
-MAX_POST_ID = INT64_MAX
 #: Exit status after SIGTERM, as a shell reports a process it ended (128 + 15).
 EXIT_TERMINATED = 143
 #: How long a device command stopped by Ctrl-C or SIGTERM (or whose work failed) still
@@ -95,25 +91,6 @@ def _name_of(device: Device, user: str) -> str:
         return me.display_name
     contact = device.friends.contact(user)
     return "" if contact is None else contact.name
-
-
-def _device_name(text: str) -> str:
-    """A device's name, shown to the user's other devices: held to the display-name rules
-    (a longer or stranger one would be refused by the primary it asks to pair)."""
-    try:
-        return check_display_name(text)
-    except DecodeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _directory(text: str) -> str:
-    """A ``--data`` directory: not empty (that would be the current directory, silently)
-    and not an existing file."""
-    if not text:
-        raise argparse.ArgumentTypeError("an empty path; name the device's directory")
-    if os.path.exists(text) and not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
-    return text
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], *lines: str) -> None:
@@ -943,155 +920,19 @@ def _cmd_contacts(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
-def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``device init|whoami|name|pair|accept|send|inbox|run|status|devices|migrate|rooms|
-    contacts``."""
-    device = commands.add_parser("device", help="a messenger device at the terminal")
-    device_commands = device.add_subparsers(dest="device_command", required=True)
-
-    def command(
-        name: str,
-        help_text: str,
-        run: Callable[[argparse.Namespace], int],
-        *,
-        network: bool = True,
-        json_output: bool = False,
-        wait: float | None = None,
-        wait_help: str = "stay online S seconds first",
-        timeout: bool = True,
-    ) -> argparse.ArgumentParser:
-        sub = device_commands.add_parser(name, help=help_text)
-        sub.add_argument(
-            "--data", required=True, type=_directory, metavar="DIR", help="the device's directory"
-        )
-        if network:
-            sub.add_argument(
-                "--network", required=True, metavar="FILE", help="network.json of `network up`"
-            )
-        if network and timeout:
-            sub.add_argument(
-                "--timeout",
-                type=number_up_to(MAX_SECONDS, positive=True),
-                default=DEFAULT_TIMEOUT_S,
-                metavar="S",
-                help=f"give up after S seconds (default: {DEFAULT_TIMEOUT_S:g})",
-            )
-        if json_output:
-            sub.add_argument("--json", action="store_true", help="one JSON object per line")
-        if wait is not None:
-            sub.add_argument(
-                "--wait",
-                type=number_up_to(MAX_SECONDS),
-                default=wait,
-                metavar="S",
-                help=f"{wait_help} (default: {wait:g})",
-            )
-        sub.set_defaults(run=run)
-        return sub
-
-    init = command("init", "create a device (no network needed)", _cmd_init, network=False)
-    init.add_argument(
-        "--mode", required=True, choices=["mapped", "linked"], help="multi-device mode"
-    )
-    init.add_argument(
-        "--name",
-        default="device",
-        type=_device_name,
-        help="shown to the user's other devices (default: device)",
-    )
-    command(
-        "whoami",
-        "this device's user id, device id, mode and name",
-        _cmd_whoami,
-        network=False,
-        json_output=True,
-    )
-    name = command("name", "set the name friends see beside this user's id", _cmd_name)
-    name.add_argument("name", metavar="NAME", help="at most 64 characters, no control characters")
-    pair = command("pair", "on a new device: ask the primary to pair, show the code", _cmd_pair)
-    pair.add_argument(
-        "--primary", required=True, type=session_id, metavar="SESSION_ID", help="the user's id"
-    )
-    accept = command(
-        "accept",
-        "on the primary: list pairing requests, or accept or decline one",
-        _cmd_accept,
-        json_output=True,
-        wait=0.0,
-        wait_help="wait up to S seconds for a request (or the one with --code) to arrive",
-    )
-    decision = accept.add_mutually_exclusive_group()
-    decision.add_argument("--code", metavar="CODE", help="accept the request showing this code")
-    decision.add_argument("--decline", metavar="CODE", help="decline the request with this code")
-    decision.add_argument(
-        "--answer",
-        metavar="DEVICE",
-        help="answer the new device whose id starts with this (as its `pair` shows it),"
-        " however many other requests came, then list the requests",
-    )
-    send = command("send", "send a message to a friend", _cmd_send)
-    send.add_argument("user", type=session_id, metavar="SESSION_ID", help="the friend's id")
-    send.add_argument("text", metavar="TEXT", help="the message")
-    inbox = command(
-        "inbox",
-        "receive, then print what is new since the last read, and friend requests",
-        _cmd_inbox,
-        json_output=True,
-        wait=0.0,
-    )
-    inbox.add_argument("--all", action="store_true", help="the whole history, not just what is new")
-    command(
-        "run",
-        "stay online, print messages as they arrive, sync with siblings; Ctrl-C stops",
-        _cmd_run,
-        json_output=True,
-        timeout=False,
-    )
-    command(
-        "status",
-        "how this device syncs: siblings, direct sessions, unacknowledged messages",
-        _cmd_status,
-        json_output=True,
-        wait=3.0,
-    )
-    devices = command("devices", "this user's devices", _cmd_devices, json_output=True)
-    devices.add_argument(
-        "--revoke", type=session_id, metavar="DEVICE_ID", help="on a mapped primary: unpair one"
-    )
-    migrate = command(
-        "migrate",
-        "on a mapped primary: move the account to linked mode, keeping history and contacts",
-        _cmd_migrate,
-    )
-    migrate.add_argument("--to", required=True, choices=["linked"], help="the mode to move to")
-    rooms = command(
-        "rooms", "public chats: read a room, post to it, or create it", _cmd_rooms, json_output=True
-    )
-    rooms.add_argument("room", metavar="ROOM", help="the room's name")
-    room_action = rooms.add_mutually_exclusive_group()
-    room_action.add_argument("--create", action="store_true", help="create the room")
-    room_action.add_argument("--post", metavar="TEXT", help="post TEXT to the room")
-    rooms.add_argument(
-        "--since",
-        type=whole_number(0, MAX_POST_ID),
-        default=0,
-        metavar="ID",
-        help="read posts after post ID (default: 0)",
-    )
-    contacts = command(
-        "contacts",
-        "list contacts; request, accept or decline friends",
-        _cmd_contacts,
-        json_output=True,
-    )
-    action = contacts.add_mutually_exclusive_group()
-    action.add_argument(
-        "--add", type=session_id, metavar="SESSION_ID", help="send a friend request"
-    )
-    action.add_argument(
-        "--accept", type=session_id, metavar="SESSION_ID", help="accept a friend request"
-    )
-    action.add_argument(
-        "--decline", type=session_id, metavar="SESSION_ID", help="decline a friend request"
-    )
-    contacts.add_argument("--text", default="", metavar="TEXT", help="a note with --add")
+#: The function each ``device`` command runs, by the name the parser gives it.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "init": _cmd_init,
+    "whoami": _cmd_whoami,
+    "name": _cmd_name,
+    "pair": _cmd_pair,
+    "accept": _cmd_accept,
+    "send": _cmd_send,
+    "inbox": _cmd_inbox,
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "devices": _cmd_devices,
+    "migrate": _cmd_migrate,
+    "rooms": _cmd_rooms,
+    "contacts": _cmd_contacts,
+}
