@@ -14,10 +14,21 @@ multiples of 256 bytes up to 2 KiB, then powers of two, capped at what a swarm s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from .errors import DecodeError
-from .identity import KEY_BYTES, SIGNATURE_BYTES, Identity, message_hash, seal, verify
+from .identity import (
+    KEY_BYTES,
+    SESSION_ID_PREFIX,
+    SIGNATURE_BYTES,
+    Identity,
+    ed25519_to_x25519,
+    message_hash,
+    seal,
+    verify,
+)
+from .swarm.access import MailboxAccess, is_signed_by_owner
 from .wire import Fields, decode_cbor, encode_cbor
 
 ENVELOPE_VERSION = 1
@@ -40,12 +51,14 @@ MAX_TIMESTAMP_MS = 253_402_300_799_999
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A verified message: what ``kind`` of payload, from which device key, when."""
+    """A verified message: what ``kind`` of payload, from which device key, when, and the
+    sender's access to its own mailbox (for storing a reply there: :mod:`.swarm.access`)."""
 
     kind: str
     sender: bytes
     timestamp_ms: int
     body: bytes
+    access: MailboxAccess | None = None
 
 
 def _signed_part(envelope: Envelope, recipient_x25519: bytes) -> bytes:
@@ -62,16 +75,23 @@ def _signed_part(envelope: Envelope, recipient_x25519: bytes) -> bytes:
 
 
 def seal_envelope(
-    sender: Identity, recipient_x25519: bytes, kind: str, body: bytes, timestamp_ms: int
+    sender: Identity,
+    recipient_x25519: bytes,
+    kind: str,
+    body: bytes,
+    timestamp_ms: int,
+    access: MailboxAccess | None = None,
 ) -> bytes:
-    """The bytes to store in the recipient's swarm; their hash is the message id."""
+    """The bytes to store in the recipient's swarm; their hash is the message id.
+    ``access``: the sender's own (:func:`~.swarm.access.sign_access`), outside the
+    signature, as it signs itself."""
     if len(body) > MAX_BODY_BYTES:
         raise ValueError(f"message body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
     if len(kind) > MAX_KIND_CHARS:
         raise ValueError("envelope kind too long")
     envelope = Envelope(kind, sender.ed25519_public, timestamp_ms, body)
     signature = sender.sign(_signed_part(envelope, recipient_x25519))
-    fields = {
+    fields: dict[str, Any] = {
         "v": ENVELOPE_VERSION,
         "kind": kind,
         "from": sender.ed25519_public,
@@ -79,6 +99,10 @@ def seal_envelope(
         "body": body,
         "sig": signature,
     }
+    if access is not None:  # its key is the sender's, so only its expiry and signature
+        if access.ed25519 != sender.ed25519_public:
+            raise ValueError("an envelope carries its sender's own access")
+        fields["access"] = [access.expiry_ms, access.signature]
     inner = encode_cbor({**fields, "pad": bytes(_pad_length(len(encode_cbor(fields))))})
     return seal(recipient_x25519, inner)
 
@@ -113,7 +137,7 @@ def padded_size(size: int) -> int:
 def open_envelope(recipient: Identity, data: bytes) -> Envelope:
     """Unseal and verify, or raise :class:`DecodeError` saying what was wrong."""
     fields = Fields(decode_cbor(recipient.unseal(data)), "envelope")
-    fields.only("v", "kind", "from", "ts", "body", "sig", "pad")
+    fields.only("v", "kind", "from", "ts", "body", "sig", "pad", "access")
     fields.blob("pad", max_len=MAX_INNER_BYTES)
     if fields.uint("v") != ENVELOPE_VERSION:
         raise DecodeError(f"unsupported envelope version {fields.uint('v')}")
@@ -126,7 +150,28 @@ def open_envelope(recipient: Identity, data: bytes) -> Envelope:
     signature = fields.blob("sig", size=SIGNATURE_BYTES)
     if not verify(envelope.sender, _signed_part(envelope, recipient.x25519_public), signature):
         raise DecodeError("envelope signature does not verify")
-    return envelope
+    if not fields.has("access"):
+        return envelope
+    return replace(envelope, access=_sender_access(fields, envelope.sender))
+
+
+def _sender_access(fields: Fields, sender: bytes) -> MailboxAccess:
+    """The envelope's ``[expiry, signature]``: the sender's access to its own mailbox,
+    checked as a node checks it."""
+    items = fields.items("access", max_len=2)
+    expiry, signature = [*items, None, None][:2]
+    if (
+        type(expiry) is not int
+        or not 0 <= expiry <= MAX_TIMESTAMP_MS
+        or not isinstance(signature, bytes)
+        or len(signature) != SIGNATURE_BYTES
+    ):
+        raise DecodeError("envelope.access must be [expiry, 64-byte signature]")
+    access = MailboxAccess(sender, expiry, signature)
+    owner = ed25519_to_x25519(sender)
+    if owner is None or not is_signed_by_owner(access, SESSION_ID_PREFIX + owner.hex()):
+        raise DecodeError("the envelope's access is not its sender's")
+    return access
 
 
 __all__ = ["MAX_TIMESTAMP_MS", "Envelope", "message_hash", "open_envelope", "seal_envelope"]

@@ -18,6 +18,7 @@ from ..envelope import seal_envelope
 from ..errors import DecodeError
 from ..identity import Identity, message_hash, sealable_key, session_id_key
 from ..mapping import PAIRING_WINDOW_MS, DeviceMapping, Revocation, sign_pairing_request
+from ..swarm.access import sign_access
 from ..swarm.client import SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL
 from ..wire import encode_cbor
@@ -121,7 +122,8 @@ class Joiner:
             while not self._answered(asked):
                 kind, body = encode_content(content)
                 now = self._local.clock.now_ms()  # the envelope's: each request is its own
-                data = seal_envelope(sender, session_id_key(primary), kind, body, now)
+                access = sign_access(sender, now)  # for the primary's answer
+                data = seal_envelope(sender, session_id_key(primary), kind, body, now, access)
                 asked.append(self._note(primary, content, message_hash(data), secret))
                 try:
                     await self._swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)

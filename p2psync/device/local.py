@@ -26,6 +26,7 @@ from ..errors import DecodeError
 from ..identity import Identity, message_hash, session_id_key
 from ..mapping import Revocation
 from ..rpc import KeyedRateLimit
+from ..swarm.access import MailboxAccess, access_expiry, is_current, sign_access
 from ..swarm.listing import Snapshot
 from ..sync.records import Relays
 from ..wire import decode_cbor, encode_cbor
@@ -110,6 +111,7 @@ class Local:
         #: of new devices the user asked to answer (:meth:`Pairer.answer_device`).
         self.expected_devices: set[str] = set()
         self._listing_read: tuple[bytes | None, Relays | None] = (None, None)
+        self._own_access: MailboxAccess | None = None
         self.load_identity()
 
     def entry_listing(self) -> Relays | None:
@@ -321,7 +323,9 @@ class Local:
         if recipient == self.user_id:
             self.store.add_outbox(kind, recipient, body, now, None)
             return None
-        data = seal_envelope(self.identity, session_id_key(recipient), kind, body, now)
+        data = seal_envelope(
+            self.identity, session_id_key(recipient), kind, body, now, self.own_access()
+        )
         digest = message_hash(data)
         seq = self.store.add_outbox(kind, recipient, body, now, digest)
         self.store.add_copies([Copy(seq, recipient, NAMESPACE_OF[kind], data)])
@@ -340,8 +344,31 @@ class Local:
 
     def seal_copy(self, seq: int, owner: str, content: Content, timestamp_ms: int) -> Copy:
         kind, body = encode_content(content)
-        data = seal_envelope(self.identity, session_id_key(owner), kind, body, timestamp_ms)
+        data = seal_envelope(
+            self.identity, session_id_key(owner), kind, body, timestamp_ms, self.own_access()
+        )
         return Copy(seq, owner, NAMESPACE_OF[kind], data)
+
+    def own_access(self) -> MailboxAccess:
+        """This device's access to the mailbox it receives in, signed anew each day (and
+        when that mailbox changes: pairing or a move to ``linked`` changes the identity)."""
+        now_ms = self.clock.now_ms()
+        kept = self._own_access
+        if (
+            kept is None
+            or kept.expiry_ms != access_expiry(now_ms)
+            or kept.ed25519 != self.identity.ed25519_public
+        ):
+            kept = self._own_access = sign_access(self.identity, now_ms)
+        return kept
+
+    def access_for(self, owner: str) -> MailboxAccess | None:
+        """What a store for ``owner`` shows: our own access for our mailbox, else the
+        owner's, from an envelope it sealed, while it counts (:mod:`~..swarm.access`)."""
+        if owner == self.identity.session_id:
+            return self.own_access()
+        access = self.store.access_to(owner)
+        return access if access is not None and is_current(access, self.clock.now_ms()) else None
 
     def own_revocations(self) -> tuple[bytes, ...]:
         """The user's newest revocations of its own devices, for a new friend or device

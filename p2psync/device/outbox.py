@@ -150,7 +150,8 @@ class Outbox:
     async def _store_for(self, owner: str, copies: list[tuple[Copy, int]]) -> None:
         """``owner``'s copies (each with its ttl), raising the first failure."""
         # Cut by size first; each request is then dated as it is sent.
-        stores = [StoreRequest(owner, c.namespace, ttl, 0, c.data) for c, ttl in copies]
+        access = self._local.access_for(owner)
+        stores = [StoreRequest(owner, c.namespace, ttl, 0, c.data, access) for c, ttl in copies]
         done = 0
         for batch in store_batches(stores):
             now_ms = self._local.clock.now_ms()
@@ -170,7 +171,9 @@ class Outbox:
         """One copy with ``store``; a failure is its result (a transient one to retry), so
         the copies of its batch stored before it are still marked."""
         try:
-            return await self._swarm.store(store.pubkey, store.namespace, store.data, store.ttl_ms)
+            return await self._swarm.store(
+                store.pubkey, store.namespace, store.data, store.ttl_ms, access=store.access
+            )
         except RpcError as exc:
             return exc
         except TRANSIENT as exc:

@@ -169,6 +169,8 @@ class Receiver:
         try:
             envelope = open_envelope(identity, data)
             kind = envelope.kind
+            if envelope.access is not None:  # for storing what goes to the sender's mailbox
+                self._store.keep_access(device_id_of(envelope.sender), envelope.access)
             content = decode_content(envelope.kind, envelope.body)
             item = Inbound(
                 digest,

@@ -30,9 +30,10 @@ from ..fileserver.rules import MAX_LISTED_REVOCATIONS
 from ..identity import message_hash
 from ..mapping import Revocation
 from ..process_lock import ProcessLock
+from ..swarm.access import MailboxAccess
 from ..swarm.cursor import Cursor
 from ..swarm.messages import Message
-from ..wire import decode_cbor, encode_cbor
+from ..wire import Fields, decode_cbor, encode_cbor
 from .friends import ContactState
 from .pairing import WAITING_HERE, PairingState
 from .rows import Contact, Copy, HistoryItem, OutboxEntry, Pairing, Pending
@@ -130,6 +131,11 @@ CREATE TABLE IF NOT EXISTS revocations (
     record BLOB NOT NULL,
     PRIMARY KEY (primary_id, secondary)
 );
+CREATE TABLE IF NOT EXISTS accesses (
+    owner TEXT PRIMARY KEY,
+    expiry INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
 """
 
 
@@ -162,6 +168,8 @@ def _open_for_writing(path: str | Path) -> sqlite3.Connection:
 
 #: Friend requests a device keeps waiting for its user's answer at most.
 PENDING_CONTACTS = 100
+#: Senders whose mailbox access a device keeps at most (the last to send a newer one).
+KEPT_ACCESSES = 4096
 #: How long a device keeps an inbound record it cannot decide on yet (waiting for a
 #: sibling's record, or the file server), and how many and how many bytes at most in
 #: each share (friends' and strangers', :meth:`DeviceStore.defer`).
@@ -601,6 +609,33 @@ class DeviceStore:
         server answer, so a server cannot un-revoke a device for us."""
         rows = self._db.execute("SELECT record FROM revocations ORDER BY primary_id, secondary")
         return [Revocation.from_bytes(bytes(row[0])) for row in rows]
+
+    def keep_access(self, owner: str, access: MailboxAccess) -> None:
+        """Keep ``owner``'s access to its mailbox (checked by whoever passes it here) if it
+        expires later than the one kept; past :data:`KEPT_ACCESSES` owners, the one
+        renewed longest ago is forgotten."""
+        with self.transaction():
+            kept = self._db.execute(
+                "SELECT expiry FROM accesses WHERE owner = ?", (owner,)
+            ).fetchone()
+            if kept is not None and kept[0] >= access.expiry_ms:
+                return
+            self._db.execute(  # replaced, so last in rowid order
+                "INSERT OR REPLACE INTO accesses (owner, expiry, record) VALUES (?, ?, ?)",
+                (owner, access.expiry_ms, encode_cbor(access.to_wire())),
+            )
+            self._db.execute(
+                "DELETE FROM accesses WHERE rowid NOT IN"
+                " (SELECT rowid FROM accesses ORDER BY rowid DESC LIMIT ?)",
+                (KEPT_ACCESSES,),
+            )
+
+    def access_to(self, owner: str) -> MailboxAccess | None:
+        """The access to ``owner``'s mailbox kept last, whether or not it has expired."""
+        row = self._db.execute("SELECT record FROM accesses WHERE owner = ?", (owner,)).fetchone()
+        if row is None:
+            return None
+        return MailboxAccess.from_wire(Fields(decode_cbor(bytes(row[0])), "access"))
 
     def revocations_by(self, primary: str, limit: int) -> list[Revocation]:
         """The newest ``limit`` revocations ``primary`` signed, oldest first."""

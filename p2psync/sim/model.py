@@ -68,6 +68,7 @@ from ..device.content import MAX_TEXT_CHARS, SyncSent, Text, encode_content
 from ..device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S, check_copy_ttls
 from ..envelope import seal_envelope
 from ..identity import Identity
+from ..swarm.access import sign_access
 from ..swarm.constants import DEFAULT_TTL_MS
 from ..sync.live import DEFAULT_GRACE_MS
 from .scenario import (
@@ -161,8 +162,9 @@ class _CopySizes:
             (self.sync, SyncSent(self._id, self._user, TEST_EPOCH_MS, text)),
         ):
             kind, body = encode_content(content)
+            access = sign_access(self._sender, TEST_EPOCH_MS)  # as a device's carries
             table[size] = len(
-                seal_envelope(self._sender, self._recipient, kind, body, TEST_EPOCH_MS)
+                seal_envelope(self._sender, self._recipient, kind, body, TEST_EPOCH_MS, access)
             )
 
 

@@ -24,6 +24,7 @@ from ..clock import Clock
 from ..errors import RpcError
 from ..rpc import Connection, Later, refusal_of
 from ..wire import Fields
+from .access import AccessChecks, vouched_reserve
 from .allowance import ConnectionBudgets, OwnerQuota, charge_of
 from .commit import GroupCommit
 from .messages import StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest
@@ -75,6 +76,7 @@ class StoreAcceptance:
         self._deadlines: deque[tuple[int, RowKey, Later]] = deque()
         self._deadline_added = trio.Event()
         self._budgets = ConnectionBudgets(config.store_bytes_per_s)
+        self._access = AccessChecks()
 
     async def run(self) -> None:
         """Commit what gathers and give up on late quorums, until cancelled."""
@@ -109,8 +111,9 @@ class StoreAcceptance:
         return batch.reply
 
     def _accept(self, request: StoreRequest, conn: Connection) -> Later:
-        row = self._core.new_row(request, self._clock.now_ms())
-        self._charge(conn, row)
+        now_ms = self._clock.now_ms()
+        row = self._core.new_row(request, now_ms)
+        self._charge(conn, row, self._access.vouched(request.pubkey, request.access, now_ms))
         later = Later()
         self._commits.add(row, partial(self._committed, row, later))
         return later
@@ -195,8 +198,9 @@ class StoreAcceptance:
             self._waiting.pop(key, None)
             self._quorum.give_up(key)
 
-    def _charge(self, conn: Connection, row: StoredMessage) -> None:
-        """Refuse a store past its connection's byte rate or its owner's quota, both
+    def _charge(self, conn: Connection, row: StoredMessage, vouched: bool) -> None:
+        """Refuse a store past its connection's byte rate or its owner's quota (less the
+        owner's reserve, unless the store is ``vouched`` for: :mod:`.access`), both
         ``rate_limited`` (:mod:`.allowance`): a full mailbox takes mail again as rows
         expire, so a sender keeps its copy and asks later; a refusal for good would have
         every sender drop its mail to an owner a stranger flooded."""
@@ -204,12 +208,17 @@ class StoreAcceptance:
         if not self._budgets.charge(conn, self._clock.now_s(), size):
             raise RpcError("rate_limited", "this connection stores too fast: slow down")
         now_ms = self._clock.now_ms()
+        reserve = 0 if vouched else vouched_reserve(self._quota.quota)
         _, full = self._quota.fitting(  # the rule a peer's rows meet: held ones take no room
-            [row], lambda held: self._store.holds(*row_key(held), now_ms)
+            [row], lambda held: self._store.holds(*row_key(held), now_ms), reserve=reserve
         )
         if full:
+            limit = self._quota.quota - reserve
             raise RpcError(
-                "rate_limited", f"this owner's mailbox is full ({self._quota.quota} bytes): later"
+                "rate_limited",
+                f"this owner's mailbox is full ({limit} bytes)"
+                + ("" if vouched else " to stores without its access")
+                + ": later",
             )
 
 

@@ -14,7 +14,9 @@ without limit (a review grew one by 61 MiB/s from a single process, each row kep
   one key, that key's mailbox holds at most this much on each member. A full mailbox
   refuses further stores rather than dropping older messages, and as a passing limit
   (``rate_limited``), so senders keep their copies and store them as rows expire: a flood
-  can delay an owner's new mail but never erase it.
+  can delay an owner's new mail but never erase it, and the last quarter of the quota
+  takes only stores that show the owner's access (:mod:`.access`), so a stranger's
+  flood delays only other strangers' first messages.
 
 Proof of work was the other choice: it makes every store cost the sender CPU, which
 taxes a phone as much as an attacker's server and slows every honest send, while these
@@ -114,14 +116,19 @@ class OwnerQuota:
         return known[0] + size <= self.quota
 
     def fitting(
-        self, rows: Iterable[StoredMessage], held: Callable[[StoredMessage], bool]
+        self,
+        rows: Iterable[StoredMessage],
+        held: Callable[[StoredMessage], bool],
+        *,
+        reserve: int = 0,
     ) -> tuple[list[StoredMessage], set[str]]:
         """Of a peer's batch, the rows whose owners' mailboxes have room for them, counting
         the batch's earlier rows, and the owners refused: from an owner's first row that
         does not fit, none of its rows is kept (so what is kept has no gaps). A row this
         node ``held`` already takes no room (asked only of rows that would not fit), so a
         peer sending again what it sent before, as repair and hand-over do, is not
-        refused for a mailbox its own rows filled."""
+        refused for a mailbox its own rows filled. ``reserve``: bytes of each quota these
+        rows may not use (a stranger's store leaves the owner's reserve: :mod:`.access`)."""
         kept: list[StoredMessage] = []
         full: set[str] = set()
         at_quota: set[str] = set()  # asked once per batch: past it, only held rows go
@@ -132,7 +139,7 @@ class OwnerQuota:
             size = charge_of(row)
             fits = not size or (
                 row.pubkey not in at_quota
-                and self.admits(row.pubkey, taking.get(row.pubkey, 0) + size)
+                and self.admits(row.pubkey, taking.get(row.pubkey, 0) + size + reserve)
             )
             if not fits:
                 at_quota.add(row.pubkey)

@@ -31,6 +31,7 @@ from ..clock import Clock
 from ..errors import ConnectionLost, DecodeError, RpcError
 from ..identity import Identity
 from ..rpc import Params, RpcClient, RpcRouter, open_rpc, open_rpc_pool
+from .access import MailboxAccess
 from .attempts import (
     GiveUp,
     MemberAttempts,
@@ -143,10 +144,13 @@ class SwarmClient:
         data: bytes,
         ttl_ms: int = DEFAULT_TTL_MS,
         node: NodeInfo | None = None,
+        access: MailboxAccess | None = None,
     ) -> tuple[bytes, int]:
         """Store and return (hash, expiry). The same data stored twice is one message.
-        ``node`` asks that member alone (say, to audit what one member acknowledges)."""
-        params = StoreRequest(owner, namespace, ttl_ms, self.clock.now_ms(), data).to_wire()
+        ``node`` asks that member alone (say, to audit what one member acknowledges);
+        ``access``, the owner's, lets the store use the owner's reserve (:mod:`.access`)."""
+        now_ms = self.clock.now_ms()
+        params = StoreRequest(owner, namespace, ttl_ms, now_ms, data, access).to_wire()
         if node is not None:
             result = await self._pool.call(node.url, "store", params)
         else:

@@ -26,6 +26,7 @@ from ..errors import DecodeError, RpcError
 from ..identity import message_hash
 from ..wire import Fields, error_body, read_error
 from . import repair
+from .access import MailboxAccess
 from .auth import ClientAuth
 from .constants import (
     MAX_DATA_BYTES,
@@ -221,25 +222,35 @@ class SwarmReply:
 
 @dataclass(frozen=True, slots=True)
 class StoreRequest:
+    """A store; ``access``, the owner's, lets it use the owner's reserve (:mod:`.access`)."""
+
     pubkey: str
     namespace: int
     ttl_ms: int
     timestamp_ms: int
     data: bytes
+    access: MailboxAccess | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "pubkey": self.pubkey,
             "namespace": self.namespace,
             "ttl": self.ttl_ms,
             "timestamp": self.timestamp_ms,
             "data": self.data,
         }
+        if self.access is not None:
+            wire["access"] = self.access.to_wire()
+        return wire
 
     @classmethod
     def from_wire(cls, value: object) -> StoreRequest:
-        f = _fields(value, "params").only("pubkey", "namespace", "ttl", "timestamp", "data")
-        return cls(_owner(f), _namespace(f), f.uint("ttl"), f.uint("timestamp"), f.blob("data"))
+        f = _fields(value, "params")
+        f.only("pubkey", "namespace", "ttl", "timestamp", "data", "access")
+        access = MailboxAccess.from_wire(f.map("access")) if f.has("access") else None
+        return cls(
+            _owner(f), _namespace(f), f.uint("ttl"), f.uint("timestamp"), f.blob("data"), access
+        )
 
 
 @dataclass(frozen=True, slots=True)

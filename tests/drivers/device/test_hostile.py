@@ -803,7 +803,7 @@ async def test_a_held_request_that_cannot_be_answered_costs_only_itself(
         for n in range(REQUESTS_BURST):
             await ask_to_pair(swarm, Identity.from_label(f"stranger/{n}"), phone)
         await wait_until(lambda: len(phone.pairing.requests()) == REQUESTS_BURST)
-        with pytest.raises(RpcError, match="full"):
+        with pytest.raises(RpcError, match="without its access"):
             for n in range(quota // 1024 + 1):
                 await swarm.store(poisoned.session_id, NAMESPACE_CONTROL, n.to_bytes(1024, "big"))
         tickets = start_pairing(nursery, tablet, phone)
@@ -814,6 +814,32 @@ async def test_a_held_request_that_cannot_be_answered_costs_only_itself(
         await wait_until(lambda: bool(tickets))
         assert tickets[0].code in [o.code for o in phone.pairing.requests()]
         assert phone.pairing.held() == 1
+
+
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_strangers_flood_of_a_mailbox_does_not_hold_up_a_friends_mail(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """Mallory stores junk for Bob (no account needed) until his swarm refuses her; Alice,
+    his friend, still reaches him at once: his acceptance carried his access, her store
+    shows it, and the last quarter of his quota is kept for such stores (finding 32:
+    before, her message waited until Mallory's junk expired, days later)."""
+    quota = 256 * 1024
+    config = replace(QUIET, owner_quota_bytes=quota)
+    async with (
+        open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network,
+        device(network, tmp_path, "alice", mode) as alice,
+        device(network, tmp_path, "bob", mode) as bob,
+        open_swarm_client(network.transport, network.directory(), network.clock) as mallory,
+    ):
+        await befriend(alice, bob)
+        with pytest.raises(RpcError, match="without its access"):
+            for n in range(quota // 1024 + 1):
+                await mallory.store(bob.session_id, NAMESPACE_MESSAGES, n.to_bytes(1024, "big"))
+        await alice.send(bob.session_id, "still reaches you")
+        await wait_until(lambda: (False, "still reaches you") in texts(bob, alice.session_id))
+        await bob.send(alice.session_id, "and back")  # Alice's mailbox was never full
+        await wait_until(lambda: (False, "and back") in texts(alice, bob.session_id))
 
 
 async def test_a_record_that_trips_an_unforeseen_error_is_refused_not_fatal(

@@ -4,6 +4,7 @@ keeps serving, and nothing stored is lost."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import cbor2
@@ -19,6 +20,7 @@ from p2psync.errors import RpcError
 from p2psync.identity import Identity
 from p2psync.network import open_local_network
 from p2psync.rpc import ServerLimits, open_rpc, open_rpc_pool
+from p2psync.swarm.access import DAY_MS, MailboxAccess, sign_access
 from p2psync.swarm.auth import AuthSigner, auth_text
 from p2psync.swarm.client import SwarmClient
 from p2psync.swarm.constants import MAX_DATA_BYTES, MAX_STORE_BATCH
@@ -384,9 +386,11 @@ async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
     """However many connections store for one key, its live data on a node stays within
     the quota: the store past it is ``rate_limited`` (not a refusal for good: senders
     keep their copies and ask later) and what was stored stays, and a retry of it is
-    answered; another owner is served; once messages expire there is room again."""
+    answered; another owner is served; once messages expire there is room again. (Every
+    store here shows the owner's access, so the whole quota is open to it.)"""
     config = NodeConfig(owner_quota_bytes=200_000)
     big = b"y" * 60_000
+    access = sign_access(ALICE, TEST_EPOCH_MS).to_wire()
     async with open_local_network(
         6, relays=0, clock=Clock(TEST_EPOCH_MS), node_config=config
     ) as network:
@@ -394,11 +398,15 @@ async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
         stored = []
         for i in range(3):
             async with open_rpc(network.transport, network.nodes[0].url) as client:
-                params = store_params(data=big + bytes([i]), ttl=20_000, timestamp=clock.now_ms())
+                params = store_params(
+                    data=big + bytes([i]), ttl=20_000, timestamp=clock.now_ms(), access=access
+                )
                 stored.append((await client.call("store", params))["hash"])
         async with open_rpc(network.transport, network.nodes[0].url) as client:
             with pytest.raises(RpcError) as refused:
-                await client.call("store", store_params(data=big + b"4", timestamp=clock.now_ms()))
+                await client.call(
+                    "store", store_params(data=big + b"4", timestamp=clock.now_ms(), access=access)
+                )
             assert (
                 refused.value.code == "rate_limited" and "mailbox is full" in refused.value.message
             )
@@ -412,6 +420,46 @@ async def test_an_owners_mailbox_is_bounded_and_refuses_rather_than_drops(
             assert all(node.store.get(ALICE.session_id, 0, digest) for digest in stored)
             await trio.sleep(30)
             await client.call("store", store_params(data=big + b"5", timestamp=clock.now_ms()))
+
+
+async def test_a_stranger_fills_an_owners_mailbox_only_up_to_the_reserve_of_her_contacts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A store without the owner's access stops a quarter short of the quota (finding 32:
+    one stranger kept a mailbox full, and every friend's mail waited); one showing it
+    fills the rest. An expired access counts as none, and one the owner did not sign is
+    refused ``unauthorized``."""
+    config = NodeConfig(owner_quota_bytes=200_000)  # a reserve of 50 000 bytes
+    big = b"z" * 60_000
+    access = sign_access(ALICE, TEST_EPOCH_MS)
+    async with open_local_network(
+        6, relays=0, clock=Clock(TEST_EPOCH_MS), node_config=config
+    ) as network:
+        clock = network.clock
+        async with open_rpc(network.transport, network.nodes[0].url) as client:
+
+            async def store(tag: bytes, shown: MailboxAccess | None) -> None:
+                params = store_params(data=big + tag, ttl=600_000, timestamp=clock.now_ms())
+                await client.call(
+                    "store", params | ({} if shown is None else {"access": shown.to_wire()})
+                )
+
+            for tag in (b"1", b"2"):  # 120 512 of the 150 000 a stranger may fill
+                await store(tag, None)
+            with pytest.raises(
+                RpcError, match=r"mailbox is full \(150000 bytes\) to stores without its access"
+            ):
+                await store(b"3", None)
+            forged = replace(sign_access(MALLORY, TEST_EPOCH_MS), ed25519=ALICE.ed25519_public)
+            with pytest.raises(RpcError) as refused:
+                await store(b"3", forged)
+            assert refused.value.code == "unauthorized"
+            await store(b"3", access)  # a friend's: the reserve is hers
+            with pytest.raises(RpcError, match=r"mailbox is full \(200000 bytes\): later"):
+                await store(b"4", access)
+            expired = sign_access(ALICE, TEST_EPOCH_MS - 40 * DAY_MS)
+            with pytest.raises(RpcError, match="without its access"):
+                await store(b"4", expired)
 
 
 def _refusing(code: str, asked: list[str], name: str) -> Any:
