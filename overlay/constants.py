@@ -157,6 +157,12 @@ INTRO_PROBES_UNANSWERED_TO_RETIRE = 2
 #: alone (or the terminal of the path probes leave by) cannot make the endpoint replace
 #: its paths more often than that.
 INTRO_RETIREMENTS_PER_LIFETIME = 2
+#: How long the terminal of a path retired for keeping what it should pass on is left out
+#: as the terminal of new paths (while others will do): long enough that a relay that
+#: withholds is seldom chosen again, not for good, as an honest relay can be framed (a
+#: terminal whose outgoing transfers stalled, or a probe another relay kept) and is then
+#: never a terminal again, so nothing it passes on could clear it.
+WITHHOLDING_AVOIDED_MS = 30 * 60 * 1000
 #: Exit requests one path may have under way at once (reassembling or at the server);
 #: past it a new one is refused, so one owner cannot take a relay's whole share.
 EXIT_MAX_PER_PATH = 8

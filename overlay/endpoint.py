@@ -320,7 +320,7 @@ class Endpoint:
 
     def exit_unanswered(self, path: Path) -> None:
         """See :meth:`EndpointCore.exit_unanswered`."""
-        self._execute(self._core.exit_unanswered(path))
+        self._execute(self._core.exit_unanswered(path, self._clock.now_ms()))
 
     def exit_answered(self, path: Path) -> None:
         """See :meth:`EndpointCore.exit_answered`."""

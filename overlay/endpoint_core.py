@@ -32,6 +32,7 @@ from .constants import (
     MAX_HOPS,
     MAX_PATH_LIFETIME_MS,
     MIN_HOPS,
+    WITHHOLDING_AVOIDED_MS,
 )
 from .contact import Contact
 from .exits import ExitStatus, Reassembly, decode_exit_reply, encode_exit_request
@@ -330,9 +331,10 @@ class EndpointCore:
         #: built again: with an entry filter, the entries tried last.
         self._lost_entries: set[bytes] = set()
         #: Terminals of paths retired for keeping what they should pass on (exit replies,
-        #: what is sent to their intro), until one passes something on: the next paths
-        #: end elsewhere while they can.
-        self._withholding: set[bytes] = set()
+        #: what is sent to their intro), and when, until one passes something on or
+        #: :data:`WITHHOLDING_AVOIDED_MS` have passed: the next paths end elsewhere while
+        #: they can.
+        self._withholding: dict[bytes, int] = {}
         self._next_path = 0
         #: The echoes of the pings awaiting their pongs.
         self._pings: set[bytes] = set()
@@ -369,7 +371,7 @@ class EndpointCore:
         self._entries = entries
         self._avoid &= directory.keys()
         self._lost_entries &= directory.keys()
-        self._withholding &= directory.keys()
+        self._withholding = {k: t for k, t in self._withholding.items() if k in directory}
         return True
 
     @property
@@ -436,6 +438,9 @@ class EndpointCore:
         replacement. While it publishes an introset it probes its intros too
         (:meth:`_keep_probing`)."""
         effects = self._probe_timed_out(now_ms)
+        self._withholding = {
+            k: t for k, t in self._withholding.items() if now_ms - t < WITHHOLDING_AVOIDED_MS
+        }
         entries = self._admitted()
         for path in list(self._paths):
             path.check(now_ms)
@@ -509,7 +514,7 @@ class EndpointCore:
             return path
         return self.next_path(now_ms)
 
-    def exit_unanswered(self, path: Path) -> list[Effect]:
+    def exit_unanswered(self, path: Path, now_ms: int) -> list[Effect]:
         """An exit request on ``path`` got no answer, not even its exit's failure: an exit
         that keeps its answers (its terminal still answers pings), or a path that lost
         them. :data:`EXIT_UNANSWERED_TO_RETIRE` in a row and the path is retired (another
@@ -518,20 +523,20 @@ class EndpointCore:
         path.exits_unanswered += 1
         if path.exits_unanswered < EXIT_UNANSWERED_TO_RETIRE or path.state is PathState.DEAD:
             return []
-        return self._retire_withholding(path)
+        return self._retire_withholding(path, now_ms)
 
     def exit_answered(self, path: Path) -> None:
         """An exit request on ``path`` was answered (a failure the exit reports counts:
         the exit is doing its job)."""
         path.exits_unanswered = 0
-        self._withholding.discard(path.terminal.pubkey)
+        self._withholding.pop(path.terminal.pubkey, None)
 
-    def _retire_withholding(self, path: Path) -> list[Effect]:
+    def _retire_withholding(self, path: Path, now_ms: int) -> list[Effect]:
         """``path``'s terminal keeps what it should pass on: the path is dead (dropped by
         the next :meth:`keep_paths`, which builds another), and the next paths end at
         another relay while one will do."""
         path.state = PathState.DEAD
-        self._withholding.add(path.terminal.pubkey)
+        self._withholding[path.terminal.pubkey] = now_ms
         return [PathsChanged()]
 
     def route(self, now_ms: int) -> Route | None:
@@ -598,7 +603,7 @@ class EndpointCore:
             self.stats.cells_dropped += 1  # relays that saw it played it elsewhere
             return []
         path.probes_unanswered = 0
-        self._withholding.discard(path.terminal.pubkey)
+        self._withholding.pop(path.terminal.pubkey, None)
         self._probe = None
         return []
 
@@ -619,7 +624,7 @@ class EndpointCore:
             return []
         self._intro_retirements.append(now_ms)
         self._republish_at_ms = min(self._republish_at_ms, now_ms)  # without its intro
-        return self._retire_withholding(target)
+        return self._retire_withholding(target, now_ms)
 
     def _may_retire_for_intro(self, now_ms: int) -> bool:
         """Whether fewer than ``INTRO_RETIREMENTS_PER_LIFETIME`` paths were retired for

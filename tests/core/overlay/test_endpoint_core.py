@@ -26,6 +26,7 @@ from overlay.constants import (
     PATH_PING_INTERVAL_MS,
     PATH_PING_TIMEOUT_MS,
     PATH_REBUILD_MARGIN_MS,
+    WITHHOLDING_AVOIDED_MS,
 )
 from overlay.contact import Contact, verified_directory
 from overlay.dht import DhtStatus, get_request
@@ -78,8 +79,10 @@ def core_over(
 class Harness:
     """An endpoint core whose paths run through relay cores (:class:`Net`)."""
 
-    def __init__(self, paths: int = 1, republish_ms: int = INTROSET_REPUBLISH_MS) -> None:
-        self.net = Net(6)
+    def __init__(
+        self, paths: int = 1, republish_ms: int = INTROSET_REPUBLISH_MS, relays: int = 6
+    ) -> None:
+        self.net = Net(relays)
         self.core = core_over(self.net.contacts, paths=paths, republish_ms=republish_ms)
 
     def start_path(self, now_ms: int = NOW) -> Path:
@@ -373,17 +376,37 @@ def test_an_exit_request_goes_again_on_a_tried_path_only_when_none_is_being_buil
 def test_a_path_whose_exit_leaves_requests_unanswered_twice_in_a_row_is_retired() -> None:
     """An exit that answers its path's pings but never its requests: the second request
     in a row it leaves with no answer retires the path (and the next builds avoid its
-    relays); an answer in between, a failure the exit reports included, starts again."""
+    relays, and its terminal as their terminal for a while, not for good: an honest relay
+    can be framed); an answer in between, a failure the exit reports included, starts
+    again."""
     h = Harness(paths=2)
     path = h.built_path()
-    assert h.core.exit_unanswered(path) == []
+    assert h.core.exit_unanswered(path, NOW) == []
     h.core.exit_answered(path)
-    assert h.core.exit_unanswered(path) == []
+    assert h.core.exit_unanswered(path, NOW) == []
     assert path.usable(NOW)
-    assert h.core.exit_unanswered(path) == [PathsChanged()]
-    assert not path.usable(NOW) and h.core.exit_unanswered(path) == []
+    assert h.core.exit_unanswered(path, NOW) == [PathsChanged()]
+    assert not path.usable(NOW) and h.core.exit_unanswered(path, NOW) == []
     h.core.keep_paths(NOW)
     assert path.terminal.pubkey not in {hop.pubkey for hop in h.core.choose_hops()}
+
+
+def test_the_terminal_of_a_path_retired_for_withholding_ends_no_path_for_a_while() -> None:
+    """It is left out as a terminal for :data:`WITHHOLDING_AVOIDED_MS`, then may be one
+    again (an honest relay framed once was never a terminal again, so nothing it passed
+    on could clear it). Another path dying young first, so that its relays, not the
+    retired path's, are the ones avoided."""
+    h = Harness(paths=2, relays=9)
+    path = h.built_path()
+    h.core.exit_unanswered(path, NOW)
+    assert h.core.exit_unanswered(path, NOW) == [PathsChanged()]
+    h.core.keep_paths(NOW)
+    h.core.drop_path(h.built_path(), NOW)  # died young: its relays are avoided now
+    assert any(path.terminal in h.core.choose_hops() for _ in range(50))  # a hop, not last
+    h.core.keep_paths(NOW + WITHHOLDING_AVOIDED_MS - 1)
+    assert all(h.core.choose_hops()[-1] != path.terminal for _ in range(100))
+    h.core.keep_paths(NOW + WITHHOLDING_AVOIDED_MS)
+    assert any(h.core.choose_hops()[-1] == path.terminal for _ in range(100))
 
 
 # --- probing its own intros ---------------------------------------------------------------
