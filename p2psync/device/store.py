@@ -136,6 +136,7 @@ CREATE TABLE IF NOT EXISTS accesses (
     expiry INTEGER NOT NULL,
     record BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS accesses_carried (owner TEXT PRIMARY KEY, expiry INTEGER NOT NULL);
 """
 
 
@@ -628,6 +629,19 @@ class DeviceStore:
                 "DELETE FROM accesses WHERE rowid NOT IN"
                 " (SELECT rowid FROM accesses ORDER BY rowid DESC LIMIT ?)",
                 (KEPT_ACCESSES,),
+            )
+
+    def carry_access(self, owner: str, expiry_ms: int) -> bool:
+        """Whether an envelope to ``owner`` is the first to carry our access expiring at
+        ``expiry_ms`` (it is then noted: the next ones need not). Only the current
+        access's notes are kept."""
+        with self.transaction():
+            self._db.execute("DELETE FROM accesses_carried WHERE expiry < ?", (expiry_ms,))
+            return bool(
+                self._db.execute(
+                    "INSERT OR IGNORE INTO accesses_carried (owner, expiry) VALUES (?, ?)",
+                    (owner, expiry_ms),
+                ).rowcount
             )
 
     def access_to(self, owner: str) -> MailboxAccess | None:

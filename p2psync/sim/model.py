@@ -45,7 +45,11 @@ the copy was there (a device coming online reads its swarms at once), or, in ``p
 its sibling held it before a session (live push or re-sync); after ``duration_ms`` every
 device is online for :data:`~.scenario.SETTLE_MS`. A copy's size is what the nodes store:
 the sealed envelope of the real content (:func:`~p2psync.envelope.seal_envelope` of
-:func:`~p2psync.device.content.encode_content`), its text ``size`` characters long.
+:func:`~p2psync.device.content.encode_content`), its text ``size`` characters long, with
+the sender's mailbox access if it is the sending device's first envelope to that mailbox
+that day (``Local._access_to_carry``; days counted from a trace starting at
+:data:`~p2psync.clock.TEST_EPOCH_MS`, as the device runner's does; the envelopes of
+set-up, friend requests and pairing, which carry it on the first day, are not counted).
 
 Not modelled: network and processing delays below a few seconds (a copy deleted "at
 once" lives 0 s here, a second or two on devices) and delivery latency (reported as
@@ -68,7 +72,7 @@ from ..device.content import MAX_TEXT_CHARS, SyncSent, Text, encode_content
 from ..device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S, check_copy_ttls
 from ..envelope import seal_envelope
 from ..identity import Identity
-from ..swarm.access import sign_access
+from ..swarm.access import DAY_MS, sign_access
 from ..swarm.constants import DEFAULT_TTL_MS
 from ..sync.live import DEFAULT_GRACE_MS
 from .scenario import (
@@ -141,16 +145,18 @@ class ModelConfig:
 
 class _CopySizes:
     """Bytes the nodes store for each kind of copy of a message of ``n`` characters, from
-    really sealing one (cached: sizes repeat, and sealing costs a public-key operation)."""
+    really sealing one (cached: sizes repeat, and sealing costs a public-key operation):
+    without and with the sender's access."""
 
     def __init__(self) -> None:
         self._sender = Identity.from_label("model/sender")
         self._recipient = Identity.from_label("model/recipient").x25519_public
         self._user = Identity.from_label("model/user").session_id
         self._id = bytes(32)
-        self.plain: dict[int, int] = {}
-        self.with_id: dict[int, int] = {}
-        self.sync: dict[int, int] = {}
+        self._access = sign_access(self._sender, TEST_EPOCH_MS)
+        self.plain: dict[int, tuple[int, int]] = {}
+        self.with_id: dict[int, tuple[int, int]] = {}
+        self.sync: dict[int, tuple[int, int]] = {}
 
     def fill(self, size: int) -> None:
         if size > MAX_TEXT_CHARS:
@@ -162,9 +168,13 @@ class _CopySizes:
             (self.sync, SyncSent(self._id, self._user, TEST_EPOCH_MS, text)),
         ):
             kind, body = encode_content(content)
-            access = sign_access(self._sender, TEST_EPOCH_MS)  # as a device's carries
-            table[size] = len(
-                seal_envelope(self._sender, self._recipient, kind, body, TEST_EPOCH_MS, access)
+            table[size] = (
+                len(seal_envelope(self._sender, self._recipient, kind, body, TEST_EPOCH_MS)),
+                len(
+                    seal_envelope(
+                        self._sender, self._recipient, kind, body, TEST_EPOCH_MS, self._access
+                    )
+                ),
             )
 
 
@@ -266,6 +276,19 @@ class _Ledger:
         self.hour_bytes = _zeros(run_end_ms // HOUR_MS + 2)
         #: Per device (``2 * user + kind``): messages it holds at the end.
         self.held = _zeros(devices)
+        #: Per (device, mailbox): the day of its last envelope there that carried its
+        #: access (:meth:`carries`).
+        self._carried: dict[tuple[int, int], int] = {}
+
+    def carries(self, device: int, mailbox: int, at_ms: int) -> int:
+        """1 if ``device``'s envelope to ``mailbox`` sealed at ``at_ms`` (from the trace's
+        start) carries its access, its first there that day, else 0: the index of its
+        size in a :class:`_CopySizes` table."""
+        day = (TEST_EPOCH_MS + at_ms) // DAY_MS
+        if self._carried.get((device, mailbox)) == day:
+            return 0
+        self._carried[(device, mailbox)] = day
+        return 1
 
     def store(self, start_ms: int, end_ms: int, size: int) -> None:
         self.copies += 1
@@ -397,7 +420,8 @@ def run_model(
             on_progress(index / max(1, count))
         if size not in sizes.plain:
             sizes.fill(size)
-        plain, sync = sizes.plain[size], sizes.sync[size]
+        plain, sync, with_id = sizes.plain[size], sizes.sync[size], sizes.with_id[size]
+        account_b, account_a = 2 * users + b, 2 * users + a  # their mailboxes in linked mode
         relevant[a] += 1
         relevant[b] += 1
         d, s, bp, bd = 2 * a + kind, 2 * a + 1 - kind, 2 * b, 2 * b + 1
@@ -408,16 +432,17 @@ def run_model(
         leaves = _end_of(raw[d].starts, raw[d].ends, at)
         if _next_on(raw[s].starts, raw[s].ends, at) >= min(at + grace, leaves):
             floor += 1
-        floors.add(at, d, s, (bp_on, bd_on), (plain, sync))
+        floors.add(at, d, s, (bp_on, bd_on), (plain[0], sync[0]))
         if fanout is not None:
-            fanout.store(at, expiry, plain)
-            fanout.store(at, expiry, sizes.with_id[size])
+            fanout.store(at, expiry, plain[fanout.carries(d, bp, at)])
+            fanout.store(at, expiry, with_id[fanout.carries(d, bd, at)])
             # Gone once the sibling has read it and its deletion went out.
-            fanout.store(at, min(_deleted(on[s], s_on, fanout_delays), expiry), sync)
+            gone = min(_deleted(on[s], s_on, fanout_delays), expiry)
+            fanout.store(at, gone, sync[fanout.carries(d, s, at)])
             _swarm_only(fanout, d, s, bp, bd, expiry, s_on, bp_on, bd_on)
         if linked is not None:
-            linked.store(at, expiry, plain)
-            linked.store(at, expiry, sync)
+            linked.store(at, expiry, plain[linked.carries(d, account_b, at)])
+            linked.store(at, expiry, sync[linked.carries(d, account_a, at)])
             _swarm_only(linked, d, s, bp, bd, expiry, s_on, bp_on, bd_on)
         if p2p is not None:
             _p2p_send(
@@ -427,8 +452,8 @@ def run_model(
                 s,
                 bp,
                 bd,
-                plain,
-                sync,
+                (plain, sync),
+                (account_b, account_a),
                 s_on,
                 bp_on,
                 bd_on,
@@ -474,8 +499,8 @@ def _p2p_send(
     s: int,
     bp: int,
     bd: int,
-    plain: int,
-    sync: int,
+    sizes: tuple[tuple[int, int], tuple[int, int]],
+    mailboxes: tuple[int, int],
     s_on: int,
     bp_on: int,
     bd_on: int,
@@ -484,8 +509,11 @@ def _p2p_send(
     config: ModelConfig,
     delays: _Delays,
 ) -> None:
-    """One send under ``p2p`` (the module docstring's rules)."""
+    """One send under ``p2p`` (the module docstring's rules); ``sizes``: of the text copy
+    and of the sync copy (:class:`_CopySizes`), ``mailboxes``: the recipient's and the
+    sender's accounts'."""
     expiry = at + config.ttl_ms
+    (plain, sync), (theirs_box, ours_box) = sizes, mailboxes
     mine, theirs = sessions[d // 2], sessions[bp // 2]
     # The recipient's copy goes with the first deletion by one of their devices that
     # offered it to the other and was acknowledged.
@@ -497,7 +525,7 @@ def _p2p_send(
             acknowledged = _next_on(theirs.starts, theirs.ends, read + delays.push_ms())
             if acknowledged < NEVER:
                 gone = min(gone, _deleted(on[device], acknowledged, delays))
-    ledger.store(at, gone, plain)
+    ledger.store(at, gone, plain[ledger.carries(d, theirs_box, at)])
     held = ledger.held
     if met < expiry:
         held[bp] += 1
@@ -517,7 +545,7 @@ def _p2p_send(
         return
     acknowledged = _next_on(mine.starts, mine.ends, due)
     gone = min(_deleted(on[d], acknowledged, delays), due + config.sync_ttl_ms)
-    ledger.store(due, gone, sync)
+    ledger.store(due, gone, sync[ledger.carries(d, ours_box, due)])
     ledger.sync_copies += 1
     held[s] += acked < NEVER or _next_on(on[s].starts, on[s].ends, due) < gone
 

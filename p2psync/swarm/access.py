@@ -5,10 +5,10 @@ stranger could fill a mailbox to its quota (:mod:`.allowance`) and keep it full 
 expire: the owner's friends' mail would wait as long as the flood went on. So each owner
 keeps the last part of its quota (:func:`vouched_reserve`) for stores that carry
 its *access*: an Ed25519 signature by the mailbox's own key over its session id and an
-expiry. A device puts its access in every envelope it seals (see
-:mod:`p2psync.envelope`), so whoever it wrote to, and only they, can show it when they
-store for it; it is a bearer token, as Signal's unidentified-access key is, and proves
-nothing about who shows it.
+expiry. A device signs one a day and puts it in the first envelope it seals to each
+mailbox that day (see :mod:`p2psync.envelope`), so whoever it wrote to, and only they,
+can show it when they store for it; it is a bearer token, as Signal's
+unidentified-access key is, and proves nothing about who shows it.
 
 * The node checks it without state of its own: the signing key must be the owner's and
   the signature good (else ``unauthorized``: no honest sender shows a forged one, it

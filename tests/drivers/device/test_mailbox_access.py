@@ -1,5 +1,5 @@
 """What a device keeps of mailbox access (:mod:`p2psync.swarm.access`): the newest access
-of each sender, for the last senders only."""
+of each sender, for the last senders only, and which envelopes carry its own."""
 
 from __future__ import annotations
 
@@ -46,3 +46,17 @@ def test_the_accesses_of_the_last_senders_are_kept(
     store.keep_access(senders[3].session_id, sign_access(senders[3], TEST_EPOCH_MS))
     kept = [s for s in senders if store.access_to(s.session_id) is not None]
     assert kept == [senders[0], senders[2], senders[3]]
+
+
+def test_the_first_envelope_to_an_owner_each_day_carries_the_access(store: DeviceStore) -> None:
+    today = sign_access(ALICE, TEST_EPOCH_MS).expiry_ms
+    tomorrow = sign_access(ALICE, TEST_EPOCH_MS + DAY_MS).expiry_ms
+    assert store.carry_access("05bob", today)
+    assert not store.carry_access("05bob", today)
+    assert store.carry_access("05carol", today)
+    assert store.carry_access("05bob", tomorrow)
+    assert store.carry_access("05carol", tomorrow)
+    with pytest.raises(RuntimeError), store.transaction():  # an envelope never stored
+        assert store.carry_access("05dave", tomorrow)
+        raise RuntimeError
+    assert store.carry_access("05dave", tomorrow)
