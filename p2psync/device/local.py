@@ -360,7 +360,7 @@ class Local:
         return Copy(seq, owner, NAMESPACE_OF[kind], data)
 
     def own_access(self) -> MailboxAccess:
-        """This device's access to the mailbox it receives in, signed anew each day (and
+        """This device's access to the mailbox it receives in, signed anew each week (and
         when that mailbox changes: pairing or a move to ``linked`` changes the identity)."""
         now_ms = self.clock.now_ms()
         kept = self._own_access
@@ -374,7 +374,7 @@ class Local:
 
     def _access_to_carry(self, owner: str) -> MailboxAccess | None:
         """Our access, for the first envelope sealed to ``owner`` since we signed it (a
-        day), inside the caller's transaction: in every envelope it would cost each 83
+        week), inside the caller's transaction: in every envelope it would cost each 83
         bytes, 7 % of what the storage benchmark's swarms hold."""
         access = self.own_access()
         return access if self.store.carry_access(owner, access.expiry_ms) else None

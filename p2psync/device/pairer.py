@@ -278,7 +278,10 @@ class Pairer:
         kind, body = encode_content(content)
         now = self._local.clock.now_ms()
         data = seal_envelope(self._local.identity, session_id_key(recipient), kind, body, now)
-        await self._swarm.store(recipient, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+        access = self._local.access_for(recipient)  # the request carried the new device's
+        await self._swarm.store(
+            recipient, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS, access=access
+        )
 
     async def send_decline(self, recipient: str, request_id: bytes) -> None:
         """Tell a new device that asked in a way this one cannot grant that it need not

@@ -18,6 +18,7 @@ import trio
 from ..envelope import open_envelope
 from ..errors import DecodeError
 from ..identity import Identity, ed25519_to_x25519
+from ..swarm.access import is_current
 from ..swarm.client import Deliver, Message, SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from .content import decode_content
@@ -169,8 +170,9 @@ class Receiver:
         try:
             envelope = open_envelope(identity, data)
             kind = envelope.kind
-            if envelope.access is not None:  # for storing what goes to the sender's mailbox
-                self._store.keep_access(device_id_of(envelope.sender), envelope.access)
+            access = envelope.access  # for storing what goes to the sender's mailbox
+            if access is not None and is_current(access, self._local.clock.now_ms()):
+                self._store.keep_access(device_id_of(envelope.sender), access)
             content = decode_content(envelope.kind, envelope.body)
             item = Inbound(
                 digest,

@@ -614,7 +614,9 @@ class DeviceStore:
     def keep_access(self, owner: str, access: MailboxAccess) -> None:
         """Keep ``owner``'s access to its mailbox (checked by whoever passes it here) if it
         expires later than the one kept; past :data:`KEPT_ACCESSES` owners, the one
-        renewed longest ago is forgotten."""
+        renewed longest ago is forgotten, a friend's or a sibling's only once no
+        stranger's is left (any envelope that opens brings its sender's access, so
+        strangers' fresh keys could push out the friends' it is kept for)."""
         with self.transaction():
             kept = self._db.execute(
                 "SELECT expiry FROM accesses WHERE owner = ?", (owner,)
@@ -625,10 +627,12 @@ class DeviceStore:
                 "INSERT OR REPLACE INTO accesses (owner, expiry, record) VALUES (?, ?, ?)",
                 (owner, access.expiry_ms, encode_cbor(access.to_wire())),
             )
-            self._db.execute(
-                "DELETE FROM accesses WHERE rowid NOT IN"
-                " (SELECT rowid FROM accesses ORDER BY rowid DESC LIMIT ?)",
-                (KEPT_ACCESSES,),
+            excess = self._db.execute("SELECT COUNT(*) - ? FROM accesses", (KEPT_ACCESSES,))
+            self._db.execute(  # strangers' first: theirs cost a stranger one store each
+                "DELETE FROM accesses WHERE rowid IN (SELECT rowid FROM accesses"
+                " ORDER BY owner IN (SELECT user FROM contacts WHERE state = ?)"
+                " OR owner IN (SELECT device FROM siblings), rowid LIMIT MAX(?, 0))",
+                (ContactState.FRIEND, excess.fetchone()[0]),
             )
 
     def carry_access(self, owner: str, expiry_ms: int) -> bool:

@@ -47,9 +47,10 @@ device is online for :data:`~.scenario.SETTLE_MS`. A copy's size is what the nod
 the sealed envelope of the real content (:func:`~p2psync.envelope.seal_envelope` of
 :func:`~p2psync.device.content.encode_content`), its text ``size`` characters long, with
 the sender's mailbox access if it is the sending device's first envelope to that mailbox
-that day (``Local._access_to_carry``; days counted from a trace starting at
-:data:`~p2psync.clock.TEST_EPOCH_MS`, as the device runner's does; the envelopes of
-set-up, friend requests and pairing, which carry it on the first day, are not counted).
+that week (``Local._access_to_carry``; weeks counted as the devices count them, for a
+trace starting at :data:`~p2psync.clock.TEST_EPOCH_MS`, as the device runner's does; the
+envelopes of set-up, friend requests and pairing, which carry it in the first week, are
+not counted).
 
 Not modelled: network and processing delays below a few seconds (a copy deleted "at
 once" lives 0 s here, a second or two on devices) and delivery latency (reported as
@@ -72,7 +73,7 @@ from ..device.content import MAX_TEXT_CHARS, SyncSent, Text, encode_content
 from ..device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S, check_copy_ttls
 from ..envelope import seal_envelope
 from ..identity import Identity
-from ..swarm.access import DAY_MS, sign_access
+from ..swarm.access import ACCESS_PERIOD_MS, sign_access
 from ..swarm.constants import DEFAULT_TTL_MS
 from ..sync.live import DEFAULT_GRACE_MS
 from .scenario import (
@@ -276,18 +277,18 @@ class _Ledger:
         self.hour_bytes = _zeros(run_end_ms // HOUR_MS + 2)
         #: Per device (``2 * user + kind``): messages it holds at the end.
         self.held = _zeros(devices)
-        #: Per (device, mailbox): the day of its last envelope there that carried its
+        #: Per (device, mailbox): the week of its last envelope there that carried its
         #: access (:meth:`carries`).
         self._carried: dict[tuple[int, int], int] = {}
 
     def carries(self, device: int, mailbox: int, at_ms: int) -> int:
         """1 if ``device``'s envelope to ``mailbox`` sealed at ``at_ms`` (from the trace's
-        start) carries its access, its first there that day, else 0: the index of its
+        start) carries its access, its first there that week, else 0: the index of its
         size in a :class:`_CopySizes` table."""
-        day = (TEST_EPOCH_MS + at_ms) // DAY_MS
-        if self._carried.get((device, mailbox)) == day:
+        week = (TEST_EPOCH_MS + at_ms) // ACCESS_PERIOD_MS
+        if self._carried.get((device, mailbox)) == week:
             return 0
-        self._carried[(device, mailbox)] = day
+        self._carried[(device, mailbox)] = week
         return 1
 
     def store(self, start_ms: int, end_ms: int, size: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -112,8 +113,9 @@ class StoreAcceptance:
 
     def _accept(self, request: StoreRequest, conn: Connection) -> Later:
         now_ms = self._clock.now_ms()
-        row = self._core.new_row(request, now_ms)
-        self._charge(conn, row, self._access.vouched(request.pubkey, request.access, now_ms))
+        vouched = self._access.vouched(request.pubkey, request.access, now_ms)
+        row = replace(self._core.new_row(request, now_ms), vouched=vouched)
+        self._charge(conn, row)
         later = Later()
         self._commits.add(row, partial(self._committed, row, later))
         return later
@@ -135,7 +137,6 @@ class StoreAcceptance:
         effects: list[Push[Connection] | Replicate] = []
         if result:
             self._stats.stored += 1
-            self._quota.stored(row.pubkey, charge_of(row))
             effects.extend(self._core.pushes([row]))
         else:
             self._stats.duplicates += 1
@@ -198,9 +199,9 @@ class StoreAcceptance:
             self._waiting.pop(key, None)
             self._quorum.give_up(key)
 
-    def _charge(self, conn: Connection, row: StoredMessage, vouched: bool) -> None:
+    def _charge(self, conn: Connection, row: StoredMessage) -> None:
         """Refuse a store past its connection's byte rate or its owner's quota (less the
-        owner's reserve, unless the store is ``vouched`` for: :mod:`.access`), both
+        owner's reserve, unless the row is vouched for: :mod:`.access`), both
         ``rate_limited`` (:mod:`.allowance`): a full mailbox takes mail again as rows
         expire, so a sender keeps its copy and asks later; a refusal for good would have
         every sender drop its mail to an owner a stranger flooded."""
@@ -208,18 +209,22 @@ class StoreAcceptance:
         if not self._budgets.charge(conn, self._clock.now_s(), size):
             raise RpcError("rate_limited", "this connection stores too fast: slow down")
         now_ms = self._clock.now_ms()
-        reserve = 0 if vouched else vouched_reserve(self._quota.quota)
+        reserve = vouched_reserve(self._quota.quota)
         _, full = self._quota.fitting(  # the rule a peer's rows meet: held ones take no room
             [row], lambda held: self._store.holds(*row_key(held), now_ms), reserve=reserve
         )
-        if full:
-            limit = self._quota.quota - reserve
+        if not full:  # counted now, not once committed: stores read in one turn add up
+            self._quota.stored(row.pubkey, size)
+            return
+        if row.vouched:
             raise RpcError(
-                "rate_limited",
-                f"this owner's mailbox is full ({limit} bytes)"
-                + ("" if vouched else " to stores without its access")
-                + ": later",
+                "rate_limited", f"this owner's mailbox is full ({self._quota.quota} bytes): later"
             )
+        raise RpcError(
+            "rate_limited",
+            f"this owner's mailbox is full ({self._quota.quota - reserve} bytes) to stores"
+            " without its access: later",
+        )
 
 
 class _Batch:

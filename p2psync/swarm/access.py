@@ -5,21 +5,23 @@ stranger could fill a mailbox to its quota (:mod:`.allowance`) and keep it full 
 expire: the owner's friends' mail would wait as long as the flood went on. So each owner
 keeps the last part of its quota (:func:`vouched_reserve`) for stores that carry
 its *access*: an Ed25519 signature by the mailbox's own key over its session id and an
-expiry. A device signs one a day and puts it in the first envelope it seals to each
-mailbox that day (see :mod:`p2psync.envelope`), so whoever it wrote to, and only they,
-can show it when they store for it; it is a bearer token, as Signal's
-unidentified-access key is, and proves nothing about who shows it.
+expiry. A device signs one a week and puts it in the first envelope it seals to each
+mailbox that week (see :mod:`p2psync.envelope`), so whoever it wrote to can show it when
+they store for it; it is a bearer token, as Signal's unidentified-access key is, and
+proves nothing about who shows it.
 
 * The node checks it without state of its own: the signing key must be the owner's and
   the signature good (else ``unauthorized``: no honest sender shows a forged one, it
   checked the access when it opened the envelope that carried it). One that has expired,
   or that claims more than :data:`MAX_ACCESS_VALIDITY_MS` ahead, counts as none: a
-  friend who has not heard from the owner for a month stores as a stranger does, which
-  costs it nothing until a flood.
+  friend who has not heard from the owner for four weeks stores as a stranger does,
+  which costs it nothing until a flood.
 * What a node learns: that a store comes from someone the owner wrote to within the
-  validity, not who (every contact shows the same token on a given day).
-* A leaked access is good until it expires (a month at most): the owner cannot revoke
-  one sooner (that would need state at every member).
+  validity, and in which week it last did (the expiry: weeks, not days, so that every
+  contact written to in one week shows the same token), not who.
+* A leaked access is good until it expires (five weeks at most): the owner cannot revoke
+  one sooner (that would need state at every member). The members of the owner's swarm
+  see it too (they could show it, but could fill the reserve by replication anyway).
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ from ..identity import (
 from ..wire import Fields
 
 ACCESS_DOMAIN = b"p2psync-mailbox-access/1:"
-#: How far ahead an access may expire: a device signs one valid for 30 days from the
-#: start of the day after today (so it is the same token all day: :func:`access_expiry`).
-ACCESS_VALIDITY_MS = 30 * 24 * 3600 * 1000
 DAY_MS = 24 * 3600 * 1000
-MAX_ACCESS_VALIDITY_MS = ACCESS_VALIDITY_MS + 2 * DAY_MS
+#: How often a device signs a new access: every week (counted from the Unix epoch), so
+#: that its expiry tells a node no more than the week its owner last wrote to the sender.
+ACCESS_PERIOD_MS = 7 * DAY_MS
+#: How long an access is good past the end of the week it was signed in (:func:`access_expiry`).
+ACCESS_VALIDITY_MS = 28 * DAY_MS
+#: The furthest ahead an access may expire and count: what a device signs, and two days
+#: for a clock that runs fast.
+MAX_ACCESS_VALIDITY_MS = ACCESS_PERIOD_MS + ACCESS_VALIDITY_MS + 2 * DAY_MS
 #: Accesses a node remembers as checked (a signature check costs ~50 µs; a contact's
-#: stores show the same token all day).
+#: stores show the same token all week).
 CHECKED_ACCESSES = 4096
 
 
@@ -82,8 +88,8 @@ def access_text(owner: str, expiry_ms: int) -> bytes:
 
 
 def access_expiry(now_ms: int) -> int:
-    """The expiry a device signs at ``now_ms``: the same all day, 30 to 31 days ahead."""
-    return (now_ms // DAY_MS + 1) * DAY_MS + ACCESS_VALIDITY_MS
+    """The expiry a device signs at ``now_ms``: the same all week, 28 to 35 days ahead."""
+    return (now_ms // ACCESS_PERIOD_MS + 1) * ACCESS_PERIOD_MS + ACCESS_VALIDITY_MS
 
 
 def sign_access(owner: Identity, now_ms: int) -> MailboxAccess:

@@ -127,8 +127,8 @@ class OwnerQuota:
         does not fit, none of its rows is kept (so what is kept has no gaps). A row this
         node ``held`` already takes no room (asked only of rows that would not fit), so a
         peer sending again what it sent before, as repair and hand-over do, is not
-        refused for a mailbox its own rows filled. ``reserve``: bytes of each quota these
-        rows may not use (a stranger's store leaves the owner's reserve: :mod:`.access`)."""
+        refused for a mailbox its own rows filled. ``reserve``: bytes of each quota that
+        rows not vouched for may not use (:mod:`.access`)."""
         kept: list[StoredMessage] = []
         full: set[str] = set()
         at_quota: set[str] = set()  # asked once per batch: past it, only held rows go
@@ -139,7 +139,9 @@ class OwnerQuota:
             size = charge_of(row)
             fits = not size or (
                 row.pubkey not in at_quota
-                and self.admits(row.pubkey, taking.get(row.pubkey, 0) + size + reserve)
+                and self.admits(
+                    row.pubkey, taking.get(row.pubkey, 0) + size + (0 if row.vouched else reserve)
+                )
             )
             if not fits:
                 at_quota.add(row.pubkey)

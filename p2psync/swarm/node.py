@@ -40,6 +40,7 @@ from ..onion.service import ListedExits, OnionService
 from ..rpc import Connection, RpcPool, RpcServer, open_rpc_pool
 from ..wire import Fields
 from .acceptance import StoreAcceptance
+from .access import vouched_reserve
 from .allowance import ROW_CHARGE_BYTES, OwnerQuota, charge_of
 from .auth import ReplayGuard
 from .client_methods import ClientMethods
@@ -298,6 +299,7 @@ class StorageNode:
         room, full = self._quota.fitting(
             self.core.placed(rows, now_ms),
             lambda row: self.store.holds(*row_key(row), now_ms),
+            reserve=vouched_reserve(self._quota.quota),
         )
         added = self.store.put_many(room)
         fresh = [row for row, new in zip(room, added, strict=True) if new]

@@ -16,6 +16,7 @@ The rest of a request is decoded only after the node's check.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..clock import Clock
@@ -124,7 +125,13 @@ class PeerMethods:
         now_ms = self._clock.now_ms()
         strangers = self._core.from_stranger(node, request.rows)
         dropped, over_rate = self._over_rate(conn, strangers, now_ms)
-        ingested = self._ingest(r for r in request.rows if row_key(r) not in dropped)
+        # A stranger's word that a row was vouched for is not taken (:mod:`.access`).
+        unvouched = {row_key(row) for row in strangers}
+        ingested = self._ingest(
+            replace(r, vouched=False) if row_key(r) in unvouched else r
+            for r in request.rows
+            if row_key(r) not in dropped
+        )
         self._stats.replicated_in += ingested.new
         refused = {*self._core.refused_owners(request.rows), *over_rate, *ingested.over_quota}
         self._stranger_pushes.pushed(

@@ -27,7 +27,7 @@ def row_to_wire(row: StoredMessage, proofs: Mapping[bytes, int] | None = None) -
     proof: bytes | int | None = row.proof
     if row.proof is not None and proofs is not None:
         proof = proofs[row.proof]
-    return [
+    wire = [
         row.pubkey,
         row.namespace,
         row.hash,
@@ -37,6 +37,7 @@ def row_to_wire(row: StoredMessage, proofs: Mapping[bytes, int] | None = None) -
         row.order_ms,
         proof,
     ]
+    return [*wire, True] if row.vouched else wire
 
 
 class ProofChecks:
@@ -71,10 +72,13 @@ class ProofChecks:
 def row_from_wire(value: object, now_ms: int, checks: ProofChecks | None = None) -> StoredMessage:
     """A row from another node: shape, sizes, hash, times against ``now_ms`` (the
     receiver's clock) and proof all checked; ``checks``: its batch's proofs."""
-    if not isinstance(value, list) or len(value) != ROW_FIELDS:
-        raise DecodeError(f"a row is a list of {ROW_FIELDS} fields")
+    if not isinstance(value, list) or len(value) not in (ROW_FIELDS, ROW_FIELDS + 1):
+        raise DecodeError(f"a row is a list of {ROW_FIELDS} fields, and true if vouched for")
     checks = checks or ProofChecks()
-    pubkey, namespace, digest, timestamp, expiry, data, order, proof = value
+    pubkey, namespace, digest, timestamp, expiry, data, order, proof = value[:ROW_FIELDS]
+    vouched = value[ROW_FIELDS:] == [True]
+    if len(value) > ROW_FIELDS and not vouched:
+        raise DecodeError("a row's ninth field, if any, is true")
     proof = checks.blob(proof)
     _check_key(pubkey, namespace, digest, timestamp, expiry, order)
     if timestamp > now_ms + PEER_SKEW_MS:
@@ -86,7 +90,7 @@ def row_from_wire(value: object, now_ms: int, checks: ProofChecks | None = None)
             raise DecodeError("row hash does not match its data")
     if proof is not None and not isinstance(proof, bytes):
         raise DecodeError("an owner proof is a byte string")
-    row = StoredMessage(pubkey, namespace, digest, timestamp, expiry, data, order, proof)
+    row = StoredMessage(pubkey, namespace, digest, timestamp, expiry, data, order, proof, vouched)
     if proof is None:
         if data is None:
             raise DecodeError("a tombstone needs the owner's signed delete")

@@ -11,7 +11,8 @@ from typing import NamedTuple
 class StoredMessage:
     """One stored message; ``data is None`` marks a tombstone. ``proof`` (the owner's
     signed delete or expire, encoded) is set on tombstones and shortened expiries, and
-    means the node checked it before storing."""
+    means the node checked it before storing. ``vouched``: its store showed the owner's
+    access (:mod:`.access`), so it may fill the owner's reserve on every member."""
 
     pubkey: str
     namespace: int
@@ -21,6 +22,7 @@ class StoredMessage:
     data: bytes | None
     order_ms: int = 0
     proof: bytes | None = None
+    vouched: bool = False
 
     @property
     def deleted(self) -> bool:

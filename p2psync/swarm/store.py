@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS messages (
     order_ms INTEGER NOT NULL,
     proof BLOB,
     size INTEGER,
+    vouched INTEGER NOT NULL DEFAULT 0,
     UNIQUE (pubkey, namespace, hash)
 );
 CREATE TABLE IF NOT EXISTS proofs (key BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
@@ -56,13 +57,13 @@ CREATE INDEX IF NOT EXISTS messages_by_proof ON messages (proof) WHERE proof IS 
 _COLUMNS = "pubkey, namespace, hash, timestamp, expiry, data, order_ms"
 #: Whole rows with their proofs, for replication and repair (reads by clients skip proofs).
 _SELECT_WITH_PROOF = (
-    "SELECT m.pubkey, m.namespace, m.hash, m.timestamp, m.expiry, m.data, m.order_ms, p.body"
-    " FROM messages m LEFT JOIN proofs p ON p.key = m.proof"
+    "SELECT m.pubkey, m.namespace, m.hash, m.timestamp, m.expiry, m.data, m.order_ms, p.body,"
+    " m.vouched != 0 FROM messages m LEFT JOIN proofs p ON p.key = m.proof"
 )
 
 
 def _row(row: tuple[Any, ...]) -> StoredMessage:
-    return StoredMessage(*row)
+    return StoredMessage(*row[:8], *(bool(vouched) for vouched in row[8:]))
 
 
 def _proof_key(proof: bytes) -> bytes:
@@ -110,6 +111,7 @@ class MessageStore:
         self._db.executescript(_SCHEMA.split(";", 1)[0] + ";")
         add_column_if_missing(self._db, "messages", "proof", "BLOB")  # from before proofs
         add_column_if_missing(self._db, "messages", "size", "INTEGER")  # from before sizes
+        add_column_if_missing(self._db, "messages", "vouched", "INTEGER NOT NULL DEFAULT 0")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -130,7 +132,7 @@ class MessageStore:
             for m in messages:
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO messages"
-                    f" ({_COLUMNS}, proof, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f" ({_COLUMNS}, proof, size, vouched) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         m.pubkey,
                         m.namespace,
@@ -141,6 +143,7 @@ class MessageStore:
                         m.order_ms,
                         self._keep_proof(m.proof),
                         None if m.data is None else len(m.data),
+                        m.vouched,
                     ),
                 )
                 added.append(cursor.rowcount == 1)

@@ -12,6 +12,7 @@ from p2psync.envelope import MAX_TIMESTAMP_MS, open_envelope, seal_envelope
 from p2psync.errors import DecodeError, RpcError
 from p2psync.identity import Identity, message_hash, seal
 from p2psync.swarm.access import (
+    ACCESS_PERIOD_MS,
     ACCESS_VALIDITY_MS,
     DAY_MS,
     MAX_ACCESS_VALIDITY_MS,
@@ -31,11 +32,14 @@ BOB = Identity.from_label("access/bob")
 NOW = TEST_EPOCH_MS
 
 
-def test_a_device_signs_one_access_a_day_valid_for_a_month() -> None:
+def test_a_device_signs_one_access_a_week_valid_for_four_weeks_after() -> None:
+    """Every contact written to in one week holds the same token: its expiry tells a node
+    the week, not the day, the owner last wrote to the sender."""
     access = sign_access(ALICE, NOW)
-    assert access == sign_access(ALICE, NOW - NOW % DAY_MS)  # the same token all day
-    assert access != sign_access(ALICE, NOW + DAY_MS)
-    assert ACCESS_VALIDITY_MS < access.expiry_ms - NOW <= ACCESS_VALIDITY_MS + DAY_MS
+    week_start = NOW - NOW % ACCESS_PERIOD_MS
+    assert access == sign_access(ALICE, week_start) == sign_access(ALICE, week_start + 6 * DAY_MS)
+    assert access != sign_access(ALICE, week_start + ACCESS_PERIOD_MS)
+    assert ACCESS_VALIDITY_MS < access.expiry_ms - NOW <= ACCESS_VALIDITY_MS + ACCESS_PERIOD_MS
     assert access.expiry_ms == access_expiry(NOW)
     assert is_signed_by_owner(access, ALICE.session_id)
 
@@ -46,7 +50,7 @@ def test_only_the_owners_own_signature_is_its_access() -> None:
     assert not is_signed_by_owner(sign_access(BOB, NOW), ALICE.session_id)
     forged = replace(sign_access(BOB, NOW), ed25519=ALICE.ed25519_public)
     assert not is_signed_by_owner(forged, ALICE.session_id)  # Alice's key, Bob's signature
-    later = replace(access, expiry_ms=access.expiry_ms + DAY_MS)  # a month more, unsigned
+    later = replace(access, expiry_ms=access.expiry_ms + DAY_MS)  # a day more, unsigned
     assert not is_signed_by_owner(later, ALICE.session_id)
     assert not is_signed_by_owner(access, "not a session id")
 
@@ -69,7 +73,7 @@ def test_a_node_refuses_a_forged_access_and_takes_an_expired_one_as_none() -> No
         checks.vouched(BOB.session_id, access, NOW)
     assert refused.value.code == "unauthorized"
     for day in range(3):  # more than it remembers: the first is checked again, still good
-        checks.vouched(ALICE.session_id, sign_access(ALICE, NOW + day * DAY_MS), NOW)
+        checks.vouched(ALICE.session_id, sign_access(ALICE, NOW + day * ACCESS_PERIOD_MS), NOW)
     assert checks.vouched(ALICE.session_id, access, NOW)
 
 

@@ -63,6 +63,7 @@ from p2psync.mapping import (
 from p2psync.network import LocalNetwork, open_local_network
 from p2psync.opengroup.client import open_opengroup_client
 from p2psync.opengroup.posts import sign_post
+from p2psync.swarm.access import DAY_MS, sign_access
 from p2psync.swarm.client import SwarmClient, open_swarm_client
 from p2psync.swarm.constants import (
     MAX_STORE_BATCH,
@@ -840,6 +841,57 @@ async def test_a_strangers_flood_of_a_mailbox_does_not_hold_up_a_friends_mail(
         await wait_until(lambda: (False, "still reaches you") in texts(bob, alice.session_id))
         await bob.send(alice.session_id, "and back")  # Alice's mailbox was never full
         await wait_until(lambda: (False, "and back") in texts(alice, bob.session_id))
+
+
+async def test_a_new_device_whose_mailbox_a_stranger_filled_is_still_answered(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Mallory fills a new ``mapped`` tablet's mailbox (its id is on its screen) before
+    it asks to pair; the primary's answers still get there: the request carried the
+    tablet's access, and the primary shows it (it stored them as a stranger's, refused
+    while the flood held). A ``linked`` device asks from a key made for the attempt,
+    which nobody knows to fill."""
+    mode = "mapped"
+    quota = 256 * 1024
+    config = replace(QUIET, owner_quota_bytes=quota)
+    async with (
+        open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        device(network, tmp_path, "tablet", mode) as tablet,
+        open_swarm_client(network.transport, network.directory(), network.clock) as mallory,
+    ):
+        with pytest.raises(RpcError, match="without its access"):
+            for n in range(quota // 1024 + 1):
+                junk = n.to_bytes(1024, "big")
+                await mallory.store(tablet.whoami().device_id, NAMESPACE_CONTROL, junk)
+        await pair(phone, tablet)
+
+
+async def test_an_access_dated_further_ahead_than_a_device_signs_is_not_kept(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A sender whose clock ran 60 days fast once: its access, kept as the one expiring
+    last, stood in place of its current ones for two months and counted at no node, so
+    its friends stored for it as strangers (a review's finding). Now one that would not
+    count is not kept; a current one is."""
+    async with (
+        open_world() as network,
+        device(network, tmp_path, "alice", "linked") as alice,
+        open_swarm_client(network.transport, network.directory(), network.clock) as swarm,
+    ):
+        now_ms = swarm.clock.now_ms()
+        senders = {}
+        for label, signed_at_ms in (("ahead", now_ms + 60 * DAY_MS), ("current", now_ms)):
+            sender = senders[label] = Identity.from_label(f"access-dates/{label}")
+            kind, body = encode_content(FriendRequest(sender.session_id, (), "hi"))
+            access = sign_access(sender, signed_at_ms)
+            recipient = session_id_key(alice.session_id)
+            data = seal_envelope(sender, recipient, kind, body, now_ms, access)
+            await swarm.store(alice.session_id, NAMESPACE_MESSAGES, data)
+        await wait_until(lambda: all(alice.friends.contact(s.session_id) for s in senders.values()))
+        with closing(DeviceStore(tmp_path / "alice" / STORE_FILE, read_only=True)) as store:
+            assert store.access_to(senders["ahead"].session_id) is None
+            assert store.access_to(senders["current"].session_id) is not None
 
 
 async def test_a_record_that_trips_an_unforeseen_error_is_refused_not_fatal(

@@ -80,8 +80,10 @@ async def test_a_challenge_that_comes_before_the_request_is_acknowledged_is_take
     control namespace returns only after the primary had time to answer."""
     real_store = SwarmClient.store
 
-    async def slow_answer(self: SwarmClient, owner: str, namespace: int, *args: Any) -> Any:
-        result = await real_store(self, owner, namespace, *args)
+    async def slow_answer(
+        self: SwarmClient, owner: str, namespace: int, *args: Any, **kwargs: Any
+    ) -> Any:
+        result = await real_store(self, owner, namespace, *args, **kwargs)
         if namespace == NAMESPACE_CONTROL:
             await trio.sleep(TOLD_WITHIN_S)
         return result

@@ -20,7 +20,8 @@ from p2psync.errors import RpcError
 from p2psync.identity import Identity
 from p2psync.network import open_local_network
 from p2psync.rpc import ServerLimits, open_rpc, open_rpc_pool
-from p2psync.swarm.access import DAY_MS, MailboxAccess, sign_access
+from p2psync.swarm.access import DAY_MS, MailboxAccess, sign_access, vouched_reserve
+from p2psync.swarm.allowance import charge_of
 from p2psync.swarm.auth import AuthSigner, auth_text
 from p2psync.swarm.client import SwarmClient
 from p2psync.swarm.constants import MAX_DATA_BYTES, MAX_STORE_BATCH
@@ -460,6 +461,59 @@ async def test_a_stranger_fills_an_owners_mailbox_only_up_to_the_reserve_of_her_
             expired = sign_access(ALICE, TEST_EPOCH_MS - 40 * DAY_MS)
             with pytest.raises(RpcError, match="without its access"):
                 await store(b"4", expired)
+
+
+async def test_a_stranger_storing_at_every_member_at_once_leaves_the_reserve_on_each(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Four connections at each member of Alice's swarm store junk for her in batches
+    until refused: each member takes a stranger's stores only to three quarters of the
+    quota, and the rows its peers replicate to it are held to the same mark (a review's
+    took them to the full quota, and batches read in one turn past it, 1.49 times, so
+    every friend's store was refused); a friend's store is then taken at every member,
+    and its row reaches every member's reserve."""
+    quota = 1_000_000
+    config = NodeConfig(owner_quota_bytes=quota)
+    async with open_local_network(
+        6, relays=0, clock=Clock(TEST_EPOCH_MS), node_config=config
+    ) as network:
+        clock = network.clock
+        members = swarm_of(network, ALICE)
+        tags = iter(range(10**6))
+
+        async def flood(url: str) -> None:
+            async with open_rpc(network.transport, url) as client:
+                while True:
+                    stores = [
+                        store_params(
+                            data=next(tags).to_bytes(8, "big") + bytes(1_192),
+                            ttl=3_600_000,
+                            timestamp=clock.now_ms(),
+                        )
+                        for _ in range(64)
+                    ]
+                    reply = await client.call("store_batch", {"stores": stores})
+                    if any("error" in result for result in reply["results"]):
+                        return
+
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                for _ in range(4):
+                    nursery.start_soon(flood, member.url)
+        await trio.sleep(30)  # replication settles
+
+        def held(member: Any) -> int:
+            rows = member.store.records(clock.now_ms(), [ALICE.session_id])
+            return sum(charge_of(row) for row in rows)
+
+        assert all(quota // 2 < held(m) <= quota - vouched_reserve(quota) for m in members)
+        access = sign_access(ALICE, clock.now_ms()).to_wire()
+        for n, member in enumerate(members):
+            async with open_rpc(network.transport, member.url) as client:
+                params = store_params(data=b"mail %d" % n, timestamp=clock.now_ms())
+                await client.call("store", {**params, "access": access})
+        await trio.sleep(30)
+        assert all(held(m) > quota - vouched_reserve(quota) for m in members)
 
 
 def _refusing(code: str, asked: list[str], name: str) -> Any:
