@@ -817,6 +817,18 @@ async def test_a_held_request_that_cannot_be_answered_costs_only_itself(
         assert phone.pairing.held() == 1
 
 
+#: An owner's quota small enough for a stranger to fill in a few hundred stores.
+SMALL_QUOTA = 256 * 1024
+
+
+async def fill_as_a_stranger(swarm: SwarmClient, owner: str, namespace: int) -> None:
+    """Store junk for ``owner`` (on a network of :data:`SMALL_QUOTA`) until its swarm
+    takes no more from a stranger."""
+    with pytest.raises(RpcError, match="without its access"):
+        for n in range(SMALL_QUOTA // 1024 + 1):
+            await swarm.store(owner, namespace, n.to_bytes(1024, "big"))
+
+
 @pytest.mark.parametrize("mode", ["linked", "mapped"])
 async def test_a_strangers_flood_of_a_mailbox_does_not_hold_up_a_friends_mail(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
@@ -825,8 +837,7 @@ async def test_a_strangers_flood_of_a_mailbox_does_not_hold_up_a_friends_mail(
     his friend, still reaches him at once: his acceptance carried his access, her store
     shows it, and the last quarter of his quota is kept for such stores (finding 32:
     before, her message waited until Mallory's junk expired, days later)."""
-    quota = 256 * 1024
-    config = replace(QUIET, owner_quota_bytes=quota)
+    config = replace(QUIET, owner_quota_bytes=SMALL_QUOTA)
     async with (
         open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network,
         device(network, tmp_path, "alice", mode) as alice,
@@ -834,9 +845,7 @@ async def test_a_strangers_flood_of_a_mailbox_does_not_hold_up_a_friends_mail(
         open_swarm_client(network.transport, network.directory(), network.clock) as mallory,
     ):
         await befriend(alice, bob)
-        with pytest.raises(RpcError, match="without its access"):
-            for n in range(quota // 1024 + 1):
-                await mallory.store(bob.session_id, NAMESPACE_MESSAGES, n.to_bytes(1024, "big"))
+        await fill_as_a_stranger(mallory, bob.session_id, NAMESPACE_MESSAGES)
         await alice.send(bob.session_id, "still reaches you")
         await wait_until(lambda: (False, "still reaches you") in texts(bob, alice.session_id))
         await bob.send(alice.session_id, "and back")  # Alice's mailbox was never full
@@ -851,19 +860,14 @@ async def test_a_new_device_whose_mailbox_a_stranger_filled_is_still_answered(
     tablet's access, and the primary shows it (it stored them as a stranger's, refused
     while the flood held). A ``linked`` device asks from a key made for the attempt,
     which nobody knows to fill."""
-    mode = "mapped"
-    quota = 256 * 1024
-    config = replace(QUIET, owner_quota_bytes=quota)
+    config = replace(QUIET, owner_quota_bytes=SMALL_QUOTA)
     async with (
         open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network,
-        device(network, tmp_path, "phone", mode) as phone,
-        device(network, tmp_path, "tablet", mode) as tablet,
+        device(network, tmp_path, "phone", "mapped") as phone,
+        device(network, tmp_path, "tablet", "mapped") as tablet,
         open_swarm_client(network.transport, network.directory(), network.clock) as mallory,
     ):
-        with pytest.raises(RpcError, match="without its access"):
-            for n in range(quota // 1024 + 1):
-                junk = n.to_bytes(1024, "big")
-                await mallory.store(tablet.whoami().device_id, NAMESPACE_CONTROL, junk)
+        await fill_as_a_stranger(mallory, tablet.whoami().device_id, NAMESPACE_CONTROL)
         await pair(phone, tablet)
 
 
