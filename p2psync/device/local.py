@@ -377,7 +377,7 @@ class Local:
         week), inside the caller's transaction: in every envelope it would cost each 83
         bytes, 7 % of what the storage benchmark's swarms hold."""
         access = self.own_access()
-        return access if self.store.carry_access(owner, access.expiry_ms) else None
+        return access if self.store.carry_access(owner, access) else None
 
     def access_for(self, owner: str) -> MailboxAccess | None:
         """What a store for ``owner`` shows: our own access for our mailbox, else the

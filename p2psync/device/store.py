@@ -136,7 +136,11 @@ CREATE TABLE IF NOT EXISTS accesses (
     expiry INTEGER NOT NULL,
     record BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS accesses_carried (owner TEXT PRIMARY KEY, expiry INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS accesses_carried (
+    owner TEXT PRIMARY KEY,
+    expiry INTEGER NOT NULL,
+    signer BLOB NOT NULL
+);
 """
 
 
@@ -627,26 +631,33 @@ class DeviceStore:
                 "INSERT OR REPLACE INTO accesses (owner, expiry, record) VALUES (?, ?, ?)",
                 (owner, access.expiry_ms, encode_cbor(access.to_wire())),
             )
-            excess = self._db.execute("SELECT COUNT(*) - ? FROM accesses", (KEPT_ACCESSES,))
-            self._db.execute(  # strangers' first: theirs cost a stranger one store each
-                "DELETE FROM accesses WHERE rowid IN (SELECT rowid FROM accesses"
-                " ORDER BY owner IN (SELECT user FROM contacts WHERE state = ?)"
-                " OR owner IN (SELECT device FROM siblings), rowid LIMIT MAX(?, 0))",
-                (ContactState.FRIEND, excess.fetchone()[0]),
-            )
+            excess = self._db.execute(
+                "SELECT COUNT(*) - ? FROM accesses", (KEPT_ACCESSES,)
+            ).fetchone()[0]
+            if excess > 0:
+                self._db.execute(  # strangers' first: theirs cost a stranger one store each
+                    "DELETE FROM accesses WHERE rowid IN (SELECT rowid FROM accesses"
+                    " ORDER BY owner IN (SELECT user FROM contacts WHERE state = ?)"
+                    " OR owner IN (SELECT device FROM siblings), rowid LIMIT ?)",
+                    (ContactState.FRIEND, excess),
+                )
 
-    def carry_access(self, owner: str, expiry_ms: int) -> bool:
-        """Whether an envelope to ``owner`` is the first to carry our access expiring at
-        ``expiry_ms`` (it is then noted: the next ones need not). Only the current
-        access's notes are kept."""
+    def carry_access(self, owner: str, access: MailboxAccess) -> bool:
+        """Whether an envelope to ``owner`` is the first to carry our ``access`` (it is
+        then noted: the next ones need not; one of another mailbox of ours, before a move
+        to ``linked``, does not count). Only the current access's notes are kept."""
         with self.transaction():
-            self._db.execute("DELETE FROM accesses_carried WHERE expiry < ?", (expiry_ms,))
-            return bool(
-                self._db.execute(
-                    "INSERT OR IGNORE INTO accesses_carried (owner, expiry) VALUES (?, ?)",
-                    (owner, expiry_ms),
-                ).rowcount
+            self._db.execute("DELETE FROM accesses_carried WHERE expiry < ?", (access.expiry_ms,))
+            noted = self._db.execute(
+                "SELECT expiry, signer FROM accesses_carried WHERE owner = ?", (owner,)
+            ).fetchone()
+            if noted is not None and tuple(noted) == (access.expiry_ms, access.ed25519):
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO accesses_carried (owner, expiry, signer) VALUES (?, ?, ?)",
+                (owner, access.expiry_ms, access.ed25519),
             )
+            return True
 
     def access_to(self, owner: str) -> MailboxAccess | None:
         """The access to ``owner``'s mailbox kept last, whether or not it has expired."""

@@ -208,14 +208,13 @@ class StoreAcceptance:
         size = charge_of(row)
         if not self._budgets.charge(conn, self._clock.now_s(), size):
             raise RpcError("rate_limited", "this connection stores too fast: slow down")
-        now_ms = self._clock.now_ms()
         reserve = vouched_reserve(self._quota.quota)
-        _, full = self._quota.fitting(  # the rule a peer's rows meet: held ones take no room
-            [row], lambda held: self._store.holds(*row_key(held), now_ms), reserve=reserve
-        )
-        if not full:  # counted now, not once committed: stores read in one turn add up
+        if self._quota.admits(row.pubkey, size + (0 if row.vouched else reserve)):
+            # Counted now, not once committed: stores read in one turn add up.
             self._quota.stored(row.pubkey, size)
             return
+        if self._store.holds(*row_key(row), self._clock.now_ms()):
+            return  # a retry of a row held already takes no room, and is counted no more
         if row.vouched:
             raise RpcError(
                 "rate_limited", f"this owner's mailbox is full ({self._quota.quota} bytes): later"

@@ -128,12 +128,13 @@ class OwnerQuota:
         node ``held`` already takes no room (asked only of rows that would not fit), so a
         peer sending again what it sent before, as repair and hand-over do, is not
         refused for a mailbox its own rows filled. ``reserve``: bytes of each quota that
-        rows not vouched for may not use (:mod:`.access`)."""
+        rows not vouched for may not use (:mod:`.access`); the rows vouched for are taken
+        first, so that a stranger's rows before them in a batch cannot shut them out."""
         kept: list[StoredMessage] = []
         full: set[str] = set()
         at_quota: set[str] = set()  # asked once per batch: past it, only held rows go
         taking: dict[str, int] = {}
-        for row in rows:
+        for row in sorted(rows, key=lambda row: not row.vouched):  # stable: order kept
             if row.pubkey in full:
                 continue
             size = charge_of(row)

@@ -76,7 +76,7 @@ def row_from_wire(value: object, now_ms: int, checks: ProofChecks | None = None)
         raise DecodeError(f"a row is a list of {ROW_FIELDS} fields, and true if vouched for")
     checks = checks or ProofChecks()
     pubkey, namespace, digest, timestamp, expiry, data, order, proof = value[:ROW_FIELDS]
-    vouched = value[ROW_FIELDS:] == [True]
+    vouched = len(value) > ROW_FIELDS and value[ROW_FIELDS] is True
     if len(value) > ROW_FIELDS and not vouched:
         raise DecodeError("a row's ninth field, if any, is true")
     proof = checks.blob(proof)

@@ -149,6 +149,12 @@ class MessageStore:
                 added.append(cursor.rowcount == 1)
                 if cursor.rowcount == 0:
                     self._merge(m)
+                    if m.vouched:  # a copy that showed the access vouches for the row
+                        self._db.execute(
+                            "UPDATE messages SET vouched = 1"
+                            " WHERE pubkey = ? AND namespace = ? AND hash = ? AND vouched = 0",
+                            (m.pubkey, m.namespace, m.hash),
+                        )
         return added
 
     def _merge(self, new: StoredMessage) -> None:

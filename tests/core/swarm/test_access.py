@@ -24,6 +24,7 @@ from p2psync.swarm.access import (
 )
 from p2psync.swarm.allowance import OwnerQuota, charge_of
 from p2psync.swarm.messages import StoreRequest
+from p2psync.swarm.records import row_from_wire, row_to_wire
 from p2psync.swarm.rows import StoredMessage
 from p2psync.wire import Fields, decode_cbor, encode_cbor
 
@@ -126,3 +127,13 @@ def test_an_envelope_with_an_access_its_sender_did_not_sign_does_not_open() -> N
             open_envelope(BOB, seal(BOB.x25519_public, encode_cbor({**inner, "access": bad})))
     again = seal(BOB.x25519_public, encode_cbor(inner))
     assert open_envelope(BOB, again).access == access
+
+
+def test_a_replicated_row_is_vouched_for_only_by_a_ninth_field_of_true() -> None:
+    row = StoredMessage(ALICE.session_id, 0, message_hash(b"r"), NOW, NOW + 60_000, b"r")
+    wire = row_to_wire(replace(row, vouched=True))
+    assert row_from_wire(wire, NOW).vouched
+    assert not row_from_wire(row_to_wire(row), NOW).vouched
+    for ninth in (1, False, None, "true", [True]):
+        with pytest.raises(DecodeError):
+            row_from_wire([*wire[:8], ninth], NOW)

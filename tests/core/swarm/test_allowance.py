@@ -4,6 +4,7 @@ quota over a batch of a peer's rows, and a connection's byte rate."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from p2psync.identity import Identity, message_hash
 from p2psync.swarm.allowance import (
@@ -95,3 +96,14 @@ def test_an_owner_at_its_quota_is_counted_again_only_once_a_second() -> None:
     clock[0] += RECOUNT_S
     assert not quota.admits(ALICE, 1)
     assert counts == [ALICE, ALICE]
+
+
+def test_a_peers_rows_vouched_for_are_taken_before_a_strangers_shut_them_out() -> None:
+    """A batch whose first row for Alice is a stranger's that does not fit below her
+    reserve still has its row vouched for kept (a review's repair pulled the stranger's
+    junk first every round, and never delivered a friend's message)."""
+    quota = OwnerQuota(lambda owner: 500, quota=1_000)  # each row is charged 356
+    junk = _row(ALICE, 100, 1)
+    friends = replace(_row(ALICE, 100, 2), vouched=True)
+    kept, full = quota.fitting([junk, friends], lambda row: False, reserve=250)
+    assert kept == [friends] and full == {ALICE}

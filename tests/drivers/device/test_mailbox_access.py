@@ -68,14 +68,21 @@ def test_strangers_push_out_a_friends_access_last(
 
 
 def test_the_first_envelope_to_an_owner_each_week_carries_the_access(store: DeviceStore) -> None:
-    today = sign_access(ALICE, TEST_EPOCH_MS).expiry_ms
-    next_week = sign_access(ALICE, TEST_EPOCH_MS + ACCESS_PERIOD_MS).expiry_ms
-    assert store.carry_access("05bob", today)
-    assert not store.carry_access("05bob", today)
-    assert store.carry_access("05carol", today)
+    this_week = sign_access(ALICE, TEST_EPOCH_MS)
+    next_week = sign_access(ALICE, TEST_EPOCH_MS + ACCESS_PERIOD_MS)
+    assert store.carry_access("05bob", this_week)
+    assert not store.carry_access("05bob", this_week)
+    assert store.carry_access("05carol", this_week)
     assert store.carry_access("05bob", next_week)
     assert store.carry_access("05carol", next_week)
     with pytest.raises(RuntimeError), store.transaction():  # an envelope never stored
         assert store.carry_access("05dave", next_week)
         raise RuntimeError
     assert store.carry_access("05dave", next_week)
+    # The device moved to another mailbox within the week (to ``linked``): its next
+    # envelope carries the new one's access.
+    account = sign_access(
+        Identity.from_label("kept-access/account"), TEST_EPOCH_MS + ACCESS_PERIOD_MS
+    )
+    assert account.expiry_ms == next_week.expiry_ms
+    assert store.carry_access("05dave", account)

@@ -455,6 +455,8 @@ async def test_a_stranger_fills_an_owners_mailbox_only_up_to_the_reserve_of_her_
             with pytest.raises(RpcError) as refused:
                 await store(b"3", forged)
             assert refused.value.code == "unauthorized"
+            for _ in range(10):  # a retry of a held row is answered and counted no more
+                await store(b"1", None)
             await store(b"3", access)  # a friend's: the reserve is hers
             with pytest.raises(RpcError, match=r"mailbox is full \(200000 bytes\): later"):
                 await store(b"4", access)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 from hypothesis import given
@@ -141,3 +142,20 @@ def test_a_row_is_held_until_its_expiry_and_counts_with_its_charge(tmp_path: Pat
     store.delete(OWNER, 0, [live.hash])
     assert store.holds(OWNER, 0, live.hash, 1_999)  # its tombstone
     assert store.owner_charge(OWNER, 1_999, per_row=100) == 4 + 100
+
+
+def test_a_copy_that_showed_the_owners_access_vouches_for_a_row_held_without(
+    tmp_path: Path,
+) -> None:
+    """A row a stranger's store put first is vouched for once a copy that showed the
+    owner's access arrives (a review's stayed not vouched for, and other members, full
+    to strangers, refused it when it was replicated and repaired)."""
+    store = MessageStore(tmp_path / "node.sqlite3")
+    plain = row(b"hello")
+    assert store.put_many([plain]) == [True]
+    assert [r.vouched for r in store.records(0, [OWNER])] == [False]
+    assert store.put_many([replace(plain, vouched=True)]) == [False]
+    assert [r.vouched for r in store.records(0, [OWNER])] == [True]
+    store.close()
+    reopened = MessageStore(tmp_path / "node.sqlite3")
+    assert [r.vouched for r in reopened.records(0, [OWNER])] == [True]
