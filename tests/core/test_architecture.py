@@ -47,6 +47,7 @@ SANS_IO = [
     "p2psync/swarm/taken_rows.py",
     "p2psync/swarm/attempts.py",
     "p2psync/swarm/proof.py",
+    "p2psync/swarm/access.py",
     "p2psync/urls.py",
     "p2psync/onion/sealing.py",
     "p2psync/onion/addresses.py",
