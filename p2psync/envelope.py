@@ -20,12 +20,11 @@ from typing import Any
 from .errors import DecodeError
 from .identity import (
     KEY_BYTES,
-    SESSION_ID_PREFIX,
     SIGNATURE_BYTES,
     Identity,
-    ed25519_to_x25519,
     message_hash,
     seal,
+    session_id_of,
     verify,
 )
 from .swarm.access import MailboxAccess, is_signed_by_owner
@@ -168,8 +167,8 @@ def _sender_access(fields: Fields, sender: bytes) -> MailboxAccess:
     ):
         raise DecodeError("envelope.access must be [expiry, 64-byte signature]")
     access = MailboxAccess(sender, expiry, signature)
-    owner = ed25519_to_x25519(sender)
-    if owner is None or not is_signed_by_owner(access, SESSION_ID_PREFIX + owner.hex()):
+    owner = session_id_of(sender)
+    if owner is None or not is_signed_by_owner(access, owner):
         raise DecodeError("the envelope's access is not its sender's")
     return access
 

@@ -144,6 +144,13 @@ def _x25519_of(ed25519_public: bytes) -> bytes | None:
         return None
 
 
+def session_id_of(ed25519_public: bytes) -> str | None:
+    """The Session id of whoever holds ``ed25519_public``; None for a key that is not a
+    curve point."""
+    converted = ed25519_to_x25519(ed25519_public)
+    return None if converted is None else SESSION_ID_PREFIX + converted.hex()
+
+
 def ed25519_matches_session_id(ed25519_public: bytes, session_id: str) -> bool:
     converted = ed25519_to_x25519(ed25519_public)
     return converted is not None and hmac.compare_digest(converted, session_id_key(session_id))

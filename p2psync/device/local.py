@@ -379,6 +379,13 @@ class Local:
         access = self.own_access()
         return access if self.store.carry_access(owner, access) else None
 
+    def keep_access(self, owner: str, access: MailboxAccess) -> None:
+        """Keep the access to ``owner``'s mailbox an envelope of its carried (checked as
+        its own when the envelope opened), if it counts now: one dated further ahead than
+        a device signs would stand, as the newest, in place of the owner's current ones."""
+        if is_current(access, self.clock.now_ms()):
+            self.store.keep_access(owner, access)
+
     def access_for(self, owner: str) -> MailboxAccess | None:
         """What a store for ``owner`` shows: our own access for our mailbox, else the
         owner's, from an envelope it sealed, while it counts (:mod:`~..swarm.access`)."""

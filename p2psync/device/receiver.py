@@ -17,8 +17,7 @@ import trio
 
 from ..envelope import open_envelope
 from ..errors import DecodeError
-from ..identity import Identity, ed25519_to_x25519
-from ..swarm.access import is_current
+from ..identity import Identity, session_id_of
 from ..swarm.client import Deliver, Message, SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL, NAMESPACE_MESSAGES, NAMESPACE_SYNC
 from .content import decode_content
@@ -66,10 +65,10 @@ NAMESPACES = (NAMESPACE_MESSAGES, NAMESPACE_SYNC, NAMESPACE_CONTROL)
 
 def device_id_of(ed25519_public: bytes) -> str:
     """The session id of the device that signed with ``ed25519_public``."""
-    converted = ed25519_to_x25519(ed25519_public)
-    if converted is None:
+    device = session_id_of(ed25519_public)
+    if device is None:
         raise DecodeError("the signing key is not a valid Ed25519 public key")
-    return "05" + converted.hex()
+    return device
 
 
 class Receiver:
@@ -170,9 +169,8 @@ class Receiver:
         try:
             envelope = open_envelope(identity, data)
             kind = envelope.kind
-            access = envelope.access  # for storing what goes to the sender's mailbox
-            if access is not None and is_current(access, self._local.clock.now_ms()):
-                self._store.keep_access(device_id_of(envelope.sender), access)
+            if envelope.access is not None:  # for storing what goes to the sender's mailbox
+                self._local.keep_access(device_id_of(envelope.sender), envelope.access)
             content = decode_content(envelope.kind, envelope.body)
             item = Inbound(
                 digest,

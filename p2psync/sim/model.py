@@ -73,7 +73,7 @@ from ..device.content import MAX_TEXT_CHARS, SyncSent, Text, encode_content
 from ..device.values import DELETE_DELAY_S, INBOUND_PUSH_DELAY_S, check_copy_ttls
 from ..envelope import seal_envelope
 from ..identity import Identity
-from ..swarm.access import ACCESS_PERIOD_MS, sign_access
+from ..swarm.access import access_expiry, sign_access
 from ..swarm.constants import DEFAULT_TTL_MS
 from ..sync.live import DEFAULT_GRACE_MS
 from .scenario import (
@@ -277,18 +277,18 @@ class _Ledger:
         self.hour_bytes = _zeros(run_end_ms // HOUR_MS + 2)
         #: Per device (``2 * user + kind``): messages it holds at the end.
         self.held = _zeros(devices)
-        #: Per (device, mailbox): the week of its last envelope there that carried its
-        #: access (:meth:`carries`).
+        #: Per (device, mailbox): the expiry of the access its last envelope there that
+        #: carried one carried (:meth:`carries`).
         self._carried: dict[tuple[int, int], int] = {}
 
     def carries(self, device: int, mailbox: int, at_ms: int) -> int:
         """1 if ``device``'s envelope to ``mailbox`` sealed at ``at_ms`` (from the trace's
-        start) carries its access, its first there that week, else 0: the index of its
-        size in a :class:`_CopySizes` table."""
-        week = (TEST_EPOCH_MS + at_ms) // ACCESS_PERIOD_MS
-        if self._carried.get((device, mailbox)) == week:
+        start) carries its access, its first there since it signed that access, else 0:
+        the index of its size in a :class:`_CopySizes` table."""
+        signed = access_expiry(TEST_EPOCH_MS + at_ms)  # as the device signs it
+        if self._carried.get((device, mailbox)) == signed:
             return 0
-        self._carried[(device, mailbox)] = week
+        self._carried[(device, mailbox)] = signed
         return 1
 
     def store(self, start_ms: int, end_ms: int, size: int) -> None:

@@ -25,7 +25,7 @@ from ..clock import Clock
 from ..errors import RpcError
 from ..rpc import Connection, Later, refusal_of
 from ..wire import Fields
-from .access import AccessChecks, vouched_reserve
+from .access import AccessChecks
 from .allowance import ConnectionBudgets, OwnerQuota, charge_of
 from .commit import GroupCommit
 from .messages import StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest
@@ -208,8 +208,7 @@ class StoreAcceptance:
         size = charge_of(row)
         if not self._budgets.charge(conn, self._clock.now_s(), size):
             raise RpcError("rate_limited", "this connection stores too fast: slow down")
-        reserve = vouched_reserve(self._quota.quota)
-        if self._quota.admits(row.pubkey, size + (0 if row.vouched else reserve)):
+        if self._quota.has_room_for(row):
             # Counted now, not once committed: stores read in one turn add up.
             self._quota.stored(row.pubkey, size)
             return
@@ -219,10 +218,10 @@ class StoreAcceptance:
             raise RpcError(
                 "rate_limited", f"this owner's mailbox is full ({self._quota.quota} bytes): later"
             )
+        limit = self._quota.quota - self._quota.reserve
         raise RpcError(
             "rate_limited",
-            f"this owner's mailbox is full ({self._quota.quota - reserve} bytes) to stores"
-            " without its access: later",
+            f"this owner's mailbox is full ({limit} bytes) to stores without its access: later",
         )
 
 

@@ -99,9 +99,14 @@ class OwnerQuota:
         count: Callable[[str], int],
         quota: int = OWNER_QUOTA_BYTES,
         now: Callable[[], float] = time.monotonic,
+        *,
+        reserve: int = 0,
     ) -> None:
+        """``reserve``: bytes of each quota that rows not vouched for may not use (a node
+        keeps :func:`~.access.vouched_reserve` of it)."""
         self._count = count
         self.quota = quota
+        self.reserve = reserve
         self._now = now
         #: Owner → (estimate, when it was last counted exactly), least recent first.
         self._estimates: OrderedDict[str, tuple[int, float]] = OrderedDict()
@@ -115,21 +120,24 @@ class OwnerQuota:
         self._remember(owner, known)
         return known[0] + size <= self.quota
 
+    def has_room_for(self, row: StoredMessage, taking: int = 0) -> bool:
+        """Whether ``row``'s owner may store it now, besides ``taking`` bytes of rows
+        before it: within the quota if the row is vouched for, else within the quota less
+        the reserve."""
+        reserve = 0 if row.vouched else self.reserve
+        return self.admits(row.pubkey, taking + charge_of(row) + reserve)
+
     def fitting(
-        self,
-        rows: Iterable[StoredMessage],
-        held: Callable[[StoredMessage], bool],
-        *,
-        reserve: int = 0,
+        self, rows: Iterable[StoredMessage], held: Callable[[StoredMessage], bool]
     ) -> tuple[list[StoredMessage], set[str]]:
         """Of a peer's batch, the rows whose owners' mailboxes have room for them, counting
         the batch's earlier rows, and the owners refused: from an owner's first row that
         does not fit, none of its rows is kept (so what is kept has no gaps). A row this
         node ``held`` already takes no room (asked only of rows that would not fit), so a
         peer sending again what it sent before, as repair and hand-over do, is not
-        refused for a mailbox its own rows filled. ``reserve``: bytes of each quota that
-        rows not vouched for may not use (:mod:`.access`); the rows vouched for are taken
-        first, so that a stranger's rows before them in a batch cannot shut them out."""
+        refused for a mailbox its own rows filled. The rows vouched for are taken first
+        (:meth:`has_room_for`), so that a stranger's rows before them in a batch cannot
+        shut them out."""
         kept: list[StoredMessage] = []
         full: set[str] = set()
         at_quota: set[str] = set()  # asked once per batch: past it, only held rows go
@@ -139,10 +147,7 @@ class OwnerQuota:
                 continue
             size = charge_of(row)
             fits = not size or (
-                row.pubkey not in at_quota
-                and self.admits(
-                    row.pubkey, taking.get(row.pubkey, 0) + size + (0 if row.vouched else reserve)
-                )
+                row.pubkey not in at_quota and self.has_room_for(row, taking.get(row.pubkey, 0))
             )
             if not fits:
                 at_quota.add(row.pubkey)

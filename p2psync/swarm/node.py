@@ -104,6 +104,7 @@ class StorageNode:
             lambda owner: self.store.owner_charge(owner, self.clock.now_ms(), ROW_CHARGE_BYTES),
             self.config.owner_quota_bytes,
             self.clock.now_s,
+            reserve=vouched_reserve(self.config.owner_quota_bytes),
         )
         self._pool: RpcPool | None = None
         self._acceptance = StoreAcceptance(
@@ -299,7 +300,6 @@ class StorageNode:
         room, full = self._quota.fitting(
             self.core.placed(rows, now_ms),
             lambda row: self.store.holds(*row_key(row), now_ms),
-            reserve=vouched_reserve(self._quota.quota),
         )
         added = self.store.put_many(room)
         fresh = [row for row, new in zip(room, added, strict=True) if new]

@@ -95,11 +95,12 @@ def test_a_store_carries_an_access_on_the_wire_and_is_refused_a_malformed_one() 
 
 
 def test_a_stranger_leaves_the_owners_reserve() -> None:
-    quota = OwnerQuota(lambda owner: 700, quota=1_000)
     row = StoredMessage(ALICE.session_id, 0, message_hash(b"r"), NOW, NOW + 1, bytes(44))
     assert charge_of(row) == 300
+    quota = OwnerQuota(lambda owner: 700, quota=1_000)
     assert quota.fitting([row], lambda held: False) == ([row], set())
-    assert quota.fitting([row], lambda held: False, reserve=1) == ([], {ALICE.session_id})
+    reserved = OwnerQuota(lambda owner: 700, quota=1_000, reserve=1)
+    assert reserved.fitting([row], lambda held: False) == ([], {ALICE.session_id})
 
 
 def test_an_envelope_carries_its_senders_access_and_refuses_anyone_elses() -> None:

@@ -102,8 +102,8 @@ def test_a_peers_rows_vouched_for_are_taken_before_a_strangers_shut_them_out() -
     """A batch whose first row for Alice is a stranger's that does not fit below her
     reserve still has its row vouched for kept (a review's repair pulled the stranger's
     junk first every round, and never delivered a friend's message)."""
-    quota = OwnerQuota(lambda owner: 500, quota=1_000)  # each row is charged 356
+    quota = OwnerQuota(lambda owner: 500, quota=1_000, reserve=250)  # each row is charged 356
     junk = _row(ALICE, 100, 1)
     friends = replace(_row(ALICE, 100, 2), vouched=True)
-    kept, full = quota.fitting([junk, friends], lambda row: False, reserve=250)
+    kept, full = quota.fitting([junk, friends], lambda row: False)
     assert kept == [friends] and full == {ALICE}
