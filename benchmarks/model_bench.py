@@ -26,6 +26,8 @@ from p2psync.sim.runner import run_scenario
 from p2psync.sim.scenario import Scenario, build_trace, load_trace
 
 Measured = dict[str, dict[str, Any] | str]
+#: How often the wait for the validation run looks for a stop noted meanwhile.
+STOP_CHECK_S = 0.2
 
 
 def measure_strategies(scenario: Scenario, sync_copy_ttl_ms: int | None = None) -> Measured:
@@ -77,55 +79,61 @@ def run_model_bench(
     import multiprocessing
 
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
 
-    from benchmarks.storage import owned_workers
+    from benchmarks.workers import owned_workers
 
     console = Console(stderr=True)
     scenario = None if trace_path else Scenario(users, days, rate, seed=seed, profile=profile)
     check = None if validation is None else replace(validation, profile=profile, seed=seed)
     validation_report: dict[str, Any] | None = None
-    with Progress(console=console, transient=True) as progress:
+    context = multiprocessing.get_context("spawn")
+    receiving, sending = context.Pipe(duplex=False)
+    measuring = (measure_strategies, check, sync_copy_ttl_ms, sending)
+    workers = [] if check is None else [context.Process(target=_send_measured, args=measuring)]
+    # A process of our own, not a pool: Ctrl-C and SIGTERM end it at once (a pool's exit
+    # waited for its work, over a minute, and SIGTERM left its processes running). Started
+    # before the progress bars' thread (see owned_workers); a bad trace file ends it.
+    with owned_workers(workers) as stops, Progress(console=console, transient=True) as progress:
+        sending.close()  # the worker's end: when the worker dies, recv() says so
         began = time.monotonic()
         if scenario is None:
             assert trace_path is not None
             progress.add_task(f"reading {trace_path}", total=None)
-            trace = load_trace(trace_path)  # a bad file fails before anything starts
-        context = multiprocessing.get_context("spawn")
-        receiving, sending = context.Pipe(duplex=False)
-        measuring = (measure_strategies, check, sync_copy_ttl_ms, sending)
-        workers = [] if check is None else [context.Process(target=_send_measured, args=measuring)]
-        # A process of our own, not a pool: Ctrl-C and SIGTERM end it at once (a pool's
-        # exit waited for its work, over a minute, and SIGTERM left its processes running).
-        with owned_workers(workers):
-            sending.close()  # the worker's end: when the worker dies, recv() says so
-            if scenario is not None:
-                task = progress.add_task("generating the trace", total=1.0)
-                trace = build_trace(
-                    scenario, on_progress=lambda f: progress.update(task, completed=f)
-                )
-            generated = time.monotonic()
-            task = progress.add_task(f"modelling {len(trace.sends)} sends", total=1.0)
-            config = ModelConfig(sync_copy_ttl_ms=sync_copy_ttl_ms)
-            result = run_model(
-                trace, config=config, on_progress=lambda f: progress.update(task, completed=f)
+            trace = load_trace(trace_path)
+
+        def checked_progress(task: TaskID) -> Callable[[float], None]:
+            def progressed(fraction: float) -> None:
+                stops.check()
+                progress.update(task, completed=fraction)
+
+            return progressed
+
+        if scenario is not None:
+            task = progress.add_task("generating the trace", total=1.0)
+            trace = build_trace(scenario, on_progress=checked_progress(task))
+        generated = time.monotonic()
+        task = progress.add_task(f"modelling {len(trace.sends)} sends", total=1.0)
+        config = ModelConfig(sync_copy_ttl_ms=sync_copy_ttl_ms)
+        result = run_model(trace, config=config, on_progress=checked_progress(task))
+        modelled = time.monotonic()
+        if check is not None:
+            progress.add_task(f"validating on devices ({check.users} users)", total=None)
+            validation_report = {"scenario": check.to_json()}
+            while not receiving.poll(STOP_CHECK_S):
+                stops.check()
+            try:
+                measured = receiving.recv()
+            except EOFError:  # the model's figures stand, unvalidated
+                measured = dict.fromkeys(STRATEGIES, "the validation worker died")
+            runs = {name: r for name, r in measured.items() if not isinstance(r, str)}
+            validation_report["messages"] = len(build_trace(check).sends)
+            validation_report["strategies"] = (
+                validate_model(check, runs, config=config) if runs else {}
             )
-            modelled = time.monotonic()
-            if check is not None:
-                progress.add_task(f"validating on devices ({check.users} users)", total=None)
-                validation_report = {"scenario": check.to_json()}
-                try:
-                    measured = receiving.recv()
-                except EOFError:  # the model's figures stand, unvalidated
-                    measured = dict.fromkeys(STRATEGIES, "the validation worker died")
-                runs = {name: r for name, r in measured.items() if not isinstance(r, str)}
-                validation_report["messages"] = len(build_trace(check).sends)
-                validation_report["strategies"] = (
-                    validate_model(check, runs, config=config) if runs else {}
-                )
-                validation_report["failed"] = {
-                    name: r for name, r in measured.items() if isinstance(r, str)
-                }
+            validation_report["failed"] = {
+                name: r for name, r in measured.items() if isinstance(r, str)
+            }
     report = {
         "strategies": {
             name: {

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from multiprocessing.process import BaseProcess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from p2psync.cli import stop_on_sigterm
 from p2psync.sim.model import FIGURES, ModelConfig, run_model
 from p2psync.sim.replay import CATCH_UP_S, KEEPALIVE_S, LINK_PROFILE, NODES, RELAYS
 from p2psync.sim.runner import (
@@ -29,6 +26,8 @@ from p2psync.sim.runner import (
     sibling_away_at_send,
 )
 from p2psync.sim.scenario import KINDS, Scenario, build_trace
+
+from .workers import owned_workers
 
 #: Beside §9's figures: the sender's other device, online at the send (latency) and away
 #: then (from its coming online to filing the message).
@@ -76,28 +75,6 @@ def _lanes(workers: int) -> list[list[str]]:
     return [ordered[:1], ordered[1:]]
 
 
-@contextmanager
-def owned_workers(processes: Sequence[BaseProcess]) -> Iterator[None]:
-    """Start ``processes`` as workers this process owns for the block: from then on SIGTERM
-    stops it as Ctrl-C does (:func:`p2psync.cli.stop_on_sigterm`), and however the block
-    ends (done, failed, stopped) every worker still running is terminated and joined, so
-    none runs on at full CPU after the bench (nor keeps a stopped bench waiting for it)."""
-    stop_on_sigterm()
-    try:
-        for process in processes:
-            process.start()
-        yield
-    finally:
-        # A stop can come while the workers are still being started: only those that
-        # were (they have a pid) can be terminated and joined.
-        started = [process for process in processes if process.pid is not None]
-        for process in started:
-            if process.is_alive():
-                process.terminate()
-        for process in started:
-            process.join()
-
-
 def run_strategies(
     scenario: Scenario, console: Any, sync_copy_ttl_ms: int | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -117,9 +94,10 @@ def run_strategies(
         for lane in _lanes(os.cpu_count() or 1)
     ]
     figures: dict[str, dict[str, Any]] = {}
-    with owned_workers(processes), Progress(console=console, transient=True) as progress:
+    with owned_workers(processes) as stops, Progress(console=console, transient=True) as progress:
         tasks = {name: progress.add_task(name, total=1.0) for name in STRATEGIES}
         while len(figures) < len(STRATEGIES):
+            stops.check()
             try:
                 kind, name, value = results.get(timeout=0.5)
             except queue.Empty:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .arguments import address_range, number_up_to, session_id, whole_number
 from .errors import P2PSyncError
 from .network_defaults import DEFAULT_RELAYS, TRANSPORTS
-from .stops import HeldStops
+from .stops import HeldStops, Terminated
 from .swarm.constants import MAX_STORE_BATCH, MIN_TTL_MS, STORE_QUORUM
 
 if TYPE_CHECKING:
@@ -48,21 +48,6 @@ EXIT_TERMINATED = 143
 
 class CommandError(Exception):
     """A failure to report as one line, without a traceback."""
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised where a command waits outside Trio (see :func:`stop_on_sigterm`),
-    so that it unwinds like Ctrl-C: what it started is ended on the way out."""
-
-
-def stop_on_sigterm() -> None:
-    """From now on SIGTERM raises :class:`Terminated` in this process's main thread; for
-    commands whose main thread is not in Trio (which has its own signal receivers)."""
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
-
-    signal.signal(signal.SIGTERM, terminate)
 
 
 def output_file(text: str) -> str:

@@ -1,19 +1,26 @@
-"""Holding Ctrl-C and SIGTERM while the command line loads (standard library ``signal``
-alone, so that holding starts before anything slow is imported)."""
+"""How Ctrl-C and SIGTERM stop a command: held while the command line loads, then, for a
+command whose main thread waits outside Trio, raised and noted (standard library
+``signal`` alone, so that holding starts before anything slow is imported)."""
 
 from __future__ import annotations
 
 import signal
+import sys
 
 TYPE_CHECKING = False  # see p2psync/__init__.py: no ``typing`` import before holding
 if TYPE_CHECKING:
     from typing import Any
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where a command waits outside Trio (see :class:`NotedStops`), so
+    that it unwinds like Ctrl-C: what it started is ended on the way out."""
+
+
 class HeldStops:
     """Stops noted from :meth:`from_now` on, and the handlers they replaced. Once the
     command line has loaded, :meth:`release` puts the handlers back (the command then
-    chooses how a stop stops it: Trio's receivers, or ``cli.stop_on_sigterm``) and the
+    chooses how a stop stops it: Trio's receivers, or :class:`NotedStops`) and the
     command acts on :attr:`signals`."""
 
     __slots__ = ("_handlers", "signals")
@@ -41,3 +48,51 @@ class HeldStops:
             if stop == signal.SIGINT and handler == signal.SIG_IGN:
                 handler = signal.default_int_handler
             signal.signal(stop, handler)
+
+
+class NotedStops:
+    """Ctrl-C and SIGTERM for a command whose main thread waits outside Trio, within a
+    ``with`` block: each raises where the main thread is (KeyboardInterrupt,
+    :class:`Terminated`) and is noted too, and :meth:`check` raises a noted stop again.
+
+    Raised inside a finalizer, or inside a check that C code makes of a Python object (an
+    ``isinstance`` against an ABC while the model ran), the exception is printed as
+    "Exception ignored in ..." and the command goes on; ``bench storage --scale`` then
+    waited for its validation run, minutes, with the Ctrl-C spent. So the command calls
+    :meth:`check` wherever it waits or reports progress; a stop swallowed so is not
+    printed either, as it is noted."""
+
+    __slots__ = ("_handlers", "_unraisable_hook", "noted")
+
+    def __init__(self) -> None:
+        self.noted: int | None = None
+        self._handlers: dict[int, Any] = {}
+        self._unraisable_hook: Any = None
+
+    def __enter__(self) -> NotedStops:
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            self._handlers[stop] = signal.signal(stop, self._raise)
+        self._unraisable_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.unraisablehook = self._unraisable_hook
+        for stop, handler in self._handlers.items():
+            signal.signal(stop, handler)
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt | Terminated):
+            self._unraisable_hook(unraisable)
+
+    def _raise(self, signum: int, frame: object) -> None:
+        if self.noted is None:
+            self.noted = signum
+        self.check()
+
+    def check(self) -> None:
+        """Raise the stop noted, if any (the first: a second Ctrl-C stops as the first)."""
+        if self.noted == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.noted == signal.SIGTERM:
+            raise Terminated

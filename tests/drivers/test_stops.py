@@ -1,0 +1,73 @@
+"""A stop outside Trio (:class:`p2psync.stops.NotedStops`) stops the command even where
+Python swallows the exception it raised."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import pytest
+
+from p2psync.stops import NotedStops, Terminated
+
+
+class StoppedWhileFinalized:
+    """Receives ``stop`` inside ``__del__``, where Python prints an exception and goes on,
+    as when a stop lands inside C code's check of a Python object."""
+
+    def __init__(self, stop: signal.Signals) -> None:
+        self.stop = stop
+
+    def __del__(self) -> None:
+        signal.raise_signal(self.stop)
+
+
+@pytest.fixture
+def reported(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+    """What Python reports as raised where it cannot raise (the default prints it)."""
+    unraisables: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisables.append(u.exc_value))
+    return unraisables
+
+
+@pytest.mark.parametrize(
+    ("stop", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)]
+)
+def test_a_stop_swallowed_where_python_ignores_exceptions_is_raised_at_the_next_check(
+    stop: signal.Signals, raised: type[BaseException], reported: list[BaseException | None]
+) -> None:
+    with NotedStops() as stops:
+        stops.check()  # nothing noted yet
+        StoppedWhileFinalized(stop)  # dropped at once: its __del__ receives the stop
+        with pytest.raises(raised):
+            stops.check()
+    assert reported == []  # noted, so not printed as an error too
+
+
+def test_other_exceptions_python_swallows_are_still_reported(
+    reported: list[BaseException | None],
+) -> None:
+    class FailsWhileFinalized:
+        def __del__(self) -> None:
+            raise ValueError("not a stop")
+
+    with NotedStops():
+        FailsWhileFinalized()
+    assert [type(exc) for exc in reported] == [ValueError]
+
+
+def test_a_stop_raises_where_the_main_thread_is_and_stops_as_the_first_one() -> None:
+    with NotedStops() as stops:
+        with pytest.raises(Terminated):
+            signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(Terminated):  # Ctrl-C after SIGTERM: still exit 143
+            signal.raise_signal(signal.SIGINT)
+        with pytest.raises(Terminated):
+            stops.check()
+
+
+def test_the_handlers_before_the_block_are_back_after_it() -> None:
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with NotedStops():
+        assert signal.getsignal(signal.SIGTERM) is not before[1]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
