@@ -21,7 +21,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from benchmarks.link_tap import account_and_node_keys, open_link_watch
 from benchmarks.relay_audit import TIMING_WINDOW_MS, RelayAudit, TimingMatch, siblings_apart_ms
 from overlay.keys import x25519_of
 from overlay.relay_core import SeenCell
-from p2psync.cli import unless_terminated
+from p2psync.cli import run_stoppable
 from p2psync.device import Device, DeviceConfig, open_device
 from p2psync.envelope import open_envelope
 from p2psync.errors import P2PSyncError
@@ -68,7 +67,7 @@ def run_demo(
     if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
         # The clock jump makes every service re-announce: expected, and not news here.
         logging.getLogger("p2psync").setLevel(logging.ERROR)
-    summary = trio.run(unless_terminated, partial(_scenario, transport, seed, mode, say))
+    summary = run_stoppable(_scenario, transport, seed, mode, say)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     console.print(_storage_table(summary))
     console.print(_privacy_table(summary))

@@ -42,6 +42,7 @@ from benchmarks.overlay_targets import Section, load_average, measure_targets, p
 from overlay.endpoint import open_endpoint
 from overlay.link import LinkProfile, MemoryNetwork
 from overlay.relay import open_relays
+from p2psync.cli import run_stoppable
 from p2psync.identity import Identity
 from p2psync.network import LocalNetwork, open_local_network
 from p2psync.onion.directory import DirectoryKeys
@@ -263,13 +264,13 @@ def run_overlay_bench(
     load_at_start = load_average()
     rounds = rounds or (2_000 if quick else 20_000)
     floor = crypto_floor_us(min(rounds, 2_000 if quick else 20_000))
-    figures = trio.run(_measure, rounds, builds or (10 if quick else 50))
-    onion = trio.run(_measure_onion, onion_ops, PATH_SETUPS)
+    figures = run_stoppable(_measure, rounds, builds or (10 if quick else 50))
+    onion = run_stoppable(_measure_onion, onion_ops, PATH_SETUPS)
     messages = deliveries or (QUICK_DELIVERIES if quick else DELIVERIES)
     introsets = introset_rounds or (QUICK_INTROSET_ROUNDS if quick else INTROSET_ROUNDS)
-    loopback = trio.run(_measure_targets, "tcp", 0.0, messages, introsets)
+    loopback = run_stoppable(_measure_targets, "tcp", 0.0, messages, introsets)
     slow = MemoryNetwork(seed=7, default_profile=LinkProfile(latency_ms=slow_link_ms))
-    latent = trio.run(_measure_targets, slow, slow_link_ms, messages, 0)
+    latent = run_stoppable(_measure_targets, slow, slow_link_ms, messages, 0)
     return {
         "hops": HOPS,
         "messages_per_s": round(figures["messages_per_s"], 1),

@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from p2psync.cli import run_stoppable
 from p2psync.identity import Identity, session_id_key
 from p2psync.swarm.client import SwarmClient, open_swarm_client
 
@@ -353,7 +354,7 @@ def run_soak(
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="p2psync-soak-") as temporary:
         directory = data_dir or Path(temporary)
-        figures: dict[str, Any] = trio.run(
+        figures: dict[str, Any] = run_stoppable(
             _run, directory, minutes * 60, nodes, clients, console, flood_seconds
         )
     print_report(figures)

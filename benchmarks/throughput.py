@@ -55,7 +55,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from p2psync.cli import unless_terminated
+from p2psync.cli import run_stoppable
 from p2psync.clock import Clock
 from p2psync.identity import Identity, session_id_key
 from p2psync.swarm.auth import AuthSigner
@@ -322,7 +322,7 @@ def run_throughput(
             "load_average": round(load_average, 2),
         }
 
-    return trio.run(unless_terminated, measure)
+    return run_stoppable(measure)
 
 
 def print_report(result: dict[str, Any]) -> None:

@@ -24,7 +24,8 @@ def owned_workers(processes: Sequence[BaseProcess]) -> Iterator[NotedStops]:
     stopped bench waiting for it)."""
     with NotedStops() as stops:
         try:
-            _start_deaf_to_ctrl_c(processes)
+            with stops.deferred():
+                _start_deaf_to_ctrl_c(processes)
             yield stops
             stops.check()  # one swallowed at the very end stops the command all the same
         finally:

@@ -82,15 +82,14 @@ MAX_QUORUM = 64
 
 
 def _run(args: argparse.Namespace, service: Callable[..., Awaitable[None]], *params: Any) -> int:
-    """Run a service until Ctrl-C (or, under ``network up``, until its launcher goes)."""
-    import trio
-
+    """Run a service until Ctrl-C or SIGTERM (or, under ``network up``, until its
+    launcher goes)."""
     if args.exit_with_stdin:
         from .services import exit_when_stdin_closes
 
-        trio.run(exit_when_stdin_closes, service, *params)
+        run_stoppable(exit_when_stdin_closes, service, *params)
     else:
-        trio.run(service, *params)
+        run_stoppable(service, *params)
     return 0
 
 
@@ -185,6 +184,14 @@ async def unless_terminated(work: Callable[[], Awaitable[Result]]) -> Result:
     return result
 
 
+def run_stoppable(work: Callable[..., Awaitable[Result]], *args: Any) -> Result:
+    """``trio.run(work, *args)``, which SIGTERM unwinds as Ctrl-C does
+    (:func:`unless_terminated`)."""
+    import trio
+
+    return trio.run(unless_terminated, partial(work, *args))
+
+
 def _cmd_network_up(args: argparse.Namespace) -> int:
     import trio
 
@@ -220,14 +227,12 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_network_host(args: argparse.Namespace) -> int:
-    import trio
-
     from .launcher import run_in_host
 
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise CommandError("network host needs a command to run: ... NAME -- COMMAND")
-    return trio.run(unless_terminated, partial(run_in_host, Path(args.data), args.name, command))
+    return run_stoppable(run_in_host, Path(args.data), args.name, command)
 
 
 def _ledger_key(args: argparse.Namespace) -> bytes | None:

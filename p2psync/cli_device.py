@@ -56,6 +56,7 @@ from .device.friends import friends_among
 from .device.pairing import DEVICE_PREFIX_CHARS, REASK_S, is_code
 from .device.values import TRANSIENT
 from .errors import RpcError
+from .stops import Terminated
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,14 @@ class _Stop:
     def __init__(self) -> None:
         self.code: int | None = None
         self._guarded: list[trio.CancelScope] = []
+
+    def raise_if_stopped(self) -> None:
+        """Raise the first stop again once the device is closed, so that the command
+        ends as every command does on it: its exit status and one line."""
+        if self.code == EXIT_INTERRUPTED:
+            raise KeyboardInterrupt
+        if self.code == EXIT_TERMINATED:
+            raise Terminated
 
     @contextmanager
     def guard(self) -> Iterator[None]:
@@ -260,7 +269,8 @@ def _run(
         trio.run(main)
     except trio.TooSlowError:
         raise TimeoutError(f"gave up after {args.timeout:g} s ({gave_up})") from None
-    return stop.code or 0
+    stop.raise_if_stopped()
+    return 0
 
 
 def _hand_to_run(args: argparse.Namespace) -> int | None:
@@ -283,7 +293,8 @@ def _hand_to_run(args: argparse.Namespace) -> int | None:
         return None  # stopped (closing the connection stopped the work there)
 
     status = trio.run(main)
-    return stop.code if stop.code is not None else status
+    stop.raise_if_stopped()
+    return status
 
 
 @dataclass(frozen=True)

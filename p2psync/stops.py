@@ -17,6 +17,10 @@ class Terminated(BaseException):
     that it unwinds like Ctrl-C: what it started is ended on the way out."""
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 class HeldStops:
     """Stops noted from :meth:`from_now` on, and the handlers they replaced. Once the
     command line has loaded, :meth:`release` puts the handlers back (the command then
@@ -43,10 +47,15 @@ class HeldStops:
         """Put the handlers back, except that Ctrl-C is never left ignored: a shell
         without job control starts a background command with SIGINT ignored, and every
         command here promises to stop on it (``kill -INT`` included), as the device
-        commands, which receive it through Trio, do anyway."""
+        commands, which receive it through Trio, do anyway. And SIGTERM at its default
+        raises :class:`Terminated` from then on, as Ctrl-C raises KeyboardInterrupt: a
+        command stops on it at any moment with one line and its clean-up (the default
+        ended the process at once, in the parts of a command outside Trio's receivers)."""
         for stop, handler in self._handlers.items():
             if stop == signal.SIGINT and handler == signal.SIG_IGN:
                 handler = signal.default_int_handler
+            if stop == signal.SIGTERM and handler == signal.SIG_DFL:
+                handler = _raise_terminated
             signal.signal(stop, handler)
 
 
@@ -62,12 +71,13 @@ class NotedStops:
     :meth:`check` wherever it waits or reports progress; a stop swallowed so is not
     printed either, as it is noted."""
 
-    __slots__ = ("_handlers", "_unraisable_hook", "noted")
+    __slots__ = ("_deferring", "_handlers", "_unraisable_hook", "noted")
 
     def __init__(self) -> None:
         self.noted: int | None = None
         self._handlers: dict[int, Any] = {}
         self._unraisable_hook: Any = None
+        self._deferring = False
 
     def __enter__(self) -> NotedStops:
         for stop in (signal.SIGINT, signal.SIGTERM):
@@ -88,7 +98,15 @@ class NotedStops:
     def _raise(self, signum: int, frame: object) -> None:
         if self.noted is None:
             self.noted = signum
-        self.check()
+        if not self._deferring:
+            self.check()
+
+    def deferred(self) -> _Deferred:
+        """A block within which a stop is only noted, and raised as it ends: for work a
+        stop must not cut in two (starting a process: stopped between its start and its
+        first instructions, it was left without a pid to end it by and printed a
+        traceback of its own)."""
+        return _Deferred(self)
 
     def check(self) -> None:
         """Raise the stop noted, if any (the first: a second Ctrl-C stops as the first)."""
@@ -96,3 +114,21 @@ class NotedStops:
             raise KeyboardInterrupt
         if self.noted == signal.SIGTERM:
             raise Terminated
+
+
+class _Deferred:
+    """:meth:`NotedStops.deferred` (not ``contextlib``: this module loads before the
+    console script holds stops, with ``signal`` and ``sys`` alone)."""
+
+    __slots__ = ("_stops",)
+
+    def __init__(self, stops: NotedStops) -> None:
+        self._stops = stops
+
+    def __enter__(self) -> None:
+        self._stops._deferring = True
+
+    def __exit__(self, kind: object, *exc_info: object) -> None:
+        self._stops._deferring = False
+        if kind is None:
+            self._stops.check()

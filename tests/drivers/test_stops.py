@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from p2psync.stops import NotedStops, Terminated
+from p2psync.stops import HeldStops, NotedStops, Terminated
 
 
 class StoppedWhileFinalized:
@@ -71,3 +71,24 @@ def test_the_handlers_before_the_block_are_back_after_it() -> None:
     with NotedStops():
         assert signal.getsignal(signal.SIGTERM) is not before[1]
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_stop_within_a_deferred_block_is_raised_as_the_block_ends() -> None:
+    with NotedStops() as stops:
+        ended = False
+        with pytest.raises(Terminated), stops.deferred():
+            signal.raise_signal(signal.SIGTERM)
+            ended = True
+        assert ended
+
+
+def test_once_the_command_line_has_loaded_sigterm_raises_as_ctrl_c_does() -> None:
+    """SIGTERM at its default would end the process at once, with no line and none of
+    the command's clean-up, wherever a command runs outside Trio's receivers."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        HeldStops.from_now().release()
+        with pytest.raises(Terminated):
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)

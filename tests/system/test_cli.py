@@ -421,6 +421,31 @@ async def test_bench_throughput_stopped_mid_load_leaves_no_process(
 
 
 @pytest.mark.slow
+async def test_bench_throughput_stopped_while_it_measures_the_floor() -> None:
+    """SIGTERM while the bench measures its SQLite floor, before Trio runs: 143 and one
+    line (SIGTERM's default ended it there, with no line and no clean-up)."""
+    process = await trio.lowlevel.open_process(
+        [*P2PSYNC, "bench", "throughput", "--seconds", "6", "--nodes", "2"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert process.stderr is not None
+    try:
+        said = await _stderr_until(process, b"single-commit SQLite", timeout_s=60)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            while chunk := await process.stderr.receive_some(65536):
+                said += chunk
+            code = await process.wait()
+        assert code == 143, said.decode()
+        assert said.decode().strip().splitlines()[-1] == "terminated"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "workers_started", "stop"),
     [
@@ -480,6 +505,8 @@ def _handles_sigterm(pid: int) -> bool:
         (signal.SIGINT, 0.6),
         (signal.SIGTERM, 0.0),
         (signal.SIGTERM, 0.05),
+        (signal.SIGTERM, 0.6),
+        (signal.SIGTERM, 1.5),
     ],
 )
 def test_a_stop_while_the_command_loads_exits_cleanly(
@@ -487,7 +514,8 @@ def test_a_stop_while_the_command_loads_exits_cleanly(
 ) -> None:
     """Ctrl-C (or SIGTERM) as soon as ``main`` runs and at a few moments after, while the
     command imports its modules and then while it serves: exit 130 (143), one line, no
-    traceback (it printed a KeyboardInterrupt traceback and died by the signal)."""
+    traceback (it printed a KeyboardInterrupt traceback and died by the signal; a server
+    died by SIGTERM's default while it served)."""
     process = subprocess.Popen(
         [CONSOLE_SCRIPT, "registry", "--data", str(tmp_path), "--listen", "127.0.0.1:0"],
         stdout=subprocess.DEVNULL,

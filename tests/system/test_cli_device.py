@@ -466,6 +466,9 @@ async def test_display_names_beside_ids_and_run_stopped_by_signals_says_how_it_e
             assert process.returncode == exit_code, said.decode()
             assert took < STOP_WITHIN_S, f"{stop.name} took {took:.1f} s"
             assert b"Traceback" not in said, said.decode()
+            if stop != signal.SIGKILL:  # one line, as every command ends on a stop
+                last = said.decode().strip().splitlines()[-1]
+                assert last == ("terminated" if stop == signal.SIGTERM else "stopped"), last
             status = json.loads(await ok("status", *where("alice"), "--json", "--wait", "0"))
             assert status["last_run_left"] is left, stop.name
         human = await ok("status", *where("alice"), "--wait", "0")
