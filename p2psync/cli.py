@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .arguments import address_range, number_up_to, session_id, whole_number
 from .errors import P2PSyncError
 from .network_defaults import DEFAULT_RELAYS, TRANSPORTS
-from .stops import HeldStops, Terminated
+from .stops import HeldStops, Terminated, raise_if_terminated
 from .swarm.constants import MAX_STORE_BATCH, MIN_TTL_MS, STORE_QUORUM
 
 if TYPE_CHECKING:
@@ -781,7 +781,9 @@ def main(argv: Sequence[str] | None = None, *, held: HeldStops | None = None) ->
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
-        return int(args.run(args))
+        status = int(args.run(args))
+        raise_if_terminated()  # one swallowed on the way stops the command all the same
+        return status
     except BaseException as exc:
         return exit_status(exc)
 

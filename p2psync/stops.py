@@ -17,8 +17,21 @@ class Terminated(BaseException):
     that it unwinds like Ctrl-C: what it started is ended on the way out."""
 
 
+#: The SIGTERMs this process received since its command line loaded (:meth:`HeldStops.release`
+#: empties it): one raised where Python swallows exceptions, inside a finalizer or a check
+#: C code makes of a Python object, still stops the command (:func:`raise_if_terminated`).
+_terminations: list[int] = []
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    _terminations.append(signum)
     raise Terminated
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` if a SIGTERM came since the command line loaded."""
+    if _terminations:
+        raise Terminated
 
 
 class HeldStops:
@@ -51,6 +64,7 @@ class HeldStops:
         raises :class:`Terminated` from then on, as Ctrl-C raises KeyboardInterrupt: a
         command stops on it at any moment with one line and its clean-up (the default
         ended the process at once, in the parts of a command outside Trio's receivers)."""
+        _terminations.clear()
         for stop, handler in self._handlers.items():
             if stop == signal.SIGINT and handler == signal.SIG_IGN:
                 handler = signal.default_int_handler
@@ -80,6 +94,8 @@ class NotedStops:
         self._deferring = False
 
     def __enter__(self) -> NotedStops:
+        if _terminations:  # one swallowed before the block is acted on in it
+            self.noted = signal.SIGTERM
         for stop in (signal.SIGINT, signal.SIGTERM):
             self._handlers[stop] = signal.signal(stop, self._raise)
         self._unraisable_hook = sys.unraisablehook

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
 
 import pytest
 
-from p2psync.stops import HeldStops, NotedStops, Terminated
+from p2psync.stops import HeldStops, NotedStops, Terminated, raise_if_terminated
 
 
 class StoppedWhileFinalized:
@@ -82,13 +83,36 @@ def test_a_stop_within_a_deferred_block_is_raised_as_the_block_ends() -> None:
         assert ended
 
 
-def test_once_the_command_line_has_loaded_sigterm_raises_as_ctrl_c_does() -> None:
+@pytest.fixture
+def loaded() -> Iterator[None]:
+    """The handlers a command runs with once its command line has loaded (SIGTERM at its
+    default before); after the test, the handlers before it, and no SIGTERM on record."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    HeldStops.from_now().release()
+    yield
+    HeldStops.from_now().release()  # a new command line: the record starts empty
+    signal.signal(signal.SIGTERM, before)
+
+
+def test_once_the_command_line_has_loaded_sigterm_raises_as_ctrl_c_does(loaded: None) -> None:
     """SIGTERM at its default would end the process at once, with no line and none of
     the command's clean-up, wherever a command runs outside Trio's receivers."""
-    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        HeldStops.from_now().release()
-        with pytest.raises(Terminated):
-            signal.raise_signal(signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    raise_if_terminated()  # none yet
+    with pytest.raises(Terminated):
+        signal.raise_signal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        raise_if_terminated()
+
+
+def test_a_sigterm_swallowed_before_a_block_of_noted_stops_is_raised_in_it(
+    loaded: None, reported: list[BaseException | None]
+) -> None:
+    """``bench storage`` received it while it built its trace, inside a check C code made
+    of a Python object, and ran on: the block its workers run in raises it at once, and
+    the command line checks for one as the command returns."""
+    StoppedWhileFinalized(signal.SIGTERM)
+    assert [type(exc) for exc in reported] == [Terminated]
+    with pytest.raises(Terminated), NotedStops() as stops:
+        stops.check()
+    with pytest.raises(Terminated):
+        raise_if_terminated()
