@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .arguments import address_range, number_up_to, session_id, whole_number
 from .errors import P2PSyncError
 from .network_defaults import DEFAULT_RELAYS, TRANSPORTS
-from .stops import HeldStops, Terminated, raise_if_terminated
+from .stops import (
+    HeldStops,
+    Terminated,
+    raise_if_terminated,
+    sigterm_admitted,
+    sigterm_deferred,
+)
 from .swarm.constants import MAX_STORE_BATCH, MIN_TTL_MS, STORE_QUORUM
 
 if TYPE_CHECKING:
@@ -163,7 +169,7 @@ async def terminated_by_sigterm(*, task_status: trio.TaskStatus[None]) -> None:
     its children stop and its hosts are removed before it exits."""
     import trio
 
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM) as signals, sigterm_admitted():
         task_status.started()
         async for _ in signals:
             raise Terminated
@@ -186,10 +192,11 @@ async def unless_terminated(work: Callable[[], Awaitable[Result]]) -> Result:
 
 def run_stoppable(work: Callable[..., Awaitable[Result]], *args: Any) -> Result:
     """``trio.run(work, *args)``, which SIGTERM unwinds as Ctrl-C does
-    (:func:`unless_terminated`)."""
+    (:func:`unless_terminated`), at any moment: until the receiver is open it waits."""
     import trio
 
-    return trio.run(unless_terminated, partial(work, *args))
+    with sigterm_deferred():
+        return trio.run(unless_terminated, partial(work, *args))
 
 
 def _cmd_network_up(args: argparse.Namespace) -> int:
@@ -222,7 +229,8 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
             )
             print(f"ready {path}", flush=True)
 
-    trio.run(main)
+    with sigterm_deferred():  # until the receiver is open
+        trio.run(main)
     return 0
 
 

@@ -56,7 +56,7 @@ from .device.friends import friends_among
 from .device.pairing import DEVICE_PREFIX_CHARS, REASK_S, is_code
 from .device.values import TRANSIENT
 from .errors import RpcError
-from .stops import Terminated
+from .stops import Terminated, sigterm_admitted, sigterm_deferred
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class _Stop:
         running (the leave). Delivered here rather than as a KeyboardInterrupt, which
         could land in any of the device's tasks."""
         codes = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
-        with trio.open_signal_receiver(*codes) as signals:
+        with trio.open_signal_receiver(*codes) as signals, sigterm_admitted():
             task_status.started()
             async for signum in signals:
                 if self.code is None:
@@ -266,7 +266,8 @@ def _run(
                 pass
 
     try:
-        trio.run(main)
+        with sigterm_deferred():  # until the receiver is open
+            trio.run(main)
     except trio.TooSlowError:
         raise TimeoutError(f"gave up after {args.timeout:g} s ({gave_up})") from None
     stop.raise_if_stopped()
@@ -292,7 +293,8 @@ def _hand_to_run(args: argparse.Namespace) -> int | None:
             return status
         return None  # stopped (closing the connection stopped the work there)
 
-    status = trio.run(main)
+    with sigterm_deferred():  # until the receiver is open
+        status = trio.run(main)
     stop.raise_if_stopped()
     return status
 

@@ -148,3 +148,33 @@ class _Deferred:
         self._stops._deferring = False
         if kind is None:
             self._stops.check()
+
+
+def sigterm_deferred() -> _SigtermMask:
+    """A ``with`` block within which SIGTERM waits (blocked in this thread), to be
+    received where :func:`sigterm_admitted` lets it in, or as the block ends. Around
+    ``trio.run``: raised by the handler inside Trio's own code, before the command's
+    receiver was open, it broke Trio (``TrioInternalError``, exit 1)."""
+    return _SigtermMask(signal.SIG_BLOCK)
+
+
+def sigterm_admitted() -> _SigtermMask:
+    """A ``with`` block within which SIGTERM comes in (inside a Trio signal receiver's
+    block), deferred again after it if it was before."""
+    return _SigtermMask(signal.SIG_UNBLOCK)
+
+
+class _SigtermMask:
+    __slots__ = ("_how", "_was_blocked")
+
+    def __init__(self, how: int) -> None:
+        self._how = how
+        self._was_blocked = False
+
+    def __enter__(self) -> None:
+        self._was_blocked = signal.SIGTERM in signal.pthread_sigmask(self._how, {signal.SIGTERM})
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._was_blocked != (self._how == signal.SIG_BLOCK):
+            undo = signal.SIG_UNBLOCK if self._how == signal.SIG_BLOCK else signal.SIG_BLOCK
+            signal.pthread_sigmask(undo, {signal.SIGTERM})

@@ -8,8 +8,16 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import trio
 
-from p2psync.stops import HeldStops, NotedStops, Terminated, raise_if_terminated
+from p2psync.cli import unless_terminated
+from p2psync.stops import (
+    HeldStops,
+    NotedStops,
+    Terminated,
+    raise_if_terminated,
+    sigterm_deferred,
+)
 
 
 class StoppedWhileFinalized:
@@ -116,3 +124,25 @@ def test_a_sigterm_swallowed_before_a_block_of_noted_stops_is_raised_in_it(
         stops.check()
     with pytest.raises(Terminated):
         raise_if_terminated()
+
+
+def test_a_sigterm_as_trio_starts_waits_for_the_commands_receiver(loaded: None) -> None:
+    """Before the command's receiver was open, the handler raised inside Trio's own code
+    and broke it (``TrioInternalError``, exit 1): now the SIGTERM waits, and the receiver
+    unwinds the command as it does for any other."""
+    started: list[str] = []
+
+    async def serve() -> None:
+        started.append("serving")
+        await trio.sleep_forever()
+
+    stopped = False
+    with sigterm_deferred():
+        signal.raise_signal(signal.SIGTERM)  # as if it came just as trio.run began
+        try:
+            trio.run(unless_terminated, serve)
+        except* Terminated:
+            stopped = True
+    assert stopped and started == ["serving"]  # the command ran, and was unwound
+    with pytest.raises(Terminated):  # and SIGTERM is let in again after the block
+        signal.raise_signal(signal.SIGTERM)
