@@ -165,6 +165,8 @@ def sigterm_admitted() -> _SigtermMask:
 
 
 class _SigtermMask:
+    """SIGTERM blocked or let in (``how``) for a ``with`` block, then as it was."""
+
     __slots__ = ("_how", "_was_blocked")
 
     def __init__(self, how: int) -> None:
@@ -175,6 +177,5 @@ class _SigtermMask:
         self._was_blocked = signal.SIGTERM in signal.pthread_sigmask(self._how, {signal.SIGTERM})
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._was_blocked != (self._how == signal.SIG_BLOCK):
-            undo = signal.SIG_UNBLOCK if self._how == signal.SIG_BLOCK else signal.SIG_BLOCK
-            signal.pthread_sigmask(undo, {signal.SIGTERM})
+        as_it_was = signal.SIG_BLOCK if self._was_blocked else signal.SIG_UNBLOCK
+        signal.pthread_sigmask(as_it_was, {signal.SIGTERM})
