@@ -12,12 +12,9 @@ import dataclasses
 import json
 import sys
 import tempfile
-from functools import partial
 from pathlib import Path
 
-import trio
-
-from p2psync.cli import exit_status, output_file, unless_terminated
+from p2psync.cli import exit_status, output_file, run_stoppable
 from p2psync.identity import Identity
 from p2psync.swarm.client import open_swarm_client
 
@@ -71,12 +68,6 @@ def print_reports(reports: list[FaultReport]) -> None:
     Console().print(table)
 
 
-async def run_until_terminated(data_dir: Path, nodes: int, relays: int) -> list[FaultReport]:
-    """:func:`run_faults`, unwound by SIGTERM as by Ctrl-C, so the network's processes are
-    ended on the way out instead of outliving this one."""
-    return await unless_terminated(partial(run_faults, data_dir, nodes, relays))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__)
     parser.add_argument("--nodes", type=int, default=3, help="service nodes (default: 3)")
@@ -90,7 +81,8 @@ def main() -> int:
         return 2
     try:
         with tempfile.TemporaryDirectory(prefix="p2psync-faults-") as directory:
-            reports = trio.run(run_until_terminated, Path(directory), args.nodes, args.relays)
+            # SIGTERM unwinds it as Ctrl-C does: the network's processes end on the way out.
+            reports = run_stoppable(run_faults, Path(directory), args.nodes, args.relays)
         print_reports(reports)
         if args.json:
             Path(args.json).write_text(
