@@ -214,7 +214,6 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(terminated_by_sigterm)
             path = await nursery.start(
                 partial(
                     network_up,
@@ -229,8 +228,7 @@ def _cmd_network_up(args: argparse.Namespace) -> int:
             )
             print(f"ready {path}", flush=True)
 
-    with sigterm_deferred():  # until the receiver is open
-        trio.run(main)
+    run_stoppable(main)
     return 0
 
 
