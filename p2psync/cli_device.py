@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import signal
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import aclosing, contextmanager
@@ -48,12 +49,14 @@ from .device import (
     Whoami,
     create_device,
     describe_device,
+    describe_pairing_address,
     device_in_use,
     open_device,
 )
 from .device.content import REFUSED_NAME_CATEGORIES
 from .device.friends import friends_among
 from .device.pairing import DEVICE_PREFIX_CHARS, REASK_S, is_code
+from .device.pairing_address import read_primary
 from .device.values import TRANSIENT
 from .errors import RpcError
 from .stops import Terminated, sigterm_admitted, sigterm_deferred
@@ -387,14 +390,26 @@ def _cmd_whoami(args: argparse.Namespace) -> int:
     data = Path(args.data)
     running = _running(data)
     me = _whoami_of(describe_device(data)) if running is None else running["whoami"]
+    address = describe_pairing_address(data, int(time.time() * 1000))
     _emit(
         args,
-        me,
+        me | {"pairing_address": address},
         f"user {_named(me['display_name'], me['user'])}",
         f"device {me['device']} ({me['name']!r}, {me['mode']})",
         *_revoked_line(me.get("revoked_at_ms")),
+        *_pairing_address_lines(address),
     )
     return 0
+
+
+def _pairing_address_lines(address: str | None) -> list[str]:
+    """How the user pairs a new device with this one (none if this one may not)."""
+    if address is None:
+        return []
+    return [
+        "to pair a new device of yours (show this to no one else; it works for four weeks):",
+        f"  p2psync device pair --primary {address} ...",
+    ]
 
 
 def _cmd_name(args: argparse.Namespace) -> int:
@@ -409,9 +424,18 @@ def _cmd_name(args: argparse.Namespace) -> int:
 
 
 def _cmd_pair(args: argparse.Namespace) -> int:
+    primary, access = read_primary(args.primary)
+
     async def work(device: Device) -> None:
         me = device.whoami().device_id
-        say(f"asked {args.primary[:12]}… to pair; waiting for it to answer")
+        if access is not None and access.expiry_ms <= int(time.time() * 1000):
+            say(
+                f"this pairing address stopped counting on {_when(access.expiry_ms)} UTC:"
+                " asking as a stranger would (`device whoami` on the primary shows the"
+                " current one)",
+                err=True,
+            )
+        say(f"asked {primary[:12]}… to pair; waiting for it to answer")
         say(
             "if it lists too many requests, answer this device there with:"
             f" p2psync device accept --answer {me[:DEVICE_PREFIX_CHARS]} ..."
@@ -424,7 +448,7 @@ def _cmd_pair(args: argparse.Namespace) -> int:
         say(f"paired: this device now acts for user {device.session_id}")
 
     waited_for = (
-        f"{args.primary[:12]}… did not answer, or did not accept: it answers while online"
+        f"{primary[:12]}… did not answer, or did not accept: it answers while online"
         " (`p2psync device run` or `device accept --wait S` there; if many asked at once,"
         " when `device accept` there lists them), on a running network"
     )

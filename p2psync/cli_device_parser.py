@@ -40,6 +40,19 @@ def _device_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _primary(text: str) -> str:
+    """A primary to pair with: its pairing address or the user's id, checked at once."""
+    from .device.pairing_address import read_primary
+
+    try:
+        read_primary(text)
+    except DecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"neither a pairing address nor a session id: {text[:80]!r} ({exc})"
+        ) from None
+    return text
+
+
 def _directory(text: str) -> str:
     """A ``--data`` directory: not empty (that would be the current directory, silently)
     and not an existing file."""
@@ -120,7 +133,12 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "pair", "on a new device: ask the primary to pair, show the code", _deferred("pair")
     )
     pair.add_argument(
-        "--primary", required=True, type=session_id, metavar="SESSION_ID", help="the user's id"
+        "--primary",
+        required=True,
+        type=_primary,
+        metavar="ADDRESS",
+        help="the pairing address `device whoami` shows on the primary (or the user's id,"
+        " which a stranger flooding the primary's mailbox can hold up)",
     )
     accept = command(
         "accept",

@@ -14,6 +14,7 @@ from .device import (
     Whoami,
     create_device,
     describe_device,
+    describe_pairing_address,
     device_in_use,
     open_device,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Whoami",
     "create_device",
     "describe_device",
+    "describe_pairing_address",
     "device_in_use",
     "open_device",
 ]

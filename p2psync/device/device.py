@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -74,7 +74,7 @@ from .facades import DevicePairing, Friends, Rooms, befriend, check_text
 from .friends import friends_among, is_friend
 from .joiner import Joiner
 from .keys import choice_seed
-from .local import Local, whoami_of
+from .local import Local, pairing_address_of, whoami_of
 from .migrator import Migrator
 from .modes import Mode
 from .outbox import Outbox
@@ -432,14 +432,28 @@ def create_device(
 def describe_device(data_dir: str | Path) -> Whoami:
     """Who the device in ``data_dir`` is, without the network (:class:`DeviceError` if
     there is none)."""
-    directory = Path(data_dir)
+    with _kept_device(Path(data_dir)) as store:
+        return whoami_of(store)
+
+
+def describe_pairing_address(data_dir: str | Path, now_ms: int) -> str | None:
+    """What a new device asks the device in ``data_dir`` to pair by, as of ``now_ms``,
+    without the network (:meth:`Device.pairing`'s ``address``)."""
+    with _kept_device(Path(data_dir)) as store:
+        return pairing_address_of(store, now_ms)
+
+
+@contextmanager
+def _kept_device(directory: Path) -> Iterator[DeviceStore]:
+    """The store of the device in ``directory``, read only (beside a holder, if any);
+    :class:`DeviceError` if there is none."""
     if not (directory / STORE_FILE).exists():
         raise _no_device(directory)
-    store = DeviceStore(directory / STORE_FILE, read_only=True)  # beside a holder, if any
+    store = DeviceStore(directory / STORE_FILE, read_only=True)
     try:
         if store.get_meta("mode") is None or store.get_meta("device_seed") is None:
             raise _no_device(directory)
-        return whoami_of(store)
+        yield store
     finally:
         store.close()
 

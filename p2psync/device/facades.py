@@ -119,11 +119,20 @@ class DevicePairing:
         self._joiner = joiner
         self._pairer = pairer
 
+    def address(self) -> str | None:
+        """What a new device asks this one to pair by (:meth:`request`'s ``primary``):
+        the user's id with this week's access to its mailbox, so that the requests get
+        through while a stranger floods the mailbox. Show it to the user's new device
+        alone; it stops counting 28 to 35 days on. None on a device that may not pair
+        others (a ``mapped`` secondary, or one unpaired)."""
+        return self._pairer.address()
+
     async def request(self, primary: str, name: str | None = None) -> PairingTicket:
-        """On a new device: ask ``primary`` (the user's existing device) to pair, and wait
-        for its challenge (it must be online) to return the ticket. Show the ticket's code;
-        the user accepts on the primary when it shows the same code, and
-        :meth:`wait_paired` returns once the grant arrived and checked out."""
+        """On a new device: ask ``primary`` (the user's existing device: its pairing
+        :meth:`address`, or the user's id) to pair, and wait for its challenge (it must
+        be online) to return the ticket. Show the ticket's code; the user accepts on the
+        primary when it shows the same code, and :meth:`wait_paired` returns once the
+        grant arrived and checked out."""
         return await self._joiner.request_pairing(primary, name)
 
     async def wait_paired(self) -> None:

@@ -16,9 +16,9 @@ import trio
 
 from ..envelope import seal_envelope
 from ..errors import DecodeError
-from ..identity import Identity, message_hash, sealable_key, session_id_key
+from ..identity import Identity, message_hash, session_id_key
 from ..mapping import PAIRING_WINDOW_MS, DeviceMapping, Revocation, sign_pairing_request
-from ..swarm.access import sign_access
+from ..swarm.access import MailboxAccess, sign_access
 from ..swarm.client import SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL
 from ..wire import encode_cbor
@@ -37,6 +37,7 @@ from .pairing import (
     pairing_transition,
     request_refusal,
 )
+from .pairing_address import read_primary
 from .rows import Contact, Pairing
 from .siblings import SiblingHandler
 from .values import TRANSIENT, PairingError, PairingTicket
@@ -65,14 +66,17 @@ class Joiner:
             self._paired.set()
 
     async def request_pairing(self, primary: str, name: str | None = None) -> PairingTicket:
-        """On a new device: ask ``primary`` (the user's existing device) to pair, and wait
-        for its challenge (it must be online) to return the ticket. Show the ticket's code;
-        the user accepts on the primary when it shows the same code, and
-        :meth:`wait_paired` returns once the grant arrived and checked out."""
+        """On a new device: ask ``primary`` (the user's existing device: its pairing
+        address, or the user's id) to pair, and wait for its challenge (it must be
+        online) to return the ticket. Show the ticket's code; the user accepts on the
+        primary when it shows the same code, and :meth:`wait_paired` returns once the
+        grant arrived and checked out."""
         try:
-            sealable_key(primary)
+            primary, access = read_primary(primary)
         except DecodeError as exc:
-            raise PairingError(f"{primary!r} is not a session id ({exc})") from None
+            raise PairingError(
+                f"{primary[:80]!r} is neither a session id nor a pairing address ({exc})"
+            ) from None
         refusal = request_refusal(
             primary,
             own_ids=(self._local.user_id, self._local.device_id),
@@ -103,7 +107,7 @@ class Joiner:
         )
         asked: list[bytes] = []
         try:
-            return await self._attempt(primary, content, sender, secret, asked)
+            return await self._attempt(primary, access, content, sender, secret, asked)
         except BaseException:
             # Nothing of an attempt that ended without a ticket is listened for again.
             self._store.forget_pairings(asked)
@@ -113,6 +117,7 @@ class Joiner:
     async def _attempt(
         self,
         primary: str,
+        primary_access: MailboxAccess | None,
         content: PairRequest,
         sender: Identity,
         secret: bytes,
@@ -126,7 +131,9 @@ class Joiner:
                 data = seal_envelope(sender, session_id_key(primary), kind, body, now, access)
                 asked.append(self._note(primary, content, message_hash(data), secret))
                 try:
-                    await self._swarm.store(primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS)
+                    await self._swarm.store(
+                        primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS, access=primary_access
+                    )
                 except TRANSIENT as exc:
                     if len(asked) == 1:
                         raise  # the first: the caller hears why at once

@@ -50,6 +50,7 @@ from .pairing import (
     WAITING_HERE,
     PairingBudget,
 )
+from .pairing_address import pairing_address
 from .rows import Contact, Copy, Pairing
 from .store import DeviceStore
 from .values import MAX_REJECTIONS, DeviceConfig, DeviceError, Refused, Rejection, Whoami
@@ -372,6 +373,11 @@ class Local:
             kept = self._own_access = sign_access(self.identity, now_ms)
         return kept
 
+    def pairing_address(self) -> str | None:
+        """What a new device of the user's asks this one to pair by (its access with
+        its id: :mod:`.pairing_address`); None on one that may not pair devices."""
+        return pairing_address(self.own_access()) if pairs_devices(self.me) else None
+
     def _access_to_carry(self, owner: str) -> MailboxAccess | None:
         """Our access, for the first envelope sealed to ``owner`` since we signed it (a
         week), inside the caller's transaction: in every envelope it would cost each 83
@@ -428,6 +434,23 @@ def whoami_of(store: DeviceStore) -> Whoami:
         overlay_key=overlay_public(device_seed),
         revoked_at_ms=revoked_here_at_ms(store),
     )
+
+
+def pairs_devices(me: Whoami) -> bool:
+    """Whether the device ``me`` describes may be asked to pair a new one: a ``mapped``
+    primary or a ``linked`` device, while it belongs to the user."""
+    return me.is_primary and me.revoked_at_ms is None and me.receives_as == me.session_id
+
+
+def pairing_address_of(store: DeviceStore, now_ms: int) -> str | None:
+    """:meth:`Local.pairing_address` of the device kept in ``store``, read from the store
+    alone."""
+    if not pairs_devices(whoami_of(store)):
+        return None
+    device_seed = store.get_meta("device_seed")
+    assert device_seed is not None
+    identity, _ = acting_identity(store, Identity(device_seed))
+    return pairing_address(sign_access(identity, now_ms))
 
 
 def revoked_here_at_ms(store: DeviceStore) -> int | None:

@@ -83,6 +83,10 @@ class Pairer:
         self._outbox = outbox
         self._siblings = siblings
 
+    def address(self) -> str | None:
+        """What a new device asks to pair by: the user's id with its current access."""
+        return self._local.pairing_address()
+
     def pairing_requests(self) -> list[PairingOffer]:
         """Requests from new devices waiting for the user to compare codes and accept."""
         return [

@@ -27,6 +27,7 @@ SANS_IO = [
     "p2psync/opengroup/posts.py",
     "p2psync/device/content.py",
     "p2psync/device/pairing.py",
+    "p2psync/device/pairing_address.py",
     "p2psync/device/friends.py",
     "p2psync/device/modes.py",
     "p2psync/device/keys.py",

@@ -158,7 +158,9 @@ async def test_two_people_pair_befriend_and_message_from_the_terminal(tmp_path: 
         assert "not a friend" in err
         # Ids are checked as the command line is read: a usage error (2), one line, at once.
         code_, _, err = await run("pair", *where("bob"), "--primary", "not-an-id")
-        assert code_ == 2 and "argument --primary: not a session id: 'not-an-id'" in err
+        assert code_ == 2 and (
+            "argument --primary: neither a pairing address nor a session id: 'not-an-id'" in err
+        )
         assert "waiting" not in err
         # Well-formed, but a key of small order: nothing can be sealed to it.
         small = "05" + "00" * 32
@@ -211,9 +213,12 @@ async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_nex
 
 
 async def pair_by_cli(where: Callable[[str], list[str]], primary: str, new: str, user: str) -> None:
-    """Pair device ``new`` to ``primary`` (user ``user``) from the terminal."""
+    """Pair device ``new`` to ``primary`` (user ``user``) from the terminal, by the pairing
+    address ``whoami`` shows on the primary."""
+    me = json.loads(await ok("whoami", *where(primary)[:2], "--json"))  # --data alone
+    assert me["user"] == user
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(ok, "pair", *where(new), "--primary", user))
+        nursery.start_soon(partial(ok, "pair", *where(new), "--primary", me["pairing_address"]))
         listing = await ok("accept", *where(primary), "--wait", "60")
         [code] = re.findall(r"^code (\d{3} \d{3})", listing, re.MULTILINE)
         await ok("accept", *where(primary), "--code", code)
@@ -567,7 +572,12 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         where = describe(tmp_path, network)
         ids = await init(tmp_path, "mapped", "phone", "tablet")
         me = (await ok("whoami", "--data", str(tmp_path / "phone"))).splitlines()
-        assert me == [f"user {ids['phone']}", f"device {ids['phone']} ('device', mapped)"]
+        assert me[:3] == [
+            f"user {ids['phone']}",
+            f"device {ids['phone']} ('device', mapped)",
+            "to pair a new device of yours (show this to no one else; it works for four weeks):",
+        ]
+        [address] = re.findall(r"^  p2psync device pair --primary (pair:\S+) \.\.\.$", me[3])
         status = (await ok("status", *where("phone"), "--wait", "0")).splitlines()
         assert len(status) == 7 and "\\u" not in "".join(status), status
         assert "messages not yet stored in their swarms: 0" in status
@@ -612,7 +622,7 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         assert trio.current_time() - declined_at < 30  # not its 600 s pairing window
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(ok, "pair", *where("tablet"), "--primary", ids["phone"]))
+            nursery.start_soon(partial(ok, "pair", *where("tablet"), "--primary", address))
             code = (await offer())["code"]
             accepted = await ok(
                 "accept", *where("phone"), "--code", code.replace(" ", ""), "--json"
@@ -643,9 +653,8 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         # The tablet is told: it says so, and refuses to act for the user in one line.
         told = (await ok("status", *where("tablet"), "--wait", "1")).splitlines()
         assert told[1].startswith("this device was unpaired by its primary on "), told
-        assert json.loads(await ok("whoami", "--data", str(tmp_path / "tablet"), "--json"))[
-            "revoked_at_ms"
-        ]
+        tablet = json.loads(await ok("whoami", "--data", str(tmp_path / "tablet"), "--json"))
+        assert tablet["revoked_at_ms"] and tablet["pairing_address"] is None
         code_, _, err = await run("name", *where("tablet"), "Tablet")
         assert code_ == 1 and len(err.splitlines()) == 1 and "unpaired by its primary" in err
 

@@ -871,6 +871,35 @@ async def test_a_new_device_whose_mailbox_a_stranger_filled_is_still_answered(
         await pair(phone, tablet)
 
 
+@pytest.mark.parametrize("mode", ["linked", "mapped"])
+async def test_a_new_device_given_the_pairing_address_pairs_while_a_stranger_floods_the_primary(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
+) -> None:
+    """Mallory fills the phone's mailbox (the user's id is public) as far as a stranger
+    may: a tablet asking by the user's id alone is refused, as a stranger's store is.
+    Given the phone's pairing address, its requests show the phone's access, fill the
+    reserve, and it pairs. The address is the user's: a ``linked`` tablet shows the same
+    one once paired, a ``mapped`` secondary none (it pairs nobody)."""
+    config = replace(QUIET, owner_quota_bytes=SMALL_QUOTA)
+    async with (
+        open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network,
+        device(network, tmp_path, "phone", mode) as phone,
+        device(network, tmp_path, "tablet", mode) as tablet,
+        open_swarm_client(network.transport, network.directory(), network.clock) as mallory,
+    ):
+        await fill_as_a_stranger(mallory, phone.session_id, NAMESPACE_CONTROL)
+        with pytest.raises(RpcError, match="without its access"):
+            await tablet.pairing.request(phone.session_id)
+        address = phone.pairing.address()
+        assert address is not None and address.startswith("pair:")
+        ticket = await tablet.pairing.request(address)
+        await wait_until(lambda: bool(phone.pairing.requests()))
+        assert [o.code for o in phone.pairing.requests()] == [ticket.code]
+        await accept_pairing(phone, tablet, ticket.code)
+        assert tablet.session_id == phone.session_id
+        assert tablet.pairing.address() == (address if mode == "linked" else None)
+
+
 async def test_an_access_dated_further_ahead_than_a_device_signs_is_not_kept(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
