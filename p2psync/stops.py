@@ -28,6 +28,22 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
 
 
+class _UnlessTerminated:
+    """``sys.unraisablehook`` once SIGTERM raises: a :class:`Terminated` Python swallowed
+    is on record and acted on (:func:`raise_if_terminated`), so it is not printed as
+    "Exception ignored in ..." above the command's last line; anything else goes to
+    ``hook``, the hook before."""
+
+    __slots__ = ("hook",)
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+
+    def __call__(self, unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Terminated):
+            self.hook(unraisable)
+
+
 def raise_if_terminated() -> None:
     """Raise :class:`Terminated` if a SIGTERM came since the command line loaded."""
     if _terminations:
@@ -63,13 +79,16 @@ class HeldStops:
         commands, which receive it through Trio, do anyway. And SIGTERM at its default
         raises :class:`Terminated` from then on, as Ctrl-C raises KeyboardInterrupt: a
         command stops on it at any moment with one line and its clean-up (the default
-        ended the process at once, in the parts of a command outside Trio's receivers)."""
+        ended the process at once, in the parts of a command outside Trio's receivers),
+        and one Python swallowed is acted on without being printed."""
         _terminations.clear()
         for stop, handler in self._handlers.items():
             if stop == signal.SIGINT and handler == signal.SIG_IGN:
                 handler = signal.default_int_handler
             if stop == signal.SIGTERM and handler == signal.SIG_DFL:
                 handler = _raise_terminated
+                if not isinstance(sys.unraisablehook, _UnlessTerminated):
+                    sys.unraisablehook = _UnlessTerminated(sys.unraisablehook)
             signal.signal(stop, handler)
 
 
