@@ -235,8 +235,8 @@ def _match_figures(match: TimingMatch) -> dict[str, Any]:
 
 
 def _stored_items(network: LocalNetwork, watch: KeyWatch) -> dict[str, int]:
-    """The messages the service nodes hold now (a replica set counts once), and how many
-    of them show a telltale."""
+    """The rows the service nodes hold now, of every namespace (a replica set counts
+    once), and how many of them show a telltale."""
     now = network.clock.now_ms()
     stored = list(
         {
@@ -478,8 +478,8 @@ def _privacy_table(summary: dict[str, Any]) -> Table:
     )
     table.add_row(
         "service nodes",
-        f"of {privacy['stored_items']} messages stored before the jump, showing a device "
-        "or overlay key",
+        f"of {privacy['stored_items']} rows held before the jump (every namespace and"
+        " mailbox: the table above's and the pairing's), showing a device or overlay key",
         str(privacy["stored_items_showing_a_key"]),
     )
     table.add_row(

@@ -407,8 +407,9 @@ def _pairing_address_lines(address: str | None) -> list[str]:
     if address is None:
         return []
     return [
-        "to pair a new device of yours (show this to no one else; it works for four weeks):",
-        f"  p2psync device pair --primary {address} ...",
+        "pairing address, for `device pair --primary` on a new device of yours (show it to"
+        " no one else; it works for four weeks):",
+        address,
     ]
 
 
