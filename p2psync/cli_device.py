@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
@@ -58,8 +59,9 @@ from .device.friends import friends_among
 from .device.pairing import DEVICE_PREFIX_CHARS, REASK_S, is_code
 from .device.pairing_address import read_primary
 from .device.values import TRANSIENT
-from .errors import RpcError
+from .errors import DecodeError, RpcError
 from .stops import Terminated, sigterm_admitted, sigterm_deferred
+from .swarm.access import MailboxAccess, is_current
 
 logger = logging.getLogger(__name__)
 
@@ -388,29 +390,31 @@ def _revoked_line(revoked_at_ms: int | None) -> list[str]:
 
 def _cmd_whoami(args: argparse.Namespace) -> int:
     data = Path(args.data)
+    if args.pairing_address:
+        return _print_pairing_address(args, data)
     running = _running(data)
     me = _whoami_of(describe_device(data)) if running is None else running["whoami"]
-    address = describe_pairing_address(data, int(time.time() * 1000))
     _emit(
         args,
-        me | {"pairing_address": address},
+        me,
         f"user {_named(me['display_name'], me['user'])}",
         f"device {me['device']} ({me['name']!r}, {me['mode']})",
         *_revoked_line(me.get("revoked_at_ms")),
-        *_pairing_address_lines(address),
     )
     return 0
 
 
-def _pairing_address_lines(address: str | None) -> list[str]:
-    """How the user pairs a new device with this one (none if this one may not)."""
+def _print_pairing_address(args: argparse.Namespace, data: Path) -> int:
+    """The address alone, asked for by name (whoever holds it may fill the user's
+    reserve, so ``whoami``, run to find one's id to share, does not show it)."""
+    address = describe_pairing_address(data, int(time.time() * 1000))
     if address is None:
-        return []
-    return [
-        "pairing address, for `device pair --primary` on a new device of yours (show it to"
-        " no one else; it works for four weeks):",
-        address,
-    ]
+        raise PairingError(
+            "this device pairs no devices: a mapped secondary's primary does, and a device"
+            " its primary unpaired no longer acts for the user"
+        )
+    _emit(args, {"pairing_address": address}, address)
+    return 0
 
 
 def _cmd_name(args: argparse.Namespace) -> int:
@@ -425,23 +429,29 @@ def _cmd_name(args: argparse.Namespace) -> int:
 
 
 def _cmd_pair(args: argparse.Namespace) -> int:
-    primary, access = read_primary(args.primary)
+    given = args.primary
+    if given == "-":
+        given = sys.stdin.readline().strip()
+        if getattr(args, "command_line", None) is not None:  # for a `run` it is handed to
+            args.command_line = _primary_given(args.command_line, given)
+    try:
+        primary, access = read_primary(given)
+    except DecodeError as exc:
+        raise PairingError(f"neither a pairing address nor a session id on stdin ({exc})") from None
 
     async def work(device: Device) -> None:
         me = device.whoami().device_id
-        if access is not None and access.expiry_ms <= int(time.time() * 1000):
-            say(
-                f"this pairing address stopped counting on {_when(access.expiry_ms)} UTC:"
-                " asking as a stranger would (`device whoami` on the primary shows the"
-                " current one)",
-                err=True,
-            )
+        refusal = device.pairing.refusal(primary)
+        if refusal is not None:
+            raise PairingError(refusal)
+        if access is not None and not is_current(access, int(time.time() * 1000)):
+            say(f"{_stale(access)}: asking as a stranger would", err=True)
         say(f"asked {primary[:12]}… to pair; waiting for it to answer")
         say(
             "if it lists too many requests, answer this device there with:"
             f" p2psync device accept --answer {me[:DEVICE_PREFIX_CHARS]} ..."
         )
-        ticket = await device.pairing.request(args.primary)
+        ticket = await device.pairing.request(given)
         say(f"pairing code: {ticket.code}")
         say("check that the primary shows the same code, then accept it there:")
         say(f"  p2psync device accept --code '{ticket.code}' ...")
@@ -454,6 +464,31 @@ def _cmd_pair(args: argparse.Namespace) -> int:
         " when `device accept` there lists them), on a running network"
     )
     return _run(args, work, gave_up=waited_for)
+
+
+def _primary_given(argv: list[str], primary: str) -> list[str]:
+    """``pair``'s command line with the primary read from standard input in place of
+    ``-`` (``--primary -``, ``--primary=-`` or an abbreviation: ``pair`` has no other
+    option starting ``--p``)."""
+    given = list(argv)
+    for n, word in enumerate(given):
+        if word == "-" and n > 0 and given[n - 1].startswith("--p"):
+            given[n] = primary
+        elif word.startswith("--p") and word.endswith("=-"):
+            given[n] = word[:-1] + primary
+    return given
+
+
+def _stale(access: MailboxAccess) -> str:
+    """Why a pairing address no longer counts at the nodes."""
+    if access.expiry_ms <= int(time.time() * 1000):
+        when = f"stopped counting on {_when(access.expiry_ms)} UTC"
+    else:
+        when = "is dated further ahead than a device signs (a clock far off?)"
+    return (
+        f"this pairing address {when} (`device whoami --pairing-address` on the primary"
+        " prints the current one)"
+    )
 
 
 def _shown_code(device: Device, code: str) -> str | None:

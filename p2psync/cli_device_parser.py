@@ -41,9 +41,12 @@ def _device_name(text: str) -> str:
 
 
 def _primary(text: str) -> str:
-    """A primary to pair with: its pairing address or the user's id, checked at once."""
+    """A primary to pair with: its pairing address or the user's id, checked at once
+    (``-``: read from standard input as the command runs)."""
     from .device.pairing_address import read_primary
 
+    if text == "-":
+        return text
     try:
         read_primary(text)
     except DecodeError as exc:
@@ -120,12 +123,18 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         type=_device_name,
         help="shown to the user's other devices (default: device)",
     )
-    command(
+    whoami = command(
         "whoami",
         "this device's user id, device id, mode and name",
         _deferred("whoami"),
         network=False,
         json_output=True,
+    )
+    whoami.add_argument(
+        "--pairing-address",
+        action="store_true",
+        help="print only the address a new device of the user's pairs by (`pair --primary`);"
+        " whoever holds it may fill the user's mailbox for four weeks, as a friend may",
     )
     name = command("name", "set the name friends see beside this user's id", _deferred("name"))
     name.add_argument("name", metavar="NAME", help="at most 64 characters, no control characters")
@@ -137,8 +146,9 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         required=True,
         type=_primary,
         metavar="ADDRESS",
-        help="the pairing address `device whoami` shows on the primary (or the user's id,"
-        " which a stranger flooding the primary's mailbox can hold up)",
+        help="the pairing address `device whoami --pairing-address` prints on the primary,"
+        " or - to read it from standard input (kept out of the process list); or the"
+        " user's id, which a stranger flooding the user's mailbox can hold up",
     )
     accept = command(
         "accept",

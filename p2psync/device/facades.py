@@ -123,9 +123,16 @@ class DevicePairing:
         """What a new device asks this one to pair by (:meth:`request`'s ``primary``):
         the user's id with this week's access to its mailbox, so that the requests get
         through while a stranger floods the mailbox. Show it to the user's new device
-        alone; it stops counting 28 to 35 days on. None on a device that may not pair
-        others (a ``mapped`` secondary, or one unpaired)."""
+        alone: whoever holds it may fill the user's reserve until it stops counting, 28
+        to 35 days on, as a friend the user wrote to that week may. None on a device
+        that may not pair others (a ``mapped`` secondary, or one its primary unpaired)."""
         return self._pairer.address()
+
+    def refusal(self, primary: str) -> str | None:
+        """Why :meth:`request` of ``primary`` would be refused here before anything is
+        sent (this device joined a user already, has history, or is ``primary``), or
+        None: for a screen that offers pairing only where it can work."""
+        return self._joiner.refusal(primary)
 
     async def request(self, primary: str, name: str | None = None) -> PairingTicket:
         """On a new device: ask ``primary`` (the user's existing device: its pairing

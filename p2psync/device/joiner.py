@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 import trio
 
 from ..envelope import seal_envelope
-from ..errors import DecodeError
+from ..errors import DecodeError, RpcError
 from ..identity import Identity, message_hash, session_id_key
 from ..mapping import PAIRING_WINDOW_MS, DeviceMapping, Revocation, sign_pairing_request
-from ..swarm.access import MailboxAccess, sign_access
+from ..swarm.access import NEEDS_ACCESS, MailboxAccess, sign_access
 from ..swarm.client import SwarmClient
 from ..swarm.constants import NAMESPACE_CONTROL
 from ..wire import encode_cbor
@@ -43,6 +43,26 @@ from .siblings import SiblingHandler
 from .values import TRANSIENT, PairingError, PairingTicket
 
 logger = logging.getLogger(__name__)
+
+
+def _read_primary(primary: str) -> tuple[str, MailboxAccess | None]:
+    try:
+        return read_primary(primary)
+    except DecodeError as exc:
+        raise PairingError(
+            f"{primary[:80]!r} is neither a session id nor a pairing address ({exc})"
+        ) from None
+
+
+def _raise_if_it_needs_access(error: BaseException) -> None:
+    """A request the user's mailbox refused as a stranger's store (full to strangers: a
+    flood, perhaps) gets through by the primary's pairing address: say so."""
+    if isinstance(error, RpcError) and error.data.get(NEEDS_ACCESS):
+        raise PairingError(
+            f"{error.message}; if a stranger is flooding the user's mailbox, ask by the"
+            " primary's current pairing address (`p2psync device whoami --pairing-address`"
+            " there), whose requests get through"
+        ) from error
 
 
 class Joiner:
@@ -71,18 +91,8 @@ class Joiner:
         online) to return the ticket. Show the ticket's code; the user accepts on the
         primary when it shows the same code, and :meth:`wait_paired` returns once the
         grant arrived and checked out."""
-        try:
-            primary, access = read_primary(primary)
-        except DecodeError as exc:
-            raise PairingError(
-                f"{primary[:80]!r} is neither a session id nor a pairing address ({exc})"
-            ) from None
-        refusal = request_refusal(
-            primary,
-            own_ids=(self._local.user_id, self._local.device_id),
-            joined=self._paired.is_set() or bool(self._store.siblings()),
-            fresh=not (self._store.contacts() or self._store.history()),
-        )
+        primary, access = _read_primary(primary)
+        refusal = self.refusal(primary)
         if refusal is not None:
             raise PairingError(refusal)
         # Every request of this attempt is made by one key and names the time it began:
@@ -114,6 +124,17 @@ class Joiner:
             self._relisten()
             raise
 
+    def refusal(self, primary: str) -> str | None:
+        """Why this device may not ask ``primary`` (an id or a pairing address) to pair,
+        or None: told before anything is sent."""
+        user, _ = _read_primary(primary)
+        return request_refusal(
+            user,
+            own_ids=(self._local.user_id, self._local.device_id),
+            joined=self._paired.is_set() or bool(self._store.siblings()),
+            fresh=not (self._store.contacts() or self._store.history()),
+        )
+
     async def _attempt(
         self,
         primary: str,
@@ -135,8 +156,9 @@ class Joiner:
                         primary, NAMESPACE_CONTROL, data, PAIRING_WINDOW_MS, access=primary_access
                     )
                 except TRANSIENT as exc:
-                    if len(asked) == 1:
-                        raise  # the first: the caller hears why at once
+                    if len(asked) == 1:  # the first: the caller hears why at once
+                        _raise_if_it_needs_access(exc)
+                        raise
                     logger.info("%s: could not ask again: %s", self._local.name, exc)
                 # Asked again while unanswered: past the primary's answer budget it holds
                 # requests for the user, and strangers can push a held one out; the user

@@ -5,12 +5,13 @@ A new device asks by a store in the user's mailbox, and a store that shows no ac
 the owner's may not fill the last quarter of the owner's quota (:mod:`~..swarm.access`).
 So while a stranger holds the rest full, a request made with the user's id alone is
 refused until the flood's rows expire. The primary shows its current access as a
-pairing address (``device whoami``). A new device given that instead of the id shows
-the access with each request, and the requests land in the reserve.
+pairing address (``device whoami --pairing-address``). A new device given that instead
+of the id shows the access with each request, and the requests land in the reserve.
 
-The address carries the access the primary puts in its envelopes that week. Showing it
-on the primary's own screen gives the new device nothing a friend written to that week
-does not hold. It stops counting 28 to 35 days after it was shown
+The address carries the access the primary puts in its envelopes that week: the new
+device gets nothing a friend written to that week does not hold. It is a bearer token
+all the same (whoever holds it may fill the reserve), so it is shown only when asked
+for, and for the user's own device. It stops counting 28 to 35 days after it was shown
 (:data:`~..swarm.access.ACCESS_VALIDITY_MS`); a new device then asks as a stranger does.
 
 The form: ``pair:`` then base64url, unpadded, of the Ed25519 key (32 bytes; the user's

@@ -25,7 +25,7 @@ from ..clock import Clock
 from ..errors import RpcError
 from ..rpc import Connection, Later, refusal_of
 from ..wire import Fields
-from .access import AccessChecks
+from .access import NEEDS_ACCESS, AccessChecks
 from .allowance import ConnectionBudgets, OwnerQuota, charge_of
 from .commit import GroupCommit
 from .messages import StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest
@@ -222,6 +222,7 @@ class StoreAcceptance:
         raise RpcError(
             "rate_limited",
             f"this owner's mailbox is full ({limit} bytes) to stores without its access: later",
+            {NEEDS_ACCESS: True},
         )
 
 

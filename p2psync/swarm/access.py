@@ -50,6 +50,9 @@ ACCESS_VALIDITY_MS = 28 * DAY_MS
 #: The furthest ahead an access may expire and count: what a device signs, and two days
 #: for a clock that runs fast.
 MAX_ACCESS_VALIDITY_MS = ACCESS_PERIOD_MS + ACCESS_VALIDITY_MS + 2 * DAY_MS
+#: In a ``rate_limited`` refusal's data: the owner's mailbox is full to stores that show
+#: no current access of its (a store showing one would be taken).
+NEEDS_ACCESS = "needs_access"
 #: Accesses a node remembers as checked (a signature check costs ~50 µs; a contact's
 #: stores show the same token all week).
 CHECKED_ACCESSES = 4096

@@ -21,6 +21,7 @@ from p2psync.device import open_device
 from p2psync.device.content import PairRequest, encode_content
 from p2psync.device.modes import Mode
 from p2psync.device.pairing import DEVICE_PREFIX_CHARS, REQUESTS_BURST
+from p2psync.device.pairing_address import read_primary
 from p2psync.envelope import seal_envelope
 from p2psync.identity import Identity, session_id_key
 from p2psync.network import LocalNetwork, NodeHandle, open_local_network, wait_until
@@ -32,9 +33,9 @@ P2PSYNC = [sys.executable, "-m", "p2psync", "device"]
 STOP_WITHIN_S = 2.0
 
 
-async def run(*args: str) -> tuple[int, str, str]:
+async def run(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     result = await trio.run_process(
-        [*P2PSYNC, *args], capture_stdout=True, capture_stderr=True, check=False
+        [*P2PSYNC, *args], stdin=stdin, capture_stdout=True, capture_stderr=True, check=False
     )
     return result.returncode, result.stdout.decode(), result.stderr.decode()
 
@@ -214,11 +215,12 @@ async def test_a_device_killed_between_accepting_and_storing_delivers_on_its_nex
 
 async def pair_by_cli(where: Callable[[str], list[str]], primary: str, new: str, user: str) -> None:
     """Pair device ``new`` to ``primary`` (user ``user``) from the terminal, by the pairing
-    address ``whoami`` shows on the primary."""
-    me = json.loads(await ok("whoami", *where(primary)[:2], "--json"))  # --data alone
-    assert me["user"] == user
+    address ``whoami`` prints on the primary."""
+    asked = json.loads(await ok("whoami", *where(primary)[:2], "--pairing-address", "--json"))
+    address = asked["pairing_address"]
+    assert read_primary(address)[0] == user
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(ok, "pair", *where(new), "--primary", me["pairing_address"]))
+        nursery.start_soon(partial(ok, "pair", *where(new), "--primary", address))
         listing = await ok("accept", *where(primary), "--wait", "60")
         [code] = re.findall(r"^code (\d{3} \d{3})", listing, re.MULTILINE)
         await ok("accept", *where(primary), "--code", code)
@@ -572,14 +574,10 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         where = describe(tmp_path, network)
         ids = await init(tmp_path, "mapped", "phone", "tablet")
         me = (await ok("whoami", "--data", str(tmp_path / "phone"))).splitlines()
-        assert me[:3] == [
-            f"user {ids['phone']}",
-            f"device {ids['phone']} ('device', mapped)",
-            "pairing address, for `device pair --primary` on a new device of yours (show it"
-            " to no one else; it works for four weeks):",
-        ]
-        address = me[3]
-        assert address.startswith("pair:") and len(me) == 4
+        assert me == [f"user {ids['phone']}", f"device {ids['phone']} ('device', mapped)"]
+        asked = await ok("whoami", "--data", str(tmp_path / "phone"), "--pairing-address")
+        [address] = asked.splitlines()
+        assert read_primary(address)[0] == ids["phone"]
         status = (await ok("status", *where("phone"), "--wait", "0")).splitlines()
         assert len(status) == 7 and "\\u" not in "".join(status), status
         assert "messages not yet stored in their swarms: 0" in status
@@ -623,13 +621,27 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         ], err
         assert trio.current_time() - declined_at < 30  # not its 600 s pairing window
 
+        # Accepted, asked by the address read from stdin (so out of the process list) and
+        # done by a `run` holding the tablet.
+        command = [*P2PSYNC, "run", *where("tablet", timeout=False)]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(ok, "pair", *where("tablet"), "--primary", address))
-            code = (await offer())["code"]
-            accepted = await ok(
-                "accept", *where("phone"), "--code", code.replace(" ", ""), "--json"
+            tablet_run = await nursery.start(
+                partial(trio.run_process, command, stderr=subprocess.PIPE, check=False)
             )
-            assert json.loads(accepted) == {"paired": ids["tablet"], "code": code}
+            await read_until(tablet_run.stderr, b"online as")
+            paired: list[tuple[int, str, str]] = []
+            async with trio.open_nursery() as pairing:
+                asking = run("pair", *where("tablet"), "--primary", "-", stdin=address.encode())
+                pairing.start_soon(_append, paired, asking)
+                code = (await offer())["code"]
+                accepted = await ok(
+                    "accept", *where("phone"), "--code", code.replace(" ", ""), "--json"
+                )
+                assert json.loads(accepted) == {"paired": ids["tablet"], "code": code}
+            [(code_, out, err)] = paired
+            assert code_ == 0 and f"acts for user {ids['phone']}" in out
+            assert "done by the `p2psync device run`" in err
+            tablet_run.send_signal(signal.SIGINT)
         # Right after start the endpoint may or may not be up yet (the driver test
         # test_sync_status pins "starting" down under virtual time); never "swarm only".
         status = (await ok("status", *where("phone"), "--wait", "0")).splitlines()
@@ -655,8 +667,14 @@ async def test_status_lines_pairing_requests_declines_and_devices(tmp_path: Path
         # The tablet is told: it says so, and refuses to act for the user in one line.
         told = (await ok("status", *where("tablet"), "--wait", "1")).splitlines()
         assert told[1].startswith("this device was unpaired by its primary on "), told
-        tablet = json.loads(await ok("whoami", "--data", str(tmp_path / "tablet"), "--json"))
-        assert tablet["revoked_at_ms"] and tablet["pairing_address"] is None
+        assert json.loads(await ok("whoami", "--data", str(tmp_path / "tablet"), "--json"))[
+            "revoked_at_ms"
+        ]
+        code_, _, err = await run("whoami", "--data", str(tmp_path / "tablet"), "--pairing-address")
+        assert code_ == 1 and err.splitlines() == [
+            "p2psync: error: this device pairs no devices: a mapped secondary's primary does,"
+            " and a device its primary unpaired no longer acts for the user"
+        ]
         code_, _, err = await run("name", *where("tablet"), "Tablet")
         assert code_ == 1 and len(err.splitlines()) == 1 and "unpaired by its primary" in err
 

@@ -876,10 +876,10 @@ async def test_a_new_device_given_the_pairing_address_pairs_while_a_stranger_flo
     autojump_clock: trio.testing.MockClock, tmp_path: Path, mode: str
 ) -> None:
     """Mallory fills the phone's mailbox (the user's id is public) as far as a stranger
-    may: a tablet asking by the user's id alone is refused, as a stranger's store is.
-    Given the phone's pairing address, its requests show the phone's access, fill the
-    reserve, and it pairs. The address is the user's: a ``linked`` tablet shows the same
-    one once paired, a ``mapped`` secondary none (it pairs nobody)."""
+    may: a tablet asking by the user's id alone is refused, as a stranger's store is, and
+    told of the pairing address. Given that, its requests show the phone's access, fill
+    the reserve, and it pairs. The address is the user's: a ``linked`` tablet shows the
+    same one once paired, a ``mapped`` secondary none (it pairs nobody)."""
     config = replace(QUIET, owner_quota_bytes=SMALL_QUOTA)
     async with (
         open_local_network(6, clock=Clock(TEST_EPOCH_MS), node_config=config) as network,
@@ -888,10 +888,12 @@ async def test_a_new_device_given_the_pairing_address_pairs_while_a_stranger_flo
         open_swarm_client(network.transport, network.directory(), network.clock) as mallory,
     ):
         await fill_as_a_stranger(mallory, phone.session_id, NAMESPACE_CONTROL)
-        with pytest.raises(RpcError, match="without its access"):
+        with pytest.raises(PairingError, match=r"without its access.*pairing address"):
             await tablet.pairing.request(phone.session_id)
         address = phone.pairing.address()
         assert address is not None and address.startswith("pair:")
+        assert phone.pairing.refusal(address) == "a device cannot pair with itself"
+        assert tablet.pairing.refusal(address) is None
         ticket = await tablet.pairing.request(address)
         await wait_until(lambda: bool(phone.pairing.requests()))
         assert [o.code for o in phone.pairing.requests()] == [ticket.code]
