@@ -428,10 +428,14 @@ def _cmd_name(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+#: The most ``pair --primary -`` reads of its stdin: an address is 144 characters.
+MAX_PRIMARY_CHARS = 1024
+
+
 def _cmd_pair(args: argparse.Namespace) -> int:
     given = args.primary
     if given == "-":
-        given = sys.stdin.readline().strip()
+        given = sys.stdin.readline(MAX_PRIMARY_CHARS).strip() if sys.stdin else ""
         if getattr(args, "command_line", None) is not None:  # for a `run` it is handed to
             args.command_line = _primary_given(args.command_line, given)
     try:
